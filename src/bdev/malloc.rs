@@ -1,0 +1,170 @@
+//! The `malloc` bdev: a RAM disk. Data lives in one anonymous mapping shared by all
+//! cores; each I/O is a memory copy done at submission, completed on the next loop.
+//!
+//! # Safety
+//! The mapping behaves like device memory: cores copy in and out of it with raw
+//! pointers, never through Rust references, and concurrent overlapping requests leave
+//! unspecified (but initialised) bytes, as on a real device. Every access is bounds
+//! checked by [`Channel`](super::Channel) validation before it reaches this module.
+
+use super::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, IoKind, IoStatus};
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// A RAM-backed bdev.
+pub struct MallocBdev {
+    props: BdevProps,
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by the bdev for its whole life and only accessed through
+// raw copies (see the module's Safety section), so sharing the pointer across threads
+// is sound.
+unsafe impl Send for MallocBdev {}
+// SAFETY: as above.
+unsafe impl Sync for MallocBdev {}
+
+impl MallocBdev {
+    /// A zero-filled RAM disk of `num_blocks` blocks of `block_size` bytes.
+    pub fn create(
+        name: &str,
+        num_blocks: u64,
+        block_size: u32,
+        uuid: Option<Uuid>,
+    ) -> Result<Arc<MallocBdev>, BdevError> {
+        let props = BdevProps::new(name, uuid, block_size, num_blocks, "Malloc disk")?;
+        let len = num_blocks
+            .checked_mul(block_size as u64)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or_else(|| BdevError::InvalidParam {
+                name: name.into(),
+                field: "num_blocks",
+                reason: "size overflows the address space".into(),
+            })?;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(BdevError::Io {
+                name: name.into(),
+                path: "anonymous memory".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: the mapping just created spans `len` bytes. Huge pages are advice; the
+        // populate step faults every page in now (a RAM disk must not take page faults
+        // on the I/O path), falling back to touching each page if MADV_POPULATE_WRITE
+        // is not supported.
+        unsafe {
+            libc::madvise(p, len, libc::MADV_HUGEPAGE);
+            if libc::madvise(p, len, 23 /* MADV_POPULATE_WRITE */) != 0 {
+                let base = p as *mut u8;
+                let mut off = 0;
+                while off < len {
+                    std::ptr::write_volatile(base.add(off), 0);
+                    off += 4096;
+                }
+            }
+        }
+        Ok(Arc::new(MallocBdev {
+            props,
+            base: NonNull::new(p.cast()).expect("mmap never returns null on success"),
+            len,
+        }))
+    }
+
+    fn zero(&self, offset: usize, len: usize) {
+        debug_assert!(offset + len <= self.len);
+        let page = 4096;
+        let start = offset.div_ceil(page) * page;
+        let end = (offset + len) / page * page;
+        // SAFETY: [offset, offset+len) lies inside the mapping (validated by the channel).
+        unsafe {
+            if end > start && end - start >= 1 << 20 {
+                // Large ranges: give the pages back; a private anonymous mapping reads
+                // zeros afterwards.
+                std::ptr::write_bytes(self.base.as_ptr().add(offset), 0, start - offset);
+                libc::madvise(
+                    self.base.as_ptr().add(start).cast(),
+                    end - start,
+                    libc::MADV_DONTNEED,
+                );
+                std::ptr::write_bytes(self.base.as_ptr().add(end), 0, offset + len - end);
+            } else {
+                std::ptr::write_bytes(self.base.as_ptr().add(offset), 0, len);
+            }
+        }
+    }
+}
+
+impl Drop for MallocBdev {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping created in `create`; no channel outlives the bdev
+        // (channels hold an Arc to it).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+impl Bdev for MallocBdev {
+    fn props(&self) -> &BdevProps {
+        &self.props
+    }
+
+    fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
+        Ok(Rc::new(MallocChannel {
+            bdev: self,
+            deferred: Deferred::current(),
+        }))
+    }
+
+    fn unmap_reads_zeroes(&self) -> bool {
+        true
+    }
+}
+
+struct MallocChannel {
+    bdev: Arc<MallocBdev>,
+    deferred: Rc<Deferred>,
+}
+
+impl BdevChannel for MallocChannel {
+    #[inline]
+    fn submit(&self, io: BdevIo) {
+        let bs = self.bdev.props.block_size as usize;
+        let offset = io.offset_blocks as usize * bs;
+        match io.kind {
+            IoKind::Read | IoKind::Write => {
+                let mut pos = offset;
+                for v in io.iovs() {
+                    // SAFETY: validation guarantees offset + total iov length lies within
+                    // the mapping; each iovec is valid memory owned by the request.
+                    unsafe {
+                        let dev = self.bdev.base.as_ptr().add(pos);
+                        if io.kind == IoKind::Read {
+                            std::ptr::copy_nonoverlapping(dev, v.iov_base.cast(), v.iov_len);
+                        } else {
+                            std::ptr::copy_nonoverlapping(v.iov_base as *const u8, dev, v.iov_len);
+                        }
+                    }
+                    pos += v.iov_len;
+                }
+            }
+            IoKind::Unmap | IoKind::WriteZeroes => {
+                self.bdev.zero(offset, io.num_blocks as usize * bs);
+            }
+            IoKind::Flush => {}
+        }
+        self.deferred.complete(io, IoStatus::Success);
+    }
+}

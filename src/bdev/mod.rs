@@ -1,0 +1,796 @@
+//! The block-device layer: the [`Bdev`] trait, per-core channels, I/O requests and
+//! their completion statuses, and the base backends (`malloc`, `null`, `uring`, `error`).
+//!
+//! A bdev is shared (`Arc<dyn Bdev>`, `Send + Sync`); I/O goes through a **channel**
+//! that belongs to one core ([`Channel::get`] returns the current core's, creating it
+//! on first use). Submission is callback-based, like SPDK's: a [`BdevIo`] carries its
+//! buffers and a completion sink; the backend calls [`BdevIo::complete`] with an
+//! [`IoStatus`] later — **never from inside `submit`**, so a caller's state is always
+//! consistent when its completion runs. [`Channel::submit`] validates every request
+//! (range, length, alignment, supported type) and answers a bad one with its status;
+//! backends can trust what reaches them.
+//!
+//! Statuses are modelled on NVMe's generic and media status codes so that front ends
+//! map them one to one.
+
+pub mod buf;
+pub mod error;
+pub mod malloc;
+pub mod null;
+pub mod registry;
+pub mod uring;
+
+pub use buf::IoBuf;
+pub use registry::BdevRegistry;
+
+use serde::Serialize;
+use smallvec::SmallVec;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Poll, Waker};
+use uuid::Uuid;
+
+use crate::reactor::{self, PollerHandle};
+
+/// The kind of an I/O request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoKind {
+    Read,
+    Write,
+    Flush,
+    Unmap,
+    WriteZeroes,
+}
+
+impl IoKind {
+    /// True for read and write, which carry data buffers.
+    pub fn has_data(self) -> bool {
+        matches!(self, IoKind::Read | IoKind::Write)
+    }
+
+    /// True for the kinds that change the medium.
+    pub fn modifies(self) -> bool {
+        matches!(self, IoKind::Write | IoKind::Unmap | IoKind::WriteZeroes)
+    }
+}
+
+/// Completion status of an I/O, modelled on NVMe status codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoStatus {
+    /// Completed successfully.
+    Success,
+    /// The bdev does not support this kind of I/O (NVMe: Invalid Command Opcode).
+    InvalidOpcode,
+    /// A field of the request is invalid: zero or inconsistent length, misaligned
+    /// buffer (NVMe: Invalid Field in Command).
+    InvalidField,
+    /// The range does not lie within the device (NVMe: LBA Out of Range).
+    LbaOutOfRange,
+    /// No space left to complete a write (NVMe: Capacity Exceeded).
+    CapacityExceeded,
+    /// The medium failed the request (NVMe: Unrecovered Read Error / Write Fault).
+    MediaError,
+    /// The request was aborted (shutdown, device removed, cancelled).
+    Aborted,
+    /// The device is read-only (NVMe: Namespace Is Write Protected).
+    WriteProtected,
+    /// An internal failure of the engine (NVMe: Internal Error).
+    InternalError,
+}
+
+impl IoStatus {
+    /// True for `Success`.
+    #[inline]
+    pub fn is_success(self) -> bool {
+        self == IoStatus::Success
+    }
+
+    /// The more severe of two statuses, for requests split into parts.
+    pub fn worst(self, other: IoStatus) -> IoStatus {
+        if self.is_success() { other } else { self }
+    }
+
+    /// A Linux errno for front ends that speak errno (NBD).
+    pub fn errno(self) -> i32 {
+        match self {
+            IoStatus::Success => 0,
+            IoStatus::InvalidOpcode => libc::ENOTSUP,
+            IoStatus::InvalidField | IoStatus::LbaOutOfRange => libc::EINVAL,
+            IoStatus::CapacityExceeded => libc::ENOSPC,
+            IoStatus::MediaError | IoStatus::InternalError => libc::EIO,
+            IoStatus::Aborted => libc::ESHUTDOWN,
+            IoStatus::WriteProtected => libc::EPERM,
+        }
+    }
+}
+
+/// Flags of a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoFlags {
+    /// Force unit access: the write is durable when it completes.
+    pub fua: bool,
+}
+
+/// Receives completions. Implemented by whoever submits I/O (a benchmark worker, a
+/// front-end connection, a stacked bdev); `tag` tells its requests apart.
+pub trait IoSink {
+    /// Called once per request, on the core that submitted it.
+    fn io_done(&self, io: BdevIo, status: IoStatus);
+}
+
+/// One I/O request: what to do, where, with which memory, and whom to tell.
+pub struct BdevIo {
+    pub kind: IoKind,
+    pub offset_blocks: u64,
+    pub num_blocks: u64,
+    pub flags: IoFlags,
+    /// A value the submitter chooses to recognise the request at completion.
+    pub tag: u64,
+    iovs: SmallVec<[libc::iovec; 2]>,
+    bufs: SmallVec<[IoBuf; 1]>,
+    sink: Option<Rc<dyn IoSink>>,
+}
+
+impl BdevIo {
+    fn bare(kind: IoKind, offset_blocks: u64, num_blocks: u64) -> BdevIo {
+        BdevIo {
+            kind,
+            offset_blocks,
+            num_blocks,
+            flags: IoFlags::default(),
+            tag: 0,
+            iovs: SmallVec::new(),
+            bufs: SmallVec::new(),
+            sink: None,
+        }
+    }
+
+    fn with_bufs(
+        kind: IoKind,
+        offset_blocks: u64,
+        num_blocks: u64,
+        bufs: SmallVec<[IoBuf; 1]>,
+    ) -> BdevIo {
+        let mut io = BdevIo::bare(kind, offset_blocks, num_blocks);
+        io.bufs = bufs;
+        io.iovs = io
+            .bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        io
+    }
+
+    /// Read `num_blocks` at `offset_blocks` into `buf` (whose length must be
+    /// `num_blocks × block size`).
+    pub fn read(offset_blocks: u64, num_blocks: u64, buf: IoBuf) -> BdevIo {
+        BdevIo::with_bufs(
+            IoKind::Read,
+            offset_blocks,
+            num_blocks,
+            smallvec::smallvec![buf],
+        )
+    }
+
+    /// Write `buf` at `offset_blocks`.
+    pub fn write(offset_blocks: u64, num_blocks: u64, buf: IoBuf) -> BdevIo {
+        BdevIo::with_bufs(
+            IoKind::Write,
+            offset_blocks,
+            num_blocks,
+            smallvec::smallvec![buf],
+        )
+    }
+
+    /// Vectored read into several buffers, in order.
+    pub fn readv(offset_blocks: u64, num_blocks: u64, bufs: Vec<IoBuf>) -> BdevIo {
+        BdevIo::with_bufs(IoKind::Read, offset_blocks, num_blocks, bufs.into())
+    }
+
+    /// Vectored write of several buffers, in order.
+    pub fn writev(offset_blocks: u64, num_blocks: u64, bufs: Vec<IoBuf>) -> BdevIo {
+        BdevIo::with_bufs(IoKind::Write, offset_blocks, num_blocks, bufs.into())
+    }
+
+    /// Make every write completed before this flush durable.
+    pub fn flush() -> BdevIo {
+        BdevIo::bare(IoKind::Flush, 0, 0)
+    }
+
+    /// Deallocate a range; it reads back as zeros on bdevs that say so.
+    pub fn unmap(offset_blocks: u64, num_blocks: u64) -> BdevIo {
+        BdevIo::bare(IoKind::Unmap, offset_blocks, num_blocks)
+    }
+
+    /// Make a range read back as zeros.
+    pub fn write_zeroes(offset_blocks: u64, num_blocks: u64) -> BdevIo {
+        BdevIo::bare(IoKind::WriteZeroes, offset_blocks, num_blocks)
+    }
+
+    /// A request over memory that the caller owns (a stacked bdev forwarding part of its
+    /// own request).
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that stays valid, and is not accessed by anyone
+    /// else, until this request completes.
+    pub unsafe fn from_raw_iovs(
+        kind: IoKind,
+        offset_blocks: u64,
+        num_blocks: u64,
+        iovs: &[libc::iovec],
+    ) -> BdevIo {
+        let mut io = BdevIo::bare(kind, offset_blocks, num_blocks);
+        io.iovs.extend_from_slice(iovs);
+        io
+    }
+
+    /// Sets who is told of the completion, and the tag they will see.
+    pub fn on_complete(mut self, sink: Rc<dyn IoSink>, tag: u64) -> BdevIo {
+        self.sink = Some(sink);
+        self.tag = tag;
+        self
+    }
+
+    /// Sets the force-unit-access flag.
+    pub fn with_fua(mut self, fua: bool) -> BdevIo {
+        self.flags.fua = fua;
+        self
+    }
+
+    /// The memory of the request, as iovecs.
+    #[inline]
+    pub fn iovs(&self) -> &[libc::iovec] {
+        &self.iovs
+    }
+
+    /// Total length of the iovecs in bytes.
+    pub fn iov_len(&self) -> usize {
+        self.iovs.iter().map(|v| v.iov_len).sum()
+    }
+
+    /// The buffers the request owns (empty for raw-iovec requests).
+    pub fn bufs(&self) -> &[IoBuf] {
+        &self.bufs
+    }
+
+    /// Takes the owned buffers back (after completion).
+    pub fn take_bufs(&mut self) -> SmallVec<[IoBuf; 1]> {
+        self.iovs.clear();
+        std::mem::take(&mut self.bufs)
+    }
+
+    /// Takes the single owned buffer back (after completion of `read`/`write`).
+    pub fn take_buf(&mut self) -> Option<IoBuf> {
+        let mut b = self.take_bufs();
+        if b.len() == 1 { b.pop() } else { None }
+    }
+
+    /// Copies the request's memory, starting `skip` bytes in, into `out`.
+    pub fn copy_out(&self, mut skip: usize, out: &mut [u8]) {
+        let mut done = 0;
+        for v in self.iovs.iter() {
+            if done == out.len() {
+                break;
+            }
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - skip).min(out.len() - done);
+            // SAFETY: the submitter guarantees each iovec is valid memory for the life of
+            // the request (see `from_raw_iovs`; owned buffers trivially are).
+            let src = unsafe { std::slice::from_raw_parts((v.iov_base as *const u8).add(skip), n) };
+            out[done..done + n].copy_from_slice(src);
+            done += n;
+            skip = 0;
+        }
+    }
+
+    /// Copies `data` into the request's memory, starting `skip` bytes in.
+    pub fn copy_in(&mut self, mut skip: usize, data: &[u8]) {
+        let mut done = 0;
+        for v in self.iovs.iter() {
+            if done == data.len() {
+                break;
+            }
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - skip).min(data.len() - done);
+            // SAFETY: as in `copy_out`; the request gives us exclusive use of its memory
+            // until it completes, and `&mut self` proves we hold it.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut((v.iov_base as *mut u8).add(skip), n) };
+            dst.copy_from_slice(&data[done..done + n]);
+            done += n;
+            skip = 0;
+        }
+    }
+
+    /// Fills `len` bytes of the request's memory, starting `skip` bytes in, with zeros.
+    pub fn zero_fill(&mut self, mut skip: usize, len: usize) {
+        let mut done = 0;
+        for v in self.iovs.iter() {
+            if done == len {
+                break;
+            }
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - skip).min(len - done);
+            // SAFETY: as in `copy_in`.
+            unsafe { std::ptr::write_bytes((v.iov_base as *mut u8).add(skip), 0, n) };
+            done += n;
+            skip = 0;
+        }
+    }
+
+    /// The iovecs covering bytes `[skip, skip + len)` of this request — for splitting it
+    /// into parts that forward to other bdevs.
+    pub fn sub_iovs(&self, mut skip: usize, len: usize) -> SmallVec<[libc::iovec; 2]> {
+        let mut out = SmallVec::new();
+        let mut left = len;
+        for v in self.iovs.iter() {
+            if left == 0 {
+                break;
+            }
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - skip).min(left);
+            out.push(libc::iovec {
+                // SAFETY: `skip < iov_len`, so the offset stays inside the iovec.
+                iov_base: unsafe { (v.iov_base as *mut u8).add(skip) }.cast(),
+                iov_len: n,
+            });
+            left -= n;
+            skip = 0;
+        }
+        out
+    }
+
+    /// Tells the sink that the request finished with `status`. The request keeps its
+    /// sink and tag, so the sink may resubmit it as it is.
+    #[inline]
+    pub fn complete(self, status: IoStatus) {
+        if let Some(sink) = self.sink.clone() {
+            sink.io_done(self, status);
+        }
+    }
+}
+
+impl std::fmt::Debug for BdevIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BdevIo")
+            .field("kind", &self.kind)
+            .field("offset_blocks", &self.offset_blocks)
+            .field("num_blocks", &self.num_blocks)
+            .field("fua", &self.flags.fua)
+            .field("bytes", &self.iov_len())
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+/// Errors of the bdev layer (creation, lookup, opening channels).
+#[derive(Debug, thiserror::Error)]
+pub enum BdevError {
+    #[error("bdev `{0}` does not exist")]
+    NotFound(String),
+    #[error("bdev `{0}` already exists")]
+    Exists(String),
+    #[error("bdev `{name}`: {field}: {reason}")]
+    InvalidParam {
+        name: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("bdev `{name}`: {path}: {source}")]
+    Io {
+        name: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bdev `{name}` is in use by {by}")]
+    Claimed { name: String, by: String },
+    #[error("bdev `{name}`: cannot open a channel: {reason}")]
+    Channel { name: String, reason: String },
+}
+
+static NEXT_BDEV_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The properties every bdev has.
+#[derive(Debug)]
+pub struct BdevProps {
+    name: String,
+    uuid: Uuid,
+    block_size: u32,
+    num_blocks: AtomicU64,
+    write_cache: bool,
+    product_name: &'static str,
+    read_only: AtomicBool,
+    id: u64,
+    /// Buffers must start at a multiple of this many bytes.
+    buf_align: usize,
+}
+
+impl BdevProps {
+    /// Properties for a new bdev; validates the geometry.
+    pub fn new(
+        name: &str,
+        uuid: Option<Uuid>,
+        block_size: u32,
+        num_blocks: u64,
+        product_name: &'static str,
+    ) -> Result<BdevProps, BdevError> {
+        let invalid = |field, reason: String| BdevError::InvalidParam {
+            name: name.to_string(),
+            field,
+            reason,
+        };
+        if name.is_empty() || name.len() > 255 || name.contains(['/', '\0']) {
+            return Err(invalid(
+                "name",
+                "must be 1-255 characters without `/` or NUL".into(),
+            ));
+        }
+        if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {
+            return Err(invalid(
+                "block_size",
+                format!("{block_size} is not a power of two between 512 and 65536"),
+            ));
+        }
+        if num_blocks == 0 {
+            return Err(invalid("num_blocks", "must be at least 1".into()));
+        }
+        Ok(BdevProps {
+            name: name.to_string(),
+            uuid: uuid.unwrap_or_else(Uuid::new_v4),
+            block_size,
+            num_blocks: AtomicU64::new(num_blocks),
+            write_cache: false,
+            product_name,
+            read_only: AtomicBool::new(false),
+            id: NEXT_BDEV_ID.fetch_add(1, Ordering::Relaxed),
+            buf_align: 1,
+        })
+    }
+
+    /// Declares a volatile write cache (flush needed for durability).
+    pub fn with_write_cache(mut self, on: bool) -> Self {
+        self.write_cache = on;
+        self
+    }
+
+    /// Requires buffers aligned to `align` bytes.
+    pub fn with_buf_align(mut self, align: usize) -> Self {
+        self.buf_align = align.max(1);
+        self
+    }
+
+    /// Marks the bdev read-only from the start.
+    pub fn with_read_only(self, ro: bool) -> Self {
+        self.read_only.store(ro, Ordering::Relaxed);
+        self
+    }
+
+    /// Changes the size (for bdevs that can grow or shrink).
+    pub fn set_num_blocks(&self, n: u64) {
+        self.num_blocks.store(n, Ordering::Release);
+    }
+
+    /// Changes the read-only flag.
+    pub fn set_read_only(&self, ro: bool) {
+        self.read_only.store(ro, Ordering::Release);
+    }
+}
+
+/// A block device. Shared across cores; I/O goes through per-core [`Channel`]s.
+pub trait Bdev: Send + Sync + 'static {
+    /// The common properties.
+    fn props(&self) -> &BdevProps;
+
+    /// Creates this bdev's channel for the current core. Called at most once per core
+    /// while a channel is alive ([`Channel::get`] caches it).
+    fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError>;
+
+    /// Whether an I/O kind is supported.
+    fn supports(&self, kind: IoKind) -> bool {
+        let _ = kind;
+        true
+    }
+
+    /// True if unmapped blocks read back as zeros.
+    fn unmap_reads_zeroes(&self) -> bool {
+        false
+    }
+
+    /// Backend-specific description for `bdev_get_bdevs`.
+    fn driver_specific(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Called when the bdev is removed from the registry; release resources.
+    fn on_remove(&self) {}
+}
+
+impl dyn Bdev {
+    /// Unique name.
+    pub fn name(&self) -> &str {
+        &self.props().name
+    }
+    /// UUID.
+    pub fn uuid(&self) -> Uuid {
+        self.props().uuid
+    }
+    /// Logical block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.props().block_size
+    }
+    /// Size in blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.props().num_blocks.load(Ordering::Acquire)
+    }
+    /// True if the bdev has a volatile write cache.
+    pub fn write_cache(&self) -> bool {
+        self.props().write_cache
+    }
+    /// Product name, as SPDK reports it ("Malloc disk", "Null disk", …).
+    pub fn product_name(&self) -> &'static str {
+        self.props().product_name
+    }
+    /// True if writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.props().read_only.load(Ordering::Acquire)
+    }
+    /// Required buffer alignment in bytes.
+    pub fn buf_align(&self) -> usize {
+        self.props().buf_align
+    }
+    /// Process-unique id.
+    pub fn id(&self) -> u64 {
+        self.props().id
+    }
+}
+
+/// A bdev's per-core submission interface.
+pub trait BdevChannel {
+    /// Starts a validated request. Must not complete it before returning.
+    fn submit(&self, io: BdevIo);
+
+    /// A buffer especially suited to this channel (e.g. registered with the kernel), if
+    /// it has such buffers to hand out.
+    fn alloc_buf(&self, len: usize) -> Option<IoBuf> {
+        let _ = len;
+        None
+    }
+}
+
+/// Completions deferred to the next loop iteration of the current reactor.
+pub struct Deferred {
+    items: Rc<RefCell<VecDeque<(BdevIo, IoStatus)>>>,
+    _poller: PollerHandle,
+}
+
+impl Deferred {
+    /// This reactor's queue.
+    pub fn current() -> Rc<Deferred> {
+        reactor::local(|| {
+            let items: Rc<RefCell<VecDeque<(BdevIo, IoStatus)>>> =
+                Rc::new(RefCell::new(VecDeque::with_capacity(1024)));
+            let q = items.clone();
+            let poller = reactor::register_poller(move || {
+                let n = q.borrow().len();
+                for _ in 0..n {
+                    let next = q.borrow_mut().pop_front();
+                    match next {
+                        Some((io, status)) => io.complete(status),
+                        None => break,
+                    }
+                }
+                n
+            });
+            Deferred {
+                items,
+                _poller: poller,
+            }
+        })
+    }
+
+    /// Completes `io` with `status` at the next loop iteration.
+    #[inline]
+    pub fn complete(&self, io: BdevIo, status: IoStatus) {
+        self.items.borrow_mut().push_back((io, status));
+    }
+}
+
+#[derive(Default)]
+struct ChannelCache {
+    channels: RefCell<HashMap<u64, Weak<dyn BdevChannel>>>,
+}
+
+/// A bdev's channel on the current core, with request validation in front.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Rc<dyn BdevChannel>,
+    bdev: Arc<dyn Bdev>,
+    deferred: Rc<Deferred>,
+}
+
+impl Channel {
+    /// The current core's channel to `bdev` (shared by everyone on this core).
+    pub fn get(bdev: &Arc<dyn Bdev>) -> Result<Channel, BdevError> {
+        let cache = reactor::local(ChannelCache::default);
+        let id = bdev.id();
+        let existing = cache.channels.borrow().get(&id).and_then(Weak::upgrade);
+        let inner = match existing {
+            Some(c) => c,
+            None => {
+                let c = bdev.clone().create_channel()?;
+                cache.channels.borrow_mut().insert(id, Rc::downgrade(&c));
+                c
+            }
+        };
+        Ok(Channel {
+            inner,
+            bdev: bdev.clone(),
+            deferred: Deferred::current(),
+        })
+    }
+
+    /// The bdev behind the channel.
+    pub fn bdev(&self) -> &Arc<dyn Bdev> {
+        &self.bdev
+    }
+
+    /// Checks a request against the bdev's geometry; `Success` when it may proceed.
+    pub fn check(&self, io: &BdevIo) -> IoStatus {
+        check_io(&*self.bdev, io)
+    }
+
+    /// Validates and submits `io`. A bad request completes (later) with its status.
+    #[inline]
+    pub fn submit(&self, io: BdevIo) {
+        let status = self.check(&io);
+        if status.is_success() {
+            self.inner.submit(io);
+        } else {
+            tracing::trace!(bdev = self.bdev.name(), ?io, ?status, "request refused");
+            self.deferred.complete(io, status);
+        }
+    }
+
+    /// A buffer suited to this channel, or a pool buffer.
+    pub fn alloc_buf(&self, len: usize) -> IoBuf {
+        self.inner.alloc_buf(len).unwrap_or_else(|| IoBuf::new(len))
+    }
+
+    /// Submits `io` and waits for it; returns the request (with its buffers) and status.
+    pub async fn io(&self, io: BdevIo) -> (BdevIo, IoStatus) {
+        let slot = Rc::new(OneShot::default());
+        self.submit(io.on_complete(slot.clone(), 0));
+        std::future::poll_fn(|cx| {
+            let mut s = slot.state.borrow_mut();
+            match s.0.take() {
+                Some(done) => Poll::Ready(done),
+                None => {
+                    s.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads `num_blocks` at `offset_blocks` into a new buffer.
+    pub async fn read(&self, offset_blocks: u64, num_blocks: u64) -> Result<IoBuf, IoStatus> {
+        let len = (num_blocks * self.bdev.block_size() as u64) as usize;
+        let buf = self.alloc_buf(len);
+        let (mut io, st) = self.io(BdevIo::read(offset_blocks, num_blocks, buf)).await;
+        if st.is_success() {
+            Ok(io.take_buf().expect("one buffer"))
+        } else {
+            Err(st)
+        }
+    }
+
+    /// Writes `data` (a whole number of blocks) at `offset_blocks`.
+    pub async fn write(&self, offset_blocks: u64, data: IoBuf) -> Result<(), IoStatus> {
+        let n = data.len() as u64 / self.bdev.block_size() as u64;
+        status_result(self.io(BdevIo::write(offset_blocks, n, data)).await.1)
+    }
+
+    /// Flushes the volatile cache.
+    pub async fn flush(&self) -> Result<(), IoStatus> {
+        status_result(self.io(BdevIo::flush()).await.1)
+    }
+
+    /// Unmaps a range.
+    pub async fn unmap(&self, offset_blocks: u64, num_blocks: u64) -> Result<(), IoStatus> {
+        status_result(self.io(BdevIo::unmap(offset_blocks, num_blocks)).await.1)
+    }
+
+    /// Zeroes a range.
+    pub async fn write_zeroes(&self, offset_blocks: u64, num_blocks: u64) -> Result<(), IoStatus> {
+        status_result(
+            self.io(BdevIo::write_zeroes(offset_blocks, num_blocks))
+                .await
+                .1,
+        )
+    }
+}
+
+fn status_result(st: IoStatus) -> Result<(), IoStatus> {
+    if st.is_success() { Ok(()) } else { Err(st) }
+}
+
+/// Validates `io` against `bdev`: supported kind, range, lengths, buffer alignment.
+pub fn check_io(bdev: &dyn Bdev, io: &BdevIo) -> IoStatus {
+    if !bdev.supports(io.kind) {
+        return IoStatus::InvalidOpcode;
+    }
+    if io.kind.modifies() && bdev.read_only() {
+        return IoStatus::WriteProtected;
+    }
+    if io.kind == IoKind::Flush {
+        return IoStatus::Success;
+    }
+    if io.num_blocks == 0 {
+        return IoStatus::InvalidField;
+    }
+    match io.offset_blocks.checked_add(io.num_blocks) {
+        Some(end) if end <= bdev.num_blocks() => {}
+        _ => return IoStatus::LbaOutOfRange,
+    }
+    if io.kind.has_data() {
+        let want = io.num_blocks.checked_mul(bdev.block_size() as u64);
+        if want != Some(io.iov_len() as u64) {
+            return IoStatus::InvalidField;
+        }
+        let align = bdev.buf_align();
+        if align > 1
+            && io
+                .iovs
+                .iter()
+                .any(|v| !(v.iov_base as usize).is_multiple_of(align) || v.iov_len % align != 0)
+        {
+            return IoStatus::InvalidField;
+        }
+    }
+    IoStatus::Success
+}
+
+/// A completed request, or the task waiting for it.
+type OneShotState = (Option<(BdevIo, IoStatus)>, Option<Waker>);
+
+#[derive(Default)]
+struct OneShot {
+    state: RefCell<OneShotState>,
+}
+
+impl IoSink for OneShot {
+    fn io_done(&self, io: BdevIo, status: IoStatus) {
+        let waker = {
+            let mut s = self.state.borrow_mut();
+            s.0 = Some((io, status));
+            s.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod conformance;

@@ -1,0 +1,306 @@
+//! The YAML startup configuration: the whole target, declaratively.
+//!
+//! ```yaml
+//! cores: [0, 1]            # or "0x3", or "0-1"
+//! idle: adaptive           # or busy
+//! bdevs:
+//!   - {type: malloc, name: Malloc0, size: 1GiB, block_size: 4096}
+//!   - {type: uring, name: data0, path: /var/lib/tessera/data0.img, size: 64GiB}
+//! ```
+//!
+//! Every error names the file, the line and the field.
+
+use crate::bdev::uring::UringOptions;
+use crate::reactor::{CoreList, IdlePolicy};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::path::{Path, PathBuf};
+
+/// A size in bytes, written as a number or with a unit (`8GiB`, `512M`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Size(pub u64);
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::util::format_size(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Num(u64),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Num(n) => Ok(Size(n)),
+            Repr::Text(t) => crate::util::parse_size(&t)
+                .map(Size)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn default_block_size() -> u32 {
+    4096
+}
+
+/// A base bdev to create at start.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BdevConfig {
+    /// RAM disk.
+    Malloc {
+        name: String,
+        size: Size,
+        #[serde(default = "default_block_size")]
+        block_size: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uuid: Option<uuid::Uuid>,
+    },
+    /// No data; any size.
+    Null {
+        name: String,
+        size: Size,
+        #[serde(default = "default_block_size")]
+        block_size: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uuid: Option<uuid::Uuid>,
+    },
+    /// A file or block device through io_uring. A missing file is created sparse with
+    /// `size`.
+    Uring {
+        name: String,
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<Size>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        block_size: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uuid: Option<uuid::Uuid>,
+        #[serde(default, skip_serializing_if = "is_default")]
+        options: UringOptions,
+    },
+    /// Fault injection over another bdev.
+    Error {
+        name: String,
+        base: String,
+        #[serde(default)]
+        volatile_cache: bool,
+    },
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl BdevConfig {
+    /// The bdev's name.
+    pub fn name(&self) -> &str {
+        match self {
+            BdevConfig::Malloc { name, .. }
+            | BdevConfig::Null { name, .. }
+            | BdevConfig::Uring { name, .. }
+            | BdevConfig::Error { name, .. } => name,
+        }
+    }
+}
+
+fn default_cores() -> CoreList {
+    CoreList::first(1)
+}
+
+/// The whole target.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// CPUs to run reactors on.
+    #[serde(default = "default_cores")]
+    pub cores: CoreList,
+    /// Idle policy of the reactors.
+    #[serde(default)]
+    pub idle: IdlePolicy,
+    /// Base bdevs.
+    #[serde(default)]
+    pub bdevs: Vec<BdevConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cores: default_cores(),
+            idle: IdlePolicy::Adaptive,
+            bdevs: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+impl Config {
+    /// Loads a YAML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses YAML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let cfg: Config = match serde_path_to_error::deserialize(de) {
+            Ok(c) => c,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let (line, column) = inner.location().map_or((0, 0), |l| (l.line(), l.column()));
+                let mut message = inner.to_string();
+                // serde_yaml appends its own "at line L column C"; we print it in front.
+                if let Some(i) = message.find(" at line ") {
+                    message.truncate(i);
+                }
+                let message = if path.is_empty() || path == "." {
+                    message
+                } else {
+                    format!("{path}: {message}")
+                };
+                return Err(ConfigError::Parse {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    message,
+                });
+            }
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            message,
+        };
+        let mut names = std::collections::HashSet::new();
+        for (i, b) in self.bdevs.iter().enumerate() {
+            if !names.insert(b.name()) {
+                return Err(invalid(format!(
+                    "bdevs[{i}].name: `{}` is used twice",
+                    b.name()
+                )));
+            }
+            if let BdevConfig::Error { base, .. } = b
+                && !self.bdevs[..i].iter().any(|o| o.name() == base)
+            {
+                return Err(invalid(format!(
+                    "bdevs[{i}].base: `{base}` is not a bdev defined above it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("config serialises")
+    }
+}
+
+/// The configuration `tessera serve` runs with no `--config`: a pool in a sparse file
+/// under the data directory.
+pub fn embedded_default(data_dir: &Path) -> Config {
+    let text = EMBEDDED_DEFAULT.replace("${DATA_DIR}", &data_dir.display().to_string());
+    Config::parse(&text, "<embedded default>").expect("the embedded default config is valid")
+}
+
+/// The embedded default, with `${DATA_DIR}` standing for `--data-dir`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../spdk-config/default.yaml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = Config::parse(
+            "cores: 0x3\nidle: busy\nbdevs:\n  - {type: malloc, name: M0, size: 64MiB}\n  - {type: null, name: N0, size: 1TiB, block_size: 512}\n  - {type: uring, name: U0, path: /tmp/x.img, size: 1G, options: {queue_depth: 64}}\n  - {type: error, name: E0, base: M0, volatile_cache: true}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.cores.cpus(), &[0, 1]);
+        assert_eq!(c.idle, IdlePolicy::Busy);
+        assert_eq!(c.bdevs.len(), 4);
+        assert_eq!(
+            c.bdevs[1],
+            BdevConfig::Null {
+                name: "N0".into(),
+                size: Size(1 << 40),
+                block_size: 512,
+                uuid: None
+            }
+        );
+        // Round trip.
+        let again = Config::parse(&c.to_yaml(), "again").unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = Config::parse(
+            "cores: [0]\nbdevs:\n  - type: malloc\n    name: M0\n    size: lots\n",
+            "bad.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("bad.yaml:5:"), "{e}");
+        assert!(e.contains("bdevs[0].size"), "{e}");
+        let e = Config::parse("cores: [0]\nidle: sometimes\n", "bad.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("bad.yaml:2:") && e.contains("idle"), "{e}");
+        let e = Config::parse(
+            "bdevs:\n  - {type: malloc, name: M0, size: 1M, colour: red}\n",
+            "bad.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("colour") && e.starts_with("bad.yaml:2:"), "{e}");
+        let e = Config::parse(
+            "bdevs:\n  - {type: error, name: E, base: nope}\n",
+            "bad.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bdevs[0].base") && e.contains("nope"), "{e}");
+        let e = Config::parse("cores: 0-\n", "bad.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cores"), "{e}");
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = embedded_default(Path::new("/tmp/tessera-test"));
+        assert!(!c.bdevs.is_empty());
+    }
+}

@@ -1,0 +1,226 @@
+//! The `tessera` command: parse, load the config, call into the library.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tessera::bdev::Bdev;
+use tessera::bdev::malloc::MallocBdev;
+use tessera::bdev::null::NullBdev;
+use tessera::bdev::uring::{UringBdev, UringOptions};
+use tessera::bench::{BenchConfig, Workload};
+use tessera::config::{Config, embedded_default};
+use tessera::reactor::{CoreList, IdlePolicy};
+use tessera::target::Target;
+use tessera::util::parse_size;
+
+#[derive(Parser)]
+#[command(name = "tessera", version = tessera_version(), about = "Userspace polled-mode block-storage engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn tessera_version() -> &'static str {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (git ",
+        env!("TESSERA_GIT_REV"),
+        ")"
+    )
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a target until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Benchmark a bdev (bdevperf-like).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// YAML configuration (without it: the embedded default under --data-dir).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Where the embedded default keeps its data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// JSON-RPC socket path.
+    #[arg(
+        short = 's',
+        long = "rpc-socket",
+        default_value = "/var/tmp/tessera.sock"
+    )]
+    rpc_socket: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The bdev: `null:SIZE`, `malloc:SIZE`, `uring:PATH[:SIZE]`, or a bdev name from --config.
+    #[arg(long)]
+    bdev: String,
+    /// A config file (YAML) whose bdevs --bdev can name.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// randread, randwrite, read, write or randrw.
+    #[arg(long, short = 'w', default_value = "randread")]
+    workload: String,
+    /// Percentage of reads for randrw.
+    #[arg(long, short = 'M', default_value_t = 50)]
+    rwmix: u8,
+    /// Request size (bytes, or with a unit).
+    #[arg(long, short = 'o', default_value = "4096")]
+    bs: String,
+    /// Requests in flight per core.
+    #[arg(long, short = 'q', default_value_t = 32)]
+    qd: usize,
+    /// Run time in seconds.
+    #[arg(long, short = 't', default_value_t = 5.0)]
+    seconds: f64,
+    /// Cores: `0`, `0,1`, `0-3` or a mask such as `0x3`.
+    #[arg(long, short = 'm', default_value = "0")]
+    cores: String,
+    /// busy or adaptive.
+    #[arg(long, default_value = "busy")]
+    idle: String,
+    /// Block size of a `null:`/`malloc:` bdev.
+    #[arg(long, default_value_t = 4096)]
+    block_size: u32,
+    /// Limit the accessed range to the first bytes of the bdev.
+    #[arg(long)]
+    range: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Bench(a) => bench(a),
+    };
+    if let Err(e) = result {
+        eprintln!("tessera: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"))
+        .join("tessera")
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let config = match &a.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+            tracing::info!(data_dir = %dir.display(), "no --config: running the embedded default");
+            embedded_default(&dir)
+        }
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let target = Target::start(config)?;
+    let _ = &a.rpc_socket;
+    tracing::info!(cores = %target.config().cores, "tessera is serving; SIGINT or SIGTERM stops it");
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    target.shutdown();
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let workload = Workload::parse(&a.workload, a.rwmix).map_err(anyhow::Error::msg)?;
+    let cores: CoreList = a.cores.parse()?;
+    let idle: IdlePolicy = a.idle.parse().map_err(anyhow::Error::msg)?;
+    let bs = parse_size(&a.bs).map_err(anyhow::Error::msg)? as usize;
+    let range_bytes = match &a.range {
+        Some(r) => parse_size(r).map_err(anyhow::Error::msg)?,
+        None => 0,
+    };
+    let mut config = match &a.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    config.cores = cores;
+    config.idle = idle;
+    let target = Target::start(config)?;
+    let bdev: Arc<dyn Bdev> = match a.bdev.split_once(':') {
+        Some(("null", size)) => {
+            let bytes = parse_size(size).map_err(anyhow::Error::msg)?;
+            NullBdev::create(
+                "bench-null",
+                bytes / a.block_size as u64,
+                a.block_size,
+                None,
+            )?
+        }
+        Some(("malloc", size)) => {
+            let bytes = parse_size(size).map_err(anyhow::Error::msg)?;
+            MallocBdev::create(
+                "bench-malloc",
+                bytes / a.block_size as u64,
+                a.block_size,
+                None,
+            )?
+        }
+        Some(("uring", rest)) => {
+            let (path, size) = match rest.rsplit_once(':') {
+                Some((p, s)) if parse_size(s).is_ok() => {
+                    (p, Some(parse_size(s).map_err(anyhow::Error::msg)?))
+                }
+                _ => (rest, None),
+            };
+            UringBdev::create(
+                "bench-uring",
+                path.as_ref(),
+                None,
+                size,
+                None,
+                UringOptions::default(),
+            )?
+        }
+        Some((kind, _)) => bail!(
+            "--bdev `{}`: unknown kind `{kind}` (null, malloc, uring, or a bdev name)",
+            a.bdev
+        ),
+        None => target
+            .bdevs()
+            .get(&a.bdev)
+            .with_context(|| format!("--bdev `{}`", a.bdev))?,
+    };
+    let cfg = BenchConfig {
+        workload,
+        bs,
+        qd: a.qd,
+        seconds: a.seconds,
+        range_bytes,
+        ..Default::default()
+    };
+    let report = tessera::bench::run(target.cores(), bdev, &cfg, Vec::new())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    target.shutdown();
+    Ok(())
+}

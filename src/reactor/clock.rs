@@ -1,0 +1,66 @@
+//! Time for reactors: a real monotonic clock, or a manual one that tests advance by hand.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Nanoseconds since the clock's origin. All reactor timers are expressed in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Nanos(pub u64);
+
+impl Nanos {
+    /// This moment plus `d`, saturating.
+    pub fn after(self, d: Duration) -> Nanos {
+        Nanos(
+            self.0
+                .saturating_add(d.as_nanos().min(u64::MAX as u128) as u64),
+        )
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Nanos) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// The time source shared by a set of reactors.
+#[derive(Clone, Debug)]
+pub enum Clock {
+    /// Wall-clock monotonic time (the normal case).
+    Real(Instant),
+    /// Time that moves only when a test calls [`Clock::advance`].
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// A real clock whose origin is now.
+    pub fn real() -> Clock {
+        Clock::Real(Instant::now())
+    }
+
+    /// A manual clock at zero.
+    pub fn manual() -> Clock {
+        Clock::Manual(Arc::new(AtomicU64::new(0)))
+    }
+
+    /// The current time.
+    #[inline]
+    pub fn now(&self) -> Nanos {
+        match self {
+            Clock::Real(origin) => Nanos(origin.elapsed().as_nanos() as u64),
+            Clock::Manual(t) => Nanos(t.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Moves a manual clock forward; a no-op on a real one.
+    pub fn advance(&self, d: Duration) {
+        if let Clock::Manual(t) = self {
+            t.fetch_add(d.as_nanos() as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// True for a manual clock.
+    pub fn is_manual(&self) -> bool {
+        matches!(self, Clock::Manual(_))
+    }
+}

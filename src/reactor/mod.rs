@@ -1,0 +1,1021 @@
+//! Reactors: one pinned thread per core, each running a poll loop. This page is the
+//! threading model of tessera; read it before writing code that runs on a reactor.
+//!
+//! # Who owns what
+//!
+//! A [`ReactorSet`] starts one thread per configured CPU. Each thread owns one
+//! [`Reactor`]: its run queue of ready tasks, its pollers, its timers, its readiness
+//! driver (an epoll instance through `mio`) and its *reactor-local storage* — per-core
+//! state such as bdev channels, mapping agents and buffer pools. None of that is `Send`;
+//! it is reached only from code running on that reactor, through the free functions of
+//! this module ([`spawn_local`], [`register_poller`], [`sleep`], [`local`], …), which find
+//! the reactor that is currently polling.
+//!
+//! Work moves between cores only by **messages**: [`Cores::send`] pushes a `Send` closure
+//! onto the target's lock-free queue (a `crossbeam` segment queue, one per reactor, FIFO
+//! per sender); the target runs it at the top of its next loop iteration. [`Cores`] is
+//! the cheap, cloneable, `Send + Sync` handle that any thread — another reactor, the main
+//! thread, a test — uses to reach the cores. Nothing on the I/O path takes a lock.
+//!
+//! # The loop
+//!
+//! Every iteration: (1) run the messages that have arrived, (2) run the tasks that are
+//! ready, (3) call every poller once (completion rings, deferred completions), (4) poll
+//! socket readiness when sockets are registered, (5) fire expired timers. Each step
+//! reports how much work it did. When an iteration does nothing, the idle policy decides:
+//! [`IdlePolicy::Busy`] spins (lowest latency; the benchmark mode),
+//! [`IdlePolicy::Adaptive`] spins for a short while and then parks in `epoll_wait` until
+//! a message (the sender rings the reactor's eventfd only if the reactor is asleep), a
+//! timer deadline, socket readiness or an I/O completion (backends register their
+//! completion eventfds) wakes it.
+//!
+//! A poller must therefore either report work, or make sure something will wake the
+//! reactor when it has work: a registered fd, a timer or a message.
+//!
+//! # Tasks
+//!
+//! Futures need not be `Send`: [`spawn_local`] places them on the current reactor
+//! (`async-task`); a waker called from another thread sends the task back to its reactor
+//! as a message. [`Cores::spawn_on`] builds a future on another core from a `Send`
+//! closure and returns a handle to await its result from anywhere; [`Cores::call`] is the
+//! same for a plain closure.
+//!
+//! # Shutdown
+//!
+//! [`ReactorSet::shutdown`] queues a stop message behind whatever was already sent, so
+//! every message sent before shutdown runs. The reactor then drops its pollers and tasks
+//! on its own thread and exits; the set joins every thread. Messages sent after a reactor
+//! stopped are refused ([`SendError`]).
+//!
+//! # Tests
+//!
+//! [`ManualReactors`] builds N reactors that one test thread drives by hand with a
+//! manual [`Clock`] — no threads, no global singletons — so multi-core logic can be
+//! tested deterministically.
+
+mod clock;
+mod cores;
+pub mod io;
+mod timer;
+
+pub use clock::{Clock, Nanos};
+pub use cores::{CoreList, CoreListError};
+
+use crossbeam_queue::SegQueue;
+use serde::{Deserialize, Serialize};
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use timer::{TimerAction, TimerQueue};
+
+/// How an idle reactor waits for work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdlePolicy {
+    /// Spin forever: lowest latency, one CPU at 100% per reactor.
+    Busy,
+    /// Spin briefly, then sleep until a message, timer, socket or completion arrives.
+    #[default]
+    Adaptive,
+}
+
+impl std::str::FromStr for IdlePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "busy" => Ok(IdlePolicy::Busy),
+            "adaptive" => Ok(IdlePolicy::Adaptive),
+            other => Err(format!(
+                "idle policy `{other}` is neither `busy` nor `adaptive`"
+            )),
+        }
+    }
+}
+
+/// Configuration of a reactor set.
+#[derive(Clone, Debug)]
+pub struct ReactorConfig {
+    /// CPUs to run on, one reactor each.
+    pub cores: CoreList,
+    /// What an idle reactor does.
+    pub idle: IdlePolicy,
+    /// How long an adaptive reactor spins after its last work before it parks.
+    pub spin_before_park: Duration,
+    /// Pin each thread to its CPU (off when the CPU does not exist on this machine).
+    pub pin: bool,
+}
+
+impl ReactorConfig {
+    /// Reactors on `cores` with `idle`, pinned, spinning 50 µs before parking.
+    pub fn new(cores: CoreList, idle: IdlePolicy) -> Self {
+        ReactorConfig {
+            cores,
+            idle,
+            spin_before_park: Duration::from_micros(50),
+            pin: true,
+        }
+    }
+}
+
+/// Errors of the reactor layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReactorError {
+    #[error("core {core}: cannot pin thread to cpu {cpu}: {source}")]
+    Pin {
+        core: usize,
+        cpu: usize,
+        source: std::io::Error,
+    },
+    #[error("cannot create the readiness poller: {0}")]
+    Poll(#[from] std::io::Error),
+    #[error("core index {core} is not in this reactor set of {len} cores")]
+    NoSuchCore { core: usize, len: usize },
+}
+
+/// A message could not be delivered: the target reactor has stopped.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[error("reactor {core} has stopped")]
+pub struct SendError {
+    pub core: usize,
+}
+
+enum Message {
+    Call(Box<dyn FnOnce() + Send>),
+    Wake(async_task::Runnable),
+}
+
+/// The `Send + Sync` half of a reactor: its inbound queue and its doorbell.
+struct Mailbox {
+    core: usize,
+    cpu: usize,
+    queue: SegQueue<Message>,
+    sleeping: AtomicBool,
+    closed: AtomicBool,
+    doorbell: mio::Waker,
+    busy_loops: AtomicU64,
+    idle_loops: AtomicU64,
+}
+
+impl Mailbox {
+    fn push(&self, msg: Message) -> Result<(), SendError> {
+        if self.closed.load(Ordering::Acquire) {
+            if let Message::Wake(r) = msg {
+                // A local task's runnable must not be dropped off its own thread; at
+                // shutdown it is simply leaked.
+                std::mem::forget(r);
+            }
+            return Err(SendError { core: self.core });
+        }
+        self.queue.push(msg);
+        // Pairs with the fence in `Reactor::park`: either the reactor sees our message
+        // before it sleeps, or we see it asleep and ring the doorbell.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            let _ = self.doorbell.wake();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        while let Some(m) = self.queue.pop() {
+            if let Message::Wake(r) = m {
+                std::mem::forget(r);
+            }
+        }
+    }
+}
+
+/// Statistics of one reactor, as reported by `framework_get_reactors`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReactorStats {
+    pub core: usize,
+    pub lcore: usize,
+    pub busy: u64,
+    pub idle: u64,
+}
+
+/// Handle to a set of cores: send messages, spawn work, run on every core.
+/// Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Cores {
+    mailboxes: Arc<[Arc<Mailbox>]>,
+    clock: Clock,
+}
+
+impl Cores {
+    /// Number of cores in the set.
+    pub fn len(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Never true.
+    pub fn is_empty(&self) -> bool {
+        self.mailboxes.is_empty()
+    }
+
+    /// The CPU that core `core` runs on.
+    pub fn cpu(&self, core: usize) -> usize {
+        self.mailboxes[core].cpu
+    }
+
+    /// The clock shared by the set.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Runs `f` on core `core` at its next loop iteration.
+    pub fn send(&self, core: usize, f: impl FnOnce() + Send + 'static) -> Result<(), SendError> {
+        match self.mailboxes.get(core) {
+            Some(mb) => mb.push(Message::Call(Box::new(f))),
+            None => Err(SendError { core }),
+        }
+    }
+
+    /// Builds a future on `core` from `make` and runs it there; the handle resolves to its
+    /// output (or to `Err` if the reactor stopped before finishing it).
+    pub fn spawn_on<F, Fut>(&self, core: usize, make: F) -> RemoteHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let sent = self.send(core, move || {
+            spawn_local(async move {
+                let out = make().await;
+                let _ = tx.send(out);
+            })
+            .detach();
+        });
+        RemoteHandle {
+            rx,
+            core,
+            refused: sent.is_err(),
+        }
+    }
+
+    /// Runs the closure `f` on `core`; the handle resolves to its result.
+    pub fn call<R: Send + 'static>(
+        &self,
+        core: usize,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> RemoteHandle<R> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let sent = self.send(core, move || {
+            let _ = tx.send(f());
+        });
+        RemoteHandle {
+            rx,
+            core,
+            refused: sent.is_err(),
+        }
+    }
+
+    /// Runs `f` once on every core; `done` runs exactly once, after the last core ran `f`,
+    /// on the core that ran it last.
+    pub fn for_each_core(
+        &self,
+        f: impl Fn(usize) + Send + Sync + 'static,
+        done: impl FnOnce() + Send + 'static,
+    ) -> Result<(), SendError> {
+        let f = Arc::new(f);
+        let remaining = Arc::new(AtomicUsize::new(self.len()));
+        let done = Arc::new(Mutex::new(Some(done)));
+        for core in 0..self.len() {
+            let (f, remaining, done) = (f.clone(), remaining.clone(), done.clone());
+            self.send(core, move || {
+                f(core);
+                if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let d = done.lock().ok().and_then(|mut g| g.take());
+                    if let Some(d) = d {
+                        d();
+                    }
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// [`Cores::for_each_core`] as a future that resolves once every core ran `f`.
+    pub fn for_each_core_async(
+        &self,
+        f: impl Fn(usize) + Send + Sync + 'static,
+    ) -> RemoteHandle<()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let refused = self
+            .for_each_core(f, move || {
+                let _ = tx.send(());
+            })
+            .is_err();
+        RemoteHandle {
+            rx,
+            core: 0,
+            refused,
+        }
+    }
+
+    /// Busy and idle loop counts per core.
+    pub fn stats(&self) -> Vec<ReactorStats> {
+        self.mailboxes
+            .iter()
+            .map(|m| ReactorStats {
+                core: m.core,
+                lcore: m.cpu,
+                busy: m.busy_loops.load(Ordering::Relaxed),
+                idle: m.idle_loops.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+/// The result of work sent to another core.
+pub struct RemoteHandle<T> {
+    rx: futures_channel::oneshot::Receiver<T>,
+    core: usize,
+    refused: bool,
+}
+
+impl<T> Future for RemoteHandle<T> {
+    type Output = Result<T, SendError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.refused {
+            return Poll::Ready(Err(SendError { core: self.core }));
+        }
+        let core = self.core;
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.map_err(|_| SendError { core }))
+    }
+}
+
+/// A running set of reactor threads. Dropping it shuts the reactors down.
+pub struct ReactorSet {
+    cores: Cores,
+    threads: Vec<JoinHandle<()>>,
+    config: ReactorConfig,
+}
+
+impl ReactorSet {
+    /// Starts one pinned thread per core and waits until every reactor is running.
+    pub fn start(config: ReactorConfig) -> Result<ReactorSet, ReactorError> {
+        let clock = Clock::real();
+        let (polls, cores) = build_mailboxes(config.cores.cpus(), clock)?;
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), ReactorError>>();
+        for (core, poll) in polls.into_iter().enumerate() {
+            let cores2 = cores.clone();
+            let cfg = config.clone();
+            let ready = ready_tx.clone();
+            let cpu = cores.cpu(core);
+            let handle = std::thread::Builder::new()
+                .name(format!("reactor_{core}"))
+                .spawn(move || {
+                    if cfg.pin
+                        && cpu < online
+                        && let Err(e) = pin_to_cpu(cpu)
+                    {
+                        let _ = ready.send(Err(ReactorError::Pin {
+                            core,
+                            cpu,
+                            source: e,
+                        }));
+                        return;
+                    }
+                    let reactor = Reactor::new(core, cores2, poll, &cfg);
+                    let _ = ready.send(Ok(()));
+                    reactor.run();
+                })
+                .map_err(ReactorError::Poll)?;
+            threads.push(handle);
+        }
+        drop(ready_tx);
+        let mut set = ReactorSet {
+            cores,
+            threads,
+            config,
+        };
+        for _ in 0..set.threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    set.shutdown();
+                    return Err(e);
+                }
+                Err(_) => break,
+            }
+        }
+        tracing::debug!(cores = %set.config.cores, idle = ?set.config.idle, "reactors started");
+        Ok(set)
+    }
+
+    /// The handle to reach the cores.
+    pub fn cores(&self) -> &Cores {
+        &self.cores
+    }
+
+    /// The configuration the set runs with.
+    pub fn config(&self) -> &ReactorConfig {
+        &self.config
+    }
+
+    /// Stops every reactor after the messages already queued, and joins the threads.
+    pub fn shutdown(&mut self) {
+        for mb in self.cores.mailboxes.iter() {
+            let _ = mb.push(Message::Call(Box::new(|| with_current(|r| r.stop()))));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ReactorSet {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn build_mailboxes(cpus: &[usize], clock: Clock) -> Result<(Vec<mio::Poll>, Cores), ReactorError> {
+    let mut polls = Vec::new();
+    let mut boxes = Vec::new();
+    for (core, &cpu) in cpus.iter().enumerate() {
+        let poll = mio::Poll::new()?;
+        let doorbell = mio::Waker::new(poll.registry(), DOORBELL)?;
+        boxes.push(Arc::new(Mailbox {
+            core,
+            cpu,
+            queue: SegQueue::new(),
+            sleeping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            doorbell,
+            busy_loops: AtomicU64::new(0),
+            idle_loops: AtomicU64::new(0),
+        }));
+        polls.push(poll);
+    }
+    Ok((
+        polls,
+        Cores {
+            mailboxes: boxes.into(),
+            clock,
+        },
+    ))
+}
+
+fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bitmask for which all-zero is a valid value;
+    // CPU_SET writes inside it (cpu < CPU_SETSIZE is ensured by CoreList's 1023 limit)
+    // and sched_setaffinity only reads `size_of::<cpu_set_t>()` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+const DOORBELL: mio::Token = mio::Token(usize::MAX);
+
+type PollerFn = Box<dyn FnMut() -> usize>;
+
+/// A poller's slot. `generation` changes whenever the slot is freed, so a poller that
+/// unregisters itself while running is never put back over a newcomer.
+struct PollerSlot {
+    f: Option<PollerFn>,
+    generation: u64,
+    live: bool,
+}
+
+/// The reactor of one core. Lives on its thread (or, under [`ManualReactors`], on the
+/// test thread); reached through the free functions of this module.
+pub struct Reactor {
+    inner: Rc<ReactorInner>,
+}
+
+struct ReactorInner {
+    mailbox: Arc<Mailbox>,
+    cores: Cores,
+    run_queue: RefCell<VecDeque<async_task::Runnable>>,
+    pollers: RefCell<Vec<PollerSlot>>,
+    poller_free: RefCell<Vec<usize>>,
+    timers: RefCell<TimerQueue>,
+    io: io::Driver,
+    locals: RefCell<Vec<(TypeId, Rc<dyn Any>)>>,
+    stopping: Cell<bool>,
+    idle: IdlePolicy,
+    spin_before_park: Duration,
+    loops_busy: Cell<u64>,
+    loops_idle: Cell<u64>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<ReactorInner>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the reactor currently polling on this thread.
+///
+/// # Panics
+/// When called outside a reactor; every function of this module documented as "on the
+/// current reactor" has this requirement.
+fn with_current<R>(f: impl FnOnce(&Rc<ReactorInner>) -> R) -> R {
+    CURRENT.with(|c| {
+        let c = c.borrow();
+        let r = c
+            .as_ref()
+            .expect("this function must be called on a reactor thread");
+        f(r)
+    })
+}
+
+fn try_with_current<R>(f: impl FnOnce(&Rc<ReactorInner>) -> R) -> Option<R> {
+    CURRENT.with(|c| c.try_borrow().ok().and_then(|c| c.as_ref().map(f)))
+}
+
+struct CurrentGuard(Option<Rc<ReactorInner>>);
+
+impl CurrentGuard {
+    fn enter(r: &Rc<ReactorInner>) -> CurrentGuard {
+        CurrentGuard(CURRENT.with(|c| c.replace(Some(r.clone()))))
+    }
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+impl Reactor {
+    fn new(core: usize, cores: Cores, poll: mio::Poll, cfg: &ReactorConfig) -> Reactor {
+        Reactor {
+            inner: Rc::new(ReactorInner {
+                mailbox: cores.mailboxes[core].clone(),
+                cores,
+                run_queue: RefCell::new(VecDeque::with_capacity(256)),
+                pollers: RefCell::new(Vec::new()),
+                poller_free: RefCell::new(Vec::new()),
+                timers: RefCell::new(TimerQueue::default()),
+                io: io::Driver::new(poll),
+                locals: RefCell::new(Vec::new()),
+                stopping: Cell::new(false),
+                idle: cfg.idle,
+                spin_before_park: cfg.spin_before_park,
+                loops_busy: Cell::new(0),
+                loops_idle: Cell::new(0),
+            }),
+        }
+    }
+
+    /// This reactor's core index.
+    pub fn core(&self) -> usize {
+        self.inner.mailbox.core
+    }
+
+    /// One loop iteration; returns the amount of work done.
+    pub fn poll_once(&self) -> usize {
+        let _g = CurrentGuard::enter(&self.inner);
+        self.inner.iteration()
+    }
+
+    fn run(self) {
+        let _g = CurrentGuard::enter(&self.inner);
+        let r = &self.inner;
+        let mut idle_since = r.cores.clock.now();
+        let mut publish = 0u32;
+        loop {
+            let work = r.iteration();
+            if r.stopping.get() {
+                break;
+            }
+            publish += 1;
+            if publish >= 1024 {
+                publish = 0;
+                r.publish_stats();
+            }
+            if work > 0 {
+                r.loops_busy.set(r.loops_busy.get() + 1);
+                if r.idle == IdlePolicy::Adaptive {
+                    idle_since = r.cores.clock.now();
+                }
+                continue;
+            }
+            r.loops_idle.set(r.loops_idle.get() + 1);
+            match r.idle {
+                IdlePolicy::Busy => std::hint::spin_loop(),
+                IdlePolicy::Adaptive => {
+                    let now = r.cores.clock.now();
+                    if now.since(idle_since) >= r.spin_before_park {
+                        r.park(now);
+                        idle_since = r.cores.clock.now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+        r.publish_stats();
+        r.mailbox.closed.store(true, Ordering::Release);
+        // Run what was sent before the stop; then drop tasks and pollers on this thread.
+        while let Some(m) = r.mailbox.queue.pop() {
+            match m {
+                Message::Call(f) => f(),
+                Message::Wake(run) => drop(run),
+            }
+        }
+        r.run_queue.borrow_mut().clear();
+        let pollers = std::mem::take(&mut *r.pollers.borrow_mut());
+        drop(pollers);
+        let locals = std::mem::take(&mut *r.locals.borrow_mut());
+        drop(locals);
+        r.run_queue.borrow_mut().clear();
+    }
+}
+
+impl ReactorInner {
+    fn stop(&self) {
+        self.stopping.set(true);
+    }
+
+    fn publish_stats(&self) {
+        self.mailbox
+            .busy_loops
+            .store(self.loops_busy.get(), Ordering::Relaxed);
+        self.mailbox
+            .idle_loops
+            .store(self.loops_idle.get(), Ordering::Relaxed);
+    }
+
+    fn iteration(&self) -> usize {
+        let mut work = 0;
+        // 1. Messages.
+        for _ in 0..1024 {
+            match self.mailbox.queue.pop() {
+                Some(Message::Call(f)) => f(),
+                Some(Message::Wake(run)) => self.run_queue.borrow_mut().push_back(run),
+                None => break,
+            }
+            work += 1;
+        }
+        // 2. Ready tasks (those ready now; tasks woken while running wait a turn).
+        let ready = self.run_queue.borrow().len();
+        for _ in 0..ready {
+            let next = self.run_queue.borrow_mut().pop_front();
+            match next {
+                Some(run) => {
+                    run.run();
+                    work += 1;
+                }
+                None => break,
+            }
+        }
+        // 3. Pollers.
+        let n = self.pollers.borrow().len();
+        for i in 0..n {
+            let taken = {
+                let mut ps = self.pollers.borrow_mut();
+                let slot = &mut ps[i];
+                slot.f.take().map(|f| (f, slot.generation))
+            };
+            if let Some((mut p, generation)) = taken {
+                work += p();
+                let mut ps = self.pollers.borrow_mut();
+                let slot = &mut ps[i];
+                // Put it back unless it was unregistered while running.
+                if slot.live && slot.generation == generation {
+                    slot.f = Some(p);
+                }
+            }
+        }
+        // 4. Socket readiness.
+        if self.io.has_sources() {
+            work += self.io.poll(Some(Duration::ZERO));
+        }
+        // 5. Timers.
+        if !self.timers.borrow().is_empty() {
+            let now = self.cores.clock.now();
+            loop {
+                let action = self.timers.borrow_mut().pop_expired(now);
+                match action {
+                    Some(TimerAction::Wake(w)) => w.wake(),
+                    Some(TimerAction::Call(f)) => f(),
+                    None => break,
+                }
+                work += 1;
+            }
+        }
+        work
+    }
+
+    fn park(&self, now: Nanos) {
+        let deadline = self.timers.borrow_mut().next_deadline();
+        let timeout = match deadline {
+            Some(at) => at.since(now),
+            None => Duration::from_millis(500),
+        };
+        if timeout.is_zero() {
+            return;
+        }
+        self.mailbox.sleeping.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `Mailbox::push`.
+        fence(Ordering::SeqCst);
+        if self.mailbox.queue.is_empty() && self.run_queue.borrow().is_empty() {
+            self.io.poll(Some(timeout));
+        }
+        self.mailbox.sleeping.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Handle of a registered poller; unregisters it when dropped.
+pub struct PollerHandle {
+    reactor: Weak<ReactorInner>,
+    index: usize,
+}
+
+impl Drop for PollerHandle {
+    fn drop(&mut self) {
+        if let Some(r) = self.reactor.upgrade() {
+            let taken = {
+                let mut ps = r.pollers.borrow_mut();
+                match ps.get_mut(self.index) {
+                    Some(slot) => {
+                        slot.live = false;
+                        slot.generation += 1;
+                        slot.f.take()
+                    }
+                    None => return,
+                }
+            };
+            r.poller_free.borrow_mut().push(self.index);
+            // Dropped outside the borrow: a poller's captures may own other handles.
+            drop(taken);
+        }
+    }
+}
+
+/// Registers `f` to be called once per loop iteration on the current reactor. It returns
+/// how much work it did (0 when idle).
+pub fn register_poller(f: impl FnMut() -> usize + 'static) -> PollerHandle {
+    with_current(|r| {
+        let free = r.poller_free.borrow_mut().pop();
+        let mut ps = r.pollers.borrow_mut();
+        let index = match free {
+            Some(i) => {
+                let slot = &mut ps[i];
+                slot.f = Some(Box::new(f));
+                slot.live = true;
+                i
+            }
+            None => {
+                ps.push(PollerSlot {
+                    f: Some(Box::new(f)),
+                    generation: 0,
+                    live: true,
+                });
+                ps.len() - 1
+            }
+        };
+        PollerHandle {
+            reactor: Rc::downgrade(r),
+            index,
+        }
+    })
+}
+
+/// Spawns a future on the current reactor. Drop the returned task to cancel it, or
+/// `.detach()` it to let it run to completion on its own.
+pub fn spawn_local<F>(fut: F) -> async_task::Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    let mailbox = with_current(|r| r.mailbox.clone());
+    let target = Arc::downgrade(&mailbox);
+    let schedule = move |runnable: async_task::Runnable| {
+        let Some(mb) = target.upgrade() else {
+            std::mem::forget(runnable);
+            return;
+        };
+        let local = try_with_current(|r| Arc::ptr_eq(&r.mailbox, &mb)).unwrap_or(false);
+        if local {
+            with_current(|r| r.run_queue.borrow_mut().push_back(runnable));
+        } else {
+            let _ = mb.push(Message::Wake(runnable));
+        }
+    };
+    let (runnable, task) = async_task::spawn_local(fut, schedule);
+    runnable.schedule();
+    task
+}
+
+/// The core index of the current reactor, or `None` off the reactors.
+pub fn current_core() -> Option<usize> {
+    try_with_current(|r| r.mailbox.core)
+}
+
+/// The idle policy of the current reactor.
+pub fn idle_policy() -> IdlePolicy {
+    with_current(|r| r.idle)
+}
+
+/// The [`Cores`] handle of the current reactor's set.
+pub fn cores() -> Cores {
+    with_current(|r| r.cores.clone())
+}
+
+/// The current time on the current reactor's clock.
+pub fn now() -> Nanos {
+    with_current(|r| r.cores.clock.now())
+}
+
+/// Per-reactor storage: the value of type `T` on the current reactor, created by `init`
+/// on first use.
+pub fn local<T: 'static>(init: impl FnOnce() -> T) -> Rc<T> {
+    with_current(|r| {
+        let id = TypeId::of::<T>();
+        if let Some((_, v)) = r.locals.borrow().iter().find(|(t, _)| *t == id) {
+            return v.clone().downcast::<T>().expect("type id matches");
+        }
+        let v: Rc<T> = Rc::new(init());
+        r.locals.borrow_mut().push((id, v.clone()));
+        v
+    })
+}
+
+/// Calls `f` on the current reactor at `at` (reactor clock). Returns an id for
+/// [`cancel_timer`].
+pub fn call_at(at: Nanos, f: impl FnOnce() + 'static) -> u64 {
+    with_current(|r| {
+        r.timers
+            .borrow_mut()
+            .insert(at, TimerAction::Call(Box::new(f)))
+    })
+}
+
+/// Cancels a timer set by [`call_at`]; harmless if it already fired.
+pub fn cancel_timer(id: u64) {
+    let _ = try_with_current(|r| r.timers.borrow_mut().cancel(id));
+}
+
+/// A future that completes `d` from now on the current reactor's clock.
+pub fn sleep(d: Duration) -> Sleep {
+    Sleep {
+        at: now().after(d),
+        id: None,
+    }
+}
+
+/// A future that completes at reactor time `at`.
+pub fn sleep_until(at: Nanos) -> Sleep {
+    Sleep { at, id: None }
+}
+
+/// See [`sleep`].
+pub struct Sleep {
+    at: Nanos,
+    id: Option<u64>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let at = self.at;
+        let id = self.id;
+        with_current(|r| {
+            if r.cores.clock.now() >= at {
+                if let Some(id) = id {
+                    r.timers.borrow_mut().cancel(id);
+                }
+                return Poll::Ready(());
+            }
+            let mut timers = r.timers.borrow_mut();
+            match id {
+                Some(id) if timers.update_waker(id, cx.waker()) => {}
+                _ => {
+                    let id = timers.insert(at, TimerAction::Wake(cx.waker().clone()));
+                    drop(timers);
+                    self.id = Some(id);
+                }
+            }
+            Poll::Pending
+        })
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            cancel_timer(id);
+        }
+    }
+}
+
+/// Yields once to the rest of the reactor's loop.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs a future to completion on the calling (non-reactor) thread, parking between
+/// polls. For the main thread and tests awaiting work sent to the reactors.
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+/// N reactors driven by hand from one thread with a manual clock, for deterministic tests.
+pub struct ManualReactors {
+    reactors: Vec<Reactor>,
+    cores: Cores,
+}
+
+impl ManualReactors {
+    /// Builds `n` reactors on a manual clock.
+    pub fn new(n: usize) -> Result<ManualReactors, ReactorError> {
+        let cpus: Vec<usize> = (0..n.max(1)).collect();
+        let (polls, cores) = build_mailboxes(&cpus, Clock::manual())?;
+        let cfg = ReactorConfig::new(CoreList::first(n), IdlePolicy::Busy);
+        let reactors = polls
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Reactor::new(i, cores.clone(), p, &cfg))
+            .collect();
+        Ok(ManualReactors { reactors, cores })
+    }
+
+    /// The handle to reach these cores.
+    pub fn cores(&self) -> &Cores {
+        &self.cores
+    }
+
+    /// One loop iteration of core `core`.
+    pub fn poll(&self, core: usize) -> usize {
+        self.reactors[core].poll_once()
+    }
+
+    /// Polls every core round-robin until a full round does no work (or `max_rounds`).
+    /// Returns the number of rounds that did work.
+    pub fn run_until_idle(&self, max_rounds: usize) -> usize {
+        for round in 0..max_rounds {
+            let work: usize = (0..self.reactors.len()).map(|c| self.poll(c)).sum();
+            if work == 0 {
+                return round;
+            }
+        }
+        max_rounds
+    }
+
+    /// Advances the manual clock.
+    pub fn advance(&self, d: Duration) {
+        self.cores.clock.advance(d);
+    }
+
+    /// Runs `f` on core `core` right now (as if it were that reactor's code).
+    pub fn enter<R>(&self, core: usize, f: impl FnOnce() -> R) -> R {
+        let _g = CurrentGuard::enter(&self.reactors[core].inner);
+        f()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+use super::*;
+use std::sync::atomic::AtomicU32;
+
+fn start(n: usize, idle: IdlePolicy) -> ReactorSet {
+    let mut cfg = ReactorConfig::new(CoreList::first(n), idle);
+    cfg.pin = false;
+    ReactorSet::start(cfg).expect("reactors start")
+}
+
+#[test]
+fn messages_keep_per_sender_order() {
+    let set = start(2, IdlePolicy::Adaptive);
+    let cores = set.cores().clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let senders: Vec<_> = (0..4u64)
+        .map(|s| {
+            let cores = cores.clone();
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for i in 0..5000u64 {
+                    let seen = seen.clone();
+                    cores
+                        .send(1, move || seen.lock().unwrap().push((s, i)))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    block_on(cores.call(1, || ())).unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 4 * 5000, "no message lost");
+    for s in 0..4 {
+        let order: Vec<u64> = seen
+            .iter()
+            .filter(|(x, _)| *x == s)
+            .map(|(_, i)| *i)
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "sender {s} out of order"
+        );
+    }
+}
+
+#[test]
+fn no_message_lost_under_many_concurrent_senders_between_cores() {
+    let set = start(2, IdlePolicy::Adaptive);
+    let cores = set.cores().clone();
+    let count = Arc::new(AtomicU64::new(0));
+    // Reactors and outside threads all send to both cores at once.
+    let mut threads = Vec::new();
+    for t in 0..6 {
+        let cores = cores.clone();
+        let count = count.clone();
+        threads.push(std::thread::spawn(move || {
+            for i in 0..20_000 {
+                let c = count.clone();
+                cores
+                    .send((t + i) % 2, move || {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    })
+                    .unwrap();
+            }
+        }));
+    }
+    for core in 0..2 {
+        let count = count.clone();
+        let c2 = cores.clone();
+        cores
+            .send(core, move || {
+                for i in 0..20_000 {
+                    let c = count.clone();
+                    c2.send(i % 2, move || {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    })
+                    .unwrap();
+                }
+            })
+            .unwrap();
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Two rounds of barriers: everything sent before is run by then.
+    block_on(cores.for_each_core_async(|_| {})).unwrap();
+    block_on(cores.for_each_core_async(|_| {})).unwrap();
+    assert_eq!(count.load(Ordering::Relaxed), 6 * 20_000 + 2 * 20_000);
+}
+
+#[test]
+fn for_each_core_runs_everywhere_and_completes_exactly_once() {
+    let set = start(2, IdlePolicy::Busy);
+    let cores = set.cores().clone();
+    for _ in 0..200 {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicU32::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ran2 = ran.clone();
+        let done2 = done.clone();
+        cores
+            .for_each_core(
+                move |core| {
+                    assert_eq!(current_core(), Some(core));
+                    ran2.lock().unwrap().push(core)
+                },
+                move || {
+                    done2.fetch_add(1, Ordering::SeqCst);
+                    tx.send(()).unwrap();
+                },
+            )
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        std::thread::sleep(Duration::from_micros(50));
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        let mut r = ran.lock().unwrap().clone();
+        r.sort();
+        assert_eq!(r, vec![0, 1]);
+    }
+}
+
+#[test]
+fn shutdown_runs_pending_messages_and_joins() {
+    let mut set = start(2, IdlePolicy::Adaptive);
+    let cores = set.cores().clone();
+    let count = Arc::new(AtomicU64::new(0));
+    for i in 0..10_000 {
+        let c = count.clone();
+        cores
+            .send(i % 2, move || {
+                c.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap();
+    }
+    // A task that never finishes and a poller must not keep shutdown from completing.
+    cores
+        .send(0, || {
+            spawn_local(std::future::pending::<()>()).detach();
+            std::mem::forget(register_poller(|| 0));
+        })
+        .unwrap();
+    set.shutdown();
+    assert_eq!(count.load(Ordering::Relaxed), 10_000);
+    assert_eq!(cores.send(0, || {}), Err(SendError { core: 0 }));
+    let r = block_on(cores.call(1, || 5));
+    assert_eq!(r, Err(SendError { core: 1 }));
+}
+
+#[test]
+fn tasks_timers_and_cross_core_wakeups() {
+    let set = start(2, IdlePolicy::Adaptive);
+    let cores = set.cores().clone();
+    // A task on core 0 awaits a value produced on core 1.
+    let c2 = cores.clone();
+    let out = block_on(cores.spawn_on(0, move || async move {
+        let t0 = now();
+        sleep(Duration::from_millis(20)).await;
+        let slept = now().since(t0);
+        let v = c2
+            .call(1, || current_core().unwrap() * 10 + 7)
+            .await
+            .unwrap();
+        (slept, v, current_core().unwrap())
+    }))
+    .unwrap();
+    assert!(out.0 >= Duration::from_millis(20), "slept {:?}", out.0);
+    assert_eq!(out.1, 17);
+    assert_eq!(out.2, 0);
+}
+
+#[test]
+fn adaptive_policy_parks_when_idle() {
+    let set = start(1, IdlePolicy::Adaptive);
+    let cores = set.cores().clone();
+    std::thread::sleep(Duration::from_millis(100));
+    let before = cores.stats()[0].idle;
+    let cpu0 = block_on(cores.call(0, thread_cpu_time)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu1 = block_on(cores.call(0, thread_cpu_time)).unwrap();
+    let after = cores.stats()[0].idle;
+    // A spinning reactor would burn ~300 ms of CPU and millions of idle loops.
+    assert!(
+        cpu1 - cpu0 < Duration::from_millis(30),
+        "idle reactor used {:?}",
+        cpu1 - cpu0
+    );
+    assert!(after - before < 100_000, "idle loops {}", after - before);
+    // And it still answers promptly.
+    let t = std::time::Instant::now();
+    block_on(cores.call(0, || ())).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(100));
+}
+
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[test]
+fn manual_reactors_are_deterministic() {
+    let m = ManualReactors::new(3).unwrap();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l2 = log.clone();
+    m.enter(0, || {
+        spawn_local(async move {
+            l2.borrow_mut().push("start");
+            sleep(Duration::from_secs(10)).await;
+            l2.borrow_mut().push("woke");
+        })
+        .detach();
+    });
+    m.run_until_idle(100);
+    assert_eq!(*log.borrow(), vec!["start"]);
+    m.advance(Duration::from_secs(9));
+    m.run_until_idle(100);
+    assert_eq!(*log.borrow(), vec!["start"]);
+    m.advance(Duration::from_secs(1));
+    m.run_until_idle(100);
+    assert_eq!(*log.borrow(), vec!["start", "woke"]);
+    // Messages between manual cores are delivered when the target is polled.
+    let hits = Arc::new(AtomicU32::new(0));
+    let h = hits.clone();
+    m.cores()
+        .for_each_core(
+            |_| {},
+            move || {
+                h.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    m.run_until_idle(100);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn pollers_run_every_iteration_and_can_unregister_themselves() {
+    let m = ManualReactors::new(1).unwrap();
+    let calls = Rc::new(Cell::new(0));
+    let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::new(RefCell::new(None));
+    let (c, h) = (calls.clone(), handle.clone());
+    m.enter(0, || {
+        *handle.borrow_mut() = Some(register_poller(move || {
+            c.set(c.get() + 1);
+            if c.get() == 3 {
+                // Unregister from inside, then register a replacement in the freed slot.
+                h.borrow_mut().take();
+                std::mem::forget(register_poller(|| 0));
+            }
+            1
+        }));
+    });
+    for _ in 0..10 {
+        m.poll(0);
+    }
+    assert_eq!(calls.get(), 3);
+}
