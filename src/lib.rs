@@ -23,6 +23,7 @@ pub mod bdev;
 pub mod bench;
 
 pub mod config;
+pub mod frontend;
 pub mod reactor;
 pub mod target;
 pub mod util;

@@ -12,6 +12,11 @@
 //!
 //! Statuses are modelled on NVMe's generic and media status codes so that front ends
 //! map them one to one.
+//!
+//! **Flush semantics** (those of a volatile write cache): a completed flush makes durable
+//! every write that completed — on any core, through any channel — before the flush was
+//! submitted. Nothing else is promised. A bdev without a volatile cache
+//! (`write_cache() == false`) makes each write durable when it completes.
 
 pub mod buf;
 pub mod error;
@@ -564,10 +569,32 @@ impl dyn Bdev {
     }
 }
 
+/// The allocation state of a run of blocks (NBD `base:allocation`, `nbdinfo --map`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BlockRun {
+    pub num_blocks: u64,
+    /// False for a hole: no storage is allocated to these blocks.
+    pub allocated: bool,
+    /// True when the blocks are known to read as zeros.
+    pub zero: bool,
+}
+
 /// A bdev's per-core submission interface.
 pub trait BdevChannel {
     /// Starts a validated request. Must not complete it before returning.
     fn submit(&self, io: BdevIo);
+
+    /// The allocation state of `[offset_blocks, offset_blocks + num_blocks)` (already
+    /// validated), as consecutive runs covering at least the first block. The default
+    /// says "allocated data" for the whole range.
+    fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<BlockRun> {
+        let _ = offset_blocks;
+        vec![BlockRun {
+            num_blocks,
+            allocated: true,
+            zero: false,
+        }]
+    }
 
     /// A buffer especially suited to this channel (e.g. registered with the kernel), if
     /// it has such buffers to hand out.
@@ -669,6 +696,18 @@ impl Channel {
             tracing::trace!(bdev = self.bdev.name(), ?io, ?status, "request refused");
             self.deferred.complete(io, status);
         }
+    }
+
+    /// The allocation state of a range, as runs that cover at least its first block.
+    pub fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Result<Vec<BlockRun>, IoStatus> {
+        if num_blocks == 0 {
+            return Err(IoStatus::InvalidField);
+        }
+        match offset_blocks.checked_add(num_blocks) {
+            Some(end) if end <= self.bdev.num_blocks() => {}
+            _ => return Err(IoStatus::LbaOutOfRange),
+        }
+        Ok(self.inner.block_status(offset_blocks, num_blocks))
     }
 
     /// A buffer suited to this channel, or a pool buffer.

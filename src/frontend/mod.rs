@@ -1,0 +1,5 @@
+//! Front ends: the protocols hosts use to reach bdevs. Every connection (NBD) or queue
+//! pair (NVMe/TCP) belongs to one reactor; its I/O path takes no lock.
+
+pub mod nbd;
+pub mod nvmf;

@@ -1,0 +1,1 @@
+//! NBD server (see the module files).

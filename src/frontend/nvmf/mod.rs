@@ -1,0 +1,1 @@
+//! NVMe over Fabrics, TCP transport (see the module files).
