@@ -27,6 +27,7 @@ pub mod frontend;
 pub mod reactor;
 pub mod target;
 pub mod util;
+pub mod vdisk;
 
 /// Version string reported by `tessera --version` and `spdk_get_version`.
 pub fn version() -> String {

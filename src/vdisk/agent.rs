@@ -1,0 +1,908 @@
+//! Mapping agents: one per core per virtual disk — the disk's channel on that core.
+//!
+//! The fast path: split the request at segment boundaries, look each segment up in
+//! this core's view of the table (one descent; no lock), resolve the blocks through the
+//! segment's layers, and issue the parts to the base bdevs' channels on this core.
+//! Reads of the zero state are filled in place. A write the view does not allow (no
+//! segment yet, a segment shared with a snapshot, a partial granule not held by the
+//! top layer) parks the request and sends a **mapping fault** to the controller; the
+//! controller resolves it, pushes the new view, and the agent retries the request.
+//!
+//! A write into a partially filled segment sets the fill bits of the granules it wrote
+//! *after* it completes, so a concurrent read never sees a reused segment's old bytes.
+//!
+//! Every request issued to a base bdev is counted in the current **epoch**. A command
+//! with the blocking flag starts a new epoch and is acknowledged once every earlier
+//! epoch has drained — the controller then knows that no I/O it could have raced with is
+//! still in flight.
+
+use super::controller::{self, Controller};
+use super::disk::VDisk;
+use super::map::{Fill, PhysSeg, Source};
+use super::pool::PoolShared;
+use super::table::Node;
+use crate::bdev::{BdevIo, BlockRun, Channel, Deferred, IoBuf, IoKind, IoSink, IoStatus};
+use crate::reactor;
+use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+/// What an agent serves from: a root into the shared table nodes.
+#[derive(Debug)]
+pub struct View {
+    pub root: Option<Arc<Node>>,
+    /// Extents born at or before this generation are shared: not writable.
+    pub snap_gen: u64,
+    pub version: u64,
+}
+
+/// A state the controller lays over a range of an agent's view ("set entry state").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeState {
+    /// Writes fault even where the table would allow them.
+    NoWrite,
+    /// Reads and writes wait: the agent has no usable mapping.
+    Invalid,
+}
+
+/// Controller → agent commands.
+#[derive(Clone, Debug)]
+pub enum AgentCmd {
+    /// Replace the view ("set entries": the new root shares unchanged nodes).
+    SetView(Arc<View>),
+    /// Lay `state` over virtual segments `[from, to)`, or clear it (`None`).
+    SetState {
+        from: u64,
+        to: u64,
+        state: Option<RangeState>,
+    },
+    /// Hold new I/O; with the blocking flag, acknowledge once in-flight I/O drained.
+    Quiesce,
+    /// Release held I/O.
+    Activate,
+    /// The disk is gone: fail held and new I/O with this status.
+    Fail(IoStatus),
+    /// Nothing; with the blocking flag, a drain barrier.
+    Barrier,
+}
+
+/// What a parked request waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum FaultKey {
+    /// A writable top layer at this virtual segment.
+    Write(u64),
+    /// Granules `[first, last]` of this segment held by the writable top layer.
+    Materialize(u64, u64, u64),
+}
+
+#[derive(Default)]
+struct Epochs {
+    current: Cell<u64>,
+    base: Cell<u64>,
+    counts: RefCell<VecDeque<u64>>,
+    waiters: RefCell<Vec<(u64, Waker)>>,
+}
+
+impl Epochs {
+    #[inline]
+    fn start(&self) -> u64 {
+        let mut c = self.counts.borrow_mut();
+        if c.is_empty() {
+            c.push_back(0);
+        }
+        *c.back_mut().expect("non-empty") += 1;
+        self.current.get()
+    }
+
+    #[inline]
+    fn finish(&self, epoch: u64) {
+        let mut c = self.counts.borrow_mut();
+        let i = (epoch - self.base.get()) as usize;
+        c[i] -= 1;
+        if i == 0 && c[0] == 0 && c.len() > 1 {
+            while c.len() > 1 && c[0] == 0 {
+                c.pop_front();
+                self.base.set(self.base.get() + 1);
+            }
+            drop(c);
+            let base = self.base.get();
+            let ready: Vec<Waker> = {
+                let mut w = self.waiters.borrow_mut();
+                let (done, keep): (Vec<_>, Vec<_>) = w.drain(..).partition(|(t, _)| *t < base);
+                *w = keep;
+                done.into_iter().map(|(_, w)| w).collect()
+            };
+            for w in ready {
+                w.wake();
+            }
+        }
+    }
+
+    /// Starts a new epoch; resolves when every I/O of the earlier ones completed.
+    async fn drain(&self) {
+        let target = self.current.get();
+        self.current.set(target + 1);
+        {
+            let mut c = self.counts.borrow_mut();
+            if c.is_empty() {
+                c.push_back(0);
+            }
+            c.push_back(0);
+            while c.len() > 1 && c[0] == 0 {
+                c.pop_front();
+                self.base.set(self.base.get() + 1);
+            }
+        }
+        std::future::poll_fn(|cx| {
+            if self.base.get() > target {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push((target, cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// One part of a request for a base bdev.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    /// Global physical block (segment × segment_blocks + block in segment).
+    phys: u64,
+    blocks: u64,
+    byte_off: usize,
+}
+
+struct IoCtx {
+    parent: BdevIo,
+    pending: u32,
+    status: IoStatus,
+    epoch: u64,
+    fills: SmallVec<[(Arc<Fill>, u64, u64); 1]>,
+}
+
+/// The agent of one disk on one core.
+pub struct Agent {
+    shared: Arc<PoolShared>,
+    bdev: Arc<VDisk>,
+    disk: u64,
+    core: usize,
+    base: Vec<Channel>,
+    view: RefCell<Option<Arc<View>>>,
+    overrides: RefCell<Vec<(u64, u64, RangeState)>>,
+    quiesced: Cell<bool>,
+    /// Requests held until a view arrives, a quiesce ends or an invalid range clears.
+    held: RefCell<VecDeque<BdevIo>>,
+    faults: RefCell<HashMap<FaultKey, Vec<BdevIo>>>,
+    ctxs: RefCell<slab::Slab<IoCtx>>,
+    epochs: Epochs,
+    deferred: Rc<Deferred>,
+    failed: Cell<Option<IoStatus>>,
+    me: Weak<Agent>,
+}
+
+#[derive(Default)]
+struct Registry {
+    agents: RefCell<HashMap<(u64, u64), Weak<Agent>>>,
+}
+
+fn registry() -> Rc<Registry> {
+    reactor::local(Registry::default)
+}
+
+/// Applies `cmd` to the agent of (`pool`, `disk`) on this core; with `blocking`, returns
+/// once every I/O it started before the command has completed.
+pub(crate) async fn apply(pool: u64, disk: u64, cmd: AgentCmd, blocking: bool) {
+    let agent = registry()
+        .agents
+        .borrow()
+        .get(&(pool, disk))
+        .and_then(Weak::upgrade);
+    if let Some(a) = agent {
+        a.command(cmd);
+        if blocking {
+            a.epochs.drain().await;
+        }
+    }
+}
+
+/// Applies `cmd` at once, without waiting.
+pub(crate) fn apply_now(pool: u64, disk: u64, cmd: AgentCmd) {
+    let agent = registry()
+        .agents
+        .borrow()
+        .get(&(pool, disk))
+        .and_then(Weak::upgrade);
+    if let Some(a) = agent {
+        a.command(cmd);
+    }
+}
+
+/// The entries the agent of (`pool`, `disk`) on this core sees for `[from, to)` ("get
+/// entries", for tests and diagnostics).
+pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<super::map::Extent> {
+    let agent = registry()
+        .agents
+        .borrow()
+        .get(&(pool, disk))
+        .and_then(Weak::upgrade);
+    let mut out = Vec::new();
+    if let Some(a) = agent
+        && let Some(v) = a.view.borrow().as_ref()
+        && let Some(r) = &v.root
+    {
+        r.visit_from(from, &mut |e| {
+            if e.vseg >= to {
+                return false;
+            }
+            out.push(e.clone());
+            true
+        });
+    }
+    out
+}
+
+impl Agent {
+    /// Creates the agent of `bdev` on the current core and announces it to the
+    /// controller (I/O waits for the first view).
+    pub(crate) fn create(
+        shared: Arc<PoolShared>,
+        bdev: Arc<VDisk>,
+    ) -> Result<Rc<Agent>, crate::bdev::BdevError> {
+        let base = shared
+            .containers
+            .iter()
+            .map(|c| Channel::get(&c.bdev))
+            .collect::<Result<Vec<_>, _>>()?;
+        let core = reactor::current_core().unwrap_or(0);
+        let disk = bdev.disk_id();
+        let agent = Rc::new_cyclic(|me| Agent {
+            shared: shared.clone(),
+            bdev,
+            disk,
+            core,
+            base,
+            view: RefCell::new(None),
+            overrides: RefCell::new(Vec::new()),
+            quiesced: Cell::new(false),
+            held: RefCell::new(VecDeque::new()),
+            faults: RefCell::new(HashMap::new()),
+            ctxs: RefCell::new(slab::Slab::with_capacity(256)),
+            epochs: Epochs::default(),
+            deferred: Deferred::current(),
+            failed: Cell::new(None),
+            me: me.clone(),
+        });
+        registry()
+            .agents
+            .borrow_mut()
+            .insert((shared.id, disk), Rc::downgrade(&agent));
+        let pool = shared.id;
+        let _ = shared.cores.send(shared.ctl_core, move || {
+            if let Some(c) = controller::lookup(pool) {
+                c.agent_registered(disk, core);
+            }
+        });
+        Ok(agent)
+    }
+
+    fn rc(&self) -> Rc<Agent> {
+        self.me.upgrade().expect("agent alive while used")
+    }
+
+    fn command(&self, cmd: AgentCmd) {
+        match cmd {
+            AgentCmd::SetView(v) => {
+                let newer = self
+                    .view
+                    .borrow()
+                    .as_ref()
+                    .is_none_or(|cur| v.version >= cur.version);
+                if newer {
+                    *self.view.borrow_mut() = Some(v);
+                }
+                self.release_held();
+            }
+            AgentCmd::SetState { from, to, state } => {
+                let mut o = self.overrides.borrow_mut();
+                o.retain(|&(f, t, _)| t <= from || f >= to);
+                if let Some(s) = state {
+                    o.push((from, to, s));
+                }
+                drop(o);
+                self.release_held();
+            }
+            AgentCmd::Quiesce => self.quiesced.set(true),
+            AgentCmd::Activate => {
+                self.quiesced.set(false);
+                self.release_held();
+            }
+            AgentCmd::Fail(status) => {
+                self.failed.set(Some(status));
+                let held: Vec<BdevIo> = self.held.borrow_mut().drain(..).collect();
+                for io in held {
+                    self.deferred.complete(io, status);
+                }
+            }
+            AgentCmd::Barrier => {}
+        }
+    }
+
+    fn release_held(&self) {
+        if self.quiesced.get() || self.view.borrow().is_none() {
+            return;
+        }
+        let held: Vec<BdevIo> = self.held.borrow_mut().drain(..).collect();
+        for io in held {
+            self.submit(io);
+        }
+    }
+
+    fn override_at(&self, vseg: u64) -> Option<RangeState> {
+        let o = self.overrides.borrow();
+        if o.is_empty() {
+            return None;
+        }
+        let mut worst = None;
+        for &(f, t, s) in o.iter() {
+            if vseg >= f && vseg < t {
+                if s == RangeState::Invalid {
+                    return Some(s);
+                }
+                worst = Some(s);
+            }
+        }
+        worst
+    }
+
+    /// Entry point for every request of this disk on this core.
+    pub(crate) fn submit(&self, io: BdevIo) {
+        if let Some(st) = self.failed.get() {
+            self.deferred.complete(io, st);
+            return;
+        }
+        if self.quiesced.get() || self.view.borrow().is_none() {
+            self.held.borrow_mut().push_back(io);
+            return;
+        }
+        match io.kind {
+            IoKind::Read => self.read(io),
+            IoKind::Write => self.write(io),
+            IoKind::Unmap | IoKind::WriteZeroes => {
+                reactor::spawn_local(self.rc().discard(io)).detach();
+            }
+            IoKind::Flush => {
+                let me = self.rc();
+                reactor::spawn_local(async move {
+                    let st = me.commit().await;
+                    io.complete(st);
+                })
+                .detach();
+            }
+        }
+    }
+
+    fn read(&self, mut io: BdevIo) {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as u64;
+        let mut pieces: SmallVec<[Piece; 4]> = SmallVec::new();
+        let mut zeros: SmallVec<[(usize, usize); 2]> = SmallVec::new();
+        {
+            let view = self.view.borrow();
+            let view = view.as_ref().expect("checked by submit");
+            let mut at = io.offset_blocks;
+            let end = at + io.num_blocks;
+            let mut byte = 0usize;
+            while at < end {
+                let vseg = at / geo.segment_blocks;
+                let b0 = at % geo.segment_blocks;
+                let n = (end - at).min(geo.segment_blocks - b0);
+                if self.override_at(vseg) == Some(RangeState::Invalid) {
+                    self.held.borrow_mut().push_back(io);
+                    return;
+                }
+                let e = view.root.as_ref().and_then(|r| r.lookup(vseg));
+                for (b, cnt, src) in geo.resolve_runs(e, vseg, b0, n) {
+                    let off = byte + ((b - b0) * bs) as usize;
+                    match src {
+                        Source::Zero => zeros.push((off, (cnt * bs) as usize)),
+                        Source::Error => {
+                            self.deferred.complete(io, IoStatus::MediaError);
+                            return;
+                        }
+                        Source::Seg(s) => push_piece(
+                            &mut pieces,
+                            s * geo.segment_blocks + b,
+                            cnt,
+                            off,
+                            &self.shared,
+                        ),
+                    }
+                }
+                at += n;
+                byte += (n * bs) as usize;
+            }
+        }
+        for (off, len) in zeros {
+            io.zero_fill(off, len);
+        }
+        if pieces.is_empty() {
+            self.bdev.count_io(self.core);
+            self.deferred.complete(io, IoStatus::Success);
+        } else {
+            self.issue(io, &pieces, SmallVec::new());
+        }
+    }
+
+    fn write(&self, io: BdevIo) {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as u64;
+        let gb = geo.granule_blocks;
+        let mut pieces: SmallVec<[Piece; 4]> = SmallVec::new();
+        let mut fills: SmallVec<[(Arc<Fill>, u64, u64); 1]> = SmallVec::new();
+        let mut fault = None;
+        {
+            let view = self.view.borrow();
+            let view = view.as_ref().expect("checked by submit");
+            let mut at = io.offset_blocks;
+            let end = at + io.num_blocks;
+            let mut byte = 0usize;
+            while at < end {
+                let vseg = at / geo.segment_blocks;
+                let b0 = at % geo.segment_blocks;
+                let n = (end - at).min(geo.segment_blocks - b0);
+                match self.override_at(vseg) {
+                    Some(RangeState::Invalid) => {
+                        self.held.borrow_mut().push_back(io);
+                        return;
+                    }
+                    Some(RangeState::NoWrite) => {
+                        fault = Some(FaultKey::Write(vseg));
+                        break;
+                    }
+                    None => {}
+                }
+                let Some(e) = view.root.as_ref().and_then(|r| r.lookup(vseg)) else {
+                    fault = Some(FaultKey::Write(vseg));
+                    break;
+                };
+                if e.state == super::map::ExtentState::Error {
+                    self.deferred.complete(io, IoStatus::MediaError);
+                    return;
+                }
+                if e.birth <= view.snap_gen {
+                    fault = Some(FaultKey::Write(vseg));
+                    break;
+                }
+                let top = &e.layers[0];
+                let seg: PhysSeg = if top.fill.is_none() {
+                    top.seg + (vseg - e.vseg)
+                } else {
+                    top.seg
+                };
+                if let Some(f) = &top.fill {
+                    let g0 = b0 / gb;
+                    let g1 = (b0 + n).div_ceil(gb);
+                    let held = f.all_set(g0, g1 - g0);
+                    if !held {
+                        // Partial granules at the edges must be held before a part of
+                        // them is written.
+                        let head = !b0.is_multiple_of(gb) && !f.test(g0);
+                        let tail = !(b0 + n).is_multiple_of(gb) && !f.test(g1 - 1);
+                        if head || tail {
+                            let first = if head { g0 } else { g1 - 1 };
+                            let last = if tail { g1 - 1 } else { g0 };
+                            fault = Some(FaultKey::Materialize(vseg, first, last));
+                            break;
+                        }
+                        fills.push((f.clone(), g0, g1 - g0));
+                    }
+                }
+                push_piece(
+                    &mut pieces,
+                    seg * geo.segment_blocks + b0,
+                    n,
+                    byte,
+                    &self.shared,
+                );
+                at += n;
+                byte += (n * bs) as usize;
+            }
+        }
+        match fault {
+            Some(key) => self.park(io, key),
+            None => self.issue(io, &pieces, fills),
+        }
+    }
+
+    /// Issues the pieces of `io` to the base bdevs.
+    fn issue(&self, io: BdevIo, pieces: &[Piece], fills: SmallVec<[(Arc<Fill>, u64, u64); 1]>) {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as u64;
+        let kind = io.kind;
+        let epoch = self.epochs.start();
+        let (key, children) = {
+            let mut ctxs = self.ctxs.borrow_mut();
+            let entry = ctxs.vacant_entry();
+            let key = entry.key();
+            let ctx = entry.insert(IoCtx {
+                parent: io,
+                pending: pieces.len() as u32,
+                status: IoStatus::Success,
+                epoch,
+                fills,
+            });
+            let mut children: SmallVec<[(usize, BdevIo); 4]> = SmallVec::new();
+            for p in pieces {
+                let seg = p.phys / geo.segment_blocks;
+                let (ci, off) = self.shared.locate(seg);
+                let cbs = self.base[ci].bdev().block_size() as u64;
+                let byte = off + (p.phys % geo.segment_blocks) * bs;
+                let len = p.blocks * bs;
+                let iovs = ctx.parent.sub_iovs(p.byte_off, len as usize);
+                // SAFETY: the iovecs point into the parent request, which stays in
+                // `ctxs` untouched until every child has completed.
+                let child = unsafe { BdevIo::from_raw_iovs(kind, byte / cbs, len / cbs, &iovs) };
+                children.push((ci, child));
+            }
+            (key, children)
+        };
+        let sink: Rc<dyn IoSink> = self.rc();
+        for (ci, child) in children {
+            self.base[ci].submit(child.on_complete(sink.clone(), key as u64));
+        }
+    }
+
+    fn park(&self, io: BdevIo, key: FaultKey) {
+        let first = {
+            let mut f = self.faults.borrow_mut();
+            match f.get_mut(&key) {
+                Some(v) => {
+                    v.push(io);
+                    false
+                }
+                None => {
+                    f.insert(key, vec![io]);
+                    true
+                }
+            }
+        };
+        if first {
+            let me = self.rc();
+            reactor::spawn_local(async move {
+                let st = me.resolve(key).await;
+                let ios = me.faults.borrow_mut().remove(&key).unwrap_or_default();
+                for io in ios {
+                    if st.is_success() {
+                        me.submit(io);
+                    } else {
+                        io.complete(st);
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Runs `f` on the controller and returns its status (Aborted if the pool is gone).
+    async fn ask<F, Fut>(&self, f: F) -> IoStatus
+    where
+        F: FnOnce(Rc<Controller>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = IoStatus> + 'static,
+    {
+        let h =
+            controller::to_controller(&self.shared.cores, self.shared.ctl_core, self.shared.id, f);
+        match h.await {
+            Ok(Some(st)) => st,
+            _ => IoStatus::Aborted,
+        }
+    }
+
+    async fn resolve(&self, key: FaultKey) -> IoStatus {
+        let disk = self.disk;
+        match key {
+            FaultKey::Write(vseg) => {
+                self.ask(move |c| async move { c.make_writable(disk, vseg).await })
+                    .await
+            }
+            FaultKey::Materialize(vseg, first, last) => {
+                self.ask(move |c| async move { c.materialize(disk, vseg, first, last).await })
+                    .await
+            }
+        }
+    }
+
+    async fn commit(&self) -> IoStatus {
+        self.ask(|c| async move {
+            match c.commit().await {
+                Ok(()) => IoStatus::Success,
+                Err(st) => st,
+            }
+        })
+        .await
+    }
+
+    /// Unmap and write-zeroes: whole segments return to the zero state (the controller
+    /// frees them); parts of segments are cleared in place where this disk alone holds
+    /// them, and written with zeros (copy-on-write as needed) where they are shared.
+    async fn discard(self: Rc<Self>, io: BdevIo) {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as u64;
+        let gb = geo.granule_blocks;
+        let disk = self.disk;
+        let mut status = IoStatus::Success;
+        let end = io.offset_blocks + io.num_blocks;
+        let mut at = io.offset_blocks;
+        let mut punch: Option<(u64, u64)> = None;
+        let me_bdev: Arc<dyn crate::bdev::Bdev> = self.bdev.clone();
+        let own = match Channel::get(&me_bdev) {
+            Ok(c) => c,
+            Err(_) => {
+                io.complete(IoStatus::InternalError);
+                return;
+            }
+        };
+        while at < end && status.is_success() {
+            let vseg = at / geo.segment_blocks;
+            let b0 = at % geo.segment_blocks;
+            let n = (end - at).min(geo.segment_blocks - b0);
+            at += n;
+            if b0 == 0 && n == geo.segment_blocks {
+                punch = Some(match punch {
+                    Some((f, t)) if t == vseg => (f, vseg + 1),
+                    Some((f, t)) => {
+                        status = self
+                            .ask(move |c| async move { c.punch(disk, f, t).await })
+                            .await;
+                        (vseg, vseg + 1)
+                    }
+                    None => (vseg, vseg + 1),
+                });
+                continue;
+            }
+            // Part of a segment.
+            let (ext, snap_gen) = {
+                let v = self.view.borrow();
+                match v.as_ref() {
+                    Some(v) => (
+                        v.root
+                            .as_ref()
+                            .and_then(|r| r.lookup(vseg))
+                            .map(|e| e.at(vseg)),
+                        v.snap_gen,
+                    ),
+                    None => (None, 0),
+                }
+            };
+            let Some(e) = ext else { continue };
+            if e.state == super::map::ExtentState::Error {
+                if io.kind == IoKind::WriteZeroes {
+                    status = IoStatus::MediaError;
+                }
+                continue;
+            }
+            let writable = e.birth > snap_gen && self.override_at(vseg).is_none();
+            if writable && e.layers.len() == 1 {
+                let top = &e.layers[0];
+                let (zero_from, zero_to, clear) = match &top.fill {
+                    Some(_) => {
+                        // Whole granules: clear their bits; edges: zero in place.
+                        let g0 = b0.div_ceil(gb);
+                        let g1 = (b0 + n) / gb;
+                        (g0 * gb, g1 * gb, g1 > g0)
+                    }
+                    None => (b0, b0, false),
+                };
+                let mut spans: SmallVec<[(u64, u64); 2]> = SmallVec::new();
+                if clear {
+                    if b0 < zero_from {
+                        spans.push((b0, zero_from - b0));
+                    }
+                    if zero_to < b0 + n {
+                        spans.push((zero_to, b0 + n - zero_to));
+                    }
+                } else {
+                    spans.push((b0, n));
+                }
+                let _guard = EpochGuard::new(&self.epochs);
+                for (sb, sn) in spans {
+                    let held = top
+                        .fill
+                        .as_ref()
+                        .is_none_or(|f| (sb / gb..(sb + sn).div_ceil(gb)).any(|g| f.test(g)));
+                    if !held {
+                        continue;
+                    }
+                    let phys = top.seg * geo.segment_blocks + sb;
+                    let (ci, off) = self.shared.locate(phys / geo.segment_blocks);
+                    let cbs = self.base[ci].bdev().block_size() as u64;
+                    let byte = off + (phys % geo.segment_blocks) * bs;
+                    let r = self.base[ci].write_zeroes(byte / cbs, sn * bs / cbs).await;
+                    if let Err(e) = r {
+                        status = e;
+                    }
+                }
+                if clear && let Some(f) = &top.fill {
+                    let g0 = zero_from / gb;
+                    let g1 = zero_to / gb;
+                    if f.clear_range(g0, g1 - g0) {
+                        if f.mark_dirty() {
+                            self.shared.dirty_fills.push(f.clone());
+                        }
+                        if f.is_empty() {
+                            let st = self
+                                .ask(move |c| async move { c.maybe_empty(disk, vseg).await })
+                                .await;
+                            status = status.worst(st);
+                        }
+                    }
+                }
+            } else {
+                // Shared or layered: write zeros through the normal write path.
+                let start = vseg * geo.segment_blocks + b0;
+                let (_, st) = own
+                    .io(BdevIo::write(start, n, IoBuf::zeroed((n * bs) as usize)))
+                    .await;
+                status = status.worst(st);
+            }
+        }
+        if status.is_success()
+            && let Some((f, t)) = punch
+        {
+            status = self
+                .ask(move |c| async move { c.punch(disk, f, t).await })
+                .await;
+        }
+        io.complete(status);
+    }
+
+    /// Allocation runs of a range, from this core's view.
+    fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<BlockRun> {
+        let geo = self.shared.geo;
+        let mut out: Vec<BlockRun> = Vec::new();
+        let view = self.view.borrow();
+        let root = view.as_ref().and_then(|v| v.root.as_ref());
+        let mut at = offset_blocks;
+        let end = offset_blocks + num_blocks;
+        while at < end {
+            let vseg = at / geo.segment_blocks;
+            let b0 = at % geo.segment_blocks;
+            let n = (end - at).min(geo.segment_blocks - b0);
+            let e = root.and_then(|r| r.lookup(vseg));
+            for (_, cnt, src) in geo.resolve_runs(e, vseg, b0, n) {
+                let (allocated, zero) = match src {
+                    Source::Zero => (false, true),
+                    Source::Seg(_) | Source::Error => (true, false),
+                };
+                match out.last_mut() {
+                    Some(l) if l.allocated == allocated && l.zero == zero => l.num_blocks += cnt,
+                    _ => out.push(BlockRun {
+                        num_blocks: cnt,
+                        allocated,
+                        zero,
+                    }),
+                }
+            }
+            at += n;
+        }
+        out
+    }
+}
+
+fn push_piece(
+    pieces: &mut SmallVec<[Piece; 4]>,
+    phys: u64,
+    blocks: u64,
+    byte_off: usize,
+    shared: &PoolShared,
+) {
+    if let Some(last) = pieces.last_mut()
+        && last.phys + last.blocks == phys
+        && last.byte_off + (last.blocks * shared.geo.block_size as u64) as usize == byte_off
+    {
+        // Contiguous on the medium and in memory; stay within one container.
+        let seg_a = last.phys / shared.geo.segment_blocks;
+        let seg_b = (phys + blocks - 1) / shared.geo.segment_blocks;
+        if shared.locate(seg_a).0 == shared.locate(seg_b).0 {
+            last.blocks += blocks;
+            return;
+        }
+    }
+    pieces.push(Piece {
+        phys,
+        blocks,
+        byte_off,
+    });
+}
+
+/// Counts an operation in the current epoch for as long as it lives.
+struct EpochGuard<'a> {
+    epochs: &'a Epochs,
+    epoch: u64,
+}
+
+impl<'a> EpochGuard<'a> {
+    fn new(epochs: &'a Epochs) -> Self {
+        let epoch = epochs.start();
+        EpochGuard { epochs, epoch }
+    }
+}
+
+impl Drop for EpochGuard<'_> {
+    fn drop(&mut self) {
+        self.epochs.finish(self.epoch);
+    }
+}
+
+impl IoSink for Agent {
+    #[inline]
+    fn io_done(&self, child: BdevIo, status: IoStatus) {
+        let key = child.tag as usize;
+        drop(child);
+        let done = {
+            let mut ctxs = self.ctxs.borrow_mut();
+            let c = &mut ctxs[key];
+            c.status = c.status.worst(status);
+            c.pending -= 1;
+            c.pending == 0
+        };
+        if !done {
+            return;
+        }
+        let ctx = self.ctxs.borrow_mut().remove(key);
+        if ctx.status.is_success() {
+            for (f, g0, n) in &ctx.fills {
+                if f.set_range(*g0, *n) && f.mark_dirty() {
+                    self.shared.dirty_fills.push(f.clone());
+                }
+            }
+        }
+        self.epochs.finish(ctx.epoch);
+        self.bdev.count_io(self.core);
+        if ctx.parent.flags.fua && ctx.status.is_success() {
+            let me = self.rc();
+            let io = ctx.parent;
+            reactor::spawn_local(async move {
+                let st = me.commit().await;
+                io.complete(st);
+            })
+            .detach();
+        } else {
+            ctx.parent.complete(ctx.status);
+        }
+    }
+}
+
+/// The disk's channel on one core.
+pub(crate) struct AgentChannel(pub Rc<Agent>);
+
+impl crate::bdev::BdevChannel for AgentChannel {
+    #[inline]
+    fn submit(&self, io: BdevIo) {
+        self.0.submit(io);
+    }
+
+    fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<BlockRun> {
+        self.0.block_status(offset_blocks, num_blocks)
+    }
+}
+
+impl Drop for AgentChannel {
+    fn drop(&mut self) {
+        let a = &self.0;
+        registry()
+            .agents
+            .borrow_mut()
+            .remove(&(a.shared.id, a.disk));
+        let (pool, disk, core) = (a.shared.id, a.disk, a.core);
+        let _ = a.shared.cores.send(a.shared.ctl_core, move || {
+            if let Some(c) = controller::lookup(pool) {
+                c.agent_unregistered(disk, core);
+            }
+        });
+    }
+}

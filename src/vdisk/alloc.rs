@@ -1,0 +1,340 @@
+//! Space accounting for a pool: segment reference counts and the free segments, and
+//! the free metadata pages. Controller-only state.
+//!
+//! **Deferred reuse.** A segment or page whose last reference goes away is not free at
+//! once: the last committed metadata may still point at it, and an agent may still have
+//! I/O in flight against it. It waits in the list of the transaction that is open when it
+//! is freed, and becomes allocatable only when that transaction has committed — after the
+//! commit's pool-wide drain barrier (see `controller`). So a segment that is reused never
+//! shows its previous contents to its new owner, not even after a crash.
+
+use super::map::PhysSeg;
+use super::meta::SM_COUNTS_PER_PAGE;
+use super::table::RefCounts;
+use std::collections::BTreeMap;
+
+/// Marks a segment that is never allocated (labels, metadata area).
+pub const RESERVED: u32 = u32::MAX;
+
+/// A set of indices with allocation from a rotating cursor.
+#[derive(Debug, Clone)]
+struct FreeSet {
+    words: Vec<u64>,
+    len: u64,
+    count: u64,
+    cursor: u64,
+}
+
+impl FreeSet {
+    fn new(len: u64) -> FreeSet {
+        FreeSet {
+            words: vec![0; len.div_ceil(64) as usize],
+            len,
+            count: 0,
+            cursor: 0,
+        }
+    }
+
+    fn insert(&mut self, i: u64) {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if self.words[w] & (1 << b) == 0 {
+            self.words[w] |= 1 << b;
+            self.count += 1;
+        }
+    }
+
+    fn remove(&mut self, i: u64) -> bool {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        let had = self.words[w] & (1 << b) != 0;
+        if had {
+            self.words[w] &= !(1 << b);
+            self.count -= 1;
+        }
+        had
+    }
+
+    fn contains(&self, i: u64) -> bool {
+        i < self.len && self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    /// The first member at or after the cursor (wrapping).
+    fn first_from_cursor(&self) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let nw = self.words.len();
+        let start = (self.cursor / 64) as usize;
+        for k in 0..=nw {
+            let w = (start + k) % nw;
+            let mut bits = self.words[w];
+            if k == 0 {
+                bits &= u64::MAX << (self.cursor % 64);
+            }
+            if bits != 0 {
+                return Some(w as u64 * 64 + bits.trailing_zeros() as u64);
+            }
+        }
+        // Members below the cursor in its own word.
+        let w = start;
+        let bits = self.words[w] & !(u64::MAX << (self.cursor % 64));
+        (bits != 0).then(|| w as u64 * 64 + bits.trailing_zeros() as u64)
+    }
+
+    fn take(&mut self) -> Option<u64> {
+        let i = self.first_from_cursor()?;
+        self.remove(i);
+        self.cursor = (i + 1) % self.len.max(1);
+        Some(i)
+    }
+
+    /// Takes up to `max` consecutive members starting at the first one found.
+    fn take_run(&mut self, max: u64) -> Option<(u64, u64)> {
+        let first = self.first_from_cursor()?;
+        let mut n = 0;
+        while n < max && first + n < self.len && self.contains(first + n) {
+            self.remove(first + n);
+            n += 1;
+        }
+        self.cursor = (first + n) % self.len.max(1);
+        Some((first, n))
+    }
+}
+
+/// Segment and page space of a pool.
+#[derive(Debug)]
+pub struct Space {
+    refs: Vec<u32>,
+    free_segs: FreeSet,
+    free_pages: FreeSet,
+    pending_segs: BTreeMap<u64, Vec<PhysSeg>>,
+    pending_pages: BTreeMap<u64, Vec<u64>>,
+    /// Per space-map page: the transaction in which one of its counts last changed.
+    sm_changed: Vec<u64>,
+    /// The transaction that the next commit captures; frees land in its list.
+    pub txn_open: u64,
+    data_segments: u64,
+}
+
+impl Space {
+    /// Space for `total_segments` segments of which `reserved` are never allocated, and
+    /// `meta_pages` metadata pages of which the first `first_free_page` are fixed.
+    pub fn new(
+        total_segments: u64,
+        reserved: &[PhysSeg],
+        meta_pages: u64,
+        first_free_page: u64,
+        txn_open: u64,
+    ) -> Space {
+        let mut refs = vec![0u32; total_segments as usize];
+        for &r in reserved {
+            refs[r as usize] = RESERVED;
+        }
+        let mut free_segs = FreeSet::new(total_segments);
+        for (i, &r) in refs.iter().enumerate() {
+            if r == 0 {
+                free_segs.insert(i as u64);
+            }
+        }
+        let mut free_pages = FreeSet::new(meta_pages);
+        for p in first_free_page..meta_pages {
+            free_pages.insert(p);
+        }
+        Space {
+            data_segments: total_segments - reserved.len() as u64,
+            refs,
+            free_segs,
+            free_pages,
+            pending_segs: BTreeMap::new(),
+            pending_pages: BTreeMap::new(),
+            sm_changed: vec![0; (total_segments as usize).div_ceil(SM_COUNTS_PER_PAGE)],
+            txn_open,
+        }
+    }
+
+    /// Sets the reference count of a segment found by the loader (not free any more).
+    pub fn load_segment(&mut self, seg: PhysSeg, count: u32) {
+        self.refs[seg as usize] = count;
+        if count > 0 {
+            self.free_segs.remove(seg);
+        }
+    }
+
+    /// Marks a page used by the loaded state.
+    pub fn load_page(&mut self, page: u64) -> bool {
+        self.free_pages.remove(page)
+    }
+
+    /// Total segments (including reserved ones).
+    pub fn total_segments(&self) -> u64 {
+        self.refs.len() as u64
+    }
+
+    /// Segments that hold data or could.
+    pub fn data_segments(&self) -> u64 {
+        self.data_segments
+    }
+
+    /// Segments that can be allocated now.
+    pub fn free_segments(&self) -> u64 {
+        self.free_segs.count
+    }
+
+    /// Segments waiting for a commit before they can be reused.
+    pub fn pending_segments(&self) -> u64 {
+        self.pending_segs.values().map(|v| v.len() as u64).sum()
+    }
+
+    /// Metadata pages that can be allocated now.
+    pub fn free_pages(&self) -> u64 {
+        self.free_pages.count
+    }
+
+    /// Reference count of a segment ([`RESERVED`] for reserved ones).
+    pub fn refs(&self, seg: PhysSeg) -> u32 {
+        self.refs[seg as usize]
+    }
+
+    /// All counts (for the space map and checks).
+    pub fn all_refs(&self) -> &[u32] {
+        &self.refs
+    }
+
+    /// Allocates one segment (its count stays 0 until a leaf references it).
+    pub fn alloc_segment(&mut self) -> Option<PhysSeg> {
+        self.free_segs.take()
+    }
+
+    /// Allocates up to `max` contiguous segments: (first, count).
+    pub fn alloc_run(&mut self, max: u64) -> Option<(PhysSeg, u64)> {
+        self.free_segs.take_run(max)
+    }
+
+    /// Returns a segment allocated but never referenced.
+    pub fn unalloc_segment(&mut self, seg: PhysSeg) {
+        debug_assert_eq!(self.refs[seg as usize], 0);
+        self.free_segs.insert(seg);
+    }
+
+    /// Allocates a metadata page.
+    pub fn alloc_page(&mut self) -> Option<u64> {
+        self.free_pages.take()
+    }
+
+    /// Makes what was freed up to and including `txn` allocatable (that transaction has
+    /// committed and the pool has been drained).
+    pub fn committed(&mut self, txn: u64) {
+        let later = self.pending_segs.split_off(&(txn + 1));
+        for (_, segs) in std::mem::replace(&mut self.pending_segs, later) {
+            for s in segs {
+                if self.refs[s as usize] == 0 {
+                    self.free_segs.insert(s);
+                }
+            }
+        }
+        let later = self.pending_pages.split_off(&(txn + 1));
+        for (_, pages) in std::mem::replace(&mut self.pending_pages, later) {
+            for p in pages {
+                self.free_pages.insert(p);
+            }
+        }
+    }
+
+    /// Space-map pages whose counts changed at or after `since`.
+    pub fn sm_pages_changed_since(&self, since: u64) -> impl Iterator<Item = u64> + '_ {
+        self.sm_changed
+            .iter()
+            .enumerate()
+            .filter(move |(_, t)| **t >= since)
+            .map(|(i, _)| i as u64)
+    }
+
+    /// Marks every space-map page as changed (format, after load).
+    pub fn touch_all_sm(&mut self) {
+        let t = self.txn_open;
+        self.sm_changed.iter_mut().for_each(|c| *c = t);
+    }
+}
+
+impl RefCounts for Space {
+    fn seg_add(&mut self, seg: PhysSeg, delta: i64) {
+        let r = &mut self.refs[seg as usize];
+        assert!(
+            *r != RESERVED,
+            "reserved segment {seg} referenced by a table"
+        );
+        let new = *r as i64 + delta;
+        assert!(new >= 0, "segment {seg} reference count below zero");
+        *r = new as u32;
+        self.sm_changed[seg as usize / SM_COUNTS_PER_PAGE] = self.txn_open;
+        if new == 0 {
+            self.pending_segs
+                .entry(self.txn_open)
+                .or_default()
+                .push(seg);
+        }
+    }
+
+    fn page_free(&mut self, page: u64) {
+        self.pending_pages
+            .entry(self.txn_open)
+            .or_default()
+            .push(page);
+    }
+}
+
+impl Space {
+    /// Frees a page referenced only by the committed state (old directory pages).
+    pub fn retire_page(&mut self, page: u64, txn: u64) {
+        self.pending_pages.entry(txn).or_default().push(page);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frees_wait_for_their_commit() {
+        let mut s = Space::new(10, &[0, 1], 100, 4, 5);
+        assert_eq!(s.free_segments(), 8);
+        let a = s.alloc_segment().unwrap();
+        assert!(a >= 2);
+        s.seg_add(a, 1);
+        s.seg_add(a, -1);
+        assert_eq!(s.free_segments(), 7, "freed in txn 5: not reusable yet");
+        s.txn_open = 6;
+        s.committed(4);
+        assert_eq!(s.free_segments(), 7);
+        s.committed(5);
+        assert_eq!(s.free_segments(), 8);
+        // Pages likewise.
+        let p = s.alloc_page().unwrap();
+        assert!(p >= 4);
+        s.page_free(p);
+        assert_eq!(s.free_pages(), 95);
+        s.committed(6);
+        assert_eq!(s.free_pages(), 96);
+    }
+
+    #[test]
+    fn runs_and_exhaustion() {
+        let mut s = Space::new(64, &[0], 10, 0, 1);
+        let (first, n) = s.alloc_run(10).unwrap();
+        assert_eq!((first, n), (1, 10));
+        let mut got = 10;
+        while s.alloc_segment().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 63);
+        assert!(s.alloc_run(4).is_none());
+        s.unalloc_segment(5);
+        assert_eq!(s.alloc_segment(), Some(5));
+    }
+
+    #[test]
+    #[should_panic(expected = "reserved segment")]
+    fn reserved_segments_are_never_referenced() {
+        let mut s = Space::new(4, &[0], 1, 0, 1);
+        s.seg_add(0, 1);
+    }
+}

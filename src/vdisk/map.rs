@@ -1,0 +1,480 @@
+//! Mapping-table entries: what a virtual segment maps to. Pure data, no I/O.
+//!
+//! A virtual disk's address space is cut into **segments** (the pool's segment size).
+//! The table maps runs of virtual segments to physical segments of the pool. An
+//! [`Extent`] covers either one virtual segment, or a *run* of contiguous virtual
+//! segments mapped to contiguous, fully written physical segments (a fully allocated
+//! disk is a handful of runs). Absence from the table is the **zero** state.
+//!
+//! Each segment's contents can come from a short stack of [`Layer`]s (at most
+//! [`MAX_LAYERS`]): the top layer is where writes go; a block that the top layer does
+//! not hold falls through to the next layer, and past the last one reads as zeros. A
+//! layer's [`Fill`] records which **granules** (the segment cut into at most 256 equal
+//! parts; one 4 KiB block each with the default 1 MiB segments) it holds. That is how a
+//! 4 KiB first write into an unallocated or shared 1 MiB segment costs one 4 KiB write
+//! instead of a 1 MiB zero-fill or copy (qcow2's subclusters are the prior art). A layer
+//! without a fill is *full*.
+//!
+//! Lookups resolve a block to one of [`Source`]: a physical block, zeros, or an error —
+//! one table lookup and at most `MAX_LAYERS` bit tests, whatever the snapshot history.
+
+use smallvec::SmallVec;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// A physical segment: an index into the pool's segment space (all containers).
+pub type PhysSeg = u64;
+
+/// Most layers a segment's contents may be stacked from before the controller merges
+/// the bottom ones.
+pub const MAX_LAYERS: usize = 4;
+
+/// Longest run of segments one extent may cover (bounds the cost of copying a leaf).
+pub const MAX_RUN_SEGMENTS: u32 = 256;
+
+/// Granules per segment at most (one bit each in a [`Fill`]).
+pub const MAX_GRANULES: u64 = 256;
+
+/// Which granules of one physical segment hold data. Shared by every view that maps
+/// the segment; bits are set by the agent that wrote the granule, after the write
+/// completed, and only while the segment is the writable top layer of exactly one disk.
+/// Once the segment is shared (a snapshot, a clone) its fill never changes again.
+#[derive(Debug)]
+pub struct Fill {
+    bits: [AtomicU64; 4],
+    /// Set when bits changed since the controller last persisted them.
+    dirty: AtomicBool,
+    /// The disk and virtual segment whose writable top layer this fill is (for the
+    /// controller to find the leaf to persist).
+    owner_disk: AtomicU64,
+    owner_vseg: AtomicU64,
+}
+
+impl Fill {
+    /// An empty fill owned by (`disk`, `vseg`).
+    pub fn new(disk: u64, vseg: u64) -> Fill {
+        Fill {
+            bits: Default::default(),
+            dirty: AtomicBool::new(false),
+            owner_disk: AtomicU64::new(disk),
+            owner_vseg: AtomicU64::new(vseg),
+        }
+    }
+
+    /// A fill with the given bits (from metadata).
+    pub fn from_words(words: [u64; 4], disk: u64, vseg: u64) -> Fill {
+        let f = Fill::new(disk, vseg);
+        for (a, w) in f.bits.iter().zip(words) {
+            a.store(w, Ordering::Relaxed);
+        }
+        f
+    }
+
+    /// The owner (disk id, virtual segment).
+    pub fn owner(&self) -> (u64, u64) {
+        (
+            self.owner_disk.load(Ordering::Acquire),
+            self.owner_vseg.load(Ordering::Acquire),
+        )
+    }
+
+    /// Records the owner (when loading: the disk whose writable top layer this is).
+    pub fn set_owner(&self, disk: u64, vseg: u64) {
+        self.owner_disk.store(disk, Ordering::Release);
+        self.owner_vseg.store(vseg, Ordering::Release);
+    }
+
+    /// True if granule `g` holds data.
+    #[inline]
+    pub fn test(&self, g: u64) -> bool {
+        self.bits[(g / 64) as usize].load(Ordering::Acquire) & (1 << (g % 64)) != 0
+    }
+
+    /// Marks granules `[first, first + n)` as holding data. Returns true if any bit was
+    /// newly set.
+    pub fn set_range(&self, first: u64, n: u64) -> bool {
+        let mut changed = false;
+        for (w, mask) in word_masks(first, n) {
+            let old = self.bits[w].fetch_or(mask, Ordering::AcqRel);
+            changed |= old & mask != mask;
+        }
+        changed
+    }
+
+    /// Marks granules `[first, first + n)` as empty. Returns true if any bit was cleared.
+    pub fn clear_range(&self, first: u64, n: u64) -> bool {
+        let mut changed = false;
+        for (w, mask) in word_masks(first, n) {
+            let old = self.bits[w].fetch_and(!mask, Ordering::AcqRel);
+            changed |= old & mask != 0;
+        }
+        changed
+    }
+
+    /// True if every granule in `[first, first + n)` holds data.
+    pub fn all_set(&self, first: u64, n: u64) -> bool {
+        word_masks(first, n).all(|(w, m)| self.bits[w].load(Ordering::Acquire) & m == m)
+    }
+
+    /// True if no granule holds data.
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|b| b.load(Ordering::Acquire) == 0)
+    }
+
+    /// True if all of the first `granules` granules hold data.
+    pub fn is_full(&self, granules: u64) -> bool {
+        self.all_set(0, granules)
+    }
+
+    /// Number of granules holding data.
+    pub fn count(&self) -> u32 {
+        self.bits
+            .iter()
+            .map(|b| b.load(Ordering::Acquire).count_ones())
+            .sum()
+    }
+
+    /// The bits as words (a consistent-enough copy: each word is read atomically).
+    pub fn words(&self) -> [u64; 4] {
+        [0, 1, 2, 3].map(|i| self.bits[i].load(Ordering::Acquire))
+    }
+
+    /// Marks the fill dirty; returns true if it was clean (the caller queues it).
+    pub fn mark_dirty(&self) -> bool {
+        !self.dirty.swap(true, Ordering::AcqRel)
+    }
+
+    /// Clears the dirty mark (before the controller copies the bits out).
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// (word index, mask) pairs covering bits `[first, first + n)`.
+fn word_masks(first: u64, n: u64) -> impl Iterator<Item = (usize, u64)> {
+    let end = (first + n).min(256);
+    let mut at = first.min(end);
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let w = at / 64;
+        let lo = at % 64;
+        let hi = (end - w * 64).min(64);
+        let mask = if hi - lo == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - lo)) - 1) << lo
+        };
+        at = w * 64 + hi;
+        Some((w as usize, mask))
+    })
+}
+
+/// One layer of a segment's contents.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// The physical segment (for a run: the first of the run).
+    pub seg: PhysSeg,
+    /// Which granules it holds; `None` means all of them.
+    pub fill: Option<Arc<Fill>>,
+}
+
+impl Layer {
+    /// A full layer.
+    pub fn full(seg: PhysSeg) -> Layer {
+        Layer { seg, fill: None }
+    }
+
+    /// True if the layer holds granule `g`.
+    #[inline]
+    pub fn holds(&self, g: u64) -> bool {
+        self.fill.as_ref().is_none_or(|f| f.test(g))
+    }
+}
+
+/// The state of an extent in the table (absence is the zero state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentState {
+    /// Reads go to the layers; writes go to the top layer if the extent is writable.
+    Mapped,
+    /// Reads and writes fail with a media error (damaged metadata, injected faults).
+    Error,
+}
+
+/// A table entry: `len` virtual segments starting at `vseg`.
+#[derive(Clone, Debug)]
+pub struct Extent {
+    pub vseg: u64,
+    pub len: u32,
+    pub state: ExtentState,
+    /// Generation in which the top layer was created for this disk. The top layer is
+    /// writable by a disk only if `birth` is newer than the disk's last snapshot
+    /// (implicit no-write for everything shared at snapshot time, in O(1)).
+    pub birth: u64,
+    /// Top first. Empty only in the `Error` state.
+    pub layers: SmallVec<[Layer; 2]>,
+}
+
+impl Extent {
+    /// One past the last virtual segment.
+    #[inline]
+    pub fn end(&self) -> u64 {
+        self.vseg + self.len as u64
+    }
+
+    /// True if it covers `vseg`.
+    #[inline]
+    pub fn contains(&self, vseg: u64) -> bool {
+        vseg >= self.vseg && vseg < self.end()
+    }
+
+    /// A single full segment.
+    pub fn full(vseg: u64, seg: PhysSeg, birth: u64) -> Extent {
+        Extent {
+            vseg,
+            len: 1,
+            state: ExtentState::Mapped,
+            birth,
+            layers: smallvec::smallvec![Layer::full(seg)],
+        }
+    }
+
+    /// A run of `len` full segments mapped to `seg..seg + len`.
+    pub fn run(vseg: u64, len: u32, seg: PhysSeg, birth: u64) -> Extent {
+        Extent {
+            len,
+            ..Extent::full(vseg, seg, birth)
+        }
+    }
+
+    /// True for a plain run: one full layer (the only shape that may have `len > 1`).
+    pub fn is_plain(&self) -> bool {
+        self.state == ExtentState::Mapped && self.layers.len() == 1 && self.layers[0].fill.is_none()
+    }
+
+    /// The part of a plain run covering `[from, to)` (virtual segments inside it).
+    pub fn slice(&self, from: u64, to: u64) -> Extent {
+        debug_assert!(self.vseg <= from && from < to && to <= self.end());
+        let mut e = self.clone();
+        let shift = from - self.vseg;
+        e.vseg = from;
+        e.len = (to - from) as u32;
+        if self.state == ExtentState::Mapped {
+            for l in e.layers.iter_mut() {
+                l.seg += shift;
+            }
+        }
+        e
+    }
+
+    /// The physical segments this extent references, with multiplicity: every layer's
+    /// segment (runs: every segment of the run).
+    pub fn segments(&self) -> impl Iterator<Item = PhysSeg> + '_ {
+        let run = if self.is_plain() { self.len as u64 } else { 1 };
+        self.layers
+            .iter()
+            .flat_map(move |l| (0..run).map(move |i| l.seg + i))
+    }
+
+    /// The extent as it applies to virtual segment `vseg` (inside it): a one-segment
+    /// extent.
+    pub fn at(&self, vseg: u64) -> Extent {
+        self.slice(vseg, vseg + 1)
+    }
+}
+
+/// Where a block's data comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// This physical segment, at the same block offset.
+    Seg(PhysSeg),
+    /// Nothing is stored: the block reads as zeros.
+    Zero,
+    /// The block is in the error state.
+    Error,
+}
+
+/// Geometry of a pool's segments, in blocks of the pool's block size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub block_size: u32,
+    pub segment_blocks: u64,
+    pub granule_blocks: u64,
+    pub granules: u64,
+}
+
+impl Geometry {
+    /// Geometry for `segment_bytes` segments of `block_size` blocks.
+    pub fn new(block_size: u32, segment_bytes: u64) -> Geometry {
+        let segment_blocks = segment_bytes / block_size as u64;
+        let granules = segment_blocks.min(MAX_GRANULES);
+        Geometry {
+            block_size,
+            segment_blocks,
+            granule_blocks: segment_blocks / granules,
+            granules,
+        }
+    }
+
+    /// Segment size in bytes.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_blocks * self.block_size as u64
+    }
+
+    /// The granule that block `block_in_seg` of a segment belongs to.
+    #[inline]
+    pub fn granule_of(&self, block_in_seg: u64) -> u64 {
+        block_in_seg / self.granule_blocks
+    }
+
+    /// Where block `block_in_seg` of virtual segment `e` comes from.
+    #[inline]
+    pub fn resolve(&self, e: &Extent, vseg: u64, block_in_seg: u64) -> Source {
+        if e.state == ExtentState::Error {
+            return Source::Error;
+        }
+        let shift = vseg - e.vseg;
+        let g = self.granule_of(block_in_seg);
+        for l in &e.layers {
+            if l.holds(g) {
+                let run_shift = if l.fill.is_none() && e.len > 1 {
+                    shift
+                } else {
+                    0
+                };
+                return Source::Seg(l.seg + run_shift);
+            }
+        }
+        Source::Zero
+    }
+
+    /// Splits `[block_in_seg, block_in_seg + n)` of a segment into runs with one source
+    /// each: (first block, block count, source).
+    pub fn resolve_runs(
+        &self,
+        e: Option<&Extent>,
+        vseg: u64,
+        block_in_seg: u64,
+        n: u64,
+    ) -> SmallVec<[(u64, u64, Source); 4]> {
+        let mut out: SmallVec<[(u64, u64, Source); 4]> = SmallVec::new();
+        let Some(e) = e else {
+            out.push((block_in_seg, n, Source::Zero));
+            return out;
+        };
+        // Fast paths: a single full layer, or the error state.
+        if e.state == ExtentState::Error {
+            out.push((block_in_seg, n, Source::Error));
+            return out;
+        }
+        if e.layers.len() == 1 && e.layers[0].fill.is_none() {
+            out.push((block_in_seg, n, self.resolve(e, vseg, block_in_seg)));
+            return out;
+        }
+        let end = block_in_seg + n;
+        let mut b = block_in_seg;
+        while b < end {
+            let g = self.granule_of(b);
+            let g_end = ((g + 1) * self.granule_blocks).min(end);
+            let src = self.resolve(e, vseg, b);
+            match out.last_mut() {
+                Some(last) if last.2 == src && last.0 + last.1 == b => last.1 += g_end - b,
+                _ => out.push((b, g_end - b, src)),
+            }
+            b = g_end;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_ranges() {
+        let f = Fill::new(1, 2);
+        assert!(f.is_empty());
+        assert!(f.set_range(3, 70));
+        assert!(!f.set_range(10, 5), "already set");
+        assert!(f.test(3) && f.test(72) && !f.test(73) && !f.test(2));
+        assert!(f.all_set(3, 70) && !f.all_set(2, 2));
+        assert_eq!(f.count(), 70);
+        assert!(f.clear_range(0, 256));
+        assert!(f.is_empty());
+        assert!(f.set_range(0, 256));
+        assert!(f.is_full(256));
+        assert_eq!(f.words(), [u64::MAX; 4]);
+        let g = Fill::new(0, 0);
+        g.set_range(0, 16);
+        assert!(g.is_full(16) && !g.is_full(17));
+    }
+
+    #[test]
+    fn geometry() {
+        let g = Geometry::new(4096, 1 << 20);
+        assert_eq!(
+            (g.segment_blocks, g.granules, g.granule_blocks),
+            (256, 256, 1)
+        );
+        let g = Geometry::new(4096, 64 << 20);
+        assert_eq!(
+            (g.segment_blocks, g.granules, g.granule_blocks),
+            (16384, 256, 64)
+        );
+        let g = Geometry::new(4096, 64 << 10);
+        assert_eq!(
+            (g.segment_blocks, g.granules, g.granule_blocks),
+            (16, 16, 1)
+        );
+    }
+
+    #[test]
+    fn resolve_through_layers() {
+        let g = Geometry::new(4096, 1 << 20);
+        let top = Arc::new(Fill::new(1, 0));
+        top.set_range(10, 2);
+        let mid = Arc::new(Fill::new(1, 0));
+        mid.set_range(11, 5);
+        let e = Extent {
+            vseg: 0,
+            len: 1,
+            state: ExtentState::Mapped,
+            birth: 1,
+            layers: smallvec::smallvec![
+                Layer {
+                    seg: 7,
+                    fill: Some(top)
+                },
+                Layer {
+                    seg: 8,
+                    fill: Some(mid)
+                },
+            ],
+        };
+        assert_eq!(g.resolve(&e, 0, 10), Source::Seg(7));
+        assert_eq!(g.resolve(&e, 0, 11), Source::Seg(7));
+        assert_eq!(g.resolve(&e, 0, 12), Source::Seg(8));
+        assert_eq!(g.resolve(&e, 0, 16), Source::Zero);
+        let runs = g.resolve_runs(Some(&e), 0, 8, 10);
+        assert_eq!(
+            runs.as_slice(),
+            &[
+                (8, 2, Source::Zero),
+                (10, 2, Source::Seg(7)),
+                (12, 4, Source::Seg(8)),
+                (16, 2, Source::Zero)
+            ]
+        );
+        let run = Extent::run(100, 10, 500, 1);
+        assert_eq!(g.resolve(&run, 105, 3), Source::Seg(505));
+        assert_eq!(run.segments().count(), 10);
+        let s = run.slice(103, 106);
+        assert_eq!((s.vseg, s.len, s.layers[0].seg), (103, 3, 503));
+        assert_eq!(
+            g.resolve_runs(None, 0, 0, 4).as_slice(),
+            &[(0, 4, Source::Zero)]
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The mapping layer: pools, virtual disks, mapping tables, agents and the controller
+//! (DESIGN.md, "The mapping layer"; the seeds are the source).
+//!
+//! - [`map`]: table entries (extents, layers, fills) and block resolution — pure.
+//! - [`table`]: the copy-on-write B+tree of extents with structural sharing — pure.
+//! - [`meta`]: the on-disk format — pure encoders and decoders.
+//! - [`alloc`]: segment reference counts, free segments and pages.
+//! - [`pool`]: containers, segment placement, the public [`Pool`] handle.
+//! - [`controller`]: the controller core: faults, views, disk operations.
+//! - [`commit`]: making the controller's state durable.
+//! - [`load`]: creating a pool, and opening (recovering) one.
+//! - [`agent`]: the per-core I/O path of a disk.
+//! - [`cow`]: snapshots, clones, copy-on-write, granule materialisation, quiesce.
+//! - [`split`]: the background split (inflate) and decouple jobs.
+//! - [`check`]: the offline consistency check behind `tessera check`.
+
+pub mod agent;
+pub mod alloc;
+pub mod check;
+pub mod commit;
+pub mod controller;
+pub mod cow;
+pub mod disk;
+pub mod load;
+mod locks;
+pub mod map;
+pub mod meta;
+pub mod pool;
+pub mod split;
+pub mod table;
+
+pub use controller::DiskInfo;
+pub use disk::VDisk;
+pub use pool::{Pool, PoolOptions};
+
+use crate::bdev::{BdevError, IoStatus};
+use serde::{Deserialize, Serialize};
+
+/// How the first write to a segment shared with a snapshot is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CowPolicy {
+    /// New data goes to a new segment; the snapshot keeps the old one (default).
+    #[default]
+    Redirect = 0,
+    /// The old data is copied to a new segment for the snapshot; the write lands in
+    /// place, so the live disk keeps its physical layout.
+    CopyOut = 1,
+}
+
+impl CowPolicy {
+    pub(crate) fn from_u8(v: u8) -> CowPolicy {
+        if v == 1 {
+            CowPolicy::CopyOut
+        } else {
+            CowPolicy::Redirect
+        }
+    }
+}
+
+/// Errors of the mapping layer; each names what it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum VdiskError {
+    #[error("metadata: {0}")]
+    Meta(#[from] meta::MetaError),
+    #[error("{what}: I/O failed with {status:?}")]
+    Io { what: String, status: IoStatus },
+    #[error("{field}: {reason}")]
+    InvalidParam { field: &'static str, reason: String },
+    #[error("`{0}` does not exist")]
+    NotFound(String),
+    #[error("`{0}` already exists")]
+    Exists(String),
+    #[error("`{0}` is read-only")]
+    ReadOnly(String),
+    #[error("not enough free space: {need} segments needed, {free} free")]
+    NoSpace { need: u64, free: u64 },
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("the pool has failed and refuses changes: {0}")]
+    PoolFailed(String),
+    #[error("the pool is closed")]
+    Stopped,
+    #[error("quiesce of {0} timed out and was cancelled; nothing was changed")]
+    QuiesceTimeout(String),
+    #[error("bdev: {0}")]
+    Bdev(#[from] BdevError),
+    #[error("no pool found: {0}")]
+    NoPool(String),
+}
+
+impl From<IoStatus> for VdiskError {
+    fn from(status: IoStatus) -> Self {
+        VdiskError::Io {
+            what: "commit".into(),
+            status,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! Pools: the storage containers a pool is made of, where a physical segment lives, and
+//! the public, thread-safe [`Pool`] handle whose operations run on the controller core.
+
+use super::controller::{self, Controller, DiskInfo};
+use super::disk::VDisk;
+use super::map::{Fill, Geometry, PhysSeg};
+use super::{CowPolicy, VdiskError};
+use crate::bdev::Bdev;
+use crate::reactor::Cores;
+use crossbeam_queue::SegQueue;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use uuid::Uuid;
+
+/// A data container: a base bdev cut into segments.
+pub struct Container {
+    pub bdev: Arc<dyn Bdev>,
+    /// Global index of the container's segment 0.
+    pub first_seg: PhysSeg,
+    /// Segments in the container, reserved ones included.
+    pub segments: u64,
+    /// Leading segments not used for data (label, metadata).
+    pub reserved: u64,
+}
+
+/// What every core needs to know about a pool. Immutable after open, except the
+/// atomics and the dirty-fill queue.
+pub struct PoolShared {
+    /// Process-unique id (registry key on the cores).
+    pub id: u64,
+    pub uuid: Uuid,
+    pub name: String,
+    pub geo: Geometry,
+    pub containers: Vec<Container>,
+    pub meta_bdev: Arc<dyn Bdev>,
+    pub separate_metadata: bool,
+    pub meta_first_byte: u64,
+    pub meta_pages: u64,
+    pub sm_pages: u64,
+    pub ctl_core: usize,
+    pub cores: Cores,
+    /// Fills whose bits changed since the controller last persisted them; agents push,
+    /// the controller drains at commit.
+    pub dirty_fills: SegQueue<Arc<Fill>>,
+    pub cow_default: CowPolicy,
+    /// Free segments, as of the controller's last update (for listings).
+    pub free_segments: AtomicU64,
+}
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+impl PoolShared {
+    pub(crate) fn next_id() -> u64 {
+        NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The container holding `seg` and the byte offset of the segment in it.
+    #[inline]
+    pub fn locate(&self, seg: PhysSeg) -> (usize, u64) {
+        let i = if self.containers.len() == 1 {
+            0
+        } else {
+            self.containers.partition_point(|c| c.first_seg <= seg) - 1
+        };
+        (
+            i,
+            (seg - self.containers[i].first_seg) * self.geo.segment_bytes(),
+        )
+    }
+
+    /// Total segments over all containers.
+    pub fn total_segments(&self) -> u64 {
+        self.containers.iter().map(|c| c.segments).sum()
+    }
+
+    /// Segments usable for data.
+    pub fn data_segments(&self) -> u64 {
+        self.containers
+            .iter()
+            .map(|c| c.segments - c.reserved)
+            .sum()
+    }
+}
+
+/// Options for creating a pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub name: String,
+    /// Segment size in bytes: a power of two from 64 KiB to 64 MiB.
+    pub segment_bytes: u64,
+    /// Bytes reserved for metadata on container 0 (ignored with a metadata bdev).
+    /// Default: 1/1024 of the capacity, at least 16 MiB.
+    pub metadata_bytes: Option<u64>,
+    pub cow_policy: CowPolicy,
+}
+
+impl PoolOptions {
+    /// Defaults: 1 MiB segments, redirect-on-write.
+    pub fn new(name: &str) -> PoolOptions {
+        PoolOptions {
+            name: name.to_string(),
+            segment_bytes: 1 << 20,
+            metadata_bytes: None,
+            cow_policy: CowPolicy::Redirect,
+        }
+    }
+}
+
+/// A pool of storage containers holding virtual disks. Cheap to clone, usable from any
+/// thread; every operation runs on the pool's controller core.
+#[derive(Clone)]
+pub struct Pool {
+    pub(crate) shared: Arc<PoolShared>,
+}
+
+impl Pool {
+    /// Formats `containers` (and `metadata`, if given) as a new, empty pool and opens
+    /// it with its controller on `ctl_core`.
+    pub async fn create(
+        cores: &Cores,
+        ctl_core: usize,
+        containers: Vec<Arc<dyn Bdev>>,
+        metadata: Option<Arc<dyn Bdev>>,
+        opts: PoolOptions,
+    ) -> Result<Pool, VdiskError> {
+        let cores2 = cores.clone();
+        cores
+            .spawn_on(ctl_core, move || async move {
+                controller::create(cores2, ctl_core, containers, metadata, opts).await
+            })
+            .await
+            .map_err(|_| VdiskError::Stopped)?
+    }
+
+    /// Opens an existing pool from its bdevs (data containers and metadata bdev, in any
+    /// order), recovering to the last committed state.
+    pub async fn open(
+        cores: &Cores,
+        ctl_core: usize,
+        bdevs: Vec<Arc<dyn Bdev>>,
+    ) -> Result<Pool, VdiskError> {
+        let cores2 = cores.clone();
+        cores
+            .spawn_on(ctl_core, move || async move {
+                controller::open(cores2, ctl_core, bdevs).await
+            })
+            .await
+            .map_err(|_| VdiskError::Stopped)?
+    }
+
+    /// Runs `f` with the controller, on its core.
+    pub(crate) fn on_ctl<R, F, Fut>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<R, VdiskError>> + Send + 'static
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Controller>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R, VdiskError>> + 'static,
+    {
+        let id = self.shared.id;
+        let h = self
+            .shared
+            .cores
+            .spawn_on(self.shared.ctl_core, move || async move {
+                match controller::lookup(id) {
+                    Some(c) => f(c).await,
+                    None => Err(VdiskError::Stopped),
+                }
+            });
+        async move { h.await.map_err(|_| VdiskError::Stopped)? }
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The pool's UUID.
+    pub fn uuid(&self) -> Uuid {
+        self.shared.uuid
+    }
+
+    /// Segment size in bytes.
+    pub fn segment_bytes(&self) -> u64 {
+        self.shared.geo.segment_bytes()
+    }
+
+    /// Block size of the pool's disks.
+    pub fn block_size(&self) -> u32 {
+        self.shared.geo.block_size
+    }
+
+    /// The bdevs the pool is made of (containers, then the metadata bdev if separate).
+    pub fn bdevs(&self) -> Vec<Arc<dyn Bdev>> {
+        let mut v: Vec<Arc<dyn Bdev>> = self
+            .shared
+            .containers
+            .iter()
+            .map(|c| c.bdev.clone())
+            .collect();
+        if self.shared.separate_metadata {
+            v.push(self.shared.meta_bdev.clone());
+        }
+        v
+    }
+
+    /// Segments usable for data, and those free now.
+    pub fn space(&self) -> (u64, u64) {
+        (
+            self.shared.data_segments(),
+            self.shared.free_segments.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Creates a virtual disk of `size_bytes`: thin (allocate on first write) or fully
+    /// allocated (every segment allocated and zeroed now).
+    pub fn create_disk(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        thin: bool,
+    ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
+        let name = name.to_string();
+        self.on_ctl(move |c| async move { c.create_disk(&name, size_bytes, thin, None).await })
+    }
+
+    /// The disk called `name`.
+    pub fn disk(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
+        let name = name.to_string();
+        self.on_ctl(move |c| async move { c.disk_bdev(&name) })
+    }
+
+    /// Every disk of the pool.
+    pub fn disks(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Arc<VDisk>>, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { Ok(c.disk_bdevs()) })
+    }
+
+    /// Descriptions of every disk (parent, children, allocated and shared space).
+    pub fn list(&self) -> impl Future<Output = Result<Vec<DiskInfo>, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { Ok(c.list()) })
+    }
+
+    /// Deletes a disk, a snapshot or a clone, and reclaims what nothing else references.
+    pub fn delete_disk(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let name = name.to_string();
+        self.on_ctl(move |c| async move { c.delete_disk(&name).await })
+    }
+
+    /// Changes a disk's size (growing adds zero space; shrinking drops the tail).
+    pub fn resize_disk(
+        &self,
+        name: &str,
+        size_bytes: u64,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let name = name.to_string();
+        self.on_ctl(move |c| async move { c.resize_disk(&name, size_bytes).await })
+    }
+
+    /// Sets or clears a disk's read-only flag.
+    pub fn set_read_only(
+        &self,
+        name: &str,
+        read_only: bool,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let name = name.to_string();
+        self.on_ctl(move |c| async move { c.set_read_only(&name, read_only).await })
+    }
+
+    /// Snapshots each disk of `pairs` (origin, snapshot name) at one point in time. With
+    /// more than one pair (a consistency group) the disks are quiesced first; the
+    /// quiesce cancels itself after `limit`, and then nothing is snapshotted.
+    pub fn snapshot(
+        &self,
+        pairs: Vec<(String, String)>,
+        limit: std::time::Duration,
+    ) -> impl Future<Output = Result<Vec<Arc<VDisk>>, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { c.snapshot(pairs, limit).await })
+    }
+
+    /// Creates a writable clone `name` of snapshot `snapshot`.
+    pub fn clone_disk(
+        &self,
+        snapshot: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
+        let (s, n) = (snapshot.to_string(), name.to_string());
+        self.on_ctl(move |c| async move { c.clone_disk(&s, &n).await })
+    }
+
+    /// Starts splitting `name` from its parent (SPDK: inflate), in the background.
+    pub fn split(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let n = name.to_string();
+        self.on_ctl(move |c| async move { c.start_job(&n, false).await })
+    }
+
+    /// Starts decoupling `name` from its parent (re-pointing it at the grandparent).
+    pub fn decouple(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let n = name.to_string();
+        self.on_ctl(move |c| async move { c.start_job(&n, true).await })
+    }
+
+    /// Cancels a running split or decouple.
+    pub fn cancel_split(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let n = name.to_string();
+        self.on_ctl(move |c| async move { c.cancel_job(&n).await })
+    }
+
+    /// Quiesces disks: their new I/O is held and in-flight I/O drained. Returns an id for
+    /// [`Pool::activate`]; after `limit` the quiesce cancels itself.
+    pub fn quiesce(
+        &self,
+        names: Vec<String>,
+        limit: std::time::Duration,
+    ) -> impl Future<Output = Result<u64, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move {
+            let ids = names
+                .iter()
+                .map(|n| c.id_of(n))
+                .collect::<Result<Vec<_>, _>>()?;
+            c.quiesce(ids, limit).await
+        })
+    }
+
+    /// Releases a quiesce.
+    pub fn activate(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { c.activate(id).await })
+    }
+
+    /// Sets a disk's copy-on-write policy.
+    pub fn set_cow_policy(
+        &self,
+        name: &str,
+        policy: CowPolicy,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let n = name.to_string();
+        self.on_ctl(move |c| async move { c.set_cow_policy(&n, policy).await })
+    }
+
+    /// The entries the agent of `disk` on core `core` serves from, for `[from, to)`
+    /// virtual segments ("get entries").
+    pub fn view_entries(
+        &self,
+        core: usize,
+        disk: &str,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<super::map::Extent>, VdiskError>> + Send + 'static {
+        let pool = self.shared.id;
+        let cores = self.shared.cores.clone();
+        let d = self.disk(disk);
+        async move {
+            let id = d.await?.disk_id();
+            cores
+                .call(core, move || super::agent::view_entries(pool, id, from, to))
+                .await
+                .map_err(|_| VdiskError::Stopped)
+        }
+    }
+
+    /// The controller's segment reference count of `seg` (tests, diagnostics).
+    pub fn segment_refs(
+        &self,
+        seg: PhysSeg,
+    ) -> impl Future<Output = Result<u32, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { Ok(c.st.borrow().space.refs(seg)) })
+    }
+
+    /// Free segments and segments waiting for a commit to become free.
+    pub fn free_space(
+        &self,
+    ) -> impl Future<Output = Result<(u64, u64), VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move {
+            let st = c.st.borrow();
+            Ok((st.space.free_segments(), st.space.pending_segments()))
+        })
+    }
+
+    /// Commits the metadata now (what a flush does).
+    pub fn commit(&self) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { c.commit().await.map_err(VdiskError::from) })
+    }
+
+    /// Commits and stops the controller; the disks stop serving I/O.
+    pub fn close(&self) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { c.close().await })
+    }
+}

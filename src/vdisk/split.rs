@@ -1,0 +1,434 @@
+//! Split (SPDK: inflate) and decouple: background jobs that give a disk its own copy of
+//! what it shares with its parent (seed 004), without stopping its I/O.
+//!
+//! The job walks the disk's table by virtual segment. For each segment still sharing
+//! data: if the disk already has its own writable top layer there, the holes of that
+//! layer are filled from the layers below (writes to the segment drain and wait during
+//! the copy: blocking no-write state); otherwise the shared data is copied to a new
+//! segment, which becomes the disk's own. *Split* copies everything shared; *decouple*
+//! only what is not also the grandparent's, and then points the disk at the
+//! grandparent. The job's cursor is part of the disk's durable record, so a restart
+//! resumes where it stopped; it runs at full speed while the disk is idle and slows
+//! down while the disk serves I/O; it can be cancelled.
+
+use super::VdiskError;
+use super::agent::{AgentCmd, RangeState};
+use super::controller::Controller;
+use super::map::{Extent, ExtentState, Fill, Layer, PhysSeg, Source};
+use super::meta::{DiskKind, JobRecord};
+use crate::bdev::IoStatus;
+use crate::reactor;
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Foreground I/O rate (requests per second) above which a job slows down.
+const BUSY_IOPS: f64 = 200.0;
+/// Pause between segments while the disk is busy.
+const BUSY_PAUSE: Duration = Duration::from_millis(2);
+
+impl Controller {
+    /// Starts splitting (or decoupling) `name` from its parent.
+    pub(crate) async fn start_job(&self, name: &str, decouple: bool) -> Result<(), VdiskError> {
+        let id = self.id_of(name)?;
+        let _lock = self.locks.disk(id).await;
+        {
+            let mut st = self.st.borrow_mut();
+            if let Some(f) = &st.failed {
+                return Err(VdiskError::PoolFailed(f.clone()));
+            }
+            let d = st
+                .disks
+                .get(&id)
+                .ok_or_else(|| VdiskError::NotFound(name.into()))?;
+            if d.rec.parent == 0 {
+                return Err(VdiskError::InvalidParam {
+                    field: "lvol_name",
+                    reason: format!(
+                        "`{name}` has no parent to {} from",
+                        if decouple { "decouple" } else { "split" }
+                    ),
+                });
+            }
+            if d.rec.read_only {
+                return Err(VdiskError::ReadOnly(name.to_string()));
+            }
+            if d.job_cancel.is_some() {
+                return Err(VdiskError::Busy(format!("`{name}` is already being split")));
+            }
+            let d = st.disks.get_mut(&id).expect("checked");
+            d.rec.job = if decouple {
+                JobRecord::Decouple { cursor: 0 }
+            } else {
+                JobRecord::Split { cursor: 0 }
+            };
+            st.changed();
+        }
+        self.spawn_job(id);
+        Ok(())
+    }
+
+    /// Cancels a running split/decouple of `name`.
+    pub(crate) async fn cancel_job(&self, name: &str) -> Result<(), VdiskError> {
+        let id = self.id_of(name)?;
+        let cancel = self
+            .st
+            .borrow()
+            .disks
+            .get(&id)
+            .and_then(|d| d.job_cancel.clone());
+        match cancel {
+            Some(c) => {
+                c.set(true);
+                Ok(())
+            }
+            None => Err(VdiskError::InvalidParam {
+                field: "lvol_name",
+                reason: format!("`{name}` has no running split"),
+            }),
+        }
+    }
+
+    /// Resumes the jobs recorded in the directory (after opening the pool).
+    pub(crate) fn resume_jobs(&self) {
+        let ids: Vec<u64> = self
+            .st
+            .borrow()
+            .disks
+            .values()
+            .filter(|d| d.rec.job != JobRecord::None)
+            .map(|d| d.rec.id)
+            .collect();
+        for id in ids {
+            tracing::info!(pool = %self.shared.name, disk = id, "resuming split job");
+            self.spawn_job(id);
+        }
+    }
+
+    fn spawn_job(&self, id: u64) {
+        let cancel = Rc::new(Cell::new(false));
+        let progress = Rc::new(Cell::new((0, 0)));
+        {
+            let mut st = self.st.borrow_mut();
+            let Some(d) = st.disks.get_mut(&id) else {
+                return;
+            };
+            d.job_cancel = Some(cancel.clone());
+            d.job_progress = Some(progress.clone());
+        }
+        let me = self.rc();
+        reactor::spawn_local(async move {
+            let r = me.run_job(id, &cancel, &progress).await;
+            if let Some(d) = me.st.borrow_mut().disks.get_mut(&id) {
+                d.job_cancel = None;
+                d.job_progress = None;
+            }
+            if let Err(e) = r {
+                tracing::error!(pool = %me.shared.name, disk = id, error = %e, "split job stopped");
+            }
+        })
+        .detach();
+    }
+
+    /// The layers of `one` the job must make the disk's own, given the segments it may
+    /// keep sharing (`keep`). Empty when nothing is to be done.
+    fn job_prefix(one: &Extent, writable: bool, keep: &HashSet<PhysSeg>) -> usize {
+        let prefix = one
+            .layers
+            .iter()
+            .take_while(|l| !keep.contains(&l.seg))
+            .count();
+        let done = prefix == 0 || (prefix == 1 && writable);
+        if done { 0 } else { prefix }
+    }
+
+    fn job_keep(&self, disk: u64, vseg: u64) -> Option<HashSet<PhysSeg>> {
+        let st = self.st.borrow();
+        let d = st.disks.get(&disk)?;
+        let decouple = matches!(d.rec.job, JobRecord::Decouple { .. });
+        let mut keep = HashSet::new();
+        if decouple {
+            let parent = st.disks.get(&d.rec.parent)?;
+            if let Some(g) = st.disks.get(&parent.rec.parent)
+                && let Some(e) = g.root.as_ref().and_then(|r| r.lookup(vseg))
+            {
+                for l in &e.at(vseg).layers {
+                    keep.insert(l.seg);
+                }
+            }
+        }
+        Some(keep)
+    }
+
+    /// The next virtual segment at or after `from` with work to do, and the total left.
+    fn job_scan(&self, disk: u64, from: u64, count: bool) -> (Option<u64>, u64) {
+        let (root, snap_gen) = {
+            let st = self.st.borrow();
+            let Some(d) = st.disks.get(&disk) else {
+                return (None, 0);
+            };
+            (d.root.clone(), d.rec.snap_gen)
+        };
+        let Some(root) = root else { return (None, 0) };
+        let mut first = None;
+        let mut total = 0;
+        root.visit_from(from, &mut |e| {
+            for v in e.vseg.max(from)..e.end() {
+                let one = e.at(v);
+                let keep = self.job_keep(disk, v).unwrap_or_default();
+                if Self::job_prefix(&one, one.birth > snap_gen, &keep) > 0 {
+                    first.get_or_insert(v);
+                    total += 1;
+                    if !count {
+                        return false;
+                    }
+                }
+            }
+            true
+        });
+        (first, total)
+    }
+
+    async fn run_job(
+        &self,
+        disk: u64,
+        cancel: &Cell<bool>,
+        progress: &Cell<(u64, u64)>,
+    ) -> Result<(), VdiskError> {
+        let start_cursor = match self.st.borrow().disks.get(&disk).map(|d| d.rec.job) {
+            Some(JobRecord::Split { cursor } | JobRecord::Decouple { cursor }) => cursor,
+            _ => return Ok(()),
+        };
+        let (_, total) = self.job_scan(disk, start_cursor, true);
+        progress.set((0, total));
+        let bdev = match self.st.borrow().disks.get(&disk) {
+            Some(d) => d.bdev.clone(),
+            None => return Ok(()),
+        };
+        let mut cursor = start_cursor;
+        let mut done = 0;
+        let mut last_ios = bdev.io_count();
+        let mut last_t = reactor::now();
+        loop {
+            if cancel.get() || self.st.borrow().closed {
+                if cancel.get() {
+                    let mut st = self.st.borrow_mut();
+                    if let Some(d) = st.disks.get_mut(&disk) {
+                        d.rec.job = JobRecord::None;
+                    }
+                    st.changed();
+                    tracing::info!(pool = %self.shared.name, disk, done, "split cancelled");
+                }
+                return Ok(());
+            }
+            let (next, _) = self.job_scan(disk, cursor, false);
+            let Some(vseg) = next else { break };
+            let st = self.job_segment(disk, vseg).await;
+            if !st.is_success() {
+                return Err(VdiskError::Io {
+                    what: format!("splitting segment {vseg}"),
+                    status: st,
+                });
+            }
+            cursor = vseg + 1;
+            done += 1;
+            progress.set((done, total.max(done)));
+            {
+                let mut st = self.st.borrow_mut();
+                if let Some(d) = st.disks.get_mut(&disk) {
+                    d.rec.job = match d.rec.job {
+                        JobRecord::Decouple { .. } => JobRecord::Decouple { cursor },
+                        _ => JobRecord::Split { cursor },
+                    };
+                }
+                st.changed();
+            }
+            // Yield to foreground I/O.
+            let now = reactor::now();
+            let dt = now.since(last_t).as_secs_f64();
+            if dt >= 0.01 {
+                let ios = bdev.io_count();
+                let rate = (ios - last_ios) as f64 / dt;
+                last_ios = ios;
+                last_t = now;
+                if rate > BUSY_IOPS {
+                    reactor::sleep(BUSY_PAUSE).await;
+                    continue;
+                }
+            }
+            reactor::yield_now().await;
+        }
+        // Everything is the disk's own now: forget the parent (or skip it).
+        let _lock = self.locks.disk(disk).await;
+        let mut st = self.st.borrow_mut();
+        let grandparent = {
+            let d = st.disks.get(&disk);
+            let p = d.map_or(0, |d| d.rec.parent);
+            st.disks.get(&p).map_or(0, |p| p.rec.parent)
+        };
+        let Some(d) = st.disks.get_mut(&disk) else {
+            return Ok(());
+        };
+        let decouple = matches!(d.rec.job, JobRecord::Decouple { .. });
+        d.rec.parent = if decouple { grandparent } else { 0 };
+        if !decouple {
+            d.rec.kind = DiskKind::Disk;
+            d.bdev.set_kind(DiskKind::Disk);
+        }
+        d.rec.job = JobRecord::None;
+        let name = d.rec.name.clone();
+        st.changed();
+        drop(st);
+        tracing::info!(pool = %self.shared.name, disk = %name, segments = done,
+            "{} finished", if decouple { "decouple" } else { "split" });
+        Ok(())
+    }
+
+    /// Makes virtual segment `vseg` of `disk` its own (see the module doc).
+    async fn job_segment(&self, disk: u64, vseg: u64) -> IoStatus {
+        let _lock = self.locks.segment(disk, vseg).await;
+        let (one, writable) = {
+            let st = self.st.borrow();
+            let Some(d) = st.disks.get(&disk) else {
+                return IoStatus::Aborted;
+            };
+            match d.root.as_ref().and_then(|r| r.lookup(vseg)) {
+                Some(e) => (e.at(vseg), e.birth > d.rec.snap_gen),
+                None => return IoStatus::Success,
+            }
+        };
+        if one.state == ExtentState::Error {
+            return IoStatus::MediaError;
+        }
+        let keep = self.job_keep(disk, vseg).unwrap_or_default();
+        let prefix = Self::job_prefix(&one, writable, &keep);
+        if prefix == 0 {
+            return IoStatus::Success;
+        }
+        let geo = self.shared.geo;
+        let suffix: smallvec::SmallVec<[Layer; 2]> = one.layers[prefix..].iter().cloned().collect();
+        let copy_from = Extent {
+            layers: one.layers[..prefix].iter().cloned().collect(),
+            ..one.clone()
+        };
+        if writable {
+            // Fill the holes of the disk's own top layer from the shared layers below it.
+            let top = one.layers[0].clone();
+            let Some(fill) = top.fill.clone() else {
+                return IoStatus::Success;
+            };
+            self.command_agents(
+                disk,
+                AgentCmd::SetState {
+                    from: vseg,
+                    to: vseg + 1,
+                    state: Some(RangeState::NoWrite),
+                },
+                true,
+            )
+            .await;
+            let below = Extent {
+                layers: copy_from.layers[1..].iter().cloned().collect(),
+                ..one.clone()
+            };
+            let mut status = IoStatus::Success;
+            for (b, n, src) in geo.resolve_runs(Some(&below), vseg, 0, geo.segment_blocks) {
+                let Source::Seg(s) = src else { continue };
+                // Only granules the top does not hold.
+                let mut g = b / geo.granule_blocks;
+                let g_end = (b + n).div_ceil(geo.granule_blocks);
+                while g < g_end && status.is_success() {
+                    if fill.test(g) {
+                        g += 1;
+                        continue;
+                    }
+                    let mut h = g;
+                    while h < g_end && !fill.test(h) {
+                        h += 1;
+                    }
+                    let (fb, fn_) = (g * geo.granule_blocks, (h - g) * geo.granule_blocks);
+                    let r = match self.read_segment(s, fb, fn_).await {
+                        Ok(data) => self.write_segment(top.seg, fb, data).await,
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(()) => {
+                            fill.set_range(g, h - g);
+                        }
+                        Err(e) => status = e,
+                    }
+                    g = h;
+                }
+            }
+            if status.is_success() {
+                let full = suffix.is_empty() && fill.is_full(geo.granules);
+                let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
+                    seg: top.seg,
+                    fill: if full { None } else { Some(fill.clone()) },
+                }];
+                layers.extend(suffix);
+                self.set_extents(
+                    disk,
+                    vseg,
+                    vseg + 1,
+                    vec![Extent {
+                        layers,
+                        ..one.clone()
+                    }],
+                );
+                self.push_view(disk, false).await;
+            }
+            self.command_agents(
+                disk,
+                AgentCmd::SetState {
+                    from: vseg,
+                    to: vseg + 1,
+                    state: None,
+                },
+                false,
+            )
+            .await;
+            self.update_free();
+            return status;
+        }
+        // Shared: copy what the prefix layers hold into a new segment of the disk's own.
+        let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
+            return IoStatus::CapacityExceeded;
+        };
+        let fill = Arc::new(Fill::new(disk, vseg));
+        if let Err(e) = self.copy_resolved(&copy_from, seg, &fill).await {
+            self.st.borrow_mut().space.unalloc_segment(seg);
+            return e;
+        }
+        let generation = self.st.borrow().generation;
+        let full = suffix.is_empty() && fill.is_full(geo.granules);
+        let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
+            seg,
+            fill: if full { None } else { Some(fill) },
+        }];
+        layers.extend(suffix);
+        if layers.len() == 1 && layers[0].fill.as_ref().is_some_and(|f| f.is_empty()) {
+            // Nothing was shared after all (all zeros): the zero state needs no segment.
+            self.st.borrow_mut().space.unalloc_segment(seg);
+            self.set_extents(disk, vseg, vseg + 1, Vec::new());
+        } else {
+            self.set_extents(
+                disk,
+                vseg,
+                vseg + 1,
+                vec![Extent {
+                    vseg,
+                    len: 1,
+                    state: ExtentState::Mapped,
+                    birth: generation,
+                    layers,
+                }],
+            );
+        }
+        self.push_view(disk, false).await;
+        self.update_free();
+        IoStatus::Success
+    }
+}

@@ -1,0 +1,741 @@
+//! The mapping table: a copy-on-write B+tree of [`Extent`]s keyed by virtual segment.
+//!
+//! Nodes are immutable once built and shared through `Arc`: a modification copies the
+//! path from the root to the changed leaf and shares every other node (structural
+//! sharing). That gives the three properties the design asks for:
+//!
+//! - a **snapshot or clone** shares the origin's root — O(1) whatever the disk size;
+//! - **per-core views** (the agents' copies of the table) share every unchanged node, so
+//!   N cores cost one table's memory;
+//! - a **lookup** is one root-to-leaf descent, whatever the history.
+//!
+//! The controller keeps reference counts beside the `Arc`s (which also count the
+//! agents' views): `refs` counts the controller's own parents of a node (other nodes and
+//! disk roots), and each physical segment is counted once per leaf that references it
+//! (dm-thin's and btrfs's scheme). Creating a node takes a reference on each child (or
+//! segment); releasing the last reference to a node releases its children and frees its
+//! metadata page. A node shared with a snapshot is therefore never changed in place:
+//! the writer gets a copy, the snapshot keeps the original.
+//!
+//! Extents never cross a leaf's key span, so the leaf found for a segment holds the
+//! extent covering it, if any. Nodes are sized to fit one metadata page when encoded.
+
+use super::map::{Extent, PhysSeg};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Marks a node that has no metadata page yet.
+pub const NO_PAGE: u64 = u64::MAX;
+
+/// Bytes of a metadata page available to a node's entries.
+pub const NODE_PAYLOAD_BYTES: usize = 4096 - 64;
+
+/// Most children of an internal node (16 encoded bytes each).
+pub const MAX_FANOUT: usize = NODE_PAYLOAD_BYTES / 16;
+
+/// Encoded size of an extent in a leaf page (see `vdisk::meta`).
+pub fn extent_encoded_len(e: &Extent) -> usize {
+    22 + e
+        .layers
+        .iter()
+        .map(|l| if l.fill.is_some() { 41 } else { 9 })
+        .sum::<usize>()
+}
+
+/// A node's contents.
+#[derive(Debug)]
+pub enum NodeKind {
+    /// `keys[i]` is the first virtual segment of `children[i]`'s span.
+    Internal {
+        keys: Vec<u64>,
+        children: Vec<Arc<Node>>,
+    },
+    /// Sorted, non-overlapping extents.
+    Leaf { extents: Vec<Extent> },
+}
+
+/// A table node.
+#[derive(Debug)]
+pub struct Node {
+    pub kind: NodeKind,
+    refs: AtomicU32,
+    page: AtomicU64,
+}
+
+/// The controller's reference bookkeeping, told about segments and pages as nodes are
+/// built and released.
+pub trait RefCounts {
+    /// Adds `delta` references to physical segment `seg`.
+    fn seg_add(&mut self, seg: PhysSeg, delta: i64);
+    /// A metadata page is no longer referenced by the live state.
+    fn page_free(&mut self, page: u64);
+}
+
+impl Node {
+    fn build(kind: NodeKind, rc: &mut dyn RefCounts) -> Arc<Node> {
+        match &kind {
+            NodeKind::Internal { children, .. } => {
+                for c in children {
+                    c.refs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            NodeKind::Leaf { extents } => {
+                for e in extents {
+                    for s in e.segments() {
+                        rc.seg_add(s, 1);
+                    }
+                }
+            }
+        }
+        Arc::new(Node {
+            kind,
+            refs: AtomicU32::new(0),
+            page: AtomicU64::new(NO_PAGE),
+        })
+    }
+
+    /// A node loaded from metadata: `refs` and segment counts are set by the loader.
+    pub fn loaded(kind: NodeKind, page: u64) -> Arc<Node> {
+        Arc::new(Node {
+            kind,
+            refs: AtomicU32::new(0),
+            page: AtomicU64::new(page),
+        })
+    }
+
+    /// The metadata page the node is stored in, or [`NO_PAGE`].
+    pub fn page(&self) -> u64 {
+        self.page.load(Ordering::Acquire)
+    }
+
+    /// Records the page the node was written to.
+    pub fn set_page(&self, page: u64) {
+        self.page.store(page, Ordering::Release);
+    }
+
+    /// The controller's reference count.
+    pub fn refs(&self) -> u32 {
+        self.refs.load(Ordering::Relaxed)
+    }
+
+    /// Takes one controller reference (a new root, a snapshot sharing it, a loader).
+    pub fn retain(self: &Arc<Self>) {
+        self.refs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops one controller reference; the last one releases the node's children (or
+    /// segments) and its page.
+    pub fn release(self: &Arc<Self>, rc: &mut dyn RefCounts) {
+        let before = self.refs.fetch_sub(1, Ordering::Relaxed);
+        assert!(before > 0, "table node released more often than retained");
+        if before == 1 {
+            self.free(rc);
+        }
+    }
+
+    fn free(&self, rc: &mut dyn RefCounts) {
+        match &self.kind {
+            NodeKind::Internal { children, .. } => {
+                for c in children {
+                    c.release(rc);
+                }
+            }
+            NodeKind::Leaf { extents } => {
+                for e in extents {
+                    for s in e.segments() {
+                        rc.seg_add(s, -1);
+                    }
+                }
+            }
+        }
+        let p = self.page();
+        if p != NO_PAGE {
+            rc.page_free(p);
+        }
+    }
+
+    /// Releases a node that was built but never retained.
+    fn discard(self: &Arc<Self>, rc: &mut dyn RefCounts) {
+        debug_assert_eq!(self.refs(), 0);
+        self.free(rc);
+    }
+
+    /// The extent covering `vseg`, if any: one descent.
+    #[inline]
+    pub fn lookup(&self, vseg: u64) -> Option<&Extent> {
+        let mut node = self;
+        loop {
+            match &node.kind {
+                NodeKind::Internal { keys, children } => {
+                    let i = keys.partition_point(|&k| k <= vseg).saturating_sub(1);
+                    node = &children[i];
+                }
+                NodeKind::Leaf { extents } => {
+                    let i = extents.partition_point(|e| e.vseg <= vseg);
+                    return if i == 0 {
+                        None
+                    } else {
+                        Some(&extents[i - 1]).filter(|e| e.contains(vseg))
+                    };
+                }
+            }
+        }
+    }
+
+    /// The first extent that ends after `vseg` (the one covering it, or the next one).
+    pub fn next_from(&self, vseg: u64) -> Option<&Extent> {
+        let mut out = None;
+        self.visit_from(vseg, &mut |e| {
+            out = Some(e);
+            false
+        });
+        out
+    }
+
+    /// Calls `f` on every extent ending after `vseg`, in order, until it returns false.
+    /// Returns false if stopped.
+    pub fn visit_from<'a>(&'a self, vseg: u64, f: &mut dyn FnMut(&'a Extent) -> bool) -> bool {
+        match &self.kind {
+            NodeKind::Internal { keys, children } => {
+                let first = keys.partition_point(|&k| k <= vseg).saturating_sub(1);
+                for c in &children[first..] {
+                    if !c.visit_from(vseg, f) {
+                        return false;
+                    }
+                }
+                true
+            }
+            NodeKind::Leaf { extents } => {
+                let i = extents.partition_point(|e| e.end() <= vseg);
+                for e in &extents[i..] {
+                    if !f(e) {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Every node of the subtree (shared nodes once per path).
+    pub fn for_each_node(self: &Arc<Self>, f: &mut dyn FnMut(&Arc<Node>)) {
+        f(self);
+        if let NodeKind::Internal { children, .. } = &self.kind {
+            for c in children {
+                c.for_each_node(f);
+            }
+        }
+    }
+
+    /// Number of extents in the subtree.
+    pub fn extent_count(&self) -> usize {
+        match &self.kind {
+            NodeKind::Internal { children, .. } => children.iter().map(|c| c.extent_count()).sum(),
+            NodeKind::Leaf { extents } => extents.len(),
+        }
+    }
+
+    /// Height of the subtree (a leaf is 1).
+    pub fn height(&self) -> usize {
+        match &self.kind {
+            NodeKind::Internal { children, .. } => 1 + children[0].height(),
+            NodeKind::Leaf { .. } => 1,
+        }
+    }
+}
+
+/// The span `[lo, hi)` of the leaf that covers `vseg`.
+fn leaf_span(root: &Node, vseg: u64) -> (u64, u64) {
+    let (mut lo, mut hi) = (0, u64::MAX);
+    let mut node = root;
+    loop {
+        match &node.kind {
+            NodeKind::Internal { keys, children } => {
+                let i = keys.partition_point(|&k| k <= vseg).saturating_sub(1);
+                lo = lo.max(keys[i]);
+                if i + 1 < keys.len() {
+                    hi = hi.min(keys[i + 1]);
+                }
+                node = &children[i];
+            }
+            NodeKind::Leaf { .. } => return (lo, hi),
+        }
+    }
+}
+
+/// Replaces everything in `[from, to)` with `new` (sorted, non-overlapping extents
+/// inside the range; runs are cut at leaf boundaries as needed). Extents that straddle
+/// the range edges keep their parts outside it. Returns the new root — not yet
+/// retained: the caller retains it and releases the old one (see [`set_root`]).
+pub fn splice(
+    root: Option<&Arc<Node>>,
+    from: u64,
+    to: u64,
+    new: &[Extent],
+    rc: &mut dyn RefCounts,
+) -> Option<Arc<Node>> {
+    debug_assert!(from < to);
+    debug_assert!(new.iter().all(|e| e.vseg >= from && e.end() <= to));
+    let Some(root) = root else {
+        return build_root(leaves_from(0, new.to_vec(), rc), rc);
+    };
+    if to <= leaf_span(root, from).1 {
+        return build_root(splice_in(root, 0, u64::MAX, from, to, new, rc), rc);
+    }
+    // The range spans several leaves: one leaf at a time, each a complete update.
+    let mut cur: Option<Arc<Node>> = Some(root.clone());
+    let mut at = from;
+    let mut owned: Option<Arc<Node>> = None; // an intermediate root we retained
+    while at < to {
+        let piece_end = match &cur {
+            Some(r) => leaf_span(r, at).1.min(to),
+            None => to,
+        };
+        let piece: Vec<Extent> = clip(new, at, piece_end);
+        let next = match &cur {
+            Some(r) => build_root(splice_in(r, 0, u64::MAX, at, piece_end, &piece, rc), rc),
+            None => build_root(leaves_from(0, piece, rc), rc),
+        };
+        if let Some(n) = &next {
+            n.retain();
+        }
+        if let Some(o) = owned.take() {
+            o.release(rc);
+        }
+        owned = next.clone();
+        cur = next;
+        at = piece_end;
+    }
+    // Hand back an unretained root, as for the single-leaf case.
+    if let Some(o) = &owned {
+        o.refs.fetch_sub(1, Ordering::Relaxed);
+    }
+    owned
+}
+
+/// Makes `new` the root in `slot`: retains it, then releases the old root.
+pub fn set_root(slot: &mut Option<Arc<Node>>, new: Option<Arc<Node>>, rc: &mut dyn RefCounts) {
+    if let Some(n) = &new {
+        n.retain();
+    }
+    if let Some(old) = std::mem::replace(slot, new) {
+        old.release(rc);
+    }
+}
+
+/// The parts of `exts` inside `[from, to)`, runs cut at the edges.
+fn clip(exts: &[Extent], from: u64, to: u64) -> Vec<Extent> {
+    exts.iter()
+        .filter(|e| e.end() > from && e.vseg < to)
+        .map(|e| {
+            if e.vseg >= from && e.end() <= to {
+                e.clone()
+            } else {
+                e.slice(e.vseg.max(from), e.end().min(to))
+            }
+        })
+        .collect()
+}
+
+/// Root from the top-level parts: none, the single part, or a new internal node.
+fn build_root(parts: Vec<(u64, Arc<Node>)>, rc: &mut dyn RefCounts) -> Option<Arc<Node>> {
+    let mut parts = parts;
+    loop {
+        match parts.len() {
+            0 => return None,
+            1 => {
+                let (_, n) = parts.pop().expect("one part");
+                // Collapse an internal root with a single child.
+                if let NodeKind::Internal { children, .. } = &n.kind
+                    && children.len() == 1
+                    && n.refs() == 0
+                {
+                    let child = children[0].clone();
+                    // Keep the child alive while discarding its former parent.
+                    child.retain();
+                    n.discard(rc);
+                    child.refs.fetch_sub(1, Ordering::Relaxed);
+                    parts.push((0, child));
+                    continue;
+                }
+                return Some(n);
+            }
+            _ => {
+                let mut groups = internals_from(0, parts, rc);
+                if groups.len() == 1 {
+                    return groups.pop().map(|(_, n)| n);
+                }
+                parts = groups;
+            }
+        }
+    }
+}
+
+/// Leaves holding `exts` (sorted), each within the page budget. The first leaf's key
+/// is `lo`.
+fn leaves_from(lo: u64, exts: Vec<Extent>, rc: &mut dyn RefCounts) -> Vec<(u64, Arc<Node>)> {
+    let mut out = Vec::new();
+    let mut cur: Vec<Extent> = Vec::new();
+    let mut bytes = 0;
+    for e in exts {
+        let len = extent_encoded_len(&e);
+        if !cur.is_empty() && bytes + len > NODE_PAYLOAD_BYTES {
+            let key = if out.is_empty() { lo } else { cur[0].vseg };
+            out.push((
+                key,
+                Node::build(
+                    NodeKind::Leaf {
+                        extents: std::mem::take(&mut cur),
+                    },
+                    rc,
+                ),
+            ));
+            bytes = 0;
+        }
+        bytes += len;
+        cur.push(e);
+    }
+    if !cur.is_empty() {
+        let key = if out.is_empty() { lo } else { cur[0].vseg };
+        out.push((key, Node::build(NodeKind::Leaf { extents: cur }, rc)));
+    }
+    out
+}
+
+/// Internal nodes over `parts` (sorted by key), each within the fan-out. The first
+/// node's key is `lo`.
+fn internals_from(
+    lo: u64,
+    parts: Vec<(u64, Arc<Node>)>,
+    rc: &mut dyn RefCounts,
+) -> Vec<(u64, Arc<Node>)> {
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    let groups = parts.len().div_ceil(MAX_FANOUT);
+    let per = parts.len().div_ceil(groups);
+    let mut out = Vec::new();
+    let mut it = parts.into_iter().peekable();
+    while it.peek().is_some() {
+        let chunk: Vec<(u64, Arc<Node>)> = it.by_ref().take(per).collect();
+        let key = if out.is_empty() { lo } else { chunk[0].0 };
+        let (mut keys, children): (Vec<u64>, Vec<Arc<Node>>) = chunk.into_iter().unzip();
+        keys[0] = key;
+        out.push((key, Node::build(NodeKind::Internal { keys, children }, rc)));
+    }
+    out
+}
+
+/// Rebuilds `node` (span `[lo, hi)`) with `[from, to)` replaced by `new`; `[from, to)`
+/// lies within one leaf's span. Returns the replacement nodes with their keys.
+fn splice_in(
+    node: &Arc<Node>,
+    lo: u64,
+    hi: u64,
+    from: u64,
+    to: u64,
+    new: &[Extent],
+    rc: &mut dyn RefCounts,
+) -> Vec<(u64, Arc<Node>)> {
+    match &node.kind {
+        NodeKind::Leaf { extents } => {
+            let mut out: Vec<Extent> = Vec::with_capacity(extents.len() + new.len() + 1);
+            let mut inserted = false;
+            for e in extents {
+                if e.end() <= from || e.vseg >= to {
+                    if e.vseg >= to && !inserted {
+                        out.extend_from_slice(new);
+                        inserted = true;
+                    }
+                    out.push(e.clone());
+                    continue;
+                }
+                // Overlaps the range: keep what lies outside it.
+                if e.vseg < from {
+                    out.push(e.slice(e.vseg, from));
+                }
+                if !inserted {
+                    out.extend_from_slice(new);
+                    inserted = true;
+                }
+                if e.end() > to {
+                    out.push(e.slice(to, e.end()));
+                }
+            }
+            if !inserted {
+                out.extend_from_slice(new);
+            }
+            debug_assert!(
+                out.windows(2).all(|w| w[0].end() <= w[1].vseg),
+                "extents overlap"
+            );
+            debug_assert!(
+                out.iter().all(|e| e.vseg >= lo && e.end() <= hi),
+                "extent crosses its leaf"
+            );
+            leaves_from(lo, out, rc)
+        }
+        NodeKind::Internal { keys, children } => {
+            let i = keys.partition_point(|&k| k <= from).saturating_sub(1);
+            let child_lo = if i == 0 { lo } else { keys[i] };
+            let child_hi = keys.get(i + 1).copied().unwrap_or(hi);
+            let repl = splice_in(&children[i], child_lo, child_hi, from, to, new, rc);
+            let mut parts: Vec<(u64, Arc<Node>)> = Vec::with_capacity(children.len() + repl.len());
+            for (j, c) in children.iter().enumerate() {
+                if j == i {
+                    parts.extend(repl.iter().cloned());
+                } else {
+                    parts.push((if j == 0 { lo } else { keys[j] }, c.clone()));
+                }
+            }
+            if let Some(first) = parts.first_mut() {
+                first.0 = lo;
+            }
+            internals_from(lo, parts, rc)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vdisk::map::{ExtentState, Fill, Layer, MAX_RUN_SEGMENTS};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    #[derive(Default)]
+    struct Counts {
+        segs: HashMap<PhysSeg, i64>,
+        pages_freed: Vec<u64>,
+    }
+
+    impl RefCounts for Counts {
+        fn seg_add(&mut self, seg: PhysSeg, delta: i64) {
+            let c = self.segs.entry(seg).or_default();
+            *c += delta;
+            assert!(*c >= 0, "segment {seg} count below zero");
+            if *c == 0 {
+                self.segs.remove(&seg);
+            }
+        }
+        fn page_free(&mut self, page: u64) {
+            self.pages_freed.push(page);
+        }
+    }
+
+    fn ext(vseg: u64, seg: u64) -> Extent {
+        Extent::full(vseg, seg, 1)
+    }
+
+    /// Expands a tree to per-segment (vseg → phys seg) pairs.
+    fn flatten(root: &Option<Arc<Node>>) -> BTreeMap<u64, u64> {
+        let mut m = BTreeMap::new();
+        if let Some(r) = root {
+            r.visit_from(0, &mut |e| {
+                for i in 0..e.len as u64 {
+                    m.insert(e.vseg + i, e.layers[0].seg + if e.len > 1 { i } else { 0 });
+                }
+                true
+            });
+        }
+        m
+    }
+
+    fn check_structure(root: &Option<Arc<Node>>) {
+        if let Some(r) = root {
+            let mut prev_end = 0;
+            r.visit_from(0, &mut |e| {
+                assert!(e.vseg >= prev_end, "extents overlap or are out of order");
+                prev_end = e.end();
+                true
+            });
+            // Every extent is found by lookup of each of its segments.
+            r.visit_from(0, &mut |e| {
+                for v in e.vseg..e.end() {
+                    let f = r.lookup(v).expect("lookup finds the extent");
+                    assert_eq!(f.vseg, e.vseg);
+                }
+                true
+            });
+        }
+    }
+
+    #[test]
+    fn insert_lookup_and_replace() {
+        let mut rc = Counts::default();
+        let mut root = None;
+        for v in 0..2000u64 {
+            let new = splice(root.as_ref(), v, v + 1, &[ext(v, 10_000 + v)], &mut rc);
+            set_root(&mut root, new, &mut rc);
+        }
+        let r = root.as_ref().unwrap();
+        assert!(r.height() >= 2, "2000 extents need more than one leaf");
+        assert_eq!(r.extent_count(), 2000);
+        for v in 0..2000 {
+            assert_eq!(r.lookup(v).unwrap().layers[0].seg, 10_000 + v);
+        }
+        assert!(r.lookup(2000).is_none());
+        assert_eq!(rc.segs.len(), 2000);
+        assert!(rc.segs.values().all(|&c| c == 1));
+        // Remove a big range spanning many leaves.
+        let new = splice(root.as_ref(), 100, 1900, &[], &mut rc);
+        set_root(&mut root, new, &mut rc);
+        assert_eq!(root.as_ref().unwrap().extent_count(), 200);
+        assert_eq!(rc.segs.len(), 200);
+        check_structure(&root);
+        // Remove everything.
+        let new = splice(root.as_ref(), 0, u64::MAX, &[], &mut rc);
+        set_root(&mut root, new, &mut rc);
+        assert!(root.is_none());
+        assert!(rc.segs.is_empty(), "every segment released");
+    }
+
+    #[test]
+    fn runs_are_trimmed_at_range_edges() {
+        let mut rc = Counts::default();
+        let mut root = None;
+        let new = splice(
+            root.as_ref(),
+            0,
+            256,
+            &[Extent::run(0, 256, 1000, 1)],
+            &mut rc,
+        );
+        set_root(&mut root, new, &mut rc);
+        assert_eq!(rc.segs.len(), 256);
+        let new = splice(root.as_ref(), 10, 11, &[ext(10, 5)], &mut rc);
+        set_root(&mut root, new, &mut rc);
+        let r = root.as_ref().unwrap();
+        assert_eq!(r.extent_count(), 3);
+        assert_eq!(r.lookup(9).unwrap().len, 10);
+        assert_eq!(r.lookup(10).unwrap().layers[0].seg, 5);
+        assert_eq!(r.lookup(11).unwrap().vseg, 11);
+        assert_eq!(flatten(&root)[&200], 1200);
+        assert!(
+            !rc.segs.contains_key(&1010),
+            "the replaced run segment is released"
+        );
+        assert_eq!(rc.segs.len(), 256);
+    }
+
+    #[test]
+    fn snapshots_share_nodes_and_count_segments_per_leaf() {
+        let mut rc = Counts::default();
+        let mut origin = None;
+        for v in 0..500u64 {
+            let new = splice(origin.as_ref(), v, v + 1, &[ext(v, v)], &mut rc);
+            set_root(&mut origin, new, &mut rc);
+        }
+        // Snapshot: share the root.
+        let snap = origin.clone();
+        snap.as_ref().unwrap().retain();
+        // Overwrite one segment in the origin: the path is copied, the rest shared.
+        let new = splice(origin.as_ref(), 7, 8, &[ext(7, 9999)], &mut rc);
+        set_root(&mut origin, new, &mut rc);
+        assert_eq!(flatten(&snap)[&7], 7);
+        assert_eq!(flatten(&origin)[&7], 9999);
+        // Segment 7 is referenced only by the snapshot's leaf; the other segments of
+        // that leaf by both leaves.
+        assert_eq!(rc.segs[&7], 1);
+        assert_eq!(rc.segs[&9999], 1);
+        assert_eq!(rc.segs[&8], 2);
+        // Segments in untouched leaves are shared through shared nodes: counted once.
+        assert_eq!(rc.segs[&499], 1);
+        // Deleting the snapshot releases exactly what only it referenced.
+        let mut snap = snap;
+        set_root(&mut snap, None, &mut rc);
+        assert!(!rc.segs.contains_key(&7));
+        assert!(rc.segs.values().all(|&c| c == 1));
+        assert_eq!(rc.segs.len(), 500);
+        set_root(&mut origin, None, &mut rc);
+        assert!(rc.segs.is_empty());
+    }
+
+    #[test]
+    fn written_nodes_free_their_pages_when_released() {
+        let mut rc = Counts::default();
+        let mut root = None;
+        let new = splice(root.as_ref(), 0, 1, &[ext(0, 1)], &mut rc);
+        set_root(&mut root, new, &mut rc);
+        root.as_ref().unwrap().set_page(42);
+        let new = splice(root.as_ref(), 0, 1, &[ext(0, 2)], &mut rc);
+        set_root(&mut root, new, &mut rc);
+        assert_eq!(rc.pages_freed, vec![42]);
+    }
+
+    #[test]
+    fn partial_layers_are_encoded_larger() {
+        let f = Arc::new(Fill::new(1, 0));
+        let e = Extent {
+            vseg: 0,
+            len: 1,
+            state: ExtentState::Mapped,
+            birth: 1,
+            layers: smallvec::smallvec![
+                Layer {
+                    seg: 1,
+                    fill: Some(f)
+                },
+                Layer::full(2)
+            ],
+        };
+        assert_eq!(extent_encoded_len(&e), 22 + 41 + 9);
+    }
+
+    proptest! {
+        #[test]
+        fn splice_matches_a_model(ops in proptest::collection::vec((0u64..3000, 1u64..300, 0u8..4), 1..120)) {
+            let mut rc = Counts::default();
+            let mut root: Option<Arc<Node>> = None;
+            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            type Snapshot = (Option<Arc<Node>>, BTreeMap<u64, u64>);
+            let mut snaps: Vec<Snapshot> = Vec::new();
+            let mut next_seg = 1_000_000u64;
+            for (at, len, kind) in ops {
+                let to = at + len;
+                let new: Vec<Extent> = match kind {
+                    0 => vec![], // unmap
+                    1 => {
+                        // a run over the whole range, cut into runs of at most 256
+                        let mut v = Vec::new();
+                        let mut s = at;
+                        while s < to {
+                            let n = (to - s).min(MAX_RUN_SEGMENTS as u64);
+                            v.push(Extent::run(s, n as u32, next_seg, 1));
+                            next_seg += n;
+                            s += n;
+                        }
+                        v
+                    }
+                    2 => (at..to).step_by(3).map(|v| { next_seg += 1; ext(v, next_seg) }).collect(),
+                    _ => {
+                        // snapshot
+                        if let Some(r) = &root { r.retain(); }
+                        snaps.push((root.clone(), model.clone()));
+                        continue;
+                    }
+                };
+                for v in at..to { model.remove(&v); }
+                for e in &new {
+                    for i in 0..e.len as u64 {
+                        model.insert(e.vseg + i, e.layers[0].seg + if e.len > 1 { i } else { 0 });
+                    }
+                }
+                let r = splice(root.as_ref(), at, to, &new, &mut rc);
+                set_root(&mut root, r, &mut rc);
+                check_structure(&root);
+                prop_assert_eq!(&flatten(&root), &model);
+            }
+            for (s, m) in &snaps {
+                prop_assert_eq!(&flatten(s), m);
+            }
+            // Reference counts equal the number of distinct leaves referencing each
+            // segment; releasing everything brings every count to zero.
+            for (mut s, _) in snaps {
+                set_root(&mut s, None, &mut rc);
+            }
+            set_root(&mut root, None, &mut rc);
+            prop_assert!(rc.segs.is_empty());
+        }
+    }
+}

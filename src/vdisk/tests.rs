@@ -1,0 +1,320 @@
+//! Scenario tests of the mapping layer over RAM disks.
+
+use super::*;
+use crate::bdev::malloc::MallocBdev;
+use crate::bdev::{Bdev, BdevIo, Channel, IoBuf, IoStatus};
+use crate::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet, block_on};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) fn reactors(n: usize) -> ReactorSet {
+    let mut cfg = ReactorConfig::new(CoreList::first(n), IdlePolicy::Adaptive);
+    cfg.pin = false;
+    ReactorSet::start(cfg).unwrap()
+}
+
+fn malloc(name: &str, mib: u64) -> Arc<dyn Bdev> {
+    MallocBdev::create(name, mib * 256, 4096, None).unwrap()
+}
+
+fn pattern(v: u8, len: usize) -> IoBuf {
+    let mut b = IoBuf::new(len);
+    b.fill(v);
+    b
+}
+
+/// Runs `f` on core `core` and waits.
+fn on<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+    set: &ReactorSet,
+    core: usize,
+    f: impl FnOnce() -> F + Send + 'static,
+) -> T {
+    block_on(set.cores().spawn_on(core, f)).unwrap()
+}
+
+async fn read_byte(d: &Arc<dyn Bdev>, block: u64) -> u8 {
+    let ch = Channel::get(d).unwrap();
+    let b = ch.read(block, 1).await.unwrap();
+    assert!(b.iter().all(|&x| x == b[0]), "block {block} is not uniform");
+    b[0]
+}
+
+async fn write_byte(d: &Arc<dyn Bdev>, block: u64, v: u8) -> Result<(), IoStatus> {
+    let ch = Channel::get(d).unwrap();
+    ch.write(block, pattern(v, 4096)).await
+}
+
+#[test]
+fn thin_disk_round_trip_and_reopen() {
+    let set = reactors(2);
+    let base = malloc("m0", 64);
+    let pool = block_on(Pool::create(
+        set.cores(),
+        0,
+        vec![base.clone()],
+        None,
+        PoolOptions::new("p0"),
+    ))
+    .unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
+    assert_eq!(disk.num_blocks(), 8192);
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        // Unwritten reads zero; a 4 KiB write into a fresh segment reads back.
+        assert_eq!(read_byte(&d, 5).await, 0);
+        write_byte(&d, 5, 0xaa).await.unwrap();
+        assert_eq!(read_byte(&d, 5).await, 0xaa);
+        assert_eq!(read_byte(&d, 4).await, 0, "neighbouring block stays zero");
+        assert_eq!(read_byte(&d, 6).await, 0);
+        // A multi-segment write.
+        let ch = Channel::get(&d).unwrap();
+        ch.write(250, pattern(0x11, 10 * 4096)).await.unwrap();
+        for b in 250..260 {
+            assert_eq!(read_byte(&d, b).await, 0x11);
+        }
+        ch.flush().await.unwrap();
+    });
+    // Another core sees the same data.
+    let d = disk.clone();
+    on(&set, 0, move || async move {
+        assert_eq!(read_byte(&d, 5).await, 0xaa);
+        assert_eq!(read_byte(&d, 259).await, 0x11);
+    });
+    // Only the touched segments are allocated: 1 for block 5, 2 for 250..260.
+    let (free, pending) = block_on(pool.free_space()).unwrap();
+    let (total, _) = pool.space();
+    assert_eq!(total - free - pending, 2, "two segments allocated");
+    block_on(pool.close()).unwrap();
+    drop(disk);
+    // Reopen from the same bdev.
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.disk("vd0")).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        assert_eq!(read_byte(&d, 5).await, 0xaa);
+        assert_eq!(read_byte(&d, 4).await, 0);
+        assert_eq!(read_byte(&d, 255).await, 0x11);
+    });
+    // The offline check is clean after close.
+    block_on(pool.close()).unwrap();
+    let report = on(
+        &set,
+        0,
+        move || async move { check::check(vec![base]).await },
+    );
+    assert!(report.clean(), "{:#?}", report.errors);
+    assert_eq!(report.disks, 1);
+}
+
+#[test]
+fn full_pool_fails_only_writes_needing_space() {
+    let set = reactors(1);
+    let base = malloc("m0", 24);
+    let mut opts = PoolOptions::new("p0");
+    opts.metadata_bytes = Some(1 << 20);
+    let pool = block_on(Pool::create(set.cores(), 0, vec![base], None, opts)).unwrap();
+    let (data, free) = pool.space();
+    assert_eq!(data, free);
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 64 << 20, true)).unwrap();
+    let d = disk.clone();
+    let p2 = pool.clone();
+    on(&set, 0, move || async move {
+        // Fill every free segment.
+        for s in 0..free {
+            write_byte(&d, s * 256, 1).await.unwrap();
+        }
+        // The next new segment: capacity exceeded; reads and overwrites go on.
+        assert_eq!(
+            write_byte(&d, free * 256, 2).await,
+            Err(IoStatus::CapacityExceeded)
+        );
+        assert_eq!(read_byte(&d, 0).await, 1);
+        write_byte(&d, 1, 3).await.unwrap();
+        assert_eq!(read_byte(&d, 1).await, 3);
+        // Freeing space (unmap a whole segment, commit) makes writes succeed again.
+        let ch = Channel::get(&d).unwrap();
+        ch.unmap(0, 256).await.unwrap();
+        assert_eq!(read_byte(&d, 1).await, 0, "unmapped reads zero");
+        p2.commit().await.unwrap();
+        write_byte(&d, free * 256, 2).await.unwrap();
+        assert_eq!(read_byte(&d, free * 256).await, 2);
+    });
+}
+
+#[test]
+fn snapshot_clone_and_copy_on_write() {
+    let set = reactors(2);
+    let base = malloc("m0", 64);
+    let pool = block_on(Pool::create(
+        set.cores(),
+        0,
+        vec![base.clone()],
+        None,
+        PoolOptions::new("p0"),
+    ))
+    .unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 16 << 20, true)).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        for b in 0..8 {
+            write_byte(&d, b, 1).await.unwrap();
+        }
+    });
+    let snap: Arc<dyn Bdev> =
+        block_on(pool.snapshot(vec![("vd0".into(), "snap1".into())], Duration::from_secs(1)))
+            .unwrap()
+            .pop()
+            .unwrap();
+    assert!(snap.read_only());
+    let (d, s) = (disk.clone(), snap.clone());
+    on(&set, 1, move || async move {
+        write_byte(&d, 3, 2).await.unwrap();
+        assert_eq!(read_byte(&d, 3).await, 2);
+        assert_eq!(read_byte(&s, 3).await, 1, "the snapshot keeps the old data");
+        assert_eq!(
+            read_byte(&d, 4).await,
+            1,
+            "unwritten blocks fall through to the shared segment"
+        );
+        assert_eq!(write_byte(&s, 0, 9).await, Err(IoStatus::WriteProtected));
+    });
+    let clone: Arc<dyn Bdev> = block_on(pool.clone_disk("snap1", "clone1")).unwrap();
+    let (c, s) = (clone.clone(), snap.clone());
+    on(&set, 0, move || async move {
+        assert_eq!(read_byte(&c, 3).await, 1);
+        write_byte(&c, 4, 7).await.unwrap();
+        assert_eq!(read_byte(&c, 4).await, 7);
+        assert_eq!(read_byte(&s, 4).await, 1);
+    });
+    // Listing shows the family.
+    let list = block_on(pool.list()).unwrap();
+    let by = |n: &str| list.iter().find(|d| d.name == n).unwrap().clone();
+    assert_eq!(by("vd0").parent.as_deref(), Some("snap1"));
+    assert_eq!(by("clone1").parent.as_deref(), Some("snap1"));
+    let mut kids = by("snap1").children;
+    kids.sort();
+    assert_eq!(kids, vec!["clone1".to_string(), "vd0".to_string()]);
+    // Delete the snapshot although it has two children: they keep their data.
+    block_on(pool.delete_disk("snap1")).unwrap();
+    let (d, c) = (disk.clone(), clone.clone());
+    on(&set, 1, move || async move {
+        assert_eq!(read_byte(&d, 3).await, 2);
+        assert_eq!(read_byte(&d, 5).await, 1);
+        assert_eq!(read_byte(&c, 3).await, 1);
+        assert_eq!(read_byte(&c, 4).await, 7);
+    });
+    // Delete everything: the pool's free space comes back.
+    block_on(pool.delete_disk("clone1")).unwrap();
+    block_on(pool.delete_disk("vd0")).unwrap();
+    block_on(pool.commit()).unwrap();
+    let (data, _) = pool.space();
+    let (free, pending) = block_on(pool.free_space()).unwrap();
+    assert_eq!((free, pending), (data, 0), "no leaked segment");
+    block_on(pool.close()).unwrap();
+    let report = on(
+        &set,
+        0,
+        move || async move { check::check(vec![base]).await },
+    );
+    assert!(report.clean(), "{:#?}", report.errors);
+}
+
+#[test]
+fn split_makes_a_clone_independent() {
+    let set = reactors(2);
+    let base = malloc("m0", 64);
+    let pool = block_on(Pool::create(
+        set.cores(),
+        0,
+        vec![base.clone()],
+        None,
+        PoolOptions::new("p0"),
+    ))
+    .unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        for s in 0..8u64 {
+            write_byte(&d, s * 256 + 1, s as u8 + 1).await.unwrap();
+        }
+    });
+    block_on(pool.snapshot(vec![("vd0".into(), "s".into())], Duration::from_secs(1))).unwrap();
+    let clone: Arc<dyn Bdev> = block_on(pool.clone_disk("s", "c")).unwrap();
+    let c = clone.clone();
+    on(&set, 1, move || async move {
+        write_byte(&c, 2, 0xcc).await.unwrap();
+    });
+    block_on(pool.split("c")).unwrap();
+    for _ in 0..200 {
+        let l = block_on(pool.list()).unwrap();
+        if l.iter().find(|d| d.name == "c").unwrap().parent.is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let l = block_on(pool.list()).unwrap();
+    let c_info = l.iter().find(|d| d.name == "c").unwrap();
+    assert!(c_info.parent.is_none(), "split finished: {c_info:?}");
+    assert_eq!(c_info.shared_segments, 0);
+    // After the split the snapshot can go while the clone serves I/O.
+    block_on(pool.delete_disk("s")).unwrap();
+    let c = clone.clone();
+    on(&set, 0, move || async move {
+        for s in 0..8u64 {
+            assert_eq!(read_byte(&c, s * 256 + 1).await, s as u8 + 1);
+        }
+        assert_eq!(read_byte(&c, 2).await, 0xcc);
+        assert_eq!(read_byte(&c, 3).await, 0);
+    });
+    block_on(pool.close()).unwrap();
+    let report = on(
+        &set,
+        0,
+        move || async move { check::check(vec![base]).await },
+    );
+    assert!(report.clean(), "{:#?}", report.errors);
+}
+
+#[test]
+fn fully_allocated_disk_reads_zeros_and_is_one_run_per_256_segments() {
+    let set = reactors(1);
+    let base = malloc("m0", 600);
+    // Dirty the medium first: a reused segment must never show old contents.
+    let b2 = base.clone();
+    on(&set, 0, move || async move {
+        let ch = Channel::get(&b2).unwrap();
+        ch.write(100_000, pattern(0xee, 1 << 20)).await.unwrap();
+    });
+    let pool = block_on(Pool::create(
+        set.cores(),
+        0,
+        vec![base],
+        None,
+        PoolOptions::new("p0"),
+    ))
+    .unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("thick", 512 << 20, false)).unwrap();
+    let d = disk.clone();
+    on(&set, 0, move || async move {
+        let ch = Channel::get(&d).unwrap();
+        for at in (0..131072).step_by(4099) {
+            let b = ch.read(at, 1).await.unwrap();
+            assert!(
+                b.iter().all(|&x| x == 0),
+                "block {at} of a new thick disk is not zero"
+            );
+        }
+    });
+    let d = disk.clone();
+    let p2 = pool.clone();
+    on(&set, 0, move || async move {
+        let ch = Channel::get(&d).unwrap();
+        // The agent of this core, alive while `ch` is, serves from two run entries.
+        let entries = p2.view_entries(0, "thick", 0, u64::MAX).await.unwrap();
+        assert_eq!(entries.len(), 2, "512 segments in runs of 256");
+        assert!(entries.iter().all(|e| e.len == 256));
+        let (_, st) = ch.io(BdevIo::write(7, 1, pattern(5, 4096))).await;
+        assert_eq!(st, IoStatus::Success);
+        assert_eq!(read_byte(&d, 7).await, 5);
+    });
+}
