@@ -12,6 +12,7 @@
 
 use crate::bdev::uring::UringOptions;
 use crate::reactor::{CoreList, IdlePolicy};
+use crate::vdisk::CowPolicy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::{Path, PathBuf};
 
@@ -111,6 +112,73 @@ fn default_cores() -> CoreList {
     CoreList::first(1)
 }
 
+fn default_segment_size() -> Size {
+    Size(1 << 20)
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A pool of storage containers (SPDK: an lvstore).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// The data containers (bdev names), in order.
+    pub bdevs: Vec<String>,
+    /// A separate, faster bdev for the metadata (as dm-thin allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_bdev: Option<String>,
+    /// Segment size: a power of two from 64 KiB to 64 MiB.
+    #[serde(default = "default_segment_size")]
+    pub segment_size: Size,
+    /// Metadata space on the first container (default: 1/1024 of the pool, ≥ 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_size: Option<Size>,
+    /// Default copy-on-write policy of the pool's disks.
+    #[serde(default)]
+    pub cow_policy: CowPolicy,
+    /// The core that runs the pool's controller (default: the first core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_core: Option<usize>,
+}
+
+/// A virtual disk (SPDK: an lvol).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub name: String,
+    pub pool: String,
+    pub size: Size,
+    /// Allocate on first write (default), or allocate and zero every segment now.
+    #[serde(default = "yes")]
+    pub thin: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<uuid::Uuid>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cow_policy: Option<CowPolicy>,
+}
+
+/// A snapshot to take at start if it does not exist yet.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    pub name: String,
+    /// The disk to snapshot.
+    pub disk: String,
+}
+
+/// A clone to create at start if it does not exist yet.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CloneConfig {
+    pub name: String,
+    pub snapshot: String,
+}
+
 /// The whole target.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -124,6 +192,18 @@ pub struct Config {
     /// Base bdevs.
     #[serde(default)]
     pub bdevs: Vec<BdevConfig>,
+    /// Pools over base bdevs. A pool whose bdevs already hold it is opened, not formatted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolConfig>,
+    /// Virtual disks, created if missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskConfig>,
+    /// Snapshots, taken if missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotConfig>,
+    /// Clones, created if missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clones: Vec<CloneConfig>,
 }
 
 impl Default for Config {
@@ -132,6 +212,10 @@ impl Default for Config {
             cores: default_cores(),
             idle: IdlePolicy::Adaptive,
             bdevs: Vec::new(),
+            pools: Vec::new(),
+            disks: Vec::new(),
+            snapshots: Vec::new(),
+            clones: Vec::new(),
         }
     }
 }
@@ -202,6 +286,35 @@ impl Config {
             message,
         };
         let mut names = std::collections::HashSet::new();
+        let cores = self.cores.len();
+        for (i, p) in self.pools.iter().enumerate() {
+            if p.bdevs.is_empty() {
+                return Err(invalid(format!(
+                    "pools[{i}].bdevs: a pool needs at least one bdev"
+                )));
+            }
+            if let Some(c) = p.controller_core
+                && c >= cores
+            {
+                return Err(invalid(format!(
+                    "pools[{i}].controller_core: {c} is not one of the {cores} configured cores (0-based index)"
+                )));
+            }
+            if self.pools[..i].iter().any(|o| o.name == p.name) {
+                return Err(invalid(format!(
+                    "pools[{i}].name: `{}` is used twice",
+                    p.name
+                )));
+            }
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if !self.pools.iter().any(|p| p.name == d.pool) {
+                return Err(invalid(format!(
+                    "disks[{i}].pool: `{}` is not a pool of this config",
+                    d.pool
+                )));
+            }
+        }
         for (i, b) in self.bdevs.iter().enumerate() {
             if !names.insert(b.name()) {
                 return Err(invalid(format!(

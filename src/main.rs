@@ -36,6 +36,42 @@ enum Command {
     Serve(ServeArgs),
     /// Benchmark a bdev (bdevperf-like).
     Bench(BenchArgs),
+    /// Check a closed pool offline (like thin_check); exits non-zero on any problem.
+    Check(CheckArgs),
+    /// Crash-test workload: writes to a disk of a file-backed pool until killed.
+    #[command(hide = true)]
+    CrashWriter(CrashWriterArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Files or block devices holding the pool (its containers and metadata bdev).
+    paths: Vec<PathBuf>,
+    /// Instead of paths: a config file whose pool `--pool` to check.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// The pool of `--config` to check.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CrashWriterArgs {
+    #[arg(long)]
+    pool_file: PathBuf,
+    #[arg(long, default_value = "vd0")]
+    disk: String,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    start: u64,
+    #[arg(long)]
+    progress: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    qd: usize,
 }
 
 #[derive(Args)]
@@ -106,11 +142,108 @@ fn main() {
     let result = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Bench(a) => bench(a),
+        Command::Check(a) => check(a),
+        Command::CrashWriter(a) => crash_writer(a),
     };
     if let Err(e) = result {
         eprintln!("tessera: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn one_core() -> Result<tessera::reactor::ReactorSet> {
+    let mut cfg = tessera::reactor::ReactorConfig::new(CoreList::first(1), IdlePolicy::Adaptive);
+    cfg.pin = false;
+    Ok(tessera::reactor::ReactorSet::start(cfg)?)
+}
+
+fn check(a: CheckArgs) -> Result<()> {
+    let reactors = one_core()?;
+    let registry = tessera::bdev::BdevRegistry::new();
+    let bdevs: Vec<Arc<dyn Bdev>> = match (&a.config, &a.pool) {
+        (Some(cfg), Some(pool)) => {
+            let config = Config::load(cfg)?;
+            let p = config
+                .pools
+                .iter()
+                .find(|p| &p.name == pool)
+                .with_context(|| format!("--pool `{pool}` is not a pool of {}", cfg.display()))?;
+            let mut out = Vec::new();
+            for b in &config.bdevs {
+                let bdev = tessera::target::create_bdev(b, &registry)?;
+                registry.add(bdev.clone())?;
+                if p.bdevs.contains(&b.name().to_string())
+                    || p.metadata_bdev.as_deref() == Some(b.name())
+                {
+                    out.push(bdev);
+                }
+            }
+            out
+        }
+        (None, None) if !a.paths.is_empty() => a
+            .paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| -> Result<Arc<dyn Bdev>> {
+                Ok(UringBdev::create(
+                    &format!("check{i}"),
+                    p,
+                    None,
+                    None,
+                    None,
+                    UringOptions::default(),
+                )?)
+            })
+            .collect::<Result<_>>()?,
+        _ => bail!("give the pool's files or devices, or --config FILE --pool NAME"),
+    };
+    let report = tessera::reactor::block_on(reactors.cores().spawn_on(0, move || async move {
+        tessera::vdisk::check::check(bdevs).await
+    }))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "pool `{}`: transaction {}, {} disks, {} node pages, {} extents, {} segments referenced",
+            report.pool,
+            report.txn,
+            report.disks,
+            report.node_pages,
+            report.extents,
+            report.segments_referenced
+        );
+        for n in &report.notes {
+            println!("note: {n}");
+        }
+        for e in &report.errors {
+            println!("error: {e}");
+        }
+        println!("{}", if report.clean() { "clean" } else { "CORRUPT" });
+    }
+    if !report.clean() {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+fn crash_writer(a: CrashWriterArgs) -> Result<()> {
+    let reactors = one_core()?;
+    let bdev: Arc<dyn Bdev> = UringBdev::create(
+        "crash0",
+        &a.pool_file,
+        None,
+        None,
+        None,
+        UringOptions::default(),
+    )?;
+    let pool =
+        tessera::reactor::block_on(tessera::vdisk::Pool::open(reactors.cores(), 0, vec![bdev]))?;
+    let disk: Arc<dyn Bdev> = tessera::reactor::block_on(pool.disk(&a.disk))?;
+    let (seed, start, progress, qd) = (a.seed, a.start, a.progress.clone(), a.qd);
+    tessera::reactor::block_on(reactors.cores().spawn_on(0, move || async move {
+        tessera::bench::crash::run_writer(disk, seed, start, progress, qd).await
+    }))?;
+    Ok(())
 }
 
 fn default_data_dir() -> PathBuf {

@@ -1,53 +1,195 @@
-//! A running target: the reactors, the bdevs, and everything built on them from a
-//! [`Config`]. `tessera serve` and `tessera bench --config` both start one.
+//! A running target: the reactors, the bdevs, the pools and their disks, and (as they
+//! are configured) the front ends. `tessera serve`, `tessera bench --config` and the
+//! JSON-RPC methods all drive one.
+//!
+//! The target is a cheap, thread-safe handle. Its methods are `async` and `Send`: call
+//! them from a reactor task (the RPC server does) or from a plain thread with
+//! [`crate::reactor::block_on`] (the CLI does). Pools are examined like SPDK's lvstores:
+//! when a bdev carrying a pool label is created and the pool's other bdevs are present,
+//! the pool is opened and its disks become bdevs — so a config naming only the base
+//! bdev restores everything.
 
 use crate::bdev::error::ErrorBdev;
 use crate::bdev::malloc::MallocBdev;
 use crate::bdev::null::NullBdev;
 use crate::bdev::uring::UringBdev;
-use crate::bdev::{Bdev, BdevError, BdevRegistry};
-use crate::config::{BdevConfig, Config};
+use crate::bdev::{Bdev, BdevError, BdevRegistry, IoBuf};
+use crate::config::{
+    BdevConfig, CloneConfig, Config, DiskConfig, PoolConfig, Size, SnapshotConfig,
+};
 use crate::reactor::{Cores, ReactorConfig, ReactorError, ReactorSet};
-use std::sync::Arc;
+use crate::vdisk::meta::{Label, Role};
+use crate::vdisk::{CowPolicy, Pool, PoolOptions, VDisk, VdiskError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-/// Why a target could not start.
+/// Why a target operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("reactors: {0}")]
     Reactor(#[from] ReactorError),
     #[error("{0}")]
     Bdev(#[from] BdevError),
+    #[error("{0}")]
+    Vdisk(#[from] VdiskError),
+    #[error("pool `{0}` does not exist")]
+    NoSuchPool(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
-/// A running target.
-pub struct Target {
-    reactors: ReactorSet,
+struct PoolEntry {
+    pool: Pool,
+    cfg: PoolConfig,
+}
+
+struct Inner {
+    reactors: Mutex<Option<ReactorSet>>,
+    cores: Cores,
     bdevs: BdevRegistry,
+    base_configs: Mutex<BTreeMap<String, BdevConfig>>,
+    pools: Mutex<BTreeMap<String, PoolEntry>>,
+    /// Labelled bdevs whose pool is not complete yet.
+    examining: Mutex<Vec<(Arc<dyn Bdev>, Label)>>,
     config: Config,
 }
 
+/// A running target.
+#[derive(Clone)]
+pub struct Target {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Target {
-    /// Starts reactors and creates everything `config` describes.
+    /// Starts the reactors of `config` and builds everything it describes.
     pub fn start(config: Config) -> Result<Target, TargetError> {
         let reactors = ReactorSet::start(ReactorConfig::new(config.cores.clone(), config.idle))?;
         let target = Target {
-            reactors,
-            bdevs: BdevRegistry::new(),
-            config: config.clone(),
+            inner: Arc::new(Inner {
+                cores: reactors.cores().clone(),
+                reactors: Mutex::new(Some(reactors)),
+                bdevs: BdevRegistry::new(),
+                base_configs: Mutex::new(BTreeMap::new()),
+                pools: Mutex::new(BTreeMap::new()),
+                examining: Mutex::new(Vec::new()),
+                config: config.clone(),
+            }),
         };
-        for b in &config.bdevs {
-            target.create_bdev(b)?;
+        if let Err(e) = crate::reactor::block_on(target.apply(&config)) {
+            target.shutdown();
+            return Err(e);
         }
         Ok(target)
     }
 
-    /// Creates a base bdev and registers it.
-    pub fn create_bdev(&self, cfg: &BdevConfig) -> Result<Arc<dyn Bdev>, BdevError> {
-        if self.bdevs.contains(cfg.name()) {
-            return Err(BdevError::Exists(cfg.name().to_string()));
+    /// Creates what `config` lists and does not exist yet.
+    pub async fn apply(&self, config: &Config) -> Result<(), TargetError> {
+        for b in &config.bdevs {
+            self.create_bdev(b).await?;
         }
-        let bdev = create_bdev(cfg, &self.bdevs)?;
-        self.bdevs.add(bdev.clone())?;
+        for p in &config.pools {
+            if lock(&self.inner.pools).contains_key(&p.name) {
+                continue; // opened by examine
+            }
+            self.create_pool(p).await?;
+        }
+        for d in &config.disks {
+            let pool = self.pool(&d.pool)?;
+            match pool.disk(&d.name).await {
+                Ok(existing) => {
+                    let want = d.size.0 / pool.block_size() as u64;
+                    let have = (existing.clone() as Arc<dyn Bdev>).num_blocks();
+                    if want != have {
+                        tracing::warn!(disk = %d.name, have, want, "disk exists with another size; left as it is");
+                    }
+                }
+                Err(VdiskError::NotFound(_)) => {
+                    self.create_disk(d).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for s in &config.snapshots {
+            if !self.inner.bdevs.contains(&s.name) {
+                self.snapshot(
+                    vec![(s.disk.clone(), s.name.clone())],
+                    Duration::from_secs(5),
+                )
+                .await?;
+            }
+        }
+        for c in &config.clones {
+            if !self.inner.bdevs.contains(&c.name) {
+                self.clone_disk(&c.snapshot, &c.name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cores the target runs on.
+    pub fn cores(&self) -> &Cores {
+        &self.inner.cores
+    }
+
+    /// The bdevs of the target.
+    pub fn bdevs(&self) -> &BdevRegistry {
+        &self.inner.bdevs
+    }
+
+    /// The configuration the target started from.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Result<Pool, TargetError> {
+        lock(&self.inner.pools)
+            .get(name)
+            .map(|e| e.pool.clone())
+            .ok_or_else(|| TargetError::NoSuchPool(name.to_string()))
+    }
+
+    /// Every pool, by name.
+    pub fn pools(&self) -> Vec<Pool> {
+        lock(&self.inner.pools)
+            .values()
+            .map(|e| e.pool.clone())
+            .collect()
+    }
+
+    /// The pool holding the disk called `disk`.
+    pub async fn pool_of(&self, disk: &str) -> Result<Pool, TargetError> {
+        let bdev = self.inner.bdevs.get(disk)?;
+        for p in self.pools() {
+            if let Ok(d) = p.disk(disk).await
+                && Arc::ptr_eq(&(d as Arc<dyn Bdev>), &bdev)
+            {
+                return Ok(p);
+            }
+        }
+        Err(TargetError::Invalid(format!(
+            "`{disk}` is not a virtual disk"
+        )))
+    }
+
+    /// Creates a base bdev, registers it, and examines it for a pool.
+    pub async fn create_bdev(&self, cfg: &BdevConfig) -> Result<Arc<dyn Bdev>, TargetError> {
+        if self.inner.bdevs.contains(cfg.name()) {
+            return Err(BdevError::Exists(cfg.name().to_string()).into());
+        }
+        let bdev = create_bdev(cfg, &self.inner.bdevs)?;
+        self.inner.bdevs.add(bdev.clone())?;
+        if let BdevConfig::Error { base, .. } = cfg {
+            self.inner
+                .bdevs
+                .claim(base, &format!("error bdev `{}`", cfg.name()))?;
+        }
+        lock(&self.inner.base_configs).insert(cfg.name().to_string(), cfg.clone());
         tracing::info!(
             bdev = bdev.name(),
             product = bdev.product_name(),
@@ -55,27 +197,338 @@ impl Target {
             block_size = bdev.block_size(),
             "bdev created"
         );
+        self.examine(bdev.clone()).await?;
         Ok(bdev)
     }
 
-    /// The cores the target runs on.
-    pub fn cores(&self) -> &Cores {
-        self.reactors.cores()
+    /// Deletes a base bdev nobody uses.
+    pub async fn delete_bdev(&self, name: &str) -> Result<(), TargetError> {
+        let b = self.inner.bdevs.get(name)?;
+        if b.product_name() == "Logical Volume" {
+            return Err(TargetError::Invalid(format!(
+                "`{name}` is a virtual disk; delete it with its pool's methods"
+            )));
+        }
+        self.inner.bdevs.remove(name)?;
+        if let Some(BdevConfig::Error { base, .. }) = lock(&self.inner.base_configs).remove(name) {
+            self.inner
+                .bdevs
+                .release(&base, &format!("error bdev `{name}`"));
+        }
+        lock(&self.inner.examining).retain(|(bd, _)| bd.name() != name);
+        Ok(())
     }
 
-    /// The bdevs of the target.
-    pub fn bdevs(&self) -> &BdevRegistry {
-        &self.bdevs
+    async fn on_core0<T: Send + 'static, F, Fut>(&self, f: F) -> Result<T, TargetError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+    {
+        self.inner
+            .cores
+            .spawn_on(0, f)
+            .await
+            .map_err(|e| TargetError::Invalid(e.to_string()))
     }
 
-    /// The configuration the target started from.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// Opens the pool `bdev` belongs to once all of its bdevs are present.
+    async fn examine(&self, bdev: Arc<dyn Bdev>) -> Result<(), TargetError> {
+        let b2 = bdev.clone();
+        let label = match self
+            .on_core0(move || async move { crate::vdisk::load::read_label(&b2).await })
+            .await?
+        {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(bdev = bdev.name(), error = %e, "examine: unreadable label");
+                return Ok(());
+            }
+        };
+        let members: Vec<Arc<dyn Bdev>> = {
+            let mut ex = lock(&self.inner.examining);
+            ex.push((bdev, label.clone()));
+            let members: Vec<&(Arc<dyn Bdev>, Label)> = ex
+                .iter()
+                .filter(|(_, l)| l.pool_uuid == label.pool_uuid)
+                .collect();
+            let data = members
+                .iter()
+                .filter(|(_, l)| l.role != Role::Metadata)
+                .count() as u32;
+            let needs_meta = members
+                .iter()
+                .any(|(_, l)| l.role == Role::Data && l.container_index == 0);
+            let has_meta = members.iter().any(|(_, l)| l.role == Role::Metadata);
+            if data < label.container_count || (needs_meta && !has_meta) || (data == 0) {
+                tracing::info!(pool = %label.pool_name, have = data, need = label.container_count,
+                    "examine: waiting for the pool's other bdevs");
+                return Ok(());
+            }
+            let m = members.iter().map(|(b, _)| b.clone()).collect();
+            ex.retain(|(_, l)| l.pool_uuid != label.pool_uuid);
+            m
+        };
+        let names: Vec<String> = members.iter().map(|b| b.name().to_string()).collect();
+        let cores = self.inner.cores.clone();
+        let pool = Pool::open(&cores, 0, members.clone()).await?;
+        let cfg = PoolConfig {
+            name: pool.name().to_string(),
+            bdevs: names.clone(),
+            metadata_bdev: None,
+            segment_size: Size(pool.segment_bytes()),
+            metadata_size: None,
+            cow_policy: CowPolicy::Redirect,
+            controller_core: None,
+        };
+        self.adopt_pool(pool, cfg).await
     }
 
-    /// Stops everything and joins the reactors.
-    pub fn shutdown(mut self) {
-        self.reactors.shutdown();
+    /// Registers an opened pool, claims its bdevs and registers its disks as bdevs.
+    async fn adopt_pool(&self, pool: Pool, mut cfg: PoolConfig) -> Result<(), TargetError> {
+        let bdevs = pool.bdevs();
+        let data = bdevs.len() - usize::from(cfg.metadata_bdev.is_some());
+        cfg.bdevs = bdevs
+            .iter()
+            .take(data)
+            .map(|b| b.name().to_string())
+            .collect();
+        for b in &bdevs {
+            self.inner
+                .bdevs
+                .claim(b.name(), &format!("pool `{}`", pool.name()))?;
+        }
+        for d in pool.disks().await? {
+            let dd: Arc<dyn Bdev> = d;
+            if let Err(e) = self.inner.bdevs.add(dd.clone()) {
+                tracing::error!(pool = pool.name(), disk = dd.name(), error = %e, "disk not registered");
+            }
+        }
+        lock(&self.inner.pools).insert(pool.name().to_string(), PoolEntry { pool, cfg });
+        Ok(())
+    }
+
+    /// Formats a new pool (refusing bdevs that already hold one).
+    pub async fn create_pool(&self, cfg: &PoolConfig) -> Result<Pool, TargetError> {
+        if lock(&self.inner.pools).contains_key(&cfg.name) {
+            return Err(VdiskError::Exists(format!("pool `{}`", cfg.name)).into());
+        }
+        let containers = cfg
+            .bdevs
+            .iter()
+            .map(|n| self.inner.bdevs.get(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        for b in containers.iter() {
+            let claims = self.inner.bdevs.claims(b.name());
+            if let Some(c) = claims.first() {
+                return Err(BdevError::Claimed {
+                    name: b.name().to_string(),
+                    by: c.clone(),
+                }
+                .into());
+            }
+        }
+        let meta = cfg
+            .metadata_bdev
+            .as_ref()
+            .map(|n| self.inner.bdevs.get(n))
+            .transpose()?;
+        let opts = PoolOptions {
+            name: cfg.name.clone(),
+            segment_bytes: cfg.segment_size.0,
+            metadata_bytes: cfg.metadata_size.map(|s| s.0),
+            cow_policy: cfg.cow_policy,
+        };
+        let core = cfg.controller_core.unwrap_or(0);
+        let pool = Pool::create(&self.inner.cores, core, containers, meta, opts).await?;
+        // These bdevs are no longer waiting for examine.
+        lock(&self.inner.examining).retain(|(b, _)| !cfg.bdevs.contains(&b.name().to_string()));
+        self.adopt_pool(pool.clone(), cfg.clone()).await?;
+        Ok(pool)
+    }
+
+    /// Closes a pool, wipes its labels and releases its bdevs. Refused while one of its
+    /// disks is in use (exported).
+    pub async fn delete_pool(&self, name: &str) -> Result<(), TargetError> {
+        let pool = self.pool(name)?;
+        let disks = pool.disks().await?;
+        for d in &disks {
+            let n = (d.clone() as Arc<dyn Bdev>).name().to_string();
+            if let Some(by) = self.inner.bdevs.claims(&n).first() {
+                return Err(BdevError::Claimed {
+                    name: n,
+                    by: by.clone(),
+                }
+                .into());
+            }
+        }
+        for d in &disks {
+            let _ = self.inner.bdevs.remove((d.clone() as Arc<dyn Bdev>).name());
+        }
+        pool.close().await?;
+        for b in pool.bdevs() {
+            let b2 = b.clone();
+            let _ = self
+                .on_core0(move || async move {
+                    crate::vdisk::load::write_bytes(&b2, 0, IoBuf::zeroed(4096)).await
+                })
+                .await;
+            self.inner
+                .bdevs
+                .release(b.name(), &format!("pool `{name}`"));
+        }
+        lock(&self.inner.pools).remove(name);
+        Ok(())
+    }
+
+    /// Creates a disk and registers it as a bdev.
+    pub async fn create_disk(&self, cfg: &DiskConfig) -> Result<Arc<VDisk>, TargetError> {
+        if self.inner.bdevs.contains(&cfg.name) {
+            return Err(BdevError::Exists(cfg.name.clone()).into());
+        }
+        let pool = self.pool(&cfg.pool)?;
+        let name = cfg.name.clone();
+        let (size, thin, uuid) = (cfg.size.0, cfg.thin, cfg.uuid);
+        let d = pool
+            .on_ctl(move |c| async move { c.create_disk(&name, size, thin, uuid).await })
+            .await?;
+        if let Some(p) = cfg.cow_policy {
+            pool.set_cow_policy(&cfg.name, p).await?;
+        }
+        if cfg.read_only {
+            pool.set_read_only(&cfg.name, true).await?;
+        }
+        self.inner.bdevs.add(d.clone())?;
+        Ok(d)
+    }
+
+    /// Deletes a disk, snapshot or clone (refused while exported).
+    pub async fn delete_disk(&self, name: &str) -> Result<(), TargetError> {
+        let pool = self.pool_of(name).await?;
+        if let Some(by) = self.inner.bdevs.claims(name).first() {
+            return Err(BdevError::Claimed {
+                name: name.to_string(),
+                by: by.clone(),
+            }
+            .into());
+        }
+        pool.delete_disk(name).await?;
+        let _ = self.inner.bdevs.remove(name);
+        Ok(())
+    }
+
+    /// Snapshots (origin, snapshot name) pairs at one point in time.
+    pub async fn snapshot(
+        &self,
+        pairs: Vec<(String, String)>,
+        limit: Duration,
+    ) -> Result<Vec<Arc<VDisk>>, TargetError> {
+        let Some((first, _)) = pairs.first() else {
+            return Err(TargetError::Invalid("nothing to snapshot".into()));
+        };
+        for (_, s) in &pairs {
+            if self.inner.bdevs.contains(s) {
+                return Err(BdevError::Exists(s.clone()).into());
+            }
+        }
+        let pool = self.pool_of(first).await?;
+        for (o, _) in &pairs[1..] {
+            let p = self.pool_of(o).await?;
+            if p.uuid() != pool.uuid() {
+                return Err(TargetError::Invalid(format!(
+                    "`{o}` is in pool `{}`, not `{}`: a consistency group lives in one pool",
+                    p.name(),
+                    pool.name()
+                )));
+            }
+        }
+        let snaps = pool.snapshot(pairs, limit).await?;
+        for s in &snaps {
+            self.inner.bdevs.add(s.clone())?;
+        }
+        Ok(snaps)
+    }
+
+    /// Clones a snapshot.
+    pub async fn clone_disk(&self, snapshot: &str, name: &str) -> Result<Arc<VDisk>, TargetError> {
+        if self.inner.bdevs.contains(name) {
+            return Err(BdevError::Exists(name.to_string()).into());
+        }
+        let pool = self.pool_of(snapshot).await?;
+        let c = pool.clone_disk(snapshot, name).await?;
+        self.inner.bdevs.add(c.clone())?;
+        Ok(c)
+    }
+
+    /// The running state as a configuration: starting from it gives the same target.
+    pub async fn running_config(&self) -> Result<Config, TargetError> {
+        let mut cfg = Config {
+            cores: self.inner.config.cores.clone(),
+            idle: self.inner.config.idle,
+            ..Config::default()
+        };
+        cfg.bdevs = lock(&self.inner.base_configs).values().cloned().collect();
+        // Error bdevs after their bases.
+        cfg.bdevs
+            .sort_by_key(|b| matches!(b, BdevConfig::Error { .. }));
+        let pools: Vec<(Pool, PoolConfig)> = lock(&self.inner.pools)
+            .values()
+            .map(|e| (e.pool.clone(), e.cfg.clone()))
+            .collect();
+        for (pool, pc) in pools {
+            cfg.pools.push(pc);
+            let list = pool.list().await?;
+            // Origins before their snapshots, snapshots before their clones: creation
+            // order is id order.
+            let mut list = list;
+            list.sort_by_key(|d| d.id);
+            for d in list {
+                match d.kind {
+                    crate::vdisk::meta::DiskKind::Snapshot => {
+                        // The disk it was taken from: its child that is not a clone.
+                        let origin = d
+                            .children
+                            .iter()
+                            .find(|c| !cfg.clones.iter().any(|k| &k.name == *c));
+                        if let Some(o) = origin {
+                            cfg.snapshots.push(SnapshotConfig {
+                                name: d.name.clone(),
+                                disk: o.clone(),
+                            });
+                        }
+                    }
+                    crate::vdisk::meta::DiskKind::Clone if d.parent.is_some() => {
+                        cfg.clones.push(CloneConfig {
+                            name: d.name.clone(),
+                            snapshot: d.parent.clone().unwrap_or_default(),
+                        });
+                    }
+                    _ => cfg.disks.push(DiskConfig {
+                        name: d.name.clone(),
+                        pool: pool.name().to_string(),
+                        size: Size(d.size_bytes),
+                        thin: d.thin,
+                        uuid: Some(d.uuid),
+                        read_only: d.read_only,
+                        cow_policy: Some(d.cow_policy),
+                    }),
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Commits every pool, closes them, and stops the reactors.
+    pub fn shutdown(&self) {
+        for p in self.pools() {
+            if let Err(e) = crate::reactor::block_on(p.close()) {
+                tracing::error!(pool = p.name(), error = %e, "closing the pool failed");
+            }
+        }
+        lock(&self.inner.pools).clear();
+        if let Some(mut r) = lock(&self.inner.reactors).take() {
+            r.shutdown();
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! its buffer, so the steady state allocates nothing. Per-core reports are merged into
 //! the total.
 
+pub mod crash;
 mod report;
 
 pub use report::{BenchReport, CoreReport, LatencyUs, SnapshotEvent};

@@ -250,16 +250,12 @@ impl Controller {
             directory_head: dir_pages.first().copied().unwrap_or(NO_PAGE),
             cow_policy: shared.cow_default as u8,
             separate_metadata: shared.separate_metadata,
-            metadata_uuid: if shared.separate_metadata {
-                shared.meta_bdev.uuid()
-            } else {
-                uuid::Uuid::nil()
-            },
+            metadata_uuid: shared.meta_label_uuid,
             containers: shared
                 .containers
                 .iter()
                 .map(|c| meta::ContainerRecord {
-                    bdev_uuid: c.bdev.uuid(),
+                    bdev_uuid: c.label_uuid,
                     segments: c.segments,
                     reserved_segments: c.reserved,
                 })

@@ -379,6 +379,7 @@ pub(crate) async fn open(
             first_seg: at,
             segments: rec.segments,
             reserved: rec.reserved_segments,
+            label_uuid: rec.bdev_uuid,
         });
         at += rec.segments;
     }
@@ -391,6 +392,7 @@ pub(crate) async fn open(
         geo,
         separate_metadata: sb.separate_metadata,
         meta_bdev: meta_bdev.clone(),
+        meta_label_uuid: sb.metadata_uuid,
         meta_first_byte: sb.meta_first_byte,
         meta_pages: sb.meta_pages,
         sm_pages: sb.sm_pages,

@@ -23,6 +23,9 @@ pub struct Container {
     pub segments: u64,
     /// Leading segments not used for data (label, metadata).
     pub reserved: u64,
+    /// The bdev UUID recorded in the container's label (bdevs such as files get a new
+    /// UUID each time they are created; the label is what identifies the container).
+    pub label_uuid: Uuid,
 }
 
 /// What every core needs to know about a pool. Immutable after open, except the
@@ -36,6 +39,8 @@ pub struct PoolShared {
     pub containers: Vec<Container>,
     pub meta_bdev: Arc<dyn Bdev>,
     pub separate_metadata: bool,
+    /// The metadata bdev's UUID as its label records it.
+    pub meta_label_uuid: Uuid,
     pub meta_first_byte: u64,
     pub meta_pages: u64,
     pub sm_pages: u64,
