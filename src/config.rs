@@ -48,25 +48,23 @@ fn default_block_size() -> u32 {
 }
 
 /// A base bdev to create at start.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum BdevConfig {
     /// RAM disk.
     Malloc {
         name: String,
         size: Size,
-        #[serde(default = "default_block_size")]
         block_size: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         uuid: Option<uuid::Uuid>,
     },
     /// No data; any size.
     Null {
         name: String,
         size: Size,
-        #[serde(default = "default_block_size")]
         block_size: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         uuid: Option<uuid::Uuid>,
     },
     /// A file or block device through io_uring. A missing file is created sparse with
@@ -74,22 +72,141 @@ pub enum BdevConfig {
     Uring {
         name: String,
         path: PathBuf,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         size: Option<Size>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         block_size: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         uuid: Option<uuid::Uuid>,
-        #[serde(default, skip_serializing_if = "is_default")]
+        #[serde(skip_serializing_if = "is_default")]
         options: UringOptions,
     },
     /// Fault injection over another bdev.
     Error {
         name: String,
         base: String,
-        #[serde(default)]
         volatile_cache: bool,
     },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RamFields {
+    name: String,
+    size: Size,
+    #[serde(default = "default_block_size")]
+    block_size: u32,
+    #[serde(default)]
+    uuid: Option<uuid::Uuid>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UringFields {
+    name: String,
+    path: PathBuf,
+    #[serde(default)]
+    size: Option<Size>,
+    #[serde(default)]
+    block_size: Option<u32>,
+    #[serde(default)]
+    uuid: Option<uuid::Uuid>,
+    #[serde(default)]
+    options: UringOptions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorFields {
+    name: String,
+    base: String,
+    #[serde(default)]
+    volatile_cache: bool,
+}
+
+/// Deserialises `value` as `T`, prefixing errors with the path of the failing field.
+fn fields<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+    value: serde_yaml_ng::Value,
+) -> Result<T, E> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner
+            .split(" at line ")
+            .next()
+            .unwrap_or(&inner)
+            .to_string();
+        E::custom(if path.is_empty() || path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        })
+    })
+}
+
+impl<'de> Deserialize<'de> for BdevConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_yaml_ng::Value::deserialize(d)?;
+        let map = v
+            .as_mapping_mut()
+            .ok_or_else(|| D::Error::custom("a bdev is a mapping with a `type` field"))?;
+        let ty = map
+            .remove("type")
+            .ok_or_else(|| D::Error::missing_field("type"))?;
+        // YAML reads a bare `null` as the null value: that is the null bdev here.
+        let ty = match &ty {
+            serde_yaml_ng::Value::Null => "null".to_string(),
+            t => t
+                .as_str()
+                .ok_or_else(|| D::Error::custom("type: must be malloc, null, uring or error"))?
+                .to_string(),
+        };
+        Ok(match ty.as_str() {
+            "malloc" | "null" => {
+                let f: RamFields = fields(v)?;
+                if ty == "malloc" {
+                    BdevConfig::Malloc {
+                        name: f.name,
+                        size: f.size,
+                        block_size: f.block_size,
+                        uuid: f.uuid,
+                    }
+                } else {
+                    BdevConfig::Null {
+                        name: f.name,
+                        size: f.size,
+                        block_size: f.block_size,
+                        uuid: f.uuid,
+                    }
+                }
+            }
+            "uring" | "aio" => {
+                let f: UringFields = fields(v)?;
+                BdevConfig::Uring {
+                    name: f.name,
+                    path: f.path,
+                    size: f.size,
+                    block_size: f.block_size,
+                    uuid: f.uuid,
+                    options: f.options,
+                }
+            }
+            "error" => {
+                let f: ErrorFields = fields(v)?;
+                BdevConfig::Error {
+                    name: f.name,
+                    base: f.base,
+                    volatile_cache: f.volatile_cache,
+                }
+            }
+            other => {
+                return Err(D::Error::custom(format!(
+                    "type: `{other}` is not one of malloc, null, uring, error"
+                )));
+            }
+        })
+    }
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -263,6 +380,13 @@ impl Config {
                 if let Some(i) = message.find(" at line ") {
                     message.truncate(i);
                 }
+                // ... and may prefix part of the path, which we print whole.
+                if let Some((head, rest)) = message.split_once(": ")
+                    && !head.contains(' ')
+                    && path.starts_with(head)
+                {
+                    message = rest.to_string();
+                }
                 let message = if path.is_empty() || path == "." {
                     message
                 } else {
@@ -356,7 +480,7 @@ mod tests {
     #[test]
     fn parses_a_full_config() {
         let c = Config::parse(
-            "cores: 0x3\nidle: busy\nbdevs:\n  - {type: malloc, name: M0, size: 64MiB}\n  - {type: null, name: N0, size: 1TiB, block_size: 512}\n  - {type: uring, name: U0, path: /tmp/x.img, size: 1G, options: {queue_depth: 64}}\n  - {type: error, name: E0, base: M0, volatile_cache: true}\n",
+            "cores: \"0x3\"\nidle: busy\nbdevs:\n  - {type: malloc, name: M0, size: 64MiB}\n  - {type: null, name: N0, size: 1TiB, block_size: 512}\n  - {type: uring, name: U0, path: /tmp/x.img, size: 1G, options: {queue_depth: 64}}\n  - {type: error, name: E0, base: M0, volatile_cache: true}\n",
             "t.yaml",
         )
         .unwrap();
@@ -385,8 +509,11 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("bad.yaml:5:"), "{e}");
-        assert!(e.contains("bdevs[0].size"), "{e}");
+        assert!(e.starts_with("bad.yaml:3:"), "{e}");
+        assert!(
+            e.contains("bdevs[0]: size: size `lots` does not start with a number"),
+            "{e}"
+        );
         let e = Config::parse("cores: [0]\nidle: sometimes\n", "bad.yaml")
             .unwrap_err()
             .to_string();
@@ -398,6 +525,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("colour") && e.starts_with("bad.yaml:2:"), "{e}");
+        let e = Config::parse("bdevs:\n  - {type: tape, name: T}\n", "bad.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bdevs[0]: type: `tape`"), "{e}");
         let e = Config::parse(
             "bdevs:\n  - {type: error, name: E, base: nope}\n",
             "bad.yaml",

@@ -708,7 +708,9 @@ impl Agent {
                 } else {
                     spans.push((b0, n));
                 }
-                let _guard = EpochGuard::new(&self.epochs);
+                // Counted in the epoch only while base I/O is in flight: never hold an
+                // epoch open across a request to the controller, which may be draining us.
+                let guard = EpochGuard::new(&self.epochs);
                 for (sb, sn) in spans {
                     let held = top
                         .fill
@@ -726,6 +728,7 @@ impl Agent {
                         status = e;
                     }
                 }
+                drop(guard);
                 if clear && let Some(f) = &top.fill {
                     let g0 = zero_from / gb;
                     let g1 = zero_to / gb;

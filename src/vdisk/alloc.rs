@@ -100,11 +100,63 @@ impl FreeSet {
     }
 }
 
+/// Free segments, one set per container; allocation goes round-robin over the
+/// containers so that a pool's I/O spreads over all of them.
+#[derive(Debug)]
+struct Striped {
+    /// (first global segment, free set) per container.
+    parts: Vec<(u64, FreeSet)>,
+    next: usize,
+}
+
+impl Striped {
+    fn part(&mut self, seg: u64) -> (&mut FreeSet, u64) {
+        let i = self.parts.partition_point(|(f, _)| *f <= seg) - 1;
+        let (first, set) = &mut self.parts[i];
+        (set, seg - *first)
+    }
+    fn insert(&mut self, seg: u64) {
+        let (set, i) = self.part(seg);
+        set.insert(i);
+    }
+    fn remove(&mut self, seg: u64) -> bool {
+        let (set, i) = self.part(seg);
+        set.remove(i)
+    }
+    fn count(&self) -> u64 {
+        self.parts.iter().map(|(_, s)| s.count).sum()
+    }
+    fn take(&mut self) -> Option<u64> {
+        let n = self.parts.len();
+        for k in 0..n {
+            let c = (self.next + k) % n;
+            let (first, set) = &mut self.parts[c];
+            if let Some(i) = set.take() {
+                self.next = (c + 1) % n;
+                return Some(*first + i);
+            }
+        }
+        None
+    }
+    fn take_run(&mut self, max: u64) -> Option<(u64, u64)> {
+        let n = self.parts.len();
+        for k in 0..n {
+            let c = (self.next + k) % n;
+            let (first, set) = &mut self.parts[c];
+            if let Some((i, got)) = set.take_run(max) {
+                self.next = (c + 1) % n;
+                return Some((*first + i, got));
+            }
+        }
+        None
+    }
+}
+
 /// Segment and page space of a pool.
 #[derive(Debug)]
 pub struct Space {
     refs: Vec<u32>,
-    free_segs: FreeSet,
+    free_segs: Striped,
     free_pages: FreeSet,
     pending_segs: BTreeMap<u64, Vec<PhysSeg>>,
     pending_pages: BTreeMap<u64, Vec<u64>>,
@@ -116,20 +168,28 @@ pub struct Space {
 }
 
 impl Space {
-    /// Space for `total_segments` segments of which `reserved` are never allocated, and
-    /// `meta_pages` metadata pages of which the first `first_free_page` are fixed.
+    /// Space for containers of the given segment counts (in order), whose `reserved`
+    /// segments are never allocated, and `meta_pages` metadata pages of which the first
+    /// `first_free_page` are fixed.
     pub fn new(
-        total_segments: u64,
+        containers: &[u64],
         reserved: &[PhysSeg],
         meta_pages: u64,
         first_free_page: u64,
         txn_open: u64,
     ) -> Space {
+        let total_segments: u64 = containers.iter().sum();
         let mut refs = vec![0u32; total_segments as usize];
         for &r in reserved {
             refs[r as usize] = RESERVED;
         }
-        let mut free_segs = FreeSet::new(total_segments);
+        let mut parts = Vec::new();
+        let mut first = 0;
+        for &n in containers {
+            parts.push((first, FreeSet::new(n)));
+            first += n;
+        }
+        let mut free_segs = Striped { parts, next: 0 };
         for (i, &r) in refs.iter().enumerate() {
             if r == 0 {
                 free_segs.insert(i as u64);
@@ -176,7 +236,7 @@ impl Space {
 
     /// Segments that can be allocated now.
     pub fn free_segments(&self) -> u64 {
-        self.free_segs.count
+        self.free_segs.count()
     }
 
     /// Segments waiting for a commit before they can be reused.
@@ -295,7 +355,7 @@ mod tests {
 
     #[test]
     fn frees_wait_for_their_commit() {
-        let mut s = Space::new(10, &[0, 1], 100, 4, 5);
+        let mut s = Space::new(&[10], &[0, 1], 100, 4, 5);
         assert_eq!(s.free_segments(), 8);
         let a = s.alloc_segment().unwrap();
         assert!(a >= 2);
@@ -318,7 +378,7 @@ mod tests {
 
     #[test]
     fn runs_and_exhaustion() {
-        let mut s = Space::new(64, &[0], 10, 0, 1);
+        let mut s = Space::new(&[64], &[0], 10, 0, 1);
         let (first, n) = s.alloc_run(10).unwrap();
         assert_eq!((first, n), (1, 10));
         let mut got = 10;
@@ -332,9 +392,17 @@ mod tests {
     }
 
     #[test]
+    fn allocation_stripes_over_containers() {
+        let mut s = Space::new(&[4, 4, 4], &[0, 4, 8], 1, 0, 1);
+        let got: Vec<u64> = (0..9).map(|_| s.alloc_segment().unwrap()).collect();
+        assert_eq!(got, vec![1, 5, 9, 2, 6, 10, 3, 7, 11]);
+        assert!(s.alloc_segment().is_none());
+    }
+
+    #[test]
     #[should_panic(expected = "reserved segment")]
     fn reserved_segments_are_never_referenced() {
-        let mut s = Space::new(4, &[0], 1, 0, 1);
+        let mut s = Space::new(&[4], &[0], 1, 0, 1);
         s.seg_add(0, 1);
     }
 }

@@ -136,9 +136,16 @@ impl Controller {
         r
     }
 
+    fn stopped(&self) -> bool {
+        self.st.borrow().closed && self.crashed.get()
+    }
+
     pub(crate) async fn commit_once(&self) -> Result<(), IoStatus> {
         if self.st.borrow().failed.is_some() {
             return Err(IoStatus::MediaError);
+        }
+        if self.stopped() {
+            return Err(IoStatus::Aborted);
         }
         self.persist_dirty_fills();
         let needs_meta = {
@@ -156,8 +163,14 @@ impl Controller {
         if let Err(e) = self.flush_containers().await {
             return Err(self.fail(format!("flushing the data containers failed: {e:?}")));
         }
+        if self.stopped() {
+            return Err(IoStatus::Aborted);
+        }
         if let Err(e) = self.write_pages(&captured.pages).await {
             return Err(self.fail(format!("writing metadata pages failed: {e:?}")));
+        }
+        if self.stopped() {
+            return Err(IoStatus::Aborted);
         }
         let meta_bdev = self.shared.meta_bdev.clone();
         let r = async {
@@ -289,6 +302,9 @@ impl Controller {
         }
         let mut runs = runs.into_iter().peekable();
         while runs.peek().is_some() {
+            if self.stopped() {
+                return Err(IoStatus::Aborted);
+            }
             let tasks: Vec<_> = runs
                 .by_ref()
                 .take(64)

@@ -106,6 +106,8 @@ pub(crate) struct Controller {
     pub me: Weak<Controller>,
     pub background: RefCell<Option<async_task::Task<()>>>,
     pub quiesces: RefCell<BTreeMap<u64, super::cow::Quiesce>>,
+    /// Set by [`Controller::crash_stop`]: nothing may be written any more.
+    pub crashed: std::cell::Cell<bool>,
 }
 
 #[derive(Default)]
@@ -163,6 +165,7 @@ impl Controller {
             me: me.clone(),
             background: RefCell::new(None),
             quiesces: RefCell::new(BTreeMap::new()),
+            crashed: std::cell::Cell::new(false),
         });
         reactor::local(Registry::default)
             .pools
@@ -966,6 +969,34 @@ impl Controller {
             .remove(&self.shared.id);
         tracing::info!(pool = %self.shared.name, "pool closed");
         commit.map_err(VdiskError::from)
+    }
+
+    /// Stops at once without committing — what a crash does to the controller (tests
+    /// simulate power loss with it). Agents fail further I/O; no metadata is written
+    /// from now on.
+    pub(crate) fn crash_stop(&self) {
+        self.crashed.set(true);
+        self.st.borrow_mut().closed = true;
+        self.background.borrow_mut().take();
+        let disks: Vec<(u64, Vec<usize>)> = self
+            .st
+            .borrow()
+            .disks
+            .values()
+            .map(|d| (d.rec.id, d.agents.iter().copied().collect()))
+            .collect();
+        for (d, cores) in disks {
+            for core in cores {
+                let pool = self.shared.id;
+                let _ = self.shared.cores.send(core, move || {
+                    agent::apply_now(pool, d, AgentCmd::Fail(IoStatus::Aborted))
+                });
+            }
+        }
+        reactor::local(Registry::default)
+            .pools
+            .borrow_mut()
+            .remove(&self.shared.id);
     }
 
     /// Waits until `f` returns `Ready`, re-checking whenever a commit finishes.

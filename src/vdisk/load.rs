@@ -416,7 +416,14 @@ pub(crate) async fn open(
         .iter()
         .flat_map(|c| c.first_seg..c.first_seg + c.reserved)
         .collect();
-    let mut space = Space::new(total, &reserved, sb.meta_pages, 2 * sb.sm_pages, sb.txn + 1);
+    let sizes: Vec<u64> = shared.containers.iter().map(|c| c.segments).collect();
+    let mut space = Space::new(
+        &sizes,
+        &reserved,
+        sb.meta_pages,
+        2 * sb.sm_pages,
+        sb.txn + 1,
+    );
     for p in pages.iter().chain(dir_pages.iter()) {
         space.load_page(*p);
     }

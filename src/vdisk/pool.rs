@@ -408,6 +408,15 @@ impl Pool {
         self.on_ctl(move |c| async move { c.commit().await.map_err(VdiskError::from) })
     }
 
+    /// Stops the controller at once without committing, as a crash would (for tests
+    /// that simulate power loss). Reopen the pool from its bdevs to recover.
+    pub fn crash_stop(&self) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move {
+            c.crash_stop();
+            Ok(())
+        })
+    }
+
     /// Commits and stops the controller; the disks stop serving I/O.
     pub fn close(&self) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         self.on_ctl(move |c| async move { c.close().await })

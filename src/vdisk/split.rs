@@ -212,6 +212,9 @@ impl Controller {
         let mut last_ios = bdev.io_count();
         let mut last_t = reactor::now();
         loop {
+            if self.crashed.get() {
+                return Ok(());
+            }
             if cancel.get() || self.st.borrow().closed {
                 if cancel.get() {
                     let mut st = self.st.borrow_mut();
@@ -226,6 +229,9 @@ impl Controller {
             let (next, _) = self.job_scan(disk, cursor, false);
             let Some(vseg) = next else { break };
             let st = self.job_segment(disk, vseg).await;
+            if self.crashed.get() {
+                return Ok(());
+            }
             if !st.is_success() {
                 return Err(VdiskError::Io {
                     what: format!("splitting segment {vseg}"),
