@@ -548,6 +548,30 @@ impl NvmfTarget {
         Ok(())
     }
 
+    /// `nvmf_subsystem_get_controllers`: the controllers connected to a subsystem.
+    pub fn nvmf_subsystem_get_controllers(
+        &self,
+        nqn: &str,
+    ) -> Result<serde_json::Value, NvmfError> {
+        let s = self
+            .shared
+            .subsystem(nqn)
+            .ok_or_else(|| NvmfError::NoSubsystem(nqn.to_string()))?;
+        let list = s
+            .ctrlrs()
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "cntlid": c.cntlid,
+                    "hostnqn": c.hostnqn,
+                    "hostid": Uuid::from_bytes(c.hostid).to_string(),
+                    "num_io_qpairs": c.io_qpairs().len(),
+                })
+            })
+            .collect();
+        Ok(serde_json::Value::Array(list))
+    }
+
     /// NQNs of the subsystems (the discovery subsystem first).
     pub fn subsystem_nqns(&self) -> Vec<String> {
         let mut v = vec![DISCOVERY_NQN.to_string()];

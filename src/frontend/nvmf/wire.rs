@@ -108,6 +108,7 @@ impl SendQueue {
     }
 
     /// Bytes not yet written.
+    #[cfg(test)]
     pub(crate) fn pending_bytes(&self) -> usize {
         self.pending_bytes
     }
