@@ -31,7 +31,9 @@ fn setup() -> Setup {
     env.attach("Nvme0", addr, NQN, false);
     let good = env.host_bdevs.get("Nvme0n1").unwrap();
     let g = good.clone();
-    env.on(0, move || async move { write(&g, 0, &pattern(65536, 42)).await.unwrap() });
+    env.on(0, move || async move {
+        write(&g, 0, &pattern(65536, 42)).await.unwrap()
+    });
     Setup {
         env,
         addr,
@@ -44,16 +46,16 @@ impl Setup {
     /// The good host still reads and writes, and blocks 0..16 hold what it wrote.
     fn still_serving(&self) {
         let g = self.good.clone();
-        let back = self
-            .env
-            .on(1, move || async move {
-                write(&g, 100, &pattern(8192, 7)).await.unwrap();
-                assert_eq!(read(&g, 100, 8192).await.unwrap(), pattern(8192, 7));
-                read(&g, 0, 65536).await.unwrap()
-            });
+        let back = self.env.on(1, move || async move {
+            write(&g, 100, &pattern(8192, 7)).await.unwrap();
+            assert_eq!(read(&g, 100, 8192).await.unwrap(), pattern(8192, 7));
+            read(&g, 0, 65536).await.unwrap()
+        });
         assert!(back == pattern(65536, 42), "bad input changed data");
         let b = self.backing.clone();
-        let direct = self.env.on(0, move || async move { read(&b, 0, 65536).await.unwrap() });
+        let direct = self
+            .env
+            .on(0, move || async move { read(&b, 0, 65536).await.unwrap() });
         assert!(direct == pattern(65536, 42));
     }
 }
@@ -85,7 +87,14 @@ fn capsule_before_icreq_is_a_sequence_error() {
     let s = setup();
     let mut h = RawHost::connect(s.addr);
     let mut v = Vec::new();
-    pdu::put_capsule_cmd(&mut v, &spec::connect_sqe(1, 0, 31, 0, 0).0, 0, false, false, 0);
+    pdu::put_capsule_cmd(
+        &mut v,
+        &spec::connect_sqe(1, 0, 31, 0, 0).0,
+        0,
+        false,
+        false,
+        0,
+    );
     h.send(&v);
     let t = term_req(&h.expect_closed(5));
     assert_eq!(t.fes, fes::PDU_SEQUENCE_ERROR);
@@ -116,7 +125,14 @@ fn oversized_and_truncated_pdus() {
     let mut h = RawHost::connect(s.addr);
     h.ic(false, false);
     let mut v = Vec::new();
-    pdu::put_capsule_cmd(&mut v, &spec::connect_sqe(1, 0, 31, 0, 0).0, 1024, false, false, 0);
+    pdu::put_capsule_cmd(
+        &mut v,
+        &spec::connect_sqe(1, 0, 31, 0, 0).0,
+        1024,
+        false,
+        false,
+        0,
+    );
     v.extend_from_slice(&[0u8; 300]);
     h.send(&v);
     drop(h);
@@ -129,7 +145,14 @@ fn wrong_header_digest_terminates() {
     let mut h = RawHost::connect(s.addr);
     h.ic(true, false);
     let mut v = Vec::new();
-    pdu::put_capsule_cmd(&mut v, &spec::connect_sqe(1, 0, 31, 0, 0).0, 0, true, false, 0);
+    pdu::put_capsule_cmd(
+        &mut v,
+        &spec::connect_sqe(1, 0, 31, 0, 0).0,
+        0,
+        true,
+        false,
+        0,
+    );
     v[72] ^= 0xff; // corrupt the header digest
     h.send(&v);
     let t = term_req(&h.expect_closed(5));
@@ -217,12 +240,21 @@ fn unknown_opcodes_bad_namespaces_and_ranges_get_their_status() {
     pdu::put_capsule_cmd(&mut v, &sqe.0, 4096, false, false, 0);
     v.extend_from_slice(&[0xee; 4096]);
     io.send(&v);
-    assert_eq!(io.response(None).0.status(), Status::SGL_DATA_LENGTH_INVALID);
+    assert_eq!(
+        io.response(None).0.status(),
+        Status::SGL_DATA_LENGTH_INVALID
+    );
     // Too big for MDTS.
     let cid = io.cid();
-    let sqe = spec::with_transport_sgl(spec::rw_sqe(cid, spec::io_opc::READ, 1, 0, 64, false), 256 << 10);
+    let sqe = spec::with_transport_sgl(
+        spec::rw_sqe(cid, spec::io_opc::READ, 1, 0, 64, false),
+        256 << 10,
+    );
     io.capsule(sqe, None);
-    assert_eq!(io.response(None).0.status(), Status::SGL_DATA_LENGTH_INVALID);
+    assert_eq!(
+        io.response(None).0.status(),
+        Status::SGL_DATA_LENGTH_INVALID
+    );
     s.still_serving();
 }
 
@@ -231,7 +263,10 @@ fn h2c_data_with_a_bad_transfer_tag_terminates() {
     let s = setup();
     let (_admin, mut io) = raw_io(&s, false);
     let cid = io.cid();
-    let sqe = spec::with_transport_sgl(spec::rw_sqe(cid, spec::io_opc::WRITE, 1, 0, 16, false), 65536);
+    let sqe = spec::with_transport_sgl(
+        spec::rw_sqe(cid, spec::io_opc::WRITE, 1, 0, 16, false),
+        65536,
+    );
     io.capsule(sqe, None);
     let r = match io.recv() {
         Got::Pdu(f, _) => match f.header {
@@ -268,7 +303,8 @@ fn h2c_data_out_of_range_terminates() {
     let s = setup();
     let (_admin, mut io) = raw_io(&s, false);
     let cid = io.cid();
-    let sqe = spec::with_transport_sgl(spec::rw_sqe(cid, spec::io_opc::WRITE, 1, 0, 2, false), 8192);
+    let sqe =
+        spec::with_transport_sgl(spec::rw_sqe(cid, spec::io_opc::WRITE, 1, 0, 2, false), 8192);
     io.capsule(sqe, None);
     let r = match io.recv() {
         Got::Pdu(f, _) => match f.header {
@@ -323,7 +359,10 @@ fn connect_to_unknown_nqn_from_unknown_host_or_with_bad_queue_ids() {
     // I/O queue IDs beyond what Set Features granted, and a QID used twice.
     let (mut admin, cntlid) = RawHost::admin(s.addr, NQN, 0);
     let cid = admin.cid();
-    admin.capsule(spec::set_features_sqe(cid, spec::fid::NUMBER_OF_QUEUES, 0), None);
+    admin.capsule(
+        spec::set_features_sqe(cid, spec::fid::NUMBER_OF_QUEUES, 0),
+        None,
+    );
     let (c, _) = admin.response(None);
     assert!(c.status().is_success());
     assert_eq!(c.dw0, 0, "one I/O queue granted");
@@ -357,12 +396,20 @@ fn keep_alive_expiry_tears_the_controller_down() {
     }
     let mut io = RawHost::connect(s.addr);
     io.ic(false, false);
-    assert!(io.connect_cmd(NQN, HOSTNQN, 1, cntlid, 0).status().is_success());
+    assert!(
+        io.connect_cmd(NQN, HOSTNQN, 1, cntlid, 0)
+            .status()
+            .is_success()
+    );
     // Then silence: the target closes both queues.
     let t0 = std::time::Instant::now();
     admin.expect_closed(5);
     io.expect_closed(5);
-    assert!(t0.elapsed() >= Duration::from_millis(500), "closed after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "closed after {:?}",
+        t0.elapsed()
+    );
     // The controller is gone: its ID is refused.
     let mut again = RawHost::connect(s.addr);
     again.ic(false, false);
@@ -393,7 +440,10 @@ fn admin_commands_answer_like_the_spec() {
     admin.capsule(spec::get_log_page_sqe(cid, 0x42, 0, 512, 0), None);
     assert_eq!(admin.response(None).0.status(), Status::INVALID_LOG_PAGE);
     let cid = admin.cid();
-    admin.capsule(spec::get_log_page_sqe(cid, spec::lid::SMART_HEALTH, 0xffff_ffff, 512, 0), None);
+    admin.capsule(
+        spec::get_log_page_sqe(cid, spec::lid::SMART_HEALTH, 0xffff_ffff, 512, 0),
+        None,
+    );
     let (c, d) = admin.response(None);
     assert!(c.status().is_success());
     let smart = tessera::frontend::nvmf::pages::SmartLog::decode(&d).unwrap();
@@ -427,7 +477,10 @@ fn admin_commands_answer_like_the_spec() {
     assert_eq!(admin.response(None).0.status(), Status::INVALID_NAMESPACE);
     // Shutdown completes and takes the I/O queues down.
     let cid = admin.cid();
-    admin.capsule(spec::property_set_sqe(cid, spec::prop::CC, 0x46_4001, false), None);
+    admin.capsule(
+        spec::property_set_sqe(cid, spec::prop::CC, 0x46_4001, false),
+        None,
+    );
     assert!(admin.response(None).0.status().is_success());
     let cid = admin.cid();
     admin.capsule(spec::property_get_sqe(cid, spec::prop::CSTS, false), None);

@@ -16,12 +16,18 @@ fn round_trips(env: &Env, bdev: &Arc<dyn Bdev>, core: usize, seed: u64) {
     let b = bdev.clone();
     let bs = b.block_size() as usize;
     env.on(core, move || async move {
-        for (i, len) in [bs, 8 * bs, 64 << 10, 256 << 10, 1 << 20].into_iter().enumerate() {
+        for (i, len) in [bs, 8 * bs, 64 << 10, 256 << 10, 1 << 20]
+            .into_iter()
+            .enumerate()
+        {
             let off = (i as u64 * 512 + seed * 4096) % (b.num_blocks() - (len / bs) as u64);
             let data = pattern(len, seed * 100 + i as u64);
             write(&b, off, &data).await.expect("write");
             let back = read(&b, off, len).await.expect("read");
-            assert!(back == data, "{len} bytes at block {off} read back differently");
+            assert!(
+                back == data,
+                "{len} bytes at block {off} read back differently"
+            );
         }
     });
 }
@@ -36,7 +42,11 @@ fn connect_identify_and_round_trip_from_two_cores() {
     let nb = env.host_bdevs.get("Nvme0n1").unwrap();
     assert_eq!(nb.block_size(), 4096);
     assert_eq!(nb.num_blocks(), backing.num_blocks());
-    assert_eq!(nb.uuid(), backing.uuid(), "the namespace UUID is the bdev's");
+    assert_eq!(
+        nb.uuid(),
+        backing.uuid(),
+        "the namespace UUID is the bdev's"
+    );
     let c = env.host.controller("Nvme0").unwrap();
     assert_eq!(c.identify().serial_number, "TESSERA-TEST-1");
     assert_eq!(c.identify().subnqn, NQN);
@@ -149,9 +159,15 @@ fn flush_write_zeroes_and_deallocate() {
         ch.unmap(100, 4).await.unwrap();
         ch.write_zeroes(108, 4).await.unwrap();
         let back = read(&b, 100, 64 << 10).await.unwrap();
-        assert!(back[..16384].iter().all(|&x| x == 0), "deallocated blocks read zeros");
+        assert!(
+            back[..16384].iter().all(|&x| x == 0),
+            "deallocated blocks read zeros"
+        );
         assert_eq!(&back[16384..32768], &data[16384..32768]);
-        assert!(back[32768..49152].iter().all(|&x| x == 0), "zeroed blocks read zeros");
+        assert!(
+            back[32768..49152].iter().all(|&x| x == 0),
+            "zeroed blocks read zeros"
+        );
         assert_eq!(&back[49152..], &data[49152..]);
         // Out of range: the target's LBA Out of Range comes back as the bdev status.
         let n = b.num_blocks();
@@ -170,12 +186,17 @@ fn read_only_namespace_refuses_writes_as_write_protected() {
     env.attach("Nvme0", addr, NQN, false);
     let nb = env.host_bdevs.get("Nvme0n1").unwrap();
     let b = nb.clone();
-    env.on(0, move || async move { write(&b, 0, &pattern(4096, 1)).await.unwrap() });
+    env.on(0, move || async move {
+        write(&b, 0, &pattern(4096, 1)).await.unwrap()
+    });
     // The backing bdev turns read-only after the host attached, so the host still sends
     // writes and the target must refuse them.
     backing.props().set_read_only(true);
     let b = nb.clone();
-    let st = env.on(0, move || async move { write(&b, 0, &pattern(4096, 2)).await });
+    let st = env.on(
+        0,
+        move || async move { write(&b, 0, &pattern(4096, 2)).await },
+    );
     assert_eq!(st, Err(IoStatus::WriteProtected));
     let b = nb.clone();
     let back = env.on(0, move || async move { read(&b, 0, 4096).await.unwrap() });
@@ -211,7 +232,9 @@ fn namespace_added_at_run_time_raises_the_async_event() {
     assert_eq!(ev.changed_nsids, vec![2]);
     // Removing it raises another event (the log was read, so notices are unmasked).
     env.target.nvmf_subsystem_remove_ns(NQN, 2).unwrap();
-    wait_for(5, "the second AER completion", || c.async_events().len() == 2);
+    wait_for(5, "the second AER completion", || {
+        c.async_events().len() == 2
+    });
     assert_eq!(c.async_events()[1].changed_nsids, vec![2]);
 }
 
@@ -236,17 +259,31 @@ fn host_disconnecting_mid_io_is_cleaned_up_and_others_go_on() {
     );
     io.capsule(sqe, None);
     match io.recv() {
-        Got::Pdu(f, _) => assert!(matches!(f.header, tessera::frontend::nvmf::pdu::Header::R2T(_))),
+        Got::Pdu(f, _) => assert!(matches!(
+            f.header,
+            tessera::frontend::nvmf::pdu::Header::R2T(_)
+        )),
         Got::Closed => panic!("closed"),
     }
     assert_eq!(
-        env.target.nvmf_subsystem_get_controllers(NQN).unwrap().as_array().unwrap().len(),
+        env.target
+            .nvmf_subsystem_get_controllers(NQN)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
         2
     );
     drop(io);
     drop(admin.s.shutdown(std::net::Shutdown::Both));
     wait_for(5, "the raw host's controller to go", || {
-        env.target.nvmf_subsystem_get_controllers(NQN).unwrap().as_array().unwrap().len() == 1
+        env.target
+            .nvmf_subsystem_get_controllers(NQN)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
     });
     // The initiator's controller goes on.
     round_trips(&env, &nb, 1, 9);
@@ -259,7 +296,9 @@ fn discovery_lists_every_subsystem_listener() {
     let addr = env.subsystem(NQN, &["M0"], None);
     let port = addr.port().to_string();
     let entries = env.on(0, move || async move {
-        initiator::discover("127.0.0.1", &port, HOSTNQN).await.unwrap()
+        initiator::discover("127.0.0.1", &port, HOSTNQN)
+            .await
+            .unwrap()
     });
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].subnqn, NQN);
@@ -276,13 +315,20 @@ fn detach_fails_later_io_and_attach_again_works() {
     env.attach("Nvme0", addr, NQN, false);
     let nb = env.host_bdevs.get("Nvme0n1").unwrap();
     round_trips(&env, &nb, 0, 5);
-    env.host.detach_controller(&env.host_bdevs, "Nvme0").unwrap();
+    env.host
+        .detach_controller(&env.host_bdevs, "Nvme0")
+        .unwrap();
     assert!(env.host_bdevs.get("Nvme0n1").is_err());
     let b = nb.clone();
     let st = env.on(0, move || async move { read(&b, 0, 4096).await });
     assert!(st.is_err(), "I/O after detach fails");
     wait_for(5, "the target to drop the controller", || {
-        env.target.nvmf_subsystem_get_controllers(NQN).unwrap().as_array().unwrap().is_empty()
+        env.target
+            .nvmf_subsystem_get_controllers(NQN)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
     });
     let mut p = AttachParams::new("Nvme1", "127.0.0.1", &addr.port().to_string(), NQN);
     p.keep_alive_timeout_ms = Some(2000);

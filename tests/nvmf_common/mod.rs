@@ -332,7 +332,14 @@ impl RawHost {
     }
 
     /// Connect; returns the completion.
-    pub fn connect_cmd(&mut self, subnqn: &str, hostnqn: &str, qid: u16, cntlid: u16, kato_ms: u32) -> Cqe {
+    pub fn connect_cmd(
+        &mut self,
+        subnqn: &str,
+        hostnqn: &str,
+        qid: u16,
+        cntlid: u16,
+        kato_ms: u32,
+    ) -> Cqe {
         let cid = self.cid();
         let sqe = spec::connect_sqe(cid, qid, 31, 0, kato_ms);
         let data = ConnectData {
@@ -349,7 +356,10 @@ impl RawHost {
     /// Property Set CC.EN = 1.
     pub fn enable(&mut self) {
         let cid = self.cid();
-        self.capsule(spec::property_set_sqe(cid, spec::prop::CC, 0x46_0001, false), None);
+        self.capsule(
+            spec::property_set_sqe(cid, spec::prop::CC, 0x46_0001, false),
+            None,
+        );
         let (c, _) = self.response(None);
         assert!(c.status().is_success(), "enable: {}", c.status());
     }

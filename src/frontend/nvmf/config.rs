@@ -71,21 +71,20 @@ impl TransportOptions {
                 self.max_io_qpairs_per_ctrlr
             ));
         }
-        if self.in_capsule_data_size % 16 != 0 || self.in_capsule_data_size > 1 << 20 {
+        if !self.in_capsule_data_size.is_multiple_of(16) || self.in_capsule_data_size > 1 << 20 {
             return Err(format!(
                 "in_capsule_data_size: {} is not a multiple of 16 up to 1 MiB",
                 self.in_capsule_data_size
             ));
         }
-        if !self.max_io_size.is_power_of_two() || !(4096..=1 << 30).contains(&self.max_io_size)
-        {
+        if !self.max_io_size.is_power_of_two() || !(4096..=1 << 30).contains(&self.max_io_size) {
             return Err(format!(
                 "max_io_size: {} is not a power of two between 4 KiB and 1 GiB",
                 self.max_io_size
             ));
         }
         if self.io_unit_size < crate::frontend::nvmf::pdu::MIN_MAXH2CDATA
-            || self.io_unit_size % 4 != 0
+            || !self.io_unit_size.is_multiple_of(4)
         {
             return Err(format!(
                 "io_unit_size: {} is below 4096 or not a multiple of 4",

@@ -33,7 +33,7 @@ const KAS_100MS: u16 = 10;
 const VERSION: u32 = 0x0001_0300;
 
 /// Asynchronous event: notice / namespace attribute changed / changed namespace log.
-pub(crate) const AEN_NS_ATTRIBUTE_CHANGED: u32 = 0x02 | (0x00 << 8) | ((lid::CHANGED_NS_LIST as u32) << 16);
+pub(crate) const AEN_NS_ATTRIBUTE_CHANGED: u32 = 0x02 | ((lid::CHANGED_NS_LIST as u32) << 16);
 /// Asynchronous Event Configuration: namespace attribute notices.
 const AEC_NS_ATTRIBUTE: u32 = 1 << 8;
 
@@ -148,10 +148,7 @@ pub(crate) fn connect(
             "controller created"
         );
         return Ok(Role::Admin(Box::new(Controller::new(
-            shared,
-            kato_ms,
-            ctx.now,
-            ctx.opts,
+            shared, kato_ms, ctx.now, ctx.opts,
         ))));
     }
     // An I/O queue of an existing controller.
@@ -188,7 +185,12 @@ pub(crate) fn connect(
             },
         );
     }
-    tracing::debug!(cntlid = shared.cntlid, qid, core = ctx.core, "I/O queue connected");
+    tracing::debug!(
+        cntlid = shared.cntlid,
+        qid,
+        core = ctx.core,
+        "I/O queue connected"
+    );
     Ok(Role::Io(IoRole { shared, stats }))
 }
 
@@ -382,9 +384,7 @@ impl Controller {
                 ..
             } => self.get_log_page(lid, rae, len_bytes, offset_bytes, nsid, data, target),
             Command::GetFeatures { fid, sel, .. } => self.get_features(fid, sel),
-            Command::SetFeatures { fid, save, cdw11 } => {
-                self.set_features(fid, save, cdw11, now)
-            }
+            Command::SetFeatures { fid, save, cdw11 } => self.set_features(fid, save, cdw11, now),
             Command::KeepAlive => {
                 self.last_keep_alive = now;
                 AdminDone::status(Status::SUCCESS)
@@ -635,7 +635,7 @@ impl Controller {
             }
             _ => return AdminDone::status(Status::INVALID_LOG_PAGE),
         };
-        if offset_bytes % 4 != 0 || offset_bytes > page.len() as u64 {
+        if !offset_bytes.is_multiple_of(4) || offset_bytes > page.len() as u64 {
             return AdminDone::status(Status::INVALID_FIELD);
         }
         let n = len_bytes.min(data.len() as u64) as usize;

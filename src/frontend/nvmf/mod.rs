@@ -38,9 +38,7 @@ pub mod subsystem;
 pub mod target;
 mod wire;
 
-pub use config::{
-    ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions,
-};
+pub use config::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
 pub use subsystem::DISCOVERY_NQN;
 pub use target::{
     CreateSubsystemParams, ListenAddressParams, NamespaceParams, NvmfError, NvmfTarget,

@@ -580,7 +580,10 @@ mod tests {
             ]
         );
         let many: Vec<u32> = (1..=1025).collect();
-        assert_eq!(decode_ns_list(&encode_changed_ns_list(&many)), vec![u32::MAX]);
+        assert_eq!(
+            decode_ns_list(&encode_changed_ns_list(&many)),
+            vec![u32::MAX]
+        );
         let e = DiscoveryEntry {
             trtype: disc::TRTYPE_TCP,
             adrfam: disc::ADRFAM_IPV4,

@@ -857,7 +857,10 @@ mod tests {
         );
         assert_eq!(n, TERM_REQ_MAX_PLEN);
         let (p, _) = decode_pdu(&out, Receiver::Host, &Limits::initial()).unwrap();
-        assert_eq!(p.frame.header, Header::C2HTermReq(TermReq { fes: 1, fei: 2 }));
+        assert_eq!(
+            p.frame.header,
+            Header::C2HTermReq(TermReq { fes: 1, fei: 2 })
+        );
         assert_eq!(p.data.len(), 128);
     }
 

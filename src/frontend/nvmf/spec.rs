@@ -810,7 +810,10 @@ mod tests {
         }
         // LBA out of range: SCT 0, SC 0x80, DNR.
         assert_eq!(Status::LBA_OUT_OF_RANGE.to_field(), 0x8100);
-        assert_eq!(Status::from_io(IoStatus::WriteProtected, false), Status::NS_WRITE_PROTECTED);
+        assert_eq!(
+            Status::from_io(IoStatus::WriteProtected, false),
+            Status::NS_WRITE_PROTECTED
+        );
         assert_eq!(Status::NS_WRITE_PROTECTED.to_io(), IoStatus::WriteProtected);
     }
 
@@ -828,10 +831,16 @@ mod tests {
         );
         assert_eq!(s.data_direction(), DataDirection::HostToController);
         let s = Sqe::new(0x99, 1);
-        assert_eq!(decode_command(&s, QueueKind::Io), Err(Status::INVALID_OPCODE));
+        assert_eq!(
+            decode_command(&s, QueueKind::Io),
+            Err(Status::INVALID_OPCODE)
+        );
         // Admin commands are not I/O commands.
         let s = identify_sqe(1, cns::CONTROLLER, 0);
-        assert_eq!(decode_command(&s, QueueKind::Io), Err(Status::INVALID_OPCODE));
+        assert_eq!(
+            decode_command(&s, QueueKind::Io),
+            Err(Status::INVALID_OPCODE)
+        );
         assert_eq!(s.data_direction(), DataDirection::ControllerToHost);
     }
 
@@ -859,7 +868,10 @@ mod tests {
             })
         );
         // Property commands only on the admin queue.
-        assert_eq!(decode_command(&s, QueueKind::Io), Err(Status::INVALID_OPCODE));
+        assert_eq!(
+            decode_command(&s, QueueKind::Io),
+            Err(Status::INVALID_OPCODE)
+        );
         let s = get_log_page_sqe(1, lid::CHANGED_NS_LIST, 0xffff_ffff, 4096, 0);
         assert!(matches!(
             decode_command(&s, QueueKind::Admin),

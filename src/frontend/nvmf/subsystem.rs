@@ -398,7 +398,10 @@ impl Subsystem {
 
     /// Every controller.
     pub(crate) fn ctrlrs(&self) -> Vec<Arc<CtrlrShared>> {
-        lock(&self.ctrlrs).values().map(|e| e.shared.clone()).collect()
+        lock(&self.ctrlrs)
+            .values()
+            .map(|e| e.shared.clone())
+            .collect()
     }
 
     pub(crate) fn remove_ctrlr(&self, cntlid: u16) {
@@ -424,7 +427,10 @@ mod tests {
     fn nqn_forms() {
         assert!(check_nqn("nqn.2016-06.io.spdk:cnode1").is_ok());
         assert!(check_nqn(DISCOVERY_NQN).is_ok());
-        assert!(check_nqn("nqn.2014-08.org.nvmexpress:uuid:0f8fad5b-d9cb-469f-a165-70867728950e").is_ok());
+        assert!(
+            check_nqn("nqn.2014-08.org.nvmexpress:uuid:0f8fad5b-d9cb-469f-a165-70867728950e")
+                .is_ok()
+        );
         assert!(check_nqn("iqn.2016-06.io.spdk:x").is_err());
         assert!(check_nqn("nqn.16-06.io.spdk:x").is_err());
         assert!(check_nqn("nqn.").is_err());
@@ -432,7 +438,14 @@ mod tests {
 
     #[test]
     fn namespaces_bump_the_generation_and_pick_free_nsids() {
-        let s = Subsystem::new("nqn.2016-06.io.t:a", SubsystemKind::Nvme, "s", "m", 4, false);
+        let s = Subsystem::new(
+            "nqn.2016-06.io.t:a",
+            SubsystemKind::Nvme,
+            "s",
+            "m",
+            4,
+            false,
+        );
         let b = NullBdev::create("n0", 8, 512, None).unwrap();
         let g0 = s.ns_generation();
         assert_eq!(s.add_namespace(0, b.clone(), None), Ok(1));

@@ -6,9 +6,7 @@
 use super::config::{NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
 use super::listener::{self, ListenerHandle};
 use super::pages::{DiscoveryEntry, disc};
-use super::subsystem::{
-    DISCOVERY_NQN, ListenAddress, Subsystem, SubsystemKind, check_nqn,
-};
+use super::subsystem::{DISCOVERY_NQN, ListenAddress, Subsystem, SubsystemKind, check_nqn};
 use crate::bdev::BdevRegistry;
 use crate::reactor::Cores;
 use serde::{Deserialize, Serialize};
@@ -319,10 +317,7 @@ impl NvmfTarget {
             max_ns
         };
         if max_ns > 1024 {
-            return Err(invalid(
-                "max_namespaces",
-                format!("{max_ns} is above 1024"),
-            ));
+            return Err(invalid("max_namespaces", format!("{max_ns} is above 1024")));
         }
         let mut subs = lock(&self.shared.subsystems);
         if subs.contains_key(&p.nqn) {
@@ -481,11 +476,7 @@ impl NvmfTarget {
 
     /// `nvmf_subsystem_add_ns`; returns the NSID. Raises the namespace-attribute-changed
     /// event on the subsystem's controllers.
-    pub fn nvmf_subsystem_add_ns(
-        &self,
-        nqn: &str,
-        ns: NamespaceParams,
-    ) -> Result<u32, NvmfError> {
+    pub fn nvmf_subsystem_add_ns(&self, nqn: &str, ns: NamespaceParams) -> Result<u32, NvmfError> {
         let s = self.subsystem(nqn)?;
         let bdev = self.shared.bdevs.get(&ns.bdev_name)?;
         let nsid = s
@@ -503,10 +494,12 @@ impl NvmfTarget {
     /// `nvmf_subsystem_remove_ns`.
     pub fn nvmf_subsystem_remove_ns(&self, nqn: &str, nsid: u32) -> Result<(), NvmfError> {
         let s = self.subsystem(nqn)?;
-        let ns = s.remove_namespace(nsid).ok_or_else(|| NvmfError::Namespace {
-            nqn: nqn.to_string(),
-            reason: format!("nsid {nsid} does not exist"),
-        })?;
+        let ns = s
+            .remove_namespace(nsid)
+            .ok_or_else(|| NvmfError::Namespace {
+                nqn: nqn.to_string(),
+                reason: format!("nsid {nsid} does not exist"),
+            })?;
         self.shared.bdevs.release(ns.bdev.name(), &claim_name(nqn));
         tracing::info!(nqn, nsid, "namespace removed");
         notify_namespace_changed_in(&self.shared.cores, &s, nsid);

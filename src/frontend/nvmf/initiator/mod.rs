@@ -19,9 +19,7 @@ mod qpair;
 
 pub use qpair::HostError;
 
-use crate::bdev::{
-    Bdev, BdevChannel, BdevError, BdevIo, BdevProps, BdevRegistry, IoKind,
-};
+use crate::bdev::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, BdevRegistry, IoKind};
 use crate::frontend::nvmf::pages::{self, IdentifyController, IdentifyNamespace, cntrltype};
 use crate::frontend::nvmf::spec::{self, Sqe, admin_opc, cns, fid, lid, prop};
 use crate::reactor::{self, Cores};
@@ -200,9 +198,8 @@ impl NvmeController {
         let name = self.name.clone();
         self.cores
             .spawn_on(self.admin_core, move || async move {
-                let q = admin_qpair(id).ok_or_else(|| {
-                    HostError::Controller(name, "the admin queue is gone".into())
-                })?;
+                let q = admin_qpair(id)
+                    .ok_or_else(|| HostError::Controller(name, "the admin queue is gone".into()))?;
                 let (cqe, data) = q.command(sqe, len, None).await?;
                 Ok((cqe.dw0, data))
             })
@@ -256,7 +253,10 @@ impl NvmeController {
         let _ = self
             .cores
             .for_each_core_async(move |_| {
-                let q = reactor::local(HostQpairs::default).io.borrow_mut().remove(&id);
+                let q = reactor::local(HostQpairs::default)
+                    .io
+                    .borrow_mut()
+                    .remove(&id);
                 if let Some(q) = q {
                     q.close("controller detached");
                 }
@@ -408,7 +408,8 @@ impl NvmeHost {
             names.push(b.name().to_string());
             if let Err(e) = registry.add(b) {
                 let c = ctrlr.clone();
-                let _ = reactor::block_on(cores.spawn_on(0, move || async move { c.detach().await }));
+                let _ =
+                    reactor::block_on(cores.spawn_on(0, move || async move { c.detach().await }));
                 return Err(HostError::Controller(name, e.to_string()));
             }
         }
@@ -417,11 +418,7 @@ impl NvmeHost {
     }
 
     /// `bdev_nvme_detach_controller`: removes the bdevs from `registry` and disconnects.
-    pub fn detach_controller(
-        &self,
-        registry: &BdevRegistry,
-        name: &str,
-    ) -> Result<(), HostError> {
+    pub fn detach_controller(&self, registry: &BdevRegistry, name: &str) -> Result<(), HostError> {
         let c = lock(&self.ctrlrs)
             .remove(name)
             .ok_or_else(|| HostError::Controller(name.into(), "does not exist".into()))?;
@@ -494,7 +491,11 @@ pub async fn attach(
         ddgst: p.ddgst,
         in_capsule_len: 0,
     });
-    match init_controller(&cores, admin_core, &admin, &p, addr, hostnqn, hostid, kato_ms).await {
+    match init_controller(
+        &cores, admin_core, &admin, &p, addr, hostnqn, hostid, kato_ms,
+    )
+    .await
+    {
         Ok(c) => Ok(c),
         Err(e) => {
             admin.close("attach failed");
@@ -523,7 +524,11 @@ async fn init_controller(
     let timeout = Duration::from_millis(((cap >> 24) & 0xff).max(1) * 500);
     // Enable: IOSQES 6 (64 bytes), IOCQES 4 (16 bytes), NVM command set, 4 KiB pages.
     admin
-        .command(spec::property_set_sqe(0, prop::CC, 0x0046_0001, false), 0, None)
+        .command(
+            spec::property_set_sqe(0, prop::CC, 0x0046_0001, false),
+            0,
+            None,
+        )
         .await?;
     let start = reactor::now();
     loop {
@@ -531,13 +536,19 @@ async fn init_controller(
             .command(spec::property_get_sqe(0, prop::CSTS, false), 0, None)
             .await?;
         if cqe.dw0 & 2 != 0 {
-            return Err(HostError::Controller(p.name.clone(), "controller fatal status".into()));
+            return Err(HostError::Controller(
+                p.name.clone(),
+                "controller fatal status".into(),
+            ));
         }
         if cqe.dw0 & 1 != 0 {
             break;
         }
         if reactor::now().since(start) > timeout {
-            return Err(HostError::Controller(p.name.clone(), "CSTS.RDY never came".into()));
+            return Err(HostError::Controller(
+                p.name.clone(),
+                "CSTS.RDY never came".into(),
+            ));
         }
         reactor::sleep(Duration::from_millis(1)).await;
     }
@@ -638,11 +649,19 @@ async fn make_bdev(
         return Ok(None);
     }
     let Some(bs) = ns.block_size() else {
-        tracing::warn!(nsid, lbads = ns.lbads, "namespace with an unusable block size");
+        tracing::warn!(
+            nsid,
+            lbads = ns.lbads,
+            "namespace with an unusable block size"
+        );
         return Ok(None);
     };
     let uuid = match admin
-        .command(spec::identify_sqe(0, cns::NS_ID_DESCRIPTORS, nsid), 4096, None)
+        .command(
+            spec::identify_sqe(0, cns::NS_ID_DESCRIPTORS, nsid),
+            4096,
+            None,
+        )
         .await
     {
         Ok((_, d)) => pages::decode_ns_descriptors(&d)
@@ -766,8 +785,12 @@ pub async fn discover(
     });
     let r = async {
         q.wait_ready().await?;
-        q.command(spec::property_set_sqe(0, prop::CC, 0x0046_0001, false), 0, None)
-            .await?;
+        q.command(
+            spec::property_set_sqe(0, prop::CC, 0x0046_0001, false),
+            0,
+            None,
+        )
+        .await?;
         let (_, d) = q
             .command(
                 spec::get_log_page_sqe(0, lid::DISCOVERY, 0, 4096, 0),

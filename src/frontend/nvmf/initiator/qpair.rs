@@ -76,9 +76,12 @@ pub(crate) struct QpairParams {
     pub in_capsule_len: u32,
 }
 
+/// A command's result, or the task waiting for it.
+type WaitState = (Option<Result<Cqe, HostError>>, Option<Waker>);
+
 /// A waiter for one command (admin commands, AERs).
 pub(crate) struct Waiter {
-    state: RefCell<(Option<Result<Cqe, HostError>>, Option<Waker>)>,
+    state: RefCell<WaitState>,
     /// The command's data (out or in). Never resized while the command runs.
     pub buf: RefCell<Vec<u8>>,
 }
@@ -523,7 +526,9 @@ impl HostQpair {
                 }
                 match st.recv.fill(s) {
                     Ok(0) => {
-                        st.fail(HostError::ConnectionLost("controller closed the connection".into()));
+                        st.fail(HostError::ConnectionLost(
+                            "controller closed the connection".into(),
+                        ));
                         break;
                     }
                     Ok(_) => {
@@ -672,7 +677,11 @@ unsafe fn copy_to_iovs(iovs: &[libc::iovec], mut skip: usize, mut src: &[u8]) {
 }
 
 /// The (pointer, length) runs of `iovs` covering bytes `[skip, skip + len)`.
-fn iov_runs(iovs: &[libc::iovec], mut skip: usize, mut len: usize) -> SmallVec<[(*const u8, usize); 4]> {
+fn iov_runs(
+    iovs: &[libc::iovec],
+    mut skip: usize,
+    mut len: usize,
+) -> SmallVec<[(*const u8, usize); 4]> {
     let mut out = SmallVec::new();
     for v in iovs {
         if len == 0 {
@@ -792,7 +801,8 @@ impl Inner {
             if dd {
                 // SAFETY: as above; the runs are the command's readable memory.
                 let c = unsafe { crc_runs(&runs) };
-                self.send.push_bytes(|v| v.extend_from_slice(&c.to_le_bytes()));
+                self.send
+                    .push_bytes(|v| v.extend_from_slice(&c.to_le_bytes()));
             }
         }
     }
@@ -942,9 +952,7 @@ impl Inner {
                 };
                 self.send_connect();
             }
-            _ if self.phase == Phase::IcSent => {
-                self.protocol_error("PDU before ICResp".into())
-            }
+            _ if self.phase == Phase::IcSent => self.protocol_error("PDU before ICResp".into()),
             Header::C2HTermReq(t) => self.fail(HostError::Terminated {
                 fes: t.fes,
                 fei: t.fei,
@@ -952,7 +960,8 @@ impl Inner {
             Header::CapsuleResp(c) => {
                 let cqe = Cqe::decode(&c);
                 if !self.outstanding(cqe.cid) {
-                    return self.protocol_error(format!("response for unknown command {}", cqe.cid));
+                    return self
+                        .protocol_error(format!("response for unknown command {}", cqe.cid));
                 }
                 self.finish(cqe.cid as usize, Ok(cqe));
             }
@@ -961,7 +970,8 @@ impl Inner {
                     return self.protocol_error(format!("C2HData for unknown command {}", d.cccid));
                 }
                 let s = &self.slots[d.cccid as usize];
-                if s.out || d.datao != s.c2h_done || d.datao as u64 + d.datal as u64 > s.len as u64 {
+                if s.out || d.datao != s.c2h_done || d.datao as u64 + d.datal as u64 > s.len as u64
+                {
                     return self.protocol_error("C2HData out of range".into());
                 }
                 let complete_ok = d.last && d.success;
@@ -1051,7 +1061,8 @@ impl Inner {
             if dd {
                 // SAFETY: as above.
                 let c = unsafe { crc_runs(&runs) };
-                self.send.push_bytes(|v| v.extend_from_slice(&c.to_le_bytes()));
+                self.send
+                    .push_bytes(|v| v.extend_from_slice(&c.to_le_bytes()));
             }
             off += n;
         }
