@@ -236,6 +236,17 @@ fn namespace_added_at_run_time_raises_the_async_event() {
         c.async_events().len() == 2
     });
     assert_eq!(c.async_events()[1].changed_nsids, vec![2]);
+    // A resize of namespace 1, announced through the hook, reaches the host's bdev.
+    let m0 = env.bdevs.get("M0").unwrap();
+    let half = m0.num_blocks() / 2;
+    m0.props().set_num_blocks(half);
+    env.target.notify_namespace_changed(NQN, 1).unwrap();
+    wait_for(5, "the third AER completion", || {
+        c.async_events().len() == 3
+    });
+    assert_eq!(c.async_events()[2].changed_nsids, vec![1]);
+    let nb = env.host_bdevs.get("Nvme0n1").unwrap();
+    wait_for(5, "the host bdev to shrink", || nb.num_blocks() == half);
 }
 
 #[test]

@@ -14,8 +14,8 @@ impl QpInner {
         let Some(Role::Io(io)) = &self.role else {
             return;
         };
-        let sub = io.shared.subsystem.clone();
-        self.ns.refresh(&sub);
+        // Borrowed, not cloned: no shared reference count touched per command.
+        self.ns.refresh(&io.shared.subsystem);
         let sink = self.sink.clone();
         let tag = slot as u64;
         let req = &mut self.slots[slot];
