@@ -489,3 +489,52 @@ fn admin_commands_answer_like_the_spec() {
     let _ = flags::HDGSTF;
     s.still_serving();
 }
+
+#[test]
+fn media_errors_become_unrecovered_read_error_and_write_fault() {
+    use tessera::bdev::error::{ErrorBdev, FailRule, Trigger};
+    use tessera::bdev::{IoKind, IoStatus};
+    let env = start(1, TransportOptions::default());
+    let base = env.malloc("M0", 4 << 20, 4096);
+    let eb = ErrorBdev::create("E0", base, false).unwrap();
+    let e: Arc<dyn Bdev> = eb.clone();
+    env.bdevs.add(e).unwrap();
+    let addr = env.subsystem(NQN, &["E0"], None);
+    let (_admin, cntlid) = RawHost::admin(addr, NQN, 0);
+    let mut io = RawHost::connect(addr);
+    io.ic(false, false);
+    assert!(
+        io.connect_cmd(NQN, HOSTNQN, 1, cntlid, 0)
+            .status()
+            .is_success()
+    );
+    for kind in [IoKind::Read, IoKind::Write] {
+        eb.inject(FailRule {
+            kinds: vec![kind],
+            trigger: Trigger::Nth(1),
+            status: IoStatus::MediaError,
+        });
+    }
+    let cid = io.cid();
+    let sqe = spec::with_transport_sgl(spec::rw_sqe(cid, spec::io_opc::READ, 1, 0, 1, false), 4096);
+    io.capsule(sqe, None);
+    let (c, data) = io.response(None);
+    assert_eq!(c.status(), Status::UNRECOVERED_READ_ERROR);
+    assert!(data.is_empty(), "no data for a failed read");
+    let cid = io.cid();
+    io.capsule(
+        spec::rw_sqe(cid, spec::io_opc::WRITE, 1, 0, 1, false),
+        Some(&[1u8; 4096]),
+    );
+    assert_eq!(io.response(None).0.status(), Status::WRITE_FAULT);
+    // The initiator reports them as media errors.
+    env.attach("Nvme0", addr, NQN, false);
+    let nb = env.host_bdevs.get("Nvme0n1").unwrap();
+    eb.inject(FailRule {
+        kinds: vec![IoKind::Read],
+        trigger: Trigger::Nth(1),
+        status: IoStatus::MediaError,
+    });
+    let st = env.on(0, move || async move { read(&nb, 0, 4096).await });
+    assert_eq!(st, Err(IoStatus::MediaError));
+}

@@ -512,6 +512,8 @@ impl HostQpair {
     /// One turn of the connection: read and parse, send, deliver completions. `Ok(true)`
     /// when input is left over.
     fn turn(&self, readable: bool) -> Result<bool, ()> {
+        // Whatever was submitted so far is sent by this turn.
+        self.notified.set(false);
         let sock_ref = self.sock.borrow();
         let sock = sock_ref.as_ref().ok_or(())?;
         let s = sock.get_ref();
