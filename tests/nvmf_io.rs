@@ -240,7 +240,7 @@ fn namespace_added_at_run_time_raises_the_async_event() {
     let m0 = env.bdevs.get("M0").unwrap();
     let half = m0.num_blocks() / 2;
     m0.props().set_num_blocks(half);
-    env.target.notify_namespace_changed(NQN, 1).unwrap();
+    assert_eq!(env.target.notify_bdev_resized("M0"), 1);
     wait_for(5, "the third AER completion", || {
         c.async_events().len() == 3
     });

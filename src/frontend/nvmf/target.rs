@@ -565,6 +565,28 @@ impl NvmfTarget {
         Ok(serde_json::Value::Array(list))
     }
 
+    /// The hook for bdev resizes: raises the namespace-changed event for every
+    /// namespace that `bdev_name` backs (the new size is read from the bdev at the next
+    /// Identify). Returns how many namespaces that was.
+    pub fn notify_bdev_resized(&self, bdev_name: &str) -> usize {
+        let subs: Vec<Arc<Subsystem>> = lock(&self.shared.subsystems).values().cloned().collect();
+        let mut n = 0;
+        for s in subs {
+            let nsids: Vec<u32> = s
+                .namespaces()
+                .by_nsid
+                .values()
+                .filter(|ns| ns.bdev.name() == bdev_name)
+                .map(|ns| ns.nsid)
+                .collect();
+            for nsid in nsids {
+                notify_namespace_changed_in(&self.shared.cores, &s, nsid);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// NQNs of the subsystems (the discovery subsystem first).
     pub fn subsystem_nqns(&self) -> Vec<String> {
         let mut v = vec![DISCOVERY_NQN.to_string()];
