@@ -1,1 +1,45 @@
-//! NVMe over Fabrics, TCP transport (see the module files).
+//! NVMe over Fabrics with the TCP transport: the target (subsystems, controllers, queue
+//! pairs spread over the reactors) and an initiator (a host whose remote namespaces are
+//! bdevs).
+//!
+//! # Layout
+//!
+//! - [`pdu`]: the NVMe/TCP PDU codec — pure, total, fuzzed.
+//! - [`spec`]: submission and completion queue entries, status codes, and the decoder
+//!   of the commands served (fabrics, admin, NVM I/O) — pure, fuzzed.
+//! - [`pages`]: Identify data and log pages — pure encoders and decoders.
+//! - [`config`]: the `nvmf:` YAML section and the transport options.
+//! - [`target`]: [`NvmfTarget`], the control API (SPDK's `nvmf_*` RPCs).
+//! - `subsystem`: subsystems, namespaces, and the state a controller shares across cores.
+//! - `listener`: accept loops; connections go to the cores round-robin.
+//! - `qpair`: one connection on one core — the request state machine, receive parsing,
+//!   batched sending, NVM I/O.
+//! - `ctrlr`: Connect, properties, and the admin command set of a controller.
+//! - `wire`: receive buffer and gathered send queue shared by target and initiator.
+//! - [`initiator`]: the host side; `bdev_nvme_attach_controller`.
+//!
+//! # Threading
+//!
+//! A queue pair lives on the core it was accepted onto and its I/O path takes no lock:
+//! it reads its own copy of the namespace table (refreshed when the subsystem's
+//! generation counter moves) and its own bdev channels. A controller belongs to its
+//! admin queue pair's core; I/O queue pairs reach it through atomics (`failed`, CC,
+//! CSTS) and messages. Connect and disconnect take short-lived mutexes.
+
+pub mod config;
+mod ctrlr;
+pub mod initiator;
+mod listener;
+pub mod pages;
+pub mod pdu;
+mod qpair;
+pub mod spec;
+pub mod subsystem;
+pub mod target;
+mod wire;
+
+pub use config::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
+pub use subsystem::DISCOVERY_NQN;
+pub use target::{
+    CreateSubsystemParams, ListenAddressParams, NamespaceParams, NvmfError, NvmfTarget,
+};

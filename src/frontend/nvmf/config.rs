@@ -1,0 +1,248 @@
+//! The `nvmf:` section of the YAML configuration, and the TCP transport options
+//! (`nvmf_create_transport`'s parameters, with SPDK's names and defaults).
+//!
+//! ```yaml
+//! nvmf:
+//!   transport: {max_queue_depth: 128, in_capsule_data_size: 4096, io_unit_size: 131072}
+//!   subsystems:
+//!     - nqn: nqn.2016-06.io.tessera:vd0
+//!       serial_number: TESSERA0001
+//!       allow_any_host: true
+//!       listeners: [{address: 127.0.0.1, port: 4420}]
+//!       namespaces: [{bdev: vd0, nsid: 1}]
+//! ```
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Options of the TCP transport.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportOptions {
+    /// Most commands outstanding per I/O queue pair (CAP.MQES + 1).
+    pub max_queue_depth: u32,
+    /// Most I/O queue pairs per controller.
+    pub max_io_qpairs_per_ctrlr: u32,
+    /// Most data a command capsule may carry on an I/O queue, in bytes.
+    pub in_capsule_data_size: u32,
+    /// Most data one command may transfer, in bytes (MDTS).
+    pub max_io_size: u32,
+    /// Most data per H2CData PDU (MAXH2CDATA), in bytes.
+    pub io_unit_size: u32,
+    /// Most commands outstanding on an admin queue.
+    pub max_aq_depth: u32,
+    /// Skip the response capsule after a read's last C2HData PDU when the host disabled
+    /// SQ flow control.
+    pub c2h_success: bool,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            max_queue_depth: 128,
+            max_io_qpairs_per_ctrlr: 127,
+            in_capsule_data_size: 4096,
+            max_io_size: 131072,
+            io_unit_size: 131072,
+            max_aq_depth: 128,
+            c2h_success: true,
+        }
+    }
+}
+
+impl TransportOptions {
+    /// Checks the options; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(2..=65536).contains(&self.max_queue_depth) {
+            return Err(format!(
+                "max_queue_depth: {} is not between 2 and 65536",
+                self.max_queue_depth
+            ));
+        }
+        if !(32..=4096).contains(&self.max_aq_depth) {
+            return Err(format!(
+                "max_aq_depth: {} is not between 32 and 4096",
+                self.max_aq_depth
+            ));
+        }
+        if !(1..=65534).contains(&self.max_io_qpairs_per_ctrlr) {
+            return Err(format!(
+                "max_io_qpairs_per_ctrlr: {} is not between 1 and 65534",
+                self.max_io_qpairs_per_ctrlr
+            ));
+        }
+        if !self.in_capsule_data_size.is_multiple_of(16) || self.in_capsule_data_size > 1 << 20 {
+            return Err(format!(
+                "in_capsule_data_size: {} is not a multiple of 16 up to 1 MiB",
+                self.in_capsule_data_size
+            ));
+        }
+        if !self.max_io_size.is_power_of_two() || !(4096..=1 << 30).contains(&self.max_io_size) {
+            return Err(format!(
+                "max_io_size: {} is not a power of two between 4 KiB and 1 GiB",
+                self.max_io_size
+            ));
+        }
+        if self.io_unit_size < crate::frontend::nvmf::pdu::MIN_MAXH2CDATA
+            || !self.io_unit_size.is_multiple_of(4)
+        {
+            return Err(format!(
+                "io_unit_size: {} is below 4096 or not a multiple of 4",
+                self.io_unit_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A listener of a subsystem.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// IPv4 or IPv6 address.
+    pub address: String,
+    /// TCP port (4420 is NVMe/TCP's).
+    pub port: u16,
+}
+
+/// A namespace of a subsystem.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// The bdev behind the namespace.
+    pub bdev: String,
+    /// Namespace ID (the lowest free one when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsid: Option<u32>,
+    /// UUID reported for the namespace (the bdev's when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+}
+
+fn default_model() -> String {
+    DEFAULT_MODEL_NUMBER.to_string()
+}
+
+fn default_serial() -> String {
+    DEFAULT_SERIAL_NUMBER.to_string()
+}
+
+fn default_max_namespaces() -> u32 {
+    DEFAULT_MAX_NAMESPACES
+}
+
+/// Model number when none is given.
+pub const DEFAULT_MODEL_NUMBER: &str = "tessera Controller";
+/// Serial number when none is given (SPDK's default).
+pub const DEFAULT_SERIAL_NUMBER: &str = "00000000000000000000";
+/// Namespace limit when none is given.
+pub const DEFAULT_MAX_NAMESPACES: u32 = 32;
+
+/// A subsystem.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemConfig {
+    pub nqn: String,
+    #[serde(default = "default_serial")]
+    pub serial_number: String,
+    #[serde(default = "default_model")]
+    pub model_number: String,
+    #[serde(default)]
+    pub allow_any_host: bool,
+    /// Host NQNs allowed to connect (with `allow_any_host: false`).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default = "default_max_namespaces")]
+    pub max_namespaces: u32,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// The whole `nvmf:` section.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NvmfConfig {
+    #[serde(default)]
+    pub transport: TransportOptions,
+    #[serde(default)]
+    pub subsystems: Vec<SubsystemConfig>,
+}
+
+impl NvmfConfig {
+    /// Checks what can be checked without the bdevs: options, NQNs, duplicates.
+    pub fn validate(&self) -> Result<(), String> {
+        self.transport
+            .validate()
+            .map_err(|e| format!("transport.{e}"))?;
+        let mut nqns = std::collections::HashSet::new();
+        for (i, s) in self.subsystems.iter().enumerate() {
+            crate::frontend::nvmf::subsystem::check_nqn(&s.nqn)
+                .map_err(|e| format!("subsystems[{i}].nqn: {e}"))?;
+            if !nqns.insert(&s.nqn) {
+                return Err(format!("subsystems[{i}].nqn: `{}` is used twice", s.nqn));
+            }
+            let mut nsids = std::collections::HashSet::new();
+            for (j, ns) in s.namespaces.iter().enumerate() {
+                if let Some(n) = ns.nsid
+                    && (n == 0 || n > s.max_namespaces || !nsids.insert(n))
+                {
+                    return Err(format!(
+                        "subsystems[{i}].namespaces[{j}].nsid: {n} is 0, above max_namespaces {} or used twice",
+                        s.max_namespaces
+                    ));
+                }
+            }
+            for (j, h) in s.hosts.iter().enumerate() {
+                crate::frontend::nvmf::subsystem::check_nqn(h)
+                    .map_err(|e| format!("subsystems[{i}].hosts[{j}]: {e}"))?;
+            }
+            for (j, l) in s.listeners.iter().enumerate() {
+                if l.address.parse::<std::net::IpAddr>().is_err() {
+                    return Err(format!(
+                        "subsystems[{i}].listeners[{j}].address: `{}` is not an IP address",
+                        l.address
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_fields() {
+        let c: NvmfConfig = serde_yaml_ng::from_str(
+            "transport: {in_capsule_data_size: 8192}\nsubsystems:\n  - nqn: nqn.2016-06.io.tessera:a\n    allow_any_host: true\n    listeners: [{address: 127.0.0.1, port: 4420}]\n    namespaces: [{bdev: M0, nsid: 1}]\n",
+        )
+        .unwrap();
+        assert_eq!(c.transport.in_capsule_data_size, 8192);
+        assert_eq!(c.transport.max_queue_depth, 128);
+        assert_eq!(c.subsystems[0].namespaces[0].nsid, Some(1));
+        assert_eq!(c.subsystems[0].model_number, DEFAULT_MODEL_NUMBER);
+        c.validate().unwrap();
+        let e = serde_yaml_ng::from_str::<NvmfConfig>("subsystems:\n  - {nqn: x, colour: red}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+        let bad = NvmfConfig {
+            subsystems: vec![SubsystemConfig {
+                nqn: "bad".into(),
+                serial_number: default_serial(),
+                model_number: default_model(),
+                allow_any_host: true,
+                hosts: vec![],
+                max_namespaces: 32,
+                listeners: vec![],
+                namespaces: vec![],
+            }],
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("subsystems[0].nqn"));
+    }
+}

@@ -1,0 +1,1072 @@
+//! The host side of one NVMe/TCP connection (admin or I/O queue pair) on one core.
+//!
+//! A task per connection connects the socket, exchanges ICReq/ICResp, sends Connect, and
+//! then runs the same receive/send loop as the target: big reads, many PDUs parsed per
+//! read, one `writev` per turn. Commands take a slot (the slot index is the command ID);
+//! when every slot is busy, or before the queue is connected, they wait in a backlog.
+//! Bdev requests larger than the controller's maximum transfer are split into several
+//! commands that complete their parent together.
+//!
+//! Completions of bdev requests are delivered after the connection's state is released,
+//! so a completion handler may submit again at once.
+//!
+//! # Safety
+//! Commands carry raw iovecs into memory they do not own: the buffers of bdev requests
+//! (valid until the request completes — the [`BdevIo`] contract) and the buffers of
+//! admin waiters (kept alive by the slot's `Rc`). Data is copied into them only while
+//! the command is outstanding, and a failed connection drops its unsent data before it
+//! completes anything.
+
+use crate::bdev::{BdevIo, Deferred, IoKind, IoStatus};
+use crate::frontend::nvmf::pdu::{self, Decoded, Frame, Header, Limits, PduType, Receiver};
+use crate::frontend::nvmf::spec::{
+    self, Cqe, DsmRange, SglDesc, Sqe, Status, encode_dsm_range, io_opc,
+};
+use crate::frontend::nvmf::wire::{RecvBuf, SendQueue};
+use crate::reactor::{self, io::Async};
+use slab::Slab;
+use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+const RECV_BUF_LEN: usize = 256 << 10;
+const READS_PER_TURN: usize = 8;
+/// In-capsule data limit on the admin queue.
+const ADMIN_IN_CAPSULE_LEN: u32 = 8192;
+
+/// Why a host queue pair failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("the controller refused Connect: {0}")]
+    ConnectRejected(Status),
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the controller terminated the connection (FES {fes:#x}, FEI {fei:#x})")]
+    Terminated { fes: u16, fei: u32 },
+    #[error("command failed: {0}")]
+    Status(Status),
+    #[error("controller `{0}`: {1}")]
+    Controller(String, String),
+}
+
+/// How to connect a queue pair.
+#[derive(Clone, Debug)]
+pub(crate) struct QpairParams {
+    pub addr: SocketAddr,
+    pub subnqn: String,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    pub qid: u16,
+    /// Entries of the submission queue (sqsize + 1).
+    pub queue_depth: u16,
+    pub kato_ms: u32,
+    /// Controller ID (0xffff for the admin queue).
+    pub cntlid: u16,
+    pub hdgst: bool,
+    pub ddgst: bool,
+    /// In-capsule data limit for I/O queues (from IOCCSZ).
+    pub in_capsule_len: u32,
+}
+
+/// A command's result, or the task waiting for it.
+type WaitState = (Option<Result<Cqe, HostError>>, Option<Waker>);
+
+/// A waiter for one command (admin commands, AERs).
+pub(crate) struct Waiter {
+    state: RefCell<WaitState>,
+    /// The command's data (out or in). Never resized while the command runs.
+    pub buf: RefCell<Vec<u8>>,
+}
+
+impl Waiter {
+    fn new(len: usize) -> Rc<Waiter> {
+        Rc::new(Waiter {
+            state: RefCell::new((None, None)),
+            buf: RefCell::new(vec![0u8; len]),
+        })
+    }
+
+    fn complete(&self, r: Result<Cqe, HostError>) {
+        let w = {
+            let mut s = self.state.borrow_mut();
+            s.0 = Some(r);
+            s.1.take()
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) -> Result<Cqe, HostError> {
+        std::future::poll_fn(|cx| {
+            let mut s = self.state.borrow_mut();
+            match s.0.take() {
+                Some(r) => Poll::Ready(r),
+                None => {
+                    s.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Who is told when a command completes.
+enum Owner {
+    /// A part of a bdev request (an entry of `parents`).
+    Io { parent: usize },
+    /// An awaited command.
+    Wait(Rc<Waiter>),
+    /// The queue's own Connect.
+    Connect,
+}
+
+/// The data of a command.
+enum Data {
+    None,
+    /// Host to controller.
+    Out(SmallVec<[libc::iovec; 4]>, u32),
+    /// Controller to host.
+    In(SmallVec<[libc::iovec; 4]>, u32),
+    /// One Dataset Management range (kept in the slot).
+    Dsm(DsmRange),
+}
+
+/// A command waiting for a slot.
+struct Pending {
+    sqe: Sqe,
+    data: Data,
+    owner: Owner,
+}
+
+/// The state of a host request slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// Free.
+    Free,
+    /// Capsule sent (with in-capsule data, if any); waiting for R2T, C2HData or the
+    /// response.
+    Outstanding,
+}
+
+struct Slot {
+    state: SlotState,
+    owner: Option<Owner>,
+    iovs: SmallVec<[libc::iovec; 4]>,
+    len: u32,
+    out: bool,
+    /// C2H bytes received.
+    c2h_done: u32,
+    /// Storage for a DSM range (boxed so its address is stable).
+    dsm: Box<[u8; 16]>,
+}
+
+/// A bdev request in flight, possibly split into several commands.
+struct Parent {
+    io: BdevIo,
+    remaining: u32,
+    status: IoStatus,
+}
+
+/// What the receive side is doing.
+#[derive(Clone, Copy)]
+enum Rx {
+    Header,
+    C2H {
+        slot: u16,
+        off: usize,
+        left: usize,
+        pad: usize,
+        crc: u32,
+        digest: bool,
+        complete_ok: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The socket is connecting.
+    Connecting,
+    /// ICReq sent.
+    IcSent,
+    /// Connect sent.
+    Connecting2,
+    /// Ready for commands.
+    Ready,
+    /// Failed; commands fail at once.
+    Failed(HostError),
+}
+
+struct Inner {
+    params: QpairParams,
+    phase: Phase,
+    limits: Limits,
+    cpda: u8,
+    maxh2cdata: u32,
+    in_capsule_len: u32,
+    recv: RecvBuf,
+    rx: Rx,
+    send: SendQueue,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    backlog: VecDeque<Pending>,
+    parents: Slab<Parent>,
+    /// Completed bdev requests, delivered after the state is released.
+    done: Vec<(BdevIo, IoStatus)>,
+    cntlid: u16,
+    ready_waiters: Vec<Waker>,
+    /// The Connect command's data, alive while Connect runs.
+    connect_data: Option<Rc<Waiter>>,
+}
+
+/// One host queue pair.
+pub(crate) struct HostQpair {
+    sock: RefCell<Option<Async<mio::net::TcpStream>>>,
+    inner: RefCell<Inner>,
+    waker: RefCell<Option<Waker>>,
+    notified: Cell<bool>,
+    closed: Cell<bool>,
+}
+
+impl HostQpair {
+    /// Starts connecting a queue pair on the current core; commands may be submitted at
+    /// once (they wait for the connection).
+    pub(crate) fn start(params: QpairParams) -> Rc<HostQpair> {
+        let n = params.queue_depth.max(2) as usize;
+        let slots = (0..n)
+            .map(|_| Slot {
+                state: SlotState::Free,
+                owner: None,
+                iovs: SmallVec::new(),
+                len: 0,
+                out: false,
+                c2h_done: 0,
+                dsm: Box::new([0; 16]),
+            })
+            .collect();
+        let in_capsule_len = if params.qid == 0 {
+            ADMIN_IN_CAPSULE_LEN
+        } else {
+            params.in_capsule_len
+        };
+        let q = Rc::new(HostQpair {
+            sock: RefCell::new(None),
+            inner: RefCell::new(Inner {
+                params,
+                phase: Phase::Connecting,
+                limits: Limits::initial(),
+                cpda: 0,
+                maxh2cdata: pdu::MIN_MAXH2CDATA,
+                in_capsule_len,
+                recv: RecvBuf::new(RECV_BUF_LEN),
+                rx: Rx::Header,
+                send: SendQueue::new(),
+                slots,
+                free: (0..n as u16).rev().collect(),
+                backlog: VecDeque::new(),
+                parents: Slab::with_capacity(n),
+                done: Vec::with_capacity(n),
+                cntlid: 0,
+                ready_waiters: Vec::new(),
+                connect_data: None,
+            }),
+            waker: RefCell::new(None),
+            notified: Cell::new(false),
+            closed: Cell::new(false),
+        });
+        reactor::spawn_local(run(q.clone())).detach();
+        q
+    }
+
+    fn notify(&self) {
+        self.notified.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Waits until Connect succeeded; returns the controller ID.
+    pub(crate) async fn wait_ready(&self) -> Result<u16, HostError> {
+        std::future::poll_fn(|cx| {
+            let mut st = self.inner.borrow_mut();
+            match &st.phase {
+                Phase::Ready => Poll::Ready(Ok(st.cntlid)),
+                Phase::Failed(e) => Poll::Ready(Err(e.clone())),
+                _ => {
+                    st.ready_waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// True when the queue pair failed or was closed.
+    pub(crate) fn is_failed(&self) -> bool {
+        matches!(self.inner.borrow().phase, Phase::Failed(_))
+    }
+
+    /// Closes the connection; outstanding commands fail.
+    pub(crate) fn close(&self, reason: &str) {
+        self.closed.set(true);
+        let done = {
+            let mut st = self.inner.borrow_mut();
+            st.fail(HostError::ConnectionLost(reason.to_string()));
+            std::mem::take(&mut st.done)
+        };
+        for (io, s) in done {
+            io.complete(s);
+        }
+        if let Some(s) = self.sock.borrow().as_ref() {
+            let _ = s.get_ref().shutdown(std::net::Shutdown::Both);
+        }
+        self.notify();
+    }
+
+    /// Runs a command with `len` bytes of data (`out`: host to controller, taken from
+    /// `data_out`) and returns its completion and the data received.
+    pub(crate) async fn command(
+        &self,
+        sqe: Sqe,
+        len: usize,
+        data_out: Option<&[u8]>,
+    ) -> Result<(Cqe, Vec<u8>), HostError> {
+        let w = Waiter::new(len);
+        if let Some(d) = data_out {
+            w.buf.borrow_mut()[..d.len().min(len)].copy_from_slice(&d[..d.len().min(len)]);
+        }
+        let iov = {
+            let mut b = w.buf.borrow_mut();
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: len,
+            }
+        };
+        let data = match (len, data_out.is_some()) {
+            (0, _) => Data::None,
+            (_, true) => Data::Out(smallvec::smallvec![iov], len as u32),
+            (_, false) => Data::In(smallvec::smallvec![iov], len as u32),
+        };
+        self.submit(Pending {
+            sqe,
+            data,
+            owner: Owner::Wait(w.clone()),
+        });
+        let cqe = w.wait().await?;
+        let st = cqe.status();
+        if !st.is_success() {
+            return Err(HostError::Status(st));
+        }
+        let buf = std::mem::take(&mut *w.buf.borrow_mut());
+        Ok((cqe, buf))
+    }
+
+    fn submit(&self, p: Pending) {
+        let failed = {
+            let mut st = self.inner.borrow_mut();
+            if let Phase::Failed(e) = &st.phase {
+                Some((e.clone(), p))
+            } else {
+                st.backlog.push_back(p);
+                st.pump();
+                None
+            }
+        };
+        if let Some((e, p)) = failed {
+            match p.owner {
+                Owner::Wait(w) => w.complete(Err(e)),
+                Owner::Io { .. } | Owner::Connect => {}
+            }
+            return;
+        }
+        self.notify();
+    }
+
+    /// Submits a bdev request for namespace `nsid`, split into commands of at most
+    /// `max_blocks` blocks. Completes it (later) with its status.
+    pub(crate) fn submit_io(&self, io: BdevIo, nsid: u32, block_size: u32, max_blocks: u64) {
+        let mut st = self.inner.borrow_mut();
+        if matches!(st.phase, Phase::Failed(_)) {
+            drop(st);
+            Deferred::current().complete(io, IoStatus::Aborted);
+            return;
+        }
+        let kind = io.kind;
+        let (off, n) = (io.offset_blocks, io.num_blocks);
+        let fua = io.flags.fua;
+        // Per-command block limits: data commands by MDTS, write zeroes by its 16-bit
+        // count, DSM ranges by their 32-bit count.
+        let per = match kind {
+            IoKind::Read | IoKind::Write => max_blocks.max(1),
+            IoKind::WriteZeroes => 65536,
+            IoKind::Unmap => u32::MAX as u64,
+            IoKind::Flush => u64::MAX,
+        };
+        let parts = if kind == IoKind::Flush {
+            1
+        } else {
+            n.div_ceil(per).max(1)
+        };
+        let parent = st.parents.insert(Parent {
+            io,
+            remaining: parts as u32,
+            status: IoStatus::Success,
+        });
+        for i in 0..parts {
+            let slba = off + i * per;
+            let nb = if kind == IoKind::Flush {
+                0
+            } else {
+                per.min(off + n - slba)
+            };
+            let (sqe, data) = {
+                let pio = &st.parents[parent].io;
+                let bs = block_size as u64;
+                match kind {
+                    IoKind::Read | IoKind::Write => {
+                        let opc = if kind == IoKind::Read {
+                            io_opc::READ
+                        } else {
+                            io_opc::WRITE
+                        };
+                        let iovs: SmallVec<[libc::iovec; 4]> = pio
+                            .sub_iovs(((slba - off) * bs) as usize, (nb * bs) as usize)
+                            .into_iter()
+                            .collect();
+                        let len = (nb * bs) as u32;
+                        let sqe = spec::rw_sqe(0, opc, nsid, slba, nb as u32, fua);
+                        let data = if kind == IoKind::Read {
+                            Data::In(iovs, len)
+                        } else {
+                            Data::Out(iovs, len)
+                        };
+                        (sqe, data)
+                    }
+                    IoKind::Flush => {
+                        let mut s = Sqe::new(io_opc::FLUSH, 0);
+                        s.set_nsid(nsid);
+                        (s, Data::None)
+                    }
+                    IoKind::WriteZeroes => (
+                        spec::rw_sqe(0, io_opc::WRITE_ZEROES, nsid, slba, nb as u32, false),
+                        Data::None,
+                    ),
+                    IoKind::Unmap => {
+                        let mut s = Sqe::new(io_opc::DATASET_MANAGEMENT, 0);
+                        s.set_nsid(nsid);
+                        s.set_cdw(10, 0); // one range
+                        s.set_cdw(11, 1 << 2); // deallocate
+                        (
+                            s,
+                            Data::Dsm(DsmRange {
+                                attributes: 0,
+                                num_blocks: nb as u32,
+                                slba,
+                            }),
+                        )
+                    }
+                }
+            };
+            st.backlog.push_back(Pending {
+                sqe,
+                data,
+                owner: Owner::Io { parent },
+            });
+        }
+        st.pump();
+        drop(st);
+        self.notify();
+    }
+
+    fn poll_wait(&self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        if self.closed.get() || self.notified.replace(false) {
+            return Poll::Ready(false);
+        }
+        let sock = self.sock.borrow();
+        let Some(sock) = sock.as_ref() else {
+            return Poll::Ready(false);
+        };
+        if sock.poll_readable(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if !self.inner.borrow().send.is_empty() && sock.poll_writable(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        let mut w = self.waker.borrow_mut();
+        match &*w {
+            Some(old) if old.will_wake(cx.waker()) => {}
+            _ => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// One turn of the connection: read and parse, send, deliver completions. `Ok(true)`
+    /// when input is left over.
+    fn turn(&self, readable: bool) -> Result<bool, ()> {
+        // Whatever was submitted so far is sent by this turn.
+        self.notified.set(false);
+        let sock_ref = self.sock.borrow();
+        let sock = sock_ref.as_ref().ok_or(())?;
+        let s = sock.get_ref();
+        let mut more = false;
+        let mut st = self.inner.borrow_mut();
+        if readable {
+            let mut reads = 0;
+            loop {
+                st.parse();
+                if matches!(st.phase, Phase::Failed(_)) {
+                    break;
+                }
+                match st.recv.fill(s) {
+                    Ok(0) => {
+                        st.fail(HostError::ConnectionLost(
+                            "controller closed the connection".into(),
+                        ));
+                        break;
+                    }
+                    Ok(_) => {
+                        reads += 1;
+                        if reads == READS_PER_TURN {
+                            st.parse();
+                            more = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        sock.clear_readable();
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        st.fail(HostError::ConnectionLost(e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        st.pump();
+        // Deliver completions with the state released: handlers may submit again.
+        loop {
+            let done = std::mem::take(&mut st.done);
+            if done.is_empty() {
+                break;
+            }
+            drop(st);
+            for (io, status) in done {
+                io.complete(status);
+            }
+            st = self.inner.borrow_mut();
+            st.pump();
+        }
+        match st.send.flush(s, |_| {}) {
+            Ok(true) => {}
+            Ok(false) => sock.clear_writable(),
+            Err(e) => st.fail(HostError::ConnectionLost(e.to_string())),
+        }
+        let failed = matches!(st.phase, Phase::Failed(_));
+        let leftover = std::mem::take(&mut st.done);
+        drop(st);
+        for (io, status) in leftover {
+            io.complete(status);
+        }
+        if failed {
+            return Err(());
+        }
+        Ok(more)
+    }
+}
+
+async fn run(q: Rc<HostQpair>) {
+    let addr = q.inner.borrow().params.addr;
+    // Connect the socket without blocking the reactor.
+    let sock = match mio::net::TcpStream::connect(addr).and_then(Async::new) {
+        Ok(s) => s,
+        Err(e) => {
+            q.inner.borrow_mut().fail(HostError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            });
+            return;
+        }
+    };
+    std::future::poll_fn(|cx| sock.poll_writable(cx)).await;
+    let err = match sock.get_ref().take_error() {
+        Ok(Some(e)) | Err(e) => Some(e.to_string()),
+        Ok(None) => match sock.get_ref().peer_addr() {
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        },
+    };
+    if let Some(reason) = err {
+        let mut st = q.inner.borrow_mut();
+        st.fail(HostError::Connect {
+            addr: addr.to_string(),
+            reason,
+        });
+        let done = std::mem::take(&mut st.done);
+        drop(st);
+        for (io, s) in done {
+            io.complete(s);
+        }
+        return;
+    }
+    let _ = sock.get_ref().set_nodelay(true);
+    {
+        let mut st = q.inner.borrow_mut();
+        let req = pdu::IcReq {
+            pfv: 0,
+            hpda: 0,
+            header_digest: st.params.hdgst,
+            data_digest: st.params.ddgst,
+            maxr2t: 0,
+        };
+        st.send.push_bytes(|v| {
+            pdu::put_ic_req(v, &req);
+        });
+        st.phase = Phase::IcSent;
+    }
+    *q.sock.borrow_mut() = Some(sock);
+    let mut readable = true;
+    loop {
+        match q.turn(readable) {
+            Err(()) => break,
+            Ok(true) => {
+                reactor::yield_now().await;
+                readable = true;
+            }
+            Ok(false) => readable = std::future::poll_fn(|cx| q.poll_wait(cx)).await,
+        }
+        if q.closed.get() {
+            break;
+        }
+    }
+    if let Some(s) = q.sock.borrow_mut().take() {
+        let _ = s.get_ref().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Copies `src` into the memory of `iovs`, starting `skip` bytes in.
+///
+/// # Safety
+/// Every iovec must describe writable memory that nobody else uses meanwhile.
+unsafe fn copy_to_iovs(iovs: &[libc::iovec], mut skip: usize, mut src: &[u8]) {
+    for v in iovs {
+        if src.is_empty() {
+            break;
+        }
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        let n = (v.iov_len - skip).min(src.len());
+        // SAFETY: the caller guarantees the iovec is valid writable memory; `skip + n`
+        // stays within `iov_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), (v.iov_base as *mut u8).add(skip), n);
+        }
+        src = &src[n..];
+        skip = 0;
+    }
+}
+
+/// The (pointer, length) runs of `iovs` covering bytes `[skip, skip + len)`.
+fn iov_runs(
+    iovs: &[libc::iovec],
+    mut skip: usize,
+    mut len: usize,
+) -> SmallVec<[(*const u8, usize); 4]> {
+    let mut out = SmallVec::new();
+    for v in iovs {
+        if len == 0 {
+            break;
+        }
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        let n = (v.iov_len - skip).min(len);
+        out.push(((v.iov_base as *const u8).wrapping_add(skip), n));
+        len -= n;
+        skip = 0;
+    }
+    out
+}
+
+/// CRC32C over runs of memory.
+///
+/// # Safety
+/// Every run must be readable memory.
+unsafe fn crc_runs(runs: &[(*const u8, usize)]) -> u32 {
+    let mut crc = 0;
+    for &(p, n) in runs {
+        // SAFETY: the caller guarantees the run is readable.
+        crc = pdu::crc32c_append(crc, unsafe { std::slice::from_raw_parts(p, n) });
+    }
+    crc
+}
+
+impl Inner {
+    fn fail(&mut self, e: HostError) {
+        if matches!(self.phase, Phase::Failed(_)) {
+            return;
+        }
+        tracing::debug!(qid = self.params.qid, error = %e, "host queue pair failed");
+        self.phase = Phase::Failed(e.clone());
+        // Unsent data may point into requests about to complete: drop it first.
+        self.send = SendQueue::new();
+        for i in 0..self.slots.len() {
+            if self.slots[i].state != SlotState::Free {
+                self.finish(i, Err(e.clone()));
+            }
+        }
+        while let Some(p) = self.backlog.pop_front() {
+            self.finish_owner(p.owner, Err(e.clone()));
+        }
+        for w in self.ready_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Starts backlogged commands while slots are free.
+    fn pump(&mut self) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        while !self.free.is_empty() {
+            let Some(p) = self.backlog.pop_front() else {
+                break;
+            };
+            let slot = self.free.pop().expect("a free slot") as usize;
+            self.start(slot, p);
+        }
+    }
+
+    /// Sends the capsule of `p` in `slot` (with in-capsule data when it fits).
+    fn start(&mut self, slot: usize, p: Pending) {
+        let hd = self.limits.header_digest;
+        let dd = self.limits.data_digest;
+        let cpda = self.cpda;
+        let mut sqe = p.sqe;
+        sqe.set_cid(slot as u16);
+        let s = &mut self.slots[slot];
+        s.state = SlotState::Outstanding;
+        s.owner = Some(p.owner);
+        s.c2h_done = 0;
+        let (iovs, len, out) = match p.data {
+            Data::None => (SmallVec::new(), 0, false),
+            Data::Out(iovs, len) => (iovs, len, true),
+            Data::In(iovs, len) => (iovs, len, false),
+            Data::Dsm(r) => {
+                *s.dsm = encode_dsm_range(&r);
+                let iov = libc::iovec {
+                    iov_base: s.dsm.as_mut_ptr().cast(),
+                    iov_len: 16,
+                };
+                (smallvec::smallvec![iov], 16, true)
+            }
+        };
+        s.iovs = iovs;
+        s.len = len;
+        s.out = out;
+        let in_capsule = out && len > 0 && len <= self.in_capsule_len;
+        if len > 0 {
+            sqe.set_sgl(SglDesc {
+                address: 0,
+                length: len,
+                kind: if in_capsule {
+                    spec::sgl::IN_CAPSULE
+                } else {
+                    spec::sgl::TRANSPORT
+                },
+            });
+        }
+        let data_len = if in_capsule { len as usize } else { 0 };
+        self.send.push_bytes(|v| {
+            pdu::put_capsule_cmd(v, &sqe.0, data_len, hd, dd, cpda);
+        });
+        if in_capsule {
+            let runs = iov_runs(&self.slots[slot].iovs, 0, len as usize);
+            for &(p, n) in &runs {
+                // SAFETY: the memory belongs to the command, outstanding until its
+                // response arrives — after the data was written (see the module doc).
+                unsafe { self.send.push_raw(p, n) };
+            }
+            if dd {
+                // SAFETY: as above; the runs are the command's readable memory.
+                let c = unsafe { crc_runs(&runs) };
+                self.send
+                    .push_bytes(|v| v.extend_from_slice(&c.to_le_bytes()));
+            }
+        }
+    }
+
+    fn finish_owner(&mut self, owner: Owner, r: Result<Cqe, HostError>) {
+        match owner {
+            Owner::Wait(w) => w.complete(r),
+            Owner::Connect => match r {
+                Ok(cqe) if cqe.status().is_success() => {
+                    self.cntlid = cqe.dw0 as u16;
+                    self.phase = Phase::Ready;
+                    for w in self.ready_waiters.drain(..) {
+                        w.wake();
+                    }
+                }
+                Ok(cqe) => self.fail(HostError::ConnectRejected(cqe.status())),
+                Err(e) => self.fail(e),
+            },
+            Owner::Io { parent } => {
+                let st = match &r {
+                    Ok(cqe) => cqe.status().to_io(),
+                    Err(_) => IoStatus::Aborted,
+                };
+                let Some(p) = self.parents.get_mut(parent) else {
+                    return;
+                };
+                p.status = p.status.worst(st);
+                p.remaining -= 1;
+                if p.remaining == 0 {
+                    let p = self.parents.remove(parent);
+                    self.done.push((p.io, p.status));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, slot: usize, r: Result<Cqe, HostError>) {
+        let s = &mut self.slots[slot];
+        s.state = SlotState::Free;
+        s.iovs.clear();
+        let owner = s.owner.take();
+        self.free.push(slot as u16);
+        if let Some(o) = owner {
+            self.finish_owner(o, r);
+        }
+    }
+
+    fn protocol_error(&mut self, what: String) {
+        self.fail(HostError::Protocol(what));
+    }
+
+    fn parse(&mut self) {
+        loop {
+            if matches!(self.phase, Phase::Failed(_)) {
+                return;
+            }
+            match self.rx {
+                Rx::Header => {
+                    let d = pdu::decode_header(self.recv.data(), Receiver::Host, &self.limits);
+                    match d {
+                        Ok(Decoded::NeedMore(_)) => return,
+                        Err(e) => return self.protocol_error(e.to_string()),
+                        Ok(Decoded::Frame(f)) => {
+                            self.recv.consume(f.header_len);
+                            self.on_header(f);
+                        }
+                    }
+                }
+                Rx::C2H {
+                    slot,
+                    mut off,
+                    mut left,
+                    mut pad,
+                    mut crc,
+                    digest,
+                    complete_ok,
+                } => {
+                    let n = pad.min(self.recv.len());
+                    self.recv.consume(n);
+                    pad -= n;
+                    if pad == 0 && left > 0 {
+                        let n = left.min(self.recv.len());
+                        let src = &self.recv.data()[..n];
+                        if digest {
+                            crc = pdu::crc32c_append(crc, src);
+                        }
+                        // SAFETY: the slot is outstanding; its iovecs are the command's
+                        // memory, bounds were checked against its length.
+                        unsafe { copy_to_iovs(&self.slots[slot as usize].iovs, off, src) };
+                        self.recv.consume(n);
+                        off += n;
+                        left -= n;
+                    }
+                    if pad > 0 || left > 0 || (digest && self.recv.len() < pdu::DIGEST_LEN) {
+                        self.rx = Rx::C2H {
+                            slot,
+                            off,
+                            left,
+                            pad,
+                            crc,
+                            digest,
+                            complete_ok,
+                        };
+                        return;
+                    }
+                    if digest {
+                        let d = self.recv.data();
+                        let got = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+                        self.recv.consume(pdu::DIGEST_LEN);
+                        if got != crc {
+                            return self.protocol_error("C2HData data digest mismatch".into());
+                        }
+                    }
+                    self.rx = Rx::Header;
+                    let s = &mut self.slots[slot as usize];
+                    s.c2h_done = off as u32;
+                    if complete_ok {
+                        self.finish(slot as usize, Ok(Cqe::default()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn outstanding(&self, cid: u16) -> bool {
+        self.slots
+            .get(cid as usize)
+            .is_some_and(|s| s.state == SlotState::Outstanding)
+    }
+
+    fn on_header(&mut self, f: Frame) {
+        match f.header {
+            Header::IcResp(r) => {
+                if self.phase != Phase::IcSent {
+                    return self.protocol_error("unexpected ICResp".into());
+                }
+                if r.pfv != 0 || r.maxh2cdata < pdu::MIN_MAXH2CDATA || r.cpda > 31 {
+                    return self.protocol_error(format!("unacceptable ICResp {r:?}"));
+                }
+                self.cpda = r.cpda;
+                self.maxh2cdata = r.maxh2cdata;
+                self.limits = Limits {
+                    header_digest: r.header_digest,
+                    data_digest: r.data_digest,
+                    max_in_capsule_len: 0,
+                    max_data_len: u32::MAX,
+                };
+                self.send_connect();
+            }
+            _ if self.phase == Phase::IcSent => self.protocol_error("PDU before ICResp".into()),
+            Header::C2HTermReq(t) => self.fail(HostError::Terminated {
+                fes: t.fes,
+                fei: t.fei,
+            }),
+            Header::CapsuleResp(c) => {
+                let cqe = Cqe::decode(&c);
+                if !self.outstanding(cqe.cid) {
+                    return self
+                        .protocol_error(format!("response for unknown command {}", cqe.cid));
+                }
+                self.finish(cqe.cid as usize, Ok(cqe));
+            }
+            Header::C2HData(d) => {
+                if !self.outstanding(d.cccid) {
+                    return self.protocol_error(format!("C2HData for unknown command {}", d.cccid));
+                }
+                let s = &self.slots[d.cccid as usize];
+                if s.out || d.datao != s.c2h_done || d.datao as u64 + d.datal as u64 > s.len as u64
+                {
+                    return self.protocol_error("C2HData out of range".into());
+                }
+                let complete_ok = d.last && d.success;
+                self.rx = Rx::C2H {
+                    slot: d.cccid,
+                    off: d.datao as usize,
+                    left: f.data_len,
+                    pad: f.data_offset - f.header_len,
+                    crc: 0,
+                    digest: f.data_digest,
+                    complete_ok,
+                };
+            }
+            Header::R2T(r) => {
+                if !self.outstanding(r.cccid) {
+                    return self.protocol_error(format!("R2T for unknown command {}", r.cccid));
+                }
+                let s = &self.slots[r.cccid as usize];
+                if !s.out || r.r2to as u64 + r.r2tl as u64 > s.len as u64 {
+                    return self.protocol_error("R2T out of range".into());
+                }
+                self.send_h2c(r);
+            }
+            _ => self.protocol_error(format!("unexpected {:?}", f.header.pdu_type())),
+        }
+    }
+
+    fn send_connect(&mut self) {
+        let p = &self.params;
+        let cattr = if p.qid > 0 {
+            spec::CATTR_DISABLE_SQ_FLOW_CONTROL
+        } else {
+            0
+        };
+        let sqe = spec::connect_sqe(0, p.qid, p.queue_depth - 1, cattr, p.kato_ms);
+        let data = spec::ConnectData {
+            hostid: p.hostid,
+            cntlid: p.cntlid,
+            subnqn: p.subnqn.clone(),
+            hostnqn: p.hostnqn.clone(),
+        }
+        .encode();
+        let w = Waiter::new(0);
+        *w.buf.borrow_mut() = data.to_vec();
+        let iov = libc::iovec {
+            iov_base: w.buf.borrow_mut().as_mut_ptr().cast(),
+            iov_len: 1024,
+        };
+        let slot = self.free.pop().expect("a fresh queue has free slots") as usize;
+        self.phase = Phase::Connecting2;
+        self.start(
+            slot,
+            Pending {
+                sqe,
+                data: Data::Out(smallvec::smallvec![iov], 1024),
+                owner: Owner::Connect,
+            },
+        );
+        // Keep the Connect data alive while the command runs.
+        self.connect_data = Some(w);
+    }
+
+    fn send_h2c(&mut self, r: pdu::R2t) {
+        let hd = self.limits.header_digest;
+        let dd = self.limits.data_digest;
+        let cpda = self.cpda;
+        let end = r.r2to + r.r2tl;
+        let mut off = r.r2to;
+        while off < end {
+            let n = (end - off).min(self.maxh2cdata);
+            let h = pdu::DataHdr {
+                cccid: r.cccid,
+                ttag: r.ttag,
+                datao: off,
+                datal: n,
+                last: off + n == end,
+                success: false,
+            };
+            self.send.push_bytes(|v| {
+                pdu::put_data_hdr(v, PduType::H2CData, &h, hd, dd, cpda);
+            });
+            let runs = iov_runs(&self.slots[r.cccid as usize].iovs, off as usize, n as usize);
+            for &(p, len) in &runs {
+                // SAFETY: as in `start`: the command's memory, valid until it completes.
+                unsafe { self.send.push_raw(p, len) };
+            }
+            if dd {
+                // SAFETY: as above.
+                let c = unsafe { crc_runs(&runs) };
+                self.send
+                    .push_bytes(|v| v.extend_from_slice(&c.to_le_bytes()));
+            }
+            off += n;
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Listeners: one accept task per listen address, on core 0. Each accepted connection
+//! is handed (as a `Send` std socket) to the next core, round-robin, where it becomes a
+//! queue pair for the rest of its life.
+
+use super::config::TransportOptions;
+use super::qpair;
+use super::target::TargetShared;
+use crate::reactor::{self, io::Async};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The core that runs accept loops.
+const ACCEPT_CORE: usize = 0;
+
+static NEXT_LISTENER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The accept tasks of one reactor, by listener id; dropping one stops it.
+#[derive(Default)]
+struct ListenerTasks {
+    tasks: RefCell<HashMap<u64, async_task::Task<()>>>,
+}
+
+/// A running listener.
+pub(crate) struct ListenerHandle {
+    addr: SocketAddr,
+    id: u64,
+    target: Arc<TargetShared>,
+}
+
+impl ListenerHandle {
+    /// The address bound.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting (connections already accepted go on).
+    pub(crate) fn stop(self) {
+        let id = self.id;
+        let _ = self.target.cores.send(ACCEPT_CORE, move || {
+            let t = reactor::local(ListenerTasks::default)
+                .tasks
+                .borrow_mut()
+                .remove(&id);
+            drop(t);
+        });
+        tracing::info!(addr = %self.addr, "listener stopped");
+    }
+}
+
+/// Binds `addr` now (so errors and the chosen port are known at once) and starts its
+/// accept loop on the accept core.
+pub(crate) fn start(
+    target: Arc<TargetShared>,
+    addr: SocketAddr,
+    opts: Arc<TransportOptions>,
+) -> std::io::Result<ListenerHandle> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    let bound = l.local_addr()?;
+    let id = NEXT_LISTENER_ID.fetch_add(1, Ordering::Relaxed);
+    let t2 = target.clone();
+    target
+        .cores
+        .send(ACCEPT_CORE, move || {
+            let task = reactor::spawn_local(accept_loop(t2, l, opts));
+            reactor::local(ListenerTasks::default)
+                .tasks
+                .borrow_mut()
+                .insert(id, task);
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(ListenerHandle {
+        addr: bound,
+        id,
+        target,
+    })
+}
+
+async fn accept_loop(
+    target: Arc<TargetShared>,
+    l: std::net::TcpListener,
+    opts: Arc<TransportOptions>,
+) {
+    let l = match Async::new(mio::net::TcpListener::from_std(l)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register listener");
+            return;
+        }
+    };
+    loop {
+        match l.read_with(|l| l.accept()).await {
+            Ok((s, peer)) => {
+                let s: std::net::TcpStream = s.into();
+                let core = target.pick_core();
+                let (t2, o2) = (target.clone(), opts.clone());
+                tracing::debug!(%peer, core, "connection accepted");
+                if let Err(e) = target
+                    .cores
+                    .send(core, move || qpair::spawn(t2, s, o2, peer))
+                {
+                    tracing::warn!(error = %e, "cannot hand the connection to its core");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                reactor::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,830 @@
+//! The target side of one NVMe/TCP connection: a queue pair on one core.
+//!
+//! A connection task reads the socket in big chunks into a [`RecvBuf`], parses every
+//! complete PDU in it, and runs the commands; responses (CapsuleResp, C2HData, R2T) are
+//! gathered in a [`SendQueue`] and written with one `writev` per turn. Bdev completions
+//! arrive through the [`IoSink`] between turns; they queue their responses and wake the
+//! task, so everything completed in one reactor loop goes out in one write.
+//!
+//! Each command occupies a preallocated request slot ([`Req`]) whose data buffer is
+//! reused from command to command; the slot index is also the R2T transfer tag. Large
+//! H2CData payloads are read from the socket straight into the slot's buffer.
+//!
+//! A queue pair is admin (it owns its [`Controller`]) or I/O (it reaches its controller
+//! through [`CtrlrShared`]), decided by the Connect command. Other code on the core
+//! reaches a queue pair by its id through a reactor-local registry ([`send_kill`],
+//! [`ns_changed`]).
+
+use super::config::TransportOptions;
+use super::ctrlr::{self, AdminDone, ConnectCtx, Role};
+use super::pdu::{self, Limits, PduType};
+use super::spec::{self, Command, Cqe, DataDirection, QueueKind, Sqe, Status};
+use super::subsystem::{Namespace, Subsystem};
+use super::target::TargetShared;
+use super::wire::{RecvBuf, SendQueue};
+use crate::bdev::{BdevIo, Channel, IoBuf, IoSink, IoStatus};
+use crate::reactor::{self, Cores, io::Async};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+/// Receive buffer size: many PDUs per read.
+const RECV_BUF_LEN: usize = 256 << 10;
+/// Payloads at least this long are read straight into the request buffer.
+const DIRECT_READ_MIN: usize = 16 << 10;
+/// Socket reads per turn before the task yields to its neighbours.
+const READS_PER_TURN: usize = 8;
+/// Most data per C2HData PDU.
+const MAX_C2H_LEN: usize = 128 << 10;
+/// In-capsule data limit of the admin queue (NVMe/TCP requires 8 KiB).
+const ADMIN_IN_CAPSULE_LEN: u32 = 8192;
+
+mod nvm;
+mod recv;
+
+static NEXT_QPAIR_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The state of a request slot. Every transition goes through [`QpInner::set_state`],
+/// which keeps the per-state counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum ReqState {
+    /// On the free list.
+    Free = 0,
+    /// The capsule arrived; its in-capsule data is being received into the buffer.
+    ReceivingCapsuleData = 1,
+    /// An R2T went out; H2CData PDUs are being received into the buffer.
+    TransferringH2C = 2,
+    /// Running: submitted to a bdev, or held by the controller (an Asynchronous Event
+    /// Request waits here for an event).
+    Executing = 3,
+    /// Finished; its C2HData and/or response capsule are queued for sending. The slot is
+    /// released when they are written.
+    Completing = 4,
+}
+
+const REQ_STATES: usize = 5;
+
+/// One command's slot.
+struct Req {
+    state: ReqState,
+    sqe: Sqe,
+    /// The decoded command (`None` when decoding failed; `status` says why).
+    cmd: Option<Command>,
+    /// The status so far; a failure means "do not execute, just answer".
+    status: Status,
+    dw0: u32,
+    dw1: u32,
+    dir: DataDirection,
+    /// Data length of the command in bytes.
+    xfer_len: u32,
+    /// Host-to-controller bytes received so far.
+    h2c_done: u32,
+    /// Bytes of the buffer to send back on success.
+    c2h_len: u32,
+    /// Bdev requests outstanding.
+    pending: u32,
+    /// The reusable data buffer.
+    buf: Option<IoBuf>,
+}
+
+impl Req {
+    fn new() -> Req {
+        Req {
+            state: ReqState::Free,
+            sqe: Sqe([0; 64]),
+            cmd: None,
+            status: Status::SUCCESS,
+            dw0: 0,
+            dw1: 0,
+            dir: DataDirection::None,
+            xfer_len: 0,
+            h2c_done: 0,
+            c2h_len: 0,
+            pending: 0,
+            buf: None,
+        }
+    }
+
+    /// Makes the buffer `len` bytes long, reusing it when it is big enough.
+    fn prepare_buf(&mut self, len: usize) {
+        match &mut self.buf {
+            Some(b) if b.capacity() >= len => b.set_len(len),
+            _ => self.buf = Some(IoBuf::new(len)),
+        }
+    }
+
+    fn data_mut(&mut self) -> &mut [u8] {
+        match &mut self.buf {
+            Some(b) => b.as_mut_slice(),
+            None => &mut [],
+        }
+    }
+}
+
+/// What the receive side is doing.
+#[derive(Clone, Copy, Debug)]
+enum Rx {
+    /// Waiting for (the rest of) a PDU header.
+    Header,
+    /// Receiving a PDU's data into a request's buffer.
+    Data {
+        slot: u16,
+        /// Where in the buffer the next byte goes.
+        off: usize,
+        /// Payload bytes still to come.
+        left: usize,
+        /// Padding bytes (between header and data) still to skip.
+        pad: usize,
+        /// Running CRC32C of the payload.
+        crc: u32,
+        digest: bool,
+        kind: DataKind,
+        /// Throw the bytes away (the command already failed).
+        discard: bool,
+    },
+    /// Swallowing the rest of a host TermReq before closing.
+    TermReq { left: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum DataKind {
+    InCapsule,
+    H2C { len: u32 },
+}
+
+/// This core's view of one namespace.
+struct NsSlot {
+    ns: Arc<Namespace>,
+    chan: Channel,
+    block_size: u32,
+}
+
+/// The namespaces as this queue pair last saw them.
+#[derive(Default)]
+struct NsCache {
+    generation: u64,
+    by_nsid: Vec<Option<NsSlot>>,
+    /// Removed namespaces whose channels may still have I/O in flight.
+    retired: Vec<NsSlot>,
+}
+
+impl NsCache {
+    fn refresh(&mut self, sub: &Subsystem) {
+        if sub.ns_generation() == self.generation {
+            return;
+        }
+        let (table, generation) = sub.namespaces_with_generation();
+        let old = std::mem::take(&mut self.by_nsid);
+        let mut by_nsid: Vec<Option<NsSlot>> = Vec::new();
+        by_nsid.resize_with(sub.max_namespaces as usize + 1, || None);
+        for slot in old.into_iter().flatten() {
+            let keep = table
+                .by_nsid
+                .get(&slot.ns.nsid)
+                .is_some_and(|n| Arc::ptr_eq(n, &slot.ns));
+            if keep {
+                let at = slot.ns.nsid as usize;
+                by_nsid[at] = Some(slot);
+            } else {
+                self.retired.push(slot);
+            }
+        }
+        for (nsid, ns) in table.by_nsid.iter() {
+            let at = *nsid as usize;
+            if at >= by_nsid.len() || by_nsid[at].is_some() {
+                continue;
+            }
+            match Channel::get(&ns.bdev) {
+                Ok(chan) => {
+                    by_nsid[at] = Some(NsSlot {
+                        ns: ns.clone(),
+                        chan,
+                        block_size: ns.bdev.block_size(),
+                    })
+                }
+                Err(e) => tracing::warn!(nsid, error = %e, "namespace has no channel here"),
+            }
+        }
+        self.by_nsid = by_nsid;
+        self.generation = generation;
+    }
+
+    #[inline]
+    fn get(&self, nsid: u32) -> Option<&NsSlot> {
+        self.by_nsid.get(nsid as usize).and_then(Option::as_ref)
+    }
+}
+
+/// Everything mutable of a queue pair.
+struct QpInner {
+    id: u64,
+    core: usize,
+    me: Weak<Qpair>,
+    target: Arc<TargetShared>,
+    opts: Arc<TransportOptions>,
+    /// Set by Connect.
+    role: Option<Role>,
+    /// ICReq/ICResp exchanged.
+    ic_done: bool,
+    limits: Limits,
+    /// Host PDU data alignment for C2HData.
+    hpda: u8,
+    recv: RecvBuf,
+    rx: Rx,
+    send: SendQueue,
+    marks: Vec<u64>,
+    slots: Vec<Req>,
+    free: Vec<u16>,
+    max_slots: usize,
+    counts: [u32; REQ_STATES],
+    qid: u16,
+    /// Submission queue size (entries) and head, for SQHD.
+    sq_size: u32,
+    sqhd: u32,
+    sq_flow_disabled: bool,
+    sink: Rc<dyn IoSink>,
+    ns: NsCache,
+    /// The header of the PDU being processed (for a TermReq about it).
+    last_hdr: [u8; 128],
+    last_hdr_len: usize,
+    /// Why the connection must close (after flushing what is queued).
+    closing: Option<&'static str>,
+}
+
+/// A queue pair; lives on one core, reached through [`Rc`].
+pub(crate) struct Qpair {
+    id: u64,
+    peer: SocketAddr,
+    sock: Async<mio::net::TcpStream>,
+    inner: RefCell<QpInner>,
+    waker: RefCell<Option<Waker>>,
+    notified: Cell<bool>,
+    killed: Cell<Option<&'static str>>,
+}
+
+/// Completions come here; they find the queue pair through a weak reference (it may be
+/// gone, then the completion is dropped with its buffer).
+struct QpSink(Weak<Qpair>);
+
+impl IoSink for QpSink {
+    fn io_done(&self, io: BdevIo, status: IoStatus) {
+        if let Some(q) = self.0.upgrade() {
+            q.inner.borrow_mut().io_done(io, status);
+            q.notify();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    map: RefCell<HashMap<u64, Weak<Qpair>>>,
+}
+
+fn lookup(id: u64) -> Option<Rc<Qpair>> {
+    reactor::local(Registry::default)
+        .map
+        .borrow()
+        .get(&id)
+        .and_then(Weak::upgrade)
+}
+
+/// Asks queue pair `id` on `core` to close.
+pub(crate) fn send_kill(cores: &Cores, core: usize, id: u64, reason: &'static str) {
+    let _ = cores.send(core, move || {
+        if let Some(q) = lookup(id) {
+            q.kill(reason);
+        }
+    });
+}
+
+/// On the admin queue pair's core: namespace `nsid` changed.
+pub(crate) fn ns_changed(admin_qpair_id: u64, nsid: u32) {
+    if let Some(q) = lookup(admin_qpair_id) {
+        let mut st = q.inner.borrow_mut();
+        if let Some(Role::Admin(c)) = &mut st.role
+            && let Some((slot, ev)) = c.ns_changed(nsid)
+        {
+            tracing::debug!(nsid, "asynchronous event: namespace attribute changed");
+            st.complete_aer(slot, ev);
+        }
+        drop(st);
+        q.notify();
+    }
+}
+
+/// On the admin queue pair's core: an I/O queue's command failed.
+fn log_io_error(admin_qpair_id: u64, sqid: u16, cid: u16, status: Status, nsid: u32, lba: u64) {
+    if let Some(q) = lookup(admin_qpair_id)
+        && let Some(Role::Admin(c)) = &mut q.inner.borrow_mut().role
+    {
+        c.log_error(sqid, cid, status, nsid, lba);
+    }
+}
+
+/// Turns an accepted connection into a queue pair on the current core.
+pub(crate) fn spawn(
+    target: Arc<TargetShared>,
+    stream: std::net::TcpStream,
+    opts: Arc<TransportOptions>,
+    peer: SocketAddr,
+) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    let sock = match Async::new(mio::net::TcpStream::from_std(stream)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot register connection");
+            return;
+        }
+    };
+    let id = NEXT_QPAIR_ID.fetch_add(1, Ordering::Relaxed);
+    let core = reactor::current_core().unwrap_or(0);
+    let q = Rc::new_cyclic(|me: &Weak<Qpair>| {
+        let sink: Rc<dyn IoSink> = Rc::new(QpSink(me.clone()));
+        let mut slots = Vec::with_capacity(32);
+        slots.push(Req::new());
+        Qpair {
+            id,
+            peer,
+            sock,
+            inner: RefCell::new(QpInner {
+                id,
+                core,
+                me: me.clone(),
+                target,
+                opts,
+                role: None,
+                ic_done: false,
+                limits: Limits::initial(),
+                hpda: 0,
+                recv: RecvBuf::new(RECV_BUF_LEN),
+                rx: Rx::Header,
+                send: SendQueue::new(),
+                marks: Vec::with_capacity(256),
+                slots,
+                free: vec![0],
+                max_slots: 64,
+                counts: [1, 0, 0, 0, 0],
+                qid: 0,
+                sq_size: 32,
+                sqhd: 0,
+                sq_flow_disabled: false,
+                sink,
+                ns: NsCache::default(),
+                last_hdr: [0; 128],
+                last_hdr_len: 0,
+                closing: None,
+            }),
+            waker: RefCell::new(None),
+            notified: Cell::new(false),
+            killed: Cell::new(None),
+        }
+    });
+    reactor::local(Registry::default)
+        .map
+        .borrow_mut()
+        .insert(id, Rc::downgrade(&q));
+    tracing::debug!(%peer, core, qpair = id, "queue pair started");
+    reactor::spawn_local(run(q)).detach();
+}
+
+/// Why the connection task woke up.
+#[derive(Default, Clone, Copy)]
+struct Wake {
+    readable: bool,
+}
+
+async fn run(q: Rc<Qpair>) {
+    let mut wake = Wake { readable: true };
+    let reason = loop {
+        match q.turn(wake.readable) {
+            Err(reason) => break reason,
+            Ok(true) => {
+                // More input is waiting: let the neighbours run first.
+                reactor::yield_now().await;
+                wake = Wake { readable: true };
+            }
+            Ok(false) => wake = std::future::poll_fn(|cx| q.poll_wait(cx)).await,
+        }
+    };
+    q.close(reason);
+}
+
+impl Qpair {
+    fn notify(&self) {
+        self.notified.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Closes the queue pair at its next turn.
+    fn kill(&self, reason: &'static str) {
+        if self.killed.get().is_none() {
+            self.killed.set(Some(reason));
+        }
+        self.notify();
+    }
+
+    fn poll_wait(&self, cx: &mut std::task::Context<'_>) -> Poll<Wake> {
+        if self.killed.get().is_some() || self.notified.replace(false) {
+            return Poll::Ready(Wake::default());
+        }
+        if self.sock.poll_readable(cx).is_ready() {
+            return Poll::Ready(Wake { readable: true });
+        }
+        if !self.inner.borrow().send.is_empty() && self.sock.poll_writable(cx).is_ready() {
+            return Poll::Ready(Wake::default());
+        }
+        let mut w = self.waker.borrow_mut();
+        match &*w {
+            Some(old) if old.will_wake(cx.waker()) => {}
+            _ => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// One turn: read and run what arrived, then write what is queued. `Ok(true)` when
+    /// input is left over; `Err` when the connection must close.
+    fn turn(&self, readable: bool) -> Result<bool, &'static str> {
+        if let Some(r) = self.killed.get() {
+            let mut st = self.inner.borrow_mut();
+            let _ = st.flush(self.sock.get_ref());
+            return Err(r);
+        }
+        let sock = self.sock.get_ref();
+        let mut st = self.inner.borrow_mut();
+        if let Some(Role::Io(io)) = &st.role
+            && io.shared.failed.load(Ordering::Acquire)
+        {
+            return Err("controller failed");
+        }
+        let mut more = false;
+        if readable {
+            let mut reads = 0;
+            loop {
+                st.parse();
+                if st.closing.is_some() {
+                    break;
+                }
+                match st.read_some(sock) {
+                    Ok(0) => {
+                        st.closing = Some("host closed the connection");
+                        break;
+                    }
+                    Ok(_) => {
+                        reads += 1;
+                        if reads == READS_PER_TURN {
+                            st.parse();
+                            more = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.sock.clear_readable();
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        st.closing = Some("socket read failed");
+                        break;
+                    }
+                }
+            }
+        }
+        match st.flush(sock) {
+            Ok(true) => {}
+            Ok(false) => self.sock.clear_writable(),
+            Err(_) => return Err("socket write failed"),
+        }
+        match st.closing {
+            Some(r) => Err(r),
+            None => Ok(more),
+        }
+    }
+
+    fn close(&self, reason: &'static str) {
+        reactor::local(Registry::default)
+            .map
+            .borrow_mut()
+            .remove(&self.id);
+        let mut st = self.inner.borrow_mut();
+        let cores = st.target.cores.clone();
+        match st.role.take() {
+            Some(Role::Admin(c)) => c.teardown(&cores, reason),
+            Some(Role::Io(io)) => io.shared.detach_io_qpair(st.qid, self.id),
+            None => {}
+        }
+        let _ = self.sock.get_ref().shutdown(std::net::Shutdown::Both);
+        tracing::debug!(
+            peer = %self.peer, qpair = self.id, qid = st.qid, reason,
+            free = st.counts[ReqState::Free as usize],
+            executing = st.counts[ReqState::Executing as usize],
+            "queue pair closed"
+        );
+    }
+}
+
+/// Keeps watch over an admin queue pair's keep-alive timer.
+async fn keep_alive_watch(w: Weak<Qpair>) {
+    loop {
+        let interval = {
+            let Some(q) = w.upgrade() else { return };
+            let st = q.inner.borrow();
+            match &st.role {
+                Some(Role::Admin(c)) if c.kato_ms > 0 => {
+                    Duration::from_millis((c.kato_ms as u64 / 4).clamp(10, 1000))
+                }
+                Some(Role::Admin(_)) => Duration::from_secs(1),
+                _ => return,
+            }
+        };
+        reactor::sleep(interval).await;
+        let Some(q) = w.upgrade() else { return };
+        let expired = match &q.inner.borrow().role {
+            Some(Role::Admin(c)) => c.keep_alive_expired(reactor::now()),
+            _ => return,
+        };
+        if expired {
+            tracing::warn!(peer = %q.peer, "keep alive timeout: controller torn down");
+            q.kill("keep alive timeout");
+            return;
+        }
+    }
+}
+
+impl QpInner {
+    fn set_state(&mut self, slot: usize, to: ReqState) {
+        let from = self.slots[slot].state;
+        self.counts[from as usize] -= 1;
+        self.counts[to as usize] += 1;
+        self.slots[slot].state = to;
+        debug_assert_eq!(
+            self.counts.iter().map(|&c| c as usize).sum::<usize>(),
+            self.slots.len()
+        );
+    }
+
+    fn alloc_slot(&mut self) -> Option<usize> {
+        if let Some(s) = self.free.pop() {
+            return Some(s as usize);
+        }
+        if self.slots.len() >= self.max_slots {
+            return None;
+        }
+        self.slots.push(Req::new());
+        self.counts[ReqState::Free as usize] += 1;
+        Some(self.slots.len() - 1)
+    }
+
+    fn release_slot(&mut self, slot: usize) {
+        self.set_state(slot, ReqState::Free);
+        self.free.push(slot as u16);
+    }
+
+    fn queue_kind(&self) -> QueueKind {
+        match self.role {
+            Some(Role::Io(_)) => QueueKind::Io,
+            _ => QueueKind::Admin,
+        }
+    }
+
+    /// Sends a C2HTermReq about the PDU being processed and closes.
+    fn fatal(&mut self, fes_code: u16, fei: u32, reason: &'static str) {
+        tracing::warn!(
+            qpair = self.id,
+            fes = fes_code,
+            fei,
+            reason,
+            "fatal transport error"
+        );
+        let hdr = self.last_hdr;
+        let n = self.last_hdr_len;
+        self.send.push_bytes(|v| {
+            pdu::put_term_req(
+                v,
+                PduType::C2HTermReq,
+                &pdu::TermReq { fes: fes_code, fei },
+                &hdr[..n],
+            );
+        });
+        self.closing = Some(reason);
+    }
+
+    /// Runs a command whose data (if any) is in its buffer. The slot is `Executing`.
+    fn execute(&mut self, slot: usize) {
+        let Some(cmd) = self.slots[slot].cmd else {
+            return self.complete(slot);
+        };
+        match (&mut self.role, cmd) {
+            (
+                None,
+                Command::Connect {
+                    recfmt,
+                    qid,
+                    sqsize,
+                    cattr,
+                    kato_ms,
+                },
+            ) => self.connect(slot, recfmt, qid, sqsize, cattr, kato_ms),
+            (Some(Role::Admin(c)), cmd) => {
+                let req = &mut self.slots[slot];
+                let cores = self.target.cores.clone();
+                let data = match &mut req.buf {
+                    Some(b) if req.xfer_len > 0 => &mut b.as_mut_slice()[..req.xfer_len as usize],
+                    _ => &mut [],
+                };
+                match c.execute(
+                    &cmd,
+                    slot as u16,
+                    data,
+                    &self.target,
+                    &cores,
+                    reactor::now(),
+                ) {
+                    AdminDone::Now {
+                        status,
+                        dw0,
+                        dw1,
+                        data_len,
+                    } => {
+                        req.status = status;
+                        req.dw0 = dw0;
+                        req.dw1 = dw1;
+                        req.c2h_len = data_len;
+                        if !status.is_success() {
+                            c.log_error(0, req.sqe.cid(), status, req.sqe.nsid(), 0);
+                        }
+                        self.complete(slot);
+                    }
+                    AdminDone::HoldAer => {
+                        if let Some((s, ev)) = c.poll_event() {
+                            self.complete_aer(s, ev);
+                        }
+                    }
+                }
+            }
+            (Some(Role::Io(_)), cmd) => self.execute_io(slot, cmd),
+            (None, _) => {
+                self.slots[slot].status = Status::COMMAND_SEQUENCE_ERROR;
+                self.complete(slot);
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+        slot: usize,
+        recfmt: u16,
+        qid: u16,
+        sqsize: u16,
+        cattr: u8,
+        kato_ms: u32,
+    ) {
+        let ctx = ConnectCtx {
+            target: &self.target,
+            opts: &self.opts,
+            core: self.core,
+            qpair_id: self.id,
+            now: reactor::now(),
+        };
+        let data = match &self.slots[slot].buf {
+            Some(b) if self.slots[slot].xfer_len > 0 => b.as_slice(),
+            _ => &[][..],
+        };
+        match ctrlr::connect(&ctx, recfmt, qid, sqsize, kato_ms, data) {
+            Ok(role) => {
+                let (cntlid, admin) = match &role {
+                    Role::Admin(c) => (c.shared.cntlid, true),
+                    Role::Io(io) => (io.shared.cntlid, false),
+                };
+                self.qid = qid;
+                self.sq_size = sqsize as u32 + 1;
+                self.sqhd %= self.sq_size;
+                self.sq_flow_disabled = cattr & spec::CATTR_DISABLE_SQ_FLOW_CONTROL != 0;
+                self.max_slots = (self.sq_size as usize + ctrlr::MAX_AERS) * 2;
+                if !admin {
+                    self.limits.max_in_capsule_len = self.opts.in_capsule_data_size;
+                }
+                self.slots.reserve(self.sq_size as usize);
+                self.role = Some(role);
+                self.slots[slot].dw0 = cntlid as u32;
+                if admin {
+                    reactor::spawn_local(keep_alive_watch(self.me.clone())).detach();
+                }
+            }
+            Err(e) => {
+                self.slots[slot].status = e.status;
+                self.slots[slot].dw0 = e.dw0;
+            }
+        }
+        self.complete(slot);
+    }
+
+    /// Completes an outstanding AER with event `ev`.
+    fn complete_aer(&mut self, slot: u16, ev: u32) {
+        let slot = slot as usize;
+        if self.slots.get(slot).map(|r| r.state) != Some(ReqState::Executing) {
+            return;
+        }
+        let req = &mut self.slots[slot];
+        req.status = Status::SUCCESS;
+        req.dw0 = ev;
+        self.complete(slot);
+    }
+
+    /// Queues the answer of a finished command: its C2HData (on success) and response
+    /// capsule, then a mark that releases the slot once they are written.
+    fn complete(&mut self, slot: usize) {
+        let hd = self.limits.header_digest;
+        let dd = self.limits.data_digest;
+        let hpda = self.hpda;
+        let use_success = self.sq_flow_disabled && self.opts.c2h_success;
+        let req = &self.slots[slot];
+        let cid = req.sqe.cid();
+        let mut send_resp = true;
+        if req.status.is_success() && req.dir == DataDirection::ControllerToHost && req.c2h_len > 0
+        {
+            let buf = req.buf.as_ref().expect("C2H commands have a buffer");
+            let total = req.c2h_len as usize;
+            let mut off = 0;
+            while off < total {
+                let n = (total - off).min(MAX_C2H_LEN);
+                let last = off + n == total;
+                let success = last && use_success;
+                let h = pdu::DataHdr {
+                    cccid: cid,
+                    ttag: 0,
+                    datao: off as u32,
+                    datal: n as u32,
+                    last,
+                    success,
+                };
+                self.send.push_bytes(|v| {
+                    pdu::put_data_hdr(v, PduType::C2HData, &h, hd, dd, hpda);
+                });
+                let chunk = &buf.as_slice()[off..off + n];
+                // SAFETY: the buffer belongs to this slot, which stays `Completing` (its
+                // buffer untouched) until the mark pushed below is reported by `flush`.
+                unsafe { self.send.push_raw(chunk.as_ptr(), n) };
+                if dd {
+                    let c = pdu::crc32c(chunk);
+                    self.send
+                        .push_bytes(|v| v.extend_from_slice(&c.to_le_bytes()));
+                }
+                if success {
+                    send_resp = false;
+                }
+                off += n;
+            }
+        }
+        if send_resp {
+            let cqe = Cqe {
+                dw0: req.dw0,
+                dw1: req.dw1,
+                sqhd: self.sqhd as u16,
+                sqid: self.qid,
+                cid,
+                status: req.status.to_field(),
+            };
+            self.send.push_bytes(|v| {
+                pdu::put_capsule_resp(v, &cqe.encode(), hd);
+            });
+        }
+        self.send.push_mark(slot as u64);
+        self.set_state(slot, ReqState::Completing);
+    }
+
+    /// Writes what is queued; releases the slots whose answers went out.
+    fn flush(&mut self, sock: &mio::net::TcpStream) -> io::Result<bool> {
+        if self.send.is_empty() {
+            return Ok(true);
+        }
+        let mut marks = std::mem::take(&mut self.marks);
+        let r = self.send.flush(sock, |t| marks.push(t));
+        for &t in &marks {
+            self.release_slot(t as usize);
+        }
+        marks.clear();
+        self.marks = marks;
+        r
+    }
+}
+
+impl Req {
+    fn status_worst(&self, st: Status) -> Status {
+        if self.status.is_success() {
+            st
+        } else {
+            self.status
+        }
+    }
+}
