@@ -129,6 +129,9 @@ struct BenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Snapshot the disk under test at these seconds into the run (e.g. `2,4`).
+    #[arg(long, value_delimiter = ',')]
+    snapshot_at: Vec<f64>,
 }
 
 fn main() {
@@ -348,7 +351,28 @@ fn bench(a: BenchArgs) -> Result<()> {
         range_bytes,
         ..Default::default()
     };
-    let report = tessera::bench::run(target.cores(), bdev, &cfg, Vec::new())?;
+    let mut actions: Vec<(f64, tessera::bench::TimedAction)> = Vec::new();
+    for (i, &at) in a.snapshot_at.iter().enumerate() {
+        let disk = bdev.name().to_string();
+        let t = target.clone();
+        tessera::reactor::block_on(t.pool_of(&disk))
+            .with_context(|| format!("--snapshot-at: `{disk}` is not a virtual disk"))?;
+        actions.push((
+            at,
+            Arc::new(move || {
+                let name = format!("{disk}-bench-snap{i}");
+                let t0 = std::time::Instant::now();
+                if let Err(e) = tessera::reactor::block_on(t.snapshot(
+                    vec![(disk.clone(), name)],
+                    std::time::Duration::from_secs(5),
+                )) {
+                    eprintln!("snapshot at {at} s failed: {e}");
+                }
+                t0.elapsed()
+            }),
+        ));
+    }
+    let report = tessera::bench::run(target.cores(), bdev, &cfg, actions)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

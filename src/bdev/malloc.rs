@@ -86,25 +86,10 @@ impl MallocBdev {
 
     fn zero(&self, offset: usize, len: usize) {
         debug_assert!(offset + len <= self.len);
-        let page = 4096;
-        let start = offset.div_ceil(page) * page;
-        let end = (offset + len) / page * page;
+        // A plain memset keeps the pages resident: giving them back (MADV_DONTNEED) would
+        // make later reads hit the shared zero page and later writes take page faults.
         // SAFETY: [offset, offset+len) lies inside the mapping (validated by the channel).
-        unsafe {
-            if end > start && end - start >= 1 << 20 {
-                // Large ranges: give the pages back; a private anonymous mapping reads
-                // zeros afterwards.
-                std::ptr::write_bytes(self.base.as_ptr().add(offset), 0, start - offset);
-                libc::madvise(
-                    self.base.as_ptr().add(start).cast(),
-                    end - start,
-                    libc::MADV_DONTNEED,
-                );
-                std::ptr::write_bytes(self.base.as_ptr().add(end), 0, offset + len - end);
-            } else {
-                std::ptr::write_bytes(self.base.as_ptr().add(offset), 0, len);
-            }
-        }
+        unsafe { std::ptr::write_bytes(self.base.as_ptr().add(offset), 0, len) };
     }
 }
 

@@ -31,6 +31,10 @@ pub const SM_COUNTS_PER_PAGE: usize = (PAGE_BYTES - HEADER_BYTES) / 4;
 pub const DIR_RECORDS_PER_PAGE: usize = (PAGE_BYTES - HEADER_BYTES) / DISK_RECORD_BYTES;
 /// A pointer to no page.
 pub const NO_PAGE: u64 = u64::MAX;
+/// Virtual segments of a disk lie below this (2^48 segments of at least 64 KiB).
+pub const MAX_VSEG: u64 = 1 << 48;
+/// Disks are smaller than this many blocks (their byte size fits in 64 bits).
+pub const MAX_DISK_BLOCKS: u64 = 1 << 52;
 
 const HEADER_BYTES: usize = 64;
 const DISK_RECORD_BYTES: usize = 320;
@@ -496,6 +500,20 @@ fn seal(b: &mut [u8]) {
     b[8..12].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Turns arbitrary bytes into a page that passes the header checks (magic, kind, own
+/// index, pool tag, checksum) so that a fuzzer reaches the payload decoders.
+pub fn forge_page(bytes: &[u8], kind: PageKind, page: u64, pool: &Uuid) -> Vec<u8> {
+    let mut b = vec![0u8; PAGE_BYTES];
+    let n = bytes.len().min(PAGE_BYTES);
+    b[..n].copy_from_slice(&bytes[..n]);
+    b[0..4].copy_from_slice(&PAGE_MAGIC.to_le_bytes());
+    b[4] = kind as u8;
+    b[16..24].copy_from_slice(&page.to_le_bytes());
+    b[32..40].copy_from_slice(&pool_tag(pool).to_le_bytes());
+    seal(&mut b);
+    b
+}
+
 /// Verifies a page read from index `page` and returns its header.
 pub fn decode_header(
     b: &[u8],
@@ -712,6 +730,12 @@ pub fn decode_leaf(
         if len == 0 || len > super::map::MAX_RUN_SEGMENTS {
             return Err(bad("len", format!("extent {i} covers {len} segments")));
         }
+        if vseg >= MAX_VSEG {
+            return Err(bad(
+                "vseg",
+                format!("extent {i} starts at segment {vseg}, beyond any disk"),
+            ));
+        }
         if state > 1 {
             return Err(bad(
                 "state",
@@ -917,6 +941,12 @@ pub fn decode_directory(
         let job = r.u8().ok_or_else(|| bad("job", t()))?;
         let cursor = r.u64().ok_or_else(|| bad("job", t()))?;
         let created_unix = r.u64().ok_or_else(|| bad("created_unix", t()))?;
+        if size_blocks == 0 || size_blocks >= MAX_DISK_BLOCKS {
+            return Err(bad(
+                "size_blocks",
+                format!("record {i}: {size_blocks} blocks is not a disk size"),
+            ));
+        }
         if id == 0 || name.is_empty() {
             return Err(bad("id", format!("record {i} has no id or name")));
         }
