@@ -1106,6 +1106,10 @@ impl Future for Transmission {
                 return Poll::Pending;
             }
         }
+        // Idle: publish the counters.
+        if st.counters.pending() && st.free.len() == st.slots.len() {
+            st.counters.fold_into(&st.ctl.shared().counters);
+        }
         // Wait for the socket (completions wake us through the sink).
         if read_blocked {
             this.sock.clear_readable();

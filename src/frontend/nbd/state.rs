@@ -3,8 +3,8 @@
 //! Every connection moves forward through [`ConnState`]; the server keeps a gauge per
 //! state (how many connections are in it now), checked on every transition like the
 //! request states of SPDK's `tcp.c`, and totals of requests and bytes that connections
-//! fold in as they go (every [`FOLD_EVERY`] requests and when they close), so the I/O
-//! path touches no shared cache line per request.
+//! fold in as they go (every [`FOLD_EVERY`] requests, and whenever they fall idle), so
+//! the I/O path touches no shared cache line per request.
 
 use serde::Serialize;
 use std::cell::Cell;
@@ -104,6 +104,11 @@ impl LocalCounters {
         n >= FOLD_EVERY
     }
 
+    /// True if anything was counted since the last fold.
+    pub(crate) fn pending(&self) -> bool {
+        self.since_fold.get() > 0 || self.errors.get() > 0
+    }
+
     /// Counts a request answered with an error.
     #[inline]
     pub(crate) fn error(&self) {
@@ -180,7 +185,8 @@ impl ServerCounters {
 }
 
 /// Statistics of a server (as a JSON-RPC `nbd_get_stats` would report them). Request
-/// counts lag by up to [`FOLD_EVERY`] requests per open connection.
+/// counts of a busy connection lag by up to [`FOLD_EVERY`] requests; an idle one has
+/// folded all of its counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NbdStats {
     /// Open connections per state.
