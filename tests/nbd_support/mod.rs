@@ -474,7 +474,7 @@ impl RawClient {
     /// A request and its reply.
     pub fn call(&mut self, kind: u16, flags: u16, offset: u64, len: u64, payload: &[u8]) -> io::Result<Reply> {
         self.send(kind, flags, 1, offset, len, payload)?;
-        let n = len as usize;
+        let n = if kind == CMD_READ { len as usize } else { 0 };
         self.recv(|_| n)
     }
 
