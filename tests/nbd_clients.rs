@@ -85,20 +85,35 @@ fn qemu_img_info_convert_compare() {
     make_image(&src, 32);
     let srv = TestServer::start(vec![NbdExport::new("disk", malloc("M0", 32))]);
     let uri = srv.uri("disk");
-    let info = run_ok(Command::new("qemu-img").args(["info", "-f", "raw", &uri]), T);
-    assert!(info.contains("virtual size: 32 MiB (33554432 bytes)"), "{info}");
+    let info = run_ok(
+        Command::new("qemu-img").args(["info", "-f", "raw", &uri]),
+        T,
+    );
+    assert!(
+        info.contains("virtual size: 32 MiB (33554432 bytes)"),
+        "{info}"
+    );
     run_ok(
-        Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&src).arg(&uri),
+        Command::new("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(&uri),
         T,
     );
     let same = run_ok(
-        Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(&uri),
+        Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(&src)
+            .arg(&uri),
         T,
     );
     assert!(same.contains("Images are identical"), "{same}");
     let back = dir.path().join("back.img");
     run_ok(
-        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(&uri).arg(&back),
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw"])
+            .arg(&uri)
+            .arg(&back),
         T,
     );
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap());
@@ -108,7 +123,10 @@ fn qemu_img_info_convert_compare() {
         T,
     );
     let out = run(
-        Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(&uri),
+        Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(&src)
+            .arg(&uri),
         T,
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -125,7 +143,8 @@ fn nbdinfo_lists_exports_with_block_sizes() {
     ]);
     let base = format!("nbd://{}", srv.addr);
     let json = run_ok(Command::new("nbdinfo").args(["--list", "--json", &base]), T);
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     let exports = v["exports"].as_array().expect("exports");
     let by_name: BTreeMap<&str, &serde_json::Value> = exports
         .iter()
@@ -151,7 +170,10 @@ fn nbdinfo_lists_exports_with_block_sizes() {
     assert_eq!(v["structured"], true);
 
     // One export, by URI.
-    let one = run_ok(Command::new("nbdinfo").args(["--json", &srv.uri("disk")]), T);
+    let one = run_ok(
+        Command::new("nbdinfo").args(["--json", &srv.uri("disk")]),
+        T,
+    );
     let v: serde_json::Value = serde_json::from_str(&one).unwrap();
     assert_eq!(v["exports"][0]["export-size"], 16 << 20, "{one}");
     // An unknown export is refused with the server's message.
@@ -191,7 +213,11 @@ fn nbdinfo_map_shows_holes_of_a_thin_disk() {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
         })
         .collect();
     const M: u64 = 1 << 20;
@@ -351,7 +377,10 @@ fn read_only_export_refuses_writes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("Permission denied") || text.contains("read-only"), "{text}");
+    assert!(
+        text.contains("Permission denied") || text.contains("read-only"),
+        "{text}"
+    );
     // Read-only access works.
     let out = run_ok(
         Command::new("qemu-io").args(["-f", "raw", "-r", "-c", "read -P 0 0 4k", &uri]),
@@ -398,7 +427,10 @@ fn write_tree(root: &Path) -> BTreeMap<PathBuf, u32> {
             let data = pattern((d * 100 + f) as u64, len);
             let p = dir.join(format!("file{f}.bin"));
             std::fs::write(&p, &data).unwrap();
-            sums.insert(p.strip_prefix(root).unwrap().to_path_buf(), crc32c::crc32c(&data));
+            sums.insert(
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                crc32c::crc32c(&data),
+            );
         }
     }
     sums
@@ -413,7 +445,14 @@ fn check_tree(root: &Path, sums: &BTreeMap<PathBuf, u32>) {
 
 #[test]
 fn ext4_over_nbdfuse_and_loop() {
-    for tool in ["nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "e2fsck", "mount"] {
+    for tool in [
+        "nbdfuse",
+        "fusermount3",
+        "losetup",
+        "mkfs.ext4",
+        "e2fsck",
+        "mount",
+    ] {
         if !have(tool) {
             return;
         }
@@ -446,7 +485,9 @@ fn ext4_over_nbdfuse_and_loop() {
     let loopdev = run_ok(
         // 4 KiB logical blocks: the loop device then only sends what the export's
         // advertised minimum block size allows (nbdfuse does not split requests).
-        Command::new("losetup").args(["-b", "4096", "-f", "--show"]).arg(&image),
+        Command::new("losetup")
+            .args(["-b", "4096", "-f", "--show"])
+            .arg(&image),
         T,
     )
     .trim()
@@ -472,5 +513,8 @@ fn ext4_over_nbdfuse_and_loop() {
         check_tree(&mnt, &sums);
     }
     let stats = srv.server().stats();
-    assert!(stats.flushes > 0, "ext4 flushes through to the server: {stats:?}");
+    assert!(
+        stats.flushes > 0,
+        "ext4 flushes through to the server: {stats:?}"
+    );
 }

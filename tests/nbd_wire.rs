@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera::bdev::error::{ErrorBdev, FailRule, Trigger};
-use tessera::bdev::{
-    Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, IoKind, IoStatus,
-};
+use tessera::bdev::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, IoKind, IoStatus};
 use tessera::frontend::nbd::proto::*;
 use tessera::frontend::nbd::{ConnState, NbdExport};
 use tessera::reactor;
@@ -116,7 +114,10 @@ fn handshake_options_get_their_replies() {
     assert_eq!(r[0].0, REP_ERR_INVALID);
 
     assert_eq!(option(&mut s, 99, b"abc").unwrap()[0].0, REP_ERR_UNSUP);
-    assert_eq!(option(&mut s, OPT_STARTTLS, &[]).unwrap()[0].0, REP_ERR_POLICY);
+    assert_eq!(
+        option(&mut s, OPT_STARTTLS, &[]).unwrap()[0].0,
+        REP_ERR_POLICY
+    );
 
     // Metadata contexts need structured replies first.
     let q = encode_meta_context_request("disk", &[]);
@@ -124,7 +125,10 @@ fn handshake_options_get_their_replies() {
         option(&mut s, OPT_LIST_META_CONTEXT, &q).unwrap()[0].0,
         REP_ERR_INVALID
     );
-    assert_eq!(option(&mut s, OPT_STRUCTURED_REPLY, &[]).unwrap()[0].0, REP_ACK);
+    assert_eq!(
+        option(&mut s, OPT_STRUCTURED_REPLY, &[]).unwrap()[0].0,
+        REP_ACK
+    );
     for queries in [&[][..], &["base:"][..], &["base:allocation", "qemu:x"][..]] {
         let r = option(
             &mut s,
@@ -133,7 +137,13 @@ fn handshake_options_get_their_replies() {
         )
         .unwrap();
         assert_eq!(r.len(), 2, "{queries:?}");
-        assert_eq!(r[0], (REP_META_CONTEXT, encode_meta_context(0, META_BASE_ALLOCATION)));
+        assert_eq!(
+            r[0],
+            (
+                REP_META_CONTEXT,
+                encode_meta_context(0, META_BASE_ALLOCATION)
+            )
+        );
     }
     let r = option(
         &mut s,
@@ -172,7 +182,10 @@ fn handshake_options_get_their_replies() {
         REP_ERR_INVALID
     );
 
-    assert_eq!(option(&mut s, OPT_EXTENDED_HEADERS, &[]).unwrap()[0].0, REP_ACK);
+    assert_eq!(
+        option(&mut s, OPT_EXTENDED_HEADERS, &[]).unwrap()[0].0,
+        REP_ACK
+    );
     assert_eq!(
         option(&mut s, OPT_STRUCTURED_REPLY, &[]).unwrap()[0].0,
         REP_ERR_EXT_HEADER_REQD
@@ -275,13 +288,17 @@ fn io_round_trips_in_every_reply_mode() {
         assert!(c.read(8 * MIB, 4 * MIB).unwrap().data == big);
         // FUA write, flush, trim, write-zeroes, zero-length requests.
         assert_eq!(
-            c.call(CMD_WRITE, CMD_FLAG_FUA, off, 4096, &[1u8; 4096]).unwrap().error,
+            c.call(CMD_WRITE, CMD_FLAG_FUA, off, 4096, &[1u8; 4096])
+                .unwrap()
+                .error,
             0
         );
         assert_eq!(c.flush().unwrap().error, 0);
         assert_eq!(c.call(CMD_TRIM, 0, off + 4096, 4096, &[]).unwrap().error, 0);
         assert_eq!(
-            c.call(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, off + 8192, 8192, &[]).unwrap().error,
+            c.call(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, off + 8192, 8192, &[])
+                .unwrap()
+                .error,
             0
         );
         let r = c.read(off, 16384).unwrap();
@@ -309,14 +326,24 @@ fn out_of_range_and_misaligned_requests_get_einval_and_the_connection_survives()
                 assert!(r.message.contains("beyond the end"), "{}", r.message);
             }
         }
-        assert_eq!(c.read(512, 4096).unwrap().error, NBD_EINVAL, "misaligned offset");
-        assert_eq!(c.read(0, 1000).unwrap().error, NBD_EINVAL, "misaligned length");
+        assert_eq!(
+            c.read(512, 4096).unwrap().error,
+            NBD_EINVAL,
+            "misaligned offset"
+        );
+        assert_eq!(
+            c.read(0, 1000).unwrap().error,
+            NBD_EINVAL,
+            "misaligned length"
+        );
         assert_eq!(
             c.call(CMD_TRIM, 0, size, 4096, &[]).unwrap().error,
             NBD_EINVAL
         );
         assert_eq!(
-            c.call(CMD_WRITE_ZEROES, 0, size - 4096, 8192, &[]).unwrap().error,
+            c.call(CMD_WRITE_ZEROES, 0, size - 4096, 8192, &[])
+                .unwrap()
+                .error,
             NBD_ENOSPC
         );
         assert_eq!(
@@ -344,7 +371,9 @@ fn a_write_that_fails_validation_never_touches_the_bdev() {
         assert_eq!(c.write(0, &junk[..1000]).unwrap().error, NBD_EINVAL);
         // Flags of other commands: EINVAL, payload consumed.
         assert_eq!(
-            c.call(CMD_WRITE, CMD_FLAG_NO_HOLE, 0, 4096, &junk[..4096]).unwrap().error,
+            c.call(CMD_WRITE, CMD_FLAG_NO_HOLE, 0, 4096, &junk[..4096])
+                .unwrap()
+                .error,
             NBD_EINVAL
         );
         let r = c.read(size - 4096, 4096).unwrap();
@@ -380,25 +409,45 @@ fn unknown_commands_and_flags_get_einval() {
     for o in modes() {
         let mut c = RawClient::connect(srv.addr, "disk", o).unwrap();
         assert_eq!(c.call(99, 0, 0, 4096, &[]).unwrap().error, NBD_EINVAL);
-        assert_eq!(c.call(CMD_CACHE, 0, 0, 4096, &[]).unwrap().error, NBD_EINVAL);
-        assert_eq!(c.call(CMD_RESIZE, 0, 0, 4096, &[]).unwrap().error, NBD_EINVAL);
-        assert_eq!(c.call(CMD_READ, 1 << 9, 0, 4096, &[]).unwrap().error, NBD_EINVAL);
         assert_eq!(
-            c.call(CMD_READ, CMD_FLAG_REQ_ONE, 0, 4096, &[]).unwrap().error,
+            c.call(CMD_CACHE, 0, 0, 4096, &[]).unwrap().error,
             NBD_EINVAL
         );
         assert_eq!(
-            c.call(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 4096, &[]).unwrap().error,
+            c.call(CMD_RESIZE, 0, 0, 4096, &[]).unwrap().error,
+            NBD_EINVAL
+        );
+        assert_eq!(
+            c.call(CMD_READ, 1 << 9, 0, 4096, &[]).unwrap().error,
+            NBD_EINVAL
+        );
+        assert_eq!(
+            c.call(CMD_READ, CMD_FLAG_REQ_ONE, 0, 4096, &[])
+                .unwrap()
+                .error,
+            NBD_EINVAL
+        );
+        assert_eq!(
+            c.call(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 4096, &[])
+                .unwrap()
+                .error,
             NBD_EINVAL,
             "fast zero is not advertised"
         );
         let df = c.call(CMD_READ, CMD_FLAG_DF, 0, 4096, &[]).unwrap();
         if o.structured {
-            assert_eq!((df.error, df.data.len(), df.chunks), (0, 4096, 1), "DF: one chunk");
+            assert_eq!(
+                (df.error, df.data.len(), df.chunks),
+                (0, 4096, 1),
+                "DF: one chunk"
+            );
         } else {
             assert_eq!(df.error, NBD_EINVAL, "DF needs structured replies");
         }
-        assert_eq!(c.call(CMD_FLUSH, 0, 0, 4096, &[]).unwrap().error, NBD_EINVAL);
+        assert_eq!(
+            c.call(CMD_FLUSH, 0, 0, 4096, &[]).unwrap().error,
+            NBD_EINVAL
+        );
         assert_eq!(
             c.call(CMD_BLOCK_STATUS, 0, 0, 4096, &[]).unwrap().error,
             NBD_EINVAL,
@@ -458,7 +507,11 @@ fn pipelined_requests_are_all_answered() {
         for _ in 0..100 {
             let r = c.recv(|cookie| lens[&cookie]).unwrap();
             assert_eq!(r.error, 0);
-            assert!(r.data == pattern(r.cookie - 5000, 4096), "cookie {}", r.cookie);
+            assert!(
+                r.data == pattern(r.cookie - 5000, 4096),
+                "cookie {}",
+                r.cookie
+            );
         }
     }
 }
@@ -497,15 +550,23 @@ fn block_status_reports_holes_zeros_and_data() {
         let base = i as u64 * MIB;
         assert_eq!(c.write(base, &[9u8; 16384]).unwrap().error, 0);
         assert_eq!(
-            c.call(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, base + 32 * KIB, 16 * KIB, &[])
-                .unwrap()
-                .error,
+            c.call(
+                CMD_WRITE_ZEROES,
+                CMD_FLAG_NO_HOLE,
+                base + 32 * KIB,
+                16 * KIB,
+                &[]
+            )
+            .unwrap()
+            .error,
             0
         );
         assert_eq!(c.write(base + 64 * KIB, &[9u8; 16384]).unwrap().error, 0);
         // Without NO_HOLE the server may unmap: the bdev reads unmapped blocks as zeros.
         assert_eq!(
-            c.call(CMD_WRITE_ZEROES, 0, base + 64 * KIB, 16 * KIB, &[]).unwrap().error,
+            c.call(CMD_WRITE_ZEROES, 0, base + 64 * KIB, 16 * KIB, &[])
+                .unwrap()
+                .error,
             0
         );
         let r = c.call(CMD_BLOCK_STATUS, 0, base, 128 * KIB, &[]).unwrap();
@@ -559,7 +620,11 @@ fn bdev_errors_map_to_nbd_errors() {
     let r = c.read(0, 4096).unwrap();
     assert_eq!(r.error, NBD_EIO);
     assert!(r.message.contains("media error"), "{}", r.message);
-    assert_eq!(c.read(0, 4096).unwrap().error, 0, "only the first read fails");
+    assert_eq!(
+        c.read(0, 4096).unwrap().error,
+        0,
+        "only the first read fails"
+    );
     eb.inject(FailRule {
         kinds: vec![IoKind::Write],
         trigger: Trigger::Nth(1),
@@ -653,7 +718,7 @@ fn many_clients_keep_being_served_while_one_sends_garbage() {
                     rng as u8
                 })
                 .collect();
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 // Garbage instead of a handshake.
                 if let Ok(mut s) = TcpStream::connect(addr) {
                     let _ = s.write_all(&junk);
@@ -703,8 +768,15 @@ fn many_clients_keep_being_served_while_one_sends_garbage() {
                         assert_eq!(c.recv(|_| 0).unwrap().error, 0);
                     }
                     for k in 0..8u64 {
-                        c.send(CMD_READ, 0, k, region + ((round * 8 + k) % 512) * 4096, 4096, &[])
-                            .unwrap();
+                        c.send(
+                            CMD_READ,
+                            0,
+                            k,
+                            region + ((round * 8 + k) % 512) * 4096,
+                            4096,
+                            &[],
+                        )
+                        .unwrap();
                     }
                     for _ in 0..8 {
                         let r = c.recv(|_| 4096).unwrap();
@@ -721,7 +793,10 @@ fn many_clients_keep_being_served_while_one_sends_garbage() {
     }
     stop.store(true, Ordering::Relaxed);
     let garbage_conns = garbage.join().unwrap();
-    assert!(garbage_conns > 10, "the garbage client ran ({garbage_conns})");
+    assert!(
+        garbage_conns > 10,
+        "the garbage client ran ({garbage_conns})"
+    );
     assert!(start.elapsed() < Duration::from_secs(60));
     assert!(srv.server().stats().protocol_errors > 0);
 }
@@ -820,7 +895,8 @@ fn flush_waits_for_the_writes_in_flight_before_it() {
     let srv = TestServer::start(vec![NbdExport::new("disk", bdev.clone())]);
     let mut c = RawClient::connect(srv.addr, "disk", Opts::default()).unwrap();
     // Write and flush in one burst, without waiting for the write's reply.
-    c.send(CMD_WRITE, 0, 1, 3 * 4096, 4096, &[3u8; 4096]).unwrap();
+    c.send(CMD_WRITE, 0, 1, 3 * 4096, 4096, &[3u8; 4096])
+        .unwrap();
     c.send(CMD_FLUSH, 0, 2, 0, 0, &[]).unwrap();
     let mut order = Vec::new();
     for _ in 0..2 {
@@ -864,7 +940,11 @@ fn removing_an_export_closes_its_connections_only() {
         .unwrap();
     let mut ca = RawClient::connect(srv.addr, "a", Opts::default()).unwrap();
     assert_eq!(ca.read(0, 4096).unwrap().data, vec![0u8; 4096]);
-    assert!(srv.server().add_export(NbdExport::new("a", malloc("M3", 4))).is_err());
+    assert!(
+        srv.server()
+            .add_export(NbdExport::new("a", malloc("M3", 4)))
+            .is_err()
+    );
 }
 
 #[test]
@@ -876,7 +956,11 @@ fn stop_closes_connections_and_the_listener() {
     let addr = srv.addr;
     let t = Instant::now();
     srv.server.take().unwrap().stop();
-    assert!(t.elapsed() < Duration::from_secs(5), "stop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
     assert!(closed_within(&mut c.s, Duration::from_secs(5)));
     assert!(closed_within(&mut idle, Duration::from_secs(5)));
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed");

@@ -11,9 +11,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera::bdev::malloc::MallocBdev;
-use tessera::bdev::{
-    Bdev, BdevChannel, BdevError, BdevIo, BdevProps, BlockRun, IoKind,
-};
+use tessera::bdev::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, BlockRun, IoKind};
 use tessera::frontend::nbd::proto::*;
 use tessera::frontend::nbd::{NbdExport, NbdServer};
 use tessera::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet};
@@ -51,12 +49,8 @@ pub struct TestServer {
 impl TestServer {
     pub fn start(exports: Vec<NbdExport>) -> TestServer {
         let reactors = reactors();
-        let server = NbdServer::start(
-            reactors.cores(),
-            "127.0.0.1:0".parse().unwrap(),
-            exports,
-        )
-        .expect("server starts");
+        let server = NbdServer::start(reactors.cores(), "127.0.0.1:0".parse().unwrap(), exports)
+            .expect("server starts");
         let addr = server.local_addr();
         TestServer {
             server: Some(server),
@@ -395,7 +389,15 @@ impl RawClient {
     }
 
     /// Sends one request (and its payload).
-    pub fn send(&mut self, kind: u16, flags: u16, cookie: u64, offset: u64, len: u64, payload: &[u8]) -> io::Result<()> {
+    pub fn send(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        cookie: u64,
+        offset: u64,
+        len: u64,
+        payload: &[u8],
+    ) -> io::Result<()> {
         let mut out = Vec::with_capacity(32 + payload.len());
         let flags = if self.reply == ReplyMode::Extended && !payload.is_empty() {
             flags | CMD_FLAG_PAYLOAD_LEN
@@ -472,7 +474,14 @@ impl RawClient {
     }
 
     /// A request and its reply.
-    pub fn call(&mut self, kind: u16, flags: u16, offset: u64, len: u64, payload: &[u8]) -> io::Result<Reply> {
+    pub fn call(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        offset: u64,
+        len: u64,
+        payload: &[u8],
+    ) -> io::Result<Reply> {
         self.send(kind, flags, 1, offset, len, payload)?;
         let n = if kind == CMD_READ { len as usize } else { 0 };
         self.recv(|_| n)
@@ -511,7 +520,11 @@ pub fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
         match s.read(&mut b) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => return false,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
             Err(_) => return true,
         }
     }
@@ -530,5 +543,3 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
-
-

@@ -6,10 +6,9 @@
 //! (after consuming any payload the request carries), or close the connection.
 
 use super::proto::{
-    CMD_BLOCK_STATUS, CMD_DISC, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE,
-    CMD_FLAG_PAYLOAD_LEN, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE,
-    CMD_WRITE_ZEROES, HeaderMode, NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_EPERM,
-    RequestHeader,
+    CMD_BLOCK_STATUS, CMD_DISC, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN,
+    CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, HeaderMode,
+    NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_EPERM, RequestHeader,
 };
 
 /// What a connection negotiated about its export, as far as requests are concerned.
@@ -308,7 +307,10 @@ mod tests {
     fn bad_requests_get_the_protocol_errors() {
         let l = limits();
         assert_eq!(error_of(check_request(&req(99, 0, 0, 0), &l)), NBD_EINVAL);
-        assert_eq!(error_of(check_request(&req(CMD_CACHE, 0, 0, 512), &l)), NBD_EINVAL);
+        assert_eq!(
+            error_of(check_request(&req(CMD_CACHE, 0, 0, 512), &l)),
+            NBD_EINVAL
+        );
         assert_eq!(
             error_of(check_request(&req(CMD_READ, 1 << 9, 0, 512), &l)),
             NBD_EINVAL,
@@ -358,7 +360,10 @@ mod tests {
             ..l
         };
         for kind in [CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES] {
-            assert_eq!(error_of(check_request(&req(kind, 0, 0, 512), &ro)), NBD_EPERM);
+            assert_eq!(
+                error_of(check_request(&req(kind, 0, 0, 512), &ro)),
+                NBD_EPERM
+            );
         }
         let plain = ExportLimits {
             chunked: false,
@@ -372,7 +377,10 @@ mod tests {
             NBD_EINVAL
         );
         for kind in [CMD_BLOCK_STATUS, CMD_TRIM, CMD_WRITE_ZEROES] {
-            assert_eq!(error_of(check_request(&req(kind, 0, 0, 512), &plain)), NBD_EINVAL);
+            assert_eq!(
+                error_of(check_request(&req(kind, 0, 0, 512), &plain)),
+                NBD_EINVAL
+            );
         }
     }
 
@@ -394,7 +402,10 @@ mod tests {
             "qemu sends writes without the payload flag"
         );
         assert_eq!(
-            error_of(check_request(&req(CMD_READ, CMD_FLAG_PAYLOAD_LEN, 0, 512), &l)),
+            error_of(check_request(
+                &req(CMD_READ, CMD_FLAG_PAYLOAD_LEN, 0, 512),
+                &l
+            )),
             NBD_EINVAL,
             "payload on a read: consumed, then EINVAL"
         );

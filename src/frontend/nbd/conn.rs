@@ -770,7 +770,12 @@ impl TxState {
                 self.reply_ok(idx);
             }
         } else {
-            tracing::debug!(idx, ?status, command = proto::command_name(kind), "nbd: I/O failed");
+            tracing::debug!(
+                idx,
+                ?status,
+                command = proto::command_name(kind),
+                "nbd: I/O failed"
+            );
             let message = match status {
                 IoStatus::MediaError => "the bdev reported a media error",
                 IoStatus::WriteProtected => "the bdev is read-only",
@@ -906,7 +911,6 @@ impl TxState {
                         RxState::Header
                     } else {
                         RxState::Discard { left: left - take }
-                        
                     };
                     if take < left {
                         break;
@@ -928,7 +932,11 @@ impl TxState {
 
     /// One read: straight into a write's buffer when a large part of its payload is
     /// missing and nothing is buffered, else into the receive buffer.
-    fn read_socket(&mut self, sock: &mio::net::TcpStream, sink: &Rc<dyn IoSink>) -> io::Result<usize> {
+    fn read_socket(
+        &mut self,
+        sock: &mio::net::TcpStream,
+        sink: &Rc<dyn IoSink>,
+    ) -> io::Result<usize> {
         if let RxState::Payload { slot, got, len } = self.rx_state
             && self.rx.is_empty()
             && len - got >= DIRECT_READ_MIN

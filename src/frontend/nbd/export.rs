@@ -347,7 +347,8 @@ mod tests {
         assert_eq!(c.exports.len(), 2);
         assert!(c.exports[1].read_only);
         c.validate().unwrap();
-        let again: NbdConfig = serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&c).unwrap()).unwrap();
+        let again: NbdConfig =
+            serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
         let d: NbdConfig = serde_yaml_ng::from_str("{}").unwrap();
         assert_eq!(d.listen, "127.0.0.1:10809");
@@ -383,7 +384,10 @@ mod tests {
             ],
         };
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("nbd.exports[1].name") && e.contains("twice"), "{e}");
+        assert!(
+            e.contains("nbd.exports[1].name") && e.contains("twice"),
+            "{e}"
+        );
         let e = c.resolve(&BdevRegistry::new()).unwrap_err().to_string();
         assert!(e.contains("twice"), "{e}");
         let one = NbdConfig {
@@ -391,7 +395,10 @@ mod tests {
             ..c
         };
         let e = one.resolve(&BdevRegistry::new()).unwrap_err().to_string();
-        assert!(e.contains("nbd.exports[0].bdev") && e.contains("`x`"), "{e}");
+        assert!(
+            e.contains("nbd.exports[0].bdev") && e.contains("`x`"),
+            "{e}"
+        );
     }
 
     #[test]

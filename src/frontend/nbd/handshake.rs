@@ -106,10 +106,7 @@ impl Haggle<'_> {
     }
 
     fn lookup(&self, name: &str) -> Option<Arc<ExportEntry>> {
-        self.shared
-            .exports
-            .get(name)
-            .filter(|e| !e.is_removed())
+        self.shared.exports.get(name).filter(|e| !e.is_removed())
     }
 
     /// `NBD_OPT_INFO` / `NBD_OPT_GO`: the information replies, then ACK (or an error).
@@ -301,7 +298,11 @@ pub(crate) async fn negotiate(
             if option == proto::OPT_EXPORT_NAME {
                 return Err(Failure::Protocol("server is shutting down".into()));
             }
-            h.error(option, proto::REP_ERR_SHUTDOWN, "the server is shutting down");
+            h.error(
+                option,
+                proto::REP_ERR_SHUTDOWN,
+                "the server is shutting down",
+            );
             h.flush().await?;
             continue;
         }

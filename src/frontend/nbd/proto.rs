@@ -394,9 +394,15 @@ pub enum ClientOption {
     /// Use structured replies.
     StructuredReply,
     /// List metadata contexts matching the queries (all if none).
-    ListMetaContext { export: String, queries: Vec<String> },
+    ListMetaContext {
+        export: String,
+        queries: Vec<String>,
+    },
     /// Select the metadata contexts matching the queries.
-    SetMetaContext { export: String, queries: Vec<String> },
+    SetMetaContext {
+        export: String,
+        queries: Vec<String>,
+    },
     /// Use extended (64-bit) headers.
     ExtendedHeaders,
     /// An option this server does not know.
@@ -462,7 +468,9 @@ fn parse_len_string(
     if len > MAX_STRING_LEN {
         return Err(OptionError::StringTooLong { option, field, len });
     }
-    let bytes = r.bytes(len).ok_or(OptionError::Truncated { option, field })?;
+    let bytes = r
+        .bytes(len)
+        .ok_or(OptionError::Truncated { option, field })?;
     parse_string(bytes, option, field)
 }
 
@@ -1065,7 +1073,10 @@ pub fn parse_reply_header(buf: &[u8]) -> Result<Option<(ReplyHeader, usize)>, Ba
             let (Some(error), Some(cookie)) = (r.u32(), r.u64()) else {
                 return Ok(None);
             };
-            Ok(Some((ReplyHeader::Simple { error, cookie }, SIMPLE_REPLY_LEN)))
+            Ok(Some((
+                ReplyHeader::Simple { error, cookie },
+                SIMPLE_REPLY_LEN,
+            )))
         }
         STRUCTURED_REPLY_MAGIC => {
             let (Some(flags), Some(kind), Some(cookie), Some(len)) =

@@ -394,7 +394,12 @@ impl NbdServer {
 
     /// The exports, with their sizes and open connections.
     pub fn exports(&self) -> Vec<NbdExportInfo> {
-        self.shared.exports.list().iter().map(|e| e.info()).collect()
+        self.shared
+            .exports
+            .list()
+            .iter()
+            .map(|e| e.info())
+            .collect()
     }
 
     /// Connection and request counters.

@@ -232,7 +232,10 @@ mod tests {
         assert!(Draining.may_become(Closed));
         assert!(!Transmission.may_become(Negotiating));
         assert!(!Closed.may_become(Accepted));
-        assert!(!Transmission.may_become(Closed), "transmission always drains first");
+        assert!(
+            !Transmission.may_become(Closed),
+            "transmission always drains first"
+        );
     }
 
     #[test]
