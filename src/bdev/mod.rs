@@ -699,11 +699,7 @@ impl Channel {
     }
 
     /// The allocation state of a range, as runs that cover at least its first block.
-    pub fn block_status(
-        &self,
-        offset_blocks: u64,
-        num_blocks: u64,
-    ) -> Result<Vec<BlockRun>, IoStatus> {
+    pub fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Result<Vec<BlockRun>, IoStatus> {
         if num_blocks == 0 {
             return Err(IoStatus::InvalidField);
         }
