@@ -955,11 +955,13 @@ impl TxState {
         self.rx.read_from(sock)
     }
 
-    /// One `writev` of the queued replies; returns the bytes written.
-    fn write_output(&mut self, sock: &mio::net::TcpStream) -> io::Result<usize> {
-        let written = {
+    /// One `writev` of the queued replies; returns the bytes written and how many were
+    /// offered.
+    fn write_output(&mut self, sock: &mio::net::TcpStream) -> io::Result<(usize, usize)> {
+        let (written, offered) = {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
+            let mut offered = 0;
             let mut skip = self.out_sent;
             'slots: for &idx in &self.out {
                 let s = &self.slots[idx as usize];
@@ -970,6 +972,7 @@ impl TxState {
                         continue;
                     }
                     iov[n] = IoSlice::new(&part[skip..]);
+                    offered += part.len() - skip;
                     skip = 0;
                     n += 1;
                     if n == MAX_IOV {
@@ -978,10 +981,10 @@ impl TxState {
                 }
             }
             if n == 0 {
-                return Ok(0);
+                return Ok((0, 0));
             }
             let mut w = sock;
-            w.write_vectored(&iov[..n])?
+            (w.write_vectored(&iov[..n])?, offered)
         };
         let mut done = self.out_sent + written;
         while let Some(&idx) = self.out.front() {
@@ -994,7 +997,7 @@ impl TxState {
             self.free_slot(idx);
         }
         self.out_sent = done;
-        Ok(written)
+        Ok((written, offered))
     }
 }
 
@@ -1068,8 +1071,11 @@ impl Future for Transmission {
             st.drain(DrainReason::Server);
         }
         let sock = this.sock.get_ref();
-        // After `WouldBlock`, the socket is not retried in this poll: the readiness
-        // driver wakes the task when it may be.
+        // After `WouldBlock`, or a write that took less than offered (the send buffer is
+        // full), the socket is not retried in this poll: edge-triggered readiness
+        // reports room (or an error) that appears later, and the driver wakes the task —
+        // one `EAGAIN` syscall less per batch. Reads go on until `WouldBlock`: a short
+        // read may leave an end-of-file behind whose event was already consumed.
         let mut read_blocked = false;
         let mut write_blocked = false;
         let mut rounds = 0;
@@ -1092,7 +1098,10 @@ impl Future for Transmission {
             }
             if !write_blocked && st.has_output() {
                 match st.write_output(sock) {
-                    Ok(n) => progress |= n > 0,
+                    Ok((n, offered)) => {
+                        progress |= n > 0;
+                        write_blocked = n < offered;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_blocked = true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
                     Err(e) => {
