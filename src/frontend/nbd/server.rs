@@ -452,3 +452,19 @@ impl Drop for NbdServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn control_plane_types_cross_threads() {
+        // The JSON-RPC server and the main thread hold these.
+        send_sync::<NbdServer>();
+        send::<Closing>();
+        send_sync::<NbdExport>();
+    }
+}
