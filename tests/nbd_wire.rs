@@ -965,3 +965,54 @@ fn stop_closes_connections_and_the_listener() {
     assert!(closed_within(&mut idle, Duration::from_secs(5)));
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
 }
+
+#[test]
+fn server_from_config_looks_bdevs_up_by_name() {
+    use tessera::bdev::BdevRegistry;
+    use tessera::frontend::nbd::{NbdConfig, NbdServer};
+    let reactors = reactors();
+    let registry = BdevRegistry::new();
+    registry.add(malloc("Malloc0", 8)).unwrap();
+    let small = tessera::bdev::malloc::MallocBdev::create("Small", 2048, 512, None).unwrap();
+    registry.add(small).unwrap();
+    let cfg: NbdConfig = serde_yaml_ng::from_str(
+        "listen: \"127.0.0.1:0\"\nexports:\n  - {name: vd0, bdev: Malloc0, description: first}\n  - {name: small, bdev: Small, read_only: true}\n",
+    )
+    .unwrap();
+    let server = NbdServer::from_config(reactors.cores(), &cfg, &registry).unwrap();
+    let exports = server.exports();
+    assert_eq!(exports.len(), 2);
+    let small = exports.iter().find(|e| e.name == "small").unwrap();
+    assert_eq!(
+        (small.bdev.as_str(), small.block_size, small.size_bytes),
+        ("Small", 512, MIB)
+    );
+    assert!(small.read_only);
+    let json = serde_json::to_value(&exports).unwrap();
+    assert_eq!(json[1]["description"], "first", "{json}");
+    // 512-byte blocks: the minimum block size is 512, the preferred 4096.
+    let mut c = RawClient::connect(server.local_addr(), "small", Opts::default()).unwrap();
+    assert_eq!(
+        c.block_sizes,
+        Some(BlockSizes {
+            min_bytes: 512,
+            preferred_bytes: 4096,
+            max_bytes: 32 << 20
+        })
+    );
+    assert_eq!(c.read(512, 512).unwrap().error, 0);
+    assert_eq!(c.read(100, 512).unwrap().error, NBD_EINVAL);
+    // A missing bdev is named with its field.
+    let bad: NbdConfig =
+        serde_yaml_ng::from_str("listen: \"127.0.0.1:0\"\nexports: [{name: x, bdev: Nope}]\n")
+            .unwrap();
+    let err = NbdServer::from_config(reactors.cores(), &bad, &registry)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("nbd.exports[0].bdev") && err.contains("Nope"),
+        "{err}"
+    );
+    server.stop();
+}
