@@ -81,10 +81,11 @@ wait_port() {
     return 1
 }
 
-TESSERA=$ROOT/target/release/tessera
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+TESSERA=$TARGET_DIR/release/tessera
 if [[ "$ONLY" != qemu ]]; then
     echo "building tessera (release)..." >&2
-    (cd "$ROOT" && CARGO_TARGET_DIR="$ROOT/target" cargo build --release --quiet)
+    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --quiet)
     mkdir -p "$WORK/run"
     cat > "$WORK/tessera.yaml" <<EOF
 cores: [$SERVER_CPU]
