@@ -1016,3 +1016,41 @@ fn server_from_config_looks_bdevs_up_by_name() {
     );
     server.stop();
 }
+
+#[test]
+fn a_client_that_does_not_read_its_replies_does_not_stall_others() {
+    let srv = one_disk();
+    // Both connections on the same core (round-robin over two cores: 1st and 3rd).
+    let mut slow = RawClient::connect(srv.addr, "disk", Opts::default()).unwrap();
+    let _other_core = RawClient::connect(srv.addr, "disk", Opts::default()).unwrap();
+    let mut fast = RawClient::connect(srv.addr, "disk", Opts::default()).unwrap();
+    // 64 MiB of read replies that nobody reads: the server's socket buffer fills up.
+    let mut burst = Vec::new();
+    for i in 0..64u64 {
+        encode_request(
+            &mut burst,
+            HeaderMode::Compact,
+            &RequestHeader {
+                flags: 0,
+                kind: CMD_READ,
+                cookie: i,
+                offset_bytes: (i % 16) * MIB,
+                len_bytes: MIB,
+            },
+        );
+    }
+    slow.s.write_all(&burst).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    for i in 0..200u64 {
+        let data = pattern(i, 4096);
+        assert_eq!(fast.write((i % 64) * 4096, &data).unwrap().error, 0);
+        assert!(fast.read((i % 64) * 4096, 4096).unwrap().data == data);
+    }
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // The slow client still gets everything once it reads.
+    for _ in 0..64 {
+        let r = slow.recv(|_| MIB as usize).unwrap();
+        assert_eq!((r.error, r.data.len()), (0, MIB as usize));
+    }
+}
