@@ -42,18 +42,22 @@
 //!
 //! - [`proto`]: the wire format (pure codec), [`check`]: request validation (pure).
 //! - `server`: [`NbdServer`], the acceptor and the per-core connection registry.
-//! - `handshake`: option haggling; `conn`: the transmission engine.
+//! - `handshake`: option haggling; `conn`: the connection task and its transmission
+//!   future; `transmission`: request slots, request handling and socket I/O; `flush`:
+//!   flush ordering; `recv`: the receive buffer.
 //! - [`export`]: exports and the `nbd:` config section; [`state`]: the connection state
 //!   machine and counters.
 
 pub mod check;
 mod conn;
 pub mod export;
+mod flush;
 mod handshake;
 pub mod proto;
 mod recv;
 mod server;
 pub mod state;
+mod transmission;
 
 pub use export::{MAX_PAYLOAD_BYTES, NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo};
 pub use server::{Closing, NbdServer};
