@@ -1,1 +1,93 @@
-//! NBD server (see the module files).
+//! The NBD server: exports bdevs to Network Block Device clients (qemu, libnbd's
+//! `nbdinfo`/`nbdcopy`/`nbdfuse`, fio's `nbd` engine, the Linux kernel client).
+//!
+//! # Protocol
+//!
+//! Fixed newstyle handshake with `NBD_OPT_LIST`, `INFO`, `GO` (and the old
+//! `EXPORT_NAME`), `STRUCTURED_REPLY`, `EXTENDED_HEADERS`, `LIST_META_CONTEXT` and
+//! `SET_META_CONTEXT` for `base:allocation`, `ABORT`. Transmission: `READ`, `WRITE` (with
+//! FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` (with `NO_HOLE`), `BLOCK_STATUS`, `DISC`; simple,
+//! structured or extended replies as negotiated. No TLS (`STARTTLS` is refused with
+//! `NBD_REP_ERR_POLICY`).
+//!
+//! Every export advertises `NBD_FLAG_CAN_MULTI_CONN`: a bdev flush covers every write
+//! completed on any core, and a connection submits the bdev flush of an `NBD_CMD_FLUSH`
+//! only once every write, trim and write-zeroes it had in flight when the flush arrived
+//! has completed — so a flush covers whatever was replied to, on any connection, before
+//! it arrived. Block sizes are advertised (`NBD_INFO_BLOCK_SIZE`): minimum = the bdev's
+//! block size, preferred = max(4 KiB, block size), maximum = 32 MiB, and enforced:
+//! misaligned requests get `EINVAL`, reads above the maximum `EOVERFLOW`, writes above it
+//! `EINVAL` after their payload is consumed (with extended headers an oversized payload
+//! closes the connection, as proto.md says). A request that fails validation never
+//! touches the bdev. The empty export name selects the only export when there is exactly
+//! one.
+//!
+//! # Threads
+//!
+//! The listening socket lives on core 0 of the [`Cores`](crate::reactor::Cores) it was
+//! started with (the acceptor). Each accepted connection is handed, round-robin, to a
+//! core, which runs its handshake and its transmission phase: one task per connection,
+//! reading many requests per `read`, submitting them to the core's bdev channel,
+//! writing the replies of each loop iteration with one `writev`. Nothing on that path
+//! takes a lock or allocates in steady state (request slots and their buffers are reused).
+//!
+//! # Stopping and removing exports
+//!
+//! [`NbdServer::remove_export`] forgets the export at once (new clients cannot open it)
+//! and closes its open connections: each stops reading requests, lets its in-flight I/O
+//! complete, sends the replies, and closes. [`NbdServer::stop`] does the same for every
+//! connection after the listening socket is closed.
+//!
+//! # Files
+//!
+//! - [`proto`]: the wire format (pure codec), [`check`]: request validation (pure).
+//! - `server`: [`NbdServer`], the acceptor and the per-core connection registry.
+//! - `handshake`: option haggling; `conn`: the connection task and its transmission
+//!   future; `transmission`: request slots, request handling and socket I/O; `flush`:
+//!   flush ordering; `recv`: the receive buffer.
+//! - [`export`]: exports and the `nbd:` config section; [`state`]: the connection state
+//!   machine and counters.
+
+pub mod check;
+mod conn;
+pub mod export;
+mod flush;
+mod handshake;
+pub mod proto;
+mod recv;
+mod server;
+pub mod state;
+mod transmission;
+
+pub use export::{MAX_PAYLOAD_BYTES, NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo};
+pub use server::{Closing, NbdServer};
+pub use state::{ConnState, NbdStats};
+
+use crate::reactor::SendError;
+use std::net::SocketAddr;
+
+/// Errors of the NBD server's control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum NbdError {
+    #[error("nbd: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("nbd: listen address `{addr}` is invalid: {reason}")]
+    InvalidAddress { addr: String, reason: String },
+    #[error("nbd: export `{0}` already exists")]
+    ExportExists(String),
+    #[error("nbd: export `{0}` does not exist")]
+    NoSuchExport(String),
+    #[error("nbd: export name `{name}` {reason}")]
+    InvalidExportName { name: String, reason: String },
+    #[error("{field}: {reason}")]
+    Config { field: String, reason: String },
+    #[error("nbd: the server has stopped")]
+    Stopped,
+    #[error("nbd: {0}")]
+    Reactor(#[from] SendError),
+    #[error("nbd: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,273 @@
+//! One connection: the handshake, then the transmission phase.
+//!
+//! The transmission phase is a hand-written future ([`Transmission`]) owned by the
+//! connection's task. Each poll runs rounds of: parse every complete request in the
+//! receive buffer and submit it to the core's bdev channel; `read` the socket (one read
+//! may bring many requests; a large write payload is read straight into its buffer);
+//! `writev` every reply that is ready. Completions arrive through [`IoSink::io_done`] on
+//! the same core, which builds the reply in the request's slot, queues it and wakes the
+//! task — so the replies of many completions leave in one `writev`. The state it drives
+//! is in `transmission`.
+
+use super::handshake::{self, Negotiated, Outcome};
+use super::recv::RecvBuf;
+use super::server::ConnCtl;
+use super::state::ConnState;
+use super::transmission::{DrainReason, TxState};
+use crate::bdev::{BdevIo, IoBuf, IoSink, IoStatus};
+use crate::reactor::{self, Sleep, io::Async};
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Receive buffer per connection.
+const RX_BUF_LEN: usize = 256 << 10;
+/// A client has this long to finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A draining connection waits this long for a client that does not read its replies.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rounds per poll before the task yields to the rest of the reactor.
+const ROUNDS_PER_POLL: usize = 16;
+
+/// Serves one accepted connection on the current core, until it closes.
+pub(crate) async fn serve(ctl: Rc<ConnCtl>, stream: std::net::TcpStream, peer: SocketAddr) {
+    let shared = ctl.shared().clone();
+    ctl.set_state(ConnState::Negotiating);
+    let sock = match Async::new(mio::net::TcpStream::from_std(stream)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "nbd: cannot register the connection");
+            ctl.set_state(ConnState::Closed);
+            return;
+        }
+    };
+    let mut rx = RecvBuf::new(RX_BUF_LEN);
+    let outcome = guard(
+        &ctl,
+        HANDSHAKE_TIMEOUT,
+        handshake::negotiate(&sock, &mut rx, &shared),
+    )
+    .await;
+    let neg = match outcome {
+        Guarded::Done(Ok(Outcome::Transmission(n))) => n,
+        Guarded::Done(Ok(Outcome::Left)) | Guarded::Closed => {
+            ctl.set_state(ConnState::Closed);
+            return;
+        }
+        Guarded::Done(Err(e)) => {
+            shared
+                .counters
+                .handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "nbd: handshake failed");
+            ctl.set_state(ConnState::Closed);
+            return;
+        }
+        Guarded::TimedOut => {
+            shared
+                .counters
+                .handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "nbd: handshake timed out");
+            ctl.set_state(ConnState::Closed);
+            return;
+        }
+    };
+    // Register the export first, then look at its removal flag: a concurrent removal
+    // either sees this connection or is seen by it.
+    ctl.set_export(neg.export.id);
+    if neg.export.is_removed() || ctl.close_requested() {
+        ctl.set_state(ConnState::Closed);
+        return;
+    }
+    let export = neg.export.clone();
+    export.connections.fetch_add(1, Ordering::Relaxed);
+    ctl.set_state(ConnState::Transmission);
+    tracing::debug!(%peer, export = %export.name, reply = ?neg.reply, "nbd: transmission");
+    Transmission::new(ctl.clone(), sock, rx, neg).await;
+    export.connections.fetch_sub(1, Ordering::Relaxed);
+    ctl.set_state(ConnState::Closed);
+}
+
+enum Guarded<T> {
+    Done(T),
+    TimedOut,
+    Closed,
+}
+
+/// Runs `fut` until it finishes, `timeout` passes, or the control plane closes `ctl`.
+async fn guard<F: Future>(ctl: &ConnCtl, timeout: Duration, fut: F) -> Guarded<F::Output> {
+    let mut fut = pin!(fut);
+    let mut sleep = reactor::sleep(timeout);
+    std::future::poll_fn(|cx| {
+        ctl.set_waker(cx.waker());
+        if ctl.close_requested() {
+            return Poll::Ready(Guarded::Closed);
+        }
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Guarded::Done(v));
+        }
+        if Pin::new(&mut sleep).poll(cx).is_ready() {
+            return Poll::Ready(Guarded::TimedOut);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A connection in transmission: its state, and the sink its I/O completes to.
+pub(crate) struct Conn {
+    pub(super) me: Weak<Conn>,
+    st: RefCell<TxState>,
+    /// Completions that found the state borrowed (never expected: the bdev layer never
+    /// completes inside `submit`); handled at the next poll.
+    late: RefCell<Vec<(u16, IoStatus, Option<IoBuf>)>>,
+}
+
+impl IoSink for Conn {
+    fn io_done(&self, mut io: BdevIo, status: IoStatus) {
+        let idx = io.tag as u16;
+        let buf = io.take_buf();
+        match self.st.try_borrow_mut() {
+            Ok(mut st) => {
+                st.complete(idx, status, buf, &self.me);
+                st.ctl().wake();
+            }
+            Err(_) => {
+                self.late.borrow_mut().push((idx, status, buf));
+            }
+        }
+    }
+}
+
+/// The transmission phase of a connection, as a future that ends when the connection
+/// is done.
+struct Transmission {
+    sock: Async<mio::net::TcpStream>,
+    conn: Rc<Conn>,
+    drain_timer: Option<Sleep>,
+}
+
+impl Transmission {
+    fn new(
+        ctl: Rc<ConnCtl>,
+        sock: Async<mio::net::TcpStream>,
+        rx: RecvBuf,
+        neg: Negotiated,
+    ) -> Transmission {
+        let conn = Rc::new_cyclic(|me| Conn {
+            me: me.clone(),
+            st: RefCell::new(TxState::new(ctl, rx, neg)),
+            late: RefCell::new(Vec::new()),
+        });
+        Transmission {
+            sock,
+            conn,
+            drain_timer: None,
+        }
+    }
+}
+
+impl Future for Transmission {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let conn = this.conn.clone();
+        let sink: Rc<dyn IoSink> = conn.clone();
+        let mut st = conn.st.borrow_mut();
+        st.ctl().set_waker(cx.waker());
+        let late = std::mem::take(&mut *conn.late.borrow_mut());
+        for (idx, status, buf) in late {
+            st.complete(idx, status, buf, &conn.me);
+        }
+        if st.ctl().close_requested() {
+            st.drain(DrainReason::Server);
+        }
+        let sock = this.sock.get_ref();
+        // After `WouldBlock`, or a write that took less than offered (the send buffer is
+        // full), the socket is not retried in this poll: edge-triggered readiness
+        // reports room (or an error) that appears later, and the driver wakes the task —
+        // one `EAGAIN` syscall less per batch. Reads go on until `WouldBlock`: a short
+        // read may leave an end-of-file behind whose event was already consumed.
+        let mut read_blocked = false;
+        let mut write_blocked = false;
+        let mut rounds = 0;
+        loop {
+            let mut progress = st.process_input(&sink);
+            if !read_blocked && st.wants_read() {
+                match st.read_socket(sock, &sink) {
+                    Ok(0) => {
+                        st.input_eof();
+                        progress = true;
+                    }
+                    Ok(_) => progress = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => read_blocked = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => {
+                        st.socket_failed(&e);
+                        progress = true;
+                    }
+                }
+            }
+            if !write_blocked && st.has_output() {
+                match st.write_output(sock) {
+                    Ok((n, offered)) => {
+                        progress |= n > 0;
+                        write_blocked = n < offered;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_blocked = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => {
+                        st.socket_failed(&e);
+                        progress = true;
+                    }
+                }
+            }
+            if st.finished() {
+                st.fold_counters();
+                return Poll::Ready(());
+            }
+            if !progress {
+                break;
+            }
+            rounds += 1;
+            if rounds >= ROUNDS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        // Idle: publish the counters.
+        st.fold_counters_if_idle();
+        // Wait for the socket (completions wake us through the sink).
+        if read_blocked {
+            this.sock.clear_readable();
+            if this.sock.poll_readable(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        if write_blocked {
+            this.sock.clear_writable();
+            if this.sock.poll_writable(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        if st.is_draining() && st.has_output() {
+            let timer = this
+                .drain_timer
+                .get_or_insert_with(|| reactor::sleep(DRAIN_TIMEOUT));
+            if Pin::new(timer).poll(cx).is_ready() {
+                tracing::debug!("nbd: client does not read its replies; giving up");
+                st.abandon_output();
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    }
+}

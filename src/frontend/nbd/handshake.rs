@@ -1,0 +1,393 @@
+//! The handshake: greeting, client flags, and option haggling until the client enters
+//! transmission (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`) or leaves.
+//!
+//! Every option gets its reply (`NBD_REP_ERR_*` with a message for the human when it
+//! cannot be honoured); only what proto.md says cannot be answered closes the
+//! connection: bad magic, unknown client flags, an `EXPORT_NAME` that cannot be
+//! satisfied, or an option too large to be anything but an attack.
+
+use super::export::ExportEntry;
+use super::proto::{self, ClientOption, ReplyMode};
+use super::recv::RecvBuf;
+use super::server::ServerShared;
+use crate::bdev::Channel;
+use crate::reactor::io::{self, Async};
+use std::fmt;
+use std::sync::Arc;
+
+/// Option data up to this size is read and parsed.
+const MAX_OPTION_LEN: u32 = 64 << 10;
+/// Larger option data up to this size is skipped and refused with `NBD_REP_ERR_TOO_BIG`;
+/// anything larger closes the connection.
+const MAX_SKIPPED_OPTION_LEN: u32 = 1 << 20;
+/// The context id `SET_META_CONTEXT` assigns to `base:allocation`.
+pub(crate) const BASE_ALLOCATION_ID: u32 = 1;
+
+/// What the client chose.
+pub(crate) struct Negotiated {
+    pub(crate) export: Arc<ExportEntry>,
+    pub(crate) reply: ReplyMode,
+    /// `base:allocation` was selected for this export.
+    pub(crate) block_status: bool,
+    pub(crate) chan: Channel,
+}
+
+/// How a handshake ended.
+pub(crate) enum Outcome {
+    /// The client entered transmission.
+    Transmission(Negotiated),
+    /// The client left (`NBD_OPT_ABORT`, or closed the socket between options).
+    Left,
+}
+
+/// Why a handshake failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Io(std::io::Error),
+    /// The client broke a rule that proto.md answers by closing.
+    Protocol(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Io(e) => write!(f, "{e}"),
+            Failure::Protocol(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+/// Negotiation state.
+struct Haggle<'a> {
+    sock: &'a Async<mio::net::TcpStream>,
+    shared: &'a ServerShared,
+    out: Vec<u8>,
+    structured: bool,
+    extended: bool,
+    /// The export `base:allocation` was selected for.
+    meta_export: Option<u64>,
+}
+
+impl Haggle<'_> {
+    fn reply(&mut self, option: u32, reply_type: u32, data: &[u8]) {
+        proto::encode_option_reply(&mut self.out, option, reply_type, data);
+    }
+
+    fn error(&mut self, option: u32, reply_type: u32, message: &str) {
+        let mut m = message.as_bytes();
+        if m.len() > proto::MAX_STRING_LEN {
+            m = &m[..proto::MAX_STRING_LEN];
+        }
+        proto::encode_option_reply(&mut self.out, option, reply_type, m);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            io::write_all(self.sock, &self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn reply_mode(&self) -> ReplyMode {
+        if self.extended {
+            ReplyMode::Extended
+        } else if self.structured {
+            ReplyMode::Structured
+        } else {
+            ReplyMode::Simple
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Option<Arc<ExportEntry>> {
+        self.shared.exports.get(name).filter(|e| !e.is_removed())
+    }
+
+    /// `NBD_OPT_INFO` / `NBD_OPT_GO`: the information replies, then ACK (or an error).
+    /// Returns the negotiated export when `go` succeeded.
+    fn info_or_go(
+        &mut self,
+        option: u32,
+        name: &str,
+        requests: &[u16],
+        go: bool,
+    ) -> Option<Negotiated> {
+        let Some(export) = self.lookup(name) else {
+            self.error(
+                option,
+                proto::REP_ERR_UNKNOWN,
+                &format!("export `{name}` does not exist"),
+            );
+            return None;
+        };
+        let chunked = self.structured || self.extended;
+        let flags = export.transmission_flags(chunked);
+        self.reply(
+            option,
+            proto::REP_INFO,
+            &proto::encode_info_export(export.size_bytes(), flags),
+        );
+        if requests.contains(&proto::INFO_NAME) || name != export.name {
+            self.reply(
+                option,
+                proto::REP_INFO,
+                &proto::encode_info_string(proto::INFO_NAME, &export.name),
+            );
+        }
+        if requests.contains(&proto::INFO_DESCRIPTION) && !export.description.is_empty() {
+            self.reply(
+                option,
+                proto::REP_INFO,
+                &proto::encode_info_string(proto::INFO_DESCRIPTION, &export.description),
+            );
+        }
+        // Sent whether asked or not: the server enforces non-default constraints.
+        self.reply(
+            option,
+            proto::REP_INFO,
+            &proto::encode_info_block_size(export.block_sizes()),
+        );
+        if !go {
+            self.reply(option, proto::REP_ACK, &[]);
+            return None;
+        }
+        let chan = match Channel::get(&export.bdev) {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(option, proto::REP_ERR_UNKNOWN, &e.to_string());
+                return None;
+            }
+        };
+        self.reply(option, proto::REP_ACK, &[]);
+        Some(Negotiated {
+            block_status: self.meta_export == Some(export.id),
+            export,
+            reply: self.reply_mode(),
+            chan,
+        })
+    }
+
+    /// `LIST_META_CONTEXT` / `SET_META_CONTEXT`.
+    fn meta_context(&mut self, option: u32, export: &str, queries: &[String]) {
+        let set = option == proto::OPT_SET_META_CONTEXT;
+        if set {
+            // A SET replaces the selection, even when it fails.
+            self.meta_export = None;
+        }
+        if !(self.structured || self.extended) {
+            self.error(
+                option,
+                proto::REP_ERR_INVALID,
+                "structured replies must be negotiated first",
+            );
+            return;
+        }
+        let Some(entry) = self.lookup(export) else {
+            self.error(
+                option,
+                proto::REP_ERR_UNKNOWN,
+                &format!("export `{export}` does not exist"),
+            );
+            return;
+        };
+        if let Some(q) = queries.iter().find(|q| !q.contains(':')) {
+            self.error(
+                option,
+                proto::REP_ERR_INVALID,
+                &format!("query `{q}` does not start with a namespace and a colon"),
+            );
+            return;
+        }
+        let matches = if set {
+            queries.iter().any(|q| q == proto::META_BASE_ALLOCATION)
+        } else {
+            queries.is_empty()
+                || queries
+                    .iter()
+                    .any(|q| q == "base:" || q == proto::META_BASE_ALLOCATION)
+        };
+        if matches {
+            let id = if set { BASE_ALLOCATION_ID } else { 0 };
+            self.reply(
+                option,
+                proto::REP_META_CONTEXT,
+                &proto::encode_meta_context(id, proto::META_BASE_ALLOCATION),
+            );
+            if set {
+                self.meta_export = Some(entry.id);
+            }
+        }
+        self.reply(option, proto::REP_ACK, &[]);
+    }
+}
+
+/// Runs the handshake on `sock`; bytes the client sent after its last option stay in
+/// `rx` for the transmission phase.
+pub(crate) async fn negotiate(
+    sock: &Async<mio::net::TcpStream>,
+    rx: &mut RecvBuf,
+    shared: &ServerShared,
+) -> Result<Outcome, Failure> {
+    let offered = proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES;
+    let mut h = Haggle {
+        sock,
+        shared,
+        out: Vec::with_capacity(256),
+        structured: false,
+        extended: false,
+        meta_export: None,
+    };
+    proto::encode_greeting(&mut h.out, offered);
+    h.flush().await?;
+
+    rx.need(sock, 4).await?;
+    let raw = u32::from_be_bytes(rx.data()[..4].try_into().unwrap_or_default());
+    rx.consume(4);
+    let client = proto::parse_client_flags(raw, offered)
+        .map_err(|e| Failure::Protocol(format!("client flags: {e}")))?;
+
+    loop {
+        match rx.need(sock, proto::OPTION_HEADER_LEN).await {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && rx.is_empty() => {
+                return Ok(Outcome::Left);
+            }
+            other => other?,
+        }
+        let hdr = match proto::parse_option_header(rx.data()) {
+            Ok(Some(hdr)) => hdr,
+            Ok(None) => return Err(Failure::Protocol("truncated option header".into())),
+            Err(e) => return Err(Failure::Protocol(format!("option header: {e}"))),
+        };
+        rx.consume(proto::OPTION_HEADER_LEN);
+        let option = hdr.option;
+        if hdr.len_bytes > MAX_OPTION_LEN {
+            if hdr.len_bytes > MAX_SKIPPED_OPTION_LEN || option == proto::OPT_EXPORT_NAME {
+                return Err(Failure::Protocol(format!(
+                    "{} with {} bytes of data",
+                    proto::option_name(option),
+                    hdr.len_bytes
+                )));
+            }
+            rx.skip(sock, hdr.len_bytes as u64).await?;
+            h.error(option, proto::REP_ERR_TOO_BIG, "option data too large");
+            h.flush().await?;
+            continue;
+        }
+        let len = hdr.len_bytes as usize;
+        rx.need(sock, len).await?;
+        let parsed = proto::parse_option(option, &rx.data()[..len]);
+        rx.consume(len);
+        let opt = match parsed {
+            Ok(o) => o,
+            Err(e) if option == proto::OPT_EXPORT_NAME => {
+                return Err(Failure::Protocol(format!("NBD_OPT_EXPORT_NAME: {e}")));
+            }
+            Err(e) => {
+                h.error(option, proto::REP_ERR_INVALID, &e.to_string());
+                h.flush().await?;
+                continue;
+            }
+        };
+        if shared.stopping() && !matches!(opt, ClientOption::Abort) {
+            if option == proto::OPT_EXPORT_NAME {
+                return Err(Failure::Protocol("server is shutting down".into()));
+            }
+            h.error(
+                option,
+                proto::REP_ERR_SHUTDOWN,
+                "the server is shutting down",
+            );
+            h.flush().await?;
+            continue;
+        }
+        match opt {
+            ClientOption::Abort => {
+                h.reply(option, proto::REP_ACK, &[]);
+                // The client may already have closed; a failed ACK does not matter.
+                let _ = h.flush().await;
+                return Ok(Outcome::Left);
+            }
+            ClientOption::List => {
+                for e in shared.exports.list() {
+                    let data = proto::encode_rep_server(&e.name, &e.description);
+                    h.reply(option, proto::REP_SERVER, &data);
+                }
+                h.reply(option, proto::REP_ACK, &[]);
+            }
+            ClientOption::StartTls => {
+                h.error(option, proto::REP_ERR_POLICY, "TLS is not supported");
+            }
+            ClientOption::StructuredReply => {
+                if h.extended {
+                    h.error(
+                        option,
+                        proto::REP_ERR_EXT_HEADER_REQD,
+                        "extended headers are already negotiated",
+                    );
+                } else {
+                    h.structured = true;
+                    h.reply(option, proto::REP_ACK, &[]);
+                }
+            }
+            ClientOption::ExtendedHeaders => {
+                h.extended = true;
+                h.reply(option, proto::REP_ACK, &[]);
+            }
+            ClientOption::Info { name, requests } => {
+                h.info_or_go(option, &name, &requests, false);
+            }
+            ClientOption::Go { name, requests } => {
+                if let Some(n) = h.info_or_go(option, &name, &requests, true) {
+                    h.flush().await?;
+                    return Ok(Outcome::Transmission(n));
+                }
+            }
+            ClientOption::ListMetaContext { export, queries }
+            | ClientOption::SetMetaContext { export, queries } => {
+                h.meta_context(option, &export, &queries);
+            }
+            ClientOption::ExportName { name } => {
+                if h.extended {
+                    return Err(Failure::Protocol(
+                        "NBD_OPT_EXPORT_NAME after extended headers".into(),
+                    ));
+                }
+                let Some(export) = h.lookup(&name) else {
+                    return Err(Failure::Protocol(format!(
+                        "NBD_OPT_EXPORT_NAME: export `{name}` does not exist"
+                    )));
+                };
+                let chan = Channel::get(&export.bdev)
+                    .map_err(|e| Failure::Protocol(format!("NBD_OPT_EXPORT_NAME: {e}")))?;
+                let flags = export.transmission_flags(h.structured);
+                proto::encode_export_name_reply(
+                    &mut h.out,
+                    export.size_bytes(),
+                    flags,
+                    !client.no_zeroes,
+                );
+                h.flush().await?;
+                return Ok(Outcome::Transmission(Negotiated {
+                    block_status: h.meta_export == Some(export.id),
+                    reply: h.reply_mode(),
+                    export,
+                    chan,
+                }));
+            }
+            ClientOption::Unknown { option } => {
+                h.error(
+                    option,
+                    proto::REP_ERR_UNSUP,
+                    &format!("option {option} is not supported"),
+                );
+            }
+        }
+        h.flush().await?;
+    }
+}

@@ -1,0 +1,123 @@
+//! The receive buffer of a connection: one large buffer that a `read` fills and the
+//! parsers consume from the front, so one read can carry many requests.
+
+use crate::reactor::io::Async;
+use std::io::{self, Read};
+
+/// Bytes read from the socket and not yet consumed.
+pub(crate) struct RecvBuf {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl RecvBuf {
+    /// An empty buffer of `cap` bytes.
+    pub(crate) fn new(cap: usize) -> RecvBuf {
+        RecvBuf {
+            buf: vec![0u8; cap].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The buffered bytes.
+    #[inline]
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Number of buffered bytes.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// True when nothing is buffered.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Capacity in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Drops `n` bytes from the front.
+    #[inline]
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Moves the buffered bytes to the front when less than `min_room` bytes are free
+    /// after them.
+    fn make_room(&mut self, min_room: usize) {
+        if self.buf.len() - self.end < min_room && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// One non-blocking read from `sock` into the free space. `Ok(0)` is end of file;
+    /// a full buffer reads nothing and reports `WouldBlock` (the caller consumes first).
+    #[inline]
+    pub(crate) fn read_from(&mut self, sock: &mio::net::TcpStream) -> io::Result<usize> {
+        self.make_room(self.buf.len() / 4);
+        if self.end == self.buf.len() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut s = sock;
+        let n = s.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Waits until at least `n` bytes (at most the capacity) are buffered.
+    pub(crate) async fn need(
+        &mut self,
+        sock: &Async<mio::net::TcpStream>,
+        n: usize,
+    ) -> io::Result<()> {
+        if n > self.buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "message larger than the receive buffer",
+            ));
+        }
+        while self.len() < n {
+            self.make_room(n - self.len());
+            let got = {
+                let (buf, end) = (&mut self.buf, self.end);
+                sock.read_with(|mut s| s.read(&mut buf[end..])).await?
+            };
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.end += got;
+        }
+        Ok(())
+    }
+
+    /// Waits for and drops `n` bytes.
+    pub(crate) async fn skip(
+        &mut self,
+        sock: &Async<mio::net::TcpStream>,
+        mut n: u64,
+    ) -> io::Result<()> {
+        while n > 0 {
+            if self.is_empty() {
+                self.need(sock, 1).await?;
+            }
+            let take = (self.len() as u64).min(n) as usize;
+            self.consume(take);
+            n -= take as u64;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,869 @@
+//! The transmission state of a connection: request slots, request handling (validate,
+//! submit to the bdev channel, build the reply), flush ordering, and the socket reads
+//! and `writev`s. Driven by the connection future in `conn`.
+//!
+//! A request lives in a **slot** (reused, with its buffer, from one request to the next),
+//! from the moment its header is parsed until its reply is written. The number of slots
+//! and the bytes their buffers hold are bounded; when either bound is reached the
+//! connection stops reading, and TCP pushes back on the client.
+
+use super::check::{Command, ExportLimits, Verdict, check_request};
+use super::conn::Conn;
+use super::export::{ExportEntry, MAX_PAYLOAD_BYTES};
+use super::flush::FlushEpochs;
+use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
+use super::proto::{
+    self, CMD_READ, ChunkHeader, Extent, HeaderMode, MAX_REPLY_HEADER_LEN, REPLY_FLAG_DONE,
+    RequestHeader,
+};
+use super::recv::RecvBuf;
+use super::server::ConnCtl;
+use super::state::{ConnState, LocalCounters, RequestKind};
+use crate::bdev::{BdevIo, Channel, IoBuf, IoKind, IoSink, IoStatus};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Requests a connection may have between header and reply.
+const MAX_SLOTS: usize = 256;
+/// Buffer bytes a connection may hold for its requests before it stops reading (one
+/// request is always admitted).
+const BUDGET_BYTES: usize = 64 << 20;
+/// A slot keeps its buffer for the next request up to this size.
+const KEEP_BUF_MAX: usize = 256 << 10;
+/// A write payload is read straight into its buffer when this much is still missing and
+/// nothing else is buffered.
+const DIRECT_READ_MIN: usize = 32 << 10;
+/// Iovecs per `writev`.
+const MAX_IOV: usize = 64;
+/// Extents per block status reply.
+const MAX_EXTENTS: usize = 1024;
+
+/// Where a slot is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// On the free list.
+    Free,
+    /// A write whose payload is being received.
+    Receiving,
+    /// A flush waiting for earlier writes of the connection to complete.
+    WaitingFlush,
+    /// Submitted to the bdev.
+    Submitted,
+    /// Reply built and queued for the socket.
+    Queued,
+}
+
+/// A request, from its header to its reply.
+struct Slot {
+    state: SlotState,
+    cookie: u64,
+    /// The NBD command type.
+    kind: u16,
+    offset_bytes: u64,
+    /// Force unit access (writes, kept while the payload arrives).
+    fua: bool,
+    /// Counted in the flush epochs (a write, trim or write-zeroes in flight).
+    modifies: bool,
+    epoch: u64,
+    /// Bytes of `buf` counted against the connection's budget.
+    reserved_bytes: usize,
+    /// Reply header (and the fixed part of its payload).
+    hdr: [u8; MAX_REPLY_HEADER_LEN],
+    hdr_len: usize,
+    /// Reply payload after the header: an error message or block status descriptors.
+    extra: Vec<u8>,
+    /// Data buffer: read data to send, write payload to receive.
+    buf: Option<IoBuf>,
+    /// Bytes of `buf` sent after `extra` (reads).
+    data_len: usize,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            state: SlotState::Free,
+            cookie: 0,
+            kind: 0,
+            offset_bytes: 0,
+            fua: false,
+            modifies: false,
+            epoch: 0,
+            reserved_bytes: 0,
+            hdr: [0; MAX_REPLY_HEADER_LEN],
+            hdr_len: 0,
+            extra: Vec::new(),
+            buf: None,
+            data_len: 0,
+        }
+    }
+
+    fn reply_len(&self) -> usize {
+        self.hdr_len + self.extra.len() + self.data_len
+    }
+
+    fn data(&self) -> &[u8] {
+        match &self.buf {
+            Some(b) if self.data_len > 0 => b.get(..self.data_len).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+}
+
+/// What the receive side expects next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxState {
+    /// A request header.
+    Header,
+    /// The payload of the write in `slot`: `got` of `len` bytes are in.
+    Payload { slot: u16, got: usize, len: usize },
+    /// The payload of a refused request: `left` bytes to throw away.
+    Discard { left: u64 },
+}
+
+/// Why a connection stopped reading requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DrainReason {
+    /// `NBD_CMD_DISC`.
+    Disconnect,
+    /// The client closed its side.
+    ClientClosed,
+    /// The server is stopping or the export was removed.
+    Server,
+    /// The client broke the protocol.
+    Protocol,
+    /// The socket failed.
+    Failed,
+}
+
+/// The transmission state of a connection.
+pub(super) struct TxState {
+    ctl: Rc<ConnCtl>,
+    export: Arc<ExportEntry>,
+    chan: Channel,
+    limits: ExportLimits,
+    reply: proto::ReplyMode,
+    /// Header format of requests and reply chunks.
+    hmode: HeaderMode,
+    block_size: u64,
+    /// Write-zeroes without `NO_HOLE` may unmap (the bdev reads unmapped blocks as zeros).
+    unmap_zeroes: bool,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    /// Slots whose replies wait for the socket, in order.
+    out: VecDeque<u16>,
+    /// Bytes of the first queued reply already written.
+    out_sent: usize,
+    rx: RecvBuf,
+    rx_state: RxState,
+    reserved_bytes: usize,
+    epochs: FlushEpochs,
+    waiting_flushes: VecDeque<u16>,
+    draining: Option<DrainReason>,
+    input_closed: bool,
+    output_broken: bool,
+    counters: LocalCounters,
+}
+
+impl TxState {
+    pub(super) fn new(ctl: Rc<ConnCtl>, rx: RecvBuf, neg: Negotiated) -> TxState {
+        let export = neg.export;
+        let chunked = neg.reply.chunked();
+        let flags = export.transmission_flags(chunked);
+        let bdev = &export.bdev;
+        let limits = ExportLimits {
+            size_bytes: export.size_bytes(),
+            block_size: bdev.block_size(),
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+            read_only: export.is_read_only(),
+            can_trim: flags & proto::TFLAG_SEND_TRIM != 0,
+            can_write_zeroes: flags & proto::TFLAG_SEND_WRITE_ZEROES != 0,
+            chunked,
+            block_status: neg.block_status && chunked,
+            mode: neg.reply.header_mode(),
+        };
+        TxState {
+            ctl,
+            block_size: bdev.block_size() as u64,
+            unmap_zeroes: bdev.unmap_reads_zeroes() && bdev.supports(IoKind::Unmap),
+            chan: neg.chan,
+            limits,
+            reply: neg.reply,
+            hmode: neg.reply.header_mode(),
+            export,
+            slots: Vec::new(),
+            free: Vec::new(),
+            out: VecDeque::with_capacity(64),
+            out_sent: 0,
+            rx,
+            rx_state: RxState::Header,
+            reserved_bytes: 0,
+            epochs: FlushEpochs::new(),
+            waiting_flushes: VecDeque::new(),
+            draining: None,
+            input_closed: false,
+            output_broken: false,
+            counters: LocalCounters::default(),
+        }
+    }
+
+    // -- slots ---------------------------------------------------------------------------
+
+    fn can_start_request(&self) -> bool {
+        self.draining.is_none()
+            && (!self.free.is_empty() || self.slots.len() < MAX_SLOTS)
+            && (self.reserved_bytes < BUDGET_BYTES || self.reserved_bytes == 0)
+    }
+
+    fn alloc_slot(&mut self, h: &RequestHeader) -> u16 {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::new());
+                (self.slots.len() - 1) as u16
+            }
+        };
+        let s = &mut self.slots[idx as usize];
+        s.state = SlotState::Submitted;
+        s.cookie = h.cookie;
+        s.kind = h.kind;
+        s.offset_bytes = h.offset_bytes;
+        s.fua = false;
+        s.modifies = false;
+        s.hdr_len = 0;
+        s.extra.clear();
+        s.data_len = 0;
+        idx
+    }
+
+    fn free_slot(&mut self, idx: u16) {
+        let s = &mut self.slots[idx as usize];
+        if s.state == SlotState::Free {
+            return;
+        }
+        if s.buf.as_ref().is_some_and(|b| b.capacity() > KEEP_BUF_MAX) {
+            s.buf = None;
+        }
+        if s.extra.capacity() > proto::MAX_STRING_LEN * 4 {
+            s.extra = Vec::new();
+        }
+        self.reserved_bytes -= s.reserved_bytes;
+        s.reserved_bytes = 0;
+        s.data_len = 0;
+        s.state = SlotState::Free;
+        self.free.push(idx);
+    }
+
+    /// A buffer of `len` bytes for the slot: its own if large enough, else a new one.
+    fn take_buf(&mut self, idx: u16, len: usize) -> IoBuf {
+        let s = &mut self.slots[idx as usize];
+        let buf = match s.buf.take() {
+            Some(mut b) if b.capacity() >= len => {
+                b.set_len(len);
+                b
+            }
+            _ => self.chan.alloc_buf(len),
+        };
+        s.reserved_bytes = len;
+        self.reserved_bytes += len;
+        buf
+    }
+
+    fn enqueue(&mut self, idx: u16) {
+        if self.output_broken {
+            self.free_slot(idx);
+        } else {
+            self.slots[idx as usize].state = SlotState::Queued;
+            self.out.push_back(idx);
+        }
+    }
+
+    // -- replies -------------------------------------------------------------------------
+
+    fn reply_ok(&mut self, idx: u16) {
+        let (reply, hmode) = (self.reply, self.hmode);
+        let s = &mut self.slots[idx as usize];
+        s.data_len = 0;
+        s.extra.clear();
+        s.hdr_len = match reply {
+            proto::ReplyMode::Simple => proto::write_simple_reply(&mut s.hdr, 0, s.cookie),
+            proto::ReplyMode::Structured if s.kind != CMD_READ => {
+                proto::write_simple_reply(&mut s.hdr, 0, s.cookie)
+            }
+            _ => proto::write_chunk_header(
+                &mut s.hdr,
+                hmode,
+                &ChunkHeader {
+                    flags: REPLY_FLAG_DONE,
+                    kind: proto::REPLY_TYPE_NONE,
+                    cookie: s.cookie,
+                    offset_bytes: s.offset_bytes,
+                    len_bytes: 0,
+                },
+            ),
+        };
+    }
+
+    fn reply_read(&mut self, idx: u16, len: usize) {
+        let (reply, hmode) = (self.reply, self.hmode);
+        let s = &mut self.slots[idx as usize];
+        s.extra.clear();
+        s.data_len = len;
+        s.hdr_len = match reply {
+            proto::ReplyMode::Simple => proto::write_simple_reply(&mut s.hdr, 0, s.cookie),
+            _ => proto::write_offset_data_header(
+                &mut s.hdr,
+                hmode,
+                s.cookie,
+                s.offset_bytes,
+                len as u64,
+            ),
+        };
+    }
+
+    fn reply_error(&mut self, idx: u16, error: u32, message: &str) {
+        self.counters.error();
+        let (reply, hmode) = (self.reply, self.hmode);
+        let s = &mut self.slots[idx as usize];
+        s.data_len = 0;
+        s.extra.clear();
+        s.hdr_len = match reply {
+            proto::ReplyMode::Simple => proto::write_simple_reply(&mut s.hdr, error, s.cookie),
+            _ => {
+                let m = message.as_bytes();
+                let m = &m[..m.len().min(proto::MAX_STRING_LEN)];
+                s.extra.extend_from_slice(m);
+                proto::write_error_chunk_header(
+                    &mut s.hdr,
+                    hmode,
+                    s.cookie,
+                    s.offset_bytes,
+                    error,
+                    m.len() as u16,
+                )
+            }
+        };
+    }
+
+    fn reply_block_status(&mut self, idx: u16, offset_blocks: u64, num_blocks: u64, req_one: bool) {
+        let runs = match self.chan.block_status(offset_blocks, num_blocks) {
+            Ok(r) => r,
+            Err(st) => {
+                self.reply_error(
+                    idx,
+                    proto::nbd_errno(st.errno()),
+                    "the bdev cannot report block status",
+                );
+                return;
+            }
+        };
+        let bs = self.block_size.max(1);
+        // Compact chunks carry 32-bit extent lengths.
+        let max_blocks = match self.hmode {
+            HeaderMode::Compact => (u32::MAX as u64) / bs,
+            HeaderMode::Extended => u64::MAX / bs,
+        };
+        let limit = if req_one { 1 } else { MAX_EXTENTS };
+        let mut extents: Vec<(u64, u32)> = Vec::with_capacity(runs.len().min(limit));
+        let mut left = num_blocks;
+        for r in &runs {
+            let n = r.num_blocks.min(left);
+            if n == 0 {
+                continue;
+            }
+            let flags = if r.allocated { 0 } else { proto::STATE_HOLE }
+                | if r.zero { proto::STATE_ZERO } else { 0 };
+            match extents.last_mut() {
+                Some((len, f)) if *f == flags => *len += n,
+                _ => {
+                    if extents.len() == limit {
+                        break;
+                    }
+                    extents.push((n, flags));
+                }
+            }
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+        if extents.is_empty() {
+            // "Status unknown" is always a correct answer.
+            extents.push((num_blocks, 0));
+        }
+        if let Some(i) = extents.iter().position(|(n, _)| *n > max_blocks) {
+            extents[i].0 = max_blocks;
+            extents.truncate(i + 1);
+        }
+        let extents: Vec<Extent> = extents
+            .into_iter()
+            .map(|(n, flags)| Extent {
+                len_bytes: n * bs,
+                flags,
+            })
+            .collect();
+        let hmode = self.hmode;
+        let s = &mut self.slots[idx as usize];
+        s.extra.clear();
+        s.data_len = 0;
+        let kind =
+            proto::encode_block_status_payload(&mut s.extra, hmode, BASE_ALLOCATION_ID, &extents);
+        s.hdr_len = proto::write_chunk_header(
+            &mut s.hdr,
+            hmode,
+            &ChunkHeader {
+                flags: REPLY_FLAG_DONE,
+                kind,
+                cookie: s.cookie,
+                offset_bytes: s.offset_bytes,
+                len_bytes: s.extra.len() as u64,
+            },
+        );
+    }
+
+    // -- requests ------------------------------------------------------------------------
+
+    fn count(&mut self, kind: RequestKind, bytes: u64) {
+        if self.counters.request(kind, bytes) {
+            self.counters.fold_into(&self.ctl.shared().counters);
+        }
+    }
+
+    fn submit(&mut self, idx: u16, io: BdevIo, sink: &Rc<dyn IoSink>) {
+        self.slots[idx as usize].state = SlotState::Submitted;
+        self.chan.submit(io.on_complete(sink.clone(), idx as u64));
+    }
+
+    fn submit_modifying(&mut self, idx: u16, io: BdevIo, sink: &Rc<dyn IoSink>) {
+        let epoch = self.epochs.track();
+        let s = &mut self.slots[idx as usize];
+        s.modifies = true;
+        s.epoch = epoch;
+        self.submit(idx, io, sink);
+    }
+
+    fn start_flushes(&mut self, sink: &Rc<dyn IoSink>) {
+        while let Some(&idx) = self.waiting_flushes.front() {
+            if !self.epochs.covered(self.slots[idx as usize].epoch) {
+                break;
+            }
+            self.waiting_flushes.pop_front();
+            self.submit(idx, BdevIo::flush(), sink);
+        }
+    }
+
+    /// Starts the request whose header was just parsed.
+    fn start_request(&mut self, h: &RequestHeader, sink: &Rc<dyn IoSink>) {
+        let payload = h.payload_len(self.hmode);
+        let cmd = match check_request(h, &self.limits) {
+            Verdict::Run(cmd) => cmd,
+            Verdict::Reject { error, reason } => {
+                tracing::trace!(request = %h, error, reason, "nbd: request refused");
+                let idx = self.alloc_slot(h);
+                self.reply_error(idx, error, reason);
+                self.enqueue(idx);
+                if payload > 0 {
+                    self.rx_state = RxState::Discard { left: payload };
+                }
+                return;
+            }
+            Verdict::Close { reason } => {
+                self.protocol_error(reason);
+                return;
+            }
+        };
+        let bs = self.block_size;
+        match cmd {
+            Command::Disconnect => self.drain(DrainReason::Disconnect),
+            Command::Read {
+                offset_blocks,
+                num_blocks,
+            } => {
+                let len = (num_blocks * bs) as usize;
+                self.count(RequestKind::Read, len as u64);
+                let idx = self.alloc_slot(h);
+                let buf = self.take_buf(idx, len);
+                self.submit(idx, BdevIo::read(offset_blocks, num_blocks, buf), sink);
+            }
+            Command::Write {
+                num_blocks, fua, ..
+            } => {
+                let len = (num_blocks * bs) as usize;
+                self.count(RequestKind::Write, len as u64);
+                let idx = self.alloc_slot(h);
+                let buf = self.take_buf(idx, len);
+                let s = &mut self.slots[idx as usize];
+                s.buf = Some(buf);
+                s.fua = fua;
+                s.state = SlotState::Receiving;
+                self.rx_state = RxState::Payload {
+                    slot: idx,
+                    got: 0,
+                    len,
+                };
+            }
+            Command::Flush => {
+                self.count(RequestKind::Flush, 0);
+                let idx = self.alloc_slot(h);
+                let epoch = self.epochs.begin_flush();
+                let s = &mut self.slots[idx as usize];
+                s.epoch = epoch;
+                s.state = SlotState::WaitingFlush;
+                self.waiting_flushes.push_back(idx);
+                self.start_flushes(sink);
+            }
+            Command::Trim {
+                offset_blocks,
+                num_blocks,
+                fua,
+            } => {
+                self.count(RequestKind::Trim, 0);
+                let idx = self.alloc_slot(h);
+                let io = BdevIo::unmap(offset_blocks, num_blocks).with_fua(fua);
+                self.submit_modifying(idx, io, sink);
+            }
+            Command::WriteZeroes {
+                offset_blocks,
+                num_blocks,
+                fua,
+                no_hole,
+            } => {
+                self.count(RequestKind::WriteZeroes, 0);
+                let idx = self.alloc_slot(h);
+                let io = if !no_hole && self.unmap_zeroes {
+                    BdevIo::unmap(offset_blocks, num_blocks)
+                } else {
+                    BdevIo::write_zeroes(offset_blocks, num_blocks)
+                };
+                self.submit_modifying(idx, io.with_fua(fua), sink);
+            }
+            Command::BlockStatus {
+                offset_blocks,
+                num_blocks,
+                req_one,
+            } => {
+                self.count(RequestKind::BlockStatus, 0);
+                let idx = self.alloc_slot(h);
+                self.reply_block_status(idx, offset_blocks, num_blocks, req_one);
+                self.enqueue(idx);
+            }
+            Command::Noop => {
+                let idx = self.alloc_slot(h);
+                self.reply_ok(idx);
+                self.enqueue(idx);
+            }
+        }
+    }
+
+    /// The payload of the write in `idx` is complete: submit it.
+    fn submit_write(&mut self, idx: u16, sink: &Rc<dyn IoSink>) {
+        let s = &mut self.slots[idx as usize];
+        let Some(buf) = s.buf.take() else {
+            self.reply_error(idx, proto::NBD_EIO, "internal: write buffer missing");
+            self.enqueue(idx);
+            return;
+        };
+        let bs = self.block_size;
+        // Validated by check_request when the header arrived.
+        let offset_blocks = s.offset_bytes / bs;
+        let num_blocks = buf.len() as u64 / bs;
+        let fua = s.fua;
+        let io = BdevIo::write(offset_blocks, num_blocks, buf).with_fua(fua);
+        self.submit_modifying(idx, io, sink);
+    }
+
+    /// A request finished on the bdev.
+    pub(super) fn complete(
+        &mut self,
+        idx: u16,
+        status: IoStatus,
+        buf: Option<IoBuf>,
+        me: &Weak<Conn>,
+    ) {
+        let Some(s) = self.slots.get_mut(idx as usize) else {
+            tracing::error!(idx, "nbd: completion for an unknown slot");
+            return;
+        };
+        if s.state != SlotState::Submitted {
+            tracing::error!(idx, state = ?s.state, "nbd: completion for a slot not in flight");
+            return;
+        }
+        if buf.is_some() {
+            s.buf = buf;
+        }
+        let was_modifying = std::mem::replace(&mut s.modifies, false);
+        let (kind, len) = (s.kind, s.buf.as_ref().map_or(0, |b| b.len()));
+        if was_modifying {
+            let e = s.epoch;
+            self.epochs.release(e);
+            if !self.waiting_flushes.is_empty()
+                && let Some(conn) = me.upgrade()
+            {
+                let sink: Rc<dyn IoSink> = conn;
+                self.start_flushes(&sink);
+            }
+        }
+        if status.is_success() {
+            if kind == CMD_READ {
+                self.reply_read(idx, len);
+            } else {
+                self.reply_ok(idx);
+            }
+        } else {
+            tracing::debug!(
+                idx,
+                ?status,
+                command = proto::command_name(kind),
+                "nbd: I/O failed"
+            );
+            let message = match status {
+                IoStatus::MediaError => "the bdev reported a media error",
+                IoStatus::WriteProtected => "the bdev is read-only",
+                IoStatus::CapacityExceeded => "no space left on the bdev",
+                IoStatus::LbaOutOfRange => "range outside the bdev",
+                IoStatus::InvalidOpcode => "the bdev does not support this operation",
+                IoStatus::Aborted => "the request was aborted",
+                _ => "the bdev failed the request",
+            };
+            self.reply_error(idx, proto::nbd_errno(status.errno()), message);
+        }
+        self.enqueue(idx);
+    }
+
+    // -- connection-level events ---------------------------------------------------------
+
+    pub(super) fn drain(&mut self, reason: DrainReason) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.draining = Some(reason);
+        if let RxState::Payload { slot, .. } = self.rx_state {
+            self.free_slot(slot);
+        }
+        self.rx_state = RxState::Header;
+        self.ctl.set_state(ConnState::Draining);
+    }
+
+    fn protocol_error(&mut self, reason: &str) {
+        tracing::debug!(export = %self.export.name, reason, "nbd: closing connection");
+        self.ctl
+            .shared()
+            .counters
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.drain(DrainReason::Protocol);
+    }
+
+    pub(super) fn input_eof(&mut self) {
+        self.input_closed = true;
+        self.drain(DrainReason::ClientClosed);
+    }
+
+    pub(super) fn socket_failed(&mut self, e: &io::Error) {
+        tracing::debug!(export = %self.export.name, error = %e, "nbd: socket failed");
+        self.input_closed = true;
+        self.abandon_output();
+        self.drain(DrainReason::Failed);
+    }
+
+    /// Gives up sending: the client is gone or does not read.
+    pub(super) fn abandon_output(&mut self) {
+        self.output_broken = true;
+        self.out_sent = 0;
+        while let Some(idx) = self.out.pop_front() {
+            self.free_slot(idx);
+        }
+        while let Some(idx) = self.waiting_flushes.pop_front() {
+            self.free_slot(idx);
+        }
+    }
+
+    /// Done when draining and every slot is free (in-flight I/O completed, replies sent
+    /// or abandoned).
+    pub(super) fn finished(&self) -> bool {
+        self.draining.is_some() && self.free.len() == self.slots.len()
+    }
+
+    pub(super) fn wants_read(&self) -> bool {
+        if self.draining.is_some() || self.input_closed {
+            return false;
+        }
+        match self.rx_state {
+            RxState::Header => self.can_start_request() && self.rx.len() < self.rx.capacity(),
+            RxState::Payload { .. } | RxState::Discard { .. } => true,
+        }
+    }
+
+    pub(super) fn has_output(&self) -> bool {
+        !self.out.is_empty() && !self.output_broken
+    }
+
+    // -- socket --------------------------------------------------------------------------
+
+    /// Handles whatever the receive buffer holds; returns true if anything was consumed.
+    pub(super) fn process_input(&mut self, sink: &Rc<dyn IoSink>) -> bool {
+        let mut progress = false;
+        loop {
+            match self.rx_state {
+                RxState::Header => {
+                    if !self.can_start_request() || self.rx.is_empty() {
+                        break;
+                    }
+                    match proto::parse_request(self.rx.data(), self.hmode) {
+                        Ok(None) => break,
+                        Ok(Some((h, n))) => {
+                            self.rx.consume(n);
+                            progress = true;
+                            self.start_request(&h, sink);
+                        }
+                        Err(e) => {
+                            progress = true;
+                            tracing::debug!(error = %e, "nbd: bad request");
+                            self.protocol_error("bad request magic");
+                            break;
+                        }
+                    }
+                }
+                RxState::Payload { slot, got, len } => {
+                    if self.rx.is_empty() {
+                        break;
+                    }
+                    let take = self.rx.len().min(len - got);
+                    let s = &mut self.slots[slot as usize];
+                    if let Some(dst) = s.buf.as_mut().and_then(|b| b.get_mut(got..got + take)) {
+                        dst.copy_from_slice(&self.rx.data()[..take]);
+                    }
+                    self.rx.consume(take);
+                    progress = true;
+                    self.payload_progress(slot, got + take, len, sink);
+                    if matches!(self.rx_state, RxState::Payload { .. }) {
+                        break;
+                    }
+                }
+                RxState::Discard { left } => {
+                    if self.rx.is_empty() {
+                        break;
+                    }
+                    let take = (self.rx.len() as u64).min(left);
+                    self.rx.consume(take as usize);
+                    progress = true;
+                    self.rx_state = if take == left {
+                        RxState::Header
+                    } else {
+                        RxState::Discard { left: left - take }
+                    };
+                    if take < left {
+                        break;
+                    }
+                }
+            }
+        }
+        progress
+    }
+
+    fn payload_progress(&mut self, slot: u16, got: usize, len: usize, sink: &Rc<dyn IoSink>) {
+        if got == len {
+            self.rx_state = RxState::Header;
+            self.submit_write(slot, sink);
+        } else {
+            self.rx_state = RxState::Payload { slot, got, len };
+        }
+    }
+
+    /// One read: straight into a write's buffer when a large part of its payload is
+    /// missing and nothing is buffered, else into the receive buffer.
+    pub(super) fn read_socket(
+        &mut self,
+        sock: &mio::net::TcpStream,
+        sink: &Rc<dyn IoSink>,
+    ) -> io::Result<usize> {
+        if let RxState::Payload { slot, got, len } = self.rx_state
+            && self.rx.is_empty()
+            && len - got >= DIRECT_READ_MIN
+        {
+            let s = &mut self.slots[slot as usize];
+            let Some(dst) = s.buf.as_mut().and_then(|b| b.get_mut(got..len)) else {
+                return Err(io::Error::other("write buffer missing"));
+            };
+            let mut r = sock;
+            let n = r.read(dst)?;
+            if n > 0 {
+                self.payload_progress(slot, got + n, len, sink);
+            }
+            return Ok(n);
+        }
+        self.rx.read_from(sock)
+    }
+
+    /// One `writev` of the queued replies; returns the bytes written and how many were
+    /// offered.
+    pub(super) fn write_output(
+        &mut self,
+        sock: &mio::net::TcpStream,
+    ) -> io::Result<(usize, usize)> {
+        let (written, offered) = {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            let mut offered = 0;
+            let mut skip = self.out_sent;
+            'slots: for &idx in &self.out {
+                let s = &self.slots[idx as usize];
+                let hdr = s.hdr.get(..s.hdr_len).unwrap_or(&[]);
+                for part in [hdr, &s.extra[..], s.data()] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    iov[n] = IoSlice::new(&part[skip..]);
+                    offered += part.len() - skip;
+                    skip = 0;
+                    n += 1;
+                    if n == MAX_IOV {
+                        break 'slots;
+                    }
+                }
+            }
+            if n == 0 {
+                return Ok((0, 0));
+            }
+            let mut w = sock;
+            (w.write_vectored(&iov[..n])?, offered)
+        };
+        let mut done = self.out_sent + written;
+        while let Some(&idx) = self.out.front() {
+            let len = self.slots[idx as usize].reply_len();
+            if done < len {
+                break;
+            }
+            done -= len;
+            self.out.pop_front();
+            self.free_slot(idx);
+        }
+        self.out_sent = done;
+        Ok((written, offered))
+    }
+
+    // -- for the connection future -------------------------------------------------------
+
+    pub(super) fn ctl(&self) -> &Rc<ConnCtl> {
+        &self.ctl
+    }
+
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    /// Publishes the counters to the server.
+    pub(super) fn fold_counters(&self) {
+        self.counters.fold_into(&self.ctl.shared().counters);
+    }
+
+    /// Publishes the counters if the connection has nothing in flight.
+    pub(super) fn fold_counters_if_idle(&self) {
+        if self.counters.pending() && self.free.len() == self.slots.len() {
+            self.fold_counters();
+        }
+    }
+}
