@@ -11,6 +11,9 @@
 //! Every error names the file, the line and the field.
 
 use crate::bdev::uring::UringOptions;
+use crate::frontend::nbd::NbdConfig;
+use crate::frontend::nvmf::NvmfConfig;
+use crate::frontend::nvmf::initiator::AttachParams;
 use crate::reactor::{CoreList, IdlePolicy};
 use crate::vdisk::CowPolicy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -321,6 +324,17 @@ pub struct Config {
     /// Clones, created if missing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clones: Vec<CloneConfig>,
+    /// Remote NVMe/TCP controllers whose namespaces become bdevs `<name>n<nsid>`
+    /// (SPDK: `bdev_nvme_attach_controller`). Attached before the pools, so a pool can
+    /// be made of remote namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nvme: Vec<AttachParams>,
+    /// The NBD server and its exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<NbdConfig>,
+    /// The NVMe/TCP target: transport options and subsystems.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvmf: Option<NvmfConfig>,
 }
 
 impl Default for Config {
@@ -333,6 +347,9 @@ impl Default for Config {
             disks: Vec::new(),
             snapshots: Vec::new(),
             clones: Vec::new(),
+            nvme: Vec::new(),
+            nbd: None,
+            nvmf: None,
         }
     }
 }
@@ -438,6 +455,12 @@ impl Config {
                     d.pool
                 )));
             }
+        }
+        if let Some(nbd) = &self.nbd {
+            nbd.validate().map_err(|e| invalid(e.to_string()))?;
+        }
+        if let Some(nvmf) = &self.nvmf {
+            nvmf.validate().map_err(|e| invalid(format!("nvmf.{e}")))?;
         }
         for (i, b) in self.bdevs.iter().enumerate() {
             if !names.insert(b.name()) {

@@ -17,6 +17,9 @@ use crate::bdev::{Bdev, BdevError, BdevRegistry, IoBuf};
 use crate::config::{
     BdevConfig, CloneConfig, Config, DiskConfig, PoolConfig, Size, SnapshotConfig,
 };
+use crate::frontend::nbd::{NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo, NbdServer};
+use crate::frontend::nvmf::initiator::{AttachParams, NvmeHost};
+use crate::frontend::nvmf::{NamespaceParams, NvmfTarget};
 use crate::reactor::{Cores, ReactorConfig, ReactorError, ReactorSet};
 use crate::vdisk::meta::{Label, Role};
 use crate::vdisk::{CowPolicy, Pool, PoolOptions, VDisk, VdiskError};
@@ -27,6 +30,12 @@ use std::time::Duration;
 /// Why a target operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
+    #[error("{0}")]
+    Nbd(#[from] crate::frontend::nbd::NbdError),
+    #[error("{0}")]
+    Nvmf(#[from] crate::frontend::nvmf::NvmfError),
+    #[error("{0}")]
+    Nvme(#[from] crate::frontend::nvmf::initiator::HostError),
     #[error("reactors: {0}")]
     Reactor(#[from] ReactorError),
     #[error("{0}")]
@@ -45,6 +54,13 @@ struct PoolEntry {
 }
 
 struct Inner {
+    nbd: Mutex<Option<NbdServer>>,
+    nvmf: Mutex<Option<NvmfTarget>>,
+    nvme_host: NvmeHost,
+    /// How each initiator controller was attached (for save_config).
+    nvme_params: Mutex<BTreeMap<String, AttachParams>>,
+    /// The bdev behind each NVMe-oF namespace: (nqn, nsid) → bdev name.
+    nvmf_namespaces: Mutex<BTreeMap<(String, u32), String>>,
     reactors: Mutex<Option<ReactorSet>>,
     cores: Cores,
     bdevs: BdevRegistry,
@@ -71,6 +87,11 @@ impl Target {
         let reactors = ReactorSet::start(ReactorConfig::new(config.cores.clone(), config.idle))?;
         let target = Target {
             inner: Arc::new(Inner {
+                nbd: Mutex::new(None),
+                nvmf: Mutex::new(None),
+                nvme_host: NvmeHost::new(),
+                nvme_params: Mutex::new(BTreeMap::new()),
+                nvmf_namespaces: Mutex::new(BTreeMap::new()),
                 cores: reactors.cores().clone(),
                 reactors: Mutex::new(Some(reactors)),
                 bdevs: BdevRegistry::new(),
@@ -91,6 +112,9 @@ impl Target {
     pub async fn apply(&self, config: &Config) -> Result<(), TargetError> {
         for b in &config.bdevs {
             self.create_bdev(b).await?;
+        }
+        for n in &config.nvme {
+            self.attach_nvme(n.clone()).await?;
         }
         for p in &config.pools {
             if lock(&self.inner.pools).contains_key(&p.name) {
@@ -127,6 +151,219 @@ impl Target {
             if !self.inner.bdevs.contains(&c.name) {
                 self.clone_disk(&c.snapshot, &c.name).await?;
             }
+        }
+        if let Some(nbd) = &config.nbd {
+            self.nbd_start(&nbd.listen)?;
+            for e in &nbd.exports {
+                self.nbd_add_export(&e.name, &e.bdev, e.read_only, &e.description)?;
+            }
+        }
+        if let Some(nvmf) = &config.nvmf {
+            let t =
+                NvmfTarget::from_config(self.inner.cores.clone(), self.inner.bdevs.clone(), nvmf)?;
+            for s in &nvmf.subsystems {
+                for (i, ns) in s.namespaces.iter().enumerate() {
+                    let nsid = ns.nsid.unwrap_or(i as u32 + 1);
+                    self.claim_namespace(&s.nqn, nsid, &ns.bdev)?;
+                }
+            }
+            *lock(&self.inner.nvmf) = Some(t);
+        }
+        Ok(())
+    }
+
+    /// Attaches a remote NVMe/TCP controller; its namespaces become bdevs (examined for
+    /// pools like any other).
+    pub async fn attach_nvme(&self, p: AttachParams) -> Result<Vec<String>, TargetError> {
+        let names = self
+            .inner
+            .nvme_host
+            .attach_controller_async(&self.inner.cores, &self.inner.bdevs, p.clone())
+            .await?;
+        lock(&self.inner.nvme_params).insert(p.name.clone(), p);
+        for n in &names {
+            let b = self.inner.bdevs.get(n)?;
+            self.examine(b).await?;
+        }
+        Ok(names)
+    }
+
+    /// Detaches a remote controller (refused while one of its bdevs is in use).
+    pub async fn detach_nvme(&self, name: &str) -> Result<(), TargetError> {
+        if let Some(c) = self.inner.nvme_host.controller(name) {
+            for b in c.bdevs() {
+                let b: Arc<dyn Bdev> = b;
+                if let Some(by) = self.inner.bdevs.claims(b.name()).first() {
+                    return Err(BdevError::Claimed {
+                        name: b.name().to_string(),
+                        by: by.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
+        self.inner
+            .nvme_host
+            .detach_controller_async(&self.inner.bdevs, name)
+            .await?;
+        lock(&self.inner.nvme_params).remove(name);
+        Ok(())
+    }
+
+    /// Starts the NBD server on `listen` (`IP:PORT`).
+    pub fn nbd_start(&self, listen: &str) -> Result<std::net::SocketAddr, TargetError> {
+        let mut nbd = lock(&self.inner.nbd);
+        if let Some(s) = nbd.as_ref() {
+            return Err(TargetError::Invalid(format!(
+                "the NBD server already listens on {}",
+                s.local_addr()
+            )));
+        }
+        let addr: std::net::SocketAddr = listen
+            .parse()
+            .map_err(|_| TargetError::Invalid(format!("listen: `{listen}` is not IP:PORT")))?;
+        let s = NbdServer::start(&self.inner.cores, addr, Vec::new())?;
+        let a = s.local_addr();
+        *nbd = Some(s);
+        Ok(a)
+    }
+
+    /// Stops the NBD server (its exports go with it).
+    pub fn nbd_stop(&self) -> Result<(), TargetError> {
+        let s = lock(&self.inner.nbd)
+            .take()
+            .ok_or_else(|| TargetError::Invalid("the NBD server is not running".into()))?;
+        for e in s.exports() {
+            self.inner
+                .bdevs
+                .release(&e.bdev, &format!("NBD export `{}`", e.name));
+        }
+        s.stop();
+        Ok(())
+    }
+
+    /// Exports bdev `bdev` over NBD as `name`.
+    pub fn nbd_add_export(
+        &self,
+        name: &str,
+        bdev: &str,
+        read_only: bool,
+        description: &str,
+    ) -> Result<NbdExportInfo, TargetError> {
+        let b = self.inner.bdevs.get(bdev)?;
+        let nbd = lock(&self.inner.nbd);
+        let s = nbd.as_ref().ok_or_else(|| {
+            TargetError::Invalid("the NBD server is not running (nbd_server_start)".into())
+        })?;
+        let info = s.add_export(
+            NbdExport::new(name, b)
+                .with_read_only(read_only)
+                .with_description(description),
+        )?;
+        self.inner
+            .bdevs
+            .claim(bdev, &format!("NBD export `{name}`"))?;
+        Ok(info)
+    }
+
+    /// Removes an NBD export; its connections finish what is in flight and close.
+    pub fn nbd_remove_export(&self, name: &str) -> Result<(), TargetError> {
+        let nbd = lock(&self.inner.nbd);
+        let s = nbd
+            .as_ref()
+            .ok_or_else(|| TargetError::Invalid("the NBD server is not running".into()))?;
+        let bdev = s
+            .exports()
+            .into_iter()
+            .find(|e| e.name == name)
+            .map(|e| e.bdev);
+        let _closing = s.remove_export(name)?;
+        if let Some(b) = bdev {
+            self.inner
+                .bdevs
+                .release(&b, &format!("NBD export `{name}`"));
+        }
+        Ok(())
+    }
+
+    /// The NBD exports.
+    pub fn nbd_exports(&self) -> Vec<NbdExportInfo> {
+        lock(&self.inner.nbd)
+            .as_ref()
+            .map(|s| s.exports())
+            .unwrap_or_default()
+    }
+
+    /// The NBD server's statistics, if it runs.
+    pub fn nbd_stats(&self) -> Option<crate::frontend::nbd::NbdStats> {
+        lock(&self.inner.nbd).as_ref().map(|s| s.stats())
+    }
+
+    /// The NBD server's address, if it runs.
+    pub fn nbd_addr(&self) -> Option<std::net::SocketAddr> {
+        lock(&self.inner.nbd).as_ref().map(|s| s.local_addr())
+    }
+
+    /// The NVMe-oF target, created (without a transport) on first use.
+    pub fn nvmf(&self) -> NvmfTarget {
+        lock(&self.inner.nvmf)
+            .get_or_insert_with(|| {
+                NvmfTarget::new(self.inner.cores.clone(), self.inner.bdevs.clone())
+            })
+            .clone()
+    }
+
+    fn claim_namespace(&self, nqn: &str, nsid: u32, bdev: &str) -> Result<(), TargetError> {
+        self.inner
+            .bdevs
+            .claim(bdev, &format!("NVMe-oF subsystem `{nqn}` namespace {nsid}"))?;
+        lock(&self.inner.nvmf_namespaces).insert((nqn.to_string(), nsid), bdev.to_string());
+        Ok(())
+    }
+
+    fn release_namespace(&self, nqn: &str, nsid: u32) {
+        if let Some(b) = lock(&self.inner.nvmf_namespaces).remove(&(nqn.to_string(), nsid)) {
+            self.inner
+                .bdevs
+                .release(&b, &format!("NVMe-oF subsystem `{nqn}` namespace {nsid}"));
+        }
+    }
+
+    /// `nvmf_subsystem_add_ns`, claiming the bdev.
+    pub fn nvmf_add_ns(&self, nqn: &str, ns: NamespaceParams) -> Result<u32, TargetError> {
+        let bdev = ns.bdev_name.clone();
+        let nsid = self.nvmf().nvmf_subsystem_add_ns(nqn, ns)?;
+        self.claim_namespace(nqn, nsid, &bdev)?;
+        Ok(nsid)
+    }
+
+    /// `nvmf_subsystem_remove_ns`, releasing the bdev.
+    pub fn nvmf_remove_ns(&self, nqn: &str, nsid: u32) -> Result<(), TargetError> {
+        self.nvmf().nvmf_subsystem_remove_ns(nqn, nsid)?;
+        self.release_namespace(nqn, nsid);
+        Ok(())
+    }
+
+    /// `nvmf_delete_subsystem`, releasing its bdevs.
+    pub fn nvmf_delete_subsystem(&self, nqn: &str) -> Result<(), TargetError> {
+        self.nvmf().nvmf_delete_subsystem(nqn)?;
+        let keys: Vec<(String, u32)> = lock(&self.inner.nvmf_namespaces)
+            .keys()
+            .filter(|(n, _)| n == nqn)
+            .cloned()
+            .collect();
+        for (n, id) in keys {
+            self.release_namespace(&n, id);
+        }
+        Ok(())
+    }
+
+    /// Grows or shrinks a disk and tells the hosts that see it.
+    pub async fn resize_disk(&self, name: &str, size_bytes: u64) -> Result<(), TargetError> {
+        let pool = self.pool_of(name).await?;
+        pool.resize_disk(name, size_bytes).await?;
+        if let Some(t) = lock(&self.inner.nvmf).as_ref() {
+            t.notify_bdev_resized(name);
         }
         Ok(())
     }
@@ -475,6 +712,25 @@ impl Target {
             .values()
             .map(|e| (e.pool.clone(), e.cfg.clone()))
             .collect();
+        cfg.nvme = lock(&self.inner.nvme_params).values().cloned().collect();
+        if let Some(s) = lock(&self.inner.nbd).as_ref() {
+            cfg.nbd = Some(NbdConfig {
+                listen: s.local_addr().to_string(),
+                exports: s
+                    .exports()
+                    .into_iter()
+                    .map(|e| NbdExportConfig {
+                        name: e.name,
+                        bdev: e.bdev,
+                        read_only: e.read_only,
+                        description: e.description,
+                    })
+                    .collect(),
+            });
+        }
+        if let Some(t) = lock(&self.inner.nvmf).as_ref() {
+            cfg.nvmf = Some(t.to_config());
+        }
         for (pool, pc) in pools {
             cfg.pools.push(pc);
             let list = pool.list().await?;
@@ -518,8 +774,21 @@ impl Target {
         Ok(cfg)
     }
 
-    /// Commits every pool, closes them, and stops the reactors.
+    /// Stops the front ends, commits and closes every pool, and stops the reactors.
     pub fn shutdown(&self) {
+        if let Some(s) = lock(&self.inner.nbd).take() {
+            s.stop();
+        }
+        if let Some(t) = lock(&self.inner.nvmf).take() {
+            t.shutdown();
+        }
+        for c in self.inner.nvme_host.controllers() {
+            let _ = crate::reactor::block_on(
+                self.inner
+                    .nvme_host
+                    .detach_controller_async(&self.inner.bdevs, &c.name().to_string()),
+            );
+        }
         for p in self.pools() {
             if let Err(e) = crate::reactor::block_on(p.close()) {
                 tracing::error!(pool = p.name(), error = %e, "closing the pool failed");

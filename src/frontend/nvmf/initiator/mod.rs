@@ -387,9 +387,9 @@ impl NvmeHost {
         NvmeHost::default()
     }
 
-    /// `bdev_nvme_attach_controller`, from a thread that is not a reactor: attaches on
-    /// core 0 of `cores`, registers the bdevs in `registry`, returns their names.
-    pub fn attach_controller(
+    /// `bdev_nvme_attach_controller`: attaches on core 0 of `cores`, registers the
+    /// bdevs in `registry`, returns their names. Usable on a reactor and off one.
+    pub async fn attach_controller_async(
         &self,
         cores: &Cores,
         registry: &BdevRegistry,
@@ -400,16 +400,22 @@ impl NvmeHost {
         }
         let c2 = cores.clone();
         let name = p.name.clone();
-        let ctrlr = reactor::block_on(cores.spawn_on(0, move || attach(c2, 0, p)))
+        let ctrlr = cores
+            .spawn_on(0, move || attach(c2, 0, p))
+            .await
             .map_err(|e| HostError::Controller(name.clone(), e.to_string()))??;
         let mut names = Vec::new();
         for b in ctrlr.bdevs() {
             let b: Arc<dyn Bdev> = b;
             names.push(b.name().to_string());
             if let Err(e) = registry.add(b) {
+                for n in &names[..names.len() - 1] {
+                    let _ = registry.remove(n);
+                }
                 let c = ctrlr.clone();
-                let _ =
-                    reactor::block_on(cores.spawn_on(0, move || async move { c.detach().await }));
+                let _ = cores
+                    .spawn_on(0, move || async move { c.detach().await })
+                    .await;
                 return Err(HostError::Controller(name, e.to_string()));
             }
         }
@@ -417,8 +423,22 @@ impl NvmeHost {
         Ok(names)
     }
 
+    /// [`NvmeHost::attach_controller_async`] from a thread that is not a reactor.
+    pub fn attach_controller(
+        &self,
+        cores: &Cores,
+        registry: &BdevRegistry,
+        p: AttachParams,
+    ) -> Result<Vec<String>, HostError> {
+        reactor::block_on(self.attach_controller_async(cores, registry, p))
+    }
+
     /// `bdev_nvme_detach_controller`: removes the bdevs from `registry` and disconnects.
-    pub fn detach_controller(&self, registry: &BdevRegistry, name: &str) -> Result<(), HostError> {
+    pub async fn detach_controller_async(
+        &self,
+        registry: &BdevRegistry,
+        name: &str,
+    ) -> Result<(), HostError> {
         let c = lock(&self.ctrlrs)
             .remove(name)
             .ok_or_else(|| HostError::Controller(name.into(), "does not exist".into()))?;
@@ -426,8 +446,13 @@ impl NvmeHost {
             let b: Arc<dyn Bdev> = b;
             let _ = registry.remove(b.name());
         }
-        reactor::block_on(async move { c.detach().await });
+        c.detach().await;
         Ok(())
+    }
+
+    /// [`NvmeHost::detach_controller_async`] from a thread that is not a reactor.
+    pub fn detach_controller(&self, registry: &BdevRegistry, name: &str) -> Result<(), HostError> {
+        reactor::block_on(self.detach_controller_async(registry, name))
     }
 
     /// The controller called `name`.
