@@ -786,7 +786,7 @@ impl Target {
             let _ = crate::reactor::block_on(
                 self.inner
                     .nvme_host
-                    .detach_controller_async(&self.inner.bdevs, &c.name().to_string()),
+                    .detach_controller_async(&self.inner.bdevs, c.name()),
             );
         }
         for p in self.pools() {
