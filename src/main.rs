@@ -129,6 +129,9 @@ struct BenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Random workloads touch each offset at most once (first-write measurements).
+    #[arg(long)]
+    once: bool,
     /// Snapshot the disk under test at these seconds into the run (e.g. `2,4`).
     #[arg(long, value_delimiter = ',')]
     snapshot_at: Vec<f64>,
@@ -349,6 +352,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         qd: a.qd,
         seconds: a.seconds,
         range_bytes,
+        once: a.once,
         ..Default::default()
     };
     let mut actions: Vec<(f64, tessera::bench::TimedAction)> = Vec::new();

@@ -624,10 +624,8 @@ impl Target {
             return Err(BdevError::Exists(cfg.name.clone()).into());
         }
         let pool = self.pool(&cfg.pool)?;
-        let name = cfg.name.clone();
-        let (size, thin, uuid) = (cfg.size.0, cfg.thin, cfg.uuid);
         let d = pool
-            .on_ctl(move |c| async move { c.create_disk(&name, size, thin, uuid).await })
+            .create_disk_with_uuid(&cfg.name, cfg.size.0, cfg.thin, cfg.uuid)
             .await?;
         if let Some(p) = cfg.cow_policy {
             pool.set_cow_policy(&cfg.name, p).await?;

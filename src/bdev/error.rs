@@ -329,6 +329,17 @@ impl ErrorChannelInner {
     fn submit_cached(self: &Rc<Self>, mut io: BdevIo, cache: &Mutex<Cache>) {
         let bs = self.bdev.props.block_size as usize;
         match io.kind {
+            IoKind::Write if io.flags.fua => {
+                // Force unit access: straight to the medium; the blocks it covers are no
+                // longer held (their newest value is durable now).
+                {
+                    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+                    for i in 0..io.num_blocks {
+                        c.blocks.remove(&(io.offset_blocks + i));
+                    }
+                }
+                self.forward(io, Vec::new());
+            }
             IoKind::Write | IoKind::Unmap | IoKind::WriteZeroes => {
                 let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
                 for i in 0..io.num_blocks {

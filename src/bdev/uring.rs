@@ -377,16 +377,22 @@ impl UringChannel {
                         a.contains(iovs[0].iov_base as *const u8, iovs[0].iov_len)
                     });
                 let (p, n) = (iovs[0].iov_base as *mut u8, iovs[0].iov_len as u32);
+                // Force unit access: the write is durable when it completes.
+                let dsync = if io.flags.fua { libc::RWF_DSYNC } else { 0 };
                 match (write, single, fixed) {
                     (false, true, true) => with_fd!(ReadFixed(p, n, 0).offset(off)),
-                    (true, true, true) => with_fd!(WriteFixed(p, n, 0).offset(off)),
+                    (true, true, true) => with_fd!(WriteFixed(p, n, 0).offset(off).rw_flags(dsync)),
                     (false, true, false) => with_fd!(Read(p, n).offset(off)),
-                    (true, true, false) => with_fd!(Write(p, n).offset(off)),
+                    (true, true, false) => with_fd!(Write(p, n).offset(off).rw_flags(dsync)),
                     (false, false, _) => {
                         with_fd!(Readv(iovs.as_ptr(), iovs.len() as u32).offset(off))
                     }
                     (true, false, _) => {
-                        with_fd!(Writev(iovs.as_ptr(), iovs.len() as u32).offset(off))
+                        with_fd!(
+                            Writev(iovs.as_ptr(), iovs.len() as u32)
+                                .offset(off)
+                                .rw_flags(dsync)
+                        )
                     }
                 }
             }

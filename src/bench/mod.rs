@@ -96,6 +96,9 @@ pub struct BenchConfig {
     pub range_bytes: u64,
     /// Seed for the offset generators.
     pub seed: u64,
+    /// Random workloads visit every offset at most once (a permutation of the range),
+    /// the cores taking disjoint offsets: for measuring first writes.
+    pub once: bool,
 }
 
 impl Default for BenchConfig {
@@ -107,6 +110,7 @@ impl Default for BenchConfig {
             seconds: 5.0,
             range_bytes: 0,
             seed: 0x7e55e7a,
+            once: false,
         }
     }
 }
@@ -149,6 +153,9 @@ struct Worker {
     wall: Clock,
     rng: RefCell<fastrand::Rng>,
     next_seq: Cell<u64>,
+    once_mul: u64,
+    once_add: u64,
+    once_step: u64,
     reads: Cell<u64>,
     writes: Cell<u64>,
     errors: Cell<u64>,
@@ -160,7 +167,13 @@ struct Worker {
 
 impl Worker {
     fn next(&self, io: &mut BdevIo) {
-        let slot = if self.cfg.workload.random() {
+        let slot = if self.cfg.workload.random() && self.cfg.once {
+            // A full-period permutation of the slots: an odd multiplier is coprime with
+            // a power of two; otherwise pick one coprime with the slot count.
+            let s = self.next_seq.get();
+            self.next_seq.set(s + self.once_step);
+            (s.wrapping_mul(self.once_mul).wrapping_add(self.once_add)) % self.slots_in_range
+        } else if self.cfg.workload.random() {
             self.rng.borrow_mut().u64(0..self.slots_in_range)
         } else {
             let s = self.next_seq.get();
@@ -316,6 +329,19 @@ pub fn run(
     ))
 }
 
+/// A multiplier near 0.618 × `n` that is coprime with `n` (so `i × m mod n` permutes).
+fn coprime_multiplier(n: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let n = n.max(1);
+    let mut m = ((n as f64) * 0.618_033_988_75) as u64 | 1;
+    while gcd(m, n) != 1 {
+        m += 2;
+    }
+    m.max(1)
+}
+
 async fn run_core(
     core: usize,
     bdev: Arc<dyn Bdev>,
@@ -342,7 +368,14 @@ async fn run_core(
         rng: RefCell::new(fastrand::Rng::with_seed(
             cfg.seed ^ (core as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         )),
-        next_seq: Cell::new(0),
+        next_seq: Cell::new(if cfg.once { core as u64 } else { 0 }),
+        once_mul: coprime_multiplier(slots),
+        once_add: cfg.seed % slots.max(1),
+        once_step: if cfg.once {
+            reactor::cores().len() as u64
+        } else {
+            1
+        },
         reads: Cell::new(0),
         writes: Cell::new(0),
         errors: Cell::new(0),

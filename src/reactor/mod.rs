@@ -519,7 +519,12 @@ struct ReactorInner {
     spin_before_park: Duration,
     loops_busy: Cell<u64>,
     loops_idle: Cell<u64>,
+    /// Iterations left before the next non-blocking readiness poll.
+    io_skip: Cell<u32>,
 }
+
+/// Iterations skipped after an empty readiness poll.
+const IO_POLL_SKIP: u32 = 8;
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<ReactorInner>>> = const { RefCell::new(None) };
@@ -576,6 +581,7 @@ impl Reactor {
                 spin_before_park: cfg.spin_before_park,
                 loops_busy: Cell::new(0),
                 loops_idle: Cell::new(0),
+                io_skip: Cell::new(0),
             }),
         }
     }
@@ -700,9 +706,18 @@ impl ReactorInner {
                 }
             }
         }
-        // 4. Socket readiness.
+        // 4. Socket readiness. An empty epoll_wait costs a system call, so after one that
+        //    found nothing the next few iterations skip it (a few hundred nanoseconds of
+        //    latency at most); after one that found events, poll again at once.
         if self.io.has_sources() {
-            work += self.io.poll(Some(Duration::ZERO));
+            let skip = self.io_skip.get();
+            if skip == 0 {
+                let n = self.io.poll(Some(Duration::ZERO));
+                work += n;
+                self.io_skip.set(if n == 0 { IO_POLL_SKIP } else { 0 });
+            } else {
+                self.io_skip.set(skip - 1);
+            }
         }
         // 5. Timers.
         if !self.timers.borrow().is_empty() {

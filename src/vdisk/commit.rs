@@ -120,11 +120,6 @@ impl Controller {
             .containers
             .iter()
             .map(|c| c.bdev.clone())
-            .chain(
-                self.shared
-                    .separate_metadata
-                    .then(|| self.shared.meta_bdev.clone()),
-            )
             .map(|b| reactor::spawn_local(async move { flush(&b).await }))
             .collect();
         let mut r = Ok(());
@@ -174,10 +169,18 @@ impl Controller {
         }
         let meta_bdev = self.shared.meta_bdev.clone();
         let r = async {
+            // The pages are durable before the superblock that points at them is written;
+            // the superblock itself is written with force-unit-access.
             flush(&meta_bdev).await?;
             let slot = SUPERBLOCK_OFFSET + (captured.sb.txn % 2) * PAGE_BYTES as u64;
-            write_bytes(&meta_bdev, slot, IoBuf::from_slice(&captured.sb.encode())).await?;
-            flush(&meta_bdev).await
+            let ch = crate::bdev::Channel::get(&meta_bdev).map_err(|_| IoStatus::InternalError)?;
+            let bs = meta_bdev.block_size() as u64;
+            let sb = IoBuf::from_slice(&captured.sb.encode());
+            let n = sb.len() as u64 / bs;
+            let (_, st) = ch
+                .io(crate::bdev::BdevIo::write(slot / bs, n, sb).with_fua(true))
+                .await;
+            if st.is_success() { Ok(()) } else { Err(st) }
         }
         .await;
         if let Err(e) = r {

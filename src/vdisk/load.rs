@@ -166,6 +166,7 @@ pub(crate) async fn create(
     }
     let pool_uuid = uuid::Uuid::new_v4();
     let count = containers.len() as u32;
+    let mut labelled: Vec<(Arc<dyn Bdev>, Label)> = Vec::new();
     // Labels.
     for (i, b) in containers.iter().enumerate() {
         let role = if i == 0 && metadata.is_none() {
@@ -186,6 +187,7 @@ pub(crate) async fn create(
         write_bytes(b, 0, IoBuf::from_slice(&label.encode()))
             .await
             .map_err(io_err(format!("writing the label of `{}`", b.name())))?;
+        labelled.push((b.clone(), label));
     }
     let meta_bdev = metadata.clone().unwrap_or_else(|| containers[0].clone());
     if let Some(m) = &metadata {
@@ -202,6 +204,7 @@ pub(crate) async fn create(
         write_bytes(m, 0, IoBuf::from_slice(&label.encode()))
             .await
             .map_err(io_err(format!("writing the label of `{}`", m.name())))?;
+        labelled.push((m.clone(), label));
     }
     // Empty space map, both copies.
     for copy in 0..2u64 {
@@ -274,9 +277,8 @@ pub(crate) async fn create(
     }
     tracing::info!(pool = %opts.name, uuid = %pool_uuid, segment_bytes = seg, total_segments = total,
         meta_pages, "pool created");
-    let mut bdevs = containers;
-    bdevs.extend(metadata);
-    open(cores, ctl_core, bdevs).await
+    // Open with the labels just written (a `null` container could not read them back).
+    open_labelled(cores, ctl_core, labelled).await
 }
 
 /// The newest valid superblock of the metadata bdev.
@@ -319,6 +321,14 @@ pub(crate) async fn open(
             }
         }
     }
+    open_labelled(cores, ctl_core, labelled).await
+}
+
+async fn open_labelled(
+    cores: Cores,
+    ctl_core: usize,
+    labelled: Vec<(Arc<dyn Bdev>, Label)>,
+) -> Result<Pool, VdiskError> {
     let Some((_, first)) = labelled.first() else {
         return Err(VdiskError::NoPool("no bdevs given".into()));
     };

@@ -113,6 +113,17 @@ impl PoolOptions {
     }
 }
 
+/// Commits after a structural operation succeeded, so that what the caller was told
+/// exists survives a crash (as SPDK persists lvol metadata before answering).
+pub(crate) async fn durable<T>(c: &Controller, r: Result<T, VdiskError>) -> Result<T, VdiskError> {
+    let v = r?;
+    c.commit().await.map_err(|status| VdiskError::Io {
+        what: "committing the change".into(),
+        status,
+    })?;
+    Ok(v)
+}
+
 /// A pool of storage containers holding virtual disks. Cheap to clone, usable from any
 /// thread; every operation runs on the pool's controller core.
 #[derive(Clone)]
@@ -229,7 +240,23 @@ impl Pool {
         thin: bool,
     ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
         let name = name.to_string();
-        self.on_ctl(move |c| async move { c.create_disk(&name, size_bytes, thin, None).await })
+        self.on_ctl(move |c| async move {
+            durable(&c, c.create_disk(&name, size_bytes, thin, None).await).await
+        })
+    }
+
+    /// [`Pool::create_disk`] with a chosen UUID (restoring a saved configuration).
+    pub fn create_disk_with_uuid(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        thin: bool,
+        uuid: Option<Uuid>,
+    ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
+        let name = name.to_string();
+        self.on_ctl(move |c| async move {
+            durable(&c, c.create_disk(&name, size_bytes, thin, uuid).await).await
+        })
     }
 
     /// The disk called `name`.
@@ -259,7 +286,7 @@ impl Pool {
         name: &str,
     ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         let name = name.to_string();
-        self.on_ctl(move |c| async move { c.delete_disk(&name).await })
+        self.on_ctl(move |c| async move { durable(&c, c.delete_disk(&name).await).await })
     }
 
     /// Changes a disk's size (growing adds zero space; shrinking drops the tail).
@@ -269,7 +296,9 @@ impl Pool {
         size_bytes: u64,
     ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         let name = name.to_string();
-        self.on_ctl(move |c| async move { c.resize_disk(&name, size_bytes).await })
+        self.on_ctl(
+            move |c| async move { durable(&c, c.resize_disk(&name, size_bytes).await).await },
+        )
     }
 
     /// Sets or clears a disk's read-only flag.
@@ -279,7 +308,9 @@ impl Pool {
         read_only: bool,
     ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         let name = name.to_string();
-        self.on_ctl(move |c| async move { c.set_read_only(&name, read_only).await })
+        self.on_ctl(
+            move |c| async move { durable(&c, c.set_read_only(&name, read_only).await).await },
+        )
     }
 
     /// Snapshots each disk of `pairs` (origin, snapshot name) at one point in time. With
@@ -290,7 +321,7 @@ impl Pool {
         pairs: Vec<(String, String)>,
         limit: std::time::Duration,
     ) -> impl Future<Output = Result<Vec<Arc<VDisk>>, VdiskError>> + Send + 'static {
-        self.on_ctl(move |c| async move { c.snapshot(pairs, limit).await })
+        self.on_ctl(move |c| async move { durable(&c, c.snapshot(pairs, limit).await).await })
     }
 
     /// Creates a writable clone `name` of snapshot `snapshot`.
@@ -300,7 +331,7 @@ impl Pool {
         name: &str,
     ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
         let (s, n) = (snapshot.to_string(), name.to_string());
-        self.on_ctl(move |c| async move { c.clone_disk(&s, &n).await })
+        self.on_ctl(move |c| async move { durable(&c, c.clone_disk(&s, &n).await).await })
     }
 
     /// Starts splitting `name` from its parent (SPDK: inflate), in the background.
@@ -309,7 +340,7 @@ impl Pool {
         name: &str,
     ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         let n = name.to_string();
-        self.on_ctl(move |c| async move { c.start_job(&n, false).await })
+        self.on_ctl(move |c| async move { durable(&c, c.start_job(&n, false).await).await })
     }
 
     /// Starts decoupling `name` from its parent (re-pointing it at the grandparent).
@@ -318,7 +349,7 @@ impl Pool {
         name: &str,
     ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         let n = name.to_string();
-        self.on_ctl(move |c| async move { c.start_job(&n, true).await })
+        self.on_ctl(move |c| async move { durable(&c, c.start_job(&n, true).await).await })
     }
 
     /// Cancels a running split or decouple.
@@ -327,7 +358,7 @@ impl Pool {
         name: &str,
     ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         let n = name.to_string();
-        self.on_ctl(move |c| async move { c.cancel_job(&n).await })
+        self.on_ctl(move |c| async move { durable(&c, c.cancel_job(&n).await).await })
     }
 
     /// Quiesces disks: their new I/O is held and in-flight I/O drained. Returns an id for
@@ -361,7 +392,7 @@ impl Pool {
         policy: CowPolicy,
     ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         let n = name.to_string();
-        self.on_ctl(move |c| async move { c.set_cow_policy(&n, policy).await })
+        self.on_ctl(move |c| async move { durable(&c, c.set_cow_policy(&n, policy).await).await })
     }
 
     /// The entries the agent of `disk` on core `core` serves from, for `[from, to)`

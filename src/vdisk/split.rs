@@ -24,6 +24,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Segments handled per step (copied concurrently, published with one view push).
+const JOB_BATCH: usize = 16;
 /// Foreground I/O rate (requests per second) above which a job slows down.
 const BUSY_IOPS: f64 = 200.0;
 /// Pause between segments while the disk is busy.
@@ -162,33 +164,38 @@ impl Controller {
         Some(keep)
     }
 
-    /// The next virtual segment at or after `from` with work to do, and the total left.
-    fn job_scan(&self, disk: u64, from: u64, count: bool) -> (Option<u64>, u64) {
+    /// Up to `max` virtual segments at or after `from` with work to do (in order), and —
+    /// with `count` — how many there are in all.
+    fn job_scan(&self, disk: u64, from: u64, max: usize, count: bool) -> (Vec<u64>, u64) {
         let (root, snap_gen) = {
             let st = self.st.borrow();
             let Some(d) = st.disks.get(&disk) else {
-                return (None, 0);
+                return (Vec::new(), 0);
             };
             (d.root.clone(), d.rec.snap_gen)
         };
-        let Some(root) = root else { return (None, 0) };
-        let mut first = None;
+        let Some(root) = root else {
+            return (Vec::new(), 0);
+        };
+        let mut found = Vec::new();
         let mut total = 0;
         root.visit_from(from, &mut |e| {
             for v in e.vseg.max(from)..e.end() {
                 let one = e.at(v);
                 let keep = self.job_keep(disk, v).unwrap_or_default();
                 if Self::job_prefix(&one, one.birth > snap_gen, &keep) > 0 {
-                    first.get_or_insert(v);
+                    if found.len() < max {
+                        found.push(v);
+                    }
                     total += 1;
-                    if !count {
+                    if !count && found.len() >= max {
                         return false;
                     }
                 }
             }
             true
         });
-        (first, total)
+        (found, total)
     }
 
     async fn run_job(
@@ -201,7 +208,7 @@ impl Controller {
             Some(JobRecord::Split { cursor } | JobRecord::Decouple { cursor }) => cursor,
             _ => return Ok(()),
         };
-        let (_, total) = self.job_scan(disk, start_cursor, true);
+        let (_, total) = self.job_scan(disk, start_cursor, 0, true);
         progress.set((0, total));
         let bdev = match self.st.borrow().disks.get(&disk) {
             Some(d) => d.bdev.clone(),
@@ -226,20 +233,21 @@ impl Controller {
                 }
                 return Ok(());
             }
-            let (next, _) = self.job_scan(disk, cursor, false);
-            let Some(vseg) = next else { break };
-            let st = self.job_segment(disk, vseg).await;
+            let (batch, _) = self.job_scan(disk, cursor, JOB_BATCH, false);
+            let Some(&last) = batch.last() else { break };
+            let st = self.job_batch(disk, &batch).await;
             if self.crashed.get() {
                 return Ok(());
             }
             if !st.is_success() {
                 return Err(VdiskError::Io {
-                    what: format!("splitting segment {vseg}"),
+                    what: format!("splitting segments {}..={last}", batch[0]),
                     status: st,
                 });
             }
+            let vseg = last;
             cursor = vseg + 1;
-            done += 1;
+            done += batch.len() as u64;
             progress.set((done, total.max(done)));
             {
                 let mut st = self.st.borrow_mut();
@@ -290,6 +298,128 @@ impl Controller {
         tracing::info!(pool = %self.shared.name, disk = %name, segments = done,
             "{} finished", if decouple { "decouple" } else { "split" });
         Ok(())
+    }
+
+    /// Makes the segments `vsegs` of `disk` its own: shared ones are copied concurrently
+    /// and published together; ones with a writable top layer are filled one by one.
+    async fn job_batch(&self, disk: u64, vsegs: &[u64]) -> IoStatus {
+        let mut locks = Vec::new();
+        for &v in vsegs {
+            locks.push(self.locks.segment(disk, v).await);
+        }
+        // Plan under the locks.
+        let mut own = Vec::new();
+        let mut copies = Vec::new();
+        {
+            let st = self.st.borrow();
+            let Some(d) = st.disks.get(&disk) else {
+                return IoStatus::Aborted;
+            };
+            for &v in vsegs {
+                let Some(e) = d.root.as_ref().and_then(|r| r.lookup(v)) else {
+                    continue;
+                };
+                let one = e.at(v);
+                let writable = e.birth > d.rec.snap_gen;
+                if writable {
+                    own.push(v);
+                } else {
+                    copies.push(one);
+                }
+            }
+        }
+        drop(locks);
+        let mut status = IoStatus::Success;
+        for v in own {
+            status = status.worst(self.job_segment(disk, v).await);
+        }
+        if copies.is_empty() || !status.is_success() {
+            return status;
+        }
+        let mut locks = Vec::new();
+        for e in &copies {
+            locks.push(self.locks.segment(disk, e.vseg).await);
+        }
+        let geo = self.shared.geo;
+        let mut tasks = Vec::new();
+        for one in copies {
+            // Re-check: a fault may have changed it while we were not holding the lock.
+            let current = {
+                let st = self.st.borrow();
+                st.disks.get(&disk).and_then(|d| {
+                    d.root
+                        .as_ref()
+                        .and_then(|r| r.lookup(one.vseg))
+                        .filter(|e| e.birth <= d.rec.snap_gen)
+                        .map(|e| e.at(one.vseg))
+                })
+            };
+            let Some(one) = current else { continue };
+            if one.state == ExtentState::Error {
+                return IoStatus::MediaError;
+            }
+            let keep = self.job_keep(disk, one.vseg).unwrap_or_default();
+            let prefix = Self::job_prefix(&one, false, &keep);
+            if prefix == 0 {
+                continue;
+            }
+            let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
+                status = IoStatus::CapacityExceeded;
+                break;
+            };
+            let me = self.rc();
+            tasks.push(reactor::spawn_local(async move {
+                let fill = Arc::new(Fill::new(disk, one.vseg));
+                let copy_from = Extent {
+                    layers: one.layers[..prefix].iter().cloned().collect(),
+                    ..one.clone()
+                };
+                let r = me.copy_resolved(&copy_from, seg, &fill).await;
+                (one, prefix, seg, fill, r)
+            }));
+        }
+        let mut done = Vec::new();
+        for t in tasks {
+            done.push(t.await);
+        }
+        let generation = self.st.borrow().generation;
+        for (one, prefix, seg, fill, r) in done {
+            if let Err(e) = r {
+                self.st.borrow_mut().space.unalloc_segment(seg);
+                status = status.worst(e);
+                continue;
+            }
+            let suffix: smallvec::SmallVec<[Layer; 2]> =
+                one.layers[prefix..].iter().cloned().collect();
+            let full = suffix.is_empty() && fill.is_full(geo.granules);
+            if suffix.is_empty() && fill.is_empty() {
+                // All zeros: the zero state needs no segment.
+                self.st.borrow_mut().space.unalloc_segment(seg);
+                self.set_extents(disk, one.vseg, one.vseg + 1, Vec::new());
+                continue;
+            }
+            let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
+                seg,
+                fill: if full { None } else { Some(fill) },
+            }];
+            layers.extend(suffix);
+            self.set_extents(
+                disk,
+                one.vseg,
+                one.vseg + 1,
+                vec![Extent {
+                    vseg: one.vseg,
+                    len: 1,
+                    state: ExtentState::Mapped,
+                    birth: generation,
+                    layers,
+                }],
+            );
+        }
+        self.push_view(disk, false).await;
+        drop(locks);
+        self.update_free();
+        status
     }
 
     /// Makes virtual segment `vseg` of `disk` its own (see the module doc).
