@@ -66,8 +66,15 @@ fn main() {
         let t0 = Instant::now();
         block_on(pool.split(&cname)).unwrap();
         let mut during = None;
+        let mut progressed = 0;
         if with_load {
             during = Some(bench(0.3).unwrap());
+            let l = block_on(pool.list()).unwrap();
+            progressed = l
+                .iter()
+                .find(|d| d.name == cname)
+                .and_then(|d| d.job.as_ref().map(|j| j.1))
+                .unwrap_or(mib);
         }
         loop {
             let l = block_on(pool.list()).unwrap();
@@ -80,8 +87,9 @@ fn main() {
         let gib_s = mib as f64 / 1024.0 / secs;
         match (baseline, during) {
             (Some(b), Some(d)) => println!(
-                "{{\"case\":\"split under a 4 KiB randread QD32 load on both cores\",\"mib\":{mib},\"split_s\":{secs:.3},\"gib_s\":{gib_s:.2},\"load_iops_before\":{b:.0},\"load_iops_during\":{d:.0},\"ratio\":{:.3}}}",
-                d / b
+                "{{\"case\":\"split under a 4 KiB randread QD32 load on both cores\",\"mib\":{mib},\"split_s\":{secs:.3},\"gib_s\":{gib_s:.2},\"load_iops_before\":{b:.0},\"load_iops_during\":{d:.0},\"ratio\":{:.3},\"segments_split_during_load\":{progressed},\"split_rate_under_load_gib_s\":{:.2}}}",
+                d / b,
+                progressed as f64 / 1024.0 / 0.3
             ),
             _ => println!(
                 "{{\"case\":\"split, idle\",\"mib\":{mib},\"split_s\":{secs:.3},\"gib_s\":{gib_s:.2}}}"
