@@ -1,80 +1,87 @@
 #!/usr/bin/env bash
-# NVMe/TCP benchmark: `tessera bench` through the initiator bdev against a tessera
-# target — target on CPU 0, initiator on CPU 1 — 4 KiB randread and randwrite at QD 1
-# and 64, over a null and a malloc namespace, with the raw bdevs' figures beside them
-# (the same bench on CPU 1 straight against a local null/malloc bdev).
+# NVMe/TCP benchmark: `tessera bench` through the initiator bdev (bdev_nvme) against a
+# `tessera serve` target — target on CPU 0, initiator on CPU 1 — 4 KiB randread and
+# randwrite at QD 1 and 64, over a null and a malloc namespace, with the raw bdevs'
+# figures (the same bench on CPU 1 against a local null/malloc bdev) beside them.
+# Medians of RUNS runs; one JSON line per job, then a table.
 #
-#   bench/nvmf_bench.sh [--seconds N] [--smoke] [--json DIR]
+#   bench/nvmf_bench.sh [--seconds N] [--runs N] [--smoke]
 #
-# --smoke runs each job for 1 s (checks the plumbing; the figures mean nothing).
+# --smoke runs each job once for 1 s (checks the plumbing; the figures mean nothing).
 # Run it on a quiet machine: the target and the initiator each busy-poll a CPU.
-#
-# Until `tessera serve` reads the `nvmf:` YAML section and `tessera bench --config`
-# attaches bdev_nvme controllers, the target is examples/nvmf_target.rs and the
-# initiator side examples/nvmf_bench.rs (the same bench code as `tessera bench`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=10
-json_dir=""
+runs=3
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds="$2"; shift 2 ;;
-        --smoke) seconds=1; shift ;;
-        --json) json_dir="$2"; shift 2 ;;
+        --runs) runs="$2"; shift 2 ;;
+        --smoke) seconds=1; runs=1; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-
 port=${NVMF_BENCH_PORT:-44420}
 target_cpu=${TARGET_CPU:-0}
 host_cpu=${HOST_CPU:-1}
-cargo build --release --quiet --bin tessera --example nvmf_target --example nvmf_bench
-bin_dir="${CARGO_TARGET_DIR:-target}/release"
+cargo build --release --quiet --bin tessera
+T="${CARGO_TARGET_DIR:-target}/release/tessera"
+export RUST_LOG=warn
+work=$(mktemp -d /var/tmp/tessera-nvmf.XXXXXX)
 
-log=$(mktemp)
-"$bin_dir/examples/nvmf_target" --cpu "$target_cpu" --port "$port" --busy \
-    --null-size 1T --malloc-size 1G 2>"$log" &
+cat >"$work/target.yaml" <<YAML
+cores: [$target_cpu]
+idle: busy
+bdevs:
+  - {type: null, name: Null0, size: 1TiB}
+  - {type: malloc, name: Malloc0, size: 1GiB}
+nvmf:
+  subsystems:
+    - nqn: nqn.2016-06.io.tessera:null
+      allow_any_host: true
+      listeners: [{address: 127.0.0.1, port: $port}]
+      namespaces: [{bdev: Null0, nsid: 1}]
+    - nqn: nqn.2016-06.io.tessera:malloc
+      allow_any_host: true
+      listeners: [{address: 127.0.0.1, port: $port}]
+      namespaces: [{bdev: Malloc0, nsid: 1}]
+YAML
+cat >"$work/host.yaml" <<YAML
+nvme:
+  - {name: NvmeNull, traddr: 127.0.0.1, trsvcid: "$port", subnqn: nqn.2016-06.io.tessera:null}
+  - {name: NvmeMalloc, traddr: 127.0.0.1, trsvcid: "$port", subnqn: nqn.2016-06.io.tessera:malloc}
+YAML
+"$T" serve -c "$work/target.yaml" -s "$work/rpc.sock" 2>"$work/target.log" &
 target_pid=$!
 cleanup() {
-    kill "$target_pid" 2>/dev/null || true
+    kill -INT "$target_pid" 2>/dev/null || true
     wait "$target_pid" 2>/dev/null || true
-    rm -f "$log"
+    rm -rf "$work"
 }
 trap cleanup EXIT
 for _ in $(seq 100); do
-    grep -q '^ready' "$log" && break
-    kill -0 "$target_pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
+    (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+    kill -0 "$target_pid" 2>/dev/null || { cat "$work/target.log" >&2; exit 1; }
     sleep 0.1
 done
-grep -q '^ready' "$log" || { echo "target did not start" >&2; cat "$log" >&2; exit 1; }
 
-run() { # kind workload qd
-    local kind=$1 workload=$2 qd=$3 out
-    echo "== $kind $workload qd=$qd: NVMe/TCP (target cpu $target_cpu, initiator cpu $host_cpu)"
-    out=$("$bin_dir/examples/nvmf_bench" --cpu "$host_cpu" --port "$port" \
-        --subnqn "nqn.2016-06.io.tessera:$kind" --workload "$workload" --qd "$qd" \
-        --bs 4096 --seconds "$seconds" --range 1G ${json_dir:+--json})
-    if [ -n "$json_dir" ]; then
-        mkdir -p "$json_dir"
-        echo "$out" >"$json_dir/nvmf-$kind-$workload-qd$qd.json"
-    else
-        echo "$out"
-    fi
-    echo "== $kind $workload qd=$qd: raw bdev (cpu $host_cpu)"
-    out=$("$bin_dir/tessera" bench --bdev "$kind:1G" --workload "$workload" --qd "$qd" \
-        --bs 4096 --seconds "$seconds" --cores "$host_cpu" --idle busy ${json_dir:+--json})
-    if [ -n "$json_dir" ]; then
-        echo "$out" >"$json_dir/raw-$kind-$workload-qd$qd.json"
-    else
-        echo "$out"
-    fi
-}
-
+med() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(statistics.median(v))' "$@"; }
+field() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
+echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); target cpu $target_cpu, initiator cpu $host_cpu"
 for kind in null malloc; do
+    bdev=$([ "$kind" = null ] && echo NvmeNulln1 || echo NvmeMallocn1)
     for workload in randread randwrite; do
         for qd in 1 64; do
-            run "$kind" "$workload" "$qd"
+            ni=(); nl=(); ri=(); rl=()
+            for _ in $(seq "$runs"); do
+                out=$("$T" bench -c "$work/host.yaml" --bdev "$bdev" -w "$workload" -q "$qd" -t "$seconds" \
+                    -m "$host_cpu" --idle busy --range 1G --json)
+                ni+=("$(echo "$out" | field 'r["iops"]')"); nl+=("$(echo "$out" | field 'r["lat_us"]["avg"]')")
+                out=$("$T" bench --bdev "$kind:1G" -w "$workload" -q "$qd" -t "$seconds" -m "$host_cpu" --idle busy --json)
+                ri+=("$(echo "$out" | field 'r["iops"]')"); rl+=("$(echo "$out" | field 'r["lat_us"]["avg"]')")
+            done
+            echo "{\"namespace\":\"$kind\",\"workload\":\"$workload\",\"qd\":$qd,\"nvmf_iops\":$(med "${ni[@]}"),\"nvmf_avg_us\":$(med "${nl[@]}"),\"raw_iops\":$(med "${ri[@]}"),\"raw_avg_us\":$(med "${rl[@]}")}"
         done
     done
 done
