@@ -584,7 +584,7 @@ fn run(ops: Vec<Op>, bs: u32, seg: u64, separate_meta: bool) -> Result<(), TestC
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 200, .. ProptestConfig::default() })]
 
     /// 4 KiB blocks, 64 KiB segments (16 one-block granules), metadata on its own bdev.
     #[test]

@@ -238,7 +238,12 @@ impl Controller {
                 }
                 return Ok(());
             }
-            let (batch, _) = self.job_scan(disk, cursor, if busy { BUSY_BATCH } else { JOB_BATCH }, false);
+            let (batch, _) = self.job_scan(
+                disk,
+                cursor,
+                if busy { BUSY_BATCH } else { JOB_BATCH },
+                false,
+            );
             let Some(&last) = batch.last() else { break };
             let st = self.job_batch(disk, &batch).await;
             if self.crashed.get() {
