@@ -67,6 +67,14 @@ pub enum AgentCmd {
     Fail(IoStatus),
     /// Nothing; with the blocking flag, a drain barrier.
     Barrier,
+    /// Everything a new agent must know at once: the view, the range states, whether
+    /// the disk is quiesced or failed.
+    Init {
+        view: Arc<View>,
+        overrides: Vec<(u64, u64, RangeState)>,
+        quiesced: bool,
+        failed: Option<IoStatus>,
+    },
 }
 
 /// What a parked request waits for.
@@ -329,6 +337,19 @@ impl Agent {
                 }
             }
             AgentCmd::Barrier => {}
+            AgentCmd::Init {
+                view,
+                overrides,
+                quiesced,
+                failed,
+            } => {
+                *self.overrides.borrow_mut() = overrides;
+                self.quiesced.set(quiesced);
+                if let Some(st) = failed {
+                    self.command(AgentCmd::Fail(st));
+                }
+                self.command(AgentCmd::SetView(view));
+            }
         }
     }
 

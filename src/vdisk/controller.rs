@@ -55,6 +55,11 @@ pub(crate) struct DiskCtl {
     pub job_cancel: Option<Rc<std::cell::Cell<bool>>>,
     /// Progress of the running job: (segments done, segments to do).
     pub job_progress: Option<Rc<std::cell::Cell<(u64, u64)>>>,
+    /// The agents' state besides the view, for agents that register later: range
+    /// states in force, quiesced, failed.
+    pub overrides: Vec<(u64, u64, super::agent::RangeState)>,
+    pub quiesced: bool,
+    pub failed: Option<IoStatus>,
 }
 
 /// The controller's mutable state.
@@ -228,10 +233,25 @@ impl Controller {
         })
     }
 
-    /// Sends `cmd` to every agent of `disk` and waits for their acknowledgements.
+    /// Sends `cmd` to every agent of `disk` and waits for their acknowledgements. The
+    /// disk remembers the state it sets, for agents that register later.
     pub(crate) async fn command_agents(&self, disk: u64, cmd: AgentCmd, blocking: bool) {
-        let cores: Vec<usize> = match self.st.borrow().disks.get(&disk) {
-            Some(d) => d.agents.iter().copied().collect(),
+        let cores: Vec<usize> = match self.st.borrow_mut().disks.get_mut(&disk) {
+            Some(d) => {
+                match &cmd {
+                    AgentCmd::SetState { from, to, state } => {
+                        d.overrides.retain(|&(f, t, _)| t <= *from || f >= *to);
+                        if let Some(s) = state {
+                            d.overrides.push((*from, *to, *s));
+                        }
+                    }
+                    AgentCmd::Quiesce => d.quiesced = true,
+                    AgentCmd::Activate => d.quiesced = false,
+                    AgentCmd::Fail(st) => d.failed = Some(*st),
+                    AgentCmd::SetView(_) | AgentCmd::Barrier | AgentCmd::Init { .. } => {}
+                }
+                d.agents.iter().copied().collect()
+            }
             None => return,
         };
         let pool = self.shared.id;
@@ -281,7 +301,7 @@ impl Controller {
 
     /// An agent on `core` for `disk` appeared: remember it and send it the view.
     pub(crate) fn agent_registered(&self, disk: u64, core: usize) {
-        let view = {
+        let init = {
             let mut st = self.st.borrow_mut();
             let Some(d) = st.disks.get_mut(&disk) else {
                 drop(st);
@@ -292,12 +312,18 @@ impl Controller {
                 return;
             };
             d.agents.insert(core);
-            self.view_of(d)
+            AgentCmd::Init {
+                view: self.view_of(d),
+                overrides: d.overrides.clone(),
+                quiesced: d.quiesced,
+                failed: d.failed,
+            }
         };
         let pool = self.shared.id;
-        let _ = self.shared.cores.send(core, move || {
-            agent::apply_now(pool, disk, AgentCmd::SetView(view))
-        });
+        let _ = self
+            .shared
+            .cores
+            .send(core, move || agent::apply_now(pool, disk, init));
     }
 
     /// The agent on `core` for `disk` is gone.

@@ -506,5 +506,8 @@ pub(crate) fn new_disk(
         bdev,
         job_cancel: None,
         job_progress: None,
+        overrides: Vec::new(),
+        quiesced: false,
+        failed: None,
     }
 }

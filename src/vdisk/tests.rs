@@ -318,3 +318,202 @@ fn fully_allocated_disk_reads_zeros_and_is_one_run_per_256_segments() {
         assert_eq!(read_byte(&d, 7).await, 5);
     });
 }
+
+/// The blocking flag: while writes run on every core, the controller sets no-write on a
+/// segment with the blocking flag; once that returns, no write may land on the segment's
+/// physical location any more (they fault and wait), until the state is cleared.
+#[test]
+fn blocking_flag_drains_every_write_before_acknowledging() {
+    use crate::vdisk::agent::{AgentCmd, RangeState};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let set = reactors(2);
+    let base = malloc("m0", 64);
+    let pool = block_on(Pool::create(
+        set.cores(),
+        0,
+        vec![base.clone()],
+        None,
+        PoolOptions::new("p0"),
+    ))
+    .unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    // Allocate segment 0 (blocks 0..256) fully.
+    let d = disk.clone();
+    on(&set, 0, move || async move {
+        Channel::get(&d)
+            .unwrap()
+            .write(0, pattern(1, 1 << 20))
+            .await
+            .unwrap();
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
+    // Writers on both cores: 8 in flight each, every write a new value.
+    let mut writers = Vec::new();
+    for core in 0..2 {
+        let (d, stop, completed) = (disk.clone(), stop.clone(), completed.clone());
+        writers.push(set.cores().spawn_on(core, move || async move {
+            let ch = Channel::get(&d).unwrap();
+            let tasks: Vec<_> = (0..8u64)
+                .map(|k| {
+                    let (ch, stop, completed) = (ch.clone(), stop.clone(), completed.clone());
+                    crate::reactor::spawn_local(async move {
+                        let mut v = 10 + core as u8 * 100 + k as u8;
+                        while !stop.load(Ordering::Relaxed) {
+                            v = v.wrapping_add(16);
+                            let b = (k * 29 + core as u64 * 7) % 256;
+                            ch.write(b, pattern(v, 4096)).await.unwrap();
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await;
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let id = block_on(pool.disk("vd0")).unwrap().disk_id();
+    let pid = pool.shared.id;
+    // Where segment 0 lives.
+    let seg = block_on(pool.view_entries(0, "vd0", 0, 1)).unwrap();
+    let _ = seg;
+    let phys = block_on(pool.on_ctl(move |c| async move {
+        Ok(c.st.borrow().disks[&id]
+            .root
+            .as_ref()
+            .unwrap()
+            .lookup(0)
+            .unwrap()
+            .layers[0]
+            .seg)
+    }))
+    .unwrap();
+    let (ci, off) = pool.shared.locate(phys);
+    assert_eq!(ci, 0);
+    let read_phys = |base: Arc<dyn Bdev>| {
+        let off = off;
+        move || async move {
+            Channel::get(&base)
+                .unwrap()
+                .read(off / 4096, 256)
+                .await
+                .unwrap()
+                .to_vec()
+        }
+    };
+    for round in 0..20 {
+        let before = completed.load(Ordering::Relaxed);
+        // No-write on segment 0, with the blocking flag.
+        block_on(pool.on_ctl(move |c| async move {
+            c.command_agents(
+                id,
+                AgentCmd::SetState {
+                    from: 0,
+                    to: 1,
+                    state: Some(RangeState::NoWrite),
+                },
+                true,
+            )
+            .await;
+            Ok(())
+        }))
+        .unwrap();
+        // Drained: the location must not change any more while writers keep trying.
+        let snap1 = on(&set, 1, read_phys(base.clone()));
+        std::thread::sleep(Duration::from_millis(5));
+        let snap2 = on(&set, 0, read_phys(base.clone()));
+        assert!(
+            snap1 == snap2,
+            "round {round}: a write landed after the blocking command was acknowledged"
+        );
+        // Clear it; writes resume (the parked ones retry and go through).
+        block_on(pool.on_ctl(move |c| async move {
+            c.command_agents(
+                id,
+                AgentCmd::SetState {
+                    from: 0,
+                    to: 1,
+                    state: None,
+                },
+                false,
+            )
+            .await;
+            Ok(())
+        }))
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(
+            completed.load(Ordering::Relaxed) > before,
+            "round {round}: writes resumed"
+        );
+        let _ = pid;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        block_on(w).unwrap();
+    }
+}
+
+/// Quiesce holds new I/O and drains the rest; activate releases it; a quiesce that is
+/// not activated within its time limit cancels itself and the held I/O completes.
+#[test]
+fn quiesce_holds_io_and_cancels_itself_after_its_time_limit() {
+    let set = reactors(2);
+    let base = malloc("m0", 64);
+    let pool = block_on(Pool::create(
+        set.cores(),
+        0,
+        vec![base],
+        None,
+        PoolOptions::new("p0"),
+    ))
+    .unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        write_byte(&d, 0, 1).await.unwrap()
+    });
+    // Activated in time.
+    let id = block_on(pool.quiesce(vec!["vd0".into()], Duration::from_secs(5))).unwrap();
+    let d = disk.clone();
+    let held = set.cores().spawn_on(1, move || async move {
+        let b = read_byte(&d, 0).await;
+        (b, std::time::Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let activated = std::time::Instant::now();
+    block_on(pool.activate(id)).unwrap();
+    let (b, read_at) = block_on(held).unwrap();
+    assert_eq!(b, 1);
+    assert!(
+        read_at >= activated,
+        "the read completed while the disk was quiesced"
+    );
+    // Not activated: cancelled by the time limit, I/O resumes on its own.
+    let t0 = std::time::Instant::now();
+    let id = block_on(pool.quiesce(vec!["vd0".into()], Duration::from_millis(200))).unwrap();
+    let d = disk.clone();
+    let done = block_on(set.cores().spawn_on(1, move || async move {
+        write_byte(&d, 0, 2).await.unwrap();
+        std::time::Instant::now()
+    }))
+    .unwrap();
+    let waited = done.duration_since(t0);
+    assert!(
+        waited >= Duration::from_millis(190),
+        "the write was held ({waited:?})"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "the time limit released it ({waited:?})"
+    );
+    let e = block_on(pool.activate(id)).unwrap_err();
+    assert!(matches!(e, VdiskError::QuiesceTimeout(_)), "{e}");
+    // The write released by the time limit landed.
+    let d = disk.clone();
+    on(&set, 0, move || async move {
+        assert_eq!(read_byte(&d, 0).await, 2)
+    });
+}
