@@ -210,6 +210,34 @@ impl Target {
         Ok(())
     }
 
+    /// The attached NVMe/TCP controllers, by name, as they were attached.
+    pub fn nvme_controllers(&self) -> Vec<AttachParams> {
+        lock(&self.inner.nvme_params).values().cloned().collect()
+    }
+
+    /// The bdev names of the NVMe/TCP controller `name` (empty if it does not exist).
+    pub fn nvme_controller_bdevs(&self, name: &str) -> Vec<String> {
+        self.inner
+            .nvme_host
+            .controller(name)
+            .map(|c| {
+                c.bdevs()
+                    .into_iter()
+                    .map(|b| {
+                        let b: Arc<dyn Bdev> = b;
+                        b.name().to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How base bdev `name` was created (`None` for disks, NVMe namespaces and unknown
+    /// names).
+    pub fn base_bdev_config(&self, name: &str) -> Option<BdevConfig> {
+        lock(&self.inner.base_configs).get(name).cloned()
+    }
+
     /// Starts the NBD server on `listen` (`IP:PORT`).
     pub fn nbd_start(&self, listen: &str) -> Result<std::net::SocketAddr, TargetError> {
         let mut nbd = lock(&self.inner.nbd);
