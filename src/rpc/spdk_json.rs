@@ -801,6 +801,26 @@ mod tests {
     }
 
     #[test]
+    fn the_two_examples_describe_the_same_target() {
+        let yaml = Config::parse(
+            include_str!("../../spdk-config/example.yaml"),
+            "example.yaml",
+        )
+        .unwrap();
+        let mut json = Config::parse_spdk_json(
+            include_str!("../../spdk-config/example-spdk.json"),
+            "example-spdk.json",
+        )
+        .unwrap();
+        // SPDK's nbd_start_disk names a kernel device; tessera keeps it as the
+        // export's description.
+        let e = &mut json.nbd.as_mut().unwrap().exports[0];
+        assert_eq!(e.description, "SPDK nbd_start_disk /dev/nbd0");
+        e.description.clear();
+        assert_eq!(json, yaml);
+    }
+
+    #[test]
     fn errors_name_file_line_and_parameter() {
         let bad = SAMPLE.replace("\"size_in_mib\": 64", "\"size_in_mib\": \"big\"");
         let e = parse_document(&bad, "x.json").unwrap_err().to_string();
