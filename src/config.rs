@@ -297,6 +297,10 @@ pub struct SnapshotConfig {
 pub struct CloneConfig {
     pub name: String,
     pub snapshot: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cow_policy: Option<CowPolicy>,
 }
 
 /// The whole target.

@@ -165,7 +165,7 @@ impl Target {
                 }
                 (None, Some(i)) => {
                     let c = clones.remove(i);
-                    self.clone_disk(&c.snapshot, &c.name).await?;
+                    self.create_clone(c).await?;
                 }
                 // An origin that exists nowhere: let the first one fail with its error.
                 (None, None) => match snaps.first() {
@@ -178,8 +178,7 @@ impl Target {
                         snaps.remove(0);
                     }
                     None => {
-                        self.clone_disk(&clones[0].snapshot, &clones[0].name)
-                            .await?;
+                        self.create_clone(clones[0]).await?;
                         clones.remove(0);
                     }
                 },
@@ -747,6 +746,21 @@ impl Target {
         Ok(snaps)
     }
 
+    /// Creates a clone as its configuration says.
+    async fn create_clone(&self, c: &CloneConfig) -> Result<(), TargetError> {
+        self.clone_disk(&c.snapshot, &c.name).await?;
+        if c.cow_policy.is_some() || c.read_only {
+            let pool = self.pool_of(&c.name).await?;
+            if let Some(p) = c.cow_policy {
+                pool.set_cow_policy(&c.name, p).await?;
+            }
+            if c.read_only {
+                pool.set_read_only(&c.name, true).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Clones a snapshot.
     pub async fn clone_disk(&self, snapshot: &str, name: &str) -> Result<Arc<VDisk>, TargetError> {
         if self.inner.bdevs.contains(name) {
@@ -813,6 +827,8 @@ impl Target {
                         cfg.clones.push(CloneConfig {
                             name: d.name.clone(),
                             snapshot: clone_origin(&list, d).cloned().unwrap_or_default(),
+                            read_only: d.read_only,
+                            cow_policy: Some(d.cow_policy),
                         });
                     }
                     _ => cfg.disks.push(DiskConfig {

@@ -230,17 +230,22 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
             }
         }
     }
-    for d in &cfg.disks {
-        if d.read_only {
+    let flags = cfg
+        .disks
+        .iter()
+        .map(|d| (&d.name, d.read_only, d.cow_policy))
+        .chain(cfg.clones.iter().map(|c| (&c.name, c.read_only, c.cow_policy)));
+    for (name, read_only, cow_policy) in flags {
+        if read_only {
             out.push(call(
                 "bdev_lvol_set_read_only",
-                json!({"name": bdev_ref(cfg, &d.name)}),
+                json!({"name": bdev_ref(cfg, name)}),
             ));
         }
-        if d.cow_policy == Some(CowPolicy::CopyOut) {
+        if cow_policy == Some(CowPolicy::CopyOut) {
             out.push(call(
                 "tessera_set_cow_policy",
-                json!({"name": bdev_ref(cfg, &d.name), "cow_policy": CowPolicy::CopyOut}),
+                json!({"name": bdev_ref(cfg, name), "cow_policy": CowPolicy::CopyOut}),
             ));
         }
     }
@@ -513,6 +518,23 @@ fn disk_mut<'a>(cfg: &'a mut Config, name: &str) -> Result<&'a mut crate::config
     })
 }
 
+/// The read-only flag and copy-on-write policy of a disk or clone of `cfg`.
+fn flags_mut<'a>(
+    cfg: &'a mut Config,
+    name: &str,
+) -> Result<(&'a mut bool, &'a mut Option<CowPolicy>), String> {
+    let n = disk_name(cfg, name);
+    if let Some(d) = cfg.disks.iter_mut().find(|d| d.name == n) {
+        return Ok((&mut d.read_only, &mut d.cow_policy));
+    }
+    if let Some(c) = cfg.clones.iter_mut().find(|c| c.name == n) {
+        return Ok((&mut c.read_only, &mut c.cow_policy));
+    }
+    Err(format!(
+        "\"{name}\" is not an lvol or clone created above"
+    ))
+}
+
 /// Applies one call to the configuration being built.
 fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
     let p = &e.params;
@@ -580,22 +602,24 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             cfg.clones.push(CloneConfig {
                 name: q.clone_name,
                 snapshot,
+                read_only: false,
+                cow_policy: None,
             });
         }
         "bdev_lvol_set_read_only" => {
             let q: lvol::LvolNameParams = decode(p)?;
             let n = disk_name(cfg, &q.name);
             if !cfg.snapshots.iter().any(|s| s.name == n) {
-                disk_mut(cfg, &q.name)?.read_only = true;
+                *flags_mut(cfg, &q.name)?.0 = true;
             }
         }
         "tessera_set_read_only" => {
             let q: lvol::ReadOnlyParams = decode(p)?;
-            disk_mut(cfg, &q.name)?.read_only = q.read_only;
+            *flags_mut(cfg, &q.name)?.0 = q.read_only;
         }
         "tessera_set_cow_policy" => {
             let q: lvol::CowPolicyParams = decode(p)?;
-            disk_mut(cfg, &q.name)?.cow_policy = Some(q.cow_policy);
+            *flags_mut(cfg, &q.name)?.1 = Some(q.cow_policy);
         }
         "bdev_lvol_resize" => {
             let q: lvol::ResizeParams = decode(p)?;
