@@ -556,7 +556,10 @@ pub fn locate_yaml(text: &str, path: &str) -> Option<usize> {
         if let Some((line, _)) = cur {
             let t = lines[line].trim_start();
             let value = t.split_once(':').map_or("", |(_, v)| v.trim_start());
-            if t.trim_start_matches("- ").starts_with('{') || value.starts_with('{') || value.starts_with('[') {
+            if t.trim_start_matches("- ").starts_with('{')
+                || value.starts_with('{')
+                || value.starts_with('[')
+            {
                 return Some(line + 1); // flow collection: cannot go deeper
             }
         }
@@ -709,17 +712,32 @@ mod tests {
     fn validation_errors_name_the_line() {
         let text = "cores: [0]\nbdevs:\n  - {type: malloc, name: M0, size: 1M}\npools:\n  - name: p\n    bdevs: [M0]\n  - name: q\n    bdevs: []\n";
         let e = Config::parse(text, "v.yaml").unwrap_err().to_string();
-        assert!(e.starts_with("v.yaml:8:") && e.contains("pools[1].bdevs"), "{e}");
+        assert!(
+            e.starts_with("v.yaml:8:") && e.contains("pools[1].bdevs"),
+            "{e}"
+        );
         let text = "bdevs:\n  - {type: malloc, name: M0, size: 1M}\n  - {type: malloc, name: M0, size: 1M}\n";
         let e = Config::parse(text, "v.yaml").unwrap_err().to_string();
-        assert!(e.starts_with("v.yaml:3:") && e.contains("bdevs[1].name"), "{e}");
+        assert!(
+            e.starts_with("v.yaml:3:") && e.contains("bdevs[1].name"),
+            "{e}"
+        );
         let text = "nvmf:\n  subsystems:\n    - nqn: nqn.2016-06.io.x:a\n    - nqn: bad\n";
         let e = Config::parse(text, "v.yaml").unwrap_err().to_string();
-        assert!(e.starts_with("v.yaml:4:") && e.contains("subsystems[1].nqn"), "{e}");
+        assert!(
+            e.starts_with("v.yaml:4:") && e.contains("subsystems[1].nqn"),
+            "{e}"
+        );
         let text = "nbd:\n  listen: nowhere\n";
         let e = Config::parse(text, "v.yaml").unwrap_err().to_string();
-        assert!(e.starts_with("v.yaml:2:") && e.contains("nbd.listen"), "{e}");
-        assert_eq!(locate_yaml("a:\n  b:\n    - x\n    - y\n", "a.b[1]"), Some(4));
+        assert!(
+            e.starts_with("v.yaml:2:") && e.contains("nbd.listen"),
+            "{e}"
+        );
+        assert_eq!(
+            locate_yaml("a:\n  b:\n    - x\n    - y\n", "a.b[1]"),
+            Some(4)
+        );
         assert_eq!(locate_yaml("a: 1\n", "zz"), None);
     }
 

@@ -74,7 +74,11 @@ struct RpcArgs {
     /// Parameters: `--name value` (`--lvs-name` and `--lvs_name` alike; a value is JSON
     /// when it parses as JSON, else a string), a bare `--flag` for true, and
     /// `--json '{...}'` for an object of parameters.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "PARAMS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PARAMS"
+    )]
     params: Vec<String>,
 }
 

@@ -123,38 +123,78 @@ fn bad_input_is_answered_and_io_goes_on() {
 
     // Invalid requests, unknown methods, bad parameters — each named.
     let cases: Vec<(Vec<u8>, i64, &str)> = vec![
-        (br#"{"id": 1, "method": "spdk_get_version"}"#.to_vec(), -32600, "jsonrpc"),
-        (br#"{"jsonrpc": "2.0", "id": 1, "method": 7}"#.to_vec(), -32600, "method"),
-        (br#"{"jsonrpc": "2.0", "id": 1, "method": "m", "params": 3}"#.to_vec(), -32600, "params"),
-        (br#"[]"#.to_vec(), -32600, "empty batch"),
-        (request(1, "bdev_frobnicate", Value::Null), -32601, "bdev_frobnicate"),
         (
-            request(1, "bdev_lvol_create", json!({"lvol_name": "x", "size_in_mib": "big", "lvs_name": "pool0"})),
+            br#"{"id": 1, "method": "spdk_get_version"}"#.to_vec(),
+            -32600,
+            "jsonrpc",
+        ),
+        (
+            br#"{"jsonrpc": "2.0", "id": 1, "method": 7}"#.to_vec(),
+            -32600,
+            "method",
+        ),
+        (
+            br#"{"jsonrpc": "2.0", "id": 1, "method": "m", "params": 3}"#.to_vec(),
+            -32600,
+            "params",
+        ),
+        (br#"[]"#.to_vec(), -32600, "empty batch"),
+        (
+            request(1, "bdev_frobnicate", Value::Null),
+            -32601,
+            "bdev_frobnicate",
+        ),
+        (
+            request(
+                1,
+                "bdev_lvol_create",
+                json!({"lvol_name": "x", "size_in_mib": "big", "lvs_name": "pool0"}),
+            ),
             -32602,
             "\"size_in_mib\": expected an integer",
         ),
         (
-            request(1, "bdev_lvol_create", json!({"lvol_name": "x", "size_in_mib": 4})),
+            request(
+                1,
+                "bdev_lvol_create",
+                json!({"lvol_name": "x", "size_in_mib": 4}),
+            ),
             -32602,
             "missing parameter \"lvs_name\"",
         ),
         (
-            request(1, "bdev_malloc_create", json!({"num_blocks": 8, "block_size": 4096, "foo": 1})),
+            request(
+                1,
+                "bdev_malloc_create",
+                json!({"num_blocks": 8, "block_size": 4096, "foo": 1}),
+            ),
             -32602,
             "unknown parameter \"foo\"",
         ),
         (
-            request(1, "bdev_lvol_create_lvstore", json!({"bdev_name": "Malloc9", "lvs_name": "p9"})),
+            request(
+                1,
+                "bdev_lvol_create_lvstore",
+                json!({"bdev_name": "Malloc9", "lvs_name": "p9"}),
+            ),
             -19,
             "bdev \"Malloc9\" does not exist",
         ),
         (
-            request(1, "bdev_lvol_create", json!({"lvol_name": "vd0", "size_in_mib": 4, "lvs_name": "pool0"})),
+            request(
+                1,
+                "bdev_lvol_create",
+                json!({"lvol_name": "vd0", "size_in_mib": 4, "lvs_name": "pool0"}),
+            ),
             -17,
             "already exists",
         ),
         (
-            request(1, "bdev_lvol_create", json!({"lvol_name": "huge", "size_in_mib": 1u64 << 20, "lvs_name": "pool0", "thin_provision": false})),
+            request(
+                1,
+                "bdev_lvol_create",
+                json!({"lvol_name": "huge", "size_in_mib": 1u64 << 20, "lvs_name": "pool0", "thin_provision": false}),
+            ),
             -28,
             "space",
         ),
@@ -163,8 +203,20 @@ fn bad_input_is_answered_and_io_goes_on() {
             -16,
             "in use",
         ),
-        (request(1, "nvmf_subsystem_add_ns", json!({"nqn": "nqn.2016-06.io.x:none", "namespace": {"bdev_name": "vd0"}})), -19, "does not exist"),
-        (request(1, "bdev_get_bdevs", json!([1, 2])), -32602, "params must be an object"),
+        (
+            request(
+                1,
+                "nvmf_subsystem_add_ns",
+                json!({"nqn": "nqn.2016-06.io.x:none", "namespace": {"bdev_name": "vd0"}}),
+            ),
+            -19,
+            "does not exist",
+        ),
+        (
+            request(1, "bdev_get_bdevs", json!([1, 2])),
+            -32602,
+            "params must be an object",
+        ),
     ];
     for (bytes, code, needle) in cases {
         let (v, closed) = raw_exchange(&sock, &bytes, 1);
@@ -199,11 +251,13 @@ fn bad_input_is_answered_and_io_goes_on() {
     // leaves before the answer.
     for cut in [1usize, 20, 40] {
         let mut s = UnixStream::connect(&sock).unwrap();
-        s.write_all(&request(1, "bdev_get_bdevs", Value::Null)[..cut]).unwrap();
+        s.write_all(&request(1, "bdev_get_bdevs", Value::Null)[..cut])
+            .unwrap();
         drop(s);
     }
     let mut s = UnixStream::connect(&sock).unwrap();
-    s.write_all(&request(1, "bdev_lvol_get_lvols", Value::Null)).unwrap();
+    s.write_all(&request(1, "bdev_lvol_get_lvols", Value::Null))
+        .unwrap();
     drop(s);
     assert!(srv.call("spdk_get_version", Value::Null)["version"].is_string());
     load.still_running("clients that left");
@@ -302,7 +356,8 @@ fn socket_path_in_use_is_refused() {
     // The first server still answers.
     assert!(srv.call("spdk_get_version", Value::Null)["version"].is_string());
     let mut s = UnixStream::connect(&srv.socket).unwrap();
-    s.write_all(&request(1, "framework_get_reactors", Value::Null)).unwrap();
+    s.write_all(&request(1, "framework_get_reactors", Value::Null))
+        .unwrap();
     let mut b = [0u8; 1];
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert!(s.read(&mut b).unwrap() > 0);

@@ -8,7 +8,11 @@ use rpc_common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-fn p50_us(client: &mut tessera::rpc::RpcClient, method: &str, params: Option<serde_json::Value>) -> f64 {
+fn p50_us(
+    client: &mut tessera::rpc::RpcClient,
+    method: &str,
+    params: Option<serde_json::Value>,
+) -> f64 {
     for _ in 0..20 {
         client.call(method, params.clone()).unwrap().unwrap();
     }
@@ -22,7 +26,10 @@ fn p50_us(client: &mut tessera::rpc::RpcClient, method: &str, params: Option<ser
     t.sort();
     let p50 = t[t.len() / 2].as_secs_f64() * 1e6;
     let p99 = t[t.len() * 99 / 100].as_secs_f64() * 1e6;
-    eprintln!("{method}: p50 {p50:.0} us, p99 {p99:.0} us over {} calls", t.len());
+    eprintln!(
+        "{method}: p50 {p50:.0} us, p99 {p99:.0} us over {} calls",
+        t.len()
+    );
     p50
 }
 
@@ -39,7 +46,11 @@ fn round_trip_p50_is_below_a_millisecond() {
     let n = c.call("bdev_get_bdevs", None).unwrap().unwrap();
     assert_eq!(n.as_array().unwrap().len(), 4);
     let d = p50_us(&mut c, "bdev_get_bdevs", Some(json!({"name": "pool0/vd0"})));
-    for (what, us) in [("spdk_get_version", a), ("bdev_get_bdevs", b), ("bdev_get_bdevs vd0", d)] {
+    for (what, us) in [
+        ("spdk_get_version", a),
+        ("bdev_get_bdevs", b),
+        ("bdev_get_bdevs vd0", d),
+    ] {
         assert!(us <= 1000.0, "{what}: p50 {us:.0} us is above 1 ms");
     }
     srv.stop();

@@ -73,7 +73,11 @@ fn state(srv: &Serve) -> Value {
         .map(|s| {
             let ns: Vec<Value> = s["namespaces"]
                 .as_array()
-                .map(|a| a.iter().map(|n| json!([n["nsid"], n["bdev_name"]])).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|n| json!([n["nsid"], n["bdev_name"]]))
+                        .collect()
+                })
                 .unwrap_or_default();
             json!({
                 "nqn": s["nqn"], "allow_any_host": s["allow_any_host"], "hosts": s["hosts"],
@@ -146,32 +150,80 @@ nvmf:
     ));
 
     // Change things over RPC.
-    srv.call("bdev_lvol_resize", json!({"name": "vd0", "size_in_mib": 48}));
-    srv.call("bdev_lvol_snapshot", json!({"lvol_name": "pool0/vd0", "snapshot_name": "s0"}));
-    srv.call("bdev_lvol_clone", json!({"snapshot_name": "s0", "clone_name": "c0"}));
-    srv.call("tessera_set_cow_policy", json!({"name": "c0", "cow_policy": "copy-out"}));
+    srv.call(
+        "bdev_lvol_resize",
+        json!({"name": "vd0", "size_in_mib": 48}),
+    );
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "pool0/vd0", "snapshot_name": "s0"}),
+    );
+    srv.call(
+        "bdev_lvol_clone",
+        json!({"snapshot_name": "s0", "clone_name": "c0"}),
+    );
+    srv.call(
+        "tessera_set_cow_policy",
+        json!({"name": "c0", "cow_policy": "copy-out"}),
+    );
     srv.call("bdev_lvol_set_read_only", json!({"name": "pool0/c0"}));
-    srv.call("bdev_lvol_create", json!({"lvol_name": "vd2", "size_in_mib": 8, "lvs_name": "pool0", "thin_provision": true}));
-    srv.call("tessera_set_read_only", json!({"name": "vd2", "read_only": true}));
+    srv.call(
+        "bdev_lvol_create",
+        json!({"lvol_name": "vd2", "size_in_mib": 8, "lvs_name": "pool0", "thin_provision": true}),
+    );
+    srv.call(
+        "tessera_set_read_only",
+        json!({"name": "vd2", "read_only": true}),
+    );
     // The file-backed pool: a disk with data, a snapshot, a clone, a snapshot of the
     // clone and a clone of that.
-    srv.call("bdev_lvol_create", json!({"lvol_name": "vd1", "size_in_mib": 16, "lvs_name": "upool", "thin_provision": true}));
+    srv.call(
+        "bdev_lvol_create",
+        json!({"lvol_name": "vd1", "size_in_mib": 16, "lvs_name": "upool", "thin_provision": true}),
+    );
     srv.call("nbd_start_export", json!({"bdev_name": "upool/vd1"}));
     let data = nbd_support::pattern(42, 64 << 10);
     nbd_write(nbd_port, "vd1", &data);
-    srv.call("bdev_lvol_snapshot", json!({"lvol_name": "vd1", "snapshot_name": "s1"}));
-    srv.call("bdev_lvol_clone", json!({"snapshot_name": "upool/s1", "clone_name": "c1"}));
-    srv.call("bdev_lvol_snapshot", json!({"lvol_name": "c1", "snapshot_name": "s2"}));
-    srv.call("bdev_lvol_clone", json!({"snapshot_name": "s2", "clone_name": "c2"}));
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "vd1", "snapshot_name": "s1"}),
+    );
+    srv.call(
+        "bdev_lvol_clone",
+        json!({"snapshot_name": "upool/s1", "clone_name": "c1"}),
+    );
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "c1", "snapshot_name": "s2"}),
+    );
+    srv.call(
+        "bdev_lvol_clone",
+        json!({"snapshot_name": "s2", "clone_name": "c2"}),
+    );
     // More base bdevs, exports, a second subsystem.
-    srv.call("bdev_malloc_create", json!({"name": "Malloc1", "num_blocks": 4096, "block_size": 4096}));
-    srv.call("bdev_null_create", json!({"name": "Null0", "num_blocks": 1 << 20, "block_size": 512}));
+    srv.call(
+        "bdev_malloc_create",
+        json!({"name": "Malloc1", "num_blocks": 4096, "block_size": 4096}),
+    );
+    srv.call(
+        "bdev_null_create",
+        json!({"name": "Null0", "num_blocks": 1 << 20, "block_size": 512}),
+    );
     srv.call("bdev_error_create", json!({"base_name": "Malloc1"}));
     srv.call("nbd_start_export", json!({"bdev_name": "pool0/c0", "name": "clone-export", "read_only": true, "description": "c0"}));
     let nqn2 = "nqn.2016-06.io.tessera:two";
-    srv.call("nvmf_create_subsystem", json!({"nqn": nqn2, "serial_number": "TWO"}));
-    srv.call("nvmf_subsystem_add_ns", json!({"nqn": nqn2, "namespace": {"bdev_name": "upool/c2", "nsid": 3}}));
-    srv.call("nvmf_subsystem_add_ns", json!({"nqn": nqn2, "namespace": {"bdev_name": "EE_Malloc1"}}));
+    srv.call(
+        "nvmf_create_subsystem",
+        json!({"nqn": nqn2, "serial_number": "TWO"}),
+    );
+    srv.call(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": nqn2, "namespace": {"bdev_name": "upool/c2", "nsid": 3}}),
+    );
+    srv.call(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": nqn2, "namespace": {"bdev_name": "EE_Malloc1"}}),
+    );
     srv.call("nvmf_subsystem_add_listener", json!({"nqn": nqn2, "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": nvmf_port2.to_string()}}));
     srv.call("nvmf_subsystem_add_host", json!({"nqn": nqn2, "host": "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001"}));
     let before = state(&srv);
@@ -181,7 +233,12 @@ nvmf:
     let saved = srv.call("save_config", Value::Null);
     std::fs::write(&json_file, serde_json::to_string_pretty(&saved).unwrap()).unwrap();
     if let Some(tool) = spdk_rpc() {
-        let out = run_ok(Command::new(tool).arg("-s").arg(&srv.socket).arg("save_config"));
+        let out = run_ok(
+            Command::new(tool)
+                .arg("-s")
+                .arg(&srv.socket)
+                .arg("save_config"),
+        );
         let theirs: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(theirs["subsystems"], saved["subsystems"]);
     }
@@ -189,7 +246,10 @@ nvmf:
     let r = srv.call("tessera_save_config", json!({"path": yaml_file}));
     assert_eq!(r["path"], yaml_file.to_str().unwrap());
     let yaml = srv.call("tessera_save_config", Value::Null);
-    assert_eq!(yaml.as_str().unwrap(), std::fs::read_to_string(&yaml_file).unwrap());
+    assert_eq!(
+        yaml.as_str().unwrap(),
+        std::fs::read_to_string(&yaml_file).unwrap()
+    );
     srv.stop();
 
     for file in [&yaml_file, &json_file] {

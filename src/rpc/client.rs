@@ -58,7 +58,8 @@ impl RpcClient {
         if let Some(p) = params {
             req["params"] = p;
         }
-        self.stream.write_all(&serde_json::to_vec(&req).expect("JSON"))?;
+        self.stream
+            .write_all(&serde_json::to_vec(&req).expect("JSON"))?;
         let resp = self.read_value()?;
         if resp.get("id") != Some(&json!(id)) {
             return Err(ClientError::BadResponse(format!(

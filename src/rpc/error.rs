@@ -135,9 +135,9 @@ impl From<NvmfError> for RpcError {
         let msg = e.to_string();
         match e {
             NvmfError::Bdev(b) => b.into(),
-            NvmfError::NoTransport(_)
-            | NvmfError::NoSubsystem(_)
-            | NvmfError::NoListener(_) => RpcError::errno(libc::ENODEV, msg),
+            NvmfError::NoTransport(_) | NvmfError::NoSubsystem(_) | NvmfError::NoListener(_) => {
+                RpcError::errno(libc::ENODEV, msg)
+            }
             NvmfError::TransportExists(_) | NvmfError::SubsystemExists(_) => {
                 RpcError::errno(libc::EEXIST, msg)
             }

@@ -50,10 +50,7 @@ pub fn describe(path: &str, message: &str) -> String {
             .or_else(|| tail.strip_prefix(", expected "))
             .map(|s| s.replace('`', "\""));
         return match expected {
-            Some(list) => format!(
-                "unknown parameter \"{}\" (known: {list})",
-                join(field)
-            ),
+            Some(list) => format!("unknown parameter \"{}\" (known: {list})", join(field)),
             None => format!("unknown parameter \"{}\"", join(field)),
         };
     }
@@ -145,10 +142,7 @@ mod tests {
             err(serde_json::json!({"lvs_name": "a", "foo": 1})),
             "unknown parameter \"foo\" (known: \"lvs_name\", \"size_in_mib\", \"thin_provision\", \"listen_address\")"
         );
-        assert_eq!(
-            err(serde_json::json!({})),
-            "missing parameter \"lvs_name\""
-        );
+        assert_eq!(err(serde_json::json!({})), "missing parameter \"lvs_name\"");
         assert_eq!(
             err(serde_json::json!({"lvs_name": "a", "size_in_mib": "big"})),
             "\"size_in_mib\": expected an integer (unsigned 64-bit), got string \"big\""

@@ -275,7 +275,9 @@ pub fn parse_frame(frame: &[u8]) -> Result<Incoming, Response> {
                     RpcError::invalid_request("invalid request: empty batch"),
                 ));
             }
-            Ok(Incoming::Batch(items.into_iter().map(parse_request).collect()))
+            Ok(Incoming::Batch(
+                items.into_iter().map(parse_request).collect(),
+            ))
         }
         v => Ok(Incoming::Single(parse_request(v))),
     }
@@ -295,7 +297,9 @@ pub fn parse_request(v: Value) -> Result<Request, Response> {
         Some(_) => {
             return Err(Response::err(
                 Value::Null,
-                RpcError::invalid_request("invalid request: \"id\" must be a number, a string or null"),
+                RpcError::invalid_request(
+                    "invalid request: \"id\" must be a number, a string or null",
+                ),
             ));
         }
     };
@@ -380,7 +384,10 @@ mod tests {
         f.push(b"  hello");
         assert!(matches!(
             f.next_frame(),
-            Frame::Fatal(FramingError::NotJson { byte: b'h', offset: 2 })
+            Frame::Fatal(FramingError::NotJson {
+                byte: b'h',
+                offset: 2
+            })
         ));
         // Stays failed.
         f.push(b"{}");
@@ -401,8 +408,7 @@ mod tests {
 
     #[test]
     fn requests() {
-        let r = parse_frame(br#"{"jsonrpc":"2.0","method":"m","id":7,"params":{"a":1}}"#)
-            .unwrap();
+        let r = parse_frame(br#"{"jsonrpc":"2.0","method":"m","id":7,"params":{"a":1}}"#).unwrap();
         assert_eq!(
             r,
             Incoming::Single(Ok(Request {
@@ -426,10 +432,13 @@ mod tests {
             panic!()
         };
         assert_eq!(e.id, Value::from("x"));
-        assert_eq!(e.result.unwrap_err().code, super::super::error::INVALID_REQUEST);
+        assert_eq!(
+            e.result.unwrap_err().code,
+            super::super::error::INVALID_REQUEST
+        );
         assert!(parse_frame(b"[]").is_err());
-        let Incoming::Batch(b) = parse_frame(br#"[1, {"jsonrpc":"2.0","method":"m","id":1}]"#)
-            .unwrap()
+        let Incoming::Batch(b) =
+            parse_frame(br#"[1, {"jsonrpc":"2.0","method":"m","id":1}]"#).unwrap()
         else {
             panic!()
         };

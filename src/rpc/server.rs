@@ -266,7 +266,7 @@ async fn linger(s: &Async<mio::net::UnixStream>, buf: &mut [u8]) {
             return Poll::Ready(());
         }
         loop {
-            match (&*s.get_ref()).read(buf) {
+            match s.get_ref().read(buf) {
                 Ok(0) => return Poll::Ready(()),
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -287,9 +287,7 @@ async fn linger(s: &Async<mio::net::UnixStream>, buf: &mut [u8]) {
 async fn handle_frame(ctx: &Rc<Ctx>, frame: &[u8]) -> Option<Vec<u8>> {
     match parse_frame(frame) {
         Err(resp) => Some(encode(&resp.to_json())),
-        Ok(Incoming::Single(r)) => handle_one(ctx, r)
-            .await
-            .map(|resp| encode(&resp.to_json())),
+        Ok(Incoming::Single(r)) => handle_one(ctx, r).await.map(|resp| encode(&resp.to_json())),
         Ok(Incoming::Batch(rs)) => {
             let mut out = Vec::new();
             for r in rs {
@@ -307,11 +305,12 @@ async fn handle_one(ctx: &Rc<Ctx>, r: Result<Request, Response>) -> Option<Respo
         Ok(req) => req,
         Err(resp) => return Some(resp),
     };
-    let result: Result<Value, RpcError> =
-        methods::call(ctx.clone(), &req.method, req.params).await;
+    let result: Result<Value, RpcError> = methods::call(ctx.clone(), &req.method, req.params).await;
     match &result {
         Ok(_) => tracing::debug!(method = %req.method, "rpc"),
-        Err(e) => tracing::debug!(method = %req.method, code = e.code, error = %e.message, "rpc failed"),
+        Err(e) => {
+            tracing::debug!(method = %req.method, code = e.code, error = %e.message, "rpc failed")
+        }
     }
     req.id.map(|id| Response { id, result })
 }

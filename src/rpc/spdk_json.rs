@@ -24,9 +24,7 @@
 
 use super::methods::{METHODS, bdev, lvol, nbd, nvmf};
 use super::params;
-use crate::config::{
-    BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, SnapshotConfig,
-};
+use crate::config::{BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, SnapshotConfig};
 use crate::frontend::nbd::{NbdConfig, NbdExportConfig};
 use crate::frontend::nvmf::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig};
 use crate::reactor::{CoreList, IdlePolicy};
@@ -234,7 +232,11 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
         .disks
         .iter()
         .map(|d| (&d.name, d.read_only, d.cow_policy))
-        .chain(cfg.clones.iter().map(|c| (&c.name, c.read_only, c.cow_policy)));
+        .chain(
+            cfg.clones
+                .iter()
+                .map(|c| (&c.name, c.read_only, c.cow_policy)),
+        );
     for (name, read_only, cow_policy) in flags {
         if read_only {
             out.push(call(
@@ -381,7 +383,10 @@ struct EntryFields {
 
 fn entry_of(v: Value, location: String, line: usize) -> Result<Entry, String> {
     let f: EntryFields = params::decode_value(v).map_err(|e| format!("{location}: {e}"))?;
-    if f.params.as_ref().is_some_and(|p| !p.is_object() && !p.is_null()) {
+    if f.params
+        .as_ref()
+        .is_some_and(|p| !p.is_object() && !p.is_null())
+    {
         return Err(format!("{location}: \"params\" must be an object"));
     }
     Ok(Entry {
@@ -482,7 +487,8 @@ fn entries_with_lines(text: &str) -> Result<(Vec<Entry>, Option<TesseraSection>)
             };
             for (raw, loc) in items {
                 let line = line_of(raw);
-                let v: Value = serde_json::from_str(raw.get()).map_err(|err| (line, err.to_string()))?;
+                let v: Value =
+                    serde_json::from_str(raw.get()).map_err(|err| (line, err.to_string()))?;
                 out.push(entry_of(v, loc, line).map_err(|m| (line, m))?);
             }
         }
@@ -511,11 +517,15 @@ fn subsystem<'a>(cfg: &'a mut Config, nqn: &str) -> Result<&'a mut SubsystemConf
         .ok_or_else(|| format!("subsystem \"{nqn}\" is not created above (nvmf_create_subsystem)"))
 }
 
-fn disk_mut<'a>(cfg: &'a mut Config, name: &str) -> Result<&'a mut crate::config::DiskConfig, String> {
+fn disk_mut<'a>(
+    cfg: &'a mut Config,
+    name: &str,
+) -> Result<&'a mut crate::config::DiskConfig, String> {
     let n = disk_name(cfg, name);
-    cfg.disks.iter_mut().find(|d| d.name == n).ok_or_else(|| {
-        format!("\"{name}\" is not an lvol created above with bdev_lvol_create")
-    })
+    cfg.disks
+        .iter_mut()
+        .find(|d| d.name == n)
+        .ok_or_else(|| format!("\"{name}\" is not an lvol created above with bdev_lvol_create"))
 }
 
 /// The read-only flag and copy-on-write policy of a disk or clone of `cfg`.
@@ -530,9 +540,7 @@ fn flags_mut<'a>(
     if let Some(c) = cfg.clones.iter_mut().find(|c| c.name == n) {
         return Ok((&mut c.read_only, &mut c.cow_policy));
     }
-    Err(format!(
-        "\"{name}\" is not an lvol or clone created above"
-    ))
+    Err(format!("\"{name}\" is not an lvol or clone created above"))
 }
 
 /// Applies one call to the configuration being built.
@@ -742,14 +750,13 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
 
 /// Reads an SPDK JSON configuration into a [`Config`] (not yet validated).
 pub fn parse_document(text: &str, file: &str) -> Result<Config, ConfigError> {
-    let (entries, tessera) = entries_with_lines(text).map_err(|(line, message)| {
-        ConfigError::Parse {
+    let (entries, tessera) =
+        entries_with_lines(text).map_err(|(line, message)| ConfigError::Parse {
             file: file.to_string(),
             line,
             column: 0,
             message,
-        }
-    })?;
+        })?;
     let mut cfg = Config::default();
     if let Some(t) = tessera {
         if let Some(c) = t.cores {
@@ -854,12 +861,18 @@ mod tests {
                 && e.contains("\"size_in_mib\": expected an integer"),
             "{e}"
         );
-        let bad = SAMPLE.replace("\"lvol_name\": \"vd0\",", "\"lvol_name\": \"vd0\", \"colour\": 1,");
+        let bad = SAMPLE.replace(
+            "\"lvol_name\": \"vd0\",",
+            "\"lvol_name\": \"vd0\", \"colour\": 1,",
+        );
         let e = parse_document(&bad, "x.json").unwrap_err().to_string();
         assert!(e.contains("unknown parameter \"colour\""), "{e}");
         let bad = SAMPLE.replace("bdev_wait_for_examine", "bdev_frobnicate");
         let e = parse_document(&bad, "x.json").unwrap_err().to_string();
-        assert!(e.starts_with("x.json:11:") && e.contains("bdev_frobnicate"), "{e}");
+        assert!(
+            e.starts_with("x.json:11:") && e.contains("bdev_frobnicate"),
+            "{e}"
+        );
         let e = parse_document("{\"subsystems\": [", "x.json")
             .unwrap_err()
             .to_string();

@@ -80,7 +80,11 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("tessera serve did not open {}:\n{}", self.socket.display(), self.log_text());
+        panic!(
+            "tessera serve did not open {}:\n{}",
+            self.socket.display(),
+            self.log_text()
+        );
     }
 
     /// The server's log so far.
@@ -119,7 +123,11 @@ impl Serve {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = c.try_wait() {
-                assert!(status.success(), "tessera serve: {status}\n{}", self.log_text());
+                assert!(
+                    status.success(),
+                    "tessera serve: {status}\n{}",
+                    self.log_text()
+                );
                 break;
             }
             if Instant::now() > end {
@@ -151,9 +159,7 @@ pub fn spdk_rpc() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        eprintln!(
-            "SKIP: `spdk-rpc` is not installed (pip install spdk; scripts/test.sh does it)"
-        );
+        eprintln!("SKIP: `spdk-rpc` is not installed (pip install spdk; scripts/test.sh does it)");
     }
     found
 }
@@ -239,9 +245,7 @@ pub fn read_values(s: &mut UnixStream, n: usize) -> (Vec<Value>, bool) {
         match s.read(&mut chunk) {
             Ok(0) => return (out, true),
             Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::ConnectionReset =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                 return (out, true);
             }
             Err(e) => panic!("read: {e} (after {out:?})"),
@@ -251,7 +255,9 @@ pub fn read_values(s: &mut UnixStream, n: usize) -> (Vec<Value>, bool) {
 
 /// The error object of a response.
 pub fn error_of(v: &Value) -> (i64, String) {
-    let e = v.get("error").unwrap_or_else(|| panic!("not an error: {v}"));
+    let e = v
+        .get("error")
+        .unwrap_or_else(|| panic!("not an error: {v}"));
     (
         e["code"].as_i64().unwrap(),
         e["message"].as_str().unwrap().to_string(),

@@ -13,7 +13,12 @@ use std::rc::Rc;
 pub async fn spdk_get_version(_ctx: Rc<Ctx>, _p: NoParams) -> RpcResult {
     let v = env!("CARGO_PKG_VERSION");
     let mut parts = v.split(['.', '-']);
-    let mut num = || parts.next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+    let mut num = || {
+        parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
     let (major, minor, patch) = (num(), num(), num());
     Ok(json!({
         "version": crate::version(),

@@ -260,7 +260,10 @@ pub async fn bdev_malloc_delete(ctx: Rc<Ctx>, p: DeleteParams) -> RpcResult {
 }
 
 pub async fn bdev_null_delete(ctx: Rc<Ctx>, p: DeleteParams) -> RpcResult {
-    delete_kind(&ctx, &p.name, "null", |c| matches!(c, BdevConfig::Null { .. })).await
+    delete_kind(&ctx, &p.name, "null", |c| {
+        matches!(c, BdevConfig::Null { .. })
+    })
+    .await
 }
 
 /// `bdev_uring_create` (`module/bdev/uring/bdev_uring_rpc.c`).

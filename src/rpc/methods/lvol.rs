@@ -407,7 +407,9 @@ fn default_quiesce_ms() -> u64 {
 
 pub async fn tessera_snapshot_group(ctx: Rc<Ctx>, p: SnapshotGroupParams) -> RpcResult {
     if p.snapshots.is_empty() {
-        return Err(RpcError::invalid_params("\"snapshots\": nothing to snapshot"));
+        return Err(RpcError::invalid_params(
+            "\"snapshots\": nothing to snapshot",
+        ));
     }
     let mut pairs = Vec::new();
     for m in &p.snapshots {

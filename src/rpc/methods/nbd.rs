@@ -73,15 +73,12 @@ pub async fn nbd_get_exports(ctx: Rc<Ctx>, _p: NoParams) -> RpcResult {
 }
 
 pub async fn nbd_get_stats(ctx: Rc<Ctx>, _p: NoParams) -> RpcResult {
-    let stats = ctx
-        .target
-        .nbd_stats()
-        .ok_or_else(|| {
-            RpcError::errno(
-                libc::ENODEV,
-                "the NBD server is not running (nbd_server_start)",
-            )
-        })?;
+    let stats = ctx.target.nbd_stats().ok_or_else(|| {
+        RpcError::errno(
+            libc::ENODEV,
+            "the NBD server is not running (nbd_server_start)",
+        )
+    })?;
     let mut v = serde_json::to_value(stats).unwrap_or(Value::Null);
     if let Some(a) = ctx.target.nbd_addr() {
         v["listen"] = json!(a.to_string());

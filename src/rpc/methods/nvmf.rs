@@ -99,10 +99,14 @@ impl CreateTransportParams {
         }
         unsupported("dif_insert_or_strip", &self.dif_insert_or_strip)?;
         if self.masked_oncs.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(RpcError::einval("\"masked_oncs\" is not supported by tessera"));
+            return Err(RpcError::einval(
+                "\"masked_oncs\" is not supported by tessera",
+            ));
         }
         if self.masked_fuses.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(RpcError::einval("\"masked_fuses\" is not supported by tessera"));
+            return Err(RpcError::einval(
+                "\"masked_fuses\" is not supported by tessera",
+            ));
         }
         let mut o = TransportOptions::default();
         let set = |field: &mut u32, v: Option<u32>| {
@@ -150,7 +154,10 @@ pub struct GetTransportsParams {
 pub async fn nvmf_get_transports(ctx: Rc<Ctx>, p: GetTransportsParams) -> RpcResult {
     check_tgt_name(&p.tgt_name)?;
     let opts = ctx.target.nvmf().transport_options();
-    let wanted_tcp = p.trtype.as_deref().is_none_or(|t| t.eq_ignore_ascii_case("tcp"));
+    let wanted_tcp = p
+        .trtype
+        .as_deref()
+        .is_none_or(|t| t.eq_ignore_ascii_case("tcp"));
     match opts {
         Some(o) if wanted_tcp => {
             let mut v = serde_json::to_value(&o).unwrap_or_else(|_| json!({}));
@@ -313,7 +320,9 @@ pub async fn nvmf_subsystem_add_listener(ctx: Rc<Ctx>, p: ListenerParams) -> Rpc
 
 pub async fn nvmf_subsystem_remove_listener(ctx: Rc<Ctx>, p: ListenerParams) -> RpcResult {
     let la = p.to_params()?;
-    ctx.target.nvmf().nvmf_subsystem_remove_listener(&p.nqn, la)?;
+    ctx.target
+        .nvmf()
+        .nvmf_subsystem_remove_listener(&p.nqn, la)?;
     Ok(Value::Bool(true))
 }
 
