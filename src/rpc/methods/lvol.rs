@@ -377,8 +377,11 @@ pub async fn bdev_lvol_set_read_only(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResu
 }
 
 pub async fn bdev_lvol_delete(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult {
-    let (_, disk) = ctx.resolve_lvol(&p.name).await?;
+    let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
     ctx.target.delete_disk(&disk).await?;
+    // Durable when answered, as SPDK's is; the commit also returns the disk's segments
+    // to the free clusters the next bdev_lvol_get_lvstores reports.
+    pool.commit().await?;
     Ok(Value::Bool(true))
 }
 
