@@ -20,6 +20,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq fio qemu-utils libnbd-bin nbdkit nbdfuse fuse3 e2fsprogs util-linux >/dev/null
 fi
+# SPDK's JSON-RPC client, `spdk-rpc` (PyPI package `spdk`, Python >= 3.9): the RPC
+# tests drive tessera with it.
+if ! command -v spdk-rpc >/dev/null 2>&1; then
+    echo "installing spdk-rpc (pip install spdk)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore spdk \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages spdk \
+        || echo "warning: could not install spdk-rpc; the tests that drive it will skip" >&2
+fi
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi

@@ -297,6 +297,10 @@ pub struct SnapshotConfig {
 pub struct CloneConfig {
     pub name: String,
     pub snapshot: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cow_policy: Option<CowPolicy>,
 }
 
 /// The whole target.
@@ -374,13 +378,26 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads a YAML file.
+    /// Loads a configuration file: tessera's YAML, or SPDK's JSON format (an object
+    /// with a `subsystems` array, as `save_config` writes it).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let file = path.display().to_string();
+        if crate::rpc::spdk_json::is_spdk_json(&text) {
+            Config::parse_spdk_json(&text, &file)
+        } else {
+            Config::parse(&text, &file)
+        }
+    }
+
+    /// Parses SPDK's JSON configuration format; `file` names it in errors.
+    pub fn parse_spdk_json(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg = crate::rpc::spdk_json::parse_document(text, file)?;
+        cfg.validate(file)?;
+        Ok(cfg)
     }
 
     /// Parses YAML text; `file` names it in errors.
@@ -417,7 +434,22 @@ impl Config {
                 });
             }
         };
-        cfg.validate(file)?;
+        cfg.validate(file).map_err(|e| match e {
+            // Point at the line of the field the message starts with.
+            ConfigError::Invalid { file, message } => {
+                let field = message.split(": ").next().unwrap_or("");
+                match locate_yaml(text, field) {
+                    Some(line) => ConfigError::Parse {
+                        file,
+                        line,
+                        column: 1,
+                        message,
+                    },
+                    None => ConfigError::Invalid { file, message },
+                }
+            }
+            e => e,
+        })?;
         Ok(cfg)
     }
 
@@ -457,7 +489,10 @@ impl Config {
             }
         }
         if let Some(nbd) = &self.nbd {
-            nbd.validate().map_err(|e| invalid(e.to_string()))?;
+            nbd.validate().map_err(|e| match e {
+                crate::frontend::nbd::NbdError::Config { .. } => invalid(e.to_string()),
+                e => invalid(format!("nbd.listen: {e}")),
+            })?;
         }
         if let Some(nvmf) = &self.nvmf {
             nvmf.validate().map_err(|e| invalid(format!("nvmf.{e}")))?;
@@ -484,6 +519,114 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).expect("config serialises")
     }
+}
+
+/// The line (1-based) of the field at `path` (`pools[1].bdevs`, `nvmf.subsystems[0].nqn`)
+/// in YAML `text`, following block mappings and sequences by indentation; a flow
+/// collection (`{...}`, `[...]`) stops the walk at its line. `None` if not found.
+pub fn locate_yaml(text: &str, path: &str) -> Option<usize> {
+    enum Seg<'a> {
+        Key(&'a str),
+        Index(usize),
+    }
+    let mut segs = Vec::new();
+    for part in path.split('.') {
+        let (key, rest) = part.split_once('[').unwrap_or((part, ""));
+        if !key.is_empty() {
+            segs.push(Seg::Key(key));
+        }
+        for idx in rest.split('[') {
+            if let Some(n) = idx.strip_suffix(']') {
+                segs.push(Seg::Index(n.parse().ok()?));
+            }
+        }
+    }
+    if segs.is_empty() {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let meaningful = |l: &str| {
+        let t = l.trim_start();
+        !t.is_empty() && !t.starts_with('#')
+    };
+    // The node we are in: its line and the indentation of its content.
+    let mut cur: Option<(usize, usize)> = None;
+    for seg in segs {
+        if let Some((line, _)) = cur {
+            let t = lines[line].trim_start();
+            let value = t.split_once(':').map_or("", |(_, v)| v.trim_start());
+            if t.trim_start_matches("- ").starts_with('{')
+                || value.starts_with('{')
+                || value.starts_with('[')
+            {
+                return Some(line + 1); // flow collection: cannot go deeper
+            }
+        }
+        match seg {
+            Seg::Key(k) => {
+                let want = format!("{k}:");
+                let (from, parent) = match cur {
+                    None => (0, None),
+                    Some((l, ind)) => (l, Some(ind)),
+                };
+                let mut hit = None;
+                for (i, l) in lines.iter().enumerate().skip(from) {
+                    if !meaningful(l) {
+                        continue;
+                    }
+                    let ind = indent(l);
+                    let t = l.trim_start();
+                    let (content, cind) = match t.strip_prefix("- ") {
+                        Some(r) if Some(i) == cur.map(|c| c.0) => (r.trim_start(), ind + 2),
+                        _ => (t, ind),
+                    };
+                    if let Some(p) = parent
+                        && i != from
+                        && ind <= p
+                    {
+                        break;
+                    }
+                    if parent.is_none() && ind != 0 {
+                        continue;
+                    }
+                    if content.starts_with(&want) {
+                        hit = Some((i, cind));
+                        break;
+                    }
+                }
+                cur = Some(hit?);
+            }
+            Seg::Index(n) => {
+                let (from, key_ind) = cur?;
+                let mut item_ind = None;
+                let mut count = 0;
+                let mut hit = None;
+                for (i, l) in lines.iter().enumerate().skip(from + 1) {
+                    if !meaningful(l) {
+                        continue;
+                    }
+                    let ind = indent(l);
+                    let dash = l.trim_start().starts_with('-');
+                    if ind < key_ind || (ind == key_ind && !dash) {
+                        break;
+                    }
+                    if dash && item_ind.is_none() {
+                        item_ind = Some(ind);
+                    }
+                    if dash && Some(ind) == item_ind {
+                        if count == n {
+                            hit = Some((i, ind));
+                            break;
+                        }
+                        count += 1;
+                    }
+                }
+                cur = Some(hit?);
+            }
+        }
+    }
+    cur.map(|(l, _)| l + 1)
 }
 
 /// The configuration `tessera serve` runs with no `--config`: a pool in a sparse file
@@ -563,6 +706,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cores"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_line() {
+        let text = "cores: [0]\nbdevs:\n  - {type: malloc, name: M0, size: 1M}\npools:\n  - name: p\n    bdevs: [M0]\n  - name: q\n    bdevs: []\n";
+        let e = Config::parse(text, "v.yaml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("v.yaml:8:") && e.contains("pools[1].bdevs"),
+            "{e}"
+        );
+        let text = "bdevs:\n  - {type: malloc, name: M0, size: 1M}\n  - {type: malloc, name: M0, size: 1M}\n";
+        let e = Config::parse(text, "v.yaml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("v.yaml:3:") && e.contains("bdevs[1].name"),
+            "{e}"
+        );
+        let text = "nvmf:\n  subsystems:\n    - nqn: nqn.2016-06.io.x:a\n    - nqn: bad\n";
+        let e = Config::parse(text, "v.yaml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("v.yaml:4:") && e.contains("subsystems[1].nqn"),
+            "{e}"
+        );
+        let text = "nbd:\n  listen: nowhere\n";
+        let e = Config::parse(text, "v.yaml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("v.yaml:2:") && e.contains("nbd.listen"),
+            "{e}"
+        );
+        assert_eq!(
+            locate_yaml("a:\n  b:\n    - x\n    - y\n", "a.b[1]"),
+            Some(4)
+        );
+        assert_eq!(locate_yaml("a: 1\n", "zz"), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod bench;
 pub mod config;
 pub mod frontend;
 pub mod reactor;
+pub mod rpc;
 pub mod target;
 pub mod util;
 pub mod vdisk;

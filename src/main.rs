@@ -38,6 +38,9 @@ enum Command {
     Bench(BenchArgs),
     /// Check a closed pool offline (like thin_check); exits non-zero on any problem.
     Check(CheckArgs),
+    /// Call a JSON-RPC method of a running target:
+    /// `tessera rpc [-s SOCKET] METHOD [--param value ...] [--json '{...}']`.
+    Rpc(RpcArgs),
     /// Crash-test workload: writes to a disk of a file-backed pool until killed.
     #[command(hide = true)]
     CrashWriter(CrashWriterArgs),
@@ -59,6 +62,27 @@ struct CheckArgs {
 }
 
 #[derive(Args)]
+struct RpcArgs {
+    /// JSON-RPC socket path.
+    #[arg(short = 's', long = "rpc-socket", default_value = tessera::rpc::DEFAULT_SOCKET)]
+    rpc_socket: PathBuf,
+    /// Seconds to wait for the answer.
+    #[arg(short = 't', long, default_value_t = 60.0)]
+    timeout: f64,
+    /// The method (`rpc_get_methods` lists them).
+    method: String,
+    /// Parameters: `--name value` (`--lvs-name` and `--lvs_name` alike; a value is JSON
+    /// when it parses as JSON, else a string), a bare `--flag` for true, and
+    /// `--json '{...}'` for an object of parameters.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PARAMS"
+    )]
+    params: Vec<String>,
+}
+
+#[derive(Args)]
 struct CrashWriterArgs {
     #[arg(long)]
     pool_file: PathBuf,
@@ -76,7 +100,8 @@ struct CrashWriterArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// YAML configuration (without it: the embedded default under --data-dir).
+    /// Configuration: tessera's YAML, or SPDK's JSON format (as `save_config` writes
+    /// it). Without it: the embedded default under --data-dir.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
     /// Where the embedded default keeps its data.
@@ -86,7 +111,7 @@ struct ServeArgs {
     #[arg(
         short = 's',
         long = "rpc-socket",
-        default_value = "/var/tmp/tessera.sock"
+        default_value = tessera::rpc::DEFAULT_SOCKET
     )]
     rpc_socket: PathBuf,
 }
@@ -96,7 +121,7 @@ struct BenchArgs {
     /// The bdev: `null:SIZE`, `malloc:SIZE`, `uring:PATH[:SIZE]`, or a bdev name from --config.
     #[arg(long)]
     bdev: String,
-    /// A config file (YAML) whose bdevs --bdev can name.
+    /// A config file (YAML or SPDK JSON, as for `serve`) whose bdevs --bdev can name.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
     /// randread, randwrite, read, write or randrw.
@@ -149,6 +174,7 @@ fn main() {
         Command::Serve(a) => serve(a),
         Command::Bench(a) => bench(a),
         Command::Check(a) => check(a),
+        Command::Rpc(a) => rpc(a),
         Command::CrashWriter(a) => crash_writer(a),
     };
     if let Err(e) = result {
@@ -276,13 +302,36 @@ fn serve(a: ServeArgs) -> Result<()> {
         signal_hook::consts::SIGTERM,
     ])?;
     let target = Target::start(config)?;
-    let _ = &a.rpc_socket;
+    let server = match tessera::rpc::RpcServer::start(target.clone(), &a.rpc_socket) {
+        Ok(s) => s,
+        Err(e) => {
+            target.shutdown();
+            return Err(e.into());
+        }
+    };
     tracing::info!(cores = %target.config().cores, "tessera is serving; SIGINT or SIGTERM stops it");
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }
+    server.stop();
     target.shutdown();
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn rpc(a: RpcArgs) -> Result<()> {
+    let params = tessera::rpc::client::params_from_args(&a.params).map_err(anyhow::Error::msg)?;
+    let timeout = std::time::Duration::try_from_secs_f64(a.timeout)
+        .map_err(|_| anyhow::anyhow!("--timeout: `{}` is not a duration in seconds", a.timeout))?;
+    let mut client = tessera::rpc::RpcClient::connect(&a.rpc_socket, timeout)?;
+    match client.call(&a.method, params)? {
+        Ok(serde_json::Value::String(s)) => println!("{s}"),
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+        Err(e) => {
+            eprintln!("tessera rpc: {}: {} (code {})", a.method, e.message, e.code);
+            std::process::exit(1);
+        }
+    }
     Ok(())
 }
 

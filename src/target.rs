@@ -138,18 +138,50 @@ impl Target {
                 Err(e) => return Err(e.into()),
             }
         }
-        for s in &config.snapshots {
-            if !self.inner.bdevs.contains(&s.name) {
-                self.snapshot(
-                    vec![(s.disk.clone(), s.name.clone())],
-                    Duration::from_secs(5),
-                )
-                .await?;
-            }
-        }
-        for c in &config.clones {
-            if !self.inner.bdevs.contains(&c.name) {
-                self.clone_disk(&c.snapshot, &c.name).await?;
+        // Snapshots and clones, each once its origin exists (a snapshot of a clone
+        // comes after the clone).
+        let bdevs = &self.inner.bdevs;
+        let mut snaps: Vec<&SnapshotConfig> = config
+            .snapshots
+            .iter()
+            .filter(|s| !bdevs.contains(&s.name))
+            .collect();
+        let mut clones: Vec<&CloneConfig> = config
+            .clones
+            .iter()
+            .filter(|c| !bdevs.contains(&c.name))
+            .collect();
+        while !snaps.is_empty() || !clones.is_empty() {
+            let ready_snap = snaps.iter().position(|s| bdevs.contains(&s.disk));
+            let ready_clone = clones.iter().position(|c| bdevs.contains(&c.snapshot));
+            match (ready_snap, ready_clone) {
+                (Some(i), _) => {
+                    let s = snaps.remove(i);
+                    self.snapshot(
+                        vec![(s.disk.clone(), s.name.clone())],
+                        Duration::from_secs(5),
+                    )
+                    .await?;
+                }
+                (None, Some(i)) => {
+                    let c = clones.remove(i);
+                    self.create_clone(c).await?;
+                }
+                // An origin that exists nowhere: let the first one fail with its error.
+                (None, None) => match snaps.first() {
+                    Some(s) => {
+                        self.snapshot(
+                            vec![(s.disk.clone(), s.name.clone())],
+                            Duration::from_secs(5),
+                        )
+                        .await?;
+                        snaps.remove(0);
+                    }
+                    None => {
+                        self.create_clone(clones[0]).await?;
+                        clones.remove(0);
+                    }
+                },
             }
         }
         if let Some(nbd) = &config.nbd {
@@ -208,6 +240,34 @@ impl Target {
             .await?;
         lock(&self.inner.nvme_params).remove(name);
         Ok(())
+    }
+
+    /// The attached NVMe/TCP controllers, by name, as they were attached.
+    pub fn nvme_controllers(&self) -> Vec<AttachParams> {
+        lock(&self.inner.nvme_params).values().cloned().collect()
+    }
+
+    /// The bdev names of the NVMe/TCP controller `name` (empty if it does not exist).
+    pub fn nvme_controller_bdevs(&self, name: &str) -> Vec<String> {
+        self.inner
+            .nvme_host
+            .controller(name)
+            .map(|c| {
+                c.bdevs()
+                    .into_iter()
+                    .map(|b| {
+                        let b: Arc<dyn Bdev> = b;
+                        b.name().to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How base bdev `name` was created (`None` for disks, NVMe namespaces and unknown
+    /// names).
+    pub fn base_bdev_config(&self, name: &str) -> Option<BdevConfig> {
+        lock(&self.inner.base_configs).get(name).cloned()
     }
 
     /// Starts the NBD server on `listen` (`IP:PORT`).
@@ -684,6 +744,21 @@ impl Target {
         Ok(snaps)
     }
 
+    /// Creates a clone as its configuration says.
+    async fn create_clone(&self, c: &CloneConfig) -> Result<(), TargetError> {
+        self.clone_disk(&c.snapshot, &c.name).await?;
+        if c.cow_policy.is_some() || c.read_only {
+            let pool = self.pool_of(&c.name).await?;
+            if let Some(p) = c.cow_policy {
+                pool.set_cow_policy(&c.name, p).await?;
+            }
+            if c.read_only {
+                pool.set_read_only(&c.name, true).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Clones a snapshot.
     pub async fn clone_disk(&self, snapshot: &str, name: &str) -> Result<Arc<VDisk>, TargetError> {
         if self.inner.bdevs.contains(name) {
@@ -736,25 +811,22 @@ impl Target {
             // order is id order.
             let mut list = list;
             list.sort_by_key(|d| d.id);
-            for d in list {
+            for d in &list {
                 match d.kind {
                     crate::vdisk::meta::DiskKind::Snapshot => {
-                        // The disk it was taken from: its child that is not a clone.
-                        let origin = d
-                            .children
-                            .iter()
-                            .find(|c| !cfg.clones.iter().any(|k| &k.name == *c));
-                        if let Some(o) = origin {
+                        if let Some(o) = snapshot_origin(&list, d) {
                             cfg.snapshots.push(SnapshotConfig {
                                 name: d.name.clone(),
                                 disk: o.clone(),
                             });
                         }
                     }
-                    crate::vdisk::meta::DiskKind::Clone if d.parent.is_some() => {
+                    crate::vdisk::meta::DiskKind::Clone if clone_origin(&list, d).is_some() => {
                         cfg.clones.push(CloneConfig {
                             name: d.name.clone(),
-                            snapshot: d.parent.clone().unwrap_or_default(),
+                            snapshot: clone_origin(&list, d).cloned().unwrap_or_default(),
+                            read_only: d.read_only,
+                            cow_policy: Some(d.cow_policy),
                         });
                     }
                     _ => cfg.disks.push(DiskConfig {
@@ -797,6 +869,47 @@ impl Target {
             r.shutdown();
         }
     }
+}
+
+/// The disk snapshot `s` was taken of. A snapshot takes over its origin's parent and
+/// becomes the origin's parent, so the origin is the child created before it; when a
+/// later snapshot of the same origin was put in between, it is that snapshot's origin.
+/// (Clones of `s` are children created after it.)
+fn snapshot_origin<'a>(
+    list: &'a [crate::vdisk::DiskInfo],
+    s: &crate::vdisk::DiskInfo,
+) -> Option<&'a String> {
+    let mut cur = s;
+    for _ in 0..=list.len() {
+        let children: Vec<&crate::vdisk::DiskInfo> = list
+            .iter()
+            .filter(|d| cur.children.contains(&d.name))
+            .collect();
+        if let Some(o) = children.iter().find(|d| d.id < s.id) {
+            return Some(&o.name);
+        }
+        cur = children
+            .into_iter()
+            .find(|d| d.kind == crate::vdisk::meta::DiskKind::Snapshot)?;
+    }
+    None
+}
+
+/// The snapshot clone `c` was made from: its nearest ancestor older than it (snapshots
+/// taken of the clone later sit in between).
+fn clone_origin<'a>(
+    list: &'a [crate::vdisk::DiskInfo],
+    c: &crate::vdisk::DiskInfo,
+) -> Option<&'a String> {
+    let mut parent = c.parent.as_ref()?;
+    for _ in 0..=list.len() {
+        let p = list.iter().find(|d| &d.name == parent)?;
+        if p.id < c.id {
+            return Some(&p.name);
+        }
+        parent = p.parent.as_ref()?;
+    }
+    None
 }
 
 /// Builds a base bdev from its configuration (`error` bdevs look their base up in

@@ -1,0 +1,222 @@
+//! JSON-RPC error objects, and the one place where every error of the engine is given
+//! its JSON-RPC code (as Mayastor's `jsonrpc.rs` does).
+//!
+//! Codes follow SPDK: the JSON-RPC 2.0 codes for protocol-level failures (-32700 parse
+//! error, -32600 invalid request, -32601 method not found, -32602 invalid params,
+//! -32603 internal error) and a negative errno for an operation that failed (`-ENODEV`
+//! for something that does not exist, `-EEXIST` for a duplicate name, `-EBUSY` for a
+//! bdev in use, `-ENOSPC` for a full pool, `-EINVAL` for a request that makes no sense).
+
+use crate::bdev::BdevError;
+use crate::frontend::nbd::NbdError;
+use crate::frontend::nvmf::NvmfError;
+use crate::frontend::nvmf::initiator::HostError;
+use crate::target::TargetError;
+use crate::vdisk::VdiskError;
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i32 = -32700;
+/// The JSON sent is not a valid request object.
+pub const INVALID_REQUEST: i32 = -32600;
+/// The method does not exist.
+pub const METHOD_NOT_FOUND: i32 = -32601;
+/// Invalid method parameters.
+pub const INVALID_PARAMS: i32 = -32602;
+/// Internal JSON-RPC error.
+pub const INTERNAL_ERROR: i32 = -32603;
+
+/// A JSON-RPC error object: a code and a message naming what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (code {code})")]
+pub struct RpcError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl RpcError {
+    /// An error with `code` and `message`.
+    pub fn new(code: i32, message: impl Into<String>) -> RpcError {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// -32700.
+    pub fn parse(message: impl Into<String>) -> RpcError {
+        RpcError::new(PARSE_ERROR, message)
+    }
+
+    /// -32600.
+    pub fn invalid_request(message: impl Into<String>) -> RpcError {
+        RpcError::new(INVALID_REQUEST, message)
+    }
+
+    /// -32601, naming the method.
+    pub fn method_not_found(method: &str) -> RpcError {
+        RpcError::new(METHOD_NOT_FOUND, format!("method \"{method}\" not found"))
+    }
+
+    /// -32602.
+    pub fn invalid_params(message: impl Into<String>) -> RpcError {
+        RpcError::new(INVALID_PARAMS, message)
+    }
+
+    /// -32603.
+    pub fn internal(message: impl Into<String>) -> RpcError {
+        RpcError::new(INTERNAL_ERROR, message)
+    }
+
+    /// `-errno` with a message.
+    pub fn errno(errno: i32, message: impl Into<String>) -> RpcError {
+        RpcError::new(-errno, message)
+    }
+
+    /// -ENODEV: `what` does not exist.
+    pub fn no_such(what: impl std::fmt::Display) -> RpcError {
+        RpcError::errno(libc::ENODEV, format!("{what} does not exist"))
+    }
+
+    /// -EINVAL.
+    pub fn einval(message: impl Into<String>) -> RpcError {
+        RpcError::errno(libc::EINVAL, message)
+    }
+
+    /// The error as the JSON object of a response.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"code": self.code, "message": self.message})
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl From<BdevError> for RpcError {
+    fn from(e: BdevError) -> RpcError {
+        match e {
+            BdevError::NotFound(name) => RpcError::no_such(format!("bdev \"{name}\"")),
+            BdevError::Exists(name) => {
+                RpcError::errno(libc::EEXIST, format!("bdev \"{name}\" already exists"))
+            }
+            BdevError::InvalidParam { .. } => RpcError::einval(e.to_string()),
+            BdevError::Io { ref source, .. } => RpcError::errno(io_errno(source), e.to_string()),
+            BdevError::Claimed { .. } => RpcError::errno(libc::EBUSY, e.to_string()),
+            BdevError::Channel { .. } => RpcError::errno(libc::EIO, e.to_string()),
+        }
+    }
+}
+
+impl From<VdiskError> for RpcError {
+    fn from(e: VdiskError) -> RpcError {
+        let msg = e.to_string();
+        match e {
+            VdiskError::Bdev(b) => b.into(),
+            VdiskError::NotFound(name) => RpcError::no_such(format!("lvol \"{name}\"")),
+            VdiskError::Exists(what) => {
+                RpcError::errno(libc::EEXIST, format!("{what} already exists"))
+            }
+            VdiskError::InvalidParam { .. } => RpcError::einval(msg),
+            VdiskError::ReadOnly(_) => RpcError::errno(libc::EPERM, msg),
+            VdiskError::NoSpace { .. } => RpcError::errno(libc::ENOSPC, msg),
+            VdiskError::Busy(_) => RpcError::errno(libc::EBUSY, msg),
+            VdiskError::QuiesceTimeout(_) => RpcError::errno(libc::ETIMEDOUT, msg),
+            VdiskError::Stopped => RpcError::errno(libc::ESHUTDOWN, msg),
+            VdiskError::NoPool(_) => RpcError::errno(libc::ENODEV, msg),
+            VdiskError::Meta(_) | VdiskError::Io { .. } | VdiskError::PoolFailed(_) => {
+                RpcError::errno(libc::EIO, msg)
+            }
+        }
+    }
+}
+
+impl From<NvmfError> for RpcError {
+    fn from(e: NvmfError) -> RpcError {
+        let msg = e.to_string();
+        match e {
+            NvmfError::Bdev(b) => b.into(),
+            NvmfError::NoTransport(_) | NvmfError::NoSubsystem(_) | NvmfError::NoListener(_) => {
+                RpcError::errno(libc::ENODEV, msg)
+            }
+            NvmfError::TransportExists(_) | NvmfError::SubsystemExists(_) => {
+                RpcError::errno(libc::EEXIST, msg)
+            }
+            NvmfError::InvalidParam { .. } => RpcError::invalid_params(msg),
+            NvmfError::UnsupportedTransport(_)
+            | NvmfError::Namespace { .. }
+            | NvmfError::Discovery => RpcError::einval(msg),
+            NvmfError::Listen { ref source, .. } => RpcError::errno(io_errno(source), msg),
+        }
+    }
+}
+
+impl From<NbdError> for RpcError {
+    fn from(e: NbdError) -> RpcError {
+        let msg = e.to_string();
+        match e {
+            NbdError::Bind { ref source, .. } => RpcError::errno(io_errno(source), msg),
+            NbdError::ExportExists(_) => RpcError::errno(libc::EEXIST, msg),
+            NbdError::NoSuchExport(_) => RpcError::errno(libc::ENODEV, msg),
+            NbdError::InvalidAddress { .. }
+            | NbdError::InvalidExportName { .. }
+            | NbdError::Config { .. } => RpcError::einval(msg),
+            NbdError::Stopped => RpcError::errno(libc::ESHUTDOWN, msg),
+            NbdError::Reactor(_) => RpcError::internal(msg),
+            NbdError::Io(ref source) => RpcError::errno(io_errno(source), msg),
+        }
+    }
+}
+
+impl From<HostError> for RpcError {
+    fn from(e: HostError) -> RpcError {
+        let msg = e.to_string();
+        match e {
+            HostError::Connect { .. } => RpcError::errno(libc::ECONNREFUSED, msg),
+            HostError::ConnectionLost(_) | HostError::Terminated { .. } => {
+                RpcError::errno(libc::ECONNRESET, msg)
+            }
+            HostError::Controller(..) => RpcError::errno(libc::ENODEV, msg),
+            HostError::ConnectRejected(_) | HostError::Protocol(_) | HostError::Status(_) => {
+                RpcError::errno(libc::EIO, msg)
+            }
+        }
+    }
+}
+
+impl From<TargetError> for RpcError {
+    fn from(e: TargetError) -> RpcError {
+        match e {
+            TargetError::Nbd(e) => e.into(),
+            TargetError::Nvmf(e) => e.into(),
+            TargetError::Nvme(e) => e.into(),
+            TargetError::Bdev(e) => e.into(),
+            TargetError::Vdisk(e) => e.into(),
+            TargetError::Reactor(e) => RpcError::internal(format!("reactors: {e}")),
+            TargetError::NoSuchPool(name) => RpcError::no_such(format!("lvstore \"{name}\"")),
+            TargetError::Invalid(msg) => RpcError::einval(msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_spdk() {
+        let e: RpcError = BdevError::NotFound("Malloc9".into()).into();
+        assert_eq!(e.code, -libc::ENODEV);
+        assert_eq!(e.message, "bdev \"Malloc9\" does not exist");
+        let e: RpcError = TargetError::Bdev(BdevError::Exists("M0".into())).into();
+        assert_eq!(e.code, -17);
+        let e: RpcError = VdiskError::NoSpace { need: 2, free: 1 }.into();
+        assert_eq!(e.code, -28);
+        let e: RpcError = TargetError::Vdisk(VdiskError::Bdev(BdevError::Claimed {
+            name: "M0".into(),
+            by: "pool `p`".into(),
+        }))
+        .into();
+        assert_eq!(e.code, -16);
+        assert_eq!(RpcError::method_not_found("x").code, METHOD_NOT_FOUND);
+    }
+}

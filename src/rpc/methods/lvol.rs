@@ -1,0 +1,581 @@
+//! Pools and virtual disks under SPDK's lvol names (`module/bdev/lvol/vbdev_lvol_rpc.c`):
+//! an lvstore is a pool, its cluster size is the pool's segment size, an lvol is a
+//! virtual disk. Differences from SPDK: a disk's bdev is named after the disk (SPDK
+//! names lvol bdevs by UUID, with `lvs_name/lvol_name` as an alias — both are accepted
+//! wherever a name is), so `bdev_lvol_create`, `bdev_lvol_snapshot` and
+//! `bdev_lvol_clone` return the name.
+//!
+//! tessera's own: `tessera_pool_create` (several bdevs, a metadata bdev, the
+//! copy-on-write policy), `tessera_snapshot_group` (a consistency group),
+//! `tessera_quiesce`/`tessera_activate`, `tessera_split_start`/`_progress`/`_cancel`,
+//! `tessera_set_cow_policy`, `tessera_set_read_only`.
+
+use super::{Ctx, RpcResult};
+use crate::config::{DiskConfig, PoolConfig, Size};
+use crate::rpc::error::RpcError;
+use crate::vdisk::meta::DiskKind;
+use crate::vdisk::{CowPolicy, DiskInfo, Pool};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Default quiesce limit of snapshots and `tessera_quiesce`.
+const DEFAULT_QUIESCE_MS: u64 = 5000;
+
+fn check_clear_method(m: &Option<String>, allowed: &[&str]) -> Result<(), RpcError> {
+    match m {
+        Some(m) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(m)) => {
+            Err(RpcError::einval(format!(
+                "\"clear_method\": `{m}` is not one of {}",
+                allowed.join(", ")
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `bdev_lvol_create_lvstore`. `clear_method` is accepted and has nothing to do: a new
+/// pool maps nothing, and a segment is zeroed (or copied) before it is first read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLvstoreParams {
+    pub bdev_name: String,
+    pub lvs_name: String,
+    /// Segment size in bytes (a power of two from 64 KiB to 64 MiB; default 1 MiB).
+    #[serde(default)]
+    pub cluster_sz: Option<u64>,
+    #[serde(default)]
+    pub clear_method: Option<String>,
+    #[serde(default)]
+    pub num_md_pages_per_cluster_ratio: Option<u32>,
+    #[serde(default)]
+    pub md_page_size: Option<u32>,
+}
+
+impl CreateLvstoreParams {
+    /// The pool to create (`bdev_name` as given).
+    pub fn to_config(&self) -> Result<PoolConfig, RpcError> {
+        check_clear_method(&self.clear_method, &["none", "unmap", "write_zeroes"])?;
+        if let Some(s) = self.md_page_size
+            && s != 4096
+        {
+            return Err(RpcError::einval(format!(
+                "\"md_page_size\": tessera's metadata pages are 4096 bytes, not {s}"
+            )));
+        }
+        Ok(PoolConfig {
+            name: self.lvs_name.clone(),
+            bdevs: vec![self.bdev_name.clone()],
+            metadata_bdev: None,
+            segment_size: Size(self.cluster_sz.unwrap_or(1 << 20)),
+            metadata_size: None,
+            cow_policy: CowPolicy::Redirect,
+            controller_core: None,
+        })
+    }
+}
+
+async fn create_pool(ctx: &Ctx, mut cfg: PoolConfig) -> RpcResult {
+    for b in cfg.bdevs.iter_mut() {
+        *b = ctx.resolve_bdev(b)?;
+    }
+    if let Some(m) = cfg.metadata_bdev.as_mut() {
+        *m = ctx.resolve_bdev(m)?;
+    }
+    if let Some(c) = cfg.controller_core
+        && c >= ctx.target.cores().len()
+    {
+        return Err(RpcError::einval(format!(
+            "\"controller_core\": {c} is not one of the {} cores",
+            ctx.target.cores().len()
+        )));
+    }
+    let pool = ctx.target.create_pool(&cfg).await?;
+    Ok(Value::String(pool.uuid().to_string()))
+}
+
+pub async fn bdev_lvol_create_lvstore(ctx: Rc<Ctx>, p: CreateLvstoreParams) -> RpcResult {
+    create_pool(&ctx, p.to_config()?).await
+}
+
+/// `tessera_pool_create`: the YAML's pool entry.
+pub async fn tessera_pool_create(ctx: Rc<Ctx>, p: PoolConfig) -> RpcResult {
+    if p.bdevs.is_empty() {
+        return Err(RpcError::invalid_params(
+            "\"bdevs\": a pool needs at least one bdev",
+        ));
+    }
+    create_pool(&ctx, p).await
+}
+
+/// `{uuid, lvs_name}`, either or neither (all lvstores).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LvsFilterParams {
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub lvs_name: Option<String>,
+}
+
+fn lvstore_json(p: &Pool) -> Value {
+    let (total, free) = p.space();
+    let bdevs: Vec<String> = p.bdevs().iter().map(|b| b.name().to_string()).collect();
+    json!({
+        "uuid": p.uuid().to_string(),
+        "name": p.name(),
+        "base_bdev": bdevs.first(),
+        "base_bdevs": bdevs,
+        "total_data_clusters": total,
+        "free_clusters": free,
+        "block_size": p.block_size(),
+        "cluster_size": p.segment_bytes(),
+    })
+}
+
+pub async fn bdev_lvol_get_lvstores(ctx: Rc<Ctx>, p: LvsFilterParams) -> RpcResult {
+    if p.uuid.is_none() && p.lvs_name.is_none() {
+        let list: Vec<Value> = ctx.target.pools().iter().map(lvstore_json).collect();
+        return Ok(Value::Array(list));
+    }
+    let pool = ctx.resolve_lvs(p.uuid.as_deref(), p.lvs_name.as_deref(), "uuid")?;
+    Ok(json!([lvstore_json(&pool)]))
+}
+
+pub async fn bdev_lvol_delete_lvstore(ctx: Rc<Ctx>, p: LvsFilterParams) -> RpcResult {
+    let pool = ctx.resolve_lvs(p.uuid.as_deref(), p.lvs_name.as_deref(), "uuid")?;
+    ctx.target.delete_pool(pool.name()).await?;
+    Ok(Value::Bool(true))
+}
+
+/// `bdev_lvol_create`. Sizes are `size_in_mib`, or the legacy `size` in bytes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLvolParams {
+    pub lvol_name: String,
+    #[serde(default)]
+    pub size_in_mib: Option<u64>,
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Allocate on first write (else: allocate and zero every segment now).
+    #[serde(default)]
+    pub thin_provision: bool,
+    /// The lvstore's UUID.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub lvs_name: Option<String>,
+    #[serde(default)]
+    pub clear_method: Option<String>,
+    #[serde(default)]
+    pub lvol_priority_class: Option<i32>,
+}
+
+/// Bytes from `size_in_mib` or the legacy `size`.
+pub(crate) fn size_bytes(size_in_mib: Option<u64>, size: Option<u64>) -> Result<u64, RpcError> {
+    match (size_in_mib, size) {
+        (Some(_), Some(_)) => Err(RpcError::invalid_params(
+            "give either \"size_in_mib\" or \"size\", not both",
+        )),
+        (Some(m), None) => m
+            .checked_mul(1 << 20)
+            .ok_or_else(|| RpcError::invalid_params("\"size_in_mib\": too large")),
+        (None, Some(b)) => Ok(b),
+        (None, None) => Err(RpcError::invalid_params(
+            "missing parameter \"size_in_mib\"",
+        )),
+    }
+}
+
+impl CreateLvolParams {
+    /// The disk to create in pool `pool`.
+    pub fn to_config(&self, pool: &str) -> Result<DiskConfig, RpcError> {
+        check_clear_method(
+            &self.clear_method,
+            &["default", "none", "unmap", "write_zeroes"],
+        )?;
+        Ok(DiskConfig {
+            name: self.lvol_name.clone(),
+            pool: pool.to_string(),
+            size: Size(size_bytes(self.size_in_mib, self.size)?),
+            thin: self.thin_provision,
+            uuid: None,
+            read_only: false,
+            cow_policy: None,
+        })
+    }
+}
+
+pub async fn bdev_lvol_create(ctx: Rc<Ctx>, p: CreateLvolParams) -> RpcResult {
+    let pool = ctx.resolve_lvs(p.uuid.as_deref(), p.lvs_name.as_deref(), "uuid")?;
+    let d = ctx.target.create_disk(&p.to_config(pool.name())?).await?;
+    let b: std::sync::Arc<dyn crate::bdev::Bdev> = d;
+    Ok(Value::String(b.name().to_string()))
+}
+
+/// `bdev_lvol_get_lvols`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetLvolsParams {
+    #[serde(default)]
+    pub lvs_uuid: Option<String>,
+    #[serde(default)]
+    pub lvs_name: Option<String>,
+}
+
+fn lvol_json(pool: &Pool, d: &DiskInfo) -> Value {
+    let seg = d.segment_bytes.max(1);
+    json!({
+        "alias": format!("{}/{}", pool.name(), d.name),
+        "uuid": d.uuid.to_string(),
+        "name": d.name,
+        "is_thin_provisioned": d.thin,
+        "is_snapshot": d.kind == DiskKind::Snapshot,
+        "is_clone": d.kind == DiskKind::Clone && d.parent.is_some(),
+        "is_esnap_clone": false,
+        "is_degraded": false,
+        "lvs": {"name": pool.name(), "uuid": pool.uuid().to_string()},
+        "num_blocks": d.size_bytes / pool.block_size() as u64,
+        "block_size": pool.block_size(),
+        "read_only": d.read_only,
+        "parent": d.parent,
+        "children": d.children,
+        "num_allocated_clusters": d.allocated_segments,
+        "num_shared_clusters": d.shared_segments,
+        "cluster_size": seg,
+        "cow_policy": d.cow_policy,
+        "split": d.job.as_ref().map(|(kind, done, total)| json!({
+            "kind": kind, "done_clusters": done, "total_clusters": total
+        })),
+    })
+}
+
+pub async fn bdev_lvol_get_lvols(ctx: Rc<Ctx>, p: GetLvolsParams) -> RpcResult {
+    let pools = if p.lvs_uuid.is_none() && p.lvs_name.is_none() {
+        ctx.target.pools()
+    } else {
+        vec![ctx.resolve_lvs(p.lvs_uuid.as_deref(), p.lvs_name.as_deref(), "lvs_uuid")?]
+    };
+    let mut out = Vec::new();
+    for pool in pools {
+        let mut list = pool.list().await?;
+        list.sort_by_key(|d| d.id);
+        out.extend(list.iter().map(|d| lvol_json(&pool, d)));
+    }
+    Ok(Value::Array(out))
+}
+
+/// `bdev_lvol_snapshot`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotParams {
+    pub lvol_name: String,
+    pub snapshot_name: String,
+}
+
+pub async fn bdev_lvol_snapshot(ctx: Rc<Ctx>, p: SnapshotParams) -> RpcResult {
+    let (_, disk) = ctx.resolve_lvol(&p.lvol_name).await?;
+    ctx.target
+        .snapshot(
+            vec![(disk, p.snapshot_name.clone())],
+            Duration::from_millis(DEFAULT_QUIESCE_MS),
+        )
+        .await?;
+    Ok(Value::String(p.snapshot_name))
+}
+
+/// `bdev_lvol_clone`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneParams {
+    pub snapshot_name: String,
+    pub clone_name: String,
+}
+
+pub async fn bdev_lvol_clone(ctx: Rc<Ctx>, p: CloneParams) -> RpcResult {
+    let (_, snap) = ctx.resolve_lvol(&p.snapshot_name).await?;
+    ctx.target.clone_disk(&snap, &p.clone_name).await?;
+    Ok(Value::String(p.clone_name))
+}
+
+/// `{name}` of an lvol.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LvolNameParams {
+    pub name: String,
+}
+
+/// Runs a split or decouple to its end, as SPDK's inflate and decouple do before they
+/// answer.
+async fn split_and_wait(ctx: &Ctx, name: &str, decouple: bool) -> RpcResult {
+    let (pool, disk) = ctx.resolve_lvol(name).await?;
+    let parent_before = info(&pool, &disk).await?.parent;
+    if decouple {
+        pool.decouple(&disk).await?;
+    } else {
+        pool.split(&disk).await?;
+    }
+    loop {
+        let d = info(&pool, &disk).await?;
+        if d.job.is_none() {
+            return if d.parent != parent_before {
+                Ok(Value::Bool(true))
+            } else {
+                Err(RpcError::errno(
+                    libc::ECANCELED,
+                    format!("the {} of \"{disk}\" was cancelled", job_name(decouple)),
+                ))
+            };
+        }
+        crate::reactor::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn job_name(decouple: bool) -> &'static str {
+    if decouple { "decouple" } else { "split" }
+}
+
+async fn info(pool: &Pool, disk: &str) -> Result<DiskInfo, RpcError> {
+    pool.list()
+        .await?
+        .into_iter()
+        .find(|d| d.name == disk)
+        .ok_or_else(|| RpcError::no_such(format!("lvol \"{disk}\"")))
+}
+
+pub async fn bdev_lvol_inflate(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult {
+    split_and_wait(&ctx, &p.name, false).await
+}
+
+pub async fn bdev_lvol_decouple_parent(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult {
+    split_and_wait(&ctx, &p.name, true).await
+}
+
+/// `bdev_lvol_resize`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeParams {
+    pub name: String,
+    #[serde(default)]
+    pub size_in_mib: Option<u64>,
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+pub async fn bdev_lvol_resize(ctx: Rc<Ctx>, p: ResizeParams) -> RpcResult {
+    let bytes = size_bytes(p.size_in_mib, p.size)?;
+    let (_, disk) = ctx.resolve_lvol(&p.name).await?;
+    ctx.target.resize_disk(&disk, bytes).await?;
+    Ok(Value::Bool(true))
+}
+
+pub async fn bdev_lvol_set_read_only(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult {
+    let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
+    pool.set_read_only(&disk, true).await?;
+    Ok(Value::Bool(true))
+}
+
+pub async fn bdev_lvol_delete(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult {
+    let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
+    ctx.target.delete_disk(&disk).await?;
+    // Durable when answered, as SPDK's is; the commit also returns the disk's segments
+    // to the free clusters the next bdev_lvol_get_lvstores reports.
+    pool.commit().await?;
+    Ok(Value::Bool(true))
+}
+
+/// One pair of `tessera_snapshot_group`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMember {
+    pub lvol_name: String,
+    pub snapshot_name: String,
+}
+
+/// `tessera_snapshot_group`: snapshots every lvol at one point in time (they are
+/// quiesced together; all in one pool).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotGroupParams {
+    pub snapshots: Vec<GroupMember>,
+    /// After this long the quiesce is cancelled, I/O resumes and nothing is snapshotted.
+    #[serde(default = "default_quiesce_ms")]
+    pub quiesce_timeout_ms: u64,
+}
+
+fn default_quiesce_ms() -> u64 {
+    DEFAULT_QUIESCE_MS
+}
+
+pub async fn tessera_snapshot_group(ctx: Rc<Ctx>, p: SnapshotGroupParams) -> RpcResult {
+    if p.snapshots.is_empty() {
+        return Err(RpcError::invalid_params(
+            "\"snapshots\": nothing to snapshot",
+        ));
+    }
+    let mut pairs = Vec::new();
+    for m in &p.snapshots {
+        let (_, disk) = ctx.resolve_lvol(&m.lvol_name).await?;
+        pairs.push((disk, m.snapshot_name.clone()));
+    }
+    let snaps = ctx
+        .target
+        .snapshot(pairs, Duration::from_millis(p.quiesce_timeout_ms))
+        .await?;
+    let names: Vec<String> = snaps
+        .into_iter()
+        .map(|s| {
+            let b: std::sync::Arc<dyn crate::bdev::Bdev> = s;
+            b.name().to_string()
+        })
+        .collect();
+    Ok(json!(names))
+}
+
+/// `tessera_quiesce`: holds new I/O to the lvols (of one pool) and drains what is in
+/// flight; `tessera_activate` releases them, and so does the time limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuiesceParams {
+    pub names: Vec<String>,
+    #[serde(default = "default_quiesce_ms")]
+    pub timeout_ms: u64,
+}
+
+pub async fn tessera_quiesce(ctx: Rc<Ctx>, p: QuiesceParams) -> RpcResult {
+    let mut disks = Vec::new();
+    let mut pool: Option<Pool> = None;
+    for n in &p.names {
+        let (pl, d) = ctx.resolve_lvol(n).await?;
+        if let Some(first) = &pool
+            && first.uuid() != pl.uuid()
+        {
+            return Err(RpcError::einval(format!(
+                "\"{n}\" is in lvstore \"{}\", not \"{}\": quiesce one lvstore at a time",
+                pl.name(),
+                first.name()
+            )));
+        }
+        pool = Some(pl);
+        disks.push(d);
+    }
+    let Some(pool) = pool else {
+        return Err(RpcError::invalid_params("\"names\": nothing to quiesce"));
+    };
+    let qid = pool
+        .quiesce(disks, Duration::from_millis(p.timeout_ms))
+        .await?;
+    let id = ctx.next_quiesce.get();
+    ctx.next_quiesce.set(id + 1);
+    ctx.quiesces.borrow_mut().insert(id, (pool, qid));
+    Ok(json!({"quiesce_id": id}))
+}
+
+/// `tessera_activate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateParams {
+    pub quiesce_id: u64,
+}
+
+pub async fn tessera_activate(ctx: Rc<Ctx>, p: ActivateParams) -> RpcResult {
+    let entry = ctx.quiesces.borrow_mut().remove(&p.quiesce_id);
+    let Some((pool, qid)) = entry else {
+        return Err(RpcError::no_such(format!("quiesce {}", p.quiesce_id)));
+    };
+    pool.activate(qid).await?;
+    Ok(Value::Bool(true))
+}
+
+/// `tessera_split_start`: starts a split (or, with `decouple`, a decouple) in the
+/// background and answers at once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitStartParams {
+    pub name: String,
+    #[serde(default)]
+    pub decouple: bool,
+}
+
+pub async fn tessera_split_start(ctx: Rc<Ctx>, p: SplitStartParams) -> RpcResult {
+    let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
+    if p.decouple {
+        pool.decouple(&disk).await?;
+    } else {
+        pool.split(&disk).await?;
+    }
+    Ok(Value::Bool(true))
+}
+
+/// `tessera_split_progress`: running splits and decouples (of one lvol, or all).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitProgressParams {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+pub async fn tessera_split_progress(ctx: Rc<Ctx>, p: SplitProgressParams) -> RpcResult {
+    let (pools, only) = match &p.name {
+        Some(n) => {
+            let (pool, disk) = ctx.resolve_lvol(n).await?;
+            (vec![pool], Some(disk))
+        }
+        None => (ctx.target.pools(), None),
+    };
+    let mut out = Vec::new();
+    for pool in pools {
+        for d in pool.list().await? {
+            if only.as_ref().is_some_and(|o| *o != d.name) {
+                continue;
+            }
+            if let Some((kind, done, total)) = &d.job {
+                out.push(json!({
+                    "name": d.name,
+                    "lvs_name": pool.name(),
+                    "kind": kind,
+                    "done_clusters": done,
+                    "total_clusters": total,
+                    "percent": if *total == 0 { 100.0 } else { *done as f64 * 100.0 / *total as f64 },
+                }));
+            }
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+pub async fn tessera_split_cancel(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult {
+    let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
+    pool.cancel_split(&disk).await?;
+    Ok(Value::Bool(true))
+}
+
+/// `tessera_set_cow_policy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CowPolicyParams {
+    pub name: String,
+    /// `redirect` or `copy-out`.
+    pub cow_policy: CowPolicy,
+}
+
+pub async fn tessera_set_cow_policy(ctx: Rc<Ctx>, p: CowPolicyParams) -> RpcResult {
+    let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
+    pool.set_cow_policy(&disk, p.cow_policy).await?;
+    Ok(Value::Bool(true))
+}
+
+/// `tessera_set_read_only`: sets or clears the flag (SPDK's method only sets it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadOnlyParams {
+    pub name: String,
+    pub read_only: bool,
+}
+
+pub async fn tessera_set_read_only(ctx: Rc<Ctx>, p: ReadOnlyParams) -> RpcResult {
+    let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
+    pool.set_read_only(&disk, p.read_only).await?;
+    Ok(Value::Bool(true))
+}

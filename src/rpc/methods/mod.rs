@@ -1,0 +1,292 @@
+//! The methods: one table ([`METHODS`]) maps each name to its parameter struct and its
+//! handler. Handlers run on core 0 as tasks (their futures need not be `Send`); they
+//! await the [`Target`]'s methods and never block the reactor.
+//!
+//! - [`app`]: `spdk_get_version`, `rpc_get_methods`, `framework_*`, `save_config`,
+//!   `load_config`, `tessera_save_config`.
+//! - [`bdev`]: `bdev_get_bdevs`, the base bdevs (malloc, null, uring/aio, error) and the
+//!   NVMe/TCP initiator (`bdev_nvme_*`).
+//! - [`lvol`]: pools and virtual disks under SPDK's lvol names, and tessera's own
+//!   (consistency groups, quiesce, split progress, copy-on-write policy).
+//! - [`nvmf`]: the NVMe-oF target.
+//! - [`nbd`]: the NBD server (tessera's own names: SPDK's `nbd_*` drive the kernel).
+
+pub mod app;
+pub mod bdev;
+pub mod lvol;
+pub mod nbd;
+pub mod nvmf;
+
+use super::error::RpcError;
+use super::params;
+use crate::target::Target;
+use crate::vdisk::Pool;
+use serde::Deserialize;
+use serde_json::Value;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// What the handlers share, on core 0.
+pub struct Ctx {
+    pub(crate) target: Target,
+    /// Quiesces started by `tessera_quiesce`: RPC id → (pool, the pool's id).
+    quiesces: RefCell<BTreeMap<u64, (Pool, u64)>>,
+    next_quiesce: Cell<u64>,
+}
+
+impl Ctx {
+    /// The context of a server for `target`.
+    pub fn new(target: Target) -> Rc<Ctx> {
+        Rc::new(Ctx {
+            target,
+            quiesces: RefCell::new(BTreeMap::new()),
+            next_quiesce: Cell::new(1),
+        })
+    }
+
+    /// The target.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The registry name of a bdev given by name, `lvs_name/lvol_name` alias or UUID.
+    pub(crate) fn resolve_bdev(&self, name: &str) -> Result<String, RpcError> {
+        let bdevs = self.target.bdevs();
+        if bdevs.contains(name) {
+            return Ok(name.to_string());
+        }
+        if let Some((lvs, lvol)) = name.split_once('/')
+            && let Ok(pool) = self.target.pool(lvs)
+            && let Ok(b) = bdevs.get(lvol)
+            && lvs_of(&b).as_deref() == Some(pool.name())
+        {
+            return Ok(lvol.to_string());
+        }
+        if let Ok(u) = uuid::Uuid::parse_str(name)
+            && let Some(b) = bdevs.list().into_iter().find(|b| b.uuid() == u)
+        {
+            return Ok(b.name().to_string());
+        }
+        Err(RpcError::no_such(format!("bdev \"{name}\"")))
+    }
+
+    /// A logical volume given by name, alias or UUID: its pool and disk name.
+    pub(crate) async fn resolve_lvol(&self, name: &str) -> Result<(Pool, String), RpcError> {
+        let disk = self
+            .resolve_bdev(name)
+            .map_err(|_| RpcError::no_such(format!("lvol \"{name}\"")))?;
+        match self.target.pool_of(&disk).await {
+            Ok(p) => Ok((p, disk)),
+            Err(_) => Err(RpcError::einval(format!(
+                "bdev \"{name}\" is not a logical volume"
+            ))),
+        }
+    }
+
+    /// An lvstore (pool) given by exactly one of its UUID or its name, as SPDK's
+    /// `vbdev_get_lvol_store_by_uuid_xor_name`.
+    pub(crate) fn resolve_lvs(
+        &self,
+        uuid: Option<&str>,
+        lvs_name: Option<&str>,
+        uuid_field: &str,
+    ) -> Result<Pool, RpcError> {
+        match (uuid, lvs_name) {
+            (Some(_), Some(_)) => Err(RpcError::invalid_params(format!(
+                "give either \"{uuid_field}\" or \"lvs_name\", not both"
+            ))),
+            (None, None) => Err(RpcError::invalid_params(format!(
+                "missing parameter \"lvs_name\" (or \"{uuid_field}\")"
+            ))),
+            (None, Some(name)) => self
+                .target
+                .pool(name)
+                .map_err(|_| RpcError::no_such(format!("lvstore \"{name}\""))),
+            (Some(u), None) => self
+                .target
+                .pools()
+                .into_iter()
+                .find(|p| p.uuid().to_string().eq_ignore_ascii_case(u))
+                .ok_or_else(|| RpcError::no_such(format!("lvstore with UUID \"{u}\""))),
+        }
+    }
+}
+
+/// The lvstore (pool) name of a virtual disk bdev.
+pub(crate) fn lvs_of(b: &Arc<dyn crate::bdev::Bdev>) -> Option<String> {
+    b.driver_specific()
+        .get("lvol")
+        .and_then(|l| l.get("lvol_store_name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_string)
+}
+
+/// Parameters of a method that takes none.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// A handler's result.
+pub type RpcResult = Result<Value, RpcError>;
+
+/// A boxed handler future (for the methods that call other methods).
+pub type BoxedCall = Pin<Box<dyn Future<Output = RpcResult>>>;
+
+fn check<P, F, Fut>(_handler: F, params: Option<Value>) -> Result<(), RpcError>
+where
+    P: serde::de::DeserializeOwned,
+    F: Fn(Rc<Ctx>, P) -> Fut,
+{
+    params::decode::<P>(params).map(|_| ())
+}
+
+macro_rules! methods {
+    ($( $name:literal => $module:ident :: $func:ident, )*) => {
+        /// Every method, SPDK's and tessera's own.
+        pub const METHODS: &[&str] = &[$($name),*];
+
+        /// Decodes `params` for `method` without running it (`None`: no such method).
+        /// The request parser's fuzz target drives this.
+        pub fn check_params(method: &str, params: Option<Value>) -> Option<Result<(), RpcError>> {
+            match method {
+                $( $name => Some(check($module::$func, params)), )*
+                _ => None,
+            }
+        }
+
+        /// Runs `method`.
+        pub async fn call(ctx: Rc<Ctx>, method: &str, params: Option<Value>) -> RpcResult {
+            match method {
+                $( $name => $module::$func(ctx, params::decode(params)?).await, )*
+                _ => Err(RpcError::method_not_found(method)),
+            }
+        }
+    };
+}
+
+methods! {
+    "spdk_get_version" => app::spdk_get_version,
+    "rpc_get_methods" => app::rpc_get_methods,
+    "framework_get_reactors" => app::framework_get_reactors,
+    "framework_get_subsystems" => app::framework_get_subsystems,
+    "framework_get_config" => app::framework_get_config,
+    "save_config" => app::save_config,
+    "load_config" => app::load_config,
+    "tessera_save_config" => app::tessera_save_config,
+    "bdev_get_bdevs" => bdev::bdev_get_bdevs,
+    "bdev_wait_for_examine" => bdev::bdev_wait_for_examine,
+    "bdev_malloc_create" => bdev::bdev_malloc_create,
+    "bdev_malloc_delete" => bdev::bdev_malloc_delete,
+    "bdev_null_create" => bdev::bdev_null_create,
+    "bdev_null_delete" => bdev::bdev_null_delete,
+    "bdev_uring_create" => bdev::bdev_uring_create,
+    "bdev_uring_delete" => bdev::bdev_uring_delete,
+    "bdev_aio_create" => bdev::bdev_aio_create,
+    "bdev_aio_delete" => bdev::bdev_aio_delete,
+    "bdev_error_create" => bdev::bdev_error_create,
+    "bdev_error_delete" => bdev::bdev_error_delete,
+    "bdev_nvme_attach_controller" => bdev::bdev_nvme_attach_controller,
+    "bdev_nvme_detach_controller" => bdev::bdev_nvme_detach_controller,
+    "bdev_nvme_get_controllers" => bdev::bdev_nvme_get_controllers,
+    "bdev_lvol_create_lvstore" => lvol::bdev_lvol_create_lvstore,
+    "bdev_lvol_get_lvstores" => lvol::bdev_lvol_get_lvstores,
+    "bdev_lvol_delete_lvstore" => lvol::bdev_lvol_delete_lvstore,
+    "bdev_lvol_create" => lvol::bdev_lvol_create,
+    "bdev_lvol_get_lvols" => lvol::bdev_lvol_get_lvols,
+    "bdev_lvol_snapshot" => lvol::bdev_lvol_snapshot,
+    "bdev_lvol_clone" => lvol::bdev_lvol_clone,
+    "bdev_lvol_inflate" => lvol::bdev_lvol_inflate,
+    "bdev_lvol_decouple_parent" => lvol::bdev_lvol_decouple_parent,
+    "bdev_lvol_resize" => lvol::bdev_lvol_resize,
+    "bdev_lvol_set_read_only" => lvol::bdev_lvol_set_read_only,
+    "bdev_lvol_delete" => lvol::bdev_lvol_delete,
+    "tessera_pool_create" => lvol::tessera_pool_create,
+    "tessera_snapshot_group" => lvol::tessera_snapshot_group,
+    "tessera_quiesce" => lvol::tessera_quiesce,
+    "tessera_activate" => lvol::tessera_activate,
+    "tessera_split_start" => lvol::tessera_split_start,
+    "tessera_split_progress" => lvol::tessera_split_progress,
+    "tessera_split_cancel" => lvol::tessera_split_cancel,
+    "tessera_set_cow_policy" => lvol::tessera_set_cow_policy,
+    "tessera_set_read_only" => lvol::tessera_set_read_only,
+    "nvmf_create_transport" => nvmf::nvmf_create_transport,
+    "nvmf_get_transports" => nvmf::nvmf_get_transports,
+    "nvmf_create_subsystem" => nvmf::nvmf_create_subsystem,
+    "nvmf_delete_subsystem" => nvmf::nvmf_delete_subsystem,
+    "nvmf_subsystem_add_listener" => nvmf::nvmf_subsystem_add_listener,
+    "nvmf_subsystem_remove_listener" => nvmf::nvmf_subsystem_remove_listener,
+    "nvmf_subsystem_add_ns" => nvmf::nvmf_subsystem_add_ns,
+    "nvmf_subsystem_remove_ns" => nvmf::nvmf_subsystem_remove_ns,
+    "nvmf_subsystem_add_host" => nvmf::nvmf_subsystem_add_host,
+    "nvmf_subsystem_remove_host" => nvmf::nvmf_subsystem_remove_host,
+    "nvmf_subsystem_allow_any_host" => nvmf::nvmf_subsystem_allow_any_host,
+    "nvmf_get_subsystems" => nvmf::nvmf_get_subsystems,
+    "nvmf_subsystem_get_controllers" => nvmf::nvmf_subsystem_get_controllers,
+    "nbd_server_start" => nbd::nbd_server_start,
+    "nbd_server_stop" => nbd::nbd_server_stop,
+    "nbd_start_export" => nbd::nbd_start_export,
+    "nbd_stop_export" => nbd::nbd_stop_export,
+    "nbd_get_exports" => nbd::nbd_get_exports,
+    "nbd_get_stats" => nbd::nbd_get_stats,
+}
+
+/// [`call`], boxed: for handlers that call other methods (`load_config`).
+pub fn call_boxed(ctx: Rc<Ctx>, method: String, params: Option<Value>) -> BoxedCall {
+    Box::pin(async move { call(ctx, &method, params).await })
+}
+
+/// Rejects a parameter SPDK has but tessera does not implement, unless it has the value
+/// that means "off".
+pub(crate) fn unsupported<T: PartialEq + Default>(
+    name: &str,
+    value: &Option<T>,
+) -> Result<(), RpcError> {
+    match value {
+        Some(v) if *v != T::default() => Err(RpcError::einval(format!(
+            "\"{name}\" is not supported by tessera"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Accepts `tgt_name` only for the one NVMe-oF target there is (SPDK's default name).
+pub(crate) fn check_tgt_name(tgt_name: &Option<String>) -> Result<(), RpcError> {
+    match tgt_name.as_deref() {
+        None | Some("nvmf_tgt") => Ok(()),
+        Some(other) => Err(RpcError::no_such(format!(
+            "NVMe-oF target \"{other}\" (tessera has one target, \"nvmf_tgt\")"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_consistent() {
+        let mut seen = std::collections::HashSet::new();
+        for m in METHODS {
+            assert!(seen.insert(*m), "{m} listed twice");
+            // Every method decodes its parameters (or names what is missing).
+            let r = check_params(m, None).expect("listed methods are known");
+            if let Err(e) = r {
+                assert_eq!(e.code, super::super::error::INVALID_PARAMS, "{m}: {e}");
+                assert!(e.message.contains("parameter"), "{m}: {e}");
+            }
+            // ... and refuses unknown ones.
+            let e = check_params(m, Some(serde_json::json!({"no_such_param_xyz": 1})))
+                .unwrap()
+                .unwrap_err();
+            assert!(
+                e.message.contains("no_such_param_xyz") || e.message.contains("missing"),
+                "{m}: {e}"
+            );
+        }
+        assert!(check_params("nope", None).is_none());
+    }
+}

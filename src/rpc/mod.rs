@@ -1,0 +1,27 @@
+//! The JSON-RPC 2.0 control plane: SPDK's method and parameter names over a Unix socket,
+//! so SPDK's own client (`spdk-rpc` from the PyPI package `spdk`) drives a tessera
+//! target, plus tessera's own methods (consistency groups, quiesce, split progress, the
+//! NBD server, YAML configuration).
+//!
+//! - [`protocol`]: framing, request parsing, responses — pure, total, fuzzed.
+//! - [`params`]: parameter decoding with errors that name the parameter — pure.
+//! - [`error`]: error objects and the one mapping of engine errors to codes.
+//! - [`methods`]: the method table and the handlers.
+//! - [`server`]: the Unix socket listener and connections, on core 0.
+//! - [`spdk_json`]: SPDK's JSON configuration format, both ways.
+//! - [`client`]: the blocking client behind `tessera rpc`.
+
+pub mod client;
+pub mod error;
+pub mod methods;
+pub mod params;
+pub mod protocol;
+pub mod server;
+pub mod spdk_json;
+
+pub use client::RpcClient;
+pub use error::RpcError;
+pub use server::{RpcServer, RpcServerError};
+
+/// The socket `tessera serve` listens on and `tessera rpc` connects to by default.
+pub const DEFAULT_SOCKET: &str = "/var/tmp/tessera.sock";
