@@ -218,6 +218,28 @@ async fn conformance(bdev: Arc<dyn Bdev>, keeps: Keeps) {
         crate::reactor::yield_now().await;
     }
 
+    // A request whose channel is let go right after submission still completes, with
+    // its data written.
+    if keeps == Keeps::Data {
+        flag.0.set(false);
+        let other = Channel::get(&bdev).unwrap();
+        drop(ch);
+        let lone = Channel::get(&bdev).unwrap();
+        drop(other);
+        lone.submit(BdevIo::write(2, 1, pattern(77, bs)).on_complete(flag.clone(), 0));
+        drop(lone);
+        while !flag.0.get() {
+            crate::reactor::yield_now().await;
+        }
+        let got = Channel::get(&bdev).unwrap().read(2, 1).await.unwrap();
+        assert_same(
+            &got,
+            &pattern(77, bs),
+            "write completed after its channel was dropped",
+        );
+    }
+    let ch = Channel::get(&bdev).unwrap();
+
     // Read-only bdevs refuse modifications.
     bdev.props().set_read_only(true);
     let (_, st) = ch.io(BdevIo::write(0, 1, IoBuf::new(bs))).await;

@@ -301,6 +301,16 @@ struct ErrorChannelInner {
     inflight: RefCell<slab::Slab<Forwarded>>,
 }
 
+impl Drop for ErrorChannelInner {
+    /// Requests still waiting out their injected latency when the channel goes complete
+    /// on the next loop iteration instead, never lost.
+    fn drop(&mut self) {
+        for (_, io, status) in self.delayed.borrow_mut().drain(..) {
+            self.deferred.complete(io, status);
+        }
+    }
+}
+
 impl ErrorChannelInner {
     fn finish(&self, io: BdevIo, status: IoStatus) {
         let us = self.bdev.latency_us[kind_index(io.kind)].load(Ordering::Relaxed);

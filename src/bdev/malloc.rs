@@ -1,5 +1,8 @@
 //! The `malloc` bdev: a RAM disk. Data lives in one anonymous mapping shared by all
-//! cores; each I/O is a memory copy done at submission, completed on the next loop.
+//! cores; each I/O is a memory copy. Submission only queues the request and prefetches
+//! the start of its device range; the channel's poller does the copies on the next loop
+//! iteration, prefetching the next request's range while it copies the current one, so
+//! that the cache misses of a batch overlap instead of following one another.
 //!
 //! # Safety
 //! The mapping behaves like device memory: cores copy in and out of it with raw
@@ -8,6 +11,9 @@
 //! checked by [`Channel`](super::Channel) validation before it reaches this module.
 
 use super::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, IoKind, IoStatus};
+use crate::reactor::{self, PollerHandle};
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -107,9 +113,29 @@ impl Bdev for MallocBdev {
     }
 
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
+        let pending: Rc<RefCell<VecDeque<BdevIo>>> =
+            Rc::new(RefCell::new(VecDeque::with_capacity(256)));
+        let q = pending.clone();
+        let bdev = self.clone();
+        let poller = reactor::register_poller(move || {
+            // Only what is queued now: completions submit more, for the next iteration.
+            let n = q.borrow().len();
+            for _ in 0..n {
+                let Some(io) = q.borrow_mut().pop_front() else {
+                    break;
+                };
+                if let Some(next) = q.borrow().front() {
+                    bdev.prefetch(next, PREFETCH_AHEAD);
+                }
+                bdev.execute(&io);
+                io.complete(IoStatus::Success);
+            }
+            n
+        });
         Ok(Rc::new(MallocChannel {
             bdev: self,
-            deferred: Deferred::current(),
+            pending,
+            _poller: poller,
         }))
     }
 
@@ -118,15 +144,32 @@ impl Bdev for MallocBdev {
     }
 }
 
-struct MallocChannel {
-    bdev: Arc<MallocBdev>,
-    deferred: Rc<Deferred>,
-}
-
-impl BdevChannel for MallocChannel {
+impl MallocBdev {
+    /// Prefetches up to `max` bytes of the device range of `io` into the cache.
     #[inline]
-    fn submit(&self, io: BdevIo) {
-        let bs = self.bdev.props.block_size as usize;
+    fn prefetch(&self, io: &BdevIo, max: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(io.kind, IoKind::Read | IoKind::Write) {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let bs = self.props.block_size as usize;
+            let offset = io.offset_blocks as usize * bs;
+            let len = (io.num_blocks as usize * bs).min(max);
+            let mut at = 0;
+            while at < len {
+                // SAFETY: validation keeps the range inside the mapping; a prefetch never
+                // faults and changes no memory.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.base.as_ptr().add(offset + at).cast()) };
+                at += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (io, max);
+    }
+
+    /// Does the data work of `io`.
+    #[inline]
+    fn execute(&self, io: &BdevIo) {
+        let bs = self.props.block_size as usize;
         let offset = io.offset_blocks as usize * bs;
         match io.kind {
             IoKind::Read | IoKind::Write => {
@@ -135,7 +178,7 @@ impl BdevChannel for MallocChannel {
                     // SAFETY: validation guarantees offset + total iov length lies within
                     // the mapping; each iovec is valid memory owned by the request.
                     unsafe {
-                        let dev = self.bdev.base.as_ptr().add(pos);
+                        let dev = self.base.as_ptr().add(pos);
                         if io.kind == IoKind::Read {
                             std::ptr::copy_nonoverlapping(dev, v.iov_base.cast(), v.iov_len);
                         } else {
@@ -146,10 +189,44 @@ impl BdevChannel for MallocChannel {
                 }
             }
             IoKind::Unmap | IoKind::WriteZeroes => {
-                self.bdev.zero(offset, io.num_blocks as usize * bs);
+                self.zero(offset, io.num_blocks as usize * bs);
             }
             IoKind::Flush => {}
         }
-        self.deferred.complete(io, IoStatus::Success);
     }
 }
+
+struct MallocChannel {
+    bdev: Arc<MallocBdev>,
+    pending: Rc<RefCell<VecDeque<BdevIo>>>,
+    _poller: PollerHandle,
+}
+
+impl Drop for MallocChannel {
+    /// Requests still queued when the last user lets the channel go are done now and
+    /// completed on the next loop iteration, never lost.
+    fn drop(&mut self) {
+        let rest: Vec<BdevIo> = self.pending.borrow_mut().drain(..).collect();
+        if !rest.is_empty() {
+            let deferred = Deferred::current();
+            for io in rest {
+                self.bdev.execute(&io);
+                deferred.complete(io, IoStatus::Success);
+            }
+        }
+    }
+}
+
+impl BdevChannel for MallocChannel {
+    #[inline]
+    fn submit(&self, io: BdevIo) {
+        self.bdev.prefetch(&io, PREFETCH_AHEAD);
+        self.pending.borrow_mut().push_back(io);
+    }
+}
+
+/// Bytes of a request's range prefetched when it is queued, and again just before its
+/// turn: the first lines, enough for the hardware prefetcher to pick up the rest of the
+/// stream. Measured on 4 KiB random copies (bench/foundation.sh): prefetching more
+/// costs more instructions than it saves misses.
+const PREFETCH_AHEAD: usize = 256;

@@ -14,7 +14,7 @@
 //! channel's `Drop` waits for every in-flight completion before freeing anything.
 
 use super::buf::{ALIGN, BufArena};
-use super::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, IoBuf, IoKind, IoStatus};
+use super::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, IoBuf, IoKind, IoStatus};
 use crate::reactor::{self, IdlePolicy, PollerHandle, io::WakeFd};
 use crossbeam_queue::ArrayQueue;
 use io_uring::{IoUring, opcode, squeue, types};
@@ -576,22 +576,42 @@ impl BdevChannel for UringChannel {
 }
 
 impl Drop for UringChannel {
+    /// The last user let the channel go with requests outstanding: the kernel may still
+    /// be using their memory, so wait for every completion; each request is completed
+    /// on the next loop iteration (those never handed to the kernel as aborted), never
+    /// lost.
     fn drop(&mut self) {
-        // The kernel may still be using request memory: wait for every completion.
-        let inflight = self.inflight.get_mut();
-        let ring = self.ring.get_mut();
-        let _ = ring.submit();
-        let mut spins = 0;
-        while !inflight.is_empty() && spins < 100_000 {
-            let _ = ring.submit_and_wait(1);
-            for cqe in ring.completion() {
-                let _ = inflight.try_remove(cqe.user_data() as usize);
+        let deferred = Deferred::current();
+        let mut done = Vec::new();
+        {
+            let inflight = self.inflight.get_mut();
+            let ring = self.ring.get_mut();
+            let _ = ring.submit();
+            let mut spins = 0;
+            while !inflight.is_empty() && spins < 100_000 {
+                let _ = ring.submit_and_wait(1);
+                for cqe in ring.completion() {
+                    if let Some(io) = inflight.try_remove(cqe.user_data() as usize) {
+                        done.push((io, cqe.result()));
+                    }
+                }
+                spins += 1;
             }
-            spins += 1;
+            if !inflight.is_empty() {
+                // Never free memory the kernel might still write: leak it instead.
+                std::mem::forget(std::mem::take(inflight));
+            }
         }
-        if !inflight.is_empty() {
-            // Never free memory the kernel might still write: leak it instead.
-            std::mem::forget(std::mem::take(inflight));
+        for (io, res) in done {
+            let status = match self.status_of(&io, res) {
+                // No channel is left to emulate write zeroes with.
+                IoStatus::InvalidOpcode => IoStatus::Aborted,
+                s => s,
+            };
+            deferred.complete(io, status);
+        }
+        for io in self.waiting.get_mut().drain(..) {
+            deferred.complete(io, IoStatus::Aborted);
         }
     }
 }
