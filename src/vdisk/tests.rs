@@ -393,7 +393,6 @@ fn blocking_flag_drains_every_write_before_acknowledging() {
     let (ci, off) = pool.shared.locate(phys);
     assert_eq!(ci, 0);
     let read_phys = |base: Arc<dyn Bdev>| {
-        let off = off;
         move || async move {
             Channel::get(&base)
                 .unwrap()
