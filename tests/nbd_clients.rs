@@ -4,6 +4,7 @@
 //! reply formats are exercised. A test skips (saying so) only when its tool is missing.
 
 mod nbd_support;
+mod process_support;
 
 use nbd_support::*;
 use std::collections::BTreeMap;

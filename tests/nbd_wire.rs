@@ -3,6 +3,7 @@
 //! across connections, removal of exports and shutdown.
 
 mod nbd_support;
+mod process_support;
 
 use nbd_support::*;
 use std::collections::{BTreeMap, HashMap};

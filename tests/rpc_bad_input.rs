@@ -6,6 +6,7 @@
 
 #[path = "nbd_support/mod.rs"]
 mod nbd_support;
+mod process_support;
 mod rpc_common;
 
 use rpc_common::*;

@@ -2,6 +2,7 @@
 //! `tessera rpc`: pools and disks under SPDK's lvol methods, snapshots, clones, inflate,
 //! decouple, resize, delete, NVMe-oF — checking the replies.
 
+mod process_support;
 mod rpc_common;
 
 use rpc_common::*;

@@ -2,6 +2,7 @@
 //! reactors in adaptive idle mode (parked in epoll_wait between requests: the socket's
 //! readiness wakes them).
 
+mod process_support;
 mod rpc_common;
 
 use rpc_common::*;

@@ -44,18 +44,23 @@ async fn write_byte(d: &Arc<dyn Bdev>, block: u64, v: u8) -> Result<(), IoStatus
     ch.write(block, pattern(v, 4096)).await
 }
 
+/// Pool `p0` on `base` with default options, its controller on core 0.
+fn new_pool(set: &ReactorSet, base: Arc<dyn Bdev>) -> Pool {
+    block_on(Pool::create(
+        set.cores(),
+        0,
+        vec![base],
+        None,
+        PoolOptions::new("p0"),
+    ))
+    .unwrap()
+}
+
 #[test]
 fn thin_disk_round_trip_and_reopen() {
     let set = reactors(2);
     let base = malloc("m0", 64);
-    let pool = block_on(Pool::create(
-        set.cores(),
-        0,
-        vec![base.clone()],
-        None,
-        PoolOptions::new("p0"),
-    ))
-    .unwrap();
+    let pool = new_pool(&set, base.clone());
     let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
     assert_eq!(disk.num_blocks(), 8192);
     let d = disk.clone();
@@ -145,14 +150,7 @@ fn full_pool_fails_only_writes_needing_space() {
 fn snapshot_clone_and_copy_on_write() {
     let set = reactors(2);
     let base = malloc("m0", 64);
-    let pool = block_on(Pool::create(
-        set.cores(),
-        0,
-        vec![base.clone()],
-        None,
-        PoolOptions::new("p0"),
-    ))
-    .unwrap();
+    let pool = new_pool(&set, base.clone());
     let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 16 << 20, true)).unwrap();
     let d = disk.clone();
     on(&set, 1, move || async move {
@@ -223,14 +221,7 @@ fn snapshot_clone_and_copy_on_write() {
 fn split_makes_a_clone_independent() {
     let set = reactors(2);
     let base = malloc("m0", 64);
-    let pool = block_on(Pool::create(
-        set.cores(),
-        0,
-        vec![base.clone()],
-        None,
-        PoolOptions::new("p0"),
-    ))
-    .unwrap();
+    let pool = new_pool(&set, base.clone());
     let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
     let d = disk.clone();
     on(&set, 1, move || async move {
@@ -285,14 +276,7 @@ fn fully_allocated_disk_reads_zeros_and_is_one_run_per_256_segments() {
         let ch = Channel::get(&b2).unwrap();
         ch.write(100_000, pattern(0xee, 1 << 20)).await.unwrap();
     });
-    let pool = block_on(Pool::create(
-        set.cores(),
-        0,
-        vec![base],
-        None,
-        PoolOptions::new("p0"),
-    ))
-    .unwrap();
+    let pool = new_pool(&set, base);
     let disk: Arc<dyn Bdev> = block_on(pool.create_disk("thick", 512 << 20, false)).unwrap();
     let d = disk.clone();
     on(&set, 0, move || async move {
@@ -328,14 +312,7 @@ fn blocking_flag_drains_every_write_before_acknowledging() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let set = reactors(2);
     let base = malloc("m0", 64);
-    let pool = block_on(Pool::create(
-        set.cores(),
-        0,
-        vec![base.clone()],
-        None,
-        PoolOptions::new("p0"),
-    ))
-    .unwrap();
+    let pool = new_pool(&set, base.clone());
     let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
     // Allocate segment 0 (blocks 0..256) fully.
     let d = disk.clone();
@@ -461,14 +438,7 @@ fn blocking_flag_drains_every_write_before_acknowledging() {
 fn quiesce_holds_io_and_cancels_itself_after_its_time_limit() {
     let set = reactors(2);
     let base = malloc("m0", 64);
-    let pool = block_on(Pool::create(
-        set.cores(),
-        0,
-        vec![base],
-        None,
-        PoolOptions::new("p0"),
-    ))
-    .unwrap();
+    let pool = new_pool(&set, base);
     let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
     let d = disk.clone();
     on(&set, 1, move || async move {

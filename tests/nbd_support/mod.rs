@@ -6,7 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use tessera::bdev::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, BlockRun, I
 use tessera::frontend::nbd::proto::*;
 use tessera::frontend::nbd::{NbdExport, NbdServer};
 use tessera::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet};
+
+pub use super::process_support::run;
 
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_logging() {
@@ -183,29 +185,6 @@ pub fn have(tool: &str) -> bool {
         eprintln!("SKIP: `{tool}` is not installed");
     }
     ok
-}
-
-/// Runs a command to completion with a time limit; kills it (by PID) on expiry.
-pub fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let shown = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("{shown}: {e}")),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("{shown} did not finish within {limit:?}");
-        }
-    }
 }
 
 /// Runs a command and asserts it succeeded; returns stdout.

@@ -7,9 +7,11 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tessera::rpc::{RpcClient, RpcError};
+
+pub use super::process_support::run;
 
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
@@ -162,29 +164,6 @@ pub fn spdk_rpc() -> Option<PathBuf> {
         eprintln!("SKIP: `spdk-rpc` is not installed (pip install spdk; scripts/test.sh does it)");
     }
     found
-}
-
-/// Runs a command with a time limit (killed by PID after it).
-pub fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let shown = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("{shown}: {e}")),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("{shown} did not finish within {limit:?}");
-        }
-    }
 }
 
 /// A command's stdout, asserting it succeeded.

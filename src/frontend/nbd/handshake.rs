@@ -8,9 +8,9 @@
 
 use super::export::ExportEntry;
 use super::proto::{self, ClientOption, ReplyMode};
-use super::recv::RecvBuf;
 use super::server::ServerShared;
 use crate::bdev::Channel;
+use crate::frontend::recv::RecvBuf;
 use crate::reactor::io::{self, Async};
 use std::fmt;
 use std::sync::Arc;

@@ -54,7 +54,6 @@ pub mod export;
 mod flush;
 mod handshake;
 pub mod proto;
-mod recv;
 mod server;
 pub mod state;
 mod transmission;

@@ -16,10 +16,10 @@ use super::proto::{
     self, CMD_READ, ChunkHeader, Extent, HeaderMode, MAX_REPLY_HEADER_LEN, REPLY_FLAG_DONE,
     RequestHeader,
 };
-use super::recv::RecvBuf;
 use super::server::ConnCtl;
 use super::state::{ConnState, LocalCounters, RequestKind};
 use crate::bdev::{BdevIo, Channel, IoBuf, IoKind, IoSink, IoStatus};
+use crate::frontend::recv::RecvBuf;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::rc::{Rc, Weak};

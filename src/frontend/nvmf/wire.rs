@@ -1,6 +1,6 @@
-//! Socket plumbing shared by the target and the initiator: a receive buffer read in big
-//! chunks (many PDUs per `read`), and a send queue that gathers the headers and data of
-//! many PDUs into one `writev`.
+//! Socket plumbing shared by the target and the initiator: the receive buffer (read in
+//! big chunks, many PDUs per `read`; [`crate::frontend::recv`]) and a send queue that
+//! gathers the headers and data of many PDUs into one `writev`.
 //!
 //! # Safety
 //! [`SendQueue`] holds raw pointers to data it does not own (a request's buffer, the
@@ -10,63 +10,9 @@
 //! [`SendQueue::flush`] (or the queue is dropped unflushed). Both sides keep that promise
 //! by releasing a request only when its mark comes back.
 
+pub(crate) use crate::frontend::recv::RecvBuf;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
-
-/// Bytes received and not yet parsed.
-pub(crate) struct RecvBuf {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-}
-
-impl RecvBuf {
-    pub(crate) fn new(cap: usize) -> RecvBuf {
-        RecvBuf {
-            buf: vec![0u8; cap].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
-    }
-
-    /// The unparsed bytes.
-    #[inline]
-    pub(crate) fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    #[inline]
-    pub(crate) fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    /// Marks `n` bytes as parsed.
-    #[inline]
-    pub(crate) fn consume(&mut self, n: usize) {
-        debug_assert!(n <= self.len());
-        self.start += n.min(self.len());
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Reads once from `r` into the free space (moving unparsed bytes to the front
-    /// first when the tail is short). `Ok(0)` is end of stream.
-    pub(crate) fn fill(&mut self, mut r: impl Read) -> io::Result<usize> {
-        if self.buf.len() - self.end < self.buf.len() / 4 && self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.buf.len() {
-            return Err(io::Error::other("receive buffer full"));
-        }
-        let n = r.read(&mut self.buf[self.end..])?;
-        self.end += n;
-        Ok(n)
-    }
-}
+use std::io::{self, IoSlice, Write};
 
 enum Seg {
     /// Bytes of the arena at logical offset `start`.

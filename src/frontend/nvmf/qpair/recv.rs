@@ -20,7 +20,7 @@ impl QpInner {
             discard: false,
         } = self.rx
             && left >= DIRECT_READ_MIN
-            && self.recv.len() == 0
+            && self.recv.is_empty()
         {
             let req = &mut self.slots[slot as usize];
             let dst = &mut req.data_mut()[off..off + left];

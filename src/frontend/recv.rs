@@ -1,5 +1,6 @@
-//! The receive buffer of a connection: one large buffer that a `read` fills and the
-//! parsers consume from the front, so one read can carry many requests.
+//! The receive buffer of a connection (NBD, NVMe/TCP target and initiator): one large
+//! buffer that a `read` fills and the parsers consume from the front, so one read can
+//! carry many requests or PDUs.
 
 use crate::reactor::io::Async;
 use std::io::{self, Read};
@@ -64,18 +65,29 @@ impl RecvBuf {
         }
     }
 
-    /// One non-blocking read from `sock` into the free space. `Ok(0)` is end of file;
-    /// a full buffer reads nothing and reports `WouldBlock` (the caller consumes first).
+    /// Reads once from `r` into the free space (moving the buffered bytes to the front
+    /// first when the tail is short). `Ok(0)` is end of stream; a full buffer is an
+    /// error (a parser that consumes whole units never lets it fill).
+    #[inline]
+    pub(crate) fn fill(&mut self, mut r: impl Read) -> io::Result<usize> {
+        self.make_room(self.buf.len() / 4);
+        if self.end == self.buf.len() {
+            return Err(io::Error::other("receive buffer full"));
+        }
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// As [`fill`](Self::fill), but a full buffer reads nothing and reports
+    /// `WouldBlock`: the caller consumes first.
     #[inline]
     pub(crate) fn read_from(&mut self, sock: &mio::net::TcpStream) -> io::Result<usize> {
         self.make_room(self.buf.len() / 4);
         if self.end == self.buf.len() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let mut s = sock;
-        let n = s.read(&mut self.buf[self.end..])?;
-        self.end += n;
-        Ok(n)
+        self.fill(sock)
     }
 
     /// Waits until at least `n` bytes (at most the capacity) are buffered.
