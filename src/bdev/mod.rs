@@ -121,10 +121,19 @@ pub struct IoFlags {
     pub fua: bool,
 }
 
+/// What [`BdevIo::redirect`] replaced: the request's own range and completion.
+pub(crate) struct Origin {
+    offset_blocks: u64,
+    num_blocks: u64,
+    sink: Option<Rc<dyn IoSink>>,
+    tag: u64,
+}
+
 /// Receives completions. Implemented by whoever submits I/O (a benchmark worker, a
 /// front-end connection, a stacked bdev); `tag` tells its requests apart.
 pub trait IoSink {
-    /// Called once per request, on the core that submitted it.
+    /// Called once per request, on the core that submitted it, with the request that
+    /// was submitted (its buffers, iovecs, range and flags as they were given).
     fn io_done(&self, io: BdevIo, status: IoStatus);
 }
 
@@ -136,7 +145,7 @@ pub struct BdevIo {
     pub flags: IoFlags,
     /// A value the submitter chooses to recognise the request at completion.
     pub tag: u64,
-    iovs: SmallVec<[libc::iovec; 2]>,
+    iovs: SmallVec<[libc::iovec; 1]>,
     bufs: SmallVec<[IoBuf; 1]>,
     sink: Option<Rc<dyn IoSink>>,
 }
@@ -242,6 +251,34 @@ impl BdevIo {
         self.sink = Some(sink);
         self.tag = tag;
         self
+    }
+
+    /// Readdresses this very request to a base bdev: its range becomes
+    /// `offset_blocks`/`num_blocks` there and its completion goes to `sink` with `tag`.
+    /// A stacked bdev whose request maps onto one base range forwards it this way instead
+    /// of building a child request (no copy of the request, no second set of iovecs);
+    /// [`BdevIo::restore`] with the returned [`Origin`] gives it back to its submitter.
+    pub(crate) fn redirect(
+        &mut self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        sink: Rc<dyn IoSink>,
+        tag: u64,
+    ) -> Origin {
+        Origin {
+            offset_blocks: std::mem::replace(&mut self.offset_blocks, offset_blocks),
+            num_blocks: std::mem::replace(&mut self.num_blocks, num_blocks),
+            sink: self.sink.replace(sink),
+            tag: std::mem::replace(&mut self.tag, tag),
+        }
+    }
+
+    /// Undoes [`BdevIo::redirect`] once the base bdev has completed the request.
+    pub(crate) fn restore(&mut self, origin: Origin) {
+        self.offset_blocks = origin.offset_blocks;
+        self.num_blocks = origin.num_blocks;
+        self.sink = origin.sink;
+        self.tag = origin.tag;
     }
 
     /// Sets the force-unit-access flag.
@@ -849,3 +886,15 @@ impl IoSink for OneShot {
 
 #[cfg(test)]
 mod conformance;
+
+#[cfg(test)]
+mod size {
+    /// A request is moved by value at each hand-off (channel, queue, completion). Up to
+    /// 128 bytes those moves compile to a few vector registers; past it, each one is a
+    /// call to memcpy — measured at several per cent of a core on the vdisk fast path.
+    #[test]
+    fn a_request_moves_in_registers() {
+        let size = std::mem::size_of::<super::BdevIo>();
+        assert!(size <= 128, "BdevIo grew to {size} bytes");
+    }
+}

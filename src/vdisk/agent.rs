@@ -21,7 +21,7 @@ use super::disk::VDisk;
 use super::map::{Fill, PhysSeg, Source};
 use super::pool::PoolShared;
 use super::table::Node;
-use crate::bdev::{BdevIo, BlockRun, Channel, Deferred, IoBuf, IoKind, IoSink, IoStatus};
+use crate::bdev::{BdevIo, BlockRun, Channel, Deferred, IoBuf, IoKind, IoSink, IoStatus, Origin};
 use crate::reactor;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
@@ -173,6 +173,16 @@ struct IoCtx {
     fills: SmallVec<[(Arc<Fill>, u64, u64); 1]>,
 }
 
+/// A request the fast path passed down to a base bdev as it is (see
+/// [`BdevIo::redirect`]): where it goes back to, and the epoch it counts in.
+struct Passed {
+    origin: Origin,
+    epoch: u64,
+}
+
+/// Tag bit of requests passed down whole; the other tags are keys of `ctxs`.
+const PASSED: u64 = 1 << 63;
+
 /// The agent of one disk on one core.
 pub struct Agent {
     shared: Arc<PoolShared>,
@@ -187,6 +197,7 @@ pub struct Agent {
     held: RefCell<VecDeque<BdevIo>>,
     faults: RefCell<HashMap<FaultKey, Vec<BdevIo>>>,
     ctxs: RefCell<slab::Slab<IoCtx>>,
+    passed: RefCell<slab::Slab<Passed>>,
     epochs: Epochs,
     deferred: Rc<Deferred>,
     failed: Cell<Option<IoStatus>>,
@@ -280,6 +291,7 @@ impl Agent {
             held: RefCell::new(VecDeque::new()),
             faults: RefCell::new(HashMap::new()),
             ctxs: RefCell::new(slab::Slab::with_capacity(256)),
+            passed: RefCell::new(slab::Slab::with_capacity(256)),
             epochs: Epochs::default(),
             deferred: Deferred::current(),
             failed: Cell::new(None),
@@ -460,23 +472,16 @@ impl Agent {
         let byte = off + b0 * bs;
         let len = io.num_blocks * bs;
         let epoch = self.epochs.start();
-        let key = self.ctxs.borrow_mut().insert(IoCtx {
-            parent: io,
-            pending: 1,
-            status: IoStatus::Success,
-            epoch,
-            fills: SmallVec::new(),
-        });
-        let child = {
-            let ctxs = self.ctxs.borrow();
-            let parent = &ctxs[key].parent;
-            // SAFETY: the iovecs are the parent's own, and the parent stays in `ctxs`
-            // untouched until this child has completed.
-            unsafe { BdevIo::from_raw_iovs(parent.kind, byte / cbs, len / cbs, parent.iovs()) }
-        };
-        let sink: Rc<dyn IoSink> = self.rc();
+        let mut io = io;
+        // The request itself goes down, readdressed: no child request, no copy of it.
+        let mut passed = self.passed.borrow_mut();
+        let entry = passed.vacant_entry();
+        let tag = entry.key() as u64 | PASSED;
+        let origin = io.redirect(byte / cbs, len / cbs, self.rc(), tag);
+        entry.insert(Passed { origin, epoch });
+        drop(passed);
         // The offset was computed from the table, inside the container: no need to check.
-        base.submit_unchecked(child.on_complete(sink, key as u64));
+        base.submit_unchecked(io);
         Ok(())
     }
 
@@ -937,7 +942,16 @@ impl Drop for EpochGuard<'_> {
 
 impl IoSink for Agent {
     #[inline]
-    fn io_done(&self, child: BdevIo, status: IoStatus) {
+    fn io_done(&self, mut child: BdevIo, status: IoStatus) {
+        if child.tag & PASSED != 0 {
+            let p = self
+                .passed
+                .borrow_mut()
+                .remove((child.tag & !PASSED) as usize);
+            child.restore(p.origin);
+            self.finish(child, status, p.epoch);
+            return;
+        }
         let key = child.tag as usize;
         drop(child);
         let done = {
@@ -958,18 +972,25 @@ impl IoSink for Agent {
                 }
             }
         }
-        self.epochs.finish(ctx.epoch);
+        self.finish(ctx.parent, ctx.status, ctx.epoch);
+    }
+}
+
+impl Agent {
+    /// Completes a request of this disk whose base I/O is done.
+    #[inline]
+    fn finish(&self, io: BdevIo, status: IoStatus, epoch: u64) {
+        self.epochs.finish(epoch);
         self.bdev.count_io(self.core);
-        if ctx.parent.flags.fua && ctx.status.is_success() {
+        if io.flags.fua && status.is_success() {
             let me = self.rc();
-            let io = ctx.parent;
             reactor::spawn_local(async move {
                 let st = me.commit().await;
                 io.complete(st);
             })
             .detach();
         } else {
-            ctx.parent.complete(ctx.status);
+            io.complete(status);
         }
     }
 }
