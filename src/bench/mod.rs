@@ -163,14 +163,21 @@ struct Worker {
     inflight: Cell<usize>,
     done: RefCell<Option<Waker>>,
     first_error: Cell<Option<IoStatus>>,
+    /// When the last slot retired, if the workload ran out before the time did.
+    ended_at: Cell<Option<u64>>,
 }
 
 impl Worker {
-    fn next(&self, io: &mut BdevIo) {
+    /// Points `io` at the next offset; false when a `once` run has visited its whole
+    /// permutation and the slot retires.
+    fn next(&self, io: &mut BdevIo) -> bool {
         let slot = if self.cfg.workload.random() && self.cfg.once {
             // A full-period permutation of the slots: an odd multiplier is coprime with
             // a power of two; otherwise pick one coprime with the slot count.
             let s = self.next_seq.get();
+            if s >= self.slots_in_range {
+                return false;
+            }
             self.next_seq.set(s + self.once_step);
             (s.wrapping_mul(self.once_mul).wrapping_add(self.once_add)) % self.slots_in_range
         } else if self.cfg.workload.random() {
@@ -192,6 +199,7 @@ impl Worker {
                 }
             }
         };
+        true
     }
 }
 
@@ -224,16 +232,19 @@ impl IoSink for WorkerSink {
                 w.first_error.set(Some(status));
             }
         }
-        if w.stopping.get() {
+        if w.stopping.get() || !w.next(&mut io) {
             w.inflight.set(w.inflight.get() - 1);
-            if w.inflight.get() == 0
-                && let Some(waker) = w.done.borrow_mut().take()
-            {
-                waker.wake();
+            if w.inflight.get() == 0 {
+                if !w.stopping.get() {
+                    // A `once` run that visited every offset ends here, before its time.
+                    w.ended_at.set(Some(now));
+                }
+                if let Some(waker) = w.done.borrow_mut().take() {
+                    waker.wake();
+                }
             }
             return;
         }
-        w.next(&mut io);
         w.start_tick.borrow_mut()[slot] = now;
         w.chan.submit(io);
     }
@@ -383,6 +394,7 @@ async fn run_core(
         inflight: Cell::new(0),
         done: RefCell::new(None),
         first_error: Cell::new(None),
+        ended_at: Cell::new(None),
         cfg,
     });
     let sink: Rc<dyn IoSink> = Rc::new(WorkerSink(worker.clone()));
@@ -392,8 +404,9 @@ async fn run_core(
         let mut buf = chan.alloc_buf(worker.cfg.bs);
         worker.rng.borrow_mut().fill(&mut buf);
         let mut io = BdevIo::read(0, blocks_per_io, buf).on_complete(sink.clone(), slot as u64);
-        worker.next(&mut io);
-        ios.push(io);
+        if worker.next(&mut io) {
+            ios.push(io);
+        }
     }
     let started = worker.clock.raw();
     worker.inflight.set(ios.len());
@@ -405,7 +418,7 @@ async fn run_core(
     let deadline = reactor::now().after(Duration::from_secs_f64(worker.cfg.seconds));
     loop {
         let now = reactor::now();
-        if now >= deadline {
+        if now >= deadline || worker.inflight.get() == 0 {
             break;
         }
         let step = deadline.since(now).min(Duration::from_millis(50));
@@ -413,7 +426,8 @@ async fn run_core(
         let w = windows.lock().unwrap_or_else(|p| p.into_inner()).clone();
         *worker.windows.borrow_mut() = w;
     }
-    let elapsed_ns = worker.clock.delta_as_nanos(started, worker.clock.raw());
+    let ended = worker.ended_at.get().unwrap_or_else(|| worker.clock.raw());
+    let elapsed_ns = worker.clock.delta_as_nanos(started, ended);
     worker.stopping.set(true);
     // Count what completes from now on in the latency, not in the throughput.
     let (reads, writes) = (worker.reads.get(), worker.writes.get());
@@ -438,4 +452,35 @@ async fn run_core(
         hist: w.hist.borrow().clone(),
         window_hist: w.window_hist.borrow().clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bdev::malloc::MallocBdev;
+    use crate::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet};
+
+    /// A `once` run writes each offset exactly once over all cores, then ends before its
+    /// time is up, and its rate is taken over the time it actually ran.
+    #[test]
+    fn once_visits_every_offset_once_and_ends_early() {
+        let mut rc = ReactorConfig::new(CoreList::first(2), IdlePolicy::Adaptive);
+        rc.pin = false;
+        let set = ReactorSet::start(rc).unwrap();
+        let bdev: Arc<dyn Bdev> = MallocBdev::create("once0", 1000, 4096, None).unwrap();
+        let cfg = BenchConfig {
+            workload: Workload::RandWrite,
+            qd: 8,
+            seconds: 30.0,
+            once: true,
+            ..BenchConfig::default()
+        };
+        let t = std::time::Instant::now();
+        let report = run(set.cores(), bdev, &cfg, Vec::new()).unwrap();
+        assert!(t.elapsed().as_secs_f64() < 10.0, "ran {:?}", t.elapsed());
+        let writes: u64 = report.cores.iter().map(|c| c.writes).sum();
+        assert_eq!(writes, 1000);
+        assert_eq!(report.errors, 0);
+        assert!(report.iops > 1000.0 / 10.0, "rate {}", report.iops);
+    }
 }

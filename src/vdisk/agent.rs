@@ -178,6 +178,8 @@ struct IoCtx {
 struct Passed {
     origin: Origin,
     epoch: u64,
+    /// Granules `(fill, first, count)` the top layer holds once the write succeeds.
+    fill: Option<(Arc<Fill>, u64, u64)>,
 }
 
 /// Tag bit of requests passed down whole; the other tags are keys of `ctxs`.
@@ -426,7 +428,9 @@ impl Agent {
 
     /// A read or write inside one segment whose blocks all live in one physical segment
     /// (a full layer, or granules the top layer holds) and, for a write, may be written
-    /// there now: one child request, no planning. Anything else goes back to the caller.
+    /// there now — also whole granules the top layer does not hold yet (the first write
+    /// after a snapshot), which it holds once the write completes. The request itself
+    /// goes down, readdressed; no planning. Anything else goes back to the caller.
     #[inline]
     #[allow(clippy::result_large_err)] // the request itself comes back, by design
     fn fast_path(&self, io: BdevIo) -> Result<(), BdevIo> {
@@ -441,7 +445,7 @@ impl Agent {
         if b0 + io.num_blocks > geo.segment_blocks || !self.overrides.borrow().is_empty() {
             return Err(io);
         }
-        let phys = {
+        let (phys, fill) = {
             let view = self.view.borrow();
             let Some(v) = view.as_ref() else {
                 return Err(io);
@@ -454,14 +458,19 @@ impl Agent {
             }
             let top = &e.layers[0];
             match &top.fill {
-                None => top.seg + (vseg - e.vseg),
+                None => (top.seg + (vseg - e.vseg), None),
                 Some(f) => {
                     let gb = geo.granule_blocks;
+                    let end = b0 + io.num_blocks;
                     let g0 = b0 / gb;
-                    if !f.all_set(g0, (b0 + io.num_blocks).div_ceil(gb) - g0) {
+                    let n = end.div_ceil(gb) - g0;
+                    if f.all_set(g0, n) {
+                        (top.seg, None)
+                    } else if write && b0.is_multiple_of(gb) && end.is_multiple_of(gb) {
+                        (top.seg, Some((f.clone(), g0, n)))
+                    } else {
                         return Err(io);
                     }
-                    top.seg
                 }
             }
         };
@@ -478,7 +487,11 @@ impl Agent {
         let entry = passed.vacant_entry();
         let tag = entry.key() as u64 | PASSED;
         let origin = io.redirect(byte / cbs, len / cbs, self.rc(), tag);
-        entry.insert(Passed { origin, epoch });
+        entry.insert(Passed {
+            origin,
+            epoch,
+            fill,
+        });
         drop(passed);
         // The offset was computed from the table, inside the container: no need to check.
         base.submit_unchecked(io);
@@ -949,6 +962,11 @@ impl IoSink for Agent {
                 .borrow_mut()
                 .remove((child.tag & !PASSED) as usize);
             child.restore(p.origin);
+            if status.is_success()
+                && let Some((f, g0, n)) = &p.fill
+            {
+                self.hold_granules(f, *g0, *n);
+            }
             self.finish(child, status, p.epoch);
             return;
         }
@@ -967,9 +985,7 @@ impl IoSink for Agent {
         let ctx = self.ctxs.borrow_mut().remove(key);
         if ctx.status.is_success() {
             for (f, g0, n) in &ctx.fills {
-                if f.set_range(*g0, *n) && f.mark_dirty() {
-                    self.shared.dirty_fills.push(f.clone());
-                }
+                self.hold_granules(f, *g0, *n);
             }
         }
         self.finish(ctx.parent, ctx.status, ctx.epoch);
@@ -977,6 +993,14 @@ impl IoSink for Agent {
 }
 
 impl Agent {
+    /// Marks granules written through to the top layer as held by it; the fill is
+    /// queued for the next metadata commit the first time it changes since the last.
+    fn hold_granules(&self, f: &Arc<Fill>, g0: u64, n: u64) {
+        if f.set_range(g0, n) && f.mark_dirty() {
+            self.shared.dirty_fills.push(f.clone());
+        }
+    }
+
     /// Completes a request of this disk whose base I/O is done.
     #[inline]
     fn finish(&self, io: BdevIo, status: IoStatus, epoch: u64) {

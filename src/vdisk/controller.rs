@@ -41,6 +41,11 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+/// Bytes a segment copy (copy-on-write, split) moves per read/write pair: small enough
+/// that the data written is still in the cache from its read, with a batch of copies
+/// running at once.
+const COPY_CHUNK: u64 = 256 << 10;
+
 pub(crate) use super::load::{create, open};
 
 /// One disk as the controller holds it.
@@ -473,8 +478,15 @@ impl Controller {
         for (b, n, source) in runs {
             match source {
                 super::map::Source::Seg(s) => {
-                    let data = self.read_segment(s, b, n).await?;
-                    self.write_segment(dst, b, data).await?;
+                    // In pieces that stay in the cache between their read and their write.
+                    let step = (COPY_CHUNK / geo.block_size as u64).max(1);
+                    let mut at = b;
+                    while at < b + n {
+                        let k = step.min(b + n - at);
+                        let data = self.read_segment(s, at, k).await?;
+                        self.write_segment(dst, at, data).await?;
+                        at += k;
+                    }
                     fill.set_range(b / geo.granule_blocks, n.div_ceil(geo.granule_blocks));
                 }
                 super::map::Source::Zero => {}
