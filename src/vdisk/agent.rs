@@ -86,63 +86,70 @@ enum FaultKey {
     Materialize(u64, u64, u64),
 }
 
+/// Counts the operations running on this core by epoch, so that a barrier can wait for
+/// every operation started before it (and none after).
 #[derive(Default)]
 struct Epochs {
+    /// The epoch new operations join.
     current: Cell<u64>,
+    /// Operations of the current epoch still running (kept apart from the closed ones:
+    /// the I/O path touches only this cell).
+    live: Cell<u64>,
+    /// The oldest epoch that may still have operations running; `base + closed.len()`
+    /// is always `current`.
     base: Cell<u64>,
-    counts: RefCell<VecDeque<u64>>,
+    /// Operations still running of each closed epoch `base..current`.
+    closed: RefCell<VecDeque<u64>>,
     waiters: RefCell<Vec<(u64, Waker)>>,
 }
 
 impl Epochs {
     #[inline]
     fn start(&self) -> u64 {
-        let mut c = self.counts.borrow_mut();
-        if c.is_empty() {
-            c.push_back(0);
-        }
-        *c.back_mut().expect("non-empty") += 1;
+        self.live.set(self.live.get() + 1);
         self.current.get()
     }
 
     #[inline]
     fn finish(&self, epoch: u64) {
-        let mut c = self.counts.borrow_mut();
+        if epoch == self.current.get() {
+            self.live.set(self.live.get() - 1);
+            return;
+        }
+        let mut c = self.closed.borrow_mut();
         let i = (epoch - self.base.get()) as usize;
         c[i] -= 1;
-        if i == 0 && c[0] == 0 && c.len() > 1 {
-            while c.len() > 1 && c[0] == 0 {
-                c.pop_front();
-                self.base.set(self.base.get() + 1);
-            }
-            drop(c);
-            let base = self.base.get();
-            let ready: Vec<Waker> = {
-                let mut w = self.waiters.borrow_mut();
-                let (done, keep): (Vec<_>, Vec<_>) = w.drain(..).partition(|(t, _)| *t < base);
-                *w = keep;
-                done.into_iter().map(|(_, w)| w).collect()
-            };
-            for w in ready {
-                w.wake();
-            }
+        if i == 0 && c[0] == 0 {
+            self.retire(&mut c);
         }
     }
 
-    /// Starts a new epoch; resolves when every I/O of the earlier ones completed.
+    /// Drops the finished epochs at the front and wakes the barriers they held.
+    fn retire(&self, c: &mut VecDeque<u64>) {
+        while c.front() == Some(&0) {
+            c.pop_front();
+            self.base.set(self.base.get() + 1);
+        }
+        let base = self.base.get();
+        let ready: Vec<Waker> = {
+            let mut w = self.waiters.borrow_mut();
+            let (done, keep): (Vec<_>, Vec<_>) = w.drain(..).partition(|(t, _)| *t < base);
+            *w = keep;
+            done.into_iter().map(|(_, w)| w).collect()
+        };
+        for w in ready {
+            w.wake();
+        }
+    }
+
+    /// Starts a new epoch; resolves when every operation of the earlier ones completed.
     async fn drain(&self) {
         let target = self.current.get();
         self.current.set(target + 1);
         {
-            let mut c = self.counts.borrow_mut();
-            if c.is_empty() {
-                c.push_back(0);
-            }
-            c.push_back(0);
-            while c.len() > 1 && c[0] == 0 {
-                c.pop_front();
-                self.base.set(self.base.get() + 1);
-            }
+            let mut c = self.closed.borrow_mut();
+            c.push_back(self.live.replace(0));
+            self.retire(&mut c);
         }
         std::future::poll_fn(|cx| {
             if self.base.get() > target {
@@ -192,6 +199,8 @@ pub struct Agent {
     disk: u64,
     core: usize,
     base: Vec<Channel>,
+    /// log2 of each container's block size.
+    base_shift: Vec<u32>,
     view: RefCell<Option<Arc<View>>>,
     overrides: RefCell<Vec<(u64, u64, RangeState)>>,
     quiesced: Cell<bool>,
@@ -279,6 +288,12 @@ impl Agent {
             .iter()
             .map(|c| Channel::get(&c.bdev))
             .collect::<Result<Vec<_>, _>>()?;
+        // Block sizes are powers of two (BdevProps::new checks it).
+        let base_shift = shared
+            .containers
+            .iter()
+            .map(|c| c.bdev.block_size().trailing_zeros())
+            .collect();
         let core = reactor::current_core().unwrap_or(0);
         let disk = bdev.disk_id();
         let agent = Rc::new_cyclic(|me| Agent {
@@ -287,6 +302,7 @@ impl Agent {
             disk,
             core,
             base,
+            base_shift,
             view: RefCell::new(None),
             overrides: RefCell::new(Vec::new()),
             quiesced: Cell::new(false),
@@ -440,8 +456,10 @@ impl Agent {
             IoKind::Write => true,
             _ => return Err(io),
         };
-        let vseg = io.offset_blocks / geo.segment_blocks;
-        let b0 = io.offset_blocks % geo.segment_blocks;
+        // Segments hold a power of two of blocks (the pool's format checks it): shifts,
+        // not divisions, on this path.
+        let vseg = io.offset_blocks >> geo.segment_blocks.trailing_zeros();
+        let b0 = io.offset_blocks & (geo.segment_blocks - 1);
         if b0 + io.num_blocks > geo.segment_blocks || !self.overrides.borrow().is_empty() {
             return Err(io);
         }
@@ -460,13 +478,14 @@ impl Agent {
             match &top.fill {
                 None => (top.seg + (vseg - e.vseg), None),
                 Some(f) => {
-                    let gb = geo.granule_blocks;
+                    let mask = geo.granule_blocks - 1;
+                    let shift = geo.granule_blocks.trailing_zeros();
                     let end = b0 + io.num_blocks;
-                    let g0 = b0 / gb;
-                    let n = end.div_ceil(gb) - g0;
+                    let g0 = b0 >> shift;
+                    let n = ((end + mask) >> shift) - g0;
                     if f.all_set(g0, n) {
                         (top.seg, None)
-                    } else if write && b0.is_multiple_of(gb) && end.is_multiple_of(gb) {
+                    } else if write && b0 & mask == 0 && end & mask == 0 {
                         (top.seg, Some((f.clone(), g0, n)))
                     } else {
                         return Err(io);
@@ -476,7 +495,7 @@ impl Agent {
         };
         let (ci, off) = self.shared.locate(phys);
         let base = &self.base[ci];
-        let cbs = base.bdev().block_size() as u64;
+        let shift = self.base_shift[ci];
         let bs = geo.block_size as u64;
         let byte = off + b0 * bs;
         let len = io.num_blocks * bs;
@@ -486,7 +505,7 @@ impl Agent {
         let mut passed = self.passed.borrow_mut();
         let entry = passed.vacant_entry();
         let tag = entry.key() as u64 | PASSED;
-        let origin = io.redirect(byte / cbs, len / cbs, self.rc(), tag);
+        let origin = io.redirect(byte >> shift, len >> shift, self.rc(), tag);
         entry.insert(Passed {
             origin,
             epoch,

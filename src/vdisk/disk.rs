@@ -67,8 +67,9 @@ impl VDisk {
     /// Counts a completed request on `core` (single writer per slot: no atomic RMW).
     #[inline]
     pub(crate) fn count_io(&self, core: usize) {
-        let c = &self.io_counts[core % self.io_counts.len()];
-        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        if let Some(c) = self.io_counts.get(core) {
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
     }
 
     /// Requests completed so far, all cores.
