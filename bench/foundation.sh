@@ -32,15 +32,23 @@ done
 null_iops=$(med "${v[@]}")
 echo "{\"bench\":\"null randread qd128\",\"runs\":[$(IFS=,; echo "${v[*]}")],\"median_iops\":$null_iops}"
 
-# 2. malloc vs memcpy ceiling, alternating
+# 2. malloc vs memcpy ceiling, alternating. The malloc bdev writes with streaming
+#    stores; the streaming-store ceiling (write-stream) is printed beside the plain one.
+cps() { python3 -c 'import json,sys; print(json.load(sys.stdin)["copies_per_s"])'; }
 for op in read write; do
-  t=(); c=()
+  t=(); c=(); s=()
   for i in $(seq "$RUNS"); do
-    c+=("$(taskset -c 0 $C "$op" "$SECS" 64 | python3 -c 'import json,sys; print(json.load(sys.stdin)["copies_per_s"])')")
+    c+=("$(taskset -c 0 $C "$op" "$SECS" 64 | cps)")
     t+=("$($T bench --bdev malloc:1G -w "rand$op" -q 64 -t "$SECS" -m 0 --idle busy --json | iops)")
+    if [ "$op" = write ]; then s+=("$(taskset -c 0 $C write-stream "$SECS" 64 | cps)"); fi
   done
   tm=$(med "${t[@]}"); cm=$(med "${c[@]}")
-  echo "{\"bench\":\"malloc rand$op qd64 vs memcpy ceiling\",\"tessera\":[$(IFS=,; echo "${t[*]}")],\"ceiling\":[$(IFS=,; echo "${c[*]}")],\"median_tessera\":$tm,\"median_ceiling\":$cm,\"ratio\":$(python3 -c "print(round($tm/$cm,3))")}"
+  extra=""
+  if [ "$op" = write ]; then
+    sm=$(med "${s[@]}")
+    extra=",\"stream_ceiling\":[$(IFS=,; echo "${s[*]}")],\"median_stream_ceiling\":$sm,\"ratio_stream\":$(python3 -c "print(round($tm/$sm,3))")"
+  fi
+  echo "{\"bench\":\"malloc rand$op qd64 vs memcpy ceiling\",\"tessera\":[$(IFS=,; echo "${t[*]}")],\"ceiling\":[$(IFS=,; echo "${c[*]}")],\"median_tessera\":$tm,\"median_ceiling\":$cm,\"ratio\":$(python3 -c "print(round($tm/$cm,3))")$extra}"
 done
 
 # 3. uring vs fio on the same 1 GiB file, alternating

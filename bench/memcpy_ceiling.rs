@@ -2,12 +2,17 @@
 //! buffer and a set of 4 KiB I/O buffers, as fast as one core can, with nothing else.
 //! `tessera bench --bdev malloc:1G` is compared against it (bench/malloc_vs_memcpy.sh).
 //!
-//! Usage: memcpy_ceiling [read|write] [seconds] [buffers] [aligned|unaligned]
+//! `write-stream` copies with streaming (non-temporal) stores, as the malloc bdev's
+//! writes do: the ceiling for that way of copying.
+//!
+//! Usage: memcpy_ceiling [read|write|write-stream] [seconds] [buffers] [aligned|unaligned]
 use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let write = args.get(1).map(String::as_str) == Some("write");
+    let op = args.get(1).map(String::as_str).unwrap_or("read");
+    let stream = op == "write-stream";
+    let write = op == "write" || stream;
     let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let nbufs: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(64);
     const BS: usize = 4096;
@@ -48,12 +53,18 @@ fn main() {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let off = (rng % blocks) as usize * BS;
-            if write {
+            if stream {
+                stream_copy(&mut big[off..off + BS], b);
+            } else if write {
                 big[off..off + BS].copy_from_slice(b);
             } else {
                 b.copy_from_slice(&big[off..off + BS]);
             }
             ops += 1;
+        }
+        if stream {
+            // SAFETY: `sfence` only orders stores.
+            unsafe { std::arch::x86_64::_mm_sfence() };
         }
         if ops % 65536 < nbufs as u64 && start.elapsed() >= deadline {
             break 'outer;
@@ -64,8 +75,26 @@ fn main() {
     std::hint::black_box(&bufs);
     println!(
         "{{\"op\":\"{}\",\"copies_per_s\":{:.0},\"mib_s\":{:.1}}}",
-        if write { "write" } else { "read" },
+        op,
         ops as f64 / el,
         ops as f64 * BS as f64 / el / 1048576.0
     );
+}
+
+/// `dst.copy_from_slice(src)` with streaming stores; `dst` is 64-byte aligned (a 4 KiB
+/// block of a huge-page mapping).
+fn stream_copy(dst: &mut [u8], src: &[u8]) {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+    assert!(dst.len() == src.len() && dst.len() % 64 == 0 && dst.as_ptr() as usize % 64 == 0);
+    for at in (0..dst.len()).step_by(64) {
+        // SAFETY: `at + 64 <= len` for both slices; the destination is 16-byte aligned;
+        // SSE2 is part of the x86_64 baseline.
+        unsafe {
+            let s = src.as_ptr().add(at).cast::<__m128i>();
+            let d = dst.as_mut_ptr().add(at).cast::<__m128i>();
+            for k in 0..4 {
+                _mm_stream_si128(d.add(k), _mm_loadu_si128(s.add(k)));
+            }
+        }
+    }
 }

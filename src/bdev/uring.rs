@@ -303,24 +303,7 @@ impl UringChannel {
         if o.iopoll {
             builder.setup_iopoll();
         }
-        let adaptive = reactor::idle_policy() == IdlePolicy::Adaptive;
-        // A spinning core enters the kernel often anyway: completions wait for its next
-        // entry (the ring's TASKRUN flag says when one is due) instead of an
-        // inter-processor interrupt per completion breaking into its loop. A core that
-        // parks must be woken by the completion itself, so it keeps the default.
-        let coop = !adaptive && !o.sqpoll && !o.iopoll;
-        if coop {
-            builder.setup_coop_taskrun().setup_taskrun_flag();
-        }
-        let ring = match builder.build(o.queue_depth) {
-            Ok(r) => r,
-            // Kernels before 5.19 know neither flag.
-            Err(e) if coop && e.raw_os_error() == Some(libc::EINVAL) => {
-                let plain = IoUring::builder();
-                plain.build(o.queue_depth).map_err(err)?
-            }
-            Err(e) => return Err(err(e)),
-        };
+        let ring = builder.build(o.queue_depth).map_err(err)?;
         let fd = bdev.file.as_raw_fd();
         let fixed_file = o.fixed_files && ring.submitter().register_files(&[fd]).is_ok();
         let arena = if o.fixed_buffers {
@@ -336,6 +319,7 @@ impl UringChannel {
         } else {
             None
         };
+        let adaptive = reactor::idle_policy() == IdlePolicy::Adaptive;
         let eventfd = if adaptive && !o.iopoll {
             // SAFETY: eventfd has no memory-safety preconditions.
             let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -468,8 +452,7 @@ impl UringChannel {
         }
         let iopoll = self.bdev.options.iopoll;
         let pending = !self.inflight.borrow().is_empty();
-        let taskrun = pending && self.ring.borrow_mut().submission().taskrun();
-        if self.unsubmitted.get() > 0 || (iopoll && pending) || taskrun {
+        if self.unsubmitted.get() > 0 || (iopoll && pending) {
             let ring = self.ring.borrow();
             let n = self.unsubmitted.get();
             let r = if iopoll {
