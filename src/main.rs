@@ -154,7 +154,8 @@ struct BenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
-    /// Random workloads touch each offset at most once (first-write measurements).
+    /// Random workloads visit each offset exactly once, then the run ends (first-write
+    /// measurements).
     #[arg(long)]
     once: bool,
     /// Snapshot the disk under test at these seconds into the run (e.g. `2,4`).

@@ -96,8 +96,9 @@ pub struct BenchConfig {
     pub range_bytes: u64,
     /// Seed for the offset generators.
     pub seed: u64,
-    /// Random workloads visit every offset at most once (a permutation of the range),
-    /// the cores taking disjoint offsets: for measuring first writes.
+    /// Random workloads visit every offset exactly once (a permutation of the range),
+    /// the cores taking disjoint offsets, and the run ends when all were visited: for
+    /// measuring first writes.
     pub once: bool,
 }
 
