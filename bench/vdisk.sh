@@ -138,5 +138,12 @@ done
 am=$(med "${a[@]}"); om=$(med "${o[@]}")
 echo "{\"bench\":\"4K QD1 first write after snapshot vs overwrite p50 (us)\",\"after_snapshot\":[$(IFS=,; echo "${a[*]}")],\"overwrite\":[$(IFS=,; echo "${o[*]}")],\"median_after\":$am,\"median_overwrite\":$om,\"ratio\":$(python3 -c "print(round($am/$om,3))")}"
 
-# 7. split
-target/release/examples/split_bench 1024
+# 7. split, RUNS times (each run: idle, then under load)
+si=(); sl=()
+for i in $(seq "$RUNS"); do
+  out=$(target/release/examples/split_bench 1024)
+  echo "$out"
+  si+=("$(echo "$out" | head -1 | j 'r["gib_s"]')")
+  sl+=("$(echo "$out" | tail -1 | j 'r["ratio"]')")
+done
+echo "{\"bench\":\"split of a 1 GiB clone\",\"idle_gib_s\":[$(IFS=,; echo "${si[*]}")],\"median_idle_gib_s\":$(med "${si[@]}"),\"load_kept\":[$(IFS=,; echo "${sl[*]}")],\"median_load_kept\":$(med "${sl[@]}")}"
