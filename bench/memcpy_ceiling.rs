@@ -85,7 +85,11 @@ fn main() {
 /// block of a huge-page mapping).
 fn stream_copy(dst: &mut [u8], src: &[u8]) {
     use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
-    assert!(dst.len() == src.len() && dst.len() % 64 == 0 && dst.as_ptr() as usize % 64 == 0);
+    assert!(
+        dst.len() == src.len()
+            && dst.len().is_multiple_of(64)
+            && (dst.as_ptr() as usize).is_multiple_of(64)
+    );
     for at in (0..dst.len()).step_by(64) {
         // SAFETY: `at + 64 <= len` for both slices; the destination is 16-byte aligned;
         // SSE2 is part of the x86_64 baseline.
