@@ -123,18 +123,7 @@ impl Bdev for MallocBdev {
             // (into the queue, which is the other buffer of the pair by then).
             std::mem::swap(&mut *q.borrow_mut(), &mut batch);
             let n = batch.len();
-            if n == 0 {
-                return 0;
-            }
-            for i in 0..n {
-                if let Some(next) = batch.get(i + 1) {
-                    bdev.prefetch(next, PREFETCH_AHEAD);
-                }
-                bdev.execute(&batch[i]);
-            }
-            // Streaming stores are weakly ordered: make them visible before anyone
-            // learns the writes completed.
-            store_fence();
+            bdev.execute_all(&batch);
             for io in batch.drain(..) {
                 io.complete(IoStatus::Success);
             }
@@ -173,6 +162,22 @@ impl MallocBdev {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (io, max);
+    }
+
+    /// Does the data work of every request of `ios`, in order, prefetching each read's
+    /// successor; their effects are visible to every core when it returns.
+    fn execute_all(&self, ios: &VecDeque<BdevIo>) {
+        for (i, io) in ios.iter().enumerate() {
+            if let Some(next) = ios.get(i + 1) {
+                self.prefetch(next, PREFETCH_AHEAD);
+            }
+            self.execute(io);
+        }
+        // Streaming stores are weakly ordered: make them visible before anyone learns
+        // the writes completed.
+        if !ios.is_empty() {
+            store_fence();
+        }
     }
 
     /// Does the data work of `io`.
@@ -262,13 +267,10 @@ impl Drop for MallocChannel {
     /// Requests still queued when the last user lets the channel go are done now and
     /// completed on the next loop iteration, never lost.
     fn drop(&mut self) {
-        let rest: Vec<BdevIo> = self.pending.borrow_mut().drain(..).collect();
+        let rest = std::mem::take(&mut *self.pending.borrow_mut());
         if !rest.is_empty() {
+            self.bdev.execute_all(&rest);
             let deferred = Deferred::current();
-            for io in &rest {
-                self.bdev.execute(io);
-            }
-            store_fence();
             for io in rest {
                 deferred.complete(io, IoStatus::Success);
             }

@@ -449,17 +449,14 @@ impl Agent {
     /// goes down, readdressed; no planning. Anything else goes back to the caller.
     #[inline]
     #[allow(clippy::result_large_err)] // the request itself comes back, by design
-    fn fast_path(&self, io: BdevIo) -> Result<(), BdevIo> {
+    fn fast_path(&self, mut io: BdevIo) -> Result<(), BdevIo> {
         let geo = &self.shared.geo;
         let write = match io.kind {
             IoKind::Read => false,
             IoKind::Write => true,
             _ => return Err(io),
         };
-        // Segments hold a power of two of blocks (the pool's format checks it): shifts,
-        // not divisions, on this path.
-        let vseg = io.offset_blocks >> geo.segment_blocks.trailing_zeros();
-        let b0 = io.offset_blocks & (geo.segment_blocks - 1);
+        let (vseg, b0) = geo.split_block(io.offset_blocks);
         if b0 + io.num_blocks > geo.segment_blocks || !self.overrides.borrow().is_empty() {
             return Err(io);
         }
@@ -478,14 +475,13 @@ impl Agent {
             match &top.fill {
                 None => (top.seg + (vseg - e.vseg), None),
                 Some(f) => {
-                    let mask = geo.granule_blocks - 1;
-                    let shift = geo.granule_blocks.trailing_zeros();
-                    let end = b0 + io.num_blocks;
-                    let g0 = b0 >> shift;
-                    let n = ((end + mask) >> shift) - g0;
+                    let (g0, n) = geo.granule_span(b0, io.num_blocks);
                     if f.all_set(g0, n) {
                         (top.seg, None)
-                    } else if write && b0 & mask == 0 && end & mask == 0 {
+                    } else if write
+                        && geo.granule_aligned(b0)
+                        && geo.granule_aligned(b0 + io.num_blocks)
+                    {
                         (top.seg, Some((f.clone(), g0, n)))
                     } else {
                         return Err(io);
@@ -500,7 +496,6 @@ impl Agent {
         let byte = off + b0 * bs;
         let len = io.num_blocks * bs;
         let epoch = self.epochs.start();
-        let mut io = io;
         // The request itself goes down, readdressed: no child request, no copy of it.
         let mut passed = self.passed.borrow_mut();
         let entry = passed.vacant_entry();
@@ -529,8 +524,7 @@ impl Agent {
             let end = at + io.num_blocks;
             let mut byte = 0usize;
             while at < end {
-                let vseg = at / geo.segment_blocks;
-                let b0 = at % geo.segment_blocks;
+                let (vseg, b0) = geo.split_block(at);
                 let n = (end - at).min(geo.segment_blocks - b0);
                 if self.override_at(vseg) == Some(RangeState::Invalid) {
                     self.held.borrow_mut().push_back(io);
@@ -572,7 +566,6 @@ impl Agent {
     fn write(&self, io: BdevIo) {
         let geo = self.shared.geo;
         let bs = geo.block_size as u64;
-        let gb = geo.granule_blocks;
         let mut pieces: SmallVec<[Piece; 4]> = SmallVec::new();
         let mut fills: SmallVec<[(Arc<Fill>, u64, u64); 1]> = SmallVec::new();
         let mut fault = None;
@@ -583,8 +576,7 @@ impl Agent {
             let end = at + io.num_blocks;
             let mut byte = 0usize;
             while at < end {
-                let vseg = at / geo.segment_blocks;
-                let b0 = at % geo.segment_blocks;
+                let (vseg, b0) = geo.split_block(at);
                 let n = (end - at).min(geo.segment_blocks - b0);
                 match self.override_at(vseg) {
                     Some(RangeState::Invalid) => {
@@ -616,21 +608,20 @@ impl Agent {
                     top.seg
                 };
                 if let Some(f) = &top.fill {
-                    let g0 = b0 / gb;
-                    let g1 = (b0 + n).div_ceil(gb);
-                    let held = f.all_set(g0, g1 - g0);
-                    if !held {
+                    let (g0, gn) = geo.granule_span(b0, n);
+                    let g1 = g0 + gn;
+                    if !f.all_set(g0, gn) {
                         // Partial granules at the edges must be held before a part of
                         // them is written.
-                        let head = !b0.is_multiple_of(gb) && !f.test(g0);
-                        let tail = !(b0 + n).is_multiple_of(gb) && !f.test(g1 - 1);
+                        let head = !geo.granule_aligned(b0) && !f.test(g0);
+                        let tail = !geo.granule_aligned(b0 + n) && !f.test(g1 - 1);
                         if head || tail {
                             let first = if head { g0 } else { g1 - 1 };
                             let last = if tail { g1 - 1 } else { g0 };
                             fault = Some(FaultKey::Materialize(vseg, first, last));
                             break;
                         }
-                        fills.push((f.clone(), g0, g1 - g0));
+                        fills.push((f.clone(), g0, gn));
                     }
                 }
                 push_piece(

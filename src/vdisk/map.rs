@@ -308,6 +308,10 @@ impl Geometry {
     /// Geometry for `segment_bytes` segments of `block_size` blocks.
     pub fn new(block_size: u32, segment_bytes: u64) -> Geometry {
         let segment_blocks = segment_bytes / block_size as u64;
+        debug_assert!(
+            segment_blocks.is_power_of_two(),
+            "{segment_bytes} / {block_size}"
+        );
         let granules = segment_blocks.min(MAX_GRANULES);
         Geometry {
             block_size,
@@ -322,10 +326,37 @@ impl Geometry {
         self.segment_blocks * self.block_size as u64
     }
 
+    /// The virtual segment holding `block`, and the block's index in it. Segments and
+    /// granules hold a power of two of blocks (the pool format checks it), so these
+    /// helpers shift and mask instead of dividing: they run on every I/O.
+    #[inline]
+    pub fn split_block(&self, block: u64) -> (u64, u64) {
+        (
+            block >> self.segment_blocks.trailing_zeros(),
+            block & (self.segment_blocks - 1),
+        )
+    }
+
     /// The granule that block `block_in_seg` of a segment belongs to.
     #[inline]
     pub fn granule_of(&self, block_in_seg: u64) -> u64 {
-        block_in_seg / self.granule_blocks
+        block_in_seg >> self.granule_blocks.trailing_zeros()
+    }
+
+    /// The granules `(first, count)` that blocks `[b0, b0 + n)` of a segment touch.
+    #[inline]
+    pub fn granule_span(&self, b0: u64, n: u64) -> (u64, u64) {
+        let first = self.granule_of(b0);
+        (
+            first,
+            self.granule_of(b0 + n + self.granule_blocks - 1) - first,
+        )
+    }
+
+    /// True when block `b` of a segment starts a granule.
+    #[inline]
+    pub fn granule_aligned(&self, b: u64) -> bool {
+        b & (self.granule_blocks - 1) == 0
     }
 
     /// Where block `block_in_seg` of virtual segment `e` comes from.
