@@ -255,8 +255,7 @@ impl Controller {
                     status: st,
                 });
             }
-            let vseg = last;
-            cursor = vseg + 1;
+            cursor = last + 1;
             done += batch.len() as u64;
             progress.set((done, total.max(done)));
             {
@@ -350,7 +349,6 @@ impl Controller {
         for e in &copies {
             locks.push(self.locks.segment(disk, e.vseg).await);
         }
-        let geo = self.shared.geo;
         let mut tasks = Vec::new();
         for one in copies {
             // Re-check: a fault may have changed it while we were not holding the lock.
@@ -392,39 +390,14 @@ impl Controller {
         for t in tasks {
             done.push(t.await);
         }
-        let generation = self.st.borrow().generation;
         for (one, prefix, seg, fill, r) in done {
-            if let Err(e) = r {
-                self.st.borrow_mut().space.unalloc_segment(seg);
-                status = status.worst(e);
-                continue;
+            match r {
+                Ok(()) => self.adopt_copy(disk, &one, prefix, seg, fill),
+                Err(e) => {
+                    self.st.borrow_mut().space.unalloc_segment(seg);
+                    status = status.worst(e);
+                }
             }
-            let suffix: smallvec::SmallVec<[Layer; 2]> =
-                one.layers[prefix..].iter().cloned().collect();
-            let full = suffix.is_empty() && fill.is_full(geo.granules);
-            if suffix.is_empty() && fill.is_empty() {
-                // All zeros: the zero state needs no segment.
-                self.st.borrow_mut().space.unalloc_segment(seg);
-                self.set_extents(disk, one.vseg, one.vseg + 1, Vec::new());
-                continue;
-            }
-            let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
-                seg,
-                fill: if full { None } else { Some(fill) },
-            }];
-            layers.extend(suffix);
-            self.set_extents(
-                disk,
-                one.vseg,
-                one.vseg + 1,
-                vec![Extent {
-                    vseg: one.vseg,
-                    len: 1,
-                    state: ExtentState::Mapped,
-                    birth: generation,
-                    layers,
-                }],
-            );
         }
         self.push_view(disk, false).await;
         drop(locks);
@@ -548,33 +521,40 @@ impl Controller {
             self.st.borrow_mut().space.unalloc_segment(seg);
             return e;
         }
-        let generation = self.st.borrow().generation;
-        let full = suffix.is_empty() && fill.is_full(geo.granules);
+        self.adopt_copy(disk, &one, prefix, seg, fill);
+        self.push_view(disk, false).await;
+        self.update_free();
+        IoStatus::Success
+    }
+
+    /// Puts segment `seg`, just filled (`fill`) from the first `prefix` layers of `one`,
+    /// in their place in `disk`'s table — or the zero state when nothing was copied and
+    /// no layer is left below (all zeros need no segment). The caller pushes the view.
+    fn adopt_copy(&self, disk: u64, one: &Extent, prefix: usize, seg: u64, fill: Arc<Fill>) {
+        let suffix = &one.layers[prefix..];
+        if suffix.is_empty() && fill.is_empty() {
+            self.st.borrow_mut().space.unalloc_segment(seg);
+            self.set_extents(disk, one.vseg, one.vseg + 1, Vec::new());
+            return;
+        }
+        let full = suffix.is_empty() && fill.is_full(self.shared.geo.granules);
         let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
             seg,
             fill: if full { None } else { Some(fill) },
         }];
-        layers.extend(suffix);
-        if layers.len() == 1 && layers[0].fill.as_ref().is_some_and(|f| f.is_empty()) {
-            // Nothing was shared after all (all zeros): the zero state needs no segment.
-            self.st.borrow_mut().space.unalloc_segment(seg);
-            self.set_extents(disk, vseg, vseg + 1, Vec::new());
-        } else {
-            self.set_extents(
-                disk,
-                vseg,
-                vseg + 1,
-                vec![Extent {
-                    vseg,
-                    len: 1,
-                    state: ExtentState::Mapped,
-                    birth: generation,
-                    layers,
-                }],
-            );
-        }
-        self.push_view(disk, false).await;
-        self.update_free();
-        IoStatus::Success
+        layers.extend(suffix.iter().cloned());
+        let generation = self.st.borrow().generation;
+        self.set_extents(
+            disk,
+            one.vseg,
+            one.vseg + 1,
+            vec![Extent {
+                vseg: one.vseg,
+                len: 1,
+                state: ExtentState::Mapped,
+                birth: generation,
+                layers,
+            }],
+        );
     }
 }
