@@ -156,6 +156,7 @@ struct Worker {
     next_seq: Cell<u64>,
     once_mul: u64,
     once_add: u64,
+    /// Stride through the permutation of a `once` run: the cores take turns.
     once_step: u64,
     reads: Cell<u64>,
     writes: Cell<u64>,
@@ -383,11 +384,7 @@ async fn run_core(
         next_seq: Cell::new(if cfg.once { core as u64 } else { 0 }),
         once_mul: coprime_multiplier(slots),
         once_add: cfg.seed % slots.max(1),
-        once_step: if cfg.once {
-            reactor::cores().len() as u64
-        } else {
-            1
-        },
+        once_step: reactor::cores().len() as u64,
         reads: Cell::new(0),
         writes: Cell::new(0),
         errors: Cell::new(0),

@@ -56,12 +56,19 @@ fn new_pool(set: &ReactorSet, base: Arc<dyn Bdev>) -> Pool {
     .unwrap()
 }
 
-#[test]
-fn thin_disk_round_trip_and_reopen() {
+/// Two reactors, a 64 MiB RAM disk `m0`, pool `p0` on it and a thin disk `vd0` of
+/// `bytes`: the rig most scenarios start from.
+fn thin_disk(bytes: u64) -> (ReactorSet, Arc<dyn Bdev>, Pool, Arc<dyn Bdev>) {
     let set = reactors(2);
     let base = malloc("m0", 64);
     let pool = new_pool(&set, base.clone());
-    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", bytes, true)).unwrap();
+    (set, base, pool, disk)
+}
+
+#[test]
+fn thin_disk_round_trip_and_reopen() {
+    let (set, base, pool, disk) = thin_disk(32 << 20);
     assert_eq!(disk.num_blocks(), 8192);
     let d = disk.clone();
     on(&set, 1, move || async move {
@@ -148,10 +155,7 @@ fn full_pool_fails_only_writes_needing_space() {
 
 #[test]
 fn snapshot_clone_and_copy_on_write() {
-    let set = reactors(2);
-    let base = malloc("m0", 64);
-    let pool = new_pool(&set, base.clone());
-    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 16 << 20, true)).unwrap();
+    let (set, base, pool, disk) = thin_disk(16 << 20);
     let d = disk.clone();
     on(&set, 1, move || async move {
         for b in 0..8 {
@@ -219,10 +223,7 @@ fn snapshot_clone_and_copy_on_write() {
 
 #[test]
 fn split_makes_a_clone_independent() {
-    let set = reactors(2);
-    let base = malloc("m0", 64);
-    let pool = new_pool(&set, base.clone());
-    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let (set, base, pool, disk) = thin_disk(8 << 20);
     let d = disk.clone();
     on(&set, 1, move || async move {
         for s in 0..8u64 {
@@ -310,10 +311,7 @@ fn fully_allocated_disk_reads_zeros_and_is_one_run_per_256_segments() {
 fn blocking_flag_drains_every_write_before_acknowledging() {
     use crate::vdisk::agent::{AgentCmd, RangeState};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let set = reactors(2);
-    let base = malloc("m0", 64);
-    let pool = new_pool(&set, base.clone());
-    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let (set, base, pool, disk) = thin_disk(8 << 20);
     // Allocate segment 0 (blocks 0..256) fully.
     let d = disk.clone();
     on(&set, 0, move || async move {
@@ -436,10 +434,7 @@ fn blocking_flag_drains_every_write_before_acknowledging() {
 /// not activated within its time limit cancels itself and the held I/O completes.
 #[test]
 fn quiesce_holds_io_and_cancels_itself_after_its_time_limit() {
-    let set = reactors(2);
-    let base = malloc("m0", 64);
-    let pool = new_pool(&set, base);
-    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let (set, _, pool, disk) = thin_disk(8 << 20);
     let d = disk.clone();
     on(&set, 1, move || async move {
         write_byte(&d, 0, 1).await.unwrap()
