@@ -4,21 +4,16 @@
 //! includes committing the metadata) for each size and the ratio.
 //!
 //! Usage: snapshot_scaling METADATA_DIR [N] [SIZES_GIB...]   (defaults: 30; 1 4096)
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera::bdev::null::NullBdev;
 use tessera::bdev::uring::{UringBdev, UringOptions};
-use tessera::bdev::{Bdev, BdevIo, Channel, IoBuf, IoSink, IoStatus};
+use tessera::bdev::{Bdev, Channel, IoBuf};
 use tessera::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet, block_on};
 use tessera::vdisk::{Pool, PoolOptions};
-
-struct Done(std::cell::Cell<u64>);
-impl IoSink for Done {
-    fn io_done(&self, _io: BdevIo, status: IoStatus) {
-        assert_eq!(status, IoStatus::Success);
-        self.0.set(self.0.get() + 1);
-    }
-}
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -63,23 +58,7 @@ fn main() {
         // Fully map it: one write into every segment.
         let segs = gib << 10;
         let t0 = Instant::now();
-        let d = disk.clone();
-        block_on(cores.spawn_on(0, move || async move {
-            let ch = Channel::get(&d).unwrap();
-            let sink = std::rc::Rc::new(Done(std::cell::Cell::new(0)));
-            let mut issued = 0u64;
-            while sink.0.get() < segs {
-                while issued < segs && issued - sink.0.get() < 64 {
-                    ch.submit(
-                        BdevIo::write(issued * 256, 1, IoBuf::new(4096))
-                            .on_complete(sink.clone(), issued),
-                    );
-                    issued += 1;
-                }
-                tessera::reactor::yield_now().await;
-            }
-        }))
-        .unwrap();
+        support::write_every_segment(&cores, &disk, segs);
         block_on(pool.commit()).unwrap();
         let fill_s = t0.elapsed().as_secs_f64();
         let mut times = Vec::new();

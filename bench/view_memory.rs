@@ -5,11 +5,14 @@
 //! core should cost next to nothing.
 //!
 //! Usage: view_memory [SIZE_GIB] [CORES]   (defaults: 1024, 8 reactor threads)
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::Instant;
 use tessera::bdev::malloc::MallocBdev;
 use tessera::bdev::null::NullBdev;
-use tessera::bdev::{Bdev, BdevIo, Channel, IoBuf, IoSink, IoStatus};
+use tessera::bdev::{Bdev, Channel};
 use tessera::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet, block_on};
 use tessera::vdisk::{Pool, PoolOptions};
 
@@ -22,15 +25,6 @@ fn rss_mib() -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap();
     kb / 1024.0
-}
-
-struct Done(std::cell::Cell<u64>);
-impl IoSink for Done {
-    fn io_done(&self, io: BdevIo, status: IoStatus) {
-        assert_eq!(status, IoStatus::Success);
-        drop(io);
-        self.0.set(self.0.get() + 1);
-    }
 }
 
 fn main() {
@@ -54,25 +48,9 @@ fn main() {
     let disk: Arc<dyn Bdev> = block_on(pool.create_disk("big", gib << 30, true)).unwrap();
     let base_rss = rss_mib();
     let t0 = Instant::now();
-    // Write one 4 KiB block in every segment, 64 at a time.
-    let d = disk.clone();
+    // Write one 4 KiB block in every segment.
     let segs = gib << 10;
-    block_on(cores.spawn_on(0, move || async move {
-        let ch = Channel::get(&d).unwrap();
-        let sink = std::rc::Rc::new(Done(std::cell::Cell::new(0)));
-        let mut issued = 0u64;
-        while sink.0.get() < segs {
-            while issued < segs && issued - sink.0.get() < 64 {
-                ch.submit(
-                    BdevIo::write(issued * 256, 1, IoBuf::new(4096))
-                        .on_complete(sink.clone(), issued),
-                );
-                issued += 1;
-            }
-            tessera::reactor::yield_now().await;
-        }
-    }))
-    .unwrap();
+    support::write_every_segment(&cores, &disk, segs);
     block_on(pool.commit()).unwrap();
     let filled = rss_mib();
     println!(
