@@ -161,6 +161,14 @@ struct BenchArgs {
     /// Snapshot the disk under test at these seconds into the run (e.g. `2,4`).
     #[arg(long, value_delimiter = ',')]
     snapshot_at: Vec<f64>,
+    /// Compare --bdev with this bdev (same forms as --bdev): each runs --seconds in all,
+    /// in --rounds slices taken in turn, and the report gives each one's IOPS per slice
+    /// and the median of the per-round ratios.
+    #[arg(long)]
+    compare: Option<String>,
+    /// Rounds of a --compare run (one slice of each bdev per round).
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
 }
 
 fn main() {
@@ -336,6 +344,54 @@ fn rpc(a: RpcArgs) -> Result<()> {
     Ok(())
 }
 
+/// The bdev a `bench` argument names: `null:SIZE`, `malloc:SIZE`, `uring:PATH[:SIZE]`
+/// (created under the name `label-KIND`), or a bdev of the target.
+fn bench_bdev(spec: &str, label: &str, block_size: u32, target: &Target) -> Result<Arc<dyn Bdev>> {
+    Ok(match spec.split_once(':') {
+        Some(("null", size)) => {
+            let bytes = parse_size(size).map_err(anyhow::Error::msg)?;
+            NullBdev::create(
+                &format!("{label}-null"),
+                bytes / block_size as u64,
+                block_size,
+                None,
+            )?
+        }
+        Some(("malloc", size)) => {
+            let bytes = parse_size(size).map_err(anyhow::Error::msg)?;
+            MallocBdev::create(
+                &format!("{label}-malloc"),
+                bytes / block_size as u64,
+                block_size,
+                None,
+            )?
+        }
+        Some(("uring", rest)) => {
+            let (path, size) = match rest.rsplit_once(':') {
+                Some((p, s)) if parse_size(s).is_ok() => {
+                    (p, Some(parse_size(s).map_err(anyhow::Error::msg)?))
+                }
+                _ => (rest, None),
+            };
+            UringBdev::create(
+                &format!("{label}-uring"),
+                path.as_ref(),
+                None,
+                size,
+                None,
+                UringOptions::default(),
+            )?
+        }
+        Some((kind, _)) => {
+            bail!("--bdev `{spec}`: unknown kind `{kind}` (null, malloc, uring, or a bdev name)")
+        }
+        None => target
+            .bdevs()
+            .get(spec)
+            .with_context(|| format!("--bdev `{spec}`"))?,
+    })
+}
+
 fn bench(a: BenchArgs) -> Result<()> {
     let workload = Workload::parse(&a.workload, a.rwmix).map_err(anyhow::Error::msg)?;
     let cores: CoreList = a.cores.parse()?;
@@ -352,50 +408,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     config.cores = cores;
     config.idle = idle;
     let target = Target::start(config)?;
-    let bdev: Arc<dyn Bdev> = match a.bdev.split_once(':') {
-        Some(("null", size)) => {
-            let bytes = parse_size(size).map_err(anyhow::Error::msg)?;
-            NullBdev::create(
-                "bench-null",
-                bytes / a.block_size as u64,
-                a.block_size,
-                None,
-            )?
-        }
-        Some(("malloc", size)) => {
-            let bytes = parse_size(size).map_err(anyhow::Error::msg)?;
-            MallocBdev::create(
-                "bench-malloc",
-                bytes / a.block_size as u64,
-                a.block_size,
-                None,
-            )?
-        }
-        Some(("uring", rest)) => {
-            let (path, size) = match rest.rsplit_once(':') {
-                Some((p, s)) if parse_size(s).is_ok() => {
-                    (p, Some(parse_size(s).map_err(anyhow::Error::msg)?))
-                }
-                _ => (rest, None),
-            };
-            UringBdev::create(
-                "bench-uring",
-                path.as_ref(),
-                None,
-                size,
-                None,
-                UringOptions::default(),
-            )?
-        }
-        Some((kind, _)) => bail!(
-            "--bdev `{}`: unknown kind `{kind}` (null, malloc, uring, or a bdev name)",
-            a.bdev
-        ),
-        None => target
-            .bdevs()
-            .get(&a.bdev)
-            .with_context(|| format!("--bdev `{}`", a.bdev))?,
-    };
+    let bdev = bench_bdev(&a.bdev, "bench", a.block_size, &target)?;
     let cfg = BenchConfig {
         workload,
         bs,
@@ -405,6 +418,20 @@ fn bench(a: BenchArgs) -> Result<()> {
         once: a.once,
         ..Default::default()
     };
+    if let Some(other) = &a.compare {
+        if !a.snapshot_at.is_empty() {
+            bail!("--snapshot-at cannot be combined with --compare");
+        }
+        let reference = bench_bdev(other, "bench-ref", a.block_size, &target)?;
+        let report = tessera::bench::compare(target.cores(), bdev, reference, &cfg, a.rounds)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.to_text());
+        }
+        target.shutdown();
+        return Ok(());
+    }
     let mut actions: Vec<(f64, tessera::bench::TimedAction)> = Vec::new();
     for (i, &at) in a.snapshot_at.iter().enumerate() {
         let disk = bdev.name().to_string();

@@ -6,9 +6,11 @@
 //! its buffer, so the steady state allocates nothing. Per-core reports are merged into
 //! the total.
 
+mod compare;
 pub mod crash;
 mod report;
 
+pub use compare::{CompareReport, CompareSide, compare};
 pub use report::{BenchReport, CoreReport, LatencyUs, SnapshotEvent};
 
 use crate::bdev::{Bdev, BdevIo, Channel, IoKind, IoSink, IoStatus};
@@ -133,6 +135,8 @@ pub enum BenchError {
     Range { bs: usize },
     #[error("core {0}: {1}")]
     Core(usize, String),
+    #[error("--rounds must be at least 1")]
+    Rounds,
 }
 
 /// A hook run at chosen moments of a run (snapshots under load use it): gets the time
