@@ -22,7 +22,7 @@
 //! flush — then drain every agent (blocking barrier) and make the segments and pages
 //! freed before the commit reusable. See `commit.rs`.
 
-use super::agent::{self, AgentCmd, View};
+use super::agent::{self, AgentCmd, RangeState, View};
 use super::alloc::Space;
 use super::disk::VDisk;
 use super::locks::DiskLocks;
@@ -574,28 +574,48 @@ impl Controller {
     }
 
     /// An agent cleared the last bits of a fill: drop the segment if it is still empty.
+    ///
+    /// A write into the segment may still be in flight: it marks its granules only when
+    /// it completes, so an empty fill does not mean an unused segment. Writes to the
+    /// segment are fenced off (they fault and wait) and the ones in flight drained
+    /// before the fill is looked at again; dropping the segment under such a write
+    /// would lose data the write already acknowledged.
     pub(crate) async fn maybe_empty(&self, disk: u64, vseg: u64) -> IoStatus {
         let _lock = self.locks.segment(disk, vseg).await;
-        let empty = {
-            let st = self.st.borrow();
-            let Some(d) = st.disks.get(&disk) else {
-                return IoStatus::Success;
-            };
-            match d.root.as_ref().and_then(|r| r.lookup(vseg)) {
-                Some(e) => {
-                    e.birth > d.rec.snap_gen
-                        && e.layers.len() == 1
-                        && e.layers[0].fill.as_ref().is_some_and(|f| f.is_empty())
-                }
-                None => false,
-            }
+        if !self.segment_unused(disk, vseg) {
+            return IoStatus::Success;
+        }
+        let fence = |state| AgentCmd::SetState {
+            from: vseg,
+            to: vseg + 1,
+            state,
         };
-        if empty {
+        self.command_agents(disk, fence(Some(RangeState::NoWrite)), true)
+            .await;
+        if self.segment_unused(disk, vseg) {
             self.set_extents(disk, vseg, vseg + 1, Vec::new());
             self.push_view(disk, false).await;
             self.update_free();
         }
+        self.command_agents(disk, fence(None), false).await;
         IoStatus::Success
+    }
+
+    /// True if virtual segment `vseg` of `disk` is the disk's own, unshared, single-layer
+    /// segment and no granule of it holds data.
+    fn segment_unused(&self, disk: u64, vseg: u64) -> bool {
+        let st = self.st.borrow();
+        let Some(d) = st.disks.get(&disk) else {
+            return false;
+        };
+        d.root
+            .as_ref()
+            .and_then(|r| r.lookup(vseg))
+            .is_some_and(|e| {
+                e.birth > d.rec.snap_gen
+                    && e.layers.len() == 1
+                    && e.layers[0].fill.as_ref().is_some_and(|f| f.is_empty())
+            })
     }
 
     /// Creates a disk. `uuid` is kept when given (restoring a saved configuration).

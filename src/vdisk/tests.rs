@@ -481,3 +481,46 @@ fn quiesce_holds_io_and_cancels_itself_after_its_time_limit() {
         assert_eq!(read_byte(&d, 0).await, 2)
     });
 }
+
+/// An unmap that empties a segment's fill while a write into the same segment is still
+/// in flight must not drop the segment: the write marks its granules only when it
+/// completes, and the data it acknowledged would be lost (the model test found this).
+#[test]
+fn emptying_unmap_waits_for_writes_in_flight_to_the_segment() {
+    use crate::bdev::IoKind;
+    use crate::bdev::error::ErrorBdev;
+    let set = reactors(2);
+    let slow = ErrorBdev::create("e0", malloc("m0", 64), false).unwrap();
+    let pool = new_pool(&set, slow.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        for b in 0..4 {
+            write_byte(&d, b, 0x11).await.unwrap();
+        }
+    });
+    // A write into block 5 of the same segment goes down on core 0 and stays in flight.
+    slow.set_latency(IoKind::Write, Duration::from_millis(200));
+    let d = disk.clone();
+    let write = set
+        .cores()
+        .spawn_on(0, move || async move { write_byte(&d, 5, 0x55).await });
+    std::thread::sleep(Duration::from_millis(50));
+    // Meanwhile core 1 unmaps the only granules the segment's fill holds so far.
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        Channel::get(&d).unwrap().unmap(0, 4).await.unwrap();
+    });
+    block_on(write).unwrap().unwrap();
+    slow.set_latency(IoKind::Write, Duration::ZERO);
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        assert_eq!(
+            read_byte(&d, 5).await,
+            0x55,
+            "the acknowledged write survives"
+        );
+        assert_eq!(read_byte(&d, 0).await, 0, "the unmapped block reads zero");
+    });
+    block_on(pool.close()).unwrap();
+}
