@@ -621,7 +621,15 @@ impl Agent {
                             fault = Some(FaultKey::Materialize(vseg, first, last));
                             break;
                         }
-                        fills.push((f.clone(), g0, gn));
+                        // Only the granules this write covers whole become held when
+                        // it completes. The partial ones at the edges were held above;
+                        // setting their bits again would bring back the rest of a
+                        // granule that an unmap cleared while the write was in flight.
+                        let gb = geo.granule_blocks;
+                        let (w0, w1) = (b0.div_ceil(gb), (b0 + n) / gb);
+                        if w1 > w0 {
+                            fills.push((f.clone(), w0, w1 - w0));
+                        }
                     }
                 }
                 push_piece(

@@ -524,3 +524,56 @@ fn emptying_unmap_waits_for_writes_in_flight_to_the_segment() {
     });
     block_on(pool.close()).unwrap();
 }
+
+/// A write that covers part of a granule the top layer holds must not mark that granule
+/// held again when it completes: an unmap may have cleared it meanwhile, and the rest of
+/// the granule would come back with its old data (the model test found this).
+#[test]
+fn partial_granule_write_does_not_revive_a_granule_unmapped_meanwhile() {
+    use crate::bdev::IoKind;
+    use crate::bdev::error::ErrorBdev;
+    let set = reactors(2);
+    // 512-byte blocks: a granule (1 MiB / 256) is 8 blocks.
+    let m: Arc<dyn Bdev> = MallocBdev::create("m0", 64 * 2048, 512, None).unwrap();
+    let slow = ErrorBdev::create("e0", m, false).unwrap();
+    let pool = new_pool(&set, slow.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        let ch = Channel::get(&d).unwrap();
+        ch.write(0, pattern(0x11, 16 * 512)).await.unwrap();
+    });
+    // A write of blocks 7..24 stays in flight on core 0: the last block of granule 0
+    // (held), all of granule 1 (held) and granule 2 (not held yet) ...
+    slow.set_latency(IoKind::Write, Duration::from_millis(200));
+    let d = disk.clone();
+    let write = set.cores().spawn_on(0, move || async move {
+        Channel::get(&d)
+            .unwrap()
+            .write(7, pattern(0x77, 17 * 512))
+            .await
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // ... while core 1 unmaps the whole of granule 0.
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        Channel::get(&d).unwrap().unmap(0, 8).await.unwrap();
+    });
+    block_on(write).unwrap().unwrap();
+    slow.set_latency(IoKind::Write, Duration::ZERO);
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        let ch = Channel::get(&d).unwrap();
+        let g0 = ch.read(0, 7).await.unwrap();
+        assert!(
+            g0.iter().all(|&b| b == 0),
+            "blocks the unmap covered and no write touched read zero"
+        );
+        let rest = ch.read(8, 16).await.unwrap();
+        assert!(
+            rest.iter().all(|&b| b == 0x77),
+            "the write's whole granules hold its data"
+        );
+    });
+    block_on(pool.close()).unwrap();
+}
