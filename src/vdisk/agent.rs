@@ -625,10 +625,9 @@ impl Agent {
                         // it completes. The partial ones at the edges were held above;
                         // setting their bits again would bring back the rest of a
                         // granule that an unmap cleared while the write was in flight.
-                        let gb = geo.granule_blocks;
-                        let (w0, w1) = (b0.div_ceil(gb), (b0 + n) / gb);
-                        if w1 > w0 {
-                            fills.push((f.clone(), w0, w1 - w0));
+                        let (w0, wn) = geo.whole_granules(b0, n);
+                        if wn > 0 {
+                            fills.push((f.clone(), w0, wn));
                         }
                     }
                 }
@@ -818,15 +817,13 @@ impl Agent {
             let writable = e.birth > snap_gen && self.override_at(vseg).is_none();
             if writable && e.layers.len() == 1 {
                 let top = &e.layers[0];
-                let (zero_from, zero_to, clear) = match &top.fill {
-                    Some(_) => {
-                        // Whole granules: clear their bits; edges: zero in place.
-                        let g0 = b0.div_ceil(gb);
-                        let g1 = (b0 + n) / gb;
-                        (g0 * gb, g1 * gb, g1 > g0)
-                    }
-                    None => (b0, b0, false),
+                // Whole granules: clear their bits; edges: zero in place.
+                let (g0, gn) = match &top.fill {
+                    Some(_) => geo.whole_granules(b0, n),
+                    None => (0, 0),
                 };
+                let clear = gn > 0;
+                let (zero_from, zero_to) = (g0 * gb, (g0 + gn) * gb);
                 let mut spans: SmallVec<[(u64, u64); 2]> = SmallVec::new();
                 if clear {
                     if b0 < zero_from {
@@ -859,19 +856,18 @@ impl Agent {
                     }
                 }
                 drop(guard);
-                if clear && let Some(f) = &top.fill {
-                    let g0 = zero_from / gb;
-                    let g1 = zero_to / gb;
-                    if f.clear_range(g0, g1 - g0) {
-                        if f.mark_dirty() {
-                            self.shared.dirty_fills.push(f.clone());
-                        }
-                        if f.is_empty() {
-                            let st = self
-                                .ask(move |c| async move { c.maybe_empty(disk, vseg).await })
-                                .await;
-                            status = status.worst(st);
-                        }
+                if clear
+                    && let Some(f) = &top.fill
+                    && f.clear_range(g0, gn)
+                {
+                    if f.mark_dirty() {
+                        self.shared.dirty_fills.push(f.clone());
+                    }
+                    if f.is_empty() {
+                        let st = self
+                            .ask(move |c| async move { c.maybe_empty(disk, vseg).await })
+                            .await;
+                        status = status.worst(st);
                     }
                 }
             } else {

@@ -353,6 +353,15 @@ impl Geometry {
         )
     }
 
+    /// The granules `(first, count)` that blocks `[b0, b0 + n)` of a segment cover
+    /// whole (count 0 when none does).
+    #[inline]
+    pub fn whole_granules(&self, b0: u64, n: u64) -> (u64, u64) {
+        let first = self.granule_of(b0 + self.granule_blocks - 1);
+        let end = self.granule_of(b0 + n);
+        (first, end.saturating_sub(first))
+    }
+
     /// True when block `b` of a segment starts a granule.
     #[inline]
     pub fn granule_aligned(&self, b: u64) -> bool {
@@ -422,6 +431,23 @@ impl Geometry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Granules touched vs granules covered whole, with 8-block granules (512-byte
+    /// blocks, 1 MiB segments).
+    #[test]
+    fn touched_and_whole_granules() {
+        let g = Geometry::new(512, 1 << 20);
+        assert_eq!(g.granule_blocks, 8);
+        assert_eq!(g.granule_span(7, 17), (0, 3));
+        assert_eq!(g.whole_granules(7, 17), (1, 2));
+        assert_eq!(g.whole_granules(8, 16), (1, 2));
+        assert_eq!(
+            g.whole_granules(3, 2),
+            (1, 0),
+            "inside one granule: none whole"
+        );
+        assert_eq!(g.whole_granules(0, 8), (0, 1));
+    }
 
     #[test]
     fn fill_ranges() {
