@@ -62,7 +62,7 @@ pub(crate) struct DiskCtl {
     pub job_progress: Option<Rc<std::cell::Cell<(u64, u64)>>>,
     /// The agents' state besides the view, for agents that register later: range
     /// states in force, quiesced, failed.
-    pub overrides: Vec<(u64, u64, super::agent::RangeState)>,
+    pub overrides: Vec<(u64, u64, RangeState)>,
     pub quiesced: bool,
     pub failed: Option<IoStatus>,
 }
@@ -272,6 +272,18 @@ impl Controller {
         for h in handles {
             let _ = h.await;
         }
+    }
+
+    /// Fences writes to virtual segment `vseg` of `disk` off (`true`: they fault and
+    /// wait, and the ones in flight have drained when this returns) or lets them
+    /// through again (`false`). The caller holds the segment's lock.
+    pub(crate) async fn fence_writes(&self, disk: u64, vseg: u64, fenced: bool) {
+        let cmd = AgentCmd::SetState {
+            from: vseg,
+            to: vseg + 1,
+            state: fenced.then_some(RangeState::NoWrite),
+        };
+        self.command_agents(disk, cmd, fenced).await;
     }
 
     /// Pushes the disk's current table to its agents ("set entries").
@@ -585,19 +597,13 @@ impl Controller {
         if !self.segment_unused(disk, vseg) {
             return IoStatus::Success;
         }
-        let fence = |state| AgentCmd::SetState {
-            from: vseg,
-            to: vseg + 1,
-            state,
-        };
-        self.command_agents(disk, fence(Some(RangeState::NoWrite)), true)
-            .await;
+        self.fence_writes(disk, vseg, true).await;
         if self.segment_unused(disk, vseg) {
             self.set_extents(disk, vseg, vseg + 1, Vec::new());
             self.push_view(disk, false).await;
             self.update_free();
         }
-        self.command_agents(disk, fence(None), false).await;
+        self.fence_writes(disk, vseg, false).await;
         IoStatus::Success
     }
 

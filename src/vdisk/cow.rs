@@ -18,7 +18,7 @@
 //! **Clone**: a writable disk whose table starts as the snapshot's; everything is
 //! shared until written.
 
-use super::agent::{AgentCmd, RangeState};
+use super::agent::AgentCmd;
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, ExtentState, Fill, Layer, Source};
@@ -174,16 +174,7 @@ impl Controller {
             return IoStatus::Success;
         };
         // Writes to the segment drain and wait while we copy.
-        self.command_agents(
-            disk,
-            AgentCmd::SetState {
-                from: vseg,
-                to: vseg + 1,
-                state: Some(RangeState::NoWrite),
-            },
-            true,
-        )
-        .await;
+        self.fence_writes(disk, vseg, true).await;
         let geo = self.shared.geo;
         let below = Extent {
             layers: e.layers[1..].iter().cloned().collect(),
@@ -219,16 +210,7 @@ impl Controller {
         if fill.mark_dirty() {
             self.shared.dirty_fills.push(fill.clone());
         }
-        self.command_agents(
-            disk,
-            AgentCmd::SetState {
-                from: vseg,
-                to: vseg + 1,
-                state: None,
-            },
-            false,
-        )
-        .await;
+        self.fence_writes(disk, vseg, false).await;
         status
     }
 

@@ -12,7 +12,6 @@
 //! down while the disk serves I/O; it can be cancelled.
 
 use super::VdiskError;
-use super::agent::{AgentCmd, RangeState};
 use super::controller::Controller;
 use super::map::{Extent, ExtentState, Fill, Layer, PhysSeg, Source};
 use super::meta::{DiskKind, JobRecord};
@@ -438,16 +437,7 @@ impl Controller {
             let Some(fill) = top.fill.clone() else {
                 return IoStatus::Success;
             };
-            self.command_agents(
-                disk,
-                AgentCmd::SetState {
-                    from: vseg,
-                    to: vseg + 1,
-                    state: Some(RangeState::NoWrite),
-                },
-                true,
-            )
-            .await;
+            self.fence_writes(disk, vseg, true).await;
             let below = Extent {
                 layers: copy_from.layers[1..].iter().cloned().collect(),
                 ..one.clone()
@@ -499,16 +489,7 @@ impl Controller {
                 );
                 self.push_view(disk, false).await;
             }
-            self.command_agents(
-                disk,
-                AgentCmd::SetState {
-                    from: vseg,
-                    to: vseg + 1,
-                    state: None,
-                },
-                false,
-            )
-            .await;
+            self.fence_writes(disk, vseg, false).await;
             self.update_free();
             return status;
         }
