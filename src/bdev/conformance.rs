@@ -7,14 +7,12 @@ use super::malloc::MallocBdev;
 use super::null::NullBdev;
 use super::uring::{UringBdev, UringOptions};
 use super::*;
-use crate::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet, block_on};
+use crate::reactor::{IdlePolicy, ReactorSet, block_on};
 use std::cell::Cell;
 use std::time::Duration;
 
 fn reactors(idle: IdlePolicy) -> ReactorSet {
-    let mut cfg = ReactorConfig::new(CoreList::first(1), idle);
-    cfg.pin = false;
-    ReactorSet::start(cfg).unwrap()
+    ReactorSet::for_tests(1, idle)
 }
 
 fn run<T: Send + 'static, F: Future<Output = T> + 'static>(

@@ -142,7 +142,7 @@ mod tests {
     use crate::bdev::malloc::MallocBdev;
     use crate::bdev::{IoKind, IoStatus};
     use crate::bench::Workload;
-    use crate::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet};
+    use crate::reactor::{IdlePolicy, ReactorSet};
 
     #[test]
     fn median_of_odd_and_even_counts() {
@@ -155,9 +155,7 @@ mod tests {
     /// ratios, and errors are counted on the side that had them.
     #[test]
     fn rounds_pair_slices_and_count_errors_per_side() {
-        let mut rc = ReactorConfig::new(CoreList::first(1), IdlePolicy::Adaptive);
-        rc.pin = false;
-        let set = ReactorSet::start(rc).unwrap();
+        let set = ReactorSet::for_tests(1, IdlePolicy::Adaptive);
         let good: Arc<dyn Bdev> = MallocBdev::create("cmp-good", 256, 4096, None).unwrap();
         let under: Arc<dyn Bdev> = MallocBdev::create("cmp-under", 256, 4096, None).unwrap();
         let failing = ErrorBdev::create("cmp-failing", under, false).unwrap();

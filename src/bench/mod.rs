@@ -460,15 +460,13 @@ async fn run_core(
 mod tests {
     use super::*;
     use crate::bdev::malloc::MallocBdev;
-    use crate::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet};
+    use crate::reactor::{IdlePolicy, ReactorSet};
 
     /// A `once` run writes each offset exactly once over all cores, then ends before its
     /// time is up, and its rate is taken over the time it actually ran.
     #[test]
     fn once_visits_every_offset_once_and_ends_early() {
-        let mut rc = ReactorConfig::new(CoreList::first(2), IdlePolicy::Adaptive);
-        rc.pin = false;
-        let set = ReactorSet::start(rc).unwrap();
+        let set = ReactorSet::for_tests(2, IdlePolicy::Adaptive);
         let bdev: Arc<dyn Bdev> = MallocBdev::create("once0", 1000, 4096, None).unwrap();
         let cfg = BenchConfig {
             workload: Workload::RandWrite,

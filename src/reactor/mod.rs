@@ -366,6 +366,15 @@ pub struct ReactorSet {
 }
 
 impl ReactorSet {
+    /// `n` unpinned reactors with the given idle policy: the unit tests' set (they
+    /// share the machine, so they pin nothing).
+    #[cfg(test)]
+    pub(crate) fn for_tests(n: usize, idle: IdlePolicy) -> ReactorSet {
+        let mut cfg = ReactorConfig::new(CoreList::first(n), idle);
+        cfg.pin = false;
+        ReactorSet::start(cfg).expect("reactors start")
+    }
+
     /// Starts one pinned thread per core and waits until every reactor is running.
     pub fn start(config: ReactorConfig) -> Result<ReactorSet, ReactorError> {
         let clock = Clock::real();

@@ -2,9 +2,7 @@ use super::*;
 use std::sync::atomic::AtomicU32;
 
 fn start(n: usize, idle: IdlePolicy) -> ReactorSet {
-    let mut cfg = ReactorConfig::new(CoreList::first(n), idle);
-    cfg.pin = false;
-    ReactorSet::start(cfg).expect("reactors start")
+    ReactorSet::for_tests(n, idle)
 }
 
 #[test]

@@ -1,16 +1,15 @@
 //! Scenario tests of the mapping layer over RAM disks.
 
 use super::*;
+use crate::bdev::error::ErrorBdev;
 use crate::bdev::malloc::MallocBdev;
-use crate::bdev::{Bdev, BdevIo, Channel, IoBuf, IoStatus};
-use crate::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet, block_on};
+use crate::bdev::{Bdev, BdevIo, Channel, IoBuf, IoKind, IoStatus};
+use crate::reactor::{IdlePolicy, ReactorSet, block_on};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) fn reactors(n: usize) -> ReactorSet {
-    let mut cfg = ReactorConfig::new(CoreList::first(n), IdlePolicy::Adaptive);
-    cfg.pin = false;
-    ReactorSet::start(cfg).unwrap()
+    ReactorSet::for_tests(n, IdlePolicy::Adaptive)
 }
 
 fn malloc(name: &str, mib: u64) -> Arc<dyn Bdev> {
@@ -482,37 +481,56 @@ fn quiesce_holds_io_and_cancels_itself_after_its_time_limit() {
     });
 }
 
+/// Two reactors and a thin 8 MiB disk `vd0` on a 64 MiB RAM disk of `block_size`-byte
+/// blocks behind an error bdev, whose writes [`unmap_during_slow_write`] holds back.
+fn slow_thin_disk(block_size: u32) -> (ReactorSet, Arc<ErrorBdev>, Pool, Arc<dyn Bdev>) {
+    let set = reactors(2);
+    let m = MallocBdev::create("m0", (64 << 20) / block_size as u64, block_size, None).unwrap();
+    let slow = ErrorBdev::create("e0", m, false).unwrap();
+    let pool = new_pool(&set, slow.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    (set, slow, pool, disk)
+}
+
+/// Writes `data` at block `at` on core 0 with the base's writes held back 200 ms and,
+/// while that write is in flight, unmaps `n` blocks from `from` on core 1; returns once
+/// both are done.
+fn unmap_during_slow_write(
+    set: &ReactorSet,
+    slow: &ErrorBdev,
+    disk: &Arc<dyn Bdev>,
+    (at, data): (u64, IoBuf),
+    (from, n): (u64, u64),
+) {
+    slow.set_latency(IoKind::Write, Duration::from_millis(200));
+    let d = disk.clone();
+    let write = set.cores().spawn_on(0, move || async move {
+        Channel::get(&d).unwrap().write(at, data).await
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let d = disk.clone();
+    on(set, 1, move || async move {
+        Channel::get(&d).unwrap().unmap(from, n).await.unwrap();
+    });
+    block_on(write).unwrap().unwrap();
+    slow.set_latency(IoKind::Write, Duration::ZERO);
+}
+
 /// An unmap that empties a segment's fill while a write into the same segment is still
 /// in flight must not drop the segment: the write marks its granules only when it
 /// completes, and the data it acknowledged would be lost (the model test found this).
 #[test]
 fn emptying_unmap_waits_for_writes_in_flight_to_the_segment() {
-    use crate::bdev::IoKind;
-    use crate::bdev::error::ErrorBdev;
-    let set = reactors(2);
-    let slow = ErrorBdev::create("e0", malloc("m0", 64), false).unwrap();
-    let pool = new_pool(&set, slow.clone());
-    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let (set, slow, pool, disk) = slow_thin_disk(4096);
     let d = disk.clone();
     on(&set, 1, move || async move {
         for b in 0..4 {
             write_byte(&d, b, 0x11).await.unwrap();
         }
     });
-    // A write into block 5 of the same segment goes down on core 0 and stays in flight.
-    slow.set_latency(IoKind::Write, Duration::from_millis(200));
-    let d = disk.clone();
-    let write = set
-        .cores()
-        .spawn_on(0, move || async move { write_byte(&d, 5, 0x55).await });
-    std::thread::sleep(Duration::from_millis(50));
-    // Meanwhile core 1 unmaps the only granules the segment's fill holds so far.
-    let d = disk.clone();
-    on(&set, 1, move || async move {
-        Channel::get(&d).unwrap().unmap(0, 4).await.unwrap();
-    });
-    block_on(write).unwrap().unwrap();
-    slow.set_latency(IoKind::Write, Duration::ZERO);
+    // A write into block 5 of the same segment stays in flight while the unmap clears
+    // the only granules the segment's fill holds so far.
+    unmap_during_slow_write(&set, &slow, &disk, (5, pattern(0x55, 4096)), (0, 4));
     let d = disk.clone();
     on(&set, 1, move || async move {
         assert_eq!(
@@ -530,37 +548,17 @@ fn emptying_unmap_waits_for_writes_in_flight_to_the_segment() {
 /// the granule would come back with its old data (the model test found this).
 #[test]
 fn partial_granule_write_does_not_revive_a_granule_unmapped_meanwhile() {
-    use crate::bdev::IoKind;
-    use crate::bdev::error::ErrorBdev;
-    let set = reactors(2);
     // 512-byte blocks: a granule (1 MiB / 256) is 8 blocks.
-    let m: Arc<dyn Bdev> = MallocBdev::create("m0", 64 * 2048, 512, None).unwrap();
-    let slow = ErrorBdev::create("e0", m, false).unwrap();
-    let pool = new_pool(&set, slow.clone());
-    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let (set, slow, pool, disk) = slow_thin_disk(512);
     let d = disk.clone();
     on(&set, 1, move || async move {
         let ch = Channel::get(&d).unwrap();
         ch.write(0, pattern(0x11, 16 * 512)).await.unwrap();
     });
-    // A write of blocks 7..24 stays in flight on core 0: the last block of granule 0
-    // (held), all of granule 1 (held) and granule 2 (not held yet) ...
-    slow.set_latency(IoKind::Write, Duration::from_millis(200));
-    let d = disk.clone();
-    let write = set.cores().spawn_on(0, move || async move {
-        Channel::get(&d)
-            .unwrap()
-            .write(7, pattern(0x77, 17 * 512))
-            .await
-    });
-    std::thread::sleep(Duration::from_millis(50));
-    // ... while core 1 unmaps the whole of granule 0.
-    let d = disk.clone();
-    on(&set, 1, move || async move {
-        Channel::get(&d).unwrap().unmap(0, 8).await.unwrap();
-    });
-    block_on(write).unwrap().unwrap();
-    slow.set_latency(IoKind::Write, Duration::ZERO);
+    // A write of blocks 7..24 — the last block of granule 0 (held), all of granule 1
+    // (held) and granule 2 (not held yet) — stays in flight while the unmap clears the
+    // whole of granule 0.
+    unmap_during_slow_write(&set, &slow, &disk, (7, pattern(0x77, 17 * 512)), (0, 8));
     let d = disk.clone();
     on(&set, 1, move || async move {
         let ch = Channel::get(&d).unwrap();
