@@ -469,3 +469,96 @@ fn power_loss_drops_exactly_the_unflushed_writes() {
         assert_eq!(threes, kept);
     });
 }
+
+/// Counts completions; on the first one, asks the channel for a drain and records how
+/// many requests had completed when it resolved.
+struct DrainProbe {
+    ch: Channel,
+    done: Rc<Cell<u64>>,
+    asked: Cell<bool>,
+    at_drain: Rc<Cell<Option<u64>>>,
+}
+
+impl IoSink for DrainProbe {
+    fn io_done(&self, _io: BdevIo, status: IoStatus) {
+        assert_eq!(status, IoStatus::Success);
+        self.done.set(self.done.get() + 1);
+        if !self.asked.replace(true) {
+            // Inside the pass that completes the batch, nothing queued for a later one.
+            let drained = self.ch.drained().expect("tracks drains");
+            let (at, done) = (self.at_drain.clone(), self.done.clone());
+            crate::reactor::spawn_local(async move {
+                drained.await;
+                at.set(Some(done.get()));
+            })
+            .detach();
+        }
+    }
+}
+
+/// `drained` resolves only once every request submitted before it completed, whether
+/// asked between passes or from inside one; at once when nothing is queued.
+async fn drains_after_every_earlier_request(bdev: Arc<dyn Bdev>) {
+    let ch = Channel::get(&bdev).unwrap();
+    assert!(ch.tracks_drain(), "{} tracks drains", bdev.name());
+    // Idle: resolves without waiting for a pass.
+    let idle = ch.drained().unwrap();
+    let mut cx = std::task::Context::from_waker(Waker::noop());
+    assert!(std::pin::pin!(idle).poll(&mut cx).is_ready());
+
+    let at_drain = Rc::new(Cell::new(None));
+    let probe = Rc::new(DrainProbe {
+        ch: ch.clone(),
+        done: Rc::new(Cell::new(0)),
+        asked: Cell::new(true),
+        at_drain: at_drain.clone(),
+    });
+    let bs = bdev.block_size() as usize;
+    // Between passes: 16 queued, then the drain, then 16 more.
+    for i in 0..16 {
+        ch.submit(BdevIo::write(i, 1, IoBuf::new(bs)).on_complete(probe.clone(), i));
+    }
+    let drained = ch.drained().unwrap();
+    for i in 16..32 {
+        ch.submit(BdevIo::write(i, 1, IoBuf::new(bs)).on_complete(probe.clone(), i));
+    }
+    drained.await;
+    assert!(
+        probe.done.get() >= 16,
+        "{}: drained with {} of the 16 earlier requests done",
+        bdev.name(),
+        probe.done.get()
+    );
+    while probe.done.get() < 32 {
+        crate::reactor::yield_now().await;
+    }
+    // From inside a pass: the first completion of a batch of 8 asks.
+    probe.asked.set(false);
+    for i in 0..8 {
+        ch.submit(BdevIo::read(i, 1, IoBuf::new(bs)).on_complete(probe.clone(), i));
+    }
+    while at_drain.get().is_none() {
+        crate::reactor::yield_now().await;
+    }
+    assert_eq!(
+        at_drain.get(),
+        Some(40),
+        "{}: drained before the batch it was asked in completed",
+        bdev.name()
+    );
+}
+
+#[test]
+fn malloc_null_and_error_channels_tell_when_they_drained() {
+    run(IdlePolicy::Busy, || async {
+        drains_after_every_earlier_request(MallocBdev::create("m0", 64, 4096, None).unwrap()).await;
+        drains_after_every_earlier_request(NullBdev::create("n0", 64, 4096, None).unwrap()).await;
+        for volatile in [false, true] {
+            let m = MallocBdev::create("em", 64, 4096, None).unwrap();
+            let e = ErrorBdev::create("e0", m, volatile).unwrap();
+            // Writes wait out 2 ms, so a drain that did not wait for them would show.
+            e.set_latency(IoKind::Write, Duration::from_millis(2));
+            drains_after_every_earlier_request(e).await;
+        }
+    });
+}

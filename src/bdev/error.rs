@@ -13,8 +13,8 @@
 //! cores, which the production backends never do.
 
 use super::{
-    Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Channel, Deferred, IoBuf, IoKind, IoSink,
-    IoStatus,
+    Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Channel, Deferred, Drained, IoBuf, IoKind,
+    IoSink, IoStatus, Tracker,
 };
 use crate::reactor::{self, Nanos, PollerHandle};
 use std::cell::RefCell;
@@ -267,6 +267,7 @@ impl Bdev for ErrorBdev {
             _poller: poller,
             rng: RefCell::new(fastrand::Rng::with_seed(seed)),
             inflight: RefCell::new(slab::Slab::new()),
+            tracker: Tracker::new(),
         }))))
     }
 
@@ -299,6 +300,8 @@ struct ErrorChannelInner {
     /// Parent requests waiting for their base request, with the cache snapshot a read
     /// must lay over what the base returns.
     inflight: RefCell<slab::Slab<Forwarded>>,
+    /// Every request passes through it, so that the channel can tell when it drained.
+    tracker: Rc<Tracker>,
 }
 
 impl Drop for ErrorChannelInner {
@@ -427,6 +430,7 @@ fn apply_overlay(io: &mut BdevIo, bs: usize, overlay: &[(u64, Held)]) {
 impl BdevChannel for ErrorChannel {
     fn submit(&self, io: BdevIo) {
         let inner = &self.0;
+        let io = inner.tracker.track(io);
         let injected = inner.bdev.decide(io.kind, &mut inner.rng.borrow_mut());
         if let Some(status) = injected {
             inner.finish(io, status);
@@ -436,6 +440,14 @@ impl BdevChannel for ErrorChannel {
             Some(cache) => inner.submit_cached(io, cache),
             None => inner.forward(io, Vec::new()),
         }
+    }
+
+    fn tracks_drain(&self) -> bool {
+        true
+    }
+
+    fn drained(&self) -> Option<Drained> {
+        Some(self.0.tracker.drained())
     }
 }
 

@@ -10,7 +10,9 @@
 //! unspecified (but initialised) bytes, as on a real device. Every access is bounds
 //! checked by [`Channel`](super::Channel) validation before it reaches this module.
 
-use super::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, IoKind, IoStatus};
+use super::{
+    Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, Drained, IoKind, IoStatus, PassClock,
+};
 use crate::reactor::{self, PollerHandle};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -118,7 +120,13 @@ impl Bdev for MallocBdev {
         let q = pending.clone();
         let bdev = self.clone();
         let mut batch: VecDeque<BdevIo> = VecDeque::with_capacity(256);
+        let clock = Rc::new(PassClock::default());
+        let c = clock.clone();
         let poller = reactor::register_poller(move || {
+            if q.borrow().is_empty() {
+                return 0;
+            }
+            c.begin();
             // Only what is queued now: completions submit more, for the next iteration
             // (into the queue, which is the other buffer of the pair by then).
             std::mem::swap(&mut *q.borrow_mut(), &mut batch);
@@ -127,11 +135,13 @@ impl Bdev for MallocBdev {
             for io in batch.drain(..) {
                 io.complete(IoStatus::Success);
             }
+            c.end();
             n
         });
         Ok(Rc::new(MallocChannel {
             bdev: self,
             pending,
+            clock,
             _poller: poller,
         }))
     }
@@ -260,6 +270,7 @@ fn store_fence() {
 struct MallocChannel {
     bdev: Arc<MallocBdev>,
     pending: Rc<RefCell<VecDeque<BdevIo>>>,
+    clock: Rc<PassClock>,
     _poller: PollerHandle,
 }
 
@@ -282,6 +293,17 @@ impl BdevChannel for MallocChannel {
     #[inline]
     fn submit(&self, io: BdevIo) {
         self.pending.borrow_mut().push_back(io);
+    }
+
+    fn tracks_drain(&self) -> bool {
+        true
+    }
+
+    /// Requests run and complete in the first poller pass that begins after they were
+    /// queued.
+    fn drained(&self) -> Option<Drained> {
+        let idle = self.pending.borrow().is_empty();
+        Some(self.clock.drained(idle))
     }
 }
 

@@ -19,6 +19,7 @@
 //! (`write_cache() == false`) makes each write durable when it completes.
 
 pub mod buf;
+mod drain;
 pub mod error;
 pub mod malloc;
 pub mod null;
@@ -26,6 +27,8 @@ pub mod registry;
 pub mod uring;
 
 pub use buf::IoBuf;
+pub use drain::Drained;
+pub(crate) use drain::{Epochs, PassClock, Tracker};
 pub use registry::BdevRegistry;
 
 use serde::Serialize;
@@ -125,9 +128,13 @@ pub struct IoFlags {
 pub(crate) struct Origin {
     offset_blocks: u64,
     num_blocks: u64,
+    home: u64,
     sink: Option<Rc<dyn IoSink>>,
     tag: u64,
 }
+
+/// `BdevIo::home` when the request was not readdressed.
+const NO_HOME: u64 = u64::MAX;
 
 /// Receives completions. Implemented by whoever submits I/O (a benchmark worker, a
 /// front-end connection, a stacked bdev); `tag` tells its requests apart.
@@ -148,6 +155,9 @@ pub struct BdevIo {
     iovs: SmallVec<[libc::iovec; 1]>,
     bufs: SmallVec<[IoBuf; 1]>,
     sink: Option<Rc<dyn IoSink>>,
+    /// The submitter's `offset_blocks` while a stacked bdev has readdressed the request
+    /// to its base ([`BdevIo::readdress`]); [`NO_HOME`] otherwise. `complete` puts it back.
+    home: u64,
 }
 
 impl BdevIo {
@@ -161,6 +171,7 @@ impl BdevIo {
             iovs: SmallVec::new(),
             bufs: SmallVec::new(),
             sink: None,
+            home: NO_HOME,
         }
     }
 
@@ -268,6 +279,7 @@ impl BdevIo {
         Origin {
             offset_blocks: std::mem::replace(&mut self.offset_blocks, offset_blocks),
             num_blocks: std::mem::replace(&mut self.num_blocks, num_blocks),
+            home: std::mem::replace(&mut self.home, NO_HOME),
             sink: self.sink.replace(sink),
             tag: std::mem::replace(&mut self.tag, tag),
         }
@@ -277,8 +289,25 @@ impl BdevIo {
     pub(crate) fn restore(&mut self, origin: Origin) {
         self.offset_blocks = origin.offset_blocks;
         self.num_blocks = origin.num_blocks;
+        self.home = origin.home;
         self.sink = origin.sink;
         self.tag = origin.tag;
+    }
+
+    /// Readdresses this very request to `offset_blocks` of a base bdev with the same
+    /// block size, keeping its sink: the completion goes straight to the submitter and
+    /// [`BdevIo::complete`] puts the submitter's offset back. For a stacked bdev that
+    /// maps the request onto one base range and needs nothing back when it completes
+    /// (it learns that its requests drained from the base channel instead,
+    /// [`BdevChannel::drained`]). One level only: false, and nothing changed, if the
+    /// request is readdressed already; the caller then uses [`BdevIo::redirect`].
+    #[inline]
+    pub(crate) fn readdress(&mut self, offset_blocks: u64) -> bool {
+        if self.home != NO_HOME {
+            return false;
+        }
+        self.home = std::mem::replace(&mut self.offset_blocks, offset_blocks);
+        true
     }
 
     /// Sets the force-unit-access flag.
@@ -405,7 +434,10 @@ impl BdevIo {
     /// Tells the sink that the request finished with `status`. The request keeps its
     /// sink and tag, so the sink may resubmit it as it is.
     #[inline]
-    pub fn complete(self, status: IoStatus) {
+    pub fn complete(mut self, status: IoStatus) {
+        if self.home != NO_HOME {
+            self.offset_blocks = std::mem::replace(&mut self.home, NO_HOME);
+        }
         if let Some(sink) = self.sink.clone() {
             sink.io_done(self, status);
         }
@@ -639,11 +671,25 @@ pub trait BdevChannel {
         let _ = len;
         None
     }
+
+    /// Whether [`BdevChannel::drained`] answers. A stacked bdev readdresses requests
+    /// without watching their completions ([`BdevIo::readdress`]) only to channels that
+    /// do.
+    fn tracks_drain(&self) -> bool {
+        false
+    }
+
+    /// A future that resolves once every request submitted to this channel before the
+    /// call has completed (its sink was called); `None` if the channel cannot tell.
+    fn drained(&self) -> Option<Drained> {
+        None
+    }
 }
 
 /// Completions deferred to the next loop iteration of the current reactor.
 pub struct Deferred {
     items: Rc<RefCell<VecDeque<(BdevIo, IoStatus)>>>,
+    clock: Rc<PassClock>,
     _poller: PollerHandle,
 }
 
@@ -654,19 +700,27 @@ impl Deferred {
             let items: Rc<RefCell<VecDeque<(BdevIo, IoStatus)>>> =
                 Rc::new(RefCell::new(VecDeque::with_capacity(1024)));
             let q = items.clone();
+            let clock = Rc::new(PassClock::default());
+            let c = clock.clone();
+            let mut batch = VecDeque::with_capacity(1024);
             let poller = reactor::register_poller(move || {
-                let n = q.borrow().len();
-                for _ in 0..n {
-                    let next = q.borrow_mut().pop_front();
-                    match next {
-                        Some((io, status)) => io.complete(status),
-                        None => break,
-                    }
+                if q.borrow().is_empty() {
+                    return 0;
                 }
+                c.begin();
+                // Only what is queued now: completions may queue more, for the next pass
+                // (into the queue, which is the other buffer of the pair by then).
+                std::mem::swap(&mut *q.borrow_mut(), &mut batch);
+                let n = batch.len();
+                for (io, status) in batch.drain(..) {
+                    io.complete(status);
+                }
+                c.end();
                 n
             });
             Deferred {
                 items,
+                clock,
                 _poller: poller,
             }
         })
@@ -676,6 +730,12 @@ impl Deferred {
     #[inline]
     pub fn complete(&self, io: BdevIo, status: IoStatus) {
         self.items.borrow_mut().push_back((io, status));
+    }
+
+    /// Resolves once every completion queued before the call has been delivered.
+    pub(crate) fn drained(&self) -> Drained {
+        let idle = self.items.borrow().is_empty();
+        self.clock.drained(idle)
     }
 }
 
@@ -761,6 +821,23 @@ impl Channel {
             "unchecked request {io:?} is invalid"
         );
         self.inner.submit(io);
+    }
+
+    /// Whether [`Channel::drained`] answers for this bdev.
+    pub(crate) fn tracks_drain(&self) -> bool {
+        self.inner.tracks_drain()
+    }
+
+    /// Resolves once every request submitted to this channel before the call has
+    /// completed, requests refused by validation included; `None` if the bdev cannot
+    /// tell ([`BdevChannel::drained`]).
+    pub(crate) fn drained(&self) -> Option<Drained> {
+        let inner = self.inner.drained()?;
+        let refused = self.deferred.drained();
+        Some(Box::pin(async move {
+            inner.await;
+            refused.await;
+        }))
     }
 
     /// A buffer suited to this channel, or a pool buffer.
@@ -896,5 +973,65 @@ mod size {
     fn a_request_moves_in_registers() {
         let size = std::mem::size_of::<super::BdevIo>();
         assert!(size <= 128, "BdevIo grew to {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod readdress {
+    use super::*;
+    use std::cell::Cell;
+
+    /// The submitter: records the range its request came back with.
+    struct Upper(Cell<Option<(u64, u64)>>);
+
+    impl IoSink for Upper {
+        fn io_done(&self, io: BdevIo, _status: IoStatus) {
+            self.0.set(Some((io.offset_blocks, io.num_blocks)));
+        }
+    }
+
+    /// A lower stacked bdev that redirected the request: records the range its base
+    /// completed, restores the request and completes it upwards.
+    struct Lower {
+        origin: RefCell<Option<Origin>>,
+        seen: Cell<Option<(u64, u64)>>,
+    }
+
+    impl IoSink for Lower {
+        fn io_done(&self, mut io: BdevIo, status: IoStatus) {
+            self.seen.set(Some((io.offset_blocks, io.num_blocks)));
+            io.restore(self.origin.borrow_mut().take().unwrap());
+            assert_eq!((io.offset_blocks, io.num_blocks, io.tag), (100, 2, 1));
+            io.complete(status);
+        }
+    }
+
+    /// A readdressed request completes to its submitter with the submitter's range, also
+    /// when a lower stacked bdev redirected it further; readdressing twice is refused.
+    #[test]
+    fn completion_restores_the_submitters_range_through_both_kinds_of_forwarding() {
+        let upper = Rc::new(Upper(Cell::new(None)));
+        let lower = Rc::new(Lower {
+            origin: RefCell::new(None),
+            seen: Cell::new(None),
+        });
+        let mut io = BdevIo::read(5, 2, IoBuf::new(8192)).on_complete(upper.clone(), 1);
+        assert!(io.readdress(100));
+        assert!(!io.readdress(7), "one level of readdressing only");
+        assert_eq!(io.offset_blocks, 100);
+        let origin = io.redirect(1000, 16, lower.clone(), 9);
+        *lower.origin.borrow_mut() = Some(origin);
+        // The base completes it.
+        io.complete(IoStatus::Success);
+        assert_eq!(
+            lower.seen.get(),
+            Some((1000, 16)),
+            "the lower layer sees its range"
+        );
+        assert_eq!(
+            upper.0.get(),
+            Some((5, 2)),
+            "the submitter sees its own range"
+        );
     }
 }

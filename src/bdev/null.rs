@@ -46,4 +46,12 @@ impl BdevChannel for NullChannel {
     fn submit(&self, io: BdevIo) {
         self.deferred.complete(io, IoStatus::Success);
     }
+
+    fn tracks_drain(&self) -> bool {
+        true
+    }
+
+    fn drained(&self) -> Option<super::Drained> {
+        Some(self.deferred.drained())
+    }
 }

@@ -21,14 +21,15 @@ use super::disk::VDisk;
 use super::map::{Fill, PhysSeg, Source};
 use super::pool::PoolShared;
 use super::table::Node;
-use crate::bdev::{BdevIo, BlockRun, Channel, Deferred, IoBuf, IoKind, IoSink, IoStatus, Origin};
+use crate::bdev::{
+    BdevIo, BlockRun, Channel, Deferred, Epochs, IoBuf, IoKind, IoSink, IoStatus, Origin,
+};
 use crate::reactor;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 
 /// What an agent serves from: a root into the shared table nodes.
 #[derive(Debug)]
@@ -86,83 +87,6 @@ enum FaultKey {
     Materialize(u64, u64, u64),
 }
 
-/// Counts the operations running on this core by epoch, so that a barrier can wait for
-/// every operation started before it (and none after).
-#[derive(Default)]
-struct Epochs {
-    /// The epoch new operations join.
-    current: Cell<u64>,
-    /// Operations of the current epoch still running (kept apart from the closed ones:
-    /// the I/O path touches only this cell).
-    live: Cell<u64>,
-    /// The oldest epoch that may still have operations running; `base + closed.len()`
-    /// is always `current`.
-    base: Cell<u64>,
-    /// Operations still running of each closed epoch `base..current`.
-    closed: RefCell<VecDeque<u64>>,
-    waiters: RefCell<Vec<(u64, Waker)>>,
-}
-
-impl Epochs {
-    #[inline]
-    fn start(&self) -> u64 {
-        self.live.set(self.live.get() + 1);
-        self.current.get()
-    }
-
-    #[inline]
-    fn finish(&self, epoch: u64) {
-        if epoch == self.current.get() {
-            self.live.set(self.live.get() - 1);
-            return;
-        }
-        let mut c = self.closed.borrow_mut();
-        let i = (epoch - self.base.get()) as usize;
-        c[i] -= 1;
-        if i == 0 && c[0] == 0 {
-            self.retire(&mut c);
-        }
-    }
-
-    /// Drops the finished epochs at the front and wakes the barriers they held.
-    fn retire(&self, c: &mut VecDeque<u64>) {
-        while c.front() == Some(&0) {
-            c.pop_front();
-            self.base.set(self.base.get() + 1);
-        }
-        let base = self.base.get();
-        let ready: Vec<Waker> = {
-            let mut w = self.waiters.borrow_mut();
-            let (done, keep): (Vec<_>, Vec<_>) = w.drain(..).partition(|(t, _)| *t < base);
-            *w = keep;
-            done.into_iter().map(|(_, w)| w).collect()
-        };
-        for w in ready {
-            w.wake();
-        }
-    }
-
-    /// Starts a new epoch; resolves when every operation of the earlier ones completed.
-    async fn drain(&self) {
-        let target = self.current.get();
-        self.current.set(target + 1);
-        {
-            let mut c = self.closed.borrow_mut();
-            c.push_back(self.live.replace(0));
-            self.retire(&mut c);
-        }
-        std::future::poll_fn(|cx| {
-            if self.base.get() > target {
-                Poll::Ready(())
-            } else {
-                self.waiters.borrow_mut().push((target, cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
-
 /// One part of a request for a base bdev.
 #[derive(Clone, Copy, Debug)]
 struct Piece {
@@ -201,6 +125,9 @@ pub struct Agent {
     base: Vec<Channel>,
     /// log2 of each container's block size.
     base_shift: Vec<u32>,
+    /// Whether each container's channel tracks drains ([`Channel::drained`]): requests
+    /// it may take readdressed, with no completion coming back through the agent.
+    base_drains: Vec<bool>,
     view: RefCell<Option<Arc<View>>>,
     overrides: RefCell<Vec<(u64, u64, RangeState)>>,
     quiesced: Cell<bool>,
@@ -235,7 +162,13 @@ pub(crate) async fn apply(pool: u64, disk: u64, cmd: AgentCmd, blocking: bool) {
     if let Some(a) = agent {
         a.command(cmd);
         if blocking {
+            // Requests readdressed straight to a container are in no epoch: the
+            // container's channel tells when everything submitted to it so far is done.
+            let containers: Vec<_> = a.base.iter().filter_map(Channel::drained).collect();
             a.epochs.drain().await;
+            for c in containers {
+                c.await;
+            }
         }
     }
 }
@@ -294,6 +227,7 @@ impl Agent {
             .iter()
             .map(|c| c.bdev.block_size().trailing_zeros())
             .collect();
+        let base_drains = base.iter().map(Channel::tracks_drain).collect();
         let core = reactor::current_core().unwrap_or(0);
         let disk = bdev.disk_id();
         let agent = Rc::new_cyclic(|me| Agent {
@@ -303,6 +237,7 @@ impl Agent {
             core,
             base,
             base_shift,
+            base_drains,
             view: RefCell::new(None),
             overrides: RefCell::new(Vec::new()),
             quiesced: Cell::new(false),
@@ -495,6 +430,19 @@ impl Agent {
         let bs = geo.block_size as u64;
         let byte = off + b0 * bs;
         let len = io.num_blocks * bs;
+        // Nothing to do at completion (no granules to mark, no commit for FUA) and a
+        // container that tells when it drained: the request goes down readdressed and
+        // completes straight to its submitter. Barriers wait for the container instead.
+        if fill.is_none()
+            && !io.flags.fua
+            && self.base_drains[ci]
+            && shift == geo.block_size.trailing_zeros()
+            && io.readdress(byte >> shift)
+        {
+            self.bdev.count_io(self.core);
+            base.submit_unchecked(io);
+            return Ok(());
+        }
         let epoch = self.epochs.start();
         // The request itself goes down, readdressed: no child request, no copy of it.
         let mut passed = self.passed.borrow_mut();

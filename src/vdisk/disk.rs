@@ -64,7 +64,8 @@ impl VDisk {
         }
     }
 
-    /// Counts a completed request on `core` (single writer per slot: no atomic RMW).
+    /// Counts a request on `core` (single writer per slot: no atomic RMW): when it is
+    /// readdressed to a container, else when it completes.
     #[inline]
     pub(crate) fn count_io(&self, core: usize) {
         if let Some(c) = self.io_counts.get(core) {
@@ -72,7 +73,7 @@ impl VDisk {
         }
     }
 
-    /// Requests completed so far, all cores.
+    /// Requests served so far, all cores (see [`VDisk::count_io`]).
     pub fn io_count(&self) -> u64 {
         self.io_counts
             .iter()
