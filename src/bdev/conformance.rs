@@ -556,8 +556,10 @@ fn malloc_null_and_error_channels_tell_when_they_drained() {
         for volatile in [false, true] {
             let m = MallocBdev::create("em", 64, 4096, None).unwrap();
             let e = ErrorBdev::create("e0", m, volatile).unwrap();
-            // Writes wait out 2 ms, so a drain that did not wait for them would show.
+            // Writes complete 2 ms late and reads start 1 ms late, so a drain that did
+            // not wait for them would show.
             e.set_latency(IoKind::Write, Duration::from_millis(2));
+            e.set_submit_delay(IoKind::Read, Duration::from_millis(1));
             drains_after_every_earlier_request(e).await;
         }
     });

@@ -69,6 +69,7 @@ pub struct ErrorBdev {
     base: Arc<dyn Bdev>,
     rules: Mutex<Vec<RuleState>>,
     latency_us: [AtomicU64; 5],
+    submit_delay_us: [AtomicU64; 5],
     cache: Option<Mutex<Cache>>,
     seed: u64,
 }
@@ -105,6 +106,7 @@ impl ErrorBdev {
             base,
             rules: Mutex::new(Vec::new()),
             latency_us: Default::default(),
+            submit_delay_us: Default::default(),
             cache: volatile_cache.then(|| Mutex::new(Cache::default())),
             seed: 0x5eed,
         }))
@@ -138,6 +140,13 @@ impl ErrorBdev {
     /// Adds `latency` to every request of `kind` (zero removes it).
     pub fn set_latency(&self, kind: IoKind, latency: Duration) {
         self.latency_us[kind_index(kind)].store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Holds every request of `kind` for `delay` before it does anything (zero removes
+    /// it): unlike [`ErrorBdev::set_latency`], which delays only the completion, a
+    /// delayed write reaches the base bdev late, as a slow device's would.
+    pub fn set_submit_delay(&self, kind: IoKind, delay: Duration) {
+        self.submit_delay_us[kind_index(kind)].store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Number of blocks held in the volatile cache, not yet flushed.
@@ -268,6 +277,8 @@ impl Bdev for ErrorBdev {
             rng: RefCell::new(fastrand::Rng::with_seed(seed)),
             inflight: RefCell::new(slab::Slab::new()),
             tracker: Tracker::new(),
+            held: RefCell::new(VecDeque::new()),
+            held_poller: RefCell::new(None),
         }))))
     }
 
@@ -302,12 +313,20 @@ struct ErrorChannelInner {
     inflight: RefCell<slab::Slab<Forwarded>>,
     /// Every request passes through it, so that the channel can tell when it drained.
     tracker: Rc<Tracker>,
+    /// Requests waiting out their submit delay, with the time they proceed.
+    held: RefCell<VecDeque<(Nanos, BdevIo)>>,
+    /// Runs `held` while anything is in it.
+    held_poller: RefCell<Option<PollerHandle>>,
 }
 
 impl Drop for ErrorChannelInner {
     /// Requests still waiting out their injected latency when the channel goes complete
-    /// on the next loop iteration instead, never lost.
+    /// on the next loop iteration instead, never lost; requests still waiting out a
+    /// submit delay fail as aborted.
     fn drop(&mut self) {
+        for (_, io) in self.held.borrow_mut().drain(..) {
+            self.deferred.complete(io, IoStatus::Aborted);
+        }
         for (_, io, status) in self.delayed.borrow_mut().drain(..) {
             self.deferred.complete(io, status);
         }
@@ -427,18 +446,56 @@ fn apply_overlay(io: &mut BdevIo, bs: usize, overlay: &[(u64, Held)]) {
     }
 }
 
+impl ErrorChannelInner {
+    /// Holds `io` until `at`, then proceeds with it.
+    fn hold(self: &Rc<Self>, at: Nanos, io: BdevIo) {
+        self.held.borrow_mut().push_back((at, io));
+        reactor::call_at(at, || {});
+        if self.held_poller.borrow().is_none() {
+            let me = Rc::downgrade(self);
+            let poller = reactor::register_poller(move || {
+                let Some(me) = me.upgrade() else { return 0 };
+                let now = reactor::now();
+                let mut n = 0;
+                loop {
+                    let due = matches!(me.held.borrow().front(), Some((at, _)) if *at <= now);
+                    if !due {
+                        break;
+                    }
+                    let (_, io) = me.held.borrow_mut().pop_front().expect("checked");
+                    me.proceed(io);
+                    n += 1;
+                }
+                n
+            });
+            *self.held_poller.borrow_mut() = Some(poller);
+        }
+    }
+
+    fn proceed(self: &Rc<Self>, io: BdevIo) {
+        let injected = self.bdev.decide(io.kind, &mut self.rng.borrow_mut());
+        if let Some(status) = injected {
+            self.finish(io, status);
+            return;
+        }
+        match &self.bdev.cache {
+            Some(cache) => self.submit_cached(io, cache),
+            None => self.forward(io, Vec::new()),
+        }
+    }
+}
+
 impl BdevChannel for ErrorChannel {
     fn submit(&self, io: BdevIo) {
         let inner = &self.0;
         let io = inner.tracker.track(io);
-        let injected = inner.bdev.decide(io.kind, &mut inner.rng.borrow_mut());
-        if let Some(status) = injected {
-            inner.finish(io, status);
-            return;
-        }
-        match &inner.bdev.cache {
-            Some(cache) => inner.submit_cached(io, cache),
-            None => inner.forward(io, Vec::new()),
+        let us = inner.bdev.submit_delay_us[kind_index(io.kind)].load(Ordering::Relaxed);
+        if us > 0 || !inner.held.borrow().is_empty() {
+            // In order behind the ones already held.
+            let at = reactor::now().after(Duration::from_micros(us));
+            inner.hold(at, io);
+        } else {
+            inner.proceed(io);
         }
     }
 

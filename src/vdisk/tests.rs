@@ -308,18 +308,38 @@ fn fully_allocated_disk_reads_zeros_and_is_one_run_per_256_segments() {
 /// physical location any more (they fault and wait), until the state is cleared.
 #[test]
 fn blocking_flag_drains_every_write_before_acknowledging() {
-    use crate::vdisk::agent::{AgentCmd, RangeState};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let (set, base, pool, disk) = thin_disk(8 << 20);
-    // Allocate segment 0 (blocks 0..256) fully.
+    write_segment_0(&set, &disk);
+    check_blocking_flag(set, base, pool, disk);
+}
+
+/// The same with a container that holds every write 1 ms before applying it: the
+/// writes the agent hands to it readdressed (a fully written segment) are still in the
+/// container when the command arrives, and the acknowledgement must wait for the
+/// container to drain.
+#[test]
+fn blocking_flag_waits_for_writes_held_in_a_slow_container() {
+    let (set, slow, pool, disk) = slow_thin_disk(4096);
+    write_segment_0(&set, &disk);
+    slow.set_submit_delay(IoKind::Write, Duration::from_millis(1));
+    check_blocking_flag(set, slow, pool, disk);
+}
+
+/// Allocates segment 0 (blocks 0..256) fully.
+fn write_segment_0(set: &ReactorSet, disk: &Arc<dyn Bdev>) {
     let d = disk.clone();
-    on(&set, 0, move || async move {
+    on(set, 0, move || async move {
         Channel::get(&d)
             .unwrap()
             .write(0, pattern(1, 1 << 20))
             .await
             .unwrap();
     });
+}
+
+fn check_blocking_flag(set: ReactorSet, base: Arc<dyn Bdev>, pool: Pool, disk: Arc<dyn Bdev>) {
+    use crate::vdisk::agent::{AgentCmd, RangeState};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
     // Writers on both cores: 8 in flight each, every write a new value.
