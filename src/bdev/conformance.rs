@@ -564,3 +564,14 @@ fn malloc_null_and_error_channels_tell_when_they_drained() {
         }
     });
 }
+
+#[test]
+fn uring_channel_tells_when_it_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drain.img");
+    run(IdlePolicy::Busy, move || async move {
+        let b =
+            UringBdev::create("u0", &path, None, Some(1 << 20), None, Default::default()).unwrap();
+        drains_after_every_earlier_request(b).await;
+    });
+}

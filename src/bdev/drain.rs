@@ -144,6 +144,13 @@ impl Epochs {
         target
     }
 
+    /// Like [`Epochs::drain`], as an owned future: the epoch closes at the call.
+    pub(crate) fn drained(self: &Rc<Self>) -> Drained {
+        let target = self.close();
+        let me = self.clone();
+        Box::pin(std::future::poll_fn(move |cx| me.poll_drained(target, cx)))
+    }
+
     fn poll_drained(&self, target: u64, cx: &mut Context<'_>) -> Poll<()> {
         if self.base.get() > target {
             Poll::Ready(())
@@ -158,7 +165,7 @@ impl Epochs {
 /// request, a cache) a drain: every request is redirected to the tracker on the way in
 /// and handed back to its submitter on the way out, counted in [`Epochs`].
 pub(crate) struct Tracker {
-    epochs: Epochs,
+    epochs: Rc<Epochs>,
     /// Requests in flight: their submitter's range and sink, and their epoch.
     inflight: RefCell<slab::Slab<(Origin, u64)>>,
 }
@@ -166,7 +173,7 @@ pub(crate) struct Tracker {
 impl Tracker {
     pub(crate) fn new() -> Rc<Tracker> {
         Rc::new(Tracker {
-            epochs: Epochs::default(),
+            epochs: Rc::default(),
             inflight: RefCell::new(slab::Slab::new()),
         })
     }
@@ -183,12 +190,8 @@ impl Tracker {
     }
 
     /// Resolves once every request tracked before the call has completed.
-    pub(crate) fn drained(self: &Rc<Self>) -> Drained {
-        let target = self.epochs.close();
-        let me = self.clone();
-        Box::pin(std::future::poll_fn(move |cx| {
-            me.epochs.poll_drained(target, cx)
-        }))
+    pub(crate) fn drained(&self) -> Drained {
+        self.epochs.drained()
     }
 }
 

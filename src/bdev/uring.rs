@@ -14,7 +14,10 @@
 //! channel's `Drop` waits for every in-flight completion before freeing anything.
 
 use super::buf::{ALIGN, BufArena};
-use super::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, IoBuf, IoKind, IoStatus};
+use super::{
+    Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, Drained, Epochs, IoBuf, IoKind,
+    IoStatus,
+};
 use crate::reactor::{self, IdlePolicy, PollerHandle, io::WakeFd};
 use crossbeam_queue::ArrayQueue;
 use io_uring::{IoUring, opcode, squeue, types};
@@ -279,9 +282,14 @@ impl Drop for Arena {
 struct UringChannel {
     bdev: Arc<UringBdev>,
     ring: RefCell<IoUring>,
-    inflight: RefCell<slab::Slab<BdevIo>>,
+    /// Requests the kernel has, each with its epoch.
+    inflight: RefCell<slab::Slab<(BdevIo, u64)>>,
     capacity: usize,
-    waiting: RefCell<VecDeque<BdevIo>>,
+    /// Requests waiting for room in the ring, each with its epoch.
+    waiting: RefCell<VecDeque<(BdevIo, u64)>>,
+    /// Counts requests from submission to completion, so that the channel can tell
+    /// when it drained.
+    epochs: Rc<Epochs>,
     unsubmitted: Cell<u32>,
     fixed_file: bool,
     arena: Option<Arc<Arena>>,
@@ -341,6 +349,7 @@ impl UringChannel {
             inflight: RefCell::new(slab::Slab::with_capacity(capacity)),
             capacity,
             waiting: RefCell::new(VecDeque::new()),
+            epochs: Rc::default(),
             unsubmitted: Cell::new(0),
             fixed_file,
             arena,
@@ -414,13 +423,13 @@ impl UringChannel {
     /// Moves a request into the in-flight slab and its entry onto the submission queue.
     /// Returns the request if there is no room.
     #[allow(clippy::result_large_err)] // the request itself comes back, by design
-    fn start(&self, io: BdevIo) -> Result<(), BdevIo> {
+    fn start(&self, io: (BdevIo, u64)) -> Result<(), (BdevIo, u64)> {
         let mut inflight = self.inflight.borrow_mut();
         if inflight.len() >= self.capacity {
             return Err(io);
         }
         let key = inflight.insert(io);
-        let entry = self.entry(&inflight[key], key);
+        let entry = self.entry(&inflight[key].0, key);
         let mut ring = self.ring.borrow_mut();
         // SAFETY: the entry's memory (buffers and iovec array) lives in `inflight[key]`,
         // which neither moves (the slab stays within its capacity) nor is freed before
@@ -477,17 +486,18 @@ impl UringChannel {
             let mut ring = self.ring.borrow_mut();
             let mut inflight = self.inflight.borrow_mut();
             for cqe in ring.completion() {
-                let io = inflight.remove(cqe.user_data() as usize);
-                done.push((io, cqe.result()));
+                let (io, epoch) = inflight.remove(cqe.user_data() as usize);
+                done.push((io, epoch, cqe.result()));
             }
         }
-        for (io, res) in done {
+        for (io, epoch, res) in done {
             let status = self.status_of(&io, res);
             work += 1;
             if status == IoStatus::InvalidOpcode && io.kind == IoKind::WriteZeroes {
-                self.zero_by_writing(io);
+                self.zero_by_writing(io, epoch);
             } else {
                 io.complete(status);
+                self.epochs.finish(epoch);
             }
         }
         if iopoll && pending { work.max(1) } else { work }
@@ -519,11 +529,13 @@ impl UringChannel {
     }
 
     /// Write-zeroes where the filesystem cannot zero a range: write zero buffers.
-    fn zero_by_writing(&self, io: BdevIo) {
+    fn zero_by_writing(&self, io: BdevIo, epoch: u64) {
         let bdev: Arc<dyn Bdev> = self.bdev.clone();
+        let epochs = self.epochs.clone();
         reactor::spawn_local(async move {
             let Ok(ch) = super::Channel::get(&bdev) else {
                 io.complete(IoStatus::InternalError);
+                epochs.finish(epoch);
                 return;
             };
             let bs = bdev.block_size() as u64;
@@ -538,6 +550,7 @@ impl UringChannel {
                 at += n;
             }
             io.complete(status);
+            epochs.finish(epoch);
         })
         .detach();
     }
@@ -546,6 +559,7 @@ impl UringChannel {
 impl BdevChannel for UringChannel {
     #[inline]
     fn submit(&self, io: BdevIo) {
+        let io = (io, self.epochs.start());
         if !self.waiting.borrow().is_empty() {
             self.waiting.borrow_mut().push_back(io);
             return;
@@ -553,6 +567,14 @@ impl BdevChannel for UringChannel {
         if let Err(io) = self.start(io) {
             self.waiting.borrow_mut().push_back(io);
         }
+    }
+
+    fn tracks_drain(&self) -> bool {
+        true
+    }
+
+    fn drained(&self) -> Option<Drained> {
+        Some(self.epochs.drained())
     }
 
     fn alloc_buf(&self, len: usize) -> Option<IoBuf> {
@@ -591,7 +613,7 @@ impl Drop for UringChannel {
             while !inflight.is_empty() && spins < 100_000 {
                 let _ = ring.submit_and_wait(1);
                 for cqe in ring.completion() {
-                    if let Some(io) = inflight.try_remove(cqe.user_data() as usize) {
+                    if let Some((io, _)) = inflight.try_remove(cqe.user_data() as usize) {
                         done.push((io, cqe.result()));
                     }
                 }
@@ -610,7 +632,7 @@ impl Drop for UringChannel {
             };
             deferred.complete(io, status);
         }
-        for io in self.waiting.get_mut().drain(..) {
+        for (io, _) in self.waiting.get_mut().drain(..) {
             deferred.complete(io, IoStatus::Aborted);
         }
     }
