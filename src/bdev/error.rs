@@ -19,7 +19,7 @@ use super::{
 use crate::reactor::{self, Nanos, PollerHandle};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -251,35 +251,25 @@ impl Bdev for ErrorBdev {
 
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         let base = Channel::get(&self.base)?;
-        let delayed: Rc<RefCell<VecDeque<(Nanos, BdevIo, IoStatus)>>> = Rc::default();
-        let d2 = delayed.clone();
-        let poller = reactor::register_poller(move || {
-            let now = reactor::now();
-            let mut n = 0;
-            loop {
-                let due = matches!(d2.borrow().front(), Some((at, _, _)) if *at <= now);
-                if !due {
-                    break;
-                }
-                let (_, io, st) = d2.borrow_mut().pop_front().expect("checked");
-                io.complete(st);
-                n += 1;
-            }
-            n
-        });
         let seed = self.seed ^ reactor::current_core().unwrap_or(0) as u64;
-        Ok(Rc::new(ErrorChannel(Rc::new(ErrorChannelInner {
-            bdev: self,
-            base,
-            deferred: Deferred::current(),
-            delayed,
-            _poller: poller,
-            rng: RefCell::new(fastrand::Rng::with_seed(seed)),
-            inflight: RefCell::new(slab::Slab::new()),
-            tracker: Tracker::new(),
-            held: RefCell::new(VecDeque::new()),
-            held_poller: RefCell::new(None),
-        }))))
+        Ok(Rc::new(ErrorChannel(Rc::new_cyclic(
+            |me: &Weak<ErrorChannelInner>| {
+                let me = me.clone();
+                let poller =
+                    reactor::register_poller(move || me.upgrade().map_or(0, |c| c.run_due()));
+                ErrorChannelInner {
+                    bdev: self,
+                    base,
+                    deferred: Deferred::current(),
+                    delayed: RefCell::new(VecDeque::new()),
+                    held: RefCell::new(VecDeque::new()),
+                    _poller: poller,
+                    rng: RefCell::new(fastrand::Rng::with_seed(seed)),
+                    inflight: RefCell::new(slab::Slab::new()),
+                    tracker: Tracker::new(),
+                }
+            },
+        ))))
     }
 
     fn supports(&self, kind: IoKind) -> bool {
@@ -305,7 +295,11 @@ struct ErrorChannelInner {
     bdev: Arc<ErrorBdev>,
     base: Channel,
     deferred: Rc<Deferred>,
-    delayed: Rc<RefCell<VecDeque<(Nanos, BdevIo, IoStatus)>>>,
+    /// Requests waiting out their injected latency, with the time they complete.
+    delayed: RefCell<VecDeque<(Nanos, (BdevIo, IoStatus))>>,
+    /// Requests waiting out their submit delay, with the time they proceed.
+    held: RefCell<VecDeque<(Nanos, BdevIo)>>,
+    /// Runs `delayed` and `held` when they are due.
     _poller: PollerHandle,
     rng: RefCell<fastrand::Rng>,
     /// Parent requests waiting for their base request, with the cache snapshot a read
@@ -313,10 +307,6 @@ struct ErrorChannelInner {
     inflight: RefCell<slab::Slab<Forwarded>>,
     /// Every request passes through it, so that the channel can tell when it drained.
     tracker: Rc<Tracker>,
-    /// Requests waiting out their submit delay, with the time they proceed.
-    held: RefCell<VecDeque<(Nanos, BdevIo)>>,
-    /// Runs `held` while anything is in it.
-    held_poller: RefCell<Option<PollerHandle>>,
 }
 
 impl Drop for ErrorChannelInner {
@@ -327,7 +317,7 @@ impl Drop for ErrorChannelInner {
         for (_, io) in self.held.borrow_mut().drain(..) {
             self.deferred.complete(io, IoStatus::Aborted);
         }
-        for (_, io, status) in self.delayed.borrow_mut().drain(..) {
+        for (_, (io, status)) in self.delayed.borrow_mut().drain(..) {
             self.deferred.complete(io, status);
         }
     }
@@ -342,7 +332,7 @@ impl ErrorChannelInner {
             let at = reactor::now().after(Duration::from_micros(us));
             // Make sure a parked reactor wakes up for it.
             reactor::call_at(at, || {});
-            self.delayed.borrow_mut().push_back((at, io, status));
+            self.delayed.borrow_mut().push_back((at, (io, status)));
         }
     }
 
@@ -436,6 +426,16 @@ impl ErrorChannelInner {
     }
 }
 
+/// The front of `q` if its time has come.
+fn pop_due<T>(q: &RefCell<VecDeque<(Nanos, T)>>, now: Nanos) -> Option<T> {
+    let mut q = q.borrow_mut();
+    if q.front().is_some_and(|(at, _)| *at <= now) {
+        q.pop_front().map(|(_, x)| x)
+    } else {
+        None
+    }
+}
+
 fn apply_overlay(io: &mut BdevIo, bs: usize, overlay: &[(u64, Held)]) {
     for (b, h) in overlay {
         let at = (b - io.offset_blocks) as usize * bs;
@@ -447,29 +447,19 @@ fn apply_overlay(io: &mut BdevIo, bs: usize, overlay: &[(u64, Held)]) {
 }
 
 impl ErrorChannelInner {
-    /// Holds `io` until `at`, then proceeds with it.
-    fn hold(self: &Rc<Self>, at: Nanos, io: BdevIo) {
-        self.held.borrow_mut().push_back((at, io));
-        reactor::call_at(at, || {});
-        if self.held_poller.borrow().is_none() {
-            let me = Rc::downgrade(self);
-            let poller = reactor::register_poller(move || {
-                let Some(me) = me.upgrade() else { return 0 };
-                let now = reactor::now();
-                let mut n = 0;
-                loop {
-                    let due = matches!(me.held.borrow().front(), Some((at, _)) if *at <= now);
-                    if !due {
-                        break;
-                    }
-                    let (_, io) = me.held.borrow_mut().pop_front().expect("checked");
-                    me.proceed(io);
-                    n += 1;
-                }
-                n
-            });
-            *self.held_poller.borrow_mut() = Some(poller);
+    /// Completes the delayed requests and starts the held ones whose time has come.
+    fn run_due(self: &Rc<Self>) -> usize {
+        let now = reactor::now();
+        let mut n = 0;
+        while let Some((io, status)) = pop_due(&self.delayed, now) {
+            io.complete(status);
+            n += 1;
         }
+        while let Some(io) = pop_due(&self.held, now) {
+            self.proceed(io);
+            n += 1;
+        }
+        n
     }
 
     fn proceed(self: &Rc<Self>, io: BdevIo) {
@@ -493,7 +483,9 @@ impl BdevChannel for ErrorChannel {
         if us > 0 || !inner.held.borrow().is_empty() {
             // In order behind the ones already held.
             let at = reactor::now().after(Duration::from_micros(us));
-            inner.hold(at, io);
+            // Make sure a parked reactor wakes up for it.
+            reactor::call_at(at, || {});
+            inner.held.borrow_mut().push_back((at, io));
         } else {
             inner.proceed(io);
         }
