@@ -16,6 +16,37 @@ use std::task::{Context, Poll, Waker};
 /// What [`BdevChannel::drained`] returns.
 pub type Drained = Pin<Box<dyn Future<Output = ()>>>;
 
+/// Tasks waiting for a counter to pass their ticket.
+#[derive(Default)]
+struct Waiters(RefCell<Vec<(u64, Waker)>>);
+
+impl Waiters {
+    /// Ready if `reached`, else waits (woken by a `wake_below` past `ticket`).
+    fn poll(&self, reached: bool, ticket: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if reached {
+            return Poll::Ready(());
+        }
+        self.0.borrow_mut().push((ticket, cx.waker().clone()));
+        Poll::Pending
+    }
+
+    /// Wakes every task whose ticket is below `bound`.
+    fn wake_below(&self, bound: u64) {
+        if self.0.borrow().is_empty() {
+            return;
+        }
+        let ready: Vec<_> = {
+            let mut w = self.0.borrow_mut();
+            let (done, keep) = w.drain(..).partition(|(t, _)| *t < bound);
+            *w = keep;
+            done
+        };
+        for (_, w) in ready {
+            w.wake();
+        }
+    }
+}
+
 /// The drain clock of a poller that completes, in one pass, every request queued
 /// before the pass began (the malloc bdev's and [`Deferred`]'s): every request queued
 /// before a moment has completed once a pass that began after that moment has ended.
@@ -25,7 +56,7 @@ pub(crate) struct PassClock {
     begun: Cell<u64>,
     /// Passes ended; a pass ends before the next begins.
     ended: Cell<u64>,
-    waiters: RefCell<Vec<(u64, Waker)>>,
+    waiters: Waiters,
 }
 
 impl PassClock {
@@ -38,15 +69,7 @@ impl PassClock {
     pub(crate) fn end(&self) {
         let ended = self.begun.get();
         self.ended.set(ended);
-        if !self.waiters.borrow().is_empty() {
-            let ready: Vec<Waker> = {
-                let mut w = self.waiters.borrow_mut();
-                let (done, keep): (Vec<_>, Vec<_>) = w.drain(..).partition(|(t, _)| *t <= ended);
-                *w = keep;
-                done.into_iter().map(|(_, w)| w).collect()
-            };
-            ready.into_iter().for_each(Waker::wake);
-        }
+        self.waiters.wake_below(ended + 1);
     }
 
     /// Resolves once every request queued before the call has completed. `idle` says
@@ -62,12 +85,7 @@ impl PassClock {
         };
         let me = self.clone();
         Box::pin(std::future::poll_fn(move |cx| {
-            if me.ended.get() >= ticket {
-                Poll::Ready(())
-            } else {
-                me.waiters.borrow_mut().push((ticket, cx.waker().clone()));
-                Poll::Pending
-            }
+            me.waiters.poll(me.ended.get() >= ticket, ticket, cx)
         }))
     }
 }
@@ -86,7 +104,7 @@ pub(crate) struct Epochs {
     base: Cell<u64>,
     /// Operations still running of each closed epoch `base..current`.
     closed: RefCell<VecDeque<u64>>,
-    waiters: RefCell<Vec<(u64, Waker)>>,
+    waiters: Waiters,
 }
 
 impl Epochs {
@@ -116,16 +134,7 @@ impl Epochs {
             c.pop_front();
             self.base.set(self.base.get() + 1);
         }
-        let base = self.base.get();
-        let ready: Vec<Waker> = {
-            let mut w = self.waiters.borrow_mut();
-            let (done, keep): (Vec<_>, Vec<_>) = w.drain(..).partition(|(t, _)| *t < base);
-            *w = keep;
-            done.into_iter().map(|(_, w)| w).collect()
-        };
-        for w in ready {
-            w.wake();
-        }
+        self.waiters.wake_below(self.base.get());
     }
 
     /// Starts a new epoch; resolves when every operation of the earlier ones completed.
@@ -152,12 +161,7 @@ impl Epochs {
     }
 
     fn poll_drained(&self, target: u64, cx: &mut Context<'_>) -> Poll<()> {
-        if self.base.get() > target {
-            Poll::Ready(())
-        } else {
-            self.waiters.borrow_mut().push((target, cx.waker().clone()));
-            Poll::Pending
-        }
+        self.waiters.poll(self.base.get() > target, target, cx)
     }
 }
 
