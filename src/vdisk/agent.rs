@@ -125,9 +125,10 @@ pub struct Agent {
     base: Vec<Channel>,
     /// log2 of each container's block size.
     base_shift: Vec<u32>,
-    /// Whether each container's channel tracks drains ([`Channel::drained`]): requests
-    /// it may take readdressed, with no completion coming back through the agent.
-    base_drains: Vec<bool>,
+    /// Whether each container may take requests readdressed, with no completion coming
+    /// back through the agent: its channel tracks drains ([`Channel::drained`]) and its
+    /// blocks are the disk's size (the request's block count stays as it is).
+    base_readdress: Vec<bool>,
     view: RefCell<Option<Arc<View>>>,
     overrides: RefCell<Vec<(u64, u64, RangeState)>>,
     quiesced: Cell<bool>,
@@ -222,12 +223,17 @@ impl Agent {
             .map(|c| Channel::get(&c.bdev))
             .collect::<Result<Vec<_>, _>>()?;
         // Block sizes are powers of two (BdevProps::new checks it).
-        let base_shift = shared
+        let base_shift: Vec<u32> = shared
             .containers
             .iter()
             .map(|c| c.bdev.block_size().trailing_zeros())
             .collect();
-        let base_drains = base.iter().map(Channel::tracks_drain).collect();
+        let disk_shift = shared.geo.block_size.trailing_zeros();
+        let base_readdress = base
+            .iter()
+            .zip(&base_shift)
+            .map(|(c, &shift)| c.tracks_drain() && shift == disk_shift)
+            .collect();
         let core = reactor::current_core().unwrap_or(0);
         let disk = bdev.disk_id();
         let agent = Rc::new_cyclic(|me| Agent {
@@ -237,7 +243,7 @@ impl Agent {
             core,
             base,
             base_shift,
-            base_drains,
+            base_readdress,
             view: RefCell::new(None),
             overrides: RefCell::new(Vec::new()),
             quiesced: Cell::new(false),
@@ -433,11 +439,7 @@ impl Agent {
         // Nothing to do at completion (no granules to mark, no commit for FUA) and a
         // container that tells when it drained: the request goes down readdressed and
         // completes straight to its submitter. Barriers wait for the container instead.
-        if fill.is_none()
-            && !io.flags.fua
-            && self.base_drains[ci]
-            && shift == geo.block_size.trailing_zeros()
-            && io.readdress(byte >> shift)
+        if fill.is_none() && !io.flags.fua && self.base_readdress[ci] && io.readdress(byte >> shift)
         {
             self.bdev.count_io(self.core);
             base.submit_unchecked(io);
