@@ -40,6 +40,13 @@ impl RecvBuf {
         self.start == self.end
     }
 
+    /// True when no free space is left after the buffered bytes. A read that leaves
+    /// room behind it was short: the socket had nothing more at that moment.
+    #[inline]
+    pub(crate) fn is_full(&self) -> bool {
+        self.end == self.buf.len()
+    }
+
     /// Capacity in bytes.
     pub(crate) fn capacity(&self) -> usize {
         self.buf.len()

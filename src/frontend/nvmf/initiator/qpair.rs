@@ -535,7 +535,10 @@ impl HostQpair {
                     }
                     Ok(_) => {
                         reads += 1;
-                        if reads == READS_PER_TURN {
+                        // A read that left room in the buffer drained the socket: deliver
+                        // and send first; the read that confirms `WouldBlock` waits for the
+                        // next turn, off the latency path.
+                        if !st.recv.is_full() || reads == READS_PER_TURN {
                             st.parse();
                             more = true;
                             break;

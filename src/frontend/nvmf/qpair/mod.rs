@@ -469,6 +469,10 @@ impl Qpair {
         }
         let mut more = false;
         if readable {
+            // Answers that completed since the last turn go out before this turn's reads.
+            if st.flush(sock).is_err() {
+                return Err("socket write failed");
+            }
             let mut reads = 0;
             loop {
                 st.parse();
@@ -476,13 +480,16 @@ impl Qpair {
                     break;
                 }
                 match st.read_some(sock) {
-                    Ok(0) => {
+                    Ok((0, _)) => {
                         st.closing = Some("host closed the connection");
                         break;
                     }
-                    Ok(_) => {
+                    Ok((_, short)) => {
                         reads += 1;
-                        if reads == READS_PER_TURN {
+                        // A short read drained the socket: run what came and send the
+                        // answers first; the read that confirms `WouldBlock` (and clears
+                        // the readiness) waits for the next turn, off the latency path.
+                        if short || reads == READS_PER_TURN {
                             st.parse();
                             more = true;
                             break;

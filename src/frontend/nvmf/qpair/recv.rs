@@ -8,7 +8,11 @@ use crate::frontend::nvmf::spec::{self, Command, DataDirection, Sqe, Status, dec
 use std::io::{self, Read};
 
 impl QpInner {
-    pub(super) fn read_some(&mut self, sock: &mio::net::TcpStream) -> io::Result<usize> {
+    /// Reads once from the socket, straight into a request's buffer when a large payload
+    /// is due and nothing is buffered, else into the receive buffer. Returns the byte
+    /// count and whether the read was short (it left room), which means the socket had
+    /// nothing more at that moment.
+    pub(super) fn read_some(&mut self, sock: &mio::net::TcpStream) -> io::Result<(usize, bool)> {
         if let Rx::Data {
             slot,
             off,
@@ -40,9 +44,10 @@ impl QpInner {
                 kind,
                 discard: false,
             };
-            return Ok(n);
+            return Ok((n, n < left));
         }
-        self.recv.fill(sock)
+        let n = self.recv.fill(sock)?;
+        Ok((n, !self.recv.is_full()))
     }
 
     /// Parses and runs every complete unit of input in the receive buffer.
