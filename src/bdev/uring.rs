@@ -2,7 +2,12 @@
 //!
 //! Each core's channel owns its own ring. `submit` only queues a submission entry; the
 //! channel's poller hands every queued entry to the kernel with one `io_uring_enter`
-//! per loop iteration, then reaps completions. Options: registered (fixed) files,
+//! per loop iteration, then reaps completions. A slow device is the exception: while
+//! the channel completes fewer than [`EAGER_BELOW_IOPS`] requests a second (measured
+//! over 10 ms windows) and the kernel does not finish them inline during submission,
+//! each entry goes to the kernel as soon as it is queued. A system call per request costs little
+//! at that rate, and a virtio disk served whole batches measurably slower than the same
+//! requests one by one (`bench/results/foundation.md`). Options: registered (fixed) files,
 //! registered (fixed) buffers handed out by [`Channel::alloc_buf`](super::Channel),
 //! a kernel submission thread (SQPOLL) and completion polling (IOPOLL). Under the
 //! adaptive idle policy the ring signals an eventfd that wakes a parked reactor.
@@ -18,7 +23,7 @@ use super::{
     Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, Drained, Epochs, IoBuf, IoKind,
     IoStatus,
 };
-use crate::reactor::{self, IdlePolicy, PollerHandle, io::WakeFd};
+use crate::reactor::{self, IdlePolicy, Nanos, PollerHandle, io::WakeFd};
 use crossbeam_queue::ArrayQueue;
 use io_uring::{IoUring, opcode, squeue, types};
 use serde::{Deserialize, Serialize};
@@ -32,6 +37,15 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
 use uuid::Uuid;
+
+/// Below this completion rate a channel submits each request at once instead of once
+/// per poll: a system call per request then costs at most a few percent of a core.
+pub const EAGER_BELOW_IOPS: u64 = 100_000;
+/// An eager channel goes back to per-poll batches above this rate (the gap keeps a
+/// channel near the threshold from switching at every window).
+const BATCH_ABOVE_IOPS: u64 = 120_000;
+/// How often a channel re-measures its completion rate.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Options of a uring bdev.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -279,6 +293,70 @@ impl Drop for Arena {
     }
 }
 
+/// Decides, window by window, whether a channel hands each request to the kernel as
+/// it is queued (eager) or all queued requests once per poll (see the module docs).
+#[derive(Debug)]
+struct SubmitPolicy {
+    /// Submit each request as it is queued.
+    eager: bool,
+    /// Eager submission is possible at all (not with SQPOLL or IOPOLL).
+    allowed: bool,
+    /// Start of the current window, and what happened in it: completions reaped,
+    /// submission calls, and calls during which completions appeared (the kernel
+    /// finished requests inline, as the page cache or tmpfs do: submitting early gains
+    /// nothing there and costs a system call per request).
+    window_start: Nanos,
+    done: u64,
+    submits: u64,
+    inline: u64,
+}
+
+impl SubmitPolicy {
+    /// Until a rate is measured the device counts as slow; the first window switches a
+    /// fast one to per-poll batches.
+    fn new(allowed: bool, now: Nanos) -> SubmitPolicy {
+        SubmitPolicy {
+            eager: allowed,
+            allowed,
+            window_start: now,
+            done: 0,
+            submits: 0,
+            inline: 0,
+        }
+    }
+
+    fn submitted(&mut self, inline: bool) {
+        self.submits += 1;
+        self.inline += inline as u64;
+    }
+
+    fn completed(&mut self, n: u64, now: Nanos) {
+        self.done += n;
+        let elapsed = now.since(self.window_start);
+        if elapsed < RATE_WINDOW {
+            return;
+        }
+        let per_sec = self.done.saturating_mul(1_000_000_000) / (elapsed.as_nanos() as u64).max(1);
+        let limit = if self.eager {
+            BATCH_ABOVE_IOPS
+        } else {
+            EAGER_BELOW_IOPS
+        };
+        let inline = self.inline * 2 > self.submits;
+        self.eager = self.allowed && per_sec < limit && !inline;
+        self.window_start = now;
+        self.done = 0;
+        self.submits = 0;
+        self.inline = 0;
+    }
+}
+
+/// The ring has no room for completions yet (`EBUSY`) or the kernel is short of
+/// memory (`EAGAIN`): the entries stay queued and the next poll tries again.
+fn is_busy(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN))
+}
+
 struct UringChannel {
     bdev: Arc<UringBdev>,
     ring: RefCell<IoUring>,
@@ -295,6 +373,8 @@ struct UringChannel {
     arena: Option<Arc<Arena>>,
     _eventfd: Option<(OwnedFd, WakeFd)>,
     poller: RefCell<Option<PollerHandle>>,
+    /// Whether to submit each request as it is queued.
+    policy: RefCell<SubmitPolicy>,
 }
 
 impl UringChannel {
@@ -355,6 +435,7 @@ impl UringChannel {
             arena,
             _eventfd: eventfd,
             poller: RefCell::new(None),
+            policy: RefCell::new(SubmitPolicy::new(!o.sqpoll && !o.iopoll, reactor::now())),
         });
         let weak = Rc::downgrade(&ch);
         let poller = reactor::register_poller(move || weak.upgrade().map_or(0, |c| c.poll()));
@@ -445,6 +526,20 @@ impl UringChannel {
             }
         }
         self.unsubmitted.set(self.unsubmitted.get() + 1);
+        if self.policy.borrow().eager {
+            let before = ring.completion().len();
+            let r = ring.submit();
+            let inline = ring.completion().len() > before;
+            self.policy.borrow_mut().submitted(inline);
+            match r {
+                Ok(_) => self.unsubmitted.set(0),
+                // Left queued: the poller submits it.
+                Err(e) if is_busy(&e) => {}
+                Err(e) => {
+                    tracing::warn!(bdev = %self.bdev.props.name, error = %e, "io_uring submit failed")
+                }
+            }
+        }
         Ok(())
     }
 
@@ -462,20 +557,22 @@ impl UringChannel {
         let iopoll = self.bdev.options.iopoll;
         let pending = !self.inflight.borrow().is_empty();
         if self.unsubmitted.get() > 0 || (iopoll && pending) {
-            let ring = self.ring.borrow();
+            let mut ring = self.ring.borrow_mut();
             let n = self.unsubmitted.get();
             let r = if iopoll {
                 // SAFETY: io_uring_enter with no argument struct; GETEVENTS with
                 // min_complete 0 makes the kernel poll for completions.
                 unsafe { ring.submitter().enter::<libc::sigset_t>(n, 0, 1, None) }
             } else {
-                ring.submit()
+                let before = ring.completion().len();
+                let r = ring.submit();
+                let inline = ring.completion().len() > before;
+                self.policy.borrow_mut().submitted(inline);
+                r
             };
             match r {
                 Ok(_) => self.unsubmitted.set(0),
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EBUSY)
-                        || e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) if is_busy(&e) => {}
                 Err(e) => {
                     tracing::warn!(bdev = %self.bdev.props.name, error = %e, "io_uring submit failed")
                 }
@@ -489,6 +586,11 @@ impl UringChannel {
                 let (io, epoch) = inflight.remove(cqe.user_data() as usize);
                 done.push((io, epoch, cqe.result()));
             }
+        }
+        if !done.is_empty() {
+            self.policy
+                .borrow_mut()
+                .completed(done.len() as u64, reactor::now());
         }
         for (io, epoch, res) in done {
             let status = self.status_of(&io, res);
@@ -639,3 +741,69 @@ impl Drop for UringChannel {
 }
 
 const _: () = assert!(ALIGN.is_power_of_two());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `policy` one window: `iops` completions a second, `submits` submission calls
+    /// of which `inline` saw completions appear.
+    fn window(policy: &mut SubmitPolicy, iops: u64, submits: u64, inline: u64) {
+        for i in 0..submits {
+            policy.submitted(i < inline);
+        }
+        let start = policy.window_start.0;
+        let ms = RATE_WINDOW.as_millis() as u64;
+        policy.completed(iops * ms / 1000, Nanos(start + ms * 1_000_000));
+    }
+
+    #[test]
+    fn a_slow_asynchronous_device_is_submitted_to_eagerly_and_a_fast_one_in_batches() {
+        let mut p = SubmitPolicy::new(true, Nanos(0));
+        assert!(p.eager, "an unmeasured device counts as slow");
+        window(&mut p, 70_000, 500, 0);
+        assert!(p.eager, "70 K IOPS with completions arriving later");
+        window(&mut p, 400_000, 500, 0);
+        assert!(!p.eager, "400 K IOPS: one system call per poll");
+        window(&mut p, 110_000, 500, 0);
+        assert!(
+            !p.eager,
+            "between the thresholds a batching channel stays batching"
+        );
+        window(&mut p, 90_000, 500, 0);
+        assert!(p.eager, "below {EAGER_BELOW_IOPS} it turns eager");
+        window(&mut p, 110_000, 500, 0);
+        assert!(
+            p.eager,
+            "between the thresholds an eager channel stays eager"
+        );
+        window(&mut p, 130_000, 500, 0);
+        assert!(!p.eager, "above {BATCH_ABOVE_IOPS} it batches again");
+    }
+
+    #[test]
+    fn requests_finished_inline_are_batched_whatever_the_rate() {
+        let mut p = SubmitPolicy::new(true, Nanos(0));
+        window(&mut p, 50_000, 500, 400);
+        assert!(!p.eager, "the kernel completes them during submission");
+        window(&mut p, 50_000, 500, 100);
+        assert!(p.eager, "mostly asynchronous again");
+    }
+
+    #[test]
+    fn a_window_is_not_judged_before_it_ends() {
+        let mut p = SubmitPolicy::new(true, Nanos(0));
+        p.completed(1_000_000, Nanos(RATE_WINDOW.as_nanos() as u64 / 2));
+        assert!(p.eager, "half a window proves nothing yet");
+        p.completed(0, Nanos(RATE_WINDOW.as_nanos() as u64));
+        assert!(!p.eager, "1 M completions in one window is a fast device");
+    }
+
+    #[test]
+    fn sqpoll_and_iopoll_rings_never_submit_eagerly() {
+        let mut p = SubmitPolicy::new(false, Nanos(0));
+        assert!(!p.eager);
+        window(&mut p, 1_000, 10, 0);
+        assert!(!p.eager);
+    }
+}
