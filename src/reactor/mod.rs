@@ -358,6 +358,27 @@ impl<T> Future for RemoteHandle<T> {
     }
 }
 
+/// Runs a reactor; a panic in it ends the process.
+///
+/// A reactor alone owns its core's state (queue pairs, channels, requests in flight,
+/// tasks). No other thread can take that over, so after a panic every request routed
+/// to the core, and every `call` or `for_each_core` waiting on it, would wait forever:
+/// the process would hang while looking alive. Aborting instead leaves the data as a
+/// crash does (which the crash tests cover) and lets a supervisor restart the target.
+fn run_or_abort(core: usize, reactor: Reactor) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reactor.run()));
+    if let Err(payload) = r {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        tracing::error!(core, panic = %msg, "reactor panicked; aborting the process");
+        eprintln!("tessera: reactor {core} panicked: {msg}; aborting");
+        std::process::abort();
+    }
+}
+
 /// A running set of reactor threads. Dropping it shuts the reactors down.
 pub struct ReactorSet {
     cores: Cores,
@@ -403,7 +424,7 @@ impl ReactorSet {
                     }
                     let reactor = Reactor::new(core, cores2, poll, &cfg);
                     let _ = ready.send(Ok(()));
-                    reactor.run();
+                    run_or_abort(core, reactor);
                 })
                 .map_err(ReactorError::Poll)?;
             threads.push(handle);

@@ -260,3 +260,58 @@ fn pollers_run_every_iteration_and_can_unregister_themselves() {
     }
     assert_eq!(calls.get(), 3);
 }
+
+/// A panic inside a reactor ends the process (SIGABRT) instead of leaving the callers
+/// that wait on that core hanging. The panicking part runs in a child process: this
+/// same test, re-run with `TESSERA_REACTOR_PANIC_CHILD` set.
+#[test]
+fn a_panicking_reactor_aborts_the_process_instead_of_hanging() {
+    use std::os::unix::process::ExitStatusExt;
+    const CHILD: &str = "TESSERA_REACTOR_PANIC_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let set = ReactorSet::for_tests(2, IdlePolicy::Busy);
+        set.cores()
+            .send(1, || panic!("deliberate panic on core 1"))
+            .expect("send");
+        // Without the abort this waits forever: core 1 never answers.
+        let _ = block_on(set.cores().call(1, || 7));
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        std::process::exit(0);
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "reactor::tests::a_panicking_reactor_aborts_the_process_instead_of_hanging",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child hung after its reactor panicked");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "child should abort; status {status:?}, stderr:\n{err}"
+    );
+    assert!(
+        err.contains("reactor 1 panicked: deliberate panic on core 1"),
+        "stderr names the core and the panic:\n{err}"
+    );
+}
