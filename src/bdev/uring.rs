@@ -352,7 +352,7 @@ impl SubmitPolicy {
 }
 
 /// The ring has no room for completions yet (`EBUSY`) or the kernel is short of
-/// memory (`EAGAIN`): the entries stay queued and the next poll tries again.
+/// memory (`EAGAIN`).
 fn is_busy(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN))
 }
@@ -527,20 +527,32 @@ impl UringChannel {
         }
         self.unsubmitted.set(self.unsubmitted.get() + 1);
         if self.policy.borrow().eager {
-            let before = ring.completion().len();
-            let r = ring.submit();
-            let inline = ring.completion().len() > before;
-            self.policy.borrow_mut().submitted(inline);
-            match r {
-                Ok(_) => self.unsubmitted.set(0),
-                // Left queued: the poller submits it.
-                Err(e) if is_busy(&e) => {}
-                Err(e) => {
-                    tracing::warn!(bdev = %self.bdev.props.name, error = %e, "io_uring submit failed")
-                }
-            }
+            let r = self.submit_counted(&mut ring);
+            self.submitted(r);
         }
         Ok(())
+    }
+
+    /// Hands the queued entries to the kernel, telling the policy whether completions
+    /// appeared during the call.
+    fn submit_counted(&self, ring: &mut IoUring) -> std::io::Result<usize> {
+        let before = ring.completion().len();
+        let r = ring.submit();
+        let inline = ring.completion().len() > before;
+        self.policy.borrow_mut().submitted(inline);
+        r
+    }
+
+    /// Books the outcome of a submission: on a busy ring the entries stay queued for
+    /// the next poll.
+    fn submitted(&self, r: std::io::Result<usize>) {
+        match r {
+            Ok(_) => self.unsubmitted.set(0),
+            Err(e) if is_busy(&e) => {}
+            Err(e) => {
+                tracing::warn!(bdev = %self.bdev.props.name, error = %e, "io_uring submit failed")
+            }
+        }
     }
 
     fn poll(&self) -> usize {
@@ -564,19 +576,9 @@ impl UringChannel {
                 // min_complete 0 makes the kernel poll for completions.
                 unsafe { ring.submitter().enter::<libc::sigset_t>(n, 0, 1, None) }
             } else {
-                let before = ring.completion().len();
-                let r = ring.submit();
-                let inline = ring.completion().len() > before;
-                self.policy.borrow_mut().submitted(inline);
-                r
+                self.submit_counted(&mut ring)
             };
-            match r {
-                Ok(_) => self.unsubmitted.set(0),
-                Err(e) if is_busy(&e) => {}
-                Err(e) => {
-                    tracing::warn!(bdev = %self.bdev.props.name, error = %e, "io_uring submit failed")
-                }
-            }
+            self.submitted(r);
         }
         let mut done = Vec::new();
         {
