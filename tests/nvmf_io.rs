@@ -353,3 +353,79 @@ fn detach_fails_later_io_and_attach_again_works() {
     round_trips(&env, &nb, 0, 7);
     assert!(!env.host.controller("Nvme1").unwrap().is_failed());
 }
+
+/// A TCP proxy in front of `target` whose answers can be held back: while `hold` is
+/// set, nothing travels from the target to the host.
+fn holding_proxy(
+    target: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let hold = Arc::new(AtomicBool::new(false));
+    let h = hold.clone();
+    std::thread::spawn(move || {
+        for host in l.incoming() {
+            let Ok(host) = host else { return };
+            let Ok(tgt) = TcpStream::connect(target) else {
+                return;
+            };
+            let pipe = |mut from: TcpStream, mut to: TcpStream, hold: Option<Arc<AtomicBool>>| {
+                std::thread::spawn(move || {
+                    let mut b = vec![0u8; 64 << 10];
+                    loop {
+                        match from.read(&mut b) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                // What arrives while held waits here.
+                                while hold.as_ref().is_some_and(|h| h.load(Ordering::Acquire)) {
+                                    std::thread::sleep(Duration::from_millis(5));
+                                }
+                                if to.write_all(&b[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            };
+            pipe(host.try_clone().unwrap(), tgt.try_clone().unwrap(), None);
+            pipe(tgt, host, Some(h.clone()));
+        }
+    });
+    (addr, hold)
+}
+
+#[test]
+fn a_keep_alive_in_flight_at_detach_does_not_fail_the_controller() {
+    let env = start(2, TransportOptions::default());
+    env.malloc("M0", 4 << 20, 4096);
+    let addr = env.subsystem(NQN, &["M0"], None);
+    let (proxy, hold) = holding_proxy(addr);
+    let mut p = AttachParams::new("Nvme0", "127.0.0.1", &proxy.port().to_string(), NQN);
+    // A keep alive every 100 ms; the target's KATO (1 s) outlives the test's hold.
+    p.keep_alive_timeout_ms = Some(1000);
+    p.hostnqn = Some(HOSTNQN.into());
+    env.host
+        .attach_controller(&env.cores, &env.host_bdevs, p)
+        .unwrap();
+    let ctrlr = env.host.controller("Nvme0").unwrap();
+    let nb = env.host_bdevs.get("Nvme0n1").unwrap();
+    round_trips(&env, &nb, 0, 8);
+    // Hold the target's answers past a keep-alive period: one is in flight.
+    hold.store(true, std::sync::atomic::Ordering::Release);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!ctrlr.is_failed(), "a held answer is not a failure yet");
+    env.host
+        .detach_controller(&env.host_bdevs, "Nvme0")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !ctrlr.is_failed(),
+        "the keep alive that our own detach cut short marked the controller lost"
+    );
+    hold.store(false, std::sync::atomic::Ordering::Release);
+}

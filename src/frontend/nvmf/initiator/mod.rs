@@ -721,6 +721,11 @@ async fn keep_alive_loop(ctrlr: Arc<NvmeController>, admin: Rc<HostQpair>) {
         }
         let sqe = Sqe::new(admin_opc::KEEP_ALIVE, 0);
         if let Err(e) = admin.command(sqe, 0, None).await {
+            // A keep alive in flight when we detach fails with the admin queue; that
+            // is our own doing, not a lost controller.
+            if ctrlr.detached.load(Ordering::Acquire) {
+                return;
+            }
             tracing::warn!(name = %ctrlr.name, error = %e, "keep alive failed: controller lost");
             ctrlr.failed.store(true, Ordering::Release);
             return;
