@@ -4,6 +4,7 @@
 //! ```text
 //! loopback_ceiling stream [HEADER_BYTES] [SECONDS]
 //! loopback_ceiling pingpong [REQUEST_BYTES] [RESPONSE_BYTES] [SECONDS]
+//! loopback_ceiling pingpong-epoll [REQUEST_BYTES] [RESPONSE_BYTES] [SECONDS]
 //! ```
 //!
 //! `stream` is a QD-64-like read stream: the sender (CPU 0) writes 56 responses per
@@ -12,7 +13,10 @@
 //! prints responses per second. `pingpong` is QD 1: the client (CPU 1) sends
 //! REQUEST_BYTES (72 = a command capsule), the server (CPU 0) answers RESPONSE_BYTES
 //! (4120 = C2HData with 4 KiB); both spin on non-blocking sockets. It prints the mean
-//! round trip in microseconds.
+//! round trip in microseconds. `pingpong-epoll` is the same round trip shaped like an
+//! event loop, as our reactors are: each side spins on `epoll_wait` with a zero timeout
+//! (edge-triggered, through mio) and reads only after it reported the socket readable,
+//! 256 KiB at a time, until `WouldBlock`.
 
 use std::io::{IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -128,14 +132,106 @@ fn pingpong(req: usize, resp: usize, secs: f64) {
     );
 }
 
+/// Reads until `want` bytes came, the way an event loop does: a read only after epoll
+/// reported the socket readable, then reads until `WouldBlock`.
+fn polled_read(
+    s: &mut mio::net::TcpStream,
+    poll: &mut mio::Poll,
+    events: &mut mio::Events,
+    buf: &mut [u8],
+    want: usize,
+    readable: &mut bool,
+) -> bool {
+    let mut got = 0;
+    while got < want {
+        if !*readable {
+            if poll.poll(events, Some(Duration::ZERO)).is_err() {
+                return false;
+            }
+            *readable = !events.is_empty();
+            continue;
+        }
+        match s.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => *readable = false,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn pingpong_epoll(req: usize, resp: usize, secs: f64) {
+    let (c, s) = pair();
+    c.set_nonblocking(true).expect("nonblocking");
+    s.set_nonblocking(true).expect("nonblocking");
+    let registered = |sock: TcpStream| {
+        let mut sock = mio::net::TcpStream::from_std(sock);
+        let poll = mio::Poll::new().expect("epoll");
+        poll.registry()
+            .register(&mut sock, mio::Token(0), mio::Interest::READABLE)
+            .expect("register");
+        (sock, poll, mio::Events::with_capacity(8))
+    };
+    let server = std::thread::spawn(move || {
+        pin(0);
+        let (mut s, mut poll, mut events) = registered(s);
+        let mut inb = vec![0u8; 256 << 10];
+        let (hdr, data) = (vec![2u8; 24.min(resp)], vec![2u8; resp.saturating_sub(24)]);
+        let mut readable = true;
+        while polled_read(&mut s, &mut poll, &mut events, &mut inb, req, &mut readable) {
+            let mut iov = [IoSlice::new(&hdr), IoSlice::new(&data)];
+            let mut slices: &mut [IoSlice<'_>] = &mut iov;
+            while !slices.is_empty() {
+                match s.write_vectored(slices) {
+                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    });
+    pin(1);
+    let (mut c, mut poll, mut events) = registered(c);
+    let out = vec![1u8; req];
+    let mut inb = vec![0u8; 256 << 10];
+    let mut readable = true;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs_f64(secs) {
+        c.write_all(&out).expect("send");
+        assert!(
+            polled_read(
+                &mut c,
+                &mut poll,
+                &mut events,
+                &mut inb,
+                resp,
+                &mut readable
+            ),
+            "server went away"
+        );
+        n += 1;
+    }
+    let us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let _ = c.shutdown(std::net::Shutdown::Both);
+    let _ = server.join();
+    println!(
+        "{{\"mode\":\"pingpong-epoll\",\"request\":{req},\"response\":{resp},\"round_trip_us\":{us:.2}}}"
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("stream") => stream(arg(&args, 2, 24), arg(&args, 3, 2.0)),
         Some("pingpong") => pingpong(arg(&args, 2, 72), arg(&args, 3, 4120), arg(&args, 4, 2.0)),
+        Some("pingpong-epoll") => {
+            pingpong_epoll(arg(&args, 2, 72), arg(&args, 3, 4120), arg(&args, 4, 2.0))
+        }
         _ => {
             eprintln!(
-                "usage: loopback_ceiling stream [HEADER] [SECS] | pingpong [REQ] [RESP] [SECS]"
+                "usage: loopback_ceiling stream [HEADER] [SECS] | pingpong[-epoll] [REQ] [RESP] [SECS]"
             );
             std::process::exit(2);
         }

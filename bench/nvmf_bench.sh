@@ -3,7 +3,7 @@
 # `tessera serve` target — target on CPU 0, initiator on CPU 1 — 4 KiB randread and
 # randwrite at QD 1 and 64, over a null and a malloc namespace, with the raw bdevs'
 # figures (the same bench on CPU 1 against a local null/malloc bdev) beside them.
-# Medians of RUNS runs; one JSON line per job, then a table.
+# Medians of RUNS runs: one JSON line per job, with the NVMe/TCP figure of every run.
 #
 #   bench/nvmf_bench.sh [--seconds N] [--runs N] [--smoke]
 #
@@ -81,7 +81,7 @@ for kind in null malloc; do
                 out=$("$T" bench --bdev "$kind:1G" -w "$workload" -q "$qd" -t "$seconds" -m "$host_cpu" --idle busy --json)
                 ri+=("$(echo "$out" | field 'r["iops"]')"); rl+=("$(echo "$out" | field 'r["lat_us"]["avg"]')")
             done
-            echo "{\"namespace\":\"$kind\",\"workload\":\"$workload\",\"qd\":$qd,\"nvmf_iops\":$(med "${ni[@]}"),\"nvmf_avg_us\":$(med "${nl[@]}"),\"raw_iops\":$(med "${ri[@]}"),\"raw_avg_us\":$(med "${rl[@]}")}"
+            echo "{\"namespace\":\"$kind\",\"workload\":\"$workload\",\"qd\":$qd,\"nvmf_iops\":$(med "${ni[@]}"),\"nvmf_avg_us\":$(med "${nl[@]}"),\"raw_iops\":$(med "${ri[@]}"),\"raw_avg_us\":$(med "${rl[@]}"),\"nvmf_iops_runs\":[$(IFS=,; echo "${ni[*]}")],\"nvmf_avg_us_runs\":[$(IFS=,; echo "${nl[*]}")]}"
         done
     done
 done
