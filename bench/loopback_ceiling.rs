@@ -95,6 +95,23 @@ fn stream(header: usize, secs: f64) {
     );
 }
 
+/// Times round trips for `secs` seconds; the mean round trip in microseconds.
+fn round_trip_us(secs: f64, mut round_trip: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs_f64(secs) {
+        round_trip();
+        n += 1;
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+fn print_round_trip(mode: &str, req: usize, resp: usize, us: f64) {
+    println!(
+        "{{\"mode\":\"{mode}\",\"request\":{req},\"response\":{resp},\"round_trip_us\":{us:.2}}}"
+    );
+}
+
 fn pingpong(req: usize, resp: usize, secs: f64) {
     let (mut c, mut s) = pair();
     c.set_nonblocking(true).expect("nonblocking");
@@ -117,73 +134,78 @@ fn pingpong(req: usize, resp: usize, secs: f64) {
     pin(1);
     let out = vec![1u8; req];
     let mut inb = vec![0u8; resp];
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < Duration::from_secs_f64(secs) {
+    let us = round_trip_us(secs, || {
         c.write_all(&out).expect("send");
         assert!(spin_read(&mut c, &mut inb), "server went away");
-        n += 1;
-    }
-    let us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    });
     let _ = c.shutdown(std::net::Shutdown::Both);
     let _ = server.join();
-    println!(
-        "{{\"mode\":\"pingpong\",\"request\":{req},\"response\":{resp},\"round_trip_us\":{us:.2}}}"
-    );
+    print_round_trip("pingpong", req, resp, us);
 }
 
-/// Reads until `want` bytes came, the way an event loop does: a read only after epoll
-/// reported the socket readable, then reads until `WouldBlock`.
-fn polled_read(
-    s: &mut mio::net::TcpStream,
-    poll: &mut mio::Poll,
-    events: &mut mio::Events,
-    buf: &mut [u8],
-    want: usize,
-    readable: &mut bool,
-) -> bool {
-    let mut got = 0;
-    while got < want {
-        if !*readable {
-            if poll.poll(events, Some(Duration::ZERO)).is_err() {
-                return false;
-            }
-            *readable = !events.is_empty();
-            continue;
-        }
-        match s.read(buf) {
-            Ok(0) => return false,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => *readable = false,
-            Err(_) => return false,
-        }
-    }
-    true
+/// A non-blocking socket read the way an event loop reads: only after epoll
+/// (edge-triggered, through mio) reported it readable, then until `WouldBlock`.
+struct Polled {
+    sock: mio::net::TcpStream,
+    poll: mio::Poll,
+    events: mio::Events,
+    readable: bool,
 }
 
-fn pingpong_epoll(req: usize, resp: usize, secs: f64) {
-    let (c, s) = pair();
-    c.set_nonblocking(true).expect("nonblocking");
-    s.set_nonblocking(true).expect("nonblocking");
-    let registered = |sock: TcpStream| {
+impl Polled {
+    fn new(sock: TcpStream) -> Polled {
+        sock.set_nonblocking(true).expect("nonblocking");
         let mut sock = mio::net::TcpStream::from_std(sock);
         let poll = mio::Poll::new().expect("epoll");
         poll.registry()
             .register(&mut sock, mio::Token(0), mio::Interest::READABLE)
             .expect("register");
-        (sock, poll, mio::Events::with_capacity(8))
-    };
+        Polled {
+            sock,
+            poll,
+            events: mio::Events::with_capacity(8),
+            readable: true,
+        }
+    }
+
+    /// Reads until `want` bytes came, into `buf` (reused for every read).
+    fn read(&mut self, buf: &mut [u8], want: usize) -> bool {
+        let mut got = 0;
+        while got < want {
+            if !self.readable {
+                if self
+                    .poll
+                    .poll(&mut self.events, Some(Duration::ZERO))
+                    .is_err()
+                {
+                    return false;
+                }
+                self.readable = !self.events.is_empty();
+                continue;
+            }
+            match self.sock.read(buf) {
+                Ok(0) => return false,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.readable = false,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+fn pingpong_epoll(req: usize, resp: usize, secs: f64) {
+    let (c, s) = pair();
     let server = std::thread::spawn(move || {
         pin(0);
-        let (mut s, mut poll, mut events) = registered(s);
+        let mut s = Polled::new(s);
         let mut inb = vec![0u8; 256 << 10];
         let (hdr, data) = (vec![2u8; 24.min(resp)], vec![2u8; resp.saturating_sub(24)]);
-        let mut readable = true;
-        while polled_read(&mut s, &mut poll, &mut events, &mut inb, req, &mut readable) {
+        while s.read(&mut inb, req) {
             let mut iov = [IoSlice::new(&hdr), IoSlice::new(&data)];
             let mut slices: &mut [IoSlice<'_>] = &mut iov;
             while !slices.is_empty() {
-                match s.write_vectored(slices) {
+                match s.sock.write_vectored(slices) {
                     Ok(n) => IoSlice::advance_slices(&mut slices, n),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return,
@@ -192,33 +214,16 @@ fn pingpong_epoll(req: usize, resp: usize, secs: f64) {
         }
     });
     pin(1);
-    let (mut c, mut poll, mut events) = registered(c);
+    let mut c = Polled::new(c);
     let out = vec![1u8; req];
     let mut inb = vec![0u8; 256 << 10];
-    let mut readable = true;
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < Duration::from_secs_f64(secs) {
-        c.write_all(&out).expect("send");
-        assert!(
-            polled_read(
-                &mut c,
-                &mut poll,
-                &mut events,
-                &mut inb,
-                resp,
-                &mut readable
-            ),
-            "server went away"
-        );
-        n += 1;
-    }
-    let us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
-    let _ = c.shutdown(std::net::Shutdown::Both);
+    let us = round_trip_us(secs, || {
+        c.sock.write_all(&out).expect("send");
+        assert!(c.read(&mut inb, resp), "server went away");
+    });
+    let _ = c.sock.shutdown(std::net::Shutdown::Both);
     let _ = server.join();
-    println!(
-        "{{\"mode\":\"pingpong-epoll\",\"request\":{req},\"response\":{resp},\"round_trip_us\":{us:.2}}}"
-    );
+    print_round_trip("pingpong-epoll", req, resp, us);
 }
 
 fn main() {
