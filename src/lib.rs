@@ -26,6 +26,7 @@ pub mod config;
 pub mod frontend;
 pub mod reactor;
 pub mod rpc;
+pub mod sim;
 pub mod target;
 pub mod util;
 pub mod vdisk;

@@ -44,6 +44,37 @@ enum Command {
     /// Crash-test workload: writes to a disk of a file-backed pool until killed.
     #[command(hide = true)]
     CrashWriter(CrashWriterArgs),
+    /// Run the deterministic simulator: one seed (`--seed N`, to replay a failure) or
+    /// many (`--seeds COUNT`); exits non-zero if any seed fails.
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Run this one seed and print its report (and every event with --verbose).
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Run this many seeds, from --from on.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed of --seeds.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Waves of concurrent operations per seed.
+    #[arg(long, default_value_t = tessera::sim::SimOptions::default().waves)]
+    waves: usize,
+    /// Threads running seeds at once (default: the number of CPUs).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+    /// Print every event of the run.
+    #[arg(long)]
+    verbose: bool,
+    /// Run the crash-point sweeps instead (all, or those whose name contains this).
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    sweep: Option<String>,
+    /// Power-loss patterns tried per crash point of a sweep.
+    #[arg(long, default_value_t = 2)]
+    loss_patterns: u64,
 }
 
 #[derive(Args)]
@@ -172,24 +203,103 @@ struct BenchArgs {
 }
 
 fn main() {
+    let cli = Cli::parse();
+    // The simulator opens and crashes pools thousands of times: its logs only on demand.
+    let default_level = match cli.command {
+        Command::Sim(_) => "off",
+        _ => "info",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Bench(a) => bench(a),
         Command::Check(a) => check(a),
         Command::Rpc(a) => rpc(a),
         Command::CrashWriter(a) => crash_writer(a),
+        Command::Sim(a) => sim(a),
     };
     if let Err(e) = result {
         eprintln!("tessera: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn sim(a: SimArgs) -> Result<()> {
+    if let Some(filter) = &a.sweep {
+        let t0 = std::time::Instant::now();
+        let mut failed = 0;
+        for sc in tessera::sim::sweep::scenarios() {
+            if !sc.name.contains(filter.as_str()) {
+                continue;
+            }
+            match tessera::sim::sweep::sweep(&sc, a.loss_patterns, a.verbose) {
+                Ok(r) => println!(
+                    "{:48} {:4} crash points ({} writes)",
+                    r.name, r.points, r.writes
+                ),
+                Err(f) => {
+                    failed += 1;
+                    eprintln!("{f}");
+                }
+            }
+        }
+        println!("sweeps took {:.1} s", t0.elapsed().as_secs_f64());
+        if failed > 0 {
+            bail!("{failed} sweeps failed");
+        }
+        return Ok(());
+    }
+    let opts = tessera::sim::SimOptions {
+        waves: a.waves,
+        verbose: a.verbose,
+    };
+    if let Some(seed) = a.seed {
+        let t0 = std::time::Instant::now();
+        return match tessera::sim::run(seed, &opts) {
+            Ok(r) => {
+                println!(
+                    "seed {seed} passed in {:.2} s: {r:#?}",
+                    t0.elapsed().as_secs_f64()
+                );
+                Ok(())
+            }
+            Err(f) => bail!("{f}"),
+        };
+    }
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let total = a.seeds;
+    let sum = tessera::sim::run_many(a.from, a.seeds, jobs, &opts, &|seed, r| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Err(f) = r {
+            eprintln!("{f}");
+        } else if n % 100 == 0 || n == total {
+            eprintln!("{n}/{total} seeds run (last: {seed})");
+        }
+    });
+    println!(
+        "{} seeds ({}..{}): {} passed ({} ended with injected damage detected), {} failed, in {:.1} s ({:.2} seeds/s on {jobs} threads)",
+        a.seeds,
+        a.from,
+        a.from + a.seeds,
+        sum.passed,
+        sum.detected,
+        sum.failures.len(),
+        sum.elapsed.as_secs_f64(),
+        sum.rate()
+    );
+    if !sum.failures.is_empty() {
+        let seeds: Vec<String> = sum.failures.iter().map(|f| f.seed.to_string()).collect();
+        bail!("failing seeds: {}", seeds.join(" "));
+    }
+    Ok(())
 }
 
 fn one_core() -> Result<tessera::reactor::ReactorSet> {

@@ -1,0 +1,461 @@
+//! Crash-point sweeps (as SPDK's blob unit tests do them): for every operation that
+//! changes metadata, for N = 1, 2, … until the operation completes without running out,
+//! the devices die after N writes; the power fails (every unflushed write kept, dropped
+//! or torn, two patterns per point); the pool reopens; and the simulator's checks run:
+//! `tessera check` clean, every acknowledged operation there, every block of every disk
+//! one of the values the oracle allows, and after deleting every disk all space free.
+
+use super::Failure;
+use super::model::Tag;
+use super::storage::{Faults, WriteBudget};
+use super::workload::{Log, ModKind, Op, Setup, Sim, SimOptions};
+use super::world::Layout;
+use crate::vdisk::{CowPolicy, PoolOptions};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Blocks per segment in the sweeps' pool (512-byte blocks, 64 KiB segments).
+const SEG: u64 = 128;
+
+/// One operation to sweep: the state it starts from, and the operation itself.
+pub struct Scenario {
+    pub name: &'static str,
+    /// Waves that build the starting state (no crash there).
+    setup: fn(&mut Builder) -> Vec<Vec<Op>>,
+    /// Waves of the operation; the devices may die anywhere in them.
+    op: fn(&mut Builder) -> Vec<Vec<Op>>,
+    policy: CowPolicy,
+}
+
+/// Makes operations with fresh tags.
+pub struct Builder {
+    next_tag: Tag,
+}
+
+impl Builder {
+    fn write(&mut self, disk: &str, block: u64, n: u64, fua: bool) -> Op {
+        let first = self.next_tag;
+        self.next_tag += n;
+        Op::Modify {
+            kind: ModKind::Write,
+            disk: disk.into(),
+            block,
+            n,
+            fua,
+            first,
+        }
+    }
+    fn zeroes(&mut self, kind: ModKind, disk: &str, block: u64, n: u64, fua: bool) -> Op {
+        Op::Modify {
+            kind,
+            disk: disk.into(),
+            block,
+            n,
+            fua,
+            first: 0,
+        }
+    }
+}
+
+fn flush(d: &str) -> Op {
+    Op::Flush { disk: d.into() }
+}
+fn create(name: &str, segs: u64, thin: bool) -> Op {
+    Op::Create {
+        name: name.into(),
+        blocks: segs * SEG,
+        thin,
+    }
+}
+fn snapshot(pairs: &[(&str, &str)]) -> Op {
+    Op::Snapshot {
+        pairs: pairs
+            .iter()
+            .map(|(o, s)| (o.to_string(), s.to_string()))
+            .collect(),
+    }
+}
+fn clone(s: &str, c: &str) -> Op {
+    Op::Clone {
+        snapshot: s.into(),
+        name: c.into(),
+    }
+}
+
+/// `d1` (thin, 4 segments) with data in segments 0–2, partly; `d2` (thick, 2 segments).
+fn base(b: &mut Builder) -> Vec<Vec<Op>> {
+    vec![
+        vec![create("d1", 4, true)],
+        vec![create("d2", 2, false)],
+        vec![
+            b.write("d1", 0, 40, false),
+            b.write("d1", SEG + 8, 100, false),
+            b.write("d1", 2 * SEG, SEG, false),
+            b.write("d2", 5, 30, false),
+        ],
+        vec![flush("d1"), flush("d2")],
+    ]
+}
+
+/// `base`, then a snapshot `s1` of `d1` and its clone `c1`.
+fn with_snapshot(b: &mut Builder) -> Vec<Vec<Op>> {
+    let mut w = base(b);
+    w.push(vec![snapshot(&[("d1", "s1")])]);
+    w.push(vec![clone("s1", "c1")]);
+    w
+}
+
+/// Every operation that changes metadata, from the state each one needs.
+pub fn scenarios() -> Vec<Scenario> {
+    use CowPolicy::{CopyOut, Redirect};
+    let s = |name, setup, op, policy| Scenario {
+        name,
+        setup,
+        op,
+        policy,
+    };
+    vec![
+        s(
+            "create thin disk",
+            base,
+            |_| vec![vec![create("d9", 3, true)]],
+            Redirect,
+        ),
+        s(
+            "create thick disk",
+            base,
+            |_| vec![vec![create("d9", 3, false)]],
+            Redirect,
+        ),
+        s(
+            "first write into a fresh segment, flush",
+            base,
+            |b| {
+                vec![
+                    vec![b.write("d1", 3 * SEG + 5, 9, false)],
+                    vec![flush("d1")],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "FUA write",
+            base,
+            |b| vec![vec![b.write("d1", SEG + 50, 20, true)]],
+            Redirect,
+        ),
+        s(
+            "FUA write-zeroes",
+            base,
+            |b| vec![vec![b.zeroes(ModKind::WriteZeroes, "d1", 10, 20, true)]],
+            Redirect,
+        ),
+        s(
+            "FUA unmap",
+            base,
+            |b| vec![vec![b.zeroes(ModKind::Unmap, "d1", SEG + 8, 60, true)]],
+            Redirect,
+        ),
+        s(
+            "unmap of whole segments, flush",
+            base,
+            |b| {
+                vec![
+                    vec![b.zeroes(ModKind::Unmap, "d1", 0, 3 * SEG, false)],
+                    vec![flush("d1")],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "snapshot",
+            base,
+            |_| vec![vec![snapshot(&[("d1", "s1")])]],
+            Redirect,
+        ),
+        s(
+            "consistency-group snapshot",
+            base,
+            |_| vec![vec![snapshot(&[("d1", "s1"), ("d2", "s2")])]],
+            Redirect,
+        ),
+        s(
+            "clone",
+            |b| {
+                let mut w = base(b);
+                w.push(vec![snapshot(&[("d1", "s1")])]);
+                w
+            },
+            |_| vec![vec![clone("s1", "c1")]],
+            Redirect,
+        ),
+        s(
+            "write after a snapshot (redirect), flush",
+            with_snapshot,
+            |b| vec![vec![b.write("d1", SEG + 20, 30, false)], vec![flush("d1")]],
+            Redirect,
+        ),
+        s(
+            "write after a snapshot (copy-out), flush",
+            with_snapshot,
+            |b| vec![vec![b.write("d1", SEG + 20, 30, false)], vec![flush("d1")]],
+            CopyOut,
+        ),
+        s(
+            "clone write (copy-out), flush",
+            with_snapshot,
+            |b| {
+                vec![
+                    vec![b.write("c1", 2 * SEG + 7, 3, false)],
+                    vec![flush("c1")],
+                ]
+            },
+            CopyOut,
+        ),
+        s(
+            "delete a snapshot that has a clone",
+            with_snapshot,
+            |_| vec![vec![Op::Delete { disk: "s1".into() }]],
+            Redirect,
+        ),
+        s(
+            "delete an origin",
+            with_snapshot,
+            |_| vec![vec![Op::Delete { disk: "d1".into() }]],
+            Redirect,
+        ),
+        s(
+            "grow",
+            base,
+            |_| {
+                vec![vec![Op::Resize {
+                    disk: "d1".into(),
+                    blocks: 6 * SEG,
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            "shrink to a segment boundary",
+            base,
+            |_| {
+                vec![vec![Op::Resize {
+                    disk: "d1".into(),
+                    blocks: 2 * SEG,
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            "shrink a snapshotted disk inside a segment",
+            with_snapshot,
+            |_| {
+                vec![vec![Op::Resize {
+                    disk: "d1".into(),
+                    blocks: SEG + 40,
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            "set read-only",
+            base,
+            |_| {
+                vec![vec![Op::SetReadOnly {
+                    disk: "d1".into(),
+                    ro: true,
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            "set the copy-on-write policy",
+            base,
+            |_| {
+                vec![vec![Op::CowPolicy {
+                    disk: "d1".into(),
+                    policy: CowPolicy::CopyOut,
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            "split a clone",
+            with_snapshot,
+            |_| {
+                vec![
+                    vec![Op::Split {
+                        disk: "c1".into(),
+                        decouple: false,
+                    }],
+                    vec![Op::WaitJob { disk: "c1".into() }],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "decouple a clone",
+            with_snapshot,
+            |_| {
+                vec![
+                    vec![Op::Split {
+                        disk: "c1".into(),
+                        decouple: true,
+                    }],
+                    vec![Op::WaitJob { disk: "c1".into() }],
+                ]
+            },
+            Redirect,
+        ),
+    ]
+}
+
+/// What a sweep covered.
+#[derive(Clone, Debug)]
+pub struct SweepReport {
+    pub name: &'static str,
+    /// Crash points tried (writes after which the devices died).
+    pub points: u64,
+    /// Writes the operation issued when it could run to the end.
+    pub writes: u64,
+}
+
+fn setup(policy: CowPolicy) -> Setup {
+    let mut opts = PoolOptions::new("sweep");
+    opts.segment_bytes = SEG * 512;
+    opts.cow_policy = policy;
+    let faults = Faults {
+        latency_max_us: 40,
+        ..Default::default()
+    };
+    Setup {
+        layout: Layout {
+            block_size: 512,
+            meta_block_size: 512,
+            names: vec![
+                ("sweep-data".into(), uuid::Uuid::from_u64_pair(3, 3)),
+                ("sweep-meta".into(), uuid::Uuid::from_u64_pair(4, 4)),
+            ],
+            separate_metadata: true,
+            opts,
+            cores: 2,
+            ctl_core: 1,
+        },
+        media_bytes: vec![33 * SEG * 512, (64 << 10) + 4096 * 400],
+        data_segments: 32,
+        faults: vec![faults.clone(), faults],
+        p_crash_mid: 0.0,
+        p_crash_between: 0.0,
+        p_reopen: 0.0,
+        p_rot: 0.0,
+        p_control: 0.0,
+        p_out_of_range: 0.0,
+    }
+}
+
+/// Sweeps one scenario's crash points; `loss_patterns` power losses per point.
+pub fn sweep(sc: &Scenario, loss_patterns: u64, verbose: bool) -> Result<SweepReport, Failure> {
+    let mut n = 1;
+    loop {
+        let mut died = false;
+        let mut writes = 0;
+        for pattern in 0..loss_patterns {
+            let seed = n * 1000 + pattern;
+            let log = Rc::new(RefCell::new(Log {
+                lines: Default::default(),
+                verbose,
+                hasher: Default::default(),
+            }));
+            let l2 = log.clone();
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| point(sc, n, seed, l2)));
+            let fail = |what: String| Failure {
+                seed,
+                what: format!(
+                    "crash-point sweep `{}`, devices dead after {n} writes: {what}",
+                    sc.name
+                ),
+                last_events: log.borrow().lines.iter().cloned().collect(),
+                replay: format!("cargo run --release -- sim --sweep '{}' --verbose", sc.name),
+            };
+            match r {
+                Ok(Ok((d, w))) => {
+                    died |= d;
+                    writes = w;
+                }
+                Ok(Err(what)) => return Err(fail(what)),
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    return Err(fail(format!("panic: {msg}")));
+                }
+            }
+        }
+        if !died {
+            return Ok(SweepReport {
+                name: sc.name,
+                points: n - 1,
+                writes,
+            });
+        }
+        n += 1;
+        if n > 2000 {
+            return Err(Failure {
+                seed: 0,
+                what: format!("crash-point sweep `{}` never completed", sc.name),
+                last_events: Vec::new(),
+                replay: format!("cargo run --release -- sim --sweep '{}' --verbose", sc.name),
+            });
+        }
+    }
+}
+
+/// One crash point: returns whether the devices died, and the writes the operation
+/// issued.
+fn point(sc: &Scenario, n: u64, seed: u64, log: Rc<RefCell<Log>>) -> Result<(bool, u64), String> {
+    let opts = SimOptions {
+        waves: 0,
+        verbose: log.borrow().verbose,
+    };
+    let mut sim = Sim::with_setup(
+        seed,
+        opts,
+        log,
+        setup(sc.policy),
+        fastrand::Rng::with_seed(seed),
+    );
+    sim.first_life()?;
+    let mut b = Builder { next_tag: 1 };
+    for wave in (sc.setup)(&mut b) {
+        sim.run_wave(wave, None)?;
+    }
+    let budget = WriteBudget::new(n);
+    for d in &sim.world().disks {
+        d.set_write_budget(Some(budget.clone()));
+    }
+    sim.device_faults = true;
+    sim.event(format!("devices die after {n} writes"));
+    for wave in (sc.op)(&mut b) {
+        sim.run_wave(wave, None)?;
+    }
+    let died = budget.is_dead();
+    let writes = budget.used();
+    sim.power_loss(&format!("crash point {n}"))?;
+    // The new life's devices have no budget; failures are explained by the old one
+    // only until the recovery is checked.
+    sim.device_faults = false;
+    sim.pool_failed = false;
+    sim.finish()?;
+    Ok((died, writes))
+}
+
+/// Runs every scenario's sweep.
+pub fn sweep_all(loss_patterns: u64, verbose: bool) -> Result<Vec<SweepReport>, Failure> {
+    scenarios()
+        .iter()
+        .map(|sc| sweep(sc, loss_patterns, verbose))
+        .collect()
+}

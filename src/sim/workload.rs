@@ -1,0 +1,1610 @@
+//! The workload and the run: waves of concurrent operations chosen by the seed, faults,
+//! crashes, reopens, and the oracle's checks after each.
+
+use super::model::{self, DiskModel, Existence, Modification, Possible, Tag, WaveEffects};
+use super::storage::Faults;
+use super::world::{Driven, Layout, Pending, World};
+use super::{Failure, Report};
+use crate::bdev::{Bdev, BdevIo, IoBuf, IoStatus};
+use crate::vdisk::{CowPolicy, PoolOptions, VDisk, VdiskError};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+/// How long one wave may take (simulated) before the simulator calls it a hang.
+const WAVE_LIMIT: Duration = Duration::from_secs(120);
+/// Time limit of the quiesces the workload takes.
+const QUIESCE_LIMIT: Duration = Duration::from_secs(2);
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Waves of concurrent operations per run.
+    pub waves: usize,
+    /// Print every event as it happens.
+    pub verbose: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            waves: 60,
+            verbose: false,
+        }
+    }
+}
+
+/// Runs the simulation of `seed`. A panic inside the engine is a failure too.
+pub fn run(seed: u64, opts: &SimOptions) -> Result<Report, Failure> {
+    let log = Rc::new(RefCell::new(Log {
+        lines: std::collections::VecDeque::new(),
+        verbose: opts.verbose,
+        hasher: std::collections::hash_map::DefaultHasher::new(),
+    }));
+    let l2 = log.clone();
+    let opts = opts.clone();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let mut sim = Sim::new(seed, opts, l2);
+        let r = sim.run();
+        r.map(|mut rep| {
+            rep.digest = sim.log.borrow().hasher.finish();
+            rep
+        })
+    }));
+    let fail = |what: String| Failure {
+        seed,
+        what,
+        last_events: log.borrow().lines.iter().cloned().collect(),
+        replay: format!("cargo run --release -- sim --seed {seed} --verbose"),
+    };
+    match r {
+        Ok(Ok(rep)) => Ok(rep),
+        Ok(Err(what)) => Err(fail(what)),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            Err(fail(format!("panic: {msg}")))
+        }
+    }
+}
+
+pub(super) struct Log {
+    pub(super) lines: std::collections::VecDeque<String>,
+    pub(super) verbose: bool,
+    pub(super) hasher: std::collections::hash_map::DefaultHasher,
+}
+
+/// One operation of a wave.
+#[derive(Clone, Debug)]
+pub(super) enum Op {
+    Read {
+        disk: String,
+        block: u64,
+        n: u64,
+    },
+    /// Writes tags `first..first + n` (write), or zeros (write-zeroes, unmap).
+    Modify {
+        kind: ModKind,
+        disk: String,
+        block: u64,
+        n: u64,
+        fua: bool,
+        first: Tag,
+    },
+    Flush {
+        disk: String,
+    },
+    Create {
+        name: String,
+        blocks: u64,
+        thin: bool,
+    },
+    Snapshot {
+        pairs: Vec<(String, String)>,
+    },
+    Clone {
+        snapshot: String,
+        name: String,
+    },
+    Delete {
+        disk: String,
+    },
+    Resize {
+        disk: String,
+        blocks: u64,
+    },
+    SetReadOnly {
+        disk: String,
+        ro: bool,
+    },
+    Split {
+        disk: String,
+        decouple: bool,
+    },
+    CowPolicy {
+        disk: String,
+        policy: CowPolicy,
+    },
+    Quiesce {
+        disks: Vec<String>,
+        hold: Duration,
+    },
+    /// Waits until the disk's split or decouple job has ended.
+    WaitJob {
+        disk: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ModKind {
+    Write,
+    WriteZeroes,
+    Unmap,
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Read { .. } => "read",
+            Op::Modify {
+                kind: ModKind::Write,
+                ..
+            } => "write",
+            Op::Modify {
+                kind: ModKind::WriteZeroes,
+                ..
+            } => "write_zeroes",
+            Op::Modify {
+                kind: ModKind::Unmap,
+                ..
+            } => "unmap",
+            Op::Flush { .. } => "flush",
+            Op::Create { .. } => "create",
+            Op::Snapshot { .. } => "snapshot",
+            Op::Clone { .. } => "clone",
+            Op::Delete { .. } => "delete",
+            Op::Resize { .. } => "resize",
+            Op::SetReadOnly { .. } => "set_read_only",
+            Op::Split { .. } => "split",
+            Op::CowPolicy { .. } => "set_cow_policy",
+            Op::Quiesce { .. } => "quiesce",
+            Op::WaitJob { .. } => "wait_job",
+        }
+    }
+
+    fn is_data(&self) -> bool {
+        matches!(self, Op::Read { .. } | Op::Modify { .. } | Op::Flush { .. })
+    }
+}
+
+/// Results of control operations.
+enum CtlValue {
+    Disks(Vec<Arc<VDisk>>),
+    Id(u64),
+    Unit,
+}
+
+type CtlResult = Result<CtlValue, VdiskError>;
+
+enum Progress {
+    /// A data request in flight (its completion carries the op's index as tag).
+    Io,
+    Ctl(Pending<CtlResult>),
+    /// A quiesce in force until the time given; then activated.
+    Held {
+        id: u64,
+        until: Duration,
+    },
+    Activating(Pending<CtlResult>),
+    Done(Outcome),
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Io(IoStatus),
+    Ctl(Result<(), CtlError>),
+    /// Not finished when the power failed.
+    Lost,
+}
+
+struct Running {
+    op: Op,
+    progress: Progress,
+}
+
+/// The seeded choices that stay fixed for a run.
+pub(super) struct Setup {
+    pub(super) layout: Layout,
+    /// Bytes of each simulated disk (data container, then the metadata bdev).
+    pub(super) media_bytes: Vec<u64>,
+    pub(super) data_segments: u64,
+    pub(super) faults: Vec<Faults>,
+    pub(super) p_crash_mid: f64,
+    pub(super) p_crash_between: f64,
+    pub(super) p_reopen: f64,
+    pub(super) p_rot: f64,
+    pub(super) p_control: f64,
+    /// Data requests are issued beyond the disk's end now and then.
+    pub(super) p_out_of_range: f64,
+}
+
+pub(super) struct Sim {
+    pub(super) seed: u64,
+    pub(super) opts: SimOptions,
+    pub(super) rng: fastrand::Rng,
+    pub(super) setup: Setup,
+    pub(super) world: Option<World>,
+    pub(super) model: BTreeMap<String, DiskModel>,
+    pub(super) next_tag: Tag,
+    pub(super) next_name: u64,
+    pub(super) log: Rc<RefCell<Log>>,
+    pub(super) report: Report,
+    /// Metadata damage (bit rot, misdirected writes) was injected: open and check may
+    /// refuse, with a precise error.
+    pub(super) damage: bool,
+    /// The pool refused further changes (a metadata write failed): the next wave
+    /// starts with a power loss.
+    pub(super) pool_failed: bool,
+    /// Resizes and read-only changes lost in a power failure: (disk, value either way).
+    pub(super) uncertain_size: BTreeMap<String, (u64, u64)>,
+    pub(super) uncertain_ro: BTreeMap<String, bool>,
+    /// Resizes acknowledged in the current wave, applied after its writes.
+    pub(super) resized: BTreeMap<String, u64>,
+    /// Life number (power losses and reopens).
+    pub(super) life: u64,
+    /// The devices may fail requests beyond the configured faults (a crash-point
+    /// sweep's write budget): failures that only a device fault explains are allowed.
+    pub(super) device_faults: bool,
+}
+
+/// A control operation's error, and whether it says the pool itself failed (which
+/// only an injected fault may explain).
+#[derive(Debug)]
+struct CtlError {
+    msg: String,
+    pool_level: bool,
+}
+
+fn ctl_error(e: &VdiskError) -> CtlError {
+    CtlError {
+        msg: e.to_string(),
+        pool_level: matches!(
+            e,
+            VdiskError::PoolFailed(_) | VdiskError::Io { .. } | VdiskError::Meta(_)
+        ),
+    }
+}
+
+impl Sim {
+    pub(super) fn new(seed: u64, opts: SimOptions, log: Rc<RefCell<Log>>) -> Sim {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let setup = Self::choose_setup(&mut rng);
+        Self::with_setup(seed, opts, log, setup, rng)
+    }
+
+    /// A simulation of a chosen machine (the crash-point sweeps fix theirs).
+    pub(super) fn with_setup(
+        seed: u64,
+        opts: SimOptions,
+        log: Rc<RefCell<Log>>,
+        setup: Setup,
+        rng: fastrand::Rng,
+    ) -> Sim {
+        Sim {
+            seed,
+            opts,
+            rng,
+            setup,
+            world: None,
+            model: BTreeMap::new(),
+            next_tag: 1,
+            next_name: 0,
+            log,
+            report: Report {
+                seed,
+                ..Default::default()
+            },
+            damage: false,
+            pool_failed: false,
+            uncertain_size: BTreeMap::new(),
+            uncertain_ro: BTreeMap::new(),
+            resized: BTreeMap::new(),
+            life: 0,
+            device_faults: false,
+        }
+    }
+
+    fn choose_setup(rng: &mut fastrand::Rng) -> Setup {
+        let block_size = if rng.u8(0..5) == 0 { 4096 } else { 512 };
+        let segment_bytes = [64u64 << 10, 128 << 10, 256 << 10][rng.usize(0..3)];
+        let data_segments = rng.u64(40..=120);
+        let separate_metadata = rng.u8(0..10) < 7;
+        let cores = rng.usize(2..=3);
+        let ctl_core = rng.usize(0..cores);
+        let faulty = rng.u8(0..10) < 6;
+        let errors = faulty && rng.bool();
+        let data_faults = Faults {
+            latency_max_us: rng.u64(0..=300),
+            read_error: if errors { rng.f64() * 0.004 } else { 0.0 },
+            write_error: if errors { rng.f64() * 0.003 } else { 0.0 },
+            misdirect: 0.0,
+            misdirect_range: None,
+        };
+        let tight_meta = rng.u8(0..10) == 0;
+        let meta_bytes: u64 = if tight_meta {
+            (64 << 10) + 4096 * rng.u64(80..=120)
+        } else {
+            (64 << 10) + 4096 * rng.u64(300..=1200)
+        };
+        let misdirect = faulty && separate_metadata && rng.u8(0..4) == 0;
+        let meta_faults = Faults {
+            latency_max_us: rng.u64(0..=300),
+            read_error: if errors { rng.f64() * 0.002 } else { 0.0 },
+            write_error: if errors { rng.f64() * 0.002 } else { 0.0 },
+            misdirect: if misdirect { 0.003 } else { 0.0 },
+            misdirect_range: misdirect.then_some(4096..meta_bytes),
+        };
+        let mut names = vec![("sim-data0".to_string(), uuid::Uuid::from_u64_pair(1, 1))];
+        let mut faults = vec![data_faults];
+        let mut opts = PoolOptions::new("simpool");
+        opts.segment_bytes = segment_bytes;
+        opts.cow_policy = if rng.bool() {
+            CowPolicy::Redirect
+        } else {
+            CowPolicy::CopyOut
+        };
+        if separate_metadata {
+            names.push(("sim-meta".to_string(), uuid::Uuid::from_u64_pair(2, 2)));
+            faults.push(meta_faults);
+        } else {
+            let meta_segs = if tight_meta { 1 } else { rng.u64(2..=6) };
+            opts.metadata_bytes = Some(meta_segs * segment_bytes.max(512 << 10));
+        }
+        let mut media_bytes = vec![data_segments * segment_bytes];
+        if separate_metadata {
+            // The label's segment is reserved too.
+            media_bytes[0] += segment_bytes;
+            media_bytes.push(meta_bytes);
+        } else {
+            let meta = opts.metadata_bytes.unwrap_or(0).div_ceil(segment_bytes) * segment_bytes;
+            media_bytes[0] += segment_bytes + meta;
+        }
+        Setup {
+            media_bytes,
+            data_segments,
+            layout: Layout {
+                block_size,
+                meta_block_size: 512,
+                names,
+                separate_metadata,
+                opts,
+                cores,
+                ctl_core,
+            },
+            faults,
+            p_crash_mid: if faulty { 0.06 } else { 0.03 },
+            p_crash_between: 0.02,
+            p_reopen: 0.02,
+            p_rot: if faulty { 0.15 } else { 0.0 },
+            p_control: 0.4,
+            p_out_of_range: 0.03,
+        }
+    }
+
+    pub(super) fn event(&self, s: String) {
+        let mut l = self.log.borrow_mut();
+        s.hash(&mut l.hasher);
+        if l.verbose {
+            eprintln!("[{}] {s}", self.seed);
+        }
+        l.lines.push_back(s);
+        if l.lines.len() > 40 {
+            l.lines.pop_front();
+        }
+    }
+
+    pub(super) fn world(&mut self) -> &mut World {
+        self.world.as_mut().expect("a life is running")
+    }
+
+    /// The first life: empty disks, a new pool.
+    pub(super) fn first_life(&mut self) -> Result<(), String> {
+        self.event(format!(
+            "setup: {} cores (controller {}), {}-byte blocks, {} KiB segments, {} data segments, metadata {}, faults {:?}",
+            self.setup.layout.cores,
+            self.setup.layout.ctl_core,
+            self.setup.layout.block_size,
+            self.setup.layout.opts.segment_bytes >> 10,
+            self.setup.data_segments,
+            if self.setup.layout.separate_metadata {
+                format!("separate ({} KiB)", self.setup.media_bytes[1] >> 10)
+            } else {
+                "on the data container".into()
+            },
+            self.setup.faults
+        ));
+        let media: Vec<Vec<u8>> = self
+            .setup
+            .media_bytes
+            .iter()
+            .copied()
+            .map(|n| vec![0u8; n as usize])
+            .collect();
+        let w = World::new(&self.setup.layout, media, &self.setup.faults, self.seed);
+        self.world = Some(w);
+        let layout = self.setup.layout.clone();
+        self.world()
+            .create_pool(&layout)
+            .map_err(|e| format!("creating the pool: {e}"))
+    }
+
+    fn run(&mut self) -> Result<Report, String> {
+        self.first_life()?;
+        // A few disks to start with.
+        let n = self.rng.usize(1..=3);
+        for _ in 0..n {
+            let op = self.gen_create();
+            self.run_wave(vec![op], None)?;
+        }
+        for wave in 0..self.opts.waves {
+            self.report.waves = wave + 1;
+            if self.report.detected.is_some() {
+                break;
+            }
+            if self.pool_failed {
+                self.power_loss("the pool failed")?;
+                continue;
+            }
+            let r = self.rng.f64();
+            if r < self.setup.p_crash_between {
+                self.power_loss("between waves")?;
+                continue;
+            } else if r < self.setup.p_crash_between + self.setup.p_reopen {
+                self.clean_reopen()?;
+                continue;
+            }
+            let ops = self.gen_wave();
+            let crash_at = (self.rng.f64() < self.setup.p_crash_mid).then(|| self.rng.u64(1..=600));
+            self.run_wave(ops, crash_at)?;
+        }
+        if self.report.detected.is_none() {
+            self.finish()?;
+        }
+        self.report.sim_ms = self
+            .world
+            .as_ref()
+            .map_or(0, |w| w.now().as_millis() as u64);
+        Ok(std::mem::take(&mut self.report))
+    }
+
+    // ----- operation choice -----
+
+    pub(super) fn live_disks(&self) -> Vec<String> {
+        self.model
+            .values()
+            .filter(|d| d.exists == Existence::Yes)
+            .map(|d| d.name.clone())
+            .collect()
+    }
+
+    fn pick<T: Clone>(&mut self, v: &[T]) -> Option<T> {
+        (!v.is_empty()).then(|| v[self.rng.usize(0..v.len())].clone())
+    }
+
+    fn new_name(&mut self, prefix: &str) -> String {
+        self.next_name += 1;
+        format!("{prefix}{}", self.next_name)
+    }
+
+    fn seg_blocks(&self) -> u64 {
+        self.setup.layout.opts.segment_bytes / self.setup.layout.block_size as u64
+    }
+
+    fn gen_create(&mut self) -> Op {
+        let segs = self.rng.u64(1..=5);
+        let mut blocks = segs * self.seg_blocks();
+        if self.rng.u8(0..4) == 0 {
+            blocks -= self.rng.u64(1..self.seg_blocks());
+        }
+        Op::Create {
+            name: self.new_name("d"),
+            blocks,
+            thin: self.rng.u8(0..5) != 0,
+        }
+    }
+
+    fn gen_data(&mut self, disks: &[String]) -> Option<Op> {
+        let disk = self.pick(disks)?;
+        let size = self.model[&disk].blocks();
+        let n = match self.rng.u8(0..4) {
+            0 => self.rng.u64(1..=self.seg_blocks().min(256) * 2),
+            _ => self.rng.u64(1..=8),
+        };
+        let block = if self.rng.f64() < self.setup.p_out_of_range {
+            size.saturating_sub(n / 2)
+        } else {
+            let n = n.min(size);
+            self.rng.u64(0..=size - n)
+        };
+        let n = if block + n > size && block < size && self.rng.bool() {
+            n
+        } else if block >= size {
+            n
+        } else {
+            n.min(size - block)
+        };
+        let fua = self.rng.u8(0..5) == 0;
+        Some(match self.rng.u8(0..20) {
+            0..=7 => Op::Read { disk, block, n },
+            8..=14 => {
+                let first = self.next_tag;
+                self.next_tag += n;
+                Op::Modify {
+                    kind: ModKind::Write,
+                    disk,
+                    block,
+                    n,
+                    fua,
+                    first,
+                }
+            }
+            15 => Op::Modify {
+                kind: ModKind::WriteZeroes,
+                disk,
+                block,
+                n,
+                fua,
+                first: 0,
+            },
+            16 => Op::Modify {
+                kind: ModKind::Unmap,
+                disk,
+                block,
+                n,
+                fua,
+                first: 0,
+            },
+            _ => Op::Flush { disk },
+        })
+    }
+
+    fn gen_control(&mut self) -> Option<Op> {
+        let live = self.live_disks();
+        let writable: Vec<String> = live
+            .iter()
+            .filter(|d| !self.model[*d].snapshot)
+            .cloned()
+            .collect();
+        let read_only: Vec<String> = live
+            .iter()
+            .filter(|d| self.model[*d].read_only)
+            .cloned()
+            .collect();
+        Some(match self.rng.u8(0..24) {
+            0..=1 => {
+                if live.len() >= 10 {
+                    return None;
+                }
+                self.gen_create()
+            }
+            2..=6 => {
+                if live.len() >= 12 {
+                    return None;
+                }
+                let mut pairs = Vec::new();
+                let k = if self.rng.u8(0..4) == 0 { 2 } else { 1 };
+                let mut w = writable.clone();
+                self.rng.shuffle(&mut w);
+                for o in w.into_iter().take(k) {
+                    let s = self.new_name("s");
+                    pairs.push((o, s));
+                }
+                if pairs.is_empty() {
+                    return None;
+                }
+                Op::Snapshot { pairs }
+            }
+            7..=9 => {
+                if live.len() >= 12 {
+                    return None;
+                }
+                let snapshot = self.pick(&read_only)?;
+                let name = self.new_name("c");
+                Op::Clone { snapshot, name }
+            }
+            10..=12 => {
+                if live.len() <= 1 {
+                    return None;
+                }
+                Op::Delete {
+                    disk: self.pick(&live)?,
+                }
+            }
+            13..=15 => {
+                let disk = self.pick(&writable)?;
+                let cur = self.model[&disk].blocks();
+                let sb = self.seg_blocks();
+                let blocks = match self.rng.u8(0..4) {
+                    0 => cur + self.rng.u64(1..=sb * 2),
+                    1 => (cur / 2).max(1),
+                    2 => (self.rng.u64(1..=5) * sb)
+                        .saturating_sub(self.rng.u64(0..sb))
+                        .max(1),
+                    _ => self.rng.u64(1..=6) * sb,
+                };
+                Op::Resize { disk, blocks }
+            }
+            16..=17 => {
+                let disk = self.pick(&writable)?;
+                let ro = !self.model[&disk].read_only;
+                Op::SetReadOnly { disk, ro }
+            }
+            18..=19 => {
+                let disk = self.pick(&writable)?;
+                Op::Split {
+                    disk,
+                    decouple: self.rng.bool(),
+                }
+            }
+            20 => {
+                let disk = self.pick(&writable)?;
+                let policy = if self.rng.bool() {
+                    CowPolicy::Redirect
+                } else {
+                    CowPolicy::CopyOut
+                };
+                Op::CowPolicy { disk, policy }
+            }
+            _ => {
+                let mut w = live.clone();
+                self.rng.shuffle(&mut w);
+                let k = self.rng.usize(1..=2).min(w.len());
+                if k == 0 {
+                    return None;
+                }
+                let hold = if self.rng.u8(0..6) == 0 {
+                    QUIESCE_LIMIT + Duration::from_millis(self.rng.u64(1..=500))
+                } else {
+                    Duration::from_micros(self.rng.u64(10..=20_000))
+                };
+                Op::Quiesce {
+                    disks: w.into_iter().take(k).collect(),
+                    hold,
+                }
+            }
+        })
+    }
+
+    fn gen_wave(&mut self) -> Vec<Op> {
+        let live = self.live_disks();
+        let mut ops = Vec::new();
+        let n = self.rng.usize(1..=12);
+        for _ in 0..n {
+            if let Some(op) = self.gen_data(&live) {
+                ops.push(op);
+            }
+        }
+        if self.rng.f64() < self.setup.p_control {
+            let k = if self.rng.u8(0..5) == 0 { 2 } else { 1 };
+            let mut busy: BTreeSet<String> = BTreeSet::new();
+            for _ in 0..k {
+                if let Some(op) = self.gen_control() {
+                    // One control operation per disk and wave keeps the model exact.
+                    let names = control_disks(&op);
+                    if names.iter().any(|n| busy.contains(n)) {
+                        continue;
+                    }
+                    busy.extend(names);
+                    ops.push(op);
+                }
+            }
+        }
+        self.rng.shuffle(&mut ops);
+        ops
+    }
+
+    // ----- running a wave -----
+
+    fn bdev_of(&self, disk: &str) -> Option<Arc<dyn Bdev>> {
+        self.world
+            .as_ref()?
+            .vdisks
+            .get(disk)
+            .map(|v| v.clone() as Arc<dyn Bdev>)
+    }
+
+    fn start(&mut self, i: usize, op: &Op) -> Progress {
+        let bs = self.setup.layout.block_size as usize;
+        let cores = self.setup.layout.cores;
+        let core = self.rng.usize(0..cores);
+        if op.is_data() {
+            let disk = match op {
+                Op::Read { disk, .. } | Op::Modify { disk, .. } | Op::Flush { disk } => disk,
+                _ => unreachable!(),
+            };
+            let Some(bdev) = self.bdev_of(disk) else {
+                return Progress::Done(Outcome::Io(IoStatus::Aborted));
+            };
+            let io = match op {
+                Op::Read { block, n, .. } => BdevIo::read(*block, *n, IoBuf::new(*n as usize * bs)),
+                Op::Modify {
+                    kind,
+                    block,
+                    n,
+                    fua,
+                    first,
+                    ..
+                } => {
+                    let io = match kind {
+                        ModKind::Write => {
+                            let mut buf = IoBuf::new(*n as usize * bs);
+                            for k in 0..*n as usize {
+                                model::pattern(first + k as u64, &mut buf[k * bs..(k + 1) * bs]);
+                            }
+                            BdevIo::write(*block, *n, buf)
+                        }
+                        ModKind::WriteZeroes => BdevIo::write_zeroes(*block, *n),
+                        ModKind::Unmap => BdevIo::unmap(*block, *n),
+                    };
+                    io.with_fua(*fua)
+                }
+                Op::Flush { .. } => BdevIo::flush(),
+                _ => unreachable!(),
+            };
+            self.world().submit(core, &bdev, io, i as u64);
+            return Progress::Io;
+        }
+        let pool = self
+            .world
+            .as_ref()
+            .and_then(|w| w.pool.clone())
+            .expect("pool open");
+        let fut: Pending<CtlResult> = match op.clone() {
+            Op::Create { name, blocks, thin } => {
+                let bytes = blocks * bs as u64;
+                Box::pin(async move {
+                    pool.create_disk(&name, bytes, thin)
+                        .await
+                        .map(|d| CtlValue::Disks(vec![d]))
+                })
+            }
+            Op::Snapshot { pairs } => Box::pin(async move {
+                pool.snapshot(pairs, QUIESCE_LIMIT)
+                    .await
+                    .map(CtlValue::Disks)
+            }),
+            Op::Clone { snapshot, name } => Box::pin(async move {
+                pool.clone_disk(&snapshot, &name)
+                    .await
+                    .map(|d| CtlValue::Disks(vec![d]))
+            }),
+            Op::Delete { disk } => {
+                Box::pin(async move { pool.delete_disk(&disk).await.map(|_| CtlValue::Unit) })
+            }
+            Op::Resize { disk, blocks } => {
+                let bytes = blocks * bs as u64;
+                Box::pin(
+                    async move { pool.resize_disk(&disk, bytes).await.map(|_| CtlValue::Unit) },
+                )
+            }
+            Op::SetReadOnly { disk, ro } => {
+                Box::pin(async move { pool.set_read_only(&disk, ro).await.map(|_| CtlValue::Unit) })
+            }
+            Op::Split { disk, decouple } => Box::pin(async move {
+                let r = if decouple {
+                    pool.decouple(&disk).await
+                } else {
+                    pool.split(&disk).await
+                };
+                r.map(|_| CtlValue::Unit)
+            }),
+            Op::CowPolicy { disk, policy } => Box::pin(async move {
+                pool.set_cow_policy(&disk, policy)
+                    .await
+                    .map(|_| CtlValue::Unit)
+            }),
+            Op::Quiesce { disks, .. } => {
+                Box::pin(async move { pool.quiesce(disks, QUIESCE_LIMIT).await.map(CtlValue::Id) })
+            }
+            Op::WaitJob { disk } => Box::pin(async move {
+                loop {
+                    let list = pool.list().await?;
+                    if list.iter().all(|d| d.name != disk || d.job.is_none()) {
+                        return Ok(CtlValue::Unit);
+                    }
+                }
+            }),
+            _ => unreachable!(),
+        };
+        Progress::Ctl(fut)
+    }
+
+    /// Runs `ops` concurrently to the end (or to a power loss after `crash_at` steps).
+    pub(super) fn run_wave(&mut self, ops: Vec<Op>, crash_at: Option<u64>) -> Result<(), String> {
+        let names: Vec<String> = ops.iter().map(|o| format!("{o:?}")).collect();
+        self.event(format!("wave: {}", names.join("; ")));
+        // What a read may see: before the wave, or anything the wave writes.
+        let mut planned: BTreeMap<String, WaveEffects> = BTreeMap::new();
+        for op in &ops {
+            if let Op::Modify {
+                kind,
+                disk,
+                block,
+                n,
+                first,
+                fua,
+            } = op
+            {
+                let fx = planned.entry(disk.clone()).or_default();
+                for k in 0..*n {
+                    let tag = if *kind == ModKind::Write {
+                        first + k
+                    } else {
+                        0
+                    };
+                    fx.mods.entry(block + k).or_default().push(Modification {
+                        tag,
+                        ok: false,
+                        fua: *fua,
+                    });
+                }
+            }
+        }
+        let before: BTreeMap<String, Vec<Possible>> = self
+            .model
+            .iter()
+            .map(|(k, d)| (k.clone(), d.now.clone()))
+            .collect();
+        let mut running: Vec<Running> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let progress = self.start(i, op);
+            running.push(Running {
+                op: op.clone(),
+                progress,
+            });
+        }
+        let start = self.world().now();
+        let mut steps = 0u64;
+        let mut crashed = false;
+        let mut failure: Option<String> = None;
+        let bs = self.setup.layout.block_size as usize;
+        loop {
+            let work = self.world().step();
+            // Completions of data requests.
+            let done: Vec<_> = std::mem::take(&mut *self.world().sink.done.borrow_mut());
+            for (tag, io, status) in done {
+                let i = tag as usize;
+                if let Op::Read { disk, block, n } = &running[i].op
+                    && status.is_success()
+                    && failure.is_none()
+                {
+                    let mut data = vec![0u8; *n as usize * bs];
+                    io.copy_out(0, &mut data);
+                    let fx = planned.entry(disk.clone()).or_default();
+                    for k in 0..*n {
+                        let b = block + k;
+                        let got = model::tag_of(&data[k as usize * bs..(k as usize + 1) * bs]);
+                        let Some(prev) = before.get(disk).and_then(|v| v.get(b as usize)) else {
+                            continue;
+                        };
+                        let allowed = fx.allowed(prev, b);
+                        match got {
+                            Some(t) if allowed.contains(&t) => fx.seen.push((b, t)),
+                            Some(t) => {
+                                failure = Some(format!(
+                                    "read of `{disk}` block {b} returned tag {t:#x}; allowed {}",
+                                    model::show(&allowed)
+                                ))
+                            }
+                            None => {
+                                failure = Some(format!(
+                                    "read of `{disk}` block {b} returned data no write wrote (allowed {})",
+                                    model::show(&allowed)
+                                ))
+                            }
+                        }
+                    }
+                }
+                running[i].progress = Progress::Done(Outcome::Io(status));
+            }
+            // Control operations.
+            let now = self.world().now();
+            let mut cx = Context::from_waker(Waker::noop());
+            for r in running.iter_mut() {
+                let next = match &mut r.progress {
+                    Progress::Ctl(f) => match f.as_mut().poll(&mut cx) {
+                        Poll::Ready(res) => Some(self.ctl_done(&r.op, res)),
+                        Poll::Pending => None,
+                    },
+                    Progress::Held { id, until } if now >= *until => {
+                        let pool = self.world.as_ref().and_then(|w| w.pool.clone());
+                        let id = *id;
+                        pool.map(|p| {
+                            let f: Pending<CtlResult> =
+                                Box::pin(
+                                    async move { p.activate(id).await.map(|_| CtlValue::Unit) },
+                                );
+                            Progress::Activating(f)
+                        })
+                    }
+                    Progress::Activating(f) => match f.as_mut().poll(&mut cx) {
+                        Poll::Ready(res) => Some(Progress::Done(Outcome::Ctl(match res {
+                            Ok(_) => Ok(()),
+                            Err(VdiskError::QuiesceTimeout(_)) => Ok(()),
+                            Err(e) => Err(ctl_error(&e)),
+                        }))),
+                        Poll::Pending => None,
+                    },
+                    _ => None,
+                };
+                if let Some(n) = next {
+                    r.progress = n;
+                }
+            }
+            if let Some(f) = failure.take() {
+                return Err(f);
+            }
+            steps += 1;
+            if running
+                .iter()
+                .all(|r| matches!(r.progress, Progress::Done(_)))
+            {
+                break;
+            }
+            if crash_at.is_some_and(|c| steps >= c) {
+                crashed = true;
+                break;
+            }
+            self.world().tick(work > 0);
+            if self.world().now() - start > WAVE_LIMIT {
+                let stuck: Vec<String> = running
+                    .iter()
+                    .filter(|r| !matches!(r.progress, Progress::Done(_)))
+                    .map(|r| format!("{:?}", r.op))
+                    .collect();
+                return Err(format!(
+                    "hang: still running after {} s of simulated time: {}",
+                    WAVE_LIMIT.as_secs(),
+                    stuck.join("; ")
+                ));
+            }
+        }
+        for r in running.iter_mut() {
+            if !matches!(r.progress, Progress::Done(_)) {
+                r.progress = Progress::Done(Outcome::Lost);
+            }
+        }
+        self.apply_wave(&running, planned, &before)?;
+        if crashed {
+            self.power_loss("inside a wave")?;
+        }
+        Ok(())
+    }
+
+    /// A control operation finished.
+    fn ctl_done(&mut self, op: &Op, res: CtlResult) -> Progress {
+        let name = op.name();
+        self.report.control_ops += 1;
+        let e = self.report.control.entry(name).or_default();
+        e.0 += 1;
+        if res.is_ok() {
+            e.1 += 1;
+        }
+        match (&op, res) {
+            (Op::Quiesce { hold, .. }, Ok(CtlValue::Id(id))) => {
+                let until = self.world().now() + *hold;
+                Progress::Held { id, until }
+            }
+            (_, Ok(CtlValue::Disks(ds))) => {
+                for d in ds {
+                    let n = (d.clone() as Arc<dyn Bdev>).name().to_string();
+                    self.world().vdisks.insert(n, d);
+                }
+                Progress::Done(Outcome::Ctl(Ok(())))
+            }
+            (_, Ok(_)) => Progress::Done(Outcome::Ctl(Ok(()))),
+            (_, Err(e)) => {
+                if matches!(e, VdiskError::PoolFailed(_)) {
+                    self.pool_failed = true;
+                }
+                Progress::Done(Outcome::Ctl(Err(ctl_error(&e))))
+            }
+        }
+    }
+
+    /// Checks each outcome and moves the model on.
+    fn apply_wave(
+        &mut self,
+        running: &[Running],
+        mut planned: BTreeMap<String, WaveEffects>,
+        before: &BTreeMap<String, Vec<Possible>>,
+    ) -> Result<(), String> {
+        // Disks a control operation of this wave touched: their data requests may fail
+        // in ways that depend on the order (deleted, shrunk, made read-only).
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for r in running {
+            if !r.op.is_data() {
+                touched.extend(control_disks(&r.op));
+            }
+        }
+        let faults_on = self.faults_on();
+        for r in running {
+            let Progress::Done(outcome) = &r.progress else {
+                continue;
+            };
+            self.report.data_ops += r.op.is_data() as u64;
+            let (disk, status) = match (&r.op, outcome) {
+                (
+                    Op::Read { disk, .. } | Op::Modify { disk, .. } | Op::Flush { disk },
+                    Outcome::Io(s),
+                ) => (disk.clone(), Some(*s)),
+                (
+                    Op::Read { disk, .. } | Op::Modify { disk, .. } | Op::Flush { disk },
+                    Outcome::Lost,
+                ) => (disk.clone(), None),
+                _ => continue,
+            };
+            let Some(m) = self.model.get(&disk) else {
+                continue;
+            };
+            let size = m.blocks();
+            let ro = m.read_only;
+            let (block, n) = match &r.op {
+                Op::Read { block, n, .. } | Op::Modify { block, n, .. } => (*block, *n),
+                _ => (0, 0),
+            };
+            let out_of_range = n > 0 && block + n > size;
+            if let Some(st) = status {
+                let excused = touched.contains(&disk) || self.pool_failed;
+                let ok = match (st, &r.op) {
+                    (IoStatus::Success, Op::Modify { .. }) if ro && !excused => {
+                        return Err(format!("{:?} to read-only `{disk}` succeeded", r.op));
+                    }
+                    (IoStatus::Success, _) if out_of_range && !excused => {
+                        return Err(format!(
+                            "{:?} beyond the end of `{disk}` ({size} blocks) succeeded",
+                            r.op
+                        ));
+                    }
+                    (IoStatus::Success, _) => true,
+                    (IoStatus::LbaOutOfRange, _) if out_of_range || excused => false,
+                    (IoStatus::WriteProtected, Op::Modify { .. }) if ro || excused => false,
+                    (IoStatus::CapacityExceeded, Op::Modify { .. }) => {
+                        self.report.no_space += 1;
+                        false
+                    }
+                    (IoStatus::MediaError, _) if faults_on || self.damage || excused => false,
+                    (IoStatus::Aborted, _) if excused => false,
+                    (IoStatus::Aborted | IoStatus::MediaError, _) if faults_on => {
+                        // A metadata write failed and the pool with it (or a request
+                        // met an injected error): the operator restarts the target.
+                        self.pool_failed = true;
+                        false
+                    }
+                    (st, op) => {
+                        return Err(format!(
+                            "{op:?} on `{disk}` failed with {st:?} (no fault explains it)"
+                        ));
+                    }
+                };
+                if let Op::Flush { .. } = r.op {
+                    if ok {
+                        planned.entry(disk.clone()).or_default().flushed = true;
+                    }
+                }
+                if let Op::Modify {
+                    block,
+                    n,
+                    first,
+                    kind,
+                    ..
+                } = &r.op
+                    && ok
+                    && let Some(fx) = planned.get_mut(&disk)
+                {
+                    for k in 0..*n {
+                        let tag = if *kind == ModKind::Write {
+                            first + k
+                        } else {
+                            0
+                        };
+                        if let Some(ms) = fx.mods.get_mut(&(block + k)) {
+                            for mo in ms.iter_mut().filter(|mo| mo.tag == tag) {
+                                mo.ok = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Control operations, in the order they were generated (one per disk).
+        let mut deleted = Vec::new();
+        for r in running {
+            let Progress::Done(outcome) = &r.progress else {
+                continue;
+            };
+            let res: Option<&Result<(), CtlError>> = match outcome {
+                Outcome::Ctl(res) => Some(res),
+                Outcome::Lost => None,
+                Outcome::Io(_) => continue,
+            };
+            let ok = matches!(res, Some(Ok(())));
+            // Not finished when the power failed, or failed because the pool did (a
+            // metadata write failed): it may or may not have taken effect.
+            let mut lost = res.is_none();
+            if let Some(Err(e)) = res {
+                self.event(format!("{} failed: {}", r.op.name(), e.msg));
+                if e.pool_level && !faults_on && !self.damage {
+                    return Err(format!(
+                        "{:?} failed: {} (no injected fault explains it)",
+                        r.op, e.msg
+                    ));
+                }
+                if e.pool_level {
+                    lost = true;
+                    self.pool_failed = true;
+                }
+            }
+            match &r.op {
+                Op::Create { name, blocks, .. } => {
+                    if ok || lost {
+                        let mut d = DiskModel::zeroed(name, *blocks);
+                        if lost {
+                            d.exists = Existence::Maybe;
+                        }
+                        self.model.insert(name.clone(), d);
+                    }
+                }
+                Op::Snapshot { pairs } => {
+                    if ok || lost {
+                        for (o, s) in pairs {
+                            let content = self.content_during(o, before, &planned);
+                            let mut d = DiskModel::copy_of(s, content, o, true);
+                            if lost {
+                                d.exists = Existence::Maybe;
+                            }
+                            self.model.insert(s.clone(), d);
+                        }
+                    }
+                }
+                Op::Clone { snapshot, name } => {
+                    if ok || lost {
+                        let content = before.get(snapshot).cloned().unwrap_or_default();
+                        let mut d = DiskModel::copy_of(name, content, snapshot, false);
+                        if lost {
+                            d.exists = Existence::Maybe;
+                        }
+                        self.model.insert(name.clone(), d);
+                    }
+                }
+                Op::Delete { disk } => {
+                    if ok {
+                        deleted.push(disk.clone());
+                    } else if lost && let Some(d) = self.model.get_mut(disk) {
+                        d.exists = Existence::Maybe;
+                    }
+                }
+                Op::Resize { disk, blocks } => {
+                    if lost {
+                        let old = self.model.get(disk).map_or(0, |d| d.blocks());
+                        self.uncertain_size.insert(disk.clone(), (old, *blocks));
+                    } else if ok {
+                        self.pending_resize(disk, *blocks);
+                    }
+                }
+                Op::SetReadOnly { disk, ro } => {
+                    if lost {
+                        self.uncertain_ro.insert(disk.clone(), *ro);
+                    } else if ok && let Some(d) = self.model.get_mut(disk) {
+                        d.read_only = *ro;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (disk, fx) in &planned {
+            if let Some(d) = self.model.get_mut(disk) {
+                d.end_wave(fx);
+            }
+        }
+        for d in deleted {
+            self.model.remove(&d);
+            if let Some(w) = self.world.as_mut()
+                && let Some(v) = w.vdisks.remove(&d)
+            {
+                w.forget((v as Arc<dyn Bdev>).id());
+            }
+        }
+        // Resizes apply after the wave's writes (a shrink drops what they wrote beyond).
+        let sizes: Vec<(String, u64)> = std::mem::take(&mut self.resized).into_iter().collect();
+        for (disk, blocks) in sizes {
+            if let Some(d) = self.model.get_mut(&disk) {
+                d.resize(blocks);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The disks a control operation is about.
+fn control_disks(op: &Op) -> Vec<String> {
+    match op {
+        Op::Create { name, .. } => vec![name.clone()],
+        Op::Snapshot { pairs } => pairs
+            .iter()
+            .flat_map(|(o, s)| [o.clone(), s.clone()])
+            .collect(),
+        Op::Clone { snapshot, name } => vec![snapshot.clone(), name.clone()],
+        Op::Delete { disk }
+        | Op::Resize { disk, .. }
+        | Op::SetReadOnly { disk, .. }
+        | Op::Split { disk, .. }
+        | Op::CowPolicy { disk, .. } => vec![disk.clone()],
+        Op::Quiesce { disks, .. } => disks.clone(),
+        Op::WaitJob { disk } => vec![disk.clone()],
+        Op::Read { .. } | Op::Modify { .. } | Op::Flush { .. } => Vec::new(),
+    }
+}
+
+impl Sim {
+    /// What `origin` may hold at some moment of the wave: before it, or written in it.
+    fn content_during(
+        &self,
+        origin: &str,
+        before: &BTreeMap<String, Vec<Possible>>,
+        planned: &BTreeMap<String, WaveEffects>,
+    ) -> Vec<Possible> {
+        let Some(prev) = before.get(origin) else {
+            return Vec::new();
+        };
+        match planned.get(origin) {
+            Some(fx) => prev
+                .iter()
+                .enumerate()
+                .map(|(b, p)| fx.allowed(p, b as u64))
+                .collect(),
+            None => prev.clone(),
+        }
+    }
+
+    /// True if the devices may fail requests (injected errors, a write budget).
+    fn faults_on(&self) -> bool {
+        self.device_faults
+            || self
+                .setup
+                .faults
+                .iter()
+                .any(|f| f.read_error > 0.0 || f.write_error > 0.0)
+    }
+
+    fn pending_resize(&mut self, disk: &str, blocks: u64) {
+        self.resized.insert(disk.to_string(), blocks);
+    }
+
+    fn note_stats(&mut self, w: &World) {
+        let s = w.stats();
+        self.report.read_errors += s.read_errors;
+        self.report.write_errors += s.write_errors;
+        self.report.misdirected += s.misdirected;
+        if s.misdirected > 0 {
+            self.damage = true;
+        }
+    }
+
+    /// Power fails: every disk keeps what its medium holds, with unflushed writes kept,
+    /// dropped or torn; the metadata may rot; the next life recovers.
+    pub(super) fn power_loss(&mut self, why: &str) -> Result<(), String> {
+        self.report.crashes += 1;
+        let w = self.world.take().expect("a life is running");
+        self.note_stats(&w);
+        let mut media = Vec::new();
+        for d in &w.disks {
+            self.report.torn_or_dropped_writes += (d.unflushed_bytes() > 0) as u64;
+            media.push(d.power_loss(&mut self.rng));
+        }
+        drop(w);
+        if self.rng.f64() < self.setup.p_rot {
+            // One bit of the metadata (anything past the label) flips.
+            let (i, lo) = if self.setup.layout.separate_metadata {
+                (media.len() - 1, 4096u64)
+            } else {
+                (0, 4096u64)
+            };
+            let hi = if self.setup.layout.separate_metadata {
+                media[i].len() as u64
+            } else {
+                self.setup.layout.opts.segment_bytes
+                    + self.setup.layout.opts.metadata_bytes.unwrap_or(0)
+            };
+            let at = self.rng.u64(lo..hi) as usize;
+            let bit = self.rng.u8(0..8);
+            media[i][at] ^= 1 << bit;
+            self.damage = true;
+            self.report.bit_rot += 1;
+            self.event(format!("bit rot: byte {at} bit {bit} of disk {i}"));
+        }
+        for d in self.model.values_mut() {
+            d.power_loss();
+        }
+        self.pool_failed = false;
+        self.event(format!("power loss ({why})"));
+        self.reopen(media)
+    }
+
+    /// A clean shutdown and restart: the pool closes (committing), nothing is lost.
+    pub(super) fn clean_reopen(&mut self) -> Result<(), String> {
+        let pool = self.world().pool.clone().expect("pool open");
+        let fut: Pending<Result<(), VdiskError>> = Box::pin(async move { pool.close().await });
+        match self.world().drive(fut, WAVE_LIMIT) {
+            Driven::Done(Ok(())) => {}
+            Driven::Done(Err(e)) => {
+                let faults_on = self.faults_on();
+                if faults_on || self.damage {
+                    self.event(format!("close failed: {e}"));
+                    return self.power_loss("close failed");
+                }
+                return Err(format!("closing the pool failed: {e}"));
+            }
+            Driven::Hung => return Err("hang: closing the pool".into()),
+        }
+        self.report.clean_reopens += 1;
+        let w = self.world.take().expect("a life is running");
+        self.note_stats(&w);
+        let mut media = Vec::new();
+        for d in &w.disks {
+            if d.unflushed_bytes() > 0 {
+                return Err(format!(
+                    "closing the pool left {} bytes unflushed on `{}`",
+                    d.unflushed_bytes(),
+                    (d.clone() as Arc<dyn Bdev>).name()
+                ));
+            }
+            media.push(d.medium());
+        }
+        drop(w);
+        for d in self.model.values_mut() {
+            for b in 0..d.now.len() {
+                d.durable[b] = d.now[b].clone();
+                d.since[b].clear();
+            }
+        }
+        self.event("clean close and reopen".into());
+        self.reopen(media)
+    }
+
+    /// Starts the next life from `media`: offline check, open, reconcile, verify.
+    fn reopen(&mut self, media: Vec<Vec<u8>>) -> Result<(), String> {
+        self.life += 1;
+        let layout = self.setup.layout.clone();
+        let seed = self.seed ^ self.life.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        // Recovery runs without injected faults; they resume afterwards.
+        let quiet = vec![Faults::default(); self.setup.faults.len()];
+        let mut w = World::new(&layout, media, &quiet, seed);
+        let report = w.check();
+        if !report.clean() {
+            self.world = Some(w);
+            if self.damage {
+                self.event(format!("check detected the damage: {:?}", report.errors));
+                self.report.detected = Some(format!("check: {}", report.errors.join("; ")));
+                return Ok(());
+            }
+            return Err(format!(
+                "`tessera check` after recovery found: {}",
+                report.errors.join("; ")
+            ));
+        }
+        if let Err(e) = w.open_pool(&layout) {
+            self.world = Some(w);
+            if self.damage {
+                self.event(format!("open refused the damaged pool: {e}"));
+                self.report.detected = Some(format!("open: {e}"));
+                return Ok(());
+            }
+            return Err(format!("opening the pool after recovery failed: {e}"));
+        }
+        self.world = Some(w);
+        self.reconcile()?;
+        self.verify_all()?;
+        for (d, f) in self
+            .world()
+            .disks
+            .clone()
+            .iter()
+            .zip(self.setup.faults.clone())
+        {
+            d.set_faults(f);
+        }
+        Ok(())
+    }
+
+    /// The pool's disks after recovery against the model.
+    fn reconcile(&mut self) -> Result<(), String> {
+        let pool = self.world().pool.clone().expect("pool open");
+        let bs = self.setup.layout.block_size as u64;
+        let p2 = pool.clone();
+        let fut: Pending<_> = Box::pin(async move { p2.list().await });
+        let infos = match self.world().drive(fut, WAVE_LIMIT) {
+            Driven::Done(Ok(v)) => v,
+            Driven::Done(Err(e)) => return Err(format!("listing the disks after recovery: {e}")),
+            Driven::Hung => return Err("hang: listing the disks".into()),
+        };
+        let found: BTreeMap<String, crate::vdisk::DiskInfo> =
+            infos.into_iter().map(|i| (i.name.clone(), i)).collect();
+        let names: Vec<String> = self.model.keys().cloned().collect();
+        for name in names {
+            let d = self.model.get_mut(&name).expect("listed");
+            match (d.exists, found.get(&name)) {
+                (Existence::Yes, None) => {
+                    return Err(format!("acknowledged disk `{name}` is gone after recovery"));
+                }
+                (Existence::Maybe, None) => {
+                    self.model.remove(&name);
+                }
+                (_, Some(info)) => {
+                    d.exists = Existence::Yes;
+                    let blocks = info.size_bytes / bs;
+                    if blocks != d.blocks() {
+                        match self.uncertain_size.get(&name) {
+                            Some(&(old, new)) if blocks == old || blocks == new => d.resize(blocks),
+                            _ => {
+                                return Err(format!(
+                                    "`{name}` has {blocks} blocks after recovery; the model says {}",
+                                    d.blocks()
+                                ));
+                            }
+                        }
+                    }
+                    if info.read_only != d.read_only {
+                        if self.uncertain_ro.get(&name) == Some(&info.read_only) {
+                            d.read_only = info.read_only;
+                        } else {
+                            return Err(format!(
+                                "`{name}` is {}read-only after recovery; the model says otherwise",
+                                if info.read_only { "" } else { "not " }
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for name in found.keys() {
+            if !self.model.contains_key(name) {
+                return Err(format!("disk `{name}` appeared that was never created"));
+            }
+        }
+        self.uncertain_size.clear();
+        self.uncertain_ro.clear();
+        let fut: Pending<_> = Box::pin(async move { pool.disks().await });
+        let disks = match self.world().drive(fut, WAVE_LIMIT) {
+            Driven::Done(Ok(v)) => v,
+            Driven::Done(Err(e)) => return Err(format!("listing the disks: {e}")),
+            Driven::Hung => return Err("hang: listing the disks".into()),
+        };
+        let w = self.world();
+        w.vdisks.clear();
+        for d in disks {
+            let n = (d.clone() as Arc<dyn Bdev>).name().to_string();
+            w.vdisks.insert(n, d);
+        }
+        Ok(())
+    }
+
+    /// Reads every block of every disk and checks it.
+    pub(super) fn verify_all(&mut self) -> Result<(), String> {
+        let mut ops = Vec::new();
+        for d in self.model.values() {
+            let mut b = 0;
+            while b < d.blocks() {
+                let n = (d.blocks() - b).min(64);
+                ops.push(Op::Read {
+                    disk: d.name.clone(),
+                    block: b,
+                    n,
+                });
+                self.report.blocks_verified += n;
+                b += n;
+            }
+        }
+        for chunk in ops.chunks(16) {
+            self.run_wave(chunk.to_vec(), None)?;
+        }
+        Ok(())
+    }
+
+    /// The end of a run: verify, delete everything, and check that every segment came
+    /// back and the metadata is clean.
+    pub(super) fn finish(&mut self) -> Result<(), String> {
+        if self.pool_failed {
+            self.power_loss("the pool failed")?;
+            if self.report.detected.is_some() {
+                return Ok(());
+            }
+        }
+        self.verify_all()?;
+        let pool = self.world().pool.clone().expect("pool open");
+        let names: Vec<String> = self.model.keys().cloned().collect();
+        for name in names {
+            let mut tries = 0;
+            loop {
+                let p = pool.clone();
+                let n = name.clone();
+                let fut: Pending<_> = Box::pin(async move {
+                    let _ = p.cancel_split(&n).await;
+                    p.delete_disk(&n).await
+                });
+                match self.world().drive(fut, WAVE_LIMIT) {
+                    Driven::Done(Ok(())) => break,
+                    Driven::Done(Err(VdiskError::Busy(_))) if tries < 20 => {
+                        tries += 1;
+                        let idle: Pending<()> = Box::pin(std::future::pending());
+                        let _ = self.world().drive(idle, Duration::from_millis(200));
+                    }
+                    Driven::Done(Err(e)) => {
+                        let faults_on = self.faults_on();
+                        if faults_on || self.damage {
+                            self.event(format!("final delete failed: {e}"));
+                            return Ok(());
+                        }
+                        return Err(format!("deleting `{name}` at the end: {e}"));
+                    }
+                    Driven::Hung => return Err(format!("hang: deleting `{name}`")),
+                }
+            }
+            self.model.remove(&name);
+        }
+        for _ in 0..2 {
+            let p = pool.clone();
+            let fut: Pending<_> = Box::pin(async move { p.commit().await });
+            if let Driven::Done(Err(e)) = self.world().drive(fut, WAVE_LIMIT) {
+                return Err(format!("committing at the end: {e}"));
+            }
+        }
+        let p = pool.clone();
+        let fut: Pending<_> = Box::pin(async move { p.free_space().await });
+        let (free, pending) = match self.world().drive(fut, WAVE_LIMIT) {
+            Driven::Done(Ok(v)) => v,
+            other => {
+                return Err(format!(
+                    "free space at the end: {}",
+                    match other {
+                        Driven::Done(Err(e)) => e.to_string(),
+                        _ => "hang".into(),
+                    }
+                ));
+            }
+        };
+        let total = pool.space().0;
+        if free + pending != total || pending != 0 {
+            return Err(format!(
+                "leak: after deleting every disk and committing, {free} of {total} segments are free ({pending} waiting)"
+            ));
+        }
+        let p = pool.clone();
+        let fut: Pending<_> = Box::pin(async move { p.close().await });
+        if let Driven::Done(Err(e)) = self.world().drive(fut, WAVE_LIMIT) {
+            return Err(format!("closing at the end: {e}"));
+        }
+        let w = self.world.take().expect("life");
+        self.note_stats(&w);
+        let media: Vec<Vec<u8>> = w.disks.iter().map(|d| d.medium()).collect();
+        drop(w);
+        let quiet = vec![Faults::default(); self.setup.faults.len()];
+        let mut w = World::new(&self.setup.layout, media, &quiet, self.seed);
+        let report = w.check();
+        if !report.clean() && !self.damage {
+            return Err(format!(
+                "`tessera check` at the end: {}",
+                report.errors.join("; ")
+            ));
+        }
+        self.world = Some(w);
+        Ok(())
+    }
+}
