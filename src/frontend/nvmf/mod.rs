@@ -4,10 +4,9 @@
 //!
 //! # Layout
 //!
-//! - [`pdu`]: the NVMe/TCP PDU codec — pure, total, fuzzed.
-//! - [`spec`]: submission and completion queue entries, status codes, and the decoder
-//!   of the commands served (fabrics, admin, NVM I/O) — pure, fuzzed.
-//! - [`pages`]: Identify data and log pages — pure encoders and decoders.
+//! The codec (queue entries, status codes, commands, Identify data and log pages, PDUs)
+//! is [`crate::nvme`], shared with the initiator.
+//!
 //! - [`config`]: the `nvmf:` YAML section and the transport options.
 //! - [`target`]: [`NvmfTarget`], the control API (SPDK's `nvmf_*` RPCs).
 //! - `subsystem`: subsystems, namespaces, and the state a controller shares across cores.
@@ -30,16 +29,12 @@ pub mod config;
 mod ctrlr;
 pub mod initiator;
 mod listener;
-pub mod pages;
-pub mod pdu;
 mod qpair;
-pub mod spec;
 pub mod subsystem;
 pub mod target;
 mod wire;
 
 pub use config::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
-pub use subsystem::DISCOVERY_NQN;
 pub use target::{
     CreateSubsystemParams, ListenAddressParams, NamespaceParams, NvmfError, NvmfTarget,
 };

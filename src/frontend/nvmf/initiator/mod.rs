@@ -20,8 +20,8 @@ mod qpair;
 pub use qpair::HostError;
 
 use crate::bdev::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, BdevRegistry, IoKind};
-use crate::frontend::nvmf::pages::{self, IdentifyController, IdentifyNamespace, cntrltype};
-use crate::frontend::nvmf::spec::{self, Sqe, admin_opc, cns, fid, lid, prop};
+use crate::nvme::pages::{self, IdentifyController, IdentifyNamespace, cntrltype};
+use crate::nvme::spec::{self, Sqe, admin_opc, cns, fid, lid, prop};
 use crate::reactor::{self, Cores};
 use qpair::{HostQpair, QpairParams};
 use serde::{Deserialize, Serialize};
@@ -802,7 +802,7 @@ pub async fn discover(
     let addr = resolve(traddr, trsvcid)?;
     let q = HostQpair::start(QpairParams {
         addr,
-        subnqn: crate::frontend::nvmf::DISCOVERY_NQN.into(),
+        subnqn: crate::nvme::spec::DISCOVERY_NQN.into(),
         hostnqn: hostnqn.into(),
         hostid: *Uuid::new_v4().as_bytes(),
         qid: 0,

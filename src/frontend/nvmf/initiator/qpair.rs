@@ -18,11 +18,9 @@
 //! completes anything.
 
 use crate::bdev::{BdevIo, Deferred, IoKind, IoStatus};
-use crate::frontend::nvmf::pdu::{self, Decoded, Frame, Header, Limits, PduType, Receiver};
-use crate::frontend::nvmf::spec::{
-    self, Cqe, DsmRange, SglDesc, Sqe, Status, encode_dsm_range, io_opc,
-};
 use crate::frontend::nvmf::wire::{RecvBuf, SendQueue};
+use crate::nvme::pdu::{self, Decoded, Frame, Header, Limits, PduType, Receiver};
+use crate::nvme::spec::{self, Cqe, DsmRange, SglDesc, Sqe, Status, encode_dsm_range, io_opc};
 use crate::reactor::{self, io::Async};
 use slab::Slab;
 use smallvec::SmallVec;
@@ -828,7 +826,7 @@ impl Inner {
             },
             Owner::Io { parent } => {
                 let st = match &r {
-                    Ok(cqe) => cqe.status().to_io(),
+                    Ok(cqe) => IoStatus::from_nvme(cqe.status()),
                     Err(_) => IoStatus::Aborted,
                 };
                 let Some(p) = self.parents.get_mut(parent) else {
