@@ -14,7 +14,6 @@
 //! - `qpair`: one connection on one core — the request state machine, receive parsing,
 //!   batched sending, NVM I/O.
 //! - `ctrlr`: Connect, properties, and the admin command set of a controller.
-//! - `wire`: receive buffer and gathered send queue shared by target and initiator.
 //! - [`initiator`]: the host side; `bdev_nvme_attach_controller`.
 //!
 //! # Threading
@@ -32,7 +31,6 @@ mod listener;
 mod qpair;
 pub mod subsystem;
 pub mod target;
-mod wire;
 
 pub use config::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
 pub use target::{

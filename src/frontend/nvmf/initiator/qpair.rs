@@ -18,9 +18,10 @@
 //! completes anything.
 
 use crate::bdev::{BdevIo, Deferred, IoKind, IoStatus};
-use crate::frontend::nvmf::wire::{RecvBuf, SendQueue};
 use crate::nvme::pdu::{self, Decoded, Frame, Header, Limits, PduType, Receiver};
 use crate::nvme::spec::{self, Cqe, DsmRange, SglDesc, Sqe, Status, encode_dsm_range, io_opc};
+use crate::reactor::recv::RecvBuf;
+use crate::reactor::send::SendQueue;
 use crate::reactor::{self, io::Async};
 use slab::Slab;
 use smallvec::SmallVec;
