@@ -5,8 +5,8 @@ mod nvmf_common;
 use nvmf_common::*;
 use std::sync::Arc;
 use std::time::Duration;
+use tessera::bdev::nvme::{self as initiator, AttachParams};
 use tessera::bdev::{Bdev, BdevIo, Channel, IoStatus};
-use tessera::frontend::nvmf::initiator::{self, AttachParams};
 use tessera::frontend::nvmf::{NamespaceParams, TransportOptions};
 use tessera::nvme::pages::disc;
 

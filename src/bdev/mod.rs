@@ -1,5 +1,6 @@
 //! The block-device layer: the [`Bdev`] trait, per-core channels, I/O requests and
-//! their completion statuses, and the base backends (`malloc`, `null`, `uring`, `error`).
+//! their completion statuses, and the base backends (`malloc`, `null`, `uring`, `error`,
+//! and [`nvme`], remote NVMe/TCP namespaces).
 //!
 //! A bdev is shared (`Arc<dyn Bdev>`, `Send + Sync`); I/O goes through a **channel**
 //! that belongs to one core ([`Channel::get`] returns the current core's, creating it
@@ -23,6 +24,7 @@ mod drain;
 pub mod error;
 pub mod malloc;
 pub mod null;
+pub mod nvme;
 pub mod registry;
 pub mod uring;
 

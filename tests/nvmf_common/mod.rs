@@ -9,8 +9,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera::bdev::malloc::MallocBdev;
+use tessera::bdev::nvme::{AttachParams, NvmeHost};
 use tessera::bdev::{Bdev, BdevRegistry, Channel, IoBuf, IoStatus};
-use tessera::frontend::nvmf::initiator::{AttachParams, NvmeHost};
 use tessera::frontend::nvmf::{
     CreateSubsystemParams, ListenAddressParams, NamespaceParams, NvmfTarget, TransportOptions,
 };

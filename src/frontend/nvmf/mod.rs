@@ -1,11 +1,11 @@
-//! NVMe over Fabrics with the TCP transport: the target (subsystems, controllers, queue
-//! pairs spread over the reactors) and an initiator (a host whose remote namespaces are
-//! bdevs).
+//! The NVMe over Fabrics target with the TCP transport: subsystems, controllers, and
+//! queue pairs spread over the reactors.
 //!
 //! # Layout
 //!
 //! The codec (queue entries, status codes, commands, Identify data and log pages, PDUs)
-//! is [`crate::nvme`], shared with the initiator.
+//! is [`crate::nvme`], shared with the initiator ([`crate::bdev::nvme`], the host side
+//! whose remote namespaces are bdevs).
 //!
 //! - [`config`]: the `nvmf:` YAML section and the transport options.
 //! - [`target`]: [`NvmfTarget`], the control API (SPDK's `nvmf_*` RPCs).
@@ -14,7 +14,6 @@
 //! - `qpair`: one connection on one core — the request state machine, receive parsing,
 //!   batched sending, NVM I/O.
 //! - `ctrlr`: Connect, properties, and the admin command set of a controller.
-//! - [`initiator`]: the host side; `bdev_nvme_attach_controller`.
 //!
 //! # Threading
 //!
@@ -26,7 +25,6 @@
 
 pub mod config;
 mod ctrlr;
-pub mod initiator;
 mod listener;
 mod qpair;
 pub mod subsystem;
