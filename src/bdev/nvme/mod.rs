@@ -14,6 +14,10 @@
 //! larger than the in-capsule size go through R2T/H2CData; reads arrive as C2HData.
 //! A lost connection fails the requests on it with `Aborted`; reconnecting is not
 //! implemented.
+//!
+//! This file holds the controller, its namespaces as bdevs and the host's registry of
+//! controllers; `qpair` is one NVMe/TCP connection on one core. The codec is
+//! [`crate::nvme`], shared with the target.
 
 mod qpair;
 
