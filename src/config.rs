@@ -10,10 +10,10 @@
 //!
 //! Every error names the file, the line and the field.
 
+use crate::bdev::nvme::AttachParams;
 use crate::bdev::uring::UringOptions;
 use crate::frontend::nbd::NbdConfig;
 use crate::frontend::nvmf::NvmfConfig;
-use crate::frontend::nvmf::initiator::AttachParams;
 use crate::reactor::{CoreList, IdlePolicy};
 use crate::vdisk::CowPolicy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -24,6 +24,7 @@ pub mod bench;
 
 pub mod config;
 pub mod frontend;
+pub mod nvme;
 pub mod reactor;
 pub mod rpc;
 pub mod sim;

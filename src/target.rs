@@ -12,13 +12,13 @@
 use crate::bdev::error::ErrorBdev;
 use crate::bdev::malloc::MallocBdev;
 use crate::bdev::null::NullBdev;
+use crate::bdev::nvme::{AttachParams, NvmeHost};
 use crate::bdev::uring::UringBdev;
 use crate::bdev::{Bdev, BdevError, BdevRegistry, IoBuf};
 use crate::config::{
     BdevConfig, CloneConfig, Config, DiskConfig, PoolConfig, Size, SnapshotConfig,
 };
 use crate::frontend::nbd::{NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo, NbdServer};
-use crate::frontend::nvmf::initiator::{AttachParams, NvmeHost};
 use crate::frontend::nvmf::{NamespaceParams, NvmfTarget};
 use crate::reactor::{Cores, ReactorConfig, ReactorError, ReactorSet};
 use crate::vdisk::meta::{Label, Role};
@@ -35,7 +35,7 @@ pub enum TargetError {
     #[error("{0}")]
     Nvmf(#[from] crate::frontend::nvmf::NvmfError),
     #[error("{0}")]
-    Nvme(#[from] crate::frontend::nvmf::initiator::HostError),
+    Nvme(#[from] crate::bdev::nvme::HostError),
     #[error("reactors: {0}")]
     Reactor(#[from] ReactorError),
     #[error("{0}")]

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera::bdev::Bdev;
 use tessera::frontend::nvmf::TransportOptions;
-use tessera::frontend::nvmf::pdu::{self, Header, PduType, fes, flags};
-use tessera::frontend::nvmf::spec::{self, Sqe, Status};
+use tessera::nvme::pdu::{self, Header, PduType, fes, flags};
+use tessera::nvme::spec::{self, Sqe, Status};
 
 const NQN: &str = "nqn.2016-06.io.tessera:bad";
 const OTHER_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:99999999-0000-0000-0000-000000000000";
@@ -446,7 +446,7 @@ fn admin_commands_answer_like_the_spec() {
     );
     let (c, d) = admin.response(None);
     assert!(c.status().is_success());
-    let smart = tessera::frontend::nvmf::pages::SmartLog::decode(&d).unwrap();
+    let smart = tessera::nvme::pages::SmartLog::decode(&d).unwrap();
     assert_eq!(smart.temperature_k, 298);
     // Too many AERs.
     for _ in 0..4 {

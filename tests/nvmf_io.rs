@@ -5,10 +5,10 @@ mod nvmf_common;
 use nvmf_common::*;
 use std::sync::Arc;
 use std::time::Duration;
+use tessera::bdev::nvme::{self as initiator, AttachParams};
 use tessera::bdev::{Bdev, BdevIo, Channel, IoStatus};
-use tessera::frontend::nvmf::initiator::{self, AttachParams};
-use tessera::frontend::nvmf::pages::disc;
 use tessera::frontend::nvmf::{NamespaceParams, TransportOptions};
+use tessera::nvme::pages::disc;
 
 const NQN: &str = "nqn.2016-06.io.tessera:test";
 
@@ -264,16 +264,13 @@ fn host_disconnecting_mid_io_is_cleaned_up_and_others_go_on() {
     let c = io.connect_cmd(NQN, HOSTNQN, 1, cntlid, 0);
     assert!(c.status().is_success(), "{}", c.status());
     let cid = io.cid();
-    let sqe = tessera::frontend::nvmf::spec::with_transport_sgl(
-        tessera::frontend::nvmf::spec::rw_sqe(cid, 0x01, 1, 0, 32, false),
+    let sqe = tessera::nvme::spec::with_transport_sgl(
+        tessera::nvme::spec::rw_sqe(cid, 0x01, 1, 0, 32, false),
         128 << 10,
     );
     io.capsule(sqe, None);
     match io.recv() {
-        Got::Pdu(f, _) => assert!(matches!(
-            f.header,
-            tessera::frontend::nvmf::pdu::Header::R2T(_)
-        )),
+        Got::Pdu(f, _) => assert!(matches!(f.header, tessera::nvme::pdu::Header::R2T(_))),
         Got::Closed => panic!("closed"),
     }
     assert_eq!(

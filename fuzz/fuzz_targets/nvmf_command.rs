@@ -3,8 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tessera::frontend::nvmf::pages;
-use tessera::frontend::nvmf::spec::{self, ConnectData, Cqe, QueueKind, Sqe};
+use tessera::bdev::IoStatus;
+use tessera::nvme::pages;
+use tessera::nvme::spec::{self, ConnectData, Cqe, QueueKind, Sqe};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= 64 {
@@ -21,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         b.copy_from_slice(&data[..16]);
         let c = Cqe::decode(&b);
         assert_eq!(Cqe::decode(&c.encode()), c);
-        let _ = c.status().to_io();
+        let _ = IoStatus::from_nvme(c.status());
     }
     if let Ok(d) = ConnectData::decode(data) {
         assert_eq!(ConnectData::decode(&d.encode()), Ok(d));

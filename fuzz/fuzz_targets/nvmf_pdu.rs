@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tessera::frontend::nvmf::pdu::{self, Decoded, Limits, Receiver};
+use tessera::nvme::pdu::{self, Decoded, Limits, Receiver};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cfg, bytes)) = data.split_first() else {

@@ -1,5 +1,6 @@
 //! The block-device layer: the [`Bdev`] trait, per-core channels, I/O requests and
-//! their completion statuses, and the base backends (`malloc`, `null`, `uring`, `error`).
+//! their completion statuses, and the base backends (`malloc`, `null`, `uring`, `error`,
+//! and [`nvme`], remote NVMe/TCP namespaces).
 //!
 //! A bdev is shared (`Arc<dyn Bdev>`, `Send + Sync`); I/O goes through a **channel**
 //! that belongs to one core ([`Channel::get`] returns the current core's, creating it
@@ -11,7 +12,7 @@
 //! backends can trust what reaches them.
 //!
 //! Statuses are modelled on NVMe's generic and media status codes so that front ends
-//! map them one to one.
+//! map them one to one ([`IoStatus::to_nvme`], [`IoStatus::from_nvme`]).
 //!
 //! **Flush semantics** (those of a volatile write cache): a completed flush makes durable
 //! every write that completed — on any core, through any channel — before the flush was
@@ -23,6 +24,7 @@ mod drain;
 pub mod error;
 pub mod malloc;
 pub mod null;
+pub mod nvme;
 pub mod registry;
 pub mod uring;
 
@@ -41,6 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Poll, Waker};
 use uuid::Uuid;
 
+use crate::nvme::spec::Status as NvmeStatus;
 use crate::reactor::{self, PollerHandle};
 
 /// The kind of an I/O request.
@@ -113,6 +116,39 @@ impl IoStatus {
             IoStatus::MediaError | IoStatus::InternalError => libc::EIO,
             IoStatus::Aborted => libc::ESHUTDOWN,
             IoStatus::WriteProtected => libc::EPERM,
+        }
+    }
+
+    /// The NVMe status of a completion, for the NVMe/TCP target; `read` picks the media
+    /// error code.
+    pub fn to_nvme(self, read: bool) -> NvmeStatus {
+        match self {
+            IoStatus::Success => NvmeStatus::SUCCESS,
+            IoStatus::InvalidOpcode => NvmeStatus::INVALID_OPCODE,
+            IoStatus::InvalidField => NvmeStatus::INVALID_FIELD,
+            IoStatus::LbaOutOfRange => NvmeStatus::LBA_OUT_OF_RANGE,
+            IoStatus::CapacityExceeded => NvmeStatus::CAPACITY_EXCEEDED,
+            IoStatus::MediaError if read => NvmeStatus::UNRECOVERED_READ_ERROR,
+            IoStatus::MediaError => NvmeStatus::WRITE_FAULT,
+            IoStatus::Aborted => NvmeStatus::ABORTED_SQ_DELETION,
+            IoStatus::WriteProtected => NvmeStatus::NS_WRITE_PROTECTED,
+            IoStatus::InternalError => NvmeStatus::INTERNAL_ERROR,
+        }
+    }
+
+    /// The status a host reports for an NVMe completion status (the NVMe/TCP
+    /// initiator).
+    pub fn from_nvme(st: NvmeStatus) -> IoStatus {
+        match (st.sct, st.sc) {
+            (0, 0x00) => IoStatus::Success,
+            (0, 0x01) => IoStatus::InvalidOpcode,
+            (0, 0x02) | (0, 0x0b) | (0, 0x0f) | (0, 0x11) | (0, 0x16) => IoStatus::InvalidField,
+            (0, 0x80) => IoStatus::LbaOutOfRange,
+            (0, 0x81) => IoStatus::CapacityExceeded,
+            (0, 0x20) => IoStatus::WriteProtected,
+            (0, 0x07) | (0, 0x08) => IoStatus::Aborted,
+            (2, _) => IoStatus::MediaError,
+            _ => IoStatus::InternalError,
         }
     }
 }
@@ -963,6 +999,23 @@ impl IoSink for OneShot {
 
 #[cfg(test)]
 mod conformance;
+
+#[cfg(test)]
+mod nvme_status {
+    use super::{IoStatus, NvmeStatus};
+
+    #[test]
+    fn io_statuses_map_to_nvme_and_back() {
+        assert_eq!(
+            IoStatus::WriteProtected.to_nvme(false),
+            NvmeStatus::NS_WRITE_PROTECTED
+        );
+        assert_eq!(
+            IoStatus::from_nvme(NvmeStatus::NS_WRITE_PROTECTED),
+            IoStatus::WriteProtected
+        );
+    }
+}
 
 #[cfg(test)]
 mod size {

@@ -3,4 +3,3 @@
 
 pub mod nbd;
 pub mod nvmf;
-pub(crate) mod recv;

@@ -40,6 +40,15 @@
 //! closure and returns a handle to await its result from anywhere; [`Cores::call`] is the
 //! same for a plain closure.
 //!
+//! # Sockets
+//!
+//! [`io`] is the readiness side: [`io::Async`] wraps a registered non-blocking socket and
+//! turns `WouldBlock` into waiting. The buffers a connection reads into and writes from
+//! live beside it, shared by every protocol (NBD, the NVMe/TCP target and initiator):
+//! `recv::RecvBuf` (one big buffer, many requests or PDUs per `read`) and
+//! `send::SendQueue` (many PDUs gathered into one `writev`; its Safety section covers
+//! the raw pointers it holds).
+//!
 //! # Shutdown
 //!
 //! [`ReactorSet::shutdown`] queues a stop message behind whatever was already sent, so
@@ -56,6 +65,8 @@
 mod clock;
 mod cores;
 pub mod io;
+pub(crate) mod recv;
+pub(crate) mod send;
 mod timer;
 
 pub use clock::{Clock, Nanos};

@@ -8,9 +8,9 @@
 //! bdev in use, `-ENOSPC` for a full pool, `-EINVAL` for a request that makes no sense).
 
 use crate::bdev::BdevError;
+use crate::bdev::nvme::HostError;
 use crate::frontend::nbd::NbdError;
 use crate::frontend::nvmf::NvmfError;
-use crate::frontend::nvmf::initiator::HostError;
 use crate::target::TargetError;
 use crate::vdisk::VdiskError;
 

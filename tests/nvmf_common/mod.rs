@@ -9,13 +9,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera::bdev::malloc::MallocBdev;
+use tessera::bdev::nvme::{AttachParams, NvmeHost};
 use tessera::bdev::{Bdev, BdevRegistry, Channel, IoBuf, IoStatus};
-use tessera::frontend::nvmf::initiator::{AttachParams, NvmeHost};
-use tessera::frontend::nvmf::pdu::{self, Frame, Header, Limits, Receiver};
-use tessera::frontend::nvmf::spec::{self, ConnectData, Cqe, Sqe};
 use tessera::frontend::nvmf::{
     CreateSubsystemParams, ListenAddressParams, NamespaceParams, NvmfTarget, TransportOptions,
 };
+use tessera::nvme::pdu::{self, Frame, Header, Limits, Receiver};
+use tessera::nvme::spec::{self, ConnectData, Cqe, Sqe};
 use tessera::reactor::{CoreList, Cores, IdlePolicy, ReactorConfig, ReactorSet, block_on};
 
 pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";

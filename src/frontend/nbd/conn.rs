@@ -14,7 +14,7 @@ use super::server::ConnCtl;
 use super::state::ConnState;
 use super::transmission::{DrainReason, TxState};
 use crate::bdev::{BdevIo, IoBuf, IoSink, IoStatus};
-use crate::frontend::recv::RecvBuf;
+use crate::reactor::recv::RecvBuf;
 use crate::reactor::{self, Sleep, io::Async};
 use std::cell::RefCell;
 use std::future::Future;

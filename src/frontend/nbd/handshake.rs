@@ -10,8 +10,8 @@ use super::export::ExportEntry;
 use super::proto::{self, ClientOption, ReplyMode};
 use super::server::ServerShared;
 use crate::bdev::Channel;
-use crate::frontend::recv::RecvBuf;
 use crate::reactor::io::{self, Async};
+use crate::reactor::recv::RecvBuf;
 use std::fmt;
 use std::sync::Arc;
 

@@ -19,7 +19,7 @@ use super::proto::{
 use super::server::ConnCtl;
 use super::state::{ConnState, LocalCounters, RequestKind};
 use crate::bdev::{BdevIo, Channel, IoBuf, IoKind, IoSink, IoStatus};
-use crate::frontend::recv::RecvBuf;
+use crate::reactor::recv::RecvBuf;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::rc::{Rc, Weak};

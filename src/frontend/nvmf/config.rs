@@ -83,7 +83,7 @@ impl TransportOptions {
                 self.max_io_size
             ));
         }
-        if self.io_unit_size < crate::frontend::nvmf::pdu::MIN_MAXH2CDATA
+        if self.io_unit_size < crate::nvme::pdu::MIN_MAXH2CDATA
             || !self.io_unit_size.is_multiple_of(4)
         {
             return Err(format!(

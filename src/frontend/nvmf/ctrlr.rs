@@ -8,15 +8,15 @@
 //! [`send_ns_changed`] and [`fail_controller`] post closures to the owning core.
 
 use super::config::TransportOptions;
-use super::pages::{
-    self, ErrorLogEntry, IdentifyController, IdentifyNamespace, SmartLog, cntrltype,
-};
 use super::qpair;
-use super::spec::{
-    Command, ConnectData, Status, cns, connect_cmd_offset, connect_data_offset, fid, lid, prop,
-};
 use super::subsystem::{CtrlrShared, IoQpairRef, QpairStats, Subsystem, SubsystemKind};
 use super::target::TargetShared;
+use crate::nvme::pages::{
+    self, ErrorLogEntry, IdentifyController, IdentifyNamespace, SmartLog, cntrltype,
+};
+use crate::nvme::spec::{
+    Command, ConnectData, Status, cns, connect_cmd_offset, connect_data_offset, fid, lid, prop,
+};
 use crate::reactor::{Cores, Nanos};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

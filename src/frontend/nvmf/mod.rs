@@ -1,13 +1,12 @@
-//! NVMe over Fabrics with the TCP transport: the target (subsystems, controllers, queue
-//! pairs spread over the reactors) and an initiator (a host whose remote namespaces are
-//! bdevs).
+//! The NVMe over Fabrics target with the TCP transport: subsystems, controllers, and
+//! queue pairs spread over the reactors.
 //!
 //! # Layout
 //!
-//! - [`pdu`]: the NVMe/TCP PDU codec — pure, total, fuzzed.
-//! - [`spec`]: submission and completion queue entries, status codes, and the decoder
-//!   of the commands served (fabrics, admin, NVM I/O) — pure, fuzzed.
-//! - [`pages`]: Identify data and log pages — pure encoders and decoders.
+//! The codec (queue entries, status codes, commands, Identify data and log pages, PDUs)
+//! is [`crate::nvme`], shared with the initiator ([`crate::bdev::nvme`], the host side
+//! whose remote namespaces are bdevs).
+//!
 //! - [`config`]: the `nvmf:` YAML section and the transport options.
 //! - [`target`]: [`NvmfTarget`], the control API (SPDK's `nvmf_*` RPCs).
 //! - `subsystem`: subsystems, namespaces, and the state a controller shares across cores.
@@ -15,8 +14,6 @@
 //! - `qpair`: one connection on one core — the request state machine, receive parsing,
 //!   batched sending, NVM I/O.
 //! - `ctrlr`: Connect, properties, and the admin command set of a controller.
-//! - `wire`: receive buffer and gathered send queue shared by target and initiator.
-//! - [`initiator`]: the host side; `bdev_nvme_attach_controller`.
 //!
 //! # Threading
 //!
@@ -28,18 +25,12 @@
 
 pub mod config;
 mod ctrlr;
-pub mod initiator;
 mod listener;
-pub mod pages;
-pub mod pdu;
 mod qpair;
-pub mod spec;
 pub mod subsystem;
 pub mod target;
-mod wire;
 
 pub use config::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
-pub use subsystem::DISCOVERY_NQN;
 pub use target::{
     CreateSubsystemParams, ListenAddressParams, NamespaceParams, NvmfError, NvmfTarget,
 };

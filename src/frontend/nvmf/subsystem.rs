@@ -18,9 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
-/// The well-known NQN of the discovery subsystem.
-pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
-
 /// Checks the form of an NQN: `nqn.yyyy-mm.<reverse domain>[:<anything>]` or the UUID
 /// form, 11 to 223 bytes.
 pub fn check_nqn(nqn: &str) -> Result<(), String> {
@@ -422,6 +419,7 @@ impl std::fmt::Debug for Subsystem {
 mod tests {
     use super::*;
     use crate::bdev::null::NullBdev;
+    use crate::nvme::spec::DISCOVERY_NQN;
 
     #[test]
     fn nqn_forms() {

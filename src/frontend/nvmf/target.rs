@@ -5,9 +5,10 @@
 
 use super::config::{NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
 use super::listener::{self, ListenerHandle};
-use super::pages::{DiscoveryEntry, disc};
-use super::subsystem::{DISCOVERY_NQN, ListenAddress, Subsystem, SubsystemKind, check_nqn};
+use super::subsystem::{ListenAddress, Subsystem, SubsystemKind, check_nqn};
 use crate::bdev::BdevRegistry;
+use crate::nvme::pages::{DiscoveryEntry, disc};
+use crate::nvme::spec::DISCOVERY_NQN;
 use crate::reactor::Cores;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -4,9 +4,9 @@
 //! otherwise, so a request never silently means less than it says.
 
 use super::{Ctx, NoParams, RpcResult, lvs_of, unsupported};
+use crate::bdev::nvme::AttachParams;
 use crate::bdev::{Bdev, IoKind};
 use crate::config::{BdevConfig, Size};
-use crate::frontend::nvmf::initiator::AttachParams;
 use crate::rpc::error::RpcError;
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -17,12 +17,13 @@
 
 use super::config::TransportOptions;
 use super::ctrlr::{self, AdminDone, ConnectCtx, Role};
-use super::pdu::{self, Limits, PduType};
-use super::spec::{self, Command, Cqe, DataDirection, QueueKind, Sqe, Status};
 use super::subsystem::{Namespace, Subsystem};
 use super::target::TargetShared;
-use super::wire::{RecvBuf, SendQueue};
 use crate::bdev::{BdevIo, Channel, IoBuf, IoSink, IoStatus};
+use crate::nvme::pdu::{self, Limits, PduType};
+use crate::nvme::spec::{self, Command, Cqe, DataDirection, QueueKind, Sqe, Status};
+use crate::reactor::recv::RecvBuf;
+use crate::reactor::send::SendQueue;
 use crate::reactor::{self, Cores, io::Async};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -5,8 +5,8 @@
 use super::{QpInner, Req, ReqState, log_io_error};
 use crate::bdev::{BdevIo, Channel, IoKind, IoStatus};
 use crate::frontend::nvmf::ctrlr::Role;
-use crate::frontend::nvmf::spec::{Command, DataDirection, Status, decode_dsm_ranges};
 use crate::frontend::nvmf::subsystem::QpairStats;
+use crate::nvme::spec::{Command, DataDirection, Status, decode_dsm_ranges};
 use smallvec::SmallVec;
 
 impl QpInner {
@@ -153,7 +153,7 @@ impl QpInner {
         }
         let read = io.kind == IoKind::Read;
         if !status.is_success() {
-            req.status = req.status_worst(Status::from_io(status, read));
+            req.status = req.status_worst(status.to_nvme(read));
         }
         req.pending -= 1;
         if req.pending > 0 {

@@ -3,8 +3,8 @@
 //! verified, and commands started once their data is in.
 
 use super::{ADMIN_IN_CAPSULE_LEN, DIRECT_READ_MIN, DataKind, QpInner, ReqState, Rx};
-use crate::frontend::nvmf::pdu::{self, Decoded, Frame, Header, Limits, Receiver, fes};
-use crate::frontend::nvmf::spec::{self, Command, DataDirection, Sqe, Status, decode_command};
+use crate::nvme::pdu::{self, Decoded, Frame, Header, Limits, Receiver, fes};
+use crate::nvme::spec::{self, Command, DataDirection, Sqe, Status, decode_command};
 use std::io::{self, Read};
 
 impl QpInner {

@@ -1,6 +1,6 @@
-//! Socket plumbing shared by the target and the initiator: the receive buffer (read in
-//! big chunks, many PDUs per `read`; [`crate::frontend::recv`]) and a send queue that
-//! gathers the headers and data of many PDUs into one `writev`.
+//! The send queue of a connection (NVMe/TCP target and initiator): it gathers the
+//! headers and data of many PDUs (or replies) into one `writev`, and reports a mark once
+//! everything queued before it is written.
 //!
 //! # Safety
 //! [`SendQueue`] holds raw pointers to data it does not own (a request's buffer, the
@@ -10,7 +10,6 @@
 //! [`SendQueue::flush`] (or the queue is dropped unflushed). Both sides keep that promise
 //! by releasing a request only when its mark comes back.
 
-pub(crate) use crate::frontend::recv::RecvBuf;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
@@ -239,16 +238,5 @@ mod tests {
         assert_eq!(marks, (0..50).collect::<Vec<_>>());
         assert!(q.is_empty());
         assert_eq!(q.pending_bytes(), 0);
-    }
-
-    #[test]
-    fn recv_buf_compacts() {
-        let mut r = RecvBuf::new(16);
-        let src = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
-        assert_eq!(r.fill(&src[..]).unwrap(), 14);
-        r.consume(13);
-        assert_eq!(r.data(), &[14]);
-        assert_eq!(r.fill(&[15u8, 16, 17, 18][..]).unwrap(), 4);
-        assert_eq!(r.data(), &[14, 15, 16, 17, 18]);
     }
 }

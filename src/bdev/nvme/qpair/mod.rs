@@ -10,6 +10,10 @@
 //! Completions of bdev requests are delivered after the connection's state is released,
 //! so a completion handler may submit again at once.
 //!
+//! This file holds the connection (socket connect, ICReq, Connect), the slots and the
+//! send side; `recv` parses what the controller sends, `nvm` turns bdev requests into
+//! NVM commands.
+//!
 //! # Safety
 //! Commands carry raw iovecs into memory they do not own: the buffers of bdev requests
 //! (valid until the request completes — the [`BdevIo`] contract) and the buffers of
@@ -17,13 +21,17 @@
 //! the command is outstanding, and a failed connection drops its unsent data before it
 //! completes anything.
 
-use crate::bdev::{BdevIo, Deferred, IoKind, IoStatus};
-use crate::frontend::nvmf::pdu::{self, Decoded, Frame, Header, Limits, PduType, Receiver};
-use crate::frontend::nvmf::spec::{
-    self, Cqe, DsmRange, SglDesc, Sqe, Status, encode_dsm_range, io_opc,
-};
-use crate::frontend::nvmf::wire::{RecvBuf, SendQueue};
+mod nvm;
+mod recv;
+
+use crate::bdev::{BdevIo, IoStatus};
+use crate::nvme::pdu::{self, Limits, PduType};
+use crate::nvme::spec::{self, Cqe, DsmRange, SglDesc, Sqe, Status, encode_dsm_range};
+use crate::reactor::recv::RecvBuf;
+use crate::reactor::send::SendQueue;
 use crate::reactor::{self, io::Async};
+use nvm::Parent;
+use recv::Rx;
 use slab::Slab;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
@@ -168,28 +176,6 @@ struct Slot {
     c2h_done: u32,
     /// Storage for a DSM range (boxed so its address is stable).
     dsm: Box<[u8; 16]>,
-}
-
-/// A bdev request in flight, possibly split into several commands.
-struct Parent {
-    io: BdevIo,
-    remaining: u32,
-    status: IoStatus,
-}
-
-/// What the receive side is doing.
-#[derive(Clone, Copy)]
-enum Rx {
-    Header,
-    C2H {
-        slot: u16,
-        off: usize,
-        left: usize,
-        pad: usize,
-        crc: u32,
-        digest: bool,
-        complete_ok: bool,
-    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -391,102 +377,6 @@ impl HostQpair {
         self.notify();
     }
 
-    /// Submits a bdev request for namespace `nsid`, split into commands of at most
-    /// `max_blocks` blocks. Completes it (later) with its status.
-    pub(crate) fn submit_io(&self, io: BdevIo, nsid: u32, block_size: u32, max_blocks: u64) {
-        let mut st = self.inner.borrow_mut();
-        if matches!(st.phase, Phase::Failed(_)) {
-            drop(st);
-            Deferred::current().complete(io, IoStatus::Aborted);
-            return;
-        }
-        let kind = io.kind;
-        let (off, n) = (io.offset_blocks, io.num_blocks);
-        let fua = io.flags.fua;
-        // Per-command block limits: data commands by MDTS, write zeroes by its 16-bit
-        // count, DSM ranges by their 32-bit count.
-        let per = match kind {
-            IoKind::Read | IoKind::Write => max_blocks.max(1),
-            IoKind::WriteZeroes => 65536,
-            IoKind::Unmap => u32::MAX as u64,
-            IoKind::Flush => u64::MAX,
-        };
-        let parts = if kind == IoKind::Flush {
-            1
-        } else {
-            n.div_ceil(per).max(1)
-        };
-        let parent = st.parents.insert(Parent {
-            io,
-            remaining: parts as u32,
-            status: IoStatus::Success,
-        });
-        for i in 0..parts {
-            let slba = off + i * per;
-            let nb = if kind == IoKind::Flush {
-                0
-            } else {
-                per.min(off + n - slba)
-            };
-            let (sqe, data) = {
-                let pio = &st.parents[parent].io;
-                let bs = block_size as u64;
-                match kind {
-                    IoKind::Read | IoKind::Write => {
-                        let opc = if kind == IoKind::Read {
-                            io_opc::READ
-                        } else {
-                            io_opc::WRITE
-                        };
-                        let iovs: SmallVec<[libc::iovec; 4]> = pio
-                            .sub_iovs(((slba - off) * bs) as usize, (nb * bs) as usize)
-                            .into_iter()
-                            .collect();
-                        let len = (nb * bs) as u32;
-                        let sqe = spec::rw_sqe(0, opc, nsid, slba, nb as u32, fua);
-                        let data = if kind == IoKind::Read {
-                            Data::In(iovs, len)
-                        } else {
-                            Data::Out(iovs, len)
-                        };
-                        (sqe, data)
-                    }
-                    IoKind::Flush => {
-                        let mut s = Sqe::new(io_opc::FLUSH, 0);
-                        s.set_nsid(nsid);
-                        (s, Data::None)
-                    }
-                    IoKind::WriteZeroes => (
-                        spec::rw_sqe(0, io_opc::WRITE_ZEROES, nsid, slba, nb as u32, false),
-                        Data::None,
-                    ),
-                    IoKind::Unmap => {
-                        let mut s = Sqe::new(io_opc::DATASET_MANAGEMENT, 0);
-                        s.set_nsid(nsid);
-                        s.set_cdw(10, 0); // one range
-                        s.set_cdw(11, 1 << 2); // deallocate
-                        (
-                            s,
-                            Data::Dsm(DsmRange {
-                                attributes: 0,
-                                num_blocks: nb as u32,
-                                slba,
-                            }),
-                        )
-                    }
-                }
-            };
-            st.backlog.push_back(Pending {
-                sqe,
-                data,
-                owner: Owner::Io { parent },
-            });
-        }
-        st.pump();
-        drop(st);
-        self.notify();
-    }
-
     fn poll_wait(&self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
         if self.closed.get() || self.notified.replace(false) {
             return Poll::Ready(false);
@@ -657,30 +547,6 @@ async fn run(q: Rc<HostQpair>) {
     }
 }
 
-/// Copies `src` into the memory of `iovs`, starting `skip` bytes in.
-///
-/// # Safety
-/// Every iovec must describe writable memory that nobody else uses meanwhile.
-unsafe fn copy_to_iovs(iovs: &[libc::iovec], mut skip: usize, mut src: &[u8]) {
-    for v in iovs {
-        if src.is_empty() {
-            break;
-        }
-        if skip >= v.iov_len {
-            skip -= v.iov_len;
-            continue;
-        }
-        let n = (v.iov_len - skip).min(src.len());
-        // SAFETY: the caller guarantees the iovec is valid writable memory; `skip + n`
-        // stays within `iov_len`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), (v.iov_base as *mut u8).add(skip), n);
-        }
-        src = &src[n..];
-        skip = 0;
-    }
-}
-
 /// The (pointer, length) runs of `iovs` covering bytes `[skip, skip + len)`.
 fn iov_runs(
     iovs: &[libc::iovec],
@@ -826,21 +692,7 @@ impl Inner {
                 Ok(cqe) => self.fail(HostError::ConnectRejected(cqe.status())),
                 Err(e) => self.fail(e),
             },
-            Owner::Io { parent } => {
-                let st = match &r {
-                    Ok(cqe) => cqe.status().to_io(),
-                    Err(_) => IoStatus::Aborted,
-                };
-                let Some(p) = self.parents.get_mut(parent) else {
-                    return;
-                };
-                p.status = p.status.worst(st);
-                p.remaining -= 1;
-                if p.remaining == 0 {
-                    let p = self.parents.remove(parent);
-                    self.done.push((p.io, p.status));
-                }
-            }
+            Owner::Io { parent } => self.part_done(parent, &r),
         }
     }
 
@@ -852,155 +704,6 @@ impl Inner {
         self.free.push(slot as u16);
         if let Some(o) = owner {
             self.finish_owner(o, r);
-        }
-    }
-
-    fn protocol_error(&mut self, what: String) {
-        self.fail(HostError::Protocol(what));
-    }
-
-    fn parse(&mut self) {
-        loop {
-            if matches!(self.phase, Phase::Failed(_)) {
-                return;
-            }
-            match self.rx {
-                Rx::Header => {
-                    let d = pdu::decode_header(self.recv.data(), Receiver::Host, &self.limits);
-                    match d {
-                        Ok(Decoded::NeedMore(_)) => return,
-                        Err(e) => return self.protocol_error(e.to_string()),
-                        Ok(Decoded::Frame(f)) => {
-                            self.recv.consume(f.header_len);
-                            self.on_header(f);
-                        }
-                    }
-                }
-                Rx::C2H {
-                    slot,
-                    mut off,
-                    mut left,
-                    mut pad,
-                    mut crc,
-                    digest,
-                    complete_ok,
-                } => {
-                    let n = pad.min(self.recv.len());
-                    self.recv.consume(n);
-                    pad -= n;
-                    if pad == 0 && left > 0 {
-                        let n = left.min(self.recv.len());
-                        let src = &self.recv.data()[..n];
-                        if digest {
-                            crc = pdu::crc32c_append(crc, src);
-                        }
-                        // SAFETY: the slot is outstanding; its iovecs are the command's
-                        // memory, bounds were checked against its length.
-                        unsafe { copy_to_iovs(&self.slots[slot as usize].iovs, off, src) };
-                        self.recv.consume(n);
-                        off += n;
-                        left -= n;
-                    }
-                    if pad > 0 || left > 0 || (digest && self.recv.len() < pdu::DIGEST_LEN) {
-                        self.rx = Rx::C2H {
-                            slot,
-                            off,
-                            left,
-                            pad,
-                            crc,
-                            digest,
-                            complete_ok,
-                        };
-                        return;
-                    }
-                    if digest {
-                        let d = self.recv.data();
-                        let got = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-                        self.recv.consume(pdu::DIGEST_LEN);
-                        if got != crc {
-                            return self.protocol_error("C2HData data digest mismatch".into());
-                        }
-                    }
-                    self.rx = Rx::Header;
-                    let s = &mut self.slots[slot as usize];
-                    s.c2h_done = off as u32;
-                    if complete_ok {
-                        self.finish(slot as usize, Ok(Cqe::default()));
-                    }
-                }
-            }
-        }
-    }
-
-    fn outstanding(&self, cid: u16) -> bool {
-        self.slots
-            .get(cid as usize)
-            .is_some_and(|s| s.state == SlotState::Outstanding)
-    }
-
-    fn on_header(&mut self, f: Frame) {
-        match f.header {
-            Header::IcResp(r) => {
-                if self.phase != Phase::IcSent {
-                    return self.protocol_error("unexpected ICResp".into());
-                }
-                if r.pfv != 0 || r.maxh2cdata < pdu::MIN_MAXH2CDATA || r.cpda > 31 {
-                    return self.protocol_error(format!("unacceptable ICResp {r:?}"));
-                }
-                self.cpda = r.cpda;
-                self.maxh2cdata = r.maxh2cdata;
-                self.limits = Limits {
-                    header_digest: r.header_digest,
-                    data_digest: r.data_digest,
-                    max_in_capsule_len: 0,
-                    max_data_len: u32::MAX,
-                };
-                self.send_connect();
-            }
-            _ if self.phase == Phase::IcSent => self.protocol_error("PDU before ICResp".into()),
-            Header::C2HTermReq(t) => self.fail(HostError::Terminated {
-                fes: t.fes,
-                fei: t.fei,
-            }),
-            Header::CapsuleResp(c) => {
-                let cqe = Cqe::decode(&c);
-                if !self.outstanding(cqe.cid) {
-                    return self
-                        .protocol_error(format!("response for unknown command {}", cqe.cid));
-                }
-                self.finish(cqe.cid as usize, Ok(cqe));
-            }
-            Header::C2HData(d) => {
-                if !self.outstanding(d.cccid) {
-                    return self.protocol_error(format!("C2HData for unknown command {}", d.cccid));
-                }
-                let s = &self.slots[d.cccid as usize];
-                if s.out || d.datao != s.c2h_done || d.datao as u64 + d.datal as u64 > s.len as u64
-                {
-                    return self.protocol_error("C2HData out of range".into());
-                }
-                let complete_ok = d.last && d.success;
-                self.rx = Rx::C2H {
-                    slot: d.cccid,
-                    off: d.datao as usize,
-                    left: f.data_len,
-                    pad: f.data_offset - f.header_len,
-                    crc: 0,
-                    digest: f.data_digest,
-                    complete_ok,
-                };
-            }
-            Header::R2T(r) => {
-                if !self.outstanding(r.cccid) {
-                    return self.protocol_error(format!("R2T for unknown command {}", r.cccid));
-                }
-                let s = &self.slots[r.cccid as usize];
-                if !s.out || r.r2to as u64 + r.r2tl as u64 > s.len as u64 {
-                    return self.protocol_error("R2T out of range".into());
-                }
-                self.send_h2c(r);
-            }
-            _ => self.protocol_error(format!("unexpected {:?}", f.header.pdu_type())),
         }
     }
 

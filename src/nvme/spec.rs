@@ -6,8 +6,6 @@
 //! Layouts follow the NVMe Base and NVMe over Fabrics specifications (and Linux's
 //! `include/linux/nvme.h`); all integers are little-endian.
 
-use crate::bdev::IoStatus;
-
 /// Opcode of every fabrics command.
 pub const OPC_FABRICS: u8 = 0x7f;
 
@@ -179,37 +177,6 @@ impl Status {
             sc: (f >> 1) as u8,
             sct: ((f >> 9) & 7) as u8,
             dnr: f & 0x8000 != 0,
-        }
-    }
-
-    /// NVMe's status for a bdev completion status; `read` picks the media error code.
-    pub fn from_io(st: IoStatus, read: bool) -> Status {
-        match st {
-            IoStatus::Success => Status::SUCCESS,
-            IoStatus::InvalidOpcode => Status::INVALID_OPCODE,
-            IoStatus::InvalidField => Status::INVALID_FIELD,
-            IoStatus::LbaOutOfRange => Status::LBA_OUT_OF_RANGE,
-            IoStatus::CapacityExceeded => Status::CAPACITY_EXCEEDED,
-            IoStatus::MediaError if read => Status::UNRECOVERED_READ_ERROR,
-            IoStatus::MediaError => Status::WRITE_FAULT,
-            IoStatus::Aborted => Status::ABORTED_SQ_DELETION,
-            IoStatus::WriteProtected => Status::NS_WRITE_PROTECTED,
-            IoStatus::InternalError => Status::INTERNAL_ERROR,
-        }
-    }
-
-    /// The bdev status a host reports for an NVMe status.
-    pub fn to_io(self) -> IoStatus {
-        match (self.sct, self.sc) {
-            (0, 0x00) => IoStatus::Success,
-            (0, 0x01) => IoStatus::InvalidOpcode,
-            (0, 0x02) | (0, 0x0b) | (0, 0x0f) | (0, 0x11) | (0, 0x16) => IoStatus::InvalidField,
-            (0, 0x80) => IoStatus::LbaOutOfRange,
-            (0, 0x81) => IoStatus::CapacityExceeded,
-            (0, 0x20) => IoStatus::WriteProtected,
-            (0, 0x07) | (0, 0x08) => IoStatus::Aborted,
-            (2, _) => IoStatus::MediaError,
-            _ => IoStatus::InternalError,
         }
     }
 }
@@ -650,6 +617,9 @@ pub mod connect_cmd_offset {
     pub const KATO: u16 = 48;
 }
 
+/// The well-known NQN of the discovery subsystem.
+pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+
 /// Connect attributes: the host disabled SQ flow control.
 pub const CATTR_DISABLE_SQ_FLOW_CONTROL: u8 = 1 << 2;
 
@@ -810,11 +780,6 @@ mod tests {
         }
         // LBA out of range: SCT 0, SC 0x80, DNR.
         assert_eq!(Status::LBA_OUT_OF_RANGE.to_field(), 0x8100);
-        assert_eq!(
-            Status::from_io(IoStatus::WriteProtected, false),
-            Status::NS_WRITE_PROTECTED
-        );
-        assert_eq!(Status::NS_WRITE_PROTECTED.to_io(), IoStatus::WriteProtected);
     }
 
     #[test]

@@ -14,14 +14,18 @@
 //! larger than the in-capsule size go through R2T/H2CData; reads arrive as C2HData.
 //! A lost connection fails the requests on it with `Aborted`; reconnecting is not
 //! implemented.
+//!
+//! This file holds the controller, its namespaces as bdevs and the host's registry of
+//! controllers; `qpair` is one NVMe/TCP connection on one core. The codec is
+//! [`crate::nvme`], shared with the target.
 
 mod qpair;
 
 pub use qpair::HostError;
 
 use crate::bdev::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, BdevRegistry, IoKind};
-use crate::frontend::nvmf::pages::{self, IdentifyController, IdentifyNamespace, cntrltype};
-use crate::frontend::nvmf::spec::{self, Sqe, admin_opc, cns, fid, lid, prop};
+use crate::nvme::pages::{self, IdentifyController, IdentifyNamespace, cntrltype};
+use crate::nvme::spec::{self, Sqe, admin_opc, cns, fid, lid, prop};
 use crate::reactor::{self, Cores};
 use qpair::{HostQpair, QpairParams};
 use serde::{Deserialize, Serialize};
@@ -802,7 +806,7 @@ pub async fn discover(
     let addr = resolve(traddr, trsvcid)?;
     let q = HostQpair::start(QpairParams {
         addr,
-        subnqn: crate::frontend::nvmf::DISCOVERY_NQN.into(),
+        subnqn: crate::nvme::spec::DISCOVERY_NQN.into(),
         hostnqn: hostnqn.into(),
         hostid: *Uuid::new_v4().as_bytes(),
         qid: 0,

@@ -2,7 +2,7 @@
 //! buffer that a `read` fills and the parsers consume from the front, so one read can
 //! carry many requests or PDUs.
 
-use crate::reactor::io::Async;
+use super::io::Async;
 use std::io::{self, Read};
 
 /// Bytes read from the socket and not yet consumed.
@@ -138,5 +138,21 @@ impl RecvBuf {
             n -= take as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recv_buf_compacts() {
+        let mut r = RecvBuf::new(16);
+        let src = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+        assert_eq!(r.fill(&src[..]).unwrap(), 14);
+        r.consume(13);
+        assert_eq!(r.data(), &[14]);
+        assert_eq!(r.fill(&[15u8, 16, 17, 18][..]).unwrap(), 4);
+        assert_eq!(r.data(), &[14, 15, 16, 17, 18]);
     }
 }

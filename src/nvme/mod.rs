@@ -1,0 +1,13 @@
+//! NVMe and NVMe/TCP as data: the codecs the target (`frontend/nvmf/`) and the initiator
+//! (`bdev/nvme/`) share. Pure and total — no I/O, no state, nothing from the rest of the
+//! crate — and fuzzed (`fuzz/fuzz_targets/nvmf_*.rs`).
+//!
+//! - [`spec`]: submission and completion queue entries, status codes, the decoder of the
+//!   commands the target serves (fabrics, admin, NVM I/O) and the encoders of those the
+//!   initiator sends.
+//! - [`pages`]: Identify data and log pages.
+//! - [`pdu`]: the NVMe/TCP PDUs (headers, digests, limits).
+
+pub mod pages;
+pub mod pdu;
+pub mod spec;
