@@ -16,67 +16,20 @@
 //! epoch has drained — the controller then knows that no I/O it could have raced with is
 //! still in flight.
 
-use super::controller::{self, Controller};
-use super::disk::VDisk;
-use super::map::{Fill, PhysSeg, Source};
-use super::pool::PoolShared;
-use super::table::Node;
+use super::map::{Extent, ExtentState, Fill, PhysSeg, Source};
+use super::msg::{AgentCmd, AgentNotice, AgentRequest, RangeState, View};
+use super::shared::PoolShared;
 use crate::bdev::{
-    BdevIo, BlockRun, Channel, Deferred, Epochs, IoBuf, IoKind, IoSink, IoStatus, Origin,
+    Bdev, BdevIo, BlockRun, Channel, Deferred, Epochs, IoBuf, IoKind, IoSink, IoStatus, Origin,
 };
 use crate::reactor;
+use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-
-/// What an agent serves from: a root into the shared table nodes.
-#[derive(Debug)]
-pub struct View {
-    pub root: Option<Arc<Node>>,
-    /// Extents born at or before this generation are shared: not writable.
-    pub snap_gen: u64,
-    pub version: u64,
-}
-
-/// A state the controller lays over a range of an agent's view ("set entry state").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RangeState {
-    /// Writes fault even where the table would allow them.
-    NoWrite,
-    /// Reads and writes wait: the agent has no usable mapping.
-    Invalid,
-}
-
-/// Controller → agent commands.
-#[derive(Clone, Debug)]
-pub enum AgentCmd {
-    /// Replace the view ("set entries": the new root shares unchanged nodes).
-    SetView(Arc<View>),
-    /// Lay `state` over virtual segments `[from, to)`, or clear it (`None`).
-    SetState {
-        from: u64,
-        to: u64,
-        state: Option<RangeState>,
-    },
-    /// Hold new I/O; with the blocking flag, acknowledge once in-flight I/O drained.
-    Quiesce,
-    /// Release held I/O.
-    Activate,
-    /// The disk is gone: fail held and new I/O with this status.
-    Fail(IoStatus),
-    /// Nothing; with the blocking flag, a drain barrier.
-    Barrier,
-    /// Everything a new agent must know at once: the view, the range states, whether
-    /// the disk is quiesced or failed.
-    Init {
-        view: Arc<View>,
-        overrides: Vec<(u64, u64, RangeState)>,
-        quiesced: bool,
-        failed: Option<IoStatus>,
-    },
-}
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a parked request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -119,7 +72,10 @@ const PASSED: u64 = 1 << 63;
 /// The agent of one disk on one core.
 pub struct Agent {
     shared: Arc<PoolShared>,
-    bdev: Arc<VDisk>,
+    /// The disk this agent serves (its own requests go through it, e.g. zeros written
+    /// for a write-zeroes that must copy-on-write).
+    bdev: Arc<dyn Bdev>,
+    io_counts: Arc<IoCounts>,
     disk: u64,
     core: usize,
     base: Vec<Channel>,
@@ -188,7 +144,7 @@ pub(crate) fn apply_now(pool: u64, disk: u64, cmd: AgentCmd) {
 
 /// The entries the agent of (`pool`, `disk`) on this core sees for `[from, to)` ("get
 /// entries", for tests and diagnostics).
-pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<super::map::Extent> {
+pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<Extent> {
     let agent = registry()
         .agents
         .borrow()
@@ -210,12 +166,42 @@ pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<super::map:
     out
 }
 
+/// Requests served by one disk, per core (each core writes only its own slot).
+pub(crate) struct IoCounts(Box<[CachePadded<AtomicU64>]>);
+
+impl IoCounts {
+    pub(crate) fn new(cores: usize) -> IoCounts {
+        IoCounts(
+            (0..cores.max(1))
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        )
+    }
+
+    /// Counts a request on `core` (single writer per slot: no atomic RMW): when it is
+    /// readdressed to a container, else when it completes.
+    #[inline]
+    pub(crate) fn count(&self, core: usize) {
+        if let Some(c) = self.0.get(core) {
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests served so far, all cores.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
 impl Agent {
-    /// Creates the agent of `bdev` on the current core and announces it to the
-    /// controller (I/O waits for the first view).
+    /// Creates the agent of disk `disk` (served as `bdev`, counting into `io_counts`) on
+    /// the current core and announces it to the controller (I/O waits for the first
+    /// view).
     pub(crate) fn create(
         shared: Arc<PoolShared>,
-        bdev: Arc<VDisk>,
+        bdev: Arc<dyn Bdev>,
+        disk: u64,
+        io_counts: Arc<IoCounts>,
     ) -> Result<Rc<Agent>, crate::bdev::BdevError> {
         let base = shared
             .containers
@@ -235,10 +221,10 @@ impl Agent {
             .map(|(c, &shift)| c.tracks_drain() && shift == disk_shift)
             .collect();
         let core = reactor::current_core().unwrap_or(0);
-        let disk = bdev.disk_id();
         let agent = Rc::new_cyclic(|me| Agent {
             shared: shared.clone(),
             bdev,
+            io_counts,
             disk,
             core,
             base,
@@ -260,12 +246,7 @@ impl Agent {
             .agents
             .borrow_mut()
             .insert((shared.id, disk), Rc::downgrade(&agent));
-        let pool = shared.id;
-        let _ = shared.cores.send(shared.ctl_core, move || {
-            if let Some(c) = controller::lookup(pool) {
-                c.agent_registered(disk, core);
-            }
-        });
+        shared.tell_controller(AgentNotice::Registered { disk, core });
         Ok(agent)
     }
 
@@ -409,7 +390,7 @@ impl Agent {
             let Some(e) = v.root.as_ref().and_then(|r| r.lookup(vseg)) else {
                 return Err(io);
             };
-            if e.state != super::map::ExtentState::Mapped || (write && e.birth <= v.snap_gen) {
+            if e.state != ExtentState::Mapped || (write && e.birth <= v.snap_gen) {
                 return Err(io);
             }
             let top = &e.layers[0];
@@ -441,7 +422,7 @@ impl Agent {
         // completes straight to its submitter. Barriers wait for the container instead.
         if fill.is_none() && !io.flags.fua && self.base_readdress[ci] && io.readdress(byte >> shift)
         {
-            self.bdev.count_io(self.core);
+            self.io_counts.count(self.core);
             base.submit_unchecked(io);
             return Ok(());
         }
@@ -506,7 +487,7 @@ impl Agent {
             io.zero_fill(off, len);
         }
         if pieces.is_empty() {
-            self.bdev.count_io(self.core);
+            self.io_counts.count(self.core);
             self.deferred.complete(io, IoStatus::Success);
         } else {
             self.issue(io, &pieces, SmallVec::new());
@@ -543,7 +524,7 @@ impl Agent {
                     fault = Some(FaultKey::Write(vseg));
                     break;
                 };
-                if e.state == super::map::ExtentState::Error {
+                if e.state == ExtentState::Error {
                     self.deferred.complete(io, IoStatus::MediaError);
                     return;
                 }
@@ -667,15 +648,10 @@ impl Agent {
         }
     }
 
-    /// Runs `f` on the controller and returns its status (Aborted if the pool is gone).
-    async fn ask<F, Fut>(&self, f: F) -> IoStatus
-    where
-        F: FnOnce(Rc<Controller>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = IoStatus> + 'static,
-    {
-        let h =
-            controller::to_controller(&self.shared.cores, self.shared.ctl_core, self.shared.id, f);
-        match h.await {
+    /// Sends `request` to the controller and returns its answer (Aborted if the pool is
+    /// gone).
+    async fn ask(&self, request: AgentRequest) -> IoStatus {
+        match self.shared.ask_controller(request).await {
             Ok(Some(st)) => st,
             _ => IoStatus::Aborted,
         }
@@ -684,25 +660,21 @@ impl Agent {
     async fn resolve(&self, key: FaultKey) -> IoStatus {
         let disk = self.disk;
         match key {
-            FaultKey::Write(vseg) => {
-                self.ask(move |c| async move { c.make_writable(disk, vseg).await })
-                    .await
-            }
+            FaultKey::Write(vseg) => self.ask(AgentRequest::MakeWritable { disk, vseg }).await,
             FaultKey::Materialize(vseg, first, last) => {
-                self.ask(move |c| async move { c.materialize(disk, vseg, first, last).await })
-                    .await
+                self.ask(AgentRequest::Materialize {
+                    disk,
+                    vseg,
+                    first,
+                    last,
+                })
+                .await
             }
         }
     }
 
     async fn commit(&self) -> IoStatus {
-        self.ask(|c| async move {
-            match c.commit().await {
-                Ok(()) => IoStatus::Success,
-                Err(st) => st,
-            }
-        })
-        .await
+        self.ask(AgentRequest::Commit).await
     }
 
     /// Unmap and write-zeroes: whole segments return to the zero state (the controller
@@ -717,8 +689,7 @@ impl Agent {
         let end = io.offset_blocks + io.num_blocks;
         let mut at = io.offset_blocks;
         let mut punch: Option<(u64, u64)> = None;
-        let me_bdev: Arc<dyn crate::bdev::Bdev> = self.bdev.clone();
-        let own = match Channel::get(&me_bdev) {
+        let own = match Channel::get(&self.bdev) {
             Ok(c) => c,
             Err(_) => {
                 io.complete(IoStatus::InternalError);
@@ -735,7 +706,11 @@ impl Agent {
                     Some((f, t)) if t == vseg => (f, vseg + 1),
                     Some((f, t)) => {
                         status = self
-                            .ask(move |c| async move { c.punch(disk, f, t).await })
+                            .ask(AgentRequest::Punch {
+                                disk,
+                                from: f,
+                                to: t,
+                            })
                             .await;
                         (vseg, vseg + 1)
                     }
@@ -758,7 +733,7 @@ impl Agent {
                 }
             };
             let Some(e) = ext else { continue };
-            if e.state == super::map::ExtentState::Error {
+            if e.state == ExtentState::Error {
                 if io.kind == IoKind::WriteZeroes {
                     status = IoStatus::MediaError;
                 }
@@ -814,9 +789,7 @@ impl Agent {
                         self.shared.dirty_fills.push(f.clone());
                     }
                     if f.is_empty() {
-                        let st = self
-                            .ask(move |c| async move { c.maybe_empty(disk, vseg).await })
-                            .await;
+                        let st = self.ask(AgentRequest::MaybeEmpty { disk, vseg }).await;
                         status = status.worst(st);
                     }
                 }
@@ -833,7 +806,11 @@ impl Agent {
             && let Some((f, t)) = punch
         {
             status = self
-                .ask(move |c| async move { c.punch(disk, f, t).await })
+                .ask(AgentRequest::Punch {
+                    disk,
+                    from: f,
+                    to: t,
+                })
                 .await;
         }
         io.complete(status);
@@ -969,7 +946,7 @@ impl Agent {
     #[inline]
     fn finish(&self, io: BdevIo, status: IoStatus, epoch: u64) {
         self.epochs.finish(epoch);
-        self.bdev.count_io(self.core);
+        self.io_counts.count(self.core);
         if io.flags.fua && status.is_success() {
             let me = self.rc();
             reactor::spawn_local(async move {
@@ -1004,11 +981,9 @@ impl Drop for AgentChannel {
             .agents
             .borrow_mut()
             .remove(&(a.shared.id, a.disk));
-        let (pool, disk, core) = (a.shared.id, a.disk, a.core);
-        let _ = a.shared.cores.send(a.shared.ctl_core, move || {
-            if let Some(c) = controller::lookup(pool) {
-                c.agent_unregistered(disk, core);
-            }
+        a.shared.tell_controller(AgentNotice::Unregistered {
+            disk: a.disk,
+            core: a.core,
         });
     }
 }

@@ -22,17 +22,18 @@
 //! flush — then drain every agent (blocking barrier) and make the segments and pages
 //! freed before the commit reusable. See `commit.rs`.
 
-use super::agent::{self, AgentCmd, RangeState, View};
+use super::agent;
 use super::alloc::Space;
 use super::disk::VDisk;
 use super::locks::DiskLocks;
 use super::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, MAX_RUN_SEGMENTS};
 use super::meta::{DiskKind, DiskRecord, JobRecord, NO_PAGE};
-use super::pool::PoolShared;
+use super::msg::{AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState, View};
+use super::shared::PoolShared;
 use super::table::{self, Node};
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{Channel, IoStatus};
-use crate::reactor::{self, Cores};
+use crate::reactor::{self, Cores, RemoteHandle};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1106,23 +1107,57 @@ pub(crate) fn validate_name(name: &str) -> Result<(), VdiskError> {
     Ok(())
 }
 
-/// Runs a closure on the controller of `pool` (used by agents): the result comes back
-/// as a future.
-pub(crate) fn to_controller<R, F, Fut>(
+/// How agents reach the controller (see [`ControllerPort`]).
+pub(crate) const PORT: ControllerPort = ControllerPort {
+    request: serve_request,
+    notify: serve_notice,
+};
+
+/// Runs an agent's request on the controller of `pool`: the answer comes back as a
+/// future.
+fn serve_request(
     cores: &Cores,
     ctl_core: usize,
     pool: u64,
-    f: F,
-) -> crate::reactor::RemoteHandle<Option<R>>
-where
-    R: Send + 'static,
-    F: FnOnce(Rc<Controller>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = R> + 'static,
-{
+    request: AgentRequest,
+) -> RemoteHandle<Option<IoStatus>> {
     cores.spawn_on(ctl_core, move || async move {
         match lookup(pool) {
-            Some(c) => Some(f(c).await),
+            Some(c) => Some(c.serve(request).await),
             None => None,
         }
     })
+}
+
+/// Delivers an agent's notice to the controller of `pool`.
+fn serve_notice(cores: &Cores, ctl_core: usize, pool: u64, notice: AgentNotice) {
+    let _ = cores.send(ctl_core, move || {
+        if let Some(c) = lookup(pool) {
+            match notice {
+                AgentNotice::Registered { disk, core } => c.agent_registered(disk, core),
+                AgentNotice::Unregistered { disk, core } => c.agent_unregistered(disk, core),
+            }
+        }
+    });
+}
+
+impl Controller {
+    /// Resolves an agent's request.
+    async fn serve(&self, request: AgentRequest) -> IoStatus {
+        match request {
+            AgentRequest::MakeWritable { disk, vseg } => self.make_writable(disk, vseg).await,
+            AgentRequest::Materialize {
+                disk,
+                vseg,
+                first,
+                last,
+            } => self.materialize(disk, vseg, first, last).await,
+            AgentRequest::Punch { disk, from, to } => self.punch(disk, from, to).await,
+            AgentRequest::MaybeEmpty { disk, vseg } => self.maybe_empty(disk, vseg).await,
+            AgentRequest::Commit => match self.commit().await {
+                Ok(()) => IoStatus::Success,
+                Err(st) => st,
+            },
+        }
+    }
 }

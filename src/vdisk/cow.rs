@@ -18,11 +18,11 @@
 //! **Clone**: a writable disk whose table starts as the snapshot's; everything is
 //! shared until written.
 
-use super::agent::AgentCmd;
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, ExtentState, Fill, Layer, Source};
 use super::meta::{DiskKind, DiskRecord, JobRecord, NO_PAGE};
+use super::msg::AgentCmd;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{IoBuf, IoStatus};
 use crate::reactor;

@@ -10,7 +10,8 @@ use super::meta::{
     self, ContainerRecord, DiskRecord, Label, MetaError, NO_PAGE, PAGE_BYTES, Role,
     SM_COUNTS_PER_PAGE, SUPERBLOCK_OFFSET, Superblock,
 };
-use super::pool::{Container, Pool, PoolOptions, PoolShared};
+use super::pool::{Pool, PoolOptions};
+use super::shared::{Container, PoolShared};
 use super::table::{Node, NodeKind};
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{Bdev, Channel, IoBuf, IoStatus};
@@ -408,6 +409,7 @@ async fn open_labelled(
         sm_pages: sb.sm_pages,
         ctl_core,
         cores,
+        ctl_port: super::controller::PORT,
         dirty_fills: crossbeam_queue::SegQueue::new(),
         cow_default: CowPolicy::from_u8(sb.cow_policy),
         free_segments: std::sync::atomic::AtomicU64::new(0),

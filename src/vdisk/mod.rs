@@ -25,7 +25,9 @@ pub mod load;
 mod locks;
 pub mod map;
 pub mod meta;
+pub mod msg;
 pub mod pool;
+pub mod shared;
 pub mod split;
 pub mod table;
 
