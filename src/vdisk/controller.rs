@@ -47,8 +47,6 @@ use std::time::Duration;
 /// running at once.
 const COPY_CHUNK: u64 = 256 << 10;
 
-pub(crate) use super::load::{create, open};
-
 /// One disk as the controller holds it.
 pub(crate) struct DiskCtl {
     pub rec: DiskRecord,
@@ -66,6 +64,31 @@ pub(crate) struct DiskCtl {
     pub overrides: Vec<(u64, u64, RangeState)>,
     pub quiesced: bool,
     pub failed: Option<IoStatus>,
+}
+
+impl DiskCtl {
+    pub(crate) fn new(rec: DiskRecord, root: Option<Arc<Node>>, bdev: Arc<VDisk>) -> DiskCtl {
+        DiskCtl {
+            rec,
+            root,
+            agents: BTreeSet::new(),
+            version: 0,
+            bdev,
+            job_cancel: None,
+            job_progress: None,
+            overrides: Vec::new(),
+            quiesced: false,
+            failed: None,
+        }
+    }
+}
+
+/// A quiesce in force: held I/O on its disks until [`Controller::activate`], or until
+/// the time limit, when it cancels itself.
+pub(crate) struct Quiesce {
+    pub disks: Vec<u64>,
+    pub expired: Rc<std::cell::Cell<bool>>,
+    pub timer: Option<async_task::Task<()>>,
 }
 
 /// The controller's mutable state.
@@ -116,7 +139,7 @@ pub(crate) struct Controller {
     pub commit_state: RefCell<CommitState>,
     pub me: Weak<Controller>,
     pub background: RefCell<Option<async_task::Task<()>>>,
-    pub quiesces: RefCell<BTreeMap<u64, super::cow::Quiesce>>,
+    pub quiesces: RefCell<BTreeMap<u64, Quiesce>>,
     /// Set by [`Controller::crash_stop`]: nothing may be written any more.
     pub crashed: std::cell::Cell<bool>,
 }
@@ -729,8 +752,7 @@ impl Controller {
                 let new = table::splice(None, 0, nsegs, &exts, &mut st.space);
                 table::set_root(&mut root, new, &mut st.space);
             }
-            st.disks
-                .insert(id, super::cow::new_disk(rec, root, bdev.clone()));
+            st.disks.insert(id, DiskCtl::new(rec, root, bdev.clone()));
             st.changed();
         }
         self.update_free();

@@ -18,7 +18,7 @@
 //! **Clone**: a writable disk whose table starts as the snapshot's; everything is
 //! shared until written.
 
-use super::controller::{Controller, DiskCtl, unix_now, validate_name};
+use super::controller::{Controller, DiskCtl, Quiesce, unix_now, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, ExtentState, Fill, Layer, Source};
 use super::meta::{DiskKind, DiskRecord, JobRecord, NO_PAGE};
@@ -31,14 +31,6 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A quiesce in force: held I/O on its disks until [`Controller::activate`], or until
-/// the time limit, when it cancels itself.
-pub(crate) struct Quiesce {
-    pub disks: Vec<u64>,
-    pub expired: Rc<Cell<bool>>,
-    pub timer: Option<async_task::Task<()>>,
-}
 
 impl Controller {
     /// Copy-out: `one` (a single-layer, shared extent at `vseg` of `disk`) — copy its data
@@ -384,7 +376,7 @@ impl Controller {
                 };
                 o.rec.parent = id;
                 let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
-                st.disks.insert(id, new_disk(rec, root, bdev.clone()));
+                st.disks.insert(id, DiskCtl::new(rec, root, bdev.clone()));
                 st.changed();
                 bdev
             };
@@ -451,7 +443,7 @@ impl Controller {
             created_unix: unix_now(),
         };
         let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
-        st.disks.insert(id, new_disk(rec, root, bdev.clone()));
+        st.disks.insert(id, DiskCtl::new(rec, root, bdev.clone()));
         st.changed();
         drop(st);
         tracing::info!(pool = %self.shared.name, snapshot, clone = name, "clone created");
@@ -472,24 +464,5 @@ impl Controller {
         }
         st.changed();
         Ok(())
-    }
-}
-
-pub(crate) fn new_disk(
-    rec: DiskRecord,
-    root: Option<Arc<super::table::Node>>,
-    bdev: Arc<VDisk>,
-) -> DiskCtl {
-    DiskCtl {
-        rec,
-        root,
-        agents: BTreeSet::new(),
-        version: 0,
-        bdev,
-        job_cancel: None,
-        job_progress: None,
-        overrides: Vec::new(),
-        quiesced: false,
-        failed: None,
     }
 }

@@ -2,7 +2,6 @@
 
 use super::agent::{Agent, AgentChannel, IoCounts};
 use super::meta::{DiskKind, DiskRecord};
-use super::pool::Pool;
 use super::shared::PoolShared;
 use crate::bdev::{Bdev, BdevChannel, BdevError, BdevProps, IoKind};
 use std::rc::Rc;
@@ -12,7 +11,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// A virtual disk (SPDK: a logical volume).
 pub struct VDisk {
     props: BdevProps,
-    shared: Arc<PoolShared>,
+    pub(crate) shared: Arc<PoolShared>,
     id: u64,
     kind: AtomicU8,
     thin: bool,
@@ -39,13 +38,6 @@ impl VDisk {
             thin: rec.thin,
             io_counts: Arc::new(IoCounts::new(shared.cores.len())),
         }))
-    }
-
-    /// The pool the disk lives in.
-    pub fn pool(&self) -> Pool {
-        Pool {
-            shared: self.shared.clone(),
-        }
     }
 
     /// The disk's id within its pool.

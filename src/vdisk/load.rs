@@ -3,14 +3,13 @@
 //! recomputing the reference counts): crash recovery is opening.
 
 use super::alloc::{RESERVED, Space};
-use super::controller::{Controller, CtlState, validate_name};
+use super::controller::{self, Controller, CtlState, DiskCtl, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, Fill, Geometry};
 use super::meta::{
     self, ContainerRecord, DiskRecord, Label, MetaError, NO_PAGE, PAGE_BYTES, Role,
     SM_COUNTS_PER_PAGE, SUPERBLOCK_OFFSET, Superblock,
 };
-use super::pool::{Pool, PoolOptions};
 use super::shared::{Container, PoolShared};
 use super::table::{Node, NodeKind};
 use super::{CowPolicy, VdiskError};
@@ -67,14 +66,39 @@ pub async fn read_label(bdev: &Arc<dyn Bdev>) -> Result<Option<Label>, VdiskErro
     Ok(Label::decode(&b, &format!("label of `{}`", bdev.name()))?)
 }
 
-/// Formats a new pool over `containers` (plus `metadata`) and opens it.
+/// Options for creating a pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub name: String,
+    /// Segment size in bytes: a power of two from 64 KiB to 64 MiB.
+    pub segment_bytes: u64,
+    /// Bytes reserved for metadata on container 0 (ignored with a metadata bdev).
+    /// Default: 1/1024 of the capacity, at least 16 MiB.
+    pub metadata_bytes: Option<u64>,
+    pub cow_policy: CowPolicy,
+}
+
+impl PoolOptions {
+    /// Defaults: 1 MiB segments, redirect-on-write.
+    pub fn new(name: &str) -> PoolOptions {
+        PoolOptions {
+            name: name.to_string(),
+            segment_bytes: 1 << 20,
+            metadata_bytes: None,
+            cow_policy: CowPolicy::Redirect,
+        }
+    }
+}
+
+/// Formats a new pool over `containers` (plus `metadata`) and opens it: returns what
+/// [`super::Pool`] wraps.
 pub(crate) async fn create(
     cores: Cores,
     ctl_core: usize,
     containers: Vec<Arc<dyn Bdev>>,
     metadata: Option<Arc<dyn Bdev>>,
     opts: PoolOptions,
-) -> Result<Pool, VdiskError> {
+) -> Result<Arc<PoolShared>, VdiskError> {
     validate_name(&opts.name)?;
     let invalid = |field, reason: String| VdiskError::InvalidParam { field, reason };
     let seg = opts.segment_bytes;
@@ -304,12 +328,12 @@ async fn read_superblock(meta_bdev: &Arc<dyn Bdev>) -> Result<Superblock, VdiskE
     }
 }
 
-/// Opens the pool that `bdevs` belong to.
+/// Opens the pool that `bdevs` belong to: returns what [`super::Pool`] wraps.
 pub(crate) async fn open(
     cores: Cores,
     ctl_core: usize,
     bdevs: Vec<Arc<dyn Bdev>>,
-) -> Result<Pool, VdiskError> {
+) -> Result<Arc<PoolShared>, VdiskError> {
     let mut labelled = Vec::new();
     for b in bdevs {
         match read_label(&b).await? {
@@ -329,7 +353,7 @@ async fn open_labelled(
     cores: Cores,
     ctl_core: usize,
     labelled: Vec<(Arc<dyn Bdev>, Label)>,
-) -> Result<Pool, VdiskError> {
+) -> Result<Arc<PoolShared>, VdiskError> {
     let Some((_, first)) = labelled.first() else {
         return Err(VdiskError::NoPool("no bdevs given".into()));
     };
@@ -409,7 +433,7 @@ async fn open_labelled(
         sm_pages: sb.sm_pages,
         ctl_core,
         cores,
-        ctl_port: super::controller::PORT,
+        ctl_port: controller::PORT,
         dirty_fills: crossbeam_queue::SegQueue::new(),
         cow_default: CowPolicy::from_u8(sb.cow_policy),
         free_segments: std::sync::atomic::AtomicU64::new(0),
@@ -464,7 +488,7 @@ async fn open_labelled(
     let mut disks = BTreeMap::new();
     for (rec, root) in records.into_iter().zip(roots) {
         let bdev = VDisk::new(&shared, &rec).map_err(VdiskError::Bdev)?;
-        disks.insert(rec.id, super::cow::new_disk(rec, root, bdev));
+        disks.insert(rec.id, DiskCtl::new(rec, root, bdev));
     }
     let st = CtlState {
         disks,
@@ -482,7 +506,7 @@ async fn open_labelled(
     let c = Controller::start(shared.clone(), st);
     c.resume_jobs();
     tracing::info!(pool = %shared.name, uuid = %pool_uuid, txn = sb.txn, disks = ndisks, "pool opened");
-    Ok(Pool { shared })
+    Ok(shared)
 }
 
 struct LoadedState {

@@ -33,7 +33,8 @@ pub mod table;
 
 pub use controller::DiskInfo;
 pub use disk::VDisk;
-pub use pool::{Pool, PoolOptions};
+pub use load::PoolOptions;
+pub use pool::Pool;
 
 use crate::bdev::{BdevError, IoStatus};
 use serde::{Deserialize, Serialize};

@@ -1,9 +1,12 @@
-//! Pools: the storage containers a pool is made of, where a physical segment lives, and
-//! the public, thread-safe [`Pool`] handle whose operations run on the controller core.
+//! The public, thread-safe [`Pool`] handle: every operation runs on the pool's controller
+//! core. (What every core knows of a pool — its containers, where a segment lives — is
+//! in `shared.rs`; creating and opening one in `load.rs`.)
 
+use super::agent;
 use super::controller::{self, Controller, DiskInfo};
 use super::disk::VDisk;
-use super::map::PhysSeg;
+use super::load::{self, PoolOptions};
+use super::map::{Extent, PhysSeg};
 use super::shared::PoolShared;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::Bdev;
@@ -14,26 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
-/// Options for creating a pool.
-#[derive(Clone, Debug)]
-pub struct PoolOptions {
-    pub name: String,
-    /// Segment size in bytes: a power of two from 64 KiB to 64 MiB.
-    pub segment_bytes: u64,
-    /// Bytes reserved for metadata on container 0 (ignored with a metadata bdev).
-    /// Default: 1/1024 of the capacity, at least 16 MiB.
-    pub metadata_bytes: Option<u64>,
-    pub cow_policy: CowPolicy,
-}
-
-impl PoolOptions {
-    /// Defaults: 1 MiB segments, redirect-on-write.
-    pub fn new(name: &str) -> PoolOptions {
-        PoolOptions {
-            name: name.to_string(),
-            segment_bytes: 1 << 20,
-            metadata_bytes: None,
-            cow_policy: CowPolicy::Redirect,
+impl VDisk {
+    /// The pool the disk lives in.
+    pub fn pool(&self) -> Pool {
+        Pool {
+            shared: self.shared.clone(),
         }
     }
 }
@@ -69,10 +57,11 @@ impl Pool {
         let cores2 = cores.clone();
         cores
             .spawn_on(ctl_core, move || async move {
-                controller::create(cores2, ctl_core, containers, metadata, opts).await
+                load::create(cores2, ctl_core, containers, metadata, opts).await
             })
             .await
             .map_err(|_| VdiskError::Stopped)?
+            .map(|shared| Pool { shared })
     }
 
     /// Opens an existing pool from its bdevs (data containers and metadata bdev, in any
@@ -85,10 +74,11 @@ impl Pool {
         let cores2 = cores.clone();
         cores
             .spawn_on(ctl_core, move || async move {
-                controller::open(cores2, ctl_core, bdevs).await
+                load::open(cores2, ctl_core, bdevs).await
             })
             .await
             .map_err(|_| VdiskError::Stopped)?
+            .map(|shared| Pool { shared })
     }
 
     /// Runs `f` with the controller, on its core.
@@ -328,14 +318,14 @@ impl Pool {
         disk: &str,
         from: u64,
         to: u64,
-    ) -> impl Future<Output = Result<Vec<super::map::Extent>, VdiskError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Vec<Extent>, VdiskError>> + Send + 'static {
         let pool = self.shared.id;
         let cores = self.shared.cores.clone();
         let d = self.disk(disk);
         async move {
             let id = d.await?.disk_id();
             cores
-                .call(core, move || super::agent::view_entries(pool, id, from, to))
+                .call(core, move || agent::view_entries(pool, id, from, to))
                 .await
                 .map_err(|_| VdiskError::Stopped)
         }
