@@ -3,7 +3,7 @@
 //! recomputing the reference counts): crash recovery is opening.
 
 use super::alloc::{RESERVED, Space};
-use super::controller::{self, Controller, CtlState, DiskCtl, validate_name};
+use super::controller::{Controller, CtlState, DiskCtl, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, Fill, Geometry};
 use super::meta::{
@@ -12,6 +12,7 @@ use super::meta::{
 };
 use super::shared::{Container, PoolShared};
 use super::table::{Node, NodeKind};
+use super::views;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{Bdev, Channel, IoBuf, IoStatus};
 use crate::reactor::{self, Cores};
@@ -433,7 +434,7 @@ async fn open_labelled(
         sm_pages: sb.sm_pages,
         ctl_core,
         cores,
-        ctl_port: controller::PORT,
+        ctl_port: views::PORT,
         dirty_fills: crossbeam_queue::SegQueue::new(),
         cow_default: CowPolicy::from_u8(sb.cow_policy),
         free_segments: std::sync::atomic::AtomicU64::new(0),

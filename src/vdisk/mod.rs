@@ -21,6 +21,7 @@ pub mod commit;
 pub mod controller;
 pub mod cow;
 pub mod disk;
+pub mod lifecycle;
 pub mod load;
 mod locks;
 pub mod map;
@@ -28,11 +29,13 @@ pub mod meta;
 pub mod msg;
 pub mod pool;
 pub mod shared;
+pub mod snapshot;
 pub mod split;
 pub mod table;
+pub mod views;
 
-pub use controller::DiskInfo;
 pub use disk::VDisk;
+pub use lifecycle::DiskInfo;
 pub use load::PoolOptions;
 pub use pool::Pool;
 

@@ -3,8 +3,9 @@
 //! in `shared.rs`; creating and opening one in `load.rs`.)
 
 use super::agent;
-use super::controller::{self, Controller, DiskInfo};
+use super::controller::{self, Controller};
 use super::disk::VDisk;
+use super::lifecycle::DiskInfo;
 use super::load::{self, PoolOptions};
 use super::map::{Extent, PhysSeg};
 use super::shared::PoolShared;
