@@ -29,7 +29,7 @@ use super::alloc::Space;
 use super::disk::VDisk;
 use super::locks::DiskLocks;
 use super::map::{Extent, Fill};
-use super::meta::DiskRecord;
+use super::meta::directory::DiskRecord;
 use super::msg::{AgentCmd, RangeState};
 use super::shared::PoolShared;
 use super::table::{self, Node};

@@ -1,7 +1,7 @@
 //! A virtual disk as a bdev: its channel on each core is the disk's mapping agent there.
 
 use super::agent::{Agent, AgentChannel, IoCounts};
-use super::meta::{DiskKind, DiskRecord};
+use super::meta::directory::{DiskKind, DiskRecord};
 use super::shared::PoolShared;
 use crate::bdev::{Bdev, BdevChannel, BdevError, BdevProps, IoKind};
 use std::rc::Rc;

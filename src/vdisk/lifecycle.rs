@@ -4,7 +4,8 @@
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, MAX_RUN_SEGMENTS};
-use super::meta::{DiskKind, DiskRecord, JobRecord, NO_PAGE};
+use super::meta::NO_PAGE;
+use super::meta::directory::{DiskKind, DiskRecord, JobRecord};
 use super::msg::AgentCmd;
 use super::table;
 use super::{CowPolicy, VdiskError};

@@ -6,10 +6,11 @@ use super::alloc::{RESERVED, Space};
 use super::controller::{Controller, CtlState, DiskCtl, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, Fill, Geometry};
-use super::meta::{
-    self, ContainerRecord, DiskRecord, Label, MetaError, NO_PAGE, PAGE_BYTES, Role,
-    SM_COUNTS_PER_PAGE, SUPERBLOCK_OFFSET, Superblock,
-};
+use super::meta::directory::DiskRecord;
+use super::meta::label::{Label, Role};
+use super::meta::space_map::SM_COUNTS_PER_PAGE;
+use super::meta::superblock::{ContainerRecord, Superblock};
+use super::meta::{self, MetaError, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
 use super::shared::{Container, PoolShared};
 use super::table::{Node, NodeKind};
 use super::views;
@@ -250,7 +251,7 @@ pub(crate) async fn create(
                 at += n;
             }
             let page = copy * sm_pages + i;
-            let b = meta::encode_space_map(page, txn, &pool_uuid, i, &counts);
+            let b = meta::space_map::encode_space_map(page, txn, &pool_uuid, i, &counts);
             write_bytes(
                 &meta_bdev,
                 meta_first_byte + page * PAGE_BYTES as u64,
@@ -542,7 +543,7 @@ async fn read_pages(shared: &PoolShared, pages: &[u64]) -> Result<Vec<IoBuf>, Vd
 
 enum Decoded {
     Internal(Vec<(u64, u64)>),
-    Leaf(Vec<meta::RawExtent>),
+    Leaf(Vec<meta::node::RawExtent>),
 }
 
 /// Reads the directory and every table; rebuilds nodes (shared pages become shared
@@ -562,7 +563,8 @@ async fn load_state(shared: &Arc<PoolShared>, sb: &Superblock) -> Result<LoadedS
             }));
         }
         let b = read_pages(shared, &[next]).await?;
-        let (recs, n) = meta::decode_directory(&b[0], next, &shared.uuid, sb.meta_pages)?;
+        let (recs, n) =
+            meta::directory::decode_directory(&b[0], next, &shared.uuid, sb.meta_pages)?;
         dir_pages.push(next);
         records.extend(recs);
         next = n;
@@ -582,7 +584,7 @@ async fn load_state(shared: &Arc<PoolShared>, sb: &Superblock) -> Result<LoadedS
         for (&p, b) in frontier.iter().zip(bufs.iter()) {
             let kind = b.get(4).copied().unwrap_or(0);
             let d = if kind == meta::PageKind::Internal as u8 {
-                let entries = meta::decode_internal(b, p, &shared.uuid, sb.meta_pages)?;
+                let entries = meta::node::decode_internal(b, p, &shared.uuid, sb.meta_pages)?;
                 for &(_, c) in &entries {
                     if !decoded.contains_key(&c) {
                         next_level.insert(c);
@@ -590,7 +592,7 @@ async fn load_state(shared: &Arc<PoolShared>, sb: &Superblock) -> Result<LoadedS
                 }
                 Decoded::Internal(entries)
             } else {
-                Decoded::Leaf(meta::decode_leaf(b, p, &shared.uuid, total)?)
+                Decoded::Leaf(meta::node::decode_leaf(b, p, &shared.uuid, total)?)
             };
             decoded.insert(p, d);
         }
@@ -719,8 +721,8 @@ pub(crate) async fn read_space_map(
     let mut out = vec![0u32; total as usize];
     for i in 0..sb.sm_pages {
         let bufs = read_pages(shared, &[i, sb.sm_pages + i]).await?;
-        let a = meta::decode_space_map(&bufs[0], i, &shared.uuid, i);
-        let b = meta::decode_space_map(&bufs[1], sb.sm_pages + i, &shared.uuid, i);
+        let a = meta::space_map::decode_space_map(&bufs[0], i, &shared.uuid, i);
+        let b = meta::space_map::decode_space_map(&bufs[1], sb.sm_pages + i, &shared.uuid, i);
         let pick = match (a, b) {
             (Ok(a), Ok(b)) => {
                 let a_ok = a.0 <= sb.txn;

@@ -13,7 +13,8 @@
 use super::VdiskError;
 use super::controller::{Controller, DiskCtl, Quiesce, unix_now, validate_name};
 use super::disk::VDisk;
-use super::meta::{DiskKind, DiskRecord, JobRecord, NO_PAGE};
+use super::meta::NO_PAGE;
+use super::meta::directory::{DiskKind, DiskRecord, JobRecord};
 use super::msg::AgentCmd;
 use crate::reactor;
 use std::cell::Cell;
