@@ -1,6 +1,6 @@
 //! Copy-on-write: how the controller resolves a write fault (seeds 002, 003).
 //!
-//! A write the agent's view does not allow parks and faults; [`Controller::make_writable`]
+//! A write the agent's view does not allow parks and faults; `Controller::make_writable`
 //! gives the disk a writable top layer at the virtual segment:
 //! - no segment yet (thin provisioning): a new segment whose fill holds only what is
 //!   written — the rest still reads as zeros;

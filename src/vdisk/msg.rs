@@ -6,11 +6,11 @@
 //!   state" as a [`RangeState`] over a range, quiesce/activate, fail, barrier), applied
 //!   on the agent's core, optionally with the **blocking flag** (acknowledged once every
 //!   I/O the agent had started before the command has completed).
-//! - Agent → controller: [`AgentRequest`] (the **mapping faults**, and the other things
+//! - Agent → controller: `AgentRequest` (the **mapping faults**, and the other things
 //!   only the controller may do: commit, punch, drop an emptied segment), each answered
-//!   with an I/O status, and [`AgentNotice`] (an agent appeared or went away).
+//!   with an I/O status, and `AgentNotice` (an agent appeared or went away).
 //!
-//! The agent sends through a [`ControllerPort`]: two function pointers the controller's
+//! The agent sends through a `ControllerPort`: two function pointers the controller's
 //! side fills in when the pool opens, so that the data path never imports the control
 //! path. Only faults and control go this way; the I/O fast path never does.
 

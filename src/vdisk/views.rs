@@ -10,7 +10,7 @@
 //! command has completed. An agent that appears later gets everything at once
 //! ([`AgentCmd::Init`]).
 //!
-//! **Requests.** Agents reach the controller through [`PORT`], which this side fills
+//! **Requests.** Agents reach the controller through `PORT`, which this side fills
 //! in: their requests (mapping faults, commits, punches) run on the controller's core
 //! and are answered with an I/O status.
 

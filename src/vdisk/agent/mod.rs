@@ -24,7 +24,7 @@
 //!
 //! The agent is data path: it uses the map, the table, the messages (`msg.rs`) and the
 //! pool's shared state (`shared.rs`), and reaches the controller only through the
-//! [`ControllerPort`](super::msg::ControllerPort) in the latter.
+//! `msg::ControllerPort` in the latter.
 
 mod discard;
 mod fault;
