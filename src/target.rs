@@ -21,7 +21,8 @@ use crate::config::{
 use crate::frontend::nbd::{NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo, NbdServer};
 use crate::frontend::nvmf::{NamespaceParams, NvmfTarget};
 use crate::reactor::{Cores, ReactorConfig, ReactorError, ReactorSet};
-use crate::vdisk::meta::{Label, Role};
+use crate::vdisk::meta::directory::DiskKind;
+use crate::vdisk::meta::label::{Label, Role};
 use crate::vdisk::{CowPolicy, Pool, PoolOptions, VDisk, VdiskError};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -813,7 +814,7 @@ impl Target {
             list.sort_by_key(|d| d.id);
             for d in &list {
                 match d.kind {
-                    crate::vdisk::meta::DiskKind::Snapshot => {
+                    DiskKind::Snapshot => {
                         if let Some(o) = snapshot_origin(&list, d) {
                             cfg.snapshots.push(SnapshotConfig {
                                 name: d.name.clone(),
@@ -821,7 +822,7 @@ impl Target {
                             });
                         }
                     }
-                    crate::vdisk::meta::DiskKind::Clone if clone_origin(&list, d).is_some() => {
+                    DiskKind::Clone if clone_origin(&list, d).is_some() => {
                         cfg.clones.push(CloneConfig {
                             name: d.name.clone(),
                             snapshot: clone_origin(&list, d).cloned().unwrap_or_default(),
@@ -890,7 +891,7 @@ fn snapshot_origin<'a>(
         }
         cur = children
             .into_iter()
-            .find(|d| d.kind == crate::vdisk::meta::DiskKind::Snapshot)?;
+            .find(|d| d.kind == DiskKind::Snapshot)?;
     }
     None
 }

@@ -5,7 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tessera::vdisk::meta::{self, Label, Superblock};
+use tessera::vdisk::meta;
+use tessera::vdisk::meta::label::Label;
+use tessera::vdisk::meta::superblock::Superblock;
 
 fuzz_target!(|data: &[u8]| {
     let mut page = vec![0u8; meta::PAGE_BYTES];
@@ -27,19 +29,19 @@ fuzz_target!(|data: &[u8]| {
         };
         page = meta::forge_page(data, kind, index, &pool);
     }
-    if let Ok(exts) = meta::decode_leaf(&page, index, &pool, 1 << 20) {
+    if let Ok(exts) = meta::node::decode_leaf(&page, index, &pool, 1 << 20) {
         // Round trip through the in-memory form.
         let built: Vec<_> = exts
             .iter()
             .map(|r| r.build(|seg, w| std::sync::Arc::new(tessera::vdisk::map::Fill::from_words(w, 0, seg))))
             .collect();
-        let again = meta::encode_leaf(index, 1, &pool, &built);
-        assert_eq!(meta::decode_leaf(&again, index, &pool, 1 << 20).as_ref(), Ok(&exts));
+        let again = meta::node::encode_leaf(index, 1, &pool, &built);
+        assert_eq!(meta::node::decode_leaf(&again, index, &pool, 1 << 20).as_ref(), Ok(&exts));
     }
-    if let Ok(entries) = meta::decode_internal(&page, index, &pool, 1 << 20) {
-        let again = meta::encode_internal(index, 1, &pool, &entries);
-        assert_eq!(meta::decode_internal(&again, index, &pool, 1 << 20).as_ref(), Ok(&entries));
+    if let Ok(entries) = meta::node::decode_internal(&page, index, &pool, 1 << 20) {
+        let again = meta::node::encode_internal(index, 1, &pool, &entries);
+        assert_eq!(meta::node::decode_internal(&again, index, &pool, 1 << 20).as_ref(), Ok(&entries));
     }
-    let _ = meta::decode_directory(&page, index, &pool, 1 << 20);
-    let _ = meta::decode_space_map(&page, index, &pool, index);
+    let _ = meta::directory::decode_directory(&page, index, &pool, 1 << 20);
+    let _ = meta::space_map::decode_space_map(&page, index, &pool, index);
 });

@@ -9,7 +9,7 @@
 //! shows its previous contents to its new owner, not even after a crash.
 
 use super::map::PhysSeg;
-use super::meta::SM_COUNTS_PER_PAGE;
+use super::meta::space_map::SM_COUNTS_PER_PAGE;
 use super::table::RefCounts;
 use std::collections::BTreeMap;
 

@@ -11,10 +11,11 @@
 
 use super::alloc::RESERVED;
 use super::load::{read_bytes, read_label};
-use super::meta::{
-    self, DiskRecord, Label, NO_PAGE, PAGE_BYTES, Role, SM_COUNTS_PER_PAGE, SUPERBLOCK_OFFSET,
-    Superblock,
-};
+use super::meta::directory::DiskRecord;
+use super::meta::label::{Label, Role};
+use super::meta::space_map::SM_COUNTS_PER_PAGE;
+use super::meta::superblock::Superblock;
+use super::meta::{self, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
 use crate::bdev::Bdev;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -160,7 +161,7 @@ pub async fn check(bdevs: Vec<Arc<dyn Bdev>>) -> CheckReport {
                 break;
             }
         };
-        match meta::decode_directory(&buf, next, &uuid, sb.meta_pages) {
+        match meta::directory::decode_directory(&buf, next, &uuid, sb.meta_pages) {
             Ok((recs, n)) => {
                 records.extend(recs);
                 next = n;
@@ -238,7 +239,7 @@ pub async fn check(bdevs: Vec<Arc<dyn Bdev>>) -> CheckReport {
             page_use.insert(p, this);
             r.node_pages += 1;
             if this == Use::Internal {
-                match meta::decode_internal(&buf, p, &uuid, sb.meta_pages) {
+                match meta::node::decode_internal(&buf, p, &uuid, sb.meta_pages) {
                     Ok(entries) => {
                         for (i, &(k, c)) in entries.iter().enumerate() {
                             let clo = if i == 0 { lo } else { k };
@@ -255,7 +256,7 @@ pub async fn check(bdevs: Vec<Arc<dyn Bdev>>) -> CheckReport {
                 }
                 continue;
             }
-            match meta::decode_leaf(&buf, p, &uuid, total) {
+            match meta::node::decode_leaf(&buf, p, &uuid, total) {
                 Ok(exts) => {
                     let first_time = leaves_seen.insert(p);
                     for e in &exts {
@@ -324,7 +325,7 @@ pub async fn check(bdevs: Vec<Arc<dyn Bdev>>) -> CheckReport {
         for copy in 0..2 {
             let p = copy * sb.sm_pages + i;
             match read_page(p).await {
-                Ok(buf) => match meta::decode_space_map(&buf, p, &uuid, i) {
+                Ok(buf) => match meta::space_map::decode_space_map(&buf, p, &uuid, i) {
                     Ok((txn, c)) if txn <= sb.txn => {
                         if pick.as_ref().is_none_or(|(t, _)| txn > *t) {
                             pick = Some((txn, c));

@@ -17,7 +17,9 @@
 //! write error fails the pool (no further changes; flushes fail), as dm-thin does.
 
 use super::controller::Controller;
-use super::meta::{self, NO_PAGE, PAGE_BYTES, SM_COUNTS_PER_PAGE, SUPERBLOCK_OFFSET, Superblock};
+use super::meta::space_map::SM_COUNTS_PER_PAGE;
+use super::meta::superblock::Superblock;
+use super::meta::{self, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
 use super::table::{self, Node, NodeKind};
 use crate::bdev::{IoBuf, IoStatus};
 use crate::reactor;
@@ -218,8 +220,10 @@ impl Controller {
             };
         }
         // Directory: written anew; the old chain is freed with this transaction.
-        let recs: Vec<meta::DiskRecord> = st.disks.values().map(|d| d.rec.clone()).collect();
-        let chunks: Vec<&[meta::DiskRecord]> = recs.chunks(meta::DIR_RECORDS_PER_PAGE).collect();
+        let recs: Vec<meta::directory::DiskRecord> =
+            st.disks.values().map(|d| d.rec.clone()).collect();
+        let chunks: Vec<&[meta::directory::DiskRecord]> =
+            recs.chunks(meta::directory::DIR_RECORDS_PER_PAGE).collect();
         let mut dir_pages = Vec::new();
         for _ in 0..chunks.len() {
             dir_pages.push(st.space.alloc_page().ok_or("the metadata area is full")?);
@@ -228,7 +232,7 @@ impl Controller {
             let next = dir_pages.get(i + 1).copied().unwrap_or(NO_PAGE);
             pages.push((
                 dir_pages[i],
-                meta::encode_directory(dir_pages[i], txn, &uuid, next, chunk),
+                meta::directory::encode_directory(dir_pages[i], txn, &uuid, next, chunk),
             ));
         }
         for p in std::mem::take(&mut st.dir_pages) {
@@ -249,7 +253,7 @@ impl Controller {
             let page = copy * sm + i;
             pages.push((
                 page,
-                meta::encode_space_map(page, txn, &uuid, i, &refs[lo..hi]),
+                meta::space_map::encode_space_map(page, txn, &uuid, i, &refs[lo..hi]),
             ));
         }
         let sb = Superblock {
@@ -270,7 +274,7 @@ impl Controller {
             containers: shared
                 .containers
                 .iter()
-                .map(|c| meta::ContainerRecord {
+                .map(|c| meta::superblock::ContainerRecord {
                     bdev_uuid: c.label_uuid,
                     segments: c.segments,
                     reserved_segments: c.reserved,
@@ -365,13 +369,13 @@ fn write_node(
                 entries.push((*k, write_node(c, txn, pool, space, out)?));
             }
             let page = space.alloc_page().ok_or("the metadata area is full")?;
-            out.push((page, meta::encode_internal(page, txn, pool, &entries)));
+            out.push((page, meta::node::encode_internal(page, txn, pool, &entries)));
             node.set_page(page);
             Ok(page)
         }
         NodeKind::Leaf { extents } => {
             let page = space.alloc_page().ok_or("the metadata area is full")?;
-            out.push((page, meta::encode_leaf(page, txn, pool, extents)));
+            out.push((page, meta::node::encode_leaf(page, txn, pool, extents)));
             node.set_page(page);
             Ok(page)
         }

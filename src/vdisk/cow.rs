@@ -1,46 +1,145 @@
-//! Snapshots, clones, copy-on-write and consistency groups (seeds 000, 002, 003).
+//! Copy-on-write: how the controller resolves a write fault (seeds 002, 003).
 //!
-//! **Snapshot**: raise the origin's snapshot generation in its agents' views with the
-//! blocking flag (every earlier write drains; every later write faults, because every
-//! existing extent is now born at or before the snapshot), persist the fills those
-//! writes changed, and share the table root with the new snapshot disk. Nothing is
-//! copied: O(1) whatever the size of the disk. A **consistency group** quiesces all
-//! its disks first (with a time limit) so the snapshots are one point in time.
+//! A write the agent's view does not allow parks and faults; `Controller::make_writable`
+//! gives the disk a writable top layer at the virtual segment:
+//! - no segment yet (thin provisioning): a new segment whose fill holds only what is
+//!   written — the rest still reads as zeros;
+//! - a segment shared with a snapshot or clone, per the disk's policy:
+//!   - *redirect* (default): the write gets a new top layer that holds only what it
+//!     writes; the rest still falls through to the shared segment — a 4 KiB first write
+//!     costs a 4 KiB write;
+//!   - *copy-out*: the old segment's data is copied to a new segment, every other disk
+//!     that shares it is re-pointed there (after its reads of the old segment drained),
+//!     and the writer keeps the original segment, so its layout does not change;
+//! - layers stacked too deep are first merged into one new segment.
 //!
-//! **Copy-on-write** after a snapshot, per disk policy:
-//! - *redirect* (default): the write gets a new top layer that holds only what it
-//!   writes; the rest still falls through to the shared segment — a 4 KiB first write
-//!   costs a 4 KiB write (see `controller::make_writable`);
-//! - *copy-out*: the old segment's data is copied to a new segment, every other disk
-//!   that shares it is re-pointed there (after its reads of the old segment drained),
-//!   and the writer keeps the original segment, so its layout does not change.
+//! A write of part of a granule the top layer does not hold faults once more: the
+//! granule is **materialised** (what it shows now is copied into the top layer).
 //!
-//! **Clone**: a writable disk whose table starts as the snapshot's; everything is
-//! shared until written.
+//! Snapshots and clones, which create the sharing, are in `snapshot.rs`.
 
-use super::agent::AgentCmd;
-use super::controller::{Controller, DiskCtl, unix_now, validate_name};
-use super::disk::VDisk;
-use super::map::{Extent, ExtentState, Fill, Layer, Source};
-use super::meta::{DiskKind, DiskRecord, JobRecord, NO_PAGE};
+use super::controller::Controller;
+use super::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, Source};
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{IoBuf, IoStatus};
-use crate::reactor;
-use std::cell::Cell;
-use std::collections::BTreeSet;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// A quiesce in force: held I/O on its disks until [`Controller::activate`], or until
-/// the time limit, when it cancels itself.
-pub(crate) struct Quiesce {
-    pub disks: Vec<u64>,
-    pub expired: Rc<Cell<bool>>,
-    pub timer: Option<async_task::Task<()>>,
-}
 
 impl Controller {
+    /// Resolves a write fault: after it, the extent at `vseg` is writable by `disk` (or
+    /// the returned status says why it cannot be).
+    pub(crate) async fn make_writable(&self, disk: u64, vseg: u64) -> IoStatus {
+        if self.check_usable().is_err() {
+            return IoStatus::Aborted;
+        }
+        let _lock = self.locks.segment(disk, vseg).await;
+        let plan = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let Some(d) = st.disks.get(&disk) else {
+                return IoStatus::Aborted;
+            };
+            if d.rec.read_only {
+                return IoStatus::WriteProtected;
+            }
+            if vseg * self.shared.geo.segment_blocks >= d.rec.size_blocks {
+                return IoStatus::LbaOutOfRange;
+            }
+            let cur = d.root.as_ref().and_then(|r| r.lookup(vseg)).cloned();
+            match cur {
+                Some(e) if e.state == ExtentState::Error => return IoStatus::MediaError,
+                Some(e) if e.birth > d.rec.snap_gen => return IoStatus::Success,
+                Some(e) => {
+                    let policy = CowPolicy::from_u8(d.rec.cow_policy);
+                    let one = e.at(vseg);
+                    if policy == CowPolicy::CopyOut && one.layers.len() == 1 {
+                        Plan::CopyOut(one)
+                    } else {
+                        let mut layers = one.layers.clone();
+                        normalize(&mut layers);
+                        if layers.len() >= MAX_LAYERS {
+                            Plan::Merge(one)
+                        } else {
+                            let Some(seg) = st.space.alloc_segment() else {
+                                return IoStatus::CapacityExceeded;
+                            };
+                            let fill = Arc::new(Fill::new(disk, vseg));
+                            layers.insert(
+                                0,
+                                Layer {
+                                    seg,
+                                    fill: Some(fill),
+                                },
+                            );
+                            Plan::Set(Extent {
+                                vseg,
+                                len: 1,
+                                state: ExtentState::Mapped,
+                                birth: st.generation,
+                                layers,
+                            })
+                        }
+                    }
+                }
+                None => {
+                    let Some(seg) = st.space.alloc_segment() else {
+                        return IoStatus::CapacityExceeded;
+                    };
+                    let fill = Arc::new(Fill::new(disk, vseg));
+                    Plan::Set(Extent {
+                        vseg,
+                        len: 1,
+                        state: ExtentState::Mapped,
+                        birth: st.generation,
+                        layers: smallvec::smallvec![Layer {
+                            seg,
+                            fill: Some(fill)
+                        }],
+                    })
+                }
+            }
+        };
+        let ext = match plan {
+            Plan::Set(e) => e,
+            Plan::Merge(one) => match self.merge_layers(disk, &one).await {
+                Ok(e) => e,
+                Err(st) => return st,
+            },
+            Plan::CopyOut(one) => return self.copy_out(disk, vseg, one).await,
+        };
+        self.set_extents(disk, vseg, vseg + 1, vec![ext]);
+        self.update_free();
+        // A new allocation must be visible on every core before the write completes.
+        self.push_view(disk, false).await;
+        IoStatus::Success
+    }
+
+    /// A segment whose layers are stacked too deep: copy what every layer holds into one
+    /// new, writable segment.
+    async fn merge_layers(&self, disk: u64, one: &Extent) -> Result<Extent, IoStatus> {
+        let seg = self
+            .st
+            .borrow_mut()
+            .space
+            .alloc_segment()
+            .ok_or(IoStatus::CapacityExceeded)?;
+        let fill = Arc::new(Fill::new(disk, one.vseg));
+        if let Err(e) = self.copy_resolved(one, seg, &fill).await {
+            self.st.borrow_mut().space.unalloc_segment(seg);
+            return Err(e);
+        }
+        let generation = self.st.borrow().generation;
+        Ok(Extent {
+            vseg: one.vseg,
+            len: 1,
+            state: ExtentState::Mapped,
+            birth: generation,
+            layers: smallvec::smallvec![Layer {
+                seg,
+                fill: Some(fill)
+            }],
+        })
+    }
+
     /// Copy-out: `one` (a single-layer, shared extent at `vseg` of `disk`) — copy its data
     /// to a new segment for everyone else, keep the original for `disk`.
     pub(crate) async fn copy_out(&self, disk: u64, vseg: u64, one: Extent) -> IoStatus {
@@ -214,250 +313,6 @@ impl Controller {
         status
     }
 
-    /// Quiesces `disks`: their agents hold new I/O and drain what is in flight. Unless
-    /// activated within `limit`, the quiesce cancels itself and I/O resumes.
-    pub(crate) async fn quiesce(
-        &self,
-        disks: Vec<u64>,
-        limit: Duration,
-    ) -> Result<u64, VdiskError> {
-        let expired = Rc::new(Cell::new(false));
-        for &d in &disks {
-            self.command_agents(d, AgentCmd::Quiesce, true).await;
-        }
-        let id = {
-            let mut q = self.quiesces.borrow_mut();
-            let id = q.keys().next_back().map_or(1, |k| k + 1);
-            let me = self.rc();
-            let exp = expired.clone();
-            let timer = reactor::spawn_local(async move {
-                reactor::sleep(limit).await;
-                if let Some(q) = me.quiesces.borrow_mut().remove(&id) {
-                    exp.set(true);
-                    tracing::warn!(pool = %me.shared.name, id, "quiesce time limit reached: cancelled, I/O resumes");
-                    for d in q.disks {
-                        let me2 = me.clone();
-                        reactor::spawn_local(async move {
-                            me2.command_agents(d, AgentCmd::Activate, false).await
-                        })
-                        .detach();
-                    }
-                }
-            });
-            q.insert(
-                id,
-                Quiesce {
-                    disks: disks.clone(),
-                    expired,
-                    timer: Some(timer),
-                },
-            );
-            id
-        };
-        Ok(id)
-    }
-
-    /// Ends quiesce `id`; an error if its time limit already cancelled it.
-    pub(crate) async fn activate(&self, id: u64) -> Result<(), VdiskError> {
-        let q = self.quiesces.borrow_mut().remove(&id);
-        let Some(mut q) = q else {
-            return Err(VdiskError::QuiesceTimeout(format!("quiesce {id}")));
-        };
-        q.timer.take();
-        for d in q.disks {
-            self.command_agents(d, AgentCmd::Activate, false).await;
-        }
-        Ok(())
-    }
-
-    /// Snapshots each origin as the paired name, all at one point in time. With more
-    /// than one origin (a consistency group) the disks are quiesced first, with
-    /// `limit` as the time limit.
-    pub(crate) async fn snapshot(
-        &self,
-        pairs: Vec<(String, String)>,
-        limit: Duration,
-    ) -> Result<Vec<Arc<VDisk>>, VdiskError> {
-        if pairs.is_empty() {
-            return Err(VdiskError::InvalidParam {
-                field: "snapshots",
-                reason: "nothing to snapshot".into(),
-            });
-        }
-        let mut origins = Vec::new();
-        {
-            let st = self.st.borrow();
-            if let Some(f) = &st.failed {
-                return Err(VdiskError::PoolFailed(f.clone()));
-            }
-            let mut names = BTreeSet::new();
-            for (o, s) in &pairs {
-                validate_name(s)?;
-                if st.disk_by_name(s).is_some() || !names.insert(s.clone()) {
-                    return Err(VdiskError::Exists(s.clone()));
-                }
-                let id = st
-                    .disk_by_name(o)
-                    .ok_or_else(|| VdiskError::NotFound(o.clone()))?;
-                if st.disks[&id].rec.kind == DiskKind::Snapshot {
-                    return Err(VdiskError::InvalidParam {
-                        field: "lvol_name",
-                        reason: format!(
-                            "`{o}` is a snapshot already; clone it to snapshot the clone"
-                        ),
-                    });
-                }
-                if origins.contains(&id) {
-                    return Err(VdiskError::InvalidParam {
-                        field: "lvol_name",
-                        reason: format!("`{o}` is named twice"),
-                    });
-                }
-                origins.push(id);
-            }
-        }
-        let _locks = self.locks.disks(origins.clone()).await;
-        let group = origins.len() > 1;
-        let q = if group {
-            Some(self.quiesce(origins.clone(), limit).await?)
-        } else {
-            None
-        };
-        // One generation for the whole group: one point in time.
-        let gen_now = {
-            let mut st = self.st.borrow_mut();
-            let g = st.generation;
-            st.generation += 1;
-            for id in &origins {
-                if let Some(d) = st.disks.get_mut(id) {
-                    d.rec.snap_gen = g;
-                }
-            }
-            st.changed();
-            g
-        };
-        // Every earlier write drains; later ones fault on the shared extents.
-        for &id in &origins {
-            self.push_view(id, true).await;
-        }
-        if let Some(qid) = q
-            && self
-                .quiesces
-                .borrow()
-                .get(&qid)
-                .is_none_or(|q| q.expired.get())
-        {
-            // The time limit struck while we drained: undo (nothing was shared yet; a
-            // raised snapshot generation only makes the next writes copy-on-write).
-            return Err(VdiskError::QuiesceTimeout(format!(
-                "{} disks",
-                origins.len()
-            )));
-        }
-        self.persist_dirty_fills();
-        let mut out = Vec::new();
-        for ((_, snap_name), &origin) in pairs.iter().zip(&origins) {
-            let bdev = {
-                let mut st = self.st.borrow_mut();
-                let id = st.next_disk_id;
-                st.next_disk_id += 1;
-                let o = st.disks.get_mut(&origin).expect("locked origin exists");
-                let root = o.root.clone();
-                if let Some(r) = &root {
-                    r.retain();
-                }
-                let rec = DiskRecord {
-                    id,
-                    uuid: uuid::Uuid::new_v4(),
-                    name: snap_name.clone(),
-                    size_blocks: o.rec.size_blocks,
-                    kind: DiskKind::Snapshot,
-                    read_only: true,
-                    thin: o.rec.thin,
-                    parent: o.rec.parent,
-                    snap_gen: gen_now,
-                    created_gen: gen_now,
-                    root_page: NO_PAGE,
-                    cow_policy: o.rec.cow_policy,
-                    job: JobRecord::None,
-                    created_unix: unix_now(),
-                };
-                o.rec.parent = id;
-                let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
-                st.disks.insert(id, new_disk(rec, root, bdev.clone()));
-                st.changed();
-                bdev
-            };
-            out.push(bdev);
-        }
-        if let Some(qid) = q {
-            self.activate(qid).await?;
-        }
-        tracing::info!(pool = %self.shared.name, snapshots = ?pairs, "snapshot taken");
-        Ok(out)
-    }
-
-    /// Creates a writable clone of `snapshot` (any read-only disk) called `name`.
-    pub(crate) async fn clone_disk(
-        &self,
-        snapshot: &str,
-        name: &str,
-    ) -> Result<Arc<VDisk>, VdiskError> {
-        validate_name(name)?;
-        let sid = self.id_of(snapshot)?;
-        let _lock = self.locks.disk(sid).await;
-        let mut st = self.st.borrow_mut();
-        if let Some(f) = &st.failed {
-            return Err(VdiskError::PoolFailed(f.clone()));
-        }
-        if st.disk_by_name(name).is_some() {
-            return Err(VdiskError::Exists(name.to_string()));
-        }
-        let s = st
-            .disks
-            .get(&sid)
-            .ok_or_else(|| VdiskError::NotFound(snapshot.into()))?;
-        if !s.rec.read_only {
-            return Err(VdiskError::InvalidParam {
-                field: "snapshot_name",
-                reason: format!(
-                    "`{snapshot}` is not a snapshot (not read-only); snapshot it first"
-                ),
-            });
-        }
-        let root = s.root.clone();
-        if let Some(r) = &root {
-            r.retain();
-        }
-        let (size_blocks, cow_policy) = (s.rec.size_blocks, s.rec.cow_policy);
-        let g = st.generation;
-        st.generation += 1;
-        let id = st.next_disk_id;
-        st.next_disk_id += 1;
-        let rec = DiskRecord {
-            id,
-            uuid: uuid::Uuid::new_v4(),
-            name: name.to_string(),
-            size_blocks,
-            kind: DiskKind::Clone,
-            read_only: false,
-            thin: true,
-            parent: sid,
-            snap_gen: g,
-            created_gen: g,
-            root_page: NO_PAGE,
-            cow_policy,
-            job: JobRecord::None,
-            created_unix: unix_now(),
-        };
-        let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
-        st.disks.insert(id, new_disk(rec, root, bdev.clone()));
-        st.changed();
-        drop(st);
-        tracing::info!(pool = %self.shared.name, snapshot, clone = name, "clone created");
-        Ok(bdev)
-    }
-
     /// Sets a disk's copy-on-write policy.
     pub(crate) async fn set_cow_policy(
         &self,
@@ -475,21 +330,15 @@ impl Controller {
     }
 }
 
-pub(crate) fn new_disk(
-    rec: DiskRecord,
-    root: Option<Arc<super::table::Node>>,
-    bdev: Arc<VDisk>,
-) -> DiskCtl {
-    DiskCtl {
-        rec,
-        root,
-        agents: BTreeSet::new(),
-        version: 0,
-        bdev,
-        job_cancel: None,
-        job_progress: None,
-        overrides: Vec::new(),
-        quiesced: false,
-        failed: None,
+enum Plan {
+    Set(Extent),
+    Merge(Extent),
+    CopyOut(Extent),
+}
+
+/// Layers below a full layer are never reached: drop them.
+pub(crate) fn normalize(layers: &mut smallvec::SmallVec<[Layer; 2]>) {
+    if let Some(i) = layers.iter().position(|l| l.fill.is_none()) {
+        layers.truncate(i + 1);
     }
 }

@@ -1,23 +1,22 @@
 //! A virtual disk as a bdev: its channel on each core is the disk's mapping agent there.
 
-use super::agent::{Agent, AgentChannel};
-use super::meta::{DiskKind, DiskRecord};
-use super::pool::{Pool, PoolShared};
+use super::agent::{Agent, AgentChannel, IoCounts};
+use super::meta::directory::{DiskKind, DiskRecord};
+use super::shared::PoolShared;
 use crate::bdev::{Bdev, BdevChannel, BdevError, BdevProps, IoKind};
-use crossbeam_utils::CachePadded;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A virtual disk (SPDK: a logical volume).
 pub struct VDisk {
     props: BdevProps,
-    shared: Arc<PoolShared>,
+    pub(crate) shared: Arc<PoolShared>,
     id: u64,
     kind: AtomicU8,
     thin: bool,
-    /// Requests completed, per core (each core writes only its own slot).
-    io_counts: Box<[CachePadded<AtomicU64>]>,
+    /// Requests completed, per core (the disk's agents count them).
+    io_counts: Arc<IoCounts>,
 }
 
 impl VDisk {
@@ -37,17 +36,8 @@ impl VDisk {
             id: rec.id,
             kind: AtomicU8::new(rec.kind as u8),
             thin: rec.thin,
-            io_counts: (0..shared.cores.len().max(1))
-                .map(|_| CachePadded::new(AtomicU64::new(0)))
-                .collect(),
+            io_counts: Arc::new(IoCounts::new(shared.cores.len())),
         }))
-    }
-
-    /// The pool the disk lives in.
-    pub fn pool(&self) -> Pool {
-        Pool {
-            shared: self.shared.clone(),
-        }
     }
 
     /// The disk's id within its pool.
@@ -64,21 +54,10 @@ impl VDisk {
         }
     }
 
-    /// Counts a request on `core` (single writer per slot: no atomic RMW): when it is
-    /// readdressed to a container, else when it completes.
-    #[inline]
-    pub(crate) fn count_io(&self, core: usize) {
-        if let Some(c) = self.io_counts.get(core) {
-            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        }
-    }
-
-    /// Requests served so far, all cores (see [`VDisk::count_io`]).
+    /// Requests served so far, all cores: counted when a request is readdressed to a
+    /// container, else when it completes.
     pub fn io_count(&self) -> u64 {
-        self.io_counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        self.io_counts.total()
     }
 
     pub(crate) fn set_kind(&self, k: DiskKind) {
@@ -100,7 +79,8 @@ impl Bdev for VDisk {
     }
 
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
-        let agent = Agent::create(self.shared.clone(), self)?;
+        let (shared, id, counts) = (self.shared.clone(), self.id, self.io_counts.clone());
+        let agent = Agent::create(shared, self, id, counts)?;
         Ok(Rc::new(AgentChannel(agent)))
     }
 

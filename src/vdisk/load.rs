@@ -3,15 +3,17 @@
 //! recomputing the reference counts): crash recovery is opening.
 
 use super::alloc::{RESERVED, Space};
-use super::controller::{Controller, CtlState, validate_name};
+use super::controller::{Controller, CtlState, DiskCtl, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, Fill, Geometry};
-use super::meta::{
-    self, ContainerRecord, DiskRecord, Label, MetaError, NO_PAGE, PAGE_BYTES, Role,
-    SM_COUNTS_PER_PAGE, SUPERBLOCK_OFFSET, Superblock,
-};
-use super::pool::{Container, Pool, PoolOptions, PoolShared};
+use super::meta::directory::DiskRecord;
+use super::meta::label::{Label, Role};
+use super::meta::space_map::SM_COUNTS_PER_PAGE;
+use super::meta::superblock::{ContainerRecord, Superblock};
+use super::meta::{self, MetaError, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
+use super::shared::{Container, PoolShared};
 use super::table::{Node, NodeKind};
+use super::views;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{Bdev, Channel, IoBuf, IoStatus};
 use crate::reactor::{self, Cores};
@@ -66,14 +68,39 @@ pub async fn read_label(bdev: &Arc<dyn Bdev>) -> Result<Option<Label>, VdiskErro
     Ok(Label::decode(&b, &format!("label of `{}`", bdev.name()))?)
 }
 
-/// Formats a new pool over `containers` (plus `metadata`) and opens it.
+/// Options for creating a pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub name: String,
+    /// Segment size in bytes: a power of two from 64 KiB to 64 MiB.
+    pub segment_bytes: u64,
+    /// Bytes reserved for metadata on container 0 (ignored with a metadata bdev).
+    /// Default: 1/1024 of the capacity, at least 16 MiB.
+    pub metadata_bytes: Option<u64>,
+    pub cow_policy: CowPolicy,
+}
+
+impl PoolOptions {
+    /// Defaults: 1 MiB segments, redirect-on-write.
+    pub fn new(name: &str) -> PoolOptions {
+        PoolOptions {
+            name: name.to_string(),
+            segment_bytes: 1 << 20,
+            metadata_bytes: None,
+            cow_policy: CowPolicy::Redirect,
+        }
+    }
+}
+
+/// Formats a new pool over `containers` (plus `metadata`) and opens it: returns what
+/// [`super::Pool`] wraps.
 pub(crate) async fn create(
     cores: Cores,
     ctl_core: usize,
     containers: Vec<Arc<dyn Bdev>>,
     metadata: Option<Arc<dyn Bdev>>,
     opts: PoolOptions,
-) -> Result<Pool, VdiskError> {
+) -> Result<Arc<PoolShared>, VdiskError> {
     validate_name(&opts.name)?;
     let invalid = |field, reason: String| VdiskError::InvalidParam { field, reason };
     let seg = opts.segment_bytes;
@@ -224,7 +251,7 @@ pub(crate) async fn create(
                 at += n;
             }
             let page = copy * sm_pages + i;
-            let b = meta::encode_space_map(page, txn, &pool_uuid, i, &counts);
+            let b = meta::space_map::encode_space_map(page, txn, &pool_uuid, i, &counts);
             write_bytes(
                 &meta_bdev,
                 meta_first_byte + page * PAGE_BYTES as u64,
@@ -303,12 +330,12 @@ async fn read_superblock(meta_bdev: &Arc<dyn Bdev>) -> Result<Superblock, VdiskE
     }
 }
 
-/// Opens the pool that `bdevs` belong to.
+/// Opens the pool that `bdevs` belong to: returns what [`super::Pool`] wraps.
 pub(crate) async fn open(
     cores: Cores,
     ctl_core: usize,
     bdevs: Vec<Arc<dyn Bdev>>,
-) -> Result<Pool, VdiskError> {
+) -> Result<Arc<PoolShared>, VdiskError> {
     let mut labelled = Vec::new();
     for b in bdevs {
         match read_label(&b).await? {
@@ -328,7 +355,7 @@ async fn open_labelled(
     cores: Cores,
     ctl_core: usize,
     labelled: Vec<(Arc<dyn Bdev>, Label)>,
-) -> Result<Pool, VdiskError> {
+) -> Result<Arc<PoolShared>, VdiskError> {
     let Some((_, first)) = labelled.first() else {
         return Err(VdiskError::NoPool("no bdevs given".into()));
     };
@@ -408,6 +435,7 @@ async fn open_labelled(
         sm_pages: sb.sm_pages,
         ctl_core,
         cores,
+        ctl_port: views::PORT,
         dirty_fills: crossbeam_queue::SegQueue::new(),
         cow_default: CowPolicy::from_u8(sb.cow_policy),
         free_segments: std::sync::atomic::AtomicU64::new(0),
@@ -462,7 +490,7 @@ async fn open_labelled(
     let mut disks = BTreeMap::new();
     for (rec, root) in records.into_iter().zip(roots) {
         let bdev = VDisk::new(&shared, &rec).map_err(VdiskError::Bdev)?;
-        disks.insert(rec.id, super::cow::new_disk(rec, root, bdev));
+        disks.insert(rec.id, DiskCtl::new(rec, root, bdev));
     }
     let st = CtlState {
         disks,
@@ -480,7 +508,7 @@ async fn open_labelled(
     let c = Controller::start(shared.clone(), st);
     c.resume_jobs();
     tracing::info!(pool = %shared.name, uuid = %pool_uuid, txn = sb.txn, disks = ndisks, "pool opened");
-    Ok(Pool { shared })
+    Ok(shared)
 }
 
 struct LoadedState {
@@ -515,7 +543,7 @@ async fn read_pages(shared: &PoolShared, pages: &[u64]) -> Result<Vec<IoBuf>, Vd
 
 enum Decoded {
     Internal(Vec<(u64, u64)>),
-    Leaf(Vec<meta::RawExtent>),
+    Leaf(Vec<meta::node::RawExtent>),
 }
 
 /// Reads the directory and every table; rebuilds nodes (shared pages become shared
@@ -535,7 +563,8 @@ async fn load_state(shared: &Arc<PoolShared>, sb: &Superblock) -> Result<LoadedS
             }));
         }
         let b = read_pages(shared, &[next]).await?;
-        let (recs, n) = meta::decode_directory(&b[0], next, &shared.uuid, sb.meta_pages)?;
+        let (recs, n) =
+            meta::directory::decode_directory(&b[0], next, &shared.uuid, sb.meta_pages)?;
         dir_pages.push(next);
         records.extend(recs);
         next = n;
@@ -555,7 +584,7 @@ async fn load_state(shared: &Arc<PoolShared>, sb: &Superblock) -> Result<LoadedS
         for (&p, b) in frontier.iter().zip(bufs.iter()) {
             let kind = b.get(4).copied().unwrap_or(0);
             let d = if kind == meta::PageKind::Internal as u8 {
-                let entries = meta::decode_internal(b, p, &shared.uuid, sb.meta_pages)?;
+                let entries = meta::node::decode_internal(b, p, &shared.uuid, sb.meta_pages)?;
                 for &(_, c) in &entries {
                     if !decoded.contains_key(&c) {
                         next_level.insert(c);
@@ -563,7 +592,7 @@ async fn load_state(shared: &Arc<PoolShared>, sb: &Superblock) -> Result<LoadedS
                 }
                 Decoded::Internal(entries)
             } else {
-                Decoded::Leaf(meta::decode_leaf(b, p, &shared.uuid, total)?)
+                Decoded::Leaf(meta::node::decode_leaf(b, p, &shared.uuid, total)?)
             };
             decoded.insert(p, d);
         }
@@ -692,8 +721,8 @@ pub(crate) async fn read_space_map(
     let mut out = vec![0u32; total as usize];
     for i in 0..sb.sm_pages {
         let bufs = read_pages(shared, &[i, sb.sm_pages + i]).await?;
-        let a = meta::decode_space_map(&bufs[0], i, &shared.uuid, i);
-        let b = meta::decode_space_map(&bufs[1], sb.sm_pages + i, &shared.uuid, i);
+        let a = meta::space_map::decode_space_map(&bufs[0], i, &shared.uuid, i);
+        let b = meta::space_map::decode_space_map(&bufs[1], sb.sm_pages + i, &shared.uuid, i);
         let pick = match (a, b) {
             (Ok(a), Ok(b)) => {
                 let a_ok = a.0 <= sb.txn;

@@ -1,18 +1,30 @@
 //! The mapping layer: pools, virtual disks, mapping tables, agents and the controller
 //! (DESIGN.md, "The mapping layer"; the seeds are the source).
 //!
+//! Data path (per core; imports only each other, `bdev` and `reactor`):
 //! - [`map`]: table entries (extents, layers, fills) and block resolution — pure.
 //! - [`table`]: the copy-on-write B+tree of extents with structural sharing — pure.
-//! - [`meta`]: the on-disk format — pure encoders and decoders.
+//! - [`msg`]: the messages between the controller and the agents (commands, views,
+//!   mapping faults) and the port through which an agent reaches its controller.
+//! - [`shared`]: what every core knows of a pool: containers, segment placement, the
+//!   queue of changed fills, the controller port.
+//! - [`agent`]: the per-core I/O path of a disk: fast path, parked path, discard.
+//!
+//! Control path (the controller core; may use the data path, never the reverse):
+//! - [`controller`]: the controller's state, start and stop, shared primitives.
+//! - [`views`]: pushing views and commands to the agents, taking their requests in.
+//! - [`cow`]: write faults — allocation, copy-on-write, granule materialisation.
+//! - [`snapshot`]: snapshots, clones, consistency groups (quiesce).
+//! - [`lifecycle`]: create, delete, resize, read-only, listings.
+//! - [`split`]: the background split (inflate) and decouple jobs.
 //! - [`alloc`]: segment reference counts, free segments and pages.
-//! - [`pool`]: containers, segment placement, the public [`Pool`] handle.
-//! - [`controller`]: the controller core: faults, views, disk operations.
+//! - [`meta`]: the on-disk format, by page kind — pure encoders and decoders.
 //! - [`commit`]: making the controller's state durable.
 //! - [`load`]: creating a pool, and opening (recovering) one.
-//! - [`agent`]: the per-core I/O path of a disk.
-//! - [`cow`]: snapshots, clones, copy-on-write, granule materialisation, quiesce.
-//! - [`split`]: the background split (inflate) and decouple jobs.
 //! - [`check`]: the offline consistency check behind `tessera check`.
+//!
+//! Tying both together: [`disk`] (a virtual disk as a bdev; its channels are agents)
+//! and [`pool`] (the public [`Pool`] handle).
 
 pub mod agent;
 pub mod alloc;
@@ -21,17 +33,23 @@ pub mod commit;
 pub mod controller;
 pub mod cow;
 pub mod disk;
+pub mod lifecycle;
 pub mod load;
 mod locks;
 pub mod map;
 pub mod meta;
+pub mod msg;
 pub mod pool;
+pub mod shared;
+pub mod snapshot;
 pub mod split;
 pub mod table;
+pub mod views;
 
-pub use controller::DiskInfo;
 pub use disk::VDisk;
-pub use pool::{Pool, PoolOptions};
+pub use lifecycle::DiskInfo;
+pub use load::PoolOptions;
+pub use pool::Pool;
 
 use crate::bdev::{BdevError, IoStatus};
 use serde::{Deserialize, Serialize};

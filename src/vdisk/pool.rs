@@ -1,114 +1,28 @@
-//! Pools: the storage containers a pool is made of, where a physical segment lives, and
-//! the public, thread-safe [`Pool`] handle whose operations run on the controller core.
+//! The public, thread-safe [`Pool`] handle: every operation runs on the pool's controller
+//! core. (What every core knows of a pool — its containers, where a segment lives — is
+//! in `shared.rs`; creating and opening one in `load.rs`.)
 
-use super::controller::{self, Controller, DiskInfo};
+use super::agent;
+use super::controller::{self, Controller};
 use super::disk::VDisk;
-use super::map::{Fill, Geometry, PhysSeg};
+use super::lifecycle::DiskInfo;
+use super::load::{self, PoolOptions};
+use super::map::{Extent, PhysSeg};
+use super::shared::PoolShared;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::Bdev;
 use crate::reactor::Cores;
-use crossbeam_queue::SegQueue;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
-/// A data container: a base bdev cut into segments.
-pub struct Container {
-    pub bdev: Arc<dyn Bdev>,
-    /// Global index of the container's segment 0.
-    pub first_seg: PhysSeg,
-    /// Segments in the container, reserved ones included.
-    pub segments: u64,
-    /// Leading segments not used for data (label, metadata).
-    pub reserved: u64,
-    /// The bdev UUID recorded in the container's label (bdevs such as files get a new
-    /// UUID each time they are created; the label is what identifies the container).
-    pub label_uuid: Uuid,
-}
-
-/// What every core needs to know about a pool. Immutable after open, except the
-/// atomics and the dirty-fill queue.
-pub struct PoolShared {
-    /// Process-unique id (registry key on the cores).
-    pub id: u64,
-    pub uuid: Uuid,
-    pub name: String,
-    pub geo: Geometry,
-    pub containers: Vec<Container>,
-    pub meta_bdev: Arc<dyn Bdev>,
-    pub separate_metadata: bool,
-    /// The metadata bdev's UUID as its label records it.
-    pub meta_label_uuid: Uuid,
-    pub meta_first_byte: u64,
-    pub meta_pages: u64,
-    pub sm_pages: u64,
-    pub ctl_core: usize,
-    pub cores: Cores,
-    /// Fills whose bits changed since the controller last persisted them; agents push,
-    /// the controller drains at commit.
-    pub dirty_fills: SegQueue<Arc<Fill>>,
-    pub cow_default: CowPolicy,
-    /// Free segments, as of the controller's last update (for listings).
-    pub free_segments: AtomicU64,
-}
-
-static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
-
-impl PoolShared {
-    pub(crate) fn next_id() -> u64 {
-        NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The container holding `seg` and the byte offset of the segment in it.
-    #[inline]
-    pub fn locate(&self, seg: PhysSeg) -> (usize, u64) {
-        let i = if self.containers.len() == 1 {
-            0
-        } else {
-            self.containers.partition_point(|c| c.first_seg <= seg) - 1
-        };
-        (
-            i,
-            (seg - self.containers[i].first_seg) * self.geo.segment_bytes(),
-        )
-    }
-
-    /// Total segments over all containers.
-    pub fn total_segments(&self) -> u64 {
-        self.containers.iter().map(|c| c.segments).sum()
-    }
-
-    /// Segments usable for data.
-    pub fn data_segments(&self) -> u64 {
-        self.containers
-            .iter()
-            .map(|c| c.segments - c.reserved)
-            .sum()
-    }
-}
-
-/// Options for creating a pool.
-#[derive(Clone, Debug)]
-pub struct PoolOptions {
-    pub name: String,
-    /// Segment size in bytes: a power of two from 64 KiB to 64 MiB.
-    pub segment_bytes: u64,
-    /// Bytes reserved for metadata on container 0 (ignored with a metadata bdev).
-    /// Default: 1/1024 of the capacity, at least 16 MiB.
-    pub metadata_bytes: Option<u64>,
-    pub cow_policy: CowPolicy,
-}
-
-impl PoolOptions {
-    /// Defaults: 1 MiB segments, redirect-on-write.
-    pub fn new(name: &str) -> PoolOptions {
-        PoolOptions {
-            name: name.to_string(),
-            segment_bytes: 1 << 20,
-            metadata_bytes: None,
-            cow_policy: CowPolicy::Redirect,
+impl VDisk {
+    /// The pool the disk lives in.
+    pub fn pool(&self) -> Pool {
+        Pool {
+            shared: self.shared.clone(),
         }
     }
 }
@@ -144,10 +58,11 @@ impl Pool {
         let cores2 = cores.clone();
         cores
             .spawn_on(ctl_core, move || async move {
-                controller::create(cores2, ctl_core, containers, metadata, opts).await
+                load::create(cores2, ctl_core, containers, metadata, opts).await
             })
             .await
             .map_err(|_| VdiskError::Stopped)?
+            .map(|shared| Pool { shared })
     }
 
     /// Opens an existing pool from its bdevs (data containers and metadata bdev, in any
@@ -160,10 +75,11 @@ impl Pool {
         let cores2 = cores.clone();
         cores
             .spawn_on(ctl_core, move || async move {
-                controller::open(cores2, ctl_core, bdevs).await
+                load::open(cores2, ctl_core, bdevs).await
             })
             .await
             .map_err(|_| VdiskError::Stopped)?
+            .map(|shared| Pool { shared })
     }
 
     /// Runs `f` with the controller, on its core.
@@ -403,14 +319,14 @@ impl Pool {
         disk: &str,
         from: u64,
         to: u64,
-    ) -> impl Future<Output = Result<Vec<super::map::Extent>, VdiskError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Vec<Extent>, VdiskError>> + Send + 'static {
         let pool = self.shared.id;
         let cores = self.shared.cores.clone();
         let d = self.disk(disk);
         async move {
             let id = d.await?.disk_id();
             cores
-                .call(core, move || super::agent::view_entries(pool, id, from, to))
+                .call(core, move || agent::view_entries(pool, id, from, to))
                 .await
                 .map_err(|_| VdiskError::Stopped)
         }

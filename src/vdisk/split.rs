@@ -14,7 +14,7 @@
 use super::VdiskError;
 use super::controller::Controller;
 use super::map::{Extent, ExtentState, Fill, Layer, PhysSeg, Source};
-use super::meta::{DiskKind, JobRecord};
+use super::meta::directory::{DiskKind, JobRecord};
 use crate::bdev::IoStatus;
 use crate::reactor;
 use std::cell::Cell;

@@ -338,7 +338,7 @@ fn write_segment_0(set: &ReactorSet, disk: &Arc<dyn Bdev>) {
 }
 
 fn check_blocking_flag(set: ReactorSet, base: Arc<dyn Bdev>, pool: Pool, disk: Arc<dyn Bdev>) {
-    use crate::vdisk::agent::{AgentCmd, RangeState};
+    use crate::vdisk::msg::{AgentCmd, RangeState};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));

@@ -13,7 +13,7 @@
 use super::{Ctx, RpcResult};
 use crate::config::{DiskConfig, PoolConfig, Size};
 use crate::rpc::error::RpcError;
-use crate::vdisk::meta::DiskKind;
+use crate::vdisk::meta::directory::DiskKind;
 use crate::vdisk::{CowPolicy, DiskInfo, Pool};
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -1,0 +1,394 @@
+//! The agent's I/O path: a request its view allows goes to the base bdevs.
+//!
+//! The fast path passes a request that lies in one physical segment down as it is,
+//! readdressed (no child request, no copy); anything else is planned piece by piece
+//! (segment boundaries, layers, zero runs), issued as child requests and completed when
+//! the last one is. A write that the view does not allow goes to the parked path
+//! (`fault.rs`) instead.
+
+use super::Agent;
+use super::fault::FaultKey;
+use crate::bdev::{BdevIo, IoKind, IoSink, IoStatus, Origin};
+use crate::reactor;
+use crate::vdisk::map::{ExtentState, Fill, PhysSeg, Source};
+use crate::vdisk::msg::RangeState;
+use crate::vdisk::shared::PoolShared;
+use smallvec::SmallVec;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// One part of a request for a base bdev.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    /// Global physical block (segment × segment_blocks + block in segment).
+    phys: u64,
+    blocks: u64,
+    byte_off: usize,
+}
+
+pub(super) struct IoCtx {
+    parent: BdevIo,
+    pending: u32,
+    status: IoStatus,
+    epoch: u64,
+    fills: SmallVec<[(Arc<Fill>, u64, u64); 1]>,
+}
+
+/// A request the fast path passed down to a base bdev as it is (see
+/// [`BdevIo::redirect`]): where it goes back to, and the epoch it counts in.
+pub(super) struct Passed {
+    origin: Origin,
+    epoch: u64,
+    /// Granules `(fill, first, count)` the top layer holds once the write succeeds.
+    fill: Option<(Arc<Fill>, u64, u64)>,
+}
+
+/// Tag bit of requests passed down whole; the other tags are keys of `ctxs`.
+const PASSED: u64 = 1 << 63;
+
+impl Agent {
+    /// A read or write inside one segment whose blocks all live in one physical segment
+    /// (a full layer, or granules the top layer holds) and, for a write, may be written
+    /// there now — also whole granules the top layer does not hold yet (the first write
+    /// after a snapshot), which it holds once the write completes. The request itself
+    /// goes down, readdressed; no planning. Anything else goes back to the caller.
+    #[inline]
+    #[allow(clippy::result_large_err)] // the request itself comes back, by design
+    pub(super) fn fast_path(&self, mut io: BdevIo) -> Result<(), BdevIo> {
+        let geo = &self.shared.geo;
+        let write = match io.kind {
+            IoKind::Read => false,
+            IoKind::Write => true,
+            _ => return Err(io),
+        };
+        let (vseg, b0) = geo.split_block(io.offset_blocks);
+        if b0 + io.num_blocks > geo.segment_blocks || !self.overrides.borrow().is_empty() {
+            return Err(io);
+        }
+        let (phys, fill) = {
+            let view = self.view.borrow();
+            let Some(v) = view.as_ref() else {
+                return Err(io);
+            };
+            let Some(e) = v.root.as_ref().and_then(|r| r.lookup(vseg)) else {
+                return Err(io);
+            };
+            if e.state != ExtentState::Mapped || (write && e.birth <= v.snap_gen) {
+                return Err(io);
+            }
+            let top = &e.layers[0];
+            match &top.fill {
+                None => (top.seg + (vseg - e.vseg), None),
+                Some(f) => {
+                    let (g0, n) = geo.granule_span(b0, io.num_blocks);
+                    if f.all_set(g0, n) {
+                        (top.seg, None)
+                    } else if write
+                        && geo.granule_aligned(b0)
+                        && geo.granule_aligned(b0 + io.num_blocks)
+                    {
+                        (top.seg, Some((f.clone(), g0, n)))
+                    } else {
+                        return Err(io);
+                    }
+                }
+            }
+        };
+        let (ci, off) = self.shared.locate(phys);
+        let base = &self.base[ci];
+        let shift = self.base_shift[ci];
+        let bs = geo.block_size as u64;
+        let byte = off + b0 * bs;
+        let len = io.num_blocks * bs;
+        // Nothing to do at completion (no granules to mark, no commit for FUA) and a
+        // container that tells when it drained: the request goes down readdressed and
+        // completes straight to its submitter. Barriers wait for the container instead.
+        if fill.is_none() && !io.flags.fua && self.base_readdress[ci] && io.readdress(byte >> shift)
+        {
+            self.io_counts.count(self.core);
+            base.submit_unchecked(io);
+            return Ok(());
+        }
+        let epoch = self.epochs.start();
+        // The request itself goes down, readdressed: no child request, no copy of it.
+        let mut passed = self.passed.borrow_mut();
+        let entry = passed.vacant_entry();
+        let tag = entry.key() as u64 | PASSED;
+        let origin = io.redirect(byte >> shift, len >> shift, self.rc(), tag);
+        entry.insert(Passed {
+            origin,
+            epoch,
+            fill,
+        });
+        drop(passed);
+        // The offset was computed from the table, inside the container: no need to check.
+        base.submit_unchecked(io);
+        Ok(())
+    }
+
+    pub(super) fn read(&self, mut io: BdevIo) {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as u64;
+        let mut pieces: SmallVec<[Piece; 4]> = SmallVec::new();
+        let mut zeros: SmallVec<[(usize, usize); 2]> = SmallVec::new();
+        {
+            let view = self.view.borrow();
+            let view = view.as_ref().expect("checked by submit");
+            let mut at = io.offset_blocks;
+            let end = at + io.num_blocks;
+            let mut byte = 0usize;
+            while at < end {
+                let (vseg, b0) = geo.split_block(at);
+                let n = (end - at).min(geo.segment_blocks - b0);
+                if self.override_at(vseg) == Some(RangeState::Invalid) {
+                    self.held.borrow_mut().push_back(io);
+                    return;
+                }
+                let e = view.root.as_ref().and_then(|r| r.lookup(vseg));
+                for (b, cnt, src) in geo.resolve_runs(e, vseg, b0, n) {
+                    let off = byte + ((b - b0) * bs) as usize;
+                    match src {
+                        Source::Zero => zeros.push((off, (cnt * bs) as usize)),
+                        Source::Error => {
+                            self.deferred.complete(io, IoStatus::MediaError);
+                            return;
+                        }
+                        Source::Seg(s) => push_piece(
+                            &mut pieces,
+                            s * geo.segment_blocks + b,
+                            cnt,
+                            off,
+                            &self.shared,
+                        ),
+                    }
+                }
+                at += n;
+                byte += (n * bs) as usize;
+            }
+        }
+        for (off, len) in zeros {
+            io.zero_fill(off, len);
+        }
+        if pieces.is_empty() {
+            self.io_counts.count(self.core);
+            self.deferred.complete(io, IoStatus::Success);
+        } else {
+            self.issue(io, &pieces, SmallVec::new());
+        }
+    }
+
+    pub(super) fn write(&self, io: BdevIo) {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as u64;
+        let mut pieces: SmallVec<[Piece; 4]> = SmallVec::new();
+        let mut fills: SmallVec<[(Arc<Fill>, u64, u64); 1]> = SmallVec::new();
+        let mut fault = None;
+        {
+            let view = self.view.borrow();
+            let view = view.as_ref().expect("checked by submit");
+            let mut at = io.offset_blocks;
+            let end = at + io.num_blocks;
+            let mut byte = 0usize;
+            while at < end {
+                let (vseg, b0) = geo.split_block(at);
+                let n = (end - at).min(geo.segment_blocks - b0);
+                match self.override_at(vseg) {
+                    Some(RangeState::Invalid) => {
+                        self.held.borrow_mut().push_back(io);
+                        return;
+                    }
+                    Some(RangeState::NoWrite) => {
+                        fault = Some(FaultKey::Write(vseg));
+                        break;
+                    }
+                    None => {}
+                }
+                let Some(e) = view.root.as_ref().and_then(|r| r.lookup(vseg)) else {
+                    fault = Some(FaultKey::Write(vseg));
+                    break;
+                };
+                if e.state == ExtentState::Error {
+                    self.deferred.complete(io, IoStatus::MediaError);
+                    return;
+                }
+                if e.birth <= view.snap_gen {
+                    fault = Some(FaultKey::Write(vseg));
+                    break;
+                }
+                let top = &e.layers[0];
+                let seg: PhysSeg = if top.fill.is_none() {
+                    top.seg + (vseg - e.vseg)
+                } else {
+                    top.seg
+                };
+                if let Some(f) = &top.fill {
+                    let (g0, gn) = geo.granule_span(b0, n);
+                    let g1 = g0 + gn;
+                    if !f.all_set(g0, gn) {
+                        // Partial granules at the edges must be held before a part of
+                        // them is written.
+                        let head = !geo.granule_aligned(b0) && !f.test(g0);
+                        let tail = !geo.granule_aligned(b0 + n) && !f.test(g1 - 1);
+                        if head || tail {
+                            let first = if head { g0 } else { g1 - 1 };
+                            let last = if tail { g1 - 1 } else { g0 };
+                            fault = Some(FaultKey::Materialize(vseg, first, last));
+                            break;
+                        }
+                        // Only the granules this write covers whole become held when
+                        // it completes. The partial ones at the edges were held above;
+                        // setting their bits again would bring back the rest of a
+                        // granule that an unmap cleared while the write was in flight.
+                        let (w0, wn) = geo.whole_granules(b0, n);
+                        if wn > 0 {
+                            fills.push((f.clone(), w0, wn));
+                        }
+                    }
+                }
+                push_piece(
+                    &mut pieces,
+                    seg * geo.segment_blocks + b0,
+                    n,
+                    byte,
+                    &self.shared,
+                );
+                at += n;
+                byte += (n * bs) as usize;
+            }
+        }
+        match fault {
+            Some(key) => self.park(io, key),
+            None => self.issue(io, &pieces, fills),
+        }
+    }
+
+    /// Issues the pieces of `io` to the base bdevs.
+    fn issue(&self, io: BdevIo, pieces: &[Piece], fills: SmallVec<[(Arc<Fill>, u64, u64); 1]>) {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as u64;
+        let kind = io.kind;
+        let epoch = self.epochs.start();
+        let (key, children) = {
+            let mut ctxs = self.ctxs.borrow_mut();
+            let entry = ctxs.vacant_entry();
+            let key = entry.key();
+            let ctx = entry.insert(IoCtx {
+                parent: io,
+                pending: pieces.len() as u32,
+                status: IoStatus::Success,
+                epoch,
+                fills,
+            });
+            let mut children: SmallVec<[(usize, BdevIo); 4]> = SmallVec::new();
+            for p in pieces {
+                let seg = p.phys / geo.segment_blocks;
+                let (ci, off) = self.shared.locate(seg);
+                let cbs = self.base[ci].bdev().block_size() as u64;
+                let byte = off + (p.phys % geo.segment_blocks) * bs;
+                let len = p.blocks * bs;
+                let iovs = ctx.parent.sub_iovs(p.byte_off, len as usize);
+                // SAFETY: the iovecs point into the parent request, which stays in
+                // `ctxs` untouched until every child has completed.
+                let child = unsafe { BdevIo::from_raw_iovs(kind, byte / cbs, len / cbs, &iovs) };
+                children.push((ci, child));
+            }
+            (key, children)
+        };
+        let sink: Rc<dyn IoSink> = self.rc();
+        for (ci, child) in children {
+            self.base[ci].submit_unchecked(child.on_complete(sink.clone(), key as u64));
+        }
+    }
+}
+
+impl Agent {
+    /// Marks granules written through to the top layer as held by it; the fill is
+    /// queued for the next metadata commit the first time it changes since the last.
+    fn hold_granules(&self, f: &Arc<Fill>, g0: u64, n: u64) {
+        if f.set_range(g0, n) && f.mark_dirty() {
+            self.shared.dirty_fills.push(f.clone());
+        }
+    }
+
+    /// Completes a request of this disk whose base I/O is done.
+    #[inline]
+    fn finish(&self, io: BdevIo, status: IoStatus, epoch: u64) {
+        self.epochs.finish(epoch);
+        self.io_counts.count(self.core);
+        if io.flags.fua && status.is_success() {
+            let me = self.rc();
+            reactor::spawn_local(async move {
+                let st = me.commit().await;
+                io.complete(st);
+            })
+            .detach();
+        } else {
+            io.complete(status);
+        }
+    }
+}
+
+fn push_piece(
+    pieces: &mut SmallVec<[Piece; 4]>,
+    phys: u64,
+    blocks: u64,
+    byte_off: usize,
+    shared: &PoolShared,
+) {
+    if let Some(last) = pieces.last_mut()
+        && last.phys + last.blocks == phys
+        && last.byte_off + (last.blocks * shared.geo.block_size as u64) as usize == byte_off
+    {
+        // Contiguous on the medium and in memory; stay within one container.
+        let seg_a = last.phys / shared.geo.segment_blocks;
+        let seg_b = (phys + blocks - 1) / shared.geo.segment_blocks;
+        if shared.locate(seg_a).0 == shared.locate(seg_b).0 {
+            last.blocks += blocks;
+            return;
+        }
+    }
+    pieces.push(Piece {
+        phys,
+        blocks,
+        byte_off,
+    });
+}
+
+impl IoSink for Agent {
+    #[inline]
+    fn io_done(&self, mut child: BdevIo, status: IoStatus) {
+        if child.tag & PASSED != 0 {
+            let p = self
+                .passed
+                .borrow_mut()
+                .remove((child.tag & !PASSED) as usize);
+            child.restore(p.origin);
+            if status.is_success()
+                && let Some((f, g0, n)) = &p.fill
+            {
+                self.hold_granules(f, *g0, *n);
+            }
+            self.finish(child, status, p.epoch);
+            return;
+        }
+        let key = child.tag as usize;
+        drop(child);
+        let done = {
+            let mut ctxs = self.ctxs.borrow_mut();
+            let c = &mut ctxs[key];
+            c.status = c.status.worst(status);
+            c.pending -= 1;
+            c.pending == 0
+        };
+        if !done {
+            return;
+        }
+        let ctx = self.ctxs.borrow_mut().remove(key);
+        if ctx.status.is_success() {
+            for (f, g0, n) in &ctx.fills {
+                self.hold_granules(f, *g0, *n);
+            }
+        }
+        self.finish(ctx.parent, ctx.status, ctx.epoch);
+    }
+}

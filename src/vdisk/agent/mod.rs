@@ -1,0 +1,401 @@
+//! Mapping agents: one per core per virtual disk — the disk's channel on that core.
+//!
+//! The fast path: split the request at segment boundaries, look each segment up in
+//! this core's view of the table (one descent; no lock), resolve the blocks through the
+//! segment's layers, and issue the parts to the base bdevs' channels on this core.
+//! Reads of the zero state are filled in place. A write the view does not allow (no
+//! segment yet, a segment shared with a snapshot, a partial granule not held by the
+//! top layer) parks the request and sends a **mapping fault** to the controller; the
+//! controller resolves it, pushes the new view, and the agent retries the request.
+//!
+//! A write into a partially filled segment sets the fill bits of the granules it wrote
+//! *after* it completes, so a concurrent read never sees a reused segment's old bytes.
+//!
+//! Every request issued to a base bdev is counted in the current **epoch**. A command
+//! with the blocking flag starts a new epoch and is acknowledged once every earlier
+//! epoch has drained — the controller then knows that no I/O it could have raced with is
+//! still in flight.
+//!
+//! - this file: the agent, its registry on the core, the controller's commands, the
+//!   entry point of every request, the disk's channel;
+//! - `io.rs`: the I/O path (the fast path, planned reads and writes, completion);
+//! - `fault.rs`: the parked path (mapping faults and other requests to the controller);
+//! - `discard.rs`: unmap and write-zeroes.
+//!
+//! The agent is data path: it uses the map, the table, the messages (`msg.rs`) and the
+//! pool's shared state (`shared.rs`), and reaches the controller only through the
+//! `msg::ControllerPort` in the latter.
+
+mod discard;
+mod fault;
+mod io;
+
+use super::map::{Extent, Source};
+use super::msg::{AgentCmd, AgentNotice, RangeState, View};
+use super::shared::PoolShared;
+use crate::bdev::{Bdev, BdevIo, BlockRun, Channel, Deferred, Epochs, IoKind, IoStatus};
+use crate::reactor;
+use crossbeam_utils::CachePadded;
+use fault::FaultKey;
+use io::{IoCtx, Passed};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The agent of one disk on one core.
+pub struct Agent {
+    shared: Arc<PoolShared>,
+    /// The disk this agent serves (its own requests go through it, e.g. zeros written
+    /// for a write-zeroes that must copy-on-write).
+    bdev: Arc<dyn Bdev>,
+    io_counts: Arc<IoCounts>,
+    disk: u64,
+    core: usize,
+    base: Vec<Channel>,
+    /// log2 of each container's block size.
+    base_shift: Vec<u32>,
+    /// Whether each container may take requests readdressed, with no completion coming
+    /// back through the agent: its channel tracks drains ([`Channel::drained`]) and its
+    /// blocks are the disk's size (the request's block count stays as it is).
+    base_readdress: Vec<bool>,
+    view: RefCell<Option<Arc<View>>>,
+    overrides: RefCell<Vec<(u64, u64, RangeState)>>,
+    quiesced: Cell<bool>,
+    /// Requests held until a view arrives, a quiesce ends or an invalid range clears.
+    held: RefCell<VecDeque<BdevIo>>,
+    faults: RefCell<HashMap<FaultKey, Vec<BdevIo>>>,
+    ctxs: RefCell<slab::Slab<IoCtx>>,
+    passed: RefCell<slab::Slab<Passed>>,
+    epochs: Epochs,
+    deferred: Rc<Deferred>,
+    failed: Cell<Option<IoStatus>>,
+    me: Weak<Agent>,
+}
+
+#[derive(Default)]
+struct Registry {
+    agents: RefCell<HashMap<(u64, u64), Weak<Agent>>>,
+}
+
+fn registry() -> Rc<Registry> {
+    reactor::local(Registry::default)
+}
+
+/// Applies `cmd` to the agent of (`pool`, `disk`) on this core; with `blocking`, returns
+/// once every I/O it started before the command has completed.
+pub(crate) async fn apply(pool: u64, disk: u64, cmd: AgentCmd, blocking: bool) {
+    let agent = registry()
+        .agents
+        .borrow()
+        .get(&(pool, disk))
+        .and_then(Weak::upgrade);
+    if let Some(a) = agent {
+        a.command(cmd);
+        if blocking {
+            // Requests readdressed straight to a container are in no epoch: the
+            // container's channel tells when everything submitted to it so far is done.
+            let containers: Vec<_> = a.base.iter().filter_map(Channel::drained).collect();
+            a.epochs.drain().await;
+            for c in containers {
+                c.await;
+            }
+        }
+    }
+}
+
+/// Applies `cmd` at once, without waiting.
+pub(crate) fn apply_now(pool: u64, disk: u64, cmd: AgentCmd) {
+    let agent = registry()
+        .agents
+        .borrow()
+        .get(&(pool, disk))
+        .and_then(Weak::upgrade);
+    if let Some(a) = agent {
+        a.command(cmd);
+    }
+}
+
+/// The entries the agent of (`pool`, `disk`) on this core sees for `[from, to)` ("get
+/// entries", for tests and diagnostics).
+pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<Extent> {
+    let agent = registry()
+        .agents
+        .borrow()
+        .get(&(pool, disk))
+        .and_then(Weak::upgrade);
+    let mut out = Vec::new();
+    if let Some(a) = agent
+        && let Some(v) = a.view.borrow().as_ref()
+        && let Some(r) = &v.root
+    {
+        r.visit_from(from, &mut |e| {
+            if e.vseg >= to {
+                return false;
+            }
+            out.push(e.clone());
+            true
+        });
+    }
+    out
+}
+
+/// Requests served by one disk, per core (each core writes only its own slot).
+pub(crate) struct IoCounts(Box<[CachePadded<AtomicU64>]>);
+
+impl IoCounts {
+    pub(crate) fn new(cores: usize) -> IoCounts {
+        IoCounts(
+            (0..cores.max(1))
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        )
+    }
+
+    /// Counts a request on `core` (single writer per slot: no atomic RMW): when it is
+    /// readdressed to a container, else when it completes.
+    #[inline]
+    pub(crate) fn count(&self, core: usize) {
+        if let Some(c) = self.0.get(core) {
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests served so far, all cores.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl Agent {
+    /// Creates the agent of disk `disk` (served as `bdev`, counting into `io_counts`) on
+    /// the current core and announces it to the controller (I/O waits for the first
+    /// view).
+    pub(crate) fn create(
+        shared: Arc<PoolShared>,
+        bdev: Arc<dyn Bdev>,
+        disk: u64,
+        io_counts: Arc<IoCounts>,
+    ) -> Result<Rc<Agent>, crate::bdev::BdevError> {
+        let base = shared
+            .containers
+            .iter()
+            .map(|c| Channel::get(&c.bdev))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Block sizes are powers of two (BdevProps::new checks it).
+        let base_shift: Vec<u32> = shared
+            .containers
+            .iter()
+            .map(|c| c.bdev.block_size().trailing_zeros())
+            .collect();
+        let disk_shift = shared.geo.block_size.trailing_zeros();
+        let base_readdress = base
+            .iter()
+            .zip(&base_shift)
+            .map(|(c, &shift)| c.tracks_drain() && shift == disk_shift)
+            .collect();
+        let core = reactor::current_core().unwrap_or(0);
+        let agent = Rc::new_cyclic(|me| Agent {
+            shared: shared.clone(),
+            bdev,
+            io_counts,
+            disk,
+            core,
+            base,
+            base_shift,
+            base_readdress,
+            view: RefCell::new(None),
+            overrides: RefCell::new(Vec::new()),
+            quiesced: Cell::new(false),
+            held: RefCell::new(VecDeque::new()),
+            faults: RefCell::new(HashMap::new()),
+            ctxs: RefCell::new(slab::Slab::with_capacity(256)),
+            passed: RefCell::new(slab::Slab::with_capacity(256)),
+            epochs: Epochs::default(),
+            deferred: Deferred::current(),
+            failed: Cell::new(None),
+            me: me.clone(),
+        });
+        registry()
+            .agents
+            .borrow_mut()
+            .insert((shared.id, disk), Rc::downgrade(&agent));
+        shared.tell_controller(AgentNotice::Registered { disk, core });
+        Ok(agent)
+    }
+
+    fn rc(&self) -> Rc<Agent> {
+        self.me.upgrade().expect("agent alive while used")
+    }
+
+    fn command(&self, cmd: AgentCmd) {
+        match cmd {
+            AgentCmd::SetView(v) => {
+                let newer = self
+                    .view
+                    .borrow()
+                    .as_ref()
+                    .is_none_or(|cur| v.version >= cur.version);
+                if newer {
+                    *self.view.borrow_mut() = Some(v);
+                }
+                self.release_held();
+            }
+            AgentCmd::SetState { from, to, state } => {
+                let mut o = self.overrides.borrow_mut();
+                o.retain(|&(f, t, _)| t <= from || f >= to);
+                if let Some(s) = state {
+                    o.push((from, to, s));
+                }
+                drop(o);
+                self.release_held();
+            }
+            AgentCmd::Quiesce => self.quiesced.set(true),
+            AgentCmd::Activate => {
+                self.quiesced.set(false);
+                self.release_held();
+            }
+            AgentCmd::Fail(status) => {
+                self.failed.set(Some(status));
+                let held: Vec<BdevIo> = self.held.borrow_mut().drain(..).collect();
+                for io in held {
+                    self.deferred.complete(io, status);
+                }
+            }
+            AgentCmd::Barrier => {}
+            AgentCmd::Init {
+                view,
+                overrides,
+                quiesced,
+                failed,
+            } => {
+                *self.overrides.borrow_mut() = overrides;
+                self.quiesced.set(quiesced);
+                if let Some(st) = failed {
+                    self.command(AgentCmd::Fail(st));
+                }
+                self.command(AgentCmd::SetView(view));
+            }
+        }
+    }
+
+    fn release_held(&self) {
+        if self.quiesced.get() || self.view.borrow().is_none() {
+            return;
+        }
+        let held: Vec<BdevIo> = self.held.borrow_mut().drain(..).collect();
+        for io in held {
+            self.submit(io);
+        }
+    }
+
+    fn override_at(&self, vseg: u64) -> Option<RangeState> {
+        let o = self.overrides.borrow();
+        if o.is_empty() {
+            return None;
+        }
+        let mut worst = None;
+        for &(f, t, s) in o.iter() {
+            if vseg >= f && vseg < t {
+                if s == RangeState::Invalid {
+                    return Some(s);
+                }
+                worst = Some(s);
+            }
+        }
+        worst
+    }
+
+    /// Entry point for every request of this disk on this core.
+    pub(crate) fn submit(&self, io: BdevIo) {
+        if let Some(st) = self.failed.get() {
+            self.deferred.complete(io, st);
+            return;
+        }
+        if self.quiesced.get() || self.view.borrow().is_none() {
+            self.held.borrow_mut().push_back(io);
+            return;
+        }
+        // The common case first: one segment, one physical location.
+        let io = match self.fast_path(io) {
+            Ok(()) => return,
+            Err(io) => io,
+        };
+        match io.kind {
+            IoKind::Read => self.read(io),
+            IoKind::Write => self.write(io),
+            IoKind::Unmap | IoKind::WriteZeroes => {
+                reactor::spawn_local(self.rc().discard(io)).detach();
+            }
+            IoKind::Flush => {
+                let me = self.rc();
+                reactor::spawn_local(async move {
+                    let st = me.commit().await;
+                    io.complete(st);
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// Allocation runs of a range, from this core's view.
+    fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<BlockRun> {
+        let geo = self.shared.geo;
+        let mut out: Vec<BlockRun> = Vec::new();
+        let view = self.view.borrow();
+        let root = view.as_ref().and_then(|v| v.root.as_ref());
+        let mut at = offset_blocks;
+        let end = offset_blocks + num_blocks;
+        while at < end {
+            let vseg = at / geo.segment_blocks;
+            let b0 = at % geo.segment_blocks;
+            let n = (end - at).min(geo.segment_blocks - b0);
+            let e = root.and_then(|r| r.lookup(vseg));
+            for (_, cnt, src) in geo.resolve_runs(e, vseg, b0, n) {
+                let (allocated, zero) = match src {
+                    Source::Zero => (false, true),
+                    Source::Seg(_) | Source::Error => (true, false),
+                };
+                match out.last_mut() {
+                    Some(l) if l.allocated == allocated && l.zero == zero => l.num_blocks += cnt,
+                    _ => out.push(BlockRun {
+                        num_blocks: cnt,
+                        allocated,
+                        zero,
+                    }),
+                }
+            }
+            at += n;
+        }
+        out
+    }
+}
+
+/// The disk's channel on one core.
+pub(crate) struct AgentChannel(pub Rc<Agent>);
+
+impl crate::bdev::BdevChannel for AgentChannel {
+    #[inline]
+    fn submit(&self, io: BdevIo) {
+        self.0.submit(io);
+    }
+
+    fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<BlockRun> {
+        self.0.block_status(offset_blocks, num_blocks)
+    }
+}
+
+impl Drop for AgentChannel {
+    fn drop(&mut self) {
+        let a = &self.0;
+        registry()
+            .agents
+            .borrow_mut()
+            .remove(&(a.shared.id, a.disk));
+        a.shared.tell_controller(AgentNotice::Unregistered {
+            disk: a.disk,
+            core: a.core,
+        });
+    }
+}

@@ -1,0 +1,203 @@
+//! Directory pages: the chain of disk records (name, size, kind, parent, table root,
+//! running job) that lists a pool's virtual disks.
+
+use super::{
+    HEADER_BYTES, MAX_DISK_BLOCKS, MetaError, NO_PAGE, PAGE_BYTES, PageHeader, PageKind, Reader,
+    Writer, decode_header, new_page, read_name, seal,
+};
+use uuid::Uuid;
+
+/// Disk records per directory page.
+pub const DIR_RECORDS_PER_PAGE: usize = (PAGE_BYTES - HEADER_BYTES) / DISK_RECORD_BYTES;
+
+const DISK_RECORD_BYTES: usize = 320;
+
+/// How a disk came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskKind {
+    /// Created empty (thin or fully allocated).
+    Disk = 0,
+    /// A read-only point-in-time copy.
+    Snapshot = 1,
+    /// A writable copy of a snapshot.
+    Clone = 2,
+}
+
+/// A background job recorded in a disk's record so that it resumes after a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobRecord {
+    None,
+    /// Split (inflate): copy everything shared, then forget the parent.
+    Split {
+        cursor: u64,
+    },
+    /// Decouple: copy what is shared with the parent but not the grandparent.
+    Decouple {
+        cursor: u64,
+    },
+}
+
+/// One virtual disk in the pool's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskRecord {
+    pub id: u64,
+    pub uuid: Uuid,
+    pub name: String,
+    pub size_blocks: u64,
+    pub kind: DiskKind,
+    pub read_only: bool,
+    pub thin: bool,
+    /// The disk this one shares data with (a snapshot's origin chain, a clone's
+    /// snapshot), or 0.
+    pub parent: u64,
+    /// Generation of the last snapshot taken of this disk (or of its creation as a
+    /// clone): extents born at or before it are shared, not writable.
+    pub snap_gen: u64,
+    pub created_gen: u64,
+    pub root_page: u64,
+    /// Copy-on-write policy (0 redirect, 1 copy-out).
+    pub cow_policy: u8,
+    pub job: JobRecord,
+    pub created_unix: u64,
+}
+
+fn encode_disk(w: &mut Writer<'_>, d: &DiskRecord) {
+    let start = w.at;
+    w.u64(d.id);
+    w.bytes(d.uuid.as_bytes());
+    w.name(&d.name, 128);
+    w.u64(d.size_blocks);
+    w.u8(d.kind as u8);
+    w.u8(d.read_only as u8 | (d.thin as u8) << 1);
+    w.u64(d.parent);
+    w.u64(d.snap_gen);
+    w.u64(d.created_gen);
+    w.u64(d.root_page);
+    w.u8(d.cow_policy);
+    let (job, cursor) = match d.job {
+        JobRecord::None => (0u8, 0u64),
+        JobRecord::Split { cursor } => (1, cursor),
+        JobRecord::Decouple { cursor } => (2, cursor),
+    };
+    w.u8(job);
+    w.u64(cursor);
+    w.u64(d.created_unix);
+    w.at = start + DISK_RECORD_BYTES;
+}
+
+/// Encodes a directory page holding `disks` (at most [`DIR_RECORDS_PER_PAGE`]).
+pub fn encode_directory(
+    page: u64,
+    txn: u64,
+    pool: &Uuid,
+    next: u64,
+    disks: &[DiskRecord],
+) -> Vec<u8> {
+    debug_assert!(disks.len() <= DIR_RECORDS_PER_PAGE);
+    let h = PageHeader {
+        kind: PageKind::Directory,
+        count: disks.len() as u32,
+        page,
+        txn,
+        next,
+    };
+    let mut b = new_page(&h, pool);
+    let mut w = Writer::new(&mut b, HEADER_BYTES);
+    for d in disks {
+        encode_disk(&mut w, d);
+    }
+    seal(&mut b);
+    b
+}
+
+/// Decodes a directory page: its records and the next page of the chain.
+pub fn decode_directory(
+    b: &[u8],
+    page: u64,
+    pool: &Uuid,
+    meta_pages: u64,
+) -> Result<(Vec<DiskRecord>, u64), MetaError> {
+    let h = decode_header(b, page, pool, PageKind::Directory)?;
+    let bad = |field, reason: String| MetaError::Field {
+        page,
+        field,
+        reason,
+    };
+    if h.count as usize > DIR_RECORDS_PER_PAGE {
+        return Err(bad("count", format!("{} records", h.count)));
+    }
+    if h.next != NO_PAGE && h.next >= meta_pages {
+        return Err(bad("next", format!("page {} beyond {meta_pages}", h.next)));
+    }
+    let mut out = Vec::new();
+    for i in 0..h.count as usize {
+        let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES + i * DISK_RECORD_BYTES);
+        let t = || format!("record {i} truncated");
+        let id = r.u64().ok_or_else(|| bad("id", t()))?;
+        let uuid = r.uuid().ok_or_else(|| bad("uuid", t()))?;
+        let name = read_name(&mut r, 128)
+            .ok_or_else(|| bad("name", t()))?
+            .map_err(|e| bad("name", format!("record {i}: {e}")))?;
+        let size_blocks = r.u64().ok_or_else(|| bad("size_blocks", t()))?;
+        let kind = match r.u8().ok_or_else(|| bad("kind", t()))? {
+            0 => DiskKind::Disk,
+            1 => DiskKind::Snapshot,
+            2 => DiskKind::Clone,
+            x => return Err(bad("kind", format!("record {i}: unknown kind {x}"))),
+        };
+        let flags = r.u8().ok_or_else(|| bad("flags", t()))?;
+        let parent = r.u64().ok_or_else(|| bad("parent", t()))?;
+        let snap_gen = r.u64().ok_or_else(|| bad("snap_gen", t()))?;
+        let created_gen = r.u64().ok_or_else(|| bad("created_gen", t()))?;
+        let root_page = r.u64().ok_or_else(|| bad("root_page", t()))?;
+        let cow_policy = r.u8().ok_or_else(|| bad("cow_policy", t()))?;
+        let job = r.u8().ok_or_else(|| bad("job", t()))?;
+        let cursor = r.u64().ok_or_else(|| bad("job", t()))?;
+        let created_unix = r.u64().ok_or_else(|| bad("created_unix", t()))?;
+        if size_blocks == 0 || size_blocks >= MAX_DISK_BLOCKS {
+            return Err(bad(
+                "size_blocks",
+                format!("record {i}: {size_blocks} blocks is not a disk size"),
+            ));
+        }
+        if id == 0 || name.is_empty() {
+            return Err(bad("id", format!("record {i} has no id or name")));
+        }
+        if root_page != NO_PAGE && root_page >= meta_pages {
+            return Err(bad(
+                "root_page",
+                format!("record {i}: page {root_page} beyond {meta_pages}"),
+            ));
+        }
+        if cow_policy > 1 {
+            return Err(bad(
+                "cow_policy",
+                format!("record {i}: unknown policy {cow_policy}"),
+            ));
+        }
+        let job = match job {
+            0 => JobRecord::None,
+            1 => JobRecord::Split { cursor },
+            2 => JobRecord::Decouple { cursor },
+            x => return Err(bad("job", format!("record {i}: unknown job {x}"))),
+        };
+        out.push(DiskRecord {
+            id,
+            uuid,
+            name,
+            size_blocks,
+            kind,
+            read_only: flags & 1 != 0,
+            thin: flags & 2 != 0,
+            parent,
+            snap_gen,
+            created_gen,
+            root_page,
+            cow_policy,
+            job,
+            created_unix,
+        });
+    }
+    Ok((out, h.next))
+}

@@ -1,0 +1,236 @@
+//! Table node pages: the internal nodes and leaves of a disk's copy-on-write B+tree
+//! (`table.rs`), leaves holding the extents with their layers and fills.
+
+use super::{
+    HEADER_BYTES, MAX_VSEG, MetaError, NO_PAGE, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
+    decode_header, new_page, seal,
+};
+use crate::vdisk::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, MAX_RUN_SEGMENTS};
+use crate::vdisk::table::NODE_PAYLOAD_BYTES;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Encodes an internal node: `(first virtual segment, child page)` per child.
+pub fn encode_internal(page: u64, txn: u64, pool: &Uuid, entries: &[(u64, u64)]) -> Vec<u8> {
+    debug_assert!(entries.len() * 16 <= NODE_PAYLOAD_BYTES);
+    let h = PageHeader {
+        kind: PageKind::Internal,
+        count: entries.len() as u32,
+        page,
+        txn,
+        next: NO_PAGE,
+    };
+    let mut b = new_page(&h, pool);
+    let mut w = Writer::new(&mut b, HEADER_BYTES);
+    for &(k, c) in entries {
+        w.u64(k);
+        w.u64(c);
+    }
+    seal(&mut b);
+    b
+}
+
+/// Decodes an internal node page.
+pub fn decode_internal(
+    b: &[u8],
+    page: u64,
+    pool: &Uuid,
+    meta_pages: u64,
+) -> Result<Vec<(u64, u64)>, MetaError> {
+    let h = decode_header(b, page, pool, PageKind::Internal)?;
+    let n = h.count as usize;
+    if n == 0 || n * 16 > NODE_PAYLOAD_BYTES {
+        return Err(MetaError::Field {
+            page,
+            field: "count",
+            reason: format!("{n} children"),
+        });
+    }
+    let mut r = Reader::new(b, HEADER_BYTES);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let k = r.u64().unwrap_or(0);
+        let c = r.u64().unwrap_or(NO_PAGE);
+        if c >= meta_pages {
+            return Err(MetaError::Field {
+                page,
+                field: "child",
+                reason: format!("child {i} points at page {c}, beyond {meta_pages}"),
+            });
+        }
+        if i > 0 && k <= out.last().map_or(0, |&(pk, _)| pk) {
+            return Err(MetaError::Field {
+                page,
+                field: "key",
+                reason: format!("key {i} ({k}) is not above the previous one"),
+            });
+        }
+        out.push((k, c));
+    }
+    Ok(out)
+}
+
+/// Encodes a leaf. Fills are copied out atomically word by word.
+pub fn encode_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[Extent]) -> Vec<u8> {
+    let h = PageHeader {
+        kind: PageKind::Leaf,
+        count: extents.len() as u32,
+        page,
+        txn,
+        next: NO_PAGE,
+    };
+    let mut b = new_page(&h, pool);
+    let mut w = Writer::new(&mut b, HEADER_BYTES);
+    for e in extents {
+        w.u64(e.vseg);
+        w.u32(e.len);
+        w.u8(match e.state {
+            ExtentState::Mapped => 0,
+            ExtentState::Error => 1,
+        });
+        w.u8(e.layers.len() as u8);
+        w.u64(e.birth);
+        for l in &e.layers {
+            w.u64(l.seg);
+            match &l.fill {
+                None => w.u8(0),
+                Some(f) => {
+                    w.u8(1);
+                    for word in f.words() {
+                        w.u64(word);
+                    }
+                }
+            }
+        }
+    }
+    seal(&mut b);
+    b
+}
+
+/// A decoded leaf extent: fills are raw words; the loader shares them by segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawExtent {
+    pub vseg: u64,
+    pub len: u32,
+    pub error: bool,
+    pub birth: u64,
+    pub layers: Vec<(u64, Option<[u64; 4]>)>,
+}
+
+impl RawExtent {
+    /// Builds the in-memory extent, getting each partial layer's shared fill from
+    /// `fill_of(segment, words)`.
+    pub fn build(&self, mut fill_of: impl FnMut(u64, [u64; 4]) -> Arc<Fill>) -> Extent {
+        Extent {
+            vseg: self.vseg,
+            len: self.len,
+            state: if self.error {
+                ExtentState::Error
+            } else {
+                ExtentState::Mapped
+            },
+            birth: self.birth,
+            layers: self
+                .layers
+                .iter()
+                .map(|&(seg, words)| Layer {
+                    seg,
+                    fill: words.map(|w| fill_of(seg, w)),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Decodes a leaf page; `total_segments` bounds every segment reference.
+pub fn decode_leaf(
+    b: &[u8],
+    page: u64,
+    pool: &Uuid,
+    total_segments: u64,
+) -> Result<Vec<RawExtent>, MetaError> {
+    let h = decode_header(b, page, pool, PageKind::Leaf)?;
+    let bad = |field, reason: String| MetaError::Field {
+        page,
+        field,
+        reason,
+    };
+    let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
+    let mut out: Vec<RawExtent> = Vec::new();
+    for i in 0..h.count {
+        let t = || format!("extent {i} runs past the end of the page");
+        let vseg = r.u64().ok_or_else(|| bad("extent", t()))?;
+        let len = r.u32().ok_or_else(|| bad("extent", t()))?;
+        let state = r.u8().ok_or_else(|| bad("extent", t()))?;
+        let nlayers = r.u8().ok_or_else(|| bad("extent", t()))? as usize;
+        let birth = r.u64().ok_or_else(|| bad("extent", t()))?;
+        if len == 0 || len > MAX_RUN_SEGMENTS {
+            return Err(bad("len", format!("extent {i} covers {len} segments")));
+        }
+        if vseg >= MAX_VSEG {
+            return Err(bad(
+                "vseg",
+                format!("extent {i} starts at segment {vseg}, beyond any disk"),
+            ));
+        }
+        if state > 1 {
+            return Err(bad(
+                "state",
+                format!("extent {i} has unknown state {state}"),
+            ));
+        }
+        if nlayers > MAX_LAYERS || (nlayers == 0 && state == 0) {
+            return Err(bad("layers", format!("extent {i} has {nlayers} layers")));
+        }
+        if let Some(prev) = out.last()
+            && vseg < prev.vseg + prev.len as u64
+        {
+            return Err(bad(
+                "vseg",
+                format!("extent {i} at {vseg} overlaps the previous one"),
+            ));
+        }
+        let mut layers = Vec::with_capacity(nlayers);
+        for _ in 0..nlayers {
+            let seg = r.u64().ok_or_else(|| bad("layer", t()))?;
+            let partial = r.u8().ok_or_else(|| bad("layer", t()))?;
+            let words = match partial {
+                0 => None,
+                1 => {
+                    let mut w = [0u64; 4];
+                    for x in w.iter_mut() {
+                        *x = r.u64().ok_or_else(|| bad("layer", t()))?;
+                    }
+                    Some(w)
+                }
+                x => return Err(bad("layer", format!("extent {i}: unknown layer flag {x}"))),
+            };
+            let span = if words.is_none() && nlayers == 1 {
+                len as u64
+            } else {
+                1
+            };
+            if seg.checked_add(span).is_none_or(|e| e > total_segments) {
+                return Err(bad(
+                    "segment",
+                    format!("extent {i} references segment {seg}+{span}, beyond {total_segments}"),
+                ));
+            }
+            if len > 1 && (nlayers != 1 || words.is_some()) {
+                return Err(bad(
+                    "len",
+                    format!("extent {i} is a run but not one full layer"),
+                ));
+            }
+            layers.push((seg, words));
+        }
+        out.push(RawExtent {
+            vseg,
+            len,
+            error: state == 1,
+            birth,
+            layers,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,113 @@
+//! The messages between a pool's controller and its mapping agents (DESIGN.md, "Agents
+//! and controller"): what each side may say to the other, and nothing else. Both sides
+//! use this module; neither names the other's types through it.
+//!
+//! - Controller → agent: [`AgentCmd`] ("set entries" as a new [`View`], "set entry
+//!   state" as a [`RangeState`] over a range, quiesce/activate, fail, barrier), applied
+//!   on the agent's core, optionally with the **blocking flag** (acknowledged once every
+//!   I/O the agent had started before the command has completed).
+//! - Agent → controller: `AgentRequest` (the **mapping faults**, and the other things
+//!   only the controller may do: commit, punch, drop an emptied segment), each answered
+//!   with an I/O status, and `AgentNotice` (an agent appeared or went away).
+//!
+//! The agent sends through a `ControllerPort`: two function pointers the controller's
+//! side fills in when the pool opens, so that the data path never imports the control
+//! path. Only faults and control go this way; the I/O fast path never does.
+
+use super::table::Node;
+use crate::bdev::IoStatus;
+use crate::reactor::{Cores, RemoteHandle};
+use std::sync::Arc;
+
+/// What an agent serves from: a root into the shared table nodes.
+#[derive(Debug)]
+pub struct View {
+    pub root: Option<Arc<Node>>,
+    /// Extents born at or before this generation are shared: not writable.
+    pub snap_gen: u64,
+    pub version: u64,
+}
+
+/// A state the controller lays over a range of an agent's view ("set entry state").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeState {
+    /// Writes fault even where the table would allow them.
+    NoWrite,
+    /// Reads and writes wait: the agent has no usable mapping.
+    Invalid,
+}
+
+/// Controller → agent commands.
+#[derive(Clone, Debug)]
+pub enum AgentCmd {
+    /// Replace the view ("set entries": the new root shares unchanged nodes).
+    SetView(Arc<View>),
+    /// Lay `state` over virtual segments `[from, to)`, or clear it (`None`).
+    SetState {
+        from: u64,
+        to: u64,
+        state: Option<RangeState>,
+    },
+    /// Hold new I/O; with the blocking flag, acknowledge once in-flight I/O drained.
+    Quiesce,
+    /// Release held I/O.
+    Activate,
+    /// The disk is gone: fail held and new I/O with this status.
+    Fail(IoStatus),
+    /// Nothing; with the blocking flag, a drain barrier.
+    Barrier,
+    /// Everything a new agent must know at once: the view, the range states, whether
+    /// the disk is quiesced or failed.
+    Init {
+        view: Arc<View>,
+        overrides: Vec<(u64, u64, RangeState)>,
+        quiesced: bool,
+        failed: Option<IoStatus>,
+    },
+}
+
+/// Agent → controller requests, each answered with an I/O status: the mapping faults,
+/// and the other changes only the controller may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AgentRequest {
+    /// A write fault: virtual segment `vseg` of `disk` has no writable top layer (no
+    /// segment yet, or one shared with a snapshot). Allocate or copy-on-write.
+    MakeWritable { disk: u64, vseg: u64 },
+    /// A write of part of granules `[first, last]` of `vseg` that the writable top layer
+    /// does not hold: copy what they show now into it.
+    Materialize {
+        disk: u64,
+        vseg: u64,
+        first: u64,
+        last: u64,
+    },
+    /// Whole virtual segments `[from, to)` were unmapped: return them to the zero state.
+    Punch { disk: u64, from: u64, to: u64 },
+    /// The agent cleared the last bits of the fill at `vseg`: drop the segment if it is
+    /// still empty.
+    MaybeEmpty { disk: u64, vseg: u64 },
+    /// A flush, or a FUA write that completed: commit the metadata.
+    Commit,
+}
+
+/// Agent → controller notices; nothing comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AgentNotice {
+    /// An agent of `disk` appeared on `core`: it waits for its [`AgentCmd::Init`].
+    Registered { disk: u64, core: usize },
+    /// The agent of `disk` on `core` is gone.
+    Unregistered { disk: u64, core: usize },
+}
+
+/// How an agent reaches its pool's controller without naming it. The controller's side
+/// provides the functions; the agent finds the port in the pool's shared state. Each
+/// function takes the cores, the controller's core and the pool id, and moves the
+/// message to the controller's core.
+#[derive(Clone, Copy)]
+pub(crate) struct ControllerPort {
+    /// Sends a request; the handle resolves to the controller's answer, or to `None` if
+    /// the pool's controller is gone.
+    pub request: fn(&Cores, usize, u64, AgentRequest) -> RemoteHandle<Option<IoStatus>>,
+    /// Sends a notice.
+    pub notify: fn(&Cores, usize, u64, AgentNotice),
+}

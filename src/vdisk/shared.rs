@@ -1,0 +1,102 @@
+//! What every core knows of a pool: the storage containers it is made of and where a
+//! physical segment lives in them, its geometry, the queue of fills the agents changed,
+//! and the port through which agents reach the controller. Built once when the pool
+//! opens and shared (read-only but for its atomics and queue) by the data path and the
+//! control path alike.
+
+use super::CowPolicy;
+use super::map::{Fill, Geometry, PhysSeg};
+use super::msg::{AgentNotice, AgentRequest, ControllerPort};
+use crate::bdev::{Bdev, IoStatus};
+use crate::reactor::{Cores, RemoteHandle};
+use crossbeam_queue::SegQueue;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use uuid::Uuid;
+
+/// A data container: a base bdev cut into segments.
+pub struct Container {
+    pub bdev: Arc<dyn Bdev>,
+    /// Global index of the container's segment 0.
+    pub first_seg: PhysSeg,
+    /// Segments in the container, reserved ones included.
+    pub segments: u64,
+    /// Leading segments not used for data (label, metadata).
+    pub reserved: u64,
+    /// The bdev UUID recorded in the container's label (bdevs such as files get a new
+    /// UUID each time they are created; the label is what identifies the container).
+    pub label_uuid: Uuid,
+}
+
+/// What every core needs to know about a pool. Immutable after open, except the
+/// atomics and the dirty-fill queue.
+pub struct PoolShared {
+    /// Process-unique id (registry key on the cores).
+    pub id: u64,
+    pub uuid: Uuid,
+    pub name: String,
+    pub geo: Geometry,
+    pub containers: Vec<Container>,
+    pub meta_bdev: Arc<dyn Bdev>,
+    pub separate_metadata: bool,
+    /// The metadata bdev's UUID as its label records it.
+    pub meta_label_uuid: Uuid,
+    pub meta_first_byte: u64,
+    pub meta_pages: u64,
+    pub sm_pages: u64,
+    pub ctl_core: usize,
+    pub cores: Cores,
+    /// How the pool's agents reach its controller.
+    pub(crate) ctl_port: ControllerPort,
+    /// Fills whose bits changed since the controller last persisted them; agents push,
+    /// the controller drains at commit.
+    pub dirty_fills: SegQueue<Arc<Fill>>,
+    pub cow_default: CowPolicy,
+    /// Free segments, as of the controller's last update (for listings).
+    pub free_segments: AtomicU64,
+}
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+impl PoolShared {
+    pub(crate) fn next_id() -> u64 {
+        NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The container holding `seg` and the byte offset of the segment in it.
+    #[inline]
+    pub fn locate(&self, seg: PhysSeg) -> (usize, u64) {
+        let i = if self.containers.len() == 1 {
+            0
+        } else {
+            self.containers.partition_point(|c| c.first_seg <= seg) - 1
+        };
+        (
+            i,
+            (seg - self.containers[i].first_seg) * self.geo.segment_bytes(),
+        )
+    }
+
+    /// Total segments over all containers.
+    pub fn total_segments(&self) -> u64 {
+        self.containers.iter().map(|c| c.segments).sum()
+    }
+
+    /// Segments usable for data.
+    pub fn data_segments(&self) -> u64 {
+        self.containers
+            .iter()
+            .map(|c| c.segments - c.reserved)
+            .sum()
+    }
+
+    /// Sends an agent's request to the pool's controller (see [`ControllerPort`]).
+    pub(crate) fn ask_controller(&self, request: AgentRequest) -> RemoteHandle<Option<IoStatus>> {
+        (self.ctl_port.request)(&self.cores, self.ctl_core, self.id, request)
+    }
+
+    /// Sends an agent's notice to the pool's controller.
+    pub(crate) fn tell_controller(&self, notice: AgentNotice) {
+        (self.ctl_port.notify)(&self.cores, self.ctl_core, self.id, notice)
+    }
+}

@@ -1,0 +1,200 @@
+//! The controller's end of the agent messages (`msg.rs`).
+//!
+//! **Views.** The controller's tree of each disk is the truth. An agent serves I/O from
+//! its own view (a root pointer into the shared, immutable nodes). After a change the
+//! controller pushes the new root to every core that has an agent for the disk ("set
+//! entries" — the pushed root shares every node the change did not copy) and, for
+//! changes that must be visible before an I/O completes (a new allocation), waits for
+//! every agent to acknowledge. A command can carry the **blocking flag**: the agent
+//! applies it at once but acknowledges only after all I/O it had started before the
+//! command has completed. An agent that appears later gets everything at once
+//! ([`AgentCmd::Init`]).
+//!
+//! **Requests.** Agents reach the controller through `PORT`, which this side fills
+//! in: their requests (mapping faults, commits, punches) run on the controller's core
+//! and are answered with an I/O status.
+
+use super::agent;
+use super::controller::{Controller, DiskCtl, lookup};
+use super::msg::{AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState, View};
+use crate::bdev::IoStatus;
+use crate::reactor::{self, Cores, RemoteHandle};
+use std::sync::Arc;
+
+impl Controller {
+    /// The view agents of `disk` should have now.
+    pub(crate) fn view_of(&self, d: &DiskCtl) -> Arc<View> {
+        Arc::new(View {
+            root: d.root.clone(),
+            snap_gen: d.rec.snap_gen,
+            version: d.version,
+        })
+    }
+
+    /// Sends `cmd` to every agent of `disk` and waits for their acknowledgements. The
+    /// disk remembers the state it sets, for agents that register later.
+    pub(crate) async fn command_agents(&self, disk: u64, cmd: AgentCmd, blocking: bool) {
+        let cores: Vec<usize> = match self.st.borrow_mut().disks.get_mut(&disk) {
+            Some(d) => {
+                match &cmd {
+                    AgentCmd::SetState { from, to, state } => {
+                        d.overrides.retain(|&(f, t, _)| t <= *from || f >= *to);
+                        if let Some(s) = state {
+                            d.overrides.push((*from, *to, *s));
+                        }
+                    }
+                    AgentCmd::Quiesce => d.quiesced = true,
+                    AgentCmd::Activate => d.quiesced = false,
+                    AgentCmd::Fail(st) => d.failed = Some(*st),
+                    AgentCmd::SetView(_) | AgentCmd::Barrier | AgentCmd::Init { .. } => {}
+                }
+                d.agents.iter().copied().collect()
+            }
+            None => return,
+        };
+        let pool = self.shared.id;
+        let handles: Vec<_> = cores
+            .into_iter()
+            .map(|core| {
+                let cmd = cmd.clone();
+                self.shared
+                    .cores
+                    .spawn_on(core, move || agent::apply(pool, disk, cmd, blocking))
+            })
+            .collect();
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    /// Fences writes to virtual segment `vseg` of `disk` off (`true`: they fault and
+    /// wait, and the ones in flight have drained when this returns) or lets them
+    /// through again (`false`). The caller holds the segment's lock.
+    pub(crate) async fn fence_writes(&self, disk: u64, vseg: u64, fenced: bool) {
+        let cmd = AgentCmd::SetState {
+            from: vseg,
+            to: vseg + 1,
+            state: fenced.then_some(RangeState::NoWrite),
+        };
+        self.command_agents(disk, cmd, fenced).await;
+    }
+
+    /// Pushes the disk's current table to its agents ("set entries").
+    pub(crate) async fn push_view(&self, disk: u64, blocking: bool) {
+        let view = {
+            let mut st = self.st.borrow_mut();
+            let Some(d) = st.disks.get_mut(&disk) else {
+                return;
+            };
+            d.version += 1;
+            self.view_of(d)
+        };
+        self.command_agents(disk, AgentCmd::SetView(view), blocking)
+            .await;
+    }
+
+    /// A blocking no-op to every agent of every disk: returns when every I/O started
+    /// anywhere in the pool before the call has completed.
+    pub(crate) async fn barrier_all(&self) {
+        let disks: Vec<u64> = self.st.borrow().disks.keys().copied().collect();
+        let mut tasks = Vec::new();
+        for d in disks {
+            let me = self.rc();
+            tasks.push(reactor::spawn_local(async move {
+                me.command_agents(d, AgentCmd::Barrier, true).await
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+    }
+
+    /// An agent on `core` for `disk` appeared: remember it and send it the view.
+    pub(crate) fn agent_registered(&self, disk: u64, core: usize) {
+        let init = {
+            let mut st = self.st.borrow_mut();
+            let Some(d) = st.disks.get_mut(&disk) else {
+                drop(st);
+                let pool = self.shared.id;
+                let _ = self.shared.cores.send(core, move || {
+                    agent::apply_now(pool, disk, AgentCmd::Fail(IoStatus::Aborted))
+                });
+                return;
+            };
+            d.agents.insert(core);
+            AgentCmd::Init {
+                view: self.view_of(d),
+                overrides: d.overrides.clone(),
+                quiesced: d.quiesced,
+                failed: d.failed,
+            }
+        };
+        let pool = self.shared.id;
+        let _ = self
+            .shared
+            .cores
+            .send(core, move || agent::apply_now(pool, disk, init));
+    }
+
+    /// The agent on `core` for `disk` is gone.
+    pub(crate) fn agent_unregistered(&self, disk: u64, core: usize) {
+        if let Some(d) = self.st.borrow_mut().disks.get_mut(&disk) {
+            d.agents.remove(&core);
+        }
+    }
+}
+
+/// How agents reach the controller (see [`ControllerPort`]).
+pub(crate) const PORT: ControllerPort = ControllerPort {
+    request: serve_request,
+    notify: serve_notice,
+};
+
+/// Runs an agent's request on the controller of `pool`: the answer comes back as a
+/// future.
+fn serve_request(
+    cores: &Cores,
+    ctl_core: usize,
+    pool: u64,
+    request: AgentRequest,
+) -> RemoteHandle<Option<IoStatus>> {
+    cores.spawn_on(ctl_core, move || async move {
+        match lookup(pool) {
+            Some(c) => Some(c.serve(request).await),
+            None => None,
+        }
+    })
+}
+
+/// Delivers an agent's notice to the controller of `pool`.
+fn serve_notice(cores: &Cores, ctl_core: usize, pool: u64, notice: AgentNotice) {
+    let _ = cores.send(ctl_core, move || {
+        if let Some(c) = lookup(pool) {
+            match notice {
+                AgentNotice::Registered { disk, core } => c.agent_registered(disk, core),
+                AgentNotice::Unregistered { disk, core } => c.agent_unregistered(disk, core),
+            }
+        }
+    });
+}
+
+impl Controller {
+    /// Resolves an agent's request.
+    async fn serve(&self, request: AgentRequest) -> IoStatus {
+        match request {
+            AgentRequest::MakeWritable { disk, vseg } => self.make_writable(disk, vseg).await,
+            AgentRequest::Materialize {
+                disk,
+                vseg,
+                first,
+                last,
+            } => self.materialize(disk, vseg, first, last).await,
+            AgentRequest::Punch { disk, from, to } => self.punch(disk, from, to).await,
+            AgentRequest::MaybeEmpty { disk, vseg } => self.maybe_empty(disk, vseg).await,
+            AgentRequest::Commit => match self.commit().await {
+                Ok(()) => IoStatus::Success,
+                Err(st) => st,
+            },
+        }
+    }
+}
