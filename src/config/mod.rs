@@ -6,8 +6,8 @@
 //! Two formats read into (and are written from) the same [`Config`]:
 //!
 //! - [`yaml`]: tessera's YAML (`tessera serve --config x.yaml`, `tessera_save_config`).
-//! - SPDK's JSON configuration, both ways (`--config x.json`, `save_config`): still in
-//!   `rpc::spdk_json`.
+//! - [`spdk_json`]: SPDK's JSON configuration, both ways (`--config x.json`,
+//!   `save_config`).
 //!
 //! [`Config::load`] tells the two apart. Both are checked by the same validation, and
 //! every error names the file, the line and the field.
@@ -15,6 +15,7 @@
 //! This module uses the layers below it (bdev, vdisk, frontend, reactor) for their
 //! option types, and neither the target nor the RPC server: those call into it.
 
+pub mod spdk_json;
 pub mod yaml;
 
 use crate::bdev::uring::UringOptions;
@@ -393,18 +394,11 @@ impl Config {
             source,
         })?;
         let file = path.display().to_string();
-        if crate::rpc::spdk_json::is_spdk_json(&text) {
+        if spdk_json::is_spdk_json(&text) {
             Config::parse_spdk_json(&text, &file)
         } else {
             Config::parse(&text, &file)
         }
-    }
-
-    /// Parses SPDK's JSON configuration format; `file` names it in errors.
-    pub fn parse_spdk_json(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg = crate::rpc::spdk_json::parse_document(text, file)?;
-        cfg.validate(file)?;
-        Ok(cfg)
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {

@@ -8,7 +8,6 @@
 //! - [`error`]: error objects and the one mapping of engine errors to codes.
 //! - [`methods`]: the method table and the handlers.
 //! - [`server`]: the Unix socket listener and connections, on core 0.
-//! - [`spdk_json`]: SPDK's JSON configuration format, both ways.
 //! - [`client`]: the blocking client behind `tessera rpc`.
 
 pub mod client;
@@ -17,7 +16,6 @@ pub mod methods;
 pub mod params;
 pub mod protocol;
 pub mod server;
-pub mod spdk_json;
 
 pub use client::RpcClient;
 pub use error::RpcError;

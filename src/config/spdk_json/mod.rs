@@ -22,12 +22,12 @@
 //! names lvol bdevs by UUID), so `spdk_tgt --json` can load them too when they use only
 //! SPDK's methods; reading resolves the aliases back to tessera's disk names.
 
-use super::methods::{METHODS, bdev, lvol, nbd, nvmf};
-use super::params;
-use crate::config::{BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, SnapshotConfig};
+use super::{BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, SnapshotConfig};
 use crate::frontend::nbd::{NbdConfig, NbdExportConfig};
 use crate::frontend::nvmf::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig};
 use crate::reactor::{CoreList, IdlePolicy};
+use crate::rpc::methods::{METHODS, bdev, lvol, nbd, nvmf};
+use crate::rpc::params;
 use crate::vdisk::CowPolicy;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -748,6 +748,15 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
     Ok(())
 }
 
+impl Config {
+    /// Parses SPDK's JSON configuration format; `file` names it in errors.
+    pub fn parse_spdk_json(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg = parse_document(text, file)?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+}
+
 /// Reads an SPDK JSON configuration into a [`Config`] (not yet validated).
 pub fn parse_document(text: &str, file: &str) -> Result<Config, ConfigError> {
     let (entries, tessera) =
@@ -834,12 +843,12 @@ mod tests {
     #[test]
     fn the_two_examples_describe_the_same_target() {
         let yaml = Config::parse(
-            include_str!("../../spdk-config/example.yaml"),
+            include_str!("../../../spdk-config/example.yaml"),
             "example.yaml",
         )
         .unwrap();
         let mut json = Config::parse_spdk_json(
-            include_str!("../../spdk-config/example-spdk.json"),
+            include_str!("../../../spdk-config/example-spdk.json"),
             "example-spdk.json",
         )
         .unwrap();
