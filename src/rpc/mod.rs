@@ -4,7 +4,6 @@
 //! NBD server, YAML configuration).
 //!
 //! - [`protocol`]: framing, request parsing, responses — pure, total, fuzzed.
-//! - [`params`]: parameter decoding with errors that name the parameter — pure.
 //! - [`error`]: error objects and the one mapping of engine errors to codes.
 //! - [`methods`]: the method table and the handlers.
 //! - [`server`]: the Unix socket listener and connections, on core 0.
@@ -13,7 +12,6 @@
 pub mod client;
 pub mod error;
 pub mod methods;
-pub mod params;
 pub mod protocol;
 pub mod server;
 

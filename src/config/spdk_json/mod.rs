@@ -27,12 +27,13 @@ use crate::frontend::nbd::{NbdConfig, NbdExportConfig};
 use crate::frontend::nvmf::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig};
 use crate::reactor::{CoreList, IdlePolicy};
 use crate::rpc::methods::{METHODS, bdev, lvol, nbd, nvmf};
-use crate::rpc::params;
 use crate::vdisk::CowPolicy;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+
+pub mod params;
 
 /// The subsystems, each with those it depends on (`framework_get_subsystems`).
 pub const SUBSYSTEMS: &[(&str, &[&str])] =
@@ -497,7 +498,7 @@ fn entries_with_lines(text: &str) -> Result<(Vec<Entry>, Option<TesseraSection>)
 }
 
 fn decode<T: DeserializeOwned>(params: &Option<Value>) -> Result<T, String> {
-    params::decode(params.clone()).map_err(|e| e.message)
+    params::decode(params.clone()).map_err(|e| e.to_string())
 }
 
 /// A disk name from a name or an `lvs/lvol` alias naming a pool of `cfg`.

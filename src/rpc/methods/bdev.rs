@@ -3,8 +3,9 @@
 //! accepted when they ask for nothing (`md_size: 0`, `readonly: false`) and refused
 //! otherwise, so a request never silently means less than it says.
 
-use super::{Ctx, NoParams, RpcResult, lvs_of, unsupported};
+use super::{Ctx, NoParams, RpcResult, lvs_of};
 use crate::bdev::{Bdev, IoKind};
+use crate::config::spdk_json::params::unsupported;
 use crate::config::{BdevConfig, Size};
 use crate::frontend::nvmf::initiator::AttachParams;
 use crate::rpc::error::RpcError;

@@ -18,7 +18,7 @@ pub mod nbd;
 pub mod nvmf;
 
 use super::error::RpcError;
-use super::params;
+use crate::config::spdk_json::params;
 use crate::target::Target;
 use crate::vdisk::Pool;
 use serde::Deserialize;
@@ -141,7 +141,9 @@ where
     P: serde::de::DeserializeOwned,
     F: Fn(Rc<Ctx>, P) -> Fut,
 {
-    params::decode::<P>(params).map(|_| ())
+    params::decode::<P>(params)
+        .map(|_| ())
+        .map_err(RpcError::from)
 }
 
 macro_rules! methods {
@@ -237,20 +239,6 @@ methods! {
 /// [`call`], boxed: for handlers that call other methods (`load_config`).
 pub fn call_boxed(ctx: Rc<Ctx>, method: String, params: Option<Value>) -> BoxedCall {
     Box::pin(async move { call(ctx, &method, params).await })
-}
-
-/// Rejects a parameter SPDK has but tessera does not implement, unless it has the value
-/// that means "off".
-pub(crate) fn unsupported<T: PartialEq + Default>(
-    name: &str,
-    value: &Option<T>,
-) -> Result<(), RpcError> {
-    match value {
-        Some(v) if *v != T::default() => Err(RpcError::einval(format!(
-            "\"{name}\" is not supported by tessera"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// Accepts `tgt_name` only for the one NVMe-oF target there is (SPDK's default name).

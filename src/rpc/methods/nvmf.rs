@@ -1,7 +1,8 @@
 //! The NVMe-oF target with SPDK's method and parameter names (`lib/nvmf/nvmf_rpc.c`).
 //! TCP only; one target (`tgt_name` may only name SPDK's default, `nvmf_tgt`).
 
-use super::{Ctx, RpcResult, check_tgt_name, unsupported};
+use super::{Ctx, RpcResult, check_tgt_name};
+use crate::config::spdk_json::params::unsupported;
 use crate::frontend::nvmf::{CreateSubsystemParams, ListenAddressParams, TransportOptions};
 use crate::rpc::error::RpcError;
 use serde::Deserialize;
@@ -440,7 +441,8 @@ impl HostParams {
         check_tgt_name(&self.tgt_name)?;
         unsupported("psk", &self.psk)?;
         unsupported("dhchap_key", &self.dhchap_key)?;
-        unsupported("dhchap_ctrlr_key", &self.dhchap_ctrlr_key)
+        unsupported("dhchap_ctrlr_key", &self.dhchap_ctrlr_key)?;
+        Ok(())
     }
 }
 
