@@ -8,6 +8,10 @@
 //! - [`methods`]: the method table and the handlers.
 //! - [`server`]: the Unix socket listener and connections, on core 0.
 //! - [`client`]: the blocking client behind `tessera rpc`.
+//!
+//! The RPC sits on top: it calls into [`crate::config`] (parameter decoding, the
+//! parameters of the configuration methods, SPDK's JSON configuration both ways) and
+//! [`crate::target`], and neither of them uses it.
 
 pub mod client;
 pub mod error;
