@@ -5,7 +5,7 @@
 //! `"size_in_mib": expected an integer, got string "big"`). Pure and total.
 //!
 //! [`ParamError`] is what a call's parameters can be refused with; the RPC gives each
-//! kind its JSON-RPC code (in `rpc::error`), a configuration file reports the message.
+//! kind its JSON-RPC code, a configuration file reports the message.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
