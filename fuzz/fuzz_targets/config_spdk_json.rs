@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tessera::config::Config;
-use tessera::rpc::spdk_json;
+use tessera::config::spdk_json;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
