@@ -31,4 +31,6 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
+# The layering rules of README.md's source layout.
+scripts/check_layers.sh
 exec cargo nextest run --release --no-fail-fast "$@"
