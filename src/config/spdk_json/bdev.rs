@@ -7,8 +7,8 @@
 //! means less than it says.
 
 use super::params::{ParamError, unsupported};
-use crate::config::{BdevConfig, Size};
 use crate::bdev::nvme::AttachParams;
+use crate::config::{BdevConfig, Size};
 use serde::Deserialize;
 use std::path::PathBuf;
 
