@@ -1,7 +1,8 @@
 //! The NBD server driven by real clients written by others: qemu-img, qemu-io, nbdinfo,
 //! nbdcopy, fio's nbd engine, and ext4 over nbdfuse + a loop device. qemu (10.x) speaks
 //! extended headers, libnbd (nbdinfo, nbdcopy, nbdfuse, fio) structured replies, so both
-//! reply formats are exercised. A test skips (saying so) only when its tool is missing.
+//! reply formats are exercised. A missing tool fails the test with the package to install
+//! (scripts/test.sh installs them all): nothing skips.
 
 mod nbd_support;
 mod process_support;
@@ -29,9 +30,7 @@ fn make_image(path: &Path, mib: usize) -> Vec<u8> {
 
 #[test]
 fn qemu_io_writes_and_reads_patterns() {
-    if !have("qemu-io") {
-        return;
-    }
+    need("qemu-io");
     let srv = TestServer::start(vec![NbdExport::new("disk", malloc("M0", 64))]);
     let uri = srv.uri("disk");
     let out = run_ok(
@@ -78,9 +77,7 @@ fn qemu_io_writes_and_reads_patterns() {
 
 #[test]
 fn qemu_img_info_convert_compare() {
-    if !have("qemu-img") {
-        return;
-    }
+    need_all(&["qemu-img", "qemu-io"]);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.img");
     make_image(&src, 32);
@@ -135,9 +132,7 @@ fn qemu_img_info_convert_compare() {
 
 #[test]
 fn nbdinfo_lists_exports_with_block_sizes() {
-    if !have("nbdinfo") {
-        return;
-    }
+    need("nbdinfo");
     let srv = TestServer::start(vec![
         NbdExport::new("disk", malloc("M0", 16)).with_description("scratch disk"),
         NbdExport::new("gold", ThinBdev::create("T0", 8)).with_read_only(true),
@@ -186,9 +181,7 @@ fn nbdinfo_lists_exports_with_block_sizes() {
 
 #[test]
 fn nbdinfo_map_shows_holes_of_a_thin_disk() {
-    if !have("nbdinfo") || !have("qemu-io") {
-        return;
-    }
+    need_all(&["nbdinfo", "qemu-io", "qemu-img"]);
     let srv = TestServer::start(vec![NbdExport::new("thin", ThinBdev::create("T0", 16))]);
     let uri = srv.uri("thin");
     run_ok(
@@ -238,7 +231,7 @@ fn nbdinfo_map_shows_holes_of_a_thin_disk() {
         "{map}"
     );
     // qemu's view (extended headers, 64-bit status chunks) agrees.
-    if have("qemu-img") {
+    {
         let json = run_ok(
             Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", &uri]),
             T,
@@ -268,9 +261,7 @@ fn nbdinfo_map_shows_holes_of_a_thin_disk() {
 
 #[test]
 fn nbdcopy_round_trip() {
-    if !have("nbdcopy") {
-        return;
-    }
+    need("nbdcopy");
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.img");
     let data = make_image(&src, 32);
@@ -319,9 +310,7 @@ fn fio_errors(out: &str) -> (u64, u64, u64) {
 
 #[test]
 fn fio_randwrite_verify_and_randrw() {
-    if !have("fio") {
-        return;
-    }
+    need("fio");
     let srv = TestServer::start(vec![NbdExport::new("disk", malloc("M0", 64))]);
     // Two jobs, two connections, disjoint halves: write everything, then verify it.
     let json = fio(
@@ -359,9 +348,7 @@ fn fio_randwrite_verify_and_randrw() {
 
 #[test]
 fn read_only_export_refuses_writes() {
-    if !have("qemu-io") {
-        return;
-    }
+    need("qemu-io");
     let srv = TestServer::start(vec![
         NbdExport::new("ro", malloc("M0", 16)).with_read_only(true),
     ]);
@@ -410,12 +397,22 @@ impl Drop for Teardown {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+/// Fails the test unless it runs as root with FUSE and loop devices.
+fn need_root_fuse_and_loop() {
+    let uid = run_ok(Command::new("id").arg("-u"), T);
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "ext4 over nbdfuse and a loop device needs root (scripts/test.sh runs as root in CI)"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "ext4 over nbdfuse needs /dev/fuse (modprobe fuse; in a container, pass --device /dev/fuse)"
+    );
+    assert!(
+        Path::new("/dev/loop-control").exists(),
+        "ext4 over nbdfuse needs loop devices (modprobe loop; in a container, pass /dev/loop-control and /dev/loop*)"
+    );
 }
 
 fn write_tree(root: &Path) -> BTreeMap<PathBuf, u32> {
@@ -446,22 +443,16 @@ fn check_tree(root: &Path, sums: &BTreeMap<PathBuf, u32>) {
 
 #[test]
 fn ext4_over_nbdfuse_and_loop() {
-    for tool in [
+    need_all(&[
         "nbdfuse",
         "fusermount3",
         "losetup",
         "mkfs.ext4",
         "e2fsck",
         "mount",
-    ] {
-        if !have(tool) {
-            return;
-        }
-    }
-    if !is_root() || !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: ext4 over nbdfuse needs root and /dev/fuse");
-        return;
-    }
+        "umount",
+    ]);
+    need_root_fuse_and_loop();
     let srv = TestServer::start(vec![NbdExport::new("fs", malloc("M0", 128))]);
     let dir = tempfile::tempdir().unwrap();
     let fuse_dir = dir.path().join("fuse");

@@ -1,5 +1,6 @@
 //! Shared by the NBD integration tests: reactors and a server to test, a thin bdev that
-//! reports holes, child-process guards, and a small raw NBD client (built on the
+//! reports holes, outside tools the tests require (a missing one fails the test, naming
+//! the package that provides it), child-process guards, and a small raw NBD client (built on the
 //! server's own codec) for the tests that must send what no real client would.
 
 #![allow(dead_code)]
@@ -173,18 +174,44 @@ impl BdevChannel for ThinChannel {
 // ---------------------------------------------------------------------------------------
 // Child processes.
 
-/// True if `tool` is on the PATH; prints why a test skips otherwise.
-pub fn have(tool: &str) -> bool {
+/// The Debian package that provides `tool` (scripts/test.sh installs them all).
+pub fn package_of(tool: &str) -> &'static str {
+    match tool {
+        "qemu-img" | "qemu-io" | "qemu-nbd" => "qemu-utils",
+        "nbdinfo" | "nbdcopy" => "libnbd-bin",
+        "nbdkit" => "nbdkit",
+        "nbdfuse" => "nbdfuse",
+        "fusermount3" => "fuse3",
+        "fio" => "fio",
+        "mkfs.ext4" | "e2fsck" => "e2fsprogs",
+        "losetup" | "mount" | "umount" => "mount",
+        _ => "?",
+    }
+}
+
+/// Fails the test unless `tool` is on the PATH: the integration tests run their real
+/// clients or fail, they never skip (scripts/test.sh installs every tool they use).
+pub fn need(tool: &str) {
     let ok = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: `{tool}` is not installed");
+    assert!(
+        ok,
+        "`{tool}` is not installed; this test needs it. Install Debian package `{pkg}` \
+         (apt-get install {pkg}), or run scripts/test.sh as root, which installs every \
+         tool the tests drive",
+        pkg = package_of(tool)
+    );
+}
+
+/// [`need`] for each of `tools`.
+pub fn need_all(tools: &[&str]) {
+    for t in tools {
+        need(t);
     }
-    ok
 }
 
 /// Runs a command and asserts it succeeded; returns stdout.
