@@ -348,6 +348,9 @@ fn connect_to_unknown_nqn_from_unknown_host_or_with_bad_queue_ids() {
     // A host not on the list.
     let c = h.connect_cmd(NQN, OTHER_HOST, 0, 0xffff, 0);
     assert_eq!(c.status(), Status::CONNECT_INVALID_HOST);
+    // No host NQN at all (what SPDK's host tools send unless told one): not on the list.
+    let c = h.connect_cmd(NQN, "", 0, 0xffff, 0);
+    assert_eq!(c.status(), Status::CONNECT_INVALID_HOST);
     // An I/O queue for a controller that does not exist.
     let c = h.connect_cmd(NQN, HOSTNQN, 1, 0x1234, 0);
     assert_eq!(c.status(), Status::CONNECT_INVALID_PARAMETERS);
@@ -380,6 +383,31 @@ fn connect_to_unknown_nqn_from_unknown_host_or_with_bad_queue_ids() {
     // Another host may not join this controller.
     let c = io2.connect_cmd(NQN, OTHER_HOST, 1, cntlid, 0);
     assert_eq!(c.status(), Status::CONNECT_INVALID_HOST);
+    s.still_serving();
+}
+
+#[test]
+fn a_host_without_an_nqn_connects_where_any_host_is_allowed() {
+    // SPDK's host tools (spdk_nvme_perf, spdk_nvme_identify) send an empty host NQN
+    // unless told one; SPDK's target accepts it when the subsystem allows any host.
+    let s = setup();
+    const OPEN: &str = "nqn.2016-06.io.tessera:open";
+    let addr = s.env.subsystem(OPEN, &["M0"], None);
+    let (mut admin, cntlid) = RawHost::admin_as(addr, OPEN, "", 0);
+    let cid = admin.cid();
+    admin.capsule(
+        spec::set_features_sqe(cid, spec::fid::NUMBER_OF_QUEUES, 0),
+        None,
+    );
+    assert!(admin.response(None).0.status().is_success());
+    let mut io = RawHost::connect(addr);
+    io.ic(false, false);
+    // Its I/O queues must come from the same (empty) host NQN.
+    let c = io.connect_cmd(OPEN, HOSTNQN, 1, cntlid, 0);
+    assert_eq!(c.status(), Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(c.dw0, 512 | 1 << 16, "the host NQN field of the data");
+    let c = io.connect_cmd(OPEN, "", 1, cntlid, 0);
+    assert!(c.status().is_success(), "{}", c.status());
     s.still_serving();
 }
 

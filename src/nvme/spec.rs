@@ -629,22 +629,26 @@ pub struct BadConnectData {
     pub offset: u16,
 }
 
-fn nqn_field(b: &[u8]) -> Option<String> {
+/// A NUL-terminated UTF-8 NQN of at most 223 bytes; empty only if `may_be_empty`.
+fn nqn_field(b: &[u8], may_be_empty: bool) -> Option<String> {
     let end = b.iter().position(|&c| c == 0)?;
     let s = std::str::from_utf8(&b[..end]).ok()?;
-    (!s.is_empty() && s.len() <= 223).then(|| s.to_string())
+    ((may_be_empty || !s.is_empty()) && s.len() <= 223).then(|| s.to_string())
 }
 
 impl ConnectData {
-    /// Decodes and checks the NQNs (NUL-terminated UTF-8, 1..=223 bytes).
+    /// Decodes and checks the NQNs (NUL-terminated UTF-8, at most 223 bytes). The
+    /// subsystem NQN must be there; the host NQN may be empty: SPDK's host tools send
+    /// none unless told one, and SPDK's target lets such a host into a subsystem that
+    /// allows any host (a subsystem with a host list refuses it: Connect Invalid Host).
     pub fn decode(b: &[u8]) -> Result<ConnectData, BadConnectData> {
         if b.len() < 1024 {
             return Err(BadConnectData { offset: 0 });
         }
-        let subnqn = nqn_field(&b[256..512]).ok_or(BadConnectData {
+        let subnqn = nqn_field(&b[256..512], false).ok_or(BadConnectData {
             offset: connect_data_offset::SUBNQN,
         })?;
-        let hostnqn = nqn_field(&b[512..768]).ok_or(BadConnectData {
+        let hostnqn = nqn_field(&b[512..768], true).ok_or(BadConnectData {
             offset: connect_data_offset::HOSTNQN,
         })?;
         let mut hostid = [0u8; 16];
@@ -863,6 +867,32 @@ mod tests {
         assert_eq!(
             ConnectData::decode(&b2),
             Err(BadConnectData { offset: 256 })
+        );
+    }
+
+    #[test]
+    fn connect_data_may_omit_the_host_nqn_but_not_the_subsystem_nqn() {
+        let d = ConnectData {
+            hostid: [0; 16],
+            cntlid: 0xffff,
+            subnqn: "nqn.2016-06.io.spdk:cnode1".into(),
+            hostnqn: String::new(),
+        };
+        assert_eq!(ConnectData::decode(&d.encode()), Ok(d.clone()));
+        let no_sub = ConnectData {
+            subnqn: String::new(),
+            ..d
+        };
+        assert_eq!(
+            ConnectData::decode(&no_sub.encode()),
+            Err(BadConnectData { offset: 256 })
+        );
+        let mut long_host = no_sub.encode();
+        long_host[256..260].copy_from_slice(b"nqn\0");
+        long_host[512..512 + 224].fill(b'h');
+        assert_eq!(
+            ConnectData::decode(&long_host),
+            Err(BadConnectData { offset: 512 })
         );
     }
 }

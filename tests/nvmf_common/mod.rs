@@ -366,9 +366,14 @@ impl RawHost {
 
     /// A whole admin connection: IC, Connect, enable. Returns the controller ID.
     pub fn admin(addr: SocketAddr, subnqn: &str, kato_ms: u32) -> (RawHost, u16) {
+        RawHost::admin_as(addr, subnqn, HOSTNQN, kato_ms)
+    }
+
+    /// [`RawHost::admin`] as host `hostnqn`.
+    pub fn admin_as(addr: SocketAddr, subnqn: &str, hostnqn: &str, kato_ms: u32) -> (RawHost, u16) {
         let mut h = RawHost::connect(addr);
         h.ic(false, false);
-        let c = h.connect_cmd(subnqn, HOSTNQN, 0, 0xffff, kato_ms);
+        let c = h.connect_cmd(subnqn, hostnqn, 0, 0xffff, kato_ms);
         assert!(c.status().is_success(), "connect: {}", c.status());
         h.enable();
         (h, c.dw0 as u16)
