@@ -722,15 +722,13 @@ fn read_only_exports_of_a_snapshot_and_a_disk_refuse_writes() {
     }
 }
 
-/// A tessera bug, seen by real clients: a core makes a disk's mapping agent when it
-/// opens the disk's first channel (and drops it with the last), and the new agent answers
-/// NBD block status from its view before the controller has sent it one — "all hole".
+/// Seen by real clients: a core makes a disk's mapping agent when it opens the disk's
+/// first channel (and drops it with the last), and the new agent answered NBD block
+/// status from its view before the controller had sent it one: "all hole".
 /// `nbdinfo --map` asks first thing on a fresh connection, and nbdcopy and `qemu-img
-/// convert` skip reading what block status calls a hole, so their copies come out as
-/// zeros: data loss. The other tests hold every view ([`TestServer::hold_views`]).
+/// convert` skip reading what block status calls a hole, so their copies came out as
+/// zeros: data loss. An agent without its view now answers "data".
 #[test]
-#[ignore = "tessera bug: a new mapping agent reports block status before it has its view \
-            (written data as holes); run with --run-ignored all"]
 fn block_status_on_fresh_connections_reports_written_data() {
     need_all(&["qemu-io", "qemu-img", "nbdinfo", "nbdcopy"]);
     let dir = tempfile::tempdir().unwrap();

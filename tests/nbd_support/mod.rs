@@ -179,12 +179,12 @@ impl TestServer {
     /// Keeps a connection to `export` open on every core, each after a read (which
     /// waits for the core's mapping agent to receive its view), until the server stops.
     ///
-    /// A workaround for a tessera bug: a virtual disk's agent is made when a core opens
-    /// the disk's first channel (and dropped with its last), and it answers block status
-    /// from its view at once, before the controller has sent that view, so a client that
-    /// asks for block status first on a fresh connection — `nbdinfo --map` does — is told
-    /// that the whole disk is a hole (see nbd_clients.rs, block status on fresh
-    /// connections). Connections accepted later on a core share the held channel.
+    /// Why: a virtual disk's agent is made when a core opens the disk's first channel
+    /// (and dropped with its last), and until the controller has sent it its view it
+    /// answers block status with "data" everywhere (never "hole": see nbd_clients.rs,
+    /// block status on fresh connections). The tests that assert exact holes and zeros
+    /// hold the views so that every connection's answer comes from a view. Connections
+    /// accepted later on a core share the held channel.
     pub fn hold_views(&self, export: &str) {
         // The server hands connections to its cores in turn.
         for _ in 0..self.reactors.cores().len() {

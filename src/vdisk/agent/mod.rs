@@ -339,31 +339,46 @@ impl Agent {
         }
     }
 
-    /// Allocation runs of a range, from this core's view.
+    /// Allocation runs of a range, from this core's view. Where this core does not know
+    /// the mapping (no view yet: a fresh agent before the controller's first view; a
+    /// range laid invalid while the controller changes it; a failed disk) the answer is
+    /// "data": a client may skip reading what block status calls a hole, so only a
+    /// mapping known to be a hole is reported as one.
     fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<BlockRun> {
         let geo = self.shared.geo;
         let mut out: Vec<BlockRun> = Vec::new();
+        let mut push = |cnt: u64, allocated: bool, zero: bool| match out.last_mut() {
+            Some(l) if l.allocated == allocated && l.zero == zero => l.num_blocks += cnt,
+            _ => out.push(BlockRun {
+                num_blocks: cnt,
+                allocated,
+                zero,
+            }),
+        };
         let view = self.view.borrow();
-        let root = view.as_ref().and_then(|v| v.root.as_ref());
+        let root = match view.as_ref() {
+            Some(v) if self.failed.get().is_none() => v.root.as_ref(),
+            _ => {
+                push(num_blocks, true, false);
+                return out;
+            }
+        };
         let mut at = offset_blocks;
         let end = offset_blocks + num_blocks;
         while at < end {
             let vseg = at / geo.segment_blocks;
             let b0 = at % geo.segment_blocks;
             let n = (end - at).min(geo.segment_blocks - b0);
+            if self.override_at(vseg) == Some(RangeState::Invalid) {
+                push(n, true, false);
+                at += n;
+                continue;
+            }
             let e = root.and_then(|r| r.lookup(vseg));
             for (_, cnt, src) in geo.resolve_runs(e, vseg, b0, n) {
-                let (allocated, zero) = match src {
-                    Source::Zero => (false, true),
-                    Source::Seg(_) | Source::Error => (true, false),
-                };
-                match out.last_mut() {
-                    Some(l) if l.allocated == allocated && l.zero == zero => l.num_blocks += cnt,
-                    _ => out.push(BlockRun {
-                        num_blocks: cnt,
-                        allocated,
-                        zero,
-                    }),
+                match src {
+                    Source::Zero => push(cnt, false, true),
+                    Source::Seg(_) | Source::Error => push(cnt, true, false),
                 }
             }
             at += n;
