@@ -764,3 +764,54 @@ fn copy_out_racing_the_delete_of_a_clone_it_repoints() {
     assert!(block_on(pool.disk("c1")).is_err(), "the clone is gone");
     block_on(pool.close()).unwrap();
 }
+
+/// A disk made read-only and cloned shares its segments with the clone; made writable
+/// again, its writes must copy on write, never overwrite what the clone shows.
+#[test]
+fn clearing_read_only_keeps_the_data_of_clones() {
+    for policy in [CowPolicy::Redirect, CowPolicy::CopyOut] {
+        let (set, base, pool, disk) = thin_disk(8 << 20);
+        block_on(pool.set_cow_policy("vd0", policy)).unwrap();
+        let d = disk.clone();
+        on(&set, 1, move || async move {
+            write_byte(&d, 0, 1).await.unwrap();
+            Channel::get(&d)
+                .unwrap()
+                .write(256, pattern(1, 1 << 20))
+                .await
+                .unwrap();
+        });
+        block_on(pool.set_read_only("vd0", true)).unwrap();
+        let clone: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c1")).unwrap();
+        block_on(pool.set_read_only("vd0", false)).unwrap();
+        let (d, c) = (disk.clone(), clone.clone());
+        on(&set, 0, move || async move {
+            write_byte(&d, 0, 2).await.unwrap();
+            write_byte(&d, 300, 2).await.unwrap();
+            assert_eq!(read_byte(&d, 0).await, 2);
+            assert_eq!(read_byte(&d, 300).await, 2);
+            assert_eq!(read_byte(&c, 0).await, 1, "{policy:?}: the clone changed");
+            assert_eq!(read_byte(&c, 300).await, 1, "{policy:?}: the clone changed");
+        });
+        block_on(pool.close()).unwrap();
+        drop((disk, clone));
+        let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+        let (d, c) = (
+            block_on(pool.disk("vd0")).unwrap(),
+            block_on(pool.disk("c1")).unwrap(),
+        );
+        on(&set, 1, move || async move {
+            let (d, c): (Arc<dyn Bdev>, Arc<dyn Bdev>) = (d, c);
+            assert_eq!(read_byte(&d, 0).await, 2);
+            assert_eq!(read_byte(&c, 0).await, 1, "{policy:?}: the clone changed");
+            assert_eq!(read_byte(&c, 300).await, 1, "{policy:?}: the clone changed");
+        });
+        block_on(pool.close()).unwrap();
+        let report = on(
+            &set,
+            0,
+            move || async move { check::check(vec![base]).await },
+        );
+        assert!(report.clean(), "{policy:?}: {:#?}", report.errors);
+    }
+}
