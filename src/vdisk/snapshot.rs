@@ -167,13 +167,34 @@ impl Controller {
             )));
         }
         self.persist_dirty_fills();
+        // Looked at again before anything is added: an origin may have been deleted, or
+        // a disk given one of the names, while we waited for the locks and the drains.
+        let refused = {
+            let st = self.st.borrow();
+            pairs.iter().zip(&origins).find_map(|((o, s), id)| {
+                if !st.disks.contains_key(id) {
+                    Some(VdiskError::NotFound(o.clone()))
+                } else if st.disk_by_name(s).is_some() {
+                    Some(VdiskError::Exists(s.clone()))
+                } else {
+                    None
+                }
+            })
+        };
+        if let Some(e) = refused {
+            if let Some(qid) = q {
+                let _ = self.activate(qid).await;
+            }
+            return Err(e);
+        }
         let mut out = Vec::new();
         for ((_, snap_name), &origin) in pairs.iter().zip(&origins) {
             let bdev = {
                 let mut st = self.st.borrow_mut();
                 let id = st.next_disk_id;
                 st.next_disk_id += 1;
-                let o = st.disks.get_mut(&origin).expect("locked origin exists");
+                // Checked just above, and nothing was awaited since.
+                let o = st.disks.get_mut(&origin).expect("origin checked above");
                 let root = o.root.clone();
                 if let Some(r) = &root {
                     r.retain();

@@ -678,6 +678,57 @@ fn copy_out_keeps_snapshot_and_clone_after_crash_before_commit() {
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
+/// A disk made read-only and cloned shares its segments with the clone; made writable
+/// again, its writes must copy on write, never overwrite what the clone shows.
+#[test]
+fn clearing_read_only_keeps_the_data_of_clones() {
+    for policy in [CowPolicy::Redirect, CowPolicy::CopyOut] {
+        let (set, base, pool, disk) = thin_disk(8 << 20);
+        block_on(pool.set_cow_policy("vd0", policy)).unwrap();
+        let d = disk.clone();
+        on(&set, 1, move || async move {
+            write_byte(&d, 0, 1).await.unwrap();
+            Channel::get(&d)
+                .unwrap()
+                .write(256, pattern(1, 1 << 20))
+                .await
+                .unwrap();
+        });
+        block_on(pool.set_read_only("vd0", true)).unwrap();
+        let clone: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c1")).unwrap();
+        block_on(pool.set_read_only("vd0", false)).unwrap();
+        let (d, c) = (disk.clone(), clone.clone());
+        on(&set, 0, move || async move {
+            write_byte(&d, 0, 2).await.unwrap();
+            write_byte(&d, 300, 2).await.unwrap();
+            assert_eq!(read_byte(&d, 0).await, 2);
+            assert_eq!(read_byte(&d, 300).await, 2);
+            assert_eq!(read_byte(&c, 0).await, 1, "{policy:?}: the clone changed");
+            assert_eq!(read_byte(&c, 300).await, 1, "{policy:?}: the clone changed");
+        });
+        block_on(pool.close()).unwrap();
+        drop((disk, clone));
+        let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+        let (d, c) = (
+            block_on(pool.disk("vd0")).unwrap(),
+            block_on(pool.disk("c1")).unwrap(),
+        );
+        on(&set, 1, move || async move {
+            let (d, c): (Arc<dyn Bdev>, Arc<dyn Bdev>) = (d, c);
+            assert_eq!(read_byte(&d, 0).await, 2);
+            assert_eq!(read_byte(&c, 0).await, 1, "{policy:?}: the clone changed");
+            assert_eq!(read_byte(&c, 300).await, 1, "{policy:?}: the clone changed");
+        });
+        block_on(pool.close()).unwrap();
+        let report = on(
+            &set,
+            0,
+            move || async move { check::check(vec![base]).await },
+        );
+        assert!(report.clean(), "{policy:?}: {:#?}", report.errors);
+    }
+}
+
 /// Two clones of one snapshot (copy-out) fault on the same segment at once, while
 /// another operation holds the snapshot's lock on it: each copy-out must re-point the
 /// other clone, and taking the disks' locks in two orders would deadlock.
@@ -765,53 +816,37 @@ fn copy_out_racing_the_delete_of_a_clone_it_repoints() {
     block_on(pool.close()).unwrap();
 }
 
-/// A disk made read-only and cloned shares its segments with the clone; made writable
-/// again, its writes must copy on write, never overwrite what the clone shows.
+/// A snapshot whose origin is deleted while it waits for the origin's lock fails with
+/// a precise error, and does not bring the controller down.
 #[test]
-fn clearing_read_only_keeps_the_data_of_clones() {
-    for policy in [CowPolicy::Redirect, CowPolicy::CopyOut] {
-        let (set, base, pool, disk) = thin_disk(8 << 20);
-        block_on(pool.set_cow_policy("vd0", policy)).unwrap();
-        let d = disk.clone();
-        on(&set, 1, move || async move {
-            write_byte(&d, 0, 1).await.unwrap();
-            Channel::get(&d)
-                .unwrap()
-                .write(256, pattern(1, 1 << 20))
-                .await
-                .unwrap();
-        });
-        block_on(pool.set_read_only("vd0", true)).unwrap();
-        let clone: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c1")).unwrap();
-        block_on(pool.set_read_only("vd0", false)).unwrap();
-        let (d, c) = (disk.clone(), clone.clone());
-        on(&set, 0, move || async move {
-            write_byte(&d, 0, 2).await.unwrap();
-            write_byte(&d, 300, 2).await.unwrap();
-            assert_eq!(read_byte(&d, 0).await, 2);
-            assert_eq!(read_byte(&d, 300).await, 2);
-            assert_eq!(read_byte(&c, 0).await, 1, "{policy:?}: the clone changed");
-            assert_eq!(read_byte(&c, 300).await, 1, "{policy:?}: the clone changed");
-        });
-        block_on(pool.close()).unwrap();
-        drop((disk, clone));
-        let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
-        let (d, c) = (
-            block_on(pool.disk("vd0")).unwrap(),
-            block_on(pool.disk("c1")).unwrap(),
-        );
-        on(&set, 1, move || async move {
-            let (d, c): (Arc<dyn Bdev>, Arc<dyn Bdev>) = (d, c);
-            assert_eq!(read_byte(&d, 0).await, 2);
-            assert_eq!(read_byte(&c, 0).await, 1, "{policy:?}: the clone changed");
-            assert_eq!(read_byte(&c, 300).await, 1, "{policy:?}: the clone changed");
-        });
-        block_on(pool.close()).unwrap();
-        let report = on(
-            &set,
-            0,
-            move || async move { check::check(vec![base]).await },
-        );
-        assert!(report.clean(), "{policy:?}: {:#?}", report.errors);
-    }
+fn snapshot_racing_the_delete_of_its_origin_fails_cleanly() {
+    let (set, slow, pool, disk) = slow_thin_disk(4096);
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        write_byte(&d, 0, 1).await.unwrap()
+    });
+    // A slow read keeps the delete waiting for the disk's I/O to drain, while it holds
+    // the disk's lock; the snapshot, checked already, waits for that lock.
+    slow.set_latency(IoKind::Read, Duration::from_millis(300));
+    let d = disk.clone();
+    let read = set.cores().spawn_on(1, move || async move {
+        Channel::get(&d).unwrap().read(0, 1).await.map(|_| ())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let delete = pool.delete_disk("vd0");
+    std::thread::sleep(Duration::from_millis(50));
+    let snap = pool.snapshot(vec![("vd0".into(), "s1".into())], Duration::from_secs(1));
+    let done = within(Duration::from_secs(10), async move {
+        (
+            read.await.unwrap(),
+            delete.await,
+            snap.await.map(|v| v.len()),
+        )
+    });
+    let (_, del, snap) = done.expect("the read, the delete and the snapshot complete");
+    slow.set_latency(IoKind::Read, Duration::ZERO);
+    del.unwrap();
+    assert!(matches!(snap, Err(VdiskError::NotFound(_))), "{snap:?}");
+    assert!(block_on(pool.list()).unwrap().is_empty(), "nothing is left");
+    block_on(pool.close()).unwrap();
 }
