@@ -10,7 +10,9 @@
 //!     costs a 4 KiB write;
 //!   - *copy-out*: the old segment's data is copied to a new segment, every other disk
 //!     that shares it is re-pointed there (after its reads of the old segment drained),
-//!     and the writer keeps the original segment, so its layout does not change;
+//!     that is committed, and only then does the writer get the original segment
+//!     back, writable, so its layout does not change — a write in place before the
+//!     commit would show in the others' committed tables after a crash;
 //! - layers stacked too deep are first merged into one new segment.
 //!
 //! A write of part of a granule the top layer does not hold faults once more: the
@@ -28,31 +30,42 @@ impl Controller {
     /// Resolves a write fault: after it, the extent at `vseg` is writable by `disk` (or
     /// the returned status says why it cannot be).
     pub(crate) async fn make_writable(&self, disk: u64, vseg: u64) -> IoStatus {
-        if self.check_usable().is_err() {
-            return IoStatus::Aborted;
+        loop {
+            if let Some(st) = self.try_make_writable(disk, vseg).await {
+                return st;
+            }
         }
-        let _lock = self.locks.segment(disk, vseg).await;
+    }
+
+    /// One attempt of [`Controller::make_writable`]; `None` if the extent changed while
+    /// no lock was held (a copy-out lets go of the segment's lock to take it again in
+    /// order with the others'): plan again.
+    async fn try_make_writable(&self, disk: u64, vseg: u64) -> Option<IoStatus> {
+        if self.check_usable().is_err() {
+            return Some(IoStatus::Aborted);
+        }
+        let lock = self.locks.segment(disk, vseg).await;
         let plan = {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             let Some(d) = st.disks.get(&disk) else {
-                return IoStatus::Aborted;
+                return Some(IoStatus::Aborted);
             };
             if d.rec.read_only {
-                return IoStatus::WriteProtected;
+                return Some(IoStatus::WriteProtected);
             }
             if vseg * self.shared.geo.segment_blocks >= d.rec.size_blocks {
-                return IoStatus::LbaOutOfRange;
+                return Some(IoStatus::LbaOutOfRange);
             }
             let cur = d.root.as_ref().and_then(|r| r.lookup(vseg)).cloned();
             match cur {
-                Some(e) if e.state == ExtentState::Error => return IoStatus::MediaError,
-                Some(e) if e.birth > d.rec.snap_gen => return IoStatus::Success,
+                Some(e) if e.state == ExtentState::Error => return Some(IoStatus::MediaError),
+                Some(e) if e.birth > d.rec.snap_gen => return Some(IoStatus::Success),
                 Some(e) => {
                     let policy = CowPolicy::from_u8(d.rec.cow_policy);
                     let one = e.at(vseg);
                     if policy == CowPolicy::CopyOut && one.layers.len() == 1 {
-                        Plan::CopyOut(one)
+                        Plan::CopyOut
                     } else {
                         let mut layers = one.layers.clone();
                         normalize(&mut layers);
@@ -60,7 +73,7 @@ impl Controller {
                             Plan::Merge(one)
                         } else {
                             let Some(seg) = st.space.alloc_segment() else {
-                                return IoStatus::CapacityExceeded;
+                                return Some(IoStatus::CapacityExceeded);
                             };
                             let fill = Arc::new(Fill::new(disk, vseg));
                             layers.insert(
@@ -82,7 +95,7 @@ impl Controller {
                 }
                 None => {
                     let Some(seg) = st.space.alloc_segment() else {
-                        return IoStatus::CapacityExceeded;
+                        return Some(IoStatus::CapacityExceeded);
                     };
                     let fill = Arc::new(Fill::new(disk, vseg));
                     Plan::Set(Extent {
@@ -102,15 +115,19 @@ impl Controller {
             Plan::Set(e) => e,
             Plan::Merge(one) => match self.merge_layers(disk, &one).await {
                 Ok(e) => e,
-                Err(st) => return st,
+                Err(st) => return Some(st),
             },
-            Plan::CopyOut(one) => return self.copy_out(disk, vseg, one).await,
+            Plan::CopyOut => {
+                // Copy-out locks every disk that shares the segment, in one order.
+                drop(lock);
+                return self.copy_out(disk, vseg).await;
+            }
         };
         self.set_extents(disk, vseg, vseg + 1, vec![ext]);
         self.update_free();
         // A new allocation must be visible on every core before the write completes.
         self.push_view(disk, false).await;
-        IoStatus::Success
+        Some(IoStatus::Success)
     }
 
     /// A segment whose layers are stacked too deep: copy what every layer holds into one
@@ -140,81 +157,83 @@ impl Controller {
         })
     }
 
-    /// Copy-out: `one` (a single-layer, shared extent at `vseg` of `disk`) — copy its data
-    /// to a new segment for everyone else, keep the original for `disk`.
-    pub(crate) async fn copy_out(&self, disk: u64, vseg: u64, one: Extent) -> IoStatus {
-        let old = one.layers[0].clone();
-        let Some(q) = self.st.borrow_mut().space.alloc_segment() else {
-            return IoStatus::CapacityExceeded;
-        };
-        // Others that reference the old segment at this virtual segment.
-        let others: Vec<u64> = {
+    /// Copy-out of the single-layer, shared extent at `vseg` of `disk`: its data is
+    /// copied to a new segment for every other disk that shares it, and `disk` keeps the
+    /// original, so its layout does not change.
+    ///
+    /// **Locks.** The segment locks of `disk` and of every disk sharing the segment,
+    /// taken in disk-id order: two disks that share it and fault at once would otherwise
+    /// each hold its own and wait for the other's. The caller holds none; everything is
+    /// looked at again once they are held, and `None` means the extent changed
+    /// meanwhile (plan again).
+    ///
+    /// **Order of effects.** The others are re-pointed at the copy, and their reads of
+    /// the original drained (blocking flag); then the copy and the new tables are made
+    /// durable (a commit, which flushes the data before it writes the metadata); only
+    /// then may the writer write in place. Until that commit the committed tables still
+    /// point the others at the original: a write landing there first would show in them
+    /// after a crash.
+    async fn copy_out(&self, disk: u64, vseg: u64) -> Option<IoStatus> {
+        let mut want = vec![disk];
+        let (_locks, old, others) = loop {
+            want.sort_unstable();
+            want.dedup();
+            let mut locks = Vec::with_capacity(want.len());
+            for &d in &want {
+                locks.push(self.locks.segment(d, vseg).await);
+            }
             let st = self.st.borrow();
-            st.disks
+            let Some(d) = st.disks.get(&disk) else {
+                return Some(IoStatus::Aborted);
+            };
+            let one = match d.root.as_ref().and_then(|r| r.lookup(vseg)) {
+                Some(e)
+                    if !d.rec.read_only
+                        && e.state == ExtentState::Mapped
+                        && e.birth <= d.rec.snap_gen
+                        && CowPolicy::from_u8(d.rec.cow_policy) == CowPolicy::CopyOut =>
+                {
+                    e.at(vseg)
+                }
+                _ => return None,
+            };
+            if one.layers.len() != 1 {
+                return None;
+            }
+            let old = one.layers[0].clone();
+            // Others that reference the old segment at this virtual segment.
+            let others: Vec<u64> = st
+                .disks
                 .values()
-                .filter(|d| d.rec.id != disk)
-                .filter(|d| {
-                    d.root
+                .filter(|o| o.rec.id != disk)
+                .filter(|o| {
+                    o.root
                         .as_ref()
                         .and_then(|r| r.lookup(vseg))
                         .is_some_and(|e| e.at(vseg).layers.iter().any(|l| l.seg == old.seg))
                 })
-                .map(|d| d.rec.id)
-                .collect()
-        };
-        let mut locks = Vec::new();
-        for &o in &others {
-            locks.push(self.locks.segment(o, vseg).await);
-        }
-        // The copy, with the same fill, frozen like the original.
-        let q_fill = old
-            .fill
-            .as_ref()
-            .map(|f| Arc::new(Fill::from_words(f.words(), 0, u64::MAX)));
-        let geo = self.shared.geo;
-        let src = Extent {
-            vseg,
-            len: 1,
-            state: ExtentState::Mapped,
-            birth: one.birth,
-            layers: smallvec::smallvec![old.clone()],
-        };
-        for (b, n, s) in geo.resolve_runs(Some(&src), vseg, 0, geo.segment_blocks) {
-            if let Source::Seg(s) = s {
-                let r = match self.read_segment(s, b, n).await {
-                    Ok(data) => self.write_segment(q, b, data).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = r {
-                    self.st.borrow_mut().space.unalloc_segment(q);
-                    return e;
-                }
+                .map(|o| o.rec.id)
+                .collect();
+            if others.iter().all(|o| want.contains(o)) {
+                break (locks, old, others);
             }
+            // One more sharer (a clone made meanwhile): take its lock too, in order.
+            want.extend(others);
+        };
+        if !others.is_empty()
+            && let Err(e) = self.copy_out_others(vseg, &old, &others).await
+        {
+            return Some(e);
         }
-        // Re-point the others, and wait for their reads of the old segment.
-        for &o in &others {
-            let e = {
-                let st = self.st.borrow();
-                st.disks[&o]
-                    .root
-                    .as_ref()
-                    .and_then(|r| r.lookup(vseg))
-                    .map(|e| e.at(vseg))
-            };
-            if let Some(mut e) = e {
-                for l in e.layers.iter_mut() {
-                    if l.seg == old.seg {
-                        *l = Layer {
-                            seg: q,
-                            fill: q_fill.clone(),
-                        };
-                    }
-                }
-                self.set_extents(o, vseg, vseg + 1, vec![e]);
-                self.push_view(o, true).await;
-            }
+        // The others' new tables (and anything else not committed yet, such as the
+        // delete of a disk that shared the segment) durable before the write in place.
+        let uncommitted = {
+            let st = self.st.borrow();
+            st.changes != st.committed_changes
+        };
+        if uncommitted && let Err(e) = self.commit().await {
+            return Some(e);
         }
-        drop(locks);
         // The writer keeps the original segment, writable again, with a live fill.
         let generation = self.st.borrow().generation;
         let own = Extent {
@@ -231,16 +250,80 @@ impl Controller {
             }],
         };
         self.set_extents(disk, vseg, vseg + 1, vec![own]);
-        if others.is_empty() {
-            // Nobody else used it after all: the copy is not needed.
-            let unref = self.st.borrow().space.refs(q) == 0;
-            if unref {
-                self.st.borrow_mut().space.unalloc_segment(q);
-            }
-        }
         self.update_free();
         self.push_view(disk, false).await;
-        IoStatus::Success
+        Some(IoStatus::Success)
+    }
+
+    /// The copy of copy-out: copies layer `old` at `vseg` to a new segment and re-points
+    /// `others` (whose segment locks the caller holds) at it, each once its reads of the
+    /// old segment drained.
+    async fn copy_out_others(
+        &self,
+        vseg: u64,
+        old: &Layer,
+        others: &[u64],
+    ) -> Result<(), IoStatus> {
+        let q = self
+            .st
+            .borrow_mut()
+            .space
+            .alloc_segment()
+            .ok_or(IoStatus::CapacityExceeded)?;
+        // The copy, with the same fill, frozen like the original.
+        let q_fill = old
+            .fill
+            .as_ref()
+            .map(|f| Arc::new(Fill::from_words(f.words(), 0, u64::MAX)));
+        let geo = self.shared.geo;
+        let src = Extent {
+            vseg,
+            len: 1,
+            state: ExtentState::Mapped,
+            birth: 0,
+            layers: smallvec::smallvec![old.clone()],
+        };
+        for (b, n, s) in geo.resolve_runs(Some(&src), vseg, 0, geo.segment_blocks) {
+            if let Source::Seg(s) = s {
+                let r = match self.read_segment(s, b, n).await {
+                    Ok(data) => self.write_segment(q, b, data).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    self.st.borrow_mut().space.unalloc_segment(q);
+                    return Err(e);
+                }
+            }
+        }
+        let mut repointed = false;
+        for &o in others {
+            // Locked, so not deleted since; but nothing is assumed across an await.
+            let e = {
+                let st = self.st.borrow();
+                st.disks
+                    .get(&o)
+                    .and_then(|d| d.root.as_ref())
+                    .and_then(|r| r.lookup(vseg))
+                    .map(|e| e.at(vseg))
+            };
+            let Some(mut e) = e else { continue };
+            for l in e.layers.iter_mut() {
+                if l.seg == old.seg {
+                    *l = Layer {
+                        seg: q,
+                        fill: q_fill.clone(),
+                    };
+                }
+            }
+            self.set_extents(o, vseg, vseg + 1, vec![e]);
+            repointed = true;
+            self.push_view(o, true).await;
+        }
+        if !repointed {
+            self.st.borrow_mut().space.unalloc_segment(q);
+        }
+        self.update_free();
+        Ok(())
     }
 
     /// Makes granules `[first, last]` of `vseg` held by the disk's writable top layer,
@@ -333,7 +416,7 @@ impl Controller {
 enum Plan {
     Set(Extent),
     Merge(Extent),
-    CopyOut(Extent),
+    CopyOut,
 }
 
 /// Layers below a full layer are never reached: drop them.

@@ -319,7 +319,9 @@ impl Controller {
         }
     }
 
-    /// Sets or clears the read-only flag.
+    /// Sets or clears the read-only flag. Clearing it on a disk that was cloned
+    /// meanwhile is safe: cloning raised the disk's snapshot generation, so its writes to
+    /// what it shares with the clone fault and copy on write.
     pub(crate) async fn set_read_only(&self, name: &str, ro: bool) -> Result<(), VdiskError> {
         self.check_usable()?;
         let id = self.id_of(name)?;

@@ -8,7 +8,9 @@
 //! its disks first (with a time limit) so the snapshots are one point in time.
 //!
 //! **Clone**: a writable disk whose table starts as the snapshot's; everything is
-//! shared until written. Writes to what is shared are copy-on-write (`cow.rs`).
+//! shared until written. Writes to what is shared are copy-on-write (`cow.rs`). The
+//! source of a clone (any read-only disk) gets its snapshot generation raised as an
+//! origin does, so that should it be made writable again it copies on write too.
 
 use super::VdiskError;
 use super::controller::{Controller, DiskCtl, Quiesce, unix_now, validate_name};
@@ -165,13 +167,34 @@ impl Controller {
             )));
         }
         self.persist_dirty_fills();
+        // Looked at again before anything is added: an origin may have been deleted, or
+        // a disk given one of the names, while we waited for the locks and the drains.
+        let refused = {
+            let st = self.st.borrow();
+            pairs.iter().zip(&origins).find_map(|((o, s), id)| {
+                if !st.disks.contains_key(id) {
+                    Some(VdiskError::NotFound(o.clone()))
+                } else if st.disk_by_name(s).is_some() {
+                    Some(VdiskError::Exists(s.clone()))
+                } else {
+                    None
+                }
+            })
+        };
+        if let Some(e) = refused {
+            if let Some(qid) = q {
+                let _ = self.activate(qid).await;
+            }
+            return Err(e);
+        }
         let mut out = Vec::new();
         for ((_, snap_name), &origin) in pairs.iter().zip(&origins) {
             let bdev = {
                 let mut st = self.st.borrow_mut();
                 let id = st.next_disk_id;
                 st.next_disk_id += 1;
-                let o = st.disks.get_mut(&origin).expect("locked origin exists");
+                // Checked just above, and nothing was awaited since.
+                let o = st.disks.get_mut(&origin).expect("origin checked above");
                 let root = o.root.clone();
                 if let Some(r) = &root {
                     r.retain();
@@ -216,54 +239,65 @@ impl Controller {
         validate_name(name)?;
         let sid = self.id_of(snapshot)?;
         let _lock = self.locks.disk(sid).await;
-        let mut st = self.st.borrow_mut();
-        if let Some(f) = &st.failed {
-            return Err(VdiskError::PoolFailed(f.clone()));
-        }
-        if st.disk_by_name(name).is_some() {
-            return Err(VdiskError::Exists(name.to_string()));
-        }
-        let s = st
-            .disks
-            .get(&sid)
-            .ok_or_else(|| VdiskError::NotFound(snapshot.into()))?;
-        if !s.rec.read_only {
-            return Err(VdiskError::InvalidParam {
-                field: "snapshot_name",
-                reason: format!(
-                    "`{snapshot}` is not a snapshot (not read-only); snapshot it first"
-                ),
-            });
-        }
-        let root = s.root.clone();
-        if let Some(r) = &root {
-            r.retain();
-        }
-        let (size_blocks, cow_policy) = (s.rec.size_blocks, s.rec.cow_policy);
-        let g = st.generation;
-        st.generation += 1;
-        let id = st.next_disk_id;
-        st.next_disk_id += 1;
-        let rec = DiskRecord {
-            id,
-            uuid: uuid::Uuid::new_v4(),
-            name: name.to_string(),
-            size_blocks,
-            kind: DiskKind::Clone,
-            read_only: false,
-            thin: true,
-            parent: sid,
-            snap_gen: g,
-            created_gen: g,
-            root_page: NO_PAGE,
-            cow_policy,
-            job: JobRecord::None,
-            created_unix: unix_now(),
+        let bdev = {
+            let mut st = self.st.borrow_mut();
+            if let Some(f) = &st.failed {
+                return Err(VdiskError::PoolFailed(f.clone()));
+            }
+            if st.disk_by_name(name).is_some() {
+                return Err(VdiskError::Exists(name.to_string()));
+            }
+            let s = st
+                .disks
+                .get(&sid)
+                .ok_or_else(|| VdiskError::NotFound(snapshot.into()))?;
+            if !s.rec.read_only {
+                return Err(VdiskError::InvalidParam {
+                    field: "snapshot_name",
+                    reason: format!(
+                        "`{snapshot}` is not a snapshot (not read-only); snapshot it first"
+                    ),
+                });
+            }
+            let root = s.root.clone();
+            if let Some(r) = &root {
+                r.retain();
+            }
+            let (size_blocks, cow_policy) = (s.rec.size_blocks, s.rec.cow_policy);
+            let g = st.generation;
+            st.generation += 1;
+            // From now on the source shares every extent with the clone: should it be made
+            // writable again (a disk, not a snapshot), its writes must copy on write, as an
+            // origin's do after a snapshot. Its extents were all born before `g`.
+            if let Some(s) = st.disks.get_mut(&sid) {
+                s.rec.snap_gen = s.rec.snap_gen.max(g);
+            }
+            let id = st.next_disk_id;
+            st.next_disk_id += 1;
+            let rec = DiskRecord {
+                id,
+                uuid: uuid::Uuid::new_v4(),
+                name: name.to_string(),
+                size_blocks,
+                kind: DiskKind::Clone,
+                read_only: false,
+                thin: true,
+                parent: sid,
+                snap_gen: g,
+                created_gen: g,
+                root_page: NO_PAGE,
+                cow_policy,
+                job: JobRecord::None,
+                created_unix: unix_now(),
+            };
+            let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
+            st.disks.insert(id, DiskCtl::new(rec, root, bdev.clone()));
+            st.changed();
+            bdev
         };
-        let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
-        st.disks.insert(id, DiskCtl::new(rec, root, bdev.clone()));
-        st.changed();
-        drop(st);
+        // The source's agents learn the raised generation before anyone can clear its
+        // read-only flag (that takes the lock held here).
+        self.push_view(sid, false).await;
         tracing::info!(pool = %self.shared.name, snapshot, clone = name, "clone created");
         Ok(bdev)
     }

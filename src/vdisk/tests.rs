@@ -595,3 +595,258 @@ fn partial_granule_write_does_not_revive_a_granule_unmapped_meanwhile() {
     });
     block_on(pool.close()).unwrap();
 }
+
+/// Waits for `fut` on a thread of its own for at most `limit`: `None` if it did not
+/// finish in time (a deadlock, or a controller that panicked).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(block_on(fut));
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// `vd0` with the copy-out policy, blocks 0 and 256 (segments 0 and 1) written with 1,
+/// a snapshot `s1` of it and a clone `c1` of that: every step durable.
+fn copy_out_family(pool: &Pool, set: &ReactorSet, disk: &Arc<dyn Bdev>) -> Arc<dyn Bdev> {
+    block_on(pool.set_cow_policy("vd0", CowPolicy::CopyOut)).unwrap();
+    let d = disk.clone();
+    on(set, 1, move || async move {
+        write_byte(&d, 0, 1).await.unwrap();
+        write_byte(&d, 256, 1).await.unwrap();
+    });
+    block_on(pool.snapshot(vec![("vd0".into(), "s1".into())], Duration::from_secs(1))).unwrap();
+    block_on(pool.clone_disk("s1", "c1")).unwrap()
+}
+
+/// Copy-out writes in place into the segment the snapshot and the clone shared, after
+/// re-pointing them at a copy. The durable metadata must point them at the copy before
+/// that write can reach the medium: a crash right after it (no flush, no commit; the RAM
+/// disk has no cache, so every write landed) must leave the snapshot and the clone as
+/// they were, and the origin must not show the clone's write.
+#[test]
+fn copy_out_keeps_snapshot_and_clone_after_crash_before_commit() {
+    let (set, base, pool, disk) = thin_disk(8 << 20);
+    let clone = copy_out_family(&pool, &set, &disk);
+    let (d, c) = (disk.clone(), clone.clone());
+    on(&set, 1, move || async move {
+        // The origin's first write to segment 0, the clone's to segment 1.
+        write_byte(&d, 0, 2).await.unwrap();
+        write_byte(&c, 256, 3).await.unwrap();
+        assert_eq!(read_byte(&d, 0).await, 2);
+        assert_eq!(read_byte(&c, 256).await, 3);
+    });
+    block_on(pool.crash_stop()).unwrap();
+    drop((disk, clone));
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let by = |n: &str| -> Arc<dyn Bdev> { block_on(pool.disk(n)).unwrap() };
+    let (d, s, c) = (by("vd0"), by("s1"), by("c1"));
+    on(&set, 1, move || async move {
+        assert_eq!(
+            read_byte(&s, 0).await,
+            1,
+            "the snapshot shows the origin's write"
+        );
+        assert_eq!(
+            read_byte(&c, 0).await,
+            1,
+            "the clone shows the origin's write"
+        );
+        assert_eq!(
+            read_byte(&s, 256).await,
+            1,
+            "the snapshot shows the clone's write"
+        );
+        assert_eq!(
+            read_byte(&d, 256).await,
+            1,
+            "the origin shows the clone's write"
+        );
+        // Not flushed: either value.
+        assert!(matches!(read_byte(&d, 0).await, 1 | 2));
+        assert!(matches!(read_byte(&c, 256).await, 1 | 3));
+    });
+    block_on(pool.close()).unwrap();
+    let report = on(
+        &set,
+        0,
+        move || async move { check::check(vec![base]).await },
+    );
+    assert!(report.clean(), "{:#?}", report.errors);
+}
+
+/// A disk made read-only and cloned shares its segments with the clone; made writable
+/// again, its writes must copy on write, never overwrite what the clone shows.
+#[test]
+fn clearing_read_only_keeps_the_data_of_clones() {
+    for policy in [CowPolicy::Redirect, CowPolicy::CopyOut] {
+        let (set, base, pool, disk) = thin_disk(8 << 20);
+        block_on(pool.set_cow_policy("vd0", policy)).unwrap();
+        let d = disk.clone();
+        on(&set, 1, move || async move {
+            write_byte(&d, 0, 1).await.unwrap();
+            Channel::get(&d)
+                .unwrap()
+                .write(256, pattern(1, 1 << 20))
+                .await
+                .unwrap();
+        });
+        block_on(pool.set_read_only("vd0", true)).unwrap();
+        let clone: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c1")).unwrap();
+        block_on(pool.set_read_only("vd0", false)).unwrap();
+        let (d, c) = (disk.clone(), clone.clone());
+        on(&set, 0, move || async move {
+            write_byte(&d, 0, 2).await.unwrap();
+            write_byte(&d, 300, 2).await.unwrap();
+            assert_eq!(read_byte(&d, 0).await, 2);
+            assert_eq!(read_byte(&d, 300).await, 2);
+            assert_eq!(read_byte(&c, 0).await, 1, "{policy:?}: the clone changed");
+            assert_eq!(read_byte(&c, 300).await, 1, "{policy:?}: the clone changed");
+        });
+        block_on(pool.close()).unwrap();
+        drop((disk, clone));
+        let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+        let (d, c) = (
+            block_on(pool.disk("vd0")).unwrap(),
+            block_on(pool.disk("c1")).unwrap(),
+        );
+        on(&set, 1, move || async move {
+            let (d, c): (Arc<dyn Bdev>, Arc<dyn Bdev>) = (d, c);
+            assert_eq!(read_byte(&d, 0).await, 2);
+            assert_eq!(read_byte(&c, 0).await, 1, "{policy:?}: the clone changed");
+            assert_eq!(read_byte(&c, 300).await, 1, "{policy:?}: the clone changed");
+        });
+        block_on(pool.close()).unwrap();
+        let report = on(
+            &set,
+            0,
+            move || async move { check::check(vec![base]).await },
+        );
+        assert!(report.clean(), "{policy:?}: {:#?}", report.errors);
+    }
+}
+
+/// Two clones of one snapshot (copy-out) fault on the same segment at once, while
+/// another operation holds the snapshot's lock on it: each copy-out must re-point the
+/// other clone, and taking the disks' locks in two orders would deadlock.
+#[test]
+fn copy_out_of_two_clones_faulting_on_one_segment_completes() {
+    let (set, _base, pool, disk) = thin_disk(8 << 20);
+    copy_out_family(&pool, &set, &disk);
+    let a: Arc<dyn Bdev> = block_on(pool.disk("c1")).unwrap();
+    let b: Arc<dyn Bdev> = block_on(pool.clone_disk("s1", "c2")).unwrap();
+    let sid = block_on(pool.disk("s1")).unwrap().disk_id();
+    // Someone else works on the snapshot's segment 0 for a while.
+    let held = pool.on_ctl(move |c| async move {
+        let _g = c.locks.segment(sid, 0).await;
+        crate::reactor::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let (a2, b2) = (a.clone(), b.clone());
+    let wa = set
+        .cores()
+        .spawn_on(0, move || async move { write_byte(&a2, 1, 0xa).await });
+    let wb = set
+        .cores()
+        .spawn_on(1, move || async move { write_byte(&b2, 2, 0xb).await });
+    let done = within(Duration::from_secs(10), async move {
+        (wa.await.unwrap(), wb.await.unwrap(), held.await)
+    });
+    let (ra, rb, _) = done.expect("both first writes complete (no deadlock)");
+    ra.unwrap();
+    rb.unwrap();
+    let (d, s) = (disk.clone(), block_on(pool.disk("s1")).unwrap());
+    on(&set, 1, move || async move {
+        let s: Arc<dyn Bdev> = s;
+        assert_eq!(read_byte(&a, 1).await, 0xa);
+        assert_eq!(read_byte(&b, 2).await, 0xb);
+        for disk in [&a, &b, &d, &s] {
+            assert_eq!(read_byte(disk, 0).await, 1);
+        }
+        assert_eq!(read_byte(&a, 2).await, 0, "c2's write is not in c1");
+        assert_eq!(read_byte(&b, 1).await, 0, "c1's write is not in c2");
+        assert_eq!(read_byte(&s, 1).await, 0);
+        assert_eq!(read_byte(&d, 2).await, 0);
+    });
+    block_on(pool.close()).unwrap();
+}
+
+/// A clone deleted while a copy-out that must re-point it waits for its lock: the
+/// copy-out must carry on without it (and not bring the controller down).
+#[test]
+fn copy_out_racing_the_delete_of_a_clone_it_repoints() {
+    let (set, slow, pool, disk) = slow_thin_disk(4096);
+    let clone = copy_out_family(&pool, &set, &disk);
+    // A slow read of the clone keeps the delete waiting for the clone's I/O to drain,
+    // while it holds the clone's lock.
+    slow.set_latency(IoKind::Read, Duration::from_millis(300));
+    let c = clone.clone();
+    let read = set.cores().spawn_on(1, move || async move {
+        Channel::get(&c).unwrap().read(0, 1).await.map(|_| ())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let delete = pool.delete_disk("c1");
+    std::thread::sleep(Duration::from_millis(50));
+    // The origin's first write to segment 0: copy-out, which must re-point the snapshot
+    // and the clone being deleted.
+    let d = disk.clone();
+    let write = set
+        .cores()
+        .spawn_on(0, move || async move { write_byte(&d, 0, 2).await });
+    let done = within(Duration::from_secs(10), async move {
+        (read.await.unwrap(), delete.await, write.await.unwrap())
+    });
+    let (r, del, w) = done.expect("the read, the delete and the write complete");
+    slow.set_latency(IoKind::Read, Duration::ZERO);
+    assert!(r.is_ok() || r == Err(IoStatus::Aborted), "{r:?}");
+    del.unwrap();
+    w.unwrap();
+    let s: Arc<dyn Bdev> = block_on(pool.disk("s1")).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        assert_eq!(read_byte(&d, 0).await, 2);
+        assert_eq!(read_byte(&s, 0).await, 1, "the snapshot keeps its data");
+        assert_eq!(read_byte(&s, 256).await, 1);
+    });
+    assert!(block_on(pool.disk("c1")).is_err(), "the clone is gone");
+    block_on(pool.close()).unwrap();
+}
+
+/// A snapshot whose origin is deleted while it waits for the origin's lock fails with
+/// a precise error, and does not bring the controller down.
+#[test]
+fn snapshot_racing_the_delete_of_its_origin_fails_cleanly() {
+    let (set, slow, pool, disk) = slow_thin_disk(4096);
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        write_byte(&d, 0, 1).await.unwrap()
+    });
+    // A slow read keeps the delete waiting for the disk's I/O to drain, while it holds
+    // the disk's lock; the snapshot, checked already, waits for that lock.
+    slow.set_latency(IoKind::Read, Duration::from_millis(300));
+    let d = disk.clone();
+    let read = set.cores().spawn_on(1, move || async move {
+        Channel::get(&d).unwrap().read(0, 1).await.map(|_| ())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let delete = pool.delete_disk("vd0");
+    std::thread::sleep(Duration::from_millis(50));
+    let snap = pool.snapshot(vec![("vd0".into(), "s1".into())], Duration::from_secs(1));
+    let done = within(Duration::from_secs(10), async move {
+        (
+            read.await.unwrap(),
+            delete.await,
+            snap.await.map(|v| v.len()),
+        )
+    });
+    let (_, del, snap) = done.expect("the read, the delete and the snapshot complete");
+    slow.set_latency(IoKind::Read, Duration::ZERO);
+    del.unwrap();
+    assert!(matches!(snap, Err(VdiskError::NotFound(_))), "{snap:?}");
+    assert!(block_on(pool.list()).unwrap().is_empty(), "nothing is left");
+    block_on(pool.close()).unwrap();
+}
