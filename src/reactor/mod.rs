@@ -1073,5 +1073,28 @@ impl ManualReactors {
     }
 }
 
+impl Drop for ManualReactors {
+    /// Drops the tasks still queued on each core inside that core's context, as a
+    /// reactor thread does when it ends: their futures' destructors may use it (a
+    /// mapping agent's channel unregisters itself). Dropping one task may queue others.
+    fn drop(&mut self) {
+        loop {
+            let mut dropped = 0;
+            for r in &self.reactors {
+                let _g = CurrentGuard::enter(&r.inner);
+                loop {
+                    let next = r.inner.run_queue.borrow_mut().pop_front();
+                    let Some(task) = next else { break };
+                    drop(task);
+                    dropped += 1;
+                }
+            }
+            if dropped == 0 {
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -354,8 +354,10 @@ fn setup(policy: CowPolicy) -> Setup {
 }
 
 /// Sweeps one scenario's crash points; `loss_patterns` power losses per point.
+/// Crash point N lets the devices take N writes (N = 0: the first write already fails)
+/// and fails them from then on; the points run until the operation completes.
 pub fn sweep(sc: &Scenario, loss_patterns: u64, verbose: bool) -> Result<SweepReport, Failure> {
-    let mut n = 1;
+    let mut n = 0;
     loop {
         let mut died = false;
         let mut writes = 0;
@@ -397,7 +399,7 @@ pub fn sweep(sc: &Scenario, loss_patterns: u64, verbose: bool) -> Result<SweepRe
         if !died {
             return Ok(SweepReport {
                 name: sc.name,
-                points: n - 1,
+                points: n,
                 writes,
             });
         }

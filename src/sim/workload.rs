@@ -447,9 +447,26 @@ impl Sim {
         let w = World::new(&self.setup.layout, media, &self.setup.faults, self.seed);
         self.world = Some(w);
         let layout = self.setup.layout.clone();
-        self.world()
+        // The pool is made on healthy devices (an injected error while formatting only
+        // fails the creation); the faults start with the workload.
+        let healthy: Vec<Faults> = (self.setup.faults.iter())
+            .map(|f| Faults {
+                latency_max_us: f.latency_max_us,
+                ..Default::default()
+            })
+            .collect();
+        for (d, f) in self.world().disks.iter().zip(healthy) {
+            d.set_faults(f);
+        }
+        let made = self
+            .world()
             .create_pool(&layout)
-            .map_err(|e| format!("creating the pool: {e}"))
+            .map_err(|e| format!("creating the pool: {e}"));
+        let faults = self.setup.faults.clone();
+        for (d, f) in self.world().disks.iter().zip(faults) {
+            d.set_faults(f);
+        }
+        made
     }
 
     fn run(&mut self) -> Result<Report, String> {
