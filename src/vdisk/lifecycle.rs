@@ -3,9 +3,9 @@
 
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
-use super::map::{Extent, MAX_RUN_SEGMENTS};
-use super::meta::NO_PAGE;
+use super::map::{Extent, Geometry, MAX_RUN_SEGMENTS};
 use super::meta::directory::{DiskKind, DiskRecord, JobRecord};
+use super::meta::{MAX_DISK_BLOCKS, MAX_VSEG, NO_PAGE};
 use super::msg::AgentCmd;
 use super::table;
 use super::{CowPolicy, VdiskError};
@@ -35,6 +35,32 @@ pub struct DiskInfo {
     pub job: Option<(String, u64, u64)>,
 }
 
+/// A disk size given in bytes, as create and resize take it, in blocks: a positive
+/// multiple of the block size, and no larger than opening the pool accepts (a directory
+/// record holds fewer than [`MAX_DISK_BLOCKS`] blocks; a table maps no virtual segment
+/// at or past [`MAX_VSEG`]).
+pub(crate) fn disk_size_blocks(geo: &Geometry, size_bytes: u64) -> Result<u64, VdiskError> {
+    let bs = geo.block_size as u64;
+    if size_bytes == 0 || !size_bytes.is_multiple_of(bs) {
+        return Err(VdiskError::InvalidParam {
+            field: "size",
+            reason: format!("{size_bytes} bytes is not a positive multiple of the block size {bs}"),
+        });
+    }
+    let blocks = size_bytes / bs;
+    let largest = (MAX_DISK_BLOCKS - 1).min(MAX_VSEG.saturating_mul(geo.segment_blocks));
+    if blocks > largest {
+        return Err(VdiskError::InvalidParam {
+            field: "size",
+            reason: format!(
+                "{size_bytes} bytes is larger than the largest disk, {} bytes ({largest} blocks of {bs} bytes)",
+                largest * bs
+            ),
+        });
+    }
+    Ok(blocks)
+}
+
 impl Controller {
     /// Creates a disk. `uuid` is kept when given (restoring a saved configuration).
     pub(crate) async fn create_disk(
@@ -47,16 +73,7 @@ impl Controller {
         self.check_usable()?;
         validate_name(name)?;
         let geo = self.shared.geo;
-        if size_bytes == 0 || !size_bytes.is_multiple_of(geo.block_size as u64) {
-            return Err(VdiskError::InvalidParam {
-                field: "size",
-                reason: format!(
-                    "{size_bytes} bytes is not a positive multiple of the block size {}",
-                    geo.block_size
-                ),
-            });
-        }
-        let size_blocks = size_bytes / geo.block_size as u64;
+        let size_blocks = disk_size_blocks(&geo, size_bytes)?;
         let nsegs = size_blocks.div_ceil(geo.segment_blocks);
         let (id, generation, cow) = {
             let mut st = self.st.borrow_mut();
@@ -210,17 +227,8 @@ impl Controller {
         self.check_usable()?;
         let id = self.id_of(name)?;
         let geo = self.shared.geo;
-        if size_bytes == 0 || !size_bytes.is_multiple_of(geo.block_size as u64) {
-            return Err(VdiskError::InvalidParam {
-                field: "size",
-                reason: format!(
-                    "{size_bytes} bytes is not a positive multiple of the block size {}",
-                    geo.block_size
-                ),
-            });
-        }
+        let new_blocks = disk_size_blocks(&geo, size_bytes)?;
         let _lock = self.locks.disk(id).await;
-        let new_blocks = size_bytes / geo.block_size as u64;
         let (old_blocks, bdev, ro) = {
             let st = self.st.borrow();
             let d = st

@@ -595,3 +595,5 @@ fn partial_granule_write_does_not_revive_a_granule_unmapped_meanwhile() {
     });
     block_on(pool.close()).unwrap();
 }
+
+mod resize;
