@@ -91,7 +91,15 @@ impl Controller {
             (id, st.generation, self.shared.cow_default)
         };
         // Fully allocated: contiguous runs, zeroed before anyone can read them.
-        let mut runs = Vec::new();
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        let release = |runs: &[(u64, u64, u64)]| {
+            let mut st = self.st.borrow_mut();
+            for &(_, s, n) in runs {
+                for i in 0..n {
+                    st.space.unalloc_segment(s + i);
+                }
+            }
+        };
         if !thin {
             let mut v = 0;
             while v < nsegs {
@@ -101,11 +109,7 @@ impl Controller {
                     .space
                     .alloc_run((nsegs - v).min(MAX_RUN_SEGMENTS as u64));
                 let Some((seg, n)) = got else {
-                    for &(_, s, n) in &runs {
-                        for i in 0..n {
-                            self.st.borrow_mut().space.unalloc_segment(s + i);
-                        }
-                    }
+                    release(&runs);
                     return Err(VdiskError::NoSpace {
                         need: nsegs,
                         free: self.st.borrow().space.free_segments(),
@@ -116,16 +120,22 @@ impl Controller {
             }
             for &(_, seg, n) in &runs {
                 if let Err(e) = self.zero_segments(seg, n).await {
-                    for &(_, s, n) in &runs {
-                        for i in 0..n {
-                            self.st.borrow_mut().space.unalloc_segment(s + i);
-                        }
-                    }
+                    release(&runs);
                     return Err(VdiskError::Io {
                         what: "zeroing the new disk's segments".into(),
                         status: e,
                     });
                 }
+            }
+            // The name may have been taken, or the pool stopped, while we zeroed.
+            let taken = self.st.borrow().disk_by_name(name).is_some();
+            if let Err(e) = self.check_usable() {
+                release(&runs);
+                return Err(e);
+            }
+            if taken {
+                release(&runs);
+                return Err(VdiskError::Exists(name.to_string()));
             }
         }
         let rec = DiskRecord {
@@ -144,7 +154,13 @@ impl Controller {
             job: JobRecord::None,
             created_unix: unix_now(),
         };
-        let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
+        let bdev = match VDisk::new(&self.shared, &rec) {
+            Ok(b) => b,
+            Err(e) => {
+                release(&runs);
+                return Err(VdiskError::Bdev(e));
+            }
+        };
         {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;

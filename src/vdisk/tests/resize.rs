@@ -131,3 +131,27 @@ fn create_and_resize_refuse_sizes_that_open_would_refuse() {
     within("close", pool.close()).unwrap();
     check_clean(&set, vec![m]);
 }
+
+/// Two creates of one name at once (a fully allocated disk is zeroed before it is
+/// added): one disk, one `Exists` — a directory with a name twice fails `tessera check`.
+#[test]
+fn concurrent_creates_of_one_name_make_one_disk() {
+    let set = reactors(2);
+    let base = malloc("m0", 64);
+    let pool = new_pool(&set, base.clone());
+    let a = pool.create_disk("twin", 8 << 20, false);
+    let b = pool.create_disk("twin", 8 << 20, false);
+    let (a, b) = (within("create", a), within("create", b));
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "one create succeeds: {:?} / {:?}",
+        a.map(|_| ()),
+        b.map(|_| ())
+    );
+    let e = a.err().or(b.err()).unwrap();
+    assert!(matches!(e, VdiskError::Exists(_)), "{e}");
+    let info = within("list", pool.list()).unwrap();
+    assert_eq!(info.iter().filter(|i| i.name == "twin").count(), 1);
+    within("close", pool.close()).unwrap();
+    check_clean(&set, vec![base]);
+}
