@@ -283,6 +283,38 @@ fn shrink_racing_a_faulting_write_completes() {
     within("close", pool.close()).unwrap();
 }
 
+/// A write accepted before a shrink but held back (here by a quiesce) must not land
+/// past the new end when it is released: it fails, and a grow shows zeros there.
+#[test]
+fn write_held_across_a_shrink_fails_instead_of_landing_past_the_new_end() {
+    let (set, _base, pool, disk) = thin_disk(4 << 20);
+    let d = disk.clone();
+    on_core(&set, 1, "writing", move || async move {
+        fill_segment(&d, 1, 0x11).await;
+    });
+    let q = within(
+        "quiesce",
+        pool.quiesce(vec!["vd0".into()], Duration::from_secs(15)),
+    )
+    .unwrap();
+    let d = disk.clone();
+    let held = set.cores().spawn_on(
+        1,
+        move || async move { write_byte(&d, SEG + 100, 0x55).await },
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    resize(&pool, "vd0", SEG + 64).unwrap();
+    within("activate", pool.activate(q)).unwrap();
+    let r = within("the held write", held).unwrap();
+    assert_eq!(
+        r,
+        Err(IoStatus::LbaOutOfRange),
+        "a write past the new end completes with an error"
+    );
+    resize(&pool, "vd0", 4 * SEG).unwrap();
+    assert_head_and_zero_tail(&set, &pool, "vd0", 64, 0x11);
+}
+
 /// Shrinking a disk whose cut segment is its own (granule by granule, or fully
 /// allocated) needs no write to make the blocks past the new end read zeros — so a
 /// failing device cannot leave them showing the old data after a grow.
