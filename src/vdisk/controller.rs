@@ -246,8 +246,21 @@ impl Controller {
         dst: u64,
         fill: &Fill,
     ) -> Result<(), IoStatus> {
+        let n = self.shared.geo.segment_blocks;
+        self.copy_resolved_blocks(src, dst, fill, 0, n).await
+    }
+
+    /// [`Controller::copy_resolved`] of blocks `[b0, b0 + n)` only (granule-aligned).
+    pub(crate) async fn copy_resolved_blocks(
+        &self,
+        src: &Extent,
+        dst: u64,
+        fill: &Fill,
+        b0: u64,
+        n: u64,
+    ) -> Result<(), IoStatus> {
         let geo = self.shared.geo;
-        let runs = geo.resolve_runs(Some(src), src.vseg, 0, geo.segment_blocks);
+        let runs = geo.resolve_runs(Some(src), src.vseg, b0, n);
         for (b, n, source) in runs {
             match source {
                 super::map::Source::Seg(s) => {

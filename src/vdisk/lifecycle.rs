@@ -3,9 +3,9 @@
 
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
-use super::map::{Extent, MAX_RUN_SEGMENTS};
-use super::meta::NO_PAGE;
+use super::map::{Extent, ExtentState, Fill, Geometry, Layer, MAX_RUN_SEGMENTS, Source};
 use super::meta::directory::{DiskKind, DiskRecord, JobRecord};
+use super::meta::{MAX_DISK_BLOCKS, MAX_VSEG, NO_PAGE};
 use super::msg::AgentCmd;
 use super::table;
 use super::{CowPolicy, VdiskError};
@@ -35,6 +35,46 @@ pub struct DiskInfo {
     pub job: Option<(String, u64, u64)>,
 }
 
+/// A disk size given in bytes, as create and resize take it, in blocks: a positive
+/// multiple of the block size, and no larger than opening the pool accepts (a directory
+/// record holds fewer than [`MAX_DISK_BLOCKS`] blocks; a table maps no virtual segment
+/// at or past [`MAX_VSEG`]).
+pub(crate) fn disk_size_blocks(geo: &Geometry, size_bytes: u64) -> Result<u64, VdiskError> {
+    let bs = geo.block_size as u64;
+    if size_bytes == 0 || !size_bytes.is_multiple_of(bs) {
+        return Err(VdiskError::InvalidParam {
+            field: "size",
+            reason: format!("{size_bytes} bytes is not a positive multiple of the block size {bs}"),
+        });
+    }
+    let blocks = size_bytes / bs;
+    let largest = (MAX_DISK_BLOCKS - 1).min(MAX_VSEG.saturating_mul(geo.segment_blocks));
+    if blocks > largest {
+        return Err(VdiskError::InvalidParam {
+            field: "size",
+            reason: format!(
+                "{size_bytes} bytes is larger than the largest disk, {} bytes ({largest} blocks of {bs} bytes)",
+                largest * bs
+            ),
+        });
+    }
+    Ok(blocks)
+}
+
+/// How a shrink makes the blocks past the new end of its last segment read as zeros.
+enum Tail {
+    /// They already do.
+    Zero,
+    /// Clear their granules in the fill of the disk's own, only layer.
+    Clear(Arc<Fill>),
+    /// Map the segment with this extent (`None`: the zero state). `fenced`: writes to
+    /// the segment are fenced off until it is mapped so.
+    Replace {
+        extent: Option<Extent>,
+        fenced: bool,
+    },
+}
+
 impl Controller {
     /// Creates a disk. `uuid` is kept when given (restoring a saved configuration).
     pub(crate) async fn create_disk(
@@ -47,16 +87,7 @@ impl Controller {
         self.check_usable()?;
         validate_name(name)?;
         let geo = self.shared.geo;
-        if size_bytes == 0 || !size_bytes.is_multiple_of(geo.block_size as u64) {
-            return Err(VdiskError::InvalidParam {
-                field: "size",
-                reason: format!(
-                    "{size_bytes} bytes is not a positive multiple of the block size {}",
-                    geo.block_size
-                ),
-            });
-        }
-        let size_blocks = size_bytes / geo.block_size as u64;
+        let size_blocks = disk_size_blocks(&geo, size_bytes)?;
         let nsegs = size_blocks.div_ceil(geo.segment_blocks);
         let (id, generation, cow) = {
             let mut st = self.st.borrow_mut();
@@ -74,7 +105,15 @@ impl Controller {
             (id, st.generation, self.shared.cow_default)
         };
         // Fully allocated: contiguous runs, zeroed before anyone can read them.
-        let mut runs = Vec::new();
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        let release = |runs: &[(u64, u64, u64)]| {
+            let mut st = self.st.borrow_mut();
+            for &(_, s, n) in runs {
+                for i in 0..n {
+                    st.space.unalloc_segment(s + i);
+                }
+            }
+        };
         if !thin {
             let mut v = 0;
             while v < nsegs {
@@ -84,11 +123,7 @@ impl Controller {
                     .space
                     .alloc_run((nsegs - v).min(MAX_RUN_SEGMENTS as u64));
                 let Some((seg, n)) = got else {
-                    for &(_, s, n) in &runs {
-                        for i in 0..n {
-                            self.st.borrow_mut().space.unalloc_segment(s + i);
-                        }
-                    }
+                    release(&runs);
                     return Err(VdiskError::NoSpace {
                         need: nsegs,
                         free: self.st.borrow().space.free_segments(),
@@ -99,16 +134,22 @@ impl Controller {
             }
             for &(_, seg, n) in &runs {
                 if let Err(e) = self.zero_segments(seg, n).await {
-                    for &(_, s, n) in &runs {
-                        for i in 0..n {
-                            self.st.borrow_mut().space.unalloc_segment(s + i);
-                        }
-                    }
+                    release(&runs);
                     return Err(VdiskError::Io {
                         what: "zeroing the new disk's segments".into(),
                         status: e,
                     });
                 }
+            }
+            // The name may have been taken, or the pool stopped, while we zeroed.
+            let taken = self.st.borrow().disk_by_name(name).is_some();
+            if let Err(e) = self.check_usable() {
+                release(&runs);
+                return Err(e);
+            }
+            if taken {
+                release(&runs);
+                return Err(VdiskError::Exists(name.to_string()));
             }
         }
         let rec = DiskRecord {
@@ -127,7 +168,13 @@ impl Controller {
             job: JobRecord::None,
             created_unix: unix_now(),
         };
-        let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
+        let bdev = match VDisk::new(&self.shared, &rec) {
+            Ok(b) => b,
+            Err(e) => {
+                release(&runs);
+                return Err(VdiskError::Bdev(e));
+            }
+        };
         {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
@@ -206,21 +253,20 @@ impl Controller {
     }
 
     /// Grows or shrinks a disk.
+    ///
+    /// A shrink refuses new I/O past the new end, drains the I/O in flight, makes the
+    /// blocks past the new end in the last segment read as zeros (so that a later grow
+    /// shows zeros there), and then, in one step that a commit captures whole, drops the
+    /// segments past the end and records the size. If the tail cannot be made to read
+    /// zeros (no space, an I/O error), the resize fails and the disk keeps its size and
+    /// its data.
     pub(crate) async fn resize_disk(&self, name: &str, size_bytes: u64) -> Result<(), VdiskError> {
         self.check_usable()?;
         let id = self.id_of(name)?;
         let geo = self.shared.geo;
-        if size_bytes == 0 || !size_bytes.is_multiple_of(geo.block_size as u64) {
-            return Err(VdiskError::InvalidParam {
-                field: "size",
-                reason: format!(
-                    "{size_bytes} bytes is not a positive multiple of the block size {}",
-                    geo.block_size
-                ),
-            });
-        }
+        let new_blocks = disk_size_blocks(&geo, size_bytes)?;
         let _lock = self.locks.disk(id).await;
-        let new_blocks = size_bytes / geo.block_size as u64;
+        self.check_usable()?;
         let (old_blocks, bdev, ro) = {
             let st = self.st.borrow();
             let d = st
@@ -243,30 +289,44 @@ impl Controller {
                 ),
             });
         }
+        let mut tail = Tail::Zero;
         if new_blocks < old_blocks {
-            // New I/O beyond the end fails first; then in-flight I/O drains; then the
-            // tail goes.
+            // New I/O past the end fails first; then the I/O in flight drains.
             bdev.set_size_blocks(new_blocks);
             self.command_agents(id, AgentCmd::Barrier, true).await;
-            let from = new_blocks.div_ceil(geo.segment_blocks);
-            self.set_extents(id, from, u64::MAX, Vec::new());
-            // A last partial segment keeps data beyond the new end: zero it so that a
-            // later grow shows zeros there.
             if !new_blocks.is_multiple_of(geo.segment_blocks) {
-                let vseg = new_blocks / geo.segment_blocks;
-                let in_seg = new_blocks % geo.segment_blocks;
-                let ext = {
-                    let st = self.st.borrow();
-                    st.disks[&id]
-                        .root
-                        .as_ref()
-                        .and_then(|r| r.lookup(vseg))
-                        .cloned()
-                };
-                if let Some(e) = ext {
-                    self.zero_tail(id, &e, vseg, in_seg).await;
+                match self.plan_tail(id, name, new_blocks).await {
+                    Ok(t) => tail = t,
+                    Err(e) => {
+                        bdev.set_size_blocks(old_blocks);
+                        return Err(e);
+                    }
                 }
             }
+        }
+        // One step, nothing awaited: a commit sees the old disk or the new one.
+        let vseg = new_blocks / geo.segment_blocks;
+        let fenced = match tail {
+            Tail::Zero => false,
+            Tail::Clear(f) => {
+                let g = new_blocks % geo.segment_blocks / geo.granule_blocks;
+                if f.clear_range(g, geo.granules - g) && f.mark_dirty() {
+                    self.shared.dirty_fills.push(f);
+                }
+                false
+            }
+            Tail::Replace { extent, fenced } => {
+                self.set_extents(id, vseg, vseg + 1, extent.into_iter().collect());
+                fenced
+            }
+        };
+        if new_blocks < old_blocks {
+            self.set_extents(
+                id,
+                new_blocks.div_ceil(geo.segment_blocks),
+                u64::MAX,
+                Vec::new(),
+            );
         }
         {
             let mut st = self.st.borrow_mut();
@@ -277,46 +337,128 @@ impl Controller {
         }
         bdev.set_size_blocks(new_blocks);
         self.push_view(id, true).await;
+        if fenced {
+            self.fence_writes(id, vseg, false).await;
+        }
         self.update_free();
+        tracing::info!(pool = %self.shared.name, disk = name, size_bytes, "disk resized");
         Ok(())
     }
 
-    /// Makes blocks `[in_seg, end)` of virtual segment `vseg` read as zeros
-    /// (`in_seg` is granule-aligned).
-    async fn zero_tail(&self, disk: u64, e: &Extent, vseg: u64, in_seg: u64) {
+    /// How blocks `[new_blocks, end of their segment)` of `disk` (just shrunk to
+    /// `new_blocks`, a granule multiple inside a segment; no I/O past it in flight) come
+    /// to read as zeros. Changes nothing in the table; may copy the segment's head into
+    /// a new segment (writes to the segment are then fenced off until the caller
+    /// installs it).
+    async fn plan_tail(&self, disk: u64, name: &str, new_blocks: u64) -> Result<Tail, VdiskError> {
         let geo = self.shared.geo;
-        let n = geo.segment_blocks - in_seg;
-        let zeros = || crate::bdev::IoBuf::zeroed((n * geo.block_size as u64) as usize);
-        let writable = self.st.borrow().disks[&disk].rec.snap_gen < e.birth;
-        let one = e.at(vseg);
-        if writable && one.layers.len() == 1 {
-            // Nothing below the top: zeroing the top is enough.
-            let _ = self.write_segment(one.layers[0].seg, in_seg, zeros()).await;
-            return;
-        }
-        // Data below the top would show through: give the segment a writable top, zero
-        // the tail there and mark it held by the top.
-        if !self.make_writable(disk, vseg).await.is_success() {
-            return;
-        }
-        let top = {
+        let vseg = new_blocks / geo.segment_blocks;
+        let head = new_blocks % geo.segment_blocks;
+        let lookup = || {
             let st = self.st.borrow();
-            st.disks[&disk]
-                .root
+            let d = &st.disks[&disk];
+            d.root
                 .as_ref()
                 .and_then(|r| r.lookup(vseg))
-                .map(|e| e.at(vseg).layers[0].clone())
+                .map(|e| (e.at(vseg), e.birth > d.rec.snap_gen))
         };
-        if let Some(top) = top
-            && self.write_segment(top.seg, in_seg, zeros()).await.is_ok()
-            && let Some(f) = &top.fill
-        {
-            let g = in_seg / geo.granule_blocks;
-            f.set_range(g, geo.granules - g);
-            if f.mark_dirty() {
-                self.shared.dirty_fills.push(f.clone());
-            }
+        let reads_zeros = |e: &Extent, b: u64, n: u64| {
+            geo.resolve_runs(Some(e), vseg, b, n)
+                .iter()
+                .all(|&(_, _, s)| s == Source::Zero)
+        };
+        let tail = geo.segment_blocks - head;
+        let Some((one, writable)) = lookup() else {
+            return Ok(Tail::Zero);
+        };
+        // The error state stays: its blocks fail, they never show data.
+        if one.state == ExtentState::Error || reads_zeros(&one, head, tail) {
+            return Ok(Tail::Zero);
         }
+        if writable && one.layers.len() == 1 {
+            // The disk's own segment, nothing below it: it holds no more than the head.
+            return Ok(match &one.layers[0].fill {
+                Some(f) => Tail::Clear(f.clone()),
+                None => {
+                    let fill = Fill::new(disk, vseg);
+                    fill.set_range(0, head / geo.granule_blocks);
+                    Tail::Replace {
+                        extent: Some(Extent {
+                            layers: smallvec::smallvec![Layer {
+                                seg: one.layers[0].seg,
+                                fill: Some(Arc::new(fill)),
+                            }],
+                            ..one
+                        }),
+                        fenced: false,
+                    }
+                }
+            });
+        }
+        // Shared with a snapshot or a clone, or stacked on shared layers: the head goes
+        // to a new segment of the disk's own, and nothing shows through below it. Writes
+        // to the segment wait meanwhile (the ones in flight drain), so the copy is whole.
+        self.fence_writes(disk, vseg, true).await;
+        let planned = match lookup() {
+            None => Ok(Tail::Zero),
+            Some((one, _)) if reads_zeros(&one, 0, head) => Ok(Tail::Replace {
+                extent: None,
+                fenced: true,
+            }),
+            Some((one, _)) => self
+                .copy_head(disk, name, &one, head)
+                .await
+                .map(|e| Tail::Replace {
+                    extent: Some(e),
+                    fenced: true,
+                }),
+        };
+        if !matches!(planned, Ok(Tail::Replace { fenced: true, .. })) {
+            self.fence_writes(disk, vseg, false).await;
+        }
+        planned
+    }
+
+    /// Copies what blocks `[0, head)` of `one` (the extent at one virtual segment of
+    /// `disk`) show into a new segment; returns the extent that maps it, writable by
+    /// `disk`, holding those granules and nothing else.
+    async fn copy_head(
+        &self,
+        disk: u64,
+        name: &str,
+        one: &Extent,
+        head: u64,
+    ) -> Result<Extent, VdiskError> {
+        let seg = {
+            let mut st = self.st.borrow_mut();
+            let free = st.space.free_segments();
+            st.space
+                .alloc_segment()
+                .ok_or(VdiskError::NoSpace { need: 1, free })?
+        };
+        let fill = Arc::new(Fill::new(disk, one.vseg));
+        if let Err(status) = self.copy_resolved_blocks(one, seg, &fill, 0, head).await {
+            self.st.borrow_mut().space.unalloc_segment(seg);
+            return Err(VdiskError::Io {
+                what: format!(
+                    "shrinking `{name}`: copying the {head} blocks it keeps of segment {} \
+                     (it shares the segment, whose blocks past the new end must read as zeros)",
+                    one.vseg
+                ),
+                status,
+            });
+        }
+        let birth = self.st.borrow().generation;
+        Ok(Extent {
+            vseg: one.vseg,
+            len: 1,
+            state: ExtentState::Mapped,
+            birth,
+            layers: smallvec::smallvec![Layer {
+                seg,
+                fill: Some(fill)
+            }],
+        })
     }
 
     /// Sets or clears the read-only flag. Clearing it on a disk that was cloned

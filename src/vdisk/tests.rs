@@ -850,3 +850,5 @@ fn snapshot_racing_the_delete_of_its_origin_fails_cleanly() {
     assert!(block_on(pool.list()).unwrap().is_empty(), "nothing is left");
     block_on(pool.close()).unwrap();
 }
+
+mod resize;

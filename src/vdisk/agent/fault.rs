@@ -40,7 +40,7 @@ impl Agent {
                 let ios = me.faults.borrow_mut().remove(&key).unwrap_or_default();
                 for io in ios {
                     if st.is_success() {
-                        me.submit(io);
+                        me.resubmit(io);
                     } else {
                         io.complete(st);
                     }

@@ -286,7 +286,19 @@ impl Agent {
         }
         let held: Vec<BdevIo> = self.held.borrow_mut().drain(..).collect();
         for io in held {
+            self.resubmit(io);
+        }
+    }
+
+    /// Submits a request again after it waited (held, or parked on a mapping fault),
+    /// checked once more against the disk as it is now: the disk may have shrunk or
+    /// become read-only meanwhile, and a write past a new end must not reach the table.
+    fn resubmit(&self, io: BdevIo) {
+        let status = crate::bdev::check_io(self.bdev.as_ref(), &io);
+        if status.is_success() {
             self.submit(io);
+        } else {
+            self.deferred.complete(io, status);
         }
     }
 
