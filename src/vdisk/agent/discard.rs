@@ -1,6 +1,7 @@
 //! Unmap and write-zeroes in the agent: whole segments go back to the zero state (the
 //! controller punches them); parts of segments are cleared or zeroed in place, or
-//! written with zeros through the normal write path where they are shared.
+//! written with zeros through the normal write path where they are shared. With
+//! force-unit-access the request commits before it completes, as a FUA write does.
 
 use super::Agent;
 use crate::bdev::{BdevIo, Channel, Epochs, IoBuf, IoKind, IoStatus};
@@ -145,6 +146,12 @@ impl Agent {
                     to: t,
                 })
                 .await;
+        }
+        if status.is_success() && io.flags.fua {
+            // Force unit access: durable before it completes, as a FUA write is — the
+            // zero state (granules cleared, segments punched) committed, and the zeros
+            // written in place or through the write path flushed by the same commit.
+            status = self.commit().await;
         }
         io.complete(status);
     }
