@@ -19,6 +19,7 @@
 //! Snapshots and clones, which create the sharing, are in `snapshot.rs`.
 
 use super::controller::Controller;
+use super::commit::MAX_EXTENT_BYTES;
 use super::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, Source};
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{IoBuf, IoStatus};
@@ -106,10 +107,16 @@ impl Controller {
             },
             Plan::CopyOut(one) => return self.copy_out(disk, vseg, one).await,
         };
-        self.set_extents(disk, vseg, vseg + 1, vec![ext]);
+        // The top layer is a new segment (allocated above, or by the merge).
+        let top = ext.layers[0].seg;
+        if let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext]) {
+            self.st.borrow_mut().space.unalloc_segment(top);
+            tracing::debug!(pool = %self.shared.name, disk, vseg, error = %e, "write fault refused");
+            return IoStatus::CapacityExceeded;
+        }
         self.update_free();
         // A new allocation must be visible on every core before the write completes.
-        self.push_view(disk, false).await;
+        let _ = self.push_view(disk, false).await;
         IoStatus::Success
     }
 
@@ -162,6 +169,16 @@ impl Controller {
                 .map(|d| d.rec.id)
                 .collect()
         };
+        // Metadata for every table this changes: the others' and the writer's.
+        let per = |d: u64| self.splice_cost(d, vseg, vseg + 1, MAX_EXTENT_BYTES);
+        let need = others.iter().map(|&o| per(o)).sum::<u64>() + per(disk);
+        let _meta = match self.reserve_meta(need) {
+            Ok(r) => r,
+            Err(_) => {
+                self.st.borrow_mut().space.unalloc_segment(q);
+                return IoStatus::CapacityExceeded;
+            }
+        };
         let mut locks = Vec::new();
         for &o in &others {
             locks.push(self.locks.segment(o, vseg).await);
@@ -192,6 +209,7 @@ impl Controller {
             }
         }
         // Re-point the others, and wait for their reads of the old segment.
+        let mut drained = true;
         for &o in &others {
             let e = {
                 let st = self.st.borrow();
@@ -211,24 +229,46 @@ impl Controller {
                     }
                 }
                 self.set_extents(o, vseg, vseg + 1, vec![e]);
-                self.push_view(o, true).await;
+                drained &= self.push_view(o, true).await.is_ok();
             }
         }
         drop(locks);
-        // The writer keeps the original segment, writable again, with a live fill.
         let generation = self.st.borrow().generation;
-        let own = Extent {
-            vseg,
-            len: 1,
-            state: ExtentState::Mapped,
-            birth: generation,
-            layers: smallvec::smallvec![Layer {
-                seg: old.seg,
-                fill: old
-                    .fill
-                    .as_ref()
-                    .map(|f| Arc::new(Fill::from_words(f.words(), disk, vseg))),
-            }],
+        let own = if drained {
+            // The writer keeps the original segment, writable again, with a live fill.
+            Extent {
+                vseg,
+                len: 1,
+                state: ExtentState::Mapped,
+                birth: generation,
+                layers: smallvec::smallvec![Layer {
+                    seg: old.seg,
+                    fill: old
+                        .fill
+                        .as_ref()
+                        .map(|f| Arc::new(Fill::from_words(f.words(), disk, vseg))),
+                }],
+            }
+        } else {
+            // Reads of the old segment through the others may still be in flight (a
+            // stuck request): writing it in place could change what they return. This
+            // once, redirect: a new top layer over the old segment, which stays as it is.
+            let Some(top) = self.st.borrow_mut().space.alloc_segment() else {
+                return IoStatus::CapacityExceeded;
+            };
+            Extent {
+                vseg,
+                len: 1,
+                state: ExtentState::Mapped,
+                birth: generation,
+                layers: smallvec::smallvec![
+                    Layer {
+                        seg: top,
+                        fill: Some(Arc::new(Fill::new(disk, vseg))),
+                    },
+                    old.clone(),
+                ],
+            }
         };
         self.set_extents(disk, vseg, vseg + 1, vec![own]);
         if others.is_empty() {
@@ -239,7 +279,7 @@ impl Controller {
             }
         }
         self.update_free();
-        self.push_view(disk, false).await;
+        let _ = self.push_view(disk, false).await;
         IoStatus::Success
     }
 
@@ -273,7 +313,10 @@ impl Controller {
             return IoStatus::Success;
         };
         // Writes to the segment drain and wait while we copy.
-        self.fence_writes(disk, vseg, true).await;
+        if self.fence_writes(disk, vseg, true).await.is_err() {
+            let _ = self.fence_writes(disk, vseg, false).await;
+            return IoStatus::Aborted;
+        }
         let geo = self.shared.geo;
         let below = Extent {
             layers: e.layers[1..].iter().cloned().collect(),
@@ -299,17 +342,14 @@ impl Controller {
             }
             if status.is_success() {
                 match self.write_segment(e.layers[0].seg, b0, data).await {
-                    Ok(()) => {
-                        fill.set_range(g, 1);
-                    }
+                    // Held once it is in the top layer: within the metadata budget.
+                    Ok(()) if self.shared.change_fill(&fill, |f| f.set_range(g, 1)) => {}
+                    Ok(()) => status = IoStatus::CapacityExceeded,
                     Err(e) => status = e,
                 }
             }
         }
-        if fill.mark_dirty() {
-            self.shared.dirty_fills.push(fill.clone());
-        }
-        self.fence_writes(disk, vseg, false).await;
+        let _ = self.fence_writes(disk, vseg, false).await;
         status
     }
 

@@ -1,6 +1,7 @@
 //! Disk operations on the controller: create, delete, resize, set read-only, and the
 //! listings (snapshots and clones are in `snapshot.rs`, split in `split.rs`).
 
+use super::commit::{dir_pages_for, splice_bound};
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, MAX_RUN_SEGMENTS};
@@ -97,18 +98,41 @@ impl Controller {
                 runs.push((v, seg, n));
                 v += n;
             }
-            for &(_, seg, n) in &runs {
-                if let Err(e) = self.zero_segments(seg, n).await {
-                    for &(_, s, n) in &runs {
-                        for i in 0..n {
-                            self.st.borrow_mut().space.unalloc_segment(s + i);
-                        }
-                    }
-                    return Err(VdiskError::Io {
-                        what: "zeroing the new disk's segments".into(),
-                        status: e,
-                    });
+        }
+        let unalloc_runs = |runs: &[(u64, u64, u64)]| {
+            for &(_, s, n) in runs {
+                for i in 0..n {
+                    self.st.borrow_mut().space.unalloc_segment(s + i);
                 }
+            }
+        };
+        // Metadata for its directory record and its table of runs.
+        let exts: Vec<Extent> = runs
+            .iter()
+            .map(|&(v, s, n)| Extent::run(v, n as u32, s, generation))
+            .collect();
+        let need = {
+            let n = self.st.borrow().disks.len();
+            dir_pages_for(n + 1) - dir_pages_for(n)
+        } + if exts.is_empty() {
+            0
+        } else {
+            splice_bound(None, 0, nsegs, exts.iter().map(table::extent_encoded_len).sum())
+        };
+        let _meta = match self.reserve_meta(need) {
+            Ok(r) => r,
+            Err(e) => {
+                unalloc_runs(&runs);
+                return Err(e);
+            }
+        };
+        for &(_, seg, n) in &runs {
+            if let Err(e) = self.zero_segments(seg, n).await {
+                unalloc_runs(&runs);
+                return Err(VdiskError::Io {
+                    what: "zeroing the new disk's segments".into(),
+                    status: e,
+                });
             }
         }
         let rec = DiskRecord {
@@ -132,11 +156,7 @@ impl Controller {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             let mut root = None;
-            if !runs.is_empty() {
-                let exts: Vec<Extent> = runs
-                    .iter()
-                    .map(|&(v, s, n)| Extent::run(v, n as u32, s, generation))
-                    .collect();
+            if !exts.is_empty() {
                 let new = table::splice(None, 0, nsegs, &exts, &mut st.space);
                 table::set_root(&mut root, new, &mut st.space);
             }
@@ -183,24 +203,35 @@ impl Controller {
                 }
             }
         }
-        let _lock = self.locks.disk(id).await;
-        // Stop its agents: I/O in flight drains, new I/O fails.
-        self.command_agents(id, AgentCmd::Fail(IoStatus::Aborted), true)
-            .await;
-        let mut st = self.st.borrow_mut();
-        let st = &mut *st;
-        let Some(mut d) = st.disks.remove(&id) else {
-            return Err(VdiskError::NotFound(name.to_string()));
-        };
-        table::set_root(&mut d.root, None, &mut st.space);
-        let parent = d.rec.parent;
-        for other in st.disks.values_mut() {
-            if other.rec.parent == id {
-                other.rec.parent = parent;
-            }
+        let _lock = self.lock_disk(id, &format!("delete of `{name}`")).await?;
+        // Stop its agents: I/O in flight drains, new I/O fails. What it frees must not be
+        // reused under I/O still in flight: if that does not drain in time, the delete is
+        // cancelled and the disk serves I/O again.
+        if let Err(stall) = self
+            .command_agents(id, AgentCmd::Fail(IoStatus::Aborted), true)
+            .await
+        {
+            let _ = self.command_agents(id, AgentCmd::Resume, false).await;
+            return Err(VdiskError::DrainTimeout(
+                stall.during(format!("delete of `{name}`")),
+            ));
         }
-        st.changed();
-        drop(d);
+        {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let Some(mut d) = st.disks.remove(&id) else {
+                return Err(VdiskError::NotFound(name.to_string()));
+            };
+            table::set_root(&mut d.root, None, &mut st.space);
+            let parent = d.rec.parent;
+            for other in st.disks.values_mut() {
+                if other.rec.parent == id {
+                    other.rec.parent = parent;
+                }
+            }
+            st.changed();
+        }
+        self.update_free();
         tracing::info!(pool = %self.shared.name, disk = name, "disk deleted");
         Ok(())
     }
@@ -247,7 +278,12 @@ impl Controller {
             // New I/O beyond the end fails first; then in-flight I/O drains; then the
             // tail goes.
             bdev.set_size_blocks(new_blocks);
-            self.command_agents(id, AgentCmd::Barrier, true).await;
+            if let Err(stall) = self.command_agents(id, AgentCmd::Barrier, true).await {
+                bdev.set_size_blocks(old_blocks);
+                return Err(VdiskError::DrainTimeout(
+                    stall.during(format!("shrinking `{name}`")),
+                ));
+            }
             let from = new_blocks.div_ceil(geo.segment_blocks);
             self.set_extents(id, from, u64::MAX, Vec::new());
             // A last partial segment keeps data beyond the new end: zero it so that a
@@ -276,7 +312,7 @@ impl Controller {
             st.changed();
         }
         bdev.set_size_blocks(new_blocks);
-        self.push_view(id, true).await;
+        let _ = self.push_view(id, true).await;
         self.update_free();
         Ok(())
     }
@@ -323,8 +359,8 @@ impl Controller {
     pub(crate) async fn set_read_only(&self, name: &str, ro: bool) -> Result<(), VdiskError> {
         self.check_usable()?;
         let id = self.id_of(name)?;
-        let _lock = self.locks.disk(id).await;
-        let bdev = {
+        let _lock = self.lock_disk(id, &format!("setting `{name}` read-only")).await?;
+        let (bdev, was) = {
             let mut st = self.st.borrow_mut();
             let d = st
                 .disks
@@ -338,14 +374,23 @@ impl Controller {
                     ),
                 });
             }
-            d.rec.read_only = ro;
+            let was = std::mem::replace(&mut d.rec.read_only, ro);
             let b = d.bdev.clone();
             st.changed();
-            b
+            (b, was)
         };
         bdev.set_read_only(ro);
-        // Writes that started before the flag drain before we return.
-        self.command_agents(id, AgentCmd::Barrier, true).await;
+        // Writes that started before the flag drain before we return; if they do not in
+        // time, the flag goes back.
+        if let Err(stall) = self.command_agents(id, AgentCmd::Barrier, true).await {
+            if let Some(d) = self.st.borrow_mut().disks.get_mut(&id) {
+                d.rec.read_only = was;
+            }
+            bdev.set_read_only(was);
+            return Err(VdiskError::DrainTimeout(
+                stall.during(format!("setting `{name}` read-only")),
+            ));
+        }
         Ok(())
     }
 
