@@ -1,34 +1,64 @@
 #!/usr/bin/env bash
 # Installs the outside tools the integration tests drive (as root, from Debian's
 # packages and PyPI), then runs every test. This is the test command of README.md and
-# of .ci/run.
+# of .ci/run. A tool that cannot be installed stops the script: the tests never skip a
+# missing tool, they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_cmds=(fio qemu-img qemu-io qemu-nbd nbdinfo nbdcopy nbdfuse mkfs.ext4 e2fsck losetup fusermount3)
-missing=()
-for c in "${need_cmds[@]}"; do
-    command -v "$c" >/dev/null 2>&1 || missing+=("$c")
-done
+# Each command the tests run, and the Debian package that provides it.
+declare -A pkg_of=(
+    [fio]=fio
+    [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
+    [nbdinfo]=libnbd-bin [nbdcopy]=libnbd-bin
+    [nbdkit]=nbdkit
+    [nbdfuse]=nbdfuse
+    [fusermount3]=fuse3
+    [mkfs.ext4]=e2fsprogs [e2fsck]=e2fsprogs
+    [losetup]=mount [mount]=mount [umount]=mount
+)
+missing_cmds() {
+    local c
+    for c in "${!pkg_of[@]}"; do
+        command -v "$c" >/dev/null 2>&1 || echo "$c"
+    done
+}
+missing=($(missing_cmds))
 if [ "${#missing[@]}" -gt 0 ]; then
-    echo "installing test tools (missing: ${missing[*]})"
+    pkgs=($(for c in "${missing[@]}"; do echo "${pkg_of[$c]}"; done | sort -u))
+    echo "installing test tools (missing: ${missing[*]}; packages: ${pkgs[*]})"
     if [ "$(id -u)" -ne 0 ]; then
-        echo "error: run as root (or install: fio qemu-utils libnbd-bin nbdkit nbdfuse fuse3 e2fsprogs util-linux)" >&2
+        echo "error: run as root (or install: ${pkgs[*]})" >&2
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq fio qemu-utils libnbd-bin nbdkit nbdfuse fuse3 e2fsprogs util-linux >/dev/null
+    if ! apt-get update -qq || ! apt-get install -y -qq "${pkgs[@]}" >/dev/null; then
+        echo "error: could not install ${pkgs[*]} with apt-get" >&2
+        exit 1
+    fi
+    missing=($(missing_cmds))
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "error: still missing after apt-get install: ${missing[*]}" >&2
+        exit 1
+    fi
 fi
 # SPDK's JSON-RPC client, `spdk-rpc` (PyPI package `spdk`, Python >= 3.9): the RPC
 # tests drive tessera with it.
-if ! command -v spdk-rpc >/dev/null 2>&1; then
+if ! spdk-rpc --help >/dev/null 2>&1; then
     echo "installing spdk-rpc (pip install spdk)"
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore spdk \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages spdk \
-        || echo "warning: could not install spdk-rpc; the tests that drive it will skip" >&2
+        || { echo "error: could not install spdk-rpc (python3 -m pip install spdk)" >&2; exit 1; }
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+    hash -r
+    if ! spdk-rpc --help >/dev/null 2>&1; then
+        echo "error: spdk-rpc was installed but does not run from the PATH ($PATH)" >&2
+        exit 1
+    fi
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
+# The layering rules of README.md's source layout.
+scripts/check_layers.sh
 exec cargo nextest run --release --no-fail-fast "$@"

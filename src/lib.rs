@@ -24,6 +24,8 @@ pub mod bench;
 
 pub mod config;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod nvme;
 pub mod reactor;
 pub mod rpc;

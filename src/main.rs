@@ -280,7 +280,7 @@ fn sim(a: SimArgs) -> Result<()> {
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let Err(f) = r {
             eprintln!("{f}");
-        } else if n % 100 == 0 || n == total {
+        } else if n.is_multiple_of(100) || n == total {
             eprintln!("{n}/{total} seeds run (last: {seed})");
         }
     });
@@ -295,6 +295,25 @@ fn sim(a: SimArgs) -> Result<()> {
         sum.elapsed.as_secs_f64(),
         sum.rate()
     );
+    let t = &sum.totals;
+    println!(
+        "passing runs did: {} waves, {} data requests, {} control operations, {} power losses, {} clean reopens, {} blocks verified after recovery; faults: {} read errors, {} write errors, {} misdirected writes, {} bit rots, {} writes refused for space; {:.0} s simulated",
+        t.waves,
+        t.data_ops,
+        t.control_ops,
+        t.crashes,
+        t.clean_reopens,
+        t.blocks_verified,
+        t.read_errors,
+        t.write_errors,
+        t.misdirected,
+        t.bit_rot,
+        t.no_space,
+        t.sim_ms as f64 / 1000.0
+    );
+    for (op, (n, ok)) in &t.control {
+        println!("  {op:16} {n:7} run, {ok:7} succeeded");
+    }
     if !sum.failures.is_empty() {
         let seeds: Vec<String> = sum.failures.iter().map(|f| f.seed.to_string()).collect();
         bail!("failing seeds: {}", seeds.join(" "));

@@ -1,7 +1,15 @@
-//! The NBD server driven by real clients written by others: qemu-img, qemu-io, nbdinfo,
-//! nbdcopy, fio's nbd engine, and ext4 over nbdfuse + a loop device. qemu (10.x) speaks
-//! extended headers, libnbd (nbdinfo, nbdcopy, nbdfuse, fio) structured replies, so both
-//! reply formats are exercised. A test skips (saying so) only when its tool is missing.
+//! The NBD server driven by real clients written by others — qemu-img, qemu-io, nbdinfo,
+//! nbdcopy, fio's nbd engine, and ext4 over nbdfuse + a loop device — on the thin virtual
+//! disks of a real pool (over a malloc bdev, or a sparse file through the uring bdev),
+//! with snapshots and clones. Each test writes through a client to a thin disk, takes a
+//! snapshot, clones it, and checks with the clients that the clone shows the snapshot's
+//! data, that writes to the clone (and to the origin) leave the snapshot as it was (read
+//! through the snapshot's own export, which is read-only because the disk is), and that
+//! block status reports what was never written as holes.
+//!
+//! qemu (10.x) speaks extended headers, libnbd (nbdinfo, nbdcopy, nbdfuse, fio)
+//! structured replies, so both reply formats are exercised. A missing tool fails the
+//! test with the package to install (scripts/test.sh installs them all): nothing skips.
 
 mod nbd_support;
 mod process_support;
@@ -12,12 +20,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use tessera::frontend::nbd::NbdExport;
+use tessera::reactor::block_on;
 
 const T: Duration = Duration::from_secs(180);
+const K: u64 = 1 << 10;
+const M: u64 = 1 << 20;
 
-/// Writes a 32 MiB image: patterned data with a few all-zero stretches.
-fn make_image(path: &Path, mib: usize) -> Vec<u8> {
-    let mut data = pattern(42, mib << 20);
+/// Writes an image of `mib` MiB: patterned data (from `seed`) with all-zero stretches at
+/// 1M..4M and 20M..22M (where the image reaches).
+fn make_image(path: &Path, seed: u64, mib: usize) -> Vec<u8> {
+    let mut data = pattern(seed, mib << 20);
     for hole in [(1usize << 20, 3usize << 20), (20 << 20, 2 << 20)] {
         if hole.0 + hole.1 <= data.len() {
             data[hole.0..hole.0 + hole.1].fill(0);
@@ -27,121 +39,285 @@ fn make_image(path: &Path, mib: usize) -> Vec<u8> {
     data
 }
 
-#[test]
-fn qemu_io_writes_and_reads_patterns() {
-    if !have("qemu-io") {
-        return;
+/// Runs qemu-io's `cmds` on `uri` (read-only with `ro`), asserting that every command,
+/// pattern checks included, succeeded; returns the output.
+fn qemu_io(uri: &str, ro: bool, cmds: &[&str]) -> String {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    if ro {
+        cmd.arg("-r");
     }
-    let srv = TestServer::start(vec![NbdExport::new("disk", malloc("M0", 64))]);
-    let uri = srv.uri("disk");
-    let out = run_ok(
-        Command::new("qemu-io").args([
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0xab 0 64k",
-            "-c",
-            "write -P 0xcd 1M 128k",
-            "-c",
-            "write -z 2M 1M",
-            "-c",
-            "discard 4M 1M",
-            "-c",
-            "flush",
-            "-c",
-            "read -P 0xab 0 64k",
-            "-c",
-            "read -P 0xcd 1M 128k",
-            "-c",
-            "read -P 0 64k 64k",
-            "-c",
-            "read -P 0 2M 1M",
-            &uri,
-        ]),
+    for c in cmds {
+        cmd.args(["-c", c]);
+    }
+    let out = run_ok(cmd.arg(uri), T);
+    assert!(!out.contains("failed"), "qemu-io {cmds:?} on {uri}:\n{out}");
+    out
+}
+
+// Block status as `nbdinfo --map` prints it (base:allocation): bit 0 hole, bit 1 zero.
+const DATA: u32 = 0;
+const HOLE: u32 = 3;
+
+/// `nbdinfo --map`: (offset, length, type) rows.
+fn nbd_map(uri: &str) -> Vec<(u64, u64, u32)> {
+    let map = run_ok(Command::new("nbdinfo").args(["--map", uri]), T);
+    map.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The types the rows of `map` give to `[offset, offset + len)`.
+fn types_in(map: &[(u64, u64, u32)], offset: u64, len: u64) -> Vec<u32> {
+    let mut t: Vec<u32> = map
+        .iter()
+        .filter(|&&(o, l, _)| o < offset + len && offset < o + l)
+        .map(|r| r.2)
+        .collect();
+    t.dedup();
+    t
+}
+
+/// Asserts that `map` gives `[offset, offset + len)` the one type `want`.
+#[track_caller]
+fn assert_range(map: &[(u64, u64, u32)], offset: u64, len: u64, want: u32) {
+    assert_eq!(
+        types_in(map, offset, len),
+        vec![want],
+        "{}M+{}K should be type {want} in {map:?}",
+        offset / M,
+        len / K
+    );
+}
+
+/// Bytes `map` reports with type `t`.
+fn bytes_of(map: &[(u64, u64, u32)], t: u32) -> u64 {
+    map.iter().filter(|r| r.2 == t).map(|r| r.1).sum()
+}
+
+/// `qemu-img map --output=json`: (start, length, data, zero) rows.
+fn qemu_map(uri: &str) -> Vec<(u64, u64, bool, bool)> {
+    let json = run_ok(
+        Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", uri]),
         T,
     );
-    assert!(!out.contains("failed"), "{out}");
-    assert_eq!(out.matches("read ").count(), 4, "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["start"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["data"] == true,
+                e["zero"] == true,
+            )
+        })
+        .collect()
+}
+
+/// The (start, length) runs qemu reports as data.
+fn qemu_data(map: &[(u64, u64, bool, bool)]) -> Vec<(u64, u64)> {
+    map.iter().filter(|e| e.2).map(|e| (e.0, e.1)).collect()
+}
+
+#[test]
+fn qemu_io_patterns_on_a_thin_disk_its_snapshot_and_clone() {
+    need("qemu-io");
+    let srv = TestServer::thin_pool(Backing::Malloc, 160, &[("vd0", 64)]);
+    let vd0 = srv.uri("vd0");
+    qemu_io(
+        &vd0,
+        false,
+        &[
+            "write -P 0xab 0 64k",
+            "write -P 0xcd 1M 128k",
+            "write -P 0xee 2M 1M",
+            "write -z 2M 1M",
+            "write -P 0x5e 4M 1M",
+            "discard 4M 1M",
+            "flush",
+            "read -P 0xab 0 64k",
+            "read -P 0xcd 1M 128k",
+            "read -P 0 64k 64k",
+            "read -P 0 2M 1M",
+            "read -P 0 4M 1M",
+            "read -P 0 8M 1M",
+        ],
+    );
     // A pattern check that must fail proves the checks are real.
     let out = run(
-        Command::new("qemu-io").args(["-f", "raw", "-c", "read -P 0x11 0 64k", &uri]),
+        Command::new("qemu-io").args(["-f", "raw", "-c", "read -P 0x11 0 64k", &vd0]),
         T,
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Pattern verification failed"), "{text}");
-    // A fresh connection (another core) sees the data.
-    run_ok(
-        Command::new("qemu-io").args(["-f", "raw", "-r", "-c", "read -P 0xcd 1M 128k", &uri]),
-        T,
+
+    srv.snapshot("vd0", "snap0");
+    srv.clone_disk("snap0", "clone0");
+    let clone0 = srv.uri("clone0");
+    // The clone shows the snapshot's data; then it is written, partly over shared
+    // segments (copy-on-write of a part of a segment) and partly into holes.
+    qemu_io(
+        &clone0,
+        false,
+        &[
+            "read -P 0xab 0 64k",
+            "read -P 0xcd 1M 128k",
+            "read -P 0 2M 1M",
+            "read -P 0 4M 1M",
+            "write -P 0x99 0 4k",
+            "write -P 0x77 1088k 64k",
+            "write -z 1M 64k",
+            "write -P 0x88 6M 64k",
+            "read -P 0x99 0 4k",
+            "read -P 0xab 4k 60k",
+            "read -P 0 1M 64k",
+            "read -P 0x77 1088k 64k",
+            "read -P 0x88 6M 64k",
+        ],
     );
+    // The origin, written after the snapshot.
+    qemu_io(
+        &vd0,
+        false,
+        &[
+            "write -P 0x44 64k 64k",
+            "discard 1M 1M",
+            "read -P 0xab 0 64k",
+            "read -P 0x44 64k 64k",
+            "read -P 0 1M 1M",
+            "read -P 0 6M 64k",
+        ],
+    );
+    // The snapshot, through its own (read-only) export, is as it was taken.
+    qemu_io(
+        &srv.uri("snap0"),
+        true,
+        &[
+            "read -P 0xab 0 64k",
+            "read -P 0 64k 64k",
+            "read -P 0xcd 1M 128k",
+            "read -P 0 2M 1M",
+            "read -P 0 4M 1M",
+            "read -P 0 6M 64k",
+        ],
+    );
+    // Fresh connections (the other core) see the same.
+    qemu_io(
+        &clone0,
+        true,
+        &["read -P 0x99 0 4k", "read -P 0x77 1088k 64k"],
+    );
+    qemu_io(&vd0, true, &["read -P 0x44 64k 64k"]);
 }
 
 #[test]
-fn qemu_img_info_convert_compare() {
-    if !have("qemu-img") {
-        return;
-    }
+fn qemu_img_convert_compare_on_a_thin_disk_its_snapshot_and_clone() {
+    need_all(&["qemu-img", "qemu-io"]);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.img");
-    make_image(&src, 32);
-    let srv = TestServer::start(vec![NbdExport::new("disk", malloc("M0", 32))]);
-    let uri = srv.uri("disk");
+    let data = make_image(&src, 42, 32);
+    // The disk is larger than the image: 32M..48M is never written.
+    let srv = TestServer::thin_pool(Backing::Malloc, 160, &[("vd0", 48)]);
+    let vd0 = srv.uri("vd0");
     let info = run_ok(
-        Command::new("qemu-img").args(["info", "-f", "raw", &uri]),
+        Command::new("qemu-img").args(["info", "-f", "raw", &vd0]),
         T,
     );
     assert!(
-        info.contains("virtual size: 32 MiB (33554432 bytes)"),
+        info.contains("virtual size: 48 MiB (50331648 bytes)"),
         "{info}"
     );
+    let compare = |a: &Path, b: &str| {
+        run(
+            Command::new("qemu-img")
+                .args(["compare", "-f", "raw", "-F", "raw"])
+                .arg(a)
+                .arg(b),
+            T,
+        )
+    };
+    let identical = |a: &Path, b: &str| {
+        let out = compare(a, b);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Images are identical"),
+            "{} vs {b}: {out:?}",
+            a.display()
+        );
+    };
     run_ok(
         Command::new("qemu-img")
             .args(["convert", "-n", "-f", "raw", "-O", "raw"])
             .arg(&src)
-            .arg(&uri),
+            .arg(&vd0),
         T,
     );
-    let same = run_ok(
-        Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&src)
-            .arg(&uri),
-        T,
-    );
-    assert!(same.contains("Images are identical"), "{same}");
+    // compare checks that the part past the smaller image reads as zeros.
+    identical(&src, &vd0);
+
+    srv.snapshot("vd0", "snap0");
+    srv.clone_disk("snap0", "clone0");
+    let clone0 = srv.uri("clone0");
+    identical(&src, &clone0);
     let back = dir.path().join("back.img");
     run_ok(
         Command::new("qemu-img")
             .args(["convert", "-f", "raw", "-O", "raw"])
-            .arg(&uri)
+            .arg(&clone0)
             .arg(&back),
         T,
     );
-    assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap());
-    // Change one byte on the export: compare must notice.
-    run_ok(
-        Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x5a 4096 4096", &uri]),
-        T,
+    let got = std::fs::read(&back).unwrap();
+    assert_eq!(got.len(), 48 << 20);
+    assert!(got[..data.len()] == data[..], "the clone's data");
+    assert!(
+        got[data.len()..].iter().all(|&b| b == 0),
+        "the clone's tail"
     );
-    let out = run(
-        Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&src)
-            .arg(&uri),
-        T,
-    );
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // Change a block of the clone and one of the origin: compare must notice each, and
+    // the snapshot must still match the image.
+    qemu_io(&clone0, false, &["write -P 0x5a 4096 4096"]);
+    assert_eq!(compare(&src, &clone0).status.code(), Some(1));
+    qemu_io(&vd0, false, &["write -P 0x6b 8M 4096"]);
+    assert_eq!(compare(&src, &vd0).status.code(), Some(1));
+    identical(&src, &srv.uri("snap0"));
+
+    // Block status through qemu: what was never written is no data, on every disk.
+    for name in ["vd0", "snap0", "clone0"] {
+        let map = qemu_map(&srv.uri(name));
+        let tail: Vec<_> = map
+            .iter()
+            .filter(|e| e.0 + e.1 > 32 * M)
+            .map(|e| (e.2, e.3))
+            .collect();
+        assert_eq!(tail, vec![(false, true)], "{name}: 32M..48M, {map:?}");
+        let data_bytes: u64 = qemu_data(&map).iter().map(|e| e.1).sum();
+        assert!(data_bytes <= 32 * M, "{name}: {map:?}");
+    }
 }
 
 #[test]
-fn nbdinfo_lists_exports_with_block_sizes() {
-    if !have("nbdinfo") {
-        return;
-    }
-    let srv = TestServer::start(vec![
-        NbdExport::new("disk", malloc("M0", 16)).with_description("scratch disk"),
-        NbdExport::new("gold", ThinBdev::create("T0", 8)).with_read_only(true),
-    ]);
+fn nbdinfo_lists_disk_snapshot_and_clone_exports() {
+    need("nbdinfo");
+    let srv = TestServer::thin_pool(Backing::Malloc, 64, &[]);
+    let disk = block_on(srv.pool().create_disk("vd0", 16 * M, true)).unwrap();
+    srv.server()
+        .add_export(NbdExport::new("vd0", disk).with_description("scratch disk"))
+        .unwrap();
+    // The snapshot is exported as any disk: it is read-only by itself.
+    srv.snapshot("vd0", "gold");
+    srv.clone_disk("gold", "work");
     let base = format!("nbd://{}", srv.addr);
     let json = run_ok(Command::new("nbdinfo").args(["--list", "--json", &base]), T);
     let v: serde_json::Value =
@@ -151,8 +327,12 @@ fn nbdinfo_lists_exports_with_block_sizes() {
         .iter()
         .map(|e| (e["export-name"].as_str().unwrap(), e))
         .collect();
-    assert_eq!(by_name.len(), 2, "{json}");
-    let disk = by_name["disk"];
+    assert_eq!(
+        by_name.keys().copied().collect::<Vec<_>>(),
+        ["gold", "vd0", "work"],
+        "{json}"
+    );
+    let disk = by_name["vd0"];
     assert_eq!(disk["description"], "scratch disk", "{json}");
     assert_eq!(disk["export-size"], 16 << 20);
     assert_eq!(disk["block_size_minimum"], 4096);
@@ -164,19 +344,29 @@ fn nbdinfo_lists_exports_with_block_sizes() {
     assert_eq!(disk["can_fua"], true);
     assert_eq!(disk["can_trim"], true);
     assert_eq!(disk["can_zero"], true);
-    assert_eq!(by_name["gold"]["is_read_only"], true);
-    assert_eq!(by_name["gold"]["export-size"], 8 << 20);
     let contexts = disk["contexts"].as_array().unwrap();
     assert!(contexts.iter().any(|c| c == "base:allocation"), "{json}");
+    for (name, ro) in [("gold", true), ("work", false)] {
+        let e = by_name[name];
+        assert_eq!(e["is_read_only"], ro, "{name}: {json}");
+        assert_eq!(e["export-size"], 16 << 20, "{name}: {json}");
+        assert_eq!(e["block_size_minimum"], 4096, "{name}: {json}");
+        let contexts = e["contexts"].as_array().unwrap();
+        assert!(
+            contexts.iter().any(|c| c == "base:allocation"),
+            "{name}: {json}"
+        );
+    }
     assert_eq!(v["structured"], true);
 
     // One export, by URI.
     let one = run_ok(
-        Command::new("nbdinfo").args(["--json", &srv.uri("disk")]),
+        Command::new("nbdinfo").args(["--json", &srv.uri("work")]),
         T,
     );
     let v: serde_json::Value = serde_json::from_str(&one).unwrap();
     assert_eq!(v["exports"][0]["export-size"], 16 << 20, "{one}");
+    assert_eq!(v["exports"][0]["is_read_only"], false, "{one}");
     // An unknown export is refused with the server's message.
     let out = run(Command::new("nbdinfo").arg(srv.uri("nope")), T);
     assert!(!out.status.success());
@@ -185,110 +375,176 @@ fn nbdinfo_lists_exports_with_block_sizes() {
 }
 
 #[test]
-fn nbdinfo_map_shows_holes_of_a_thin_disk() {
-    if !have("nbdinfo") || !have("qemu-io") {
-        return;
-    }
-    let srv = TestServer::start(vec![NbdExport::new("thin", ThinBdev::create("T0", 16))]);
-    let uri = srv.uri("thin");
-    run_ok(
-        Command::new("qemu-io").args([
-            "-f",
-            "raw",
-            "-c",
+fn nbdinfo_map_shows_holes_of_a_thin_disk_its_snapshot_and_clone() {
+    need_all(&["nbdinfo", "qemu-io", "qemu-img"]);
+    let srv = TestServer::thin_pool(Backing::Malloc, 64, &[("vd0", 16)]);
+    let vd0 = srv.uri("vd0");
+    qemu_io(
+        &vd0,
+        false,
+        &[
             "write -P 0x11 0 1M",
-            "-c",
             "write -P 0x22 8M 512k",
-            "-c",
+            "write -P 0x44 12M 1M",
             "write -z 12M 1M",
-            "-c",
             "write -P 0x33 14M 1M",
-            "-c",
             "write -z -u 14M 1M",
-            &uri,
-        ]),
-        T,
-    );
-    let map = run_ok(Command::new("nbdinfo").args(["--map", &uri]), T);
-    let rows: Vec<(u64, u64, u32)> = map
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (
-                f[0].parse().unwrap(),
-                f[1].parse().unwrap(),
-                f[2].parse().unwrap(),
-            )
-        })
-        .collect();
-    const M: u64 = 1 << 20;
-    // `write -z` sends NO_HOLE: the blocks stay allocated and read as zeros (type 2);
-    // `write -z -u` lets the server unmap (the bdev reads unmapped blocks as zeros), so
-    // 14M..15M is a hole again.
-    assert_eq!(
-        rows,
-        vec![
-            (0, M, 0),
-            (M, 7 * M, 3),
-            (8 * M, M / 2, 0),
-            (8 * M + M / 2, 4 * M - M / 2, 3),
-            (12 * M, M, 2),
-            (13 * M, 3 * M, 3),
         ],
-        "{map}"
+    );
+    let map = nbd_map(&vd0);
+    // Allocated on first write, to the 4 KiB block: half a segment written is half a
+    // segment of data. `write -z -u` lets the server unmap: 14M..15M is a hole again.
+    assert_range(&map, 0, M, DATA);
+    assert_range(&map, M, 7 * M, HOLE);
+    assert_range(&map, 8 * M, M / 2, DATA);
+    assert_range(&map, 8 * M + M / 2, 4 * M - M / 2, HOLE);
+    assert_range(&map, 13 * M, 3 * M, HOLE);
+    // `write -z` without -u sends NO_HOLE, by which NBD asks for the range to stay fully
+    // provisioned; a tessera disk frees it all the same (a hole, type 3). Asserted here:
+    // the range reads as zeros (type 2 or 3).
+    for t in types_in(&map, 12 * M, M) {
+        assert_ne!(t & 2, 0, "12M..13M reads as zeros: {map:?}");
+    }
+    assert_eq!(
+        bytes_of(&map, DATA),
+        M + M / 2,
+        "only the written data is data: {map:?}"
     );
     // qemu's view (extended headers, 64-bit status chunks) agrees.
-    if have("qemu-img") {
-        let json = run_ok(
-            Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", &uri]),
-            T,
-        );
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let data: Vec<(u64, u64, bool)> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["data"] == true)
-            .map(|e| {
-                (
-                    e["start"].as_u64().unwrap(),
-                    e["length"].as_u64().unwrap(),
-                    e["zero"] == true,
-                )
-            })
-            .collect();
-        // The allocated zeros count as data that reads as zeros.
-        assert_eq!(
-            data,
-            vec![(0, M, false), (8 * M, M / 2, false), (12 * M, M, true)],
-            "{json}"
-        );
-    }
+    assert_eq!(
+        qemu_data(&qemu_map(&vd0))
+            .into_iter()
+            .filter(|&(s, _)| !(12 * M..13 * M).contains(&s))
+            .collect::<Vec<_>>(),
+        vec![(0, M), (8 * M, M / 2)]
+    );
+
+    // A snapshot and its clone map as the origin did.
+    srv.snapshot("vd0", "snap0");
+    srv.clone_disk("snap0", "clone0");
+    let (snap0, clone0) = (srv.uri("snap0"), srv.uri("clone0"));
+    assert_eq!(nbd_map(&snap0), map, "the snapshot's map");
+    assert_eq!(nbd_map(&clone0), map, "the clone's map");
+
+    // Write into a hole of the clone, and unmap data it shares with the snapshot.
+    qemu_io(
+        &clone0,
+        false,
+        &["write -P 0x55 4M 4k", "discard 0 1M", "read -P 0 0 1M"],
+    );
+    let cmap = nbd_map(&clone0);
+    assert_range(&cmap, 0, 4 * M, HOLE);
+    assert_range(&cmap, 4 * M, 4 * K, DATA);
+    assert_range(&cmap, 4 * M + 4 * K, 4 * M - 4 * K, HOLE);
+    assert_range(&cmap, 8 * M, M / 2, DATA);
+    assert_range(&cmap, 8 * M + M / 2, 3 * M + M / 2, HOLE);
+    assert_range(&cmap, 13 * M, 3 * M, HOLE);
+    assert_eq!(bytes_of(&cmap, DATA), M / 2 + 4 * K, "{cmap:?}");
+    assert_eq!(
+        qemu_data(&qemu_map(&clone0))
+            .into_iter()
+            .filter(|&(s, _)| !(12 * M..13 * M).contains(&s))
+            .collect::<Vec<_>>(),
+        vec![(4 * M, 4 * K), (8 * M, M / 2)]
+    );
+    // The snapshot and the origin did not change: map and data.
+    assert_eq!(
+        nbd_map(&snap0),
+        map,
+        "the snapshot's map after the clone's writes"
+    );
+    assert_eq!(
+        nbd_map(&vd0),
+        map,
+        "the origin's map after the clone's writes"
+    );
+    qemu_io(
+        &snap0,
+        true,
+        &[
+            "read -P 0x11 0 1M",
+            "read -P 0 4M 4k",
+            "read -P 0x22 8M 512k",
+        ],
+    );
 }
 
 #[test]
-fn nbdcopy_round_trip() {
-    if !have("nbdcopy") {
-        return;
-    }
+fn nbdcopy_round_trip_through_a_snapshot_and_clone_on_a_file_pool() {
+    need_all(&["nbdcopy", "nbdinfo"]);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.img");
-    let data = make_image(&src, 32);
-    let srv = TestServer::start(vec![NbdExport::new("disk", ThinBdev::create("T0", 32))]);
-    let uri = srv.uri("disk");
+    let data = make_image(&src, 42, 32);
+    let srv = TestServer::thin_pool(
+        Backing::File(&dir.path().join("pool.img")),
+        160,
+        &[("vd0", 48)],
+    );
+    let vd0 = srv.uri("vd0");
     // nbdcopy opens several connections (the export allows multi-conn): they land on
-    // both cores.
-    run_ok(Command::new("nbdcopy").arg(&src).arg(&uri), T);
-    let back = dir.path().join("back.img");
-    run_ok(Command::new("nbdcopy").arg(&uri).arg(&back), T);
-    let got = std::fs::read(&back).unwrap();
-    assert_eq!(got.len(), data.len());
-    assert!(got == data, "round trip changed the data");
+    // both cores. It writes the image's zero stretches sparsely.
+    run_ok(Command::new("nbdcopy").arg(&src).arg(&vd0), T);
+    let map = nbd_map(&vd0);
+    assert_range(&map, 0, M, DATA);
+    assert_range(&map, M, 3 * M, HOLE);
+    assert_range(&map, 4 * M, 16 * M, DATA);
+    assert_range(&map, 20 * M, 2 * M, HOLE);
+    assert_range(&map, 22 * M, 10 * M, DATA);
+    assert_range(&map, 32 * M, 16 * M, HOLE);
+
+    srv.snapshot("vd0", "snap0");
+    srv.clone_disk("snap0", "clone0");
+    let clone0 = srv.uri("clone0");
+    let copy_out = |uri: &str, file: &str| -> Vec<u8> {
+        let path = dir.path().join(file);
+        run_ok(Command::new("nbdcopy").arg(uri).arg(&path), T);
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), 48 << 20, "{uri}");
+        assert!(got[data.len()..].iter().all(|&b| b == 0), "{uri}: the tail");
+        got
+    };
+    let got = copy_out(&clone0, "clone0.img");
+    assert!(
+        got[..data.len()] == data[..],
+        "the clone shows the snapshot's data"
+    );
+    assert_eq!(nbd_map(&clone0), map, "the clone's map");
+
+    // A second image over the clone's first 8 MiB (its zero stretch becomes a hole of
+    // the clone), another over the origin's.
+    let src2 = dir.path().join("src2.img");
+    let data2 = make_image(&src2, 43, 8);
+    run_ok(Command::new("nbdcopy").arg(&src2).arg(&clone0), T);
+    let src3 = dir.path().join("src3.img");
+    let data3 = pattern(44, 4 << 20);
+    std::fs::write(&src3, &data3).unwrap();
+    run_ok(Command::new("nbdcopy").arg(&src3).arg(&vd0), T);
+
+    let got = copy_out(&clone0, "clone0-2.img");
+    assert!(got[..8 << 20] == data2[..], "the clone's new data");
+    assert!(
+        got[8 << 20..32 << 20] == data[8 << 20..],
+        "the clone's old data"
+    );
+    let got = copy_out(&vd0, "vd0.img");
+    assert!(got[..4 << 20] == data3[..], "the origin's new data");
+    assert!(
+        got[4 << 20..32 << 20] == data[4 << 20..],
+        "the origin's old data"
+    );
+    let got = copy_out(&srv.uri("snap0"), "snap0.img");
+    assert!(got[..data.len()] == data[..], "the snapshot did not change");
+    assert_eq!(nbd_map(&srv.uri("snap0")), map, "the snapshot's map");
+    let cmap = nbd_map(&clone0);
+    assert_range(&cmap, M, 3 * M, HOLE);
+    assert_range(&cmap, 4 * M, 16 * M, DATA);
+    assert_range(&cmap, 32 * M, 16 * M, HOLE);
     let stats = srv.server().stats();
     assert!(stats.writes > 0 && stats.reads > 0, "{stats:?}");
 }
 
-fn fio(srv: &TestServer, export: &str, extra: &[&str]) -> String {
+/// Runs fio's nbd engine on `export` (4 KiB blocks, QD 16, JSON output) with `extra`.
+fn fio_cmd(srv: &TestServer, export: &str, extra: &[&str]) -> Command {
     let uri = srv.uri(export);
     let mut cmd = Command::new("fio");
     cmd.args([
@@ -300,9 +556,14 @@ fn fio(srv: &TestServer, export: &str, extra: &[&str]) -> String {
         "--output-format=json",
     ])
     .args(extra);
-    run_ok(&mut cmd, T)
+    cmd
 }
 
+fn fio(srv: &TestServer, export: &str, extra: &[&str]) -> String {
+    run_ok(&mut fio_cmd(srv, export, extra), T)
+}
+
+/// Errors, bytes read and bytes written of fio's JSON output.
 fn fio_errors(out: &str) -> (u64, u64, u64) {
     // fio prints "connected to NBD server" lines before the JSON.
     let json = &out[out.find('{').unwrap_or(0)..];
@@ -317,89 +578,197 @@ fn fio_errors(out: &str) -> (u64, u64, u64) {
     (errs, r, w)
 }
 
+/// Two jobs, two connections, disjoint 16 MiB at 0 and 32M: random writes with crc32c
+/// verify headers. With `verify_only` the same job only reads and verifies what it
+/// wrote before (fio's seeds are fixed, so the offsets and data are the same).
+const FIO_WRITE_VERIFY: [&str; 6] = [
+    "--rw=randwrite",
+    "--size=16M",
+    "--numjobs=2",
+    "--offset_increment=32M",
+    "--verify=crc32c",
+    "--verify_fatal=1",
+];
+
 #[test]
-fn fio_randwrite_verify_and_randrw() {
-    if !have("fio") {
-        return;
-    }
-    let srv = TestServer::start(vec![NbdExport::new("disk", malloc("M0", 64))]);
-    // Two jobs, two connections, disjoint halves: write everything, then verify it.
-    let json = fio(
-        &srv,
-        "disk",
-        &[
-            "--rw=randwrite",
-            "--size=16M",
-            "--numjobs=2",
-            "--offset_increment=32M",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-        ],
-    );
+fn fio_verify_on_a_thin_disk_its_snapshot_and_clone() {
+    need_all(&["fio", "nbdinfo"]);
+    let srv = TestServer::thin_pool(Backing::Malloc, 256, &[("vd0", 64)]);
+    let json = fio(&srv, "vd0", &FIO_WRITE_VERIFY);
     let (errs, read, written) = fio_errors(&json);
     assert_eq!(errs, 0, "{json}");
     assert_eq!(written, 32 << 20, "{json}");
     assert_eq!(read, 32 << 20, "verify read everything back: {json}");
-    // Mixed random I/O for a moment, with verification of what is written.
-    let json = fio(
+    // What the jobs did not touch stays a hole.
+    let map = nbd_map(&srv.uri("vd0"));
+    assert_range(&map, 0, 16 * M, DATA);
+    assert_range(&map, 16 * M, 16 * M, HOLE);
+    assert_range(&map, 32 * M, 16 * M, DATA);
+    assert_range(&map, 48 * M, 16 * M, HOLE);
+
+    srv.snapshot("vd0", "snap0");
+    srv.clone_disk("snap0", "clone0");
+    let verify_only: Vec<&str> = FIO_WRITE_VERIFY
+        .iter()
+        .copied()
+        .chain(["--verify_only=1"])
+        .collect();
+    // The clone holds what the jobs wrote to the origin. (fio counts the writes it
+    // only pretends to do under verify_only: the server's counter shows none.)
+    let writes = srv.server().stats().writes;
+    let json = fio(&srv, "clone0", &verify_only);
+    let (errs, read, _) = fio_errors(&json);
+    assert_eq!(errs, 0, "{json}");
+    assert_eq!(read, 32 << 20, "{json}");
+    assert_eq!(srv.server().stats().writes, writes, "verify_only wrote");
+
+    // Mixed random I/O over the clone's first 32 MiB and over the origin, verifying
+    // what is written.
+    for disk in ["clone0", "vd0"] {
+        let json = fio(
+            &srv,
+            disk,
+            &[
+                "--rw=randrw",
+                "--rwmixread=50",
+                "--size=32M",
+                "--io_size=16M",
+                "--verify=crc32c",
+                "--randseed=7",
+            ],
+        );
+        let (errs, read, written) = fio_errors(&json);
+        assert_eq!(errs, 0, "{disk}: {json}");
+        assert!(read > 0 && written > 0, "{disk}: {json}");
+    }
+    // Overwrite the clone's first MiB with a plain pattern (no verify headers): verifying
+    // the first jobs' data on the clone must now fail (the check is real).
+    fio(
         &srv,
-        "disk",
+        "clone0",
         &[
-            "--rw=randrw",
-            "--rwmixread=50",
-            "--size=32M",
-            "--io_size=16M",
-            "--verify=crc32c",
+            "--rw=write",
+            "--size=1M",
+            "--verify=0",
+            "--buffer_pattern=0x5a",
         ],
     );
-    let (errs, read, written) = fio_errors(&json);
-    assert_eq!(errs, 0, "{json}");
-    assert!(read > 0 && written > 0, "{json}");
-}
-
-#[test]
-fn read_only_export_refuses_writes() {
-    if !have("qemu-io") {
-        return;
-    }
-    let srv = TestServer::start(vec![
-        NbdExport::new("ro", malloc("M0", 16)).with_read_only(true),
-    ]);
-    let uri = srv.uri("ro");
-    // qemu sees NBD_FLAG_READ_ONLY and refuses to open the export for writing (qemu-io
-    // and libnbd check the flag before sending anything, even with auto-read-only).
-    let out = run(
-        Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0xab 0 4k", &uri]),
-        T,
-    );
+    let out = run(&mut fio_cmd(&srv, "clone0", &verify_only), T);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.status.success(), "{text}");
     assert!(
-        text.contains("Permission denied") || text.contains("read-only"),
-        "{text}"
+        !out.status.success() && text.contains("verify"),
+        "fio must find the overwritten blocks: {text}"
     );
-    // Read-only access works.
-    let out = run_ok(
-        Command::new("qemu-io").args(["-f", "raw", "-r", "-c", "read -P 0 0 4k", &uri]),
-        T,
+    // The snapshot, through its read-only export, still holds the first jobs' data, and
+    // its map did not change.
+    let json = fio(&srv, "snap0", &verify_only);
+    let (errs, read, _) = fio_errors(&json);
+    assert_eq!(errs, 0, "{json}");
+    assert_eq!(read, 32 << 20, "{json}");
+    assert_eq!(nbd_map(&srv.uri("snap0")), map, "the snapshot's map");
+    let cmap = nbd_map(&srv.uri("clone0"));
+    assert!(
+        types_in(&cmap, 16 * M, 16 * M).contains(&DATA),
+        "the clone wrote into 16M..32M: {cmap:?}"
     );
-    assert!(out.contains("read 4096/4096"), "{out}");
-    // The server itself answers EPERM on the wire (tests/nbd_wire.rs checks every
-    // modifying command); reads work.
-    let mut c = RawClient::connect(srv.addr, "ro", Opts::default()).unwrap();
-    let r = c.write(0, &[0xab; 4096]).unwrap();
-    assert_eq!(r.error, 1, "EPERM");
-    let r = c.read(0, 4096).unwrap();
-    assert_eq!(r.error, 0);
-    assert!(r.data.iter().all(|&b| b == 0));
+    assert_range(&cmap, 48 * M, 16 * M, HOLE);
+}
+
+#[test]
+fn read_only_exports_of_a_snapshot_and_a_disk_refuse_writes() {
+    need("qemu-io");
+    let srv = TestServer::thin_pool(Backing::Malloc, 64, &[("vd0", 16)]);
+    qemu_io(&srv.uri("vd0"), false, &["write -P 0xab 0 64k"]);
+    // A snapshot is exported as it is (read-only because the disk is); the origin again
+    // under a second name with the export's own read-only flag.
+    srv.snapshot("vd0", "snap0");
+    let vd0 = block_on(srv.pool().disk("vd0")).unwrap();
+    srv.server()
+        .add_export(NbdExport::new("vd0-ro", vd0).with_read_only(true))
+        .unwrap();
+    for name in ["snap0", "vd0-ro"] {
+        let uri = srv.uri(name);
+        // qemu sees NBD_FLAG_READ_ONLY and refuses to open the export for writing
+        // (qemu-io and libnbd check the flag before sending anything).
+        let out = run(
+            Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0xcd 0 4k", &uri]),
+            T,
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{name}: {text}");
+        assert!(
+            text.contains("Permission denied") || text.contains("read-only"),
+            "{name}: {text}"
+        );
+        // Read-only access works.
+        let out = qemu_io(&uri, true, &["read -P 0xab 0 64k", "read -P 0 64k 64k"]);
+        assert!(out.contains("read 65536/65536"), "{out}");
+        // The server itself answers EPERM on the wire (tests/nbd_wire.rs checks every
+        // modifying command); reads work and see the data unchanged.
+        let mut c = RawClient::connect(srv.addr, name, Opts::default()).unwrap();
+        let r = c.write(0, &[0xcd; 4096]).unwrap();
+        assert_eq!(r.error, 1, "{name}: EPERM");
+        let r = c.read(0, 4096).unwrap();
+        assert_eq!(r.error, 0);
+        assert!(r.data.iter().all(|&b| b == 0xab), "{name}");
+    }
+}
+
+/// A tessera bug, seen by real clients: a core makes a disk's mapping agent when it
+/// opens the disk's first channel (and drops it with the last), and the new agent answers
+/// NBD block status from its view before the controller has sent it one — "all hole".
+/// `nbdinfo --map` asks first thing on a fresh connection, and nbdcopy and `qemu-img
+/// convert` skip reading what block status calls a hole, so their copies come out as
+/// zeros: data loss. The other tests hold every view ([`TestServer::hold_views`]).
+#[test]
+#[ignore = "tessera bug: a new mapping agent reports block status before it has its view \
+            (written data as holes); run with --run-ignored all"]
+fn block_status_on_fresh_connections_reports_written_data() {
+    need_all(&["qemu-io", "qemu-img", "nbdinfo", "nbdcopy"]);
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::thin_pool_cold(Backing::Malloc, 64, &[("vd0", 16)]);
+    let vd0 = srv.uri("vd0");
+    qemu_io(&vd0, false, &["write -P 0x11 0 4M", "flush"]);
+    let copy = dir.path().join("copy.img");
+    let copied = |cmd: &mut Command| {
+        let _ = std::fs::remove_file(&copy);
+        run_ok(cmd, T);
+        let got = std::fs::read(&copy).unwrap();
+        got.len() == 16 << 20 && got[..4 << 20].iter().all(|&b| b == 0x11)
+    };
+    let mut wrong: BTreeMap<&str, usize> = BTreeMap::new();
+    for _ in 0..10 {
+        let map = nbd_map(&vd0);
+        if types_in(&map, 0, 4 * M) != [DATA] {
+            *wrong.entry("nbdinfo --map").or_default() += 1;
+        }
+        if !copied(Command::new("nbdcopy").arg(&vd0).arg(&copy)) {
+            *wrong.entry("nbdcopy").or_default() += 1;
+        }
+        if !copied(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "raw", &vd0])
+                .arg(&copy),
+        ) {
+            *wrong.entry("qemu-img convert").or_default() += 1;
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "wrong answers out of 10 fresh connections each: {wrong:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
-// ext4 on the export, through nbdfuse and a loop device.
+// ext4 on the exports, through nbdfuse and a loop device.
 
 /// Runs a teardown command when dropped (also when the test fails).
 struct Teardown(Vec<String>);
@@ -410,22 +779,106 @@ impl Drop for Teardown {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+/// Fails the test unless it runs as root with FUSE and loop devices.
+fn need_root_fuse_and_loop() {
+    let uid = run_ok(Command::new("id").arg("-u"), T);
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "ext4 over nbdfuse and a loop device needs root (scripts/test.sh runs as root in CI)"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "ext4 over nbdfuse needs /dev/fuse (modprobe fuse; in a container, pass --device /dev/fuse)"
+    );
+    assert!(
+        Path::new("/dev/loop-control").exists(),
+        "ext4 over nbdfuse needs loop devices (modprobe loop; in a container, pass /dev/loop-control and /dev/loop*)"
+    );
 }
 
-fn write_tree(root: &Path) -> BTreeMap<PathBuf, u32> {
+/// An export as a block device: nbdfuse shows it as a file, a loop device (4 KiB
+/// logical blocks) makes that a block device. Torn down when dropped, in reverse order:
+/// detach the loop device, unmount FUSE, then nbdfuse exits (killed if it does not).
+struct FuseLoop {
+    dev: String,
+    _loop: Teardown,
+    _fuse: Teardown,
+    _nbdfuse: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl FuseLoop {
+    fn attach(uri: &str, size_bytes: u64, read_only: bool) -> FuseLoop {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("nbd");
+        let mut cmd = Command::new("nbdfuse");
+        if read_only {
+            cmd.arg("-r");
+        }
+        let nbdfuse = ChildGuard::spawn(cmd.arg(dir.path()).arg(uri));
+        let fuse = Teardown(vec![
+            "fusermount3".into(),
+            "-u".into(),
+            dir.path().display().to_string(),
+        ]);
+        assert!(
+            wait_until(Duration::from_secs(20), || std::fs::metadata(&image)
+                .map(|m| m.len() == size_bytes)
+                .unwrap_or(false)),
+            "nbdfuse did not expose {uri}"
+        );
+        let mut losetup = Command::new("losetup");
+        // 4 KiB logical blocks: the loop device then only sends what the export's
+        // advertised minimum block size allows (nbdfuse does not split requests).
+        losetup.args(["-b", "4096", "-f", "--show"]);
+        if read_only {
+            losetup.arg("-r");
+        }
+        let dev = run_ok(losetup.arg(&image), T).trim().to_string();
+        let lo = Teardown(vec!["losetup".into(), "-d".into(), dev.clone()]);
+        FuseLoop {
+            dev,
+            _loop: lo,
+            _fuse: fuse,
+            _nbdfuse: nbdfuse,
+            _dir: dir,
+        }
+    }
+
+    /// `e2fsck -fn`: a forced check that changes nothing.
+    fn fsck(&self) {
+        let fsck = run(Command::new("e2fsck").args(["-fn", &self.dev]), T);
+        assert!(
+            fsck.status.success(),
+            "e2fsck found problems on {}:\n{}{}",
+            self.dev,
+            String::from_utf8_lossy(&fsck.stdout),
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+    }
+
+    /// Mounts the file system (with `opts`) on `mnt`; unmounted when the guard drops.
+    fn mount(&self, mnt: &Path, opts: &str) -> Teardown {
+        run_ok(
+            Command::new("mount")
+                .args(["-o", opts])
+                .arg(&self.dev)
+                .arg(mnt),
+            T,
+        );
+        Teardown(vec!["umount".into(), mnt.display().to_string()])
+    }
+}
+
+fn write_tree(root: &Path, seed: u64) -> BTreeMap<PathBuf, u32> {
     let mut sums = BTreeMap::new();
     for d in 0..6 {
         let dir = root.join(format!("dir{d}/sub{}", d % 3));
         std::fs::create_dir_all(&dir).unwrap();
         for f in 0..8 {
             let len = [0usize, 1, 511, 4096, 10_000, 65_536, 300_001, 1 << 20][f];
-            let data = pattern((d * 100 + f) as u64, len);
+            let data = pattern(seed + (d * 100 + f) as u64, len);
             let p = dir.join(format!("file{f}.bin"));
             std::fs::write(&p, &data).unwrap();
             sums.insert(
@@ -445,77 +898,82 @@ fn check_tree(root: &Path, sums: &BTreeMap<PathBuf, u32>) {
 }
 
 #[test]
-fn ext4_over_nbdfuse_and_loop() {
-    for tool in [
+fn ext4_over_nbdfuse_and_loop_on_a_thin_disk_snapshot_and_clone() {
+    need_all(&[
         "nbdfuse",
         "fusermount3",
         "losetup",
         "mkfs.ext4",
         "e2fsck",
         "mount",
-    ] {
-        if !have(tool) {
-            return;
-        }
-    }
-    if !is_root() || !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: ext4 over nbdfuse needs root and /dev/fuse");
-        return;
-    }
-    let srv = TestServer::start(vec![NbdExport::new("fs", malloc("M0", 128))]);
-    let dir = tempfile::tempdir().unwrap();
-    let fuse_dir = dir.path().join("fuse");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&fuse_dir).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
-    let image = fuse_dir.join("nbd");
-
-    // Dropped in reverse order: unmount, detach the loop device, unmount FUSE, kill nbdfuse.
-    let _nbdfuse = ChildGuard::spawn(Command::new("nbdfuse").arg(&image).arg(srv.uri("fs")));
-    let _fuse = Teardown(vec![
-        "fusermount3".into(),
-        "-u".into(),
-        fuse_dir.display().to_string(),
+        "umount",
+        "nbdinfo",
     ]);
-    assert!(
-        wait_until(Duration::from_secs(20), || std::fs::metadata(&image)
-            .map(|m| m.len() == 128 << 20)
-            .unwrap_or(false)),
-        "nbdfuse did not expose the export"
+    need_root_fuse_and_loop();
+    let dir = tempfile::tempdir().unwrap();
+    const DISK: u64 = 128 * M;
+    let srv = TestServer::thin_pool(
+        Backing::File(&dir.path().join("pool.img")),
+        384,
+        &[("fs", DISK / M)],
     );
-    let loopdev = run_ok(
-        // 4 KiB logical blocks: the loop device then only sends what the export's
-        // advertised minimum block size allows (nbdfuse does not split requests).
-        Command::new("losetup")
-            .args(["-b", "4096", "-f", "--show"])
-            .arg(&image),
-        T,
-    )
-    .trim()
-    .to_string();
-    let _loop = Teardown(vec!["losetup".into(), "-d".into(), loopdev.clone()]);
-    run_ok(Command::new("mkfs.ext4").args(["-q", "-F", &loopdev]), T);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
 
+    // mkfs, write a tree of files, check the file system, all on the thin disk.
     let sums = {
-        run_ok(Command::new("mount").arg(&loopdev).arg(&mnt), T);
-        let _mounted = Teardown(vec!["umount".into(), mnt.display().to_string()]);
-        write_tree(&mnt)
+        let dev = FuseLoop::attach(&srv.uri("fs"), DISK, false);
+        run_ok(Command::new("mkfs.ext4").args(["-q", "-F", &dev.dev]), T);
+        let sums = {
+            let _mounted = dev.mount(&mnt, "rw");
+            write_tree(&mnt, 0)
+        };
+        dev.fsck();
+        sums
     };
-    let fsck = run(Command::new("e2fsck").args(["-fn", &loopdev]), T);
-    assert!(
-        fsck.status.success(),
-        "e2fsck found problems:\n{}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    {
-        run_ok(Command::new("mount").arg(&loopdev).arg(&mnt), T);
-        let _mounted = Teardown(vec!["umount".into(), mnt.display().to_string()]);
-        check_tree(&mnt, &sums);
-    }
     let stats = srv.server().stats();
     assert!(
         stats.flushes > 0,
         "ext4 flushes through to the server: {stats:?}"
     );
+    // A thin disk holds the file system's metadata and files, not 128 MiB.
+    let map = nbd_map(&srv.uri("fs"));
+    let data = bytes_of(&map, DATA);
+    assert!(
+        data < DISK / 2 && bytes_of(&map, HOLE) > DISK / 2,
+        "{data} bytes of data: {map:?}"
+    );
+
+    srv.snapshot("fs", "fs-snap");
+    srv.clone_disk("fs-snap", "fs-clone");
+    // The clone holds the same file system: check it, then change it.
+    {
+        let dev = FuseLoop::attach(&srv.uri("fs-clone"), DISK, false);
+        dev.fsck();
+        {
+            let _mounted = dev.mount(&mnt, "rw");
+            check_tree(&mnt, &sums);
+            std::fs::remove_dir_all(mnt.join("dir0")).unwrap();
+            std::fs::create_dir(mnt.join("clone")).unwrap();
+            let more = write_tree(&mnt.join("clone"), 1000);
+            check_tree(&mnt.join("clone"), &more);
+            // Overwrite files in place, too.
+            for (p, _) in sums.iter().filter(|(p, _)| p.starts_with("dir1")) {
+                std::fs::write(mnt.join(p), b"changed in the clone").unwrap();
+            }
+        }
+        dev.fsck();
+    }
+    // The snapshot, read-only, still holds the original tree and nothing of the clone's.
+    {
+        let dev = FuseLoop::attach(&srv.uri("fs-snap"), DISK, true);
+        dev.fsck();
+        let _mounted = dev.mount(&mnt, "ro,noload");
+        check_tree(&mnt, &sums);
+        assert!(
+            !mnt.join("clone").exists(),
+            "the clone's files in the snapshot"
+        );
+    }
+    assert_eq!(nbd_map(&srv.uri("fs-snap")), map, "the snapshot's map");
 }

@@ -1,6 +1,6 @@
 //! Serve from YAML, change the target over RPC, save the running configuration in both
-//! formats (SPDK's JSON through `save_config` — and through SPDK's own client when it is
-//! installed — and tessera's YAML through `tessera_save_config`), restart from each file:
+//! formats (SPDK's JSON through `save_config` — and through SPDK's own client, which must
+//! be installed — and tessera's YAML through `tessera_save_config`), restart from each file:
 //! the same bdevs, pools, disks, snapshots, clones and exports. Disks of a pool on a file
 //! keep their data across the restarts (the pool is found again on its bdev); disks of a
 //! RAM pool come back empty, as RAM does.
@@ -233,16 +233,14 @@ nvmf:
     let json_file = files.path().join("saved.json");
     let saved = srv.call("save_config", Value::Null);
     std::fs::write(&json_file, serde_json::to_string_pretty(&saved).unwrap()).unwrap();
-    if let Some(tool) = spdk_rpc() {
-        let out = run_ok(
-            Command::new(tool)
-                .arg("-s")
-                .arg(&srv.socket)
-                .arg("save_config"),
-        );
-        let theirs: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(theirs["subsystems"], saved["subsystems"]);
-    }
+    let out = run_ok(
+        Command::new(spdk_rpc())
+            .arg("-s")
+            .arg(&srv.socket)
+            .arg("save_config"),
+    );
+    let theirs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(theirs["subsystems"], saved["subsystems"]);
     let yaml_file = files.path().join("saved.yaml");
     let r = srv.call("tessera_save_config", json!({"path": yaml_file}));
     assert_eq!(r["path"], yaml_file.to_str().unwrap());

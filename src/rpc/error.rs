@@ -9,6 +9,7 @@
 
 use crate::bdev::BdevError;
 use crate::bdev::nvme::HostError;
+use crate::config::spdk_json::params::ParamError;
 use crate::frontend::nbd::NbdError;
 use crate::frontend::nvmf::NvmfError;
 use crate::target::TargetError;
@@ -187,6 +188,16 @@ impl From<HostError> for RpcError {
     }
 }
 
+impl From<ParamError> for RpcError {
+    fn from(e: ParamError) -> RpcError {
+        match e {
+            ParamError::Invalid(msg) => RpcError::invalid_params(msg),
+            ParamError::Unsupported(msg) => RpcError::einval(msg),
+            ParamError::NoSuch(what) => RpcError::no_such(what),
+        }
+    }
+}
+
 impl From<TargetError> for RpcError {
     fn from(e: TargetError) -> RpcError {
         match e {
@@ -222,5 +233,13 @@ mod tests {
         .into();
         assert_eq!(e.code, -16);
         assert_eq!(RpcError::method_not_found("x").code, METHOD_NOT_FOUND);
+        let e: RpcError = ParamError::invalid("missing parameter \"name\"").into();
+        assert_eq!(e.code, INVALID_PARAMS);
+        assert_eq!(e.message, "missing parameter \"name\"");
+        let e: RpcError = ParamError::unsupported("\"psk\" is not supported by tessera").into();
+        assert_eq!(e.code, -libc::EINVAL);
+        let e: RpcError = ParamError::NoSuch("NVMe-oF target \"t\"".into()).into();
+        assert_eq!(e.code, -libc::ENODEV);
+        assert_eq!(e.message, "NVMe-oF target \"t\" does not exist");
     }
 }

@@ -4,20 +4,20 @@
 //! NBD server, YAML configuration).
 //!
 //! - [`protocol`]: framing, request parsing, responses — pure, total, fuzzed.
-//! - [`params`]: parameter decoding with errors that name the parameter — pure.
 //! - [`error`]: error objects and the one mapping of engine errors to codes.
 //! - [`methods`]: the method table and the handlers.
 //! - [`server`]: the Unix socket listener and connections, on core 0.
-//! - [`spdk_json`]: SPDK's JSON configuration format, both ways.
 //! - [`client`]: the blocking client behind `tessera rpc`.
+//!
+//! The RPC sits on top: it calls into [`crate::config`] (parameter decoding, the
+//! parameters of the configuration methods, SPDK's JSON configuration both ways) and
+//! [`crate::target`], and neither of them uses it.
 
 pub mod client;
 pub mod error;
 pub mod methods;
-pub mod params;
 pub mod protocol;
 pub mod server;
-pub mod spdk_json;
 
 pub use client::RpcClient;
 pub use error::RpcError;

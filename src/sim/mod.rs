@@ -56,6 +56,30 @@ pub struct Report {
     pub digest: u64,
 }
 
+impl Report {
+    /// Adds `r`'s counts to these.
+    pub fn add(&mut self, r: &Report) {
+        self.waves += r.waves;
+        self.data_ops += r.data_ops;
+        self.control_ops += r.control_ops;
+        for (k, (n, ok)) in &r.control {
+            let e = self.control.entry(k).or_default();
+            e.0 += n;
+            e.1 += ok;
+        }
+        self.crashes += r.crashes;
+        self.clean_reopens += r.clean_reopens;
+        self.blocks_verified += r.blocks_verified;
+        self.read_errors += r.read_errors;
+        self.write_errors += r.write_errors;
+        self.misdirected += r.misdirected;
+        self.bit_rot += r.bit_rot;
+        self.torn_or_dropped_writes += r.torn_or_dropped_writes;
+        self.no_space += r.no_space;
+        self.sim_ms += r.sim_ms;
+    }
+}
+
 /// A failing run: the seed, what went wrong, the last events before it.
 #[derive(Clone, Debug)]
 pub struct Failure {
@@ -86,6 +110,8 @@ impl std::error::Error for Failure {}
 #[derive(Debug, Default)]
 pub struct Summary {
     pub passed: u64,
+    /// The passing runs' reports added up (seed and digest aside).
+    pub totals: Report,
     /// Seeds whose run ended with injected metadata damage detected.
     pub detected: u64,
     pub failures: Vec<Failure>,
@@ -127,6 +153,7 @@ pub fn run_many(
                         Ok(rep) => {
                             sum.passed += 1;
                             sum.detected += rep.detected.is_some() as u64;
+                            sum.totals.add(&rep);
                         }
                         Err(f) => sum.failures.push(f),
                     }

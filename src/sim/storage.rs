@@ -133,6 +133,9 @@ struct State {
     /// Writes allowed before the device dies.
     budget: Option<Arc<WriteBudget>>,
     stats: DiskStats,
+    /// The byte ranges of the last writes that reached the medium (for bit rot that
+    /// hits live data rather than free space).
+    landed: std::collections::VecDeque<(u64, u64)>,
 }
 
 impl State {
@@ -142,6 +145,15 @@ impl State {
         match &w.data {
             Some(d) => buf[range].copy_from_slice(d),
             None => buf[range].fill(0),
+        }
+    }
+
+    fn note_landed(&mut self, w: &PendingWrite) {
+        if !w.durable {
+            self.landed.push_back((w.offset, w.len));
+            if self.landed.len() > 64 {
+                self.landed.pop_front();
+            }
         }
     }
 
@@ -186,6 +198,7 @@ impl SimDisk {
                 writes_submitted: 0,
                 budget: None,
                 stats: DiskStats::default(),
+                landed: Default::default(),
             }),
         }))
     }
@@ -265,6 +278,11 @@ impl SimDisk {
             }
         }
         out
+    }
+
+    /// Byte ranges of the last writes that reached the medium, oldest first.
+    pub fn recently_landed(&self) -> Vec<(u64, u64)> {
+        self.st().landed.iter().copied().collect()
     }
 
     /// The medium as it is (what a power loss that drops every unflushed write leaves).
@@ -417,6 +435,7 @@ impl SimDisk {
                 let flushed: Vec<PendingWrite> = st.cache.drain(..n).collect();
                 for w in &flushed {
                     State::apply(&mut st.medium, w);
+                    st.note_landed(w);
                 }
                 IoStatus::Success
             }
@@ -454,6 +473,7 @@ impl SimDisk {
                     // loss that lands an older cached write to the same bytes lands
                     // this one again after it.
                     State::apply(&mut st.medium, &w);
+                    st.note_landed(&w);
                     w.durable = true;
                 }
                 st.cache.push(w);

@@ -43,6 +43,9 @@ impl IoSink for Completions {
     }
 }
 
+/// A pool's separate metadata bdev, if it has one.
+pub type MetaBdev = Option<Arc<dyn Bdev>>;
+
 /// A future the simulator polls by hand.
 pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -119,7 +122,7 @@ impl World {
     }
 
     /// The disks as bdevs: containers and, if separate, the metadata bdev.
-    pub fn bdevs(&self, layout: &Layout) -> (Vec<Arc<dyn Bdev>>, Option<Arc<dyn Bdev>>) {
+    pub fn bdevs(&self, layout: &Layout) -> (Vec<Arc<dyn Bdev>>, MetaBdev) {
         let mut all: Vec<Arc<dyn Bdev>> = self
             .disks
             .iter()

@@ -39,9 +39,8 @@
 use super::VdiskError;
 use super::controller::Controller;
 use super::map::{Extent, MAX_LAYERS};
-use super::meta::space_map::SM_COUNTS_PER_PAGE;
 use super::meta::superblock::Superblock;
-use super::meta::{self, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
+use super::meta::{self, BlockPtr, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
 use super::table::{self, MAX_FANOUT, NODE_PAYLOAD_BYTES, Node, NodeKind};
 use super::views::until;
 use crate::bdev::{IoBuf, IoStatus};
@@ -226,6 +225,7 @@ impl Controller {
             st.committed_txn = txn;
             st.committed_changes = captured.changes;
             st.dir_pages = captured.dir_pages;
+            st.space_map = captured.space_map;
         }
         tracing::debug!(pool = %self.shared.name, txn, pages = captured.pages.len(), "committed");
         self.release_after_drain(txn).await;
@@ -365,49 +365,49 @@ impl Controller {
         let uuid = shared.uuid;
         let mut pages: Vec<(u64, Vec<u8>)> = Vec::new();
         // Tables.
+        let mut roots = Vec::with_capacity(st.disks.len());
         for d in st.disks.values_mut() {
-            d.rec.root_page = match &d.root {
+            let root = match &d.root {
                 Some(root) => write_node(root, txn, &uuid, &mut st.space, &mut pages)?,
-                None => NO_PAGE,
+                None => BlockPtr::NONE,
             };
+            d.rec.root_page = root.page;
+            roots.push(root);
         }
-        // Directory: written anew; the old chain is freed with this transaction.
+        // Directory: written anew, last page first (each page points at the next one with
+        // its checksum); the old chain is freed with this transaction.
         let recs: Vec<meta::directory::DiskRecord> =
             st.disks.values().map(|d| d.rec.clone()).collect();
-        let chunks: Vec<&[meta::directory::DiskRecord]> =
-            recs.chunks(meta::directory::DIR_RECORDS_PER_PAGE).collect();
+        let per = meta::directory::DIR_RECORDS_PER_PAGE;
+        let n_dir = recs.len().div_ceil(per);
         let mut dir_pages = Vec::new();
-        for _ in 0..chunks.len() {
-            dir_pages.push(st.space.alloc_page().ok_or(CaptureError::failed())?);
+        for _ in 0..n_dir {
+            dir_pages.push(st.space.alloc_page().ok_or_else(CaptureError::failed)?);
         }
-        for (i, chunk) in chunks.iter().enumerate() {
-            let next = dir_pages.get(i + 1).copied().unwrap_or(NO_PAGE);
-            pages.push((
+        let mut next = BlockPtr::NONE;
+        for i in (0..n_dir).rev() {
+            let (lo, hi) = (i * per, ((i + 1) * per).min(recs.len()));
+            let b = meta::directory::encode_directory(
                 dir_pages[i],
-                meta::directory::encode_directory(dir_pages[i], txn, &uuid, next, chunk),
-            ));
+                txn,
+                &uuid,
+                next,
+                &recs[lo..hi],
+                &roots[lo..hi],
+            );
+            next = BlockPtr::of(&b);
+            pages.push((dir_pages[i], b));
         }
+        let directory = next;
         for p in std::mem::take(&mut st.dir_pages) {
             st.space.retire_page(p, txn);
         }
-        // Space map: pages that changed in this or the previous transaction go to this
-        // transaction's copy, so that copy is complete when this superblock is.
-        let sm = shared.sm_pages;
-        let copy = txn % 2;
-        let refs = st.space.all_refs();
-        let changed: Vec<u64> = st
-            .space
-            .sm_pages_changed_since(txn.saturating_sub(1))
-            .collect();
-        for i in changed {
-            let lo = i as usize * SM_COUNTS_PER_PAGE;
-            let hi = (lo + SM_COUNTS_PER_PAGE).min(refs.len());
-            let page = copy * sm + i;
-            pages.push((
-                page,
-                meta::space_map::encode_space_map(page, txn, &uuid, i, &refs[lo..hi]),
-            ));
-        }
+        // Space map: the pages that changed in this transaction, and their index pages,
+        // each into the place the committed superblock does not point at.
+        let changed: Vec<u64> = st.space.sm_pages_changed_since(txn).collect();
+        let space_map = st
+            .space_map
+            .write(changed, st.space.all_refs(), txn, &uuid, &mut pages);
         let sb = Superblock {
             pool_uuid: uuid,
             pool_name: shared.name.clone(),
@@ -418,8 +418,9 @@ impl Controller {
             block_size: shared.geo.block_size,
             meta_first_byte: shared.meta_first_byte,
             meta_pages: shared.meta_pages,
-            sm_pages: sm,
-            directory_head: dir_pages.first().copied().unwrap_or(NO_PAGE),
+            sm_pages: shared.sm_pages,
+            sm_index_pages: space_map.index.len() as u64,
+            directory,
             cow_policy: shared.cow_default as u8,
             separate_metadata: shared.separate_metadata,
             metadata_uuid: shared.meta_label_uuid,
@@ -432,12 +433,14 @@ impl Controller {
                     reserved_segments: c.reserved,
                 })
                 .collect(),
+            sm_index: space_map.index.clone(),
         };
         Ok(Captured {
             pages,
             sb,
             changes,
             dir_pages,
+            space_map,
         })
     }
 
@@ -604,6 +607,7 @@ struct Captured {
     sb: Superblock,
     changes: u64,
     dir_pages: Vec<u64>,
+    space_map: meta::space_map::SpaceMapPtrs,
 }
 
 /// The page of the leaf covering `vseg`.
@@ -620,35 +624,37 @@ fn leaf_page(root: &Arc<Node>, vseg: u64) -> u64 {
     }
 }
 
-/// Writes `node` and its unwritten descendants; returns its page.
+/// Writes `node` and its unwritten descendants (children first: a parent records each
+/// child's checksum); returns the pointer to it.
 fn write_node(
     node: &Arc<Node>,
     txn: u64,
     pool: &uuid::Uuid,
     space: &mut super::alloc::Space,
     out: &mut Vec<(u64, Vec<u8>)>,
-) -> Result<u64, CaptureError> {
+) -> Result<BlockPtr, CaptureError> {
     let p = node.page();
     if p != NO_PAGE {
-        return Ok(p);
+        let (txn, crc) = node.written();
+        return Ok(BlockPtr { page: p, txn, crc });
     }
-    let page = match &node.kind {
+    let b = match &node.kind {
         NodeKind::Internal { keys, children } => {
             let mut entries = Vec::with_capacity(children.len());
             for (k, c) in keys.iter().zip(children) {
                 entries.push((*k, write_node(c, txn, pool, space, out)?));
             }
             let page = space.alloc_page().ok_or_else(CaptureError::failed)?;
-            out.push((page, meta::node::encode_internal(page, txn, pool, &entries)));
-            page
+            meta::node::encode_internal(page, txn, pool, &entries)
         }
         NodeKind::Leaf { extents } => {
             let page = space.alloc_page().ok_or_else(CaptureError::failed)?;
-            out.push((page, meta::node::encode_leaf(page, txn, pool, extents)));
-            page
+            meta::node::encode_leaf(page, txn, pool, extents)
         }
     };
-    node.set_page(page);
+    let ptr = BlockPtr::of(&b);
+    node.set_page(ptr.page, ptr.txn, ptr.crc);
     space.node_written();
-    Ok(page)
+    out.push((ptr.page, b));
+    Ok(ptr)
 }

@@ -141,6 +141,8 @@ pub(crate) struct CtlState {
     pub committed_changes: u64,
     /// Pages of the committed directory chain.
     pub dir_pages: Vec<u64>,
+    /// The committed superblock's pointers into the space map.
+    pub space_map: super::meta::space_map::SpaceMapPtrs,
     /// Set when a metadata write failed: the pool refuses further changes.
     pub failed: Option<String>,
     pub closed: bool,

@@ -1,22 +1,27 @@
 //! Creating a pool (writing labels and an empty durable state) and opening one
-//! (reading the labels, choosing the newest valid superblock, loading every table and
-//! recomputing the reference counts): crash recovery is opening.
+//! (reading the labels, choosing the newest valid superblock, verifying and loading
+//! every table, recomputing the reference counts): crash recovery is opening.
+//!
+//! Open trusts nothing it reads: the walk in `scan.rs`, shared with `tessera check`,
+//! verifies every page against the pointer that leads to it and every field against
+//! the pool, and open refuses with the first problem (naming the page and the field)
+//! before it builds anything from what it read.
 
 use super::alloc::{RESERVED, Space};
 use super::controller::{Controller, CtlState, DiskCtl, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, Fill, Geometry};
-use super::meta::directory::DiskRecord;
 use super::meta::label::{Label, Role};
-use super::meta::space_map::SM_COUNTS_PER_PAGE;
-use super::meta::superblock::{ContainerRecord, Superblock};
-use super::meta::{self, MetaError, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
+use super::meta::space_map::{SpaceMapPtrs, sm_index_pages_for, sm_pages_for};
+use super::meta::superblock::{ContainerRecord, MAX_SEGMENTS, Superblock};
+use super::meta::{self, BlockPtr, PAGE_BYTES, SUPERBLOCK_OFFSET};
+use super::scan::{self, Mode, NodePage, Scan};
 use super::shared::{Container, PoolShared};
 use super::table::{Node, NodeKind};
 use super::views;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{Bdev, Channel, IoBuf, IoStatus};
-use crate::reactor::{self, Cores};
+use crate::reactor::Cores;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -154,7 +159,18 @@ pub(crate) async fn create(
         .map(|b| b.num_blocks() * b.block_size() as u64 / seg)
         .collect();
     let total: u64 = segs.iter().sum();
-    let sm_pages = (total as usize).div_ceil(SM_COUNTS_PER_PAGE) as u64;
+    if total > MAX_SEGMENTS {
+        return Err(invalid(
+            "segment_size",
+            format!(
+                "{total} segments of {seg} bytes exceed the {MAX_SEGMENTS} a pool may have; \
+                 use larger segments"
+            ),
+        ));
+    }
+    let sm_pages = sm_pages_for(total);
+    let sm_index_pages = sm_index_pages_for(sm_pages);
+    let fixed_pages = 2 * (sm_pages + sm_index_pages);
     let (meta_first_byte, meta_pages, reserved0) = match &metadata {
         Some(m) => {
             let bytes = m.num_blocks() * m.block_size() as u64;
@@ -169,12 +185,12 @@ pub(crate) async fn create(
             (seg, meta_segs * seg / PAGE_BYTES as u64, 1 + meta_segs)
         }
     };
-    if meta_pages < 2 * sm_pages + 64 {
+    if meta_pages < fixed_pages + 64 {
         return Err(invalid(
             "metadata_size",
             format!(
                 "{meta_pages} metadata pages are too few for {total} segments (need at least {})",
-                2 * sm_pages + 64
+                fixed_pages + 64
             ),
         ));
     }
@@ -233,33 +249,25 @@ pub(crate) async fn create(
             .map_err(io_err(format!("writing the label of `{}`", m.name())))?;
         labelled.push((m.clone(), label));
     }
-    // Empty space map, both copies.
-    for copy in 0..2u64 {
-        let txn = copy; // copy 1 is written by txn 1 (the first superblock), copy 0 by "txn 0"
-        for i in 0..sm_pages {
-            let lo = i as usize * SM_COUNTS_PER_PAGE;
-            let hi = ((i as usize + 1) * SM_COUNTS_PER_PAGE).min(total as usize);
-            let mut counts = vec![0u32; hi - lo];
-            let mut at = 0u64;
-            for (ci, &n) in segs.iter().enumerate() {
-                let reserved = if ci == 0 { reserved0 } else { 1 };
-                for s in at..at + reserved {
-                    if (lo as u64..hi as u64).contains(&s) {
-                        counts[(s - lo as u64) as usize] = RESERVED;
-                    }
-                }
-                at += n;
-            }
-            let page = copy * sm_pages + i;
-            let b = meta::space_map::encode_space_map(page, txn, &pool_uuid, i, &counts);
-            write_bytes(
-                &meta_bdev,
-                meta_first_byte + page * PAGE_BYTES as u64,
-                IoBuf::from_slice(&b),
-            )
-            .await
-            .map_err(io_err("writing the space map"))?;
-        }
+    // The space map (reserved segments marked) and its index, written by transaction 1.
+    let mut refs = vec![0u32; total as usize];
+    let mut at = 0u64;
+    for (ci, &n) in segs.iter().enumerate() {
+        let reserved = if ci == 0 { reserved0 } else { 1 };
+        refs[at as usize..(at + reserved) as usize].fill(RESERVED);
+        at += n;
+    }
+    let mut sm_writes = Vec::new();
+    let space_map =
+        SpaceMapPtrs::unwritten(sm_pages).write(0..sm_pages, &refs, 1, &pool_uuid, &mut sm_writes);
+    for (page, b) in &sm_writes {
+        write_bytes(
+            &meta_bdev,
+            meta_first_byte + page * PAGE_BYTES as u64,
+            IoBuf::from_slice(b),
+        )
+        .await
+        .map_err(io_err("writing the space map"))?;
     }
     let sb = Superblock {
         pool_uuid,
@@ -272,7 +280,8 @@ pub(crate) async fn create(
         meta_first_byte,
         meta_pages,
         sm_pages,
-        directory_head: NO_PAGE,
+        sm_index_pages,
+        directory: BlockPtr::NONE,
         cow_policy: opts.cow_policy as u8,
         separate_metadata: metadata.is_some(),
         metadata_uuid: metadata.as_ref().map_or(uuid::Uuid::nil(), |m| m.uuid()),
@@ -286,6 +295,7 @@ pub(crate) async fn create(
                 reserved_segments: if i == 0 { reserved0 } else { 1 },
             })
             .collect(),
+        sm_index: space_map.index,
     };
     write_bytes(
         &meta_bdev,
@@ -306,28 +316,6 @@ pub(crate) async fn create(
         meta_pages, "pool created");
     // Open with the labels just written (a `null` container could not read them back).
     open_labelled(cores, ctl_core, labelled).await
-}
-
-/// The newest valid superblock of the metadata bdev.
-async fn read_superblock(meta_bdev: &Arc<dyn Bdev>) -> Result<Superblock, VdiskError> {
-    let b = read_bytes(meta_bdev, SUPERBLOCK_OFFSET, 2 * PAGE_BYTES)
-        .await
-        .map_err(io_err(format!(
-            "reading the superblocks of `{}`",
-            meta_bdev.name()
-        )))?;
-    let a = Superblock::decode(&b[..PAGE_BYTES], "A");
-    let bb = Superblock::decode(&b[PAGE_BYTES..], "B");
-    match (a, bb) {
-        (Ok(a), Ok(b)) => Ok(if a.txn >= b.txn { a } else { b }),
-        (Ok(a), Err(e)) | (Err(e), Ok(a)) => {
-            if !matches!(e, MetaError::NoLabel { .. }) {
-                tracing::warn!(error = %e, "one superblock slot is damaged; using the other");
-            }
-            Ok(a)
-        }
-        (Err(a), Err(_)) => Err(VdiskError::Meta(a)),
-    }
 }
 
 /// Opens the pool that `bdevs` belong to: returns what [`super::Pool`] wraps.
@@ -356,63 +344,18 @@ async fn open_labelled(
     ctl_core: usize,
     labelled: Vec<(Arc<dyn Bdev>, Label)>,
 ) -> Result<Arc<PoolShared>, VdiskError> {
-    let Some((_, first)) = labelled.first() else {
-        return Err(VdiskError::NoPool("no bdevs given".into()));
-    };
-    let pool_uuid = first.pool_uuid;
-    if let Some((b, l)) = labelled.iter().find(|(_, l)| l.pool_uuid != pool_uuid) {
-        return Err(VdiskError::NoPool(format!(
-            "bdev `{}` belongs to pool `{}`, not `{}`",
-            b.name(),
-            l.pool_name,
-            first.pool_name
-        )));
+    let root = scan::read_root(&labelled, Mode::Open).await?;
+    for n in &root.notes {
+        tracing::warn!("{n}");
     }
-    let meta_bdev = labelled
-        .iter()
-        .find(|(_, l)| l.role == Role::Metadata)
-        .or_else(|| {
-            labelled
-                .iter()
-                .find(|(_, l)| l.role == Role::DataAndMetadata)
-        })
-        .map(|(b, _)| b.clone())
-        .ok_or_else(|| {
-            VdiskError::NoPool(format!(
-                "the metadata of pool `{}` is not among the bdevs",
-                first.pool_name
-            ))
-        })?;
-    let sb = read_superblock(&meta_bdev).await?;
-    if sb.pool_uuid != pool_uuid {
-        return Err(VdiskError::NoPool(
-            "the superblock belongs to another pool".into(),
-        ));
-    }
+    let sb = root.sb;
+    let pool_uuid = sb.pool_uuid;
     let mut containers = Vec::new();
     let mut at = 0;
-    for (i, rec) in sb.containers.iter().enumerate() {
-        let found = labelled.iter().find(|(_, l)| {
-            l.role != Role::Metadata
-                && l.container_index == i as u32
-                && l.bdev_uuid == rec.bdev_uuid
-        });
-        let Some((b, _)) = found else {
-            return Err(VdiskError::NoPool(format!(
-                "container {i} of pool `{}` (bdev uuid {}) is missing",
-                sb.pool_name, rec.bdev_uuid
-            )));
-        };
-        if b.num_blocks() * b.block_size() as u64 / sb.segment_bytes < rec.segments {
-            return Err(VdiskError::NoPool(format!(
-                "bdev `{}` is smaller than the {} segments pool `{}` records for it",
-                b.name(),
-                rec.segments,
-                sb.pool_name
-            )));
-        }
+    for (rec, b) in sb.containers.iter().zip(root.containers) {
+        let b = b.expect("open refuses a missing container");
         containers.push(Container {
-            bdev: b.clone(),
+            bdev: b,
             first_seg: at,
             segments: rec.segments,
             reserved: rec.reserved_segments,
@@ -420,7 +363,22 @@ async fn open_labelled(
         });
         at += rec.segments;
     }
-    let total = at;
+    // Everything the superblock points at, verified before anything is built from it.
+    let found = scan::scan(&root.meta_bdev, &sb, Mode::Open).await;
+    if let Some(e) = found.errors.into_iter().next() {
+        return Err(e);
+    }
+    let found = Scan {
+        errors: Vec::new(),
+        ..found
+    };
+    for e in &found.space_map_errors {
+        tracing::warn!(pool = %sb.pool_name, error = %e,
+            "the space map is damaged; rebuilt from the tables, the next commit writes it \
+             (run `tessera check`)");
+    }
+    // A rebuilt space map is a change: the next commit (a flush, the close) writes it.
+    let changes = u64::from(!found.space_map_errors.is_empty());
     let geo = Geometry::new(sb.block_size, sb.segment_bytes);
     let shared = Arc::new(PoolShared {
         id: PoolShared::next_id(),
@@ -428,7 +386,7 @@ async fn open_labelled(
         name: sb.pool_name.clone(),
         geo,
         separate_metadata: sb.separate_metadata,
-        meta_bdev: meta_bdev.clone(),
+        meta_bdev: root.meta_bdev.clone(),
         meta_label_uuid: sb.metadata_uuid,
         meta_first_byte: sb.meta_first_byte,
         meta_pages: sb.meta_pages,
@@ -442,14 +400,14 @@ async fn open_labelled(
         meta_budget: Default::default(),
         containers,
     });
-    let loaded = load_state(&shared, &sb).await?;
-    let LoadedState {
+    let Loaded {
         records,
         roots,
         dir_pages,
-        pages,
+        sm_ptrs,
         counts,
-    } = loaded;
+        node_pages,
+    } = build_state(found);
     let reserved: Vec<u64> = shared
         .containers
         .iter()
@@ -460,32 +418,14 @@ async fn open_labelled(
         &sizes,
         &reserved,
         sb.meta_pages,
-        2 * sb.sm_pages,
+        sb.node_first_page(),
         sb.txn + 1,
     );
-    for p in pages.iter().chain(dir_pages.iter()) {
+    for p in node_pages.iter().chain(dir_pages.iter()) {
         space.load_page(*p);
     }
     for (s, c) in &counts {
         space.load_segment(*s, *c);
-    }
-    // Compare with the persisted space map.
-    match read_space_map(&shared, &sb, total).await {
-        Ok(persisted) => {
-            let mismatches = (0..total as usize)
-                .filter(|&s| {
-                    let want = space.refs(s as u64);
-                    persisted[s] != want
-                })
-                .count();
-            if mismatches > 0 {
-                tracing::warn!(pool = %shared.name, mismatches,
-                    "the persisted space map disagrees with the tables; using the tables (run `tessera check`)");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(pool = %shared.name, error = %e, "space map unreadable; rebuilt from the tables")
-        }
     }
     space.touch_all_sm();
     let mut disks = BTreeMap::new();
@@ -499,9 +439,10 @@ async fn open_labelled(
         generation: sb.generation,
         next_disk_id: sb.next_disk_id,
         committed_txn: sb.txn,
-        changes: 0,
+        changes,
         committed_changes: 0,
         dir_pages,
+        space_map: sm_ptrs,
         failed: None,
         closed: false,
     };
@@ -512,119 +453,32 @@ async fn open_labelled(
     Ok(shared)
 }
 
-struct LoadedState {
-    records: Vec<DiskRecord>,
+struct Loaded {
+    records: Vec<super::meta::directory::DiskRecord>,
     roots: Vec<Option<Arc<Node>>>,
     dir_pages: Vec<u64>,
-    pages: Vec<u64>,
+    sm_ptrs: SpaceMapPtrs,
     counts: HashMap<u64, u32>,
+    node_pages: Vec<u64>,
 }
 
-/// Reads metadata pages, many at a time.
-async fn read_pages(shared: &PoolShared, pages: &[u64]) -> Result<Vec<IoBuf>, VdiskError> {
-    let mut out = Vec::with_capacity(pages.len());
-    for chunk in pages.chunks(128) {
-        let tasks: Vec<_> = chunk
-            .iter()
-            .map(|&p| {
-                let bdev = shared.meta_bdev.clone();
-                let off = shared.meta_first_byte + p * PAGE_BYTES as u64;
-                reactor::spawn_local(async move { read_bytes(&bdev, off, PAGE_BYTES).await })
-            })
-            .collect();
-        for (t, &p) in tasks.into_iter().zip(chunk) {
-            out.push(
-                t.await
-                    .map_err(io_err(format!("reading metadata page {p}")))?,
-            );
-        }
-    }
-    Ok(out)
-}
-
-enum Decoded {
-    Internal(Vec<(u64, u64)>),
-    Leaf(Vec<meta::node::RawExtent>),
-}
-
-/// Reads the directory and every table; rebuilds nodes (shared pages become shared
-/// nodes), fills (one per segment) and segment reference counts.
-async fn load_state(shared: &Arc<PoolShared>, sb: &Superblock) -> Result<LoadedState, VdiskError> {
-    let total = shared.total_segments();
-    // Directory chain.
-    let mut records = Vec::new();
-    let mut dir_pages = Vec::new();
-    let mut next = sb.directory_head;
-    while next != NO_PAGE {
-        if dir_pages.contains(&next) || dir_pages.len() as u64 > sb.meta_pages {
-            return Err(VdiskError::Meta(MetaError::Field {
-                page: next,
-                field: "next",
-                reason: "the directory chain loops".into(),
-            }));
-        }
-        let b = read_pages(shared, &[next]).await?;
-        let (recs, n) =
-            meta::directory::decode_directory(&b[0], next, &shared.uuid, sb.meta_pages)?;
-        dir_pages.push(next);
-        records.extend(recs);
-        next = n;
-    }
-    // Every node page, level by level.
-    let mut decoded: HashMap<u64, Decoded> = HashMap::new();
-    let mut frontier: Vec<u64> = records
-        .iter()
-        .map(|r| r.root_page)
-        .filter(|&p| p != NO_PAGE)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    while !frontier.is_empty() {
-        let bufs = read_pages(shared, &frontier).await?;
-        let mut next_level = BTreeSet::new();
-        for (&p, b) in frontier.iter().zip(bufs.iter()) {
-            let kind = b.get(4).copied().unwrap_or(0);
-            let d = if kind == meta::PageKind::Internal as u8 {
-                let entries = meta::node::decode_internal(b, p, &shared.uuid, sb.meta_pages)?;
-                for &(_, c) in &entries {
-                    if !decoded.contains_key(&c) {
-                        next_level.insert(c);
-                    }
-                }
-                Decoded::Internal(entries)
-            } else {
-                Decoded::Leaf(meta::node::decode_leaf(b, p, &shared.uuid, total)?)
-            };
-            decoded.insert(p, d);
-        }
-        frontier = next_level
-            .into_iter()
-            .filter(|p| !decoded.contains_key(p))
-            .collect();
-    }
-    // Build nodes bottom-up, sharing what the pages share.
+/// Builds the in-memory tables from a scan that found no error: shared pages become
+/// shared nodes, fills one per segment.
+fn build_state(found: Scan) -> Loaded {
     let mut built: HashMap<u64, Arc<Node>> = HashMap::new();
     let mut fills: HashMap<u64, Arc<Fill>> = HashMap::new();
-    let mut counts: HashMap<u64, u32> = HashMap::new();
     let mut roots = Vec::new();
-    for r in &records {
-        if r.root_page == NO_PAGE {
+    for r in &found.roots {
+        if r.is_none() {
             roots.push(None);
             continue;
         }
-        let root = build(
-            r.root_page,
-            &decoded,
-            &mut built,
-            &mut fills,
-            &mut counts,
-            0,
-        )?;
+        let root = build(r.page, &found, &mut built, &mut fills);
         root.retain();
         roots.push(Some(root));
     }
     // Owners of live fills: the disk whose writable top layer each is.
-    for (r, root) in records.iter().zip(&roots) {
+    for (r, root) in found.records.iter().zip(&roots) {
         if let Some(root) = root {
             root.visit_from(0, &mut |e: &Extent| {
                 if e.birth > r.snap_gen
@@ -636,53 +490,42 @@ async fn load_state(shared: &Arc<PoolShared>, sb: &Superblock) -> Result<LoadedS
             });
         }
     }
-    for r in &records {
-        if r.parent != 0 && !records.iter().any(|o| o.id == r.parent) {
-            tracing::warn!(disk = %r.name, parent = r.parent, "parent disk missing from the directory");
-        }
-    }
-    let pages = built.keys().copied().collect();
-    Ok(LoadedState {
-        records,
+    Loaded {
+        records: found.records,
         roots,
-        dir_pages,
-        pages,
-        counts,
-    })
+        dir_pages: found.dir_pages,
+        sm_ptrs: found.sm_ptrs,
+        counts: found.counts,
+        node_pages: built.keys().copied().collect(),
+    }
 }
 
+/// The node of `page` (every page reachable from a root was scanned and verified; the
+/// scan bounds the depth).
 fn build(
     page: u64,
-    decoded: &HashMap<u64, Decoded>,
+    found: &Scan,
     built: &mut HashMap<u64, Arc<Node>>,
     fills: &mut HashMap<u64, Arc<Fill>>,
-    counts: &mut HashMap<u64, u32>,
-    depth: usize,
-) -> Result<Arc<Node>, VdiskError> {
+) -> Arc<Node> {
     if let Some(n) = built.get(&page) {
-        return Ok(n.clone());
+        return n.clone();
     }
-    if depth > 16 {
-        return Err(VdiskError::Meta(MetaError::Field {
-            page,
-            field: "child",
-            reason: "the table is deeper than 16 levels (a loop?)".into(),
-        }));
-    }
-    let node = match decoded.get(&page) {
-        Some(Decoded::Internal(entries)) => {
+    let scanned = &found.nodes[&page];
+    let kind = match &scanned.node {
+        NodePage::Internal(entries) => {
             let mut keys = Vec::with_capacity(entries.len());
             let mut children = Vec::with_capacity(entries.len());
             for &(k, c) in entries {
-                let child = build(c, decoded, built, fills, counts, depth + 1)?;
+                let child = build(c.page, found, built, fills);
                 child.retain();
                 keys.push(k);
                 children.push(child);
             }
-            Node::loaded(NodeKind::Internal { keys, children }, page)
+            NodeKind::Internal { keys, children }
         }
-        Some(Decoded::Leaf(raw)) => {
-            let extents: Vec<Extent> = raw
+        NodePage::Leaf(raw) => NodeKind::Leaf {
+            extents: raw
                 .iter()
                 .map(|r| {
                     r.build(|seg, words| {
@@ -692,67 +535,10 @@ fn build(
                             .clone()
                     })
                 })
-                .collect();
-            for e in &extents {
-                for s in e.segments() {
-                    *counts.entry(s).or_default() += 1;
-                }
-            }
-            Node::loaded(NodeKind::Leaf { extents }, page)
-        }
-        None => {
-            return Err(VdiskError::Meta(MetaError::Field {
-                page,
-                field: "child",
-                reason: "page was not loaded".into(),
-            }));
-        }
+                .collect(),
+        },
     };
+    let node = Node::loaded(kind, page, scanned.found.txn, scanned.found.crc);
     built.insert(page, node.clone());
-    Ok(node)
-}
-
-/// The persisted space map: for each page, the valid copy written by the newest
-/// transaction not after the superblock's.
-pub(crate) async fn read_space_map(
-    shared: &PoolShared,
-    sb: &Superblock,
-    total: u64,
-) -> Result<Vec<u32>, VdiskError> {
-    let mut out = vec![0u32; total as usize];
-    for i in 0..sb.sm_pages {
-        let bufs = read_pages(shared, &[i, sb.sm_pages + i]).await?;
-        let a = meta::space_map::decode_space_map(&bufs[0], i, &shared.uuid, i);
-        let b = meta::space_map::decode_space_map(&bufs[1], sb.sm_pages + i, &shared.uuid, i);
-        let pick = match (a, b) {
-            (Ok(a), Ok(b)) => {
-                let a_ok = a.0 <= sb.txn;
-                let b_ok = b.0 <= sb.txn;
-                match (a_ok, b_ok) {
-                    (true, true) => Some(if a.0 >= b.0 { a.1 } else { b.1 }),
-                    (true, false) => Some(a.1),
-                    (false, true) => Some(b.1),
-                    (false, false) => None,
-                }
-            }
-            (Ok(a), Err(_)) if a.0 <= sb.txn => Some(a.1),
-            (Err(_), Ok(b)) if b.0 <= sb.txn => Some(b.1),
-            (Err(e), _) => return Err(VdiskError::Meta(e)),
-            _ => None,
-        };
-        let counts = pick.ok_or_else(|| {
-            VdiskError::Meta(MetaError::Field {
-                page: i,
-                field: "txn",
-                reason: "neither space-map copy was written by a committed transaction".into(),
-            })
-        })?;
-        let lo = i as usize * SM_COUNTS_PER_PAGE;
-        for (k, c) in counts.into_iter().enumerate() {
-            if let Some(slot) = out.get_mut(lo + k) {
-                *slot = c;
-            }
-        }
-    }
-    Ok(out)
+    node
 }

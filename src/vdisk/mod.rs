@@ -21,6 +21,7 @@
 //! - [`meta`]: the on-disk format, by page kind — pure encoders and decoders.
 //! - [`commit`]: making the controller's state durable.
 //! - [`load`]: creating a pool, and opening (recovering) one.
+//! - `scan`: reading and verifying the durable state, for open and check alike.
 //! - [`check`]: the offline consistency check behind `tessera check`.
 //!
 //! Tying both together: [`disk`] (a virtual disk as a bdev; its channels are agents)
@@ -40,6 +41,7 @@ pub mod map;
 pub mod meta;
 pub mod msg;
 pub mod pool;
+pub(crate) mod scan;
 pub mod shared;
 pub mod snapshot;
 pub mod split;

@@ -30,8 +30,13 @@ pub const NO_PAGE: u64 = u64::MAX;
 /// Bytes of a metadata page available to a node's entries.
 pub const NODE_PAYLOAD_BYTES: usize = 4096 - 64;
 
-/// Most children of an internal node (16 encoded bytes each).
-pub const MAX_FANOUT: usize = NODE_PAYLOAD_BYTES / 16;
+/// Encoded size of an internal node's entry (see `vdisk::meta`): the child's first
+/// virtual segment, and the pointer to the child — its page, the transaction that wrote
+/// it and its checksum.
+pub const INTERNAL_ENTRY_BYTES: usize = 8 + 8 + 8 + 4;
+
+/// Most children of an internal node.
+pub const MAX_FANOUT: usize = NODE_PAYLOAD_BYTES / INTERNAL_ENTRY_BYTES;
 
 /// Encoded size of an extent in a leaf page (see `vdisk::meta`).
 pub fn extent_encoded_len(e: &Extent) -> usize {
@@ -60,6 +65,10 @@ pub struct Node {
     pub kind: NodeKind,
     refs: AtomicU32,
     page: AtomicU64,
+    /// The transaction that wrote the page and the page's checksum: what a parent's
+    /// pointer to the node records (set with `page`).
+    written_txn: AtomicU64,
+    written_crc: AtomicU32,
 }
 
 /// The controller's reference bookkeeping, told about segments and pages as nodes are
@@ -96,15 +105,20 @@ impl Node {
             kind,
             refs: AtomicU32::new(0),
             page: AtomicU64::new(NO_PAGE),
+            written_txn: AtomicU64::new(0),
+            written_crc: AtomicU32::new(0),
         })
     }
 
-    /// A node loaded from metadata: `refs` and segment counts are set by the loader.
-    pub fn loaded(kind: NodeKind, page: u64) -> Arc<Node> {
+    /// A node loaded from metadata page `page`, written by transaction `txn` with
+    /// checksum `crc`: `refs` and segment counts are set by the loader.
+    pub fn loaded(kind: NodeKind, page: u64, txn: u64, crc: u32) -> Arc<Node> {
         Arc::new(Node {
             kind,
             refs: AtomicU32::new(0),
             page: AtomicU64::new(page),
+            written_txn: AtomicU64::new(txn),
+            written_crc: AtomicU32::new(crc),
         })
     }
 
@@ -113,8 +127,20 @@ impl Node {
         self.page.load(Ordering::Acquire)
     }
 
-    /// Records the page the node was written to.
-    pub fn set_page(&self, page: u64) {
+    /// The transaction that wrote the node's page and the page's checksum (meaningful
+    /// once [`Node::page`] is set).
+    pub fn written(&self) -> (u64, u32) {
+        (
+            self.written_txn.load(Ordering::Acquire),
+            self.written_crc.load(Ordering::Acquire),
+        )
+    }
+
+    /// Records the page the node was written to, by transaction `txn`, with checksum
+    /// `crc`.
+    pub fn set_page(&self, page: u64, txn: u64, crc: u32) {
+        self.written_txn.store(txn, Ordering::Release);
+        self.written_crc.store(crc, Ordering::Release);
         self.page.store(page, Ordering::Release);
     }
 
@@ -664,7 +690,7 @@ mod tests {
         let mut root = None;
         let new = splice(root.as_ref(), 0, 1, &[ext(0, 1)], &mut rc);
         set_root(&mut root, new, &mut rc);
-        root.as_ref().unwrap().set_page(42);
+        root.as_ref().unwrap().set_page(42, 1, 0);
         let new = splice(root.as_ref(), 0, 1, &[ext(0, 2)], &mut rc);
         set_root(&mut root, new, &mut rc);
         assert_eq!(rc.pages_freed, vec![42]);

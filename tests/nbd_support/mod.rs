@@ -1,20 +1,27 @@
-//! Shared by the NBD integration tests: reactors and a server to test, a thin bdev that
-//! reports holes, child-process guards, and a small raw NBD client (built on the
-//! server's own codec) for the tests that must send what no real client would.
+//! Shared by the NBD integration tests: reactors and a server to test (over bdevs of the
+//! test's choosing, or over the thin virtual disks of a real pool, with snapshots and
+//! clones exported as they are taken), a thin bdev that reports holes, outside tools the
+//! tests require (a missing one fails the test, naming the package that provides it),
+//! child-process guards, and a small raw NBD client (built on the server's own codec) for
+//! the tests that must send what no real client would.
 
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera::bdev::malloc::MallocBdev;
+use tessera::bdev::uring::{UringBdev, UringOptions};
 use tessera::bdev::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, BlockRun, IoKind};
 use tessera::frontend::nbd::proto::*;
 use tessera::frontend::nbd::{NbdExport, NbdServer};
-use tessera::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet};
+use tessera::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet, block_on};
+use tessera::vdisk::{Pool, PoolOptions};
 
 pub use super::process_support::run;
 
@@ -41,28 +48,152 @@ pub fn malloc(name: &str, mib: u64) -> Arc<dyn Bdev> {
     MallocBdev::create(name, mib * 256, 4096, None).expect("malloc bdev")
 }
 
-/// A server on a free port of 127.0.0.1, with its reactors; stops both when dropped.
+/// What a test pool is made of.
+#[derive(Clone, Copy, Debug)]
+pub enum Backing<'a> {
+    /// A malloc bdev (RAM).
+    Malloc,
+    /// A sparse file, through the uring bdev (O_DIRECT).
+    File(&'a Path),
+}
+
+/// A server on a free port of 127.0.0.1, with its reactors (and, from
+/// [`TestServer::thin_pool`], the pool whose disks it exports); stops them all when
+/// dropped.
 pub struct TestServer {
     pub server: Option<NbdServer>,
+    pub pool: Option<Pool>,
     pub reactors: ReactorSet,
     pub addr: SocketAddr,
+    /// Whether the pool's exports get [`TestServer::hold_views`] as they are made.
+    hold: bool,
+    held: RefCell<Vec<RawClient>>,
 }
 
 impl TestServer {
     pub fn start(exports: Vec<NbdExport>) -> TestServer {
-        let reactors = reactors();
+        Self::start_on(reactors(), None, exports)
+    }
+
+    fn start_on(reactors: ReactorSet, pool: Option<Pool>, exports: Vec<NbdExport>) -> TestServer {
         let server = NbdServer::start(reactors.cores(), "127.0.0.1:0".parse().unwrap(), exports)
             .expect("server starts");
         let addr = server.local_addr();
         TestServer {
             server: Some(server),
+            pool,
             reactors,
             addr,
+            hold: false,
+            held: RefCell::new(Vec::new()),
         }
+    }
+
+    /// A new pool `pool0` of `pool_mib` MiB on `backing` (1 MiB segments, 4 KiB blocks,
+    /// controller on core 0), with a thin virtual disk per `(name, MiB)` of `disks`, each
+    /// exported under its own name, and its views held on every core
+    /// ([`TestServer::hold_views`]), as are those of the snapshots and clones made with
+    /// [`TestServer::snapshot`] and [`TestServer::clone_disk`].
+    pub fn thin_pool(backing: Backing, pool_mib: u64, disks: &[(&str, u64)]) -> TestServer {
+        let mut srv = Self::thin_pool_cold(backing, pool_mib, disks);
+        srv.hold = true;
+        for &(name, _) in disks {
+            srv.hold_views(name);
+        }
+        srv
+    }
+
+    /// [`TestServer::thin_pool`] without holding any view: every connection that is
+    /// alone on its core gets a new mapping agent.
+    pub fn thin_pool_cold(backing: Backing, pool_mib: u64, disks: &[(&str, u64)]) -> TestServer {
+        let reactors = reactors();
+        let base: Arc<dyn Bdev> = match backing {
+            Backing::Malloc => malloc("pool0-base", pool_mib),
+            Backing::File(path) => UringBdev::create(
+                "pool0-base",
+                path,
+                Some(4096),
+                Some(pool_mib << 20),
+                None,
+                UringOptions::default(),
+            )
+            .expect("uring bdev over the pool file"),
+        };
+        let pool = block_on(Pool::create(
+            reactors.cores(),
+            0,
+            vec![base],
+            None,
+            PoolOptions::new("pool0"),
+        ))
+        .expect("pool created");
+        let exports = disks
+            .iter()
+            .map(|&(name, mib)| {
+                let disk = block_on(pool.create_disk(name, mib << 20, true))
+                    .unwrap_or_else(|e| panic!("thin disk {name}: {e}"));
+                NbdExport::new(name, disk)
+            })
+            .collect();
+        Self::start_on(reactors, Some(pool), exports)
     }
 
     pub fn server(&self) -> &NbdServer {
         self.server.as_ref().expect("running")
+    }
+
+    /// The pool of [`TestServer::thin_pool`].
+    pub fn pool(&self) -> &Pool {
+        self.pool.as_ref().expect("a server over a pool")
+    }
+
+    /// Snapshots disk `origin` as `snap` and exports the snapshot under its name, as it
+    /// is (a snapshot is read-only by itself).
+    pub fn snapshot(&self, origin: &str, snap: &str) {
+        let mut made = block_on(
+            self.pool()
+                .snapshot(vec![(origin.into(), snap.into())], Duration::from_secs(10)),
+        )
+        .unwrap_or_else(|e| panic!("snapshot {origin} -> {snap}: {e}"));
+        assert_eq!(made.len(), 1);
+        self.server()
+            .add_export(NbdExport::new(snap, made.pop().unwrap()))
+            .expect("snapshot exported");
+        if self.hold {
+            self.hold_views(snap);
+        }
+    }
+
+    /// Clones snapshot `snap` as `clone` and exports the clone under its name.
+    pub fn clone_disk(&self, snap: &str, clone: &str) {
+        let disk = block_on(self.pool().clone_disk(snap, clone))
+            .unwrap_or_else(|e| panic!("clone {snap} -> {clone}: {e}"));
+        self.server()
+            .add_export(NbdExport::new(clone, disk))
+            .expect("clone exported");
+        if self.hold {
+            self.hold_views(clone);
+        }
+    }
+
+    /// Keeps a connection to `export` open on every core, each after a read (which
+    /// waits for the core's mapping agent to receive its view), until the server stops.
+    ///
+    /// A workaround for a tessera bug: a virtual disk's agent is made when a core opens
+    /// the disk's first channel (and dropped with its last), and it answers block status
+    /// from its view at once, before the controller has sent that view, so a client that
+    /// asks for block status first on a fresh connection — `nbdinfo --map` does — is told
+    /// that the whole disk is a hole (see nbd_clients.rs, block status on fresh
+    /// connections). Connections accepted later on a core share the held channel.
+    pub fn hold_views(&self, export: &str) {
+        // The server hands connections to its cores in turn.
+        for _ in 0..self.reactors.cores().len() {
+            let mut c = RawClient::connect(self.addr, export, Opts::default())
+                .unwrap_or_else(|e| panic!("holding {export}: {e}"));
+            let r = c.read(0, 4096).expect("read");
+            assert_eq!(r.error, 0, "holding {export}: read");
+            self.held.borrow_mut().push(c);
+        }
     }
 
     /// `nbd://127.0.0.1:PORT/NAME`
@@ -77,8 +208,15 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        self.held.get_mut().clear();
         if let Some(s) = self.server.take() {
             s.stop();
+        }
+        if let Some(p) = self.pool.take()
+            && let Err(e) = block_on(p.close())
+            && !std::thread::panicking()
+        {
+            panic!("pool close: {e}");
         }
         self.reactors.shutdown();
     }
@@ -173,18 +311,44 @@ impl BdevChannel for ThinChannel {
 // ---------------------------------------------------------------------------------------
 // Child processes.
 
-/// True if `tool` is on the PATH; prints why a test skips otherwise.
-pub fn have(tool: &str) -> bool {
+/// The Debian package that provides `tool` (scripts/test.sh installs them all).
+pub fn package_of(tool: &str) -> &'static str {
+    match tool {
+        "qemu-img" | "qemu-io" | "qemu-nbd" => "qemu-utils",
+        "nbdinfo" | "nbdcopy" => "libnbd-bin",
+        "nbdkit" => "nbdkit",
+        "nbdfuse" => "nbdfuse",
+        "fusermount3" => "fuse3",
+        "fio" => "fio",
+        "mkfs.ext4" | "e2fsck" => "e2fsprogs",
+        "losetup" | "mount" | "umount" => "mount",
+        _ => "?",
+    }
+}
+
+/// Fails the test unless `tool` is on the PATH: the integration tests run their real
+/// clients or fail, they never skip (scripts/test.sh installs every tool they use).
+pub fn need(tool: &str) {
     let ok = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: `{tool}` is not installed");
+    assert!(
+        ok,
+        "`{tool}` is not installed; this test needs it. Install Debian package `{pkg}` \
+         (apt-get install {pkg}), or run scripts/test.sh as root, which installs every \
+         tool the tests drive",
+        pkg = package_of(tool)
+    );
+}
+
+/// [`need`] for each of `tools`.
+pub fn need_all(tools: &[&str]) {
+    for t in tools {
+        need(t);
     }
-    ok
 }
 
 /// Runs a command and asserts it succeeded; returns stdout.

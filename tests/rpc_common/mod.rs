@@ -153,17 +153,32 @@ impl Drop for Serve {
     }
 }
 
-/// SPDK's command-line client (`pip install spdk`), if installed.
-pub fn spdk_rpc() -> Option<PathBuf> {
+/// SPDK's command-line client, `spdk-rpc` (PyPI package `spdk`). Fails the test when it
+/// is not installed or does not run: the RPC tests drive tessera with it, they never skip
+/// (scripts/test.sh installs it).
+pub fn spdk_rpc() -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join("spdk-rpc"))
             .find(|p| p.is_file())
     });
-    if found.is_none() {
-        eprintln!("SKIP: `spdk-rpc` is not installed (pip install spdk; scripts/test.sh does it)");
-    }
-    found
+    let Some(tool) = found else {
+        panic!(
+            "`spdk-rpc` is not installed; this test needs it. Install it with \
+             `python3 -m pip install spdk` (Python >= 3.9), or run scripts/test.sh, which \
+             installs it"
+        );
+    };
+    let out = run(Command::new(&tool).arg("--help"), Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "`{}` is on the PATH but does not run ({}): reinstall it with \
+         `python3 -m pip install spdk`\n{}",
+        tool.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tool
 }
 
 /// A command's stdout, asserting it succeeded.

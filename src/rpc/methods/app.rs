@@ -3,8 +3,8 @@
 //! `save_config` calls; `save_config` and `load_config` also exist server-side here).
 
 use super::{Ctx, METHODS, NoParams, RpcResult, call_boxed};
+use crate::config::spdk_json;
 use crate::rpc::error::RpcError;
-use crate::rpc::spdk_json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::path::PathBuf;

@@ -9,12 +9,20 @@
 //! copy-on-write policy), `tessera_snapshot_group` (a consistency group),
 //! `tessera_quiesce`/`tessera_activate`, `tessera_split_start`/`_progress`/`_cancel`,
 //! `tessera_set_cow_policy`, `tessera_set_read_only`.
+//!
+//! The parameters of the methods a configuration file may also hold (creating an
+//! lvstore, an lvol, a snapshot or a clone; resizing; the read-only flag and the
+//! copy-on-write policy) are in [`crate::config::spdk_json::lvol`].
 
 use super::{Ctx, RpcResult};
-use crate::config::{DiskConfig, PoolConfig, Size};
+use crate::config::PoolConfig;
+use crate::config::spdk_json::lvol::{
+    CloneParams, CowPolicyParams, CreateLvolParams, CreateLvstoreParams, LvolNameParams,
+    ReadOnlyParams, ResizeParams, SnapshotParams, size_bytes,
+};
 use crate::rpc::error::RpcError;
 use crate::vdisk::meta::directory::DiskKind;
-use crate::vdisk::{CowPolicy, DiskInfo, Pool};
+use crate::vdisk::{DiskInfo, Pool};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::rc::Rc;
@@ -22,59 +30,6 @@ use std::time::Duration;
 
 /// Default quiesce limit of snapshots and `tessera_quiesce`.
 const DEFAULT_QUIESCE_MS: u64 = 5000;
-
-fn check_clear_method(m: &Option<String>, allowed: &[&str]) -> Result<(), RpcError> {
-    match m {
-        Some(m) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(m)) => {
-            Err(RpcError::einval(format!(
-                "\"clear_method\": `{m}` is not one of {}",
-                allowed.join(", ")
-            )))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// `bdev_lvol_create_lvstore`. `clear_method` is accepted and has nothing to do: a new
-/// pool maps nothing, and a segment is zeroed (or copied) before it is first read.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateLvstoreParams {
-    pub bdev_name: String,
-    pub lvs_name: String,
-    /// Segment size in bytes (a power of two from 64 KiB to 64 MiB; default 1 MiB).
-    #[serde(default)]
-    pub cluster_sz: Option<u64>,
-    #[serde(default)]
-    pub clear_method: Option<String>,
-    #[serde(default)]
-    pub num_md_pages_per_cluster_ratio: Option<u32>,
-    #[serde(default)]
-    pub md_page_size: Option<u32>,
-}
-
-impl CreateLvstoreParams {
-    /// The pool to create (`bdev_name` as given).
-    pub fn to_config(&self) -> Result<PoolConfig, RpcError> {
-        check_clear_method(&self.clear_method, &["none", "unmap", "write_zeroes"])?;
-        if let Some(s) = self.md_page_size
-            && s != 4096
-        {
-            return Err(RpcError::einval(format!(
-                "\"md_page_size\": tessera's metadata pages are 4096 bytes, not {s}"
-            )));
-        }
-        Ok(PoolConfig {
-            name: self.lvs_name.clone(),
-            bdevs: vec![self.bdev_name.clone()],
-            metadata_bdev: None,
-            segment_size: Size(self.cluster_sz.unwrap_or(1 << 20)),
-            metadata_size: None,
-            cow_policy: CowPolicy::Redirect,
-            controller_core: None,
-        })
-    }
-}
 
 async fn create_pool(ctx: &Ctx, mut cfg: PoolConfig) -> RpcResult {
     for b in cfg.bdevs.iter_mut() {
@@ -149,64 +104,6 @@ pub async fn bdev_lvol_delete_lvstore(ctx: Rc<Ctx>, p: LvsFilterParams) -> RpcRe
     Ok(Value::Bool(true))
 }
 
-/// `bdev_lvol_create`. Sizes are `size_in_mib`, or the legacy `size` in bytes.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateLvolParams {
-    pub lvol_name: String,
-    #[serde(default)]
-    pub size_in_mib: Option<u64>,
-    #[serde(default)]
-    pub size: Option<u64>,
-    /// Allocate on first write (else: allocate and zero every segment now).
-    #[serde(default)]
-    pub thin_provision: bool,
-    /// The lvstore's UUID.
-    #[serde(default)]
-    pub uuid: Option<String>,
-    #[serde(default)]
-    pub lvs_name: Option<String>,
-    #[serde(default)]
-    pub clear_method: Option<String>,
-    #[serde(default)]
-    pub lvol_priority_class: Option<i32>,
-}
-
-/// Bytes from `size_in_mib` or the legacy `size`.
-pub(crate) fn size_bytes(size_in_mib: Option<u64>, size: Option<u64>) -> Result<u64, RpcError> {
-    match (size_in_mib, size) {
-        (Some(_), Some(_)) => Err(RpcError::invalid_params(
-            "give either \"size_in_mib\" or \"size\", not both",
-        )),
-        (Some(m), None) => m
-            .checked_mul(1 << 20)
-            .ok_or_else(|| RpcError::invalid_params("\"size_in_mib\": too large")),
-        (None, Some(b)) => Ok(b),
-        (None, None) => Err(RpcError::invalid_params(
-            "missing parameter \"size_in_mib\"",
-        )),
-    }
-}
-
-impl CreateLvolParams {
-    /// The disk to create in pool `pool`.
-    pub fn to_config(&self, pool: &str) -> Result<DiskConfig, RpcError> {
-        check_clear_method(
-            &self.clear_method,
-            &["default", "none", "unmap", "write_zeroes"],
-        )?;
-        Ok(DiskConfig {
-            name: self.lvol_name.clone(),
-            pool: pool.to_string(),
-            size: Size(size_bytes(self.size_in_mib, self.size)?),
-            thin: self.thin_provision,
-            uuid: None,
-            read_only: false,
-            cow_policy: None,
-        })
-    }
-}
-
 pub async fn bdev_lvol_create(ctx: Rc<Ctx>, p: CreateLvolParams) -> RpcResult {
     let pool = ctx.resolve_lvs(p.uuid.as_deref(), p.lvs_name.as_deref(), "uuid")?;
     let d = ctx.target.create_disk(&p.to_config(pool.name())?).await?;
@@ -266,14 +163,6 @@ pub async fn bdev_lvol_get_lvols(ctx: Rc<Ctx>, p: GetLvolsParams) -> RpcResult {
     Ok(Value::Array(out))
 }
 
-/// `bdev_lvol_snapshot`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotParams {
-    pub lvol_name: String,
-    pub snapshot_name: String,
-}
-
 pub async fn bdev_lvol_snapshot(ctx: Rc<Ctx>, p: SnapshotParams) -> RpcResult {
     let (_, disk) = ctx.resolve_lvol(&p.lvol_name).await?;
     ctx.target
@@ -285,25 +174,10 @@ pub async fn bdev_lvol_snapshot(ctx: Rc<Ctx>, p: SnapshotParams) -> RpcResult {
     Ok(Value::String(p.snapshot_name))
 }
 
-/// `bdev_lvol_clone`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CloneParams {
-    pub snapshot_name: String,
-    pub clone_name: String,
-}
-
 pub async fn bdev_lvol_clone(ctx: Rc<Ctx>, p: CloneParams) -> RpcResult {
     let (_, snap) = ctx.resolve_lvol(&p.snapshot_name).await?;
     ctx.target.clone_disk(&snap, &p.clone_name).await?;
     Ok(Value::String(p.clone_name))
-}
-
-/// `{name}` of an lvol.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LvolNameParams {
-    pub name: String,
 }
 
 /// Runs a split or decouple to its end, as SPDK's inflate and decouple do before they
@@ -350,17 +224,6 @@ pub async fn bdev_lvol_inflate(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult {
 
 pub async fn bdev_lvol_decouple_parent(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult {
     split_and_wait(&ctx, &p.name, true).await
-}
-
-/// `bdev_lvol_resize`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResizeParams {
-    pub name: String,
-    #[serde(default)]
-    pub size_in_mib: Option<u64>,
-    #[serde(default)]
-    pub size: Option<u64>,
 }
 
 pub async fn bdev_lvol_resize(ctx: Rc<Ctx>, p: ResizeParams) -> RpcResult {
@@ -551,27 +414,10 @@ pub async fn tessera_split_cancel(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult 
     Ok(Value::Bool(true))
 }
 
-/// `tessera_set_cow_policy`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CowPolicyParams {
-    pub name: String,
-    /// `redirect` or `copy-out`.
-    pub cow_policy: CowPolicy,
-}
-
 pub async fn tessera_set_cow_policy(ctx: Rc<Ctx>, p: CowPolicyParams) -> RpcResult {
     let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
     pool.set_cow_policy(&disk, p.cow_policy).await?;
     Ok(Value::Bool(true))
-}
-
-/// `tessera_set_read_only`: sets or clears the flag (SPDK's method only sets it).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadOnlyParams {
-    pub name: String,
-    pub read_only: bool,
 }
 
 pub async fn tessera_set_read_only(ctx: Rc<Ctx>, p: ReadOnlyParams) -> RpcResult {

@@ -2,6 +2,11 @@
 //! handler. Handlers run on core 0 as tasks (their futures need not be `Send`); they
 //! await the [`Target`]'s methods and never block the reactor.
 //!
+//! Parameters are decoded by [`crate::config::spdk_json::params`]. The methods a
+//! configuration file may also hold (those that create or set up an object) take the
+//! parameter structs of [`crate::config::spdk_json`], which turn them into
+//! configuration; the handlers here resolve names and call the target.
+//!
 //! - [`app`]: `spdk_get_version`, `rpc_get_methods`, `framework_*`, `save_config`,
 //!   `load_config`, `tessera_save_config`.
 //! - [`bdev`]: `bdev_get_bdevs`, the base bdevs (malloc, null, uring/aio, error) and the
@@ -18,7 +23,7 @@ pub mod nbd;
 pub mod nvmf;
 
 use super::error::RpcError;
-use super::params;
+use crate::config::spdk_json::params;
 use crate::target::Target;
 use crate::vdisk::Pool;
 use serde::Deserialize;
@@ -141,7 +146,9 @@ where
     P: serde::de::DeserializeOwned,
     F: Fn(Rc<Ctx>, P) -> Fut,
 {
-    params::decode::<P>(params).map(|_| ())
+    params::decode::<P>(params)
+        .map(|_| ())
+        .map_err(RpcError::from)
 }
 
 macro_rules! methods {
@@ -237,30 +244,6 @@ methods! {
 /// [`call`], boxed: for handlers that call other methods (`load_config`).
 pub fn call_boxed(ctx: Rc<Ctx>, method: String, params: Option<Value>) -> BoxedCall {
     Box::pin(async move { call(ctx, &method, params).await })
-}
-
-/// Rejects a parameter SPDK has but tessera does not implement, unless it has the value
-/// that means "off".
-pub(crate) fn unsupported<T: PartialEq + Default>(
-    name: &str,
-    value: &Option<T>,
-) -> Result<(), RpcError> {
-    match value {
-        Some(v) if *v != T::default() => Err(RpcError::einval(format!(
-            "\"{name}\" is not supported by tessera"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Accepts `tgt_name` only for the one NVMe-oF target there is (SPDK's default name).
-pub(crate) fn check_tgt_name(tgt_name: &Option<String>) -> Result<(), RpcError> {
-    match tgt_name.as_deref() {
-        None | Some("nvmf_tgt") => Ok(()),
-        Some(other) => Err(RpcError::no_such(format!(
-            "NVMe-oF target \"{other}\" (tessera has one target, \"nvmf_tgt\")"
-        ))),
-    }
 }
 
 #[cfg(test)]

@@ -1,26 +1,15 @@
 //! The NBD server. These names are tessera's own: SPDK's `nbd_start_disk`,
 //! `nbd_stop_disk` and `nbd_get_disks` attach bdevs to the kernel's `/dev/nbdX`,
 //! whereas tessera serves the NBD protocol over TCP to any client (qemu, nbdcopy, the
-//! kernel's `nbd-client`).
+//! kernel's `nbd-client`). The parameters of `nbd_server_start` and `nbd_start_export`
+//! are in [`crate::config::spdk_json::nbd`].
 
 use super::{Ctx, NoParams, RpcResult};
+use crate::config::spdk_json::nbd::{ServerStartParams, StartExportParams};
 use crate::rpc::error::RpcError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::rc::Rc;
-
-/// `nbd_server_start`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerStartParams {
-    /// `IP:PORT` (port 0 picks a free port).
-    #[serde(default = "default_listen")]
-    pub listen: String,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:10809".into()
-}
 
 pub async fn nbd_server_start(ctx: Rc<Ctx>, p: ServerStartParams) -> RpcResult {
     let addr = ctx.target.nbd_start(&p.listen)?;
@@ -30,21 +19,6 @@ pub async fn nbd_server_start(ctx: Rc<Ctx>, p: ServerStartParams) -> RpcResult {
 pub async fn nbd_server_stop(ctx: Rc<Ctx>, _p: NoParams) -> RpcResult {
     ctx.target.nbd_stop()?;
     Ok(Value::Bool(true))
-}
-
-/// `nbd_start_export`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StartExportParams {
-    /// Bdev name, `lvs/lvol` alias or UUID.
-    pub bdev_name: String,
-    /// The export name clients ask for (default: the bdev name).
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub read_only: bool,
-    #[serde(default)]
-    pub description: String,
 }
 
 pub async fn nbd_start_export(ctx: Rc<Ctx>, p: StartExportParams) -> RpcResult {

@@ -2,8 +2,8 @@
 //! running job) that lists a pool's virtual disks.
 
 use super::{
-    HEADER_BYTES, MAX_DISK_BLOCKS, MetaError, NO_PAGE, PAGE_BYTES, PageHeader, PageKind, Reader,
-    Writer, decode_header, new_page, read_name, seal,
+    BlockPtr, HEADER_BYTES, MAX_DISK_BLOCKS, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind,
+    Reader, Writer, decode_header, new_page, read_name, seal,
 };
 use uuid::Uuid;
 
@@ -62,7 +62,21 @@ pub struct DiskRecord {
     pub created_unix: u64,
 }
 
-fn encode_disk(w: &mut Writer<'_>, d: &DiskRecord) {
+/// A decoded directory page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryPage {
+    /// The transaction that wrote the page.
+    pub txn: u64,
+    pub records: Vec<DiskRecord>,
+    /// Each record's table root ([`BlockPtr::NONE`] for an empty table); `roots[i].page`
+    /// is `records[i].root_page`.
+    pub roots: Vec<BlockPtr>,
+    /// The next page of the chain, or [`BlockPtr::NONE`].
+    pub next: BlockPtr,
+}
+
+fn encode_disk(w: &mut Writer<'_>, d: &DiskRecord, root: &BlockPtr) {
+    debug_assert_eq!(d.root_page, root.page);
     let start = w.at;
     w.u64(d.id);
     w.bytes(d.uuid.as_bytes());
@@ -73,7 +87,7 @@ fn encode_disk(w: &mut Writer<'_>, d: &DiskRecord) {
     w.u64(d.parent);
     w.u64(d.snap_gen);
     w.u64(d.created_gen);
-    w.u64(d.root_page);
+    root.write(w);
     w.u8(d.cow_policy);
     let (job, cursor) = match d.job {
         JobRecord::None => (0u8, 0u64),
@@ -86,15 +100,18 @@ fn encode_disk(w: &mut Writer<'_>, d: &DiskRecord) {
     w.at = start + DISK_RECORD_BYTES;
 }
 
-/// Encodes a directory page holding `disks` (at most [`DIR_RECORDS_PER_PAGE`]).
+/// Encodes a directory page holding `disks` (at most [`DIR_RECORDS_PER_PAGE`]) with
+/// their table roots, and the pointer to the next page of the chain.
 pub fn encode_directory(
     page: u64,
     txn: u64,
     pool: &Uuid,
-    next: u64,
+    next: BlockPtr,
     disks: &[DiskRecord],
+    roots: &[BlockPtr],
 ) -> Vec<u8> {
     debug_assert!(disks.len() <= DIR_RECORDS_PER_PAGE);
+    debug_assert_eq!(disks.len(), roots.len());
     let h = PageHeader {
         kind: PageKind::Directory,
         count: disks.len() as u32,
@@ -104,20 +121,22 @@ pub fn encode_directory(
     };
     let mut b = new_page(&h, pool);
     let mut w = Writer::new(&mut b, HEADER_BYTES);
-    for d in disks {
-        encode_disk(&mut w, d);
+    for (d, root) in disks.iter().zip(roots) {
+        encode_disk(&mut w, d, root);
     }
     seal(&mut b);
     b
 }
 
-/// Decodes a directory page: its records and the next page of the chain.
+/// Decodes a directory page: its records with their roots, and the next page of the
+/// chain. Every pointer lies inside the metadata area and was written by a transaction
+/// not after this page's.
 pub fn decode_directory(
     b: &[u8],
     page: u64,
     pool: &Uuid,
     meta_pages: u64,
-) -> Result<(Vec<DiskRecord>, u64), MetaError> {
+) -> Result<DirectoryPage, MetaError> {
     let h = decode_header(b, page, pool, PageKind::Directory)?;
     let bad = |field, reason: String| MetaError::Field {
         page,
@@ -127,10 +146,20 @@ pub fn decode_directory(
     if h.count as usize > DIR_RECORDS_PER_PAGE {
         return Err(bad("count", format!("{} records", h.count)));
     }
-    if h.next != NO_PAGE && h.next >= meta_pages {
-        return Err(bad("next", format!("page {} beyond {meta_pages}", h.next)));
+    let ptr_ok =
+        |p: &BlockPtr| p.is_none() || (p.page < meta_pages && p.txn >= 1 && p.txn <= h.txn);
+    if !ptr_ok(&h.next) {
+        return Err(bad(
+            "next",
+            format!(
+                "pointer to page {} of transaction {} (metadata pages {meta_pages}, this \
+                 page's transaction {})",
+                h.next.page, h.next.txn, h.txn
+            ),
+        ));
     }
     let mut out = Vec::new();
+    let mut roots = Vec::new();
     for i in 0..h.count as usize {
         let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES + i * DISK_RECORD_BYTES);
         let t = || format!("record {i} truncated");
@@ -150,7 +179,7 @@ pub fn decode_directory(
         let parent = r.u64().ok_or_else(|| bad("parent", t()))?;
         let snap_gen = r.u64().ok_or_else(|| bad("snap_gen", t()))?;
         let created_gen = r.u64().ok_or_else(|| bad("created_gen", t()))?;
-        let root_page = r.u64().ok_or_else(|| bad("root_page", t()))?;
+        let root = BlockPtr::read(&mut r).ok_or_else(|| bad("root", t()))?;
         let cow_policy = r.u8().ok_or_else(|| bad("cow_policy", t()))?;
         let job = r.u8().ok_or_else(|| bad("job", t()))?;
         let cursor = r.u64().ok_or_else(|| bad("job", t()))?;
@@ -161,13 +190,23 @@ pub fn decode_directory(
                 format!("record {i}: {size_blocks} blocks is not a disk size"),
             ));
         }
+        if flags > 3 {
+            return Err(bad(
+                "flags",
+                format!("record {i}: unknown flags {flags:#x}"),
+            ));
+        }
         if id == 0 || name.is_empty() {
             return Err(bad("id", format!("record {i} has no id or name")));
         }
-        if root_page != NO_PAGE && root_page >= meta_pages {
+        if !ptr_ok(&root) {
             return Err(bad(
-                "root_page",
-                format!("record {i}: page {root_page} beyond {meta_pages}"),
+                "root",
+                format!(
+                    "record {i}: pointer to page {} of transaction {} (metadata pages \
+                     {meta_pages}, this page's transaction {})",
+                    root.page, root.txn, h.txn
+                ),
             ));
         }
         if cow_policy > 1 {
@@ -182,6 +221,12 @@ pub fn decode_directory(
             2 => JobRecord::Decouple { cursor },
             x => return Err(bad("job", format!("record {i}: unknown job {x}"))),
         };
+        if job != JobRecord::None && cursor >= MAX_VSEG {
+            return Err(bad(
+                "job",
+                format!("record {i}: cursor {cursor} lies beyond any disk"),
+            ));
+        }
         out.push(DiskRecord {
             id,
             uuid,
@@ -193,11 +238,17 @@ pub fn decode_directory(
             parent,
             snap_gen,
             created_gen,
-            root_page,
+            root_page: root.page,
             cow_policy,
             job,
             created_unix,
         });
+        roots.push(root);
     }
-    Ok((out, h.next))
+    Ok(DirectoryPage {
+        txn: h.txn,
+        records: out,
+        roots,
+        next: h.next,
+    })
 }

@@ -7,7 +7,7 @@ use super::{
 };
 use uuid::Uuid;
 
-const LABEL_MAGIC: &[u8; 8] = b"TSRLABEL";
+pub(super) const LABEL_MAGIC: &[u8; 8] = b"TSRLABEL";
 
 /// The role of a bdev in a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

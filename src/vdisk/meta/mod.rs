@@ -3,16 +3,28 @@
 //! ```text
 //! metadata device (container 0, or a separate metadata bdev)
 //!   byte 0      label      (also at byte 0 of every data container)
-//!   byte 4096   superblock slot A   } written alternately, by transaction parity;
-//!   byte 8192   superblock slot B   } open takes the valid one with the higher txn
+//!   byte 4096   superblock slot A   } written alternately, by transaction parity (A even,
+//!   byte 8192   superblock slot B   } B odd); open takes the valid one with the higher txn
 //!   meta_first_byte + 4096 × page    metadata pages:
-//!       [0, 2 × sm_pages)   the space map (segment reference counts), two copies
-//!       [2 × sm_pages, ..)  table nodes and directory pages, written copy-on-write
+//!       [0, 2 × sm_pages)           the space map (segment reference counts): two
+//!                                   places per page, written alternately
+//!       [.., + 2 × sm_index_pages)  the space-map index (pointers to the space-map
+//!                                   pages): two places per page, written alternately
+//!       [node_first_page, ..)       table nodes and directory pages, copy-on-write
 //! ```
 //!
 //! Every page carries a CRC32C, its own page index (a misdirected write is caught), the
-//! pool's UUID tag and the transaction that wrote it. Decoding is total: any input
-//! yields a value or a [`MetaError`] naming the page and field; nothing panics.
+//! pool's UUID tag and the transaction that wrote it. Every pointer to a page is a
+//! [`BlockPtr`]: the page, the transaction that wrote it and its checksum (ZFS's block
+//! pointers, btrfs's generations), so a page that keeps an older valid version (a lost
+//! write) or holds another page's content (a misdirected one) is caught by its parent:
+//! superblock → directory chain → table roots → internal nodes → leaves, and superblock →
+//! space-map index → space-map pages. Decoding is total: any input yields a value or a
+//! [`MetaError`] naming the page and field; nothing panics.
+//!
+//! **Versions.** Format 2 added the checksums and transactions to every pointer and the
+//! space-map index. A pool of format 1 is refused with a message (README, "Format
+//! versions"): its pointers cannot be verified, so it is not upgraded in place.
 //!
 //! - this file: the layout constants, the errors, the field reader and writer, and the
 //!   header, checksum and pool tag every metadata page shares;
@@ -44,7 +56,81 @@ pub const MAX_DISK_BLOCKS: u64 = 1 << 52;
 
 const HEADER_BYTES: usize = 64;
 const PAGE_MAGIC: u32 = 0x5453_5047; // "TSPG"
-const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build reads and writes (labels, superblocks, pages).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// A pointer to a metadata page with what it takes to verify the page it finds there:
+/// the transaction that wrote the page and the page's checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPtr {
+    pub page: u64,
+    pub txn: u64,
+    pub crc: u32,
+}
+
+impl BlockPtr {
+    /// A pointer to no page.
+    pub const NONE: BlockPtr = BlockPtr {
+        page: NO_PAGE,
+        txn: 0,
+        crc: 0,
+    };
+    /// Encoded size.
+    pub const BYTES: usize = 20;
+
+    /// True for [`BlockPtr::NONE`].
+    pub fn is_none(&self) -> bool {
+        self.page == NO_PAGE
+    }
+
+    /// The pointer to a sealed page (as an encoder returned it): its own index, the
+    /// transaction that wrote it and its checksum.
+    pub fn of(page: &[u8]) -> BlockPtr {
+        let word = |at: usize| u64::from_le_bytes(page[at..at + 8].try_into().expect("8 bytes"));
+        BlockPtr {
+            page: word(16),
+            txn: word(24),
+            crc: u32::from_le_bytes(page[8..12].try_into().expect("4 bytes")),
+        }
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u64(self.page);
+        w.u64(self.txn);
+        w.u32(self.crc);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Option<BlockPtr> {
+        Some(BlockPtr {
+            page: r.u64()?,
+            txn: r.u64()?,
+            crc: r.u32()?,
+        })
+    }
+}
+
+/// Checks that `b`, a page that decoded as page `ptr.page`, is the version `ptr` points
+/// at; `via` names the pointer for the error (e.g. "internal node 70, child 3").
+pub fn verify_pointer(b: &[u8], ptr: &BlockPtr, via: &str) -> Result<(), MetaError> {
+    let found = BlockPtr::of(b);
+    if found.txn != ptr.txn {
+        return Err(MetaError::Stale {
+            page: ptr.page,
+            via: via.to_string(),
+            found: found.txn,
+            expected: ptr.txn,
+        });
+    }
+    if found.crc != ptr.crc {
+        return Err(MetaError::PointerChecksum {
+            page: ptr.page,
+            via: via.to_string(),
+            found: found.crc,
+            expected: ptr.crc,
+        });
+    }
+    Ok(())
+}
 
 /// What went wrong decoding metadata; every variant says where.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
@@ -57,7 +143,11 @@ pub enum MetaError {
         stored: u32,
         computed: u32,
     },
-    #[error("{what}: unsupported format version {version}")]
+    #[error(
+        "{what}: format version {version} is not supported (this build reads version {}; \
+         see README, \"Format versions\", to migrate)",
+        FORMAT_VERSION
+    )]
     Version { what: String, version: u32 },
     #[error("metadata page {page}: bad magic {magic:#010x}")]
     PageMagic { page: u64, magic: u32 },
@@ -77,10 +167,38 @@ pub enum MetaError {
         field: &'static str,
         reason: String,
     },
-    #[error("superblock: {field}: {reason}")]
-    Superblock { field: &'static str, reason: String },
+    #[error(
+        "metadata page {page}: stale: it holds the version of transaction {found}, but \
+         {via} expects transaction {expected} (a lost or misdirected write)"
+    )]
+    Stale {
+        page: u64,
+        via: String,
+        found: u64,
+        expected: u64,
+    },
+    #[error(
+        "metadata page {page}: checksum {found:#010x} differs from the {expected:#010x} \
+         that {via} expects (the page was overwritten)"
+    )]
+    PointerChecksum {
+        page: u64,
+        via: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{what}: {field}: {reason}")]
+    Superblock {
+        what: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("no valid superblock: slot A: {a}; slot B: {b}")]
+    NoSuperblock { a: String, b: String },
     #[error("label: {field}: {reason}")]
     Label { field: &'static str, reason: String },
+    #[error("segment {seg}: {reason}")]
+    Segment { seg: u64, reason: String },
 }
 
 /// Page kinds.
@@ -91,6 +209,7 @@ pub enum PageKind {
     Leaf = 2,
     Directory = 3,
     SpaceMap = 4,
+    SpaceMapIndex = 5,
 }
 
 impl PageKind {
@@ -100,6 +219,7 @@ impl PageKind {
             PageKind::Leaf => "leaf node",
             PageKind::Directory => "directory",
             PageKind::SpaceMap => "space map",
+            PageKind::SpaceMapIndex => "space-map index",
         }
     }
 }
@@ -191,8 +311,9 @@ pub struct PageHeader {
     pub count: u32,
     pub page: u64,
     pub txn: u64,
-    /// Directory chains: the next page, or [`NO_PAGE`].
-    pub next: u64,
+    /// Directory chains: the next page ([`BlockPtr::NONE`] at the end); space-map and
+    /// space-map index pages: their index in `next.page`.
+    pub next: BlockPtr,
 }
 
 fn pool_tag(pool: &Uuid) -> u64 {
@@ -211,7 +332,7 @@ fn new_page(h: &PageHeader, pool: &Uuid) -> Vec<u8> {
     w.u64(h.page);
     w.u64(h.txn);
     w.u64(pool_tag(pool));
-    w.u64(h.next);
+    h.next.write(&mut w);
     b
 }
 
@@ -220,18 +341,39 @@ fn seal(b: &mut [u8]) {
     b[8..12].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Turns arbitrary bytes into a page that passes the header checks (magic, kind, own
-/// index, pool tag, checksum) so that a fuzzer reaches the payload decoders.
+/// Turns arbitrary bytes into a page that passes the header checks (magic, kind,
+/// version, own index, pool tag, checksum) so that a fuzzer reaches the payload decoders.
 pub fn forge_page(bytes: &[u8], kind: PageKind, page: u64, pool: &Uuid) -> Vec<u8> {
     let mut b = vec![0u8; PAGE_BYTES];
     let n = bytes.len().min(PAGE_BYTES);
     b[..n].copy_from_slice(&bytes[..n]);
     b[0..4].copy_from_slice(&PAGE_MAGIC.to_le_bytes());
     b[4] = kind as u8;
+    b[5] = FORMAT_VERSION as u8;
     b[16..24].copy_from_slice(&page.to_le_bytes());
     b[32..40].copy_from_slice(&pool_tag(pool).to_le_bytes());
     seal(&mut b);
     b
+}
+
+/// Recomputes the checksum of a 4 KiB block that is a label, a superblock or a metadata
+/// page (by its magic); returns false, changing nothing, for anything else. For tests
+/// and fuzzers that craft checksum-valid metadata with wrong fields.
+pub fn reseal(b: &mut [u8]) -> bool {
+    if b.len() < PAGE_BYTES {
+        return false;
+    }
+    let b = &mut b[..PAGE_BYTES];
+    let at = if b[..8] == *label::LABEL_MAGIC || b[..8] == *superblock::SUPER_MAGIC {
+        12
+    } else if b[..4] == PAGE_MAGIC.to_le_bytes() {
+        8
+    } else {
+        return false;
+    };
+    let crc = checksum(b, at);
+    b[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    true
 }
 
 /// Verifies a page read from index `page` and returns its header.
@@ -255,7 +397,7 @@ pub fn decode_header(
         return Err(MetaError::PageMagic { page, magic });
     }
     let kind = r.u8().unwrap_or(0);
-    let _version = r.u8();
+    let version = r.u8().unwrap_or(0);
     let _ = r.bytes(2);
     let stored = r.u32().unwrap_or(0);
     let computed = checksum(b, 8);
@@ -266,11 +408,17 @@ pub fn decode_header(
             computed,
         });
     }
+    if u32::from(version) != FORMAT_VERSION {
+        return Err(MetaError::Version {
+            what: format!("metadata page {page}"),
+            version: version.into(),
+        });
+    }
     let count = r.u32().unwrap_or(0);
     let found = r.u64().unwrap_or(0);
     let txn = r.u64().unwrap_or(0);
     let tag = r.u64().unwrap_or(0);
-    let next = r.u64().unwrap_or(NO_PAGE);
+    let next = BlockPtr::read(&mut r).unwrap_or(BlockPtr::NONE);
     if found != page {
         return Err(MetaError::Misdirected { page, found });
     }

@@ -2,60 +2,76 @@
 //! (`table.rs`), leaves holding the extents with their layers and fills.
 
 use super::{
-    HEADER_BYTES, MAX_VSEG, MetaError, NO_PAGE, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
+    BlockPtr, HEADER_BYTES, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
     decode_header, new_page, seal,
 };
 use crate::vdisk::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, MAX_RUN_SEGMENTS};
-use crate::vdisk::table::NODE_PAYLOAD_BYTES;
+use crate::vdisk::table::{INTERNAL_ENTRY_BYTES, NODE_PAYLOAD_BYTES};
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// Encodes an internal node: `(first virtual segment, child page)` per child.
-pub fn encode_internal(page: u64, txn: u64, pool: &Uuid, entries: &[(u64, u64)]) -> Vec<u8> {
-    debug_assert!(entries.len() * 16 <= NODE_PAYLOAD_BYTES);
+/// Encodes an internal node: `(first virtual segment, child pointer)` per child
+/// ([`INTERNAL_ENTRY_BYTES`] each: key, child page, child transaction, child checksum).
+pub fn encode_internal(page: u64, txn: u64, pool: &Uuid, entries: &[(u64, BlockPtr)]) -> Vec<u8> {
+    debug_assert!(entries.len() * INTERNAL_ENTRY_BYTES <= NODE_PAYLOAD_BYTES);
+    debug_assert_eq!(INTERNAL_ENTRY_BYTES, 8 + BlockPtr::BYTES);
     let h = PageHeader {
         kind: PageKind::Internal,
         count: entries.len() as u32,
         page,
         txn,
-        next: NO_PAGE,
+        next: BlockPtr::NONE,
     };
     let mut b = new_page(&h, pool);
     let mut w = Writer::new(&mut b, HEADER_BYTES);
-    for &(k, c) in entries {
-        w.u64(k);
-        w.u64(c);
+    for (k, c) in entries {
+        w.u64(*k);
+        c.write(&mut w);
     }
     seal(&mut b);
     b
 }
 
-/// Decodes an internal node page.
+/// Decodes an internal node page: keys strictly increasing, every child inside the
+/// metadata area and written by a transaction not after this page's.
 pub fn decode_internal(
     b: &[u8],
     page: u64,
     pool: &Uuid,
     meta_pages: u64,
-) -> Result<Vec<(u64, u64)>, MetaError> {
+) -> Result<Vec<(u64, BlockPtr)>, MetaError> {
     let h = decode_header(b, page, pool, PageKind::Internal)?;
     let n = h.count as usize;
-    if n == 0 || n * 16 > NODE_PAYLOAD_BYTES {
+    if n == 0 || n * INTERNAL_ENTRY_BYTES > NODE_PAYLOAD_BYTES {
         return Err(MetaError::Field {
             page,
             field: "count",
-            reason: format!("{n} children"),
+            reason: format!(
+                "{n} children (1 to {} fit)",
+                NODE_PAYLOAD_BYTES / INTERNAL_ENTRY_BYTES
+            ),
         });
     }
     let mut r = Reader::new(b, HEADER_BYTES);
-    let mut out = Vec::with_capacity(n);
+    let mut out: Vec<(u64, BlockPtr)> = Vec::with_capacity(n);
     for i in 0..n {
         let k = r.u64().unwrap_or(0);
-        let c = r.u64().unwrap_or(NO_PAGE);
-        if c >= meta_pages {
+        let c = BlockPtr::read(&mut r).unwrap_or(BlockPtr::NONE);
+        if c.page >= meta_pages {
             return Err(MetaError::Field {
                 page,
                 field: "child",
-                reason: format!("child {i} points at page {c}, beyond {meta_pages}"),
+                reason: format!("child {i} points at page {}, beyond {meta_pages}", c.page),
+            });
+        }
+        if c.txn == 0 || c.txn > h.txn {
+            return Err(MetaError::Field {
+                page,
+                field: "child",
+                reason: format!(
+                    "child {i} expects transaction {}, not in 1..={} (this page's)",
+                    c.txn, h.txn
+                ),
             });
         }
         if i > 0 && k <= out.last().map_or(0, |&(pk, _)| pk) {
@@ -77,7 +93,7 @@ pub fn encode_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[Extent]) -> Vec<
         count: extents.len() as u32,
         page,
         txn,
-        next: NO_PAGE,
+        next: BlockPtr::NONE,
     };
     let mut b = new_page(&h, pool);
     let mut w = Writer::new(&mut b, HEADER_BYTES);

@@ -1,14 +1,38 @@
-//! Space-map pages: the persisted segment reference counts (two copies; the allocator
-//! in `alloc.rs` is the in-memory form).
+//! Space-map pages: the persisted segment reference counts (the allocator in `alloc.rs`
+//! is the in-memory form), and the space-map index pages that point at them.
+//!
+//! Each space-map page and each index page has two places; a commit writes a page that
+//! changed into the place the committed state does not point at, and the new pointer
+//! (page, transaction, checksum) goes into the index page, whose new version goes to its
+//! own other place, and whose pointer goes into the superblock ([`SpaceMapPtrs`]).
 
 use super::{
-    HEADER_BYTES, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer, decode_header,
-    new_page, seal,
+    BlockPtr, HEADER_BYTES, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
+    decode_header, new_page, seal,
 };
 use uuid::Uuid;
 
 /// Segment reference counts per space-map page.
 pub const SM_COUNTS_PER_PAGE: usize = (PAGE_BYTES - HEADER_BYTES) / 4;
+
+/// Space-map page pointers per index page.
+pub const SM_PTRS_PER_PAGE: usize = (PAGE_BYTES - HEADER_BYTES) / BlockPtr::BYTES;
+
+/// Space-map pages (per copy) for `total_segments` segments.
+pub fn sm_pages_for(total_segments: u64) -> u64 {
+    total_segments.div_ceil(SM_COUNTS_PER_PAGE as u64)
+}
+
+/// Space-map index pages (per copy) for `sm_pages` space-map pages.
+pub fn sm_index_pages_for(sm_pages: u64) -> u64 {
+    sm_pages.div_ceil(SM_PTRS_PER_PAGE as u64)
+}
+
+/// How many entries page `index` of a paged array of `total` entries, `per` a page,
+/// holds.
+pub fn entries_of_page(index: u64, total: u64, per: usize) -> usize {
+    total.saturating_sub(index * per as u64).min(per as u64) as usize
+}
 
 /// Encodes a space-map page: reference counts of segments
 /// `[index × SM_COUNTS_PER_PAGE, ..)`.
@@ -19,7 +43,11 @@ pub fn encode_space_map(page: u64, txn: u64, pool: &Uuid, index: u64, counts: &[
         count: counts.len() as u32,
         page,
         txn,
-        next: index,
+        next: BlockPtr {
+            page: index,
+            txn: 0,
+            crc: 0,
+        },
     };
     let mut b = new_page(&h, pool);
     let mut w = Writer::new(&mut b, HEADER_BYTES);
@@ -38,11 +66,11 @@ pub fn decode_space_map(
     index: u64,
 ) -> Result<(u64, Vec<u32>), MetaError> {
     let h = decode_header(b, page, pool, PageKind::SpaceMap)?;
-    if h.next != index {
+    if h.next.page != index {
         return Err(MetaError::Field {
             page,
             field: "index",
-            reason: format!("holds space-map page {}, expected {index}", h.next),
+            reason: format!("holds space-map page {}, expected {index}", h.next.page),
         });
     }
     if h.count as usize > SM_COUNTS_PER_PAGE {
@@ -54,4 +82,153 @@ pub fn decode_space_map(
     }
     let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
     Ok((h.txn, (0..h.count).map(|_| r.u32().unwrap_or(0)).collect()))
+}
+
+/// Encodes space-map index page `index`: the pointers to space-map pages
+/// `[index × SM_PTRS_PER_PAGE, ..)`.
+pub fn encode_sm_index(page: u64, txn: u64, pool: &Uuid, index: u64, ptrs: &[BlockPtr]) -> Vec<u8> {
+    debug_assert!(ptrs.len() <= SM_PTRS_PER_PAGE);
+    let h = PageHeader {
+        kind: PageKind::SpaceMapIndex,
+        count: ptrs.len() as u32,
+        page,
+        txn,
+        next: BlockPtr {
+            page: index,
+            txn: 0,
+            crc: 0,
+        },
+    };
+    let mut b = new_page(&h, pool);
+    let mut w = Writer::new(&mut b, HEADER_BYTES);
+    for p in ptrs {
+        p.write(&mut w);
+    }
+    seal(&mut b);
+    b
+}
+
+/// Decodes space-map index page `index` of a pool with `sm_pages` space-map pages per
+/// copy: its pointers, each checked to point at one of the two places of its space-map
+/// page, written by a transaction not after this page's.
+pub fn decode_sm_index(
+    b: &[u8],
+    page: u64,
+    pool: &Uuid,
+    index: u64,
+    sm_pages: u64,
+) -> Result<Vec<BlockPtr>, MetaError> {
+    let h = decode_header(b, page, pool, PageKind::SpaceMapIndex)?;
+    let bad = |field, reason: String| MetaError::Field {
+        page,
+        field,
+        reason,
+    };
+    if h.next.page != index {
+        return Err(bad(
+            "index",
+            format!(
+                "holds space-map index page {}, expected {index}",
+                h.next.page
+            ),
+        ));
+    }
+    let want = entries_of_page(index, sm_pages, SM_PTRS_PER_PAGE);
+    if h.count as usize != want {
+        return Err(bad(
+            "count",
+            format!("{} pointers, expected {want}", h.count),
+        ));
+    }
+    let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
+    let mut out = Vec::with_capacity(want);
+    for k in 0..want {
+        let p = BlockPtr::read(&mut r).ok_or_else(|| bad("pointer", "truncated".into()))?;
+        let i = index * SM_PTRS_PER_PAGE as u64 + k as u64;
+        if p.page != i && p.page != sm_pages + i {
+            return Err(bad(
+                "pointer",
+                format!(
+                    "entry {k} points at page {} for space-map page {i} (its places are {i} \
+                     and {})",
+                    p.page,
+                    sm_pages + i
+                ),
+            ));
+        }
+        if p.txn == 0 || p.txn > h.txn {
+            return Err(bad(
+                "pointer",
+                format!(
+                    "entry {k} expects transaction {}, not in 1..={} (this page's)",
+                    p.txn, h.txn
+                ),
+            ));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The pointers a committed superblock holds to the space map: to every space-map page
+/// (through the index) and to every index page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceMapPtrs {
+    pub pages: Vec<BlockPtr>,
+    pub index: Vec<BlockPtr>,
+}
+
+impl SpaceMapPtrs {
+    /// Pointers of a space map never written (a pool being created, or one whose index
+    /// could not be read): the next write goes to the first place of every page.
+    pub fn unwritten(sm_pages: u64) -> SpaceMapPtrs {
+        SpaceMapPtrs {
+            pages: vec![BlockPtr::NONE; sm_pages as usize],
+            index: vec![BlockPtr::NONE; sm_index_pages_for(sm_pages) as usize],
+        }
+    }
+
+    /// Encodes, for transaction `txn`, the space-map pages `changed` (of counts `refs`)
+    /// and the index pages pointing at them, each into the place that `self` (the
+    /// committed pointers) does not point at; appends them to `out` and returns the
+    /// pointers that the new superblock commits.
+    pub fn write(
+        &self,
+        changed: impl IntoIterator<Item = u64>,
+        refs: &[u32],
+        txn: u64,
+        pool: &Uuid,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> SpaceMapPtrs {
+        let sm = self.pages.len() as u64;
+        let smi = self.index.len() as u64;
+        let other = |cur: &BlockPtr, places: [u64; 2]| {
+            if cur.page == places[0] {
+                places[1]
+            } else {
+                places[0]
+            }
+        };
+        let mut next = self.clone();
+        let mut dirty_index = std::collections::BTreeSet::new();
+        for i in changed {
+            let lo = i as usize * SM_COUNTS_PER_PAGE;
+            let hi = (lo + SM_COUNTS_PER_PAGE).min(refs.len());
+            let page = other(&self.pages[i as usize], [i, sm + i]);
+            let b = encode_space_map(page, txn, pool, i, &refs[lo..hi]);
+            next.pages[i as usize] = BlockPtr::of(&b);
+            out.push((page, b));
+            dirty_index.insert(i / SM_PTRS_PER_PAGE as u64);
+        }
+        for j in dirty_index {
+            let lo = j as usize * SM_PTRS_PER_PAGE;
+            let hi = (lo + SM_PTRS_PER_PAGE).min(sm as usize);
+            let base = 2 * sm;
+            let page = other(&self.index[j as usize], [base + j, base + smi + j]);
+            let b = encode_sm_index(page, txn, pool, j, &next.pages[lo..hi]);
+            next.index[j as usize] = BlockPtr::of(&b);
+            out.push((page, b));
+        }
+        next
+    }
 }

@@ -1,13 +1,27 @@
 //! The superblock: the root of a pool's durable state, in two slots written alternately
-//! by transaction parity (open takes the valid one with the higher transaction).
+//! by transaction parity — even transactions in slot A, odd ones in slot B; open takes
+//! the valid one with the higher transaction ([`pick`]).
 
+use super::space_map::{SM_COUNTS_PER_PAGE, SM_PTRS_PER_PAGE};
 use super::{
-    FORMAT_VERSION, MAX_CONTAINERS, MetaError, NO_PAGE, PAGE_BYTES, Reader, Writer, checksum,
-    read_name,
+    BlockPtr, FORMAT_VERSION, MAX_CONTAINERS, MetaError, PAGE_BYTES, Reader, SUPERBLOCK_OFFSET,
+    Writer, checksum, read_name,
 };
 use uuid::Uuid;
 
-const SUPER_MAGIC: &[u8; 8] = b"TSRSUPER";
+pub(super) const SUPER_MAGIC: &[u8; 8] = b"TSRSUPER";
+
+/// Most space-map index pages a superblock points at: with 1 MiB segments, a pool of
+/// up to `MAX_SM_INDEX_PAGES × SM_PTRS_PER_PAGE × SM_COUNTS_PER_PAGE` segments (24 TiB;
+/// larger segments, larger pools).
+pub const MAX_SM_INDEX_PAGES: u64 = 128;
+
+/// Most segments a pool may have (what the space-map index can address).
+pub const MAX_SEGMENTS: u64 =
+    MAX_SM_INDEX_PAGES * SM_PTRS_PER_PAGE as u64 * SM_COUNTS_PER_PAGE as u64;
+
+/// Where metadata pages may start: after the label and both superblock slots.
+const MIN_META_FIRST_BYTE: u64 = SUPERBLOCK_OFFSET + 2 * PAGE_BYTES as u64;
 
 /// One data container as the superblock records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,16 +50,53 @@ pub struct Superblock {
     pub meta_pages: u64,
     /// Pages per space-map copy.
     pub sm_pages: u64,
-    pub directory_head: u64,
+    /// Pages per space-map index copy.
+    pub sm_index_pages: u64,
+    /// The first directory page, or [`BlockPtr::NONE`].
+    pub directory: BlockPtr,
     /// Default copy-on-write policy (0 redirect, 1 copy-out).
     pub cow_policy: u8,
     /// True if a metadata bdev separate from the containers holds the metadata.
     pub separate_metadata: bool,
     pub metadata_uuid: Uuid,
     pub containers: Vec<ContainerRecord>,
+    /// The space-map index pages in force, one per `sm_index_pages`.
+    pub sm_index: Vec<BlockPtr>,
 }
 
 impl Superblock {
+    /// Segments of all containers.
+    pub fn total_segments(&self) -> u64 {
+        self.containers.iter().map(|c| c.segments).sum()
+    }
+
+    /// The first page of the node area (table nodes and directory pages).
+    pub fn node_first_page(&self) -> u64 {
+        2 * (self.sm_pages + self.sm_index_pages)
+    }
+
+    /// True if `page` lies in the node area.
+    pub fn in_node_area(&self, page: u64) -> bool {
+        (self.node_first_page()..self.meta_pages).contains(&page)
+    }
+
+    /// The two places of space-map page `i`.
+    pub fn sm_places(&self, i: u64) -> [u64; 2] {
+        [i, self.sm_pages + i]
+    }
+
+    /// The two places of space-map index page `j`.
+    pub fn sm_index_places(&self, j: u64) -> [u64; 2] {
+        let base = 2 * self.sm_pages;
+        [base + j, base + self.sm_index_pages + j]
+    }
+
+    /// The byte just past the metadata pages on the metadata device.
+    pub fn meta_end_byte(&self) -> u64 {
+        self.meta_first_byte
+            .saturating_add(self.meta_pages.saturating_mul(PAGE_BYTES as u64))
+    }
+
     /// Encodes into one 4 KiB block.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; PAGE_BYTES];
@@ -62,7 +113,8 @@ impl Superblock {
         w.u64(self.meta_first_byte);
         w.u64(self.meta_pages);
         w.u64(self.sm_pages);
-        w.u64(self.directory_head);
+        w.u64(self.sm_index_pages);
+        self.directory.write(&mut w);
         w.u8(self.cow_policy);
         w.u8(self.separate_metadata as u8);
         w.bytes(self.metadata_uuid.as_bytes());
@@ -73,19 +125,36 @@ impl Superblock {
             w.u64(c.segments);
             w.u64(c.reserved_segments);
         }
+        w.u32(self.sm_index.len() as u32);
+        for p in &self.sm_index {
+            p.write(&mut w);
+        }
         let crc = checksum(&b, 12);
         b[12..16].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
-    /// Decodes one superblock slot.
+    /// Decodes one superblock slot (`slot` is "A" or "B") and validates every field
+    /// ([`Superblock::read`], then [`Superblock::validate`]).
     pub fn decode(b: &[u8], slot: &str) -> Result<Superblock, MetaError> {
+        let sb = Superblock::read(b, slot)?;
+        sb.validate(slot)?;
+        Ok(sb)
+    }
+
+    /// Decodes one slot: magic, checksum, version and the fields, with every count
+    /// bounded by the block; does not judge the values ([`Superblock::validate`]).
+    pub fn read(b: &[u8], slot: &str) -> Result<Superblock, MetaError> {
         let what = format!("superblock slot {slot}");
         if b.len() < PAGE_BYTES || &b[..8] != SUPER_MAGIC {
             return Err(MetaError::NoLabel { what });
         }
         let b = &b[..PAGE_BYTES];
-        let bad = |field, reason: String| MetaError::Superblock { field, reason };
+        let bad = |field, reason: String| MetaError::Superblock {
+            what: what.clone(),
+            field,
+            reason,
+        };
         let t = || "truncated".to_string();
         let mut r = Reader::new(b, 8);
         let version = r.u32().ok_or_else(|| bad("version", t()))?;
@@ -110,9 +179,10 @@ impl Superblock {
         let meta_first_byte = r.u64().ok_or_else(|| bad("meta_first_byte", t()))?;
         let meta_pages = r.u64().ok_or_else(|| bad("meta_pages", t()))?;
         let sm_pages = r.u64().ok_or_else(|| bad("sm_pages", t()))?;
-        let directory_head = r.u64().ok_or_else(|| bad("directory_head", t()))?;
+        let sm_index_pages = r.u64().ok_or_else(|| bad("sm_index_pages", t()))?;
+        let directory = BlockPtr::read(&mut r).ok_or_else(|| bad("directory", t()))?;
         let cow_policy = r.u8().ok_or_else(|| bad("cow_policy", t()))?;
-        let separate_metadata = r.u8().ok_or_else(|| bad("separate_metadata", t()))? != 0;
+        let separate_metadata = r.u8().ok_or_else(|| bad("separate_metadata", t()))?;
         let metadata_uuid = r.uuid().ok_or_else(|| bad("metadata_uuid", t()))?;
         let pool_name = read_name(&mut r, 128)
             .ok_or_else(|| bad("pool_name", t()))?
@@ -132,28 +202,21 @@ impl Superblock {
                 reserved_segments: r.u64().ok_or_else(|| bad("containers", t()))?,
             });
         }
-        if !segment_bytes.is_power_of_two() || !(64 << 10..=64 << 20).contains(&segment_bytes) {
+        let n = r.u32().ok_or_else(|| bad("sm_index", t()))? as u64;
+        if n > MAX_SM_INDEX_PAGES {
             return Err(bad(
-                "segment_bytes",
-                format!("{segment_bytes} is not a power of two in 64 KiB..=64 MiB"),
+                "sm_index",
+                format!("{n} space-map index pointers; at most {MAX_SM_INDEX_PAGES} fit"),
             ));
         }
-        if !block_size.is_power_of_two() || !(512..=4096).contains(&block_size) {
-            return Err(bad(
-                "block_size",
-                format!("{block_size} is not a power of two in 512..=4096"),
-            ));
+        let mut sm_index = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            sm_index.push(BlockPtr::read(&mut r).ok_or_else(|| bad("sm_index", t()))?);
         }
-        if sm_pages.checked_mul(2).is_none_or(|p| p > meta_pages) {
+        if separate_metadata > 1 {
             return Err(bad(
-                "sm_pages",
-                format!("{sm_pages} × 2 exceeds the {meta_pages} metadata pages"),
-            ));
-        }
-        if directory_head != NO_PAGE && directory_head >= meta_pages {
-            return Err(bad(
-                "directory_head",
-                format!("page {directory_head} is beyond the {meta_pages} metadata pages"),
+                "separate_metadata",
+                format!("{separate_metadata} is not a flag"),
             ));
         }
         Ok(Superblock {
@@ -167,11 +230,277 @@ impl Superblock {
             meta_first_byte,
             meta_pages,
             sm_pages,
-            directory_head,
+            sm_index_pages,
+            directory,
             cow_policy,
-            separate_metadata,
+            separate_metadata: separate_metadata == 1,
             metadata_uuid,
             containers,
+            sm_index,
         })
     }
+
+    /// Checks every field against the others: geometry, the metadata area and its
+    /// parts, container records, the pointers. What needs the devices (their sizes, their
+    /// labels) is checked by the loader and the checker.
+    pub fn validate(&self, slot: &str) -> Result<(), MetaError> {
+        let bad = |field, reason: String| {
+            Err(MetaError::Superblock {
+                what: format!("superblock slot {slot}"),
+                field,
+                reason,
+            })
+        };
+        let seg = self.segment_bytes;
+        if !seg.is_power_of_two() || !(64 << 10..=64 << 20).contains(&seg) {
+            return bad(
+                "segment_bytes",
+                format!("{seg} is not a power of two in 64 KiB..=64 MiB"),
+            );
+        }
+        let bs = self.block_size;
+        if !bs.is_power_of_two() || !(512..=4096).contains(&bs) {
+            return bad(
+                "block_size",
+                format!("{bs} is not a power of two in 512..=4096"),
+            );
+        }
+        if self.txn == 0 || self.txn == u64::MAX {
+            return bad("txn", format!("{} is not a transaction", self.txn));
+        }
+        if self.generation == 0 || self.generation == u64::MAX {
+            return bad(
+                "generation",
+                format!("{} is not a generation", self.generation),
+            );
+        }
+        if self.next_disk_id == 0 || self.next_disk_id == u64::MAX {
+            return bad(
+                "next_disk_id",
+                format!("{} is not a disk id", self.next_disk_id),
+            );
+        }
+        if self.cow_policy > 1 {
+            return bad("cow_policy", format!("unknown policy {}", self.cow_policy));
+        }
+        if self.pool_name.is_empty() {
+            return bad("pool_name", "empty".into());
+        }
+        // Containers and the segment space.
+        let mut total = 0u64;
+        for (i, c) in self.containers.iter().enumerate() {
+            if c.reserved_segments == 0 || c.reserved_segments >= c.segments {
+                return bad(
+                    "containers",
+                    format!(
+                        "container {i}: {} reserved of {} segments (a container reserves \
+                         at least its label's segment and holds at least one data segment)",
+                        c.reserved_segments, c.segments
+                    ),
+                );
+            }
+            total = match total.checked_add(c.segments) {
+                Some(t) if t <= MAX_SEGMENTS => t,
+                _ => {
+                    return bad(
+                        "containers",
+                        format!("more than the {MAX_SEGMENTS} segments a pool may have"),
+                    );
+                }
+            };
+        }
+        let sm_want = total.div_ceil(SM_COUNTS_PER_PAGE as u64);
+        if self.sm_pages != sm_want {
+            return bad(
+                "sm_pages",
+                format!(
+                    "{} space-map pages for {total} segments (needs {sm_want})",
+                    self.sm_pages
+                ),
+            );
+        }
+        let smi_want = sm_want.div_ceil(SM_PTRS_PER_PAGE as u64);
+        if self.sm_index_pages != smi_want || self.sm_index.len() as u64 != smi_want {
+            return bad(
+                "sm_index_pages",
+                format!(
+                    "{} space-map index pages ({} pointers) for {sm_want} space-map pages \
+                     (needs {smi_want})",
+                    self.sm_index_pages,
+                    self.sm_index.len()
+                ),
+            );
+        }
+        // The metadata area.
+        if self.meta_first_byte < MIN_META_FIRST_BYTE
+            || !self.meta_first_byte.is_multiple_of(PAGE_BYTES as u64)
+        {
+            return bad(
+                "meta_first_byte",
+                format!(
+                    "{} is not a 4 KiB-aligned offset past the superblocks",
+                    self.meta_first_byte
+                ),
+            );
+        }
+        let end = self
+            .meta_pages
+            .checked_mul(PAGE_BYTES as u64)
+            .and_then(|b| b.checked_add(self.meta_first_byte));
+        if end.is_none() || self.meta_pages <= self.node_first_page() {
+            return bad(
+                "meta_pages",
+                format!(
+                    "{} metadata pages leave no node area after the {} of the space map \
+                     and its index",
+                    self.meta_pages,
+                    self.node_first_page()
+                ),
+            );
+        }
+        let c0 = &self.containers[0];
+        if !self.separate_metadata
+            && self.meta_end_byte() > c0.reserved_segments.saturating_mul(seg)
+        {
+            return bad(
+                "meta_pages",
+                format!(
+                    "the metadata area ends at byte {}, past container 0's {} reserved \
+                     segments",
+                    self.meta_end_byte(),
+                    c0.reserved_segments
+                ),
+            );
+        }
+        // Pointers.
+        let d = &self.directory;
+        if !d.is_none() && (!self.in_node_area(d.page) || d.txn == 0 || d.txn > self.txn) {
+            return bad(
+                "directory",
+                format!(
+                    "pointer to page {} of transaction {} (node area [{}, {}), \
+                     transaction at most {})",
+                    d.page,
+                    d.txn,
+                    self.node_first_page(),
+                    self.meta_pages,
+                    self.txn
+                ),
+            );
+        }
+        for (j, p) in self.sm_index.iter().enumerate() {
+            if !self.sm_index_places(j as u64).contains(&p.page) || p.txn == 0 || p.txn > self.txn {
+                return bad(
+                    "sm_index",
+                    format!(
+                        "pointer {j} to page {} of transaction {} (expected page {:?}, \
+                         transaction at most {})",
+                        p.page,
+                        p.txn,
+                        self.sm_index_places(j as u64),
+                        self.txn
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The superblock in force, as [`pick`] chose it.
+#[derive(Debug)]
+pub struct Picked {
+    pub sb: Superblock,
+    /// "A" or "B".
+    pub slot: &'static str,
+    /// What was wrong with the other slot, if anything (a torn or older slot is normal
+    /// after a crash): observations, not errors.
+    pub notes: Vec<String>,
+    /// Problems of the other slot that a crash does not explain (a checksum-valid
+    /// superblock with bad fields).
+    pub other_invalid: Option<MetaError>,
+}
+
+/// Chooses the superblock in force from the two slots' blocks (`a` at byte 4096, `b` at
+/// 8192) of a pool whose labels say `pool`: the slot with the higher transaction among
+/// those that are intact (magic, checksum, version), in their place (even transactions
+/// in A, odd in B: a superblock elsewhere is a misdirected write) and of this pool.
+/// A torn or misplaced slot falls back to the other one; a slot that is intact but
+/// whose fields are wrong is an error when it is the newer one (it is not a torn
+/// write: open refuses rather than go back a transaction).
+pub fn pick(a: &[u8], b: &[u8], pool: Option<Uuid>) -> Result<Picked, MetaError> {
+    let intact = |bytes: &[u8], slot: &'static str, parity: u64| {
+        let sb = Superblock::read(bytes, slot)?;
+        if sb.txn % 2 != parity {
+            return Err(MetaError::Superblock {
+                what: format!("superblock slot {slot}"),
+                field: "txn",
+                reason: format!(
+                    "transaction {} belongs in slot {} (a misdirected write)",
+                    sb.txn,
+                    if parity == 0 { "B" } else { "A" }
+                ),
+            });
+        }
+        if let Some(p) = pool
+            && sb.pool_uuid != p
+        {
+            return Err(MetaError::Superblock {
+                what: format!("superblock slot {slot}"),
+                field: "pool_uuid",
+                reason: format!(
+                    "belongs to pool {}, not to the labels' pool {p}",
+                    sb.pool_uuid
+                ),
+            });
+        }
+        Ok(sb)
+    };
+    let ra = intact(a, "A", 0);
+    let rb = intact(b, "B", 1);
+    let (newer, older) = match (ra, rb) {
+        (Ok(x), Ok(y)) => {
+            if x.txn >= y.txn {
+                ((x, "A"), Ok((y, "B")))
+            } else {
+                ((y, "B"), Ok((x, "A")))
+            }
+        }
+        (Ok(x), Err(e)) => ((x, "A"), Err(e)),
+        (Err(e), Ok(y)) => ((y, "B"), Err(e)),
+        (Err(ea), Err(eb)) => {
+            return Err(MetaError::NoSuperblock {
+                a: ea.to_string(),
+                b: eb.to_string(),
+            });
+        }
+    };
+    let (sb, slot) = newer;
+    sb.validate(slot)?;
+    let mut notes = Vec::new();
+    let mut other_invalid = None;
+    match older {
+        Ok((o, oslot)) => {
+            if let Err(e) = o.validate(oslot) {
+                other_invalid = Some(e);
+            } else if o.txn + 1 != sb.txn {
+                notes.push(format!(
+                    "superblock slots hold transactions {} and {}",
+                    sb.txn, o.txn
+                ));
+            }
+        }
+        // A never-written slot (a fresh pool's slot A) is no news.
+        Err(MetaError::NoLabel { .. })
+            if if slot == "A" { b } else { a }[..PAGE_BYTES.min(a.len().min(b.len()))]
+                .iter()
+                .all(|&x| x == 0) => {}
+        Err(e) => notes.push(format!("{e} (slot {slot} is used)")),
+    }
+    Ok(Picked {
+        sb,
+        slot,
+        notes,
+        other_invalid,
+    })
 }

@@ -3,8 +3,11 @@
 use super::directory::{DiskKind, DiskRecord, JobRecord, decode_directory, encode_directory};
 use super::label::{Label, Role};
 use super::node::{decode_internal, decode_leaf, encode_internal, encode_leaf};
-use super::space_map::{SM_COUNTS_PER_PAGE, decode_space_map, encode_space_map};
-use super::superblock::{ContainerRecord, Superblock};
+use super::space_map::{
+    SM_COUNTS_PER_PAGE, SM_PTRS_PER_PAGE, SpaceMapPtrs, decode_sm_index, decode_space_map,
+    encode_space_map,
+};
+use super::superblock::{ContainerRecord, Superblock, pick};
 use super::*;
 use crate::vdisk::map::{Extent, ExtentState, Fill, Layer};
 use std::sync::Arc;
@@ -36,6 +39,14 @@ fn label_round_trip_and_damage() {
     ));
 }
 
+fn ptr(page: u64, txn: u64) -> BlockPtr {
+    BlockPtr {
+        page,
+        txn,
+        crc: 0x1234,
+    }
+}
+
 fn sb() -> Superblock {
     Superblock {
         pool_uuid: pool(),
@@ -48,32 +59,117 @@ fn sb() -> Superblock {
         meta_first_byte: 1 << 20,
         meta_pages: 1000,
         sm_pages: 2,
-        directory_head: 17,
+        sm_index_pages: 1,
+        directory: ptr(17, 9),
         cow_policy: 0,
         separate_metadata: false,
         metadata_uuid: Uuid::nil(),
         containers: vec![ContainerRecord {
             bdev_uuid: Uuid::from_u128(5),
-            segments: 100,
+            segments: 1100,
             reserved_segments: 5,
         }],
+        sm_index: vec![ptr(5, 8)],
     }
 }
 
 #[test]
 fn superblock_round_trip_and_validation() {
     let s = sb();
-    assert_eq!(Superblock::decode(&s.encode(), "A").unwrap(), s);
-    let mut bad = sb();
-    bad.directory_head = 5000;
-    let e = Superblock::decode(&bad.encode(), "A").unwrap_err();
-    assert!(e.to_string().contains("directory_head"), "{e}");
+    assert_eq!(Superblock::decode(&s.encode(), "B").unwrap(), s);
+    // Each field is checked against the others, with an error naming it.
+    type Change = Box<dyn Fn(&mut Superblock)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("directory", Box::new(|s| s.directory.page = 5000)),
+        ("directory", Box::new(|s| s.directory.page = 3)), // inside the space map
+        ("directory", Box::new(|s| s.directory.txn = 10)), // after the superblock
+        ("sm_pages", Box::new(|s| s.sm_pages = 1)),
+        ("sm_pages", Box::new(|s| s.containers[0].segments = 3000)),
+        ("sm_index_pages", Box::new(|s| s.sm_index.clear())),
+        ("sm_index", Box::new(|s| s.sm_index[0].page = 6)),
+        (
+            "containers",
+            Box::new(|s| s.containers[0].reserved_segments = 1100),
+        ),
+        (
+            "containers",
+            Box::new(|s| s.containers[0].reserved_segments = 0),
+        ),
+        (
+            "containers",
+            Box::new(|s| s.containers[0].segments = u64::MAX),
+        ),
+        ("meta_pages", Box::new(|s| s.meta_pages = 5)),
+        ("meta_pages", Box::new(|s| s.meta_pages = u64::MAX / 2)),
+        ("meta_pages", Box::new(|s| s.meta_pages = 2000)), // past container 0's reserve
+        ("meta_first_byte", Box::new(|s| s.meta_first_byte = 4096)),
+        (
+            "meta_first_byte",
+            Box::new(|s| s.meta_first_byte = (1 << 20) + 1),
+        ),
+        ("segment_bytes", Box::new(|s| s.segment_bytes = 3 << 20)),
+        ("block_size", Box::new(|s| s.block_size = 100)),
+        ("cow_policy", Box::new(|s| s.cow_policy = 7)),
+        ("txn", Box::new(|s| s.txn = 0)),
+        ("generation", Box::new(|s| s.generation = 0)),
+        ("next_disk_id", Box::new(|s| s.next_disk_id = 0)),
+    ];
+    for (field, f) in cases {
+        let mut bad = sb();
+        f(&mut bad);
+        let e = Superblock::decode(&bad.encode(), "B").unwrap_err();
+        assert!(
+            matches!(&e, MetaError::Superblock { field: got, .. } if *got == field),
+            "{field}: {e}"
+        );
+        assert!(e.to_string().starts_with("superblock slot B: "), "{e}");
+    }
     let mut torn = sb().encode();
     torn[2000] = 1;
     assert!(matches!(
         Superblock::decode(&torn, "B"),
         Err(MetaError::Checksum { .. })
     ));
+}
+
+#[test]
+fn pick_takes_the_newest_intact_slot_in_its_place() {
+    let mut older = sb();
+    older.txn = 8;
+    older.directory.txn = 8;
+    older.sm_index[0].txn = 8;
+    let (a, b) = (older.encode(), sb().encode());
+    let p = pick(&a, &b, Some(pool())).unwrap();
+    assert_eq!((p.slot, p.sb.txn), ("B", 9));
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    // Torn newest slot: the other one, with a note.
+    let mut torn = b.clone();
+    torn[600] ^= 4;
+    let p = pick(&a, &torn, Some(pool())).unwrap();
+    assert_eq!((p.slot, p.sb.txn), ("A", 8));
+    assert!(
+        p.notes[0].contains("slot B: checksum mismatch"),
+        "{:?}",
+        p.notes
+    );
+    // A superblock in the wrong slot is a misdirected write.
+    let p = pick(&b, &a, Some(pool())).unwrap_err();
+    assert!(
+        p.to_string()
+            .contains("slot A: txn: transaction 9 belongs in slot B"),
+        "{p}"
+    );
+    // Another pool's superblock.
+    let p = pick(&a, &b, Some(Uuid::from_u128(3))).unwrap_err();
+    assert!(p.to_string().contains("pool_uuid"), "{p}");
+    // The newer slot intact but with bad fields: refused, not skipped.
+    let mut bad = sb();
+    bad.sm_pages = 7;
+    let e = pick(&a, &bad.encode(), Some(pool())).unwrap_err();
+    assert!(e.to_string().contains("slot B: sm_pages"), "{e}");
+    // Both torn.
+    let e = pick(&torn, &[0u8; PAGE_BYTES], None).unwrap_err();
+    assert!(matches!(e, MetaError::NoSuperblock { .. }), "{e}");
 }
 
 #[test]
@@ -97,6 +193,8 @@ fn pages_round_trip_and_detect_damage() {
         },
     ];
     let b = encode_leaf(5, 1, &pool(), &exts);
+    assert_eq!(BlockPtr::of(&b).page, 5);
+    assert_eq!(BlockPtr::of(&b).txn, 1);
     let raw = decode_leaf(&b, 5, &pool(), 1000).unwrap();
     assert_eq!(raw.len(), 2);
     assert_eq!(raw[1].layers[0].1.unwrap()[0], 0b1111_1111_1000);
@@ -123,15 +221,58 @@ fn pages_round_trip_and_detect_damage() {
         decode_leaf(&c, 5, &pool(), 1000),
         Err(MetaError::Checksum { .. })
     ));
-    let i = encode_internal(9, 1, &pool(), &[(0, 10), (50, 11)]);
-    assert_eq!(
-        decode_internal(&i, 9, &pool(), 1000).unwrap(),
-        vec![(0, 10), (50, 11)]
-    );
+    let entries = vec![(0, ptr(10, 1)), (50, ptr(11, 2))];
+    let i = encode_internal(9, 2, &pool(), &entries);
+    assert_eq!(decode_internal(&i, 9, &pool(), 1000).unwrap(), entries);
     assert!(
         decode_internal(&i, 9, &pool(), 11).is_err(),
         "child beyond the metadata area"
     );
+    let late = encode_internal(9, 1, &pool(), &entries);
+    let e = decode_internal(&late, 9, &pool(), 1000).unwrap_err();
+    assert!(
+        e.to_string().contains("child 1 expects transaction 2"),
+        "{e}"
+    );
+    let unsorted = encode_internal(9, 2, &pool(), &[(50, ptr(10, 1)), (50, ptr(11, 2))]);
+    let e = decode_internal(&unsorted, 9, &pool(), 1000).unwrap_err();
+    assert!(e.to_string().contains("key 1 (50) is not above"), "{e}");
+}
+
+#[test]
+fn pointers_catch_stale_and_overwritten_pages() {
+    let old = encode_leaf(5, 3, &pool(), &[Extent::full(0, 1, 1)]);
+    let new = encode_leaf(5, 4, &pool(), &[Extent::full(0, 2, 1)]);
+    let p = BlockPtr::of(&new);
+    verify_pointer(&new, &p, "x").unwrap();
+    // A lost write: the page keeps its older valid version.
+    let e = verify_pointer(&old, &p, "internal node 9, child 0").unwrap_err();
+    assert_eq!(
+        e,
+        MetaError::Stale {
+            page: 5,
+            via: "internal node 9, child 0".into(),
+            found: 3,
+            expected: 4
+        }
+    );
+    assert!(e.to_string().contains("stale"), "{e}");
+    // Same transaction, other contents.
+    let other = encode_leaf(5, 4, &pool(), &[Extent::full(0, 3, 1)]);
+    assert!(matches!(
+        verify_pointer(&other, &p, "x"),
+        Err(MetaError::PointerChecksum { page: 5, .. })
+    ));
+}
+
+#[test]
+fn pages_of_another_format_version_are_refused() {
+    let mut b = encode_leaf(5, 1, &pool(), &[Extent::full(0, 1, 1)]);
+    b[5] = 1;
+    assert!(reseal(&mut b));
+    let e = decode_leaf(&b, 5, &pool(), 100).unwrap_err();
+    assert!(matches!(e, MetaError::Version { version: 1, .. }), "{e}");
+    assert!(e.to_string().contains("README"), "{e}");
 }
 
 #[test]
@@ -152,14 +293,54 @@ fn directory_and_space_map_round_trip() {
         job: JobRecord::Split { cursor: 77 },
         created_unix: 1_700_000_000,
     };
-    let b = encode_directory(3, 2, &pool(), NO_PAGE, &[d.clone(), d.clone()]);
-    let (recs, next) = decode_directory(&b, 3, &pool(), 100).unwrap();
-    assert_eq!(recs, vec![d.clone(), d]);
-    assert_eq!(next, NO_PAGE);
+    let roots = [ptr(12, 2), ptr(12, 2)];
+    let b = encode_directory(3, 2, &pool(), ptr(40, 2), &[d.clone(), d.clone()], &roots);
+    let page = decode_directory(&b, 3, &pool(), 100).unwrap();
+    assert_eq!(page.records, vec![d.clone(), d.clone()]);
+    assert_eq!(page.roots, roots);
+    assert_eq!(page.next, ptr(40, 2));
+    assert_eq!(page.txn, 2);
+    // Pointers past the page's own transaction.
+    let b = encode_directory(
+        3,
+        1,
+        &pool(),
+        BlockPtr::NONE,
+        std::slice::from_ref(&d),
+        &[ptr(12, 2)],
+    );
+    let e = decode_directory(&b, 3, &pool(), 100).unwrap_err();
+    assert!(e.to_string().contains("root"), "{e}");
     let counts: Vec<u32> = (0..SM_COUNTS_PER_PAGE as u32).collect();
     let s = encode_space_map(4, 8, &pool(), 2, &counts);
     assert_eq!(decode_space_map(&s, 4, &pool(), 2).unwrap(), (8, counts));
     assert!(decode_space_map(&s, 4, &pool(), 3).is_err());
+}
+
+#[test]
+fn space_map_writes_go_to_the_place_not_in_force() {
+    let sm_pages = SM_PTRS_PER_PAGE as u64 + 3; // two index pages
+    let refs = vec![1u32; sm_pages as usize * SM_COUNTS_PER_PAGE];
+    let mut out = Vec::new();
+    let first = SpaceMapPtrs::unwritten(sm_pages).write(0..sm_pages, &refs, 1, &pool(), &mut out);
+    assert_eq!(out.len() as u64, sm_pages + 2);
+    assert_eq!(first.pages[7].page, 7);
+    assert_eq!(first.index[1].page, 2 * sm_pages + 1);
+    out.clear();
+    let second = first.write([7], &refs, 2, &pool(), &mut out);
+    let places: Vec<u64> = out.iter().map(|(p, _)| *p).collect();
+    assert_eq!(places, vec![sm_pages + 7, 2 * sm_pages + 2]);
+    assert_eq!(second.pages[7], BlockPtr::of(&out[0].1));
+    assert_eq!(second.pages[8], first.pages[8]);
+    assert_eq!(second.index[1], first.index[1]);
+    // The index page decodes, and its entries point at the new version.
+    let (p, b) = &out[1];
+    let entries = decode_sm_index(b, *p, &pool(), 0, sm_pages).unwrap();
+    assert_eq!(entries[7], second.pages[7]);
+    // A third write of page 7 goes back to its first place.
+    out.clear();
+    second.write([7], &refs, 3, &pool(), &mut out);
+    assert_eq!(out[0].0, 7);
 }
 
 #[test]
@@ -177,6 +358,7 @@ fn decoders_never_panic_on_garbage() {
         let _ = decode_internal(&b, 5, &pool(), 1 << 20);
         let _ = decode_directory(&b, 5, &pool(), 1 << 20);
         let _ = decode_space_map(&b, 5, &pool(), 0);
+        let _ = decode_sm_index(&b, 5, &pool(), 0, 1 << 20);
         let _ = Superblock::decode(&b, "A");
         let _ = Label::decode(&b, "x");
     }

@@ -1,25 +1,67 @@
-//! Decoding method parameters: each method has a param struct with
-//! `#[serde(deny_unknown_fields)]`; serde's messages are rewritten so that each error
-//! names the offending parameter the way an operator reads it (`unknown parameter
-//! "foo"`, `missing parameter "lvs_name"`, `"size_in_mib": expected an integer, got
-//! string "big"`). Pure and total.
+//! Decoding method parameters, for the calls of a configuration file and the JSON-RPC
+//! methods alike: each method has a param struct with `#[serde(deny_unknown_fields)]`;
+//! serde's messages are rewritten so that each error names the offending parameter the
+//! way an operator reads it (`unknown parameter "foo"`, `missing parameter "lvs_name"`,
+//! `"size_in_mib": expected an integer, got string "big"`). Pure and total.
+//!
+//! [`ParamError`] is what a call's parameters can be refused with; the RPC gives each
+//! kind its JSON-RPC code, a configuration file reports the message.
 
-use super::error::RpcError;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+/// Why a call's parameters are refused. The message names the parameter.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// Missing, malformed or conflicting parameters (JSON-RPC: invalid params).
+    #[error("{0}")]
+    Invalid(String),
+    /// Well-formed, but asking for what tessera does not do (SPDK: `-EINVAL`).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Naming something that does not exist (SPDK: `-ENODEV`).
+    #[error("{0} does not exist")]
+    NoSuch(String),
+}
+
+impl ParamError {
+    /// [`ParamError::Invalid`].
+    pub fn invalid(message: impl Into<String>) -> ParamError {
+        ParamError::Invalid(message.into())
+    }
+
+    /// [`ParamError::Unsupported`].
+    pub fn unsupported(message: impl Into<String>) -> ParamError {
+        ParamError::Unsupported(message.into())
+    }
+}
+
 /// Decodes `params` (absent, null or an object) into `T`.
-pub fn decode<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
+pub fn decode<T: DeserializeOwned>(params: Option<Value>) -> Result<T, ParamError> {
     let v = match params {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(Value::Object(m)) => Value::Object(m),
         Some(_) => {
-            return Err(RpcError::invalid_params(
+            return Err(ParamError::invalid(
                 "params must be an object of named parameters",
             ));
         }
     };
-    decode_value(v).map_err(RpcError::invalid_params)
+    decode_value(v).map_err(ParamError::Invalid)
+}
+
+/// Refuses a parameter SPDK has but tessera does not implement, unless it has the value
+/// that means "off".
+pub fn unsupported<T: PartialEq + Default>(
+    name: &str,
+    value: &Option<T>,
+) -> Result<(), ParamError> {
+    match value {
+        Some(v) if *v != T::default() => Err(ParamError::unsupported(format!(
+            "\"{name}\" is not supported by tessera"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Decodes a JSON value into `T`; the error message names the parameter.
@@ -133,7 +175,7 @@ mod tests {
     }
 
     fn err(v: Value) -> String {
-        decode::<P>(Some(v)).unwrap_err().message
+        decode::<P>(Some(v)).unwrap_err().to_string()
     }
 
     #[test]
@@ -168,10 +210,10 @@ mod tests {
                 .starts_with("unknown parameter \"listen_address.y\"")
         );
         let e = decode::<P>(Some(serde_json::json!([1]))).unwrap_err();
-        assert_eq!(e.code, super::super::error::INVALID_PARAMS);
+        assert!(matches!(e, ParamError::Invalid(_)), "{e:?}");
         // Absent params are an empty object.
         assert_eq!(
-            decode::<P>(None).unwrap_err().message,
+            decode::<P>(None).unwrap_err().to_string(),
             "missing parameter \"lvs_name\""
         );
     }

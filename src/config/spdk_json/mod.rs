@@ -10,9 +10,12 @@
 //!  "tessera": {"cores": [0, 1], "idle": "adaptive"}}
 //! ```
 //!
-//! Reading a file decodes each call's parameters with the very structs the RPC methods
-//! use, so a file is refused for the same reasons, in the same words, as the calls; an
-//! error names the file, the line of the call, its place and the parameter. Tuning calls
+//! A file is a list of method calls. The parameters of the calls that create or set up
+//! an object are defined here, one module per subsystem ([`bdev`], [`lvol`], [`nvmf`],
+//! [`nbd`]), decoded by [`params`]; the JSON-RPC methods of the same names decode the
+//! very same structs, so a file is refused for the same reasons, in the same words, as
+//! the calls. An error names the file, the line of the call, its place and the
+//! parameter. Tuning calls
 //! of SPDK subsystems tessera does not have (`*_set_options`, `nvmf_set_config`, …) are
 //! skipped, so a file written by SPDK's `save_config` loads as long as the objects it
 //! creates are ones tessera has. The `tessera` member of the root object (cores, idle
@@ -22,9 +25,7 @@
 //! names lvol bdevs by UUID), so `spdk_tgt --json` can load them too when they use only
 //! SPDK's methods; reading resolves the aliases back to tessera's disk names.
 
-use super::methods::{METHODS, bdev, lvol, nbd, nvmf};
-use super::params;
-use crate::config::{BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, SnapshotConfig};
+use super::{BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, SnapshotConfig};
 use crate::frontend::nbd::{NbdConfig, NbdExportConfig};
 use crate::frontend::nvmf::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig};
 use crate::reactor::{CoreList, IdlePolicy};
@@ -33,6 +34,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+
+pub mod bdev;
+pub mod lvol;
+pub mod nbd;
+pub mod nvmf;
+pub mod params;
 
 /// The subsystems, each with those it depends on (`framework_get_subsystems`).
 pub const SUBSYSTEMS: &[(&str, &[&str])] =
@@ -497,7 +504,7 @@ fn entries_with_lines(text: &str) -> Result<(Vec<Entry>, Option<TesseraSection>)
 }
 
 fn decode<T: DeserializeOwned>(params: &Option<Value>) -> Result<T, String> {
-    params::decode(params.clone()).map_err(|e| e.message)
+    params::decode(params.clone()).map_err(|e| e.to_string())
 }
 
 /// A disk name from a name or an `lvs/lvol` alias naming a pool of `cfg`.
@@ -552,11 +559,12 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             let name = q.name.clone().unwrap_or_else(|| {
                 bdev::first_free(|n| cfg.bdevs.iter().any(|b| b.name() == n), "Malloc")
             });
-            cfg.bdevs.push(q.to_config(name).map_err(|e| e.message)?);
+            cfg.bdevs
+                .push(q.to_config(name).map_err(|e| e.to_string())?);
         }
         "bdev_null_create" => {
             let q: bdev::NullCreateParams = decode(p)?;
-            cfg.bdevs.push(q.to_config().map_err(|e| e.message)?);
+            cfg.bdevs.push(q.to_config().map_err(|e| e.to_string())?);
         }
         "bdev_uring_create" => {
             let q: bdev::UringCreateParams = decode(p)?;
@@ -564,19 +572,19 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "bdev_aio_create" => {
             let q: bdev::AioCreateParams = decode(p)?;
-            cfg.bdevs.push(q.to_config().map_err(|e| e.message)?);
+            cfg.bdevs.push(q.to_config().map_err(|e| e.to_string())?);
         }
         "bdev_error_create" => {
             let q: bdev::ErrorCreateParams = decode(p)?;
-            cfg.bdevs.push(q.to_config().map_err(|e| e.message)?);
+            cfg.bdevs.push(q.to_config().map_err(|e| e.to_string())?);
         }
         "bdev_nvme_attach_controller" => {
             let q: bdev::AttachControllerParams = decode(p)?;
-            cfg.nvme.push(q.to_attach().map_err(|e| e.message)?);
+            cfg.nvme.push(q.to_attach().map_err(|e| e.to_string())?);
         }
         "bdev_lvol_create_lvstore" => {
             let q: lvol::CreateLvstoreParams = decode(p)?;
-            cfg.pools.push(q.to_config().map_err(|e| e.message)?);
+            cfg.pools.push(q.to_config().map_err(|e| e.to_string())?);
         }
         "tessera_pool_create" => {
             let q: PoolConfig = decode(p)?;
@@ -594,7 +602,8 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
                 }
                 _ => return Err("give \"lvs_name\" (and not \"uuid\")".into()),
             };
-            cfg.disks.push(q.to_config(&pool).map_err(|e| e.message)?);
+            cfg.disks
+                .push(q.to_config(&pool).map_err(|e| e.to_string())?);
         }
         "bdev_lvol_snapshot" => {
             let q: lvol::SnapshotParams = decode(p)?;
@@ -631,17 +640,17 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "bdev_lvol_resize" => {
             let q: lvol::ResizeParams = decode(p)?;
-            let bytes = lvol::size_bytes(q.size_in_mib, q.size).map_err(|e| e.message)?;
+            let bytes = lvol::size_bytes(q.size_in_mib, q.size).map_err(|e| e.to_string())?;
             disk_mut(cfg, &q.name)?.size = crate::config::Size(bytes);
         }
         "nvmf_create_transport" => {
             let q: nvmf::CreateTransportParams = decode(p)?;
-            let opts = q.to_options().map_err(|e| e.message)?;
+            let opts = q.to_options().map_err(|e| e.to_string())?;
             cfg.nvmf.get_or_insert_with(NvmfConfig::default).transport = opts;
         }
         "nvmf_create_subsystem" => {
             let q: nvmf::CreateSubsystemRpcParams = decode(p)?;
-            let s = q.to_params().map_err(|e| e.message)?;
+            let s = q.to_params().map_err(|e| e.to_string())?;
             let n = cfg.nvmf.get_or_insert_with(NvmfConfig::default);
             let d = crate::frontend::nvmf::config::SubsystemConfig {
                 nqn: s.nqn,
@@ -664,7 +673,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "nvmf_subsystem_add_listener" => {
             let q: nvmf::ListenerParams = decode(p)?;
-            let la = q.to_params().map_err(|e| e.message)?;
+            let la = q.to_params().map_err(|e| e.to_string())?;
             let port: u16 = la.trsvcid.parse().map_err(|_| {
                 format!(
                     "\"listen_address.trsvcid\": `{}` is not a TCP port",
@@ -678,7 +687,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "nvmf_subsystem_add_ns" => {
             let q: nvmf::AddNsParams = decode(p)?;
-            q.check().map_err(|e| e.message)?;
+            q.check().map_err(|e| e.to_string())?;
             let bdev = disk_name(cfg, &q.namespace.bdev_name);
             subsystem(cfg, &q.nqn)?.namespaces.push(NamespaceConfig {
                 bdev,
@@ -688,7 +697,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "nvmf_subsystem_add_host" => {
             let q: nvmf::HostParams = decode(p)?;
-            q.check().map_err(|e| e.message)?;
+            q.check().map_err(|e| e.to_string())?;
             subsystem(cfg, &q.nqn)?.hosts.push(q.host);
         }
         "nvmf_subsystem_allow_any_host" => {
@@ -738,14 +747,22 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
                 });
         }
         m if is_ignored(m) => {}
-        m if METHODS.contains(&m) => {
+        m => {
             return Err(format!(
-                "method \"{m}\" cannot be used in a configuration file"
+                "method \"{m}\" cannot be used in a configuration file (only methods that create or set up an object can)"
             ));
         }
-        m => return Err(format!("method \"{m}\" is not a tessera method")),
     }
     Ok(())
+}
+
+impl Config {
+    /// Parses SPDK's JSON configuration format; `file` names it in errors.
+    pub fn parse_spdk_json(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg = parse_document(text, file)?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
 }
 
 /// Reads an SPDK JSON configuration into a [`Config`] (not yet validated).
@@ -834,12 +851,12 @@ mod tests {
     #[test]
     fn the_two_examples_describe_the_same_target() {
         let yaml = Config::parse(
-            include_str!("../../spdk-config/example.yaml"),
+            include_str!("../../../spdk-config/example.yaml"),
             "example.yaml",
         )
         .unwrap();
         let mut json = Config::parse_spdk_json(
-            include_str!("../../spdk-config/example-spdk.json"),
+            include_str!("../../../spdk-config/example-spdk.json"),
             "example-spdk.json",
         )
         .unwrap();

@@ -1,0 +1,34 @@
+//! The NBD calls of a configuration: the parameters of `nbd_server_start` and
+//! `nbd_start_export`. These names are tessera's own (SPDK's `nbd_start_disk` attaches a
+//! bdev to the kernel's `/dev/nbdX`; a configuration file's `nbd_start_disk` is read as
+//! an export). The JSON-RPC methods of the same names decode the same structs.
+
+use serde::Deserialize;
+
+/// `nbd_server_start`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerStartParams {
+    /// `IP:PORT` (port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:10809".into()
+}
+
+/// `nbd_start_export`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartExportParams {
+    /// Bdev name, `lvs/lvol` alias or UUID.
+    pub bdev_name: String,
+    /// The export name clients ask for (default: the bdev name).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub description: String,
+}
