@@ -6,25 +6,19 @@
 //!
 //! # Safety
 //! The mapping is device memory shared by every core, and requests from two cores may
-//! touch the same bytes at once: a block device orders nothing between overlapping
-//! requests in flight, and neither does this one — what such a read returns, or such
-//! writes leave, is unspecified, though every byte is one that some request wrote (or
-//! zeroed). That is the device's contract; for it to be sound, and not only what the
-//! hardware happens to do, no access to the mapping may be a data race in the
-//! language's sense (a race between non-atomic accesses is undefined behaviour whatever
-//! a device promises). So the mapping is touched only by three inline-assembly copies —
-//! [`copy_from_device`], [`copy_to_device`] and [`zero_device`] — never through a Rust
-//! reference, `ptr::copy`, `write_bytes` or any other Rust-level access. The compiler
-//! treats an `asm!` block as a black box that may do what a foreign function could; its
-//! memory accesses are not non-atomic accesses of the abstract machine — they act as a
-//! sequence of relaxed atomic byte accesses would (the reasoning behind racy copies
-//! in seqlocks, e.g. the `atomic-memcpy` crate) — so two of them racing over the same
-//! bytes is no data race. Where no such assembly exists (not x86-64) the copies are
-//! relaxed atomic byte accesses outright. The bytes are plain `u8`s, valid whatever
-//! mix of writes they hold. A request's effects reach another core only through its
-//! completion (a store fence, then the queues' release and acquire). Every access is
-//! bounds checked by [`Channel`](super::Channel) validation before it reaches this
-//! module.
+//! cover the same blocks at once. Plain copies racing over the same bytes would be a
+//! data race — undefined behaviour, whatever a device promises about overlapping
+//! requests — and could leave a block holding half of each write. So every request
+//! holds the **stripe locks** of the bytes it touches while it copies ([`Stripes`]):
+//! the mapping is cut into `STRIPE_BYTES` stripes, stripe `i` is guarded by lock
+//! `i % STRIPES`, and a request takes its locks in ascending order (no deadlock), spins
+//! for them (each is held only for one request's copy, never across an await), copies,
+//! fences its streaming stores and releases them. Accesses to the same bytes from two
+//! cores are thus ordered by the locks' release and acquire — no data race — and each
+//! block of a request holds the whole of one write: overlapping requests are applied one
+//! after the other, in an unspecified order, as on a device with atomic block writes.
+//! Every access is bounds checked by [`Channel`](super::Channel) validation before it
+//! reaches this module.
 
 use super::{
     Bdev, BdevChannel, BdevError, BdevIo, BdevProps, Deferred, Drained, IoKind, IoStatus, PassClock,
@@ -35,6 +29,7 @@ use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 /// A RAM-backed bdev.
@@ -42,17 +37,79 @@ pub struct MallocBdev {
     props: BdevProps,
     base: NonNull<u8>,
     len: usize,
+    /// Guards the mapping against overlapping copies from two cores.
+    stripes: Stripes,
 }
 
-// SAFETY: the mapping is owned by the bdev for its whole life (unmapped only when the
-// last Arc, channels' included, goes) and holds plain bytes; moving the owner to
-// another thread moves nothing else.
+// SAFETY: the mapping is owned by the bdev for its whole life (unmapped when the last
+// Arc, channels' included, goes) and holds plain bytes; moving the owner to another
+// thread moves nothing else.
 unsafe impl Send for MallocBdev {}
-// SAFETY: shared use from several cores at once touches the mapping only through this
-// module's assembly copies, which two cores may run over the same bytes at once without
-// a data race (see the module's Safety section): overlapping requests leave unspecified
-// but valid bytes, as on any block device, and never undefined behaviour.
+// SAFETY: from several cores at once, the mapping is only touched by `execute` and
+// `zero` under the stripe locks of the bytes they touch (see the module's Safety
+// section): two cores never access the same bytes without a lock ordering them, so
+// there is no data race; the rest of the bdev is immutable or atomic.
 unsafe impl Sync for MallocBdev {}
+
+/// Number of stripe locks; a request's stripes fit a `u64` mask.
+const STRIPES: usize = 64;
+/// Bytes of the mapping one stripe covers.
+const STRIPE_BYTES: usize = 64 << 10;
+
+/// The stripe locks of a mapping (see the module's Safety section).
+struct Stripes {
+    locks: [Stripe; STRIPES],
+}
+
+/// One spin lock, alone in its cache line.
+#[repr(align(64))]
+#[derive(Default)]
+struct Stripe(AtomicBool);
+
+impl Stripes {
+    fn new() -> Stripes {
+        Stripes {
+            locks: std::array::from_fn(|_| Stripe::default()),
+        }
+    }
+
+    /// The locks guarding bytes `[offset, offset + len)`, as a mask.
+    fn mask(offset: usize, len: usize) -> u64 {
+        let first = offset / STRIPE_BYTES;
+        let last = (offset + len.max(1) - 1) / STRIPE_BYTES;
+        if last - first + 1 >= STRIPES {
+            return u64::MAX;
+        }
+        (first..=last).fold(0, |m, i| m | 1 << (i % STRIPES))
+    }
+
+    /// Takes the locks of `mask`, lowest first; spins while another core holds one.
+    fn lock(&self, mask: u64) {
+        let mut m = mask;
+        while m != 0 {
+            let lock = &self.locks[m.trailing_zeros() as usize].0;
+            while lock
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                std::hint::spin_loop();
+            }
+            m &= m - 1;
+        }
+    }
+
+    /// Releases the locks of `mask` (taken by [`Stripes::lock`]). Streaming stores made
+    /// under them must be fenced first.
+    fn unlock(&self, mask: u64) {
+        let mut m = mask;
+        while m != 0 {
+            self.locks[m.trailing_zeros() as usize]
+                .0
+                .store(false, Ordering::Release);
+            m &= m - 1;
+        }
+    }
+}
 
 impl MallocBdev {
     /// A zero-filled RAM disk of `num_blocks` blocks of `block_size` bytes.
@@ -108,16 +165,18 @@ impl MallocBdev {
             props,
             base: NonNull::new(p.cast()).expect("mmap never returns null on success"),
             len,
+            stripes: Stripes::new(),
         }))
     }
 
+    /// Zeroes `[offset, offset + len)`; the caller holds its stripe locks.
     fn zero(&self, offset: usize, len: usize) {
         debug_assert!(offset + len <= self.len);
-        // Zeros written in place keep the pages resident: giving them back
-        // (MADV_DONTNEED) would make later reads hit the shared zero page and later
-        // writes take page faults.
-        // SAFETY: [offset, offset+len) lies inside the mapping (validated by the channel).
-        unsafe { zero_device(self.base.as_ptr().add(offset), len) };
+        // A plain memset keeps the pages resident: giving them back (MADV_DONTNEED) would
+        // make later reads hit the shared zero page and later writes take page faults.
+        // SAFETY: [offset, offset+len) lies inside the mapping (validated by the channel);
+        // the caller holds the stripe locks of those bytes, so no other core touches them.
+        unsafe { std::ptr::write_bytes(self.base.as_ptr().add(offset), 0, len) };
     }
 }
 
@@ -215,20 +274,27 @@ impl MallocBdev {
     fn execute(&self, io: &BdevIo) {
         let bs = self.props.block_size as usize;
         let offset = io.offset_blocks as usize * bs;
+        if io.kind == IoKind::Flush {
+            return;
+        }
+        // Overlapping requests on other cores wait, and this one waits for them: see the
+        // module's Safety section.
+        let locks = Stripes::mask(offset, io.num_blocks as usize * bs);
+        self.stripes.lock(locks);
         match io.kind {
             IoKind::Read | IoKind::Write => {
                 let mut pos = offset;
                 for v in io.iovs() {
                     // SAFETY: validation guarantees offset + total iov length lies within
-                    // the mapping; each iovec is valid memory owned by the request, apart
-                    // from the mapping. Other cores may copy to or from the same device
-                    // bytes at once: see the module's Safety section.
+                    // the mapping; each iovec is valid memory owned by the request. The
+                    // stripe locks held make this core the only one touching those
+                    // device bytes until they are released.
                     unsafe {
                         let dev = self.base.as_ptr().add(pos);
                         if io.kind == IoKind::Read {
-                            copy_from_device(v.iov_base.cast(), dev, v.iov_len);
+                            std::ptr::copy_nonoverlapping(dev, v.iov_base.cast(), v.iov_len);
                         } else {
-                            copy_to_device(dev, v.iov_base as *const u8, v.iov_len);
+                            stream_copy(dev, v.iov_base as *const u8, v.iov_len);
                         }
                     }
                     pos += v.iov_len;
@@ -239,40 +305,11 @@ impl MallocBdev {
             }
             IoKind::Flush => {}
         }
-    }
-}
-
-/// Copies `len` bytes of device memory at `src` to `dst`, memory the request owns.
-/// `rep movsb`: as fast as a vector copy for the sizes of block I/O on CPUs with fast
-/// string moves, and — being assembly — no Rust-level access to the device memory
-/// (see the module's Safety section).
-///
-/// # Safety
-/// `src` is valid for reads and `dst` for writes of `len` bytes; they do not overlap;
-/// only this module's copies touch `src` concurrently.
-#[inline]
-unsafe fn copy_from_device(dst: *mut u8, src: *const u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as promised by the caller; `rep movsb` reads exactly [src, src+len) and
-    // writes exactly [dst, dst+len), forwards (the direction flag is clear on entry to
-    // an asm block), uses no stack and changes no flags.
-    unsafe {
-        std::arch::asm!(
-            "rep movsb",
-            inout("rcx") len => _,
-            inout("rdi") dst => _,
-            inout("rsi") src => _,
-            options(nostack, preserves_flags),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    for i in 0..len {
-        // SAFETY: as promised by the caller; a relaxed atomic load races with no one.
-        unsafe {
-            let b = (*src.add(i).cast::<std::sync::atomic::AtomicU8>())
-                .load(std::sync::atomic::Ordering::Relaxed);
-            dst.add(i).write(b);
+        // Streaming stores are weakly ordered: the next holder of a lock must see them.
+        if io.kind == IoKind::Write {
+            store_fence();
         }
+        self.stripes.unlock(locks);
     }
 }
 
@@ -280,97 +317,37 @@ unsafe fn copy_from_device(dst: *mut u8, src: *const u8, len: usize) {
 /// where it can: a write into a RAM disk is rarely read back soon, and streaming stores
 /// skip reading each destination line into the cache before overwriting it — half the
 /// memory traffic of a plain copy into cold memory. The caller issues [`store_fence`]
-/// before the data may be observed by another core. Assembly, so that no Rust-level
-/// access touches the device memory (see the module's Safety section).
+/// before the data may be observed by another core.
 ///
 /// # Safety
-/// `dst` is valid for writes and `src` for reads of `len` bytes; they do not overlap;
-/// only this module's copies touch `dst` concurrently.
+/// `dst` and `src` are valid for `len` bytes and do not overlap.
 #[inline]
-unsafe fn copy_to_device(dst: *mut u8, src: *const u8, len: usize) {
+unsafe fn stream_copy(dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if len > 0 && (dst as usize).is_multiple_of(64) && len.is_multiple_of(64) {
-            // SAFETY: as promised by the caller: each pass reads [src, src+64) and
-            // streams to [dst, dst+64) until `len` (a non-zero multiple of 64) is
-            // done; `dst` stays 16-byte aligned as `movntdq` requires; SSE2 is part of
-            // the x86-64 baseline; the clobbered registers and flags are declared.
+    if (dst as usize).is_multiple_of(64) && len.is_multiple_of(64) {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        let mut at = 0;
+        while at < len {
+            // SAFETY: `at + 64 <= len`, so every 16-byte access lies inside the ranges
+            // the caller vouches for; `dst + at` is 16-byte aligned (dst is 64-aligned,
+            // `at` a multiple of 64) as `_mm_stream_si128` requires; SSE2 is part of
+            // the x86_64 baseline.
             unsafe {
-                std::arch::asm!(
-                    "2:",
-                    "movdqu xmm0, xmmword ptr [{src}]",
-                    "movdqu xmm1, xmmword ptr [{src} + 16]",
-                    "movdqu xmm2, xmmword ptr [{src} + 32]",
-                    "movdqu xmm3, xmmword ptr [{src} + 48]",
-                    "movntdq xmmword ptr [{dst}], xmm0",
-                    "movntdq xmmword ptr [{dst} + 16], xmm1",
-                    "movntdq xmmword ptr [{dst} + 32], xmm2",
-                    "movntdq xmmword ptr [{dst} + 48], xmm3",
-                    "add {src}, 64",
-                    "add {dst}, 64",
-                    "sub {len}, 64",
-                    "jnz 2b",
-                    src = inout(reg) src => _,
-                    dst = inout(reg) dst => _,
-                    len = inout(reg) len => _,
-                    out("xmm0") _,
-                    out("xmm1") _,
-                    out("xmm2") _,
-                    out("xmm3") _,
-                    options(nostack),
-                );
+                let s = src.add(at).cast::<__m128i>();
+                let d = dst.add(at).cast::<__m128i>();
+                let (a, b) = (_mm_loadu_si128(s), _mm_loadu_si128(s.add(1)));
+                let (c, e) = (_mm_loadu_si128(s.add(2)), _mm_loadu_si128(s.add(3)));
+                _mm_stream_si128(d, a);
+                _mm_stream_si128(d.add(1), b);
+                _mm_stream_si128(d.add(2), c);
+                _mm_stream_si128(d.add(3), e);
             }
-        } else {
-            // SAFETY: as promised by the caller; see `copy_from_device`.
-            unsafe {
-                std::arch::asm!(
-                    "rep movsb",
-                    inout("rcx") len => _,
-                    inout("rdi") dst => _,
-                    inout("rsi") src => _,
-                    options(nostack, preserves_flags),
-                );
-            }
+            at += 64;
         }
+        return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    for i in 0..len {
-        // SAFETY: as promised by the caller; a relaxed atomic store races with no one.
-        unsafe {
-            (*dst.add(i).cast::<std::sync::atomic::AtomicU8>())
-                .store(src.add(i).read(), std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-/// Zeroes `len` bytes of device memory at `dst` (`rep stosb`; see the module's Safety
-/// section).
-///
-/// # Safety
-/// `dst` is valid for writes of `len` bytes; only this module's copies touch it
-/// concurrently.
-#[inline]
-unsafe fn zero_device(dst: *mut u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as promised by the caller; `rep stosb` writes exactly [dst, dst+len),
-    // forwards, uses no stack and changes no flags.
-    unsafe {
-        std::arch::asm!(
-            "rep stosb",
-            inout("rcx") len => _,
-            inout("rdi") dst => _,
-            in("al") 0u8,
-            options(nostack, preserves_flags),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    for i in 0..len {
-        // SAFETY: as promised by the caller; a relaxed atomic store races with no one.
-        unsafe {
-            (*dst.add(i).cast::<std::sync::atomic::AtomicU8>())
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
+    // SAFETY: as promised by the caller.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
 }
 
 /// Orders every streaming store issued before it ahead of every store after it.
@@ -436,36 +413,47 @@ mod tests {
     use crate::bdev::{Channel, IoBuf};
     use crate::reactor::{IdlePolicy, ReactorSet, block_on};
 
-    /// Two cores write and read the same blocks at once, many times: what a read returns
-    /// is, byte by byte, what one of the writes wrote (no ordering between overlapping
-    /// requests, as on any device) — and no access to the device memory is a data race
-    /// in the language's sense (run under ThreadSanitizer to see it: `RUSTFLAGS=
-    /// -Zsanitizer=thread cargo +nightly test --target x86_64-unknown-linux-gnu --lib
-    /// overlapping`).
+    const BLOCK: usize = 4096;
+
+    /// The tag every byte pair of a block written by request `tag` holds.
+    fn block_tag(b: &[u8]) -> Option<u16> {
+        let t = u16::from_le_bytes([b[0], b[1]]);
+        b.chunks(2)
+            .all(|p| u16::from_le_bytes([p[0], p[1]]) == t)
+            .then_some(t)
+    }
+
+    /// Two cores write, zero and read overlapping ranges at once, many times: every block
+    /// a read returns holds the whole of one write (or zeroes), never parts of two —
+    /// overlapping requests are applied one after the other, and no copy races another.
     #[test]
-    fn overlapping_requests_from_two_cores_are_race_free() {
+    fn overlapping_writes_from_two_cores_never_tear_a_block() {
         let set = ReactorSet::for_tests(2, IdlePolicy::Adaptive);
-        let bdev: Arc<dyn Bdev> = MallocBdev::create("m0", 64, 4096, None).unwrap();
-        let workers: Vec<_> = (0..2u8)
+        let bdev: Arc<dyn Bdev> = MallocBdev::create("m0", 64, BLOCK as u32, None).unwrap();
+        let workers: Vec<_> = (0..2u16)
             .map(|core| {
                 let bdev = bdev.clone();
                 set.cores().spawn_on(core as usize, move || async move {
                     let ch = Channel::get(&bdev).unwrap();
-                    for round in 0..400u32 {
-                        let v = core * 100 + (round % 50) as u8 + 1;
-                        let mut buf = IoBuf::new(16 * 4096);
-                        buf.fill(v);
-                        ch.write(0, buf).await.unwrap();
-                        let got = ch.read(0, 16).await.unwrap();
-                        if let Some(b) = got
-                            .iter()
-                            .find(|&&b| !(b == 0 || (1..=50).contains(&b) || (101..=150).contains(&b)))
-                        {
-                            panic!("core {core}, round {round}: read a byte no write wrote: {b}");
+                    // Core 0 writes blocks [0, 32), core 1 [8, 40): 24 blocks overlap.
+                    let first = 8 * core as u64;
+                    for round in 0..3000u16 {
+                        // Odd tags from core 0, even ones from core 1; never 0.
+                        let tag = (round % 30000) * 2 + 1 + core;
+                        let mut buf = IoBuf::new(32 * BLOCK);
+                        for p in buf.chunks_mut(2) {
+                            p.copy_from_slice(&tag.to_le_bytes());
                         }
-                        // Zeroing races with the other core's copies too.
-                        if round % 7 == 0 {
-                            ch.write_zeroes(4, 4).await.unwrap();
+                        ch.write(first, buf).await.unwrap();
+                        if round % 5 == 0 {
+                            ch.write_zeroes(first + 4, 8).await.unwrap();
+                        }
+                        let got = ch.read(0, 40).await.unwrap();
+                        for (b, block) in got.chunks(BLOCK).enumerate() {
+                            assert!(
+                                block_tag(block).is_some(),
+                                "core {core}, round {round}: block {b} holds parts of two writes"
+                            );
                         }
                     }
                 })
@@ -474,5 +462,16 @@ mod tests {
         for w in workers {
             block_on(w).unwrap();
         }
+    }
+
+    #[test]
+    fn stripe_masks_cover_the_range() {
+        assert_eq!(Stripes::mask(0, 1), 1);
+        assert_eq!(Stripes::mask(STRIPE_BYTES - 1, 2), 0b11);
+        assert_eq!(
+            Stripes::mask(STRIPE_BYTES * (STRIPES - 1), 2 * STRIPE_BYTES),
+            1 | 1 << 63
+        );
+        assert_eq!(Stripes::mask(0, STRIPES * STRIPE_BYTES), u64::MAX);
     }
 }
