@@ -617,7 +617,12 @@ fn wait<T: Send + 'static>(
 fn expect_blocks(set: &ReactorSet, core: usize, disk: &Arc<dyn Bdev>, from: u64, n: u64, v: u8) {
     let d = disk.clone();
     let got = on(set, core, move || async move {
-        Channel::get(&d).unwrap().read(from, n).await.unwrap().to_vec()
+        Channel::get(&d)
+            .unwrap()
+            .read(from, n)
+            .await
+            .unwrap()
+            .to_vec()
     });
     for (i, b) in got.chunks(4096).enumerate() {
         assert!(
@@ -661,7 +666,12 @@ fn fua_write_zeroes_and_unmap_are_durable_when_they_complete() {
     std::thread::sleep(Duration::from_millis(5));
     drop(disk);
     cache.power_loss();
-    let pool = block_on(Pool::open(set.cores(), 0, vec![cache.clone() as Arc<dyn Bdev>])).unwrap();
+    let pool = block_on(Pool::open(
+        set.cores(),
+        0,
+        vec![cache.clone() as Arc<dyn Bdev>],
+    ))
+    .unwrap();
     let disk: Arc<dyn Bdev> = block_on(pool.disk("vd0")).unwrap();
     for (from, n, v) in [
         (0, 10, 0x11),
@@ -676,6 +686,10 @@ fn fua_write_zeroes_and_unmap_are_durable_when_they_complete() {
     }
     block_on(pool.close()).unwrap();
 }
+
+/// How long a test waits (real time) for what must not hang: far beyond the time
+/// limits, so that a slow, loaded machine does not fail the test, while a hang still does.
+const HANG: Duration = Duration::from_secs(20);
 
 /// Small time limits, so that a stuck request outlasts them many times over.
 fn short_limits() -> controller::TimeLimits {
@@ -695,7 +709,9 @@ fn stuck_write_on_core_1(
     hold: Duration,
 ) -> crate::reactor::RemoteHandle<Result<(), IoStatus>> {
     let d = disk.clone();
-    on(set, 1, move || async move { write_byte(&d, 0, 0x11).await.unwrap() });
+    on(set, 1, move || async move {
+        write_byte(&d, 0, 0x11).await.unwrap()
+    });
     slow.set_submit_delay(IoKind::Write, hold);
     let d = disk.clone();
     let stuck = set
@@ -716,9 +732,11 @@ fn stuck_write_on_core_1(
 fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
     let (set, slow, pool, disk) = slow_thin_disk(4096);
     let vd1: Arc<dyn Bdev> = block_on(pool.create_disk("vd1", 8 << 20, true)).unwrap();
-    wait("set limits", Duration::from_secs(2), pool.set_time_limits(short_limits())).unwrap();
+    wait("set limits", HANG, pool.set_time_limits(short_limits())).unwrap();
     let d = disk.clone();
-    on(&set, 0, move || async move { write_byte(&d, 256, 0x44).await.unwrap() });
+    on(&set, 0, move || async move {
+        write_byte(&d, 256, 0x44).await.unwrap()
+    });
     let stuck = stuck_write_on_core_1(&set, &slow, &disk, Duration::from_secs(4));
     let limit = Duration::from_millis(300);
 
@@ -726,12 +744,12 @@ fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
     let t0 = std::time::Instant::now();
     let e = wait(
         "a snapshot during a stuck write",
-        Duration::from_secs(3),
+        HANG,
         pool.snapshot(vec![("vd0".into(), "s0".into())], limit),
     )
     .err()
     .expect("the snapshot fails");
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(t0.elapsed() < HANG, "{:?}", t0.elapsed());
     assert!(matches!(e, VdiskError::DrainTimeout(_)), "{e}");
     let msg = e.to_string();
     assert!(
@@ -746,8 +764,9 @@ fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
     let d = disk.clone();
     wait(
         "a write to vd0 on core 0",
-        Duration::from_secs(1),
-        set.cores().spawn_on(0, move || async move { write_byte(&d, 257, 0x55).await }),
+        HANG,
+        set.cores()
+            .spawn_on(0, move || async move { write_byte(&d, 257, 0x55).await }),
     )
     .unwrap()
     .unwrap();
@@ -755,7 +774,7 @@ fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
     // A consistency group: the quiesce's drain times out; both disks are released.
     let e = wait(
         "a group snapshot during a stuck write",
-        Duration::from_secs(3),
+        HANG,
         pool.snapshot(
             vec![("vd0".into(), "g0".into()), ("vd1".into(), "g1".into())],
             limit,
@@ -767,16 +786,18 @@ fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
     let v = vd1.clone();
     wait(
         "a write to vd1 after the failed group snapshot",
-        Duration::from_secs(1),
-        set.cores().spawn_on(0, move || async move { write_byte(&v, 0, 0x66).await }),
+        HANG,
+        set.cores()
+            .spawn_on(0, move || async move { write_byte(&v, 0, 0x66).await }),
     )
     .unwrap()
     .unwrap();
     let d = disk.clone();
     let b = wait(
         "a read of vd0 after the failed group snapshot",
-        Duration::from_secs(1),
-        set.cores().spawn_on(0, move || async move { read_byte(&d, 257).await }),
+        HANG,
+        set.cores()
+            .spawn_on(0, move || async move { read_byte(&d, 257).await }),
     )
     .unwrap();
     assert_eq!(b, 0x55);
@@ -788,16 +809,17 @@ fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
         Channel::get(&d).unwrap().unmap(256, 256).await.unwrap()
     });
     let t0 = std::time::Instant::now();
-    wait("a commit during a stuck write", Duration::from_secs(3), pool.commit()).unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    wait("a commit during a stuck write", HANG, pool.commit()).unwrap();
+    assert!(t0.elapsed() < HANG, "{:?}", t0.elapsed());
     let (_, pending) = block_on(pool.free_space()).unwrap();
-    assert!(pending >= 1, "space freed before the stuck write was made reusable");
+    assert!(
+        pending >= 1,
+        "space freed before the stuck write was made reusable"
+    );
 
     // The stuck write completes: the freed space comes back, snapshots work.
-    wait("the stuck write", Duration::from_secs(8), stuck)
-        .unwrap()
-        .unwrap();
-    wait("a commit", Duration::from_secs(2), pool.commit()).unwrap();
+    wait("the stuck write", HANG, stuck).unwrap().unwrap();
+    wait("a commit", HANG, pool.commit()).unwrap();
     let mut pending = u64::MAX;
     for _ in 0..100 {
         pending = block_on(pool.free_space()).unwrap().1;
@@ -806,10 +828,13 @@ fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(pending, 0, "the freed segment was released once the I/O drained");
+    assert_eq!(
+        pending, 0,
+        "the freed segment was released once the I/O drained"
+    );
     wait(
         "a snapshot after the stuck write completed",
-        Duration::from_secs(2),
+        HANG,
         pool.snapshot(vec![("vd0".into(), "s1".into())], limit),
     )
     .unwrap();
@@ -819,7 +844,7 @@ fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
         write_byte(&d, 2, 0x77).await.unwrap();
         assert_eq!(read_byte(&d, 2).await, 0x77);
     });
-    wait("close", Duration::from_secs(3), pool.close()).unwrap();
+    wait("close", HANG, pool.close()).unwrap();
 }
 
 /// Deleting a disk with a stuck I/O times out and leaves the disk as it was (serving
@@ -828,28 +853,31 @@ fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
 #[test]
 fn delete_and_close_with_a_stuck_io_time_out_instead_of_hanging() {
     let (set, slow, pool, disk) = slow_thin_disk(4096);
-    wait("set limits", Duration::from_secs(2), pool.set_time_limits(short_limits())).unwrap();
+    wait("set limits", HANG, pool.set_time_limits(short_limits())).unwrap();
     let stuck = stuck_write_on_core_1(&set, &slow, &disk, Duration::from_secs(5));
-    let e = wait("a delete during a stuck write", Duration::from_secs(3), pool.delete_disk("vd0"))
-        .unwrap_err();
+    let e = wait(
+        "a delete during a stuck write",
+        HANG,
+        pool.delete_disk("vd0"),
+    )
+    .unwrap_err();
     assert!(matches!(e, VdiskError::DrainTimeout(_)), "{e}");
     assert!(e.to_string().contains("`vd0`"), "{e}");
     let d = disk.clone();
     wait(
         "a write to vd0 after the failed delete",
-        Duration::from_secs(1),
-        set.cores().spawn_on(0, move || async move { write_byte(&d, 3, 0x33).await }),
+        HANG,
+        set.cores()
+            .spawn_on(0, move || async move { write_byte(&d, 3, 0x33).await }),
     )
     .unwrap()
     .unwrap();
-    wait("the stuck write", Duration::from_secs(8), stuck)
-        .unwrap()
-        .unwrap();
-    wait("a delete", Duration::from_secs(3), pool.delete_disk("vd0")).unwrap();
+    wait("the stuck write", HANG, stuck).unwrap().unwrap();
+    wait("a delete", HANG, pool.delete_disk("vd0")).unwrap();
     // A new stuck write: closing the pool answers within its limits.
     let vd1: Arc<dyn Bdev> = block_on(pool.create_disk("vd1", 8 << 20, true)).unwrap();
     let _stuck = stuck_write_on_core_1(&set, &slow, &vd1, Duration::from_secs(5));
-    wait("close during a stuck write", Duration::from_secs(3), pool.close()).unwrap();
+    wait("close during a stuck write", HANG, pool.close()).unwrap();
 }
 
 /// True for the error that says the metadata area is full.
@@ -902,19 +930,21 @@ fn a_full_metadata_area_refuses_new_metadata_and_the_pool_keeps_working() {
     }
     let refused = refused.expect("the metadata area never filled up");
     eprintln!("{} disks made; refused: {refused}", made.len());
-    assert!(made.len() > 20, "refused too early ({refused}) after {}", made.len());
+    assert!(
+        made.len() > 20,
+        "refused too early ({refused}) after {}",
+        made.len()
+    );
     // A snapshot needs a directory record: refused for lack of metadata space, or
     // taken; never a failed pool.
-    let snapped = match block_on(pool.snapshot(
-        vec![("d0".into(), "s0".into())],
-        Duration::from_secs(1),
-    )) {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(metadata_full(&e), "snapshot: {e}");
-            false
-        }
-    };
+    let snapped =
+        match block_on(pool.snapshot(vec![("d0".into(), "s0".into())], Duration::from_secs(1))) {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(metadata_full(&e), "snapshot: {e}");
+                false
+            }
+        };
     // The pool still commits; allocated space reads and overwrites (but for a write
     // to the snapshotted disk, which needs a copy-on-write, and so metadata).
     block_on(pool.commit()).unwrap();
@@ -950,8 +980,14 @@ fn a_full_metadata_area_refuses_new_metadata_and_the_pool_keeps_working() {
     // Reopens with everything in place, and checks clean.
     let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
     let again: Arc<dyn Bdev> = block_on(pool.disk("again")).unwrap();
-    on(&set, 0, move || async move { assert_eq!(read_byte(&again, 3).await, 0xa5) });
+    on(&set, 0, move || async move {
+        assert_eq!(read_byte(&again, 3).await, 0xa5)
+    });
     block_on(pool.close()).unwrap();
-    let report = on(&set, 0, move || async move { check::check(vec![base]).await });
+    let report = on(
+        &set,
+        0,
+        move || async move { check::check(vec![base]).await },
+    );
     assert!(report.clean(), "{:#?}", report.errors);
 }
