@@ -550,12 +550,7 @@ pub(crate) const MAX_EXTENT_BYTES: usize = 22 + MAX_LAYERS * 41;
 /// At most how many nodes replacing `[from, to)` of the tree under `root` with extents
 /// of `new_bytes` encoded bytes can build (`table::splice`): the leaves it rewrites,
 /// every node on their paths, the splits of what overflows, levels added on top.
-pub(crate) fn splice_bound(
-    root: Option<&Arc<Node>>,
-    from: u64,
-    to: u64,
-    new_bytes: usize,
-) -> u64 {
+pub(crate) fn splice_bound(root: Option<&Arc<Node>>, from: u64, to: u64, new_bytes: usize) -> u64 {
     // Nodes whose span meets [from, to), per level, the root's first.
     let mut touched: Vec<u64> = Vec::new();
     if let Some(r) = root {

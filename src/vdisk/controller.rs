@@ -32,12 +32,12 @@ use super::alloc::Space;
 use super::commit::MetaLedger;
 use super::disk::VDisk;
 use super::locks::{DiskLocks, LockGuard};
-use super::views::until;
 use super::map::{Extent, Fill};
 use super::meta::directory::DiskRecord;
 use super::msg::{AgentCmd, RangeState};
 use super::shared::PoolShared;
 use super::table::{self, Node};
+use super::views::until;
 use crate::bdev::{Channel, IoStatus};
 use crate::reactor;
 use std::cell::RefCell;
@@ -240,15 +240,14 @@ impl Controller {
             }
         });
         *c.background.borrow_mut() = Some(task);
-        let height = c
-            .st
-            .borrow()
-            .disks
-            .values()
-            .filter_map(|d| d.root.as_ref())
-            .map(|r| r.height() as u64)
-            .max()
-            .unwrap_or(0);
+        let height =
+            c.st.borrow()
+                .disks
+                .values()
+                .filter_map(|d| d.root.as_ref())
+                .map(|r| r.height() as u64)
+                .max()
+                .unwrap_or(0);
         c.shared.meta_budget.set_fill_cost(height + 1);
         c.update_free();
         c

@@ -18,8 +18,8 @@
 //!
 //! Snapshots and clones, which create the sharing, are in `snapshot.rs`.
 
-use super::controller::Controller;
 use super::commit::MAX_EXTENT_BYTES;
+use super::controller::Controller;
 use super::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, Source};
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{IoBuf, IoStatus};
@@ -243,10 +243,11 @@ impl Controller {
                 birth: generation,
                 layers: smallvec::smallvec![Layer {
                     seg: old.seg,
-                    fill: old
-                        .fill
-                        .as_ref()
-                        .map(|f| Arc::new(Fill::from_words(f.words(), disk, vseg))),
+                    fill: old.fill.as_ref().map(|f| Arc::new(Fill::from_words(
+                        f.words(),
+                        disk,
+                        vseg
+                    ))),
                 }],
             }
         } else {

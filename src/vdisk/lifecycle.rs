@@ -117,7 +117,12 @@ impl Controller {
         } + if exts.is_empty() {
             0
         } else {
-            splice_bound(None, 0, nsegs, exts.iter().map(table::extent_encoded_len).sum())
+            splice_bound(
+                None,
+                0,
+                nsegs,
+                exts.iter().map(table::extent_encoded_len).sum(),
+            )
         };
         let _meta = match self.reserve_meta(need) {
             Ok(r) => r,
@@ -359,7 +364,9 @@ impl Controller {
     pub(crate) async fn set_read_only(&self, name: &str, ro: bool) -> Result<(), VdiskError> {
         self.check_usable()?;
         let id = self.id_of(name)?;
-        let _lock = self.lock_disk(id, &format!("setting `{name}` read-only")).await?;
+        let _lock = self
+            .lock_disk(id, &format!("setting `{name}` read-only"))
+            .await?;
         let (bdev, was) = {
             let mut st = self.st.borrow_mut();
             let d = st

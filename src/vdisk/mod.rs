@@ -48,9 +48,9 @@ pub mod split;
 pub mod table;
 pub mod views;
 
+pub use controller::TimeLimits;
 pub use disk::VDisk;
 pub use lifecycle::DiskInfo;
-pub use controller::TimeLimits;
 pub use load::PoolOptions;
 pub use pool::Pool;
 

@@ -483,7 +483,10 @@ impl Controller {
                     layers,
                     ..one.clone()
                 };
-                if self.try_set_extents(disk, vseg, vseg + 1, vec![ext]).is_ok() {
+                if self
+                    .try_set_extents(disk, vseg, vseg + 1, vec![ext])
+                    .is_ok()
+                {
                     let _ = self.push_view(disk, false).await;
                 } else {
                     // The granules copied stay held only in memory: what they show is

@@ -96,8 +96,7 @@ impl Controller {
         deadline: Nanos,
     ) -> Result<(), Stall> {
         let start = reactor::now();
-        let (cores, name): (Vec<usize>, String) = match self.st.borrow_mut().disks.get_mut(&disk)
-        {
+        let (cores, name): (Vec<usize>, String) = match self.st.borrow_mut().disks.get_mut(&disk) {
             Some(d) => {
                 match &cmd {
                     AgentCmd::SetState { from, to, state } => {
@@ -153,7 +152,12 @@ impl Controller {
     /// wait, and the ones in flight have drained when this returns `Ok`) or lets them
     /// through again (`false`). The caller holds the segment's lock; if the drain runs
     /// out of time, it lifts the fence again (writes in flight may still land).
-    pub(crate) async fn fence_writes(&self, disk: u64, vseg: u64, fenced: bool) -> Result<(), Stall> {
+    pub(crate) async fn fence_writes(
+        &self,
+        disk: u64,
+        vseg: u64,
+        fenced: bool,
+    ) -> Result<(), Stall> {
         let cmd = AgentCmd::SetState {
             from: vseg,
             to: vseg + 1,
