@@ -120,7 +120,11 @@ impl Seeds {
         if dir.exists() {
             for e in std::fs::read_dir(&dir).unwrap() {
                 let p = e.unwrap().path();
-                if p.file_name().unwrap().to_string_lossy().starts_with("seed-") {
+                if p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("seed-")
+                {
                     std::fs::remove_file(p).unwrap();
                 }
             }
@@ -241,7 +245,12 @@ fn nvmf_pdu_seeds() {
     h2c.resize(24 + 4096, 0x5a);
     s.add("h2c-data-last", with(0, &h2c));
     let mut term = Vec::new();
-    put_term_req(&mut term, PduType::H2CTermReq, &TermReq { fes: 2, fei: 0 }, &[1; 40]);
+    put_term_req(
+        &mut term,
+        PduType::H2CTermReq,
+        &TermReq { fes: 2, fei: 0 },
+        &[1; 40],
+    );
     s.add("h2c-term-req", with(0, &term));
     // Edge cases: truncated, lengths past the end, unknown type, a stream of several.
     s.add("empty", [0u8]);
@@ -269,9 +278,15 @@ fn nvmf_command_seeds() {
     s.add("identify-namespace", sqe(0x06, 2, 1, &[(10, 0)]));
     s.add("identify-ns-list", sqe(0x06, 3, 0, &[(10, 2)]));
     s.add("identify-ns-descriptors", sqe(0x06, 4, 1, &[(10, 3)]));
-    s.add("get-log-smart", sqe(0x02, 5, 0xffff_ffff, &[(10, 0x007f_0002)]));
+    s.add(
+        "get-log-smart",
+        sqe(0x02, 5, 0xffff_ffff, &[(10, 0x007f_0002)]),
+    );
     s.add("get-log-discovery", sqe(0x02, 6, 0, &[(10, 0x00ff_0070)]));
-    s.add("set-features-queues", sqe(0x09, 7, 0, &[(10, 7), (11, 0x0003_0003)]));
+    s.add(
+        "set-features-queues",
+        sqe(0x09, 7, 0, &[(10, 7), (11, 0x0003_0003)]),
+    );
     s.add("keep-alive", sqe(0x18, 8, 0, &[]));
     s.add("async-event", sqe(0x0c, 9, 0, &[]));
     let mut fabrics = sqe(0x7f, 10, 0, &[]);
@@ -307,7 +322,10 @@ fn nvmf_command_seeds() {
     page[24..64].copy_from_slice(&[b'x'; 40]);
     s.add("identify-page", page);
     s.add("short", [0x06, 0, 1]);
-    s.add("cqe", [0u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 7, 0, 0x03, 0x40]);
+    s.add(
+        "cqe",
+        [0u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 7, 0, 0x03, 0x40],
+    );
     s.add("all-ones", [0xffu8; 1024]);
 }
 
@@ -437,7 +455,10 @@ fn nbd_option_seeds() {
     v.extend(o);
     s.add("option-length-huge", v);
     let mut v = flags(fixed);
-    v.extend(opt(OPT_SET_META_CONTEXT, &[0, 0, 0, 3, b'v', b'd', b'0', 0xff, 0xff, 0xff, 0xff]));
+    v.extend(opt(
+        OPT_SET_META_CONTEXT,
+        &[0, 0, 0, 3, b'v', b'd', b'0', 0xff, 0xff, 0xff, 0xff],
+    ));
     s.add("meta-context-count-huge", v);
 }
 
@@ -495,14 +516,35 @@ fn config_yaml_seeds() {
     let docs = [
         ("minimal", "cores: [0]\n"),
         ("mask", "cores: \"0x3\"\nidle: busy\n"),
-        ("bdevs", "bdevs:\n  - {type: malloc, name: M0, size: 64MiB, block_size: 512}\n  - {type: null, name: N0, size: 1TiB}\n  - {type: error, name: E0, base: M0, volatile_cache: true}\n"),
-        ("uring", "bdevs:\n  - {type: uring, name: d0, path: /tmp/x.img, size: 1GiB, options: {queue_depth: 128, fixed_files: true, sqpoll: false, iopoll: false}}\n"),
-        ("pool-disk", "bdevs:\n  - {type: malloc, name: M0, size: 1GiB}\npools:\n  - {name: p0, bdevs: [M0], segment_size: 4MiB, cow_policy: copy-out}\ndisks:\n  - {name: vd0, pool: p0, size: 100MiB, thin: false}\n"),
-        ("bad-size", "bdevs:\n  - {type: malloc, name: M0, size: 12XB}\n"),
+        (
+            "bdevs",
+            "bdevs:\n  - {type: malloc, name: M0, size: 64MiB, block_size: 512}\n  - {type: null, name: N0, size: 1TiB}\n  - {type: error, name: E0, base: M0, volatile_cache: true}\n",
+        ),
+        (
+            "uring",
+            "bdevs:\n  - {type: uring, name: d0, path: /tmp/x.img, size: 1GiB, options: {queue_depth: 128, fixed_files: true, sqpoll: false, iopoll: false}}\n",
+        ),
+        (
+            "pool-disk",
+            "bdevs:\n  - {type: malloc, name: M0, size: 1GiB}\npools:\n  - {name: p0, bdevs: [M0], segment_size: 4MiB, cow_policy: copy-out}\ndisks:\n  - {name: vd0, pool: p0, size: 100MiB, thin: false}\n",
+        ),
+        (
+            "bad-size",
+            "bdevs:\n  - {type: malloc, name: M0, size: 12XB}\n",
+        ),
         ("unknown-field", "cores: [0]\nfrobnicate: 1\n"),
-        ("dup-names", "bdevs:\n  - {type: malloc, name: M0, size: 1MiB}\n  - {type: malloc, name: M0, size: 1MiB}\n"),
-        ("dangling-refs", "pools:\n  - {name: p0, bdevs: [nope]}\ndisks:\n  - {name: d, pool: none, size: 1GiB}\n"),
-        ("nbd-nvmf", "nbd:\n  listen: 127.0.0.1:10809\n  exports: [{name: a, bdev: b}]\nnvmf:\n  subsystems:\n    - nqn: nqn.2016-06.io.spdk:cnode1\n      listeners: [{address: 127.0.0.1, port: 4420}]\n      namespaces: [{bdev: vd0, nsid: 1}]\n"),
+        (
+            "dup-names",
+            "bdevs:\n  - {type: malloc, name: M0, size: 1MiB}\n  - {type: malloc, name: M0, size: 1MiB}\n",
+        ),
+        (
+            "dangling-refs",
+            "pools:\n  - {name: p0, bdevs: [nope]}\ndisks:\n  - {name: d, pool: none, size: 1GiB}\n",
+        ),
+        (
+            "nbd-nvmf",
+            "nbd:\n  listen: 127.0.0.1:10809\n  exports: [{name: a, bdev: b}]\nnvmf:\n  subsystems:\n    - nqn: nqn.2016-06.io.spdk:cnode1\n      listeners: [{address: 127.0.0.1, port: 4420}]\n      namespaces: [{bdev: vd0, nsid: 1}]\n",
+        ),
         ("anchors", "a: &x [0]\ncores: *x\n"),
         ("deep", &"[".repeat(200)),
         ("tab-indent", "cores:\n\t- 0\n"),
@@ -517,18 +559,42 @@ fn config_yaml_seeds() {
 fn config_spdk_json_seeds() {
     let mut s = Seeds::new("config_spdk_json");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("spdk-config");
-    s.add("example-spdk.json", std::fs::read(root.join("example-spdk.json")).unwrap());
+    s.add(
+        "example-spdk.json",
+        std::fs::read(root.join("example-spdk.json")).unwrap(),
+    );
     let docs = [
         ("empty-subsystems", r#"{"subsystems": []}"#),
-        ("bdev-malloc", r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 262144, "block_size": 4096}}]}]}"#),
-        ("lvstore-lvol", r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 65536, "block_size": 4096}}, {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "M0", "lvs_name": "lvs0", "cluster_sz": 1048576}}, {"method": "bdev_lvol_create", "params": {"lvol_name": "vd0", "size_in_mib": 64, "lvs_name": "lvs0", "thin_provision": true}}]}]}"#),
-        ("nvmf", r#"{"subsystems": [{"subsystem": "nvmf", "config": [{"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}, {"method": "nvmf_create_subsystem", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1", "allow_any_host": true}}, {"method": "nvmf_subsystem_add_listener", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1", "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": "4420"}}}]}]}"#),
-        ("unknown-method", r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_frob", "params": {}}]}]}"#),
-        ("wrong-types", r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": 7, "num_blocks": "x"}}]}]}"#),
-        ("null-config", r#"{"subsystems": [{"subsystem": "bdev", "config": null}]}"#),
+        (
+            "bdev-malloc",
+            r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 262144, "block_size": 4096}}]}]}"#,
+        ),
+        (
+            "lvstore-lvol",
+            r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 65536, "block_size": 4096}}, {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "M0", "lvs_name": "lvs0", "cluster_sz": 1048576}}, {"method": "bdev_lvol_create", "params": {"lvol_name": "vd0", "size_in_mib": 64, "lvs_name": "lvs0", "thin_provision": true}}]}]}"#,
+        ),
+        (
+            "nvmf",
+            r#"{"subsystems": [{"subsystem": "nvmf", "config": [{"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}, {"method": "nvmf_create_subsystem", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1", "allow_any_host": true}}, {"method": "nvmf_subsystem_add_listener", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1", "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": "4420"}}}]}]}"#,
+        ),
+        (
+            "unknown-method",
+            r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_frob", "params": {}}]}]}"#,
+        ),
+        (
+            "wrong-types",
+            r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": 7, "num_blocks": "x"}}]}]}"#,
+        ),
+        (
+            "null-config",
+            r#"{"subsystems": [{"subsystem": "bdev", "config": null}]}"#,
+        ),
         ("not-an-object", "[1, 2, 3]"),
         ("truncated", r#"{"subsystems": [{"subsystem": "bdev", "con"#),
-        ("huge-numbers", r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M", "num_blocks": 18446744073709551615, "block_size": 4294967295}}]}]}"#),
+        (
+            "huge-numbers",
+            r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M", "num_blocks": 18446744073709551615, "block_size": 4294967295}}]}]}"#,
+        ),
         ("deep", &"[".repeat(300)),
         ("empty", ""),
     ];
@@ -540,23 +606,87 @@ fn config_spdk_json_seeds() {
 fn rpc_request_seeds() {
     let mut s = Seeds::new("rpc_request");
     let reqs = [
-        (0u8, "get-version", r#"{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}"#),
-        (3, "bdev-get-bdevs", r#"{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "params": {"name": "Malloc0"}, "id": 2}"#),
-        (5, "malloc-create", r#"{"jsonrpc": "2.0", "method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 1024, "block_size": 512}, "id": 3}"#),
-        (7, "lvol-snapshot", r#"{"jsonrpc": "2.0", "method": "bdev_lvol_snapshot", "params": {"lvol_name": "vd0", "snapshot_name": "s0"}, "id": "x"}"#),
-        (9, "lvol-clone", r#"{"jsonrpc": "2.0", "method": "bdev_lvol_clone", "params": {"snapshot_name": "s0", "clone_name": "c0"}, "id": null}"#),
-        (11, "nvmf-subsystem", r#"{"jsonrpc": "2.0", "method": "nvmf_create_subsystem", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1", "allow_any_host": true}, "id": 4}"#),
-        (13, "batch", r#"[{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}, {"jsonrpc": "2.0", "method": "save_config"}]"#),
-        (1, "notification", r#"{"jsonrpc": "2.0", "method": "bdev_get_bdevs"}"#),
-        (2, "unknown-method", r#"{"jsonrpc": "2.0", "method": "frobnicate", "id": 5}"#),
-        (4, "wrong-params", r#"{"jsonrpc": "2.0", "method": "bdev_malloc_create", "params": {"num_blocks": "lots"}, "id": 6}"#),
-        (6, "params-array", r#"{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "params": [1, 2], "id": 7}"#),
-        (8, "not-jsonrpc-2", r#"{"jsonrpc": "1.0", "method": "spdk_get_version", "id": 8}"#),
+        (
+            0u8,
+            "get-version",
+            r#"{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}"#,
+        ),
+        (
+            3,
+            "bdev-get-bdevs",
+            r#"{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "params": {"name": "Malloc0"}, "id": 2}"#,
+        ),
+        (
+            5,
+            "malloc-create",
+            r#"{"jsonrpc": "2.0", "method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 1024, "block_size": 512}, "id": 3}"#,
+        ),
+        (
+            7,
+            "lvol-snapshot",
+            r#"{"jsonrpc": "2.0", "method": "bdev_lvol_snapshot", "params": {"lvol_name": "vd0", "snapshot_name": "s0"}, "id": "x"}"#,
+        ),
+        (
+            9,
+            "lvol-clone",
+            r#"{"jsonrpc": "2.0", "method": "bdev_lvol_clone", "params": {"snapshot_name": "s0", "clone_name": "c0"}, "id": null}"#,
+        ),
+        (
+            11,
+            "nvmf-subsystem",
+            r#"{"jsonrpc": "2.0", "method": "nvmf_create_subsystem", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1", "allow_any_host": true}, "id": 4}"#,
+        ),
+        (
+            13,
+            "batch",
+            r#"[{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}, {"jsonrpc": "2.0", "method": "save_config"}]"#,
+        ),
+        (
+            1,
+            "notification",
+            r#"{"jsonrpc": "2.0", "method": "bdev_get_bdevs"}"#,
+        ),
+        (
+            2,
+            "unknown-method",
+            r#"{"jsonrpc": "2.0", "method": "frobnicate", "id": 5}"#,
+        ),
+        (
+            4,
+            "wrong-params",
+            r#"{"jsonrpc": "2.0", "method": "bdev_malloc_create", "params": {"num_blocks": "lots"}, "id": 6}"#,
+        ),
+        (
+            6,
+            "params-array",
+            r#"{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "params": [1, 2], "id": 7}"#,
+        ),
+        (
+            8,
+            "not-jsonrpc-2",
+            r#"{"jsonrpc": "1.0", "method": "spdk_get_version", "id": 8}"#,
+        ),
         (10, "empty-batch", "[]"),
-        (12, "two-frames", r#"{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 2}"#),
-        (14, "strings-with-braces", r#"{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "params": {"name": "}{]["}, "id": "\"}"}"#),
-        (16, "unbalanced", r#"{"jsonrpc": "2.0", "method": "x", "params": {"a": [1, 2}, "id": 1}"#),
-        (0, "garbage-before", r#"xx{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}"#),
+        (
+            12,
+            "two-frames",
+            r#"{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 2}"#,
+        ),
+        (
+            14,
+            "strings-with-braces",
+            r#"{"jsonrpc": "2.0", "method": "bdev_get_bdevs", "params": {"name": "}{]["}, "id": "\"}"}"#,
+        ),
+        (
+            16,
+            "unbalanced",
+            r#"{"jsonrpc": "2.0", "method": "x", "params": {"a": [1, 2}, "id": 1}"#,
+        ),
+        (
+            0,
+            "garbage-before",
+            r#"xx{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}"#,
+        ),
         (1, "deep", &"[".repeat(500)),
     ];
     for (knobs, what, body) in reqs {
@@ -585,7 +715,8 @@ fn pool_open_seeds() {
     let newest = 1 + img.slot as u8;
     let older = 2 - img.slot as u8;
     let mut s = Seeds::new("pool_open");
-    let flip = |block: u8, at: usize, bit: u8| vec![3 | bit << 2, block, (at / 16) as u8, (at % 16) as u8];
+    let flip =
+        |block: u8, at: usize, bit: u8| vec![3 | bit << 2, block, (at / 16) as u8, (at % 16) as u8];
     let patch = |block: u8, at: usize, bytes: &[u8]| {
         let mut v = vec![0, block, (at / 16) as u8, bytes.len() as u8];
         v.extend_from_slice(bytes);
@@ -602,38 +733,92 @@ fn pool_open_seeds() {
     s.add("intact-resealed", [1u8]);
     s.add("flip-label", ops(0, &[flip(0, 40, 1)]));
     s.add("flip-newest-superblock", ops(0, &[flip(newest, 30, 0)]));
-    s.add("flip-both-superblocks", ops(0, &[flip(newest, 30, 0), flip(older, 30, 0)]));
+    s.add(
+        "flip-both-superblocks",
+        ops(0, &[flip(newest, 30, 0), flip(older, 30, 0)]),
+    );
     s.add("flip-leaf", ops(0, &[flip(3 + leaf, 100, 3)]));
     s.add("flip-internal", ops(0, &[flip(3 + node, 80, 5)]));
     s.add("flip-directory", ops(0, &[flip(3 + dir, 90, 7)]));
     s.add("flip-space-map", ops(0, &[flip(3 + sm, 200, 2)]));
     s.add("flip-index", ops(0, &[flip(3 + index, 70, 1)]));
-    s.add("misdirect-leaf-onto-leaf", ops(0, &[vec![1, leaf, leaf2, 0]]));
-    s.add("misdirect-leaf-onto-directory", ops(0, &[vec![1, leaf, dir, 0]]));
-    s.add("misdirect-index-onto-space-map", ops(0, &[vec![1, index, sm, 0]]));
+    s.add(
+        "misdirect-leaf-onto-leaf",
+        ops(0, &[vec![1, leaf, leaf2, 0]]),
+    );
+    s.add(
+        "misdirect-leaf-onto-directory",
+        ops(0, &[vec![1, leaf, dir, 0]]),
+    );
+    s.add(
+        "misdirect-index-onto-space-map",
+        ops(0, &[vec![1, index, sm, 0]]),
+    );
     s.add("lost-write-directory", ops(0, &[vec![2, dir, 0, 0]]));
     s.add("lost-write-space-map", ops(0, &[vec![2, sm, 0, 0]]));
     s.add("lost-write-internal", ops(0, &[vec![2, node, 1, 0]]));
     // Resealed and repointed: the crafted fields themselves must be caught.
     let seg_of_first_extent = 64 + 8 + 4 + 1 + 1 + 8; // header, vseg, len, state, nlayers, birth
-    s.add("crafted-leaf-segment-reserved", ops(1, &[patch(3 + leaf, 80, &[0; 16])]));
-    s.add("crafted-leaf-segment-huge", ops(1, &[patch(3 + leaf, 80, &[0xff; 8])]));
+    s.add(
+        "crafted-leaf-segment-reserved",
+        ops(1, &[patch(3 + leaf, 80, &[0; 16])]),
+    );
+    s.add(
+        "crafted-leaf-segment-huge",
+        ops(1, &[patch(3 + leaf, 80, &[0xff; 8])]),
+    );
     let _ = seg_of_first_extent;
-    s.add("crafted-leaf-count", ops(1, &[patch(3 + leaf, 0, &{
-        let mut h = img.page(leaf as u64)[..16].to_vec();
-        h[12..16].copy_from_slice(&500u32.to_le_bytes());
-        h
-    })]));
-    s.add("crafted-internal-key", ops(1, &[patch(3 + node, 64 + 28, &[0xff; 8])]));
-    s.add("crafted-internal-child", ops(1, &[patch(3 + node, 64 + 28 + 8, &[0; 8])]));
-    s.add("crafted-directory-record", ops(1, &[patch(3 + dir, 64, &[9; 8])]));
-    s.add("crafted-directory-size", ops(1, &[patch(3 + dir, 64 + 8 + 16 + 128, &[0; 8])]));
-    s.add("crafted-superblock-sm-pages", ops(1, &[patch(newest, 80, &[0; 8])]));
-    s.add("crafted-superblock-meta-pages", ops(1, &[patch(newest, 64, &[0xff; 8])]));
-    s.add("crafted-superblock-containers", ops(1, &[patch(newest, 272, &[0xff; 16])]));
-    s.add("crafted-label-segment-size", ops(1, &[patch(0, 48, &[0, 0, 2, 0])]));
-    s.add("crafted-space-map-counts", ops(1, &[patch(3 + sm, 96, &[7; 64])]));
-    s.add("crafted-index-entry", ops(1, &[patch(3 + index, 64, &[5; 8])]));
+    s.add(
+        "crafted-leaf-count",
+        ops(
+            1,
+            &[patch(3 + leaf, 0, &{
+                let mut h = img.page(leaf as u64)[..16].to_vec();
+                h[12..16].copy_from_slice(&500u32.to_le_bytes());
+                h
+            })],
+        ),
+    );
+    s.add(
+        "crafted-internal-key",
+        ops(1, &[patch(3 + node, 64 + 28, &[0xff; 8])]),
+    );
+    s.add(
+        "crafted-internal-child",
+        ops(1, &[patch(3 + node, 64 + 28 + 8, &[0; 8])]),
+    );
+    s.add(
+        "crafted-directory-record",
+        ops(1, &[patch(3 + dir, 64, &[9; 8])]),
+    );
+    s.add(
+        "crafted-directory-size",
+        ops(1, &[patch(3 + dir, 64 + 8 + 16 + 128, &[0; 8])]),
+    );
+    s.add(
+        "crafted-superblock-sm-pages",
+        ops(1, &[patch(newest, 80, &[0; 8])]),
+    );
+    s.add(
+        "crafted-superblock-meta-pages",
+        ops(1, &[patch(newest, 64, &[0xff; 8])]),
+    );
+    s.add(
+        "crafted-superblock-containers",
+        ops(1, &[patch(newest, 272, &[0xff; 16])]),
+    );
+    s.add(
+        "crafted-label-segment-size",
+        ops(1, &[patch(0, 48, &[0, 0, 2, 0])]),
+    );
+    s.add(
+        "crafted-space-map-counts",
+        ops(1, &[patch(3 + sm, 96, &[7; 64])]),
+    );
+    s.add(
+        "crafted-index-entry",
+        ops(1, &[patch(3 + index, 64, &[5; 8])]),
+    );
     s.add("zero-page-leaf", ops(1, &[patch(3 + leaf, 64, &[0; 255])]));
     s.add("truncated-ops", [0u8, 0, 3]);
 }

@@ -11,6 +11,7 @@ pub mod image;
 
 use crate::bdev::IoStatus;
 use crate::config::Config;
+use crate::config::spdk_json;
 use crate::frontend::nbd::check::{ExportLimits, Verdict, check_request};
 use crate::frontend::nbd::proto::{
     FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, HeaderMode, OPTION_HEADER_LEN, parse_client_flags,
@@ -21,7 +22,6 @@ use crate::nvme::pdu::{self, Decoded, Limits, Receiver};
 use crate::nvme::spec::{self, ConnectData, Cqe, QueueKind, Sqe};
 use crate::rpc::methods::{METHODS, check_params};
 use crate::rpc::protocol::{Frame, Framer, Incoming, encode, parse_frame};
-use crate::config::spdk_json;
 use crate::vdisk::meta::{self, BlockPtr, PAGE_BYTES, label::Label, superblock::Superblock};
 use std::collections::BTreeSet;
 
