@@ -34,6 +34,7 @@
 //!   dirtied again between an agent's look and the capture;
 //! - a commit checks first that its pages are there; if not (which the budget should
 //!   prevent) it fails with Capacity Exceeded and changes nothing — the pool goes on.
+//!
 //! Deleting disks frees their pages at the commits after.
 
 use super::VdiskError;
