@@ -381,22 +381,22 @@ impl Controller {
                     ),
                 });
             }
-            let was = std::mem::replace(&mut d.rec.read_only, ro);
-            let b = d.bdev.clone();
-            st.changed();
-            (b, was)
+            (d.bdev.clone(), d.rec.read_only)
         };
         bdev.set_read_only(ro);
-        // Writes that started before the flag drain before we return; if they do not in
-        // time, the flag goes back.
+        // Writes that started before the flag drain before the change is recorded; if
+        // they do not in time, the flag goes back and nothing was recorded (a commit
+        // meanwhile cannot persist a change that then fails).
         if let Err(stall) = self.command_agents(id, AgentCmd::Barrier, true).await {
-            if let Some(d) = self.st.borrow_mut().disks.get_mut(&id) {
-                d.rec.read_only = was;
-            }
             bdev.set_read_only(was);
             return Err(VdiskError::DrainTimeout(
                 stall.during(format!("setting `{name}` read-only")),
             ));
+        }
+        let mut st = self.st.borrow_mut();
+        if let Some(d) = st.disks.get_mut(&id) {
+            d.rec.read_only = ro;
+            st.changed();
         }
         Ok(())
     }
