@@ -119,9 +119,13 @@ impl From<VdiskError> for RpcError {
             }
             VdiskError::InvalidParam { .. } => RpcError::einval(msg),
             VdiskError::ReadOnly(_) => RpcError::errno(libc::EPERM, msg),
-            VdiskError::NoSpace { .. } => RpcError::errno(libc::ENOSPC, msg),
+            VdiskError::NoSpace { .. } | VdiskError::NoMetadataSpace { .. } => {
+                RpcError::errno(libc::ENOSPC, msg)
+            }
             VdiskError::Busy(_) => RpcError::errno(libc::EBUSY, msg),
-            VdiskError::QuiesceTimeout(_) => RpcError::errno(libc::ETIMEDOUT, msg),
+            VdiskError::QuiesceTimeout(_) | VdiskError::DrainTimeout(_) => {
+                RpcError::errno(libc::ETIMEDOUT, msg)
+            }
             VdiskError::Stopped => RpcError::errno(libc::ESHUTDOWN, msg),
             VdiskError::NoPool(_) => RpcError::errno(libc::ENODEV, msg),
             VdiskError::Meta(_) | VdiskError::Io { .. } | VdiskError::PoolFailed(_) => {

@@ -265,7 +265,11 @@ pub(super) struct Sim {
 }
 
 /// A control operation's error, and whether it says the pool itself failed (which
-/// only an injected fault may explain).
+/// only an injected fault may explain). Any other error — no space for data or for
+/// metadata (`NoSpace`, `NoMetadataSpace`), a drain or quiesce that ran out of time
+/// (`DrainTimeout`, `QuiesceTimeout`), a lock still held (`Busy`) — is a refusal: a
+/// legitimate outcome that must have changed nothing, which the model then checks (no
+/// snapshot or disk appears, a deleted disk keeps its data, a size or flag stays).
 #[derive(Debug)]
 struct CtlError {
     msg: String,

@@ -1,5 +1,6 @@
-//! Space accounting for a pool: segment reference counts and the free segments, and
-//! the free metadata pages. Controller-only state.
+//! Space accounting for a pool: segment reference counts and the free segments, the
+//! free metadata pages, and the table nodes that will need a page at the next commit.
+//! Controller-only state.
 //!
 //! **Deferred reuse.** A segment or page whose last reference goes away is not free at
 //! once: the last committed metadata may still point at it, and an agent may still have
@@ -165,6 +166,9 @@ pub struct Space {
     /// The transaction that the next commit captures; frees land in its list.
     pub txn_open: u64,
     data_segments: u64,
+    /// Table nodes built since they were last committed: each needs a metadata page at
+    /// the next commit.
+    unwritten: u64,
 }
 
 impl Space {
@@ -208,6 +212,7 @@ impl Space {
             pending_pages: BTreeMap::new(),
             sm_changed: vec![0; (total_segments as usize).div_ceil(SM_COUNTS_PER_PAGE)],
             txn_open,
+            unwritten: 0,
         }
     }
 
@@ -280,6 +285,16 @@ impl Space {
         self.free_pages.take()
     }
 
+    /// Table nodes that will need a metadata page at the next commit.
+    pub fn unwritten_nodes(&self) -> u64 {
+        self.unwritten
+    }
+
+    /// A node was given its metadata page (a commit writes it).
+    pub fn node_written(&mut self) {
+        self.unwritten = self.unwritten.saturating_sub(1);
+    }
+
     /// Makes what was freed up to and including `txn` allocatable (that transaction has
     /// committed and the pool has been drained).
     pub fn committed(&mut self, txn: u64) {
@@ -339,6 +354,14 @@ impl RefCounts for Space {
             .entry(self.txn_open)
             .or_default()
             .push(page);
+    }
+
+    fn node_built(&mut self) {
+        self.unwritten += 1;
+    }
+
+    fn unwritten_freed(&mut self) {
+        self.unwritten = self.unwritten.saturating_sub(1);
     }
 }
 

@@ -10,16 +10,40 @@
 //! 4. write the metadata pages, flush;
 //! 5. write the superblock into the slot of this transaction's parity, flush;
 //! 6. drain every agent (a blocking barrier) and make what was freed before the
-//!    capture reusable.
+//!    capture reusable — at once if the drain completes within its time limit, else
+//!    later, when it does (the commit does not wait for a stuck request).
 //!
 //! A crash before (5) completes leaves the previous superblock in force, and it never
 //! points at a page or a segment written since — those were free in it. A metadata
 //! write error fails the pool (no further changes; flushes fail), as dm-thin does.
+//!
+//! **Metadata space.** A commit needs a page for every table node built since the last
+//! one and for every directory page; a full metadata area must answer "no space" to the
+//! changes that would need more — never fail the commit of changes already let
+//! through. So every change takes its pages from the pool's budget
+//! (`shared::MetaBudget`) before it is made, and is refused (`NoMetadataSpace`, or
+//! Capacity Exceeded for I/O) when they are not there:
+//! - the controller keeps the budget at: free pages − nodes not yet written − directory
+//!   pages the next commit writes − a small slack, and takes a bound of what a table
+//!   edit can build (`splice_bound`) before making it; after it, the exact count is in
+//!   the nodes not yet written;
+//! - agents take a leaf's path (`MetaBudget::fill_cost`) before the first change of a
+//!   fill since it was last committed (the commit copies its leaf); those charges are
+//!   released two commits later (a charge made just before one commit's capture may be
+//!   for a fill that capture missed, persisted by the next), the slack covers a fill
+//!   dirtied again between an agent's look and the capture;
+//! - a commit checks first that its pages are there; if not (which the budget should
+//!   prevent) it fails with Capacity Exceeded and changes nothing — the pool goes on.
+//!
+//! Deleting disks frees their pages at the commits after.
 
+use super::VdiskError;
 use super::controller::Controller;
+use super::map::{Extent, MAX_LAYERS};
 use super::meta::superblock::Superblock;
 use super::meta::{self, BlockPtr, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
-use super::table::{self, Node, NodeKind};
+use super::table::{self, MAX_FANOUT, NODE_PAYLOAD_BYTES, Node, NodeKind};
+use super::views::until;
 use crate::bdev::{IoBuf, IoStatus};
 use crate::reactor;
 use std::collections::{BTreeMap, BTreeSet};
@@ -144,18 +168,26 @@ impl Controller {
             return Err(IoStatus::Aborted);
         }
         self.persist_dirty_fills();
+        self.rotate_fill_charges();
         let needs_meta = {
             let st = self.st.borrow();
             st.changes != st.committed_changes
         };
         if !needs_meta {
+            self.sync_meta_budget();
             return self.flush_containers().await;
         }
         // Capture.
         let captured = match self.capture() {
             Ok(c) => c,
-            Err(why) => return Err(self.fail(why)),
+            Err(CaptureError::Full { need, free }) => {
+                tracing::error!(pool = %self.shared.name, need, free,
+                    "the metadata area is full: this commit cannot be written (nothing was changed; delete disks or snapshots to free pages)");
+                return Err(IoStatus::CapacityExceeded);
+            }
+            Err(CaptureError::Failed(why)) => return Err(self.fail(why)),
         };
+        self.sync_meta_budget();
         if let Err(e) = self.flush_containers().await {
             return Err(self.fail(format!("flushing the data containers failed: {e:?}")));
         }
@@ -187,26 +219,147 @@ impl Controller {
         if let Err(e) = r {
             return Err(self.fail(format!("writing the superblock failed: {e:?}")));
         }
-        // Nothing may still use what was freed before the capture.
-        self.barrier_all().await;
+        // Durable: the superblock is written.
+        let txn = captured.sb.txn;
         {
             let mut st = self.st.borrow_mut();
-            st.committed_txn = captured.sb.txn;
-            st.space.committed(captured.sb.txn);
+            st.committed_txn = txn;
             st.committed_changes = captured.changes;
             st.dir_pages = captured.dir_pages;
             st.space_map = captured.space_map;
         }
-        self.update_free();
-        tracing::debug!(pool = %self.shared.name, txn = captured.sb.txn, pages = captured.pages.len(), "committed");
+        tracing::debug!(pool = %self.shared.name, txn, pages = captured.pages.len(), "committed");
+        self.release_after_drain(txn).await;
         Ok(())
     }
 
-    /// Serialises the state to commit; assigns pages to new nodes.
-    fn capture(&self) -> Result<Captured, String> {
+    /// Makes what was freed up to transaction `txn` (now committed) reusable once nothing
+    /// can still use it: after a pool-wide drain barrier. The commit waits for the drain
+    /// at most `TimeLimits::commit_drain` (not at all while an earlier drain is still
+    /// stuck); past that it answers — it is durable — and the space stays unreusable
+    /// until the drain completes, in the background. A stuck request thus delays reuse,
+    /// never a flush; and nothing freed is reused under I/O that might still touch it.
+    async fn release_after_drain(&self, txn: u64) {
+        let mut drained = Box::pin(self.barrier_all());
+        let limit = if self.release_stalls.get() > 0 {
+            std::time::Duration::ZERO
+        } else {
+            self.limits.get().commit_drain
+        };
+        let deadline = reactor::now().after(limit);
+        if until(deadline, drained.as_mut()).await.is_some() {
+            self.release(txn);
+            return;
+        }
+        if !limit.is_zero() {
+            tracing::warn!(pool = %self.shared.name, txn, waited_ms = limit.as_millis() as u64,
+                "I/O in flight did not drain after the commit: what it freed stays unreusable until it does");
+        }
+        self.release_stalls.set(self.release_stalls.get() + 1);
+        let me = self.rc();
+        reactor::spawn_local(async move {
+            drained.await;
+            me.release_stalls.set(me.release_stalls.get() - 1);
+            me.release(txn);
+            tracing::info!(pool = %me.shared.name, txn, "the stuck I/O drained: freed space released");
+        })
+        .detach();
+    }
+
+    /// Makes what was freed up to and including `txn` allocatable.
+    fn release(&self, txn: u64) {
+        self.st.borrow_mut().space.committed(txn);
+        self.update_free();
+    }
+
+    /// Brings the metadata budget up to date with the controller's terms: free pages,
+    /// less the nodes not yet written, the directory pages the next commit writes, and
+    /// the slack.
+    pub(crate) fn sync_meta_budget(&self) {
+        let (free, unwritten, dir) = {
+            let st = self.st.borrow();
+            (
+                st.space.free_pages(),
+                st.space.unwritten_nodes(),
+                dir_pages_for(st.disks.len()),
+            )
+        };
+        let budget = &self.shared.meta_budget;
+        let slack = (self.shared.cores.len() as u64 + 1) * budget.fill_cost();
+        let local = free as i64 - unwritten as i64 - dir as i64 - slack as i64;
+        let mut l = self.meta.borrow_mut();
+        budget.give(local - l.local);
+        l.local = local;
+    }
+
+    /// Takes `pages` of the metadata budget for a change about to be made; they go
+    /// back when the reservation drops, by when the change is counted exactly (in the
+    /// nodes not yet written, the directory).
+    pub(crate) fn reserve_meta(&self, pages: u64) -> Result<MetaReservation<'_>, VdiskError> {
+        self.sync_meta_budget();
+        let budget = &self.shared.meta_budget;
+        if !budget.try_take(pages) {
+            return Err(VdiskError::NoMetadataSpace {
+                need: pages,
+                free: budget.available().max(0) as u64,
+            });
+        }
+        self.meta.borrow_mut().reserved += pages;
+        Ok(MetaReservation { c: self, pages })
+    }
+
+    /// At most how many pages replacing `[from, to)` of `disk`'s table with extents of
+    /// `new_bytes` encoded bytes adds to the next commit.
+    pub(crate) fn splice_cost(&self, disk: u64, from: u64, to: u64, new_bytes: usize) -> u64 {
+        let st = self.st.borrow();
+        let root = st.disks.get(&disk).and_then(|d| d.root.as_ref());
+        splice_bound(root, from, to, new_bytes)
+    }
+
+    /// [`Controller::set_extents`] if the metadata area has room for what it may add;
+    /// else nothing changes and the answer is `NoMetadataSpace`.
+    pub(crate) fn try_set_extents(
+        &self,
+        disk: u64,
+        from: u64,
+        to: u64,
+        exts: Vec<Extent>,
+    ) -> Result<(), VdiskError> {
+        let bytes = exts.iter().map(table::extent_encoded_len).sum();
+        let _meta = self.reserve_meta(self.splice_cost(disk, from, to, bytes))?;
+        self.set_extents(disk, from, to, exts);
+        Ok(())
+    }
+
+    /// Releases the fill charges of two commits ago (their fills are persisted by now)
+    /// and remembers those made since the last rotation. Runs right after the dirty
+    /// fills are persisted.
+    fn rotate_fill_charges(&self) {
+        let budget = &self.shared.meta_budget;
+        let mut l = self.meta.borrow_mut();
+        let outstanding = (l.local - l.reserved as i64 - budget.available()).max(0);
+        budget.give(l.charged_before);
+        l.charged_before = (outstanding - l.charged_before).max(0);
+    }
+
+    /// True if fill charges wait for commits to be released.
+    pub(crate) fn fill_charges_outstanding(&self) -> bool {
+        let l = self.meta.borrow();
+        l.charged_before > 0 || l.local - l.reserved as i64 > self.shared.meta_budget.available()
+    }
+
+    /// Serialises the state to commit; assigns pages to new nodes. Changes nothing if
+    /// the pages it needs are not there.
+    fn capture(&self) -> Result<Captured, CaptureError> {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
         let shared = &self.shared;
+        let need = unwritten_reachable(st.disks.values().filter_map(|d| d.root.as_ref()))
+            + dir_pages_for(st.disks.len());
+        let free = st.space.free_pages();
+        if need > free {
+            return Err(CaptureError::Full { need, free });
+        }
         let txn = st.space.txn_open;
         st.space.txn_open += 1;
         let changes = st.changes;
@@ -230,7 +383,7 @@ impl Controller {
         let n_dir = recs.len().div_ceil(per);
         let mut dir_pages = Vec::new();
         for _ in 0..n_dir {
-            dir_pages.push(st.space.alloc_page().ok_or("the metadata area is full")?);
+            dir_pages.push(st.space.alloc_page().ok_or_else(CaptureError::failed)?);
         }
         let mut next = BlockPtr::NONE;
         for i in (0..n_dir).rev() {
@@ -332,6 +485,119 @@ impl Controller {
     }
 }
 
+/// Why a capture could not be made.
+enum CaptureError {
+    /// The metadata area lacks pages: nothing was changed.
+    Full { need: u64, free: u64 },
+    /// The state is inconsistent (the pool fails).
+    Failed(String),
+}
+
+impl CaptureError {
+    fn failed() -> CaptureError {
+        CaptureError::Failed("the metadata area is full after the capture's check".into())
+    }
+}
+
+/// The controller's side of the metadata budget.
+#[derive(Debug, Default)]
+pub(crate) struct MetaLedger {
+    /// What the controller's terms came to at the last sync (see
+    /// [`Controller::sync_meta_budget`]).
+    local: i64,
+    /// Pages taken by reservations still held.
+    reserved: u64,
+    /// Fill charges outstanding at the last rotation, released at the next.
+    charged_before: i64,
+}
+
+/// Pages of the metadata budget held for a change under way.
+pub(crate) struct MetaReservation<'a> {
+    c: &'a Controller,
+    pages: u64,
+}
+
+impl Drop for MetaReservation<'_> {
+    fn drop(&mut self) {
+        self.c.meta.borrow_mut().reserved -= self.pages;
+        self.c.shared.meta_budget.give(self.pages as i64);
+    }
+}
+
+/// Directory pages that hold `disks` records.
+pub(crate) fn dir_pages_for(disks: usize) -> u64 {
+    disks.div_ceil(meta::directory::DIR_RECORDS_PER_PAGE) as u64
+}
+
+/// Nodes without a page reachable from `roots`, each counted once (a node with a page
+/// has only such children).
+fn unwritten_reachable<'a>(roots: impl Iterator<Item = &'a Arc<Node>>) -> u64 {
+    fn walk(n: &Arc<Node>, seen: &mut std::collections::HashSet<*const Node>) -> u64 {
+        if n.page() != NO_PAGE || !seen.insert(Arc::as_ptr(n)) {
+            return 0;
+        }
+        1 + match &n.kind {
+            NodeKind::Internal { children, .. } => children.iter().map(|c| walk(c, seen)).sum(),
+            NodeKind::Leaf { .. } => 0,
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    roots.map(|r| walk(r, &mut seen)).sum()
+}
+
+/// Most bytes one extent takes in a leaf page (every layer with a fill).
+pub(crate) const MAX_EXTENT_BYTES: usize = 22 + MAX_LAYERS * 41;
+
+/// At most how many nodes replacing `[from, to)` of the tree under `root` with extents
+/// of `new_bytes` encoded bytes can build (`table::splice`): the leaves it rewrites,
+/// every node on their paths, the splits of what overflows, levels added on top.
+pub(crate) fn splice_bound(root: Option<&Arc<Node>>, from: u64, to: u64, new_bytes: usize) -> u64 {
+    // Nodes whose span meets [from, to), per level, the root's first.
+    let mut touched: Vec<u64> = Vec::new();
+    if let Some(r) = root {
+        count_touched(r, 0, u64::MAX, from, to, 0, &mut touched);
+    }
+    let leaves = touched.last().copied().unwrap_or(0);
+    // Greedy packing fills every leaf but a piece's last beyond `room` bytes.
+    let room = (NODE_PAYLOAD_BYTES - MAX_EXTENT_BYTES) as u64;
+    let mut level = 2 * leaves + (new_bytes as u64).div_ceil(room) + 1;
+    let mut total = level;
+    // Each rebuilt internal node splits into at most one more node per new child.
+    for &t in touched.iter().rev().skip(1) {
+        level += t;
+        total += level;
+    }
+    while level > 1 {
+        level = level.div_ceil(MAX_FANOUT as u64);
+        total += level;
+    }
+    total + 1
+}
+
+fn count_touched(
+    node: &Node,
+    lo: u64,
+    hi: u64,
+    from: u64,
+    to: u64,
+    depth: usize,
+    out: &mut Vec<u64>,
+) {
+    if out.len() <= depth {
+        out.resize(depth + 1, 0);
+    }
+    out[depth] += 1;
+    if let NodeKind::Internal { keys, children } = &node.kind {
+        for (i, c) in children.iter().enumerate() {
+            let c_lo = if i == 0 { lo } else { keys[i] };
+            let c_hi = keys.get(i + 1).copied().unwrap_or(hi);
+            if c_lo < to && c_hi > from {
+                count_touched(c, c_lo, c_hi, from, to, depth + 1, out);
+            }
+        }
+    }
+}
+
 struct Captured {
     pages: Vec<(u64, Vec<u8>)>,
     sb: Superblock,
@@ -362,7 +628,7 @@ fn write_node(
     pool: &uuid::Uuid,
     space: &mut super::alloc::Space,
     out: &mut Vec<(u64, Vec<u8>)>,
-) -> Result<BlockPtr, String> {
+) -> Result<BlockPtr, CaptureError> {
     let p = node.page();
     if p != NO_PAGE {
         let (txn, crc) = node.written();
@@ -374,16 +640,17 @@ fn write_node(
             for (k, c) in keys.iter().zip(children) {
                 entries.push((*k, write_node(c, txn, pool, space, out)?));
             }
-            let page = space.alloc_page().ok_or("the metadata area is full")?;
+            let page = space.alloc_page().ok_or_else(CaptureError::failed)?;
             meta::node::encode_internal(page, txn, pool, &entries)
         }
         NodeKind::Leaf { extents } => {
-            let page = space.alloc_page().ok_or("the metadata area is full")?;
+            let page = space.alloc_page().ok_or_else(CaptureError::failed)?;
             meta::node::encode_leaf(page, txn, pool, extents)
         }
     };
     let ptr = BlockPtr::of(&b);
     node.set_page(ptr.page, ptr.txn, ptr.crc);
+    space.node_written();
     out.push((ptr.page, b));
     Ok(ptr)
 }

@@ -22,17 +22,22 @@
 //! node, the directory and the changed space-map pages, flush, write the superblock,
 //! flush — then drain every agent (blocking barrier) and make the segments and pages
 //! freed before the commit reusable. See `commit.rs`.
+//!
+//! **Time limits** ([`TimeLimits`]): every wait for the agents' I/O ends at a deadline,
+//! so one stuck request cannot freeze the pool's flushes and snapshots (`views.rs`).
 
 use super::VdiskError;
 use super::agent;
 use super::alloc::Space;
+use super::commit::MetaLedger;
 use super::disk::VDisk;
-use super::locks::DiskLocks;
+use super::locks::{DiskLocks, LockGuard};
 use super::map::{Extent, Fill};
 use super::meta::directory::DiskRecord;
 use super::msg::{AgentCmd, RangeState};
 use super::shared::PoolShared;
 use super::table::{self, Node};
+use super::views::until;
 use crate::bdev::{Channel, IoStatus};
 use crate::reactor;
 use std::cell::RefCell;
@@ -46,6 +51,38 @@ use std::time::Duration;
 /// that the data written is still in the cache from its read, with a batch of copies
 /// running at once.
 const COPY_CHUNK: u64 = 256 << 10;
+
+/// How long the controller waits for what depends on I/O it does not control (DESIGN.md:
+/// nothing waits forever). A base bdev that holds a request longer than these makes the
+/// operation waiting for it fail (or, for a commit, answer without it) instead of
+/// freezing the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeLimits {
+    /// A drain — a command with the blocking flag: every I/O the agents had started
+    /// before it has completed. Snapshots, deletes, write fences and the like that wait
+    /// longer fail with [`VdiskError::DrainTimeout`] (naming the disk, the cores and the
+    /// time) and undo what they did.
+    pub drain: Duration,
+    /// How long a commit waits for its pool-wide drain, which lets it reuse what was
+    /// freed before it. After that the commit answers anyway (it is durable: its
+    /// superblock is written); the freed space stays unreusable until the drain
+    /// completes.
+    pub commit_drain: Duration,
+}
+
+/// Default [`TimeLimits::drain`].
+pub const DEFAULT_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// Default [`TimeLimits::commit_drain`].
+pub const DEFAULT_COMMIT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+impl Default for TimeLimits {
+    fn default() -> Self {
+        TimeLimits {
+            drain: DEFAULT_DRAIN_LIMIT,
+            commit_drain: DEFAULT_COMMIT_DRAIN_LIMIT,
+        }
+    }
+}
 
 /// One disk as the controller holds it.
 pub(crate) struct DiskCtl {
@@ -144,6 +181,12 @@ pub(crate) struct Controller {
     pub quiesces: RefCell<BTreeMap<u64, Quiesce>>,
     /// Set by [`Controller::crash_stop`]: nothing may be written any more.
     pub crashed: std::cell::Cell<bool>,
+    pub limits: std::cell::Cell<TimeLimits>,
+    /// Commits whose drain barrier is still waiting (a stuck request), in the
+    /// background, to release what they freed.
+    pub release_stalls: std::cell::Cell<u32>,
+    /// The controller's side of the metadata budget (`commit.rs`, "Metadata space").
+    pub meta: RefCell<MetaLedger>,
 }
 
 #[derive(Default)]
@@ -173,6 +216,9 @@ impl Controller {
             background: RefCell::new(None),
             quiesces: RefCell::new(BTreeMap::new()),
             crashed: std::cell::Cell::new(false),
+            limits: std::cell::Cell::new(TimeLimits::default()),
+            release_stalls: std::cell::Cell::new(0),
+            meta: RefCell::new(MetaLedger::default()),
         });
         reactor::local(Registry::default)
             .pools
@@ -194,6 +240,15 @@ impl Controller {
             }
         });
         *c.background.borrow_mut() = Some(task);
+        let height =
+            c.st.borrow()
+                .disks
+                .values()
+                .filter_map(|d| d.root.as_ref())
+                .map(|r| r.height() as u64)
+                .max()
+                .unwrap_or(0);
+        c.shared.meta_budget.set_fill_cost(height + 1);
         c.update_free();
         c
     }
@@ -205,14 +260,18 @@ impl Controller {
     pub(crate) fn needs_commit(&self) -> bool {
         let st = self.st.borrow();
         st.failed.is_none()
-            && (st.changes != st.committed_changes || !self.shared.dirty_fills.is_empty())
+            && (st.changes != st.committed_changes
+                || !self.shared.dirty_fills.is_empty()
+                || self.fill_charges_outstanding())
     }
 
+    /// Publishes the free segments and brings the metadata budget up to date.
     pub(crate) fn update_free(&self) {
         let free = self.st.borrow().space.free_segments();
         self.shared
             .free_segments
             .store(free, std::sync::atomic::Ordering::Relaxed);
+        self.sync_meta_budget();
     }
 
     pub(crate) fn check_usable(&self) -> Result<(), VdiskError> {
@@ -226,16 +285,26 @@ impl Controller {
         Ok(())
     }
 
-    /// Replaces `[from, to)` of `disk`'s table with `exts`.
+    /// Replaces `[from, to)` of `disk`'s table with `exts`. The nodes it builds count
+    /// against the metadata budget from now on; [`Controller::try_set_extents`] makes
+    /// sure first that they fit.
     pub(crate) fn set_extents(&self, disk: u64, from: u64, to: u64, exts: Vec<Extent>) {
-        let mut st = self.st.borrow_mut();
-        let st = &mut *st;
-        let Some(d) = st.disks.get_mut(&disk) else {
-            return;
+        let height = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let Some(d) = st.disks.get_mut(&disk) else {
+                return;
+            };
+            let new = table::splice(d.root.as_ref(), from, to, &exts, &mut st.space);
+            table::set_root(&mut d.root, new, &mut st.space);
+            st.changes += 1;
+            d.root.as_ref().map_or(0, |r| r.height() as u64)
         };
-        let new = table::splice(d.root.as_ref(), from, to, &exts, &mut st.space);
-        table::set_root(&mut d.root, new, &mut st.space);
-        st.changes += 1;
+        let budget = &self.shared.meta_budget;
+        if height + 1 > budget.fill_cost() {
+            budget.set_fill_cost(height + 1);
+        }
+        self.sync_meta_budget();
     }
 
     /// Copies what extent `src` (one segment) resolves to into segment `dst`, setting
@@ -353,8 +422,11 @@ impl Controller {
                 return IoStatus::Success;
             }
         }
-        self.set_extents(disk, from, to, Vec::new());
-        self.push_view(disk, false).await;
+        if let Err(e) = self.try_set_extents(disk, from, to, Vec::new()) {
+            tracing::debug!(pool = %self.shared.name, disk, from, to, error = %e, "unmap refused");
+            return IoStatus::CapacityExceeded;
+        }
+        let _ = self.push_view(disk, false).await;
         self.update_free();
         IoStatus::Success
     }
@@ -371,13 +443,21 @@ impl Controller {
         if !self.segment_unused(disk, vseg) {
             return IoStatus::Success;
         }
-        self.fence_writes(disk, vseg, true).await;
-        if self.segment_unused(disk, vseg) {
-            self.set_extents(disk, vseg, vseg + 1, Vec::new());
-            self.push_view(disk, false).await;
+        if self.fence_writes(disk, vseg, true).await.is_err() {
+            // Writes to it did not drain in time: keep the segment (it only costs space).
+            let _ = self.fence_writes(disk, vseg, false).await;
+            return IoStatus::Success;
+        }
+        // Without metadata space to drop it, the empty segment stays (it costs space only).
+        if self.segment_unused(disk, vseg)
+            && self
+                .try_set_extents(disk, vseg, vseg + 1, Vec::new())
+                .is_ok()
+        {
+            let _ = self.push_view(disk, false).await;
             self.update_free();
         }
-        self.fence_writes(disk, vseg, false).await;
+        let _ = self.fence_writes(disk, vseg, false).await;
         IoStatus::Success
     }
 
@@ -395,6 +475,20 @@ impl Controller {
                 e.birth > d.rec.snap_gen
                     && e.layers.len() == 1
                     && e.layers[0].fill.as_ref().is_some_and(|f| f.is_empty())
+            })
+    }
+
+    /// Locks the whole of `disk` for `what`, waiting for the operations running on it
+    /// (mapping faults, copies) at most the drain time limit.
+    pub(crate) async fn lock_disk(&self, disk: u64, what: &str) -> Result<LockGuard, VdiskError> {
+        let limit = self.limits.get().drain;
+        until(reactor::now().after(limit), self.locks.disk(disk))
+            .await
+            .ok_or_else(|| {
+                VdiskError::Busy(format!(
+                    "{what}: operations on the disk still running after {} ms; try again",
+                    limit.as_millis()
+                ))
             })
     }
 
@@ -421,7 +515,10 @@ impl Controller {
             }
         }
         for d in disks {
-            self.command_agents(d, AgentCmd::Fail(IoStatus::Aborted), true)
+            // A stuck request does not hold the close: the pool writes nothing more, so
+            // nothing can be reused under it.
+            let _ = self
+                .command_agents(d, AgentCmd::Fail(IoStatus::Aborted), true)
                 .await;
         }
         self.st.borrow_mut().closed = true;

@@ -20,6 +20,7 @@
 //!
 //! Snapshots and clones, which create the sharing, are in `snapshot.rs`.
 
+use super::commit::MAX_EXTENT_BYTES;
 use super::controller::Controller;
 use super::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, Source};
 use super::{CowPolicy, VdiskError};
@@ -123,10 +124,16 @@ impl Controller {
                 return self.copy_out(disk, vseg).await;
             }
         };
-        self.set_extents(disk, vseg, vseg + 1, vec![ext]);
+        // The top layer is a new segment (allocated above, or by the merge).
+        let top = ext.layers[0].seg;
+        if let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext]) {
+            self.st.borrow_mut().space.unalloc_segment(top);
+            tracing::debug!(pool = %self.shared.name, disk, vseg, error = %e, "write fault refused");
+            return Some(IoStatus::CapacityExceeded);
+        }
         self.update_free();
         // A new allocation must be visible on every core before the write completes.
-        self.push_view(disk, false).await;
+        let _ = self.push_view(disk, false).await;
         Some(IoStatus::Success)
     }
 
@@ -220,11 +227,20 @@ impl Controller {
             // One more sharer (a clone made meanwhile): take its lock too, in order.
             want.extend(others);
         };
-        if !others.is_empty()
-            && let Err(e) = self.copy_out_others(vseg, &old, &others).await
-        {
-            return Some(e);
-        }
+        // Metadata for every table this changes: the others' and the writer's.
+        let per = |d: u64| self.splice_cost(d, vseg, vseg + 1, MAX_EXTENT_BYTES);
+        let need = others.iter().map(|&o| per(o)).sum::<u64>() + per(disk);
+        let Ok(_meta) = self.reserve_meta(need) else {
+            return Some(IoStatus::CapacityExceeded);
+        };
+        let drained = if others.is_empty() {
+            true
+        } else {
+            match self.copy_out_others(vseg, &old, &others).await {
+                Ok(drained) => drained,
+                Err(e) => return Some(e),
+            }
+        };
         // The others' new tables (and anything else not committed yet, such as the
         // delete of a disk that shared the segment) durable before the write in place.
         let uncommitted = {
@@ -234,36 +250,59 @@ impl Controller {
         if uncommitted && let Err(e) = self.commit().await {
             return Some(e);
         }
-        // The writer keeps the original segment, writable again, with a live fill.
         let generation = self.st.borrow().generation;
-        let own = Extent {
-            vseg,
-            len: 1,
-            state: ExtentState::Mapped,
-            birth: generation,
-            layers: smallvec::smallvec![Layer {
-                seg: old.seg,
-                fill: old
-                    .fill
-                    .as_ref()
-                    .map(|f| Arc::new(Fill::from_words(f.words(), disk, vseg))),
-            }],
+        let own = if drained {
+            // The writer keeps the original segment, writable again, with a live fill.
+            Extent {
+                vseg,
+                len: 1,
+                state: ExtentState::Mapped,
+                birth: generation,
+                layers: smallvec::smallvec![Layer {
+                    seg: old.seg,
+                    fill: old.fill.as_ref().map(|f| Arc::new(Fill::from_words(
+                        f.words(),
+                        disk,
+                        vseg
+                    ))),
+                }],
+            }
+        } else {
+            // Reads of the old segment through the others may still be in flight (a
+            // stuck request): writing it in place could change what they return. This
+            // once, redirect: a new top layer over the old segment, which stays as it is.
+            let Some(top) = self.st.borrow_mut().space.alloc_segment() else {
+                return Some(IoStatus::CapacityExceeded);
+            };
+            Extent {
+                vseg,
+                len: 1,
+                state: ExtentState::Mapped,
+                birth: generation,
+                layers: smallvec::smallvec![
+                    Layer {
+                        seg: top,
+                        fill: Some(Arc::new(Fill::new(disk, vseg))),
+                    },
+                    old.clone(),
+                ],
+            }
         };
         self.set_extents(disk, vseg, vseg + 1, vec![own]);
         self.update_free();
-        self.push_view(disk, false).await;
+        let _ = self.push_view(disk, false).await;
         Some(IoStatus::Success)
     }
 
     /// The copy of copy-out: copies layer `old` at `vseg` to a new segment and re-points
     /// `others` (whose segment locks the caller holds) at it, each once its reads of the
-    /// old segment drained.
+    /// old segment drained. Returns whether they all drained within the time limit.
     async fn copy_out_others(
         &self,
         vseg: u64,
         old: &Layer,
         others: &[u64],
-    ) -> Result<(), IoStatus> {
+    ) -> Result<bool, IoStatus> {
         let q = self
             .st
             .borrow_mut()
@@ -296,6 +335,7 @@ impl Controller {
             }
         }
         let mut repointed = false;
+        let mut drained = true;
         for &o in others {
             // Locked, so not deleted since; but nothing is assumed across an await.
             let e = {
@@ -317,13 +357,13 @@ impl Controller {
             }
             self.set_extents(o, vseg, vseg + 1, vec![e]);
             repointed = true;
-            self.push_view(o, true).await;
+            drained &= self.push_view(o, true).await.is_ok();
         }
         if !repointed {
             self.st.borrow_mut().space.unalloc_segment(q);
         }
         self.update_free();
-        Ok(())
+        Ok(drained)
     }
 
     /// Makes granules `[first, last]` of `vseg` held by the disk's writable top layer,
@@ -356,7 +396,10 @@ impl Controller {
             return IoStatus::Success;
         };
         // Writes to the segment drain and wait while we copy.
-        self.fence_writes(disk, vseg, true).await;
+        if self.fence_writes(disk, vseg, true).await.is_err() {
+            let _ = self.fence_writes(disk, vseg, false).await;
+            return IoStatus::Aborted;
+        }
         let geo = self.shared.geo;
         let below = Extent {
             layers: e.layers[1..].iter().cloned().collect(),
@@ -382,17 +425,14 @@ impl Controller {
             }
             if status.is_success() {
                 match self.write_segment(e.layers[0].seg, b0, data).await {
-                    Ok(()) => {
-                        fill.set_range(g, 1);
-                    }
+                    // Held once it is in the top layer: within the metadata budget.
+                    Ok(()) if self.shared.change_fill(&fill, |f| f.set_range(g, 1)) => {}
+                    Ok(()) => status = IoStatus::CapacityExceeded,
                     Err(e) => status = e,
                 }
             }
         }
-        if fill.mark_dirty() {
-            self.shared.dirty_fills.push(fill.clone());
-        }
-        self.fence_writes(disk, vseg, false).await;
+        let _ = self.fence_writes(disk, vseg, false).await;
         status
     }
 

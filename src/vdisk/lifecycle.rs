@@ -1,6 +1,7 @@
 //! Disk operations on the controller: create, delete, resize, set read-only, and the
 //! listings (snapshots and clones are in `snapshot.rs`, split in `split.rs`).
 
+use super::commit::{dir_pages_for, splice_bound};
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
 use super::map::{Extent, ExtentState, Fill, Geometry, Layer, MAX_RUN_SEGMENTS, Source};
@@ -132,6 +133,33 @@ impl Controller {
                 runs.push((v, seg, n));
                 v += n;
             }
+        }
+        // Metadata for its directory record and its table of runs.
+        let exts: Vec<Extent> = runs
+            .iter()
+            .map(|&(v, s, n)| Extent::run(v, n as u32, s, generation))
+            .collect();
+        let need = {
+            let n = self.st.borrow().disks.len();
+            dir_pages_for(n + 1) - dir_pages_for(n)
+        } + if exts.is_empty() {
+            0
+        } else {
+            splice_bound(
+                None,
+                0,
+                nsegs,
+                exts.iter().map(table::extent_encoded_len).sum(),
+            )
+        };
+        let _meta = match self.reserve_meta(need) {
+            Ok(r) => r,
+            Err(e) => {
+                release(&runs);
+                return Err(e);
+            }
+        };
+        if !thin {
             for &(_, seg, n) in &runs {
                 if let Err(e) = self.zero_segments(seg, n).await {
                     release(&runs);
@@ -179,11 +207,7 @@ impl Controller {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             let mut root = None;
-            if !runs.is_empty() {
-                let exts: Vec<Extent> = runs
-                    .iter()
-                    .map(|&(v, s, n)| Extent::run(v, n as u32, s, generation))
-                    .collect();
+            if !exts.is_empty() {
                 let new = table::splice(None, 0, nsegs, &exts, &mut st.space);
                 table::set_root(&mut root, new, &mut st.space);
             }
@@ -230,24 +254,35 @@ impl Controller {
                 }
             }
         }
-        let _lock = self.locks.disk(id).await;
-        // Stop its agents: I/O in flight drains, new I/O fails.
-        self.command_agents(id, AgentCmd::Fail(IoStatus::Aborted), true)
-            .await;
-        let mut st = self.st.borrow_mut();
-        let st = &mut *st;
-        let Some(mut d) = st.disks.remove(&id) else {
-            return Err(VdiskError::NotFound(name.to_string()));
-        };
-        table::set_root(&mut d.root, None, &mut st.space);
-        let parent = d.rec.parent;
-        for other in st.disks.values_mut() {
-            if other.rec.parent == id {
-                other.rec.parent = parent;
-            }
+        let _lock = self.lock_disk(id, &format!("delete of `{name}`")).await?;
+        // Stop its agents: I/O in flight drains, new I/O fails. What it frees must not be
+        // reused under I/O still in flight: if that does not drain in time, the delete is
+        // cancelled and the disk serves I/O again.
+        if let Err(stall) = self
+            .command_agents(id, AgentCmd::Fail(IoStatus::Aborted), true)
+            .await
+        {
+            let _ = self.command_agents(id, AgentCmd::Resume, false).await;
+            return Err(VdiskError::DrainTimeout(
+                stall.during(format!("delete of `{name}`")),
+            ));
         }
-        st.changed();
-        drop(d);
+        {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let Some(mut d) = st.disks.remove(&id) else {
+                return Err(VdiskError::NotFound(name.to_string()));
+            };
+            table::set_root(&mut d.root, None, &mut st.space);
+            let parent = d.rec.parent;
+            for other in st.disks.values_mut() {
+                if other.rec.parent == id {
+                    other.rec.parent = parent;
+                }
+            }
+            st.changed();
+        }
+        self.update_free();
         tracing::info!(pool = %self.shared.name, disk = name, "disk deleted");
         Ok(())
     }
@@ -293,7 +328,12 @@ impl Controller {
         if new_blocks < old_blocks {
             // New I/O past the end fails first; then the I/O in flight drains.
             bdev.set_size_blocks(new_blocks);
-            self.command_agents(id, AgentCmd::Barrier, true).await;
+            if let Err(stall) = self.command_agents(id, AgentCmd::Barrier, true).await {
+                bdev.set_size_blocks(old_blocks);
+                return Err(VdiskError::DrainTimeout(
+                    stall.during(format!("shrinking `{name}`")),
+                ));
+            }
             if !new_blocks.is_multiple_of(geo.segment_blocks) {
                 match self.plan_tail(id, name, new_blocks).await {
                     Ok(t) => tail = t,
@@ -336,9 +376,9 @@ impl Controller {
             st.changed();
         }
         bdev.set_size_blocks(new_blocks);
-        self.push_view(id, true).await;
+        let _ = self.push_view(id, true).await;
         if fenced {
-            self.fence_writes(id, vseg, false).await;
+            let _ = self.fence_writes(id, vseg, false).await;
         }
         self.update_free();
         tracing::info!(pool = %self.shared.name, disk = name, size_bytes, "disk resized");
@@ -398,7 +438,12 @@ impl Controller {
         // Shared with a snapshot or a clone, or stacked on shared layers: the head goes
         // to a new segment of the disk's own, and nothing shows through below it. Writes
         // to the segment wait meanwhile (the ones in flight drain), so the copy is whole.
-        self.fence_writes(disk, vseg, true).await;
+        if let Err(stall) = self.fence_writes(disk, vseg, true).await {
+            let _ = self.fence_writes(disk, vseg, false).await;
+            return Err(VdiskError::DrainTimeout(
+                stall.during(format!("shrinking `{name}`")),
+            ));
+        }
         let planned = match lookup() {
             None => Ok(Tail::Zero),
             Some((one, _)) if reads_zeros(&one, 0, head) => Ok(Tail::Replace {
@@ -414,7 +459,7 @@ impl Controller {
                 }),
         };
         if !matches!(planned, Ok(Tail::Replace { fenced: true, .. })) {
-            self.fence_writes(disk, vseg, false).await;
+            let _ = self.fence_writes(disk, vseg, false).await;
         }
         planned
     }
@@ -467,8 +512,10 @@ impl Controller {
     pub(crate) async fn set_read_only(&self, name: &str, ro: bool) -> Result<(), VdiskError> {
         self.check_usable()?;
         let id = self.id_of(name)?;
-        let _lock = self.locks.disk(id).await;
-        let bdev = {
+        let _lock = self
+            .lock_disk(id, &format!("setting `{name}` read-only"))
+            .await?;
+        let (bdev, was) = {
             let mut st = self.st.borrow_mut();
             let d = st
                 .disks
@@ -482,14 +529,23 @@ impl Controller {
                     ),
                 });
             }
-            d.rec.read_only = ro;
-            let b = d.bdev.clone();
-            st.changed();
-            b
+            (d.bdev.clone(), d.rec.read_only)
         };
         bdev.set_read_only(ro);
-        // Writes that started before the flag drain before we return.
-        self.command_agents(id, AgentCmd::Barrier, true).await;
+        // Writes that started before the flag drain before the change is recorded; if
+        // they do not in time, the flag goes back and nothing was recorded (a commit
+        // meanwhile cannot persist a change that then fails).
+        if let Err(stall) = self.command_agents(id, AgentCmd::Barrier, true).await {
+            bdev.set_read_only(was);
+            return Err(VdiskError::DrainTimeout(
+                stall.during(format!("setting `{name}` read-only")),
+            ));
+        }
+        let mut st = self.st.borrow_mut();
+        if let Some(d) = st.disks.get_mut(&id) {
+            d.rec.read_only = ro;
+            st.changed();
+        }
         Ok(())
     }
 

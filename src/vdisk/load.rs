@@ -397,6 +397,7 @@ async fn open_labelled(
         dirty_fills: crossbeam_queue::SegQueue::new(),
         cow_default: CowPolicy::from_u8(sb.cow_policy),
         free_segments: std::sync::atomic::AtomicU64::new(0),
+        meta_budget: Default::default(),
         containers,
     });
     let Loaded {

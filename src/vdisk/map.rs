@@ -139,6 +139,11 @@ impl Fill {
         [0, 1, 2, 3].map(|i| self.bits[i].load(Ordering::Acquire))
     }
 
+    /// True if its bits changed since the controller last persisted them.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
     /// Marks the fill dirty; returns true if it was clean (the caller queues it).
     pub fn mark_dirty(&self) -> bool {
         !self.dirty.swap(true, Ordering::AcqRel)

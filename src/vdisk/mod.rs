@@ -48,6 +48,7 @@ pub mod split;
 pub mod table;
 pub mod views;
 
+pub use controller::TimeLimits;
 pub use disk::VDisk;
 pub use lifecycle::DiskInfo;
 pub use load::PoolOptions;
@@ -95,6 +96,10 @@ pub enum VdiskError {
     ReadOnly(String),
     #[error("not enough free space: {need} segments needed, {free} free")]
     NoSpace { need: u64, free: u64 },
+    #[error(
+        "the metadata area is full: {need} pages needed, {free} free; delete disks or snapshots to free some"
+    )]
+    NoMetadataSpace { need: u64, free: u64 },
     #[error("busy: {0}")]
     Busy(String),
     #[error("the pool has failed and refuses changes: {0}")]
@@ -103,10 +108,47 @@ pub enum VdiskError {
     Stopped,
     #[error("quiesce of {0} timed out and was cancelled; nothing was changed")]
     QuiesceTimeout(String),
+    #[error("timed out: {0}")]
+    DrainTimeout(Stall),
     #[error("bdev: {0}")]
     Bdev(#[from] BdevError),
     #[error("no pool found: {0}")]
     NoPool(String),
+}
+
+/// I/O that did not drain within its time limit: what waited, for which disk, on which
+/// cores, how long.
+#[derive(Debug, Clone)]
+pub struct Stall {
+    /// The operation that waited ("snapshot", "delete of the disk", ...).
+    pub waiting: String,
+    pub disk: String,
+    /// The cores whose agents still had the disk's I/O in flight.
+    pub cores: Vec<usize>,
+    pub limit: std::time::Duration,
+}
+
+impl Stall {
+    /// The same stall, as met by operation `what`.
+    pub(crate) fn during(mut self, what: impl Into<String>) -> Stall {
+        self.waiting = what.into();
+        self
+    }
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cores: Vec<String> = self.cores.iter().map(|c| c.to_string()).collect();
+        write!(
+            f,
+            "{}: I/O in flight to `{}` on core {} did not complete within {} ms (a base bdev \
+             is not completing a request); cancelled and undone",
+            self.waiting,
+            self.disk,
+            cores.join(", "),
+            self.limit.as_micros().div_ceil(1000)
+        )
+    }
 }
 
 impl From<IoStatus> for VdiskError {

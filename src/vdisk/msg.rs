@@ -3,7 +3,7 @@
 //! use this module; neither names the other's types through it.
 //!
 //! - Controller → agent: [`AgentCmd`] ("set entries" as a new [`View`], "set entry
-//!   state" as a [`RangeState`] over a range, quiesce/activate, fail, barrier), applied
+//!   state" as a [`RangeState`] over a range, quiesce/activate, fail/resume, barrier), applied
 //!   on the agent's core, optionally with the **blocking flag** (acknowledged once every
 //!   I/O the agent had started before the command has completed).
 //! - Agent → controller: `AgentRequest` (the **mapping faults**, and the other things
@@ -54,6 +54,8 @@ pub enum AgentCmd {
     Activate,
     /// The disk is gone: fail held and new I/O with this status.
     Fail(IoStatus),
+    /// The disk is back (an operation that stopped it was cancelled): serve I/O again.
+    Resume,
     /// Nothing; with the blocking flag, a drain barrier.
     Barrier,
     /// Everything a new agent must know at once: the view, the range states, whether

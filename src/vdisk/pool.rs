@@ -3,7 +3,7 @@
 //! in `shared.rs`; creating and opening one in `load.rs`.)
 
 use super::agent;
-use super::controller::{self, Controller};
+use super::controller::{self, Controller, TimeLimits};
 use super::disk::VDisk;
 use super::lifecycle::DiskInfo;
 use super::load::{self, PoolOptions};
@@ -347,6 +347,17 @@ impl Pool {
         self.on_ctl(move |c| async move {
             let st = c.st.borrow();
             Ok((st.space.free_segments(), st.space.pending_segments()))
+        })
+    }
+
+    /// Sets how long the pool waits for I/O it depends on (see [`TimeLimits`]).
+    pub fn set_time_limits(
+        &self,
+        limits: TimeLimits,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move {
+            c.limits.set(limits);
+            Ok(())
         })
     }
 

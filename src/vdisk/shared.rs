@@ -1,6 +1,6 @@
 //! What every core knows of a pool: the storage containers it is made of and where a
 //! physical segment lives in them, its geometry, the queue of fills the agents changed,
-//! and the port through which agents reach the controller. Built once when the pool
+//! the metadata budget, and the port through which agents reach the controller. Built once when the pool
 //! opens and shared (read-only but for its atomics and queue) by the data path and the
 //! control path alike.
 
@@ -11,7 +11,7 @@ use crate::bdev::{Bdev, IoStatus};
 use crate::reactor::{Cores, RemoteHandle};
 use crossbeam_queue::SegQueue;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use uuid::Uuid;
 
 /// A data container: a base bdev cut into segments.
@@ -54,6 +54,58 @@ pub struct PoolShared {
     pub cow_default: CowPolicy,
     /// Free segments, as of the controller's last update (for listings).
     pub free_segments: AtomicU64,
+    /// Metadata pages that changes may still take before the next commit.
+    pub meta_budget: MetaBudget,
+}
+
+/// The metadata pages the pool may still promise to changes before its next commit, so
+/// that the commit of every change it let through fits in the metadata area (see
+/// `commit.rs`, "Metadata space"). The controller keeps it (free pages less what the
+/// next commit already needs) and takes from it before a change of the table; agents
+/// take from it before the first change of a fill since its last commit (its leaf is
+/// rewritten then). What cannot be taken is refused: no space.
+#[derive(Debug, Default)]
+pub struct MetaBudget {
+    available: AtomicI64,
+    /// Pages the first change of a fill since its last commit may cost: its leaf and
+    /// the leaf's ancestors.
+    fill_cost: AtomicU64,
+}
+
+impl MetaBudget {
+    /// Takes `pages` if that many are available.
+    pub fn try_take(&self, pages: u64) -> bool {
+        let n = pages as i64;
+        self.available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a >= n).then_some(a - n)
+            })
+            .is_ok()
+    }
+
+    /// Takes `pages` whether or not they are available (a change already made).
+    pub fn force_take(&self, pages: u64) {
+        self.available.fetch_sub(pages as i64, Ordering::AcqRel);
+    }
+
+    /// Adds `pages` (the controller's adjustments; negative takes).
+    pub(crate) fn give(&self, pages: i64) {
+        self.available.fetch_add(pages, Ordering::AcqRel);
+    }
+
+    /// Pages available now (negative when changes already made overdrew it).
+    pub fn available(&self) -> i64 {
+        self.available.load(Ordering::Acquire)
+    }
+
+    /// What the first change of a fill since its last commit takes.
+    pub fn fill_cost(&self) -> u64 {
+        self.fill_cost.load(Ordering::Relaxed).max(1)
+    }
+
+    pub(crate) fn set_fill_cost(&self, pages: u64) {
+        self.fill_cost.store(pages, Ordering::Relaxed);
+    }
 }
 
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
@@ -88,6 +140,27 @@ impl PoolShared {
             .iter()
             .map(|c| c.segments - c.reserved)
             .sum()
+    }
+
+    /// Changes `fill` (sets or clears granules, as `change` does) within the metadata
+    /// budget, and queues it for the next commit. The first change since the fill was
+    /// last committed takes its cost from the budget; if that is spent, nothing changes
+    /// and the answer is false (no space). A fill that was queued when looked at but
+    /// committed before the change costs again, taken regardless (the budget keeps a
+    /// little slack for that race).
+    pub(crate) fn change_fill(&self, fill: &Arc<Fill>, change: impl FnOnce(&Fill) -> bool) -> bool {
+        let cost = self.meta_budget.fill_cost();
+        let charged = !fill.is_dirty();
+        if charged && !self.meta_budget.try_take(cost) {
+            return false;
+        }
+        if change(fill) && fill.mark_dirty() {
+            if !charged {
+                self.meta_budget.force_take(cost);
+            }
+            self.dirty_fills.push(fill.clone());
+        }
+        true
     }
 
     /// Sends an agent's request to the pool's controller (see [`ControllerPort`]).

@@ -13,12 +13,14 @@
 //! origin does, so that should it be made writable again it copies on write too.
 
 use super::VdiskError;
+use super::commit::dir_pages_for;
 use super::controller::{Controller, DiskCtl, Quiesce, unix_now, validate_name};
 use super::disk::VDisk;
 use super::meta::NO_PAGE;
 use super::meta::directory::{DiskKind, DiskRecord, JobRecord};
 use super::msg::AgentCmd;
-use crate::reactor;
+use super::views::until;
+use crate::reactor::{self, Nanos};
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -33,9 +35,40 @@ impl Controller {
         disks: Vec<u64>,
         limit: Duration,
     ) -> Result<u64, VdiskError> {
+        self.quiesce_until(disks, reactor::now().after(limit)).await
+    }
+
+    /// Quiesces `disks` until `deadline` at most. If what is in flight has not drained
+    /// by then (a stuck request), the quiesce is cancelled — every disk resumes at once —
+    /// and fails with the stall; else it holds I/O until activated or until the deadline.
+    pub(crate) async fn quiesce_until(
+        &self,
+        disks: Vec<u64>,
+        deadline: Nanos,
+    ) -> Result<u64, VdiskError> {
         let expired = Rc::new(Cell::new(false));
-        for &d in &disks {
-            self.command_agents(d, AgentCmd::Quiesce, true).await;
+        // All disks at once: none holds I/O longer than the slowest drain.
+        let drains: Vec<_> = disks
+            .iter()
+            .map(|&d| {
+                let me = self.rc();
+                reactor::spawn_local(async move {
+                    me.command_agents_until(d, AgentCmd::Quiesce, true, deadline)
+                        .await
+                })
+            })
+            .collect();
+        let mut stall = None;
+        for t in drains {
+            if let Err(s) = t.await {
+                stall.get_or_insert(s);
+            }
+        }
+        if let Some(s) = stall {
+            for &d in &disks {
+                let _ = self.command_agents(d, AgentCmd::Activate, false).await;
+            }
+            return Err(VdiskError::DrainTimeout(s.during("quiesce")));
         }
         let id = {
             let mut q = self.quiesces.borrow_mut();
@@ -43,14 +76,14 @@ impl Controller {
             let me = self.rc();
             let exp = expired.clone();
             let timer = reactor::spawn_local(async move {
-                reactor::sleep(limit).await;
+                reactor::sleep_until(deadline).await;
                 if let Some(q) = me.quiesces.borrow_mut().remove(&id) {
                     exp.set(true);
                     tracing::warn!(pool = %me.shared.name, id, "quiesce time limit reached: cancelled, I/O resumes");
                     for d in q.disks {
                         let me2 = me.clone();
                         reactor::spawn_local(async move {
-                            me2.command_agents(d, AgentCmd::Activate, false).await
+                            let _ = me2.command_agents(d, AgentCmd::Activate, false).await;
                         })
                         .detach();
                     }
@@ -77,14 +110,16 @@ impl Controller {
         };
         q.timer.take();
         for d in q.disks {
-            self.command_agents(d, AgentCmd::Activate, false).await;
+            let _ = self.command_agents(d, AgentCmd::Activate, false).await;
         }
         Ok(())
     }
 
     /// Snapshots each origin as the paired name, all at one point in time. With more
-    /// than one origin (a consistency group) the disks are quiesced first, with
-    /// `limit` as the time limit.
+    /// than one origin (a consistency group) the disks are quiesced first. `limit`
+    /// bounds the whole wait for the origins' I/O (the quiesce, the drain of earlier
+    /// writes): past it the snapshot is cancelled and undone — no snapshot, the origins
+    /// serve I/O as before — and fails with the stall.
     pub(crate) async fn snapshot(
         &self,
         pairs: Vec<(String, String)>,
@@ -128,29 +163,65 @@ impl Controller {
                 origins.push(id);
             }
         }
-        let _locks = self.locks.disks(origins.clone()).await;
+        let deadline = reactor::now().after(limit);
+        let Some(_locks) = until(deadline, self.locks.disks(origins.clone())).await else {
+            return Err(VdiskError::Busy(format!(
+                "snapshot: operations on {} still running after {} ms; try again",
+                names_of(&pairs),
+                limit.as_millis()
+            )));
+        };
+        // Metadata for the new directory records (the tables are shared: no pages).
+        let _meta = {
+            let n = self.st.borrow().disks.len();
+            self.reserve_meta(dir_pages_for(n + pairs.len()) - dir_pages_for(n))?
+        };
         let group = origins.len() > 1;
         let q = if group {
-            Some(self.quiesce(origins.clone(), limit).await?)
+            Some(self.quiesce_until(origins.clone(), deadline).await?)
         } else {
             None
         };
         // One generation for the whole group: one point in time.
-        let gen_now = {
+        let (gen_now, before) = {
             let mut st = self.st.borrow_mut();
             let g = st.generation;
             st.generation += 1;
+            let mut before = Vec::new();
             for id in &origins {
                 if let Some(d) = st.disks.get_mut(id) {
+                    before.push((*id, d.rec.snap_gen));
                     d.rec.snap_gen = g;
                 }
             }
             st.changed();
-            g
+            (g, before)
         };
         // Every earlier write drains; later ones fault on the shared extents.
-        for &id in &origins {
-            self.push_view(id, true).await;
+        for (&id, (o, _)) in origins.iter().zip(&pairs) {
+            if let Err(mut stall) = self.push_view_until(id, true, deadline).await {
+                stall.limit = limit;
+                // Cancelled: nothing is shared yet, so the origins' extents become
+                // writable again as they were, and their agents learn it at once.
+                {
+                    let mut st = self.st.borrow_mut();
+                    for &(id, g) in &before {
+                        if let Some(d) = st.disks.get_mut(&id) {
+                            d.rec.snap_gen = g;
+                        }
+                    }
+                    st.changed();
+                }
+                for &id in &origins {
+                    let _ = self.push_view(id, false).await;
+                }
+                if let Some(qid) = q {
+                    let _ = self.activate(qid).await;
+                }
+                return Err(VdiskError::DrainTimeout(
+                    stall.during(format!("snapshot of `{o}`")),
+                ));
+            }
         }
         if let Some(qid) = q
             && self
@@ -223,6 +294,7 @@ impl Controller {
             };
             out.push(bdev);
         }
+        self.update_free();
         if let Some(qid) = q {
             self.activate(qid).await?;
         }
@@ -239,6 +311,10 @@ impl Controller {
         validate_name(name)?;
         let sid = self.id_of(snapshot)?;
         let _lock = self.locks.disk(sid).await;
+        let _meta = {
+            let n = self.st.borrow().disks.len();
+            self.reserve_meta(dir_pages_for(n + 1) - dir_pages_for(n))?
+        };
         let bdev = {
             let mut st = self.st.borrow_mut();
             if let Some(f) = &st.failed {
@@ -295,10 +371,17 @@ impl Controller {
             st.changed();
             bdev
         };
+        self.update_free();
         // The source's agents learn the raised generation before anyone can clear its
         // read-only flag (that takes the lock held here).
-        self.push_view(sid, false).await;
+        let _ = self.push_view(sid, false).await;
         tracing::info!(pool = %self.shared.name, snapshot, clone = name, "clone created");
         Ok(bdev)
     }
+}
+
+/// The origins of `pairs`, for messages.
+fn names_of(pairs: &[(String, String)]) -> String {
+    let names: Vec<String> = pairs.iter().map(|(o, _)| format!("`{o}`")).collect();
+    names.join(", ")
 }

@@ -390,15 +390,13 @@ impl Controller {
             done.push(t.await);
         }
         for (one, prefix, seg, fill, r) in done {
-            match r {
-                Ok(()) => self.adopt_copy(disk, &one, prefix, seg, fill),
-                Err(e) => {
-                    self.st.borrow_mut().space.unalloc_segment(seg);
-                    status = status.worst(e);
-                }
+            let r = r.and_then(|()| self.adopt_copy(disk, &one, prefix, seg, fill));
+            if let Err(e) = r {
+                self.st.borrow_mut().space.unalloc_segment(seg);
+                status = status.worst(e);
             }
         }
-        self.push_view(disk, false).await;
+        let _ = self.push_view(disk, false).await;
         drop(locks);
         self.update_free();
         status
@@ -437,7 +435,10 @@ impl Controller {
             let Some(fill) = top.fill.clone() else {
                 return IoStatus::Success;
             };
-            self.fence_writes(disk, vseg, true).await;
+            if self.fence_writes(disk, vseg, true).await.is_err() {
+                let _ = self.fence_writes(disk, vseg, false).await;
+                return IoStatus::Aborted;
+            }
             let below = Extent {
                 layers: copy_from.layers[1..].iter().cloned().collect(),
                 ..one.clone()
@@ -478,18 +479,22 @@ impl Controller {
                     fill: if full { None } else { Some(fill.clone()) },
                 }];
                 layers.extend(suffix);
-                self.set_extents(
-                    disk,
-                    vseg,
-                    vseg + 1,
-                    vec![Extent {
-                        layers,
-                        ..one.clone()
-                    }],
-                );
-                self.push_view(disk, false).await;
+                let ext = Extent {
+                    layers,
+                    ..one.clone()
+                };
+                if self
+                    .try_set_extents(disk, vseg, vseg + 1, vec![ext])
+                    .is_ok()
+                {
+                    let _ = self.push_view(disk, false).await;
+                } else {
+                    // The granules copied stay held only in memory: what they show is
+                    // what the layers below hold, so nothing is lost if they are not.
+                    status = IoStatus::CapacityExceeded;
+                }
             }
-            self.fence_writes(disk, vseg, false).await;
+            let _ = self.fence_writes(disk, vseg, false).await;
             self.update_free();
             return status;
         }
@@ -502,21 +507,35 @@ impl Controller {
             self.st.borrow_mut().space.unalloc_segment(seg);
             return e;
         }
-        self.adopt_copy(disk, &one, prefix, seg, fill);
-        self.push_view(disk, false).await;
+        if let Err(e) = self.adopt_copy(disk, &one, prefix, seg, fill) {
+            self.st.borrow_mut().space.unalloc_segment(seg);
+            return e;
+        }
+        let _ = self.push_view(disk, false).await;
         self.update_free();
         IoStatus::Success
     }
 
     /// Puts segment `seg`, just filled (`fill`) from the first `prefix` layers of `one`,
     /// in their place in `disk`'s table — or the zero state when nothing was copied and
-    /// no layer is left below (all zeros need no segment). The caller pushes the view.
-    fn adopt_copy(&self, disk: u64, one: &Extent, prefix: usize, seg: u64, fill: Arc<Fill>) {
+    /// no layer is left below (all zeros need no segment). The caller pushes the view;
+    /// if the metadata area has no room for the change, nothing changes and the caller
+    /// takes `seg` back.
+    fn adopt_copy(
+        &self,
+        disk: u64,
+        one: &Extent,
+        prefix: usize,
+        seg: u64,
+        fill: Arc<Fill>,
+    ) -> Result<(), IoStatus> {
+        let no_space = |_| IoStatus::CapacityExceeded;
         let suffix = &one.layers[prefix..];
         if suffix.is_empty() && fill.is_empty() {
+            self.try_set_extents(disk, one.vseg, one.vseg + 1, Vec::new())
+                .map_err(no_space)?;
             self.st.borrow_mut().space.unalloc_segment(seg);
-            self.set_extents(disk, one.vseg, one.vseg + 1, Vec::new());
-            return;
+            return Ok(());
         }
         let full = suffix.is_empty() && fill.is_full(self.shared.geo.granules);
         let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
@@ -525,7 +544,7 @@ impl Controller {
         }];
         layers.extend(suffix.iter().cloned());
         let generation = self.st.borrow().generation;
-        self.set_extents(
+        self.try_set_extents(
             disk,
             one.vseg,
             one.vseg + 1,
@@ -536,6 +555,7 @@ impl Controller {
                 birth: generation,
                 layers,
             }],
-        );
+        )
+        .map_err(no_space)
     }
 }

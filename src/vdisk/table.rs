@@ -78,10 +78,15 @@ pub trait RefCounts {
     fn seg_add(&mut self, seg: PhysSeg, delta: i64);
     /// A metadata page is no longer referenced by the live state.
     fn page_free(&mut self, page: u64);
+    /// A node was built: it needs a metadata page at the next commit.
+    fn node_built(&mut self) {}
+    /// A node built since the last commit went away before it got a page.
+    fn unwritten_freed(&mut self) {}
 }
 
 impl Node {
     fn build(kind: NodeKind, rc: &mut dyn RefCounts) -> Arc<Node> {
+        rc.node_built();
         match &kind {
             NodeKind::Internal { children, .. } => {
                 for c in children {
@@ -177,6 +182,8 @@ impl Node {
         let p = self.page();
         if p != NO_PAGE {
             rc.page_free(p);
+        } else {
+            rc.unwritten_freed();
         }
     }
 

@@ -409,7 +409,8 @@ fn check_blocking_flag(set: ReactorSet, base: Arc<dyn Bdev>, pool: Pool, disk: A
                 },
                 true,
             )
-            .await;
+            .await
+            .unwrap();
             Ok(())
         }))
         .unwrap();
@@ -432,7 +433,8 @@ fn check_blocking_flag(set: ReactorSet, base: Arc<dyn Bdev>, pool: Pool, disk: A
                 },
                 false,
             )
-            .await;
+            .await
+            .unwrap();
             Ok(())
         }))
         .unwrap();
@@ -849,6 +851,400 @@ fn snapshot_racing_the_delete_of_its_origin_fails_cleanly() {
     assert!(matches!(snap, Err(VdiskError::NotFound(_))), "{snap:?}");
     assert!(block_on(pool.list()).unwrap().is_empty(), "nothing is left");
     block_on(pool.close()).unwrap();
+}
+
+/// Waits for `fut` on a helper thread for at most `limit`: a hang fails the test instead
+/// of holding it.
+fn wait<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(block_on(fut));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// Reads `n` blocks from `from` of `disk` on `core`; each must hold `v` in every byte.
+fn expect_blocks(set: &ReactorSet, core: usize, disk: &Arc<dyn Bdev>, from: u64, n: u64, v: u8) {
+    let d = disk.clone();
+    let got = on(set, core, move || async move {
+        Channel::get(&d)
+            .unwrap()
+            .read(from, n)
+            .await
+            .unwrap()
+            .to_vec()
+    });
+    for (i, b) in got.chunks(4096).enumerate() {
+        assert!(
+            b.iter().all(|&x| x == v),
+            "block {} holds {:#x}, expected {v:#x}",
+            from + i as u64,
+            b[0]
+        );
+    }
+}
+
+/// A write-zeroes or unmap with force-unit-access is durable when it completes, as a FUA
+/// write is: after a power loss the range still reads zero — in part of a segment
+/// (granules cleared), over a whole segment (returned to the zero state) and in a
+/// segment it zeroes in place. (The crash-point sweeps `FUA write-zeroes` and `FUA
+/// unmap` found the old data back.)
+#[test]
+fn fua_write_zeroes_and_unmap_are_durable_when_they_complete() {
+    let set = reactors(2);
+    let cache = ErrorBdev::create("e0", malloc("m0", 64), true).unwrap();
+    let pool = new_pool(&set, cache.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 8 << 20, true)).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        let ch = Channel::get(&d).unwrap();
+        // Segments 0..3, made durable.
+        ch.write(0, pattern(0x11, 3 << 20)).await.unwrap();
+        ch.flush().await.unwrap();
+        let fua = |io: BdevIo| io.with_fua(true);
+        for io in [
+            fua(BdevIo::write_zeroes(10, 20)),
+            fua(BdevIo::unmap(256, 256)),
+            fua(BdevIo::unmap(520, 30)),
+        ] {
+            let (_, st) = ch.io(io).await;
+            assert_eq!(st, IoStatus::Success);
+        }
+    });
+    // Power fails: nothing but what a completed flush or FUA covered survives.
+    block_on(pool.crash_stop()).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    drop(disk);
+    cache.power_loss();
+    let pool = block_on(Pool::open(
+        set.cores(),
+        0,
+        vec![cache.clone() as Arc<dyn Bdev>],
+    ))
+    .unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.disk("vd0")).unwrap();
+    for (from, n, v) in [
+        (0, 10, 0x11),
+        (10, 20, 0),
+        (30, 226, 0x11),
+        (256, 256, 0),
+        (512, 8, 0x11),
+        (520, 30, 0),
+        (550, 218, 0x11),
+    ] {
+        expect_blocks(&set, 1, &disk, from, n, v);
+    }
+    block_on(pool.close()).unwrap();
+}
+
+/// How long a test waits (real time) for what must not hang: far beyond the time
+/// limits, so that a slow, loaded machine does not fail the test, while a hang still does.
+const HANG: Duration = Duration::from_secs(20);
+
+/// Small time limits, so that a stuck request outlasts them many times over.
+fn short_limits() -> controller::TimeLimits {
+    controller::TimeLimits {
+        drain: Duration::from_millis(300),
+        commit_drain: Duration::from_millis(300),
+    }
+}
+
+/// Holds the next write that core 1 sends to `slow` for `hold` (and, behind it, every
+/// later request of core 1 to it): a base bdev that does not complete a request. Returns
+/// the stuck write (block 1 of `disk`, whose segment is allocated first).
+fn stuck_write_on_core_1(
+    set: &ReactorSet,
+    slow: &ErrorBdev,
+    disk: &Arc<dyn Bdev>,
+    hold: Duration,
+) -> crate::reactor::RemoteHandle<Result<(), IoStatus>> {
+    let d = disk.clone();
+    on(set, 1, move || async move {
+        write_byte(&d, 0, 0x11).await.unwrap()
+    });
+    slow.set_submit_delay(IoKind::Write, hold);
+    let d = disk.clone();
+    let stuck = set
+        .cores()
+        .spawn_on(1, move || async move { write_byte(&d, 1, 0x22).await });
+    std::thread::sleep(Duration::from_millis(50));
+    slow.set_submit_delay(IoKind::Write, Duration::ZERO);
+    stuck
+}
+
+/// One stuck I/O (a base bdev that holds a write far longer than the time limits) must not
+/// freeze the pool: a snapshot whose drain cannot finish fails within its limit with an
+/// error naming the disk, the core and the time, and leaves nothing behind (no snapshot,
+/// no quiesced or write-fenced disk); a flush still answers — its commit is durable —
+/// while the space freed before it stays unreusable; once the I/O completes, everything
+/// works again.
+#[test]
+fn a_stuck_io_fails_snapshots_and_delays_reuse_but_hangs_nothing() {
+    let (set, slow, pool, disk) = slow_thin_disk(4096);
+    let vd1: Arc<dyn Bdev> = block_on(pool.create_disk("vd1", 8 << 20, true)).unwrap();
+    wait("set limits", HANG, pool.set_time_limits(short_limits())).unwrap();
+    let d = disk.clone();
+    on(&set, 0, move || async move {
+        write_byte(&d, 256, 0x44).await.unwrap()
+    });
+    let stuck = stuck_write_on_core_1(&set, &slow, &disk, Duration::from_secs(4));
+    let limit = Duration::from_millis(300);
+
+    // A snapshot: its drain times out; it fails with a precise error, undone.
+    let t0 = std::time::Instant::now();
+    let e = wait(
+        "a snapshot during a stuck write",
+        HANG,
+        pool.snapshot(vec![("vd0".into(), "s0".into())], limit),
+    )
+    .err()
+    .expect("the snapshot fails");
+    assert!(t0.elapsed() < HANG, "{:?}", t0.elapsed());
+    assert!(matches!(e, VdiskError::DrainTimeout(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("`vd0`") && msg.contains("core 1") && msg.contains("300 ms"),
+        "{msg}"
+    );
+    let list = block_on(pool.list()).unwrap();
+    assert!(list.iter().all(|d| d.name != "s0"), "{list:?}");
+    let vd0 = list.iter().find(|d| d.name == "vd0").unwrap();
+    assert_eq!(vd0.shared_segments, 0, "vd0 is left write-fenced: {vd0:?}");
+    // vd0 serves I/O on core 0 at once, writes in place (no copy-on-write fault left).
+    let d = disk.clone();
+    wait(
+        "a write to vd0 on core 0",
+        HANG,
+        set.cores()
+            .spawn_on(0, move || async move { write_byte(&d, 257, 0x55).await }),
+    )
+    .unwrap()
+    .unwrap();
+
+    // A consistency group: the quiesce's drain times out; both disks are released.
+    let e = wait(
+        "a group snapshot during a stuck write",
+        HANG,
+        pool.snapshot(
+            vec![("vd0".into(), "g0".into()), ("vd1".into(), "g1".into())],
+            limit,
+        ),
+    )
+    .err()
+    .expect("the group snapshot fails");
+    assert!(matches!(e, VdiskError::DrainTimeout(_)), "{e}");
+    let v = vd1.clone();
+    wait(
+        "a write to vd1 after the failed group snapshot",
+        HANG,
+        set.cores()
+            .spawn_on(0, move || async move { write_byte(&v, 0, 0x66).await }),
+    )
+    .unwrap()
+    .unwrap();
+    let d = disk.clone();
+    let b = wait(
+        "a read of vd0 after the failed group snapshot",
+        HANG,
+        set.cores()
+            .spawn_on(0, move || async move { read_byte(&d, 257).await }),
+    )
+    .unwrap();
+    assert_eq!(b, 0x55);
+
+    // A flush: durable at once, but what it freed (segment 1, unmapped) stays held while
+    // the stuck write might still be in flight.
+    let d = disk.clone();
+    on(&set, 0, move || async move {
+        Channel::get(&d).unwrap().unmap(256, 256).await.unwrap()
+    });
+    let t0 = std::time::Instant::now();
+    wait("a commit during a stuck write", HANG, pool.commit()).unwrap();
+    assert!(t0.elapsed() < HANG, "{:?}", t0.elapsed());
+    let (_, pending) = block_on(pool.free_space()).unwrap();
+    assert!(
+        pending >= 1,
+        "space freed before the stuck write was made reusable"
+    );
+
+    // The stuck write completes: the freed space comes back, snapshots work.
+    wait("the stuck write", HANG, stuck).unwrap().unwrap();
+    wait("a commit", HANG, pool.commit()).unwrap();
+    let mut pending = u64::MAX;
+    for _ in 0..100 {
+        pending = block_on(pool.free_space()).unwrap().1;
+        if pending == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        pending, 0,
+        "the freed segment was released once the I/O drained"
+    );
+    wait(
+        "a snapshot after the stuck write completed",
+        HANG,
+        pool.snapshot(vec![("vd0".into(), "s1".into())], limit),
+    )
+    .unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        assert_eq!(read_byte(&d, 1).await, 0x22);
+        write_byte(&d, 2, 0x77).await.unwrap();
+        assert_eq!(read_byte(&d, 2).await, 0x77);
+    });
+    wait("close", HANG, pool.close()).unwrap();
+}
+
+/// Deleting a disk with a stuck I/O times out and leaves the disk as it was (serving
+/// I/O); closing the pool does not hang on it either; once the I/O completes the delete
+/// succeeds.
+#[test]
+fn delete_and_close_with_a_stuck_io_time_out_instead_of_hanging() {
+    let (set, slow, pool, disk) = slow_thin_disk(4096);
+    wait("set limits", HANG, pool.set_time_limits(short_limits())).unwrap();
+    let stuck = stuck_write_on_core_1(&set, &slow, &disk, Duration::from_secs(5));
+    let e = wait(
+        "a delete during a stuck write",
+        HANG,
+        pool.delete_disk("vd0"),
+    )
+    .unwrap_err();
+    assert!(matches!(e, VdiskError::DrainTimeout(_)), "{e}");
+    assert!(e.to_string().contains("`vd0`"), "{e}");
+    let d = disk.clone();
+    wait(
+        "a write to vd0 after the failed delete",
+        HANG,
+        set.cores()
+            .spawn_on(0, move || async move { write_byte(&d, 3, 0x33).await }),
+    )
+    .unwrap()
+    .unwrap();
+    wait("the stuck write", HANG, stuck).unwrap().unwrap();
+    wait("a delete", HANG, pool.delete_disk("vd0")).unwrap();
+    // A new stuck write: closing the pool answers within its limits.
+    let vd1: Arc<dyn Bdev> = block_on(pool.create_disk("vd1", 8 << 20, true)).unwrap();
+    let _stuck = stuck_write_on_core_1(&set, &slow, &vd1, Duration::from_secs(5));
+    wait("close during a stuck write", HANG, pool.close()).unwrap();
+}
+
+/// True for the error that says the metadata area is full.
+fn metadata_full(e: &VdiskError) -> bool {
+    matches!(e, VdiskError::NoMetadataSpace { .. })
+}
+
+/// A full metadata area refuses what needs new metadata pages — creating disks and
+/// snapshots, allocating segments — with a precise no-space error, and nothing else:
+/// the pool keeps committing, what is allocated keeps reading and writing, deleting
+/// disks frees pages for new ones, and the pool reopens clean.
+#[test]
+fn a_full_metadata_area_refuses_new_metadata_and_the_pool_keeps_working() {
+    let set = reactors(2);
+    let base = malloc("m0", 64);
+    let mut opts = PoolOptions::new("p0");
+    opts.segment_bytes = 64 << 10;
+    // 80 pages: 2 for the space map, 78 for table nodes and the directory.
+    opts.metadata_bytes = Some(320 << 10);
+    let pool = block_on(Pool::create(set.cores(), 0, vec![base.clone()], None, opts)).unwrap();
+    // Thin disks, each with one written segment (a leaf page of its own), committed each
+    // time, until the metadata area refuses.
+    let mut made: Vec<(String, Arc<dyn Bdev>, u8)> = Vec::new();
+    let mut refused = None;
+    for i in 0..200u32 {
+        let name = format!("d{i}");
+        let v = (i % 250) as u8 + 1;
+        match block_on(pool.create_disk(&name, 1 << 20, true)) {
+            Ok(d) => {
+                let d: Arc<dyn Bdev> = d;
+                let d2 = d.clone();
+                match on(&set, 1, move || async move { write_byte(&d2, 0, v).await }) {
+                    Ok(()) => made.push((name, d, v)),
+                    Err(st) => {
+                        assert_eq!(st, IoStatus::CapacityExceeded, "write to {name}");
+                        refused = Some(format!("the first write to {name}"));
+                        made.push((name, d, 0));
+                    }
+                }
+            }
+            Err(e) => {
+                assert!(metadata_full(&e), "creating {name}: {e}");
+                refused = Some(format!("creating {name}: {e}"));
+            }
+        }
+        block_on(pool.commit()).unwrap();
+        if refused.is_some() {
+            break;
+        }
+    }
+    let refused = refused.expect("the metadata area never filled up");
+    eprintln!("{} disks made; refused: {refused}", made.len());
+    assert!(
+        made.len() > 20,
+        "refused too early ({refused}) after {}",
+        made.len()
+    );
+    // A snapshot needs a directory record: refused for lack of metadata space, or
+    // taken; never a failed pool.
+    let snapped =
+        match block_on(pool.snapshot(vec![("d0".into(), "s0".into())], Duration::from_secs(1))) {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(metadata_full(&e), "snapshot: {e}");
+                false
+            }
+        };
+    // The pool still commits; allocated space reads and overwrites (but for a write
+    // to the snapshotted disk, which needs a copy-on-write, and so metadata).
+    block_on(pool.commit()).unwrap();
+    for (i, (_, d, v)) in made.iter().enumerate() {
+        let (d, v) = (d.clone(), *v);
+        let cow = i == 0 && snapped;
+        on(&set, 0, move || async move {
+            assert_eq!(read_byte(&d, 0).await, v);
+            if v != 0 {
+                let w = v.wrapping_add(100);
+                match write_byte(&d, 0, w).await {
+                    Ok(()) => assert_eq!(read_byte(&d, 0).await, w),
+                    Err(st) => assert!(cow && st == IoStatus::CapacityExceeded, "{st:?}"),
+                }
+            }
+        });
+    }
+    block_on(pool.commit()).unwrap();
+    // Deleting disks frees their pages (after the commits that release them).
+    for (name, _, _) in made.drain(..10) {
+        block_on(pool.delete_disk(&name)).unwrap();
+    }
+    block_on(pool.commit()).unwrap();
+    block_on(pool.commit()).unwrap();
+    let again: Arc<dyn Bdev> = block_on(pool.create_disk("again", 1 << 20, true)).unwrap();
+    let a = again.clone();
+    on(&set, 1, move || async move {
+        write_byte(&a, 3, 0xa5).await.unwrap();
+        Channel::get(&a).unwrap().flush().await.unwrap();
+    });
+    block_on(pool.close()).unwrap();
+    drop((made, again));
+    // Reopens with everything in place, and checks clean.
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let again: Arc<dyn Bdev> = block_on(pool.disk("again")).unwrap();
+    on(&set, 0, move || async move {
+        assert_eq!(read_byte(&again, 3).await, 0xa5)
+    });
+    block_on(pool.close()).unwrap();
+    let report = on(
+        &set,
+        0,
+        move || async move { check::check(vec![base]).await },
+    );
+    assert!(report.clean(), "{:#?}", report.errors);
 }
 
 mod resize;

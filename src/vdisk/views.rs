@@ -10,16 +10,57 @@
 //! command has completed. An agent that appears later gets everything at once
 //! ([`AgentCmd::Init`]).
 //!
+//! **Time limits.** Nothing waits forever (DESIGN.md): a drain waits for I/O the agents
+//! started, which a stuck base bdev may never complete. Every wait for the agents ends
+//! at a deadline (`TimeLimits::drain` unless the operation has its own, e.g. a
+//! snapshot's quiesce limit) with a [`Stall`] naming the disk, the cores still draining
+//! and the time waited; the caller undoes what it did and fails with it. The drain
+//! itself goes on in the background on the agents' cores and holds nothing.
+//!
 //! **Requests.** Agents reach the controller through `PORT`, which this side fills
 //! in: their requests (mapping faults, commits, punches) run on the controller's core
 //! and are answered with an I/O status.
 
+use super::Stall;
 use super::agent;
 use super::controller::{Controller, DiskCtl, lookup};
 use super::msg::{AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState, View};
 use crate::bdev::IoStatus;
-use crate::reactor::{self, Cores, RemoteHandle};
+use crate::reactor::{self, Cores, Nanos, RemoteHandle};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
+
+/// What a command is, for messages.
+fn describe(cmd: &AgentCmd) -> &'static str {
+    match cmd {
+        AgentCmd::SetView(_) => "pushing a view",
+        AgentCmd::SetState { .. } => "setting a range state",
+        AgentCmd::Quiesce => "quiesce",
+        AgentCmd::Activate => "activate",
+        AgentCmd::Fail(_) => "stopping the agents",
+        AgentCmd::Resume => "resuming the agents",
+        AgentCmd::Barrier => "drain barrier",
+        AgentCmd::Init { .. } => "init",
+    }
+}
+
+/// Runs `fut` until reactor time `deadline`: its output, or `None` if the deadline came
+/// first (`fut` is dropped then).
+pub(crate) async fn until<F: Future>(deadline: Nanos, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut timer = std::pin::pin!(reactor::sleep_until(deadline));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
 
 impl Controller {
     /// The view agents of `disk` should have now.
@@ -31,10 +72,31 @@ impl Controller {
         })
     }
 
-    /// Sends `cmd` to every agent of `disk` and waits for their acknowledgements. The
-    /// disk remembers the state it sets, for agents that register later.
-    pub(crate) async fn command_agents(&self, disk: u64, cmd: AgentCmd, blocking: bool) {
-        let cores: Vec<usize> = match self.st.borrow_mut().disks.get_mut(&disk) {
+    /// Sends `cmd` to every agent of `disk` and waits for their acknowledgements, at
+    /// most the drain time limit (see the module doc). The disk remembers the state it
+    /// sets, for agents that register later; a command is applied at once on every
+    /// core, so only the wait (the drain, with `blocking`) can run out of time.
+    pub(crate) async fn command_agents(
+        &self,
+        disk: u64,
+        cmd: AgentCmd,
+        blocking: bool,
+    ) -> Result<(), Stall> {
+        let deadline = reactor::now().after(self.limits.get().drain);
+        self.command_agents_until(disk, cmd, blocking, deadline)
+            .await
+    }
+
+    /// [`Controller::command_agents`], waiting until `deadline` at most.
+    pub(crate) async fn command_agents_until(
+        &self,
+        disk: u64,
+        cmd: AgentCmd,
+        blocking: bool,
+        deadline: Nanos,
+    ) -> Result<(), Stall> {
+        let start = reactor::now();
+        let (cores, name): (Vec<usize>, String) = match self.st.borrow_mut().disks.get_mut(&disk) {
             Some(d) => {
                 match &cmd {
                     AgentCmd::SetState { from, to, state } => {
@@ -46,66 +108,110 @@ impl Controller {
                     AgentCmd::Quiesce => d.quiesced = true,
                     AgentCmd::Activate => d.quiesced = false,
                     AgentCmd::Fail(st) => d.failed = Some(*st),
+                    AgentCmd::Resume => d.failed = None,
                     AgentCmd::SetView(_) | AgentCmd::Barrier | AgentCmd::Init { .. } => {}
                 }
-                d.agents.iter().copied().collect()
+                (d.agents.iter().copied().collect(), d.rec.name.clone())
             }
-            None => return,
+            None => return Ok(()),
         };
         let pool = self.shared.id;
         let handles: Vec<_> = cores
             .into_iter()
             .map(|core| {
                 let cmd = cmd.clone();
-                self.shared
+                let h = self
+                    .shared
                     .cores
-                    .spawn_on(core, move || agent::apply(pool, disk, cmd, blocking))
+                    .spawn_on(core, move || agent::apply(pool, disk, cmd, blocking));
+                (core, h)
             })
             .collect();
-        for h in handles {
-            let _ = h.await;
+        let mut late = Vec::new();
+        for (core, h) in handles {
+            if until(deadline, h).await.is_none() {
+                late.push(core);
+            }
         }
+        if late.is_empty() {
+            return Ok(());
+        }
+        let stall = Stall {
+            waiting: describe(&cmd).to_string(),
+            disk: name,
+            cores: late,
+            limit: deadline.since(start),
+        };
+        tracing::warn!(pool = %self.shared.name, disk = %stall.disk, cores = ?stall.cores,
+            waited_ms = stall.limit.as_millis() as u64, blocking,
+            "the disk's agents did not drain in time");
+        Err(stall)
     }
 
     /// Fences writes to virtual segment `vseg` of `disk` off (`true`: they fault and
-    /// wait, and the ones in flight have drained when this returns) or lets them
-    /// through again (`false`). The caller holds the segment's lock.
-    pub(crate) async fn fence_writes(&self, disk: u64, vseg: u64, fenced: bool) {
+    /// wait, and the ones in flight have drained when this returns `Ok`) or lets them
+    /// through again (`false`). The caller holds the segment's lock; if the drain runs
+    /// out of time, it lifts the fence again (writes in flight may still land).
+    pub(crate) async fn fence_writes(
+        &self,
+        disk: u64,
+        vseg: u64,
+        fenced: bool,
+    ) -> Result<(), Stall> {
         let cmd = AgentCmd::SetState {
             from: vseg,
             to: vseg + 1,
             state: fenced.then_some(RangeState::NoWrite),
         };
-        self.command_agents(disk, cmd, fenced).await;
+        self.command_agents(disk, cmd, fenced).await
     }
 
     /// Pushes the disk's current table to its agents ("set entries").
-    pub(crate) async fn push_view(&self, disk: u64, blocking: bool) {
+    pub(crate) async fn push_view(&self, disk: u64, blocking: bool) -> Result<(), Stall> {
+        let deadline = reactor::now().after(self.limits.get().drain);
+        self.push_view_until(disk, blocking, deadline).await
+    }
+
+    /// [`Controller::push_view`], waiting until `deadline` at most.
+    pub(crate) async fn push_view_until(
+        &self,
+        disk: u64,
+        blocking: bool,
+        deadline: Nanos,
+    ) -> Result<(), Stall> {
         let view = {
             let mut st = self.st.borrow_mut();
             let Some(d) = st.disks.get_mut(&disk) else {
-                return;
+                return Ok(());
             };
             d.version += 1;
             self.view_of(d)
         };
-        self.command_agents(disk, AgentCmd::SetView(view), blocking)
-            .await;
+        self.command_agents_until(disk, AgentCmd::SetView(view), blocking, deadline)
+            .await
     }
 
-    /// A blocking no-op to every agent of every disk: returns when every I/O started
-    /// anywhere in the pool before the call has completed.
-    pub(crate) async fn barrier_all(&self) {
-        let disks: Vec<u64> = self.st.borrow().disks.keys().copied().collect();
-        let mut tasks = Vec::new();
-        for d in disks {
-            let me = self.rc();
-            tasks.push(reactor::spawn_local(async move {
-                me.command_agents(d, AgentCmd::Barrier, true).await
-            }));
-        }
-        for t in tasks {
-            t.await;
+    /// Starts a blocking no-op on every agent of every disk now; the future resolves
+    /// when every I/O started anywhere in the pool before the call has completed — which
+    /// a stuck request can delay without end: the caller decides how long to wait.
+    pub(crate) fn barrier_all(&self) -> impl Future<Output = ()> + 'static {
+        let pool = self.shared.id;
+        let handles: Vec<_> = {
+            let st = self.st.borrow();
+            st.disks
+                .iter()
+                .flat_map(|(&disk, d)| d.agents.iter().map(move |&core| (disk, core)))
+                .map(|(disk, core)| {
+                    self.shared.cores.spawn_on(core, move || {
+                        agent::apply(pool, disk, AgentCmd::Barrier, true)
+                    })
+                })
+                .collect()
+        };
+        async move {
+            for h in handles {
+                let _ = h.await;
+            }
         }
     }
 

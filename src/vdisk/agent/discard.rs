@@ -1,6 +1,7 @@
 //! Unmap and write-zeroes in the agent: whole segments go back to the zero state (the
 //! controller punches them); parts of segments are cleared or zeroed in place, or
-//! written with zeros through the normal write path where they are shared.
+//! written with zeros through the normal write path where they are shared. With
+//! force-unit-access the request commits before it completes, as a FUA write does.
 
 use super::Agent;
 use crate::bdev::{BdevIo, Channel, Epochs, IoBuf, IoKind, IoStatus};
@@ -116,14 +117,28 @@ impl Agent {
                 drop(guard);
                 if clear
                     && let Some(f) = &top.fill
-                    && f.clear_range(g0, gn)
+                    && (g0..g0 + gn).any(|g| f.test(g))
                 {
-                    if f.mark_dirty() {
-                        self.shared.dirty_fills.push(f.clone());
-                    }
-                    if f.is_empty() {
-                        let st = self.ask(AgentRequest::MaybeEmpty { disk, vseg }).await;
-                        status = status.worst(st);
+                    if self.shared.change_fill(f, |f| f.clear_range(g0, gn)) {
+                        if f.is_empty() {
+                            let st = self.ask(AgentRequest::MaybeEmpty { disk, vseg }).await;
+                            status = status.worst(st);
+                        }
+                    } else {
+                        // No metadata space to record them as empty: the granules stay
+                        // held, and are zeroed in place instead.
+                        let guard = EpochGuard::new(&self.epochs);
+                        let phys = top.seg * geo.segment_blocks + zero_from;
+                        let (ci, off) = self.shared.locate(top.seg);
+                        let cbs = self.base[ci].bdev().block_size() as u64;
+                        let byte = off + (phys % geo.segment_blocks) * bs;
+                        let r = self.base[ci]
+                            .write_zeroes(byte / cbs, (zero_to - zero_from) * bs / cbs)
+                            .await;
+                        drop(guard);
+                        if let Err(e) = r {
+                            status = e;
+                        }
                     }
                 }
             } else {
@@ -135,6 +150,9 @@ impl Agent {
                 status = status.worst(st);
             }
         }
+        // This disk's own channel served the loop only: not held across the requests
+        // to the controller.
+        drop(own);
         if status.is_success()
             && let Some((f, t)) = punch
         {
@@ -145,6 +163,12 @@ impl Agent {
                     to: t,
                 })
                 .await;
+        }
+        if status.is_success() && io.flags.fua {
+            // Force unit access: durable before it completes, as a FUA write is — the
+            // zero state (granules cleared, segments punched) committed, and the zeros
+            // written in place or through the write path flushed by the same commit.
+            status = self.commit().await;
         }
         io.complete(status);
     }

@@ -303,10 +303,15 @@ impl Agent {
 
 impl Agent {
     /// Marks granules written through to the top layer as held by it; the fill is
-    /// queued for the next metadata commit the first time it changes since the last.
-    fn hold_granules(&self, f: &Arc<Fill>, g0: u64, n: u64) {
-        if f.set_range(g0, n) && f.mark_dirty() {
-            self.shared.dirty_fills.push(f.clone());
+    /// queued for the next metadata commit the first time it changes since the last —
+    /// which costs metadata pages (its leaf is rewritten). Without them the granules
+    /// stay as they were (what the write put there is never shown) and the write fails
+    /// for lack of space.
+    fn hold_granules(&self, f: &Arc<Fill>, g0: u64, n: u64) -> IoStatus {
+        if f.all_set(g0, n) || self.shared.change_fill(f, |f| f.set_range(g0, n)) {
+            IoStatus::Success
+        } else {
+            IoStatus::CapacityExceeded
         }
     }
 
@@ -363,10 +368,11 @@ impl IoSink for Agent {
                 .borrow_mut()
                 .remove((child.tag & !PASSED) as usize);
             child.restore(p.origin);
+            let mut status = status;
             if status.is_success()
                 && let Some((f, g0, n)) = &p.fill
             {
-                self.hold_granules(f, *g0, *n);
+                status = self.hold_granules(f, *g0, *n);
             }
             self.finish(child, status, p.epoch);
             return;
@@ -384,11 +390,12 @@ impl IoSink for Agent {
             return;
         }
         let ctx = self.ctxs.borrow_mut().remove(key);
-        if ctx.status.is_success() {
+        let mut status = ctx.status;
+        if status.is_success() {
             for (f, g0, n) in &ctx.fills {
-                self.hold_granules(f, *g0, *n);
+                status = status.worst(self.hold_granules(f, *g0, *n));
             }
         }
-        self.finish(ctx.parent, ctx.status, ctx.epoch);
+        self.finish(ctx.parent, status, ctx.epoch);
     }
 }

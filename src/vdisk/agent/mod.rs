@@ -263,6 +263,10 @@ impl Agent {
                     self.deferred.complete(io, status);
                 }
             }
+            AgentCmd::Resume => {
+                self.failed.set(None);
+                self.release_held();
+            }
             AgentCmd::Barrier => {}
             AgentCmd::Init {
                 view,
