@@ -181,6 +181,9 @@ pub(crate) struct Controller {
     pub quiesces: RefCell<BTreeMap<u64, Quiesce>>,
     /// Set by [`Controller::crash_stop`]: nothing may be written any more.
     pub crashed: std::cell::Cell<bool>,
+    /// Set when a close begins: background jobs pause after their current batch (they
+    /// resume from their saved cursor at the next open).
+    pub stopping: std::cell::Cell<bool>,
     pub limits: std::cell::Cell<TimeLimits>,
     /// Commits whose drain barrier is still waiting (a stuck request), in the
     /// background, to release what they freed.
@@ -216,6 +219,7 @@ impl Controller {
             background: RefCell::new(None),
             quiesces: RefCell::new(BTreeMap::new()),
             crashed: std::cell::Cell::new(false),
+            stopping: std::cell::Cell::new(false),
             limits: std::cell::Cell::new(TimeLimits::default()),
             release_stalls: std::cell::Cell::new(0),
             meta: RefCell::new(MetaLedger::default()),
@@ -501,26 +505,36 @@ impl Controller {
 
     /// Commits and stops: the disks' agents fail further I/O.
     pub(crate) async fn close(&self) -> Result<(), VdiskError> {
-        let commit = self.commit().await;
+        // Nothing may change the data or the metadata after the last commit: first the
+        // background jobs pause and the agents stop taking I/O (and drain what is in
+        // flight), then the commit.
+        self.stopping.set(true);
         let disks: Vec<u64> = self.st.borrow().disks.keys().copied().collect();
-        for d in &disks {
-            if let Some(c) = self
-                .st
-                .borrow()
-                .disks
-                .get(d)
-                .and_then(|d| d.job_cancel.clone())
-            {
-                c.set(true);
-            }
-        }
         for d in disks {
-            // A stuck request does not hold the close: the pool writes nothing more, so
-            // nothing can be reused under it.
+            // A stuck request does not hold the close: its write cannot be reused under
+            // (the pool allocates nothing more), and what it writes is not committed.
             let _ = self
                 .command_agents(d, AgentCmd::Fail(IoStatus::Aborted), true)
                 .await;
         }
+        let deadline = reactor::now().after(self.limits.get().drain);
+        loop {
+            let running = (self.st.borrow().disks.values())
+                .filter(|d| d.job_cancel.is_some())
+                .count();
+            if running == 0 {
+                break;
+            }
+            if reactor::now() >= deadline {
+                tracing::warn!(
+                    pool = %self.shared.name, running,
+                    "background jobs did not pause within the drain limit; closing anyway"
+                );
+                break;
+            }
+            reactor::sleep(Duration::from_millis(1)).await;
+        }
+        let commit = self.commit().await;
         self.st.borrow_mut().closed = true;
         self.background.borrow_mut().take();
         reactor::local(Registry::default)

@@ -226,7 +226,7 @@ impl Controller {
             if self.crashed.get() {
                 return Ok(());
             }
-            if cancel.get() || self.st.borrow().closed {
+            if cancel.get() || self.stopping.get() || self.st.borrow().closed {
                 if cancel.get() {
                     let mut st = self.st.borrow_mut();
                     if let Some(d) = st.disks.get_mut(&disk) {
