@@ -112,31 +112,54 @@ corpus_tests!(
 struct Seeds {
     dir: PathBuf,
     n: usize,
+    /// Write the seeds (`TESSERA_WRITE_CORPUS=1`) instead of checking the committed ones.
+    write: bool,
 }
 
 impl Seeds {
     fn new(name: &str) -> Seeds {
         let dir = corpus_dir(name);
-        if dir.exists() {
-            for e in std::fs::read_dir(&dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("seed-")
-                {
-                    std::fs::remove_file(p).unwrap();
+        let write = std::env::var_os("TESSERA_WRITE_CORPUS").is_some_and(|v| v == "1");
+        if write {
+            if dir.exists() {
+                for e in std::fs::read_dir(&dir).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("seed-")
+                    {
+                        std::fs::remove_file(p).unwrap();
+                    }
                 }
             }
+            std::fs::create_dir_all(&dir).unwrap();
         }
-        std::fs::create_dir_all(&dir).unwrap();
-        Seeds { dir, n: 0 }
+        Seeds { dir, n: 0, write }
     }
 
     fn add(&mut self, what: &str, data: impl AsRef<[u8]>) {
         self.n += 1;
         let path = self.dir.join(format!("seed-{:02}-{what}", self.n));
-        std::fs::write(path, data).unwrap();
+        if self.write {
+            std::fs::write(path, data).unwrap();
+            return;
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; regenerate the corpora: TESSERA_WRITE_CORPUS=1 cargo nextest run \
+                 --release --test fuzz_corpus committed_seed_corpora_are_up_to_date",
+                path.display()
+            )
+        });
+        // Same length, not same bytes: some seeds hold fresh UUIDs and times.
+        assert!(
+            committed.len() == data.as_ref().len(),
+            "{} is not what the seed builder makes now; regenerate the corpora: \
+             TESSERA_WRITE_CORPUS=1 cargo nextest run --release --test fuzz_corpus \
+             committed_seed_corpora_are_up_to_date",
+            path.display()
+        );
     }
 }
 
@@ -823,9 +846,10 @@ fn pool_open_seeds() {
     s.add("truncated-ops", [0u8, 0, 3]);
 }
 
+/// The committed seeds are what the builders above make (every one there, of the same length; with
+/// `TESSERA_WRITE_CORPUS=1`, this writes them instead).
 #[test]
-#[ignore = "writes the seed corpora into fuzz/corpus (run it to regenerate them)"]
-fn write_seed_corpora() {
+fn committed_seed_corpora_are_up_to_date() {
     nvmf_pdu_seeds();
     nvmf_command_seeds();
     nbd_request_seeds();

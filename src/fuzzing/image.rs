@@ -25,8 +25,13 @@ pub const BLOCK_BYTES: u32 = 4096;
 pub const SEGMENT_BYTES: u64 = 64 << 10;
 /// Size of the image's RAM disk: 192 segments.
 pub const DISK_BYTES: u64 = 192 * SEGMENT_BYTES;
-/// Metadata area of the image's pool: 5 segments, 80 pages.
-pub const METADATA_BYTES: u64 = 5 * SEGMENT_BYTES;
+/// Metadata area of the image's pool: 24 segments, 384 pages: room, within the
+/// metadata budget (which counts what each change may cost at most, and a fill's pages
+/// until two commits after it), for the builder's two batches of 80 uncommitted
+/// extents without a commit forced between them.
+pub const METADATA_BYTES: u64 = 24 * SEGMENT_BYTES;
+/// [`METADATA_BYTES`] in 4 KiB pages.
+pub const METADATA_PAGES: u64 = METADATA_BYTES / 4096;
 /// The bytes of the image that hold metadata (label segment and metadata segments):
 /// everything a fuzzer or a damage test changes. The rest is data.
 pub const META_PREFIX_BYTES: usize = (SEGMENT_BYTES + METADATA_BYTES) as usize;

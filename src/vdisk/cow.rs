@@ -126,7 +126,17 @@ impl Controller {
         };
         // The top layer is a new segment (allocated above, or by the merge).
         let top = ext.layers[0].seg;
-        if let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext]) {
+        // Pages the changes waiting for a commit hold come back with it (and the fills'
+        // with the one after): a write is refused for metadata space only once two
+        // commits did not make room.
+        let mut commits = 0;
+        while let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext.clone()]) {
+            if commits < 2 && matches!(e, VdiskError::NoMetadataSpace { .. }) {
+                commits += 1;
+                if self.commit().await.is_ok() {
+                    continue;
+                }
+            }
             self.st.borrow_mut().space.unalloc_segment(top);
             tracing::debug!(pool = %self.shared.name, disk, vseg, error = %e, "write fault refused");
             return Some(IoStatus::CapacityExceeded);
