@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 count=${1:-10000}
 from=${2:-0}
 cargo build --release --quiet
-exec target/release/tessera sim --seeds "$count" --from "$from"
+exec target/release/tessera sim --seeds "$count" --from "$from" -j "$(nproc)"
