@@ -108,11 +108,7 @@ fn thin_disk_round_trip_and_reopen() {
     });
     // The offline check is clean after close.
     block_on(pool.close()).unwrap();
-    let report = on(
-        &set,
-        0,
-        move || async move { check::check(vec![base]).await },
-    );
+    let report = offline_check(&set, base);
     assert!(report.clean(), "{:#?}", report.errors);
     assert_eq!(report.disks, 1);
 }
@@ -212,11 +208,7 @@ fn snapshot_clone_and_copy_on_write() {
     let (free, pending) = block_on(pool.free_space()).unwrap();
     assert_eq!((free, pending), (data, 0), "no leaked segment");
     block_on(pool.close()).unwrap();
-    let report = on(
-        &set,
-        0,
-        move || async move { check::check(vec![base]).await },
-    );
+    let report = offline_check(&set, base);
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
@@ -258,11 +250,7 @@ fn split_makes_a_clone_independent() {
         assert_eq!(read_byte(&c, 3).await, 0);
     });
     block_on(pool.close()).unwrap();
-    let report = on(
-        &set,
-        0,
-        move || async move { check::check(vec![base]).await },
-    );
+    let report = offline_check(&set, base);
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
@@ -598,6 +586,15 @@ fn partial_granule_write_does_not_revive_a_granule_unmapped_meanwhile() {
     block_on(pool.close()).unwrap();
 }
 
+/// `tessera check` of the pool on `base` (closed), run on core 0.
+fn offline_check(set: &ReactorSet, base: Arc<dyn Bdev>) -> check::CheckReport {
+    on(
+        set,
+        0,
+        move || async move { check::check(vec![base]).await },
+    )
+}
+
 /// Waits for `fut` on a thread of its own for at most `limit`: `None` if it did not
 /// finish in time (a deadlock, or a controller that panicked).
 fn within<T: Send + 'static>(
@@ -672,11 +669,7 @@ fn copy_out_keeps_snapshot_and_clone_after_crash_before_commit() {
         assert!(matches!(read_byte(&c, 256).await, 1 | 3));
     });
     block_on(pool.close()).unwrap();
-    let report = on(
-        &set,
-        0,
-        move || async move { check::check(vec![base]).await },
-    );
+    let report = offline_check(&set, base);
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
@@ -722,11 +715,7 @@ fn clearing_read_only_keeps_the_data_of_clones() {
             assert_eq!(read_byte(&c, 300).await, 1, "{policy:?}: the clone changed");
         });
         block_on(pool.close()).unwrap();
-        let report = on(
-            &set,
-            0,
-            move || async move { check::check(vec![base]).await },
-        );
+        let report = offline_check(&set, base);
         assert!(report.clean(), "{policy:?}: {:#?}", report.errors);
     }
 }
@@ -853,19 +842,13 @@ fn snapshot_racing_the_delete_of_its_origin_fails_cleanly() {
     block_on(pool.close()).unwrap();
 }
 
-/// Waits for `fut` on a helper thread for at most `limit`: a hang fails the test instead
-/// of holding it.
+/// [`within`], and a hang fails the test (naming `what`) instead of holding it.
 fn wait<T: Send + 'static>(
     what: &str,
     limit: Duration,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(block_on(fut));
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+    within(limit, fut).unwrap_or_else(|| panic!("{what} did not finish within {limit:?}"))
 }
 
 /// Reads `n` blocks from `from` of `disk` on `core`; each must hold `v` in every byte.
@@ -1239,11 +1222,7 @@ fn a_full_metadata_area_refuses_new_metadata_and_the_pool_keeps_working() {
         assert_eq!(read_byte(&again, 3).await, 0xa5)
     });
     block_on(pool.close()).unwrap();
-    let report = on(
-        &set,
-        0,
-        move || async move { check::check(vec![base]).await },
-    );
+    let report = offline_check(&set, base);
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
