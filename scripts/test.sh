@@ -56,6 +56,27 @@ if ! spdk-rpc --help >/dev/null 2>&1; then
         exit 1
     fi
 fi
+# SPDK's own tools (v25.09: nvmf_tgt, spdk_tgt, spdk_nvme_perf, spdk_nvme_identify,
+# bdevperf, nvme_fuzz), built for this machine in ../shared/spdk (or $TESSERA_SPDK_DIR):
+# the interop tests drive them. Their `run` installs their Debian runtime libraries
+# (as root) on first use; that is done here, once, before the tests run in parallel.
+spdk_dir=${TESSERA_SPDK_DIR:-$(cd .. && pwd)/shared/spdk}
+spdk_tools=(nvmf_tgt spdk_tgt spdk_nvme_perf spdk_nvme_identify bdevperf nvme_fuzz)
+for t in "${spdk_tools[@]}"; do
+    if [ ! -x "$spdk_dir/bin/$t" ]; then
+        echo "error: SPDK tool $t is missing in $spdk_dir/bin (set TESSERA_SPDK_DIR to SPDK's folder)" >&2
+        exit 1
+    fi
+done
+"$spdk_dir/run" spdk_nvme_identify -h >/dev/null 2>&1 || true
+for t in "${spdk_tools[@]}"; do
+    if LD_LIBRARY_PATH="$spdk_dir/lib" ldd "$spdk_dir/bin/$t" | grep -q "not found"; then
+        echo "error: SPDK tool $t lacks runtime libraries:" >&2
+        LD_LIBRARY_PATH="$spdk_dir/lib" ldd "$spdk_dir/bin/$t" | grep "not found" >&2
+        exit 1
+    fi
+done
+export TESSERA_SPDK_DIR="$spdk_dir"
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi

@@ -566,6 +566,32 @@ impl NvmfTarget {
         Ok(serde_json::Value::Array(list))
     }
 
+    /// SPDK's `nvmf_subsystem_get_qpairs`: every queue pair of the subsystem's
+    /// controllers, admin (qid 0) and I/O, with the core that runs it.
+    pub fn nvmf_subsystem_get_qpairs(&self, nqn: &str) -> Result<serde_json::Value, NvmfError> {
+        let s = self
+            .shared
+            .subsystem(nqn)
+            .ok_or_else(|| NvmfError::NoSubsystem(nqn.to_string()))?;
+        let mut list = Vec::new();
+        let qpair = |cntlid: u16, qid: u16, core: usize| {
+            serde_json::json!({
+                "cntlid": cntlid,
+                "qid": qid,
+                "state": "active",
+                "thread": format!("nvmf_tgt_poll_group_{core:03}"),
+                "core": core,
+            })
+        };
+        for c in s.ctrlrs().iter() {
+            list.push(qpair(c.cntlid, 0, c.core));
+            for (qid, q) in c.io_qpairs().iter() {
+                list.push(qpair(c.cntlid, *qid, q.core));
+            }
+        }
+        Ok(serde_json::Value::Array(list))
+    }
+
     /// The hook for bdev resizes: raises the namespace-changed event for every
     /// namespace that `bdev_name` backs (the new size is read from the bdev at the next
     /// Identify). Returns how many namespaces that was.

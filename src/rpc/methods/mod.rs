@@ -233,6 +233,7 @@ methods! {
     "nvmf_subsystem_allow_any_host" => nvmf::nvmf_subsystem_allow_any_host,
     "nvmf_get_subsystems" => nvmf::nvmf_get_subsystems,
     "nvmf_subsystem_get_controllers" => nvmf::nvmf_subsystem_get_controllers,
+    "nvmf_subsystem_get_qpairs" => nvmf::nvmf_subsystem_get_qpairs,
     "nbd_server_start" => nbd::nbd_server_start,
     "nbd_server_stop" => nbd::nbd_server_stop,
     "nbd_start_export" => nbd::nbd_start_export,

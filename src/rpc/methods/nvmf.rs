@@ -167,6 +167,11 @@ pub async fn nvmf_get_subsystems(ctx: Rc<Ctx>, p: GetSubsystemsParams) -> RpcRes
     Ok(Value::Array(one))
 }
 
+pub async fn nvmf_subsystem_get_qpairs(ctx: Rc<Ctx>, p: NqnParams) -> RpcResult {
+    check_tgt_name(&p.tgt_name)?;
+    Ok(ctx.target.nvmf().nvmf_subsystem_get_qpairs(&p.nqn)?)
+}
+
 pub async fn nvmf_subsystem_get_controllers(ctx: Rc<Ctx>, p: NqnParams) -> RpcResult {
     check_tgt_name(&p.tgt_name)?;
     Ok(ctx.target.nvmf().nvmf_subsystem_get_controllers(&p.nqn)?)

@@ -536,6 +536,9 @@ impl Qpair {
             peer = %self.peer, qpair = self.id, qid = st.qid, reason,
             free = st.counts[ReqState::Free as usize],
             executing = st.counts[ReqState::Executing as usize],
+            receiving = st.counts[ReqState::ReceivingCapsuleData as usize]
+                + st.counts[ReqState::TransferringH2C as usize],
+            completing = st.counts[ReqState::Completing as usize],
             "queue pair closed"
         );
     }

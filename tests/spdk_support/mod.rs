@@ -1,0 +1,178 @@
+//! SPDK's own tools (`../shared/spdk`, or `$TESSERA_SPDK_DIR`) for the interoperability
+//! tests: where they are, how to start one with a time limit, transport IDs, and a
+//! background process that is killed by PID when dropped. A missing tool fails the test
+//! (scripts/test.sh checks them and installs their runtime libraries before the tests).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use super::process_support::run;
+
+/// SPDK's folder: `$TESSERA_SPDK_DIR`, else `../shared/spdk` beside the repository.
+pub fn dir() -> PathBuf {
+    let d = std::env::var_os("TESSERA_SPDK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spdk"));
+    let run = d.join("run");
+    assert!(
+        run.is_file(),
+        "SPDK's tools are not at {} (no `run` there): the interop tests need them; set \
+         TESSERA_SPDK_DIR to the folder that holds `run`, `bin/` and `lib/`",
+        d.display()
+    );
+    d
+}
+
+/// A command running SPDK tool `tool` through `run` (which sets the library path).
+pub fn tool(tool: &str) -> Command {
+    let d = dir();
+    let bin = d.join("bin").join(tool);
+    assert!(
+        bin.is_file(),
+        "SPDK tool {tool} is missing: no {}",
+        bin.display()
+    );
+    let mut c = Command::new(d.join("run"));
+    c.arg(tool);
+    c
+}
+
+/// The DPDK arguments every tool gets here: no hugepages, 1 GiB of ordinary memory.
+pub const NO_HUGE: [&str; 3] = ["--no-huge", "-s", "1024"];
+/// The application-framework tools (nvmf_tgt, bdevperf, nvme_fuzz) also take these: no
+/// PCI scan, and no per-core lock files, so two of them may share a core in a test run.
+pub const APP: [&str; 2] = ["--no-pci", "--disable-cpumask-locks"];
+
+/// An NVMe/TCP transport ID in SPDK's `key:value` form.
+pub fn trid(port: u16, subnqn: &str, hostnqn: Option<&str>) -> String {
+    let mut s = format!("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{subnqn}");
+    if let Some(h) = hostnqn {
+        s.push_str(&format!(" hostnqn:{h}"));
+    }
+    s
+}
+
+/// Runs `cmd` to completion within `limit`, asserting success; returns stdout + stderr.
+pub fn run_ok(cmd: &mut Command, limit: Duration) -> String {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd, limit);
+    let text = text_of(&out);
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+pub fn text_of(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A process in the background, its output in a file; killed (by PID) when dropped.
+pub struct Background {
+    child: Option<Child>,
+    pub log: PathBuf,
+    shown: String,
+}
+
+impl Background {
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Background {
+        let f = std::fs::File::create(&log).unwrap();
+        let shown = format!("{cmd:?}");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+        Background {
+            child: Some(child),
+            log,
+            shown,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its success and its output.
+    pub fn wait(mut self, limit: Duration) -> (bool, String) {
+        let mut c = self.child.take().unwrap();
+        let end = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return (st.success(), self.text());
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "{} did not finish within {limit:?}:\n{}",
+                    self.shown,
+                    self.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the process (SIGINT, then SIGKILL after `grace`) and returns its output.
+    pub fn stop(mut self, grace: Duration) -> String {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let end = Instant::now() + grace;
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return self.text();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.text()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits until a TCP listener answers on 127.0.0.1:`port`.
+pub fn wait_listening(port: u16, limit: Duration, proc_: &mut Background) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        assert!(
+            proc_.is_running(),
+            "exited before listening:\n{}",
+            proc_.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "nothing listens on port {port} after {limit:?}:\n{}",
+        proc_.text()
+    );
+}
