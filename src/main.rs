@@ -145,6 +145,13 @@ struct ServeArgs {
         default_value = tessera::rpc::DEFAULT_SOCKET
     )]
     rpc_socket: PathBuf,
+    /// Cores to run reactors on, overriding the config's `cores` (as SPDK's `-m`):
+    /// `0`, `0,1`, `0-3` or a mask such as `0x3`.
+    #[arg(long, short = 'm')]
+    cores: Option<String>,
+    /// Idle policy of the reactors, overriding the config's `idle`: busy or adaptive.
+    #[arg(long)]
+    idle: Option<String>,
 }
 
 #[derive(Args)]
@@ -437,6 +444,13 @@ fn serve(a: ServeArgs) -> Result<()> {
             embedded_default(&dir)
         }
     };
+    let mut config = config;
+    if let Some(c) = &a.cores {
+        config.cores = c.parse().context("--cores")?;
+    }
+    if let Some(i) = &a.idle {
+        config.idle = i.parse().map_err(anyhow::Error::msg).context("--idle")?;
+    }
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,

@@ -721,6 +721,12 @@ impl QpInner {
                 self.sq_size = sqsize as u32 + 1;
                 self.sqhd %= self.sq_size;
                 self.sq_flow_disabled = cattr & spec::CATTR_DISABLE_SQ_FLOW_CONTROL != 0;
+                tracing::debug!(
+                    qid,
+                    cattr,
+                    sq_flow_disabled = self.sq_flow_disabled,
+                    "connected"
+                );
                 self.max_slots = (self.sq_size as usize + ctrlr::MAX_AERS) * 2;
                 if !admin {
                     self.limits.max_in_capsule_len = self.opts.in_capsule_data_size;
