@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# SPDK's logical volumes side by side with tessera's virtual disks, on the same SPDK JSON
+# configs (a 2 GiB malloc bdev, an lvstore with 1 MiB clusters, lvols, snapshots and
+# clones made by the config): SPDK's `bdevperf` on SPDK's side, `tessera bench` on
+# tessera's, one core (CPU 0), 4 KiB, alternating rounds; and the control operations
+# (snapshot create, inflate) timed through the JSON-RPC socket of SPDK's `spdk_tgt` and of
+# `tessera serve`, with the same client (`tessera rpc`).
+#
+#   bench/lvol_vs_spdk.sh [--seconds N] [--runs N] [--smoke]
+#   CASES=thick_randread,inflate_1g bench/lvol_vs_spdk.sh
+#
+# I/O cases (QD 64): raw malloc and a thick 1 GiB lvol, randread and randwrite; reads
+# through a clone of a clone of a clone of a written 1 GiB volume; first writes after a
+# snapshot (each 4 KiB block of a written 1 GiB volume once, in random order: the first
+# write into each 1 MiB cluster copies it). Control cases: snapshot create of a written
+# 1 GiB volume and of an empty 1 TiB thin volume; inflate of a 1 GiB clone whose parent
+# is written. Each case reports both sides' medians and their ratio (tessera / SPDK; for
+# times, SPDK / tessera, so above 1 is tessera ahead either way).
+#
+# SPDK's malloc bdev needs hugepages (see bench/engine_vs_bdevperf.sh): the script (as
+# root) reserves 1536 2 MiB pages and gives them back at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=3
+runs=5
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) seconds="$2"; shift 2 ;;
+        --runs) runs="$2"; shift 2 ;;
+        --smoke) seconds=1; runs=1; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+S=${TESSERA_SPDK_DIR:-$(cd .. && pwd)/shared/spdk}
+[ -x "$S/run" ] || { echo "no SPDK tools at $S (set TESSERA_SPDK_DIR)" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "run as root (hugepages for SPDK's malloc bdev)" >&2; exit 2; }
+cargo build --release --quiet --bin tessera
+T="${CARGO_TARGET_DIR:-target}/release/tessera"
+work=$(mktemp -d /var/tmp/tessera-lvol-vs-spdk.XXXXXX)
+hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
+pid=
+stop_target() {
+    if [ -n "$pid" ]; then
+        kill -INT "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        pid=
+    fi
+}
+cleanup() {
+    stop_target
+    rm -rf "$work"
+    echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
+}
+trap cleanup EXIT
+mkdir -p /dev/hugepages
+mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages
+echo 1536 >/proc/sys/vm/nr_hugepages
+[ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || { echo "could not reserve 1536 hugepages" >&2; exit 1; }
+
+# config NAME CALLS... : an SPDK JSON config: malloc, lvstore, then the given calls.
+config() {
+    local name=$1
+    shift
+    local calls
+    calls=$(IFS=,; echo "$*")
+    cat >"$work/$name.json" <<JSON
+{"subsystems": [{"subsystem": "bdev", "config": [
+  {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 524288, "block_size": 4096}},
+  {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "Malloc0", "lvs_name": "lvs0", "cluster_sz": 1048576}}${calls:+,$calls}
+]}]}
+JSON
+}
+lvol() { echo "{\"method\": \"bdev_lvol_create\", \"params\": {\"lvol_name\": \"$1\", \"size_in_mib\": $2, \"lvs_name\": \"lvs0\", \"thin_provision\": $3}}"; }
+snap() { echo "{\"method\": \"bdev_lvol_snapshot\", \"params\": {\"lvol_name\": \"lvs0/$1\", \"snapshot_name\": \"$2\"}}"; }
+clone() { echo "{\"method\": \"bdev_lvol_clone\", \"params\": {\"snapshot_name\": \"lvs0/$1\", \"clone_name\": \"$2\"}}"; }
+
+# A thick lvol is allocated but, on a malloc bdev, reads zeros either way; "written" here
+# means every cluster allocated (thick), which is what reads through a chain and a
+# snapshot's copy-on-write see.
+config raw
+config thick "$(lvol lv0 1024 false)"
+config chain "$(lvol lv0 1024 false)" "$(snap lv0 s0)" "$(clone s0 c1)" "$(snap c1 s1)" \
+    "$(clone s1 c2)" "$(snap c2 s2)" "$(clone s2 c3)"
+config snapped "$(lvol lv0 1024 false)" "$(snap lv0 s0)"
+config control "$(lvol lv0 1024 false)" "$(lvol big 1048576 true)" "$(lvol lv1 1024 false)" \
+    "$(snap lv1 s1)" "$(clone s1 c1)"
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# spdk_io CONFIG BDEV WORKLOAD EXTRA... -> IOPS (bdevperf)
+spdk_io() {
+    local cfg=$1 bdev=$2 workload=$3 out
+    shift 3
+    out=$("$S/run" bdevperf --no-pci --disable-cpumask-locks -s 2560 -m 0x1 --json "$work/$cfg.json" \
+        -T "$bdev" -q 64 -o 4096 -w "$workload" -t "$seconds" "$@" 2>&1) || {
+        echo "bdevperf failed:" >&2; echo "$out" >&2; exit 1; }
+    echo "$out" | tr -d '\r' | awk '/^ *Total *:/ {sub(/^ *Total *:/, ""); print $1}'
+}
+# tessera_io CONFIG BDEV WORKLOAD EXTRA... -> IOPS (tessera bench)
+tessera_io() {
+    local cfg=$1 bdev=$2 workload=$3
+    shift 3
+    "$T" bench -c "$work/$cfg.json" --bdev "$bdev" -w "$workload" -q 64 -o 4096 -t "$seconds" \
+        -m 0 --idle busy --json "$@" 2>/dev/null | awk -F'[:,]' '/"iops"/ {gsub(/ /, "", $2); print $2; exit}'
+}
+
+# start_target tessera|spdk CONFIG; waits for its RPC socket.
+start_target() {
+    rm -f "$work/rpc.sock"
+    if [ "$1" = tessera ]; then
+        RUST_LOG=warn "$T" serve -c "$work/$2.json" -m 0 --idle busy -s "$work/rpc.sock" \
+            >"$work/target.log" 2>&1 &
+    else
+        "$S/run" spdk_tgt --no-pci --disable-cpumask-locks -s 2560 -m 0x1 -r "$work/rpc.sock" \
+            --json "$work/$2.json" >"$work/target.log" 2>&1 &
+    fi
+    pid=$!
+    for _ in $(seq 600); do
+        if "$T" rpc -s "$work/rpc.sock" --timeout 1 spdk_get_version >/dev/null 2>&1; then return; fi
+        sleep 0.1
+    done
+    echo "$1 did not answer on its RPC socket:" >&2
+    cat "$work/target.log" >&2
+    exit 1
+}
+# timed_rpc METHOD JSON -> milliseconds
+timed_rpc() {
+    local t0 t1
+    t0=$(date +%s%N)
+    "$T" rpc -s "$work/rpc.sock" --timeout 600 "$1" --json "$2" >/dev/null
+    t1=$(date +%s%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e6}'
+}
+
+echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%FT%TZ); $seconds s x $runs rounds"
+# I/O cases: name | config | bdev | workload | bdevperf extra | tessera bench extra
+io_cases=(
+    "raw_randread|raw|Malloc0|randread||"
+    "raw_randwrite|raw|Malloc0|randwrite||"
+    "thick_randread|thick|lvs0/lv0|randread||"
+    "thick_randwrite|thick|lvs0/lv0|randwrite||"
+    "clone3_randread|chain|lvs0/c3|randread||"
+    "first_write_after_snapshot|snapped|lvs0/lv0|randwrite|-D|--once"
+)
+for c in "${io_cases[@]}"; do
+    IFS='|' read -r name cfg bdev workload sx tx <<<"$c"
+    if [ -n "${CASES:-}" ] && ! [[ ",$CASES," == *",$name,"* ]]; then continue; fi
+    t=(); s=()
+    for r in $(seq "$runs"); do
+        if [ $((r % 2)) -eq 1 ]; then order="tessera spdk"; else order="spdk tessera"; fi
+        for side in $order; do
+            # shellcheck disable=SC2086
+            if [ "$side" = tessera ]; then t+=("$(tessera_io "$cfg" "$bdev" "$workload" $tx)")
+            else s+=("$(spdk_io "$cfg" "$bdev" "$workload" $sx)"); fi
+        done
+    done
+    tm=$(echo "${t[*]}" | median); sm=$(echo "${s[*]}" | median)
+    printf '{"case":"%s","unit":"IOPS","tessera":%.0f,"spdk":%.0f,"ratio":%s,"tessera_runs":[%s],"spdk_runs":[%s]}\n' \
+        "$name" "$tm" "$sm" "$(awk -v a="$tm" -v b="$sm" 'BEGIN {printf "%.3f", a/b}')" \
+        "$(IFS=,; echo "${t[*]}")" "$(IFS=,; echo "${s[*]}")"
+done
+
+# Control cases: name | method | params (each round starts a fresh target on `control`).
+ctl_cases=(
+    'snapshot_1g_written|bdev_lvol_snapshot|{"lvol_name": "lvs0/lv0", "snapshot_name": "snap"}'
+    'snapshot_1t_thin_empty|bdev_lvol_snapshot|{"lvol_name": "lvs0/big", "snapshot_name": "snap"}'
+    'inflate_1g_clone|bdev_lvol_inflate|{"name": "lvs0/c1"}'
+)
+for c in "${ctl_cases[@]}"; do
+    IFS='|' read -r name method params <<<"$c"
+    if [ -n "${CASES:-}" ] && ! [[ ",$CASES," == *",$name,"* ]]; then continue; fi
+    t=(); s=()
+    for r in $(seq "$runs"); do
+        if [ $((r % 2)) -eq 1 ]; then order="tessera spdk"; else order="spdk tessera"; fi
+        for side in $order; do
+            start_target "$side" control
+            ms=$(timed_rpc "$method" "$params")
+            stop_target
+            if [ "$side" = tessera ]; then t+=("$ms"); else s+=("$ms"); fi
+        done
+    done
+    tm=$(echo "${t[*]}" | median); sm=$(echo "${s[*]}" | median)
+    printf '{"case":"%s","unit":"ms","tessera":%s,"spdk":%s,"ratio":%s,"tessera_runs":[%s],"spdk_runs":[%s]}\n' \
+        "$name" "$tm" "$sm" "$(awk -v a="$tm" -v b="$sm" 'BEGIN {printf "%.3f", b/a}')" \
+        "$(IFS=,; echo "${t[*]}")" "$(IFS=,; echo "${s[*]}")"
+done
