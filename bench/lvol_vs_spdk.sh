@@ -60,7 +60,7 @@ mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M nodev /dev/hug
 echo 1536 >/proc/sys/vm/nr_hugepages
 [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || { echo "could not reserve 1536 hugepages" >&2; exit 1; }
 
-# config NAME CALLS... : an SPDK JSON config: malloc, lvstore, then the given calls.
+# config NAME CALLS... : an SPDK JSON config: the malloc bdev, then the given calls.
 config() {
     local name=$1
     shift
@@ -68,11 +68,11 @@ config() {
     calls=$(IFS=,; echo "$*")
     cat >"$work/$name.json" <<JSON
 {"subsystems": [{"subsystem": "bdev", "config": [
-  {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 524288, "block_size": 4096}},
-  {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "Malloc0", "lvs_name": "lvs0", "cluster_sz": 1048576}}${calls:+,$calls}
+  {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 524288, "block_size": 4096}}${calls:+,$calls}
 ]}]}
 JSON
 }
+lvs='{"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "Malloc0", "lvs_name": "lvs0", "cluster_sz": 1048576}}'
 lvol() { echo "{\"method\": \"bdev_lvol_create\", \"params\": {\"lvol_name\": \"$1\", \"size_in_mib\": $2, \"lvs_name\": \"lvs0\", \"thin_provision\": $3}}"; }
 snap() { echo "{\"method\": \"bdev_lvol_snapshot\", \"params\": {\"lvol_name\": \"lvs0/$1\", \"snapshot_name\": \"$2\"}}"; }
 clone() { echo "{\"method\": \"bdev_lvol_clone\", \"params\": {\"snapshot_name\": \"lvs0/$1\", \"clone_name\": \"$2\"}}"; }
@@ -81,11 +81,11 @@ clone() { echo "{\"method\": \"bdev_lvol_clone\", \"params\": {\"snapshot_name\"
 # means every cluster allocated (thick), which is what reads through a chain and a
 # snapshot's copy-on-write see.
 config raw
-config thick "$(lvol lv0 1024 false)"
-config chain "$(lvol lv0 1024 false)" "$(snap lv0 s0)" "$(clone s0 c1)" "$(snap c1 s1)" \
+config thick "$lvs" "$(lvol lv0 1024 false)"
+config chain "$lvs" "$(lvol lv0 1024 false)" "$(snap lv0 s0)" "$(clone s0 c1)" "$(snap c1 s1)" \
     "$(clone s1 c2)" "$(snap c2 s2)" "$(clone s2 c3)"
-config snapped "$(lvol lv0 1024 false)" "$(snap lv0 s0)"
-config control "$(lvol lv0 1024 false)" "$(lvol big 1048576 true)" "$(lvol lv1 1024 false)" \
+config snapped "$lvs" "$(lvol lv0 1024 false)" "$(snap lv0 s0)"
+config control "$lvs" "$(lvol lv0 1024 false)" "$(lvol big 1048576 true)" "$(lvol lv1 1024 false)" \
     "$(snap lv1 s1)" "$(clone s1 c1)"
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -209,6 +209,24 @@ struct BenchArgs {
     rounds: usize,
 }
 
+/// Standard error for the logs, dropping what cannot be written. A log line must never
+/// take a reactor down: when stderr is a pipe whose reader went away (a log collector
+/// restarted, `| head`), the writer's error would make tracing-subscriber report it with
+/// `eprintln!`, which panics on the same broken pipe, on whichever thread logged.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     // The simulator opens and crashes pools thousands of times: its logs only on demand.
@@ -220,7 +238,7 @@ fn main() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         // Colours only on a terminal: a log file or a journal gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

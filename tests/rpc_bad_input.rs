@@ -364,3 +364,97 @@ fn socket_path_in_use_is_refused() {
     assert!(s.read(&mut b).unwrap() > 0);
     srv.stop();
 }
+
+/// Waits up to `limit` for `child` to exit; kills it and fails the test if it does not.
+fn exits_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A log destination that goes away (stderr a pipe whose reader closed: a log collector
+/// restarted, `| head`) costs the logs, never the target: the reactors keep serving and
+/// the process stops cleanly. (Before: the failed log write made tracing-subscriber
+/// `eprintln!` on the same broken pipe, which panicked the reactor; the abort that should
+/// follow a reactor panic panicked the same way, and the process hung.)
+#[test]
+fn a_closed_log_pipe_costs_the_logs_not_the_target() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("t.sock");
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, "cores: [0]\nidle: adaptive\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "-c"])
+        .arg(&cfg)
+        .arg("-s")
+        .arg(&socket)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let end = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited");
+        assert!(Instant::now() < end, "serve never opened its socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = tessera::rpc::RpcClient::connect(&socket, Duration::from_secs(30)).unwrap();
+    // Each of these logs on a reactor.
+    for i in 0..20 {
+        let name = format!("M{i}");
+        c.call(
+            "bdev_malloc_create",
+            Some(json!({"name": name, "num_blocks": 256, "block_size": 4096})),
+        )
+        .unwrap()
+        .unwrap();
+        c.call("bdev_malloc_delete", Some(json!({"name": name})))
+            .unwrap()
+            .unwrap();
+    }
+    let v = c.call("spdk_get_version", None).unwrap().unwrap();
+    assert!(v["version"].as_str().unwrap().starts_with("tessera"), "{v}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let st = exits_within(&mut child, Duration::from_secs(30), "tessera serve");
+    assert!(st.success(), "tessera serve: {st}");
+
+    // A benchmark likewise runs to its end.
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "bench",
+            "--bdev",
+            "null:64MiB",
+            "-t",
+            "1",
+            "--idle",
+            "adaptive",
+        ])
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(bench.stderr.take());
+    let st = exits_within(&mut bench, Duration::from_secs(60), "tessera bench");
+    assert!(st.success(), "tessera bench: {st}");
+}

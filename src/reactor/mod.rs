@@ -385,7 +385,11 @@ fn run_or_abort(core: usize, reactor: Reactor) {
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(no message)".into());
         tracing::error!(core, panic = %msg, "reactor panicked; aborting the process");
-        eprintln!("tessera: reactor {core} panicked: {msg}; aborting");
+        // Not eprintln!: it panics when stderr is gone, and the abort must happen.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("tessera: reactor {core} panicked: {msg}; aborting\n"),
+        );
         std::process::abort();
     }
 }
