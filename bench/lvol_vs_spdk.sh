@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDK's logical volumes side by side with tessera's virtual disks, on the same SPDK JSON
-# configs (a 2 GiB malloc bdev, an lvstore with 1 MiB clusters, lvols, snapshots and
+# configs (a 3 GiB malloc bdev, an lvstore with 1 MiB clusters, lvols, snapshots and
 # clones made by the config): SPDK's `bdevperf` on SPDK's side, `tessera bench` on
 # tessera's, one core (CPU 0), 4 KiB, alternating rounds; and the control operations
 # (snapshot create, inflate) timed through the JSON-RPC socket of SPDK's `spdk_tgt` and of
@@ -11,19 +11,19 @@
 #
 # I/O cases (QD 64): raw malloc and a thick 1 GiB lvol, randread and randwrite; reads
 # through a clone of a clone of a clone of a written 1 GiB volume; first writes after a
-# snapshot (each 4 KiB block of a written 1 GiB volume once, in random order: the first
+# snapshot (each 4 KiB block of a written 768 MiB volume once, in random order: the first
 # write into each 1 MiB cluster copies it). Control cases: snapshot create of a written
 # 1 GiB volume and of an empty 1 TiB thin volume; inflate of a 1 GiB clone whose parent
 # is written. Each case reports both sides' medians and their ratio (tessera / SPDK; for
 # times, SPDK / tessera, so above 1 is tessera ahead either way).
 #
 # SPDK's malloc bdev needs hugepages (see bench/engine_vs_bdevperf.sh): the script (as
-# root) reserves 1536 2 MiB pages and gives them back at the end.
+# root) reserves 2304 2 MiB pages and gives them back at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=3
-runs=5
+runs=3
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds="$2"; shift 2 ;;
@@ -57,8 +57,8 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p /dev/hugepages
 mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages
-echo 1536 >/proc/sys/vm/nr_hugepages
-[ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || { echo "could not reserve 1536 hugepages" >&2; exit 1; }
+echo 2304 >/proc/sys/vm/nr_hugepages
+[ "$(cat /proc/sys/vm/nr_hugepages)" -ge 2304 ] || { echo "could not reserve 2304 hugepages" >&2; exit 1; }
 
 # config NAME CALLS... : an SPDK JSON config: the malloc bdev, then the given calls.
 config() {
@@ -68,7 +68,7 @@ config() {
     calls=$(IFS=,; echo "$*")
     cat >"$work/$name.json" <<JSON
 {"subsystems": [{"subsystem": "bdev", "config": [
-  {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 524288, "block_size": 4096}}${calls:+,$calls}
+  {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 786432, "block_size": 4096}}${calls:+,$calls}
 ]}]}
 JSON
 }
@@ -84,9 +84,9 @@ config raw
 config thick "$lvs" "$(lvol lv0 1024 false)"
 config chain "$lvs" "$(lvol lv0 1024 false)" "$(snap lv0 s0)" "$(clone s0 c1)" "$(snap c1 s1)" \
     "$(clone s1 c2)" "$(snap c2 s2)" "$(clone s2 c3)"
-config snapped "$lvs" "$(lvol lv0 1024 false)" "$(snap lv0 s0)"
-config control "$lvs" "$(lvol lv0 1024 false)" "$(lvol big 1048576 true)" "$(lvol lv1 1024 false)" \
-    "$(snap lv1 s1)" "$(clone s1 c1)"
+config snapped "$lvs" "$(lvol lv0 768 false)" "$(snap lv0 s0)"
+config control_snap "$lvs" "$(lvol lv0 1024 false)" "$(lvol big 1048576 true)"
+config control_inflate "$lvs" "$(lvol lv1 1024 false)" "$(snap lv1 s1)" "$(clone s1 c1)"
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
@@ -94,7 +94,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR
 spdk_io() {
     local cfg=$1 bdev=$2 workload=$3 out
     shift 3
-    out=$("$S/run" bdevperf --no-pci --disable-cpumask-locks -s 2560 -m 0x1 --json "$work/$cfg.json" \
+    out=$("$S/run" bdevperf --no-pci --disable-cpumask-locks -s 4096 -m 0x1 --json "$work/$cfg.json" \
         -T "$bdev" -q 64 -o 4096 -w "$workload" -t "$seconds" "$@" 2>&1) || {
         echo "bdevperf failed:" >&2; echo "$out" >&2; exit 1; }
     echo "$out" | tr -d '\r' | awk '/^ *Total *:/ {sub(/^ *Total *:/, ""); print $1}'
@@ -103,7 +103,8 @@ spdk_io() {
 tessera_io() {
     local cfg=$1 bdev=$2 workload=$3
     shift 3
-    "$T" bench -c "$work/$cfg.json" --bdev "$bdev" -w "$workload" -q 64 -o 4096 -t "$seconds" \
+    # tessera's bdev of lvol `lvs0/NAME` is named NAME (the RPC methods take both forms).
+    "$T" bench -c "$work/$cfg.json" --bdev "${bdev#lvs0/}" -w "$workload" -q 64 -o 4096 -t "$seconds" \
         -m 0 --idle busy --json "$@" 2>/dev/null | awk -F'[:,]' '/"iops"/ {gsub(/ /, "", $2); print $2; exit}'
 }
 
@@ -114,7 +115,7 @@ start_target() {
         RUST_LOG=warn "$T" serve -c "$work/$2.json" -m 0 --idle busy -s "$work/rpc.sock" \
             >"$work/target.log" 2>&1 &
     else
-        "$S/run" spdk_tgt --no-pci --disable-cpumask-locks -s 2560 -m 0x1 -r "$work/rpc.sock" \
+        "$S/run" spdk_tgt --no-pci --disable-cpumask-locks -s 4096 -m 0x1 -r "$work/rpc.sock" \
             --json "$work/$2.json" >"$work/target.log" 2>&1 &
     fi
     pid=$!
@@ -163,20 +164,20 @@ for c in "${io_cases[@]}"; do
         "$(IFS=,; echo "${t[*]}")" "$(IFS=,; echo "${s[*]}")"
 done
 
-# Control cases: name | method | params (each round starts a fresh target on `control`).
+# Control cases: name | config | method | params (each round starts a fresh target).
 ctl_cases=(
-    'snapshot_1g_written|bdev_lvol_snapshot|{"lvol_name": "lvs0/lv0", "snapshot_name": "snap"}'
-    'snapshot_1t_thin_empty|bdev_lvol_snapshot|{"lvol_name": "lvs0/big", "snapshot_name": "snap"}'
-    'inflate_1g_clone|bdev_lvol_inflate|{"name": "lvs0/c1"}'
+    'snapshot_1g_written|control_snap|bdev_lvol_snapshot|{"lvol_name": "lvs0/lv0", "snapshot_name": "snap"}'
+    'snapshot_1t_thin_empty|control_snap|bdev_lvol_snapshot|{"lvol_name": "lvs0/big", "snapshot_name": "snap"}'
+    'inflate_1g_clone|control_inflate|bdev_lvol_inflate|{"name": "lvs0/c1"}'
 )
 for c in "${ctl_cases[@]}"; do
-    IFS='|' read -r name method params <<<"$c"
+    IFS='|' read -r name cfg method params <<<"$c"
     if [ -n "${CASES:-}" ] && ! [[ ",$CASES," == *",$name,"* ]]; then continue; fi
     t=(); s=()
     for r in $(seq "$runs"); do
         if [ $((r % 2)) -eq 1 ]; then order="tessera spdk"; else order="spdk tessera"; fi
         for side in $order; do
-            start_target "$side" control
+            start_target "$side" "$cfg"
             ms=$(timed_rpc "$method" "$params")
             stop_target
             if [ "$side" = tessera ]; then t+=("$ms"); else s+=("$ms"); fi
