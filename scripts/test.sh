@@ -60,7 +60,16 @@ fi
 # bdevperf, nvme_fuzz), built for this machine in ../shared/spdk (or $TESSERA_SPDK_DIR):
 # the interop tests drive them. Their `run` installs their Debian runtime libraries
 # (as root) on first use; that is done here, once, before the tests run in parallel.
-spdk_dir=${TESSERA_SPDK_DIR:-$(cd .. && pwd)/shared/spdk}
+spdk_dir=${TESSERA_SPDK_DIR:-}
+if [ -z "$spdk_dir" ]; then
+    for d in "$(cd .. && pwd)/shared/spdk" /work/shared/spdk; do
+        if [ -x "$d/run" ]; then spdk_dir=$d; break; fi
+    done
+fi
+if [ -z "$spdk_dir" ]; then
+    echo "error: SPDK's tools are not in ../shared/spdk nor /work/shared/spdk (set TESSERA_SPDK_DIR)" >&2
+    exit 1
+fi
 spdk_tools=(nvmf_tgt spdk_tgt spdk_nvme_perf spdk_nvme_identify bdevperf nvme_fuzz)
 for t in "${spdk_tools[@]}"; do
     if [ ! -x "$spdk_dir/bin/$t" ]; then
