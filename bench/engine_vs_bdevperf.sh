@@ -19,17 +19,11 @@ cd "$(dirname "$0")/.."
 seconds=3
 runs=9
 malloc=1
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --seconds) seconds="$2"; shift 2 ;;
-        --runs) runs="$2"; shift 2 ;;
-        --smoke) seconds=1; runs=1; shift ;;
-        --no-malloc) malloc=0; shift ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-done
-S=${TESSERA_SPDK_DIR:-$(cd .. && pwd)/shared/spdk}
-[ -x "$S/run" ] || { echo "no SPDK tools at $S (set TESSERA_SPDK_DIR)" >&2; exit 2; }
+extra_option() { [ "$1" = --no-malloc ] && malloc=0; }
+# shellcheck source=bench/support/side_by_side.sh
+. bench/support/side_by_side.sh
+parse_options "$@"
+find_spdk
 cargo build --release --quiet --bin tessera
 T="${CARGO_TARGET_DIR:-target}/release/tessera"
 work=$(mktemp -d /var/tmp/tessera-vs-bdevperf.XXXXXX)
@@ -75,9 +69,8 @@ tessera_bench() {
         2>/dev/null | awk -F'[:,]' '/"iops"/ {gsub(/ /, "", $2); print $2; exit}'
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%FT%TZ); $seconds s x $runs rounds"
+machine_line
 # name | config | bdev | workload | qd | bdevperf memory arguments
 cases=(
     "null_randread_qd128|null.json|Null0|randread|128|--no-huge -s 1024"
@@ -91,7 +84,7 @@ if [ "$malloc" = 1 ]; then
 fi
 for c in "${cases[@]}"; do
     IFS='|' read -r name cfg bdev workload qd mem <<<"$c"
-    if [ -n "${CASES:-}" ] && ! [[ ",$CASES," == *",$name,"* ]]; then continue; fi
+    selected "$name" || continue
     t_iops=(); s_iops=()
     for r in $(seq "$runs"); do
         if [ $((r % 2)) -eq 1 ]; then order="tessera spdk"; else order="spdk tessera"; fi
@@ -105,8 +98,7 @@ for c in "${cases[@]}"; do
         done
     done
     tm=$(echo "${t_iops[*]}" | median); sm=$(echo "${s_iops[*]}" | median)
-    ratio=$(awk -v a="$tm" -v b="$sm" 'BEGIN {printf "%.3f", a/b}')
-    round_ratio=$(for i in "${!t_iops[@]}"; do awk -v a="${t_iops[$i]}" -v b="${s_iops[$i]}" 'BEGIN {printf "%.4f ", a/b}'; done | median)
+    rr=$(round_ratio t_iops s_iops)
     printf '{"case":"%s","tessera_iops":%.0f,"bdevperf_iops":%.0f,"ratio":%s,"median_round_ratio":%s,"tessera_runs":[%s],"bdevperf_runs":[%s]}\n' \
-        "$name" "$tm" "$sm" "$ratio" "$round_ratio" "$(IFS=,; echo "${t_iops[*]}")" "$(IFS=,; echo "${s_iops[*]}")"
+        "$name" "$tm" "$sm" "$(ratio "$tm" "$sm")" "$rr" "$(IFS=,; echo "${t_iops[*]}")" "$(IFS=,; echo "${s_iops[*]}")"
 done

@@ -24,31 +24,16 @@ cd "$(dirname "$0")/.."
 
 seconds=3
 runs=3
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --seconds) seconds="$2"; shift 2 ;;
-        --runs) runs="$2"; shift 2 ;;
-        --smoke) seconds=1; runs=1; shift ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-done
-S=${TESSERA_SPDK_DIR:-$(cd .. && pwd)/shared/spdk}
-[ -x "$S/run" ] || { echo "no SPDK tools at $S (set TESSERA_SPDK_DIR)" >&2; exit 2; }
+# shellcheck source=bench/support/side_by_side.sh
+. bench/support/side_by_side.sh
+parse_options "$@"
+find_spdk
 [ "$(id -u)" -eq 0 ] || { echo "run as root (hugepages for SPDK's malloc bdev)" >&2; exit 2; }
 cargo build --release --quiet --bin tessera
 T="${CARGO_TARGET_DIR:-target}/release/tessera"
 work=$(mktemp -d /var/tmp/tessera-lvol-vs-spdk.XXXXXX)
 hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
 pid=
-stop_target() {
-    if [ -n "$pid" ]; then
-        kill -INT "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        pid=
-    fi
-}
 cleanup() {
     stop_target
     rm -rf "$work"
@@ -88,7 +73,6 @@ config snapped "$lvs" "$(lvol lv0 768 false)" "$(snap lv0 s0)"
 config control_snap "$lvs" "$(lvol lv0 1024 false)" "$(lvol big 1048576 true)"
 config control_inflate "$lvs" "$(lvol lv1 1024 false)" "$(snap lv1 s1)" "$(clone s1 c1)"
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 # spdk_io CONFIG BDEV WORKLOAD EXTRA... -> IOPS (bdevperf)
 spdk_io() {
@@ -136,7 +120,7 @@ timed_rpc() {
     awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e6}'
 }
 
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%FT%TZ); $seconds s x $runs rounds"
+machine_line
 # I/O cases: name | config | bdev | workload | bdevperf extra | tessera bench extra
 io_cases=(
     "raw_randread|raw|Malloc0|randread||"
@@ -148,7 +132,7 @@ io_cases=(
 )
 for c in "${io_cases[@]}"; do
     IFS='|' read -r name cfg bdev workload sx tx <<<"$c"
-    if [ -n "${CASES:-}" ] && ! [[ ",$CASES," == *",$name,"* ]]; then continue; fi
+    selected "$name" || continue
     t=(); s=()
     for r in $(seq "$runs"); do
         if [ $((r % 2)) -eq 1 ]; then order="tessera spdk"; else order="spdk tessera"; fi
@@ -160,7 +144,7 @@ for c in "${io_cases[@]}"; do
     done
     tm=$(echo "${t[*]}" | median); sm=$(echo "${s[*]}" | median)
     printf '{"case":"%s","unit":"IOPS","tessera":%.0f,"spdk":%.0f,"ratio":%s,"tessera_runs":[%s],"spdk_runs":[%s]}\n' \
-        "$name" "$tm" "$sm" "$(awk -v a="$tm" -v b="$sm" 'BEGIN {printf "%.3f", a/b}')" \
+        "$name" "$tm" "$sm" "$(ratio "$tm" "$sm")" \
         "$(IFS=,; echo "${t[*]}")" "$(IFS=,; echo "${s[*]}")"
 done
 
@@ -172,7 +156,7 @@ ctl_cases=(
 )
 for c in "${ctl_cases[@]}"; do
     IFS='|' read -r name cfg method params <<<"$c"
-    if [ -n "${CASES:-}" ] && ! [[ ",$CASES," == *",$name,"* ]]; then continue; fi
+    selected "$name" || continue
     t=(); s=()
     for r in $(seq "$runs"); do
         if [ $((r % 2)) -eq 1 ]; then order="tessera spdk"; else order="spdk tessera"; fi
@@ -185,6 +169,6 @@ for c in "${ctl_cases[@]}"; do
     done
     tm=$(echo "${t[*]}" | median); sm=$(echo "${s[*]}" | median)
     printf '{"case":"%s","unit":"ms","tessera":%s,"spdk":%s,"ratio":%s,"tessera_runs":[%s],"spdk_runs":[%s]}\n' \
-        "$name" "$tm" "$sm" "$(awk -v a="$tm" -v b="$sm" 'BEGIN {printf "%.3f", b/a}')" \
+        "$name" "$tm" "$sm" "$(ratio "$sm" "$tm")" \
         "$(IFS=,; echo "${t[*]}")" "$(IFS=,; echo "${s[*]}")"
 done

@@ -18,16 +18,10 @@ cd "$(dirname "$0")/.."
 
 seconds=3
 runs=9
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --seconds) seconds="$2"; shift 2 ;;
-        --runs) runs="$2"; shift 2 ;;
-        --smoke) seconds=1; runs=1; shift ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-done
-S=${TESSERA_SPDK_DIR:-$(cd .. && pwd)/shared/spdk}
-[ -x "$S/run" ] || { echo "no SPDK tools at $S (set TESSERA_SPDK_DIR)" >&2; exit 2; }
+# shellcheck source=bench/support/side_by_side.sh
+. bench/support/side_by_side.sh
+parse_options "$@"
+find_spdk
 port=${NVMF_BENCH_PORT:-44620}
 cargo build --release --quiet --bin tessera
 T="${CARGO_TARGET_DIR:-target}/release/tessera"
@@ -44,15 +38,6 @@ cat >"$work/config.json" <<JSON
   {"method": "nvmf_subsystem_add_listener", "params": {"nqn": "$nqn", "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "$port"}}}]}]}
 JSON
 pid=
-stop_target() {
-    if [ -n "$pid" ]; then
-        kill -INT "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        pid=
-    fi
-}
 trap 'stop_target; rm -rf "$work"' EXIT
 
 # start_target tessera|spdk MASK
@@ -83,9 +68,8 @@ perf() {
     echo "$out" | awk '/^Total/ {sub(/^Total[ ]*:/, ""); print $1, $3}'
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%FT%TZ); $seconds s x $runs rounds"
+machine_line
 # name | target mask | perf args
 cases=(
     "randread_qd64|0x1|-c 0x2 -q 64 -o 4096 -w randread"
@@ -95,7 +79,7 @@ cases=(
 )
 for c in "${cases[@]}"; do
     IFS='|' read -r name mask args <<<"$c"
-    if [ -n "${CASES:-}" ] && ! [[ ",$CASES," == *",$name,"* ]]; then continue; fi
+    selected "$name" || continue
     t_iops=(); s_iops=(); t_lat=(); s_lat=()
     for r in $(seq "$runs"); do
         if [ $((r % 2)) -eq 1 ]; then order="tessera spdk"; else order="spdk tessera"; fi
@@ -109,9 +93,8 @@ for c in "${cases[@]}"; do
     done
     tm=$(echo "${t_iops[*]}" | median); sm=$(echo "${s_iops[*]}" | median)
     tl=$(echo "${t_lat[*]}" | median); sl=$(echo "${s_lat[*]}" | median)
-    ratio=$(awk -v a="$tm" -v b="$sm" 'BEGIN {printf "%.3f", a/b}')
     # The median of each round's ratio (the two sides of a round ran back to back).
-    round_ratio=$(for i in "${!t_iops[@]}"; do awk -v a="${t_iops[$i]}" -v b="${s_iops[$i]}" 'BEGIN {printf "%.4f ", a/b}'; done | median)
+    rr=$(round_ratio t_iops s_iops)
     printf '{"case":"%s","tessera_iops":%s,"spdk_iops":%s,"ratio":%s,"median_round_ratio":%s,"tessera_avg_us":%s,"spdk_avg_us":%s,"tessera_runs":[%s],"spdk_runs":[%s]}\n' \
-        "$name" "$tm" "$sm" "$ratio" "$round_ratio" "$tl" "$sl" "$(IFS=,; echo "${t_iops[*]}")" "$(IFS=,; echo "${s_iops[*]}")"
+        "$name" "$tm" "$sm" "$(ratio "$tm" "$sm")" "$rr" "$tl" "$sl" "$(IFS=,; echo "${t_iops[*]}")" "$(IFS=,; echo "${s_iops[*]}")"
 done

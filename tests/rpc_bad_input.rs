@@ -385,23 +385,11 @@ fn exits_within(
     }
 }
 
-/// A log destination that goes away (stderr a pipe whose reader closed: a log collector
-/// restarted, `| head`) costs the logs, never the target: the reactors keep serving and
-/// the process stops cleanly. (Before: the failed log write made tracing-subscriber
-/// `eprintln!` on the same broken pipe, which panicked the reactor; the abort that should
-/// follow a reactor panic panicked the same way, and the process hung.)
-#[test]
-fn a_closed_log_pipe_costs_the_logs_not_the_target() {
+/// `tessera ARGS` with debug logs to a stderr pipe whose reading end is already closed.
+fn with_closed_stderr(args: &[&std::ffi::OsStr]) -> std::process::Child {
     use std::process::{Command, Stdio};
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("t.sock");
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(&cfg, "cores: [0]\nidle: adaptive\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "-c"])
-        .arg(&cfg)
-        .arg("-s")
-        .arg(&socket)
+        .args(args)
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -409,6 +397,27 @@ fn a_closed_log_pipe_costs_the_logs_not_the_target() {
         .spawn()
         .unwrap();
     drop(child.stderr.take());
+    child
+}
+
+/// A log destination that goes away (stderr a pipe whose reader closed: a log collector
+/// restarted, `| head`) costs the logs, never the target: the reactors keep serving and
+/// the process stops cleanly. (Before: the failed log write made tracing-subscriber
+/// `eprintln!` on the same broken pipe, which panicked the reactor; the abort that should
+/// follow a reactor panic panicked the same way, and the process hung.)
+#[test]
+fn a_closed_log_pipe_costs_the_logs_not_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("t.sock");
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, "cores: [0]\nidle: adaptive\n").unwrap();
+    let mut child = with_closed_stderr(&[
+        "serve".as_ref(),
+        "-c".as_ref(),
+        cfg.as_os_str(),
+        "-s".as_ref(),
+        socket.as_os_str(),
+    ]);
     let end = Instant::now() + Duration::from_secs(60);
     while UnixStream::connect(&socket).is_err() {
         assert!(child.try_wait().unwrap().is_none(), "serve exited");
@@ -438,8 +447,8 @@ fn a_closed_log_pipe_costs_the_logs_not_the_target() {
     assert!(st.success(), "tessera serve: {st}");
 
     // A benchmark likewise runs to its end.
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
+    let mut bench = with_closed_stderr(
+        &[
             "bench",
             "--bdev",
             "null:64MiB",
@@ -447,14 +456,9 @@ fn a_closed_log_pipe_costs_the_logs_not_the_target() {
             "1",
             "--idle",
             "adaptive",
-        ])
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(bench.stderr.take());
+        ]
+        .map(std::ffi::OsStr::new),
+    );
     let st = exits_within(&mut bench, Duration::from_secs(60), "tessera bench");
     assert!(st.success(), "tessera bench: {st}");
 }
