@@ -27,14 +27,7 @@ find_spdk
 cargo build --release --quiet --bin tessera
 T="${CARGO_TARGET_DIR:-target}/release/tessera"
 work=$(mktemp -d /var/tmp/tessera-vs-bdevperf.XXXXXX)
-hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
-cleanup() {
-    rm -rf "$work"
-    if [ "$malloc" = 1 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
-        echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
-    fi
-}
-trap cleanup EXIT
+trap 'rm -rf "$work"; give_back_hugepages' EXIT
 
 cat >"$work/null.json" <<'JSON'
 {"subsystems": [{"subsystem": "bdev", "config": [
@@ -47,11 +40,7 @@ JSON
 
 if [ "$malloc" = 1 ]; then
     if [ "$(id -u)" -ne 0 ]; then echo "the malloc cases need root (hugepages); use --no-malloc" >&2; exit 2; fi
-    mkdir -p /dev/hugepages
-    mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages
-    echo 1536 >/proc/sys/vm/nr_hugepages
-    got=$(cat /proc/sys/vm/nr_hugepages)
-    [ "$got" -ge 1024 ] || { echo "only $got hugepages could be reserved" >&2; exit 1; }
+    reserve_hugepages 1536 1024
 fi
 
 # bdevperf CONFIG BDEV WORKLOAD QD MEMARGS... -> IOPS

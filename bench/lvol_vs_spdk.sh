@@ -32,18 +32,14 @@ find_spdk
 cargo build --release --quiet --bin tessera
 T="${CARGO_TARGET_DIR:-target}/release/tessera"
 work=$(mktemp -d /var/tmp/tessera-lvol-vs-spdk.XXXXXX)
-hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
 pid=
 cleanup() {
     stop_target
     rm -rf "$work"
-    echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
+    give_back_hugepages
 }
 trap cleanup EXIT
-mkdir -p /dev/hugepages
-mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages
-echo 2304 >/proc/sys/vm/nr_hugepages
-[ "$(cat /proc/sys/vm/nr_hugepages)" -ge 2304 ] || { echo "could not reserve 2304 hugepages" >&2; exit 1; }
+reserve_hugepages 2304 2304
 
 # config NAME CALLS... : an SPDK JSON config: the malloc bdev, then the given calls.
 config() {

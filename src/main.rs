@@ -452,7 +452,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    let config = match &a.config {
+    let mut config = match &a.config {
         Some(path) => Config::load(path)?,
         None => {
             let dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -462,7 +462,6 @@ fn serve(a: ServeArgs) -> Result<()> {
             embedded_default(&dir)
         }
     };
-    let mut config = config;
     if let Some(c) = &a.cores {
         config.cores = c.parse().context("--cores")?;
     }

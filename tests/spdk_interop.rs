@@ -271,6 +271,20 @@ fn lvols(srv: &Serve) -> Vec<Value> {
         .clone()
 }
 
+fn snapshot(srv: &Serve, disk: &str, name: &str) {
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": format!("pool0/{disk}"), "snapshot_name": name}),
+    );
+}
+
+fn clone(srv: &Serve, snap: &str, name: &str) {
+    srv.call(
+        "bdev_lvol_clone",
+        json!({"snapshot_name": format!("pool0/{snap}"), "clone_name": name}),
+    );
+}
+
 #[test]
 fn bdevperf_verifies_every_block_while_snapshots_clones_and_a_split_run() {
     let (srv, port) = serve("0");
@@ -284,14 +298,8 @@ fn bdevperf_verifies_every_block_while_snapshots_clones_and_a_split_run() {
         ],
         &trid(port, NQN, Some(HOSTNQN)),
     );
-    srv.call(
-        "bdev_lvol_snapshot",
-        json!({"lvol_name": "pool0/vd0", "snapshot_name": "base"}),
-    );
-    srv.call(
-        "bdev_lvol_clone",
-        json!({"snapshot_name": "pool0/base", "clone_name": "c0"}),
-    );
+    snapshot(&srv, "vd0", "base");
+    clone(&srv, "base", "c0");
     srv.call(
         "nvmf_subsystem_add_ns",
         json!({"nqn": NQN, "namespace": {"bdev_name": "c0", "nsid": 2}}),
@@ -318,24 +326,12 @@ fn bdevperf_verifies_every_block_while_snapshots_clones_and_a_split_run() {
     };
     at(3);
     srv.call("tessera_split_start", json!({"name": "pool0/c0"}));
-    srv.call(
-        "bdev_lvol_snapshot",
-        json!({"lvol_name": "pool0/vd0", "snapshot_name": "s1"}),
-    );
+    snapshot(&srv, "vd0", "s1");
     at(5);
-    srv.call(
-        "bdev_lvol_clone",
-        json!({"snapshot_name": "pool0/s1", "clone_name": "c1"}),
-    );
-    srv.call(
-        "bdev_lvol_snapshot",
-        json!({"lvol_name": "pool0/vd0", "snapshot_name": "s2"}),
-    );
+    clone(&srv, "s1", "c1");
+    snapshot(&srv, "vd0", "s2");
     at(8);
-    srv.call(
-        "bdev_lvol_snapshot",
-        json!({"lvol_name": "pool0/vd0", "snapshot_name": "s3"}),
-    );
+    snapshot(&srv, "vd0", "s3");
     srv.call("bdev_lvol_delete", json!({"name": "pool0/s1"}));
     // The split of c0 ends while bdevperf still writes it.
     let end = start + Duration::from_secs(secs - 2);

@@ -59,3 +59,19 @@ machine_line() {
 
 # True when case NAME is selected by $CASES (a comma-separated list; empty: all).
 selected() { [ -z "${CASES:-}" ] || [[ ",$CASES," == *",$1,"* ]]; }
+
+# Reserves WANT 2 MiB hugepages (as root) for SPDK's malloc bdev, failing below MIN;
+# give_back_hugepages restores the count found before.
+hugepages_before=
+reserve_hugepages() {
+    hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
+    mkdir -p /dev/hugepages
+    mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages
+    echo "$1" >/proc/sys/vm/nr_hugepages
+    local got
+    got=$(cat /proc/sys/vm/nr_hugepages)
+    [ "$got" -ge "$2" ] || { echo "only $got of $1 hugepages could be reserved" >&2; exit 1; }
+}
+give_back_hugepages() {
+    if [ -n "$hugepages_before" ]; then echo "$hugepages_before" >/proc/sys/vm/nr_hugepages; fi
+}
