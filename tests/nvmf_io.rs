@@ -426,3 +426,81 @@ fn a_keep_alive_in_flight_at_detach_does_not_fail_the_controller() {
     );
     hold.store(false, std::sync::atomic::Ordering::Release);
 }
+
+/// How 100 one-block reads, one at a time on a raw I/O queue of 32 entries connected
+/// with `cattr`, end: `true` for a SUCCESS C2HData PDU, `false` for a response capsule
+/// (whose SQ head must be the current one).
+fn read_endings(opts: TransportOptions, cattr: u8) -> Vec<bool> {
+    use tessera::nvme::pdu::Header;
+    use tessera::nvme::spec;
+    let env = start(1, opts);
+    env.malloc("M0", 1 << 20, 4096);
+    let addr = env.subsystem(NQN, &["M0"], None);
+    let (_admin, cntlid) = RawHost::admin(addr, NQN, 0);
+    let mut io = RawHost::connect(addr);
+    io.ic(false, false);
+    let c = io.connect_with(NQN, HOSTNQN, 1, cntlid, 0, cattr);
+    assert!(c.status().is_success(), "{}", c.status());
+    let mut sent = 1u16; // the Connect
+    let mut endings = Vec::new();
+    for i in 0..100u64 {
+        let cid = io.cid();
+        io.capsule(
+            spec::with_transport_sgl(spec::rw_sqe(cid, 0x02, 1, i % 256, 1, false), 4096),
+            None,
+        );
+        sent += 1;
+        let mut data = 0;
+        let ending = loop {
+            match io.recv() {
+                Got::Pdu(f, d) => match f.header {
+                    Header::C2HData(h) => {
+                        assert_eq!(h.cccid, cid);
+                        data += d.len();
+                        if h.success {
+                            break true;
+                        }
+                    }
+                    Header::CapsuleResp(c) => {
+                        let cqe = spec::Cqe::decode(&c);
+                        assert!(cqe.status().is_success(), "{}", cqe.status());
+                        assert_eq!(cqe.cid, cid);
+                        assert_eq!(cqe.sqhd, sent % 32, "the response carries an old SQ head");
+                        break false;
+                    }
+                    h => panic!("unexpected {h:?}"),
+                },
+                Got::Closed => panic!("closed"),
+            }
+        };
+        assert_eq!(data, 4096);
+        endings.push(ending);
+    }
+    endings
+}
+
+fn longest_run_of_success(endings: &[bool]) -> usize {
+    endings.split(|&e| !e).map(<[bool]>::len).max().unwrap_or(0)
+}
+
+#[test]
+fn reads_skip_the_response_capsule_but_keep_the_hosts_sq_head_fresh() {
+    // The host disabled SQ flow control: no response capsule after a read.
+    let e = read_endings(
+        TransportOptions::default(),
+        tessera::nvme::spec::CATTR_DISABLE_SQ_FLOW_CONTROL,
+    );
+    assert!(e.iter().all(|&s| s), "{e:?}");
+    // It did not (SPDK's host tools): SUCCESS, but a capsule with the current head
+    // before the host's view falls a quarter of the queue (8 of 32) behind.
+    let e = read_endings(TransportOptions::default(), 0);
+    assert_eq!(longest_run_of_success(&e), 7, "{e:?}");
+    assert!(e.iter().filter(|&&s| s).count() >= 85, "{e:?}");
+    // c2h_success off: a capsule after every read.
+    let off = TransportOptions {
+        c2h_success: false,
+        ..TransportOptions::default()
+    };
+    let e = read_endings(off, tessera::nvme::spec::CATTR_DISABLE_SQ_FLOW_CONTROL);
+    assert!(e.iter().all(|&s| !s), "{e:?}");
+}

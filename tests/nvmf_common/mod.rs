@@ -340,8 +340,21 @@ impl RawHost {
         cntlid: u16,
         kato_ms: u32,
     ) -> Cqe {
+        self.connect_with(subnqn, hostnqn, qid, cntlid, kato_ms, 0)
+    }
+
+    /// Connect with Connect Attributes `cattr`, on a queue of 32 entries.
+    pub fn connect_with(
+        &mut self,
+        subnqn: &str,
+        hostnqn: &str,
+        qid: u16,
+        cntlid: u16,
+        kato_ms: u32,
+        cattr: u8,
+    ) -> Cqe {
         let cid = self.cid();
-        let sqe = spec::connect_sqe(cid, qid, 31, 0, kato_ms);
+        let sqe = spec::connect_sqe(cid, qid, 31, cattr, kato_ms);
         let data = ConnectData {
             hostid: [9; 16],
             cntlid,

@@ -31,8 +31,10 @@ pub struct TransportOptions {
     pub io_unit_size: u32,
     /// Most commands outstanding on an admin queue.
     pub max_aq_depth: u32,
-    /// Skip the response capsule after a read's last C2HData PDU when the host disabled
-    /// SQ flow control.
+    /// End a successful read with a SUCCESS C2HData PDU instead of a response capsule:
+    /// always when the host disabled SQ flow control; otherwise (as SPDK's target does,
+    /// whatever the host asked) while the host's last-seen SQ head is less than a quarter
+    /// of the queue behind. `false` sends a response capsule after every read.
     pub c2h_success: bool,
 }
 

@@ -249,6 +249,8 @@ struct QpInner {
     /// Submission queue size (entries) and head, for SQHD.
     sq_size: u32,
     sqhd: u32,
+    /// The SQ head the host last saw in a response capsule.
+    reported_sqhd: u32,
     sq_flow_disabled: bool,
     sink: Rc<dyn IoSink>,
     ns: NsCache,
@@ -377,6 +379,7 @@ pub(crate) fn spawn(
                 qid: 0,
                 sq_size: 32,
                 sqhd: 0,
+                reported_sqhd: 0,
                 sq_flow_disabled: false,
                 sink,
                 ns: NsCache::default(),
@@ -485,12 +488,19 @@ impl Qpair {
                         st.closing = Some("host closed the connection");
                         break;
                     }
-                    Ok((_, short)) => {
+                    Ok((_, true)) => {
+                        // A short read drained the socket: TCP copies until the receive
+                        // queue is empty or the buffer full. Whatever arrives after it
+                        // raises a new edge in epoll, so readiness can be forgotten now
+                        // instead of by one more read that returns `WouldBlock` (a
+                        // system call per request at queue depth 1).
+                        self.sock.clear_readable();
+                        st.parse();
+                        break;
+                    }
+                    Ok((_, false)) => {
                         reads += 1;
-                        // A short read drained the socket: run what came and send the
-                        // answers first; the read that confirms `WouldBlock` (and clears
-                        // the readiness) waits for the next turn, off the latency path.
-                        if short || reads == READS_PER_TURN {
+                        if reads == READS_PER_TURN {
                             st.parse();
                             more = true;
                             break;
@@ -720,6 +730,7 @@ impl QpInner {
                 self.qid = qid;
                 self.sq_size = sqsize as u32 + 1;
                 self.sqhd %= self.sq_size;
+                self.reported_sqhd = self.sqhd;
                 self.sq_flow_disabled = cattr & spec::CATTR_DISABLE_SQ_FLOW_CONTROL != 0;
                 tracing::debug!(
                     qid,
@@ -758,13 +769,29 @@ impl QpInner {
         self.complete(slot);
     }
 
+    /// Whether a successful read may end with a SUCCESS C2HData PDU instead of a response
+    /// capsule. A response capsule also tells the host the SQ head; a host that disabled
+    /// SQ flow control needs none. One that did not (SPDK's host tools, the Linux host by
+    /// default) is sent SUCCESS anyway by SPDK's target, which leaves its view of the head
+    /// arbitrarily old. We skip the capsule only while the host's view is less than a
+    /// quarter of the queue behind, so a host that does track the head never sees more
+    /// than a quarter of its queue held by commands already taken.
+    fn may_skip_response(&self) -> bool {
+        if self.sq_flow_disabled {
+            return true;
+        }
+        let size = self.sq_size.max(1);
+        let behind = (self.sqhd + size - self.reported_sqhd % size) % size;
+        behind < size / 4
+    }
+
     /// Queues the answer of a finished command: its C2HData (on success) and response
     /// capsule, then a mark that releases the slot once they are written.
     fn complete(&mut self, slot: usize) {
         let hd = self.limits.header_digest;
         let dd = self.limits.data_digest;
         let hpda = self.hpda;
-        let use_success = self.sq_flow_disabled && self.opts.c2h_success;
+        let use_success = self.opts.c2h_success && self.may_skip_response();
         let req = &self.slots[slot];
         let cid = req.sqe.cid();
         let mut send_resp = true;
@@ -804,6 +831,7 @@ impl QpInner {
             }
         }
         if send_resp {
+            self.reported_sqhd = self.sqhd;
             let cqe = Cqe {
                 dw0: req.dw0,
                 dw1: req.dw1,
