@@ -39,7 +39,7 @@
 
 use super::VdiskError;
 use super::controller::Controller;
-use super::map::{Extent, MAX_LAYERS};
+use super::map::Extent;
 use super::meta::superblock::Superblock;
 use super::meta::{self, BlockPtr, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
 use super::table::{self, MAX_FANOUT, NODE_PAYLOAD_BYTES, Node, NodeKind};
@@ -545,8 +545,7 @@ fn unwritten_reachable<'a>(roots: impl Iterator<Item = &'a Arc<Node>>) -> u64 {
     roots.map(|r| walk(r, &mut seen)).sum()
 }
 
-/// Most bytes one extent takes in a leaf page (every layer with a fill).
-pub(crate) const MAX_EXTENT_BYTES: usize = 22 + MAX_LAYERS * 41;
+pub(crate) use super::table::MAX_EXTENT_BYTES;
 
 /// At most how many nodes replacing `[from, to)` of the tree under `root` with extents
 /// of `new_bytes` encoded bytes can build (`table::splice`): the leaves it rewrites,

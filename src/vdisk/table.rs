@@ -20,7 +20,7 @@
 //! Extents never cross a leaf's key span, so the leaf found for a segment holds the
 //! extent covering it, if any. Nodes are sized to fit one metadata page when encoded.
 
-use super::map::{Extent, PhysSeg};
+use super::map::{Extent, MAX_LAYERS, PhysSeg};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -46,6 +46,9 @@ pub fn extent_encoded_len(e: &Extent) -> usize {
         .map(|l| if l.fill.is_some() { 41 } else { 9 })
         .sum::<usize>()
 }
+
+/// The largest encoded extent: [`MAX_LAYERS`] layers, each with a fill.
+pub const MAX_EXTENT_BYTES: usize = 22 + MAX_LAYERS * 41;
 
 /// A node's contents.
 #[derive(Debug)]
@@ -404,15 +407,41 @@ fn build_root(parts: Vec<(u64, Arc<Node>)>, rc: &mut dyn RefCounts) -> Option<Ar
     }
 }
 
-/// Leaves holding `exts` (sorted), each within the page budget. The first leaf's key
-/// is `lo`.
+/// Leaves holding `exts` (sorted), each within the page budget: as many as greedy
+/// packing would make, but balanced. Greedy packing turns an insert into a full leaf
+/// into that leaf plus a leaf of one extent, so random inserts left tables of mostly
+/// such leaves (five extents a page where sixty fit). Balanced, a full leaf splits in
+/// two halves and leaves stay about half full or more, as in any B+tree. The first
+/// leaf's key is `lo`.
 fn leaves_from(lo: u64, exts: Vec<Extent>, rc: &mut dyn RefCounts) -> Vec<(u64, Arc<Node>)> {
-    let mut out = Vec::new();
+    // How many leaves greedy packing makes, and the bytes in all.
+    let (mut k, mut bytes, mut total) = (0usize, 0usize, 0usize);
+    for e in &exts {
+        let len = extent_encoded_len(e);
+        if k == 0 || bytes + len > NODE_PAYLOAD_BYTES {
+            k += 1;
+            bytes = 0;
+        }
+        bytes += len;
+        total += len;
+    }
+    // Close a leaf once it holds `target` bytes: every closed leaf then holds at least
+    // `total / k`, so there are at most `k` of them (the bound `splice_bound` relies on),
+    // and none passes the page, because `target` leaves room for one more extent. When
+    // it does not (greedy's leaves are nearly full), pack greedily.
+    let target = total.div_ceil(k.max(1));
+    let balanced = target + MAX_EXTENT_BYTES <= NODE_PAYLOAD_BYTES;
+    let mut out = Vec::with_capacity(k);
     let mut cur: Vec<Extent> = Vec::new();
     let mut bytes = 0;
     for e in exts {
         let len = extent_encoded_len(&e);
-        if !cur.is_empty() && bytes + len > NODE_PAYLOAD_BYTES {
+        let full = if balanced {
+            bytes >= target
+        } else {
+            bytes + len > NODE_PAYLOAD_BYTES
+        };
+        if !cur.is_empty() && full {
             let key = if out.is_empty() { lo } else { cur[0].vseg };
             out.push((
                 key,
@@ -432,6 +461,10 @@ fn leaves_from(lo: u64, exts: Vec<Extent>, rc: &mut dyn RefCounts) -> Vec<(u64, 
         let key = if out.is_empty() { lo } else { cur[0].vseg };
         out.push((key, Node::build(NodeKind::Leaf { extents: cur }, rc)));
     }
+    debug_assert!(
+        out.len() <= k,
+        "balanced packing made more leaves than greedy"
+    );
     out
 }
 
@@ -591,6 +624,45 @@ mod tests {
                 true
             });
         }
+    }
+
+    /// Random one-segment inserts over a big disk (first writes at random) keep leaves
+    /// at least about half full, as sequential inserts do.
+    #[test]
+    fn random_inserts_keep_leaves_half_full() {
+        let mut rc = Counts::default();
+        let mut root = None;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < 20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = x % (1 << 22);
+            if !seen.insert(v) {
+                continue;
+            }
+            let new = splice(root.as_ref(), v, v + 1, &[ext(v, v)], &mut rc);
+            set_root(&mut root, new, &mut rc);
+        }
+        let r = root.as_ref().unwrap();
+        assert_eq!(r.extent_count(), 20_000);
+        let mut leaves = Vec::new();
+        r.for_each_node(&mut |n| {
+            if let NodeKind::Leaf { extents } = &n.kind {
+                leaves.push(extents.len());
+            }
+        });
+        let per_page = NODE_PAYLOAD_BYTES / extent_encoded_len(&ext(0, 0));
+        let avg = 20_000.0 / leaves.len() as f64;
+        assert!(
+            avg >= per_page as f64 * 0.6,
+            "{} leaves, {avg:.1} extents a leaf where {per_page} fit",
+            leaves.len()
+        );
+        let small = leaves.iter().filter(|&&n| n < per_page / 2 - 1).count();
+        assert!(small <= 1, "{small} leaves under half full: {leaves:?}");
+        check_structure(&root);
     }
 
     #[test]
