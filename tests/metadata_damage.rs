@@ -698,7 +698,10 @@ fn crafted_internal_nodes_are_refused() {
     );
     // A child pointing at the node itself: its checksum cannot match (a loop of
     // verified pointers cannot be made); refused, no hang.
-    let (img, p) = craft_root(|_, me, e| e[1].1.page = me);
+    let (img, p) = craft_root(|img, me, e| {
+        e[1].1.page = me;
+        e[1].1.txn = txn_of(img, me);
+    });
     refused(
         &img.bytes,
         &[&format!("metadata page {p}: checksum"), "internal node"],

@@ -286,6 +286,10 @@ impl Controller {
         };
         let budget = &self.shared.meta_budget;
         let slack = (self.shared.cores.len() as u64 + 1) * budget.fill_cost();
+        // Persisting the dirty fills copies each written node at most once: fill
+        // charges beyond the pages in use (and the slack, for a fill looked at as the
+        // cap moved) are not needed.
+        budget.set_fill_cap(self.shared.meta_pages.saturating_sub(free) + slack);
         let local = free as i64 - unwritten as i64 - dir as i64 - slack as i64;
         let mut l = self.meta.borrow_mut();
         budget.give(local - l.local);
@@ -339,6 +343,7 @@ impl Controller {
         let mut l = self.meta.borrow_mut();
         let outstanding = (l.local - l.reserved as i64 - budget.available()).max(0);
         budget.give(l.charged_before);
+        budget.fill_charges_released(l.charged_before);
         l.charged_before = (outstanding - l.charged_before).max(0);
     }
 

@@ -350,6 +350,11 @@ impl Pool {
         })
     }
 
+    /// The transaction of the last commit (it grows by one with each commit).
+    pub fn committed_txn(&self) -> impl Future<Output = Result<u64, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { Ok(c.st.borrow().committed_txn) })
+    }
+
     /// Sets how long the pool waits for I/O it depends on (see [`TimeLimits`]).
     pub fn set_time_limits(
         &self,

@@ -64,12 +64,23 @@ pub struct PoolShared {
 /// next commit already needs) and takes from it before a change of the table; agents
 /// take from it before the first change of a fill since its last commit (its leaf is
 /// rewritten then). What cannot be taken is refused: no space.
+///
+/// Fill charges stop at a cap: persisting every dirty fill copies each written table
+/// node at most once, so they never need more pages in all than the written nodes
+/// (the controller keeps `fill_cap` at the metadata pages in use). Without it, a burst
+/// of first writes into fresh segments — each a new fill, most in leaves not yet
+/// written, which need no copy — charged a leaf's whole path apiece and drained the
+/// budget of a mostly empty metadata area, forcing commits and refusing writes.
 #[derive(Debug, Default)]
 pub struct MetaBudget {
     available: AtomicI64,
     /// Pages the first change of a fill since its last commit may cost: its leaf and
     /// the leaf's ancestors.
     fill_cost: AtomicU64,
+    /// Pages fill charges hold now (taken, not yet released by the controller).
+    fill_charged: AtomicI64,
+    /// Fill charges beyond this many pages are not needed.
+    fill_cap: AtomicI64,
 }
 
 impl MetaBudget {
@@ -105,6 +116,27 @@ impl MetaBudget {
 
     pub(crate) fn set_fill_cost(&self, pages: u64) {
         self.fill_cost.store(pages, Ordering::Relaxed);
+    }
+
+    /// True when the fill charges held cover every page persisting the dirty fills can
+    /// take: a new charge is not needed.
+    fn fills_covered(&self) -> bool {
+        self.fill_charged.load(Ordering::Acquire) >= self.fill_cap.load(Ordering::Acquire)
+    }
+
+    /// A fill charge of `pages` was taken.
+    fn fill_charge_taken(&self, pages: u64) {
+        self.fill_charged.fetch_add(pages as i64, Ordering::AcqRel);
+    }
+
+    /// The controller released `pages` of fill charges (given back to `available`).
+    pub(crate) fn fill_charges_released(&self, pages: i64) {
+        self.fill_charged.fetch_sub(pages, Ordering::AcqRel);
+    }
+
+    /// The most pages fill charges need to hold (see the type's doc).
+    pub(crate) fn set_fill_cap(&self, pages: u64) {
+        self.fill_cap.store(pages as i64, Ordering::Release);
     }
 }
 
@@ -148,15 +180,23 @@ impl PoolShared {
     /// and the answer is false (no space). A fill that was queued when looked at but
     /// committed before the change costs again, taken regardless (the budget keeps a
     /// little slack for that race).
+    ///
+    /// No charge is taken while the charges held already cover every written table
+    /// node (`MetaBudget`'s cap).
     pub(crate) fn change_fill(&self, fill: &Arc<Fill>, change: impl FnOnce(&Fill) -> bool) -> bool {
-        let cost = self.meta_budget.fill_cost();
-        let charged = !fill.is_dirty();
-        if charged && !self.meta_budget.try_take(cost) {
-            return false;
+        let budget = &self.meta_budget;
+        let cost = budget.fill_cost();
+        let charged = !fill.is_dirty() && !budget.fills_covered();
+        if charged {
+            if !budget.try_take(cost) {
+                return false;
+            }
+            budget.fill_charge_taken(cost);
         }
         if change(fill) && fill.mark_dirty() {
-            if !charged {
-                self.meta_budget.force_take(cost);
+            if !charged && !budget.fills_covered() {
+                budget.force_take(cost);
+                budget.fill_charge_taken(cost);
             }
             self.dirty_fills.push(fill.clone());
         }

@@ -1123,6 +1123,59 @@ fn metadata_full(e: &VdiskError) -> bool {
     matches!(e, VdiskError::NoMetadataSpace { .. })
 }
 
+/// A burst of first writes into fresh segments needs no commit to make metadata room:
+/// their fills sit in leaves not yet written (which a commit writes with the fills'
+/// bits, copying nothing), and fill charges stop at the pages a commit could copy.
+/// Before that cap, each first write charged a leaf's whole path, and 2000 of them
+/// drained the budget of a 256-page metadata area holding a few dozen pages.
+#[test]
+fn a_burst_of_first_writes_into_fresh_segments_forces_no_commit() {
+    let set = reactors(2);
+    let base = malloc("m0", 256);
+    let mut opts = PoolOptions::new("p0");
+    opts.segment_bytes = 64 << 10;
+    opts.metadata_bytes = Some(1 << 20);
+    let pool = block_on(Pool::create(set.cores(), 0, vec![base], None, opts)).unwrap();
+    let d: Arc<dyn Bdev> = block_on(pool.create_disk("d", 200 << 20, true)).unwrap();
+    block_on(pool.commit()).unwrap();
+    let before = block_on(pool.committed_txn()).unwrap();
+    // One 4 KiB block in each of 2000 of the disk's 3200 segments, in a scattered order,
+    // 32 at a time, from the core that is not the controller's.
+    let segs: Vec<u64> = (0..2000u64).map(|i| (i * 1601) % 3200).collect();
+    let d2 = d.clone();
+    let segs2 = segs.clone();
+    on(&set, 1, move || async move {
+        for chunk in segs2.chunks(32) {
+            let writes: Vec<_> = chunk
+                .iter()
+                .map(|&s| {
+                    let d = d2.clone();
+                    crate::reactor::spawn_local(async move {
+                        write_byte(&d, s * 16, (s % 250) as u8 + 1).await
+                    })
+                })
+                .collect();
+            for w in writes {
+                w.await.expect("a first write into a fresh segment");
+            }
+        }
+    });
+    let after = block_on(pool.committed_txn()).unwrap();
+    assert_eq!(
+        after,
+        before,
+        "first writes forced {} commits",
+        after - before
+    );
+    block_on(pool.commit()).unwrap();
+    on(&set, 0, move || async move {
+        for &s in segs.iter().step_by(97) {
+            assert_eq!(read_byte(&d, s * 16).await, (s % 250) as u8 + 1);
+        }
+    });
+    block_on(pool.close()).unwrap();
+}
+
 /// A full metadata area refuses what needs new metadata pages — creating disks and
 /// snapshots, allocating segments — with a precise no-space error, and nothing else:
 /// the pool keeps committing, what is allocated keeps reading and writing, deleting

@@ -171,6 +171,18 @@ pub fn decode_leaf(
         field,
         reason,
     };
+    // Every extent takes at least its 22-byte head: a count beyond what fits is refused
+    // before anything is read (and before zeros past the last extent read as one).
+    let fit = ((PAGE_BYTES - HEADER_BYTES) / 22) as u64;
+    if u64::from(h.count) > fit {
+        return Err(bad(
+            "extent",
+            format!(
+                "extent {fit} runs past the end of the page (the leaf counts {}; at most {fit} fit)",
+                h.count
+            ),
+        ));
+    }
     let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
     let mut out: Vec<RawExtent> = Vec::new();
     for i in 0..h.count {
