@@ -311,10 +311,7 @@ impl Controller {
     /// Makes the segments `vsegs` of `disk` its own: shared ones are copied concurrently
     /// and published together; ones with a writable top layer are filled one by one.
     async fn job_batch(&self, disk: u64, vsegs: &[u64]) -> IoStatus {
-        let mut locks = Vec::new();
-        for &v in vsegs {
-            locks.push(self.locks.segment(disk, v).await);
-        }
+        let locks = self.locks.segments(disk, vsegs).await;
         // Plan under the locks.
         let mut own = Vec::new();
         let mut copies = Vec::new();
@@ -344,10 +341,8 @@ impl Controller {
         if copies.is_empty() || !status.is_success() {
             return status;
         }
-        let mut locks = Vec::new();
-        for e in &copies {
-            locks.push(self.locks.segment(disk, e.vseg).await);
-        }
+        let vs: Vec<u64> = copies.iter().map(|e| e.vseg).collect();
+        let locks = self.locks.segments(disk, &vs).await;
         let mut tasks = Vec::new();
         for one in copies {
             // Re-check: a fault may have changed it while we were not holding the lock.

@@ -1123,6 +1123,65 @@ fn metadata_full(e: &VdiskError) -> bool {
     matches!(e, VdiskError::NoMetadataSpace { .. })
 }
 
+/// A disk locker (a snapshot, a resize) under a steady stream of segment lockers (mapping
+/// faults: each holds its segment across awaits, and a new one starts before the last
+/// one ends, so some segment is always held) gets the disk once the holders of the
+/// moment finish: a waiting disk locker bars new segment lockers. Before, it waited for
+/// the stream to pause — a second, under random first writes, until the background
+/// commit.
+#[test]
+fn a_disk_lock_is_not_starved_by_a_stream_of_segment_locks() {
+    let set = reactors(1);
+    let (granted_after, stream_len) = on(&set, 0, || async {
+        use std::cell::Cell;
+        use std::rc::Rc;
+        let locks = locks::DiskLocks::default();
+        let started = Rc::new(Cell::new(0u64));
+        let stream = {
+            let (locks, started) = (locks.clone(), started.clone());
+            crate::reactor::spawn_local(async move {
+                let mut faults = Vec::new();
+                for v in 0..2000u64 {
+                    let (locks, started) = (locks.clone(), started.clone());
+                    faults.push(crate::reactor::spawn_local(async move {
+                        let _g = locks.segment(7, v).await;
+                        started.set(started.get() + 1);
+                        crate::reactor::yield_now().await;
+                        crate::reactor::yield_now().await;
+                    }));
+                    crate::reactor::yield_now().await;
+                }
+                for f in faults {
+                    f.await;
+                }
+            })
+        };
+        for _ in 0..50 {
+            crate::reactor::yield_now().await;
+        }
+        let asked = started.get();
+        let g = locks.disk(7).await;
+        let granted_after = started.get() - asked;
+        drop(g);
+        stream.await;
+        // A disk locker that gives up (its time limit) stops barring segment lockers.
+        let held = locks.segment(8, 0).await;
+        let soon = || crate::reactor::now().after(Duration::from_millis(50));
+        assert!(views::until(soon(), locks.disk(8)).await.is_none());
+        assert!(
+            views::until(soon(), locks.segment(8, 1)).await.is_some(),
+            "an abandoned disk lock still bars segment lockers"
+        );
+        drop(held);
+        (granted_after, started.get())
+    });
+    assert_eq!(stream_len, 2000);
+    assert!(
+        granted_after <= 5,
+        "the disk lock was granted after {granted_after} more segment locks"
+    );
+}
+
 /// A burst of first writes into fresh segments needs no commit to make metadata room:
 /// their fills sit in leaves not yet written (which a commit writes with the fills'
 /// bits, copying nothing), and fill charges stop at the pages a commit could copy.
