@@ -605,13 +605,16 @@ fn bench(a: BenchArgs) -> Result<()> {
             Arc::new(move || {
                 let name = format!("{disk}-bench-snap{i}");
                 let t0 = std::time::Instant::now();
-                if let Err(e) = tessera::reactor::block_on(t.snapshot(
+                let r = tessera::reactor::block_on(t.snapshot(
                     vec![(disk.clone(), name)],
                     std::time::Duration::from_secs(5),
-                )) {
+                ));
+                let took = t0.elapsed();
+                let error = r.err().map(|e| e.to_string());
+                if let Some(e) = &error {
                     eprintln!("snapshot at {at} s failed: {e}");
                 }
-                t0.elapsed()
+                (took, error)
             }),
         ));
     }

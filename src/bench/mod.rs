@@ -139,9 +139,9 @@ pub enum BenchError {
     Rounds,
 }
 
-/// A hook run at chosen moments of a run (snapshots under load use it): gets the time
-/// since start, returns how long its action took.
-pub type TimedAction = Arc<dyn Fn() -> Duration + Send + Sync>;
+/// A hook run at chosen moments of a run (snapshots under load use it): returns how
+/// long its action took, and why it failed if it did.
+pub type TimedAction = Arc<dyn Fn() -> (Duration, Option<String>) + Send + Sync>;
 
 struct Worker {
     chan: Channel,
@@ -321,7 +321,7 @@ pub fn run(
         std::thread::sleep(wait);
         let at_s = start.elapsed().as_secs_f64();
         let t0 = clock.now();
-        let took = action();
+        let (took, error) = action();
         // Window: from the action's start to half a second after it ends.
         let t1 = clock.now().after(Duration::from_millis(500));
         for (_, w) in &handles {
@@ -330,6 +330,7 @@ pub fn run(
         events.push(SnapshotEvent {
             at_s,
             create_us: took.as_secs_f64() * 1e6,
+            error,
         });
     }
     let mut per_core = Vec::new();

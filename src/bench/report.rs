@@ -71,6 +71,9 @@ pub struct CoreReport {
 pub struct SnapshotEvent {
     pub at_s: f64,
     pub create_us: f64,
+    /// Why the action failed (a snapshot refused or timed out); absent when it worked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The whole run: totals at the top level, details below.
@@ -182,6 +185,9 @@ impl BenchReport {
         }
         for e in &self.snapshots {
             let _ = writeln!(s, "snapshot at {:.2} s took {:.1} us", e.at_s, e.create_us);
+            if let Some(err) = &e.error {
+                let _ = writeln!(s, "  and failed: {err}");
+            }
         }
         if let Some(w) = &self.window_lat_us {
             let _ = writeln!(
