@@ -313,7 +313,7 @@ pub fn splice(
     debug_assert!(from < to);
     debug_assert!(new.iter().all(|e| e.vseg >= from && e.end() <= to));
     let Some(root) = root else {
-        return build_root(leaves_from(0, new.to_vec(), rc), rc);
+        return build_root(leaves_from(0, new.to_vec(), false, rc), rc);
     };
     if to <= leaf_span(root, from).1 {
         return build_root(splice_in(root, 0, u64::MAX, from, to, new, rc), rc);
@@ -330,7 +330,7 @@ pub fn splice(
         let piece: Vec<Extent> = clip(new, at, piece_end);
         let next = match &cur {
             Some(r) => build_root(splice_in(r, 0, u64::MAX, at, piece_end, &piece, rc), rc),
-            None => build_root(leaves_from(0, piece, rc), rc),
+            None => build_root(leaves_from(0, piece, false, rc), rc),
         };
         if let Some(n) = &next {
             n.retain();
@@ -411,9 +411,16 @@ fn build_root(parts: Vec<(u64, Arc<Node>)>, rc: &mut dyn RefCounts) -> Option<Ar
 /// packing would make, but balanced. Greedy packing turns an insert into a full leaf
 /// into that leaf plus a leaf of one extent, so random inserts left tables of mostly
 /// such leaves (five extents a page where sixty fit). Balanced, a full leaf splits in
-/// two halves and leaves stay about half full or more, as in any B+tree. The first
-/// leaf's key is `lo`.
-fn leaves_from(lo: u64, exts: Vec<Extent>, rc: &mut dyn RefCounts) -> Vec<(u64, Arc<Node>)> {
+/// two halves and leaves stay about half full or more, as in any B+tree. Without
+/// `balance` (appending past a leaf's last extent: a disk written in order) greedy
+/// packing keeps the leaf full and starts a new one, as B+trees split their rightmost
+/// leaf. The first leaf's key is `lo`.
+fn leaves_from(
+    lo: u64,
+    exts: Vec<Extent>,
+    balance: bool,
+    rc: &mut dyn RefCounts,
+) -> Vec<(u64, Arc<Node>)> {
     // How many leaves greedy packing makes, and the bytes in all.
     let (mut k, mut bytes, mut total) = (0usize, 0usize, 0usize);
     for e in &exts {
@@ -430,7 +437,7 @@ fn leaves_from(lo: u64, exts: Vec<Extent>, rc: &mut dyn RefCounts) -> Vec<(u64, 
     // and none passes the page, because `target` leaves room for one more extent. When
     // it does not (greedy's leaves are nearly full), pack greedily.
     let target = total.div_ceil(k.max(1));
-    let balanced = target + MAX_EXTENT_BYTES <= NODE_PAYLOAD_BYTES;
+    let balanced = balance && target + MAX_EXTENT_BYTES <= NODE_PAYLOAD_BYTES;
     let mut out = Vec::with_capacity(k);
     let mut cur: Vec<Extent> = Vec::new();
     let mut bytes = 0;
@@ -505,6 +512,8 @@ fn splice_in(
 ) -> Vec<(u64, Arc<Node>)> {
     match &node.kind {
         NodeKind::Leaf { extents } => {
+            // Appending past every extent of the leaf: keep it full (see `leaves_from`).
+            let append = extents.last().is_none_or(|e| e.end() <= from);
             let mut out: Vec<Extent> = Vec::with_capacity(extents.len() + new.len() + 1);
             let mut inserted = false;
             for e in extents {
@@ -539,7 +548,7 @@ fn splice_in(
                 out.iter().all(|e| e.vseg >= lo && e.end() <= hi),
                 "extent crosses its leaf"
             );
-            leaves_from(lo, out, rc)
+            leaves_from(lo, out, !append, rc)
         }
         NodeKind::Internal { keys, children } => {
             let i = keys.partition_point(|&k| k <= from).saturating_sub(1);
@@ -662,6 +671,31 @@ mod tests {
         );
         let small = leaves.iter().filter(|&&n| n < per_page / 2 - 1).count();
         assert!(small <= 1, "{small} leaves under half full: {leaves:?}");
+        check_structure(&root);
+    }
+
+    /// Sequential one-segment inserts (a disk written in order) fill leaves: appending
+    /// to a full leaf starts a new one instead of halving it.
+    #[test]
+    fn sequential_inserts_fill_leaves() {
+        let mut rc = Counts::default();
+        let mut root = None;
+        for v in 0..20_000u64 {
+            let new = splice(root.as_ref(), v, v + 1, &[ext(v, v)], &mut rc);
+            set_root(&mut root, new, &mut rc);
+        }
+        let mut leaves = 0usize;
+        root.as_ref().unwrap().for_each_node(&mut |n| {
+            if matches!(n.kind, NodeKind::Leaf { .. }) {
+                leaves += 1;
+            }
+        });
+        let per_page = NODE_PAYLOAD_BYTES / extent_encoded_len(&ext(0, 0));
+        let avg = 20_000.0 / leaves as f64;
+        assert!(
+            avg >= per_page as f64 * 0.95,
+            "{leaves} leaves, {avg:.1} extents a leaf where {per_page} fit"
+        );
         check_structure(&root);
     }
 
