@@ -43,20 +43,23 @@ print(int(float(s[:-3])*u[s[-3:]]))")
 file_bytes=$((bytes + bytes / 64 + (1 << 30)))
 
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); $(date -u +%FT%TZ)"
-echo "# $T; $size thin disk, 4 KiB random first writes, QD 64, $seconds s, snapshot at the end"
-for r in $(seq "$runs"); do
-    rm -f "$work/pool.img"
-    truncate -s "$file_bytes" "$work/pool.img"
-    cat >"$work/pool.yaml" <<YAML
+echo "# $T; $size thin disk, 4 KiB random first writes, QD 64, $seconds s; check, reopen, snapshot under load"
+# reopen.yaml opens the pool; pool.yaml also creates the disk.
+cat >"$work/reopen.yaml" <<YAML
 cores: [0]
 idle: busy
 bdevs:
   - {type: uring, name: file0, path: $work/pool.img}
 pools:
   - {name: p0, bdevs: [file0]}
+YAML
+cat "$work/reopen.yaml" - >"$work/pool.yaml" <<YAML
 disks:
   - {name: thin0, pool: p0, size: $size, thin: true}
 YAML
+for r in $(seq "$runs"); do
+    rm -f "$work/pool.img"
+    truncate -s "$file_bytes" "$work/pool.img"
     "$T" bench -c "$work/pool.yaml" --bdev thin0 -w randwrite -q 64 -t "$seconds" \
         --json >"$work/write.json" 2>"$work/write.log"
     t0=$(date +%s.%N)
@@ -64,14 +67,6 @@ YAML
     t1=$(date +%s.%N)
     # Reopen: a process that opens the pool and reads for 0.2 s; its peak RSS, and the
     # time from its start to "pool opened" in its log.
-    cat >"$work/reopen.yaml" <<YAML
-cores: [0]
-idle: busy
-bdevs:
-  - {type: uring, name: file0, path: $work/pool.img}
-pools:
-  - {name: p0, bdevs: [file0]}
-YAML
     /usr/bin/time -f "%M" -o "$work/rss" "$T" bench -c "$work/reopen.yaml" --bdev thin0 -w randread \
         -q 1 -t 0.2 --json >/dev/null 2>"$work/reopen.log"
     "$T" bench -c "$work/reopen.yaml" --bdev thin0 -w randwrite -q 64 -t 3 --snapshot-at 2 \

@@ -39,15 +39,23 @@ impl DiskLocks {
     /// Locks one virtual segment of `disk` (waits for an exclusive holder, or a waiting
     /// exclusive locker, to finish).
     pub async fn segment(&self, disk: u64, vseg: u64) -> LockGuard {
-        self.segments(disk, &[vseg])
-            .await
-            .pop()
-            .expect("one segment")
+        self.take_segments(disk, &[vseg]).await;
+        self.guard(disk, Some(vseg))
     }
 
     /// Locks the virtual segments `vsegs` of `disk` together: none is held while the
     /// others are waited for.
     pub async fn segments(&self, disk: u64, vsegs: &[u64]) -> Vec<LockGuard> {
+        let mut vs = vsegs.to_vec();
+        vs.sort_unstable();
+        vs.dedup();
+        self.take_segments(disk, &vs).await;
+        vs.into_iter().map(|v| self.guard(disk, Some(v))).collect()
+    }
+
+    /// Waits until `vsegs` (distinct) of `disk` are free and no exclusive locker holds or
+    /// waits for the disk, then marks them held.
+    async fn take_segments(&self, disk: u64, vsegs: &[u64]) {
         std::future::poll_fn(|cx| {
             let mut m = self.inner.borrow_mut();
             let d = m.entry(disk).or_default();
@@ -62,17 +70,30 @@ impl DiskLocks {
                 Poll::Ready(())
             }
         })
-        .await;
-        let mut seen = HashSet::new();
-        vsegs
-            .iter()
-            .filter(|&&v| seen.insert(v))
-            .map(|&v| LockGuard {
-                locks: self.clone(),
-                disk,
-                segment: Some(v),
-            })
-            .collect()
+        .await
+    }
+
+    fn guard(&self, disk: u64, segment: Option<u64>) -> LockGuard {
+        LockGuard {
+            locks: self.clone(),
+            disk,
+            segment,
+        }
+    }
+
+    /// Changes `disk`'s state with `f`, then wakes every waiter to look again.
+    fn release(&self, disk: u64, f: impl FnOnce(&mut DiskState)) {
+        let waiters = {
+            let mut m = self.inner.borrow_mut();
+            let Some(d) = m.get_mut(&disk) else {
+                return;
+            };
+            f(d);
+            std::mem::take(&mut d.waiters)
+        };
+        for w in waiters {
+            w.wake();
+        }
     }
 
     /// Locks the whole of `disk` (waits for every segment holder; new segment lockers
@@ -103,11 +124,7 @@ impl DiskLocks {
             }
         })
         .await;
-        LockGuard {
-            locks: self.clone(),
-            disk,
-            segment: None,
-        }
+        self.guard(disk, None)
     }
 
     /// Locks several disks, in id order (no deadlock between two multi-disk lockers).
@@ -132,40 +149,20 @@ struct ExclusiveWait<'a> {
 
 impl Drop for ExclusiveWait<'_> {
     fn drop(&mut self) {
-        if !self.counted {
-            return;
-        }
-        let waiters = {
-            let mut m = self.locks.inner.borrow_mut();
-            let Some(d) = m.get_mut(&self.disk) else {
-                return;
-            };
-            d.exclusive_waiting -= 1;
-            std::mem::take(&mut d.waiters)
-        };
-        for w in waiters {
-            w.wake();
+        if self.counted {
+            self.locks.release(self.disk, |d| d.exclusive_waiting -= 1);
         }
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        let waiters = {
-            let mut m = self.locks.inner.borrow_mut();
-            let Some(d) = m.get_mut(&self.disk) else {
-                return;
-            };
-            match self.segment {
-                Some(v) => {
-                    d.segments.remove(&v);
-                }
-                None => d.exclusive = false,
+        let segment = self.segment;
+        self.locks.release(self.disk, |d| match segment {
+            Some(v) => {
+                d.segments.remove(&v);
             }
-            std::mem::take(&mut d.waiters)
-        };
-        for w in waiters {
-            w.wake();
-        }
+            None => d.exclusive = false,
+        });
     }
 }

@@ -421,32 +421,20 @@ fn leaves_from(
     balance: bool,
     rc: &mut dyn RefCounts,
 ) -> Vec<(u64, Arc<Node>)> {
-    // How many leaves greedy packing makes, and the bytes in all.
-    let (mut k, mut bytes, mut total) = (0usize, 0usize, 0usize);
-    for e in &exts {
-        let len = extent_encoded_len(e);
-        if k == 0 || bytes + len > NODE_PAYLOAD_BYTES {
-            k += 1;
-            bytes = 0;
-        }
-        bytes += len;
-        total += len;
-    }
-    // Close a leaf once it holds `target` bytes: every closed leaf then holds at least
-    // `total / k`, so there are at most `k` of them (the bound `splice_bound` relies on),
-    // and none passes the page, because `target` leaves room for one more extent. When
-    // it does not (greedy's leaves are nearly full), pack greedily.
-    let target = total.div_ceil(k.max(1));
-    let balanced = balance && target + MAX_EXTENT_BYTES <= NODE_PAYLOAD_BYTES;
-    let mut out = Vec::with_capacity(k);
+    // Balanced: close a leaf once it holds `target` bytes (see `balanced_target`).
+    let target = if balance {
+        balanced_target(&exts)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
     let mut cur: Vec<Extent> = Vec::new();
     let mut bytes = 0;
     for e in exts {
         let len = extent_encoded_len(&e);
-        let full = if balanced {
-            bytes >= target
-        } else {
-            bytes + len > NODE_PAYLOAD_BYTES
+        let full = match target {
+            Some(t) => bytes >= t,
+            None => bytes + len > NODE_PAYLOAD_BYTES,
         };
         if !cur.is_empty() && full {
             let key = if out.is_empty() { lo } else { cur[0].vseg };
@@ -468,11 +456,27 @@ fn leaves_from(
         let key = if out.is_empty() { lo } else { cur[0].vseg };
         out.push((key, Node::build(NodeKind::Leaf { extents: cur }, rc)));
     }
-    debug_assert!(
-        out.len() <= k,
-        "balanced packing made more leaves than greedy"
-    );
     out
+}
+
+/// The bytes at which balanced packing of `exts` closes a leaf: `total / k` rounded up,
+/// for the `k` leaves greedy packing makes. Every closed leaf then holds at least
+/// `total / k`, so there are at most `k` of them (the bound `splice_bound` relies on),
+/// and none passes the page, because the target leaves room for one more extent. `None`
+/// when it does not (greedy's leaves are nearly full): pack greedily.
+fn balanced_target(exts: &[Extent]) -> Option<usize> {
+    let (mut k, mut bytes, mut total) = (0usize, 0usize, 0usize);
+    for e in exts {
+        let len = extent_encoded_len(e);
+        if k == 0 || bytes + len > NODE_PAYLOAD_BYTES {
+            k += 1;
+            bytes = 0;
+        }
+        bytes += len;
+        total += len;
+    }
+    let target = total.div_ceil(k.max(1));
+    (target + MAX_EXTENT_BYTES <= NODE_PAYLOAD_BYTES).then_some(target)
 }
 
 /// Internal nodes over `parts` (sorted by key), each within the fan-out. The first

@@ -781,7 +781,7 @@ impl QpInner {
             return true;
         }
         let size = self.sq_size.max(1);
-        let behind = (self.sqhd + size - self.reported_sqhd % size) % size;
+        let behind = (self.sqhd + size - self.reported_sqhd) % size;
         behind < size / 4
     }
 
