@@ -511,11 +511,69 @@ fn vdisk_meta_seeds() {
             PageKind::Directory => 2,
             PageKind::SpaceMapIndex => 3,
             PageKind::SpaceMap => 4,
+            PageKind::Log => 5,
         };
         let mut forged = page.to_vec();
         forged[0] = p as u8;
         forged[1] = code << 1 | 1;
         s.add(&format!("{kind:?}-forged").to_lowercase(), forged);
+    }
+    // A log page: a splice, a fill, a disk record, a delete and the counters.
+    {
+        use tessera::vdisk::meta::directory::{DiskKind, DiskRecord, JobRecord};
+        use tessera::vdisk::meta::log::{self, LogRecord};
+        use tessera::vdisk::meta::node::RawExtent;
+        let rec = DiskRecord {
+            id: 2,
+            uuid: uuid::Uuid::from_u128(2),
+            name: "vd1".into(),
+            size_blocks: 1 << 20,
+            kind: DiskKind::Clone,
+            read_only: false,
+            thin: true,
+            parent: 1,
+            snap_gen: 3,
+            created_gen: 3,
+            root_page: tessera::vdisk::meta::NO_PAGE,
+            cow_policy: 1,
+            job: JobRecord::Split { cursor: 4 },
+            created_unix: 1_764_800_000,
+        };
+        let groups = vec![
+            vec![log::encode(&LogRecord::Splice {
+                disk: rec.id,
+                from: 3,
+                to: 5,
+                extents: vec![RawExtent {
+                    vseg: 3,
+                    len: 1,
+                    error: false,
+                    birth: 2,
+                    layers: vec![(7, Some([1, 0, 0, 1 << 63]))],
+                }],
+            })],
+            vec![
+                log::encode(&LogRecord::Fill {
+                    seg: 7,
+                    words: [3, 0, 0, 1 << 63],
+                }),
+                log::encode(&LogRecord::PutDisk {
+                    rec,
+                    share_root_of: 0,
+                }),
+                log::encode(&LogRecord::DropDisk { id: 9 }),
+                log::encode(&LogRecord::Counters {
+                    generation: 4,
+                    next_disk_id: 10,
+                }),
+            ],
+        ];
+        let place = 40u64;
+        let pool = uuid::Uuid::from_u128(0x7e55);
+        let mut page = log::pack(&groups, 12, 30, place, 64, &pool).remove(0).1;
+        page[0] = place as u8;
+        page[1] = 5 << 1 | 1;
+        s.add("log-forged", page);
     }
     s.add("empty", []);
     s.add("zeros", [0u8; 4096]);

@@ -226,6 +226,10 @@ fn build_images() -> Vec<Vec<u8>> {
             .await
             .map(drop)
     }));
+    // A snapshot only appends to the log: a checkpoint, so that each image kept is a
+    // commit of its own.
+    let p = pool.clone();
+    run(Box::pin(async move { p.commit().await }));
     keep(&mr);
     let p = pool.clone();
     run(Box::pin(async move {

@@ -189,6 +189,7 @@ pub fn vdisk_meta(data: &[u8]) {
             1 => meta::PageKind::Leaf,
             2 => meta::PageKind::Directory,
             3 => meta::PageKind::SpaceMapIndex,
+            5 => meta::PageKind::Log,
             _ => meta::PageKind::SpaceMap,
         };
         page = meta::forge_page(data, kind, index, &pool);
@@ -223,6 +224,23 @@ pub fn vdisk_meta(data: &[u8]) {
             meta::directory::decode_directory(&again, index, &pool, 1 << 20).as_ref(),
             Ok(&d)
         );
+    }
+    if let Ok(p) = meta::log::decode_log_page(&page, index, &pool, 1 << 20) {
+        // Round trip: the records pack into the same page.
+        let recs: Vec<Vec<Vec<u8>>> = p
+            .records
+            .iter()
+            .map(|r| vec![meta::log::encode(r)])
+            .collect();
+        let again = meta::log::pack(&recs, p.seq, p.first_lsn, index, 1, &pool);
+        assert_eq!(again.len(), usize::from(!recs.is_empty()));
+        if let Some((_, b)) = again.first() {
+            let q = meta::log::decode_log_page(b, index, &pool, 1 << 20).expect("repacked");
+            assert_eq!(
+                (q.seq, q.first_lsn, &q.records),
+                (p.seq, p.first_lsn, &p.records)
+            );
+        }
     }
     let _ = meta::space_map::decode_space_map(&page, index, &pool, index);
     if let Ok(ptrs) = meta::space_map::decode_sm_index(&page, index, &pool, 0, 1 << 12) {

@@ -294,6 +294,29 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            // The sweeps' ring holds 24 pages and each flush here appends one: 24 flushes
+            // cross the ring's end wherever the setup left it, and fill it past half,
+            // which starts checkpoints among the appends.
+            "flushes across the end of the log ring, checkpoints among them",
+            |b| {
+                let mut w = base(b);
+                for k in 0..10 {
+                    w.push(vec![b.write("d1", SEG + 120 + k, 1, false)]);
+                    w.push(vec![flush("d1")]);
+                }
+                w
+            },
+            |b| {
+                let mut w = Vec::new();
+                for k in 0..24 {
+                    w.push(vec![b.write("d1", 3 * SEG + 4 * k, 2, false)]);
+                    w.push(vec![flush("d1")]);
+                }
+                w
+            },
+            Redirect,
+        ),
+        s(
             "decouple a clone",
             with_snapshot,
             |_| {

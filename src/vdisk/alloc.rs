@@ -280,6 +280,31 @@ impl Space {
         self.free_segs.insert(seg);
     }
 
+    /// Takes `n` consecutive free metadata pages (the first of them), the lowest such
+    /// run; `None` if there is none (or `n` is 0).
+    pub fn take_page_run(&mut self, n: u64) -> Option<u64> {
+        if n == 0 {
+            return None;
+        }
+        let set = &mut self.free_pages;
+        let mut run = 0;
+        for p in 0..set.len {
+            if set.contains(p) {
+                run += 1;
+                if run == n {
+                    let first = p + 1 - n;
+                    for q in first..=p {
+                        set.remove(q);
+                    }
+                    return Some(first);
+                }
+            } else {
+                run = 0;
+            }
+        }
+        None
+    }
+
     /// Allocates a metadata page.
     pub fn alloc_page(&mut self) -> Option<u64> {
         self.free_pages.take()
@@ -339,7 +364,12 @@ impl RefCounts for Space {
         );
         let new = *r as i64 + delta;
         assert!(new >= 0, "segment {seg} reference count below zero");
+        let was = *r;
         *r = new as u32;
+        if was == 0 && new > 0 {
+            // Allocated already, except when the log is replayed: referenced, not free.
+            self.free_segs.remove(seg);
+        }
         self.sm_changed[seg as usize / SM_COUNTS_PER_PAGE] = self.txn_open;
         if new == 0 {
             self.pending_segs

@@ -11,7 +11,9 @@
 //! their node's span; that every segment a table references exists and is not reserved;
 //! that each segment is referenced exactly as often as the space map says (once per
 //! distinct leaf); and that no segment has two owners — a segment that a disk may write
-//! (its writable top layer) is referenced by that one leaf only.
+//! (its writable top layer) is referenced by that one leaf only. The intent log after
+//! the checkpoint is read to its end: a damaged page followed by a later append is an
+//! error (`intent::read_log`).
 
 use super::load::read_label;
 use super::meta::label::Label;
@@ -29,6 +31,8 @@ pub struct CheckReport {
     pub node_pages: usize,
     pub extents: usize,
     pub segments_referenced: usize,
+    /// Records of the intent log after the checkpoint (what open replays).
+    pub log_records: u64,
     /// Every problem, each naming where it is.
     pub errors: Vec<String>,
     /// Observations that are not corruption (a torn superblock slot after a crash).
@@ -76,5 +80,34 @@ pub async fn check(bdevs: Vec<Arc<dyn Bdev>>) -> CheckReport {
     r.errors
         .extend(found.space_map_errors.iter().map(|e| e.to_string()));
     r.notes.extend(found.notes);
+    // The intent log after the checkpoint: readable to its end, or damaged.
+    if let Some(area) = &root.sb.log {
+        match super::intent::read_log(
+            &root.meta_bdev,
+            root.sb.meta_first_byte,
+            &root.sb.pool_uuid,
+            root.sb.total_segments(),
+            area,
+        )
+        .await
+        {
+            Ok(pages) => {
+                let records: u64 = pages
+                    .iter()
+                    .flat_map(|p| (0..p.records.len() as u64).map(move |i| p.first_lsn + i))
+                    .filter(|&lsn| lsn >= area.replay_lsn)
+                    .count() as u64;
+                r.log_records = records;
+                if records > 0 {
+                    r.notes.push(format!(
+                        "the log holds {records} records after the checkpoint in {} pages \
+                         (open replays them)",
+                        pages.len()
+                    ));
+                }
+            }
+            Err(e) => r.errors.push(e.to_string()),
+        }
+    }
     r
 }

@@ -94,7 +94,7 @@ impl Controller {
         r
     }
 
-    fn fail(&self, why: String) -> IoStatus {
+    pub(crate) fn fail(&self, why: String) -> IoStatus {
         tracing::error!(pool = %self.shared.name, "{why}; the pool refuses further changes");
         self.st.borrow_mut().failed = Some(why);
         IoStatus::MediaError
@@ -102,18 +102,47 @@ impl Controller {
 
     /// Copies the leaves of dirty fills that were already written, so that the commit
     /// rewrites them. Returns true if anything was touched.
+    ///
+    /// A fill the log recorded since the last checkpoint may sit, by now, in a leaf its
+    /// owner no longer has (a snapshot taken after the fill was logged shares the leaf;
+    /// the owner's writes replaced it since): its leaf is looked for in the owner and in
+    /// every disk created since the extent was born (snapshots and clones that can share
+    /// it), and copied wherever it is found.
     pub(crate) fn persist_dirty_fills(&self) -> bool {
-        let mut by_disk: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+        // With a log, the log takes every changed fill first: an append that runs while
+        // this checkpoint is not yet durable must find them in its records.
+        self.log_dirty_fills();
+        let logged = (self.st.borrow_mut().log.as_mut())
+            .map(|l| std::mem::take(&mut l.fills_logged))
+            .unwrap_or_default();
+        let mut wanted: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         while let Some(f) = self.shared.dirty_fills.pop() {
             if f.take_dirty() {
                 let (d, v) = f.owner();
-                by_disk.entry(d).or_default().insert(v);
+                wanted.entry(d).or_default().insert(v);
+            }
+        }
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        for (_, (owner, v, birth, fill)) in logged {
+            for d in st.disks.values() {
+                if d.rec.id != owner && d.rec.created_gen < birth {
+                    continue;
+                }
+                let holds = (d.root.as_ref())
+                    .and_then(|r| r.lookup(v))
+                    .is_some_and(|e| {
+                        e.layers
+                            .iter()
+                            .any(|l| l.fill.as_ref().is_some_and(|f| Arc::ptr_eq(f, &fill)))
+                    });
+                if holds {
+                    wanted.entry(d.rec.id).or_default().insert(v);
+                }
             }
         }
         let mut touched = false;
-        let mut st = self.st.borrow_mut();
-        let st = &mut *st;
-        for (disk, vsegs) in by_disk {
+        for (disk, vsegs) in wanted {
             let Some(d) = st.disks.get_mut(&disk) else {
                 continue;
             };
@@ -130,6 +159,9 @@ impl Controller {
                 }
                 let new = table::splice(Some(&root), v, v + 1, &[e], &mut st.space);
                 table::set_root(&mut d.root, new, &mut st.space);
+                if let Some(l) = st.log.as_mut() {
+                    l.same_table(disk, &d.root);
+                }
                 touched = true;
             }
         }
@@ -164,14 +196,16 @@ impl Controller {
         if self.st.borrow().failed.is_some() {
             return Err(IoStatus::MediaError);
         }
-        if self.stopped() {
+        if self.stopped() || self.st.borrow().closed {
             return Err(IoStatus::Aborted);
         }
         self.persist_dirty_fills();
         self.rotate_fill_charges();
         let needs_meta = {
             let st = self.st.borrow();
-            st.changes != st.committed_changes
+            // With a log, also to free the ring of records all older than the last
+            // checkpoint.
+            st.changes != st.committed_changes || st.log.as_ref().is_some_and(|l| l.used() > 0)
         };
         if !needs_meta {
             self.sync_meta_budget();
@@ -225,6 +259,9 @@ impl Controller {
             let mut st = self.st.borrow_mut();
             st.committed_txn = txn;
             st.committed_changes = captured.changes;
+            if let (Some(l), Some(a)) = (st.log.as_mut(), captured.sb.log) {
+                l.checkpointed(a.replay_seq, a.replay_lsn, captured.changes);
+            }
             st.dir_pages = captured.dir_pages;
             st.space_map = captured.space_map;
         }
@@ -440,6 +477,14 @@ impl Controller {
                 })
                 .collect(),
             sm_index: space_map.index.clone(),
+            log: st.log.as_mut().map(|l| {
+                let (replay_seq, replay_lsn) = l.captured();
+                meta::superblock::LogArea {
+                    replay_seq,
+                    replay_lsn,
+                    ..l.area
+                }
+            }),
         };
         Ok(Captured {
             pages,
@@ -451,7 +496,7 @@ impl Controller {
     }
 
     /// Writes pages, coalescing consecutive ones, many at a time.
-    async fn write_pages(&self, pages: &[(u64, Vec<u8>)]) -> Result<(), IoStatus> {
+    pub(crate) async fn write_pages(&self, pages: &[(u64, Vec<u8>)]) -> Result<(), IoStatus> {
         let mut sorted: Vec<&(u64, Vec<u8>)> = pages.iter().collect();
         sorted.sort_by_key(|(p, _)| *p);
         let mut runs: Vec<(u64, IoBuf)> = Vec::new();

@@ -146,6 +146,8 @@ pub(crate) struct CtlState {
     /// Set when a metadata write failed: the pool refuses further changes.
     pub failed: Option<String>,
     pub closed: bool,
+    /// The intent log, if the pool has one (`intent.rs`).
+    pub log: Option<super::intent::IntentLog>,
 }
 
 impl CtlState {
@@ -154,10 +156,6 @@ impl CtlState {
             .values()
             .find(|d| d.rec.name == name)
             .map(|d| d.rec.id)
-    }
-
-    pub(crate) fn changed(&mut self) {
-        self.changes += 1;
     }
 }
 
@@ -236,9 +234,23 @@ impl Controller {
                 if c.st.borrow().closed {
                     return;
                 }
-                if c.needs_commit()
-                    && let Err(e) = c.commit().await
-                {
+                let logging = c.st.borrow().log.is_some();
+                let r = if !logging {
+                    if c.needs_commit() {
+                        c.commit().await
+                    } else {
+                        Ok(())
+                    }
+                } else if c.needs_commit() && c.wants_checkpoint() {
+                    c.commit().await
+                } else if c.undurable_changes() || !c.shared.dirty_fills.is_empty() {
+                    // What was written in the last second becomes durable even without
+                    // a flush, as a checkpoint every second used to make it.
+                    c.make_durable().await
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = r {
                     tracing::error!(pool = %c.shared.name, status = ?e, "background commit failed");
                 }
             }
@@ -266,7 +278,18 @@ impl Controller {
         st.failed.is_none()
             && (st.changes != st.committed_changes
                 || !self.shared.dirty_fills.is_empty()
+                || st.log.as_ref().is_some_and(|l| !l.fills_logged.is_empty())
                 || self.fill_charges_outstanding())
+    }
+
+    /// True if the log asks for a checkpoint (half full, or changes older than the
+    /// checkpoint interval, or a change it does not describe), or space freed waits
+    /// for one while free segments run low.
+    pub(crate) fn wants_checkpoint(&self) -> bool {
+        let st = self.st.borrow();
+        let low = st.space.free_segments() < st.space.data_segments() / 16
+            && st.space.pending_segments() > 0;
+        low || st.log.as_ref().is_none_or(|l| l.wants_checkpoint())
     }
 
     /// Publishes the free segments and brings the metadata budget up to date.
@@ -302,6 +325,9 @@ impl Controller {
             let new = table::splice(d.root.as_ref(), from, to, &exts, &mut st.space);
             table::set_root(&mut d.root, new, &mut st.space);
             st.changes += 1;
+            if let Some(l) = st.log.as_mut() {
+                l.splice(st.changes, disk, from, to, &exts, &d.root);
+            }
             d.root.as_ref().map_or(0, |r| r.height() as u64)
         };
         let budget = &self.shared.meta_budget;
@@ -534,6 +560,7 @@ impl Controller {
             }
             reactor::sleep(Duration::from_millis(1)).await;
         }
+        self.appends_idle(deadline).await;
         let commit = self.commit().await;
         self.st.borrow_mut().closed = true;
         self.background.borrow_mut().take();

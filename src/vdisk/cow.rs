@@ -253,11 +253,9 @@ impl Controller {
         };
         // The others' new tables (and anything else not committed yet, such as the
         // delete of a disk that shared the segment) durable before the write in place.
-        let uncommitted = {
-            let st = self.st.borrow();
-            st.changes != st.committed_changes
-        };
-        if uncommitted && let Err(e) = self.commit().await {
+        if self.undurable_changes()
+            && let Err(e) = self.make_durable().await
+        {
             return Some(e);
         }
         let generation = self.st.borrow().generation;

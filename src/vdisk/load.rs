@@ -10,10 +10,12 @@
 use super::alloc::{RESERVED, Space};
 use super::controller::{Controller, CtlState, DiskCtl, validate_name};
 use super::disk::VDisk;
+use super::intent::{self, IntentLog};
 use super::map::{Extent, Fill, Geometry};
+use super::meta::directory::DiskRecord;
 use super::meta::label::{Label, Role};
 use super::meta::space_map::{SpaceMapPtrs, sm_index_pages_for, sm_pages_for};
-use super::meta::superblock::{ContainerRecord, MAX_SEGMENTS, Superblock};
+use super::meta::superblock::{ContainerRecord, LogArea, MAX_SEGMENTS, Superblock};
 use super::meta::{self, BlockPtr, PAGE_BYTES, SUPERBLOCK_OFFSET};
 use super::scan::{self, Mode, NodePage, Scan};
 use super::shared::{Container, PoolShared};
@@ -296,6 +298,7 @@ pub(crate) async fn create(
             })
             .collect(),
         sm_index: space_map.index,
+        log: None,
     };
     write_bytes(
         &meta_bdev,
@@ -407,6 +410,7 @@ async fn open_labelled(
         sm_ptrs,
         counts,
         node_pages,
+        mut fills,
     } = build_state(found);
     let reserved: Vec<u64> = shared
         .containers
@@ -428,16 +432,84 @@ async fn open_labelled(
         space.load_segment(*s, *c);
     }
     space.touch_all_sm();
+    let mut table: BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)> = records
+        .into_iter()
+        .zip(roots)
+        .map(|(rec, root)| (rec.id, (rec, root)))
+        .collect();
+    let mut generation = sb.generation;
+    let mut next_disk_id = sb.next_disk_id;
+    // The log: replayed onto the checkpoint; or, for a pool without one, placed in a
+    // free run of the node area (the checkpoint at the end of the open records it).
+    let log = match sb.log {
+        Some(area) => {
+            for p in area.first_page..area.first_page + area.pages {
+                space.load_page(p);
+            }
+            let pages = intent::read_log(
+                &root.meta_bdev,
+                sb.meta_first_byte,
+                &pool_uuid,
+                sb.total_segments(),
+                &area,
+            )
+            .await
+            .map_err(|e| VdiskError::Meta(e.into()))?;
+            let r = intent::replay(
+                pages,
+                &area,
+                intent::ReplayState {
+                    disks: &mut table,
+                    space: &mut space,
+                    fills: &mut fills,
+                    generation: &mut generation,
+                    next_disk_id: &mut next_disk_id,
+                },
+            )
+            .map_err(|e| VdiskError::Meta(e.into()))?;
+            // Fills the log changed sit in leaves read from the checkpoint: copied, so
+            // that the checkpoint below writes them.
+            let copied = intent::rewrite_leaves_holding(&mut table, &mut space, &r.fills_changed);
+            tracing::info!(pool = %sb.pool_name, records = r.records, pages = r.pages,
+                leaves_copied = copied, "log replayed");
+            // Appends start a whole ring past the replay start: no page written before
+            // can pass for a new one.
+            Some((area, area.replay_seq + area.pages, r.next_lsn, r.records))
+        }
+        None => {
+            let want = intent::log_pages_for(sb.meta_pages - sb.node_first_page());
+            match space.take_page_run(want) {
+                Some(first_page) if want > 0 => Some((
+                    LogArea {
+                        first_page,
+                        pages: want,
+                        replay_seq: 0,
+                        replay_lsn: 1,
+                    },
+                    want,
+                    1,
+                    0,
+                )),
+                _ => {
+                    tracing::warn!(pool = %sb.pool_name, pages = want,
+                        "no free run of metadata pages for an intent log: flushes and \
+                         snapshots commit the tables instead");
+                    None
+                }
+            }
+        }
+    };
+    set_fill_owners(&table);
     let mut disks = BTreeMap::new();
-    for (rec, root) in records.into_iter().zip(roots) {
+    for (id, (rec, root)) in table {
         let bdev = VDisk::new(&shared, &rec).map_err(VdiskError::Bdev)?;
-        disks.insert(rec.id, DiskCtl::new(rec, root, bdev));
+        disks.insert(id, DiskCtl::new(rec, root, bdev));
     }
     let st = CtlState {
         disks,
         space,
-        generation: sb.generation,
-        next_disk_id: sb.next_disk_id,
+        generation,
+        next_disk_id,
         committed_txn: sb.txn,
         changes,
         committed_changes: 0,
@@ -445,9 +517,24 @@ async fn open_labelled(
         space_map: sm_ptrs,
         failed: None,
         closed: false,
+        log: None,
     };
+    let mut st = st;
+    st.log = log.map(|(area, next_seq, next_lsn, replayed)| {
+        let mut l = IntentLog::new(area, next_seq, next_lsn, &st);
+        l.replayed_at_open = replayed;
+        l
+    });
+    let logged = st.log.is_some();
     let ndisks = st.disks.len();
     let c = Controller::start(shared.clone(), st);
+    if logged {
+        // A checkpoint of what was replayed, naming where appends start.
+        c.commit().await.map_err(|status| VdiskError::Io {
+            what: "the checkpoint after the log replay".into(),
+            status,
+        })?;
+    }
     c.resume_jobs();
     tracing::info!(pool = %shared.name, uuid = %pool_uuid, txn = sb.txn, disks = ndisks, "pool opened");
     Ok(shared)
@@ -460,6 +547,8 @@ struct Loaded {
     sm_ptrs: SpaceMapPtrs,
     counts: HashMap<u64, u32>,
     node_pages: Vec<u64>,
+    /// The fill of each partially written segment (one per segment, shared).
+    fills: HashMap<u64, Arc<Fill>>,
 }
 
 /// Builds the in-memory tables from a scan that found no error: shared pages become
@@ -477,8 +566,20 @@ fn build_state(found: Scan) -> Loaded {
         root.retain();
         roots.push(Some(root));
     }
-    // Owners of live fills: the disk whose writable top layer each is.
-    for (r, root) in found.records.iter().zip(&roots) {
+    Loaded {
+        records: found.records,
+        roots,
+        dir_pages: found.dir_pages,
+        sm_ptrs: found.sm_ptrs,
+        counts: found.counts,
+        node_pages: built.keys().copied().collect(),
+        fills,
+    }
+}
+
+/// Owners of live fills: the disk whose writable top layer each is.
+fn set_fill_owners(table: &BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>) {
+    for (r, root) in table.values() {
         if let Some(root) = root {
             root.visit_from(0, &mut |e: &Extent| {
                 if e.birth > r.snap_gen
@@ -489,14 +590,6 @@ fn build_state(found: Scan) -> Loaded {
                 true
             });
         }
-    }
-    Loaded {
-        records: found.records,
-        roots,
-        dir_pages: found.dir_pages,
-        sm_ptrs: found.sm_ptrs,
-        counts: found.counts,
-        node_pages: built.keys().copied().collect(),
     }
 }
 

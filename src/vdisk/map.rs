@@ -139,6 +139,13 @@ impl Fill {
         [0, 1, 2, 3].map(|i| self.bits[i].load(Ordering::Acquire))
     }
 
+    /// Sets the bits to `words` (replaying the log).
+    pub fn store_words(&self, words: [u64; 4]) {
+        for (a, w) in self.bits.iter().zip(words) {
+            a.store(w, Ordering::Release);
+        }
+    }
+
     /// True if its bits changed since the controller last persisted them.
     pub fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Acquire)

@@ -19,7 +19,8 @@
 //! - [`split`]: the background split (inflate) and decouple jobs.
 //! - [`alloc`]: segment reference counts, free segments and pages.
 //! - [`meta`]: the on-disk format, by page kind — pure encoders and decoders.
-//! - [`commit`]: making the controller's state durable.
+//! - [`commit`]: making the controller's state durable (checkpoints).
+//! - [`intent`]: the intent log — appends at durable points, replay at open.
 //! - [`load`]: creating a pool, and opening (recovering) one.
 //! - `scan`: reading and verifying the durable state, for open and check alike.
 //! - [`check`]: the offline consistency check behind `tessera check`.
@@ -34,6 +35,7 @@ pub mod commit;
 pub mod controller;
 pub mod cow;
 pub mod disk;
+pub mod intent;
 pub mod lifecycle;
 pub mod load;
 mod locks;
@@ -52,7 +54,7 @@ pub use controller::TimeLimits;
 pub use disk::VDisk;
 pub use lifecycle::DiskInfo;
 pub use load::PoolOptions;
-pub use pool::Pool;
+pub use pool::{LogStatus, Pool};
 
 use crate::bdev::{BdevError, IoStatus};
 use serde::{Deserialize, Serialize};

@@ -31,11 +31,25 @@ impl VDisk {
 /// exists survives a crash (as SPDK persists lvol metadata before answering).
 pub(crate) async fn durable<T>(c: &Controller, r: Result<T, VdiskError>) -> Result<T, VdiskError> {
     let v = r?;
-    c.commit().await.map_err(|status| VdiskError::Io {
+    c.make_durable().await.map_err(|status| VdiskError::Io {
         what: "committing the change".into(),
         status,
     })?;
     Ok(v)
+}
+
+/// Where a pool's intent log stands (`intent.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LogStatus {
+    /// Pages of the ring.
+    pub pages: u64,
+    /// The sequence number of the next page appended (pages appended since the pool
+    /// was created, plus a ring's worth per open).
+    pub next_seq: u64,
+    /// Where replay starts in the superblock in force.
+    pub replay_seq: u64,
+    /// Records the last open replayed.
+    pub replayed_at_open: u64,
 }
 
 /// A pool of storage containers holding virtual disks. Cheap to clone, usable from any
@@ -353,6 +367,20 @@ impl Pool {
     /// The transaction of the last commit (it grows by one with each commit).
     pub fn committed_txn(&self) -> impl Future<Output = Result<u64, VdiskError>> + Send + 'static {
         self.on_ctl(move |c| async move { Ok(c.st.borrow().committed_txn) })
+    }
+
+    /// The intent log's state, if the pool has one.
+    pub fn log_status(
+        &self,
+    ) -> impl Future<Output = Result<Option<LogStatus>, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move {
+            Ok(c.st.borrow().log.as_ref().map(|l| LogStatus {
+                pages: l.area.pages,
+                next_seq: l.next_seq,
+                replay_seq: l.durable_seq,
+                replayed_at_open: l.replayed_at_open,
+            }))
+        })
     }
 
     /// Sets how long the pool waits for I/O it depends on (see [`TimeLimits`]).

@@ -237,7 +237,13 @@ impl Controller {
                 origins.len()
             )));
         }
-        self.persist_dirty_fills();
+        // The fills' bits as the drained writes left them: the log records them (the
+        // snapshot's append writes them), or without one, their leaves are copied.
+        if self.st.borrow().log.is_some() {
+            self.log_dirty_fills();
+        } else {
+            self.persist_dirty_fills();
+        }
         // Looked at again before anything is added: an origin may have been deleted, or
         // a disk given one of the names, while we waited for the locks and the drains.
         let refused = {

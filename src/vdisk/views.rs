@@ -297,7 +297,7 @@ impl Controller {
             } => self.materialize(disk, vseg, first, last).await,
             AgentRequest::Punch { disk, from, to } => self.punch(disk, from, to).await,
             AgentRequest::MaybeEmpty { disk, vseg } => self.maybe_empty(disk, vseg).await,
-            AgentRequest::Commit => match self.commit().await {
+            AgentRequest::Commit => match self.make_durable().await {
                 Ok(()) => IoStatus::Success,
                 Err(st) => st,
             },

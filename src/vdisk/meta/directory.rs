@@ -10,7 +10,8 @@ use uuid::Uuid;
 /// Disk records per directory page.
 pub const DIR_RECORDS_PER_PAGE: usize = (PAGE_BYTES - HEADER_BYTES) / DISK_RECORD_BYTES;
 
-const DISK_RECORD_BYTES: usize = 320;
+/// Encoded size of a disk record.
+pub(super) const DISK_RECORD_BYTES: usize = 320;
 
 /// How a disk came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -75,8 +76,7 @@ pub struct DirectoryPage {
     pub next: BlockPtr,
 }
 
-fn encode_disk(w: &mut Writer<'_>, d: &DiskRecord, root: &BlockPtr) {
-    debug_assert_eq!(d.root_page, root.page);
+pub(super) fn encode_disk(w: &mut Writer<'_>, d: &DiskRecord, root: &BlockPtr) {
     let start = w.at;
     w.u64(d.id);
     w.bytes(d.uuid.as_bytes());
@@ -122,6 +122,7 @@ pub fn encode_directory(
     let mut b = new_page(&h, pool);
     let mut w = Writer::new(&mut b, HEADER_BYTES);
     for (d, root) in disks.iter().zip(roots) {
+        debug_assert_eq!(d.root_page, root.page);
         encode_disk(&mut w, d, root);
     }
     seal(&mut b);
@@ -162,43 +163,7 @@ pub fn decode_directory(
     let mut roots = Vec::new();
     for i in 0..h.count as usize {
         let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES + i * DISK_RECORD_BYTES);
-        let t = || format!("record {i} truncated");
-        let id = r.u64().ok_or_else(|| bad("id", t()))?;
-        let uuid = r.uuid().ok_or_else(|| bad("uuid", t()))?;
-        let name = read_name(&mut r, 128)
-            .ok_or_else(|| bad("name", t()))?
-            .map_err(|e| bad("name", format!("record {i}: {e}")))?;
-        let size_blocks = r.u64().ok_or_else(|| bad("size_blocks", t()))?;
-        let kind = match r.u8().ok_or_else(|| bad("kind", t()))? {
-            0 => DiskKind::Disk,
-            1 => DiskKind::Snapshot,
-            2 => DiskKind::Clone,
-            x => return Err(bad("kind", format!("record {i}: unknown kind {x}"))),
-        };
-        let flags = r.u8().ok_or_else(|| bad("flags", t()))?;
-        let parent = r.u64().ok_or_else(|| bad("parent", t()))?;
-        let snap_gen = r.u64().ok_or_else(|| bad("snap_gen", t()))?;
-        let created_gen = r.u64().ok_or_else(|| bad("created_gen", t()))?;
-        let root = BlockPtr::read(&mut r).ok_or_else(|| bad("root", t()))?;
-        let cow_policy = r.u8().ok_or_else(|| bad("cow_policy", t()))?;
-        let job = r.u8().ok_or_else(|| bad("job", t()))?;
-        let cursor = r.u64().ok_or_else(|| bad("job", t()))?;
-        let created_unix = r.u64().ok_or_else(|| bad("created_unix", t()))?;
-        if size_blocks == 0 || size_blocks >= MAX_DISK_BLOCKS {
-            return Err(bad(
-                "size_blocks",
-                format!("record {i}: {size_blocks} blocks is not a disk size"),
-            ));
-        }
-        if flags > 3 {
-            return Err(bad(
-                "flags",
-                format!("record {i}: unknown flags {flags:#x}"),
-            ));
-        }
-        if id == 0 || name.is_empty() {
-            return Err(bad("id", format!("record {i} has no id or name")));
-        }
+        let (rec, root) = read_disk(&mut r, i).map_err(|(field, reason)| bad(field, reason))?;
         if !ptr_ok(&root) {
             return Err(bad(
                 "root",
@@ -209,40 +174,7 @@ pub fn decode_directory(
                 ),
             ));
         }
-        if cow_policy > 1 {
-            return Err(bad(
-                "cow_policy",
-                format!("record {i}: unknown policy {cow_policy}"),
-            ));
-        }
-        let job = match job {
-            0 => JobRecord::None,
-            1 => JobRecord::Split { cursor },
-            2 => JobRecord::Decouple { cursor },
-            x => return Err(bad("job", format!("record {i}: unknown job {x}"))),
-        };
-        if job != JobRecord::None && cursor >= MAX_VSEG {
-            return Err(bad(
-                "job",
-                format!("record {i}: cursor {cursor} lies beyond any disk"),
-            ));
-        }
-        out.push(DiskRecord {
-            id,
-            uuid,
-            name,
-            size_blocks,
-            kind,
-            read_only: flags & 1 != 0,
-            thin: flags & 2 != 0,
-            parent,
-            snap_gen,
-            created_gen,
-            root_page: root.page,
-            cow_policy,
-            job,
-            created_unix,
-        });
+        out.push(rec);
         roots.push(root);
     }
     Ok(DirectoryPage {
@@ -251,4 +183,85 @@ pub fn decode_directory(
         roots,
         next: h.next,
     })
+}
+
+/// Reads disk record `i` (its table root pointer beside it), as [`encode_disk`] wrote
+/// it. An error names the field and why.
+pub(super) fn read_disk(
+    r: &mut Reader<'_>,
+    i: usize,
+) -> Result<(DiskRecord, BlockPtr), (&'static str, String)> {
+    let err = |field: &'static str, reason: String| (field, reason);
+    let t = || format!("record {i} truncated");
+    let id = r.u64().ok_or_else(|| err("id", t()))?;
+    let uuid = r.uuid().ok_or_else(|| err("uuid", t()))?;
+    let name = read_name(r, 128)
+        .ok_or_else(|| err("name", t()))?
+        .map_err(|e| err("name", format!("record {i}: {e}")))?;
+    let size_blocks = r.u64().ok_or_else(|| err("size_blocks", t()))?;
+    let kind = match r.u8().ok_or_else(|| err("kind", t()))? {
+        0 => DiskKind::Disk,
+        1 => DiskKind::Snapshot,
+        2 => DiskKind::Clone,
+        x => return Err(err("kind", format!("record {i}: unknown kind {x}"))),
+    };
+    let flags = r.u8().ok_or_else(|| err("flags", t()))?;
+    let parent = r.u64().ok_or_else(|| err("parent", t()))?;
+    let snap_gen = r.u64().ok_or_else(|| err("snap_gen", t()))?;
+    let created_gen = r.u64().ok_or_else(|| err("created_gen", t()))?;
+    let root = BlockPtr::read(r).ok_or_else(|| err("root", t()))?;
+    let cow_policy = r.u8().ok_or_else(|| err("cow_policy", t()))?;
+    let job = r.u8().ok_or_else(|| err("job", t()))?;
+    let cursor = r.u64().ok_or_else(|| err("job", t()))?;
+    let created_unix = r.u64().ok_or_else(|| err("created_unix", t()))?;
+    if size_blocks == 0 || size_blocks >= MAX_DISK_BLOCKS {
+        return Err(err(
+            "size_blocks",
+            format!("record {i}: {size_blocks} blocks is not a disk size"),
+        ));
+    }
+    if flags > 3 {
+        return Err(err(
+            "flags",
+            format!("record {i}: unknown flags {flags:#x}"),
+        ));
+    }
+    if id == 0 || name.is_empty() {
+        return Err(err("id", format!("record {i} has no id or name")));
+    }
+    if cow_policy > 1 {
+        return Err(err(
+            "cow_policy",
+            format!("record {i}: unknown policy {cow_policy}"),
+        ));
+    }
+    let job = match job {
+        0 => JobRecord::None,
+        1 => JobRecord::Split { cursor },
+        2 => JobRecord::Decouple { cursor },
+        x => return Err(err("job", format!("record {i}: unknown job {x}"))),
+    };
+    if job != JobRecord::None && cursor >= MAX_VSEG {
+        return Err(err(
+            "job",
+            format!("record {i}: cursor {cursor} lies beyond any disk"),
+        ));
+    }
+    let rec = DiskRecord {
+        id,
+        uuid,
+        name,
+        size_blocks,
+        kind,
+        read_only: flags & 1 != 0,
+        thin: flags & 2 != 0,
+        parent,
+        snap_gen,
+        created_gen,
+        root_page: root.page,
+        cow_policy,
+        job,
+        created_unix,
+    };
+    Ok((rec, root))
 }

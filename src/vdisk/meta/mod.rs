@@ -35,6 +35,7 @@
 
 pub mod directory;
 pub mod label;
+pub mod log;
 pub mod node;
 pub mod space_map;
 pub mod superblock;
@@ -144,9 +145,12 @@ pub enum MetaError {
         computed: u32,
     },
     #[error(
-        "{what}: format version {version} is not supported (this build reads version {}; \
-         see README, \"Format versions\", to migrate)",
-        FORMAT_VERSION
+        "{what}: format version {version} is not supported (this build reads version {} \
+         pages and labels, and superblocks of version {} or {}; see README, \"Format \
+         versions\", to migrate)",
+        FORMAT_VERSION,
+        FORMAT_VERSION,
+        superblock::LOG_SUPERBLOCK_VERSION
     )]
     Version { what: String, version: u32 },
     #[error("metadata page {page}: bad magic {magic:#010x}")]
@@ -210,6 +214,7 @@ pub enum PageKind {
     Directory = 3,
     SpaceMap = 4,
     SpaceMapIndex = 5,
+    Log = 6,
 }
 
 impl PageKind {
@@ -220,6 +225,7 @@ impl PageKind {
             PageKind::Directory => "directory",
             PageKind::SpaceMap => "space map",
             PageKind::SpaceMapIndex => "space-map index",
+            PageKind::Log => "log",
         }
     }
 }

@@ -98,29 +98,35 @@ pub fn encode_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[Extent]) -> Vec<
     let mut b = new_page(&h, pool);
     let mut w = Writer::new(&mut b, HEADER_BYTES);
     for e in extents {
-        w.u64(e.vseg);
-        w.u32(e.len);
-        w.u8(match e.state {
-            ExtentState::Mapped => 0,
-            ExtentState::Error => 1,
-        });
-        w.u8(e.layers.len() as u8);
-        w.u64(e.birth);
-        for l in &e.layers {
-            w.u64(l.seg);
-            match &l.fill {
-                None => w.u8(0),
-                Some(f) => {
-                    w.u8(1);
-                    for word in f.words() {
-                        w.u64(word);
-                    }
+        write_extent(&mut w, e);
+    }
+    seal(&mut b);
+    b
+}
+
+/// Writes one extent as leaves (and log records) hold it; fills are copied out
+/// atomically word by word.
+pub(super) fn write_extent(w: &mut Writer<'_>, e: &Extent) {
+    w.u64(e.vseg);
+    w.u32(e.len);
+    w.u8(match e.state {
+        ExtentState::Mapped => 0,
+        ExtentState::Error => 1,
+    });
+    w.u8(e.layers.len() as u8);
+    w.u64(e.birth);
+    for l in &e.layers {
+        w.u64(l.seg);
+        match &l.fill {
+            None => w.u8(0),
+            Some(f) => {
+                w.u8(1);
+                for word in f.words() {
+                    w.u64(word);
                 }
             }
         }
     }
-    seal(&mut b);
-    b
 }
 
 /// A decoded leaf extent: fills are raw words; the loader shares them by segment.
@@ -186,79 +192,85 @@ pub fn decode_leaf(
     let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
     let mut out: Vec<RawExtent> = Vec::new();
     for i in 0..h.count {
-        let t = || format!("extent {i} runs past the end of the page");
-        let vseg = r.u64().ok_or_else(|| bad("extent", t()))?;
-        let len = r.u32().ok_or_else(|| bad("extent", t()))?;
-        let state = r.u8().ok_or_else(|| bad("extent", t()))?;
-        let nlayers = r.u8().ok_or_else(|| bad("extent", t()))? as usize;
-        let birth = r.u64().ok_or_else(|| bad("extent", t()))?;
-        if len == 0 || len > MAX_RUN_SEGMENTS {
-            return Err(bad("len", format!("extent {i} covers {len} segments")));
-        }
-        if vseg >= MAX_VSEG {
-            return Err(bad(
-                "vseg",
-                format!("extent {i} starts at segment {vseg}, beyond any disk"),
-            ));
-        }
-        if state > 1 {
-            return Err(bad(
-                "state",
-                format!("extent {i} has unknown state {state}"),
-            ));
-        }
-        if nlayers > MAX_LAYERS || (nlayers == 0 && state == 0) {
-            return Err(bad("layers", format!("extent {i} has {nlayers} layers")));
-        }
+        let e =
+            read_extent(&mut r, i, total_segments).map_err(|(field, reason)| bad(field, reason))?;
         if let Some(prev) = out.last()
-            && vseg < prev.vseg + prev.len as u64
+            && e.vseg < prev.vseg + prev.len as u64
         {
             return Err(bad(
                 "vseg",
-                format!("extent {i} at {vseg} overlaps the previous one"),
+                format!("extent {i} at {} overlaps the previous one", e.vseg),
             ));
         }
-        let mut layers = Vec::with_capacity(nlayers);
-        for _ in 0..nlayers {
-            let seg = r.u64().ok_or_else(|| bad("layer", t()))?;
-            let partial = r.u8().ok_or_else(|| bad("layer", t()))?;
-            let words = match partial {
-                0 => None,
-                1 => {
-                    let mut w = [0u64; 4];
-                    for x in w.iter_mut() {
-                        *x = r.u64().ok_or_else(|| bad("layer", t()))?;
-                    }
-                    Some(w)
-                }
-                x => return Err(bad("layer", format!("extent {i}: unknown layer flag {x}"))),
-            };
-            let span = if words.is_none() && nlayers == 1 {
-                len as u64
-            } else {
-                1
-            };
-            if seg.checked_add(span).is_none_or(|e| e > total_segments) {
-                return Err(bad(
-                    "segment",
-                    format!("extent {i} references segment {seg}+{span}, beyond {total_segments}"),
-                ));
-            }
-            if len > 1 && (nlayers != 1 || words.is_some()) {
-                return Err(bad(
-                    "len",
-                    format!("extent {i} is a run but not one full layer"),
-                ));
-            }
-            layers.push((seg, words));
-        }
-        out.push(RawExtent {
-            vseg,
-            len,
-            error: state == 1,
-            birth,
-            layers,
-        });
+        out.push(e);
     }
     Ok(out)
+}
+
+/// Reads extent `i` as [`write_extent`] wrote it; `total_segments` bounds every segment
+/// reference. An error names the field and why.
+pub(super) fn read_extent(
+    r: &mut Reader<'_>,
+    i: u32,
+    total_segments: u64,
+) -> Result<RawExtent, (&'static str, String)> {
+    let t = || format!("extent {i} runs past the end of the page");
+    let vseg = r.u64().ok_or_else(|| ("extent", t()))?;
+    let len = r.u32().ok_or_else(|| ("extent", t()))?;
+    let state = r.u8().ok_or_else(|| ("extent", t()))?;
+    let nlayers = r.u8().ok_or_else(|| ("extent", t()))? as usize;
+    let birth = r.u64().ok_or_else(|| ("extent", t()))?;
+    if len == 0 || len > MAX_RUN_SEGMENTS {
+        return Err(("len", format!("extent {i} covers {len} segments")));
+    }
+    if vseg >= MAX_VSEG {
+        return Err((
+            "vseg",
+            format!("extent {i} starts at segment {vseg}, beyond any disk"),
+        ));
+    }
+    if state > 1 {
+        return Err(("state", format!("extent {i} has unknown state {state}")));
+    }
+    if nlayers > MAX_LAYERS || (nlayers == 0 && state == 0) {
+        return Err(("layers", format!("extent {i} has {nlayers} layers")));
+    }
+    let mut layers = Vec::with_capacity(nlayers);
+    for _ in 0..nlayers {
+        let seg = r.u64().ok_or_else(|| ("layer", t()))?;
+        let partial = r.u8().ok_or_else(|| ("layer", t()))?;
+        let words = match partial {
+            0 => None,
+            1 => {
+                let mut w = [0u64; 4];
+                for x in w.iter_mut() {
+                    *x = r.u64().ok_or_else(|| ("layer", t()))?;
+                }
+                Some(w)
+            }
+            x => return Err(("layer", format!("extent {i}: unknown layer flag {x}"))),
+        };
+        let span = if words.is_none() && nlayers == 1 {
+            len as u64
+        } else {
+            1
+        };
+        if seg.checked_add(span).is_none_or(|e| e > total_segments) {
+            return Err((
+                "segment",
+                format!("extent {i} references segment {seg}+{span}, beyond {total_segments}"),
+            ));
+        }
+        if len > 1 && (nlayers != 1 || words.is_some()) {
+            return Err(("len", format!("extent {i} is a run but not one full layer")));
+        }
+        layers.push((seg, words));
+    }
+    Ok(RawExtent {
+        vseg,
+        len,
+        error: state == 1,
+        birth,
+        layers,
+    })
 }

@@ -23,6 +23,25 @@ pub const MAX_SEGMENTS: u64 =
 /// Where metadata pages may start: after the label and both superblock slots.
 const MIN_META_FIRST_BYTE: u64 = SUPERBLOCK_OFFSET + 2 * PAGE_BYTES as u64;
 
+/// The superblock version of a pool with an intent log (its pages and label keep
+/// [`FORMAT_VERSION`]); a superblock without one is written as [`FORMAT_VERSION`].
+pub const LOG_SUPERBLOCK_VERSION: u32 = 3;
+
+/// Fewest pages of a log.
+pub const MIN_LOG_PAGES: u64 = 4;
+
+/// Where a pool's intent log lies and where its replay starts (`meta/log.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogArea {
+    /// The ring: metadata pages `[first_page, first_page + pages)` of the node area.
+    pub first_page: u64,
+    pub pages: u64,
+    /// The page sequence number replay starts at.
+    pub replay_seq: u64,
+    /// Records below this LSN are in the tables this superblock points at.
+    pub replay_lsn: u64,
+}
+
 /// One data container as the superblock records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerRecord {
@@ -62,6 +81,9 @@ pub struct Superblock {
     pub containers: Vec<ContainerRecord>,
     /// The space-map index pages in force, one per `sm_index_pages`.
     pub sm_index: Vec<BlockPtr>,
+    /// The intent log, if the pool has one (superblock version
+    /// [`LOG_SUPERBLOCK_VERSION`]).
+    pub log: Option<LogArea>,
 }
 
 impl Superblock {
@@ -75,9 +97,12 @@ impl Superblock {
         2 * (self.sm_pages + self.sm_index_pages)
     }
 
-    /// True if `page` lies in the node area.
+    /// True if `page` lies in the node area (and not in the log).
     pub fn in_node_area(&self, page: u64) -> bool {
         (self.node_first_page()..self.meta_pages).contains(&page)
+            && !self
+                .log
+                .is_some_and(|l| (l.first_page..l.first_page + l.pages).contains(&page))
     }
 
     /// The two places of space-map page `i`.
@@ -102,7 +127,11 @@ impl Superblock {
         let mut b = vec![0u8; PAGE_BYTES];
         let mut w = Writer::new(&mut b, 0);
         w.bytes(SUPER_MAGIC);
-        w.u32(FORMAT_VERSION);
+        w.u32(if self.log.is_some() {
+            LOG_SUPERBLOCK_VERSION
+        } else {
+            FORMAT_VERSION
+        });
         w.u32(0);
         w.bytes(self.pool_uuid.as_bytes());
         w.u64(self.txn);
@@ -128,6 +157,12 @@ impl Superblock {
         w.u32(self.sm_index.len() as u32);
         for p in &self.sm_index {
             p.write(&mut w);
+        }
+        if let Some(l) = &self.log {
+            w.u64(l.first_page);
+            w.u64(l.pages);
+            w.u64(l.replay_seq);
+            w.u64(l.replay_lsn);
         }
         let crc = checksum(&b, 12);
         b[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -167,7 +202,7 @@ impl Superblock {
                 computed,
             });
         }
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != LOG_SUPERBLOCK_VERSION {
             return Err(MetaError::Version { what, version });
         }
         let pool_uuid = r.uuid().ok_or_else(|| bad("pool_uuid", t()))?;
@@ -219,6 +254,16 @@ impl Superblock {
                 format!("{separate_metadata} is not a flag"),
             ));
         }
+        let log = if version == LOG_SUPERBLOCK_VERSION {
+            Some(LogArea {
+                first_page: r.u64().ok_or_else(|| bad("log", t()))?,
+                pages: r.u64().ok_or_else(|| bad("log", t()))?,
+                replay_seq: r.u64().ok_or_else(|| bad("log", t()))?,
+                replay_lsn: r.u64().ok_or_else(|| bad("log", t()))?,
+            })
+        } else {
+            None
+        };
         Ok(Superblock {
             pool_uuid,
             pool_name,
@@ -237,6 +282,7 @@ impl Superblock {
             metadata_uuid,
             containers,
             sm_index,
+            log,
         })
     }
 
@@ -371,6 +417,34 @@ impl Superblock {
                     c0.reserved_segments
                 ),
             );
+        }
+        if let Some(l) = &self.log {
+            let end = l.first_page.checked_add(l.pages);
+            if l.pages < MIN_LOG_PAGES
+                || l.first_page < self.node_first_page()
+                || end.is_none_or(|e| e > self.meta_pages)
+            {
+                return bad(
+                    "log",
+                    format!(
+                        "{} log pages from page {} do not lie in the node area [{}, {}) \
+                         (a log has at least {MIN_LOG_PAGES})",
+                        l.pages,
+                        l.first_page,
+                        self.node_first_page(),
+                        self.meta_pages
+                    ),
+                );
+            }
+            if l.replay_lsn == 0 || l.replay_seq >= u64::MAX / 2 {
+                return bad(
+                    "log",
+                    format!(
+                        "replay from page sequence {} and record {} is not a log position",
+                        l.replay_seq, l.replay_lsn
+                    ),
+                );
+            }
         }
         // Pointers.
         let d = &self.directory;

@@ -70,6 +70,7 @@ fn sb() -> Superblock {
             reserved_segments: 5,
         }],
         sm_index: vec![ptr(5, 8)],
+        log: None,
     }
 }
 

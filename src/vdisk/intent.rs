@@ -1,0 +1,859 @@
+//! The intent log in memory: what the controller appends to it, when, and how open
+//! replays it (the on-disk format is `meta/log.rs`).
+//!
+//! **Why.** A commit (a checkpoint, `commit.rs`) writes every table page changed since
+//! the last one: on a big disk written at random, thousands of pages. A flush or a
+//! snapshot needs only the changes made since the last durable point to be durable, so
+//! they append those as records to a ring of log pages — one write and one flush — and
+//! checkpoints run in the background: when the ring is half full, every few seconds,
+//! and at close. Open loads the last checkpoint and replays the log after it.
+//!
+//! **What is logged.** Every table edit (`Controller::set_extents`) as a splice record
+//! holding the new extents; every fill changed since the last append as a fill record
+//! (its segment's bits, read after the data they describe was written, and written after
+//! the data containers were flushed); every other change to the directory (disk records,
+//! new disks sharing an existing table, deleted disks, the pool's counters) as found by
+//! comparing the directory with a mirror of what the log says at each change
+//! (`CtlState::changed`). A change no record describes (a new disk with a table of its
+//! own, a table replaced other than by a splice, a splice too big for a page) makes the
+//! next durable point a checkpoint instead: correct, only slower.
+//!
+//! **Invariants.** Records are appended in the order the changes were made; a checkpoint
+//! captured at LSN `c` holds the effect of every record below `c` and names `c` in its
+//! superblock; the ring never overwrites a page at or after the replay start of the
+//! superblock in force; open starts appending a whole ring past that start, after a
+//! checkpoint, so no page written before the crash is ever taken for a new one.
+
+use super::controller::{Controller, CtlState};
+use super::map::{Extent, Fill};
+use super::meta::directory::DiskRecord;
+use super::meta::log::{self, LogRecord};
+use super::meta::superblock::LogArea;
+use super::meta::{MetaError, NO_PAGE, PAGE_BYTES};
+use super::table::{self, Node};
+use crate::bdev::{Bdev, IoStatus};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+/// Most pages of a log (16 MiB): bounds the replay at open.
+pub const MAX_LOG_PAGES: u64 = 4096;
+/// A log takes at most this fraction of the node area.
+const LOG_SHARE: u64 = 16;
+/// A checkpoint runs at least this often while changes wait (bounds the replay).
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Pages of the log of a pool whose node area has `node_pages` pages, or 0 for none.
+pub fn log_pages_for(node_pages: u64) -> u64 {
+    let n = (node_pages / LOG_SHARE).min(MAX_LOG_PAGES);
+    if n < super::meta::superblock::MIN_LOG_PAGES {
+        0
+    } else {
+        n
+    }
+}
+
+/// A disk as the log last described it.
+#[derive(Clone)]
+struct Mirrored {
+    rec: DiskRecord,
+    root: usize,
+}
+
+fn root_key(root: &Option<Arc<Node>>) -> usize {
+    root.as_ref().map_or(0, |r| Arc::as_ptr(r) as usize)
+}
+
+fn masked(rec: &DiskRecord) -> DiskRecord {
+    DiskRecord {
+        root_page: NO_PAGE,
+        ..rec.clone()
+    }
+}
+
+/// The controller's log state.
+pub(crate) struct IntentLog {
+    pub area: LogArea,
+    /// The sequence number of the next page appended.
+    pub next_seq: u64,
+    /// The LSN of the next record pushed.
+    pub next_lsn: u64,
+    /// Records not yet appended, in groups (one per change, kept on one page); the
+    /// first has LSN `pending_lsn`.
+    pending: Vec<Vec<Vec<u8>>>,
+    /// Records in `pending`.
+    pending_records: u64,
+    pending_lsn: u64,
+    /// The replay start of the superblock in force: pages from here on are not reused.
+    pub durable_seq: u64,
+    /// `CtlState::changes` when something changed that no record describes: durable
+    /// points checkpoint until a checkpoint that captured it is durable.
+    pub unloggable_at: Option<u64>,
+    /// `CtlState::changes` covered by the last durable append.
+    pub durable_changes: u64,
+    mirror: BTreeMap<u64, Mirrored>,
+    counters: (u64, u64),
+    /// Fills logged since the last checkpoint's capture, by segment, with their owner
+    /// (disk, virtual segment) and the birth of their extent: the next checkpoint
+    /// rewrites the leaves that hold them.
+    pub fills_logged: BTreeMap<u64, (u64, u64, u64, Arc<Fill>)>,
+    /// Records the open replayed.
+    pub replayed_at_open: u64,
+    /// When the last checkpoint was captured.
+    pub last_checkpoint: crate::reactor::Nanos,
+    /// Group commit of appends.
+    running: bool,
+    requested: u64,
+    done: u64,
+    last: Option<IoStatus>,
+    waiters: Vec<Waker>,
+}
+
+impl IntentLog {
+    /// The log of a pool just opened, `area` as the superblock in force has it (or
+    /// fresh), appending from `next_seq` (see the invariants) once a checkpoint made
+    /// that position the replay start.
+    pub fn new(area: LogArea, next_seq: u64, next_lsn: u64, st: &CtlState) -> IntentLog {
+        let mut l = IntentLog {
+            area,
+            next_seq,
+            next_lsn,
+            pending: Vec::new(),
+            pending_records: 0,
+            pending_lsn: next_lsn,
+            durable_seq: area.replay_seq,
+            unloggable_at: None,
+            durable_changes: 0,
+            mirror: BTreeMap::new(),
+            counters: (st.generation, st.next_disk_id),
+            fills_logged: BTreeMap::new(),
+            replayed_at_open: 0,
+            last_checkpoint: crate::reactor::now(),
+            running: false,
+            requested: 0,
+            done: 0,
+            last: None,
+            waiters: Vec::new(),
+        };
+        for d in st.disks.values() {
+            l.mirror.insert(
+                d.rec.id,
+                Mirrored {
+                    rec: masked(&d.rec),
+                    root: root_key(&d.root),
+                },
+            );
+        }
+        l
+    }
+
+    /// Appends the records of one change (one page at most, else the change is
+    /// unloggable).
+    fn push_group(&mut self, changes: u64, group: Vec<Vec<u8>>) {
+        if group.is_empty() {
+            return;
+        }
+        if !log::group_fits(&group) {
+            self.unloggable(changes, "a change whose records exceed a log page");
+            return;
+        }
+        self.next_lsn += group.len() as u64;
+        self.pending_records += group.len() as u64;
+        self.pending.push(group);
+    }
+
+    fn unloggable(&mut self, changes: u64, why: &str) {
+        tracing::debug!(
+            why,
+            "a change the log does not describe: the next durable point checkpoints"
+        );
+        self.unloggable_at = Some(changes);
+    }
+
+    /// After `set_extents` replaced `[from, to)` of `disk` with `exts`, leaving `root`.
+    pub fn splice(
+        &mut self,
+        changes: u64,
+        disk: u64,
+        from: u64,
+        to: u64,
+        exts: &[Extent],
+        root: &Option<Arc<Node>>,
+    ) {
+        match log::encode_splice(disk, from, to, exts) {
+            Some(r) => self.push_group(changes, vec![r]),
+            None => self.unloggable(changes, "a splice larger than a log page"),
+        }
+        if let Some(m) = self.mirror.get_mut(&disk) {
+            m.root = root_key(root);
+        }
+    }
+
+    /// A disk's table was rebuilt with the same content (the checkpoint copies leaves).
+    pub fn same_table(&mut self, disk: u64, root: &Option<Arc<Node>>) {
+        if let Some(m) = self.mirror.get_mut(&disk) {
+            m.root = root_key(root);
+        }
+    }
+
+    /// Records what changed in the directory since the last look.
+    pub fn directory_changed(&mut self, st: &CtlState) {
+        let changes = st.changes;
+        let mut group = Vec::new();
+        // New and changed disks first: a new disk may share the table of one deleted
+        // in the same look.
+        for d in st.disks.values() {
+            let rec = masked(&d.rec);
+            let root = root_key(&d.root);
+            match self.mirror.get(&d.rec.id).cloned() {
+                None => {
+                    let share = if root == 0 {
+                        Some(0)
+                    } else {
+                        self.mirror
+                            .iter()
+                            .find(|(_, m)| m.root == root)
+                            .map(|(id, _)| *id)
+                    };
+                    match share {
+                        Some(share_root_of) => group.push(log::encode(&LogRecord::PutDisk {
+                            rec: rec.clone(),
+                            share_root_of,
+                        })),
+                        None => self.unloggable(changes, "a new disk with a table of its own"),
+                    }
+                }
+                Some(m) => {
+                    if m.rec != rec {
+                        group.push(log::encode(&LogRecord::PutDisk {
+                            rec: rec.clone(),
+                            share_root_of: 0,
+                        }));
+                    }
+                    if m.root != root {
+                        self.unloggable(changes, "a table replaced other than by a splice");
+                    }
+                }
+            }
+            self.mirror.insert(d.rec.id, Mirrored { rec, root });
+        }
+        let gone: Vec<u64> = (self.mirror.keys())
+            .filter(|id| !st.disks.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.mirror.remove(&id);
+            group.push(log::encode(&LogRecord::DropDisk { id }));
+        }
+        let counters = (st.generation, st.next_disk_id);
+        if counters != self.counters {
+            self.counters = counters;
+            group.push(log::encode(&LogRecord::Counters {
+                generation: counters.0,
+                next_disk_id: counters.1,
+            }));
+        }
+        self.push_group(changes, group);
+    }
+
+    /// Pages in use from the replay start in force.
+    pub fn used(&self) -> u64 {
+        self.next_seq.saturating_sub(self.durable_seq)
+    }
+
+    /// True if a checkpoint should run now.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.used() * 2 >= self.area.pages
+            || self.unloggable_at.is_some()
+            || crate::reactor::now().since(self.last_checkpoint) >= CHECKPOINT_INTERVAL
+    }
+
+    /// A checkpoint captured now: where its replay starts. Fills logged before are in
+    /// the leaves it writes.
+    pub fn captured(&mut self) -> (u64, u64) {
+        self.fills_logged.clear();
+        self.last_checkpoint = crate::reactor::now();
+        (self.next_seq, self.next_lsn)
+    }
+
+    /// The checkpoint that captured `(seq, lsn)` and `changes` is durable.
+    pub fn checkpointed(&mut self, seq: u64, lsn: u64, changes: u64) {
+        self.durable_seq = self.durable_seq.max(seq);
+        self.area.replay_seq = self.durable_seq;
+        self.area.replay_lsn = lsn;
+        if self.unloggable_at.is_some_and(|u| u <= changes) {
+            self.unloggable_at = None;
+        }
+        self.durable_changes = self.durable_changes.max(changes);
+        // Records below the checkpoint need no appending.
+        let mut k = 0;
+        for g in &self.pending {
+            if self.pending_lsn + g.len() as u64 > lsn {
+                break;
+            }
+            self.pending_lsn += g.len() as u64;
+            self.pending_records -= g.len() as u64;
+            k += 1;
+        }
+        self.pending.drain(..k);
+    }
+}
+
+impl CtlState {
+    /// Counts a change; the log records what it changed in the directory.
+    pub(crate) fn changed(&mut self) {
+        self.changes += 1;
+        if let Some(mut log) = self.log.take() {
+            log.directory_changed(self);
+            self.log = Some(log);
+        }
+    }
+}
+
+/// What an append found to do.
+enum Append {
+    /// Pages to write (place, bytes), covering changes up to the count.
+    Pages(Vec<(u64, Vec<u8>)>, u64),
+    /// The ring has no room: a checkpoint instead.
+    Full,
+}
+
+impl Controller {
+    /// Makes everything written and changed before the call durable: by appending to
+    /// the log (a checkpoint when the pool has none, or when the log cannot describe a
+    /// change made).
+    pub(crate) async fn make_durable(&self) -> Result<(), IoStatus> {
+        let logging = {
+            let st = self.st.borrow();
+            st.log.as_ref().is_some_and(|l| l.unloggable_at.is_none())
+        };
+        // A closing pool's last word is its close's checkpoint.
+        let logging = logging && !self.stopping.get();
+        if !logging {
+            return self.commit().await;
+        }
+        let ticket = {
+            let mut st = self.st.borrow_mut();
+            let l = st.log.as_mut().expect("checked");
+            l.requested += 1;
+            l.requested
+        };
+        // Group commit: one append at a time; an append that started after this call
+        // covers it.
+        let run = std::future::poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            let Some(l) = st.log.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if l.done >= ticket {
+                Poll::Ready(Some(false))
+            } else if !l.running {
+                l.running = true;
+                Poll::Ready(Some(true))
+            } else {
+                l.waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        match run {
+            None => return self.commit().await,
+            Some(false) => {
+                return match self.st.borrow().log.as_ref().and_then(|l| l.last) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+            }
+            Some(true) => {}
+        }
+        let covers = self
+            .st
+            .borrow()
+            .log
+            .as_ref()
+            .map_or(ticket, |l| l.requested);
+        let r = self.append_once().await;
+        let waiters = {
+            let mut st = self.st.borrow_mut();
+            match st.log.as_mut() {
+                Some(l) => {
+                    l.running = false;
+                    l.done = covers;
+                    l.last = r.err();
+                    std::mem::take(&mut l.waiters)
+                }
+                None => Vec::new(),
+            }
+        };
+        for w in waiters {
+            w.wake();
+        }
+        r
+    }
+
+    /// One append: the changed fills become records, the records pages; the data
+    /// containers are flushed (the fills' data first), the pages written and flushed.
+    async fn append_once(&self) -> Result<(), IoStatus> {
+        if let Some(f) = &self.st.borrow().failed {
+            tracing::debug!(pool = %self.shared.name, failed = %f, "append refused");
+            return Err(IoStatus::MediaError);
+        }
+        if self.st.borrow().closed {
+            return Err(IoStatus::Aborted);
+        }
+        if self.stopping.get() {
+            return self.commit().await;
+        }
+        self.log_dirty_fills();
+        let plan = {
+            let mut st = self.st.borrow_mut();
+            let changes = st.changes;
+            let l = st.log.as_mut().expect("appends run with a log");
+            if l.unloggable_at.is_some() {
+                Append::Full
+            } else if l.pending.is_empty() {
+                Append::Pages(Vec::new(), changes)
+            } else {
+                let pages = log::pack(
+                    &l.pending,
+                    l.next_seq,
+                    l.pending_lsn,
+                    l.area.first_page,
+                    l.area.pages,
+                    &self.shared.uuid,
+                );
+                // What replay will read back must decode: a record the decoder refused
+                // would end the log there, silently.
+                #[cfg(debug_assertions)]
+                for (place, b) in &pages {
+                    if let Err(e) = log::decode_log_page(
+                        b,
+                        *place,
+                        &self.shared.uuid,
+                        self.shared.total_segments(),
+                    ) {
+                        panic!("a log page this build wrote does not decode: {e}");
+                    }
+                }
+                if l.next_seq + pages.len() as u64 > l.durable_seq + l.area.pages {
+                    Append::Full
+                } else {
+                    l.next_seq += pages.len() as u64;
+                    l.pending_lsn += l.pending_records;
+                    l.pending_records = 0;
+                    l.pending.clear();
+                    Append::Pages(pages, changes)
+                }
+            }
+        };
+        let (pages, changes) = match plan {
+            Append::Full => return self.commit().await,
+            Append::Pages(p, c) => (p, c),
+        };
+        if let Err(e) = self.flush_containers().await {
+            return Err(self.fail(format!("flushing the data containers failed: {e:?}")));
+        }
+        if !pages.is_empty() {
+            if let Err(e) = self.write_pages(&pages).await {
+                return Err(self.fail(format!("appending to the log failed: {e:?}")));
+            }
+            if let Err(e) = super::load::flush(&self.shared.meta_bdev).await {
+                return Err(self.fail(format!("flushing the log failed: {e:?}")));
+            }
+        }
+        let checkpoint = {
+            let mut st = self.st.borrow_mut();
+            let l = st.log.as_mut().expect("appends run with a log");
+            l.durable_changes = l.durable_changes.max(changes);
+            l.wants_checkpoint()
+        };
+        if checkpoint {
+            self.checkpoint_soon();
+        }
+        Ok(())
+    }
+
+    /// Starts a checkpoint in the background unless one runs.
+    pub(crate) fn checkpoint_soon(&self) {
+        if self.commit_state.borrow().running {
+            return;
+        }
+        let me = self.rc();
+        crate::reactor::spawn_local(async move {
+            if let Err(e) = me.commit().await {
+                tracing::warn!(pool = %me.shared.name, status = ?e, "background checkpoint failed");
+            }
+        })
+        .detach();
+    }
+
+    /// Turns the fills changed since they were last looked at into records.
+    pub(crate) fn log_dirty_fills(&self) {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let Some(l) = st.log.as_mut() else { return };
+        while let Some(f) = self.shared.dirty_fills.pop() {
+            if !f.take_dirty() {
+                continue;
+            }
+            let (disk, vseg) = f.owner();
+            let Some(d) = st.disks.get(&disk) else {
+                continue;
+            };
+            let Some(e) = d.root.as_ref().and_then(|r| r.lookup(vseg)) else {
+                continue;
+            };
+            let Some(layer) = e
+                .layers
+                .iter()
+                .find(|x| x.fill.as_ref().is_some_and(|g| Arc::ptr_eq(g, &f)))
+            else {
+                continue; // no longer in the table: nothing to persist
+            };
+            let rec = log::encode(&LogRecord::Fill {
+                seg: layer.seg,
+                words: f.words(),
+            });
+            l.push_group(st.changes, vec![rec]);
+            l.fills_logged
+                .insert(layer.seg, (disk, vseg, e.birth, f.clone()));
+        }
+    }
+
+    /// Waits (until `deadline`) for the append under way, if any.
+    pub(crate) async fn appends_idle(&self, deadline: crate::reactor::Nanos) {
+        while self.st.borrow().log.as_ref().is_some_and(|l| l.running) {
+            if crate::reactor::now() >= deadline {
+                tracing::warn!(pool = %self.shared.name, "a log append is still under way");
+                return;
+            }
+            crate::reactor::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// True if changes wait to be made durable (by the log or a checkpoint).
+    pub(crate) fn undurable_changes(&self) -> bool {
+        let st = self.st.borrow();
+        let durable = st.log.as_ref().map_or(st.committed_changes, |l| {
+            l.durable_changes.max(st.committed_changes)
+        });
+        st.changes != durable
+    }
+}
+
+/// The log's state found at open.
+pub(crate) struct Replayed {
+    /// Records applied.
+    pub records: u64,
+    /// Segments whose fills the records changed.
+    pub fills_changed: std::collections::HashSet<u64>,
+    /// Pages read that held records.
+    pub pages: u64,
+    /// The LSN after the last record found.
+    pub next_lsn: u64,
+}
+
+/// What replay changes: the tables and records of the disks, the space, the fills by
+/// segment, the pool's counters.
+pub(crate) struct ReplayState<'a> {
+    pub disks: &'a mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
+    pub space: &'a mut super::alloc::Space,
+    pub fills: &'a mut HashMap<u64, Arc<Fill>>,
+    pub generation: &'a mut u64,
+    pub next_disk_id: &'a mut u64,
+}
+
+/// Copies every leaf, in every table, that holds a layer on one of `segs` (segments
+/// whose fills the replay changed): a leaf read from the checkpoint keeps its page, and
+/// the next checkpoint would not write the bits the log gave its fills.
+pub(crate) fn rewrite_leaves_holding(
+    disks: &mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
+    space: &mut super::alloc::Space,
+    segs: &std::collections::HashSet<u64>,
+) -> u64 {
+    let mut copied = 0;
+    for (_, root) in disks.values_mut() {
+        let Some(r) = root.clone() else { continue };
+        let mut hits: Vec<Extent> = Vec::new();
+        r.visit_from(0, &mut |e: &Extent| {
+            if e.len == 1
+                && e.layers
+                    .iter()
+                    .any(|l| l.fill.is_some() && segs.contains(&l.seg))
+            {
+                hits.push(e.clone());
+            }
+            true
+        });
+        for e in hits {
+            let cur = root.clone();
+            let new = table::splice(
+                cur.as_ref(),
+                e.vseg,
+                e.vseg + 1,
+                std::slice::from_ref(&e),
+                space,
+            );
+            table::set_root(root, new, space);
+            copied += 1;
+        }
+    }
+    copied
+}
+
+/// Reads the log from the replay start of `area`: the pages that follow each other from
+/// there (sequence numbers and LSNs continuing) up to the end of the log — the first
+/// page that is not the next one (unwritten, stale, or torn by the crash).
+///
+/// Damage is told from the end: a torn append leaves pages of that same append after
+/// its bad page, never a page of a later one (an append starts only after the one before
+/// it was flushed). A valid page of a later append beyond the first bad page means the
+/// bad page was complete and acknowledged once: an error, not the end.
+pub(crate) async fn read_log(
+    meta: &Arc<dyn Bdev>,
+    meta_first_byte: u64,
+    pool: &uuid::Uuid,
+    total_segments: u64,
+    area: &LogArea,
+) -> Result<Vec<log::LogPage>, ReplayError> {
+    const CHUNK: u64 = 64;
+    // The ring, in sequence order from the replay start.
+    let mut ring: Vec<Result<log::LogPage, MetaError>> = Vec::with_capacity(area.pages as usize);
+    let mut seq = area.replay_seq;
+    while seq < area.replay_seq + area.pages {
+        let place = seq % area.pages;
+        let n = CHUNK
+            .min(area.pages - place)
+            .min(area.replay_seq + area.pages - seq);
+        let first = area.first_page + place;
+        let buf = super::load::read_bytes(
+            meta,
+            meta_first_byte + first * PAGE_BYTES as u64,
+            n as usize * PAGE_BYTES,
+        )
+        .await
+        .map_err(|status| ReplayError::Read {
+            page: first,
+            status,
+        })?;
+        for k in 0..n {
+            let b = &buf[k as usize * PAGE_BYTES..(k as usize + 1) * PAGE_BYTES];
+            ring.push(log::decode_log_page(b, first + k, pool, total_segments));
+        }
+        seq += n;
+    }
+    let place_of = |k: usize| area.first_page + (area.replay_seq + k as u64) % area.pages;
+    let mut out = Vec::new();
+    let mut expect_lsn: Option<u64> = None;
+    let mut end = ring.len();
+    for (k, p) in ring.iter().enumerate() {
+        let seq = area.replay_seq + k as u64;
+        let ok = match p {
+            Ok(p) if p.seq == seq => {
+                let continues = match expect_lsn {
+                    None => p.first_lsn <= area.replay_lsn,
+                    Some(e) => p.first_lsn == e,
+                };
+                if !continues {
+                    return Err(ReplayError::Damaged {
+                        page: place_of(k),
+                        seq,
+                        why: format!(
+                            "its records start at {}, not at {} where the log stands",
+                            p.first_lsn,
+                            expect_lsn.unwrap_or(area.replay_lsn)
+                        ),
+                    });
+                }
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            end = k;
+            break;
+        }
+        let p = p.as_ref().expect("checked");
+        expect_lsn = Some(p.first_lsn + p.records.len() as u64);
+        out.push(p.clone());
+    }
+    let end_seq = area.replay_seq + end as u64;
+    for (k, p) in ring.iter().enumerate().skip(end + 1) {
+        if let Ok(p) = p
+            && p.seq == area.replay_seq + k as u64
+            && p.batch > end_seq
+        {
+            let why = match &ring[end] {
+                Err(e) => e.to_string(),
+                Ok(q) => format!("it holds page {} of an older lap", q.seq),
+            };
+            return Err(ReplayError::Damaged {
+                page: place_of(end),
+                seq: end_seq,
+                why: format!("{why}; yet page {} of a later append follows it", p.seq),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Applies every record of `pages` at or after the replay LSN of `area` onto `s`, in
+/// order. A record that does not apply (a disk it names is missing) is an error: the
+/// log and the checkpoint disagree.
+pub(crate) fn replay(
+    pages: Vec<log::LogPage>,
+    area: &LogArea,
+    s: ReplayState<'_>,
+) -> Result<Replayed, ReplayError> {
+    let mut out = Replayed {
+        records: 0,
+        fills_changed: Default::default(),
+        pages: 0,
+        next_lsn: area.replay_lsn,
+    };
+    let ReplayState {
+        disks,
+        space,
+        fills,
+        generation,
+        next_disk_id,
+    } = s;
+    for (k, p) in pages.into_iter().enumerate() {
+        let page = area.first_page + (area.replay_seq + k as u64) % area.pages;
+        out.pages += 1;
+        for (i, r) in p.records.into_iter().enumerate() {
+            let lsn = p.first_lsn + i as u64;
+            if lsn < area.replay_lsn {
+                continue;
+            }
+            apply(
+                r,
+                disks,
+                space,
+                fills,
+                &mut out.fills_changed,
+                generation,
+                next_disk_id,
+            )
+            .map_err(|why| ReplayError::Record { lsn, page, why })?;
+            out.records += 1;
+            out.next_lsn = lsn + 1;
+        }
+    }
+    Ok(out)
+}
+
+fn apply(
+    r: LogRecord,
+    disks: &mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
+    space: &mut super::alloc::Space,
+    fills: &mut HashMap<u64, Arc<Fill>>,
+    changed: &mut std::collections::HashSet<u64>,
+    generation: &mut u64,
+    next_disk_id: &mut u64,
+) -> Result<(), String> {
+    match r {
+        LogRecord::Splice {
+            disk,
+            from,
+            to,
+            extents,
+        } => {
+            let exts: Vec<Extent> = extents
+                .iter()
+                .map(|raw| {
+                    raw.build(|seg, words| {
+                        let f = fills
+                            .entry(seg)
+                            .or_insert_with(|| Arc::new(Fill::from_words(words, 0, u64::MAX)));
+                        if f.words() != words {
+                            f.store_words(words);
+                            changed.insert(seg);
+                        }
+                        f.clone()
+                    })
+                })
+                .collect();
+            for e in &exts {
+                for seg in e.segments() {
+                    if space.refs(seg) == super::alloc::RESERVED {
+                        return Err(format!("the splice references reserved segment {seg}"));
+                    }
+                }
+            }
+            let (_, root) = disks
+                .get_mut(&disk)
+                .ok_or_else(|| format!("a splice of disk {disk}, which is not in the pool"))?;
+            let new = table::splice(root.as_ref(), from, to, &exts, space);
+            table::set_root(root, new, space);
+        }
+        LogRecord::Fill { seg, words } => {
+            if let Some(f) = fills.get(&seg)
+                && f.words() != words
+            {
+                f.store_words(words);
+                changed.insert(seg);
+            }
+        }
+        LogRecord::PutDisk { rec, share_root_of } => match disks.get_mut(&rec.id) {
+            Some((old, _)) => *old = rec,
+            None => {
+                let root = if share_root_of == 0 {
+                    None
+                } else {
+                    let (_, r) = disks.get(&share_root_of).ok_or_else(|| {
+                        format!(
+                            "disk {} shares the table of disk {share_root_of}, which is not \
+                             in the pool",
+                            rec.id
+                        )
+                    })?;
+                    r.clone()
+                };
+                if let Some(r) = &root {
+                    r.retain();
+                }
+                disks.insert(rec.id, (rec, root));
+            }
+        },
+        LogRecord::DropDisk { id } => {
+            let (_, mut root) = disks
+                .remove(&id)
+                .ok_or_else(|| format!("a delete of disk {id}, which is not in the pool"))?;
+            table::set_root(&mut root, None, space);
+        }
+        LogRecord::Counters {
+            generation: g,
+            next_disk_id: n,
+        } => {
+            *generation = g;
+            *next_disk_id = n;
+        }
+    }
+    Ok(())
+}
+
+/// Why the log could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("reading log page {page} failed: {status:?}")]
+    Read { page: u64, status: IoStatus },
+    #[error("log record {lsn} (page {page}) does not apply to the checkpoint: {why}")]
+    Record { lsn: u64, page: u64, why: String },
+    #[error("log page {page} (sequence {seq}) is damaged: {why}")]
+    Damaged { page: u64, seq: u64, why: String },
+}
+
+impl From<ReplayError> for MetaError {
+    fn from(e: ReplayError) -> MetaError {
+        MetaError::Field {
+            page: match &e {
+                ReplayError::Read { page, .. }
+                | ReplayError::Record { page, .. }
+                | ReplayError::Damaged { page, .. } => *page,
+            },
+            field: "log",
+            reason: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! The intent log: a ring of pages in the metadata area holding the changes made since
+//! the last checkpoint (the last full commit), so that a flush or a snapshot writes the
+//! records of the moment instead of every table page changed since the checkpoint.
+//!
+//! ```text
+//! log area: pages [first_page, first_page + pages) of the metadata area, a ring
+//!   page of sequence number s lies at first_page + s % pages
+//!   page: header (kind Log, txn = s), first_lsn (u64), batch (u64: the sequence number
+//!     of the first page of the append that wrote it), then records:
+//!     kind (u8), body length (u16), body
+//! ```
+//!
+//! Every record has a log sequence number (LSN): a page's records carry `first_lsn`,
+//! `first_lsn + 1`, …; the next page continues the count. The superblock of a
+//! checkpoint names the page sequence number and the LSN replay starts from; replay
+//! reads pages `s, s + 1, …` and stops at the first that is not a valid log page of the
+//! expected sequence number continuing the LSNs (an unwritten, stale or torn page: the
+//! end of the log). A record never spans pages, so a torn append loses whole records
+//! at its end, never half of one.
+//!
+//! Records are states, not deltas of counts: replayed in order onto the checkpoint they
+//! rebuild what the controller held when the last of them was appended (see
+//! `vdisk/intent.rs`).
+
+use super::directory::{DISK_RECORD_BYTES, DiskRecord, encode_disk, read_disk};
+use super::node::{RawExtent, read_extent, write_extent};
+use super::{
+    BlockPtr, HEADER_BYTES, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
+    decode_header, new_page, seal,
+};
+use crate::vdisk::map::Extent;
+use uuid::Uuid;
+
+/// Bytes of a log page before its records: the first LSN and the append's first page.
+const LOG_HEAD_BYTES: usize = 16;
+/// Bytes of a log page that hold records.
+pub const LOG_PAYLOAD_BYTES: usize = PAGE_BYTES - HEADER_BYTES - LOG_HEAD_BYTES;
+/// Bytes of a record's kind and length.
+const RECORD_HEAD_BYTES: usize = 3;
+/// The largest record body that fits a page.
+pub const MAX_RECORD_BODY: usize = LOG_PAYLOAD_BYTES - RECORD_HEAD_BYTES;
+
+/// One change, as the log holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRecord {
+    /// `[from, to)` of `disk`'s table replaced by `extents` (virtual segments).
+    Splice {
+        disk: u64,
+        from: u64,
+        to: u64,
+        extents: Vec<RawExtent>,
+    },
+    /// The fill of physical segment `seg` holds `words`.
+    Fill { seg: u64, words: [u64; 4] },
+    /// A disk's record; a disk not yet in the pool starts with the table of disk
+    /// `share_root_of` (a snapshot's or a clone's), or empty when that is 0.
+    PutDisk { rec: DiskRecord, share_root_of: u64 },
+    /// Disk `id` deleted.
+    DropDisk { id: u64 },
+    /// The pool's counters.
+    Counters { generation: u64, next_disk_id: u64 },
+}
+
+const KIND_SPLICE: u8 = 1;
+const KIND_FILL: u8 = 2;
+const KIND_PUT_DISK: u8 = 3;
+const KIND_DROP_DISK: u8 = 4;
+const KIND_COUNTERS: u8 = 5;
+
+/// Encodes a splice record from live extents (fills are read now), or `None` if it does
+/// not fit a page.
+pub fn encode_splice(disk: u64, from: u64, to: u64, extents: &[Extent]) -> Option<Vec<u8>> {
+    let body: usize = 8 * 3
+        + 2
+        + extents
+            .iter()
+            .map(crate::vdisk::table::extent_encoded_len)
+            .sum::<usize>();
+    if body > MAX_RECORD_BODY || extents.len() > u16::MAX as usize {
+        return None;
+    }
+    let mut b = vec![0u8; RECORD_HEAD_BYTES + body];
+    let mut w = Writer::new(&mut b, 0);
+    w.u8(KIND_SPLICE);
+    w.bytes(&(body as u16).to_le_bytes());
+    w.u64(disk);
+    w.u64(from);
+    w.u64(to);
+    w.bytes(&(extents.len() as u16).to_le_bytes());
+    for e in extents {
+        write_extent(&mut w, e);
+    }
+    debug_assert_eq!(w.at, b.len());
+    Some(b)
+}
+
+/// Encodes a record that is not a splice.
+pub fn encode(rec: &LogRecord) -> Vec<u8> {
+    let (kind, body) = match rec {
+        LogRecord::Splice {
+            disk,
+            from,
+            to,
+            extents,
+        } => {
+            // Only tests and the fuzzer build splices from raw extents.
+            let mut b = Vec::new();
+            b.extend_from_slice(&disk.to_le_bytes());
+            b.extend_from_slice(&from.to_le_bytes());
+            b.extend_from_slice(&to.to_le_bytes());
+            b.extend_from_slice(&(extents.len() as u16).to_le_bytes());
+            for e in extents {
+                b.extend_from_slice(&e.vseg.to_le_bytes());
+                b.extend_from_slice(&e.len.to_le_bytes());
+                b.push(u8::from(e.error));
+                b.push(e.layers.len() as u8);
+                b.extend_from_slice(&e.birth.to_le_bytes());
+                for (seg, words) in &e.layers {
+                    b.extend_from_slice(&seg.to_le_bytes());
+                    match words {
+                        None => b.push(0),
+                        Some(w) => {
+                            b.push(1);
+                            for x in w {
+                                b.extend_from_slice(&x.to_le_bytes());
+                            }
+                        }
+                    }
+                }
+            }
+            (KIND_SPLICE, b)
+        }
+        LogRecord::Fill { seg, words } => {
+            let mut b = seg.to_le_bytes().to_vec();
+            for x in words {
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            (KIND_FILL, b)
+        }
+        LogRecord::PutDisk { rec, share_root_of } => {
+            let mut b = vec![0u8; 8 + DISK_RECORD_BYTES];
+            let mut w = Writer::new(&mut b, 0);
+            w.u64(*share_root_of);
+            encode_disk(&mut w, rec, &BlockPtr::NONE);
+            (KIND_PUT_DISK, b)
+        }
+        LogRecord::DropDisk { id } => (KIND_DROP_DISK, id.to_le_bytes().to_vec()),
+        LogRecord::Counters {
+            generation,
+            next_disk_id,
+        } => {
+            let mut b = generation.to_le_bytes().to_vec();
+            b.extend_from_slice(&next_disk_id.to_le_bytes());
+            (KIND_COUNTERS, b)
+        }
+    };
+    assert!(
+        body.len() <= MAX_RECORD_BODY,
+        "log record of {} bytes",
+        body.len()
+    );
+    let mut out = Vec::with_capacity(RECORD_HEAD_BYTES + body.len());
+    out.push(kind);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Packs groups of encoded records into the log pages of one append: the page
+/// sequence numbers from `seq` on (each page names `seq`, the append's first), at their places in a ring of `ring_pages` starting at metadata page
+/// `first_page`; the first record has LSN `first_lsn`. A group (the records of one
+/// change) never spans pages, so a torn append loses whole changes; each group must fit
+/// a page ([`group_fits`]). Returns the pages (place, bytes) in sequence order.
+pub fn pack(
+    groups: &[Vec<Vec<u8>>],
+    seq: u64,
+    first_lsn: u64,
+    first_page: u64,
+    ring_pages: u64,
+    pool: &Uuid,
+) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut lsn = first_lsn;
+    let mut s = seq;
+    while i < groups.len() {
+        let place = first_page + s % ring_pages;
+        let mut n = 0;
+        let mut used = 0;
+        while i + n < groups.len() && used + group_bytes(&groups[i + n]) <= LOG_PAYLOAD_BYTES {
+            used += group_bytes(&groups[i + n]);
+            n += 1;
+        }
+        assert!(n > 0, "a log record group larger than a page");
+        let records: u64 = groups[i..i + n].iter().map(|g| g.len() as u64).sum();
+        let h = PageHeader {
+            kind: PageKind::Log,
+            count: records as u32,
+            page: place,
+            txn: s,
+            next: BlockPtr::NONE,
+        };
+        let mut b = new_page(&h, pool);
+        let mut w = Writer::new(&mut b, HEADER_BYTES);
+        w.u64(lsn);
+        w.u64(seq);
+        for r in groups[i..i + n].iter().flatten() {
+            w.bytes(r);
+        }
+        seal(&mut b);
+        out.push((place, b));
+        i += n;
+        lsn += records;
+        s += 1;
+    }
+    out
+}
+
+fn group_bytes(g: &[Vec<u8>]) -> usize {
+    g.iter().map(Vec::len).sum()
+}
+
+/// True if a group of records fits one log page.
+pub fn group_fits(g: &[Vec<u8>]) -> bool {
+    group_bytes(g) <= LOG_PAYLOAD_BYTES
+}
+
+/// A decoded log page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogPage {
+    pub seq: u64,
+    pub first_lsn: u64,
+    /// The sequence number of the first page of the append that wrote this one.
+    pub batch: u64,
+    pub records: Vec<LogRecord>,
+}
+
+/// Decodes the log page at metadata page `page`; `total_segments` bounds segment
+/// references. The caller checks the sequence number and the LSNs.
+pub fn decode_log_page(
+    b: &[u8],
+    page: u64,
+    pool: &Uuid,
+    total_segments: u64,
+) -> Result<LogPage, MetaError> {
+    let h = decode_header(b, page, pool, PageKind::Log)?;
+    let bad = |field, reason: String| MetaError::Field {
+        page,
+        field,
+        reason,
+    };
+    if h.count as usize > LOG_PAYLOAD_BYTES / RECORD_HEAD_BYTES {
+        return Err(bad(
+            "count",
+            format!("{} records cannot fit a page", h.count),
+        ));
+    }
+    let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
+    let first_lsn = r
+        .u64()
+        .ok_or_else(|| bad("first_lsn", "truncated".into()))?;
+    let batch = r.u64().ok_or_else(|| bad("batch", "truncated".into()))?;
+    if batch > h.txn {
+        return Err(bad(
+            "batch",
+            format!(
+                "the append's first page {batch} follows this page {}",
+                h.txn
+            ),
+        ));
+    }
+    let mut records = Vec::with_capacity(h.count as usize);
+    for i in 0..h.count {
+        let t = || format!("record {i} runs past the end of the page");
+        let kind = r.u8().ok_or_else(|| bad("record", t()))?;
+        let len = r.bytes(2).ok_or_else(|| bad("record", t()))?;
+        let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+        let body = r.bytes(len).ok_or_else(|| bad("record", t()))?;
+        let rec = decode_record(kind, body, i, total_segments)
+            .map_err(|(field, reason)| bad(field, reason))?;
+        records.push(rec);
+    }
+    Ok(LogPage {
+        seq: h.txn,
+        first_lsn,
+        batch,
+        records,
+    })
+}
+
+fn decode_record(
+    kind: u8,
+    body: &[u8],
+    i: u32,
+    total_segments: u64,
+) -> Result<LogRecord, (&'static str, String)> {
+    let mut r = Reader::new(body, 0);
+    let t = || ("record", format!("record {i} is truncated"));
+    let rec = match kind {
+        KIND_SPLICE => {
+            let disk = r.u64().ok_or_else(t)?;
+            let from = r.u64().ok_or_else(t)?;
+            let to = r.u64().ok_or_else(t)?;
+            let n = r.bytes(2).ok_or_else(t)?;
+            let n = u16::from_le_bytes([n[0], n[1]]);
+            // `to` may be u64::MAX: everything from `from` on (a shrink).
+            if from >= to || from >= MAX_VSEG {
+                return Err((
+                    "splice",
+                    format!("record {i}: range {from}..{to} is not a range of segments"),
+                ));
+            }
+            let mut extents: Vec<RawExtent> = Vec::with_capacity(n as usize);
+            for k in 0..n {
+                let e = read_extent(&mut r, u32::from(k), total_segments)
+                    .map_err(|(f, why)| (f, format!("record {i}: {why}")))?;
+                let prev_end = extents.last().map_or(from, |p| p.vseg + u64::from(p.len));
+                if e.vseg < prev_end || e.vseg + u64::from(e.len) > to {
+                    return Err((
+                        "splice",
+                        format!(
+                            "record {i}: extent {k} at {}+{} is out of order or outside \
+                             {from}..{to}",
+                            e.vseg, e.len
+                        ),
+                    ));
+                }
+                extents.push(e);
+            }
+            LogRecord::Splice {
+                disk,
+                from,
+                to,
+                extents,
+            }
+        }
+        KIND_FILL => {
+            let seg = r.u64().ok_or_else(t)?;
+            let mut words = [0u64; 4];
+            for w in &mut words {
+                *w = r.u64().ok_or_else(t)?;
+            }
+            if seg >= total_segments {
+                return Err((
+                    "fill",
+                    format!("record {i}: segment {seg}, beyond {total_segments}"),
+                ));
+            }
+            LogRecord::Fill { seg, words }
+        }
+        KIND_PUT_DISK => {
+            let share_root_of = r.u64().ok_or_else(t)?;
+            let (mut rec, _) = read_disk(&mut r, i as usize)
+                .map_err(|(f, why)| (f, format!("record {i}: {why}")))?;
+            // A table is in the log's splices, never a page.
+            rec.root_page = super::NO_PAGE;
+            // The record's padding.
+            if body.len() != 8 + DISK_RECORD_BYTES {
+                return Err((
+                    "record",
+                    format!("record {i}: a disk record of {} bytes", body.len()),
+                ));
+            }
+            r.at = body.len();
+            LogRecord::PutDisk { rec, share_root_of }
+        }
+        KIND_DROP_DISK => LogRecord::DropDisk {
+            id: r.u64().ok_or_else(t)?,
+        },
+        KIND_COUNTERS => LogRecord::Counters {
+            generation: r.u64().ok_or_else(t)?,
+            next_disk_id: r.u64().ok_or_else(t)?,
+        },
+        x => return Err(("record", format!("record {i}: unknown kind {x}"))),
+    };
+    if r.at != body.len() {
+        return Err((
+            "record",
+            format!(
+                "record {i}: {} bytes left over after the record",
+                body.len() - r.at
+            ),
+        ));
+    }
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vdisk::meta::directory::{DiskKind, JobRecord};
+
+    fn rec(id: u64) -> DiskRecord {
+        DiskRecord {
+            id,
+            uuid: Uuid::from_u128(id as u128),
+            name: format!("vd{id}"),
+            size_blocks: 1 << 20,
+            kind: DiskKind::Snapshot,
+            read_only: true,
+            thin: true,
+            parent: 3,
+            snap_gen: 7,
+            created_gen: 7,
+            root_page: crate::vdisk::meta::NO_PAGE,
+            cow_policy: 0,
+            job: JobRecord::Split { cursor: 9 },
+            created_unix: 1_700_000_000,
+        }
+    }
+
+    fn sample() -> Vec<LogRecord> {
+        vec![
+            LogRecord::Splice {
+                disk: 1,
+                from: 4,
+                to: 9,
+                extents: vec![
+                    RawExtent {
+                        vseg: 4,
+                        len: 1,
+                        error: false,
+                        birth: 3,
+                        layers: vec![(17, Some([1, 2, 3, u64::MAX]))],
+                    },
+                    RawExtent {
+                        vseg: 6,
+                        len: 3,
+                        error: false,
+                        birth: 3,
+                        layers: vec![(20, None)],
+                    },
+                ],
+            },
+            LogRecord::Splice {
+                disk: 2,
+                from: 0,
+                to: 1,
+                extents: vec![],
+            },
+            LogRecord::Fill {
+                seg: 17,
+                words: [5, 0, 0, 1 << 63],
+            },
+            LogRecord::PutDisk {
+                rec: rec(4),
+                share_root_of: 1,
+            },
+            LogRecord::DropDisk { id: 2 },
+            LogRecord::Counters {
+                generation: 8,
+                next_disk_id: 5,
+            },
+        ]
+    }
+
+    #[test]
+    fn records_round_trip_and_fill_pages_in_order() {
+        let pool = Uuid::from_u128(42);
+        let mut recs: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut want = Vec::new();
+        for _ in 0..40 {
+            // One change of three records, three of one.
+            let s = sample();
+            recs.push(s[..3].iter().map(encode).collect());
+            for r in &s[3..] {
+                recs.push(vec![encode(r)]);
+            }
+            want.extend(s);
+        }
+        // The ring wraps: sequence 6 of a ring of 4 lies at place 2.
+        let pages = pack(&recs, 6, 100, 50, 4, &pool);
+        assert!(pages.len() > 1, "{} pages", pages.len());
+        let mut got = Vec::new();
+        let mut lsn = 100;
+        for (k, (place, b)) in pages.iter().enumerate() {
+            assert_eq!(*place, 50 + (6 + k as u64) % 4);
+            let p = decode_log_page(b, *place, &pool, 1000).unwrap();
+            assert_eq!(p.seq, 6 + k as u64);
+            assert_eq!(p.first_lsn, lsn);
+            assert_eq!(p.batch, 6, "every page names the append's first");
+            // Every page starts with a change's first record: the three-record group
+            // is never split.
+            assert!(
+                matches!(p.records[0], LogRecord::Splice { disk: 1, .. })
+                    || !matches!(
+                        p.records[0],
+                        LogRecord::Splice { .. } | LogRecord::Fill { .. }
+                    ),
+                "page {k} starts inside a group: {:?}",
+                p.records[0]
+            );
+            lsn += p.records.len() as u64;
+            got.extend(p.records);
+        }
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn live_splices_encode_as_raw_ones_do() {
+        let e = Extent::full(4, 17, 3);
+        let live = encode_splice(1, 4, 5, std::slice::from_ref(&e)).unwrap();
+        let raw = encode(&LogRecord::Splice {
+            disk: 1,
+            from: 4,
+            to: 5,
+            extents: vec![RawExtent {
+                vseg: 4,
+                len: 1,
+                error: false,
+                birth: 3,
+                layers: vec![(17, None)],
+            }],
+        });
+        assert_eq!(live, raw);
+        // Too many extents for a page: not a record.
+        let many: Vec<Extent> = (0..200).map(|v| Extent::full(v, v + 1, 1)).collect();
+        assert!(encode_splice(1, 0, 200, &many).is_none());
+    }
+
+    #[test]
+    fn damaged_pages_are_refused_with_the_field_named() {
+        let pool = Uuid::from_u128(42);
+        let pages = pack(&[vec![encode(&sample()[0])]], 0, 1, 10, 8, &pool);
+        let (place, good) = &pages[0];
+        // Another place: misdirected.
+        assert!(matches!(
+            decode_log_page(good, place + 1, &pool, 1000),
+            Err(MetaError::Misdirected { .. })
+        ));
+        // Segments beyond the pool.
+        let e = decode_log_page(good, *place, &pool, 18).unwrap_err();
+        assert!(e.to_string().contains("segment"), "{e}");
+        // A body whose length runs past the page, resealed.
+        let mut b = good.clone();
+        let at = HEADER_BYTES + LOG_HEAD_BYTES + 1;
+        b[at..at + 2].copy_from_slice(&4030u16.to_le_bytes());
+        super::super::seal(&mut b);
+        let e = decode_log_page(&b, *place, &pool, 1000).unwrap_err();
+        assert!(e.to_string().contains("runs past the end"), "{e}");
+        // An unknown kind.
+        let mut b = good.clone();
+        b[HEADER_BYTES + LOG_HEAD_BYTES] = 99;
+        super::super::seal(&mut b);
+        let e = decode_log_page(&b, *place, &pool, 1000).unwrap_err();
+        assert!(e.to_string().contains("unknown kind 99"), "{e}");
+        // A torn page: checksum.
+        let mut b = good.clone();
+        b[PAGE_BYTES - 1] ^= 1;
+        assert!(matches!(
+            decode_log_page(&b, *place, &pool, 1000),
+            Err(MetaError::Checksum { .. })
+        ));
+    }
+}

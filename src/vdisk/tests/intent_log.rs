@@ -1,0 +1,155 @@
+//! The intent log: flushes and snapshots append records instead of committing the
+//! tables, and a crash before any checkpoint loses nothing they made durable; the log
+//! wraps around its ring under checkpoints; a pool without a log gets one at open.
+
+use super::*;
+
+/// Writes value `v` into blocks `b` (4 KiB) of `d`, one at a time, then flushes.
+async fn write_all_and_flush(d: &Arc<dyn Bdev>, blocks: &[u64], v: u8) {
+    for &b in blocks {
+        write_byte(d, b, v).await.unwrap();
+    }
+    Channel::get(d).unwrap().flush().await.unwrap();
+}
+
+/// Blocks scattered over `n` different 1 MiB segments of a disk of `segs` segments.
+fn scattered(n: u64, segs: u64, salt: u64) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let seg = (i * 7919 + salt) % segs;
+            seg * 256 + (i * 31 + salt) % 256
+        })
+        .collect()
+}
+
+#[test]
+fn flushes_and_snapshots_append_to_the_log_and_survive_a_crash_before_any_checkpoint() {
+    let set = reactors(2);
+    let base = malloc("m0", 128);
+    let pool = new_pool(&set, base.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
+    let status = block_on(pool.log_status())
+        .unwrap()
+        .expect("a new pool has a log");
+    assert!(status.pages >= 4, "{status:?}");
+    let txn0 = block_on(pool.committed_txn()).unwrap();
+    let first = scattered(40, 32, 3);
+    let d = disk.clone();
+    let blocks = first.clone();
+    on(&set, 1, move || async move {
+        write_all_and_flush(&d, &blocks, 0x5a).await
+    });
+    // A snapshot, then copy-on-write into the origin, a clone of the snapshot written.
+    block_on(pool.snapshot(vec![("vd0".into(), "s1".into())], Duration::from_secs(5))).unwrap();
+    let clone: Arc<dyn Bdev> = block_on(pool.clone_disk("s1", "c1")).unwrap();
+    let second = scattered(20, 32, 11);
+    let (d, c) = (disk.clone(), clone.clone());
+    let (b2, b3) = (second.clone(), first[..10].to_vec());
+    on(&set, 1, move || async move {
+        write_all_and_flush(&d, &b2, 0x6b).await;
+        write_all_and_flush(&c, &b3, 0x7c).await;
+    });
+    assert_eq!(
+        block_on(pool.committed_txn()).unwrap(),
+        txn0,
+        "flushes, a snapshot and a clone committed the tables instead of appending to the log"
+    );
+    let used = block_on(pool.log_status()).unwrap().unwrap();
+    assert!(used.next_seq > status.next_seq, "{status:?} -> {used:?}");
+    block_on(pool.crash_stop()).unwrap();
+    drop((disk, clone));
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let replayed = block_on(pool.log_status()).unwrap().unwrap();
+    assert!(replayed.replayed_at_open > 0, "{replayed:?}");
+    let by = |n: &str| -> Arc<dyn Bdev> { block_on(pool.disk(n)).unwrap() };
+    let (d, s, c) = (by("vd0"), by("s1"), by("c1"));
+    on(&set, 1, move || async move {
+        for &b in &first {
+            assert_eq!(read_byte(&s, b).await, 0x5a, "snapshot block {b}");
+        }
+        for &b in &second {
+            assert_eq!(read_byte(&d, b).await, 0x6b, "origin block {b}");
+        }
+        for &b in &first {
+            if !second.contains(&b) {
+                assert_eq!(read_byte(&d, b).await, 0x5a, "origin block {b}");
+            }
+        }
+        for &b in &first[..10] {
+            assert_eq!(read_byte(&c, b).await, 0x7c, "clone block {b}");
+        }
+        assert_eq!(
+            read_byte(&c, first[20]).await,
+            0x5a,
+            "clone block {}",
+            first[20]
+        );
+    });
+    block_on(pool.close()).unwrap();
+    let report = offline_check(&set, base);
+    assert!(report.clean(), "{:#?}", report.errors);
+    assert_eq!(report.disks, 3);
+}
+
+#[test]
+fn the_log_wraps_around_its_ring_and_a_crash_after_wrapping_loses_nothing_flushed() {
+    let set = reactors(2);
+    let base = malloc("m0", 128);
+    let mut opts = PoolOptions::new("p0");
+    // A small metadata area: a small ring (a sixteenth of the node area).
+    opts.metadata_bytes = Some(1 << 20);
+    let pool = block_on(Pool::create(set.cores(), 0, vec![base.clone()], None, opts)).unwrap();
+    let start = block_on(pool.log_status()).unwrap().expect("a log");
+    assert!(start.pages <= 16, "{start:?}");
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 16 << 20, true)).unwrap();
+    // Each round's flush appends a page or more, its snapshot and the snapshot's delete
+    // (three rounds in four) a page each.
+    let mut expect = std::collections::BTreeMap::new();
+    for round in 0..20u64 {
+        let blocks = scattered(6, 16, round * 5 + 1);
+        let v = 0x10 + round as u8;
+        let d = disk.clone();
+        let b = blocks.clone();
+        on(&set, 1, move || async move {
+            write_all_and_flush(&d, &b, v).await
+        });
+        for b in blocks {
+            expect.insert(b, v);
+        }
+        let name = format!("s{round}");
+        block_on(pool.snapshot(vec![("vd0".into(), name.clone())], Duration::from_secs(5)))
+            .unwrap();
+        if round % 4 != 0 {
+            block_on(pool.delete_disk(&name)).unwrap();
+        }
+    }
+    let end = block_on(pool.log_status()).unwrap().unwrap();
+    assert!(
+        end.next_seq >= start.next_seq + 2 * end.pages,
+        "the ring did not wrap twice: {start:?} -> {end:?}"
+    );
+    block_on(pool.crash_stop()).unwrap();
+    drop(disk);
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let d: Arc<dyn Bdev> = block_on(pool.disk("vd0")).unwrap();
+    on(&set, 1, move || async move {
+        for (b, v) in expect {
+            assert_eq!(read_byte(&d, b).await, v, "block {b}");
+        }
+    });
+    let names: Vec<String> = block_on(pool.list())
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    for round in 0..20 {
+        assert_eq!(
+            names.contains(&format!("s{round}")),
+            round % 4 == 0,
+            "snapshot s{round} in {names:?}"
+        );
+    }
+    block_on(pool.close()).unwrap();
+    let report = offline_check(&set, base);
+    assert!(report.clean(), "{:#?}", report.errors);
+}
