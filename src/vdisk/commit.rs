@@ -103,11 +103,9 @@ impl Controller {
     /// Copies the leaves of dirty fills that were already written, so that the commit
     /// rewrites them. Returns true if anything was touched.
     ///
-    /// A fill the log recorded since the last checkpoint may sit, by now, in a leaf its
-    /// owner no longer has (a snapshot taken after the fill was logged shares the leaf;
-    /// the owner's writes replaced it since): its leaf is looked for in the owner and in
-    /// every disk created since the extent was born (snapshots and clones that can share
-    /// it), and copied wherever it is found.
+    /// A fill the log recorded since the last checkpoint is looked for in its owner's
+    /// table: a snapshot or a clone that shares it got its own copy of the leaf before
+    /// the sharing ([`Controller::copy_logged_leaves`]), written by this checkpoint.
     pub(crate) fn persist_dirty_fills(&self) -> bool {
         // With a log, the log takes every changed fill first: an append that runs while
         // this checkpoint is not yet durable must find them in its records.
@@ -124,21 +122,9 @@ impl Controller {
         }
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        for (_, (owner, v, birth, fill)) in logged {
-            for d in st.disks.values() {
-                if d.rec.id != owner && d.rec.created_gen < birth {
-                    continue;
-                }
-                let holds = (d.root.as_ref())
-                    .and_then(|r| r.lookup(v))
-                    .is_some_and(|e| {
-                        e.layers
-                            .iter()
-                            .any(|l| l.fill.as_ref().is_some_and(|f| Arc::ptr_eq(f, &fill)))
-                    });
-                if holds {
-                    wanted.entry(d.rec.id).or_default().insert(v);
-                }
+        for (_, (owner, v, _, fill)) in logged {
+            if holds_fill(&st.disks, owner, v, &fill) {
+                wanted.entry(owner).or_default().insert(v);
             }
         }
         let mut touched = false;
@@ -169,6 +155,53 @@ impl Controller {
             st.changes += 1;
         }
         touched
+    }
+
+    /// Before the tables of `disks` are shared (a snapshot, a clone): the written leaves
+    /// that hold fills the log recorded since the last checkpoint are copied, so that
+    /// the shared table holds them as new leaves, which the next checkpoint writes with
+    /// the fills' bits — the owner's later writes go elsewhere (copy-on-write), and no
+    /// checkpoint would look for them in the sharer's table. Changed fills not yet
+    /// logged are logged first. Without a log, the dirty fills' leaves are copied.
+    pub(crate) fn copy_logged_leaves(&self, disks: &[u64]) {
+        if self.st.borrow().log.is_none() {
+            self.persist_dirty_fills();
+            return;
+        }
+        self.log_dirty_fills();
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let wanted: Vec<(u64, u64)> = (st.log.as_ref())
+            .map(|l| {
+                l.fills_logged
+                    .values()
+                    .filter(|(owner, v, _, fill)| {
+                        disks.contains(owner) && holds_fill(&st.disks, *owner, *v, fill)
+                    })
+                    .map(|(owner, v, _, _)| (*owner, *v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (disk, v) in wanted {
+            let Some(d) = st.disks.get_mut(&disk) else {
+                continue;
+            };
+            let Some(root) = d.root.clone() else { continue };
+            if leaf_page(&root, v) == NO_PAGE {
+                continue;
+            }
+            let Some(e) = root.lookup(v).cloned() else {
+                continue;
+            };
+            if e.len != 1 {
+                continue;
+            }
+            let new = table::splice(Some(&root), v, v + 1, &[e], &mut st.space);
+            table::set_root(&mut d.root, new, &mut st.space);
+            if let Some(l) = st.log.as_mut() {
+                l.same_table(disk, &d.root);
+            }
+        }
     }
 
     pub(crate) async fn flush_containers(&self) -> Result<(), IoStatus> {
@@ -212,7 +245,7 @@ impl Controller {
             return self.flush_containers().await;
         }
         // Capture.
-        let captured = match self.capture() {
+        let captured = match self.capture().await {
             Ok(c) => c,
             Err(CaptureError::Full { need, free }) => {
                 tracing::error!(pool = %self.shared.name, need, free,
@@ -392,35 +425,52 @@ impl Controller {
 
     /// Serialises the state to commit; assigns pages to new nodes. Changes nothing if
     /// the pages it needs are not there.
-    fn capture(&self) -> Result<Captured, CaptureError> {
+    ///
+    /// The state is taken at one instant — the roots (held, so that nothing they reach
+    /// is freed meanwhile), the disk records, the counters, the space map, the log
+    /// position — and the new nodes under those roots are then serialised a batch at a
+    /// time, yielding to the reactor between batches: a checkpoint of tens of thousands
+    /// of pages does not stop the core's I/O and mapping faults while it encodes. Nodes
+    /// are immutable (copy-on-write), so what the roots reach does not change; a node
+    /// given its page here and replaced meanwhile is freed into the next transaction.
+    async fn capture(&self) -> Result<Captured, CaptureError> {
+        let begun = self.capture_begin()?;
+        let mut pages = begun.pages;
+        let mut roots = Vec::with_capacity(begun.roots.len());
+        let mut failed = None;
+        for r in &begun.roots {
+            match r {
+                Some(root) => match self.write_tree(root, begun.sb.txn, &mut pages).await {
+                    Ok(p) => roots.push(p),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                },
+                None => roots.push(BlockPtr::NONE),
+            }
+        }
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        let shared = &self.shared;
-        let need = unwritten_reachable(st.disks.values().filter_map(|d| d.root.as_ref()))
-            + dir_pages_for(st.disks.len());
-        let free = st.space.free_pages();
-        if need > free {
-            return Err(CaptureError::Full { need, free });
+        for r in begun.roots.iter().flatten() {
+            r.release(&mut st.space);
         }
-        let txn = st.space.txn_open;
-        st.space.txn_open += 1;
-        let changes = st.changes;
-        let uuid = shared.uuid;
-        let mut pages: Vec<(u64, Vec<u8>)> = Vec::new();
-        // Tables.
-        let mut roots = Vec::with_capacity(st.disks.len());
-        for d in st.disks.values_mut() {
-            let root = match &d.root {
-                Some(root) => write_node(root, txn, &uuid, &mut st.space, &mut pages)?,
-                None => BlockPtr::NONE,
-            };
-            d.rec.root_page = root.page;
-            roots.push(root);
+        if let Some(e) = failed {
+            return Err(e);
         }
+        let txn = begun.sb.txn;
+        let uuid = self.shared.uuid;
         // Directory: written anew, last page first (each page points at the next one with
         // its checksum); the old chain is freed with this transaction.
-        let recs: Vec<meta::directory::DiskRecord> =
-            st.disks.values().map(|d| d.rec.clone()).collect();
+        let mut recs = begun.recs;
+        for (rec, root) in recs.iter_mut().zip(&roots) {
+            rec.root_page = root.page;
+        }
+        for d in st.disks.values_mut() {
+            if let Some(k) = recs.iter().position(|r| r.id == d.rec.id) {
+                d.rec.root_page = recs[k].root_page;
+            }
+        }
         let per = meta::directory::DIR_RECORDS_PER_PAGE;
         let n_dir = recs.len().div_ceil(per);
         let mut dir_pages = Vec::new();
@@ -441,10 +491,42 @@ impl Controller {
             next = BlockPtr::of(&b);
             pages.push((dir_pages[i], b));
         }
-        let directory = next;
         for p in std::mem::take(&mut st.dir_pages) {
             st.space.retire_page(p, txn);
         }
+        let mut sb = begun.sb;
+        sb.directory = next;
+        Ok(Captured {
+            pages,
+            sb,
+            changes: begun.changes,
+            dir_pages,
+            space_map: begun.space_map,
+        })
+    }
+
+    /// The instant of a capture: see [`Controller::capture`].
+    fn capture_begin(&self) -> Result<Begun, CaptureError> {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let shared = &self.shared;
+        let need = unwritten_reachable(st.disks.values().filter_map(|d| d.root.as_ref()))
+            + dir_pages_for(st.disks.len());
+        let free = st.space.free_pages();
+        if need > free {
+            return Err(CaptureError::Full { need, free });
+        }
+        let txn = st.space.txn_open;
+        st.space.txn_open += 1;
+        let changes = st.changes;
+        let uuid = shared.uuid;
+        let mut pages: Vec<(u64, Vec<u8>)> = Vec::new();
+        let roots: Vec<Option<Arc<Node>>> = st.disks.values().map(|d| d.root.clone()).collect();
+        for r in roots.iter().flatten() {
+            r.retain();
+        }
+        let recs: Vec<meta::directory::DiskRecord> =
+            st.disks.values().map(|d| d.rec.clone()).collect();
         // Space map: the pages that changed in this transaction, and their index pages,
         // each into the place the committed superblock does not point at.
         let changed: Vec<u64> = st.space.sm_pages_changed_since(txn).collect();
@@ -463,7 +545,7 @@ impl Controller {
             meta_pages: shared.meta_pages,
             sm_pages: shared.sm_pages,
             sm_index_pages: space_map.index.len() as u64,
-            directory,
+            directory: BlockPtr::NONE,
             cow_policy: shared.cow_default as u8,
             separate_metadata: shared.separate_metadata,
             metadata_uuid: shared.meta_label_uuid,
@@ -486,12 +568,86 @@ impl Controller {
                 }
             }),
         };
-        Ok(Captured {
+        Ok(Begun {
             pages,
             sb,
             changes,
-            dir_pages,
+            roots,
+            recs,
             space_map,
+        })
+    }
+
+    /// Writes `root`'s unwritten nodes (children first: a parent records each child's
+    /// checksum), a batch at a time between yields; returns the pointer to `root`.
+    async fn write_tree(
+        &self,
+        root: &Arc<Node>,
+        txn: u64,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> Result<BlockPtr, CaptureError> {
+        /// Nodes encoded between two yields.
+        const BATCH: usize = 256;
+        let pool = self.shared.uuid;
+        // (node, children visited): post-order without recursion.
+        let mut stack: Vec<(Arc<Node>, bool)> = vec![(root.clone(), false)];
+        let mut done = 0usize;
+        while let Some((node, expanded)) = stack.pop() {
+            if node.page() != NO_PAGE {
+                continue;
+            }
+            match &node.kind {
+                NodeKind::Internal { children, .. } if !expanded => {
+                    stack.push((node.clone(), true));
+                    for c in children.iter().rev() {
+                        if c.page() == NO_PAGE {
+                            stack.push((c.clone(), false));
+                        }
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let page = {
+                let mut st = self.st.borrow_mut();
+                let page = st.space.alloc_page().ok_or_else(CaptureError::failed)?;
+                st.space.node_written();
+                page
+            };
+            let b = match &node.kind {
+                NodeKind::Internal { keys, children } => {
+                    let entries: Vec<(u64, BlockPtr)> = keys
+                        .iter()
+                        .zip(children)
+                        .map(|(k, c)| {
+                            let (t, crc) = c.written();
+                            (
+                                *k,
+                                BlockPtr {
+                                    page: c.page(),
+                                    txn: t,
+                                    crc,
+                                },
+                            )
+                        })
+                        .collect();
+                    meta::node::encode_internal(page, txn, &pool, &entries)
+                }
+                NodeKind::Leaf { extents } => meta::node::encode_leaf(page, txn, &pool, extents),
+            };
+            let ptr = BlockPtr::of(&b);
+            node.set_page(ptr.page, ptr.txn, ptr.crc);
+            out.push((ptr.page, b));
+            done += 1;
+            if done.is_multiple_of(BATCH) {
+                reactor::yield_now().await;
+            }
+        }
+        let (t, crc) = root.written();
+        Ok(BlockPtr {
+            page: root.page(),
+            txn: t,
+            crc,
         })
     }
 
@@ -647,6 +803,16 @@ fn count_touched(
     }
 }
 
+struct Begun {
+    pages: Vec<(u64, Vec<u8>)>,
+    sb: Superblock,
+    changes: u64,
+    /// Every disk's root, held until its nodes are written.
+    roots: Vec<Option<Arc<Node>>>,
+    recs: Vec<meta::directory::DiskRecord>,
+    space_map: meta::space_map::SpaceMapPtrs,
+}
+
 struct Captured {
     pages: Vec<(u64, Vec<u8>)>,
     sb: Superblock,
@@ -655,8 +821,25 @@ struct Captured {
     space_map: meta::space_map::SpaceMapPtrs,
 }
 
+/// True if `disk`'s table maps `vseg` to an extent with a layer whose fill is `fill`.
+fn holds_fill(
+    disks: &BTreeMap<u64, super::controller::DiskCtl>,
+    disk: u64,
+    vseg: u64,
+    fill: &Arc<super::map::Fill>,
+) -> bool {
+    (disks.get(&disk))
+        .and_then(|d| d.root.as_ref())
+        .and_then(|r| r.lookup(vseg))
+        .is_some_and(|e| {
+            e.layers
+                .iter()
+                .any(|l| l.fill.as_ref().is_some_and(|f| Arc::ptr_eq(f, fill)))
+        })
+}
+
 /// The page of the leaf covering `vseg`.
-fn leaf_page(root: &Arc<Node>, vseg: u64) -> u64 {
+pub(crate) fn leaf_page(root: &Arc<Node>, vseg: u64) -> u64 {
     let mut node = root;
     loop {
         match &node.kind {
@@ -667,39 +850,4 @@ fn leaf_page(root: &Arc<Node>, vseg: u64) -> u64 {
             NodeKind::Leaf { .. } => return node.page(),
         }
     }
-}
-
-/// Writes `node` and its unwritten descendants (children first: a parent records each
-/// child's checksum); returns the pointer to it.
-fn write_node(
-    node: &Arc<Node>,
-    txn: u64,
-    pool: &uuid::Uuid,
-    space: &mut super::alloc::Space,
-    out: &mut Vec<(u64, Vec<u8>)>,
-) -> Result<BlockPtr, CaptureError> {
-    let p = node.page();
-    if p != NO_PAGE {
-        let (txn, crc) = node.written();
-        return Ok(BlockPtr { page: p, txn, crc });
-    }
-    let b = match &node.kind {
-        NodeKind::Internal { keys, children } => {
-            let mut entries = Vec::with_capacity(children.len());
-            for (k, c) in keys.iter().zip(children) {
-                entries.push((*k, write_node(c, txn, pool, space, out)?));
-            }
-            let page = space.alloc_page().ok_or_else(CaptureError::failed)?;
-            meta::node::encode_internal(page, txn, pool, &entries)
-        }
-        NodeKind::Leaf { extents } => {
-            let page = space.alloc_page().ok_or_else(CaptureError::failed)?;
-            meta::node::encode_leaf(page, txn, pool, extents)
-        }
-    };
-    let ptr = BlockPtr::of(&b);
-    node.set_page(ptr.page, ptr.txn, ptr.crc);
-    space.node_written();
-    out.push((ptr.page, b));
-    Ok(ptr)
 }

@@ -335,6 +335,7 @@ impl Controller {
             budget.set_fill_cost(height + 1);
         }
         self.sync_meta_budget();
+        self.append_if_due();
     }
 
     /// Copies what extent `src` (one segment) resolves to into segment `dst`, setting

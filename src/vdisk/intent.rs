@@ -40,6 +40,9 @@ use std::task::{Poll, Waker};
 pub const MAX_LOG_PAGES: u64 = 4096;
 /// A log takes at most this fraction of the node area.
 const LOG_SHARE: u64 = 16;
+/// Records waiting beyond this start an append without a flush asking for one: what a
+/// flush or a snapshot has to write stays small under a stream of mapping changes.
+const APPEND_AHEAD_BYTES: usize = 256 << 10;
 /// A checkpoint runs at least this often while changes wait (bounds the replay).
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -81,8 +84,9 @@ pub(crate) struct IntentLog {
     /// Records not yet appended, in groups (one per change, kept on one page); the
     /// first has LSN `pending_lsn`.
     pending: Vec<Vec<Vec<u8>>>,
-    /// Records in `pending`.
+    /// Records in `pending`, and their bytes.
     pending_records: u64,
+    pending_bytes: usize,
     pending_lsn: u64,
     /// The replay start of the superblock in force: pages from here on are not reused.
     pub durable_seq: u64,
@@ -101,6 +105,8 @@ pub(crate) struct IntentLog {
     pub replayed_at_open: u64,
     /// When the last checkpoint was captured.
     pub last_checkpoint: crate::reactor::Nanos,
+    /// An append started by [`IntentLog::wants_append`] is on its way.
+    ahead_scheduled: bool,
     /// Group commit of appends.
     running: bool,
     requested: u64,
@@ -120,6 +126,7 @@ impl IntentLog {
             next_lsn,
             pending: Vec::new(),
             pending_records: 0,
+            pending_bytes: 0,
             pending_lsn: next_lsn,
             durable_seq: area.replay_seq,
             unloggable_at: None,
@@ -129,6 +136,7 @@ impl IntentLog {
             fills_logged: BTreeMap::new(),
             replayed_at_open: 0,
             last_checkpoint: crate::reactor::now(),
+            ahead_scheduled: false,
             running: false,
             requested: 0,
             done: 0,
@@ -159,6 +167,7 @@ impl IntentLog {
         }
         self.next_lsn += group.len() as u64;
         self.pending_records += group.len() as u64;
+        self.pending_bytes += group.iter().map(Vec::len).sum::<usize>();
         self.pending.push(group);
     }
 
@@ -256,6 +265,12 @@ impl IntentLog {
         self.push_group(changes, group);
     }
 
+    /// True if enough records wait that an append should start now: a flush or a
+    /// snapshot then finds at most this much to write.
+    pub fn wants_append(&self) -> bool {
+        self.pending_bytes >= APPEND_AHEAD_BYTES && !self.running && !self.ahead_scheduled
+    }
+
     /// Pages in use from the replay start in force.
     pub fn used(&self) -> u64 {
         self.next_seq.saturating_sub(self.durable_seq)
@@ -293,6 +308,7 @@ impl IntentLog {
             }
             self.pending_lsn += g.len() as u64;
             self.pending_records -= g.len() as u64;
+            self.pending_bytes -= g.iter().map(Vec::len).sum::<usize>();
             k += 1;
         }
         self.pending.drain(..k);
@@ -441,13 +457,17 @@ impl Controller {
                     l.next_seq += pages.len() as u64;
                     l.pending_lsn += l.pending_records;
                     l.pending_records = 0;
+                    l.pending_bytes = 0;
                     l.pending.clear();
                     Append::Pages(pages, changes)
                 }
             }
         };
         let (pages, changes) = match plan {
-            Append::Full => return self.commit().await,
+            Append::Full => {
+                tracing::debug!(pool = %self.shared.name, "the log has no room for an append: a checkpoint instead");
+                return self.commit().await;
+            }
             Append::Pages(p, c) => (p, c),
         };
         if let Err(e) = self.flush_containers().await {
@@ -471,6 +491,28 @@ impl Controller {
             self.checkpoint_soon();
         }
         Ok(())
+    }
+
+    /// Starts an append in the background if enough records wait (see
+    /// [`IntentLog::wants_append`]).
+    pub(crate) fn append_if_due(&self) {
+        {
+            let mut st = self.st.borrow_mut();
+            match st.log.as_mut() {
+                Some(l) if l.wants_append() => l.ahead_scheduled = true,
+                _ => return,
+            }
+        }
+        let me = self.rc();
+        crate::reactor::spawn_local(async move {
+            if let Some(l) = me.st.borrow_mut().log.as_mut() {
+                l.ahead_scheduled = false;
+            }
+            if let Err(e) = me.make_durable().await {
+                tracing::warn!(pool = %me.shared.name, status = ?e, "background append failed");
+            }
+        })
+        .detach();
     }
 
     /// Starts a checkpoint in the background unless one runs.
@@ -515,8 +557,14 @@ impl Controller {
                 words: f.words(),
             });
             l.push_group(st.changes, vec![rec]);
-            l.fills_logged
-                .insert(layer.seg, (disk, vseg, e.birth, f.clone()));
+            // A fill in a leaf not yet written reaches the next checkpoint with that leaf
+            // (or a copy of it, shared or not); one in a written leaf needs the leaf
+            // copied (`commit.rs`).
+            let root = d.root.as_ref().expect("looked up above");
+            if super::commit::leaf_page(root, vseg) != NO_PAGE {
+                l.fills_logged
+                    .insert(layer.seg, (disk, vseg, e.birth, f.clone()));
+            }
         }
     }
 

@@ -237,13 +237,9 @@ impl Controller {
                 origins.len()
             )));
         }
-        // The fills' bits as the drained writes left them: the log records them (the
-        // snapshot's append writes them), or without one, their leaves are copied.
-        if self.st.borrow().log.is_some() {
-            self.log_dirty_fills();
-        } else {
-            self.persist_dirty_fills();
-        }
+        // The fills' bits as the drained writes left them: their leaves are copied
+        // before the tables are shared (and the log records them).
+        self.copy_logged_leaves(&origins);
         // Looked at again before anything is added: an origin may have been deleted, or
         // a disk given one of the names, while we waited for the locks and the drains.
         let refused = {
@@ -321,6 +317,9 @@ impl Controller {
             let n = self.st.borrow().disks.len();
             self.reserve_meta(dir_pages_for(n + 1) - dir_pages_for(n))?
         };
+        // A disk made read-only may have left changed fills: their leaves are the
+        // clone's too.
+        self.copy_logged_leaves(&[sid]);
         let bdev = {
             let mut st = self.st.borrow_mut();
             if let Some(f) = &st.failed {
