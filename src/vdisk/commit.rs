@@ -201,6 +201,8 @@ impl Controller {
             if let Some(l) = st.log.as_mut() {
                 l.same_table(disk, &d.root);
             }
+            // A new node for the next checkpoint to write: a change, as persisting is.
+            st.changes += 1;
         }
     }
 
