@@ -1,10 +1,11 @@
 //! Making the controller's state durable.
 //!
-//! A commit, in order:
+//! A commit (a checkpoint, with an intent log: `intent.rs`), in order:
 //! 1. persist changed fills: each dirty fill's leaf is copied (if it was already
 //!    written), so the new leaf is written with the fill's bits as they are *now*;
-//! 2. capture: serialise every node not yet written, the directory and the changed
-//!    space-map pages — the bits of every fill are read here;
+//! 2. capture: the roots, records, counters, space map and log position at one instant;
+//!    then every node not yet written under those roots, a batch at a time between
+//!    yields, and the directory — the bits of every fill are read here;
 //! 3. flush the data containers — every write whose bits were read in (2) completed
 //!    before its bits were set, so it is durable now;
 //! 4. write the metadata pages, flush;

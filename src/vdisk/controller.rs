@@ -17,11 +17,15 @@
 //! virtual segment, changes the table (allocate, or copy-on-write), pushes the view and
 //! replies; the agent retries the parked I/O.
 //!
-//! **Commits** (on flush, FUA writes, and in the background every second): persist the
-//! fills that changed (their leaves are copied so they are rewritten), write every new
-//! node, the directory and the changed space-map pages, flush, write the superblock,
+//! **Durable points** (flush, FUA writes, snapshots, clones, creates, deletes, and in the
+//! background every second) append the changes made since the last one to the intent
+//! log and flush once (`intent.rs`). **Checkpoints** (commits: when the log is half full,
+//! every few seconds while changes wait, at close, and where the log cannot describe a
+//! change) persist the fills that changed, write every new node, the directory and the
+//! changed space-map pages, flush, write the superblock (naming where replay starts),
 //! flush — then drain every agent (blocking barrier) and make the segments and pages
-//! freed before the commit reusable. See `commit.rs`.
+//! freed before the checkpoint reusable. See `commit.rs`. A pool without a log commits
+//! at every durable point.
 //!
 //! **Time limits** ([`TimeLimits`]): every wait for the agents' I/O ends at a deadline,
 //! so one stuck request cannot freeze the pool's flushes and snapshots (`views.rs`).
