@@ -199,6 +199,11 @@ struct BenchArgs {
     /// Snapshot the disk under test at these seconds into the run (e.g. `2,4`).
     #[arg(long, value_delimiter = ',')]
     snapshot_at: Vec<f64>,
+    /// Flush the bdev under test at these seconds into the run (e.g. `2,2.5,3`); the
+    /// report's `snapshots` list then holds the flushes (not combined with
+    /// --snapshot-at).
+    #[arg(long, value_delimiter = ',')]
+    flush_at: Vec<f64>,
     /// Compare --bdev with this bdev (same forms as --bdev): each runs --seconds in all,
     /// in --rounds slices taken in turn, and the report gives each one's IOPS per slice
     /// and the median of the per-round ratios.
@@ -581,8 +586,8 @@ fn bench(a: BenchArgs) -> Result<()> {
         ..Default::default()
     };
     if let Some(other) = &a.compare {
-        if !a.snapshot_at.is_empty() {
-            bail!("--snapshot-at cannot be combined with --compare");
+        if !a.snapshot_at.is_empty() || !a.flush_at.is_empty() {
+            bail!("--snapshot-at and --flush-at cannot be combined with --compare");
         }
         let reference = bench_bdev(other, "bench-ref", a.block_size, &target)?;
         let report = tessera::bench::compare(target.cores(), bdev, reference, &cfg, a.rounds)?;
@@ -615,6 +620,30 @@ fn bench(a: BenchArgs) -> Result<()> {
                     eprintln!("snapshot at {at} s failed: {e}");
                 }
                 (took, error)
+            }),
+        ));
+    }
+    if !a.flush_at.is_empty() && !a.snapshot_at.is_empty() {
+        bail!("--flush-at cannot be combined with --snapshot-at (one list of timed actions)");
+    }
+    for &at in &a.flush_at {
+        let b = bdev.clone();
+        let cores = target.cores().clone();
+        actions.push((
+            at,
+            Arc::new(move || {
+                let b = b.clone();
+                let t0 = std::time::Instant::now();
+                let r = tessera::reactor::block_on(cores.spawn_on(0, move || async move {
+                    let ch = tessera::bdev::Channel::get(&b).map_err(|e| e.to_string())?;
+                    ch.flush().await.map_err(|s| format!("flush failed: {s:?}"))
+                }));
+                let error = match r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(e) => Some(e.to_string()),
+                };
+                (t0.elapsed(), error)
             }),
         ));
     }
