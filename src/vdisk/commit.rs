@@ -414,7 +414,7 @@ impl Controller {
     fn rotate_fill_charges(&self) {
         let budget = &self.shared.meta_budget;
         let mut l = self.meta.borrow_mut();
-        let outstanding = (l.local - l.reserved as i64 - budget.available()).max(0);
+        let outstanding = budget.fill_charged().max(0);
         budget.give(l.charged_before);
         budget.fill_charges_released(l.charged_before);
         l.charged_before = (outstanding - l.charged_before).max(0);
@@ -422,8 +422,7 @@ impl Controller {
 
     /// True if fill charges wait for commits to be released.
     pub(crate) fn fill_charges_outstanding(&self) -> bool {
-        let l = self.meta.borrow();
-        l.charged_before > 0 || l.local - l.reserved as i64 > self.shared.meta_budget.available()
+        self.shared.meta_budget.fill_charged() > 0
     }
 
     /// Serialises the state to commit; assigns pages to new nodes. Changes nothing if

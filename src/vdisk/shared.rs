@@ -129,6 +129,11 @@ impl MetaBudget {
         self.fill_charged.fetch_add(pages as i64, Ordering::AcqRel);
     }
 
+    /// Pages fill charges hold now.
+    pub(crate) fn fill_charged(&self) -> i64 {
+        self.fill_charged.load(Ordering::Acquire)
+    }
+
     /// The controller released `pages` of fill charges (given back to `available`).
     pub(crate) fn fill_charges_released(&self, pages: i64) {
         self.fill_charged.fetch_sub(pages, Ordering::AcqRel);
