@@ -27,29 +27,10 @@ if [ -z "$T" ]; then
 fi
 work=$(mktemp -d /var/tmp/tessera-flushload.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-at=$(python3 -c "print(','.join(str(2 + i * 0.5) for i in range($count)))")
-seconds=$(python3 -c "print(2 + $count * 0.5 + 0.5)")
+. bench/support/timed_actions.sh
+timed_schedule 2 "$count"
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); $(date -u +%FT%TZ)"
 echo "# $T; QD 32 random 4 KiB writes for $seconds s, flushes at $at"
-summary() {
-    python3 - "$1" "$2" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-c = sorted(s["create_us"] / 1000 for s in r["snapshots"])
-failed = sum(1 for s in r["snapshots"] if s.get("error"))
-pick = lambda p: c[min(len(c) - 1, round((len(c) - 1) * p))]
-print(json.dumps({
-    "side": sys.argv[2],
-    "writes_per_s": round(r["iops"]),
-    "flushes": len(c),
-    "flushes_failed": failed,
-    "flush_ms_p50": round(pick(0.5), 2),
-    "flush_ms_p99": round(pick(0.99), 2),
-    "flush_ms_max": round(c[-1], 2),
-    "p999_lat_ms": round(r["lat_us"]["p999"] / 1000, 2),
-}))
-PY
-}
 for round in $(seq "$rounds"); do
     rm -f "$work/pool.img" "$work/raw.img"
     truncate -s 1T "$work/pool.img"
@@ -65,11 +46,11 @@ disks:
 YAML
     "$T" bench -c "$work/pool.yaml" --bdev thin0 -w randwrite -q 32 -t "$seconds" \
         --flush-at "$at" --json >"$work/out.json" 2>"$work/log"
-    summary "$work/out.json" "tessera thin disk, file pool"
+    timed_summary "$work/out.json" flushes flush side "tessera thin disk, file pool"
     rm -f "$work/pool.img"
     truncate -s 1T "$work/raw.img"
     "$T" bench --bdev "uring:$work/raw.img" -w randwrite -q 32 -t "$seconds" \
         --flush-at "$at" --json >"$work/out.json" 2>"$work/log"
-    summary "$work/out.json" "raw sparse file"
+    timed_summary "$work/out.json" flushes flush side "raw sparse file"
     rm -f "$work/raw.img"
 done

@@ -30,8 +30,8 @@ if [ -z "$T" ]; then
 fi
 work=$(mktemp -d /var/tmp/tessera-snapload.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-at=$(python3 -c "print(','.join(str($from + i * 0.5) for i in range($count)))")
-seconds=$(python3 -c "print($from + $count * 0.5 + 0.5)")
+. bench/support/timed_actions.sh
+timed_schedule "$from" "$count"
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); $(date -u +%FT%TZ)"
 echo "# $T; QD 32 random 4 KiB writes for $seconds s, snapshots at $at"
 for size in $sizes; do
@@ -50,25 +50,5 @@ disks:
 YAML
     "$T" bench -c "$work/pool.yaml" --bdev thin0 -w randwrite -q 32 -t "$seconds" \
         --snapshot-at "$at" --json >"$work/out.json" 2>"$work/log"
-    python3 - "$work/out.json" "$size" "$work/log" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-# Failed snapshots: the JSON's `error`, or (older builds) the log's lines.
-failed = sum(1 for s in r["snapshots"] if s.get("error")) or \
-    sum(1 for l in open(sys.argv[3]) if "failed" in l and l.startswith("snapshot at"))
-c = sorted(s["create_us"] / 1000 for s in r["snapshots"])
-pick = lambda p: c[min(len(c) - 1, round((len(c) - 1) * p))]
-print(json.dumps({
-    "size": sys.argv[2],
-    "writes_per_s": round(r["iops"]),
-    "errors": r["errors"],
-    "snapshots": len(c),
-    "snapshots_failed": failed,
-    "create_ms_p50": round(pick(0.5), 1),
-    "create_ms_p99": round(pick(0.99), 1),
-    "create_ms_max": round(c[-1], 1),
-    "max_lat_after_snapshots_ms": round(r["window_lat_us"]["max"] / 1000, 1),
-    "p999_lat_ms": round(r["lat_us"]["p999"] / 1000, 2),
-}))
-PY
+    timed_summary "$work/out.json" snapshots create size "$size" "$work/log"
 done

@@ -128,34 +128,12 @@ impl Controller {
                 wanted.entry(owner).or_default().insert(v);
             }
         }
-        let mut touched = false;
-        for (disk, vsegs) in wanted {
-            let Some(d) = st.disks.get_mut(&disk) else {
-                continue;
-            };
-            for v in vsegs {
-                let Some(root) = d.root.clone() else { break };
-                if leaf_page(&root, v) == NO_PAGE {
-                    continue; // the leaf is new: it will be written with current bits
-                }
-                let Some(e) = root.lookup(v).cloned() else {
-                    continue;
-                };
-                if e.len != 1 {
-                    continue;
-                }
-                let new = table::splice(Some(&root), v, v + 1, &[e], &mut st.space);
-                table::set_root(&mut d.root, new, &mut st.space);
-                if let Some(l) = st.log.as_mut() {
-                    l.same_table(disk, &d.root);
-                }
-                touched = true;
-            }
-        }
-        if touched {
-            st.changes += 1;
-        }
-        touched
+        copy_written_leaves(
+            st,
+            wanted
+                .into_iter()
+                .flat_map(|(d, vs)| vs.into_iter().map(move |v| (d, v))),
+        )
     }
 
     /// Before the tables of `disks` are shared (a snapshot, a clone): the written leaves
@@ -183,28 +161,7 @@ impl Controller {
                     .collect()
             })
             .unwrap_or_default();
-        for (disk, v) in wanted {
-            let Some(d) = st.disks.get_mut(&disk) else {
-                continue;
-            };
-            let Some(root) = d.root.clone() else { continue };
-            if leaf_page(&root, v) == NO_PAGE {
-                continue;
-            }
-            let Some(e) = root.lookup(v).cloned() else {
-                continue;
-            };
-            if e.len != 1 {
-                continue;
-            }
-            let new = table::splice(Some(&root), v, v + 1, &[e], &mut st.space);
-            table::set_root(&mut d.root, new, &mut st.space);
-            if let Some(l) = st.log.as_mut() {
-                l.same_table(disk, &d.root);
-            }
-            // A new node for the next checkpoint to write: a change, as persisting is.
-            st.changes += 1;
-        }
+        copy_written_leaves(st, wanted);
     }
 
     pub(crate) async fn flush_containers(&self) -> Result<(), IoStatus> {
@@ -823,6 +780,32 @@ struct Captured {
     space_map: meta::space_map::SpaceMapPtrs,
 }
 
+/// Copies, in each `(disk, vseg)`'s table, the written leaf holding the one-segment
+/// extent at `vseg` (same content, a new node): the next checkpoint writes it, with its
+/// fills' bits as they are then. Leaves not yet written are left (they are written
+/// anyway). Counts a change if anything was copied; returns whether it was.
+fn copy_written_leaves(
+    st: &mut super::controller::CtlState,
+    wanted: impl IntoIterator<Item = (u64, u64)>,
+) -> bool {
+    let mut touched = false;
+    for (disk, v) in wanted {
+        let Some(d) = st.disks.get_mut(&disk) else {
+            continue;
+        };
+        if table::copy_written_leaf(&mut d.root, v, &mut st.space) {
+            if let Some(l) = st.log.as_mut() {
+                l.same_table(disk, &d.root);
+            }
+            touched = true;
+        }
+    }
+    if touched {
+        st.changes += 1;
+    }
+    touched
+}
+
 /// True if `disk`'s table maps `vseg` to an extent with a layer whose fill is `fill`.
 fn holds_fill(
     disks: &BTreeMap<u64, super::controller::DiskCtl>,
@@ -838,18 +821,4 @@ fn holds_fill(
                 .iter()
                 .any(|l| l.fill.as_ref().is_some_and(|f| Arc::ptr_eq(f, fill)))
         })
-}
-
-/// The page of the leaf covering `vseg`.
-pub(crate) fn leaf_page(root: &Arc<Node>, vseg: u64) -> u64 {
-    let mut node = root;
-    loop {
-        match &node.kind {
-            NodeKind::Internal { keys, children } => {
-                let i = keys.partition_point(|&k| k <= vseg).saturating_sub(1);
-                node = &children[i];
-            }
-            NodeKind::Leaf { .. } => return node.page(),
-        }
-    }
 }

@@ -84,8 +84,7 @@ pub(crate) struct IntentLog {
     /// Records not yet appended, in groups (one per change, kept on one page); the
     /// first has LSN `pending_lsn`.
     pending: Vec<Vec<Vec<u8>>>,
-    /// Records in `pending`, and their bytes.
-    pending_records: u64,
+    /// Bytes of the records in `pending` (they number `next_lsn - pending_lsn`).
     pending_bytes: usize,
     pending_lsn: u64,
     /// The replay start of the superblock in force: pages from here on are not reused.
@@ -125,7 +124,6 @@ impl IntentLog {
             next_seq,
             next_lsn,
             pending: Vec::new(),
-            pending_records: 0,
             pending_bytes: 0,
             pending_lsn: next_lsn,
             durable_seq: area.replay_seq,
@@ -166,7 +164,6 @@ impl IntentLog {
             return;
         }
         self.next_lsn += group.len() as u64;
-        self.pending_records += group.len() as u64;
         self.pending_bytes += group.iter().map(Vec::len).sum::<usize>();
         self.pending.push(group);
     }
@@ -307,7 +304,6 @@ impl IntentLog {
                 break;
             }
             self.pending_lsn += g.len() as u64;
-            self.pending_records -= g.len() as u64;
             self.pending_bytes -= g.iter().map(Vec::len).sum::<usize>();
             k += 1;
         }
@@ -455,8 +451,7 @@ impl Controller {
                     Append::Full
                 } else {
                     l.next_seq += pages.len() as u64;
-                    l.pending_lsn += l.pending_records;
-                    l.pending_records = 0;
+                    l.pending_lsn = l.next_lsn;
                     l.pending_bytes = 0;
                     l.pending.clear();
                     Append::Pages(pages, changes)
@@ -561,7 +556,7 @@ impl Controller {
             // (or a copy of it, shared or not); one in a written leaf needs the leaf
             // copied (`commit.rs`).
             let root = d.root.as_ref().expect("looked up above");
-            if super::commit::leaf_page(root, vseg) != NO_PAGE {
+            if root.leaf_page(vseg) != NO_PAGE {
                 l.fills_logged
                     .insert(layer.seg, (disk, vseg, e.birth, f.clone()));
             }
@@ -622,28 +617,18 @@ pub(crate) fn rewrite_leaves_holding(
     let mut copied = 0;
     for (_, root) in disks.values_mut() {
         let Some(r) = root.clone() else { continue };
-        let mut hits: Vec<Extent> = Vec::new();
+        let mut hits: Vec<u64> = Vec::new();
         r.visit_from(0, &mut |e: &Extent| {
-            if e.len == 1
-                && e.layers
-                    .iter()
-                    .any(|l| l.fill.is_some() && segs.contains(&l.seg))
+            if e.layers
+                .iter()
+                .any(|l| l.fill.is_some() && segs.contains(&l.seg))
             {
-                hits.push(e.clone());
+                hits.push(e.vseg);
             }
             true
         });
-        for e in hits {
-            let cur = root.clone();
-            let new = table::splice(
-                cur.as_ref(),
-                e.vseg,
-                e.vseg + 1,
-                std::slice::from_ref(&e),
-                space,
-            );
-            table::set_root(root, new, space);
-            copied += 1;
+        for v in hits {
+            copied += u64::from(table::copy_written_leaf(root, v, space));
         }
     }
     copied

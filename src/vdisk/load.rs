@@ -505,7 +505,7 @@ async fn open_labelled(
         let bdev = VDisk::new(&shared, &rec).map_err(VdiskError::Bdev)?;
         disks.insert(id, DiskCtl::new(rec, root, bdev));
     }
-    let st = CtlState {
+    let mut st = CtlState {
         disks,
         space,
         generation,
@@ -519,7 +519,7 @@ async fn open_labelled(
         closed: false,
         log: None,
     };
-    let mut st = st;
+    // The log mirrors the directory as loaded (and replayed).
     st.log = log.map(|(area, next_seq, next_lsn, replayed)| {
         let mut l = IntentLog::new(area, next_seq, next_lsn, &st);
         l.replayed_at_open = replayed;

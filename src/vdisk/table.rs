@@ -196,6 +196,20 @@ impl Node {
         self.free(rc);
     }
 
+    /// The page of the leaf whose span covers `vseg` ([`NO_PAGE`] if not written).
+    pub fn leaf_page(&self, vseg: u64) -> u64 {
+        let mut node = self;
+        loop {
+            match &node.kind {
+                NodeKind::Internal { keys, children } => {
+                    let i = keys.partition_point(|&k| k <= vseg).saturating_sub(1);
+                    node = &children[i];
+                }
+                NodeKind::Leaf { .. } => return node.page(),
+            }
+        }
+    }
+
     /// The extent covering `vseg`, if any: one descent.
     #[inline]
     pub fn lookup(&self, vseg: u64) -> Option<&Extent> {
@@ -347,6 +361,24 @@ pub fn splice(
         o.refs.fetch_sub(1, Ordering::Relaxed);
     }
     owned
+}
+
+/// Replaces the leaf of `slot`'s table that holds the one-segment extent at `vseg` with a
+/// copy (same content, a node without a page), if that leaf was written; true if it did.
+/// A commit writes the copy with the fills' bits as they are then.
+pub fn copy_written_leaf(slot: &mut Option<Arc<Node>>, vseg: u64, rc: &mut dyn RefCounts) -> bool {
+    let Some(root) = slot.clone() else {
+        return false;
+    };
+    if root.leaf_page(vseg) == NO_PAGE {
+        return false;
+    }
+    let Some(e) = root.lookup(vseg).filter(|e| e.len == 1).cloned() else {
+        return false;
+    };
+    let new = splice(Some(&root), vseg, vseg + 1, &[e], rc);
+    set_root(slot, new, rc);
+    true
 }
 
 /// Makes `new` the root in `slot`: retains it, then releases the old root.
