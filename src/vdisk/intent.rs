@@ -32,7 +32,8 @@ use super::meta::superblock::LogArea;
 use super::meta::{MetaError, NO_PAGE, PAGE_BYTES};
 use super::table::{self, Node};
 use crate::bdev::{Bdev, IoStatus};
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -601,7 +602,7 @@ pub(crate) struct Replayed {
 pub(crate) struct ReplayState<'a> {
     pub disks: &'a mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
     pub space: &'a mut super::alloc::Space,
-    pub fills: &'a mut HashMap<u64, Arc<Fill>>,
+    pub fills: &'a mut FxHashMap<u64, Arc<Fill>>,
     pub generation: &'a mut u64,
     pub next_disk_id: &'a mut u64,
 }
@@ -731,7 +732,7 @@ pub(crate) async fn read_log(
 }
 
 /// Applies every record of `pages` at or after the replay LSN of `area` onto `s`, in
-/// order. A record that does not apply (a disk it names is missing) is an error: the
+/// order (splices in batches: `PendingSplices`). A record that does not apply (a disk it names is missing) is an error: the
 /// log and the checkpoint disagree.
 pub(crate) fn replay(
     pages: Vec<log::LogPage>,
@@ -744,13 +745,8 @@ pub(crate) fn replay(
         pages: 0,
         next_lsn: area.replay_lsn,
     };
-    let ReplayState {
-        disks,
-        space,
-        fills,
-        generation,
-        next_disk_id,
-    } = s;
+    let mut s = s;
+    let mut splices = PendingSplices::default();
     for (k, p) in pages.into_iter().enumerate() {
         let page = area.first_page + (area.replay_seq + k as u64) % area.pages;
         out.pages += 1;
@@ -759,32 +755,82 @@ pub(crate) fn replay(
             if lsn < area.replay_lsn {
                 continue;
             }
-            apply(
-                r,
-                disks,
-                space,
-                fills,
-                &mut out.fills_changed,
-                generation,
-                next_disk_id,
-            )
-            .map_err(|why| ReplayError::Record { lsn, page, why })?;
+            apply(r, &mut s, &mut splices, &mut out.fills_changed)
+                .map_err(|why| ReplayError::Record { lsn, page, why })?;
             out.records += 1;
             out.next_lsn = lsn + 1;
         }
     }
+    splices.apply(s.disks, s.space);
     Ok(out)
+}
+
+/// The splices replayed since the last record that needs the tables as they stand (a
+/// new disk sharing a table, a deleted disk): per disk, the ranges they replaced and what
+/// they hold now, a later splice overriding what it overlaps. Applied in one pass per
+/// table (`table::splice_many`), so a leaf that many records change is rebuilt once, not
+/// once a record.
+#[derive(Default)]
+struct PendingSplices {
+    /// Disk → range start → (range end, extents).
+    disks: BTreeMap<u64, BTreeMap<u64, (u64, Vec<Extent>)>>,
+}
+
+impl PendingSplices {
+    fn add(&mut self, disk: u64, from: u64, to: u64, exts: Vec<Extent>) {
+        let ranges = self.disks.entry(disk).or_default();
+        // The ranges it overlaps, kept only outside [from, to); they are consecutive.
+        let overlapping: Vec<u64> = ranges
+            .range(..to)
+            .rev()
+            .take_while(|(_, (end, _))| *end > from)
+            .map(|(&start, _)| start)
+            .collect();
+        for start in overlapping {
+            let (end, old) = ranges.remove(&start).expect("listed");
+            if start < from {
+                ranges.insert(start, (from, table::clip(&old, start, from)));
+            }
+            if end > to {
+                ranges.insert(to, (end, table::clip(&old, to, end)));
+            }
+        }
+        ranges.insert(from, (to, exts));
+    }
+
+    fn apply(
+        &mut self,
+        disks: &mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
+        space: &mut super::alloc::Space,
+    ) {
+        for (disk, ranges) in std::mem::take(&mut self.disks) {
+            let (_, root) = disks
+                .get_mut(&disk)
+                .expect("a splice names a disk it checked");
+            let edits: Vec<table::Edit<'_>> = ranges
+                .iter()
+                .map(|(&from, (to, exts))| table::Edit {
+                    from,
+                    to: *to,
+                    extents: std::borrow::Cow::Borrowed(exts),
+                })
+                .collect();
+            let new = table::splice_many(root.as_ref(), &edits, space);
+            table::set_root(root, new, space);
+        }
+    }
 }
 
 fn apply(
     r: LogRecord,
-    disks: &mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
-    space: &mut super::alloc::Space,
-    fills: &mut HashMap<u64, Arc<Fill>>,
+    s: &mut ReplayState<'_>,
+    splices: &mut PendingSplices,
     changed: &mut std::collections::HashSet<u64>,
-    generation: &mut u64,
-    next_disk_id: &mut u64,
 ) -> Result<(), String> {
+    let (disks, space, fills) = (&mut *s.disks, &mut *s.space, &mut *s.fills);
+    if matches!(r, LogRecord::PutDisk { .. } | LogRecord::DropDisk { .. }) {
+        splices.apply(disks, space);
+    }
     match r {
         LogRecord::Splice {
             disk,
@@ -814,11 +860,10 @@ fn apply(
                     }
                 }
             }
-            let (_, root) = disks
-                .get_mut(&disk)
-                .ok_or_else(|| format!("a splice of disk {disk}, which is not in the pool"))?;
-            let new = table::splice(root.as_ref(), from, to, &exts, space);
-            table::set_root(root, new, space);
+            if !disks.contains_key(&disk) {
+                return Err(format!("a splice of disk {disk}, which is not in the pool"));
+            }
+            splices.add(disk, from, to, exts);
         }
         LogRecord::Fill { seg, words } => {
             if let Some(f) = fills.get(&seg)
@@ -859,8 +904,8 @@ fn apply(
             generation: g,
             next_disk_id: n,
         } => {
-            *generation = g;
-            *next_disk_id = n;
+            *s.generation = g;
+            *s.next_disk_id = n;
         }
     }
     Ok(())
@@ -887,6 +932,68 @@ impl From<ReplayError> for MetaError {
             },
             field: "log",
             reason: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Expands extents to (vseg → physical segment) pairs.
+    fn expand(exts: &[Extent], into: &mut BTreeMap<u64, u64>) {
+        for e in exts {
+            for i in 0..u64::from(e.len) {
+                into.insert(e.vseg + i, e.layers[0].seg + i);
+            }
+        }
+    }
+
+    proptest! {
+        /// Splices gathered for one pass (a later one overriding what it overlaps) leave
+        /// the table that applying them one at a time leaves: the ranges stay disjoint
+        /// and each maps what the last splice over it said.
+        #[test]
+        fn pending_splices_keep_the_last_word_on_every_segment(
+            ops in proptest::collection::vec((0u64..600, 1u64..80, 0u8..3), 1..80),
+        ) {
+            let mut pending = PendingSplices::default();
+            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut next_seg = 10_000u64;
+            for (from, len, kind) in ops {
+                let to = from + len;
+                let exts: Vec<Extent> = match kind {
+                    0 => vec![],
+                    1 => {
+                        let e = Extent::run(from, len as u32, next_seg, 1);
+                        next_seg += len;
+                        vec![e]
+                    }
+                    _ => (from..to)
+                        .step_by(2)
+                        .map(|v| {
+                            next_seg += 1;
+                            Extent::full(v, next_seg, 1)
+                        })
+                        .collect(),
+                };
+                for v in from..to {
+                    model.remove(&v);
+                }
+                expand(&exts, &mut model);
+                pending.add(7, from, to, exts);
+            }
+            let ranges = &pending.disks[&7];
+            let mut got = BTreeMap::new();
+            let mut prev_end = 0;
+            for (&from, (to, exts)) in ranges {
+                prop_assert!(from >= prev_end && from < *to, "ranges overlap or are empty");
+                prop_assert!(exts.iter().all(|e| e.vseg >= from && e.end() <= *to));
+                prev_end = *to;
+                expand(exts, &mut got);
+            }
+            prop_assert_eq!(got, model);
         }
     }
 }

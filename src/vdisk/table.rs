@@ -21,6 +21,8 @@
 //! extent covering it, if any. Nodes are sized to fit one metadata page when encoded.
 
 use super::map::{Extent, MAX_LAYERS, PhysSeg};
+use smallvec::SmallVec;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -294,21 +296,31 @@ impl Node {
     }
 }
 
-/// The span `[lo, hi)` of the leaf that covers `vseg`.
-fn leaf_span(root: &Node, vseg: u64) -> (u64, u64) {
-    let (mut lo, mut hi) = (0, u64::MAX);
-    let mut node = root;
-    loop {
-        match &node.kind {
-            NodeKind::Internal { keys, children } => {
-                let i = keys.partition_point(|&k| k <= vseg).saturating_sub(1);
-                lo = lo.max(keys[i]);
-                if i + 1 < keys.len() {
-                    hi = hi.min(keys[i + 1]);
-                }
-                node = &children[i];
-            }
-            NodeKind::Leaf { .. } => return (lo, hi),
+/// A replacement of `[from, to)` in a table: everything there becomes `extents`
+/// (sorted, non-overlapping, inside the range).
+#[derive(Clone, Debug)]
+pub struct Edit<'a> {
+    pub from: u64,
+    pub to: u64,
+    pub extents: Cow<'a, [Extent]>,
+}
+
+impl Edit<'_> {
+    /// The part of the edit inside `[lo, hi)` (which it meets), runs cut at the edges;
+    /// borrows the extents when the edit lies inside.
+    fn within(&self, lo: u64, hi: u64) -> Edit<'_> {
+        if self.from >= lo && self.to <= hi {
+            return Edit {
+                from: self.from,
+                to: self.to,
+                extents: Cow::Borrowed(&self.extents),
+            };
+        }
+        let (from, to) = (self.from.max(lo), self.to.min(hi));
+        Edit {
+            from,
+            to,
+            extents: Cow::Owned(clip(&self.extents, from, to)),
         }
     }
 }
@@ -324,43 +336,44 @@ pub fn splice(
     new: &[Extent],
     rc: &mut dyn RefCounts,
 ) -> Option<Arc<Node>> {
-    debug_assert!(from < to);
-    debug_assert!(new.iter().all(|e| e.vseg >= from && e.end() <= to));
+    splice_many(
+        root,
+        &[Edit {
+            from,
+            to,
+            extents: Cow::Borrowed(new),
+        }],
+        rc,
+    )
+}
+
+/// [`splice`] of several ranges at once (`edits` sorted by range, ranges disjoint), in
+/// one pass down the tree: each leaf the edits meet is rebuilt once, each node on their
+/// paths once, however many of the edits land in it.
+pub fn splice_many(
+    root: Option<&Arc<Node>>,
+    edits: &[Edit<'_>],
+    rc: &mut dyn RefCounts,
+) -> Option<Arc<Node>> {
+    debug_assert!(edits.iter().all(|e| {
+        e.from < e.to
+            && e.extents.windows(2).all(|w| w[0].end() <= w[1].vseg)
+            && e.extents
+                .iter()
+                .all(|x| x.vseg >= e.from && x.end() <= e.to)
+    }));
+    debug_assert!(edits.windows(2).all(|w| w[0].to <= w[1].from));
+    if edits.is_empty() {
+        return root.cloned();
+    }
     let Some(root) = root else {
-        return build_root(leaves_from(0, new.to_vec(), false, rc), rc);
+        let all: Vec<Extent> = edits
+            .iter()
+            .flat_map(|e| e.extents.iter().cloned())
+            .collect();
+        return build_root(leaves_from(0, all, false, rc), rc);
     };
-    if to <= leaf_span(root, from).1 {
-        return build_root(splice_in(root, 0, u64::MAX, from, to, new, rc), rc);
-    }
-    // The range spans several leaves: one leaf at a time, each a complete update.
-    let mut cur: Option<Arc<Node>> = Some(root.clone());
-    let mut at = from;
-    let mut owned: Option<Arc<Node>> = None; // an intermediate root we retained
-    while at < to {
-        let piece_end = match &cur {
-            Some(r) => leaf_span(r, at).1.min(to),
-            None => to,
-        };
-        let piece: Vec<Extent> = clip(new, at, piece_end);
-        let next = match &cur {
-            Some(r) => build_root(splice_in(r, 0, u64::MAX, at, piece_end, &piece, rc), rc),
-            None => build_root(leaves_from(0, piece, false, rc), rc),
-        };
-        if let Some(n) = &next {
-            n.retain();
-        }
-        if let Some(o) = owned.take() {
-            o.release(rc);
-        }
-        owned = next.clone();
-        cur = next;
-        at = piece_end;
-    }
-    // Hand back an unretained root, as for the single-leaf case.
-    if let Some(o) = &owned {
-        o.refs.fetch_sub(1, Ordering::Relaxed);
-    }
-    owned
+    build_root(splice_in(root, 0, u64::MAX, edits, rc), rc)
 }
 
 /// Replaces the leaf of `slot`'s table that holds the one-segment extent at `vseg` with a
@@ -392,7 +405,7 @@ pub fn set_root(slot: &mut Option<Arc<Node>>, new: Option<Arc<Node>>, rc: &mut d
 }
 
 /// The parts of `exts` inside `[from, to)`, runs cut at the edges.
-fn clip(exts: &[Extent], from: u64, to: u64) -> Vec<Extent> {
+pub fn clip(exts: &[Extent], from: u64, to: u64) -> Vec<Extent> {
     exts.iter()
         .filter(|e| e.end() > from && e.vseg < to)
         .map(|e| {
@@ -535,47 +548,47 @@ fn internals_from(
     out
 }
 
-/// Rebuilds `node` (span `[lo, hi)`) with `[from, to)` replaced by `new`; `[from, to)`
-/// lies within one leaf's span. Returns the replacement nodes with their keys.
+/// Rebuilds `node` (span `[lo, hi)`) with the `edits` (each meeting the span, clipped
+/// to it or not) applied. Returns the replacement nodes with their keys.
 fn splice_in(
     node: &Arc<Node>,
     lo: u64,
     hi: u64,
-    from: u64,
-    to: u64,
-    new: &[Extent],
+    edits: &[Edit<'_>],
     rc: &mut dyn RefCounts,
 ) -> Vec<(u64, Arc<Node>)> {
     match &node.kind {
         NodeKind::Leaf { extents } => {
             // Appending past every extent of the leaf: keep it full (see `leaves_from`).
-            let append = extents.last().is_none_or(|e| e.end() <= from);
-            let mut out: Vec<Extent> = Vec::with_capacity(extents.len() + new.len() + 1);
-            let mut inserted = false;
-            for e in extents {
-                if e.end() <= from || e.vseg >= to {
-                    if e.vseg >= to && !inserted {
-                        out.extend_from_slice(new);
-                        inserted = true;
+            let append = extents.last().is_none_or(|e| e.end() <= edits[0].from);
+            let added: usize = edits.iter().map(|e| e.extents.len()).sum();
+            let mut out: Vec<Extent> = Vec::with_capacity(extents.len() + added + 1);
+            let mut rest = extents.iter();
+            // What is left of an extent the previous edit cut.
+            let mut cut: Option<Extent> = None;
+            for ed in edits {
+                while let Some(e) = cut.take().or_else(|| rest.next().cloned()) {
+                    if e.end() <= ed.from {
+                        out.push(e);
+                        continue;
                     }
-                    out.push(e.clone());
-                    continue;
+                    if e.vseg >= ed.to {
+                        cut = Some(e);
+                        break;
+                    }
+                    // Overlaps the range: keep what lies outside it.
+                    if e.vseg < ed.from {
+                        out.push(e.slice(e.vseg, ed.from));
+                    }
+                    if e.end() > ed.to {
+                        cut = Some(e.slice(ed.to, e.end()));
+                        break;
+                    }
                 }
-                // Overlaps the range: keep what lies outside it.
-                if e.vseg < from {
-                    out.push(e.slice(e.vseg, from));
-                }
-                if !inserted {
-                    out.extend_from_slice(new);
-                    inserted = true;
-                }
-                if e.end() > to {
-                    out.push(e.slice(to, e.end()));
-                }
+                out.extend_from_slice(&ed.extents);
             }
-            if !inserted {
-                out.extend_from_slice(new);
-            }
+            out.extend(cut);
+            out.extend(rest.cloned());
             debug_assert!(
                 out.windows(2).all(|w| w[0].end() <= w[1].vseg),
                 "extents overlap"
@@ -587,17 +600,26 @@ fn splice_in(
             leaves_from(lo, out, !append, rc)
         }
         NodeKind::Internal { keys, children } => {
-            let i = keys.partition_point(|&k| k <= from).saturating_sub(1);
-            let child_lo = if i == 0 { lo } else { keys[i] };
-            let child_hi = keys.get(i + 1).copied().unwrap_or(hi);
-            let repl = splice_in(&children[i], child_lo, child_hi, from, to, new, rc);
-            let mut parts: Vec<(u64, Arc<Node>)> = Vec::with_capacity(children.len() + repl.len());
+            let mut parts: Vec<(u64, Arc<Node>)> = Vec::with_capacity(children.len() + 2);
+            // The first edit that does not end before the child at hand.
+            let mut k = 0;
             for (j, c) in children.iter().enumerate() {
-                if j == i {
-                    parts.extend(repl.iter().cloned());
-                } else {
-                    parts.push((if j == 0 { lo } else { keys[j] }, c.clone()));
+                let c_lo = if j == 0 { lo } else { keys[j] };
+                let c_hi = keys.get(j + 1).copied().unwrap_or(hi);
+                while k < edits.len() && edits[k].to <= c_lo {
+                    k += 1;
                 }
+                let mut m = k;
+                while m < edits.len() && edits[m].from < c_hi {
+                    m += 1;
+                }
+                if m == k {
+                    parts.push((c_lo, c.clone()));
+                    continue;
+                }
+                let sub: SmallVec<[Edit<'_>; 2]> =
+                    edits[k..m].iter().map(|e| e.within(c_lo, c_hi)).collect();
+                parts.extend(splice_in(c, c_lo, c_hi, &sub, rc));
             }
             if let Some(first) = parts.first_mut() {
                 first.0 = lo;
@@ -911,6 +933,80 @@ mod tests {
             }
             set_root(&mut root, None, &mut rc);
             prop_assert!(rc.segs.is_empty());
+        }
+
+        /// A batch of edits applied in one pass builds the table that applying them one
+        /// at a time builds, leaves a snapshot of the old table as it was, and keeps the
+        /// segment counts (three levels of nodes: 20 000 one-segment extents at most).
+        #[test]
+        fn splice_many_matches_one_splice_at_a_time(
+            base in 0u64..20_000,
+            ops in proptest::collection::vec((0u64..20_400, 1u64..400, 0u8..3), 1..60),
+        ) {
+            let mut next_seg = 1_000_000u64;
+            let mut edits: Vec<(u64, u64, Vec<Extent>)> = Vec::new();
+            let mut ops = ops;
+            ops.sort();
+            for (at, len, kind) in ops {
+                let to = at + len;
+                if edits.last().is_some_and(|(_, t, _)| *t > at) {
+                    continue;
+                }
+                let new: Vec<Extent> = match kind {
+                    0 => vec![],
+                    1 => {
+                        let mut v = Vec::new();
+                        let mut s = at;
+                        while s < to {
+                            let n = (to - s).min(MAX_RUN_SEGMENTS as u64);
+                            v.push(Extent::run(s, n as u32, next_seg, 1));
+                            next_seg += n;
+                            s += n;
+                        }
+                        v
+                    }
+                    _ => (at..to).step_by(3).map(|v| { next_seg += 1; ext(v, next_seg) }).collect(),
+                };
+                edits.push((at, to, new));
+            }
+            let build_base = |rc: &mut Counts| {
+                let exts: Vec<Extent> = (0..base).map(|v| ext(v, v)).collect();
+                let mut root = None;
+                if base > 0 {
+                    let r = splice(None, 0, base, &exts, rc);
+                    set_root(&mut root, r, rc);
+                }
+                root
+            };
+            // One at a time.
+            let mut rc_one = Counts::default();
+            let mut one = build_base(&mut rc_one);
+            for (from, to, new) in &edits {
+                let r = splice(one.as_ref(), *from, *to, new, &mut rc_one);
+                set_root(&mut one, r, &mut rc_one);
+            }
+            // In one pass, with a snapshot of the base kept.
+            let mut rc_many = Counts::default();
+            let mut many = build_base(&mut rc_many);
+            let snap = many.clone();
+            if let Some(r) = &snap { r.retain(); }
+            let before = flatten(&snap);
+            let batch: Vec<Edit<'_>> = edits
+                .iter()
+                .map(|(from, to, new)| Edit { from: *from, to: *to, extents: Cow::Borrowed(new) })
+                .collect();
+            let r = splice_many(many.as_ref(), &batch, &mut rc_many);
+            set_root(&mut many, r, &mut rc_many);
+            check_structure(&many);
+            prop_assert_eq!(flatten(&many), flatten(&one));
+            prop_assert_eq!(flatten(&snap), before);
+            // Counts are per leaf: the same in both tables once the snapshot is gone.
+            let mut snap = snap;
+            set_root(&mut snap, None, &mut rc_many);
+            prop_assert_eq!(&rc_many.segs, &rc_one.segs);
+            set_root(&mut many, None, &mut rc_many);
+            set_root(&mut one, None, &mut rc_one);
+            prop_assert!(rc_many.segs.is_empty());
         }
     }
 }
