@@ -75,7 +75,7 @@ pub async fn check(bdevs: Vec<Arc<dyn Bdev>>) -> CheckReport {
     r.disks = found.records.len();
     r.node_pages = found.nodes.len();
     r.extents = found.extents;
-    r.segments_referenced = found.counts.len();
+    r.segments_referenced = found.counts.referenced();
     r.errors.extend(found.errors.iter().map(|e| e.to_string()));
     r.errors
         .extend(found.space_map_errors.iter().map(|e| e.to_string()));

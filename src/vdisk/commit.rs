@@ -610,36 +610,41 @@ impl Controller {
         })
     }
 
-    /// Writes pages, coalescing consecutive ones, many at a time.
+    /// Writes pages, coalescing consecutive ones, many at a time. The buffers of a batch
+    /// are filled just before it is written, so a checkpoint of many pages does not hold
+    /// a second copy of all of them.
     pub(crate) async fn write_pages(&self, pages: &[(u64, Vec<u8>)]) -> Result<(), IoStatus> {
+        /// Runs written at once.
+        const BATCH: usize = 64;
+        /// Most pages of one run.
+        const RUN: usize = 64;
         let mut sorted: Vec<&(u64, Vec<u8>)> = pages.iter().collect();
         sorted.sort_by_key(|(p, _)| *p);
-        let mut runs: Vec<(u64, IoBuf)> = Vec::new();
+        // Runs of consecutive pages, as ranges of `sorted`.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
         let mut i = 0;
         while i < sorted.len() {
             let mut j = i + 1;
-            while j < sorted.len() && sorted[j].0 == sorted[j - 1].0 + 1 && j - i < 64 {
+            while j < sorted.len() && sorted[j].0 == sorted[j - 1].0 + 1 && j - i < RUN {
                 j += 1;
             }
-            let mut buf = IoBuf::new((j - i) * PAGE_BYTES);
-            for (k, (_, b)) in sorted[i..j].iter().enumerate() {
-                buf[k * PAGE_BYTES..(k + 1) * PAGE_BYTES].copy_from_slice(b);
-            }
-            runs.push((sorted[i].0, buf));
+            runs.push((i, j));
             i = j;
         }
-        let mut runs = runs.into_iter().peekable();
-        while runs.peek().is_some() {
+        for batch in runs.chunks(BATCH) {
             if self.stopped() {
                 return Err(IoStatus::Aborted);
             }
-            let tasks: Vec<_> = runs
-                .by_ref()
-                .take(64)
-                .map(|(p, b)| {
+            let tasks: Vec<_> = batch
+                .iter()
+                .map(|&(i, j)| {
+                    let mut buf = IoBuf::new((j - i) * PAGE_BYTES);
+                    for (k, (_, b)) in sorted[i..j].iter().enumerate() {
+                        buf[k * PAGE_BYTES..(k + 1) * PAGE_BYTES].copy_from_slice(b);
+                    }
                     let bdev = self.shared.meta_bdev.clone();
-                    let off = self.shared.meta_first_byte + p * PAGE_BYTES as u64;
-                    reactor::spawn_local(async move { write_bytes(&bdev, off, b).await })
+                    let off = self.shared.meta_first_byte + sorted[i].0 * PAGE_BYTES as u64;
+                    reactor::spawn_local(async move { write_bytes(&bdev, off, buf).await })
                 })
                 .collect();
             for t in tasks {

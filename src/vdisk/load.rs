@@ -24,7 +24,8 @@ use super::views;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{Bdev, Channel, IoBuf, IoStatus};
 use crate::reactor::Cores;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Where metadata pages start on a separate metadata bdev.
@@ -428,8 +429,8 @@ async fn open_labelled(
     for p in node_pages.iter().chain(dir_pages.iter()) {
         space.load_page(*p);
     }
-    for (s, c) in &counts {
-        space.load_segment(*s, *c);
+    for (s, c) in counts.iter() {
+        space.load_segment(s, c);
     }
     space.touch_all_sm();
     let mut table: BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)> = records
@@ -545,17 +546,18 @@ struct Loaded {
     roots: Vec<Option<Arc<Node>>>,
     dir_pages: Vec<u64>,
     sm_ptrs: SpaceMapPtrs,
-    counts: HashMap<u64, u32>,
+    counts: super::scan::SegCounts,
     node_pages: Vec<u64>,
     /// The fill of each partially written segment (one per segment, shared).
-    fills: HashMap<u64, Arc<Fill>>,
+    fills: FxHashMap<u64, Arc<Fill>>,
 }
 
 /// Builds the in-memory tables from a scan that found no error: shared pages become
 /// shared nodes, fills one per segment.
 fn build_state(found: Scan) -> Loaded {
-    let mut built: HashMap<u64, Arc<Node>> = HashMap::new();
-    let mut fills: HashMap<u64, Arc<Fill>> = HashMap::new();
+    let mut built: FxHashMap<u64, Arc<Node>> = FxHashMap::default();
+    let mut fills: FxHashMap<u64, Arc<Fill>> =
+        FxHashMap::with_capacity_and_hasher(found.extents, Default::default());
     let mut roots = Vec::new();
     for r in &found.roots {
         if r.is_none() {
@@ -598,8 +600,8 @@ fn set_fill_owners(table: &BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>) {
 fn build(
     page: u64,
     found: &Scan,
-    built: &mut HashMap<u64, Arc<Node>>,
-    fills: &mut HashMap<u64, Arc<Fill>>,
+    built: &mut FxHashMap<u64, Arc<Node>>,
+    fills: &mut FxHashMap<u64, Arc<Fill>>,
 ) -> Arc<Node> {
     if let Some(n) = built.get(&page) {
         return n.clone();

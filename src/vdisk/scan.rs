@@ -36,6 +36,7 @@ use super::meta::superblock::{self, Superblock};
 use super::meta::{self, BlockPtr, MetaError, PAGE_BYTES, SUPERBLOCK_OFFSET};
 use crate::bdev::{Bdev, IoBuf, IoStatus};
 use crate::reactor;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -284,9 +285,9 @@ pub(crate) struct Scan {
     /// The directory chain's pages, in order.
     pub dir_pages: Vec<u64>,
     /// Every table node page reached and decoded.
-    pub nodes: HashMap<u64, ScannedNode>,
+    pub nodes: FxHashMap<u64, ScannedNode>,
     /// References per segment: one per distinct leaf (and per layer of it) naming it.
-    pub counts: HashMap<u64, u32>,
+    pub counts: SegCounts,
     /// The pointers of the space map in force (what the next commit must not overwrite).
     pub sm_ptrs: SpaceMapPtrs,
     /// Leaves reached (distinct pages) and their extents.
@@ -332,6 +333,52 @@ struct Walk<'a> {
     out: Scan,
 }
 
+/// How many leaves reference each segment of the pool: a count per segment, indexed by
+/// segment (a pool's segments are numbered densely; a hash map of the referenced ones
+/// cost more in time and memory once a pool is a few percent mapped).
+#[derive(Debug)]
+pub struct SegCounts {
+    counts: Vec<u32>,
+    referenced: usize,
+}
+
+impl SegCounts {
+    fn new(total_segments: u64) -> SegCounts {
+        SegCounts {
+            counts: vec![0; total_segments as usize],
+            referenced: 0,
+        }
+    }
+
+    /// Leaves referencing segment `s` (0 beyond the pool).
+    pub fn get(&self, s: u64) -> u32 {
+        self.counts.get(s as usize).copied().unwrap_or(0)
+    }
+
+    /// One more leaf references `s` (a segment of the pool: the decoders bound them).
+    fn add(&mut self, s: u64) {
+        let c = &mut self.counts[s as usize];
+        if *c == 0 {
+            self.referenced += 1;
+        }
+        *c = c.saturating_add(1);
+    }
+
+    /// Segments referenced by at least one leaf.
+    pub fn referenced(&self) -> usize {
+        self.referenced
+    }
+
+    /// The referenced segments and their counts, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != 0)
+            .map(|(s, c)| (s as u64, *c))
+    }
+}
+
 /// Reads metadata pages `pages` of the pool, many at a time.
 pub(crate) async fn read_pages(
     meta_bdev: &Arc<dyn Bdev>,
@@ -339,7 +386,21 @@ pub(crate) async fn read_pages(
     pages: &[u64],
 ) -> Vec<Result<IoBuf, IoStatus>> {
     let mut out = Vec::with_capacity(pages.len());
-    for chunk in pages.chunks(128) {
+    read_pages_each(meta_bdev, meta_first_byte, pages, |_, r| out.push(r)).await;
+    out
+}
+
+/// Reads metadata pages `pages` of the pool, many at a time, and hands each to `f` (its
+/// index in `pages`, its buffer) in order as its batch completes: the buffers of a big
+/// table go back to the pool batch by batch instead of all being held at once.
+pub(crate) async fn read_pages_each(
+    meta_bdev: &Arc<dyn Bdev>,
+    meta_first_byte: u64,
+    pages: &[u64],
+    mut f: impl FnMut(usize, Result<IoBuf, IoStatus>),
+) {
+    const BATCH: usize = 128;
+    for (c, chunk) in pages.chunks(BATCH).enumerate() {
         let tasks: Vec<_> = chunk
             .iter()
             .map(|&p| {
@@ -348,11 +409,10 @@ pub(crate) async fn read_pages(
                 reactor::spawn_local(async move { read_bytes(&bdev, off, PAGE_BYTES).await })
             })
             .collect();
-        for t in tasks {
-            out.push(t.await);
+        for (k, t) in tasks.into_iter().enumerate() {
+            f(c * BATCH + k, t.await);
         }
     }
-    out
 }
 
 /// Walks and verifies everything the superblock `sb` (validated, read from
@@ -378,8 +438,8 @@ pub(crate) async fn scan(meta_bdev: &Arc<dyn Bdev>, sb: &Superblock, mode: Mode)
             records: Vec::new(),
             roots: Vec::new(),
             dir_pages: Vec::new(),
-            nodes: HashMap::new(),
-            counts: HashMap::new(),
+            nodes: FxHashMap::default(),
+            counts: SegCounts::new(at),
             sm_ptrs: SpaceMapPtrs::unwritten(sb.sm_pages),
             leaves: 0,
             extents: 0,
@@ -597,8 +657,9 @@ impl Walk<'_> {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let bufs = read_pages(self.meta_bdev, sb.meta_first_byte, &want).await;
-            for (&p, r) in want.iter().zip(bufs) {
+            let bdev = self.meta_bdev.clone();
+            read_pages_each(&bdev, sb.meta_first_byte, &want, |k, r| {
+                let p = want[k];
                 let decoded = match r {
                     Err(status) => Err(VdiskError::Io {
                         what: format!("reading metadata page {p}"),
@@ -629,7 +690,8 @@ impl Walk<'_> {
                         self.fail(e);
                     }
                 }
-            }
+            })
+            .await;
             let mut next = Vec::new();
             for v in frontier {
                 self.visit(v, &mut role, &mut spans, &mut leaves_done, &mut next);
@@ -826,8 +888,7 @@ impl Walk<'_> {
         self.out.leaves += 1;
         self.out.extents += exts.len();
         for s in counted {
-            let c = self.out.counts.entry(s).or_default();
-            *c = c.saturating_add(1);
+            self.out.counts.add(s);
         }
     }
 
@@ -835,11 +896,11 @@ impl Walk<'_> {
     /// extent born after the disk's last snapshot) is referenced by that one leaf only.
     fn owners(&mut self) {
         let nodes = &self.out.nodes;
-        let mut max_birth: HashMap<u64, u64> = HashMap::new();
+        let mut max_birth: FxHashMap<u64, u64> = FxHashMap::default();
         fn subtree_birth(
             p: u64,
-            nodes: &HashMap<u64, ScannedNode>,
-            memo: &mut HashMap<u64, u64>,
+            nodes: &FxHashMap<u64, ScannedNode>,
+            memo: &mut FxHashMap<u64, u64>,
             depth: usize,
         ) -> u64 {
             if let Some(&b) = memo.get(&p) {
@@ -860,7 +921,8 @@ impl Walk<'_> {
             }
             b
         }
-        let mut owners: HashMap<u64, (usize, u64)> = HashMap::new();
+        let mut owners: FxHashMap<u64, (usize, u64)> =
+            FxHashMap::with_capacity_and_hasher(self.out.extents, Default::default());
         let mut problems = Vec::new();
         for (k, (d, root)) in self.out.records.iter().zip(&self.out.roots).enumerate() {
             if root.is_none() {
@@ -905,7 +967,7 @@ impl Walk<'_> {
                                         owners.insert(s, (k, v));
                                     }
                                 }
-                                let c = self.out.counts.get(&s).copied().unwrap_or(0);
+                                let c = self.out.counts.get(s);
                                 if c != 1 {
                                     problems.push(MetaError::Segment {
                                         seg: s,
@@ -970,9 +1032,11 @@ impl Walk<'_> {
             .map(|(i, p)| (i, *p))
             .collect();
         let pages: Vec<u64> = known.iter().map(|(_, p)| p.page).collect();
-        let bufs = read_pages(self.meta_bdev, sb.meta_first_byte, &pages).await;
         let total = self.total_segments;
-        for (&(i, ptr), r) in known.iter().zip(bufs) {
+        let bdev = self.meta_bdev.clone();
+        let me = &*self;
+        read_pages_each(&bdev, sb.meta_first_byte, &pages, |k, r| {
+            let (i, ptr) = known[k];
             let j = i / SM_PTRS_PER_PAGE;
             let via = format!(
                 "space-map index page {}, entry {}",
@@ -1009,10 +1073,10 @@ impl Walk<'_> {
                     let mut n = 0;
                     for (k, &pc) in counts.iter().enumerate() {
                         let s = (lo + k) as u64;
-                        let want = if self.reserved_container(s).is_some() {
+                        let want = if me.reserved_container(s).is_some() {
                             RESERVED
                         } else {
-                            self.out.counts.get(&s).copied().unwrap_or(0)
+                            me.out.counts.get(s)
                         };
                         if pc != want {
                             n += 1;
@@ -1041,7 +1105,8 @@ impl Walk<'_> {
                 }
                 Err(e) => problems.push(e),
             }
-        }
+        })
+        .await;
         self.out.sm_ptrs = ptrs;
         if self.mode == Mode::Check {
             self.out.errors.append(&mut problems);
