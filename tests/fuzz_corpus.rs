@@ -549,7 +549,7 @@ fn vdisk_meta_seeds() {
                     len: 1,
                     error: false,
                     birth: 2,
-                    layers: vec![(7, Some([1, 0, 0, 1 << 63]))],
+                    layers: vec![(7, Some([1, 0, 0, 1 << 63]))].into(),
                 }],
             })],
             vec![

@@ -404,14 +404,14 @@ mod tests {
                         len: 1,
                         error: false,
                         birth: 3,
-                        layers: vec![(17, Some([1, 2, 3, u64::MAX]))],
+                        layers: smallvec::smallvec![(17, Some([1, 2, 3, u64::MAX]))],
                     },
                     RawExtent {
                         vseg: 6,
                         len: 3,
                         error: false,
                         birth: 3,
-                        layers: vec![(20, None)],
+                        layers: smallvec::smallvec![(20, None)],
                     },
                 ],
             },
@@ -497,7 +497,7 @@ mod tests {
                     len: 1,
                     error: false,
                     birth: 3,
-                    layers: vec![(17, None)],
+                    layers: smallvec::smallvec![(17, None)],
                 }],
             }]
         );

@@ -7,6 +7,7 @@ use super::{
 };
 use crate::vdisk::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, MAX_RUN_SEGMENTS};
 use crate::vdisk::table::{INTERNAL_ENTRY_BYTES, NODE_PAYLOAD_BYTES};
+use smallvec::SmallVec;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -136,7 +137,9 @@ pub struct RawExtent {
     pub len: u32,
     pub error: bool,
     pub birth: u64,
-    pub layers: Vec<(u64, Option<[u64; 4]>)>,
+    /// Inline for the usual one layer: a table of a million extents decodes without a
+    /// million small allocations.
+    pub layers: SmallVec<[(u64, Option<[u64; 4]>); 1]>,
 }
 
 impl RawExtent {
@@ -235,7 +238,7 @@ pub(super) fn read_extent(
     if nlayers > MAX_LAYERS || (nlayers == 0 && state == 0) {
         return Err(("layers", format!("extent {i} has {nlayers} layers")));
     }
-    let mut layers = Vec::with_capacity(nlayers);
+    let mut layers = SmallVec::with_capacity(nlayers);
     for _ in 0..nlayers {
         let seg = r.u64().ok_or_else(|| ("layer", t()))?;
         let partial = r.u8().ok_or_else(|| ("layer", t()))?;
