@@ -9,7 +9,7 @@
 # to "pool opened" in its log (the log read and replayed, the tables loaded, and the
 # checkpoint open writes before serving), records replayed, peak resident memory; and
 # that time per TiB mapped (segments referenced × segment size, as `tessera check`
-# counts them after the reopen).
+# counts them after the reopen); and `tessera check` of the reopened pool, per TiB.
 #
 #   bench/reopen_after_kill.sh [--tessera PATH] [--seconds 25] [--rounds 3]
 set -euo pipefail
@@ -67,10 +67,12 @@ for r in $(seq "$rounds"); do
     cp --sparse=always "$work/killed.img" "$work/meta.img"
     /usr/bin/time -f "%M" -o "$work/rss" "$T" bench -c "$work/reopen.yaml" --bdev thin0 \
         -w randread -q 1 -t 0.01 >/dev/null 2>"$work/reopen.log"
+    t0=$(date +%s.%N)
     "$T" check -c "$work/reopen.yaml" --pool p0 --json >"$work/check.json"
-    python3 - "$work" <<'PY'
+    t1=$(date +%s.%N)
+    python3 - "$work" "$t0" "$t1" <<'PY'
 import json, sys, datetime
-work = sys.argv[1]
+work, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 def stamp(line):
     return datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
 log = open(f"{work}/reopen.log").read().splitlines()
@@ -92,6 +94,8 @@ print(json.dumps({
     "reopen_s_per_tib_mapped": round(secs / mapped_tib, 2),
     "rss_mib": round(rss / (1 << 20)),
     "rss_bytes_per_extent": round(rss / max(c["extents"], 1)),
+    "check_s": round(t1 - t0, 3),
+    "check_s_per_tib_mapped": round((t1 - t0) / mapped_tib, 2),
 }))
 PY
 done
