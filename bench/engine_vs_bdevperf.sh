@@ -27,7 +27,7 @@ find_spdk
 cargo build --release --quiet --bin tessera
 T="${CARGO_TARGET_DIR:-target}/release/tessera"
 work=$(mktemp -d /var/tmp/tessera-vs-bdevperf.XXXXXX)
-trap 'rm -rf "$work"; give_back_hugepages' EXIT
+trap 'rm -rf "$work"; give_back_hugepages; remove_spdk_traces' EXIT
 
 cat >"$work/null.json" <<'JSON'
 {"subsystems": [{"subsystem": "bdev", "config": [

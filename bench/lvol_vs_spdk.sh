@@ -37,6 +37,7 @@ cleanup() {
     stop_target
     rm -rf "$work"
     give_back_hugepages
+    remove_spdk_traces
 }
 trap cleanup EXIT
 reserve_hugepages 2304 2304

@@ -38,7 +38,7 @@ cat >"$work/config.json" <<JSON
   {"method": "nvmf_subsystem_add_listener", "params": {"nqn": "$nqn", "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "$port"}}}]}]}
 JSON
 pid=
-trap 'stop_target; rm -rf "$work"' EXIT
+trap 'stop_target; rm -rf "$work"; remove_spdk_traces' EXIT
 
 # start_target tessera|spdk MASK [IDLE]   (IDLE: tessera's idle policy, busy by default)
 start_target() {

@@ -75,3 +75,11 @@ reserve_hugepages() {
 give_back_hugepages() {
     if [ -n "$hugepages_before" ]; then echo "$hugepages_before" >/proc/sys/vm/nr_hugepages; fi
 }
+
+# SPDK's tools leave a trace buffer (a file in /dev/shm) per process; remove_spdk_traces
+# deletes those made since this file was sourced (the side-by-side scripts run alone).
+spdk_trace_marker=$(mktemp /tmp/tessera-spdk-traces.XXXXXX)
+remove_spdk_traces() {
+    find /dev/shm -maxdepth 1 -name '*_trace.pid*' -newer "$spdk_trace_marker" -delete 2>/dev/null || true
+    rm -f "$spdk_trace_marker"
+}

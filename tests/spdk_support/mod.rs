@@ -42,8 +42,14 @@ pub fn tool(tool: &str) -> Command {
 /// The DPDK arguments every tool gets here: no hugepages, 1 GiB of ordinary memory.
 pub const NO_HUGE: [&str; 3] = ["--no-huge", "-s", "1024"];
 /// The application-framework tools (nvmf_tgt, bdevperf, nvme_fuzz) also take these: no
-/// PCI scan, and no per-core lock files, so two of them may share a core in a test run.
-pub const APP: [&str; 2] = ["--no-pci", "--disable-cpumask-locks"];
+/// PCI scan, no per-core lock files (so two of them may share a core in a test run), and
+/// no trace buffer (it is a 3 MiB file in /dev/shm per process, left behind).
+pub const APP: [&str; 4] = [
+    "--no-pci",
+    "--disable-cpumask-locks",
+    "--num-trace-entries",
+    "0",
+];
 
 /// An NVMe/TCP transport ID in SPDK's `key:value` form.
 pub fn trid(port: u16, subnqn: &str, hostnqn: Option<&str>) -> String {
