@@ -21,15 +21,13 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-if [ -z "$T" ]; then
-    cargo build --release --quiet --bin tessera
-    T="${CARGO_TARGET_DIR:-target}/release/tessera"
-fi
+. bench/support/tessera_build.sh
+tessera_build
 work=$(mktemp -d /var/tmp/tessera-flushload.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 . bench/support/timed_actions.sh
 timed_schedule 2 "$count"
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); $(date -u +%FT%TZ)"
+machine_line
 echo "# $T; QD 32 random 4 KiB writes for $seconds s, flushes at $at"
 for round in $(seq "$rounds"); do
     rm -f "$work/pool.img" "$work/raw.img"

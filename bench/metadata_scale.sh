@@ -31,10 +31,8 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-if [ -z "$T" ]; then
-    cargo build --release --quiet --bin tessera
-    T="${CARGO_TARGET_DIR:-target}/release/tessera"
-fi
+. bench/support/tessera_build.sh
+tessera_build
 work=$(mktemp -d /var/tmp/tessera-metascale.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 bytes=$(python3 -c "
@@ -42,7 +40,7 @@ s='$size'; u={'GiB':1<<30,'TiB':1<<40}
 print(int(float(s[:-3])*u[s[-3:]]))")
 file_bytes=$((bytes + bytes / 64 + (1 << 30)))
 
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); $(date -u +%FT%TZ)"
+machine_line
 echo "# $T; $size thin disk, 4 KiB random first writes, QD 64, $seconds s; check, reopen, snapshot under load"
 # reopen.yaml opens the pool; pool.yaml also creates the disk.
 cat >"$work/reopen.yaml" <<YAML

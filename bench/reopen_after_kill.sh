@@ -26,10 +26,8 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-if [ -z "$T" ]; then
-    cargo build --release --quiet --bin tessera
-    T="${CARGO_TARGET_DIR:-target}/release/tessera"
-fi
+. bench/support/tessera_build.sh
+tessera_build
 work=$(mktemp -d /var/tmp/tessera-reopen.XXXXXX)
 shm=$(mktemp -d /dev/shm/tessera-reopen.XXXXXX)
 writer=
@@ -38,7 +36,7 @@ cleanup() {
     rm -rf "$work" "$shm"
 }
 trap cleanup EXIT
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); $(date -u +%FT%TZ)"
+machine_line
 echo "# $T; 4 TiB thin disk, data file in tmpfs, metadata file on disk; QD 64 random 4 KiB first writes, kill -9 after $seconds s"
 truncate -s 4G "$work/meta.img"
 truncate -s 4T "$shm/data.img"

@@ -732,12 +732,12 @@ pub(crate) async fn read_log(
 }
 
 /// Applies every record of `pages` at or after the replay LSN of `area` onto `s`, in
-/// order (splices in batches: `PendingSplices`). A record that does not apply (a disk it names is missing) is an error: the
-/// log and the checkpoint disagree.
+/// order (splices in batches: `PendingSplices`). A record that does not apply (a disk it
+/// names is missing) is an error: the log and the checkpoint disagree.
 pub(crate) fn replay(
     pages: Vec<log::LogPage>,
     area: &LogArea,
-    s: ReplayState<'_>,
+    mut s: ReplayState<'_>,
 ) -> Result<Replayed, ReplayError> {
     let mut out = Replayed {
         records: 0,
@@ -745,7 +745,6 @@ pub(crate) fn replay(
         pages: 0,
         next_lsn: area.replay_lsn,
     };
-    let mut s = s;
     let mut splices = PendingSplices::default();
     for (k, p) in pages.into_iter().enumerate() {
         let page = area.first_page + (area.replay_seq + k as u64) % area.pages;

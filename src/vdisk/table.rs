@@ -879,6 +879,33 @@ mod tests {
         assert_eq!(extent_encoded_len(&e), 22 + 41 + 9);
     }
 
+    /// What the property tests write over `[at, to)`, segments numbered from
+    /// `next_seg`: `kind` 0 unmaps it, 1 maps it as runs of at most 256 segments, 2 maps
+    /// every third segment.
+    fn new_extents(kind: u8, at: u64, to: u64, next_seg: &mut u64) -> Vec<Extent> {
+        match kind {
+            0 => vec![],
+            1 => {
+                let mut v = Vec::new();
+                let mut s = at;
+                while s < to {
+                    let n = (to - s).min(MAX_RUN_SEGMENTS as u64);
+                    v.push(Extent::run(s, n as u32, *next_seg, 1));
+                    *next_seg += n;
+                    s += n;
+                }
+                v
+            }
+            _ => (at..to)
+                .step_by(3)
+                .map(|v| {
+                    *next_seg += 1;
+                    ext(v, *next_seg)
+                })
+                .collect(),
+        }
+    }
+
     proptest! {
         #[test]
         fn splice_matches_a_model(ops in proptest::collection::vec((0u64..3000, 1u64..300, 0u8..4), 1..120)) {
@@ -890,28 +917,13 @@ mod tests {
             let mut next_seg = 1_000_000u64;
             for (at, len, kind) in ops {
                 let to = at + len;
-                let new: Vec<Extent> = match kind {
-                    0 => vec![], // unmap
-                    1 => {
-                        // a run over the whole range, cut into runs of at most 256
-                        let mut v = Vec::new();
-                        let mut s = at;
-                        while s < to {
-                            let n = (to - s).min(MAX_RUN_SEGMENTS as u64);
-                            v.push(Extent::run(s, n as u32, next_seg, 1));
-                            next_seg += n;
-                            s += n;
-                        }
-                        v
-                    }
-                    2 => (at..to).step_by(3).map(|v| { next_seg += 1; ext(v, next_seg) }).collect(),
-                    _ => {
-                        // snapshot
-                        if let Some(r) = &root { r.retain(); }
-                        snaps.push((root.clone(), model.clone()));
-                        continue;
-                    }
-                };
+                if kind == 3 {
+                    // snapshot
+                    if let Some(r) = &root { r.retain(); }
+                    snaps.push((root.clone(), model.clone()));
+                    continue;
+                }
+                let new = new_extents(kind, at, to, &mut next_seg);
                 for v in at..to { model.remove(&v); }
                 for e in &new {
                     for i in 0..e.len as u64 {
@@ -952,22 +964,7 @@ mod tests {
                 if edits.last().is_some_and(|(_, t, _)| *t > at) {
                     continue;
                 }
-                let new: Vec<Extent> = match kind {
-                    0 => vec![],
-                    1 => {
-                        let mut v = Vec::new();
-                        let mut s = at;
-                        while s < to {
-                            let n = (to - s).min(MAX_RUN_SEGMENTS as u64);
-                            v.push(Extent::run(s, n as u32, next_seg, 1));
-                            next_seg += n;
-                            s += n;
-                        }
-                        v
-                    }
-                    _ => (at..to).step_by(3).map(|v| { next_seg += 1; ext(v, next_seg) }).collect(),
-                };
-                edits.push((at, to, new));
+                edits.push((at, to, new_extents(kind, at, to, &mut next_seg)));
             }
             let build_base = |rc: &mut Counts| {
                 let exts: Vec<Extent> = (0..base).map(|v| ext(v, v)).collect();

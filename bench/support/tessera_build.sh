@@ -1,0 +1,17 @@
+# Shared by the scripts that measure one tessera build at a time (metadata at scale):
+# bench/metadata_scale.sh, snapshot_under_load.sh, flush_under_load.sh,
+# reopen_after_kill.sh.
+
+# tessera_build: keeps `T` if a build was given (`--tessera PATH`); otherwise builds this
+# tree's release binary and points `T` at it.
+tessera_build() {
+    if [ -z "$T" ]; then
+        cargo build --release --quiet --bin tessera
+        T="${CARGO_TARGET_DIR:-target}/release/tessera"
+    fi
+}
+
+# machine_line: the first line of a run's output: cores, CPU model, kernel, UTC time.
+machine_line() {
+    echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); $(date -u +%FT%TZ)"
+}
