@@ -32,16 +32,16 @@
 //! check` reports, naming the page and the field.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use tessera::fuzzing::image::{
     self, METADATA_PAGES, Opened, PoolImage, base_image, base_images, check_image, open_image,
     records,
 };
 use tessera::vdisk::check::CheckReport;
-use tessera::vdisk::map::Fill;
 use tessera::vdisk::meta::directory::{decode_directory, encode_directory};
 use tessera::vdisk::meta::label::Label;
-use tessera::vdisk::meta::node::{decode_internal, decode_leaf, encode_internal, encode_leaf};
+use tessera::vdisk::meta::node::{
+    RawExtent, decode_internal, decode_leaf, encode_internal, encode_raw_leaf,
+};
 use tessera::vdisk::meta::space_map::{decode_sm_index, encode_sm_index, encode_space_map};
 use tessera::vdisk::meta::{self, BlockPtr, PAGE_BYTES, PageKind};
 
@@ -130,12 +130,8 @@ fn stale_version(img: &PoolImage, p: u64) -> Vec<u8> {
         }
         PageKind::Leaf => {
             let q = old.pages(kind)[0];
-            let exts: Vec<_> = decode_leaf(old.page(q), q, &pool, 192)
-                .expect("a leaf")
-                .iter()
-                .map(|r| r.build(|seg, w| Arc::new(Fill::from_words(w, 0, seg))))
-                .collect();
-            encode_leaf(p, 3, &pool, &exts)
+            let exts = decode_leaf(old.page(q), q, &pool, 192).expect("a leaf");
+            encode_raw_leaf(p, 3, &pool, &exts)
         }
         PageKind::Internal => {
             let q = old.pages(kind)[0];
@@ -561,13 +557,9 @@ fn tessera_check_cli_names_the_damaged_page() {
 
 /// The first leaf of a table, reached through one internal node only, with its
 /// decoded extents.
-fn first_leaf(img: &PoolImage) -> (u64, Vec<tessera::vdisk::map::Extent>) {
+fn first_leaf(img: &PoolImage) -> (u64, Vec<RawExtent>) {
     let (p, _) = two_leaves(img);
-    let exts = decode_leaf(img.page(p), p, &img.sb.pool_uuid, 192)
-        .unwrap()
-        .iter()
-        .map(|r| r.build(|seg, w| Arc::new(Fill::from_words(w, 0, seg))))
-        .collect();
+    let exts = decode_leaf(img.page(p), p, &img.sb.pool_uuid, 192).unwrap();
     (p, exts)
 }
 
@@ -577,11 +569,11 @@ fn txn_of(img: &PoolImage, p: u64) -> u64 {
 
 /// Rewrites leaf `p` with `f` applied to its extents (same transaction), keeping every
 /// pointer above it consistent.
-fn craft_leaf(f: impl FnOnce(&mut Vec<tessera::vdisk::map::Extent>)) -> (PoolImage, u64) {
+fn craft_leaf(f: impl FnOnce(&mut Vec<RawExtent>)) -> (PoolImage, u64) {
     let mut img = fresh();
     let (p, mut exts) = first_leaf(&img);
     f(&mut exts);
-    let b = encode_leaf(p, txn_of(&img, p), &img.sb.pool_uuid, &exts);
+    let b = encode_raw_leaf(p, txn_of(&img, p), &img.sb.pool_uuid, &exts);
     img.replace_page(p, &b);
     (img, p)
 }
@@ -590,7 +582,7 @@ fn craft_leaf(f: impl FnOnce(&mut Vec<tessera::vdisk::map::Extent>)) -> (PoolIma
 fn crafted_leaves_are_refused() {
     // An extent on the metadata area (container 0's reserved segments: label and
     // metadata, 0..6).
-    let (img, p) = craft_leaf(|e| e[0].layers[0].seg = 2);
+    let (img, p) = craft_leaf(|e| e[0].layers[0].0 = 2);
     refused(
         &img.bytes,
         &[
@@ -599,7 +591,7 @@ fn crafted_leaves_are_refused() {
         ],
     );
     // A segment beyond the pool.
-    let (img, p) = craft_leaf(|e| e[0].layers[0].seg = 500);
+    let (img, p) = craft_leaf(|e| e[0].layers[0].0 = 500);
     refused(
         &img.bytes,
         &[&format!(
@@ -618,7 +610,7 @@ fn crafted_leaves_are_refused() {
     // Outside the leaf's span: moved past the next leaf's first key.
     let (img, p) = craft_leaf(|e| {
         let last = e.pop().unwrap();
-        e.push(tessera::vdisk::map::Extent { vseg: 150, ..last });
+        e.push(RawExtent { vseg: 150, ..last });
     });
     refused(
         &img.bytes,
@@ -628,9 +620,7 @@ fn crafted_leaves_are_refused() {
     );
     // A fill marking granules a 64 KiB segment does not have (it has 16).
     let (img, p) = craft_leaf(|e| {
-        let f = Fill::new(0, 0);
-        f.set_range(0, 17);
-        e[0].layers[0].fill = Some(Arc::new(f));
+        e[0].layers[0].1 = Some([(1 << 17) - 1, 0, 0, 0]);
     });
     refused(
         &img.bytes,

@@ -115,7 +115,8 @@ impl Controller {
             .map(|l| std::mem::take(&mut l.fills_logged))
             .unwrap_or_default();
         let mut wanted: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-        while let Some(f) = self.shared.dirty_fills.pop() {
+        while let Some(seg) = self.shared.dirty_fills.pop() {
+            let f = self.shared.fills.get(seg);
             if f.take_dirty() {
                 let (d, v) = f.owner();
                 wanted.entry(d).or_default().insert(v);
@@ -123,8 +124,8 @@ impl Controller {
         }
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        for (_, (owner, v, _, fill)) in logged {
-            if holds_fill(&st.disks, owner, v, &fill) {
+        for (seg, (owner, v, _)) in logged {
+            if holds_fill(&st.disks, owner, v, seg) {
                 wanted.entry(owner).or_default().insert(v);
             }
         }
@@ -153,11 +154,11 @@ impl Controller {
         let wanted: Vec<(u64, u64)> = (st.log.as_ref())
             .map(|l| {
                 l.fills_logged
-                    .values()
-                    .filter(|(owner, v, _, fill)| {
-                        disks.contains(owner) && holds_fill(&st.disks, *owner, *v, fill)
+                    .iter()
+                    .filter(|&(&seg, &(owner, v, _))| {
+                        disks.contains(&owner) && holds_fill(&st.disks, owner, v, seg)
                     })
-                    .map(|(owner, v, _, _)| (*owner, *v))
+                    .map(|(_, &(owner, v, _))| (owner, v))
                     .collect()
             })
             .unwrap_or_default();
@@ -592,7 +593,9 @@ impl Controller {
                         .collect();
                     meta::node::encode_internal(page, txn, &pool, &entries)
                 }
-                NodeKind::Leaf { extents } => meta::node::encode_leaf(page, txn, &pool, extents),
+                NodeKind::Leaf { extents } => {
+                    meta::node::encode_leaf(page, txn, &pool, extents, &self.shared.fills)
+                }
             };
             let ptr = BlockPtr::of(&b);
             node.set_page(ptr.page, ptr.txn, ptr.crc);
@@ -811,19 +814,15 @@ fn copy_written_leaves(
     touched
 }
 
-/// True if `disk`'s table maps `vseg` to an extent with a layer whose fill is `fill`.
+/// True if `disk`'s table maps `vseg` to an extent with a partial layer on `seg`.
 fn holds_fill(
     disks: &BTreeMap<u64, super::controller::DiskCtl>,
     disk: u64,
     vseg: u64,
-    fill: &Arc<super::map::Fill>,
+    seg: u64,
 ) -> bool {
     (disks.get(&disk))
         .and_then(|d| d.root.as_ref())
         .and_then(|r| r.lookup(vseg))
-        .is_some_and(|e| {
-            e.layers
-                .iter()
-                .any(|l| l.fill.as_ref().is_some_and(|f| Arc::ptr_eq(f, fill)))
-        })
+        .is_some_and(|e| e.layers.iter().any(|l| l.partial && l.seg == seg))
 }

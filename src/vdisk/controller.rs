@@ -36,8 +36,9 @@ use super::alloc::Space;
 use super::commit::MetaLedger;
 use super::disk::VDisk;
 use super::locks::{DiskLocks, LockGuard};
-use super::map::{Extent, Fill};
+use super::map::Extent;
 use super::meta::directory::DiskRecord;
+use super::meta::log;
 use super::msg::{AgentCmd, RangeState};
 use super::shared::PoolShared;
 use super::table::{self, Node};
@@ -330,7 +331,8 @@ impl Controller {
             table::set_root(&mut d.root, new, &mut st.space);
             st.changes += 1;
             if let Some(l) = st.log.as_mut() {
-                l.splice(st.changes, disk, from, to, &exts, &d.root);
+                let record = log::encode_splice(disk, from, to, &exts, &self.shared.fills);
+                l.splice(st.changes, disk, record, &d.root);
             }
             d.root.as_ref().map_or(0, |r| r.height() as u64)
         };
@@ -343,15 +345,10 @@ impl Controller {
     }
 
     /// Copies what extent `src` (one segment) resolves to into segment `dst`, setting
-    /// `fill` for every granule copied. Granules that read as zeros are not copied.
-    pub(crate) async fn copy_resolved(
-        &self,
-        src: &Extent,
-        dst: u64,
-        fill: &Fill,
-    ) -> Result<(), IoStatus> {
+    /// `dst`'s fill for every granule copied. Granules that read as zeros are not copied.
+    pub(crate) async fn copy_resolved(&self, src: &Extent, dst: u64) -> Result<(), IoStatus> {
         let n = self.shared.geo.segment_blocks;
-        self.copy_resolved_blocks(src, dst, fill, 0, n).await
+        self.copy_resolved_blocks(src, dst, 0, n).await
     }
 
     /// [`Controller::copy_resolved`] of blocks `[b0, b0 + n)` only (granule-aligned).
@@ -359,12 +356,12 @@ impl Controller {
         &self,
         src: &Extent,
         dst: u64,
-        fill: &Fill,
         b0: u64,
         n: u64,
     ) -> Result<(), IoStatus> {
         let geo = self.shared.geo;
-        let runs = geo.resolve_runs(Some(src), src.vseg, b0, n);
+        let fill = self.shared.fills.get(dst);
+        let runs = geo.resolve_runs(&self.shared.fills, Some(src), src.vseg, b0, n);
         for (b, n, source) in runs {
             match source {
                 super::map::Source::Seg(s) => {
@@ -509,7 +506,8 @@ impl Controller {
             .is_some_and(|e| {
                 e.birth > d.rec.snap_gen
                     && e.layers.len() == 1
-                    && e.layers[0].fill.as_ref().is_some_and(|f| f.is_empty())
+                    && e.layers[0].partial
+                    && self.shared.fills.get(e.layers[0].seg).is_empty()
             })
     }
 

@@ -22,10 +22,9 @@
 
 use super::commit::MAX_EXTENT_BYTES;
 use super::controller::Controller;
-use super::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, Source};
+use super::map::{Extent, ExtentState, Layer, MAX_LAYERS, NO_OWNER, Source};
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{IoBuf, IoStatus};
-use std::sync::Arc;
 
 impl Controller {
     /// Resolves a write fault: after it, the extent at `vseg` is writable by `disk` (or
@@ -76,14 +75,8 @@ impl Controller {
                             let Some(seg) = st.space.alloc_segment() else {
                                 return Some(IoStatus::CapacityExceeded);
                             };
-                            let fill = Arc::new(Fill::new(disk, vseg));
-                            layers.insert(
-                                0,
-                                Layer {
-                                    seg,
-                                    fill: Some(fill),
-                                },
-                            );
+                            self.shared.fills.fresh(seg, disk, vseg);
+                            layers.insert(0, Layer::partial(seg));
                             Plan::Set(Extent {
                                 vseg,
                                 len: 1,
@@ -98,16 +91,13 @@ impl Controller {
                     let Some(seg) = st.space.alloc_segment() else {
                         return Some(IoStatus::CapacityExceeded);
                     };
-                    let fill = Arc::new(Fill::new(disk, vseg));
+                    self.shared.fills.fresh(seg, disk, vseg);
                     Plan::Set(Extent {
                         vseg,
                         len: 1,
                         state: ExtentState::Mapped,
                         birth: st.generation,
-                        layers: smallvec::smallvec![Layer {
-                            seg,
-                            fill: Some(fill)
-                        }],
+                        layers: smallvec::smallvec![Layer::partial(seg)],
                     })
                 }
             }
@@ -156,8 +146,8 @@ impl Controller {
             .space
             .alloc_segment()
             .ok_or(IoStatus::CapacityExceeded)?;
-        let fill = Arc::new(Fill::new(disk, one.vseg));
-        if let Err(e) = self.copy_resolved(one, seg, &fill).await {
+        self.shared.fills.fresh(seg, disk, one.vseg);
+        if let Err(e) = self.copy_resolved(one, seg).await {
             self.st.borrow_mut().space.unalloc_segment(seg);
             return Err(e);
         }
@@ -167,10 +157,7 @@ impl Controller {
             len: 1,
             state: ExtentState::Mapped,
             birth: generation,
-            layers: smallvec::smallvec![Layer {
-                seg,
-                fill: Some(fill)
-            }],
+            layers: smallvec::smallvec![Layer::partial(seg)],
         })
     }
 
@@ -217,7 +204,7 @@ impl Controller {
             if one.layers.len() != 1 {
                 return None;
             }
-            let old = one.layers[0].clone();
+            let old = one.layers[0];
             // Others that reference the old segment at this virtual segment.
             let others: Vec<u64> = st
                 .disks
@@ -261,19 +248,15 @@ impl Controller {
         let generation = self.st.borrow().generation;
         let own = if drained {
             // The writer keeps the original segment, writable again, with a live fill.
+            if old.partial {
+                self.shared.fills.get(old.seg).set_owner(disk, vseg);
+            }
             Extent {
                 vseg,
                 len: 1,
                 state: ExtentState::Mapped,
                 birth: generation,
-                layers: smallvec::smallvec![Layer {
-                    seg: old.seg,
-                    fill: old.fill.as_ref().map(|f| Arc::new(Fill::from_words(
-                        f.words(),
-                        disk,
-                        vseg
-                    ))),
-                }],
+                layers: smallvec::smallvec![old],
             }
         } else {
             // Reads of the old segment through the others may still be in flight (a
@@ -288,11 +271,11 @@ impl Controller {
                 state: ExtentState::Mapped,
                 birth: generation,
                 layers: smallvec::smallvec![
-                    Layer {
-                        seg: top,
-                        fill: Some(Arc::new(Fill::new(disk, vseg))),
+                    {
+                        self.shared.fills.fresh(top, disk, vseg);
+                        Layer::partial(top)
                     },
-                    old.clone(),
+                    old,
                 ],
             }
         };
@@ -318,19 +301,19 @@ impl Controller {
             .alloc_segment()
             .ok_or(IoStatus::CapacityExceeded)?;
         // The copy, with the same fill, frozen like the original.
-        let q_fill = old
-            .fill
-            .as_ref()
-            .map(|f| Arc::new(Fill::from_words(f.words(), 0, u64::MAX)));
+        let fills = &self.shared.fills;
+        if old.partial {
+            fills.copied(q, fills.get(old.seg).words(), NO_OWNER.0, NO_OWNER.1);
+        }
         let geo = self.shared.geo;
         let src = Extent {
             vseg,
             len: 1,
             state: ExtentState::Mapped,
             birth: 0,
-            layers: smallvec::smallvec![old.clone()],
+            layers: smallvec::smallvec![*old],
         };
-        for (b, n, s) in geo.resolve_runs(Some(&src), vseg, 0, geo.segment_blocks) {
+        for (b, n, s) in geo.resolve_runs(fills, Some(&src), vseg, 0, geo.segment_blocks) {
             if let Source::Seg(s) = s {
                 let r = match self.read_segment(s, b, n).await {
                     Ok(data) => self.write_segment(q, b, data).await,
@@ -359,7 +342,7 @@ impl Controller {
                 if l.seg == old.seg {
                     *l = Layer {
                         seg: q,
-                        fill: q_fill.clone(),
+                        partial: old.partial,
                     };
                 }
             }
@@ -400,9 +383,11 @@ impl Controller {
                 _ => return IoStatus::Success,
             }
         };
-        let Some(fill) = e.layers[0].fill.clone() else {
+        let top = e.layers[0];
+        if !top.partial {
             return IoStatus::Success;
-        };
+        }
+        let fill = self.shared.fills.get(top.seg);
         // Writes to the segment drain and wait while we copy.
         if self.fence_writes(disk, vseg, true).await.is_err() {
             let _ = self.fence_writes(disk, vseg, false).await;
@@ -410,7 +395,7 @@ impl Controller {
         }
         let geo = self.shared.geo;
         let below = Extent {
-            layers: e.layers[1..].iter().cloned().collect(),
+            layers: e.layers[1..].iter().copied().collect(),
             ..e.clone()
         };
         let mut status = IoStatus::Success;
@@ -420,7 +405,13 @@ impl Controller {
             }
             let b0 = g * geo.granule_blocks;
             let mut data = IoBuf::zeroed((geo.granule_blocks * geo.block_size as u64) as usize);
-            for (b, n, s) in geo.resolve_runs(Some(&below), vseg, b0, geo.granule_blocks) {
+            for (b, n, s) in geo.resolve_runs(
+                &self.shared.fills,
+                Some(&below),
+                vseg,
+                b0,
+                geo.granule_blocks,
+            ) {
                 if let Source::Seg(s) = s {
                     match self.read_segment(s, b, n).await {
                         Ok(part) => {
@@ -434,7 +425,7 @@ impl Controller {
             if status.is_success() {
                 match self.write_segment(e.layers[0].seg, b0, data).await {
                     // Held once it is in the top layer: within the metadata budget.
-                    Ok(()) if self.shared.change_fill(&fill, |f| f.set_range(g, 1)) => {}
+                    Ok(()) if self.shared.change_fill(top.seg, |f| f.set_range(g, 1)) => {}
                     Ok(()) => status = IoStatus::CapacityExceeded,
                     Err(e) => status = e,
                 }
@@ -469,7 +460,7 @@ enum Plan {
 
 /// Layers below a full layer are never reached: drop them.
 pub(crate) fn normalize(layers: &mut smallvec::SmallVec<[Layer; 2]>) {
-    if let Some(i) = layers.iter().position(|l| l.fill.is_none()) {
+    if let Some(i) = layers.iter().position(|l| !l.partial) {
         layers.truncate(i + 1);
     }
 }

@@ -25,14 +25,13 @@
 //! checkpoint, so no page written before the crash is ever taken for a new one.
 
 use super::controller::{Controller, CtlState};
-use super::map::{Extent, Fill};
+use super::map::{Extent, Fills};
 use super::meta::directory::DiskRecord;
 use super::meta::log::{self, LogRecord};
 use super::meta::superblock::LogArea;
 use super::meta::{MetaError, NO_PAGE, PAGE_BYTES};
 use super::table::{self, Node};
 use crate::bdev::{Bdev, IoStatus};
-use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -100,7 +99,7 @@ pub(crate) struct IntentLog {
     /// Fills logged since the last checkpoint's capture, by segment, with their owner
     /// (disk, virtual segment) and the birth of their extent: the next checkpoint
     /// rewrites the leaves that hold them.
-    pub fills_logged: BTreeMap<u64, (u64, u64, u64, Arc<Fill>)>,
+    pub fills_logged: BTreeMap<u64, (u64, u64, u64)>,
     /// Records the open replayed.
     pub replayed_at_open: u64,
     /// When the last checkpoint was captured.
@@ -177,17 +176,16 @@ impl IntentLog {
         self.unloggable_at = Some(changes);
     }
 
-    /// After `set_extents` replaced `[from, to)` of `disk` with `exts`, leaving `root`.
+    /// After `set_extents` changed `disk`'s table, leaving `root`: `record` is the
+    /// change encoded ([`log::encode_splice`]), `None` if it does not fit a page.
     pub fn splice(
         &mut self,
         changes: u64,
         disk: u64,
-        from: u64,
-        to: u64,
-        exts: &[Extent],
+        record: Option<Vec<u8>>,
         root: &Option<Arc<Node>>,
     ) {
-        match log::encode_splice(disk, from, to, exts) {
+        match record {
             Some(r) => self.push_group(changes, vec![r]),
             None => self.unloggable(changes, "a splice larger than a log page"),
         }
@@ -530,7 +528,8 @@ impl Controller {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
         let Some(l) = st.log.as_mut() else { return };
-        while let Some(f) = self.shared.dirty_fills.pop() {
+        while let Some(seg) = self.shared.dirty_fills.pop() {
+            let f = self.shared.fills.get(seg);
             if !f.take_dirty() {
                 continue;
             }
@@ -541,15 +540,11 @@ impl Controller {
             let Some(e) = d.root.as_ref().and_then(|r| r.lookup(vseg)) else {
                 continue;
             };
-            let Some(layer) = e
-                .layers
-                .iter()
-                .find(|x| x.fill.as_ref().is_some_and(|g| Arc::ptr_eq(g, &f)))
-            else {
+            if !e.layers.iter().any(|l| l.partial && l.seg == seg) {
                 continue; // no longer in the table: nothing to persist
-            };
+            }
             let rec = log::encode(&LogRecord::Fill {
-                seg: layer.seg,
+                seg,
                 words: f.words(),
             });
             l.push_group(st.changes, vec![rec]);
@@ -558,8 +553,7 @@ impl Controller {
             // copied (`commit.rs`).
             let root = d.root.as_ref().expect("looked up above");
             if root.leaf_page(vseg) != NO_PAGE {
-                l.fills_logged
-                    .insert(layer.seg, (disk, vseg, e.birth, f.clone()));
+                l.fills_logged.insert(seg, (disk, vseg, e.birth));
             }
         }
     }
@@ -602,7 +596,7 @@ pub(crate) struct Replayed {
 pub(crate) struct ReplayState<'a> {
     pub disks: &'a mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
     pub space: &'a mut super::alloc::Space,
-    pub fills: &'a mut FxHashMap<u64, Arc<Fill>>,
+    pub fills: &'a Fills,
     pub generation: &'a mut u64,
     pub next_disk_id: &'a mut u64,
 }
@@ -620,10 +614,7 @@ pub(crate) fn rewrite_leaves_holding(
         let Some(r) = root.clone() else { continue };
         let mut hits: Vec<u64> = Vec::new();
         r.visit_from(0, &mut |e: &Extent| {
-            if e.layers
-                .iter()
-                .any(|l| l.fill.is_some() && segs.contains(&l.seg))
-            {
+            if e.layers.iter().any(|l| l.partial && segs.contains(&l.seg)) {
                 hits.push(e.vseg);
             }
             true
@@ -826,7 +817,7 @@ fn apply(
     splices: &mut PendingSplices,
     changed: &mut std::collections::HashSet<u64>,
 ) -> Result<(), String> {
-    let (disks, space, fills) = (&mut *s.disks, &mut *s.space, &mut *s.fills);
+    let (disks, space, fills) = (&mut *s.disks, &mut *s.space, s.fills);
     if matches!(r, LogRecord::PutDisk { .. } | LogRecord::DropDisk { .. }) {
         splices.apply(disks, space);
     }
@@ -841,14 +832,11 @@ fn apply(
                 .iter()
                 .map(|raw| {
                     raw.build(|seg, words| {
-                        let f = fills
-                            .entry(seg)
-                            .or_insert_with(|| Arc::new(Fill::from_words(words, 0, u64::MAX)));
+                        let f = fills.get(seg);
                         if f.words() != words {
                             f.store_words(words);
                             changed.insert(seg);
                         }
-                        f.clone()
                     })
                 })
                 .collect();
@@ -865,9 +853,8 @@ fn apply(
             splices.add(disk, from, to, exts);
         }
         LogRecord::Fill { seg, words } => {
-            if let Some(f) = fills.get(&seg)
-                && f.words() != words
-            {
+            let f = fills.get(seg);
+            if f.words() != words {
                 f.store_words(words);
                 changed.insert(seg);
             }

@@ -4,7 +4,7 @@
 use super::commit::{dir_pages_for, splice_bound};
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
-use super::map::{Extent, ExtentState, Fill, Geometry, Layer, MAX_RUN_SEGMENTS, Source};
+use super::map::{Extent, ExtentState, Geometry, Layer, MAX_RUN_SEGMENTS, PhysSeg, Source};
 use super::meta::directory::{DiskKind, DiskRecord, JobRecord};
 use super::meta::{MAX_DISK_BLOCKS, MAX_VSEG, NO_PAGE};
 use super::msg::AgentCmd;
@@ -66,8 +66,8 @@ pub(crate) fn disk_size_blocks(geo: &Geometry, size_bytes: u64) -> Result<u64, V
 enum Tail {
     /// They already do.
     Zero,
-    /// Clear their granules in the fill of the disk's own, only layer.
-    Clear(Arc<Fill>),
+    /// Clear their granules in the fill of the disk's own, only layer (this segment).
+    Clear(PhysSeg),
     /// Map the segment with this extent (`None`: the zero state). `fenced`: writes to
     /// the segment are fenced off until it is mapped so.
     Replace {
@@ -348,10 +348,11 @@ impl Controller {
         let vseg = new_blocks / geo.segment_blocks;
         let fenced = match tail {
             Tail::Zero => false,
-            Tail::Clear(f) => {
+            Tail::Clear(seg) => {
                 let g = new_blocks % geo.segment_blocks / geo.granule_blocks;
+                let f = self.shared.fills.get(seg);
                 if f.clear_range(g, geo.granules - g) && f.mark_dirty() {
-                    self.shared.dirty_fills.push(f);
+                    self.shared.dirty_fills.push(seg);
                 }
                 false
             }
@@ -403,7 +404,7 @@ impl Controller {
                 .map(|e| (e.at(vseg), e.birth > d.rec.snap_gen))
         };
         let reads_zeros = |e: &Extent, b: u64, n: u64| {
-            geo.resolve_runs(Some(e), vseg, b, n)
+            geo.resolve_runs(&self.shared.fills, Some(e), vseg, b, n)
                 .iter()
                 .all(|&(_, _, s)| s == Source::Zero)
         };
@@ -417,22 +418,19 @@ impl Controller {
         }
         if writable && one.layers.len() == 1 {
             // The disk's own segment, nothing below it: it holds no more than the head.
-            return Ok(match &one.layers[0].fill {
-                Some(f) => Tail::Clear(f.clone()),
-                None => {
-                    let fill = Fill::new(disk, vseg);
-                    fill.set_range(0, head / geo.granule_blocks);
-                    Tail::Replace {
-                        extent: Some(Extent {
-                            layers: smallvec::smallvec![Layer {
-                                seg: one.layers[0].seg,
-                                fill: Some(Arc::new(fill)),
-                            }],
-                            ..one
-                        }),
-                        fenced: false,
-                    }
-                }
+            let top = one.layers[0];
+            if top.partial {
+                return Ok(Tail::Clear(top.seg));
+            }
+            // A full segment becomes partial: its fill (unused while it was full) holds
+            // the head.
+            (self.shared.fills.fresh(top.seg, disk, vseg)).set_range(0, head / geo.granule_blocks);
+            return Ok(Tail::Replace {
+                extent: Some(Extent {
+                    layers: smallvec::smallvec![Layer::partial(top.seg)],
+                    ..one
+                }),
+                fenced: false,
             });
         }
         // Shared with a snapshot or a clone, or stacked on shared layers: the head goes
@@ -481,8 +479,8 @@ impl Controller {
                 .alloc_segment()
                 .ok_or(VdiskError::NoSpace { need: 1, free })?
         };
-        let fill = Arc::new(Fill::new(disk, one.vseg));
-        if let Err(status) = self.copy_resolved_blocks(one, seg, &fill, 0, head).await {
+        self.shared.fills.fresh(seg, disk, one.vseg);
+        if let Err(status) = self.copy_resolved_blocks(one, seg, 0, head).await {
             self.st.borrow_mut().space.unalloc_segment(seg);
             return Err(VdiskError::Io {
                 what: format!(
@@ -499,10 +497,7 @@ impl Controller {
             len: 1,
             state: ExtentState::Mapped,
             birth,
-            layers: smallvec::smallvec![Layer {
-                seg,
-                fill: Some(fill)
-            }],
+            layers: smallvec::smallvec![Layer::partial(seg)],
         })
     }
 

@@ -11,7 +11,7 @@ use super::alloc::{RESERVED, Space};
 use super::controller::{Controller, CtlState, DiskCtl, validate_name};
 use super::disk::VDisk;
 use super::intent::{self, IntentLog};
-use super::map::{Extent, Fill, Geometry};
+use super::map::{Extent, Fills, Geometry};
 use super::meta::directory::DiskRecord;
 use super::meta::label::{Label, Role};
 use super::meta::space_map::{SpaceMapPtrs, sm_index_pages_for, sm_pages_for};
@@ -398,6 +398,7 @@ async fn open_labelled(
         ctl_core,
         cores,
         ctl_port: views::PORT,
+        fills: Fills::new(sb.total_segments()),
         dirty_fills: crossbeam_queue::SegQueue::new(),
         cow_default: CowPolicy::from_u8(sb.cow_policy),
         free_segments: std::sync::atomic::AtomicU64::new(0),
@@ -411,8 +412,7 @@ async fn open_labelled(
         sm_ptrs,
         counts,
         node_pages,
-        mut fills,
-    } = build_state(found);
+    } = build_state(found, &shared.fills);
     let reserved: Vec<u64> = shared
         .containers
         .iter()
@@ -462,7 +462,7 @@ async fn open_labelled(
                 intent::ReplayState {
                     disks: &mut table,
                     space: &mut space,
-                    fills: &mut fills,
+                    fills: &shared.fills,
                     generation: &mut generation,
                     next_disk_id: &mut next_disk_id,
                 },
@@ -500,7 +500,7 @@ async fn open_labelled(
             }
         }
     };
-    set_fill_owners(&table);
+    set_fill_owners(&table, &shared.fills);
     let mut disks = BTreeMap::new();
     for (id, (rec, root)) in table {
         let bdev = VDisk::new(&shared, &rec).map_err(VdiskError::Bdev)?;
@@ -548,23 +548,19 @@ struct Loaded {
     sm_ptrs: SpaceMapPtrs,
     counts: super::scan::SegCounts,
     node_pages: Vec<u64>,
-    /// The fill of each partially written segment (one per segment, shared).
-    fills: FxHashMap<u64, Arc<Fill>>,
 }
 
 /// Builds the in-memory tables from a scan that found no error: shared pages become
-/// shared nodes, fills one per segment.
-fn build_state(found: Scan) -> Loaded {
+/// shared nodes; the fills of partial layers go to `fills`.
+fn build_state(found: Scan, fills: &Fills) -> Loaded {
     let mut built: FxHashMap<u64, Arc<Node>> = FxHashMap::default();
-    let mut fills: FxHashMap<u64, Arc<Fill>> =
-        FxHashMap::with_capacity_and_hasher(found.extents, Default::default());
     let mut roots = Vec::new();
     for r in &found.roots {
         if r.is_none() {
             roots.push(None);
             continue;
         }
-        let root = build(r.page, &found, &mut built, &mut fills);
+        let root = build(r.page, &found, &mut built, fills);
         root.retain();
         roots.push(Some(root));
     }
@@ -575,19 +571,16 @@ fn build_state(found: Scan) -> Loaded {
         sm_ptrs: found.sm_ptrs,
         counts: found.counts,
         node_pages: built.keys().copied().collect(),
-        fills,
     }
 }
 
 /// Owners of live fills: the disk whose writable top layer each is.
-fn set_fill_owners(table: &BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>) {
+fn set_fill_owners(table: &BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>, fills: &Fills) {
     for (r, root) in table.values() {
         if let Some(root) = root {
             root.visit_from(0, &mut |e: &Extent| {
-                if e.birth > r.snap_gen
-                    && let Some(f) = &e.layers[0].fill
-                {
-                    f.set_owner(r.id, e.vseg);
+                if e.birth > r.snap_gen && e.layers[0].partial {
+                    fills.get(e.layers[0].seg).set_owner(r.id, e.vseg);
                 }
                 true
             });
@@ -601,7 +594,7 @@ fn build(
     page: u64,
     found: &Scan,
     built: &mut FxHashMap<u64, Arc<Node>>,
-    fills: &mut FxHashMap<u64, Arc<Fill>>,
+    fills: &Fills,
 ) -> Arc<Node> {
     if let Some(n) = built.get(&page) {
         return n.clone();
@@ -622,14 +615,7 @@ fn build(
         NodePage::Leaf(raw) => NodeKind::Leaf {
             extents: raw
                 .iter()
-                .map(|r| {
-                    r.build(|seg, words| {
-                        fills
-                            .entry(seg)
-                            .or_insert_with(|| Arc::new(Fill::from_words(words, 0, u64::MAX)))
-                            .clone()
-                    })
-                })
+                .map(|r| r.build(|seg, words| fills.get(seg).store_words(words)))
                 .collect(),
         },
     };

@@ -9,17 +9,21 @@
 //! Each segment's contents can come from a short stack of [`Layer`]s (at most
 //! [`MAX_LAYERS`]): the top layer is where writes go; a block that the top layer does
 //! not hold falls through to the next layer, and past the last one reads as zeros. A
-//! layer's [`Fill`] records which **granules** (the segment cut into at most 256 equal
-//! parts; one 4 KiB block each with the default 1 MiB segments) it holds. That is how a
-//! 4 KiB first write into an unallocated or shared 1 MiB segment costs one 4 KiB write
-//! instead of a 1 MiB zero-fill or copy (qcow2's subclusters are the prior art). A layer
-//! without a fill is *full*.
+//! *partial* layer holds only the **granules** (the segment cut into at most 256 equal
+//! parts; one 4 KiB block each with the default 1 MiB segments) that its segment's
+//! [`Fill`] records. That is how a 4 KiB first write into an unallocated or shared 1 MiB
+//! segment costs one 4 KiB write instead of a 1 MiB zero-fill or copy (qcow2's
+//! subclusters are the prior art). Any other layer is *full*.
+//!
+//! A physical segment has one fill whatever references it, so fills are kept by segment
+//! in the pool's [`Fills`], not in the extents: an extent is plain data, and copying a
+//! table leaf copies bytes — no allocation, no reference count per extent.
 //!
 //! Lookups resolve a block to one of [`Source`]: a physical block, zeros, or an error —
 //! one table lookup and at most `MAX_LAYERS` bit tests, whatever the snapshot history.
 
 use smallvec::SmallVec;
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// A physical segment: an index into the pool's segment space (all containers).
@@ -35,8 +39,9 @@ pub const MAX_RUN_SEGMENTS: u32 = 256;
 /// Granules per segment at most (one bit each in a [`Fill`]).
 pub const MAX_GRANULES: u64 = 256;
 
-/// Which granules of one physical segment hold data. Shared by every view that maps
-/// the segment; bits are set by the agent that wrote the granule, after the write
+/// Which granules of one physical segment hold data (meaningful for the segments of
+/// partial layers). Kept by segment in the pool's [`Fills`], seen by every view that
+/// maps the segment; bits are set by the agent that wrote the granule, after the write
 /// completed, and only while the segment is the writable top layer of exactly one disk.
 /// Once the segment is shared (a snapshot, a clone) its fill never changes again.
 #[derive(Debug)]
@@ -48,6 +53,15 @@ pub struct Fill {
     /// controller to find the leaf to persist).
     owner_disk: AtomicU64,
     owner_vseg: AtomicU64,
+}
+
+/// Owner of a fill that no disk may write (loaded, frozen, or not in use).
+pub const NO_OWNER: (u64, u64) = (0, u64::MAX);
+
+impl Default for Fill {
+    fn default() -> Fill {
+        Fill::new(NO_OWNER.0, NO_OWNER.1)
+    }
 }
 
 impl Fill {
@@ -160,6 +174,74 @@ impl Fill {
     pub fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::AcqRel)
     }
+
+    /// Makes it the empty, clean fill of a newly allocated segment owned by (`disk`,
+    /// `vseg`). Only for a segment nothing references (the allocator hands out a
+    /// segment only after every view let go of it).
+    fn reset(&self, words: [u64; 4], disk: u64, vseg: u64) {
+        self.store_words(words);
+        self.dirty.store(false, Ordering::Release);
+        self.set_owner(disk, vseg);
+    }
+}
+
+/// Segments per chunk of [`Fills`].
+const FILL_CHUNK: u64 = 4096;
+
+/// The fills of a pool's physical segments, by segment; a chunk of them is allocated
+/// when one of its segments is first looked at, so a pool's fills cost memory where its
+/// segments are partially written. Shared by the controller and every agent; lookups take
+/// no lock once the chunk exists.
+pub struct Fills {
+    chunks: Box<[OnceLock<Box<[Fill]>>]>,
+}
+
+impl std::fmt::Debug for Fills {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let allocated = self.chunks.iter().filter(|c| c.get().is_some()).count();
+        write!(
+            f,
+            "Fills {{ chunks: {allocated} of {} }}",
+            self.chunks.len()
+        )
+    }
+}
+
+impl Fills {
+    /// Fills for segments `0..segments`.
+    pub fn new(segments: u64) -> Fills {
+        Fills {
+            chunks: (0..segments.div_ceil(FILL_CHUNK))
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// The fill of segment `seg` (inside the pool: decoders bound every segment).
+    #[inline]
+    pub fn get(&self, seg: PhysSeg) -> &Fill {
+        let chunk = self.chunks[(seg / FILL_CHUNK) as usize]
+            .get_or_init(|| (0..FILL_CHUNK).map(|_| Fill::default()).collect());
+        &chunk[(seg % FILL_CHUNK) as usize]
+    }
+
+    /// The fill of a newly allocated segment: empty, clean, owned by (`disk`, `vseg`).
+    pub fn fresh(&self, seg: PhysSeg, disk: u64, vseg: u64) -> &Fill {
+        self.copied(seg, [0; 4], disk, vseg)
+    }
+
+    /// The fill of a newly allocated segment that starts as a copy of `words`.
+    pub fn copied(&self, seg: PhysSeg, words: [u64; 4], disk: u64, vseg: u64) -> &Fill {
+        let f = self.get(seg);
+        f.reset(words, disk, vseg);
+        f
+    }
+
+    /// The bits of `layer` if it is partial.
+    #[inline]
+    pub fn words_of(&self, layer: &Layer) -> Option<[u64; 4]> {
+        layer.partial.then(|| self.get(layer.seg).words())
+    }
 }
 
 /// (word index, mask) pairs covering bits `[first, first + n)`.
@@ -184,24 +266,32 @@ fn word_masks(first: u64, n: u64) -> impl Iterator<Item = (usize, u64)> {
 }
 
 /// One layer of a segment's contents.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layer {
     /// The physical segment (for a run: the first of the run).
     pub seg: PhysSeg,
-    /// Which granules it holds; `None` means all of them.
-    pub fill: Option<Arc<Fill>>,
+    /// True if it holds only the granules its segment's fill records; false: all of them.
+    pub partial: bool,
 }
 
 impl Layer {
     /// A full layer.
     pub fn full(seg: PhysSeg) -> Layer {
-        Layer { seg, fill: None }
+        Layer {
+            seg,
+            partial: false,
+        }
+    }
+
+    /// A partial layer.
+    pub fn partial(seg: PhysSeg) -> Layer {
+        Layer { seg, partial: true }
     }
 
     /// True if the layer holds granule `g`.
     #[inline]
-    pub fn holds(&self, g: u64) -> bool {
-        self.fill.as_ref().is_none_or(|f| f.test(g))
+    pub fn holds(&self, fills: &Fills, g: u64) -> bool {
+        !self.partial || fills.get(self.seg).test(g)
     }
 }
 
@@ -215,7 +305,7 @@ pub enum ExtentState {
 }
 
 /// A table entry: `len` virtual segments starting at `vseg`.
-#[derive(Clone, Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Extent {
     pub vseg: u64,
     pub len: u32,
@@ -226,6 +316,17 @@ pub struct Extent {
     pub birth: u64,
     /// Top first. Empty only in the `Error` state.
     pub layers: SmallVec<[Layer; 2]>,
+}
+
+impl Clone for Extent {
+    /// Plain data: the layers are copied as bytes (a leaf copy clones every extent).
+    #[inline]
+    fn clone(&self) -> Extent {
+        Extent {
+            layers: SmallVec::from_slice(&self.layers),
+            ..*self
+        }
+    }
 }
 
 impl Extent {
@@ -262,7 +363,7 @@ impl Extent {
 
     /// True for a plain run: one full layer (the only shape that may have `len > 1`).
     pub fn is_plain(&self) -> bool {
-        self.state == ExtentState::Mapped && self.layers.len() == 1 && self.layers[0].fill.is_none()
+        self.state == ExtentState::Mapped && self.layers.len() == 1 && !self.layers[0].partial
     }
 
     /// The part of a plain run covering `[from, to)` (virtual segments inside it).
@@ -382,19 +483,15 @@ impl Geometry {
 
     /// Where block `block_in_seg` of virtual segment `e` comes from.
     #[inline]
-    pub fn resolve(&self, e: &Extent, vseg: u64, block_in_seg: u64) -> Source {
+    pub fn resolve(&self, fills: &Fills, e: &Extent, vseg: u64, block_in_seg: u64) -> Source {
         if e.state == ExtentState::Error {
             return Source::Error;
         }
         let shift = vseg - e.vseg;
         let g = self.granule_of(block_in_seg);
         for l in &e.layers {
-            if l.holds(g) {
-                let run_shift = if l.fill.is_none() && e.len > 1 {
-                    shift
-                } else {
-                    0
-                };
+            if l.holds(fills, g) {
+                let run_shift = if !l.partial && e.len > 1 { shift } else { 0 };
                 return Source::Seg(l.seg + run_shift);
             }
         }
@@ -405,6 +502,7 @@ impl Geometry {
     /// each: (first block, block count, source).
     pub fn resolve_runs(
         &self,
+        fills: &Fills,
         e: Option<&Extent>,
         vseg: u64,
         block_in_seg: u64,
@@ -420,8 +518,8 @@ impl Geometry {
             out.push((block_in_seg, n, Source::Error));
             return out;
         }
-        if e.layers.len() == 1 && e.layers[0].fill.is_none() {
-            out.push((block_in_seg, n, self.resolve(e, vseg, block_in_seg)));
+        if e.layers.len() == 1 && !e.layers[0].partial {
+            out.push((block_in_seg, n, self.resolve(fills, e, vseg, block_in_seg)));
             return out;
         }
         let end = block_in_seg + n;
@@ -429,7 +527,7 @@ impl Geometry {
         while b < end {
             let g = self.granule_of(b);
             let g_end = ((g + 1) * self.granule_blocks).min(end);
-            let src = self.resolve(e, vseg, b);
+            let src = self.resolve(fills, e, vseg, b);
             match out.last_mut() {
                 Some(last) if last.2 == src && last.0 + last.1 == b => last.1 += g_end - b,
                 _ => out.push((b, g_end - b, src)),
@@ -502,31 +600,24 @@ mod tests {
     #[test]
     fn resolve_through_layers() {
         let g = Geometry::new(4096, 1 << 20);
-        let top = Arc::new(Fill::new(1, 0));
-        top.set_range(10, 2);
-        let mid = Arc::new(Fill::new(1, 0));
-        mid.set_range(11, 5);
+        let fills = Fills::new(8192);
+        fills.fresh(7, 1, 0).set_range(10, 2);
+        fills.fresh(8, 1, 0).set_range(11, 5);
+        // A segment in another chunk, looked at first: empty.
+        assert!(fills.get(5000).is_empty());
         let e = Extent {
             vseg: 0,
             len: 1,
             state: ExtentState::Mapped,
             birth: 1,
-            layers: smallvec::smallvec![
-                Layer {
-                    seg: 7,
-                    fill: Some(top)
-                },
-                Layer {
-                    seg: 8,
-                    fill: Some(mid)
-                },
-            ],
+            layers: smallvec::smallvec![Layer::partial(7), Layer::partial(8)],
         };
-        assert_eq!(g.resolve(&e, 0, 10), Source::Seg(7));
-        assert_eq!(g.resolve(&e, 0, 11), Source::Seg(7));
-        assert_eq!(g.resolve(&e, 0, 12), Source::Seg(8));
-        assert_eq!(g.resolve(&e, 0, 16), Source::Zero);
-        let runs = g.resolve_runs(Some(&e), 0, 8, 10);
+        assert_eq!(g.resolve(&fills, &e, 0, 10), Source::Seg(7));
+        assert_eq!(g.resolve(&fills, &e, 0, 11), Source::Seg(7));
+        assert_eq!(g.resolve(&fills, &e, 0, 12), Source::Seg(8));
+        assert_eq!(g.resolve(&fills, &e, 0, 16), Source::Zero);
+        assert_eq!(e.clone(), e);
+        let runs = g.resolve_runs(&fills, Some(&e), 0, 8, 10);
         assert_eq!(
             runs.as_slice(),
             &[
@@ -537,12 +628,12 @@ mod tests {
             ]
         );
         let run = Extent::run(100, 10, 500, 1);
-        assert_eq!(g.resolve(&run, 105, 3), Source::Seg(505));
+        assert_eq!(g.resolve(&fills, &run, 105, 3), Source::Seg(505));
         assert_eq!(run.segments().count(), 10);
         let s = run.slice(103, 106);
         assert_eq!((s.vseg, s.len, s.layers[0].seg), (103, 3, 503));
         assert_eq!(
-            g.resolve_runs(None, 0, 0, 4).as_slice(),
+            g.resolve_runs(&fills, None, 0, 0, 4).as_slice(),
             &[(0, 4, Source::Zero)]
         );
     }

@@ -5,7 +5,7 @@
 //! control path alike.
 
 use super::CowPolicy;
-use super::map::{Fill, Geometry, PhysSeg};
+use super::map::{Fill, Fills, Geometry, PhysSeg};
 use super::msg::{AgentNotice, AgentRequest, ControllerPort};
 use crate::bdev::{Bdev, IoStatus};
 use crate::reactor::{Cores, RemoteHandle};
@@ -48,9 +48,11 @@ pub struct PoolShared {
     pub cores: Cores,
     /// How the pool's agents reach its controller.
     pub(crate) ctl_port: ControllerPort,
-    /// Fills whose bits changed since the controller last persisted them; agents push,
-    /// the controller drains at commit.
-    pub dirty_fills: SegQueue<Arc<Fill>>,
+    /// The fill of every physical segment.
+    pub fills: Fills,
+    /// Segments whose fills changed since the controller last persisted them; agents
+    /// push, the controller drains at commit.
+    pub dirty_fills: SegQueue<PhysSeg>,
     pub cow_default: CowPolicy,
     /// Free segments, as of the controller's last update (for listings).
     pub free_segments: AtomicU64,
@@ -188,7 +190,8 @@ impl PoolShared {
     ///
     /// No charge is taken while the charges held already cover every written table
     /// node (`MetaBudget`'s cap).
-    pub(crate) fn change_fill(&self, fill: &Arc<Fill>, change: impl FnOnce(&Fill) -> bool) -> bool {
+    pub(crate) fn change_fill(&self, seg: PhysSeg, change: impl FnOnce(&Fill) -> bool) -> bool {
+        let fill = self.fills.get(seg);
         let budget = &self.meta_budget;
         let cost = budget.fill_cost();
         let charged = !fill.is_dirty() && !budget.fills_covered();
@@ -203,7 +206,7 @@ impl PoolShared {
                 budget.force_take(cost);
                 budget.fill_charge_taken(cost);
             }
-            self.dirty_fills.push(fill.clone());
+            self.dirty_fills.push(seg);
         }
         true
     }

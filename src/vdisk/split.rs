@@ -13,14 +13,13 @@
 
 use super::VdiskError;
 use super::controller::Controller;
-use super::map::{Extent, ExtentState, Fill, Layer, PhysSeg, Source};
+use super::map::{Extent, ExtentState, Layer, PhysSeg, Source};
 use super::meta::directory::{DiskKind, JobRecord};
 use crate::bdev::IoStatus;
 use crate::reactor;
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Segments handled per step while the disk is idle (copied concurrently, published
@@ -371,21 +370,21 @@ impl Controller {
             };
             let me = self.rc();
             tasks.push(reactor::spawn_local(async move {
-                let fill = Arc::new(Fill::new(disk, one.vseg));
+                me.shared.fills.fresh(seg, disk, one.vseg);
                 let copy_from = Extent {
-                    layers: one.layers[..prefix].iter().cloned().collect(),
+                    layers: one.layers[..prefix].iter().copied().collect(),
                     ..one.clone()
                 };
-                let r = me.copy_resolved(&copy_from, seg, &fill).await;
-                (one, prefix, seg, fill, r)
+                let r = me.copy_resolved(&copy_from, seg).await;
+                (one, prefix, seg, r)
             }));
         }
         let mut done = Vec::new();
         for t in tasks {
             done.push(t.await);
         }
-        for (one, prefix, seg, fill, r) in done {
-            let r = r.and_then(|()| self.adopt_copy(disk, &one, prefix, seg, fill));
+        for (one, prefix, seg, r) in done {
+            let r = r.and_then(|()| self.adopt_copy(disk, &one, prefix, seg));
             if let Err(e) = r {
                 self.st.borrow_mut().space.unalloc_segment(seg);
                 status = status.worst(e);
@@ -419,27 +418,29 @@ impl Controller {
             return IoStatus::Success;
         }
         let geo = self.shared.geo;
-        let suffix: smallvec::SmallVec<[Layer; 2]> = one.layers[prefix..].iter().cloned().collect();
+        let suffix: smallvec::SmallVec<[Layer; 2]> = one.layers[prefix..].iter().copied().collect();
         let copy_from = Extent {
-            layers: one.layers[..prefix].iter().cloned().collect(),
+            layers: one.layers[..prefix].iter().copied().collect(),
             ..one.clone()
         };
         if writable {
             // Fill the holes of the disk's own top layer from the shared layers below it.
-            let top = one.layers[0].clone();
-            let Some(fill) = top.fill.clone() else {
+            let top = one.layers[0];
+            if !top.partial {
                 return IoStatus::Success;
-            };
+            }
+            let fill = self.shared.fills.get(top.seg);
             if self.fence_writes(disk, vseg, true).await.is_err() {
                 let _ = self.fence_writes(disk, vseg, false).await;
                 return IoStatus::Aborted;
             }
             let below = Extent {
-                layers: copy_from.layers[1..].iter().cloned().collect(),
+                layers: copy_from.layers[1..].iter().copied().collect(),
                 ..one.clone()
             };
             let mut status = IoStatus::Success;
-            for (b, n, src) in geo.resolve_runs(Some(&below), vseg, 0, geo.segment_blocks) {
+            let fills = &self.shared.fills;
+            for (b, n, src) in geo.resolve_runs(fills, Some(&below), vseg, 0, geo.segment_blocks) {
                 let Source::Seg(s) = src else { continue };
                 // Only granules the top does not hold.
                 let mut g = b / geo.granule_blocks;
@@ -471,7 +472,7 @@ impl Controller {
                 let full = suffix.is_empty() && fill.is_full(geo.granules);
                 let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
                     seg: top.seg,
-                    fill: if full { None } else { Some(fill.clone()) },
+                    partial: !full,
                 }];
                 layers.extend(suffix);
                 let ext = Extent {
@@ -497,12 +498,12 @@ impl Controller {
         let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
             return IoStatus::CapacityExceeded;
         };
-        let fill = Arc::new(Fill::new(disk, vseg));
-        if let Err(e) = self.copy_resolved(&copy_from, seg, &fill).await {
+        self.shared.fills.fresh(seg, disk, vseg);
+        if let Err(e) = self.copy_resolved(&copy_from, seg).await {
             self.st.borrow_mut().space.unalloc_segment(seg);
             return e;
         }
-        if let Err(e) = self.adopt_copy(disk, &one, prefix, seg, fill) {
+        if let Err(e) = self.adopt_copy(disk, &one, prefix, seg) {
             self.st.borrow_mut().space.unalloc_segment(seg);
             return e;
         }
@@ -511,19 +512,13 @@ impl Controller {
         IoStatus::Success
     }
 
-    /// Puts segment `seg`, just filled (`fill`) from the first `prefix` layers of `one`,
+    /// Puts segment `seg`, just filled (its fill) from the first `prefix` layers of `one`,
     /// in their place in `disk`'s table — or the zero state when nothing was copied and
     /// no layer is left below (all zeros need no segment). The caller pushes the view;
     /// if the metadata area has no room for the change, nothing changes and the caller
     /// takes `seg` back.
-    fn adopt_copy(
-        &self,
-        disk: u64,
-        one: &Extent,
-        prefix: usize,
-        seg: u64,
-        fill: Arc<Fill>,
-    ) -> Result<(), IoStatus> {
+    fn adopt_copy(&self, disk: u64, one: &Extent, prefix: usize, seg: u64) -> Result<(), IoStatus> {
+        let fill = self.shared.fills.get(seg);
         let no_space = |_| IoStatus::CapacityExceeded;
         let suffix = &one.layers[prefix..];
         if suffix.is_empty() && fill.is_empty() {
@@ -535,9 +530,9 @@ impl Controller {
         let full = suffix.is_empty() && fill.is_full(self.shared.geo.granules);
         let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
             seg,
-            fill: if full { None } else { Some(fill) },
+            partial: !full,
         }];
-        layers.extend(suffix.iter().cloned());
+        layers.extend(suffix.iter().copied());
         let generation = self.st.borrow().generation;
         self.try_set_extents(
             disk,

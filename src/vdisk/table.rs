@@ -42,11 +42,13 @@ pub const MAX_FANOUT: usize = NODE_PAYLOAD_BYTES / INTERNAL_ENTRY_BYTES;
 
 /// Encoded size of an extent in a leaf page (see `vdisk::meta`).
 pub fn extent_encoded_len(e: &Extent) -> usize {
-    22 + e
-        .layers
-        .iter()
-        .map(|l| if l.fill.is_some() { 41 } else { 9 })
-        .sum::<usize>()
+    encoded_len_of(e.layers.iter().map(|l| l.partial))
+}
+
+/// Encoded size of an extent whose layers are partial (with a fill) or not as `partial`
+/// says: its head, and per layer the segment, a flag and the fill's bits.
+pub fn encoded_len_of(partial: impl Iterator<Item = bool>) -> usize {
+    22 + partial.map(|p| if p { 41 } else { 9 }).sum::<usize>()
 }
 
 /// The largest encoded extent: [`MAX_LAYERS`] layers, each with a fill.
@@ -632,7 +634,7 @@ fn splice_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vdisk::map::{ExtentState, Fill, Layer, MAX_RUN_SEGMENTS};
+    use crate::vdisk::map::{ExtentState, Layer, MAX_RUN_SEGMENTS};
     use proptest::prelude::*;
     use std::collections::{BTreeMap, HashMap};
 
@@ -862,19 +864,12 @@ mod tests {
 
     #[test]
     fn partial_layers_are_encoded_larger() {
-        let f = Arc::new(Fill::new(1, 0));
         let e = Extent {
             vseg: 0,
             len: 1,
             state: ExtentState::Mapped,
             birth: 1,
-            layers: smallvec::smallvec![
-                Layer {
-                    seg: 1,
-                    fill: Some(f)
-                },
-                Layer::full(2)
-            ],
+            layers: smallvec::smallvec![Layer::partial(1), Layer::full(2)],
         };
         assert_eq!(extent_encoded_len(&e), 22 + 41 + 9);
     }

@@ -77,10 +77,12 @@ impl Agent {
             if writable && e.layers.len() == 1 {
                 let top = &e.layers[0];
                 // Whole granules: clear their bits; edges: zero in place.
-                let (g0, gn) = match &top.fill {
-                    Some(_) => geo.whole_granules(b0, n),
-                    None => (0, 0),
+                let (g0, gn) = if top.partial {
+                    geo.whole_granules(b0, n)
+                } else {
+                    (0, 0)
                 };
+                let fill = top.partial.then(|| self.shared.fills.get(top.seg));
                 let clear = gn > 0;
                 let (zero_from, zero_to) = (g0 * gb, (g0 + gn) * gb);
                 let mut spans: SmallVec<[(u64, u64); 2]> = SmallVec::new();
@@ -98,10 +100,8 @@ impl Agent {
                 // epoch open across a request to the controller, which may be draining us.
                 let guard = EpochGuard::new(&self.epochs);
                 for (sb, sn) in spans {
-                    let held = top
-                        .fill
-                        .as_ref()
-                        .is_none_or(|f| (sb / gb..(sb + sn).div_ceil(gb)).any(|g| f.test(g)));
+                    let held =
+                        fill.is_none_or(|f| (sb / gb..(sb + sn).div_ceil(gb)).any(|g| f.test(g)));
                     if !held {
                         continue;
                     }
@@ -116,10 +116,10 @@ impl Agent {
                 }
                 drop(guard);
                 if clear
-                    && let Some(f) = &top.fill
+                    && let Some(f) = fill
                     && (g0..g0 + gn).any(|g| f.test(g))
                 {
-                    if self.shared.change_fill(f, |f| f.clear_range(g0, gn)) {
+                    if self.shared.change_fill(top.seg, |f| f.clear_range(g0, gn)) {
                         if f.is_empty() {
                             let st = self.ask(AgentRequest::MaybeEmpty { disk, vseg }).await;
                             status = status.worst(st);

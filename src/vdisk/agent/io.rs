@@ -10,12 +10,11 @@ use super::Agent;
 use super::fault::FaultKey;
 use crate::bdev::{BdevIo, IoKind, IoSink, IoStatus, Origin};
 use crate::reactor;
-use crate::vdisk::map::{ExtentState, Fill, PhysSeg, Source};
+use crate::vdisk::map::{ExtentState, PhysSeg, Source};
 use crate::vdisk::msg::RangeState;
 use crate::vdisk::shared::PoolShared;
 use smallvec::SmallVec;
 use std::rc::Rc;
-use std::sync::Arc;
 
 /// One part of a request for a base bdev.
 #[derive(Clone, Copy, Debug)]
@@ -31,7 +30,7 @@ pub(super) struct IoCtx {
     pending: u32,
     status: IoStatus,
     epoch: u64,
-    fills: SmallVec<[(Arc<Fill>, u64, u64); 1]>,
+    fills: SmallVec<[(PhysSeg, u64, u64); 1]>,
 }
 
 /// A request the fast path passed down to a base bdev as it is (see
@@ -39,8 +38,8 @@ pub(super) struct IoCtx {
 pub(super) struct Passed {
     origin: Origin,
     epoch: u64,
-    /// Granules `(fill, first, count)` the top layer holds once the write succeeds.
-    fill: Option<(Arc<Fill>, u64, u64)>,
+    /// Granules `(segment, first, count)` the top layer holds once the write succeeds.
+    fill: Option<(PhysSeg, u64, u64)>,
 }
 
 /// Tag bit of requests passed down whole; the other tags are keys of `ctxs`.
@@ -77,20 +76,19 @@ impl Agent {
                 return Err(io);
             }
             let top = &e.layers[0];
-            match &top.fill {
-                None => (top.seg + (vseg - e.vseg), None),
-                Some(f) => {
-                    let (g0, n) = geo.granule_span(b0, io.num_blocks);
-                    if f.all_set(g0, n) {
-                        (top.seg, None)
-                    } else if write
-                        && geo.granule_aligned(b0)
-                        && geo.granule_aligned(b0 + io.num_blocks)
-                    {
-                        (top.seg, Some((f.clone(), g0, n)))
-                    } else {
-                        return Err(io);
-                    }
+            if !top.partial {
+                (top.seg + (vseg - e.vseg), None)
+            } else {
+                let (g0, n) = geo.granule_span(b0, io.num_blocks);
+                if self.shared.fills.get(top.seg).all_set(g0, n) {
+                    (top.seg, None)
+                } else if write
+                    && geo.granule_aligned(b0)
+                    && geo.granule_aligned(b0 + io.num_blocks)
+                {
+                    (top.seg, Some((top.seg, g0, n)))
+                } else {
+                    return Err(io);
                 }
             }
         };
@@ -145,7 +143,7 @@ impl Agent {
                     return;
                 }
                 let e = view.root.as_ref().and_then(|r| r.lookup(vseg));
-                for (b, cnt, src) in geo.resolve_runs(e, vseg, b0, n) {
+                for (b, cnt, src) in geo.resolve_runs(&self.shared.fills, e, vseg, b0, n) {
                     let off = byte + ((b - b0) * bs) as usize;
                     match src {
                         Source::Zero => zeros.push((off, (cnt * bs) as usize)),
@@ -181,7 +179,7 @@ impl Agent {
         let geo = self.shared.geo;
         let bs = geo.block_size as u64;
         let mut pieces: SmallVec<[Piece; 4]> = SmallVec::new();
-        let mut fills: SmallVec<[(Arc<Fill>, u64, u64); 1]> = SmallVec::new();
+        let mut fills: SmallVec<[(PhysSeg, u64, u64); 1]> = SmallVec::new();
         let mut fault = None;
         {
             let view = self.view.borrow();
@@ -216,12 +214,13 @@ impl Agent {
                     break;
                 }
                 let top = &e.layers[0];
-                let seg: PhysSeg = if top.fill.is_none() {
-                    top.seg + (vseg - e.vseg)
-                } else {
+                let seg: PhysSeg = if top.partial {
                     top.seg
+                } else {
+                    top.seg + (vseg - e.vseg)
                 };
-                if let Some(f) = &top.fill {
+                if top.partial {
+                    let f = self.shared.fills.get(top.seg);
                     let (g0, gn) = geo.granule_span(b0, n);
                     let g1 = g0 + gn;
                     if !f.all_set(g0, gn) {
@@ -241,7 +240,7 @@ impl Agent {
                         // granule that an unmap cleared while the write was in flight.
                         let (w0, wn) = geo.whole_granules(b0, n);
                         if wn > 0 {
-                            fills.push((f.clone(), w0, wn));
+                            fills.push((top.seg, w0, wn));
                         }
                     }
                 }
@@ -263,7 +262,7 @@ impl Agent {
     }
 
     /// Issues the pieces of `io` to the base bdevs.
-    fn issue(&self, io: BdevIo, pieces: &[Piece], fills: SmallVec<[(Arc<Fill>, u64, u64); 1]>) {
+    fn issue(&self, io: BdevIo, pieces: &[Piece], fills: SmallVec<[(PhysSeg, u64, u64); 1]>) {
         let geo = self.shared.geo;
         let bs = geo.block_size as u64;
         let kind = io.kind;
@@ -307,8 +306,10 @@ impl Agent {
     /// which costs metadata pages (its leaf is rewritten). Without them the granules
     /// stay as they were (what the write put there is never shown) and the write fails
     /// for lack of space.
-    fn hold_granules(&self, f: &Arc<Fill>, g0: u64, n: u64) -> IoStatus {
-        if f.all_set(g0, n) || self.shared.change_fill(f, |f| f.set_range(g0, n)) {
+    fn hold_granules(&self, seg: PhysSeg, g0: u64, n: u64) -> IoStatus {
+        if self.shared.fills.get(seg).all_set(g0, n)
+            || self.shared.change_fill(seg, |f| f.set_range(g0, n))
+        {
             IoStatus::Success
         } else {
             IoStatus::CapacityExceeded
@@ -370,9 +371,9 @@ impl IoSink for Agent {
             child.restore(p.origin);
             let mut status = status;
             if status.is_success()
-                && let Some((f, g0, n)) = &p.fill
+                && let Some((seg, g0, n)) = p.fill
             {
-                status = self.hold_granules(f, *g0, *n);
+                status = self.hold_granules(seg, g0, n);
             }
             self.finish(child, status, p.epoch);
             return;
@@ -392,8 +393,8 @@ impl IoSink for Agent {
         let ctx = self.ctxs.borrow_mut().remove(key);
         let mut status = ctx.status;
         if status.is_success() {
-            for (f, g0, n) in &ctx.fills {
-                status = status.worst(self.hold_granules(f, *g0, *n));
+            for &(seg, g0, n) in &ctx.fills {
+                status = status.worst(self.hold_granules(seg, g0, n));
             }
         }
         self.finish(ctx.parent, status, ctx.epoch);

@@ -391,7 +391,7 @@ impl Agent {
                 continue;
             }
             let e = root.and_then(|r| r.lookup(vseg));
-            for (_, cnt, src) in geo.resolve_runs(e, vseg, b0, n) {
+            for (_, cnt, src) in geo.resolve_runs(&self.shared.fills, e, vseg, b0, n) {
                 match src {
                     Source::Zero => push(cnt, false, true),
                     Source::Seg(_) | Source::Error => push(cnt, true, false),

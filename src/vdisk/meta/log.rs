@@ -23,13 +23,12 @@
 //! `vdisk/intent.rs`).
 
 use super::directory::{DISK_RECORD_BYTES, DiskRecord, encode_disk, read_disk};
-use super::node::{RawExtent, read_extent, write_extent};
+use super::node::{RawExtent, read_extent, write_extent, write_raw_extent};
 use super::{
     BlockPtr, HEADER_BYTES, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
     decode_header, new_page, seal,
 };
-use crate::vdisk::map::{Extent, Fill};
-use std::sync::Arc;
+use crate::vdisk::map::{Extent, Fills};
 use uuid::Uuid;
 
 /// Bytes of a log page before its records: the first LSN and the append's first page.
@@ -68,16 +67,37 @@ const KIND_PUT_DISK: u8 = 3;
 const KIND_DROP_DISK: u8 = 4;
 const KIND_COUNTERS: u8 = 5;
 
-/// Encodes a splice record from live extents (fills are read now), or `None` if it does
-/// not fit a page.
-pub fn encode_splice(disk: u64, from: u64, to: u64, extents: &[Extent]) -> Option<Vec<u8>> {
-    let body: usize = 8 * 3
-        + 2
-        + extents
-            .iter()
-            .map(crate::vdisk::table::extent_encoded_len)
-            .sum::<usize>();
-    if body > MAX_RECORD_BODY || extents.len() > u16::MAX as usize {
+/// Encodes a splice record from live extents (their fills are read from `fills` now), or
+/// `None` if it does not fit a page.
+pub fn encode_splice(
+    disk: u64,
+    from: u64,
+    to: u64,
+    extents: &[Extent],
+    fills: &Fills,
+) -> Option<Vec<u8>> {
+    let bytes = extents
+        .iter()
+        .map(crate::vdisk::table::extent_encoded_len)
+        .sum();
+    splice_record(disk, from, to, extents.len(), bytes, |w| {
+        for e in extents {
+            write_extent(w, e, fills);
+        }
+    })
+}
+
+/// A splice record of `count` extents that `write` writes in `bytes`.
+fn splice_record(
+    disk: u64,
+    from: u64,
+    to: u64,
+    count: usize,
+    bytes: usize,
+    write: impl FnOnce(&mut Writer<'_>),
+) -> Option<Vec<u8>> {
+    let body: usize = 8 * 3 + 2 + bytes;
+    if body > MAX_RECORD_BODY || count > u16::MAX as usize {
         return None;
     }
     let mut b = vec![0u8; RECORD_HEAD_BYTES + body];
@@ -87,16 +107,14 @@ pub fn encode_splice(disk: u64, from: u64, to: u64, extents: &[Extent]) -> Optio
     w.u64(disk);
     w.u64(from);
     w.u64(to);
-    w.bytes(&(extents.len() as u16).to_le_bytes());
-    for e in extents {
-        write_extent(&mut w, e);
-    }
+    w.bytes(&(count as u16).to_le_bytes());
+    write(&mut w);
     debug_assert_eq!(w.at, b.len());
     Some(b)
 }
 
 /// Encodes a record. (The controller encodes its splices from live extents with
-/// [`encode_splice`]; a splice given as raw extents is built and encoded the same way.)
+/// [`encode_splice`].)
 pub fn encode(rec: &LogRecord) -> Vec<u8> {
     let (kind, body) = match rec {
         LogRecord::Splice {
@@ -105,13 +123,18 @@ pub fn encode(rec: &LogRecord) -> Vec<u8> {
             to,
             extents,
         } => {
-            let built: Vec<Extent> = extents
+            let bytes = extents
                 .iter()
-                .map(|r| r.build(|seg, w| Arc::new(Fill::from_words(w, 0, seg))))
-                .collect();
-            return encode_splice(*disk, *from, *to, &built).unwrap_or_else(|| {
-                panic!("a splice of {} extents larger than a page", built.len())
-            });
+                .map(|e| {
+                    crate::vdisk::table::encoded_len_of(e.layers.iter().map(|l| l.1.is_some()))
+                })
+                .sum();
+            return splice_record(*disk, *from, *to, extents.len(), bytes, |w| {
+                for e in extents {
+                    write_raw_extent(w, e);
+                }
+            })
+            .unwrap_or_else(|| panic!("a splice of {} extents larger than a page", extents.len()));
         }
         LogRecord::Fill { seg, words } => {
             let mut b = seg.to_le_bytes().to_vec();
@@ -481,8 +504,17 @@ mod tests {
 
     #[test]
     fn live_splices_decode_as_the_raw_extents_they_hold() {
+        let fills = Fills::new(1000);
+        fills.fresh(18, 1, 5).set_range(0, 2);
         let e = Extent::full(4, 17, 3);
-        let live = encode_splice(1, 4, 5, std::slice::from_ref(&e)).unwrap();
+        let p = Extent {
+            vseg: 5,
+            len: 1,
+            state: crate::vdisk::map::ExtentState::Mapped,
+            birth: 3,
+            layers: smallvec::smallvec![crate::vdisk::map::Layer::partial(18)],
+        };
+        let live = encode_splice(1, 4, 6, &[e, p], &fills).unwrap();
         let pool = Uuid::from_u128(42);
         let (place, page) = pack(&[vec![live]], 0, 1, 10, 8, &pool).remove(0);
         let decoded = decode_log_page(&page, place, &pool, 1000).unwrap();
@@ -491,19 +523,28 @@ mod tests {
             vec![LogRecord::Splice {
                 disk: 1,
                 from: 4,
-                to: 5,
-                extents: vec![RawExtent {
-                    vseg: 4,
-                    len: 1,
-                    error: false,
-                    birth: 3,
-                    layers: smallvec::smallvec![(17, None)],
-                }],
+                to: 6,
+                extents: vec![
+                    RawExtent {
+                        vseg: 4,
+                        len: 1,
+                        error: false,
+                        birth: 3,
+                        layers: smallvec::smallvec![(17, None)],
+                    },
+                    RawExtent {
+                        vseg: 5,
+                        len: 1,
+                        error: false,
+                        birth: 3,
+                        layers: smallvec::smallvec![(18, Some([3, 0, 0, 0]))],
+                    }
+                ],
             }]
         );
         // Too many extents for a page: not a record.
         let many: Vec<Extent> = (0..200).map(|v| Extent::full(v, v + 1, 1)).collect();
-        assert!(encode_splice(1, 0, 200, &many).is_none());
+        assert!(encode_splice(1, 0, 200, &many, &fills).is_none());
     }
 
     #[test]

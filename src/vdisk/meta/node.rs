@@ -5,10 +5,9 @@ use super::{
     BlockPtr, HEADER_BYTES, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
     decode_header, new_page, seal,
 };
-use crate::vdisk::map::{Extent, ExtentState, Fill, Layer, MAX_LAYERS, MAX_RUN_SEGMENTS};
+use crate::vdisk::map::{Extent, ExtentState, Fills, Layer, MAX_LAYERS, MAX_RUN_SEGMENTS};
 use crate::vdisk::table::{INTERNAL_ENTRY_BYTES, NODE_PAYLOAD_BYTES};
 use smallvec::SmallVec;
-use std::sync::Arc;
 use uuid::Uuid;
 
 /// Encodes an internal node: `(first virtual segment, child pointer)` per child
@@ -87,42 +86,83 @@ pub fn decode_internal(
     Ok(out)
 }
 
-/// Encodes a leaf. Fills are copied out atomically word by word.
-pub fn encode_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[Extent]) -> Vec<u8> {
+/// Encodes a leaf; the fills of its partial layers are copied out of `fills`
+/// atomically word by word.
+pub fn encode_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[Extent], fills: &Fills) -> Vec<u8> {
+    leaf_page(page, txn, pool, extents.len(), |w| {
+        for e in extents {
+            write_extent(w, e, fills);
+        }
+    })
+}
+
+/// Encodes a leaf of decoded extents (a round trip, a forged image).
+pub fn encode_raw_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[RawExtent]) -> Vec<u8> {
+    leaf_page(page, txn, pool, extents.len(), |w| {
+        for e in extents {
+            write_raw_extent(w, e);
+        }
+    })
+}
+
+fn leaf_page(
+    page: u64,
+    txn: u64,
+    pool: &Uuid,
+    count: usize,
+    write: impl FnOnce(&mut Writer<'_>),
+) -> Vec<u8> {
     let h = PageHeader {
         kind: PageKind::Leaf,
-        count: extents.len() as u32,
+        count: count as u32,
         page,
         txn,
         next: BlockPtr::NONE,
     };
     let mut b = new_page(&h, pool);
-    let mut w = Writer::new(&mut b, HEADER_BYTES);
-    for e in extents {
-        write_extent(&mut w, e);
-    }
+    write(&mut Writer::new(&mut b, HEADER_BYTES));
     seal(&mut b);
     b
 }
 
-/// Writes one extent as leaves (and log records) hold it; fills are copied out
-/// atomically word by word.
-pub(super) fn write_extent(w: &mut Writer<'_>, e: &Extent) {
-    w.u64(e.vseg);
-    w.u32(e.len);
-    w.u8(match e.state {
-        ExtentState::Mapped => 0,
-        ExtentState::Error => 1,
-    });
-    w.u8(e.layers.len() as u8);
-    w.u64(e.birth);
-    for l in &e.layers {
-        w.u64(l.seg);
-        match &l.fill {
+/// Writes one extent as leaves (and log records) hold it, with the fills of its partial
+/// layers from `fills`.
+pub(super) fn write_extent(w: &mut Writer<'_>, e: &Extent, fills: &Fills) {
+    write_parts(
+        w,
+        e.vseg,
+        e.len,
+        e.state == ExtentState::Error,
+        e.birth,
+        e.layers.iter().map(|l| (l.seg, fills.words_of(l))),
+    );
+}
+
+/// Writes a decoded extent as [`write_extent`] writes a live one.
+pub(super) fn write_raw_extent(w: &mut Writer<'_>, e: &RawExtent) {
+    write_parts(w, e.vseg, e.len, e.error, e.birth, e.layers.iter().copied());
+}
+
+fn write_parts(
+    w: &mut Writer<'_>,
+    vseg: u64,
+    len: u32,
+    error: bool,
+    birth: u64,
+    layers: impl ExactSizeIterator<Item = (u64, Option<[u64; 4]>)>,
+) {
+    w.u64(vseg);
+    w.u32(len);
+    w.u8(u8::from(error));
+    w.u8(layers.len() as u8);
+    w.u64(birth);
+    for (seg, words) in layers {
+        w.u64(seg);
+        match words {
             None => w.u8(0),
-            Some(f) => {
+            Some(words) => {
                 w.u8(1);
-                for word in f.words() {
+                for word in words {
                     w.u64(word);
                 }
             }
@@ -130,7 +170,7 @@ pub(super) fn write_extent(w: &mut Writer<'_>, e: &Extent) {
     }
 }
 
-/// A decoded leaf extent: fills are raw words; the loader shares them by segment.
+/// A decoded leaf extent: fills are raw words; the loader keeps them by segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawExtent {
     pub vseg: u64,
@@ -143,9 +183,9 @@ pub struct RawExtent {
 }
 
 impl RawExtent {
-    /// Builds the in-memory extent, getting each partial layer's shared fill from
-    /// `fill_of(segment, words)`.
-    pub fn build(&self, mut fill_of: impl FnMut(u64, [u64; 4]) -> Arc<Fill>) -> Extent {
+    /// Builds the in-memory extent, telling `fill_of(segment, words)` the fill of each
+    /// partial layer (for the caller to keep by segment).
+    pub fn build(&self, mut fill_of: impl FnMut(u64, [u64; 4])) -> Extent {
         Extent {
             vseg: self.vseg,
             len: self.len,
@@ -158,9 +198,12 @@ impl RawExtent {
             layers: self
                 .layers
                 .iter()
-                .map(|&(seg, words)| Layer {
-                    seg,
-                    fill: words.map(|w| fill_of(seg, w)),
+                .map(|&(seg, words)| match words {
+                    Some(w) => {
+                        fill_of(seg, w);
+                        Layer::partial(seg)
+                    }
+                    None => Layer::full(seg),
                 })
                 .collect(),
         }

@@ -9,8 +9,7 @@ use super::space_map::{
 };
 use super::superblock::{ContainerRecord, Superblock, pick};
 use super::*;
-use crate::vdisk::map::{Extent, ExtentState, Fill, Layer};
-use std::sync::Arc;
+use crate::vdisk::map::{Extent, ExtentState, Fills, Layer};
 use uuid::Uuid;
 
 fn pool() -> Uuid {
@@ -175,8 +174,8 @@ fn pick_takes_the_newest_intact_slot_in_its_place() {
 
 #[test]
 fn pages_round_trip_and_detect_damage() {
-    let f = Arc::new(Fill::new(1, 0));
-    f.set_range(3, 9);
+    let fills = Fills::new(1000);
+    fills.fresh(7, 1, 0).set_range(3, 9);
     let exts = vec![
         Extent::run(0, 10, 100, 2),
         Extent {
@@ -184,23 +183,19 @@ fn pages_round_trip_and_detect_damage() {
             len: 1,
             state: ExtentState::Mapped,
             birth: 3,
-            layers: smallvec::smallvec![
-                Layer {
-                    seg: 7,
-                    fill: Some(f)
-                },
-                Layer::full(8)
-            ],
+            layers: smallvec::smallvec![Layer::partial(7), Layer::full(8)],
         },
     ];
-    let b = encode_leaf(5, 1, &pool(), &exts);
+    let b = encode_leaf(5, 1, &pool(), &exts, &fills);
     assert_eq!(BlockPtr::of(&b).page, 5);
     assert_eq!(BlockPtr::of(&b).txn, 1);
     let raw = decode_leaf(&b, 5, &pool(), 1000).unwrap();
     assert_eq!(raw.len(), 2);
     assert_eq!(raw[1].layers[0].1.unwrap()[0], 0b1111_1111_1000);
-    let back = raw[1].build(|seg, w| Arc::new(Fill::from_words(w, 0, seg)));
-    assert!(back.layers[0].fill.as_ref().unwrap().test(3));
+    let loaded = Fills::new(1000);
+    let back = raw[1].build(|seg, w| loaded.get(seg).store_words(w));
+    assert_eq!(back, exts[1]);
+    assert_eq!(loaded.get(7).words(), fills.get(7).words());
     // Misdirected, foreign, wrong kind, checksum, out-of-range segment.
     assert!(matches!(
         decode_leaf(&b, 6, &pool(), 1000),
@@ -242,8 +237,8 @@ fn pages_round_trip_and_detect_damage() {
 
 #[test]
 fn pointers_catch_stale_and_overwritten_pages() {
-    let old = encode_leaf(5, 3, &pool(), &[Extent::full(0, 1, 1)]);
-    let new = encode_leaf(5, 4, &pool(), &[Extent::full(0, 2, 1)]);
+    let old = encode_leaf(5, 3, &pool(), &[Extent::full(0, 1, 1)], &Fills::new(4));
+    let new = encode_leaf(5, 4, &pool(), &[Extent::full(0, 2, 1)], &Fills::new(4));
     let p = BlockPtr::of(&new);
     verify_pointer(&new, &p, "x").unwrap();
     // A lost write: the page keeps its older valid version.
@@ -259,7 +254,7 @@ fn pointers_catch_stale_and_overwritten_pages() {
     );
     assert!(e.to_string().contains("stale"), "{e}");
     // Same transaction, other contents.
-    let other = encode_leaf(5, 4, &pool(), &[Extent::full(0, 3, 1)]);
+    let other = encode_leaf(5, 4, &pool(), &[Extent::full(0, 3, 1)], &Fills::new(4));
     assert!(matches!(
         verify_pointer(&other, &p, "x"),
         Err(MetaError::PointerChecksum { page: 5, .. })
@@ -268,7 +263,7 @@ fn pointers_catch_stale_and_overwritten_pages() {
 
 #[test]
 fn pages_of_another_format_version_are_refused() {
-    let mut b = encode_leaf(5, 1, &pool(), &[Extent::full(0, 1, 1)]);
+    let mut b = encode_leaf(5, 1, &pool(), &[Extent::full(0, 1, 1)], &Fills::new(4));
     b[5] = 1;
     assert!(reseal(&mut b));
     let e = decode_leaf(&b, 5, &pool(), 100).unwrap_err();
@@ -347,7 +342,7 @@ fn space_map_writes_go_to_the_place_not_in_force() {
 #[test]
 fn decoders_never_panic_on_garbage() {
     let mut rng = fastrand::Rng::with_seed(1);
-    let mut b = encode_leaf(5, 1, &pool(), &[Extent::full(0, 1, 1)]);
+    let mut b = encode_leaf(5, 1, &pool(), &[Extent::full(0, 1, 1)], &Fills::new(4));
     for _ in 0..20_000 {
         let i = rng.usize(0..PAGE_BYTES);
         b[i] = rng.u8(..);
