@@ -193,6 +193,11 @@ pub(crate) struct Controller {
     pub release_stalls: std::cell::Cell<u32>,
     /// The controller's side of the metadata budget (`commit.rs`, "Metadata space").
     pub meta: RefCell<MetaLedger>,
+    /// This core's channels to the metadata bdev and the containers, held for as long as
+    /// the controller runs: the core's channel cache keeps a channel only while someone
+    /// holds it, and the log appends, checkpoints and copies would otherwise open (and
+    /// close) one — an io_uring, for a file — every time.
+    _channels: Vec<Channel>,
 }
 
 #[derive(Default)]
@@ -226,6 +231,10 @@ impl Controller {
             limits: std::cell::Cell::new(TimeLimits::default()),
             release_stalls: std::cell::Cell::new(0),
             meta: RefCell::new(MetaLedger::default()),
+            _channels: std::iter::once(&shared.meta_bdev)
+                .chain(shared.containers.iter().map(|c| &c.bdev))
+                .filter_map(|b| Channel::get(b).ok())
+                .collect(),
         });
         reactor::local(Registry::default)
             .pools
@@ -327,8 +336,12 @@ impl Controller {
             let Some(d) = st.disks.get_mut(&disk) else {
                 return;
             };
-            let new = table::splice(d.root.as_ref(), from, to, &exts, &mut st.space);
-            table::set_root(&mut d.root, new, &mut st.space);
+            let edit = table::Edit {
+                from,
+                to,
+                extents: std::borrow::Cow::Borrowed(&exts),
+            };
+            table::replace(&mut d.root, &[edit], &mut st.space);
             st.changes += 1;
             if let Some(l) = st.log.as_mut() {
                 let record = log::encode_splice(disk, from, to, &exts, &self.shared.fills);

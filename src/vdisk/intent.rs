@@ -805,8 +805,7 @@ impl PendingSplices {
                     extents: std::borrow::Cow::Borrowed(exts),
                 })
                 .collect();
-            let new = table::splice_many(root.as_ref(), &edits, space);
-            table::set_root(root, new, space);
+            table::replace(root, &edits, space);
         }
     }
 }

@@ -24,7 +24,7 @@ use super::map::{Extent, MAX_LAYERS, PhysSeg};
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Marks a node that has no metadata page yet.
 pub const NO_PAGE: u64 = u64::MAX;
@@ -76,6 +76,9 @@ pub struct Node {
     /// pointer to the node records (set with `page`).
     written_txn: AtomicU64,
     written_crc: AtomicU32,
+    /// Set on a leaf whose segment references passed to the leaves that replace it
+    /// ([`replace`]): freeing it releases none.
+    segs_moved: AtomicBool,
 }
 
 /// The controller's reference bookkeeping, told about segments and pages as nodes are
@@ -93,6 +96,12 @@ pub trait RefCounts {
 
 impl Node {
     fn build(kind: NodeKind, rc: &mut dyn RefCounts) -> Arc<Node> {
+        Node::build_counting(kind, true, rc)
+    }
+
+    /// A new node: takes a reference on each child, and on each segment of a leaf's
+    /// extents unless `count_segments` is false (they come from a leaf being replaced).
+    fn build_counting(kind: NodeKind, count_segments: bool, rc: &mut dyn RefCounts) -> Arc<Node> {
         rc.node_built();
         match &kind {
             NodeKind::Internal { children, .. } => {
@@ -100,13 +109,14 @@ impl Node {
                     c.refs.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            NodeKind::Leaf { extents } => {
+            NodeKind::Leaf { extents } if count_segments => {
                 for e in extents {
                     for s in e.segments() {
                         rc.seg_add(s, 1);
                     }
                 }
             }
+            NodeKind::Leaf { .. } => {}
         }
         Arc::new(Node {
             kind,
@@ -114,6 +124,7 @@ impl Node {
             page: AtomicU64::new(NO_PAGE),
             written_txn: AtomicU64::new(0),
             written_crc: AtomicU32::new(0),
+            segs_moved: AtomicBool::new(false),
         })
     }
 
@@ -126,6 +137,7 @@ impl Node {
             page: AtomicU64::new(page),
             written_txn: AtomicU64::new(txn),
             written_crc: AtomicU32::new(crc),
+            segs_moved: AtomicBool::new(false),
         })
     }
 
@@ -178,6 +190,7 @@ impl Node {
                     c.release(rc);
                 }
             }
+            NodeKind::Leaf { .. } if self.segs_moved.load(Ordering::Relaxed) => {}
             NodeKind::Leaf { extents } => {
                 for e in extents {
                     for s in e.segments() {
@@ -373,9 +386,25 @@ pub fn splice_many(
             .iter()
             .flat_map(|e| e.extents.iter().cloned())
             .collect();
-        return build_root(leaves_from(0, all, false, rc), rc);
+        return build_root(leaves_from(0, all, false, true, rc), rc);
     };
-    build_root(splice_in(root, 0, u64::MAX, edits, rc), rc)
+    build_root(splice_in(root, 0, u64::MAX, edits, false, rc), rc)
+}
+
+/// [`splice_many`] of the table in `slot`, installed there ([`set_root`]). A leaf on a
+/// path that no other table shares is freed right after: the segments its kept
+/// extents reference pass to the leaves that replace it as they are, instead of being
+/// counted up for the new leaves and down again for the old one (on a big table that
+/// is a cache miss per extent of the leaf, for every first write).
+pub fn replace(slot: &mut Option<Arc<Node>>, edits: &[Edit<'_>], rc: &mut dyn RefCounts) {
+    let new = match slot.as_ref() {
+        // Held by `slot` alone: freed by the `set_root` below.
+        Some(root) if root.refs() == 1 && !edits.is_empty() => {
+            build_root(splice_in(root, 0, u64::MAX, edits, true, rc), rc)
+        }
+        root => splice_many(root, edits, rc),
+    };
+    set_root(slot, new, rc);
 }
 
 /// Replaces the leaf of `slot`'s table that holds the one-segment extent at `vseg` with a
@@ -466,6 +495,7 @@ fn leaves_from(
     lo: u64,
     exts: Vec<Extent>,
     balance: bool,
+    count_segments: bool,
     rc: &mut dyn RefCounts,
 ) -> Vec<(u64, Arc<Node>)> {
     // Balanced: close a leaf once it holds `target` bytes (see `balanced_target`).
@@ -474,34 +504,34 @@ fn leaves_from(
     } else {
         None
     };
-    let mut out = Vec::new();
-    let mut cur: Vec<Extent> = Vec::new();
+    // Where each leaf starts, then the leaves, each allocated at its size.
+    let mut starts = vec![0];
     let mut bytes = 0;
-    for e in exts {
-        let len = extent_encoded_len(&e);
+    for (i, e) in exts.iter().enumerate() {
+        let len = extent_encoded_len(e);
         let full = match target {
             Some(t) => bytes >= t,
             None => bytes + len > NODE_PAYLOAD_BYTES,
         };
-        if !cur.is_empty() && full {
-            let key = if out.is_empty() { lo } else { cur[0].vseg };
-            out.push((
-                key,
-                Node::build(
-                    NodeKind::Leaf {
-                        extents: std::mem::take(&mut cur),
-                    },
-                    rc,
-                ),
-            ));
+        if i > 0 && full {
+            starts.push(i);
             bytes = 0;
         }
         bytes += len;
-        cur.push(e);
     }
-    if !cur.is_empty() {
-        let key = if out.is_empty() { lo } else { cur[0].vseg };
-        out.push((key, Node::build(NodeKind::Leaf { extents: cur }, rc)));
+    starts.push(exts.len());
+    let mut it = exts.into_iter();
+    let mut out = Vec::with_capacity(starts.len() - 1);
+    for w in starts.windows(2) {
+        let extents: Vec<Extent> = it.by_ref().take(w[1] - w[0]).collect();
+        if extents.is_empty() {
+            break;
+        }
+        let key = if out.is_empty() { lo } else { extents[0].vseg };
+        out.push((
+            key,
+            Node::build_counting(NodeKind::Leaf { extents }, count_segments, rc),
+        ));
     }
     out
 }
@@ -551,16 +581,30 @@ fn internals_from(
 }
 
 /// Rebuilds `node` (span `[lo, hi)`) with the `edits` (each meeting the span, clipped
-/// to it or not) applied. Returns the replacement nodes with their keys.
+/// to it or not) applied. Returns the replacement nodes with their keys. `sole`: the
+/// node is freed once its replacement is installed (see [`replace`]).
 fn splice_in(
     node: &Arc<Node>,
     lo: u64,
     hi: u64,
     edits: &[Edit<'_>],
+    sole: bool,
     rc: &mut dyn RefCounts,
 ) -> Vec<(u64, Arc<Node>)> {
     match &node.kind {
         NodeKind::Leaf { extents } => {
+            // Sole: the new extents are counted first (a segment that moves between
+            // extents never drops to zero), the parts the edits remove after.
+            let mut removed: SmallVec<[PhysSeg; 8]> = SmallVec::new();
+            if sole {
+                for s in edits
+                    .iter()
+                    .flat_map(|ed| ed.extents.iter())
+                    .flat_map(|e| e.segments())
+                {
+                    rc.seg_add(s, 1);
+                }
+            }
             // Appending past every extent of the leaf: keep it full (see `leaves_from`).
             let append = extents.last().is_none_or(|e| e.end() <= edits[0].from);
             let added: usize = edits.iter().map(|e| e.extents.len()).sum();
@@ -579,6 +623,10 @@ fn splice_in(
                         break;
                     }
                     // Overlaps the range: keep what lies outside it.
+                    if sole {
+                        let (a, b) = (e.vseg.max(ed.from), e.end().min(ed.to));
+                        removed.extend(e.slice(a, b).segments());
+                    }
                     if e.vseg < ed.from {
                         out.push(e.slice(e.vseg, ed.from));
                     }
@@ -599,7 +647,15 @@ fn splice_in(
                 out.iter().all(|e| e.vseg >= lo && e.end() <= hi),
                 "extent crosses its leaf"
             );
-            leaves_from(lo, out, !append, rc)
+            if !sole {
+                return leaves_from(lo, out, !append, true, rc);
+            }
+            let leaves = leaves_from(lo, out, !append, false, rc);
+            node.segs_moved.store(true, Ordering::Relaxed);
+            for s in removed {
+                rc.seg_add(s, -1);
+            }
+            leaves
         }
         NodeKind::Internal { keys, children } => {
             let mut parts: Vec<(u64, Arc<Node>)> = Vec::with_capacity(children.len() + 2);
@@ -621,7 +677,7 @@ fn splice_in(
                 }
                 let sub: SmallVec<[Edit<'_>; 2]> =
                     edits[k..m].iter().map(|e| e.within(c_lo, c_hi)).collect();
-                parts.extend(splice_in(c, c_lo, c_hi, &sub, rc));
+                parts.extend(splice_in(c, c_lo, c_hi, &sub, sole && c.refs() == 1, rc));
             }
             if let Some(first) = parts.first_mut() {
                 first.0 = lo;
@@ -674,6 +730,37 @@ mod tests {
             });
         }
         m
+    }
+
+    /// Segment references as the tables hold them: once per distinct leaf.
+    fn recount(roots: &[&Option<Arc<Node>>]) -> HashMap<PhysSeg, i64> {
+        fn walk(
+            n: &Arc<Node>,
+            seen: &mut std::collections::HashSet<*const Node>,
+            out: &mut HashMap<PhysSeg, i64>,
+        ) {
+            if !seen.insert(Arc::as_ptr(n)) {
+                return;
+            }
+            match &n.kind {
+                NodeKind::Internal { children, .. } => {
+                    for c in children {
+                        walk(c, seen, out);
+                    }
+                }
+                NodeKind::Leaf { extents } => {
+                    for s in extents.iter().flat_map(|e| e.segments()) {
+                        *out.entry(s).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = HashMap::new();
+        for r in roots.iter().copied().flatten() {
+            walk(r, &mut seen, &mut out);
+        }
+        out
     }
 
     fn check_structure(root: &Option<Arc<Node>>) {
@@ -910,7 +997,8 @@ mod tests {
             type Snapshot = (Option<Arc<Node>>, BTreeMap<u64, u64>);
             let mut snaps: Vec<Snapshot> = Vec::new();
             let mut next_seg = 1_000_000u64;
-            for (at, len, kind) in ops {
+            let n = ops.len();
+            for (i, (at, len, kind)) in ops.into_iter().enumerate() {
                 let to = at + len;
                 if kind == 3 {
                     // snapshot
@@ -925,10 +1013,16 @@ mod tests {
                         model.insert(e.vseg + i, e.layers[0].seg + if e.len > 1 { i } else { 0 });
                     }
                 }
-                let r = splice(root.as_ref(), at, to, &new, &mut rc);
-                set_root(&mut root, r, &mut rc);
+                // Replaced in place: segment references pass from leaves no snapshot
+                // shares to their replacements.
+                replace(&mut root, &[Edit { from: at, to, extents: Cow::Borrowed(&new) }], &mut rc);
                 check_structure(&root);
                 prop_assert_eq!(&flatten(&root), &model);
+                if i % 16 == 15 || i + 1 == n {
+                    let live: Vec<_> =
+                        std::iter::once(&root).chain(snaps.iter().map(|(s, _)| s)).collect();
+                    prop_assert_eq!(&rc.segs, &recount(&live));
+                }
             }
             for (s, m) in &snaps {
                 prop_assert_eq!(&flatten(s), m);
@@ -974,8 +1068,7 @@ mod tests {
             let mut rc_one = Counts::default();
             let mut one = build_base(&mut rc_one);
             for (from, to, new) in &edits {
-                let r = splice(one.as_ref(), *from, *to, new, &mut rc_one);
-                set_root(&mut one, r, &mut rc_one);
+                replace(&mut one, &[Edit { from: *from, to: *to, extents: Cow::Borrowed(new) }], &mut rc_one);
             }
             // In one pass, with a snapshot of the base kept.
             let mut rc_many = Counts::default();
