@@ -1,5 +1,5 @@
 # Shared by the scripts that measure one tessera build at a time (metadata at scale):
-# bench/metadata_scale.sh, snapshot_under_load.sh, flush_under_load.sh,
+# bench/metadata_scale.sh, snapshot_under_load.sh, flush_under_load.sh, first_writes.sh,
 # reopen_after_kill.sh.
 
 # tessera_build: keeps `T` if a build was given (`--tessera PATH`); otherwise builds this

@@ -2,12 +2,13 @@
 //! (DESIGN.md, "The mapping layer"; the seeds are the source).
 //!
 //! Data path (per core; imports only each other, `bdev` and `reactor`):
-//! - [`map`]: table entries (extents, layers, fills) and block resolution — pure.
+//! - [`map`]: table entries (extents, layers), the fills of partially written segments
+//!   (by segment) and block resolution.
 //! - [`table`]: the copy-on-write B+tree of extents with structural sharing — pure.
 //! - [`msg`]: the messages between the controller and the agents (commands, views,
 //!   mapping faults) and the port through which an agent reaches its controller.
-//! - [`shared`]: what every core knows of a pool: containers, segment placement, the
-//!   queue of changed fills, the controller port.
+//! - [`shared`]: what every core knows of a pool: containers, segment placement, its
+//!   fills and the queue of changed ones, the controller port.
 //! - [`agent`]: the per-core I/O path of a disk: fast path, parked path, discard.
 //!
 //! Control path (the controller core; may use the data path, never the reverse):
