@@ -106,6 +106,40 @@ pub(crate) struct DiskCtl {
     pub overrides: Vec<(u64, u64, RangeState)>,
     pub quiesced: bool,
     pub failed: Option<IoStatus>,
+    /// Table edits made (`set_extents`), and how many of them the agents' views held
+    /// when the last view push completed.
+    pub edits: u64,
+    pub edits_pushed: u64,
+    /// A view push that faults share (see [`Controller::publish_edits`]), under way.
+    pub shared_push: Option<Rc<PushDone>>,
+}
+
+/// Wakes the faults waiting for a shared view push when it is done.
+#[derive(Default)]
+pub(crate) struct PushDone {
+    done: std::cell::Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl PushDone {
+    pub(crate) fn finish(&self) {
+        self.done.set(true);
+        for w in self.wakers.take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.done.get() {
+                Poll::Ready(())
+            } else {
+                self.wakers.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 impl DiskCtl {
@@ -121,6 +155,9 @@ impl DiskCtl {
             overrides: Vec::new(),
             quiesced: false,
             failed: None,
+            edits: 0,
+            edits_pushed: 0,
+            shared_push: None,
         }
     }
 }
@@ -342,6 +379,7 @@ impl Controller {
                 extents: std::borrow::Cow::Borrowed(&exts),
             };
             table::replace(&mut d.root, &[edit], &mut st.space);
+            d.edits += 1;
             st.changes += 1;
             if let Some(l) = st.log.as_mut() {
                 let record = log::encode_splice(disk, from, to, &exts, &self.shared.fills);

@@ -133,7 +133,7 @@ impl Controller {
         }
         self.update_free();
         // A new allocation must be visible on every core before the write completes.
-        let _ = self.push_view(disk, false).await;
+        let _ = self.publish_edits(disk).await;
         Some(IoStatus::Success)
     }
 

@@ -1340,3 +1340,39 @@ fn a_full_metadata_area_refuses_new_metadata_and_the_pool_keeps_working() {
 
 mod intent_log;
 mod resize;
+
+/// Faults resolved together share their view push: 32 first writes into fresh segments
+/// at once push far fewer than 32 views, and every one of them reads back.
+#[test]
+fn concurrent_first_writes_share_view_pushes() {
+    let (set, _base, pool, disk) = thin_disk(32 << 20);
+    let id = block_on(pool.disk("vd0")).unwrap().disk_id();
+    let version = |pool: &Pool| {
+        block_on(pool.on_ctl(move |c| async move { Ok(c.st.borrow().disks[&id].version) })).unwrap()
+    };
+    let before = version(&pool);
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        let writes: Vec<_> = (0..32u64)
+            .map(|s| {
+                let d = d.clone();
+                crate::reactor::spawn_local(async move {
+                    write_byte(&d, s * 256 + 3, s as u8 + 1).await
+                })
+            })
+            .collect();
+        for w in writes {
+            w.await.expect("a first write into a fresh segment");
+        }
+    });
+    let pushes = version(&pool) - before;
+    println!("32 first writes pushed {pushes} views");
+    assert!(pushes <= 16, "32 first writes pushed {pushes} views");
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        for s in 0..32u64 {
+            assert_eq!(read_byte(&d, s * 256 + 3).await, s as u8 + 1, "segment {s}");
+            assert_eq!(read_byte(&d, s * 256 + 4).await, 0, "segment {s}");
+        }
+    });
+}

@@ -28,6 +28,7 @@ use super::msg::{AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState
 use crate::bdev::IoStatus;
 use crate::reactor::{self, Cores, Nanos, RemoteHandle};
 use std::future::Future;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -170,6 +171,56 @@ impl Controller {
     pub(crate) async fn push_view(&self, disk: u64, blocking: bool) -> Result<(), Stall> {
         let deadline = reactor::now().after(self.limits.get().drain);
         self.push_view_until(disk, blocking, deadline).await
+    }
+
+    /// Pushes `disk`'s view once it holds every table edit made so far, sharing the push
+    /// with the other faults resolved in the same turn: the first to get here lets them
+    /// have their turn, then pushes the table as it is; the others wait for that push
+    /// (and push again themselves if it failed, or came too early for their edit). A
+    /// burst of first writes pushes a view per turn, not per fault.
+    pub(crate) async fn publish_edits(&self, disk: u64) -> Result<(), Stall> {
+        let Some(mine) = self.st.borrow().disks.get(&disk).map(|d| d.edits) else {
+            return Ok(());
+        };
+        loop {
+            let under_way = {
+                let mut st = self.st.borrow_mut();
+                let Some(d) = st.disks.get_mut(&disk) else {
+                    return Ok(());
+                };
+                if d.edits_pushed >= mine {
+                    return Ok(());
+                }
+                match &d.shared_push {
+                    Some(p) => Some(p.clone()),
+                    None => {
+                        d.shared_push = Some(Rc::default());
+                        None
+                    }
+                }
+            };
+            if let Some(push) = under_way {
+                // Done within the push's own time limit, whatever happens to it.
+                push.wait().await;
+                continue;
+            }
+            reactor::yield_now().await;
+            let cover = self.st.borrow().disks.get(&disk).map_or(mine, |d| d.edits);
+            let r = self.push_view(disk, false).await;
+            let push = {
+                let mut st = self.st.borrow_mut();
+                st.disks.get_mut(&disk).and_then(|d| {
+                    if r.is_ok() {
+                        d.edits_pushed = d.edits_pushed.max(cover);
+                    }
+                    d.shared_push.take()
+                })
+            };
+            if let Some(p) = push {
+                p.finish();
+            }
+            return r;
+        }
     }
 
     /// [`Controller::push_view`], waiting until `deadline` at most.
