@@ -28,17 +28,7 @@ if [ "${#builds[@]}" -eq 0 ]; then
 fi
 work=$(mktemp -d /var/tmp/tessera-firstwrites.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-cat >"$work/pool.yaml" <<YAML
-cores: [0]
-idle: busy
-bdevs:
-  - {type: null, name: data0, size: 4TiB}
-  - {type: uring, name: meta0, path: $work/meta.img}
-pools:
-  - {name: p0, bdevs: [data0], metadata_bdev: meta0}
-disks:
-  - {name: thin0, pool: p0, size: 4TiB, thin: true}
-YAML
+null_pool_yaml "$work/meta.img" 4TiB >"$work/pool.yaml"
 machine_line
 echo "# 4 TiB thin disk, null data, metadata file; QD 64 random 4 KiB first writes, $seconds s"
 for r in $(seq "$rounds"); do

@@ -35,17 +35,7 @@ echo "# $T; QD 32 random 4 KiB writes for $seconds s, snapshots at $at"
 for size in $sizes; do
     rm -f "$work/meta.img"
     truncate -s 2G "$work/meta.img"
-    cat >"$work/pool.yaml" <<YAML
-cores: [0]
-idle: busy
-bdevs:
-  - {type: null, name: data0, size: 4TiB}
-  - {type: uring, name: meta0, path: $work/meta.img}
-pools:
-  - {name: p0, bdevs: [data0], metadata_bdev: meta0}
-disks:
-  - {name: thin0, pool: p0, size: $size, thin: true}
-YAML
+    null_pool_yaml "$work/meta.img" "$size" >"$work/pool.yaml"
     "$T" bench -c "$work/pool.yaml" --bdev thin0 -w randwrite -q 32 -t "$seconds" \
         --snapshot-at "$at" --json >"$work/out.json" 2>"$work/log"
     timed_summary "$work/out.json" snapshots create size "$size" "$work/log"

@@ -124,7 +124,7 @@ impl Controller {
         }
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        for (seg, (owner, v, _)) in logged {
+        for (seg, (owner, v)) in logged {
             if holds_fill(&st.disks, owner, v, seg) {
                 wanted.entry(owner).or_default().insert(v);
             }
@@ -155,10 +155,10 @@ impl Controller {
             .map(|l| {
                 l.fills_logged
                     .iter()
-                    .filter(|&(&seg, &(owner, v, _))| {
+                    .filter(|&(&seg, &(owner, v))| {
                         disks.contains(&owner) && holds_fill(&st.disks, owner, v, seg)
                     })
-                    .map(|(_, &(owner, v, _))| (owner, v))
+                    .map(|(_, &owner_vseg)| owner_vseg)
                     .collect()
             })
             .unwrap_or_default();

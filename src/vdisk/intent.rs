@@ -97,9 +97,8 @@ pub(crate) struct IntentLog {
     mirror: BTreeMap<u64, Mirrored>,
     counters: (u64, u64),
     /// Fills logged since the last checkpoint's capture, by segment, with their owner
-    /// (disk, virtual segment) and the birth of their extent: the next checkpoint
-    /// rewrites the leaves that hold them.
-    pub fills_logged: BTreeMap<u64, (u64, u64, u64)>,
+    /// (disk, virtual segment): the next checkpoint rewrites the leaves that hold them.
+    pub fills_logged: BTreeMap<u64, (u64, u64)>,
     /// Records the open replayed.
     pub replayed_at_open: u64,
     /// When the last checkpoint was captured.
@@ -553,7 +552,7 @@ impl Controller {
             // copied (`commit.rs`).
             let root = d.root.as_ref().expect("looked up above");
             if root.leaf_page(vseg) != NO_PAGE {
-                l.fills_logged.insert(seg, (disk, vseg, e.birth));
+                l.fills_logged.insert(seg, (disk, vseg));
             }
         }
     }

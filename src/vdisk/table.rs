@@ -370,6 +370,17 @@ pub fn splice_many(
     edits: &[Edit<'_>],
     rc: &mut dyn RefCounts,
 ) -> Option<Arc<Node>> {
+    splice_root(root, edits, false, rc)
+}
+
+/// [`splice_many`]; `sole`: the root is freed once the new one is installed (see
+/// [`replace`]).
+fn splice_root(
+    root: Option<&Arc<Node>>,
+    edits: &[Edit<'_>],
+    sole: bool,
+    rc: &mut dyn RefCounts,
+) -> Option<Arc<Node>> {
     debug_assert!(edits.iter().all(|e| {
         e.from < e.to
             && e.extents.windows(2).all(|w| w[0].end() <= w[1].vseg)
@@ -388,7 +399,7 @@ pub fn splice_many(
             .collect();
         return build_root(leaves_from(0, all, false, true, rc), rc);
     };
-    build_root(splice_in(root, 0, u64::MAX, edits, false, rc), rc)
+    build_root(splice_in(root, 0, u64::MAX, edits, sole, rc), rc)
 }
 
 /// [`splice_many`] of the table in `slot`, installed there ([`set_root`]). A leaf on a
@@ -397,13 +408,9 @@ pub fn splice_many(
 /// counted up for the new leaves and down again for the old one (on a big table that
 /// is a cache miss per extent of the leaf, for every first write).
 pub fn replace(slot: &mut Option<Arc<Node>>, edits: &[Edit<'_>], rc: &mut dyn RefCounts) {
-    let new = match slot.as_ref() {
-        // Held by `slot` alone: freed by the `set_root` below.
-        Some(root) if root.refs() == 1 && !edits.is_empty() => {
-            build_root(splice_in(root, 0, u64::MAX, edits, true, rc), rc)
-        }
-        root => splice_many(root, edits, rc),
-    };
+    // Held by `slot` alone: freed by the `set_root` below.
+    let sole = slot.as_ref().is_some_and(|r| r.refs() == 1);
+    let new = splice_root(slot.as_ref(), edits, sole, rc);
     set_root(slot, new, rc);
 }
 
@@ -647,13 +654,12 @@ fn splice_in(
                 out.iter().all(|e| e.vseg >= lo && e.end() <= hi),
                 "extent crosses its leaf"
             );
-            if !sole {
-                return leaves_from(lo, out, !append, true, rc);
-            }
-            let leaves = leaves_from(lo, out, !append, false, rc);
-            node.segs_moved.store(true, Ordering::Relaxed);
-            for s in removed {
-                rc.seg_add(s, -1);
+            let leaves = leaves_from(lo, out, !append, !sole, rc);
+            if sole {
+                node.segs_moved.store(true, Ordering::Relaxed);
+                for s in removed {
+                    rc.seg_add(s, -1);
+                }
             }
             leaves
         }
