@@ -15,7 +15,8 @@
 //! **Faults.** An agent that may not do a write (no segment allocated, a segment shared
 //! with a snapshot) parks the I/O and sends a fault. The controller serialises faults per
 //! virtual segment, changes the table (allocate, or copy-on-write), pushes the view and
-//! replies; the agent retries the parked I/O.
+//! replies; the agent retries the parked I/O. The faults of a disk resolved in the same
+//! turn set their extents in one pass down the table and share one view push.
 //!
 //! **Durable points** (flush, FUA writes, snapshots, clones, creates, deletes, and in the
 //! background every second) append the changes made since the last one to the intent
@@ -110,8 +111,14 @@ pub(crate) struct DiskCtl {
     /// when the last view push completed.
     pub edits: u64,
     pub edits_pushed: u64,
+    /// Passes down the table that made the edits (several edits share one when faults
+    /// are resolved together).
+    pub passes: u64,
     /// A view push that faults share (see [`Controller::publish_edits`]), under way.
     pub shared_push: Option<Rc<PushDone>>,
+    /// Write faults resolved this turn, whose extents are set together
+    /// (`Controller::set_fault_extent`).
+    pub pending_faults: Vec<super::cow::PendingFault>,
 }
 
 /// Wakes the faults waiting for a shared view push when it is done.
@@ -157,7 +164,9 @@ impl DiskCtl {
             failed: None,
             edits: 0,
             edits_pushed: 0,
+            passes: 0,
             shared_push: None,
+            pending_faults: Vec::new(),
         }
     }
 }
@@ -367,23 +376,36 @@ impl Controller {
     /// against the metadata budget from now on; [`Controller::try_set_extents`] makes
     /// sure first that they fit.
     pub(crate) fn set_extents(&self, disk: u64, from: u64, to: u64, exts: Vec<Extent>) {
+        self.set_extents_many(disk, &[(from, to, exts)]);
+    }
+
+    /// [`Controller::set_extents`] of several ranges of one disk (sorted, disjoint) in
+    /// one pass down its table: each node on their paths is rebuilt once. Each range is
+    /// logged as its own splice.
+    pub(crate) fn set_extents_many(&self, disk: u64, ranges: &[(u64, u64, Vec<Extent>)]) {
         let height = {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             let Some(d) = st.disks.get_mut(&disk) else {
                 return;
             };
-            let edit = table::Edit {
-                from,
-                to,
-                extents: std::borrow::Cow::Borrowed(&exts),
-            };
-            table::replace(&mut d.root, &[edit], &mut st.space);
-            d.edits += 1;
-            st.changes += 1;
-            if let Some(l) = st.log.as_mut() {
-                let record = log::encode_splice(disk, from, to, &exts, &self.shared.fills);
-                l.splice(st.changes, disk, record, &d.root);
+            let edits: Vec<table::Edit<'_>> = ranges
+                .iter()
+                .map(|(from, to, exts)| table::Edit {
+                    from: *from,
+                    to: *to,
+                    extents: std::borrow::Cow::Borrowed(exts),
+                })
+                .collect();
+            table::replace(&mut d.root, &edits, &mut st.space);
+            d.passes += 1;
+            for (from, to, exts) in ranges {
+                d.edits += 1;
+                st.changes += 1;
+                if let Some(l) = st.log.as_mut() {
+                    let record = log::encode_splice(disk, *from, *to, exts, &self.shared.fills);
+                    l.splice(st.changes, disk, record, &d.root);
+                }
             }
             d.root.as_ref().map_or(0, |r| r.height() as u64)
         };

@@ -20,11 +20,15 @@
 //!
 //! Snapshots and clones, which create the sharing, are in `snapshot.rs`.
 
-use super::commit::MAX_EXTENT_BYTES;
+use super::commit::{MAX_EXTENT_BYTES, splice_bound};
 use super::controller::Controller;
 use super::map::{Extent, ExtentState, Layer, MAX_LAYERS, NO_OWNER, Source};
+use super::table;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{IoBuf, IoStatus};
+use crate::reactor;
+use std::cell::Cell;
+use std::rc::Rc;
 
 impl Controller {
     /// Resolves a write fault: after it, the extent at `vseg` is writable by `disk` (or
@@ -116,9 +120,15 @@ impl Controller {
         };
         // The top layer is a new segment (allocated above, or by the merge).
         let top = ext.layers[0].seg;
-        // Pages the changes waiting for a commit hold come back with it (and the fills'
-        // with the one after): a write is refused for metadata space only once two
-        // commits did not make room.
+        if self.set_fault_extent(disk, ext.clone()).await {
+            self.update_free();
+            // A new allocation must be visible on every core before the write completes.
+            let _ = self.publish_edits(disk).await;
+            return Some(IoStatus::Success);
+        }
+        // The batch did not fit. Pages the changes waiting for a commit hold come back
+        // with it (and the fills' with the one after): a write is refused for metadata
+        // space only once two commits did not make room.
         let mut commits = 0;
         while let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext.clone()]) {
             if commits < 2 && matches!(e, VdiskError::NoMetadataSpace { .. }) {
@@ -135,6 +145,69 @@ impl Controller {
         // A new allocation must be visible on every core before the write completes.
         let _ = self.publish_edits(disk).await;
         Some(IoStatus::Success)
+    }
+
+    /// Sets the extent of a resolved write fault (one segment, writable by `disk`)
+    /// together with every other fault of the disk resolved in the same turn: one pass
+    /// down the table for all of them ([`Controller::set_extents_many`]), where a fault
+    /// at a time copied the path from the root for each (every internal node copied
+    /// touches each of its children). False if the metadata area has no room for the
+    /// whole batch: nothing of this fault was set.
+    ///
+    /// Whoever of the batch runs first after the turn sets them all, so no fault waits
+    /// for another that may never run again.
+    async fn set_fault_extent(&self, disk: u64, ext: Extent) -> bool {
+        let done = Rc::new(Cell::new(None));
+        match self.st.borrow_mut().disks.get_mut(&disk) {
+            Some(d) => d.pending_faults.push(PendingFault {
+                ext,
+                done: done.clone(),
+            }),
+            None => return false,
+        }
+        reactor::yield_now().await;
+        if done.get().is_none() {
+            self.set_pending_faults(disk);
+        }
+        done.get().unwrap_or(false)
+    }
+
+    /// Sets every fault extent of `disk` waiting in its batch (see
+    /// [`Controller::set_fault_extent`]), if the metadata area has room for them all.
+    fn set_pending_faults(&self, disk: u64) {
+        let mut batch = match self.st.borrow_mut().disks.get_mut(&disk) {
+            Some(d) => std::mem::take(&mut d.pending_faults),
+            None => return,
+        };
+        // Each holds its segment's lock: the segments are distinct.
+        batch.sort_unstable_by_key(|p| p.ext.vseg);
+        let cost = {
+            let st = self.st.borrow();
+            let root = st.disks.get(&disk).and_then(|d| d.root.as_ref());
+            batch
+                .iter()
+                .map(|p| {
+                    let v = p.ext.vseg;
+                    splice_bound(root, v, v + 1, table::extent_encoded_len(&p.ext))
+                })
+                .sum()
+        };
+        let set = match self.reserve_meta(cost) {
+            Ok(_meta) => {
+                // No snapshot of the disk came between (each fault holds its segment's
+                // lock): the extents are set as planned.
+                let ranges: Vec<(u64, u64, Vec<Extent>)> = batch
+                    .iter()
+                    .map(|p| (p.ext.vseg, p.ext.vseg + 1, vec![p.ext.clone()]))
+                    .collect();
+                self.set_extents_many(disk, &ranges);
+                true
+            }
+            Err(_) => false,
+        };
+        for p in batch {
+            p.done.set(Some(set));
+        }
     }
 
     /// A segment whose layers are stacked too deep: copy what every layer holds into one
@@ -450,6 +523,14 @@ impl Controller {
         st.changed();
         Ok(())
     }
+}
+
+/// A resolved write fault's extent waiting to be set with the others of its turn
+/// ([`Controller::set_fault_extent`]).
+pub(crate) struct PendingFault {
+    ext: Extent,
+    /// Set once the batch was handled: whether the extent was set.
+    done: Rc<Cell<Option<bool>>>,
 }
 
 enum Plan {

@@ -1341,16 +1341,21 @@ fn a_full_metadata_area_refuses_new_metadata_and_the_pool_keeps_working() {
 mod intent_log;
 mod resize;
 
-/// Faults resolved together share their view push: 32 first writes into fresh segments
-/// at once push far fewer than 32 views, and every one of them reads back.
+/// Faults resolved together share their view push and their pass down the table: 32
+/// first writes into fresh segments at once push far fewer than 32 views, set their
+/// extents in far fewer than 32 passes, and every one of them reads back.
 #[test]
-fn concurrent_first_writes_share_view_pushes() {
+fn concurrent_first_writes_share_view_pushes_and_table_passes() {
     let (set, _base, pool, disk) = thin_disk(32 << 20);
     let id = block_on(pool.disk("vd0")).unwrap().disk_id();
     let version = |pool: &Pool| {
-        block_on(pool.on_ctl(move |c| async move { Ok(c.st.borrow().disks[&id].version) })).unwrap()
+        block_on(pool.on_ctl(move |c| async move {
+            let st = c.st.borrow();
+            Ok((st.disks[&id].version, st.disks[&id].passes))
+        }))
+        .unwrap()
     };
-    let before = version(&pool);
+    let (before, passes_before) = version(&pool);
     let d = disk.clone();
     on(&set, 1, move || async move {
         let writes: Vec<_> = (0..32u64)
@@ -1365,9 +1370,14 @@ fn concurrent_first_writes_share_view_pushes() {
             w.await.expect("a first write into a fresh segment");
         }
     });
-    let pushes = version(&pool) - before;
-    println!("32 first writes pushed {pushes} views");
+    let (after, passes_after) = version(&pool);
+    let (pushes, passes) = (after - before, passes_after - passes_before);
+    println!("32 first writes pushed {pushes} views, set in {passes} table passes");
     assert!(pushes <= 16, "32 first writes pushed {pushes} views");
+    assert!(
+        passes <= 16,
+        "32 first writes were set in {passes} table passes"
+    );
     let d = disk.clone();
     on(&set, 1, move || async move {
         for s in 0..32u64 {
