@@ -7,7 +7,8 @@
 # kept (the data file changes only by the writes), and reopened ROUNDS times from that
 # same state: time from the process's start
 # to "pool opened" in its log (the log read and replayed, the tables loaded, and the
-# checkpoint open writes before serving), records replayed, peak resident memory; and
+# checkpoint open writes before serving), records replayed, peak resident memory and
+# the memory resident once open (as the "pool opened" log line reports it); and
 # that time per TiB mapped (segments referenced × segment size, as `tessera check`
 # counts them after the reopen); and `tessera check` of the reopened pool, per TiB.
 #
@@ -84,14 +85,18 @@ seg_bytes = int(created.split("segment_bytes=")[1].split()[0])
 mapped_tib = c["segments_referenced"] * seg_bytes / (1 << 40)
 secs = (opened - start).total_seconds()
 rss = int(open(f"{work}/rss").read().split()[-1]) * 1024
+opened_line = next(l for l in log if "pool opened" in l)
+resident = int(opened_line.split("resident_bytes=")[1].split()[0]) if "resident_bytes=" in opened_line else 0
 print(json.dumps({
     "extents": c["extents"],
     "mapped_tib": round(mapped_tib, 3),
     "records_replayed": records,
     "reopen_s": round(secs, 3),
     "reopen_s_per_tib_mapped": round(secs / mapped_tib, 2),
-    "rss_mib": round(rss / (1 << 20)),
-    "rss_bytes_per_extent": round(rss / max(c["extents"], 1)),
+    "peak_rss_mib": round(rss / (1 << 20)),
+    "peak_rss_bytes_per_extent": round(rss / max(c["extents"], 1)),
+    "resident_after_open_mib": round(resident / (1 << 20)),
+    "resident_after_open_bytes_per_extent": round(resident / max(c["extents"], 1)),
     "check_s": round(t1 - t0, 3),
     "check_s_per_tib_mapped": round((t1 - t0) / mapped_tib, 2),
 }))

@@ -52,9 +52,33 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// Memory this process holds resident, in bytes (Linux: `/proc/self/statm`); `None`
+/// where it cannot be read.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a configuration value; it takes no pointer.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Touching 64 MiB shows in the resident count (tests run in parallel threads of
+    /// one process, so only a lower bound on the growth holds).
+    #[test]
+    fn resident_bytes_grow_with_memory_touched() {
+        let before = resident_bytes().expect("/proc/self/statm is readable");
+        let held = vec![1u8; 64 << 20];
+        let after = resident_bytes().expect("/proc/self/statm is readable");
+        assert!(
+            after >= before + (48 << 20),
+            "resident {before} -> {after} after touching 64 MiB"
+        );
+        drop(std::hint::black_box(held));
+    }
 
     #[test]
     fn sizes() {

@@ -17,7 +17,7 @@ use super::meta::label::{Label, Role};
 use super::meta::space_map::{SpaceMapPtrs, sm_index_pages_for, sm_pages_for};
 use super::meta::superblock::{ContainerRecord, LogArea, MAX_SEGMENTS, Superblock};
 use super::meta::{self, BlockPtr, PAGE_BYTES, SUPERBLOCK_OFFSET};
-use super::scan::{self, Mode, NodePage, Scan};
+use super::scan::{self, Mode, NodePage, Scan, ScannedNode};
 use super::shared::{Container, PoolShared};
 use super::table::{Node, NodeKind};
 use super::views;
@@ -537,8 +537,23 @@ async fn open_labelled(
         })?;
     }
     c.resume_jobs();
-    tracing::info!(pool = %shared.name, uuid = %pool_uuid, txn = sb.txn, disks = ndisks, "pool opened");
+    give_back_free_memory();
+    tracing::info!(pool = %shared.name, uuid = %pool_uuid, txn = sb.txn, disks = ndisks,
+        resident_bytes = crate::util::resident_bytes().unwrap_or(0), "pool opened");
     Ok(shared)
+}
+
+/// Returns the heap's free pages to the system. Opening a big pool holds the decoded
+/// pages, the tables before and after the replay and a checkpoint's pages for a moment;
+/// freed, that memory stays resident in the allocator's heap (a 4 TiB disk with 670 K
+/// extents: 171 MiB resident after open, 121 MiB after this) unless given back.
+fn give_back_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `malloc_trim` only releases memory the allocator holds free; it takes no
+    // pointer and leaves every live allocation where it is.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 struct Loaded {
@@ -552,15 +567,15 @@ struct Loaded {
 
 /// Builds the in-memory tables from a scan that found no error: shared pages become
 /// shared nodes; the fills of partial layers go to `fills`.
-fn build_state(found: Scan, fills: &Fills) -> Loaded {
+fn build_state(mut found: Scan, fills: &Fills) -> Loaded {
     let mut built: FxHashMap<u64, Arc<Node>> = FxHashMap::default();
     let mut roots = Vec::new();
-    for r in &found.roots {
+    for r in std::mem::take(&mut found.roots) {
         if r.is_none() {
             roots.push(None);
             continue;
         }
-        let root = build(r.page, &found, &mut built, fills);
+        let root = build(r.page, &mut found.nodes, &mut built, fills);
         root.retain();
         roots.push(Some(root));
     }
@@ -589,23 +604,27 @@ fn set_fill_owners(table: &BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>, fills
 }
 
 /// The node of `page` (every page reachable from a root was scanned and verified; the
-/// scan bounds the depth).
+/// scan bounds the depth). Each scanned page is taken out of `scanned` as its node is
+/// built, so that the decoded leaves are given back while the nodes are made, not
+/// held beside all of them.
 fn build(
     page: u64,
-    found: &Scan,
+    scanned: &mut FxHashMap<u64, ScannedNode>,
     built: &mut FxHashMap<u64, Arc<Node>>,
     fills: &Fills,
 ) -> Arc<Node> {
     if let Some(n) = built.get(&page) {
         return n.clone();
     }
-    let scanned = &found.nodes[&page];
-    let kind = match &scanned.node {
+    let scanned_page = scanned
+        .remove(&page)
+        .expect("every page a built node points at was scanned");
+    let kind = match &scanned_page.node {
         NodePage::Internal(entries) => {
             let mut keys = Vec::with_capacity(entries.len());
             let mut children = Vec::with_capacity(entries.len());
-            for &(k, c) in entries {
-                let child = build(c.page, found, built, fills);
+            for &(k, c) in entries.iter() {
+                let child = build(c.page, scanned, built, fills);
                 child.retain();
                 keys.push(k);
                 children.push(child);
@@ -619,7 +638,7 @@ fn build(
                 .collect(),
         },
     };
-    let node = Node::loaded(kind, page, scanned.found.txn, scanned.found.crc);
+    let node = Node::loaded(kind, page, scanned_page.found.txn, scanned_page.found.crc);
     built.insert(page, node.clone());
     node
 }

@@ -236,7 +236,8 @@ pub fn decode_leaf(
         ));
     }
     let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
-    let mut out: Vec<RawExtent> = Vec::new();
+    // At most `fit`, checked above.
+    let mut out: Vec<RawExtent> = Vec::with_capacity(h.count as usize);
     for i in 0..h.count {
         let e =
             read_extent(&mut r, i, total_segments).map_err(|(field, reason)| bad(field, reason))?;
