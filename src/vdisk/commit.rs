@@ -5,10 +5,13 @@
 //!    written), so the new leaf is written with the fill's bits as they are *now*;
 //! 2. capture: the roots, records, counters, space map and log position at one instant;
 //!    then every node not yet written under those roots, a batch at a time between
-//!    yields, and the directory — the bits of every fill are read here;
+//!    yields, and the directory — the bits of every fill are read here. The node pages
+//!    are written as they accumulate (a few MiB at a time, not the whole checkpoint held
+//!    in memory): they are free in the committed state, and nothing points at them
+//!    before the superblock of step 5;
 //! 3. flush the data containers — every write whose bits were read in (2) completed
 //!    before its bits were set, so it is durable now;
-//! 4. write the metadata pages, flush;
+//! 4. write the rest of the metadata pages, flush;
 //! 5. write the superblock into the slot of this transaction's parity, flush;
 //! 6. drain every agent (a blocking barrier) and make what was freed before the
 //!    capture reusable — at once if the drain completes within its time limit, else
@@ -214,6 +217,7 @@ impl Controller {
                 return Err(IoStatus::CapacityExceeded);
             }
             Err(CaptureError::Failed(why)) => return Err(self.fail(why)),
+            Err(CaptureError::Stopped) => return Err(IoStatus::Aborted),
         };
         self.sync_meta_budget();
         if let Err(e) = self.flush_containers().await {
@@ -259,7 +263,8 @@ impl Controller {
             st.dir_pages = captured.dir_pages;
             st.space_map = captured.space_map;
         }
-        tracing::debug!(pool = %self.shared.name, txn, pages = captured.pages.len(), "committed");
+        let pages = captured.pages_written + captured.pages.len();
+        tracing::debug!(pool = %self.shared.name, txn, pages, "committed");
         self.release_after_drain(txn).await;
         Ok(())
     }
@@ -396,11 +401,15 @@ impl Controller {
     async fn capture(&self) -> Result<Captured, CaptureError> {
         let begun = self.capture_begin()?;
         let mut pages = begun.pages;
+        let mut pages_written = 0;
         let mut roots = Vec::with_capacity(begun.roots.len());
         let mut failed = None;
         for r in &begun.roots {
             match r {
-                Some(root) => match self.write_tree(root, begun.sb.txn, &mut pages).await {
+                Some(root) => match self
+                    .write_tree(root, begun.sb.txn, &mut pages, &mut pages_written)
+                    .await
+                {
                     Ok(p) => roots.push(p),
                     Err(e) => {
                         failed = Some(e);
@@ -458,6 +467,7 @@ impl Controller {
         sb.directory = next;
         Ok(Captured {
             pages,
+            pages_written,
             sb,
             changes: begun.changes,
             dir_pages,
@@ -539,15 +549,21 @@ impl Controller {
     }
 
     /// Writes `root`'s unwritten nodes (children first: a parent records each child's
-    /// checksum), a batch at a time between yields; returns the pointer to `root`.
+    /// checksum), a batch at a time between yields; returns the pointer to `root`. The
+    /// encoded pages gather in `out` and are written whenever they reach a few MiB
+    /// (counted in `written`): a checkpoint of tens of thousands of pages holds a few
+    /// MiB of them, not all.
     async fn write_tree(
         &self,
         root: &Arc<Node>,
         txn: u64,
         out: &mut Vec<(u64, Vec<u8>)>,
+        written: &mut usize,
     ) -> Result<BlockPtr, CaptureError> {
         /// Nodes encoded between two yields.
         const BATCH: usize = 256;
+        /// Pages held before they are written (8 MiB).
+        const HELD: usize = 2048;
         let pool = self.shared.uuid;
         // (node, children visited): post-order without recursion.
         let mut stack: Vec<(Arc<Node>, bool)> = vec![(root.clone(), false)];
@@ -601,7 +617,19 @@ impl Controller {
             node.set_page(ptr.page, ptr.txn, ptr.crc);
             out.push((ptr.page, b));
             done += 1;
-            if done.is_multiple_of(BATCH) {
+            if out.len() >= HELD {
+                match self.write_pages(out).await {
+                    Ok(()) => {}
+                    Err(IoStatus::Aborted) if self.stopped() => return Err(CaptureError::Stopped),
+                    Err(e) => {
+                        return Err(CaptureError::Failed(format!(
+                            "writing metadata pages failed: {e:?}"
+                        )));
+                    }
+                }
+                *written += out.len();
+                out.clear();
+            } else if done.is_multiple_of(BATCH) {
                 reactor::yield_now().await;
             }
         }
@@ -662,8 +690,10 @@ impl Controller {
 enum CaptureError {
     /// The metadata area lacks pages: nothing was changed.
     Full { need: u64, free: u64 },
-    /// The state is inconsistent (the pool fails).
+    /// The state is inconsistent, or a page could not be written (the pool fails).
     Failed(String),
+    /// The pool is stopping.
+    Stopped,
 }
 
 impl CaptureError {
@@ -781,7 +811,10 @@ struct Begun {
 }
 
 struct Captured {
+    /// Pages still to write (the last nodes, the directory, the space map).
     pages: Vec<(u64, Vec<u8>)>,
+    /// Node pages written during the capture.
+    pages_written: usize,
     sb: Superblock,
     changes: u64,
     dir_pages: Vec<u64>,
