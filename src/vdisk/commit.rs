@@ -562,8 +562,10 @@ impl Controller {
     ) -> Result<BlockPtr, CaptureError> {
         /// Nodes encoded between two yields.
         const BATCH: usize = 256;
-        /// Pages held before they are written (8 MiB).
-        const HELD: usize = 2048;
+        // Pages held before they are written: 1/256 of the metadata area, at most 8
+        // MiB — so a small pool's checkpoints (the simulator's, whose crash points cover
+        // the writes made during a capture) are written in pieces too.
+        let held = (self.shared.meta_pages / 256).clamp(4, 2048) as usize;
         let pool = self.shared.uuid;
         // (node, children visited): post-order without recursion.
         let mut stack: Vec<(Arc<Node>, bool)> = vec![(root.clone(), false)];
@@ -617,7 +619,7 @@ impl Controller {
             node.set_page(ptr.page, ptr.txn, ptr.crc);
             out.push((ptr.page, b));
             done += 1;
-            if out.len() >= HELD {
+            if out.len() >= held {
                 match self.write_pages(out).await {
                     Ok(()) => {}
                     Err(IoStatus::Aborted) if self.stopped() => return Err(CaptureError::Stopped),
