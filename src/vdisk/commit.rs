@@ -813,7 +813,8 @@ struct Begun {
 }
 
 struct Captured {
-    /// Pages still to write (the last nodes, the directory, the space map).
+    /// Pages not written yet: the directory, and whatever was encoded since the capture
+    /// last wrote a piece (with the space map's pages if it wrote none).
     pages: Vec<(u64, Vec<u8>)>,
     /// Node pages written during the capture.
     pages_written: usize,
