@@ -376,34 +376,32 @@ impl Controller {
     /// against the metadata budget from now on; [`Controller::try_set_extents`] makes
     /// sure first that they fit.
     pub(crate) fn set_extents(&self, disk: u64, from: u64, to: u64, exts: Vec<Extent>) {
-        self.set_extents_many(disk, &[(from, to, exts)]);
+        let edit = table::Edit {
+            from,
+            to,
+            extents: std::borrow::Cow::Borrowed(&exts),
+        };
+        self.set_extents_many(disk, &[edit]);
     }
 
-    /// [`Controller::set_extents`] of several ranges of one disk (sorted, disjoint) in
-    /// one pass down its table: each node on their paths is rebuilt once. Each range is
-    /// logged as its own splice.
-    pub(crate) fn set_extents_many(&self, disk: u64, ranges: &[(u64, u64, Vec<Extent>)]) {
+    /// [`Controller::set_extents`] of several edits of one disk's table (sorted, ranges
+    /// disjoint) in one pass down it: each node on their paths is rebuilt once. Each
+    /// edit is logged as its own splice.
+    pub(crate) fn set_extents_many(&self, disk: u64, edits: &[table::Edit<'_>]) {
         let height = {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             let Some(d) = st.disks.get_mut(&disk) else {
                 return;
             };
-            let edits: Vec<table::Edit<'_>> = ranges
-                .iter()
-                .map(|(from, to, exts)| table::Edit {
-                    from: *from,
-                    to: *to,
-                    extents: std::borrow::Cow::Borrowed(exts),
-                })
-                .collect();
-            table::replace(&mut d.root, &edits, &mut st.space);
+            table::replace(&mut d.root, edits, &mut st.space);
             d.passes += 1;
-            for (from, to, exts) in ranges {
+            for e in edits {
                 d.edits += 1;
                 st.changes += 1;
                 if let Some(l) = st.log.as_mut() {
-                    let record = log::encode_splice(disk, *from, *to, exts, &self.shared.fills);
+                    let record =
+                        log::encode_splice(disk, e.from, e.to, &e.extents, &self.shared.fills);
                     l.splice(st.changes, disk, record, &d.root);
                 }
             }

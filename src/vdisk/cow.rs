@@ -20,13 +20,14 @@
 //!
 //! Snapshots and clones, which create the sharing, are in `snapshot.rs`.
 
-use super::commit::{MAX_EXTENT_BYTES, splice_bound};
+use super::commit::MAX_EXTENT_BYTES;
 use super::controller::Controller;
 use super::map::{Extent, ExtentState, Layer, MAX_LAYERS, NO_OWNER, Source};
 use super::table;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{IoBuf, IoStatus};
 use crate::reactor;
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -120,26 +121,22 @@ impl Controller {
         };
         // The top layer is a new segment (allocated above, or by the merge).
         let top = ext.layers[0].seg;
-        if self.set_fault_extent(disk, ext.clone()).await {
-            self.update_free();
-            // A new allocation must be visible on every core before the write completes.
-            let _ = self.publish_edits(disk).await;
-            return Some(IoStatus::Success);
-        }
-        // The batch did not fit. Pages the changes waiting for a commit hold come back
-        // with it (and the fills' with the one after): a write is refused for metadata
-        // space only once two commits did not make room.
-        let mut commits = 0;
-        while let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext.clone()]) {
-            if commits < 2 && matches!(e, VdiskError::NoMetadataSpace { .. }) {
-                commits += 1;
-                if self.commit().await.is_ok() {
-                    continue;
+        if !self.set_fault_extent(disk, ext.clone()).await {
+            // The batch did not fit. Pages the changes waiting for a commit hold come
+            // back with it (and the fills' with the one after): a write is refused for
+            // metadata space only once two commits did not make room.
+            let mut commits = 0;
+            while let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext.clone()]) {
+                if commits < 2 && matches!(e, VdiskError::NoMetadataSpace { .. }) {
+                    commits += 1;
+                    if self.commit().await.is_ok() {
+                        continue;
+                    }
                 }
+                self.st.borrow_mut().space.unalloc_segment(top);
+                tracing::debug!(pool = %self.shared.name, disk, vseg, error = %e, "write fault refused");
+                return Some(IoStatus::CapacityExceeded);
             }
-            self.st.borrow_mut().space.unalloc_segment(top);
-            tracing::debug!(pool = %self.shared.name, disk, vseg, error = %e, "write fault refused");
-            return Some(IoStatus::CapacityExceeded);
         }
         self.update_free();
         // A new allocation must be visible on every core before the write completes.
@@ -181,26 +178,26 @@ impl Controller {
         };
         // Each holds its segment's lock: the segments are distinct.
         batch.sort_unstable_by_key(|p| p.ext.vseg);
-        let cost = {
-            let st = self.st.borrow();
-            let root = st.disks.get(&disk).and_then(|d| d.root.as_ref());
-            batch
-                .iter()
-                .map(|p| {
-                    let v = p.ext.vseg;
-                    splice_bound(root, v, v + 1, table::extent_encoded_len(&p.ext))
-                })
-                .sum()
-        };
+        let cost = batch
+            .iter()
+            .map(|p| {
+                let v = p.ext.vseg;
+                self.splice_cost(disk, v, v + 1, table::extent_encoded_len(&p.ext))
+            })
+            .sum();
         let set = match self.reserve_meta(cost) {
             Ok(_meta) => {
                 // No snapshot of the disk came between (each fault holds its segment's
                 // lock): the extents are set as planned.
-                let ranges: Vec<(u64, u64, Vec<Extent>)> = batch
+                let edits: Vec<table::Edit<'_>> = batch
                     .iter()
-                    .map(|p| (p.ext.vseg, p.ext.vseg + 1, vec![p.ext.clone()]))
+                    .map(|p| table::Edit {
+                        from: p.ext.vseg,
+                        to: p.ext.vseg + 1,
+                        extents: Cow::Borrowed(std::slice::from_ref(&p.ext)),
+                    })
                     .collect();
-                self.set_extents_many(disk, &ranges);
+                self.set_extents_many(disk, &edits);
                 true
             }
             Err(_) => false,
