@@ -11,8 +11,12 @@
 #
 # I/O cases (QD 64): raw malloc and a thick 1 GiB lvol, randread and randwrite; reads
 # through a clone of a clone of a clone of a written 1 GiB volume; first writes after a
-# snapshot (each 4 KiB block of a written 768 MiB volume once, in random order: the first
-# write into each 1 MiB cluster copies it). Control cases: snapshot create of a written
+# snapshot: random writes, no offset twice (bdevperf -D, tessera bench --once), for 1 s
+# into a snapshotted thick 4.25 GiB volume on a 9 GiB malloc bdev (1.1 M blocks: about
+# what either side writes in that second; a side that has written every block ends
+# early), so both sides do the same work: every write is its block's first since the
+# snapshot; the first into each 1 MiB cluster copies the cluster in SPDK, and tessera
+# writes only the 4 KiB granule. Control cases: snapshot create of a written
 # 1 GiB volume and of an empty 1 TiB thin volume; inflate of a 1 GiB clone whose parent
 # is written. Each case reports both sides' medians and their ratio (tessera / SPDK; for
 # times, SPDK / tessera, so above 1 is tessera ahead either way).
@@ -40,7 +44,8 @@ cleanup() {
     remove_spdk_traces
 }
 trap cleanup EXIT
-reserve_hugepages 2304 2304
+# The first-write case's 9 GiB malloc bdev needs 10 GiB of SPDK memory; the others 4 GiB.
+if selected first_write_after_snapshot; then reserve_hugepages 5248 5248; else reserve_hugepages 2304 2304; fi
 
 # config NAME CALLS... : an SPDK JSON config: the malloc bdev, then the given calls.
 config() {
@@ -50,7 +55,7 @@ config() {
     calls=$(IFS=,; echo "$*")
     cat >"$work/$name.json" <<JSON
 {"subsystems": [{"subsystem": "bdev", "config": [
-  {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 786432, "block_size": 4096}}${calls:+,$calls}
+  {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": ${malloc_blocks:-786432}, "block_size": 4096}}${calls:+,$calls}
 ]}]}
 JSON
 }
@@ -66,17 +71,23 @@ config raw
 config thick "$lvs" "$(lvol lv0 1024 false)"
 config chain "$lvs" "$(lvol lv0 1024 false)" "$(snap lv0 s0)" "$(clone s0 c1)" "$(snap c1 s1)" \
     "$(clone s1 c2)" "$(snap c2 s2)" "$(clone s2 c3)"
-config snapped "$lvs" "$(lvol lv0 768 false)" "$(snap lv0 s0)"
+malloc_blocks=2359296 config snapped "$lvs" "$(lvol lv0 4352 false)" "$(snap lv0 s0)"
 config control_snap "$lvs" "$(lvol lv0 1024 false)" "$(lvol big 1048576 true)"
 config control_inflate "$lvs" "$(lvol lv1 1024 false)" "$(snap lv1 s1)" "$(clone s1 c1)"
 
+
+# SPDK's memory (MiB) and the run's seconds for a config: the first-write case runs 1 s
+# on its 9 GiB malloc bdev (see above).
+spdk_mem() { if [ "$1" = snapped ]; then echo 10240; else echo 4096; fi; }
+case_seconds() { if [ "$1" = snapped ]; then echo 1; else echo "$seconds"; fi; }
 
 # spdk_io CONFIG BDEV WORKLOAD EXTRA... -> IOPS (bdevperf)
 spdk_io() {
     local cfg=$1 bdev=$2 workload=$3 out
     shift 3
-    out=$("$S/run" bdevperf --no-pci --disable-cpumask-locks -s 4096 -m 0x1 --json "$work/$cfg.json" \
-        -T "$bdev" -q 64 -o 4096 -w "$workload" -t "$seconds" "$@" 2>&1) || {
+    out=$("$S/run" bdevperf --no-pci --disable-cpumask-locks -s "$(spdk_mem "$cfg")" -m 0x1 \
+        --json "$work/$cfg.json" -T "$bdev" -q 64 -o 4096 -w "$workload" -t "$(case_seconds "$cfg")" \
+        "$@" 2>&1) || {
         echo "bdevperf failed:" >&2; echo "$out" >&2; exit 1; }
     echo "$out" | tr -d '\r' | awk '/^ *Total *:/ {sub(/^ *Total *:/, ""); print $1}'
 }
@@ -85,7 +96,7 @@ tessera_io() {
     local cfg=$1 bdev=$2 workload=$3
     shift 3
     # tessera's bdev of lvol `lvs0/NAME` is named NAME (the RPC methods take both forms).
-    "$T" bench -c "$work/$cfg.json" --bdev "${bdev#lvs0/}" -w "$workload" -q 64 -o 4096 -t "$seconds" \
+    "$T" bench -c "$work/$cfg.json" --bdev "${bdev#lvs0/}" -w "$workload" -q 64 -o 4096 -t "$(case_seconds "$cfg")" \
         -m 0 --idle busy --json "$@" 2>/dev/null | awk -F'[:,]' '/"iops"/ {gsub(/ /, "", $2); print $2; exit}'
 }
 
