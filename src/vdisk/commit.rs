@@ -54,7 +54,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::task::Poll;
 
-use super::load::{flush, write_bytes};
+use super::load::{flush, write_bytes_fua};
 
 impl Controller {
     /// Commits (or waits for a commit that started after this call): when it returns
@@ -107,16 +107,11 @@ impl Controller {
     /// Copies the leaves of dirty fills that were already written, so that the commit
     /// rewrites them. Returns true if anything was touched.
     ///
-    /// A fill the log recorded since the last checkpoint is looked for in its owner's
-    /// table: a snapshot or a clone that shares it got its own copy of the leaf before
-    /// the sharing ([`Controller::copy_logged_leaves`]), written by this checkpoint.
+    /// With a log, the log takes every changed fill first (an append that runs while
+    /// this checkpoint is not yet durable must find them in its records) and copies
+    /// their written leaves as it logs them ([`Controller::log_dirty_fills`]).
     pub(crate) fn persist_dirty_fills(&self) -> bool {
-        // With a log, the log takes every changed fill first: an append that runs while
-        // this checkpoint is not yet durable must find them in its records.
-        self.log_dirty_fills();
-        let logged = (self.st.borrow_mut().log.as_mut())
-            .map(|l| std::mem::take(&mut l.fills_logged))
-            .unwrap_or_default();
+        let logged = self.log_dirty_fills();
         let mut wanted: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         while let Some(seg) = self.shared.dirty_fills.pop() {
             let f = self.shared.fills.get(seg);
@@ -126,63 +121,30 @@ impl Controller {
             }
         }
         let mut st = self.st.borrow_mut();
-        let st = &mut *st;
-        for (seg, (owner, v)) in logged {
-            if holds_fill(&st.disks, owner, v, seg) {
-                wanted.entry(owner).or_default().insert(v);
-            }
-        }
-        copy_written_leaves(
-            st,
-            wanted
-                .into_iter()
-                .flat_map(|(d, vs)| vs.into_iter().map(move |v| (d, v))),
-        )
+        copy_written_leaves(&mut st, wanted) || logged
     }
 
-    /// Before the tables of `disks` are shared (a snapshot, a clone): the written leaves
-    /// that hold fills the log recorded since the last checkpoint are copied, so that
-    /// the shared table holds them as new leaves, which the next checkpoint writes with
-    /// the fills' bits — the owner's later writes go elsewhere (copy-on-write), and no
-    /// checkpoint would look for them in the sharer's table. Changed fills not yet
-    /// logged are logged first. Without a log, the dirty fills' leaves are copied.
-    pub(crate) fn copy_logged_leaves(&self, disks: &[u64]) {
-        if self.st.borrow().log.is_none() {
-            self.persist_dirty_fills();
-            return;
-        }
-        self.log_dirty_fills();
-        let mut st = self.st.borrow_mut();
-        let st = &mut *st;
-        let wanted: Vec<(u64, u64)> = (st.log.as_ref())
-            .map(|l| {
-                l.fills_logged
-                    .iter()
-                    .filter(|&(&seg, &(owner, v))| {
-                        disks.contains(&owner) && holds_fill(&st.disks, owner, v, seg)
-                    })
-                    .map(|(_, &owner_vseg)| owner_vseg)
-                    .collect()
-            })
-            .unwrap_or_default();
-        copy_written_leaves(st, wanted);
+    /// Before the tables of disks are shared (a snapshot, a clone): the written leaves
+    /// that hold changed fills must be copies, so that the shared table holds them as
+    /// new leaves, which the next checkpoint writes with the fills' bits — the owner's
+    /// later writes go elsewhere (copy-on-write), and no checkpoint would look for them
+    /// in the sharer's table. The log copies the leaves of the fills it logs as it logs
+    /// them, so only the fills changed since its last append are left to log and copy
+    /// here. Without a log, the dirty fills' leaves are copied.
+    pub(crate) fn copy_logged_leaves(&self) {
+        self.persist_dirty_fills();
     }
 
+    /// Flushes every data container that has a volatile write cache, all at once (on one
+    /// without, a write is durable when it completes: nothing to wait for).
     pub(crate) async fn flush_containers(&self) -> Result<(), IoStatus> {
-        let tasks: Vec<_> = self
-            .shared
-            .containers
-            .iter()
-            .map(|c| c.bdev.clone())
-            .map(|b| reactor::spawn_local(async move { flush(&b).await }))
-            .collect();
-        let mut r = Ok(());
-        for t in tasks {
-            if let Err(e) = t.await {
-                r = Err(e);
-            }
-        }
-        r
+        join_io(
+            (self.shared.containers.iter())
+                .filter(|c| c.bdev.write_cache())
+                .map(|c| flush(&c.bdev))
+                .collect(),
+        )
+        .await
     }
 
     fn stopped(&self) -> bool {
@@ -226,7 +188,7 @@ impl Controller {
         if self.stopped() {
             return Err(IoStatus::Aborted);
         }
-        if let Err(e) = self.write_pages(&captured.pages).await {
+        if let Err(e) = self.write_pages(&captured.pages, false).await {
             return Err(self.fail(format!("writing metadata pages failed: {e:?}")));
         }
         if self.stopped() {
@@ -480,9 +442,17 @@ impl Controller {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
         let shared = &self.shared;
-        let need = unwritten_reachable(st.disks.values().filter_map(|d| d.root.as_ref()))
-            + dir_pages_for(st.disks.len());
+        // The pages this capture writes: the unwritten nodes the tables reach (at most
+        // all the unwritten nodes, which the space counts; counting the reachable ones
+        // walks every unwritten node, milliseconds on the controller's core after a
+        // few snapshots of a big table each kept their own leaves, so only when the
+        // bound does not fit) and the directory.
         let free = st.space.free_pages();
+        let dir = dir_pages_for(st.disks.len());
+        let mut need = st.space.unwritten_nodes() + dir;
+        if need > free {
+            need = unwritten_reachable(st.disks.values().filter_map(|d| d.root.as_ref())) + dir;
+        }
         if need > free {
             return Err(CaptureError::Full { need, free });
         }
@@ -620,7 +590,7 @@ impl Controller {
             out.push((ptr.page, b));
             done += 1;
             if out.len() >= held {
-                match self.write_pages(out).await {
+                match self.write_pages(out, false).await {
                     Ok(()) => {}
                     Err(IoStatus::Aborted) if self.stopped() => return Err(CaptureError::Stopped),
                     Err(e) => {
@@ -646,7 +616,11 @@ impl Controller {
     /// Writes pages, coalescing consecutive ones, many at a time. The buffers of a batch
     /// are filled just before it is written, so a checkpoint of many pages does not hold
     /// a second copy of all of them.
-    pub(crate) async fn write_pages(&self, pages: &[(u64, Vec<u8>)]) -> Result<(), IoStatus> {
+    pub(crate) async fn write_pages(
+        &self,
+        pages: &[(u64, Vec<u8>)],
+        fua: bool,
+    ) -> Result<(), IoStatus> {
         /// Runs written at once.
         const BATCH: usize = 64;
         /// Most pages of one run.
@@ -668,24 +642,57 @@ impl Controller {
             if self.stopped() {
                 return Err(IoStatus::Aborted);
             }
-            let tasks: Vec<_> = batch
+            let bdev = &self.shared.meta_bdev;
+            let writes: Vec<_> = batch
                 .iter()
                 .map(|&(i, j)| {
                     let mut buf = IoBuf::new((j - i) * PAGE_BYTES);
                     for (k, (_, b)) in sorted[i..j].iter().enumerate() {
                         buf[k * PAGE_BYTES..(k + 1) * PAGE_BYTES].copy_from_slice(b);
                     }
-                    let bdev = self.shared.meta_bdev.clone();
                     let off = self.shared.meta_first_byte + sorted[i].0 * PAGE_BYTES as u64;
-                    reactor::spawn_local(async move { write_bytes(&bdev, off, buf).await })
+                    write_bytes_fua(bdev, off, buf, fua)
                 })
                 .collect();
-            for t in tasks {
-                t.await?;
-            }
+            join_io(writes).await?;
         }
         Ok(())
     }
+}
+
+/// Runs the I/O futures `ios` together in the calling task and returns the first error
+/// once all have finished. Each is submitted at its first poll, all in this one, and
+/// their completions wake this task directly: no task per I/O, whose scheduling would
+/// add a reactor turn under load before each one is submitted and another after it
+/// completes (a log append waits for three such steps).
+pub(crate) async fn join_io<F: std::future::Future<Output = Result<(), IoStatus>>>(
+    ios: Vec<F>,
+) -> Result<(), IoStatus> {
+    let mut ios: Vec<Option<std::pin::Pin<Box<F>>>> =
+        ios.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut first_err = None;
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in ios.iter_mut() {
+            let Some(f) = slot else { continue };
+            match f.as_mut().poll(cx) {
+                Poll::Ready(r) => {
+                    if let Err(e) = r {
+                        first_err.get_or_insert(e);
+                    }
+                    *slot = None;
+                }
+                Poll::Pending => pending = true,
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    first_err.map_or(Ok(()), Err)
 }
 
 /// Why a capture could not be made.
@@ -824,20 +831,22 @@ struct Captured {
     space_map: meta::space_map::SpaceMapPtrs,
 }
 
-/// Copies, in each `(disk, vseg)`'s table, the written leaf holding the one-segment
-/// extent at `vseg` (same content, a new node): the next checkpoint writes it, with its
-/// fills' bits as they are then. Leaves not yet written are left (they are written
-/// anyway). Counts a change if anything was copied; returns whether it was.
-fn copy_written_leaves(
+/// Copies, in each disk's table, the written leaves holding the one-segment extents at
+/// the given virtual segments (same content, new nodes; one pass down each table): the
+/// next checkpoint writes them, with their fills' bits as they are then. Leaves not yet
+/// written are left (they are written anyway). Counts a change if anything was copied;
+/// returns whether it was.
+pub(super) fn copy_written_leaves(
     st: &mut super::controller::CtlState,
-    wanted: impl IntoIterator<Item = (u64, u64)>,
+    wanted: BTreeMap<u64, BTreeSet<u64>>,
 ) -> bool {
     let mut touched = false;
-    for (disk, v) in wanted {
+    for (disk, vsegs) in wanted {
         let Some(d) = st.disks.get_mut(&disk) else {
             continue;
         };
-        if table::copy_written_leaf(&mut d.root, v, &mut st.space) {
+        let vsegs: Vec<u64> = vsegs.into_iter().collect();
+        if table::copy_written_leaves(&mut d.root, &vsegs, &mut st.space) > 0 {
             if let Some(l) = st.log.as_mut() {
                 l.same_table(disk, &d.root);
             }
@@ -848,17 +857,4 @@ fn copy_written_leaves(
         st.changes += 1;
     }
     touched
-}
-
-/// True if `disk`'s table maps `vseg` to an extent with a partial layer on `seg`.
-fn holds_fill(
-    disks: &BTreeMap<u64, super::controller::DiskCtl>,
-    disk: u64,
-    vseg: u64,
-    seg: u64,
-) -> bool {
-    (disks.get(&disk))
-        .and_then(|d| d.root.as_ref())
-        .and_then(|r| r.lookup(vseg))
-        .is_some_and(|e| e.layers.iter().any(|l| l.partial && l.seg == seg))
 }

@@ -58,6 +58,10 @@ use std::time::Duration;
 /// running at once.
 const COPY_CHUNK: u64 = 256 << 10;
 
+/// How often changed fills are logged between appends (see [`Controller::start`]'s
+/// background tasks).
+const FILL_LOGGING_INTERVAL: Duration = Duration::from_millis(2);
+
 /// How long the controller waits for what depends on I/O it does not control (DESIGN.md:
 /// nothing waits forever). A base bdev that holds a request longer than these makes the
 /// operation waiting for it fail (or, for a commit, answer without it) instead of
@@ -226,7 +230,9 @@ pub(crate) struct Controller {
     pub locks: DiskLocks,
     pub commit_state: RefCell<CommitState>,
     pub me: Weak<Controller>,
-    pub background: RefCell<Option<async_task::Task<()>>>,
+    /// The background tasks: the commit every second, the fill logger (dropped when the
+    /// pool closes, which cancels them).
+    pub background: RefCell<Vec<async_task::Task<()>>>,
     pub quiesces: RefCell<BTreeMap<u64, Quiesce>>,
     /// Set by [`Controller::crash_stop`]: nothing may be written any more.
     pub crashed: std::cell::Cell<bool>,
@@ -237,6 +243,8 @@ pub(crate) struct Controller {
     /// Commits whose drain barrier is still waiting (a stuck request), in the
     /// background, to release what they freed.
     pub release_stalls: std::cell::Cell<u32>,
+    /// Commits a write fault ran to make metadata room (the batch did not fit).
+    pub commits_for_room: std::cell::Cell<u64>,
     /// The controller's side of the metadata budget (`commit.rs`, "Metadata space").
     pub meta: RefCell<MetaLedger>,
     /// This core's channels to the metadata bdev and the containers, held for as long as
@@ -270,12 +278,13 @@ impl Controller {
             locks: DiskLocks::default(),
             commit_state: RefCell::new(CommitState::default()),
             me: me.clone(),
-            background: RefCell::new(None),
+            background: RefCell::new(Vec::new()),
             quiesces: RefCell::new(BTreeMap::new()),
             crashed: std::cell::Cell::new(false),
             stopping: std::cell::Cell::new(false),
             limits: std::cell::Cell::new(TimeLimits::default()),
             release_stalls: std::cell::Cell::new(0),
+            commits_for_room: std::cell::Cell::new(0),
             meta: RefCell::new(MetaLedger::default()),
             _channels: std::iter::once(&shared.meta_bdev)
                 .chain(shared.containers.iter().map(|c| &c.bdev))
@@ -315,7 +324,24 @@ impl Controller {
                 }
             }
         });
-        *c.background.borrow_mut() = Some(task);
+        // Changed fills become log records (and their written leaves copies) every few
+        // milliseconds, not only when an append runs: a snapshot or a FLUSH then finds
+        // few left to log and copy before it can answer.
+        let weak = Rc::downgrade(&c);
+        let fills = reactor::spawn_local(async move {
+            loop {
+                reactor::sleep(FILL_LOGGING_INTERVAL).await;
+                let Some(c) = weak.upgrade() else { return };
+                if c.st.borrow().closed {
+                    return;
+                }
+                if !c.shared.dirty_fills.is_empty() && c.st.borrow().log.is_some() {
+                    c.log_dirty_fills();
+                    c.append_if_due();
+                }
+            }
+        });
+        *c.background.borrow_mut() = vec![task, fills];
         let height =
             c.st.borrow()
                 .disks
@@ -338,7 +364,6 @@ impl Controller {
         st.failed.is_none()
             && (st.changes != st.committed_changes
                 || !self.shared.dirty_fills.is_empty()
-                || st.log.as_ref().is_some_and(|l| !l.fills_logged.is_empty())
                 || self.fill_charges_outstanding())
     }
 
@@ -637,7 +662,7 @@ impl Controller {
         self.appends_idle(deadline).await;
         let commit = self.commit().await;
         self.st.borrow_mut().closed = true;
-        self.background.borrow_mut().take();
+        self.background.borrow_mut().clear();
         reactor::local(Registry::default)
             .pools
             .borrow_mut()
@@ -652,7 +677,7 @@ impl Controller {
     pub(crate) fn crash_stop(&self) {
         self.crashed.set(true);
         self.st.borrow_mut().closed = true;
-        self.background.borrow_mut().take();
+        self.background.borrow_mut().clear();
         let disks: Vec<(u64, Vec<usize>)> = self
             .st
             .borrow()

@@ -129,6 +129,7 @@ impl Controller {
             while let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext.clone()]) {
                 if commits < 2 && matches!(e, VdiskError::NoMetadataSpace { .. }) {
                     commits += 1;
+                    self.commits_for_room.set(self.commits_for_room.get() + 1);
                     if self.commit().await.is_ok() {
                         continue;
                     }

@@ -4,14 +4,17 @@
 //! **Why.** A commit (a checkpoint, `commit.rs`) writes every table page changed since
 //! the last one: on a big disk written at random, thousands of pages. A flush or a
 //! snapshot needs only the changes made since the last durable point to be durable, so
-//! they append those as records to a ring of log pages — one write and one flush — and
+//! they append those as records to a ring of log pages — one write with force-unit-access,
+//! after a flush of the data containers that have a volatile cache — and
 //! checkpoints run in the background: when the ring is half full, every few seconds,
 //! and at close. Open loads the last checkpoint and replays the log after it.
 //!
 //! **What is logged.** Every table edit (`Controller::set_extents`) as a splice record
 //! holding the new extents; every fill changed since the last append as a fill record
 //! (its segment's bits, read after the data they describe was written, and written after
-//! the data containers were flushed); every other change to the directory (disk records,
+//! the data containers were flushed), logged every few milliseconds and before each
+//! append, its written leaf copied as it is logged so that the next checkpoint rewrites
+//! it; every other change to the directory (disk records,
 //! new disks sharing an existing table, deleted disks, the pool's counters) as found by
 //! comparing the directory with a mirror of what the log says at each change
 //! (`CtlState::changed`). A change no record describes (a new disk with a table of its
@@ -32,7 +35,7 @@ use super::meta::superblock::LogArea;
 use super::meta::{MetaError, NO_PAGE, PAGE_BYTES};
 use super::table::{self, Node};
 use crate::bdev::{Bdev, IoStatus};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -96,9 +99,6 @@ pub(crate) struct IntentLog {
     pub durable_changes: u64,
     mirror: BTreeMap<u64, Mirrored>,
     counters: (u64, u64),
-    /// Fills logged since the last checkpoint's capture, by segment, with their owner
-    /// (disk, virtual segment): the next checkpoint rewrites the leaves that hold them.
-    pub fills_logged: BTreeMap<u64, (u64, u64)>,
     /// Records the open replayed.
     pub replayed_at_open: u64,
     /// When the last checkpoint was captured.
@@ -130,7 +130,6 @@ impl IntentLog {
             durable_changes: 0,
             mirror: BTreeMap::new(),
             counters: (st.generation, st.next_disk_id),
-            fills_logged: BTreeMap::new(),
             replayed_at_open: 0,
             last_checkpoint: crate::reactor::now(),
             ahead_scheduled: false,
@@ -266,6 +265,11 @@ impl IntentLog {
         self.pending_bytes >= APPEND_AHEAD_BYTES && !self.running && !self.ahead_scheduled
     }
 
+    /// Bytes of records waiting for the next append.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     /// Pages in use from the replay start in force.
     pub fn used(&self) -> u64 {
         self.next_seq.saturating_sub(self.durable_seq)
@@ -281,7 +285,6 @@ impl IntentLog {
     /// A checkpoint captured now: where its replay starts. Fills logged before are in
     /// the leaves it writes.
     pub fn captured(&mut self) -> (u64, u64) {
-        self.fills_logged.clear();
         self.last_checkpoint = crate::reactor::now();
         (self.next_seq, self.next_lsn)
     }
@@ -402,7 +405,8 @@ impl Controller {
     }
 
     /// One append: the changed fills become records, the records pages; the data
-    /// containers are flushed (the fills' data first), the pages written and flushed.
+    /// containers are flushed (the fills' data first), the pages written with
+    /// force-unit-access.
     async fn append_once(&self) -> Result<(), IoStatus> {
         if let Some(f) = &self.st.borrow().failed {
             tracing::debug!(pool = %self.shared.name, failed = %f, "append refused");
@@ -466,13 +470,12 @@ impl Controller {
         if let Err(e) = self.flush_containers().await {
             return Err(self.fail(format!("flushing the data containers failed: {e:?}")));
         }
-        if !pages.is_empty() {
-            if let Err(e) = self.write_pages(&pages).await {
-                return Err(self.fail(format!("appending to the log failed: {e:?}")));
-            }
-            if let Err(e) = super::load::flush(&self.shared.meta_bdev).await {
-                return Err(self.fail(format!("flushing the log failed: {e:?}")));
-            }
+        // Written with force-unit-access: durable as each write completes, with no
+        // flush after them to wait for.
+        if !pages.is_empty()
+            && let Err(e) = self.write_pages(&pages, true).await
+        {
+            return Err(self.fail(format!("appending to the log failed: {e:?}")));
         }
         let checkpoint = {
             let mut st = self.st.borrow_mut();
@@ -522,11 +525,16 @@ impl Controller {
         .detach();
     }
 
-    /// Turns the fills changed since they were last looked at into records.
-    pub(crate) fn log_dirty_fills(&self) {
+    /// Turns the fills changed since they were last looked at into records, and copies
+    /// the written leaves that hold them. Returns true if it copied any.
+    pub(crate) fn log_dirty_fills(&self) -> bool {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        let Some(l) = st.log.as_mut() else { return };
+        let Some(l) = st.log.as_mut() else {
+            return false;
+        };
+        // Fills in written leaves, by disk: their leaves are copied below.
+        let mut copy: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         while let Some(seg) = self.shared.dirty_fills.pop() {
             let f = self.shared.fills.get(seg);
             if !f.take_dirty() {
@@ -549,12 +557,14 @@ impl Controller {
             l.push_group(st.changes, vec![rec]);
             // A fill in a leaf not yet written reaches the next checkpoint with that leaf
             // (or a copy of it, shared or not); one in a written leaf needs the leaf
-            // copied (`commit.rs`).
+            // copied, now: a snapshot or a clone that shares the table later shares the
+            // copy, which the next checkpoint writes.
             let root = d.root.as_ref().expect("looked up above");
             if root.leaf_page(vseg) != NO_PAGE {
-                l.fills_logged.insert(seg, (disk, vseg));
+                copy.entry(disk).or_default().insert(vseg);
             }
         }
+        super::commit::copy_written_leaves(st, copy)
     }
 
     /// Waits (until `deadline`) for the append under way, if any.
@@ -602,7 +612,8 @@ pub(crate) struct ReplayState<'a> {
 
 /// Copies every leaf, in every table, that holds a layer on one of `segs` (segments
 /// whose fills the replay changed): a leaf read from the checkpoint keeps its page, and
-/// the next checkpoint would not write the bits the log gave its fills.
+/// the next checkpoint would not write the bits the log gave its fills. Returns how many
+/// extents with such layers sat in written leaves.
 pub(crate) fn rewrite_leaves_holding(
     disks: &mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
     space: &mut super::alloc::Space,
@@ -618,9 +629,7 @@ pub(crate) fn rewrite_leaves_holding(
             }
             true
         });
-        for v in hits {
-            copied += u64::from(table::copy_written_leaf(root, v, space));
-        }
+        copied += table::copy_written_leaves(root, &hits, space) as u64;
     }
     copied
 }
@@ -631,7 +640,7 @@ pub(crate) fn rewrite_leaves_holding(
 ///
 /// Damage is told from the end: a torn append leaves pages of that same append after
 /// its bad page, never a page of a later one (an append starts only after the one before
-/// it was flushed). A valid page of a later append beyond the first bad page means the
+/// it was durable). A valid page of a later append beyond the first bad page means the
 /// bad page was complete and acknowledged once: an error, not the end.
 pub(crate) async fn read_log(
     meta: &Arc<dyn Bdev>,

@@ -48,8 +48,24 @@ pub(crate) async fn write_bytes(
     offset: u64,
     data: IoBuf,
 ) -> Result<(), IoStatus> {
+    write_bytes_fua(bdev, offset, data, false).await
+}
+
+/// [`write_bytes`], with force-unit-access if `fua` (durable when it completes).
+pub(crate) async fn write_bytes_fua(
+    bdev: &Arc<dyn Bdev>,
+    offset: u64,
+    data: IoBuf,
+    fua: bool,
+) -> Result<(), IoStatus> {
     let ch = Channel::get(bdev).map_err(|_| IoStatus::InternalError)?;
-    ch.write(offset / bdev.block_size() as u64, data).await
+    let bs = bdev.block_size() as u64;
+    let n = data.len() as u64 / bs;
+    let io = crate::bdev::BdevIo::write(offset / bs, n, data).with_fua(fua);
+    match ch.io(io).await.1 {
+        s if s.is_success() => Ok(()),
+        s => Err(s),
+    }
 }
 
 /// Flushes `bdev`.
@@ -472,7 +488,7 @@ async fn open_labelled(
             // that the checkpoint below writes them.
             let copied = intent::rewrite_leaves_holding(&mut table, &mut space, &r.fills_changed);
             tracing::info!(pool = %sb.pool_name, records = r.records, pages = r.pages,
-                leaves_copied = copied, "log replayed");
+                extents_in_copied_leaves = copied, "log replayed");
             // Appends start a whole ring past the replay start: no page written before
             // can pass for a new one.
             Some((area, area.replay_seq + area.pages, r.next_lsn, r.records))

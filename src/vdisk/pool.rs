@@ -50,6 +50,8 @@ pub struct LogStatus {
     pub replay_seq: u64,
     /// Records the last open replayed.
     pub replayed_at_open: u64,
+    /// Bytes of records waiting for the next append.
+    pub pending_bytes: usize,
 }
 
 /// A pool of storage containers holding virtual disks. Cheap to clone, usable from any
@@ -379,6 +381,7 @@ impl Pool {
                 next_seq: l.next_seq,
                 replay_seq: l.durable_seq,
                 replayed_at_open: l.replayed_at_open,
+                pending_bytes: l.pending_bytes(),
             }))
         })
     }

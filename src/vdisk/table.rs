@@ -414,22 +414,37 @@ pub fn replace(slot: &mut Option<Arc<Node>>, edits: &[Edit<'_>], rc: &mut dyn Re
     set_root(slot, new, rc);
 }
 
-/// Replaces the leaf of `slot`'s table that holds the one-segment extent at `vseg` with a
-/// copy (same content, a node without a page), if that leaf was written; true if it did.
-/// A commit writes the copy with the fills' bits as they are then.
-pub fn copy_written_leaf(slot: &mut Option<Arc<Node>>, vseg: u64, rc: &mut dyn RefCounts) -> bool {
-    let Some(root) = slot.clone() else {
-        return false;
+/// Replaces each written leaf of `slot`'s table that holds a one-segment extent at one
+/// of `vsegs` (sorted, distinct) with a copy (same content, a node without a page), in
+/// one pass down the table ([`replace`]). Returns how many of `vsegs` sat in written
+/// leaves. A commit writes the copies with the fills' bits as they are then.
+pub fn copy_written_leaves(
+    slot: &mut Option<Arc<Node>>,
+    vsegs: &[u64],
+    rc: &mut dyn RefCounts,
+) -> usize {
+    debug_assert!(vsegs.windows(2).all(|w| w[0] < w[1]));
+    let Some(root) = slot.as_ref() else {
+        return 0;
     };
-    if root.leaf_page(vseg) == NO_PAGE {
-        return false;
+    let exts: Vec<Extent> = vsegs
+        .iter()
+        .filter(|&&v| root.leaf_page(v) != NO_PAGE)
+        .filter_map(|&v| root.lookup(v).filter(|e| e.len == 1).cloned())
+        .collect();
+    if exts.is_empty() {
+        return 0;
     }
-    let Some(e) = root.lookup(vseg).filter(|e| e.len == 1).cloned() else {
-        return false;
-    };
-    let new = splice(Some(&root), vseg, vseg + 1, &[e], rc);
-    set_root(slot, new, rc);
-    true
+    let edits: Vec<Edit<'_>> = exts
+        .iter()
+        .map(|e| Edit {
+            from: e.vseg,
+            to: e.end(),
+            extents: Cow::Borrowed(std::slice::from_ref(e)),
+        })
+        .collect();
+    replace(slot, &edits, rc);
+    edits.len()
 }
 
 /// Makes `new` the root in `slot`: retains it, then releases the old root.
@@ -953,6 +968,50 @@ mod tests {
         let new = splice(root.as_ref(), 0, 1, &[ext(0, 2)], &mut rc);
         set_root(&mut root, new, &mut rc);
         assert_eq!(rc.pages_freed, vec![42]);
+    }
+
+    /// Gives every node under `n` a page (as a commit does), numbered from `next`.
+    fn mark_written(n: &Arc<Node>, next: &mut u64) {
+        if let NodeKind::Internal { children, .. } = &n.kind {
+            for c in children {
+                mark_written(c, next);
+            }
+        }
+        n.set_page(*next, 1, 0);
+        *next += 1;
+    }
+
+    #[test]
+    fn written_leaves_are_copied_once_in_one_pass_and_the_mapping_kept() {
+        let mut rc = Counts::default();
+        let mut root = None;
+        let exts: Vec<Extent> = (0..2000).map(|v| ext(v, 10_000 + v)).collect();
+        let new = splice(root.as_ref(), 0, 2000, &exts, &mut rc);
+        set_root(&mut root, new, &mut rc);
+        mark_written(root.as_ref().unwrap(), &mut 100);
+        let before = flatten(&root);
+        let r = root.clone().unwrap();
+        let (leaf5, leaf1500, leaf800) = (r.leaf_page(5), r.leaf_page(1500), r.leaf_page(800));
+        assert!(leaf5 != leaf1500 && leaf5 != leaf800 && leaf1500 != leaf800);
+        drop(r);
+        // Two segments in one leaf, one in another, one not in the table.
+        let copied = copy_written_leaves(&mut root, &[5, 6, 1500, 3000], &mut rc);
+        assert_eq!(copied, 3);
+        let r = root.clone().unwrap();
+        assert_eq!(r.leaf_page(5), NO_PAGE);
+        assert_eq!(r.leaf_page(1500), NO_PAGE);
+        assert_eq!(
+            r.leaf_page(800),
+            leaf800,
+            "a leaf no segment asked for was copied"
+        );
+        assert!(rc.pages_freed.contains(&leaf5) && rc.pages_freed.contains(&leaf1500));
+        drop(r);
+        assert_eq!(flatten(&root), before);
+        assert_eq!(recount(&[&root]), rc.segs);
+        check_structure(&root);
+        // The copies are not written yet: nothing more to copy.
+        assert_eq!(copy_written_leaves(&mut root, &[5, 6, 1500], &mut rc), 0);
     }
 
     #[test]

@@ -198,3 +198,40 @@ fn a_partial_granule_write_survives_a_refused_clone_and_a_reopen() {
     });
     block_on(pool.close()).unwrap();
 }
+
+/// A fill changed by a write is logged within milliseconds, by the pool's fill logger,
+/// not at the next append (a flush, a snapshot, the background second): a snapshot or a
+/// FLUSH then finds few left to log and copy before it answers. (Without the logger the
+/// record waits for the next append, up to a second later.)
+#[test]
+fn changed_fills_are_logged_within_milliseconds() {
+    let set = reactors(2);
+    let base = malloc("m0", 128);
+    let pool = new_pool(&set, base.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
+    // A first write makes segment 3 a partial layer; the flush leaves no record waiting.
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        write_all_and_flush(&d, &[3 * 256], 0x11).await
+    });
+    let idle = block_on(pool.log_status()).unwrap().unwrap();
+    assert_eq!(idle.pending_bytes, 0, "{idle:?}");
+    // Another granule of the same segment: no fault, only the fill changes.
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        write_byte(&d, 3 * 256 + 7, 0x22).await.unwrap()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
+    loop {
+        let st = block_on(pool.log_status()).unwrap().unwrap();
+        if st.pending_bytes > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed fill was not logged within 200 ms: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    block_on(pool.close()).unwrap();
+}
