@@ -936,7 +936,8 @@ impl Channel {
     }
 }
 
-fn status_result(st: IoStatus) -> Result<(), IoStatus> {
+/// A completion status as a result: `Ok` on success, else the status.
+pub(crate) fn status_result(st: IoStatus) -> Result<(), IoStatus> {
     if st.is_success() { Ok(()) } else { Err(st) }
 }
 

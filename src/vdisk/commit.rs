@@ -104,12 +104,17 @@ impl Controller {
         IoStatus::MediaError
     }
 
-    /// Copies the leaves of dirty fills that were already written, so that the commit
-    /// rewrites them. Returns true if anything was touched.
+    /// Copies the leaves of dirty fills that were already written, so that the next
+    /// commit rewrites them with the fills' bits. Returns true if anything was touched.
+    /// A commit calls it, and so do a snapshot and a clone before they share a table:
+    /// the shared table then holds the copies, which the next checkpoint writes — the
+    /// owner's later writes go elsewhere (copy-on-write), and no checkpoint would look
+    /// for them in the sharer's table.
     ///
     /// With a log, the log takes every changed fill first (an append that runs while
     /// this checkpoint is not yet durable must find them in its records) and copies
-    /// their written leaves as it logs them ([`Controller::log_dirty_fills`]).
+    /// their written leaves as it logs them ([`Controller::log_dirty_fills`], every few
+    /// milliseconds): only what changed since is left to log and copy here.
     pub(crate) fn persist_dirty_fills(&self) -> bool {
         let logged = self.log_dirty_fills();
         let mut wanted: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
@@ -122,17 +127,6 @@ impl Controller {
         }
         let mut st = self.st.borrow_mut();
         copy_written_leaves(&mut st, wanted) || logged
-    }
-
-    /// Before the tables of disks are shared (a snapshot, a clone): the written leaves
-    /// that hold changed fills must be copies, so that the shared table holds them as
-    /// new leaves, which the next checkpoint writes with the fills' bits — the owner's
-    /// later writes go elsewhere (copy-on-write), and no checkpoint would look for them
-    /// in the sharer's table. The log copies the leaves of the fills it logs as it logs
-    /// them, so only the fills changed since its last append are left to log and copy
-    /// here. Without a log, the dirty fills' leaves are copied.
-    pub(crate) fn copy_logged_leaves(&self) {
-        self.persist_dirty_fills();
     }
 
     /// Flushes every data container that has a volatile write cache, all at once (on one

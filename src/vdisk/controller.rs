@@ -335,7 +335,7 @@ impl Controller {
                 if c.st.borrow().closed {
                     return;
                 }
-                if !c.shared.dirty_fills.is_empty() && c.st.borrow().log.is_some() {
+                if !c.shared.dirty_fills.is_empty() {
                     c.log_dirty_fills();
                     c.append_if_due();
                 }

@@ -533,7 +533,7 @@ impl Controller {
         let Some(l) = st.log.as_mut() else {
             return false;
         };
-        // Fills in written leaves, by disk: their leaves are copied below.
+        // The logged fills' segments, by disk: their leaves, if written, are copied below.
         let mut copy: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         while let Some(seg) = self.shared.dirty_fills.pop() {
             let f = self.shared.fills.get(seg);
@@ -559,10 +559,7 @@ impl Controller {
             // (or a copy of it, shared or not); one in a written leaf needs the leaf
             // copied, now: a snapshot or a clone that shares the table later shares the
             // copy, which the next checkpoint writes.
-            let root = d.root.as_ref().expect("looked up above");
-            if root.leaf_page(vseg) != NO_PAGE {
-                copy.entry(disk).or_default().insert(vseg);
-            }
+            copy.entry(disk).or_default().insert(vseg);
         }
         super::commit::copy_written_leaves(st, copy)
     }

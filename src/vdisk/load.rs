@@ -62,10 +62,7 @@ pub(crate) async fn write_bytes_fua(
     let bs = bdev.block_size() as u64;
     let n = data.len() as u64 / bs;
     let io = crate::bdev::BdevIo::write(offset / bs, n, data).with_fua(fua);
-    match ch.io(io).await.1 {
-        s if s.is_success() => Ok(()),
-        s => Err(s),
-    }
+    crate::bdev::status_result(ch.io(io).await.1)
 }
 
 /// Flushes `bdev`.

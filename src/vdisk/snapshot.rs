@@ -239,7 +239,7 @@ impl Controller {
         }
         // The fills' bits as the drained writes left them: their leaves are copied
         // before the tables are shared (and the log records them).
-        self.copy_logged_leaves();
+        self.persist_dirty_fills();
         // Looked at again before anything is added: an origin may have been deleted, or
         // a disk given one of the names, while we waited for the locks and the drains.
         let refused = {
@@ -319,7 +319,7 @@ impl Controller {
         };
         // A disk made read-only may have left changed fills: their leaves are the
         // clone's too.
-        self.copy_logged_leaves();
+        self.persist_dirty_fills();
         let bdev = {
             let mut st = self.st.borrow_mut();
             if let Some(f) = &st.failed {

@@ -205,10 +205,7 @@ fn a_partial_granule_write_survives_a_refused_clone_and_a_reopen() {
 /// record waits for the next append, up to a second later.)
 #[test]
 fn changed_fills_are_logged_within_milliseconds() {
-    let set = reactors(2);
-    let base = malloc("m0", 128);
-    let pool = new_pool(&set, base.clone());
-    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
+    let (set, _base, pool, disk) = thin_disk(32 << 20);
     // A first write makes segment 3 a partial layer; the flush leaves no record waiting.
     let d = disk.clone();
     on(&set, 1, move || async move {
