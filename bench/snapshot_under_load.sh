@@ -7,7 +7,11 @@
 # Prints per disk size: the snapshots' p50/p99/max create time, the longest I/O latency
 # in the half second after each, and the run's p99.9 latency.
 #
-#   bench/snapshot_under_load.sh [--tessera PATH] [--sizes "4TiB 1GiB"] [--from 15] [--count 20]
+# The metadata file is sparse (ext4 allocates its blocks as checkpoints first write
+# them, and a force-unit-access write then waits for the journal) unless --zeroed, which
+# writes it full of zeros first, as a metadata device or a preallocated file is.
+#
+#   bench/snapshot_under_load.sh [--tessera PATH] [--sizes "4TiB 1GiB"] [--from 15] [--count 20] [--zeroed]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,12 +19,14 @@ T=
 sizes="4TiB 1GiB"
 from=15
 count=20
+zeroed=
 while [ $# -gt 0 ]; do
     case "$1" in
         --tessera) T=$2; shift 2 ;;
         --sizes) sizes=$2; shift 2 ;;
         --from) from=$2; shift 2 ;;
         --count) count=$2; shift 2 ;;
+        --zeroed) zeroed=1; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -31,10 +37,14 @@ trap 'rm -rf "$work"' EXIT
 . bench/support/timed_actions.sh
 timed_schedule "$from" "$count"
 machine_line
-echo "# $T; QD 32 random 4 KiB writes for $seconds s, snapshots at $at"
+echo "# $T; QD 32 random 4 KiB writes for $seconds s, snapshots at $at; metadata file ${zeroed:+zeroed}${zeroed:-sparse}"
 for size in $sizes; do
     rm -f "$work/meta.img"
-    truncate -s 2G "$work/meta.img"
+    if [ -n "$zeroed" ]; then
+        dd if=/dev/zero of="$work/meta.img" bs=1M count=2048 status=none
+    else
+        truncate -s 2G "$work/meta.img"
+    fi
     null_pool_yaml "$work/meta.img" "$size" >"$work/pool.yaml"
     "$T" bench -c "$work/pool.yaml" --bdev thin0 -w randwrite -q 32 -t "$seconds" \
         --snapshot-at "$at" --json >"$work/out.json" 2>"$work/log"

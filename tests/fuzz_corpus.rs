@@ -570,7 +570,9 @@ fn vdisk_meta_seeds() {
         ];
         let place = 40u64;
         let pool = uuid::Uuid::from_u128(0x7e55);
-        let mut page = log::pack(&groups, 12, 30, place, 64, &pool).remove(0).1;
+        let mut page = log::pack(&log::RecordGroups::of(&groups), 12, 30, place, 64, &pool)
+            .remove(0)
+            .1;
         page[0] = place as u8;
         page[1] = 5 << 1 | 1;
         s.add("log-forged", page);

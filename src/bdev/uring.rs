@@ -392,6 +392,15 @@ impl UringChannel {
             builder.setup_iopoll();
         }
         let ring = builder.build(o.queue_depth).map_err(err)?;
+        // Writes the kernel cannot do without blocking (a file's allocating or
+        // force-unit-access writes) go to io-wq worker threads, which inherit this
+        // reactor's CPU and would preempt its loop: they run on the CPUs without a
+        // reactor, if there are any. A kernel without the option keeps the default.
+        if let Some(cpus) = reactor::helper_cpus()
+            && let Err(e) = ring.submitter().register_iowq_aff(&cpus)
+        {
+            tracing::debug!(bdev = %bdev.props.name, error = %e, "io-wq workers keep the reactor's CPU");
+        }
         let fd = bdev.file.as_raw_fd();
         let fixed_file = o.fixed_files && ring.submitter().register_files(&[fd]).is_ok();
         let arena = if o.fixed_buffers {

@@ -224,7 +224,14 @@ pub fn vdisk_meta(data: &[u8]) {
             .iter()
             .map(|r| vec![meta::log::encode(r)])
             .collect();
-        let again = meta::log::pack(&recs, p.seq, p.first_lsn, index, 1, &pool);
+        let again = meta::log::pack(
+            &meta::log::RecordGroups::of(&recs),
+            p.seq,
+            p.first_lsn,
+            index,
+            1,
+            &pool,
+        );
         assert_eq!(again.len(), usize::from(!recs.is_empty()));
         if let Some((_, b)) = again.first() {
             let q = meta::log::decode_log_page(b, index, &pool, 1 << 20).expect("repacked");

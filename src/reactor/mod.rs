@@ -896,6 +896,37 @@ pub fn cores() -> Cores {
     with_current(|r| r.cores.clone())
 }
 
+/// The CPUs this process may run on where no reactor of the current set runs, as a
+/// CPU set for the kernel's helper threads (an io_uring's io-wq workers); `None` if
+/// every allowed CPU has a reactor. A helper thread on a reactor's CPU preempts its
+/// poll loop for as long as it runs (a write punted to a worker, milliseconds with a
+/// file's journal) — so helpers go elsewhere where there is an elsewhere.
+pub fn helper_cpus() -> Option<libc::cpu_set_t> {
+    let cores = cores();
+    // SAFETY: cpu_set_t is a plain bitmask for which all-zero is a valid value;
+    // sched_getaffinity writes at most `size_of::<cpu_set_t>()` bytes into it, and
+    // CPU_ISSET/CPU_CLR stay inside it for cpu < CPU_SETSIZE. The process's id names
+    // its main thread, whose mask is the one the process was started with.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(
+            libc::getpid(),
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &mut set,
+        ) != 0
+        {
+            return None;
+        }
+        for core in 0..cores.len() {
+            let cpu = cores.cpu(core);
+            if cpu < libc::CPU_SETSIZE as usize {
+                libc::CPU_CLR(cpu, &mut set);
+            }
+        }
+        (libc::CPU_COUNT(&set) > 0).then_some(set)
+    }
+}
+
 /// The current time on the current reactor's clock.
 pub fn now() -> Nanos {
     with_current(|r| r.cores.clock.now())

@@ -198,6 +198,10 @@ pub(crate) struct CtlState {
     pub dir_pages: Vec<u64>,
     /// The committed superblock's pointers into the space map.
     pub space_map: super::meta::space_map::SpaceMapPtrs,
+    /// The buffer a checkpoint copies the changed space-map counts into, kept between
+    /// checkpoints for its capacity (its pages stay mapped: a first touch of a few MiB
+    /// is milliseconds on a virtual machine).
+    pub sm_counts: Vec<u32>,
     /// Set when a metadata write failed: the pool refuses further changes.
     pub failed: Option<String>,
     pub closed: bool,

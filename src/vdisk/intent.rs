@@ -86,9 +86,7 @@ pub(crate) struct IntentLog {
     pub next_lsn: u64,
     /// Records not yet appended, in groups (one per change, kept on one page); the
     /// first has LSN `pending_lsn`.
-    pending: Vec<Vec<Vec<u8>>>,
-    /// Bytes of the records in `pending` (they number `next_lsn - pending_lsn`).
-    pending_bytes: usize,
+    pending: log::RecordGroups,
     pending_lsn: u64,
     /// The replay start of the superblock in force: pages from here on are not reused.
     pub durable_seq: u64,
@@ -122,8 +120,7 @@ impl IntentLog {
             area,
             next_seq,
             next_lsn,
-            pending: Vec::new(),
-            pending_bytes: 0,
+            pending: Default::default(),
             pending_lsn: next_lsn,
             durable_seq: area.replay_seq,
             unloggable_at: None,
@@ -162,8 +159,7 @@ impl IntentLog {
             return;
         }
         self.next_lsn += group.len() as u64;
-        self.pending_bytes += group.iter().map(Vec::len).sum::<usize>();
-        self.pending.push(group);
+        self.pending.push(&group);
     }
 
     fn unloggable(&mut self, changes: u64, why: &str) {
@@ -262,12 +258,12 @@ impl IntentLog {
     /// True if enough records wait that an append should start now: a flush or a
     /// snapshot then finds at most this much to write.
     pub fn wants_append(&self) -> bool {
-        self.pending_bytes >= APPEND_AHEAD_BYTES && !self.running && !self.ahead_scheduled
+        self.pending.bytes() >= APPEND_AHEAD_BYTES && !self.running && !self.ahead_scheduled
     }
 
     /// Bytes of records waiting for the next append.
     pub fn pending_bytes(&self) -> usize {
-        self.pending_bytes
+        self.pending.bytes()
     }
 
     /// Pages in use from the replay start in force.
@@ -299,16 +295,16 @@ impl IntentLog {
         }
         self.durable_changes = self.durable_changes.max(changes);
         // Records below the checkpoint need no appending.
-        let mut k = 0;
-        for g in &self.pending {
-            if self.pending_lsn + g.len() as u64 > lsn {
+        let (mut k, mut at) = (0, self.pending_lsn);
+        for n in self.pending.records_per_group() {
+            if at + n > lsn {
                 break;
             }
-            self.pending_lsn += g.len() as u64;
-            self.pending_bytes -= g.iter().map(Vec::len).sum::<usize>();
+            at += n;
             k += 1;
         }
-        self.pending.drain(..k);
+        self.pending_lsn = at;
+        self.pending.drop_first(k);
     }
 }
 
@@ -454,7 +450,6 @@ impl Controller {
                 } else {
                     l.next_seq += pages.len() as u64;
                     l.pending_lsn = l.next_lsn;
-                    l.pending_bytes = 0;
                     l.pending.clear();
                     Append::Pages(pages, changes)
                 }

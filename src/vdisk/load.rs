@@ -529,6 +529,7 @@ async fn open_labelled(
         committed_changes: 0,
         dir_pages,
         space_map: sm_ptrs,
+        sm_counts: Vec::new(),
         failed: None,
         closed: false,
         log: None,

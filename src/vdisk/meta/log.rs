@@ -178,7 +178,7 @@ pub fn encode(rec: &LogRecord) -> Vec<u8> {
 /// change) never spans pages, so a torn append loses whole changes; each group must fit
 /// a page ([`group_fits`]). Returns the pages (place, bytes) in sequence order.
 pub fn pack(
-    groups: &[Vec<Vec<u8>>],
+    groups: &RecordGroups,
     seq: u64,
     first_lsn: u64,
     first_page: u64,
@@ -189,16 +189,17 @@ pub fn pack(
     let mut i = 0;
     let mut lsn = first_lsn;
     let mut s = seq;
-    while i < groups.len() {
+    let all = &groups.groups;
+    while i < all.len() {
         let place = first_page + s % ring_pages;
         let mut n = 0;
         let mut used = 0;
-        while i + n < groups.len() && used + group_bytes(&groups[i + n]) <= LOG_PAYLOAD_BYTES {
-            used += group_bytes(&groups[i + n]);
+        while i + n < all.len() && used + groups.bytes_of(i + n) <= LOG_PAYLOAD_BYTES {
+            used += groups.bytes_of(i + n);
             n += 1;
         }
         assert!(n > 0, "a log record group larger than a page");
-        let records: u64 = groups[i..i + n].iter().map(|g| g.len() as u64).sum();
+        let records: u64 = all.range(i..i + n).map(|g| u64::from(g.records)).sum();
         let h = PageHeader {
             kind: PageKind::Log,
             count: records as u32,
@@ -210,9 +211,8 @@ pub fn pack(
         let mut w = Writer::new(&mut b, HEADER_BYTES);
         w.u64(lsn);
         w.u64(seq);
-        for r in groups[i..i + n].iter().flatten() {
-            w.bytes(r);
-        }
+        // A run of groups is a run of bytes.
+        w.bytes(&groups.bytes[groups.start_of(i)..groups.start_of(i + n)]);
         seal(&mut b);
         out.push((place, b));
         i += n;
@@ -220,6 +220,92 @@ pub fn pack(
         s += 1;
     }
     out
+}
+
+/// Encoded records in groups (the records of one change, kept on one page), one after
+/// the other in one buffer: a change adds its bytes, an append copies runs of them into
+/// pages — no allocation per record held until the append, and none freed by it.
+#[derive(Default)]
+pub struct RecordGroups {
+    bytes: Vec<u8>,
+    groups: std::collections::VecDeque<GroupEnd>,
+    /// Bytes dropped from the front of `bytes` (where group ends are counted from).
+    dropped: usize,
+}
+
+#[derive(Clone, Copy)]
+struct GroupEnd {
+    /// Where the group ends in `bytes` (plus `dropped`).
+    end: usize,
+    records: u32,
+}
+
+impl RecordGroups {
+    /// Groups of the given records, in order.
+    pub fn of(groups: &[Vec<Vec<u8>>]) -> RecordGroups {
+        let mut g = RecordGroups::default();
+        for x in groups {
+            g.push(x);
+        }
+        g
+    }
+
+    /// Adds a group (nothing if it holds no records).
+    pub fn push(&mut self, group: &[Vec<u8>]) {
+        if group.is_empty() {
+            return;
+        }
+        for r in group {
+            self.bytes.extend_from_slice(r);
+        }
+        self.groups.push_back(GroupEnd {
+            end: self.bytes.len() + self.dropped,
+            records: group.len() as u32,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Bytes of the records held.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The number of records of each group, in order.
+    pub fn records_per_group(&self) -> impl Iterator<Item = u64> + '_ {
+        self.groups.iter().map(|g| u64::from(g.records))
+    }
+
+    /// Drops the first `k` groups.
+    pub fn drop_first(&mut self, k: usize) {
+        let Some(last) = self.groups.drain(..k.min(self.groups.len())).next_back() else {
+            return;
+        };
+        self.bytes.drain(..last.end - self.dropped);
+        self.dropped = last.end;
+    }
+
+    /// Drops every group, keeping the buffer's capacity.
+    pub fn clear(&mut self) {
+        self.dropped += self.bytes.len();
+        self.bytes.clear();
+        self.groups.clear();
+    }
+
+    /// Where group `i` starts in `bytes` (or, for `i` = the number of groups, where
+    /// the last ends).
+    fn start_of(&self, i: usize) -> usize {
+        match i {
+            0 => 0,
+            _ => self.groups[i - 1].end - self.dropped,
+        }
+    }
+
+    fn bytes_of(&self, i: usize) -> usize {
+        self.groups[i].end - self.dropped - self.start_of(i)
+    }
 }
 
 fn group_bytes(g: &[Vec<u8>]) -> usize {
@@ -460,6 +546,43 @@ mod tests {
         ]
     }
 
+    /// Groups held for an append, after earlier appends took theirs and a checkpoint
+    /// dropped the first ones, pack exactly as the same groups held alone.
+    #[test]
+    fn held_groups_pack_alike_after_appends_and_checkpoints_dropped_some() {
+        let pool = Uuid::from_u128(42);
+        let group = |k: usize| -> Vec<Vec<u8>> {
+            let s = sample();
+            (0..1 + k % 3)
+                .map(|i| encode(&s[(k + i) % s.len()]))
+                .collect()
+        };
+        let mut held = RecordGroups::default();
+        for k in 0..50 {
+            held.push(&group(k));
+        }
+        held.clear(); // an append took them
+        held.push(&[]); // no records: no group
+        for k in 50..200 {
+            held.push(&group(k));
+        }
+        held.drop_first(30); // a checkpoint covered them
+        let alone: Vec<Vec<Vec<u8>>> = (80..200).map(group).collect();
+        assert_eq!(
+            held.bytes(),
+            alone.iter().flatten().map(Vec::len).sum::<usize>()
+        );
+        assert_eq!(
+            held.records_per_group().collect::<Vec<_>>(),
+            alone.iter().map(|g| g.len() as u64).collect::<Vec<_>>()
+        );
+        let pages = pack(&held, 3, 77, 10, 64, &pool);
+        assert!(pages.len() > 2, "{} pages", pages.len());
+        assert_eq!(pages, pack(&RecordGroups::of(&alone), 3, 77, 10, 64, &pool));
+        held.drop_first(1000);
+        assert!(held.is_empty() && held.bytes() == 0);
+    }
+
     #[test]
     fn records_round_trip_and_fill_pages_in_order() {
         let pool = Uuid::from_u128(42);
@@ -475,7 +598,7 @@ mod tests {
             want.extend(s);
         }
         // The ring wraps: sequence 6 of a ring of 4 lies at place 2.
-        let pages = pack(&recs, 6, 100, 50, 4, &pool);
+        let pages = pack(&RecordGroups::of(&recs), 6, 100, 50, 4, &pool);
         assert!(pages.len() > 1, "{} pages", pages.len());
         let mut got = Vec::new();
         let mut lsn = 100;
@@ -516,7 +639,7 @@ mod tests {
         };
         let live = encode_splice(1, 4, 6, &[e, p], &fills).unwrap();
         let pool = Uuid::from_u128(42);
-        let (place, page) = pack(&[vec![live]], 0, 1, 10, 8, &pool).remove(0);
+        let (place, page) = pack(&RecordGroups::of(&[vec![live]]), 0, 1, 10, 8, &pool).remove(0);
         let decoded = decode_log_page(&page, place, &pool, 1000).unwrap();
         assert_eq!(
             decoded.records,
@@ -550,7 +673,14 @@ mod tests {
     #[test]
     fn damaged_pages_are_refused_with_the_field_named() {
         let pool = Uuid::from_u128(42);
-        let pages = pack(&[vec![encode(&sample()[0])]], 0, 1, 10, 8, &pool);
+        let pages = pack(
+            &RecordGroups::of(&[vec![encode(&sample()[0])]]),
+            0,
+            1,
+            10,
+            8,
+            &pool,
+        );
         let (place, good) = &pages[0];
         // Another place: misdirected.
         assert!(matches!(

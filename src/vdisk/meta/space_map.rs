@@ -50,9 +50,8 @@ pub fn encode_space_map(page: u64, txn: u64, pool: &Uuid, index: u64, counts: &[
         },
     };
     let mut b = new_page(&h, pool);
-    let mut w = Writer::new(&mut b, HEADER_BYTES);
-    for &c in counts {
-        w.u32(c);
+    for (to, c) in b[HEADER_BYTES..].chunks_exact_mut(4).zip(counts) {
+        to.copy_from_slice(&c.to_le_bytes());
     }
     seal(&mut b);
     b
@@ -200,35 +199,115 @@ impl SpaceMapPtrs {
         pool: &Uuid,
         out: &mut Vec<(u64, Vec<u8>)>,
     ) -> SpaceMapPtrs {
-        let sm = self.pages.len() as u64;
-        let smi = self.index.len() as u64;
-        let other = |cur: &BlockPtr, places: [u64; 2]| {
-            if cur.page == places[0] {
-                places[1]
-            } else {
-                places[0]
-            }
-        };
-        let mut next = self.clone();
-        let mut dirty_index = std::collections::BTreeSet::new();
+        SpaceMapStage::take(self, changed, refs, txn, Vec::new())
+            .finish(pool, out)
+            .0
+    }
+}
+
+/// The other place of a page whose places are `places`, `cur` pointing at one of them.
+fn other_place(cur: &BlockPtr, places: [u64; 2]) -> u64 {
+    if cur.page == places[0] {
+        places[1]
+    } else {
+        places[0]
+    }
+}
+
+/// A checkpoint's space map as its instant left it: the counts of the pages changed in
+/// its transaction, copied (a copy of a few MiB at most; encoding a thousand pages is
+/// milliseconds that the instant, which holds the controller's core, must not spend),
+/// then encoded a batch at a time ([`SpaceMapStage::encode`]) while the live counts
+/// move on, and finished with the index pages ([`SpaceMapStage::finish`]).
+pub struct SpaceMapStage {
+    txn: u64,
+    /// The pointers the new superblock commits, filled in as pages are encoded.
+    next: SpaceMapPtrs,
+    /// (space-map page, the place it is written to), in the order of `counts`.
+    changed: Vec<(u64, u64)>,
+    /// The changed pages' counts, one after the other (each page's length follows
+    /// from its index).
+    counts: Vec<u32>,
+    /// Pages of `changed` encoded so far, and where their counts end in `counts`.
+    encoded: usize,
+    counts_at: usize,
+    /// Segments the space map counts.
+    segments: u64,
+    dirty_index: std::collections::BTreeSet<u64>,
+}
+
+impl SpaceMapStage {
+    /// Copies the counts of the space-map pages `changed` from `refs` into `buf` (kept
+    /// by the caller between checkpoints for its capacity) for transaction `txn`;
+    /// `committed` are the pointers of the superblock in force.
+    pub fn take(
+        committed: &SpaceMapPtrs,
+        changed: impl IntoIterator<Item = u64>,
+        refs: &[u32],
+        txn: u64,
+        mut buf: Vec<u32>,
+    ) -> SpaceMapStage {
+        let sm = committed.pages.len() as u64;
+        buf.clear();
+        let mut pages = Vec::new();
         for i in changed {
             let lo = i as usize * SM_COUNTS_PER_PAGE;
             let hi = (lo + SM_COUNTS_PER_PAGE).min(refs.len());
-            let page = other(&self.pages[i as usize], [i, sm + i]);
-            let b = encode_space_map(page, txn, pool, i, &refs[lo..hi]);
-            next.pages[i as usize] = BlockPtr::of(&b);
-            out.push((page, b));
-            dirty_index.insert(i / SM_PTRS_PER_PAGE as u64);
+            buf.extend_from_slice(&refs[lo..hi]);
+            pages.push((i, other_place(&committed.pages[i as usize], [i, sm + i])));
         }
-        for j in dirty_index {
+        SpaceMapStage {
+            txn,
+            next: committed.clone(),
+            changed: pages,
+            counts: buf,
+            encoded: 0,
+            counts_at: 0,
+            segments: refs.len() as u64,
+            dirty_index: Default::default(),
+        }
+    }
+
+    /// Space-map pages staged and not yet encoded.
+    pub fn left(&self) -> usize {
+        self.changed.len() - self.encoded
+    }
+
+    /// Encodes up to `max` more of the staged pages into `out`.
+    pub fn encode(&mut self, max: usize, pool: &Uuid, out: &mut Vec<(u64, Vec<u8>)>) {
+        let end = self.encoded.saturating_add(max).min(self.changed.len());
+        for &(i, place) in &self.changed[self.encoded..end] {
+            let n = entries_of_page(i, self.segments, SM_COUNTS_PER_PAGE);
+            let counts = &self.counts[self.counts_at..self.counts_at + n];
+            let b = encode_space_map(place, self.txn, pool, i, counts);
+            self.next.pages[i as usize] = BlockPtr::of(&b);
+            out.push((place, b));
+            self.dirty_index.insert(i / SM_PTRS_PER_PAGE as u64);
+            self.counts_at += n;
+        }
+        self.encoded = end;
+    }
+
+    /// Encodes what is left and the index pages of the pages encoded; returns the
+    /// pointers the new superblock commits, and the counts' buffer for the next stage.
+    pub fn finish(
+        mut self,
+        pool: &Uuid,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> (SpaceMapPtrs, Vec<u32>) {
+        self.encode(usize::MAX, pool, out);
+        let sm = self.next.pages.len() as u64;
+        let smi = self.next.index.len() as u64;
+        for &j in &self.dirty_index {
             let lo = j as usize * SM_PTRS_PER_PAGE;
             let hi = (lo + SM_PTRS_PER_PAGE).min(sm as usize);
             let base = 2 * sm;
-            let page = other(&self.index[j as usize], [base + j, base + smi + j]);
-            let b = encode_sm_index(page, txn, pool, j, &next.pages[lo..hi]);
-            next.index[j as usize] = BlockPtr::of(&b);
+            // `next.index[j]` is still the committed pointer: each is replaced once.
+            let page = other_place(&self.next.index[j as usize], [base + j, base + smi + j]);
+            let b = encode_sm_index(page, self.txn, pool, j, &self.next.pages[lo..hi]);
+            self.next.index[j as usize] = BlockPtr::of(&b);
             out.push((page, b));
         }
-        next
+        (self.next, self.counts)
     }
 }

@@ -4,8 +4,8 @@ use super::directory::{DiskKind, DiskRecord, JobRecord, decode_directory, encode
 use super::label::{Label, Role};
 use super::node::{decode_internal, decode_leaf, encode_internal, encode_leaf};
 use super::space_map::{
-    SM_COUNTS_PER_PAGE, SM_PTRS_PER_PAGE, SpaceMapPtrs, decode_sm_index, decode_space_map,
-    encode_space_map,
+    SM_COUNTS_PER_PAGE, SM_PTRS_PER_PAGE, SpaceMapPtrs, SpaceMapStage, decode_sm_index,
+    decode_space_map, encode_space_map,
 };
 use super::superblock::{ContainerRecord, Superblock, pick};
 use super::*;
@@ -337,6 +337,38 @@ fn space_map_writes_go_to_the_place_not_in_force() {
     out.clear();
     second.write([7], &refs, 3, &pool(), &mut out);
     assert_eq!(out[0].0, 7);
+}
+
+/// A checkpoint stages the counts of its instant and encodes them while the live
+/// counts move on: the pages hold the staged counts, exactly what one write of them at
+/// the instant gives, whatever the batches — and the last, shorter page keeps its length.
+#[test]
+fn a_staged_space_map_holds_the_counts_of_its_instant() {
+    let sm_pages = SM_PTRS_PER_PAGE as u64 + 3; // two index pages
+    let segments = sm_pages as usize * SM_COUNTS_PER_PAGE - 100;
+    let mut refs: Vec<u32> = (0..segments as u32).map(|s| s * 3 + 1).collect();
+    let at_instant_refs = refs.clone();
+    let committed = SpaceMapPtrs::unwritten(sm_pages);
+    let changed = [0, 5, SM_PTRS_PER_PAGE as u64 + 1, sm_pages - 1];
+    let mut at_instant = Vec::new();
+    let want = committed.write(changed, &refs, 4, &pool(), &mut at_instant);
+    let mut stage = SpaceMapStage::take(&committed, changed, &refs, 4, Vec::with_capacity(8));
+    refs.iter_mut().for_each(|r| *r += 1); // the live counts move on
+    let mut out = Vec::new();
+    while stage.left() > 0 {
+        stage.encode(1, &pool(), &mut out);
+    }
+    let (got, buf) = stage.finish(&pool(), &mut out);
+    assert_eq!(got, want);
+    assert_eq!(out, at_instant);
+    assert_eq!(buf.len(), 3 * SM_COUNTS_PER_PAGE + SM_COUNTS_PER_PAGE - 100);
+    for (k, &i) in changed.iter().enumerate() {
+        let (p, b) = &out[k];
+        let (_, counts) = decode_space_map(b, *p, &pool(), i).unwrap();
+        let lo = i as usize * SM_COUNTS_PER_PAGE;
+        let hi = (lo + SM_COUNTS_PER_PAGE).min(segments);
+        assert_eq!(counts, at_instant_refs[lo..hi], "space-map page {i}");
+    }
 }
 
 #[test]
