@@ -37,7 +37,7 @@ trap 'rm -rf "$work"' EXIT
 . bench/support/timed_actions.sh
 timed_schedule "$from" "$count"
 machine_line
-echo "# $T; QD 32 random 4 KiB writes for $seconds s, snapshots at $at; metadata file ${zeroed:+zeroed}${zeroed:-sparse}"
+echo "# $T; QD 32 random 4 KiB writes for $seconds s, snapshots at $at; metadata file $([ -n "$zeroed" ] && echo zeroed || echo sparse)"
 for size in $sizes; do
     rm -f "$work/meta.img"
     if [ -n "$zeroed" ]; then
