@@ -41,9 +41,9 @@ echo "# $T; QD 32 random 4 KiB writes for $seconds s, snapshots at $at; metadata
 for size in $sizes; do
     rm -f "$work/meta.img"
     if [ -n "$zeroed" ]; then
-        dd if=/dev/zero of="$work/meta.img" bs=1M count=2048 status=none
+        dd if=/dev/zero of="$work/meta.img" bs=1M count=4096 status=none
     else
-        truncate -s 2G "$work/meta.img"
+        truncate -s 4G "$work/meta.img"
     fi
     null_pool_yaml "$work/meta.img" "$size" >"$work/pool.yaml"
     "$T" bench -c "$work/pool.yaml" --bdev thin0 -w randwrite -q 32 -t "$seconds" \

@@ -31,22 +31,29 @@ use std::time::Duration;
 /// Why a target operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("{0}")]
+    #[error(transparent)]
     Nbd(#[from] crate::frontend::nbd::NbdError),
-    #[error("{0}")]
+    #[error(transparent)]
     Nvmf(#[from] crate::frontend::nvmf::NvmfError),
-    #[error("{0}")]
+    #[error(transparent)]
     Nvme(#[from] crate::bdev::nvme::HostError),
+    /// Not a `source`: the message holds it (an error chain would print it twice).
     #[error("reactors: {0}")]
-    Reactor(#[from] ReactorError),
-    #[error("{0}")]
+    Reactor(ReactorError),
+    #[error(transparent)]
     Bdev(#[from] BdevError),
-    #[error("{0}")]
+    #[error(transparent)]
     Vdisk(#[from] VdiskError),
     #[error("pool `{0}` does not exist")]
     NoSuchPool(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<ReactorError> for TargetError {
+    fn from(e: ReactorError) -> TargetError {
+        TargetError::Reactor(e)
+    }
 }
 
 struct PoolEntry {
@@ -960,4 +967,29 @@ pub fn create_bdev(cfg: &BdevConfig, registry: &BdevRegistry) -> Result<Arc<dyn 
             volatile_cache,
         } => ErrorBdev::create(name, registry.get(base)?, *volatile_cache)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error printed as a chain of causes (as `tessera` prints it on exit) says each
+    /// thing once: a wrapped pool or bdev error is not its own cause too.
+    #[test]
+    fn wrapped_errors_print_once_as_a_chain() {
+        let e = TargetError::from(VdiskError::HoldsPool {
+            bdev: "m0".into(),
+            pool: "p0".into(),
+            uuid: uuid::Uuid::nil(),
+        });
+        let printed = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(
+            printed,
+            "bdev `m0` already holds pool `p0` (00000000-0000-0000-0000-000000000000); delete \
+             that pool first"
+        );
+        let e = TargetError::from(BdevError::NotFound("m9".into()));
+        let printed = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(printed.matches("m9").count(), 1, "{printed}");
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub enum ClientError {
     #[error("cannot connect to {path}: {source} (is `tessera serve` running?)")]
     Connect { path: String, source: io::Error },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("the server closed the connection before answering")]
     Closed,

@@ -57,6 +57,10 @@ use std::task::Poll;
 
 use super::load::{flush, write_bytes_fua};
 
+/// How long a checkpoint's writes wait for a log append's writes to complete before they
+/// go ahead anyway.
+pub(crate) const LOG_WRITE_PRIORITY: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Controller {
     /// Commits (or waits for a commit that started after this call): when it returns
     /// `Ok`, everything written before the call is durable.
@@ -639,7 +643,7 @@ impl Controller {
         const BATCH: usize = 64;
         /// Most pages written at once: filling their buffers holds the core (~1 ms
         /// for 2 MiB), and the device's queue holds them ahead of a log append.
-        const BATCH_PAGES: usize = 512;
+        const BATCH_PAGES: usize = 128;
         /// Most pages of one run.
         const RUN: usize = 64;
         let mut sorted: Vec<&(u64, Vec<u8>)> = pages.iter().collect();
@@ -672,6 +676,14 @@ impl Controller {
         for batch in batches {
             if self.stopped() {
                 return Err(IoStatus::Aborted);
+            }
+            // A checkpoint's writes wait for a log append's (a snapshot or a flush
+            // waits for those), a bounded while.
+            if !fua && self.log_writing.get() {
+                let deadline = reactor::now().after(LOG_WRITE_PRIORITY);
+                while self.log_writing.get() && reactor::now() < deadline {
+                    reactor::yield_now().await;
+                }
             }
             let bdev = &self.shared.meta_bdev;
             let writes: Vec<_> = batch

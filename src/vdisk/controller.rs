@@ -249,6 +249,9 @@ pub(crate) struct Controller {
     pub release_stalls: std::cell::Cell<u32>,
     /// Commits a write fault ran to make metadata room (the batch did not fit).
     pub commits_for_room: std::cell::Cell<u64>,
+    /// A log append's pages are being written: a checkpoint holds its next writes back
+    /// (for at most [`super::commit::LOG_WRITE_PRIORITY`]) so as not to queue ahead of them.
+    pub log_writing: std::cell::Cell<bool>,
     /// The controller's side of the metadata budget (`commit.rs`, "Metadata space").
     pub meta: RefCell<MetaLedger>,
     /// This core's channels to the metadata bdev and the containers, held for as long as
@@ -289,6 +292,7 @@ impl Controller {
             limits: std::cell::Cell::new(TimeLimits::default()),
             release_stalls: std::cell::Cell::new(0),
             commits_for_room: std::cell::Cell::new(0),
+            log_writing: std::cell::Cell::new(false),
             meta: RefCell::new(MetaLedger::default()),
             _channels: std::iter::once(&shared.meta_bdev)
                 .chain(shared.containers.iter().map(|c| &c.bdev))

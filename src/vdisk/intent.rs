@@ -467,10 +467,13 @@ impl Controller {
         }
         // Written with force-unit-access: durable as each write completes, with no
         // flush after them to wait for.
-        if !pages.is_empty()
-            && let Err(e) = self.write_pages(&pages, true).await
-        {
-            return Err(self.fail(format!("appending to the log failed: {e:?}")));
+        if !pages.is_empty() {
+            self.log_writing.set(true);
+            let r = self.write_pages(&pages, true).await;
+            self.log_writing.set(false);
+            if let Err(e) = r {
+                return Err(self.fail(format!("appending to the log failed: {e:?}")));
+            }
         }
         let checkpoint = {
             let mut st = self.st.borrow_mut();

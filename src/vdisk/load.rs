@@ -153,12 +153,11 @@ pub(crate) async fn create(
             ));
         }
         if let Some(l) = read_label(b).await? {
-            return Err(VdiskError::Exists(format!(
-                "bdev `{}` already holds pool `{}` ({}); delete that pool first",
-                b.name(),
-                l.pool_name,
-                l.pool_uuid
-            )));
+            return Err(VdiskError::HoldsPool {
+                bdev: b.name().to_string(),
+                pool: l.pool_name,
+                uuid: l.pool_uuid,
+            });
         }
     }
     let block_size = containers

@@ -95,6 +95,12 @@ pub enum VdiskError {
     NotFound(String),
     #[error("`{0}` already exists")]
     Exists(String),
+    #[error("bdev `{bdev}` already holds pool `{pool}` ({uuid}); delete that pool first")]
+    HoldsPool {
+        bdev: String,
+        pool: String,
+        uuid: uuid::Uuid,
+    },
     #[error("`{0}` is read-only")]
     ReadOnly(String),
     #[error("not enough free space: {need} segments needed, {free} free")]

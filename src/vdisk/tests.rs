@@ -1391,3 +1391,28 @@ fn concurrent_first_writes_share_view_pushes_and_table_passes() {
         }
     });
 }
+
+/// A bdev that holds a pool is refused to a second one, with a message that names the
+/// bdev and the pool it holds (`target.rs` checks it is printed once on exit).
+#[test]
+fn a_bdev_holding_a_pool_is_refused_with_one_message_naming_both() {
+    let set = reactors(1);
+    let base = malloc("m0", 64);
+    let _pool = new_pool(&set, base.clone());
+    let e = block_on(Pool::create(
+        set.cores(),
+        0,
+        vec![base],
+        None,
+        PoolOptions::new("p1"),
+    ))
+    .err()
+    .expect("a second pool on m0 was created");
+    assert!(matches!(e, VdiskError::HoldsPool { .. }), "{e:?}");
+    let printed = e.to_string();
+    assert!(
+        printed.starts_with("bdev `m0` already holds pool `p0` (")
+            && printed.ends_with("); delete that pool first"),
+        "{printed}"
+    );
+}

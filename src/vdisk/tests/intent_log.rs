@@ -232,3 +232,44 @@ fn changed_fills_are_logged_within_milliseconds() {
     }
     block_on(pool.close()).unwrap();
 }
+
+/// A checkpoint's writes do not queue ahead of a log append's (a snapshot or a flush
+/// waits for those): while an append writes, a checkpoint holds its next batch back —
+/// until the append's writes complete, or for at most `LOG_WRITE_PRIORITY`.
+#[test]
+fn checkpoint_writes_wait_for_a_log_append_a_bounded_while() {
+    let set = reactors(1);
+    let pool = new_pool(&set, malloc("m0", 64));
+    let waited = |clear_after: Option<Duration>| {
+        block_on(pool.on_ctl(move |c| async move {
+            let page = c.st.borrow_mut().space.alloc_page().expect("a free page");
+            c.log_writing.set(true);
+            if let Some(after) = clear_after {
+                let me = c.clone();
+                crate::reactor::spawn_local(async move {
+                    crate::reactor::sleep(after).await;
+                    me.log_writing.set(false);
+                })
+                .detach();
+            }
+            let t0 = std::time::Instant::now();
+            let r = c
+                .write_pages(&[(page, vec![0; crate::vdisk::meta::PAGE_BYTES])], false)
+                .await;
+            c.log_writing.set(false);
+            assert_eq!(r, Ok(()));
+            Ok(t0.elapsed())
+        }))
+        .unwrap()
+    };
+    let held = waited(Some(Duration::from_millis(8)));
+    assert!(
+        held >= Duration::from_millis(8) && held < crate::vdisk::commit::LOG_WRITE_PRIORITY,
+        "a checkpoint write went after {held:?} (the append's writes completed after 8 ms)"
+    );
+    let bounded = waited(None);
+    assert!(
+        bounded >= crate::vdisk::commit::LOG_WRITE_PRIORITY && bounded < Duration::from_secs(1),
+        "a checkpoint write went after {bounded:?} with an append's writes never completing"
+    );
+}
