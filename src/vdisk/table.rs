@@ -207,16 +207,24 @@ impl Node {
             freed += 1;
             if let NodeKind::Internal { children, .. } = &n.kind {
                 pending.extend(children.iter().cloned());
-                n.free_own(rc);
-            } else {
-                n.free(rc);
             }
+            n.free_own(rc);
         }
         pending.is_empty()
     }
 
-    /// Frees an internal node's page, not its children (the caller releases them).
+    /// Frees what the node itself holds — a leaf's segments, its page — but not an
+    /// internal node's children (the caller releases them).
     fn free_own(&self, rc: &mut dyn RefCounts) {
+        if let NodeKind::Leaf { extents } = &self.kind
+            && !self.segs_moved.load(Ordering::Relaxed)
+        {
+            for e in extents {
+                for s in e.segments() {
+                    rc.seg_add(s, -1);
+                }
+            }
+        }
         let p = self.page();
         if p != NO_PAGE {
             rc.page_free(p);
@@ -226,19 +234,9 @@ impl Node {
     }
 
     fn free(&self, rc: &mut dyn RefCounts) {
-        match &self.kind {
-            NodeKind::Internal { children, .. } => {
-                for c in children {
-                    c.release(rc);
-                }
-            }
-            NodeKind::Leaf { .. } if self.segs_moved.load(Ordering::Relaxed) => {}
-            NodeKind::Leaf { extents } => {
-                for e in extents {
-                    for s in e.segments() {
-                        rc.seg_add(s, -1);
-                    }
-                }
+        if let NodeKind::Internal { children, .. } = &self.kind {
+            for c in children {
+                c.release(rc);
             }
         }
         self.free_own(rc);

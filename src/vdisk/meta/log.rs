@@ -229,13 +229,11 @@ pub fn pack(
 pub struct RecordGroups {
     bytes: Vec<u8>,
     groups: std::collections::VecDeque<GroupEnd>,
-    /// Bytes dropped from the front of `bytes` (where group ends are counted from).
-    dropped: usize,
 }
 
 #[derive(Clone, Copy)]
 struct GroupEnd {
-    /// Where the group ends in `bytes` (plus `dropped`).
+    /// Where the group ends in `bytes`.
     end: usize,
     records: u32,
 }
@@ -259,7 +257,7 @@ impl RecordGroups {
             self.bytes.extend_from_slice(r);
         }
         self.groups.push_back(GroupEnd {
-            end: self.bytes.len() + self.dropped,
+            end: self.bytes.len(),
             records: group.len() as u32,
         });
     }
@@ -283,13 +281,14 @@ impl RecordGroups {
         let Some(last) = self.groups.drain(..k.min(self.groups.len())).next_back() else {
             return;
         };
-        self.bytes.drain(..last.end - self.dropped);
-        self.dropped = last.end;
+        self.bytes.drain(..last.end);
+        for g in &mut self.groups {
+            g.end -= last.end;
+        }
     }
 
     /// Drops every group, keeping the buffer's capacity.
     pub fn clear(&mut self) {
-        self.dropped += self.bytes.len();
         self.bytes.clear();
         self.groups.clear();
     }
@@ -299,12 +298,12 @@ impl RecordGroups {
     fn start_of(&self, i: usize) -> usize {
         match i {
             0 => 0,
-            _ => self.groups[i - 1].end - self.dropped,
+            _ => self.groups[i - 1].end,
         }
     }
 
     fn bytes_of(&self, i: usize) -> usize {
-        self.groups[i].end - self.dropped - self.start_of(i)
+        self.groups[i].end - self.start_of(i)
     }
 }
 
