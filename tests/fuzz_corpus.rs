@@ -507,7 +507,8 @@ fn vdisk_meta_seeds() {
         // which; byte 0 the page index).
         let code = match kind {
             PageKind::Internal => 0u8,
-            PageKind::Leaf => 1,
+            // The image's leaves are packed ones (`PoolImage` files both as leaves).
+            PageKind::Leaf | PageKind::PackedLeaf => 6,
             PageKind::Directory => 2,
             PageKind::SpaceMapIndex => 3,
             PageKind::SpaceMap => 4,
@@ -580,6 +581,21 @@ fn vdisk_meta_seeds() {
     s.add("empty", []);
     s.add("zeros", [0u8; 4096]);
     s.add("ones", [0xffu8; 4096]);
+    // A leaf in the wide encoding builds still read, and its payload forged as one.
+    {
+        use tessera::vdisk::map::{Extent, Fills};
+        use tessera::vdisk::meta::node::encode_wide_leaf;
+        let fills = Fills::new(64);
+        fills.fresh(9, 1, 0).set_range(5, 20);
+        let mut e = Extent::full(40, 9, 3);
+        e.layers[0].partial = true;
+        let exts = [Extent::full(0, 7, 1), Extent::run(3, 4, 10, 2), e];
+        let mut wide = encode_wide_leaf(11, 2, &img.sb.pool_uuid, &exts, &fills);
+        s.add("wide-leaf-page", &wide);
+        wide[0] = 11;
+        wide[1] = 1 << 1 | 1;
+        s.add("wide-leaf-forged", &wide);
+    }
     let mut huge_count = img.page(img.pages(PageKind::Leaf)[0]).to_vec();
     huge_count[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
     huge_count[1] = 3;

@@ -40,7 +40,7 @@ use tessera::vdisk::check::CheckReport;
 use tessera::vdisk::meta::directory::{decode_directory, encode_directory};
 use tessera::vdisk::meta::label::Label;
 use tessera::vdisk::meta::node::{
-    RawExtent, decode_internal, decode_leaf, encode_internal, encode_raw_leaf,
+    RawExtent, decode_internal, decode_leaf, encode_internal, encode_raw_leaf, encode_raw_wide_leaf,
 };
 use tessera::vdisk::meta::space_map::{decode_sm_index, encode_sm_index, encode_space_map};
 use tessera::vdisk::meta::{self, BlockPtr, PAGE_BYTES, PageKind};
@@ -128,9 +128,9 @@ fn stale_version(img: &PoolImage, p: u64) -> Vec<u8> {
             let at = img.offset(p);
             first[at..at + PAGE_BYTES].to_vec()
         }
-        PageKind::Leaf => {
+        PageKind::Leaf | PageKind::PackedLeaf => {
             let q = old.pages(kind)[0];
-            let exts = decode_leaf(old.page(q), q, &pool, 192).expect("a leaf");
+            let exts = decode_leaf(old.page(q), q, &pool, 384).expect("a leaf");
             encode_raw_leaf(p, 3, &pool, &exts)
         }
         PageKind::Internal => {
@@ -559,7 +559,7 @@ fn tessera_check_cli_names_the_damaged_page() {
 /// decoded extents.
 fn first_leaf(img: &PoolImage) -> (u64, Vec<RawExtent>) {
     let (p, _) = two_leaves(img);
-    let exts = decode_leaf(img.page(p), p, &img.sb.pool_uuid, 192).unwrap();
+    let exts = decode_leaf(img.page(p), p, &img.sb.pool_uuid, 384).unwrap();
     (p, exts)
 }
 
@@ -573,7 +573,16 @@ fn craft_leaf(f: impl FnOnce(&mut Vec<RawExtent>)) -> (PoolImage, u64) {
     let mut img = fresh();
     let (p, mut exts) = first_leaf(&img);
     f(&mut exts);
-    let b = encode_raw_leaf(p, txn_of(&img, p), &img.sb.pool_uuid, &exts);
+    // Extents out of order are written wide (packed ones cannot say it).
+    let in_order = exts
+        .windows(2)
+        .all(|w| w[0].vseg + u64::from(w[0].len) <= w[1].vseg);
+    let (txn, pool) = (txn_of(&img, p), img.sb.pool_uuid);
+    let b = if in_order {
+        encode_raw_leaf(p, txn, &pool, &exts)
+    } else {
+        encode_raw_wide_leaf(p, txn, &pool, &exts)
+    };
     img.replace_page(p, &b);
     (img, p)
 }
@@ -610,12 +619,12 @@ fn crafted_leaves_are_refused() {
     // Outside the leaf's span: moved past the next leaf's first key.
     let (img, p) = craft_leaf(|e| {
         let last = e.pop().unwrap();
-        e.push(RawExtent { vseg: 150, ..last });
+        e.push(RawExtent { vseg: 318, ..last });
     });
     refused(
         &img.bytes,
         &[&format!(
-            "metadata page {p}: vseg: extent at segment 150 crosses the leaf's span"
+            "metadata page {p}: vseg: extent at segment 318 crosses the leaf's span"
         )],
     );
     // A fill marking granules a 64 KiB segment does not have (it has 16).
@@ -629,7 +638,8 @@ fn crafted_leaves_are_refused() {
             "beyond the 16 a segment has",
         ],
     );
-    // A count that runs past the page.
+    // A count beyond the extents the page holds (the zeros after them read as an
+    // extent of no segments).
     let mut img = fresh();
     let (p, _) = first_leaf(&img);
     let at = img.offset(p);
@@ -639,8 +649,8 @@ fn crafted_leaves_are_refused() {
     refused(
         &img.bytes,
         &[
-            &format!("metadata page {p}: extent: extent"),
-            "runs past the end of the page",
+            &format!("metadata page {p}: len: extent"),
+            "covers 0 segments",
         ],
     );
 }
@@ -851,7 +861,7 @@ fn crafted_superblocks_are_refused_before_anything_is_allocated() {
         &[&at("containers")],
     );
     refused(
-        &with(&|s| s.containers[0].reserved_segments = 192),
+        &with(&|s| s.containers[0].reserved_segments = 384),
         &[&at("containers")],
     );
     // The directory in the space-map area.
@@ -890,13 +900,13 @@ fn crafted_space_maps_are_reported_and_rebuilt() {
     rebuilt(
         &b.bytes,
         &[&format!(
-            "metadata page {sm}: count: 3 counts for space-map page 0, expected 192"
+            "metadata page {sm}: count: 3 counts for space-map page 0, expected 384"
         )],
     );
     // Counts that disagree with the tables.
     let mut b = img.clone();
     let mut counts = vec![u32::MAX; 6];
-    counts.extend(std::iter::repeat_n(7, 186));
+    counts.extend(std::iter::repeat_n(7, 378));
     let enc = encode_space_map(sm, txn_of(&b, sm), &pool, 0, &counts);
     b.replace_page(sm, &enc);
     rebuilt(

@@ -23,11 +23,11 @@ use std::time::Duration;
 pub const BLOCK_BYTES: u32 = 4096;
 /// Segment size of the image's pool (the smallest a pool takes).
 pub const SEGMENT_BYTES: u64 = 64 << 10;
-/// Size of the image's RAM disk: 192 segments.
-pub const DISK_BYTES: u64 = 192 * SEGMENT_BYTES;
+/// Size of the image's RAM disk: 384 segments.
+pub const DISK_BYTES: u64 = 384 * SEGMENT_BYTES;
 /// Metadata area of the image's pool: 24 segments, 384 pages: room, within the
 /// metadata budget (which counts what each change may cost at most, and a fill's pages
-/// until two commits after it), for the builder's two batches of 80 uncommitted
+/// until two commits after it), for the builder's batches of 200 and 120 uncommitted
 /// extents without a commit forced between them.
 pub const METADATA_BYTES: u64 = 24 * SEGMENT_BYTES;
 /// [`METADATA_BYTES`] in 4 KiB pages.
@@ -205,19 +205,19 @@ fn build_images() -> Vec<Vec<u8>> {
     };
     let p = pool.clone();
     run(Box::pin(async move {
-        p.create_disk("vd0", 160 * SEGMENT_BYTES, true)
+        p.create_disk("vd0", 400 * SEGMENT_BYTES, true)
             .await
             .map(drop)
     }));
-    // Every other segment: 80 extents, then 80 more in a second pass: more than a leaf
-    // holds, so the table grows an internal node.
-    write("vd0", (0..80).map(|s| 2 * s * seg_blocks).collect(), 1);
+    // Every other segment: 200 extents, more than a leaf holds, so the table grows an
+    // internal node; then 120 more in a second pass.
+    write("vd0", (0..200).map(|s| 2 * s * seg_blocks).collect(), 1);
     let p = pool.clone();
     run(Box::pin(async move { p.commit().await }));
     keep(&mr);
     write(
         "vd0",
-        (0..80).map(|s| (2 * s + 1) * seg_blocks + 3).collect(),
+        (0..120).map(|s| (2 * s + 1) * seg_blocks + 3).collect(),
         2,
     );
     let p = pool.clone();

@@ -190,6 +190,7 @@ pub fn vdisk_meta(data: &[u8]) {
             2 => meta::PageKind::Directory,
             3 => meta::PageKind::SpaceMapIndex,
             5 => meta::PageKind::Log,
+            6 => meta::PageKind::PackedLeaf,
             _ => meta::PageKind::SpaceMap,
         };
         page = meta::forge_page(data, kind, index, &pool);

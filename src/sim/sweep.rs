@@ -25,6 +25,8 @@ pub struct Scenario {
     /// Waves of the operation; the devices may die anywhere in them.
     op: fn(&mut Builder) -> Vec<Vec<Op>>,
     policy: CowPolicy,
+    /// Data segments of the pool.
+    segments: u64,
 }
 
 /// Makes operations with fresh tags.
@@ -113,6 +115,7 @@ pub fn scenarios() -> Vec<Scenario> {
         setup,
         op,
         policy,
+        segments: 32,
     };
     vec![
         s(
@@ -316,6 +319,40 @@ pub fn scenarios() -> Vec<Scenario> {
             },
             Redirect,
         ),
+        Scenario {
+            // One leaf of 130 extents (one segment each, written in order), whose fills
+            // then grow to more runs than a packed leaf lists: the leaf was packed by a
+            // budget its fills outgrew, so each checkpoint writes it as two pages and,
+            // as it is the table's root, an internal node over them. The operation
+            // grows fills of that leaf and flushes until checkpoints rewrite it.
+            name: "checkpoints of a root leaf whose fills outgrew it, two pages and a node",
+            setup: |b| {
+                const SEGS: u64 = 130;
+                let mut w = vec![vec![create("d3", SEGS, true)]];
+                for seg in 0..SEGS {
+                    w.push(vec![b.write("d3", seg * SEG, 1, false)]);
+                }
+                for seg in 0..SEGS {
+                    w.push(
+                        (1..=16)
+                            .map(|k| b.write("d3", seg * SEG + 2 * k, 1, false))
+                            .collect(),
+                    );
+                }
+                w.push(vec![flush("d3")]);
+                w
+            },
+            op: |b| {
+                let mut w = Vec::new();
+                for k in 0..24 {
+                    w.push(vec![b.write("d3", 5 * k * SEG + 40, 1, false)]);
+                    w.push(vec![flush("d3")]);
+                }
+                w
+            },
+            policy: Redirect,
+            segments: 136,
+        },
         s(
             "decouple a clone",
             with_snapshot,
@@ -343,7 +380,7 @@ pub struct SweepReport {
     pub writes: u64,
 }
 
-fn setup(policy: CowPolicy) -> Setup {
+fn setup(policy: CowPolicy, segments: u64) -> Setup {
     let mut opts = PoolOptions::new("sweep");
     opts.segment_bytes = SEG * 512;
     opts.cow_policy = policy;
@@ -364,8 +401,8 @@ fn setup(policy: CowPolicy) -> Setup {
             cores: 2,
             ctl_core: 1,
         },
-        media_bytes: vec![33 * SEG * 512, (64 << 10) + 4096 * 400],
-        data_segments: 32,
+        media_bytes: vec![(segments + 1) * SEG * 512, (64 << 10) + 4096 * 400],
+        data_segments: segments,
         faults: vec![faults.clone(), faults],
         p_crash_mid: 0.0,
         p_crash_between: 0.0,
@@ -449,7 +486,7 @@ fn point(sc: &Scenario, n: u64, seed: u64, log: Rc<RefCell<Log>>) -> Result<(boo
         seed,
         opts,
         log,
-        setup(sc.policy),
+        setup(sc.policy, sc.segments),
         fastrand::Rng::with_seed(seed),
     );
     sim.first_life()?;

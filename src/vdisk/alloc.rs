@@ -310,14 +310,15 @@ impl Space {
         self.free_pages.take()
     }
 
-    /// Table nodes that will need a metadata page at the next commit.
+    /// Metadata pages the table nodes built since the last commit may take when it
+    /// writes them (`table::pages_to_write`).
     pub fn unwritten_nodes(&self) -> u64 {
         self.unwritten
     }
 
-    /// A node was given its metadata page (a commit writes it).
-    pub fn node_written(&mut self) {
-        self.unwritten = self.unwritten.saturating_sub(1);
+    /// A node that may take `pages` was written (a commit writes it).
+    pub fn node_written(&mut self, pages: u64) {
+        self.unwritten = self.unwritten.saturating_sub(pages);
     }
 
     /// Makes what was freed up to and including `txn` allocatable (that transaction has
@@ -386,12 +387,12 @@ impl RefCounts for Space {
             .push(page);
     }
 
-    fn node_built(&mut self) {
-        self.unwritten += 1;
+    fn node_built(&mut self, pages: u64) {
+        self.unwritten += pages;
     }
 
-    fn unwritten_freed(&mut self) {
-        self.unwritten = self.unwritten.saturating_sub(1);
+    fn unwritten_freed(&mut self, pages: u64) {
+        self.unwritten = self.unwritten.saturating_sub(pages);
     }
 }
 

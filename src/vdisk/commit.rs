@@ -47,7 +47,7 @@ use super::map::Extent;
 use super::meta::space_map::SpaceMapStage;
 use super::meta::superblock::Superblock;
 use super::meta::{self, BlockPtr, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
-use super::table::{self, MAX_FANOUT, NODE_PAYLOAD_BYTES, Node, NodeKind};
+use super::table::{self, LEAF_BUDGET_BYTES, MAX_EXTENT_BUDGET, MAX_FANOUT, Node, NodeKind};
 use super::views::until;
 use crate::bdev::{IoBuf, IoStatus};
 use crate::reactor;
@@ -278,15 +278,16 @@ impl Controller {
             (
                 st.space.free_pages(),
                 st.space.unwritten_nodes(),
-                dir_pages_for(st.disks.len()),
+                // And an internal node over each root leaf written as two pages.
+                dir_pages_for(st.disks.len()) + st.disks.len() as u64,
             )
         };
         let budget = &self.shared.meta_budget;
         let slack = (self.shared.cores.len() as u64 + 1) * budget.fill_cost();
-        // Persisting the dirty fills copies each written node at most once: fill
-        // charges beyond the pages in use (and the slack, for a fill looked at as the
-        // cap moved) are not needed.
-        budget.set_fill_cap(self.shared.meta_pages.saturating_sub(free) + slack);
+        // Persisting the dirty fills copies each written node at most once, a leaf into
+        // at most two pages: fill charges beyond twice the pages in use (and the slack,
+        // for a fill looked at as the cap moved) are not needed.
+        budget.set_fill_cap(2 * self.shared.meta_pages.saturating_sub(free) + slack);
         let local = free as i64 - unwritten as i64 - dir as i64 - slack as i64;
         let mut l = self.meta.borrow_mut();
         budget.give(local - l.local);
@@ -326,7 +327,7 @@ impl Controller {
         to: u64,
         exts: Vec<Extent>,
     ) -> Result<(), VdiskError> {
-        let bytes = exts.iter().map(table::extent_encoded_len).sum();
+        let bytes = exts.iter().map(table::extent_budget).sum();
         let _meta = self.reserve_meta(self.splice_cost(disk, from, to, bytes))?;
         self.set_extents(disk, from, to, exts);
         Ok(())
@@ -461,7 +462,8 @@ impl Controller {
         // few snapshots of a big table each kept their own leaves, so only when the
         // bound does not fit) and the directory.
         let free = st.space.free_pages();
-        let dir = dir_pages_for(st.disks.len());
+        // And an internal node over each root leaf written as two pages.
+        let dir = dir_pages_for(st.disks.len()) + st.disks.len() as u64;
         let mut need = st.space.unwritten_nodes() + dir;
         if need > free {
             need = unwritten_reachable(st.disks.values().filter_map(|d| d.root.as_ref())) + dir;
@@ -577,30 +579,47 @@ impl Controller {
             let page = {
                 let mut st = self.st.borrow_mut();
                 let page = st.space.alloc_page().ok_or_else(CaptureError::failed)?;
-                st.space.node_written();
+                st.space.node_written(table::pages_to_write(&node));
                 page
             };
             let b = match &node.kind {
                 NodeKind::Internal { keys, children } => {
-                    let entries: Vec<(u64, BlockPtr)> = keys
-                        .iter()
-                        .zip(children)
-                        .map(|(k, c)| {
-                            let (t, crc) = c.written();
-                            (
-                                *k,
-                                BlockPtr {
-                                    page: c.page(),
-                                    txn: t,
-                                    crc,
-                                },
-                            )
-                        })
-                        .collect();
+                    let mut entries: Vec<(u64, BlockPtr)> = Vec::with_capacity(keys.len() + 4);
+                    for (k, c) in keys.iter().zip(children) {
+                        entries.push((*k, written_ptr(c)));
+                        if let Some((k, page, txn, crc)) = c.overflow_entry() {
+                            entries.push((k, BlockPtr { page, txn, crc }));
+                        }
+                    }
                     meta::node::encode_internal(page, txn, &pool, &entries)
                 }
                 NodeKind::Leaf { extents } => {
-                    meta::node::encode_leaf(page, txn, &pool, extents, &self.shared.fills)
+                    let fills = &self.shared.fills;
+                    let (b, k) = meta::node::encode_leaf(page, txn, &pool, extents, fills);
+                    if k < extents.len() {
+                        // Its fills grew past its budget: the rest on a second page.
+                        let second = self
+                            .st
+                            .borrow_mut()
+                            .space
+                            .alloc_page()
+                            .ok_or_else(CaptureError::failed)?;
+                        let rest = &extents[k..];
+                        let (b2, k2) = meta::node::encode_leaf(second, txn, &pool, rest, fills);
+                        if k2 < rest.len() {
+                            return Err(CaptureError::Failed(format!(
+                                "a leaf of {} extents does not fit two metadata pages",
+                                extents.len()
+                            )));
+                        }
+                        node.set_overflow(table::Overflow {
+                            page: second,
+                            crc: BlockPtr::of(&b2).crc,
+                            at: k,
+                        });
+                        out.push((second, b2));
+                    }
+                    b
                 }
             };
             let ptr = BlockPtr::of(&b);
@@ -623,11 +642,24 @@ impl Controller {
                 reactor::yield_now().await;
             }
         }
-        let (t, crc) = root.written();
-        Ok(BlockPtr {
-            page: root.page(),
-            txn: t,
-            crc,
+        // A root leaf on two pages: the table's root is an internal node over them.
+        if let Some((k, page, t, crc)) = root.overflow_entry()
+            && root.lift().is_none()
+        {
+            let lift = self
+                .st
+                .borrow_mut()
+                .space
+                .alloc_page()
+                .ok_or_else(CaptureError::failed)?;
+            let entries = [(0, written_ptr(root)), (k, BlockPtr { page, txn: t, crc })];
+            let b = meta::node::encode_internal(lift, txn, &pool, &entries);
+            root.set_lift(lift, txn, BlockPtr::of(&b).crc);
+            out.push((lift, b));
+        }
+        Ok(match root.lift() {
+            Some((page, txn, crc)) => BlockPtr { page, txn, crc },
+            None => written_ptr(root),
         })
     }
 
@@ -779,32 +811,44 @@ impl Drop for MetaReservation<'_> {
     }
 }
 
+/// The pointer to a written node's (first) page.
+fn written_ptr(n: &Node) -> BlockPtr {
+    let (txn, crc) = n.written();
+    BlockPtr {
+        page: n.page(),
+        txn,
+        crc,
+    }
+}
+
 /// Directory pages that hold `disks` records.
 pub(crate) fn dir_pages_for(disks: usize) -> u64 {
     disks.div_ceil(meta::directory::DIR_RECORDS_PER_PAGE) as u64
 }
 
-/// Nodes without a page reachable from `roots`, each counted once (a node with a page
-/// has only such children).
+/// Pages the nodes without a page reachable from `roots` may take
+/// ([`table::pages_to_write`]), each node counted once (a node with a page has only
+/// such children).
 fn unwritten_reachable<'a>(roots: impl Iterator<Item = &'a Arc<Node>>) -> u64 {
     fn walk(n: &Arc<Node>, seen: &mut std::collections::HashSet<*const Node>) -> u64 {
         if n.page() != NO_PAGE || !seen.insert(Arc::as_ptr(n)) {
             return 0;
         }
-        1 + match &n.kind {
-            NodeKind::Internal { children, .. } => children.iter().map(|c| walk(c, seen)).sum(),
-            NodeKind::Leaf { .. } => 0,
-        }
+        table::pages_to_write(n)
+            + match &n.kind {
+                NodeKind::Internal { children, .. } => children.iter().map(|c| walk(c, seen)).sum(),
+                NodeKind::Leaf { .. } => 0,
+            }
     }
     let mut seen = std::collections::HashSet::new();
     roots.map(|r| walk(r, &mut seen)).sum()
 }
 
-pub(crate) use super::table::MAX_EXTENT_BYTES;
-
-/// At most how many nodes replacing `[from, to)` of the tree under `root` with extents
-/// of `new_bytes` encoded bytes can build (`table::splice`): the leaves it rewrites,
-/// every node on their paths, the splits of what overflows, levels added on top.
+/// At most how many pages the nodes replacing `[from, to)` of the tree under `root`
+/// with extents of `new_bytes` budget bytes can build (`table::splice`) take: the
+/// leaves it rewrites, every node on their paths, the splits of what overflows, levels
+/// added on top — each counted as a leaf, two pages ([`table::pages_to_write`]), and
+/// one more for a root leaf written as two.
 pub(crate) fn splice_bound(root: Option<&Arc<Node>>, from: u64, to: u64, new_bytes: usize) -> u64 {
     // Nodes whose span meets [from, to), per level, the root's first.
     let mut touched: Vec<u64> = Vec::new();
@@ -813,19 +857,20 @@ pub(crate) fn splice_bound(root: Option<&Arc<Node>>, from: u64, to: u64, new_byt
     }
     let leaves = touched.last().copied().unwrap_or(0);
     // Greedy packing fills every leaf but a piece's last beyond `room` bytes.
-    let room = (NODE_PAYLOAD_BYTES - MAX_EXTENT_BYTES) as u64;
+    let room = (LEAF_BUDGET_BYTES - MAX_EXTENT_BUDGET) as u64;
     let mut level = 2 * leaves + (new_bytes as u64).div_ceil(room) + 1;
     let mut total = level;
-    // Each rebuilt internal node splits into at most one more node per new child.
+    // Each rebuilt internal node splits into at most one more node per new child, and
+    // one loaded with more than the table's fan-out into one more besides.
     for &t in touched.iter().rev().skip(1) {
-        level += t;
+        level += 2 * t;
         total += level;
     }
     while level > 1 {
         level = level.div_ceil(MAX_FANOUT as u64);
         total += level;
     }
-    total + 1
+    2 * (total + 1) + 1
 }
 
 fn count_touched(

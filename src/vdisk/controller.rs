@@ -358,7 +358,7 @@ impl Controller {
                 .map(|r| r.height() as u64)
                 .max()
                 .unwrap_or(0);
-        c.shared.meta_budget.set_fill_cost(height + 1);
+        c.shared.meta_budget.set_fill_cost(height + 2);
         c.update_free();
         c
     }
@@ -441,8 +441,9 @@ impl Controller {
             d.root.as_ref().map_or(0, |r| r.height() as u64)
         };
         let budget = &self.shared.meta_budget;
-        if height + 1 > budget.fill_cost() {
-            budget.set_fill_cost(height + 1);
+        // A leaf's path, the leaf counted as two pages (`table::pages_to_write`).
+        if height + 2 > budget.fill_cost() {
+            budget.set_fill_cost(height + 2);
         }
         self.sync_meta_budget();
         self.append_if_due();

@@ -20,10 +20,10 @@
 //!
 //! Snapshots and clones, which create the sharing, are in `snapshot.rs`.
 
-use super::commit::MAX_EXTENT_BYTES;
 use super::controller::Controller;
 use super::map::{Extent, ExtentState, Layer, MAX_LAYERS, NO_OWNER, Source};
 use super::table;
+use super::table::MAX_EXTENT_BUDGET;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{IoBuf, IoStatus};
 use crate::reactor;
@@ -183,7 +183,7 @@ impl Controller {
             .iter()
             .map(|p| {
                 let v = p.ext.vseg;
-                self.splice_cost(disk, v, v + 1, table::extent_encoded_len(&p.ext))
+                self.splice_cost(disk, v, v + 1, table::extent_budget(&p.ext))
             })
             .sum();
         let set = match self.reserve_meta(cost) {
@@ -296,7 +296,7 @@ impl Controller {
             want.extend(others);
         };
         // Metadata for every table this changes: the others' and the writer's.
-        let per = |d: u64| self.splice_cost(d, vseg, vseg + 1, MAX_EXTENT_BYTES);
+        let per = |d: u64| self.splice_cost(d, vseg, vseg + 1, MAX_EXTENT_BUDGET);
         let need = others.iter().map(|&o| per(o)).sum::<u64>() + per(disk);
         let Ok(_meta) = self.reserve_meta(need) else {
             return Some(IoStatus::CapacityExceeded);

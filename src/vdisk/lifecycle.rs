@@ -145,12 +145,7 @@ impl Controller {
         } + if exts.is_empty() {
             0
         } else {
-            splice_bound(
-                None,
-                0,
-                nsegs,
-                exts.iter().map(table::extent_encoded_len).sum(),
-            )
+            splice_bound(None, 0, nsegs, exts.iter().map(table::extent_budget).sum())
         };
         let _meta = match self.reserve_meta(need) {
             Ok(r) => r,

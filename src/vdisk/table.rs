@@ -18,7 +18,10 @@
 //! the writer gets a copy, the snapshot keeps the original.
 //!
 //! Extents never cross a leaf's key span, so the leaf found for a segment holds the
-//! extent covering it, if any. Nodes are sized to fit one metadata page when encoded.
+//! extent covering it, if any. An internal node's entries fit half a metadata page; a
+//! leaf's extents fit [`LEAF_BUDGET_BYTES`] of their [`extent_budget`], and it is
+//! written as one packed page, or two when its fills grew past that budget (see
+//! `meta::node`).
 
 use super::map::{Extent, MAX_LAYERS, PhysSeg};
 use smallvec::SmallVec;
@@ -37,10 +40,26 @@ pub const NODE_PAYLOAD_BYTES: usize = 4096 - 64;
 /// it and its checksum.
 pub const INTERNAL_ENTRY_BYTES: usize = 8 + 8 + 8 + 4;
 
-/// Most children of an internal node.
-pub const MAX_FANOUT: usize = NODE_PAYLOAD_BYTES / INTERNAL_ENTRY_BYTES;
+/// Most children of an internal node the table builds: half what its page holds,
+/// because a leaf whose fills grew past its budget is written as two leaf pages, each
+/// with its entry in the parent (see `meta::node`). Nodes loaded from pages hold up to
+/// twice this; they are written already, and the table rebuilds them within it.
+pub const MAX_FANOUT: usize = NODE_PAYLOAD_BYTES / INTERNAL_ENTRY_BYTES / 2;
 
-/// Encoded size of an extent in a leaf page (see `vdisk::meta`).
+pub use super::meta::node::{LEAF_BUDGET_BYTES, MAX_EXTENT_BUDGET, extent_budget};
+
+/// Metadata pages a node built since the last commit may take when it is written: an
+/// internal node one, a leaf two (its fills may have grown past its budget). A table's
+/// root leaf may take one more (an internal node over its two pages), counted per disk
+/// by the commit.
+pub fn pages_to_write(n: &Node) -> u64 {
+    match n.kind {
+        NodeKind::Internal { .. } => 1,
+        NodeKind::Leaf { .. } => 2,
+    }
+}
+
+/// Encoded size of an extent in a log record, in the wide encoding (see `vdisk::meta`).
 pub fn extent_encoded_len(e: &Extent) -> usize {
     encoded_len_of(e.layers.iter().map(|l| l.partial))
 }
@@ -79,6 +98,25 @@ pub struct Node {
     /// Set on a leaf whose segment references passed to the leaves that replace it
     /// ([`replace`]): freeing it releases none.
     segs_moved: AtomicBool,
+    /// A leaf written as two pages (its fills outgrew its budget): the second page, its
+    /// checksum and the index of its first extent ([`NO_PAGE`] if one page).
+    overflow: AtomicU64,
+    overflow_crc: AtomicU32,
+    overflow_at: AtomicU32,
+    /// A table's root leaf written as two pages: the internal node over them, which
+    /// the table's root pointer points at ([`NO_PAGE`] if none).
+    lift: AtomicU64,
+    lift_txn: AtomicU64,
+    lift_crc: AtomicU32,
+}
+
+/// The second page of a leaf written as two (see [`Node::set_overflow`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overflow {
+    pub page: u64,
+    pub crc: u32,
+    /// The index of the first extent on it.
+    pub at: usize,
 }
 
 /// The controller's reference bookkeeping, told about segments and pages as nodes are
@@ -88,10 +126,11 @@ pub trait RefCounts {
     fn seg_add(&mut self, seg: PhysSeg, delta: i64);
     /// A metadata page is no longer referenced by the live state.
     fn page_free(&mut self, page: u64);
-    /// A node was built: it needs a metadata page at the next commit.
-    fn node_built(&mut self) {}
-    /// A node built since the last commit went away before it got a page.
-    fn unwritten_freed(&mut self) {}
+    /// A node was built: it needs metadata pages at the next commit, at most `pages`
+    /// ([`pages_to_write`]).
+    fn node_built(&mut self, _pages: u64) {}
+    /// A node built since the last commit went away before it got its `pages`.
+    fn unwritten_freed(&mut self, _pages: u64) {}
 }
 
 impl Node {
@@ -102,7 +141,10 @@ impl Node {
     /// A new node: takes a reference on each child, and on each segment of a leaf's
     /// extents unless `count_segments` is false (they come from a leaf being replaced).
     fn build_counting(kind: NodeKind, count_segments: bool, rc: &mut dyn RefCounts) -> Arc<Node> {
-        rc.node_built();
+        rc.node_built(match kind {
+            NodeKind::Internal { .. } => 1,
+            NodeKind::Leaf { .. } => 2,
+        });
         match &kind {
             NodeKind::Internal { children, .. } => {
                 for c in children {
@@ -125,6 +167,12 @@ impl Node {
             written_txn: AtomicU64::new(0),
             written_crc: AtomicU32::new(0),
             segs_moved: AtomicBool::new(false),
+            overflow: AtomicU64::new(NO_PAGE),
+            overflow_crc: AtomicU32::new(0),
+            overflow_at: AtomicU32::new(0),
+            lift: AtomicU64::new(NO_PAGE),
+            lift_txn: AtomicU64::new(0),
+            lift_crc: AtomicU32::new(0),
         })
     }
 
@@ -138,6 +186,12 @@ impl Node {
             written_txn: AtomicU64::new(txn),
             written_crc: AtomicU32::new(crc),
             segs_moved: AtomicBool::new(false),
+            overflow: AtomicU64::new(NO_PAGE),
+            overflow_crc: AtomicU32::new(0),
+            overflow_at: AtomicU32::new(0),
+            lift: AtomicU64::new(NO_PAGE),
+            lift_txn: AtomicU64::new(0),
+            lift_crc: AtomicU32::new(0),
         })
     }
 
@@ -161,6 +215,55 @@ impl Node {
         self.written_txn.store(txn, Ordering::Release);
         self.written_crc.store(crc, Ordering::Release);
         self.page.store(page, Ordering::Release);
+    }
+
+    /// Records the second page of a leaf written as two (set before [`Node::set_page`]).
+    pub fn set_overflow(&self, o: Overflow) {
+        self.overflow_crc.store(o.crc, Ordering::Relaxed);
+        self.overflow_at.store(o.at as u32, Ordering::Relaxed);
+        self.overflow.store(o.page, Ordering::Release);
+    }
+
+    /// The second page of a leaf written as two.
+    pub fn overflow(&self) -> Option<Overflow> {
+        let page = self.overflow.load(Ordering::Acquire);
+        (page != NO_PAGE).then(|| Overflow {
+            page,
+            crc: self.overflow_crc.load(Ordering::Relaxed),
+            at: self.overflow_at.load(Ordering::Relaxed) as usize,
+        })
+    }
+
+    /// The parent's entry for the second page of a leaf written as two: its first
+    /// extent's segment, and the page with the transaction that wrote it (the leaf's)
+    /// and its checksum.
+    pub fn overflow_entry(&self) -> Option<(u64, u64, u64, u32)> {
+        let o = self.overflow()?;
+        let NodeKind::Leaf { extents } = &self.kind else {
+            return None;
+        };
+        Some((extents[o.at].vseg, o.page, self.written().0, o.crc))
+    }
+
+    /// Records the internal node written over a root leaf written as two pages, by
+    /// transaction `txn`, with checksum `crc`.
+    pub fn set_lift(&self, page: u64, txn: u64, crc: u32) {
+        self.lift_txn.store(txn, Ordering::Relaxed);
+        self.lift_crc.store(crc, Ordering::Relaxed);
+        self.lift.store(page, Ordering::Release);
+    }
+
+    /// The internal node written over a root leaf written as two pages: its page, the
+    /// transaction that wrote it and its checksum.
+    pub fn lift(&self) -> Option<(u64, u64, u32)> {
+        let page = self.lift.load(Ordering::Acquire);
+        (page != NO_PAGE).then(|| {
+            (
+                page,
+                self.lift_txn.load(Ordering::Relaxed),
+                self.lift_crc.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// The controller's reference count.
@@ -228,8 +331,14 @@ impl Node {
         let p = self.page();
         if p != NO_PAGE {
             rc.page_free(p);
+            if let Some(o) = self.overflow() {
+                rc.page_free(o.page);
+            }
+            if let Some((l, _, _)) = self.lift() {
+                rc.page_free(l);
+            }
         } else {
-            rc.unwritten_freed();
+            rc.unwritten_freed(pages_to_write(self));
         }
     }
 
@@ -540,7 +649,7 @@ fn build_root(parts: Vec<(u64, Arc<Node>)>, rc: &mut dyn RefCounts) -> Option<Ar
     }
 }
 
-/// Leaves holding `exts` (sorted), each within the page budget: as many as greedy
+/// Leaves holding `exts` (sorted), each within the leaf budget: as many as greedy
 /// packing would make, but balanced. Greedy packing turns an insert into a full leaf
 /// into that leaf plus a leaf of one extent, so random inserts left tables of mostly
 /// such leaves (five extents a page where sixty fit). Balanced, a full leaf splits in
@@ -565,10 +674,10 @@ fn leaves_from(
     let mut starts = vec![0];
     let mut bytes = 0;
     for (i, e) in exts.iter().enumerate() {
-        let len = extent_encoded_len(e);
+        let len = extent_budget(e);
         let full = match target {
             Some(t) => bytes >= t,
-            None => bytes + len > NODE_PAYLOAD_BYTES,
+            None => bytes + len > LEAF_BUDGET_BYTES,
         };
         if i > 0 && full {
             starts.push(i);
@@ -601,8 +710,8 @@ fn leaves_from(
 fn balanced_target(exts: &[Extent]) -> Option<usize> {
     let (mut k, mut bytes, mut total) = (0usize, 0usize, 0usize);
     for e in exts {
-        let len = extent_encoded_len(e);
-        if k == 0 || bytes + len > NODE_PAYLOAD_BYTES {
+        let len = extent_budget(e);
+        if k == 0 || bytes + len > LEAF_BUDGET_BYTES {
             k += 1;
             bytes = 0;
         }
@@ -610,7 +719,7 @@ fn balanced_target(exts: &[Extent]) -> Option<usize> {
         total += len;
     }
     let target = total.div_ceil(k.max(1));
-    (target + MAX_EXTENT_BYTES <= NODE_PAYLOAD_BYTES).then_some(target)
+    (target + MAX_EXTENT_BUDGET <= LEAF_BUDGET_BYTES).then_some(target)
 }
 
 /// Internal nodes over `parts` (sorted by key), each within the fan-out. The first
@@ -865,7 +974,8 @@ mod tests {
                 leaves.push(extents.len());
             }
         });
-        let per_page = NODE_PAYLOAD_BYTES / extent_encoded_len(&ext(0, 0));
+        // The widest of these extents (segment numbers of four bytes) counted.
+        let per_page = LEAF_BUDGET_BYTES / extent_budget(&ext(1 << 21, 1 << 21));
         let avg = 20_000.0 / leaves.len() as f64;
         assert!(
             avg >= per_page as f64 * 0.6,
@@ -893,7 +1003,7 @@ mod tests {
                 leaves += 1;
             }
         });
-        let per_page = NODE_PAYLOAD_BYTES / extent_encoded_len(&ext(0, 0));
+        let per_page = LEAF_BUDGET_BYTES / extent_budget(&ext(19_999, 19_999));
         let avg = 20_000.0 / leaves as f64;
         assert!(
             avg >= per_page as f64 * 0.95,
@@ -964,7 +1074,7 @@ mod tests {
     fn snapshots_share_nodes_and_count_segments_per_leaf() {
         let mut rc = Counts::default();
         let mut origin = None;
-        for v in 0..500u64 {
+        for v in 0..2000u64 {
             let new = splice(origin.as_ref(), v, v + 1, &[ext(v, v)], &mut rc);
             set_root(&mut origin, new, &mut rc);
         }
@@ -982,13 +1092,13 @@ mod tests {
         assert_eq!(rc.segs[&9999], 1);
         assert_eq!(rc.segs[&8], 2);
         // Segments in untouched leaves are shared through shared nodes: counted once.
-        assert_eq!(rc.segs[&499], 1);
+        assert_eq!(rc.segs[&1999], 1);
         // Deleting the snapshot releases exactly what only it referenced.
         let mut snap = snap;
         set_root(&mut snap, None, &mut rc);
         assert!(!rc.segs.contains_key(&7));
         assert!(rc.segs.values().all(|&c| c == 1));
-        assert_eq!(rc.segs.len(), 500);
+        assert_eq!(rc.segs.len(), 2000);
         set_root(&mut origin, None, &mut rc);
         assert!(rc.segs.is_empty());
     }
@@ -1056,14 +1166,14 @@ mod tests {
     fn a_held_root_released_gradually_frees_what_one_release_frees() {
         let build = |rc: &mut Counts| {
             let mut root = None;
-            let exts: Vec<Extent> = (0..3000).map(|v| ext(v, 10_000 + v)).collect();
-            let new = splice(root.as_ref(), 0, 3000, &exts, rc);
+            let exts: Vec<Extent> = (0..12_000).map(|v| ext(v, 20_000 + v)).collect();
+            let new = splice(root.as_ref(), 0, 12_000, &exts, rc);
             set_root(&mut root, new, rc);
             mark_written(root.as_ref().unwrap(), &mut 100);
             // A capture holds this version while the table moves on under it.
             let held = root.clone().unwrap();
             held.retain();
-            for v in (0..3000).step_by(7) {
+            for v in (0..12_000).step_by(7) {
                 let new = splice(root.as_ref(), v, v + 1, &[ext(v, 50_000 + v)], rc);
                 set_root(&mut root, new, rc);
             }
@@ -1099,6 +1209,9 @@ mod tests {
             layers: smallvec::smallvec![Layer::partial(1), Layer::full(2)],
         };
         assert_eq!(extent_encoded_len(&e), 22 + 41 + 9);
+        // Packed: vseg, len, flags, birth, then the partial layer's segment and fill
+        // budget, the full layer's segment and tag.
+        assert_eq!(extent_budget(&e), 4 + (1 + 16) + (1 + 1));
     }
 
     /// What the property tests write over `[at, to)`, segments numbered from

@@ -586,6 +586,75 @@ fn partial_granule_write_does_not_revive_a_granule_unmapped_meanwhile() {
     block_on(pool.close()).unwrap();
 }
 
+/// Leaves whose fills grew past the budget they were packed by are written as two
+/// pages each, their parent pointing at both: 400 segments written in order (three
+/// leaves under a root), then every segment's fill grown to 16 runs (a fill the packed
+/// encoding writes as its map). The pool closes clean, reopens with every block as
+/// written, and `tessera check` counts the extra pages.
+#[test]
+fn leaves_whose_fills_outgrew_their_budget_are_written_on_two_pages() {
+    const SEGS: u64 = 400;
+    const SEG_BLOCKS: u64 = 32; // 128 KiB segments: 32 granules of one block
+    let set = reactors(2);
+    // 16 MiB of metadata, 80 MiB of data.
+    let base = malloc("m0", 96);
+    let mut opts = PoolOptions::new("p0");
+    opts.segment_bytes = SEG_BLOCKS * 4096;
+    let pool = block_on(Pool::create(set.cores(), 0, vec![base.clone()], None, opts)).unwrap();
+    let disk: Arc<dyn Bdev> =
+        block_on(pool.create_disk("vd0", SEGS * SEG_BLOCKS * 4096, true)).unwrap();
+    // Block k of segment s holds (s + k) | 1 where written: k = 0 and every even k
+    // from 2 to 30 (16 runs a segment); every other block reads as zeros.
+    let written = |k: u64| k == 0 || (k % 2 == 0 && k <= 30);
+    let value = |s: u64, k: u64| (s + k) as u8 | 1;
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        for s in 0..SEGS {
+            write_byte(&d, s * SEG_BLOCKS, value(s, 0)).await.unwrap();
+        }
+        let ch = Channel::get(&d).unwrap();
+        ch.flush().await.unwrap();
+        for s in 0..SEGS {
+            for k in (2..=30).step_by(2) {
+                write_byte(&d, s * SEG_BLOCKS + k, value(s, k))
+                    .await
+                    .unwrap();
+            }
+        }
+        ch.flush().await.unwrap();
+    });
+    block_on(pool.close()).unwrap();
+    drop(disk);
+    let report = offline_check(&set, base.clone());
+    assert!(report.clean(), "{:#?}", report.errors);
+    assert_eq!(report.extents, SEGS as usize);
+    // Three leaves (about 170 extents each by their budget; ~40 bytes each written)
+    // and the root: two leaves take two pages.
+    assert!(report.node_pages >= 6, "{} node pages", report.node_pages);
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.disk("vd0")).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        let ch = Channel::get(&d).unwrap();
+        for s in 0..SEGS {
+            let b = ch.read(s * SEG_BLOCKS, SEG_BLOCKS).await.unwrap();
+            for k in 0..SEG_BLOCKS {
+                let want = if written(k) { value(s, k) } else { 0 };
+                let got = &b[k as usize * 4096..(k as usize + 1) * 4096];
+                assert!(
+                    got.iter().all(|&x| x == want),
+                    "segment {s} block {k}: {} where {want} was written",
+                    got[0]
+                );
+            }
+        }
+    });
+    block_on(pool.close()).unwrap();
+    drop(disk);
+    let report = offline_check(&set, base);
+    assert!(report.clean(), "{:#?}", report.errors);
+}
+
 /// `tessera check` of the pool on `base` (closed), run on core 0.
 fn offline_check(set: &ReactorSet, base: Arc<dyn Bdev>) -> check::CheckReport {
     on(

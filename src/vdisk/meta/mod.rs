@@ -215,6 +215,9 @@ pub enum PageKind {
     SpaceMap = 4,
     SpaceMapIndex = 5,
     Log = 6,
+    /// A leaf in the packed encoding ([`node`]); `Leaf` pages (the first encoding) are
+    /// still read.
+    PackedLeaf = 7,
 }
 
 impl PageKind {
@@ -226,6 +229,7 @@ impl PageKind {
             PageKind::SpaceMap => "space map",
             PageKind::SpaceMapIndex => "space-map index",
             PageKind::Log => "log",
+            PageKind::PackedLeaf => "packed leaf node",
         }
     }
 }
@@ -256,6 +260,24 @@ impl<'a> Reader<'a> {
         self.bytes(8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
+    /// An unsigned LEB128 number: `Err` names why it is not one (too long, past 64
+    /// bits), `Ok(None)` at the end of the buffer.
+    fn varint(&mut self) -> Result<Option<u64>, &'static str> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let Some(b) = self.u8() else {
+                return Ok(None);
+            };
+            if i == 9 && b > 1 {
+                return Err("a number longer than 64 bits");
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(Some(v));
+            }
+        }
+        Err("a number longer than 64 bits")
+    }
     fn uuid(&mut self) -> Option<Uuid> {
         self.bytes(16)
             .map(|b| Uuid::from_bytes(b.try_into().expect("16 bytes")))
@@ -285,6 +307,14 @@ impl<'a> Writer<'a> {
     fn u64(&mut self, v: u64) {
         self.bytes(&v.to_le_bytes());
     }
+    /// An unsigned LEB128 number ([`varint_len`] bytes).
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.u8((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.u8(v as u8);
+    }
     fn name(&mut self, s: &str, width: usize) {
         let b = s.as_bytes();
         let n = b.len().min(width - 1);
@@ -292,6 +322,12 @@ impl<'a> Writer<'a> {
         self.bytes(&b[..n]);
         self.at += width - 1 - n;
     }
+}
+
+/// Bytes of `v` as an unsigned LEB128 number (1 to 10).
+pub const fn varint_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
 }
 
 fn read_name(r: &mut Reader<'_>, width: usize) -> Option<Result<String, String>> {

@@ -1,9 +1,16 @@
 //! Table node pages: the internal nodes and leaves of a disk's copy-on-write B+tree
 //! (`table.rs`), leaves holding the extents with their layers and fills.
+//!
+//! Leaves are written packed (variable-length numbers, fills as runs of granules; the
+//! layout is above [`encode_leaf`]); the first, wide leaf encoding is still read, so a
+//! pool written before the packed one opens, its leaves rewritten packed as they change.
+//! The table packs a leaf by [`extent_budget`], which counts a fill at a fixed size:
+//! when fills have grown since, the leaf is written as two leaf pages, its parent
+//! pointing at both (an internal node holds twice the children the table gives one).
 
 use super::{
     BlockPtr, HEADER_BYTES, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
-    decode_header, new_page, seal,
+    decode_header, new_page, seal, varint_len,
 };
 use crate::vdisk::map::{Extent, ExtentState, Fills, Layer, MAX_LAYERS, MAX_RUN_SEGMENTS};
 use crate::vdisk::table::{INTERNAL_ENTRY_BYTES, NODE_PAYLOAD_BYTES};
@@ -86,9 +93,16 @@ pub fn decode_internal(
     Ok(out)
 }
 
-/// Encodes a leaf; the fills of its partial layers are copied out of `fills`
-/// atomically word by word.
-pub fn encode_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[Extent], fills: &Fills) -> Vec<u8> {
+/// Encodes a leaf in the first, wide encoding (fixed-width fields, every fill as its
+/// 256-bit map). Builds write [packed](encode_leaf) leaves and read both; this is kept
+/// so that tests can write a pool as the builds before the packed encoding did.
+pub fn encode_wide_leaf(
+    page: u64,
+    txn: u64,
+    pool: &Uuid,
+    extents: &[Extent],
+    fills: &Fills,
+) -> Vec<u8> {
     leaf_page(page, txn, pool, extents.len(), |w| {
         for e in extents {
             write_extent(w, e, fills);
@@ -96,8 +110,8 @@ pub fn encode_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[Extent], fills: 
     })
 }
 
-/// Encodes a leaf of decoded extents (a round trip, a forged image).
-pub fn encode_raw_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[RawExtent]) -> Vec<u8> {
+/// Encodes a leaf of decoded extents in the wide encoding.
+pub fn encode_raw_wide_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[RawExtent]) -> Vec<u8> {
     leaf_page(page, txn, pool, extents.len(), |w| {
         for e in extents {
             write_raw_extent(w, e);
@@ -210,13 +224,17 @@ impl RawExtent {
     }
 }
 
-/// Decodes a leaf page; `total_segments` bounds every segment reference.
+/// Decodes a leaf page, packed or wide; `total_segments` bounds every segment
+/// reference.
 pub fn decode_leaf(
     b: &[u8],
     page: u64,
     pool: &Uuid,
     total_segments: u64,
 ) -> Result<Vec<RawExtent>, MetaError> {
+    if b.get(4) == Some(&(PageKind::PackedLeaf as u8)) {
+        return decode_packed_leaf(b, page, pool, total_segments);
+    }
     let h = decode_header(b, page, pool, PageKind::Leaf)?;
     let bad = |field, reason: String| MetaError::Field {
         page,
@@ -317,6 +335,379 @@ pub(super) fn read_extent(
         vseg,
         len,
         error: state == 1,
+        birth,
+        layers,
+    })
+}
+
+// The packed leaf encoding (`PageKind::PackedLeaf`). Per extent, in order:
+//
+//   varint  vseg − the previous extent's end on this page (the first: vseg itself)
+//   varint  len (segments)
+//   u8      flags: bit 0 error, bits 4–7 the number of layers (the rest zero)
+//   varint  birth
+//   per layer, top first:
+//     varint  physical segment
+//     u8      fill: 0 a full layer; 1 + r (r ≤ MAX_FILL_RUNS) a partial layer whose
+//             fill is the r runs that follow, each (first granule u8, granules − 1 u8),
+//             in order and not overlapping; FILL_MAP a partial layer whose fill is the
+//             256-bit map that follows (4 × u64)
+//
+// numbers as unsigned LEB128. A leaf of random first writes — one partial layer, one
+// run — takes 12–15 bytes an extent where the wide encoding takes 63.
+
+/// Most runs of granules a packed fill lists; a fill of more is written as its map.
+const MAX_FILL_RUNS: usize = 15;
+/// The fill tag of a fill written as its 256-bit map.
+const FILL_MAP: u8 = 0xff;
+/// The most bytes one packed extent takes: the widest numbers, every layer with a map.
+pub const MAX_PACKED_EXTENT_BYTES: usize = varint_len(MAX_VSEG - 1)
+    + varint_len(MAX_RUN_SEGMENTS as u64)
+    + 1
+    + varint_len(u64::MAX)
+    + MAX_LAYERS * (varint_len(u64::MAX) + 1 + 32);
+/// What a partial layer's fill is counted as in an extent's [budget](extent_budget):
+/// its tag and seven runs. A fill grows after its leaf was packed (writes into a
+/// segment the disk owns add granules), so a leaf's fills can outgrow the budget its
+/// extents were packed by; the budget is chosen so that they never need more than
+/// twice it (a fill's map is 33 bytes, an extent's other fields at least 4 + 2 per
+/// layer), and a leaf packed within [`LEAF_BUDGET_BYTES`] always fits two pages.
+const FILL_BUDGET_BYTES: usize = 16;
+/// The most budget bytes of extents one leaf holds: at most twice that written, which
+/// two pages hold whatever extent the first page's greedy packing stops before.
+pub const LEAF_BUDGET_BYTES: usize = PAGE_BYTES - HEADER_BYTES - MAX_PACKED_EXTENT_BYTES / 2;
+/// The largest [`extent_budget`].
+pub const MAX_EXTENT_BUDGET: usize = varint_len(MAX_VSEG - 1)
+    + varint_len(MAX_RUN_SEGMENTS as u64)
+    + 1
+    + varint_len(u64::MAX)
+    + MAX_LAYERS * (varint_len(u64::MAX) + FILL_BUDGET_BYTES);
+
+/// What an extent counts for in a leaf's budget: its packed size with each fill
+/// counted as [`FILL_BUDGET_BYTES`] and its first segment written whole (not as the
+/// distance from the extent before it, which is no more). Computed from the extent
+/// alone, so the table packs leaves without looking at fills.
+pub fn extent_budget(e: &Extent) -> usize {
+    varint_len(e.vseg)
+        + varint_len(e.len.into())
+        + 1
+        + varint_len(e.birth)
+        + e.layers
+            .iter()
+            .map(|l| varint_len(l.seg) + if l.partial { FILL_BUDGET_BYTES } else { 1 })
+            .sum::<usize>()
+}
+
+/// A fill as a packed leaf writes it: its runs of granules, or its map when it has
+/// more than [`MAX_FILL_RUNS`].
+enum FillCode {
+    Runs(SmallVec<[(u8, u8); MAX_FILL_RUNS]>),
+    Map([u64; 4]),
+}
+
+impl FillCode {
+    fn of(words: [u64; 4]) -> FillCode {
+        let mut runs = SmallVec::new();
+        let mut g = 0u32;
+        while g < 256 {
+            let (w, b) = ((g / 64) as usize, g % 64);
+            let rest = words[w] >> b;
+            if rest == 0 {
+                g = (w as u32 + 1) * 64;
+                continue;
+            }
+            let start = g + rest.trailing_zeros();
+            let mut end = start;
+            while end < 256 {
+                let (w, b) = ((end / 64) as usize, end % 64);
+                let ones = (words[w] >> b).trailing_ones().min(64 - b);
+                end += ones;
+                if ones < 64 - b {
+                    break;
+                }
+            }
+            if runs.len() == MAX_FILL_RUNS {
+                return FillCode::Map(words);
+            }
+            runs.push((start as u8, (end - start - 1) as u8));
+            g = end;
+        }
+        FillCode::Runs(runs)
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        match self {
+            FillCode::Runs(runs) => {
+                w.u8(1 + runs.len() as u8);
+                for &(first, n) in runs {
+                    w.u8(first);
+                    w.u8(n);
+                }
+            }
+            FillCode::Map(words) => {
+                w.u8(FILL_MAP);
+                for &x in words {
+                    w.u64(x);
+                }
+            }
+        }
+    }
+}
+
+/// Packs one extent after `prev_end` (the previous extent's end on the page, or 0)
+/// into `out`; returns the bytes written.
+fn pack_extent(
+    out: &mut [u8; MAX_PACKED_EXTENT_BYTES],
+    prev_end: u64,
+    vseg: u64,
+    len: u32,
+    error: bool,
+    birth: u64,
+    layers: impl ExactSizeIterator<Item = (u64, Option<[u64; 4]>)>,
+) -> usize {
+    debug_assert!(vseg >= prev_end, "extents out of order");
+    let mut w = Writer::new(out, 0);
+    w.varint(vseg - prev_end);
+    w.varint(len.into());
+    w.u8(u8::from(error) | ((layers.len() as u8) << 4));
+    w.varint(birth);
+    for (seg, words) in layers {
+        w.varint(seg);
+        match words {
+            None => w.u8(0),
+            Some(words) => FillCode::of(words).write(&mut w),
+        }
+    }
+    w.at
+}
+
+/// Writes packed extents onto page `page` until the next does not fit; returns the
+/// page and how many extents it holds.
+fn packed_page(
+    page: u64,
+    txn: u64,
+    pool: &Uuid,
+    n: usize,
+    mut pack: impl FnMut(usize, u64, &mut [u8; MAX_PACKED_EXTENT_BYTES]) -> (usize, u64),
+) -> (Vec<u8>, usize) {
+    let mut b = new_page(
+        &PageHeader {
+            kind: PageKind::PackedLeaf,
+            count: 0,
+            page,
+            txn,
+            next: BlockPtr::NONE,
+        },
+        pool,
+    );
+    let mut at = HEADER_BYTES;
+    let mut prev_end = 0;
+    let mut buf = [0u8; MAX_PACKED_EXTENT_BYTES];
+    let mut k = 0;
+    while k < n {
+        let (len, end) = pack(k, prev_end, &mut buf);
+        if at + len > PAGE_BYTES {
+            break;
+        }
+        b[at..at + len].copy_from_slice(&buf[..len]);
+        at += len;
+        prev_end = end;
+        k += 1;
+    }
+    // The count field of the header (see `new_page`).
+    b[12..16].copy_from_slice(&(k as u32).to_le_bytes());
+    seal(&mut b);
+    (b, k)
+}
+
+/// Encodes a leaf in the packed encoding, as many of `extents` as fit page `page`:
+/// returns the page and that number. Every extent fits unless the fills grew past the
+/// leaf's budget ([`FILL_BUDGET_BYTES`]); the rest then fits one more page (for a
+/// leaf packed within [`LEAF_BUDGET_BYTES`]). The fills of partial layers are copied
+/// out of `fills` atomically word by word.
+pub fn encode_leaf(
+    page: u64,
+    txn: u64,
+    pool: &Uuid,
+    extents: &[Extent],
+    fills: &Fills,
+) -> (Vec<u8>, usize) {
+    packed_page(page, txn, pool, extents.len(), |k, prev_end, buf| {
+        let e = &extents[k];
+        let n = pack_extent(
+            buf,
+            prev_end,
+            e.vseg,
+            e.len,
+            e.state == ExtentState::Error,
+            e.birth,
+            e.layers.iter().map(|l| (l.seg, fills.words_of(l))),
+        );
+        (n, e.end())
+    })
+}
+
+/// Encodes a leaf of decoded extents (a round trip, a forged image) in the packed
+/// encoding. They must fit one page, as any that one leaf page held do.
+pub fn encode_raw_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[RawExtent]) -> Vec<u8> {
+    let (b, k) = packed_page(page, txn, pool, extents.len(), |k, prev_end, buf| {
+        let e = &extents[k];
+        let n = pack_extent(
+            buf,
+            prev_end,
+            e.vseg,
+            e.len,
+            e.error,
+            e.birth,
+            e.layers.iter().copied(),
+        );
+        (n, e.vseg + u64::from(e.len))
+    });
+    assert_eq!(
+        k,
+        extents.len(),
+        "decoded extents of one page fit one packed page"
+    );
+    b
+}
+
+fn decode_packed_leaf(
+    b: &[u8],
+    page: u64,
+    pool: &Uuid,
+    total_segments: u64,
+) -> Result<Vec<RawExtent>, MetaError> {
+    let h = decode_header(b, page, pool, PageKind::PackedLeaf)?;
+    let bad = |field, reason: String| MetaError::Field {
+        page,
+        field,
+        reason,
+    };
+    // Every extent takes at least 4 bytes: a count beyond what fits is refused before
+    // anything is read.
+    let fit = ((PAGE_BYTES - HEADER_BYTES) / 4) as u64;
+    if u64::from(h.count) > fit {
+        return Err(bad(
+            "extent",
+            format!(
+                "extent {fit} runs past the end of the page (the leaf counts {}; at most {fit} fit)",
+                h.count
+            ),
+        ));
+    }
+    let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
+    // At most `fit`, checked above.
+    let mut out: Vec<RawExtent> = Vec::with_capacity(h.count as usize);
+    let mut prev_end = 0;
+    for i in 0..h.count {
+        let e = read_packed_extent(&mut r, i, prev_end, total_segments)
+            .map_err(|(field, reason)| bad(field, reason))?;
+        prev_end = e.vseg + u64::from(e.len);
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Reads packed extent `i`, which follows an extent ending at `prev_end`. An error
+/// names the field and why.
+fn read_packed_extent(
+    r: &mut Reader<'_>,
+    i: u32,
+    prev_end: u64,
+    total_segments: u64,
+) -> Result<RawExtent, (&'static str, String)> {
+    let num = |r: &mut Reader<'_>, field: &'static str| match r.varint() {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err((
+            "extent",
+            format!("extent {i} runs past the end of the page"),
+        )),
+        Err(why) => Err((field, format!("extent {i}: {why}"))),
+    };
+    let t = || format!("extent {i} runs past the end of the page");
+    let delta = num(r, "vseg")?;
+    let len = num(r, "len")?;
+    let flags = r.u8().ok_or_else(|| ("extent", t()))?;
+    let birth = num(r, "birth")?;
+    let vseg = prev_end.saturating_add(delta);
+    if len == 0 || len > MAX_RUN_SEGMENTS.into() {
+        return Err(("len", format!("extent {i} covers {len} segments")));
+    }
+    if vseg >= MAX_VSEG || vseg + len > MAX_VSEG {
+        return Err((
+            "vseg",
+            format!("extent {i} starts at segment {vseg}, beyond any disk"),
+        ));
+    }
+    if flags & 0x0e != 0 {
+        return Err((
+            "flags",
+            format!("extent {i} has unknown flags {flags:#04x}"),
+        ));
+    }
+    let error = flags & 1 == 1;
+    let nlayers = (flags >> 4) as usize;
+    if nlayers > MAX_LAYERS || (nlayers == 0 && !error) {
+        return Err(("layers", format!("extent {i} has {nlayers} layers")));
+    }
+    let mut layers = SmallVec::with_capacity(nlayers);
+    for _ in 0..nlayers {
+        let seg = num(r, "segment")?;
+        let tag = r.u8().ok_or_else(|| ("layer", t()))?;
+        let words = match tag {
+            0 => None,
+            FILL_MAP => {
+                let mut w = [0u64; 4];
+                for x in w.iter_mut() {
+                    *x = r.u64().ok_or_else(|| ("layer", t()))?;
+                }
+                Some(w)
+            }
+            n if (n as usize) <= MAX_FILL_RUNS + 1 => {
+                let mut w = [0u64; 4];
+                let mut at = 0u32;
+                for k in 0..n - 1 {
+                    let first = u32::from(r.u8().ok_or_else(|| ("layer", t()))?);
+                    let count = u32::from(r.u8().ok_or_else(|| ("layer", t()))?) + 1;
+                    if first < at || first + count > 256 {
+                        return Err((
+                            "fill",
+                            format!(
+                                "extent {i}: fill run {k} (granules {first}..{}) overlaps the \
+                                 one before or passes granule 256",
+                                first + count
+                            ),
+                        ));
+                    }
+                    for g in first..first + count {
+                        w[(g / 64) as usize] |= 1 << (g % 64);
+                    }
+                    at = first + count;
+                }
+                Some(w)
+            }
+            x => return Err(("layer", format!("extent {i}: unknown fill tag {x}"))),
+        };
+        let span = if words.is_none() && nlayers == 1 {
+            len
+        } else {
+            1
+        };
+        if seg.checked_add(span).is_none_or(|e| e > total_segments) {
+            return Err((
+                "segment",
+                format!("extent {i} references segment {seg}+{span}, beyond {total_segments}"),
+            ));
+        }
+        if len > 1 && (nlayers != 1 || words.is_some()) {
+            return Err(("len", format!("extent {i} is a run but not one full layer")));
+        }
+        layers.push((seg, words));
+    }
+    Ok(RawExtent {
+        vseg,
+        len: len as u32,
+        error,
         birth,
         layers,
     })

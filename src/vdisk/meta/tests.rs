@@ -2,7 +2,10 @@
 
 use super::directory::{DiskKind, DiskRecord, JobRecord, decode_directory, encode_directory};
 use super::label::{Label, Role};
-use super::node::{decode_internal, decode_leaf, encode_internal, encode_leaf};
+use super::node::{
+    LEAF_BUDGET_BYTES, MAX_PACKED_EXTENT_BYTES, RawExtent, decode_internal, decode_leaf,
+    encode_internal, encode_leaf, encode_raw_leaf, encode_wide_leaf, extent_budget,
+};
 use super::space_map::{
     SM_COUNTS_PER_PAGE, SM_PTRS_PER_PAGE, SpaceMapPtrs, SpaceMapStage, decode_sm_index,
     decode_space_map, encode_space_map,
@@ -172,8 +175,29 @@ fn pick_takes_the_newest_intact_slot_in_its_place() {
     assert!(matches!(e, MetaError::NoSuperblock { .. }), "{e}");
 }
 
+/// A packed leaf that must fit one page.
+fn leaf(page: u64, txn: u64, exts: &[Extent], fills: &Fills) -> Vec<u8> {
+    let (b, k) = encode_leaf(page, txn, &pool(), exts, fills);
+    assert_eq!(k, exts.len(), "fits one page");
+    b
+}
+
+/// Both leaf encodings: the packed one builds write, the wide one they still read.
+type LeafEncoder = fn(u64, u64, &[Extent], &Fills) -> Vec<u8>;
+const LEAF_ENCODINGS: [(&str, LeafEncoder); 2] = [
+    ("packed", leaf),
+    ("wide", |p, t, e, f| encode_wide_leaf(p, t, &pool(), e, f)),
+];
+
 #[test]
 fn pages_round_trip_and_detect_damage() {
+    for (name, enc) in LEAF_ENCODINGS {
+        eprintln!("{name} leaves");
+        pages_round_trip_and_detect_damage_with(enc);
+    }
+}
+
+fn pages_round_trip_and_detect_damage_with(encode_leaf: LeafEncoder) {
     let fills = Fills::new(1000);
     fills.fresh(7, 1, 0).set_range(3, 9);
     let exts = vec![
@@ -186,7 +210,7 @@ fn pages_round_trip_and_detect_damage() {
             layers: smallvec::smallvec![Layer::partial(7), Layer::full(8)],
         },
     ];
-    let b = encode_leaf(5, 1, &pool(), &exts, &fills);
+    let b = encode_leaf(5, 1, &exts, &fills);
     assert_eq!(BlockPtr::of(&b).page, 5);
     assert_eq!(BlockPtr::of(&b).txn, 1);
     let raw = decode_leaf(&b, 5, &pool(), 1000).unwrap();
@@ -235,10 +259,250 @@ fn pages_round_trip_and_detect_damage() {
     assert!(e.to_string().contains("key 1 (50) is not above"), "{e}");
 }
 
+/// A one-segment extent with one partial layer.
+fn partial(vseg: u64, seg: u64, birth: u64) -> Extent {
+    Extent {
+        vseg,
+        len: 1,
+        state: ExtentState::Mapped,
+        birth,
+        layers: smallvec::smallvec![Layer::partial(seg)],
+    }
+}
+
+/// Fills of every shape the packed encoding distinguishes: none set, one granule, runs
+/// across word boundaries, the most runs it lists (15) and one more (written as the
+/// map), every granule, every other granule.
+fn fill_shapes() -> Vec<[u64; 4]> {
+    let mut runs15 = [0u64; 4];
+    let mut runs16 = [0u64; 4];
+    for k in 0..16u32 {
+        let g = k * 16 + 3;
+        if k < 15 {
+            runs15[(g / 64) as usize] |= 0b11 << (g % 64);
+        }
+        runs16[(g / 64) as usize] |= 0b11 << (g % 64);
+    }
+    vec![
+        [0; 4],
+        [1, 0, 0, 0],
+        [0, 0, 0, 1 << 63],
+        [1 << 63, u64::MAX, 1, 0],
+        runs15,
+        runs16,
+        [u64::MAX; 4],
+        [0x5555_5555_5555_5555; 4],
+    ]
+}
+
+/// Packed leaves round-trip every fill shape, layer count, error extents and the
+/// widest numbers; a random first write's extent (one partial layer, one granule)
+/// takes at most 15 bytes where the wide encoding takes 63.
+#[test]
+fn packed_leaves_round_trip_every_shape() {
+    let shapes = fill_shapes();
+    let mut raw = Vec::new();
+    let mut v = 0u64;
+    for (i, w) in shapes.iter().enumerate() {
+        raw.push(RawExtent {
+            vseg: v,
+            len: 1,
+            error: false,
+            birth: 1 + i as u64,
+            layers: smallvec::smallvec![(1000 + i as u64, Some(*w))],
+        });
+        v += 1 + i as u64 * 1000;
+    }
+    raw.push(RawExtent {
+        vseg: v,
+        len: 256,
+        error: false,
+        birth: u64::MAX,
+        layers: smallvec::smallvec![((1 << 40) - 300, None)],
+    });
+    raw.push(RawExtent {
+        vseg: v + 300,
+        len: 1,
+        error: true,
+        birth: 7,
+        layers: smallvec::smallvec![],
+    });
+    raw.push(RawExtent {
+        vseg: v + 301,
+        len: 1,
+        error: false,
+        birth: 8,
+        layers: (0..4)
+            .map(|k| (5 + k, Some(shapes[k as usize + 3])))
+            .collect(),
+    });
+    raw.push(RawExtent {
+        vseg: MAX_VSEG - 1,
+        len: 1,
+        error: false,
+        birth: 9,
+        layers: smallvec::smallvec![(3, None)],
+    });
+    let b = encode_raw_leaf(5, 2, &pool(), &raw);
+    assert_eq!(b[4], PageKind::PackedLeaf as u8);
+    assert_eq!(decode_leaf(&b, 5, &pool(), 1 << 40).unwrap(), raw);
+    // One random first write: a segment number of 22 bits, one granule.
+    let fills = Fills::new(1 << 22);
+    fills.fresh((1 << 22) - 1, 1, 0).set_range(77, 1);
+    let exts = [partial((1 << 22) - 9, (1 << 22) - 1, 300)];
+    let one = leaf(5, 2, &exts, &fills);
+    let used = PAGE_BYTES - one.iter().rev().take_while(|&&x| x == 0).count();
+    assert!(used - 64 <= 15, "{} bytes", used - 64);
+}
+
+/// The budget a leaf is packed by bounds what its extents take written, whatever their
+/// fills grew to since: a leaf within `LEAF_BUDGET_BYTES` fits two pages. Random
+/// extents (numbers of every width, up to four layers), every partial fill as wide as
+/// a fill gets (its map); the seed is printed.
+#[test]
+fn a_leaf_within_its_budget_fits_two_pages_whatever_its_fills() {
+    let seed = std::env::var("TESSERA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("seed {seed} (TESSERA_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    // A number of up to `bits` bits, every width as likely.
+    let wide = |rng: &mut fastrand::Rng, bits: u32| {
+        let b = rng.u32(0..bits);
+        rng.u64(..1 << b)
+    };
+    let fills = Fills::new(1 << 16);
+    let mut two_pages = 0;
+    for _ in 0..300 {
+        let mut exts = Vec::new();
+        let (mut bytes, mut v) = (0, wide(&mut rng, 40));
+        loop {
+            let nl = rng.usize(1..=4);
+            let e = Extent {
+                vseg: v,
+                len: 1,
+                state: ExtentState::Mapped,
+                birth: wide(&mut rng, 63),
+                layers: (0..nl)
+                    .map(|_| {
+                        let seg = rng.u64(..1 << 16);
+                        if rng.u8(..4) == 0 {
+                            Layer::full(seg)
+                        } else {
+                            fills.get(seg).store_words([0x5555_5555_5555_5555; 4]);
+                            Layer::partial(seg)
+                        }
+                    })
+                    .collect(),
+            };
+            let cost = extent_budget(&e);
+            if bytes + cost > LEAF_BUDGET_BYTES || v >= MAX_VSEG - 1 {
+                break;
+            }
+            bytes += cost;
+            exts.push(e);
+            v += 1 + wide(&mut rng, 8);
+        }
+        let (_, k) = encode_leaf(5, 1, &pool(), &exts, &fills);
+        if k < exts.len() {
+            two_pages += 1;
+            let (_, k2) = encode_leaf(6, 1, &pool(), &exts[k..], &fills);
+            assert_eq!(
+                k2,
+                exts.len() - k,
+                "seed {seed}: the rest fits the second page"
+            );
+        }
+    }
+    assert!(
+        two_pages > 100,
+        "seed {seed}: {two_pages} of 300 leaves took two pages"
+    );
+    assert!(MAX_PACKED_EXTENT_BYTES < PAGE_BYTES / 8);
+}
+
+/// Bad packed extents are refused naming the field: each case is one extent on an
+/// otherwise valid page.
+#[test]
+fn packed_leaf_errors_name_the_field() {
+    let page_of = |payload: &[u8]| {
+        let mut b = vec![0u8; PAGE_BYTES];
+        b[12..16].copy_from_slice(&1u32.to_le_bytes());
+        b[64..64 + payload.len()].copy_from_slice(payload);
+        forge_page(&b, PageKind::PackedLeaf, 5, &pool())
+    };
+    let cases: [(&[u8], &str); 10] = [
+        // vseg, len, flags, birth, seg, tag
+        (&[0, 1, 0x10, 1, 3, 0], ""),
+        (&[0, 0, 0x10, 1, 3, 0], "len: extent 0 covers 0 segments"),
+        (
+            &[0, 1, 0x12, 1, 3, 0],
+            "flags: extent 0 has unknown flags 0x12",
+        ),
+        (&[0, 1, 0x50, 1, 3, 0], "layers: extent 0 has 5 layers"),
+        (&[0, 1, 0x00, 1], "layers: extent 0 has 0 layers"),
+        (
+            &[0, 1, 0x10, 1, 3, 17],
+            "layer: extent 0: unknown fill tag 17",
+        ),
+        (
+            &[0, 1, 0x10, 1, 3, 3, 10, 4, 12, 0],
+            "fill: extent 0: fill run 1 (granules 12..13) overlaps",
+        ),
+        (
+            &[0, 1, 0x10, 1, 3, 2, 250, 9],
+            "fill: extent 0: fill run 0 (granules 250..260)",
+        ),
+        (
+            &[
+                0, 1, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+            ],
+            "birth: extent 0: a number longer than 64 bits",
+        ),
+        (
+            &[0, 1, 0x10, 1, 0xc8, 1, 0],
+            "segment: extent 0 references segment 200+1, beyond 100",
+        ),
+    ];
+    for (payload, want) in cases {
+        let r = decode_leaf(&page_of(payload), 5, &pool(), 100);
+        if want.is_empty() {
+            assert_eq!(r.unwrap().len(), 1);
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(want), "{payload:?}: {e}");
+        }
+    }
+    // Runs past the end of the page, and a count beyond what fits.
+    let mut b = vec![0u8; PAGE_BYTES];
+    b[12..16].copy_from_slice(&1009u32.to_le_bytes());
+    let e = decode_leaf(
+        &forge_page(&b, PageKind::PackedLeaf, 5, &pool()),
+        5,
+        &pool(),
+        100,
+    );
+    assert!(e.unwrap_err().to_string().contains("at most 1008 fit"));
+    b[12..16].copy_from_slice(&1000u32.to_le_bytes());
+    b[64..].fill(0x80);
+    let e = decode_leaf(
+        &forge_page(&b, PageKind::PackedLeaf, 5, &pool()),
+        5,
+        &pool(),
+        100,
+    );
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.contains("vseg: extent 0: a number longer than 64 bits"),
+        "{e}"
+    );
+}
+
 #[test]
 fn pointers_catch_stale_and_overwritten_pages() {
-    let old = encode_leaf(5, 3, &pool(), &[Extent::full(0, 1, 1)], &Fills::new(4));
-    let new = encode_leaf(5, 4, &pool(), &[Extent::full(0, 2, 1)], &Fills::new(4));
+    let old = leaf(5, 3, &[Extent::full(0, 1, 1)], &Fills::new(4));
+    let new = leaf(5, 4, &[Extent::full(0, 2, 1)], &Fills::new(4));
     let p = BlockPtr::of(&new);
     verify_pointer(&new, &p, "x").unwrap();
     // A lost write: the page keeps its older valid version.
@@ -254,7 +518,7 @@ fn pointers_catch_stale_and_overwritten_pages() {
     );
     assert!(e.to_string().contains("stale"), "{e}");
     // Same transaction, other contents.
-    let other = encode_leaf(5, 4, &pool(), &[Extent::full(0, 3, 1)], &Fills::new(4));
+    let other = leaf(5, 4, &[Extent::full(0, 3, 1)], &Fills::new(4));
     assert!(matches!(
         verify_pointer(&other, &p, "x"),
         Err(MetaError::PointerChecksum { page: 5, .. })
@@ -263,7 +527,7 @@ fn pointers_catch_stale_and_overwritten_pages() {
 
 #[test]
 fn pages_of_another_format_version_are_refused() {
-    let mut b = encode_leaf(5, 1, &pool(), &[Extent::full(0, 1, 1)], &Fills::new(4));
+    let mut b = leaf(5, 1, &[Extent::full(0, 1, 1)], &Fills::new(4));
     b[5] = 1;
     assert!(reseal(&mut b));
     let e = decode_leaf(&b, 5, &pool(), 100).unwrap_err();
@@ -374,8 +638,17 @@ fn a_staged_space_map_holds_the_counts_of_its_instant() {
 #[test]
 fn decoders_never_panic_on_garbage() {
     let mut rng = fastrand::Rng::with_seed(1);
-    let mut b = encode_leaf(5, 1, &pool(), &[Extent::full(0, 1, 1)], &Fills::new(4));
-    for _ in 0..20_000 {
+    let fills = Fills::new(1 << 20);
+    fills.fresh(9, 1, 0).set_range(3, 40);
+    let exts: Vec<Extent> = (0..40)
+        .map(|v| partial(v * 3, if v == 9 { 9 } else { 100 + v }, 1))
+        .collect();
+    let wide = encode_wide_leaf(5, 1, &pool(), &exts, &fills);
+    let mut b = leaf(5, 1, &exts, &fills);
+    for i in 0..40_000 {
+        if i == 20_000 {
+            b = wide.clone();
+        }
         let i = rng.usize(0..PAGE_BYTES);
         b[i] = rng.u8(..);
         // Re-seal half the time so the decoder gets past the checksum.
