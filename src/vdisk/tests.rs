@@ -605,7 +605,7 @@ fn leaves_whose_fills_outgrew_their_budget_are_written_on_two_pages() {
         block_on(pool.create_disk("vd0", SEGS * SEG_BLOCKS * 4096, true)).unwrap();
     // Block k of segment s holds (s + k) | 1 where written: k = 0 and every even k
     // from 2 to 30 (16 runs a segment); every other block reads as zeros.
-    let written = |k: u64| k == 0 || (k % 2 == 0 && k <= 30);
+    let written = |k: u64| k == 0 || (k.is_multiple_of(2) && k <= 30);
     let value = |s: u64, k: u64| (s + k) as u8 | 1;
     let d = disk.clone();
     on(&set, 1, move || async move {
