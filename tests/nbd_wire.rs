@@ -1128,6 +1128,12 @@ fn concurrent_overlapping_unaligned_writes_keep_each_others_bytes() {
             "round {round}: both writes' bytes"
         );
     }
+    // The second write of each pair waited for the first's lock (counted once the
+    // connections have closed and folded their counters).
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+    let stats = srv.server().stats();
+    assert!(stats.range_lock_waits >= 3 * 2 + 8, "{stats:?}");
 }
 
 /// An aligned write and an unaligned one into the same block, in flight together, in

@@ -129,6 +129,7 @@ impl TxState {
         } else {
             s.state = SlotState::WaitingLock;
             self.waiting_lock.push(idx);
+            self.count(RequestKind::LockWait, 0);
         }
     }
 
@@ -151,6 +152,7 @@ impl TxState {
             s.pending = Some(io);
             s.state = SlotState::WaitingLock;
             self.waiting_lock.push(idx);
+            self.count(RequestKind::LockWait, 0);
         }
     }
 
