@@ -1177,6 +1177,36 @@ fn aligned_and_unaligned_writes_to_one_block_do_not_undo_each_other() {
     );
 }
 
+/// An aligned write in flight on one connection (sent to the bdev without a lock: no
+/// read-modify-write was in progress) and an unaligned write into the same block on
+/// another connection: the read-modify-write waits until every other connection of
+/// the export has seen it start and finished what it sent before.
+#[test]
+fn a_read_modify_write_waits_for_lock_free_writes_of_other_connections() {
+    let bdev = laggy(Duration::from_millis(50));
+    let srv = TestServer::start(vec![NbdExport::new("disk", bdev.clone())]);
+    let mut a = RawClient::connect(srv.addr, "disk", Opts::default()).unwrap();
+    let mut b = RawClient::connect(srv.addr, "disk", Opts::default()).unwrap();
+    // An idle third connection must not hold the read-modify-write up.
+    let _idle = RawClient::connect(srv.addr, "disk", Opts::default()).unwrap();
+    for round in 0..4u64 {
+        let block = 30 + round;
+        a.send(CMD_WRITE, 0, 1, block * 4096, 4096, &[0x99; 4096])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        b.send(CMD_WRITE, 0, 2, block * 4096 + 10, 10, &[0xaa; 10])
+            .unwrap();
+        assert_eq!(a.recv(|_| 0).unwrap().error, 0);
+        assert_eq!(b.recv(|_| 0).unwrap().error, 0);
+        let mut want = vec![0x99u8; 4096];
+        want[10..20].fill(0xaa);
+        assert!(
+            cached(&bdev, block) == want,
+            "round {round}: the aligned write was undone"
+        );
+    }
+}
+
 /// A flush covers an unaligned write in flight when it arrived; a FUA unaligned write
 /// is durable when it is answered.
 #[test]

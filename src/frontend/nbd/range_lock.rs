@@ -4,23 +4,30 @@
 //! A read-modify-write writes bytes it did not receive (the rest of its edge blocks, as
 //! it read them). Another request writing those blocks between its read and its write
 //! would lose its bytes, though the two touch different bytes. So while any
-//! read-modify-write is in progress on an export ([`RangeLocks::rmw_active`]), every
-//! modifying request of the export locks its blocks first; with none in progress,
-//! aligned requests pay one load and a branch, and take no lock.
+//! read-modify-write is in progress on an export, every modifying request of the export
+//! locks its blocks first; with none in progress, aligned requests take no lock and pay
+//! one load, a compare and a branch ([`RangeLocks::state`] against the value the
+//! connection last saw).
+//!
+//! **Lock-free writes already in flight.** A write that went to the bdev without a lock
+//! just before a read-modify-write began must land before that read-modify-write reads.
+//! Each read-modify-write starts a new *generation* (the high half of `state`) and
+//! wakes every connection of the export; a connection that sees a new generation
+//! *acknowledges* it once the writes it sent without a lock before it saw it have
+//! completed (an epoch barrier, as for a flush). A read-modify-write locks only once
+//! every connection has acknowledged its generation. A connection never waits for an
+//! acknowledgement while it holds a lock, and acknowledges without waiting for locks,
+//! so this adds no cycle.
 //!
 //! The lock is granted in arrival order among overlapping requests (a waiter is passed
 //! over only by requests that overlap neither it nor any holder), so no request starves;
 //! a holder only waits for its own I/O, so there are no cycles. A waiter's waker (its
 //! connection's task, on whatever core) is woken when it is granted; the connection then
 //! asks [`RangeLocks::is_held`].
-//!
-//! Known gap: an aligned write submitted without a lock on another connection just
-//! before a read-modify-write begins is not waited for (on the same connection it is:
-//! `transmission::rmw` waits for the connection's lock-free writes in flight).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 /// A lock's id (unique per export).
@@ -84,36 +91,128 @@ impl Table {
     }
 }
 
+/// A generation of read-modify-writes (wraps; compared with [`gen_reached`]).
+pub(crate) type Gen = u32;
+
+/// The generation in a [`RangeLocks::state`] value.
+pub(crate) fn state_gen(state: u64) -> Gen {
+    (state >> 32) as Gen
+}
+
+/// The read-modify-writes in progress in a [`RangeLocks::state`] value.
+pub(crate) fn state_active(state: u64) -> u32 {
+    state as u32
+}
+
+/// True if generation `have` is `want` or later.
+pub(crate) fn gen_reached(have: Gen, want: Gen) -> bool {
+    have.wrapping_sub(want) as i32 >= 0
+}
+
+/// A connection in transmission with the export, as read-modify-writes see it.
+pub(crate) struct ConnAck {
+    /// The latest generation the connection acknowledged.
+    acked: AtomicU64,
+    /// The connection's task, woken to see a new generation.
+    waker: Option<Waker>,
+}
+
 /// The range lock of one export, shared by its connections on every core.
 #[derive(Default)]
 pub(crate) struct RangeLocks {
-    /// Read-modify-writes in progress (from their start to their reply).
-    rmw_active: AtomicUsize,
+    /// Generation (high 32 bits) and read-modify-writes in progress (low 32 bits).
+    state: AtomicU64,
     table: Mutex<Table>,
+    /// The connections in transmission.
+    conns: Mutex<Vec<Arc<ConnAck>>>,
+    /// Read-modify-writes waiting for acknowledgements (their connections' wakers).
+    ack_waiters: Mutex<Vec<Waker>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RangeLocks {
     fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.table)
     }
 
-    /// True while a read-modify-write is in progress on the export: modifying requests
-    /// must lock their blocks.
+    /// Generation and read-modify-writes in progress: a connection that sees the value it
+    /// saw last, with none in progress, sends modifying requests without a lock.
     #[inline]
-    pub(crate) fn rmw_active(&self) -> bool {
-        self.rmw_active.load(Ordering::SeqCst) != 0
+    pub(crate) fn state(&self) -> u64 {
+        self.state.load(Ordering::SeqCst)
     }
 
-    /// A read-modify-write starts (before it locks anything).
-    pub(crate) fn rmw_begin(&self) {
-        self.rmw_active.fetch_add(1, Ordering::SeqCst);
+    /// A read-modify-write starts (before it locks anything): a new generation, which
+    /// every connection is woken to see. Returns it.
+    pub(crate) fn rmw_begin(&self) -> Gen {
+        const STEP: u64 = (1 << 32) + 1;
+        let v = self
+            .state
+            .fetch_add(STEP, Ordering::SeqCst)
+            .wrapping_add(STEP);
+        for c in lock(&self.conns).iter() {
+            if let Some(w) = &c.waker {
+                w.wake_by_ref();
+            }
+        }
+        state_gen(v)
     }
 
     /// A read-modify-write has ended (after it unlocked its blocks).
     pub(crate) fn rmw_end(&self) {
         let _ = self
-            .rmw_active
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            .state
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                (state_active(v) > 0).then(|| v - 1)
+            });
+    }
+
+    /// A connection enters transmission: it has sent nothing, so it acknowledges the
+    /// current generation.
+    pub(crate) fn register(&self, waker: Option<Waker>) -> Arc<ConnAck> {
+        let mut conns = lock(&self.conns);
+        let c = Arc::new(ConnAck {
+            acked: AtomicU64::new(u64::from(state_gen(self.state()))),
+            waker,
+        });
+        conns.push(c.clone());
+        c
+    }
+
+    /// A connection leaves transmission.
+    pub(crate) fn deregister(&self, c: &Arc<ConnAck>) {
+        lock(&self.conns).retain(|x| !Arc::ptr_eq(x, c));
+        self.wake_ack_waiters();
+    }
+
+    /// Connection `c` acknowledges generation `gen`.
+    pub(crate) fn ack(&self, c: &ConnAck, generation: Gen) {
+        c.acked.store(u64::from(generation), Ordering::SeqCst);
+        self.wake_ack_waiters();
+    }
+
+    fn wake_ack_waiters(&self) {
+        let waiters = std::mem::take(&mut *lock(&self.ack_waiters));
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// True once every connection acknowledged generation `gen`; if not, `waker` is
+    /// woken at the next acknowledgement.
+    pub(crate) fn all_acked(&self, generation: Gen, waker: Option<Waker>) -> bool {
+        if let Some(w) = waker {
+            let mut waiters = lock(&self.ack_waiters);
+            if !waiters.iter().any(|x| x.will_wake(&w)) {
+                waiters.push(w);
+            }
+        }
+        lock(&self.conns)
+            .iter()
+            .all(|c| gen_reached(c.acked.load(Ordering::SeqCst) as Gen, generation))
     }
 
     /// Locks blocks `start..end`: returns the lock's id and whether it is held now (if
@@ -217,6 +316,18 @@ mod tests {
         }
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let l = RangeLocks::default();
+        let conn = l.register(None);
+        let g = l.rmw_begin();
+        assert_eq!(state_active(l.state()), 1);
+        assert!(!l.all_acked(g, Some(Waker::from(flag.clone()))));
+        l.ack(&conn, g);
+        assert!(
+            flag.0.swap(false, Ordering::SeqCst),
+            "the ack woke the waiter"
+        );
+        assert!(l.all_acked(g, None));
+        l.rmw_end();
+        l.deregister(&conn);
         let (a, _) = l.lock(0, 10, None);
         let (b, held) = l.lock(5, 6, None);
         assert!(!held);
@@ -229,10 +340,10 @@ mod tests {
         assert!(flag.0.load(Ordering::SeqCst), "the grant woke the waiter");
         l.unlock(c);
         assert_eq!(l.counts(), (0, 0));
-        l.rmw_begin();
-        assert!(l.rmw_active());
         l.rmw_end();
-        l.rmw_end();
-        assert!(!l.rmw_active(), "never below zero");
+        assert_eq!(state_active(l.state()), 0, "never below zero");
+        assert_eq!(state_gen(l.state()), g, "the generation stays");
+        assert!(gen_reached(0, u32::MAX), "generations wrap");
+        assert!(!gen_reached(u32::MAX, 0));
     }
 }

@@ -19,7 +19,7 @@ use super::proto::{
     self, CMD_READ, ChunkHeader, Extent, HeaderMode, MAX_REPLY_HEADER_LEN, REPLY_FLAG_DONE,
     RequestHeader,
 };
-use super::range_lock::LockId;
+use super::range_lock::{ConnAck, Gen, LockId, state_active, state_gen};
 use super::server::ConnCtl;
 use super::state::{ConnState, LocalCounters, RequestKind};
 use crate::bdev::{BdevIo, Channel, IoBuf, IoKind, IoSink, IoStatus};
@@ -44,6 +44,9 @@ const DIRECT_READ_MIN: usize = 32 << 10;
 const MAX_IOV: usize = 64;
 /// Extents per block status reply.
 const MAX_EXTENTS: usize = 1024;
+/// `seen_state` while read-modify-writes are in progress (never a state value: the
+/// in-progress count never reaches `u32::MAX`).
+const LOCKED: u64 = u64::MAX;
 
 /// Where a slot is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +59,9 @@ enum SlotState {
     WaitingFlush,
     /// A read-modify-write waiting for the connection's lock-free writes in flight.
     WaitingBarrier,
+    /// A read-modify-write waiting for every connection of the export to acknowledge
+    /// its generation.
+    WaitingAcks,
     /// A modifying request waiting for its blocks' range lock.
     WaitingLock,
     /// Submitted to the bdev.
@@ -103,6 +109,8 @@ struct Slot {
     pending: Option<BdevIo>,
     /// The epoch a read-modify-write waits for (`WaitingBarrier`).
     barrier: u64,
+    /// The generation of a read-modify-write (`WaitingAcks`).
+    generation: Gen,
 }
 
 impl Slot {
@@ -129,6 +137,7 @@ impl Slot {
             lock: None,
             pending: None,
             barrier: 0,
+            generation: 0,
         }
     }
 
@@ -202,6 +211,17 @@ pub(super) struct TxState {
     waiting_barrier: VecDeque<u16>,
     /// Requests waiting for a range lock.
     waiting_lock: Vec<u16>,
+    /// Read-modify-writes waiting for acknowledgements of their generation.
+    waiting_acks: Vec<u16>,
+    /// This connection as read-modify-writes of the export see it.
+    ack: Arc<ConnAck>,
+    /// The last generation of read-modify-writes seen.
+    seen_gen: Gen,
+    /// The export's lock state last seen with no read-modify-write in progress
+    /// (`LOCKED` while one is): modifying requests go without a lock while it holds.
+    seen_state: u64,
+    /// A generation to acknowledge once the modifying requests up to an epoch completed.
+    ack_pending: Option<(Gen, u64)>,
     draining: Option<DrainReason>,
     input_closed: bool,
     output_broken: bool,
@@ -225,6 +245,8 @@ impl TxState {
             block_status: neg.block_status && chunked,
             mode: neg.reply.header_mode(),
         };
+        let ack = export.locks.register(ctl.waker());
+        let lock_state = export.locks.state();
         TxState {
             ctl,
             block_size: bdev.block_size() as u64,
@@ -246,6 +268,15 @@ impl TxState {
             bypass_epoch: 0,
             waiting_barrier: VecDeque::new(),
             waiting_lock: Vec::new(),
+            waiting_acks: Vec::new(),
+            ack,
+            seen_gen: state_gen(lock_state),
+            seen_state: if state_active(lock_state) == 0 {
+                lock_state
+            } else {
+                LOCKED
+            },
+            ack_pending: None,
             draining: None,
             input_closed: false,
             output_broken: false,
@@ -498,7 +529,7 @@ impl TxState {
     /// progress on the export) once it holds the range lock of its blocks.
     #[inline]
     fn submit_modifying(&mut self, idx: u16, io: BdevIo, sink: &Rc<dyn IoSink>) {
-        if self.export.locks.rmw_active() {
+        if self.export.locks.state() != self.seen_state && self.observe_locks() {
             self.submit_locked(idx, io, sink);
             return;
         }
@@ -817,7 +848,11 @@ impl TxState {
 
     /// Handles whatever the receive buffer holds; returns true if anything was consumed.
     pub(super) fn process_input(&mut self, sink: &Rc<dyn IoSink>) -> bool {
-        let mut progress = !self.waiting_lock.is_empty() && self.poll_locks(sink);
+        if self.ack_pending.is_some() || self.export.locks.state() != self.seen_state {
+            self.observe_locks();
+        }
+        let mut progress = !self.waiting_acks.is_empty() && self.poll_acks(sink);
+        progress |= !self.waiting_lock.is_empty() && self.poll_locks(sink);
         loop {
             match self.rx_state {
                 RxState::Header => {

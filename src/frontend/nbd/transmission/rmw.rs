@@ -4,16 +4,21 @@
 //! export's [range lock](crate::frontend::nbd::range_lock) before it reaches the bdev.
 //!
 //! A read-modify-write, from its start (payload received) to its reply:
-//! 1. `WaitingBarrier`: waits for this connection's writes, trims and write-zeroes that
+//! 1. starts a new generation of the export's range lock (`rmw_begin`): from then on,
+//!    modifying requests of every connection lock their blocks;
+//! 2. `WaitingBarrier`: waits for this connection's writes, trims and write-zeroes that
 //!    went to the bdev without a lock (no read-modify-write was in progress then), the
 //!    way a flush waits for the writes before it;
-//! 2. `WaitingLock`: waits for the lock on all its covering blocks;
-//! 3. `Submitted`: runs its steps one I/O at a time (edge reads, merges, writes, each
+//! 3. `WaitingAcks`: waits for every other connection of the export to acknowledge the
+//!    generation, which each does once its own lock-free writes sent before it saw
+//!    the generation have completed ([`TxState::observe_locks`]);
+//! 4. `WaitingLock`: waits for the lock on all its covering blocks;
+//! 5. `Submitted`: runs its steps one I/O at a time (edge reads, merges, writes, each
 //!    write with the request's FUA); the last completion unlocks and replies.
 //!
 //! It counts as a modifying request in flight from its start, so a flush that arrives
-//! later waits for it, and it counts in the export's `rmw_active` from its start to its
-//! end, so modifying requests that start meanwhile, on any connection, lock first.
+//! later waits for it, and as in progress in the export's lock state from its start to
+//! its end.
 
 use super::*;
 use crate::frontend::nbd::unaligned::{Plan, Step};
@@ -74,7 +79,8 @@ impl TxState {
     }
 
     fn start_rmw(&mut self, idx: u16, plan: Plan, fua: bool, no_hole: bool, sink: &Rc<dyn IoSink>) {
-        self.export.locks.rmw_begin();
+        let generation = self.export.locks.rmw_begin();
+        self.observe_locks();
         // Wait for the lock-free modifying requests of this connection; in an epoch of
         // its own, so that it does not wait for itself.
         let barrier = self.bypass_epoch;
@@ -92,8 +98,9 @@ impl TxState {
         s.modifies = true;
         s.epoch = epoch;
         s.barrier = barrier;
+        s.generation = generation;
         if self.epochs.covered(barrier) {
-            self.rmw_lock(idx, sink);
+            self.rmw_acks(idx, sink);
         } else {
             s.state = SlotState::WaitingBarrier;
             self.waiting_barrier.push_back(idx);
@@ -107,8 +114,63 @@ impl TxState {
                 break;
             }
             self.waiting_barrier.pop_front();
+            self.rmw_acks(idx, sink);
+        }
+    }
+
+    /// Sees the export's lock state: a new generation is acknowledged once the modifying
+    /// requests sent without a lock so far have completed (those tracked from now on go
+    /// to a later epoch, so the acknowledgement never waits for a lock). Returns true
+    /// while read-modify-writes are in progress (modifying requests must lock).
+    pub(super) fn observe_locks(&mut self) -> bool {
+        let v = self.export.locks.state();
+        let generation = state_gen(v);
+        if generation != self.seen_gen {
+            self.seen_gen = generation;
+            if self.bypass_epoch >= self.epochs.current() {
+                self.epochs.begin_flush();
+            }
+            self.ack_pending = Some((generation, self.bypass_epoch));
+        }
+        self.seen_state = if state_active(v) == 0 { v } else { LOCKED };
+        if let Some((generation, e)) = self.ack_pending
+            && self.epochs.covered(e)
+        {
+            self.ack_pending = None;
+            self.export.locks.ack(&self.ack, generation);
+        }
+        self.seen_state == LOCKED
+    }
+
+    fn rmw_acks(&mut self, idx: u16, sink: &Rc<dyn IoSink>) {
+        let generation = self.slots[idx as usize].generation;
+        if self.export.locks.all_acked(generation, None) {
+            self.rmw_lock(idx, sink);
+        } else {
+            self.slots[idx as usize].state = SlotState::WaitingAcks;
+            self.waiting_acks.push(idx);
+        }
+    }
+
+    /// Moves on the read-modify-writes whose generation every connection acknowledged;
+    /// returns true if any.
+    pub(super) fn poll_acks(&mut self, sink: &Rc<dyn IoSink>) -> bool {
+        let mut progress = false;
+        let waker = self.ctl.waker();
+        let mut i = 0;
+        while i < self.waiting_acks.len() {
+            let idx = self.waiting_acks[i];
+            let generation = self.slots[idx as usize].generation;
+            // The waker is registered before the check: no acknowledgement is missed.
+            if !self.export.locks.all_acked(generation, waker.clone()) {
+                i += 1;
+                continue;
+            }
+            self.waiting_acks.swap_remove(i);
+            progress = true;
             self.rmw_lock(idx, sink);
         }
+        progress
     }
 
     fn rmw_lock(&mut self, idx: u16, sink: &Rc<dyn IoSink>) {
@@ -304,10 +366,11 @@ impl TxState {
 }
 
 impl Drop for TxState {
-    /// A connection dropped with requests still holding or waiting for range locks (the
-    /// server stopped without draining it) releases them, so other connections of the
-    /// export go on.
+    /// The connection leaves the export's range lock: read-modify-writes stop waiting
+    /// for its acknowledgements, and locks it still holds or waits for (the server
+    /// stopped without draining it) are released, so other connections go on.
     fn drop(&mut self) {
+        self.export.locks.deregister(&self.ack);
         for s in &mut self.slots {
             if let Some(id) = s.lock.take() {
                 self.export.locks.unlock(id);
