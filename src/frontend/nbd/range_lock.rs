@@ -170,15 +170,15 @@ impl RangeLocks {
             });
     }
 
-    /// A connection enters transmission: it has sent nothing, so it acknowledges the
-    /// current generation.
-    pub(crate) fn register(&self, waker: Option<Waker>) -> Arc<ConnAck> {
-        let mut conns = lock(&self.conns);
+    /// A connection enters transmission, having seen `state` (read before this call):
+    /// it has sent nothing, so it acknowledges that state's generation. A generation
+    /// started since is not acknowledged until the connection sees it.
+    pub(crate) fn register(&self, state: u64, waker: Option<Waker>) -> Arc<ConnAck> {
         let c = Arc::new(ConnAck {
-            acked: AtomicU64::new(u64::from(state_gen(self.state()))),
+            acked: AtomicU64::new(u64::from(state_gen(state))),
             waker,
         });
-        conns.push(c.clone());
+        lock(&self.conns).push(c.clone());
         c
     }
 
@@ -316,7 +316,7 @@ mod tests {
         }
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let l = RangeLocks::default();
-        let conn = l.register(None);
+        let conn = l.register(l.state(), None);
         let g = l.rmw_begin();
         assert_eq!(state_active(l.state()), 1);
         assert!(!l.all_acked(g, Some(Waker::from(flag.clone()))));

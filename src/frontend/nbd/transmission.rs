@@ -245,8 +245,8 @@ impl TxState {
             block_status: neg.block_status && chunked,
             mode: neg.reply.header_mode(),
         };
-        let ack = export.locks.register(ctl.waker());
         let lock_state = export.locks.state();
+        let ack = export.locks.register(lock_state, ctl.waker());
         TxState {
             ctl,
             block_size: bdev.block_size() as u64,

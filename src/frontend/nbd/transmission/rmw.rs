@@ -144,7 +144,7 @@ impl TxState {
 
     fn rmw_acks(&mut self, idx: u16, sink: &Rc<dyn IoSink>) {
         let generation = self.slots[idx as usize].generation;
-        if self.export.locks.all_acked(generation, None) {
+        if self.export.locks.all_acked(generation, self.ctl.waker()) {
             self.rmw_lock(idx, sink);
         } else {
             self.slots[idx as usize].state = SlotState::WaitingAcks;
