@@ -419,6 +419,13 @@ fn nbd_request_seeds() {
     let mut v = knobs(1, 64, 3);
     v.extend(req(ext, CMD_WRITE, 1 << 5, 0, u64::MAX));
     s.add("extended-payload-len-huge", v);
+    let mut v = knobs(0b111110, 64, 3);
+    v.extend(req(compact, CMD_WRITE, CMD_FLAG_FUA, 4095, 3000));
+    v.resize(v.len() + 3000, 0xab);
+    v.extend(req(compact, CMD_WRITE_ZEROES, 0, 1, (1 << 20) + 5));
+    v.extend(req(compact, CMD_TRIM, 0, 7, 100));
+    v.extend(req(compact, CMD_BLOCK_STATUS, 0, 1023, 1));
+    s.add("unaligned-write-zeroes-trim-status", v);
 }
 
 fn nbd_option_seeds() {

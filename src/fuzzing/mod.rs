@@ -12,11 +12,12 @@ pub mod image;
 use crate::bdev::IoStatus;
 use crate::config::Config;
 use crate::config::spdk_json;
-use crate::frontend::nbd::check::{ExportLimits, Verdict, check_request};
+use crate::frontend::nbd::check::{Command, ExportLimits, Verdict, check_request};
 use crate::frontend::nbd::proto::{
     FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, HeaderMode, OPTION_HEADER_LEN, parse_client_flags,
     parse_option, parse_option_header, parse_request,
 };
+use crate::frontend::nbd::unaligned::{Plan, Step};
 use crate::nvme::pages;
 use crate::nvme::pdu::{self, Decoded, Limits, Receiver};
 use crate::nvme::spec::{self, ConnectData, Cqe, QueueKind, Sqe};
@@ -135,6 +136,9 @@ pub fn nbd_request(data: &[u8]) {
                 if let Verdict::Close { .. } = verdict {
                     return;
                 }
+                if let Verdict::Run(cmd) = verdict {
+                    run_unaligned_plan(cmd, &limits);
+                }
                 // Skip the payload the request carries, as the connection does.
                 let skip = h.payload_len(mode).min(stream.len() as u64) as usize;
                 stream = &stream[skip..];
@@ -142,6 +146,51 @@ pub fn nbd_request(data: &[u8]) {
             Ok(None) | Err(_) => return,
         }
     }
+}
+
+/// Walks the read-modify-write of an unaligned write or write-zeroes the way a
+/// connection does (merging into buffers of the sizes it uses): it ends within five
+/// steps, stays inside the covering blocks and never panics.
+fn run_unaligned_plan(cmd: Command, limits: &ExportLimits) {
+    let (span, zeroes) = match cmd {
+        Command::WriteUnaligned { span, .. } => (span, false),
+        Command::WriteZeroesUnaligned { span, .. } => (span, true),
+        Command::ReadUnaligned(span) | Command::BlockStatus { span, .. } => {
+            assert!(span.num_blocks >= 1 && span.head_bytes < limits.block_size);
+            return;
+        }
+        _ => return,
+    };
+    let plan = Plan {
+        span,
+        block_size: limits.block_size,
+        zeroes,
+    };
+    let bs = limits.block_size as usize;
+    assert!(span.offset_blocks + span.num_blocks <= limits.size_bytes / bs as u64);
+    let mut edge = vec![0u8; bs];
+    // A write's buffer covers its blocks (at most the maximum payload and two blocks);
+    // a write-zeroes has none.
+    let mut buf = if zeroes {
+        Vec::new()
+    } else {
+        vec![0u8; span.covering_bytes(limits.block_size) as usize]
+    };
+    let mut step = None;
+    for _ in 0..5 {
+        let Some(next) = plan.next(step) else {
+            return;
+        };
+        if matches!(next, Step::ReadHead | Step::ReadTail) {
+            assert!(plan.merge(next, &mut edge, &mut buf), "{plan:?} {next:?}");
+        }
+        if next == Step::ZeroMiddle {
+            let (m, n) = plan.middle();
+            assert!(m >= span.offset_blocks && m + n <= span.offset_blocks + span.num_blocks);
+        }
+        step = Some(next);
+    }
+    assert_eq!(plan.next(step), None, "{plan:?} takes more than five steps");
 }
 
 /// NBD handshake input: client flags, option headers and option data, parsed the way

@@ -1,22 +1,31 @@
 //! Validation of a transmission request against the negotiated export: which command it
 //! is, whether its flags apply, whether its range lies within the export and respects the
-//! advertised block sizes. Pure and total, like the codec; fuzzed with it.
+//! advertised payload limit. Pure and total, like the codec; fuzzed with it.
 //!
 //! The verdict says what the connection does: run the command, answer with an error
 //! (after consuming any payload the request carries), or close the connection.
+//!
+//! The advertised minimum block size is 1 (see `ExportEntry::block_sizes`), so any byte
+//! offset and length is valid: a range aligned to the bdev's block size runs as before
+//! (in blocks); any other read, write or write-zeroes runs on the blocks that cover it
+//! ([`Span`], a read-modify-write for writes), and a trim is narrowed to the whole blocks
+//! inside its range (proto.md lets a server trim less than asked; a trim promises no
+//! contents).
 
 use super::proto::{
     CMD_BLOCK_STATUS, CMD_DISC, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN,
     CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, HeaderMode,
     NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_EPERM, RequestHeader,
 };
+pub use super::unaligned::Span;
 
 /// What a connection negotiated about its export, as far as requests are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExportLimits {
     /// Export size in bytes (a multiple of `block_size`).
     pub size_bytes: u64,
-    /// The bdev block size: the advertised minimum block size, a power of two.
+    /// The bdev block size, a power of two (requests not aligned to it are served by
+    /// read-modify-write).
     pub block_size: u32,
     /// The advertised maximum payload of a read or write.
     pub max_payload_bytes: u32,
@@ -41,9 +50,16 @@ pub enum Command {
         offset_blocks: u64,
         num_blocks: u64,
     },
+    /// A read not aligned to the block size: read the covering blocks.
+    ReadUnaligned(Span),
     Write {
         offset_blocks: u64,
         num_blocks: u64,
+        fua: bool,
+    },
+    /// A write not aligned to the block size: read-modify-write of its edge blocks.
+    WriteUnaligned {
+        span: Span,
         fua: bool,
     },
     Flush,
@@ -58,12 +74,20 @@ pub enum Command {
         fua: bool,
         no_hole: bool,
     },
+    /// A write-zeroes not aligned to the block size: read-modify-write of its edge
+    /// blocks, write-zeroes of the whole blocks inside.
+    WriteZeroesUnaligned {
+        span: Span,
+        fua: bool,
+        no_hole: bool,
+    },
+    /// Block status of the covering blocks, reported for the requested bytes.
     BlockStatus {
-        offset_blocks: u64,
-        num_blocks: u64,
+        span: Span,
         req_one: bool,
     },
-    /// A zero-length read, write, trim or write-zeroes: succeeds without touching the bdev.
+    /// A zero-length read, write, trim or write-zeroes, or a trim with no whole block
+    /// inside its range: succeeds without touching the bdev.
     Noop,
     /// `NBD_CMD_DISC`: finish what is in flight, then close.
     Disconnect,
@@ -160,13 +184,6 @@ pub fn check_request(h: &RequestHeader, limits: &ExportLimits) -> Verdict {
         }
         _ => {}
     }
-    let bs = limits.block_size.max(1) as u64;
-    if !h.offset_bytes.is_multiple_of(bs) || !h.len_bytes.is_multiple_of(bs) {
-        return reject(
-            NBD_EINVAL,
-            "offset or length is not a multiple of the minimum block size",
-        );
-    }
     let in_range = h
         .offset_bytes
         .checked_add(h.len_bytes)
@@ -180,39 +197,55 @@ pub fn check_request(h: &RequestHeader, limits: &ExportLimits) -> Verdict {
             _ => reject(NBD_EINVAL, "request extends beyond the end of the export"),
         };
     }
-    let offset_blocks = h.offset_bytes / bs;
-    let num_blocks = h.len_bytes / bs;
-    if num_blocks == 0 {
-        return if h.kind == CMD_BLOCK_STATUS {
+    // In range, so the end does not overflow; a zero block size is refused, not divided by.
+    let Some(span) = Span::covering(h.offset_bytes, h.len_bytes, limits.block_size) else {
+        return if h.len_bytes != 0 {
+            reject(NBD_EINVAL, "the export has no block size")
+        } else if h.kind == CMD_BLOCK_STATUS {
             reject(NBD_EINVAL, "NBD_CMD_BLOCK_STATUS with zero length")
         } else {
             Verdict::Run(Command::Noop)
         };
-    }
+    };
+    let (offset_blocks, num_blocks) = (span.offset_blocks, span.num_blocks);
+    let aligned = span.is_aligned(limits.block_size);
+    let no_hole = h.flags & CMD_FLAG_NO_HOLE != 0;
     Verdict::Run(match h.kind {
-        CMD_READ => Command::Read {
+        CMD_READ if aligned => Command::Read {
             offset_blocks,
             num_blocks,
         },
-        CMD_WRITE => Command::Write {
-            offset_blocks,
-            num_blocks,
-            fua,
-        },
-        CMD_TRIM => Command::Trim {
+        CMD_READ => Command::ReadUnaligned(span),
+        CMD_WRITE if aligned => Command::Write {
             offset_blocks,
             num_blocks,
             fua,
         },
-        CMD_WRITE_ZEROES => Command::WriteZeroes {
+        CMD_WRITE => Command::WriteUnaligned { span, fua },
+        CMD_TRIM => {
+            // The whole blocks inside the range.
+            let bs = u64::from(limits.block_size);
+            let start = h.offset_bytes.div_ceil(bs);
+            let end = (h.offset_bytes + h.len_bytes) / bs;
+            if end <= start {
+                Command::Noop
+            } else {
+                Command::Trim {
+                    offset_blocks: start,
+                    num_blocks: end - start,
+                    fua,
+                }
+            }
+        }
+        CMD_WRITE_ZEROES if aligned => Command::WriteZeroes {
             offset_blocks,
             num_blocks,
             fua,
-            no_hole: h.flags & CMD_FLAG_NO_HOLE != 0,
+            no_hole,
         },
+        CMD_WRITE_ZEROES => Command::WriteZeroesUnaligned { span, fua, no_hole },
         _ => Command::BlockStatus {
-            offset_blocks,
-            num_blocks,
+            span,
             req_one: h.flags & CMD_FLAG_REQ_ONE != 0,
         },
     })
@@ -296,10 +329,96 @@ mod tests {
         assert_eq!(
             check_request(&req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 0, 1 << 20), &l),
             Verdict::Run(Command::BlockStatus {
-                offset_blocks: 0,
-                num_blocks: 2048,
+                span: Span {
+                    offset_blocks: 0,
+                    num_blocks: 2048,
+                    head_bytes: 0,
+                    len_bytes: 1 << 20
+                },
                 req_one: true
             })
+        );
+    }
+
+    #[test]
+    fn unaligned_requests_run_on_their_covering_blocks() {
+        let l = ExportLimits {
+            block_size: 4096,
+            ..limits()
+        };
+        let span = |offset_blocks, num_blocks, head_bytes, len_bytes| Span {
+            offset_blocks,
+            num_blocks,
+            head_bytes,
+            len_bytes,
+        };
+        // ext4's superblock on a 4 KiB disk.
+        assert_eq!(
+            check_request(&req(CMD_READ, 0, 1024, 1024), &l),
+            Verdict::Run(Command::ReadUnaligned(span(0, 1, 1024, 1024)))
+        );
+        assert_eq!(
+            check_request(&req(CMD_WRITE, CMD_FLAG_FUA, 4095, 2), &l),
+            Verdict::Run(Command::WriteUnaligned {
+                span: span(0, 2, 4095, 2),
+                fua: true
+            })
+        );
+        assert_eq!(
+            check_request(&req(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 512, 8192), &l),
+            Verdict::Run(Command::WriteZeroesUnaligned {
+                span: span(0, 3, 512, 8192),
+                fua: false,
+                no_hole: true
+            })
+        );
+        // A trim is narrowed to the whole blocks inside it, or does nothing.
+        assert_eq!(
+            check_request(&req(CMD_TRIM, 0, 512, 3 * 4096), &l),
+            Verdict::Run(Command::Trim {
+                offset_blocks: 1,
+                num_blocks: 2,
+                fua: false
+            })
+        );
+        assert_eq!(
+            check_request(&req(CMD_TRIM, 0, 512, 4096), &l),
+            Verdict::Run(Command::Noop)
+        );
+        assert_eq!(
+            check_request(&req(CMD_BLOCK_STATUS, 0, 100, 1), &l),
+            Verdict::Run(Command::BlockStatus {
+                span: span(0, 1, 100, 1),
+                req_one: false
+            })
+        );
+        // Aligned requests still run in blocks.
+        assert_eq!(
+            check_request(&req(CMD_READ, 0, 8192, 4096), &l),
+            Verdict::Run(Command::Read {
+                offset_blocks: 2,
+                num_blocks: 1
+            })
+        );
+        // The end of the export still bounds them: the last byte is fine, one more is not.
+        let last = (1 << 20) - 1;
+        assert!(matches!(
+            check_request(&req(CMD_WRITE, 0, last, 1), &l),
+            Verdict::Run(Command::WriteUnaligned { .. })
+        ));
+        assert_eq!(
+            error_of(check_request(&req(CMD_WRITE, 0, last, 2), &l)),
+            NBD_ENOSPC
+        );
+        assert_eq!(
+            error_of(check_request(&req(CMD_READ, 0, last, 2), &l)),
+            NBD_EINVAL
+        );
+        // A zero block size is refused, never divided by.
+        let zero = ExportLimits { block_size: 0, ..l };
+        assert_eq!(
+            error_of(check_request(&req(CMD_READ, 0, 0, 1), &zero)),
+            NBD_EINVAL
         );
     }
 
@@ -333,11 +452,6 @@ mod tests {
             error_of(check_request(&req(CMD_READ, 0, u64::MAX - 511, 512), &l)),
             NBD_EINVAL,
             "offset + length overflows"
-        );
-        assert_eq!(
-            error_of(check_request(&req(CMD_READ, 0, 100, 512), &l)),
-            NBD_EINVAL,
-            "misaligned"
         );
         assert_eq!(
             error_of(check_request(&req(CMD_READ, 0, 0, (32 << 20) + 512), &l)),

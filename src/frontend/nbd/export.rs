@@ -3,6 +3,7 @@
 
 use super::NbdError;
 use super::proto::{self, BlockSizes};
+use super::range_lock::RangeLocks;
 use crate::bdev::{Bdev, BdevRegistry, IoKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -92,6 +93,8 @@ pub(crate) struct ExportEntry {
     pub(crate) description: String,
     /// Connections in transmission with this export.
     pub(crate) connections: AtomicUsize,
+    /// Keeps read-modify-writes apart from other writes to the same blocks.
+    pub(crate) locks: RangeLocks,
     /// Set when the export is removed; a connection entering transmission checks it
     /// after registering its export, so removal never misses one.
     removed: AtomicBool,
@@ -106,6 +109,7 @@ impl ExportEntry {
             read_only: e.read_only,
             description: e.description,
             connections: AtomicUsize::new(0),
+            locks: RangeLocks::default(),
             removed: AtomicBool::new(false),
         }
     }
@@ -131,10 +135,20 @@ impl ExportEntry {
     }
 
     /// The advertised block size constraints.
+    ///
+    /// Minimum 1, as qemu-nbd advertises for a disk its block layer serves by
+    /// read-modify-write: the server takes any byte offset and length (requests not
+    /// aligned to the bdev's block size read the covering blocks, or read-modify-write
+    /// their edge blocks), and clients need it to. libnbd (nbdfuse, nbdcopy, fio's nbd
+    /// engine) enforces the advertised minimum on the client side, so with the bdev's
+    /// 4 KiB as minimum nbdfuse refuses the kernel's 512-byte requests (a direct-I/O loop
+    /// device has 512-byte sectors: ext4 reads its superblock at byte 1024) before they
+    /// reach us. Preferred = max(4 KiB, block size): the size below which requests cost
+    /// a read-modify-write (proto.md: at least the minimum and 512). Maximum = 32 MiB.
     pub(crate) fn block_sizes(&self) -> BlockSizes {
         let bs = self.bdev.block_size();
         BlockSizes {
-            min_bytes: bs,
+            min_bytes: 1,
             preferred_bytes: bs.max(4096),
             max_bytes: MAX_PAYLOAD_BYTES,
         }

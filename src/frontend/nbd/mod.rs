@@ -14,13 +14,17 @@
 //! completed on any core, and a connection submits the bdev flush of an `NBD_CMD_FLUSH`
 //! only once every write, trim and write-zeroes it had in flight when the flush arrived
 //! has completed — so a flush covers whatever was replied to, on any connection, before
-//! it arrived. Block sizes are advertised (`NBD_INFO_BLOCK_SIZE`): minimum = the bdev's
-//! block size, preferred = max(4 KiB, block size), maximum = 32 MiB, and enforced:
-//! misaligned requests get `EINVAL`, reads above the maximum `EOVERFLOW`, writes above it
-//! `EINVAL` after their payload is consumed (with extended headers an oversized payload
-//! closes the connection, as proto.md says). A request that fails validation never
-//! touches the bdev. The empty export name selects the only export when there is exactly
-//! one.
+//! it arrived. Block sizes are advertised (`NBD_INFO_BLOCK_SIZE`): minimum = 1,
+//! preferred = max(4 KiB, block size), maximum = 32 MiB (why: `ExportEntry::block_sizes`).
+//! Requests not aligned to the bdev's block size are served on the blocks that cover
+//! them: reads read them, writes and write-zeroes read-modify-write their partial edge
+//! blocks under the export's range lock (`range_lock`: a read-modify-write and any other
+//! modifying request touching the same blocks, on any connection, never run at once),
+//! trims are narrowed to the whole blocks inside. Reads above the maximum get
+//! `EOVERFLOW`, writes above it `EINVAL` after their payload is consumed (with extended
+//! headers an oversized payload closes the connection, as proto.md says). A request that
+//! fails validation never touches the bdev. The empty export name selects the only
+//! export when there is exactly one.
 //!
 //! # Threads
 //!
@@ -40,11 +44,14 @@
 //!
 //! # Files
 //!
-//! - [`proto`]: the wire format (pure codec), [`check`]: request validation (pure).
+//! - [`proto`]: the wire format (pure codec), [`check`]: request validation (pure),
+//!   [`unaligned`]: where an unaligned request lies in its blocks and the steps of its
+//!   read-modify-write (pure); `range_lock`: the export's range lock.
 //! - `server`: [`NbdServer`], the acceptor and the per-core connection registry.
 //! - `handshake`: option haggling; `conn`: the connection task and its transmission
-//!   future; `transmission`: request slots, request handling and socket I/O; `flush`:
-//!   flush ordering; `recv`: the receive buffer.
+//!   future; `transmission`: request slots, request handling and socket I/O
+//!   (`transmission::rmw`: unaligned writes and the locked slow path); `flush`: flush
+//!   ordering; `recv`: the receive buffer.
 //! - [`export`]: exports and the `nbd:` config section; [`state`]: the connection state
 //!   machine and counters.
 
@@ -54,9 +61,11 @@ pub mod export;
 mod flush;
 mod handshake;
 pub mod proto;
+mod range_lock;
 mod server;
 pub mod state;
 mod transmission;
+pub mod unaligned;
 
 pub use export::{MAX_PAYLOAD_BYTES, NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo};
 pub use server::{Closing, NbdServer};

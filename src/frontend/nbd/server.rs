@@ -88,6 +88,11 @@ impl ConnCtl {
         }
     }
 
+    /// A clone of the connection task's waker (for wakes from other cores).
+    pub(crate) fn waker(&self) -> Option<Waker> {
+        self.waker.borrow().clone()
+    }
+
     /// Wakes the connection task (once until its next poll).
     #[inline]
     pub(crate) fn wake(&self) {

@@ -74,9 +74,15 @@ pub enum RequestKind {
     Trim,
     WriteZeroes,
     BlockStatus,
+    /// A read, write or write-zeroes not aligned to the block size (also counted as its
+    /// own kind).
+    Unaligned,
+    /// A write, trim or write-zeroes that waited for the range lock of its blocks (also
+    /// counted as its own kind).
+    LockWait,
 }
 
-const KINDS: usize = 6;
+const KINDS: usize = 8;
 
 /// Counters of one connection, on its own core.
 #[derive(Default)]
@@ -177,6 +183,8 @@ impl ServerCounters {
             trims: r(RequestKind::Trim),
             write_zeroes: r(RequestKind::WriteZeroes),
             block_status: r(RequestKind::BlockStatus),
+            unaligned: r(RequestKind::Unaligned),
+            range_lock_waits: r(RequestKind::LockWait),
             errors: self.errors.load(Ordering::Relaxed),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
@@ -203,6 +211,12 @@ pub struct NbdStats {
     pub trims: u64,
     pub write_zeroes: u64,
     pub block_status: u64,
+    /// Reads, writes and write-zeroes not aligned to the block size (served on their
+    /// covering blocks, writes by read-modify-write).
+    pub unaligned: u64,
+    /// Writes, trims and write-zeroes that waited for a read-modify-write (or made one
+    /// wait) on the same blocks.
+    pub range_lock_waits: u64,
     /// Requests answered with an error.
     pub errors: u64,
     pub bytes_read: u64,

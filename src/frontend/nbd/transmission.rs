@@ -1,13 +1,16 @@
 //! The transmission state of a connection: request slots, request handling (validate,
 //! submit to the bdev channel, build the reply), flush ordering, and the socket reads
-//! and `writev`s. Driven by the connection future in `conn`.
+//! and `writev`s. Driven by the connection future in `conn`. Unaligned writes and the
+//! locked slow path of modifying requests: [`rmw`].
 //!
 //! A request lives in a **slot** (reused, with its buffer, from one request to the next),
 //! from the moment its header is parsed until its reply is written. The number of slots
 //! and the bytes their buffers hold are bounded; when either bound is reached the
 //! connection stops reading, and TCP pushes back on the client.
 
-use super::check::{Command, ExportLimits, Verdict, check_request};
+mod rmw;
+
+use super::check::{Command, ExportLimits, Span, Verdict, check_request};
 use super::conn::Conn;
 use super::export::{ExportEntry, MAX_PAYLOAD_BYTES};
 use super::flush::FlushEpochs;
@@ -16,6 +19,7 @@ use super::proto::{
     self, CMD_READ, ChunkHeader, Extent, HeaderMode, MAX_REPLY_HEADER_LEN, REPLY_FLAG_DONE,
     RequestHeader,
 };
+use super::range_lock::{ConnAck, Gen, LockId, state_active, state_gen};
 use super::server::ConnCtl;
 use super::state::{ConnState, LocalCounters, RequestKind};
 use crate::bdev::{BdevIo, Channel, IoBuf, IoKind, IoSink, IoStatus};
@@ -40,6 +44,9 @@ const DIRECT_READ_MIN: usize = 32 << 10;
 const MAX_IOV: usize = 64;
 /// Extents per block status reply.
 const MAX_EXTENTS: usize = 1024;
+/// `seen_state` while read-modify-writes are in progress (never a state value: the
+/// in-progress count never reaches `u32::MAX`).
+const LOCKED: u64 = u64::MAX;
 
 /// Where a slot is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +57,13 @@ enum SlotState {
     Receiving,
     /// A flush waiting for earlier writes of the connection to complete.
     WaitingFlush,
+    /// A read-modify-write waiting for the connection's lock-free writes in flight.
+    WaitingBarrier,
+    /// A read-modify-write waiting for every connection of the export to acknowledge
+    /// its generation.
+    WaitingAcks,
+    /// A modifying request waiting for its blocks' range lock.
+    WaitingLock,
     /// Submitted to the bdev.
     Submitted,
     /// Reply built and queued for the socket.
@@ -63,6 +77,8 @@ struct Slot {
     /// The NBD command type.
     kind: u16,
     offset_bytes: u64,
+    /// The request's length (the reply's data length for a read).
+    len_bytes: u64,
     /// Force unit access (writes, kept while the payload arrives).
     fua: bool,
     /// Counted in the flush epochs (a write, trim or write-zeroes in flight).
@@ -77,8 +93,24 @@ struct Slot {
     extra: Vec<u8>,
     /// Data buffer: read data to send, write payload to receive.
     buf: Option<IoBuf>,
-    /// Bytes of `buf` sent after `extra` (reads).
+    /// Bytes of `buf` sent after `extra` (reads), from `data_skip`.
     data_len: usize,
+    /// Where the requested bytes start in `buf` (unaligned reads).
+    data_skip: usize,
+    /// An unaligned write receiving its payload: where it lies in its blocks.
+    unaligned: Option<Span>,
+    /// A read-modify-write in progress.
+    rmw: Option<rmw::Rmw>,
+    /// The edge block of a read-modify-write (kept for the next one).
+    edge: Option<IoBuf>,
+    /// The range lock the request holds or waits for.
+    lock: Option<LockId>,
+    /// The I/O of a request waiting for its lock.
+    pending: Option<BdevIo>,
+    /// The epoch a read-modify-write waits for (`WaitingBarrier`).
+    barrier: u64,
+    /// The generation of a read-modify-write (`WaitingAcks`).
+    generation: Gen,
 }
 
 impl Slot {
@@ -88,6 +120,7 @@ impl Slot {
             cookie: 0,
             kind: 0,
             offset_bytes: 0,
+            len_bytes: 0,
             fua: false,
             modifies: false,
             epoch: 0,
@@ -97,6 +130,14 @@ impl Slot {
             extra: Vec::new(),
             buf: None,
             data_len: 0,
+            data_skip: 0,
+            unaligned: None,
+            rmw: None,
+            edge: None,
+            lock: None,
+            pending: None,
+            barrier: 0,
+            generation: 0,
         }
     }
 
@@ -106,7 +147,9 @@ impl Slot {
 
     fn data(&self) -> &[u8] {
         match &self.buf {
-            Some(b) if self.data_len > 0 => b.get(..self.data_len).unwrap_or(&[]),
+            Some(b) if self.data_len > 0 => b
+                .get(self.data_skip..self.data_skip + self.data_len)
+                .unwrap_or(&[]),
             _ => &[],
         }
     }
@@ -161,6 +204,24 @@ pub(super) struct TxState {
     reserved_bytes: usize,
     epochs: FlushEpochs,
     waiting_flushes: VecDeque<u16>,
+    /// The epoch of the last modifying request sent to the bdev without a range lock: a
+    /// read-modify-write waits for it.
+    bypass_epoch: u64,
+    /// Read-modify-writes waiting for `bypass_epoch`s, in order.
+    waiting_barrier: VecDeque<u16>,
+    /// Requests waiting for a range lock.
+    waiting_lock: Vec<u16>,
+    /// Read-modify-writes waiting for acknowledgements of their generation.
+    waiting_acks: Vec<u16>,
+    /// This connection as read-modify-writes of the export see it.
+    ack: Arc<ConnAck>,
+    /// The last generation of read-modify-writes seen.
+    seen_gen: Gen,
+    /// The export's lock state last seen with no read-modify-write in progress
+    /// (`LOCKED` while one is): modifying requests go without a lock while it holds.
+    seen_state: u64,
+    /// A generation to acknowledge once the modifying requests up to an epoch completed.
+    ack_pending: Option<(Gen, u64)>,
     draining: Option<DrainReason>,
     input_closed: bool,
     output_broken: bool,
@@ -184,6 +245,8 @@ impl TxState {
             block_status: neg.block_status && chunked,
             mode: neg.reply.header_mode(),
         };
+        let lock_state = export.locks.state();
+        let ack = export.locks.register(lock_state, ctl.waker());
         TxState {
             ctl,
             block_size: bdev.block_size() as u64,
@@ -202,6 +265,18 @@ impl TxState {
             reserved_bytes: 0,
             epochs: FlushEpochs::new(),
             waiting_flushes: VecDeque::new(),
+            bypass_epoch: 0,
+            waiting_barrier: VecDeque::new(),
+            waiting_lock: Vec::new(),
+            waiting_acks: Vec::new(),
+            ack,
+            seen_gen: state_gen(lock_state),
+            seen_state: if state_active(lock_state) == 0 {
+                lock_state
+            } else {
+                LOCKED
+            },
+            ack_pending: None,
             draining: None,
             input_closed: false,
             output_broken: false,
@@ -230,11 +305,13 @@ impl TxState {
         s.cookie = h.cookie;
         s.kind = h.kind;
         s.offset_bytes = h.offset_bytes;
+        s.len_bytes = h.len_bytes;
         s.fua = false;
         s.modifies = false;
         s.hdr_len = 0;
         s.extra.clear();
         s.data_len = 0;
+        s.data_skip = 0;
         idx
     }
 
@@ -252,6 +329,11 @@ impl TxState {
         self.reserved_bytes -= s.reserved_bytes;
         s.reserved_bytes = 0;
         s.data_len = 0;
+        s.unaligned = None;
+        debug_assert!(
+            s.lock.is_none() && s.rmw.is_none() && s.pending.is_none(),
+            "a slot freed with a range lock"
+        );
         s.state = SlotState::Free;
         self.free.push(idx);
     }
@@ -347,7 +429,8 @@ impl TxState {
         };
     }
 
-    fn reply_block_status(&mut self, idx: u16, offset_blocks: u64, num_blocks: u64, req_one: bool) {
+    fn reply_block_status(&mut self, idx: u16, span: Span, req_one: bool) {
+        let (offset_blocks, num_blocks) = (span.offset_blocks, span.num_blocks);
         let runs = match self.chan.block_status(offset_blocks, num_blocks) {
             Ok(r) => r,
             Err(st) => {
@@ -397,13 +480,19 @@ impl TxState {
             extents[i].0 = max_blocks;
             extents.truncate(i + 1);
         }
-        let extents: Vec<Extent> = extents
-            .into_iter()
-            .map(|(n, flags)| Extent {
-                len_bytes: n * bs,
-                flags,
-            })
-            .collect();
+        // In bytes, from the request's offset (inside the first block) to its end.
+        let mut skip = u64::from(span.head_bytes);
+        let mut left = span.len_bytes;
+        let mut bytes: Vec<Extent> = Vec::with_capacity(extents.len());
+        for (n, flags) in extents {
+            let len_bytes = (n * bs).saturating_sub(std::mem::take(&mut skip)).min(left);
+            if len_bytes == 0 {
+                break;
+            }
+            bytes.push(Extent { len_bytes, flags });
+            left -= len_bytes;
+        }
+        let extents = bytes;
         let hmode = self.hmode;
         let s = &mut self.slots[idx as usize];
         s.extra.clear();
@@ -436,8 +525,16 @@ impl TxState {
         self.chan.submit(io.on_complete(sink.clone(), idx as u64));
     }
 
+    /// Submits a write, trim or write-zeroes: at once, or (while a read-modify-write is in
+    /// progress on the export) once it holds the range lock of its blocks.
+    #[inline]
     fn submit_modifying(&mut self, idx: u16, io: BdevIo, sink: &Rc<dyn IoSink>) {
+        if self.export.locks.state() != self.seen_state && self.observe_locks() {
+            self.submit_locked(idx, io, sink);
+            return;
+        }
         let epoch = self.epochs.track();
+        self.bypass_epoch = epoch;
         let s = &mut self.slots[idx as usize];
         s.modifies = true;
         s.epoch = epoch;
@@ -486,6 +583,33 @@ impl TxState {
                 let idx = self.alloc_slot(h);
                 let buf = self.take_buf(idx, len);
                 self.submit(idx, BdevIo::read(offset_blocks, num_blocks, buf), sink);
+            }
+            Command::ReadUnaligned(span) => {
+                self.count(RequestKind::Read, span.len_bytes);
+                self.count(RequestKind::Unaligned, 0);
+                let idx = self.alloc_slot(h);
+                let buf = self.take_buf(idx, span.covering_bytes(bs as u32) as usize);
+                self.slots[idx as usize].data_skip = span.head_bytes as usize;
+                let io = BdevIo::read(span.offset_blocks, span.num_blocks, buf);
+                self.submit(idx, io, sink);
+            }
+            Command::WriteUnaligned { span, fua } => {
+                // The payload goes to the front of a buffer of the covering blocks, and
+                // moves to its offset in them when complete.
+                self.count(RequestKind::Write, span.len_bytes);
+                self.count(RequestKind::Unaligned, 0);
+                let idx = self.alloc_slot(h);
+                let buf = self.take_buf(idx, span.covering_bytes(bs as u32) as usize);
+                let s = &mut self.slots[idx as usize];
+                s.buf = Some(buf);
+                s.fua = fua;
+                s.unaligned = Some(span);
+                s.state = SlotState::Receiving;
+                self.rx_state = RxState::Payload {
+                    slot: idx,
+                    got: 0,
+                    len: span.len_bytes as usize,
+                };
             }
             Command::Write {
                 num_blocks, fua, ..
@@ -539,14 +663,16 @@ impl TxState {
                 };
                 self.submit_modifying(idx, io.with_fua(fua), sink);
             }
-            Command::BlockStatus {
-                offset_blocks,
-                num_blocks,
-                req_one,
-            } => {
+            Command::WriteZeroesUnaligned { span, fua, no_hole } => {
+                self.count(RequestKind::WriteZeroes, 0);
+                self.count(RequestKind::Unaligned, 0);
+                let idx = self.alloc_slot(h);
+                self.start_unaligned_zeroes(idx, span, fua, no_hole, sink);
+            }
+            Command::BlockStatus { span, req_one } => {
                 self.count(RequestKind::BlockStatus, 0);
                 let idx = self.alloc_slot(h);
-                self.reply_block_status(idx, offset_blocks, num_blocks, req_one);
+                self.reply_block_status(idx, span, req_one);
                 self.enqueue(idx);
             }
             Command::Noop => {
@@ -560,6 +686,10 @@ impl TxState {
     /// The payload of the write in `idx` is complete: submit it.
     fn submit_write(&mut self, idx: u16, sink: &Rc<dyn IoSink>) {
         let s = &mut self.slots[idx as usize];
+        if let Some(span) = s.unaligned.take() {
+            self.start_unaligned_write(idx, span, sink);
+            return;
+        }
         let Some(buf) = s.buf.take() else {
             self.reply_error(idx, proto::NBD_EIO, "internal: write buffer missing");
             self.enqueue(idx);
@@ -590,19 +720,33 @@ impl TxState {
             tracing::error!(idx, state = ?s.state, "nbd: completion for a slot not in flight");
             return;
         }
-        if buf.is_some() {
-            s.buf = buf;
+        let mut status = status;
+        if s.rmw.is_some() {
+            // One step of a read-modify-write: the next one, or its end.
+            match self.rmw_completed(idx, status, buf, me) {
+                Some(st) => status = st,
+                None => return,
+            }
+        } else {
+            if buf.is_some() {
+                s.buf = buf;
+            }
+            if let Some(id) = s.lock.take() {
+                self.export.locks.unlock(id);
+            }
         }
+        let s = &mut self.slots[idx as usize];
         let was_modifying = std::mem::replace(&mut s.modifies, false);
-        let (kind, len) = (s.kind, s.buf.as_ref().map_or(0, |b| b.len()));
+        let (kind, len) = (s.kind, s.len_bytes as usize);
         if was_modifying {
             let e = s.epoch;
             self.epochs.release(e);
-            if !self.waiting_flushes.is_empty()
+            if !(self.waiting_flushes.is_empty() && self.waiting_barrier.is_empty())
                 && let Some(conn) = me.upgrade()
             {
                 let sink: Rc<dyn IoSink> = conn;
                 self.start_flushes(&sink);
+                self.start_barriered(&sink);
             }
         }
         if status.is_success() {
@@ -704,7 +848,11 @@ impl TxState {
 
     /// Handles whatever the receive buffer holds; returns true if anything was consumed.
     pub(super) fn process_input(&mut self, sink: &Rc<dyn IoSink>) -> bool {
-        let mut progress = false;
+        if self.ack_pending.is_some() || self.export.locks.state() != self.seen_state {
+            self.observe_locks();
+        }
+        let mut progress = !self.waiting_acks.is_empty() && self.poll_acks(sink);
+        progress |= !self.waiting_lock.is_empty() && self.poll_locks(sink);
         loop {
             match self.rx_state {
                 RxState::Header => {
