@@ -23,7 +23,7 @@
 //! written as one packed page, or two when its fills grew past that budget (see
 //! `meta::node`).
 
-use super::map::{Extent, MAX_LAYERS, PhysSeg};
+use super::map::{Extent, MAX_LAYERS, MAX_RUN_SEGMENTS, PhysSeg};
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -46,7 +46,54 @@ pub const INTERNAL_ENTRY_BYTES: usize = 8 + 8 + 8 + 4;
 /// twice this; they are written already, and the table rebuilds them within it.
 pub const MAX_FANOUT: usize = NODE_PAYLOAD_BYTES / INTERNAL_ENTRY_BYTES / 2;
 
-pub use super::meta::node::{LEAF_BUDGET_BYTES, MAX_EXTENT_BUDGET, extent_budget};
+// How leaves are packed (the packed leaf encoding itself is `meta::node`'s).
+
+/// Virtual segments lie below this (`meta::MAX_VSEG`).
+const MAX_VSEG_BOUND: u64 = 1 << 48;
+
+/// Bytes of `v` as an unsigned LEB128 number (1 to 10), as packed leaves write numbers.
+pub const fn varint_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// The most bytes one packed extent takes: the widest numbers, every layer with a map.
+pub const MAX_PACKED_EXTENT_BYTES: usize = varint_len(MAX_VSEG_BOUND - 1)
+    + varint_len(MAX_RUN_SEGMENTS as u64)
+    + 1
+    + varint_len(u64::MAX)
+    + MAX_LAYERS * (varint_len(u64::MAX) + 1 + 32);
+/// What a partial layer's fill is counted as in an extent's [budget](extent_budget):
+/// its tag and seven runs. A fill grows after its leaf was packed (writes into a
+/// segment the disk owns add granules), so a leaf's fills can outgrow the budget its
+/// extents were packed by; the budget is chosen so that they never need more than
+/// twice it (a fill's map is 33 bytes, an extent's other fields at least 4 + 2 per
+/// layer), and a leaf packed within [`LEAF_BUDGET_BYTES`] always fits two pages.
+pub const FILL_BUDGET_BYTES: usize = 16;
+/// The most budget bytes of extents one leaf holds: at most twice that written, which
+/// two pages hold whatever extent the first page's greedy packing stops before.
+pub const LEAF_BUDGET_BYTES: usize = NODE_PAYLOAD_BYTES - MAX_PACKED_EXTENT_BYTES / 2;
+/// The largest [`extent_budget`].
+pub const MAX_EXTENT_BUDGET: usize = varint_len(MAX_VSEG_BOUND - 1)
+    + varint_len(MAX_RUN_SEGMENTS as u64)
+    + 1
+    + varint_len(u64::MAX)
+    + MAX_LAYERS * (varint_len(u64::MAX) + FILL_BUDGET_BYTES);
+
+/// What an extent counts for in a leaf's budget: its packed size with each fill
+/// counted as [`FILL_BUDGET_BYTES`] and its first segment written whole (not as the
+/// distance from the extent before it, which is no more). Computed from the extent
+/// alone, so the table packs leaves without looking at fills.
+pub fn extent_budget(e: &Extent) -> usize {
+    varint_len(e.vseg)
+        + varint_len(e.len.into())
+        + 1
+        + varint_len(e.birth)
+        + e.layers
+            .iter()
+            .map(|l| varint_len(l.seg) + if l.partial { FILL_BUDGET_BYTES } else { 1 })
+            .sum::<usize>()
+}
 
 /// Metadata pages a node built since the last commit may take when it is written: an
 /// internal node one, a leaf two (its fills may have grown past its budget). A table's
@@ -69,9 +116,6 @@ pub fn extent_encoded_len(e: &Extent) -> usize {
 pub fn encoded_len_of(partial: impl Iterator<Item = bool>) -> usize {
     22 + partial.map(|p| if p { 41 } else { 9 }).sum::<usize>()
 }
-
-/// The largest encoded extent: [`MAX_LAYERS`] layers, each with a fill.
-pub const MAX_EXTENT_BYTES: usize = 22 + MAX_LAYERS * 41;
 
 /// A node's contents.
 #[derive(Debug)]

@@ -307,7 +307,7 @@ impl<'a> Writer<'a> {
     fn u64(&mut self, v: u64) {
         self.bytes(&v.to_le_bytes());
     }
-    /// An unsigned LEB128 number ([`varint_len`] bytes).
+    /// An unsigned LEB128 number (`table::varint_len` bytes).
     fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.u8((v as u8) | 0x80);
@@ -322,12 +322,6 @@ impl<'a> Writer<'a> {
         self.bytes(&b[..n]);
         self.at += width - 1 - n;
     }
-}
-
-/// Bytes of `v` as an unsigned LEB128 number (1 to 10).
-pub const fn varint_len(v: u64) -> usize {
-    let bits = 64 - (v | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
 }
 
 fn read_name(r: &mut Reader<'_>, width: usize) -> Option<Result<String, String>> {

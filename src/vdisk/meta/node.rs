@@ -4,16 +4,16 @@
 //! Leaves are written packed (variable-length numbers, fills as runs of granules; the
 //! layout is above [`encode_leaf`]); the first, wide leaf encoding is still read, so a
 //! pool written before the packed one opens, its leaves rewritten packed as they change.
-//! The table packs a leaf by [`extent_budget`], which counts a fill at a fixed size:
+//! The table packs a leaf by `table::extent_budget`, which counts a fill at a fixed size:
 //! when fills have grown since, the leaf is written as two leaf pages, its parent
 //! pointing at both (an internal node holds twice the children the table gives one).
 
 use super::{
     BlockPtr, HEADER_BYTES, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
-    decode_header, new_page, seal, varint_len,
+    decode_header, new_page, seal,
 };
 use crate::vdisk::map::{Extent, ExtentState, Fills, Layer, MAX_LAYERS, MAX_RUN_SEGMENTS};
-use crate::vdisk::table::{INTERNAL_ENTRY_BYTES, NODE_PAYLOAD_BYTES};
+use crate::vdisk::table::{INTERNAL_ENTRY_BYTES, MAX_PACKED_EXTENT_BYTES, NODE_PAYLOAD_BYTES};
 use smallvec::SmallVec;
 use uuid::Uuid;
 
@@ -360,44 +360,6 @@ pub(super) fn read_extent(
 const MAX_FILL_RUNS: usize = 15;
 /// The fill tag of a fill written as its 256-bit map.
 const FILL_MAP: u8 = 0xff;
-/// The most bytes one packed extent takes: the widest numbers, every layer with a map.
-pub const MAX_PACKED_EXTENT_BYTES: usize = varint_len(MAX_VSEG - 1)
-    + varint_len(MAX_RUN_SEGMENTS as u64)
-    + 1
-    + varint_len(u64::MAX)
-    + MAX_LAYERS * (varint_len(u64::MAX) + 1 + 32);
-/// What a partial layer's fill is counted as in an extent's [budget](extent_budget):
-/// its tag and seven runs. A fill grows after its leaf was packed (writes into a
-/// segment the disk owns add granules), so a leaf's fills can outgrow the budget its
-/// extents were packed by; the budget is chosen so that they never need more than
-/// twice it (a fill's map is 33 bytes, an extent's other fields at least 4 + 2 per
-/// layer), and a leaf packed within [`LEAF_BUDGET_BYTES`] always fits two pages.
-const FILL_BUDGET_BYTES: usize = 16;
-/// The most budget bytes of extents one leaf holds: at most twice that written, which
-/// two pages hold whatever extent the first page's greedy packing stops before.
-pub const LEAF_BUDGET_BYTES: usize = PAGE_BYTES - HEADER_BYTES - MAX_PACKED_EXTENT_BYTES / 2;
-/// The largest [`extent_budget`].
-pub const MAX_EXTENT_BUDGET: usize = varint_len(MAX_VSEG - 1)
-    + varint_len(MAX_RUN_SEGMENTS as u64)
-    + 1
-    + varint_len(u64::MAX)
-    + MAX_LAYERS * (varint_len(u64::MAX) + FILL_BUDGET_BYTES);
-
-/// What an extent counts for in a leaf's budget: its packed size with each fill
-/// counted as [`FILL_BUDGET_BYTES`] and its first segment written whole (not as the
-/// distance from the extent before it, which is no more). Computed from the extent
-/// alone, so the table packs leaves without looking at fills.
-pub fn extent_budget(e: &Extent) -> usize {
-    varint_len(e.vseg)
-        + varint_len(e.len.into())
-        + 1
-        + varint_len(e.birth)
-        + e.layers
-            .iter()
-            .map(|l| varint_len(l.seg) + if l.partial { FILL_BUDGET_BYTES } else { 1 })
-            .sum::<usize>()
-}
-
 /// A fill as a packed leaf writes it: its runs of granules, or its map when it has
 /// more than [`MAX_FILL_RUNS`].
 enum FillCode {
@@ -522,8 +484,8 @@ fn packed_page(
 
 /// Encodes a leaf in the packed encoding, as many of `extents` as fit page `page`:
 /// returns the page and that number. Every extent fits unless the fills grew past the
-/// leaf's budget ([`FILL_BUDGET_BYTES`]); the rest then fits one more page (for a
-/// leaf packed within [`LEAF_BUDGET_BYTES`]). The fills of partial layers are copied
+/// leaf's budget (`table::FILL_BUDGET_BYTES`); the rest then fits one more page (for
+/// a leaf packed within `table::LEAF_BUDGET_BYTES`). The fills of partial layers are copied
 /// out of `fills` atomically word by word.
 pub fn encode_leaf(
     page: u64,

@@ -3,8 +3,8 @@
 use super::directory::{DiskKind, DiskRecord, JobRecord, decode_directory, encode_directory};
 use super::label::{Label, Role};
 use super::node::{
-    LEAF_BUDGET_BYTES, MAX_PACKED_EXTENT_BYTES, RawExtent, decode_internal, decode_leaf,
-    encode_internal, encode_leaf, encode_raw_leaf, encode_wide_leaf, extent_budget,
+    RawExtent, decode_internal, decode_leaf, encode_internal, encode_leaf, encode_raw_leaf,
+    encode_wide_leaf,
 };
 use super::space_map::{
     SM_COUNTS_PER_PAGE, SM_PTRS_PER_PAGE, SpaceMapPtrs, SpaceMapStage, decode_sm_index,
@@ -13,6 +13,7 @@ use super::space_map::{
 use super::superblock::{ContainerRecord, Superblock, pick};
 use super::*;
 use crate::vdisk::map::{Extent, ExtentState, Fills, Layer};
+use crate::vdisk::table::{LEAF_BUDGET_BYTES, MAX_PACKED_EXTENT_BYTES, extent_budget};
 use uuid::Uuid;
 
 fn pool() -> Uuid {
