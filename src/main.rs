@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tessera::bdev::Bdev;
@@ -196,6 +197,10 @@ struct BenchArgs {
     /// measurements).
     #[arg(long)]
     once: bool,
+    /// Go on after a failed I/O (else the run stops at the first, as fio and bdevperf
+    /// do); latency percentiles count the I/Os that succeeded either way.
+    #[arg(long)]
+    continue_on_error: bool,
     /// Snapshot the disk under test at these seconds into the run (e.g. `2,4`).
     #[arg(long, value_delimiter = ',')]
     snapshot_at: Vec<f64>,
@@ -583,6 +588,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         seconds: a.seconds,
         range_bytes,
         once: a.once,
+        continue_on_error: a.continue_on_error,
         ..Default::default()
     };
     if let Some(other) = &a.compare {
@@ -652,6 +658,16 @@ fn bench(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_text());
+    }
+    if let Some(first) = report.first_error
+        && !a.continue_on_error
+    {
+        // Not `eprintln!`: a closed stderr must not stop the command.
+        let _ = writeln!(
+            std::io::stderr(),
+            "tessera bench: stopped at the first failed I/O ({first:?}); the figures are of \
+             the run until then (--continue-on-error goes on)"
+        );
     }
     target.shutdown();
     Ok(())

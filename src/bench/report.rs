@@ -21,9 +21,11 @@ pub(crate) struct CoreRaw {
     pub window_hist: Histogram<u64>,
 }
 
-/// Latency summary in microseconds.
+/// Latency summary in microseconds, of the I/Os that succeeded.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct LatencyUs {
+    /// The I/Os timed.
+    pub count: u64,
     pub avg: f64,
     pub p50: f64,
     pub p99: f64,
@@ -36,6 +38,7 @@ impl LatencyUs {
         let us = |ns: u64| ns as f64 / 1000.0;
         if h.is_empty() {
             return LatencyUs {
+                count: 0,
                 avg: 0.0,
                 p50: 0.0,
                 p99: 0.0,
@@ -44,6 +47,7 @@ impl LatencyUs {
             };
         }
         LatencyUs {
+            count: h.len(),
             avg: h.mean() / 1000.0,
             p50: us(h.value_at_quantile(0.50)),
             p99: us(h.value_at_quantile(0.99)),
