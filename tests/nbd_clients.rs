@@ -929,8 +929,13 @@ fn check_tree(root: &Path, sums: &BTreeMap<PathBuf, u32>) {
     }
 }
 
-#[test]
-fn ext4_over_nbdfuse_and_loop_on_a_thin_disk_snapshot_and_clone() {
+/// Size of the thin disk `fs` the ext4 tests format.
+const DISK: u64 = 128 * M;
+
+/// What the ext4 tests start from (checking first for nbdfuse, loop devices, the ext4
+/// tools and root): a server with a thin disk `fs` of [`DISK`] on a file pool in a
+/// temporary directory, and a mount point there.
+fn ext4_rig() -> (tempfile::TempDir, TestServer, PathBuf) {
     need_all(&[
         "nbdfuse",
         "fusermount3",
@@ -939,11 +944,9 @@ fn ext4_over_nbdfuse_and_loop_on_a_thin_disk_snapshot_and_clone() {
         "e2fsck",
         "mount",
         "umount",
-        "nbdinfo",
     ]);
     need_root_fuse_and_loop();
     let dir = tempfile::tempdir().unwrap();
-    const DISK: u64 = 128 * M;
     let srv = TestServer::thin_pool(
         Backing::File(&dir.path().join("pool.img")),
         384,
@@ -951,6 +954,13 @@ fn ext4_over_nbdfuse_and_loop_on_a_thin_disk_snapshot_and_clone() {
     );
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
+    (dir, srv, mnt)
+}
+
+#[test]
+fn ext4_over_nbdfuse_and_loop_on_a_thin_disk_snapshot_and_clone() {
+    need_all(&["nbdinfo"]);
+    let (_dir, srv, mnt) = ext4_rig();
 
     // mkfs, write a tree of files, check the file system, all on the thin disk.
     let sums = {
@@ -1017,25 +1027,7 @@ fn ext4_over_nbdfuse_and_loop_on_a_thin_disk_snapshot_and_clone() {
 /// unmount, `e2fsck -fn` finds nothing, and a second mount reads the files back.
 #[test]
 fn ext4_over_nbdfuse_and_a_direct_io_loop_device_on_a_4k_disk() {
-    need_all(&[
-        "nbdfuse",
-        "fusermount3",
-        "losetup",
-        "mkfs.ext4",
-        "e2fsck",
-        "mount",
-        "umount",
-    ]);
-    need_root_fuse_and_loop();
-    let dir = tempfile::tempdir().unwrap();
-    const DISK: u64 = 128 * M;
-    let srv = TestServer::thin_pool(
-        Backing::File(&dir.path().join("pool.img")),
-        384,
-        &[("fs", DISK / M)],
-    );
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
+    let (_dir, srv, mnt) = ext4_rig();
     let dev = FuseLoop::attach_with(&srv.uri("fs"), DISK, false, LoopIo::Direct);
     run_ok(Command::new("mkfs.ext4").args(["-q", "-F", &dev.dev]), T);
     let sums = {

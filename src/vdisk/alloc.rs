@@ -311,7 +311,7 @@ impl Space {
     }
 
     /// Metadata pages the table nodes built since the last commit may take when it
-    /// writes them (`table::pages_to_write`).
+    /// writes them (`table::NodeKind::pages_to_write`).
     pub fn unwritten_nodes(&self) -> u64 {
         self.unwritten
     }

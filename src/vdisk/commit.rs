@@ -278,8 +278,7 @@ impl Controller {
             (
                 st.space.free_pages(),
                 st.space.unwritten_nodes(),
-                // And an internal node over each root leaf written as two pages.
-                dir_pages_for(st.disks.len()) + st.disks.len() as u64,
+                pages_beside_nodes(st.disks.len()),
             )
         };
         let budget = &self.shared.meta_budget;
@@ -462,8 +461,7 @@ impl Controller {
         // few snapshots of a big table each kept their own leaves, so only when the
         // bound does not fit) and the directory.
         let free = st.space.free_pages();
-        // And an internal node over each root leaf written as two pages.
-        let dir = dir_pages_for(st.disks.len()) + st.disks.len() as u64;
+        let dir = pages_beside_nodes(st.disks.len());
         let mut need = st.space.unwritten_nodes() + dir;
         if need > free {
             need = unwritten_reachable(st.disks.values().filter_map(|d| d.root.as_ref())) + dir;
@@ -576,12 +574,11 @@ impl Controller {
                 }
                 _ => {}
             }
-            let page = {
-                let mut st = self.st.borrow_mut();
-                let page = st.space.alloc_page().ok_or_else(CaptureError::failed)?;
-                st.space.node_written(table::pages_to_write(&node));
-                page
-            };
+            let page = self.alloc_meta_page()?;
+            self.st
+                .borrow_mut()
+                .space
+                .node_written(node.kind.pages_to_write());
             let b = match &node.kind {
                 NodeKind::Internal { keys, children } => {
                     let mut entries: Vec<(u64, BlockPtr)> = Vec::with_capacity(keys.len() + 4);
@@ -598,12 +595,7 @@ impl Controller {
                     let (b, k) = meta::node::encode_leaf(page, txn, &pool, extents, fills);
                     if k < extents.len() {
                         // Its fills grew past its budget: the rest on a second page.
-                        let second = self
-                            .st
-                            .borrow_mut()
-                            .space
-                            .alloc_page()
-                            .ok_or_else(CaptureError::failed)?;
+                        let second = self.alloc_meta_page()?;
                         let rest = &extents[k..];
                         let (b2, k2) = meta::node::encode_leaf(second, txn, &pool, rest, fills);
                         if k2 < rest.len() {
@@ -646,12 +638,7 @@ impl Controller {
         if let Some((k, page, t, crc)) = root.overflow_entry()
             && root.lift().is_none()
         {
-            let lift = self
-                .st
-                .borrow_mut()
-                .space
-                .alloc_page()
-                .ok_or_else(CaptureError::failed)?;
+            let lift = self.alloc_meta_page()?;
             let entries = [(0, written_ptr(root)), (k, BlockPtr { page, txn: t, crc })];
             let b = meta::node::encode_internal(lift, txn, &pool, &entries);
             root.set_lift(lift, txn, BlockPtr::of(&b).crc);
@@ -661,6 +648,15 @@ impl Controller {
             Some((page, txn, crc)) => BlockPtr { page, txn, crc },
             None => written_ptr(root),
         })
+    }
+
+    /// A free metadata page for a capture to write.
+    fn alloc_meta_page(&self) -> Result<u64, CaptureError> {
+        self.st
+            .borrow_mut()
+            .space
+            .alloc_page()
+            .ok_or_else(CaptureError::failed)
     }
 
     /// Writes pages, coalescing consecutive ones, many at a time. The buffers of a batch
@@ -821,20 +817,26 @@ fn written_ptr(n: &Node) -> BlockPtr {
     }
 }
 
+/// Pages a commit of `disks` disks may write besides their nodes: the directory, and an
+/// internal node over each root leaf written as two pages.
+fn pages_beside_nodes(disks: usize) -> u64 {
+    dir_pages_for(disks) + disks as u64
+}
+
 /// Directory pages that hold `disks` records.
 pub(crate) fn dir_pages_for(disks: usize) -> u64 {
     disks.div_ceil(meta::directory::DIR_RECORDS_PER_PAGE) as u64
 }
 
 /// Pages the nodes without a page reachable from `roots` may take
-/// ([`table::pages_to_write`]), each node counted once (a node with a page has only
+/// ([`NodeKind::pages_to_write`]), each node counted once (a node with a page has only
 /// such children).
 fn unwritten_reachable<'a>(roots: impl Iterator<Item = &'a Arc<Node>>) -> u64 {
     fn walk(n: &Arc<Node>, seen: &mut std::collections::HashSet<*const Node>) -> u64 {
         if n.page() != NO_PAGE || !seen.insert(Arc::as_ptr(n)) {
             return 0;
         }
-        table::pages_to_write(n)
+        n.kind.pages_to_write()
             + match &n.kind {
                 NodeKind::Internal { children, .. } => children.iter().map(|c| walk(c, seen)).sum(),
                 NodeKind::Leaf { .. } => 0,
@@ -847,7 +849,7 @@ fn unwritten_reachable<'a>(roots: impl Iterator<Item = &'a Arc<Node>>) -> u64 {
 /// At most how many pages the nodes replacing `[from, to)` of the tree under `root`
 /// with extents of `new_bytes` budget bytes can build (`table::splice`) take: the
 /// leaves it rewrites, every node on their paths, the splits of what overflows, levels
-/// added on top — each counted as a leaf, two pages ([`table::pages_to_write`]), and
+/// added on top — each counted as a leaf, two pages ([`NodeKind::pages_to_write`]), and
 /// one more for a root leaf written as two.
 pub(crate) fn splice_bound(root: Option<&Arc<Node>>, from: u64, to: u64, new_bytes: usize) -> u64 {
     // Nodes whose span meets [from, to), per level, the root's first.

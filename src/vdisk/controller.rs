@@ -441,7 +441,7 @@ impl Controller {
             d.root.as_ref().map_or(0, |r| r.height() as u64)
         };
         let budget = &self.shared.meta_budget;
-        // A leaf's path, the leaf counted as two pages (`table::pages_to_write`).
+        // A leaf's path, the leaf counted as two pages (`table::NodeKind::pages_to_write`).
         if height + 2 > budget.fill_cost() {
             budget.set_fill_cost(height + 2);
         }

@@ -95,17 +95,6 @@ pub fn extent_budget(e: &Extent) -> usize {
             .sum::<usize>()
 }
 
-/// Metadata pages a node built since the last commit may take when it is written: an
-/// internal node one, a leaf two (its fills may have grown past its budget). A table's
-/// root leaf may take one more (an internal node over its two pages), counted per disk
-/// by the commit.
-pub fn pages_to_write(n: &Node) -> u64 {
-    match n.kind {
-        NodeKind::Internal { .. } => 1,
-        NodeKind::Leaf { .. } => 2,
-    }
-}
-
 /// Encoded size of an extent in a log record, in the wide encoding (see `vdisk::meta`).
 pub fn extent_encoded_len(e: &Extent) -> usize {
     encoded_len_of(e.layers.iter().map(|l| l.partial))
@@ -127,6 +116,19 @@ pub enum NodeKind {
     },
     /// Sorted, non-overlapping extents.
     Leaf { extents: Vec<Extent> },
+}
+
+impl NodeKind {
+    /// Metadata pages a node built since the last commit may take when it is written:
+    /// an internal node one, a leaf two (its fills may have grown past its budget). A
+    /// table's root leaf may take one more (an internal node over its two pages),
+    /// counted per disk by the commit.
+    pub fn pages_to_write(&self) -> u64 {
+        match self {
+            NodeKind::Internal { .. } => 1,
+            NodeKind::Leaf { .. } => 2,
+        }
+    }
 }
 
 /// A table node.
@@ -171,7 +173,7 @@ pub trait RefCounts {
     /// A metadata page is no longer referenced by the live state.
     fn page_free(&mut self, page: u64);
     /// A node was built: it needs metadata pages at the next commit, at most `pages`
-    /// ([`pages_to_write`]).
+    /// ([`NodeKind::pages_to_write`]).
     fn node_built(&mut self, _pages: u64) {}
     /// A node built since the last commit went away before it got its `pages`.
     fn unwritten_freed(&mut self, _pages: u64) {}
@@ -185,10 +187,7 @@ impl Node {
     /// A new node: takes a reference on each child, and on each segment of a leaf's
     /// extents unless `count_segments` is false (they come from a leaf being replaced).
     fn build_counting(kind: NodeKind, count_segments: bool, rc: &mut dyn RefCounts) -> Arc<Node> {
-        rc.node_built(match kind {
-            NodeKind::Internal { .. } => 1,
-            NodeKind::Leaf { .. } => 2,
-        });
+        rc.node_built(kind.pages_to_write());
         match &kind {
             NodeKind::Internal { children, .. } => {
                 for c in children {
@@ -204,25 +203,16 @@ impl Node {
             }
             NodeKind::Leaf { .. } => {}
         }
-        Arc::new(Node {
-            kind,
-            refs: AtomicU32::new(0),
-            page: AtomicU64::new(NO_PAGE),
-            written_txn: AtomicU64::new(0),
-            written_crc: AtomicU32::new(0),
-            segs_moved: AtomicBool::new(false),
-            overflow: AtomicU64::new(NO_PAGE),
-            overflow_crc: AtomicU32::new(0),
-            overflow_at: AtomicU32::new(0),
-            lift: AtomicU64::new(NO_PAGE),
-            lift_txn: AtomicU64::new(0),
-            lift_crc: AtomicU32::new(0),
-        })
+        Node::with_page(kind, NO_PAGE, 0, 0)
     }
 
     /// A node loaded from metadata page `page`, written by transaction `txn` with
     /// checksum `crc`: `refs` and segment counts are set by the loader.
     pub fn loaded(kind: NodeKind, page: u64, txn: u64, crc: u32) -> Arc<Node> {
+        Node::with_page(kind, page, txn, crc)
+    }
+
+    fn with_page(kind: NodeKind, page: u64, txn: u64, crc: u32) -> Arc<Node> {
         Arc::new(Node {
             kind,
             refs: AtomicU32::new(0),
@@ -382,7 +372,7 @@ impl Node {
                 rc.page_free(l);
             }
         } else {
-            rc.unwritten_freed(pages_to_write(self));
+            rc.unwritten_freed(self.kind.pages_to_write());
         }
     }
 

@@ -233,17 +233,37 @@ pub fn decode_leaf(
     total_segments: u64,
 ) -> Result<Vec<RawExtent>, MetaError> {
     if b.get(4) == Some(&(PageKind::PackedLeaf as u8)) {
-        return decode_packed_leaf(b, page, pool, total_segments);
+        // Every packed extent takes at least 4 bytes.
+        decode_extents(b, page, pool, PageKind::PackedLeaf, 4, |r, i, prev_end| {
+            read_packed_extent(r, i, prev_end, total_segments)
+        })
+    } else {
+        // Every wide extent takes at least its 22-byte head.
+        decode_extents(b, page, pool, PageKind::Leaf, 22, |r, i, _| {
+            read_extent(r, i, total_segments)
+        })
     }
-    let h = decode_header(b, page, pool, PageKind::Leaf)?;
+}
+
+/// The extents of leaf page `page` of `kind`, each read by `read` (from extent `i`
+/// and the end of the one before it on the page, 0 for the first), in order and not
+/// overlapping. An extent takes at least `min_bytes`: a count beyond what fits is
+/// refused before anything is read (and before zeros past the last extent read as one).
+fn decode_extents(
+    b: &[u8],
+    page: u64,
+    pool: &Uuid,
+    kind: PageKind,
+    min_bytes: usize,
+    mut read: impl FnMut(&mut Reader<'_>, u32, u64) -> Result<RawExtent, (&'static str, String)>,
+) -> Result<Vec<RawExtent>, MetaError> {
+    let h = decode_header(b, page, pool, kind)?;
     let bad = |field, reason: String| MetaError::Field {
         page,
         field,
         reason,
     };
-    // Every extent takes at least its 22-byte head: a count beyond what fits is refused
-    // before anything is read (and before zeros past the last extent read as one).
-    let fit = ((PAGE_BYTES - HEADER_BYTES) / 22) as u64;
+    let fit = ((PAGE_BYTES - HEADER_BYTES) / min_bytes) as u64;
     if u64::from(h.count) > fit {
         return Err(bad(
             "extent",
@@ -256,20 +276,82 @@ pub fn decode_leaf(
     let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
     // At most `fit`, checked above.
     let mut out: Vec<RawExtent> = Vec::with_capacity(h.count as usize);
+    let mut prev_end = 0;
     for i in 0..h.count {
-        let e =
-            read_extent(&mut r, i, total_segments).map_err(|(field, reason)| bad(field, reason))?;
-        if let Some(prev) = out.last()
-            && e.vseg < prev.vseg + prev.len as u64
-        {
+        let e = read(&mut r, i, prev_end).map_err(|(field, reason)| bad(field, reason))?;
+        if !out.is_empty() && e.vseg < prev_end {
             return Err(bad(
                 "vseg",
                 format!("extent {i} at {} overlaps the previous one", e.vseg),
             ));
         }
+        prev_end = e.vseg + u64::from(e.len);
         out.push(e);
     }
     Ok(out)
+}
+
+/// Checks an extent's head: 1 to [`MAX_RUN_SEGMENTS`] segments from `vseg`, of which
+/// the first `span` lie below [`MAX_VSEG`].
+fn check_head(i: u32, vseg: u64, len: u64, span: u64) -> Result<(), (&'static str, String)> {
+    if len == 0 || len > MAX_RUN_SEGMENTS.into() {
+        return Err(("len", format!("extent {i} covers {len} segments")));
+    }
+    if vseg.saturating_add(span) > MAX_VSEG {
+        return Err((
+            "vseg",
+            format!("extent {i} starts at segment {vseg}, beyond any disk"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an extent's layer count: at most [`MAX_LAYERS`], none only in the error
+/// state.
+fn check_layer_count(i: u32, nlayers: usize, error: bool) -> Result<(), (&'static str, String)> {
+    if nlayers > MAX_LAYERS || (nlayers == 0 && !error) {
+        return Err(("layers", format!("extent {i} has {nlayers} layers")));
+    }
+    Ok(())
+}
+
+/// Checks one of the `nlayers` layers of a `len`-segment extent: its segments lie below
+/// `total_segments`, and a run is one full layer.
+fn check_layer(
+    i: u32,
+    seg: u64,
+    words: Option<[u64; 4]>,
+    nlayers: usize,
+    len: u64,
+    total_segments: u64,
+) -> Result<(), (&'static str, String)> {
+    let span = if words.is_none() && nlayers == 1 {
+        len
+    } else {
+        1
+    };
+    if seg.checked_add(span).is_none_or(|e| e > total_segments) {
+        return Err((
+            "segment",
+            format!("extent {i} references segment {seg}+{span}, beyond {total_segments}"),
+        ));
+    }
+    if len > 1 && (nlayers != 1 || words.is_some()) {
+        return Err(("len", format!("extent {i} is a run but not one full layer")));
+    }
+    Ok(())
+}
+
+/// A fill's 256-bit map; `t` names the extent when it runs past the page.
+fn read_map(
+    r: &mut Reader<'_>,
+    t: impl Fn() -> String,
+) -> Result<[u64; 4], (&'static str, String)> {
+    let mut w = [0u64; 4];
+    for x in w.iter_mut() {
+        *x = r.u64().ok_or_else(|| ("layer", t()))?;
+    }
+    Ok(w)
 }
 
 /// Reads extent `i` as [`write_extent`] wrote it; `total_segments` bounds every segment
@@ -285,50 +367,21 @@ pub(super) fn read_extent(
     let state = r.u8().ok_or_else(|| ("extent", t()))?;
     let nlayers = r.u8().ok_or_else(|| ("extent", t()))? as usize;
     let birth = r.u64().ok_or_else(|| ("extent", t()))?;
-    if len == 0 || len > MAX_RUN_SEGMENTS {
-        return Err(("len", format!("extent {i} covers {len} segments")));
-    }
-    if vseg >= MAX_VSEG {
-        return Err((
-            "vseg",
-            format!("extent {i} starts at segment {vseg}, beyond any disk"),
-        ));
-    }
+    check_head(i, vseg, len.into(), 1)?;
     if state > 1 {
         return Err(("state", format!("extent {i} has unknown state {state}")));
     }
-    if nlayers > MAX_LAYERS || (nlayers == 0 && state == 0) {
-        return Err(("layers", format!("extent {i} has {nlayers} layers")));
-    }
+    check_layer_count(i, nlayers, state == 1)?;
     let mut layers = SmallVec::with_capacity(nlayers);
     for _ in 0..nlayers {
         let seg = r.u64().ok_or_else(|| ("layer", t()))?;
         let partial = r.u8().ok_or_else(|| ("layer", t()))?;
         let words = match partial {
             0 => None,
-            1 => {
-                let mut w = [0u64; 4];
-                for x in w.iter_mut() {
-                    *x = r.u64().ok_or_else(|| ("layer", t()))?;
-                }
-                Some(w)
-            }
+            1 => Some(read_map(r, t)?),
             x => return Err(("layer", format!("extent {i}: unknown layer flag {x}"))),
         };
-        let span = if words.is_none() && nlayers == 1 {
-            len as u64
-        } else {
-            1
-        };
-        if seg.checked_add(span).is_none_or(|e| e > total_segments) {
-            return Err((
-                "segment",
-                format!("extent {i} references segment {seg}+{span}, beyond {total_segments}"),
-            ));
-        }
-        if len > 1 && (nlayers != 1 || words.is_some()) {
-            return Err(("len", format!("extent {i} is a run but not one full layer")));
-        }
+        check_layer(i, seg, words, nlayers, len.into(), total_segments)?;
         layers.push((seg, words));
     }
     Ok(RawExtent {
@@ -533,43 +586,6 @@ pub fn encode_raw_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[RawExtent]) 
     b
 }
 
-fn decode_packed_leaf(
-    b: &[u8],
-    page: u64,
-    pool: &Uuid,
-    total_segments: u64,
-) -> Result<Vec<RawExtent>, MetaError> {
-    let h = decode_header(b, page, pool, PageKind::PackedLeaf)?;
-    let bad = |field, reason: String| MetaError::Field {
-        page,
-        field,
-        reason,
-    };
-    // Every extent takes at least 4 bytes: a count beyond what fits is refused before
-    // anything is read.
-    let fit = ((PAGE_BYTES - HEADER_BYTES) / 4) as u64;
-    if u64::from(h.count) > fit {
-        return Err(bad(
-            "extent",
-            format!(
-                "extent {fit} runs past the end of the page (the leaf counts {}; at most {fit} fit)",
-                h.count
-            ),
-        ));
-    }
-    let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES);
-    // At most `fit`, checked above.
-    let mut out: Vec<RawExtent> = Vec::with_capacity(h.count as usize);
-    let mut prev_end = 0;
-    for i in 0..h.count {
-        let e = read_packed_extent(&mut r, i, prev_end, total_segments)
-            .map_err(|(field, reason)| bad(field, reason))?;
-        prev_end = e.vseg + u64::from(e.len);
-        out.push(e);
-    }
-    Ok(out)
-}
-
 /// Reads packed extent `i`, which follows an extent ending at `prev_end`. An error
 /// names the field and why.
 fn read_packed_extent(
@@ -592,15 +608,7 @@ fn read_packed_extent(
     let flags = r.u8().ok_or_else(|| ("extent", t()))?;
     let birth = num(r, "birth")?;
     let vseg = prev_end.saturating_add(delta);
-    if len == 0 || len > MAX_RUN_SEGMENTS.into() {
-        return Err(("len", format!("extent {i} covers {len} segments")));
-    }
-    if vseg >= MAX_VSEG || vseg + len > MAX_VSEG {
-        return Err((
-            "vseg",
-            format!("extent {i} starts at segment {vseg}, beyond any disk"),
-        ));
-    }
+    check_head(i, vseg, len, len)?;
     if flags & 0x0e != 0 {
         return Err((
             "flags",
@@ -609,22 +617,14 @@ fn read_packed_extent(
     }
     let error = flags & 1 == 1;
     let nlayers = (flags >> 4) as usize;
-    if nlayers > MAX_LAYERS || (nlayers == 0 && !error) {
-        return Err(("layers", format!("extent {i} has {nlayers} layers")));
-    }
+    check_layer_count(i, nlayers, error)?;
     let mut layers = SmallVec::with_capacity(nlayers);
     for _ in 0..nlayers {
         let seg = num(r, "segment")?;
         let tag = r.u8().ok_or_else(|| ("layer", t()))?;
         let words = match tag {
             0 => None,
-            FILL_MAP => {
-                let mut w = [0u64; 4];
-                for x in w.iter_mut() {
-                    *x = r.u64().ok_or_else(|| ("layer", t()))?;
-                }
-                Some(w)
-            }
+            FILL_MAP => Some(read_map(r, t)?),
             n if (n as usize) <= MAX_FILL_RUNS + 1 => {
                 let mut w = [0u64; 4];
                 let mut at = 0u32;
@@ -650,20 +650,7 @@ fn read_packed_extent(
             }
             x => return Err(("layer", format!("extent {i}: unknown fill tag {x}"))),
         };
-        let span = if words.is_none() && nlayers == 1 {
-            len
-        } else {
-            1
-        };
-        if seg.checked_add(span).is_none_or(|e| e > total_segments) {
-            return Err((
-                "segment",
-                format!("extent {i} references segment {seg}+{span}, beyond {total_segments}"),
-            ));
-        }
-        if len > 1 && (nlayers != 1 || words.is_some()) {
-            return Err(("len", format!("extent {i} is a run but not one full layer")));
-        }
+        check_layer(i, seg, words, nlayers, len, total_segments)?;
         layers.push((seg, words));
     }
     Ok(RawExtent {
