@@ -591,6 +591,8 @@ impl Controller {
                     meta::node::encode_internal(page, txn, &pool, &entries)
                 }
                 NodeKind::Leaf { extents } => {
+                    let extents = extents.to_slice();
+                    let extents = &extents[..];
                     let fills = &self.shared.fills;
                     let (b, k) = meta::node::encode_leaf(page, txn, &pool, extents, fills);
                     if k < extents.len() {

@@ -11,6 +11,7 @@ use super::alloc::{RESERVED, Space};
 use super::controller::{Controller, CtlState, DiskCtl, validate_name};
 use super::disk::VDisk;
 use super::intent::{self, IntentLog};
+use super::leaf::LeafExtents;
 use super::map::{Extent, Fills, Geometry};
 use super::meta::directory::DiskRecord;
 use super::meta::label::{Label, Role};
@@ -19,7 +20,7 @@ use super::meta::superblock::{ContainerRecord, LogArea, MAX_SEGMENTS, Superblock
 use super::meta::{self, BlockPtr, PAGE_BYTES, SUPERBLOCK_OFFSET};
 use super::scan::{self, Mode, NodePage, Scan, ScannedNode};
 use super::shared::{Container, PoolShared};
-use super::table::{Node, NodeKind};
+use super::table::{self, Node, NodeKind};
 use super::views;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::{Bdev, Channel, IoBuf, IoStatus};
@@ -644,12 +645,16 @@ fn build(
             }
             NodeKind::Internal { keys, children }
         }
-        NodePage::Leaf(raw) => NodeKind::Leaf {
-            extents: raw
+        NodePage::Leaf(raw) => {
+            let extents: Vec<Extent> = raw
                 .iter()
                 .map(|r| r.build(|seg, words| fills.get(seg).store_words(words)))
-                .collect(),
-        },
+                .collect();
+            let budget = extents.iter().map(table::extent_budget).sum();
+            NodeKind::Leaf {
+                extents: LeafExtents::with_budget(extents, budget),
+            }
+        }
     };
     let node = Node::loaded(kind, page, scanned_page.found.txn, scanned_page.found.crc);
     built.insert(page, node.clone());

@@ -37,6 +37,7 @@ pub mod controller;
 pub mod cow;
 pub mod disk;
 pub mod intent;
+pub mod leaf;
 pub mod lifecycle;
 pub mod load;
 mod locks;

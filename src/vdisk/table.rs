@@ -23,6 +23,7 @@
 //! written as one packed page, or two when its fills grew past that budget (see
 //! `meta::node`).
 
+use super::leaf::LeafExtents;
 use super::map::{Extent, MAX_LAYERS, MAX_RUN_SEGMENTS, PhysSeg};
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -115,7 +116,7 @@ pub enum NodeKind {
         children: Vec<Arc<Node>>,
     },
     /// Sorted, non-overlapping extents.
-    Leaf { extents: Vec<Extent> },
+    Leaf { extents: LeafExtents },
 }
 
 impl NodeKind {
@@ -195,7 +196,7 @@ impl Node {
                 }
             }
             NodeKind::Leaf { extents } if count_segments => {
-                for e in extents {
+                for e in extents.iter() {
                     for s in e.segments() {
                         rc.seg_add(s, 1);
                     }
@@ -276,7 +277,7 @@ impl Node {
         let NodeKind::Leaf { extents } = &self.kind else {
             return None;
         };
-        Some((extents[o.at].vseg, o.page, self.written().0, o.crc))
+        Some((extents.nth(o.at)?.vseg, o.page, self.written().0, o.crc))
     }
 
     /// Records the internal node written over a root leaf written as two pages, by
@@ -356,7 +357,7 @@ impl Node {
         if let NodeKind::Leaf { extents } = &self.kind
             && !self.segs_moved.load(Ordering::Relaxed)
         {
-            for e in extents {
+            for e in extents.iter() {
                 for s in e.segments() {
                     rc.seg_add(s, -1);
                 }
@@ -415,14 +416,7 @@ impl Node {
                     let i = keys.partition_point(|&k| k <= vseg).saturating_sub(1);
                     node = &children[i];
                 }
-                NodeKind::Leaf { extents } => {
-                    let i = extents.partition_point(|e| e.vseg <= vseg);
-                    return if i == 0 {
-                        None
-                    } else {
-                        Some(&extents[i - 1]).filter(|e| e.contains(vseg))
-                    };
-                }
+                NodeKind::Leaf { extents } => return extents.get(vseg),
             }
         }
     }
@@ -451,8 +445,7 @@ impl Node {
                 true
             }
             NodeKind::Leaf { extents } => {
-                let i = extents.partition_point(|e| e.end() <= vseg);
-                for e in &extents[i..] {
+                for e in extents.iter_from(vseg) {
                     if !f(e) {
                         return false;
                     }
@@ -706,6 +699,7 @@ fn leaves_from(
     };
     // Where each leaf starts, then the leaves, each allocated at its size.
     let mut starts = vec![0];
+    let mut budgets = Vec::new();
     let mut bytes = 0;
     for (i, e) in exts.iter().enumerate() {
         let len = extent_budget(e);
@@ -715,19 +709,22 @@ fn leaves_from(
         };
         if i > 0 && full {
             starts.push(i);
+            budgets.push(bytes);
             bytes = 0;
         }
         bytes += len;
     }
     starts.push(exts.len());
+    budgets.push(bytes);
     let mut it = exts.into_iter();
     let mut out = Vec::with_capacity(starts.len() - 1);
-    for w in starts.windows(2) {
+    for (w, &budget) in starts.windows(2).zip(&budgets) {
         let extents: Vec<Extent> = it.by_ref().take(w[1] - w[0]).collect();
         if extents.is_empty() {
             break;
         }
         let key = if out.is_empty() { lo } else { extents[0].vseg };
+        let extents = LeafExtents::with_budget(extents, budget);
         out.push((
             key,
             Node::build_counting(NodeKind::Leaf { extents }, count_segments, rc),
@@ -804,6 +801,15 @@ fn splice_in(
                 {
                     rc.seg_add(s, 1);
                 }
+            }
+            // Edits that only fill gaps (first writes): a leaf sharing this one's base
+            // (see `leaf`), when they fit beside it.
+            if let Some(extents) = extents.with_inserted(edits) {
+                let leaf = Node::build_counting(NodeKind::Leaf { extents }, !sole, rc);
+                if sole {
+                    node.segs_moved.store(true, Ordering::Relaxed);
+                }
+                return vec![(lo, leaf)];
             }
             // Appending past every extent of the leaf: keep it full (see `leaves_from`).
             let append = extents.last().is_none_or(|e| e.end() <= edits[0].from);

@@ -1,0 +1,300 @@
+//! A table leaf's extents (see `table`): the extents the leaf was built with, shared
+//! by every copy made of it since, and the few extents inserted into its gaps since.
+//!
+//! The table is copy-on-write: every change to a leaf builds a new leaf. A leaf holds
+//! up to about two hundred extents, and a first write into a fresh segment adds one;
+//! copying them all was most of the cost of a write fault. An edit that only fills gaps
+//! (what first writes do) builds a leaf that shares the old one's `base` and copies its
+//! `added` extents, at most [`MAX_ADDED`] of them. Any other edit, or one that would
+//! pass [`MAX_ADDED`] or the leaf's budget, rebuilds the leaf whole with one `base` and
+//! no `added` (the table's general path): once in `MAX_ADDED` first writes into a leaf.
+//!
+//! Readers see one sorted sequence: [`LeafExtents::iter`] merges the two, and a lookup
+//! searches `base`, then `added` if it has any. The leaf is written to metadata as that
+//! sequence, so the page format does not know about the split.
+
+use super::map::Extent;
+use super::table::{Edit, LEAF_BUDGET_BYTES, extent_budget};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Most extents a leaf holds beside its `base`. A first write into a leaf copies about
+/// half of them and one in this many copies the whole leaf: with leaves of ~200
+/// extents, the two costs are about equal near 20.
+pub const MAX_ADDED: usize = 24;
+
+/// A leaf's extents: sorted, non-overlapping.
+#[derive(Debug)]
+pub struct LeafExtents {
+    /// Shared with the leaves this one was copied from.
+    base: Arc<[Extent]>,
+    /// Sorted; each lies in a gap between extents of `base`.
+    added: Vec<Extent>,
+    /// The sum of the extents' [`extent_budget`].
+    budget: usize,
+}
+
+impl LeafExtents {
+    /// Extents (sorted, non-overlapping) whose budgets sum to `budget`.
+    pub fn with_budget(extents: Vec<Extent>, budget: usize) -> LeafExtents {
+        debug_assert_eq!(budget, extents.iter().map(extent_budget).sum::<usize>());
+        LeafExtents {
+            base: extents.into(),
+            added: Vec::new(),
+            budget,
+        }
+    }
+
+    /// Number of extents.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.base.len() + self.added.len()
+    }
+
+    /// True if the leaf holds no extent.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sum of the extents' [`extent_budget`].
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// The extents in order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            a: &self.base,
+            b: &self.added,
+        }
+    }
+
+    /// The extents that end after `vseg`, in order.
+    pub fn iter_from(&self, vseg: u64) -> Iter<'_> {
+        let a = self.base.partition_point(|e| e.end() <= vseg);
+        let b = self.added.partition_point(|e| e.end() <= vseg);
+        Iter {
+            a: &self.base[a..],
+            b: &self.added[b..],
+        }
+    }
+
+    /// The extent covering `vseg`, if any.
+    #[inline]
+    pub fn get(&self, vseg: u64) -> Option<&Extent> {
+        covering(&self.base, vseg).or_else(|| {
+            if self.added.is_empty() {
+                None
+            } else {
+                covering(&self.added, vseg)
+            }
+        })
+    }
+
+    /// The last extent.
+    pub fn last(&self) -> Option<&Extent> {
+        match (self.base.last(), self.added.last()) {
+            (Some(a), Some(b)) => Some(if a.vseg > b.vseg { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The `i`-th extent.
+    pub fn nth(&self, i: usize) -> Option<&Extent> {
+        if self.added.is_empty() {
+            self.base.get(i)
+        } else {
+            self.iter().nth(i)
+        }
+    }
+
+    /// The extents as one slice (borrowed when nothing was added).
+    pub fn to_slice(&self) -> Cow<'_, [Extent]> {
+        if self.added.is_empty() {
+            Cow::Borrowed(&self.base)
+        } else {
+            Cow::Owned(self.iter().cloned().collect())
+        }
+    }
+
+    /// These extents with the `edits` (sorted; each inside the leaf's span) applied, if
+    /// every edit's range is a gap here, the extents they add fit beside `base`
+    /// ([`MAX_ADDED`]) and the leaf stays within [`LEAF_BUDGET_BYTES`]; `None`
+    /// otherwise (the caller rebuilds the leaf).
+    pub fn with_inserted(&self, edits: &[Edit<'_>]) -> Option<LeafExtents> {
+        let new = edits.iter().map(|e| e.extents.len()).sum::<usize>();
+        if self.added.len() + new > MAX_ADDED {
+            return None;
+        }
+        if !edits
+            .iter()
+            .all(|ed| is_gap(&self.base, ed.from, ed.to) && is_gap(&self.added, ed.from, ed.to))
+        {
+            return None;
+        }
+        let budget = self.budget
+            + edits
+                .iter()
+                .flat_map(|e| e.extents.iter())
+                .map(extent_budget)
+                .sum::<usize>();
+        if budget > LEAF_BUDGET_BYTES {
+            return None;
+        }
+        let mut added = Vec::with_capacity(self.added.len() + new);
+        let mut old = self.added.iter().peekable();
+        for e in edits.iter().flat_map(|e| e.extents.iter()) {
+            while let Some(o) = old.next_if(|o| o.vseg < e.vseg) {
+                added.push(o.clone());
+            }
+            added.push(e.clone());
+        }
+        added.extend(old.cloned());
+        Some(LeafExtents {
+            base: self.base.clone(),
+            added,
+            budget,
+        })
+    }
+}
+
+/// True if no extent of `exts` (sorted) meets `[from, to)`.
+fn is_gap(exts: &[Extent], from: u64, to: u64) -> bool {
+    let i = exts.partition_point(|e| e.end() <= from);
+    exts.get(i).is_none_or(|e| e.vseg >= to)
+}
+
+/// The extent of `exts` (sorted) covering `vseg`.
+#[inline]
+fn covering(exts: &[Extent], vseg: u64) -> Option<&Extent> {
+    let i = exts.partition_point(|e| e.vseg <= vseg);
+    if i == 0 {
+        None
+    } else {
+        Some(&exts[i - 1]).filter(|e| e.contains(vseg))
+    }
+}
+
+/// A leaf's extents in order: the two sorted sequences merged.
+#[derive(Clone, Debug)]
+pub struct Iter<'a> {
+    a: &'a [Extent],
+    b: &'a [Extent],
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = &'a Extent;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a Extent> {
+        let from_a = match (self.a.first(), self.b.first()) {
+            (Some(x), Some(y)) => x.vseg < y.vseg,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let side = if from_a { &mut self.a } else { &mut self.b };
+        let (first, rest) = side.split_first()?;
+        *side = rest;
+        Some(first)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.a.len() + self.b.len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vdisk::map::{ExtentState, Layer};
+
+    fn ext(vseg: u64) -> Extent {
+        Extent {
+            vseg,
+            len: 1,
+            state: ExtentState::Mapped,
+            birth: 1,
+            layers: smallvec::smallvec![Layer::partial(vseg + 1000)],
+        }
+    }
+
+    fn leaf(vsegs: &[u64]) -> LeafExtents {
+        let exts: Vec<Extent> = vsegs.iter().map(|&v| ext(v)).collect();
+        let budget = exts.iter().map(extent_budget).sum();
+        LeafExtents::with_budget(exts, budget)
+    }
+
+    fn insert(l: &LeafExtents, v: u64) -> Option<LeafExtents> {
+        let e = [ext(v)];
+        l.with_inserted(&[Edit {
+            from: v,
+            to: v + 1,
+            extents: Cow::Borrowed(&e),
+        }])
+    }
+
+    fn vsegs(l: &LeafExtents) -> Vec<u64> {
+        l.iter().map(|e| e.vseg).collect()
+    }
+
+    /// Inserts into gaps share the base and read back as one sorted sequence, by
+    /// iteration, lookup, position and from a point on.
+    #[test]
+    fn inserts_into_gaps_read_as_one_sequence() {
+        let base = leaf(&[10, 20, 30]);
+        let mut l = insert(&base, 25).unwrap();
+        for v in [5, 35, 15, 26] {
+            l = insert(&l, v).unwrap();
+        }
+        assert!(Arc::ptr_eq(&l.base, &base.base), "the base is shared");
+        assert_eq!(vsegs(&l), [5, 10, 15, 20, 25, 26, 30, 35]);
+        assert_eq!(l.len(), 8);
+        assert_eq!(l.budget(), l.iter().map(extent_budget).sum::<usize>());
+        for v in [5, 10, 15, 20, 25, 26, 30, 35] {
+            assert_eq!(l.get(v).map(|e| e.vseg), Some(v));
+        }
+        for v in [0, 6, 27, 36] {
+            assert!(l.get(v).is_none());
+        }
+        assert_eq!(l.nth(4).map(|e| e.vseg), Some(25));
+        assert_eq!(l.last().map(|e| e.vseg), Some(35));
+        let from: Vec<u64> = l.iter_from(21).map(|e| e.vseg).collect();
+        assert_eq!(from, [25, 26, 30, 35]);
+        assert_eq!(l.to_slice().len(), 8);
+    }
+
+    /// An edit over an extent, a full `added` or a full budget is refused: the table
+    /// rebuilds the leaf.
+    #[test]
+    fn edits_that_are_not_inserts_into_gaps_are_refused() {
+        let base = leaf(&[10, 20]);
+        assert!(insert(&base, 10).is_none(), "over an extent of the base");
+        let l = insert(&base, 15).unwrap();
+        assert!(insert(&l, 15).is_none(), "over an added extent");
+        let wide = [ext(11)];
+        let over = Edit {
+            from: 11,
+            to: 21,
+            extents: Cow::Borrowed(&wide),
+        };
+        assert!(
+            base.with_inserted(&[over]).is_none(),
+            "a range that meets 20"
+        );
+        let mut l = base;
+        for v in 0..MAX_ADDED as u64 {
+            l = insert(&l, 100 + v).unwrap();
+        }
+        assert!(insert(&l, 1000).is_none(), "beyond MAX_ADDED");
+        let per = extent_budget(&ext(5000));
+        let full: Vec<u64> = (0..(LEAF_BUDGET_BYTES / per) as u64)
+            .map(|v| 5000 + 2 * v)
+            .collect();
+        let l = leaf(&full);
+        assert!(insert(&l, 4000).is_none(), "beyond the leaf budget");
+    }
+}
