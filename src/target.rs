@@ -291,6 +291,9 @@ impl Target {
             .parse()
             .map_err(|_| TargetError::Invalid(format!("listen: `{listen}` is not IP:PORT")))?;
         let s = NbdServer::start(&self.inner.cores, addr, Vec::new())?;
+        // `qemu:dirty-bitmap:<name>` names a bdev (a snapshot) by its registry name.
+        let bdevs = self.inner.bdevs.clone();
+        s.set_bdev_lookup(Arc::new(move |name: &str| bdevs.get(name).ok()));
         let a = s.local_addr();
         *nbd = Some(s);
         Ok(a)

@@ -633,6 +633,12 @@ pub trait Bdev: Send + Sync + 'static {
 
     /// Called when the bdev is removed from the registry; release resources.
     fn on_remove(&self) {}
+
+    /// Bdevs of one family (the same `Some`) can tell which blocks differ between them
+    /// ([`BdevChannel::changed_since`]): the virtual disks of one pool.
+    fn change_family(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl dyn Bdev {
@@ -699,6 +705,27 @@ pub trait BdevChannel {
             allocated: true,
             zero: false,
         }]
+    }
+
+    /// Which blocks of `[offset_blocks, offset_blocks + num_blocks)` (already validated)
+    /// differ from what `base`'s channel on this core shows: consecutive runs
+    /// `(num_blocks, changed)` covering at least the first block; `None` when this
+    /// channel cannot tell (callers then count every block as changed). Bdevs whose
+    /// [`Bdev::change_family`] is the same can answer for each other.
+    fn changed_since(
+        &self,
+        base: &dyn BdevChannel,
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> Option<Vec<(u64, bool)>> {
+        let _ = (base, offset_blocks, num_blocks);
+        None
+    }
+
+    /// The channel as `Any`, for bdevs that answer [`BdevChannel::changed_since`] for
+    /// their own kind.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
     }
 
     /// A buffer especially suited to this channel (e.g. registered with the kernel), if
@@ -845,6 +872,28 @@ impl Channel {
             _ => return Err(IoStatus::LbaOutOfRange),
         }
         Ok(self.inner.block_status(offset_blocks, num_blocks))
+    }
+
+    /// Which blocks of a range differ from what `base` (a bdev of the same
+    /// [`Bdev::change_family`]) shows: runs `(num_blocks, changed)` that cover at least
+    /// its first block. A channel that cannot tell says "changed".
+    pub fn changed_since(
+        &self,
+        base: &Channel,
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> Result<Vec<(u64, bool)>, IoStatus> {
+        if num_blocks == 0 {
+            return Err(IoStatus::InvalidField);
+        }
+        match offset_blocks.checked_add(num_blocks) {
+            Some(end) if end <= self.bdev.num_blocks() => {}
+            _ => return Err(IoStatus::LbaOutOfRange),
+        }
+        Ok(self
+            .inner
+            .changed_since(&*base.inner, offset_blocks, num_blocks)
+            .unwrap_or_else(|| vec![(num_blocks, true)]))
     }
 
     /// Submits `io` without validating it, for stacked bdevs that computed the request

@@ -216,6 +216,14 @@ impl CtlState {
             .find(|d| d.rec.name == name)
             .map(|d| d.rec.id)
     }
+
+    /// The disk named `name`, or `NotFound`.
+    pub(crate) fn disk_named(&self, name: &str) -> Result<&DiskCtl, VdiskError> {
+        self.disks
+            .values()
+            .find(|d| d.rec.name == name)
+            .ok_or_else(|| VdiskError::NotFound(name.to_string()))
+    }
 }
 
 #[derive(Default)]

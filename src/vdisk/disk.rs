@@ -92,6 +92,11 @@ impl Bdev for VDisk {
         true
     }
 
+    /// The disks of one pool can tell which blocks differ between them.
+    fn change_family(&self) -> Option<u64> {
+        Some(self.shared.id)
+    }
+
     fn driver_specific(&self) -> serde_json::Value {
         let kind = self.kind();
         serde_json::json!({"lvol": {

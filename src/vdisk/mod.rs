@@ -35,6 +35,7 @@ pub mod check;
 pub mod commit;
 pub mod controller;
 pub mod cow;
+pub mod diff;
 pub mod disk;
 pub mod intent;
 pub mod leaf;

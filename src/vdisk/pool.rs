@@ -4,6 +4,7 @@
 
 use super::agent;
 use super::controller::{self, Controller, TimeLimits};
+use super::diff::{self, Allocation, BlockRange, RunsPage};
 use super::disk::VDisk;
 use super::lifecycle::DiskInfo;
 use super::load::{self, PoolOptions};
@@ -346,6 +347,64 @@ impl Pool {
                 .await
                 .map_err(|_| VdiskError::Stopped)
         }
+    }
+
+    /// The blocks of `target` that differ from `base` (two disks of this pool, e.g. a
+    /// snapshot and a later snapshot or the live disk), from `from_block` on, at most
+    /// `max_runs` runs (see `diff.rs`).
+    pub fn changed_ranges(
+        &self,
+        base: &str,
+        target: &str,
+        from_block: u64,
+        max_runs: usize,
+    ) -> impl Future<Output = Result<RunsPage<BlockRange>, VdiskError>> + Send + 'static {
+        let (base, target) = (base.to_string(), target.to_string());
+        self.on_ctl(move |c| async move {
+            let (a, b, end) = {
+                let st = c.st.borrow();
+                let (a, b) = (st.disk_named(&base)?, st.disk_named(&target)?);
+                (a.root.clone(), b.root.clone(), b.rec.size_blocks)
+            };
+            let (fills, geo) = (&c.shared.fills, c.shared.geo);
+            Ok(diff::changed_ranges(
+                a.as_ref(),
+                b.as_ref(),
+                fills,
+                geo,
+                from_block,
+                end,
+                max_runs,
+            ))
+        })
+    }
+
+    /// What the blocks of `disk` hold from `from_block` on (data, zeros, holes), at most
+    /// `max_runs` runs (see `diff.rs`).
+    pub fn allocated_ranges(
+        &self,
+        disk: &str,
+        from_block: u64,
+        max_runs: usize,
+    ) -> impl Future<Output = Result<RunsPage<(BlockRange, Allocation)>, VdiskError>> + Send + 'static
+    {
+        let disk = disk.to_string();
+        self.on_ctl(move |c| async move {
+            let (root, end) = {
+                let st = c.st.borrow();
+                let d = st.disk_named(&disk)?;
+                (d.root.clone(), d.rec.size_blocks)
+            };
+            let (fills, geo) = (&c.shared.fills, c.shared.geo);
+            Ok(diff::allocated_ranges(
+                root.as_ref(),
+                fills,
+                geo,
+                from_block,
+                end,
+                max_runs,
+            ))
+        })
     }
 
     /// The controller's segment reference count of `seg` (tests, diagnostics).

@@ -1412,6 +1412,7 @@ fn a_full_metadata_area_refuses_new_metadata_and_the_pool_keeps_working() {
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
+mod diff;
 mod intent_log;
 mod resize;
 

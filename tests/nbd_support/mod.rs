@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -67,6 +68,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Whether the pool's exports get [`TestServer::hold_views`] as they are made.
     hold: bool,
+    /// The bdevs exported, by name: what `qemu:dirty-bitmap:<name>` looks up.
+    bdevs: Arc<std::sync::Mutex<BTreeMap<String, Arc<dyn Bdev>>>>,
     held: RefCell<Vec<RawClient>>,
 }
 
@@ -79,11 +82,17 @@ impl TestServer {
         let server = NbdServer::start(reactors.cores(), "127.0.0.1:0".parse().unwrap(), exports)
             .expect("server starts");
         let addr = server.local_addr();
+        let bdevs: Arc<std::sync::Mutex<BTreeMap<String, Arc<dyn Bdev>>>> = Default::default();
+        let b = bdevs.clone();
+        server.set_bdev_lookup(Arc::new(move |name: &str| {
+            b.lock().unwrap().get(name).cloned()
+        }));
         TestServer {
             server: Some(server),
             pool,
             reactors,
             addr,
+            bdevs,
             hold: false,
             held: RefCell::new(Vec::new()),
         }
@@ -127,15 +136,21 @@ impl TestServer {
             PoolOptions::new("pool0"),
         ))
         .expect("pool created");
-        let exports = disks
+        let disks: Vec<(String, Arc<dyn Bdev>)> = disks
             .iter()
             .map(|&(name, mib)| {
                 let disk = block_on(pool.create_disk(name, mib << 20, true))
                     .unwrap_or_else(|e| panic!("thin disk {name}: {e}"));
-                NbdExport::new(name, disk)
+                (name.to_string(), disk as Arc<dyn Bdev>)
             })
             .collect();
-        Self::start_on(reactors, Some(pool), exports)
+        let exports = disks
+            .iter()
+            .map(|(name, disk)| NbdExport::new(name, disk.clone()))
+            .collect();
+        let srv = Self::start_on(reactors, Some(pool), exports);
+        srv.bdevs.lock().unwrap().extend(disks);
+        srv
     }
 
     pub fn server(&self) -> &NbdServer {
@@ -156,8 +171,13 @@ impl TestServer {
         )
         .unwrap_or_else(|e| panic!("snapshot {origin} -> {snap}: {e}"));
         assert_eq!(made.len(), 1);
+        let bdev = made.pop().unwrap();
+        self.bdevs
+            .lock()
+            .unwrap()
+            .insert(snap.to_string(), bdev.clone());
         self.server()
-            .add_export(NbdExport::new(snap, made.pop().unwrap()))
+            .add_export(NbdExport::new(snap, bdev))
             .expect("snapshot exported");
         if self.hold {
             self.hold_views(snap);
@@ -168,6 +188,10 @@ impl TestServer {
     pub fn clone_disk(&self, snap: &str, clone: &str) {
         let disk = block_on(self.pool().clone_disk(snap, clone))
             .unwrap_or_else(|e| panic!("clone {snap} -> {clone}: {e}"));
+        self.bdevs
+            .lock()
+            .unwrap()
+            .insert(clone.to_string(), disk.clone());
         self.server()
             .add_export(NbdExport::new(clone, disk))
             .expect("clone exported");

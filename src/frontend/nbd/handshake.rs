@@ -9,7 +9,7 @@
 use super::export::ExportEntry;
 use super::proto::{self, ClientOption, ReplyMode};
 use super::server::ServerShared;
-use crate::bdev::Channel;
+use crate::bdev::{Bdev, Channel};
 use crate::reactor::io::{self, Async};
 use crate::reactor::recv::RecvBuf;
 use std::fmt;
@@ -22,6 +22,8 @@ const MAX_OPTION_LEN: u32 = 64 << 10;
 const MAX_SKIPPED_OPTION_LEN: u32 = 1 << 20;
 /// The context id `SET_META_CONTEXT` assigns to `base:allocation`.
 pub(crate) const BASE_ALLOCATION_ID: u32 = 1;
+/// The context id `SET_META_CONTEXT` assigns to a `qemu:dirty-bitmap:<name>`.
+pub(crate) const DIRTY_BITMAP_ID: u32 = 2;
 
 /// What the client chose.
 pub(crate) struct Negotiated {
@@ -29,7 +31,18 @@ pub(crate) struct Negotiated {
     pub(crate) reply: ReplyMode,
     /// `base:allocation` was selected for this export.
     pub(crate) block_status: bool,
+    /// A `qemu:dirty-bitmap:<name>` was selected for this export: the channel of the
+    /// bdev `<name>`, which block status compares the export with.
+    pub(crate) dirty_base: Option<Channel>,
     pub(crate) chan: Channel,
+}
+
+/// The metadata contexts `SET_META_CONTEXT` selected, for one export.
+struct MetaSelection {
+    export: u64,
+    base_allocation: bool,
+    /// The bdev of a `qemu:dirty-bitmap:<name>` context.
+    dirty: Option<Arc<dyn Bdev>>,
 }
 
 /// How a handshake ended.
@@ -70,8 +83,8 @@ struct Haggle<'a> {
     out: Vec<u8>,
     structured: bool,
     extended: bool,
-    /// The export `base:allocation` was selected for.
-    meta_export: Option<u64>,
+    /// The contexts selected, and the export they were selected for.
+    meta: Option<MetaSelection>,
 }
 
 impl Haggle<'_> {
@@ -107,6 +120,30 @@ impl Haggle<'_> {
 
     fn lookup(&self, name: &str) -> Option<Arc<ExportEntry>> {
         self.shared.exports.get(name).filter(|e| !e.is_removed())
+    }
+
+    /// The contexts selected for `export`: whether `base:allocation` is, and the
+    /// channel of a dirty bitmap's bdev (`Err` with a message if it cannot be opened).
+    fn selected(&self, export: &ExportEntry) -> Result<(bool, Option<Channel>), String> {
+        match &self.meta {
+            Some(m) if m.export == export.id => {
+                let dirty = match &m.dirty {
+                    Some(b) => Some(Channel::get(b).map_err(|e| e.to_string())?),
+                    None => None,
+                };
+                Ok((m.base_allocation, dirty))
+            }
+            _ => Ok((false, None)),
+        }
+    }
+
+    /// The bdev a `qemu:dirty-bitmap:<name>` query names, if the export can report
+    /// its changes against it.
+    fn dirty_bitmap_base(&self, export: &ExportEntry, query: &str) -> Option<Arc<dyn Bdev>> {
+        let name = query.strip_prefix(proto::META_DIRTY_BITMAP_PREFIX)?;
+        let family = export.bdev.change_family()?;
+        let base = (self.shared.lookup.get()?)(name)?;
+        (base.change_family() == Some(family)).then_some(base)
     }
 
     /// `NBD_OPT_INFO` / `NBD_OPT_GO`: the information replies, then ACK (or an error).
@@ -164,9 +201,17 @@ impl Haggle<'_> {
                 return None;
             }
         };
+        let (block_status, dirty_base) = match self.selected(&export) {
+            Ok(s) => s,
+            Err(e) => {
+                self.error(option, proto::REP_ERR_UNKNOWN, &e);
+                return None;
+            }
+        };
         self.reply(option, proto::REP_ACK, &[]);
         Some(Negotiated {
-            block_status: self.meta_export == Some(export.id),
+            block_status,
+            dirty_base,
             export,
             reply: self.reply_mode(),
             chan,
@@ -178,7 +223,7 @@ impl Haggle<'_> {
         let set = option == proto::OPT_SET_META_CONTEXT;
         if set {
             // A SET replaces the selection, even when it fails.
-            self.meta_export = None;
+            self.meta = None;
         }
         if !(self.structured || self.extended) {
             self.error(
@@ -204,7 +249,7 @@ impl Haggle<'_> {
             );
             return;
         }
-        let matches = if set {
+        let base_allocation = if set {
             queries.iter().any(|q| q == proto::META_BASE_ALLOCATION)
         } else {
             queries.is_empty()
@@ -212,16 +257,33 @@ impl Haggle<'_> {
                     .iter()
                     .any(|q| q == "base:" || q == proto::META_BASE_ALLOCATION)
         };
-        if matches {
+        if base_allocation {
             let id = if set { BASE_ALLOCATION_ID } else { 0 };
             self.reply(
                 option,
                 proto::REP_META_CONTEXT,
                 &proto::encode_meta_context(id, proto::META_BASE_ALLOCATION),
             );
-            if set {
-                self.meta_export = Some(entry.id);
-            }
+        }
+        // One dirty bitmap: the first query that names a bdev the export can be
+        // compared with (dirty bitmaps are not listed: any snapshot of the pool is one).
+        let dirty = queries
+            .iter()
+            .find_map(|q| self.dirty_bitmap_base(&entry, q).map(|b| (q, b)));
+        if let Some((q, _)) = &dirty {
+            let id = if set { DIRTY_BITMAP_ID } else { 0 };
+            self.reply(
+                option,
+                proto::REP_META_CONTEXT,
+                &proto::encode_meta_context(id, q),
+            );
+        }
+        if set && (base_allocation || dirty.is_some()) {
+            self.meta = Some(MetaSelection {
+                export: entry.id,
+                base_allocation,
+                dirty: dirty.map(|(_, b)| b),
+            });
         }
         self.reply(option, proto::REP_ACK, &[]);
     }
@@ -241,7 +303,7 @@ pub(crate) async fn negotiate(
         out: Vec::with_capacity(256),
         structured: false,
         extended: false,
-        meta_export: None,
+        meta: None,
     };
     proto::encode_greeting(&mut h.out, offered);
     h.flush().await?;
@@ -373,8 +435,10 @@ pub(crate) async fn negotiate(
                     !client.no_zeroes,
                 );
                 h.flush().await?;
+                let (block_status, dirty_base) = h.selected(&export).unwrap_or((false, None));
                 return Ok(Outcome::Transmission(Negotiated {
-                    block_status: h.meta_export == Some(export.id),
+                    block_status,
+                    dirty_base,
                     reply: h.reply_mode(),
                     export,
                     chan,

@@ -68,7 +68,7 @@ mod transmission;
 pub mod unaligned;
 
 pub use export::{MAX_PAYLOAD_BYTES, NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo};
-pub use server::{Closing, NbdServer};
+pub use server::{BdevLookup, Closing, NbdServer};
 pub use state::{ConnState, NbdStats};
 
 use crate::reactor::SendError;

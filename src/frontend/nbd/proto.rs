@@ -117,8 +117,13 @@ pub const INFO_NAME: u16 = 1;
 pub const INFO_DESCRIPTION: u16 = 2;
 pub const INFO_BLOCK_SIZE: u16 = 3;
 
-/// The only metadata context this server knows.
+/// The allocation metadata context.
 pub const META_BASE_ALLOCATION: &str = "base:allocation";
+/// The prefix of qemu's dirty-bitmap contexts: `qemu:dirty-bitmap:<name>` reports the
+/// blocks changed since the snapshot `<name>`.
+pub const META_DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
+/// `qemu:dirty-bitmap:` flag: the extent changed.
+pub const STATE_DIRTY: u32 = 1 << 0;
 /// `base:allocation` flag: the extent is a hole (no storage allocated).
 pub const STATE_HOLE: u32 = 1 << 0;
 /// `base:allocation` flag: the extent reads as zeros.

@@ -28,6 +28,8 @@ static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 /// What every core shares about a server.
 pub(crate) struct ServerShared {
     pub(crate) id: u64,
+    /// Finds a bdev by name (the snapshot of a `qemu:dirty-bitmap:<name>` context).
+    pub(crate) lookup: std::sync::OnceLock<BdevLookup>,
     pub(crate) cores: Cores,
     pub(crate) exports: ExportTable,
     pub(crate) counters: ServerCounters,
@@ -300,6 +302,9 @@ fn join_all(handles: Vec<RemoteHandle<()>>) -> Closing {
     })
 }
 
+/// Finds a bdev by name.
+pub type BdevLookup = Arc<dyn Fn(&str) -> Option<Arc<dyn crate::bdev::Bdev>> + Send + Sync>;
+
 /// A running NBD server. See the [module docs](super).
 pub struct NbdServer {
     shared: Arc<ServerShared>,
@@ -325,6 +330,7 @@ impl NbdServer {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(ServerShared {
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+            lookup: std::sync::OnceLock::new(),
             cores: cores.clone(),
             exports: table,
             counters: ServerCounters::default(),
@@ -361,6 +367,12 @@ impl NbdServer {
     ) -> Result<NbdServer, NbdError> {
         let exports = config.resolve(registry)?;
         NbdServer::start(cores, config.listen_addr()?, exports)
+    }
+
+    /// How the server finds the bdev a `qemu:dirty-bitmap:<name>` context names (set
+    /// once; without it no such context is offered).
+    pub fn set_bdev_lookup(&self, lookup: BdevLookup) {
+        let _ = self.shared.lookup.set(lookup);
     }
 
     /// The address the server listens on.

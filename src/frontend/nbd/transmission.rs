@@ -14,7 +14,7 @@ use super::check::{Command, ExportLimits, Span, Verdict, check_request};
 use super::conn::Conn;
 use super::export::{ExportEntry, MAX_PAYLOAD_BYTES};
 use super::flush::FlushEpochs;
-use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
+use super::handshake::{BASE_ALLOCATION_ID, DIRTY_BITMAP_ID, Negotiated};
 use super::proto::{
     self, CMD_READ, ChunkHeader, Extent, HeaderMode, MAX_REPLY_HEADER_LEN, REPLY_FLAG_DONE,
     RequestHeader,
@@ -186,6 +186,10 @@ pub(super) struct TxState {
     ctl: Rc<ConnCtl>,
     export: Arc<ExportEntry>,
     chan: Channel,
+    /// `base:allocation` was selected.
+    base_allocation: bool,
+    /// The bdev a selected `qemu:dirty-bitmap:<name>` compares with.
+    dirty_base: Option<Channel>,
     limits: ExportLimits,
     reply: proto::ReplyMode,
     /// Header format of requests and reply chunks.
@@ -242,7 +246,7 @@ impl TxState {
             can_trim: flags & proto::TFLAG_SEND_TRIM != 0,
             can_write_zeroes: flags & proto::TFLAG_SEND_WRITE_ZEROES != 0,
             chunked,
-            block_status: neg.block_status && chunked,
+            block_status: (neg.block_status || neg.dirty_base.is_some()) && chunked,
             mode: neg.reply.header_mode(),
         };
         let lock_state = export.locks.state();
@@ -252,6 +256,8 @@ impl TxState {
             block_size: bdev.block_size() as u64,
             unmap_zeroes: bdev.unmap_reads_zeroes() && bdev.supports(IoKind::Unmap),
             chan: neg.chan,
+            base_allocation: neg.block_status,
+            dirty_base: neg.dirty_base,
             limits,
             reply: neg.reply,
             hmode: neg.reply.header_mode(),
@@ -429,19 +435,84 @@ impl TxState {
         };
     }
 
+    /// `NBD_CMD_BLOCK_STATUS`: one chunk per selected context (`base:allocation`, then
+    /// a `qemu:dirty-bitmap:<name>`), the last flagged done.
     fn reply_block_status(&mut self, idx: u16, span: Span, req_one: bool) {
         let (offset_blocks, num_blocks) = (span.offset_blocks, span.num_blocks);
-        let runs = match self.chan.block_status(offset_blocks, num_blocks) {
-            Ok(r) => r,
-            Err(st) => {
-                self.reply_error(
-                    idx,
-                    proto::nbd_errno(st.errno()),
-                    "the bdev cannot report block status",
-                );
-                return;
+        let mut chunks: Vec<(u32, Vec<Extent>)> = Vec::with_capacity(2);
+        if self.base_allocation {
+            let runs = match self.chan.block_status(offset_blocks, num_blocks) {
+                Ok(r) => r,
+                Err(st) => {
+                    self.reply_error(
+                        idx,
+                        proto::nbd_errno(st.errno()),
+                        "the bdev cannot report block status",
+                    );
+                    return;
+                }
+            };
+            let runs = runs.iter().map(|r| {
+                let flags = if r.allocated { 0 } else { proto::STATE_HOLE }
+                    | if r.zero { proto::STATE_ZERO } else { 0 };
+                (r.num_blocks, flags)
+            });
+            chunks.push((BASE_ALLOCATION_ID, self.status_extents(span, req_one, runs)));
+        }
+        if let Some(base) = &self.dirty_base {
+            let runs = match self.chan.changed_since(base, offset_blocks, num_blocks) {
+                Ok(r) => r,
+                Err(st) => {
+                    self.reply_error(
+                        idx,
+                        proto::nbd_errno(st.errno()),
+                        "the bdev cannot report changed blocks",
+                    );
+                    return;
+                }
+            };
+            let runs = runs
+                .into_iter()
+                .map(|(n, changed)| (n, if changed { proto::STATE_DIRTY } else { 0 }));
+            chunks.push((DIRTY_BITMAP_ID, self.status_extents(span, req_one, runs)));
+        }
+        let hmode = self.hmode;
+        let s = &mut self.slots[idx as usize];
+        s.extra.clear();
+        s.data_len = 0;
+        let last = chunks.len().saturating_sub(1);
+        let mut payload = Vec::new();
+        for (i, (id, extents)) in chunks.iter().enumerate() {
+            payload.clear();
+            let kind = proto::encode_block_status_payload(&mut payload, hmode, *id, extents);
+            let header = ChunkHeader {
+                flags: if i == last { REPLY_FLAG_DONE } else { 0 },
+                kind,
+                cookie: s.cookie,
+                offset_bytes: s.offset_bytes,
+                len_bytes: payload.len() as u64,
+            };
+            if i == 0 {
+                s.hdr_len = proto::write_chunk_header(&mut s.hdr, hmode, &header);
+            } else {
+                // Later chunks follow the first one's payload.
+                let mut h = [0u8; proto::MAX_REPLY_HEADER_LEN];
+                let n = proto::write_chunk_header(&mut h, hmode, &header);
+                s.extra.extend_from_slice(&h[..n]);
             }
-        };
+            s.extra.extend_from_slice(&payload);
+        }
+    }
+
+    /// A block status chunk's extents in bytes from `runs` (blocks, flags) of the
+    /// request's blocks: merged, at most one with `req_one` (else `MAX_EXTENTS`), each
+    /// within what the header mode can carry, from the request's offset to its end.
+    fn status_extents(
+        &self,
+        span: Span,
+        req_one: bool,
+        runs: impl Iterator<Item = (u64, u32)>,
+    ) -> Vec<Extent> {
         let bs = self.block_size.max(1);
         // Compact chunks carry 32-bit extent lengths.
         let max_blocks = match self.hmode {
@@ -449,15 +520,13 @@ impl TxState {
             HeaderMode::Extended => u64::MAX / bs,
         };
         let limit = if req_one { 1 } else { MAX_EXTENTS };
-        let mut extents: Vec<(u64, u32)> = Vec::with_capacity(runs.len().min(limit));
-        let mut left = num_blocks;
-        for r in &runs {
-            let n = r.num_blocks.min(left);
+        let mut extents: Vec<(u64, u32)> = Vec::new();
+        let mut left = span.num_blocks;
+        for (n, flags) in runs {
+            let n = n.min(left);
             if n == 0 {
                 continue;
             }
-            let flags = if r.allocated { 0 } else { proto::STATE_HOLE }
-                | if r.zero { proto::STATE_ZERO } else { 0 };
             match extents.last_mut() {
                 Some((len, f)) if *f == flags => *len += n,
                 _ => {
@@ -474,7 +543,7 @@ impl TxState {
         }
         if extents.is_empty() {
             // "Status unknown" is always a correct answer.
-            extents.push((num_blocks, 0));
+            extents.push((span.num_blocks, 0));
         }
         if let Some(i) = extents.iter().position(|(n, _)| *n > max_blocks) {
             extents[i].0 = max_blocks;
@@ -492,24 +561,7 @@ impl TxState {
             bytes.push(Extent { len_bytes, flags });
             left -= len_bytes;
         }
-        let extents = bytes;
-        let hmode = self.hmode;
-        let s = &mut self.slots[idx as usize];
-        s.extra.clear();
-        s.data_len = 0;
-        let kind =
-            proto::encode_block_status_payload(&mut s.extra, hmode, BASE_ALLOCATION_ID, &extents);
-        s.hdr_len = proto::write_chunk_header(
-            &mut s.hdr,
-            hmode,
-            &ChunkHeader {
-                flags: REPLY_FLAG_DONE,
-                kind,
-                cookie: s.cookie,
-                offset_bytes: s.offset_bytes,
-                len_bytes: s.extra.len() as u64,
-            },
-        );
+        bytes
     }
 
     // -- requests ------------------------------------------------------------------------

@@ -13,10 +13,12 @@
 //!   NVMe/TCP initiator (`bdev_nvme_*`).
 //! - [`lvol`]: pools and virtual disks under SPDK's lvol names, and tessera's own
 //!   (consistency groups, quiesce, split progress, copy-on-write policy).
+//! - [`backup`]: allocated and changed block ranges of lvols (backup, replication).
 //! - [`nvmf`]: the NVMe-oF target.
 //! - [`nbd`]: the NBD server (tessera's own names: SPDK's `nbd_*` drive the kernel).
 
 pub mod app;
+pub mod backup;
 pub mod bdev;
 pub mod lvol;
 pub mod nbd;
@@ -220,6 +222,8 @@ methods! {
     "tessera_split_cancel" => lvol::tessera_split_cancel,
     "tessera_set_cow_policy" => lvol::tessera_set_cow_policy,
     "tessera_set_read_only" => lvol::tessera_set_read_only,
+    "tessera_lvol_get_changed_ranges" => backup::tessera_lvol_get_changed_ranges,
+    "tessera_lvol_get_allocated_ranges" => backup::tessera_lvol_get_allocated_ranges,
     "nvmf_create_transport" => nvmf::nvmf_create_transport,
     "nvmf_get_transports" => nvmf::nvmf_get_transports,
     "nvmf_create_subsystem" => nvmf::nvmf_create_subsystem,

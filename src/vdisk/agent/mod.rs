@@ -30,6 +30,7 @@ mod discard;
 mod fault;
 mod io;
 
+use super::diff;
 use super::map::{Extent, Source};
 use super::msg::{AgentCmd, AgentNotice, RangeState, View};
 use super::shared::PoolShared;
@@ -403,6 +404,61 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Which blocks of a range differ from what `base`'s view shows (the two tables
+    /// walked together, `diff.rs`), as runs `(num_blocks, changed)`. `None` unless both
+    /// agents serve the same pool from a view with no range laid invalid over it.
+    fn changed_since(
+        &self,
+        base: &Agent,
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> Option<Vec<(u64, bool)>> {
+        if !Arc::ptr_eq(&self.shared, &base.shared)
+            || self.failed.get().is_some()
+            || base.failed.get().is_some()
+        {
+            return None;
+        }
+        let geo = self.shared.geo;
+        let end = offset_blocks + num_blocks;
+        let (v0, v1) = (
+            offset_blocks / geo.segment_blocks,
+            end.div_ceil(geo.segment_blocks),
+        );
+        if (v0..v1).any(|v| {
+            self.override_at(v) == Some(RangeState::Invalid)
+                || base.override_at(v) == Some(RangeState::Invalid)
+        }) {
+            return None;
+        }
+        let (mine, theirs) = (self.view.borrow(), base.view.borrow());
+        let (a, b) = (theirs.as_ref()?, mine.as_ref()?);
+        let page = diff::changed_ranges(
+            a.root.as_ref(),
+            b.root.as_ref(),
+            &self.shared.fills,
+            geo,
+            offset_blocks,
+            end,
+            usize::MAX,
+        );
+        let mut out = Vec::with_capacity(page.runs.len() * 2 + 1);
+        let mut at = offset_blocks;
+        for r in page.runs {
+            if r.offset_blocks > at {
+                out.push((r.offset_blocks - at, false));
+            }
+            out.push((r.num_blocks, true));
+            at = r.offset_blocks + r.num_blocks;
+        }
+        if at < end {
+            out.push((end - at, false));
+        }
+        Some(out)
+    }
+}
+
 /// The disk's channel on one core.
 pub(crate) struct AgentChannel(pub Rc<Agent>);
 
@@ -414,6 +470,20 @@ impl crate::bdev::BdevChannel for AgentChannel {
 
     fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<BlockRun> {
         self.0.block_status(offset_blocks, num_blocks)
+    }
+
+    fn changed_since(
+        &self,
+        base: &dyn crate::bdev::BdevChannel,
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> Option<Vec<(u64, bool)>> {
+        let base = base.as_any()?.downcast_ref::<AgentChannel>()?;
+        self.0.changed_since(&base.0, offset_blocks, num_blocks)
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 

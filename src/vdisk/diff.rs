@@ -1,0 +1,417 @@
+//! Which blocks of a disk hold data, and which blocks differ between two disks of a pool
+//! (a snapshot and a later snapshot or the live disk): the questions backup and
+//! replication tools ask (`rbd diff`, `zfs send -i`, qemu's dirty bitmaps, Kubernetes'
+//! `GetMetadataAllocated` and `GetMetadataDelta`).
+//!
+//! **Changed blocks.** Two tables of one lineage share every subtree neither changed
+//! since they parted (the table is copy-on-write: a snapshot shares its origin's root).
+//! The diff walks both tables together and skips a node both hold: in the span where
+//! both tables reach it, both show its extents and nothing else. Its cost therefore
+//! follows the part of the tables that differs, not the size of the disk.
+//!
+//! Where the two tables hold different nodes, extents are compared a virtual segment at
+//! a time. Layers are immutable once two tables share them (a shared segment's fill is
+//! frozen; a write gets a new top layer, or with copy-out the others get the copy), so
+//! two extents whose layers end in the same layers differ exactly in the granules the
+//! layers above that common part hold. That is exact at the granule; the one
+//! over-report is a merge of layers stacked too deep (`cow.rs`), whose new segment
+//! holds every granule any merged layer held: all of them are reported.
+//!
+//! **Allocated blocks.** One table, walked alone: a granule some layer holds is data;
+//! a granule of a mapped segment that no layer holds reads as zeros; a segment without
+//! an extent is a hole.
+
+use super::map::{Extent, ExtentState, Fills, Geometry, Layer};
+use super::table::{Node, NodeKind};
+use std::sync::Arc;
+
+/// Granules of one segment, a bit each.
+type Mask = [u64; 4];
+
+const EMPTY: Mask = [0; 4];
+
+/// A run of blocks: `num_blocks` blocks from `offset_blocks`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BlockRange {
+    pub offset_blocks: u64,
+    pub num_blocks: u64,
+}
+
+/// What a run of a disk's blocks holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Allocation {
+    /// Written data.
+    Data,
+    /// Storage is mapped but these blocks were never written (or were zeroed): they
+    /// read as zeros.
+    Zero,
+    /// No storage is mapped: the blocks read as zeros.
+    Hole,
+}
+
+/// One page of an answer: runs in block order, and where the next page starts (`None`
+/// when the range was covered).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunsPage<T> {
+    pub runs: Vec<T>,
+    pub next_offset_blocks: Option<u64>,
+}
+
+/// The blocks of the table under `b` in `[from_block, end_block)` that differ from the
+/// table under `a`, at most `max_runs` runs from `from_block` on. See the module's
+/// documentation for what "differ" means.
+pub fn changed_ranges(
+    a: Option<&Arc<Node>>,
+    b: Option<&Arc<Node>>,
+    fills: &Fills,
+    geo: Geometry,
+    from_block: u64,
+    end_block: u64,
+    max_runs: usize,
+) -> RunsPage<BlockRange> {
+    let mut sink = RangeSink::new(geo, from_block, end_block, max_runs);
+    if from_block < end_block {
+        let lo = from_block / geo.segment_blocks;
+        let hi = end_block.div_ceil(geo.segment_blocks);
+        let mut w = Walk {
+            fills,
+            geo,
+            emit: &mut |vseg, mask| sink.push(vseg, &mask),
+        };
+        w.pair(a, b, lo, hi);
+    }
+    sink.finish()
+}
+
+/// What the blocks in `[from_block, end_block)` of the table under `root` hold, at most
+/// `max_runs` runs.
+pub fn allocated_ranges(
+    root: Option<&Arc<Node>>,
+    fills: &Fills,
+    geo: Geometry,
+    from_block: u64,
+    end_block: u64,
+    max_runs: usize,
+) -> RunsPage<(BlockRange, Allocation)> {
+    let full = full_mask(geo.granules);
+    let mut out = AllocSink {
+        from: from_block,
+        end: end_block,
+        max_runs,
+        runs: Vec::new(),
+        next: None,
+    };
+    let mut at = from_block;
+    while at < end_block && out.next.is_none() {
+        let vseg = at / geo.segment_blocks;
+        let e = root.and_then(|r| r.next_from(vseg)).cloned();
+        // The hole up to the next extent.
+        let next_mapped = e.as_ref().map_or(u64::MAX, |e| e.vseg.max(vseg));
+        if next_mapped > vseg {
+            let to = next_mapped
+                .saturating_mul(geo.segment_blocks)
+                .min(end_block);
+            out.push(at, to - at, Allocation::Hole);
+            at = to;
+            continue;
+        }
+        let e = e.expect("an extent covers vseg");
+        for v in vseg..e.end() {
+            if out.next.is_some() || v * geo.segment_blocks >= end_block {
+                break;
+            }
+            let mask = data_mask(&e.at(v), fills, full);
+            for (g, n, data) in mask_runs(&mask, geo.granules) {
+                let b = v * geo.segment_blocks + g * geo.granule_blocks;
+                let kind = if data {
+                    Allocation::Data
+                } else {
+                    Allocation::Zero
+                };
+                out.push(b, n * geo.granule_blocks, kind);
+            }
+        }
+        at = e.end().saturating_mul(geo.segment_blocks).max(at + 1);
+    }
+    RunsPage {
+        runs: out.runs,
+        next_offset_blocks: out.next,
+    }
+}
+
+/// What [`Walk::children`] calls on each child: the walk, the child and its span.
+type ChildVisit<'w, 'a> = dyn FnMut(&mut Walk<'a>, &Arc<Node>, u64, u64) -> bool + 'w;
+
+/// The walk of two tables together.
+struct Walk<'a> {
+    fills: &'a Fills,
+    geo: Geometry,
+    /// Called with each virtual segment that differs, in order, and its granules that
+    /// do; returns false to stop the walk.
+    emit: &'a mut dyn FnMut(u64, Mask) -> bool,
+}
+
+impl<'a> Walk<'a> {
+    /// Compares the tables under `a` and `b` over `[lo, hi)`, a span both nodes cover
+    /// (or that an absent side does not map). Returns false once stopped.
+    fn pair(&mut self, a: Option<&Arc<Node>>, b: Option<&Arc<Node>>, lo: u64, hi: u64) -> bool {
+        match (a, b) {
+            (Some(x), Some(y)) if Arc::ptr_eq(x, y) => true,
+            (Some(x), _) if matches!(x.kind, NodeKind::Internal { .. }) => {
+                self.children(x, lo, hi, &mut |w, c, clo, chi| {
+                    w.pair(Some(c), b, clo, chi)
+                })
+            }
+            (_, Some(y)) if matches!(y.kind, NodeKind::Internal { .. }) => {
+                self.children(y, lo, hi, &mut |w, c, clo, chi| {
+                    w.pair(a, Some(c), clo, chi)
+                })
+            }
+            _ => self.leaves(a, b, lo, hi),
+        }
+    }
+
+    /// Calls `f` on each child of internal node `n` whose span meets `[lo, hi)`, with
+    /// the span clipped to it.
+    fn children(&mut self, n: &Arc<Node>, lo: u64, hi: u64, f: &mut ChildVisit<'_, 'a>) -> bool {
+        let NodeKind::Internal { keys, children } = &n.kind else {
+            unreachable!("called on internal nodes only");
+        };
+        let first = keys.partition_point(|&k| k <= lo).saturating_sub(1);
+        for j in first..children.len() {
+            let c_lo = if j == 0 { lo } else { keys[j].max(lo) };
+            let c_hi = keys.get(j + 1).copied().unwrap_or(u64::MAX).min(hi);
+            if c_lo >= hi {
+                break;
+            }
+            if c_lo < c_hi && !f(self, &children[j], c_lo, c_hi) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Compares two leaves (or a leaf and nothing) over `[lo, hi)`.
+    fn leaves(&mut self, a: Option<&Arc<Node>>, b: Option<&Arc<Node>>, lo: u64, hi: u64) -> bool {
+        let mut xs = leaf_extents(a, lo, hi).peekable();
+        let mut ys = leaf_extents(b, lo, hi).peekable();
+        let mut at = lo;
+        loop {
+            // Skip to the next virtual segment either side maps.
+            let next = |it: &mut std::iter::Peekable<std::vec::IntoIter<&Extent>>, at: u64| {
+                while it.peek().is_some_and(|e| e.end() <= at) {
+                    it.next();
+                }
+                it.peek().map(|e| e.vseg.max(at))
+            };
+            let (nx, ny) = (next(&mut xs, at), next(&mut ys, at));
+            let v = match (nx, ny) {
+                (None, None) => return true,
+                (Some(p), None) | (None, Some(p)) => p,
+                (Some(p), Some(q)) => p.min(q),
+            };
+            if v >= hi {
+                return true;
+            }
+            let x = xs.peek().filter(|e| e.contains(v)).map(|e| e.at(v));
+            let y = ys.peek().filter(|e| e.contains(v)).map(|e| e.at(v));
+            let mask = self.delta(x.as_ref(), y.as_ref());
+            if mask != EMPTY && !(self.emit)(v, mask) {
+                return false;
+            }
+            at = v + 1;
+        }
+    }
+
+    /// The granules in which two one-segment extents (or an absent one) differ.
+    fn delta(&self, x: Option<&Extent>, y: Option<&Extent>) -> Mask {
+        let full = full_mask(self.geo.granules);
+        match (x, y) {
+            (None, None) => EMPTY,
+            (Some(e), None) | (None, Some(e)) => data_mask(e, self.fills, full),
+            (Some(x), Some(y)) => {
+                if x.state == ExtentState::Error || y.state == ExtentState::Error {
+                    return if x == y { EMPTY } else { full };
+                }
+                let common = x
+                    .layers
+                    .iter()
+                    .rev()
+                    .zip(y.layers.iter().rev())
+                    .take_while(|(p, q)| p == q)
+                    .count();
+                let mut m = EMPTY;
+                let own = |layers: &[Layer]| layers[..layers.len() - common].to_vec();
+                for l in own(&x.layers).iter().chain(own(&y.layers).iter()) {
+                    or(&mut m, &layer_mask(l, self.fills, full));
+                }
+                m
+            }
+        }
+    }
+}
+
+/// The extents of leaf `n` that meet `[lo, hi)`.
+fn leaf_extents(n: Option<&Arc<Node>>, lo: u64, hi: u64) -> std::vec::IntoIter<&Extent> {
+    let mut out = Vec::new();
+    if let Some(n) = n {
+        n.visit_from(lo, &mut |e| {
+            if e.vseg >= hi {
+                return false;
+            }
+            out.push(e);
+            true
+        });
+    }
+    out.into_iter()
+}
+
+/// Every granule of a segment of `granules`.
+fn full_mask(granules: u64) -> Mask {
+    let mut m = EMPTY;
+    for g in 0..granules {
+        m[(g / 64) as usize] |= 1 << (g % 64);
+    }
+    m
+}
+
+/// The granules a layer holds.
+fn layer_mask(l: &Layer, fills: &Fills, full: Mask) -> Mask {
+    if l.partial {
+        fills.get(l.seg).words()
+    } else {
+        full
+    }
+}
+
+/// The granules some layer of a one-segment extent holds (all of them, `full`, for an
+/// error extent).
+fn data_mask(e: &Extent, fills: &Fills, full: Mask) -> Mask {
+    if e.state == ExtentState::Error {
+        return full;
+    }
+    let mut m = EMPTY;
+    for l in &e.layers {
+        or(&mut m, &layer_mask(l, fills, full));
+    }
+    m
+}
+
+fn or(m: &mut Mask, o: &Mask) {
+    for (a, b) in m.iter_mut().zip(o) {
+        *a |= b;
+    }
+}
+
+fn held(m: &Mask, g: u64) -> bool {
+    m[(g / 64) as usize] & (1 << (g % 64)) != 0
+}
+
+/// The runs of granules `[0, granules)` of a mask: (first, count, held).
+fn mask_runs(m: &Mask, granules: u64) -> Vec<(u64, u64, bool)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    if *m == EMPTY || *m == full_mask(granules) {
+        out.push((0, granules, *m != EMPTY));
+        return out;
+    }
+    for g in 0..granules {
+        let h = held(m, g);
+        match out.last_mut() {
+            Some(r) if r.2 == h => r.1 += 1,
+            _ => out.push((g, 1, h)),
+        }
+    }
+    out
+}
+
+/// Turns changed granules into merged block runs within `[from, end)`, up to a limit.
+struct RangeSink {
+    geo: Geometry,
+    from: u64,
+    end: u64,
+    max_runs: usize,
+    runs: Vec<BlockRange>,
+    next: Option<u64>,
+}
+
+impl RangeSink {
+    fn new(geo: Geometry, from: u64, end: u64, max_runs: usize) -> RangeSink {
+        RangeSink {
+            geo,
+            from,
+            end,
+            max_runs: max_runs.max(1),
+            runs: Vec::new(),
+            next: None,
+        }
+    }
+
+    /// Adds the changed granules of `vseg`; false once the page is full.
+    fn push(&mut self, vseg: u64, mask: &Mask) -> bool {
+        let g = self.geo;
+        for (k, n, _) in mask_runs(mask, g.granules).into_iter().filter(|r| r.2) {
+            let b0 = (vseg * g.segment_blocks + k * g.granule_blocks).max(self.from);
+            let b1 = (vseg * g.segment_blocks + (k + n) * g.granule_blocks).min(self.end);
+            if b0 >= b1 {
+                continue;
+            }
+            let full = self.runs.len() >= self.max_runs;
+            match self.runs.last_mut() {
+                Some(r) if r.offset_blocks + r.num_blocks == b0 => r.num_blocks += b1 - b0,
+                _ if full => {
+                    self.next = Some(b0);
+                    return false;
+                }
+                _ => self.runs.push(BlockRange {
+                    offset_blocks: b0,
+                    num_blocks: b1 - b0,
+                }),
+            }
+        }
+        true
+    }
+
+    fn finish(self) -> RunsPage<BlockRange> {
+        RunsPage {
+            runs: self.runs,
+            next_offset_blocks: self.next,
+        }
+    }
+}
+
+/// Allocation runs of one disk, merged, within `[from, end)`, up to a limit.
+struct AllocSink {
+    from: u64,
+    end: u64,
+    max_runs: usize,
+    runs: Vec<(BlockRange, Allocation)>,
+    next: Option<u64>,
+}
+
+impl AllocSink {
+    fn push(&mut self, b: u64, n: u64, kind: Allocation) {
+        if self.next.is_some() {
+            return;
+        }
+        let b0 = b.max(self.from);
+        let b1 = (b + n).min(self.end);
+        if b0 >= b1 {
+            return;
+        }
+        let full = self.runs.len() >= self.max_runs.max(1);
+        match self.runs.last_mut() {
+            Some((r, k)) if *k == kind && r.offset_blocks + r.num_blocks == b0 => {
+                r.num_blocks += b1 - b0
+            }
+            _ if full => self.next = Some(b0),
+            _ => self.runs.push((
+                BlockRange {
+                    offset_blocks: b0,
+                    num_blocks: b1 - b0,
+                },
+                kind,
+            )),
+        }
+    }
+}
