@@ -858,6 +858,21 @@ impl Target {
         if let Some(t) = lock(&self.inner.nvmf).as_ref() {
             cfg.nvmf = Some(t.to_config());
         }
+        // Exports name a disk by its alias: a disk's UUID is not in an SPDK file (its
+        // bdev_lvol_create has no place for it), its `pool/disk` alias is.
+        let alias = |n: &mut String| {
+            if let Ok(b) = self.inner.bdevs.get(n) {
+                *n = b.display_name();
+            }
+        };
+        if let Some(n) = cfg.nbd.as_mut() {
+            n.exports.iter_mut().for_each(|e| alias(&mut e.bdev));
+        }
+        if let Some(n) = cfg.nvmf.as_mut() {
+            for s in n.subsystems.iter_mut() {
+                s.namespaces.iter_mut().for_each(|ns| alias(&mut ns.bdev));
+            }
+        }
         for (pool, pc) in pools {
             // Origins by their `pool/disk` aliases: another pool may have a disk of the
             // same name.
