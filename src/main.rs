@@ -609,12 +609,17 @@ fn bench(a: BenchArgs) -> Result<()> {
     for (i, &at) in a.snapshot_at.iter().enumerate() {
         let disk = bdev.name().to_string();
         let t = target.clone();
-        tessera::reactor::block_on(t.pool_of(&disk))
-            .with_context(|| format!("--snapshot-at: `{disk}` is not a virtual disk"))?;
+        let (_, vd) = tessera::reactor::block_on(t.disk(&disk)).with_context(|| {
+            format!(
+                "--snapshot-at: `{}` is not a virtual disk",
+                bdev.display_name()
+            )
+        })?;
+        let short = vd.disk_name();
         actions.push((
             at,
             Arc::new(move || {
-                let name = format!("{disk}-bench-snap{i}");
+                let name = format!("{short}-bench-snap{i}");
                 let t0 = std::time::Instant::now();
                 let r = tessera::reactor::block_on(t.snapshot(
                     vec![(disk.clone(), name)],

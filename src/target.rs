@@ -149,16 +149,18 @@ impl Target {
         // Snapshots and clones, each once its origin exists (a snapshot of a clone
         // comes after the clone).
         let bdevs = &self.inner.bdevs;
-        let mut snaps: Vec<&SnapshotConfig> = config
-            .snapshots
-            .iter()
-            .filter(|s| !bdevs.contains(&s.name))
-            .collect();
-        let mut clones: Vec<&CloneConfig> = config
-            .clones
-            .iter()
-            .filter(|c| !bdevs.contains(&c.name))
-            .collect();
+        let mut snaps: Vec<&SnapshotConfig> = Vec::new();
+        for s in &config.snapshots {
+            if !self.exists_beside(&s.disk, &s.name).await {
+                snaps.push(s);
+            }
+        }
+        let mut clones: Vec<&CloneConfig> = Vec::new();
+        for c in &config.clones {
+            if !self.exists_beside(&c.snapshot, &c.name).await {
+                clones.push(c);
+            }
+        }
         while !snaps.is_empty() || !clones.is_empty() {
             let ready_snap = snaps.iter().position(|s| bdevs.contains(&s.disk));
             let ready_clone = clones.iter().position(|c| bdevs.contains(&c.snapshot));
@@ -210,6 +212,15 @@ impl Target {
             *lock(&self.inner.nvmf) = Some(t);
         }
         Ok(())
+    }
+
+    /// True if a disk `name` exists in the pool of the disk `origin` (or, when `origin`
+    /// is not there, if `name` designates a bdev).
+    async fn exists_beside(&self, origin: &str, name: &str) -> bool {
+        match self.disk(origin).await {
+            Ok((pool, _)) => pool.disk(name).await.is_ok(),
+            Err(_) => self.inner.bdevs.contains(name),
+        }
     }
 
     /// Attaches a remote NVMe/TCP controller; its namespaces become bdevs (examined for
@@ -327,13 +338,13 @@ impl Target {
             TargetError::Invalid("the NBD server is not running (nbd_server_start)".into())
         })?;
         let info = s.add_export(
-            NbdExport::new(name, b)
+            NbdExport::new(name, b.clone())
                 .with_read_only(read_only)
                 .with_description(description),
         )?;
         self.inner
             .bdevs
-            .claim(bdev, &format!("NBD export `{name}`"))?;
+            .claim(b.name(), &format!("NBD export `{name}`"))?;
         Ok(info)
     }
 
@@ -385,10 +396,11 @@ impl Target {
     }
 
     fn claim_namespace(&self, nqn: &str, nsid: u32, bdev: &str) -> Result<(), TargetError> {
-        self.inner
+        let key = self
+            .inner
             .bdevs
             .claim(bdev, &format!("NVMe-oF subsystem `{nqn}` namespace {nsid}"))?;
-        lock(&self.inner.nvmf_namespaces).insert((nqn.to_string(), nsid), bdev.to_string());
+        lock(&self.inner.nvmf_namespaces).insert((nqn.to_string(), nsid), key);
         Ok(())
     }
 
@@ -431,10 +443,10 @@ impl Target {
 
     /// Grows or shrinks a disk and tells the hosts that see it.
     pub async fn resize_disk(&self, name: &str, size_bytes: u64) -> Result<(), TargetError> {
-        let pool = self.pool_of(name).await?;
-        pool.resize_disk(name, size_bytes).await?;
+        let (pool, d) = self.disk(name).await?;
+        pool.resize_disk(&d.disk_name(), size_bytes).await?;
         if let Some(t) = lock(&self.inner.nvmf).as_ref() {
-            t.notify_bdev_resized(name);
+            t.notify_bdev_resized((d as Arc<dyn Bdev>).name());
         }
         Ok(())
     }
@@ -470,18 +482,24 @@ impl Target {
             .collect()
     }
 
-    /// The pool holding the disk called `disk`.
+    /// The pool holding the disk `disk` designates (a name the registry resolves).
     pub async fn pool_of(&self, disk: &str) -> Result<Pool, TargetError> {
-        let bdev = self.inner.bdevs.get(disk)?;
+        Ok(self.disk(disk).await?.0)
+    }
+
+    /// The virtual disk `name` designates (its `pool/disk` alias, its UUID, or its name
+    /// where no other pool has a disk so named), and its pool.
+    pub async fn disk(&self, name: &str) -> Result<(Pool, Arc<VDisk>), TargetError> {
+        let bdev = self.inner.bdevs.get(name)?;
         for p in self.pools() {
-            if let Ok(d) = p.disk(disk).await
-                && Arc::ptr_eq(&(d as Arc<dyn Bdev>), &bdev)
-            {
-                return Ok(p);
+            for d in p.disks().await? {
+                if Arc::ptr_eq(&(d.clone() as Arc<dyn Bdev>), &bdev) {
+                    return Ok((p, d));
+                }
             }
         }
         Err(TargetError::Invalid(format!(
-            "`{disk}` is not a virtual disk"
+            "`{name}` is not a virtual disk"
         )))
     }
 
@@ -689,11 +707,9 @@ impl Target {
         Ok(())
     }
 
-    /// Creates a disk and registers it as a bdev.
+    /// Creates a disk and registers it as a bdev (named by its UUID, with the alias
+    /// `pool/disk`; the pool refuses a name it already has).
     pub async fn create_disk(&self, cfg: &DiskConfig) -> Result<Arc<VDisk>, TargetError> {
-        if self.inner.bdevs.contains(&cfg.name) {
-            return Err(BdevError::Exists(cfg.name.clone()).into());
-        }
         let pool = self.pool(&cfg.pool)?;
         let d = pool
             .create_disk_with_uuid(&cfg.name, cfg.size.0, cfg.thin, cfg.uuid)
@@ -710,16 +726,52 @@ impl Target {
 
     /// Deletes a disk, snapshot or clone (refused while exported).
     pub async fn delete_disk(&self, name: &str) -> Result<(), TargetError> {
-        let pool = self.pool_of(name).await?;
-        if let Some(by) = self.inner.bdevs.claims(name).first() {
+        let (pool, d) = self.disk(name).await?;
+        let b: Arc<dyn Bdev> = d.clone();
+        if let Some(by) = self.inner.bdevs.claims(b.name()).first() {
             return Err(BdevError::Claimed {
-                name: name.to_string(),
+                name: d.alias(),
                 by: by.clone(),
             }
             .into());
         }
-        pool.delete_disk(name).await?;
-        let _ = self.inner.bdevs.remove(name);
+        pool.delete_disk(&d.disk_name()).await?;
+        let _ = self.inner.bdevs.remove(b.name());
+        Ok(())
+    }
+
+    /// Renames the disk `name` designates to `new_name` in its pool, durably. Its bdev
+    /// keeps its name (the UUID) and takes the alias `pool/new_name`; exports of it go
+    /// on serving it (SPDK does the same: the alias changes, the bdev stays).
+    pub async fn rename_disk(&self, name: &str, new_name: &str) -> Result<(), TargetError> {
+        let (pool, d) = self.disk(name).await?;
+        pool.rename_disk(&d.disk_name(), new_name).await?;
+        Ok(())
+    }
+
+    /// Renames pool `name` to `new_name`, durably; the aliases of its disks follow.
+    pub async fn rename_pool(&self, name: &str, new_name: &str) -> Result<(), TargetError> {
+        let pool = self.pool(name)?;
+        if name == new_name {
+            return Ok(());
+        }
+        if lock(&self.inner.pools).contains_key(new_name) {
+            return Err(VdiskError::Exists(format!("pool `{new_name}`")).into());
+        }
+        pool.rename(new_name).await?;
+        let mut pools = lock(&self.inner.pools);
+        if let Some(mut e) = pools.remove(name) {
+            e.cfg.name = new_name.to_string();
+            pools.insert(new_name.to_string(), e);
+        }
+        drop(pools);
+        for b in pool.bdevs() {
+            self.inner.bdevs.rename_claim(
+                b.name(),
+                &format!("pool `{name}`"),
+                &format!("pool `{new_name}`"),
+            );
+        }
         Ok(())
     }
 
@@ -732,14 +784,10 @@ impl Target {
         let Some((first, _)) = pairs.first() else {
             return Err(TargetError::Invalid("nothing to snapshot".into()));
         };
-        for (_, s) in &pairs {
-            if self.inner.bdevs.contains(s) {
-                return Err(BdevError::Exists(s.clone()).into());
-            }
-        }
         let pool = self.pool_of(first).await?;
-        for (o, _) in &pairs[1..] {
-            let p = self.pool_of(o).await?;
+        let mut named = Vec::new();
+        for (o, s) in &pairs {
+            let (p, d) = self.disk(o).await?;
             if p.uuid() != pool.uuid() {
                 return Err(TargetError::Invalid(format!(
                     "`{o}` is in pool `{}`, not `{}`: a consistency group lives in one pool",
@@ -747,8 +795,9 @@ impl Target {
                     pool.name()
                 )));
             }
+            named.push((d.disk_name(), s.clone()));
         }
-        let snaps = pool.snapshot(pairs, limit).await?;
+        let snaps = pool.snapshot(named, limit).await?;
         for s in &snaps {
             self.inner.bdevs.add(s.clone())?;
         }
@@ -757,9 +806,9 @@ impl Target {
 
     /// Creates a clone as its configuration says.
     async fn create_clone(&self, c: &CloneConfig) -> Result<(), TargetError> {
-        self.clone_disk(&c.snapshot, &c.name).await?;
+        let d = self.clone_disk(&c.snapshot, &c.name).await?;
         if c.cow_policy.is_some() || c.read_only {
-            let pool = self.pool_of(&c.name).await?;
+            let pool = self.pool_of((d as Arc<dyn Bdev>).name()).await?;
             if let Some(p) = c.cow_policy {
                 pool.set_cow_policy(&c.name, p).await?;
             }
@@ -772,11 +821,8 @@ impl Target {
 
     /// Clones a snapshot.
     pub async fn clone_disk(&self, snapshot: &str, name: &str) -> Result<Arc<VDisk>, TargetError> {
-        if self.inner.bdevs.contains(name) {
-            return Err(BdevError::Exists(name.to_string()).into());
-        }
-        let pool = self.pool_of(snapshot).await?;
-        let c = pool.clone_disk(snapshot, name).await?;
+        let (pool, s) = self.disk(snapshot).await?;
+        let c = pool.clone_disk(&s.disk_name(), name).await?;
         self.inner.bdevs.add(c.clone())?;
         Ok(c)
     }
@@ -815,7 +861,25 @@ impl Target {
         if let Some(t) = lock(&self.inner.nvmf).as_ref() {
             cfg.nvmf = Some(t.to_config());
         }
+        // Exports name a disk by its alias: a disk's UUID is not in an SPDK file (its
+        // bdev_lvol_create has no place for it), its `pool/disk` alias is.
+        let alias = |n: &mut String| {
+            if let Ok(b) = self.inner.bdevs.get(n) {
+                *n = b.display_name();
+            }
+        };
+        if let Some(n) = cfg.nbd.as_mut() {
+            n.exports.iter_mut().for_each(|e| alias(&mut e.bdev));
+        }
+        if let Some(n) = cfg.nvmf.as_mut() {
+            for s in n.subsystems.iter_mut() {
+                s.namespaces.iter_mut().for_each(|ns| alias(&mut ns.bdev));
+            }
+        }
         for (pool, pc) in pools {
+            // Origins by their `pool/disk` aliases: another pool may have a disk of the
+            // same name.
+            let alias = |d: &String| format!("{}/{d}", pool.name());
             cfg.pools.push(pc);
             let list = pool.list().await?;
             // Origins before their snapshots, snapshots before their clones: creation
@@ -828,14 +892,14 @@ impl Target {
                         if let Some(o) = snapshot_origin(&list, d) {
                             cfg.snapshots.push(SnapshotConfig {
                                 name: d.name.clone(),
-                                disk: o.clone(),
+                                disk: alias(o),
                             });
                         }
                     }
                     DiskKind::Clone if clone_origin(&list, d).is_some() => {
                         cfg.clones.push(CloneConfig {
                             name: d.name.clone(),
-                            snapshot: clone_origin(&list, d).cloned().unwrap_or_default(),
+                            snapshot: clone_origin(&list, d).map(alias).unwrap_or_default(),
                             read_only: d.read_only,
                             cow_policy: Some(d.cow_policy),
                         });

@@ -68,26 +68,21 @@ fn spdk_rpc_manages_lvols() {
     assert_eq!(lvs[0]["block_size"], 4096);
     assert!(lvs[0]["free_clusters"].as_u64().unwrap() > 200);
 
-    // Thin by name, thick by lvstore UUID.
-    assert_eq!(
-        rpc(&["bdev_lvol_create", "-l", "pool0", "-t", "vd0", "64"]).trim(),
-        "vd0"
-    );
-    assert_eq!(
-        rpc(&["bdev_lvol_create", "-u", &uuid, "thick0", "8"]).trim(),
-        "thick0"
-    );
+    // Thin by name, thick by lvstore UUID. As SPDK, the bdev is named by the lvol's
+    // UUID, which the call returns.
+    let vd0 = rpc(&["bdev_lvol_create", "-l", "pool0", "-t", "vd0", "64"])
+        .trim()
+        .to_string();
+    assert_eq!(uuid::Uuid::parse_str(&vd0).unwrap().to_string(), vd0);
+    let thick0 = rpc(&["bdev_lvol_create", "-u", &uuid, "thick0", "8"])
+        .trim()
+        .to_string();
+    assert_eq!(thick0.len(), 36, "{thick0}");
     let lvs = json(&rpc(&["bdev_lvol_get_lvstores", "-u", &uuid]));
     let free_after_thick = lvs[0]["free_clusters"].as_u64().unwrap();
 
-    assert_eq!(
-        rpc(&["bdev_lvol_snapshot", "pool0/vd0", "snap0"]).trim(),
-        "snap0"
-    );
-    assert_eq!(
-        rpc(&["bdev_lvol_clone", "pool0/snap0", "clone0"]).trim(),
-        "clone0"
-    );
+    let snap0 = rpc(&["bdev_lvol_snapshot", "pool0/vd0", "snap0"]);
+    let clone0 = rpc(&["bdev_lvol_clone", snap0.trim(), "clone0"]);
     let lvols = json(&rpc(&["bdev_lvol_get_lvols", "-l", "pool0"]));
     assert_eq!(lvol(&lvols, "snap0")["is_snapshot"], true);
     assert_eq!(lvol(&lvols, "clone0")["is_clone"], true);
@@ -95,6 +90,9 @@ fn spdk_rpc_manages_lvols() {
     assert_eq!(lvol(&lvols, "vd0")["is_thin_provisioned"], true);
     assert_eq!(lvol(&lvols, "thick0")["is_thin_provisioned"], false);
     assert_eq!(lvol(&lvols, "vd0")["alias"], "pool0/vd0");
+    assert_eq!(lvol(&lvols, "vd0")["uuid"], vd0.as_str());
+    assert_eq!(lvol(&lvols, "snap0")["uuid"], snap0.trim());
+    assert_eq!(lvol(&lvols, "clone0")["uuid"], clone0.trim());
     assert_eq!(lvol(&lvols, "vd0")["lvs"]["uuid"], uuid.as_str());
 
     // Inflate: the clone stands alone afterwards.
@@ -104,11 +102,8 @@ fn spdk_rpc_manages_lvols() {
     assert_eq!(lvol(&lvols, "clone0")["parent"], Value::Null);
 
     // Decouple: a clone of a snapshot in a chain moves up to the older snapshot.
-    assert_eq!(rpc(&["bdev_lvol_snapshot", "vd0", "snap1"]).trim(), "snap1");
-    assert_eq!(
-        rpc(&["bdev_lvol_clone", "snap1", "clone1"]).trim(),
-        "clone1"
-    );
+    rpc(&["bdev_lvol_snapshot", "vd0", "snap1"]);
+    rpc(&["bdev_lvol_clone", "snap1", "clone1"]);
     let lvols = json(&rpc(&["bdev_lvol_get_lvols"]));
     assert_eq!(lvol(&lvols, "snap1")["parent"], "snap0");
     rpc(&["bdev_lvol_decouple_parent", "pool0/clone1"]);
@@ -117,7 +112,8 @@ fn spdk_rpc_manages_lvols() {
 
     // bdev_get_bdevs by alias, in SPDK's shape.
     let b = json(&rpc(&["bdev_get_bdevs", "-b", "pool0/vd0"]));
-    assert_eq!(b[0]["name"], "vd0");
+    assert_eq!(b[0]["name"], vd0.as_str());
+    assert_eq!(b[0]["uuid"], vd0.as_str());
     assert_eq!(b[0]["aliases"][0], "pool0/vd0");
     assert_eq!(b[0]["product_name"], "Logical Volume");
     assert_eq!(b[0]["num_blocks"], 64 * 256);
@@ -248,7 +244,8 @@ fn spdk_rpc_configures_nvmf_and_attaches_to_it() {
     ]);
     let subs = json(&rpc(&["nvmf_get_subsystems", nqn]));
     assert_eq!(subs[0]["serial_number"], "SPDK0001");
-    assert_eq!(subs[0]["namespaces"][0]["bdev_name"], "vd0");
+    let vd0 = json(&rpc(&["bdev_get_bdevs", "-b", "pool0/vd0"]))[0]["name"].clone();
+    assert_eq!(subs[0]["namespaces"][0]["bdev_name"], vd0);
     assert_eq!(subs[0]["listen_addresses"][0]["trsvcid"], port.as_str());
 
     // tessera's NVMe/TCP initiator attaches to the target it is part of.
@@ -335,29 +332,25 @@ fn tessera_rpc_manages_lvols() {
         "pool0",
     ]);
     assert_eq!(uuid.trim().len(), 36);
-    assert_eq!(
-        rpc(&[
-            "bdev_lvol_create",
-            "--lvol-name",
-            "vd0",
-            "--size-in-mib",
-            "64",
-            "--thin-provision",
-            "--lvs-name",
-            "pool0"
-        ])
-        .trim(),
-        "vd0"
-    );
-    assert_eq!(
-        rpc(&[
-            "bdev_lvol_snapshot",
-            "--json",
-            r#"{"lvol_name": "pool0/vd0", "snapshot_name": "snap0"}"#
-        ])
-        .trim(),
-        "snap0"
-    );
+    let vd0 = rpc(&[
+        "bdev_lvol_create",
+        "--lvol-name",
+        "vd0",
+        "--size-in-mib",
+        "64",
+        "--thin-provision",
+        "--lvs-name",
+        "pool0",
+    ])
+    .trim()
+    .to_string();
+    assert_eq!(vd0.len(), 36, "{vd0}");
+    let snap0 = rpc(&[
+        "bdev_lvol_snapshot",
+        "--json",
+        r#"{"lvol_name": "pool0/vd0", "snapshot_name": "snap0"}"#,
+    ]);
+    assert_eq!(snap0.trim().len(), 36, "{snap0}");
     rpc(&[
         "bdev_lvol_clone",
         "--snapshot-name",
@@ -376,7 +369,14 @@ fn tessera_rpc_manages_lvols() {
         "--json",
         r#"{"snapshots": [{"lvol_name": "vd0", "snapshot_name": "g-vd0"}, {"lvol_name": "clone0", "snapshot_name": "g-clone0"}]}"#,
     ]));
-    assert_eq!(snaps, serde_json::json!(["g-vd0", "g-clone0"]));
+    let lvols = json(&rpc(&["bdev_lvol_get_lvols"]));
+    assert_eq!(
+        snaps,
+        serde_json::json!([
+            lvol(&lvols, "g-vd0")["uuid"],
+            lvol(&lvols, "g-clone0")["uuid"]
+        ])
+    );
     let q = json(&rpc(&[
         "tessera_quiesce",
         "--names",
@@ -447,9 +447,274 @@ fn tessera_rpc_manages_lvols() {
         "--name",
         "disk0",
     ]));
-    assert_eq!(exp["bdev"], "vd0");
+    assert_eq!(exp["bdev"], vd0.as_str());
     let exports = json(&rpc(&["nbd_get_exports"]));
     assert_eq!(exports[0]["name"], "disk0");
     rpc(&["nbd_stop_export", "--name", "disk0"]);
+    srv.stop();
+}
+
+/// `qemu-io` commands on an NBD export, which must all succeed.
+fn qemu_io(port: u16, export: &str, cmds: &[&str]) {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for c in cmds {
+        cmd.args(["-c", c]);
+    }
+    cmd.arg(format!("nbd://127.0.0.1:{port}/{export}"));
+    let out = run_ok(&mut cmd);
+    assert!(
+        !out.contains("failed") && !out.contains("Pattern verification"),
+        "qemu-io {cmds:?} on {export}:\n{out}"
+    );
+}
+
+/// Two pools each with a disk `vd0`, as SPDK allows: exported over NBD from the YAML by
+/// `pool/vd0` and by UUID, seen by `spdk-rpc` under SPDK's names, and benchmarked by
+/// `tessera bench --bdev p0/vd0` and by UUID. A bare `vd0` is refused wherever it is
+/// given, with both candidates named.
+#[test]
+fn two_pools_each_with_a_vd0_are_exported_and_benchmarked_by_alias_and_uuid() {
+    let tool = spdk_rpc();
+    let u1 = "6f1d6a52-9c1e-4c1b-8f0e-2a4d1d0b7a01";
+    let base = format!(
+        "cores: [0, 1]\nidle: adaptive\nbdevs:\n  - {{type: malloc, name: M0, size: 64MiB}}\n  - {{type: malloc, name: M1, size: 64MiB}}\npools:\n  - {{name: p0, bdevs: [M0]}}\n  - {{name: p1, bdevs: [M1]}}\ndisks:\n  - {{name: vd0, pool: p0, size: 16MiB, thin: true}}\n  - {{name: vd0, pool: p1, size: 32MiB, thin: true, uuid: {u1}}}\n"
+    );
+    let with_nbd = |port: u16, exports: &str| {
+        format!("{base}nbd:\n  listen: 127.0.0.1:{port}\n  exports: [{exports}]\n")
+    };
+    let port = free_port();
+    let srv = Serve::start_yaml(&with_nbd(
+        port,
+        &format!("{{name: a, bdev: p0/vd0}}, {{name: b, bdev: {u1}}}"),
+    ));
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| spdk(&tool, &s, args);
+
+    // SPDK's shape: each lvol bdev is named by its UUID, with its alias.
+    let b0 = json(&rpc(&["bdev_get_bdevs", "-b", "p0/vd0"]));
+    let b1 = json(&rpc(&["bdev_get_bdevs", "-b", "p1/vd0"]));
+    assert_eq!(b1[0]["name"], u1);
+    assert_eq!(b1[0]["aliases"], serde_json::json!(["p1/vd0"]));
+    assert_eq!(b0[0]["aliases"], serde_json::json!(["p0/vd0"]));
+    assert_eq!(b0[0]["num_blocks"], 16 * 256);
+    assert_eq!(b1[0]["num_blocks"], 32 * 256);
+    let v0 = b0[0]["name"].as_str().unwrap().to_string();
+    assert_ne!(v0, u1);
+    let out =
+        run_fails(
+            Command::new(&tool)
+                .arg("-s")
+                .arg(&s)
+                .args(["bdev_get_bdevs", "-b", "vd0"]),
+        );
+    assert!(
+        out.contains("-19") && out.contains("`p0/vd0`") && out.contains("`p1/vd0`"),
+        "{out}"
+    );
+    let exports = srv.call("nbd_get_exports", Value::Null);
+    let bdev_of = |name: &str| {
+        exports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no export {name}: {exports}"))["bdev"]
+            .clone()
+    };
+    assert_eq!(bdev_of("a"), v0.as_str());
+    assert_eq!(bdev_of("b"), u1);
+    // Two disks: what is written through one export is not in the other.
+    qemu_io(port, "a", &["write -P 0x5a 0 64k"]);
+    qemu_io(port, "a", &["read -P 0x5a 0 64k"]);
+    qemu_io(port, "b", &["read -P 0 0 64k", "write -P 0x33 1M 4k"]);
+    qemu_io(port, "a", &["read -P 0 1M 4k"]);
+    // A namespace by alias and one by UUID.
+    let nqn = "nqn.2016-06.io.spdk:two";
+    rpc(&["nvmf_create_subsystem", nqn, "-a"]);
+    rpc(&["nvmf_subsystem_add_ns", nqn, "p0/vd0"]);
+    rpc(&["nvmf_subsystem_add_ns", nqn, u1]);
+    let subs = json(&rpc(&["nvmf_get_subsystems", nqn]));
+    assert_eq!(subs[0]["namespaces"][0]["bdev_name"], v0.as_str());
+    assert_eq!(subs[0]["namespaces"][1]["bdev_name"], u1);
+    let out = run_fails(Command::new(&tool).arg("-s").arg(&s).args([
+        "nvmf_subsystem_add_ns",
+        nqn,
+        "vd0",
+    ]));
+    assert!(out.contains("ambiguous"), "{out}");
+    srv.stop();
+
+    // A bare `vd0` in the YAML: refused at start, naming both.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bare.yaml");
+    std::fs::write(&cfg, with_nbd(free_port(), "{name: c, bdev: vd0}")).unwrap();
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .arg("-s")
+            .arg(dir.path().join("s.sock")),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ambiguous") && err.contains("`p0/vd0`") && err.contains("`p1/vd0`"),
+        "{err}"
+    );
+
+    // tessera bench, by alias and by UUID; a bare name is refused.
+    let cfg = dir.path().join("pools.yaml");
+    std::fs::write(&cfg, &base).unwrap();
+    let bench = |bdev: &str| {
+        run(
+            Command::new(env!("CARGO_BIN_EXE_tessera"))
+                .args(["bench", "--config"])
+                .arg(&cfg)
+                .args(["--bdev", bdev, "-t", "0.3", "-q", "4", "--idle", "adaptive"])
+                .args(["-w", "randwrite", "--json"]),
+            std::time::Duration::from_secs(60),
+        )
+    };
+    for (spec, alias) in [("p0/vd0", "p0/vd0"), (u1, "p1/vd0")] {
+        let out = bench(spec);
+        assert!(
+            out.status.success(),
+            "bench --bdev {spec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = json(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(r["bdev"], alias, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["iops"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let out = bench("vd0");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ambiguous") && err.contains("`p1/vd0`"),
+        "{err}"
+    );
+}
+
+/// `bdev_lvol_rename` and `bdev_lvol_rename_lvstore` through `spdk-rpc`: SPDK's
+/// parameters, results and error codes; an exported disk is renamed under its export
+/// (the bdev, named by UUID, stays; its alias changes, as in SPDK); the names are
+/// durable (a restart finds them).
+#[test]
+fn spdk_rpc_renames_lvols_and_lvstores() {
+    let tool = spdk_rpc();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("data.img");
+    let port = free_port();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "cores: [0, 1]\nidle: adaptive\nbdevs:\n  - {{type: uring, name: F0, path: {}, size: 64MiB}}\n  - {{type: malloc, name: M1, size: 64MiB}}\nnbd:\n  listen: 127.0.0.1:{port}\n",
+            img.display()
+        ),
+    )
+    .unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| spdk(&tool, &s, args);
+    let fails = |args: &[&str]| run_fails(Command::new(&tool).arg("-s").arg(&s).args(args));
+
+    rpc(&["bdev_lvol_create_lvstore", "F0", "lvs0"]);
+    rpc(&["bdev_lvol_create_lvstore", "M1", "lvs1"]);
+    let vd0 = rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "vd0", "16"])
+        .trim()
+        .to_string();
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "vd2", "8"]);
+    srv.call(
+        "nbd_start_export",
+        serde_json::json!({"bdev_name": "lvs0/vd0", "name": "e0"}),
+    );
+    qemu_io(port, "e0", &["write -P 0x77 0 64k"]);
+
+    // Renamed under its export: the export goes on serving the same disk.
+    // spdk-rpc prints nothing for these (SPDK answers `true`).
+    rpc(&["bdev_lvol_rename", "lvs0/vd0", "vd1"]);
+    let b = json(&rpc(&["bdev_get_bdevs", "-b", "lvs0/vd1"]));
+    assert_eq!(b[0]["name"], vd0.as_str());
+    assert_eq!(b[0]["aliases"], serde_json::json!(["lvs0/vd1"]));
+    assert!(fails(&["bdev_get_bdevs", "-b", "lvs0/vd0"]).contains("-19"));
+    qemu_io(port, "e0", &["read -P 0x77 0 64k"]);
+    // By UUID; to the same name (no change, as in SPDK).
+    assert_eq!(
+        srv.call(
+            "bdev_lvol_rename",
+            serde_json::json!({"old_name": vd0, "new_name": "vd1"})
+        ),
+        Value::Bool(true)
+    );
+    // Refused: SPDK's codes (-19 for no such lvol, -32602 for a refused rename).
+    let out = fails(&["bdev_lvol_rename", "lvs0/nope", "x"]);
+    assert!(out.contains("-19"), "{out}");
+    let out = fails(&["bdev_lvol_rename", "M1", "x"]);
+    assert!(
+        out.contains("-19") && out.contains("not a logical volume"),
+        "{out}"
+    );
+    let out = fails(&["bdev_lvol_rename", "lvs0/vd1", "vd2"]);
+    assert!(
+        out.contains("-32602") && out.contains("`vd2`") && out.contains("already exists"),
+        "{out}"
+    );
+    let out = fails(&["bdev_lvol_rename", "lvs0/vd1", "a/b"]);
+    assert!(out.contains("-32602") && out.contains("a/b"), "{out}");
+    let e = srv.call_err(
+        "bdev_lvol_rename",
+        serde_json::json!({"old_name": "lvs0/vd1"}),
+    );
+    assert!(e.code == -32602 && e.message.contains("new_name"), "{e}");
+
+    // The lvstore: its lvols' aliases follow.
+    rpc(&["bdev_lvol_rename_lvstore", "lvs0", "lvs9"]);
+    let b = json(&rpc(&["bdev_get_bdevs", "-b", "lvs9/vd1"]));
+    assert_eq!(b[0]["name"], vd0.as_str());
+    let lvs = json(&rpc(&["bdev_lvol_get_lvstores", "-l", "lvs9"]));
+    assert_eq!(lvs[0]["base_bdev"], "F0");
+    let lvols = json(&rpc(&["bdev_lvol_get_lvols", "-l", "lvs9"]));
+    assert_eq!(lvol(&lvols, "vd1")["alias"], "lvs9/vd1");
+    qemu_io(port, "e0", &["read -P 0x77 0 64k"]);
+    let out = fails(&["bdev_lvol_rename_lvstore", "lvs0", "x"]);
+    assert!(
+        out.contains("-2") && out.contains("Lvol store lvs0 not found"),
+        "{out}"
+    );
+    let out = fails(&["bdev_lvol_rename_lvstore", "lvs9", "lvs1"]);
+    assert!(
+        out.contains("-32602") && out.contains("already exists"),
+        "{out}"
+    );
+    let e = srv.call_err(
+        "bdev_lvol_rename_lvstore",
+        serde_json::json!({"old_name": 7, "new_name": "x"}),
+    );
+    assert!(e.code == -32602 && e.message.contains("old_name"), "{e}");
+    // Its base bdev is still held, under the new name.
+    let f0 = json(&rpc(&["bdev_get_bdevs", "-b", "F0"]));
+    assert_eq!(f0[0]["claimed_by"], serde_json::json!(["pool `lvs9`"]));
+    srv.call("nbd_stop_export", serde_json::json!({"name": "e0"}));
+    rpc(&["bdev_lvol_delete_lvstore", "-l", "lvs1"]);
+    srv.stop();
+
+    // Restarted on the same file: the new names.
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| spdk(&tool, &s, args);
+    let b = json(&rpc(&["bdev_get_bdevs", "-b", "lvs9/vd1"]));
+    assert_eq!(b[0]["name"], vd0.as_str());
+    let lvols = json(&rpc(&["bdev_lvol_get_lvols"]));
+    assert_eq!(lvols.as_array().unwrap().len(), 2, "{lvols}");
+    assert_eq!(lvol(&lvols, "vd2")["alias"], "lvs9/vd2");
+    srv.call(
+        "nbd_start_export",
+        serde_json::json!({"bdev_name": "vd1", "name": "e1"}),
+    );
+    qemu_io(port, "e1", &["read -P 0x77 0 64k"]);
     srv.stop();
 }

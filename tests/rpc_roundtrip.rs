@@ -16,16 +16,33 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-/// What must survive a restart, comparable.
+/// What must survive a restart, comparable. A disk's bdev is named by its UUID, which
+/// an SPDK file does not keep (SPDK's `bdev_lvol_create` has no place for it): bdevs are
+/// compared by their `pool/disk` alias where they have one.
 fn state(srv: &Serve) -> Value {
-    let mut bdevs: Vec<Value> = srv
-        .call("bdev_get_bdevs", Value::Null)
+    let all = srv.call("bdev_get_bdevs", Value::Null);
+    let shown: BTreeMap<String, Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let n = b["name"].as_str().unwrap().to_string();
+            (n, b["aliases"].get(0).cloned().unwrap_or(b["name"].clone()))
+        })
+        .collect();
+    let show = |v: &Value| {
+        v.as_str()
+            .and_then(|n| shown.get(n))
+            .cloned()
+            .unwrap_or(v.clone())
+    };
+    let mut bdevs: Vec<Value> = all
         .as_array()
         .unwrap()
         .iter()
         .map(|b| {
             json!({
-                "name": b["name"], "product_name": b["product_name"],
+                "name": show(&b["name"]), "product_name": b["product_name"],
                 "num_blocks": b["num_blocks"], "block_size": b["block_size"],
                 "read_only": b["read_only"], "aliases": b["aliases"],
             })
@@ -64,7 +81,7 @@ fn state(srv: &Serve) -> Value {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| json!({"name": e["name"], "bdev": e["bdev"], "read_only": e["read_only"]}))
+        .map(|e| json!({"name": e["name"], "bdev": show(&e["bdev"]), "read_only": e["read_only"]}))
         .collect();
     let nvmf: Vec<Value> = srv
         .call("nvmf_get_subsystems", Value::Null)
@@ -76,7 +93,7 @@ fn state(srv: &Serve) -> Value {
                 .as_array()
                 .map(|a| {
                     a.iter()
-                        .map(|n| json!([n["nsid"], n["bdev_name"]]))
+                        .map(|n| json!([n["nsid"], show(&n["bdev_name"])]))
                         .collect()
                 })
                 .unwrap_or_default();

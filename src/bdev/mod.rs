@@ -516,6 +516,14 @@ pub enum BdevError {
     Claimed { name: String, by: String },
     #[error("bdev `{name}`: cannot open a channel: {reason}")]
     Channel { name: String, reason: String },
+    #[error(
+        "bdev `{name}` is ambiguous: it may be {}; give one of these (or the UUID)",
+        candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+    )]
+    Ambiguous {
+        name: String,
+        candidates: Vec<String>,
+    },
 }
 
 static NEXT_BDEV_ID: AtomicU64 = AtomicU64::new(1);
@@ -639,12 +647,31 @@ pub trait Bdev: Send + Sync + 'static {
     fn change_family(&self) -> Option<u64> {
         None
     }
+
+    /// Other names the bdev answers to (SPDK's aliases: `lvs_name/lvol_name` for a
+    /// virtual disk, whose name is its UUID). They may change (a rename).
+    fn aliases(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The short names an operator may use where they are unambiguous (a virtual
+    /// disk's name within its pool).
+    fn short_names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl dyn Bdev {
     /// Unique name.
     pub fn name(&self) -> &str {
         &self.props().name
+    }
+    /// The name to show an operator: the first alias (`pool/disk`), else the name.
+    pub fn display_name(&self) -> String {
+        self.aliases()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| self.name().to_string())
     }
     /// UUID.
     pub fn uuid(&self) -> Uuid {

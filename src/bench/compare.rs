@@ -77,7 +77,7 @@ pub fn compare(
     let side = |bdev: &Arc<dyn Bdev>, reports: &[BenchReport]| {
         let slices: Vec<f64> = reports.iter().map(|x| x.iops).collect();
         CompareSide {
-            bdev: bdev.name().to_string(),
+            bdev: bdev.display_name(),
             median_iops: median(&slices),
             errors: reports.iter().map(|x| x.errors).sum(),
             slices,

@@ -283,7 +283,7 @@ pub fn run(
         return Err(BenchError::BlockSize {
             bs: cfg.bs,
             block_size,
-            bdev: bdev.name().to_string(),
+            bdev: bdev.display_name(),
         });
     }
     if cfg.qd == 0 {
@@ -358,7 +358,7 @@ pub fn run(
         per_core.push(r.map_err(|e| BenchError::Core(core, e))?);
     }
     Ok(BenchReport::merge(
-        bdev.name(),
+        &bdev.display_name(),
         cfg,
         cores,
         per_core,

@@ -104,6 +104,9 @@ impl From<BdevError> for RpcError {
             BdevError::Io { ref source, .. } => RpcError::errno(io_errno(source), e.to_string()),
             BdevError::Claimed { .. } => RpcError::errno(libc::EBUSY, e.to_string()),
             BdevError::Channel { .. } => RpcError::errno(libc::EIO, e.to_string()),
+            // No bdev has this name (SPDK resolves no bare lvol names at all): -ENODEV,
+            // with the candidates.
+            BdevError::Ambiguous { .. } => RpcError::errno(libc::ENODEV, e.to_string()),
         }
     }
 }

@@ -283,6 +283,41 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            // After a crash the disk has its old name or its new one, never both or
+            // neither, with its data either way.
+            "rename a disk",
+            base,
+            |_| {
+                vec![vec![Op::Rename {
+                    disk: "d1".into(),
+                    new_name: "d7".into(),
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            "rename a snapshot that has a clone",
+            with_snapshot,
+            |_| {
+                vec![vec![Op::Rename {
+                    disk: "s1".into(),
+                    new_name: "s7".into(),
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            // The superblock alone records the pool's name: a checkpoint.
+            "rename the pool",
+            base,
+            |_| {
+                vec![vec![Op::RenamePool {
+                    name: "sweep-renamed".into(),
+                }]]
+            },
+            Redirect,
+        ),
+        s(
             "split a clone",
             with_snapshot,
             |_| {

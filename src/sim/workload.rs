@@ -140,6 +140,15 @@ pub(super) enum Op {
     WaitJob {
         disk: String,
     },
+    /// Renames a disk (`bdev_lvol_rename`).
+    Rename {
+        disk: String,
+        new_name: String,
+    },
+    /// Renames the pool (`bdev_lvol_rename_lvstore`).
+    RenamePool {
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +185,8 @@ impl Op {
             Op::CowPolicy { .. } => "set_cow_policy",
             Op::Quiesce { .. } => "quiesce",
             Op::WaitJob { .. } => "wait_job",
+            Op::Rename { .. } => "rename",
+            Op::RenamePool { .. } => "rename_pool",
         }
     }
 
@@ -255,6 +266,13 @@ pub(super) struct Sim {
     /// Resizes and read-only changes lost in a power failure: (disk, value either way).
     pub(super) uncertain_size: BTreeMap<String, (u64, u64)>,
     pub(super) uncertain_ro: BTreeMap<String, bool>,
+    /// Disk renames lost in a power failure: old name → new name (either may be there,
+    /// never both, never neither).
+    pub(super) uncertain_rename: BTreeMap<String, String>,
+    /// The pool's name as acknowledged, and the one a rename lost in a power failure may
+    /// have given it.
+    pub(super) pool_name: String,
+    pub(super) pool_name_maybe: Option<String>,
     /// Resizes acknowledged in the current wave, applied after its writes.
     pub(super) resized: BTreeMap<String, u64>,
     /// Life number (power losses and reopens).
@@ -301,6 +319,7 @@ impl Sim {
         setup: Setup,
         rng: fastrand::Rng,
     ) -> Sim {
+        let pool_name = setup.layout.opts.name.clone();
         Sim {
             seed,
             opts,
@@ -319,6 +338,9 @@ impl Sim {
             pool_failed: false,
             uncertain_size: BTreeMap::new(),
             uncertain_ro: BTreeMap::new(),
+            uncertain_rename: BTreeMap::new(),
+            pool_name,
+            pool_name_maybe: None,
             resized: BTreeMap::new(),
             life: 0,
             device_faults: false,
@@ -845,6 +867,14 @@ impl Sim {
             Op::Quiesce { disks, .. } => {
                 Box::pin(async move { pool.quiesce(disks, QUIESCE_LIMIT).await.map(CtlValue::Id) })
             }
+            Op::Rename { disk, new_name } => Box::pin(async move {
+                pool.rename_disk(&disk, &new_name)
+                    .await
+                    .map(|_| CtlValue::Unit)
+            }),
+            Op::RenamePool { name } => {
+                Box::pin(async move { pool.rename(&name).await.map(|_| CtlValue::Unit) })
+            }
             Op::WaitJob { disk } => Box::pin(async move {
                 loop {
                     let list = pool.list().await?;
@@ -1040,7 +1070,7 @@ impl Sim {
             }
             (_, Ok(CtlValue::Disks(ds))) => {
                 for d in ds {
-                    let n = (d.clone() as Arc<dyn Bdev>).name().to_string();
+                    let n = d.disk_name();
                     self.world().vdisks.insert(n, d);
                 }
                 Progress::Done(Outcome::Ctl(Ok(())))
@@ -1236,6 +1266,20 @@ impl Sim {
                         d.read_only = *ro;
                     }
                 }
+                Op::Rename { disk, new_name } => {
+                    if lost {
+                        self.uncertain_rename.insert(disk.clone(), new_name.clone());
+                    } else if ok {
+                        self.rename_in_model(disk, new_name);
+                    }
+                }
+                Op::RenamePool { name } => {
+                    if lost {
+                        self.pool_name_maybe = Some(name.clone());
+                    } else if ok {
+                        self.pool_name = name.clone();
+                    }
+                }
                 _ => {}
             }
         }
@@ -1279,11 +1323,31 @@ fn control_disks(op: &Op) -> Vec<String> {
         | Op::CowPolicy { disk, .. } => vec![disk.clone()],
         Op::Quiesce { disks, .. } => disks.clone(),
         Op::WaitJob { disk } => vec![disk.clone()],
+        Op::Rename { disk, new_name } => vec![disk.clone(), new_name.clone()],
+        Op::RenamePool { .. } => Vec::new(),
         Op::Read { .. } | Op::Modify { .. } | Op::Flush { .. } => Vec::new(),
     }
 }
 
 impl Sim {
+    /// Moves disk `old` of the model (and of the world) to `new`.
+    fn rename_in_model(&mut self, old: &str, new: &str) {
+        if let Some(mut d) = self.model.remove(old) {
+            d.name = new.to_string();
+            self.model.insert(new.to_string(), d);
+        }
+        for d in self.model.values_mut() {
+            if d.parent.as_deref() == Some(old) {
+                d.parent = Some(new.to_string());
+            }
+        }
+        if let Some(w) = self.world.as_mut()
+            && let Some(v) = w.vdisks.remove(old)
+        {
+            w.vdisks.insert(new.to_string(), v);
+        }
+    }
+
     /// What `origin` may hold at some moment of the wave: before it, or written in it.
     fn content_during(
         &self,
@@ -1486,6 +1550,28 @@ impl Sim {
         };
         let found: BTreeMap<String, crate::vdisk::DiskInfo> =
             infos.into_iter().map(|i| (i.name.clone(), i)).collect();
+        // A rename the power failure interrupted: the disk has one of its names.
+        for (old, new) in std::mem::take(&mut self.uncertain_rename) {
+            if found.contains_key(&new) && !found.contains_key(&old) {
+                self.rename_in_model(&old, &new);
+            }
+        }
+        let name = pool.name();
+        if name != self.pool_name {
+            if self.pool_name_maybe.as_deref() == Some(name.as_str()) {
+                self.pool_name = name;
+            } else {
+                return Err(format!(
+                    "the pool is called `{name}` after recovery; the model says `{}`{}",
+                    self.pool_name,
+                    self.pool_name_maybe
+                        .as_ref()
+                        .map(|m| format!(" (or `{m}`)"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        self.pool_name_maybe = None;
         let names: Vec<String> = self.model.keys().cloned().collect();
         for name in names {
             let d = self.model.get_mut(&name).expect("listed");
@@ -1539,7 +1625,7 @@ impl Sim {
         let w = self.world();
         w.vdisks.clear();
         for d in disks {
-            let n = (d.clone() as Arc<dyn Bdev>).name().to_string();
+            let n = d.disk_name();
             w.vdisks.insert(n, d);
         }
         Ok(())

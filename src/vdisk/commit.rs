@@ -492,7 +492,7 @@ impl Controller {
         );
         let sb = Superblock {
             pool_uuid: uuid,
-            pool_name: shared.name.clone(),
+            pool_name: shared.name.get(),
             txn,
             generation: st.generation,
             next_disk_id: st.next_disk_id,

@@ -8,9 +8,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// A virtual disk (SPDK: a logical volume).
+/// A virtual disk (SPDK: a logical volume). As a bdev it is named by its UUID, as SPDK
+/// names lvol bdevs, with the alias `pool/disk`; its name within the pool may change
+/// (a rename), the bdev's name does not.
 pub struct VDisk {
     props: BdevProps,
+    /// The disk's name within its pool (the directory's).
+    disk_name: std::sync::Mutex<String>,
     pub(crate) shared: Arc<PoolShared>,
     id: u64,
     kind: AtomicU8,
@@ -22,7 +26,7 @@ pub struct VDisk {
 impl VDisk {
     pub(crate) fn new(shared: &Arc<PoolShared>, rec: &DiskRecord) -> Result<Arc<VDisk>, BdevError> {
         let props = BdevProps::new(
-            &rec.name,
+            &rec.uuid.to_string(),
             Some(rec.uuid),
             shared.geo.block_size,
             rec.size_blocks,
@@ -32,12 +36,30 @@ impl VDisk {
         .with_read_only(rec.read_only);
         Ok(Arc::new(VDisk {
             props,
+            disk_name: std::sync::Mutex::new(rec.name.clone()),
             shared: shared.clone(),
             id: rec.id,
             kind: AtomicU8::new(rec.kind as u8),
             thin: rec.thin,
             io_counts: Arc::new(IoCounts::new(shared.cores.len())),
         }))
+    }
+
+    /// The disk's name within its pool.
+    pub fn disk_name(&self) -> String {
+        self.disk_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// `pool/disk`: SPDK's alias of an lvol bdev.
+    pub fn alias(&self) -> String {
+        format!("{}/{}", self.shared.name, self.disk_name())
+    }
+
+    pub(crate) fn set_disk_name(&self, name: &str) {
+        *self.disk_name.lock().unwrap_or_else(|p| p.into_inner()) = name.to_string();
     }
 
     /// The disk's id within its pool.
@@ -97,11 +119,19 @@ impl Bdev for VDisk {
         Some(self.shared.id)
     }
 
+    fn aliases(&self) -> Vec<String> {
+        vec![self.alias()]
+    }
+
+    fn short_names(&self) -> Vec<String> {
+        vec![self.disk_name()]
+    }
+
     fn driver_specific(&self) -> serde_json::Value {
         let kind = self.kind();
         serde_json::json!({"lvol": {
             "lvol_store_uuid": self.shared.uuid.to_string(),
-            "lvol_store_name": self.shared.name,
+            "lvol_store_name": self.shared.name.get(),
             "base_bdev": self.shared.containers[0].bdev.name(),
             "thin_provision": self.thin,
             "snapshot": kind == DiskKind::Snapshot,

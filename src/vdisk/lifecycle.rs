@@ -539,6 +539,58 @@ impl Controller {
         Ok(())
     }
 
+    /// Renames a disk (SPDK: `bdev_lvol_rename`). Only the directory changes; the bdev
+    /// keeps its name (the UUID), so I/O and exports go on. Renaming to the same name
+    /// does nothing, as in SPDK.
+    pub(crate) fn rename_disk(&self, name: &str, new_name: &str) -> Result<(), VdiskError> {
+        self.check_usable()?;
+        validate_name(new_name)?;
+        let id = self.id_of(name)?;
+        if name == new_name {
+            return Ok(());
+        }
+        let mut st = self.st.borrow_mut();
+        if st.disk_by_name(new_name).is_some() {
+            return Err(VdiskError::Exists(format!(
+                "lvol `{new_name}` in lvstore `{}`",
+                self.shared.name
+            )));
+        }
+        let d = st
+            .disks
+            .get_mut(&id)
+            .ok_or_else(|| VdiskError::NotFound(name.into()))?;
+        d.rec.name = new_name.to_string();
+        d.bdev.set_disk_name(new_name);
+        st.changed();
+        tracing::info!(pool = %self.shared.name, disk = name, new_name, "disk renamed");
+        Ok(())
+    }
+
+    /// Renames the pool (SPDK: `bdev_lvol_rename_lvstore`). Only the superblock records
+    /// the name, so this commits a checkpoint (a log append would not carry it); on
+    /// failure the old name stays.
+    pub(crate) async fn rename_pool(&self, new_name: &str) -> Result<(), VdiskError> {
+        self.check_usable()?;
+        validate_name(new_name)?;
+        let old = self.shared.name.get();
+        if old == new_name {
+            return Ok(());
+        }
+        self.shared.name.set(new_name);
+        // A change no log record describes: the commit below has metadata to write.
+        self.st.borrow_mut().changes += 1;
+        if let Err(status) = self.commit().await {
+            self.shared.name.set(&old);
+            return Err(VdiskError::Io {
+                what: format!("committing the rename of pool `{old}` to `{new_name}`"),
+                status,
+            });
+        }
+        tracing::info!(pool = %old, new_name, "pool renamed");
+        Ok(())
+    }
+
     /// Listing: parent, children, allocated and shared space of every disk.
     pub(crate) fn list(&self) -> Vec<DiskInfo> {
         let st = self.st.borrow();

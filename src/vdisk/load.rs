@@ -400,7 +400,7 @@ async fn open_labelled(
     let shared = Arc::new(PoolShared {
         id: PoolShared::next_id(),
         uuid: pool_uuid,
-        name: sb.pool_name.clone(),
+        name: super::shared::PoolName::new(&sb.pool_name),
         geo,
         separate_metadata: sb.separate_metadata,
         meta_bdev: root.meta_bdev.clone(),

@@ -122,9 +122,9 @@ impl Pool {
         async move { h.await.map_err(|_| VdiskError::Stopped)? }
     }
 
-    /// The pool's name.
-    pub fn name(&self) -> &str {
-        &self.shared.name
+    /// The pool's name (now: a rename changes it).
+    pub fn name(&self) -> String {
+        self.shared.name.get()
     }
 
     /// The pool's UUID.
@@ -244,6 +244,26 @@ impl Pool {
         self.on_ctl(
             move |c| async move { durable(&c, c.set_read_only(&name, read_only).await).await },
         )
+    }
+
+    /// Renames disk `name` to `new_name`, durably (`bdev_lvol_rename`).
+    pub fn rename_disk(
+        &self,
+        name: &str,
+        new_name: &str,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let (name, new_name) = (name.to_string(), new_name.to_string());
+        self.on_ctl(move |c| async move { durable(&c, c.rename_disk(&name, &new_name)).await })
+    }
+
+    /// Renames the pool, durably (`bdev_lvol_rename_lvstore`): the superblock records the
+    /// name, so this commits.
+    pub fn rename(
+        &self,
+        new_name: &str,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let new_name = new_name.to_string();
+        self.on_ctl(move |c| async move { c.rename_pool(&new_name).await })
     }
 
     /// Snapshots each disk of `pairs` (origin, snapshot name) at one point in time. With

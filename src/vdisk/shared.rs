@@ -28,13 +28,40 @@ pub struct Container {
     pub label_uuid: Uuid,
 }
 
+/// A pool's name: shown by every log line of the pool, changed by a rename (the
+/// superblock records it; the controller commits the change).
+#[derive(Debug)]
+pub struct PoolName(std::sync::RwLock<String>);
+
+impl PoolName {
+    pub fn new(name: &str) -> PoolName {
+        PoolName(std::sync::RwLock::new(name.to_string()))
+    }
+
+    /// The name now.
+    pub fn get(&self) -> String {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, name: &str) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = name.to_string();
+    }
+}
+
+impl std::fmt::Display for PoolName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// What every core needs to know about a pool. Immutable after open, except the
 /// atomics and the dirty-fill queue.
 pub struct PoolShared {
     /// Process-unique id (registry key on the cores).
     pub id: u64,
     pub uuid: Uuid,
-    pub name: String,
+    /// The name (`bdev_lvol_rename_lvstore` changes it).
+    pub name: PoolName,
     pub geo: Geometry,
     pub containers: Vec<Container>,
     pub meta_bdev: Arc<dyn Bdev>,

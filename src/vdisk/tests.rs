@@ -742,6 +742,59 @@ fn copy_out_keeps_snapshot_and_clone_after_crash_before_commit() {
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
+/// Renames of a disk and of the pool are durable when they answer (a crash right
+/// after keeps them), refuse taken and invalid names, and leave the bdev's name (the
+/// UUID) alone while its alias follows.
+#[test]
+fn renames_are_durable_when_answered_and_refuse_taken_names() {
+    let (set, base, pool, disk) = thin_disk(8 << 20);
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        write_byte(&d, 3, 7).await.unwrap();
+        Channel::get(&d).unwrap().flush().await.unwrap();
+    });
+    let uuid = disk.uuid().to_string();
+    assert_eq!(disk.name(), uuid);
+    assert_eq!(disk.aliases(), vec!["p0/vd0".to_string()]);
+    block_on(pool.rename_disk("vd0", "vd1")).unwrap();
+    // After a checkpoint the log is empty: the pool's rename alone must make its commit
+    // write (the name is in the superblock only).
+    block_on(pool.commit()).unwrap();
+    block_on(pool.rename("p9")).unwrap();
+    assert_eq!(pool.name(), "p9");
+    assert_eq!(disk.name(), uuid);
+    assert_eq!(disk.aliases(), vec!["p9/vd1".to_string()]);
+    // The same name again is no change, as in SPDK.
+    block_on(pool.rename_disk("vd1", "vd1")).unwrap();
+    block_on(pool.rename("p9")).unwrap();
+    block_on(pool.create_disk("vd2", 1 << 20, true)).unwrap();
+    let e = block_on(pool.rename_disk("vd1", "vd2")).unwrap_err();
+    assert!(matches!(e, VdiskError::Exists(_)), "{e}");
+    let e = block_on(pool.rename_disk("vd1", "a/b")).unwrap_err();
+    assert!(
+        matches!(e, VdiskError::InvalidParam { field: "name", .. }),
+        "{e}"
+    );
+    let e = block_on(pool.rename_disk("nope", "x")).unwrap_err();
+    assert!(matches!(e, VdiskError::NotFound(_)), "{e}");
+    let e = block_on(pool.rename("")).unwrap_err();
+    assert!(matches!(e, VdiskError::InvalidParam { .. }), "{e}");
+    // A crash right after the answers: no close, no commit of its own.
+    block_on(pool.crash_stop()).unwrap();
+    drop(disk);
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    assert_eq!(pool.name(), "p9");
+    assert!(block_on(pool.disk("vd0")).is_err());
+    let d: Arc<dyn Bdev> = block_on(pool.disk("vd1")).unwrap();
+    assert_eq!(d.name(), uuid);
+    on(&set, 1, move || async move {
+        assert_eq!(read_byte(&d, 3).await, 7);
+    });
+    block_on(pool.close()).unwrap();
+    let report = offline_check(&set, base);
+    assert!(report.clean(), "{:#?}", report.errors);
+}
+
 /// A disk made read-only and cloned shares its segments with the clone; made writable
 /// again, its writes must copy on write, never overwrite what the clone shows.
 #[test]

@@ -23,7 +23,8 @@
 //!
 //! Written files refer to a logical volume by SPDK's `lvs_name/lvol_name` alias (SPDK
 //! names lvol bdevs by UUID), so `spdk_tgt --json` can load them too when they use only
-//! SPDK's methods; reading resolves the aliases back to tessera's disk names.
+//! SPDK's methods; reading keeps the names as given (an alias, a UUID or a bare lvol
+//! name), which the target resolves as it resolves every bdev name.
 
 use super::{BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, SnapshotConfig};
 use crate::frontend::nbd::{NbdConfig, NbdExportConfig};
@@ -49,10 +50,15 @@ fn call(method: &str, params: Value) -> Value {
     json!({"method": method, "params": params})
 }
 
-/// The pool a disk, snapshot or clone of `cfg` lives in.
+/// The pool a disk, snapshot or clone of `cfg` (by name or `pool/disk` alias) lives in.
 fn pool_of<'a>(cfg: &'a Config, name: &str) -> Option<&'a str> {
     let mut name = name.to_string();
     for _ in 0..=(cfg.snapshots.len() + cfg.clones.len()) {
+        if let Some((lvs, _)) = name.split_once('/')
+            && let Some(p) = cfg.pools.iter().find(|p| p.name == lvs)
+        {
+            return Some(&p.name);
+        }
         if let Some(d) = cfg.disks.iter().find(|d| d.name == name) {
             return Some(&d.pool);
         }
@@ -70,6 +76,15 @@ fn pool_of<'a>(cfg: &'a Config, name: &str) -> Option<&'a str> {
 /// `lvs/lvol` for a disk of `cfg`, the name itself for any other bdev.
 fn bdev_ref(cfg: &Config, name: &str) -> String {
     match pool_of(cfg, name) {
+        Some(_) if name.contains('/') => name.to_string(),
+        Some(p) => format!("{p}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// The alias of disk `name` made in the pool of `origin`.
+fn beside(cfg: &Config, origin: &str, name: &str) -> String {
+    match pool_of(cfg, origin) {
         Some(p) => format!("{p}/{name}"),
         None => name.to_string(),
     }
@@ -188,33 +203,37 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
         out.push(call("bdev_lvol_create", p));
     }
     // Snapshots and clones in an order where each one's origin exists before it.
-    let mut made: Vec<&str> = cfg.disks.iter().map(|d| d.name.as_str()).collect();
+    let mut made: Vec<String> = cfg
+        .disks
+        .iter()
+        .map(|d| format!("{}/{}", d.pool, d.name))
+        .collect();
     let mut snaps: Vec<&SnapshotConfig> = cfg.snapshots.iter().collect();
     let mut clones: Vec<&CloneConfig> = cfg.clones.iter().collect();
     while !snaps.is_empty() || !clones.is_empty() {
         let before = snaps.len() + clones.len();
         let mut i = 0;
         while i < snaps.len() {
-            if made.contains(&snaps[i].disk.as_str()) {
+            if made.contains(&bdev_ref(cfg, &snaps[i].disk)) {
                 let s = snaps.remove(i);
                 out.push(call(
                     "bdev_lvol_snapshot",
                     json!({"lvol_name": bdev_ref(cfg, &s.disk), "snapshot_name": s.name}),
                 ));
-                made.push(&s.name);
+                made.push(beside(cfg, &s.disk, &s.name));
             } else {
                 i += 1;
             }
         }
         let mut i = 0;
         while i < clones.len() {
-            if made.contains(&clones[i].snapshot.as_str()) {
+            if made.contains(&bdev_ref(cfg, &clones[i].snapshot)) {
                 let c = clones.remove(i);
                 out.push(call(
                     "bdev_lvol_clone",
                     json!({"snapshot_name": bdev_ref(cfg, &c.snapshot), "clone_name": c.name}),
                 ));
-                made.push(&c.name);
+                made.push(beside(cfg, &c.snapshot, &c.name));
             } else {
                 i += 1;
             }
@@ -507,14 +526,44 @@ fn decode<T: DeserializeOwned>(params: &Option<Value>) -> Result<T, String> {
     params::decode(params.clone()).map_err(|e| e.to_string())
 }
 
-/// A disk name from a name or an `lvs/lvol` alias naming a pool of `cfg`.
-fn disk_name(cfg: &Config, name: &str) -> String {
+/// A reference to a disk of `cfg` as the target will resolve it: an `lvs/lvol` alias
+/// becomes the bare lvol name when no other pool of `cfg` has a disk so named (so a file
+/// written by SPDK reads as the YAML would say it), and stays an alias otherwise.
+fn disk_ref(cfg: &Config, name: &str) -> String {
+    let (Some(lvs), lvol) = split_alias(cfg, name) else {
+        return name.to_string();
+    };
+    // Each disk of `cfg` with its pool (a snapshot's and a clone's is their origin's).
+    let mut named = cfg
+        .disks
+        .iter()
+        .map(|d| (&d.name, Some(d.pool.as_str())))
+        .chain(
+            cfg.snapshots
+                .iter()
+                .map(|s| (&s.name, pool_of(cfg, &s.disk))),
+        )
+        .chain(
+            cfg.clones
+                .iter()
+                .map(|c| (&c.name, pool_of(cfg, &c.snapshot))),
+        );
+    let elsewhere = named.any(|(n, p)| n == lvol && p.is_some_and(|p| p != lvs));
+    if elsewhere {
+        name.to_string()
+    } else {
+        lvol.to_string()
+    }
+}
+
+/// The (pool, disk name) of a name or an `lvs/lvol` alias naming a pool of `cfg`.
+fn split_alias<'a>(cfg: &Config, name: &'a str) -> (Option<&'a str>, &'a str) {
     if let Some((lvs, lvol)) = name.split_once('/')
         && cfg.pools.iter().any(|p| p.name == lvs)
     {
-        return lvol.to_string();
+        return (Some(lvs), lvol);
     }
-    name.to_string()
+    (None, name)
 }
 
 fn subsystem<'a>(cfg: &'a mut Config, nqn: &str) -> Result<&'a mut SubsystemConfig, String> {
@@ -528,10 +577,10 @@ fn disk_mut<'a>(
     cfg: &'a mut Config,
     name: &str,
 ) -> Result<&'a mut crate::config::DiskConfig, String> {
-    let n = disk_name(cfg, name);
+    let (pool, n) = split_alias(cfg, name);
     cfg.disks
         .iter_mut()
-        .find(|d| d.name == n)
+        .find(|d| d.name == n && pool.is_none_or(|p| p == d.pool))
         .ok_or_else(|| format!("\"{name}\" is not an lvol created above with bdev_lvol_create"))
 }
 
@@ -540,11 +589,26 @@ fn flags_mut<'a>(
     cfg: &'a mut Config,
     name: &str,
 ) -> Result<(&'a mut bool, &'a mut Option<CowPolicy>), String> {
-    let n = disk_name(cfg, name);
-    if let Some(d) = cfg.disks.iter_mut().find(|d| d.name == n) {
+    let (pool, n) = split_alias(cfg, name);
+    let clone_pool: Vec<Option<String>> = cfg
+        .clones
+        .iter()
+        .map(|c| pool_of(cfg, &c.snapshot).map(str::to_string))
+        .collect();
+    if let Some(d) = cfg
+        .disks
+        .iter_mut()
+        .find(|d| d.name == n && pool.is_none_or(|p| p == d.pool))
+    {
         return Ok((&mut d.read_only, &mut d.cow_policy));
     }
-    if let Some(c) = cfg.clones.iter_mut().find(|c| c.name == n) {
+    if let Some(c) = cfg
+        .clones
+        .iter_mut()
+        .zip(clone_pool)
+        .find(|(c, cp)| c.name == n && pool.is_none_or(|p| cp.as_deref() == Some(p)))
+        .map(|(c, _)| c)
+    {
         return Ok((&mut c.read_only, &mut c.cow_policy));
     }
     Err(format!("\"{name}\" is not an lvol or clone created above"))
@@ -607,7 +671,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "bdev_lvol_snapshot" => {
             let q: lvol::SnapshotParams = decode(p)?;
-            let disk = disk_name(cfg, &q.lvol_name);
+            let disk = disk_ref(cfg, &q.lvol_name);
             cfg.snapshots.push(SnapshotConfig {
                 name: q.snapshot_name,
                 disk,
@@ -615,7 +679,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "bdev_lvol_clone" => {
             let q: lvol::CloneParams = decode(p)?;
-            let snapshot = disk_name(cfg, &q.snapshot_name);
+            let snapshot = disk_ref(cfg, &q.snapshot_name);
             cfg.clones.push(CloneConfig {
                 name: q.clone_name,
                 snapshot,
@@ -625,7 +689,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "bdev_lvol_set_read_only" => {
             let q: lvol::LvolNameParams = decode(p)?;
-            let n = disk_name(cfg, &q.name);
+            let (_, n) = split_alias(cfg, &q.name);
             if !cfg.snapshots.iter().any(|s| s.name == n) {
                 *flags_mut(cfg, &q.name)?.0 = true;
             }
@@ -688,7 +752,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         "nvmf_subsystem_add_ns" => {
             let q: nvmf::AddNsParams = decode(p)?;
             q.check().map_err(|e| e.to_string())?;
-            let bdev = disk_name(cfg, &q.namespace.bdev_name);
+            let bdev = disk_ref(cfg, &q.namespace.bdev_name);
             subsystem(cfg, &q.nqn)?.namespaces.push(NamespaceConfig {
                 bdev,
                 nsid: q.namespace.nsid,
@@ -710,7 +774,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "nbd_start_export" => {
             let q: nbd::StartExportParams = decode(p)?;
-            let bdev = disk_name(cfg, &q.bdev_name);
+            let bdev = disk_ref(cfg, &q.bdev_name);
             cfg.nbd
                 .get_or_insert_with(NbdConfig::default)
                 .exports
@@ -732,7 +796,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
                 nbd_device: Option<String>,
             }
             let q: StartDisk = decode(p)?;
-            let bdev = disk_name(cfg, &q.bdev_name);
+            let bdev = disk_ref(cfg, &q.bdev_name);
             cfg.nbd
                 .get_or_insert_with(NbdConfig::default)
                 .exports

@@ -84,7 +84,7 @@ pub async fn tessera_lvol_get_changed_ranges(ctx: Rc<Ctx>, p: ChangedRangesParam
             target_pool.name()
         )));
     }
-    let bdev = ctx.target.bdevs().get(&target)?;
+    let bdev = ctx.target.bdevs().get(&p.target)?;
     check_offset(p.offset_blocks, bdev.num_blocks())?;
     let page = pool
         .changed_ranges(&base, &target, p.offset_blocks, max)
@@ -99,7 +99,7 @@ pub async fn tessera_lvol_get_allocated_ranges(
 ) -> RpcResult {
     let max = max_ranges(p.max_ranges)?;
     let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
-    let bdev = ctx.target.bdevs().get(&disk)?;
+    let bdev = ctx.target.bdevs().get(&p.name)?;
     check_offset(p.offset_blocks, bdev.num_blocks())?;
     let page = pool.allocated_ranges(&disk, p.offset_blocks, max).await?;
     let bs = u64::from(bdev.block_size());

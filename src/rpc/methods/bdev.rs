@@ -3,7 +3,7 @@
 //! or attach a controller are those of a configuration file's calls
 //! ([`crate::config::spdk_json::bdev`]).
 
-use super::{Ctx, NoParams, RpcResult, lvs_of};
+use super::{Ctx, NoParams, RpcResult};
 use crate::bdev::{Bdev, IoKind};
 use crate::config::BdevConfig;
 use crate::config::spdk_json::bdev::{
@@ -20,10 +20,7 @@ use std::time::Duration;
 /// A bdev as `bdev_get_bdevs` reports it (SPDK's shape).
 pub(crate) fn bdev_json(ctx: &Ctx, b: &Arc<dyn Bdev>) -> Value {
     let claims = ctx.target.bdevs().claims(b.name());
-    let mut aliases = Vec::new();
-    if let Some(lvs) = lvs_of(b) {
-        aliases.push(format!("{lvs}/{}", b.name()));
-    }
+    let aliases = b.aliases();
     let io = |k: IoKind| b.supports(k);
     let mut driver = b.driver_specific();
     if driver.is_null() {

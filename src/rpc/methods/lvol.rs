@@ -1,9 +1,14 @@
 //! Pools and virtual disks under SPDK's lvol names (`module/bdev/lvol/vbdev_lvol_rpc.c`):
 //! an lvstore is a pool, its cluster size is the pool's segment size, an lvol is a
-//! virtual disk. Differences from SPDK: a disk's bdev is named after the disk (SPDK
-//! names lvol bdevs by UUID, with `lvs_name/lvol_name` as an alias — both are accepted
-//! wherever a name is), so `bdev_lvol_create`, `bdev_lvol_snapshot` and
-//! `bdev_lvol_clone` return the name.
+//! virtual disk. As in SPDK, a disk's bdev is named by its UUID, with the alias
+//! `lvs_name/lvol_name`; `bdev_lvol_create`, `bdev_lvol_snapshot` and
+//! `bdev_lvol_clone` return the UUID. Wherever a bdev is named, the name, the alias,
+//! the UUID, and (tessera's addition) the bare lvol name where no other lvstore has
+//! one so named, are accepted.
+//!
+//! `bdev_lvol_rename` and `bdev_lvol_rename_lvstore` change the names (committed before
+//! they answer); the bdev keeps its name (the UUID), so exports of the disk go on
+//! serving it under its new alias, as in SPDK.
 //!
 //! tessera's own: `tessera_pool_create` (several bdevs, a metadata bdev, the
 //! copy-on-write policy), `tessera_snapshot_group` (a consistency group),
@@ -100,13 +105,13 @@ pub async fn bdev_lvol_get_lvstores(ctx: Rc<Ctx>, p: LvsFilterParams) -> RpcResu
 
 pub async fn bdev_lvol_delete_lvstore(ctx: Rc<Ctx>, p: LvsFilterParams) -> RpcResult {
     let pool = ctx.resolve_lvs(p.uuid.as_deref(), p.lvs_name.as_deref(), "uuid")?;
-    ctx.target.delete_pool(pool.name()).await?;
+    ctx.target.delete_pool(&pool.name()).await?;
     Ok(Value::Bool(true))
 }
 
 pub async fn bdev_lvol_create(ctx: Rc<Ctx>, p: CreateLvolParams) -> RpcResult {
     let pool = ctx.resolve_lvs(p.uuid.as_deref(), p.lvs_name.as_deref(), "uuid")?;
-    let d = ctx.target.create_disk(&p.to_config(pool.name())?).await?;
+    let d = ctx.target.create_disk(&p.to_config(&pool.name())?).await?;
     let b: std::sync::Arc<dyn crate::bdev::Bdev> = d;
     Ok(Value::String(b.name().to_string()))
 }
@@ -164,20 +169,31 @@ pub async fn bdev_lvol_get_lvols(ctx: Rc<Ctx>, p: GetLvolsParams) -> RpcResult {
 }
 
 pub async fn bdev_lvol_snapshot(ctx: Rc<Ctx>, p: SnapshotParams) -> RpcResult {
-    let (_, disk) = ctx.resolve_lvol(&p.lvol_name).await?;
-    ctx.target
+    ctx.resolve_lvol(&p.lvol_name).await?;
+    let snaps = ctx
+        .target
         .snapshot(
-            vec![(disk, p.snapshot_name.clone())],
+            vec![(p.lvol_name.clone(), p.snapshot_name.clone())],
             Duration::from_millis(DEFAULT_QUIESCE_MS),
         )
         .await?;
-    Ok(Value::String(p.snapshot_name))
+    let names: Vec<String> = snaps.into_iter().map(bdev_name).collect();
+    Ok(json!(names.first()))
+}
+
+/// The bdev name (UUID) of a disk.
+fn bdev_name(d: std::sync::Arc<crate::vdisk::VDisk>) -> String {
+    let b: std::sync::Arc<dyn crate::bdev::Bdev> = d;
+    b.name().to_string()
 }
 
 pub async fn bdev_lvol_clone(ctx: Rc<Ctx>, p: CloneParams) -> RpcResult {
-    let (_, snap) = ctx.resolve_lvol(&p.snapshot_name).await?;
-    ctx.target.clone_disk(&snap, &p.clone_name).await?;
-    Ok(Value::String(p.clone_name))
+    ctx.resolve_lvol(&p.snapshot_name).await?;
+    let c = ctx
+        .target
+        .clone_disk(&p.snapshot_name, &p.clone_name)
+        .await?;
+    Ok(Value::String(bdev_name(c)))
 }
 
 /// Runs a split or decouple to its end, as SPDK's inflate and decouple do before they
@@ -228,8 +244,8 @@ pub async fn bdev_lvol_decouple_parent(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcRe
 
 pub async fn bdev_lvol_resize(ctx: Rc<Ctx>, p: ResizeParams) -> RpcResult {
     let bytes = size_bytes(p.size_in_mib, p.size)?;
-    let (_, disk) = ctx.resolve_lvol(&p.name).await?;
-    ctx.target.resize_disk(&disk, bytes).await?;
+    ctx.resolve_lvol(&p.name).await?;
+    ctx.target.resize_disk(&p.name, bytes).await?;
     Ok(Value::Bool(true))
 }
 
@@ -240,11 +256,64 @@ pub async fn bdev_lvol_set_read_only(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResu
 }
 
 pub async fn bdev_lvol_delete(ctx: Rc<Ctx>, p: LvolNameParams) -> RpcResult {
-    let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
-    ctx.target.delete_disk(&disk).await?;
+    let (pool, _) = ctx.resolve_lvol(&p.name).await?;
+    ctx.target.delete_disk(&p.name).await?;
     // Durable when answered, as SPDK's is; the commit also returns the disk's segments
     // to the free clusters the next bdev_lvol_get_lvstores reports.
     pool.commit().await?;
+    Ok(Value::Bool(true))
+}
+
+/// `bdev_lvol_rename` and `bdev_lvol_rename_lvstore`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameParams {
+    pub old_name: String,
+    pub new_name: String,
+}
+
+/// A refused rename, with SPDK's code: -32602 (invalid params), the message ours.
+fn refused(e: crate::target::TargetError) -> RpcError {
+    let e = RpcError::from(e);
+    if e.code == -libc::EEXIST || e.code == -libc::EINVAL {
+        RpcError::invalid_params(e.message)
+    } else {
+        e
+    }
+}
+
+/// `bdev_lvol_rename`: `old_name` is the lvol's alias, UUID or unambiguous name,
+/// `new_name` its new name in the same lvstore. As SPDK: -ENODEV when `old_name` is no
+/// lvol, -32602 when the rename is refused (the name is taken or invalid); renaming to
+/// the same name succeeds. Exported disks may be renamed: their bdev (the UUID) stays.
+pub async fn bdev_lvol_rename(ctx: Rc<Ctx>, p: RenameParams) -> RpcResult {
+    if let Err(e) = ctx.resolve_lvol(&p.old_name).await {
+        return Err(if e.code == -libc::EINVAL {
+            RpcError::errno(libc::ENODEV, e.message)
+        } else {
+            e
+        });
+    }
+    ctx.target
+        .rename_disk(&p.old_name, &p.new_name)
+        .await
+        .map_err(refused)?;
+    Ok(Value::Bool(true))
+}
+
+/// `bdev_lvol_rename_lvstore`: as SPDK, -ENOENT when no lvstore is called `old_name`,
+/// -32602 when the rename is refused.
+pub async fn bdev_lvol_rename_lvstore(ctx: Rc<Ctx>, p: RenameParams) -> RpcResult {
+    if ctx.target.pool(&p.old_name).is_err() {
+        return Err(RpcError::errno(
+            libc::ENOENT,
+            format!("Lvol store {} not found", p.old_name),
+        ));
+    }
+    ctx.target
+        .rename_pool(&p.old_name, &p.new_name)
+        .await
+        .map_err(refused)?;
     Ok(Value::Bool(true))
 }
 
@@ -279,8 +348,8 @@ pub async fn tessera_snapshot_group(ctx: Rc<Ctx>, p: SnapshotGroupParams) -> Rpc
     }
     let mut pairs = Vec::new();
     for m in &p.snapshots {
-        let (_, disk) = ctx.resolve_lvol(&m.lvol_name).await?;
-        pairs.push((disk, m.snapshot_name.clone()));
+        ctx.resolve_lvol(&m.lvol_name).await?;
+        pairs.push((m.lvol_name.clone(), m.snapshot_name.clone()));
     }
     let snaps = ctx
         .target

@@ -35,7 +35,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 
 /// What the handlers share, on core 0.
 pub struct Ctx {
@@ -60,34 +59,24 @@ impl Ctx {
         &self.target
     }
 
-    /// The registry name of a bdev given by name, `lvs_name/lvol_name` alias or UUID.
+    /// The unique name of a bdev given by name, `lvs_name/lvol_name` alias, UUID or
+    /// unambiguous lvol name (the registry's resolver).
     pub(crate) fn resolve_bdev(&self, name: &str) -> Result<String, RpcError> {
-        let bdevs = self.target.bdevs();
-        if bdevs.contains(name) {
-            return Ok(name.to_string());
-        }
-        if let Some((lvs, lvol)) = name.split_once('/')
-            && let Ok(pool) = self.target.pool(lvs)
-            && let Ok(b) = bdevs.get(lvol)
-            && lvs_of(&b).as_deref() == Some(pool.name())
-        {
-            return Ok(lvol.to_string());
-        }
-        if let Ok(u) = uuid::Uuid::parse_str(name)
-            && let Some(b) = bdevs.list().into_iter().find(|b| b.uuid() == u)
-        {
-            return Ok(b.name().to_string());
-        }
-        Err(RpcError::no_such(format!("bdev \"{name}\"")))
+        Ok(self.target.bdevs().resolve(name)?)
     }
 
-    /// A logical volume given by name, alias or UUID: its pool and disk name.
+    /// A logical volume given by alias, UUID or unambiguous name: its pool and its name
+    /// within the pool.
     pub(crate) async fn resolve_lvol(&self, name: &str) -> Result<(Pool, String), RpcError> {
-        let disk = self
-            .resolve_bdev(name)
-            .map_err(|_| RpcError::no_such(format!("lvol \"{name}\"")))?;
-        match self.target.pool_of(&disk).await {
-            Ok(p) => Ok((p, disk)),
+        match self.target.bdevs().get(name) {
+            Err(crate::bdev::BdevError::NotFound(_)) => {
+                return Err(RpcError::no_such(format!("lvol \"{name}\"")));
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        match self.target.disk(name).await {
+            Ok((p, d)) => Ok((p, d.disk_name())),
             Err(_) => Err(RpcError::einval(format!(
                 "bdev \"{name}\" is not a logical volume"
             ))),
@@ -121,15 +110,6 @@ impl Ctx {
                 .ok_or_else(|| RpcError::no_such(format!("lvstore with UUID \"{u}\""))),
         }
     }
-}
-
-/// The lvstore (pool) name of a virtual disk bdev.
-pub(crate) fn lvs_of(b: &Arc<dyn crate::bdev::Bdev>) -> Option<String> {
-    b.driver_specific()
-        .get("lvol")
-        .and_then(|l| l.get("lvol_store_name"))
-        .and_then(|n| n.as_str())
-        .map(str::to_string)
 }
 
 /// Parameters of a method that takes none.
@@ -213,6 +193,8 @@ methods! {
     "bdev_lvol_resize" => lvol::bdev_lvol_resize,
     "bdev_lvol_set_read_only" => lvol::bdev_lvol_set_read_only,
     "bdev_lvol_delete" => lvol::bdev_lvol_delete,
+    "bdev_lvol_rename" => lvol::bdev_lvol_rename,
+    "bdev_lvol_rename_lvstore" => lvol::bdev_lvol_rename_lvstore,
     "tessera_pool_create" => lvol::tessera_pool_create,
     "tessera_snapshot_group" => lvol::tessera_snapshot_group,
     "tessera_quiesce" => lvol::tessera_quiesce,

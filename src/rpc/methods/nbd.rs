@@ -23,7 +23,15 @@ pub async fn nbd_server_stop(ctx: Rc<Ctx>, _p: NoParams) -> RpcResult {
 
 pub async fn nbd_start_export(ctx: Rc<Ctx>, p: StartExportParams) -> RpcResult {
     let bdev = ctx.resolve_bdev(&p.bdev_name)?;
-    let name = p.name.unwrap_or_else(|| bdev.clone());
+    // Without a name, the export is called as the bdev is: a disk by its name in its
+    // pool (its bdev's name is its UUID), anything else by its name.
+    let name = match p.name {
+        Some(n) => n,
+        None => {
+            let b = ctx.target.bdevs().get(&bdev)?;
+            b.short_names().into_iter().next().unwrap_or(bdev.clone())
+        }
+    };
     let info = ctx
         .target
         .nbd_add_export(&name, &bdev, p.read_only, &p.description)?;
