@@ -718,3 +718,138 @@ fn spdk_rpc_renames_lvols_and_lvstores() {
     qemu_io(port, "e1", &["read -P 0x77 0 64k"]);
     srv.stop();
 }
+
+/// The blocks that changed between a snapshot and its disk, and what a disk's blocks
+/// hold, over RPC (`tessera_lvol_get_changed_ranges`, `_allocated_ranges`, paginated)
+/// and over NBD (`nbdinfo --map=qemu:dirty-bitmap:<snapshot>`), on a `tessera serve`
+/// with the writes made by qemu-io; bad parameters refused with the field named.
+#[test]
+fn changed_and_allocated_ranges_over_rpc_and_nbd() {
+    let port = free_port();
+    let srv = Serve::start_yaml(&config(port));
+    srv.call(
+        "bdev_lvol_create_lvstore",
+        serde_json::json!({"bdev_name": "Malloc0", "lvs_name": "lvs0"}),
+    );
+    srv.call(
+        "bdev_lvol_create",
+        serde_json::json!({"lvol_name": "vd0", "size_in_mib": 16, "lvs_name": "lvs0", "thin_provision": true}),
+    );
+    srv.call(
+        "nbd_start_export",
+        serde_json::json!({"bdev_name": "lvs0/vd0", "name": "e0"}),
+    );
+    const K: u64 = 1024;
+    const M: u64 = 1024 * K;
+    qemu_io(port, "e0", &["write -P 0x11 0 64k", "write -P 0x12 1M 4k"]);
+    srv.call(
+        "bdev_lvol_snapshot",
+        serde_json::json!({"lvol_name": "lvs0/vd0", "snapshot_name": "s1"}),
+    );
+    qemu_io(port, "e0", &["write -P 0x22 32k 8k", "write -P 0x23 5M 8k"]);
+
+    let ranges = |v: &Value| -> Vec<(u64, u64)> {
+        v["ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap()))
+            .collect()
+    };
+    let all = srv.call(
+        "tessera_lvol_get_changed_ranges",
+        serde_json::json!({"base": "lvs0/s1", "target": "lvs0/vd0"}),
+    );
+    assert_eq!(ranges(&all), [(32 * K, 8 * K), (5 * M, 8 * K)], "{all}");
+    assert_eq!(all["block_size"], 4096);
+    assert_eq!(all["next_offset_blocks"], Value::Null);
+    assert_eq!(all["ranges"][0]["offset_blocks"], 8);
+    assert_eq!(all["ranges"][0]["num_blocks"], 2);
+    // A page at a time.
+    let p1 = srv.call(
+        "tessera_lvol_get_changed_ranges",
+        serde_json::json!({"base": "s1", "target": "vd0", "max_ranges": 1}),
+    );
+    assert_eq!(ranges(&p1), [(32 * K, 8 * K)], "{p1}");
+    let next = p1["next_offset_blocks"].as_u64().expect("a next page");
+    let p2 = srv.call(
+        "tessera_lvol_get_changed_ranges",
+        serde_json::json!({"base": "s1", "target": "vd0", "max_ranges": 1, "offset_blocks": next}),
+    );
+    assert_eq!(ranges(&p2), [(5 * M, 8 * K)], "{p2}");
+    assert_eq!(p2["next_offset_blocks"], Value::Null);
+    // The snapshot against itself: nothing.
+    let none = srv.call(
+        "tessera_lvol_get_changed_ranges",
+        serde_json::json!({"base": "s1", "target": "s1"}),
+    );
+    assert_eq!(ranges(&none), []);
+
+    // What the snapshot holds: data where written, zeros in its mapped segments, holes.
+    let alloc = srv.call(
+        "tessera_lvol_get_allocated_ranges",
+        serde_json::json!({"name": "lvs0/s1"}),
+    );
+    let states: Vec<(u64, u64, String)> = alloc["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["offset"].as_u64().unwrap(),
+                r["length"].as_u64().unwrap(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, u64, String)> = [
+        (0, 64 * K, "data"),
+        (64 * K, M - 64 * K, "zero"),
+        (M, 4 * K, "data"),
+        (M + 4 * K, M - 4 * K, "zero"),
+        (2 * M, 14 * M, "hole"),
+    ]
+    .into_iter()
+    .map(|(o, l, s)| (o, l, s.to_string()))
+    .collect();
+    assert_eq!(states, want, "{alloc}");
+
+    // Over NBD: the same changed blocks, as qemu's dirty bitmap.
+    let map = run_ok(
+        Command::new("nbdinfo")
+            .arg("--map=qemu:dirty-bitmap:lvs0/s1")
+            .arg(format!("nbd://127.0.0.1:{port}/e0")),
+    );
+    let dirty: Vec<(u64, u64)> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f[2] == "1")
+        .map(|f| (f[0].parse().unwrap(), f[1].parse().unwrap()))
+        .collect();
+    assert_eq!(dirty, [(32 * K, 8 * K), (5 * M, 8 * K)], "{map}");
+
+    // Refused, with the field named.
+    let e = srv.call_err(
+        "tessera_lvol_get_changed_ranges",
+        serde_json::json!({"base": "s1", "target": "vd0", "max_ranges": 0}),
+    );
+    assert!(e.code == -22 && e.message.contains("max_ranges"), "{e:?}");
+    let e = srv.call_err(
+        "tessera_lvol_get_changed_ranges",
+        serde_json::json!({"base": "nope", "target": "vd0"}),
+    );
+    assert!(e.code == -19 && e.message.contains("nope"), "{e:?}");
+    let e = srv.call_err(
+        "tessera_lvol_get_allocated_ranges",
+        serde_json::json!({"name": "vd0", "offset_blocks": 1u64 << 40}),
+    );
+    assert!(
+        e.code == -22 && e.message.contains("offset_blocks"),
+        "{e:?}"
+    );
+    let e = srv.call_err(
+        "tessera_lvol_get_allocated_ranges",
+        serde_json::json!({"name": "vd0", "bogus": 1}),
+    );
+    assert!(e.message.contains("bogus"), "{e:?}");
+}
