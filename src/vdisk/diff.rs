@@ -214,6 +214,14 @@ impl<'a> Walk<'a> {
             if v >= hi {
                 return true;
             }
+            // The same extent on both sides (most of two leaves that differ somewhere):
+            // nothing in it differs.
+            if let (Some(x), Some(y)) = (xs.peek(), ys.peek())
+                && x == y
+            {
+                at = x.end().max(v + 1);
+                continue;
+            }
             let x = xs.peek().filter(|e| e.contains(v)).map(|e| e.at(v));
             let y = ys.peek().filter(|e| e.contains(v)).map(|e| e.at(v));
             let mask = self.delta(x.as_ref(), y.as_ref());

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# How long the changed blocks between a snapshot and its disk take to list (issue 22):
+# a 1 TiB thin disk on a pool with 4 TiB of null data and its metadata on a file, served
+# by `tessera serve` over NBD; fio (nbd engine) writes WRITES random 4 KiB blocks
+# (scattered extents), snapshot s1, then CHANGED more random 4 KiB writes (a 1 % change
+# is 10 486 of the disk's 1 048 576 segments). Then, ROUNDS times, every page of
+# `tessera_lvol_get_changed_ranges` s1 → vd0 (65 536 runs a page) and `nbdinfo
+# --map=qemu:dirty-bitmap:s1` over the whole disk are timed.
+#
+#   bench/diff_speed.sh [--tessera PATH] [--writes 1000000] [--changed 10486] [--rounds 5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+T=
+writes=1000000
+changed=10486
+rounds=5
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tessera) T=$2; shift 2 ;;
+        --writes) writes=$2; shift 2 ;;
+        --changed) changed=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+. bench/support/tessera_build.sh
+tessera_build
+work=$(mktemp -d /var/tmp/tessera-diff.XXXXXX)
+server=
+cleanup() {
+    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+truncate -s 8G "$work/meta.img"
+cat >"$work/serve.yaml" <<YAML
+cores: [0]
+idle: busy
+bdevs:
+  - {type: null, name: data0, size: 4TiB}
+  - {type: uring, name: meta0, path: $work/meta.img}
+pools:
+  - {name: p0, bdevs: [data0], metadata_bdev: meta0}
+disks:
+  - {name: vd0, pool: p0, size: 1TiB, thin: true}
+nbd:
+  listen: 127.0.0.1:$port
+  exports:
+    - {name: vd0, bdev: p0/vd0}
+YAML
+"$T" serve --config "$work/serve.yaml" -s "$work/rpc.sock" 2>"$work/serve.log" &
+server=$!
+for _ in $(seq 100); do [ -S "$work/rpc.sock" ] && break; sleep 0.1; done
+rpc() { "$T" rpc -s "$work/rpc.sock" "$@"; }
+fio_writes() {
+    taskset -c 1 fio --name=w --ioengine=nbd --uri="nbd://127.0.0.1:$port/vd0" --rw=randwrite \
+        --bs=4k --iodepth=32 --number_ios="$1" --size=1T --norandommap --randrepeat=0 \
+        --output-format=terse >/dev/null
+}
+machine_line
+echo "# 1 TiB thin disk, null data, metadata file; $writes random 4 KiB writes, snapshot s1, $changed more"
+fio_writes "$writes"
+rpc bdev_lvol_snapshot --lvol-name p0/vd0 --snapshot-name s1 >/dev/null
+fio_writes "$changed"
+for r in $(seq "$rounds"); do
+    python3 - "$T" "$work/rpc.sock" "$port" <<'PY'
+import json, subprocess, sys, time
+T, sock, port = sys.argv[1], sys.argv[2], sys.argv[3]
+t0 = time.monotonic()
+runs, blocks, pages, offset = 0, 0, 0, 0
+while True:
+    out = subprocess.run([T, "rpc", "-s", sock, "tessera_lvol_get_changed_ranges", "--json",
+                          json.dumps({"base": "p0/s1", "target": "p0/vd0", "max_ranges": 65536,
+                                      "offset_blocks": offset})],
+                         check=True, capture_output=True, text=True).stdout
+    page = json.loads(out)
+    pages += 1
+    runs += len(page["ranges"])
+    blocks += sum(r["num_blocks"] for r in page["ranges"])
+    if page["next_offset_blocks"] is None:
+        break
+    offset = page["next_offset_blocks"]
+rpc_s = time.monotonic() - t0
+t0 = time.monotonic()
+m = subprocess.run(["nbdinfo", "--map=qemu:dirty-bitmap:p0/s1", f"nbd://127.0.0.1:{port}/vd0"],
+                   check=True, capture_output=True, text=True).stdout
+nbd_s = time.monotonic() - t0
+dirty = sum(int(l.split()[1]) for l in m.splitlines() if l.split()[2] == "1")
+print(json.dumps({"rpc_ms": round(rpc_s * 1000, 1), "pages": pages, "runs": runs,
+                  "changed_bytes": blocks * 4096, "nbdinfo_map_ms": round(nbd_s * 1000, 1),
+                  "nbd_dirty_bytes": dirty}))
+PY
+done
