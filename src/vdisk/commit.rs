@@ -591,7 +591,9 @@ impl Controller {
                     meta::node::encode_internal(page, txn, &pool, &entries)
                 }
                 NodeKind::Leaf { extents } => {
-                    let extents = extents.to_slice();
+                    // The leaf's extents in order, by reference (no copy of its two
+                    // lists merged).
+                    let extents: Vec<&Extent> = extents.iter().collect();
                     let extents = &extents[..];
                     let fills = &self.shared.fills;
                     let (b, k) = meta::node::encode_leaf(page, txn, &pool, extents, fills);

@@ -540,15 +540,15 @@ fn packed_page(
 /// leaf's budget (`table::FILL_BUDGET_BYTES`); the rest then fits one more page (for
 /// a leaf packed within `table::LEAF_BUDGET_BYTES`). The fills of partial layers are copied
 /// out of `fills` atomically word by word.
-pub fn encode_leaf(
+pub fn encode_leaf<E: std::borrow::Borrow<Extent>>(
     page: u64,
     txn: u64,
     pool: &Uuid,
-    extents: &[Extent],
+    extents: &[E],
     fills: &Fills,
 ) -> (Vec<u8>, usize) {
     packed_page(page, txn, pool, extents.len(), |k, prev_end, buf| {
-        let e = &extents[k];
+        let e: &Extent = extents[k].borrow();
         let n = pack_extent(
             buf,
             prev_end,
