@@ -12,6 +12,7 @@ use super::table;
 use super::{CowPolicy, VdiskError};
 use crate::bdev::IoStatus;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A disk as listings show it.
@@ -592,30 +593,48 @@ impl Controller {
     }
 
     /// Listing: parent, children, allocated and shared space of every disk.
+    ///
+    /// Every segment in use is allocated to exactly one of the disks that map it, so
+    /// the disks' allocated counts sum to the segments the pool uses, as the clusters
+    /// of SPDK's lvols do: to the oldest snapshot among them (after a snapshot, the
+    /// snapshot holds what the disk had, and the disk only what it wrote since), or,
+    /// with no snapshot among them, to the oldest disk. A disk's other segments are
+    /// shared.
     pub(crate) fn list(&self) -> Vec<DiskInfo> {
         let st = self.st.borrow();
         let name_of = |id: u64| st.disks.get(&id).map(|d| d.rec.name.clone());
+        // Each disk's segments, and the disk each segment is allocated to.
+        let rank = |d: &DiskCtl| {
+            (
+                d.rec.kind != DiskKind::Snapshot,
+                d.rec.created_gen,
+                d.rec.id,
+            )
+        };
+        let mut owner: HashMap<PhysSeg, (bool, u64, u64)> = HashMap::new();
+        let mut segs_of: HashMap<u64, Vec<PhysSeg>> = HashMap::new();
+        for d in st.disks.values() {
+            let mut segs = Vec::new();
+            if let Some(r) = &d.root {
+                r.visit_from(0, &mut |e| {
+                    segs.extend(e.segments());
+                    true
+                });
+            }
+            segs.sort_unstable();
+            segs.dedup();
+            let r = rank(d);
+            for &s in &segs {
+                owner.entry(s).and_modify(|o| *o = (*o).min(r)).or_insert(r);
+            }
+            segs_of.insert(d.rec.id, segs);
+        }
         st.disks
             .values()
             .map(|d| {
-                let (mut alloc, mut shared) = (0, 0);
-                if let Some(r) = &d.root {
-                    let mut seen = std::collections::HashSet::new();
-                    r.visit_from(0, &mut |e| {
-                        for s in e.segments() {
-                            if seen.insert(s) {
-                                if st.space.refs(s) > 1
-                                    || e.birth <= d.rec.snap_gen && d.rec.kind != DiskKind::Snapshot
-                                {
-                                    shared += 1;
-                                } else {
-                                    alloc += 1;
-                                }
-                            }
-                        }
-                        true
-                    });
-                }
+                let segs = &segs_of[&d.rec.id];
+                let alloc = segs.iter().filter(|s| owner[s].2 == d.rec.id).count() as u64;
+                let shared = segs.len() as u64 - alloc;
                 DiskInfo {
                     name: d.rec.name.clone(),
                     uuid: d.rec.uuid,

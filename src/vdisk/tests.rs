@@ -1465,6 +1465,61 @@ fn a_full_metadata_area_refuses_new_metadata_and_the_pool_keeps_working() {
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
+/// Every segment in use is allocated to one disk: the allocated counts of the listing
+/// sum to the pool's used segments, as SPDK's lvols' clusters do. After a snapshot, the
+/// snapshot holds what the disk had; the disk and a clone of the snapshot hold only
+/// what they wrote since, and share the rest.
+#[test]
+fn listing_allocates_every_used_segment_to_one_disk() {
+    let (set, _base, pool, disk) = thin_disk(96 << 20);
+    let seg_blocks = (1 << 20) / 4096;
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        for s in 0..40 {
+            write_byte(&d, s * seg_blocks, 1).await.unwrap();
+        }
+    });
+    block_on(pool.snapshot(vec![("vd0".into(), "s1".into())], Duration::from_secs(5))).unwrap();
+    let clone: Arc<dyn Bdev> = block_on(pool.clone_disk("s1", "c1")).unwrap();
+    let counts = |pool: &Pool| {
+        let list = block_on(pool.list()).unwrap();
+        let by = |n: &str| {
+            let d = list.iter().find(|d| d.name == n).unwrap();
+            (d.allocated_segments, d.shared_segments)
+        };
+        let (free, pending) = block_on(pool.free_space()).unwrap();
+        let used = pool.space().0 - free - pending;
+        let allocated: u64 = list.iter().map(|d| d.allocated_segments).sum();
+        assert_eq!(
+            allocated, used,
+            "allocated counts sum to the used segments: {list:#?}"
+        );
+        (by("vd0"), by("s1"), by("c1"))
+    };
+    assert_eq!(counts(&pool), ((0, 40), (40, 0), (0, 40)));
+    // Writes after the snapshot: new segments of their own (over the shared ones).
+    let (d, c) = (disk.clone(), clone.clone());
+    on(&set, 1, move || async move {
+        for s in 0..4 {
+            write_byte(&c, s * seg_blocks + 1, 2).await.unwrap();
+        }
+        for s in 50..52 {
+            write_byte(&d, s * seg_blocks, 3).await.unwrap();
+        }
+    });
+    assert_eq!(counts(&pool), ((2, 40), (40, 0), (4, 40)));
+    // The snapshot deleted: its segments pass to the oldest disk that still maps them.
+    block_on(pool.delete_disk("s1")).unwrap();
+    block_on(pool.commit()).unwrap();
+    let list = block_on(pool.list()).unwrap();
+    let total: u64 = list.iter().map(|d| d.allocated_segments).sum();
+    let (free, pending) = block_on(pool.free_space()).unwrap();
+    assert_eq!(total, pool.space().0 - free - pending, "{list:#?}");
+    let vd0 = list.iter().find(|d| d.name == "vd0").unwrap();
+    assert_eq!((vd0.allocated_segments, vd0.shared_segments), (42, 0));
+    drop(set);
+}
+
 mod diff;
 mod intent_log;
 mod resize;
