@@ -1275,3 +1275,42 @@ fn incremental_backup_through_qemu_dirty_bitmaps() {
         prev = Some(snap);
     }
 }
+
+/// `qemu:allocation-depth` through nbdinfo: on a clone, its own writes are depth 1,
+/// what it shows of its snapshot depth 2, and what nothing holds depth 0; the origin
+/// written after the snapshot likewise.
+#[test]
+fn nbdinfo_allocation_depth_of_a_clone_and_its_origin() {
+    need_all(&["nbdinfo", "qemu-io"]);
+    let srv = TestServer::thin_pool(Backing::Malloc, 64, &[("vd0", 16)]);
+    qemu_io(&srv.uri("vd0"), false, &["write -P 0x11 0 1M"]);
+    srv.snapshot("vd0", "s0");
+    srv.clone_disk("s0", "c0");
+    qemu_io(
+        &srv.uri("c0"),
+        false,
+        &["write -P 0x22 0 4k", "write -P 0x23 4M 4k"],
+    );
+    qemu_io(&srv.uri("vd0"), false, &["write -P 0x33 512k 8k"]);
+    let depth = |export: &str| nbd_map_of(&srv.uri(export), "qemu:allocation-depth");
+    assert_eq!(
+        depth("c0"),
+        [
+            (0, 4 * K, 1),
+            (4 * K, M - 4 * K, 2),
+            (M, 3 * M, 0),
+            (4 * M, 4 * K, 1),
+            (4 * M + 4 * K, 12 * M - 4 * K, 0),
+        ]
+    );
+    assert_eq!(
+        depth("vd0"),
+        [
+            (0, 512 * K, 2),
+            (512 * K, 8 * K, 1),
+            (512 * K + 8 * K, M - 512 * K - 8 * K, 2),
+            (M, 15 * M, 0),
+        ]
+    );
+    assert_eq!(depth("s0"), [(0, M, 1), (M, 15 * M, 0)]);
+}

@@ -139,7 +139,9 @@ fn handshake_options_get_their_replies() {
             &encode_meta_context_request("disk", queries),
         )
         .unwrap();
-        assert_eq!(r.len(), 2, "{queries:?}");
+        // An empty query lists every context: qemu:allocation-depth too.
+        let n = if queries.is_empty() { 3 } else { 2 };
+        assert_eq!(r.len(), n, "{queries:?}");
         assert_eq!(
             r[0],
             (
@@ -147,6 +149,15 @@ fn handshake_options_get_their_replies() {
                 encode_meta_context(0, META_BASE_ALLOCATION)
             )
         );
+        if queries.is_empty() {
+            assert_eq!(
+                r[1],
+                (
+                    REP_META_CONTEXT,
+                    encode_meta_context(0, META_ALLOCATION_DEPTH)
+                )
+            );
+        }
     }
     let r = option(
         &mut s,

@@ -749,6 +749,16 @@ pub trait BdevChannel {
         None
     }
 
+    /// How deep in the bdev's layers each block of `[offset_blocks, offset_blocks +
+    /// num_blocks)` (already validated) is found: consecutive runs `(num_blocks, depth)`
+    /// covering at least the first block; depth 0 where no layer holds data, 1 in the
+    /// bdev's own top layer, 2 and more in the layers it shares (qemu's
+    /// `allocation-depth`). `None`: every block is the bdev's own (depth 1).
+    fn allocation_depth(&self, offset_blocks: u64, num_blocks: u64) -> Option<Vec<(u64, u32)>> {
+        let _ = (offset_blocks, num_blocks);
+        None
+    }
+
     /// The channel as `Any`, for bdevs that answer [`BdevChannel::changed_since`] for
     /// their own kind.
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -899,6 +909,27 @@ impl Channel {
             _ => return Err(IoStatus::LbaOutOfRange),
         }
         Ok(self.inner.block_status(offset_blocks, num_blocks))
+    }
+
+    /// How deep in the bdev's layers the blocks of a range are found
+    /// ([`BdevChannel::allocation_depth`]): runs `(num_blocks, depth)` that cover at least
+    /// its first block.
+    pub fn allocation_depth(
+        &self,
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> Result<Vec<(u64, u32)>, IoStatus> {
+        if num_blocks == 0 {
+            return Err(IoStatus::InvalidField);
+        }
+        match offset_blocks.checked_add(num_blocks) {
+            Some(end) if end <= self.bdev.num_blocks() => {}
+            _ => return Err(IoStatus::LbaOutOfRange),
+        }
+        Ok(self
+            .inner
+            .allocation_depth(offset_blocks, num_blocks)
+            .unwrap_or_else(|| vec![(num_blocks, 1)]))
     }
 
     /// Which blocks of a range differ from what `base` (a bdev of the same

@@ -24,6 +24,8 @@ const MAX_SKIPPED_OPTION_LEN: u32 = 1 << 20;
 pub(crate) const BASE_ALLOCATION_ID: u32 = 1;
 /// The context id `SET_META_CONTEXT` assigns to a `qemu:dirty-bitmap:<name>`.
 pub(crate) const DIRTY_BITMAP_ID: u32 = 2;
+/// The context id `SET_META_CONTEXT` assigns to `qemu:allocation-depth`.
+pub(crate) const ALLOCATION_DEPTH_ID: u32 = 3;
 
 /// What the client chose.
 pub(crate) struct Negotiated {
@@ -34,6 +36,8 @@ pub(crate) struct Negotiated {
     /// A `qemu:dirty-bitmap:<name>` was selected for this export: the channel of the
     /// bdev `<name>`, which block status compares the export with.
     pub(crate) dirty_base: Option<Channel>,
+    /// `qemu:allocation-depth` was selected for this export.
+    pub(crate) allocation_depth: bool,
     pub(crate) chan: Channel,
 }
 
@@ -41,6 +45,7 @@ pub(crate) struct Negotiated {
 struct MetaSelection {
     export: u64,
     base_allocation: bool,
+    allocation_depth: bool,
     /// The bdev of a `qemu:dirty-bitmap:<name>` context.
     dirty: Option<Arc<dyn Bdev>>,
 }
@@ -122,18 +127,19 @@ impl Haggle<'_> {
         self.shared.exports.get(name).filter(|e| !e.is_removed())
     }
 
-    /// The contexts selected for `export`: whether `base:allocation` is, and the
-    /// channel of a dirty bitmap's bdev (`Err` with a message if it cannot be opened).
-    fn selected(&self, export: &ExportEntry) -> Result<(bool, Option<Channel>), String> {
+    /// The contexts selected for `export`: whether `base:allocation` is, the channel
+    /// of a dirty bitmap's bdev (`Err` with a message if it cannot be opened), and
+    /// whether `qemu:allocation-depth` is.
+    fn selected(&self, export: &ExportEntry) -> Result<(bool, Option<Channel>, bool), String> {
         match &self.meta {
             Some(m) if m.export == export.id => {
                 let dirty = match &m.dirty {
                     Some(b) => Some(Channel::get(b).map_err(|e| e.to_string())?),
                     None => None,
                 };
-                Ok((m.base_allocation, dirty))
+                Ok((m.base_allocation, dirty, m.allocation_depth))
             }
-            _ => Ok((false, None)),
+            _ => Ok((false, None, false)),
         }
     }
 
@@ -201,7 +207,7 @@ impl Haggle<'_> {
                 return None;
             }
         };
-        let (block_status, dirty_base) = match self.selected(&export) {
+        let (block_status, dirty_base, allocation_depth) = match self.selected(&export) {
             Ok(s) => s,
             Err(e) => {
                 self.error(option, proto::REP_ERR_UNKNOWN, &e);
@@ -212,6 +218,7 @@ impl Haggle<'_> {
         Some(Negotiated {
             block_status,
             dirty_base,
+            allocation_depth,
             export,
             reply: self.reply_mode(),
             chan,
@@ -278,10 +285,27 @@ impl Haggle<'_> {
                 &proto::encode_meta_context(id, q),
             );
         }
-        if set && (base_allocation || dirty.is_some()) {
+        let allocation_depth = if set {
+            queries.iter().any(|q| q == proto::META_ALLOCATION_DEPTH)
+        } else {
+            queries.is_empty()
+                || queries
+                    .iter()
+                    .any(|q| q == "qemu:" || q == proto::META_ALLOCATION_DEPTH)
+        };
+        if allocation_depth {
+            let id = if set { ALLOCATION_DEPTH_ID } else { 0 };
+            self.reply(
+                option,
+                proto::REP_META_CONTEXT,
+                &proto::encode_meta_context(id, proto::META_ALLOCATION_DEPTH),
+            );
+        }
+        if set && (base_allocation || dirty.is_some() || allocation_depth) {
             self.meta = Some(MetaSelection {
                 export: entry.id,
                 base_allocation,
+                allocation_depth,
                 dirty: dirty.map(|(_, b)| b),
             });
         }
@@ -435,10 +459,12 @@ pub(crate) async fn negotiate(
                     !client.no_zeroes,
                 );
                 h.flush().await?;
-                let (block_status, dirty_base) = h.selected(&export).unwrap_or((false, None));
+                let (block_status, dirty_base, allocation_depth) =
+                    h.selected(&export).unwrap_or((false, None, false));
                 return Ok(Outcome::Transmission(Negotiated {
                     block_status,
                     dirty_base,
+                    allocation_depth,
                     reply: h.reply_mode(),
                     export,
                     chan,

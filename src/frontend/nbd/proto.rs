@@ -122,6 +122,9 @@ pub const META_BASE_ALLOCATION: &str = "base:allocation";
 /// The prefix of qemu's dirty-bitmap contexts: `qemu:dirty-bitmap:<name>` reports the
 /// blocks changed since the snapshot `<name>`.
 pub const META_DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
+/// qemu's allocation-depth context: each extent's value is how deep in the export's
+/// layers its data is found (0: nowhere, it reads as zeros; 1: the export's own).
+pub const META_ALLOCATION_DEPTH: &str = "qemu:allocation-depth";
 /// `qemu:dirty-bitmap:` flag: the extent changed.
 pub const STATE_DIRTY: u32 = 1 << 0;
 /// `base:allocation` flag: the extent is a hole (no storage allocated).

@@ -14,7 +14,7 @@ use super::check::{Command, ExportLimits, Span, Verdict, check_request};
 use super::conn::Conn;
 use super::export::{ExportEntry, MAX_PAYLOAD_BYTES};
 use super::flush::FlushEpochs;
-use super::handshake::{BASE_ALLOCATION_ID, DIRTY_BITMAP_ID, Negotiated};
+use super::handshake::{ALLOCATION_DEPTH_ID, BASE_ALLOCATION_ID, DIRTY_BITMAP_ID, Negotiated};
 use super::proto::{
     self, CMD_READ, ChunkHeader, Extent, HeaderMode, MAX_REPLY_HEADER_LEN, REPLY_FLAG_DONE,
     RequestHeader,
@@ -190,6 +190,8 @@ pub(super) struct TxState {
     base_allocation: bool,
     /// The bdev a selected `qemu:dirty-bitmap:<name>` compares with.
     dirty_base: Option<Channel>,
+    /// `qemu:allocation-depth` was selected.
+    allocation_depth: bool,
     limits: ExportLimits,
     reply: proto::ReplyMode,
     /// Header format of requests and reply chunks.
@@ -246,7 +248,8 @@ impl TxState {
             can_trim: flags & proto::TFLAG_SEND_TRIM != 0,
             can_write_zeroes: flags & proto::TFLAG_SEND_WRITE_ZEROES != 0,
             chunked,
-            block_status: (neg.block_status || neg.dirty_base.is_some()) && chunked,
+            block_status: (neg.block_status || neg.dirty_base.is_some() || neg.allocation_depth)
+                && chunked,
             mode: neg.reply.header_mode(),
         };
         let lock_state = export.locks.state();
@@ -258,6 +261,7 @@ impl TxState {
             chan: neg.chan,
             base_allocation: neg.block_status,
             dirty_base: neg.dirty_base,
+            allocation_depth: neg.allocation_depth,
             limits,
             reply: neg.reply,
             hmode: neg.reply.header_mode(),
@@ -435,8 +439,8 @@ impl TxState {
         };
     }
 
-    /// `NBD_CMD_BLOCK_STATUS`: one chunk per selected context (`base:allocation`, then
-    /// a `qemu:dirty-bitmap:<name>`), the last flagged done.
+    /// `NBD_CMD_BLOCK_STATUS`: one chunk per selected context (`base:allocation`, a
+    /// `qemu:dirty-bitmap:<name>`, `qemu:allocation-depth`), the last flagged done.
     fn reply_block_status(&mut self, idx: u16, span: Span, req_one: bool) {
         let (offset_blocks, num_blocks) = (span.offset_blocks, span.num_blocks);
         let mut chunks: Vec<(u32, Vec<Extent>)> = Vec::with_capacity(2);
@@ -475,6 +479,23 @@ impl TxState {
                 .into_iter()
                 .map(|(n, changed)| (n, if changed { proto::STATE_DIRTY } else { 0 }));
             chunks.push((DIRTY_BITMAP_ID, self.status_extents(span, req_one, runs)));
+        }
+        if self.allocation_depth {
+            let runs = match self.chan.allocation_depth(offset_blocks, num_blocks) {
+                Ok(r) => r,
+                Err(st) => {
+                    self.reply_error(
+                        idx,
+                        proto::nbd_errno(st.errno()),
+                        "the bdev cannot report allocation depth",
+                    );
+                    return;
+                }
+            };
+            chunks.push((
+                ALLOCATION_DEPTH_ID,
+                self.status_extents(span, req_one, runs.into_iter()),
+            ));
         }
         let hmode = self.hmode;
         let s = &mut self.slots[idx as usize];

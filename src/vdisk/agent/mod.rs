@@ -405,6 +405,54 @@ impl Agent {
 }
 
 impl Agent {
+    /// How deep in each extent's layers the blocks of a range are found, from this
+    /// core's view: runs `(num_blocks, depth)`, depth 0 where no layer holds the block
+    /// (it reads as zeros), `i + 1` in layer `i` (the disk's own top layer is 1; the
+    /// layers below it are shared with a snapshot). `None` where the view does not
+    /// know (see [`Agent::block_status`]).
+    fn allocation_depth(&self, offset_blocks: u64, num_blocks: u64) -> Option<Vec<(u64, u32)>> {
+        if self.failed.get().is_some() {
+            return None;
+        }
+        let geo = self.shared.geo;
+        let view = self.view.borrow();
+        let root = view.as_ref()?.root.as_ref();
+        let mut out: Vec<(u64, u32)> = Vec::new();
+        let mut push = |n: u64, depth: u32| match out.last_mut() {
+            Some(l) if l.1 == depth => l.0 += n,
+            _ => out.push((n, depth)),
+        };
+        let mut at = offset_blocks;
+        let end = offset_blocks + num_blocks;
+        while at < end {
+            let vseg = at / geo.segment_blocks;
+            if self.override_at(vseg) == Some(RangeState::Invalid) {
+                return None;
+            }
+            let seg_end = ((vseg + 1) * geo.segment_blocks).min(end);
+            let Some(e) = root.and_then(|r| r.lookup(vseg)).map(|e| e.at(vseg)) else {
+                push(seg_end - at, 0);
+                at = seg_end;
+                continue;
+            };
+            while at < seg_end {
+                let g = geo.granule_of(at % geo.segment_blocks);
+                let g_end = (vseg * geo.segment_blocks + (g + 1) * geo.granule_blocks).min(seg_end);
+                let depth = if e.state == super::map::ExtentState::Error {
+                    1
+                } else {
+                    e.layers
+                        .iter()
+                        .position(|l| !l.partial || self.shared.fills.get(l.seg).test(g))
+                        .map_or(0, |i| i as u32 + 1)
+                };
+                push(g_end - at, depth);
+                at = g_end;
+            }
+        }
+        Some(out)
+    }
+
     /// Which blocks of a range differ from what `base`'s view shows (the two tables
     /// walked together, `diff.rs`), as runs `(num_blocks, changed)`. `None` unless both
     /// agents serve the same pool from a view with no range laid invalid over it.
@@ -480,6 +528,10 @@ impl crate::bdev::BdevChannel for AgentChannel {
     ) -> Option<Vec<(u64, bool)>> {
         let base = base.as_any()?.downcast_ref::<AgentChannel>()?;
         self.0.changed_since(&base.0, offset_blocks, num_blocks)
+    }
+
+    fn allocation_depth(&self, offset_blocks: u64, num_blocks: u64) -> Option<Vec<(u64, u32)>> {
+        self.0.allocation_depth(offset_blocks, num_blocks)
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
