@@ -61,19 +61,9 @@ fn qemu_io(uri: &str, ro: bool, cmds: &[&str]) -> String {
 const DATA: u32 = 0;
 const HOLE: u32 = 3;
 
-/// `nbdinfo --map`: (offset, length, type) rows.
+/// `nbdinfo --map`: (offset, length, type) rows of `base:allocation`.
 fn nbd_map(uri: &str) -> Vec<(u64, u64, u32)> {
-    let map = run_ok(Command::new("nbdinfo").args(["--map", uri]), T);
-    map.lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (
-                f[0].parse().unwrap(),
-                f[1].parse().unwrap(),
-                f[2].parse().unwrap(),
-            )
-        })
-        .collect()
+    nbd_map_of(uri, "base:allocation")
 }
 
 /// The types the rows of `map` give to `[offset, offset + len)`.

@@ -901,14 +901,19 @@ impl Channel {
         offset_blocks: u64,
         num_blocks: u64,
     ) -> Result<Vec<BlockRun>, IoStatus> {
+        self.check_status_range(offset_blocks, num_blocks)?;
+        Ok(self.inner.block_status(offset_blocks, num_blocks))
+    }
+
+    /// A status query's range: at least one block, inside the bdev.
+    fn check_status_range(&self, offset_blocks: u64, num_blocks: u64) -> Result<(), IoStatus> {
         if num_blocks == 0 {
             return Err(IoStatus::InvalidField);
         }
         match offset_blocks.checked_add(num_blocks) {
-            Some(end) if end <= self.bdev.num_blocks() => {}
-            _ => return Err(IoStatus::LbaOutOfRange),
+            Some(end) if end <= self.bdev.num_blocks() => Ok(()),
+            _ => Err(IoStatus::LbaOutOfRange),
         }
-        Ok(self.inner.block_status(offset_blocks, num_blocks))
     }
 
     /// How deep in the bdev's layers the blocks of a range are found
@@ -919,13 +924,7 @@ impl Channel {
         offset_blocks: u64,
         num_blocks: u64,
     ) -> Result<Vec<(u64, u32)>, IoStatus> {
-        if num_blocks == 0 {
-            return Err(IoStatus::InvalidField);
-        }
-        match offset_blocks.checked_add(num_blocks) {
-            Some(end) if end <= self.bdev.num_blocks() => {}
-            _ => return Err(IoStatus::LbaOutOfRange),
-        }
+        self.check_status_range(offset_blocks, num_blocks)?;
         Ok(self
             .inner
             .allocation_depth(offset_blocks, num_blocks)
@@ -941,13 +940,7 @@ impl Channel {
         offset_blocks: u64,
         num_blocks: u64,
     ) -> Result<Vec<(u64, bool)>, IoStatus> {
-        if num_blocks == 0 {
-            return Err(IoStatus::InvalidField);
-        }
-        match offset_blocks.checked_add(num_blocks) {
-            Some(end) if end <= self.bdev.num_blocks() => {}
-            _ => return Err(IoStatus::LbaOutOfRange),
-        }
+        self.check_status_range(offset_blocks, num_blocks)?;
         Ok(self
             .inner
             .changed_since(&*base.inner, offset_blocks, num_blocks)

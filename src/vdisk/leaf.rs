@@ -15,7 +15,6 @@
 
 use super::map::Extent;
 use super::table::{Edit, LEAF_BUDGET_BYTES, extent_budget};
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Most extents a leaf holds beside its `base`. A first write into a leaf copies about
@@ -105,15 +104,6 @@ impl LeafExtents {
             self.base.get(i)
         } else {
             self.iter().nth(i)
-        }
-    }
-
-    /// The extents as one slice (borrowed when nothing was added).
-    pub fn to_slice(&self) -> Cow<'_, [Extent]> {
-        if self.added.is_empty() {
-            Cow::Borrowed(&self.base)
-        } else {
-            Cow::Owned(self.iter().cloned().collect())
         }
     }
 
@@ -211,6 +201,7 @@ impl ExactSizeIterator for Iter<'_> {}
 mod tests {
     use super::*;
     use crate::vdisk::map::{ExtentState, Layer};
+    use std::borrow::Cow;
 
     fn ext(vseg: u64) -> Extent {
         Extent {
@@ -264,7 +255,6 @@ mod tests {
         assert_eq!(l.last().map(|e| e.vseg), Some(35));
         let from: Vec<u64> = l.iter_from(21).map(|e| e.vseg).collect();
         assert_eq!(from, [25, 26, 30, 35]);
-        assert_eq!(l.to_slice().len(), 8);
     }
 
     /// An edit over an extent, a full `added` or a full budget is refused: the table

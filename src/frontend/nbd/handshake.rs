@@ -256,22 +256,36 @@ impl Haggle<'_> {
             );
             return;
         }
-        let base_allocation = if set {
-            queries.iter().any(|q| q == proto::META_BASE_ALLOCATION)
-        } else {
-            queries.is_empty()
-                || queries
-                    .iter()
-                    .any(|q| q == "base:" || q == proto::META_BASE_ALLOCATION)
+        // A context of a fixed name: selected by its name; listed by its name, its
+        // namespace or an empty query. Replied to with `id` when selected.
+        let fixed = |h: &mut Self, name: &str, namespace: &str, id: u32| {
+            let matched = if set {
+                queries.iter().any(|q| q == name)
+            } else {
+                queries.is_empty() || queries.iter().any(|q| q == namespace || q == name)
+            };
+            if matched {
+                let id = if set { id } else { 0 };
+                h.reply(
+                    option,
+                    proto::REP_META_CONTEXT,
+                    &proto::encode_meta_context(id, name),
+                );
+            }
+            matched
         };
-        if base_allocation {
-            let id = if set { BASE_ALLOCATION_ID } else { 0 };
-            self.reply(
-                option,
-                proto::REP_META_CONTEXT,
-                &proto::encode_meta_context(id, proto::META_BASE_ALLOCATION),
-            );
-        }
+        let base_allocation = fixed(
+            self,
+            proto::META_BASE_ALLOCATION,
+            "base:",
+            BASE_ALLOCATION_ID,
+        );
+        let allocation_depth = fixed(
+            self,
+            proto::META_ALLOCATION_DEPTH,
+            "qemu:",
+            ALLOCATION_DEPTH_ID,
+        );
         // One dirty bitmap: the first query that names a bdev the export can be
         // compared with (dirty bitmaps are not listed: any snapshot of the pool is one).
         let dirty = queries
@@ -283,22 +297,6 @@ impl Haggle<'_> {
                 option,
                 proto::REP_META_CONTEXT,
                 &proto::encode_meta_context(id, q),
-            );
-        }
-        let allocation_depth = if set {
-            queries.iter().any(|q| q == proto::META_ALLOCATION_DEPTH)
-        } else {
-            queries.is_empty()
-                || queries
-                    .iter()
-                    .any(|q| q == "qemu:" || q == proto::META_ALLOCATION_DEPTH)
-        };
-        if allocation_depth {
-            let id = if set { ALLOCATION_DEPTH_ID } else { 0 };
-            self.reply(
-                option,
-                proto::REP_META_CONTEXT,
-                &proto::encode_meta_context(id, proto::META_ALLOCATION_DEPTH),
             );
         }
         if set && (base_allocation || dirty.is_some() || allocation_depth) {

@@ -443,60 +443,51 @@ impl TxState {
     /// `qemu:dirty-bitmap:<name>`, `qemu:allocation-depth`), the last flagged done.
     fn reply_block_status(&mut self, idx: u16, span: Span, req_one: bool) {
         let (offset_blocks, num_blocks) = (span.offset_blocks, span.num_blocks);
-        let mut chunks: Vec<(u32, Vec<Extent>)> = Vec::with_capacity(2);
-        if self.base_allocation {
-            let runs = match self.chan.block_status(offset_blocks, num_blocks) {
-                Ok(r) => r,
-                Err(st) => {
-                    self.reply_error(
-                        idx,
-                        proto::nbd_errno(st.errno()),
-                        "the bdev cannot report block status",
-                    );
-                    return;
-                }
-            };
-            let runs = runs.iter().map(|r| {
-                let flags = if r.allocated { 0 } else { proto::STATE_HOLE }
-                    | if r.zero { proto::STATE_ZERO } else { 0 };
-                (r.num_blocks, flags)
-            });
-            chunks.push((BASE_ALLOCATION_ID, self.status_extents(span, req_one, runs)));
+        // Each selected context's runs (blocks, descriptor flags), or why not.
+        let mut runs: Vec<(u32, Vec<(u64, u32)>)> = Vec::with_capacity(3);
+        let answered = (|| -> Result<(), (IoStatus, &'static str)> {
+            if self.base_allocation {
+                let r = self
+                    .chan
+                    .block_status(offset_blocks, num_blocks)
+                    .map_err(|st| (st, "the bdev cannot report block status"))?;
+                let flags = |r: &crate::bdev::BlockRun| {
+                    (if r.allocated { 0 } else { proto::STATE_HOLE })
+                        | if r.zero { proto::STATE_ZERO } else { 0 }
+                };
+                runs.push((
+                    BASE_ALLOCATION_ID,
+                    r.iter().map(|r| (r.num_blocks, flags(r))).collect(),
+                ));
+            }
+            if let Some(base) = &self.dirty_base {
+                let r = self
+                    .chan
+                    .changed_since(base, offset_blocks, num_blocks)
+                    .map_err(|st| (st, "the bdev cannot report changed blocks"))?;
+                let flag = |changed| if changed { proto::STATE_DIRTY } else { 0 };
+                runs.push((
+                    DIRTY_BITMAP_ID,
+                    r.into_iter().map(|(n, c)| (n, flag(c))).collect(),
+                ));
+            }
+            if self.allocation_depth {
+                let r = self
+                    .chan
+                    .allocation_depth(offset_blocks, num_blocks)
+                    .map_err(|st| (st, "the bdev cannot report allocation depth"))?;
+                runs.push((ALLOCATION_DEPTH_ID, r));
+            }
+            Ok(())
+        })();
+        if let Err((st, what)) = answered {
+            self.reply_error(idx, proto::nbd_errno(st.errno()), what);
+            return;
         }
-        if let Some(base) = &self.dirty_base {
-            let runs = match self.chan.changed_since(base, offset_blocks, num_blocks) {
-                Ok(r) => r,
-                Err(st) => {
-                    self.reply_error(
-                        idx,
-                        proto::nbd_errno(st.errno()),
-                        "the bdev cannot report changed blocks",
-                    );
-                    return;
-                }
-            };
-            let runs = runs
-                .into_iter()
-                .map(|(n, changed)| (n, if changed { proto::STATE_DIRTY } else { 0 }));
-            chunks.push((DIRTY_BITMAP_ID, self.status_extents(span, req_one, runs)));
-        }
-        if self.allocation_depth {
-            let runs = match self.chan.allocation_depth(offset_blocks, num_blocks) {
-                Ok(r) => r,
-                Err(st) => {
-                    self.reply_error(
-                        idx,
-                        proto::nbd_errno(st.errno()),
-                        "the bdev cannot report allocation depth",
-                    );
-                    return;
-                }
-            };
-            chunks.push((
-                ALLOCATION_DEPTH_ID,
-                self.status_extents(span, req_one, runs.into_iter()),
-            ));
-        }
+        let chunks: Vec<(u32, Vec<Extent>)> = runs
+            .into_iter()
+            .map(|(id, r)| (id, self.status_extents(span, req_one, r.into_iter())))
+            .collect();
         let hmode = self.hmode;
         let s = &mut self.slots[idx as usize];
         s.extra.clear();
