@@ -6,8 +6,9 @@
 # after SECONDS. The metadata file as the kill left it (last checkpoint + intent log) is
 # kept (the data file changes only by the writes), and reopened ROUNDS times from that
 # same state: time from the process's start
-# to "pool opened" in its log (the log read and replayed, the tables loaded, and the
-# checkpoint open writes before serving), records replayed, peak resident memory and
+# to "pool opened" in its log (the log read and replayed and the tables loaded; builds
+# before 2026-12-05 also wrote a checkpoint before serving), records replayed, peak
+# resident memory and
 # the memory resident once open (as the "pool opened" log line reports it); and
 # that time per TiB mapped (segments referenced × segment size, as `tessera check`
 # counts them after the reopen); and `tessera check` of the reopened pool, per TiB.

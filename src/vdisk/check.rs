@@ -91,7 +91,8 @@ pub async fn check(bdevs: Vec<Arc<dyn Bdev>>) -> CheckReport {
         )
         .await
         {
-            Ok(pages) => {
+            Ok(read) => {
+                let pages = read.pages;
                 let records: u64 = pages
                     .iter()
                     .flat_map(|p| (0..p.records.len() as u64).map(move |i| p.first_lsn + i))

@@ -24,8 +24,12 @@
 //! **Invariants.** Records are appended in the order the changes were made; a checkpoint
 //! captured at LSN `c` holds the effect of every record below `c` and names `c` in its
 //! superblock; the ring never overwrites a page at or after the replay start of the
-//! superblock in force; open starts appending a whole ring past that start, after a
-//! checkpoint, so no page written before the crash is ever taken for a new one.
+//! superblock in force; open appends from the end of the log it replayed, after erasing
+//! every page past that end that carries a sequence number at or beyond it (what is
+//! left of an append the crash tore), so no page written before the crash is ever taken
+//! for a new one. The replayed changes stay in the log until the next checkpoint, which
+//! runs in the background like any other: open writes nothing unless a torn append left
+//! pages to erase.
 
 use super::controller::{Controller, CtlState};
 use super::map::{Extent, Fills};
@@ -629,9 +633,23 @@ pub(crate) fn rewrite_leaves_holding(
     copied
 }
 
+/// What [`read_log`] found in the ring.
+pub(crate) struct LogRead {
+    /// The pages that follow each other from the replay start, in order.
+    pub pages: Vec<log::LogPage>,
+    /// The sequence number of the first page past them: where appends go on.
+    pub end_seq: u64,
+    /// The LSN the next page must start at to continue them (the replay LSN if none).
+    pub end_lsn: u64,
+    /// The places of the pages past the end that carry a sequence number at or beyond
+    /// it: what is left of an append the crash tore. Open erases them before it appends.
+    pub stale: Vec<u64>,
+}
+
 /// Reads the log from the replay start of `area`: the pages that follow each other from
 /// there (sequence numbers and LSNs continuing) up to the end of the log — the first
-/// page that is not the next one (unwritten, stale, or torn by the crash).
+/// page that is not the next one (unwritten, stale, or torn by the crash). Only those
+/// pages' records are decoded; of the others, the header.
 ///
 /// Damage is told from the end: a torn append leaves pages of that same append after
 /// its bad page, never a page of a later one (an append starts only after the one before
@@ -643,10 +661,16 @@ pub(crate) async fn read_log(
     pool: &uuid::Uuid,
     total_segments: u64,
     area: &LogArea,
-) -> Result<Vec<log::LogPage>, ReplayError> {
+) -> Result<LogRead, ReplayError> {
     const CHUNK: u64 = 64;
-    // The ring, in sequence order from the replay start.
-    let mut ring: Vec<Result<log::LogPage, MetaError>> = Vec::with_capacity(area.pages as usize);
+    let mut out = LogRead {
+        pages: Vec::new(),
+        end_seq: area.replay_seq,
+        end_lsn: area.replay_lsn,
+        stale: Vec::new(),
+    };
+    // The pages past the end, in sequence order from it: place and head.
+    let mut beyond: Vec<(u64, Option<log::LogHead>)> = Vec::new();
     let mut seq = area.replay_seq;
     while seq < area.replay_seq + area.pages {
         let place = seq % area.pages;
@@ -666,62 +690,61 @@ pub(crate) async fn read_log(
         })?;
         for k in 0..n {
             let b = &buf[k as usize * PAGE_BYTES..(k as usize + 1) * PAGE_BYTES];
-            ring.push(log::decode_log_page(b, first + k, pool, total_segments));
+            let head = log::decode_log_head(b, first + k, pool).ok();
+            if !beyond.is_empty() {
+                beyond.push((first + k, head));
+                continue;
+            }
+            let next = head
+                .filter(|h| h.seq == seq + k)
+                .and_then(|h| log::decode_log_records(b, first + k, h, total_segments).ok());
+            let Some(p) = next else {
+                beyond.push((first + k, head));
+                continue;
+            };
+            let continues = match out.pages.is_empty() {
+                true => p.first_lsn <= area.replay_lsn,
+                false => p.first_lsn == out.end_lsn,
+            };
+            if !continues {
+                return Err(ReplayError::Damaged {
+                    page: first + k,
+                    seq: p.seq,
+                    why: format!(
+                        "its records start at {}, not at {} where the log stands",
+                        p.first_lsn, out.end_lsn
+                    ),
+                });
+            }
+            out.end_seq = p.seq + 1;
+            out.end_lsn = p.first_lsn + p.records.len() as u64;
+            out.pages.push(p);
         }
         seq += n;
     }
-    let place_of = |k: usize| area.first_page + (area.replay_seq + k as u64) % area.pages;
-    let mut out = Vec::new();
-    let mut expect_lsn: Option<u64> = None;
-    let mut end = ring.len();
-    for (k, p) in ring.iter().enumerate() {
-        let seq = area.replay_seq + k as u64;
-        let ok = match p {
-            Ok(p) if p.seq == seq => {
-                let continues = match expect_lsn {
-                    None => p.first_lsn <= area.replay_lsn,
-                    Some(e) => p.first_lsn == e,
-                };
-                if !continues {
-                    return Err(ReplayError::Damaged {
-                        page: place_of(k),
-                        seq,
-                        why: format!(
-                            "its records start at {}, not at {} where the log stands",
-                            p.first_lsn,
-                            expect_lsn.unwrap_or(area.replay_lsn)
-                        ),
-                    });
-                }
-                true
-            }
-            _ => false,
-        };
-        if !ok {
-            end = k;
-            break;
-        }
-        let p = p.as_ref().expect("checked");
-        expect_lsn = Some(p.first_lsn + p.records.len() as u64);
-        out.push(p.clone());
-    }
-    let end_seq = area.replay_seq + end as u64;
-    for (k, p) in ring.iter().enumerate().skip(end + 1) {
-        if let Ok(p) = p
-            && p.seq == area.replay_seq + k as u64
-            && p.batch > end_seq
+    let end_seq = out.end_seq;
+    for (k, (_, h)) in beyond.iter().enumerate().skip(1) {
+        if let Some(h) = h
+            && h.seq == end_seq + k as u64
+            && h.batch > end_seq
         {
-            let why = match &ring[end] {
-                Err(e) => e.to_string(),
-                Ok(q) => format!("it holds page {} of an older lap", q.seq),
+            let why = match &beyond[0].1 {
+                None => "it does not decode".to_string(),
+                Some(q) if q.seq != end_seq => format!("it holds page {} of an older lap", q.seq),
+                Some(_) => "its records do not decode".to_string(),
             };
             return Err(ReplayError::Damaged {
-                page: place_of(end),
+                page: beyond[0].0,
                 seq: end_seq,
-                why: format!("{why}; yet page {} of a later append follows it", p.seq),
+                why: format!("{why}; yet page {} of a later append follows it", h.seq),
             });
         }
     }
+    out.stale = beyond
+        .iter()
+        .filter(|(_, h)| h.is_some_and(|h| h.seq >= end_seq))
+        .map(|(place, _)| *place)
+        .collect();
     Ok(out)
 }
 

@@ -460,7 +460,7 @@ async fn open_labelled(
             for p in area.first_page..area.first_page + area.pages {
                 space.load_page(p);
             }
-            let pages = intent::read_log(
+            let read = intent::read_log(
                 &root.meta_bdev,
                 sb.meta_first_byte,
                 &pool_uuid,
@@ -469,8 +469,10 @@ async fn open_labelled(
             )
             .await
             .map_err(|e| VdiskError::Meta(e.into()))?;
+            let (end_seq, end_lsn) = (read.end_seq, read.end_lsn);
+            let stale = read.stale;
             let r = intent::replay(
-                pages,
+                read.pages,
                 &area,
                 intent::ReplayState {
                     disks: &mut table,
@@ -482,28 +484,62 @@ async fn open_labelled(
             )
             .map_err(|e| VdiskError::Meta(e.into()))?;
             // Fills the log changed sit in leaves read from the checkpoint: copied, so
-            // that the checkpoint below writes them.
+            // that the next checkpoint writes them.
             let copied = intent::rewrite_leaves_holding(&mut table, &mut space, &r.fills_changed);
             tracing::info!(pool = %sb.pool_name, records = r.records, pages = r.pages,
-                extents_in_copied_leaves = copied, "log replayed");
-            // Appends start a whole ring past the replay start: no page written before
-            // can pass for a new one.
-            Some((area, area.replay_seq + area.pages, r.next_lsn, r.records))
+                erased = stale.len(), extents_in_copied_leaves = copied, "log replayed");
+            if end_lsn >= area.replay_lsn {
+                // Appends go on from the end of the log, once what is left past it of
+                // an append the crash tore is erased: no page written before can then
+                // pass for a new one. The replayed changes stay in the log until the
+                // next checkpoint, which runs in the background.
+                for place in &stale {
+                    write_bytes_fua(
+                        &root.meta_bdev,
+                        sb.meta_first_byte + place * PAGE_BYTES as u64,
+                        IoBuf::zeroed(PAGE_BYTES),
+                        true,
+                    )
+                    .await
+                    .map_err(io_err(format!(
+                        "erasing log page {place}, past the end of the log"
+                    )))?;
+                }
+                Some(LogResume {
+                    area,
+                    next_seq: end_seq,
+                    next_lsn: end_lsn,
+                    replayed: r.records,
+                    checkpoint: false,
+                })
+            } else {
+                // Pages whose records the checkpoint already holds end the log: the
+                // next record's LSN would not continue them. Appends start a whole ring
+                // past the replay start, after a checkpoint naming it.
+                Some(LogResume {
+                    area,
+                    next_seq: area.replay_seq + area.pages,
+                    next_lsn: r.next_lsn,
+                    replayed: r.records,
+                    checkpoint: true,
+                })
+            }
         }
         None => {
             let want = intent::log_pages_for(sb.meta_pages - sb.node_first_page());
             match space.take_page_run(want) {
-                Some(first_page) if want > 0 => Some((
-                    LogArea {
+                Some(first_page) if want > 0 => Some(LogResume {
+                    area: LogArea {
                         first_page,
                         pages: want,
                         replay_seq: 0,
                         replay_lsn: 1,
                     },
-                    want,
-                    1,
-                    0,
-                )),
+                    next_seq: want,
+                    next_lsn: 1,
+                    replayed: 0,
+                    checkpoint: true,
+                }),
                 _ => {
                     tracing::warn!(pool = %sb.pool_name, pages = want,
                         "no free run of metadata pages for an intent log: flushes and \
@@ -535,16 +571,22 @@ async fn open_labelled(
         log: None,
     };
     // The log mirrors the directory as loaded (and replayed).
-    st.log = log.map(|(area, next_seq, next_lsn, replayed)| {
-        let mut l = IntentLog::new(area, next_seq, next_lsn, &st);
-        l.replayed_at_open = replayed;
+    let checkpoint = log.as_ref().is_some_and(|l| l.checkpoint);
+    if log.as_ref().is_some_and(|l| l.replayed > 0) {
+        // What was replayed is durable (in the log) but not checkpointed: a change the
+        // next checkpoint captures.
+        st.changes += 1;
+    }
+    st.log = log.map(|r| {
+        let mut l = IntentLog::new(r.area, r.next_seq, r.next_lsn, &st);
+        l.replayed_at_open = r.replayed;
+        l.durable_changes = st.changes;
         l
     });
-    let logged = st.log.is_some();
     let ndisks = st.disks.len();
     let c = Controller::start(shared.clone(), st);
-    if logged {
-        // A checkpoint of what was replayed, naming where appends start.
+    if checkpoint {
+        // A checkpoint naming where appends start (or where the new log lies).
         c.commit().await.map_err(|status| VdiskError::Io {
             what: "the checkpoint after the log replay".into(),
             status,
@@ -555,6 +597,18 @@ async fn open_labelled(
     tracing::info!(pool = %shared.name, uuid = %pool_uuid, txn = sb.txn, disks = ndisks,
         resident_bytes = crate::util::resident_bytes().unwrap_or(0), "pool opened");
     Ok(shared)
+}
+
+/// Where the log of a pool just opened goes on.
+struct LogResume {
+    area: LogArea,
+    next_seq: u64,
+    next_lsn: u64,
+    /// Records the open replayed.
+    replayed: u64,
+    /// Appends wait for a checkpoint naming the area and a replay start that makes
+    /// `next_seq` safe.
+    checkpoint: bool,
 }
 
 /// Returns the heap's free pages to the system. Opening a big pool holds the decoded

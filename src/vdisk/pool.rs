@@ -44,9 +44,14 @@ pub(crate) async fn durable<T>(c: &Controller, r: Result<T, VdiskError>) -> Resu
 pub struct LogStatus {
     /// Pages of the ring.
     pub pages: u64,
+    /// The ring's first page in the metadata area.
+    pub first_page: u64,
     /// The sequence number of the next page appended (pages appended since the pool
-    /// was created, plus a ring's worth per open).
+    /// was created, plus a ring's worth for each open that found its log's last pages
+    /// already checkpointed).
     pub next_seq: u64,
+    /// The LSN of the next record.
+    pub next_lsn: u64,
     /// Where replay starts in the superblock in force.
     pub replay_seq: u64,
     /// Records the last open replayed.
@@ -457,7 +462,9 @@ impl Pool {
         self.on_ctl(move |c| async move {
             Ok(c.st.borrow().log.as_ref().map(|l| LogStatus {
                 pages: l.area.pages,
+                first_page: l.area.first_page,
                 next_seq: l.next_seq,
+                next_lsn: l.next_lsn,
                 replay_seq: l.durable_seq,
                 replayed_at_open: l.replayed_at_open,
                 pending_bytes: l.pending_bytes(),

@@ -15,7 +15,9 @@
 //! checkpoint names the page sequence number and the LSN replay starts from; replay
 //! reads pages `s, s + 1, …` and stops at the first that is not a valid log page of the
 //! expected sequence number continuing the LSNs (an unwritten, stale or torn page: the
-//! end of the log). A record never spans pages, so a torn append loses whole records
+//! end of the log). Open erases every page past the end that carries a sequence number
+//! at or beyond it (what is left of a torn append), so that appends go on from the end
+//! and no page written before can pass for a new one (see `vdisk/intent.rs`). A record never spans pages, so a torn append loses whole records
 //! at its end, never half of one.
 //!
 //! Records are states, not deltas of counts: replayed in order onto the checkpoint they
@@ -326,14 +328,19 @@ pub struct LogPage {
     pub records: Vec<LogRecord>,
 }
 
-/// Decodes the log page at metadata page `page`; `total_segments` bounds segment
-/// references. The caller checks the sequence number and the LSNs.
-pub fn decode_log_page(
-    b: &[u8],
-    page: u64,
-    pool: &Uuid,
-    total_segments: u64,
-) -> Result<LogPage, MetaError> {
+/// A log page's header and head, its records not decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogHead {
+    pub seq: u64,
+    pub first_lsn: u64,
+    pub batch: u64,
+    /// Records the page holds.
+    pub count: u32,
+}
+
+/// Decodes the header and head of the log page at metadata page `page` (the checksum
+/// covers the whole page), not its records.
+pub fn decode_log_head(b: &[u8], page: u64, pool: &Uuid) -> Result<LogHead, MetaError> {
     let h = decode_header(b, page, pool, PageKind::Log)?;
     let bad = |field, reason: String| MetaError::Field {
         page,
@@ -360,8 +367,41 @@ pub fn decode_log_page(
             ),
         ));
     }
-    let mut records = Vec::with_capacity(h.count as usize);
-    for i in 0..h.count {
+    Ok(LogHead {
+        seq: h.txn,
+        first_lsn,
+        batch,
+        count: h.count,
+    })
+}
+
+/// Decodes the log page at metadata page `page`; `total_segments` bounds segment
+/// references. The caller checks the sequence number and the LSNs.
+pub fn decode_log_page(
+    b: &[u8],
+    page: u64,
+    pool: &Uuid,
+    total_segments: u64,
+) -> Result<LogPage, MetaError> {
+    let head = decode_log_head(b, page, pool)?;
+    decode_log_records(b, page, head, total_segments)
+}
+
+/// Decodes the records of a log page whose head [`decode_log_head`] decoded.
+pub fn decode_log_records(
+    b: &[u8],
+    page: u64,
+    head: LogHead,
+    total_segments: u64,
+) -> Result<LogPage, MetaError> {
+    let bad = |field, reason: String| MetaError::Field {
+        page,
+        field,
+        reason,
+    };
+    let mut r = Reader::new(&b[..PAGE_BYTES], HEADER_BYTES + LOG_HEAD_BYTES);
+    let mut records = Vec::with_capacity(head.count as usize);
+    for i in 0..head.count {
         let t = || format!("record {i} runs past the end of the page");
         let kind = r.u8().ok_or_else(|| bad("record", t()))?;
         let len = r.bytes(2).ok_or_else(|| bad("record", t()))?;
@@ -372,9 +412,9 @@ pub fn decode_log_page(
         records.push(rec);
     }
     Ok(LogPage {
-        seq: h.txn,
-        first_lsn,
-        batch,
+        seq: head.seq,
+        first_lsn: head.first_lsn,
+        batch: head.batch,
         records,
     })
 }

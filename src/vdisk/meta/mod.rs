@@ -55,7 +55,7 @@ pub const MAX_VSEG: u64 = 1 << 48;
 /// Disks are smaller than this many blocks (their byte size fits in 64 bits).
 pub const MAX_DISK_BLOCKS: u64 = 1 << 52;
 
-const HEADER_BYTES: usize = 64;
+pub(crate) const HEADER_BYTES: usize = 64;
 const PAGE_MAGIC: u32 = 0x5453_5047; // "TSPG"
 /// The on-disk format this build reads and writes (labels, superblocks, pages).
 pub const FORMAT_VERSION: u32 = 2;

@@ -273,3 +273,116 @@ fn checkpoint_writes_wait_for_a_log_append_a_bounded_while() {
         "a checkpoint write went after {bounded:?} with an append's writes never completing"
     );
 }
+
+/// The log page at sequence `seq` of the ring `st` describes, as the medium holds it.
+fn log_page_at(set: &ReactorSet, pool: &Pool, st: &LogStatus, seq: u64) -> Vec<u8> {
+    let place = st.first_page + seq % st.pages;
+    let (meta, at) = (pool.shared.meta_bdev.clone(), pool.shared.meta_first_byte);
+    on(set, 0, move || async move {
+        let b = load::read_bytes(
+            &meta,
+            at + place * meta::PAGE_BYTES as u64,
+            meta::PAGE_BYTES,
+        )
+        .await
+        .unwrap();
+        b.as_slice().to_vec()
+    })
+}
+
+/// An open appends from the end of the log it replayed, with no checkpoint; what a torn
+/// append left past that end is erased first. The test forges that leftover: the
+/// second page of an append whose first page was lost, continuing the LSNs exactly as
+/// the next real append will leave them, and holding a record that drops the disk. Had
+/// the open not erased it, the open after the next crash would replay it.
+#[test]
+fn open_appends_from_the_end_of_the_log_after_erasing_a_torn_appends_leftovers() {
+    let set = reactors(2);
+    let base = malloc("m0", 128);
+    let pool = new_pool(&set, base.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
+    let id = block_on(pool.list()).unwrap()[0].id;
+    let blocks = scattered(20, 32, 5);
+    let (d, b) = (disk.clone(), blocks.clone());
+    on(&set, 1, move || async move {
+        write_all_and_flush(&d, &b, 0x21).await
+    });
+    block_on(pool.crash_stop()).unwrap();
+    drop(disk);
+    // The first open after the crash replays and checkpoints nothing.
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let txn = block_on(pool.committed_txn()).unwrap();
+    let st = block_on(pool.log_status()).unwrap().unwrap();
+    assert!(st.replayed_at_open > 0, "{st:?}");
+    assert!(
+        st.next_seq < st.replay_seq + st.pages,
+        "appends start a ring past the replay start: {st:?}"
+    );
+    let uuid = pool.uuid();
+    block_on(pool.crash_stop()).unwrap();
+    // Forged: page `next_seq + 1` of an append that started at `next_seq`.
+    let (end, lsn) = (st.next_seq, st.next_lsn);
+    let drop_disk = vec![vec![meta::log::encode(&meta::log::LogRecord::DropDisk {
+        id,
+    })]];
+    let place = st.first_page + (end + 1) % st.pages;
+    let (_, mut page) = meta::log::pack(
+        &meta::log::RecordGroups::of(&drop_disk),
+        end + 1,
+        lsn + 1,
+        st.first_page,
+        st.pages,
+        &uuid,
+    )
+    .remove(0);
+    // Its append's first page is `end`.
+    let batch = meta::HEADER_BYTES + 8;
+    page[batch..batch + 8].copy_from_slice(&end.to_le_bytes());
+    let page = meta::forge_page(&page, meta::PageKind::Log, place, &uuid);
+    let (meta_bdev, at) = (base.clone(), pool.shared.meta_first_byte);
+    on(&set, 0, move || async move {
+        load::write_bytes(
+            &meta_bdev,
+            at + place * meta::PAGE_BYTES as u64,
+            IoBuf::from_slice(&page),
+        )
+        .await
+        .unwrap()
+    });
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    assert_eq!(
+        block_on(pool.committed_txn()).unwrap(),
+        txn,
+        "the open checkpointed"
+    );
+    let st = block_on(pool.log_status()).unwrap().unwrap();
+    assert_eq!((st.next_seq, st.next_lsn), (end, lsn), "{st:?}");
+    // One record appended at the end: the forged page would continue it.
+    block_on(pool.rename_disk("vd0", "vd1")).unwrap();
+    let st2 = block_on(pool.log_status()).unwrap().unwrap();
+    assert_eq!(st2.next_seq, end + 1, "{st2:?}");
+    let head = meta::log::decode_log_head(
+        &log_page_at(&set, &pool, &st2, end),
+        st.first_page + end % st.pages,
+        &uuid,
+    )
+    .unwrap();
+    assert_eq!((head.first_lsn, head.count), (lsn, 1), "{head:?}");
+    block_on(pool.crash_stop()).unwrap();
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let names: Vec<String> = block_on(pool.list())
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["vd1"], "a leftover of a torn append was replayed");
+    let d: Arc<dyn Bdev> = block_on(pool.disk("vd1")).unwrap();
+    on(&set, 1, move || async move {
+        for b in blocks {
+            assert_eq!(read_byte(&d, b).await, 0x21, "block {b}");
+        }
+    });
+    block_on(pool.close()).unwrap();
+    let report = offline_check(&set, base);
+    assert!(report.clean(), "{:#?}", report.errors);
+}
