@@ -14,12 +14,15 @@
 //! - [`lvol`]: pools and virtual disks under SPDK's lvol names, and tessera's own
 //!   (consistency groups, quiesce, split progress, copy-on-write policy).
 //! - [`backup`]: allocated and changed block ranges of lvols (backup, replication).
+//! - [`copy`]: shallow copies and changed-block copies of lvols to any bdev, in the
+//!   background (`bdev_lvol_start_shallow_copy`, `tessera_lvol_start_diff_copy`).
 //! - [`nvmf`]: the NVMe-oF target.
 //! - [`nbd`]: the NBD server (tessera's own names: SPDK's `nbd_*` drive the kernel).
 
 pub mod app;
 pub mod backup;
 pub mod bdev;
+pub mod copy;
 pub mod lvol;
 pub mod nbd;
 pub mod nvmf;
@@ -42,6 +45,8 @@ pub struct Ctx {
     /// Quiesces started by `tessera_quiesce`: RPC id → (pool, the pool's id).
     quiesces: RefCell<BTreeMap<u64, (Pool, u64)>>,
     next_quiesce: Cell<u64>,
+    /// Shallow and changed-block copies (`copy`).
+    pub(crate) copies: copy::Copies,
 }
 
 impl Ctx {
@@ -51,6 +56,7 @@ impl Ctx {
             target,
             quiesces: RefCell::new(BTreeMap::new()),
             next_quiesce: Cell::new(1),
+            copies: copy::Copies::default(),
         })
     }
 
@@ -206,6 +212,10 @@ methods! {
     "tessera_set_read_only" => lvol::tessera_set_read_only,
     "tessera_lvol_get_changed_ranges" => backup::tessera_lvol_get_changed_ranges,
     "tessera_lvol_get_allocated_ranges" => backup::tessera_lvol_get_allocated_ranges,
+    "bdev_lvol_start_shallow_copy" => copy::bdev_lvol_start_shallow_copy,
+    "bdev_lvol_check_shallow_copy" => copy::bdev_lvol_check_shallow_copy,
+    "tessera_lvol_start_diff_copy" => copy::tessera_lvol_start_diff_copy,
+    "tessera_lvol_set_copy_limit" => copy::tessera_lvol_set_copy_limit,
     "nvmf_create_transport" => nvmf::nvmf_create_transport,
     "nvmf_get_transports" => nvmf::nvmf_get_transports,
     "nvmf_create_subsystem" => nvmf::nvmf_create_subsystem,

@@ -1,0 +1,382 @@
+//! Shallow copies (`bdev_lvol_start_shallow_copy`, `bdev_lvol_check_shallow_copy`,
+//! driven by SPDK's `spdk-rpc`) and changed-block copies (`tessera_lvol_start_diff_copy`)
+//! of lvols of `tessera serve` onto file bdevs, read back from the file itself; writes
+//! and reads of the lvols through NBD with `qemu-io`, comparisons with `qemu-img
+//! compare`; the bandwidth cap; a source made writable mid-copy.
+
+mod process_support;
+mod rpc_common;
+
+use rpc_common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const K: usize = 1024;
+const M: usize = 1024 * K;
+/// The marker a destination holds before a copy.
+const MARKER: u8 = 0xEE;
+
+/// A target with a 256 MiB pool bdev and file bdevs `dst0` (16 MiB, `MARKER`-filled),
+/// `small` (8 MiB) and `dst2` (16 MiB, zeros).
+fn serve(dir: &Path, nbd_port: u16) -> Serve {
+    std::fs::write(dir.join("dst0.img"), vec![MARKER; 16 * M]).unwrap();
+    std::fs::write(dir.join("small.img"), vec![0u8; 8 * M]).unwrap();
+    std::fs::write(dir.join("dst2.img"), vec![0u8; 16 * M]).unwrap();
+    let f = |n: &str| dir.join(n).display().to_string();
+    Serve::start_yaml(&format!(
+        "cores: [0, 1]\nidle: adaptive\nbdevs:\n  - {{type: malloc, name: Malloc0, size: 256MiB}}\n  - {{type: uring, name: dst0, path: {}, size: 16MiB}}\n  - {{type: uring, name: small, path: {}, size: 8MiB}}\n  - {{type: uring, name: dst2, path: {}, size: 16MiB}}\nnbd:\n  listen: 127.0.0.1:{nbd_port}\n",
+        f("dst0.img"),
+        f("small.img"),
+        f("dst2.img")
+    ))
+}
+
+fn json_of(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// `qemu-io` commands on an NBD export, which must all succeed.
+fn qemu_io(port: u16, export: &str, cmds: &[&str]) {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for c in cmds {
+        cmd.args(["-c", c]);
+    }
+    cmd.arg(format!("nbd://127.0.0.1:{port}/{export}"));
+    let out = run_ok(&mut cmd);
+    assert!(
+        !out.contains("failed") && !out.contains("Pattern verification"),
+        "qemu-io {cmds:?} on {export}:\n{out}"
+    );
+}
+
+/// Polls `check` until the copy is no longer in progress (at most a minute).
+fn wait_copy(check: impl Fn() -> Value) -> Value {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = check();
+        if v["state"] != "in progress" {
+            return v;
+        }
+        assert!(Instant::now() < end, "copy still in progress: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fill(img: &mut [u8], at: usize, len: usize, byte: u8) {
+    img[at..at + len].fill(byte);
+}
+
+/// The first differing byte of two images, for a readable failure.
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: sizes");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: byte {i} (block {}) is {:#04x}, expected {:#04x}",
+            i / 4096,
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// A clone's own blocks, and nothing else, land on the destination at their offsets:
+/// the origin is written before the snapshot, the clone after; a snapshot of the clone
+/// (read-only, its parent the first snapshot) is shallow-copied by `spdk-rpc` onto a
+/// file bdev holding a marker, and the file is compared byte for byte. `spdk-rpc`'s bad
+/// parameters get SPDK's codes.
+#[test]
+fn spdk_rpc_shallow_copies_exactly_a_clones_own_blocks() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), port);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    let fails = |args: &[&str]| run_fails(Command::new(&tool).arg("-s").arg(&s).args(args));
+
+    rpc(&[
+        "bdev_lvol_create_lvstore",
+        "Malloc0",
+        "lvs0",
+        "-c",
+        "1048576",
+    ]);
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "vd0", "16"]);
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "lvs0/vd0", "name": "e0"}),
+    );
+    qemu_io(port, "e0", &["write -P 0x11 0 2M", "write -P 0x12 5M 64k"]);
+    rpc(&["bdev_lvol_snapshot", "lvs0/vd0", "s1"]);
+    rpc(&["bdev_lvol_clone", "lvs0/s1", "c1"]);
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "lvs0/c1", "name": "e1"}),
+    );
+    qemu_io(
+        port,
+        "e1",
+        &[
+            "write -P 0x21 1M 8k",
+            "write -P 0x22 9M 1M",
+            "write -P 0x23 3149824 4k", // 3 MiB + 4 KiB
+        ],
+    );
+
+    // A writable source is refused (-32602, SPDK's "Operation not permitted").
+    let out = fails(&["bdev_lvol_start_shallow_copy", "lvs0/c1", "dst0"]);
+    assert!(
+        out.contains("-32602") && out.contains("Operation not permitted"),
+        "{out}"
+    );
+    rpc(&["bdev_lvol_snapshot", "lvs0/c1", "s2"]);
+    let lvols = json_of(&rpc(&["bdev_lvol_get_lvols", "-l", "lvs0"]));
+    let s2 = lvols
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "s2")
+        .unwrap();
+    assert_eq!(s2["parent"], "s1", "{s2}");
+
+    // Bad parameters, SPDK's codes.
+    let out = fails(&["bdev_lvol_start_shallow_copy", "lvs0/nope", "dst0"]);
+    assert!(out.contains("-19"), "{out}");
+    let out = fails(&["bdev_lvol_start_shallow_copy", "dst0", "dst2"]);
+    assert!(out.contains("-19"), "no lvol: {out}");
+    let out = fails(&["bdev_lvol_start_shallow_copy", "lvs0/s2", "nodev"]);
+    assert!(
+        out.contains("-32602") && out.contains("No such device"),
+        "{out}"
+    );
+    let out = fails(&["bdev_lvol_start_shallow_copy", "lvs0/s2", "small"]);
+    assert!(
+        out.contains("-32602") && out.contains("Invalid argument"),
+        "{out}"
+    );
+    let out = fails(&["bdev_lvol_start_shallow_copy", "lvs0/s2", "Malloc0"]);
+    assert!(
+        out.contains("-32602") && out.contains("Operation not permitted") && out.contains("pool"),
+        "a pool's bdev: {out}"
+    );
+    let out = fails(&["bdev_lvol_check_shallow_copy", "4242"]);
+    assert!(out.contains("-19"), "{out}");
+
+    let started = json_of(&rpc(&["bdev_lvol_start_shallow_copy", "lvs0/s2", "dst0"]));
+    let id = started["operation_id"].as_u64().expect("an operation id");
+    let done = wait_copy(|| json_of(&rpc(&["bdev_lvol_check_shallow_copy", &id.to_string()])));
+    assert_eq!(done["state"], "complete", "{done}");
+    // Segments 1, 3 and 9 hold the clone's writes.
+    assert_eq!(done["total_clusters"], 3, "{done}");
+    assert_eq!(done["copied_clusters"], 3, "{done}");
+    assert_eq!(done["total_bytes"], (8 * K + M + 4 * K) as u64, "{done}");
+    // Finished operations stay listed.
+    let again = json_of(&rpc(&["bdev_lvol_check_shallow_copy", &id.to_string()]));
+    assert_eq!(again["state"], "complete", "{again}");
+
+    let mut want = vec![MARKER; 16 * M];
+    fill(&mut want, M, 8 * K, 0x21);
+    fill(&mut want, 9 * M, M, 0x22);
+    fill(&mut want, 3 * M + 4 * K, 4 * K, 0x23);
+    let got = std::fs::read(dir.path().join("dst0.img")).unwrap();
+    assert_same(&got, &want, "dst0 after the shallow copy of s2");
+    srv.stop();
+}
+
+/// An incremental backup: a full copy of snapshot `s1` (an lvol without a parent: all
+/// its data) onto a file, then the changed runs between `s1` and `s2` applied onto it —
+/// first from an offset (what a resumed copy does: nothing before it is written), then
+/// from the start — give `s2` (`qemu-img compare` against `s2` over NBD).
+#[test]
+fn diff_copy_applies_the_changes_between_two_snapshots_onto_a_copy_of_the_base() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), port);
+    srv.call(
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "Malloc0", "lvs_name": "lvs0"}),
+    );
+    srv.call(
+        "bdev_lvol_create",
+        json!({"lvol_name": "vd0", "size_in_mib": 16, "lvs_name": "lvs0", "thin_provision": true}),
+    );
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "lvs0/vd0", "name": "e0"}),
+    );
+    qemu_io(
+        port,
+        "e0",
+        &[
+            "write -P 0x11 0 3M",
+            "write -P 0x12 6M 64k",
+            "write -P 0x13 12M 1M",
+        ],
+    );
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "lvs0/vd0", "snapshot_name": "s1"}),
+    );
+    qemu_io(
+        port,
+        "e0",
+        &[
+            "write -P 0x21 1M 8k",
+            "write -P 0x22 6M 4k",
+            "write -P 0x23 10M 2M",
+            "write -z 12M 4k",
+        ],
+    );
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "lvs0/vd0", "snapshot_name": "s2"}),
+    );
+    let check = |id: u64| srv.call("bdev_lvol_check_shallow_copy", json!({"operation_id": id}));
+    let start_full = srv.call(
+        "bdev_lvol_start_shallow_copy",
+        json!({"src_lvol_name": "lvs0/s1", "dst_bdev_name": "dst2"}),
+    );
+    let full = wait_copy(|| check(start_full["operation_id"].as_u64().unwrap()));
+    assert_eq!(full["state"], "complete", "{full}");
+    assert_eq!(full["total_clusters"], 5, "segments 0-2, 6, 12: {full}");
+    let img = dir.path().join("dst2.img");
+    let s1_img = std::fs::read(&img).unwrap();
+
+    // From block 2048 (8 MiB) on: the changes at 10 and 12 MiB only.
+    let half = srv.call(
+        "tessera_lvol_start_diff_copy",
+        json!({"base": "lvs0/s1", "target": "lvs0/s2", "dst_bdev_name": "dst2", "offset_blocks": 2048}),
+    );
+    let r = wait_copy(|| check(half["operation_id"].as_u64().unwrap()));
+    assert_eq!(r["state"], "complete", "{r}");
+    assert_eq!(r["next_offset_blocks"], 4096, "{r}");
+    assert_eq!(r["total_bytes"], (2 * M + 4 * K) as u64, "{r}");
+    let mid = std::fs::read(&img).unwrap();
+    assert_same(
+        &mid[..8 * M],
+        &s1_img[..8 * M],
+        "below the offset: untouched",
+    );
+
+    let whole = srv.call(
+        "tessera_lvol_start_diff_copy",
+        json!({"base": "lvs0/s1", "target": "lvs0/s2", "dst_bdev_name": "dst2"}),
+    );
+    let r = wait_copy(|| check(whole["operation_id"].as_u64().unwrap()));
+    assert_eq!(r["state"], "complete", "{r}");
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "lvs0/s2", "name": "s2", "read_only": true}),
+    );
+    run_ok(Command::new("qemu-img").args([
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        &img.display().to_string(),
+        &format!("nbd://127.0.0.1:{port}/s2"),
+    ]));
+
+    // Refused, naming the field.
+    let e = srv.call_err(
+        "tessera_lvol_start_diff_copy",
+        json!({"base": "lvs0/s1", "target": "lvs0/vd0", "dst_bdev_name": "dst2"}),
+    );
+    assert!(e.code == -32602 && e.message.contains("writable"), "{e:?}");
+    let e = srv.call_err(
+        "tessera_lvol_start_diff_copy",
+        json!({"base": "lvs0/s1", "target": "lvs0/s2", "dst_bdev_name": "dst2", "offset_blocks": 1u64 << 40}),
+    );
+    assert!(
+        e.code == -22 && e.message.contains("offset_blocks"),
+        "{e:?}"
+    );
+    let e = srv.call_err(
+        "tessera_lvol_start_diff_copy",
+        json!({"base": "lvs0/s1", "target": "lvs0/s2"}),
+    );
+    assert!(e.message.contains("dst_bdev_name"), "{e:?}");
+    srv.stop();
+}
+
+/// Under `tessera_lvol_set_copy_limit` a copy of 12 MiB at 4 MiB/s takes at least two
+/// seconds (a loose lower bound) and reports progress on the way; a source set
+/// writable during a copy ends it in state "error".
+#[test]
+fn a_capped_copy_is_slow_and_a_source_made_writable_fails_it() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), port);
+    srv.call(
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "Malloc0", "lvs_name": "lvs0"}),
+    );
+    srv.call(
+        "bdev_lvol_create",
+        json!({"lvol_name": "vd0", "size_in_mib": 16, "lvs_name": "lvs0", "thin_provision": true}),
+    );
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "lvs0/vd0", "name": "e0"}),
+    );
+    qemu_io(port, "e0", &["write -P 0x31 0 12M"]);
+    srv.call("nbd_stop_export", json!({"name": "e0"}));
+    srv.call("bdev_lvol_set_read_only", json!({"name": "lvs0/vd0"}));
+    let check = |id: u64| srv.call("bdev_lvol_check_shallow_copy", json!({"operation_id": id}));
+    let e = srv.call_err(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": "fast"}),
+    );
+    assert!(e.message.contains("max_bytes_per_sec"), "{e:?}");
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 4 * M}),
+    );
+
+    let t0 = Instant::now();
+    let op = srv.call(
+        "bdev_lvol_start_shallow_copy",
+        json!({"src_lvol_name": "lvs0/vd0", "dst_bdev_name": "dst2"}),
+    )["operation_id"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mid = check(op);
+    assert_eq!(mid["state"], "in progress", "{mid}");
+    assert!(mid["copied_clusters"].as_u64().unwrap() < 12, "{mid}");
+    let done = wait_copy(|| check(op));
+    let took = t0.elapsed();
+    assert_eq!(done["state"], "complete", "{done}");
+    assert_eq!(done["copied_clusters"], 12, "{done}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "12 MiB at 4 MiB/s in {took:?}"
+    );
+
+    // Made writable mid-copy: the copy stops with an error naming it.
+    let op = srv.call(
+        "bdev_lvol_start_shallow_copy",
+        json!({"src_lvol_name": "lvs0/vd0", "dst_bdev_name": "dst2"}),
+    )["operation_id"]
+        .as_u64()
+        .unwrap();
+    srv.call(
+        "tessera_set_read_only",
+        json!({"name": "lvs0/vd0", "read_only": false}),
+    );
+    let failed = wait_copy(|| check(op));
+    assert_eq!(failed["state"], "error", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("writable"),
+        "{failed}"
+    );
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 0}),
+    );
+    srv.stop();
+}
