@@ -204,6 +204,7 @@ methods! {
     "tessera_split_cancel" => lvol::tessera_split_cancel,
     "tessera_set_cow_policy" => lvol::tessera_set_cow_policy,
     "tessera_set_read_only" => lvol::tessera_set_read_only,
+    "tessera_lvol_revert" => lvol::tessera_lvol_revert,
     "tessera_lvol_get_changed_ranges" => backup::tessera_lvol_get_changed_ranges,
     "tessera_lvol_get_allocated_ranges" => backup::tessera_lvol_get_allocated_ranges,
     "nvmf_create_transport" => nvmf::nvmf_create_transport,
