@@ -615,3 +615,278 @@ nbd:
     );
     srv.stop();
 }
+
+/// One `qemu-io` process on one NBD connection, fed one command at a time: its prompt
+/// (`qemu-io> `, no newline) ends each command's output. (It reads one line per
+/// readiness of its stdin, so commands cannot be queued ahead.)
+struct QemuIoSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    chunks: std::sync::mpsc::Receiver<String>,
+}
+
+const QEMU_IO_PROMPT: &str = "qemu-io> ";
+
+impl QemuIoSession {
+    fn open(uri: &str) -> QemuIoSession {
+        use std::io::Read;
+        let mut child = Command::new("qemu-io")
+            .args(["-f", "raw", uri])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("qemu-io starts (apt-get install qemu-utils)");
+        let stdin = child.stdin.take().unwrap();
+        let (tx, chunks) = std::sync::mpsc::channel();
+        for mut out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0
+                        || tx
+                            .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut s = QemuIoSession {
+            child,
+            stdin,
+            chunks,
+        };
+        s.until_prompt("starting");
+        s
+    }
+
+    fn until_prompt(&mut self, what: &str) -> String {
+        let mut out = String::new();
+        while !out.ends_with(QEMU_IO_PROMPT) {
+            let c = self
+                .chunks
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("qemu-io: no prompt after `{what}`; so far:\n{out}"));
+            out.push_str(&c);
+        }
+        out.truncate(out.len() - QEMU_IO_PROMPT.len());
+        out
+    }
+
+    /// Runs `cmd`; panics with its output if it reported an error.
+    fn run(&mut self, cmd: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "{cmd}").expect("qemu-io takes commands");
+        let out = self.until_prompt(cmd);
+        let low = out.to_lowercase();
+        assert!(
+            !low.contains("fail") && !low.contains("error") && low.contains("ops;"),
+            "qemu-io `{cmd}`:\n{out}"
+        );
+        out
+    }
+
+    fn quit(mut self) {
+        use std::io::Write;
+        let _ = writeln!(self.stdin, "quit");
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "qemu-io exited with {st}");
+    }
+}
+
+/// `tessera_lvol_revert` under I/O (issue 22): a host on NBD (qemu-io, one connection
+/// throughout) writes and reads while the disk is reverted to a snapshot, a host on
+/// NVMe/TCP (`spdk_nvme_perf`) reads; neither sees an error or reconnects, and
+/// afterwards the disk reads as the snapshot through NBD, through the same NBD
+/// connection, and through NVMe/TCP (tessera's initiator, connected before the revert,
+/// exported over NBD): patterns written before the snapshot, not those written after.
+/// The disk keeps its bdev, UUID and namespace NGUID. Refusals answer SPDK-style codes.
+#[test]
+fn revert_under_nbd_and_nvme_tcp_io_shows_the_snapshot_without_error_or_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, nbd_port) = (free_port(), free_port());
+    let yaml = format!(
+        r#"cores: [0]
+idle: adaptive
+bdevs:
+  - {{type: uring, name: pooldev, path: {pool}, size: 1GiB}}
+pools:
+  - {{name: pool0, bdevs: [pooldev]}}
+disks:
+  - {{name: vd0, pool: pool0, size: 32MiB, thin: true}}
+nbd:
+  listen: 127.0.0.1:{nbd_port}
+  exports: [{{name: vd0, bdev: pool0/vd0}}]
+nvmf:
+  subsystems:
+    - nqn: {NQN}
+      allow_any_host: true
+      listeners: [{{address: 127.0.0.1, port: {port}}}]
+      namespaces: [{{bdev: pool0/vd0, nsid: 1}}]
+"#,
+        pool = dir.path().join("pool.img").display()
+    );
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let srv = Serve::start_file(dir, &cfg);
+    let uri = format!("nbd://127.0.0.1:{nbd_port}/vd0");
+    // The snapshot: 0xaa in [0, 24M), 0xa0 in [24M, 32M), the region the NBD host keeps
+    // writing; then 0xbb over [0, 24M).
+    qemu_io(&uri, "write -P 0xaa 0 24M");
+    qemu_io(&uri, "write -P 0xa0 24M 8M");
+    snapshot(&srv, "vd0", "s1");
+    qemu_io(&uri, "write -P 0xbb 0 24M");
+    let uuid = bdev_uuid(&srv, "pool0/vd0");
+    let nguid = |srv: &Serve| {
+        let subs = srv.call("nvmf_get_subsystems", Value::Null);
+        let s = subs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["nqn"] == NQN)
+            .unwrap();
+        s["namespaces"][0]["nguid"].as_str().unwrap().to_string()
+    };
+    let nguid_before = nguid(&srv);
+    // Through NVMe/TCP: tessera's initiator on the subsystem, its namespace over NBD.
+    srv.call(
+        "bdev_nvme_attach_controller",
+        json!({"name": "Nv", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+               "trsvcid": port.to_string(), "subnqn": NQN, "hostnqn": HOSTNQN}),
+    );
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "Nvn1", "name": "nv"}),
+    );
+    let nv = format!("nbd://127.0.0.1:{nbd_port}/nv");
+    qemu_io(&nv, "read -P 0xbb 0 24M");
+    let cntlids = |srv: &Serve| {
+        let c = srv.call("nvmf_subsystem_get_controllers", json!({"nqn": NQN}));
+        let mut v: Vec<String> = c
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["hostnqn"] == HOSTNQN)
+            .map(|c| c["cntlid"].to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let hosts_before = cntlids(&srv);
+    assert_eq!(hosts_before.len(), 1, "{hosts_before:?}");
+
+    // The NVMe/TCP host reads throughout; the NBD host writes and reads on one
+    // connection before, during and after the revert.
+    let perf = Background::spawn(
+        tool("spdk_nvme_perf")
+            .args(NO_HUGE)
+            .args([
+                "-c", "0x2", "-q", "16", "-o", "4096", "-w", "randread", "-t", "6",
+            ])
+            .arg("-r")
+            .arg(trid(port, NQN, None)),
+        srv.dir.path().join("perf.log"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mut host = QemuIoSession::open(&uri);
+    host.run("read -P 0xbb 0 24M");
+    let socket = srv.socket.clone();
+    let revert = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut c = tessera::rpc::RpcClient::connect(&socket, Duration::from_secs(60)).unwrap();
+        let t0 = Instant::now();
+        let r = c
+            .call(
+                "tessera_lvol_revert",
+                Some(json!({"name": "pool0/vd0", "snapshot": "pool0/s1"})),
+            )
+            .expect("transport");
+        (r, t0.elapsed())
+    });
+    let mut during = 0;
+    while !revert.is_finished() {
+        let off = (24 << 20) + (during % 8) * (1 << 20);
+        host.run(&format!("write -P 0xcc {off} 1M"));
+        host.run(&format!("read {off} 1M"));
+        host.run("read 0 4M");
+        during += 1;
+    }
+    let (r, took) = revert.join().unwrap();
+    assert_eq!(r.expect("the revert succeeds"), Value::Bool(true));
+    assert!(during > 0, "no NBD I/O ran while the revert did");
+    eprintln!("revert took {took:?}; {during} NBD write/read rounds ran meanwhile");
+    // The same connection sees the snapshot; its writes after the answer land.
+    host.run("read -P 0xaa 0 24M");
+    host.run("write -P 0xdd 31M 1M");
+    host.run("read -P 0xdd 31M 1M");
+    host.quit();
+    let (ok, out) = perf.wait(Duration::from_secs(60));
+    let low = out.to_lowercase();
+    assert!(
+        ok && !low.contains("error") && !low.contains("fail"),
+        "spdk_nvme_perf across the revert:\n{out}"
+    );
+    assert!(out.contains("Total"), "{out}");
+    // A new NBD connection and the NVMe/TCP host connected before the revert.
+    qemu_io(&uri, "read -P 0xaa 0 24M");
+    qemu_io(&nv, "read -P 0xaa 0 24M");
+    qemu_io(&nv, "read -P 0xdd 31M 1M");
+    assert_eq!(cntlids(&srv), hosts_before, "the NVMe/TCP host reconnected");
+    let stats = srv.call("nbd_get_stats", Value::Null);
+    assert_eq!(bdev_uuid(&srv, "pool0/vd0"), uuid);
+    assert_eq!(nguid(&srv), nguid_before);
+    let l = lvols(&srv);
+    let vd0 = l.iter().find(|v| v["name"] == "vd0").unwrap();
+    assert_eq!(vd0["uuid"], uuid.as_str(), "{vd0}");
+    eprintln!("nbd stats: {stats}");
+
+    // Refusals, with the codes of the neighbouring lvol methods.
+    let e = srv.call_err("tessera_lvol_revert", json!({"name": "pool0/vd0"}));
+    assert_eq!(e.code, -32602, "{e:?}");
+    assert!(e.message.contains("snapshot"), "{e:?}");
+    let e = srv.call_err(
+        "tessera_lvol_revert",
+        json!({"name": "pool0/vd0", "snapshot": 7}),
+    );
+    assert_eq!(e.code, -32602, "{e:?}");
+    let e = srv.call_err(
+        "tessera_lvol_revert",
+        json!({"name": "pool0/nope", "snapshot": "pool0/s1"}),
+    );
+    assert_eq!(e.code, -19, "{e:?}");
+    let e = srv.call_err(
+        "tessera_lvol_revert",
+        json!({"name": "pool0/vd0", "snapshot": "pool0/vd0"}),
+    );
+    assert_eq!(e.code, -22, "{e:?}");
+    assert!(e.message.contains("not a snapshot"), "{e:?}");
+    srv.call(
+        "bdev_malloc_create",
+        json!({"name": "M1", "num_blocks": 8192, "block_size": 4096}),
+    );
+    srv.call(
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "M1", "lvs_name": "pool1"}),
+    );
+    srv.call(
+        "bdev_lvol_create",
+        json!({"lvs_name": "pool1", "lvol_name": "w0", "size_in_mib": 4, "thin_provision": true}),
+    );
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "pool1/w0", "snapshot_name": "w1"}),
+    );
+    let e = srv.call_err(
+        "tessera_lvol_revert",
+        json!({"name": "pool0/vd0", "snapshot": "pool1/w1"}),
+    );
+    assert_eq!(e.code, -22, "{e:?}");
+    assert!(e.message.contains("pool1"), "{e:?}");
+    srv.stop();
+}

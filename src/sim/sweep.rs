@@ -389,6 +389,55 @@ pub fn scenarios() -> Vec<Scenario> {
             segments: 136,
         },
         s(
+            // After a crash the disk reads entirely as before or entirely as the
+            // snapshot (the checkpoint that switches it is one superblock write).
+            "revert a disk to its snapshot",
+            |b| {
+                let mut w = with_snapshot(b);
+                w.push(vec![
+                    b.write("d1", 5, 20, false),
+                    b.write("d1", SEG + 20, 30, false),
+                    b.write("d1", 3 * SEG, 10, false),
+                ]);
+                w.push(vec![flush("d1")]);
+                w
+            },
+            |_| {
+                vec![vec![Op::Revert {
+                    disk: "d1".into(),
+                    snapshot: "s1".into(),
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            // The disk takes the older snapshot's smaller size; a later snapshot stays.
+            "revert a grown disk to an older snapshot",
+            |b| {
+                let mut w = base(b);
+                w.push(vec![snapshot(&[("d1", "s1")])]);
+                w.push(vec![Op::Resize {
+                    disk: "d1".into(),
+                    blocks: 6 * SEG,
+                }]);
+                w.push(vec![
+                    b.write("d1", 4 * SEG + 3, 40, false),
+                    b.write("d1", 10, 20, false),
+                ]);
+                w.push(vec![snapshot(&[("d1", "s2")])]);
+                w.push(vec![b.write("d1", 2 * SEG + 1, 9, false)]);
+                w.push(vec![flush("d1")]);
+                w
+            },
+            |_| {
+                vec![vec![Op::Revert {
+                    disk: "d1".into(),
+                    snapshot: "s1".into(),
+                }]]
+            },
+            Redirect,
+        ),
+        s(
             "decouple a clone",
             with_snapshot,
             |_| {

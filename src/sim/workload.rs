@@ -149,6 +149,11 @@ pub(super) enum Op {
     RenamePool {
         name: String,
     },
+    /// Reverts a disk to a snapshot of its family in place (`tessera_lvol_revert`).
+    Revert {
+        disk: String,
+        snapshot: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +192,7 @@ impl Op {
             Op::WaitJob { .. } => "wait_job",
             Op::Rename { .. } => "rename",
             Op::RenamePool { .. } => "rename_pool",
+            Op::Revert { .. } => "revert",
         }
     }
 
@@ -269,6 +275,13 @@ pub(super) struct Sim {
     /// Disk renames lost in a power failure: old name → new name (either may be there,
     /// never both, never neither).
     pub(super) uncertain_rename: BTreeMap<String, String>,
+    /// Reverts lost in a power failure: disk → the snapshot's contents. The disk holds
+    /// all of its old contents or all of the snapshot's, never a mix.
+    pub(super) uncertain_revert: BTreeMap<String, Vec<Possible>>,
+    /// Reverts lost in a power failure whose disk kept its size: disk → (its old
+    /// contents, the snapshot's). The model allows either per block until the reads
+    /// after recovery have pinned every block; then all must be one side's.
+    pub(super) revert_to_settle: BTreeMap<String, (Vec<Possible>, Vec<Possible>)>,
     /// The pool's name as acknowledged, and the one a rename lost in a power failure may
     /// have given it.
     pub(super) pool_name: String,
@@ -339,6 +352,8 @@ impl Sim {
             uncertain_size: BTreeMap::new(),
             uncertain_ro: BTreeMap::new(),
             uncertain_rename: BTreeMap::new(),
+            uncertain_revert: BTreeMap::new(),
+            revert_to_settle: BTreeMap::new(),
             pool_name,
             pool_name_maybe: None,
             resized: BTreeMap::new(),
@@ -875,6 +890,11 @@ impl Sim {
             Op::RenamePool { name } => {
                 Box::pin(async move { pool.rename(&name).await.map(|_| CtlValue::Unit) })
             }
+            Op::Revert { disk, snapshot } => Box::pin(async move {
+                pool.revert_disk(&disk, &snapshot)
+                    .await
+                    .map(|_| CtlValue::Unit)
+            }),
             Op::WaitJob { disk } => Box::pin(async move {
                 loop {
                     let list = pool.list().await?;
@@ -1280,6 +1300,18 @@ impl Sim {
                         self.pool_name = name.clone();
                     }
                 }
+                Op::Revert { disk, snapshot } if ok || lost => {
+                    let content = before.get(snapshot).cloned().unwrap_or_default();
+                    if lost {
+                        self.uncertain_revert.insert(disk.clone(), content);
+                    } else if let Some(d) = self.model.get_mut(disk) {
+                        // Durable when acknowledged: the snapshot's contents, whole.
+                        d.now = content.clone();
+                        d.durable = content;
+                        d.since = vec![Possible::new(); d.now.len()];
+                        d.parent = Some(snapshot.clone());
+                    }
+                }
                 _ => {}
             }
         }
@@ -1325,6 +1357,7 @@ fn control_disks(op: &Op) -> Vec<String> {
         Op::WaitJob { disk } => vec![disk.clone()],
         Op::Rename { disk, new_name } => vec![disk.clone(), new_name.clone()],
         Op::RenamePool { .. } => Vec::new(),
+        Op::Revert { disk, snapshot } => vec![disk.clone(), snapshot.clone()],
         Op::Read { .. } | Op::Modify { .. } | Op::Flush { .. } => Vec::new(),
     }
 }
@@ -1525,6 +1558,7 @@ impl Sim {
         self.world = Some(w);
         self.reconcile()?;
         self.verify_all()?;
+        self.settle_reverts()?;
         for (d, f) in self
             .world()
             .disks
@@ -1572,6 +1606,31 @@ impl Sim {
             }
         }
         self.pool_name_maybe = None;
+        for (disk, snap) in std::mem::take(&mut self.uncertain_revert) {
+            let (Some(info), Some(d)) = (found.get(&disk), self.model.get_mut(&disk)) else {
+                continue;
+            };
+            let blocks = info.size_bytes / bs;
+            let (old_n, snap_n) = (d.blocks(), snap.len() as u64);
+            if blocks == snap_n && blocks != old_n {
+                // Its size says reverted; the reads below check the contents whole.
+                d.now = snap.clone();
+                d.durable = snap;
+                d.since = vec![Possible::new(); blocks as usize];
+            } else if blocks == old_n && blocks == snap_n {
+                let old = d.now.clone();
+                for (b, p) in d.now.iter_mut().enumerate() {
+                    p.extend(snap[b].iter().copied());
+                }
+                d.durable = d.now.clone();
+                self.revert_to_settle.insert(disk, (old, snap));
+            } else if blocks != old_n {
+                return Err(format!(
+                    "`{disk}` has {blocks} blocks after recovery from a revert; it had \
+                     {old_n}, the snapshot {snap_n}"
+                ));
+            }
+        }
         let names: Vec<String> = self.model.keys().cloned().collect();
         for name in names {
             let d = self.model.get_mut(&name).expect("listed");
@@ -1627,6 +1686,43 @@ impl Sim {
         for d in disks {
             let n = d.disk_name();
             w.vdisks.insert(n, d);
+        }
+        Ok(())
+    }
+
+    /// After the reads that follow a recovery pinned every block: a disk whose revert
+    /// the power failure interrupted holds its old contents or the snapshot's, whole.
+    fn settle_reverts(&mut self) -> Result<(), String> {
+        for (disk, (old, snap)) in std::mem::take(&mut self.revert_to_settle) {
+            let Some(d) = self.model.get_mut(&disk) else {
+                continue;
+            };
+            let within = |side: &[Possible]| d.now.iter().zip(side).all(|(n, s)| n.is_subset(s));
+            let (was_old, was_snap) = (within(&old), within(&snap));
+            if !was_old && !was_snap {
+                let b = (0..d.now.len())
+                    .find(|&b| !d.now[b].is_subset(&old[b]))
+                    .unwrap_or(0);
+                let c = (0..d.now.len())
+                    .find(|&b| !d.now[b].is_subset(&snap[b]))
+                    .unwrap_or(0);
+                return Err(format!(
+                    "`{disk}` after recovery from a revert is a mix: block {b} holds {} (not \
+                     its old {}), block {c} holds {} (not the snapshot's {})",
+                    model::show(&d.now[b]),
+                    model::show(&old[b]),
+                    model::show(&d.now[c]),
+                    model::show(&snap[c])
+                ));
+            }
+            self.event(format!(
+                "`{disk}` after recovery from a revert: {}",
+                if was_old {
+                    "the old contents"
+                } else {
+                    "the snapshot's"
+                }
+            ));
         }
         Ok(())
     }

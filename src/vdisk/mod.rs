@@ -18,6 +18,7 @@
 //! - [`snapshot`]: snapshots, clones, consistency groups (quiesce).
 //! - [`lifecycle`]: create, delete, resize, read-only, listings.
 //! - [`split`]: the background split (inflate) and decouple jobs.
+//! - [`revert`]: reverting a disk to a snapshot in place.
 //! - [`alloc`]: segment reference counts, free segments and pages.
 //! - [`meta`]: the on-disk format, by page kind — pure encoders and decoders.
 //! - [`commit`]: making the controller's state durable (checkpoints).
@@ -46,6 +47,7 @@ pub mod map;
 pub mod meta;
 pub mod msg;
 pub mod pool;
+pub mod revert;
 pub(crate) mod scan;
 pub mod shared;
 pub mod snapshot;

@@ -292,6 +292,22 @@ impl Pool {
         self.on_ctl(move |c| async move { durable(&c, c.clone_disk(&s, &n).await).await })
     }
 
+    /// Reverts disk `name` to snapshot `snapshot` of its family in place, durably: the
+    /// disk keeps its identity and exports, its contents and size become the
+    /// snapshot's (see `revert.rs`). Its I/O is held across the switch, for at most the
+    /// drain time limit ([`TimeLimits::drain`]).
+    pub fn revert_disk(
+        &self,
+        name: &str,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let (n, s) = (name.to_string(), snapshot.to_string());
+        self.on_ctl(move |c| async move {
+            let limit = c.limits.get().drain;
+            durable(&c, c.revert_disk(&n, &s, limit).await).await
+        })
+    }
+
     /// Starts splitting `name` from its parent (SPDK: inflate), in the background.
     pub fn split(
         &self,

@@ -1523,6 +1523,7 @@ fn listing_allocates_every_used_segment_to_one_disk() {
 mod diff;
 mod intent_log;
 mod resize;
+mod revert;
 
 /// Faults resolved together share their view push and their pass down the table: 32
 /// first writes into fresh segments at once push far fewer than 32 views, set their

@@ -13,7 +13,7 @@
 //! tessera's own: `tessera_pool_create` (several bdevs, a metadata bdev, the
 //! copy-on-write policy), `tessera_snapshot_group` (a consistency group),
 //! `tessera_quiesce`/`tessera_activate`, `tessera_split_start`/`_progress`/`_cancel`,
-//! `tessera_set_cow_policy`, `tessera_set_read_only`.
+//! `tessera_set_cow_policy`, `tessera_set_read_only`, `tessera_lvol_revert`.
 //!
 //! The parameters of the methods a configuration file may also hold (creating an
 //! lvstore, an lvol, a snapshot or a clone; resizing; the read-only flag and the
@@ -314,6 +314,37 @@ pub async fn bdev_lvol_rename_lvstore(ctx: Rc<Ctx>, p: RenameParams) -> RpcResul
         .rename_pool(&p.old_name, &p.new_name)
         .await
         .map_err(refused)?;
+    Ok(Value::Bool(true))
+}
+
+/// `tessera_lvol_revert`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevertParams {
+    /// The lvol to revert: alias, UUID or unambiguous name.
+    pub name: String,
+    /// The snapshot it takes the contents of, in the same lvstore and family.
+    pub snapshot: String,
+}
+
+/// `tessera_lvol_revert`: reverts an lvol to a snapshot in place (its bdev, UUID and
+/// exports stay; its contents and size become the snapshot's), committed before it
+/// answers `true`. -ENODEV when either is no bdev, -EINVAL when `name` is a snapshot
+/// or no lvol, `snapshot` no snapshot, of another lvstore or of another family,
+/// -EBUSY when a split of the lvol, a clone of it or a quiesce is in the way.
+pub async fn tessera_lvol_revert(ctx: Rc<Ctx>, p: RevertParams) -> RpcResult {
+    let (pool, disk) = ctx.resolve_lvol(&p.name).await?;
+    let (snap_pool, snap) = ctx.resolve_lvol(&p.snapshot).await?;
+    if pool.uuid() != snap_pool.uuid() {
+        return Err(RpcError::einval(format!(
+            "snapshot: \"{}\" is in lvstore \"{}\", \"{}\" in \"{}\"",
+            p.snapshot,
+            snap_pool.name(),
+            p.name,
+            pool.name()
+        )));
+    }
+    pool.revert_disk(&disk, &snap).await?;
     Ok(Value::Bool(true))
 }
 

@@ -210,6 +210,7 @@ methods! {
     "tessera_split_cancel" => lvol::tessera_split_cancel,
     "tessera_set_cow_policy" => lvol::tessera_set_cow_policy,
     "tessera_set_read_only" => lvol::tessera_set_read_only,
+    "tessera_lvol_revert" => lvol::tessera_lvol_revert,
     "tessera_lvol_get_changed_ranges" => backup::tessera_lvol_get_changed_ranges,
     "tessera_lvol_get_allocated_ranges" => backup::tessera_lvol_get_allocated_ranges,
     "bdev_lvol_start_shallow_copy" => copy::bdev_lvol_start_shallow_copy,
