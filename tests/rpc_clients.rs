@@ -454,21 +454,6 @@ fn tessera_rpc_manages_lvols() {
     srv.stop();
 }
 
-/// `qemu-io` commands on an NBD export, which must all succeed.
-fn qemu_io(port: u16, export: &str, cmds: &[&str]) {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw"]);
-    for c in cmds {
-        cmd.args(["-c", c]);
-    }
-    cmd.arg(format!("nbd://127.0.0.1:{port}/{export}"));
-    let out = run_ok(&mut cmd);
-    assert!(
-        !out.contains("failed") && !out.contains("Pattern verification"),
-        "qemu-io {cmds:?} on {export}:\n{out}"
-    );
-}
-
 /// Two pools each with a disk `vd0`, as SPDK allows: exported over NBD from the YAML by
 /// `pool/vd0` and by UUID, seen by `spdk-rpc` under SPDK's names, and benchmarked by
 /// `tessera bench --bdev p0/vd0` and by UUID. A bare `vd0` is refused wherever it is

@@ -37,21 +37,6 @@ fn json_of(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-/// `qemu-io` commands on an NBD export, which must all succeed.
-fn qemu_io(port: u16, export: &str, cmds: &[&str]) {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw"]);
-    for c in cmds {
-        cmd.args(["-c", c]);
-    }
-    cmd.arg(format!("nbd://127.0.0.1:{port}/{export}"));
-    let out = run_ok(&mut cmd);
-    assert!(
-        !out.contains("failed") && !out.contains("Pattern verification"),
-        "qemu-io {cmds:?} on {export}:\n{out}"
-    );
-}
-
 /// Polls `check` until the copy is no longer in progress (at most a minute).
 fn wait_copy(check: impl Fn() -> Value) -> Value {
     let end = Instant::now() + Duration::from_secs(60);
@@ -186,15 +171,8 @@ fn spdk_rpc_shallow_copies_exactly_a_clones_own_blocks() {
     srv.stop();
 }
 
-/// An incremental backup: a full copy of snapshot `s1` (an lvol without a parent: all
-/// its data) onto a file, then the changed runs between `s1` and `s2` applied onto it —
-/// first from an offset (what a resumed copy does: nothing before it is written), then
-/// from the start — give `s2` (`qemu-img compare` against `s2` over NBD).
-#[test]
-fn diff_copy_applies_the_changes_between_two_snapshots_onto_a_copy_of_the_base() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let srv = serve(dir.path(), port);
+/// A pool `lvs0` on `Malloc0` with a thin 16 MiB `vd0`, exported over NBD as `e0`.
+fn thin_vd0_exported(srv: &Serve) {
     srv.call(
         "bdev_lvol_create_lvstore",
         json!({"bdev_name": "Malloc0", "lvs_name": "lvs0"}),
@@ -207,6 +185,18 @@ fn diff_copy_applies_the_changes_between_two_snapshots_onto_a_copy_of_the_base()
         "nbd_start_export",
         json!({"bdev_name": "lvs0/vd0", "name": "e0"}),
     );
+}
+
+/// An incremental backup: a full copy of snapshot `s1` (an lvol without a parent: all
+/// its data) onto a file, then the changed runs between `s1` and `s2` applied onto it —
+/// first from an offset (what a resumed copy does: nothing before it is written), then
+/// from the start — give `s2` (`qemu-img compare` against `s2` over NBD).
+#[test]
+fn diff_copy_applies_the_changes_between_two_snapshots_onto_a_copy_of_the_base() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), port);
+    thin_vd0_exported(&srv);
     qemu_io(
         port,
         "e0",
@@ -311,18 +301,7 @@ fn a_capped_copy_is_slow_and_a_source_made_writable_fails_it() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let srv = serve(dir.path(), port);
-    srv.call(
-        "bdev_lvol_create_lvstore",
-        json!({"bdev_name": "Malloc0", "lvs_name": "lvs0"}),
-    );
-    srv.call(
-        "bdev_lvol_create",
-        json!({"lvol_name": "vd0", "size_in_mib": 16, "lvs_name": "lvs0", "thin_provision": true}),
-    );
-    srv.call(
-        "nbd_start_export",
-        json!({"bdev_name": "lvs0/vd0", "name": "e0"}),
-    );
+    thin_vd0_exported(&srv);
     qemu_io(port, "e0", &["write -P 0x31 0 12M"]);
     srv.call("nbd_stop_export", json!({"name": "e0"}));
     srv.call("bdev_lvol_set_read_only", json!({"name": "lvs0/vd0"}));

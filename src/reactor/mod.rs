@@ -974,6 +974,23 @@ pub fn sleep_until(at: Nanos) -> Sleep {
     Sleep { at, id: None }
 }
 
+/// Runs `fut` until reactor time `deadline`: its output, or `None` if the deadline came
+/// first (`fut` is dropped then).
+pub async fn until<F: Future>(deadline: Nanos, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut timer = std::pin::pin!(sleep_until(deadline));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// See [`sleep`].
 pub struct Sleep {
     at: Nanos,

@@ -32,8 +32,8 @@ use super::VdiskError;
 use super::controller::{Controller, CtlState};
 use super::meta::directory::{DiskKind, JobRecord};
 use super::table;
-use super::views::until;
 use crate::reactor;
+use crate::reactor::until;
 use std::time::Duration;
 
 /// The oldest ancestor of `id` through parent links (itself if it has no parent).

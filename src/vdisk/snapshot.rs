@@ -19,7 +19,7 @@ use super::disk::VDisk;
 use super::meta::NO_PAGE;
 use super::meta::directory::{DiskKind, DiskRecord, JobRecord};
 use super::msg::AgentCmd;
-use super::views::until;
+use crate::reactor::until;
 use crate::reactor::{self, Nanos};
 use std::cell::Cell;
 use std::collections::BTreeSet;

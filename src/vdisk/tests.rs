@@ -1289,9 +1289,11 @@ fn a_disk_lock_is_not_starved_by_a_stream_of_segment_locks() {
         // A disk locker that gives up (its time limit) stops barring segment lockers.
         let held = locks.segment(8, 0).await;
         let soon = || crate::reactor::now().after(Duration::from_millis(50));
-        assert!(views::until(soon(), locks.disk(8)).await.is_none());
+        assert!(crate::reactor::until(soon(), locks.disk(8)).await.is_none());
         assert!(
-            views::until(soon(), locks.segment(8, 1)).await.is_some(),
+            crate::reactor::until(soon(), locks.segment(8, 1))
+                .await
+                .is_some(),
             "an abandoned disk lock still bars segment lockers"
         );
         drop(held);

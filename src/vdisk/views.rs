@@ -26,11 +26,11 @@ use super::agent;
 use super::controller::{Controller, DiskCtl, lookup};
 use super::msg::{AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState, View};
 use crate::bdev::IoStatus;
+use crate::reactor::until;
 use crate::reactor::{self, Cores, Nanos, RemoteHandle};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 
 /// What a command is, for messages.
 fn describe(cmd: &AgentCmd) -> &'static str {
@@ -44,23 +44,6 @@ fn describe(cmd: &AgentCmd) -> &'static str {
         AgentCmd::Barrier => "drain barrier",
         AgentCmd::Init { .. } => "init",
     }
-}
-
-/// Runs `fut` until reactor time `deadline`: its output, or `None` if the deadline came
-/// first (`fut` is dropped then).
-pub(crate) async fn until<F: Future>(deadline: Nanos, fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let mut timer = std::pin::pin!(reactor::sleep_until(deadline));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 impl Controller {

@@ -181,6 +181,21 @@ pub fn spdk_rpc() -> PathBuf {
     tool
 }
 
+/// `qemu-io` commands on an NBD export, which must all succeed.
+pub fn qemu_io(port: u16, export: &str, cmds: &[&str]) {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for c in cmds {
+        cmd.args(["-c", c]);
+    }
+    cmd.arg(format!("nbd://127.0.0.1:{port}/{export}"));
+    let out = run_ok(&mut cmd);
+    assert!(
+        !out.contains("failed") && !out.contains("Pattern verification"),
+        "qemu-io {cmds:?} on {export}:\n{out}"
+    );
+}
+
 /// A command's stdout, asserting it succeeded.
 pub fn run_ok(cmd: &mut Command) -> String {
     let shown = format!("{cmd:?}");

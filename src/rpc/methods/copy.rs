@@ -44,10 +44,8 @@ use serde_json::{Value, json};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 /// Bytes read and written per request at most (a chunk never crosses a segment).
@@ -284,20 +282,9 @@ fn chunks(runs: &[BlockRange], segment_blocks: u64, chunk_blocks: u64) -> Vec<Ch
     out
 }
 
-/// `fut`, or `None` once `limit` has passed.
-async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    let mut fut = pin!(fut);
-    let mut timer = pin!(reactor::sleep(limit));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await
+/// `fut`, or `None` once the I/O time limit has passed.
+async fn within<F: Future>(fut: F) -> Option<F::Output> {
+    reactor::until(reactor::now().after(IO_LIMIT), fut).await
 }
 
 /// Copies one chunk: reads it from the source and writes it at the same byte offset of
@@ -320,12 +307,12 @@ async fn copy_chunk(src: Channel, dst: Channel, c: Chunk) -> Result<(), String> 
         )),
     };
     let mut data = None;
-    let r = within(IO_LIMIT, src.read(c.offset_blocks, c.num_blocks))
+    let r = within(src.read(c.offset_blocks, c.num_blocks))
         .await
         .map(|r| r.map(|b| data = Some(b)));
     io(r, "read", &src)?;
     let data = data.expect("read succeeded");
-    let r = within(IO_LIMIT, dst.write(c.offset_blocks * sbs / dbs, data)).await;
+    let r = within(dst.write(c.offset_blocks * sbs / dbs, data)).await;
     io(r, "write", &dst)
 }
 
@@ -392,7 +379,7 @@ async fn run(
             }
         }
     }
-    let r = within(IO_LIMIT, dch.flush()).await;
+    let r = within(dch.flush()).await;
     match r {
         Some(Ok(())) | Some(Err(IoStatus::InvalidOpcode)) => Ok(()),
         Some(Err(st)) => Err(format!("flush of \"{}\" failed: {st:?}", dst.name())),
