@@ -92,6 +92,12 @@ pub async fn check(bdevs: Vec<Arc<dyn Bdev>>) -> CheckReport {
         .await
         {
             Ok(read) => {
+                for (place, why) in &read.repaired {
+                    r.notes.push(format!(
+                        "log page {place} is damaged ({why}); its copy in the log's mirror \
+                         is intact (open replays from it)"
+                    ));
+                }
                 let pages = read.pages;
                 let records: u64 = pages
                     .iter()

@@ -4,8 +4,9 @@
 //! **Why.** A commit (a checkpoint, `commit.rs`) writes every table page changed since
 //! the last one: on a big disk written at random, thousands of pages. A flush or a
 //! snapshot needs only the changes made since the last durable point to be durable, so
-//! they append those as records to a ring of log pages — one write with force-unit-access,
-//! after a flush of the data containers that have a volatile cache — and
+//! they append those as records to a ring of log pages — one write with force-unit-access
+//! to the ring and one to its mirror, after a flush of the data containers that have a
+//! volatile cache — and
 //! checkpoints run in the background: when the ring is half full, every few seconds,
 //! and at close. Open loads the last checkpoint and replays the log after it.
 //!
@@ -455,7 +456,7 @@ impl Controller {
                     l.next_seq += pages.len() as u64;
                     l.pending_lsn = l.next_lsn;
                     l.pending.clear();
-                    Append::Pages(pages, changes)
+                    Append::Pages(l.area.with_mirror_copies(pages), changes)
                 }
             }
         };
@@ -470,7 +471,8 @@ impl Controller {
             return Err(self.fail(format!("flushing the data containers failed: {e:?}")));
         }
         // Written with force-unit-access: durable as each write completes, with no
-        // flush after them to wait for.
+        // flush after them to wait for. The mirror's copies go in the same batch: the
+        // append is acknowledged when both rings hold it.
         if !pages.is_empty() {
             self.log_writing.set(true);
             let r = self.write_pages(&pages, true).await;
@@ -641,15 +643,29 @@ pub(crate) struct LogRead {
     pub end_seq: u64,
     /// The LSN the next page must start at to continue them (the replay LSN if none).
     pub end_lsn: u64,
-    /// The places of the pages past the end that carry a sequence number at or beyond
-    /// it: what is left of an append the crash tore. Open erases them before it appends.
+    /// The places (in the log and in its mirror) of the pages past the end that carry a
+    /// sequence number at or beyond it: what is left of an append the crash tore. Open
+    /// erases them before it appends.
     pub stale: Vec<u64>,
+    /// Pages of the log taken from the mirror, the first ring's copy being damaged:
+    /// (the damaged page's place, why it was refused).
+    pub repaired: Vec<(u64, String)>,
+}
+
+/// One page of the ring as read: its place and, if it decodes, its header.
+struct Seen {
+    place: u64,
+    head: Option<log::LogHead>,
 }
 
 /// Reads the log from the replay start of `area`: the pages that follow each other from
 /// there (sequence numbers and LSNs continuing) up to the end of the log — the first
 /// page that is not the next one (unwritten, stale, or torn by the crash). Only those
-/// pages' records are decoded; of the others, the header.
+/// pages' records are decoded; of the others, the header. Where the log has a mirror,
+/// a page of the first ring that is not the next one is looked for in the mirror
+/// before the log is taken to end there: a bit flipped in the page an append wrote last,
+/// or a write of it that landed elsewhere, would otherwise look like a torn append and
+/// lose acknowledged records unseen.
 ///
 /// Damage is told from the end: a torn append leaves pages of that same append after
 /// its bad page, never a page of a later one (an append starts only after the one before
@@ -668,17 +684,10 @@ pub(crate) async fn read_log(
         end_seq: area.replay_seq,
         end_lsn: area.replay_lsn,
         stale: Vec::new(),
+        repaired: Vec::new(),
     };
-    // The pages past the end, in sequence order from it: place and head.
-    let mut beyond: Vec<(u64, Option<log::LogHead>)> = Vec::new();
-    let mut seq = area.replay_seq;
-    while seq < area.replay_seq + area.pages {
-        let place = seq % area.pages;
-        let n = CHUNK
-            .min(area.pages - place)
-            .min(area.replay_seq + area.pages - seq);
-        let first = area.first_page + place;
-        let buf = super::load::read_bytes(
+    let read = |first: u64, n: u64| async move {
+        super::load::read_bytes(
             meta,
             meta_first_byte + first * PAGE_BYTES as u64,
             n as usize * PAGE_BYTES,
@@ -687,34 +696,85 @@ pub(crate) async fn read_log(
         .map_err(|status| ReplayError::Read {
             page: first,
             status,
-        })?;
+        })
+    };
+    // The pages past the end, in sequence order from it: each ring's copy.
+    let mut beyond: Vec<[Option<Seen>; 2]> = Vec::new();
+    let mut seq = area.replay_seq;
+    while seq < area.replay_seq + area.pages {
+        let place = seq % area.pages;
+        let n = CHUNK
+            .min(area.pages - place)
+            .min(area.replay_seq + area.pages - seq);
+        let firsts = [Some(area.first_page), area.mirror].map(|f| f.map(|f| f + place));
+        let bufs = [
+            Some(read(area.first_page + place, n).await?),
+            match firsts[1] {
+                Some(m) => Some(read(m, n).await?),
+                None => None,
+            },
+        ];
         for k in 0..n {
-            let b = &buf[k as usize * PAGE_BYTES..(k as usize + 1) * PAGE_BYTES];
-            let head = log::decode_log_head(b, first + k, pool).ok();
+            let copies: [Option<(u64, &[u8])>; 2] = std::array::from_fn(|r| {
+                let at = k as usize * PAGE_BYTES;
+                Some((
+                    firsts[r]? + k,
+                    &bufs[r].as_ref()?.as_slice()[at..at + PAGE_BYTES],
+                ))
+            });
+            let seen = copies.map(|c| {
+                c.map(|(place, b)| Seen {
+                    place,
+                    head: log::decode_log_head(b, place, pool).ok(),
+                })
+            });
             if !beyond.is_empty() {
-                beyond.push((first + k, head));
+                beyond.push(seen);
                 continue;
             }
-            let next = head
-                .filter(|h| h.seq == seq + k)
-                .and_then(|h| log::decode_log_records(b, first + k, h, total_segments).ok());
-            let Some(p) = next else {
-                beyond.push((first + k, head));
+            // The first copy that is the next page of the log.
+            let mut next = None;
+            let mut refused = Vec::new();
+            for (r, c) in copies.iter().enumerate() {
+                let Some((place, b)) = *c else { continue };
+                let decoded = match log::decode_log_head(b, place, pool) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(h) if h.seq != seq + k => Err(format!(
+                        "it holds page {} of the log, not {}",
+                        h.seq,
+                        seq + k
+                    )),
+                    Ok(h) => log::decode_log_records(b, place, h, total_segments)
+                        .map_err(|e| e.to_string()),
+                };
+                match decoded {
+                    Ok(p) => {
+                        let continues = match out.pages.is_empty() {
+                            true => p.first_lsn <= area.replay_lsn,
+                            false => p.first_lsn == out.end_lsn,
+                        };
+                        if !continues {
+                            return Err(ReplayError::Damaged {
+                                page: place,
+                                seq: p.seq,
+                                why: format!(
+                                    "its records start at {}, not at {} where the log stands",
+                                    p.first_lsn, out.end_lsn
+                                ),
+                            });
+                        }
+                        next = Some((r, p));
+                        break;
+                    }
+                    Err(why) => refused.push((place, why)),
+                }
+            }
+            let Some((r, p)) = next else {
+                beyond.push(seen);
                 continue;
             };
-            let continues = match out.pages.is_empty() {
-                true => p.first_lsn <= area.replay_lsn,
-                false => p.first_lsn == out.end_lsn,
-            };
-            if !continues {
-                return Err(ReplayError::Damaged {
-                    page: first + k,
-                    seq: p.seq,
-                    why: format!(
-                        "its records start at {}, not at {} where the log stands",
-                        p.first_lsn, out.end_lsn
-                    ),
-                });
+            if r == 1 {
+                out.repaired.extend(refused);
             }
             out.end_seq = p.seq + 1;
             out.end_lsn = p.first_lsn + p.records.len() as u64;
@@ -723,27 +783,41 @@ pub(crate) async fn read_log(
         seq += n;
     }
     let end_seq = out.end_seq;
-    for (k, (_, h)) in beyond.iter().enumerate().skip(1) {
-        if let Some(h) = h
-            && h.seq == end_seq + k as u64
-            && h.batch > end_seq
-        {
-            let why = match &beyond[0].1 {
-                None => "it does not decode".to_string(),
-                Some(q) if q.seq != end_seq => format!("it holds page {} of an older lap", q.seq),
-                Some(_) => "its records do not decode".to_string(),
-            };
-            return Err(ReplayError::Damaged {
-                page: beyond[0].0,
-                seq: end_seq,
-                why: format!("{why}; yet page {} of a later append follows it", h.seq),
-            });
+    for (k, seen) in beyond.iter().enumerate().skip(1) {
+        for s in seen.iter().flatten() {
+            if let Some(h) = &s.head
+                && h.seq == end_seq + k as u64
+                && h.batch > end_seq
+            {
+                let first = beyond[0][0].as_ref().expect("the log's own ring");
+                let why = match &first.head {
+                    None => "it does not decode".to_string(),
+                    Some(q) if q.seq != end_seq => {
+                        format!("it holds page {} of an older lap", q.seq)
+                    }
+                    Some(_) => "its records do not decode".to_string(),
+                };
+                let mirror = match area.mirror {
+                    Some(_) => " (nor does its mirror's copy)",
+                    None => "",
+                };
+                return Err(ReplayError::Damaged {
+                    page: first.place,
+                    seq: end_seq,
+                    why: format!(
+                        "{why}{mirror}; yet page {} of a later append follows it (page {})",
+                        h.seq, s.place
+                    ),
+                });
+            }
         }
     }
     out.stale = beyond
         .iter()
-        .filter(|(_, h)| h.is_some_and(|h| h.seq >= end_seq))
-        .map(|(place, _)| *place)
+        .flatten()
+        .flatten()
+        .filter(|s| s.head.is_some_and(|h| h.seq >= end_seq))
+        .map(|s| s.place)
         .collect();
     Ok(out)
 }

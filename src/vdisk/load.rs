@@ -456,8 +456,8 @@ async fn open_labelled(
     // The log: replayed onto the checkpoint; or, for a pool without one, placed in a
     // free run of the node area (the checkpoint at the end of the open records it).
     let log = match sb.log {
-        Some(area) => {
-            for p in area.first_page..area.first_page + area.pages {
+        Some(mut area) => {
+            for p in area.all_pages() {
                 space.load_page(p);
             }
             let read = intent::read_log(
@@ -471,6 +471,10 @@ async fn open_labelled(
             .map_err(|e| VdiskError::Meta(e.into()))?;
             let (end_seq, end_lsn) = (read.end_seq, read.end_lsn);
             let stale = read.stale;
+            for (place, why) in &read.repaired {
+                tracing::warn!(pool = %sb.pool_name, page = place, %why,
+                    "log page damaged: replayed from its copy in the log's mirror");
+            }
             let r = intent::replay(
                 read.pages,
                 &area,
@@ -488,7 +492,14 @@ async fn open_labelled(
             let copied = intent::rewrite_leaves_holding(&mut table, &mut space, &r.fills_changed);
             tracing::info!(pool = %sb.pool_name, records = r.records, pages = r.pages,
                 erased = stale.len(), extents_in_copied_leaves = copied, "log replayed");
-            if end_lsn >= area.replay_lsn {
+            // A log without a mirror (superblock version 3) gains one if a free run of
+            // the node area holds it: the checkpoint below records it, and appends
+            // start a whole ring past the replay start, written to both rings.
+            let mirror_added = area.mirror.is_none() && {
+                area.mirror = space.take_page_run(area.pages);
+                area.mirror.is_some()
+            };
+            if end_lsn >= area.replay_lsn && !mirror_added {
                 // Appends go on from the end of the log, once what is left past it of
                 // an append the crash tore is erased: no page written before can then
                 // pass for a new one. The replayed changes stay in the log until the
@@ -514,8 +525,9 @@ async fn open_labelled(
                 })
             } else {
                 // Pages whose records the checkpoint already holds end the log: the
-                // next record's LSN would not continue them. Appends start a whole ring
-                // past the replay start, after a checkpoint naming it.
+                // next record's LSN would not continue them (or the log just gained
+                // its mirror). Appends start a whole ring past the replay start, after
+                // a checkpoint naming it.
                 Some(LogResume {
                     area,
                     next_seq: area.replay_seq + area.pages,
@@ -532,6 +544,7 @@ async fn open_labelled(
                     area: LogArea {
                         first_page,
                         pages: want,
+                        mirror: space.take_page_run(want),
                         replay_seq: 0,
                         replay_lsn: 1,
                     },

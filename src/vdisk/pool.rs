@@ -46,6 +46,8 @@ pub struct LogStatus {
     pub pages: u64,
     /// The ring's first page in the metadata area.
     pub first_page: u64,
+    /// The first page of the mirror ring, if the log has one.
+    pub mirror: Option<u64>,
     /// The sequence number of the next page appended (pages appended since the pool
     /// was created, plus a ring's worth for each open that found its log's last pages
     /// already checkpointed).
@@ -479,6 +481,7 @@ impl Pool {
             Ok(c.st.borrow().log.as_ref().map(|l| LogStatus {
                 pages: l.area.pages,
                 first_page: l.area.first_page,
+                mirror: l.area.mirror,
                 next_seq: l.next_seq,
                 next_lsn: l.next_lsn,
                 replay_seq: l.durable_seq,

@@ -8,6 +8,8 @@
 //!   page: header (kind Log, txn = s), first_lsn (u64), batch (u64: the sequence number
 //!     of the first page of the append that wrote it), then records:
 //!     kind (u8), body length (u16), body
+//! mirror (superblock version 4): pages [mirror, mirror + pages), a copy of page s at
+//!   mirror + s % pages (its header naming its own place), written with the log's
 //! ```
 //!
 //! Every record has a log sequence number (LSN): a page's records carry `first_lsn`,
@@ -17,8 +19,10 @@
 //! expected sequence number continuing the LSNs (an unwritten, stale or torn page: the
 //! end of the log). Open erases every page past the end that carries a sequence number
 //! at or beyond it (what is left of a torn append), so that appends go on from the end
-//! and no page written before can pass for a new one (see `vdisk/intent.rs`). A record never spans pages, so a torn append loses whole records
-//! at its end, never half of one.
+//! and no page written before can pass for a new one (see `vdisk/intent.rs`). A record
+//! never spans pages, so a torn append loses whole records at its end, never half of
+//! one. Where the log has a mirror, replay takes a page from it when the log's own copy
+//! is not the next page: the end of the log is where neither copy is.
 //!
 //! Records are states, not deltas of counts: replayed in order onto the checkpoint they
 //! rebuild what the controller held when the last of them was appended (see

@@ -146,11 +146,11 @@ pub enum MetaError {
     },
     #[error(
         "{what}: format version {version} is not supported (this build reads version {} \
-         pages and labels, and superblocks of version {} or {}; see README, \"Format \
+         pages and labels, and superblocks of version {} to {}; see README, \"Format \
          versions\", to migrate)",
         FORMAT_VERSION,
         FORMAT_VERSION,
-        superblock::LOG_SUPERBLOCK_VERSION
+        superblock::MIRRORED_LOG_SUPERBLOCK_VERSION
     )]
     Version { what: String, version: u32 },
     #[error("metadata page {page}: bad magic {magic:#010x}")]
@@ -370,6 +370,18 @@ fn new_page(h: &PageHeader, pool: &Uuid) -> Vec<u8> {
     w.u64(pool_tag(pool));
     h.next.write(&mut w);
     b
+}
+
+/// Byte of a page header holding the page's own index.
+const HEADER_PAGE_AT: usize = 16;
+
+/// A copy of sealed page `b` for metadata page `page` (its own index rewritten, the
+/// checksum recomputed): a log page's mirror.
+pub(crate) fn relocated(b: &[u8], page: u64) -> Vec<u8> {
+    let mut c = b.to_vec();
+    c[HEADER_PAGE_AT..HEADER_PAGE_AT + 8].copy_from_slice(&page.to_le_bytes());
+    seal(&mut c);
+    c
 }
 
 fn seal(b: &mut [u8]) {

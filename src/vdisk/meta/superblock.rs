@@ -27,6 +27,11 @@ const MIN_META_FIRST_BYTE: u64 = SUPERBLOCK_OFFSET + 2 * PAGE_BYTES as u64;
 /// [`FORMAT_VERSION`]); a superblock without one is written as [`FORMAT_VERSION`].
 pub const LOG_SUPERBLOCK_VERSION: u32 = 3;
 
+/// The superblock version of a pool whose intent log has a mirror: a second ring of as
+/// many pages, written with the first, so that damage to the page an append wrote last
+/// is repaired from its copy instead of ending the log there unseen (`meta/log.rs`).
+pub const MIRRORED_LOG_SUPERBLOCK_VERSION: u32 = 4;
+
 /// Fewest pages of a log.
 pub const MIN_LOG_PAGES: u64 = 4;
 
@@ -36,10 +41,44 @@ pub struct LogArea {
     /// The ring: metadata pages `[first_page, first_page + pages)` of the node area.
     pub first_page: u64,
     pub pages: u64,
+    /// The mirror ring's first page, if the log has one: pages `[m, m + pages)`, the
+    /// page of sequence number s at `m + s % pages`, holding what the first ring's does.
+    pub mirror: Option<u64>,
     /// The page sequence number replay starts at.
     pub replay_seq: u64,
     /// Records below this LSN are in the tables this superblock points at.
     pub replay_lsn: u64,
+}
+
+impl LogArea {
+    /// True if metadata page `page` lies in the log or its mirror.
+    pub fn holds(&self, page: u64) -> bool {
+        let ring = |first: u64| (first..first + self.pages).contains(&page);
+        ring(self.first_page) || self.mirror.is_some_and(ring)
+    }
+
+    /// `pages` (places in the log, and their contents) and, if the log has a mirror,
+    /// each one's copy in the mirror.
+    pub fn with_mirror_copies(&self, mut pages: Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
+        if let Some(m) = self.mirror {
+            let copies: Vec<(u64, Vec<u8>)> = pages
+                .iter()
+                .map(|(place, b)| {
+                    let at = m + (place - self.first_page);
+                    (at, super::relocated(b, at))
+                })
+                .collect();
+            pages.extend(copies);
+        }
+        pages
+    }
+
+    /// Every page of the log and its mirror.
+    pub fn all_pages(&self) -> impl Iterator<Item = u64> + use<> {
+        let (first, n) = (self.first_page, self.pages);
+        let mirror = self.mirror.map(|m| m..m + n).into_iter().flatten();
+        (first..first + n).chain(mirror)
+    }
 }
 
 /// One data container as the superblock records it.
@@ -97,12 +136,10 @@ impl Superblock {
         2 * (self.sm_pages + self.sm_index_pages)
     }
 
-    /// True if `page` lies in the node area (and not in the log).
+    /// True if `page` lies in the node area (and not in the log or its mirror).
     pub fn in_node_area(&self, page: u64) -> bool {
         (self.node_first_page()..self.meta_pages).contains(&page)
-            && !self
-                .log
-                .is_some_and(|l| (l.first_page..l.first_page + l.pages).contains(&page))
+            && !self.log.is_some_and(|l| l.holds(page))
     }
 
     /// The two places of space-map page `i`.
@@ -127,10 +164,10 @@ impl Superblock {
         let mut b = vec![0u8; PAGE_BYTES];
         let mut w = Writer::new(&mut b, 0);
         w.bytes(SUPER_MAGIC);
-        w.u32(if self.log.is_some() {
-            LOG_SUPERBLOCK_VERSION
-        } else {
-            FORMAT_VERSION
+        w.u32(match &self.log {
+            Some(l) if l.mirror.is_some() => MIRRORED_LOG_SUPERBLOCK_VERSION,
+            Some(_) => LOG_SUPERBLOCK_VERSION,
+            None => FORMAT_VERSION,
         });
         w.u32(0);
         w.bytes(self.pool_uuid.as_bytes());
@@ -163,6 +200,9 @@ impl Superblock {
             w.u64(l.pages);
             w.u64(l.replay_seq);
             w.u64(l.replay_lsn);
+            if let Some(m) = l.mirror {
+                w.u64(m);
+            }
         }
         let crc = checksum(&b, 12);
         b[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -202,7 +242,13 @@ impl Superblock {
                 computed,
             });
         }
-        if version != FORMAT_VERSION && version != LOG_SUPERBLOCK_VERSION {
+        if ![
+            FORMAT_VERSION,
+            LOG_SUPERBLOCK_VERSION,
+            MIRRORED_LOG_SUPERBLOCK_VERSION,
+        ]
+        .contains(&version)
+        {
             return Err(MetaError::Version { what, version });
         }
         let pool_uuid = r.uuid().ok_or_else(|| bad("pool_uuid", t()))?;
@@ -254,15 +300,20 @@ impl Superblock {
                 format!("{separate_metadata} is not a flag"),
             ));
         }
-        let log = if version == LOG_SUPERBLOCK_VERSION {
-            Some(LogArea {
+        let log = if version == FORMAT_VERSION {
+            None
+        } else {
+            let mut l = LogArea {
                 first_page: r.u64().ok_or_else(|| bad("log", t()))?,
                 pages: r.u64().ok_or_else(|| bad("log", t()))?,
+                mirror: None,
                 replay_seq: r.u64().ok_or_else(|| bad("log", t()))?,
                 replay_lsn: r.u64().ok_or_else(|| bad("log", t()))?,
-            })
-        } else {
-            None
+            };
+            if version == MIRRORED_LOG_SUPERBLOCK_VERSION {
+                l.mirror = Some(r.u64().ok_or_else(|| bad("log_mirror", t()))?);
+            }
+            Some(l)
         };
         Ok(Superblock {
             pool_uuid,
@@ -435,6 +486,26 @@ impl Superblock {
                         self.meta_pages
                     ),
                 );
+            }
+            if let Some(m) = l.mirror {
+                let end = m.checked_add(l.pages);
+                if m < self.node_first_page()
+                    || end.is_none_or(|e| e > self.meta_pages)
+                    || (m < l.first_page + l.pages && l.first_page < m + l.pages)
+                {
+                    return bad(
+                        "log_mirror",
+                        format!(
+                            "the mirror's {} pages from page {} do not lie in the node area \
+                             [{}, {}) apart from the log's (from page {})",
+                            l.pages,
+                            m,
+                            self.node_first_page(),
+                            self.meta_pages,
+                            l.first_page
+                        ),
+                    );
+                }
             }
             if l.replay_lsn == 0 || l.replay_seq >= u64::MAX / 2 {
                 return bad(

@@ -10,6 +10,7 @@ use super::space_map::{
     SM_COUNTS_PER_PAGE, SM_PTRS_PER_PAGE, SpaceMapPtrs, SpaceMapStage, decode_sm_index,
     decode_space_map, encode_space_map,
 };
+use super::superblock::LogArea;
 use super::superblock::{ContainerRecord, Superblock, pick};
 use super::*;
 use crate::vdisk::map::{Extent, ExtentState, Fills, Layer};
@@ -77,13 +78,45 @@ fn sb() -> Superblock {
     }
 }
 
+/// [`sb`] with a log of 8 pages from page 100 and the given mirror.
+fn with_log(mirror: Option<u64>) -> Superblock {
+    Superblock {
+        log: Some(LogArea {
+            first_page: 100,
+            pages: 8,
+            mirror,
+            replay_seq: 3,
+            replay_lsn: 1,
+        }),
+        ..sb()
+    }
+}
+
 #[test]
 fn superblock_round_trip_and_validation() {
     let s = sb();
     assert_eq!(Superblock::decode(&s.encode(), "B").unwrap(), s);
+    // With a log (version 3), and with a log and its mirror (version 4).
+    for mirror in [None, Some(200)] {
+        let s = with_log(mirror);
+        let b = s.encode();
+        let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
+        assert_eq!(version, if mirror.is_some() { 4 } else { 3 });
+        assert_eq!(Superblock::decode(&b, "B").unwrap(), s);
+    }
     // Each field is checked against the others, with an error naming it.
     type Change = Box<dyn Fn(&mut Superblock)>;
     let cases: Vec<(&str, Change)> = vec![
+        (
+            "log",
+            Box::new(|s| {
+                *s = with_log(None);
+                s.log.as_mut().unwrap().replay_lsn = 0;
+            }),
+        ),
+        ("log_mirror", Box::new(|s| *s = with_log(Some(104)))), // overlaps the log
+        ("log_mirror", Box::new(|s| *s = with_log(Some(995)))), // past the metadata
+        ("log_mirror", Box::new(|s| *s = with_log(Some(2)))),   // in the space map
         ("directory", Box::new(|s| s.directory.page = 5000)),
         ("directory", Box::new(|s| s.directory.page = 3)), // inside the space map
         ("directory", Box::new(|s| s.directory.txn = 10)), // after the superblock

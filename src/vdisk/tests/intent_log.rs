@@ -386,3 +386,232 @@ fn open_appends_from_the_end_of_the_log_after_erasing_a_torn_appends_leftovers()
     let report = offline_check(&set, base);
     assert!(report.clean(), "{:#?}", report.errors);
 }
+
+/// Metadata page `place` as the medium of `base` holds it.
+fn page_at(set: &ReactorSet, base: &Arc<dyn Bdev>, at: u64, place: u64) -> Vec<u8> {
+    let meta = base.clone();
+    on(set, 0, move || async move {
+        let b = load::read_bytes(
+            &meta,
+            at + place * meta::PAGE_BYTES as u64,
+            meta::PAGE_BYTES,
+        )
+        .await
+        .unwrap();
+        b.as_slice().to_vec()
+    })
+}
+
+/// Writes `bytes` over metadata page `place` of `base`.
+fn put_page(set: &ReactorSet, base: &Arc<dyn Bdev>, at: u64, place: u64, bytes: Vec<u8>) {
+    let meta = base.clone();
+    on(set, 0, move || async move {
+        load::write_bytes(
+            &meta,
+            at + place * meta::PAGE_BYTES as u64,
+            IoBuf::from_slice(&bytes),
+        )
+        .await
+        .unwrap()
+    });
+}
+
+/// What happens to the page of the log an append wrote last, after the append was
+/// acknowledged and before the power failed.
+#[derive(Clone, Copy, Debug)]
+enum TailDamage {
+    /// One bit flips in the log's copy.
+    BitInLog,
+    /// The log's copy never landed (its write went elsewhere): the page holds zeros.
+    LostInLog,
+    /// One bit flips in the mirror's copy.
+    BitInMirror,
+    /// Both copies lose a bit: the log ends before that page, as after a torn append.
+    BitInBoth,
+}
+
+/// Writes scattered blocks and flushes, renames the disk (an append of one record: the
+/// log's last page), crashes, damages that page as `how` says, then checks and reopens
+/// the pool; returns the disk names after the reopen and the check's notes.
+fn tail_damaged(how: TailDamage) -> (Vec<String>, Vec<String>) {
+    let set = reactors(2);
+    let base = malloc("m0", 128);
+    let pool = new_pool(&set, base.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
+    let blocks = scattered(20, 32, 9);
+    let (d, b) = (disk.clone(), blocks.clone());
+    on(&set, 1, move || async move {
+        write_all_and_flush(&d, &b, 0x44).await
+    });
+    block_on(pool.rename_disk("vd0", "vd1")).unwrap();
+    let st = block_on(pool.log_status()).unwrap().unwrap();
+    let mirror = st.mirror.expect("a new pool's log has a mirror");
+    let at = pool.shared.meta_first_byte;
+    block_on(pool.crash_stop()).unwrap();
+    drop((disk, pool));
+    let last = (st.next_seq - 1) % st.pages;
+    let flip = |place: u64| {
+        let mut b = page_at(&set, &base, at, place);
+        b[meta::HEADER_BYTES + 20] ^= 0x10;
+        put_page(&set, &base, at, place, b);
+    };
+    match how {
+        TailDamage::BitInLog => flip(st.first_page + last),
+        TailDamage::LostInLog => put_page(
+            &set,
+            &base,
+            at,
+            st.first_page + last,
+            vec![0; meta::PAGE_BYTES],
+        ),
+        TailDamage::BitInMirror => flip(mirror + last),
+        TailDamage::BitInBoth => {
+            flip(st.first_page + last);
+            flip(mirror + last);
+        }
+    }
+    let report = offline_check(&set, base.clone());
+    assert!(report.clean(), "{how:?}: {:#?}", report.errors);
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let names: Vec<String> = block_on(pool.list())
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    let d: Arc<dyn Bdev> = block_on(pool.disk(&names[0])).unwrap();
+    on(&set, 1, move || async move {
+        for b in blocks {
+            assert_eq!(read_byte(&d, b).await, 0x44, "{how:?}: block {b}");
+        }
+    });
+    block_on(pool.close()).unwrap();
+    let after = offline_check(&set, base);
+    assert!(after.clean(), "{how:?}: {:#?}", after.errors);
+    (names, report.notes)
+}
+
+/// The log keeps a mirror: the page an append wrote last, damaged after the append was
+/// acknowledged (a flipped bit, or a write that landed elsewhere), is replayed from its
+/// copy instead of ending the log there unseen, and `tessera check` names the damage.
+/// Only damage to both copies ends the log before that page (as a torn append does).
+#[test]
+fn a_damaged_last_log_page_is_replayed_from_the_mirror() {
+    for how in [
+        TailDamage::BitInLog,
+        TailDamage::LostInLog,
+        TailDamage::BitInMirror,
+    ] {
+        let (names, notes) = tail_damaged(how);
+        assert_eq!(names, ["vd1"], "{how:?}: the acknowledged rename was lost");
+        let named = notes.iter().any(|n| n.contains("mirror"));
+        match how {
+            TailDamage::BitInMirror => assert!(!named, "{how:?}: {notes:?}"),
+            _ => assert!(
+                named,
+                "{how:?}: the check did not name the damage: {notes:?}"
+            ),
+        }
+    }
+    let (names, _) = tail_damaged(TailDamage::BitInBoth);
+    assert_eq!(
+        names,
+        ["vd0"],
+        "both copies damaged: the log ends before the page"
+    );
+}
+
+/// A pool whose log has no mirror (superblock version 3, written by the builds before
+/// it) replays its log and gains a mirror on open; the checkpoint that records it writes
+/// a version-4 superblock, and what is appended after is in both rings.
+#[test]
+fn a_log_without_a_mirror_gains_one_on_open() {
+    let set = reactors(2);
+    let base = malloc("m0", 128);
+    let pool = new_pool(&set, base.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
+    let blocks = scattered(20, 32, 13);
+    let (d, b) = (disk.clone(), blocks.clone());
+    on(&set, 1, move || async move {
+        write_all_and_flush(&d, &b, 0x55).await
+    });
+    let at = pool.shared.meta_first_byte;
+    block_on(pool.crash_stop()).unwrap();
+    drop((disk, pool));
+    // The superblock in force, rewritten as a version-3 one (no mirror).
+    let slots: Vec<Vec<u8>> = (0..2)
+        .map(|i| {
+            let meta = base.clone();
+            on(&set, 0, move || async move {
+                let off = meta::SUPERBLOCK_OFFSET + i * meta::PAGE_BYTES as u64;
+                load::read_bytes(&meta, off, meta::PAGE_BYTES)
+                    .await
+                    .unwrap()
+                    .as_slice()
+                    .to_vec()
+            })
+        })
+        .collect();
+    let picked = meta::superblock::pick(&slots[0], &slots[1], None).unwrap();
+    let mut sb = picked.sb.clone();
+    assert!(sb.log.unwrap().mirror.is_some(), "{:?}", sb.log);
+    sb.log.as_mut().unwrap().mirror = None;
+    let v3 = sb.encode();
+    assert_eq!(
+        u32::from_le_bytes(v3[8..12].try_into().unwrap()),
+        meta::superblock::LOG_SUPERBLOCK_VERSION
+    );
+    let slot = sb.txn % 2;
+    {
+        let meta = base.clone();
+        on(&set, 0, move || async move {
+            let off = meta::SUPERBLOCK_OFFSET + slot * meta::PAGE_BYTES as u64;
+            load::write_bytes(&meta, off, IoBuf::from_slice(&v3))
+                .await
+                .unwrap()
+        });
+    }
+    let report = offline_check(&set, base.clone());
+    assert!(report.clean(), "{:#?}", report.errors);
+    assert!(
+        report.log_records > 0,
+        "nothing to replay: {:?}",
+        report.notes
+    );
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let st = block_on(pool.log_status()).unwrap().unwrap();
+    let mirror = st.mirror.expect("the open gave the log a mirror");
+    assert!(
+        block_on(pool.committed_txn()).unwrap() > sb.txn,
+        "no checkpoint recorded the mirror"
+    );
+    let d: Arc<dyn Bdev> = block_on(pool.disk("vd0")).unwrap();
+    let (d2, b) = (d.clone(), blocks.clone());
+    on(&set, 1, move || async move {
+        for &x in &b {
+            assert_eq!(read_byte(&d2, x).await, 0x55, "block {x}");
+        }
+    });
+    block_on(pool.rename_disk("vd0", "vd1")).unwrap();
+    let st = block_on(pool.log_status()).unwrap().unwrap();
+    block_on(pool.crash_stop()).unwrap();
+    drop((d, pool));
+    let last = (st.next_seq - 1) % st.pages;
+    let log_copy = page_at(&set, &base, at, st.first_page + last);
+    let mirror_copy = page_at(&set, &base, at, mirror + last);
+    let uuid = picked.sb.pool_uuid;
+    assert_eq!(
+        meta::log::decode_log_head(&mirror_copy, mirror + last, &uuid).unwrap(),
+        meta::log::decode_log_head(&log_copy, st.first_page + last, &uuid).unwrap(),
+        "the append after the upgrade is not in the mirror"
+    );
+    let report = offline_check(&set, base.clone());
+    assert!(report.clean(), "{:#?}", report.errors);
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let names: Vec<String> = block_on(pool.list())
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["vd1"]);
+    block_on(pool.close()).unwrap();
+}
