@@ -646,7 +646,7 @@ impl Sim {
             .filter(|d| self.model[*d].read_only)
             .cloned()
             .collect();
-        Some(match self.rng.u8(0..24) {
+        Some(match self.rng.u8(0..27) {
             0..=1 => {
                 if live.len() >= 10 {
                     return None;
@@ -731,6 +731,24 @@ impl Sim {
                 };
                 Op::CowPolicy { disk, policy }
             }
+            24..=25 => {
+                // A snapshot of the disk's family (lineage through the model's parents):
+                // the engine refuses others, and a refusal changes nothing.
+                let disk = self.pick(&writable)?;
+                let root = self.family_root(&disk);
+                let snaps: Vec<String> = live
+                    .iter()
+                    .filter(|s| self.model[*s].snapshot && self.family_root(s) == root)
+                    .cloned()
+                    .collect();
+                let snapshot = self.pick(&snaps)?;
+                Op::Revert { disk, snapshot }
+            }
+            26 => {
+                let disk = self.pick(&live)?;
+                let new_name = self.new_name("n");
+                Op::Rename { disk, new_name }
+            }
             _ => {
                 let mut w = live.clone();
                 self.rng.shuffle(&mut w);
@@ -749,6 +767,18 @@ impl Sim {
                 }
             }
         })
+    }
+
+    /// The oldest ancestor of `disk` through the model's parent links.
+    fn family_root(&self, disk: &str) -> String {
+        let mut at = disk.to_string();
+        for _ in 0..=self.model.len() {
+            match self.model.get(&at).and_then(|d| d.parent.clone()) {
+                Some(p) if self.model.contains_key(&p) => at = p,
+                _ => break,
+            }
+        }
+        at
     }
 
     fn gen_wave(&mut self) -> Vec<Op> {
@@ -771,6 +801,11 @@ impl Sim {
                         continue;
                     }
                     busy.extend(names);
+                    // A revert or a rename changes what the disk's name reads as a
+                    // whole: no data operation on it shares the wave.
+                    if let Op::Revert { disk, .. } | Op::Rename { disk, .. } = &op {
+                        ops.retain(|o| !o.is_data() || data_disk(o) != Some(disk.as_str()));
+                    }
                     ops.push(op);
                 }
             }
@@ -1336,6 +1371,14 @@ impl Sim {
             }
         }
         Ok(())
+    }
+}
+
+/// The disk a data operation is about.
+fn data_disk(op: &Op) -> Option<&str> {
+    match op {
+        Op::Read { disk, .. } | Op::Modify { disk, .. } | Op::Flush { disk } => Some(disk),
+        _ => None,
     }
 }
 
