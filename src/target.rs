@@ -1058,5 +1058,59 @@ mod tests {
         let e = TargetError::from(BdevError::NotFound("m9".into()));
         let printed = format!("{:#}", anyhow::Error::from(e));
         assert_eq!(printed.matches("m9").count(), 1, "{printed}");
+        // Every error whose message holds its cause: printed as a chain, the cause's
+        // text appears once.
+        let cause = || std::io::Error::other("the-cause");
+        let meta = crate::vdisk::meta::MetaError::NoLabel {
+            what: "the-cause".into(),
+        };
+        let bdev_io = || BdevError::Io {
+            name: "b0".into(),
+            path: "/x".into(),
+            cause: cause(),
+        };
+        let errors: Vec<anyhow::Error> = vec![
+            TargetError::from(VdiskError::Meta(meta)).into(),
+            TargetError::from(VdiskError::Bdev(bdev_io())).into(),
+            TargetError::from(bdev_io()).into(),
+            crate::frontend::nvmf::NvmfError::Bdev(bdev_io()).into(),
+            crate::frontend::nvmf::NvmfError::Listen {
+                addr: "a".into(),
+                cause: cause(),
+            }
+            .into(),
+            crate::frontend::nbd::NbdError::Io(cause()).into(),
+            crate::frontend::nbd::NbdError::Bind {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                cause: cause(),
+            }
+            .into(),
+            crate::reactor::ReactorError::Poll(cause()).into(),
+            crate::reactor::ReactorError::Pin {
+                core: 0,
+                cpu: 0,
+                cause: cause(),
+            }
+            .into(),
+            crate::config::ConfigError::Read {
+                file: "f".into(),
+                cause: cause(),
+            }
+            .into(),
+            crate::rpc::client::ClientError::Connect {
+                path: "p".into(),
+                cause: cause(),
+            }
+            .into(),
+            crate::rpc::server::RpcServerError::Io {
+                path: "p".into(),
+                cause: cause(),
+            }
+            .into(),
+        ];
+        for e in errors {
+            let printed = format!("{e:#}");
+            assert_eq!(printed.matches("the-cause").count(), 1, "{printed}");
+        }
     }
 }

@@ -143,7 +143,7 @@ impl MallocBdev {
             return Err(BdevError::Io {
                 name: name.into(),
                 path: "anonymous memory".into(),
-                source: std::io::Error::last_os_error(),
+                cause: std::io::Error::last_os_error(),
             });
         }
         // SAFETY: the mapping just created spans `len` bytes. Huge pages are advice; the

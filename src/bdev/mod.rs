@@ -506,11 +506,11 @@ pub enum BdevError {
         field: &'static str,
         reason: String,
     },
-    #[error("bdev `{name}`: {path}: {source}")]
+    #[error("bdev `{name}`: {path}: {cause}")]
     Io {
         name: String,
         path: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("bdev `{name}` is in use by {by}")]
     Claimed { name: String, by: String },

@@ -107,10 +107,10 @@ impl UringBdev {
         uuid: Option<Uuid>,
         options: UringOptions,
     ) -> Result<Arc<UringBdev>, BdevError> {
-        let io_err = |source| BdevError::Io {
+        let io_err = |cause| BdevError::Io {
             name: name.to_string(),
             path: path.display().to_string(),
-            source,
+            cause,
         };
         let invalid = |field, reason: String| BdevError::InvalidParam {
             name: name.to_string(),

@@ -369,11 +369,8 @@ impl Default for Config {
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    #[error("{file}: cannot read: {cause}")]
+    Read { file: String, cause: std::io::Error },
     #[error("{file}:{line}:{column}: {message}")]
     Parse {
         file: String,
@@ -389,9 +386,9 @@ impl Config {
     /// Loads a configuration file: tessera's YAML, or SPDK's JSON format (an object
     /// with a `subsystems` array, as `save_config` writes it).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             file: path.display().to_string(),
-            source,
+            cause,
         })?;
         let file = path.display().to_string();
         if spdk_json::is_spdk_json(&text) {

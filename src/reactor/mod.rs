@@ -139,16 +139,24 @@ impl ReactorConfig {
 /// Errors of the reactor layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ReactorError {
-    #[error("core {core}: cannot pin thread to cpu {cpu}: {source}")]
+    #[error("core {core}: cannot pin thread to cpu {cpu}: {cause}")]
     Pin {
         core: usize,
         cpu: usize,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot create the readiness poller: {0}")]
-    Poll(#[from] std::io::Error),
+    Poll(std::io::Error),
     #[error("core index {core} is not in this reactor set of {len} cores")]
     NoSuchCore { core: usize, len: usize },
+}
+
+// Not `#[from]`: the message holds the cause, and a source would print it twice in a
+// chain of causes.
+impl From<std::io::Error> for ReactorError {
+    fn from(e: std::io::Error) -> ReactorError {
+        ReactorError::Poll(e)
+    }
 }
 
 /// A message could not be delivered: the target reactor has stopped.
@@ -433,7 +441,7 @@ impl ReactorSet {
                         let _ = ready.send(Err(ReactorError::Pin {
                             core,
                             cpu,
-                            source: e,
+                            cause: e,
                         }));
                         return;
                     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 /// Why a call got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {path}: {source} (is `tessera serve` running?)")]
-    Connect { path: String, source: io::Error },
+    #[error("cannot connect to {path}: {cause} (is `tessera serve` running?)")]
+    Connect { path: String, cause: io::Error },
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error("the server closed the connection before answering")]
@@ -32,9 +32,9 @@ pub struct RpcClient {
 impl RpcClient {
     /// Connects to the socket at `path`; each answer must come within `timeout`.
     pub fn connect(path: &Path, timeout: Duration) -> Result<RpcClient, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        let stream = UnixStream::connect(path).map_err(|cause| ClientError::Connect {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;

@@ -101,7 +101,7 @@ impl From<BdevError> for RpcError {
                 RpcError::errno(libc::EEXIST, format!("bdev \"{name}\" already exists"))
             }
             BdevError::InvalidParam { .. } => RpcError::einval(e.to_string()),
-            BdevError::Io { ref source, .. } => RpcError::errno(io_errno(source), e.to_string()),
+            BdevError::Io { ref cause, .. } => RpcError::errno(io_errno(cause), e.to_string()),
             BdevError::Claimed { .. } => RpcError::errno(libc::EBUSY, e.to_string()),
             BdevError::Channel { .. } => RpcError::errno(libc::EIO, e.to_string()),
             // No bdev has this name (SPDK resolves no bare lvol names at all): -ENODEV,
@@ -154,7 +154,7 @@ impl From<NvmfError> for RpcError {
             NvmfError::UnsupportedTransport(_)
             | NvmfError::Namespace { .. }
             | NvmfError::Discovery => RpcError::einval(msg),
-            NvmfError::Listen { ref source, .. } => RpcError::errno(io_errno(source), msg),
+            NvmfError::Listen { ref cause, .. } => RpcError::errno(io_errno(cause), msg),
         }
     }
 }
@@ -163,7 +163,7 @@ impl From<NbdError> for RpcError {
     fn from(e: NbdError) -> RpcError {
         let msg = e.to_string();
         match e {
-            NbdError::Bind { ref source, .. } => RpcError::errno(io_errno(source), msg),
+            NbdError::Bind { ref cause, .. } => RpcError::errno(io_errno(cause), msg),
             NbdError::ExportExists(_) => RpcError::errno(libc::EEXIST, msg),
             NbdError::NoSuchExport(_) => RpcError::errno(libc::ENODEV, msg),
             NbdError::InvalidAddress { .. }

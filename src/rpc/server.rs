@@ -45,8 +45,8 @@ pub enum RpcServerError {
     InUse { path: String },
     #[error("RPC socket {path}: exists and is not a socket")]
     NotASocket { path: String },
-    #[error("RPC socket {path}: {source}")]
-    Io { path: String, source: io::Error },
+    #[error("RPC socket {path}: {cause}")]
+    Io { path: String, cause: io::Error },
     #[error("RPC server: {0}")]
     Reactor(String),
 }
@@ -83,19 +83,13 @@ fn prepare_path(path: &Path) -> Result<(), RpcServerError> {
     let shown = path.display().to_string();
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(RpcServerError::Io {
-            path: shown,
-            source,
-        }),
+        Err(cause) => Err(RpcServerError::Io { path: shown, cause }),
         Ok(m) if !m.file_type().is_socket() => Err(RpcServerError::NotASocket { path: shown }),
         Ok(_) => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(RpcServerError::InUse { path: shown });
             }
-            std::fs::remove_file(path).map_err(|source| RpcServerError::Io {
-                path: shown,
-                source,
-            })
+            std::fs::remove_file(path).map_err(|cause| RpcServerError::Io { path: shown, cause })
         }
     }
 }
@@ -105,9 +99,9 @@ impl RpcServer {
     /// thread that is not a reactor it returns once the listener is registered.
     pub fn start(target: Target, path: &Path) -> Result<RpcServer, RpcServerError> {
         prepare_path(path)?;
-        let io_err = |source| RpcServerError::Io {
+        let io_err = |cause| RpcServerError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         };
         let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
         listener.set_nonblocking(true).map_err(io_err)?;

@@ -90,7 +90,7 @@ impl CowPolicy {
 #[derive(Debug, thiserror::Error)]
 pub enum VdiskError {
     #[error("metadata: {0}")]
-    Meta(#[from] meta::MetaError),
+    Meta(meta::MetaError),
     #[error("{what}: I/O failed with {status:?}")]
     Io { what: String, status: IoStatus },
     #[error("{field}: {reason}")]
@@ -124,9 +124,23 @@ pub enum VdiskError {
     #[error("timed out: {0}")]
     DrainTimeout(Stall),
     #[error("bdev: {0}")]
-    Bdev(#[from] BdevError),
+    Bdev(BdevError),
     #[error("no pool found: {0}")]
     NoPool(String),
+}
+
+// Not `#[from]`: the message holds the cause, and a source would print it twice in a
+// chain of causes.
+impl From<meta::MetaError> for VdiskError {
+    fn from(e: meta::MetaError) -> VdiskError {
+        VdiskError::Meta(e)
+    }
+}
+
+impl From<BdevError> for VdiskError {
+    fn from(e: BdevError) -> VdiskError {
+        VdiskError::Bdev(e)
+    }
 }
 
 /// I/O that did not drain within its time limit: what waited, for which disk, on which

@@ -77,10 +77,10 @@ use std::net::SocketAddr;
 /// Errors of the NBD server's control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
-    #[error("nbd: cannot listen on {addr}: {source}")]
+    #[error("nbd: cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("nbd: listen address `{addr}` is invalid: {reason}")]
     InvalidAddress { addr: String, reason: String },
@@ -95,7 +95,21 @@ pub enum NbdError {
     #[error("nbd: the server has stopped")]
     Stopped,
     #[error("nbd: {0}")]
-    Reactor(#[from] SendError),
+    Reactor(SendError),
     #[error("nbd: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+// Not `#[from]`: the message holds the cause, and a source would print it twice in a
+// chain of causes.
+impl From<SendError> for NbdError {
+    fn from(e: SendError) -> NbdError {
+        NbdError::Reactor(e)
+    }
+}
+
+impl From<std::io::Error> for NbdError {
+    fn from(e: std::io::Error) -> NbdError {
+        NbdError::Io(e)
+    }
 }

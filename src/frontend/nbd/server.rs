@@ -325,7 +325,7 @@ impl NbdServer {
             table.add(e)?;
         }
         let listener =
-            std::net::TcpListener::bind(addr).map_err(|source| NbdError::Bind { addr, source })?;
+            std::net::TcpListener::bind(addr).map_err(|cause| NbdError::Bind { addr, cause })?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(ServerShared {

@@ -35,16 +35,21 @@ pub enum NvmfError {
     #[error("subsystem {nqn}: {reason}")]
     Namespace { nqn: String, reason: String },
     #[error("bdev: {0}")]
-    Bdev(#[from] crate::bdev::BdevError),
-    #[error("listener {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bdev(crate::bdev::BdevError),
+    #[error("listener {addr}: {cause}")]
+    Listen { addr: String, cause: std::io::Error },
     #[error("listener {0} is not a listener of this subsystem")]
     NoListener(String),
     #[error("the discovery subsystem cannot be changed that way")]
     Discovery,
+}
+
+// Not `#[from]`: the message holds the cause, and a source would print it twice in a
+// chain of causes.
+impl From<crate::bdev::BdevError> for NvmfError {
+    fn from(e: crate::bdev::BdevError) -> NvmfError {
+        NvmfError::Bdev(e)
+    }
 }
 
 fn invalid(param: &'static str, reason: impl Into<String>) -> NvmfError {
@@ -439,10 +444,10 @@ impl NvmfTarget {
             slot.users += 1;
             return Ok(addr);
         }
-        let handle = listener::start(self.shared.clone(), addr, opts).map_err(|source| {
+        let handle = listener::start(self.shared.clone(), addr, opts).map_err(|cause| {
             NvmfError::Listen {
                 addr: addr.to_string(),
-                source,
+                cause,
             }
         })?;
         let bound = handle.local_addr();
