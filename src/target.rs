@@ -77,6 +77,8 @@ struct Inner {
     /// Labelled bdevs whose pool is not complete yet.
     examining: Mutex<Vec<(Arc<dyn Bdev>, Label)>>,
     config: Config,
+    /// Bytes per second each pool's splits and decouples may copy (0: no cap).
+    job_limit: std::sync::atomic::AtomicU64,
 }
 
 /// A running target.
@@ -107,6 +109,7 @@ impl Target {
                 pools: Mutex::new(BTreeMap::new()),
                 examining: Mutex::new(Vec::new()),
                 config: config.clone(),
+                job_limit: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if let Err(e) = crate::reactor::block_on(target.apply(&config)) {
@@ -610,8 +613,27 @@ impl Target {
         self.adopt_pool(pool, cfg).await
     }
 
+    /// Caps the bytes per second every pool's splits and decouples copy (each pool's
+    /// jobs together; 0: no cap), pools opened later included.
+    pub async fn set_job_limit(&self, bytes_per_sec: u64) -> Result<(), TargetError> {
+        self.inner
+            .job_limit
+            .store(bytes_per_sec, std::sync::atomic::Ordering::Relaxed);
+        for p in self.pools() {
+            p.set_job_limit(bytes_per_sec).await?;
+        }
+        Ok(())
+    }
+
     /// Registers an opened pool, claims its bdevs and registers its disks as bdevs.
     async fn adopt_pool(&self, pool: Pool, mut cfg: PoolConfig) -> Result<(), TargetError> {
+        let cap = self
+            .inner
+            .job_limit
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if cap > 0 {
+            pool.set_job_limit(cap).await?;
+        }
         let bdevs = pool.bdevs();
         let data = bdevs.len() - usize::from(cfg.metadata_bdev.is_some());
         cfg.bdevs = bdevs

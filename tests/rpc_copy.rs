@@ -359,3 +359,61 @@ fn a_capped_copy_is_slow_and_a_source_made_writable_fails_it() {
     );
     srv.stop();
 }
+
+/// `tessera_lvol_set_copy_limit` caps splits too: an inflate (answered when the split is
+/// done) of a clone of a 32 MiB snapshot (two batches of a split) at 8 MiB/s waits out
+/// its first 16 MiB, about two seconds; lifted, the next inflate is quick.
+#[test]
+fn the_copy_limit_caps_an_inflate() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), port);
+    srv.call(
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "Malloc0", "lvs_name": "lvs0"}),
+    );
+    srv.call(
+        "bdev_lvol_create",
+        json!({"lvol_name": "big", "size_in_mib": 32, "lvs_name": "lvs0", "thin_provision": true}),
+    );
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "lvs0/big", "name": "e0"}),
+    );
+    qemu_io(port, "e0", &["write -P 0x41 0 32M"]);
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "lvs0/big", "snapshot_name": "s"}),
+    );
+    for c in ["c1", "c2"] {
+        srv.call(
+            "bdev_lvol_clone",
+            json!({"snapshot_name": "lvs0/s", "clone_name": c}),
+        );
+    }
+    let inflate = |name: &str| {
+        let t0 = Instant::now();
+        srv.call("bdev_lvol_inflate", json!({"name": format!("lvs0/{name}")}));
+        let took = t0.elapsed();
+        let l = srv.call("bdev_lvol_get_lvols", json!({"lvs_name": "lvs0"}));
+        let lvol = l.as_array().unwrap().iter().find(|v| v["name"] == name);
+        assert_eq!(lvol.unwrap()["is_clone"], false, "{l}");
+        took
+    };
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 8 * M}),
+    );
+    let took = inflate("c1");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "32 MiB split at 8 MiB/s in {took:?}"
+    );
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 0}),
+    );
+    let took = inflate("c2");
+    assert!(took < Duration::from_millis(1500), "uncapped: {took:?}");
+    srv.stop();
+}

@@ -262,6 +262,11 @@ pub(crate) struct Controller {
     pub log_writing: std::cell::Cell<bool>,
     /// The controller's side of the metadata budget (`commit.rs`, "Metadata space").
     pub meta: RefCell<MetaLedger>,
+    /// Bytes per second the background jobs (split, decouple) may copy, all together;
+    /// 0: no cap.
+    pub job_limit: std::cell::Cell<u64>,
+    /// When the jobs' next byte may go: each batch moves it on by its bytes at the cap.
+    pub job_pace: std::cell::Cell<reactor::Nanos>,
     /// This core's channels to the metadata bdev and the containers, held for as long as
     /// the controller runs: the core's channel cache keeps a channel only while someone
     /// holds it, and the log appends, checkpoints and copies would otherwise open (and
@@ -302,6 +307,8 @@ impl Controller {
             commits_for_room: std::cell::Cell::new(0),
             log_writing: std::cell::Cell::new(false),
             meta: RefCell::new(MetaLedger::default()),
+            job_limit: std::cell::Cell::new(0),
+            job_pace: std::cell::Cell::new(reactor::now()),
             _channels: std::iter::once(&shared.meta_bdev)
                 .chain(shared.containers.iter().map(|c| &c.bdev))
                 .filter_map(|b| Channel::get(b).ok())
@@ -458,8 +465,9 @@ impl Controller {
     }
 
     /// Copies what extent `src` (one segment) resolves to into segment `dst`, setting
-    /// `dst`'s fill for every granule copied. Granules that read as zeros are not copied.
-    pub(crate) async fn copy_resolved(&self, src: &Extent, dst: u64) -> Result<(), IoStatus> {
+    /// `dst`'s fill for every granule copied; returns the bytes copied. Granules that
+    /// read as zeros are not copied.
+    pub(crate) async fn copy_resolved(&self, src: &Extent, dst: u64) -> Result<u64, IoStatus> {
         let n = self.shared.geo.segment_blocks;
         self.copy_resolved_blocks(src, dst, 0, n).await
     }
@@ -471,10 +479,11 @@ impl Controller {
         dst: u64,
         b0: u64,
         n: u64,
-    ) -> Result<(), IoStatus> {
+    ) -> Result<u64, IoStatus> {
         let geo = self.shared.geo;
         let fill = self.shared.fills.get(dst);
         let runs = geo.resolve_runs(&self.shared.fills, Some(src), src.vseg, b0, n);
+        let mut copied = 0;
         for (b, n, source) in runs {
             match source {
                 super::map::Source::Seg(s) => {
@@ -488,12 +497,35 @@ impl Controller {
                         at += k;
                     }
                     fill.set_range(b / geo.granule_blocks, n.div_ceil(geo.granule_blocks));
+                    copied += n * geo.block_size as u64;
                 }
                 super::map::Source::Zero => {}
                 super::map::Source::Error => return Err(IoStatus::MediaError),
             }
         }
-        Ok(())
+        Ok(copied)
+    }
+
+    /// Counts `bytes` a background job copied against the jobs' cap: the time the
+    /// jobs' next byte is due moves on by their time at the cap ([`Controller::job_due`]).
+    pub(crate) fn job_copied(&self, bytes: u64) {
+        let cap = self.job_limit.get();
+        let now = reactor::now();
+        if cap == 0 {
+            self.job_pace.set(now);
+            return;
+        }
+        let start = self.job_pace.get().max(now);
+        self.job_pace
+            .set(start.after(Duration::from_secs_f64(bytes as f64 / cap as f64)));
+    }
+
+    /// When the background jobs may copy again (now or earlier: at once).
+    pub(crate) fn job_due(&self) -> reactor::Nanos {
+        match self.job_limit.get() {
+            0 => reactor::now(),
+            _ => self.job_pace.get(),
+        }
     }
 
     /// Reads blocks `[b, b + n)` of physical segment `seg`.

@@ -328,6 +328,19 @@ impl Pool {
         self.on_ctl(move |c| async move { durable(&c, c.start_job(&n, true).await).await })
     }
 
+    /// Caps the bytes per second the pool's splits and decouples copy, all together,
+    /// running ones included (0: no cap).
+    pub fn set_job_limit(
+        &self,
+        bytes_per_sec: u64,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move {
+            c.job_limit.set(bytes_per_sec);
+            c.job_pace.set(crate::reactor::now());
+            Ok(())
+        })
+    }
+
     /// Cancels a running split or decouple.
     pub fn cancel_split(
         &self,

@@ -32,6 +32,9 @@ const BUSY_IOPS: f64 = 200.0;
 /// Pause after each step while the disk is busy: with ~0.3 ms of copying per segment,
 /// the job takes about a fifth of its core.
 const BUSY_PAUSE: Duration = Duration::from_millis(3);
+/// The longest a job sleeps within its bandwidth cap before it looks at its cancel flag
+/// and the pool's closing again.
+const JOB_PACE_SLICE: Duration = Duration::from_millis(50);
 
 impl Controller {
     /// Starts splitting (or decoupling) `name` from its parent.
@@ -280,6 +283,20 @@ impl Controller {
             } else {
                 reactor::yield_now().await;
             }
+            // Within the jobs' bandwidth cap: wait (in slices, nothing locked) until the
+            // next copy is due.
+            loop {
+                let (due, now) = (self.job_due(), reactor::now());
+                if due <= now
+                    || cancel.get()
+                    || self.stopping.get()
+                    || self.crashed.get()
+                    || self.st.borrow().closed
+                {
+                    break;
+                }
+                reactor::sleep_until(due.min(now.after(JOB_PACE_SLICE))).await;
+            }
         }
         // Everything is the disk's own now: forget the parent (or skip it).
         let _lock = self.locks.disk(disk).await;
@@ -383,8 +400,12 @@ impl Controller {
         for t in tasks {
             done.push(t.await);
         }
+        let mut copied = 0;
         for (one, prefix, seg, r) in done {
-            let r = r.and_then(|()| self.adopt_copy(disk, &one, prefix, seg));
+            let r = r.and_then(|bytes| {
+                copied += bytes;
+                self.adopt_copy(disk, &one, prefix, seg)
+            });
             if let Err(e) = r {
                 self.st.borrow_mut().space.unalloc_segment(seg);
                 status = status.worst(e);
@@ -393,12 +414,13 @@ impl Controller {
         let _ = self.push_view(disk, false).await;
         drop(locks);
         self.update_free();
+        self.job_copied(copied);
         status
     }
 
     /// Makes virtual segment `vseg` of `disk` its own (see the module doc).
     async fn job_segment(&self, disk: u64, vseg: u64) -> IoStatus {
-        let _lock = self.locks.segment(disk, vseg).await;
+        let lock = self.locks.segment(disk, vseg).await;
         let (one, writable) = {
             let st = self.st.borrow();
             let Some(d) = st.disks.get(&disk) else {
@@ -439,6 +461,7 @@ impl Controller {
                 ..one.clone()
             };
             let mut status = IoStatus::Success;
+            let mut copied = 0;
             let fills = &self.shared.fills;
             for (b, n, src) in geo.resolve_runs(fills, Some(&below), vseg, 0, geo.segment_blocks) {
                 let Source::Seg(s) = src else { continue };
@@ -462,6 +485,7 @@ impl Controller {
                     match r {
                         Ok(()) => {
                             fill.set_range(g, h - g);
+                            copied += fn_ * geo.block_size as u64;
                         }
                         Err(e) => status = e,
                     }
@@ -492,6 +516,8 @@ impl Controller {
             }
             let _ = self.fence_writes(disk, vseg, false).await;
             self.update_free();
+            drop(lock);
+            self.job_copied(copied);
             return status;
         }
         // Shared: copy what the prefix layers hold into a new segment of the disk's own.
@@ -499,16 +525,21 @@ impl Controller {
             return IoStatus::CapacityExceeded;
         };
         self.shared.fills.fresh(seg, disk, vseg);
-        if let Err(e) = self.copy_resolved(&copy_from, seg).await {
-            self.st.borrow_mut().space.unalloc_segment(seg);
-            return e;
-        }
+        let copied = match self.copy_resolved(&copy_from, seg).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.st.borrow_mut().space.unalloc_segment(seg);
+                return e;
+            }
+        };
         if let Err(e) = self.adopt_copy(disk, &one, prefix, seg) {
             self.st.borrow_mut().space.unalloc_segment(seg);
             return e;
         }
         let _ = self.push_view(disk, false).await;
         self.update_free();
+        drop(lock);
+        self.job_copied(copied);
         IoStatus::Success
     }
 

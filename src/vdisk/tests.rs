@@ -254,6 +254,79 @@ fn split_makes_a_clone_independent() {
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
+/// A split copies within the pool's job bandwidth cap: 24 fully written segments of a
+/// snapshot (two batches of a split) at 8 MiB/s take the second batch's wait, about 2 s,
+/// where uncapped they take milliseconds; a split cancelled while it waits out the cap
+/// stops within a slice, not when the wait would end.
+#[test]
+fn split_copies_within_the_jobs_bandwidth_cap() {
+    let set = reactors(2);
+    let base = malloc("m0", 128);
+    let pool = new_pool(&set, base.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 24 << 20, true)).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        let ch = Channel::get(&d).unwrap();
+        for s in 0..24u64 {
+            ch.write(s * 256, pattern(s as u8 + 1, 1 << 20))
+                .await
+                .unwrap();
+        }
+    });
+    block_on(pool.snapshot(vec![("vd0".into(), "s".into())], Duration::from_secs(1))).unwrap();
+    block_on(pool.clone_disk("s", "c")).unwrap();
+    block_on(pool.clone_disk("s", "c2")).unwrap();
+    let cap = 8u64 << 20;
+    block_on(pool.set_job_limit(cap)).unwrap();
+    let split_of = |name: &str| {
+        let t0 = std::time::Instant::now();
+        block_on(pool.split(name)).unwrap();
+        loop {
+            let l = block_on(pool.list()).unwrap();
+            let d = l.iter().find(|d| d.name == name).unwrap();
+            if d.parent.is_none() {
+                return t0.elapsed();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{d:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let capped = split_of("c");
+    // The second batch (8 MiB) waits for the first (16 MiB) at 8 MiB/s.
+    assert!(
+        capped >= Duration::from_millis(1800) && capped < Duration::from_secs(10),
+        "a split of 24 MiB at 8 MiB/s took {capped:?}"
+    );
+    // Cancelled while it waits: stops within a slice of the wait.
+    block_on(pool.split("c2")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    block_on(pool.cancel_split("c2")).unwrap();
+    loop {
+        let l = block_on(pool.list()).unwrap();
+        let d = l.iter().find(|d| d.name == "c2").unwrap();
+        if d.job.is_none() {
+            assert!(d.parent.is_some(), "{d:?}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_millis(500), "{d:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Lifted: the same split takes milliseconds.
+    block_on(pool.set_job_limit(0)).unwrap();
+    let free = split_of("c2");
+    assert!(free < Duration::from_secs(1), "uncapped: {free:?}");
+    let c: Arc<dyn Bdev> = block_on(pool.disk("c")).unwrap();
+    on(&set, 0, move || async move {
+        for s in 0..24u64 {
+            assert_eq!(read_byte(&c, s * 256 + 100).await, s as u8 + 1);
+        }
+    });
+    block_on(pool.close()).unwrap();
+    let report = offline_check(&set, base);
+    assert!(report.clean(), "{:#?}", report.errors);
+}
+
 #[test]
 fn fully_allocated_disk_reads_zeros_and_is_one_run_per_256_segments() {
     let set = reactors(1);

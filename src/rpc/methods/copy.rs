@@ -18,7 +18,8 @@
 //!   it is copied; the offset to resume from). Finished operations stay listed until
 //!   the process ends (SPDK forgets one once `check` reported it finished).
 //! - `tessera_lvol_set_copy_limit` {`max_bytes_per_sec`}: a bandwidth cap (0: none)
-//!   for every copy, running ones included.
+//!   for every copy, running ones included; each pool's splits and decouples get the
+//!   same cap, for all of them together (`Pool::set_job_limit`).
 //!
 //! As SPDK requires, the source must be read-only (a snapshot, or an lvol set
 //! read-only): it cannot change during the copy. A copy checks this before every step
@@ -516,6 +517,7 @@ pub async fn bdev_lvol_check_shallow_copy(ctx: Rc<Ctx>, p: CheckParams) -> RpcRe
 
 pub async fn tessera_lvol_set_copy_limit(ctx: Rc<Ctx>, p: CopyLimitParams) -> RpcResult {
     ctx.copies.limit.set(p.max_bytes_per_sec);
+    ctx.target.set_job_limit(p.max_bytes_per_sec).await?;
     Ok(Value::Bool(true))
 }
 
