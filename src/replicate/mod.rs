@@ -348,6 +348,17 @@ pub fn send(opts: &SendOptions, out: impl Write, progress: &mut dyn Write) -> Re
             Some(b.clone())
         }
     };
+    for n in [Some(&target.name), base.as_ref().map(|b| &b.name)]
+        .into_iter()
+        .flatten()
+    {
+        if n.len() > stream::MAX_NAME_BYTES {
+            return Err(ReplicateError::Refused(format!(
+                "snapshot name `{n}` is longer than the stream's {} bytes",
+                stream::MAX_NAME_BYTES
+            )));
+        }
+    }
     let bs = u64::from(target.block_size);
     if !opts.resume_from.is_multiple_of(bs) || opts.resume_from > target.size {
         return Err(ReplicateError::Refused(format!(
