@@ -20,14 +20,16 @@ forbid() {
     fi
 }
 
-forbid src/reactor bdev nvme vdisk frontend config rpc target bench sim
-forbid src/nvme bdev reactor vdisk frontend config rpc target bench sim
-forbid src/bdev vdisk frontend config rpc target bench sim
-forbid src/vdisk frontend config rpc target bench sim
-forbid src/frontend vdisk config rpc target bench sim
-forbid src/config rpc target bench sim
+forbid src/reactor bdev nvme vdisk frontend config rpc target bench sim replicate
+forbid src/nvme bdev reactor vdisk frontend config rpc target bench sim replicate
+forbid src/bdev vdisk frontend config rpc target bench sim replicate
+forbid src/vdisk frontend config rpc target bench sim replicate
+forbid src/frontend vdisk config rpc target bench sim replicate
+forbid src/config rpc target bench sim replicate
 forbid src/sim frontend config rpc target bench
-forbid src/bench rpc sim
+forbid src/bench rpc sim replicate
+# send/receive speak to targets only through their RPC socket and NBD server.
+forbid src/replicate vdisk target sim bench
 
 # Inside vdisk, the data path (the agents, the map and table, the messages and the
 # pool state every core reads) does not reach the control path (controller, views,

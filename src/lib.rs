@@ -28,6 +28,7 @@ pub mod frontend;
 pub mod fuzzing;
 pub mod nvme;
 pub mod reactor;
+pub mod replicate;
 pub mod rpc;
 pub mod sim;
 pub mod target;

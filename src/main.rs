@@ -42,6 +42,12 @@ enum Command {
     /// Call a JSON-RPC method of a running target:
     /// `tessera rpc [-s SOCKET] METHOD [--param value ...] [--json '{...}']`.
     Rpc(RpcArgs),
+    /// Write a snapshot's changed blocks since `--from` (or all its data) to stdout as a
+    /// send stream, read over NBD from the source target.
+    Send(SendArgs),
+    /// Apply a send stream from stdin to a disk over NBD, then take the stream's
+    /// snapshot; refuses unless the disk's latest snapshot is the stream's base.
+    Receive(ReceiveArgs),
     /// Crash-test workload: writes to a disk of a file-backed pool until killed.
     #[command(hide = true)]
     CrashWriter(CrashWriterArgs),
@@ -76,6 +82,39 @@ struct SimArgs {
     /// Power-loss patterns tried per crash point of a sweep.
     #[arg(long, default_value_t = 2)]
     loss_patterns: u64,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// The source target's JSON-RPC socket.
+    #[arg(long = "rpc", default_value = tessera::rpc::DEFAULT_SOCKET)]
+    rpc_socket: PathBuf,
+    /// The source target's NBD server, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    nbd: String,
+    /// The base snapshot (an incremental send); without it, every block holding data.
+    #[arg(long)]
+    from: Option<String>,
+    /// Bytes per second at most (with a unit: 100MiB).
+    #[arg(long)]
+    limit: Option<String>,
+    /// Skip the runs before this byte offset (after an interrupted receive).
+    #[arg(long, default_value = "0")]
+    resume_from: String,
+    /// The snapshot to send (name, pool/name or UUID).
+    snapshot: String,
+}
+
+#[derive(Args)]
+struct ReceiveArgs {
+    /// The destination target's JSON-RPC socket.
+    #[arg(long = "rpc", default_value = tessera::rpc::DEFAULT_SOCKET)]
+    rpc_socket: PathBuf,
+    /// The destination target's NBD server, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    nbd: String,
+    /// The disk to apply the stream to (name, pool/name or UUID).
+    disk: String,
 }
 
 #[derive(Args)]
@@ -257,6 +296,8 @@ fn main() {
         Command::Bench(a) => bench(a),
         Command::Check(a) => check(a),
         Command::Rpc(a) => rpc(a),
+        Command::Send(a) => send(a),
+        Command::Receive(a) => receive(a),
         Command::CrashWriter(a) => crash_writer(a),
         Command::Sim(a) => sim(a),
     };
@@ -355,6 +396,52 @@ fn sim(a: SimArgs) -> Result<()> {
         let seeds: Vec<String> = sum.failures.iter().map(|f| f.seed.to_string()).collect();
         bail!("failing seeds: {}", seeds.join(" "));
     }
+    Ok(())
+}
+
+fn send(a: SendArgs) -> Result<()> {
+    let size = |what: &str, v: &str| -> Result<u64> {
+        parse_size(v)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{what}: `{v}`"))
+    };
+    let opts = tessera::replicate::SendOptions {
+        rpc_socket: a.rpc_socket,
+        nbd: a.nbd,
+        from: a.from,
+        snapshot: a.snapshot,
+        limit: a.limit.as_deref().map(|l| size("--limit", l)).transpose()?,
+        resume_from: size("--resume-from", &a.resume_from)?,
+    };
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        bail!("stdout is a terminal: pipe the stream into `tessera receive` or a file");
+    }
+    let s = tessera::replicate::send(&opts, std::io::stdout().lock(), &mut std::io::stderr())?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "tessera send: {} records, {} data bytes",
+        s.records,
+        s.bytes
+    );
+    Ok(())
+}
+
+fn receive(a: ReceiveArgs) -> Result<()> {
+    let opts = tessera::replicate::ReceiveOptions {
+        rpc_socket: a.rpc_socket,
+        nbd: a.nbd,
+        disk: a.disk,
+    };
+    let r = tessera::replicate::receive(&opts, std::io::stdin().lock(), &mut std::io::stderr())?;
+    let msg = match r {
+        tessera::replicate::ReceiveOutcome::Applied { records, bytes } => {
+            format!("{records} records, {bytes} data bytes applied; snapshot taken")
+        }
+        tessera::replicate::ReceiveOutcome::AlreadyReceived => {
+            "the disk's latest snapshot already is the stream's: nothing to do".to_string()
+        }
+    };
+    let _ = writeln!(std::io::stderr(), "tessera receive: {msg}");
     Ok(())
 }
 

@@ -104,6 +104,7 @@ corpus_tests!(
     config_spdk_json,
     rpc_request,
     pool_open,
+    send_stream,
 );
 
 // ---------------------------------------------------------------------------------
@@ -942,4 +943,69 @@ fn committed_seed_corpora_are_up_to_date() {
     config_spdk_json_seeds();
     rpc_request_seeds();
     pool_open_seeds();
+    send_stream_seeds();
+}
+
+fn send_stream_seeds() {
+    use tessera::replicate::stream::{Encoder, Header};
+    use uuid::Uuid;
+    let mut s = Seeds::new("send_stream");
+    let header = |base: bool, block_size: u32, start: u64| Header {
+        pool_uuid: Uuid::from_u128(0x1111),
+        disk_uuid: Uuid::from_u128(0x2222),
+        base: base.then(|| (Uuid::from_u128(0x3333), "s1".to_string())),
+        target_uuid: Uuid::from_u128(0x4444),
+        target_name: "s2".into(),
+        block_size,
+        size: 1 << 20,
+        start,
+    };
+    let stream = |h: &Header, recs: &[(u64, usize, u8)]| {
+        let mut e = Encoder::new(Vec::new(), h).unwrap();
+        for &(off, len, fill) in recs {
+            e.data(off, &vec![fill; len]).unwrap();
+        }
+        e.finish().unwrap().0
+    };
+    let with = |knobs: u8, b: &[u8]| {
+        let mut v = vec![knobs];
+        v.extend_from_slice(b);
+        v
+    };
+    let full = stream(&header(false, 4096, 0), &[(0, 4096, 1), (8192, 8192, 2)]);
+    let incr = stream(&header(true, 512, 0), &[(512, 512, 3), (4096, 1024, 4)]);
+    s.add("full", with(0, &full));
+    s.add("incremental", with(5, &incr));
+    s.add("empty", with(1, &stream(&header(true, 4096, 0), &[])));
+    s.add(
+        "resumed",
+        with(7, &stream(&header(true, 4096, 65536), &[(65536, 4096, 5)])),
+    );
+    s.add("header-only", with(2, &header(false, 4096, 0).encode()));
+    s.add("truncated-record", with(3, &full[..full.len() - 30]));
+    let mut bad = full.clone();
+    bad[200] ^= 1;
+    s.add("bad-data-crc", with(4, &bad));
+    let mut bad = full.clone();
+    bad[8] = 2;
+    s.add("version-2", with(6, &bad));
+    s.add(
+        "overlap",
+        with(
+            8,
+            &stream(&header(false, 4096, 0), &[(8192, 4096, 1), (4096, 8192, 1)]),
+        ),
+    );
+    s.add(
+        "past-end",
+        with(
+            9,
+            &stream(&header(false, 4096, 0), &[((1 << 20) - 4096, 8192, 1)]),
+        ),
+    );
+    let mut trailing = incr.clone();
+    trailing.push(0);
+    s.add("trailing", with(10, &trailing));
+    s.add("bad-block-size", with(11, &header(false, 1000, 0).encode()));
+    s.add("garbage", with(12, b"TSSEND\r\n\x01\x00garbage"));
 }

@@ -40,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_spdk_json", config_spdk_json),
     ("rpc_request", rpc_request),
     ("pool_open", pool_open),
+    ("send_stream", send_stream),
 ];
 
 /// The NVMe/TCP PDU codec: any bytes, either direction, any negotiated digests and
@@ -490,5 +491,53 @@ pub fn pool_open(data: &[u8]) {
             after_close.errors,
             report.errors
         ),
+    }
+}
+
+/// The send stream decoder (`replicate::stream`), on the whole input in memory and
+/// streamed in reads of a size the first byte picks: both agree, and a stream either
+/// decodes is the encoder's own bytes of what it decoded.
+pub fn send_stream(data: &[u8]) {
+    use crate::replicate::stream::{Decoder, Encoder, Record, decode_all};
+    struct Chunked<'a>(&'a [u8], usize);
+    impl std::io::Read for Chunked<'_> {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(b.len()).min(self.0.len());
+            b[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let Some((&knobs, bytes)) = data.split_first() else {
+        return;
+    };
+    let whole = decode_all(bytes);
+    let streamed = Decoder::new(Chunked(bytes, knobs as usize % 13 + 1)).and_then(|mut d| {
+        let h = d.header().clone();
+        let mut v = Vec::new();
+        while let Some(r) = d.next_record()? {
+            v.push(r);
+        }
+        Ok((h, v))
+    });
+    match whole {
+        Ok((h, recs)) => {
+            let (sh, srecs) = streamed.expect("the streamed decoder refused what decode_all took");
+            assert_eq!((&sh, &srecs), (&h, &recs));
+            let mut e = Encoder::new(Vec::new(), &h).expect("encode to memory");
+            for r in &recs {
+                if let Record::Data { offset, data } = r {
+                    e.data(*offset, data).expect("encode to memory");
+                }
+            }
+            assert_eq!(e.finish().expect("encode to memory").0, bytes);
+        }
+        Err(e) => {
+            assert!(
+                streamed.is_err(),
+                "the streamed decoder took what decode_all refused"
+            );
+            assert!(e.to_string().starts_with("send stream"));
+        }
     }
 }
