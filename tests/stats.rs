@@ -134,7 +134,7 @@ fn iostat_and_histograms_count_what_qemu_io_did() {
         );
         assert_eq!(
             (u(b, "num_read_ops"), u(b, "bytes_read")),
-            (2, 20480),
+            (3, 24576),
             "{name}: {b}"
         );
         assert_eq!(
@@ -385,7 +385,7 @@ print(json.dumps(out))
         );
         assert_eq!(
             one("tessera_bdev_bytes_total", &l("read")),
-            20480.0,
+            24576.0,
             "{alias}"
         );
         for op in ["read", "write"] {
