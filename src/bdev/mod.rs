@@ -26,6 +26,7 @@ pub mod malloc;
 pub mod null;
 pub mod nvme;
 pub mod registry;
+pub mod stats;
 pub mod uring;
 
 pub use buf::IoBuf;
@@ -167,6 +168,10 @@ pub(crate) struct Origin {
     home: u64,
     sink: Option<Rc<dyn IoSink>>,
     tag: u64,
+    /// The request's statistics stamp: it counts when it completes to its submitter,
+    /// not when the base completes it to the stacked bdev.
+    stats: Option<Rc<stats::ChannelStats>>,
+    submitted: u64,
 }
 
 /// `BdevIo::home` when the request was not readdressed.
@@ -194,6 +199,12 @@ pub struct BdevIo {
     /// The submitter's `offset_blocks` while a stacked bdev has readdressed the request
     /// to its base ([`BdevIo::readdress`]); [`NO_HOME`] otherwise. `complete` puts it back.
     home: u64,
+    /// The statistics of the channel the request was first submitted to, which count
+    /// it when it completes ([`stats`]); `None` when statistics are off or the request
+    /// was not submitted through [`Channel::submit`].
+    stats: Option<Rc<stats::ChannelStats>>,
+    /// When it was submitted, in ticks ([`stats`]).
+    submitted: u64,
 }
 
 impl BdevIo {
@@ -208,6 +219,8 @@ impl BdevIo {
             bufs: SmallVec::new(),
             sink: None,
             home: NO_HOME,
+            stats: None,
+            submitted: 0,
         }
     }
 
@@ -318,6 +331,8 @@ impl BdevIo {
             home: std::mem::replace(&mut self.home, NO_HOME),
             sink: self.sink.replace(sink),
             tag: std::mem::replace(&mut self.tag, tag),
+            stats: self.stats.take(),
+            submitted: self.submitted,
         }
     }
 
@@ -328,6 +343,8 @@ impl BdevIo {
         self.home = origin.home;
         self.sink = origin.sink;
         self.tag = origin.tag;
+        self.stats = origin.stats;
+        self.submitted = origin.submitted;
     }
 
     /// Readdresses this very request to `offset_blocks` of a base bdev with the same
@@ -471,6 +488,9 @@ impl BdevIo {
     /// sink and tag, so the sink may resubmit it as it is.
     #[inline]
     pub fn complete(mut self, status: IoStatus) {
+        if let Some(s) = self.stats.take() {
+            s.record(self.kind, self.num_blocks, self.submitted, status);
+        }
         if self.home != NO_HOME {
             self.offset_blocks = std::mem::replace(&mut self.home, NO_HOME);
         }
@@ -850,6 +870,8 @@ pub struct Channel {
     inner: Rc<dyn BdevChannel>,
     bdev: Arc<dyn Bdev>,
     deferred: Rc<Deferred>,
+    /// This core's statistics of the bdev; `None` when statistics are off.
+    stats: Option<Rc<stats::ChannelStats>>,
 }
 
 impl Channel {
@@ -870,6 +892,7 @@ impl Channel {
             inner,
             bdev: bdev.clone(),
             deferred: Deferred::current(),
+            stats: stats::channel_stats(&**bdev),
         })
     }
 
@@ -883,11 +906,20 @@ impl Channel {
         check_io(&*self.bdev, io)
     }
 
-    /// Validates and submits `io`. A bad request completes (later) with its status.
+    /// Validates and submits `io`. A bad request completes (later) with its status. A
+    /// valid one is stamped for the statistics of this channel's bdev unless it carries
+    /// a stamp already (a request forwarded whole keeps counting where it was first
+    /// submitted).
     #[inline]
-    pub fn submit(&self, io: BdevIo) {
+    pub fn submit(&self, mut io: BdevIo) {
         let status = self.check(&io);
         if status.is_success() {
+            if let Some(s) = &self.stats
+                && io.stats.is_none()
+            {
+                io.submitted = s.now();
+                io.stats = Some(s.clone());
+            }
             self.inner.submit(io);
         } else {
             tracing::trace!(bdev = self.bdev.name(), ?io, ?status, "request refused");
