@@ -170,8 +170,7 @@ pub(crate) struct Origin {
     tag: u64,
     /// The request's statistics stamp: it counts when it completes to its submitter,
     /// not when the base completes it to the stacked bdev.
-    stats: Option<Rc<stats::ChannelStats>>,
-    submitted: u64,
+    stats: u32,
 }
 
 /// `BdevIo::home` when the request was not readdressed.
@@ -199,12 +198,12 @@ pub struct BdevIo {
     /// The submitter's `offset_blocks` while a stacked bdev has readdressed the request
     /// to its base ([`BdevIo::readdress`]); [`NO_HOME`] otherwise. `complete` puts it back.
     home: u64,
-    /// The statistics of the channel the request was first submitted to, which count
-    /// it when it completes ([`stats`]); `None` when statistics are off or the request
-    /// was not submitted through [`Channel::submit`].
-    stats: Option<Rc<stats::ChannelStats>>,
-    /// When it was submitted, in ticks ([`stats`]).
-    submitted: u64,
+    /// The request's statistics stamp: its slot in this core's table of counted
+    /// requests in flight ([`stats::stamp`]), which holds the statistics of the channel
+    /// it was first submitted to and when; [`stats::NO_SLOT`] when statistics are off
+    /// or the request was not submitted through [`Channel::submit`]. A `u32` beside
+    /// `kind` and `flags` fills their padding: the stamp costs `BdevIo` no bytes.
+    stats: u32,
 }
 
 impl BdevIo {
@@ -219,8 +218,7 @@ impl BdevIo {
             bufs: SmallVec::new(),
             sink: None,
             home: NO_HOME,
-            stats: None,
-            submitted: 0,
+            stats: stats::NO_SLOT,
         }
     }
 
@@ -331,8 +329,7 @@ impl BdevIo {
             home: std::mem::replace(&mut self.home, NO_HOME),
             sink: self.sink.replace(sink),
             tag: std::mem::replace(&mut self.tag, tag),
-            stats: self.stats.take(),
-            submitted: self.submitted,
+            stats: std::mem::replace(&mut self.stats, stats::NO_SLOT),
         }
     }
 
@@ -344,7 +341,6 @@ impl BdevIo {
         self.sink = origin.sink;
         self.tag = origin.tag;
         self.stats = origin.stats;
-        self.submitted = origin.submitted;
     }
 
     /// Readdresses this very request to `offset_blocks` of a base bdev with the same
@@ -488,14 +484,26 @@ impl BdevIo {
     /// sink and tag, so the sink may resubmit it as it is.
     #[inline]
     pub fn complete(mut self, status: IoStatus) {
-        if let Some(s) = self.stats.take() {
-            s.record(self.kind, self.num_blocks, self.submitted, status);
+        if self.stats != stats::NO_SLOT {
+            let slot = std::mem::replace(&mut self.stats, stats::NO_SLOT);
+            stats::finish(slot, self.kind, self.num_blocks, status);
         }
         if self.home != NO_HOME {
             self.offset_blocks = std::mem::replace(&mut self.home, NO_HOME);
         }
         if let Some(sink) = self.sink.clone() {
             sink.io_done(self, status);
+        }
+    }
+}
+
+/// A request dropped without completing (a channel torn down with it queued) gives its
+/// statistics slot back uncounted.
+impl Drop for BdevIo {
+    #[inline]
+    fn drop(&mut self) {
+        if self.stats != stats::NO_SLOT {
+            stats::release(self.stats);
         }
     }
 }
@@ -915,10 +923,9 @@ impl Channel {
         let status = self.check(&io);
         if status.is_success() {
             if let Some(s) = &self.stats
-                && io.stats.is_none()
+                && io.stats == stats::NO_SLOT
             {
-                io.submitted = s.now();
-                io.stats = Some(s.clone());
+                io.stats = stats::stamp(s);
             }
             self.inner.submit(io);
         } else {

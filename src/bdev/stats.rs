@@ -4,12 +4,16 @@
 //! Each core keeps, for each bdev it has opened a channel to, one [`ChannelStats`]:
 //! plain counters in a `RefCell` that only that core touches — no lock, no atomic on
 //! the I/O path. A request is stamped at submission with its channel's statistics and
-//! the time; its completion adds it to them: on success its operation count, bytes and
+//! the time, kept in a per-thread table of the requests in flight whose slot number the
+//! request carries in padding it had anyway ([`stamp`]: the stamp does not grow
+//! [`super::BdevIo`], the hot path's request); its completion adds it to them: on success its operation count, bytes and
 //! latency (sum, maximum, minimum, and a power-of-two histogram for the metrics
-//! endpoint), on failure one more error of its status. As SPDK does, a request counts
-//! once, on the bdev it was submitted to: the requests a stacked bdev (a virtual disk)
-//! forwards to its base bdevs count on the disk, not again on the base bdevs, which
-//! count what is submitted to them directly (a pool's metadata, copies).
+//! endpoint), on failure one more error of its status. A request counts once, on the
+//! bdev it was submitted to: a request a stacked bdev (a virtual disk) hands to its
+//! base bdev as it is ([`super::BdevIo::readdress`]) counts on the disk, not again on
+//! the base bdev, which counts what is submitted to it as a request of its own (a
+//! pool's metadata, the parts of a request split across segments, copies). SPDK differs here: an
+//! lvol's blobstore submits new requests to its base bdev, which counts them too.
 //!
 //! **Time.** Latency is in ticks of [`reactor::ticks`] (the CPU's time-stamp counter,
 //! [`reactor::tick_rate`] per second, SPDK's unit). The time stamp of a submission and
@@ -434,6 +438,102 @@ impl ChannelStats {
     }
 }
 
+/// [`super::BdevIo`]'s statistics stamp when it has none.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// One counted request in flight: the statistics that count it and when it was
+/// submitted; a free slot holds the next free slot's index in `submitted`.
+struct Slot {
+    stats: Option<Rc<ChannelStats>>,
+    submitted: u64,
+}
+
+/// This thread's counted requests in flight, by slot. A request carries its slot's
+/// index (four bytes in padding it already had) instead of the 16 bytes of the stamp
+/// itself; the slots are reused (a free list), so the table is as long as the most
+/// requests ever in flight on the core at once. Only this thread touches it: requests
+/// complete on the core that submitted them (`BdevIo` is not `Send`).
+struct InFlight {
+    slots: Vec<Slot>,
+    free: u32,
+}
+
+thread_local! {
+    static IN_FLIGHT: RefCell<InFlight> = const {
+        RefCell::new(InFlight { slots: Vec::new(), free: NO_SLOT })
+    };
+}
+
+/// Stamps a request submitted now to a channel counted by `stats`: its slot.
+#[inline]
+pub(crate) fn stamp(stats: &Rc<ChannelStats>) -> u32 {
+    let submitted = stats.now();
+    IN_FLIGHT.with(|t| {
+        let t = &mut *t.borrow_mut();
+        let i = t.free;
+        if i != NO_SLOT {
+            let s = &mut t.slots[i as usize];
+            t.free = s.submitted as u32;
+            s.stats = Some(stats.clone());
+            s.submitted = submitted;
+            i
+        } else {
+            let i = t.slots.len();
+            if i >= NO_SLOT as usize {
+                // Four billion requests in flight on one core: this one goes uncounted.
+                return NO_SLOT;
+            }
+            t.slots.push(Slot {
+                stats: Some(stats.clone()),
+                submitted,
+            });
+            i as u32
+        }
+    })
+}
+
+/// Frees `slot`, returning what it held.
+#[inline]
+fn take(slot: u32) -> Option<(Rc<ChannelStats>, u64)> {
+    IN_FLIGHT
+        .try_with(|t| {
+            let t = &mut *t.borrow_mut();
+            let free = t.free;
+            let s = t.slots.get_mut(slot as usize)?;
+            let stats = s.stats.take()?;
+            let submitted = std::mem::replace(&mut s.submitted, free as u64);
+            t.free = slot;
+            Some((stats, submitted))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Counts the completion of the request stamped `slot`, of `kind` over `num_blocks`.
+#[inline]
+pub(crate) fn finish(slot: u32, kind: IoKind, num_blocks: u64, status: IoStatus) {
+    if let Some((stats, submitted)) = take(slot) {
+        stats.record(kind, num_blocks, submitted, status);
+    }
+}
+
+/// Frees the slot of a request dropped without completing; nothing is counted.
+pub(crate) fn release(slot: u32) {
+    drop(take(slot));
+}
+
+/// Counted requests in flight on this thread (tests).
+#[cfg(test)]
+fn in_flight() -> usize {
+    IN_FLIGHT.with(|t| {
+        t.borrow()
+            .slots
+            .iter()
+            .filter(|s| s.stats.is_some())
+            .count()
+    })
+}
+
 /// The statistics of every bdev on this core.
 #[derive(Default)]
 struct CoreStats {
@@ -644,13 +744,13 @@ pub async fn histogram(
 mod tests {
     use super::*;
 
-    /// SPDK's layout, checked on the values its header documents: with granularity 7,
-    /// range 0 holds 0..=127 and range 1 128..=255 one value a bucket, range 2 256..=511
-    /// two values a bucket; with the default 1 µs..120 s at 2.45 GHz the ranges are
-    /// those SPDK v25.09's `bdev_get_histogram` reported (min_range 5; max_range 42
-    /// where SPDK's multiplication overflows to 28).
+    /// The bucket layout is `spdk_histogram_data`'s (SPDK v25.09,
+    /// `include/spdk/histogram_data.h`): with granularity 7, range 0 holds 0..=127 and
+    /// range 1 128..=255 one value a bucket, range 2 256..=511 two values a bucket, range
+    /// 57 ends at `u64::MAX`; below `min_range` counts in the first bucket, above
+    /// `max_range` in the last.
     #[test]
-    fn histogram_layout_is_spdks() {
+    fn histogram_buckets_are_spdks() {
         let mut h = Histogram::new(7, 0, u64::MAX);
         assert_eq!((h.min_range, h.max_range), (0, 57));
         assert_eq!(h.buckets.len(), 58 * 128);
@@ -669,25 +769,99 @@ mod tests {
         );
         h.tally(u64::MAX);
         assert_eq!(*h.buckets.last().unwrap(), 1);
-
-        let d = Histogram::for_opts(&HistogramOpts::default(), 2_450_000_000);
-        assert_eq!((d.granularity, d.min_range), (7, 5));
-        assert_eq!(d.max_range, 42);
-        let g0 = Histogram::for_opts(
-            &HistogramOpts {
-                granularity: 0,
-                ..HistogramOpts::default()
-            },
-            2_450_000_000,
-        );
-        assert_eq!(g0.min_range, 12, "as SPDK reported for granularity 0");
-        // Below the minimum: the first bucket; above the maximum: the last.
         let mut m = Histogram::new(7, 4096, 1 << 20);
         m.tally(1);
         m.tally(u64::MAX);
         assert_eq!(m.buckets[0], 1);
         assert_eq!(*m.buckets.last().unwrap(), 1);
         assert_eq!(m.total(), 2);
+    }
+
+    /// `min_range`/`max_range` for `bdev_enable_histogram`'s nanoseconds are what SPDK
+    /// v25.09's `bdev_get_histogram` answered on this machine kind (`nvmf_tgt`, a malloc
+    /// bdev, `tsc_rate` 2 450 000 000), where SPDK computes them exactly: the default
+    /// (granularity 7, `min_nsec` 1000) min_range 5; granularity 0 min_range 12;
+    /// `max_nsec` 1 000 000 max_range 15. One deliberate difference: for the default
+    /// `max_nsec` (120 s) SPDK answered max_range 28, because `lib/bdev/bdev.c` multiplies
+    /// `max_nsec * spdk_get_ticks_hz()` in 64 bits and 1.2e11 × 2.45e9 wraps (its last
+    /// bucket then starts at 7 s); tessera multiplies in 128 bits, so 120 s is 2.94e11
+    /// ticks, 39 significant bits, range 32, as asked. The answer names its ranges, so
+    /// a decoder (SPDK's `scripts/histogram.py`) reads either layout.
+    #[test]
+    fn histogram_ranges_for_nanoseconds_are_spdks() {
+        const TSC: u64 = 2_450_000_000;
+        let ranges = |granularity, min_nsec, max_nsec| {
+            let h = Histogram::for_opts(
+                &HistogramOpts {
+                    granularity,
+                    min_nsec,
+                    max_nsec,
+                    opc: None,
+                },
+                TSC,
+            );
+            assert_eq!(
+                h.buckets.len(),
+                ((h.max_range - h.min_range + 1) as usize) << granularity
+            );
+            (h.min_range, h.max_range)
+        };
+        let d = HistogramOpts::default();
+        assert_eq!(
+            (d.granularity, d.min_nsec, d.max_nsec),
+            (7, 1_000, 120_000_000_000)
+        );
+        assert_eq!(ranges(7, 1_000, 1_000_000), (5, 15), "SPDK answered 5, 15");
+        assert_eq!(
+            ranges(0, 1_000, 1_000_000).0,
+            12,
+            "SPDK answered min_range 12"
+        );
+        // SPDK's 64-bit product wraps to a range-28 maximum; the exact one is range 32.
+        let spdk_max = d.max_nsec.wrapping_mul(TSC) / 1_000_000_000;
+        assert_eq!(
+            Histogram::new(7, 0, spdk_max).max_range,
+            28,
+            "SPDK answered 28"
+        );
+        assert_eq!(ranges(7, d.min_nsec, d.max_nsec), (5, 32));
+    }
+
+    /// A latency is the exact difference of the submission's and the completion's
+    /// ticks, also above 2^32 (a narrower stamp would wrap there); slots are reused and a
+    /// released one counts nothing.
+    #[test]
+    fn stamps_measure_exactly_and_slots_are_reused() {
+        let ticks = Rc::new(Cell::new(0u64));
+        let stats = Rc::new(ChannelStats {
+            ticks: ticks.clone(),
+            block_shift: 9,
+            counters: RefCell::new(Counters {
+                stat: IoStat::default(),
+                histogram: None,
+            }),
+        });
+        let base = in_flight();
+        ticks.set(5_000_000_000);
+        let a = stamp(&stats);
+        ticks.set(5_000_000_250);
+        let b = stamp(&stats);
+        assert_ne!(a, b);
+        assert_eq!(in_flight(), base + 2);
+        ticks.set(5_000_000_900);
+        finish(b, IoKind::Read, 8, IoStatus::Success);
+        finish(a, IoKind::Read, 8, IoStatus::Success);
+        // Completed twice (a bug elsewhere): counted once.
+        finish(a, IoKind::Read, 8, IoStatus::Success);
+        assert_eq!(in_flight(), base);
+        let c = stamp(&stats);
+        assert!(c == a || c == b, "slot {c} reused");
+        release(c);
+        assert_eq!(in_flight(), base);
+        let r = *stats.counters.borrow().stat.kind(IoKind::Read);
+        assert_eq!((r.ops, r.bytes), (2, 8192));
+        assert_eq!((r.min_latency_ticks, r.max_latency_ticks), (650, 900));
+        assert_eq!(r.latency_ticks, 1550);
     }
 
     #[test]
