@@ -56,6 +56,14 @@ if ! spdk-rpc --help >/dev/null 2>&1; then
         exit 1
     fi
 fi
+# Python's Prometheus client parses the metrics endpoint's text (tests/stats.rs).
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+    echo "installing prometheus_client (pip install prometheus_client)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore prometheus_client \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages prometheus_client \
+        || { echo "error: could not install prometheus_client (python3 -m pip install prometheus_client)" >&2; exit 1; }
+fi
+
 # SPDK's own tools (v25.09: nvmf_tgt, spdk_tgt, spdk_nvme_perf, spdk_nvme_identify,
 # bdevperf, nvme_fuzz), built for this machine in ../shared/spdk (or $TESSERA_SPDK_DIR):
 # the interop tests drive them. Their `run` installs their Debian runtime libraries

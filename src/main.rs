@@ -192,6 +192,9 @@ struct ServeArgs {
     /// Idle policy of the reactors, overriding the config's `idle`: busy or adaptive.
     #[arg(long)]
     idle: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    metrics: Option<String>,
 }
 
 #[derive(Args)]
@@ -256,6 +259,11 @@ struct BenchArgs {
     /// Rounds of a --compare run (one slice of each bdev per round).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
+    /// I/O statistics while measuring: `on` (the default, as `serve` counts), `off`, or
+    /// `histogram` (on, with a latency histogram of the bdev under test, as
+    /// `bdev_enable_histogram` turns on).
+    #[arg(long, default_value = "on")]
+    stats: String,
 }
 
 /// Standard error for the logs, dropping what cannot be written. A log line must never
@@ -577,9 +585,25 @@ fn serve(a: ServeArgs) -> Result<()> {
             return Err(e.into());
         }
     };
+    let metrics = match a
+        .metrics
+        .as_deref()
+        .map(|m| tessera::rpc::metrics::MetricsServer::start(target.clone(), m))
+    {
+        Some(Err(e)) => {
+            server.stop();
+            target.shutdown();
+            return Err(e.into());
+        }
+        Some(Ok(m)) => Some(m),
+        None => None,
+    };
     tracing::info!(cores = %target.config().cores, "tessera is serving; SIGINT or SIGTERM stops it");
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
+    }
+    if let Some(m) = metrics {
+        m.stop();
     }
     server.stop();
     target.shutdown();
@@ -666,8 +690,30 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     config.cores = cores;
     config.idle = idle;
+    let histogram = match a.stats.as_str() {
+        "on" => false,
+        "off" => {
+            tessera::bdev::stats::set_enabled(false);
+            false
+        }
+        "histogram" => true,
+        other => bail!("--stats: `{other}` is not one of on, off, histogram"),
+    };
     let target = Target::start(config)?;
     let bdev = bench_bdev(&a.bdev, "bench", a.block_size, &target)?;
+    if histogram {
+        let (cores, id) = (target.cores().clone(), bdev.id());
+        tessera::reactor::block_on(target.cores().spawn_on(0, move || async move {
+            tessera::bdev::stats::set_histogram(
+                &cores,
+                id,
+                Some(Default::default()),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+        }))
+        .map_err(|e| anyhow::anyhow!("--stats histogram: {e}"))??;
+    }
     let cfg = BenchConfig {
         workload,
         bs,

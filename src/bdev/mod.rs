@@ -26,6 +26,7 @@ pub mod malloc;
 pub mod null;
 pub mod nvme;
 pub mod registry;
+pub mod stats;
 pub mod uring;
 
 pub use buf::IoBuf;
@@ -167,6 +168,9 @@ pub(crate) struct Origin {
     home: u64,
     sink: Option<Rc<dyn IoSink>>,
     tag: u64,
+    /// The request's statistics stamp: it counts when it completes to its submitter,
+    /// not when the base completes it to the stacked bdev.
+    stats: u32,
 }
 
 /// `BdevIo::home` when the request was not readdressed.
@@ -194,6 +198,12 @@ pub struct BdevIo {
     /// The submitter's `offset_blocks` while a stacked bdev has readdressed the request
     /// to its base ([`BdevIo::readdress`]); [`NO_HOME`] otherwise. `complete` puts it back.
     home: u64,
+    /// The request's statistics stamp: its slot in this core's table of counted
+    /// requests in flight ([`stats::stamp`]), which holds the statistics of the channel
+    /// it was first submitted to and when; [`stats::NO_SLOT`] when statistics are off
+    /// or the request was not submitted through [`Channel::submit`]. A `u32` beside
+    /// `kind` and `flags` fills their padding: the stamp costs `BdevIo` no bytes.
+    stats: u32,
 }
 
 impl BdevIo {
@@ -208,6 +218,7 @@ impl BdevIo {
             bufs: SmallVec::new(),
             sink: None,
             home: NO_HOME,
+            stats: stats::NO_SLOT,
         }
     }
 
@@ -318,6 +329,7 @@ impl BdevIo {
             home: std::mem::replace(&mut self.home, NO_HOME),
             sink: self.sink.replace(sink),
             tag: std::mem::replace(&mut self.tag, tag),
+            stats: std::mem::replace(&mut self.stats, stats::NO_SLOT),
         }
     }
 
@@ -328,6 +340,7 @@ impl BdevIo {
         self.home = origin.home;
         self.sink = origin.sink;
         self.tag = origin.tag;
+        self.stats = origin.stats;
     }
 
     /// Readdresses this very request to `offset_blocks` of a base bdev with the same
@@ -471,11 +484,26 @@ impl BdevIo {
     /// sink and tag, so the sink may resubmit it as it is.
     #[inline]
     pub fn complete(mut self, status: IoStatus) {
+        if self.stats != stats::NO_SLOT {
+            let slot = std::mem::replace(&mut self.stats, stats::NO_SLOT);
+            stats::finish(slot, self.kind, self.num_blocks, status);
+        }
         if self.home != NO_HOME {
             self.offset_blocks = std::mem::replace(&mut self.home, NO_HOME);
         }
         if let Some(sink) = self.sink.clone() {
             sink.io_done(self, status);
+        }
+    }
+}
+
+/// A request dropped without completing (a channel torn down with it queued) gives its
+/// statistics slot back uncounted.
+impl Drop for BdevIo {
+    #[inline]
+    fn drop(&mut self) {
+        if self.stats != stats::NO_SLOT {
+            stats::release(self.stats);
         }
     }
 }
@@ -850,6 +878,8 @@ pub struct Channel {
     inner: Rc<dyn BdevChannel>,
     bdev: Arc<dyn Bdev>,
     deferred: Rc<Deferred>,
+    /// This core's statistics of the bdev; `None` when statistics are off.
+    stats: Option<Rc<stats::ChannelStats>>,
 }
 
 impl Channel {
@@ -870,6 +900,7 @@ impl Channel {
             inner,
             bdev: bdev.clone(),
             deferred: Deferred::current(),
+            stats: stats::channel_stats(&**bdev),
         })
     }
 
@@ -883,11 +914,19 @@ impl Channel {
         check_io(&*self.bdev, io)
     }
 
-    /// Validates and submits `io`. A bad request completes (later) with its status.
+    /// Validates and submits `io`. A bad request completes (later) with its status. A
+    /// valid one is stamped for the statistics of this channel's bdev unless it carries
+    /// a stamp already (a request forwarded whole keeps counting where it was first
+    /// submitted).
     #[inline]
-    pub fn submit(&self, io: BdevIo) {
+    pub fn submit(&self, mut io: BdevIo) {
         let status = self.check(&io);
         if status.is_success() {
+            if let Some(s) = &self.stats
+                && io.stats == stats::NO_SLOT
+            {
+                io.stats = stats::stamp(s);
+            }
             self.inner.submit(io);
         } else {
             tracing::trace!(bdev = self.bdev.name(), ?io, ?status, "request refused");

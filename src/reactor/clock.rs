@@ -1,7 +1,7 @@
 //! Time for reactors: a real monotonic clock, or a manual one that tests advance by hand.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Nanoseconds since the clock's origin. All reactor timers are expressed in it.
@@ -68,4 +68,30 @@ impl Clock {
     pub fn is_manual(&self) -> bool {
         matches!(self, Clock::Manual(_))
     }
+}
+
+/// The process's tick source for I/O statistics: the CPU's time-stamp counter where it
+/// is invariant (quanta falls back to the OS's monotonic clock, in nanoseconds, where it
+/// is not), read raw — no scaling — as SPDK's `spdk_get_ticks()` is. Real time even
+/// under a manual reactor clock: statistics never steer behaviour.
+fn tick_clock() -> &'static quanta::Clock {
+    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new)
+}
+
+/// The current tick ([`tick_rate`] per second).
+#[inline]
+pub fn ticks() -> u64 {
+    tick_clock().raw()
+}
+
+/// Ticks per second of [`ticks`] (SPDK's `tick_rate` / `tsc_rate`), from quanta's
+/// calibration of the counter against the OS clock.
+pub fn tick_rate() -> u64 {
+    static RATE: OnceLock<u64> = OnceLock::new();
+    *RATE.get_or_init(|| {
+        const N: u64 = 1 << 40;
+        let ns = tick_clock().delta_as_nanos(0, N).max(1);
+        ((N as u128 * 1_000_000_000) / ns as u128).min(u64::MAX as u128) as u64
+    })
 }

@@ -69,7 +69,7 @@ pub(crate) mod recv;
 pub(crate) mod send;
 mod timer;
 
-pub use clock::{Clock, Nanos};
+pub use clock::{Clock, Nanos, tick_rate, ticks};
 pub use cores::{CoreList, CoreListError};
 
 use crossbeam_queue::SegQueue;
@@ -574,6 +574,9 @@ struct ReactorInner {
     loops_idle: Cell<u64>,
     /// Iterations left before the next non-blocking readiness poll.
     io_skip: Cell<u32>,
+    /// [`clock::ticks`] read at the start of this loop iteration: the time stamp I/O
+    /// statistics take at submission and completion ([`pass_ticks`]).
+    pass_ticks: Rc<Cell<u64>>,
 }
 
 /// Iterations skipped after an empty readiness poll.
@@ -635,6 +638,7 @@ impl Reactor {
                 loops_busy: Cell::new(0),
                 loops_idle: Cell::new(0),
                 io_skip: Cell::new(0),
+                pass_ticks: Rc::new(Cell::new(clock::ticks())),
             }),
         }
     }
@@ -720,6 +724,10 @@ impl ReactorInner {
 
     fn iteration(&self) -> usize {
         let mut work = 0;
+        // One counter read per iteration serves every I/O the iteration submits or
+        // completes (at QD 128 on a null bdev, about a hundred): a latency is measured
+        // to within one iteration, for a fraction of the cost of a read per I/O.
+        self.pass_ticks.set(clock::ticks());
         // 1. Messages.
         for _ in 0..1024 {
             match self.mailbox.queue.pop() {
@@ -741,6 +749,9 @@ impl ReactorInner {
                 None => break,
             }
         }
+        // Completions the pollers deliver are stamped after the submissions the tasks
+        // made in this iteration: a fast device's latency reads as one pass, not zero.
+        self.pass_ticks.set(clock::ticks());
         // 3. Pollers.
         let n = self.pollers.borrow().len();
         for i in 0..n {
@@ -933,6 +944,13 @@ pub fn helper_cpus() -> Option<libc::cpu_set_t> {
         }
         (libc::CPU_COUNT(&set) > 0).then_some(set)
     }
+}
+
+/// The cell holding the [`clock::ticks`] the current reactor read at the start of its
+/// current loop iteration (I/O statistics read it per request: a load, not a counter
+/// read).
+pub fn pass_ticks() -> Rc<Cell<u64>> {
+    with_current(|r| r.pass_ticks.clone())
 }
 
 /// The current time on the current reactor's clock.

@@ -8,6 +8,7 @@
 //! - [`methods`]: the method table and the handlers.
 //! - [`server`]: the Unix socket listener and connections, on core 0.
 //! - [`client`]: the blocking client behind `tessera rpc`.
+//! - [`metrics`]: the Prometheus endpoint of `tessera serve --metrics`.
 //!
 //! The RPC sits on top: it calls into [`crate::config`] (parameter decoding, the
 //! parameters of the configuration methods, SPDK's JSON configuration both ways) and
@@ -16,6 +17,7 @@
 pub mod client;
 pub mod error;
 pub mod methods;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 

@@ -34,6 +34,11 @@ impl Serve {
     /// Starts `tessera serve` on config file `config` (YAML or JSON) with a socket in
     /// `dir`, and waits until the socket answers.
     pub fn start_file(dir: tempfile::TempDir, config: &Path) -> Serve {
+        Serve::start_file_args(dir, config, &[])
+    }
+
+    /// [`Serve::start_file`] with more arguments for `tessera serve`.
+    pub fn start_file_args(dir: tempfile::TempDir, config: &Path, args: &[&str]) -> Serve {
         let socket = dir.path().join("tessera.sock");
         let log = dir.path().join(format!(
             "serve-{}.log",
@@ -45,6 +50,7 @@ impl Serve {
             .arg(config)
             .arg("-s")
             .arg(&socket)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -63,10 +69,15 @@ impl Serve {
 
     /// Writes `yaml` to a file in a new temporary directory and serves it.
     pub fn start_yaml(yaml: &str) -> Serve {
+        Serve::start_yaml_args(yaml, &[])
+    }
+
+    /// [`Serve::start_yaml`] with more arguments for `tessera serve`.
+    pub fn start_yaml_args(yaml: &str, args: &[&str]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, yaml).unwrap();
-        Serve::start_file(dir, &cfg)
+        Serve::start_file_args(dir, &cfg, args)
     }
 
     fn wait_ready(&mut self) {

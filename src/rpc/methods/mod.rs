@@ -18,6 +18,7 @@
 //!   background (`bdev_lvol_start_shallow_copy`, `tessera_lvol_start_diff_copy`).
 //! - [`nvmf`]: the NVMe-oF target.
 //! - [`nbd`]: the NBD server (tessera's own names: SPDK's `nbd_*` drive the kernel).
+//! - [`stats`]: I/O statistics and latency histograms (`bdev_get_iostat`, …).
 
 pub mod app;
 pub mod backup;
@@ -26,6 +27,7 @@ pub mod copy;
 pub mod lvol;
 pub mod nbd;
 pub mod nvmf;
+pub mod stats;
 
 use super::error::RpcError;
 use crate::config::spdk_json::params;
@@ -174,6 +176,10 @@ methods! {
     "tessera_save_config" => app::tessera_save_config,
     "bdev_get_bdevs" => bdev::bdev_get_bdevs,
     "bdev_wait_for_examine" => bdev::bdev_wait_for_examine,
+    "bdev_get_iostat" => stats::bdev_get_iostat,
+    "bdev_reset_iostat" => stats::bdev_reset_iostat,
+    "bdev_enable_histogram" => stats::bdev_enable_histogram,
+    "bdev_get_histogram" => stats::bdev_get_histogram,
     "bdev_malloc_create" => bdev::bdev_malloc_create,
     "bdev_malloc_delete" => bdev::bdev_malloc_delete,
     "bdev_null_create" => bdev::bdev_null_create,
