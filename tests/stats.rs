@@ -30,20 +30,6 @@ fn spdk_fails(tool: &Path, socket: &Path, args: &[&str]) -> String {
     run_fails(Command::new(tool).arg("-s").arg(socket).args(args))
 }
 
-fn qemu_io(port: u16, export: &str, cmds: &[&str]) {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw"]);
-    for c in cmds {
-        cmd.args(["-c", c]);
-    }
-    cmd.arg(format!("nbd://127.0.0.1:{port}/{export}"));
-    let out = run_ok(&mut cmd);
-    assert!(
-        !out.contains("failed"),
-        "qemu-io {cmds:?} on {export}:\n{out}"
-    );
-}
-
 /// Three writes (16 KiB) and two reads (20 KiB), each one NBD request; qemu-io adds a
 /// flush when it closes, and nothing else: traced with `qemu-io -T nbd_send_request`
 /// (qemu 10.0) it sends exactly these 3 writes, 2 reads and 1 flush, no read of its own

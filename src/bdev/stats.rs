@@ -38,7 +38,6 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 /// The I/O kinds, in [`IoKind`]'s order (its discriminant indexes the arrays below).
@@ -568,18 +567,7 @@ pub enum StatsError {
 
 /// `fut`, or `None` once `limit` has passed (on the current reactor).
 pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let mut timer = std::pin::pin!(reactor::sleep(limit));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await
+    reactor::until(reactor::now().after(limit), fut).await
 }
 
 /// One core's statistics of one bdev.

@@ -277,17 +277,8 @@ fn checkpoint_writes_wait_for_a_log_append_a_bounded_while() {
 /// The log page at sequence `seq` of the ring `st` describes, as the medium holds it.
 fn log_page_at(set: &ReactorSet, pool: &Pool, st: &LogStatus, seq: u64) -> Vec<u8> {
     let place = st.first_page + seq % st.pages;
-    let (meta, at) = (pool.shared.meta_bdev.clone(), pool.shared.meta_first_byte);
-    on(set, 0, move || async move {
-        let b = load::read_bytes(
-            &meta,
-            at + place * meta::PAGE_BYTES as u64,
-            meta::PAGE_BYTES,
-        )
-        .await
-        .unwrap();
-        b.as_slice().to_vec()
-    })
+    let meta = pool.shared.meta_bdev.clone();
+    page_at(set, &meta, pool.shared.meta_first_byte, place)
 }
 
 /// An open appends from the end of the log it replayed, with no checkpoint; what a torn
