@@ -1080,8 +1080,8 @@ mod tests {
         let e = TargetError::from(BdevError::NotFound("m9".into()));
         let printed = format!("{:#}", anyhow::Error::from(e));
         assert_eq!(printed.matches("m9").count(), 1, "{printed}");
-        // Every error whose message holds its cause: printed as a chain, the cause's
-        // text appears once.
+        // Every error whose message holds its cause (the replication and metrics ones
+        // included): printed as a chain, the cause's text appears once.
         let cause = || std::io::Error::other("the-cause");
         let meta = crate::vdisk::meta::MetaError::NoLabel {
             what: "the-cause".into(),
@@ -1128,6 +1128,27 @@ mod tests {
                 path: "p".into(),
                 cause: cause(),
             }
+            .into(),
+            crate::rpc::metrics::MetricsError::Bind {
+                addr: "a".into(),
+                cause: cause(),
+            }
+            .into(),
+            crate::replicate::ReplicateError::Io {
+                what: "w",
+                cause: cause(),
+            }
+            .into(),
+            crate::replicate::ReplicateError::from(crate::replicate::stream::StreamError::Io(
+                cause(),
+            ))
+            .into(),
+            crate::replicate::ReplicateError::from(
+                crate::replicate::nbd_client::NbdClientError::Connect {
+                    addr: "a".into(),
+                    cause: cause(),
+                },
+            )
             .into(),
         ];
         for e in errors {

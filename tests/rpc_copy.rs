@@ -173,17 +173,23 @@ fn spdk_rpc_shallow_copies_exactly_a_clones_own_blocks() {
 
 /// A pool `lvs0` on `Malloc0` with a thin 16 MiB `vd0`, exported over NBD as `e0`.
 fn thin_vd0_exported(srv: &Serve) {
+    thin_lvol_exported(srv, "vd0", 16);
+}
+
+/// A pool `lvs0` on `Malloc0` with a thin lvol `name` of `mib` MiB, exported over NBD
+/// as `e0`.
+fn thin_lvol_exported(srv: &Serve, name: &str, mib: u64) {
     srv.call(
         "bdev_lvol_create_lvstore",
         json!({"bdev_name": "Malloc0", "lvs_name": "lvs0"}),
     );
     srv.call(
         "bdev_lvol_create",
-        json!({"lvol_name": "vd0", "size_in_mib": 16, "lvs_name": "lvs0", "thin_provision": true}),
+        json!({"lvol_name": name, "size_in_mib": mib, "lvs_name": "lvs0", "thin_provision": true}),
     );
     srv.call(
         "nbd_start_export",
-        json!({"bdev_name": "lvs0/vd0", "name": "e0"}),
+        json!({"bdev_name": format!("lvs0/{name}"), "name": "e0"}),
     );
 }
 
@@ -368,18 +374,7 @@ fn the_copy_limit_caps_an_inflate() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let srv = serve(dir.path(), port);
-    srv.call(
-        "bdev_lvol_create_lvstore",
-        json!({"bdev_name": "Malloc0", "lvs_name": "lvs0"}),
-    );
-    srv.call(
-        "bdev_lvol_create",
-        json!({"lvol_name": "big", "size_in_mib": 32, "lvs_name": "lvs0", "thin_provision": true}),
-    );
-    srv.call(
-        "nbd_start_export",
-        json!({"bdev_name": "lvs0/big", "name": "e0"}),
-    );
+    thin_lvol_exported(&srv, "big", 32);
     qemu_io(port, "e0", &["write -P 0x41 0 32M"]);
     srv.call(
         "bdev_lvol_snapshot",

@@ -42,10 +42,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Why a send or a receive failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicateError {
-    #[error("RPC {method}: {source}")]
+    #[error("RPC {method}: {cause}")]
     Rpc {
         method: &'static str,
-        source: ClientError,
+        cause: ClientError,
     },
     #[error("RPC {method}: {message} (code {code})")]
     RpcFailed {
@@ -64,10 +64,10 @@ pub enum ReplicateError {
     Nbd(#[from] NbdClientError),
     #[error(transparent)]
     Stream(#[from] StreamError),
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         what: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -82,9 +82,9 @@ struct Rpc {
 impl Rpc {
     fn connect(socket: &std::path::Path) -> Result<Rpc> {
         let client =
-            RpcClient::connect(socket, RPC_TIMEOUT).map_err(|source| ReplicateError::Rpc {
+            RpcClient::connect(socket, RPC_TIMEOUT).map_err(|cause| ReplicateError::Rpc {
                 method: "connect",
-                source,
+                cause,
             })?;
         Ok(Rpc {
             client,
@@ -94,7 +94,7 @@ impl Rpc {
 
     fn call(&mut self, method: &'static str, params: Value) -> Result<Value> {
         match self.client.call(method, Some(params)) {
-            Err(source) => Err(ReplicateError::Rpc { method, source }),
+            Err(cause) => Err(ReplicateError::Rpc { method, cause }),
             Ok(Err(e)) => Err(ReplicateError::RpcFailed {
                 method,
                 code: e.code,
@@ -206,7 +206,27 @@ struct Progress<'a> {
     limit: Option<u64>,
 }
 
-impl Progress<'_> {
+impl<'a> Progress<'a> {
+    /// Progress of `verb` (of `total` bytes if known, within `limit` bytes per second),
+    /// starting now.
+    fn start(
+        verb: &'static str,
+        out: &'a mut dyn Write,
+        total: Option<u64>,
+        limit: Option<u64>,
+    ) -> Progress<'a> {
+        let now = Instant::now();
+        Progress {
+            verb,
+            out,
+            t0: now,
+            last: now,
+            total,
+            done: 0,
+            limit,
+        }
+    }
+
     fn line(&mut self) {
         let secs = self.t0.elapsed().as_secs_f64().max(1e-6);
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
@@ -409,22 +429,13 @@ pub fn send(opts: &SendOptions, out: impl Write, progress: &mut dyn Write) -> Re
             target.size
         )));
     }
-    let io = |source| ReplicateError::Io {
+    let io = |cause| ReplicateError::Io {
         what: "writing the stream",
-        source,
+        cause,
     };
     let mut enc =
         Encoder::new(std::io::BufWriter::with_capacity(1 << 20, out), &header).map_err(io)?;
-    let now = Instant::now();
-    let mut p = Progress {
-        verb: "send",
-        out: progress,
-        t0: now,
-        last: now,
-        total: Some(total),
-        done: 0,
-        limit: opts.limit,
-    };
+    let mut p = Progress::start("send", progress, Some(total), opts.limit);
     let mut buf = vec![0u8; RECORD_BYTES as usize];
     for &(off, len) in &runs {
         let mut at = off;
@@ -525,16 +536,7 @@ pub fn receive(
     }
     let export = TempExport::start(&mut rpc, &disk, false, "receive")?;
     let mut nbd = NbdClient::connect(&opts.nbd, &export.name)?;
-    let now = Instant::now();
-    let mut p = Progress {
-        verb: "receive",
-        out: progress,
-        t0: now,
-        last: now,
-        total: None,
-        done: 0,
-        limit: None,
-    };
+    let mut p = Progress::start("receive", progress, None, None);
     let mut applied_to = h.start;
     let interrupted = |e: ReplicateError, at: u64| {
         ReplicateError::Refused(format!(

@@ -24,13 +24,13 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Why an NBD exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NbdClientError {
-    #[error("NBD {addr}: cannot connect: {source}")]
-    Connect { addr: String, source: io::Error },
-    #[error("NBD {addr}: {what}: {source}")]
+    #[error("NBD {addr}: cannot connect: {cause}")]
+    Connect { addr: String, cause: io::Error },
+    #[error("NBD {addr}: {what}: {cause}")]
     Io {
         addr: String,
         what: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("NBD {addr}: {msg}")]
     Protocol { addr: String, msg: String },
@@ -55,9 +55,9 @@ pub struct NbdClient {
 impl NbdClient {
     /// Connects to `addr` and opens export `name`.
     pub fn connect(addr: &str, name: &str) -> Result<NbdClient, NbdClientError> {
-        let s = TcpStream::connect(addr).map_err(|source| NbdClientError::Connect {
+        let s = TcpStream::connect(addr).map_err(|cause| NbdClientError::Connect {
             addr: addr.to_string(),
-            source,
+            cause,
         })?;
         let set = |s: &TcpStream| -> io::Result<()> {
             s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -80,11 +80,11 @@ impl NbdClient {
         self.size
     }
 
-    fn io(&self, what: &'static str, source: io::Error) -> NbdClientError {
+    fn io(&self, what: &'static str, cause: io::Error) -> NbdClientError {
         NbdClientError::Io {
             addr: self.addr.clone(),
             what,
-            source,
+            cause,
         }
     }
 
@@ -215,10 +215,10 @@ impl NbdClient {
             }
             let (s, addr) = (&mut self.s, &self.addr);
             s.read_exact(&mut buf[at..at + len])
-                .map_err(|source| NbdClientError::Io {
+                .map_err(|cause| NbdClientError::Io {
                     addr: addr.clone(),
                     what: "read data",
-                    source,
+                    cause,
                 })?;
         }
         Ok(())

@@ -99,7 +99,15 @@ pub enum StreamError {
         computed: u32,
     },
     #[error("send stream: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+// Not `#[from]`: the message holds the cause, and a source would print it twice in a
+// chain of causes.
+impl From<io::Error> for StreamError {
+    fn from(e: io::Error) -> StreamError {
+        StreamError::Io(e)
+    }
 }
 
 impl Header {

@@ -34,11 +34,8 @@ use std::time::{Duration, Instant};
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("metrics endpoint {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("metrics endpoint {addr}: {cause}")]
+    Bind { addr: String, cause: std::io::Error },
 }
 
 /// A running metrics endpoint; [`MetricsServer::stop`] (or dropping it) ends it.
@@ -51,9 +48,9 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Listens on `addr` (`127.0.0.1:9464`) and serves `target`'s statistics.
     pub fn start(target: Target, addr: &str) -> Result<MetricsServer, MetricsError> {
-        let bind = |source| MetricsError::Bind {
+        let bind = |cause| MetricsError::Bind {
             addr: addr.to_string(),
-            source,
+            cause,
         };
         let listener = TcpListener::bind(addr).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;

@@ -507,25 +507,16 @@ impl Controller {
     }
 
     /// Counts `bytes` a background job copied against the jobs' cap: the time the
-    /// jobs' next byte is due moves on by their time at the cap ([`Controller::job_due`]).
+    /// jobs' next byte is due (`job_pace`) moves on by their time at the cap. Without a
+    /// cap it stays in the past ([`super::Pool::set_job_limit`] sets it to now).
     pub(crate) fn job_copied(&self, bytes: u64) {
         let cap = self.job_limit.get();
-        let now = reactor::now();
         if cap == 0 {
-            self.job_pace.set(now);
             return;
         }
-        let start = self.job_pace.get().max(now);
+        let start = self.job_pace.get().max(reactor::now());
         self.job_pace
             .set(start.after(Duration::from_secs_f64(bytes as f64 / cap as f64)));
-    }
-
-    /// When the background jobs may copy again (now or earlier: at once).
-    pub(crate) fn job_due(&self) -> reactor::Nanos {
-        match self.job_limit.get() {
-            0 => reactor::now(),
-            _ => self.job_pace.get(),
-        }
     }
 
     /// Reads blocks `[b, b + n)` of physical segment `seg`.

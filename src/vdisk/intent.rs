@@ -706,46 +706,47 @@ pub(crate) async fn read_log(
         let n = CHUNK
             .min(area.pages - place)
             .min(area.replay_seq + area.pages - seq);
-        let firsts = [Some(area.first_page), area.mirror].map(|f| f.map(|f| f + place));
-        let bufs = [
-            Some(read(area.first_page + place, n).await?),
-            match firsts[1] {
-                Some(m) => Some(read(m, n).await?),
-                None => None,
-            },
-        ];
+        // The log's ring, then its mirror's: the first page of this chunk, its pages.
+        let mut rings = Vec::with_capacity(2);
+        for first in std::iter::once(area.first_page).chain(area.mirror) {
+            rings.push((first + place, read(first + place, n).await?));
+        }
         for k in 0..n {
-            let copies: [Option<(u64, &[u8])>; 2] = std::array::from_fn(|r| {
-                let at = k as usize * PAGE_BYTES;
-                Some((
-                    firsts[r]? + k,
-                    &bufs[r].as_ref()?.as_slice()[at..at + PAGE_BYTES],
-                ))
-            });
-            let seen = copies.map(|c| {
-                c.map(|(place, b)| Seen {
-                    place,
-                    head: log::decode_log_head(b, place, pool).ok(),
-                })
-            });
+            let at = k as usize * PAGE_BYTES;
+            let copy = |r: usize| {
+                let (first, buf) = rings.get(r)?;
+                Some((first + k, &buf.as_slice()[at..at + PAGE_BYTES]))
+            };
+            let seen = |r: usize, head: Option<log::LogHead>| {
+                copy(r).map(|(place, _)| Seen { place, head })
+            };
+            let head_of =
+                |r: usize| copy(r).and_then(|(place, b)| log::decode_log_head(b, place, pool).ok());
             if !beyond.is_empty() {
-                beyond.push(seen);
+                beyond.push([seen(0, head_of(0)), seen(1, head_of(1))]);
                 continue;
             }
-            // The first copy that is the next page of the log.
+            // The first copy that is the next page of the log; each header decoded once.
             let mut next = None;
+            let mut heads = [None, None];
             let mut refused = Vec::new();
-            for (r, c) in copies.iter().enumerate() {
-                let Some((place, b)) = *c else { continue };
+            for (r, head) in heads.iter_mut().enumerate().take(rings.len()) {
+                let (place, b) = copy(r).expect("a ring read");
                 let decoded = match log::decode_log_head(b, place, pool) {
                     Err(e) => Err(e.to_string()),
-                    Ok(h) if h.seq != seq + k => Err(format!(
-                        "it holds page {} of the log, not {}",
-                        h.seq,
-                        seq + k
-                    )),
-                    Ok(h) => log::decode_log_records(b, place, h, total_segments)
-                        .map_err(|e| e.to_string()),
+                    Ok(h) => {
+                        *head = Some(h);
+                        if h.seq != seq + k {
+                            Err(format!(
+                                "it holds page {} of the log, not {}",
+                                h.seq,
+                                seq + k
+                            ))
+                        } else {
+                            log::decode_log_records(b, place, h, total_segments)
+                                .map_err(|e| e.to_string())
+                        }
+                    }
                 };
                 match decoded {
                     Ok(p) => {
@@ -763,19 +764,18 @@ pub(crate) async fn read_log(
                                 ),
                             });
                         }
-                        next = Some((r, p));
+                        next = Some(p);
                         break;
                     }
                     Err(why) => refused.push((place, why)),
                 }
             }
-            let Some((r, p)) = next else {
-                beyond.push(seen);
+            let Some(p) = next else {
+                beyond.push([seen(0, heads[0]), seen(1, heads[1])]);
                 continue;
             };
-            if r == 1 {
-                out.repaired.extend(refused);
-            }
+            // Taken from the mirror: the log's own copy was refused.
+            out.repaired.extend(refused);
             out.end_seq = p.seq + 1;
             out.end_lsn = p.first_lsn + p.records.len() as u64;
             out.pages.push(p);

@@ -495,10 +495,11 @@ async fn open_labelled(
             // A log without a mirror (superblock version 3) gains one if a free run of
             // the node area holds it: the checkpoint below records it, and appends
             // start a whole ring past the replay start, written to both rings.
-            let mirror_added = area.mirror.is_none() && {
+            let mut mirror_added = false;
+            if area.mirror.is_none() {
                 area.mirror = space.take_page_run(area.pages);
-                area.mirror.is_some()
-            };
+                mirror_added = area.mirror.is_some();
+            }
             if end_lsn >= area.replay_lsn && !mirror_added {
                 // Appends go on from the end of the log, once what is left past it of
                 // an append the crash tore is erased: no page written before can then

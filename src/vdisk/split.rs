@@ -286,7 +286,7 @@ impl Controller {
             // Within the jobs' bandwidth cap: wait (in slices, nothing locked) until the
             // next copy is due.
             loop {
-                let (due, now) = (self.job_due(), reactor::now());
+                let (due, now) = (self.job_pace.get(), reactor::now());
                 if due <= now
                     || cancel.get()
                     || self.stopping.get()

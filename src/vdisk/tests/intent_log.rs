@@ -22,6 +22,15 @@ fn scattered(n: u64, segs: u64, salt: u64) -> Vec<u64> {
         .collect()
 }
 
+/// The names of the pool's disks, in the order it lists them.
+fn disk_names(pool: &Pool) -> Vec<String> {
+    block_on(pool.list())
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect()
+}
+
 #[test]
 fn flushes_and_snapshots_append_to_the_log_and_survive_a_crash_before_any_checkpoint() {
     let set = reactors(2);
@@ -137,11 +146,7 @@ fn the_log_wraps_around_its_ring_and_a_crash_after_wrapping_loses_nothing_flushe
             assert_eq!(read_byte(&d, b).await, v, "block {b}");
         }
     });
-    let names: Vec<String> = block_on(pool.list())
-        .unwrap()
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
+    let names = disk_names(&pool);
     for round in 0..20 {
         assert_eq!(
             names.contains(&format!("s{round}")),
@@ -330,16 +335,7 @@ fn open_appends_from_the_end_of_the_log_after_erasing_a_torn_appends_leftovers()
     let batch = meta::HEADER_BYTES + 8;
     page[batch..batch + 8].copy_from_slice(&end.to_le_bytes());
     let page = meta::forge_page(&page, meta::PageKind::Log, place, &uuid);
-    let (meta_bdev, at) = (base.clone(), pool.shared.meta_first_byte);
-    on(&set, 0, move || async move {
-        load::write_bytes(
-            &meta_bdev,
-            at + place * meta::PAGE_BYTES as u64,
-            IoBuf::from_slice(&page),
-        )
-        .await
-        .unwrap()
-    });
+    put_page(&set, &base, pool.shared.meta_first_byte, place, page);
     let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
     assert_eq!(
         block_on(pool.committed_txn()).unwrap(),
@@ -361,11 +357,7 @@ fn open_appends_from_the_end_of_the_log_after_erasing_a_torn_appends_leftovers()
     assert_eq!((head.first_lsn, head.count), (lsn, 1), "{head:?}");
     block_on(pool.crash_stop()).unwrap();
     let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
-    let names: Vec<String> = block_on(pool.list())
-        .unwrap()
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
+    let names = disk_names(&pool);
     assert_eq!(names, ["vd1"], "a leftover of a torn append was replayed");
     let d: Arc<dyn Bdev> = block_on(pool.disk("vd1")).unwrap();
     on(&set, 1, move || async move {
@@ -378,7 +370,8 @@ fn open_appends_from_the_end_of_the_log_after_erasing_a_torn_appends_leftovers()
     assert!(report.clean(), "{:#?}", report.errors);
 }
 
-/// Metadata page `place` as the medium of `base` holds it.
+/// The 4 KiB page `place` after byte `at` (the metadata area's first byte, or the
+/// superblock slots') as the medium of `base` holds it.
 fn page_at(set: &ReactorSet, base: &Arc<dyn Bdev>, at: u64, place: u64) -> Vec<u8> {
     let meta = base.clone();
     on(set, 0, move || async move {
@@ -393,7 +386,7 @@ fn page_at(set: &ReactorSet, base: &Arc<dyn Bdev>, at: u64, place: u64) -> Vec<u
     })
 }
 
-/// Writes `bytes` over metadata page `place` of `base`.
+/// Writes `bytes` over the 4 KiB page `place` after byte `at` of `base`.
 fn put_page(set: &ReactorSet, base: &Arc<dyn Bdev>, at: u64, place: u64, bytes: Vec<u8>) {
     let meta = base.clone();
     on(set, 0, move || async move {
@@ -464,11 +457,7 @@ fn tail_damaged(how: TailDamage) -> (Vec<String>, Vec<String>) {
     let report = offline_check(&set, base.clone());
     assert!(report.clean(), "{how:?}: {:#?}", report.errors);
     let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
-    let names: Vec<String> = block_on(pool.list())
-        .unwrap()
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
+    let names = disk_names(&pool);
     let d: Arc<dyn Bdev> = block_on(pool.disk(&names[0])).unwrap();
     on(&set, 1, move || async move {
         for b in blocks {
@@ -530,17 +519,7 @@ fn a_log_without_a_mirror_gains_one_on_open() {
     drop((disk, pool));
     // The superblock in force, rewritten as a version-3 one (no mirror).
     let slots: Vec<Vec<u8>> = (0..2)
-        .map(|i| {
-            let meta = base.clone();
-            on(&set, 0, move || async move {
-                let off = meta::SUPERBLOCK_OFFSET + i * meta::PAGE_BYTES as u64;
-                load::read_bytes(&meta, off, meta::PAGE_BYTES)
-                    .await
-                    .unwrap()
-                    .as_slice()
-                    .to_vec()
-            })
-        })
+        .map(|i| page_at(&set, &base, meta::SUPERBLOCK_OFFSET, i))
         .collect();
     let picked = meta::superblock::pick(&slots[0], &slots[1], None).unwrap();
     let mut sb = picked.sb.clone();
@@ -551,16 +530,7 @@ fn a_log_without_a_mirror_gains_one_on_open() {
         u32::from_le_bytes(v3[8..12].try_into().unwrap()),
         meta::superblock::LOG_SUPERBLOCK_VERSION
     );
-    let slot = sb.txn % 2;
-    {
-        let meta = base.clone();
-        on(&set, 0, move || async move {
-            let off = meta::SUPERBLOCK_OFFSET + slot * meta::PAGE_BYTES as u64;
-            load::write_bytes(&meta, off, IoBuf::from_slice(&v3))
-                .await
-                .unwrap()
-        });
-    }
+    put_page(&set, &base, meta::SUPERBLOCK_OFFSET, sb.txn % 2, v3);
     let report = offline_check(&set, base.clone());
     assert!(report.clean(), "{:#?}", report.errors);
     assert!(
@@ -598,11 +568,7 @@ fn a_log_without_a_mirror_gains_one_on_open() {
     let report = offline_check(&set, base.clone());
     assert!(report.clean(), "{:#?}", report.errors);
     let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
-    let names: Vec<String> = block_on(pool.list())
-        .unwrap()
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
+    let names = disk_names(&pool);
     assert_eq!(names, ["vd1"]);
     block_on(pool.close()).unwrap();
 }
