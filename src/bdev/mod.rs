@@ -812,6 +812,14 @@ pub trait BdevChannel {
     fn drained(&self) -> Option<Drained> {
         None
     }
+
+    /// A future that resolves once the channel answers status queries (block status,
+    /// changed blocks, allocation depth) from what the bdev holds instead of "unknown"
+    /// (a virtual disk's channel before the first view of its table arrives); `None`
+    /// if it always does.
+    fn status_ready(&self) -> Option<Drained> {
+        None
+    }
 }
 
 /// Completions deferred to the next loop iteration of the current reactor.
@@ -1013,6 +1021,14 @@ impl Channel {
             inner.await;
             refused.await;
         }))
+    }
+
+    /// Resolves once the channel's status queries answer from what the bdev holds
+    /// ([`BdevChannel::status_ready`]); at once for bdevs that always do.
+    pub async fn status_ready(&self) {
+        if let Some(ready) = self.inner.status_ready() {
+            ready.await;
+        }
     }
 
     /// A buffer suited to this channel, or a pool buffer.

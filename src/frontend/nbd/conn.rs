@@ -32,6 +32,9 @@ const RX_BUF_LEN: usize = 256 << 10;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A draining connection waits this long for a client that does not read its replies.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that negotiated block status waits this long for its channels to know
+/// their mapping; past it, status replies say what an unknown mapping allows.
+const STATUS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rounds per poll before the task yields to the rest of the reactor.
 const ROUNDS_PER_POLL: usize = 16;
 
@@ -85,6 +88,29 @@ pub(crate) async fn serve(ctl: Rc<ConnCtl>, stream: std::net::TcpStream, peer: S
     if neg.export.is_removed() || ctl.close_requested() {
         ctl.set_state(ConnState::Closed);
         return;
+    }
+    // A fresh channel of a virtual disk knows its mapping once the controller's first
+    // view arrives; block status asked before that would call every block changed
+    // (dirty bitmap) or data (allocation), which is correct but useless.
+    if neg.block_status || neg.dirty_base.is_some() || neg.allocation_depth {
+        let ready = async {
+            neg.chan.status_ready().await;
+            if let Some(base) = &neg.dirty_base {
+                base.status_ready().await;
+            }
+        };
+        match guard(&ctl, STATUS_READY_TIMEOUT, ready).await {
+            Guarded::Done(()) => {}
+            Guarded::Closed => {
+                ctl.set_state(ConnState::Closed);
+                return;
+            }
+            Guarded::TimedOut => tracing::warn!(
+                %peer,
+                export = %neg.export.name,
+                "nbd: the export's mapping is not known after {STATUS_READY_TIMEOUT:?}; block status answers as for an unknown mapping"
+            ),
+        }
     }
     let export = neg.export.clone();
     export.connections.fetch_add(1, Ordering::Relaxed);

@@ -66,6 +66,8 @@ pub struct Agent {
     quiesced: Cell<bool>,
     /// Requests held until a view arrives, a quiesce ends or an invalid range clears.
     held: RefCell<VecDeque<BdevIo>>,
+    /// Tasks waiting for the first view (or a failure) to answer status queries.
+    status_waiters: RefCell<Vec<std::task::Waker>>,
     faults: RefCell<HashMap<FaultKey, Vec<BdevIo>>>,
     ctxs: RefCell<slab::Slab<IoCtx>>,
     passed: RefCell<slab::Slab<Passed>>,
@@ -210,6 +212,7 @@ impl Agent {
             overrides: RefCell::new(Vec::new()),
             quiesced: Cell::new(false),
             held: RefCell::new(VecDeque::new()),
+            status_waiters: RefCell::new(Vec::new()),
             faults: RefCell::new(HashMap::new()),
             ctxs: RefCell::new(slab::Slab::with_capacity(256)),
             passed: RefCell::new(slab::Slab::with_capacity(256)),
@@ -263,6 +266,8 @@ impl Agent {
                 for io in held {
                     self.deferred.complete(io, status);
                 }
+                // Status waiters learn the answer is "unknown" (nothing is held now).
+                self.release_held();
             }
             AgentCmd::Resume => {
                 self.failed.set(None);
@@ -285,7 +290,18 @@ impl Agent {
         }
     }
 
+    /// Whether status queries answer from the table: the agent has a view, or the
+    /// disk failed (then "unknown" is the answer until it resumes).
+    fn status_known(&self) -> bool {
+        self.view.borrow().is_some() || self.failed.get().is_some()
+    }
+
     fn release_held(&self) {
+        if self.status_known() {
+            for w in self.status_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
         if self.quiesced.get() || self.view.borrow().is_none() {
             return;
         }
@@ -536,6 +552,17 @@ impl crate::bdev::BdevChannel for AgentChannel {
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
+    }
+
+    fn status_ready(&self) -> Option<crate::bdev::Drained> {
+        let agent = self.0.clone();
+        Some(Box::pin(std::future::poll_fn(move |cx| {
+            if agent.status_known() {
+                return std::task::Poll::Ready(());
+            }
+            agent.status_waiters.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        })))
     }
 }
 
