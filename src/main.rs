@@ -101,6 +101,9 @@ struct SendArgs {
     /// Skip the runs before this byte offset (after an interrupted receive).
     #[arg(long, default_value = "0")]
     resume_from: String,
+    /// NBD connections reading the snapshot at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    connections: u16,
     /// The snapshot to send (name, pool/name or UUID).
     snapshot: String,
 }
@@ -420,6 +423,7 @@ fn send(a: SendArgs) -> Result<()> {
         snapshot: a.snapshot,
         limit: a.limit.as_deref().map(|l| size("--limit", l)).transpose()?,
         resume_from: size("--resume-from", &a.resume_from)?,
+        connections: usize::from(a.connections),
     };
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         bail!("stdout is a terminal: pipe the stream into `tessera receive` or a file");

@@ -36,6 +36,10 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 const PAGE_RANGES: usize = 65_536;
 /// The longest data record `send` writes (a run is cut into records of this size).
 const RECORD_BYTES: u64 = 1 << 20;
+/// Read requests in flight on each of send's NBD connections.
+const SEND_WINDOW: usize = 4;
+/// Records a send connection may have read ahead of the stream's writer.
+const SEND_READ_AHEAD: usize = 4;
 /// How often a progress line is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -277,6 +281,8 @@ pub struct SendOptions {
     pub limit: Option<u64>,
     /// Skip the runs before this byte offset (a multiple of the block size).
     pub resume_from: u64,
+    /// NBD connections reading the snapshot at once (at least 1).
+    pub connections: usize,
 }
 
 /// What a send wrote.
@@ -420,14 +426,19 @@ pub fn send(opts: &SendOptions, out: impl Write, progress: &mut dyn Write) -> Re
         start: opts.resume_from,
     };
     let export = TempExport::start(&mut rpc, &target, true, "send")?;
-    let mut nbd = NbdClient::connect(&opts.nbd, &export.name)?;
-    if nbd.size() != target.size {
-        return Err(ReplicateError::Refused(format!(
-            "the NBD export of `{}` is {} bytes, the RPC says {}",
-            target.name,
-            nbd.size(),
-            target.size
-        )));
+    let conns = opts.connections.max(1);
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let nbd = NbdClient::connect(&opts.nbd, &export.name)?;
+        if nbd.size() != target.size {
+            return Err(ReplicateError::Refused(format!(
+                "the NBD export of `{}` is {} bytes, the RPC says {}",
+                target.name,
+                nbd.size(),
+                target.size
+            )));
+        }
+        clients.push(nbd);
     }
     let io = |cause| ReplicateError::Io {
         what: "writing the stream",
@@ -436,20 +447,66 @@ pub fn send(opts: &SendOptions, out: impl Write, progress: &mut dyn Write) -> Re
     let mut enc =
         Encoder::new(std::io::BufWriter::with_capacity(1 << 20, out), &header).map_err(io)?;
     let mut p = Progress::start("send", progress, Some(total), opts.limit);
-    let mut buf = vec![0u8; RECORD_BYTES as usize];
-    for &(off, len) in &runs {
-        let mut at = off;
-        while at < off + len {
-            let n = RECORD_BYTES.min(off + len - at) as usize;
-            nbd.read_at(at, &mut buf[..n])?;
-            enc.data(at, &buf[..n]).map_err(io)?;
-            p.add(n as u64);
-            at += n as u64;
+    // The stream's records in order; connection `c` reads records c, c + conns, ...
+    // with a window of requests in flight, and the writer takes them from the
+    // connections in turn, so the stream keeps its order (which `--resume-from` relies
+    // on) while the reads overlap.
+    let records: Vec<(u64, usize)> = runs
+        .iter()
+        .flat_map(|&(off, len)| {
+            (off..off + len)
+                .step_by(RECORD_BYTES as usize)
+                .map(move |at| (at, RECORD_BYTES.min(off + len - at) as usize))
+        })
+        .collect();
+    let free = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
+    std::thread::scope(|sc| -> Result<()> {
+        let mut readers = Vec::with_capacity(conns);
+        for (c, mut nbd) in clients.into_iter().enumerate() {
+            type Read = std::result::Result<(u64, Vec<u8>), NbdClientError>;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Read>(SEND_READ_AHEAD);
+            let mine: Vec<(u64, usize)> = records.iter().copied().skip(c).step_by(conns).collect();
+            let free = &free;
+            sc.spawn(move || {
+                match nbd.read_records(&mine, SEND_WINDOW, free, |off, buf| {
+                    tx.send(Ok((off, buf))).is_ok()
+                }) {
+                    Ok(()) => nbd.disconnect(),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+            readers.push(rx);
         }
-    }
+        for (i, &(want, len)) in records.iter().enumerate() {
+            let (off, buf) = match readers[i % conns].recv() {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(ReplicateError::Refused(format!(
+                        "NBD connection {} of the send ended before the record at byte {want}",
+                        i % conns
+                    )));
+                }
+            };
+            if off != want || buf.len() != len {
+                return Err(ReplicateError::Refused(format!(
+                    "NBD connection {} read {} bytes at {off} where the record is {len} bytes at {want}",
+                    i % conns,
+                    buf.len()
+                )));
+            }
+            enc.data(off, &buf).map_err(io)?;
+            p.add(len as u64);
+            if let Ok(mut f) = free.lock() {
+                f.push(buf);
+            }
+        }
+        Ok(())
+    })?;
     let (_, records, bytes) = enc.finish().map_err(io)?;
     p.line();
-    nbd.disconnect();
     drop(export);
     Ok(SendSummary { records, bytes })
 }

@@ -224,6 +224,67 @@ impl NbdClient {
         Ok(())
     }
 
+    /// Reads the records `recs` (offset, length of at most [`MAX_REQUEST`] bytes), with up
+    /// to `window` of them in flight, and hands each one's bytes to `sink` in the order of
+    /// `recs`, whatever order the server answers in. Buffers come from `free` when it has
+    /// one of the length (`sink`'s caller gives them back). Stops early, without an error,
+    /// when `sink` returns false.
+    pub fn read_records(
+        &mut self,
+        recs: &[(u64, usize)],
+        window: usize,
+        free: &std::sync::Mutex<Vec<Vec<u8>>>,
+        mut sink: impl FnMut(u64, Vec<u8>) -> bool,
+    ) -> Result<(), NbdClientError> {
+        // Requests in flight, in `recs` order: handle, record, and its bytes once read.
+        let mut pending: std::collections::VecDeque<(u64, usize, Option<Vec<u8>>)> =
+            std::collections::VecDeque::with_capacity(window);
+        let mut next = 0;
+        while next < recs.len() || !pending.is_empty() {
+            while next < recs.len() && pending.len() < window.max(1) {
+                let (offset, len) = recs[next];
+                if len > MAX_REQUEST {
+                    return Err(self.proto(format!(
+                        "a record of {len} bytes is longer than a request's {MAX_REQUEST}"
+                    )));
+                }
+                let h = self.request(CMD_READ, offset, len as u32)?;
+                pending.push_back((h, next, None));
+                next += 1;
+            }
+            let (h, err) = self.reply()?;
+            let Some(slot) = pending.iter().position(|p| p.0 == h && p.2.is_none()) else {
+                return Err(self.proto(format!("reply to unknown handle {h}")));
+            };
+            let (offset, len) = recs[pending[slot].1];
+            if err != 0 {
+                return Err(NbdClientError::Failed {
+                    addr: self.addr.clone(),
+                    op: "read",
+                    offset,
+                    len,
+                    errno: err,
+                });
+            }
+            let mut buf = free
+                .lock()
+                .ok()
+                .and_then(|mut f| f.pop())
+                .unwrap_or_default();
+            buf.resize(len, 0);
+            self.read_n(&mut buf, "read data")?;
+            pending[slot].2 = Some(buf);
+            while pending.front().is_some_and(|p| p.2.is_some()) {
+                if let Some((_, i, Some(buf))) = pending.pop_front()
+                    && !sink(recs[i].0, buf)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset`, up to [`WINDOW`] requests in flight.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), NbdClientError> {
         let mut pending: HashMap<u64, (usize, usize)> = HashMap::new();
