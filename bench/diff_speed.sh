@@ -4,8 +4,9 @@
 # by `tessera serve` over NBD; fio (nbd engine) writes WRITES random 4 KiB blocks
 # (scattered extents), snapshot s1, then CHANGED more random 4 KiB writes (a 1 % change
 # is 10 486 of the disk's 1 048 576 segments). Then, ROUNDS times, every page of
-# `tessera_lvol_get_changed_ranges` s1 → vd0 (65 536 runs a page) and `nbdinfo
-# --map=qemu:dirty-bitmap:s1` over the whole disk are timed.
+# `tessera_lvol_get_changed_ranges` s1 → vd0 (65 536 runs a page) — through a JSON-RPC
+# client that stays connected (a Unix socket in Python) and through `tessera rpc` started
+# once per page — and `nbdinfo --map=qemu:dirty-bitmap:s1` over the whole disk are timed.
 #
 #   bench/diff_speed.sh [--tessera PATH] [--writes 1000000] [--changed 10486] [--rounds 5]
 set -euo pipefail
@@ -66,29 +67,50 @@ rpc bdev_lvol_snapshot --lvol-name p0/vd0 --snapshot-name s1 >/dev/null
 fio_writes "$changed"
 for r in $(seq "$rounds"); do
     python3 - "$T" "$work/rpc.sock" "$port" <<'PY'
-import json, subprocess, sys, time
+import json, socket, subprocess, sys, time
 T, sock, port = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def pages_of(call):
+    runs, blocks, pages, offset = 0, 0, 0, 0
+    while True:
+        page = call({"base": "p0/s1", "target": "p0/vd0", "max_ranges": 65536,
+                     "offset_blocks": offset})
+        pages += 1
+        runs += len(page["ranges"])
+        blocks += sum(r["num_blocks"] for r in page["ranges"])
+        if page["next_offset_blocks"] is None:
+            return runs, blocks, pages
+        offset = page["next_offset_blocks"]
+
+# A client that stays connected, as a backup tool would be (each answer ends with a
+# newline), then `tessera rpc` started once per page.
+client = socket.socket(socket.AF_UNIX)
+client.connect(sock)
+def call(params, ids=iter(range(1, 1 << 30))):
+    client.sendall(json.dumps({"jsonrpc": "2.0", "id": next(ids),
+                               "method": "tessera_lvol_get_changed_ranges",
+                               "params": params}).encode())
+    chunks = []
+    while not chunks or not chunks[-1].endswith(b"\n"):
+        chunks.append(client.recv(1 << 20))
+        if not chunks[-1]:
+            raise SystemExit("the target closed the RPC connection")
+    return json.loads(b"".join(chunks))["result"]
 t0 = time.monotonic()
-runs, blocks, pages, offset = 0, 0, 0, 0
-while True:
-    out = subprocess.run([T, "rpc", "-s", sock, "tessera_lvol_get_changed_ranges", "--json",
-                          json.dumps({"base": "p0/s1", "target": "p0/vd0", "max_ranges": 65536,
-                                      "offset_blocks": offset})],
-                         check=True, capture_output=True, text=True).stdout
-    page = json.loads(out)
-    pages += 1
-    runs += len(page["ranges"])
-    blocks += sum(r["num_blocks"] for r in page["ranges"])
-    if page["next_offset_blocks"] is None:
-        break
-    offset = page["next_offset_blocks"]
+runs, blocks, pages = pages_of(call)
+client_s = time.monotonic() - t0
+client.close()
+t0 = time.monotonic()
+pages_of(lambda p: json.loads(subprocess.run(
+    [T, "rpc", "-s", sock, "tessera_lvol_get_changed_ranges", "--json", json.dumps(p)],
+    check=True, capture_output=True, text=True).stdout))
 rpc_s = time.monotonic() - t0
 t0 = time.monotonic()
 m = subprocess.run(["nbdinfo", "--map=qemu:dirty-bitmap:p0/s1", f"nbd://127.0.0.1:{port}/vd0"],
                    check=True, capture_output=True, text=True).stdout
 nbd_s = time.monotonic() - t0
 dirty = sum(int(l.split()[1]) for l in m.splitlines() if l.split()[2] == "1")
-print(json.dumps({"rpc_ms": round(rpc_s * 1000, 1), "pages": pages, "runs": runs,
+print(json.dumps({"rpc_client_ms": round(client_s * 1000, 1), "tessera_rpc_ms": round(rpc_s * 1000, 1), "pages": pages, "runs": runs,
                   "changed_bytes": blocks * 4096, "nbdinfo_map_ms": round(nbd_s * 1000, 1),
                   "nbd_dirty_bytes": dirty}))
 PY
