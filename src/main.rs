@@ -140,9 +140,13 @@ struct RpcArgs {
     /// JSON-RPC socket path.
     #[arg(short = 's', long = "rpc-socket", default_value = tessera::rpc::DEFAULT_SOCKET)]
     rpc_socket: PathBuf,
-    /// Seconds to wait for the answer.
+    /// Seconds to wait for the answer (with --wait: for the job's progress to move).
     #[arg(short = 't', long, default_value_t = 60.0)]
     timeout: f64,
+    /// Follow the job the method starts or waits for (a copy, split or decouple) to its
+    /// end: a progress bar on a terminal, a line a second otherwise.
+    #[arg(long)]
+    wait: bool,
     /// The method (`rpc_get_methods` lists them).
     method: String,
     /// Parameters: `--name value` (`--lvs-name` and `--lvs_name` alike; a value is JSON
@@ -619,6 +623,26 @@ fn rpc(a: RpcArgs) -> Result<()> {
     let params = tessera::rpc::client::params_from_args(&a.params).map_err(anyhow::Error::msg)?;
     let timeout = std::time::Duration::try_from_secs_f64(a.timeout)
         .map_err(|_| anyhow::anyhow!("--timeout: `{}` is not a duration in seconds", a.timeout))?;
+    if a.wait {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let answer = tessera::rpc::job_wait::call_and_wait(
+            &a.rpc_socket,
+            timeout,
+            &a.method,
+            params,
+            terminal,
+            &mut std::io::stderr(),
+        );
+        match answer {
+            Ok(serde_json::Value::String(s)) => println!("{s}"),
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+            Err(e) => {
+                eprintln!("tessera rpc: {e}");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
     let mut client = tessera::rpc::RpcClient::connect(&a.rpc_socket, timeout)?;
     match client.call(&a.method, params)? {
         Ok(serde_json::Value::String(s)) => println!("{s}"),

@@ -412,3 +412,187 @@ fn the_copy_limit_caps_an_inflate() {
     assert!(took < Duration::from_millis(1500), "uncapped: {took:?}");
     srv.stop();
 }
+
+/// `tessera rpc --wait` follows a job to its end. Not on a terminal it prints a plain
+/// progress line a second and the outcome: an inflate (its call answers when the split
+/// ends; the progress comes on a second connection), a split started in the background
+/// (`tessera_split_start`) and a shallow copy, each capped at 8 MiB/s so that it takes
+/// about two seconds. On a terminal (a pty from `script`) it draws a bar. A copy made to
+/// fail (its source made writable) exits 1 naming the error; a job whose progress stops
+/// for the time limit (`-t`) exits 1 saying so; a method that starts no job is refused.
+#[test]
+fn tessera_rpc_wait_follows_splits_and_copies_to_their_end() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), port);
+    thin_lvol_exported(&srv, "big", 16);
+    qemu_io(port, "e0", &["write -P 0x41 0 16M"]);
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "lvs0/big", "snapshot_name": "s"}),
+    );
+    for c in ["c1", "c2", "c3"] {
+        srv.call(
+            "bdev_lvol_clone",
+            json!({"snapshot_name": "lvs0/s", "clone_name": c}),
+        );
+    }
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 8 * M}),
+    );
+    let tessera = env!("CARGO_BIN_EXE_tessera");
+    let sock = srv.socket.display().to_string();
+    let wait = |args: &[&str]| {
+        let mut c = Command::new(tessera);
+        c.args(["rpc", "-s", &sock, "--wait"]).args(args);
+        c
+    };
+    let is_clone = |name: &str| {
+        let l = srv.call("bdev_lvol_get_lvols", json!({"lvs_name": "lvs0"}));
+        l.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {l}"))["is_clone"]
+            == true
+    };
+    // Plain lines: "JOB: P% (D of T MiB), R MiB/s, S s left", then "JOB: complete in".
+    let lines_of = |out: &std::process::Output, job: &str| {
+        assert!(
+            out.status.success(),
+            "{job}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let progress = err
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{job}: "))
+                    && l.contains("% (")
+                    && l.contains(" of 16.0 MiB), ")
+            })
+            .count();
+        assert!(progress >= 1, "{job}: no progress line in:\n{err}");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("{job}: complete in "))),
+            "{job}: no outcome line in:\n{err}"
+        );
+        assert!(
+            !err.contains('\r') && !err.contains('\x1b'),
+            "{job}: terminal codes in:\n{err}"
+        );
+        err
+    };
+    let out = process_support::run(
+        &mut wait(&["bdev_lvol_inflate", "--name", "lvs0/c1"]),
+        Duration::from_secs(60),
+    );
+    lines_of(&out, "split of lvs0/c1");
+    assert!(!is_clone("c1"));
+    let out = process_support::run(
+        &mut wait(&["tessera_split_start", "--name", "lvs0/c2"]),
+        Duration::from_secs(60),
+    );
+    lines_of(&out, "split of lvs0/c2");
+    assert!(!is_clone("c2"));
+    let out = process_support::run(
+        &mut wait(&[
+            "bdev_lvol_start_shallow_copy",
+            "--src_lvol_name",
+            "lvs0/s",
+            "--dst_bdev_name",
+            "dst0",
+        ]),
+        Duration::from_secs(60),
+    );
+    let err = lines_of(&out, "copy 1");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"operation_id\": 1"),
+        "{err}"
+    );
+    let img = std::fs::read(dir.path().join("dst0.img")).unwrap();
+    assert!(
+        img.iter().all(|b| *b == 0x41),
+        "dst0 is not the snapshot's copy"
+    );
+
+    // On a terminal: a bar.
+    let cmd = format!("{tessera} rpc -s {sock} --wait bdev_lvol_inflate --name lvs0/c3");
+    let out = process_support::run(
+        Command::new("script").args(["-qec", &cmd, "/dev/null"]),
+        Duration::from_secs(60),
+    );
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("split of lvs0/c3 [") && tty.contains("%") && tty.contains("left"),
+        "no progress bar in:\n{tty:?}"
+    );
+    assert!(tty.contains("split of lvs0/c3: complete in"), "{tty:?}");
+
+    // A copy that fails: exit 1, the error named. `big` gets blocks of its own first.
+    qemu_io(port, "e0", &["write -P 0x42 0 16M"]);
+    let mut child = wait(&[
+        "bdev_lvol_start_shallow_copy",
+        "--src_lvol_name",
+        "lvs0/big",
+        "--dst_bdev_name",
+        "dst2",
+    ]);
+    srv.call("bdev_lvol_set_read_only", json!({"name": "lvs0/big"}));
+    let child = child
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    srv.call(
+        "tessera_set_read_only",
+        json!({"name": "lvs0/big", "read_only": false}),
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("copy 2 failed") && err.contains("writable"),
+        "{err}"
+    );
+
+    // Stalled: a cap of 1 byte a second, a time limit of 1 s.
+    srv.call("bdev_lvol_set_read_only", json!({"name": "lvs0/big"}));
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 1}),
+    );
+    let mut cmd = Command::new(tessera);
+    cmd.args([
+        "rpc",
+        "-s",
+        &sock,
+        "-t",
+        "1",
+        "--wait",
+        "bdev_lvol_start_shallow_copy",
+    ])
+    .args(["--src_lvol_name", "lvs0/big", "--dst_bdev_name", "dst2"]);
+    let out = run_fails(&mut cmd);
+    assert!(out.contains("copy 3: no progress in 1s"), "{out}");
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 0}),
+    );
+
+    // Not a job.
+    let out = run_fails(&mut wait(&[
+        "bdev_lvol_snapshot",
+        "--lvol_name",
+        "lvs0/big",
+    ]));
+    assert!(
+        out.contains("bdev_lvol_snapshot starts no job") && out.contains("bdev_lvol_inflate"),
+        "{out}"
+    );
+    srv.stop();
+}

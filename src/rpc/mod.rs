@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod error;
+pub mod job_wait;
 pub mod methods;
 pub mod metrics;
 pub mod protocol;
