@@ -16,6 +16,7 @@ declare -A pkg_of=(
     [fusermount3]=fuse3
     [mkfs.ext4]=e2fsprogs [e2fsck]=e2fsprogs
     [losetup]=mount [mount]=mount [umount]=mount
+    [script]=bsdutils
 )
 missing_cmds() {
     local c
