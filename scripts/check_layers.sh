@@ -20,6 +20,7 @@ forbid() {
     fi
 }
 
+forbid src/keyring.rs reactor bdev nvme vdisk frontend config rpc target bench sim replicate
 forbid src/reactor bdev nvme vdisk frontend config rpc target bench sim replicate
 forbid src/nvme bdev reactor vdisk frontend config rpc target bench sim replicate
 forbid src/bdev vdisk frontend config rpc target bench sim replicate

@@ -26,6 +26,7 @@ pub mod config;
 pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod keyring;
 pub mod nvme;
 pub mod reactor;
 pub mod replicate;

@@ -44,6 +44,8 @@ pub enum TargetError {
     Bdev(#[from] BdevError),
     #[error(transparent)]
     Vdisk(#[from] VdiskError),
+    #[error(transparent)]
+    Key(#[from] crate::keyring::KeyError),
     #[error("pool `{0}` does not exist")]
     NoSuchPool(String),
     #[error("{0}")]
@@ -62,6 +64,8 @@ struct PoolEntry {
 }
 
 struct Inner {
+    /// Keys TLS and authentication name.
+    keyring: crate::keyring::Keyring,
     nbd: Mutex<Option<NbdServer>>,
     nvmf: Mutex<Option<NvmfTarget>>,
     nvme_host: NvmeHost,
@@ -97,6 +101,7 @@ impl Target {
         let reactors = ReactorSet::start(ReactorConfig::new(config.cores.clone(), config.idle))?;
         let target = Target {
             inner: Arc::new(Inner {
+                keyring: crate::keyring::Keyring::default(),
                 nbd: Mutex::new(None),
                 nvmf: Mutex::new(None),
                 nvme_host: NvmeHost::new(),
@@ -121,6 +126,9 @@ impl Target {
 
     /// Creates what `config` lists and does not exist yet.
     pub async fn apply(&self, config: &Config) -> Result<(), TargetError> {
+        for k in &config.keys {
+            self.inner.keyring.add_file_key(&k.name, &k.path)?;
+        }
         for b in &config.bdevs {
             self.create_bdev(b).await?;
         }
@@ -460,6 +468,11 @@ impl Target {
     }
 
     /// The bdevs of the target.
+    /// The keys TLS and authentication name.
+    pub fn keyring(&self) -> &crate::keyring::Keyring {
+        &self.inner.keyring
+    }
+
     pub fn bdevs(&self) -> &BdevRegistry {
         &self.inner.bdevs
     }
@@ -856,6 +869,16 @@ impl Target {
             idle: self.inner.config.idle,
             ..Config::default()
         };
+        cfg.keys = self
+            .inner
+            .keyring
+            .list()
+            .into_iter()
+            .map(|k| crate::config::KeyConfig {
+                name: k.name,
+                path: k.path,
+            })
+            .collect();
         cfg.bdevs = lock(&self.inner.base_configs).values().cloned().collect();
         // Error bdevs after their bases.
         cfg.bdevs

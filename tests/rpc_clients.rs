@@ -843,3 +843,122 @@ fn changed_and_allocated_ranges_over_rpc_and_nbd() {
     );
     assert!(e.message.contains("bogus"), "{e:?}");
 }
+
+/// The keyring as SPDK's client drives it: a key named in the YAML and one added with
+/// `keyring_file_add_key` are listed by `keyring_get_keys` and saved by `save_config`
+/// (JSON) and `tessera_save_config` (YAML) as name and path; a file readable by others,
+/// a relative path, a missing file, a name taken and an unknown key are refused with
+/// SPDK's codes; the key material is in no reply, saved configuration or log line.
+#[test]
+fn spdk_rpc_manages_keys_and_never_shows_their_material() {
+    use std::os::unix::fs::PermissionsExt;
+    let tool = spdk_rpc();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:";
+    let key_file = |name: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, secret).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p.display().to_string()
+    };
+    let (yaml_key, key0, open) = (
+        key_file("yaml.key", 0o600),
+        key_file("key0.key", 0o400),
+        key_file("open.key", 0o644),
+    );
+    let srv = Serve::start_yaml(&format!(
+        "keys:\n  - {{name: yamlkey, path: {yaml_key}}}\n{}",
+        config(free_port())
+    ));
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| spdk(&tool, &s, args);
+    let fails = |args: &[&str]| run_fails(Command::new(&tool).arg("-s").arg(&s).args(args));
+    let mut seen = String::new();
+
+    seen += &rpc(&["keyring_file_add_key", "key0", &key0]);
+    let keys = rpc(&["keyring_get_keys"]);
+    seen += &keys;
+    let keys = json(&keys);
+    let names: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["key0", "yamlkey"], "{keys}");
+    assert_eq!(keys[0]["path"], key0.as_str(), "{keys}");
+    assert_eq!(keys[0]["module"], "keyring_file", "{keys}");
+
+    for (args, code, text) in [
+        (
+            vec!["keyring_file_add_key", "key1", &open],
+            "-1",
+            "mode 0644",
+        ),
+        (
+            vec!["keyring_file_add_key", "key1", "relative.key"],
+            "-1",
+            "absolute",
+        ),
+        (
+            vec!["keyring_file_add_key", "key1", "/nonexistent/key"],
+            "-2",
+            "No such file",
+        ),
+        (
+            vec!["keyring_file_add_key", "key0", &key0],
+            "-17",
+            "File exists",
+        ),
+        (
+            vec!["keyring_file_remove_key", "nokey"],
+            "-126",
+            "Required key not available",
+        ),
+    ] {
+        let out = fails(&args);
+        assert!(
+            out.contains(&format!("\"code\": {code}")) && out.contains(text),
+            "{args:?}: {out}"
+        );
+        seen += &out;
+    }
+
+    // Saved as name and path, both ways.
+    let saved = rpc(&["save_config"]);
+    let doc = json(&saved);
+    let keyring = doc["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subsystem"] == "keyring")
+        .unwrap_or_else(|| panic!("no keyring subsystem in {saved}"));
+    let added: Vec<&str> = keyring["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["method"], "keyring_file_add_key", "{c}");
+            c["params"]["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(added, ["key0", "yamlkey"], "{keyring}");
+    seen += &saved;
+    let yaml = srv.call("tessera_save_config", serde_json::json!({}));
+    let yaml = yaml.as_str().unwrap_or_default().to_string();
+    assert!(yaml.contains("keys:") && yaml.contains(&yaml_key), "{yaml}");
+    seen += &yaml;
+
+    seen += &rpc(&["keyring_file_remove_key", "key0"]);
+    let keys = json(&rpc(&["keyring_get_keys"]));
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
+    seen += &srv.stop();
+    assert!(
+        !seen.contains(secret),
+        "the key material was shown:\n{seen}"
+    );
+    assert!(
+        seen.contains("key added"),
+        "the log has no key lines:\n{seen}"
+    );
+}

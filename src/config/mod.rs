@@ -311,6 +311,16 @@ pub struct CloneConfig {
     pub cow_policy: Option<CowPolicy>,
 }
 
+/// A key of the keyring (SPDK: `keyring_file_add_key`): its name and the file holding
+/// it (an absolute path, mode 0600, owned by the target's user). The material itself is
+/// never part of a configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub name: String,
+    pub path: PathBuf,
+}
+
 /// The whole target.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -321,6 +331,9 @@ pub struct Config {
     /// Idle policy of the reactors.
     #[serde(default)]
     pub idle: IdlePolicy,
+    /// Keys, added first: TLS and authentication name them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyConfig>,
     /// Base bdevs.
     #[serde(default)]
     pub bdevs: Vec<BdevConfig>,
@@ -354,6 +367,7 @@ impl Default for Config {
         Config {
             cores: default_cores(),
             idle: IdlePolicy::Adaptive,
+            keys: Vec::new(),
             bdevs: Vec::new(),
             pools: Vec::new(),
             disks: Vec::new(),

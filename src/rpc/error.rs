@@ -202,6 +202,16 @@ impl From<ParamError> for RpcError {
     }
 }
 
+/// SPDK's keyring answers `-errno` with `strerror`; ours says which key and why after it.
+impl From<crate::keyring::KeyError> for RpcError {
+    fn from(e: crate::keyring::KeyError) -> RpcError {
+        let errno = e.errno();
+        let text = std::io::Error::from_raw_os_error(errno).to_string();
+        let text = text.split(" (os error").next().unwrap_or(&text);
+        RpcError::errno(errno, format!("{text}: {e}"))
+    }
+}
+
 impl From<TargetError> for RpcError {
     fn from(e: TargetError) -> RpcError {
         match e {
@@ -211,6 +221,7 @@ impl From<TargetError> for RpcError {
             TargetError::Bdev(e) => e.into(),
             TargetError::Vdisk(e) => e.into(),
             TargetError::Reactor(e) => RpcError::internal(format!("reactors: {e}")),
+            TargetError::Key(e) => e.into(),
             TargetError::NoSuchPool(name) => RpcError::no_such(format!("lvstore \"{name}\"")),
             TargetError::Invalid(msg) => RpcError::einval(msg),
         }

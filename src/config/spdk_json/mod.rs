@@ -43,8 +43,20 @@ pub mod nvmf;
 pub mod params;
 
 /// The subsystems, each with those it depends on (`framework_get_subsystems`).
-pub const SUBSYSTEMS: &[(&str, &[&str])] =
-    &[("bdev", &[]), ("nvmf", &["bdev"]), ("nbd", &["bdev"])];
+pub const SUBSYSTEMS: &[(&str, &[&str])] = &[
+    ("keyring", &[]),
+    ("bdev", &[]),
+    ("nvmf", &["bdev", "keyring"]),
+    ("nbd", &["bdev"]),
+];
+
+/// `keyring_file_add_key`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFileParams {
+    pub name: String,
+    pub path: std::path::PathBuf,
+}
 
 fn call(method: &str, params: Value) -> Value {
     json!({"method": method, "params": params})
@@ -347,9 +359,23 @@ fn nbd_calls(cfg: &Config) -> Vec<Value> {
     out
 }
 
+/// The keys: their names and files, never their material.
+fn keyring_calls(cfg: &Config) -> Vec<Value> {
+    cfg.keys
+        .iter()
+        .map(|k| {
+            call(
+                "keyring_file_add_key",
+                json!({"name": k.name, "path": k.path}),
+            )
+        })
+        .collect()
+}
+
 /// The calls that rebuild subsystem `name` of `cfg` (`None`: no such subsystem).
 pub fn subsystem_config(cfg: &Config, name: &str) -> Option<Vec<Value>> {
     match name {
+        "keyring" => Some(keyring_calls(cfg)),
         "bdev" => Some(bdev_calls(cfg)),
         "nvmf" => Some(nvmf_calls(cfg)),
         "nbd" => Some(nbd_calls(cfg)),
@@ -767,6 +793,13 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         "nvmf_subsystem_allow_any_host" => {
             let q: nvmf::AllowAnyHostParams = decode(p)?;
             subsystem(cfg, &q.nqn)?.allow_any_host = q.allow_any_host;
+        }
+        "keyring_file_add_key" => {
+            let q: KeyFileParams = decode(p)?;
+            cfg.keys.push(crate::config::KeyConfig {
+                name: q.name,
+                path: q.path,
+            });
         }
         "nbd_server_start" => {
             let q: nbd::ServerStartParams = decode(p)?;

@@ -19,11 +19,14 @@
 //! - [`nvmf`]: the NVMe-oF target.
 //! - [`nbd`]: the NBD server (tessera's own names: SPDK's `nbd_*` drive the kernel).
 //! - [`stats`]: I/O statistics and latency histograms (`bdev_get_iostat`, …).
+//! - [`keyring`]: the keys TLS and authentication name (`keyring_file_*`,
+//!   `keyring_get_keys`).
 
 pub mod app;
 pub mod backup;
 pub mod bdev;
 pub mod copy;
+pub mod keyring;
 pub mod lvol;
 pub mod nbd;
 pub mod nvmf;
@@ -173,6 +176,9 @@ methods! {
     "framework_get_config" => app::framework_get_config,
     "save_config" => app::save_config,
     "load_config" => app::load_config,
+    "keyring_file_add_key" => keyring::keyring_file_add_key,
+    "keyring_file_remove_key" => keyring::keyring_file_remove_key,
+    "keyring_get_keys" => keyring::keyring_get_keys,
     "tessera_save_config" => app::tessera_save_config,
     "bdev_get_bdevs" => bdev::bdev_get_bdevs,
     "bdev_wait_for_examine" => bdev::bdev_wait_for_examine,
