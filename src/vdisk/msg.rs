@@ -86,6 +86,10 @@ pub(crate) struct WriteFaults {
     pub vsegs: Vec<u64>,
 }
 
+/// The controller's answer to a [`WriteFaults`]: one status per segment, in the order
+/// asked, or `None` if the pool's controller is gone.
+pub(crate) type WriteFaultAnswers = RemoteHandle<Option<Vec<IoStatus>>>;
+
 /// Agent → controller requests, each answered with an I/O status: the mapping faults
 /// other than write faults ([`WriteFaults`]), and the other changes only the controller
 /// may make.
@@ -128,7 +132,7 @@ pub(crate) struct ControllerPort {
     pub request: fn(&Cores, usize, u64, AgentRequest) -> RemoteHandle<Option<IoStatus>>,
     /// Sends a batch of write faults; the handle resolves to one status per segment, in
     /// the order asked, or to `None` if the pool's controller is gone.
-    pub write_faults: fn(&Cores, usize, u64, WriteFaults) -> RemoteHandle<Option<Vec<IoStatus>>>,
+    pub write_faults: fn(&Cores, usize, u64, WriteFaults) -> WriteFaultAnswers,
     /// Sends a notice.
     pub notify: fn(&Cores, usize, u64, AgentNotice),
 }

@@ -6,7 +6,7 @@
 
 use super::CowPolicy;
 use super::map::{Fill, Fills, Geometry, PhysSeg};
-use super::msg::{AgentNotice, AgentRequest, ControllerPort, WriteFaults};
+use super::msg::{AgentNotice, AgentRequest, ControllerPort, WriteFaultAnswers, WriteFaults};
 use crate::bdev::{Bdev, IoStatus};
 use crate::reactor::{Cores, RemoteHandle};
 use crossbeam_queue::SegQueue;
@@ -244,10 +244,7 @@ impl PoolShared {
     }
 
     /// Sends an agent's batch of write faults to the pool's controller.
-    pub(crate) fn ask_write_faults(
-        &self,
-        faults: WriteFaults,
-    ) -> RemoteHandle<Option<Vec<IoStatus>>> {
+    pub(crate) fn ask_write_faults(&self, faults: WriteFaults) -> WriteFaultAnswers {
         (self.ctl_port.write_faults)(&self.cores, self.ctl_core, self.id, faults)
     }
 

@@ -25,7 +25,8 @@ use super::Stall;
 use super::agent;
 use super::controller::{Controller, DiskCtl, lookup};
 use super::msg::{
-    AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState, View, WriteFaults,
+    AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState, View, WriteFaultAnswers,
+    WriteFaults,
 };
 use crate::bdev::IoStatus;
 use crate::reactor::until;
@@ -320,7 +321,7 @@ fn serve_write_faults(
     ctl_core: usize,
     pool: u64,
     faults: WriteFaults,
-) -> RemoteHandle<Option<Vec<IoStatus>>> {
+) -> WriteFaultAnswers {
     cores.spawn_on(ctl_core, move || async move {
         match lookup(pool) {
             Some(c) => Some(c.make_writable_many(faults.disk, &faults.vsegs).await),
