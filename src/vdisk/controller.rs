@@ -257,6 +257,8 @@ pub(crate) struct Controller {
     pub release_stalls: std::cell::Cell<u32>,
     /// Commits a write fault ran to make metadata room (the batch did not fit).
     pub commits_for_room: std::cell::Cell<u64>,
+    /// Batches of write faults the agents sent (`msg::WriteFaults`), for tests.
+    pub write_fault_requests: std::cell::Cell<u64>,
     /// A log append's pages are being written: a checkpoint holds its next writes back
     /// (for at most [`super::commit::LOG_WRITE_PRIORITY`]) so as not to queue ahead of them.
     pub log_writing: std::cell::Cell<bool>,
@@ -305,6 +307,7 @@ impl Controller {
             limits: std::cell::Cell::new(TimeLimits::default()),
             release_stalls: std::cell::Cell::new(0),
             commits_for_room: std::cell::Cell::new(0),
+            write_fault_requests: std::cell::Cell::new(0),
             log_writing: std::cell::Cell::new(false),
             meta: RefCell::new(MetaLedger::default()),
             job_limit: std::cell::Cell::new(0),

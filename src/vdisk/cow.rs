@@ -32,12 +32,170 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 impl Controller {
+    /// Resolves the write faults an agent sent together (`msg::WriteFaults`): after it,
+    /// the extent at each of `vsegs` is writable by `disk`, or its status says why it
+    /// cannot be — one status per entry of `vsegs`, in order, each segment's failure
+    /// its own.
+    ///
+    /// The common case — a fresh segment, or a redirect-on-write layer over a shared
+    /// one — is planned for every segment under the segment locks taken at once, and
+    /// the extents are set in one pass down the table with one metadata reservation
+    /// for all of them ([`Controller::set_extents_many`]; each is still logged as its
+    /// own splice record, and the records are appended together), then published to the
+    /// agents in one view push. A segment that needs its layers merged or a copy-out,
+    /// or a batch the metadata area has no room for at once, goes the one-at-a-time way
+    /// ([`Controller::make_writable`]).
+    pub(crate) async fn make_writable_many(&self, disk: u64, vsegs: &[u64]) -> Vec<IoStatus> {
+        self.write_fault_requests
+            .set(self.write_fault_requests.get() + 1);
+        let mut out: Vec<Option<IoStatus>> = vec![None; vsegs.len()];
+        if self.check_usable().is_err() {
+            return vec![IoStatus::Aborted; vsegs.len()];
+        }
+        // Entries by segment: a segment asked twice is resolved once, its status given
+        // to both.
+        let mut order: Vec<usize> = (0..vsegs.len()).collect();
+        order.sort_unstable_by_key(|&i| vsegs[i]);
+        let mut firsts: Vec<usize> = Vec::with_capacity(order.len());
+        let mut dups: Vec<(usize, usize)> = Vec::new();
+        for &i in &order {
+            match firsts.last() {
+                Some(&f) if vsegs[f] == vsegs[i] => dups.push((i, f)),
+                _ => firsts.push(i),
+            }
+        }
+        let mut slow: Vec<usize> = Vec::new();
+        {
+            let distinct: Vec<u64> = firsts.iter().map(|&i| vsegs[i]).collect();
+            let _locks = self.locks.segments(disk, &distinct).await;
+            if self.check_usable().is_err() {
+                return vec![IoStatus::Aborted; vsegs.len()];
+            }
+            // In segment order: the edits are sorted and disjoint.
+            let mut set: Vec<(usize, Extent)> = Vec::with_capacity(firsts.len());
+            for &i in &firsts {
+                match self.plan_write_fault(disk, vsegs[i]) {
+                    Plan::Done(st) => out[i] = Some(st),
+                    Plan::Set(e) => set.push((i, e)),
+                    Plan::Merge(_) | Plan::CopyOut => slow.push(i),
+                }
+            }
+            if !set.is_empty() {
+                let cost = set
+                    .iter()
+                    .map(|(_, e)| {
+                        self.splice_cost(disk, e.vseg, e.vseg + 1, table::extent_budget(e))
+                    })
+                    .sum();
+                // No snapshot of the disk comes between the plans and this (the segment
+                // locks are held, and nothing here waits): the extents are set as
+                // planned.
+                let together = match self.reserve_meta(cost) {
+                    Ok(_meta) => {
+                        let edits: Vec<table::Edit<'_>> = set
+                            .iter()
+                            .map(|(_, e)| table::Edit {
+                                from: e.vseg,
+                                to: e.vseg + 1,
+                                extents: Cow::Borrowed(std::slice::from_ref(e)),
+                            })
+                            .collect();
+                        self.set_extents_many(disk, &edits);
+                        true
+                    }
+                    Err(_) => false,
+                };
+                for (i, e) in set {
+                    out[i] = Some(if together {
+                        IoStatus::Success
+                    } else {
+                        self.set_fault_alone(disk, e).await
+                    });
+                }
+                self.update_free();
+                // A new allocation must be visible on every core before the writes
+                // complete.
+                let _ = self.publish_edits(disk, false).await;
+            }
+        }
+        for i in slow {
+            out[i] = Some(self.make_writable(disk, vsegs[i]).await);
+        }
+        for (i, f) in dups {
+            out[i] = out[f];
+        }
+        out.into_iter()
+            .map(|st| st.unwrap_or(IoStatus::Aborted))
+            .collect()
+    }
+
     /// Resolves a write fault: after it, the extent at `vseg` is writable by `disk` (or
     /// the returned status says why it cannot be).
     pub(crate) async fn make_writable(&self, disk: u64, vseg: u64) -> IoStatus {
         loop {
             if let Some(st) = self.try_make_writable(disk, vseg).await {
                 return st;
+            }
+        }
+    }
+
+    /// What a write fault at `vseg` of `disk` needs, looked at under its segment's lock
+    /// (which the caller holds). A [`Plan::Set`] holds a segment allocated for it (and
+    /// its fill made fresh): the caller sets the extent or gives the segment back.
+    fn plan_write_fault(&self, disk: u64, vseg: u64) -> Plan {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let Some(d) = st.disks.get(&disk) else {
+            return Plan::Done(IoStatus::Aborted);
+        };
+        if d.rec.read_only {
+            return Plan::Done(IoStatus::WriteProtected);
+        }
+        if vseg * self.shared.geo.segment_blocks >= d.rec.size_blocks {
+            return Plan::Done(IoStatus::LbaOutOfRange);
+        }
+        let cur = d.root.as_ref().and_then(|r| r.lookup(vseg)).cloned();
+        match cur {
+            Some(e) if e.state == ExtentState::Error => Plan::Done(IoStatus::MediaError),
+            Some(e) if e.birth > d.rec.snap_gen => Plan::Done(IoStatus::Success),
+            Some(e) => {
+                let policy = CowPolicy::from_u8(d.rec.cow_policy);
+                let one = e.at(vseg);
+                if policy == CowPolicy::CopyOut && one.layers.len() == 1 {
+                    Plan::CopyOut
+                } else {
+                    let mut layers = one.layers.clone();
+                    normalize(&mut layers);
+                    if layers.len() >= MAX_LAYERS {
+                        Plan::Merge(one)
+                    } else {
+                        let Some(seg) = st.space.alloc_segment() else {
+                            return Plan::Done(IoStatus::CapacityExceeded);
+                        };
+                        self.shared.fills.fresh(seg, disk, vseg);
+                        layers.insert(0, Layer::partial(seg));
+                        Plan::Set(Extent {
+                            vseg,
+                            len: 1,
+                            state: ExtentState::Mapped,
+                            birth: st.generation,
+                            layers,
+                        })
+                    }
+                }
+            }
+            None => {
+                let Some(seg) = st.space.alloc_segment() else {
+                    return Plan::Done(IoStatus::CapacityExceeded);
+                };
+                self.shared.fills.fresh(seg, disk, vseg);
+                Plan::Set(Extent {
+                    vseg,
+                    len: 1,
+                    state: ExtentState::Mapped,
+                    birth: st.generation,
+                    layers: smallvec::smallvec![Layer::partial(seg)],
+                })
             }
         }
     }
@@ -50,64 +208,8 @@ impl Controller {
             return Some(IoStatus::Aborted);
         }
         let lock = self.locks.segment(disk, vseg).await;
-        let plan = {
-            let mut st = self.st.borrow_mut();
-            let st = &mut *st;
-            let Some(d) = st.disks.get(&disk) else {
-                return Some(IoStatus::Aborted);
-            };
-            if d.rec.read_only {
-                return Some(IoStatus::WriteProtected);
-            }
-            if vseg * self.shared.geo.segment_blocks >= d.rec.size_blocks {
-                return Some(IoStatus::LbaOutOfRange);
-            }
-            let cur = d.root.as_ref().and_then(|r| r.lookup(vseg)).cloned();
-            match cur {
-                Some(e) if e.state == ExtentState::Error => return Some(IoStatus::MediaError),
-                Some(e) if e.birth > d.rec.snap_gen => return Some(IoStatus::Success),
-                Some(e) => {
-                    let policy = CowPolicy::from_u8(d.rec.cow_policy);
-                    let one = e.at(vseg);
-                    if policy == CowPolicy::CopyOut && one.layers.len() == 1 {
-                        Plan::CopyOut
-                    } else {
-                        let mut layers = one.layers.clone();
-                        normalize(&mut layers);
-                        if layers.len() >= MAX_LAYERS {
-                            Plan::Merge(one)
-                        } else {
-                            let Some(seg) = st.space.alloc_segment() else {
-                                return Some(IoStatus::CapacityExceeded);
-                            };
-                            self.shared.fills.fresh(seg, disk, vseg);
-                            layers.insert(0, Layer::partial(seg));
-                            Plan::Set(Extent {
-                                vseg,
-                                len: 1,
-                                state: ExtentState::Mapped,
-                                birth: st.generation,
-                                layers,
-                            })
-                        }
-                    }
-                }
-                None => {
-                    let Some(seg) = st.space.alloc_segment() else {
-                        return Some(IoStatus::CapacityExceeded);
-                    };
-                    self.shared.fills.fresh(seg, disk, vseg);
-                    Plan::Set(Extent {
-                        vseg,
-                        len: 1,
-                        state: ExtentState::Mapped,
-                        birth: st.generation,
-                        layers: smallvec::smallvec![Layer::partial(seg)],
-                    })
-                }
-            }
-        };
-        let ext = match plan {
+        let ext = match self.plan_write_fault(disk, vseg) {
+            Plan::Done(st) => return Some(st),
             Plan::Set(e) => e,
             Plan::Merge(one) => match self.merge_layers(disk, &one).await {
                 Ok(e) => e,
@@ -119,30 +221,39 @@ impl Controller {
                 return self.copy_out(disk, vseg).await;
             }
         };
-        // The top layer is a new segment (allocated above, or by the merge).
-        let top = ext.layers[0].seg;
         if !self.set_fault_extent(disk, ext.clone()).await {
-            // The batch did not fit. Pages the changes waiting for a commit hold come
-            // back with it (and the fills' with the one after): a write is refused for
-            // metadata space only once two commits did not make room.
-            let mut commits = 0;
-            while let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext.clone()]) {
-                if commits < 2 && matches!(e, VdiskError::NoMetadataSpace { .. }) {
-                    commits += 1;
-                    self.commits_for_room.set(self.commits_for_room.get() + 1);
-                    if self.commit().await.is_ok() {
-                        continue;
-                    }
-                }
-                self.st.borrow_mut().space.unalloc_segment(top);
-                tracing::debug!(pool = %self.shared.name, disk, vseg, error = %e, "write fault refused");
-                return Some(IoStatus::CapacityExceeded);
+            let st = self.set_fault_alone(disk, ext).await;
+            if !st.is_success() {
+                return Some(st);
             }
         }
         self.update_free();
         // A new allocation must be visible on every core before the write completes.
-        let _ = self.publish_edits(disk).await;
+        let _ = self.publish_edits(disk, true).await;
         Some(IoStatus::Success)
+    }
+
+    /// Sets the extent `ext` of a resolved write fault (its top layer a segment
+    /// allocated for it) on its own, after a batch it was in did not fit. Pages the
+    /// changes waiting for a commit hold come back with it (and the fills' with the one
+    /// after): a write is refused for metadata space only once two commits did not make
+    /// room; then the segment is given back.
+    async fn set_fault_alone(&self, disk: u64, ext: Extent) -> IoStatus {
+        let (vseg, top) = (ext.vseg, ext.layers[0].seg);
+        let mut commits = 0;
+        while let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext.clone()]) {
+            if commits < 2 && matches!(e, VdiskError::NoMetadataSpace { .. }) {
+                commits += 1;
+                self.commits_for_room.set(self.commits_for_room.get() + 1);
+                if self.commit().await.is_ok() {
+                    continue;
+                }
+            }
+            self.st.borrow_mut().space.unalloc_segment(top);
+            tracing::debug!(pool = %self.shared.name, disk, vseg, error = %e, "write fault refused");
+            return IoStatus::CapacityExceeded;
+        }
+        IoStatus::Success
     }
 
     /// Sets the extent of a resolved write fault (one segment, writable by `disk`)
@@ -531,7 +642,11 @@ pub(crate) struct PendingFault {
     done: Rc<Cell<Option<bool>>>,
 }
 
+/// What a write fault needs ([`Controller::plan_write_fault`]).
 enum Plan {
+    /// Nothing more: answer with this status.
+    Done(IoStatus),
+    /// Set this extent (its top layer allocated for it).
     Set(Extent),
     Merge(Extent),
     CopyOut,

@@ -6,9 +6,11 @@
 //!   state" as a [`RangeState`] over a range, quiesce/activate, fail/resume, barrier), applied
 //!   on the agent's core, optionally with the **blocking flag** (acknowledged once every
 //!   I/O the agent had started before the command has completed).
-//! - Agent → controller: `AgentRequest` (the **mapping faults**, and the other things
-//!   only the controller may do: commit, punch, drop an emptied segment), each answered
-//!   with an I/O status, and `AgentNotice` (an agent appeared or went away).
+//! - Agent → controller: [`WriteFaults`] (the write faults an agent parked in one
+//!   reactor pass, resolved together and answered with a status each), `AgentRequest`
+//!   (the other mapping faults, and the other things only the controller may do:
+//!   commit, punch, drop an emptied segment), each answered with an I/O status, and
+//!   `AgentNotice` (an agent appeared or went away).
 //!
 //! The agent sends through a `ControllerPort`: two function pointers the controller's
 //! side fills in when the pool opens, so that the data path never imports the control
@@ -68,13 +70,31 @@ pub enum AgentCmd {
     },
 }
 
-/// Agent → controller requests, each answered with an I/O status: the mapping faults,
-/// and the other changes only the controller may make.
+/// Most write faults one request may carry: a bigger batch of parked writes goes in
+/// several requests (the controller sets each request's extents in one table pass and
+/// reserves metadata room for all of them at once).
+pub(crate) const MAX_WRITE_FAULTS: usize = 256;
+
+/// Agent → controller: write faults, each a virtual segment of `disk` that has no
+/// writable top layer (no segment yet, or one shared with a snapshot): allocate or
+/// copy-on-write each. The answer is one status per entry of `vsegs`, in order; one
+/// segment's failure (out of space, a media error) says nothing about the others'.
+/// At most [`MAX_WRITE_FAULTS`] distinct segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WriteFaults {
+    pub disk: u64,
+    pub vsegs: Vec<u64>,
+}
+
+/// The controller's answer to a [`WriteFaults`]: one status per segment, in the order
+/// asked, or `None` if the pool's controller is gone.
+pub(crate) type WriteFaultAnswers = RemoteHandle<Option<Vec<IoStatus>>>;
+
+/// Agent → controller requests, each answered with an I/O status: the mapping faults
+/// other than write faults ([`WriteFaults`]), and the other changes only the controller
+/// may make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AgentRequest {
-    /// A write fault: virtual segment `vseg` of `disk` has no writable top layer (no
-    /// segment yet, or one shared with a snapshot). Allocate or copy-on-write.
-    MakeWritable { disk: u64, vseg: u64 },
     /// A write of part of granules `[first, last]` of `vseg` that the writable top layer
     /// does not hold: copy what they show now into it.
     Materialize {
@@ -110,6 +130,9 @@ pub(crate) struct ControllerPort {
     /// Sends a request; the handle resolves to the controller's answer, or to `None` if
     /// the pool's controller is gone.
     pub request: fn(&Cores, usize, u64, AgentRequest) -> RemoteHandle<Option<IoStatus>>,
+    /// Sends a batch of write faults; the handle resolves to one status per segment, in
+    /// the order asked, or to `None` if the pool's controller is gone.
+    pub write_faults: fn(&Cores, usize, u64, WriteFaults) -> WriteFaultAnswers,
     /// Sends a notice.
     pub notify: fn(&Cores, usize, u64, AgentNotice),
 }

@@ -6,7 +6,7 @@
 
 use super::CowPolicy;
 use super::map::{Fill, Fills, Geometry, PhysSeg};
-use super::msg::{AgentNotice, AgentRequest, ControllerPort};
+use super::msg::{AgentNotice, AgentRequest, ControllerPort, WriteFaultAnswers, WriteFaults};
 use crate::bdev::{Bdev, IoStatus};
 use crate::reactor::{Cores, RemoteHandle};
 use crossbeam_queue::SegQueue;
@@ -241,6 +241,11 @@ impl PoolShared {
     /// Sends an agent's request to the pool's controller (see [`ControllerPort`]).
     pub(crate) fn ask_controller(&self, request: AgentRequest) -> RemoteHandle<Option<IoStatus>> {
         (self.ctl_port.request)(&self.cores, self.ctl_core, self.id, request)
+    }
+
+    /// Sends an agent's batch of write faults to the pool's controller.
+    pub(crate) fn ask_write_faults(&self, faults: WriteFaults) -> WriteFaultAnswers {
+        (self.ctl_port.write_faults)(&self.cores, self.ctl_core, self.id, faults)
     }
 
     /// Sends an agent's notice to the pool's controller.

@@ -1601,8 +1601,9 @@ mod resize;
 mod revert;
 
 /// Faults resolved together share their view push and their pass down the table: 32
-/// first writes into fresh segments at once push far fewer than 32 views, set their
-/// extents in far fewer than 32 passes, and every one of them reads back.
+/// first writes into fresh segments at once go to the controller in one or two
+/// requests (`msg::WriteFaults`), push far fewer than 32 views, set their extents in far
+/// fewer than 32 passes, and every one of them reads back.
 #[test]
 fn concurrent_first_writes_share_view_pushes_and_table_passes() {
     let (set, _base, pool, disk) = thin_disk(32 << 20);
@@ -1610,11 +1611,15 @@ fn concurrent_first_writes_share_view_pushes_and_table_passes() {
     let version = |pool: &Pool| {
         block_on(pool.on_ctl(move |c| async move {
             let st = c.st.borrow();
-            Ok((st.disks[&id].version, st.disks[&id].passes))
+            Ok((
+                st.disks[&id].version,
+                st.disks[&id].passes,
+                c.write_fault_requests.get(),
+            ))
         }))
         .unwrap()
     };
-    let (before, passes_before) = version(&pool);
+    let (before, passes_before, requests_before) = version(&pool);
     let d = disk.clone();
     on(&set, 1, move || async move {
         let writes: Vec<_> = (0..32u64)
@@ -1629,9 +1634,16 @@ fn concurrent_first_writes_share_view_pushes_and_table_passes() {
             w.await.expect("a first write into a fresh segment");
         }
     });
-    let (after, passes_after) = version(&pool);
+    let (after, passes_after, requests_after) = version(&pool);
     let (pushes, passes) = (after - before, passes_after - passes_before);
-    println!("32 first writes pushed {pushes} views, set in {passes} table passes");
+    let requests = requests_after - requests_before;
+    println!(
+        "32 first writes: {requests} requests, pushed {pushes} views, set in {passes} table passes"
+    );
+    assert!(
+        requests <= 2,
+        "32 first writes went to the controller in {requests} requests"
+    );
     assert!(pushes <= 16, "32 first writes pushed {pushes} views");
     assert!(
         passes <= 16,
@@ -1669,4 +1681,53 @@ fn a_bdev_holding_a_pool_is_refused_with_one_message_naming_both() {
             && printed.ends_with("); delete that pool first"),
         "{printed}"
     );
+}
+
+/// A batch of write faults is answered segment by segment: in one request, segments the
+/// pool has room for are mapped, the ones past its last free segment fail with Capacity
+/// Exceeded, a segment past the disk's end with LBA Out Of Range, one already writable
+/// succeeds at once, and a segment asked twice gets one answer twice; the writes that
+/// got their segment read back.
+#[test]
+fn a_batch_of_write_faults_answers_each_segment_on_its_own() {
+    let set = reactors(2);
+    let base = malloc("m0", 24);
+    let mut opts = PoolOptions::new("p0");
+    opts.metadata_bytes = Some(1 << 20);
+    let pool = block_on(Pool::create(set.cores(), 0, vec![base], None, opts)).unwrap();
+    let (_, free) = pool.space();
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 64 << 20, true)).unwrap();
+    let id = block_on(pool.disk("vd0")).unwrap().disk_id();
+    let d = disk.clone();
+    // Every free segment but two mapped; segment 0 is writable already.
+    on(&set, 1, move || async move {
+        for s in 0..free - 2 {
+            write_byte(&d, s * 256, 1).await.unwrap();
+        }
+    });
+    let asked = vec![free + 3, 0, 62, free + 1, 64, free - 1, free + 3, free + 5];
+    let answers =
+        block_on(pool.on_ctl(move |c| async move { Ok(c.make_writable_many(id, &asked).await) }))
+            .unwrap();
+    use IoStatus::{CapacityExceeded as Full, LbaOutOfRange as Past, Success as Ok_};
+    // In segment order, `free - 1` and `free + 1` take the last two free segments.
+    assert_eq!(
+        answers,
+        vec![Full, Ok_, Full, Ok_, Past, Ok_, Full, Full],
+        "answers for segments {:?} with {free} free",
+        [free + 3, 0, 62, free + 1, 64, free - 1, free + 3, free + 5]
+    );
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        for (s, v) in [(free - 1, 5u8), (free + 1, 6)] {
+            write_byte(&d, s * 256 + 7, v).await.unwrap();
+            assert_eq!(read_byte(&d, s * 256 + 7).await, v, "segment {s}");
+            assert_eq!(read_byte(&d, s * 256 + 8).await, 0, "segment {s}");
+        }
+        assert_eq!(
+            write_byte(&d, (free + 3) * 256, 7).await,
+            Err(IoStatus::CapacityExceeded)
+        );
+        assert_eq!(read_byte(&d, 0).await, 1);
+    });
 }

@@ -24,7 +24,10 @@
 use super::Stall;
 use super::agent;
 use super::controller::{Controller, DiskCtl, lookup};
-use super::msg::{AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState, View};
+use super::msg::{
+    AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState, View, WriteFaultAnswers,
+    WriteFaults,
+};
 use crate::bdev::IoStatus;
 use crate::reactor::until;
 use crate::reactor::{self, Cores, Nanos, RemoteHandle};
@@ -160,8 +163,10 @@ impl Controller {
     /// with the other faults resolved in the same turn: the first to get here lets them
     /// have their turn, then pushes the table as it is; the others wait for that push
     /// (and push again themselves if it failed, or came too early for their edit). A
-    /// burst of first writes pushes a view per turn, not per fault.
-    pub(crate) async fn publish_edits(&self, disk: u64) -> Result<(), Stall> {
+    /// burst of first writes pushes a view per turn, not per fault. With `gather` false
+    /// the first pushes at once: a batch of faults that already resolved together
+    /// (`Controller::make_writable_many`) need not wait a turn for others.
+    pub(crate) async fn publish_edits(&self, disk: u64, gather: bool) -> Result<(), Stall> {
         let Some(mine) = self.st.borrow().disks.get(&disk).map(|d| d.edits) else {
             return Ok(());
         };
@@ -187,7 +192,9 @@ impl Controller {
                 push.wait().await;
                 continue;
             }
-            reactor::yield_now().await;
+            if gather {
+                reactor::yield_now().await;
+            }
             let cover = self.st.borrow().disks.get(&disk).map_or(mine, |d| d.edits);
             let r = self.push_view(disk, false).await;
             let push = {
@@ -287,6 +294,7 @@ impl Controller {
 /// How agents reach the controller (see [`ControllerPort`]).
 pub(crate) const PORT: ControllerPort = ControllerPort {
     request: serve_request,
+    write_faults: serve_write_faults,
     notify: serve_notice,
 };
 
@@ -301,6 +309,22 @@ fn serve_request(
     cores.spawn_on(ctl_core, move || async move {
         match lookup(pool) {
             Some(c) => Some(c.serve(request).await),
+            None => None,
+        }
+    })
+}
+
+/// Resolves an agent's batch of write faults on the controller of `pool`: the answer,
+/// one status per segment, comes back as a future.
+fn serve_write_faults(
+    cores: &Cores,
+    ctl_core: usize,
+    pool: u64,
+    faults: WriteFaults,
+) -> WriteFaultAnswers {
+    cores.spawn_on(ctl_core, move || async move {
+        match lookup(pool) {
+            Some(c) => Some(c.make_writable_many(faults.disk, &faults.vsegs).await),
             None => None,
         }
     })
@@ -322,7 +346,6 @@ impl Controller {
     /// Resolves an agent's request.
     async fn serve(&self, request: AgentRequest) -> IoStatus {
         match request {
-            AgentRequest::MakeWritable { disk, vseg } => self.make_writable(disk, vseg).await,
             AgentRequest::Materialize {
                 disk,
                 vseg,

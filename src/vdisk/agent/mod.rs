@@ -69,6 +69,12 @@ pub struct Agent {
     /// Tasks waiting for the first view (or a failure) to answer status queries.
     status_waiters: RefCell<Vec<std::task::Waker>>,
     faults: RefCell<HashMap<FaultKey, Vec<BdevIo>>>,
+    /// Write faults parked and not sent to the controller yet.
+    write_batch: RefCell<Vec<u64>>,
+    /// Whether a task that sends `write_batch` is spawned and has not run yet.
+    write_sender: Cell<bool>,
+    /// Batches of write faults sent and not answered yet.
+    write_batches: Cell<usize>,
     ctxs: RefCell<slab::Slab<IoCtx>>,
     passed: RefCell<slab::Slab<Passed>>,
     epochs: Epochs,
@@ -214,6 +220,9 @@ impl Agent {
             held: RefCell::new(VecDeque::new()),
             status_waiters: RefCell::new(Vec::new()),
             faults: RefCell::new(HashMap::new()),
+            write_batch: RefCell::new(Vec::new()),
+            write_sender: Cell::new(false),
+            write_batches: Cell::new(0),
             ctxs: RefCell::new(slab::Slab::with_capacity(256)),
             passed: RefCell::new(slab::Slab::with_capacity(256)),
             epochs: Epochs::default(),
