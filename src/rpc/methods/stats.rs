@@ -233,11 +233,19 @@ pub async fn bdev_enable_histogram(ctx: Rc<Ctx>, p: EnableHistogramParams) -> Rp
             opc: p.opc.as_deref().map(io_type).transpose()?,
         };
         if o.granularity > stats::MAX_GRANULARITY {
-            return Err(einval(format!(
-                "\"granularity\": {} is above {} (2^granularity buckets per range)",
-                o.granularity,
-                stats::MAX_GRANULARITY
-            )));
+            // SPDK answers -ENOMEM: it does not bound the granularity but sizes the
+            // histogram from it (`spdk_histogram_data_alloc_sized_ext`), whose
+            // allocation fails when it is too big.
+            return Err(RpcError::errno(
+                libc::ENOMEM,
+                format!(
+                    "\"granularity\": {} is above {}: no histogram of 2^{} buckets per \
+                     range",
+                    o.granularity,
+                    stats::MAX_GRANULARITY,
+                    o.granularity
+                ),
+            ));
         }
         if o.min_nsec >= o.max_nsec {
             return Err(einval(format!(
