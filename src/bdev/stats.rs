@@ -1051,6 +1051,36 @@ mod tests {
         assert_eq!(r.latency_ticks, 1550);
     }
 
+    /// The table of requests in flight keeps a channel's statistics alive while a slot
+    /// points at them (the slots hold no reference count of their own) and lets go of
+    /// them once none does; a request stamped afterwards pins them again and counts.
+    #[test]
+    fn statistics_stay_pinned_while_a_request_points_at_them() {
+        let ticks = Rc::new(Cell::new(100u64));
+        let stats = Rc::new(ChannelStats::with_ticks(ticks.clone(), 12));
+        unpin_idle();
+        let a = stamp(&stats);
+        assert!(stats.pinned.get());
+        assert_eq!(Rc::strong_count(&stats), 2, "the table holds one reference");
+        unpin_idle();
+        assert_eq!(Rc::strong_count(&stats), 2, "kept: a request points there");
+        ticks.set(130);
+        finish(a, IoKind::Write, 2, IoStatus::Success);
+        unpin_idle();
+        assert_eq!(Rc::strong_count(&stats), 1, "let go: nothing in flight");
+        assert!(!stats.pinned.get());
+        let b = stamp(&stats);
+        assert_eq!(Rc::strong_count(&stats), 2, "pinned again");
+        ticks.set(140);
+        finish(b, IoKind::Write, 1, IoStatus::MediaError);
+        let s = stats.stat.get();
+        let w = s.kind(IoKind::Write);
+        assert_eq!((w.ops, w.bytes, w.latency_ticks), (1, 8192, 30));
+        assert_eq!(s.errors[IoStatus::MediaError as usize], 1);
+        unpin_idle();
+        assert_eq!(Rc::strong_count(&stats), 1);
+    }
+
     #[test]
     fn encoding_is_little_endian_base64() {
         let mut h = Histogram::new(0, 0, 2);
