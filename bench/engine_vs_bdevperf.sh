@@ -6,6 +6,7 @@
 #
 #   bench/engine_vs_bdevperf.sh [--seconds N] [--runs N] [--smoke] [--no-malloc]
 #   CASES=null_randread_qd128 bench/engine_vs_bdevperf.sh
+#   TESSERA=/path/to/tessera bench/engine_vs_bdevperf.sh   (that build; no cargo build)
 #
 # Cases: null randread/randwrite at QD 128; malloc (1 GiB) randread/randwrite at QD 64.
 # SPDK's malloc bdev lives in its DPDK memory: without hugepages every first touch of a
@@ -24,8 +25,12 @@ extra_option() { [ "$1" = --no-malloc ] && malloc=0; }
 . bench/support/side_by_side.sh
 parse_options "$@"
 find_spdk
-cargo build --release --quiet --bin tessera
-T="${CARGO_TARGET_DIR:-target}/release/tessera"
+if [ -n "${TESSERA:-}" ]; then
+    T=$TESSERA # a build to compare (old against new, alternated by the caller)
+else
+    cargo build --release --quiet --bin tessera
+    T="${CARGO_TARGET_DIR:-target}/release/tessera"
+fi
 work=$(mktemp -d /var/tmp/tessera-vs-bdevperf.XXXXXX)
 trap 'rm -rf "$work"; give_back_hugepages; remove_spdk_traces' EXIT
 

@@ -4,20 +4,24 @@
 # latency histogram (`bdev_enable_histogram`), in alternating rounds (off, on,
 # histogram; the order rotates each round), then the median IOPS of each and the
 # ratios on/off and histogram/off (the issue asks >= 0.95 with statistics on).
-# Usage: bench/stats_overhead.sh [ROUNDS] [SECONDS]   Prints one JSON line per run, then
+# Usage: [TESSERA=BINARY] bench/stats_overhead.sh [ROUNDS] [SECONDS]   Prints one JSON line per run, then
 # a summary. Run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-7}
 SECS=${2:-5}
-cargo build --release --quiet --bin tessera
-T=target/release/tessera
+if [ -n "${TESSERA:-}" ]; then
+    T=$TESSERA # a given build (no cargo build)
+else
+    cargo build --release --quiet --bin tessera
+    T=target/release/tessera
+fi
 export RUST_LOG=warn
 med() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(statistics.median(v))' "$@"; }
 iops() { python3 -c 'import json,sys; print(json.load(sys.stdin)["iops"])'; }
 
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
-echo "# tessera $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $ROUNDS rounds of $SECS s"
+echo "# $($T --version), $ROUNDS rounds of $SECS s"
 modes=(off on histogram)
 declare -A runs=([off]="" [on]="" [histogram]="")
 for r in $(seq 0 $((ROUNDS - 1))); do

@@ -279,6 +279,9 @@ fn iostat_and_histograms_count_what_qemu_io_did() {
         ]),
         -32603,
     );
+    // A granularity too big to allocate: -ENOMEM, SPDK's code when its histogram's
+    // allocation fails (it has no bound of its own). SPDK v25.09 answers the enable
+    // `true` and -12 at the next bdev_get_histogram; tessera refuses at once.
     code(
         &fails(&[
             "bdev_enable_histogram",
@@ -287,7 +290,7 @@ fn iostat_and_histograms_count_what_qemu_io_did() {
             "--granularity",
             "40",
         ]),
-        -22,
+        -12,
     );
     code(
         &fails(&[

@@ -204,6 +204,11 @@ pub struct BdevIo {
     /// or the request was not submitted through [`Channel::submit`]. A `u32` beside
     /// `kind` and `flags` fills their padding: the stamp costs `BdevIo` no bytes.
     stats: u32,
+    /// The status a [`Deferred`] queue completes the request with: the queue holds
+    /// requests alone, of 128 bytes, which move in registers, where a pair with its
+    /// status (136 bytes) moved through `memcpy` (12 % of a core on the null floor).
+    /// One byte of the same padding.
+    deferred: IoStatus,
 }
 
 impl BdevIo {
@@ -219,6 +224,7 @@ impl BdevIo {
             sink: None,
             home: NO_HOME,
             stats: stats::NO_SLOT,
+            deferred: IoStatus::Success,
         }
     }
 
@@ -824,7 +830,8 @@ pub trait BdevChannel {
 
 /// Completions deferred to the next loop iteration of the current reactor.
 pub struct Deferred {
-    items: Rc<RefCell<VecDeque<(BdevIo, IoStatus)>>>,
+    /// Each request with its status in [`BdevIo::deferred`].
+    items: Rc<RefCell<VecDeque<BdevIo>>>,
     clock: Rc<PassClock>,
     _poller: PollerHandle,
 }
@@ -833,7 +840,7 @@ impl Deferred {
     /// This reactor's queue.
     pub fn current() -> Rc<Deferred> {
         reactor::local(|| {
-            let items: Rc<RefCell<VecDeque<(BdevIo, IoStatus)>>> =
+            let items: Rc<RefCell<VecDeque<BdevIo>>> =
                 Rc::new(RefCell::new(VecDeque::with_capacity(1024)));
             let q = items.clone();
             let clock = Rc::new(PassClock::default());
@@ -848,7 +855,8 @@ impl Deferred {
                 // (into the queue, which is the other buffer of the pair by then).
                 std::mem::swap(&mut *q.borrow_mut(), &mut batch);
                 let n = batch.len();
-                for (io, status) in batch.drain(..) {
+                for io in batch.drain(..) {
+                    let status = io.deferred;
                     io.complete(status);
                 }
                 c.end();
@@ -864,8 +872,9 @@ impl Deferred {
 
     /// Completes `io` with `status` at the next loop iteration.
     #[inline]
-    pub fn complete(&self, io: BdevIo, status: IoStatus) {
-        self.items.borrow_mut().push_back((io, status));
+    pub fn complete(&self, mut io: BdevIo, status: IoStatus) {
+        io.deferred = status;
+        self.items.borrow_mut().push_back(io);
     }
 
     /// Resolves once every completion queued before the call has been delivered.

@@ -2,18 +2,20 @@
 //! bdev channel passes ([`super::Channel::submit`]) and completes ([`super::BdevIo::complete`]).
 //!
 //! Each core keeps, for each bdev it has opened a channel to, one [`ChannelStats`]:
-//! plain counters in a `RefCell` that only that core touches — no lock, no atomic on
-//! the I/O path. A request is stamped at submission with its channel's statistics and
-//! the time, kept in a per-thread table of the requests in flight whose slot number the
-//! request carries in padding it had anyway ([`stamp`]: the stamp does not grow
-//! [`super::BdevIo`], the hot path's request); its completion adds it to them: on success its operation count, bytes and
-//! latency (sum, maximum, minimum, and a power-of-two histogram for the metrics
-//! endpoint), on failure one more error of its status. A request counts once, on the
-//! bdev it was submitted to: a request a stacked bdev (a virtual disk) hands to its
-//! base bdev as it is ([`super::BdevIo::readdress`]) counts on the disk, not again on
-//! the base bdev, which counts what is submitted to it as a request of its own (a
-//! pool's metadata, the parts of a request split across segments, copies). SPDK differs here: an
-//! lvol's blobstore submits new requests to its base bdev, which counts them too.
+//! plain counters in `Cell`s that only that core touches — no lock, no atomic, no borrow
+//! flag on the I/O path. A request is stamped at submission with its channel's
+//! statistics (a pointer, no reference count: [`InFlight`]) and the time, kept in a
+//! per-thread table of the requests in flight whose slot number the request carries in
+//! padding it had anyway ([`stamp`]: the stamp does not grow [`super::BdevIo`], the hot
+//! path's request); its completion adds it to them: on success its operation count,
+//! bytes and latency (sum, maximum, minimum, and a power-of-two histogram for the
+//! metrics endpoint), on failure one more error of its status. A request counts once,
+//! on the bdev it was submitted to: a request a stacked bdev (a virtual disk) hands to
+//! its base bdev as it is ([`super::BdevIo::readdress`]) counts on the disk, not again
+//! on the base bdev, which counts what is submitted to it as a request of its own (a
+//! pool's metadata, the parts of a request split across segments, copies). SPDK
+//! differs here: an lvol's blobstore submits new requests to its base bdev, which
+//! counts them too.
 //!
 //! **Time.** Latency is in ticks of [`reactor::ticks`] (the CPU's time-stamp counter,
 //! [`reactor::tick_rate`] per second, SPDK's unit). The time stamp of a submission and
@@ -32,7 +34,7 @@
 use super::{IoKind, IoStatus};
 use crate::reactor::{self, Cores};
 use base64::Engine;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::rc::Rc;
@@ -381,29 +383,144 @@ pub fn histogram_opts(bdev: u64) -> Option<(HistogramOpts, bool)> {
     histograms().get(&bdev).copied()
 }
 
-struct Counters {
-    stat: IoStat,
-    histogram: Option<(HistogramOpts, Histogram)>,
+/// The counters of one I/O kind as a core updates them: plain cells, no borrow flag
+/// (only the owning core touches them, and an update calls nothing). In this order:
+/// the five counters every completion updates share a cache line.
+#[repr(C)]
+struct KindCells {
+    ops: Cell<u64>,
+    bytes: Cell<u64>,
+    latency_ticks: Cell<u64>,
+    max_latency_ticks: Cell<u64>,
+    min_latency_ticks: Cell<u64>,
+    log2: [Cell<u64>; LOG2_BUCKETS],
+}
+
+impl KindCells {
+    fn new() -> KindCells {
+        KindCells {
+            ops: Cell::new(0),
+            bytes: Cell::new(0),
+            latency_ticks: Cell::new(0),
+            max_latency_ticks: Cell::new(0),
+            min_latency_ticks: Cell::new(u64::MAX),
+            log2: std::array::from_fn(|_| Cell::new(0)),
+        }
+    }
+
+    fn get(&self) -> KindStat {
+        KindStat {
+            ops: self.ops.get(),
+            bytes: self.bytes.get(),
+            latency_ticks: self.latency_ticks.get(),
+            max_latency_ticks: self.max_latency_ticks.get(),
+            min_latency_ticks: self.min_latency_ticks.get(),
+            log2: std::array::from_fn(|i| self.log2[i].get()),
+        }
+    }
+
+    fn set(&self, k: &KindStat) {
+        self.ops.set(k.ops);
+        self.bytes.set(k.bytes);
+        self.latency_ticks.set(k.latency_ticks);
+        self.max_latency_ticks.set(k.max_latency_ticks);
+        self.min_latency_ticks.set(k.min_latency_ticks);
+        for (c, v) in self.log2.iter().zip(k.log2.iter()) {
+            c.set(*v);
+        }
+    }
+}
+
+/// One core's [`IoStat`] of one bdev, in cells.
+#[repr(C)]
+struct LiveStat {
+    kinds: [KindCells; 5],
+    errors: [Cell<u64>; 9],
+}
+
+impl LiveStat {
+    fn new() -> LiveStat {
+        LiveStat {
+            kinds: std::array::from_fn(|_| KindCells::new()),
+            errors: std::array::from_fn(|_| Cell::new(0)),
+        }
+    }
+
+    fn get(&self) -> IoStat {
+        IoStat {
+            kinds: std::array::from_fn(|i| self.kinds[i].get()),
+            errors: std::array::from_fn(|i| self.errors[i].get()),
+        }
+    }
+
+    fn set(&self, s: &IoStat) {
+        for (c, k) in self.kinds.iter().zip(s.kinds.iter()) {
+            c.set(k);
+        }
+        for (c, v) in self.errors.iter().zip(s.errors.iter()) {
+            c.set(*v);
+        }
+    }
+
+    fn reset(&self, mode: ResetMode) {
+        if mode != ResetMode::None {
+            let mut s = self.get();
+            s.reset(mode);
+            self.set(&s);
+        }
+    }
 }
 
 /// One core's statistics of one bdev: owned by that core, shared by its channels to
-/// the bdev and by the requests in flight on them.
+/// the bdev; the requests in flight on them point at it from this thread's table of
+/// requests in flight ([`stamp`]), which keeps it alive meanwhile. In this order: what a
+/// completion reads (the clock, the block size, the flags) shares the first cache line
+/// with the read counters (aligned, the `Rc`'s counts take a line of their own).
+#[repr(C, align(64))]
 pub struct ChannelStats {
     ticks: Rc<Cell<u64>>,
     block_shift: u32,
-    counters: RefCell<Counters>,
+    /// `histogram` is `Some`: the completion path looks at this flag only.
+    histogram_on: Cell<bool>,
+    /// This thread's table of requests in flight holds a reference ([`InFlight::pinned`]).
+    pinned: Cell<bool>,
+    stat: LiveStat,
+    histogram: RefCell<Option<(HistogramOpts, Histogram)>>,
 }
 
 impl ChannelStats {
     fn new(block_size: u32, histogram: Option<HistogramOpts>) -> ChannelStats {
-        ChannelStats {
-            ticks: reactor::pass_ticks(),
-            block_shift: block_size.trailing_zeros(),
-            counters: RefCell::new(Counters {
-                stat: IoStat::default(),
-                histogram: histogram.map(|o| (o, Histogram::for_opts(&o, reactor::tick_rate()))),
-            }),
+        let s = ChannelStats::with_ticks(reactor::pass_ticks(), block_size.trailing_zeros());
+        if let Some(o) = histogram {
+            s.set_histogram(Some(o), reactor::tick_rate());
         }
+        s
+    }
+
+    fn with_ticks(ticks: Rc<Cell<u64>>, block_shift: u32) -> ChannelStats {
+        ChannelStats {
+            ticks,
+            block_shift,
+            histogram_on: Cell::new(false),
+            pinned: Cell::new(false),
+            stat: LiveStat::new(),
+            histogram: RefCell::new(None),
+        }
+    }
+
+    /// Turns the histogram on with `opts` (kept, counts and all, if it has these
+    /// options already) or off.
+    fn set_histogram(&self, opts: Option<HistogramOpts>, tick_rate: u64) {
+        let mut h = self.histogram.borrow_mut();
+        match opts {
+            Some(o) => {
+                if h.as_ref().is_none_or(|(have, _)| *have != o) {
+                    *h = Some((o, Histogram::for_opts(&o, tick_rate)));
+                }
+            }
+            None => *h = None,
+        }
+        self.histogram_on.set(h.is_some());
     }
 
     /// The time stamp of this reactor iteration.
@@ -417,19 +534,31 @@ impl ChannelStats {
     #[inline]
     pub(crate) fn record(&self, kind: IoKind, num_blocks: u64, start: u64, status: IoStatus) {
         let latency = self.ticks.get().saturating_sub(start);
-        let mut c = self.counters.borrow_mut();
         if status.is_success() {
-            let k = &mut c.stat.kinds[kind as usize];
-            k.ops += 1;
-            k.bytes += num_blocks << self.block_shift;
-            k.latency_ticks += latency;
-            k.max_latency_ticks = k.max_latency_ticks.max(latency);
-            k.min_latency_ticks = k.min_latency_ticks.min(latency);
-            k.log2[(64 - latency.leading_zeros()) as usize] += 1;
+            let k = &self.stat.kinds[kind as usize];
+            k.ops.set(k.ops.get() + 1);
+            k.bytes
+                .set(k.bytes.get() + (num_blocks << self.block_shift));
+            k.latency_ticks.set(k.latency_ticks.get() + latency);
+            k.max_latency_ticks
+                .set(k.max_latency_ticks.get().max(latency));
+            k.min_latency_ticks
+                .set(k.min_latency_ticks.get().min(latency));
+            let b = &k.log2[(64 - latency.leading_zeros()) as usize];
+            b.set(b.get() + 1);
         } else {
-            c.stat.errors[status as usize] += 1;
+            let e = &self.stat.errors[status as usize];
+            e.set(e.get() + 1);
         }
-        if let Some((opts, h)) = &mut c.histogram
+        if self.histogram_on.get() {
+            self.tally(kind, latency);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn tally(&self, kind: IoKind, latency: u64) {
+        if let Some((opts, h)) = &mut *self.histogram.borrow_mut()
             && opts.opc.is_none_or(|o| o == kind)
         {
             h.tally(latency);
@@ -440,97 +569,181 @@ impl ChannelStats {
 /// [`super::BdevIo`]'s statistics stamp when it has none.
 pub const NO_SLOT: u32 = u32::MAX;
 
-/// One counted request in flight: the statistics that count it and when it was
-/// submitted; a free slot holds the next free slot's index in `submitted`.
+/// One counted request in flight: the statistics that count it (null: the slot is
+/// free) and when it was submitted; a free slot holds the next free slot's index in
+/// `submitted`.
 struct Slot {
-    stats: Option<Rc<ChannelStats>>,
+    stats: *const ChannelStats,
     submitted: u64,
 }
 
 /// This thread's counted requests in flight, by slot. A request carries its slot's
 /// index (four bytes in padding it already had) instead of the 16 bytes of the stamp
 /// itself; the slots are reused (a free list), so the table is as long as the most
-/// requests ever in flight on the core at once. Only this thread touches it: requests
+/// requests ever in flight on the thread at once. Only this thread touches it: requests
 /// complete on the core that submitted them (`BdevIo` is not `Send`).
+///
+/// A slot points at its statistics without a reference count: the table holds one
+/// reference ([`InFlight::pinned`]) to every [`ChannelStats`] a slot may point at, taken
+/// the first time a request is stamped for it, and gives it back only when no occupied
+/// slot points at it ([`InFlight::unpin_idle`]). Slots and references live in the same
+/// table and go together when the thread ends.
 struct InFlight {
     slots: Vec<Slot>,
     free: u32,
+    pinned: Vec<Rc<ChannelStats>>,
+}
+
+/// Pinned statistics from which [`InFlight::pin`] looks for idle ones to let go: a
+/// thread that runs reactor after reactor (tests) keeps the statistics of the bdevs it
+/// served up to about twice this many, or twice what is in use.
+const PIN_SWEEP: usize = 64;
+
+impl InFlight {
+    #[cold]
+    #[inline(never)]
+    fn pin(&mut self, stats: &Rc<ChannelStats>) -> Vec<Rc<ChannelStats>> {
+        let mut gone = Vec::new();
+        if self.pinned.len() >= PIN_SWEEP && self.pinned.len().is_power_of_two() {
+            gone = self.unpin_idle();
+        }
+        stats.pinned.set(true);
+        self.pinned.push(stats.clone());
+        gone
+    }
+
+    /// Lets go of the statistics no request in flight points at; returns them, to be
+    /// dropped once the table is no longer borrowed.
+    fn unpin_idle(&mut self) -> Vec<Rc<ChannelStats>> {
+        let busy: HashSet<*const ChannelStats> = self
+            .slots
+            .iter()
+            .filter(|s| !s.stats.is_null())
+            .map(|s| s.stats)
+            .collect();
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pinned)
+            .into_iter()
+            .partition(|s| busy.contains(&Rc::as_ptr(s)));
+        self.pinned = keep;
+        for s in &gone {
+            s.pinned.set(false);
+        }
+        gone
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, stats: *const ChannelStats, submitted: u64) -> u32 {
+        let i = self.slots.len();
+        if i >= NO_SLOT as usize {
+            // Four billion requests in flight on one core: this one goes uncounted.
+            return NO_SLOT;
+        }
+        self.slots.push(Slot { stats, submitted });
+        i as u32
+    }
 }
 
 thread_local! {
-    static IN_FLIGHT: RefCell<InFlight> = const {
-        RefCell::new(InFlight { slots: Vec::new(), free: NO_SLOT })
+    static IN_FLIGHT: UnsafeCell<InFlight> = const {
+        UnsafeCell::new(InFlight { slots: Vec::new(), free: NO_SLOT, pinned: Vec::new() })
     };
+}
+
+/// Runs `f` on this thread's table; `None` once the thread's locals are gone.
+///
+/// `f` must not reach the table again (it gets the only reference): the functions of
+/// this module that call this pass closures that only read and write the table's own
+/// fields, allocate, or clone an `Rc`; none calls code that could come back here.
+#[inline]
+fn with_in_flight<R>(f: impl FnOnce(&mut InFlight) -> R) -> Option<R> {
+    IN_FLIGHT
+        .try_with(|t| {
+            // SAFETY: the table is thread-local, so no other thread reaches it, and on
+            // this thread the only way to it is this function, whose callers' closures
+            // never call it again (see above): the `&mut` is the only reference while
+            // it lives.
+            f(unsafe { &mut *t.get() })
+        })
+        .ok()
 }
 
 /// Stamps a request submitted now to a channel counted by `stats`: its slot.
 #[inline]
 pub(crate) fn stamp(stats: &Rc<ChannelStats>) -> u32 {
+    if !stats.pinned.get() {
+        pin(stats);
+    }
     let submitted = stats.now();
-    IN_FLIGHT.with(|t| {
-        let t = &mut *t.borrow_mut();
+    let ptr = Rc::as_ptr(stats);
+    with_in_flight(|t| {
         let i = t.free;
-        if i != NO_SLOT {
-            let s = &mut t.slots[i as usize];
-            t.free = s.submitted as u32;
-            s.stats = Some(stats.clone());
-            s.submitted = submitted;
-            i
-        } else {
-            let i = t.slots.len();
-            if i >= NO_SLOT as usize {
-                // Four billion requests in flight on one core: this one goes uncounted.
-                return NO_SLOT;
+        match t.slots.get_mut(i as usize) {
+            Some(s) => {
+                t.free = s.submitted as u32;
+                s.stats = ptr;
+                s.submitted = submitted;
+                i
             }
-            t.slots.push(Slot {
-                stats: Some(stats.clone()),
-                submitted,
-            });
-            i as u32
+            None => t.grow(ptr, submitted),
         }
     })
+    .unwrap_or(NO_SLOT)
+}
+
+/// Pins `stats` in this thread's table (the first request stamped for it).
+#[cold]
+#[inline(never)]
+fn pin(stats: &Rc<ChannelStats>) {
+    // What the table lets go of is dropped after it is no longer borrowed.
+    drop(with_in_flight(|t| t.pin(stats)));
 }
 
 /// Frees `slot`, returning what it held.
 #[inline]
-fn take(slot: u32) -> Option<(Rc<ChannelStats>, u64)> {
-    IN_FLIGHT
-        .try_with(|t| {
-            let t = &mut *t.borrow_mut();
-            let free = t.free;
-            let s = t.slots.get_mut(slot as usize)?;
-            let stats = s.stats.take()?;
-            let submitted = std::mem::replace(&mut s.submitted, free as u64);
-            t.free = slot;
-            Some((stats, submitted))
-        })
-        .ok()
-        .flatten()
+fn take(slot: u32) -> Option<(*const ChannelStats, u64)> {
+    with_in_flight(|t| {
+        let free = t.free;
+        let s = t.slots.get_mut(slot as usize)?;
+        if s.stats.is_null() {
+            return None;
+        }
+        let stats = std::mem::replace(&mut s.stats, std::ptr::null());
+        let submitted = std::mem::replace(&mut s.submitted, free as u64);
+        t.free = slot;
+        Some((stats, submitted))
+    })
+    .flatten()
 }
 
 /// Counts the completion of the request stamped `slot`, of `kind` over `num_blocks`.
 #[inline]
 pub(crate) fn finish(slot: u32, kind: IoKind, num_blocks: u64, status: IoStatus) {
     if let Some((stats, submitted)) = take(slot) {
+        // SAFETY: the slot was occupied, so the table pins the statistics it points at
+        // (a reference in `InFlight::pinned`, taken before the slot was filled and given
+        // back only when no occupied slot points there); nothing has run on this thread
+        // since `take`, so the pin still holds and the memory is live. Only shared
+        // references to a `ChannelStats` exist (it sits in `Rc`s).
+        let stats = unsafe { &*stats };
         stats.record(kind, num_blocks, submitted, status);
     }
 }
 
 /// Frees the slot of a request dropped without completing; nothing is counted.
 pub(crate) fn release(slot: u32) {
-    drop(take(slot));
+    take(slot);
 }
 
 /// Counted requests in flight on this thread (tests).
 #[cfg(test)]
 fn in_flight() -> usize {
-    IN_FLIGHT.with(|t| {
-        t.borrow()
-            .slots
-            .iter()
-            .filter(|s| s.stats.is_some())
-            .count()
-    })
+    with_in_flight(|t| t.slots.iter().filter(|s| !s.stats.is_null()).count()).unwrap_or(0)
+}
+
+/// Lets go of the statistics no request in flight on this thread points at.
+fn unpin_idle() {
+    drop(with_in_flight(|t| t.unpin_idle()));
 }
 
 /// The statistics of every bdev on this core.
@@ -627,6 +840,8 @@ fn snapshot_here(core: usize, q: &Query) -> Vec<CoreSnapshot> {
     let stats = reactor::local(CoreStats::default);
     let mut map = stats.by_bdev.borrow_mut();
     if let Some(live) = &q.live {
+        // The table of requests in flight holds a reference while one points there.
+        unpin_idle();
         map.retain(|id, s| live.contains(id) || Rc::strong_count(s) > 1);
     }
     let mut out = Vec::new();
@@ -634,18 +849,17 @@ fn snapshot_here(core: usize, q: &Query) -> Vec<CoreSnapshot> {
         if q.bdevs.as_ref().is_some_and(|b| !b.contains(id)) {
             continue;
         }
-        let mut c = s.counters.borrow_mut();
         out.push(CoreSnapshot {
             core,
             bdev: *id,
-            stat: c.stat.clone(),
+            stat: s.stat.get(),
             histogram: if q.with_histograms {
-                c.histogram.as_ref().map(|(_, h)| h.clone())
+                s.histogram.borrow().as_ref().map(|(_, h)| h.clone())
             } else {
                 None
             },
         });
-        c.stat.reset(q.reset);
+        s.stat.reset(q.reset);
     }
     out
 }
@@ -678,15 +892,7 @@ pub async fn set_histogram(
     let handle = cores.for_each_core_async(move |core| {
         let stats = reactor::local(CoreStats::default);
         if let Some(s) = stats.by_bdev.borrow().get(&bdev) {
-            let mut c = s.counters.borrow_mut();
-            match opts {
-                Some(o) => {
-                    if c.histogram.as_ref().is_none_or(|(have, _)| *have != o) {
-                        c.histogram = Some((o, Histogram::for_opts(&o, rate)));
-                    }
-                }
-                None => c.histogram = None,
-            }
+            s.set_histogram(opts, rate);
         }
         a.lock().unwrap_or_else(|p| p.into_inner()).push(core);
     });
@@ -821,14 +1027,7 @@ mod tests {
     #[test]
     fn stamps_measure_exactly_and_slots_are_reused() {
         let ticks = Rc::new(Cell::new(0u64));
-        let stats = Rc::new(ChannelStats {
-            ticks: ticks.clone(),
-            block_shift: 9,
-            counters: RefCell::new(Counters {
-                stat: IoStat::default(),
-                histogram: None,
-            }),
-        });
+        let stats = Rc::new(ChannelStats::with_ticks(ticks.clone(), 9));
         let base = in_flight();
         ticks.set(5_000_000_000);
         let a = stamp(&stats);
@@ -846,10 +1045,40 @@ mod tests {
         assert!(c == a || c == b, "slot {c} reused");
         release(c);
         assert_eq!(in_flight(), base);
-        let r = *stats.counters.borrow().stat.kind(IoKind::Read);
+        let r = *stats.stat.get().kind(IoKind::Read);
         assert_eq!((r.ops, r.bytes), (2, 8192));
         assert_eq!((r.min_latency_ticks, r.max_latency_ticks), (650, 900));
         assert_eq!(r.latency_ticks, 1550);
+    }
+
+    /// The table of requests in flight keeps a channel's statistics alive while a slot
+    /// points at them (the slots hold no reference count of their own) and lets go of
+    /// them once none does; a request stamped afterwards pins them again and counts.
+    #[test]
+    fn statistics_stay_pinned_while_a_request_points_at_them() {
+        let ticks = Rc::new(Cell::new(100u64));
+        let stats = Rc::new(ChannelStats::with_ticks(ticks.clone(), 12));
+        unpin_idle();
+        let a = stamp(&stats);
+        assert!(stats.pinned.get());
+        assert_eq!(Rc::strong_count(&stats), 2, "the table holds one reference");
+        unpin_idle();
+        assert_eq!(Rc::strong_count(&stats), 2, "kept: a request points there");
+        ticks.set(130);
+        finish(a, IoKind::Write, 2, IoStatus::Success);
+        unpin_idle();
+        assert_eq!(Rc::strong_count(&stats), 1, "let go: nothing in flight");
+        assert!(!stats.pinned.get());
+        let b = stamp(&stats);
+        assert_eq!(Rc::strong_count(&stats), 2, "pinned again");
+        ticks.set(140);
+        finish(b, IoKind::Write, 1, IoStatus::MediaError);
+        let s = stats.stat.get();
+        let w = s.kind(IoKind::Write);
+        assert_eq!((w.ops, w.bytes, w.latency_ticks), (1, 8192, 30));
+        assert_eq!(s.errors[IoStatus::MediaError as usize], 1);
+        unpin_idle();
+        assert_eq!(Rc::strong_count(&stats), 1);
     }
 
     #[test]

@@ -233,11 +233,22 @@ pub async fn bdev_enable_histogram(ctx: Rc<Ctx>, p: EnableHistogramParams) -> Rp
             opc: p.opc.as_deref().map(io_type).transpose()?,
         };
         if o.granularity > stats::MAX_GRANULARITY {
-            return Err(einval(format!(
-                "\"granularity\": {} is above {} (2^granularity buckets per range)",
-                o.granularity,
-                stats::MAX_GRANULARITY
-            )));
+            // -ENOMEM, SPDK's code for a histogram it cannot allocate: SPDK does not
+            // bound the granularity but sizes the histogram from it
+            // (`spdk_histogram_data_alloc_sized_ext`), and the allocation fails. SPDK
+            // v25.09 (`spdk_tgt`, here) answers the enable `true` all the same and
+            // -ENOMEM at the next `bdev_get_histogram` (granularity 30 and 40; 17 is
+            // allocated); tessera refuses at once, with SPDK's code.
+            return Err(RpcError::errno(
+                libc::ENOMEM,
+                format!(
+                    "\"granularity\": {} is above {}: no histogram of 2^{} buckets per \
+                     range",
+                    o.granularity,
+                    stats::MAX_GRANULARITY,
+                    o.granularity
+                ),
+            ));
         }
         if o.min_nsec >= o.max_nsec {
             return Err(einval(format!(
