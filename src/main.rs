@@ -199,6 +199,10 @@ struct ServeArgs {
     /// Idle policy of the reactors, overriding the config's `idle`: busy or adaptive.
     #[arg(long)]
     idle: Option<String>,
+    /// Let this group (a name or a gid) use the RPC socket too (mode 0660); without it
+    /// the socket is the owner's alone (mode 0600).
+    #[arg(long)]
+    rpc_group: Option<String>,
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9464.
     #[arg(long)]
     metrics: Option<String>,
@@ -585,14 +589,24 @@ fn serve(a: ServeArgs) -> Result<()> {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
-    let target = Target::start(config)?;
-    let server = match tessera::rpc::RpcServer::start(target.clone(), &a.rpc_socket) {
-        Ok(s) => s,
-        Err(e) => {
-            target.shutdown();
-            return Err(e.into());
-        }
+    let access = match &a.rpc_group {
+        None => tessera::rpc::SocketAccess::Owner,
+        Some(g) => tessera::rpc::SocketAccess::Group(
+            tessera::rpc::server::group_id(g).context("--rpc-group")?,
+        ),
     };
+    for w in config.exposure_warnings() {
+        tracing::warn!("{w}");
+    }
+    let target = Target::start(config)?;
+    let server =
+        match tessera::rpc::RpcServer::start_with_access(target.clone(), &a.rpc_socket, access) {
+            Ok(s) => s,
+            Err(e) => {
+                target.shutdown();
+                return Err(e.into());
+            }
+        };
     let metrics = match a
         .metrics
         .as_deref()

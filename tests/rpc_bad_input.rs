@@ -466,3 +466,65 @@ fn a_closed_log_pipe_costs_the_logs_not_the_target() {
     let st = exits_within(&mut bench, Duration::from_secs(60), "tessera bench");
     assert!(st.success(), "tessera bench: {st}");
 }
+
+/// The RPC socket is the owner's alone (mode 0600) unless `--rpc-group` opens it to a
+/// group (0660, that group); an unknown group stops `serve` with the group named. A
+/// target whose NBD server listens off loopback (NBD has no access control) logs a
+/// warning at start naming the address.
+#[test]
+fn the_rpc_socket_is_private_and_listeners_open_to_all_are_warned_about() {
+    use std::os::unix::fs::MetadataExt;
+    let port = free_port_for_nbd();
+    let srv = Serve::start_yaml(&format!(
+        "cores: [0]\nbdevs: [{{type: malloc, name: M0, size: 1MiB}}]\nnbd: {{listen: '0.0.0.0:{port}', exports: [{{name: e, bdev: M0}}]}}\n"
+    ));
+    let m = std::fs::metadata(&srv.socket).unwrap();
+    assert_eq!(m.mode() & 0o777, 0o600, "mode {:o}", m.mode());
+    let log = srv.stop();
+    assert!(
+        log.contains(&format!("the NBD server listens on 0.0.0.0:{port}"))
+            && log.contains("not a loopback address"),
+        "{log}"
+    );
+
+    // SAFETY: getgid has no preconditions.
+    let gid = unsafe { libc::getgid() };
+    let srv = Serve::start_yaml_args("cores: [0]\n", &["--rpc-group", &gid.to_string()]);
+    let m = std::fs::metadata(&srv.socket).unwrap();
+    assert_eq!(
+        (m.mode() & 0o777, m.gid()),
+        (0o660, gid),
+        "mode {:o}",
+        m.mode()
+    );
+    let log = srv.stop();
+    assert!(!log.contains("not a loopback address"), "{log}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, "cores: [0]\n").unwrap();
+    let out = run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--rpc-group", "no-such-group-here", "-s"])
+            .arg(dir.path().join("rpc.sock"))
+            .arg("--config")
+            .arg(&cfg),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--rpc-group") && err.contains("`no-such-group-here` does not exist"),
+        "{err}"
+    );
+    assert!(!dir.path().join("rpc.sock").exists());
+}
+
+/// A free TCP port on all addresses.
+fn free_port_for_nbd() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -380,6 +380,49 @@ impl Default for Config {
     }
 }
 
+/// Whether `host` (an address as a listener names it: `127.0.0.1`, `[::1]`, `::1`,
+/// `localhost`) is a loopback address.
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Config {
+    /// What `serve` warns about at start: listeners on addresses other hosts can reach
+    /// that let any host in — the NBD server (which has no access control), an NVMe/TCP
+    /// subsystem that allows any host.
+    pub fn exposure_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(n) = &self.nbd {
+            let host = n
+                .listen
+                .rsplit_once(':')
+                .map_or(n.listen.as_str(), |(h, _)| h);
+            if !is_loopback(host) && !n.exports.is_empty() {
+                out.push(format!(
+                    "the NBD server listens on {}, which is not a loopback address, and NBD has no access control: any host that reaches it can read and write its {} export(s)",
+                    n.listen,
+                    n.exports.len()
+                ));
+            }
+        }
+        for s in self.nvmf.iter().flat_map(|t| &t.subsystems) {
+            if !s.allow_any_host {
+                continue;
+            }
+            for l in s.listeners.iter().filter(|l| !is_loopback(&l.address)) {
+                out.push(format!(
+                    "NVMe/TCP subsystem {} allows any host on {}:{}, which is not a loopback address: any host that reaches it can connect (list hosts, or allow_any_host: false)",
+                    s.nqn, l.address, l.port
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -493,5 +536,37 @@ mod tests {
     fn embedded_default_is_valid() {
         let c = embedded_default(Path::new("/tmp/tessera-test"));
         assert!(!c.bdevs.is_empty());
+        assert_eq!(c.exposure_warnings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn listeners_open_to_any_host_off_loopback_are_warned_about() {
+        let cfg = |nbd: &str, nvmf: &str, any: bool| {
+            Config::parse(
+                &format!(
+                    "bdevs: [{{type: malloc, name: M0, size: 1MiB}}]\n\
+                     nbd: {{listen: '{nbd}', exports: [{{name: e, bdev: M0}}]}}\n\
+                     nvmf:\n  subsystems:\n    - nqn: nqn.2026-12.io.tessera:a\n      \
+                     allow_any_host: {any}\n      listeners: [{{address: '{nvmf}', port: 4420}}]\n"
+                ),
+                "test.yaml",
+            )
+            .unwrap()
+            .exposure_warnings()
+        };
+        assert_eq!(
+            cfg("127.0.0.1:10809", "127.0.0.1", true),
+            Vec::<String>::new()
+        );
+        assert_eq!(cfg("[::1]:10809", "::1", true), Vec::<String>::new());
+        let w = cfg("0.0.0.0:10809", "10.0.0.1", true);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("NBD server listens on 0.0.0.0:10809"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("allows any host on 10.0.0.1:4420"), "{w:?}");
+        // A subsystem that lists its hosts is not warned about.
+        assert_eq!(cfg("127.0.0.1:1", "10.0.0.1", false), Vec::<String>::new());
     }
 }

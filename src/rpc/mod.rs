@@ -24,7 +24,7 @@ pub mod server;
 
 pub use client::RpcClient;
 pub use error::RpcError;
-pub use server::{RpcServer, RpcServerError};
+pub use server::{RpcServer, RpcServerError, SocketAccess};
 
 /// The socket `tessera serve` listens on and `tessera rpc` connects to by default.
 pub const DEFAULT_SOCKET: &str = "/var/tmp/tessera.sock";

@@ -49,6 +49,89 @@ pub enum RpcServerError {
     Io { path: String, cause: io::Error },
     #[error("RPC server: {0}")]
     Reactor(String),
+    #[error("RPC socket group `{0}` does not exist")]
+    NoSuchGroup(String),
+}
+
+/// Who may connect to the RPC socket besides its owner.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SocketAccess {
+    /// The owner only: mode 0600.
+    #[default]
+    Owner,
+    /// The owner and this group: mode 0660, the socket's group set to it.
+    Group(u32),
+}
+
+/// The id of group `name` (or `name` itself if it is a number).
+pub fn group_id(name: &str) -> Result<u32, RpcServerError> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let missing = || RpcServerError::NoSuchGroup(name.to_string());
+    let cname = std::ffi::CString::new(name).map_err(|_| missing())?;
+    // SAFETY: `libc::group` is a C struct of integers and pointers, for which all zeros
+    // is a valid value (null pointers); getgrnam_r fills it.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 << 10];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `cname` is NUL-terminated, `grp` and
+    // `found` are ours, `buf` is a live buffer of the length given. getgrnam_r writes
+    // only into them and is thread-safe.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(missing());
+    }
+    Ok(grp.gr_gid)
+}
+
+/// Binds the socket at `path` with its access already set: it is bound inside a
+/// private directory (mode 0700) beside `path`, given its mode and group there, and
+/// renamed into place, so no one else can connect in between.
+fn bind_private(
+    path: &Path,
+    access: SocketAccess,
+) -> Result<std::os::unix::net::UnixListener, RpcServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io_err = |cause| RpcServerError::Io {
+        path: path.display().to_string(),
+        cause,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let private = dir.join(format!(".{name}.{}.bind", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io_err)?;
+    let bound = (|| {
+        let tmp = private.join("s");
+        let l = std::os::unix::net::UnixListener::bind(&tmp)?;
+        let mode = match access {
+            SocketAccess::Owner => 0o600,
+            SocketAccess::Group(gid) => {
+                std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+                0o660
+            }
+        };
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound.map_err(io_err)
 }
 
 /// The tasks of every server, on the server core.
@@ -98,12 +181,22 @@ impl RpcServer {
     /// Listens on the Unix socket `path` and serves `target`'s methods on core 0. From a
     /// thread that is not a reactor it returns once the listener is registered.
     pub fn start(target: Target, path: &Path) -> Result<RpcServer, RpcServerError> {
+        RpcServer::start_with_access(target, path, SocketAccess::Owner)
+    }
+
+    /// [`RpcServer::start`], with the socket open to `access` (mode 0600, or 0660 and a
+    /// group).
+    pub fn start_with_access(
+        target: Target,
+        path: &Path,
+        access: SocketAccess,
+    ) -> Result<RpcServer, RpcServerError> {
         prepare_path(path)?;
         let io_err = |cause| RpcServerError::Io {
             path: path.display().to_string(),
             cause,
         };
-        let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
+        let listener = bind_private(path, access)?;
         listener.set_nonblocking(true).map_err(io_err)?;
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         let cores = target.cores().clone();
