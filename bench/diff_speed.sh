@@ -27,14 +27,7 @@ while [ $# -gt 0 ]; do
 done
 . bench/support/tessera_build.sh
 tessera_build
-work=$(mktemp -d /var/tmp/tessera-diff.XXXXXX)
-server=
-cleanup() {
-    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+work_dir diff
 truncate -s 8G "$work/meta.img"
 cat >"$work/serve.yaml" <<YAML
 cores: [0]
@@ -51,9 +44,7 @@ nbd:
   exports:
     - {name: vd0, bdev: p0/vd0}
 YAML
-"$T" serve --config "$work/serve.yaml" -s "$work/rpc.sock" 2>"$work/serve.log" &
-server=$!
-for _ in $(seq 100); do [ -S "$work/rpc.sock" ] && break; sleep 0.1; done
+start_serve
 rpc() { "$T" rpc -s "$work/rpc.sock" "$@"; }
 fio_writes() {
     taskset -c 1 fio --name=w --ioengine=nbd --uri="nbd://127.0.0.1:$port/vd0" --rw=randwrite \

@@ -24,14 +24,7 @@ while [ $# -gt 0 ]; do
 done
 . bench/support/tessera_build.sh
 tessera_build
-work=$(mktemp -d /var/tmp/tessera-send.XXXXXX)
-server=
-cleanup() {
-    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+work_dir send
 truncate -s 3G "$work/pool.img"
 cat >"$work/serve.yaml" <<YAML
 cores: [0]
@@ -46,9 +39,7 @@ nbd:
   exports:
     - {name: vd0, bdev: p0/vd0}
 YAML
-"$T" serve --config "$work/serve.yaml" -s "$work/rpc.sock" 2>"$work/serve.log" &
-server=$!
-for _ in $(seq 100); do [ -S "$work/rpc.sock" ] && break; sleep 0.1; done
+start_serve
 rpc() { "$T" rpc -s "$work/rpc.sock" "$@" >/dev/null; }
 machine_line
 echo "# 1 GiB thin disk on a 3 GiB file pool, filled with random data; serve on core 0"

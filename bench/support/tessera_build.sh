@@ -31,3 +31,21 @@ YAML
 machine_line() {
     echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); $(date -u +%FT%TZ)"
 }
+
+# work_dir NAME: a temporary directory `work` under /var/tmp, a free TCP port `port` on
+# 127.0.0.1, and an exit trap that stops the server start_serve started and removes the
+# directory.
+work_dir() {
+    work=$(mktemp -d "/var/tmp/tessera-$1.XXXXXX")
+    server=
+    trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+}
+
+# start_serve: `$T serve` of $work/serve.yaml with its RPC socket at $work/rpc.sock (log
+# in $work/serve.log), once the socket is there.
+start_serve() {
+    "$T" serve --config "$work/serve.yaml" -s "$work/rpc.sock" 2>"$work/serve.log" &
+    server=$!
+    for _ in $(seq 100); do [ -S "$work/rpc.sock" ] && break; sleep 0.1; done
+}
