@@ -534,13 +534,14 @@ fn tessera_rpc_wait_follows_splits_and_copies_to_their_end() {
 
     // A copy that fails: exit 1, the error named. `big` gets blocks of its own first.
     qemu_io(port, "e0", &["write -P 0x42 0 16M"]);
-    let mut child = wait(&[
+    let copy_big = [
         "bdev_lvol_start_shallow_copy",
         "--src_lvol_name",
         "lvs0/big",
         "--dst_bdev_name",
         "dst2",
-    ]);
+    ];
+    let mut child = wait(&copy_big);
     srv.call("bdev_lvol_set_read_only", json!({"name": "lvs0/big"}));
     let child = child
         .stdout(std::process::Stdio::piped())
@@ -566,18 +567,11 @@ fn tessera_rpc_wait_follows_splits_and_copies_to_their_end() {
         "tessera_lvol_set_copy_limit",
         json!({"max_bytes_per_sec": 1}),
     );
-    let mut cmd = Command::new(tessera);
-    cmd.args([
-        "rpc",
-        "-s",
-        &sock,
-        "-t",
-        "1",
-        "--wait",
-        "bdev_lvol_start_shallow_copy",
-    ])
-    .args(["--src_lvol_name", "lvs0/big", "--dst_bdev_name", "dst2"]);
-    let out = run_fails(&mut cmd);
+    let out = run_fails(
+        Command::new(tessera)
+            .args(["rpc", "-s", &sock, "-t", "1", "--wait"])
+            .args(copy_big),
+    );
     assert!(out.contains("copy 3: no progress in 1s"), "{out}");
     srv.call(
         "tessera_lvol_set_copy_limit",

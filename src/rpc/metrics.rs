@@ -412,72 +412,48 @@ fn render((bdevs, lvols, pools): Rows, tick_rate: u64) -> String {
             let _ = writeln!(o, "tessera_bdev_latency_seconds_count{{{l}}} {}", s.ops);
         }
     }
-    fam(
+    // Gauges: one line per row, `name{labels} value`.
+    let gauge = |o: &mut String, name: &str, help: &str, rows: Vec<(String, u64)>| {
+        fam(o, name, "gauge", help);
+        for (labels, v) in rows {
+            let _ = writeln!(o, "{name}{{{labels}}} {v}");
+        }
+    };
+    let lvol_labels =
+        |l: &LvolRow| format!("bdev=\"{}\",alias=\"{}\"", esc(&l.uuid), esc(&l.alias));
+    let lvs_labels = |p: &PoolRow| format!("lvs=\"{}\"", esc(&p.name));
+    gauge(
         &mut o,
         "tessera_bdev_size_bytes",
-        "gauge",
         "Size of the bdev.",
+        bdevs.iter().map(|b| (labels(b), b.size)).collect(),
     );
-    for b in &bdevs {
-        let _ = writeln!(o, "tessera_bdev_size_bytes{{{}}} {}", labels(b), b.size);
-    }
-    fam(
+    gauge(
         &mut o,
         "tessera_lvol_allocated_bytes",
-        "gauge",
         "Segments counted to the virtual disk (each segment in use counts to one disk), in bytes.",
+        lvols
+            .iter()
+            .map(|l| (lvol_labels(l), l.allocated))
+            .collect(),
     );
-    for l in &lvols {
-        let _ = writeln!(
-            o,
-            "tessera_lvol_allocated_bytes{{bdev=\"{}\",alias=\"{}\"}} {}",
-            esc(&l.uuid),
-            esc(&l.alias),
-            l.allocated
-        );
-    }
-    fam(
+    gauge(
         &mut o,
         "tessera_lvol_shared_bytes",
-        "gauge",
         "Other segments the virtual disk maps (shared with snapshots or clones), in bytes.",
+        lvols.iter().map(|l| (lvol_labels(l), l.shared)).collect(),
     );
-    for l in &lvols {
-        let _ = writeln!(
-            o,
-            "tessera_lvol_shared_bytes{{bdev=\"{}\",alias=\"{}\"}} {}",
-            esc(&l.uuid),
-            esc(&l.alias),
-            l.shared
-        );
-    }
-    fam(
+    gauge(
         &mut o,
         "tessera_lvs_size_bytes",
-        "gauge",
         "Data space of the pool (lvstore).",
+        pools.iter().map(|p| (lvs_labels(p), p.size)).collect(),
     );
-    for p in &pools {
-        let _ = writeln!(
-            o,
-            "tessera_lvs_size_bytes{{lvs=\"{}\"}} {}",
-            esc(&p.name),
-            p.size
-        );
-    }
-    fam(
+    gauge(
         &mut o,
         "tessera_lvs_free_bytes",
-        "gauge",
         "Free data space of the pool (lvstore).",
+        pools.iter().map(|p| (lvs_labels(p), p.free)).collect(),
     );
-    for p in &pools {
-        let _ = writeln!(
-            o,
-            "tessera_lvs_free_bytes{{lvs=\"{}\"}} {}",
-            esc(&p.name),
-            p.free
-        );
-    }
     o
 }
