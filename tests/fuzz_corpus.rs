@@ -591,12 +591,12 @@ fn vdisk_meta_seeds() {
     s.add("ones", [0xffu8; 4096]);
     // A leaf in the wide encoding builds still read, and its payload forged as one.
     {
-        use tessera::vdisk::map::{Extent, Fills};
+        use tessera::vdisk::map::{Extent, Fills, Layer};
         use tessera::vdisk::meta::node::encode_wide_leaf;
         let fills = Fills::new(64);
-        fills.fresh(9, 1, 0).set_range(5, 20);
+        fills.fresh(9).set_range(5, 20);
         let mut e = Extent::full(40, 9, 3);
-        e.layers[0].partial = true;
+        e.layers[0] = Layer::partial(e.layers[0].seg());
         let exts = [Extent::full(0, 7, 1), Extent::run(3, 4, 10, 2), e];
         let mut wide = encode_wide_leaf(11, 2, &img.sb.pool_uuid, &exts, &fills);
         s.add("wide-leaf-page", &wide);

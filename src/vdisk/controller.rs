@@ -645,8 +645,8 @@ impl Controller {
             .is_some_and(|e| {
                 e.birth > d.rec.snap_gen
                     && e.layers.len() == 1
-                    && e.layers[0].partial
-                    && self.shared.fills.get(e.layers[0].seg).is_empty()
+                    && e.layers[0].is_partial()
+                    && self.shared.fills.get(e.layers[0].seg()).is_empty()
             })
     }
 

@@ -21,7 +21,7 @@
 //! Snapshots and clones, which create the sharing, are in `snapshot.rs`.
 
 use super::controller::Controller;
-use super::map::{Extent, ExtentState, Layer, MAX_LAYERS, NO_OWNER, Source};
+use super::map::{DirtyFill, Extent, ExtentState, Layer, MAX_LAYERS, Source};
 use super::table;
 use super::table::MAX_EXTENT_BUDGET;
 use super::{CowPolicy, VdiskError};
@@ -172,7 +172,7 @@ impl Controller {
                         let Some(seg) = st.space.alloc_segment() else {
                             return Plan::Done(IoStatus::CapacityExceeded);
                         };
-                        self.shared.fills.fresh(seg, disk, vseg);
+                        self.shared.fills.fresh(seg);
                         layers.insert(0, Layer::partial(seg));
                         Plan::Set(Extent {
                             vseg,
@@ -188,7 +188,7 @@ impl Controller {
                 let Some(seg) = st.space.alloc_segment() else {
                     return Plan::Done(IoStatus::CapacityExceeded);
                 };
-                self.shared.fills.fresh(seg, disk, vseg);
+                self.shared.fills.fresh(seg);
                 Plan::Set(Extent {
                     vseg,
                     len: 1,
@@ -211,7 +211,7 @@ impl Controller {
         let ext = match self.plan_write_fault(disk, vseg) {
             Plan::Done(st) => return Some(st),
             Plan::Set(e) => e,
-            Plan::Merge(one) => match self.merge_layers(disk, &one).await {
+            Plan::Merge(one) => match self.merge_layers(&one).await {
                 Ok(e) => e,
                 Err(st) => return Some(st),
             },
@@ -239,7 +239,7 @@ impl Controller {
     /// after): a write is refused for metadata space only once two commits did not make
     /// room; then the segment is given back.
     async fn set_fault_alone(&self, disk: u64, ext: Extent) -> IoStatus {
-        let (vseg, top) = (ext.vseg, ext.layers[0].seg);
+        let (vseg, top) = (ext.vseg, ext.layers[0].seg());
         let mut commits = 0;
         while let Err(e) = self.try_set_extents(disk, vseg, vseg + 1, vec![ext.clone()]) {
             if commits < 2 && matches!(e, VdiskError::NoMetadataSpace { .. }) {
@@ -321,14 +321,14 @@ impl Controller {
 
     /// A segment whose layers are stacked too deep: copy what every layer holds into one
     /// new, writable segment.
-    async fn merge_layers(&self, disk: u64, one: &Extent) -> Result<Extent, IoStatus> {
+    async fn merge_layers(&self, one: &Extent) -> Result<Extent, IoStatus> {
         let seg = self
             .st
             .borrow_mut()
             .space
             .alloc_segment()
             .ok_or(IoStatus::CapacityExceeded)?;
-        self.shared.fills.fresh(seg, disk, one.vseg);
+        self.shared.fills.fresh(seg);
         if let Err(e) = self.copy_resolved(one, seg).await {
             self.st.borrow_mut().space.unalloc_segment(seg);
             return Err(e);
@@ -396,7 +396,7 @@ impl Controller {
                     o.root
                         .as_ref()
                         .and_then(|r| r.lookup(vseg))
-                        .is_some_and(|e| e.at(vseg).layers.iter().any(|l| l.seg == old.seg))
+                        .is_some_and(|e| e.at(vseg).layers.iter().any(|l| l.seg() == old.seg()))
                 })
                 .map(|o| o.rec.id)
                 .collect();
@@ -430,8 +430,12 @@ impl Controller {
         let generation = self.st.borrow().generation;
         let own = if drained {
             // The writer keeps the original segment, writable again, with a live fill.
-            if old.partial {
-                self.shared.fills.get(old.seg).set_owner(disk, vseg);
+            // Its fill was persisted before it was shared, and frozen since: a change
+            // still marked would be queued under the disk it was shared from, so queue it
+            // here too (the entry that no longer matches a table is dropped).
+            if old.is_partial() && self.shared.fills.is_dirty(old.seg()) {
+                let seg = old.seg();
+                (self.shared.dirty_fills).push(DirtyFill { seg, disk, vseg });
             }
             Extent {
                 vseg,
@@ -454,7 +458,7 @@ impl Controller {
                 birth: generation,
                 layers: smallvec::smallvec![
                     {
-                        self.shared.fills.fresh(top, disk, vseg);
+                        self.shared.fills.fresh(top);
                         Layer::partial(top)
                     },
                     old,
@@ -484,8 +488,8 @@ impl Controller {
             .ok_or(IoStatus::CapacityExceeded)?;
         // The copy, with the same fill, frozen like the original.
         let fills = &self.shared.fills;
-        if old.partial {
-            fills.copied(q, fills.get(old.seg).words(), NO_OWNER.0, NO_OWNER.1);
+        if old.is_partial() {
+            fills.copied(q, fills.get(old.seg()).words());
         }
         let geo = self.shared.geo;
         let src = Extent {
@@ -521,11 +525,8 @@ impl Controller {
             };
             let Some(mut e) = e else { continue };
             for l in e.layers.iter_mut() {
-                if l.seg == old.seg {
-                    *l = Layer {
-                        seg: q,
-                        partial: old.partial,
-                    };
+                if l.seg() == old.seg() {
+                    *l = Layer::new(q, old.is_partial());
                 }
             }
             self.set_extents(o, vseg, vseg + 1, vec![e]);
@@ -566,10 +567,10 @@ impl Controller {
             }
         };
         let top = e.layers[0];
-        if !top.partial {
+        if !top.is_partial() {
             return IoStatus::Success;
         }
-        let fill = self.shared.fills.get(top.seg);
+        let fill = self.shared.fills.get(top.seg());
         // Writes to the segment drain and wait while we copy.
         if self.fence_writes(disk, vseg, true).await.is_err() {
             let _ = self.fence_writes(disk, vseg, false).await;
@@ -605,9 +606,11 @@ impl Controller {
                 }
             }
             if status.is_success() {
-                match self.write_segment(e.layers[0].seg, b0, data).await {
+                let seg = top.seg();
+                let held = DirtyFill { seg, disk, vseg };
+                match self.write_segment(e.layers[0].seg(), b0, data).await {
                     // Held once it is in the top layer: within the metadata budget.
-                    Ok(()) if self.shared.change_fill(top.seg, |f| f.set_range(g, 1)) => {}
+                    Ok(()) if self.shared.change_fill(held, |f| f.set_range(g, 1)) => {}
                     Ok(()) => status = IoStatus::CapacityExceeded,
                     Err(e) => status = e,
                 }
@@ -654,7 +657,7 @@ enum Plan {
 
 /// Layers below a full layer are never reached: drop them.
 pub(crate) fn normalize(layers: &mut smallvec::SmallVec<[Layer; 2]>) {
-    if let Some(i) = layers.iter().position(|l| !l.partial) {
+    if let Some(i) = layers.iter().position(|l| !l.is_partial()) {
         layers.truncate(i + 1);
     }
 }

@@ -286,8 +286,8 @@ fn full_mask(granules: u64) -> Mask {
 
 /// The granules a layer holds.
 fn layer_mask(l: &Layer, fills: &Fills, full: Mask) -> Mask {
-    if l.partial {
-        fills.get(l.seg).words()
+    if l.is_partial() {
+        fills.get(l.seg()).words()
     } else {
         full
     }

@@ -33,7 +33,7 @@
 //! pages to erase.
 
 use super::controller::{Controller, CtlState};
-use super::map::{Extent, Fills};
+use super::map::{DirtyFill, Extent, Fills};
 use super::meta::directory::DiskRecord;
 use super::meta::log::{self, LogRecord};
 use super::meta::superblock::LogArea;
@@ -534,29 +534,24 @@ impl Controller {
     pub(crate) fn log_dirty_fills(&self) -> bool {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        let Some(l) = st.log.as_mut() else {
+        if st.log.is_none() {
             return false;
-        };
+        }
+        let mut changed = Vec::new();
+        while let Some(q) = self.shared.dirty_fills.pop() {
+            // No longer in the table there: nothing to persist (and a newer entry may
+            // be queued for the segment, which takes the dirty mark).
+            if super::commit::fill_is_current(st, q) && self.shared.fills.take_dirty(q.seg) {
+                changed.push(q);
+            }
+        }
+        let l = st.log.as_mut().expect("checked above");
         // The logged fills' segments, by disk: their leaves, if written, are copied below.
         let mut copy: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-        while let Some(seg) = self.shared.dirty_fills.pop() {
-            let f = self.shared.fills.get(seg);
-            if !f.take_dirty() {
-                continue;
-            }
-            let (disk, vseg) = f.owner();
-            let Some(d) = st.disks.get(&disk) else {
-                continue;
-            };
-            let Some(e) = d.root.as_ref().and_then(|r| r.lookup(vseg)) else {
-                continue;
-            };
-            if !e.layers.iter().any(|l| l.partial && l.seg == seg) {
-                continue; // no longer in the table: nothing to persist
-            }
+        for DirtyFill { seg, disk, vseg } in changed {
             let rec = log::encode(&LogRecord::Fill {
                 seg,
-                words: f.words(),
+                words: self.shared.fills.get(seg).words(),
             });
             l.push_group(st.changes, vec![rec]);
             // A fill in a leaf not yet written reaches the next checkpoint with that leaf
@@ -625,7 +620,10 @@ pub(crate) fn rewrite_leaves_holding(
         let Some(r) = root.clone() else { continue };
         let mut hits: Vec<u64> = Vec::new();
         r.visit_from(0, &mut |e: &Extent| {
-            if e.layers.iter().any(|l| l.partial && segs.contains(&l.seg)) {
+            if e.layers
+                .iter()
+                .any(|l| l.is_partial() && segs.contains(&l.seg()))
+            {
                 hits.push(e.vseg);
             }
             true
@@ -1030,7 +1028,7 @@ mod tests {
     fn expand(exts: &[Extent], into: &mut BTreeMap<u64, u64>) {
         for e in exts {
             for i in 0..u64::from(e.len) {
-                into.insert(e.vseg + i, e.layers[0].seg + i);
+                into.insert(e.vseg + i, e.layers[0].seg() + i);
             }
         }
     }

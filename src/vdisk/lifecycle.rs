@@ -4,7 +4,9 @@
 use super::commit::{dir_pages_for, splice_bound};
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
-use super::map::{Extent, ExtentState, Geometry, Layer, MAX_RUN_SEGMENTS, PhysSeg, Source};
+use super::map::{
+    DirtyFill, Extent, ExtentState, Geometry, Layer, MAX_RUN_SEGMENTS, PhysSeg, Source,
+};
 use super::meta::directory::{DiskKind, DiskRecord, JobRecord};
 use super::meta::{MAX_DISK_BLOCKS, MAX_VSEG, NO_PAGE};
 use super::msg::AgentCmd;
@@ -347,8 +349,9 @@ impl Controller {
             Tail::Clear(seg) => {
                 let g = new_blocks % geo.segment_blocks / geo.granule_blocks;
                 let f = self.shared.fills.get(seg);
-                if f.clear_range(g, geo.granules - g) && f.mark_dirty() {
-                    self.shared.dirty_fills.push(seg);
+                if f.clear_range(g, geo.granules - g) && self.shared.fills.mark_dirty(seg) {
+                    let disk = id;
+                    self.shared.dirty_fills.push(DirtyFill { seg, disk, vseg });
                 }
                 false
             }
@@ -415,15 +418,15 @@ impl Controller {
         if writable && one.layers.len() == 1 {
             // The disk's own segment, nothing below it: it holds no more than the head.
             let top = one.layers[0];
-            if top.partial {
-                return Ok(Tail::Clear(top.seg));
+            if top.is_partial() {
+                return Ok(Tail::Clear(top.seg()));
             }
             // A full segment becomes partial: its fill (unused while it was full) holds
             // the head.
-            (self.shared.fills.fresh(top.seg, disk, vseg)).set_range(0, head / geo.granule_blocks);
+            (self.shared.fills.fresh(top.seg())).set_range(0, head / geo.granule_blocks);
             return Ok(Tail::Replace {
                 extent: Some(Extent {
-                    layers: smallvec::smallvec![Layer::partial(top.seg)],
+                    layers: smallvec::smallvec![Layer::partial(top.seg())],
                     ..one
                 }),
                 fenced: false,
@@ -445,7 +448,7 @@ impl Controller {
                 fenced: true,
             }),
             Some((one, _)) => self
-                .copy_head(disk, name, &one, head)
+                .copy_head(name, &one, head)
                 .await
                 .map(|e| Tail::Replace {
                     extent: Some(e),
@@ -459,15 +462,9 @@ impl Controller {
     }
 
     /// Copies what blocks `[0, head)` of `one` (the extent at one virtual segment of
-    /// `disk`) show into a new segment; returns the extent that maps it, writable by
-    /// `disk`, holding those granules and nothing else.
-    async fn copy_head(
-        &self,
-        disk: u64,
-        name: &str,
-        one: &Extent,
-        head: u64,
-    ) -> Result<Extent, VdiskError> {
+    /// disk `name`) show into a new segment; returns the extent that maps it, writable
+    /// by the disk, holding those granules and nothing else.
+    async fn copy_head(&self, name: &str, one: &Extent, head: u64) -> Result<Extent, VdiskError> {
         let seg = {
             let mut st = self.st.borrow_mut();
             let free = st.space.free_segments();
@@ -475,7 +472,7 @@ impl Controller {
                 .alloc_segment()
                 .ok_or(VdiskError::NoSpace { need: 1, free })?
         };
-        self.shared.fills.fresh(seg, disk, one.vseg);
+        self.shared.fills.fresh(seg);
         if let Err(status) = self.copy_resolved_blocks(one, seg, 0, head).await {
             self.st.borrow_mut().space.unalloc_segment(seg);
             return Err(VdiskError::Io {

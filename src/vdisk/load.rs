@@ -563,7 +563,6 @@ async fn open_labelled(
             }
         }
     };
-    set_fill_owners(&table, &shared.fills);
     let mut disks = BTreeMap::new();
     for (id, (rec, root)) in table {
         let bdev = VDisk::new(&shared, &rec).map_err(VdiskError::Bdev)?;
@@ -668,20 +667,6 @@ fn build_state(mut found: Scan, fills: &Fills) -> Loaded {
         sm_ptrs: found.sm_ptrs,
         counts: found.counts,
         node_pages: built.keys().copied().collect(),
-    }
-}
-
-/// Owners of live fills: the disk whose writable top layer each is.
-fn set_fill_owners(table: &BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>, fills: &Fills) {
-    for (r, root) in table.values() {
-        if let Some(root) = root {
-            root.visit_from(0, &mut |e: &Extent| {
-                if e.birth > r.snap_gen && e.layers[0].partial {
-                    fills.get(e.layers[0].seg).set_owner(r.id, e.vseg);
-                }
-                true
-            });
-        }
     }
 }
 

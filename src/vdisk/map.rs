@@ -24,7 +24,7 @@
 
 use smallvec::SmallVec;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A physical segment: an index into the pool's segment space (all containers).
 pub type PhysSeg = u64;
@@ -44,58 +44,26 @@ pub const MAX_GRANULES: u64 = 256;
 /// maps the segment; bits are set by the agent that wrote the granule, after the write
 /// completed, and only while the segment is the writable top layer of exactly one disk.
 /// Once the segment is shared (a snapshot, a clone) its fill never changes again.
-#[derive(Debug)]
+///
+/// Only the bits: 32 bytes a segment. Whether it changed since the controller last
+/// persisted it is a bit of its chunk in [`Fills`], and which disk and virtual segment
+/// it belongs to travels with the change ([`DirtyFill`]).
+#[derive(Debug, Default)]
 pub struct Fill {
     bits: [AtomicU64; 4],
-    /// Set when bits changed since the controller last persisted them.
-    dirty: AtomicBool,
-    /// The disk and virtual segment whose writable top layer this fill is (for the
-    /// controller to find the leaf to persist).
-    owner_disk: AtomicU64,
-    owner_vseg: AtomicU64,
-}
-
-/// Owner of a fill that no disk may write (loaded, frozen, or not in use).
-pub const NO_OWNER: (u64, u64) = (0, u64::MAX);
-
-impl Default for Fill {
-    fn default() -> Fill {
-        Fill::new(NO_OWNER.0, NO_OWNER.1)
-    }
 }
 
 impl Fill {
-    /// An empty fill owned by (`disk`, `vseg`).
-    pub fn new(disk: u64, vseg: u64) -> Fill {
-        Fill {
-            bits: Default::default(),
-            dirty: AtomicBool::new(false),
-            owner_disk: AtomicU64::new(disk),
-            owner_vseg: AtomicU64::new(vseg),
-        }
+    /// An empty fill.
+    pub fn new() -> Fill {
+        Fill::default()
     }
 
     /// A fill with the given bits (from metadata).
-    pub fn from_words(words: [u64; 4], disk: u64, vseg: u64) -> Fill {
-        let f = Fill::new(disk, vseg);
-        for (a, w) in f.bits.iter().zip(words) {
-            a.store(w, Ordering::Relaxed);
-        }
+    pub fn from_words(words: [u64; 4]) -> Fill {
+        let f = Fill::new();
+        f.store_words(words);
         f
-    }
-
-    /// The owner (disk id, virtual segment).
-    pub fn owner(&self) -> (u64, u64) {
-        (
-            self.owner_disk.load(Ordering::Acquire),
-            self.owner_vseg.load(Ordering::Acquire),
-        )
-    }
-
-    /// Records the owner (when loading: the disk whose writable top layer this is).
-    pub fn set_owner(&self, disk: u64, vseg: u64) {
-        self.owner_disk.store(disk, Ordering::Release);
-        self.owner_vseg.store(vseg, Ordering::Release);
     }
 
     /// True if granule `g` holds data.
@@ -159,41 +127,37 @@ impl Fill {
             a.store(w, Ordering::Release);
         }
     }
+}
 
-    /// True if its bits changed since the controller last persisted them.
-    pub fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Acquire)
-    }
-
-    /// Marks the fill dirty; returns true if it was clean (the caller queues it).
-    pub fn mark_dirty(&self) -> bool {
-        !self.dirty.swap(true, Ordering::AcqRel)
-    }
-
-    /// Clears the dirty mark (before the controller copies the bits out).
-    pub fn take_dirty(&self) -> bool {
-        self.dirty.swap(false, Ordering::AcqRel)
-    }
-
-    /// Makes it the empty, clean fill of a newly allocated segment owned by (`disk`,
-    /// `vseg`). Only for a segment nothing references (the allocator hands out a
-    /// segment only after every view let go of it).
-    fn reset(&self, words: [u64; 4], disk: u64, vseg: u64) {
-        self.store_words(words);
-        self.dirty.store(false, Ordering::Release);
-        self.set_owner(disk, vseg);
-    }
+/// A fill that changed since the controller last persisted it, as an agent (or the
+/// controller) queues it: the segment, and the disk and virtual segment whose writable
+/// top layer it was when it changed — where the controller finds the leaf to persist.
+/// The controller checks that the disk's table still maps the segment there before it
+/// takes the change: a segment freed and allocated again may have two entries queued,
+/// and only the current one counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirtyFill {
+    pub seg: PhysSeg,
+    pub disk: u64,
+    pub vseg: u64,
 }
 
 /// Segments per chunk of [`Fills`].
 const FILL_CHUNK: u64 = 4096;
+
+/// One chunk of [`Fills`]: the fills of `FILL_CHUNK` segments and their dirty bits.
+struct FillChunk {
+    fills: Box<[Fill]>,
+    /// A bit per fill: set when its bits changed since the controller last persisted them.
+    dirty: Box<[AtomicU64]>,
+}
 
 /// The fills of a pool's physical segments, by segment; a chunk of them is allocated
 /// when one of its segments is first looked at, so a pool's fills cost memory where its
 /// segments are partially written. Shared by the controller and every agent; lookups take
 /// no lock once the chunk exists.
 pub struct Fills {
-    chunks: Box<[OnceLock<Box<[Fill]>>]>,
+    chunks: Box<[OnceLock<FillChunk>]>,
 }
 
 impl std::fmt::Debug for Fills {
@@ -217,30 +181,65 @@ impl Fills {
         }
     }
 
+    #[inline]
+    fn chunk(&self, seg: PhysSeg) -> &FillChunk {
+        self.chunks[(seg / FILL_CHUNK) as usize].get_or_init(|| FillChunk {
+            fills: (0..FILL_CHUNK).map(|_| Fill::default()).collect(),
+            dirty: (0..FILL_CHUNK / 64).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
     /// The fill of segment `seg` (inside the pool: decoders bound every segment).
     #[inline]
     pub fn get(&self, seg: PhysSeg) -> &Fill {
-        let chunk = self.chunks[(seg / FILL_CHUNK) as usize]
-            .get_or_init(|| (0..FILL_CHUNK).map(|_| Fill::default()).collect());
-        &chunk[(seg % FILL_CHUNK) as usize]
+        &self.chunk(seg).fills[(seg % FILL_CHUNK) as usize]
     }
 
-    /// The fill of a newly allocated segment: empty, clean, owned by (`disk`, `vseg`).
-    pub fn fresh(&self, seg: PhysSeg, disk: u64, vseg: u64) -> &Fill {
-        self.copied(seg, [0; 4], disk, vseg)
+    /// The dirty word of `seg` and its bit.
+    #[inline]
+    fn dirty_bit(&self, seg: PhysSeg) -> (&AtomicU64, u64) {
+        let i = seg % FILL_CHUNK;
+        (&self.chunk(seg).dirty[(i / 64) as usize], 1 << (i % 64))
     }
 
-    /// The fill of a newly allocated segment that starts as a copy of `words`.
-    pub fn copied(&self, seg: PhysSeg, words: [u64; 4], disk: u64, vseg: u64) -> &Fill {
+    /// True if the fill of `seg` changed since the controller last persisted it.
+    pub fn is_dirty(&self, seg: PhysSeg) -> bool {
+        let (w, bit) = self.dirty_bit(seg);
+        w.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Marks the fill of `seg` dirty; returns true if it was clean (the caller queues it).
+    pub fn mark_dirty(&self, seg: PhysSeg) -> bool {
+        let (w, bit) = self.dirty_bit(seg);
+        w.fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Clears the dirty mark of `seg` (before the controller copies the bits out);
+    /// returns true if it was set.
+    pub fn take_dirty(&self, seg: PhysSeg) -> bool {
+        let (w, bit) = self.dirty_bit(seg);
+        w.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+
+    /// The fill of a newly allocated segment: empty and clean.
+    pub fn fresh(&self, seg: PhysSeg) -> &Fill {
+        self.copied(seg, [0; 4])
+    }
+
+    /// The fill of a newly allocated segment that starts as a copy of `words`, clean.
+    /// Only for a segment nothing references (the allocator hands out a segment only
+    /// after every view let go of it).
+    pub fn copied(&self, seg: PhysSeg, words: [u64; 4]) -> &Fill {
         let f = self.get(seg);
-        f.reset(words, disk, vseg);
+        f.store_words(words);
+        self.take_dirty(seg);
         f
     }
 
     /// The bits of `layer` if it is partial.
     #[inline]
     pub fn words_of(&self, layer: &Layer) -> Option<[u64; 4]> {
-        layer.partial.then(|| self.get(layer.seg).words())
+        layer.is_partial().then(|| self.get(layer.seg()).words())
     }
 }
 
@@ -265,33 +264,65 @@ fn word_masks(first: u64, n: u64) -> impl Iterator<Item = (usize, u64)> {
     })
 }
 
-/// One layer of a segment's contents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Layer {
-    /// The physical segment (for a run: the first of the run).
-    pub seg: PhysSeg,
-    /// True if it holds only the granules its segment's fill records; false: all of them.
-    pub partial: bool,
-}
+/// One layer of a segment's contents: a physical segment, and whether it holds only
+/// the granules its fill records. Packed in one word (a table holds one per extent and
+/// layer): the segment in the low 63 bits, the partial flag in the top one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Layer(u64);
+
+/// The partial flag's bit in a [`Layer`].
+const PARTIAL: u64 = 1 << 63;
 
 impl Layer {
+    /// A layer of `seg` (below 2^63: decoders bound every segment by the pool's size),
+    /// partial or full.
+    #[inline]
+    pub fn new(seg: PhysSeg, partial: bool) -> Layer {
+        debug_assert!(seg < PARTIAL, "segment {seg} out of range");
+        Layer(seg | if partial { PARTIAL } else { 0 })
+    }
+
     /// A full layer.
     pub fn full(seg: PhysSeg) -> Layer {
-        Layer {
-            seg,
-            partial: false,
-        }
+        Layer::new(seg, false)
     }
 
     /// A partial layer.
     pub fn partial(seg: PhysSeg) -> Layer {
-        Layer { seg, partial: true }
+        Layer::new(seg, true)
+    }
+
+    /// The physical segment (for a run: the first of the run).
+    #[inline]
+    pub fn seg(&self) -> PhysSeg {
+        self.0 & !PARTIAL
+    }
+
+    /// True if it holds only the granules its segment's fill records; false: all of them.
+    #[inline]
+    pub fn is_partial(&self) -> bool {
+        self.0 & PARTIAL != 0
     }
 
     /// True if the layer holds granule `g`.
     #[inline]
     pub fn holds(&self, fills: &Fills, g: u64) -> bool {
-        !self.partial || fills.get(self.seg).test(g)
+        !self.is_partial() || fills.get(self.seg()).test(g)
+    }
+}
+
+// What a table costs in memory per extent (issue 18): a layer is one word, an
+// extent with up to two layers holds them inline, a fill is its bits.
+const _: () = assert!(std::mem::size_of::<Layer>() == 8);
+const _: () = assert!(std::mem::size_of::<Extent>() == 48);
+const _: () = assert!(std::mem::size_of::<Fill>() == 32);
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("seg", &self.seg())
+            .field("partial", &self.is_partial())
+            .finish()
     }
 }
 
@@ -363,7 +394,7 @@ impl Extent {
 
     /// True for a plain run: one full layer (the only shape that may have `len > 1`).
     pub fn is_plain(&self) -> bool {
-        self.state == ExtentState::Mapped && self.layers.len() == 1 && !self.layers[0].partial
+        self.state == ExtentState::Mapped && self.layers.len() == 1 && !self.layers[0].is_partial()
     }
 
     /// The part of a plain run covering `[from, to)` (virtual segments inside it).
@@ -375,7 +406,7 @@ impl Extent {
         e.len = (to - from) as u32;
         if self.state == ExtentState::Mapped {
             for l in e.layers.iter_mut() {
-                l.seg += shift;
+                *l = Layer::new(l.seg() + shift, l.is_partial());
             }
         }
         e
@@ -387,7 +418,7 @@ impl Extent {
         let run = if self.is_plain() { self.len as u64 } else { 1 };
         self.layers
             .iter()
-            .flat_map(move |l| (0..run).map(move |i| l.seg + i))
+            .flat_map(move |l| (0..run).map(move |i| l.seg() + i))
     }
 
     /// The extent as it applies to virtual segment `vseg` (inside it): a one-segment
@@ -491,8 +522,12 @@ impl Geometry {
         let g = self.granule_of(block_in_seg);
         for l in &e.layers {
             if l.holds(fills, g) {
-                let run_shift = if !l.partial && e.len > 1 { shift } else { 0 };
-                return Source::Seg(l.seg + run_shift);
+                let run_shift = if !l.is_partial() && e.len > 1 {
+                    shift
+                } else {
+                    0
+                };
+                return Source::Seg(l.seg() + run_shift);
             }
         }
         Source::Zero
@@ -518,7 +553,7 @@ impl Geometry {
             out.push((block_in_seg, n, Source::Error));
             return out;
         }
-        if e.layers.len() == 1 && !e.layers[0].partial {
+        if e.layers.len() == 1 && !e.layers[0].is_partial() {
             out.push((block_in_seg, n, self.resolve(fills, e, vseg, block_in_seg)));
             return out;
         }
@@ -561,7 +596,7 @@ mod tests {
 
     #[test]
     fn fill_ranges() {
-        let f = Fill::new(1, 2);
+        let f = Fill::new();
         assert!(f.is_empty());
         assert!(f.set_range(3, 70));
         assert!(!f.set_range(10, 5), "already set");
@@ -573,7 +608,7 @@ mod tests {
         assert!(f.set_range(0, 256));
         assert!(f.is_full(256));
         assert_eq!(f.words(), [u64::MAX; 4]);
-        let g = Fill::new(0, 0);
+        let g = Fill::new();
         g.set_range(0, 16);
         assert!(g.is_full(16) && !g.is_full(17));
     }
@@ -601,8 +636,8 @@ mod tests {
     fn resolve_through_layers() {
         let g = Geometry::new(4096, 1 << 20);
         let fills = Fills::new(8192);
-        fills.fresh(7, 1, 0).set_range(10, 2);
-        fills.fresh(8, 1, 0).set_range(11, 5);
+        fills.fresh(7).set_range(10, 2);
+        fills.fresh(8).set_range(11, 5);
         // A segment in another chunk, looked at first: empty.
         assert!(fills.get(5000).is_empty());
         let e = Extent {
@@ -631,7 +666,7 @@ mod tests {
         assert_eq!(g.resolve(&fills, &run, 105, 3), Source::Seg(505));
         assert_eq!(run.segments().count(), 10);
         let s = run.slice(103, 106);
-        assert_eq!((s.vseg, s.len, s.layers[0].seg), (103, 3, 503));
+        assert_eq!((s.vseg, s.len, s.layers[0].seg()), (103, 3, 503));
         assert_eq!(
             g.resolve_runs(&fills, None, 0, 0, 4).as_slice(),
             &[(0, 4, Source::Zero)]

@@ -5,7 +5,7 @@
 //! control path alike.
 
 use super::CowPolicy;
-use super::map::{Fill, Fills, Geometry, PhysSeg};
+use super::map::{DirtyFill, Fill, Fills, Geometry, PhysSeg};
 use super::msg::{AgentNotice, AgentRequest, ControllerPort, WriteFaultAnswers, WriteFaults};
 use crate::bdev::{Bdev, IoStatus};
 use crate::reactor::{Cores, RemoteHandle};
@@ -79,7 +79,7 @@ pub struct PoolShared {
     pub fills: Fills,
     /// Segments whose fills changed since the controller last persisted them; agents
     /// push, the controller drains at commit.
-    pub dirty_fills: SegQueue<PhysSeg>,
+    pub dirty_fills: SegQueue<DirtyFill>,
     pub cow_default: CowPolicy,
     /// Free segments, as of the controller's last update (for listings).
     pub free_segments: AtomicU64,
@@ -217,23 +217,28 @@ impl PoolShared {
     ///
     /// No charge is taken while the charges held already cover every written table
     /// node (`MetaBudget`'s cap).
-    pub(crate) fn change_fill(&self, seg: PhysSeg, change: impl FnOnce(&Fill) -> bool) -> bool {
+    ///
+    /// `disk` and `vseg` say where the segment is the writable top layer (see
+    /// [`DirtyFill`]).
+    pub(crate) fn change_fill(&self, fill: DirtyFill, change: impl FnOnce(&Fill) -> bool) -> bool {
+        let seg = fill.seg;
+        let queued = fill;
         let fill = self.fills.get(seg);
         let budget = &self.meta_budget;
         let cost = budget.fill_cost();
-        let charged = !fill.is_dirty() && !budget.fills_covered();
+        let charged = !self.fills.is_dirty(seg) && !budget.fills_covered();
         if charged {
             if !budget.try_take(cost) {
                 return false;
             }
             budget.fill_charge_taken(cost);
         }
-        if change(fill) && fill.mark_dirty() {
+        if change(fill) && self.fills.mark_dirty(seg) {
             if !charged && !budget.fills_covered() {
                 budget.force_take(cost);
                 budget.fill_charge_taken(cost);
             }
-            self.dirty_fills.push(seg);
+            self.dirty_fills.push(queued);
         }
         true
     }

@@ -145,7 +145,7 @@ impl Controller {
         let prefix = one
             .layers
             .iter()
-            .take_while(|l| !keep.contains(&l.seg))
+            .take_while(|l| !keep.contains(&l.seg()))
             .count();
         let done = prefix == 0 || (prefix == 1 && writable);
         if done { 0 } else { prefix }
@@ -162,7 +162,7 @@ impl Controller {
                 && let Some(e) = g.root.as_ref().and_then(|r| r.lookup(vseg))
             {
                 for l in &e.at(vseg).layers {
-                    keep.insert(l.seg);
+                    keep.insert(l.seg());
                 }
             }
         }
@@ -387,7 +387,7 @@ impl Controller {
             };
             let me = self.rc();
             tasks.push(reactor::spawn_local(async move {
-                me.shared.fills.fresh(seg, disk, one.vseg);
+                me.shared.fills.fresh(seg);
                 let copy_from = Extent {
                     layers: one.layers[..prefix].iter().copied().collect(),
                     ..one.clone()
@@ -448,10 +448,10 @@ impl Controller {
         if writable {
             // Fill the holes of the disk's own top layer from the shared layers below it.
             let top = one.layers[0];
-            if !top.partial {
+            if !top.is_partial() {
                 return IoStatus::Success;
             }
-            let fill = self.shared.fills.get(top.seg);
+            let fill = self.shared.fills.get(top.seg());
             if self.fence_writes(disk, vseg, true).await.is_err() {
                 let _ = self.fence_writes(disk, vseg, false).await;
                 return IoStatus::Aborted;
@@ -479,7 +479,7 @@ impl Controller {
                     }
                     let (fb, fn_) = (g * geo.granule_blocks, (h - g) * geo.granule_blocks);
                     let r = match self.read_segment(s, fb, fn_).await {
-                        Ok(data) => self.write_segment(top.seg, fb, data).await,
+                        Ok(data) => self.write_segment(top.seg(), fb, data).await,
                         Err(e) => Err(e),
                     };
                     match r {
@@ -494,10 +494,8 @@ impl Controller {
             }
             if status.is_success() {
                 let full = suffix.is_empty() && fill.is_full(geo.granules);
-                let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
-                    seg: top.seg,
-                    partial: !full,
-                }];
+                let mut layers: smallvec::SmallVec<[Layer; 2]> =
+                    smallvec::smallvec![Layer::new(top.seg(), !full)];
                 layers.extend(suffix);
                 let ext = Extent {
                     layers,
@@ -524,7 +522,7 @@ impl Controller {
         let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
             return IoStatus::CapacityExceeded;
         };
-        self.shared.fills.fresh(seg, disk, vseg);
+        self.shared.fills.fresh(seg);
         let copied = match self.copy_resolved(&copy_from, seg).await {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -559,10 +557,8 @@ impl Controller {
             return Ok(());
         }
         let full = suffix.is_empty() && fill.is_full(self.shared.geo.granules);
-        let mut layers: smallvec::SmallVec<[Layer; 2]> = smallvec::smallvec![Layer {
-            seg,
-            partial: !full,
-        }];
+        let mut layers: smallvec::SmallVec<[Layer; 2]> =
+            smallvec::smallvec![Layer::new(seg, !full)];
         layers.extend(suffix.iter().copied());
         let generation = self.st.borrow().generation;
         self.try_set_extents(

@@ -92,13 +92,13 @@ pub fn extent_budget(e: &Extent) -> usize {
         + varint_len(e.birth)
         + e.layers
             .iter()
-            .map(|l| varint_len(l.seg) + if l.partial { FILL_BUDGET_BYTES } else { 1 })
+            .map(|l| varint_len(l.seg()) + if l.is_partial() { FILL_BUDGET_BYTES } else { 1 })
             .sum::<usize>()
 }
 
 /// Encoded size of an extent in a log record, in the wide encoding (see `vdisk::meta`).
 pub fn extent_encoded_len(e: &Extent) -> usize {
-    encoded_len_of(e.layers.iter().map(|l| l.partial))
+    encoded_len_of(e.layers.iter().map(|l| l.is_partial()))
 }
 
 /// Encoded size of an extent whose layers are partial (with a fill) or not as `partial`
@@ -929,7 +929,10 @@ mod tests {
         if let Some(r) = root {
             r.visit_from(0, &mut |e| {
                 for i in 0..e.len as u64 {
-                    m.insert(e.vseg + i, e.layers[0].seg + if e.len > 1 { i } else { 0 });
+                    m.insert(
+                        e.vseg + i,
+                        e.layers[0].seg() + if e.len > 1 { i } else { 0 },
+                    );
                 }
                 true
             });
@@ -1064,7 +1067,7 @@ mod tests {
         assert!(r.height() >= 2, "2000 extents need more than one leaf");
         assert_eq!(r.extent_count(), 2000);
         for v in 0..2000 {
-            assert_eq!(r.lookup(v).unwrap().layers[0].seg, 10_000 + v);
+            assert_eq!(r.lookup(v).unwrap().layers[0].seg(), 10_000 + v);
         }
         assert!(r.lookup(2000).is_none());
         assert_eq!(rc.segs.len(), 2000);
@@ -1100,7 +1103,7 @@ mod tests {
         let r = root.as_ref().unwrap();
         assert_eq!(r.extent_count(), 3);
         assert_eq!(r.lookup(9).unwrap().len, 10);
-        assert_eq!(r.lookup(10).unwrap().layers[0].seg, 5);
+        assert_eq!(r.lookup(10).unwrap().layers[0].seg(), 5);
         assert_eq!(r.lookup(11).unwrap().vseg, 11);
         assert_eq!(flatten(&root)[&200], 1200);
         assert!(
@@ -1303,7 +1306,7 @@ mod tests {
                 for v in at..to { model.remove(&v); }
                 for e in &new {
                     for i in 0..e.len as u64 {
-                        model.insert(e.vseg + i, e.layers[0].seg + if e.len > 1 { i } else { 0 });
+                        model.insert(e.vseg + i, e.layers[0].seg() + if e.len > 1 { i } else { 0 });
                     }
                 }
                 // Replaced in place: segment references pass from leaves no snapshot

@@ -442,7 +442,7 @@ fn check_blocking_flag(set: ReactorSet, base: Arc<dyn Bdev>, pool: Pool, disk: A
             .lookup(0)
             .unwrap()
             .layers[0]
-            .seg)
+            .seg())
     }))
     .unwrap();
     let (ci, off) = pool.shared.locate(phys);

@@ -5,7 +5,7 @@
 
 use super::Agent;
 use crate::bdev::{BdevIo, Channel, Epochs, IoBuf, IoKind, IoStatus};
-use crate::vdisk::map::ExtentState;
+use crate::vdisk::map::{DirtyFill, ExtentState};
 use crate::vdisk::msg::AgentRequest;
 use smallvec::SmallVec;
 use std::rc::Rc;
@@ -77,12 +77,12 @@ impl Agent {
             if writable && e.layers.len() == 1 {
                 let top = &e.layers[0];
                 // Whole granules: clear their bits; edges: zero in place.
-                let (g0, gn) = if top.partial {
+                let (g0, gn) = if top.is_partial() {
                     geo.whole_granules(b0, n)
                 } else {
                     (0, 0)
                 };
-                let fill = top.partial.then(|| self.shared.fills.get(top.seg));
+                let fill = top.is_partial().then(|| self.shared.fills.get(top.seg()));
                 let clear = gn > 0;
                 let (zero_from, zero_to) = (g0 * gb, (g0 + gn) * gb);
                 let mut spans: SmallVec<[(u64, u64); 2]> = SmallVec::new();
@@ -105,7 +105,7 @@ impl Agent {
                     if !held {
                         continue;
                     }
-                    let phys = top.seg * geo.segment_blocks + sb;
+                    let phys = top.seg() * geo.segment_blocks + sb;
                     let (ci, off) = self.shared.locate(phys / geo.segment_blocks);
                     let cbs = self.base[ci].bdev().block_size() as u64;
                     let byte = off + (phys % geo.segment_blocks) * bs;
@@ -119,7 +119,12 @@ impl Agent {
                     && let Some(f) = fill
                     && (g0..g0 + gn).any(|g| f.test(g))
                 {
-                    if self.shared.change_fill(top.seg, |f| f.clear_range(g0, gn)) {
+                    let dirty = DirtyFill {
+                        seg: top.seg(),
+                        disk,
+                        vseg,
+                    };
+                    if self.shared.change_fill(dirty, |f| f.clear_range(g0, gn)) {
                         if f.is_empty() {
                             let st = self.ask(AgentRequest::MaybeEmpty { disk, vseg }).await;
                             status = status.worst(st);
@@ -128,8 +133,8 @@ impl Agent {
                         // No metadata space to record them as empty: the granules stay
                         // held, and are zeroed in place instead.
                         let guard = EpochGuard::new(&self.epochs);
-                        let phys = top.seg * geo.segment_blocks + zero_from;
-                        let (ci, off) = self.shared.locate(top.seg);
+                        let phys = top.seg() * geo.segment_blocks + zero_from;
+                        let (ci, off) = self.shared.locate(top.seg());
                         let cbs = self.base[ci].bdev().block_size() as u64;
                         let byte = off + (phys % geo.segment_blocks) * bs;
                         let r = self.base[ci]

@@ -10,7 +10,7 @@ use super::Agent;
 use super::fault::FaultKey;
 use crate::bdev::{BdevIo, IoKind, IoSink, IoStatus, Origin};
 use crate::reactor;
-use crate::vdisk::map::{ExtentState, PhysSeg, Source};
+use crate::vdisk::map::{DirtyFill, ExtentState, PhysSeg, Source};
 use crate::vdisk::msg::RangeState;
 use crate::vdisk::shared::PoolShared;
 use smallvec::SmallVec;
@@ -30,7 +30,17 @@ pub(super) struct IoCtx {
     pending: u32,
     status: IoStatus,
     epoch: u64,
-    fills: SmallVec<[(PhysSeg, u64, u64); 1]>,
+    fills: SmallVec<[Held; 1]>,
+}
+
+/// Granules `[first, first + count)` of segment `seg`, the writable top layer of the
+/// agent's disk at `vseg`, which the top layer holds once a write succeeds.
+#[derive(Clone, Copy)]
+pub(super) struct Held {
+    seg: PhysSeg,
+    vseg: u64,
+    first: u16,
+    count: u16,
 }
 
 /// A request the fast path passed down to a base bdev as it is (see
@@ -38,8 +48,8 @@ pub(super) struct IoCtx {
 pub(super) struct Passed {
     origin: Origin,
     epoch: u64,
-    /// Granules `(segment, first, count)` the top layer holds once the write succeeds.
-    fill: Option<(PhysSeg, u64, u64)>,
+    /// Granules the top layer holds once the write succeeds.
+    fill: Option<Held>,
 }
 
 /// Tag bit of requests passed down whole; the other tags are keys of `ctxs`.
@@ -76,17 +86,23 @@ impl Agent {
                 return Err(io);
             }
             let top = &e.layers[0];
-            if !top.partial {
-                (top.seg + (vseg - e.vseg), None)
+            if !top.is_partial() {
+                (top.seg() + (vseg - e.vseg), None)
             } else {
                 let (g0, n) = geo.granule_span(b0, io.num_blocks);
-                if self.shared.fills.get(top.seg).all_set(g0, n) {
-                    (top.seg, None)
+                if self.shared.fills.get(top.seg()).all_set(g0, n) {
+                    (top.seg(), None)
                 } else if write
                     && geo.granule_aligned(b0)
                     && geo.granule_aligned(b0 + io.num_blocks)
                 {
-                    (top.seg, Some((top.seg, g0, n)))
+                    let held = Held {
+                        seg: top.seg(),
+                        vseg,
+                        first: g0 as u16,
+                        count: n as u16,
+                    };
+                    (top.seg(), Some(held))
                 } else {
                     return Err(io);
                 }
@@ -179,7 +195,7 @@ impl Agent {
         let geo = self.shared.geo;
         let bs = geo.block_size as u64;
         let mut pieces: SmallVec<[Piece; 4]> = SmallVec::new();
-        let mut fills: SmallVec<[(PhysSeg, u64, u64); 1]> = SmallVec::new();
+        let mut fills: SmallVec<[Held; 1]> = SmallVec::new();
         let mut fault = None;
         {
             let view = self.view.borrow();
@@ -214,13 +230,13 @@ impl Agent {
                     break;
                 }
                 let top = &e.layers[0];
-                let seg: PhysSeg = if top.partial {
-                    top.seg
+                let seg: PhysSeg = if top.is_partial() {
+                    top.seg()
                 } else {
-                    top.seg + (vseg - e.vseg)
+                    top.seg() + (vseg - e.vseg)
                 };
-                if top.partial {
-                    let f = self.shared.fills.get(top.seg);
+                if top.is_partial() {
+                    let f = self.shared.fills.get(top.seg());
                     let (g0, gn) = geo.granule_span(b0, n);
                     let g1 = g0 + gn;
                     if !f.all_set(g0, gn) {
@@ -240,7 +256,12 @@ impl Agent {
                         // granule that an unmap cleared while the write was in flight.
                         let (w0, wn) = geo.whole_granules(b0, n);
                         if wn > 0 {
-                            fills.push((top.seg, w0, wn));
+                            fills.push(Held {
+                                seg: top.seg(),
+                                vseg,
+                                first: w0 as u16,
+                                count: wn as u16,
+                            });
                         }
                     }
                 }
@@ -262,7 +283,7 @@ impl Agent {
     }
 
     /// Issues the pieces of `io` to the base bdevs.
-    fn issue(&self, io: BdevIo, pieces: &[Piece], fills: SmallVec<[(PhysSeg, u64, u64); 1]>) {
+    fn issue(&self, io: BdevIo, pieces: &[Piece], fills: SmallVec<[Held; 1]>) {
         let geo = self.shared.geo;
         let bs = geo.block_size as u64;
         let kind = io.kind;
@@ -306,9 +327,15 @@ impl Agent {
     /// which costs metadata pages (its leaf is rewritten). Without them the granules
     /// stay as they were (what the write put there is never shown) and the write fails
     /// for lack of space.
-    fn hold_granules(&self, seg: PhysSeg, g0: u64, n: u64) -> IoStatus {
-        if self.shared.fills.get(seg).all_set(g0, n)
-            || self.shared.change_fill(seg, |f| f.set_range(g0, n))
+    fn hold_granules(&self, h: Held) -> IoStatus {
+        let (g0, n) = (h.first as u64, h.count as u64);
+        let dirty = DirtyFill {
+            seg: h.seg,
+            disk: self.disk,
+            vseg: h.vseg,
+        };
+        if self.shared.fills.get(h.seg).all_set(g0, n)
+            || self.shared.change_fill(dirty, |f| f.set_range(g0, n))
         {
             IoStatus::Success
         } else {
@@ -371,9 +398,9 @@ impl IoSink for Agent {
             child.restore(p.origin);
             let mut status = status;
             if status.is_success()
-                && let Some((seg, g0, n)) = p.fill
+                && let Some(h) = p.fill
             {
-                status = self.hold_granules(seg, g0, n);
+                status = self.hold_granules(h);
             }
             self.finish(child, status, p.epoch);
             return;
@@ -393,8 +420,8 @@ impl IoSink for Agent {
         let ctx = self.ctxs.borrow_mut().remove(key);
         let mut status = ctx.status;
         if status.is_success() {
-            for &(seg, g0, n) in &ctx.fills {
-                status = status.worst(self.hold_granules(seg, g0, n));
+            for &h in &ctx.fills {
+                status = status.worst(self.hold_granules(h));
             }
         }
         self.finish(ctx.parent, status, ctx.epoch);

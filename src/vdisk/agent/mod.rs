@@ -468,7 +468,7 @@ impl Agent {
                 } else {
                     e.layers
                         .iter()
-                        .position(|l| !l.partial || self.shared.fills.get(l.seg).test(g))
+                        .position(|l| !l.is_partial() || self.shared.fills.get(l.seg()).test(g))
                         .map_or(0, |i| i as u32 + 1)
                 };
                 push(g_end - at, depth);

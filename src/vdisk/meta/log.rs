@@ -671,7 +671,7 @@ mod tests {
     #[test]
     fn live_splices_decode_as_the_raw_extents_they_hold() {
         let fills = Fills::new(1000);
-        fills.fresh(18, 1, 5).set_range(0, 2);
+        fills.fresh(18).set_range(0, 2);
         let e = Extent::full(4, 17, 3);
         let p = Extent {
             vseg: 5,

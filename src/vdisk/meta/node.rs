@@ -148,7 +148,7 @@ pub(super) fn write_extent(w: &mut Writer<'_>, e: &Extent, fills: &Fills) {
         e.len,
         e.state == ExtentState::Error,
         e.birth,
-        e.layers.iter().map(|l| (l.seg, fills.words_of(l))),
+        e.layers.iter().map(|l| (l.seg(), fills.words_of(l))),
     );
 }
 
@@ -556,7 +556,7 @@ pub fn encode_leaf<E: std::borrow::Borrow<Extent>>(
             e.len,
             e.state == ExtentState::Error,
             e.birth,
-            e.layers.iter().map(|l| (l.seg, fills.words_of(l))),
+            e.layers.iter().map(|l| (l.seg(), fills.words_of(l))),
         );
         (n, e.end())
     })

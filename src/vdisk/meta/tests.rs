@@ -233,7 +233,7 @@ fn pages_round_trip_and_detect_damage() {
 
 fn pages_round_trip_and_detect_damage_with(encode_leaf: LeafEncoder) {
     let fills = Fills::new(1000);
-    fills.fresh(7, 1, 0).set_range(3, 9);
+    fills.fresh(7).set_range(3, 9);
     let exts = vec![
         Extent::run(0, 10, 100, 2),
         Extent {
@@ -382,7 +382,7 @@ fn packed_leaves_round_trip_every_shape() {
     assert_eq!(decode_leaf(&b, 5, &pool(), 1 << 40).unwrap(), raw);
     // One random first write: a segment number of 22 bits, one granule.
     let fills = Fills::new(1 << 22);
-    fills.fresh((1 << 22) - 1, 1, 0).set_range(77, 1);
+    fills.fresh((1 << 22) - 1).set_range(77, 1);
     let exts = [partial((1 << 22) - 9, (1 << 22) - 1, 300)];
     let one = leaf(5, 2, &exts, &fills);
     let used = PAGE_BYTES - one.iter().rev().take_while(|&&x| x == 0).count();
@@ -673,7 +673,7 @@ fn a_staged_space_map_holds_the_counts_of_its_instant() {
 fn decoders_never_panic_on_garbage() {
     let mut rng = fastrand::Rng::with_seed(1);
     let fills = Fills::new(1 << 20);
-    fills.fresh(9, 1, 0).set_range(3, 40);
+    fills.fresh(9).set_range(3, 40);
     let exts: Vec<Extent> = (0..40)
         .map(|v| partial(v * 3, if v == 9 { 9 } else { 100 + v }, 1))
         .collect();
