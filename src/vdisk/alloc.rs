@@ -10,7 +10,7 @@
 //! shows its previous contents to its new owner, not even after a crash.
 
 use super::map::PhysSeg;
-use super::meta::space_map::{SM_COUNTS_PER_PAGE, SegmentCounts};
+use super::meta::space_map::SM_COUNTS_PER_PAGE;
 use super::table::RefCounts;
 use std::collections::BTreeMap;
 
@@ -153,67 +153,10 @@ impl Striped {
     }
 }
 
-/// Reference counts of a pool's segments, a space-map page's worth to a chunk. A chunk
-/// is allocated when one of its counts first becomes nonzero, so the counts of a thin
-/// pool cost memory where its segments are in use (all of a 4 TiB pool's would take
-/// 16 MiB).
-#[derive(Debug)]
-struct SegRefs {
-    chunks: Vec<Option<Box<[u32]>>>,
-    len: u64,
-}
-
-impl SegRefs {
-    fn new(len: u64) -> SegRefs {
-        let n = (len as usize).div_ceil(SM_COUNTS_PER_PAGE);
-        SegRefs {
-            chunks: (0..n).map(|_| None).collect(),
-            len,
-        }
-    }
-
-    #[inline]
-    fn get(&self, seg: PhysSeg) -> u32 {
-        let (c, i) = (
-            seg as usize / SM_COUNTS_PER_PAGE,
-            seg as usize % SM_COUNTS_PER_PAGE,
-        );
-        self.chunks[c].as_ref().map_or(0, |chunk| chunk[i])
-    }
-
-    #[inline]
-    fn set(&mut self, seg: PhysSeg, count: u32) {
-        let (c, i) = (
-            seg as usize / SM_COUNTS_PER_PAGE,
-            seg as usize % SM_COUNTS_PER_PAGE,
-        );
-        if count == 0 && self.chunks[c].is_none() {
-            return;
-        }
-        let len = (self.len as usize - c * SM_COUNTS_PER_PAGE).min(SM_COUNTS_PER_PAGE);
-        self.chunks[c].get_or_insert_with(|| vec![0; len].into_boxed_slice())[i] = count;
-    }
-}
-
-impl SegmentCounts for SegRefs {
-    fn segments(&self) -> u64 {
-        self.len
-    }
-
-    fn page_counts(&self, page: u64, out: &mut Vec<u32>) {
-        let lo = page as usize * SM_COUNTS_PER_PAGE;
-        let len = (self.len as usize - lo).min(SM_COUNTS_PER_PAGE);
-        match &self.chunks[page as usize] {
-            Some(chunk) => out.extend_from_slice(chunk),
-            None => out.resize(out.len() + len, 0),
-        }
-    }
-}
-
 /// Segment and page space of a pool.
 #[derive(Debug)]
 pub struct Space {
-    refs: SegRefs,
+    refs: Vec<u32>,
     free_segs: Striped,
     free_pages: FreeSet,
     pending_segs: BTreeMap<u64, Vec<PhysSeg>>,
@@ -240,9 +183,9 @@ impl Space {
         txn_open: u64,
     ) -> Space {
         let total_segments: u64 = containers.iter().sum();
-        let mut refs = SegRefs::new(total_segments);
+        let mut refs = vec![0u32; total_segments as usize];
         for &r in reserved {
-            refs.set(r, RESERVED);
+            refs[r as usize] = RESERVED;
         }
         let mut parts = Vec::new();
         let mut first = 0;
@@ -251,9 +194,9 @@ impl Space {
             first += n;
         }
         let mut free_segs = Striped { parts, next: 0 };
-        for seg in 0..total_segments {
-            if refs.get(seg) == 0 {
-                free_segs.insert(seg);
+        for (i, &r) in refs.iter().enumerate() {
+            if r == 0 {
+                free_segs.insert(i as u64);
             }
         }
         let mut free_pages = FreeSet::new(meta_pages);
@@ -275,7 +218,7 @@ impl Space {
 
     /// Sets the reference count of a segment found by the loader (not free any more).
     pub fn load_segment(&mut self, seg: PhysSeg, count: u32) {
-        self.refs.set(seg, count);
+        self.refs[seg as usize] = count;
         if count > 0 {
             self.free_segs.remove(seg);
         }
@@ -288,7 +231,7 @@ impl Space {
 
     /// Total segments (including reserved ones).
     pub fn total_segments(&self) -> u64 {
-        self.refs.len
+        self.refs.len() as u64
     }
 
     /// Segments that hold data or could.
@@ -313,11 +256,11 @@ impl Space {
 
     /// Reference count of a segment ([`RESERVED`] for reserved ones).
     pub fn refs(&self, seg: PhysSeg) -> u32 {
-        self.refs.get(seg)
+        self.refs[seg as usize]
     }
 
-    /// All counts (for the space map).
-    pub fn all_refs(&self) -> &impl SegmentCounts {
+    /// All counts (for the space map and checks).
+    pub fn all_refs(&self) -> &[u32] {
         &self.refs
     }
 
@@ -333,7 +276,7 @@ impl Space {
 
     /// Returns a segment allocated but never referenced.
     pub fn unalloc_segment(&mut self, seg: PhysSeg) {
-        debug_assert_eq!(self.refs.get(seg), 0);
+        debug_assert_eq!(self.refs[seg as usize], 0);
         self.free_segs.insert(seg);
     }
 
@@ -384,7 +327,7 @@ impl Space {
         let later = self.pending_segs.split_off(&(txn + 1));
         for (_, segs) in std::mem::replace(&mut self.pending_segs, later) {
             for s in segs {
-                if self.refs.get(s) == 0 {
+                if self.refs[s as usize] == 0 {
                     self.free_segs.insert(s);
                 }
             }
@@ -415,14 +358,15 @@ impl Space {
 
 impl RefCounts for Space {
     fn seg_add(&mut self, seg: PhysSeg, delta: i64) {
-        let was = self.refs.get(seg);
+        let r = &mut self.refs[seg as usize];
         assert!(
-            was != RESERVED,
+            *r != RESERVED,
             "reserved segment {seg} referenced by a table"
         );
-        let new = was as i64 + delta;
+        let new = *r as i64 + delta;
         assert!(new >= 0, "segment {seg} reference count below zero");
-        self.refs.set(seg, new as u32);
+        let was = *r;
+        *r = new as u32;
         if was == 0 && new > 0 {
             // Allocated already, except when the log is replayed: referenced, not free.
             self.free_segs.remove(seg);
@@ -484,35 +428,6 @@ mod tests {
         assert_eq!(s.free_pages(), 95);
         s.committed(6);
         assert_eq!(s.free_pages(), 96);
-    }
-
-    /// Counts cost memory where segments are in use: a chunk exists once one of its
-    /// counts is nonzero, the space map reads zeros from the others, and the last page
-    /// keeps its shorter length.
-    #[test]
-    fn segment_counts_take_memory_where_used() {
-        let per = SM_COUNTS_PER_PAGE as u64;
-        let total = 3 * per + 10;
-        let mut s = Space::new(&[total], &[0], 10, 0, 1);
-        let allocated = |s: &Space| s.refs.chunks.iter().filter(|c| c.is_some()).count();
-        assert_eq!(allocated(&s), 1, "only the reserved segment's chunk");
-        s.seg_add(2 * per + 5, 2);
-        s.seg_add(3 * per + 9, 1);
-        assert_eq!(allocated(&s), 3);
-        s.seg_add(per + 1, 0);
-        assert_eq!(allocated(&s), 3, "a count set to zero allocates nothing");
-        assert_eq!(
-            (s.refs(2 * per + 5), s.refs(per + 1), s.refs(0)),
-            (2, 0, RESERVED)
-        );
-        let mut page = Vec::new();
-        s.all_refs().page_counts(1, &mut page);
-        assert_eq!(page, vec![0; per as usize]);
-        page.clear();
-        s.all_refs().page_counts(3, &mut page);
-        assert_eq!((page.len(), page[9]), (10, 1));
-        assert_eq!(s.all_refs().segments(), total);
-        assert_eq!(s.free_segments(), total - 3);
     }
 
     #[test]

@@ -319,27 +319,46 @@ impl Controller {
         }
     }
 
-    /// A segment whose layers are stacked too deep: copy what every layer holds into one
-    /// new, writable segment.
+    /// A segment whose layers are stacked too deep: the layers below the top one are
+    /// copied into one new segment (what they show, granule by granule), and a new,
+    /// empty, writable layer goes on top: `[new, top, merged]`.
+    ///
+    /// The top layer stays as it is because the disk's latest snapshot holds it too: the
+    /// changed blocks between that snapshot and the disk (or its next snapshot) are the
+    /// granules of the layers above a layer both hold (`diff.rs`), exact at the granule.
+    /// Merging every layer, the top one included, into the writable layer made that
+    /// diff report every granule any merged layer held.
     async fn merge_layers(&self, one: &Extent) -> Result<Extent, IoStatus> {
-        let seg = self
-            .st
-            .borrow_mut()
-            .space
-            .alloc_segment()
-            .ok_or(IoStatus::CapacityExceeded)?;
-        self.shared.fills.fresh(seg);
-        if let Err(e) = self.copy_resolved(one, seg).await {
-            self.st.borrow_mut().space.unalloc_segment(seg);
+        let mut layers = one.layers.clone();
+        normalize(&mut layers);
+        let (merged, top) = {
+            let mut st = self.st.borrow_mut();
+            let merged = st.space.alloc_segment().ok_or(IoStatus::CapacityExceeded)?;
+            let Some(top) = st.space.alloc_segment() else {
+                st.space.unalloc_segment(merged);
+                return Err(IoStatus::CapacityExceeded);
+            };
+            (merged, top)
+        };
+        let below = Extent {
+            layers: layers[1..].iter().copied().collect(),
+            ..one.clone()
+        };
+        self.shared.fills.fresh(merged);
+        if let Err(e) = self.copy_resolved(&below, merged).await {
+            let mut st = self.st.borrow_mut();
+            st.space.unalloc_segment(merged);
+            st.space.unalloc_segment(top);
             return Err(e);
         }
+        self.shared.fills.fresh(top);
         let generation = self.st.borrow().generation;
         Ok(Extent {
             vseg: one.vseg,
             len: 1,
             state: ExtentState::Mapped,
             birth: generation,
-            layers: smallvec::smallvec![Layer::partial(seg)],
+            layers: smallvec::smallvec![Layer::partial(top), layers[0], Layer::partial(merged)],
         })
     }
 

@@ -11,11 +11,13 @@
 //!
 //! Where the two tables hold different nodes, extents are compared a virtual segment at
 //! a time. Layers are immutable once two tables share them (a shared segment's fill is
-//! frozen; a write gets a new top layer, or with copy-out the others get the copy), so
-//! two extents whose layers end in the same layers differ exactly in the granules the
-//! layers above that common part hold. That is exact at the granule; the one
-//! over-report is a merge of layers stacked too deep (`cow.rs`), whose new segment
-//! holds every granule any merged layer held: all of them are reported.
+//! frozen; a write gets a new top layer, or with copy-out the others get the copy), and
+//! what lies under a layer is what it was stacked on, or a merge of that (`cow.rs`
+//! merges the layers under the top one when they stack too deep), which shows the same.
+//! So two extents that both hold a layer differ exactly in the granules of the layers
+//! above it, in either. That is exact at the granule. Two extents without a common
+//! layer report every granule either holds: a segment written in two or more of the
+//! snapshots between them after its layers were merged, a split clone, copy-out.
 //!
 //! **Allocated blocks.** One table, walked alone: a granule some layer holds is data;
 //! a granule of a mapped segment that no layer holds reads as zeros; a segment without
@@ -242,16 +244,20 @@ impl<'a> Walk<'a> {
                 if x.state == ExtentState::Error || y.state == ExtentState::Error {
                     return if x == y { EMPTY } else { full };
                 }
-                let common = x
+                // The highest layer of `y` that `x` holds too: below it, both show the
+                // same (the layers under a layer are those it was stacked on, or a
+                // merge of them, which shows the same). Without one, all they hold.
+                let (ox, oy) = match y
                     .layers
                     .iter()
-                    .rev()
-                    .zip(y.layers.iter().rev())
-                    .take_while(|(p, q)| p == q)
-                    .count();
+                    .enumerate()
+                    .find_map(|(i, l)| x.layers.iter().position(|k| k == l).map(|j| (j, i)))
+                {
+                    Some((j, i)) => (&x.layers[..j], &y.layers[..i]),
+                    None => (&x.layers[..], &y.layers[..]),
+                };
                 let mut m = EMPTY;
-                let own = |layers: &[Layer]| layers[..layers.len() - common].to_vec();
-                for l in own(&x.layers).iter().chain(own(&y.layers).iter()) {
+                for l in ox.iter().chain(oy) {
                     or(&mut m, &layer_mask(l, self.fills, full));
                 }
                 m

@@ -194,7 +194,7 @@ impl SpaceMapPtrs {
     pub fn write(
         &self,
         changed: impl IntoIterator<Item = u64>,
-        refs: &(impl SegmentCounts + ?Sized),
+        refs: &[u32],
         txn: u64,
         pool: &Uuid,
         out: &mut Vec<(u64, Vec<u8>)>,
@@ -202,37 +202,6 @@ impl SpaceMapPtrs {
         SpaceMapStage::take(self, changed, refs, txn, Vec::new())
             .finish(pool, out)
             .0
-    }
-}
-
-/// The reference counts a space map records, one page's worth at a time.
-pub trait SegmentCounts {
-    /// Segments counted.
-    fn segments(&self) -> u64;
-    /// Appends the counts of space-map page `page` (of segments
-    /// `page * SM_COUNTS_PER_PAGE ..`, the last page shorter) to `out`.
-    fn page_counts(&self, page: u64, out: &mut Vec<u32>);
-}
-
-impl SegmentCounts for [u32] {
-    fn segments(&self) -> u64 {
-        self.len() as u64
-    }
-
-    fn page_counts(&self, page: u64, out: &mut Vec<u32>) {
-        let lo = page as usize * SM_COUNTS_PER_PAGE;
-        let hi = (lo + SM_COUNTS_PER_PAGE).min(self.len());
-        out.extend_from_slice(&self[lo..hi]);
-    }
-}
-
-impl SegmentCounts for Vec<u32> {
-    fn segments(&self) -> u64 {
-        self.as_slice().segments()
-    }
-
-    fn page_counts(&self, page: u64, out: &mut Vec<u32>) {
-        self.as_slice().page_counts(page, out)
     }
 }
 
@@ -274,7 +243,7 @@ impl SpaceMapStage {
     pub fn take(
         committed: &SpaceMapPtrs,
         changed: impl IntoIterator<Item = u64>,
-        refs: &(impl SegmentCounts + ?Sized),
+        refs: &[u32],
         txn: u64,
         mut buf: Vec<u32>,
     ) -> SpaceMapStage {
@@ -282,7 +251,9 @@ impl SpaceMapStage {
         buf.clear();
         let mut pages = Vec::new();
         for i in changed {
-            refs.page_counts(i, &mut buf);
+            let lo = i as usize * SM_COUNTS_PER_PAGE;
+            let hi = (lo + SM_COUNTS_PER_PAGE).min(refs.len());
+            buf.extend_from_slice(&refs[lo..hi]);
             pages.push((i, other_place(&committed.pages[i as usize], [i, sm + i])));
         }
         SpaceMapStage {
@@ -292,7 +263,7 @@ impl SpaceMapStage {
             counts: buf,
             encoded: 0,
             counts_at: 0,
-            segments: refs.segments(),
+            segments: refs.len() as u64,
             dirty_index: Default::default(),
         }
     }

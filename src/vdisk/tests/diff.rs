@@ -89,16 +89,18 @@ fn run_model(block_size: u32, segment_bytes: u64, seed: u64) {
     let nblocks = disk.num_blocks() as usize;
     let seg_blocks = segment_bytes / block_size as u64;
     let granule_blocks = (seg_blocks / 256).max(1) as usize;
+    // Rounds enough for a segment's layers to be merged more than once (every two
+    // rounds after its fourth).
+    let rounds = 9;
     // Writes land in a few hundred segments at most (tables of several leaves), and
-    // the pool holds a layer of each for every round.
-    let segs_used = 600.min((240 << 20) / segment_bytes / 6);
+    // the pool holds a layer of each for every round, and a merged one for each merge.
+    let segs_used = 600.min((240 << 20) / segment_bytes / (rounds + 4));
     let mut model = Model {
         blocks: vec![0; nblocks],
         touched: vec![0; nblocks.div_ceil(granule_blocks)],
     };
     let mut snaps: Vec<(String, Model)> = Vec::new();
     let mut write_no = 0u32;
-    let rounds = 6;
     for round in 1..=rounds {
         let mut ops = Vec::new();
         for _ in 0..rng.usize(20..120) {
@@ -158,15 +160,21 @@ fn run_model(block_size: u32, segment_bytes: u64, seed: u64) {
                     if reported {
                         // Touched after `a` was taken, up to when `b` was: the granule;
                         // or the segment, if it was written in enough rounds to have
-                        // had its layers merged (`cow.rs`: a merge's segment holds
-                        // every granule of the layers it merged).
+                        // had its layers merged, two or more of them after `a` (`cow.rs`
+                        // keeps the top layer of a merge, which `a` holds, so after one
+                        // round both still hold a layer: exact; after two, the layer `a`
+                        // held may be in the merged segment, which holds every granule
+                        // of the layers it merged).
                         let since = |mask: u32| mask >> (round_a + 1) != 0;
                         let g = k / granule_blocks;
                         let per_seg = seg_blocks as usize / granule_blocks;
                         let seg = g / per_seg * per_seg;
                         let seg_rounds =
                             mb.touched[seg..seg + per_seg].iter().fold(0, |m, t| m | t);
-                        let ok = if seg_rounds.count_ones() as usize > MAX_LAYERS {
+                        let rounds_after_a = (seg_rounds >> (round_a + 1)).count_ones();
+                        let ok = if seg_rounds.count_ones() as usize > MAX_LAYERS
+                            && rounds_after_a >= 2
+                        {
                             since(seg_rounds)
                         } else {
                             since(mb.touched[g])

@@ -103,7 +103,7 @@ fn flushes_and_snapshots_append_to_the_log_and_survive_a_crash_before_any_checkp
 #[test]
 fn the_log_wraps_around_its_ring_and_a_crash_after_wrapping_loses_nothing_flushed() {
     let set = reactors(2);
-    let base = malloc("m0", 128);
+    let base = malloc("m0", 192);
     let mut opts = PoolOptions::new("p0");
     // A small metadata area: a small ring (a sixteenth of the node area).
     opts.metadata_bytes = Some(1 << 20);
