@@ -125,7 +125,7 @@ impl HashId {
     }
 
     /// Digest length in bytes (`hl`).
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             HashId::Sha256 => 32,
             HashId::Sha384 => 48,
@@ -363,7 +363,7 @@ pub struct Challenge<'a> {
 
 /// Encodes a DH-HMAC-CHAP_Challenge; returns its length.
 pub fn encode_challenge(out: &mut [u8], c: &Challenge<'_>) -> Option<usize> {
-    let hl = c.hash.len();
+    let hl = c.hash.digest_len();
     let n = DHCHAP_HEADER_LEN + hl + c.dhv.len();
     if out.len() < n || c.cval.len() != hl || c.dhv.len() > u16::MAX as usize {
         return None;
@@ -399,7 +399,7 @@ pub fn decode_challenge(b: &[u8]) -> Result<Challenge<'_>, AuthDecodeError> {
     }
     let hash = HashId::from_id(b[8])
         .ok_or_else(|| payload(format!("unsupported hash function {:#x}", b[8])))?;
-    if b[6] as usize != hash.len() {
+    if b[6] as usize != hash.digest_len() {
         return Err(payload(format!("hash length {} for {}", b[6], hash.name())));
     }
     let dhgroup = DhGroup::from_id(b[9])
@@ -415,7 +415,7 @@ pub fn decode_challenge(b: &[u8]) -> Result<Challenge<'_>, AuthDecodeError> {
             dhgroup.name()
         )));
     }
-    let hl = hash.len();
+    let hl = hash.digest_len();
     if b.len() < DHCHAP_HEADER_LEN + hl + dhvlen {
         return Err(payload(format!(
             "challenge of {} bytes; its fields need {}",
@@ -460,7 +460,7 @@ pub fn decode_reply(b: &[u8], hl: usize) -> Result<Reply<'_>, AuthDecodeError> {
         return Err(payload(format!("hash length mismatch: {} != {hl}", b[6])));
     }
     let dhvlen = le16(b, 10) as usize;
-    if dhvlen % 4 != 0 {
+    if !dhvlen.is_multiple_of(4) {
         return Err(payload(format!("dhvlen {dhvlen} is not a multiple of 4")));
     }
     if b.len() != DHCHAP_HEADER_LEN + 2 * hl + dhvlen {

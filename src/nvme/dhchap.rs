@@ -130,7 +130,7 @@ impl DhchapKey {
     }
 
     /// Length of the key in bytes.
-    pub fn len(&self) -> usize {
+    pub fn key_len(&self) -> usize {
         self.key.len()
     }
 
@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn key_format_accepts_good_keys_and_names_each_fault() {
         let k = DhchapKey::parse(KEY_SHA256.as_bytes()).unwrap();
-        assert_eq!(k.len(), 32);
+        assert_eq!(k.key_len(), 32);
         assert_eq!(k.transform_hash(), Some(HashId::Sha256));
         let with_newline = format!("{KEY_SHA256}\n");
         assert!(DhchapKey::parse(with_newline.as_bytes()).is_ok());
