@@ -65,7 +65,7 @@ struct PoolEntry {
 
 struct Inner {
     /// Keys TLS and authentication name.
-    keyring: crate::keyring::Keyring,
+    keyring: Arc<crate::keyring::Keyring>,
     nbd: Mutex<Option<NbdServer>>,
     nvmf: Mutex<Option<NvmfTarget>>,
     nvme_host: NvmeHost,
@@ -101,7 +101,7 @@ impl Target {
         let reactors = ReactorSet::start(ReactorConfig::new(config.cores.clone(), config.idle))?;
         let target = Target {
             inner: Arc::new(Inner {
-                keyring: crate::keyring::Keyring::default(),
+                keyring: Arc::new(crate::keyring::Keyring::default()),
                 nbd: Mutex::new(None),
                 nvmf: Mutex::new(None),
                 nvme_host: NvmeHost::new(),
@@ -212,8 +212,12 @@ impl Target {
             }
         }
         if let Some(nvmf) = &config.nvmf {
-            let t =
-                NvmfTarget::from_config(self.inner.cores.clone(), self.inner.bdevs.clone(), nvmf)?;
+            let t = NvmfTarget::from_config(
+                self.inner.cores.clone(),
+                self.inner.bdevs.clone(),
+                self.inner.keyring.clone(),
+                nvmf,
+            )?;
             for s in &nvmf.subsystems {
                 for (i, ns) in s.namespaces.iter().enumerate() {
                     let nsid = ns.nsid.unwrap_or(i as u32 + 1);
@@ -401,7 +405,11 @@ impl Target {
     pub fn nvmf(&self) -> NvmfTarget {
         lock(&self.inner.nvmf)
             .get_or_insert_with(|| {
-                NvmfTarget::new(self.inner.cores.clone(), self.inner.bdevs.clone())
+                NvmfTarget::new(
+                    self.inner.cores.clone(),
+                    self.inner.bdevs.clone(),
+                    self.inner.keyring.clone(),
+                )
             })
             .clone()
     }

@@ -105,6 +105,7 @@ corpus_tests!(
     rpc_request,
     pool_open,
     send_stream,
+    nvmf_auth,
 );
 
 // ---------------------------------------------------------------------------------
@@ -944,6 +945,105 @@ fn committed_seed_corpora_are_up_to_date() {
     rpc_request_seeds();
     pool_open_seeds();
     send_stream_seeds();
+    nvmf_auth_seeds();
+}
+
+fn nvmf_auth_seeds() {
+    use tessera::nvme::auth::{self, DhGroup, HashId};
+    use tessera::nvme::dhchap::DhchapKey;
+    let mut s = Seeds::new("nvmf_auth");
+    let with = |sel: u8, m: &[u8]| {
+        let mut v = vec![sel];
+        v.extend_from_slice(m);
+        v
+    };
+    let mut neg = Vec::new();
+    auth::encode_negotiate(&mut neg, 1, &HashId::ALL, &DhGroup::ALL);
+    s.add("negotiate", with(0, &neg));
+    s.add("negotiate-truncated", with(0, &neg[..40]));
+    let mut ch = vec![0u8; 4096];
+    let n = auth::encode_challenge(
+        &mut ch,
+        &auth::Challenge {
+            tid: 1,
+            hash: HashId::Sha384,
+            dhgroup: DhGroup::Ffdhe2048,
+            seqnum: 7,
+            cval: &[3; 48],
+            dhv: &[4; 256],
+        },
+    )
+    .unwrap();
+    s.add("challenge", with(1, &ch[..n]));
+    let mut reply = Vec::new();
+    auth::encode_reply(
+        &mut reply,
+        &auth::Reply {
+            tid: 1,
+            hl: 64,
+            cvalid: true,
+            seqnum: 9,
+            rval: &[1; 64],
+            cval: &[2; 64],
+            dhv: &[5; 512],
+        },
+    );
+    s.add("reply-sha512", with(2, &reply));
+    let mut s1 = vec![0u8; 80];
+    let n = auth::encode_success1(
+        &mut s1,
+        &auth::Success1 {
+            tid: 1,
+            hl: 64,
+            rval: Some(&[6; 64]),
+        },
+    )
+    .unwrap();
+    s.add("success1", with(2, &s1[..n]));
+    let mut s2 = Vec::new();
+    auth::encode_success2(&mut s2, 1);
+    s.add("success2", with(0, &s2));
+    let mut f = [0u8; 8];
+    auth::encode_failure(
+        &mut f,
+        auth::auth_id::FAILURE2,
+        1,
+        auth::FailureReason::Failed,
+    );
+    s.add("failure2", with(0, &f));
+    let key = DhchapKey::format(Some(HashId::Sha256), &[9; 32]);
+    s.add("dhhc-key", with(0, key.as_bytes()));
+    let key = DhchapKey::format(None, &[10; 64]);
+    s.add("dhhc-key-64-untransformed", with(0, key.as_bytes()));
+    let mut bad = DhchapKey::format(Some(HashId::Sha512), &[11; 48]).to_string();
+    bad.replace_range(12..13, "Z");
+    s.add("dhhc-key-bad-crc", with(0, bad.as_bytes()));
+    let mut f1 = [0u8; 8];
+    auth::encode_failure(
+        &mut f1,
+        auth::auth_id::FAILURE1,
+        2,
+        auth::FailureReason::IncorrectPayload,
+    );
+    s.add("failure1", with(0, &f1));
+    let mut r0 = Vec::new();
+    auth::encode_reply(
+        &mut r0,
+        &auth::Reply {
+            tid: 1,
+            hl: 32,
+            cvalid: false,
+            seqnum: 0,
+            rval: &[1; 32],
+            cval: &[0; 32],
+            dhv: &[],
+        },
+    );
+    s.add("reply-sha256-null", with(0, &r0));
+    let mut scc = neg.clone();
+    scc[6] = 1;
+    s.add("negotiate-scc", with(0, &scc));
+    s.add("challenge-truncated", with(1, &ch[..40]));
 }
 
 fn send_stream_seeds() {

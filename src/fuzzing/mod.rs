@@ -41,7 +41,46 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rpc_request", rpc_request),
     ("pool_open", pool_open),
     ("send_stream", send_stream),
+    ("nvmf_auth", nvmf_auth),
 ];
+
+/// The in-band authentication messages and `DHHC-1` secrets: the first byte picks the
+/// hash length a reply is decoded with; the rest is one message (or a key file). No
+/// decoder may panic, and what one accepts must lie within the input.
+pub fn nvmf_auth(data: &[u8]) {
+    use crate::nvme::auth;
+    let Some((&sel, msg)) = data.split_first() else {
+        return;
+    };
+    let hl = [32, 48, 64][sel as usize % 3];
+    let _ = auth::decode_header(msg);
+    if let Ok(n) = auth::decode_negotiate(msg) {
+        assert!(n.hashes.len() <= 30 && n.dhgroups.len() <= 30);
+        assert_eq!(n.sc_c, 0);
+    }
+    if let Ok(r) = auth::decode_reply(msg, hl) {
+        assert_eq!((r.rval.len(), r.cval.len()), (hl, hl));
+        assert_eq!(auth::DHCHAP_HEADER_LEN + 2 * hl + r.dhv.len(), msg.len());
+        let mut again = Vec::new();
+        auth::encode_reply(&mut again, &r);
+        assert_eq!(auth::decode_reply(&again, hl).as_ref(), Ok(&r));
+    }
+    if let Ok(c) = auth::decode_challenge(msg) {
+        assert_eq!(c.cval.len(), c.hash.digest_len());
+        assert!(auth::DHCHAP_HEADER_LEN + c.cval.len() + c.dhv.len() <= msg.len());
+        let mut out = vec![0u8; auth::MAX_MESSAGE_LEN.max(msg.len())];
+        let n = auth::encode_challenge(&mut out, &c).expect("a decoded challenge encodes");
+        assert_eq!(auth::decode_challenge(&out[..n]).as_ref(), Ok(&c));
+    }
+    if let Ok(s) = auth::decode_success1(msg) {
+        assert!(s.rval.is_none_or(|r| r.len() == s.hl));
+    }
+    let _ = auth::decode_success2(msg);
+    let _ = auth::decode_failure(msg);
+    if let Ok(k) = crate::nvme::dhchap::DhchapKey::parse(msg) {
+        assert!(matches!(k.key_len(), 32 | 48 | 64));
+    }
+}
 
 /// The NVMe/TCP PDU codec: any bytes, either direction, any negotiated digests and
 /// limits. The decoder must never panic, and a frame it accepts must lie within the PDU

@@ -7,7 +7,13 @@
 //!   initiator sends.
 //! - [`pages`]: Identify data and log pages.
 //! - [`pdu`]: the NVMe/TCP PDUs (headers, digests, limits).
+//! - [`auth`]: in-band authentication messages (AUTH_Send/AUTH_Receive data).
+//! - [`dhchap`]: DH-HMAC-CHAP's key format, key transformation, responses and
+//!   finite-field Diffie-Hellman.
 
+pub mod auth;
+pub mod dhchap;
+mod ffdhe;
 pub mod pages;
 pub mod pdu;
 pub mod spec;

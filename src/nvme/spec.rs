@@ -126,6 +126,8 @@ impl Status {
     pub const CONNECT_CONTROLLER_BUSY: Status = Status::specific(0x81);
     pub const CONNECT_INVALID_PARAMETERS: Status = Status::specific(0x82).dnr();
     pub const CONNECT_INVALID_HOST: Status = Status::specific(0x84).dnr();
+    /// Fabrics: the queue pair must authenticate first (SPDK sets no DNR).
+    pub const AUTH_REQUIRED: Status = Status::specific(0x91);
     pub const WRITE_FAULT: Status = Status::media(0x80);
     pub const UNRECOVERED_READ_ERROR: Status = Status::media(0x81);
 
@@ -376,6 +378,10 @@ pub enum Command {
         value: u64,
     },
     Disconnect,
+    /// AUTH_Send: an authentication message from the host.
+    AuthSend(super::auth::AuthCmd),
+    /// AUTH_Receive: the host asks for the next authentication message.
+    AuthRecv(super::auth::AuthCmd),
     // Admin.
     Identify {
         cns: u8,
@@ -480,6 +486,19 @@ pub fn decode_command(sqe: &Sqe, q: QueueKind) -> Result<Command, Status> {
                 }
             }
             fctype::DISCONNECT => Ok(Command::Disconnect),
+            fctype::AUTH_SEND | fctype::AUTH_RECV => {
+                let c = super::auth::AuthCmd {
+                    spsp0: sqe.0[41],
+                    spsp1: sqe.0[42],
+                    secp: sqe.0[43],
+                    len: le32(&sqe.0, 44),
+                };
+                Ok(if ft == fctype::AUTH_SEND {
+                    Command::AuthSend(c)
+                } else {
+                    Command::AuthRecv(c)
+                })
+            }
             _ => Err(Status::INVALID_OPCODE),
         };
     }
@@ -709,6 +728,21 @@ pub fn property_set_sqe(cid: u16, offset: u32, value: u64, eight_bytes: bool) ->
     s.0[40] = eight_bytes as u8;
     s.0[44..48].copy_from_slice(&offset.to_le_bytes());
     s.0[48..56].copy_from_slice(&value.to_le_bytes());
+    s
+}
+
+/// AUTH_Send (`send`) or AUTH_Receive of `len` bytes, NVMe's security protocol.
+pub fn auth_sqe(cid: u16, send: bool, len: u32) -> Sqe {
+    let mut s = Sqe::new(OPC_FABRICS, cid);
+    s.0[4] = if send {
+        fctype::AUTH_SEND
+    } else {
+        fctype::AUTH_RECV
+    };
+    s.0[41] = super::auth::SPSP;
+    s.0[42] = super::auth::SPSP;
+    s.0[43] = super::auth::SECP_NVME;
+    s.0[44..48].copy_from_slice(&len.to_le_bytes());
     s
 }
 

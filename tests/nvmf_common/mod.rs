@@ -28,6 +28,8 @@ pub struct Env {
     pub target: NvmfTarget,
     pub host_bdevs: BdevRegistry,
     pub host: NvmeHost,
+    /// The target's keyring (DH-HMAC-CHAP keys).
+    pub keyring: Arc<tessera::keyring::Keyring>,
 }
 
 impl Drop for Env {
@@ -52,7 +54,8 @@ pub fn start(n_cores: usize, opts: TransportOptions) -> Env {
     let reactors = ReactorSet::start(cfg).expect("reactors start");
     let cores = reactors.cores().clone();
     let bdevs = BdevRegistry::new();
-    let target = NvmfTarget::new(cores.clone(), bdevs.clone());
+    let keyring = Arc::new(tessera::keyring::Keyring::default());
+    let target = NvmfTarget::new(cores.clone(), bdevs.clone(), keyring.clone());
     target.nvmf_create_transport("TCP", opts).unwrap();
     Env {
         reactors: Some(reactors),
@@ -61,6 +64,7 @@ pub fn start(n_cores: usize, opts: TransportOptions) -> Env {
         target,
         host_bdevs: BdevRegistry::new(),
         host: NvmeHost::new(),
+        keyring,
     }
 }
 

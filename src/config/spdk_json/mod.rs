@@ -319,10 +319,14 @@ fn nvmf_calls(cfg: &Config) -> Vec<Value> {
             ));
         }
         for h in &s.hosts {
-            out.push(call(
-                "nvmf_subsystem_add_host",
-                json!({"nqn": s.nqn, "host": h}),
-            ));
+            let mut params = json!({"nqn": s.nqn, "host": h});
+            if let Some(k) = s.dhchap.get(h) {
+                params["dhchap_key"] = json!(k.dhchap_key);
+                if let Some(c) = &k.dhchap_ctrlr_key {
+                    params["dhchap_ctrlr_key"] = json!(c);
+                }
+            }
+            out.push(call("nvmf_subsystem_add_host", params));
         }
         for ns in &s.namespaces {
             let mut spec = json!({"bdev_name": bdev_ref(cfg, &ns.bdev)});
@@ -752,6 +756,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
                     .unwrap_or_else(|| crate::frontend::nvmf::config::DEFAULT_MODEL_NUMBER.into()),
                 allow_any_host: s.allow_any_host,
                 hosts: Vec::new(),
+                dhchap: Default::default(),
                 max_namespaces: s
                     .max_namespaces
                     .filter(|&m| m != 0)
@@ -788,7 +793,17 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         "nvmf_subsystem_add_host" => {
             let q: nvmf::HostParams = decode(p)?;
             q.check().map_err(|e| e.to_string())?;
-            subsystem(cfg, &q.nqn)?.hosts.push(q.host);
+            let s = subsystem(cfg, &q.nqn)?;
+            if let Some(k) = q.dhchap_key {
+                s.dhchap.insert(
+                    q.host.clone(),
+                    crate::frontend::nvmf::config::HostKeysConfig {
+                        dhchap_key: k,
+                        dhchap_ctrlr_key: q.dhchap_ctrlr_key,
+                    },
+                );
+            }
+            s.hosts.push(q.host);
         }
         "nvmf_subsystem_allow_any_host" => {
             let q: nvmf::AllowAnyHostParams = decode(p)?;

@@ -340,8 +340,12 @@ impl HostParams {
     pub fn check(&self) -> Result<(), ParamError> {
         check_tgt_name(&self.tgt_name)?;
         unsupported("psk", &self.psk)?;
-        unsupported("dhchap_key", &self.dhchap_key)?;
-        unsupported("dhchap_ctrlr_key", &self.dhchap_ctrlr_key)
+        if self.dhchap_ctrlr_key.is_some() && self.dhchap_key.is_none() {
+            return Err(ParamError::Invalid(
+                "dhchap_ctrlr_key: a DH-HMAC-CHAP controller key requires dhchap_key".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

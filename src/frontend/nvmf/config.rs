@@ -154,12 +154,25 @@ pub struct SubsystemConfig {
     /// Host NQNs allowed to connect (with `allow_any_host: false`).
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Hosts (of `hosts`) that must authenticate with DH-HMAC-CHAP: host NQN → the
+    /// names of their keys in the keyring (`keys:`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dhchap: std::collections::BTreeMap<String, HostKeysConfig>,
     #[serde(default = "default_max_namespaces")]
     pub max_namespaces: u32,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// A host's DH-HMAC-CHAP keys, by name (SPDK's `dhchap_key`, `dhchap_ctrlr_key`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostKeysConfig {
+    pub dhchap_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrlr_key: Option<String>,
 }
 
 /// The whole `nvmf:` section.
@@ -182,6 +195,11 @@ impl NvmfConfig {
         for (i, s) in self.subsystems.iter().enumerate() {
             crate::frontend::nvmf::subsystem::check_nqn(&s.nqn)
                 .map_err(|e| format!("subsystems[{i}].nqn: {e}"))?;
+            if let Some(h) = s.dhchap.keys().find(|h| !s.hosts.contains(h)) {
+                return Err(format!(
+                    "subsystems[{i}].dhchap: `{h}` has keys but is not in hosts"
+                ));
+            }
             if !nqns.insert(&s.nqn) {
                 return Err(format!("subsystems[{i}].nqn: `{}` is used twice", s.nqn));
             }
@@ -239,6 +257,7 @@ mod tests {
                 model_number: default_model(),
                 allow_any_host: true,
                 hosts: vec![],
+                dhchap: Default::default(),
                 max_namespaces: 32,
                 listeners: vec![],
                 namespaces: vec![],

@@ -138,6 +138,8 @@ pub(crate) fn connect(
                     csts: AtomicU32::new(0),
                     failed: AtomicBool::new(false),
                     num_io_queues: AtomicU32::new(max_io),
+                    authenticated: AtomicBool::new(!sub.host_auth_required(&d.hostnqn)),
+                    kato_ms,
                     io_qpairs: Default::default(),
                     retired: Default::default(),
                 })
@@ -160,6 +162,14 @@ pub(crate) fn connect(
         .ok_or_else(|| ConnectError::param_in_data(connect_data_offset::CNTLID))?;
     if shared.hostnqn != d.hostnqn {
         return Err(ConnectError::param_in_data(connect_data_offset::HOSTNQN));
+    }
+    if !shared.authenticated.load(Ordering::Acquire) {
+        // SPDK: the admin queue pair is not active yet ("Inactive admin qpair").
+        tracing::error!(
+            subnqn = %sub.nqn, hostnqn = %d.hostnqn, cntlid = shared.cntlid, qid,
+            "I/O queue connect before the controller authenticated"
+        );
+        return Err(ConnectError::param_in_cmd(connect_cmd_offset::QID));
     }
     if !shared.ready() {
         return Err(ConnectError::status(Status::COMMAND_SEQUENCE_ERROR));

@@ -14,6 +14,8 @@
 //! - `qpair`: one connection on one core — the request state machine, receive parsing,
 //!   batched sending, NVM I/O.
 //! - `ctrlr`: Connect, properties, and the admin command set of a controller.
+//! - `auth`: DH-HMAC-CHAP, the per-queue-pair state machine behind AUTH_Send and
+//!   AUTH_Receive.
 //!
 //! # Threading
 //!
@@ -23,6 +25,7 @@
 //! admin queue pair's core; I/O queue pairs reach it through atomics (`failed`, CC,
 //! CSTS) and messages. Connect and disconnect take short-lived mutexes.
 
+mod auth;
 pub mod config;
 mod ctrlr;
 mod listener;

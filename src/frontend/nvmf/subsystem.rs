@@ -144,6 +144,12 @@ pub struct CtrlrShared {
     pub failed: AtomicBool,
     /// I/O queues granted by Set Features (Number of Queues).
     pub num_io_queues: AtomicU32,
+    /// The admin queue pair has authenticated (or had no need to): I/O queues may
+    /// connect.
+    pub authenticated: AtomicBool,
+    /// Keep Alive Timeout of the admin queue's Connect (0: none); also bounds each step
+    /// of an authentication.
+    pub kato_ms: u32,
     pub(crate) io_qpairs: Mutex<BTreeMap<u16, IoQpairRef>>,
     /// Counters of I/O queue pairs that have gone.
     pub(crate) retired: Mutex<StatTotals>,
@@ -198,6 +204,14 @@ pub struct NsTable {
     pub by_nsid: BTreeMap<u32, Arc<Namespace>>,
 }
 
+/// The DH-HMAC-CHAP keys of a host, by their keyring names (SPDK's `dhchap_key` and
+/// `dhchap_ctrlr_key`). The material is read from the keyring at each authentication.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostKeys {
+    pub dhchap_key: Option<String>,
+    pub dhchap_ctrlr_key: Option<String>,
+}
+
 /// A subsystem.
 pub struct Subsystem {
     pub nqn: String,
@@ -207,6 +221,10 @@ pub struct Subsystem {
     pub max_namespaces: u32,
     allow_any_host: AtomicBool,
     hosts: Mutex<BTreeSet<String>>,
+    /// DH-HMAC-CHAP keys of hosts that must authenticate (names in the keyring).
+    host_keys: Mutex<BTreeMap<String, HostKeys>>,
+    /// Last DH-HMAC-CHAP sequence number handed out (0: none yet).
+    auth_seqnum: Mutex<u32>,
     listeners: Mutex<Vec<ListenAddress>>,
     ns: Mutex<Arc<NsTable>>,
     ns_gen: AtomicU64,
@@ -241,6 +259,8 @@ impl Subsystem {
             max_namespaces,
             allow_any_host: AtomicBool::new(allow_any_host),
             hosts: Mutex::new(BTreeSet::new()),
+            host_keys: Mutex::new(BTreeMap::new()),
+            auth_seqnum: Mutex::new(0),
             listeners: Mutex::new(Vec::new()),
             ns: Mutex::new(Arc::new(NsTable::default())),
             ns_gen: AtomicU64::new(1),
@@ -276,7 +296,40 @@ impl Subsystem {
     }
 
     pub(crate) fn remove_host(&self, host: &str) -> bool {
+        lock(&self.host_keys).remove(host);
         lock(&self.hosts).remove(host)
+    }
+
+    /// Sets (or clears, with both `None`) the DH-HMAC-CHAP keys of `host`.
+    pub(crate) fn set_host_keys(&self, host: &str, keys: HostKeys) {
+        let mut m = lock(&self.host_keys);
+        if keys.dhchap_key.is_none() {
+            m.remove(host);
+        } else {
+            m.insert(host.to_string(), keys);
+        }
+    }
+
+    /// The DH-HMAC-CHAP keys of `host` (`None`: it need not authenticate).
+    pub fn host_keys(&self, host: &str) -> Option<HostKeys> {
+        lock(&self.host_keys).get(host).cloned()
+    }
+
+    /// Whether `host` must authenticate (SPDK: a host with a DH-HMAC-CHAP key).
+    pub fn host_auth_required(&self, host: &str) -> bool {
+        lock(&self.host_keys).contains_key(host)
+    }
+
+    /// The next DH-HMAC-CHAP sequence number: random at first, then counting, never 0.
+    pub(crate) fn next_auth_seqnum(&self) -> Result<u32, crate::nvme::dhchap::DhError> {
+        let mut n = lock(&self.auth_seqnum);
+        if *n == 0 {
+            let mut b = [0u8; 4];
+            crate::nvme::dhchap::random_bytes(&mut b)?;
+            *n = u32::from_le_bytes(b);
+        }
+        *n = n.wrapping_add(1).max(1);
+        Ok(*n)
     }
 
     /// The listen addresses.

@@ -5,15 +5,17 @@
 
 use super::config::{NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
 use super::listener::{self, ListenerHandle};
-use super::subsystem::{ListenAddress, Subsystem, SubsystemKind, check_nqn};
+use super::subsystem::{HostKeys, ListenAddress, Subsystem, SubsystemKind, check_nqn};
 use crate::bdev::BdevRegistry;
+use crate::keyring::Keyring;
+use crate::nvme::auth::{DhGroup, HashId};
 use crate::nvme::pages::{DiscoveryEntry, disc};
 use crate::nvme::spec::DISCOVERY_NQN;
 use crate::reactor::Cores;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -109,6 +111,11 @@ pub(crate) struct TargetShared {
     pub genctr: AtomicU64,
     /// Round-robin counter for placing new queue pairs.
     pub next_core: AtomicUsize,
+    /// The keys DH-HMAC-CHAP reads.
+    pub keyring: Arc<Keyring>,
+    /// DH-HMAC-CHAP digests and DH groups allowed (`nvmf_set_config`): bit `id` set.
+    pub dhchap_digests: AtomicU32,
+    pub dhchap_dhgroups: AtomicU32,
     listeners: Mutex<BTreeMap<SocketAddr, ListenerSlot>>,
 }
 
@@ -118,6 +125,11 @@ struct ListenerSlot {
     users: usize,
     portid: u16,
 }
+
+/// Every digest allowed (SPDK's default): bits of SHA-256, -384, -512.
+const ALL_DIGESTS: u32 = 0b1110;
+/// Every DH group allowed: null and ffdhe2048 to ffdhe8192.
+const ALL_DHGROUPS: u32 = 0b11_1111;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -194,7 +206,7 @@ pub struct NvmfTarget {
 
 impl NvmfTarget {
     /// A target running on `cores`, exporting bdevs of `bdevs`. No transport yet.
-    pub fn new(cores: Cores, bdevs: BdevRegistry) -> NvmfTarget {
+    pub fn new(cores: Cores, bdevs: BdevRegistry, keyring: Arc<Keyring>) -> NvmfTarget {
         let discovery = Arc::new(Subsystem::new(
             DISCOVERY_NQN,
             SubsystemKind::Discovery,
@@ -212,6 +224,9 @@ impl NvmfTarget {
                 discovery,
                 genctr: AtomicU64::new(0),
                 next_core: AtomicUsize::new(0),
+                keyring,
+                dhchap_digests: AtomicU32::new(ALL_DIGESTS),
+                dhchap_dhgroups: AtomicU32::new(ALL_DHGROUPS),
                 listeners: Mutex::new(BTreeMap::new()),
             }),
         }
@@ -221,10 +236,11 @@ impl NvmfTarget {
     pub fn from_config(
         cores: Cores,
         bdevs: BdevRegistry,
+        keyring: Arc<Keyring>,
         cfg: &NvmfConfig,
     ) -> Result<NvmfTarget, NvmfError> {
         cfg.validate().map_err(|e| invalid("nvmf", e))?;
-        let t = NvmfTarget::new(cores, bdevs);
+        let t = NvmfTarget::new(cores, bdevs, keyring);
         t.nvmf_create_transport("TCP", cfg.transport.clone())?;
         for s in &cfg.subsystems {
             t.apply_subsystem_config(s)?;
@@ -241,7 +257,14 @@ impl NvmfTarget {
             max_namespaces: Some(s.max_namespaces),
         })?;
         for h in &s.hosts {
-            self.nvmf_subsystem_add_host(&s.nqn, h)?;
+            let keys = s
+                .dhchap
+                .get(h)
+                .map_or_else(HostKeys::default, |k| HostKeys {
+                    dhchap_key: Some(k.dhchap_key.clone()),
+                    dhchap_ctrlr_key: k.dhchap_ctrlr_key.clone(),
+                });
+            self.nvmf_subsystem_add_host_with_keys(&s.nqn, h, keys)?;
         }
         for NamespaceConfig { bdev, nsid, uuid } in &s.namespaces {
             self.nvmf_subsystem_add_ns(
@@ -514,10 +537,133 @@ impl NvmfTarget {
 
     /// `nvmf_subsystem_add_host`.
     pub fn nvmf_subsystem_add_host(&self, nqn: &str, host: &str) -> Result<(), NvmfError> {
+        self.nvmf_subsystem_add_host_with_keys(nqn, host, HostKeys::default())
+    }
+
+    /// Checks that the keys named exist in the keyring and hold `DHHC-1:` secrets.
+    fn check_host_keys(&self, keys: &HostKeys) -> Result<(), NvmfError> {
+        if keys.dhchap_ctrlr_key.is_some() && keys.dhchap_key.is_none() {
+            return Err(invalid(
+                "dhchap_ctrlr_key",
+                "a DH-HMAC-CHAP controller key requires dhchap_key",
+            ));
+        }
+        for (param, name) in [
+            ("dhchap_key", &keys.dhchap_key),
+            ("dhchap_ctrlr_key", &keys.dhchap_ctrlr_key),
+        ] {
+            let Some(name) = name else { continue };
+            let secret = self
+                .shared
+                .keyring
+                .read(name)
+                .map_err(|e| invalid(param, e.to_string()))?;
+            crate::nvme::dhchap::DhchapKey::parse(secret.expose())
+                .map_err(|e| invalid(param, format!("key `{name}`: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// `nvmf_subsystem_add_host` with `dhchap_key` / `dhchap_ctrlr_key` (keyring names).
+    pub fn nvmf_subsystem_add_host_with_keys(
+        &self,
+        nqn: &str,
+        host: &str,
+        keys: HostKeys,
+    ) -> Result<(), NvmfError> {
         check_nqn(host).map_err(|e| invalid("host", e))?;
-        self.subsystem(nqn)?.add_host(host);
+        self.check_host_keys(&keys)?;
+        let s = self.subsystem(nqn)?;
+        if s.hosts().iter().any(|h| h == host) && keys.dhchap_key.is_some() {
+            return Err(invalid(
+                "host",
+                format!("{host} is already a host of {nqn} (use nvmf_subsystem_set_keys)"),
+            ));
+        }
+        s.add_host(host);
+        s.set_host_keys(host, keys);
         self.shared.bump_genctr();
         Ok(())
+    }
+
+    /// `nvmf_subsystem_set_keys`: new DH-HMAC-CHAP keys for an allowed host; a key not
+    /// given keeps its current value (SPDK). Connected queue pairs keep their
+    /// authentication; the next one (a new connection, or a re-authentication) uses
+    /// the new keys.
+    pub fn nvmf_subsystem_set_keys(
+        &self,
+        nqn: &str,
+        host: &str,
+        dhchap_key: Option<String>,
+        dhchap_ctrlr_key: Option<String>,
+    ) -> Result<(), NvmfError> {
+        let s = self.subsystem(nqn)?;
+        if !s.hosts().iter().any(|h| h == host) {
+            return Err(invalid("host", format!("{host} is not a host of {nqn}")));
+        }
+        let old = s.host_keys(host).unwrap_or_default();
+        let keys = HostKeys {
+            dhchap_key: dhchap_key.or(old.dhchap_key),
+            dhchap_ctrlr_key: dhchap_ctrlr_key.or(old.dhchap_ctrlr_key),
+        };
+        self.check_host_keys(&keys)?;
+        s.set_host_keys(host, keys);
+        tracing::info!(nqn, host, "DH-HMAC-CHAP keys set");
+        Ok(())
+    }
+
+    /// `nvmf_set_config`'s `dhchap_digests` and `dhchap_dhgroups` (names; `None` keeps
+    /// the current set).
+    pub fn set_dhchap_allowed(
+        &self,
+        digests: Option<&[String]>,
+        dhgroups: Option<&[String]>,
+    ) -> Result<(), NvmfError> {
+        let mut dmask = None;
+        if let Some(d) = digests {
+            let mut m = 0u32;
+            for n in d {
+                let h = HashId::from_name(n)
+                    .ok_or_else(|| invalid("dhchap_digests", format!("unknown digest `{n}`")))?;
+                m |= 1 << h as u8;
+            }
+            dmask = Some(m);
+        }
+        let mut gmask = None;
+        if let Some(g) = dhgroups {
+            let mut m = 0u32;
+            for n in g {
+                let dg = DhGroup::from_name(n)
+                    .ok_or_else(|| invalid("dhchap_dhgroups", format!("unknown DH group `{n}`")))?;
+                m |= 1 << dg as u8;
+            }
+            gmask = Some(m);
+        }
+        if let Some(m) = dmask {
+            self.shared.dhchap_digests.store(m, Ordering::Release);
+        }
+        if let Some(m) = gmask {
+            self.shared.dhchap_dhgroups.store(m, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The allowed digests and DH groups, by name.
+    pub fn dhchap_allowed(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        let d = self.shared.dhchap_digests.load(Ordering::Acquire);
+        let g = self.shared.dhchap_dhgroups.load(Ordering::Acquire);
+        (
+            HashId::ALL
+                .into_iter()
+                .filter(|h| d & (1 << *h as u8) != 0)
+                .map(HashId::name)
+                .collect(),
+            DhGroup::ALL
+                .into_iter()
+                .filter(|x| g & (1 << *x as u8) != 0)
+                .map(DhGroup::name)
+                .collect(),
+        )
     }
 
     /// `nvmf_subsystem_remove_host`.
@@ -656,7 +802,16 @@ impl NvmfTarget {
                 "subtype": "NVMe",
                 "listen_addresses": s.listeners(),
                 "allow_any_host": s.allow_any_host(),
-                "hosts": s.hosts().into_iter().map(|h| serde_json::json!({"nqn": h})).collect::<Vec<_>>(),
+                "hosts": s.hosts().into_iter().map(|h| {
+                    let mut v = serde_json::json!({"nqn": h});
+                    if let Some(k) = s.host_keys(&h) {
+                        v["dhchap_key"] = serde_json::json!(k.dhchap_key);
+                        if let Some(c) = k.dhchap_ctrlr_key {
+                            v["dhchap_ctrlr_key"] = serde_json::json!(c);
+                        }
+                    }
+                    v
+                }).collect::<Vec<_>>(),
                 "serial_number": s.serial_number,
                 "model_number": s.model_number,
                 "max_namespaces": s.max_namespaces,
@@ -681,6 +836,20 @@ impl NvmfTarget {
                     model_number: s.model_number.clone(),
                     allow_any_host: s.allow_any_host(),
                     hosts: s.hosts(),
+                    dhchap: s
+                        .hosts()
+                        .into_iter()
+                        .filter_map(|h| {
+                            let k = s.host_keys(&h)?;
+                            Some((
+                                h,
+                                super::config::HostKeysConfig {
+                                    dhchap_key: k.dhchap_key?,
+                                    dhchap_ctrlr_key: k.dhchap_ctrlr_key,
+                                },
+                            ))
+                        })
+                        .collect(),
                     max_namespaces: s.max_namespaces,
                     listeners: s
                         .listeners()

@@ -239,6 +239,8 @@ methods! {
     "nvmf_subsystem_remove_ns" => nvmf::nvmf_subsystem_remove_ns,
     "nvmf_subsystem_add_host" => nvmf::nvmf_subsystem_add_host,
     "nvmf_subsystem_remove_host" => nvmf::nvmf_subsystem_remove_host,
+    "nvmf_subsystem_set_keys" => nvmf::nvmf_subsystem_set_keys,
+    "nvmf_set_config" => nvmf::nvmf_set_config,
     "nvmf_subsystem_allow_any_host" => nvmf::nvmf_subsystem_allow_any_host,
     "nvmf_get_subsystems" => nvmf::nvmf_get_subsystems,
     "nvmf_subsystem_get_controllers" => nvmf::nvmf_subsystem_get_controllers,

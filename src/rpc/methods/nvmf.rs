@@ -116,7 +116,66 @@ pub async fn nvmf_subsystem_remove_ns(ctx: Rc<Ctx>, p: RemoveNsParams) -> RpcRes
 
 pub async fn nvmf_subsystem_add_host(ctx: Rc<Ctx>, p: HostParams) -> RpcResult {
     p.check()?;
-    ctx.target.nvmf().nvmf_subsystem_add_host(&p.nqn, &p.host)?;
+    ctx.target.nvmf().nvmf_subsystem_add_host_with_keys(
+        &p.nqn,
+        &p.host,
+        crate::frontend::nvmf::subsystem::HostKeys {
+            dhchap_key: p.dhchap_key,
+            dhchap_ctrlr_key: p.dhchap_ctrlr_key,
+        },
+    )?;
+    Ok(Value::Bool(true))
+}
+
+/// `nvmf_subsystem_set_keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetKeysParams {
+    pub nqn: String,
+    pub host: String,
+    #[serde(default)]
+    pub tgt_name: Option<String>,
+    #[serde(default)]
+    pub dhchap_key: Option<String>,
+    #[serde(default)]
+    pub dhchap_ctrlr_key: Option<String>,
+}
+
+pub async fn nvmf_subsystem_set_keys(ctx: Rc<Ctx>, p: SetKeysParams) -> RpcResult {
+    check_tgt_name(&p.tgt_name)?;
+    ctx.target
+        .nvmf()
+        .nvmf_subsystem_set_keys(&p.nqn, &p.host, p.dhchap_key, p.dhchap_ctrlr_key)?;
+    Ok(Value::Bool(true))
+}
+
+/// `nvmf_set_config`: of SPDK's parameters, tessera acts on `dhchap_digests` and
+/// `dhchap_dhgroups` and accepts the others it has no use for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfigParams {
+    #[serde(default)]
+    pub dhchap_digests: Option<Vec<String>>,
+    #[serde(default)]
+    pub dhchap_dhgroups: Option<Vec<String>>,
+    #[serde(default)]
+    pub acceptor_poll_rate: Option<u64>,
+    #[serde(default)]
+    pub conn_sched: Option<String>,
+    #[serde(default)]
+    pub passthru_identify_ctrlr: Option<bool>,
+    #[serde(default)]
+    pub poll_groups_mask: Option<String>,
+    #[serde(default)]
+    pub discovery_filter: Option<String>,
+    #[serde(default)]
+    pub admin_cmd_passthru: Option<Value>,
+}
+
+pub async fn nvmf_set_config(ctx: Rc<Ctx>, p: SetConfigParams) -> RpcResult {
+    ctx.target
+        .nvmf()
+        .set_dhchap_allowed(p.dhchap_digests.as_deref(), p.dhchap_dhgroups.as_deref())?;
     Ok(Value::Bool(true))
 }
 

@@ -15,6 +15,7 @@
 //! reaches a queue pair by its id through a reactor-local registry ([`send_kill`],
 //! [`ns_changed`]).
 
+use super::auth::{self as qauth, After, AuthCtx, AuthState, QpairAuth};
 use super::config::TransportOptions;
 use super::ctrlr::{self, AdminDone, ConnectCtx, Role};
 use super::subsystem::{Namespace, Subsystem};
@@ -259,6 +260,16 @@ struct QpInner {
     last_hdr_len: usize,
     /// Why the connection must close (after flushing what is queued).
     closing: Option<&'static str>,
+    /// The host must authenticate before anything but AUTH_Send/AUTH_Receive runs.
+    authenticating: bool,
+    /// The DH-HMAC-CHAP exchange under way (or last done).
+    auth: Option<Box<QpairAuth>>,
+    /// When the current authentication step times out.
+    auth_deadline: reactor::Nanos,
+    /// Each step's time limit (the controller's KATO, else SPDK's 120 s).
+    auth_step: Duration,
+    /// A task watches `auth_deadline`.
+    auth_watched: bool,
 }
 
 /// A queue pair; lives on one core, reached through [`Rc`].
@@ -386,6 +397,11 @@ pub(crate) fn spawn(
                 last_hdr: [0; 128],
                 last_hdr_len: 0,
                 closing: None,
+                authenticating: false,
+                auth: None,
+                auth_deadline: reactor::Nanos(0),
+                auth_step: Duration::ZERO,
+                auth_watched: false,
             }),
             waker: RefCell::new(None),
             notified: Cell::new(false),
@@ -554,6 +570,48 @@ impl Qpair {
     }
 }
 
+/// Closes a queue pair whose authentication stalls (a step not taken before the
+/// deadline); a stalled re-authentication only ends the exchange (SPDK).
+async fn auth_watch(w: Weak<Qpair>) {
+    loop {
+        let deadline = {
+            let Some(q) = w.upgrade() else { return };
+            let mut st = q.inner.borrow_mut();
+            let active = st
+                .auth
+                .as_ref()
+                .is_some_and(|a| !matches!(a.state, AuthState::Completed | AuthState::Error));
+            if !active {
+                st.auth_watched = false;
+                return;
+            }
+            st.auth_deadline
+        };
+        if reactor::now() < deadline {
+            reactor::sleep_until(deadline).await;
+            continue;
+        }
+        let Some(q) = w.upgrade() else { return };
+        let mut st = q.inner.borrow_mut();
+        if reactor::now() < st.auth_deadline {
+            continue;
+        }
+        st.auth_watched = false;
+        let state = st.auth.as_ref().map_or("none", |a| a.state.name());
+        tracing::error!(
+            peer = %q.peer, qpair = q.id, qid = st.qid, state,
+            "authentication timed out"
+        );
+        if st.authenticating {
+            drop(st);
+            q.kill("authentication timed out");
+        } else if let Some(a) = st.auth.as_mut() {
+            a.state = AuthState::Completed;
+        }
+        return;
+    }
+}
+
 /// Keeps watch over an admin queue pair's keep-alive timer.
 async fn keep_alive_watch(w: Weak<Qpair>) {
     loop {
@@ -645,6 +703,21 @@ impl QpInner {
         let Some(cmd) = self.slots[slot].cmd else {
             return self.complete(slot);
         };
+        if self.role.is_some() {
+            if let Command::AuthSend(c) | Command::AuthRecv(c) = cmd {
+                return self.auth_exec(slot, c, matches!(cmd, Command::AuthSend(_)));
+            }
+            if self.authenticating {
+                tracing::error!(
+                    qpair = self.id,
+                    qid = self.qid,
+                    opcode = self.slots[slot].sqe.opcode(),
+                    "command before authentication"
+                );
+                self.slots[slot].status = Status::AUTH_REQUIRED;
+                return self.complete(slot);
+            }
+        }
         match (&mut self.role, cmd) {
             (
                 None,
@@ -743,8 +816,33 @@ impl QpInner {
                     self.limits.max_in_capsule_len = self.opts.in_capsule_data_size;
                 }
                 self.slots.reserve(self.sq_size as usize);
+                let (sub, hostnqn, ctrl_kato_ms) = match &role {
+                    Role::Admin(c) => (
+                        c.shared.subsystem.clone(),
+                        c.shared.hostnqn.clone(),
+                        c.shared.kato_ms,
+                    ),
+                    Role::Io(io) => (
+                        io.shared.subsystem.clone(),
+                        io.shared.hostnqn.clone(),
+                        io.shared.kato_ms,
+                    ),
+                };
                 self.role = Some(role);
                 self.slots[slot].dw0 = cntlid as u32;
+                if sub.host_auth_required(&hostnqn) {
+                    // AUTHREQ.ATR: the host must authenticate this queue pair.
+                    self.slots[slot].dw0 |= 1 << 17;
+                    self.authenticating = true;
+                    self.auth = Some(Box::new(QpairAuth::new()));
+                    self.auth_step = if ctrl_kato_ms > 0 {
+                        Duration::from_millis(ctrl_kato_ms as u64)
+                    } else {
+                        Duration::from_millis(qauth::DEFAULT_STEP_TIMEOUT_MS)
+                    };
+                    tracing::debug!(qid, hostnqn = %hostnqn, "authentication required");
+                    self.auth_rearm();
+                }
                 if admin {
                     reactor::spawn_local(keep_alive_watch(self.me.clone())).detach();
                 }
@@ -755,6 +853,96 @@ impl QpInner {
             }
         }
         self.complete(slot);
+    }
+
+    /// Runs AUTH_Send (`send`) or AUTH_Receive.
+    fn auth_exec(&mut self, slot: usize, c: crate::nvme::auth::AuthCmd, send: bool) {
+        let shared = match &self.role {
+            Some(Role::Admin(a)) => a.shared.clone(),
+            Some(Role::Io(io)) => io.shared.clone(),
+            None => return self.complete(slot),
+        };
+        let fresh = self
+            .auth
+            .as_ref()
+            .is_none_or(|a| a.state == AuthState::Completed);
+        if !self.authenticating && fresh {
+            // A re-authentication of an enabled queue pair.
+            tracing::info!(
+                qpair = self.id,
+                qid = self.qid,
+                "re-authentication requested"
+            );
+            self.auth = Some(Box::new(QpairAuth::new()));
+            if self.auth_step.is_zero() {
+                self.auth_step = Duration::from_millis(qauth::DEFAULT_STEP_TIMEOUT_MS);
+            }
+            self.auth_rearm();
+        }
+        let ctx = AuthCtx {
+            subsystem: &shared.subsystem,
+            hostnqn: &shared.hostnqn,
+            qid: self.qid,
+            keyring: &self.target.keyring,
+            digests: self.target.dhchap_digests.load(Ordering::Acquire),
+            dhgroups: self.target.dhchap_dhgroups.load(Ordering::Acquire),
+        };
+        let Some(auth) = self.auth.as_mut() else {
+            return self.complete(slot);
+        };
+        let req = &mut self.slots[slot];
+        let len = req.xfer_len as usize;
+        let data: &mut [u8] = match &mut req.buf {
+            Some(b) if len > 0 => &mut b.as_mut_slice()[..len],
+            _ => &mut [],
+        };
+        let (status, after) = if send {
+            auth.send(&ctx, &c, data)
+        } else {
+            let (status, n, after) = auth.recv(&ctx, &c, data);
+            req.c2h_len = n;
+            (status, after)
+        };
+        req.status = status;
+        let negotiated = auth.negotiated();
+        self.complete(slot);
+        match after {
+            After::Nothing => {}
+            After::Rearm => self.auth_rearm(),
+            After::Enable => {
+                let (digest, dhgroup) = negotiated;
+                if self.authenticating {
+                    self.authenticating = false;
+                    if let Some(Role::Admin(a)) = &self.role {
+                        a.shared.authenticated.store(true, Ordering::Release);
+                    }
+                }
+                tracing::info!(
+                    qpair = self.id, qid = self.qid, subnqn = %shared.subsystem.nqn,
+                    hostnqn = %shared.hostnqn, digest, dhgroup, "authenticated"
+                );
+            }
+            After::CloseSoon => {
+                let w = self.me.clone();
+                reactor::spawn_local(async move {
+                    reactor::sleep(Duration::from_millis(qauth::FAILURE1_CLOSE_DELAY_MS)).await;
+                    if let Some(q) = w.upgrade() {
+                        q.kill("authentication failed");
+                    }
+                })
+                .detach();
+            }
+            After::Close => self.closing = Some("authentication failed"),
+        }
+    }
+
+    /// Restarts the authentication step timer (and its watcher, if none runs).
+    fn auth_rearm(&mut self) {
+        self.auth_deadline = reactor::now().after(self.auth_step);
+        if !self.auth_watched {
+            self.auth_watched = true;
+            reactor::spawn_local(auth_watch(self.me.clone())).detach();
+        }
     }
 
     /// Completes an outstanding AER with event `ev`.

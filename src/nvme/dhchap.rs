@@ -1,0 +1,512 @@
+//! DH-HMAC-CHAP's computations (NVMe Base Specification 2.x §8.13.5), as SPDK's
+//! `lib/nvme/nvme_auth.c` does them, shared by the target and the initiator:
+//!
+//! - the secret representation `DHHC-1:hh:<base64(key || crc32(key))>:` ([`DhchapKey`]);
+//!   `hh` says how the key is transformed before use: `00` not at all, `01`/`02`/`03`
+//!   Kh = HMAC-SHA-256/384/512(key, NQN || "NVMe-over-Fabrics");
+//! - the response ([`response`]): with the negotiated hash H, the challenge C (augmented
+//!   to HMAC-H(H(g^xy mod p), C) when a DH group is used), R = HMAC-H(Kh, C || seqnum
+//!   (LE32) || T_ID (LE16) || SC_C (u8) || "HostHost" or "Controller" || NQN1 || 0x00 ||
+//!   NQN2), where for the host's response NQN1 is the host's NQN and Kh its key
+//!   transformed with it, and for the controller's NQN1 is the subsystem's NQN;
+//! - finite-field Diffie-Hellman over the RFC 7919 groups ([`DhKey`]): public values and
+//!   the shared secret are big-endian, left-padded to the prime's length.
+//!
+//! Nothing here logs; errors never carry key material; secrets are zeroed when dropped
+//! (except the big-integer temporaries of the exponentiation, which `num-bigint` does not
+//! clear).
+
+use super::auth::{DhGroup, HashId};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use num_bigint::BigUint;
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use std::sync::OnceLock;
+use zeroize::Zeroizing;
+
+/// Why a `DHHC-1:` key is refused. No variant holds any of the key's material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    #[error("not a DH-HMAC-CHAP secret: it does not start with `DHHC-1:`")]
+    Prefix,
+    #[error(
+        "bad hash identifier `{0}` after `DHHC-1:`: expected 00 (none), 01 (SHA-256), 02 (SHA-384) or 03 (SHA-512)"
+    )]
+    HashId(String),
+    #[error("the secret does not end with `:` after its base64 part")]
+    Terminator,
+    #[error("unexpected bytes after the closing `:`")]
+    Trailing,
+    #[error("the secret's base64 part is not valid base64")]
+    Base64,
+    #[error(
+        "the secret decodes to {0} bytes; expected 36, 52 or 68 (a 32-, 48- or 64-byte key and its CRC-32)"
+    )]
+    Length(usize),
+    #[error(
+        "the secret's CRC-32 does not match its key (stored {stored:#010x}, computed {computed:#010x})"
+    )]
+    Crc { stored: u32, computed: u32 },
+}
+
+/// A parsed `DHHC-1:` secret: the key bytes and how to transform them. Zeroed on drop;
+/// `Debug` shows neither.
+pub struct DhchapKey {
+    /// 0: no transformation; else the hash of the transformation.
+    transform: Option<HashId>,
+    key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for DhchapKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DhchapKey({} bytes, transform {:?})",
+            self.key.len(),
+            self.transform
+        )
+    }
+}
+
+impl DhchapKey {
+    /// Parses a key file's text: `DHHC-1:hh:<base64>:`, optionally followed by white
+    /// space (a newline).
+    pub fn parse(text: &[u8]) -> Result<DhchapKey, KeyFormatError> {
+        let rest = text
+            .strip_prefix(b"DHHC-1:")
+            .ok_or(KeyFormatError::Prefix)?;
+        if rest.len() < 3 || rest[2] != b':' {
+            let shown: String = rest
+                .iter()
+                .take(2)
+                .take_while(|c| **c != b':')
+                .map(|&c| c as char)
+                .collect();
+            return Err(KeyFormatError::HashId(shown));
+        }
+        let hh = std::str::from_utf8(&rest[..2]).unwrap_or("??");
+        let transform = match hh {
+            "00" => None,
+            "01" => Some(HashId::Sha256),
+            "02" => Some(HashId::Sha384),
+            "03" => Some(HashId::Sha512),
+            _ if hh.bytes().all(|c| c.is_ascii_hexdigit()) => {
+                return Err(KeyFormatError::HashId(hh.into()));
+            }
+            _ => return Err(KeyFormatError::HashId("??".into())),
+        };
+        let body = &rest[3..];
+        let end = body
+            .iter()
+            .position(|&c| c == b':')
+            .ok_or(KeyFormatError::Terminator)?;
+        if !body[end + 1..].iter().all(u8::is_ascii_whitespace) {
+            return Err(KeyFormatError::Trailing);
+        }
+        let decoded = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(&body[..end])
+                .map_err(|_| KeyFormatError::Base64)?,
+        );
+        let n = decoded.len();
+        if n != 36 && n != 52 && n != 68 {
+            return Err(KeyFormatError::Length(n));
+        }
+        let key_len = n - 4;
+        let stored = u32::from_le_bytes([
+            decoded[key_len],
+            decoded[key_len + 1],
+            decoded[key_len + 2],
+            decoded[key_len + 3],
+        ]);
+        let computed = crc32_ieee(&decoded[..key_len]);
+        if stored != computed {
+            return Err(KeyFormatError::Crc { stored, computed });
+        }
+        Ok(DhchapKey {
+            transform,
+            key: Zeroizing::new(decoded[..key_len].to_vec()),
+        })
+    }
+
+    /// Length of the key in bytes.
+    pub fn key_len(&self) -> usize {
+        self.key.len()
+    }
+
+    /// The hash of the transformation (`None`: used as it is).
+    pub fn transform_hash(&self) -> Option<HashId> {
+        self.transform
+    }
+
+    /// The transformed key for `nqn`: the key itself (`00`), or HMAC-H(key, nqn ||
+    /// "NVMe-over-Fabrics").
+    pub fn transformed(&self, nqn: &str) -> Zeroizing<Vec<u8>> {
+        match self.transform {
+            None => self.key.clone(),
+            Some(h) => hmac_parts(h, &self.key, &[nqn.as_bytes(), b"NVMe-over-Fabrics"]),
+        }
+    }
+
+    /// Formats a key as a `DHHC-1:` secret (for tests and key generation).
+    pub fn format(transform: Option<HashId>, key: &[u8]) -> Zeroizing<String> {
+        let mut raw = Zeroizing::new(key.to_vec());
+        raw.extend_from_slice(&crc32_ieee(key).to_le_bytes());
+        let hh = transform.map_or(0, |h| h as u8);
+        Zeroizing::new(format!(
+            "DHHC-1:{hh:02x}:{}:",
+            base64::engine::general_purpose::STANDARD.encode(&raw[..])
+        ))
+    }
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`).
+pub fn crc32_ieee(b: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in b {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xedb8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// HMAC-H(key, parts[0] || parts[1] || …).
+pub fn hmac_parts(h: HashId, key: &[u8], parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
+    macro_rules! run {
+        ($d:ty) => {{
+            let mut m = <Hmac<$d> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+            for p in parts {
+                m.update(p);
+            }
+            Zeroizing::new(m.finalize().into_bytes().to_vec())
+        }};
+    }
+    match h {
+        HashId::Sha256 => run!(Sha256),
+        HashId::Sha384 => run!(Sha384),
+        HashId::Sha512 => run!(Sha512),
+    }
+}
+
+/// H(data).
+pub fn digest(h: HashId, data: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(match h {
+        HashId::Sha256 => Sha256::digest(data).to_vec(),
+        HashId::Sha384 => Sha384::digest(data).to_vec(),
+        HashId::Sha512 => Sha512::digest(data).to_vec(),
+    })
+}
+
+/// What a response is computed over, besides the key and the challenge.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseInputs<'a> {
+    pub hash: HashId,
+    /// `"HostHost"` for the host's response, `"Controller"` for the controller's.
+    pub kind: &'a str,
+    pub seqnum: u32,
+    pub tid: u16,
+    pub scc: u8,
+    pub nqn1: &'a str,
+    pub nqn2: &'a str,
+    /// The DH shared secret (`None` for the null group).
+    pub dh_secret: Option<&'a [u8]>,
+}
+
+/// The response to challenge `cval` with `key` (transformed here with `nqn1`).
+pub fn response(key: &DhchapKey, cval: &[u8], i: &ResponseInputs<'_>) -> Zeroizing<Vec<u8>> {
+    let caval = match i.dh_secret {
+        Some(s) => hmac_parts(i.hash, &digest(i.hash, s), &[cval]),
+        None => Zeroizing::new(cval.to_vec()),
+    };
+    let kh = key.transformed(i.nqn1);
+    hmac_parts(
+        i.hash,
+        &kh,
+        &[
+            &caval,
+            &i.seqnum.to_le_bytes(),
+            &i.tid.to_le_bytes(),
+            &[i.scc],
+            i.kind.as_bytes(),
+            i.nqn1.as_bytes(),
+            &[0],
+            i.nqn2.as_bytes(),
+        ],
+    )
+}
+
+/// Compares two byte strings in time independent of where they differ.
+pub fn equal_ct(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Fills `buf` from the operating system's random source.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), DhError> {
+    getrandom::fill(buf).map_err(|e| DhError::Random(e.to_string()))
+}
+
+/// Why a DH computation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DhError {
+    #[error("the null DH group has no keys")]
+    NullGroup,
+    #[error("the peer's public value is {got} bytes; {group} values are 1 to {max}")]
+    PeerLength {
+        group: &'static str,
+        got: usize,
+        max: usize,
+    },
+    #[error("the peer's public value is out of range for {0} (it must be in 2..=p-2)")]
+    PeerRange(&'static str),
+    #[error("no random bytes: {0}")]
+    Random(String),
+}
+
+fn prime(g: DhGroup) -> Option<&'static BigUint> {
+    static P: [OnceLock<BigUint>; 5] = [const { OnceLock::new() }; 5];
+    let (i, hex) = match g {
+        DhGroup::Null => return None,
+        DhGroup::Ffdhe2048 => (0, super::ffdhe::FFDHE2048),
+        DhGroup::Ffdhe3072 => (1, super::ffdhe::FFDHE3072),
+        DhGroup::Ffdhe4096 => (2, super::ffdhe::FFDHE4096),
+        DhGroup::Ffdhe6144 => (3, super::ffdhe::FFDHE6144),
+        DhGroup::Ffdhe8192 => (4, super::ffdhe::FFDHE8192),
+    };
+    Some(P[i].get_or_init(|| {
+        BigUint::parse_bytes(hex.as_bytes(), 16).expect("the RFC 7919 primes are valid hex")
+    }))
+}
+
+/// Bits of the private exponent: at least twice the group's security strength (RFC 7919
+/// §5.2 asks for 2× the strength: 225 bits for ffdhe2048 up to 400 for ffdhe8192).
+const PRIVATE_BITS: usize = 512;
+
+/// An ephemeral DH key pair in one of the RFC 7919 groups.
+pub struct DhKey {
+    group: DhGroup,
+    x: Zeroizing<Vec<u8>>,
+    public: Vec<u8>,
+}
+
+impl std::fmt::Debug for DhKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DhKey({})", self.group.name())
+    }
+}
+
+fn to_padded(v: &BigUint, len: usize) -> Vec<u8> {
+    let b = v.to_bytes_be();
+    let mut out = vec![0u8; len.saturating_sub(b.len())];
+    out.extend_from_slice(&b);
+    out
+}
+
+impl DhKey {
+    /// A fresh key pair.
+    pub fn generate(group: DhGroup) -> Result<DhKey, DhError> {
+        let mut x = Zeroizing::new(vec![0u8; PRIVATE_BITS / 8]);
+        random_bytes(&mut x)?;
+        x[0] |= 0x80;
+        DhKey::from_private(group, &x)
+    }
+
+    /// The key pair of private exponent `x` (big-endian).
+    pub fn from_private(group: DhGroup, x: &[u8]) -> Result<DhKey, DhError> {
+        let p = prime(group).ok_or(DhError::NullGroup)?;
+        let xb = BigUint::from_bytes_be(x);
+        let y = BigUint::from(2u32).modpow(&xb, p);
+        Ok(DhKey {
+            group,
+            x: Zeroizing::new(x.to_vec()),
+            public: to_padded(&y, group.value_len()),
+        })
+    }
+
+    /// The public value g^x mod p, padded to the prime's length.
+    pub fn public(&self) -> &[u8] {
+        &self.public
+    }
+
+    /// The shared secret peer^x mod p, padded to the prime's length (as OpenSSL's
+    /// `EVP_PKEY_derive` with padding, which SPDK asks for).
+    pub fn derive(&self, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, DhError> {
+        let p = prime(self.group).ok_or(DhError::NullGroup)?;
+        let max = self.group.value_len();
+        if peer.is_empty() || peer.len() > max {
+            return Err(DhError::PeerLength {
+                group: self.group.name(),
+                got: peer.len(),
+                max,
+            });
+        }
+        let y = BigUint::from_bytes_be(peer);
+        let two = BigUint::from(2u32);
+        if y < two || y > p - &two {
+            return Err(DhError::PeerRange(self.group.name()));
+        }
+        let xb = BigUint::from_bytes_be(&self.x);
+        let s = y.modpow(&xb, p);
+        Ok(Zeroizing::new(to_padded(&s, max)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Vectors computed outside this code: Python's zlib, base64, hmac and hashlib for the
+    // key format, the transformation and the response, following the inputs of SPDK's
+    // `nvme_auth_get_key`, `nvme_auth_transform_key` and `spdk_nvme_dhchap_calculate`;
+    // OpenSSL (through Python's `cryptography`) for DH. See `tests/dhchap_vectors.py`.
+    include!("dhchap_vectors.rs");
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn key_format_accepts_good_keys_and_names_each_fault() {
+        let k = DhchapKey::parse(KEY_SHA256.as_bytes()).unwrap();
+        assert_eq!(k.key_len(), 32);
+        assert_eq!(k.transform_hash(), Some(HashId::Sha256));
+        let with_newline = format!("{KEY_SHA256}\n");
+        assert!(DhchapKey::parse(with_newline.as_bytes()).is_ok());
+        assert_eq!(
+            DhchapKey::parse(b"DHHC-2:00:abcd:").unwrap_err(),
+            KeyFormatError::Prefix
+        );
+        let bad_hash = KEY_SHA256.replacen(":01:", ":04:", 1);
+        assert_eq!(
+            DhchapKey::parse(bad_hash.as_bytes()).unwrap_err(),
+            KeyFormatError::HashId("04".into())
+        );
+        let no_end = KEY_SHA256.trim_end_matches(':');
+        assert_eq!(
+            DhchapKey::parse(no_end.as_bytes()).unwrap_err(),
+            KeyFormatError::Terminator
+        );
+        assert_eq!(
+            DhchapKey::parse(b"DHHC-1:00:!!!!:").unwrap_err(),
+            KeyFormatError::Base64
+        );
+        // 16 bytes of key + CRC: 20 bytes.
+        assert_eq!(
+            DhchapKey::parse(KEY_SHORT.as_bytes()).unwrap_err(),
+            KeyFormatError::Length(20)
+        );
+        assert!(matches!(
+            DhchapKey::parse(KEY_BAD_CRC.as_bytes()).unwrap_err(),
+            KeyFormatError::Crc { .. }
+        ));
+        let trailing = format!("{KEY_SHA256}x");
+        assert_eq!(
+            DhchapKey::parse(trailing.as_bytes()).unwrap_err(),
+            KeyFormatError::Trailing
+        );
+        // The errors never show the key.
+        let e = DhchapKey::parse(KEY_BAD_CRC.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains(&KEY_BAD_CRC[10..30]));
+    }
+
+    #[test]
+    fn crc_and_format_match_zlib() {
+        assert_eq!(crc32_ieee(b"123456789"), 0xcbf4_3926);
+        let k = DhchapKey::parse(KEY_NONE.as_bytes()).unwrap();
+        assert_eq!(&*DhchapKey::format(None, &k.key), KEY_NONE);
+    }
+
+    #[test]
+    fn transformation_matches_the_vectors() {
+        let k = DhchapKey::parse(KEY_SHA256.as_bytes()).unwrap();
+        assert_eq!(
+            &k.transformed(HOSTNQN)[..],
+            &unhex(KEY_SHA256_TRANSFORMED)[..]
+        );
+        let k = DhchapKey::parse(KEY_SHA512.as_bytes()).unwrap();
+        assert_eq!(
+            &k.transformed(SUBNQN)[..],
+            &unhex(KEY_SHA512_TRANSFORMED)[..]
+        );
+        let k = DhchapKey::parse(KEY_NONE.as_bytes()).unwrap();
+        assert_eq!(&k.transformed(HOSTNQN)[..], &k.key[..]);
+    }
+
+    #[test]
+    fn responses_match_the_vectors() {
+        let k = DhchapKey::parse(KEY_SHA256.as_bytes()).unwrap();
+        let cval = unhex(CVAL32);
+        let r = response(
+            &k,
+            &cval,
+            &ResponseInputs {
+                hash: HashId::Sha256,
+                kind: "HostHost",
+                seqnum: 0x1234_5678,
+                tid: 7,
+                scc: 0,
+                nqn1: HOSTNQN,
+                nqn2: SUBNQN,
+                dh_secret: None,
+            },
+        );
+        assert_eq!(&r[..], &unhex(RESP_HOST_SHA256_NULL)[..]);
+        let ck = DhchapKey::parse(KEY_SHA512.as_bytes()).unwrap();
+        let secret = unhex(DH2048_SECRET);
+        let cval48 = unhex(CVAL48);
+        let r = response(
+            &ck,
+            &cval48,
+            &ResponseInputs {
+                hash: HashId::Sha384,
+                kind: "Controller",
+                seqnum: 42,
+                tid: 0x0102,
+                scc: 0,
+                nqn1: SUBNQN,
+                nqn2: HOSTNQN,
+                dh_secret: Some(&secret),
+            },
+        );
+        assert_eq!(&r[..], &unhex(RESP_CTRL_SHA384_DH2048)[..]);
+    }
+
+    #[test]
+    fn dh_matches_openssl() {
+        let a = DhKey::from_private(DhGroup::Ffdhe2048, &unhex(DH2048_X)).unwrap();
+        assert_eq!(a.public(), &unhex(DH2048_PUB)[..]);
+        let s = a.derive(&unhex(DH2048_PEER)).unwrap();
+        assert_eq!(&s[..], &unhex(DH2048_SECRET)[..]);
+        assert!(a.derive(&[1]).is_err());
+        assert!(a.derive(&[0xff; 256]).is_err());
+        assert!(a.derive(&[0; 257]).is_err());
+        assert!(a.derive(&[]).is_err());
+    }
+
+    #[test]
+    fn dh_agrees_in_every_group() {
+        for g in DhGroup::ALL.into_iter().skip(1) {
+            let a = DhKey::generate(g).unwrap();
+            let b = DhKey::generate(g).unwrap();
+            assert_eq!(a.public().len(), g.value_len());
+            assert_eq!(
+                &a.derive(b.public()).unwrap()[..],
+                &b.derive(a.public()).unwrap()[..]
+            );
+        }
+        assert_eq!(
+            DhKey::generate(DhGroup::Null).unwrap_err(),
+            DhError::NullGroup
+        );
+    }
+}

@@ -1,0 +1,504 @@
+//! DH-HMAC-CHAP on the target, from a raw host that speaks the PDUs and the
+//! authentication messages by hand (the host side of the exchange is written here with
+//! tessera's pure codec and crypto; interop with SPDK's own host is tests/spdk_auth.rs):
+//! nothing but AUTH_Send/AUTH_Receive before authentication, out-of-order, truncated and
+//! malformed messages each refused cleanly while the target keeps serving, a stalled
+//! exchange dropped, the digest/group restriction, re-authentication and key rotation.
+
+mod nvmf_common;
+
+use nvmf_common::{HOSTNQN, RawHost, start};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+use tessera::frontend::nvmf::TransportOptions;
+use tessera::nvme::auth::{self, DhGroup, FailureReason, HashId, auth_id};
+use tessera::nvme::dhchap::{self, DhKey, DhchapKey, ResponseInputs};
+use tessera::nvme::spec::{self, Cqe, Status};
+
+const NQN: &str = "nqn.2026-11.io.tessera:auth";
+const OPEN_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:99999999-2222-3333-4444-555555555555";
+
+/// Writes a key file (mode 0600) and adds it to the keyring; returns its text.
+fn add_key(
+    env: &nvmf_common::Env,
+    dir: &std::path::Path,
+    name: &str,
+    seed: u8,
+    len: usize,
+) -> String {
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let text = DhchapKey::format(Some(HashId::Sha256), &bytes).to_string();
+    let p = dir.join(format!("{name}.key"));
+    std::fs::write(&p, format!("{text}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.keyring.add_file_key(name, &p).unwrap();
+    text
+}
+
+fn auth_send(h: &mut RawHost, msg: &[u8]) -> Cqe {
+    let cid = h.cid();
+    h.capsule(spec::auth_sqe(cid, true, msg.len() as u32), Some(msg));
+    h.response(None).0
+}
+
+fn auth_recv(h: &mut RawHost) -> (Cqe, Vec<u8>) {
+    let cid = h.cid();
+    h.capsule(
+        spec::with_transport_sgl(spec::auth_sqe(cid, false, 4096), 4096),
+        None,
+    );
+    h.response(None)
+}
+
+/// The reason of an AUTH_Failure1 message, or panics.
+fn failure1(msg: &[u8]) -> FailureReason {
+    assert_eq!(
+        msg.get(1),
+        Some(&auth_id::FAILURE1),
+        "not AUTH_Failure1: {msg:?}"
+    );
+    let f = auth::decode_failure(msg).unwrap();
+    assert_eq!(f.rc, auth::FAILURE_RC);
+    FailureReason::from_code(f.rce).unwrap()
+}
+
+fn negotiate_msg(tid: u16, hashes: &[HashId], groups: &[DhGroup]) -> Vec<u8> {
+    let mut v = Vec::new();
+    auth::encode_negotiate(&mut v, tid, hashes, groups);
+    v
+}
+
+/// The host's side of DH-HMAC-CHAP. `Ok` with the challenge's digest and group, or the
+/// failure the target answered with.
+fn authenticate(
+    h: &mut RawHost,
+    hostnqn: &str,
+    key: &str,
+    ctrl_key: Option<&str>,
+    groups: &[DhGroup],
+) -> Result<(HashId, DhGroup), FailureReason> {
+    let tid = 9;
+    let c = auth_send(h, &negotiate_msg(tid, &HashId::ALL, groups));
+    assert!(c.status().is_success(), "negotiate: {}", c.status());
+    let (c, msg) = auth_recv(h);
+    assert!(c.status().is_success(), "challenge: {}", c.status());
+    if msg[0] == auth::auth_type::COMMON {
+        return Err(failure1(&msg));
+    }
+    let ch = auth::decode_challenge(&msg).unwrap();
+    let (secret, public) = if ch.dhgroup == DhGroup::Null {
+        (None, Vec::new())
+    } else {
+        let k = DhKey::generate(ch.dhgroup).unwrap();
+        (Some(k.derive(ch.dhv).unwrap()), k.public().to_vec())
+    };
+    let key = DhchapKey::parse(key.as_bytes()).unwrap();
+    let rval = dhchap::response(
+        &key,
+        ch.cval,
+        &ResponseInputs {
+            hash: ch.hash,
+            kind: "HostHost",
+            seqnum: ch.seqnum,
+            tid,
+            scc: 0,
+            nqn1: hostnqn,
+            nqn2: NQN,
+            dh_secret: secret.as_deref().map(|s| &s[..]),
+        },
+    );
+    let hl = ch.hash.digest_len();
+    let my_cval = vec![0x5a; hl];
+    let expected = ctrl_key.map(|k| {
+        dhchap::response(
+            &DhchapKey::parse(k.as_bytes()).unwrap(),
+            &my_cval,
+            &ResponseInputs {
+                hash: ch.hash,
+                kind: "Controller",
+                seqnum: 77,
+                tid,
+                scc: 0,
+                nqn1: NQN,
+                nqn2: hostnqn,
+                dh_secret: secret.as_deref().map(|s| &s[..]),
+            },
+        )
+    });
+    let mut reply = Vec::new();
+    let zero = vec![0; hl];
+    auth::encode_reply(
+        &mut reply,
+        &auth::Reply {
+            tid,
+            hl,
+            cvalid: ctrl_key.is_some(),
+            seqnum: if ctrl_key.is_some() { 77 } else { 0 },
+            rval: &rval,
+            cval: if ctrl_key.is_some() { &my_cval } else { &zero },
+            dhv: &public,
+        },
+    );
+    let (hash, group) = (ch.hash, ch.dhgroup);
+    let c = auth_send(h, &reply);
+    assert!(c.status().is_success(), "reply: {}", c.status());
+    let (c, msg) = auth_recv(h);
+    assert!(c.status().is_success(), "success1: {}", c.status());
+    if msg[0] == auth::auth_type::COMMON {
+        return Err(failure1(&msg));
+    }
+    let s1 = auth::decode_success1(&msg).unwrap();
+    if let Some(exp) = expected {
+        assert_eq!(s1.rval, Some(&exp[..]), "the controller's response");
+        let mut s2 = Vec::new();
+        auth::encode_success2(&mut s2, tid);
+        assert!(auth_send(h, &s2).status().is_success());
+    }
+    Ok((hash, group))
+}
+
+/// IC and Connect of an admin queue as `hostnqn`; returns the completion.
+fn connect_admin(addr: std::net::SocketAddr, hostnqn: &str, kato_ms: u32) -> (RawHost, Cqe) {
+    let mut h = RawHost::connect(addr);
+    h.ic(false, false);
+    let c = h.connect_cmd(NQN, hostnqn, 0, 0xffff, kato_ms);
+    assert!(c.status().is_success(), "connect: {}", c.status());
+    (h, c)
+}
+
+const ATR: u32 = 1 << 17;
+
+struct Setup {
+    env: nvmf_common::Env,
+    _dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    key: String,
+    ctrl_key: String,
+}
+
+fn setup() -> Setup {
+    let env = start(2, TransportOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let key = add_key(&env, dir.path(), "k1", 1, 32);
+    let ctrl_key = add_key(&env, dir.path(), "c1", 2, 48);
+    env.malloc("M0", 1 << 20, 512);
+    let addr = env.subsystem(NQN, &["M0"], Some(&[HOSTNQN, OPEN_HOST]));
+    env.target
+        .nvmf_subsystem_set_keys(NQN, HOSTNQN, Some("k1".into()), Some("c1".into()))
+        .unwrap();
+    Setup {
+        env,
+        _dir: dir,
+        addr,
+        key,
+        ctrl_key,
+    }
+}
+
+/// A host that needs no authentication reads block 0: the target is serving.
+fn still_serving(addr: std::net::SocketAddr) {
+    let (mut h, c) = connect_admin(addr, OPEN_HOST, 0);
+    assert_eq!(
+        c.dw0 & ATR,
+        0,
+        "a host without keys is not asked to authenticate"
+    );
+    h.enable();
+    let cid = h.cid();
+    h.capsule(
+        spec::with_transport_sgl(spec::identify_sqe(cid, spec::cns::CONTROLLER, 0), 4096),
+        None,
+    );
+    let (c, data) = h.response(None);
+    assert!(c.status().is_success());
+    assert_eq!(data.len(), 4096);
+}
+
+#[test]
+fn nothing_but_authentication_runs_before_it_succeeds() {
+    let s = setup();
+    let (mut h, c) = connect_admin(s.addr, HOSTNQN, 0);
+    assert_ne!(
+        c.dw0 & ATR,
+        0,
+        "Connect asks for authentication (AUTHREQ.ATR)"
+    );
+    let cntlid = c.dw0 as u16;
+    // Property Get, Property Set, Identify: Authentication Required (SCT 1h, SC 91h).
+    for sqe in [
+        spec::property_get_sqe(h.cid(), spec::prop::CAP, true),
+        spec::property_set_sqe(h.cid(), spec::prop::CC, 0x46_0001, false),
+        spec::with_transport_sgl(spec::identify_sqe(h.cid(), spec::cns::CONTROLLER, 0), 4096),
+    ] {
+        h.capsule(sqe, None);
+        let (c, data) = h.response(None);
+        assert_eq!(c.status(), Status::AUTH_REQUIRED);
+        assert!(data.is_empty());
+    }
+    // An I/O queue of the unauthenticated controller: Connect Invalid Parameters, QID.
+    let mut io = RawHost::connect(s.addr);
+    io.ic(false, false);
+    let c = io.connect_cmd(NQN, HOSTNQN, 1, cntlid, 0);
+    assert_eq!(c.status(), Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(c.dw0, spec::connect_cmd_offset::QID as u32);
+    drop(io);
+    // After authentication (bidirectional) the controller works, and its I/O queue
+    // must authenticate too.
+    let (hash, group) =
+        authenticate(&mut h, HOSTNQN, &s.key, Some(&s.ctrl_key), &DhGroup::ALL).unwrap();
+    assert_eq!((hash, group), (HashId::Sha512, DhGroup::Ffdhe8192));
+    h.enable();
+    let cid = h.cid();
+    h.capsule(
+        spec::set_features_sqe(cid, spec::fid::NUMBER_OF_QUEUES, 0x0003_0003),
+        None,
+    );
+    assert!(h.response(None).0.status().is_success());
+    let mut io = RawHost::connect(s.addr);
+    io.ic(false, false);
+    let c = io.connect_cmd(NQN, HOSTNQN, 1, cntlid, 0);
+    assert!(c.status().is_success(), "I/O connect: {}", c.status());
+    assert_ne!(c.dw0 & ATR, 0);
+    let cid = io.cid();
+    io.capsule(
+        spec::with_transport_sgl(spec::rw_sqe(cid, spec::io_opc::READ, 1, 0, 1, false), 512),
+        None,
+    );
+    assert_eq!(io.response(None).0.status(), Status::AUTH_REQUIRED);
+    authenticate(&mut io, HOSTNQN, &s.key, None, &[DhGroup::Null]).unwrap();
+    let cid = io.cid();
+    io.capsule(
+        spec::with_transport_sgl(spec::rw_sqe(cid, spec::io_opc::READ, 1, 0, 1, false), 512),
+        None,
+    );
+    let (c, data) = io.response(None);
+    assert!(c.status().is_success());
+    assert_eq!(data.len(), 512);
+}
+
+/// Connects as the keyed host and sends `msgs` (AUTH_Send) then one AUTH_Receive;
+/// expects AUTH_Failure1 with `reason` and the connection closed soon after.
+fn expect_failure(s: &Setup, msgs: &[Vec<u8>], reason: FailureReason) {
+    let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
+    for m in msgs {
+        let c = auth_send(&mut h, m);
+        assert!(
+            c.status().is_success(),
+            "AUTH_Send answers success: {}",
+            c.status()
+        );
+    }
+    let (c, msg) = auth_recv(&mut h);
+    assert!(c.status().is_success());
+    assert_eq!(failure1(&msg), reason, "for {msgs:?}");
+    let t = Instant::now();
+    h.expect_closed(5);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "closed after AUTH_Failure1"
+    );
+}
+
+#[test]
+fn out_of_order_truncated_and_malformed_messages_are_refused_and_the_target_serves_on() {
+    let s = setup();
+    let good = negotiate_msg(1, &HashId::ALL, &DhGroup::ALL);
+    // AUTH_Receive before anything: incorrect protocol message.
+    expect_failure(&s, &[], FailureReason::IncorrectProtocolMessage);
+    // A reply, a success2 or a failure2 before the negotiation.
+    let mut reply = Vec::new();
+    auth::encode_reply(
+        &mut reply,
+        &auth::Reply {
+            tid: 1,
+            hl: 32,
+            cvalid: false,
+            seqnum: 0,
+            rval: &[0; 32],
+            cval: &[0; 32],
+            dhv: &[],
+        },
+    );
+    expect_failure(
+        &s,
+        &[reply.clone()],
+        FailureReason::IncorrectProtocolMessage,
+    );
+    let mut s2 = Vec::new();
+    auth::encode_success2(&mut s2, 1);
+    expect_failure(&s, &[s2], FailureReason::IncorrectProtocolMessage);
+    // Two negotiations.
+    expect_failure(
+        &s,
+        &[good.clone(), good.clone()],
+        FailureReason::IncorrectProtocolMessage,
+    );
+    // Truncated: a negotiation cut short, a 3-byte message.
+    expect_failure(&s, &[good[..40].to_vec()], FailureReason::IncorrectPayload);
+    expect_failure(&s, &[good[..3].to_vec()], FailureReason::IncorrectPayload);
+    // Malformed: secure channel concatenation, no DH-HMAC-CHAP descriptor, unknown
+    // hashes only, an unknown message type.
+    let mut scc = good.clone();
+    scc[6] = 1;
+    expect_failure(&s, &[scc], FailureReason::SccMismatch);
+    let mut proto = good.clone();
+    proto[8] = 7;
+    expect_failure(&s, &[proto], FailureReason::ProtocolUnusable);
+    let mut hashes = good.clone();
+    hashes[12..15].copy_from_slice(&[9, 10, 11]);
+    expect_failure(&s, &[hashes], FailureReason::HashUnusable);
+    expect_failure(
+        &s,
+        &[vec![5, 5, 0, 0, 1, 0, 0, 0]],
+        FailureReason::IncorrectProtocolMessage,
+    );
+    // A reply of the wrong hash length after a proper challenge.
+    {
+        let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
+        assert!(auth_send(&mut h, &good).status().is_success());
+        let (_, ch) = auth_recv(&mut h);
+        assert_eq!(auth::decode_challenge(&ch).unwrap().hash, HashId::Sha512);
+        assert!(auth_send(&mut h, &reply).status().is_success());
+        let (_, msg) = auth_recv(&mut h);
+        assert_eq!(failure1(&msg), FailureReason::IncorrectPayload);
+        h.expect_closed(5);
+    }
+    // A wrong response: authentication failed.
+    {
+        let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
+        let wrong = DhchapKey::format(Some(HashId::Sha256), &[7; 32]).to_string();
+        assert_eq!(
+            authenticate(&mut h, HOSTNQN, &wrong, None, &[DhGroup::Ffdhe2048]),
+            Err(FailureReason::Failed)
+        );
+        h.expect_closed(5);
+    }
+    // SECP, SPSP or a length that disagrees with the transfer: Invalid Field, DNR.
+    {
+        let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
+        let mut sqe = spec::auth_sqe(h.cid(), true, good.len() as u32);
+        sqe.0[43] = 0xea;
+        h.capsule(sqe, Some(&good));
+        assert_eq!(h.response(None).0.status(), Status::INVALID_FIELD);
+        let mut sqe = spec::auth_sqe(h.cid(), true, 10);
+        sqe.0[41] = 1;
+        h.capsule(sqe, Some(&good));
+        assert_eq!(h.response(None).0.status(), Status::INVALID_FIELD);
+        // The exchange itself is untouched by those and still succeeds.
+        authenticate(&mut h, HOSTNQN, &s.key, None, &[DhGroup::Null]).unwrap();
+        h.enable();
+    }
+    // And all along the target served everyone else.
+    still_serving(s.addr);
+    let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
+    authenticate(
+        &mut h,
+        HOSTNQN,
+        &s.key,
+        Some(&s.ctrl_key),
+        &[DhGroup::Ffdhe3072],
+    )
+    .unwrap();
+    h.enable();
+}
+
+#[test]
+fn a_stalled_authentication_is_dropped_after_the_keep_alive_timeout() {
+    let s = setup();
+    // Connect with KATO 1 s and never authenticate: closed after about a second.
+    let (mut h, c) = connect_admin(s.addr, HOSTNQN, 1000);
+    assert_ne!(c.dw0 & ATR, 0);
+    let t = Instant::now();
+    h.expect_closed(10);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    // Stalling after the negotiation too.
+    let (mut h, _) = connect_admin(s.addr, HOSTNQN, 1000);
+    assert!(
+        auth_send(&mut h, &negotiate_msg(1, &HashId::ALL, &DhGroup::ALL))
+            .status()
+            .is_success()
+    );
+    let t = Instant::now();
+    h.expect_closed(10);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    still_serving(s.addr);
+}
+
+#[test]
+fn digests_and_groups_can_be_restricted() {
+    let s = setup();
+    s.env
+        .target
+        .set_dhchap_allowed(
+            Some(&["sha256".into()]),
+            Some(&["ffdhe2048".into(), "null".into()]),
+        )
+        .unwrap();
+    let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
+    assert_eq!(
+        authenticate(&mut h, HOSTNQN, &s.key, Some(&s.ctrl_key), &DhGroup::ALL),
+        Ok((HashId::Sha256, DhGroup::Ffdhe2048))
+    );
+    // A host offering only groups that are not allowed: DH group unusable.
+    let only = negotiate_msg(1, &HashId::ALL, &[DhGroup::Ffdhe4096]);
+    expect_failure(&s, &[only], FailureReason::DhGroupUnusable);
+    let only = negotiate_msg(1, &[HashId::Sha384], &DhGroup::ALL);
+    expect_failure(&s, &[only], FailureReason::HashUnusable);
+    assert!(
+        s.env
+            .target
+            .set_dhchap_allowed(Some(&["md5".into()]), None)
+            .is_err()
+    );
+}
+
+#[test]
+fn re_authentication_and_key_rotation_keep_the_connection() {
+    let s = setup();
+    let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
+    authenticate(&mut h, HOSTNQN, &s.key, None, &[DhGroup::Null]).unwrap();
+    h.enable();
+    // Rotate the host key: the connected queue pair stays; re-authentication on it uses
+    // the new key.
+    let dir = tempfile::tempdir().unwrap();
+    let new_key = add_key(&s.env, dir.path(), "k2", 9, 64);
+    s.env
+        .target
+        .nvmf_subsystem_set_keys(NQN, HOSTNQN, Some("k2".into()), None)
+        .unwrap();
+    let cid = h.cid();
+    h.capsule(spec::property_get_sqe(cid, spec::prop::CSTS, false), None);
+    assert!(h.response(None).0.status().is_success());
+    authenticate(
+        &mut h,
+        HOSTNQN,
+        &new_key,
+        Some(&s.ctrl_key),
+        &[DhGroup::Ffdhe2048],
+    )
+    .unwrap();
+    let cid = h.cid();
+    h.capsule(spec::property_get_sqe(cid, spec::prop::CSTS, false), None);
+    assert!(h.response(None).0.status().is_success());
+    // A new connection with the old key fails, with the new one succeeds.
+    let (mut old, _) = connect_admin(s.addr, HOSTNQN, 0);
+    assert_eq!(
+        authenticate(&mut old, HOSTNQN, &s.key, None, &[DhGroup::Null]),
+        Err(FailureReason::Failed)
+    );
+    let (mut new, _) = connect_admin(s.addr, HOSTNQN, 0);
+    authenticate(&mut new, HOSTNQN, &new_key, None, &[DhGroup::Null]).unwrap();
+    // A removed key: the host cannot authenticate.
+    s.env.keyring.remove_key("k2").unwrap();
+    let (mut gone, _) = connect_admin(s.addr, HOSTNQN, 0);
+    assert_eq!(
+        authenticate(&mut gone, HOSTNQN, &new_key, None, &[DhGroup::Null]),
+        Err(FailureReason::Failed)
+    );
+}

@@ -1,0 +1,327 @@
+//! DH-HMAC-CHAP against SPDK's own host (v25.09, `../shared/spdk`): `bdevperf` with
+//! `bdev_nvme_attach_controller` naming `dhchap_key` / `dhchap_ctrlr_key` of its
+//! keyring, against `tessera serve` whose hosts name keys of tessera's keyring (set in
+//! the YAML and by RPC). One-way and bidirectional authentication run a verify workload;
+//! a wrong key, a missing key, a wrong controller key and a host that is not allowed are
+//! each refused with what SPDK's host reports, while a good host keeps running I/O; and
+//! no key material shows in the target's log, its RPC replies or `save_config`.
+
+mod process_support;
+mod rpc_common;
+mod spdk_support;
+
+use rpc_common::{Serve, free_port};
+use serde_json::{Value, json};
+use spdk_support::{APP, Background, NO_HUGE, tool};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tessera::nvme::auth::HashId;
+use tessera::nvme::dhchap::DhchapKey;
+
+const NQN: &str = "nqn.2026-11.io.tessera:auth";
+const ONE_WAY: &str = "nqn.2014-08.org.nvmexpress:uuid:0a1b2c3d-0000-4000-8000-000000000001";
+const BIDIR: &str = "nqn.2014-08.org.nvmexpress:uuid:0a1b2c3d-0000-4000-8000-000000000002";
+const STRANGER: &str = "nqn.2014-08.org.nvmexpress:uuid:0a1b2c3d-0000-4000-8000-000000000003";
+
+/// A key file of mode 0600 holding a `DHHC-1` secret; returns its path and text.
+fn key_file(dir: &Path, name: &str, hash: HashId, seed: u8) -> (PathBuf, String) {
+    let bytes: Vec<u8> = (0..hash.digest_len())
+        .map(|i| (i as u8).wrapping_mul(73).wrapping_add(seed))
+        .collect();
+    let text = DhchapKey::format(Some(hash), &bytes).to_string();
+    let p = dir.join(format!("{name}.key"));
+    std::fs::write(&p, format!("{text}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (p, text)
+}
+
+/// A bdevperf config: SPDK's keyring with `keys`, one controller as `hostnqn` with the
+/// keys named.
+fn bdevperf_config(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    hostnqn: &str,
+    keys: &[(&str, &Path)],
+    dhchap_key: Option<&str>,
+    dhchap_ctrlr_key: Option<&str>,
+) -> PathBuf {
+    let keyring: Vec<Value> = keys
+        .iter()
+        .map(|(n, p)| json!({"method": "keyring_file_add_key", "params": {"name": n, "path": p}}))
+        .collect();
+    let mut attach = json!({
+        "name": "Nvme0", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+        "trsvcid": port.to_string(), "subnqn": NQN, "hostnqn": hostnqn,
+    });
+    if let Some(k) = dhchap_key {
+        attach["dhchap_key"] = json!(k);
+    }
+    if let Some(k) = dhchap_ctrlr_key {
+        attach["dhchap_ctrlr_key"] = json!(k);
+    }
+    let cfg = json!({"subsystems": [
+        {"subsystem": "keyring", "config": keyring},
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_nvme_attach_controller", "params": attach}]}]});
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    p
+}
+
+fn bdevperf(cfg: &Path, secs: u32, log: PathBuf) -> Background {
+    Background::spawn(
+        tool("bdevperf")
+            .args(APP)
+            .args(NO_HUGE)
+            .args(["-m", "0x2", "--json"])
+            .arg(cfg)
+            .args(["-q", "16", "-o", "4096", "-w", "verify", "-t"])
+            .arg(secs.to_string()),
+        log,
+    )
+}
+
+/// Asserts a bdevperf run succeeded with I/O and no failure.
+fn assert_verified(ok: bool, out: &str) {
+    assert!(ok, "bdevperf failed:\n{out}");
+    assert!(!out.contains("mismatch"), "bdevperf found bad data:\n{out}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("Nvme0n1") && l.contains(':'))
+        .unwrap_or_else(|| panic!("no result line:\n{out}"));
+    let cols: Vec<f64> = line
+        .split_once(':')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    assert!(cols[1] > 100.0, "IOPS {}:\n{out}", cols[1]);
+    assert_eq!(cols[3], 0.0, "Fail/s:\n{out}");
+}
+
+/// Runs a short bdevperf expected to fail to attach; returns its output.
+fn refused(cfg: &Path, log: PathBuf) -> String {
+    let (ok, out) = bdevperf(cfg, 2, log).wait(Duration::from_secs(60));
+    assert!(!ok, "bdevperf attached where it must not:\n{out}");
+    assert!(
+        out.contains("Failed to attach nvme ctrlr") || out.contains("error response"),
+        "{out}"
+    );
+    out
+}
+
+#[test]
+fn spdk_host_authenticates_one_way_and_bidirectionally_and_bad_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (host_key, host_text) = key_file(&d, "host", HashId::Sha256, 1);
+    let (ctrl_key, ctrl_text) = key_file(&d, "ctrl", HashId::Sha512, 2);
+    let (bidir_key, bidir_text) = key_file(&d, "bidir", HashId::Sha384, 3);
+    let (wrong_key, _) = key_file(&d, "wrong", HashId::Sha256, 4);
+    let (wrong_ctrl, _) = key_file(&d, "wrongctrl", HashId::Sha512, 5);
+    let port = free_port();
+    // The one-way host's key comes from the YAML; the bidirectional host's by RPC.
+    let yaml = format!(
+        r#"cores: [0]
+keys:
+  - {{name: hostkey, path: {host}}}
+bdevs:
+  - {{type: malloc, name: M0, size: 64MiB}}
+  - {{type: malloc, name: M1, size: 64MiB}}
+nvmf:
+  subsystems:
+    - nqn: {NQN}
+      allow_any_host: false
+      hosts: [{ONE_WAY}]
+      dhchap: {{{ONE_WAY}: {{dhchap_key: hostkey}}}}
+      listeners: [{{address: 127.0.0.1, port: {port}}}]
+      namespaces: [{{bdev: M0, nsid: 1}}]
+"#,
+        host = host_key.display()
+    );
+    let cfg = d.join("config.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    srv.call(
+        "keyring_file_add_key",
+        json!({"name": "bidirkey", "path": bidir_key}),
+    );
+    srv.call(
+        "keyring_file_add_key",
+        json!({"name": "ctrlkey", "path": ctrl_key}),
+    );
+    srv.call(
+        "nvmf_subsystem_add_host",
+        json!({"nqn": NQN, "host": BIDIR, "dhchap_key": "bidirkey", "dhchap_ctrlr_key": "ctrlkey"}),
+    );
+    // A controller key without a host key, or a key that is not in the keyring: refused.
+    let e = srv.call_err(
+        "nvmf_subsystem_add_host",
+        json!({"nqn": NQN, "host": STRANGER, "dhchap_ctrlr_key": "ctrlkey"}),
+    );
+    assert!(e.to_string().contains("requires dhchap_key"), "{e}");
+    let e = srv.call_err(
+        "nvmf_subsystem_add_host",
+        json!({"nqn": NQN, "host": STRANGER, "dhchap_key": "nosuchkey"}),
+    );
+    assert!(e.to_string().contains("nosuchkey"), "{e}");
+    // A key file that is not a valid secret: refused, naming the fault (not the key).
+    let bad = d.join("badcrc.key");
+    let mut text = DhchapKey::format(Some(HashId::Sha256), &[8; 32]).to_string();
+    text.replace_range(40..41, if &text[40..41] == "A" { "B" } else { "A" });
+    std::fs::write(&bad, &text).unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+    srv.call(
+        "keyring_file_add_key",
+        json!({"name": "badcrc", "path": bad}),
+    );
+    let e = srv.call_err(
+        "nvmf_subsystem_add_host",
+        json!({"nqn": NQN, "host": STRANGER, "dhchap_key": "badcrc"}),
+    );
+    assert!(e.to_string().contains("CRC-32 does not match"), "{e}");
+    assert!(!e.to_string().contains(&text[10..40]), "{e}");
+
+    // One-way: SPDK's host proves itself with its key.
+    let one_way = bdevperf_config(
+        &d,
+        "one_way",
+        port,
+        ONE_WAY,
+        &[("k", &host_key)],
+        Some("k"),
+        None,
+    );
+    let (ok, out) = bdevperf(&one_way, 3, d.join("one_way.log")).wait(Duration::from_secs(90));
+    assert_verified(ok, &out);
+    // Bidirectional, restricted to SHA-256 and ffdhe2048 by nvmf_set_config first, then
+    // with everything allowed (SHA-512 and ffdhe8192 are picked).
+    srv.call(
+        "nvmf_set_config",
+        json!({"dhchap_digests": ["sha256"], "dhchap_dhgroups": ["ffdhe2048"]}),
+    );
+    let bidir = bdevperf_config(
+        &d,
+        "bidir",
+        port,
+        BIDIR,
+        &[("k", &bidir_key), ("c", &ctrl_key)],
+        Some("k"),
+        Some("c"),
+    );
+    let (ok, out) = bdevperf(&bidir, 3, d.join("bidir1.log")).wait(Duration::from_secs(90));
+    assert_verified(ok, &out);
+    let log = srv.log_text();
+    assert!(
+        log.contains("digest=\"sha256\" dhgroup=\"ffdhe2048\""),
+        "{log}"
+    );
+    srv.call(
+        "nvmf_set_config",
+        json!({"dhchap_digests": ["sha256", "sha384", "sha512"],
+               "dhchap_dhgroups": ["null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192"]}),
+    );
+
+    // A good host runs I/O through every refusal below.
+    let good = bdevperf(&bidir, 14, d.join("good.log"));
+    std::thread::sleep(Duration::from_secs(2));
+
+    // A wrong host key: the target answers AUTH_Failure1, authentication failed.
+    let cfg = bdevperf_config(
+        &d,
+        "wrong",
+        port,
+        ONE_WAY,
+        &[("k", &wrong_key)],
+        Some("k"),
+        None,
+    );
+    let out = refused(&cfg, d.join("wrong.log"));
+    assert!(
+        out.contains("received AUTH_failure1: rc=1, rce=1 (authentication failed)"),
+        "{out}"
+    );
+    // No key on a host that must authenticate: SPDK's host cannot answer ATR.
+    let cfg = bdevperf_config(&d, "missing", port, ONE_WAY, &[], None, None);
+    let out = refused(&cfg, d.join("missing.log"));
+    assert!(out.contains("missing DH-HMAC-CHAP key"), "{out}");
+    // A wrong controller key: SPDK's host finds our response wrong.
+    let cfg = bdevperf_config(
+        &d,
+        "wrongctrl",
+        port,
+        BIDIR,
+        &[("k", &bidir_key), ("c", &wrong_ctrl)],
+        Some("k"),
+        Some("c"),
+    );
+    let out = refused(&cfg, d.join("wrongctrl.log"));
+    assert!(out.contains("controller challenge mismatch"), "{out}");
+    // A host that is not allowed: Connect Invalid Host (SCT 1h, SC 84h).
+    let cfg = bdevperf_config(
+        &d,
+        "stranger",
+        port,
+        STRANGER,
+        &[("k", &host_key)],
+        Some("k"),
+        None,
+    );
+    let out = refused(&cfg, d.join("stranger.log"));
+    assert!(
+        out.contains("Connect command completed with error: sct 1, sc 132"),
+        "{out}"
+    );
+    // A controller key on a host the target knows only one-way: SPDK's host asks us to
+    // prove ourselves and we have no key: authentication failed.
+    let cfg = bdevperf_config(
+        &d,
+        "noctrl",
+        port,
+        ONE_WAY,
+        &[("k", &host_key), ("c", &ctrl_key)],
+        Some("k"),
+        Some("c"),
+    );
+    let out = refused(&cfg, d.join("noctrl.log"));
+    assert!(
+        out.contains("received AUTH_failure1: rc=1, rce=1 (authentication failed)"),
+        "{out}"
+    );
+
+    let (ok, out) = good.wait(Duration::from_secs(90));
+    assert_verified(ok, &out);
+    let log = srv.log_text();
+    assert!(log.contains("challenge response mismatch"), "{log}");
+    assert!(
+        log.contains("ctrlr authentication failed: rc=1, rce=1"),
+        "{log}"
+    );
+    assert!(log.contains("missing DH-HMAC-CHAP ctrlr key"), "{log}");
+
+    // No key material anywhere: the secrets, their base64 parts, their decoded bytes.
+    let replies = [
+        srv.call("nvmf_get_subsystems", Value::Null),
+        srv.call("keyring_get_keys", Value::Null),
+        srv.call("save_config", Value::Null),
+    ];
+    let saved = replies[2].to_string();
+    assert!(saved.contains("\"dhchap_key\":\"bidirkey\""), "{saved}");
+    assert!(
+        saved.contains("\"dhchap_ctrlr_key\":\"ctrlkey\""),
+        "{saved}"
+    );
+    let log = srv.stop();
+    for text in [&host_text, &ctrl_text, &bidir_text] {
+        let b64 = &text[10..text.len() - 1];
+        let raw = DhchapKey::parse(text.as_bytes()).unwrap();
+        assert!(raw.key_len() >= 32);
+        for hay in [log.clone(), replies.iter().map(Value::to_string).collect()] {
+            assert!(!hay.contains(b64), "key material in output");
+            assert!(!hay.contains(&b64[..16]), "key material in output");
+        }
+    }
+}
