@@ -241,6 +241,16 @@ impl Target {
     /// `bdev_set_qos_limit`) on every core; returns the limits now in force.
     pub async fn set_qos(&self, name: &str, update: QosUpdate) -> Result<QosLimits, TargetError> {
         let bdev = self.inner.bdevs.get(name)?;
+        self.set_qos_of(bdev, update).await
+    }
+
+    /// [`Target::set_qos`] for a bdev at hand (one `tessera bench` made, registered or
+    /// not).
+    pub async fn set_qos_of(
+        &self,
+        bdev: Arc<dyn Bdev>,
+        update: QosUpdate,
+    ) -> Result<QosLimits, TargetError> {
         let cores = self.inner.cores.clone();
         self.on_core0(move || async move {
             crate::bdev::qos::set_limits(&cores, &bdev, update, QOS_TIMEOUT).await

@@ -12,11 +12,13 @@
 //! under still has something left (a request bigger than what is left goes, and the
 //! overrun is taken from the next timeslice, as in SPDK); otherwise it waits. Whoever
 //! touches the budget first after a timeslice ended refills it (one `compare_exchange`
-//! on the timeslice's start decides who): what was left unused is dropped, an overrun is
-//! kept, and one timeslice's share is added for each timeslice that passed (at most
-//! [`MAX_CATCHUP_SLICES`], so a budget left alone for a while does not turn into a
-//! burst), so that a refill that comes late (a reactor that slept past the timeslice's
-//! end) loses nothing.
+//! on the timeslice's start decides who): one timeslice's share is added for each
+//! timeslice that passed, to what was left (an overrun is paid back), and the budget
+//! holds at most [`MAX_CATCHUP_SLICES`] shares — a token bucket 10 ms deep. So a refill
+//! that comes late (a reactor that slept past the timeslice's end), or a core that did
+//! not get to use its share in time (preempted), loses nothing, and a budget left alone
+//! for a while gives a burst of at most 10 ms' worth (1 % of a second). SPDK drops what
+//! a timeslice left unused instead.
 //!
 //! **Waiting requests** stay on the core they were submitted on ([`CoreQos`], one per
 //! bdev per core, shared by the core's channels to the bdev), reads and writes in a
@@ -49,7 +51,7 @@ pub const TIMESLICE: Duration = Duration::from_millis(1);
 const SLICE_NS: u64 = 1_000_000;
 const SLICES_PER_SEC: u64 = 1_000;
 
-/// At most this many timeslices' shares are added at one refill.
+/// The budget holds at most this many timeslices' shares.
 pub const MAX_CATCHUP_SLICES: u64 = 10;
 
 /// An I/O limit must be a multiple of this (SPDK's `SPDK_BDEV_QOS_MIN_IOS_PER_SEC`);
@@ -303,10 +305,12 @@ impl BdevQos {
             if per == 0 {
                 continue;
             }
-            // What was left is dropped, an overrun kept (SPDK's rule).
+            // One share per timeslice passed, added to what was left (an overrun is
+            // paid back); at most MAX_CATCHUP_SLICES shares in all.
+            let cap = per * MAX_CATCHUP_SLICES as i64;
             let _ =
                 self.budget.remaining[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                    Some(r.min(0) + per * n)
+                    Some((r + per * n).min(cap))
                 });
         }
     }
