@@ -352,3 +352,20 @@ fn read_and_write_byte_limits_hold_apart_on_a_disk() {
     within_5_percent("writes", &w, 3, 20.0 * 1048576.0);
     assert!(cores.iter().filter(|&&n| n > 0).count() == 2, "{cores:?}");
 }
+
+/// A limit on the base bdev under a pool holds the pool's disks too (their requests go
+/// down to it, most of them readdressed as they are): 5 000 I/Os per second on
+/// `Malloc1`, read through the disk `vd0`, within 5 % in every 1 s window.
+#[test]
+fn a_limit_on_a_pools_base_bdev_holds_its_disk() {
+    let port = free_port();
+    let srv = Serve::start_yaml(&config(port));
+    srv.call(
+        "bdev_set_qos_limit",
+        json!({"name": "Malloc1", "rw_ios_per_sec": 5000}),
+    );
+    let f = fio(port, &[("vd0", "randread", "4k")], 5);
+    let (w, _) = windows(&srv, "pool0/vd0", 3);
+    fio_done(f, Duration::from_secs(30));
+    within_5_percent("disk under a limited base bdev", &w, 0, 5000.0);
+}
