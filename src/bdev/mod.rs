@@ -950,20 +950,36 @@ impl Channel {
     pub fn submit(&self, mut io: BdevIo) {
         let status = self.check(&io);
         if status.is_success() {
+            // Before the stamp: the straight path below stays the code it was without
+            // rate limits (with the test after the stamp, the request was copied with
+            // 16-byte loads over the stamp's 4-byte store, a store-forwarding stall:
+            // 7 % on the null floor).
+            if self.qos.engaged() {
+                self.submit_limited(io);
+                return;
+            }
             if let Some(s) = &self.stats
                 && io.stats == stats::NO_SLOT
             {
                 io.stats = stats::stamp(s);
             }
-            if self.qos.engaged() {
-                self.qos.submit(&self.inner, io);
-            } else {
-                self.inner.submit(io);
-            }
+            self.inner.submit(io);
         } else {
             tracing::trace!(bdev = self.bdev.name(), ?io, ?status, "request refused");
             self.deferred.complete(io, status);
         }
+    }
+
+    /// [`Channel::submit`] of a valid request while the bdev's rate limits are engaged.
+    #[cold]
+    #[inline(never)]
+    fn submit_limited(&self, mut io: BdevIo) {
+        if let Some(s) = &self.stats
+            && io.stats == stats::NO_SLOT
+        {
+            io.stats = stats::stamp(s);
+        }
+        self.qos.submit(&self.inner, io);
     }
 
     /// The allocation state of a range, as runs that cover at least its first block.

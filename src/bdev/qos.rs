@@ -365,11 +365,13 @@ fn class(kind: IoKind) -> Option<usize> {
 /// One core's side of one bdev's rate limits: the requests waiting on this core, and
 /// the flag the channels' submit path looks at. Shared by the core's channels to the
 /// bdev; kept in the core's table ([`core_state`]) while the bdev exists.
+#[repr(C)]
 pub(crate) struct CoreQos {
+    /// Requests go through [`CoreQos::submit`]: a limit is on, or requests still wait.
+    /// First: the one field the submit path reads, on the allocation's first cache line.
+    engaged: Cell<bool>,
     shared: Arc<BdevQos>,
     clock: Clock,
-    /// Requests go through [`CoreQos::submit`]: a limit is on, or requests still wait.
-    engaged: Cell<bool>,
     /// Waiting reads and writes, oldest first.
     queues: [RefCell<VecDeque<BdevIo>>; 2],
     /// Requests queued and dequeued so far, per queue (for [`CoreQos::drained`]).
