@@ -275,6 +275,31 @@ struct BenchArgs {
     /// `bdev_enable_histogram` turns on).
     #[arg(long, default_value = "on")]
     stats: String,
+    /// Rate limits on the bdev under test, as `bdev_set_qos_limit` sets them (SPDK's
+    /// names): `rw_ios_per_sec=20000`, `rw_mbytes_per_sec=`, `r_mbytes_per_sec=`,
+    /// `w_mbytes_per_sec=` (MiB/s), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    qos: Vec<String>,
+}
+
+/// `--qos`'s `name=value` pairs as a change of limits.
+fn parse_qos(pairs: &[String]) -> Result<tessera::bdev::qos::QosUpdate> {
+    use tessera::bdev::qos::{NAMES, QosUpdate};
+    let mut u = QosUpdate::default();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--qos `{p}`: expected NAME=VALUE"))?;
+        let i = NAMES
+            .iter()
+            .position(|n| *n == k)
+            .with_context(|| format!("--qos `{p}`: `{k}` is not one of {}", NAMES.join(", ")))?;
+        let v: u64 = v
+            .parse()
+            .with_context(|| format!("--qos `{p}`: `{v}` is not a whole number"))?;
+        u.0[i] = Some(v);
+    }
+    Ok(u)
 }
 
 /// Standard error for the logs, dropping what cannot be written. A log line must never
@@ -741,8 +766,14 @@ fn bench(a: BenchArgs) -> Result<()> {
         "histogram" => true,
         other => bail!("--stats: `{other}` is not one of on, off, histogram"),
     };
+    let qos = parse_qos(&a.qos)?;
     let target = Target::start(config)?;
     let bdev = bench_bdev(&a.bdev, "bench", a.block_size, &target)?;
+    if !qos.is_empty() {
+        let l = tessera::reactor::block_on(target.set_qos_of(bdev.clone(), qos))
+            .with_context(|| format!("--qos on `{}`", bdev.display_name()))?;
+        tracing::info!(bdev = %bdev.display_name(), ?l, "bench: rate limits");
+    }
     if histogram {
         let (cores, id) = (target.cores().clone(), bdev.id());
         tessera::reactor::block_on(target.cores().spawn_on(0, move || async move {

@@ -13,10 +13,11 @@ use crate::bdev::error::ErrorBdev;
 use crate::bdev::malloc::MallocBdev;
 use crate::bdev::null::NullBdev;
 use crate::bdev::nvme::{AttachParams, NvmeHost};
+use crate::bdev::qos::{QosLimits, QosUpdate};
 use crate::bdev::uring::UringBdev;
 use crate::bdev::{Bdev, BdevError, BdevRegistry, IoBuf};
 use crate::config::{
-    BdevConfig, CloneConfig, Config, DiskConfig, PoolConfig, Size, SnapshotConfig,
+    BdevConfig, CloneConfig, Config, DiskConfig, PoolConfig, QosConfig, Size, SnapshotConfig,
 };
 use crate::frontend::nbd::{NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo, NbdServer};
 use crate::frontend::nvmf::{NamespaceParams, NvmfTarget};
@@ -46,6 +47,8 @@ pub enum TargetError {
     Vdisk(#[from] VdiskError),
     #[error(transparent)]
     Key(#[from] crate::keyring::KeyError),
+    #[error(transparent)]
+    Qos(#[from] crate::bdev::qos::QosError),
     #[error("pool `{0}` does not exist")]
     NoSuchPool(String),
     #[error("{0}")]
@@ -90,6 +93,9 @@ struct Inner {
 pub struct Target {
     inner: Arc<Inner>,
 }
+
+/// How long the cores have to apply a change of rate limits.
+const QOS_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -226,7 +232,35 @@ impl Target {
             }
             *lock(&self.inner.nvmf) = Some(t);
         }
+        for q in &config.qos {
+            if !q.limits().is_unlimited() {
+                self.set_qos(&q.bdev, QosUpdate::set_all(q.limits()))
+                    .await?;
+            }
+        }
         Ok(())
+    }
+
+    /// Changes the rate limits of the bdev `name` designates (SPDK's
+    /// `bdev_set_qos_limit`) on every core; returns the limits now in force.
+    pub async fn set_qos(&self, name: &str, update: QosUpdate) -> Result<QosLimits, TargetError> {
+        let bdev = self.inner.bdevs.get(name)?;
+        self.set_qos_of(bdev, update).await
+    }
+
+    /// [`Target::set_qos`] for a bdev at hand (one `tessera bench` made, registered or
+    /// not).
+    pub async fn set_qos_of(
+        &self,
+        bdev: Arc<dyn Bdev>,
+        update: QosUpdate,
+    ) -> Result<QosLimits, TargetError> {
+        let cores = self.inner.cores.clone();
+        self.on_core0(move || async move {
+            crate::bdev::qos::set_limits(&cores, &bdev, update, QOS_TIMEOUT).await
+        })
+        .await?
+        .map_err(TargetError::from)
     }
 
     /// True if a disk `name` exists in the pool of the disk `origin` (or, when `origin`
@@ -914,6 +948,15 @@ impl Target {
         if let Some(t) = lock(&self.inner.nvmf).as_ref() {
             cfg.nvmf = Some(t.to_config());
         }
+        // Rate limits, a disk's by its alias (as exports name it, below).
+        cfg.qos = self
+            .inner
+            .bdevs
+            .list()
+            .iter()
+            .filter(|b| !b.qos_limits().is_unlimited())
+            .map(|b| QosConfig::new(b.display_name(), b.qos_limits()))
+            .collect();
         // Exports name a disk by its alias: a disk's UUID is not in an SPDK file (its
         // bdev_lvol_create has no place for it), its `pool/disk` alias is.
         let alias = |n: &mut String| {

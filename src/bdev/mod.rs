@@ -25,6 +25,7 @@ pub mod error;
 pub mod malloc;
 pub mod null;
 pub mod nvme;
+pub mod qos;
 pub mod registry;
 pub mod stats;
 pub mod uring;
@@ -575,6 +576,8 @@ pub struct BdevProps {
     id: u64,
     /// Buffers must start at a multiple of this many bytes.
     buf_align: usize,
+    /// Rate limits (`bdev_set_qos_limit`) and their budget, shared by the cores.
+    pub(crate) qos: Arc<qos::BdevQos>,
 }
 
 impl BdevProps {
@@ -616,6 +619,7 @@ impl BdevProps {
             read_only: AtomicBool::new(false),
             id: NEXT_BDEV_ID.fetch_add(1, Ordering::Relaxed),
             buf_align: 1,
+            qos: Arc::new(qos::BdevQos::new(block_size)),
         })
     }
 
@@ -738,6 +742,10 @@ impl dyn Bdev {
     /// Process-unique id.
     pub fn id(&self) -> u64 {
         self.props().id
+    }
+    /// The rate limits in force (`bdev_set_qos_limit`; all 0: none).
+    pub fn qos_limits(&self) -> qos::QosLimits {
+        self.props().qos.limits()
     }
 }
 
@@ -897,6 +905,8 @@ pub struct Channel {
     deferred: Rc<Deferred>,
     /// This core's statistics of the bdev; `None` when statistics are off.
     stats: Option<Rc<stats::ChannelStats>>,
+    /// This core's side of the bdev's rate limits.
+    qos: Rc<qos::CoreQos>,
 }
 
 impl Channel {
@@ -918,6 +928,7 @@ impl Channel {
             bdev: bdev.clone(),
             deferred: Deferred::current(),
             stats: stats::channel_stats(&**bdev),
+            qos: qos::core_state(&**bdev),
         })
     }
 
@@ -939,6 +950,14 @@ impl Channel {
     pub fn submit(&self, mut io: BdevIo) {
         let status = self.check(&io);
         if status.is_success() {
+            // Before the stamp: the straight path below stays the code it was without
+            // rate limits (with the test after the stamp, the request was copied with
+            // 16-byte loads over the stamp's 4-byte store, a store-forwarding stall:
+            // 7 % on the null floor).
+            if self.qos.engaged() {
+                self.submit_limited(io);
+                return;
+            }
             if let Some(s) = &self.stats
                 && io.stats == stats::NO_SLOT
             {
@@ -949,6 +968,18 @@ impl Channel {
             tracing::trace!(bdev = self.bdev.name(), ?io, ?status, "request refused");
             self.deferred.complete(io, status);
         }
+    }
+
+    /// [`Channel::submit`] of a valid request while the bdev's rate limits are engaged.
+    #[cold]
+    #[inline(never)]
+    fn submit_limited(&self, mut io: BdevIo) {
+        if let Some(s) = &self.stats
+            && io.stats == stats::NO_SLOT
+        {
+            io.stats = stats::stamp(s);
+        }
+        self.qos.submit(&self.inner, io);
     }
 
     /// The allocation state of a range, as runs that cover at least its first block.
@@ -1012,7 +1043,11 @@ impl Channel {
             self.check(&io).is_success(),
             "unchecked request {io:?} is invalid"
         );
-        self.inner.submit(io);
+        if self.qos.engaged() {
+            self.qos.submit(&self.inner, io);
+        } else {
+            self.inner.submit(io);
+        }
     }
 
     /// Whether [`Channel::drained`] answers for this bdev.
@@ -1021,13 +1056,25 @@ impl Channel {
     }
 
     /// Resolves once every request submitted to this channel before the call has
-    /// completed, requests refused by validation included; `None` if the bdev cannot
-    /// tell ([`BdevChannel::drained`]).
+    /// completed, requests refused by validation and requests waiting for the rate
+    /// limits included; `None` if the bdev cannot tell ([`BdevChannel::drained`]).
     pub(crate) fn drained(&self) -> Option<Drained> {
         let inner = self.inner.drained()?;
         let refused = self.deferred.drained();
+        let Some(waiting) = self.qos.drained() else {
+            return Some(Box::pin(async move {
+                inner.await;
+                refused.await;
+            }));
+        };
+        // What waits reaches the channel later: its drain is asked for after that.
+        drop(inner);
+        let ch = self.inner.clone();
         Some(Box::pin(async move {
-            inner.await;
+            waiting.await;
+            if let Some(d) = ch.drained() {
+                d.await;
+            }
             refused.await;
         }))
     }

@@ -185,6 +185,7 @@ impl BdevRegistry {
             return Err(BdevError::NotFound(k));
         };
         drop(m);
+        bdev.props().qos.mark_removed();
         bdev.on_remove();
         Ok(bdev)
     }

@@ -321,6 +321,50 @@ pub struct KeyConfig {
     pub path: PathBuf,
 }
 
+/// The rate limits of one bdev (SPDK: `bdev_set_qos_limit`): I/Os per second and MiB
+/// per second, 0 or absent for none.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QosConfig {
+    /// The bdev: a name, `pool/disk`, a UUID or an unambiguous disk name.
+    pub bdev: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rw_ios_per_sec: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rw_mbytes_per_sec: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub r_mbytes_per_sec: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub w_mbytes_per_sec: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl QosConfig {
+    /// The limits of `bdev`.
+    pub fn new(bdev: String, l: crate::bdev::qos::QosLimits) -> QosConfig {
+        QosConfig {
+            bdev,
+            rw_ios_per_sec: l.rw_ios_per_sec,
+            rw_mbytes_per_sec: l.rw_mbytes_per_sec,
+            r_mbytes_per_sec: l.r_mbytes_per_sec,
+            w_mbytes_per_sec: l.w_mbytes_per_sec,
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> crate::bdev::qos::QosLimits {
+        crate::bdev::qos::QosLimits {
+            rw_ios_per_sec: self.rw_ios_per_sec,
+            rw_mbytes_per_sec: self.rw_mbytes_per_sec,
+            r_mbytes_per_sec: self.r_mbytes_per_sec,
+            w_mbytes_per_sec: self.w_mbytes_per_sec,
+        }
+    }
+}
+
 /// The whole target.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +404,10 @@ pub struct Config {
     /// The NVMe/TCP target: transport options and subsystems.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvmf: Option<NvmfConfig>,
+    /// Rate limits of bdevs of any kind (base bdevs, disks, snapshots, clones, NVMe/TCP
+    /// namespaces), set once everything above exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qos: Vec<QosConfig>,
 }
 
 impl Default for Config {
@@ -376,6 +424,7 @@ impl Default for Config {
             nvme: Vec::new(),
             nbd: None,
             nvmf: None,
+            qos: Vec::new(),
         }
     }
 }

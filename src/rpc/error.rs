@@ -212,6 +212,21 @@ impl From<crate::keyring::KeyError> for RpcError {
     }
 }
 
+impl From<crate::bdev::qos::QosError> for RpcError {
+    fn from(e: crate::bdev::qos::QosError) -> RpcError {
+        use crate::bdev::qos::QosError;
+        match e {
+            // SPDK's answer to a change while another is under way (-EAGAIN, through
+            // `rpc_bdev_set_qos_limit_complete`).
+            QosError::Busy(_) => RpcError::invalid_params(format!(
+                "Failed to configure rate limit: Resource temporarily unavailable ({e})"
+            )),
+            QosError::Timeout { .. } => RpcError::errno(libc::ETIMEDOUT, e.to_string()),
+            QosError::Stopped(_) => RpcError::errno(libc::ESHUTDOWN, e.to_string()),
+        }
+    }
+}
+
 impl From<TargetError> for RpcError {
     fn from(e: TargetError) -> RpcError {
         match e {
@@ -224,6 +239,7 @@ impl From<TargetError> for RpcError {
             TargetError::Key(e) => e.into(),
             TargetError::NoSuchPool(name) => RpcError::no_such(format!("lvstore \"{name}\"")),
             TargetError::Invalid(msg) => RpcError::einval(msg),
+            TargetError::Qos(e) => e.into(),
         }
     }
 }

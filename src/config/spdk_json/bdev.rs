@@ -318,3 +318,33 @@ impl AttachControllerParams {
         Ok(a)
     }
 }
+
+/// `bdev_set_qos_limit` (`lib/bdev/bdev_rpc.c`): a limit not given stays as it is, 0
+/// removes it. SPDK takes `u64::MAX` for "not given" (its decoder's default); so does
+/// tessera.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetQosLimitParams {
+    pub name: String,
+    #[serde(default)]
+    pub rw_ios_per_sec: Option<u64>,
+    #[serde(default)]
+    pub rw_mbytes_per_sec: Option<u64>,
+    #[serde(default)]
+    pub r_mbytes_per_sec: Option<u64>,
+    #[serde(default)]
+    pub w_mbytes_per_sec: Option<u64>,
+}
+
+impl SetQosLimitParams {
+    /// The change asked for.
+    pub fn to_update(&self) -> crate::bdev::qos::QosUpdate {
+        let given = |v: Option<u64>| v.filter(|&v| v != u64::MAX);
+        crate::bdev::qos::QosUpdate([
+            given(self.rw_ios_per_sec),
+            given(self.rw_mbytes_per_sec),
+            given(self.r_mbytes_per_sec),
+            given(self.w_mbytes_per_sec),
+        ])
+    }
+}

@@ -26,7 +26,7 @@
 //! SPDK's methods; reading keeps the names as given (an alias, a UUID or a bare lvol
 //! name), which the target resolves as it resolves every bdev name.
 
-use super::{BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, SnapshotConfig};
+use super::{BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, QosConfig, SnapshotConfig};
 use crate::frontend::nbd::{NbdConfig, NbdExportConfig};
 use crate::frontend::nvmf::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig};
 use crate::reactor::{CoreList, IdlePolicy};
@@ -288,6 +288,20 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
                 json!({"name": bdev_ref(cfg, name), "cow_policy": CowPolicy::CopyOut}),
             ));
         }
+    }
+    for q in &cfg.qos {
+        let l = q.limits();
+        if l.is_unlimited() {
+            continue;
+        }
+        // As SPDK writes it: the limits that are on.
+        let mut p = json!({"name": bdev_ref(cfg, &q.bdev)});
+        for (name, v) in crate::bdev::qos::NAMES.iter().zip(l.to_array()) {
+            if v > 0 {
+                p[*name] = json!(v);
+            }
+        }
+        out.push(call("bdev_set_qos_limit", p));
     }
     out.push(call("bdev_wait_for_examine", json!({})));
     out
@@ -737,6 +751,23 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             let bytes = lvol::size_bytes(q.size_in_mib, q.size).map_err(|e| e.to_string())?;
             disk_mut(cfg, &q.name)?.size = crate::config::Size(bytes);
         }
+        "bdev_set_qos_limit" => {
+            let q: bdev::SetQosLimitParams = decode(p)?;
+            let update = q.to_update();
+            if update.is_empty() {
+                return Err("No rate limits specified".into());
+            }
+            let name = disk_ref(cfg, &q.name);
+            let i = match cfg.qos.iter().position(|e| e.bdev == name) {
+                Some(i) => i,
+                None => {
+                    cfg.qos.push(QosConfig::new(name, Default::default()));
+                    cfg.qos.len() - 1
+                }
+            };
+            let (l, _) = update.apply(cfg.qos[i].limits());
+            cfg.qos[i] = QosConfig::new(cfg.qos[i].bdev.clone(), l);
+        }
         "nvmf_create_transport" => {
             let q: nvmf::CreateTransportParams = decode(p)?;
             let opts = q.to_options().map_err(|e| e.to_string())?;
@@ -920,6 +951,9 @@ mod tests {
       {"method": "bdev_lvol_create", "params": {"lvs_name": "pool0", "lvol_name": "vd0", "size_in_mib": 64, "thin_provision": true}},
       {"method": "bdev_lvol_snapshot", "params": {"lvol_name": "pool0/vd0", "snapshot_name": "snap0"}},
       {"method": "bdev_lvol_clone", "params": {"snapshot_name": "pool0/snap0", "clone_name": "clone0"}},
+      {"method": "bdev_set_qos_limit", "params": {"name": "pool0/vd0", "rw_ios_per_sec": 1500}},
+      {"method": "bdev_set_qos_limit", "params": {"name": "Malloc0", "r_mbytes_per_sec": 10}},
+      {"method": "bdev_set_qos_limit", "params": {"name": "pool0/vd0", "w_mbytes_per_sec": 5}},
       {"method": "bdev_wait_for_examine"}
     ]},
     {"subsystem": "nvmf", "config": [
@@ -950,6 +984,17 @@ mod tests {
         assert_eq!(n.subsystems[0].namespaces[0].bdev, "vd0");
         assert_eq!(n.subsystems[0].listeners[0].port, 4420);
         assert_eq!(cfg.nbd.as_ref().unwrap().exports[0].bdev, "clone0");
+        // Rate limits: a bdev's calls merge, the I/O limit rounded up as SPDK does.
+        assert_eq!(cfg.qos.len(), 2);
+        assert_eq!(cfg.qos[0].bdev, "vd0");
+        assert_eq!(
+            (cfg.qos[0].rw_ios_per_sec, cfg.qos[0].w_mbytes_per_sec),
+            (2000, 5)
+        );
+        assert_eq!(
+            (cfg.qos[1].bdev.as_str(), cfg.qos[1].r_mbytes_per_sec),
+            ("Malloc0", 10)
+        );
     }
 
     #[test]
@@ -999,7 +1044,7 @@ mod tests {
         let bad = SAMPLE.replace("bdev_wait_for_examine", "bdev_frobnicate");
         let e = parse_document(&bad, "x.json").unwrap_err().to_string();
         assert!(
-            e.starts_with("x.json:11:") && e.contains("bdev_frobnicate"),
+            e.starts_with("x.json:14:") && e.contains("bdev_frobnicate"),
             "{e}"
         );
         let e = parse_document("{\"subsystems\": [", "x.json")

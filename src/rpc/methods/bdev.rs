@@ -4,11 +4,11 @@
 //! ([`crate::config::spdk_json::bdev`]).
 
 use super::{Ctx, NoParams, RpcResult};
-use crate::bdev::{Bdev, IoKind};
+use crate::bdev::{Bdev, BdevError, IoKind};
 use crate::config::BdevConfig;
 use crate::config::spdk_json::bdev::{
     AioCreateParams, AttachControllerParams, ErrorCreateParams, MallocCreateParams,
-    NullCreateParams, UringCreateParams, first_free,
+    NullCreateParams, SetQosLimitParams, UringCreateParams, first_free,
 };
 use crate::rpc::error::RpcError;
 use serde::Deserialize;
@@ -33,10 +33,7 @@ pub(crate) fn bdev_json(ctx: &Ctx, b: &Arc<dyn Bdev>) -> Value {
         "block_size": b.block_size(),
         "num_blocks": b.num_blocks(),
         "uuid": b.uuid().to_string(),
-        "assigned_rate_limits": {
-            "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0,
-            "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0
-        },
+        "assigned_rate_limits": b.qos_limits().to_json(),
         "claimed": !claims.is_empty(),
         "zoned": false,
         "write_cache": b.write_cache(),
@@ -97,6 +94,28 @@ pub async fn bdev_get_bdevs(ctx: Rc<Ctx>, p: GetBdevsParams) -> RpcResult {
             Err(_) => crate::reactor::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+/// `bdev_set_qos_limit`: as SPDK v25.09 answers it (`lib/bdev/bdev_rpc.c`, and
+/// `spdk_tgt` here): -19 "No such device" for a bdev that does not exist, -22 "No rate
+/// limits specified" when no limit is given, `true` once the limits are in force on
+/// every core (an I/O limit that is not a multiple of 1000 is rounded up, a MiB/s limit
+/// too large lowered, each with a warning in the log, as SPDK does), -32602 "Failed to
+/// configure rate limit: Resource temporarily unavailable" while another change of the
+/// same bdev's limits is under way.
+pub async fn bdev_set_qos_limit(ctx: Rc<Ctx>, p: SetQosLimitParams) -> RpcResult {
+    if let Err(BdevError::NotFound(_)) = ctx.target.bdevs().get(&p.name) {
+        return Err(RpcError::errno(
+            libc::ENODEV,
+            format!("No such device: bdev \"{}\" does not exist", p.name),
+        ));
+    }
+    let update = p.to_update();
+    if update.is_empty() {
+        return Err(RpcError::einval("No rate limits specified"));
+    }
+    ctx.target.set_qos(&p.name, update).await?;
+    Ok(Value::Bool(true))
 }
 
 pub async fn bdev_wait_for_examine(_ctx: Rc<Ctx>, _p: NoParams) -> RpcResult {

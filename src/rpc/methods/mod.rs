@@ -186,6 +186,7 @@ methods! {
     "bdev_reset_iostat" => stats::bdev_reset_iostat,
     "bdev_enable_histogram" => stats::bdev_enable_histogram,
     "bdev_get_histogram" => stats::bdev_get_histogram,
+    "bdev_set_qos_limit" => bdev::bdev_set_qos_limit,
     "bdev_malloc_create" => bdev::bdev_malloc_create,
     "bdev_malloc_delete" => bdev::bdev_malloc_delete,
     "bdev_null_create" => bdev::bdev_null_create,
