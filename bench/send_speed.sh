@@ -4,8 +4,10 @@
 # cache warm) filled with random data by nbdcopy, snapshot s1, `tessera serve` on core 0.
 # Then, ROUNDS times, alternating: a full send of s1 to a pipe (`tessera send ... s1 |
 # wc -c`) over each --connections count given, and `nbdcopy` of the same snapshot
-# exported over NBD to null: (nbdcopy's defaults: 4 connections). One line per run
-# (what, seconds, MiB/s), then medians and the ratios send / nbdcopy.
+# exported over NBD to null: (nbdcopy's defaults: 4 connections), and a sequential read
+# of the pool's base bdev itself (`tessera bench` on its file, the first GiB, where the
+# snapshot's data lies: 1 MiB requests, QD 8, 2 s, core 1). One line per run (what,
+# seconds, MiB/s), then medians and the ratios send / nbdcopy and send / base read.
 #
 #   bench/send_speed.sh [--tessera PATH] [--connections "1 4"] [--rounds 3]
 set -euo pipefail
@@ -67,12 +69,18 @@ for r in $(seq "$rounds"); do
         timed "send --connections $c" send_to_null "$c"
     done
     timed "nbdcopy" nbdcopy "nbd://127.0.0.1:$port/snap" null:
+    mibs=$("$T" bench --bdev "uring:$work/pool.img" --range 1G -w read -o 1M -q 8 -t 2 -m 1 --json 2>/dev/null |
+        python3 -c 'import json, sys; print(round(json.load(sys.stdin)["mib_s"]))')
+    echo "{\"what\":\"base read\",\"mib_per_s\":$mibs}"
+    runs[base]="${runs[base]:-} $mibs"
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ref=$(echo "${runs[nbdcopy]}" | median)
 echo "# medians (MiB/s; the snapshot's 1024 MiB over the seconds each took):"
 echo "#   nbdcopy: $ref"
+base=$(echo "${runs[base]}" | median)
+echo "#   sequential read of the base bdev: $base"
 for c in $conns; do
     m=$(echo "${runs["send --connections $c"]}" | median)
-    echo "#   send --connections $c: $m ($(awk -v a="$m" -v b="$ref" 'BEGIN {printf "%.2f", a/b}')x nbdcopy)"
+    echo "#   send --connections $c: $m ($(awk -v a="$m" -v b="$ref" 'BEGIN {printf "%.2f", a/b}')x nbdcopy, $(awk -v a="$m" -v b="$base" 'BEGIN {printf "%.2f", a/b}')x the base read)"
 done
