@@ -253,6 +253,20 @@ pub const FAILURE_LEN: usize = 8;
 pub const DESCRIPTOR_LEN: usize = 64;
 const ID_LIST_LEN: usize = 30;
 
+/// Refuses a message other than DH-HMAC-CHAP message `id` (named `name` in the error).
+fn expect_dhchap(h: &Header, id: u8, name: &str) -> Result<(), AuthDecodeError> {
+    if h.auth_type == auth_type::DHCHAP && h.auth_id == id {
+        return Ok(());
+    }
+    Err(bad(
+        FailureReason::IncorrectProtocolMessage,
+        format!(
+            "expected DH-HMAC-CHAP_{name}, got type {} id {:#x}",
+            h.auth_type, h.auth_id
+        ),
+    ))
+}
+
 /// Decodes the common header.
 pub fn decode_header(b: &[u8]) -> Result<Header, AuthDecodeError> {
     if b.len() < HEADER_LEN {
@@ -385,15 +399,7 @@ pub fn encode_challenge(out: &mut [u8], c: &Challenge<'_>) -> Option<usize> {
 /// Decodes a DH-HMAC-CHAP_Challenge (the host's side), with the checks of SPDK's host.
 pub fn decode_challenge(b: &[u8]) -> Result<Challenge<'_>, AuthDecodeError> {
     let h = decode_header(b)?;
-    if h.auth_type != auth_type::DHCHAP || h.auth_id != auth_id::CHALLENGE {
-        return Err(bad(
-            FailureReason::IncorrectProtocolMessage,
-            format!(
-                "expected DH-HMAC-CHAP_Challenge, got type {} id {:#x}",
-                h.auth_type, h.auth_id
-            ),
-        ));
-    }
+    expect_dhchap(&h, auth_id::CHALLENGE, "Challenge")?;
     if b.len() < DHCHAP_HEADER_LEN {
         return Err(payload(format!("challenge of {} bytes", b.len())));
     }
@@ -537,15 +543,7 @@ pub fn encode_success1(out: &mut [u8], s: &Success1<'_>) -> Option<usize> {
 /// Decodes a DH-HMAC-CHAP_Success1 (the host's side).
 pub fn decode_success1(b: &[u8]) -> Result<Success1<'_>, AuthDecodeError> {
     let h = decode_header(b)?;
-    if h.auth_type != auth_type::DHCHAP || h.auth_id != auth_id::SUCCESS1 {
-        return Err(bad(
-            FailureReason::IncorrectProtocolMessage,
-            format!(
-                "expected DH-HMAC-CHAP_Success1, got type {} id {:#x}",
-                h.auth_type, h.auth_id
-            ),
-        ));
-    }
+    expect_dhchap(&h, auth_id::SUCCESS1, "Success1")?;
     if b.len() < DHCHAP_HEADER_LEN {
         return Err(payload(format!("success1 of {} bytes", b.len())));
     }

@@ -59,13 +59,6 @@ impl Fill {
         Fill::default()
     }
 
-    /// A fill with the given bits (from metadata).
-    pub fn from_words(words: [u64; 4]) -> Fill {
-        let f = Fill::new();
-        f.store_words(words);
-        f
-    }
-
     /// True if granule `g` holds data.
     #[inline]
     pub fn test(&self, g: u64) -> bool {

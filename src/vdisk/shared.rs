@@ -218,11 +218,14 @@ impl PoolShared {
     /// No charge is taken while the charges held already cover every written table
     /// node (`MetaBudget`'s cap).
     ///
-    /// `disk` and `vseg` say where the segment is the writable top layer (see
+    /// `queued` names the segment and where it is the writable top layer (see
     /// [`DirtyFill`]).
-    pub(crate) fn change_fill(&self, fill: DirtyFill, change: impl FnOnce(&Fill) -> bool) -> bool {
-        let seg = fill.seg;
-        let queued = fill;
+    pub(crate) fn change_fill(
+        &self,
+        queued: DirtyFill,
+        change: impl FnOnce(&Fill) -> bool,
+    ) -> bool {
+        let seg = queued.seg;
         let fill = self.fills.get(seg);
         let budget = &self.meta_budget;
         let cost = budget.fill_cost();
