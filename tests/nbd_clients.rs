@@ -1152,12 +1152,26 @@ impl FuseFile {
     }
 }
 
+/// The 4 KiB blocks of a 64 MiB disk that `written` (byte runs) covers.
+fn blocks_of(written: &[(u64, u64)]) -> Vec<bool> {
+    let mut out = vec![false; (64 * M / (4 * K)) as usize];
+    for (o, l) in written {
+        for b in o / (4 * K)..(o + l) / (4 * K) {
+            out[b as usize] = true;
+        }
+    }
+    out
+}
+
 /// An incremental backup chain with outside tools only: a full copy of the first
 /// snapshot with nbdcopy; then, for each later snapshot, the runs that
 /// `qemu:dirty-bitmap:<previous snapshot>` marks dirty (nbdinfo --map) copied with dd
 /// from the snapshot (nbdfuse) into the backup file. After each round the file is
 /// byte-identical to the snapshot (qemu-img compare), and the dirty runs are the
-/// blocks written in the round, to the 4 KiB granule.
+/// blocks written in the round, to the 4 KiB granule. At the end, the dirty runs of
+/// the last snapshot since the first are exactly the blocks written since: also in
+/// the segment written in every round, whose layers were merged (the two snapshots
+/// then hold no common layer of it, and the contents are compared).
 #[test]
 fn incremental_backup_through_qemu_dirty_bitmaps() {
     need_all(&["nbdcopy", "nbdinfo", "nbdfuse", "qemu-io", "qemu-img"]);
@@ -1169,10 +1183,12 @@ fn incremental_backup_through_qemu_dirty_bitmaps() {
     let backup = dir.path().join("backup.raw");
     let mut rng = fastrand::Rng::with_seed(7);
     let mut prev: Option<String> = None;
+    let mut since_first: Vec<(u64, u64)> = Vec::new();
     for round in 0..6u64 {
-        // Random 4 KiB-aligned writes of 4..64 KiB, a few unaligned to the granule.
-        let mut written: Vec<(u64, u64)> = Vec::new();
-        let mut cmds = Vec::new();
+        // Random 4 KiB-aligned writes of 4..64 KiB, a few unaligned to the granule; and
+        // the first block, every round.
+        let mut written: Vec<(u64, u64)> = vec![(0, 4 * K)];
+        let mut cmds = vec![format!("write -P {} 0 4k", 1 + round * 10)];
         for _ in 0..40 {
             let off = rng.u64(0..(size - 64 * K) / (4 * K)) * 4 * K;
             let len = rng.u64(1..=16) * 4 * K;
@@ -1205,41 +1221,7 @@ fn incremental_backup_through_qemu_dirty_bitmaps() {
                 );
                 // Exactly what the round wrote: every written block is dirty, and
                 // nothing else (the granule is the 4 KiB block).
-                let mut want = vec![false; (size / (4 * K)) as usize];
-                for (o, l) in &written {
-                    for b in o / (4 * K)..(o + l) / (4 * K) {
-                        want[b as usize] = true;
-                    }
-                }
-                let mut got = vec![false; want.len()];
-                for (o, l) in &dirty {
-                    for b in o / (4 * K)..(o + l) / (4 * K) {
-                        got[b as usize] = true;
-                    }
-                }
-                // Never missing a written block.
-                let missing: Vec<usize> = (0..want.len()).filter(|&b| want[b] && !got[b]).collect();
-                assert!(
-                    missing.is_empty(),
-                    "round {round}: blocks written, not dirty: {missing:?}"
-                );
-                // Exactly the written blocks while a segment holds at most four layers
-                // (one per snapshot it was written under); beyond, its layers are merged
-                // into one segment, all of whose blocks read as changed: then only
-                // inside segments the round wrote.
-                let per_seg = (M / (4 * K)) as usize;
-                let extra: Vec<usize> = (0..want.len())
-                    .filter(|&b| got[b] && !want[b])
-                    .filter(|&b| {
-                        round < 4
-                            || !(b / per_seg * per_seg..(b / per_seg + 1) * per_seg)
-                                .any(|x| want[x])
-                    })
-                    .collect();
-                assert!(
-                    extra.is_empty(),
-                    "round {round}: blocks dirty, not written: {extra:?}"
-                );
+                assert_same_blocks(&blocks_of(&dirty), &blocks_of(&written), round);
                 let src = FuseFile::open(&uri, size);
                 for (o, l) in &dirty {
                     run_ok(
@@ -1262,8 +1244,34 @@ fn incremental_backup_through_qemu_dirty_bitmaps() {
                 .arg(&uri),
             T,
         );
+        if round > 0 {
+            since_first.extend(&written);
+        }
         prev = Some(snap);
     }
+    // The last snapshot against the first: segment 0 was written in each of the five
+    // rounds between, so its layers were merged and the two share none of them.
+    let map = nbd_map_of(&srv.uri("s5"), "qemu:dirty-bitmap:s0");
+    let dirty: Vec<(u64, u64)> = map
+        .iter()
+        .filter(|r| r.2 & 1 != 0)
+        .map(|r| (r.0, r.1))
+        .collect();
+    assert_same_blocks(&blocks_of(&dirty), &blocks_of(&since_first), 5);
+}
+
+/// Dirty blocks `got` are the written blocks `want`: none missing, none extra.
+fn assert_same_blocks(got: &[bool], want: &[bool], round: u64) {
+    let missing: Vec<usize> = (0..want.len()).filter(|&b| want[b] && !got[b]).collect();
+    assert!(
+        missing.is_empty(),
+        "round {round}: blocks written, not dirty: {missing:?}"
+    );
+    let extra: Vec<usize> = (0..want.len()).filter(|&b| got[b] && !want[b]).collect();
+    assert!(
+        extra.is_empty(),
+        "round {round}: blocks dirty, not written: {extra:?}"
+    );
 }
 
 /// `qemu:allocation-depth` through nbdinfo: on a clone, its own writes are depth 1,

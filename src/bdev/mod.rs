@@ -778,15 +778,17 @@ pub trait BdevChannel {
 
     /// Which blocks of `[offset_blocks, offset_blocks + num_blocks)` (already validated)
     /// differ from what `base`'s channel on this core shows: consecutive runs
-    /// `(num_blocks, changed)` covering at least the first block; `None` when this
-    /// channel cannot tell (callers then count every block as changed). Bdevs whose
-    /// [`Bdev::change_family`] is the same can answer for each other.
+    /// `(num_blocks, change)` covering at least the first block; `None` when this
+    /// channel cannot tell at all (callers then count every block as changed), and
+    /// [`Change::Unknown`] where it cannot tell from its metadata ([`Channel`] then
+    /// compares the contents). Bdevs whose [`Bdev::change_family`] is the same can
+    /// answer for each other.
     fn changed_since(
         &self,
         base: &dyn BdevChannel,
         offset_blocks: u64,
         num_blocks: u64,
-    ) -> Option<Vec<(u64, bool)>> {
+    ) -> Option<Vec<(u64, Change)>> {
         let _ = (base, offset_blocks, num_blocks);
         None
     }
@@ -889,6 +891,32 @@ impl Deferred {
     pub(crate) fn drained(&self) -> Drained {
         let idle = self.items.borrow().is_empty();
         self.clock.drained(idle)
+    }
+}
+
+/// Whether a run of blocks differs between two bdevs of one change family
+/// ([`BdevChannel::changed_since`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Same,
+    Changed,
+    /// The metadata cannot tell: compare the contents.
+    Unknown,
+}
+
+/// The most [`Channel::changed_since`] reads of each side to compare contents in one
+/// call.
+pub const MAX_COMPARE_BYTES: u64 = 16 << 20;
+
+/// The size of the reads that compare contents.
+const COMPARE_CHUNK_BYTES: u64 = 256 << 10;
+
+/// Appends `n` blocks of `flag` to runs, merging with the last run of the same flag.
+fn push_run(out: &mut Vec<(u64, bool)>, n: u64, flag: bool) {
+    match out.last_mut() {
+        Some((m, f)) if *f == flag => *m += n,
+        _ if n > 0 => out.push((n, flag)),
+        _ => {}
     }
 }
 
@@ -1020,18 +1048,84 @@ impl Channel {
 
     /// Which blocks of a range differ from what `base` (a bdev of the same
     /// [`Bdev::change_family`]) shows: runs `(num_blocks, changed)` that cover at least
-    /// its first block. A channel that cannot tell says "changed".
-    pub fn changed_since(
+    /// its first block. A channel that cannot tell says "changed"; where its metadata
+    /// cannot tell ([`Change::Unknown`]) the contents are compared, at most
+    /// [`MAX_COMPARE_BYTES`] of them per call (the runs then end early).
+    pub async fn changed_since(
         &self,
         base: &Channel,
         offset_blocks: u64,
         num_blocks: u64,
     ) -> Result<Vec<(u64, bool)>, IoStatus> {
         self.check_status_range(offset_blocks, num_blocks)?;
-        Ok(self
+        let Some(runs) = self
             .inner
             .changed_since(&*base.inner, offset_blocks, num_blocks)
-            .unwrap_or_else(|| vec![(num_blocks, true)]))
+        else {
+            return Ok(vec![(num_blocks, true)]);
+        };
+        let budget = (MAX_COMPARE_BYTES / self.bdev.block_size() as u64).max(1);
+        let (mut out, mut at, mut compared) = (Vec::new(), offset_blocks, 0u64);
+        for (n, change) in runs {
+            match change {
+                Change::Same => push_run(&mut out, n, false),
+                Change::Changed => push_run(&mut out, n, true),
+                Change::Unknown => {
+                    let take = n.min(budget - compared);
+                    for (k, differs) in self.differs_from(base, at, take).await {
+                        push_run(&mut out, k, differs);
+                    }
+                    compared += take;
+                    if take < n {
+                        break;
+                    }
+                }
+            }
+            at += n;
+            if compared >= budget {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which blocks of `[offset_blocks, offset_blocks + num_blocks)` read differently
+    /// here and on `other` (a bdev of the same size): runs `(num_blocks, differs)`
+    /// covering the range. A block either side fails to read counts as different: a
+    /// reader of the changes then meets the error itself.
+    pub async fn differs_from(
+        &self,
+        other: &Channel,
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> Vec<(u64, bool)> {
+        let bs = self.bdev.block_size() as usize;
+        let step = (COMPARE_CHUNK_BYTES / bs as u64).max(1);
+        let mut out = Vec::new();
+        let mut at = offset_blocks;
+        while at < offset_blocks + num_blocks {
+            let k = step.min(offset_blocks + num_blocks - at);
+            match (self.read(at, k).await, other.read(at, k).await) {
+                (Ok(a), Ok(b)) if other.bdev.block_size() as usize == bs => {
+                    for (x, y) in a.chunks(bs).zip(b.chunks(bs)) {
+                        push_run(&mut out, 1, x != y);
+                    }
+                }
+                (a, b) => {
+                    tracing::debug!(
+                        bdev = %self.bdev.name(),
+                        offset_blocks = at,
+                        num_blocks = k,
+                        mine = ?a.err(),
+                        other = ?b.err(),
+                        "compare: a read failed; the blocks count as changed"
+                    );
+                    push_run(&mut out, k, true);
+                }
+            }
+            at += k;
+        }
+        out
     }
 
     /// Submits `io` without validating it, for stacked bdevs that computed the request

@@ -15,9 +15,14 @@
 //! what lies under a layer is what it was stacked on, or a merge of that (`cow.rs`
 //! merges the layers under the top one when they stack too deep), which shows the same.
 //! So two extents that both hold a layer differ exactly in the granules of the layers
-//! above it, in either. That is exact at the granule. Two extents without a common
-//! layer report every granule either holds: a segment written in two or more of the
-//! snapshots between them after its layers were merged, a split clone, copy-out.
+//! above it, in either. That is exact at the granule.
+//!
+//! Two extents without a common layer — a segment written after two or more of the
+//! snapshots between them once its layers were merged, a split clone, copy-out — hold
+//! layers the table cannot relate: the granules either holds are reported *to compare*
+//! ([`ChangedPage::to_compare`], `Change::Unknown` on a channel), and the caller compares their
+//! contents (`Channel::changed_since` reads both disks), which is exact again. The cost
+//! stays with the change: only segments written since the older disk are compared.
 //!
 //! **Allocated blocks.** One table, walked alone: a granule some layer holds is data;
 //! a granule of a mapped segment that no layer holds reads as zeros; a segment without
@@ -60,30 +65,102 @@ pub struct RunsPage<T> {
     pub next_offset_blocks: Option<u64>,
 }
 
-/// The blocks of the table under `b` in `[from_block, end_block)` that differ from the
-/// table under `a`, at most `max_runs` runs from `from_block` on. See the module's
-/// documentation for what "differ" means.
+/// One page of changed blocks: the runs that differ or may differ, in block order,
+/// where the next page starts, and which parts of the runs the tables could not tell
+/// apart: the caller compares their contents and drops what is
+/// equal ([`ChangedPage::without`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangedPage {
+    pub runs: Vec<BlockRange>,
+    pub next_offset_blocks: Option<u64>,
+    /// Sub-runs of `runs`, in order.
+    pub to_compare: Vec<BlockRange>,
+}
+
+/// The blocks of the table under `b` in `blocks` that differ from the table under
+/// `a`, at most `max_runs` runs from the start of `blocks` on, and at most
+/// `max_compare_blocks` blocks of them to compare (the page ends before the segment
+/// that would pass it, unless it is the page's first). See the module's documentation
+/// for what "differ" means.
 pub fn changed_ranges(
     a: Option<&Arc<Node>>,
     b: Option<&Arc<Node>>,
     fills: &Fills,
     geo: Geometry,
-    from_block: u64,
-    end_block: u64,
+    blocks: std::ops::Range<u64>,
     max_runs: usize,
-) -> RunsPage<BlockRange> {
-    let mut sink = RangeSink::new(geo, from_block, end_block, max_runs);
+    max_compare_blocks: u64,
+) -> ChangedPage {
+    let (from_block, end_block) = (blocks.start, blocks.end);
+    let mut sink = RangeSink::new(geo, from_block, end_block, max_runs, max_compare_blocks);
     if from_block < end_block {
         let lo = from_block / geo.segment_blocks;
         let hi = end_block.div_ceil(geo.segment_blocks);
         let mut w = Walk {
             fills,
             geo,
-            emit: &mut |vseg, mask| sink.push(vseg, &mask),
+            emit: &mut |vseg, mask, unknown| sink.push(vseg, &mask, unknown),
         };
         w.pair(a, b, lo, hi);
     }
     sink.finish()
+}
+
+impl ChangedPage {
+    /// The page once the blocks of `to_compare` found `equal` (sorted, disjoint) are
+    /// taken out: at most `max_runs` runs still (a run cut in two may pass it; the
+    /// page then ends before the first run left over).
+    pub fn without(mut self, equal: &[BlockRange], max_runs: usize) -> RunsPage<BlockRange> {
+        drop_ranges(&mut self.runs, equal);
+        let max_runs = max_runs.max(1);
+        if self.runs.len() > max_runs {
+            self.next_offset_blocks = Some(self.runs[max_runs].offset_blocks);
+            self.runs.truncate(max_runs);
+        }
+        RunsPage {
+            runs: self.runs,
+            next_offset_blocks: self.next_offset_blocks,
+        }
+    }
+}
+
+/// Removes the blocks of `drop` (sorted, disjoint) from `runs` (sorted, disjoint).
+fn drop_ranges(runs: &mut Vec<BlockRange>, drop: &[BlockRange]) {
+    if drop.is_empty() {
+        return;
+    }
+    let mut out = Vec::with_capacity(runs.len() + drop.len());
+    let mut d = drop.iter().peekable();
+    for r in runs.iter() {
+        let (mut at, end) = (r.offset_blocks, r.offset_blocks + r.num_blocks);
+        while at < end {
+            while d
+                .peek()
+                .is_some_and(|x| x.offset_blocks + x.num_blocks <= at)
+            {
+                d.next();
+            }
+            match d.peek() {
+                Some(x) if x.offset_blocks < end => {
+                    if x.offset_blocks > at {
+                        out.push(BlockRange {
+                            offset_blocks: at,
+                            num_blocks: x.offset_blocks - at,
+                        });
+                    }
+                    at = (x.offset_blocks + x.num_blocks).min(end).max(at);
+                }
+                _ => {
+                    out.push(BlockRange {
+                        offset_blocks: at,
+                        num_blocks: end - at,
+                    });
+                    at = end;
+                }
+            }
+        }
+    }
+    *runs = out;
 }
 
 /// What the blocks in `[from_block, end_block)` of the table under `root` hold, at most
@@ -149,9 +226,9 @@ type ChildVisit<'w, 'a> = dyn FnMut(&mut Walk<'a>, &Arc<Node>, u64, u64) -> bool
 struct Walk<'a> {
     fills: &'a Fills,
     geo: Geometry,
-    /// Called with each virtual segment that differs, in order, and its granules that
-    /// do; returns false to stop the walk.
-    emit: &'a mut dyn FnMut(u64, Mask) -> bool,
+    /// Called with each virtual segment that differs, in order, its granules that do
+    /// and whether they only may (to compare); returns false to stop the walk.
+    emit: &'a mut dyn FnMut(u64, Mask, bool) -> bool,
 }
 
 impl<'a> Walk<'a> {
@@ -226,33 +303,34 @@ impl<'a> Walk<'a> {
             }
             let x = xs.peek().filter(|e| e.contains(v)).map(|e| e.at(v));
             let y = ys.peek().filter(|e| e.contains(v)).map(|e| e.at(v));
-            let mask = self.delta(x.as_ref(), y.as_ref());
-            if mask != EMPTY && !(self.emit)(v, mask) {
+            let (mask, unknown) = self.delta(x.as_ref(), y.as_ref());
+            if mask != EMPTY && !(self.emit)(v, mask, unknown) {
                 return false;
             }
             at = v + 1;
         }
     }
 
-    /// The granules in which two one-segment extents (or an absent one) differ.
-    fn delta(&self, x: Option<&Extent>, y: Option<&Extent>) -> Mask {
+    /// The granules in which two one-segment extents (or an absent one) differ, and
+    /// whether they only may (no common layer: their contents tell).
+    fn delta(&self, x: Option<&Extent>, y: Option<&Extent>) -> (Mask, bool) {
         let full = full_mask(self.geo.granules);
         match (x, y) {
-            (None, None) => EMPTY,
-            (Some(e), None) | (None, Some(e)) => data_mask(e, self.fills, full),
+            (None, None) => (EMPTY, false),
+            (Some(e), None) | (None, Some(e)) => (data_mask(e, self.fills, full), false),
             (Some(x), Some(y)) => {
                 if x.state == ExtentState::Error || y.state == ExtentState::Error {
-                    return if x == y { EMPTY } else { full };
+                    return (if x == y { EMPTY } else { full }, false);
                 }
                 // The highest layer of `y` that `x` holds too: below it, both show the
                 // same (the layers under a layer are those it was stacked on, or a
                 // merge of them, which shows the same). Without one, all they hold.
-                let (ox, oy) = match y
+                let common = y
                     .layers
                     .iter()
                     .enumerate()
-                    .find_map(|(i, l)| x.layers.iter().position(|k| k == l).map(|j| (j, i)))
-                {
+                    .find_map(|(i, l)| x.layers.iter().position(|k| k == l).map(|j| (j, i)));
+                let (ox, oy) = match common {
                     Some((j, i)) => (&x.layers[..j], &y.layers[..i]),
                     None => (&x.layers[..], &y.layers[..]),
                 };
@@ -260,7 +338,7 @@ impl<'a> Walk<'a> {
                 for l in ox.iter().chain(oy) {
                     or(&mut m, &layer_mask(l, self.fills, full));
                 }
-                m
+                (m, common.is_none())
             }
         }
     }
@@ -339,57 +417,93 @@ fn mask_runs(m: &Mask, granules: u64) -> Vec<(u64, u64, bool)> {
     out
 }
 
-/// Turns changed granules into merged block runs within `[from, end)`, up to a limit.
+/// Turns changed granules into merged block runs within `[from, end)`, up to a limit
+/// of runs and of blocks to compare.
 struct RangeSink {
     geo: Geometry,
     from: u64,
     end: u64,
     max_runs: usize,
+    max_compare: u64,
+    compare_blocks: u64,
     runs: Vec<BlockRange>,
+    to_compare: Vec<BlockRange>,
     next: Option<u64>,
 }
 
+/// Appends `[b0, b1)` to sorted runs, merging it into the last when they touch.
+fn append(runs: &mut Vec<BlockRange>, b0: u64, b1: u64) {
+    match runs.last_mut() {
+        Some(r) if r.offset_blocks + r.num_blocks == b0 => r.num_blocks += b1 - b0,
+        _ => runs.push(BlockRange {
+            offset_blocks: b0,
+            num_blocks: b1 - b0,
+        }),
+    }
+}
+
 impl RangeSink {
-    fn new(geo: Geometry, from: u64, end: u64, max_runs: usize) -> RangeSink {
+    fn new(geo: Geometry, from: u64, end: u64, max_runs: usize, max_compare: u64) -> RangeSink {
         RangeSink {
             geo,
             from,
             end,
             max_runs: max_runs.max(1),
+            max_compare,
+            compare_blocks: 0,
             runs: Vec::new(),
+            to_compare: Vec::new(),
             next: None,
         }
     }
 
-    /// Adds the changed granules of `vseg`; false once the page is full.
-    fn push(&mut self, vseg: u64, mask: &Mask) -> bool {
+    /// Adds the changed granules of `vseg` (to compare, if `unknown`); false once the
+    /// page is full.
+    fn push(&mut self, vseg: u64, mask: &Mask, unknown: bool) -> bool {
         let g = self.geo;
-        for (k, n, _) in mask_runs(mask, g.granules).into_iter().filter(|r| r.2) {
+        let clip = |k: u64, n: u64| {
             let b0 = (vseg * g.segment_blocks + k * g.granule_blocks).max(self.from);
             let b1 = (vseg * g.segment_blocks + (k + n) * g.granule_blocks).min(self.end);
-            if b0 >= b1 {
-                continue;
+            (b0, b1)
+        };
+        let held: Vec<(u64, u64)> = mask_runs(mask, g.granules)
+            .into_iter()
+            .filter(|r| r.2)
+            .map(|(k, n, _)| clip(k, n))
+            .filter(|(b0, b1)| b0 < b1)
+            .collect();
+        if unknown {
+            // A segment to compare goes into the page whole or not at all (unless it is
+            // the page's first: a page holds at least one).
+            let blocks: u64 = held.iter().map(|(b0, b1)| b1 - b0).sum();
+            if self.compare_blocks > 0 && self.compare_blocks + blocks > self.max_compare {
+                self.next = held.first().map(|r| r.0);
+                return self.next.is_none();
             }
-            let full = self.runs.len() >= self.max_runs;
-            match self.runs.last_mut() {
-                Some(r) if r.offset_blocks + r.num_blocks == b0 => r.num_blocks += b1 - b0,
-                _ if full => {
-                    self.next = Some(b0);
-                    return false;
-                }
-                _ => self.runs.push(BlockRange {
-                    offset_blocks: b0,
-                    num_blocks: b1 - b0,
-                }),
+        }
+        for (b0, b1) in held {
+            let joins = self
+                .runs
+                .last()
+                .is_some_and(|r| r.offset_blocks + r.num_blocks == b0);
+            if !joins && self.runs.len() >= self.max_runs {
+                self.next = Some(b0);
+                return false;
+            }
+            append(&mut self.runs, b0, b1);
+            if unknown {
+                append(&mut self.to_compare, b0, b1);
+                self.compare_blocks += b1 - b0;
             }
         }
         true
     }
 
-    fn finish(self) -> RunsPage<BlockRange> {
-        RunsPage {
+    fn finish(self) -> ChangedPage {
+        ChangedPage {
             runs: self.runs,
             next_offset_blocks: self.next,
+            to_compare: self.to_compare,
         }
     }
 }

@@ -11,7 +11,7 @@ use super::load::{self, PoolOptions};
 use super::map::{Extent, PhysSeg};
 use super::shared::PoolShared;
 use super::{CowPolicy, VdiskError};
-use crate::bdev::Bdev;
+use crate::bdev::{Bdev, Channel};
 use crate::reactor::Cores;
 use std::future::Future;
 use std::rc::Rc;
@@ -417,21 +417,45 @@ impl Pool {
     ) -> impl Future<Output = Result<RunsPage<BlockRange>, VdiskError>> + Send + 'static {
         let (base, target) = (base.to_string(), target.to_string());
         self.on_ctl(move |c| async move {
-            let (a, b, end) = {
+            let (a, b, end, bdevs) = {
                 let st = c.st.borrow();
                 let (a, b) = (st.disk_named(&base)?, st.disk_named(&target)?);
-                (a.root.clone(), b.root.clone(), b.rec.size_blocks)
+                let bdevs = (a.bdev.clone(), b.bdev.clone());
+                (a.root.clone(), b.root.clone(), b.rec.size_blocks, bdevs)
             };
             let (fills, geo) = (&c.shared.fills, c.shared.geo);
-            Ok(diff::changed_ranges(
+            let max_compare = (crate::bdev::MAX_COMPARE_BYTES / geo.block_size as u64).max(1);
+            let page = diff::changed_ranges(
                 a.as_ref(),
                 b.as_ref(),
                 fills,
                 geo,
-                from_block,
-                end,
+                from_block..end,
                 max_runs,
-            ))
+                max_compare,
+            );
+            // What the tables cannot tell apart, the contents do.
+            let mut equal = Vec::new();
+            if !page.to_compare.is_empty() {
+                let chan = |d: Arc<VDisk>| {
+                    let d: Arc<dyn Bdev> = d;
+                    Channel::get(&d).map_err(VdiskError::Bdev)
+                };
+                let (ca, cb) = (chan(bdevs.0)?, chan(bdevs.1)?);
+                for r in &page.to_compare {
+                    let mut at = r.offset_blocks;
+                    for (n, differs) in cb.differs_from(&ca, r.offset_blocks, r.num_blocks).await {
+                        if !differs {
+                            equal.push(BlockRange {
+                                offset_blocks: at,
+                                num_blocks: n,
+                            });
+                        }
+                        at += n;
+                    }
+                }
+            }
+            Ok(page.without(&equal, max_runs))
         })
     }
 

@@ -111,7 +111,21 @@ struct Slot {
     barrier: u64,
     /// The generation of a read-modify-write (`WaitingAcks`).
     generation: Gen,
+    /// A block status request whose changed blocks are being worked out.
+    status: Option<StatusWork>,
 }
+
+/// The changed blocks of a block status request (`qemu:dirty-bitmap:`), worked out by
+/// a task of their own (where the table cannot tell, contents are compared): the
+/// task leaves its answer here and completes the slot.
+struct StatusWork {
+    span: Span,
+    req_one: bool,
+    dirty: Rc<std::cell::Cell<Option<DirtyRuns>>>,
+}
+
+/// Runs `(num_blocks, changed)`, or why not.
+type DirtyRuns = Result<Vec<(u64, bool)>, IoStatus>;
 
 impl Slot {
     fn new() -> Slot {
@@ -138,6 +152,7 @@ impl Slot {
             pending: None,
             barrier: 0,
             generation: 0,
+            status: None,
         }
     }
 
@@ -439,9 +454,47 @@ impl TxState {
         };
     }
 
+    /// `NBD_CMD_BLOCK_STATUS` with a `qemu:dirty-bitmap:` context: its changed blocks
+    /// may need reads (`Channel::changed_since` compares contents where the table
+    /// cannot tell), so a task works them out and completes the slot, which then
+    /// replies ([`TxState::reply_block_status`]).
+    fn start_dirty_status(&mut self, idx: u16, span: Span, req_one: bool, sink: &Rc<dyn IoSink>) {
+        let Some(base) = self.dirty_base.clone() else {
+            self.reply_block_status(idx, span, req_one, None);
+            self.enqueue(idx);
+            return;
+        };
+        let dirty = Rc::new(std::cell::Cell::new(None));
+        let s = &mut self.slots[idx as usize];
+        s.state = SlotState::Submitted;
+        s.status = Some(StatusWork {
+            span,
+            req_one,
+            dirty: dirty.clone(),
+        });
+        let (chan, sink) = (self.chan.clone(), sink.clone());
+        crate::reactor::spawn_local(async move {
+            let runs = chan
+                .changed_since(&base, span.offset_blocks, span.num_blocks)
+                .await;
+            dirty.set(Some(runs));
+            BdevIo::flush()
+                .on_complete(sink, idx as u64)
+                .complete(IoStatus::Success);
+        })
+        .detach();
+    }
+
     /// `NBD_CMD_BLOCK_STATUS`: one chunk per selected context (`base:allocation`, a
-    /// `qemu:dirty-bitmap:<name>`, `qemu:allocation-depth`), the last flagged done.
-    fn reply_block_status(&mut self, idx: u16, span: Span, req_one: bool) {
+    /// `qemu:dirty-bitmap:<name>` whose runs `dirty` holds, `qemu:allocation-depth`), the
+    /// last flagged done.
+    fn reply_block_status(
+        &mut self,
+        idx: u16,
+        span: Span,
+        req_one: bool,
+        dirty: Option<DirtyRuns>,
+    ) {
         let (offset_blocks, num_blocks) = (span.offset_blocks, span.num_blocks);
         // Each selected context's runs (blocks, descriptor flags), or why not.
         let mut runs: Vec<(u32, Vec<(u64, u32)>)> = Vec::with_capacity(3);
@@ -460,11 +513,8 @@ impl TxState {
                     r.iter().map(|r| (r.num_blocks, flags(r))).collect(),
                 ));
             }
-            if let Some(base) = &self.dirty_base {
-                let r = self
-                    .chan
-                    .changed_since(base, offset_blocks, num_blocks)
-                    .map_err(|st| (st, "the bdev cannot report changed blocks"))?;
+            if let Some(dirty) = dirty {
+                let r = dirty.map_err(|st| (st, "the bdev cannot report changed blocks"))?;
                 let flag = |changed| if changed { proto::STATE_DIRTY } else { 0 };
                 runs.push((
                     DIRTY_BITMAP_ID,
@@ -736,8 +786,12 @@ impl TxState {
             Command::BlockStatus { span, req_one } => {
                 self.count(RequestKind::BlockStatus, 0);
                 let idx = self.alloc_slot(h);
-                self.reply_block_status(idx, span, req_one);
-                self.enqueue(idx);
+                if self.dirty_base.is_some() {
+                    self.start_dirty_status(idx, span, req_one, sink);
+                } else {
+                    self.reply_block_status(idx, span, req_one, None);
+                    self.enqueue(idx);
+                }
             }
             Command::Noop => {
                 let idx = self.alloc_slot(h);
@@ -782,6 +836,13 @@ impl TxState {
         };
         if s.state != SlotState::Submitted {
             tracing::error!(idx, state = ?s.state, "nbd: completion for a slot not in flight");
+            return;
+        }
+        if let Some(w) = s.status.take() {
+            // A block status request's changed blocks, worked out.
+            let dirty = w.dirty.take().unwrap_or(Err(IoStatus::InternalError));
+            self.reply_block_status(idx, w.span, w.req_one, Some(dirty));
+            self.enqueue(idx);
             return;
         }
         let mut status = status;

@@ -34,7 +34,7 @@ use super::diff;
 use super::map::{Extent, Source};
 use super::msg::{AgentCmd, AgentNotice, RangeState, View};
 use super::shared::PoolShared;
-use crate::bdev::{Bdev, BdevIo, BlockRun, Channel, Deferred, Epochs, IoKind, IoStatus};
+use crate::bdev::{Bdev, BdevIo, BlockRun, Change, Channel, Deferred, Epochs, IoKind, IoStatus};
 use crate::reactor;
 use crossbeam_utils::CachePadded;
 use fault::FaultKey;
@@ -479,14 +479,15 @@ impl Agent {
     }
 
     /// Which blocks of a range differ from what `base`'s view shows (the two tables
-    /// walked together, `diff.rs`), as runs `(num_blocks, changed)`. `None` unless both
-    /// agents serve the same pool from a view with no range laid invalid over it.
+    /// walked together, `diff.rs`), as runs `(num_blocks, change)`; `Unknown` where the
+    /// tables hold no common layer. `None` unless both agents serve the same pool from
+    /// a view with no range laid invalid over it.
     fn changed_since(
         &self,
         base: &Agent,
         offset_blocks: u64,
         num_blocks: u64,
-    ) -> Option<Vec<(u64, bool)>> {
+    ) -> Option<Vec<(u64, Change)>> {
         if !Arc::ptr_eq(&self.shared, &base.shared)
             || self.failed.get().is_some()
             || base.failed.get().is_some()
@@ -512,21 +513,34 @@ impl Agent {
             b.root.as_ref(),
             &self.shared.fills,
             geo,
-            offset_blocks,
-            end,
+            offset_blocks..end,
             usize::MAX,
+            u64::MAX,
         );
         let mut out = Vec::with_capacity(page.runs.len() * 2 + 1);
         let mut at = offset_blocks;
+        let mut unknown = page.to_compare.iter().peekable();
         for r in page.runs {
             if r.offset_blocks > at {
-                out.push((r.offset_blocks - at, false));
+                out.push((r.offset_blocks - at, Change::Same));
+                at = r.offset_blocks;
             }
-            out.push((r.num_blocks, true));
-            at = r.offset_blocks + r.num_blocks;
+            // The run, with its parts to compare (sub-runs of it, in order).
+            let end_r = r.offset_blocks + r.num_blocks;
+            while let Some(u) = unknown.next_if(|u| u.offset_blocks < end_r) {
+                if u.offset_blocks > at {
+                    out.push((u.offset_blocks - at, Change::Changed));
+                }
+                out.push((u.num_blocks, Change::Unknown));
+                at = u.offset_blocks + u.num_blocks;
+            }
+            if end_r > at {
+                out.push((end_r - at, Change::Changed));
+            }
+            at = end_r;
         }
         if at < end {
-            out.push((end - at, false));
+            out.push((end - at, Change::Same));
         }
         Some(out)
     }
@@ -550,7 +564,7 @@ impl crate::bdev::BdevChannel for AgentChannel {
         base: &dyn crate::bdev::BdevChannel,
         offset_blocks: u64,
         num_blocks: u64,
-    ) -> Option<Vec<(u64, bool)>> {
+    ) -> Option<Vec<(u64, Change)>> {
         let base = base.as_any()?.downcast_ref::<AgentChannel>()?;
         self.0.changed_since(&base.0, offset_blocks, num_blocks)
     }

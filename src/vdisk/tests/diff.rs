@@ -6,7 +6,6 @@
 
 use super::*;
 use crate::vdisk::diff::{Allocation, BlockRange};
-use crate::vdisk::map::MAX_LAYERS;
 
 /// The seed: `TESSERA_SEED` to replay one, else the time.
 fn seed() -> u64 {
@@ -158,27 +157,12 @@ fn run_model(block_size: u32, segment_bytes: u64, seed: u64) {
                         assert!(reported, "{when}: {a}→{b}: block {k} changed, not reported");
                     }
                     if reported {
-                        // Touched after `a` was taken, up to when `b` was: the granule;
-                        // or the segment, if it was written in enough rounds to have
-                        // had its layers merged, two or more of them after `a` (`cow.rs`
-                        // keeps the top layer of a merge, which `a` holds, so after one
-                        // round both still hold a layer: exact; after two, the layer `a`
-                        // held may be in the merged segment, which holds every granule
-                        // of the layers it merged).
+                        // Touched after `a` was taken, up to when `b` was: the granule.
+                        // Where the two hold no common layer of a segment (its layers
+                        // were merged after two or more rounds since `a`), the
+                        // contents tell, which is exact too.
                         let since = |mask: u32| mask >> (round_a + 1) != 0;
-                        let g = k / granule_blocks;
-                        let per_seg = seg_blocks as usize / granule_blocks;
-                        let seg = g / per_seg * per_seg;
-                        let seg_rounds =
-                            mb.touched[seg..seg + per_seg].iter().fold(0, |m, t| m | t);
-                        let rounds_after_a = (seg_rounds >> (round_a + 1)).count_ones();
-                        let ok = if seg_rounds.count_ones() as usize > MAX_LAYERS
-                            && rounds_after_a >= 2
-                        {
-                            since(seg_rounds)
-                        } else {
-                            since(mb.touched[g])
-                        };
+                        let ok = since(mb.touched[k / granule_blocks]);
                         assert!(ok, "{when}: {a}→{b}: block {k} reported, untouched since");
                     }
                 }
