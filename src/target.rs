@@ -274,7 +274,8 @@ impl Target {
 
     /// Attaches a remote NVMe/TCP controller; its namespaces become bdevs (examined for
     /// pools like any other).
-    pub async fn attach_nvme(&self, p: AttachParams) -> Result<Vec<String>, TargetError> {
+    pub async fn attach_nvme(&self, mut p: AttachParams) -> Result<Vec<String>, TargetError> {
+        p.dhchap = self.dhchap_host_keys(&p)?;
         let names = self
             .inner
             .nvme_host
@@ -286,6 +287,26 @@ impl Target {
             self.examine(b).await?;
         }
         Ok(names)
+    }
+
+    /// The DH-HMAC-CHAP keys `p` names, read from the keyring and parsed (errors name
+    /// the key, never its material).
+    fn dhchap_host_keys(
+        &self,
+        p: &AttachParams,
+    ) -> Result<crate::bdev::nvme::auth::DhchapHostKeys, TargetError> {
+        use crate::bdev::nvme::auth::{DhchapHostKeys, HostKeys};
+        let load = |name: &str| -> Result<crate::nvme::dhchap::DhchapKey, TargetError> {
+            let secret = self.inner.keyring.read(name)?;
+            crate::nvme::dhchap::DhchapKey::parse(secret.expose())
+                .map_err(|e| TargetError::Invalid(format!("DH-HMAC-CHAP key `{name}`: {e}")))
+        };
+        let Some(name) = p.dhchap_key.as_deref() else {
+            return Ok(DhchapHostKeys::default());
+        };
+        let key = load(name)?;
+        let ctrlr_key = p.dhchap_ctrlr_key.as_deref().map(load).transpose()?;
+        Ok(DhchapHostKeys::new(HostKeys { key, ctrlr_key }))
     }
 
     /// Detaches a remote controller (refused while one of its bdevs is in use).

@@ -502,3 +502,73 @@ fn re_authentication_and_key_rotation_keep_the_connection() {
         Err(FailureReason::Failed)
     );
 }
+
+/// tessera's own initiator as the host: with the host key and the controller key it
+/// authenticates its admin queue and the I/O queue of each core (bidirectionally), and
+/// reads back what it wrote on both cores; with a wrong host key or none the attach
+/// fails naming why, and with a wrong controller key it refuses the target.
+#[test]
+fn tessera_initiator_authenticates_every_queue_pair() {
+    use tessera::bdev::nvme::AttachParams;
+    use tessera::bdev::nvme::auth::{DhchapHostKeys, HostKeys};
+    use tessera::bdev::{Channel, IoBuf};
+    let s = setup();
+    let parse = |t: &str| DhchapKey::parse(t.as_bytes()).unwrap();
+    let wrong = DhchapKey::format(Some(HashId::Sha256), &[7; 32]).to_string();
+    let attach = |name: &str, keys: DhchapHostKeys| {
+        let mut p = AttachParams::new(name, "127.0.0.1", &s.addr.port().to_string(), NQN);
+        p.hostnqn = Some(HOSTNQN.into());
+        p.dhchap = keys;
+        s.env
+            .host
+            .attach_controller(&s.env.cores, &s.env.host_bdevs, p)
+    };
+    let names = attach(
+        "Auth0",
+        DhchapHostKeys::new(HostKeys {
+            key: parse(&s.key),
+            ctrlr_key: Some(parse(&s.ctrl_key)),
+        }),
+    )
+    .expect("attach with the right keys");
+    assert_eq!(names, ["Auth0n1"]);
+    let nb = s.env.host_bdevs.get("Auth0n1").unwrap();
+    for core in 0..2usize {
+        let b = nb.clone();
+        s.env.on(core, move || async move {
+            let ch = Channel::get(&b).unwrap();
+            let data = vec![0x40 + core as u8; 4096];
+            ch.write(core as u64 * 8, IoBuf::from_slice(&data))
+                .await
+                .unwrap();
+            let back = ch.read(core as u64 * 8, 8).await.unwrap();
+            assert_eq!(back.as_slice(), &data[..], "core {core}");
+        });
+    }
+
+    let e = attach(
+        "Auth1",
+        DhchapHostKeys::new(HostKeys {
+            key: parse(&wrong),
+            ctrlr_key: None,
+        }),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("authentication failed"), "{e}");
+    let e = attach("Auth2", DhchapHostKeys::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("requires DH-HMAC-CHAP"), "{e}");
+    let e = attach(
+        "Auth3",
+        DhchapHostKeys::new(HostKeys {
+            key: parse(&s.key),
+            ctrlr_key: Some(parse(&wrong)),
+        }),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("controller's response does not match"), "{e}");
+    still_serving(s.addr);
+}

@@ -325,3 +325,175 @@ nvmf:
         }
     }
 }
+
+/// SPDK's nvmf_tgt whose subsystem admits `ONE_WAY` with `key0` and `BIDIR` with `key1`
+/// and controller key `ckey1` (keys of SPDK's own keyring), a 64 MiB malloc namespace.
+fn spdk_target_with_keys(dir: &Path, port: u16, keys: &[(&str, &Path)]) -> Background {
+    let keyring: Vec<Value> = keys
+        .iter()
+        .map(|(n, p)| json!({"method": "keyring_file_add_key", "params": {"name": n, "path": p}}))
+        .collect();
+    let cfg = json!({"subsystems": [
+        {"subsystem": "keyring", "config": keyring},
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create",
+             "params": {"name": "Malloc0", "num_blocks": 16384, "block_size": 4096}}]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem",
+             "params": {"nqn": NQN, "allow_any_host": false, "serial_number": "SPDK-AUTH-1"}},
+            {"method": "nvmf_subsystem_add_ns",
+             "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}},
+            {"method": "nvmf_subsystem_add_host",
+             "params": {"nqn": NQN, "host": ONE_WAY, "dhchap_key": "key0"}},
+            {"method": "nvmf_subsystem_add_host",
+             "params": {"nqn": NQN, "host": BIDIR, "dhchap_key": "key1",
+                        "dhchap_ctrlr_key": "ckey1"}},
+            {"method": "nvmf_subsystem_add_listener",
+             "params": {"nqn": NQN,
+                        "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
+                                           "traddr": "127.0.0.1",
+                                           "trsvcid": port.to_string()}}}]}]});
+    let p = dir.join("nvmf_tgt.json");
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    let mut t = Background::spawn(
+        tool("nvmf_tgt")
+            .args(APP)
+            .args(NO_HUGE)
+            .args(["-m", "0x2", "-r"])
+            .arg(dir.join("spdk.sock"))
+            .arg("--json")
+            .arg(&p),
+        dir.join("nvmf_tgt.log"),
+    );
+    spdk_support::wait_listening(port, Duration::from_secs(60), &mut t);
+    t
+}
+
+/// `qemu-io` on an NBD URI; its output, asserting success.
+fn qemu_io(uri: &str, cmd: &str) -> String {
+    let mut c = std::process::Command::new("qemu-io");
+    c.args(["-f", "raw", "-c", cmd, uri]);
+    let shown = format!("{c:?}");
+    let out = spdk_support::run(&mut c, Duration::from_secs(60));
+    let text = spdk_support::text_of(&out);
+    assert!(
+        out.status.success() && !text.contains("Pattern verification failed"),
+        "{shown}:\n{text}"
+    );
+    text
+}
+
+/// tessera's initiator as the host of DH-HMAC-CHAP, against SPDK's nvmf_tgt: one-way
+/// and bidirectional attach (`bdev_nvme_attach_controller` naming keys of tessera's
+/// keyring) and carry I/O (qemu-io through an NBD export of the namespace); a wrong
+/// host key, a wrong controller key and no key at all are each refused with -EACCES
+/// and the reason; no key material in the log, RPC replies or `save_config`.
+#[test]
+fn tessera_host_authenticates_to_spdk_nvmf_tgt() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (k0, k0_text) = key_file(&d, "k0", HashId::Sha256, 11);
+    let (k1, k1_text) = key_file(&d, "k1", HashId::Sha384, 12);
+    let (ck1, ck1_text) = key_file(&d, "ck1", HashId::Sha512, 13);
+    let (wrong, _) = key_file(&d, "wrong", HashId::Sha256, 14);
+    let spdk_port = free_port();
+    let _peer = spdk_target_with_keys(
+        &d,
+        spdk_port,
+        &[("key0", &k0), ("key1", &k1), ("ckey1", &ck1)],
+    );
+    let nbd_port = free_port();
+    let srv = Serve::start_yaml(&format!(
+        "cores: [0]\nidle: adaptive\nnbd:\n  listen: 127.0.0.1:{nbd_port}\n"
+    ));
+    for (name, path) in [("k0", &k0), ("k1", &k1), ("ck1", &ck1), ("wrong", &wrong)] {
+        srv.call("keyring_file_add_key", json!({"name": name, "path": path}));
+    }
+    let attach = |name: &str, host: &str, key: Option<&str>, ckey: Option<&str>| {
+        let mut p = json!({"name": name, "trtype": "TCP", "adrfam": "IPv4",
+            "traddr": "127.0.0.1", "trsvcid": spdk_port.to_string(), "subnqn": NQN,
+            "hostnqn": host});
+        if let Some(k) = key {
+            p["dhchap_key"] = json!(k);
+        }
+        if let Some(k) = ckey {
+            p["dhchap_ctrlr_key"] = json!(k);
+        }
+        p
+    };
+
+    // One-way, then bidirectional: each attaches and carries I/O.
+    for (ctrl, host, key, ckey, pattern) in [
+        ("OneWay", ONE_WAY, "k0", None, 0x5a),
+        ("Bidir", BIDIR, "k1", Some("ck1"), 0xa5),
+    ] {
+        let names = srv.call(
+            "bdev_nvme_attach_controller",
+            attach(ctrl, host, Some(key), ckey),
+        );
+        assert_eq!(names, json!([format!("{ctrl}n1")]), "{names}");
+        srv.call(
+            "nbd_start_export",
+            json!({"bdev_name": format!("{ctrl}n1"), "name": ctrl}),
+        );
+        let uri = format!("nbd://127.0.0.1:{nbd_port}/{ctrl}");
+        qemu_io(&uri, &format!("write -P {pattern:#x} 1M 256k"));
+        qemu_io(&uri, &format!("read -P {pattern:#x} 1M 256k"));
+        srv.call("nbd_stop_export", json!({"name": ctrl}));
+    }
+    let saved = srv.call("save_config", Value::Null).to_string();
+    assert!(saved.contains("\"dhchap_ctrlr_key\":\"ck1\""), "{saved}");
+
+    // Refused: a wrong host key (SPDK's target answers AUTH_Failure1), a wrong
+    // controller key (its answer does not match), no key where one is required.
+    let e = srv.call_err(
+        "bdev_nvme_attach_controller",
+        attach("Wrong", ONE_WAY, Some("wrong"), None),
+    );
+    assert!(
+        e.code == -libc::EACCES && e.message.contains("authentication failed"),
+        "{e:?}"
+    );
+    let e = srv.call_err(
+        "bdev_nvme_attach_controller",
+        attach("WrongCtrl", BIDIR, Some("k1"), Some("wrong")),
+    );
+    assert!(
+        e.code == -libc::EACCES && e.message.contains("controller's response does not match"),
+        "{e:?}"
+    );
+    let e = srv.call_err(
+        "bdev_nvme_attach_controller",
+        attach("NoKey", ONE_WAY, None, None),
+    );
+    assert!(
+        e.code == -libc::EACCES && e.message.contains("requires DH-HMAC-CHAP"),
+        "{e:?}"
+    );
+    let e = srv.call_err(
+        "bdev_nvme_attach_controller",
+        attach("Missing", ONE_WAY, Some("nosuchkey"), None),
+    );
+    assert!(e.message.contains("nosuchkey"), "{e:?}");
+    let ctrls = srv
+        .call("bdev_nvme_get_controllers", Value::Null)
+        .to_string();
+    assert!(
+        ctrls.contains("OneWay") && ctrls.contains("Bidir") && !ctrls.contains("Wrong"),
+        "{ctrls}"
+    );
+
+    let replies = [
+        srv.call("bdev_nvme_get_controllers", Value::Null)
+            .to_string(),
+        srv.call("save_config", Value::Null).to_string(),
+    ];
+    let log = srv.stop();
+    for text in [&k0_text, &k1_text, &ck1_text] {
+        let b64 = &text[10..text.len() - 1];
+        for hay in [&log, &replies[0], &replies[1]] {
+            assert!(!hay.contains(&b64[..16]), "key material in output");
+        }
+    }
+}

@@ -19,6 +19,7 @@
 //! controllers; `qpair` is one NVMe/TCP connection on one core. The codec is
 //! [`crate::nvme`], shared with the target.
 
+pub mod auth;
 mod qpair;
 
 pub use qpair::HostError;
@@ -75,6 +76,16 @@ pub struct AttachParams {
     /// Entries per I/O queue (at most the controller's CAP.MQES + 1; 128 by default).
     #[serde(default)]
     pub io_queue_depth: Option<u16>,
+    /// The keyring key the host authenticates with (DH-HMAC-CHAP), when the
+    /// controller asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_key: Option<String>,
+    /// The keyring key the controller must prove it holds (bidirectional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrlr_key: Option<String>,
+    /// The keys those name, read from the keyring at attach (never saved).
+    #[serde(skip)]
+    pub dhchap: auth::DhchapHostKeys,
 }
 
 impl AttachParams {
@@ -92,6 +103,9 @@ impl AttachParams {
             ddgst: false,
             keep_alive_timeout_ms: None,
             io_queue_depth: None,
+            dhchap_key: None,
+            dhchap_ctrlr_key: None,
+            dhchap: auth::DhchapHostKeys::default(),
         }
     }
 }
@@ -245,6 +259,7 @@ impl NvmeController {
             hdgst: self.params.hdgst,
             ddgst: self.params.ddgst,
             in_capsule_len: self.in_capsule_len,
+            dhchap: self.params.dhchap.clone(),
         });
         local.io.borrow_mut().insert(self.id, q.clone());
         Ok(q)
@@ -519,6 +534,7 @@ pub async fn attach(
         hdgst: p.hdgst,
         ddgst: p.ddgst,
         in_capsule_len: 0,
+        dhchap: p.dhchap.clone(),
     });
     match init_controller(
         &cores, admin_core, &admin, &p, addr, hostnqn, hostid, kato_ms,
@@ -816,6 +832,7 @@ pub async fn discover(
         hdgst: false,
         ddgst: false,
         in_capsule_len: 0,
+        dhchap: auth::DhchapHostKeys::default(),
     });
     let r = async {
         q.wait_ready().await?;

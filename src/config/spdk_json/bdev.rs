@@ -292,8 +292,6 @@ impl AttachControllerParams {
         unsupported("prchk_reftag", &self.prchk_reftag)?;
         unsupported("prchk_guard", &self.prchk_guard)?;
         unsupported("psk", &self.psk)?;
-        unsupported("dhchap_key", &self.dhchap_key)?;
-        unsupported("dhchap_ctrlr_key", &self.dhchap_ctrlr_key)?;
         unsupported("allow_unrecognized_csi", &self.allow_unrecognized_csi)?;
         unsupported("disable_sq_flow_control", &self.disable_sq_flow_control)?;
         if let Some(m) = &self.multipath
@@ -315,6 +313,13 @@ impl AttachControllerParams {
         a.ddgst = self.ddgst;
         a.keep_alive_timeout_ms = self.keep_alive_timeout_ms;
         a.io_queue_depth = self.io_queue_depth;
+        if self.dhchap_ctrlr_key.is_some() && self.dhchap_key.is_none() {
+            return Err(ParamError::invalid(
+                "\"dhchap_ctrlr_key\" needs \"dhchap_key\" (bidirectional authentication is on top of the host's)",
+            ));
+        }
+        a.dhchap_key = self.dhchap_key.clone();
+        a.dhchap_ctrlr_key = self.dhchap_ctrlr_key.clone();
         Ok(a)
     }
 }

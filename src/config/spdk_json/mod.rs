@@ -190,6 +190,13 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
         if let Some(q) = n.io_queue_depth {
             p["io_queue_depth"] = json!(q);
         }
+        // Key names only: the keys stay in their files.
+        if let Some(k) = &n.dhchap_key {
+            p["dhchap_key"] = json!(k);
+        }
+        if let Some(k) = &n.dhchap_ctrlr_key {
+            p["dhchap_ctrlr_key"] = json!(k);
+        }
         out.push(call("bdev_nvme_attach_controller", p));
     }
     for p in &cfg.pools {

@@ -63,6 +63,56 @@ pub enum HostError {
     Status(Status),
     #[error("controller `{0}`: {1}")]
     Controller(String, String),
+    #[error("DH-HMAC-CHAP authentication failed: {0}")]
+    Auth(String),
+}
+
+/// AUTHREQ.ATR in a Connect answer's dword 0 (AUTHREQ is its upper half; ATR is its
+/// bit 1, as SPDK's target and host and tessera's target place it): authentication
+/// transaction required.
+const CONNECT_ATR: u32 = 1 << 17;
+
+/// How long a queue pair's whole authentication exchange may take.
+const AUTH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The queue pair's authentication, once its Connect answered: the exchange
+/// (`super::auth`) when the controller asks for it, within [`AUTH_TIME_LIMIT`]; the
+/// queue pair is then ready, or failed with the reason.
+async fn drive_auth(q: Rc<HostQpair>) {
+    let Ok((_, true)) = q.wait_connected().await else {
+        return;
+    };
+    let (keys, hostnqn, subnqn, qid) = {
+        let st = q.inner.borrow();
+        let p = &st.params;
+        (p.dhchap.clone(), p.hostnqn.clone(), p.subnqn.clone(), p.qid)
+    };
+    let Some(keys) = keys.get() else {
+        return;
+    };
+    let deadline = reactor::now().after(AUTH_TIME_LIMIT);
+    let r = reactor::until(
+        deadline,
+        super::auth::authenticate(&q, keys, &hostnqn, &subnqn, qid),
+    )
+    .await
+    .unwrap_or_else(|| {
+        Err(HostError::Auth(format!(
+            "no answer within {} s",
+            AUTH_TIME_LIMIT.as_secs()
+        )))
+    });
+    match r {
+        Ok(()) => {
+            tracing::debug!(qid, %subnqn, "DH-HMAC-CHAP: authenticated");
+            q.authenticated();
+        }
+        Err(e) => {
+            tracing::warn!(qid, %subnqn, %hostnqn, "{e}");
+            q.fail_with(e);
+            q.close("authentication failed");
+        }
+    }
 }
 
 /// How to connect a queue pair.
@@ -82,6 +132,9 @@ pub(crate) struct QpairParams {
     pub ddgst: bool,
     /// In-capsule data limit for I/O queues (from IOCCSZ).
     pub in_capsule_len: u32,
+    /// The DH-HMAC-CHAP keys, when the host has them: the queue pair authenticates
+    /// when its Connect answer asks (AUTHREQ.ATR).
+    pub dhchap: super::auth::DhchapHostKeys,
 }
 
 /// A command's result, or the task waiting for it.
@@ -186,6 +239,8 @@ enum Phase {
     IcSent,
     /// Connect sent.
     Connecting2,
+    /// Connected; the controller asked for DH-HMAC-CHAP: only its commands go out.
+    Authenticating,
     /// Ready for commands.
     Ready,
     /// Failed; commands fail at once.
@@ -205,6 +260,8 @@ struct Inner {
     slots: Vec<Slot>,
     free: Vec<u16>,
     backlog: VecDeque<Pending>,
+    /// Authentication commands, which go out before the queue pair is ready.
+    auth_queue: VecDeque<Pending>,
     parents: Slab<Parent>,
     /// Completed bdev requests, delivered after the state is released.
     done: Vec<(BdevIo, IoStatus)>,
@@ -259,6 +316,7 @@ impl HostQpair {
                 slots,
                 free: (0..n as u16).rev().collect(),
                 backlog: VecDeque::new(),
+                auth_queue: VecDeque::new(),
                 parents: Slab::with_capacity(n),
                 done: Vec::with_capacity(n),
                 cntlid: 0,
@@ -270,7 +328,55 @@ impl HostQpair {
             closed: Cell::new(false),
         });
         reactor::spawn_local(run(q.clone())).detach();
+        if q.inner.borrow().params.dhchap.get().is_some() {
+            reactor::spawn_local(drive_auth(q.clone())).detach();
+        }
         q
+    }
+
+    /// Waits until Connect succeeded; returns the controller ID and whether the
+    /// controller asked for authentication.
+    async fn wait_connected(&self) -> Result<(u16, bool), HostError> {
+        std::future::poll_fn(|cx| {
+            let mut st = self.inner.borrow_mut();
+            match &st.phase {
+                Phase::Ready => Poll::Ready(Ok((st.cntlid, false))),
+                Phase::Authenticating => Poll::Ready(Ok((st.cntlid, true))),
+                Phase::Failed(e) => Poll::Ready(Err(e.clone())),
+                _ => {
+                    st.ready_waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Authentication is over: the queue pair takes every command.
+    fn authenticated(&self) {
+        let mut st = self.inner.borrow_mut();
+        if st.phase == Phase::Authenticating {
+            st.phase = Phase::Ready;
+            for w in st.ready_waiters.drain(..) {
+                w.wake();
+            }
+            st.pump();
+        }
+        drop(st);
+        self.notify();
+    }
+
+    /// Fails the queue pair with `e` (its commands fail).
+    fn fail_with(&self, e: HostError) {
+        let done = {
+            let mut st = self.inner.borrow_mut();
+            st.fail(e);
+            std::mem::take(&mut st.done)
+        };
+        for (io, s) in done {
+            io.complete(s);
+        }
+        self.notify();
     }
 
     fn notify(&self) {
@@ -326,6 +432,27 @@ impl HostQpair {
         len: usize,
         data_out: Option<&[u8]>,
     ) -> Result<(Cqe, Vec<u8>), HostError> {
+        self.run_command(sqe, len, data_out, false).await
+    }
+
+    /// [`HostQpair::command`] for the authentication exchange, which goes out while
+    /// the queue pair is not ready yet.
+    pub(crate) async fn auth_command(
+        &self,
+        sqe: Sqe,
+        len: usize,
+        data_out: Option<&[u8]>,
+    ) -> Result<(Cqe, Vec<u8>), HostError> {
+        self.run_command(sqe, len, data_out, true).await
+    }
+
+    async fn run_command(
+        &self,
+        sqe: Sqe,
+        len: usize,
+        data_out: Option<&[u8]>,
+        auth: bool,
+    ) -> Result<(Cqe, Vec<u8>), HostError> {
         let w = Waiter::new(len);
         if let Some(d) = data_out {
             w.buf.borrow_mut()[..d.len().min(len)].copy_from_slice(&d[..d.len().min(len)]);
@@ -342,11 +469,14 @@ impl HostQpair {
             (_, true) => Data::Out(smallvec::smallvec![iov], len as u32),
             (_, false) => Data::In(smallvec::smallvec![iov], len as u32),
         };
-        self.submit(Pending {
-            sqe,
-            data,
-            owner: Owner::Wait(w.clone()),
-        });
+        self.submit(
+            Pending {
+                sqe,
+                data,
+                owner: Owner::Wait(w.clone()),
+            },
+            auth,
+        );
         let cqe = w.wait().await?;
         let st = cqe.status();
         if !st.is_success() {
@@ -356,13 +486,17 @@ impl HostQpair {
         Ok((cqe, buf))
     }
 
-    fn submit(&self, p: Pending) {
+    fn submit(&self, p: Pending, auth: bool) {
         let failed = {
             let mut st = self.inner.borrow_mut();
             if let Phase::Failed(e) = &st.phase {
                 Some((e.clone(), p))
             } else {
-                st.backlog.push_back(p);
+                if auth {
+                    st.auth_queue.push_back(p);
+                } else {
+                    st.backlog.push_back(p);
+                }
                 st.pump();
                 None
             }
@@ -600,6 +734,9 @@ impl Inner {
         while let Some(p) = self.backlog.pop_front() {
             self.finish_owner(p.owner, Err(e.clone()));
         }
+        while let Some(p) = self.auth_queue.pop_front() {
+            self.finish_owner(p.owner, Err(e.clone()));
+        }
         for w in self.ready_waiters.drain(..) {
             w.wake();
         }
@@ -607,11 +744,18 @@ impl Inner {
 
     /// Starts backlogged commands while slots are free.
     fn pump(&mut self) {
-        if self.phase != Phase::Ready {
-            return;
-        }
+        let ready = match self.phase {
+            Phase::Ready => true,
+            Phase::Authenticating => false,
+            _ => return,
+        };
         while !self.free.is_empty() {
-            let Some(p) = self.backlog.pop_front() else {
+            let next = match self.auth_queue.pop_front() {
+                Some(p) => Some(p),
+                None if ready => self.backlog.pop_front(),
+                None => None,
+            };
+            let Some(p) = next else {
                 break;
             };
             let slot = self.free.pop().expect("a free slot") as usize;
@@ -684,10 +828,22 @@ impl Inner {
             Owner::Connect => match r {
                 Ok(cqe) if cqe.status().is_success() => {
                     self.cntlid = cqe.dw0 as u16;
-                    self.phase = Phase::Ready;
+                    // AUTHREQ.ATR: authenticate before anything else.
+                    if cqe.dw0 & CONNECT_ATR != 0 {
+                        if self.params.dhchap.get().is_none() {
+                            self.fail(HostError::Auth(
+                                "the controller requires DH-HMAC-CHAP and the host has no key (dhchap_key)".into(),
+                            ));
+                            return;
+                        }
+                        self.phase = Phase::Authenticating;
+                    } else {
+                        self.phase = Phase::Ready;
+                    }
                     for w in self.ready_waiters.drain(..) {
                         w.wake();
                     }
+                    self.pump();
                 }
                 Ok(cqe) => self.fail(HostError::ConnectRejected(cqe.status())),
                 Err(e) => self.fail(e),

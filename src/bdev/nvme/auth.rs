@@ -1,0 +1,220 @@
+//! DH-HMAC-CHAP, the host's side (NVMe base specification 2.1, §8.3.4; SPDK's
+//! `lib/nvme/nvme_auth.c`): a queue pair whose Connect answer carries AUTHREQ.ATR
+//! authenticates before any other command goes out on it.
+//!
+//! ```text
+//! AUTH_Send    AUTH_Negotiate          the digests and groups the host accepts
+//! AUTH_Receive DH-HMAC-CHAP_Challenge  the controller's choice, challenge and DH value
+//! AUTH_Send    DH-HMAC-CHAP_Reply      our response (and our challenge, bidirectional)
+//! AUTH_Receive DH-HMAC-CHAP_Success1   (the controller's response, checked)
+//! AUTH_Send    DH-HMAC-CHAP_Success2   bidirectional only; AUTH_Failure2 on a mismatch
+//! ```
+//!
+//! The keys come from the keyring at attach (`bdev_nvme_attach_controller`'s
+//! `dhchap_key` and `dhchap_ctrlr_key` name them); only their names are kept in the
+//! controller's parameters, and no key material reaches a log or an error.
+
+use super::qpair::{HostError, HostQpair};
+use crate::nvme::auth::{self, DhGroup, FailureReason, HashId, auth_id, auth_type};
+use crate::nvme::dhchap::{self, DhKey, DhchapKey, ResponseInputs};
+use crate::nvme::spec;
+use std::sync::Arc;
+
+/// The longest message an AUTH_Receive asks for.
+const RECV_LEN: usize = 4096;
+
+/// A host's DH-HMAC-CHAP keys: its own, and the controller's when the controller must
+/// prove itself too (bidirectional).
+pub struct HostKeys {
+    pub key: DhchapKey,
+    pub ctrlr_key: Option<DhchapKey>,
+}
+
+/// The keys a controller's queue pairs authenticate with, if any (shared; compared by
+/// identity; `Debug` shows no key).
+#[derive(Clone, Default)]
+pub struct DhchapHostKeys(Option<Arc<HostKeys>>);
+
+impl DhchapHostKeys {
+    pub fn new(keys: HostKeys) -> DhchapHostKeys {
+        DhchapHostKeys(Some(Arc::new(keys)))
+    }
+
+    pub fn get(&self) -> Option<&HostKeys> {
+        self.0.as_deref()
+    }
+}
+
+impl std::fmt::Debug for DhchapHostKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.get() {
+            None => write!(f, "DhchapHostKeys(none)"),
+            Some(k) => write!(
+                f,
+                "DhchapHostKeys(host key{})",
+                if k.ctrlr_key.is_some() {
+                    ", controller key"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+}
+
+impl PartialEq for DhchapHostKeys {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for DhchapHostKeys {}
+
+fn failed(what: impl std::fmt::Display) -> HostError {
+    HostError::Auth(what.to_string())
+}
+
+/// Sends `msg` with AUTH_Send.
+async fn send(q: &HostQpair, msg: &[u8], what: &str) -> Result<(), HostError> {
+    let sqe = spec::auth_sqe(0, true, msg.len() as u32);
+    q.auth_command(sqe, msg.len(), Some(msg))
+        .await
+        .map_err(|e| failed(format_args!("AUTH_Send of {what}: {e}")))?;
+    Ok(())
+}
+
+/// Fetches the controller's next message with AUTH_Receive. An AUTH_Failure1 is an
+/// error naming its reason.
+async fn recv(q: &HostQpair, what: &str) -> Result<Vec<u8>, HostError> {
+    let sqe = spec::auth_sqe(0, false, RECV_LEN as u32);
+    let (_, msg) = q
+        .auth_command(sqe, RECV_LEN, None)
+        .await
+        .map_err(|e| failed(format_args!("AUTH_Receive of {what}: {e}")))?;
+    if msg.first() == Some(&auth_type::COMMON) && msg.get(1) == Some(&auth_id::FAILURE1) {
+        let f = auth::decode_failure(&msg[..auth::FAILURE_LEN.min(msg.len())])
+            .map_err(|e| failed(format_args!("AUTH_Failure1 instead of {what}: {e}")))?;
+        let reason = FailureReason::from_code(f.rce).map_or("unknown reason", |r| r.describe());
+        return Err(failed(format_args!(
+            "the controller refused ({reason}; AUTH_Failure1 rc {} rce {:#x}) instead of sending {what}",
+            f.rc, f.rce
+        )));
+    }
+    Ok(msg)
+}
+
+/// Runs the exchange on queue pair `qid` of `q` with `keys`.
+pub(crate) async fn authenticate(
+    q: &HostQpair,
+    keys: &HostKeys,
+    hostnqn: &str,
+    subnqn: &str,
+    qid: u16,
+) -> Result<(), HostError> {
+    let tid = qid;
+    let mut msg = Vec::new();
+    auth::encode_negotiate(&mut msg, tid, &HashId::ALL, &DhGroup::ALL);
+    send(q, &msg, "AUTH_Negotiate").await?;
+
+    let challenge = recv(q, "DH-HMAC-CHAP_Challenge").await?;
+    let ch = auth::decode_challenge(&challenge)
+        .map_err(|e| failed(format_args!("DH-HMAC-CHAP_Challenge: {e}")))?;
+    if ch.tid != tid {
+        return Err(failed(format_args!(
+            "DH-HMAC-CHAP_Challenge: transaction id {} where we sent {tid}",
+            ch.tid
+        )));
+    }
+    let (hash, hl) = (ch.hash, ch.hash.digest_len());
+    let (secret, public) = if ch.dhgroup == DhGroup::Null {
+        (None, Vec::new())
+    } else {
+        let k = DhKey::generate(ch.dhgroup)
+            .map_err(|e| failed(format_args!("DH key of {}: {e}", ch.dhgroup.name())))?;
+        let s = k
+            .derive(ch.dhv)
+            .map_err(|e| failed(format_args!("DH secret of {}: {e}", ch.dhgroup.name())))?;
+        (Some(s), k.public().to_vec())
+    };
+    let dh_secret = secret.as_deref().map(|s| &s[..]);
+    let rval = dhchap::response(
+        &keys.key,
+        ch.cval,
+        &ResponseInputs {
+            hash,
+            kind: "HostHost",
+            seqnum: ch.seqnum,
+            tid,
+            scc: 0,
+            nqn1: hostnqn,
+            nqn2: subnqn,
+            dh_secret,
+        },
+    );
+    // Bidirectional: our challenge to the controller, and what it must answer.
+    let mut my_cval = vec![0u8; hl];
+    let mut seqnum = 0u32;
+    let expected = match &keys.ctrlr_key {
+        None => None,
+        Some(ck) => {
+            dhchap::random_bytes(&mut my_cval).map_err(failed)?;
+            while seqnum == 0 {
+                let mut b = [0u8; 4];
+                dhchap::random_bytes(&mut b).map_err(failed)?;
+                seqnum = u32::from_le_bytes(b);
+            }
+            Some(dhchap::response(
+                ck,
+                &my_cval,
+                &ResponseInputs {
+                    hash,
+                    kind: "Controller",
+                    seqnum,
+                    tid,
+                    scc: 0,
+                    nqn1: subnqn,
+                    nqn2: hostnqn,
+                    dh_secret,
+                },
+            ))
+        }
+    };
+    auth::encode_reply(
+        &mut msg,
+        &auth::Reply {
+            tid,
+            hl,
+            cvalid: expected.is_some(),
+            seqnum,
+            rval: &rval,
+            cval: &my_cval,
+            dhv: &public,
+        },
+    );
+    send(q, &msg, "DH-HMAC-CHAP_Reply").await?;
+
+    let success1 = recv(q, "DH-HMAC-CHAP_Success1").await?;
+    let s1 = auth::decode_success1(&success1)
+        .map_err(|e| failed(format_args!("DH-HMAC-CHAP_Success1: {e}")))?;
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let proven = s1.hl == hl && s1.rval.is_some_and(|r| dhchap::equal_ct(r, &expected));
+    if !proven {
+        // Tell the controller why before giving up on it.
+        let mut f = [0u8; auth::FAILURE_LEN];
+        if let Some(n) = auth::encode_failure(&mut f, auth_id::FAILURE2, tid, FailureReason::Failed)
+        {
+            let _ = send(q, &f[..n], "AUTH_Failure2").await;
+        }
+        return Err(failed(
+            "the controller's response does not match its key (dhchap_ctrlr_key)",
+        ));
+    }
+    auth::encode_success2(&mut msg, tid);
+    send(q, &msg, "DH-HMAC-CHAP_Success2").await
+}
