@@ -911,6 +911,9 @@ pub const MAX_COMPARE_BYTES: u64 = 16 << 20;
 /// The size of the reads that compare contents.
 const COMPARE_CHUNK_BYTES: u64 = 256 << 10;
 
+/// Chunks compared at once ([`Channel::differs_from`]).
+const COMPARE_WINDOW: usize = 8;
+
 /// Appends `n` blocks of `flag` to runs, merging with the last run of the same flag.
 fn push_run(out: &mut Vec<(u64, bool)>, n: u64, flag: bool) {
     match out.last_mut() {
@@ -1050,12 +1053,14 @@ impl Channel {
     /// [`Bdev::change_family`]) shows: runs `(num_blocks, changed)` that cover at least
     /// its first block. A channel that cannot tell says "changed"; where its metadata
     /// cannot tell ([`Change::Unknown`]) the contents are compared, at most
-    /// [`MAX_COMPARE_BYTES`] of them per call (the runs then end early).
+    /// [`MAX_COMPARE_BYTES`] of them per call and no further than `max_runs` runs
+    /// reach (the runs then end early: an answer has no room for more).
     pub async fn changed_since(
         &self,
         base: &Channel,
         offset_blocks: u64,
         num_blocks: u64,
+        max_runs: usize,
     ) -> Result<Vec<(u64, bool)>, IoStatus> {
         self.check_status_range(offset_blocks, num_blocks)?;
         let Some(runs) = self
@@ -1064,19 +1069,26 @@ impl Channel {
         else {
             return Ok(vec![(num_blocks, true)]);
         };
+        let max_runs = max_runs.max(1);
         let budget = (MAX_COMPARE_BYTES / self.bdev.block_size() as u64).max(1);
         let (mut out, mut at, mut compared) = (Vec::new(), offset_blocks, 0u64);
         for (n, change) in runs {
+            if out.len() > max_runs {
+                break;
+            }
             match change {
                 Change::Same => push_run(&mut out, n, false),
                 Change::Changed => push_run(&mut out, n, true),
                 Change::Unknown => {
                     let take = n.min(budget - compared);
-                    for (k, differs) in self.differs_from(base, at, take).await {
+                    let room = max_runs + 1 - out.len().min(max_runs);
+                    let found = self.differs_from(base, at, take, room).await;
+                    let covered: u64 = found.iter().map(|r| r.0).sum();
+                    for (k, differs) in found {
                         push_run(&mut out, k, differs);
                     }
-                    compared += take;
-                    if take < n {
+                    compared += covered;
+                    if covered < n {
                         break;
                     }
                 }
@@ -1090,40 +1102,61 @@ impl Channel {
     }
 
     /// Which blocks of `[offset_blocks, offset_blocks + num_blocks)` read differently
-    /// here and on `other` (a bdev of the same size): runs `(num_blocks, differs)`
-    /// covering the range. A block either side fails to read counts as different: a
-    /// reader of the changes then meets the error itself.
+    /// here and on `other` (a bdev of the same size): runs `(num_blocks, differs)` from
+    /// the first block on, covering the range or stopping once they are more than
+    /// `max_runs`. The reads go [`COMPARE_WINDOW`] chunks at a time. A block either side
+    /// fails to read counts as different: a reader of the changes then meets the error
+    /// itself.
     pub async fn differs_from(
         &self,
         other: &Channel,
         offset_blocks: u64,
         num_blocks: u64,
+        max_runs: usize,
     ) -> Vec<(u64, bool)> {
         let bs = self.bdev.block_size() as usize;
         let step = (COMPARE_CHUNK_BYTES / bs as u64).max(1);
+        let end = offset_blocks + num_blocks;
         let mut out = Vec::new();
-        let mut at = offset_blocks;
-        while at < offset_blocks + num_blocks {
-            let k = step.min(offset_blocks + num_blocks - at);
-            match (self.read(at, k).await, other.read(at, k).await) {
-                (Ok(a), Ok(b)) if other.bdev.block_size() as usize == bs => {
-                    for (x, y) in a.chunks(bs).zip(b.chunks(bs)) {
-                        push_run(&mut out, 1, x != y);
+        let mut next = offset_blocks;
+        let mut window = std::collections::VecDeque::new();
+        loop {
+            while window.len() < COMPARE_WINDOW && next < end {
+                let k = step.min(end - next);
+                let (a, b) = (self.clone(), other.clone());
+                let at = next;
+                window.push_back(reactor::spawn_local(async move {
+                    match (a.read(at, k).await, b.read(at, k).await) {
+                        (Ok(x), Ok(y)) if b.bdev.block_size() as usize == bs => x
+                            .chunks(bs)
+                            .zip(y.chunks(bs))
+                            .map(|(p, q)| p != q)
+                            .collect(),
+                        (x, y) => {
+                            tracing::debug!(
+                                bdev = %a.bdev.name(),
+                                offset_blocks = at,
+                                num_blocks = k,
+                                mine = ?x.err(),
+                                other = ?y.err(),
+                                "compare: a read failed; the blocks count as changed"
+                            );
+                            vec![true; k as usize]
+                        }
                     }
-                }
-                (a, b) => {
-                    tracing::debug!(
-                        bdev = %self.bdev.name(),
-                        offset_blocks = at,
-                        num_blocks = k,
-                        mine = ?a.err(),
-                        other = ?b.err(),
-                        "compare: a read failed; the blocks count as changed"
-                    );
-                    push_run(&mut out, k, true);
-                }
+                }));
+                next += k;
             }
-            at += k;
+            let Some(chunk) = window.pop_front() else {
+                break;
+            };
+            for differs in chunk.await {
+                push_run(&mut out, 1, differs);
+            }
+            if out.len() > max_runs {
+                // Dropping the tasks left cancels their reads' wait, not the reads.
+                break;
+            }
         }
         out
     }

@@ -444,7 +444,10 @@ impl Pool {
                 let (ca, cb) = (chan(bdevs.0)?, chan(bdevs.1)?);
                 for r in &page.to_compare {
                     let mut at = r.offset_blocks;
-                    for (n, differs) in cb.differs_from(&ca, r.offset_blocks, r.num_blocks).await {
+                    for (n, differs) in cb
+                        .differs_from(&ca, r.offset_blocks, r.num_blocks, usize::MAX)
+                        .await
+                    {
                         if !differs {
                             equal.push(BlockRange {
                                 offset_blocks: at,

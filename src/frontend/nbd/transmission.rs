@@ -473,9 +473,10 @@ impl TxState {
             dirty: dirty.clone(),
         });
         let (chan, sink) = (self.chan.clone(), sink.clone());
+        let max_runs = if req_one { 1 } else { MAX_EXTENTS };
         crate::reactor::spawn_local(async move {
             let runs = chan
-                .changed_since(&base, span.offset_blocks, span.num_blocks)
+                .changed_since(&base, span.offset_blocks, span.num_blocks, max_runs)
                 .await;
             dirty.set(Some(runs));
             BdevIo::flush()
