@@ -363,7 +363,14 @@ fn nbd_calls(cfg: &Config) -> Vec<Value> {
     let Some(n) = &cfg.nbd else {
         return Vec::new();
     };
-    let mut out = vec![call("nbd_server_start", json!({"listen": n.listen}))];
+    let mut out = vec![call(
+        "nbd_server_start",
+        json!({
+            "listen": n.listen,
+            "max_connections": n.max_connections,
+            "max_connections_per_host": n.max_connections_per_host,
+        }),
+    )];
     for e in &n.exports {
         let mut p = json!({"name": e.name, "bdev_name": bdev_ref(cfg, &e.bdev)});
         if e.read_only {
@@ -849,7 +856,11 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "nbd_server_start" => {
             let q: nbd::ServerStartParams = decode(p)?;
-            cfg.nbd.get_or_insert_with(NbdConfig::default).listen = q.listen;
+            let n = cfg.nbd.get_or_insert_with(NbdConfig::default);
+            let l = q.limits();
+            n.listen = q.listen;
+            n.max_connections = l.max_connections;
+            n.max_connections_per_host = l.max_connections_per_host;
         }
         "nbd_start_export" => {
             let q: nbd::StartExportParams = decode(p)?;
