@@ -1000,7 +1000,10 @@ mod tests {
         assert_eq!(n.transport.max_connections_per_host, 16);
         assert_eq!(n.transport.max_connections_per_listener, 1024);
         let nbd = cfg.nbd.as_ref().unwrap();
-        assert_eq!((nbd.max_connections, nbd.max_connections_per_host), (8, 128));
+        assert_eq!(
+            (nbd.max_connections, nbd.max_connections_per_host),
+            (8, 128)
+        );
         assert_eq!(n.subsystems[0].namespaces[0].bdev, "vd0");
         assert_eq!(n.subsystems[0].listeners[0].port, 4420);
         assert_eq!(cfg.nbd.as_ref().unwrap().exports[0].bdev, "clone0");
