@@ -212,7 +212,7 @@ impl Target {
             }
         }
         if let Some(nbd) = &config.nbd {
-            self.nbd_start(&nbd.listen)?;
+            self.nbd_start(&nbd.listen, nbd.limits())?;
             for e in &nbd.exports {
                 self.nbd_add_export(&e.name, &e.bdev, e.read_only, &e.description)?;
             }
@@ -359,8 +359,12 @@ impl Target {
         lock(&self.inner.base_configs).get(name).cloned()
     }
 
-    /// Starts the NBD server on `listen` (`IP:PORT`).
-    pub fn nbd_start(&self, listen: &str) -> Result<std::net::SocketAddr, TargetError> {
+    /// Starts the NBD server on `listen` (`IP:PORT`) with connection limits `limits`.
+    pub fn nbd_start(
+        &self,
+        listen: &str,
+        limits: crate::frontend::nbd::NbdLimits,
+    ) -> Result<std::net::SocketAddr, TargetError> {
         let mut nbd = lock(&self.inner.nbd);
         if let Some(s) = nbd.as_ref() {
             return Err(TargetError::Invalid(format!(
@@ -371,7 +375,7 @@ impl Target {
         let addr: std::net::SocketAddr = listen
             .parse()
             .map_err(|_| TargetError::Invalid(format!("listen: `{listen}` is not IP:PORT")))?;
-        let s = NbdServer::start(&self.inner.cores, addr, Vec::new())?;
+        let s = NbdServer::start_with_limits(&self.inner.cores, addr, Vec::new(), limits)?;
         // `qemu:dirty-bitmap:<name>` names a bdev (a snapshot) by its registry name.
         let bdevs = self.inner.bdevs.clone();
         s.set_bdev_lookup(Arc::new(move |name: &str| bdevs.get(name).ok()));
@@ -954,6 +958,8 @@ impl Target {
         if let Some(s) = lock(&self.inner.nbd).as_ref() {
             cfg.nbd = Some(NbdConfig {
                 listen: s.local_addr().to_string(),
+                max_connections: s.limits().max_connections,
+                max_connections_per_host: s.limits().max_connections_per_host,
                 exports: s
                     .exports()
                     .into_iter()

@@ -370,7 +370,14 @@ fn nbd_calls(cfg: &Config) -> Vec<Value> {
     let Some(n) = &cfg.nbd else {
         return Vec::new();
     };
-    let mut out = vec![call("nbd_server_start", json!({"listen": n.listen}))];
+    let mut out = vec![call(
+        "nbd_server_start",
+        json!({
+            "listen": n.listen,
+            "max_connections": n.max_connections,
+            "max_connections_per_host": n.max_connections_per_host,
+        }),
+    )];
     for e in &n.exports {
         let mut p = json!({"name": e.name, "bdev_name": bdev_ref(cfg, &e.bdev)});
         if e.read_only {
@@ -856,7 +863,11 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "nbd_server_start" => {
             let q: nbd::ServerStartParams = decode(p)?;
-            cfg.nbd.get_or_insert_with(NbdConfig::default).listen = q.listen;
+            let n = cfg.nbd.get_or_insert_with(NbdConfig::default);
+            let l = q.limits();
+            n.listen = q.listen;
+            n.max_connections = l.max_connections;
+            n.max_connections_per_host = l.max_connections_per_host;
         }
         "nbd_start_export" => {
             let q: nbd::StartExportParams = decode(p)?;
@@ -964,14 +975,17 @@ mod tests {
       {"method": "bdev_wait_for_examine"}
     ]},
     {"subsystem": "nvmf", "config": [
-      {"method": "nvmf_create_transport", "params": {"trtype": "TCP", "max_queue_depth": 64}},
+      {"method": "nvmf_create_transport", "params": {"trtype": "TCP", "max_queue_depth": 64,
+        "max_qpairs_per_ctrlr": 5, "max_connections_per_host": 16}},
       {"method": "nvmf_create_subsystem", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1", "allow_any_host": true}},
       {"method": "nvmf_subsystem_add_listener", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1",
         "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420"}}},
       {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1",
         "namespace": {"bdev_name": "pool0/vd0", "nsid": 1}}}
     ]},
-    {"subsystem": "nbd", "config": [{"method": "nbd_start_disk", "params": {"bdev_name": "pool0/clone0", "nbd_device": "/dev/nbd0"}}]}
+    {"subsystem": "nbd", "config": [
+      {"method": "nbd_server_start", "params": {"listen": "127.0.0.1:10809", "max_connections": 8}},
+      {"method": "nbd_start_disk", "params": {"bdev_name": "pool0/clone0", "nbd_device": "/dev/nbd0"}}]}
   ]
 }"#;
 
@@ -988,6 +1002,15 @@ mod tests {
         assert_eq!(cfg.clones[0].snapshot, "snap0");
         let n = cfg.nvmf.as_ref().unwrap();
         assert_eq!(n.transport.max_queue_depth, 64);
+        // SPDK's max_qpairs_per_ctrlr counts the admin queue.
+        assert_eq!(n.transport.max_io_qpairs_per_ctrlr, 4);
+        assert_eq!(n.transport.max_connections_per_host, 16);
+        assert_eq!(n.transport.max_connections_per_listener, 1024);
+        let nbd = cfg.nbd.as_ref().unwrap();
+        assert_eq!(
+            (nbd.max_connections, nbd.max_connections_per_host),
+            (8, 128)
+        );
         assert_eq!(n.subsystems[0].namespaces[0].bdev, "vd0");
         assert_eq!(n.subsystems[0].listeners[0].port, 4420);
         assert_eq!(cfg.nbd.as_ref().unwrap().exports[0].bdev, "clone0");

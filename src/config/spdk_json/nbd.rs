@@ -12,6 +12,25 @@ pub struct ServerStartParams {
     /// `IP:PORT` (port 0 picks a free port).
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Most connections open at once (default 1024).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Most connections open at once from one source IP address (default 128).
+    #[serde(default)]
+    pub max_connections_per_host: Option<u32>,
+}
+
+impl ServerStartParams {
+    /// The connection limits (defaults for those not given).
+    pub fn limits(&self) -> crate::frontend::nbd::NbdLimits {
+        let d = crate::frontend::nbd::NbdLimits::default();
+        crate::frontend::nbd::NbdLimits {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_host: self
+                .max_connections_per_host
+                .unwrap_or(d.max_connections_per_host),
+        }
+    }
 }
 
 fn default_listen() -> String {

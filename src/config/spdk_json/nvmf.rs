@@ -35,6 +35,12 @@ pub struct CreateTransportParams {
     pub max_aq_depth: Option<u32>,
     #[serde(default)]
     pub c2h_success: Option<bool>,
+    /// tessera's: connections per listen address.
+    #[serde(default)]
+    pub max_connections_per_listener: Option<u32>,
+    /// tessera's: connections per source IP address.
+    #[serde(default)]
+    pub max_connections_per_host: Option<u32>,
     #[serde(default)]
     pub dif_insert_or_strip: Option<bool>,
     #[serde(default)]
@@ -125,6 +131,14 @@ impl CreateTransportParams {
         set(&mut o.max_io_size, self.max_io_size);
         set(&mut o.io_unit_size, self.io_unit_size);
         set(&mut o.max_aq_depth, self.max_aq_depth);
+        set(
+            &mut o.max_connections_per_listener,
+            self.max_connections_per_listener,
+        );
+        set(
+            &mut o.max_connections_per_host,
+            self.max_connections_per_host,
+        );
         if let Some(c) = self.c2h_success {
             o.c2h_success = c;
         }

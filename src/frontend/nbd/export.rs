@@ -267,6 +267,25 @@ pub struct NbdConfig {
     /// Exports to create at start.
     #[serde(default)]
     pub exports: Vec<NbdExportConfig>,
+    /// Most connections open at once; the next one is closed before the handshake.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Most connections open at once from one source IP address.
+    #[serde(default = "default_max_connections_per_host")]
+    pub max_connections_per_host: u32,
+}
+
+/// Connections per server when not configured.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Connections per source address when not configured.
+pub const DEFAULT_MAX_CONNECTIONS_PER_HOST: u32 = 128;
+
+fn default_max_connections() -> u32 {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+fn default_max_connections_per_host() -> u32 {
+    DEFAULT_MAX_CONNECTIONS_PER_HOST
 }
 
 impl Default for NbdConfig {
@@ -274,7 +293,45 @@ impl Default for NbdConfig {
         NbdConfig {
             listen: default_listen(),
             exports: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
         }
+    }
+}
+
+/// The connection limits of an NBD server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NbdLimits {
+    /// Most connections open at once.
+    pub max_connections: u32,
+    /// Most connections open at once from one source IP address.
+    pub max_connections_per_host: u32,
+}
+
+impl Default for NbdLimits {
+    fn default() -> Self {
+        NbdLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
+        }
+    }
+}
+
+impl NbdLimits {
+    /// Checks the limits; the error names the field (under `nbd.`).
+    pub fn validate(&self) -> Result<(), NbdError> {
+        for (name, v) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_host", self.max_connections_per_host),
+        ] {
+            if !(1..=1 << 20).contains(&v) {
+                return Err(NbdError::Config {
+                    field: format!("nbd.{name}"),
+                    reason: format!("{v} is not between 1 and 1048576"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -309,6 +366,7 @@ impl NbdConfig {
     /// name the field (`nbd.exports[1].name`).
     pub fn validate(&self) -> Result<(), NbdError> {
         self.listen_addr()?;
+        self.limits().validate()?;
         let mut seen = std::collections::HashSet::new();
         for (i, e) in self.exports.iter().enumerate() {
             validate_export_name(&e.name).map_err(|err| NbdError::Config {
@@ -323,6 +381,14 @@ impl NbdConfig {
             }
         }
         Ok(())
+    }
+
+    /// The connection limits.
+    pub fn limits(&self) -> NbdLimits {
+        NbdLimits {
+            max_connections: self.max_connections,
+            max_connections_per_host: self.max_connections_per_host,
+        }
     }
 
     /// The exports, with their bdevs looked up in `registry`.
@@ -377,9 +443,28 @@ mod tests {
     fn config_validation_names_the_field() {
         let c = NbdConfig {
             listen: "nowhere".into(),
-            exports: vec![],
+            ..NbdConfig::default()
         };
         assert!(matches!(c.validate(), Err(NbdError::InvalidAddress { .. })));
+        for (c, field) in [
+            (
+                NbdConfig {
+                    max_connections: 0,
+                    ..NbdConfig::default()
+                },
+                "nbd.max_connections",
+            ),
+            (
+                NbdConfig {
+                    max_connections_per_host: 0,
+                    ..NbdConfig::default()
+                },
+                "nbd.max_connections_per_host",
+            ),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("not between"), "{e}");
+        }
         let c = NbdConfig {
             listen: "127.0.0.1:1".into(),
             exports: vec![
@@ -396,6 +481,7 @@ mod tests {
                     description: String::new(),
                 },
             ],
+            ..NbdConfig::default()
         };
         let e = c.validate().unwrap_err().to_string();
         assert!(

@@ -67,7 +67,9 @@ pub mod state;
 mod transmission;
 pub mod unaligned;
 
-pub use export::{MAX_PAYLOAD_BYTES, NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo};
+pub use export::{
+    MAX_PAYLOAD_BYTES, NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo, NbdLimits,
+};
 pub use server::{BdevLookup, Closing, NbdServer};
 pub use state::{ConnState, NbdStats};
 

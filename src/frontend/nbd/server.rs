@@ -2,7 +2,7 @@
 //! connections to cores, and the per-core registry that lets the control plane close
 //! them.
 
-use super::export::{ExportEntry, ExportTable, NbdConfig, NbdExport, NbdExportInfo};
+use super::export::{ExportEntry, ExportTable, NbdConfig, NbdExport, NbdExportInfo, NbdLimits};
 use super::state::{ConnState, NbdStats, ServerCounters};
 use super::{NbdError, conn};
 use crate::bdev::BdevRegistry;
@@ -12,11 +12,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -35,11 +36,97 @@ pub(crate) struct ServerShared {
     pub(crate) counters: ServerCounters,
     stopping: AtomicBool,
     next_core: AtomicUsize,
+    limits: NbdLimits,
+    /// Connections open now (counted from accept to the end of their task).
+    open: AtomicU32,
+    /// Connections open now by source address (taken at accept and close only).
+    by_host: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl ServerShared {
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    fn by_host(&self) -> MutexGuard<'_, HashMap<IpAddr, u32>> {
+        self.by_host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One open connection, counted against the server's limits until dropped.
+struct ConnPermit {
+    shared: Arc<ServerShared>,
+    ip: IpAddr,
+}
+
+impl ConnPermit {
+    /// Counts a new connection from `ip`, or names the limit it is over and its value.
+    fn take(shared: &Arc<ServerShared>, ip: IpAddr) -> Result<ConnPermit, (&'static str, u32)> {
+        let l = shared.limits;
+        // Only the acceptor adds to the counts, so load-then-add does not race.
+        if shared.open.load(Ordering::Acquire) >= l.max_connections {
+            return Err(("max_connections", l.max_connections));
+        }
+        {
+            let mut m = shared.by_host();
+            let n = m.entry(ip).or_insert(0);
+            if *n >= l.max_connections_per_host {
+                return Err(("max_connections_per_host", l.max_connections_per_host));
+            }
+            *n += 1;
+        }
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        Ok(ConnPermit {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::AcqRel);
+        let mut m = self.shared.by_host();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Logs refused connections, per limit: the first at once, then at most one line a
+/// second with the count refused meanwhile, so that a flood does not flood the log.
+#[derive(Default)]
+struct RefusalLog {
+    /// Per limit name: when its last line was logged, and how many were not since.
+    by_limit: HashMap<&'static str, (std::time::Instant, u64)>,
+}
+
+impl RefusalLog {
+    fn note(
+        &mut self,
+        local: Option<SocketAddr>,
+        peer: SocketAddr,
+        limit: &'static str,
+        value: u32,
+    ) {
+        let now = std::time::Instant::now();
+        let suppressed = match self.by_limit.get_mut(limit) {
+            Some((last, n)) if now.duration_since(*last) < Duration::from_secs(1) => {
+                *n += 1;
+                return;
+            }
+            Some((_, n)) => std::mem::take(n),
+            None => 0,
+        };
+        self.by_limit.insert(limit, (now, 0));
+        let listener = local.map_or_else(|| "?".to_string(), |a| a.to_string());
+        tracing::warn!(
+            %listener, %peer, limit, value, suppressed,
+            "nbd: connection refused: over the limit (closed before the handshake)"
+        );
     }
 }
 
@@ -238,12 +325,24 @@ async fn close_on_core(server: u64, export: Option<u64>) {
 
 /// Accepts connections and hands each to a core, round-robin.
 async fn accept_loop(shared: Arc<ServerShared>, listener: Async<mio::net::TcpListener>) {
+    let local = listener.get_ref().local_addr().ok();
+    let mut refusals = RefusalLog::default();
     loop {
         match listener.read_with(|l| l.accept()).await {
             Ok((stream, peer)) => {
                 if shared.stopping() {
                     continue;
                 }
+                let permit = match ConnPermit::take(&shared, peer.ip()) {
+                    Ok(p) => p,
+                    Err((limit, value)) => {
+                        // Closed before the handshake: nothing was allocated for it.
+                        drop(stream);
+                        shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        refusals.note(local, peer, limit, value);
+                        continue;
+                    }
+                };
                 let stream: std::net::TcpStream = stream.into();
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, error = %e, "nbd: cannot set TCP_NODELAY");
@@ -253,7 +352,7 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: Async<mio::net::TcpLis
                 let s2 = shared.clone();
                 if shared
                     .cores
-                    .send(core, move || spawn_connection(s2, stream, peer))
+                    .send(core, move || spawn_connection(s2, stream, peer, permit))
                     .is_err()
                 {
                     tracing::warn!(%peer, core, "nbd: core stopped; connection dropped");
@@ -272,7 +371,12 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: Async<mio::net::TcpLis
 }
 
 /// On the connection's core: registers it and spawns its task.
-fn spawn_connection(shared: Arc<ServerShared>, stream: std::net::TcpStream, peer: SocketAddr) {
+fn spawn_connection(
+    shared: Arc<ServerShared>,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: ConnPermit,
+) {
     if shared.stopping() {
         return;
     }
@@ -285,6 +389,7 @@ fn spawn_connection(shared: Arc<ServerShared>, stream: std::net::TcpStream, peer
         conn::serve(ctl.clone(), stream, peer).await;
         tracing::debug!(%peer, "nbd: connection closed");
         registry().remove(server, &ctl);
+        drop(permit);
     })
     .detach();
 }
@@ -320,6 +425,17 @@ impl NbdServer {
         addr: SocketAddr,
         exports: Vec<NbdExport>,
     ) -> Result<NbdServer, NbdError> {
+        NbdServer::start_with_limits(cores, addr, exports, NbdLimits::default())
+    }
+
+    /// [`NbdServer::start`] with connection limits.
+    pub fn start_with_limits(
+        cores: &Cores,
+        addr: SocketAddr,
+        exports: Vec<NbdExport>,
+        limits: NbdLimits,
+    ) -> Result<NbdServer, NbdError> {
+        limits.validate()?;
         let table = ExportTable::default();
         for e in exports {
             table.add(e)?;
@@ -336,6 +452,9 @@ impl NbdServer {
             counters: ServerCounters::default(),
             stopping: AtomicBool::new(false),
             next_core: AtomicUsize::new(0),
+            limits,
+            open: AtomicU32::new(0),
+            by_host: Mutex::new(HashMap::new()),
         });
         let s2 = shared.clone();
         let registered = cores.call(ACCEPTOR_CORE, move || {
@@ -366,13 +485,18 @@ impl NbdServer {
         registry: &BdevRegistry,
     ) -> Result<NbdServer, NbdError> {
         let exports = config.resolve(registry)?;
-        NbdServer::start(cores, config.listen_addr()?, exports)
+        NbdServer::start_with_limits(cores, config.listen_addr()?, exports, config.limits())
     }
 
     /// How the server finds the bdev a `qemu:dirty-bitmap:<name>` context names (set
     /// once; without it no such context is offered).
     pub fn set_bdev_lookup(&self, lookup: BdevLookup) {
         let _ = self.shared.lookup.set(lookup);
+    }
+
+    /// The connection limits.
+    pub fn limits(&self) -> NbdLimits {
+        self.shared.limits
     }
 
     /// The address the server listens on.

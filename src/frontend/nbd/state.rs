@@ -140,6 +140,8 @@ impl LocalCounters {
 pub(crate) struct ServerCounters {
     in_state: [AtomicU64; ConnState::COUNT],
     pub(crate) accepted: AtomicU64,
+    /// Connections closed at accept for being over a connection limit.
+    pub(crate) refused: AtomicU64,
     pub(crate) handshakes_failed: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     requests: [AtomicU64; KINDS],
@@ -175,6 +177,7 @@ impl ServerCounters {
                 .collect(),
             closed: self.in_state[ConnState::Closed.index()].load(Ordering::Relaxed),
             accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
             protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
             reads: r(RequestKind::Read),
@@ -202,6 +205,9 @@ pub struct NbdStats {
     /// Connections closed since start.
     pub closed: u64,
     pub accepted: u64,
+    /// Connections closed at accept, before the handshake, for being over a limit
+    /// (`max_connections`, `max_connections_per_host`).
+    pub refused: u64,
     pub handshakes_failed: u64,
     /// Connections closed because the client broke the protocol (bad magic, …).
     pub protocol_errors: u64,

@@ -36,7 +36,18 @@ pub struct TransportOptions {
     /// whatever the host asked) while the host's last-seen SQ head is less than a quarter
     /// of the queue behind. `false` sends a response capsule after every read.
     pub c2h_success: bool,
+    /// Most TCP connections (queue pairs, admin and I/O) open at once on one listen
+    /// address (tessera's): the next one is closed at once, before its ICReq.
+    pub max_connections_per_listener: u32,
+    /// Most TCP connections open at once from one source IP address, across every
+    /// listener (tessera's): the next one is closed at once, before its ICReq.
+    pub max_connections_per_host: u32,
 }
+
+/// Connections per listener when not configured.
+pub const DEFAULT_MAX_CONNECTIONS_PER_LISTENER: u32 = 1024;
+/// Connections per source address when not configured.
+pub const DEFAULT_MAX_CONNECTIONS_PER_HOST: u32 = 128;
 
 impl Default for TransportOptions {
     fn default() -> Self {
@@ -48,6 +59,8 @@ impl Default for TransportOptions {
             io_unit_size: 131072,
             max_aq_depth: 128,
             c2h_success: true,
+            max_connections_per_listener: DEFAULT_MAX_CONNECTIONS_PER_LISTENER,
+            max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
         }
     }
 }
@@ -92,6 +105,17 @@ impl TransportOptions {
                 "io_unit_size: {} is below 4096 or not a multiple of 4",
                 self.io_unit_size
             ));
+        }
+        for (name, v) in [
+            (
+                "max_connections_per_listener",
+                self.max_connections_per_listener,
+            ),
+            ("max_connections_per_host", self.max_connections_per_host),
+        ] {
+            if !(1..=1 << 20).contains(&v) {
+                return Err(format!("{name}: {v} is not between 1 and 1048576"));
+            }
         }
         Ok(())
     }
@@ -265,5 +289,14 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().starts_with("subsystems[0].nqn"));
+        assert_eq!(c.transport.max_connections_per_listener, 1024);
+        assert_eq!(c.transport.max_connections_per_host, 128);
+        let zero: NvmfConfig =
+            serde_yaml_ng::from_str("transport: {max_connections_per_host: 0}\n").unwrap();
+        let e = zero.validate().unwrap_err();
+        assert!(
+            e.starts_with("transport.max_connections_per_host: 0 is not between"),
+            "{e}"
+        );
     }
 }

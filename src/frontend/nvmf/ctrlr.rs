@@ -174,7 +174,19 @@ pub(crate) fn connect(
     if !shared.ready() {
         return Err(ConnectError::status(Status::COMMAND_SEQUENCE_ERROR));
     }
+    if qid as u32 > ctx.opts.max_io_qpairs_per_ctrlr {
+        // Beyond max_qpairs_per_ctrlr, as SPDK (ctrlr.c, "Requested QID %u but Max QID
+        // is %u"): Invalid Queue Identifier (with DNR here, which SPDK leaves clear:
+        // retrying cannot help).
+        tracing::warn!(
+            subnqn = %sub.nqn, hostnqn = %d.hostnqn, cntlid = shared.cntlid, qid,
+            max_io_qpairs_per_ctrlr = ctx.opts.max_io_qpairs_per_ctrlr,
+            "I/O queue connect refused: above the controller's queue pair limit"
+        );
+        return Err(ConnectError::status(Status::INVALID_QUEUE_ID));
+    }
     if qid as u32 > shared.num_io_queues.load(Ordering::Acquire) {
+        // Beyond what Set Features (Number of Queues) granted.
         return Err(ConnectError::param_in_cmd(connect_cmd_offset::QID));
     }
     if sqsize as u32 > ctx.opts.max_queue_depth - 1 {

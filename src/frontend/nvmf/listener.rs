@@ -8,9 +8,9 @@ use super::target::TargetShared;
 use crate::reactor::{self, io::Async};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The core that runs accept loops.
@@ -92,16 +92,28 @@ async fn accept_loop(
             return;
         }
     };
+    let local = l.get_ref().local_addr().ok();
+    let open = Arc::new(AtomicU32::new(0));
+    let mut refusals = RefusalLog::default();
     loop {
         match l.read_with(|l| l.accept()).await {
             Ok((s, peer)) => {
+                let permit = match ConnPermit::take(&target, &open, &opts, peer.ip()) {
+                    Ok(p) => p,
+                    Err((what, limit)) => {
+                        // Closed before its ICReq: nothing was allocated for it.
+                        drop(s);
+                        refusals.note(local, peer, what, limit);
+                        continue;
+                    }
+                };
                 let s: std::net::TcpStream = s.into();
                 let core = target.pick_core();
                 let (t2, o2) = (target.clone(), opts.clone());
                 tracing::debug!(%peer, core, "connection accepted");
                 if let Err(e) = target
                     .cores
-                    .send(core, move || qpair::spawn(t2, s, o2, peer))
+                    .send(core, move || qpair::spawn(t2, s, o2, peer, permit))
                 {
                     tracing::warn!(error = %e, "cannot hand the connection to its core");
                 }
@@ -111,5 +123,92 @@ async fn accept_loop(
                 reactor::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// One open connection, counted against its listener's and its source address's
+/// limits until dropped (when its queue pair's task ends).
+pub(crate) struct ConnPermit {
+    target: Arc<TargetShared>,
+    listener: Arc<AtomicU32>,
+    ip: IpAddr,
+}
+
+impl ConnPermit {
+    /// Counts a new connection from `ip`, or says which limit (and its value) it is over.
+    fn take(
+        target: &Arc<TargetShared>,
+        listener: &Arc<AtomicU32>,
+        opts: &TransportOptions,
+        ip: IpAddr,
+    ) -> Result<ConnPermit, (&'static str, u32)> {
+        // Only the accept core adds to the counts, so load-then-add does not race.
+        if listener.load(Ordering::Acquire) >= opts.max_connections_per_listener {
+            return Err((
+                "max_connections_per_listener",
+                opts.max_connections_per_listener,
+            ));
+        }
+        {
+            let mut hosts = target.conns_by_host();
+            let n = hosts.entry(ip).or_insert(0);
+            if *n >= opts.max_connections_per_host {
+                return Err(("max_connections_per_host", opts.max_connections_per_host));
+            }
+            *n += 1;
+        }
+        listener.fetch_add(1, Ordering::AcqRel);
+        Ok(ConnPermit {
+            target: target.clone(),
+            listener: listener.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.listener.fetch_sub(1, Ordering::AcqRel);
+        let mut hosts = self.target.conns_by_host();
+        if let Some(n) = hosts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                hosts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Logs refused connections, per limit: the first at once, then at most one line a
+/// second with the count refused meanwhile, so that a flood does not flood the log.
+#[derive(Default)]
+struct RefusalLog {
+    /// Per limit name: when its last line was logged, and how many were not since.
+    by_limit: HashMap<&'static str, (std::time::Instant, u64)>,
+}
+
+impl RefusalLog {
+    fn note(
+        &mut self,
+        local: Option<SocketAddr>,
+        peer: SocketAddr,
+        limit: &'static str,
+        value: u32,
+    ) {
+        let now = std::time::Instant::now();
+        let suppressed = match self.by_limit.get_mut(limit) {
+            Some((last, n)) if now.duration_since(*last) < Duration::from_secs(1) => {
+                *n += 1;
+                return;
+            }
+            Some((_, n)) => std::mem::take(n),
+            None => 0,
+        };
+        self.by_limit.insert(limit, (now, 0));
+        let listener = local.map_or_else(|| "?".to_string(), |a| a.to_string());
+        tracing::warn!(
+            %listener, %peer, limit, value, suppressed,
+            "NVMe/TCP connection refused: over the limit (closed before ICReq)"
+        );
     }
 }

@@ -117,6 +117,8 @@ pub(crate) struct TargetShared {
     pub dhchap_digests: AtomicU32,
     pub dhchap_dhgroups: AtomicU32,
     listeners: Mutex<BTreeMap<SocketAddr, ListenerSlot>>,
+    /// Open connections by source address (taken at accept and at close only).
+    conns_by_host: Mutex<std::collections::HashMap<IpAddr, u32>>,
 }
 
 struct ListenerSlot {
@@ -188,6 +190,11 @@ impl TargetShared {
         out
     }
 
+    /// Open connections by source address.
+    pub(crate) fn conns_by_host(&self) -> MutexGuard<'_, std::collections::HashMap<IpAddr, u32>> {
+        lock(&self.conns_by_host)
+    }
+
     /// Picks the core for a new queue pair, round-robin.
     pub(crate) fn pick_core(&self) -> usize {
         self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores.len()
@@ -228,6 +235,7 @@ impl NvmfTarget {
                 dhchap_digests: AtomicU32::new(ALL_DIGESTS),
                 dhchap_dhgroups: AtomicU32::new(ALL_DHGROUPS),
                 listeners: Mutex::new(BTreeMap::new()),
+                conns_by_host: Mutex::new(Default::default()),
             }),
         }
     }

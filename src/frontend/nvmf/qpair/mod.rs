@@ -348,6 +348,7 @@ pub(crate) fn spawn(
     stream: std::net::TcpStream,
     opts: Arc<TransportOptions>,
     peer: SocketAddr,
+    permit: super::listener::ConnPermit,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
@@ -413,7 +414,7 @@ pub(crate) fn spawn(
         .borrow_mut()
         .insert(id, Rc::downgrade(&q));
     tracing::debug!(%peer, core, qpair = id, "queue pair started");
-    reactor::spawn_local(run(q)).detach();
+    reactor::spawn_local(run(q, permit)).detach();
 }
 
 /// Why the connection task woke up.
@@ -422,7 +423,9 @@ struct Wake {
     readable: bool,
 }
 
-async fn run(q: Rc<Qpair>) {
+/// Runs the queue pair to its end; `_permit` counts it against the connection limits
+/// until then.
+async fn run(q: Rc<Qpair>, _permit: super::listener::ConnPermit) {
     let mut wake = Wake { readable: true };
     let reason = loop {
         match q.turn(wake.readable) {
