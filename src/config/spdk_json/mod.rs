@@ -62,6 +62,16 @@ fn call(method: &str, params: Value) -> Value {
     json!({"method": method, "params": params})
 }
 
+/// `bdev_lvol_snapshot`'s parameters for snapshot `s` of `lvol_name` (with its UUID,
+/// tessera's parameter, when the configuration has one).
+fn snapshot_params(lvol_name: String, s: &SnapshotConfig) -> Value {
+    let mut p = json!({"lvol_name": lvol_name, "snapshot_name": s.name});
+    if let Some(u) = s.uuid {
+        p["uuid"] = json!(u.to_string());
+    }
+    p
+}
+
 /// The pool a disk, snapshot or clone of `cfg` (by name or `pool/disk` alias) lives in.
 fn pool_of<'a>(cfg: &'a Config, name: &str) -> Option<&'a str> {
     let mut name = name.to_string();
@@ -230,7 +240,7 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
                 let s = snaps.remove(i);
                 out.push(call(
                     "bdev_lvol_snapshot",
-                    json!({"lvol_name": bdev_ref(cfg, &s.disk), "snapshot_name": s.name}),
+                    snapshot_params(bdev_ref(cfg, &s.disk), s),
                 ));
                 made.push(beside(cfg, &s.disk, &s.name));
             } else {
@@ -255,7 +265,7 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
             for s in snaps.drain(..) {
                 out.push(call(
                     "bdev_lvol_snapshot",
-                    json!({"lvol_name": s.disk, "snapshot_name": s.name}),
+                    snapshot_params(s.disk.clone(), s),
                 ));
             }
             for c in clones.drain(..) {
@@ -715,10 +725,12 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "bdev_lvol_snapshot" => {
             let q: lvol::SnapshotParams = decode(p)?;
+            let uuid = q.uuid().map_err(|e| e.to_string())?;
             let disk = disk_ref(cfg, &q.lvol_name);
             cfg.snapshots.push(SnapshotConfig {
                 name: q.snapshot_name,
                 disk,
+                uuid,
             });
         }
         "bdev_lvol_clone" => {
