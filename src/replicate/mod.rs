@@ -21,6 +21,7 @@
 //! (the snapshot's UUID is taken there): that is refused before anything is written.
 
 pub mod nbd_client;
+pub mod nvmf;
 pub mod stream;
 
 use crate::rpc::RpcClient;
@@ -71,6 +72,8 @@ pub enum ReplicateError {
     Nbd(#[from] NbdClientError),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error(transparent)]
+    Trid(#[from] nvmf::TridError),
     #[error("{what}: {cause}")]
     Io {
         what: &'static str,
@@ -315,6 +318,37 @@ pub struct SendSummary {
     pub bytes: u64,
 }
 
+/// The snapshot `snapshot` to send and the base snapshot `from` (of its pool), if any.
+fn snapshots_to_send(
+    all: &[Lvol],
+    snapshot: &str,
+    from: Option<&str>,
+) -> Result<(Lvol, Option<Lvol>)> {
+    let target = find(all, snapshot)
+        .ok_or_else(|| ReplicateError::Refused(format!("snapshot `{snapshot}` does not exist")))?
+        .clone();
+    if !target.is_snapshot {
+        return Err(ReplicateError::Refused(format!(
+            "`{snapshot}` is not a snapshot (send takes snapshots: take one with bdev_lvol_snapshot)"
+        )));
+    }
+    let base = match from {
+        None => None,
+        Some(f) => {
+            let b = find(all, f).ok_or_else(|| {
+                ReplicateError::Refused(format!("--from: snapshot `{f}` does not exist"))
+            })?;
+            if !b.is_snapshot || b.pool_uuid != target.pool_uuid {
+                return Err(ReplicateError::Refused(format!(
+                    "--from: `{f}` is not a snapshot of the pool of `{snapshot}`"
+                )));
+            }
+            Some(b.clone())
+        }
+    };
+    Ok((target, base))
+}
+
 /// The runs (in bytes) a send covers, from `from` on.
 fn send_runs(
     rpc: &mut Rpc,
@@ -371,32 +405,7 @@ fn send_runs(
 pub fn send(opts: &SendOptions, out: impl Write, progress: &mut dyn Write) -> Result<SendSummary> {
     let mut rpc = Rpc::connect(&opts.rpc_socket)?;
     let all = lvols(&mut rpc)?;
-    let target = find(&all, &opts.snapshot)
-        .ok_or_else(|| {
-            ReplicateError::Refused(format!("snapshot `{}` does not exist", opts.snapshot))
-        })?
-        .clone();
-    if !target.is_snapshot {
-        return Err(ReplicateError::Refused(format!(
-            "`{}` is not a snapshot (send takes snapshots: take one with bdev_lvol_snapshot)",
-            opts.snapshot
-        )));
-    }
-    let base = match &opts.from {
-        None => None,
-        Some(f) => {
-            let b = find(&all, f).ok_or_else(|| {
-                ReplicateError::Refused(format!("--from: snapshot `{f}` does not exist"))
-            })?;
-            if !b.is_snapshot || b.pool_uuid != target.pool_uuid {
-                return Err(ReplicateError::Refused(format!(
-                    "--from: `{f}` is not a snapshot of the pool of `{}`",
-                    opts.snapshot
-                )));
-            }
-            Some(b.clone())
-        }
-    };
+    let (target, base) = snapshots_to_send(&all, &opts.snapshot, opts.from.as_deref())?;
     for n in [Some(&target.name), base.as_ref().map(|b| &b.name)]
         .into_iter()
         .flatten()
