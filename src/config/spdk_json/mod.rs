@@ -1017,6 +1017,31 @@ mod tests {
         assert_eq!(again, cfg, "{text}");
     }
 
+    /// A snapshot's UUID (tessera's `uuid` of `bdev_lvol_snapshot`) is read, written
+    /// back, and bad text is refused naming it.
+    #[test]
+    fn a_snapshot_uuid_round_trips_and_bad_text_is_named() {
+        let u = "0b5f3a6e-2a43-4c55-9a6e-5d1f0d0c7a11";
+        let with = SAMPLE.replace(
+            "\"snapshot_name\": \"snap0\"}",
+            &format!("\"snapshot_name\": \"snap0\", \"uuid\": \"{u}\"}}"),
+        );
+        let cfg = parse_document(&with, "x.json").unwrap();
+        assert_eq!(
+            cfg.snapshots[0].uuid,
+            Some(uuid::Uuid::parse_str(u).unwrap())
+        );
+        let text = serde_json::to_string_pretty(&document(&cfg)).unwrap();
+        assert!(text.contains(u), "{text}");
+        assert_eq!(parse_document(&text, "y.json").unwrap(), cfg);
+        let bad = with.replace(u, "0b5f3a6e");
+        let e = parse_document(&bad, "x.json").unwrap_err().to_string();
+        assert!(
+            e.contains("(bdev_lvol_snapshot)") && e.contains("\"uuid\": `0b5f3a6e` is not a UUID"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn the_two_examples_describe_the_same_target() {
         let yaml = Config::parse(
