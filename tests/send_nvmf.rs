@@ -2,7 +2,9 @@
 //! namespaces (64 MiB and 32 MiB). The source is a `tessera serve`; random writes and
 //! discards (qemu-io over NBD) and snapshots on it. Rounds: the full send of s1, then
 //! s1→s2 incremental, then s2→s3 throttled, interrupted (SPDK's namespace removed
-//! mid-copy) and resumed from the offset the error names. After each round the remote
+//! mid-copy) and resumed from the offset the error names, then s3→s4 with `tessera
+//! send` stopped by SIGINT (the copy is cancelled, the controller detached) and resumed.
+//! After each round the remote
 //! namespace reads as the source snapshot (read back through a second controller the
 //! source target attaches, exported over NBD: sha256 of nbdcopy reads of both), the
 //! bytes copied equal the changed (or data) granules `tessera_lvol_get_changed_ranges`
@@ -309,6 +311,50 @@ fn send_over_nvme_tcp_keeps_an_spdk_namespace_equal_to_each_snapshot() {
         remote_digest(&src, sp, np, dir.path()),
         digest(&src, sp, "pool0/s3", dir.path()),
         "round 3: the namespace differs from s3 (seed {seed})"
+    );
+    // Round 4: s3 -> s4 at 2 MiB/s, `tessera send` interrupted by SIGINT: the copy is
+    // cancelled and the controller detached; resumed, the namespace is s4.
+    let mut cmds = Vec::new();
+    for i in 0..16u64 {
+        cmds.push(format!(
+            "write -P {} {} 1M",
+            rng.u8(1..=255),
+            i * (4 << 20) + (1 << 20)
+        ));
+    }
+    let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    qemu_io(sp, "vd0", &refs);
+    snapshot(&src, "s4");
+    let bg = Background::spawn(
+        Command::new(bin())
+            .arg("send")
+            .arg("--rpc")
+            .arg(&src.socket)
+            .args([
+                "--from", "s3", "--nvmf", &trid, "--nsid", "1", "--limit", "2MiB", "s4",
+            ]),
+        dir.path().join("send4.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = bg.stop(Duration::from_secs(60));
+    println!("the send interrupted by SIGINT:\n{out}");
+    assert!(out.contains("interrupted (a signal)"), "{out}");
+    let at: u64 = out
+        .split("send again with --resume-from ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no offset to resume from in: {out}"));
+    no_controllers(&src, "a send interrupted by SIGINT");
+    let (ok, out, _) = sh(&send(&format!(
+        "--from s3 --nvmf '{trid}' --nsid 1 --resume-from {at} s4"
+    )));
+    assert!(ok, "{out}");
+    no_controllers(&src, "round 4");
+    assert_eq!(
+        remote_digest(&src, sp, np, dir.path()),
+        digest(&src, sp, "pool0/s4", dir.path()),
+        "round 4: the namespace differs from s4 (seed {seed})"
     );
     assert!(peer.is_running(), "{}", peer.text());
     drop(src.stop());

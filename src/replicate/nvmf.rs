@@ -7,7 +7,8 @@
 //! the snapshot's block size and size, start `tessera_lvol_start_diff_copy` (from
 //! `--resume-from`, within `--limit`), follow it with `bdev_lvol_check_shallow_copy`
 //! (the progress display of `tessera rpc --wait`), and detach the controller — also when
-//! anything failed. Nothing waits forever: every RPC call has a time limit, and a copy
+//! anything failed; SIGINT or SIGTERM cancels the copy (`tessera_lvol_cancel_copy`)
+//! first, so that the controller can be detached. Nothing waits forever: every RPC call has a time limit, and a copy
 //! whose progress does not move for the stall limit ends the wait with an error (the
 //! copy's own reads and writes have a time limit of their own, so a dead remote fails
 //! the copy first). A failed copy reports how far it got: `--resume-from` that byte
@@ -22,6 +23,8 @@ use crate::rpc::job_wait::{self, WaitError};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 /// Why a transport ID string was refused.
@@ -330,10 +333,32 @@ fn copy_to(
     if let Some(b) = base {
         params["base"] = json!(b.uuid.to_string());
     }
+    // SIGINT and SIGTERM cancel the copy (and then the controller is detached) instead
+    // of leaving it running with nobody to detach the controller after it.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupted.clone()).map_err(|cause| {
+            ReplicateError::Io {
+                what: "installing the signal handler",
+                cause,
+            }
+        })?;
+    }
     const START: &str = "tessera_lvol_start_diff_copy";
     let v = rpc.call(START, params)?;
     let id = v["operation_id"].as_u64().ok_or_else(|| bad(START, &v))?;
-    match job_wait::follow_copy(&mut rpc.client, id, opts.stall, opts.terminal, progress) {
+    let followed = job_wait::follow_copy_until(
+        &mut rpc.client,
+        id,
+        opts.stall,
+        opts.terminal,
+        progress,
+        &interrupted,
+    );
+    if followed.is_err() {
+        cancel(rpc, id);
+    }
+    match followed {
         Ok(state) => {
             const CHECK: &str = "bdev_lvol_check_shallow_copy";
             let bytes = state["copied_bytes"]
@@ -369,10 +394,36 @@ fn copy_to(
     }
 }
 
+/// Cancels copy `id` and waits (within [`CANCEL_LIMIT`]) for it to end, so that its
+/// destination is released and the controller can be detached.
+fn cancel(rpc: &mut Rpc, id: u64) {
+    const CHECK: &str = "bdev_lvol_check_shallow_copy";
+    if let Err(e) = rpc.call("tessera_lvol_cancel_copy", json!({"operation_id": id})) {
+        tracing::warn!(operation_id = id, "could not cancel the copy: {e}");
+        return;
+    }
+    let end = std::time::Instant::now() + CANCEL_LIMIT;
+    while std::time::Instant::now() < end {
+        match rpc.call(CHECK, json!({"operation_id": id})) {
+            Ok(s) if s["state"] != "in progress" => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                tracing::warn!(operation_id = id, "{e}");
+                return;
+            }
+        }
+    }
+}
+
+/// How long a cancelled copy may take to end: its requests in flight have a 30 s time
+/// limit each.
+const CANCEL_LIMIT: Duration = Duration::from_secs(40);
+
 /// A wait's error without its repeated job name.
 fn cause(e: &WaitError) -> String {
     match e {
         WaitError::JobFailed { error, .. } => format!("failed: {error}"),
+        WaitError::Interrupted { .. } => "interrupted (a signal): cancelled".to_string(),
         other => other.to_string(),
     }
 }

@@ -19,6 +19,7 @@ use super::error::RpcError;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a job's progress is asked.
@@ -52,6 +53,8 @@ pub enum WaitError {
     },
     #[error("{job} failed: {error}")]
     JobFailed { job: String, error: String },
+    #[error("{job}: interrupted (a signal)")]
+    Interrupted { job: String },
     #[error("{job} ended without completing (cancelled, or failed: the target's log says why)")]
     Unfinished { job: String },
 }
@@ -359,10 +362,27 @@ pub fn follow_copy(
     terminal: bool,
     out: &mut dyn Write,
 ) -> Result<Value, WaitError> {
+    follow_copy_until(client, id, stall, terminal, out, &AtomicBool::new(false))
+}
+
+/// [`follow_copy`], ending with [`WaitError::Interrupted`] once `interrupted` is set
+/// (by a signal handler), the copy left running.
+pub fn follow_copy_until(
+    client: &mut RpcClient,
+    id: u64,
+    stall: Duration,
+    terminal: bool,
+    out: &mut dyn Write,
+    interrupted: &AtomicBool,
+) -> Result<Value, WaitError> {
     let mut display = Display::new(format!("copy {id}"), terminal, out);
     let mut state = Value::Null;
     const CHECK: &str = "bdev_lvol_check_shallow_copy";
+    let job = display.job.clone();
     let last = follow(&mut display, stall, || {
+        if interrupted.load(Ordering::Relaxed) {
+            return Err(WaitError::Interrupted { job: job.clone() });
+        }
         state = call(client, CHECK, json!({"operation_id": id}))?;
         let (Some(done), Some(total)) = (
             state["copied_bytes"].as_u64(),

@@ -21,6 +21,9 @@
 //!   tessera's `copied_bytes`, `total_bytes` and `next_offset_blocks` (everything below
 //!   it is copied; the offset to resume from). Finished operations stay listed until
 //!   the process ends (SPDK forgets one once `check` reported it finished).
+//! - `tessera_lvol_cancel_copy` {`operation_id`}: stops a copy before its next wave of
+//!   requests (those in flight complete); it ends in state "error" ("cancelled"), and
+//!   `next_offset_blocks` says where to resume.
 //! - `tessera_lvol_set_copy_limit` {`max_bytes_per_sec`}: a bandwidth cap (0: none)
 //!   for every copy, running ones included; each pool's splits and decouples get the
 //!   same cap, for all of them together (`Pool::set_job_limit`).
@@ -122,6 +125,8 @@ struct CopyOp {
     next_offset_blocks: Cell<u64>,
     /// `Some` once finished: `Ok` complete, `Err` the error.
     result: RefCell<Option<Result<(), String>>>,
+    /// Set by `tessera_lvol_cancel_copy`: stop before the next wave.
+    cancelled: Cell<bool>,
 }
 
 /// A piece of a run, inside one segment: source blocks and the segment's ordinal among
@@ -342,6 +347,9 @@ async fn run(
     let mut mark = (reactor::now(), 0u64, u64::MAX);
     let mut done = 0;
     while done < chunks.len() {
+        if op.cancelled.get() {
+            return Err("cancelled (tessera_lvol_cancel_copy)".into());
+        }
         if !src.read_only() {
             return Err(format!(
                 "the source \"{}\" was made writable during the copy",
@@ -433,6 +441,7 @@ fn start(
                 .map_or(src.num_blocks(), |c| c.offset_blocks.max(from)),
         ),
         result: RefCell::new(None),
+        cancelled: Cell::new(false),
     });
     copies.ops.borrow_mut().insert(id, op.clone());
     let bdevs = ctx.target.bdevs().clone();
@@ -567,6 +576,18 @@ pub async fn bdev_lvol_check_shallow_copy(ctx: Rc<Ctx>, p: CheckParams) -> RpcRe
         v["error"] = json!(e);
     }
     Ok(v)
+}
+
+pub async fn tessera_lvol_cancel_copy(ctx: Rc<Ctx>, p: CheckParams) -> RpcResult {
+    let op = ctx
+        .copies
+        .ops
+        .borrow()
+        .get(&p.operation_id)
+        .cloned()
+        .ok_or_else(|| RpcError::no_such(format!("operation id {}", p.operation_id)))?;
+    op.cancelled.set(true);
+    Ok(Value::Bool(op.result.borrow().is_none()))
 }
 
 pub async fn tessera_lvol_set_copy_limit(ctx: Rc<Ctx>, p: CopyLimitParams) -> RpcResult {
