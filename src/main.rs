@@ -43,7 +43,8 @@ enum Command {
     /// `tessera rpc [-s SOCKET] METHOD [--param value ...] [--json '{...}']`.
     Rpc(RpcArgs),
     /// Write a snapshot's changed blocks since `--from` (or all its data) to stdout as a
-    /// send stream, read over NBD from the source target.
+    /// send stream, read over NBD from the source target; or, with `--nvmf`, have the
+    /// source target copy them to a remote NVMe/TCP namespace.
     Send(SendArgs),
     /// Apply a send stream from stdin to a disk over NBD, then take the stream's
     /// snapshot; refuses unless the disk's latest snapshot is the stream's base.
@@ -95,6 +96,17 @@ struct SendArgs {
     /// The base snapshot (an incremental send); without it, every block holding data.
     #[arg(long)]
     from: Option<String>,
+    /// Instead of a stream on stdout: have the source target copy the blocks to a remote
+    /// NVMe/TCP namespace, given as SPDK's transport ID:
+    /// 'trtype:tcp adrfam:ipv4 traddr:ADDR trsvcid:PORT subnqn:NQN [hostnqn:NQN] [ns:N]'.
+    #[arg(long, value_name = "TRID", conflicts_with = "connections")]
+    nvmf: Option<String>,
+    /// With --nvmf: the namespace ID (default: the subsystem's only namespace).
+    #[arg(long, requires = "nvmf")]
+    nsid: Option<u32>,
+    /// With --nvmf: seconds the copy may make no progress before send gives up.
+    #[arg(long, default_value_t = 60.0, requires = "nvmf")]
+    stall_limit: f64,
     /// Bytes per second at most (with a unit: 100MiB).
     #[arg(long)]
     limit: Option<String>,
@@ -449,13 +461,47 @@ fn send(a: SendArgs) -> Result<()> {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{what}: `{v}`"))
     };
+    let limit = a.limit.as_deref().map(|l| size("--limit", l)).transpose()?;
+    let resume_from = size("--resume-from", &a.resume_from)?;
+    if let Some(trid) = a.nvmf {
+        let stall = std::time::Duration::try_from_secs_f64(a.stall_limit).map_err(|_| {
+            anyhow::anyhow!(
+                "--stall-limit: `{}` is not a duration in seconds",
+                a.stall_limit
+            )
+        })?;
+        let opts = tessera::replicate::nvmf::NvmfSendOptions {
+            rpc_socket: a.rpc_socket,
+            trid,
+            nsid: a.nsid,
+            from: a.from.clone(),
+            snapshot: a.snapshot.clone(),
+            limit,
+            resume_from,
+            stall,
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        let s = tessera::replicate::nvmf::send_nvmf(&opts, &mut std::io::stderr())?;
+        let what = match &a.from {
+            Some(f) => format!("the changes of `{}` since `{f}`", a.snapshot),
+            None => format!("the blocks of `{}` holding data", a.snapshot),
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "tessera send: {what}: {} bytes copied to namespace {} (copy {})",
+            s.bytes,
+            s.nsid,
+            s.operation_id
+        );
+        return Ok(());
+    }
     let opts = tessera::replicate::SendOptions {
         rpc_socket: a.rpc_socket,
         nbd: a.nbd,
         from: a.from,
         snapshot: a.snapshot,
-        limit: a.limit.as_deref().map(|l| size("--limit", l)).transpose()?,
-        resume_from: size("--resume-from", &a.resume_from)?,
+        limit,
+        resume_from,
         connections: usize::from(a.connections),
     };
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {

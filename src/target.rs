@@ -184,8 +184,8 @@ impl Target {
             match (ready_snap, ready_clone) {
                 (Some(i), _) => {
                     let s = snaps.remove(i);
-                    self.snapshot(
-                        vec![(s.disk.clone(), s.name.clone())],
+                    self.snapshot_with_uuids(
+                        vec![(s.disk.clone(), s.name.clone(), s.uuid)],
                         Duration::from_secs(5),
                     )
                     .await?;
@@ -197,8 +197,8 @@ impl Target {
                 // An origin that exists nowhere: let the first one fail with its error.
                 (None, None) => match snaps.first() {
                     Some(s) => {
-                        self.snapshot(
-                            vec![(s.disk.clone(), s.name.clone())],
+                        self.snapshot_with_uuids(
+                            vec![(s.disk.clone(), s.name.clone(), s.uuid)],
                             Duration::from_secs(5),
                         )
                         .await?;
@@ -883,12 +883,33 @@ impl Target {
         pairs: Vec<(String, String)>,
         limit: Duration,
     ) -> Result<Vec<Arc<VDisk>>, TargetError> {
-        let Some((first, _)) = pairs.first() else {
+        let pairs = pairs.into_iter().map(|(o, s)| (o, s, None)).collect();
+        self.snapshot_with_uuids(pairs, limit).await
+    }
+
+    /// [`Target::snapshot`], each snapshot with the UUID of its triple when one is
+    /// given: refused when any bdev of the target (a disk of any pool, a malloc bdev,
+    /// a namespace) already has it, as bdevs are known by their UUIDs.
+    pub async fn snapshot_with_uuids(
+        &self,
+        pairs: Vec<(String, String, Option<uuid::Uuid>)>,
+        limit: Duration,
+    ) -> Result<Vec<Arc<VDisk>>, TargetError> {
+        let Some((first, _, _)) = pairs.first() else {
             return Err(TargetError::Invalid("nothing to snapshot".into()));
         };
+        for u in pairs.iter().filter_map(|p| p.2) {
+            if let Some(b) = self.inner.bdevs.list().iter().find(|b| b.uuid() == u) {
+                return Err(VdiskError::UuidTaken {
+                    uuid: u,
+                    name: b.display_name(),
+                }
+                .into());
+            }
+        }
         let pool = self.pool_of(first).await?;
         let mut named = Vec::new();
-        for (o, s) in &pairs {
+        for (o, s, u) in &pairs {
             let (p, d) = self.disk(o).await?;
             if p.uuid() != pool.uuid() {
                 return Err(TargetError::Invalid(format!(
@@ -897,9 +918,9 @@ impl Target {
                     pool.name()
                 )));
             }
-            named.push((d.disk_name(), s.clone()));
+            named.push((d.disk_name(), s.clone(), *u));
         }
-        let snaps = pool.snapshot(named, limit).await?;
+        let snaps = pool.snapshot_with_uuids(named, limit).await?;
         for s in &snaps {
             self.inner.bdevs.add(s.clone())?;
         }
@@ -1016,6 +1037,7 @@ impl Target {
                             cfg.snapshots.push(SnapshotConfig {
                                 name: d.name.clone(),
                                 disk: alias(o),
+                                uuid: Some(d.uuid),
                             });
                         }
                     }

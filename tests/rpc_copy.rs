@@ -299,6 +299,56 @@ fn diff_copy_applies_the_changes_between_two_snapshots_onto_a_copy_of_the_base()
     srv.stop();
 }
 
+/// Without `base`, a diff copy is a full copy of the target's data — the blocks it
+/// inherits from its parent snapshot too, which a shallow copy of it would leave out —
+/// from `offset_blocks` on (nothing below is written), within the copy's own
+/// `max_bytes_per_sec`: 5 MiB at 2 MiB/s, the first wave of four 1 MiB chunks at once,
+/// the fifth after two seconds.
+#[test]
+fn a_full_diff_copy_takes_inherited_blocks_from_an_offset_within_its_own_cap() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), port);
+    thin_vd0_exported(&srv);
+    qemu_io(port, "e0", &["write -P 0x11 0 3M"]);
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "lvs0/vd0", "snapshot_name": "s1"}),
+    );
+    qemu_io(port, "e0", &["write -P 0x22 8M 4M"]);
+    srv.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "lvs0/vd0", "snapshot_name": "s2"}),
+    );
+    let check = |id: u64| srv.call("bdev_lvol_check_shallow_copy", json!({"operation_id": id}));
+    let t0 = Instant::now();
+    let op = srv.call(
+        "tessera_lvol_start_diff_copy",
+        json!({"target": "lvs0/s2", "dst_bdev_name": "dst2", "offset_blocks": 512,
+               "max_bytes_per_sec": 2 * M}),
+    )["operation_id"]
+        .as_u64()
+        .unwrap();
+    let r = wait_copy(|| check(op));
+    let took = t0.elapsed();
+    assert_eq!(r["state"], "complete", "{r}");
+    assert_eq!(
+        r["total_bytes"],
+        (5 * M) as u64,
+        "2-3 MiB and 8-12 MiB: {r}"
+    );
+    assert!(
+        took >= Duration::from_millis(1800),
+        "5 MiB at 2 MiB/s in {took:?}"
+    );
+    let img = std::fs::read(dir.path().join("dst2.img")).unwrap();
+    let mut want = vec![0u8; 16 * M];
+    fill(&mut want, 2 * M, M, 0x11);
+    fill(&mut want, 8 * M, 4 * M, 0x22);
+    assert_same(&img, &want, "the full copy from 2 MiB on");
+    srv.stop();
+}
+
 /// Under `tessera_lvol_set_copy_limit` a copy of 12 MiB at 4 MiB/s takes at least two
 /// seconds (a loose lower bound) and reports progress on the way; a source set
 /// writable during a copy ends it in state "error".

@@ -129,6 +129,156 @@ fn snapshots(srv: &Serve) -> Vec<String> {
         .collect()
 }
 
+/// (name, UUID) of every snapshot of a target.
+fn snapshot_uuids(srv: &Serve) -> Vec<(String, String)> {
+    srv.call("bdev_lvol_get_lvols", json!({}))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["is_snapshot"] == true)
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_string(),
+                l["uuid"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn uuid_of(srv: &Serve, name: &str) -> String {
+    srv.call("bdev_get_bdevs", json!({"name": name}))[0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A destination whose latest snapshot has the stream base's *name* but not its UUID is
+/// no copy of the base: the incremental stream is refused naming both UUIDs, and nothing
+/// is written to the disk (it still reads as that snapshot); a full stream onto it is
+/// refused too, not taken as already received. A stream cannot be received into the
+/// target that sent it (the snapshot's UUID is taken there). `bdev_lvol_snapshot`'s
+/// `uuid`: a bad one is -32602 naming it, a taken one -17.
+#[test]
+fn a_base_of_the_right_name_but_another_uuid_is_refused_and_nothing_written() {
+    let (sp, rp) = (free_port(), free_port());
+    let src = serve("pool0", sp, true);
+    let dst = serve("replica", rp, true);
+    let dir = tempfile::tempdir().unwrap();
+    let send = |from: &str, snap: &str| {
+        format!(
+            "{} send --rpc {} --nbd 127.0.0.1:{sp} {from} {snap}",
+            bin(),
+            src.socket.display()
+        )
+    };
+    let receive = |srv: &Serve, port: u16, disk: &str| {
+        format!(
+            "{} receive --rpc {} --nbd 127.0.0.1:{port} {disk}",
+            bin(),
+            srv.socket.display()
+        )
+    };
+    qemu_io(sp, "vd0", &["write -P 0x11 0 1M"]);
+    src.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "vd0", "snapshot_name": "s1"}),
+    );
+    qemu_io(sp, "vd0", &["write -P 0x22 4M 1M"]);
+    src.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "vd0", "snapshot_name": "s2"}),
+    );
+    let (s1, s2) = (uuid_of(&src, "pool0/s1"), uuid_of(&src, "pool0/s2"));
+    // The destination's own `s1`: other contents, another UUID.
+    qemu_io(rp, "vd0", &["write -P 0x33 0 2M"]);
+    dst.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "vd0", "snapshot_name": "s1"}),
+    );
+    let own = uuid_of(&dst, "replica/s1");
+    assert_ne!(own, s1);
+    let stream = dir.path().join("s2.stream");
+    sh_ok(&format!(
+        "{} > {}",
+        send("--from s1", "s2"),
+        stream.display()
+    ));
+    let (ok, out) = sh(&format!(
+        "{} < {}",
+        receive(&dst, rp, "vd0"),
+        stream.display()
+    ));
+    assert!(!ok, "received onto a snapshot of another UUID:\n{out}");
+    assert!(
+        out.contains(&format!("its latest snapshot is `s1` (UUID {own})"))
+            && out.contains(&format!("the stream's base is snapshot `s1` (UUID {s1})")),
+        "{out}"
+    );
+    // Nothing written: the disk still reads as its own s1, and no s2 was taken.
+    let changed = dst.call(
+        "tessera_lvol_get_changed_ranges",
+        json!({"base": "replica/s1", "target": "replica/vd0"}),
+    );
+    assert_eq!(
+        changed["ranges"],
+        json!([]),
+        "the disk was written: {changed}"
+    );
+    assert!(!snapshots(&dst).contains(&"s2".to_string()));
+    // A full stream of s1 onto it is refused, not taken as already received.
+    let (ok, out) = sh(&format!(
+        "{} | {}",
+        send("", "s1"),
+        receive(&dst, rp, "vd0")
+    ));
+    assert!(!ok, "{out}");
+    assert!(out.contains("the stream is a full send"), "{out}");
+    // Into the source's own target (another disk there): the UUID is taken.
+    src.call(
+        "bdev_lvol_create",
+        json!({"lvs_name": "pool0", "lvol_name": "vd1", "size_in_mib": 64, "thin_provision": true}),
+    );
+    let (ok, out) = sh(&format!(
+        "{} | {}",
+        send("", "s1"),
+        receive(&src, sp, "vd1")
+    ));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "has UUID {s1}, which bdev `pool0/s1` of the destination target already has"
+        )),
+        "{out}"
+    );
+    // The RPC parameter itself.
+    let e = dst.call_err(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "vd0", "snapshot_name": "x", "uuid": "not-a-uuid"}),
+    );
+    assert_eq!(e.code, -32602, "{e:?}");
+    assert!(
+        e.message.contains("\"uuid\": `not-a-uuid` is not a UUID"),
+        "{e:?}"
+    );
+    let e = dst.call_err(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "vd0", "snapshot_name": "x", "uuid": own}),
+    );
+    assert_eq!(e.code, -libc::EEXIST, "{e:?}");
+    assert!(
+        e.message
+            .contains(&format!("UUID {own} is already the UUID of `replica/s1`")),
+        "{e:?}"
+    );
+    let v = dst.call(
+        "bdev_lvol_snapshot",
+        json!({"lvol_name": "vd0", "snapshot_name": "x", "uuid": s2}),
+    );
+    assert_eq!(uuid_of(&dst, "replica/x"), s2, "{v}");
+    drop(dst.stop());
+    drop(src.stop());
+}
+
 #[test]
 fn five_rounds_of_send_receive_keep_the_replica_equal_to_the_source() {
     let seed = std::env::var("TESSERA_SEND_SEED")
@@ -265,6 +415,8 @@ fn five_rounds_of_send_receive_keep_the_replica_equal_to_the_source() {
         prev = Some(snap);
     }
     assert_eq!(snapshots(&dst), ["s1", "s2", "s3", "s4", "s5"]);
+    // The replica's snapshots are the source's: same names, same UUIDs.
+    assert_eq!(snapshot_uuids(&dst), snapshot_uuids(&src));
     drop(dst.stop());
     drop(src.stop());
 }

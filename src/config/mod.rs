@@ -297,6 +297,10 @@ pub struct SnapshotConfig {
     pub name: String,
     /// The disk to snapshot.
     pub disk: String,
+    /// The snapshot's UUID (kept when the configuration is saved; a received snapshot
+    /// has its source's); a new one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<uuid::Uuid>,
 }
 
 /// A clone to create at start if it does not exist yet.

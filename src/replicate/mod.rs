@@ -8,16 +8,20 @@
 //! the runs and writes them as a [`stream`] (header, data records, end record).
 //!
 //! **receive** reads a stream, checks that the destination disk's latest snapshot (its
-//! parent) is the stream's base — by name: snapshot UUIDs cannot be chosen over RPC, so
-//! a received snapshot has a UUID of its own and carries the source's *name* — exports
-//! the disk under a temporary name, writes every record at its offset, flushes, and
-//! only after the end record and the flush takes the snapshot of the stream's target
-//! name. An interrupted receive leaves the disk changed and no snapshot taken; the
-//! writes are idempotent, so receiving the same stream again (or the send's tail from
-//! an offset, `--resume-from`) completes it. A stream whose target snapshot is already
-//! the disk's latest (on top of the stream's base) is acknowledged and not applied again.
+//! parent) is the stream's base — by UUID: a received snapshot is taken with its
+//! source's UUID (`bdev_lvol_snapshot`'s `uuid`, as ZFS keeps a snapshot's GUID across
+//! send and receive), so a snapshot that merely carries the base's name is refused —
+//! exports the disk under a temporary name, writes every record at its offset, flushes,
+//! and only after the end record and the flush takes the snapshot of the stream's target
+//! name and UUID. An interrupted receive leaves the disk changed and no snapshot taken;
+//! the writes are idempotent, so receiving the same stream again (or the send's tail
+//! from an offset, `--resume-from`) completes it. A stream whose target snapshot (by
+//! UUID) is already the disk's latest is acknowledged and not applied again. As bdevs
+//! are known by their UUIDs, a stream cannot be received into the target that sent it
+//! (the snapshot's UUID is taken there): that is refused before anything is written.
 
 pub mod nbd_client;
+pub mod nvmf;
 pub mod stream;
 
 use crate::rpc::RpcClient;
@@ -68,6 +72,8 @@ pub enum ReplicateError {
     Nbd(#[from] NbdClientError),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error(transparent)]
+    Trid(#[from] nvmf::TridError),
     #[error("{what}: {cause}")]
     Io {
         what: &'static str,
@@ -163,6 +169,26 @@ fn find<'a>(all: &'a [Lvol], name: &str) -> Option<&'a Lvol> {
 /// The lvol named `name` in `pool` (parents are named within their pool).
 fn in_pool<'a>(all: &'a [Lvol], pool: Uuid, name: &str) -> Option<&'a Lvol> {
     all.iter().find(|l| l.pool_uuid == pool && l.name == name)
+}
+
+/// The name (alias if it has one) of the bdev of the target whose UUID is `u`, if any.
+fn bdev_with_uuid(rpc: &mut Rpc, u: Uuid) -> Result<Option<String>> {
+    const M: &str = "bdev_get_bdevs";
+    let v = rpc.call(M, json!({}))?;
+    let list = v.as_array().ok_or_else(|| ReplicateError::BadAnswer {
+        method: M,
+        answer: v.to_string().chars().take(200).collect(),
+    })?;
+    Ok(list
+        .iter()
+        .find(|b| b["uuid"].as_str().and_then(|s| Uuid::parse_str(s).ok()) == Some(u))
+        .map(|b| {
+            b["aliases"][0]
+                .as_str()
+                .or(b["name"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        }))
 }
 
 /// An NBD export made for one send or receive, stopped when dropped.
@@ -292,6 +318,37 @@ pub struct SendSummary {
     pub bytes: u64,
 }
 
+/// The snapshot `snapshot` to send and the base snapshot `from` (of its pool), if any.
+fn snapshots_to_send(
+    all: &[Lvol],
+    snapshot: &str,
+    from: Option<&str>,
+) -> Result<(Lvol, Option<Lvol>)> {
+    let target = find(all, snapshot)
+        .ok_or_else(|| ReplicateError::Refused(format!("snapshot `{snapshot}` does not exist")))?
+        .clone();
+    if !target.is_snapshot {
+        return Err(ReplicateError::Refused(format!(
+            "`{snapshot}` is not a snapshot (send takes snapshots: take one with bdev_lvol_snapshot)"
+        )));
+    }
+    let base = match from {
+        None => None,
+        Some(f) => {
+            let b = find(all, f).ok_or_else(|| {
+                ReplicateError::Refused(format!("--from: snapshot `{f}` does not exist"))
+            })?;
+            if !b.is_snapshot || b.pool_uuid != target.pool_uuid {
+                return Err(ReplicateError::Refused(format!(
+                    "--from: `{f}` is not a snapshot of the pool of `{snapshot}`"
+                )));
+            }
+            Some(b.clone())
+        }
+    };
+    Ok((target, base))
+}
+
 /// The runs (in bytes) a send covers, from `from` on.
 fn send_runs(
     rpc: &mut Rpc,
@@ -348,32 +405,7 @@ fn send_runs(
 pub fn send(opts: &SendOptions, out: impl Write, progress: &mut dyn Write) -> Result<SendSummary> {
     let mut rpc = Rpc::connect(&opts.rpc_socket)?;
     let all = lvols(&mut rpc)?;
-    let target = find(&all, &opts.snapshot)
-        .ok_or_else(|| {
-            ReplicateError::Refused(format!("snapshot `{}` does not exist", opts.snapshot))
-        })?
-        .clone();
-    if !target.is_snapshot {
-        return Err(ReplicateError::Refused(format!(
-            "`{}` is not a snapshot (send takes snapshots: take one with bdev_lvol_snapshot)",
-            opts.snapshot
-        )));
-    }
-    let base = match &opts.from {
-        None => None,
-        Some(f) => {
-            let b = find(&all, f).ok_or_else(|| {
-                ReplicateError::Refused(format!("--from: snapshot `{f}` does not exist"))
-            })?;
-            if !b.is_snapshot || b.pool_uuid != target.pool_uuid {
-                return Err(ReplicateError::Refused(format!(
-                    "--from: `{f}` is not a snapshot of the pool of `{}`",
-                    opts.snapshot
-                )));
-            }
-            Some(b.clone())
-        }
-    };
+    let (target, base) = snapshots_to_send(&all, &opts.snapshot, opts.from.as_deref())?;
     for n in [Some(&target.name), base.as_ref().map(|b| &b.name)]
         .into_iter()
         .flatten()
@@ -559,30 +591,33 @@ pub fn receive(
         .as_deref()
         .and_then(|p| in_pool(&all, disk.pool_uuid, p))
         .filter(|p| p.is_snapshot);
-    let base_name = h.base.as_ref().map(|(_, n)| n.as_str());
-    let latest_name = latest.map(|l| l.name.as_str());
-    if latest_name == Some(h.target_name.as_str()) {
-        let before = latest
-            .and_then(|l| l.parent.as_deref())
-            .and_then(|p| in_pool(&all, disk.pool_uuid, p))
-            .filter(|p| p.is_snapshot)
-            .map(|p| p.name.as_str());
-        if before == base_name {
-            return Ok(ReceiveOutcome::AlreadyReceived);
-        }
+    // Snapshots are matched by UUID: a received snapshot has its source's (as ZFS keeps
+    // a snapshot's GUID), so a snapshot that merely carries the base's name is not
+    // taken for it.
+    if latest.is_some_and(|l| l.uuid == h.target_uuid) {
+        return Ok(ReceiveOutcome::AlreadyReceived);
     }
-    if latest_name != base_name {
+    let base_uuid = h.base.as_ref().map(|(u, _)| *u);
+    if latest.map(|l| l.uuid) != base_uuid {
         let want = match &h.base {
-            Some((u, n)) => format!("the stream's base is snapshot `{n}` (source UUID {u})"),
+            Some((u, n)) => format!("the stream's base is snapshot `{n}` (UUID {u})"),
             None => "the stream is a full send, which needs a disk without snapshots".into(),
         };
-        let has = match latest_name {
-            Some(n) => format!("its latest snapshot is `{n}`"),
+        let has = match latest {
+            Some(l) => format!("its latest snapshot is `{}` (UUID {})", l.name, l.uuid),
             None => "it has no snapshot".into(),
         };
         return Err(ReplicateError::Refused(format!(
             "disk `{}`: {has}, but {want}: receive the streams in order",
             opts.disk
+        )));
+    }
+    if let Some(b) = bdev_with_uuid(&mut rpc, h.target_uuid)? {
+        return Err(ReplicateError::Refused(format!(
+            "the stream's snapshot `{}` has UUID {}, which bdev `{b}` of the destination \
+             target already has: the received snapshot keeps its source's UUID, so receive \
+             into another target than the source's",
+            h.target_name, h.target_uuid
         )));
     }
     if let Some(l) = in_pool(&all, disk.pool_uuid, &h.target_name) {
@@ -632,7 +667,8 @@ pub fn receive(
     p.line();
     rpc.call(
         "bdev_lvol_snapshot",
-        json!({"lvol_name": disk.uuid.to_string(), "snapshot_name": h.target_name}),
+        json!({"lvol_name": disk.uuid.to_string(), "snapshot_name": h.target_name,
+               "uuid": h.target_uuid.to_string()}),
     )?;
     Ok(ReceiveOutcome::Applied { records, bytes })
 }

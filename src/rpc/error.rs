@@ -120,7 +120,9 @@ impl From<VdiskError> for RpcError {
             VdiskError::Exists(what) => {
                 RpcError::errno(libc::EEXIST, format!("{what} already exists"))
             }
-            VdiskError::HoldsPool { .. } => RpcError::errno(libc::EEXIST, msg),
+            VdiskError::HoldsPool { .. } | VdiskError::UuidTaken { .. } => {
+                RpcError::errno(libc::EEXIST, msg)
+            }
             VdiskError::InvalidParam { .. } => RpcError::einval(msg),
             VdiskError::ReadOnly(_) => RpcError::errno(libc::EPERM, msg),
             VdiskError::NoSpace { .. } | VdiskError::NoMetadataSpace { .. } => {

@@ -19,6 +19,7 @@ use super::error::RpcError;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a job's progress is asked.
@@ -52,6 +53,8 @@ pub enum WaitError {
     },
     #[error("{job} failed: {error}")]
     JobFailed { job: String, error: String },
+    #[error("{job}: interrupted (a signal)")]
+    Interrupted { job: String },
     #[error("{job} ended without completing (cancelled, or failed: the target's log says why)")]
     Unfinished { job: String },
 }
@@ -260,35 +263,8 @@ pub fn call_and_wait(
             let id = answer["operation_id"]
                 .as_u64()
                 .ok_or_else(|| bad(method, &answer))?;
-            let mut display = Display::new(format!("copy {id}"), terminal, out);
-            let mut state = Value::Null;
-            const CHECK: &str = "bdev_lvol_check_shallow_copy";
-            let last = follow(&mut display, timeout, || {
-                state = call(&mut client, CHECK, json!({"operation_id": id}))?;
-                let (Some(done), Some(total)) = (
-                    state["copied_bytes"].as_u64(),
-                    state["total_bytes"].as_u64(),
-                ) else {
-                    return Err(bad(CHECK, &state));
-                };
-                let p = Progress { done, total };
-                Ok(if state["state"] == "in progress" {
-                    Step::Going(p)
-                } else {
-                    Step::Ended(p)
-                })
-            })?;
-            match state["state"].as_str() {
-                Some("complete") => {
-                    display.finish(last, "complete");
-                    Ok(answer)
-                }
-                Some("error") => Err(WaitError::JobFailed {
-                    job: display.job.clone(),
-                    error: state["error"].as_str().unwrap_or("unknown").to_string(),
-                }),
-                _ => Err(bad(CHECK, &state)),
-            }
+            follow_copy(&mut client, id, timeout, terminal, out)?;
+            Ok(answer)
         }
         _ => {
             let name = params["name"]
@@ -372,6 +348,65 @@ pub fn call_and_wait(
             display.finish(last, "complete");
             Ok(answer)
         }
+    }
+}
+
+/// Follows copy `id` (of `bdev_lvol_start_shallow_copy` or
+/// `tessera_lvol_start_diff_copy`) to its end, showing progress on `out` (a bar when
+/// `terminal`); its last `bdev_lvol_check_shallow_copy` answer once complete. A copy
+/// that failed, or whose progress did not move for `stall`, is an error.
+pub fn follow_copy(
+    client: &mut RpcClient,
+    id: u64,
+    stall: Duration,
+    terminal: bool,
+    out: &mut dyn Write,
+) -> Result<Value, WaitError> {
+    follow_copy_until(client, id, stall, terminal, out, &AtomicBool::new(false))
+}
+
+/// [`follow_copy`], ending with [`WaitError::Interrupted`] once `interrupted` is set
+/// (by a signal handler), the copy left running.
+pub fn follow_copy_until(
+    client: &mut RpcClient,
+    id: u64,
+    stall: Duration,
+    terminal: bool,
+    out: &mut dyn Write,
+    interrupted: &AtomicBool,
+) -> Result<Value, WaitError> {
+    let mut display = Display::new(format!("copy {id}"), terminal, out);
+    let mut state = Value::Null;
+    const CHECK: &str = "bdev_lvol_check_shallow_copy";
+    let job = display.job.clone();
+    let last = follow(&mut display, stall, || {
+        if interrupted.load(Ordering::Relaxed) {
+            return Err(WaitError::Interrupted { job: job.clone() });
+        }
+        state = call(client, CHECK, json!({"operation_id": id}))?;
+        let (Some(done), Some(total)) = (
+            state["copied_bytes"].as_u64(),
+            state["total_bytes"].as_u64(),
+        ) else {
+            return Err(bad(CHECK, &state));
+        };
+        let p = Progress { done, total };
+        Ok(if state["state"] == "in progress" {
+            Step::Going(p)
+        } else {
+            Step::Ended(p)
+        })
+    })?;
+    match state["state"].as_str() {
+        Some("complete") => {
+            display.finish(last, "complete");
+            Ok(state)
+        }
+        Some("error") => Err(WaitError::JobFailed {
+            job: display.job.clone(),
+            error: state["error"].as_str().unwrap_or("unknown").to_string(),
+        }),
+        _ => Err(bad(CHECK, &state)),
     }
 }
 

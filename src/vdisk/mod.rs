@@ -99,6 +99,8 @@ pub enum VdiskError {
     NotFound(String),
     #[error("`{0}` already exists")]
     Exists(String),
+    #[error("UUID {uuid} is already the UUID of `{name}`")]
+    UuidTaken { uuid: uuid::Uuid, name: String },
     #[error("bdev `{bdev}` already holds pool `{pool}` ({uuid}); delete that pool first")]
     HoldsPool {
         bdev: String,

@@ -281,6 +281,18 @@ impl Pool {
         pairs: Vec<(String, String)>,
         limit: std::time::Duration,
     ) -> impl Future<Output = Result<Vec<Arc<VDisk>>, VdiskError>> + Send + 'static {
+        let pairs = pairs.into_iter().map(|(o, s)| (o, s, None)).collect();
+        self.snapshot_with_uuids(pairs, limit)
+    }
+
+    /// [`Pool::snapshot`], each snapshot with the UUID of its triple when one is given
+    /// (a received snapshot keeps its source's); a UUID a disk of the pool already has
+    /// is refused ([`VdiskError::UuidTaken`]).
+    pub fn snapshot_with_uuids(
+        &self,
+        pairs: Vec<(String, String, Option<uuid::Uuid>)>,
+        limit: std::time::Duration,
+    ) -> impl Future<Output = Result<Vec<Arc<VDisk>>, VdiskError>> + Send + 'static {
         self.on_ctl(move |c| async move { durable(&c, c.snapshot(pairs, limit).await).await })
     }
 

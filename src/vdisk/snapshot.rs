@@ -120,11 +120,18 @@ impl Controller {
     /// bounds the whole wait for the origins' I/O (the quiesce, the drain of earlier
     /// writes): past it the snapshot is cancelled and undone — no snapshot, the origins
     /// serve I/O as before — and fails with the stall.
+    ///
+    /// A snapshot takes the UUID given with its pair (a received snapshot keeps its
+    /// source's, as ZFS keeps a snapshot's GUID), else a new one; a UUID a disk of the
+    /// pool already has is refused ([`VdiskError::UuidTaken`]; the target checks its
+    /// other bdevs).
     pub(crate) async fn snapshot(
         &self,
-        pairs: Vec<(String, String)>,
+        pairs: Vec<(String, String, Option<uuid::Uuid>)>,
         limit: Duration,
     ) -> Result<Vec<Arc<VDisk>>, VdiskError> {
+        let uuids: Vec<Option<uuid::Uuid>> = pairs.iter().map(|p| p.2).collect();
+        let pairs: Vec<(String, String)> = pairs.into_iter().map(|(o, s, _)| (o, s)).collect();
         if pairs.is_empty() {
             return Err(VdiskError::InvalidParam {
                 field: "snapshots",
@@ -138,10 +145,22 @@ impl Controller {
                 return Err(VdiskError::PoolFailed(f.clone()));
             }
             let mut names = BTreeSet::new();
-            for (o, s) in &pairs {
+            let mut chosen = BTreeSet::new();
+            for ((o, s), u) in pairs.iter().zip(&uuids) {
                 validate_name(s)?;
                 if st.disk_by_name(s).is_some() || !names.insert(s.clone()) {
                     return Err(VdiskError::Exists(s.clone()));
+                }
+                if let Some(u) = u {
+                    if let Some(e) = uuid_taken(&st, *u) {
+                        return Err(e);
+                    }
+                    if !chosen.insert(*u) {
+                        return Err(VdiskError::InvalidParam {
+                            field: "uuid",
+                            reason: format!("{u} is given to two snapshots"),
+                        });
+                    }
                 }
                 let id = st
                     .disk_by_name(o)
@@ -244,15 +263,19 @@ impl Controller {
         // a disk given one of the names, while we waited for the locks and the drains.
         let refused = {
             let st = self.st.borrow();
-            pairs.iter().zip(&origins).find_map(|((o, s), id)| {
-                if !st.disks.contains_key(id) {
-                    Some(VdiskError::NotFound(o.clone()))
-                } else if st.disk_by_name(s).is_some() {
-                    Some(VdiskError::Exists(s.clone()))
-                } else {
-                    None
-                }
-            })
+            pairs
+                .iter()
+                .zip(&origins)
+                .zip(&uuids)
+                .find_map(|(((o, s), id), u)| {
+                    if !st.disks.contains_key(id) {
+                        Some(VdiskError::NotFound(o.clone()))
+                    } else if st.disk_by_name(s).is_some() {
+                        Some(VdiskError::Exists(s.clone()))
+                    } else {
+                        u.and_then(|u| uuid_taken(&st, u))
+                    }
+                })
         };
         if let Some(e) = refused {
             if let Some(qid) = q {
@@ -261,7 +284,7 @@ impl Controller {
             return Err(e);
         }
         let mut out = Vec::new();
-        for ((_, snap_name), &origin) in pairs.iter().zip(&origins) {
+        for (((_, snap_name), &origin), chosen) in pairs.iter().zip(&origins).zip(&uuids) {
             let bdev = {
                 let mut st = self.st.borrow_mut();
                 let id = st.next_disk_id;
@@ -274,7 +297,7 @@ impl Controller {
                 }
                 let rec = DiskRecord {
                     id,
-                    uuid: uuid::Uuid::new_v4(),
+                    uuid: chosen.unwrap_or_else(uuid::Uuid::new_v4),
                     name: snap_name.clone(),
                     size_blocks: o.rec.size_blocks,
                     kind: DiskKind::Snapshot,
@@ -383,6 +406,17 @@ impl Controller {
         tracing::info!(pool = %self.shared.name, snapshot, clone = name, "clone created");
         Ok(bdev)
     }
+}
+
+/// The refusal of UUID `u` if a disk of the pool has it.
+fn uuid_taken(st: &super::controller::CtlState, u: uuid::Uuid) -> Option<VdiskError> {
+    st.disks
+        .values()
+        .find(|d| d.rec.uuid == u)
+        .map(|d| VdiskError::UuidTaken {
+            uuid: u,
+            name: d.rec.name.clone(),
+        })
 }
 
 /// The origins of `pairs`, for messages.

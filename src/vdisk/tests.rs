@@ -1002,6 +1002,55 @@ fn copy_out_racing_the_delete_of_a_clone_it_repoints() {
     block_on(pool.close()).unwrap();
 }
 
+/// A snapshot takes the UUID it is given; a UUID a disk
+/// of the pool has, or one given twice, is refused and nothing is snapshotted.
+#[test]
+fn snapshot_takes_a_chosen_uuid_and_refuses_a_taken_one() {
+    let (_set, _base, pool, disk) = thin_disk(16 << 20);
+    let chosen = uuid::Uuid::new_v4();
+    let snap: Arc<dyn Bdev> = block_on(pool.snapshot_with_uuids(
+        vec![("vd0".into(), "s1".into(), Some(chosen))],
+        Duration::from_secs(1),
+    ))
+    .unwrap()
+    .pop()
+    .unwrap();
+    assert_eq!(snap.uuid(), chosen);
+    let vd0 = disk.uuid();
+    for (u, name) in [(chosen, "s1"), (vd0, "vd0")] {
+        let e = block_on(pool.snapshot_with_uuids(
+            vec![("vd0".into(), "s2".into(), Some(u))],
+            Duration::from_secs(1),
+        ))
+        .err()
+        .expect("refused");
+        assert!(
+            matches!(&e, VdiskError::UuidTaken { uuid, name: n } if *uuid == u && n == name),
+            "{e}"
+        );
+    }
+    block_on(pool.create_disk("vd1", 16 << 20, true)).unwrap();
+    let twice = uuid::Uuid::new_v4();
+    let e = block_on(pool.snapshot_with_uuids(
+        vec![
+            ("vd0".into(), "s2".into(), Some(twice)),
+            ("vd1".into(), "t2".into(), Some(twice)),
+        ],
+        Duration::from_secs(1),
+    ))
+    .err()
+    .expect("refused");
+    assert!(
+        e.to_string()
+            .contains(&format!("uuid: {twice} is given to two snapshots")),
+        "{e}"
+    );
+    let list = block_on(pool.list()).unwrap();
+    assert_eq!(list.len(), 3, "nothing more was snapshotted: {list:?}");
+    assert_eq!(list.iter().find(|d| d.name == "s1").unwrap().uuid, chosen);
+    block_on(pool.close()).unwrap();
+}
+
 /// A snapshot whose origin is deleted while it waits for the origin's lock fails with
 /// a precise error, and does not bring the controller down.
 #[test]

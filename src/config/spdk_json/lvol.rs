@@ -126,6 +126,24 @@ impl CreateLvolParams {
 pub struct SnapshotParams {
     pub lvol_name: String,
     pub snapshot_name: String,
+    /// tessera's: the snapshot's UUID (a received snapshot keeps its source's); a new
+    /// one when absent.
+    #[serde(default)]
+    pub uuid: Option<String>,
+}
+
+impl SnapshotParams {
+    /// The UUID asked for, if any.
+    pub fn uuid(&self) -> Result<Option<uuid::Uuid>, ParamError> {
+        self.uuid
+            .as_deref()
+            .map(|u| {
+                uuid::Uuid::parse_str(u).map_err(|e| {
+                    ParamError::invalid(format!("\"uuid\": `{u}` is not a UUID ({e})"))
+                })
+            })
+            .transpose()
+    }
 }
 
 /// `bdev_lvol_clone`.

@@ -62,6 +62,16 @@ fn call(method: &str, params: Value) -> Value {
     json!({"method": method, "params": params})
 }
 
+/// `bdev_lvol_snapshot`'s parameters for snapshot `s` of `lvol_name` (with its UUID,
+/// tessera's parameter, when the configuration has one).
+fn snapshot_params(lvol_name: String, s: &SnapshotConfig) -> Value {
+    let mut p = json!({"lvol_name": lvol_name, "snapshot_name": s.name});
+    if let Some(u) = s.uuid {
+        p["uuid"] = json!(u.to_string());
+    }
+    p
+}
+
 /// The pool a disk, snapshot or clone of `cfg` (by name or `pool/disk` alias) lives in.
 fn pool_of<'a>(cfg: &'a Config, name: &str) -> Option<&'a str> {
     let mut name = name.to_string();
@@ -237,7 +247,7 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
                 let s = snaps.remove(i);
                 out.push(call(
                     "bdev_lvol_snapshot",
-                    json!({"lvol_name": bdev_ref(cfg, &s.disk), "snapshot_name": s.name}),
+                    snapshot_params(bdev_ref(cfg, &s.disk), s),
                 ));
                 made.push(beside(cfg, &s.disk, &s.name));
             } else {
@@ -262,7 +272,7 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
             for s in snaps.drain(..) {
                 out.push(call(
                     "bdev_lvol_snapshot",
-                    json!({"lvol_name": s.disk, "snapshot_name": s.name}),
+                    snapshot_params(s.disk.clone(), s),
                 ));
             }
             for c in clones.drain(..) {
@@ -729,10 +739,12 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "bdev_lvol_snapshot" => {
             let q: lvol::SnapshotParams = decode(p)?;
+            let uuid = q.uuid().map_err(|e| e.to_string())?;
             let disk = disk_ref(cfg, &q.lvol_name);
             cfg.snapshots.push(SnapshotConfig {
                 name: q.snapshot_name,
                 disk,
+                uuid,
             });
         }
         "bdev_lvol_clone" => {
@@ -1033,6 +1045,31 @@ mod tests {
         let text = serde_json::to_string_pretty(&document(&cfg)).unwrap();
         let again = parse_document(&text, "y.json").unwrap();
         assert_eq!(again, cfg, "{text}");
+    }
+
+    /// A snapshot's UUID (tessera's `uuid` of `bdev_lvol_snapshot`) is read, written
+    /// back, and bad text is refused naming it.
+    #[test]
+    fn a_snapshot_uuid_round_trips_and_bad_text_is_named() {
+        let u = "0b5f3a6e-2a43-4c55-9a6e-5d1f0d0c7a11";
+        let with = SAMPLE.replace(
+            "\"snapshot_name\": \"snap0\"}",
+            &format!("\"snapshot_name\": \"snap0\", \"uuid\": \"{u}\"}}"),
+        );
+        let cfg = parse_document(&with, "x.json").unwrap();
+        assert_eq!(
+            cfg.snapshots[0].uuid,
+            Some(uuid::Uuid::parse_str(u).unwrap())
+        );
+        let text = serde_json::to_string_pretty(&document(&cfg)).unwrap();
+        assert!(text.contains(u), "{text}");
+        assert_eq!(parse_document(&text, "y.json").unwrap(), cfg);
+        let bad = with.replace(u, "0b5f3a6e");
+        let e = parse_document(&bad, "x.json").unwrap_err().to_string();
+        assert!(
+            e.contains("(bdev_lvol_snapshot)") && e.contains("\"uuid\": `0b5f3a6e` is not a UUID"),
+            "{e}"
+        );
     }
 
     #[test]

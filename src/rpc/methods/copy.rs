@@ -6,17 +6,24 @@
 //!   parent); for an lvol without a parent, every block holding data
 //!   (`allocated_ranges`) — written at the same byte offsets of the destination, and
 //!   nothing else;
-//! - `tessera_lvol_start_diff_copy` {`base`, `target`, `dst_bdev_name`,
-//!   `offset_blocks`?}: the blocks of `target` that differ from `base` (two lvols of one
-//!   lvstore, `changed_ranges`), from `offset_blocks` on — applied onto a copy of `base`
-//!   this gives `target` (an incremental backup; resumable: `check` reports where the
-//!   copy has reached);
+//! - `tessera_lvol_start_diff_copy` {`base`?, `target`, `dst_bdev_name`,
+//!   `offset_blocks`?, `max_bytes_per_sec`?}: the blocks of `target` that differ from
+//!   `base` (two lvols of one lvstore, `changed_ranges`), from `offset_blocks` on —
+//!   applied onto a copy of `base` this gives `target` (an incremental backup;
+//!   resumable: `check` reports where the copy has reached). Without `base`, every block
+//!   of `target` holding data (`allocated_ranges`), inherited ones too: a full copy onto
+//!   a destination that reads as zeros, resumable the same way (a shallow copy of a
+//!   later snapshot copies only its own layer, and has no offset). `max_bytes_per_sec`
+//!   caps this copy alone (below the cap every copy shares, if that is lower);
 //! - `bdev_lvol_check_shallow_copy` {`operation_id`} (SPDK's) answers for both:
 //!   `state` ("in progress", "complete", "error" with `error`), `copied_clusters` and
 //!   `total_clusters` (segments, SPDK's clusters, that hold blocks to copy), and
 //!   tessera's `copied_bytes`, `total_bytes` and `next_offset_blocks` (everything below
 //!   it is copied; the offset to resume from). Finished operations stay listed until
 //!   the process ends (SPDK forgets one once `check` reported it finished).
+//! - `tessera_lvol_cancel_copy` {`operation_id`}: stops a copy before its next wave of
+//!   requests (those in flight complete); it ends in state "error" ("cancelled"), and
+//!   `next_offset_blocks` says where to resume.
 //! - `tessera_lvol_set_copy_limit` {`max_bytes_per_sec`}: a bandwidth cap (0: none)
 //!   for every copy, running ones included; each pool's splits and decouples get the
 //!   same cap, for all of them together (`Pool::set_job_limit`).
@@ -70,14 +77,18 @@ pub struct ShallowCopyParams {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiffCopyParams {
-    /// The older side: a snapshot of the lineage.
-    pub base: String,
+    /// The older side: a snapshot of the lineage; none for a full copy.
+    #[serde(default)]
+    pub base: Option<String>,
     /// The newer side: a later snapshot (read-only).
     pub target: String,
     pub dst_bdev_name: String,
     /// Where to start (resuming an interrupted copy); blocks of `target`.
     #[serde(default)]
     pub offset_blocks: u64,
+    /// Bytes per second for this copy (0 or absent: only the shared cap).
+    #[serde(default)]
+    pub max_bytes_per_sec: u64,
 }
 
 /// `bdev_lvol_check_shallow_copy`.
@@ -114,6 +125,8 @@ struct CopyOp {
     next_offset_blocks: Cell<u64>,
     /// `Some` once finished: `Ok` complete, `Err` the error.
     result: RefCell<Option<Result<(), String>>>,
+    /// Set by `tessera_lvol_cancel_copy`: stop before the next wave.
+    cancelled: Cell<bool>,
 }
 
 /// A piece of a run, inside one segment: source blocks and the segment's ordinal among
@@ -325,21 +338,29 @@ async fn run(
     src: Arc<dyn Bdev>,
     dst: Arc<dyn Bdev>,
     limit: Rc<Cell<u64>>,
+    own_limit: u64,
 ) -> Result<(), String> {
     let channels = Channel::get(&src).and_then(|s| Ok((s, Channel::get(&dst)?)));
     let (sch, dch) = channels.map_err(|e| e.to_string())?;
     let sbs = src.block_size() as u64;
     // The cap's reference point: (time, bytes copied then, the cap then).
-    let mut mark = (reactor::now(), 0u64, limit.get());
+    let mut mark = (reactor::now(), 0u64, u64::MAX);
     let mut done = 0;
     while done < chunks.len() {
+        if op.cancelled.get() {
+            return Err("cancelled (tessera_lvol_cancel_copy)".into());
+        }
         if !src.read_only() {
             return Err(format!(
                 "the source \"{}\" was made writable during the copy",
                 src.display_name()
             ));
         }
-        let cap = limit.get();
+        let cap = match (limit.get(), own_limit) {
+            (0, own) => own,
+            (shared, 0) => shared,
+            (shared, own) => shared.min(own),
+        };
         if cap != mark.2 {
             mark = (reactor::now(), op.copied_bytes.get(), cap);
         }
@@ -391,7 +412,9 @@ async fn run(
     }
 }
 
-/// Registers a copy of `runs` from `src` to `dst` and starts it; its operation id.
+/// Registers a copy of `runs` from `src` to `dst` and starts it, within its own cap
+/// `own_limit` (bytes per second, 0 for none) too; its operation id.
+#[allow(clippy::too_many_arguments)] // each is one fact of the copy; a struct would only rename them
 fn start(
     ctx: &Ctx,
     what: String,
@@ -400,6 +423,7 @@ fn start(
     segment_blocks: u64,
     src: Arc<dyn Bdev>,
     dst: Arc<dyn Bdev>,
+    own_limit: u64,
 ) -> Result<u32, RpcError> {
     let sbs = src.block_size() as u64;
     let chunks = chunks(&runs, segment_blocks, (CHUNK_BYTES / sbs).max(1));
@@ -417,6 +441,7 @@ fn start(
                 .map_or(src.num_blocks(), |c| c.offset_blocks.max(from)),
         ),
         result: RefCell::new(None),
+        cancelled: Cell::new(false),
     });
     copies.ops.borrow_mut().insert(id, op.clone());
     let bdevs = ctx.target.bdevs().clone();
@@ -425,7 +450,7 @@ fn start(
     tracing::info!(operation_id = id, %what, chunks = chunks.len(), "copy started");
     let limit = copies.limit.clone();
     reactor::spawn_local(async move {
-        let r = run(op.clone(), chunks, src, dst, limit).await;
+        let r = run(op.clone(), chunks, src, dst, limit, own_limit).await;
         bdevs.release(&dst_name, &claim);
         match &r {
             Ok(()) => tracing::info!(operation_id = id, "copy complete"),
@@ -453,22 +478,27 @@ pub async fn bdev_lvol_start_shallow_copy(ctx: Rc<Ctx>, p: ShallowCopyParams) ->
     };
     let seg_blocks = pool.segment_bytes() / src.block_size() as u64;
     let what = format!("shallow copy of {} to {}", p.src_lvol_name, p.dst_bdev_name);
-    let id = start(&ctx, what, runs, 0, seg_blocks, src, dst)?;
+    let id = start(&ctx, what, runs, 0, seg_blocks, src, dst, 0)?;
     Ok(json!({"operation_id": id}))
 }
 
 pub async fn tessera_lvol_start_diff_copy(ctx: Rc<Ctx>, p: DiffCopyParams) -> RpcResult {
-    let (pool, base, _) = source(&ctx, &p.base).await?;
     let (tpool, target, src) = source(&ctx, &p.target).await?;
-    if pool.uuid() != tpool.uuid() {
-        return Err(RpcError::einval(format!(
-            "base: \"{}\" is in lvstore \"{}\", target \"{}\" in \"{}\"",
-            p.base,
-            pool.name(),
-            p.target,
-            tpool.name()
-        )));
-    }
+    let base = match &p.base {
+        None => None,
+        Some(b) => {
+            let (pool, base, _) = source(&ctx, b).await?;
+            if pool.uuid() != tpool.uuid() {
+                return Err(RpcError::einval(format!(
+                    "base: \"{b}\" is in lvstore \"{}\", target \"{}\" in \"{}\"",
+                    pool.name(),
+                    p.target,
+                    tpool.name()
+                )));
+            }
+            Some((b, base))
+        }
+    };
     if p.offset_blocks > src.num_blocks() {
         return Err(RpcError::einval(format!(
             "offset_blocks: {} is past the target's {} blocks",
@@ -478,14 +508,47 @@ pub async fn tessera_lvol_start_diff_copy(ctx: Rc<Ctx>, p: DiffCopyParams) -> Rp
     }
     check_read_only(&p.target, &src)?;
     let dst = destination(&ctx, &p.dst_bdev_name, &src)?;
-    let runs = changed_runs(&pool, &base, &target, p.offset_blocks).await?;
-    let seg_blocks = pool.segment_bytes() / src.block_size() as u64;
-    let what = format!(
-        "changes of {} since {} to {}",
-        p.target, p.base, p.dst_bdev_name
-    );
-    let id = start(&ctx, what, runs, p.offset_blocks, seg_blocks, src, dst)?;
+    let (runs, what) = match &base {
+        Some((name, base)) => (
+            changed_runs(&tpool, base, &target, p.offset_blocks).await?,
+            format!(
+                "changes of {} since {name} to {}",
+                p.target, p.dst_bdev_name
+            ),
+        ),
+        None => (
+            cut_below(data_runs(&tpool, &target).await?, p.offset_blocks),
+            format!("full copy of {} to {}", p.target, p.dst_bdev_name),
+        ),
+    };
+    let seg_blocks = tpool.segment_bytes() / src.block_size() as u64;
+    let id = start(
+        &ctx,
+        what,
+        runs,
+        p.offset_blocks,
+        seg_blocks,
+        src,
+        dst,
+        p.max_bytes_per_sec,
+    )?;
     Ok(json!({"operation_id": id}))
+}
+
+/// `runs` from block `from` on (a run across it is cut there).
+fn cut_below(runs: Vec<BlockRange>, from: u64) -> Vec<BlockRange> {
+    runs.into_iter()
+        .filter_map(|r| {
+            let end = r.offset_blocks + r.num_blocks;
+            (end > from).then(|| {
+                let start = r.offset_blocks.max(from);
+                BlockRange {
+                    offset_blocks: start,
+                    num_blocks: end - start,
+                }
+            })
+        })
+        .collect()
 }
 
 pub async fn bdev_lvol_check_shallow_copy(ctx: Rc<Ctx>, p: CheckParams) -> RpcResult {
@@ -513,6 +576,18 @@ pub async fn bdev_lvol_check_shallow_copy(ctx: Rc<Ctx>, p: CheckParams) -> RpcRe
         v["error"] = json!(e);
     }
     Ok(v)
+}
+
+pub async fn tessera_lvol_cancel_copy(ctx: Rc<Ctx>, p: CheckParams) -> RpcResult {
+    let op = ctx
+        .copies
+        .ops
+        .borrow()
+        .get(&p.operation_id)
+        .cloned()
+        .ok_or_else(|| RpcError::no_such(format!("operation id {}", p.operation_id)))?;
+    op.cancelled.set(true);
+    Ok(Value::Bool(op.result.borrow().is_none()))
 }
 
 pub async fn tessera_lvol_set_copy_limit(ctx: Rc<Ctx>, p: CopyLimitParams) -> RpcResult {

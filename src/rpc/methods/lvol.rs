@@ -168,12 +168,15 @@ pub async fn bdev_lvol_get_lvols(ctx: Rc<Ctx>, p: GetLvolsParams) -> RpcResult {
     Ok(Value::Array(out))
 }
 
+/// `bdev_lvol_snapshot`, with tessera's optional `uuid` (the snapshot's: a received
+/// snapshot keeps its source's; -17 when a bdev of the target already has it).
 pub async fn bdev_lvol_snapshot(ctx: Rc<Ctx>, p: SnapshotParams) -> RpcResult {
+    let uuid = p.uuid()?;
     ctx.resolve_lvol(&p.lvol_name).await?;
     let snaps = ctx
         .target
-        .snapshot(
-            vec![(p.lvol_name.clone(), p.snapshot_name.clone())],
+        .snapshot_with_uuids(
+            vec![(p.lvol_name.clone(), p.snapshot_name.clone(), uuid)],
             Duration::from_millis(DEFAULT_QUIESCE_MS),
         )
         .await?;

@@ -230,6 +230,7 @@ methods! {
     "bdev_lvol_check_shallow_copy" => copy::bdev_lvol_check_shallow_copy,
     "tessera_lvol_start_diff_copy" => copy::tessera_lvol_start_diff_copy,
     "tessera_lvol_set_copy_limit" => copy::tessera_lvol_set_copy_limit,
+    "tessera_lvol_cancel_copy" => copy::tessera_lvol_cancel_copy,
     "nvmf_create_transport" => nvmf::nvmf_create_transport,
     "nvmf_get_transports" => nvmf::nvmf_get_transports,
     "nvmf_create_subsystem" => nvmf::nvmf_create_subsystem,
