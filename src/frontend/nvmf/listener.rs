@@ -5,6 +5,7 @@
 use super::config::TransportOptions;
 use super::qpair;
 use super::target::TargetShared;
+use crate::frontend::refusals::RefusalLog;
 use crate::reactor::{self, io::Async};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -103,7 +104,7 @@ async fn accept_loop(
                     Err((what, limit)) => {
                         // Closed before its ICReq: nothing was allocated for it.
                         drop(s);
-                        refusals.note(local, peer, what, limit);
+                        log_refusal(&mut refusals, local, peer, what, limit);
                         continue;
                     }
                 };
@@ -179,32 +180,15 @@ impl Drop for ConnPermit {
     }
 }
 
-/// Logs refused connections, per limit: the first at once, then at most one line a
-/// second with the count refused meanwhile, so that a flood does not flood the log.
-#[derive(Default)]
-struct RefusalLog {
-    /// Per limit name: when its last line was logged, and how many were not since.
-    by_limit: HashMap<&'static str, (std::time::Instant, u64)>,
-}
-
-impl RefusalLog {
-    fn note(
-        &mut self,
-        local: Option<SocketAddr>,
-        peer: SocketAddr,
-        limit: &'static str,
-        value: u32,
-    ) {
-        let now = std::time::Instant::now();
-        let suppressed = match self.by_limit.get_mut(limit) {
-            Some((last, n)) if now.duration_since(*last) < Duration::from_secs(1) => {
-                *n += 1;
-                return;
-            }
-            Some((_, n)) => std::mem::take(n),
-            None => 0,
-        };
-        self.by_limit.insert(limit, (now, 0));
+/// Logs a connection refused at accept (rate-limited per limit, [`RefusalLog`]).
+fn log_refusal(
+    log: &mut RefusalLog,
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+    limit: &'static str,
+    value: u32,
+) {
+    if let Some(suppressed) = log.note(limit) {
         let listener = local.map_or_else(|| "?".to_string(), |a| a.to_string());
         tracing::warn!(
             %listener, %peer, limit, value, suppressed,
