@@ -20,7 +20,7 @@ mod spdk_support;
 
 use rpc_common::*;
 use serde_json::json;
-use spdk_support::{APP, Background, NO_HUGE, tool};
+use spdk_support::Background;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -56,20 +56,7 @@ fn spdk_target(dir: &Path, port: u16) -> Background {
                         "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
                                            "traddr": "127.0.0.1",
                                            "trsvcid": port.to_string()}}}]}]});
-    let p = dir.join("nvmf_tgt.json");
-    std::fs::write(&p, cfg.to_string()).unwrap();
-    let mut t = Background::spawn(
-        tool("nvmf_tgt")
-            .args(APP)
-            .args(NO_HUGE)
-            .args(["-m", "0x2", "-r"])
-            .arg(dir.join("spdk.sock"))
-            .arg("--json")
-            .arg(&p),
-        dir.join("nvmf_tgt.log"),
-    );
-    spdk_support::wait_listening(port, Duration::from_secs(60), &mut t);
-    t
+    spdk_support::nvmf_tgt(dir, port, &cfg)
 }
 
 /// Runs `script` under bash with pipefail; (success, stdout + stderr, time taken).

@@ -354,34 +354,7 @@ fn spdk_target_with_keys(dir: &Path, port: u16, keys: &[(&str, &Path)]) -> Backg
                         "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
                                            "traddr": "127.0.0.1",
                                            "trsvcid": port.to_string()}}}]}]});
-    let p = dir.join("nvmf_tgt.json");
-    std::fs::write(&p, cfg.to_string()).unwrap();
-    let mut t = Background::spawn(
-        tool("nvmf_tgt")
-            .args(APP)
-            .args(NO_HUGE)
-            .args(["-m", "0x2", "-r"])
-            .arg(dir.join("spdk.sock"))
-            .arg("--json")
-            .arg(&p),
-        dir.join("nvmf_tgt.log"),
-    );
-    spdk_support::wait_listening(port, Duration::from_secs(60), &mut t);
-    t
-}
-
-/// `qemu-io` on an NBD URI; its output, asserting success.
-fn qemu_io(uri: &str, cmd: &str) -> String {
-    let mut c = std::process::Command::new("qemu-io");
-    c.args(["-f", "raw", "-c", cmd, uri]);
-    let shown = format!("{c:?}");
-    let out = spdk_support::run(&mut c, Duration::from_secs(60));
-    let text = spdk_support::text_of(&out);
-    assert!(
-        out.status.success() && !text.contains("Pattern verification failed"),
-        "{shown}:\n{text}"
-    );
-    text
+    spdk_support::nvmf_tgt(dir, port, &cfg)
 }
 
 /// tessera's initiator as the host of DH-HMAC-CHAP, against SPDK's nvmf_tgt: one-way
@@ -438,8 +411,8 @@ fn tessera_host_authenticates_to_spdk_nvmf_tgt() {
             json!({"bdev_name": format!("{ctrl}n1"), "name": ctrl}),
         );
         let uri = format!("nbd://127.0.0.1:{nbd_port}/{ctrl}");
-        qemu_io(&uri, &format!("write -P {pattern:#x} 1M 256k"));
-        qemu_io(&uri, &format!("read -P {pattern:#x} 1M 256k"));
+        spdk_support::qemu_io(&uri, &format!("write -P {pattern:#x} 1M 256k"));
+        spdk_support::qemu_io(&uri, &format!("read -P {pattern:#x} 1M 256k"));
         srv.call("nbd_stop_export", json!({"name": ctrl}));
     }
     let saved = srv.call("save_config", Value::Null).to_string();

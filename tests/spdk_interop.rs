@@ -12,7 +12,7 @@ mod spdk_support;
 
 use rpc_common::{Serve, free_port};
 use serde_json::{Value, json};
-use spdk_support::{APP, Background, NO_HUGE, run_ok, text_of, tool, trid};
+use spdk_support::{APP, Background, NO_HUGE, qemu_io, run_ok, tool, trid};
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -531,33 +531,7 @@ fn spdk_target(dir: &std::path::Path, port: u16) -> Background {
                         "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
                                            "traddr": "127.0.0.1",
                                            "trsvcid": port.to_string()}}}]}]});
-    let p = dir.join("nvmf_tgt.json");
-    std::fs::write(&p, cfg.to_string()).unwrap();
-    let mut t = Background::spawn(
-        tool("nvmf_tgt")
-            .args(APP)
-            .args(NO_HUGE)
-            .args(["-m", "0x2", "-r"])
-            .arg(dir.join("spdk.sock"))
-            .arg("--json")
-            .arg(&p),
-        dir.join("nvmf_tgt.log"),
-    );
-    spdk_support::wait_listening(port, Duration::from_secs(60), &mut t);
-    t
-}
-
-fn qemu_io(uri: &str, cmd: &str) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", "-c", cmd, uri]);
-    let shown = format!("{c:?}");
-    let out = spdk_support::run(&mut c, Duration::from_secs(60));
-    let text = text_of(&out);
-    assert!(
-        out.status.success() && !text.contains("Pattern verification failed"),
-        "{shown}:\n{text}"
-    );
-    text
+    spdk_support::nvmf_tgt(dir, port, &cfg)
 }
 
 #[test]

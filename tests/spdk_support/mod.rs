@@ -182,3 +182,37 @@ pub fn wait_listening(port: u16, limit: Duration, proc_: &mut Background) {
         proc_.text()
     );
 }
+
+/// SPDK's `nvmf_tgt` on CPU 1 with the JSON config `cfg` (written to
+/// `dir/nvmf_tgt.json`), its RPC socket `dir/spdk.sock` and its log `dir/nvmf_tgt.log`;
+/// returns once it listens on `port`.
+pub fn nvmf_tgt(dir: &std::path::Path, port: u16, cfg: &serde_json::Value) -> Background {
+    let p = dir.join("nvmf_tgt.json");
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    let mut t = Background::spawn(
+        tool("nvmf_tgt")
+            .args(APP)
+            .args(NO_HUGE)
+            .args(["-m", "0x2", "-r"])
+            .arg(dir.join("spdk.sock"))
+            .arg("--json")
+            .arg(&p),
+        dir.join("nvmf_tgt.log"),
+    );
+    wait_listening(port, Duration::from_secs(60), &mut t);
+    t
+}
+
+/// `qemu-io -c cmd` on `uri` (raw); its output, asserting it succeeded and verified.
+pub fn qemu_io(uri: &str, cmd: &str) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", "-c", cmd, uri]);
+    let shown = format!("{c:?}");
+    let out = run(&mut c, Duration::from_secs(60));
+    let text = text_of(&out);
+    assert!(
+        out.status.success() && !text.contains("Pattern verification failed"),
+        "{shown}:\n{text}"
+    );
+    text
+}
