@@ -109,34 +109,6 @@ fn remote_digest(srv: &Serve, nbd: u16, spdk: u16, dir: &Path) -> String {
     d
 }
 
-/// Bytes of the changed (or, without a base, data-holding) runs the RPC reports.
-fn changed_bytes(srv: &Serve, base: Option<&str>, target: &str) -> u64 {
-    let mut off = 0u64;
-    let mut total = 0;
-    loop {
-        let v = match base {
-            Some(b) => srv.call(
-                "tessera_lvol_get_changed_ranges",
-                json!({"base": b, "target": target, "offset_blocks": off}),
-            ),
-            None => srv.call(
-                "tessera_lvol_get_allocated_ranges",
-                json!({"name": target, "offset_blocks": off}),
-            ),
-        };
-        for r in v["ranges"].as_array().unwrap() {
-            if base.is_none() && r["state"] != "data" {
-                continue;
-            }
-            total += r["length"].as_u64().unwrap();
-        }
-        match v["next_offset_blocks"].as_u64() {
-            Some(n) => off = n,
-            None => return total,
-        }
-    }
-}
-
 /// The bytes a successful `send --nvmf` reports having copied.
 fn copied(out: &str) -> u64 {
     out.split(" bytes copied to namespace")

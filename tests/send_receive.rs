@@ -80,34 +80,6 @@ fn digest(srv: &Serve, port: u16, snap: &str, dir: &Path) -> String {
     out.split_whitespace().next().unwrap().to_string()
 }
 
-/// Bytes of the changed (or, without a base, data-holding) runs the RPC reports.
-fn changed_bytes(srv: &Serve, base: Option<&str>, target: &str) -> u64 {
-    let mut off = 0u64;
-    let mut total = 0;
-    loop {
-        let v = match base {
-            Some(b) => srv.call(
-                "tessera_lvol_get_changed_ranges",
-                json!({"base": b, "target": target, "offset_blocks": off}),
-            ),
-            None => srv.call(
-                "tessera_lvol_get_allocated_ranges",
-                json!({"name": target, "offset_blocks": off}),
-            ),
-        };
-        for r in v["ranges"].as_array().unwrap() {
-            if base.is_none() && r["state"] != "data" {
-                continue;
-            }
-            total += r["length"].as_u64().unwrap();
-        }
-        match v["next_offset_blocks"].as_u64() {
-            Some(n) => off = n,
-            None => return total,
-        }
-    }
-}
-
 /// Data bytes of the records of a stream file.
 fn stream_bytes(path: &Path) -> u64 {
     let (_, recs) = decode_all(&std::fs::read(path).unwrap()).unwrap();

@@ -288,3 +288,31 @@ pub fn error_of(v: &Value) -> (i64, String) {
         e["message"].as_str().unwrap().to_string(),
     )
 }
+
+/// Bytes of the changed (or, without a base, data-holding) runs the RPC reports.
+pub fn changed_bytes(srv: &Serve, base: Option<&str>, target: &str) -> u64 {
+    let mut off = 0u64;
+    let mut total = 0;
+    loop {
+        let v = match base {
+            Some(b) => srv.call(
+                "tessera_lvol_get_changed_ranges",
+                serde_json::json!({"base": b, "target": target, "offset_blocks": off}),
+            ),
+            None => srv.call(
+                "tessera_lvol_get_allocated_ranges",
+                serde_json::json!({"name": target, "offset_blocks": off}),
+            ),
+        };
+        for r in v["ranges"].as_array().unwrap() {
+            if base.is_none() && r["state"] != "data" {
+                continue;
+            }
+            total += r["length"].as_u64().unwrap();
+        }
+        match v["next_offset_blocks"].as_u64() {
+            Some(n) => off = n,
+            None => return total,
+        }
+    }
+}
