@@ -77,25 +77,6 @@ fn sh(script: &str) -> (bool, String, Duration) {
     )
 }
 
-/// sha256 of the whole of bdev `bdev` of `srv`, read over NBD by nbdcopy.
-fn digest(srv: &Serve, port: u16, bdev: &str, dir: &Path) -> String {
-    let export = format!("x-{}", bdev.replace('/', "-"));
-    srv.call(
-        "nbd_start_export",
-        json!({"bdev_name": bdev, "name": export, "read_only": true}),
-    );
-    let file = dir.join(format!("{export}.img"));
-    run_ok(
-        Command::new("nbdcopy")
-            .arg(format!("nbd://127.0.0.1:{port}/{export}"))
-            .arg(&file),
-    );
-    srv.call("nbd_stop_export", json!({"name": export}));
-    let out = run_ok(Command::new("sha256sum").arg(&file));
-    std::fs::remove_file(&file).unwrap();
-    out.split_whitespace().next().unwrap().to_string()
-}
-
 /// sha256 of SPDK's namespace 1, read through a controller the source target attaches
 /// for the purpose (and detaches after).
 fn remote_digest(srv: &Serve, nbd: u16, spdk: u16, dir: &Path) -> String {

@@ -61,25 +61,6 @@ fn sh_ok(script: &str) -> String {
     out
 }
 
-/// The sha256 of a snapshot's contents, read over NBD by nbdcopy.
-fn digest(srv: &Serve, port: u16, snap: &str, dir: &Path) -> String {
-    let export = format!("x-{snap}");
-    srv.call(
-        "nbd_start_export",
-        json!({"bdev_name": snap, "name": export, "read_only": true}),
-    );
-    let file = dir.join(format!("{export}-{port}.img"));
-    run_ok(
-        Command::new("nbdcopy")
-            .arg(format!("nbd://127.0.0.1:{port}/{export}"))
-            .arg(&file),
-    );
-    srv.call("nbd_stop_export", json!({"name": export}));
-    let out = run_ok(Command::new("sha256sum").arg(&file));
-    std::fs::remove_file(&file).unwrap();
-    out.split_whitespace().next().unwrap().to_string()
-}
-
 /// Data bytes of the records of a stream file.
 fn stream_bytes(path: &Path) -> u64 {
     let (_, recs) = decode_all(&std::fs::read(path).unwrap()).unwrap();

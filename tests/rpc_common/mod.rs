@@ -316,3 +316,23 @@ pub fn changed_bytes(srv: &Serve, base: Option<&str>, target: &str) -> u64 {
         }
     }
 }
+
+/// The sha256 of bdev `bdev` of `srv` (whose NBD server is on `port`), read whole over
+/// NBD by nbdcopy into a file of `dir` (removed after).
+pub fn digest(srv: &Serve, port: u16, bdev: &str, dir: &Path) -> String {
+    let export = format!("x-{}", bdev.replace('/', "-"));
+    srv.call(
+        "nbd_start_export",
+        serde_json::json!({"bdev_name": bdev, "name": export, "read_only": true}),
+    );
+    let file = dir.join(format!("{export}-{port}.img"));
+    run_ok(
+        Command::new("nbdcopy")
+            .arg(format!("nbd://127.0.0.1:{port}/{export}"))
+            .arg(&file),
+    );
+    srv.call("nbd_stop_export", serde_json::json!({"name": export}));
+    let out = run_ok(Command::new("sha256sum").arg(&file));
+    std::fs::remove_file(&file).unwrap();
+    out.split_whitespace().next().unwrap().to_string()
+}
