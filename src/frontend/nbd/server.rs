@@ -6,19 +6,18 @@ use super::export::{ExportEntry, ExportTable, NbdConfig, NbdExport, NbdExportInf
 use super::state::{ConnState, NbdStats, ServerCounters};
 use super::{NbdError, conn};
 use crate::bdev::BdevRegistry;
-use crate::frontend::refusals::RefusalLog;
+use crate::frontend::conn_limits::{ConnPermit, HostCounts, RefusalLog};
 use crate::reactor::io::Async;
 use crate::reactor::{self, Cores, RemoteHandle};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -39,61 +38,14 @@ pub(crate) struct ServerShared {
     next_core: AtomicUsize,
     limits: NbdLimits,
     /// Connections open now (counted from accept to the end of their task).
-    open: AtomicU32,
-    /// Connections open now by source address (taken at accept and close only).
-    by_host: Mutex<HashMap<IpAddr, u32>>,
+    open: Arc<AtomicU32>,
+    /// Connections open now by source address.
+    by_host: HostCounts,
 }
 
 impl ServerShared {
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
-    }
-
-    fn by_host(&self) -> MutexGuard<'_, HashMap<IpAddr, u32>> {
-        self.by_host.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// One open connection, counted against the server's limits until dropped.
-struct ConnPermit {
-    shared: Arc<ServerShared>,
-    ip: IpAddr,
-}
-
-impl ConnPermit {
-    /// Counts a new connection from `ip`, or names the limit it is over and its value.
-    fn take(shared: &Arc<ServerShared>, ip: IpAddr) -> Result<ConnPermit, (&'static str, u32)> {
-        let l = shared.limits;
-        // Only the acceptor adds to the counts, so load-then-add does not race.
-        if shared.open.load(Ordering::Acquire) >= l.max_connections {
-            return Err(("max_connections", l.max_connections));
-        }
-        {
-            let mut m = shared.by_host();
-            let n = m.entry(ip).or_insert(0);
-            if *n >= l.max_connections_per_host {
-                return Err(("max_connections_per_host", l.max_connections_per_host));
-            }
-            *n += 1;
-        }
-        shared.open.fetch_add(1, Ordering::AcqRel);
-        Ok(ConnPermit {
-            shared: shared.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        self.shared.open.fetch_sub(1, Ordering::AcqRel);
-        let mut m = self.shared.by_host();
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -317,7 +269,16 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: Async<mio::net::TcpLis
                 if shared.stopping() {
                     continue;
                 }
-                let permit = match ConnPermit::take(&shared, peer.ip()) {
+                let permit = match ConnPermit::take(
+                    &shared.open,
+                    ("max_connections", shared.limits.max_connections),
+                    &shared.by_host,
+                    (
+                        "max_connections_per_host",
+                        shared.limits.max_connections_per_host,
+                    ),
+                    peer.ip(),
+                ) {
                     Ok(p) => p,
                     Err((limit, value)) => {
                         // Closed before the handshake: nothing was allocated for it.
@@ -437,8 +398,8 @@ impl NbdServer {
             stopping: AtomicBool::new(false),
             next_core: AtomicUsize::new(0),
             limits,
-            open: AtomicU32::new(0),
-            by_host: Mutex::new(HashMap::new()),
+            open: Arc::new(AtomicU32::new(0)),
+            by_host: HostCounts::default(),
         });
         let s2 = shared.clone();
         let registered = cores.call(ACCEPTOR_CORE, move || {

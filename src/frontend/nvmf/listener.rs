@@ -5,11 +5,11 @@
 use super::config::TransportOptions;
 use super::qpair;
 use super::target::TargetShared;
-use crate::frontend::refusals::RefusalLog;
+use crate::frontend::conn_limits::{ConnPermit, RefusalLog};
 use crate::reactor::{self, io::Async};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -99,7 +99,16 @@ async fn accept_loop(
     loop {
         match l.read_with(|l| l.accept()).await {
             Ok((s, peer)) => {
-                let permit = match ConnPermit::take(&target, &open, &opts, peer.ip()) {
+                let permit = match ConnPermit::take(
+                    &open,
+                    (
+                        "max_connections_per_listener",
+                        opts.max_connections_per_listener,
+                    ),
+                    target.conns_by_host(),
+                    ("max_connections_per_host", opts.max_connections_per_host),
+                    peer.ip(),
+                ) {
                     Ok(p) => p,
                     Err((what, limit)) => {
                         // Closed before its ICReq: nothing was allocated for it.
@@ -122,59 +131,6 @@ async fn accept_loop(
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 reactor::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-/// One open connection, counted against its listener's and its source address's
-/// limits until dropped (when its queue pair's task ends).
-pub(crate) struct ConnPermit {
-    target: Arc<TargetShared>,
-    listener: Arc<AtomicU32>,
-    ip: IpAddr,
-}
-
-impl ConnPermit {
-    /// Counts a new connection from `ip`, or says which limit (and its value) it is over.
-    fn take(
-        target: &Arc<TargetShared>,
-        listener: &Arc<AtomicU32>,
-        opts: &TransportOptions,
-        ip: IpAddr,
-    ) -> Result<ConnPermit, (&'static str, u32)> {
-        // Only the accept core adds to the counts, so load-then-add does not race.
-        if listener.load(Ordering::Acquire) >= opts.max_connections_per_listener {
-            return Err((
-                "max_connections_per_listener",
-                opts.max_connections_per_listener,
-            ));
-        }
-        {
-            let mut hosts = target.conns_by_host();
-            let n = hosts.entry(ip).or_insert(0);
-            if *n >= opts.max_connections_per_host {
-                return Err(("max_connections_per_host", opts.max_connections_per_host));
-            }
-            *n += 1;
-        }
-        listener.fetch_add(1, Ordering::AcqRel);
-        Ok(ConnPermit {
-            target: target.clone(),
-            listener: listener.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        self.listener.fetch_sub(1, Ordering::AcqRel);
-        let mut hosts = self.target.conns_by_host();
-        if let Some(n) = hosts.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                hosts.remove(&self.ip);
             }
         }
     }

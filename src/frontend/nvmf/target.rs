@@ -118,7 +118,7 @@ pub(crate) struct TargetShared {
     pub dhchap_dhgroups: AtomicU32,
     listeners: Mutex<BTreeMap<SocketAddr, ListenerSlot>>,
     /// Open connections by source address (taken at accept and at close only).
-    conns_by_host: Mutex<std::collections::HashMap<IpAddr, u32>>,
+    conns_by_host: crate::frontend::conn_limits::HostCounts,
 }
 
 struct ListenerSlot {
@@ -191,8 +191,8 @@ impl TargetShared {
     }
 
     /// Open connections by source address.
-    pub(crate) fn conns_by_host(&self) -> MutexGuard<'_, std::collections::HashMap<IpAddr, u32>> {
-        lock(&self.conns_by_host)
+    pub(crate) fn conns_by_host(&self) -> &crate::frontend::conn_limits::HostCounts {
+        &self.conns_by_host
     }
 
     /// Picks the core for a new queue pair, round-robin.
@@ -235,7 +235,7 @@ impl NvmfTarget {
                 dhchap_digests: AtomicU32::new(ALL_DIGESTS),
                 dhchap_dhgroups: AtomicU32::new(ALL_DHGROUPS),
                 listeners: Mutex::new(BTreeMap::new()),
-                conns_by_host: Mutex::new(Default::default()),
+                conns_by_host: Default::default(),
             }),
         }
     }

@@ -348,7 +348,7 @@ pub(crate) fn spawn(
     stream: std::net::TcpStream,
     opts: Arc<TransportOptions>,
     peer: SocketAddr,
-    permit: super::listener::ConnPermit,
+    permit: crate::frontend::conn_limits::ConnPermit,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
@@ -425,7 +425,7 @@ struct Wake {
 
 /// Runs the queue pair to its end; `_permit` counts it against the connection limits
 /// until then.
-async fn run(q: Rc<Qpair>, _permit: super::listener::ConnPermit) {
+async fn run(q: Rc<Qpair>, _permit: crate::frontend::conn_limits::ConnPermit) {
     let mut wake = Wake { readable: true };
     let reason = loop {
         match q.turn(wake.readable) {
