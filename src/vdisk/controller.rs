@@ -210,6 +210,29 @@ pub(crate) struct CtlState {
 }
 
 impl CtlState {
+    /// Refuses once the pool used every generation a birth can name.
+    pub fn generation_left(&self) -> Result<(), VdiskError> {
+        if self.generation >= super::map::MAX_GENERATION {
+            return Err(VdiskError::InvalidParam {
+                field: "generation",
+                reason: format!(
+                    "the pool used all {} generations; copy its disks to a new pool",
+                    super::map::MAX_GENERATION
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes a generation for a snapshot, clone or revert: the current one, and raises
+    /// it. Refused once births could no longer be told apart ([`MAX_GENERATION`]).
+    pub fn take_generation(&mut self) -> Result<u64, VdiskError> {
+        self.generation_left()?;
+        let g = self.generation;
+        self.generation += 1;
+        Ok(g)
+    }
+
     pub(crate) fn disk_by_name(&self, name: &str) -> Option<u64> {
         self.disks
             .values()
@@ -643,7 +666,7 @@ impl Controller {
             .as_ref()
             .and_then(|r| r.lookup(vseg))
             .is_some_and(|e| {
-                e.birth > d.rec.snap_gen
+                e.birth.get() > d.rec.snap_gen
                     && e.layers.len() == 1
                     && e.layers[0].is_partial()
                     && self.shared.fills.get(e.layers[0].seg()).is_empty()

@@ -21,7 +21,7 @@
 //! Snapshots and clones, which create the sharing, are in `snapshot.rs`.
 
 use super::controller::Controller;
-use super::map::{DirtyFill, Extent, ExtentState, Layer, MAX_LAYERS, Source};
+use super::map::{DirtyFill, Extent, ExtentState, Layer, Layers, MAX_LAYERS, Source};
 use super::table;
 use super::table::MAX_EXTENT_BUDGET;
 use super::{CowPolicy, VdiskError};
@@ -157,7 +157,7 @@ impl Controller {
         let cur = d.root.as_ref().and_then(|r| r.lookup(vseg)).cloned();
         match cur {
             Some(e) if e.state == ExtentState::Error => Plan::Done(IoStatus::MediaError),
-            Some(e) if e.birth > d.rec.snap_gen => Plan::Done(IoStatus::Success),
+            Some(e) if e.birth.get() > d.rec.snap_gen => Plan::Done(IoStatus::Success),
             Some(e) => {
                 let policy = CowPolicy::from_u8(d.rec.cow_policy);
                 let one = e.at(vseg);
@@ -178,7 +178,7 @@ impl Controller {
                             vseg,
                             len: 1,
                             state: ExtentState::Mapped,
-                            birth: st.generation,
+                            birth: st.generation.into(),
                             layers,
                         })
                     }
@@ -193,8 +193,8 @@ impl Controller {
                     vseg,
                     len: 1,
                     state: ExtentState::Mapped,
-                    birth: st.generation,
-                    layers: smallvec::smallvec![Layer::partial(seg)],
+                    birth: st.generation.into(),
+                    layers: Layers::from_slice(&[Layer::partial(seg)]),
                 })
             }
         }
@@ -357,8 +357,8 @@ impl Controller {
             vseg: one.vseg,
             len: 1,
             state: ExtentState::Mapped,
-            birth: generation,
-            layers: smallvec::smallvec![Layer::partial(top), layers[0], Layer::partial(merged)],
+            birth: generation.into(),
+            layers: Layers::from_slice(&[Layer::partial(top), layers[0], Layer::partial(merged)]),
         })
     }
 
@@ -395,7 +395,7 @@ impl Controller {
                 Some(e)
                     if !d.rec.read_only
                         && e.state == ExtentState::Mapped
-                        && e.birth <= d.rec.snap_gen
+                        && e.birth.get() <= d.rec.snap_gen
                         && CowPolicy::from_u8(d.rec.cow_policy) == CowPolicy::CopyOut =>
                 {
                     e.at(vseg)
@@ -460,8 +460,8 @@ impl Controller {
                 vseg,
                 len: 1,
                 state: ExtentState::Mapped,
-                birth: generation,
-                layers: smallvec::smallvec![old],
+                birth: generation.into(),
+                layers: Layers::from_slice(&[old]),
             }
         } else {
             // Reads of the old segment through the others may still be in flight (a
@@ -474,14 +474,14 @@ impl Controller {
                 vseg,
                 len: 1,
                 state: ExtentState::Mapped,
-                birth: generation,
-                layers: smallvec::smallvec![
+                birth: generation.into(),
+                layers: Layers::from_slice(&[
                     {
                         self.shared.fills.fresh(top);
                         Layer::partial(top)
                     },
                     old,
-                ],
+                ]),
             }
         };
         self.set_extents(disk, vseg, vseg + 1, vec![own]);
@@ -515,8 +515,8 @@ impl Controller {
             vseg,
             len: 1,
             state: ExtentState::Mapped,
-            birth: 0,
-            layers: smallvec::smallvec![*old],
+            birth: 0.into(),
+            layers: Layers::from_slice(&[*old]),
         };
         for (b, n, s) in geo.resolve_runs(fills, Some(&src), vseg, 0, geo.segment_blocks) {
             if let Source::Seg(s) = s {
@@ -580,7 +580,7 @@ impl Controller {
                 return IoStatus::Aborted;
             };
             match d.root.as_ref().and_then(|r| r.lookup(vseg)) {
-                Some(e) if e.birth > d.rec.snap_gen => e.at(vseg),
+                Some(e) if e.birth.get() > d.rec.snap_gen => e.at(vseg),
                 // Changed under us (a snapshot): the agent retries and faults again.
                 _ => return IoStatus::Success,
             }
@@ -675,7 +675,7 @@ enum Plan {
 }
 
 /// Layers below a full layer are never reached: drop them.
-pub(crate) fn normalize(layers: &mut smallvec::SmallVec<[Layer; 2]>) {
+pub(crate) fn normalize(layers: &mut Layers) {
     if let Some(i) = layers.iter().position(|l| !l.is_partial()) {
         layers.truncate(i + 1);
     }

@@ -987,6 +987,9 @@ fn apply(
             generation: g,
             next_disk_id: n,
         } => {
+            if g == 0 || g > super::map::MAX_GENERATION + 1 {
+                return Err(format!("counters name generation {g}, not a generation"));
+            }
             *s.generation = g;
             *s.next_disk_id = n;
         }
@@ -1049,7 +1052,7 @@ mod tests {
                 let exts: Vec<Extent> = match kind {
                     0 => vec![],
                     1 => {
-                        let e = Extent::run(from, len as u32, next_seg, 1);
+                        let e = Extent::run(from, len as u16, next_seg, 1);
                         next_seg += len;
                         vec![e]
                     }

@@ -208,8 +208,8 @@ mod tests {
             vseg,
             len: 1,
             state: ExtentState::Mapped,
-            birth: 1,
-            layers: smallvec::smallvec![Layer::partial(vseg + 1000)],
+            birth: 1.into(),
+            layers: crate::vdisk::map::Layers::from_slice(&[Layer::partial(vseg + 1000)]),
         }
     }
 

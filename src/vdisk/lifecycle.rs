@@ -5,7 +5,7 @@ use super::commit::{dir_pages_for, splice_bound};
 use super::controller::{Controller, DiskCtl, unix_now, validate_name};
 use super::disk::VDisk;
 use super::map::{
-    DirtyFill, Extent, ExtentState, Geometry, Layer, MAX_RUN_SEGMENTS, PhysSeg, Source,
+    DirtyFill, Extent, ExtentState, Geometry, Layer, Layers, MAX_RUN_SEGMENTS, PhysSeg, Source,
 };
 use super::meta::directory::{DiskKind, DiskRecord, JobRecord};
 use super::meta::{MAX_DISK_BLOCKS, MAX_VSEG, NO_PAGE};
@@ -140,7 +140,7 @@ impl Controller {
         // Metadata for its directory record and its table of runs.
         let exts: Vec<Extent> = runs
             .iter()
-            .map(|&(v, s, n)| Extent::run(v, n as u32, s, generation))
+            .map(|&(v, s, n)| Extent::run(v, n as u16, s, generation))
             .collect();
         let need = {
             let n = self.st.borrow().disks.len();
@@ -400,7 +400,7 @@ impl Controller {
             d.root
                 .as_ref()
                 .and_then(|r| r.lookup(vseg))
-                .map(|e| (e.at(vseg), e.birth > d.rec.snap_gen))
+                .map(|e| (e.at(vseg), e.birth.get() > d.rec.snap_gen))
         };
         let reads_zeros = |e: &Extent, b: u64, n: u64| {
             geo.resolve_runs(&self.shared.fills, Some(e), vseg, b, n)
@@ -426,7 +426,7 @@ impl Controller {
             (self.shared.fills.fresh(top.seg())).set_range(0, head / geo.granule_blocks);
             return Ok(Tail::Replace {
                 extent: Some(Extent {
-                    layers: smallvec::smallvec![Layer::partial(top.seg())],
+                    layers: Layers::from_slice(&[Layer::partial(top.seg())]),
                     ..one
                 }),
                 fenced: false,
@@ -489,8 +489,8 @@ impl Controller {
             vseg: one.vseg,
             len: 1,
             state: ExtentState::Mapped,
-            birth,
-            layers: smallvec::smallvec![Layer::partial(seg)],
+            birth: birth.into(),
+            layers: Layers::from_slice(&[Layer::partial(seg)]),
         })
     }
 

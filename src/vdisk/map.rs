@@ -34,7 +34,7 @@ pub type PhysSeg = u64;
 pub const MAX_LAYERS: usize = 4;
 
 /// Longest run of segments one extent may cover (bounds the cost of copying a leaf).
-pub const MAX_RUN_SEGMENTS: u32 = 256;
+pub const MAX_RUN_SEGMENTS: u16 = 256;
 
 /// Granules per segment at most (one bit each in a [`Fill`]).
 pub const MAX_GRANULES: u64 = 256;
@@ -45,12 +45,48 @@ pub const MAX_GRANULES: u64 = 256;
 /// completed, and only while the segment is the writable top layer of exactly one disk.
 /// Once the segment is shared (a snapshot, a clone) its fill never changes again.
 ///
-/// Only the bits: 32 bytes a segment. Whether it changed since the controller last
-/// persisted it is a bit of its chunk in [`Fills`], and which disk and virtual segment
-/// it belongs to travels with the change ([`DirtyFill`]).
-#[derive(Debug, Default)]
+/// One word a segment (issue 18: memory per mapped extent). Most partial segments hold
+/// a few granules close together (a scattered 4 KiB first write sets one), so the word
+/// holds them inline: a window of [`WINDOW`] granules and where it starts. A fill whose
+/// granules do not fit one window moves to a 32-byte bitmap on the heap, and the word
+/// points to it; it stays there until the segment is allocated again ([`Fills::copied`]),
+/// when nothing references the segment, so a reader never loses the bitmap it loaded.
+/// Every change is one compare-and-swap of the word (inline) or atomic operations on the
+/// bitmap's words (on the heap), so agents on several cores set bits without a lock.
+///
+/// Whether it changed since the controller last persisted it is a bit of its chunk in
+/// [`Fills`], and which disk and virtual segment it belongs to travels with the change
+/// ([`DirtyFill`]).
+#[derive(Default)]
 pub struct Fill {
-    bits: [AtomicU64; 4],
+    word: AtomicU64,
+}
+
+/// Granules an inline fill's window covers.
+const WINDOW: u64 = 56;
+/// The window's bits in an inline word.
+const WINDOW_MASK: u64 = (1 << WINDOW) - 1;
+/// Where an inline window starts, in units of [`BASE_UNIT`] granules: the word's bits
+/// 56..63.
+const BASE_SHIFT: u32 = 56;
+const BASE_UNIT: u64 = 4;
+/// The last start a window may have (it ends at granule 256).
+const MAX_BASE: u64 = MAX_GRANULES - WINDOW;
+/// Set in a word that points to a bitmap on the heap (user-space addresses are below
+/// 2^63, and a bitmap is 8-byte aligned).
+const ON_HEAP: u64 = 1 << 63;
+
+/// A fill's bitmap once it left its word.
+type HeapBits = [AtomicU64; 4];
+
+/// What a fill word holds.
+enum FillWord<'a> {
+    /// `map` bit `i` is granule `base + i`.
+    Inline {
+        base: u64,
+        map: u64,
+    },
+    Heap(&'a HeapBits),
 }
 
 impl Fill {
@@ -59,41 +95,166 @@ impl Fill {
         Fill::default()
     }
 
+    #[inline]
+    fn decode(&self, w: u64) -> FillWord<'_> {
+        if w & ON_HEAP != 0 {
+            let ptr = (w & !ON_HEAP) as usize as *const HeapBits;
+            // SAFETY: a word with ON_HEAP set was made by `Fill::to_heap` from
+            // `Box::into_raw` of a `HeapBits`; the box is freed only by `Fill::reset` (a
+            // segment allocated again, which nothing references, so no reader holds this
+            // word) or by `drop`, which has `&mut self`. The reference lives no longer
+            // than `&self`.
+            FillWord::Heap(unsafe { &*ptr })
+        } else {
+            FillWord::Inline {
+                base: (w >> BASE_SHIFT) * BASE_UNIT,
+                map: w & WINDOW_MASK,
+            }
+        }
+    }
+
+    /// An inline word for `words` if its granules fit one window.
+    fn inline_word(words: [u64; 4]) -> Option<u64> {
+        let lo = first_set(words)?;
+        let hi = last_set(words).expect("a set bit");
+        let base = (lo / BASE_UNIT * BASE_UNIT).min(MAX_BASE);
+        if hi >= base + WINDOW {
+            return None;
+        }
+        let mut map = 0u64;
+        for g in lo..=hi {
+            if words[(g / 64) as usize] & (1 << (g % 64)) != 0 {
+                map |= 1 << (g - base);
+            }
+        }
+        Some((base / BASE_UNIT) << BASE_SHIFT | map)
+    }
+
+    /// A heap word holding `words`.
+    fn to_heap(words: [u64; 4]) -> u64 {
+        let bits: Box<HeapBits> = Box::new(words.map(AtomicU64::new));
+        let ptr = Box::into_raw(bits) as usize as u64;
+        debug_assert!(ptr & ON_HEAP == 0 && ptr != 0);
+        ptr | ON_HEAP
+    }
+
+    /// The word for `words`: inline if they fit one window.
+    fn word_for(words: [u64; 4]) -> u64 {
+        match first_set(words) {
+            None => 0,
+            Some(_) => Fill::inline_word(words).unwrap_or_else(|| Fill::to_heap(words)),
+        }
+    }
+
+    /// Frees the bitmap a word made by `to_heap` points to.
+    ///
+    /// # Safety
+    /// `w` came from `to_heap`, is no longer stored in any fill, and no reference from
+    /// `decode` of it is alive.
+    unsafe fn free_word(w: u64) {
+        if w & ON_HEAP != 0 {
+            // SAFETY: by the caller's contract the box is ours alone.
+            drop(unsafe { Box::from_raw((w & !ON_HEAP) as usize as *mut HeapBits) });
+        }
+    }
+
+    /// Applies `edit` to the bits, one compare-and-swap of the word or atomic
+    /// operations on the bitmap. `edit` maps old words to new ones (a pure function:
+    /// it may run again when another core changed the word meanwhile); `heap` does the
+    /// same change on a bitmap with atomic operations and says if anything changed.
+    fn update(
+        &self,
+        edit: impl Fn([u64; 4]) -> [u64; 4],
+        heap: impl Fn(&HeapBits) -> bool,
+    ) -> bool {
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            let old = match self.decode(w) {
+                FillWord::Heap(bits) => return heap(bits),
+                FillWord::Inline { base, map } => expand(base, map),
+            };
+            let new = edit(old);
+            if new == old {
+                return false;
+            }
+            let nw = Fill::word_for(new);
+            match self
+                .word
+                .compare_exchange_weak(w, nw, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => {
+                    // SAFETY: `nw` was never stored; no one else saw it.
+                    unsafe { Fill::free_word(nw) };
+                    w = now;
+                }
+            }
+        }
+    }
+
     /// True if granule `g` holds data.
     #[inline]
     pub fn test(&self, g: u64) -> bool {
-        self.bits[(g / 64) as usize].load(Ordering::Acquire) & (1 << (g % 64)) != 0
+        match self.decode(self.word.load(Ordering::Acquire)) {
+            FillWord::Inline { base, map } => {
+                g >= base && g < base + WINDOW && map & (1 << (g - base)) != 0
+            }
+            FillWord::Heap(bits) => {
+                bits[(g / 64) as usize].load(Ordering::Acquire) & (1 << (g % 64)) != 0
+            }
+        }
     }
 
     /// Marks granules `[first, first + n)` as holding data. Returns true if any bit was
     /// newly set.
     pub fn set_range(&self, first: u64, n: u64) -> bool {
-        let mut changed = false;
-        for (w, mask) in word_masks(first, n) {
-            let old = self.bits[w].fetch_or(mask, Ordering::AcqRel);
-            changed |= old & mask != mask;
-        }
-        changed
+        self.update(
+            |mut words| {
+                for (w, mask) in word_masks(first, n) {
+                    words[w] |= mask;
+                }
+                words
+            },
+            |bits| {
+                let mut changed = false;
+                for (w, mask) in word_masks(first, n) {
+                    let old = bits[w].fetch_or(mask, Ordering::AcqRel);
+                    changed |= old & mask != mask;
+                }
+                changed
+            },
+        )
     }
 
     /// Marks granules `[first, first + n)` as empty. Returns true if any bit was cleared.
     pub fn clear_range(&self, first: u64, n: u64) -> bool {
-        let mut changed = false;
-        for (w, mask) in word_masks(first, n) {
-            let old = self.bits[w].fetch_and(!mask, Ordering::AcqRel);
-            changed |= old & mask != 0;
-        }
-        changed
+        self.update(
+            |mut words| {
+                for (w, mask) in word_masks(first, n) {
+                    words[w] &= !mask;
+                }
+                words
+            },
+            |bits| {
+                let mut changed = false;
+                for (w, mask) in word_masks(first, n) {
+                    let old = bits[w].fetch_and(!mask, Ordering::AcqRel);
+                    changed |= old & mask != 0;
+                }
+                changed
+            },
+        )
     }
 
     /// True if every granule in `[first, first + n)` holds data.
     pub fn all_set(&self, first: u64, n: u64) -> bool {
-        word_masks(first, n).all(|(w, m)| self.bits[w].load(Ordering::Acquire) & m == m)
+        let words = self.words();
+        word_masks(first, n).all(|(w, m)| words[w] & m == m)
     }
 
     /// True if no granule holds data.
     pub fn is_empty(&self) -> bool {
-        self.bits.iter().all(|b| b.load(Ordering::Acquire) == 0)
+        self.words() == [0; 4]
     }
 
     /// True if all of the first `granules` granules hold data.
@@ -103,23 +264,94 @@ impl Fill {
 
     /// Number of granules holding data.
     pub fn count(&self) -> u32 {
-        self.bits
-            .iter()
-            .map(|b| b.load(Ordering::Acquire).count_ones())
-            .sum()
+        self.words().iter().map(|w| w.count_ones()).sum()
+    }
+
+    /// True if the bits left the word for a bitmap on the heap.
+    pub fn is_on_heap(&self) -> bool {
+        self.word.load(Ordering::Acquire) & ON_HEAP != 0
     }
 
     /// The bits as words (a consistent-enough copy: each word is read atomically).
+    #[inline]
     pub fn words(&self) -> [u64; 4] {
-        [0, 1, 2, 3].map(|i| self.bits[i].load(Ordering::Acquire))
-    }
-
-    /// Sets the bits to `words` (replaying the log).
-    pub fn store_words(&self, words: [u64; 4]) {
-        for (a, w) in self.bits.iter().zip(words) {
-            a.store(w, Ordering::Release);
+        match self.decode(self.word.load(Ordering::Acquire)) {
+            FillWord::Inline { base, map } => expand(base, map),
+            FillWord::Heap(bits) => [0, 1, 2, 3].map(|i| bits[i].load(Ordering::Acquire)),
         }
     }
+
+    /// Sets the bits to `words` (replaying the log). A bitmap already on the heap is
+    /// kept and overwritten: another core may hold it.
+    pub fn store_words(&self, words: [u64; 4]) {
+        if !self.update(
+            |_| words,
+            |bits| {
+                for (a, w) in bits.iter().zip(words) {
+                    a.store(w, Ordering::Release);
+                }
+                true
+            },
+        ) {
+            debug_assert_eq!(self.words(), words);
+        }
+    }
+
+    /// Sets the bits to `words` for a segment allocated again: nothing references it,
+    /// so a bitmap on the heap is freed.
+    fn reset(&self, words: [u64; 4]) {
+        let old = self.word.swap(Fill::word_for(words), Ordering::AcqRel);
+        // SAFETY: the segment is being allocated, so no view maps it and no reader holds
+        // a reference decoded from `old` (`Fills::copied`'s contract); `old` is out of
+        // the word.
+        unsafe { Fill::free_word(old) };
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no reference decoded from the word is alive.
+        unsafe { Fill::free_word(*self.word.get_mut()) };
+    }
+}
+
+impl std::fmt::Debug for Fill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fill")
+            .field("words", &self.words())
+            .field("on_heap", &self.is_on_heap())
+            .finish()
+    }
+}
+
+/// An inline window as bitmap words.
+#[inline]
+fn expand(base: u64, map: u64) -> [u64; 4] {
+    let mut words = [0u64; 4];
+    if map == 0 {
+        return words;
+    }
+    let (w, s) = ((base / 64) as usize, base % 64);
+    words[w] = map << s;
+    if s != 0 && w + 1 < 4 {
+        words[w + 1] = map >> (64 - s);
+    }
+    words
+}
+
+/// The first granule set in `words`.
+fn first_set(words: [u64; 4]) -> Option<u64> {
+    (0..4)
+        .find(|&i| words[i] != 0)
+        .map(|i| i as u64 * 64 + words[i].trailing_zeros() as u64)
+}
+
+/// The last granule set in `words`.
+fn last_set(words: [u64; 4]) -> Option<u64> {
+    (0..4)
+        .rev()
+        .find(|&i| words[i] != 0)
+        .map(|i| i as u64 * 64 + 63 - words[i].leading_zeros() as u64)
 }
 
 /// A fill that changed since the controller last persisted it, as an agent (or the
@@ -224,7 +456,7 @@ impl Fills {
     /// after every view let go of it).
     pub fn copied(&self, seg: PhysSeg, words: [u64; 4]) -> &Fill {
         let f = self.get(seg);
-        f.store_words(words);
+        f.reset(words);
         self.take_dirty(seg);
         f
     }
@@ -261,6 +493,7 @@ fn word_masks(first: u64, n: u64) -> impl Iterator<Item = (usize, u64)> {
 /// the granules its fill records. Packed in one word (a table holds one per extent and
 /// layer): the segment in the low 63 bits, the partial flag in the top one.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
 pub struct Layer(u64);
 
 /// The partial flag's bit in a [`Layer`].
@@ -305,10 +538,260 @@ impl Layer {
 }
 
 // What a table costs in memory per extent (issue 18): a layer is one word, an
-// extent with up to two layers holds them inline, a fill is its bits.
+// extent with up to two layers holds them inline in 32 bytes, a fill is one word.
 const _: () = assert!(std::mem::size_of::<Layer>() == 8);
-const _: () = assert!(std::mem::size_of::<Extent>() == 48);
-const _: () = assert!(std::mem::size_of::<Fill>() == 32);
+const _: () = assert!(std::mem::size_of::<Layers>() == 16);
+const _: () = assert!(std::mem::size_of::<Extent>() == 32);
+const _: () = assert!(std::mem::size_of::<Fill>() == 8);
+
+/// A word no layer has: an empty inline slot (a layer's segment is bounded by its
+/// pool's size, far below these).
+const NO_LAYER: u64 = u64::MAX;
+/// The first word of a stack kept on the heap.
+const SPILLED: u64 = u64::MAX - 1;
+
+/// A segment's layers, top first: up to two inline in two words, more (rare: partial
+/// layers stacked by snapshots between merges) in a vector on the heap. Behaves as a
+/// slice of [`Layer`]s; copying an extent copies two words unless its stack spilled.
+pub struct Layers {
+    /// Inline: two layer words, [`NO_LAYER`] where a slot is empty (only the second
+    /// may be, or both). Spilled: [`SPILLED`] and a `Box<Vec<Layer>>` from
+    /// `Box::into_raw`, owned by this stack.
+    w: [u64; 2],
+}
+
+// SAFETY: a spilled stack owns its vector exclusively (as a `Box<Vec<Layer>>` would):
+// nothing else points to it, `&Layers` gives only shared access and `&mut Layers`
+// exclusive access to it.
+unsafe impl Send for Layers {}
+// SAFETY: as above; shared access only reads the vector.
+unsafe impl Sync for Layers {}
+
+impl Layers {
+    /// No layers (an extent in the error state).
+    pub const fn new() -> Layers {
+        Layers { w: [NO_LAYER; 2] }
+    }
+
+    /// A stack of `layers`, top first.
+    pub fn from_slice(layers: &[Layer]) -> Layers {
+        debug_assert!(layers.iter().all(|l| l.0 < SPILLED), "{layers:?}");
+        match *layers {
+            [] => Layers::new(),
+            [a] => Layers { w: [a.0, NO_LAYER] },
+            [a, b] => Layers { w: [a.0, b.0] },
+            _ => {
+                let v = Box::new(layers.to_vec());
+                Layers {
+                    w: [SPILLED, Box::into_raw(v) as usize as u64],
+                }
+            }
+        }
+    }
+
+    fn heap(&self) -> Option<*mut Vec<Layer>> {
+        (self.w[0] == SPILLED).then_some(self.w[1] as usize as *mut Vec<Layer>)
+    }
+
+    /// Changes the stack as a vector (pushes, inserts, truncations: all rare, off
+    /// the I/O path).
+    fn edit<R>(&mut self, f: impl FnOnce(&mut SmallVec<[Layer; MAX_LAYERS]>) -> R) -> R {
+        let mut v = SmallVec::from_slice(self);
+        let r = f(&mut v);
+        *self = Layers::from_slice(&v);
+        r
+    }
+
+    /// Adds a layer at the bottom.
+    pub fn push(&mut self, l: Layer) {
+        self.edit(|v| v.push(l))
+    }
+
+    /// Inserts a layer at `i` (0: a new top).
+    pub fn insert(&mut self, i: usize, l: Layer) {
+        self.edit(|v| v.insert(i, l))
+    }
+
+    /// Keeps the top `n` layers.
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.edit(|v| v.truncate(n))
+        }
+    }
+
+    /// Adds layers at the bottom.
+    pub fn extend(&mut self, layers: impl IntoIterator<Item = Layer>) {
+        self.edit(|v| v.extend(layers))
+    }
+}
+
+impl Default for Layers {
+    fn default() -> Layers {
+        Layers::new()
+    }
+}
+
+impl std::ops::Deref for Layers {
+    type Target = [Layer];
+    #[inline]
+    fn deref(&self) -> &[Layer] {
+        match self.heap() {
+            // SAFETY: a spilled stack's pointer came from `Box::into_raw` and is freed
+            // only by `drop`; the borrow of `self` bounds the slice's life.
+            Some(v) => unsafe { &*v },
+            None => {
+                let n = if self.w[0] == NO_LAYER {
+                    0
+                } else if self.w[1] == NO_LAYER {
+                    1
+                } else {
+                    2
+                };
+                // SAFETY: `Layer` is `repr(transparent)` over `u64`, and the first `n`
+                // words are layers; the slice borrows `self.w`.
+                unsafe { std::slice::from_raw_parts(self.w.as_ptr().cast::<Layer>(), n) }
+            }
+        }
+    }
+}
+
+impl std::ops::DerefMut for Layers {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [Layer] {
+        match self.heap() {
+            // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+            Some(v) => unsafe { &mut *v },
+            None => {
+                let n = self.len();
+                // SAFETY: as in `deref`; `&mut self` makes the access exclusive. Writes
+                // through the slice store layers, never the sentinels (`Layer::new`).
+                unsafe { std::slice::from_raw_parts_mut(self.w.as_mut_ptr().cast::<Layer>(), n) }
+            }
+        }
+    }
+}
+
+impl Drop for Layers {
+    fn drop(&mut self) {
+        if let Some(v) = self.heap() {
+            // SAFETY: the vector came from `Box::into_raw` and this stack owns it.
+            drop(unsafe { Box::from_raw(v) });
+        }
+    }
+}
+
+impl Clone for Layers {
+    #[inline]
+    fn clone(&self) -> Layers {
+        if self.w[0] == SPILLED {
+            Layers::from_slice(self)
+        } else {
+            Layers { w: self.w }
+        }
+    }
+}
+
+impl PartialEq for Layers {
+    fn eq(&self, other: &Layers) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Layers {}
+
+impl std::fmt::Debug for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<Layer> for Layers {
+    fn from_iter<I: IntoIterator<Item = Layer>>(it: I) -> Layers {
+        let v: SmallVec<[Layer; MAX_LAYERS]> = it.into_iter().collect();
+        Layers::from_slice(&v)
+    }
+}
+
+impl<const N: usize> From<SmallVec<[Layer; N]>> for Layers
+where
+    [Layer; N]: smallvec::Array<Item = Layer>,
+{
+    fn from(v: SmallVec<[Layer; N]>) -> Layers {
+        Layers::from_slice(&v)
+    }
+}
+
+impl From<&[Layer]> for Layers {
+    fn from(v: &[Layer]) -> Layers {
+        Layers::from_slice(v)
+    }
+}
+
+impl<'a> IntoIterator for &'a Layers {
+    type Item = &'a Layer;
+    type IntoIter = std::slice::Iter<'a, Layer>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// The newest generation an extent's birth can name: births are kept in 40 bits
+/// (a trillion snapshots, clones and reverts; the pool refuses more).
+pub const MAX_GENERATION: u64 = (1 << 40) - 1;
+
+/// The generation in which an extent's top layer was created, in 5 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Birth([u8; 5]);
+
+impl Birth {
+    /// `generation`, which decoders and the controller keep at most [`MAX_GENERATION`].
+    #[inline]
+    pub fn new(generation: u64) -> Birth {
+        assert!(
+            generation <= MAX_GENERATION,
+            "generation {generation} past {MAX_GENERATION}"
+        );
+        let b = generation.to_le_bytes();
+        Birth([b[0], b[1], b[2], b[3], b[4]])
+    }
+
+    #[inline]
+    pub fn get(self) -> u64 {
+        let b = self.0;
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], 0, 0, 0])
+    }
+}
+
+impl From<u64> for Birth {
+    #[inline]
+    fn from(generation: u64) -> Birth {
+        Birth::new(generation)
+    }
+}
+
+impl PartialOrd for Birth {
+    fn partial_cmp(&self, other: &Birth) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Birth {
+    fn cmp(&self, other: &Birth) -> std::cmp::Ordering {
+        self.get().cmp(&other.get())
+    }
+}
+
+impl std::fmt::Debug for Birth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
+
+impl std::fmt::Display for Birth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
 
 impl std::fmt::Debug for Layer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -328,29 +811,20 @@ pub enum ExtentState {
     Error,
 }
 
-/// A table entry: `len` virtual segments starting at `vseg`.
-#[derive(Debug, PartialEq, Eq)]
+/// A table entry: `len` virtual segments starting at `vseg`. 32 bytes: a leaf of
+/// a table holds one per mapped segment or run, and a pool's memory is mostly these.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extent {
     pub vseg: u64,
-    pub len: u32,
-    pub state: ExtentState,
+    /// Top first. Empty only in the `Error` state.
+    pub layers: Layers,
     /// Generation in which the top layer was created for this disk. The top layer is
     /// writable by a disk only if `birth` is newer than the disk's last snapshot
     /// (implicit no-write for everything shared at snapshot time, in O(1)).
-    pub birth: u64,
-    /// Top first. Empty only in the `Error` state.
-    pub layers: SmallVec<[Layer; 2]>,
-}
-
-impl Clone for Extent {
-    /// Plain data: the layers are copied as bytes (a leaf copy clones every extent).
-    #[inline]
-    fn clone(&self) -> Extent {
-        Extent {
-            layers: SmallVec::from_slice(&self.layers),
-            ..*self
-        }
-    }
+    pub birth: Birth,
+    /// Segments covered: at most [`MAX_RUN_SEGMENTS`].
+    pub len: u16,
+    pub state: ExtentState,
 }
 
 impl Extent {
@@ -372,13 +846,13 @@ impl Extent {
             vseg,
             len: 1,
             state: ExtentState::Mapped,
-            birth,
-            layers: smallvec::smallvec![Layer::full(seg)],
+            birth: birth.into(),
+            layers: Layers::from_slice(&[Layer::full(seg)]),
         }
     }
 
     /// A run of `len` full segments mapped to `seg..seg + len`.
-    pub fn run(vseg: u64, len: u32, seg: PhysSeg, birth: u64) -> Extent {
+    pub fn run(vseg: u64, len: u16, seg: PhysSeg, birth: u64) -> Extent {
         Extent {
             len,
             ..Extent::full(vseg, seg, birth)
@@ -396,7 +870,7 @@ impl Extent {
         let mut e = self.clone();
         let shift = from - self.vseg;
         e.vseg = from;
-        e.len = (to - from) as u32;
+        e.len = (to - from) as u16;
         if self.state == ExtentState::Mapped {
             for l in e.layers.iter_mut() {
                 *l = Layer::new(l.seg() + shift, l.is_partial());
@@ -570,6 +1044,150 @@ impl Geometry {
 mod tests {
     use super::*;
 
+    /// A fill against a plain bitmap, through random sets, clears and stores: the
+    /// same bits whatever form the word takes, and a few granules close together stay
+    /// in the word.
+    #[test]
+    fn a_fill_holds_the_bits_a_plain_bitmap_holds() {
+        let seed = fastrand::u64(..);
+        println!("seed {seed}");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for _ in 0..2000 {
+            let f = Fill::new();
+            let mut plain = [0u64; 4];
+            for _ in 0..rng.usize(1..12) {
+                let first = rng.u64(0..MAX_GRANULES);
+                let longest = if rng.bool() { 4 } else { 80 };
+                let n = rng.u64(1..=(MAX_GRANULES - first).min(longest));
+                let op = rng.u8(0..10);
+                let before = plain;
+                for (w, m) in word_masks(first, n) {
+                    if op < 7 {
+                        plain[w] |= m
+                    } else if op < 9 {
+                        plain[w] &= !m
+                    }
+                }
+                let changed = match op {
+                    0..7 => f.set_range(first, n),
+                    7..9 => f.clear_range(first, n),
+                    _ => {
+                        plain = [rng.u64(..), 0, 0, rng.u64(..) & 0xff];
+                        f.store_words(plain);
+                        before != plain
+                    }
+                };
+                assert_eq!(changed, before != plain, "seed {seed}: op {op} {first}+{n}");
+                assert_eq!(f.words(), plain, "seed {seed}: op {op} {first}+{n}");
+                for g in 0..MAX_GRANULES {
+                    let set = plain[(g / 64) as usize] & (1 << (g % 64)) != 0;
+                    assert_eq!(f.test(g), set, "seed {seed}: granule {g}");
+                }
+                let ones: u32 = plain.iter().map(|w| w.count_ones()).sum();
+                assert_eq!(f.count(), ones);
+                assert_eq!(f.is_empty(), ones == 0);
+                if !f.is_on_heap() {
+                    assert!(Fill::inline_word(plain).is_some() || ones == 0);
+                }
+            }
+        }
+        // One granule, or a run within 56, stays in the word, at either end too.
+        for (first, n) in [(0, 1), (255, 1), (100, 56), (200, 56), (3, 53)] {
+            let f = Fill::new();
+            f.set_range(first, n);
+            assert!(!f.is_on_heap(), "{first}+{n} left the word");
+            assert!(f.all_set(first, n) && f.count() == n as u32);
+        }
+        let f = Fill::new();
+        f.set_range(0, 1);
+        f.set_range(255, 1);
+        assert!(f.is_on_heap() && f.test(0) && f.test(255) && f.count() == 2);
+    }
+
+    /// A layer stack behaves as the vector it replaces: inline up to two layers, on
+    /// the heap beyond, through pushes, inserts, truncations, clones and drops.
+    #[test]
+    fn layer_stacks_behave_as_vectors() {
+        let seed = fastrand::u64(..);
+        println!("seed {seed}");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for _ in 0..2000 {
+            let mut st = Layers::new();
+            let mut v: Vec<Layer> = Vec::new();
+            for _ in 0..rng.usize(1..10) {
+                let l = Layer::new(rng.u64(0..1 << 40), rng.bool());
+                match rng.u8(0..5) {
+                    0 | 1 if v.len() < 6 => {
+                        st.push(l);
+                        v.push(l);
+                    }
+                    2 if v.len() < 6 => {
+                        let i = rng.usize(0..=v.len());
+                        st.insert(i, l);
+                        v.insert(i, l);
+                    }
+                    3 => {
+                        let n = rng.usize(0..=v.len());
+                        st.truncate(n);
+                        v.truncate(n);
+                    }
+                    _ => {
+                        if let Some(x) = st.first_mut() {
+                            *x = l;
+                            v[0] = l;
+                        }
+                    }
+                }
+                assert_eq!(&st[..], &v[..], "seed {seed}");
+                let c = st.clone();
+                assert_eq!(c, st);
+                assert_eq!(st.w[0] == SPILLED, v.len() > 2, "seed {seed}");
+                drop(c);
+                assert_eq!(
+                    &st[..],
+                    &v[..],
+                    "seed {seed}: a clone's drop freed the original"
+                );
+            }
+            let collected: Layers = v.iter().copied().collect();
+            assert_eq!(&collected[..], &v[..]);
+        }
+        assert_eq!(Birth::new(MAX_GENERATION).get(), MAX_GENERATION);
+        assert!(Birth::new(7) < Birth::new(300) && Birth::new(1 << 33) > Birth::new(255));
+        let e = Extent::full(5, 9, 1 << 39);
+        assert_eq!(
+            (e.birth.get(), e.len, &e.layers[..]),
+            (1 << 39, 1, &[Layer::full(9)][..])
+        );
+    }
+
+    /// Agents on several cores set granules of one fill at once: every bit set by any
+    /// of them is there afterwards, across the move from the word to the heap.
+    #[test]
+    fn concurrent_setters_lose_no_granule() {
+        let fills = Fills::new(64);
+        for round in 0..2000 {
+            let f = fills.get(round % 64);
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                for t in 0..2u64 {
+                    let start = &start;
+                    s.spawn(move || {
+                        start.wait();
+                        for i in 0..128u64 {
+                            f.set_range((i * 2 + t) % MAX_GRANULES, 1);
+                        }
+                    });
+                }
+            });
+            assert_eq!(f.words(), [u64::MAX; 4], "round {round}");
+            assert!(f.is_full(MAX_GRANULES));
+            // Allocated again: empty, back in its word.
+            let f = fills.fresh(round % 64);
+            assert!(f.is_empty() && !f.is_on_heap());
+        }
+    }
+
     /// Granules touched vs granules covered whole, with 8-block granules (512-byte
     /// blocks, 1 MiB segments).
     #[test]
@@ -637,8 +1255,8 @@ mod tests {
             vseg: 0,
             len: 1,
             state: ExtentState::Mapped,
-            birth: 1,
-            layers: smallvec::smallvec![Layer::partial(7), Layer::partial(8)],
+            birth: 1.into(),
+            layers: crate::vdisk::map::Layers::from_slice(&[Layer::partial(7), Layer::partial(8)]),
         };
         assert_eq!(g.resolve(&fills, &e, 0, 10), Source::Seg(7));
         assert_eq!(g.resolve(&fills, &e, 0, 11), Source::Seg(7));

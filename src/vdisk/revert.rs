@@ -167,8 +167,7 @@ impl Controller {
         let (bdev, size_blocks) = {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
-            let g = st.generation;
-            st.generation += 1;
+            let g = st.take_generation()?;
             let s = st
                 .disks
                 .get_mut(&sid)

@@ -195,6 +195,10 @@ impl Controller {
             let n = self.st.borrow().disks.len();
             self.reserve_meta(dir_pages_for(n + pairs.len()) - dir_pages_for(n))?
         };
+        // Refused before anything is quiesced. (Should another operation take the last
+        // generation during the quiesce, the take below refuses, and the quiesce ends
+        // at its time limit.)
+        self.st.borrow().generation_left()?;
         let group = origins.len() > 1;
         let q = if group {
             Some(self.quiesce_until(origins.clone(), deadline).await?)
@@ -204,8 +208,7 @@ impl Controller {
         // One generation for the whole group: one point in time.
         let (gen_now, before) = {
             let mut st = self.st.borrow_mut();
-            let g = st.generation;
-            st.generation += 1;
+            let g = st.take_generation()?;
             let mut before = Vec::new();
             for id in &origins {
                 if let Some(d) = st.disks.get_mut(id) {
@@ -368,8 +371,7 @@ impl Controller {
                 r.retain();
             }
             let (size_blocks, cow_policy) = (s.rec.size_blocks, s.rec.cow_policy);
-            let g = st.generation;
-            st.generation += 1;
+            let g = st.take_generation()?;
             // From now on the source shares every extent with the clone: should it be made
             // writable again (a disk, not a snapshot), its writes must copy on write, as an
             // origin's do after a snapshot. Its extents were all born before `g`.

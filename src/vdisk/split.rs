@@ -188,7 +188,7 @@ impl Controller {
             for v in e.vseg.max(from)..e.end() {
                 let one = e.at(v);
                 let keep = self.job_keep(disk, v).unwrap_or_default();
-                if Self::job_prefix(&one, one.birth > snap_gen, &keep) > 0 {
+                if Self::job_prefix(&one, one.birth.get() > snap_gen, &keep) > 0 {
                     if found.len() < max {
                         found.push(v);
                     }
@@ -341,7 +341,7 @@ impl Controller {
                     continue;
                 };
                 let one = e.at(v);
-                let writable = e.birth > d.rec.snap_gen;
+                let writable = e.birth.get() > d.rec.snap_gen;
                 if writable {
                     own.push(v);
                 } else {
@@ -368,7 +368,7 @@ impl Controller {
                     d.root
                         .as_ref()
                         .and_then(|r| r.lookup(one.vseg))
-                        .filter(|e| e.birth <= d.rec.snap_gen)
+                        .filter(|e| e.birth.get() <= d.rec.snap_gen)
                         .map(|e| e.at(one.vseg))
                 })
             };
@@ -427,7 +427,7 @@ impl Controller {
                 return IoStatus::Aborted;
             };
             match d.root.as_ref().and_then(|r| r.lookup(vseg)) {
-                Some(e) => (e.at(vseg), e.birth > d.rec.snap_gen),
+                Some(e) => (e.at(vseg), e.birth.get() > d.rec.snap_gen),
                 None => return IoStatus::Success,
             }
         };
@@ -498,7 +498,7 @@ impl Controller {
                     smallvec::smallvec![Layer::new(top.seg(), !full)];
                 layers.extend(suffix);
                 let ext = Extent {
-                    layers,
+                    layers: layers.into(),
                     ..one.clone()
                 };
                 if self
@@ -569,8 +569,8 @@ impl Controller {
                 vseg: one.vseg,
                 len: 1,
                 state: ExtentState::Mapped,
-                birth: generation,
-                layers,
+                birth: generation.into(),
+                layers: layers.into(),
             }],
         )
         .map_err(no_space)

@@ -89,7 +89,7 @@ pub fn extent_budget(e: &Extent) -> usize {
     varint_len(e.vseg)
         + varint_len(e.len.into())
         + 1
-        + varint_len(e.birth)
+        + varint_len(e.birth.get())
         + e.layers
             .iter()
             .map(|l| varint_len(l.seg()) + if l.is_partial() { FILL_BUDGET_BYTES } else { 1 })
@@ -895,7 +895,7 @@ fn splice_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vdisk::map::{ExtentState, Layer, MAX_RUN_SEGMENTS};
+    use crate::vdisk::map::{ExtentState, Layer, Layers, MAX_RUN_SEGMENTS};
     use proptest::prelude::*;
     use std::collections::{BTreeMap, HashMap};
 
@@ -1248,8 +1248,8 @@ mod tests {
             vseg: 0,
             len: 1,
             state: ExtentState::Mapped,
-            birth: 1,
-            layers: smallvec::smallvec![Layer::partial(1), Layer::full(2)],
+            birth: 1.into(),
+            layers: Layers::from_slice(&[Layer::partial(1), Layer::full(2)]),
         };
         assert_eq!(extent_encoded_len(&e), 22 + 41 + 9);
         // Packed: vseg, len, flags, birth, then the partial layer's segment and fill
@@ -1268,7 +1268,7 @@ mod tests {
                 let mut s = at;
                 while s < to {
                     let n = (to - s).min(MAX_RUN_SEGMENTS as u64);
-                    v.push(Extent::run(s, n as u32, *next_seg, 1));
+                    v.push(Extent::run(s, n as u16, *next_seg, 1));
                     *next_seg += n;
                     s += n;
                 }

@@ -73,7 +73,7 @@ impl Agent {
                 }
                 continue;
             }
-            let writable = e.birth > snap_gen && self.override_at(vseg).is_none();
+            let writable = e.birth.get() > snap_gen && self.override_at(vseg).is_none();
             if writable && e.layers.len() == 1 {
                 let top = &e.layers[0];
                 // Whole granules: clear their bits; edges: zero in place.

@@ -82,7 +82,7 @@ impl Agent {
             let Some(e) = v.root.as_ref().and_then(|r| r.lookup(vseg)) else {
                 return Err(io);
             };
-            if e.state != ExtentState::Mapped || (write && e.birth <= v.snap_gen) {
+            if e.state != ExtentState::Mapped || (write && e.birth.get() <= v.snap_gen) {
                 return Err(io);
             }
             let top = &e.layers[0];
@@ -225,7 +225,7 @@ impl Agent {
                     self.deferred.complete(io, IoStatus::MediaError);
                     return;
                 }
-                if e.birth <= view.snap_gen {
+                if e.birth.get() <= view.snap_gen {
                     fault = Some(FaultKey::Write(vseg));
                     break;
                 }

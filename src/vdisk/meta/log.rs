@@ -677,8 +677,8 @@ mod tests {
             vseg: 5,
             len: 1,
             state: crate::vdisk::map::ExtentState::Mapped,
-            birth: 3,
-            layers: smallvec::smallvec![crate::vdisk::map::Layer::partial(18)],
+            birth: 3.into(),
+            layers: crate::vdisk::map::Layers::from_slice(&[crate::vdisk::map::Layer::partial(18)]),
         };
         let live = encode_splice(1, 4, 6, &[e, p], &fills).unwrap();
         let pool = Uuid::from_u128(42);

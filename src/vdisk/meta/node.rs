@@ -12,7 +12,9 @@ use super::{
     BlockPtr, HEADER_BYTES, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
     decode_header, new_page, seal,
 };
-use crate::vdisk::map::{Extent, ExtentState, Fills, Layer, MAX_LAYERS, MAX_RUN_SEGMENTS};
+use crate::vdisk::map::{
+    Extent, ExtentState, Fills, Layer, MAX_GENERATION, MAX_LAYERS, MAX_RUN_SEGMENTS,
+};
 use crate::vdisk::table::{INTERNAL_ENTRY_BYTES, MAX_PACKED_EXTENT_BYTES, NODE_PAYLOAD_BYTES};
 use smallvec::SmallVec;
 use uuid::Uuid;
@@ -145,9 +147,9 @@ pub(super) fn write_extent(w: &mut Writer<'_>, e: &Extent, fills: &Fills) {
     write_parts(
         w,
         e.vseg,
-        e.len,
+        e.len.into(),
         e.state == ExtentState::Error,
-        e.birth,
+        e.birth.get(),
         e.layers.iter().map(|l| (l.seg(), fills.words_of(l))),
     );
 }
@@ -200,15 +202,16 @@ impl RawExtent {
     /// Builds the in-memory extent, telling `fill_of(segment, words)` the fill of each
     /// partial layer (for the caller to keep by segment).
     pub fn build(&self, mut fill_of: impl FnMut(u64, [u64; 4])) -> Extent {
+        debug_assert!(self.len <= MAX_RUN_SEGMENTS.into(), "decoders bound a run");
         Extent {
             vseg: self.vseg,
-            len: self.len,
+            len: self.len as u16,
             state: if self.error {
                 ExtentState::Error
             } else {
                 ExtentState::Mapped
             },
-            birth: self.birth,
+            birth: self.birth.into(),
             layers: self
                 .layers
                 .iter()
@@ -291,6 +294,17 @@ fn decode_extents(
     Ok(out)
 }
 
+/// Checks an extent's birth: a generation the pool can hold ([`MAX_GENERATION`]).
+fn check_birth(i: u32, birth: u64) -> Result<(), (&'static str, String)> {
+    if birth > MAX_GENERATION {
+        return Err((
+            "birth",
+            format!("extent {i} was born in generation {birth}, past the last, {MAX_GENERATION}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an extent's head: 1 to [`MAX_RUN_SEGMENTS`] segments from `vseg`, of which
 /// the first `span` lie below [`MAX_VSEG`].
 fn check_head(i: u32, vseg: u64, len: u64, span: u64) -> Result<(), (&'static str, String)> {
@@ -368,6 +382,7 @@ pub(super) fn read_extent(
     let nlayers = r.u8().ok_or_else(|| ("extent", t()))? as usize;
     let birth = r.u64().ok_or_else(|| ("extent", t()))?;
     check_head(i, vseg, len.into(), 1)?;
+    check_birth(i, birth)?;
     if state > 1 {
         return Err(("state", format!("extent {i} has unknown state {state}")));
     }
@@ -553,9 +568,9 @@ pub fn encode_leaf<E: std::borrow::Borrow<Extent>>(
             buf,
             prev_end,
             e.vseg,
-            e.len,
+            e.len.into(),
             e.state == ExtentState::Error,
-            e.birth,
+            e.birth.get(),
             e.layers.iter().map(|l| (l.seg(), fills.words_of(l))),
         );
         (n, e.end())
@@ -609,6 +624,7 @@ fn read_packed_extent(
     let birth = num(r, "birth")?;
     let vseg = prev_end.saturating_add(delta);
     check_head(i, vseg, len, len)?;
+    check_birth(i, birth)?;
     if flags & 0x0e != 0 {
         return Err((
             "flags",

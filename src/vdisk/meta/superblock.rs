@@ -365,7 +365,7 @@ impl Superblock {
         if self.txn == 0 || self.txn == u64::MAX {
             return bad("txn", format!("{} is not a transaction", self.txn));
         }
-        if self.generation == 0 || self.generation == u64::MAX {
+        if self.generation == 0 || self.generation > crate::vdisk::map::MAX_GENERATION + 1 {
             return bad(
                 "generation",
                 format!("{} is not a generation", self.generation),

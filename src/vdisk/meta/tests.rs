@@ -149,6 +149,10 @@ fn superblock_round_trip_and_validation() {
         ("cow_policy", Box::new(|s| s.cow_policy = 7)),
         ("txn", Box::new(|s| s.txn = 0)),
         ("generation", Box::new(|s| s.generation = 0)),
+        (
+            "generation",
+            Box::new(|s| s.generation = crate::vdisk::map::MAX_GENERATION + 2),
+        ),
         ("next_disk_id", Box::new(|s| s.next_disk_id = 0)),
     ];
     for (field, f) in cases {
@@ -240,8 +244,8 @@ fn pages_round_trip_and_detect_damage_with(encode_leaf: LeafEncoder) {
             vseg: 20,
             len: 1,
             state: ExtentState::Mapped,
-            birth: 3,
-            layers: smallvec::smallvec![Layer::partial(7), Layer::full(8)],
+            birth: 3.into(),
+            layers: crate::vdisk::map::Layers::from_slice(&[Layer::partial(7), Layer::full(8)]),
         },
     ];
     let b = encode_leaf(5, 1, &exts, &fills);
@@ -299,8 +303,8 @@ fn partial(vseg: u64, seg: u64, birth: u64) -> Extent {
         vseg,
         len: 1,
         state: ExtentState::Mapped,
-        birth,
-        layers: smallvec::smallvec![Layer::partial(seg)],
+        birth: birth.into(),
+        layers: crate::vdisk::map::Layers::from_slice(&[Layer::partial(seg)]),
     }
 }
 
@@ -351,7 +355,7 @@ fn packed_leaves_round_trip_every_shape() {
         vseg: v,
         len: 256,
         error: false,
-        birth: u64::MAX,
+        birth: crate::vdisk::map::MAX_GENERATION,
         layers: smallvec::smallvec![((1 << 40) - 300, None)],
     });
     raw.push(RawExtent {
@@ -417,7 +421,7 @@ fn a_leaf_within_its_budget_fits_two_pages_whatever_its_fills() {
                 vseg: v,
                 len: 1,
                 state: ExtentState::Mapped,
-                birth: wide(&mut rng, 63),
+                birth: wide(&mut rng, 40).into(),
                 layers: (0..nl)
                     .map(|_| {
                         let seg = rng.u64(..1 << 16);
@@ -466,7 +470,7 @@ fn packed_leaf_errors_name_the_field() {
         b[64..64 + payload.len()].copy_from_slice(payload);
         forge_page(&b, PageKind::PackedLeaf, 5, &pool())
     };
-    let cases: [(&[u8], &str); 10] = [
+    let cases: [(&[u8], &str); 11] = [
         // vseg, len, flags, birth, seg, tag
         (&[0, 1, 0x10, 1, 3, 0], ""),
         (&[0, 0, 0x10, 1, 3, 0], "len: extent 0 covers 0 segments"),
@@ -493,6 +497,11 @@ fn packed_leaf_errors_name_the_field() {
                 0, 1, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
             ],
             "birth: extent 0: a number longer than 64 bits",
+        ),
+        (
+            // Birth 2^40: past the last generation a birth can name.
+            &[0, 1, 0x10, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 3, 0],
+            "birth: extent 0 was born in generation 1099511627776, past the last",
         ),
         (
             &[0, 1, 0x10, 1, 0xc8, 1, 0],
