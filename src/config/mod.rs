@@ -453,9 +453,27 @@ impl Config {
                 .listen
                 .rsplit_once(':')
                 .map_or(n.listen.as_str(), |(h, _)| h);
-            if !is_loopback(host) && !n.exports.is_empty() {
+            // Who gets in: anyone (no TLS, or TLS that plain clients may skip), anyone
+            // speaking TLS (no client certificates), or clients with a certificate of
+            // `tls_ca` (and of a subject of `tls_authz`).
+            let open = match n.tls {
+                crate::frontend::nbd::TlsMode::Off => Some(
+                    "without TLS or client authorisation: any host that reaches it can read and write its export(s) in clear text (nbd.tls: required, tls_ca, tls_authz)",
+                ),
+                crate::frontend::nbd::TlsMode::Optional => Some(
+                    "with TLS optional: plain clients are still served, without authorisation (nbd.tls: required)",
+                ),
+                crate::frontend::nbd::TlsMode::Required if n.tls_ca.is_none() => Some(
+                    "with TLS but no client authorisation: any host that speaks TLS can read and write its export(s) (nbd.tls_ca, tls_authz)",
+                ),
+                crate::frontend::nbd::TlsMode::Required => None,
+            };
+            if let Some(why) = open
+                && !is_loopback(host)
+                && !n.exports.is_empty()
+            {
                 out.push(format!(
-                    "the NBD server listens on {}, which is not a loopback address, and NBD has no access control: any host that reaches it can read and write its {} export(s)",
+                    "the NBD server listens on {}, which is not a loopback address, {why}; {} export(s)",
                     n.listen,
                     n.exports.len()
                 ));

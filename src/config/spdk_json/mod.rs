@@ -380,14 +380,28 @@ fn nbd_calls(cfg: &Config) -> Vec<Value> {
     let Some(n) = &cfg.nbd else {
         return Vec::new();
     };
-    let mut out = vec![call(
-        "nbd_server_start",
-        json!({
-            "listen": n.listen,
-            "max_connections": n.max_connections,
-            "max_connections_per_host": n.max_connections_per_host,
-        }),
-    )];
+    let mut start = json!({
+        "listen": n.listen,
+        "max_connections": n.max_connections,
+        "max_connections_per_host": n.max_connections_per_host,
+    });
+    // File names only, never their contents.
+    if !n.tls.is_off() {
+        start["tls"] = json!(n.tls);
+        for (k, v) in [
+            ("tls_cert", &n.tls_cert),
+            ("tls_key", &n.tls_key),
+            ("tls_ca", &n.tls_ca),
+        ] {
+            if let Some(path) = v {
+                start[k] = json!(path);
+            }
+        }
+        if !n.tls_authz.is_empty() {
+            start["tls_authz"] = json!(n.tls_authz);
+        }
+    }
+    let mut out = vec![call("nbd_server_start", start)];
     for e in &n.exports {
         let mut p = json!({"name": e.name, "bdev_name": bdev_ref(cfg, &e.bdev)});
         if e.read_only {
@@ -877,6 +891,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             let q: nbd::ServerStartParams = decode(p)?;
             let n = cfg.nbd.get_or_insert_with(NbdConfig::default);
             let l = q.limits();
+            n.set_tls_settings(q.tls());
             n.listen = q.listen;
             n.max_connections = l.max_connections;
             n.max_connections_per_host = l.max_connections_per_host;

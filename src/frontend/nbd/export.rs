@@ -4,10 +4,12 @@
 use super::NbdError;
 use super::proto::{self, BlockSizes};
 use super::range_lock::RangeLocks;
+use super::tls::{NbdTlsSettings, TlsMode};
 use crate::bdev::{Bdev, BdevRegistry, IoKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -257,6 +259,12 @@ fn default_listen() -> String {
 ///   exports:
 ///     - {name: vd0, bdev: Malloc0}
 ///     - {name: golden, bdev: Malloc1, read_only: true, description: "base image"}
+///   # TLS (NBD_OPT_STARTTLS): off (default), optional or required.
+///   tls: required
+///   tls_cert: /etc/tessera/nbd/server-cert.pem
+///   tls_key: /etc/tessera/nbd/server-key.pem     # mode 0600, ours
+///   tls_ca: /etc/tessera/nbd/ca-cert.pem         # client certificates required
+///   tls_authz: ["CN=backup01,O=Example"]         # allowed client subjects
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,6 +281,24 @@ pub struct NbdConfig {
     /// Most connections open at once from one source IP address.
     #[serde(default = "default_max_connections_per_host")]
     pub max_connections_per_host: u32,
+    /// TLS: `off`, `optional` (STARTTLS offered) or `required` (nothing else answered
+    /// before it).
+    #[serde(default, skip_serializing_if = "TlsMode::is_off")]
+    pub tls: TlsMode,
+    /// The server's certificate (PEM, leaf first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM): an absolute path, mode 0600, owned by us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates client certificates must chain to; with it, clients must present
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate subjects allowed (RFC 4514, as qemu's `tls-authz-simple`:
+    /// `CN=client,O=Example`); empty: any certificate `tls_ca` signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_authz: Vec<String>,
 }
 
 /// Connections per server when not configured.
@@ -295,6 +321,11 @@ impl Default for NbdConfig {
             exports: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
+            tls: TlsMode::Off,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_authz: Vec::new(),
         }
     }
 }
@@ -367,6 +398,7 @@ impl NbdConfig {
     pub fn validate(&self) -> Result<(), NbdError> {
         self.listen_addr()?;
         self.limits().validate()?;
+        self.tls_settings().validate("nbd.")?;
         let mut seen = std::collections::HashSet::new();
         for (i, e) in self.exports.iter().enumerate() {
             validate_export_name(&e.name).map_err(|err| NbdError::Config {
@@ -381,6 +413,26 @@ impl NbdConfig {
             }
         }
         Ok(())
+    }
+
+    /// The TLS settings.
+    pub fn tls_settings(&self) -> NbdTlsSettings {
+        NbdTlsSettings {
+            mode: self.tls,
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+            authz: self.tls_authz.clone(),
+        }
+    }
+
+    /// Sets the `tls*` fields from `t`.
+    pub fn set_tls_settings(&mut self, t: NbdTlsSettings) {
+        self.tls = t.mode;
+        self.tls_cert = t.cert;
+        self.tls_key = t.key;
+        self.tls_ca = t.ca;
+        self.tls_authz = t.authz;
     }
 
     /// The connection limits.

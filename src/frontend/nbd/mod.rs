@@ -64,6 +64,7 @@ pub mod proto;
 mod range_lock;
 mod server;
 pub mod state;
+pub mod tls;
 mod transmission;
 pub mod unaligned;
 
@@ -72,6 +73,7 @@ pub use export::{
 };
 pub use server::{BdevLookup, Closing, NbdServer};
 pub use state::{ConnState, NbdStats};
+pub use tls::{NbdTlsSettings, TlsMode};
 
 use crate::reactor::SendError;
 use std::net::SocketAddr;
