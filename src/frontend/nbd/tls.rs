@@ -146,19 +146,28 @@ impl NbdTlsSettings {
         b.set_certificate_chain_file(cert)
             .map_err(|e| err("tls_cert", cert, &e))?;
         let key_field = format!("{prefix}tls_key");
-        let secret = crate::keyring::read_key_file(&key_field, key).map_err(|e| {
-            NbdError::Config {
+        let secret =
+            crate::keyring::read_key_file(&key_field, key).map_err(|e| NbdError::Config {
                 field: key_field.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let pkey = PKey::private_key_from_pem(secret.expose())
             .map_err(|_| err("tls_key", key, &"not a PEM private key"))?;
         drop(secret);
-        b.set_private_key(&pkey)
-            .map_err(|e| err("tls_key", key, &e))?;
-        b.check_private_key()
-            .map_err(|_| err("tls_key", key, &"does not match the certificate of tls_cert"))?;
+        b.set_private_key(&pkey).map_err(|_| {
+            err(
+                "tls_key",
+                key,
+                &"does not match the certificate of tls_cert",
+            )
+        })?;
+        b.check_private_key().map_err(|_| {
+            err(
+                "tls_key",
+                key,
+                &"does not match the certificate of tls_cert",
+            )
+        })?;
         // No session tickets or cache (nothing is written after the handshake that the
         // client did not ask for), no renegotiation, and a peer that closes without
         // close_notify is an end of stream, not an error.
@@ -321,9 +330,7 @@ impl TlsFailure {
             TlsFailure::TimedOut(_) => "tls_timeout",
             TlsFailure::NotAuthorised(_) => "tls_authz",
             TlsFailure::BadCertificate(_) | TlsFailure::NoCertificate => "tls_client_cert",
-            TlsFailure::Handshake(_) | TlsFailure::Setup(_) | TlsFailure::Closed => {
-                "tls_handshake"
-            }
+            TlsFailure::Handshake(_) | TlsFailure::Setup(_) | TlsFailure::Closed => "tls_handshake",
         }
     }
 }
@@ -373,7 +380,8 @@ pub(crate) async fn accept(
             },
         );
     }
-    let mut stream = SslStream::new(ssl, TlsSock(sock)).map_err(|e| TlsFailure::Setup(e.to_string()))?;
+    let mut stream =
+        SslStream::new(ssl, TlsSock(sock)).map_err(|e| TlsFailure::Setup(e.to_string()))?;
     let handshake = std::future::poll_fn(|cx| {
         loop {
             match stream.accept() {
@@ -441,7 +449,12 @@ pub(crate) struct TlsRefusals(Mutex<crate::frontend::conn_limits::RefusalLog>);
 impl TlsRefusals {
     /// Logs `what` for `peer` unless one of the same kind was logged less than a second
     /// ago (then only counts it).
-    pub(crate) fn log(&self, peer: std::net::SocketAddr, kind: &'static str, what: &dyn std::fmt::Display) {
+    pub(crate) fn log(
+        &self,
+        peer: std::net::SocketAddr,
+        kind: &'static str,
+        what: &dyn std::fmt::Display,
+    ) {
         let suppressed = self.0.lock().unwrap_or_else(|p| p.into_inner()).note(kind);
         if let Some(suppressed) = suppressed {
             tracing::warn!(%peer, kind, suppressed, "nbd: client refused: {what}");
