@@ -231,6 +231,7 @@ fn settings(pki: &Pki, mode: TlsMode, ca: bool, authz: &[&str]) -> NbdTlsSetting
         key: Some(pki.path("server-key.pem")),
         ca: ca.then(|| pki.path("ca-cert.pem")),
         authz: authz.iter().map(|s| s.to_string()).collect(),
+        psk_file: None,
     }
 }
 
@@ -647,4 +648,108 @@ fn key_file_and_missing_certificate_are_refused_naming_them() {
     let e = start(t).err().expect("mismatched key").to_string();
     assert!(e.contains("does not match"), "{e}");
     reactors.shutdown();
+}
+
+/// TLS 1.3 with a pre-shared key (OpenSSL's server, GnuTLS's clients): libnbd's
+/// `tls-psk-file` and qemu's `tls-creds-psk` with the `IDENTITY:HEXKEY` file both use;
+/// a wrong key and an unknown identity are refused (the identity logged, never a key).
+#[test]
+fn psk_clients_get_in_and_wrong_keys_do_not() {
+    need_all(&["nbdinfo", "qemu-io"]);
+    log_buffer();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let key = "4f1c9a2b7e3d5c6a8b9f0e1d2c3b4a5968778695a4b3c2d1e0f1a2b3c4d5e6f7";
+    let server_keys = write(
+        "server/keys.psk",
+        &format!("alice:{key}\nbob:00112233\n"),
+        0o600,
+    );
+    let alice = write("alice/keys.psk", &format!("alice:{key}\n"), 0o600);
+    let wrong = write(
+        "wrong/keys.psk",
+        "alice:00000000000000000000000000000000000000000000000000000000000000aa\n",
+        0o600,
+    );
+    let mallory = write("mallory/keys.psk", &format!("mallory:{key}\n"), 0o600);
+    let psk = NbdTlsSettings {
+        mode: TlsMode::Required,
+        psk_file: Some(server_keys.clone()),
+        ..NbdTlsSettings::default()
+    };
+    let srv = TestServer::thin_pool_tls(Backing::Malloc, 64, &[("vd0", 16)], psk);
+    let uri = |user: &str, file: &Path| {
+        format!(
+            "nbds://{user}@127.0.0.1:{}/vd0?tls-psk-file={}",
+            srv.port(),
+            file.display()
+        )
+    };
+    let out = run_ok(Command::new("nbdinfo").arg(uri("alice", &alice)), T);
+    assert!(
+        out.contains("with TLS") && out.contains("export-size: 16777216"),
+        "{out}"
+    );
+
+    let (ok, out) = attempt(Command::new("nbdinfo").arg(uri("alice", &wrong)));
+    assert!(!ok, "a wrong key must be refused:\n{out}");
+    assert_logged("wrong pre-shared key");
+    let (ok, out) = attempt(Command::new("nbdinfo").arg(uri("mallory", &mallory)));
+    assert!(!ok, "an unknown identity must be refused:\n{out}");
+    assert_logged("unknown PSK identity `mallory`");
+    assert!(!log_text().contains(key), "a key in the log");
+
+    // qemu: tls-creds-psk reads DIR/keys.psk for the username's key.
+    let object = format!(
+        "tls-creds-psk,id=tls0,dir={},endpoint=client,username=alice",
+        alice.parent().unwrap().display()
+    );
+    let opts = format!(
+        "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={},export=vd0,tls-creds=tls0",
+        srv.port()
+    );
+    let (ok, out) = attempt(Command::new("qemu-io").args([
+        "--object",
+        &object,
+        "--image-opts",
+        &opts,
+        "-c",
+        "write -P 0x6b 1M 256k",
+        "-c",
+        "read -P 0x6b 1M 256k",
+    ]));
+    assert!(ok && !out.contains("failed"), "qemu-io with a PSK:\n{out}");
+
+    // The PSK file is checked as a key file, and its lines are checked.
+    let reactors = reactors();
+    let start = |f: &Path| {
+        NbdServer::start_with_tls(
+            reactors.cores(),
+            "127.0.0.1:0".parse().unwrap(),
+            Vec::new(),
+            NbdLimits::default(),
+            NbdTlsSettings {
+                mode: TlsMode::Required,
+                psk_file: Some(f.to_path_buf()),
+                ..NbdTlsSettings::default()
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+    };
+    let open = write("open/keys.psk", &format!("alice:{key}\n"), 0o644);
+    let e = start(&open).expect("0644 refused");
+    assert!(e.contains("nbd.tls_psk_file") && e.contains("0644"), "{e}");
+    let bad = write("bad/keys.psk", "alice:zz\n", 0o600);
+    let e = start(&bad).expect("bad hex refused");
+    assert!(e.contains("line 1") && e.contains("not hexadecimal"), "{e}");
+    let e = start(&write("twice/keys.psk", "a:00\na:11\n", 0o600)).expect("twice");
+    assert!(e.contains("line 2") && e.contains("twice"), "{e}");
+    assert!(!e.contains(key));
 }

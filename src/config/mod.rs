@@ -640,4 +640,30 @@ mod tests {
         // A subsystem that lists its hosts is not warned about.
         assert_eq!(cfg("127.0.0.1:1", "10.0.0.1", false), Vec::<String>::new());
     }
+
+    #[test]
+    fn an_nbd_server_off_loopback_is_warned_about_unless_tls_checks_clients() {
+        let warn = |tls: &str| {
+            Config::parse(
+                &format!(
+                    "bdevs: [{{type: malloc, name: M0, size: 1MiB}}]\n\
+                     nbd: {{listen: '0.0.0.0:10809', exports: [{{name: e, bdev: M0}}]{tls}}}\n"
+                ),
+                "test.yaml",
+            )
+            .unwrap()
+            .exposure_warnings()
+        };
+        let w = warn("");
+        assert!(w.len() == 1 && w[0].contains("without TLS"), "{w:?}");
+        let w = warn(", tls: optional, tls_cert: /c, tls_key: /k");
+        assert!(w.len() == 1 && w[0].contains("TLS optional"), "{w:?}");
+        let w = warn(", tls: required, tls_cert: /c, tls_key: /k");
+        assert!(
+            w.len() == 1 && w[0].contains("no client authorisation"),
+            "{w:?}"
+        );
+        let w = warn(", tls: required, tls_cert: /c, tls_key: /k, tls_ca: /a");
+        assert!(w.is_empty(), "{w:?}");
+    }
 }

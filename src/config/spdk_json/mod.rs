@@ -392,6 +392,7 @@ fn nbd_calls(cfg: &Config) -> Vec<Value> {
             ("tls_cert", &n.tls_cert),
             ("tls_key", &n.tls_key),
             ("tls_ca", &n.tls_ca),
+            ("tls_psk_file", &n.tls_psk_file),
         ] {
             if let Some(path) = v {
                 start[k] = json!(path);
@@ -1060,6 +1061,32 @@ mod tests {
         let text = serde_json::to_string_pretty(&document(&cfg)).unwrap();
         let again = parse_document(&text, "y.json").unwrap();
         assert_eq!(again, cfg, "{text}");
+    }
+
+    /// The NBD server's TLS settings round-trip as file names (never their contents).
+    #[test]
+    fn nbd_tls_settings_round_trip_config_tls() {
+        let with = SAMPLE.replace(
+            r#""max_connections": 8}"#,
+            r#""max_connections": 8, "tls": "required", "tls_cert": "/etc/t/cert.pem",
+              "tls_key": "/etc/t/key.pem", "tls_ca": "/etc/t/ca.pem", "tls_authz": ["CN=a,O=B"]}"#,
+        );
+        let cfg = parse_document(&with, "x.json").unwrap();
+        let n = cfg.nbd.as_ref().unwrap();
+        assert_eq!(n.tls, crate::frontend::nbd::TlsMode::Required);
+        assert_eq!(
+            n.tls_key.as_deref(),
+            Some(std::path::Path::new("/etc/t/key.pem"))
+        );
+        assert_eq!(n.tls_authz, vec!["CN=a,O=B".to_string()]);
+        let text = serde_json::to_string_pretty(&document(&cfg)).unwrap();
+        assert!(text.contains(r#""tls_key": "/etc/t/key.pem""#), "{text}");
+        let again = parse_document(&text, "y.json").unwrap();
+        assert_eq!(again, cfg, "{text}");
+        // Off: no tls keys written at all.
+        let cfg = parse_document(SAMPLE, "x.json").unwrap();
+        let text = serde_json::to_string_pretty(&document(&cfg)).unwrap();
+        assert!(!text.contains("tls"), "{text}");
     }
 
     /// A snapshot's UUID (tessera's `uuid` of `bdev_lvol_snapshot`) is read, written

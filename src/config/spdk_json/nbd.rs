@@ -33,6 +33,9 @@ pub struct ServerStartParams {
     /// Allowed client certificate subjects (RFC 4514).
     #[serde(default)]
     pub tls_authz: Vec<String>,
+    /// Pre-shared keys file (`IDENTITY:HEXKEY` lines; absolute, mode 0600, ours).
+    #[serde(default)]
+    pub tls_psk_file: Option<std::path::PathBuf>,
 }
 
 impl ServerStartParams {
@@ -55,6 +58,7 @@ impl ServerStartParams {
             key: self.tls_key.clone(),
             ca: self.tls_ca.clone(),
             authz: self.tls_authz.clone(),
+            psk_file: self.tls_psk_file.clone(),
         }
     }
 }

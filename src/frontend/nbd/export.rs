@@ -265,6 +265,7 @@ fn default_listen() -> String {
 ///   tls_key: /etc/tessera/nbd/server-key.pem     # mode 0600, ours
 ///   tls_ca: /etc/tessera/nbd/ca-cert.pem         # client certificates required
 ///   tls_authz: ["CN=backup01,O=Example"]         # allowed client subjects
+///   tls_psk_file: /etc/tessera/nbd/keys.psk      # IDENTITY:HEXKEY lines, mode 0600
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,6 +300,10 @@ pub struct NbdConfig {
     /// `CN=client,O=Example`); empty: any certificate `tls_ca` signed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_authz: Vec<String>,
+    /// Pre-shared keys (`IDENTITY:HEXKEY` lines, qemu's `keys.psk`): an absolute path,
+    /// mode 0600, owned by us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_psk_file: Option<PathBuf>,
 }
 
 /// Connections per server when not configured.
@@ -326,6 +331,7 @@ impl Default for NbdConfig {
             tls_key: None,
             tls_ca: None,
             tls_authz: Vec::new(),
+            tls_psk_file: None,
         }
     }
 }
@@ -423,6 +429,7 @@ impl NbdConfig {
             key: self.tls_key.clone(),
             ca: self.tls_ca.clone(),
             authz: self.tls_authz.clone(),
+            psk_file: self.tls_psk_file.clone(),
         }
     }
 
@@ -433,6 +440,7 @@ impl NbdConfig {
         self.tls_key = t.key;
         self.tls_ca = t.ca;
         self.tls_authz = t.authz;
+        self.tls_psk_file = t.psk_file;
     }
 
     /// The connection limits.
@@ -551,6 +559,48 @@ mod tests {
             e.contains("nbd.exports[0].bdev") && e.contains("`x`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn config_tls_keys_parse_round_trip_and_name_what_is_missing() {
+        let c: NbdConfig = serde_yaml_ng::from_str(
+            "tls: required\ntls_cert: /p/cert.pem\ntls_key: /p/key.pem\ntls_ca: /p/ca.pem\ntls_authz: [\"CN=a,O=B\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.tls_settings().mode, TlsMode::Required);
+        let text = serde_yaml_ng::to_string(&c).unwrap();
+        assert!(
+            text.contains("tls: required") && text.contains("/p/key.pem"),
+            "{text}"
+        );
+        let again: NbdConfig = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(again, c);
+        // Off is the default and is not written.
+        let d: NbdConfig = serde_yaml_ng::from_str("{}").unwrap();
+        assert_eq!(d.tls, TlsMode::Off);
+        assert!(!serde_yaml_ng::to_string(&d).unwrap().contains("tls"));
+        let e = serde_yaml_ng::from_str::<NbdConfig>("tls: maybe\n").unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
+        for (yaml, field, words) in [
+            ("tls: required\ntls_key: /k\n", "nbd.tls_cert", "missing"),
+            ("tls: optional\ntls_cert: /c\n", "nbd.tls_key", "missing"),
+            ("tls_cert: /c\n", "nbd.tls_cert", "`tls` is off"),
+            (
+                "tls: required\ntls_cert: /c\ntls_key: /k\ntls_authz: [\"CN=x\"]\n",
+                "nbd.tls_authz",
+                "tls_ca",
+            ),
+            (
+                "tls: required\ntls_cert: /c\ntls_key: /k\ntls_ca: /a\ntls_authz: [\" \"]\n",
+                "nbd.tls_authz[0]",
+                "empty",
+            ),
+        ] {
+            let c: NbdConfig = serde_yaml_ng::from_str(yaml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(words), "{yaml}: {e}");
+        }
     }
 
     #[test]

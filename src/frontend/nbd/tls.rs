@@ -12,7 +12,9 @@
 //! listed distinguished names, written as qemu's `tls-authz-simple` identities are
 //! (RFC 4514, most specific first: `CN=client,O=Example,C=GB`). A client refused
 //! there fails the TLS handshake (the protocol: after the `ACK` a failed handshake
-//! ends the session), and the refusal is logged without key material.
+//! ends the session), and the refusal is logged without key material. With
+//! `tls_psk_file` (`IDENTITY:HEXKEY` lines, as qemu's `keys.psk`), a client may instead
+//! prove a pre-shared key (TLS 1.3 external PSK; GnuTLS clients interoperate).
 //!
 //! The handshake runs on the connection's core over the non-blocking socket: OpenSSL
 //! reports `WANT_READ`/`WANT_WRITE`, the task waits for the socket's readiness and
@@ -72,6 +74,10 @@ pub struct NbdTlsSettings {
     pub ca: Option<PathBuf>,
     /// Client certificate subjects allowed in (empty: any the CA signed).
     pub authz: Vec<String>,
+    /// Pre-shared keys, `IDENTITY:HEXKEY` lines (qemu's `keys.psk`, libnbd's
+    /// `tls-psk-file`), checked as the keyring checks key files: a client that names one
+    /// of these identities and proves its key gets in without a certificate.
+    pub psk_file: Option<PathBuf>,
 }
 
 impl NbdTlsSettings {
@@ -88,6 +94,7 @@ impl NbdTlsSettings {
                 ("tls_key", self.key.is_some()),
                 ("tls_ca", self.ca.is_some()),
                 ("tls_authz", !self.authz.is_empty()),
+                ("tls_psk_file", self.psk_file.is_some()),
             ] {
                 if set {
                     return Err(field(
@@ -102,16 +109,24 @@ impl NbdTlsSettings {
             TlsMode::Required => "required",
             _ => "optional",
         };
-        if self.cert.is_none() {
+        if self.cert.is_none() && self.psk_file.is_none() {
             return Err(field(
                 "tls_cert",
-                &format!("missing: `tls: {mode}` needs the server's certificate file"),
+                &format!(
+                    "missing: `tls: {mode}` needs the server's certificate file (or tls_psk_file)"
+                ),
             ));
         }
-        if self.key.is_none() {
+        if self.key.is_none() && self.cert.is_some() {
             return Err(field(
                 "tls_key",
                 &format!("missing: `tls: {mode}` needs the server's private key file"),
+            ));
+        }
+        if self.key.is_some() && self.cert.is_none() {
+            return Err(field(
+                "tls_cert",
+                "missing: `tls_key` is set, but not the certificate it belongs to",
             ));
         }
         if !self.authz.is_empty() && self.ca.is_none() {
@@ -131,9 +146,9 @@ impl NbdTlsSettings {
     /// the key.
     pub(crate) fn build(&self, prefix: &str) -> Result<Option<Arc<ServerTls>>, NbdError> {
         self.validate(prefix)?;
-        let (Some(cert), Some(key)) = (&self.cert, &self.key) else {
+        if self.mode.is_off() {
             return Ok(None);
-        };
+        }
         let err = |name: &str, path: &Path, e: &dyn std::fmt::Display| NbdError::Config {
             field: format!("{prefix}{name}"),
             reason: format!("`{}`: {e}", path.display()),
@@ -143,31 +158,49 @@ impl NbdTlsSettings {
             .map_err(|e| err("tls", Path::new("openssl"), &e))?;
         b.set_min_proto_version(Some(SslVersion::TLS1_2))
             .map_err(|e| err("tls", Path::new("openssl"), &e))?;
-        b.set_certificate_chain_file(cert)
-            .map_err(|e| err("tls_cert", cert, &e))?;
-        let key_field = format!("{prefix}tls_key");
-        let secret =
-            crate::keyring::read_key_file(&key_field, key).map_err(|e| NbdError::Config {
-                field: key_field.clone(),
-                reason: e.to_string(),
-            })?;
-        let pkey = PKey::private_key_from_pem(secret.expose())
-            .map_err(|_| err("tls_key", key, &"not a PEM private key"))?;
-        drop(secret);
-        b.set_private_key(&pkey).map_err(|_| {
-            err(
-                "tls_key",
-                key,
-                &"does not match the certificate of tls_cert",
-            )
-        })?;
-        b.check_private_key().map_err(|_| {
-            err(
-                "tls_key",
-                key,
-                &"does not match the certificate of tls_cert",
-            )
-        })?;
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            b.set_certificate_chain_file(cert)
+                .map_err(|e| err("tls_cert", cert, &e))?;
+            let key_field = format!("{prefix}tls_key");
+            let secret =
+                crate::keyring::read_key_file(&key_field, key).map_err(|e| NbdError::Config {
+                    field: key_field.clone(),
+                    reason: e.to_string(),
+                })?;
+            let pkey = PKey::private_key_from_pem(secret.expose())
+                .map_err(|_| err("tls_key", key, &"not a PEM private key"))?;
+            drop(secret);
+            let mismatch = |_| {
+                err(
+                    "tls_key",
+                    key,
+                    &"does not match the certificate of tls_cert",
+                )
+            };
+            b.set_private_key(&pkey).map_err(mismatch)?;
+            b.check_private_key().map_err(mismatch)?;
+        }
+        if let Some(path) = &self.psk_file {
+            let keys = Arc::new(load_psk_file(&format!("{prefix}tls_psk_file"), path)?);
+            // TLS 1.3 external PSKs through OpenSSL's PSK callback (SHA-256 suites, as
+            // GnuTLS uses by default); an unknown identity fails the handshake, and the
+            // identity (a name, not a secret) is kept on the session for the log.
+            b.set_psk_server_callback(move |ssl, identity, out| {
+                let id = identity.map(String::from_utf8_lossy).unwrap_or_default();
+                match keys.get(id.as_ref()) {
+                    Some(k) if k.len() <= out.len() => {
+                        out[..k.len()].copy_from_slice(k);
+                        Ok(k.len())
+                    }
+                    _ => {
+                        if let Some(idx) = psk_refused_index() {
+                            ssl.set_ex_data(idx, id.into_owned());
+                        }
+                        Ok(0)
+                    }
+                }
+            });
+        }
         // No session tickets or cache (nothing is written after the handshake that the
         // client did not ask for), no renegotiation, and a peer that closes without
         // close_notify is an end of stream, not an error.
@@ -191,6 +224,72 @@ impl NbdTlsSettings {
             authz: Arc::new(self.authz.clone()),
         })))
     }
+}
+
+/// Where the PSK callback notes an identity it did not know.
+fn psk_refused_index() -> Option<openssl::ex_data::Index<openssl::ssl::Ssl, String>> {
+    type Idx = Option<openssl::ex_data::Index<openssl::ssl::Ssl, String>>;
+    static INDEX: std::sync::OnceLock<Idx> = std::sync::OnceLock::new();
+    *INDEX.get_or_init(|| openssl::ssl::Ssl::new_ex_index().ok())
+}
+
+/// The largest pre-shared key taken, in bytes.
+const MAX_PSK_BYTES: usize = 256;
+
+/// Pre-shared keys by identity.
+type PskKeys = std::collections::BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>;
+
+/// Reads a PSK file (`IDENTITY:HEXKEY` per line; blank lines ignored) after the
+/// keyring's checks. Errors name `field`, the file and the line, never a key.
+fn load_psk_file(field: &str, path: &Path) -> Result<PskKeys, NbdError> {
+    let bad = |reason: String| NbdError::Config {
+        field: field.to_string(),
+        reason: format!("`{}`: {reason}", path.display()),
+    };
+    let secret = crate::keyring::read_key_file(field, path).map_err(|e| NbdError::Config {
+        field: field.to_string(),
+        reason: e.to_string(),
+    })?;
+    let text = std::str::from_utf8(secret.expose())
+        .map_err(|_| bad("is not text (IDENTITY:HEXKEY lines)".into()))?;
+    let mut keys = PskKeys::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((id, hex)) = line.split_once(':') else {
+            return Err(bad(format!("line {n}: expected IDENTITY:HEXKEY")));
+        };
+        if id.is_empty() {
+            return Err(bad(format!("line {n}: the identity is empty")));
+        }
+        if hex.is_empty() || hex.len() % 2 != 0 || hex.len() / 2 > MAX_PSK_BYTES {
+            return Err(bad(format!(
+                "line {n} (identity `{id}`): the key must be 1 to {MAX_PSK_BYTES} bytes in hexadecimal"
+            )));
+        }
+        let mut key = zeroize::Zeroizing::new(Vec::with_capacity(hex.len() / 2));
+        for pair in hex.as_bytes().chunks(2) {
+            let digit = |c: u8| (c as char).to_digit(16);
+            match (digit(pair[0]), digit(pair[1])) {
+                (Some(h), Some(l)) => key.push((h * 16 + l) as u8),
+                _ => {
+                    return Err(bad(format!(
+                        "line {n} (identity `{id}`): the key is not hexadecimal"
+                    )));
+                }
+            }
+        }
+        if keys.insert(id.to_string(), key).is_some() {
+            return Err(bad(format!("line {n}: identity `{id}` appears twice")));
+        }
+    }
+    if keys.is_empty() {
+        return Err(bad("holds no key".into()));
+    }
+    Ok(keys)
 }
 
 /// A server's TLS context and policy (shared by every core).
@@ -315,6 +414,10 @@ pub(crate) enum TlsFailure {
     BadCertificate(String),
     #[error("no client certificate (tls_ca requires one)")]
     NoCertificate,
+    #[error("unknown PSK identity `{0}`")]
+    UnknownPskIdentity(String),
+    #[error("wrong pre-shared key (the client's PSK binder does not verify)")]
+    WrongPsk,
     #[error("TLS handshake failed: {0}")]
     Handshake(String),
     #[error("cannot start a TLS session: {0}")]
@@ -330,6 +433,7 @@ impl TlsFailure {
             TlsFailure::TimedOut(_) => "tls_timeout",
             TlsFailure::NotAuthorised(_) => "tls_authz",
             TlsFailure::BadCertificate(_) | TlsFailure::NoCertificate => "tls_client_cert",
+            TlsFailure::UnknownPskIdentity(_) | TlsFailure::WrongPsk => "tls_psk",
             TlsFailure::Handshake(_) | TlsFailure::Setup(_) | TlsFailure::Closed => "tls_handshake",
         }
     }
@@ -428,7 +532,14 @@ pub(crate) async fn accept(
         Poll::Pending
     })
     .await;
-    let noted = refused.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let mut noted = refused.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if noted.is_none()
+        && result.is_err()
+        && let Some(idx) = psk_refused_index()
+        && let Some(id) = stream.ssl().ex_data(idx)
+    {
+        noted = Some(TlsFailure::UnknownPskIdentity(id.clone()));
+    }
     match (result, noted) {
         (Ok(()), _) => Ok(stream),
         (Err(TlsFailure::Handshake(_)), Some(why)) => Err(why),
@@ -436,6 +547,9 @@ pub(crate) async fn accept(
             if tls.verify_peer && reason.contains("peer did not return a certificate") =>
         {
             Err(TlsFailure::NoCertificate)
+        }
+        (Err(TlsFailure::Handshake(reason)), None) if reason.contains("binder does not verify") => {
+            Err(TlsFailure::WrongPsk)
         }
         (Err(e), _) => Err(e),
     }
