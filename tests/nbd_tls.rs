@@ -427,6 +427,12 @@ fn tls_required_refuses_plain_clients() {
     assert!(String::from_utf8_lossy(&r[0].1).contains("NBD_OPT_STARTTLS"));
     let r = option(&mut s, OPT_LIST, &[]).unwrap();
     assert_eq!(r[0].0, REP_ERR_TLS_REQD, "LIST before STARTTLS: {r:?}");
+    // Unknown and oversized options too.
+    let r = option(&mut s, 100, &vec![7u8; 100 << 10]).unwrap();
+    assert_eq!(
+        r[0].0, REP_ERR_TLS_REQD,
+        "an oversized option before STARTTLS: {r:?}"
+    );
     let r = option(&mut s, OPT_ABORT, &[]).unwrap();
     assert_eq!(r[0].0, REP_ACK, "ABORT: {r:?}");
 

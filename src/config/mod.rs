@@ -463,9 +463,15 @@ impl Config {
                 crate::frontend::nbd::TlsMode::Optional => Some(
                     "with TLS optional: plain clients are still served, without authorisation (nbd.tls: required)",
                 ),
-                crate::frontend::nbd::TlsMode::Required if n.tls_ca.is_none() => Some(
-                    "with TLS but no client authorisation: any host that speaks TLS can read and write its export(s) (nbd.tls_ca, tls_authz)",
-                ),
+                // A certificate without `tls_ca` lets any TLS client in; PSK clients
+                // must know a key.
+                crate::frontend::nbd::TlsMode::Required
+                    if n.tls_cert.is_some() && n.tls_ca.is_none() =>
+                {
+                    Some(
+                        "with TLS but no client authorisation: any host that speaks TLS can read and write its export(s) (nbd.tls_ca, tls_authz)",
+                    )
+                }
                 crate::frontend::nbd::TlsMode::Required => None,
             };
             if let Some(why) = open
@@ -664,6 +670,8 @@ mod tests {
             "{w:?}"
         );
         let w = warn(", tls: required, tls_cert: /c, tls_key: /k, tls_ca: /a");
+        assert!(w.is_empty(), "{w:?}");
+        let w = warn(", tls: required, tls_psk_file: /p");
         assert!(w.is_empty(), "{w:?}");
     }
 }

@@ -448,7 +448,16 @@ pub(crate) async fn negotiate(
                 )));
             }
             link.skip(rx, hdr.len_bytes as u64).await?;
-            h.error(option, proto::REP_ERR_TOO_BIG, "option data too large");
+            if mode == TlsMode::Required && !link.is_tls() {
+                // FORCEDTLS answers nothing else before the upgrade.
+                h.error(
+                    option,
+                    proto::REP_ERR_TLS_REQD,
+                    "TLS is required: send NBD_OPT_STARTTLS first",
+                );
+            } else {
+                h.error(option, proto::REP_ERR_TOO_BIG, "option data too large");
+            }
             h.flush(&mut link).await?;
             continue;
         }

@@ -433,7 +433,8 @@ impl TlsFailure {
             TlsFailure::TimedOut(_) => "tls_timeout",
             TlsFailure::NotAuthorised(_) => "tls_authz",
             TlsFailure::BadCertificate(_) | TlsFailure::NoCertificate => "tls_client_cert",
-            TlsFailure::UnknownPskIdentity(_) | TlsFailure::WrongPsk => "tls_psk",
+            TlsFailure::UnknownPskIdentity(_) => "tls_psk_identity",
+            TlsFailure::WrongPsk => "tls_psk_key",
             TlsFailure::Handshake(_) | TlsFailure::Setup(_) | TlsFailure::Closed => "tls_handshake",
         }
     }
