@@ -341,13 +341,13 @@ pub(crate) struct TlsSock(pub(crate) Async<mio::net::TcpStream>);
 
 impl Read for TlsSock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0.get_ref()).read(buf)
+        self.0.get_ref().read(buf)
     }
 }
 
 impl Write for TlsSock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0.get_ref()).write(buf)
+        self.0.get_ref().write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -476,7 +476,7 @@ pub(crate) async fn accept(
                     return false;
                 };
                 let dn = subject_dn(cert.subject_name());
-                if authz.iter().any(|a| *a == dn) {
+                if authz.contains(&dn) {
                     return true;
                 }
                 *slot = Some(TlsFailure::NotAuthorised(dn));
