@@ -199,35 +199,42 @@ impl Keyring {
             .get(name)
             .cloned()
             .ok_or_else(|| KeyError::NoSuchKey(name.into()))?;
-        let size = check_file(name, &path)?;
-        if size > MAX_KEY_BYTES {
-            return Err(KeyError::TooBig {
-                name: name.into(),
-                path,
-                size,
-            });
-        }
-        let read = |cause| KeyError::Read {
-            name: name.into(),
-            path: path.clone(),
-            cause,
-        };
-        let mut buf = Zeroizing::new(Vec::with_capacity(size as usize));
-        use std::io::Read;
-        std::fs::File::open(&path)
-            .map_err(read)?
-            .take(MAX_KEY_BYTES + 1)
-            .read_to_end(&mut buf)
-            .map_err(read)?;
-        if buf.len() as u64 > MAX_KEY_BYTES {
-            return Err(KeyError::TooBig {
-                name: name.into(),
-                path,
-                size: buf.len() as u64,
-            });
-        }
-        Ok(Secret(buf))
+        read_key_file(name, &path)
     }
+}
+
+/// Reads the key file at `path` after the keyring's checks (absolute, mode 0600 or
+/// stricter, ours, at most [`MAX_KEY_BYTES`]); `name` is what errors call the key (a
+/// keyring name, or the configuration field that names the file).
+pub fn read_key_file(name: &str, path: &Path) -> Result<Secret, KeyError> {
+    let size = check_file(name, path)?;
+    if size > MAX_KEY_BYTES {
+        return Err(KeyError::TooBig {
+            name: name.into(),
+            path: path.into(),
+            size,
+        });
+    }
+    let read = |cause| KeyError::Read {
+        name: name.into(),
+        path: path.into(),
+        cause,
+    };
+    let mut buf = Zeroizing::new(Vec::with_capacity(size as usize));
+    use std::io::Read;
+    std::fs::File::open(path)
+        .map_err(read)?
+        .take(MAX_KEY_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(read)?;
+    if buf.len() as u64 > MAX_KEY_BYTES {
+        return Err(KeyError::TooBig {
+            name: name.into(),
+            path: path.into(),
+            size: buf.len() as u64,
+        });
+    }
+    Ok(Secret(buf))
 }
 
 #[cfg(test)]

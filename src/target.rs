@@ -212,7 +212,7 @@ impl Target {
             }
         }
         if let Some(nbd) = &config.nbd {
-            self.nbd_start(&nbd.listen, nbd.limits())?;
+            self.nbd_start(&nbd.listen, nbd.limits(), nbd.tls_settings())?;
             for e in &nbd.exports {
                 self.nbd_add_export(&e.name, &e.bdev, e.read_only, &e.description)?;
             }
@@ -359,11 +359,13 @@ impl Target {
         lock(&self.inner.base_configs).get(name).cloned()
     }
 
-    /// Starts the NBD server on `listen` (`IP:PORT`) with connection limits `limits`.
+    /// Starts the NBD server on `listen` (`IP:PORT`) with connection limits `limits` and
+    /// TLS settings `tls`.
     pub fn nbd_start(
         &self,
         listen: &str,
         limits: crate::frontend::nbd::NbdLimits,
+        tls: crate::frontend::nbd::NbdTlsSettings,
     ) -> Result<std::net::SocketAddr, TargetError> {
         let mut nbd = lock(&self.inner.nbd);
         if let Some(s) = nbd.as_ref() {
@@ -375,7 +377,7 @@ impl Target {
         let addr: std::net::SocketAddr = listen
             .parse()
             .map_err(|_| TargetError::Invalid(format!("listen: `{listen}` is not IP:PORT")))?;
-        let s = NbdServer::start_with_limits(&self.inner.cores, addr, Vec::new(), limits)?;
+        let s = NbdServer::start_with_tls(&self.inner.cores, addr, Vec::new(), limits, tls)?;
         // `qemu:dirty-bitmap:<name>` names a bdev (a snapshot) by its registry name.
         let bdevs = self.inner.bdevs.clone();
         s.set_bdev_lookup(Arc::new(move |name: &str| bdevs.get(name).ok()));
@@ -977,7 +979,7 @@ impl Target {
             .collect();
         cfg.nvme = lock(&self.inner.nvme_params).values().cloned().collect();
         if let Some(s) = lock(&self.inner.nbd).as_ref() {
-            cfg.nbd = Some(NbdConfig {
+            let mut n = NbdConfig {
                 listen: s.local_addr().to_string(),
                 max_connections: s.limits().max_connections,
                 max_connections_per_host: s.limits().max_connections_per_host,
@@ -991,7 +993,11 @@ impl Target {
                         description: e.description,
                     })
                     .collect(),
-            });
+                ..NbdConfig::default()
+            };
+            // File names only: the key's material is never read back into a config.
+            n.set_tls_settings(s.tls_settings().clone());
+            cfg.nbd = Some(n);
         }
         if let Some(t) = lock(&self.inner.nvmf).as_ref() {
             cfg.nvmf = Some(t.to_config());

@@ -469,7 +469,7 @@ fn a_closed_log_pipe_costs_the_logs_not_the_target() {
 
 /// The RPC socket is the owner's alone (mode 0600) unless `--rpc-group` opens it to a
 /// group (0660, that group); an unknown group stops `serve` with the group named. A
-/// target whose NBD server listens off loopback (NBD has no access control) logs a
+/// target whose NBD server listens off loopback without TLS (no access control) logs a
 /// warning at start naming the address.
 #[test]
 fn the_rpc_socket_is_private_and_listeners_open_to_all_are_warned_about() {

@@ -453,9 +453,33 @@ impl Config {
                 .listen
                 .rsplit_once(':')
                 .map_or(n.listen.as_str(), |(h, _)| h);
-            if !is_loopback(host) && !n.exports.is_empty() {
+            // Who gets in: anyone (no TLS, or TLS that plain clients may skip), anyone
+            // speaking TLS (no client certificates), or clients with a certificate of
+            // `tls_ca` (and of a subject of `tls_authz`).
+            let open = match n.tls {
+                crate::frontend::nbd::TlsMode::Off => Some(
+                    "without TLS or client authorisation: any host that reaches it can read and write its export(s) in clear text (nbd.tls: required, tls_ca, tls_authz)",
+                ),
+                crate::frontend::nbd::TlsMode::Optional => Some(
+                    "with TLS optional: plain clients are still served, without authorisation (nbd.tls: required)",
+                ),
+                // A certificate without `tls_ca` lets any TLS client in; PSK clients
+                // must know a key.
+                crate::frontend::nbd::TlsMode::Required
+                    if n.tls_cert.is_some() && n.tls_ca.is_none() =>
+                {
+                    Some(
+                        "with TLS but no client authorisation: any host that speaks TLS can read and write its export(s) (nbd.tls_ca, tls_authz)",
+                    )
+                }
+                crate::frontend::nbd::TlsMode::Required => None,
+            };
+            if let Some(why) = open
+                && !is_loopback(host)
+                && !n.exports.is_empty()
+            {
                 out.push(format!(
-                    "the NBD server listens on {}, which is not a loopback address, and NBD has no access control: any host that reaches it can read and write its {} export(s)",
+                    "the NBD server listens on {}, which is not a loopback address, {why}; {} export(s)",
                     n.listen,
                     n.exports.len()
                 ));
@@ -621,5 +645,33 @@ mod tests {
         assert!(w[1].contains("allows any host on 10.0.0.1:4420"), "{w:?}");
         // A subsystem that lists its hosts is not warned about.
         assert_eq!(cfg("127.0.0.1:1", "10.0.0.1", false), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_nbd_server_off_loopback_is_warned_about_unless_tls_checks_clients() {
+        let warn = |tls: &str| {
+            Config::parse(
+                &format!(
+                    "bdevs: [{{type: malloc, name: M0, size: 1MiB}}]\n\
+                     nbd: {{listen: '0.0.0.0:10809', exports: [{{name: e, bdev: M0}}]{tls}}}\n"
+                ),
+                "test.yaml",
+            )
+            .unwrap()
+            .exposure_warnings()
+        };
+        let w = warn("");
+        assert!(w.len() == 1 && w[0].contains("without TLS"), "{w:?}");
+        let w = warn(", tls: optional, tls_cert: /c, tls_key: /k");
+        assert!(w.len() == 1 && w[0].contains("TLS optional"), "{w:?}");
+        let w = warn(", tls: required, tls_cert: /c, tls_key: /k");
+        assert!(
+            w.len() == 1 && w[0].contains("no client authorisation"),
+            "{w:?}"
+        );
+        let w = warn(", tls: required, tls_cert: /c, tls_key: /k, tls_ca: /a");
+        assert!(w.is_empty(), "{w:?}");
+        let w = warn(", tls: required, tls_psk_file: /p");
+        assert!(w.is_empty(), "{w:?}");
     }
 }

@@ -2,7 +2,6 @@
 //! buffer that a `read` fills and the parsers consume from the front, so one read can
 //! carry many requests or PDUs.
 
-use super::io::Async;
 use std::io::{self, Read};
 
 /// Bytes read from the socket and not yet consumed.
@@ -89,55 +88,12 @@ impl RecvBuf {
     /// As [`fill`](Self::fill), but a full buffer reads nothing and reports
     /// `WouldBlock`: the caller consumes first.
     #[inline]
-    pub(crate) fn read_from(&mut self, sock: &mio::net::TcpStream) -> io::Result<usize> {
+    pub(crate) fn read_from(&mut self, sock: impl Read) -> io::Result<usize> {
         self.make_room(self.buf.len() / 4);
         if self.end == self.buf.len() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         self.fill(sock)
-    }
-
-    /// Waits until at least `n` bytes (at most the capacity) are buffered.
-    pub(crate) async fn need(
-        &mut self,
-        sock: &Async<mio::net::TcpStream>,
-        n: usize,
-    ) -> io::Result<()> {
-        if n > self.buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "message larger than the receive buffer",
-            ));
-        }
-        while self.len() < n {
-            self.make_room(n - self.len());
-            let got = {
-                let (buf, end) = (&mut self.buf, self.end);
-                sock.read_with(|mut s| s.read(&mut buf[end..])).await?
-            };
-            if got == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            self.end += got;
-        }
-        Ok(())
-    }
-
-    /// Waits for and drops `n` bytes.
-    pub(crate) async fn skip(
-        &mut self,
-        sock: &Async<mio::net::TcpStream>,
-        mut n: u64,
-    ) -> io::Result<()> {
-        while n > 0 {
-            if self.is_empty() {
-                self.need(sock, 1).await?;
-            }
-            let take = (self.len() as u64).min(n) as usize;
-            self.consume(take);
-            n -= take as u64;
-        }
-        Ok(())
     }
 }
 

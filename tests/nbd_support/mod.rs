@@ -20,7 +20,7 @@ use tessera::bdev::malloc::MallocBdev;
 use tessera::bdev::uring::{UringBdev, UringOptions};
 use tessera::bdev::{Bdev, BdevChannel, BdevError, BdevIo, BdevProps, BlockRun, IoKind};
 use tessera::frontend::nbd::proto::*;
-use tessera::frontend::nbd::{NbdExport, NbdServer};
+use tessera::frontend::nbd::{NbdExport, NbdLimits, NbdServer, NbdTlsSettings};
 use tessera::reactor::{CoreList, IdlePolicy, ReactorConfig, ReactorSet, block_on};
 use tessera::vdisk::{Pool, PoolOptions};
 
@@ -79,8 +79,23 @@ impl TestServer {
     }
 
     fn start_on(reactors: ReactorSet, pool: Option<Pool>, exports: Vec<NbdExport>) -> TestServer {
-        let server = NbdServer::start(reactors.cores(), "127.0.0.1:0".parse().unwrap(), exports)
-            .expect("server starts");
+        Self::start_on_tls(reactors, pool, exports, NbdTlsSettings::default())
+    }
+
+    fn start_on_tls(
+        reactors: ReactorSet,
+        pool: Option<Pool>,
+        exports: Vec<NbdExport>,
+        tls: NbdTlsSettings,
+    ) -> TestServer {
+        let server = NbdServer::start_with_tls(
+            reactors.cores(),
+            "127.0.0.1:0".parse().unwrap(),
+            exports,
+            NbdLimits::default(),
+            tls,
+        )
+        .expect("server starts");
         let addr = server.local_addr();
         let bdevs: Arc<std::sync::Mutex<BTreeMap<String, Arc<dyn Bdev>>>> = Default::default();
         let b = bdevs.clone();
@@ -115,6 +130,16 @@ impl TestServer {
     /// [`TestServer::thin_pool`] without holding any view: every connection that is
     /// alone on its core gets a new mapping agent.
     pub fn thin_pool_cold(backing: Backing, pool_mib: u64, disks: &[(&str, u64)]) -> TestServer {
+        Self::thin_pool_tls(backing, pool_mib, disks, NbdTlsSettings::default())
+    }
+
+    /// [`TestServer::thin_pool_cold`] with TLS settings.
+    pub fn thin_pool_tls(
+        backing: Backing,
+        pool_mib: u64,
+        disks: &[(&str, u64)],
+        tls: NbdTlsSettings,
+    ) -> TestServer {
         let reactors = reactors();
         let base: Arc<dyn Bdev> = match backing {
             Backing::Malloc => malloc("pool0-base", pool_mib),
@@ -148,7 +173,7 @@ impl TestServer {
             .iter()
             .map(|(name, disk)| NbdExport::new(name, disk.clone()))
             .collect();
-        let srv = Self::start_on(reactors, Some(pool), exports);
+        let srv = Self::start_on_tls(reactors, Some(pool), exports, tls);
         srv.bdevs.lock().unwrap().extend(disks);
         srv
     }
@@ -346,6 +371,8 @@ pub fn package_of(tool: &str) -> &'static str {
         "fio" => "fio",
         "mkfs.ext4" | "e2fsck" => "e2fsprogs",
         "losetup" | "mount" | "umount" => "mount",
+        "openssl" => "openssl",
+        "sha256sum" => "coreutils",
         _ => "?",
     }
 }

@@ -380,14 +380,29 @@ fn nbd_calls(cfg: &Config) -> Vec<Value> {
     let Some(n) = &cfg.nbd else {
         return Vec::new();
     };
-    let mut out = vec![call(
-        "nbd_server_start",
-        json!({
-            "listen": n.listen,
-            "max_connections": n.max_connections,
-            "max_connections_per_host": n.max_connections_per_host,
-        }),
-    )];
+    let mut start = json!({
+        "listen": n.listen,
+        "max_connections": n.max_connections,
+        "max_connections_per_host": n.max_connections_per_host,
+    });
+    // File names only, never their contents.
+    if !n.tls.is_off() {
+        start["tls"] = json!(n.tls);
+        for (k, v) in [
+            ("tls_cert", &n.tls_cert),
+            ("tls_key", &n.tls_key),
+            ("tls_ca", &n.tls_ca),
+            ("tls_psk_file", &n.tls_psk_file),
+        ] {
+            if let Some(path) = v {
+                start[k] = json!(path);
+            }
+        }
+        if !n.tls_authz.is_empty() {
+            start["tls_authz"] = json!(n.tls_authz);
+        }
+    }
+    let mut out = vec![call("nbd_server_start", start)];
     for e in &n.exports {
         let mut p = json!({"name": e.name, "bdev_name": bdev_ref(cfg, &e.bdev)});
         if e.read_only {
@@ -877,6 +892,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             let q: nbd::ServerStartParams = decode(p)?;
             let n = cfg.nbd.get_or_insert_with(NbdConfig::default);
             let l = q.limits();
+            n.set_tls_settings(q.tls());
             n.listen = q.listen;
             n.max_connections = l.max_connections;
             n.max_connections_per_host = l.max_connections_per_host;
@@ -1045,6 +1061,32 @@ mod tests {
         let text = serde_json::to_string_pretty(&document(&cfg)).unwrap();
         let again = parse_document(&text, "y.json").unwrap();
         assert_eq!(again, cfg, "{text}");
+    }
+
+    /// The NBD server's TLS settings round-trip as file names (never their contents).
+    #[test]
+    fn nbd_tls_settings_round_trip_config_tls() {
+        let with = SAMPLE.replace(
+            r#""max_connections": 8}"#,
+            r#""max_connections": 8, "tls": "required", "tls_cert": "/etc/t/cert.pem",
+              "tls_key": "/etc/t/key.pem", "tls_ca": "/etc/t/ca.pem", "tls_authz": ["CN=a,O=B"]}"#,
+        );
+        let cfg = parse_document(&with, "x.json").unwrap();
+        let n = cfg.nbd.as_ref().unwrap();
+        assert_eq!(n.tls, crate::frontend::nbd::TlsMode::Required);
+        assert_eq!(
+            n.tls_key.as_deref(),
+            Some(std::path::Path::new("/etc/t/key.pem"))
+        );
+        assert_eq!(n.tls_authz, vec!["CN=a,O=B".to_string()]);
+        let text = serde_json::to_string_pretty(&document(&cfg)).unwrap();
+        assert!(text.contains(r#""tls_key": "/etc/t/key.pem""#), "{text}");
+        let again = parse_document(&text, "y.json").unwrap();
+        assert_eq!(again, cfg, "{text}");
+        // Off: no tls keys written at all.
+        let cfg = parse_document(SAMPLE, "x.json").unwrap();
+        let text = serde_json::to_string_pretty(&document(&cfg)).unwrap();
+        assert!(!text.contains("tls"), "{text}");
     }
 
     /// A snapshot's UUID (tessera's `uuid` of `bdev_lvol_snapshot`) is read, written

@@ -18,6 +18,24 @@ pub struct ServerStartParams {
     /// Most connections open at once from one source IP address (default 128).
     #[serde(default)]
     pub max_connections_per_host: Option<u32>,
+    /// TLS mode: `off` (default), `optional`, `required`.
+    #[serde(default)]
+    pub tls: crate::frontend::nbd::TlsMode,
+    /// The server's certificate file (PEM).
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The server's private key file (PEM; absolute, mode 0600, ours).
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA file for client certificates (with it, clients must present one).
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Allowed client certificate subjects (RFC 4514).
+    #[serde(default)]
+    pub tls_authz: Vec<String>,
+    /// Pre-shared keys file (`IDENTITY:HEXKEY` lines; absolute, mode 0600, ours).
+    #[serde(default)]
+    pub tls_psk_file: Option<std::path::PathBuf>,
 }
 
 impl ServerStartParams {
@@ -29,6 +47,18 @@ impl ServerStartParams {
             max_connections_per_host: self
                 .max_connections_per_host
                 .unwrap_or(d.max_connections_per_host),
+        }
+    }
+
+    /// The TLS settings.
+    pub fn tls(&self) -> crate::frontend::nbd::NbdTlsSettings {
+        crate::frontend::nbd::NbdTlsSettings {
+            mode: self.tls,
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+            authz: self.tls_authz.clone(),
+            psk_file: self.tls_psk_file.clone(),
         }
     }
 }

@@ -9,9 +9,10 @@
 //! task — so the replies of many completions leave in one `writev`. The state it drives
 //! is in `transmission`.
 
-use super::handshake::{self, Negotiated, Outcome};
+use super::handshake::{self, Link, Negotiated, Outcome};
 use super::server::ConnCtl;
 use super::state::ConnState;
+use super::tls::{TlsIo, TlsStream};
 use super::transmission::{DrainReason, TxState};
 use crate::bdev::{BdevIo, IoBuf, IoSink, IoStatus};
 use crate::reactor::recv::RecvBuf;
@@ -51,15 +52,16 @@ pub(crate) async fn serve(ctl: Rc<ConnCtl>, stream: std::net::TcpStream, peer: S
         }
     };
     let mut rx = RecvBuf::new(RX_BUF_LEN);
+    let closed = || ctl.close_requested();
     let outcome = guard(
         &ctl,
         HANDSHAKE_TIMEOUT,
-        handshake::negotiate(&sock, &mut rx, &shared),
+        handshake::negotiate(Link::Plain(sock), &mut rx, &shared, peer, &closed),
     )
     .await;
-    let neg = match outcome {
-        Guarded::Done(Ok(Outcome::Transmission(n))) => n,
-        Guarded::Done(Ok(Outcome::Left)) | Guarded::Closed => {
+    let (neg, link) = match outcome {
+        Guarded::Done(Ok((Outcome::Transmission(n), link))) => (n, link),
+        Guarded::Done(Ok((Outcome::Left, _))) | Guarded::Closed => {
             ctl.set_state(ConnState::Closed);
             return;
         }
@@ -116,7 +118,10 @@ pub(crate) async fn serve(ctl: Rc<ConnCtl>, stream: std::net::TcpStream, peer: S
     export.connections.fetch_add(1, Ordering::Relaxed);
     ctl.set_state(ConnState::Transmission);
     tracing::debug!(%peer, export = %export.name, reply = ?neg.reply, "nbd: transmission");
-    Transmission::new(ctl.clone(), sock, rx, neg).await;
+    match link {
+        Link::Plain(sock) => Transmission::new(ctl.clone(), sock, rx, neg).await,
+        Link::Tls(tls) => Transmission::new(ctl.clone(), tls, rx, neg).await,
+    }
     export.connections.fetch_sub(1, Ordering::Relaxed);
     ctl.set_state(ConnState::Closed);
 }
@@ -172,21 +177,62 @@ impl IoSink for Conn {
     }
 }
 
+/// What the transmission phase reads and writes: the plain socket, or a TLS session
+/// over it. The future is generic over it, so the plain path is the code it was before
+/// TLS (no branch per read or write).
+trait Wire: Unpin {
+    type Io<'a>: io::Read + io::Write
+    where
+        Self: 'a;
+    /// The byte stream, for one read or one write.
+    fn io(&mut self) -> Self::Io<'_>;
+    /// The registered socket (for readiness).
+    fn sock(&self) -> &Async<mio::net::TcpStream>;
+    /// The connection is done: say goodbye if the protocol has a way (TLS close_notify).
+    fn finish(&mut self) {}
+}
+
+impl Wire for Async<mio::net::TcpStream> {
+    type Io<'a> = &'a mio::net::TcpStream;
+
+    #[inline]
+    fn io(&mut self) -> &mio::net::TcpStream {
+        self.get_ref()
+    }
+
+    #[inline]
+    fn sock(&self) -> &Async<mio::net::TcpStream> {
+        self
+    }
+}
+
+impl Wire for Box<TlsStream> {
+    type Io<'a> = TlsIo<'a>;
+
+    fn io(&mut self) -> TlsIo<'_> {
+        TlsIo(self)
+    }
+
+    fn sock(&self) -> &Async<mio::net::TcpStream> {
+        &self.get_ref().0
+    }
+
+    fn finish(&mut self) {
+        // One attempt, without waiting: the peer may be gone already.
+        let _ = self.shutdown();
+    }
+}
+
 /// The transmission phase of a connection, as a future that ends when the connection
 /// is done.
-struct Transmission {
-    sock: Async<mio::net::TcpStream>,
+struct Transmission<W: Wire> {
+    sock: W,
     conn: Rc<Conn>,
     drain_timer: Option<Sleep>,
 }
 
-impl Transmission {
-    fn new(
-        ctl: Rc<ConnCtl>,
-        sock: Async<mio::net::TcpStream>,
-        rx: RecvBuf,
-        neg: Negotiated,
-    ) -> Transmission {
+impl<W: Wire> Transmission<W> {
+    fn new(ctl: Rc<ConnCtl>, sock: W, rx: RecvBuf, neg: Negotiated) -> Transmission<W> {
         let conn = Rc::new_cyclic(|me| Conn {
             me: me.clone(),
             st: RefCell::new(TxState::new(ctl, rx, neg)),
@@ -200,7 +246,7 @@ impl Transmission {
     }
 }
 
-impl Future for Transmission {
+impl<W: Wire> Future for Transmission<W> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -216,7 +262,6 @@ impl Future for Transmission {
         if st.ctl().close_requested() {
             st.drain(DrainReason::Server);
         }
-        let sock = this.sock.get_ref();
         // After `WouldBlock`, or a write that took less than offered (the send buffer is
         // full), the socket is not retried in this poll: edge-triggered readiness
         // reports room (or an error) that appears later, and the driver wakes the task —
@@ -228,7 +273,7 @@ impl Future for Transmission {
         loop {
             let mut progress = st.process_input(&sink);
             if !read_blocked && st.wants_read() {
-                match st.read_socket(sock, &sink) {
+                match st.read_socket(this.sock.io(), &sink) {
                     Ok(0) => {
                         st.input_eof();
                         progress = true;
@@ -243,7 +288,7 @@ impl Future for Transmission {
                 }
             }
             if !write_blocked && st.has_output() {
-                match st.write_output(sock) {
+                match st.write_output(this.sock.io()) {
                     Ok((n, offered)) => {
                         progress |= n > 0;
                         write_blocked = n < offered;
@@ -258,6 +303,7 @@ impl Future for Transmission {
             }
             if st.finished() {
                 st.fold_counters();
+                this.sock.finish();
                 return Poll::Ready(());
             }
             if !progress {
@@ -273,14 +319,14 @@ impl Future for Transmission {
         st.fold_counters_if_idle();
         // Wait for the socket (completions wake us through the sink).
         if read_blocked {
-            this.sock.clear_readable();
-            if this.sock.poll_readable(cx).is_ready() {
+            this.sock.sock().clear_readable();
+            if this.sock.sock().poll_readable(cx).is_ready() {
                 cx.waker().wake_by_ref();
             }
         }
         if write_blocked {
-            this.sock.clear_writable();
-            if this.sock.poll_writable(cx).is_ready() {
+            this.sock.sock().clear_writable();
+            if this.sock.sock().poll_writable(cx).is_ready() {
                 cx.waker().wake_by_ref();
             }
         }

@@ -4,10 +4,12 @@
 use super::NbdError;
 use super::proto::{self, BlockSizes};
 use super::range_lock::RangeLocks;
+use super::tls::{NbdTlsSettings, TlsMode};
 use crate::bdev::{Bdev, BdevRegistry, IoKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -257,6 +259,13 @@ fn default_listen() -> String {
 ///   exports:
 ///     - {name: vd0, bdev: Malloc0}
 ///     - {name: golden, bdev: Malloc1, read_only: true, description: "base image"}
+///   # TLS (NBD_OPT_STARTTLS): off (default), optional or required.
+///   tls: required
+///   tls_cert: /etc/tessera/nbd/server-cert.pem
+///   tls_key: /etc/tessera/nbd/server-key.pem     # mode 0600, ours
+///   tls_ca: /etc/tessera/nbd/ca-cert.pem         # client certificates required
+///   tls_authz: ["CN=backup01,O=Example"]         # allowed client subjects
+///   tls_psk_file: /etc/tessera/nbd/keys.psk      # IDENTITY:HEXKEY lines, mode 0600
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,6 +282,28 @@ pub struct NbdConfig {
     /// Most connections open at once from one source IP address.
     #[serde(default = "default_max_connections_per_host")]
     pub max_connections_per_host: u32,
+    /// TLS: `off`, `optional` (STARTTLS offered) or `required` (nothing else answered
+    /// before it).
+    #[serde(default, skip_serializing_if = "TlsMode::is_off")]
+    pub tls: TlsMode,
+    /// The server's certificate (PEM, leaf first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM): an absolute path, mode 0600, owned by us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates client certificates must chain to; with it, clients must present
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate subjects allowed (RFC 4514, as qemu's `tls-authz-simple`:
+    /// `CN=client,O=Example`); empty: any certificate `tls_ca` signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_authz: Vec<String>,
+    /// Pre-shared keys (`IDENTITY:HEXKEY` lines, qemu's `keys.psk`): an absolute path,
+    /// mode 0600, owned by us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_psk_file: Option<PathBuf>,
 }
 
 /// Connections per server when not configured.
@@ -295,6 +326,12 @@ impl Default for NbdConfig {
             exports: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
+            tls: TlsMode::Off,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_authz: Vec::new(),
+            tls_psk_file: None,
         }
     }
 }
@@ -367,6 +404,7 @@ impl NbdConfig {
     pub fn validate(&self) -> Result<(), NbdError> {
         self.listen_addr()?;
         self.limits().validate()?;
+        self.tls_settings().validate("nbd.")?;
         let mut seen = std::collections::HashSet::new();
         for (i, e) in self.exports.iter().enumerate() {
             validate_export_name(&e.name).map_err(|err| NbdError::Config {
@@ -381,6 +419,28 @@ impl NbdConfig {
             }
         }
         Ok(())
+    }
+
+    /// The TLS settings.
+    pub fn tls_settings(&self) -> NbdTlsSettings {
+        NbdTlsSettings {
+            mode: self.tls,
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+            authz: self.tls_authz.clone(),
+            psk_file: self.tls_psk_file.clone(),
+        }
+    }
+
+    /// Sets the `tls*` fields from `t`.
+    pub fn set_tls_settings(&mut self, t: NbdTlsSettings) {
+        self.tls = t.mode;
+        self.tls_cert = t.cert;
+        self.tls_key = t.key;
+        self.tls_ca = t.ca;
+        self.tls_authz = t.authz;
+        self.tls_psk_file = t.psk_file;
     }
 
     /// The connection limits.
@@ -499,6 +559,48 @@ mod tests {
             e.contains("nbd.exports[0].bdev") && e.contains("`x`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn config_tls_keys_parse_round_trip_and_name_what_is_missing() {
+        let c: NbdConfig = serde_yaml_ng::from_str(
+            "tls: required\ntls_cert: /p/cert.pem\ntls_key: /p/key.pem\ntls_ca: /p/ca.pem\ntls_authz: [\"CN=a,O=B\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.tls_settings().mode, TlsMode::Required);
+        let text = serde_yaml_ng::to_string(&c).unwrap();
+        assert!(
+            text.contains("tls: required") && text.contains("/p/key.pem"),
+            "{text}"
+        );
+        let again: NbdConfig = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(again, c);
+        // Off is the default and is not written.
+        let d: NbdConfig = serde_yaml_ng::from_str("{}").unwrap();
+        assert_eq!(d.tls, TlsMode::Off);
+        assert!(!serde_yaml_ng::to_string(&d).unwrap().contains("tls"));
+        let e = serde_yaml_ng::from_str::<NbdConfig>("tls: maybe\n").unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
+        for (yaml, field, words) in [
+            ("tls: required\ntls_key: /k\n", "nbd.tls_cert", "missing"),
+            ("tls: optional\ntls_cert: /c\n", "nbd.tls_key", "missing"),
+            ("tls_cert: /c\n", "nbd.tls_cert", "`tls` is off"),
+            (
+                "tls: required\ntls_cert: /c\ntls_key: /k\ntls_authz: [\"CN=x\"]\n",
+                "nbd.tls_authz",
+                "tls_ca",
+            ),
+            (
+                "tls: required\ntls_cert: /c\ntls_key: /k\ntls_ca: /a\ntls_authz: [\" \"]\n",
+                "nbd.tls_authz[0]",
+                "empty",
+            ),
+        ] {
+            let c: NbdConfig = serde_yaml_ng::from_str(yaml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(words), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -9,10 +9,12 @@
 use super::export::ExportEntry;
 use super::proto::{self, ClientOption, ReplyMode};
 use super::server::ServerShared;
+use super::tls::{self, TlsIo, TlsMode, TlsStream};
 use crate::bdev::{Bdev, Channel};
 use crate::reactor::io::{self, Async};
 use crate::reactor::recv::RecvBuf;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Option data up to this size is read and parsed.
@@ -64,6 +66,8 @@ pub(crate) enum Failure {
     Io(std::io::Error),
     /// The client broke a rule that proto.md answers by closing.
     Protocol(String),
+    /// The TLS handshake after `STARTTLS` failed (already logged, rate-limited).
+    Tls(tls::TlsFailure),
 }
 
 impl fmt::Display for Failure {
@@ -71,7 +75,90 @@ impl fmt::Display for Failure {
         match self {
             Failure::Io(e) => write!(f, "{e}"),
             Failure::Protocol(m) => f.write_str(m),
+            Failure::Tls(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// The byte stream of a connection: the plain socket, or a TLS session over it after
+/// `NBD_OPT_STARTTLS`. Two variants so that plain connections run exactly the code they
+/// ran before TLS existed (the transmission future is generic over them).
+pub(crate) enum Link {
+    Plain(Async<mio::net::TcpStream>),
+    Tls(Box<TlsStream>),
+}
+
+impl Link {
+    fn is_tls(&self) -> bool {
+        matches!(self, Link::Tls(_))
+    }
+
+    /// Reads once into `rx`, waiting until something arrives; `Ok(0)` is end of stream.
+    async fn fill(&mut self, rx: &mut RecvBuf) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.read_with(|s| rx.fill(s)).await,
+            Link::Tls(t) => loop {
+                match rx.fill(TlsIo(t)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let s = &t.get_ref().0;
+                        s.clear_readable();
+                        std::future::poll_fn(|cx| s.poll_readable(cx)).await;
+                    }
+                    other => return other,
+                }
+            },
+        }
+    }
+
+    /// Writes all of `buf`.
+    async fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Plain(s) => io::write_all(s, buf).await,
+            Link::Tls(t) => {
+                while !buf.is_empty() {
+                    match std::io::Write::write(&mut TlsIo(t), buf) {
+                        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                        Ok(n) => buf = &buf[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            let s = &t.get_ref().0;
+                            s.clear_writable();
+                            std::future::poll_fn(|cx| s.poll_writable(cx)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until at least `n` bytes (at most `rx`'s capacity) are in `rx`.
+    async fn need(&mut self, rx: &mut RecvBuf, n: usize) -> std::io::Result<()> {
+        if n > rx.capacity() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "message larger than the receive buffer",
+            ));
+        }
+        while rx.len() < n {
+            if self.fill(rx).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for and drops `n` bytes.
+    async fn skip(&mut self, rx: &mut RecvBuf, mut n: u64) -> std::io::Result<()> {
+        while n > 0 {
+            if rx.is_empty() {
+                self.need(rx, 1).await?;
+            }
+            let take = (rx.len() as u64).min(n) as usize;
+            rx.consume(take);
+            n -= take as u64;
+        }
+        Ok(())
     }
 }
 
@@ -83,7 +170,6 @@ impl From<std::io::Error> for Failure {
 
 /// Negotiation state.
 struct Haggle<'a> {
-    sock: &'a Async<mio::net::TcpStream>,
     shared: &'a ServerShared,
     out: Vec<u8>,
     structured: bool,
@@ -105,9 +191,9 @@ impl Haggle<'_> {
         proto::encode_option_reply(&mut self.out, option, reply_type, m);
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
+    async fn flush(&mut self, link: &mut Link) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            io::write_all(self.sock, &self.out).await?;
+            link.write_all(&self.out).await?;
             self.out.clear();
         }
         Ok(())
@@ -311,16 +397,19 @@ impl Haggle<'_> {
     }
 }
 
-/// Runs the handshake on `sock`; bytes the client sent after its last option stay in
-/// `rx` for the transmission phase.
+/// Runs the handshake on `link` (upgrading it to TLS on `STARTTLS`) and hands the link
+/// back with the outcome; bytes the client sent after its last option stay in `rx` for
+/// the transmission phase.
 pub(crate) async fn negotiate(
-    sock: &Async<mio::net::TcpStream>,
+    mut link: Link,
     rx: &mut RecvBuf,
     shared: &ServerShared,
-) -> Result<Outcome, Failure> {
+    peer: SocketAddr,
+    closed: &dyn Fn() -> bool,
+) -> Result<(Outcome, Link), Failure> {
     let offered = proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES;
+    let mode = shared.tls.as_ref().map_or(TlsMode::Off, |t| t.mode);
     let mut h = Haggle {
-        sock,
         shared,
         out: Vec::with_capacity(256),
         structured: false,
@@ -328,18 +417,18 @@ pub(crate) async fn negotiate(
         meta: None,
     };
     proto::encode_greeting(&mut h.out, offered);
-    h.flush().await?;
+    h.flush(&mut link).await?;
 
-    rx.need(sock, 4).await?;
+    link.need(rx, 4).await?;
     let raw = u32::from_be_bytes(rx.data()[..4].try_into().unwrap_or_default());
     rx.consume(4);
     let client = proto::parse_client_flags(raw, offered)
         .map_err(|e| Failure::Protocol(format!("client flags: {e}")))?;
 
     loop {
-        match rx.need(sock, proto::OPTION_HEADER_LEN).await {
+        match link.need(rx, proto::OPTION_HEADER_LEN).await {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && rx.is_empty() => {
-                return Ok(Outcome::Left);
+                return Ok((Outcome::Left, link));
             }
             other => other?,
         }
@@ -358,15 +447,51 @@ pub(crate) async fn negotiate(
                     hdr.len_bytes
                 )));
             }
-            rx.skip(sock, hdr.len_bytes as u64).await?;
-            h.error(option, proto::REP_ERR_TOO_BIG, "option data too large");
-            h.flush().await?;
+            link.skip(rx, hdr.len_bytes as u64).await?;
+            if mode == TlsMode::Required && !link.is_tls() {
+                // FORCEDTLS answers nothing else before the upgrade.
+                h.error(
+                    option,
+                    proto::REP_ERR_TLS_REQD,
+                    "TLS is required: send NBD_OPT_STARTTLS first",
+                );
+            } else {
+                h.error(option, proto::REP_ERR_TOO_BIG, "option data too large");
+            }
+            h.flush(&mut link).await?;
             continue;
         }
         let len = hdr.len_bytes as usize;
-        rx.need(sock, len).await?;
+        link.need(rx, len).await?;
         let parsed = proto::parse_option(option, &rx.data()[..len]);
         rx.consume(len);
+        // FORCEDTLS: before the upgrade, only STARTTLS and ABORT are served.
+        if mode == TlsMode::Required
+            && !link.is_tls()
+            && option != proto::OPT_STARTTLS
+            && option != proto::OPT_ABORT
+        {
+            shared.tls_refusals.log(
+                peer,
+                "tls_required",
+                &format!(
+                    "{} before NBD_OPT_STARTTLS (tls: required)",
+                    proto::option_name(option)
+                ),
+            );
+            if option == proto::OPT_EXPORT_NAME {
+                return Err(Failure::Protocol(
+                    "NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS (tls: required)".into(),
+                ));
+            }
+            h.error(
+                option,
+                proto::REP_ERR_TLS_REQD,
+                "TLS is required: send NBD_OPT_STARTTLS first",
+            );
+            h.flush(&mut link).await?;
+            continue;
+        }
         let opt = match parsed {
             Ok(o) => o,
             Err(e) if option == proto::OPT_EXPORT_NAME => {
@@ -374,7 +499,7 @@ pub(crate) async fn negotiate(
             }
             Err(e) => {
                 h.error(option, proto::REP_ERR_INVALID, &e.to_string());
-                h.flush().await?;
+                h.flush(&mut link).await?;
                 continue;
             }
         };
@@ -387,15 +512,15 @@ pub(crate) async fn negotiate(
                 proto::REP_ERR_SHUTDOWN,
                 "the server is shutting down",
             );
-            h.flush().await?;
+            h.flush(&mut link).await?;
             continue;
         }
         match opt {
             ClientOption::Abort => {
                 h.reply(option, proto::REP_ACK, &[]);
                 // The client may already have closed; a failed ACK does not matter.
-                let _ = h.flush().await;
-                return Ok(Outcome::Left);
+                let _ = h.flush(&mut link).await;
+                return Ok((Outcome::Left, link));
             }
             ClientOption::List => {
                 for e in shared.exports.list() {
@@ -404,9 +529,47 @@ pub(crate) async fn negotiate(
                 }
                 h.reply(option, proto::REP_ACK, &[]);
             }
-            ClientOption::StartTls => {
-                h.error(option, proto::REP_ERR_POLICY, "TLS is not supported");
-            }
+            ClientOption::StartTls => match &shared.tls {
+                None => h.error(
+                    option,
+                    proto::REP_ERR_POLICY,
+                    "TLS is not enabled on this server",
+                ),
+                Some(_) if link.is_tls() => {
+                    h.error(option, proto::REP_ERR_INVALID, "TLS is already active");
+                }
+                Some(server_tls) => {
+                    h.reply(option, proto::REP_ACK, &[]);
+                    h.flush(&mut link).await?;
+                    if !rx.is_empty() {
+                        // The client had to wait for the ACK before its ClientHello.
+                        return Err(Failure::Protocol(format!(
+                            "{} bytes after NBD_OPT_STARTTLS before its reply",
+                            rx.len()
+                        )));
+                    }
+                    let Link::Plain(sock) = link else {
+                        return Err(Failure::Protocol("TLS is already active".into()));
+                    };
+                    match tls::accept(server_tls, sock, closed).await {
+                        Ok(t) => {
+                            link = Link::Tls(Box::new(t));
+                            tracing::debug!(%peer, "nbd: TLS session established");
+                        }
+                        Err(e) => {
+                            if !matches!(e, tls::TlsFailure::Closed) {
+                                shared.tls_refusals.log(peer, e.kind(), &e);
+                            }
+                            return Err(Failure::Tls(e));
+                        }
+                    }
+                    // What was negotiated in clear text does not carry over.
+                    h.structured = false;
+                    h.extended = false;
+                    h.meta = None;
+                    continue;
+                }
+            },
             ClientOption::StructuredReply => {
                 if h.extended {
                     h.error(
@@ -428,8 +591,8 @@ pub(crate) async fn negotiate(
             }
             ClientOption::Go { name, requests } => {
                 if let Some(n) = h.info_or_go(option, &name, &requests, true) {
-                    h.flush().await?;
-                    return Ok(Outcome::Transmission(n));
+                    h.flush(&mut link).await?;
+                    return Ok((Outcome::Transmission(n), link));
                 }
             }
             ClientOption::ListMetaContext { export, queries }
@@ -456,17 +619,20 @@ pub(crate) async fn negotiate(
                     flags,
                     !client.no_zeroes,
                 );
-                h.flush().await?;
+                h.flush(&mut link).await?;
                 let (block_status, dirty_base, allocation_depth) =
                     h.selected(&export).unwrap_or((false, None, false));
-                return Ok(Outcome::Transmission(Negotiated {
-                    block_status,
-                    dirty_base,
-                    allocation_depth,
-                    reply: h.reply_mode(),
-                    export,
-                    chan,
-                }));
+                return Ok((
+                    Outcome::Transmission(Negotiated {
+                        block_status,
+                        dirty_base,
+                        allocation_depth,
+                        reply: h.reply_mode(),
+                        export,
+                        chan,
+                    }),
+                    link,
+                ));
             }
             ClientOption::Unknown { option } => {
                 h.error(
@@ -476,6 +642,6 @@ pub(crate) async fn negotiate(
                 );
             }
         }
-        h.flush().await?;
+        h.flush(&mut link).await?;
     }
 }

@@ -7,8 +7,9 @@
 //! `EXPORT_NAME`), `STRUCTURED_REPLY`, `EXTENDED_HEADERS`, `LIST_META_CONTEXT` and
 //! `SET_META_CONTEXT` for `base:allocation`, `ABORT`. Transmission: `READ`, `WRITE` (with
 //! FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` (with `NO_HOLE`), `BLOCK_STATUS`, `DISC`; simple,
-//! structured or extended replies as negotiated. No TLS (`STARTTLS` is refused with
-//! `NBD_REP_ERR_POLICY`).
+//! structured or extended replies as negotiated. TLS through `NBD_OPT_STARTTLS` when
+//! configured (modes off, optional and required, client authorisation by certificate:
+//! [`tls`]).
 //!
 //! Every export advertises `NBD_FLAG_CAN_MULTI_CONN`: a bdev flush covers every write
 //! completed on any core, and a connection submits the bdev flush of an `NBD_CMD_FLUSH`
@@ -53,7 +54,8 @@
 //!   (`transmission::rmw`: unaligned writes and the locked slow path); `flush`: flush
 //!   ordering; `recv`: the receive buffer.
 //! - [`export`]: exports and the `nbd:` config section; [`state`]: the connection state
-//!   machine and counters.
+//!   machine and counters; [`tls`]: TLS settings, the OpenSSL context, client
+//!   authorisation and the non-blocking handshake.
 
 pub mod check;
 mod conn;
@@ -64,6 +66,7 @@ pub mod proto;
 mod range_lock;
 mod server;
 pub mod state;
+pub mod tls;
 mod transmission;
 pub mod unaligned;
 
@@ -72,6 +75,7 @@ pub use export::{
 };
 pub use server::{BdevLookup, Closing, NbdServer};
 pub use state::{ConnState, NbdStats};
+pub use tls::{NbdTlsSettings, TlsMode};
 
 use crate::reactor::SendError;
 use std::net::SocketAddr;

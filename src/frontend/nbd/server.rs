@@ -4,6 +4,7 @@
 
 use super::export::{ExportEntry, ExportTable, NbdConfig, NbdExport, NbdExportInfo, NbdLimits};
 use super::state::{ConnState, NbdStats, ServerCounters};
+use super::tls::{NbdTlsSettings, ServerTls, TlsRefusals};
 use super::{NbdError, conn};
 use crate::bdev::BdevRegistry;
 use crate::frontend::conn_limits::{ConnPermit, HostCounts, RefusalLog};
@@ -41,6 +42,12 @@ pub(crate) struct ServerShared {
     open: Arc<AtomicU32>,
     /// Connections open now by source address.
     by_host: HostCounts,
+    /// The TLS context and policy (`None`: `tls: off`).
+    pub(crate) tls: Option<Arc<ServerTls>>,
+    /// The settings it was built from (what `save_config` writes back).
+    tls_settings: NbdTlsSettings,
+    /// Rate-limited log of clients refused for TLS reasons.
+    pub(crate) tls_refusals: TlsRefusals,
 }
 
 impl ServerShared {
@@ -380,7 +387,20 @@ impl NbdServer {
         exports: Vec<NbdExport>,
         limits: NbdLimits,
     ) -> Result<NbdServer, NbdError> {
+        NbdServer::start_with_tls(cores, addr, exports, limits, NbdTlsSettings::default())
+    }
+
+    /// [`NbdServer::start`] with connection limits and TLS settings (the certificate,
+    /// key and CA files are read now; errors name the field under `nbd.`).
+    pub fn start_with_tls(
+        cores: &Cores,
+        addr: SocketAddr,
+        exports: Vec<NbdExport>,
+        limits: NbdLimits,
+        tls_settings: NbdTlsSettings,
+    ) -> Result<NbdServer, NbdError> {
         limits.validate()?;
+        let tls = tls_settings.build("nbd.")?;
         let table = ExportTable::default();
         for e in exports {
             table.add(e)?;
@@ -400,6 +420,9 @@ impl NbdServer {
             limits,
             open: Arc::new(AtomicU32::new(0)),
             by_host: HostCounts::default(),
+            tls,
+            tls_settings,
+            tls_refusals: TlsRefusals::default(),
         });
         let s2 = shared.clone();
         let registered = cores.call(ACCEPTOR_CORE, move || {
@@ -414,7 +437,12 @@ impl NbdServer {
         if reactor::current_core().is_none() {
             reactor::block_on(registered)??;
         }
-        tracing::info!(%local_addr, exports = shared.exports.list().len(), "nbd: listening");
+        tracing::info!(
+            %local_addr,
+            exports = shared.exports.list().len(),
+            tls = ?shared.tls_settings.mode,
+            "nbd: listening"
+        );
         Ok(NbdServer {
             shared,
             local_addr,
@@ -430,7 +458,18 @@ impl NbdServer {
         registry: &BdevRegistry,
     ) -> Result<NbdServer, NbdError> {
         let exports = config.resolve(registry)?;
-        NbdServer::start_with_limits(cores, config.listen_addr()?, exports, config.limits())
+        NbdServer::start_with_tls(
+            cores,
+            config.listen_addr()?,
+            exports,
+            config.limits(),
+            config.tls_settings(),
+        )
+    }
+
+    /// The TLS settings (file names, never their contents).
+    pub fn tls_settings(&self) -> &NbdTlsSettings {
+        &self.shared.tls_settings
     }
 
     /// How the server finds the bdev a `qemu:dirty-bitmap:<name>` context names (set

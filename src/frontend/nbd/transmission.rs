@@ -1048,9 +1048,10 @@ impl TxState {
 
     /// One read: straight into a write's buffer when a large part of its payload is
     /// missing and nothing is buffered, else into the receive buffer.
+    #[inline]
     pub(super) fn read_socket(
         &mut self,
-        sock: &mio::net::TcpStream,
+        mut sock: impl Read,
         sink: &Rc<dyn IoSink>,
     ) -> io::Result<usize> {
         if let RxState::Payload { slot, got, len } = self.rx_state
@@ -1061,8 +1062,7 @@ impl TxState {
             let Some(dst) = s.buf.as_mut().and_then(|b| b.get_mut(got..len)) else {
                 return Err(io::Error::other("write buffer missing"));
             };
-            let mut r = sock;
-            let n = r.read(dst)?;
+            let n = sock.read(dst)?;
             if n > 0 {
                 self.payload_progress(slot, got + n, len, sink);
             }
@@ -1073,10 +1073,8 @@ impl TxState {
 
     /// One `writev` of the queued replies; returns the bytes written and how many were
     /// offered.
-    pub(super) fn write_output(
-        &mut self,
-        sock: &mio::net::TcpStream,
-    ) -> io::Result<(usize, usize)> {
+    #[inline]
+    pub(super) fn write_output(&mut self, mut sock: impl Write) -> io::Result<(usize, usize)> {
         let (written, offered) = {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
@@ -1102,8 +1100,7 @@ impl TxState {
             if n == 0 {
                 return Ok((0, 0));
             }
-            let mut w = sock;
-            (w.write_vectored(&iov[..n])?, offered)
+            (sock.write_vectored(&iov[..n])?, offered)
         };
         let mut done = self.out_sent + written;
         while let Some(&idx) = self.out.front() {

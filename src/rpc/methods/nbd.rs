@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::rc::Rc;
 
 pub async fn nbd_server_start(ctx: Rc<Ctx>, p: ServerStartParams) -> RpcResult {
-    let addr = ctx.target.nbd_start(&p.listen, p.limits())?;
+    let addr = ctx.target.nbd_start(&p.listen, p.limits(), p.tls())?;
     Ok(json!({"listen": addr.to_string()}))
 }
 
