@@ -43,6 +43,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
         exit 1
     fi
 fi
+# The build links OpenSSL (the `openssl` crate: NVMe/TCP TLS): its headers and
+# pkg-config file, from libssl-dev.
+if ! pkg-config --exists openssl 2>/dev/null; then
+    echo "installing libssl-dev and pkg-config (the build links OpenSSL)"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: run as root (or install: libssl-dev pkg-config)" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get update -qq || ! apt-get install -y -qq libssl-dev pkg-config >/dev/null; then
+        echo "error: could not install libssl-dev pkg-config with apt-get" >&2
+        exit 1
+    fi
+fi
 # SPDK's JSON-RPC client, `spdk-rpc` (PyPI package `spdk`, Python >= 3.9): the RPC
 # tests drive tessera with it.
 if ! spdk-rpc --help >/dev/null 2>&1; then

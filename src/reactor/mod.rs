@@ -67,6 +67,7 @@ mod cores;
 pub mod io;
 pub(crate) mod recv;
 pub(crate) mod send;
+pub mod tls;
 mod timer;
 
 pub use clock::{Clock, Nanos, tick_rate, ticks};

@@ -291,7 +291,6 @@ impl AttachControllerParams {
         unsupported("hostsvcid", &self.hostsvcid)?;
         unsupported("prchk_reftag", &self.prchk_reftag)?;
         unsupported("prchk_guard", &self.prchk_guard)?;
-        unsupported("psk", &self.psk)?;
         unsupported("allow_unrecognized_csi", &self.allow_unrecognized_csi)?;
         unsupported("disable_sq_flow_control", &self.disable_sq_flow_control)?;
         if let Some(m) = &self.multipath
@@ -320,6 +319,7 @@ impl AttachControllerParams {
         }
         a.dhchap_key = self.dhchap_key.clone();
         a.dhchap_ctrlr_key = self.dhchap_ctrlr_key.clone();
+        a.psk = self.psk.clone();
         Ok(a)
     }
 }
