@@ -312,7 +312,10 @@ impl Target {
 
     /// The TLS PSK `p` names, read from the keyring and parsed (errors name the key,
     /// never its material).
-    fn tls_host_key(&self, p: &AttachParams) -> Result<crate::bdev::nvme::tls::HostTls, TargetError> {
+    fn tls_host_key(
+        &self,
+        p: &AttachParams,
+    ) -> Result<crate::bdev::nvme::tls::HostTls, TargetError> {
         let Some(name) = p.psk.as_deref() else {
             if p.psk_identity_version.is_some() {
                 return Err(TargetError::Invalid(

@@ -1,6 +1,6 @@
 //! NVMe/TCP's TLS keys (NVMe/TCP Transport Specification 1.0c §3.6.1, and TP 8018 for
 //! identity version 1), as SPDK (`nvme_tcp.h`) and libnvme compute them; shared by the
-//! target and the initiator. Pure: the TLS connection itself is `crate::reactor::tls`.
+//! target and the initiator. Pure: the TLS connection itself is in the reactor (`tls`).
 //!
 //! - The configured PSK in the interchange format `NVMeTLSkey-1:hh:<base64(key ||
 //!   crc32(key))>:` ([`ConfiguredPsk`]): `hh` is `01` (SHA-256, a 32-byte key), `02`
@@ -435,7 +435,12 @@ mod tests {
         let k = ConfiguredPsk::parse(SPDK_KEY).unwrap();
         assert_eq!(k.suite(), Suite::Aes128GcmSha256);
         assert_eq!(k.hash(), Some(HashId::Sha256));
-        assert!(ConfiguredPsk::parse(b"NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:\n").is_ok());
+        assert!(
+            ConfiguredPsk::parse(
+                b"NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:\n"
+            )
+            .is_ok()
+        );
         assert_eq!(
             ConfiguredPsk::parse(b"DHHC-1:01:abc:").unwrap_err(),
             PskFormatError::Prefix
@@ -453,14 +458,18 @@ mod tests {
             PskFormatError::Base64
         );
         assert_eq!(
-            ConfiguredPsk::parse(b"NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:x")
-                .unwrap_err(),
+            ConfiguredPsk::parse(
+                b"NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:x"
+            )
+            .unwrap_err(),
             PskFormatError::Trailing
         );
         // A CRC flipped: the last base64 character changed.
         assert!(matches!(
-            ConfiguredPsk::parse(b"NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrY:")
-                .unwrap_err(),
+            ConfiguredPsk::parse(
+                b"NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrY:"
+            )
+            .unwrap_err(),
             PskFormatError::Crc { .. }
         ));
         // A 48-byte key with hash 01.
@@ -470,7 +479,9 @@ mod tests {
             PskFormatError::Length { decoded: 52, .. }
         ));
         // Errors carry no key material.
-        let e = ConfiguredPsk::parse(long.as_bytes()).unwrap_err().to_string();
+        let e = ConfiguredPsk::parse(long.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains(&long[16..30]), "{e}");
         for (h, n) in [(None, 32), (None, 48), (Some(HashId::Sha384), 48)] {
             let t = ConfiguredPsk::format(h, &vec![9; n]);
@@ -489,8 +500,8 @@ mod tests {
             (HashId::Sha384, 48, openssl::md::Md::sha384()),
         ] {
             let key: Vec<u8> = (0..n as u8).collect();
-            let psk = ConfiguredPsk::parse(ConfiguredPsk::format(Some(hash), &key).as_bytes())
-                .unwrap();
+            let psk =
+                ConfiguredPsk::parse(ConfiguredPsk::format(Some(hash), &key).as_bytes()).unwrap();
             let retained = psk.retained(host);
             let want = openssl_hkdf(md, &key, &label_info(n, "tls13 HostNQN", host), n);
             assert_eq!(&retained[..], &want[..]);
@@ -556,7 +567,10 @@ mod tests {
             Identity::parse(b"NVMe1R01 a b").unwrap_err(),
             IdentityError::Fields { want: 3, .. }
         ));
-        assert_eq!(Identity::parse(&[0xff, 0xfe]).unwrap_err(), IdentityError::Utf8);
+        assert_eq!(
+            Identity::parse(&[0xff, 0xfe]).unwrap_err(),
+            IdentityError::Utf8
+        );
         assert!(Identity::parse(b"NVMe0R01  a b").is_err());
     }
 }

@@ -67,8 +67,8 @@ mod cores;
 pub mod io;
 pub(crate) mod recv;
 pub(crate) mod send;
-pub mod tls;
 mod timer;
+pub mod tls;
 
 pub use clock::{Clock, Nanos, tick_rate, ticks};
 pub use cores::{CoreList, CoreListError};

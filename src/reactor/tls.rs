@@ -172,8 +172,8 @@ unsafe extern "C" fn find_session_cb(
         // SAFETY: OpenSSL calls this during the handshake of `ssl`, whose ex-data slot
         // holds the `ServerState` set by `server_ssl` (a `Box` the `Ssl` owns until it is
         // freed, after the handshake); the pointer is null if it was never set.
-        let st = unsafe { ffi::SSL_get_ex_data(ssl, server_index().as_raw()) }
-            as *const ServerState;
+        let st =
+            unsafe { ffi::SSL_get_ex_data(ssl, server_index().as_raw()) } as *const ServerState;
         if st.is_null() || identity.is_null() {
             return 0;
         }
@@ -214,8 +214,8 @@ unsafe extern "C" fn use_session_cb(
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: as in `find_session_cb`: the slot holds the `ClientState` set by
         // `client_ssl`, owned by the `Ssl` for its whole life.
-        let st = unsafe { ffi::SSL_get_ex_data(ssl, client_index().as_raw()) }
-            as *const ClientState;
+        let st =
+            unsafe { ffi::SSL_get_ex_data(ssl, client_index().as_raw()) } as *const ClientState;
         if st.is_null() {
             return 0;
         }
@@ -399,8 +399,8 @@ pub async fn handshake(
     limit: Duration,
 ) -> Result<TlsStream, TlsError> {
     let deadline = super::now().after(limit);
-    let mut s = SslStream::new(ssl, SockIo(sock.clone()))
-        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let mut s =
+        SslStream::new(ssl, SockIo(sock.clone())).map_err(|e| TlsError::Setup(e.to_string()))?;
     let run = async {
         loop {
             let r = if server { s.accept() } else { s.connect() };

@@ -258,6 +258,9 @@ pub struct AttachControllerParams {
     pub fast_io_fail_timeout_sec: Option<u32>,
     #[serde(default)]
     pub psk: Option<String>,
+    /// tessera's: the PSK identity version offered (0 or 1).
+    #[serde(default)]
+    pub psk_identity_version: Option<u8>,
     #[serde(default)]
     pub max_bdevs: Option<u32>,
     #[serde(default)]
@@ -320,6 +323,7 @@ impl AttachControllerParams {
         a.dhchap_key = self.dhchap_key.clone();
         a.dhchap_ctrlr_key = self.dhchap_ctrlr_key.clone();
         a.psk = self.psk.clone();
+        a.psk_identity_version = self.psk_identity_version;
         Ok(a)
     }
 }

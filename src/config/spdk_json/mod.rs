@@ -210,6 +210,9 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
         if let Some(k) = &n.psk {
             p["psk"] = json!(k);
         }
+        if let Some(v) = n.psk_identity_version {
+            p["psk_identity_version"] = json!(v);
+        }
         out.push(call("bdev_nvme_attach_controller", p));
     }
     for p in &cfg.pools {

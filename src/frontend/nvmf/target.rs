@@ -527,9 +527,10 @@ impl NvmfTarget {
         let tls = if secure {
             let mut t = lock(&self.shared.tls);
             if t.is_none() {
-                *t = Some(super::tls::server_context().map_err(|e| {
-                    invalid("secure_channel", format!("cannot set up TLS: {e}"))
-                })?);
+                *t =
+                    Some(super::tls::server_context().map_err(|e| {
+                        invalid("secure_channel", format!("cannot set up TLS: {e}"))
+                    })?);
             }
             t.clone()
         } else {
@@ -652,7 +653,8 @@ impl NvmfTarget {
         check_nqn(host).map_err(|e| invalid("host", e))?;
         self.check_host_keys(&keys)?;
         let s = self.subsystem(nqn)?;
-        if s.hosts().iter().any(|h| h == host) && (keys.dhchap_key.is_some() || keys.psk.is_some()) {
+        if s.hosts().iter().any(|h| h == host) && (keys.dhchap_key.is_some() || keys.psk.is_some())
+        {
             return Err(invalid(
                 "host",
                 format!("{host} is already a host of {nqn} (use nvmf_subsystem_set_keys)"),

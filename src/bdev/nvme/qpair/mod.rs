@@ -674,8 +674,13 @@ async fn run(q: Rc<HostQpair>) {
         };
         let r = match tls_key.ssl(&hostnqn, &subnqn) {
             Ok(ssl) => {
-                crate::reactor::tls::handshake(sock.clone(), ssl, false, super::tls::HANDSHAKE_LIMIT)
-                    .await
+                crate::reactor::tls::handshake(
+                    sock.clone(),
+                    ssl,
+                    false,
+                    super::tls::HANDSHAKE_LIMIT,
+                )
+                .await
             }
             Err(e) => Err(e),
         };

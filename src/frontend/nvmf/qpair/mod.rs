@@ -922,10 +922,7 @@ impl QpInner {
             core: self.core,
             qpair_id: self.id,
             now: reactor::now(),
-            tls: self
-                .tls_id
-                .as_ref()
-                .map(|(h, s)| (h.as_str(), s.as_str())),
+            tls: self.tls_id.as_ref().map(|(h, s)| (h.as_str(), s.as_str())),
         };
         let data = match &self.slots[slot].buf {
             Some(b) if self.slots[slot].xfer_len > 0 => b.as_slice(),
