@@ -287,13 +287,13 @@ pub struct SockIo(pub Rc<Async<mio::net::TcpStream>>);
 
 impl Read for SockIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0.get_ref()).read(buf)
+        self.0.get_ref().read(buf)
     }
 }
 
 impl Write for SockIo {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0.get_ref()).write(buf)
+        self.0.get_ref().write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
