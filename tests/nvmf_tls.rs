@@ -504,6 +504,15 @@ nvmf:
         e.to_string().contains("TLS PSK `bad`") && e.to_string().contains("CRC-32"),
         "{e}"
     );
+    // A key removed from the target's keyring: the host's next connection is refused.
+    tgt.call("keyring_file_remove_key", json!({"name": "k00"}));
+    let e = srv.call_err(
+        "bdev_nvme_attach_controller",
+        json!({"name": "Z2", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": port.to_string(),
+               "subnqn": NQN, "hostnqn": H256, "psk": "k00"}),
+    );
+    assert!(e.to_string().contains("TLS handshake failed"), "{e}");
+    wait_log(&tgt, "key `k00` does not exist", Duration::from_secs(5));
     // Still serving.
     write_read(&srv, nbd, "V0n1", 0x51);
     let saved = srv.call("save_config", json!({})).to_string();
