@@ -608,7 +608,16 @@ mod tests {
             traddr: "127.0.0.1".into(),
         };
         let log = encode_discovery_log(7, std::slice::from_ref(&e));
-        assert_eq!(decode_discovery_log(&log), Some((7, 1, vec![e])));
+        assert_eq!(decode_discovery_log(&log), Some((7, 1, vec![e.clone()])));
+        // A secure channel: TREQ bits 1:0 = 01b, and TSAS byte 0 (SECTYPE) TLS 1.3.
+        let tls = DiscoveryEntry {
+            treq: disc::TREQ_REQUIRED,
+            sectype: disc::SECTYPE_TLS13,
+            ..e
+        };
+        let log = encode_discovery_log(8, std::slice::from_ref(&tls));
+        assert_eq!((log[1024 + 3], log[1024 + 768]), (1, 2));
+        assert_eq!(decode_discovery_log(&log), Some((8, 1, vec![tls])));
         let s = SmartLog {
             temperature_k: 300,
             data_units_read: 3,
