@@ -276,6 +276,7 @@ impl Target {
     /// pools like any other).
     pub async fn attach_nvme(&self, mut p: AttachParams) -> Result<Vec<String>, TargetError> {
         p.dhchap = self.dhchap_host_keys(&p)?;
+        p.tls = self.tls_host_key(&p)?;
         let names = self
             .inner
             .nvme_host
@@ -307,6 +308,32 @@ impl Target {
         let key = load(name)?;
         let ctrlr_key = p.dhchap_ctrlr_key.as_deref().map(load).transpose()?;
         Ok(DhchapHostKeys::new(HostKeys { key, ctrlr_key }))
+    }
+
+    /// The TLS PSK `p` names, read from the keyring and parsed (errors name the key,
+    /// never its material).
+    fn tls_host_key(
+        &self,
+        p: &AttachParams,
+    ) -> Result<crate::bdev::nvme::tls::HostTls, TargetError> {
+        let Some(name) = p.psk.as_deref() else {
+            if p.psk_identity_version.is_some() {
+                return Err(TargetError::Invalid(
+                    "psk_identity_version needs psk".into(),
+                ));
+            }
+            return Ok(Default::default());
+        };
+        let version = p.psk_identity_version.unwrap_or(0);
+        if version > 1 {
+            return Err(TargetError::Invalid(format!(
+                "psk_identity_version: {version} is not 0 or 1"
+            )));
+        }
+        let secret = self.inner.keyring.read(name)?;
+        let psk = crate::nvme::tls::ConfiguredPsk::parse(secret.expose())
+            .map_err(|e| TargetError::Invalid(format!("TLS PSK `{name}`: {e}")))?;
+        Ok(crate::bdev::nvme::tls::HostTls::new(psk, version))
     }
 
     /// Detaches a remote controller (refused while one of its bdevs is in use).

@@ -10,6 +10,8 @@
 //! - [`auth`]: in-band authentication messages (AUTH_Send/AUTH_Receive data).
 //! - [`dhchap`]: DH-HMAC-CHAP's key format, key transformation, responses and
 //!   finite-field Diffie-Hellman.
+//! - [`tls`]: NVMe/TCP TLS keys: the PSK interchange format, retained and TLS PSK
+//!   derivation, PSK identities.
 
 pub mod auth;
 pub mod dhchap;
@@ -17,3 +19,4 @@ mod ffdhe;
 pub mod pages;
 pub mod pdu;
 pub mod spec;
+pub mod tls;

@@ -441,8 +441,14 @@ pub mod disc {
     pub const SUBTYPE_DISCOVERY_REFERRAL: u8 = 1;
     pub const SUBTYPE_NVME: u8 = 2;
     pub const SUBTYPE_CURRENT_DISCOVERY: u8 = 3;
+    /// Secure channel required (TREQ bits 1:0 = 01b).
+    pub const TREQ_REQUIRED: u8 = 1;
     /// Secure channel not required.
     pub const TREQ_NOT_REQUIRED: u8 = 2;
+    /// TSAS of TCP: SECTYPE none.
+    pub const SECTYPE_NONE: u8 = 0;
+    /// TSAS of TCP: SECTYPE TLS 1.3.
+    pub const SECTYPE_TLS13: u8 = 2;
 }
 
 /// One discovery log page entry (1024 bytes).
@@ -452,6 +458,8 @@ pub struct DiscoveryEntry {
     pub adrfam: u8,
     pub subtype: u8,
     pub treq: u8,
+    /// TSAS (transport-specific address subtype), TCP: the security type (SECTYPE).
+    pub sectype: u8,
     pub portid: u16,
     pub cntlid: u16,
     pub asqsz: u16,
@@ -478,7 +486,8 @@ pub fn encode_discovery_log(genctr: u64, entries: &[DiscoveryEntry]) -> Vec<u8> 
         put_str0(&mut b, at + 32, 32, &e.trsvcid);
         put_str0(&mut b, at + 256, 256, &e.subnqn);
         put_str0(&mut b, at + 512, 256, &e.traddr);
-        // TSAS for TCP: sectype 0 (none).
+        // TSAS for TCP: byte 0 is SECTYPE.
+        b[at + 768] = e.sectype;
     }
     b
 }
@@ -499,6 +508,7 @@ pub fn decode_discovery_log(b: &[u8]) -> Option<(u64, u64, Vec<DiscoveryEntry>)>
             adrfam: b[at + 1],
             subtype: b[at + 2],
             treq: b[at + 3],
+            sectype: b[at + 768],
             portid: le16(b, at + 4),
             cntlid: le16(b, at + 6),
             asqsz: le16(b, at + 8),
@@ -589,6 +599,7 @@ mod tests {
             adrfam: disc::ADRFAM_IPV4,
             subtype: disc::SUBTYPE_NVME,
             treq: disc::TREQ_NOT_REQUIRED,
+            sectype: disc::SECTYPE_NONE,
             portid: 1,
             cntlid: 0xffff,
             asqsz: 128,
@@ -597,7 +608,16 @@ mod tests {
             traddr: "127.0.0.1".into(),
         };
         let log = encode_discovery_log(7, std::slice::from_ref(&e));
-        assert_eq!(decode_discovery_log(&log), Some((7, 1, vec![e])));
+        assert_eq!(decode_discovery_log(&log), Some((7, 1, vec![e.clone()])));
+        // A secure channel: TREQ bits 1:0 = 01b, and TSAS byte 0 (SECTYPE) TLS 1.3.
+        let tls = DiscoveryEntry {
+            treq: disc::TREQ_REQUIRED,
+            sectype: disc::SECTYPE_TLS13,
+            ..e
+        };
+        let log = encode_discovery_log(8, std::slice::from_ref(&tls));
+        assert_eq!((log[1024 + 3], log[1024 + 768]), (1, 2));
+        assert_eq!(decode_discovery_log(&log), Some((8, 1, vec![tls])));
         let s = SmartLog {
             temperature_k: 300,
             data_units_read: 3,

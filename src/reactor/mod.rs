@@ -68,6 +68,7 @@ pub mod io;
 pub(crate) mod recv;
 pub(crate) mod send;
 mod timer;
+pub mod tls;
 
 pub use clock::{Clock, Nanos, tick_rate, ticks};
 pub use cores::{CoreList, CoreListError};

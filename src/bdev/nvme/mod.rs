@@ -21,6 +21,7 @@
 
 pub mod auth;
 mod qpair;
+pub mod tls;
 
 pub use qpair::HostError;
 
@@ -86,6 +87,17 @@ pub struct AttachParams {
     /// The keys those name, read from the keyring at attach (never saved).
     #[serde(skip)]
     pub dhchap: auth::DhchapHostKeys,
+    /// The keyring key (TLS PSK, interchange format) every queue pair does TLS 1.3
+    /// with before ICReq (SPDK's `psk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk: Option<String>,
+    /// The PSK identity version offered: 0 (NVMe/TCP 1.0c, SPDK's; the default) or 1
+    /// (with the PSK digest, which SPDK's target refuses). tessera's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk_identity_version: Option<u8>,
+    /// The key `psk` names, read from the keyring at attach (never saved).
+    #[serde(skip)]
+    pub tls: tls::HostTls,
 }
 
 impl AttachParams {
@@ -106,6 +118,9 @@ impl AttachParams {
             dhchap_key: None,
             dhchap_ctrlr_key: None,
             dhchap: auth::DhchapHostKeys::default(),
+            psk: None,
+            psk_identity_version: None,
+            tls: tls::HostTls::default(),
         }
     }
 }
@@ -260,6 +275,7 @@ impl NvmeController {
             ddgst: self.params.ddgst,
             in_capsule_len: self.in_capsule_len,
             dhchap: self.params.dhchap.clone(),
+            tls: self.params.tls.clone(),
         });
         local.io.borrow_mut().insert(self.id, q.clone());
         Ok(q)
@@ -535,6 +551,7 @@ pub async fn attach(
         ddgst: p.ddgst,
         in_capsule_len: 0,
         dhchap: p.dhchap.clone(),
+        tls: p.tls.clone(),
     });
     match init_controller(
         &cores, admin_core, &admin, &p, addr, hostnqn, hostid, kato_ms,
@@ -833,6 +850,7 @@ pub async fn discover(
         ddgst: false,
         in_capsule_len: 0,
         dhchap: auth::DhchapHostKeys::default(),
+        tls: tls::HostTls::default(),
     });
     let r = async {
         q.wait_ready().await?;

@@ -258,6 +258,9 @@ pub struct AttachControllerParams {
     pub fast_io_fail_timeout_sec: Option<u32>,
     #[serde(default)]
     pub psk: Option<String>,
+    /// tessera's: the PSK identity version offered (0 or 1).
+    #[serde(default)]
+    pub psk_identity_version: Option<u8>,
     #[serde(default)]
     pub max_bdevs: Option<u32>,
     #[serde(default)]
@@ -291,7 +294,6 @@ impl AttachControllerParams {
         unsupported("hostsvcid", &self.hostsvcid)?;
         unsupported("prchk_reftag", &self.prchk_reftag)?;
         unsupported("prchk_guard", &self.prchk_guard)?;
-        unsupported("psk", &self.psk)?;
         unsupported("allow_unrecognized_csi", &self.allow_unrecognized_csi)?;
         unsupported("disable_sq_flow_control", &self.disable_sq_flow_control)?;
         if let Some(m) = &self.multipath
@@ -320,6 +322,8 @@ impl AttachControllerParams {
         }
         a.dhchap_key = self.dhchap_key.clone();
         a.dhchap_ctrlr_key = self.dhchap_ctrlr_key.clone();
+        a.psk = self.psk.clone();
+        a.psk_identity_version = self.psk_identity_version;
         Ok(a)
     }
 }

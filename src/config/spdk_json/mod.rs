@@ -207,6 +207,12 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
         if let Some(k) = &n.dhchap_ctrlr_key {
             p["dhchap_ctrlr_key"] = json!(k);
         }
+        if let Some(k) = &n.psk {
+            p["psk"] = json!(k);
+        }
+        if let Some(v) = n.psk_identity_version {
+            p["psk_identity_version"] = json!(v);
+        }
         out.push(call("bdev_nvme_attach_controller", p));
     }
     for p in &cfg.pools {
@@ -341,16 +347,20 @@ fn nvmf_calls(cfg: &Config) -> Vec<Value> {
         ));
         for l in &s.listeners {
             let ipv6 = l.address.contains(':');
-            out.push(call(
-                "nvmf_subsystem_add_listener",
-                json!({"nqn": s.nqn, "listen_address": {
-                    "trtype": "TCP", "adrfam": if ipv6 { "IPv6" } else { "IPv4" },
-                    "traddr": l.address, "trsvcid": l.port.to_string(),
-                }}),
-            ));
+            let mut params = json!({"nqn": s.nqn, "listen_address": {
+                "trtype": "TCP", "adrfam": if ipv6 { "IPv6" } else { "IPv4" },
+                "traddr": l.address, "trsvcid": l.port.to_string(),
+            }});
+            if l.secure_channel {
+                params["secure_channel"] = json!(true);
+            }
+            out.push(call("nvmf_subsystem_add_listener", params));
         }
         for h in &s.hosts {
             let mut params = json!({"nqn": s.nqn, "host": h});
+            if let Some(k) = s.psk.get(h) {
+                params["psk"] = json!(k);
+            }
             if let Some(k) = s.dhchap.get(h) {
                 params["dhchap_key"] = json!(k.dhchap_key);
                 if let Some(c) = &k.dhchap_ctrlr_key {
@@ -829,6 +839,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
                 allow_any_host: s.allow_any_host,
                 hosts: Vec::new(),
                 dhchap: Default::default(),
+                psk: Default::default(),
                 max_namespaces: s
                     .max_namespaces
                     .filter(|&m| m != 0)
@@ -850,6 +861,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             subsystem(cfg, &q.nqn)?.listeners.push(ListenerConfig {
                 address: la.traddr,
                 port,
+                secure_channel: q.secure_channel.unwrap_or(false),
             });
         }
         "nvmf_subsystem_add_ns" => {
@@ -866,6 +878,9 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             let q: nvmf::HostParams = decode(p)?;
             q.check().map_err(|e| e.to_string())?;
             let s = subsystem(cfg, &q.nqn)?;
+            if let Some(k) = q.psk {
+                s.psk.insert(q.host.clone(), k);
+            }
             if let Some(k) = q.dhchap_key {
                 s.dhchap.insert(
                     q.host.clone(),

@@ -259,7 +259,14 @@ impl ListenerParams {
     /// The address, checked.
     pub fn to_params(&self) -> Result<ListenAddressParams, ParamError> {
         check_tgt_name(&self.tgt_name)?;
-        unsupported("secure_channel", &self.secure_channel)?;
+        if let Some(i) = &self.sock_impl
+            && i != "ssl"
+            && self.secure_channel == Some(true)
+        {
+            return Err(ParamError::invalid(format!(
+                "\"sock_impl\": `{i}`: a secure channel takes the `ssl` socket implementation"
+            )));
+        }
         if let Some(s) = &self.ana_state
             && s != "optimized"
         {
@@ -353,7 +360,6 @@ impl HostParams {
     /// Checks what tessera cannot do.
     pub fn check(&self) -> Result<(), ParamError> {
         check_tgt_name(&self.tgt_name)?;
-        unsupported("psk", &self.psk)?;
         if self.dhchap_ctrlr_key.is_some() && self.dhchap_key.is_none() {
             return Err(ParamError::Invalid(
                 "dhchap_ctrlr_key: a DH-HMAC-CHAP controller key requires dhchap_key".into(),

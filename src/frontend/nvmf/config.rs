@@ -129,6 +129,10 @@ pub struct ListenerConfig {
     pub address: String,
     /// TCP port (4420 is NVMe/TCP's).
     pub port: u16,
+    /// TLS 1.3 with a PSK before ICReq on every connection (SPDK's `secure_channel`);
+    /// only hosts with a `psk` are admitted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_channel: bool,
 }
 
 /// A namespace of a subsystem.
@@ -182,6 +186,10 @@ pub struct SubsystemConfig {
     /// names of their keys in the keyring (`keys:`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub dhchap: std::collections::BTreeMap<String, HostKeysConfig>,
+    /// Hosts (of `hosts`) that may connect through a secure-channel listener: host NQN →
+    /// the name of their TLS PSK in the keyring (`keys:`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub psk: std::collections::BTreeMap<String, String>,
     #[serde(default = "default_max_namespaces")]
     pub max_namespaces: u32,
     #[serde(default)]
@@ -219,6 +227,16 @@ impl NvmfConfig {
         for (i, s) in self.subsystems.iter().enumerate() {
             crate::frontend::nvmf::subsystem::check_nqn(&s.nqn)
                 .map_err(|e| format!("subsystems[{i}].nqn: {e}"))?;
+            if let Some(h) = s.psk.keys().find(|h| !s.hosts.contains(h)) {
+                return Err(format!(
+                    "subsystems[{i}].psk: `{h}` has a PSK but is not in hosts"
+                ));
+            }
+            if s.allow_any_host && s.listeners.iter().any(|l| l.secure_channel) {
+                return Err(format!(
+                    "subsystems[{i}]: a secure_channel listener cannot serve a subsystem with allow_any_host (SPDK refuses it too)"
+                ));
+            }
             if let Some(h) = s.dhchap.keys().find(|h| !s.hosts.contains(h)) {
                 return Err(format!(
                     "subsystems[{i}].dhchap: `{h}` has keys but is not in hosts"
@@ -282,6 +300,7 @@ mod tests {
                 allow_any_host: true,
                 hosts: vec![],
                 dhchap: Default::default(),
+                psk: Default::default(),
                 max_namespaces: 32,
                 listeners: vec![],
                 namespaces: vec![],

@@ -82,6 +82,9 @@ pub(crate) struct ConnectCtx<'a> {
     pub core: usize,
     pub qpair_id: u64,
     pub now: Nanos,
+    /// The (host NQN, subsystem NQN) of the PSK identity the connection's TLS
+    /// handshake admitted; `None` on a plain connection.
+    pub tls: Option<(&'a str, &'a str)>,
 }
 
 /// Handles Connect: `qid`, `sqsize` (0's based) and `kato_ms` from the command,
@@ -108,6 +111,15 @@ pub(crate) fn connect(
         })?;
     if !sub.host_allowed(&d.hostnqn) {
         tracing::warn!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "connect from a host that is not allowed");
+        return Err(ConnectError::status(Status::CONNECT_INVALID_HOST));
+    }
+    if let Some((host, subnqn)) = ctx.tls
+        && (host != d.hostnqn || subnqn != d.subnqn)
+    {
+        tracing::warn!(
+            subnqn = %d.subnqn, hostnqn = %d.hostnqn, tls_host = host, tls_subnqn = subnqn,
+            "connect names another host or subsystem than its TLS PSK identity"
+        );
         return Err(ConnectError::status(Status::CONNECT_INVALID_HOST));
     }
     if sqsize == 0 {

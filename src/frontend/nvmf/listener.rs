@@ -58,6 +58,7 @@ pub(crate) fn start(
     target: Arc<TargetShared>,
     addr: SocketAddr,
     opts: Arc<TransportOptions>,
+    tls: Option<openssl::ssl::SslContext>,
 ) -> std::io::Result<ListenerHandle> {
     let l = std::net::TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
@@ -67,7 +68,7 @@ pub(crate) fn start(
     target
         .cores
         .send(ACCEPT_CORE, move || {
-            let task = reactor::spawn_local(accept_loop(t2, l, opts));
+            let task = reactor::spawn_local(accept_loop(t2, l, opts, tls));
             reactor::local(ListenerTasks::default)
                 .tasks
                 .borrow_mut()
@@ -85,6 +86,7 @@ async fn accept_loop(
     target: Arc<TargetShared>,
     l: std::net::TcpListener,
     opts: Arc<TransportOptions>,
+    tls: Option<openssl::ssl::SslContext>,
 ) {
     let l = match Async::new(mio::net::TcpListener::from_std(l)) {
         Ok(l) => l,
@@ -119,11 +121,11 @@ async fn accept_loop(
                 };
                 let s: std::net::TcpStream = s.into();
                 let core = target.pick_core();
-                let (t2, o2) = (target.clone(), opts.clone());
+                let (t2, o2, tls2) = (target.clone(), opts.clone(), tls.clone());
                 tracing::debug!(%peer, core, "connection accepted");
                 if let Err(e) = target
                     .cores
-                    .send(core, move || qpair::spawn(t2, s, o2, peer, permit))
+                    .send(core, move || qpair::spawn(t2, s, o2, peer, permit, tls2))
                 {
                     tracing::warn!(error = %e, "cannot hand the connection to its core");
                 }

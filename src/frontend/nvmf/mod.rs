@@ -14,6 +14,8 @@
 //! - `qpair`: one connection on one core — the request state machine, receive parsing,
 //!   batched sending, NVM I/O.
 //! - `ctrlr`: Connect, properties, and the admin command set of a controller.
+//! - `tls`: secure-channel listeners: the TLS server context and the PSK look-up that
+//!   admits a host by its PSK identity.
 //! - `auth`: DH-HMAC-CHAP, the per-queue-pair state machine behind AUTH_Send and
 //!   AUTH_Receive.
 //!
@@ -32,6 +34,7 @@ mod listener;
 mod qpair;
 pub mod subsystem;
 pub mod target;
+mod tls;
 
 pub use config::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
 pub use target::{

@@ -79,6 +79,9 @@ pub struct ListenAddress {
     pub adrfam: String,
     pub traddr: String,
     pub trsvcid: String,
+    /// TLS required before ICReq (SPDK's `secure_channel`).
+    #[serde(skip)]
+    pub secure_channel: bool,
 }
 
 /// Per-queue-pair I/O counters, written by the queue pair's core only (relaxed stores),
@@ -210,6 +213,15 @@ pub struct NsTable {
 pub struct HostKeys {
     pub dhchap_key: Option<String>,
     pub dhchap_ctrlr_key: Option<String>,
+    /// The TLS PSK (SPDK's `psk`, a key in the interchange format): the host may connect
+    /// through a secure-channel listener with it.
+    pub psk: Option<String>,
+}
+
+impl HostKeys {
+    fn is_empty(&self) -> bool {
+        self.dhchap_key.is_none() && self.psk.is_none()
+    }
 }
 
 /// A subsystem.
@@ -303,7 +315,7 @@ impl Subsystem {
     /// Sets (or clears, with both `None`) the DH-HMAC-CHAP keys of `host`.
     pub(crate) fn set_host_keys(&self, host: &str, keys: HostKeys) {
         let mut m = lock(&self.host_keys);
-        if keys.dhchap_key.is_none() {
+        if keys.is_empty() {
             m.remove(host);
         } else {
             m.insert(host.to_string(), keys);
@@ -317,7 +329,9 @@ impl Subsystem {
 
     /// Whether `host` must authenticate (SPDK: a host with a DH-HMAC-CHAP key).
     pub fn host_auth_required(&self, host: &str) -> bool {
-        lock(&self.host_keys).contains_key(host)
+        lock(&self.host_keys)
+            .get(host)
+            .is_some_and(|k| k.dhchap_key.is_some())
     }
 
     /// The next DH-HMAC-CHAP sequence number: random at first, then counting, never 0.

@@ -117,6 +117,8 @@ pub(crate) struct TargetShared {
     pub dhchap_digests: AtomicU32,
     pub dhchap_dhgroups: AtomicU32,
     listeners: Mutex<BTreeMap<SocketAddr, ListenerSlot>>,
+    /// The TLS server context of secure-channel listeners (made by the first one).
+    tls: Mutex<Option<openssl::ssl::SslContext>>,
     /// Open connections by source address (taken at accept and at close only).
     conns_by_host: crate::frontend::conn_limits::HostCounts,
 }
@@ -125,6 +127,8 @@ struct ListenerSlot {
     handle: ListenerHandle,
     /// Subsystems listening here.
     users: usize,
+    /// TLS before ICReq.
+    secure: bool,
     portid: u16,
 }
 
@@ -177,7 +181,16 @@ impl TargetShared {
                         disc::ADRFAM_IPV4
                     },
                     subtype: disc::SUBTYPE_NVME,
-                    treq: disc::TREQ_NOT_REQUIRED,
+                    treq: if l.secure_channel {
+                        disc::TREQ_REQUIRED
+                    } else {
+                        disc::TREQ_NOT_REQUIRED
+                    },
+                    sectype: if l.secure_channel {
+                        disc::SECTYPE_TLS13
+                    } else {
+                        disc::SECTYPE_NONE
+                    },
                     portid,
                     cntlid: 0xffff,
                     asqsz: 128,
@@ -235,6 +248,7 @@ impl NvmfTarget {
                 dhchap_digests: AtomicU32::new(ALL_DIGESTS),
                 dhchap_dhgroups: AtomicU32::new(ALL_DHGROUPS),
                 listeners: Mutex::new(BTreeMap::new()),
+                tls: Mutex::new(None),
                 conns_by_host: Default::default(),
             }),
         }
@@ -271,7 +285,12 @@ impl NvmfTarget {
                 .map_or_else(HostKeys::default, |k| HostKeys {
                     dhchap_key: Some(k.dhchap_key.clone()),
                     dhchap_ctrlr_key: k.dhchap_ctrlr_key.clone(),
+                    psk: None,
                 });
+            let keys = HostKeys {
+                psk: s.psk.get(h).cloned(),
+                ..keys
+            };
             self.nvmf_subsystem_add_host_with_keys(&s.nqn, h, keys)?;
         }
         for NamespaceConfig { bdev, nsid, uuid } in &s.namespaces {
@@ -285,7 +304,7 @@ impl NvmfTarget {
             )?;
         }
         for l in &s.listeners {
-            self.nvmf_subsystem_add_listener(
+            self.nvmf_subsystem_add_listener_opts(
                 &s.nqn,
                 ListenAddressParams {
                     trtype: "TCP".into(),
@@ -293,6 +312,7 @@ impl NvmfTarget {
                     traddr: l.address.clone(),
                     trsvcid: l.port.to_string(),
                 },
+                l.secure_channel,
             )?;
         }
         Ok(())
@@ -414,6 +434,18 @@ impl NvmfTarget {
         nqn: &str,
         la: ListenAddressParams,
     ) -> Result<SocketAddr, NvmfError> {
+        self.nvmf_subsystem_add_listener_opts(nqn, la, false)
+    }
+
+    /// `nvmf_subsystem_add_listener` with `secure_channel`: TLS 1.3 with a PSK before
+    /// ICReq on every connection. Refused for a subsystem that allows any host (SPDK's
+    /// message), and on an address another subsystem listens on the other way.
+    pub fn nvmf_subsystem_add_listener_opts(
+        &self,
+        nqn: &str,
+        la: ListenAddressParams,
+        secure_channel: bool,
+    ) -> Result<SocketAddr, NvmfError> {
         if !la.trtype.eq_ignore_ascii_case("tcp") {
             return Err(NvmfError::UnsupportedTransport(la.trtype));
         }
@@ -422,6 +454,12 @@ impl NvmfTarget {
             .opts()
             .ok_or_else(|| NvmfError::NoTransport("TCP".into()))?;
         let s = self.subsystem(nqn)?;
+        if secure_channel && s.allow_any_host() {
+            return Err(invalid(
+                "secure_channel",
+                "Cannot establish secure channel, when 'allow_any_host' is set",
+            ));
+        }
         let ip: IpAddr = la
             .traddr
             .parse()
@@ -430,18 +468,19 @@ impl NvmfTarget {
             .trsvcid
             .parse()
             .map_err(|_| invalid("trsvcid", format!("`{}` is not a port", la.trsvcid)))?;
-        let bound = self.acquire_listener(SocketAddr::new(ip, port), opts)?;
+        let bound = self.acquire_listener(SocketAddr::new(ip, port), opts, secure_channel)?;
         let addr = ListenAddress {
             trtype: "TCP".into(),
             adrfam: if bound.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
             traddr: bound.ip().to_string(),
             trsvcid: bound.port().to_string(),
+            secure_channel,
         };
         if !s.add_listener(addr) {
             self.release_listener_at(bound);
         }
         self.shared.bump_genctr();
-        tracing::info!(nqn, %bound, "listening");
+        tracing::info!(nqn, %bound, secure_channel, "listening");
         Ok(bound)
     }
 
@@ -467,15 +506,37 @@ impl NvmfTarget {
         &self,
         addr: SocketAddr,
         opts: Arc<TransportOptions>,
+        secure: bool,
     ) -> Result<SocketAddr, NvmfError> {
         let mut ls = lock(&self.shared.listeners);
         if addr.port() != 0
             && let Some(slot) = ls.get_mut(&addr)
         {
+            if slot.secure != secure {
+                return Err(invalid(
+                    "secure_channel",
+                    format!(
+                        "{addr} already listens {} a secure channel for another subsystem",
+                        if slot.secure { "with" } else { "without" }
+                    ),
+                ));
+            }
             slot.users += 1;
             return Ok(addr);
         }
-        let handle = listener::start(self.shared.clone(), addr, opts).map_err(|cause| {
+        let tls = if secure {
+            let mut t = lock(&self.shared.tls);
+            if t.is_none() {
+                *t =
+                    Some(super::tls::server_context().map_err(|e| {
+                        invalid("secure_channel", format!("cannot set up TLS: {e}"))
+                    })?);
+            }
+            t.clone()
+        } else {
+            None
+        };
+        let handle = listener::start(self.shared.clone(), addr, opts, tls).map_err(|cause| {
             NvmfError::Listen {
                 addr: addr.to_string(),
                 cause,
@@ -488,6 +549,7 @@ impl NvmfTarget {
             ListenerSlot {
                 handle,
                 users: 1,
+                secure,
                 portid,
             },
         );
@@ -556,6 +618,15 @@ impl NvmfTarget {
                 "a DH-HMAC-CHAP controller key requires dhchap_key",
             ));
         }
+        if let Some(name) = &keys.psk {
+            let secret = self
+                .shared
+                .keyring
+                .read(name)
+                .map_err(|e| invalid("psk", e.to_string()))?;
+            crate::nvme::tls::ConfiguredPsk::parse(secret.expose())
+                .map_err(|e| invalid("psk", format!("key `{name}`: {e}")))?;
+        }
         for (param, name) in [
             ("dhchap_key", &keys.dhchap_key),
             ("dhchap_ctrlr_key", &keys.dhchap_ctrlr_key),
@@ -582,7 +653,8 @@ impl NvmfTarget {
         check_nqn(host).map_err(|e| invalid("host", e))?;
         self.check_host_keys(&keys)?;
         let s = self.subsystem(nqn)?;
-        if s.hosts().iter().any(|h| h == host) && keys.dhchap_key.is_some() {
+        if s.hosts().iter().any(|h| h == host) && (keys.dhchap_key.is_some() || keys.psk.is_some())
+        {
             return Err(invalid(
                 "host",
                 format!("{host} is already a host of {nqn} (use nvmf_subsystem_set_keys)"),
@@ -613,6 +685,7 @@ impl NvmfTarget {
         let keys = HostKeys {
             dhchap_key: dhchap_key.or(old.dhchap_key),
             dhchap_ctrlr_key: dhchap_ctrlr_key.or(old.dhchap_ctrlr_key),
+            psk: old.psk,
         };
         self.check_host_keys(&keys)?;
         s.set_host_keys(host, keys);
@@ -813,9 +886,14 @@ impl NvmfTarget {
                 "hosts": s.hosts().into_iter().map(|h| {
                     let mut v = serde_json::json!({"nqn": h});
                     if let Some(k) = s.host_keys(&h) {
-                        v["dhchap_key"] = serde_json::json!(k.dhchap_key);
+                        if let Some(d) = k.dhchap_key {
+                            v["dhchap_key"] = serde_json::json!(d);
+                        }
                         if let Some(c) = k.dhchap_ctrlr_key {
                             v["dhchap_ctrlr_key"] = serde_json::json!(c);
+                        }
+                        if let Some(p) = k.psk {
+                            v["psk"] = serde_json::json!(p);
                         }
                     }
                     v
@@ -858,6 +936,14 @@ impl NvmfTarget {
                             ))
                         })
                         .collect(),
+                    psk: s
+                        .hosts()
+                        .into_iter()
+                        .filter_map(|h| {
+                            let k = s.host_keys(&h)?.psk?;
+                            Some((h, k))
+                        })
+                        .collect(),
                     max_namespaces: s.max_namespaces,
                     listeners: s
                         .listeners()
@@ -865,6 +951,7 @@ impl NvmfTarget {
                         .map(|l| super::config::ListenerConfig {
                             address: l.traddr,
                             port: l.trsvcid.parse().unwrap_or(0),
+                            secure_channel: l.secure_channel,
                         })
                         .collect(),
                     namespaces: s

@@ -72,7 +72,11 @@ pub async fn nvmf_delete_subsystem(ctx: Rc<Ctx>, p: NqnParams) -> RpcResult {
 
 pub async fn nvmf_subsystem_add_listener(ctx: Rc<Ctx>, p: ListenerParams) -> RpcResult {
     let la = p.to_params()?;
-    ctx.target.nvmf().nvmf_subsystem_add_listener(&p.nqn, la)?;
+    ctx.target.nvmf().nvmf_subsystem_add_listener_opts(
+        &p.nqn,
+        la,
+        p.secure_channel.unwrap_or(false),
+    )?;
     Ok(Value::Bool(true))
 }
 
@@ -122,6 +126,7 @@ pub async fn nvmf_subsystem_add_host(ctx: Rc<Ctx>, p: HostParams) -> RpcResult {
         crate::frontend::nvmf::subsystem::HostKeys {
             dhchap_key: p.dhchap_key,
             dhchap_ctrlr_key: p.dhchap_ctrlr_key,
+            psk: p.psk,
         },
     )?;
     Ok(Value::Bool(true))

@@ -135,6 +135,8 @@ pub(crate) struct QpairParams {
     /// The DH-HMAC-CHAP keys, when the host has them: the queue pair authenticates
     /// when its Connect answer asks (AUTHREQ.ATR).
     pub dhchap: super::auth::DhchapHostKeys,
+    /// TLS before ICReq, when the controller was attached with a PSK.
+    pub tls: super::tls::HostTls,
 }
 
 /// A command's result, or the task waiting for it.
@@ -273,7 +275,9 @@ struct Inner {
 
 /// One host queue pair.
 pub(crate) struct HostQpair {
-    sock: RefCell<Option<Async<mio::net::TcpStream>>>,
+    sock: RefCell<Option<Rc<Async<mio::net::TcpStream>>>>,
+    /// The TLS session, on a controller attached with a PSK.
+    tls: RefCell<Option<crate::reactor::tls::TlsStream>>,
     inner: RefCell<Inner>,
     waker: RefCell<Option<Waker>>,
     notified: Cell<bool>,
@@ -303,6 +307,7 @@ impl HostQpair {
         };
         let q = Rc::new(HostQpair {
             sock: RefCell::new(None),
+            tls: RefCell::new(None),
             inner: RefCell::new(Inner {
                 params,
                 phase: Phase::Connecting,
@@ -541,6 +546,7 @@ impl HostQpair {
         let sock_ref = self.sock.borrow();
         let sock = sock_ref.as_ref().ok_or(())?;
         let s = sock.get_ref();
+        let mut tls = self.tls.borrow_mut();
         let mut more = false;
         let mut st = self.inner.borrow_mut();
         if readable {
@@ -550,7 +556,11 @@ impl HostQpair {
                 if matches!(st.phase, Phase::Failed(_)) {
                     break;
                 }
-                match st.recv.fill(s) {
+                let r = match tls.as_mut() {
+                    None => st.recv.fill(s),
+                    Some(t) => st.recv.fill(t),
+                };
+                match r {
                     Ok(0) => {
                         st.fail(HostError::ConnectionLost(
                             "controller closed the connection".into(),
@@ -562,7 +572,11 @@ impl HostQpair {
                         // A read that left room in the buffer drained the socket: deliver
                         // and send first; the read that confirms `WouldBlock` waits for the
                         // next turn, off the latency path.
-                        if !st.recv.is_full() || reads == READS_PER_TURN {
+                        // (Through TLS a read returns a record at most: reading goes
+                        // on until `WouldBlock`.)
+                        if (tls.is_none() && !st.recv.is_full())
+                            || reads == READS_PER_TURN * if tls.is_some() { 4 } else { 1 }
+                        {
                             st.parse();
                             more = true;
                             break;
@@ -594,7 +608,11 @@ impl HostQpair {
             st = self.inner.borrow_mut();
             st.pump();
         }
-        match st.send.flush(s, |_| {}) {
+        let r = match tls.as_mut() {
+            None => st.send.flush(s, |_| {}),
+            Some(t) => st.send.flush(t, |_| {}),
+        };
+        match r {
             Ok(true) => {}
             Ok(false) => sock.clear_writable(),
             Err(e) => st.fail(HostError::ConnectionLost(e.to_string())),
@@ -647,6 +665,46 @@ async fn run(q: Rc<HostQpair>) {
         return;
     }
     let _ = sock.get_ref().set_nodelay(true);
+    let sock = Rc::new(sock);
+    let tls_key = q.inner.borrow().params.tls.clone();
+    if tls_key.is_set() {
+        let (hostnqn, subnqn) = {
+            let st = q.inner.borrow();
+            (st.params.hostnqn.clone(), st.params.subnqn.clone())
+        };
+        let r = match tls_key.ssl(&hostnqn, &subnqn) {
+            Ok(ssl) => {
+                crate::reactor::tls::handshake(
+                    sock.clone(),
+                    ssl,
+                    false,
+                    super::tls::HANDSHAKE_LIMIT,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(t) => {
+                tracing::info!(%addr, suite = t.suite(), "NVMe/TCP TLS handshake done (host side)");
+                *q.tls.borrow_mut() = Some(t);
+            }
+            Err(e) => {
+                let mut st = q.inner.borrow_mut();
+                st.fail(HostError::Connect {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                });
+                let done = std::mem::take(&mut st.done);
+                drop(st);
+                for (io, s) in done {
+                    io.complete(s);
+                }
+                let _ = sock.get_ref().shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    }
     {
         let mut st = q.inner.borrow_mut();
         let req = pdu::IcReq {
@@ -675,6 +733,9 @@ async fn run(q: Rc<HostQpair>) {
         if q.closed.get() {
             break;
         }
+    }
+    if let Some(t) = q.tls.borrow_mut().as_mut() {
+        t.shutdown();
     }
     if let Some(s) = q.sock.borrow_mut().take() {
         let _ = s.get_ref().shutdown(std::net::Shutdown::Both);

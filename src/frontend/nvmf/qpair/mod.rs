@@ -25,6 +25,7 @@ use crate::nvme::pdu::{self, Limits, PduType};
 use crate::nvme::spec::{self, Command, Cqe, DataDirection, QueueKind, Sqe, Status};
 use crate::reactor::recv::RecvBuf;
 use crate::reactor::send::SendQueue;
+use crate::reactor::tls::TlsStream;
 use crate::reactor::{self, Cores, io::Async};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -270,13 +271,18 @@ struct QpInner {
     auth_step: Duration,
     /// A task watches `auth_deadline`.
     auth_watched: bool,
+    /// The (host NQN, subsystem NQN) of the TLS PSK identity the connection was
+    /// admitted with; Connect must name the same.
+    tls_id: Option<(String, String)>,
 }
 
 /// A queue pair; lives on one core, reached through [`Rc`].
 pub(crate) struct Qpair {
     id: u64,
     peer: SocketAddr,
-    sock: Async<mio::net::TcpStream>,
+    sock: Rc<Async<mio::net::TcpStream>>,
+    /// The TLS session of a secure-channel connection (records instead of bytes).
+    tls: Option<RefCell<TlsStream>>,
     inner: RefCell<QpInner>,
     waker: RefCell<Option<Waker>>,
     notified: Cell<bool>,
@@ -342,24 +348,76 @@ fn log_io_error(admin_qpair_id: u64, sqid: u16, cid: u16, status: Status, nsid: 
     }
 }
 
-/// Turns an accepted connection into a queue pair on the current core.
+/// Turns an accepted connection into a queue pair on the current core; on a
+/// secure-channel listener (`tls`), after a TLS handshake that admits the host.
 pub(crate) fn spawn(
     target: Arc<TargetShared>,
     stream: std::net::TcpStream,
     opts: Arc<TransportOptions>,
     peer: SocketAddr,
     permit: crate::frontend::conn_limits::ConnPermit,
+    tls: Option<openssl::ssl::SslContext>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
+    let local = stream.local_addr().ok();
     let sock = match Async::new(mio::net::TcpStream::from_std(stream)) {
-        Ok(s) => s,
+        Ok(s) => Rc::new(s),
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot register connection");
             return;
         }
     };
+    let Some(ctx) = tls else {
+        start(target, sock, None, opts, peer, permit);
+        return;
+    };
+    reactor::spawn_local(async move {
+        let Some(local) = local else {
+            tracing::warn!(%peer, "NVMe/TCP TLS: cannot read the local address; closed");
+            return;
+        };
+        let t2 = target.clone();
+        let lookup: crate::reactor::tls::PskLookup =
+            Box::new(move |id| super::tls::lookup(&t2, local, id));
+        let ssl = match crate::reactor::tls::server_ssl(&ctx, lookup) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "NVMe/TCP TLS: connection closed");
+                return;
+            }
+        };
+        match crate::reactor::tls::handshake(sock.clone(), ssl, true, super::tls::HANDSHAKE_LIMIT)
+            .await
+        {
+            Ok(t) => {
+                let identity = t.identity().map(String::from_utf8_lossy).unwrap_or_default();
+                tracing::info!(%peer, suite = t.suite(), %identity, "NVMe/TCP TLS handshake done");
+                start(target, sock, Some(t), opts, peer, permit);
+            }
+            Err(e) => {
+                tracing::warn!(%peer, listener = %local, error = %e, "NVMe/TCP TLS: connection refused");
+                let _ = sock.get_ref().shutdown(std::net::Shutdown::Both);
+            }
+        }
+    })
+    .detach();
+}
+
+/// Starts the queue pair of a connection (after its TLS handshake, on a secure channel).
+fn start(
+    target: Arc<TargetShared>,
+    sock: Rc<Async<mio::net::TcpStream>>,
+    tls: Option<TlsStream>,
+    opts: Arc<TransportOptions>,
+    peer: SocketAddr,
+    permit: crate::frontend::conn_limits::ConnPermit,
+) {
+    let tls_id = tls.as_ref().and_then(|t| {
+        let id = crate::nvme::tls::Identity::parse(t.identity()?).ok()?;
+        Some((id.hostnqn, id.subnqn))
+    });
     let id = NEXT_QPAIR_ID.fetch_add(1, Ordering::Relaxed);
     let core = reactor::current_core().unwrap_or(0);
     let q = Rc::new_cyclic(|me: &Weak<Qpair>| {
@@ -370,6 +428,7 @@ pub(crate) fn spawn(
             id,
             peer,
             sock,
+            tls: tls.map(RefCell::new),
             inner: RefCell::new(QpInner {
                 id,
                 core,
@@ -403,6 +462,7 @@ pub(crate) fn spawn(
                 auth_deadline: reactor::Nanos(0),
                 auth_step: Duration::ZERO,
                 auth_watched: false,
+                tls_id,
             }),
             waker: RefCell::new(None),
             notified: Cell::new(false),
@@ -478,6 +538,9 @@ impl Qpair {
     /// One turn: read and run what arrived, then write what is queued. `Ok(true)` when
     /// input is left over; `Err` when the connection must close.
     fn turn(&self, readable: bool) -> Result<bool, &'static str> {
+        if let Some(tls) = &self.tls {
+            return self.turn_tls(&mut tls.borrow_mut(), readable);
+        }
         if let Some(r) = self.killed.get() {
             let mut st = self.inner.borrow_mut();
             let _ = st.flush(self.sock.get_ref());
@@ -548,6 +611,70 @@ impl Qpair {
         }
     }
 
+    /// [`turn`](Self::turn) on a TLS connection: records are decrypted into the same
+    /// buffers and answers encrypted from the same send queue. A read returning less
+    /// than asked says nothing here (a record is at most 16 KiB), so reading goes on
+    /// until the socket has nothing (`WouldBlock`) or the turn's reads are used up.
+    fn turn_tls(&self, tls: &mut TlsStream, readable: bool) -> Result<bool, &'static str> {
+        if let Some(r) = self.killed.get() {
+            let mut st = self.inner.borrow_mut();
+            let _ = st.flush(&mut *tls);
+            return Err(r);
+        }
+        let mut st = self.inner.borrow_mut();
+        if let Some(Role::Io(io)) = &st.role
+            && io.shared.failed.load(Ordering::Acquire)
+        {
+            return Err("controller failed");
+        }
+        let mut more = false;
+        if readable {
+            if st.flush(&mut *tls).is_err() {
+                return Err("socket write failed");
+            }
+            let mut reads = 0;
+            loop {
+                st.parse();
+                if st.closing.is_some() {
+                    break;
+                }
+                match st.read_some(&mut *tls) {
+                    Ok((0, _)) => {
+                        st.closing = Some("host closed the connection");
+                        break;
+                    }
+                    Ok(_) => {
+                        reads += 1;
+                        if reads == READS_PER_TURN * 4 {
+                            st.parse();
+                            more = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.sock.clear_readable();
+                        st.parse();
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        st.closing = Some("TLS read failed");
+                        break;
+                    }
+                }
+            }
+        }
+        match st.flush(&mut *tls) {
+            Ok(true) => {}
+            Ok(false) => self.sock.clear_writable(),
+            Err(_) => return Err("socket write failed"),
+        }
+        match st.closing {
+            Some(r) => Err(r),
+            None => Ok(more),
+        }
+    }
+
     fn close(&self, reason: &'static str) {
         reactor::local(Registry::default)
             .map
@@ -559,6 +686,9 @@ impl Qpair {
             Some(Role::Admin(c)) => c.teardown(&cores, reason),
             Some(Role::Io(io)) => io.shared.detach_io_qpair(st.qid, self.id),
             None => {}
+        }
+        if let Some(t) = &self.tls {
+            t.borrow_mut().shutdown();
         }
         let _ = self.sock.get_ref().shutdown(std::net::Shutdown::Both);
         tracing::debug!(
@@ -792,6 +922,7 @@ impl QpInner {
             core: self.core,
             qpair_id: self.id,
             now: reactor::now(),
+            tls: self.tls_id.as_ref().map(|(h, s)| (h.as_str(), s.as_str())),
         };
         let data = match &self.slots[slot].buf {
             Some(b) if self.slots[slot].xfer_len > 0 => b.as_slice(),
@@ -1040,7 +1171,7 @@ impl QpInner {
     }
 
     /// Writes what is queued; releases the slots whose answers went out.
-    fn flush(&mut self, sock: &mio::net::TcpStream) -> io::Result<bool> {
+    fn flush(&mut self, sock: impl io::Write) -> io::Result<bool> {
         if self.send.is_empty() {
             return Ok(true);
         }

@@ -12,7 +12,7 @@ impl QpInner {
     /// is due and nothing is buffered, else into the receive buffer. Returns the byte
     /// count and whether the read was short (it left room), which means the socket had
     /// nothing more at that moment.
-    pub(super) fn read_some(&mut self, sock: &mio::net::TcpStream) -> io::Result<(usize, bool)> {
+    pub(super) fn read_some(&mut self, mut sock: impl Read) -> io::Result<(usize, bool)> {
         if let Rx::Data {
             slot,
             off,
@@ -28,7 +28,7 @@ impl QpInner {
         {
             let req = &mut self.slots[slot as usize];
             let dst = &mut req.data_mut()[off..off + left];
-            let n = (&*sock).read(dst)?;
+            let n = sock.read(dst)?;
             let crc = if digest {
                 pdu::crc32c_append(crc, &dst[..n])
             } else {

@@ -1,0 +1,93 @@
+//! The target's side of NVMe/TCP TLS (a `secure_channel` listener): the server context,
+//! and the look-up that admits a host by the PSK identity it offers. A host is admitted
+//! only if the identity names a subsystem that listens here with a secure channel, the
+//! host is one of its hosts with a `psk`, the key in the keyring parses, its suite is
+//! the identity's, and (identity version 1) the PSK digest matches. Each refusal says
+//! which of these failed; none carries key material.
+
+use super::target::TargetShared;
+use crate::nvme::tls::{ConfiguredPsk, Identity, Suite};
+use crate::reactor::tls::{CipherSuite, Psk, TlsError};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long a client has to finish the TLS handshake.
+pub(crate) const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// The cipher suite of an NVMe/TCP suite.
+pub(crate) fn cipher_suite(s: Suite) -> CipherSuite {
+    CipherSuite {
+        name: s.name(),
+        code: s.code(),
+    }
+}
+
+/// A server context offering both NVMe/TCP suites (SHA-384's first, as SPDK).
+pub(crate) fn server_context() -> Result<openssl::ssl::SslContext, TlsError> {
+    crate::reactor::tls::server_context(&[
+        cipher_suite(Suite::Aes256GcmSha384),
+        cipher_suite(Suite::Aes128GcmSha256),
+    ])
+}
+
+/// The key for `raw_identity` offered on a connection to `local`, or why there is none.
+pub(crate) fn lookup(
+    target: &TargetShared,
+    local: SocketAddr,
+    raw_identity: &[u8],
+) -> Result<Psk, String> {
+    let id = Identity::parse(raw_identity).map_err(|e| e.to_string())?;
+    let sub = target
+        .subsystem(&id.subnqn)
+        .ok_or_else(|| format!("PSK identity names unknown subsystem `{}`", id.subnqn))?;
+    let here = sub.listeners().into_iter().any(|l| {
+        l.secure_channel
+            && l.trsvcid == local.port().to_string()
+            && l.traddr
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip == local.ip() || ip.is_unspecified())
+    });
+    if !here {
+        return Err(format!(
+            "subsystem `{}` has no secure-channel listener at {local}",
+            id.subnqn
+        ));
+    }
+    let name = sub
+        .hosts()
+        .contains(&id.hostnqn)
+        .then(|| sub.host_keys(&id.hostnqn).and_then(|k| k.psk))
+        .flatten()
+        .ok_or_else(|| {
+            format!(
+                "host `{}` has no PSK for subsystem `{}`",
+                id.hostnqn, id.subnqn
+            )
+        })?;
+    let secret = target
+        .keyring
+        .read(&name)
+        .map_err(|e| format!("PSK of host `{}`: {e}", id.hostnqn))?;
+    let psk = ConfiguredPsk::parse(secret.expose())
+        .map_err(|e| format!("key `{name}` of host `{}`: {e}", id.hostnqn))?;
+    if psk.suite() != id.suite {
+        return Err(format!(
+            "PSK identity asks for {} but key `{name}` is for {}",
+            id.suite.name(),
+            psk.suite().name()
+        ));
+    }
+    let retained = psk.retained(&id.hostnqn);
+    if let Some(d) = &id.digest {
+        let want = crate::nvme::tls::psk_digest(id.suite, &retained, &id.hostnqn, &id.subnqn);
+        if !crate::nvme::dhchap::equal_ct(want.as_bytes(), d.as_bytes()) {
+            return Err(format!(
+                "PSK digest of the version 1 identity does not match key `{name}`"
+            ));
+        }
+    }
+    Ok(Psk {
+        key: id.tls_psk(&retained),
+        suite: cipher_suite(id.suite),
+    })
+}
