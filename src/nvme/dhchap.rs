@@ -17,7 +17,7 @@
 //! clear).
 
 use super::auth::{DhGroup, HashId};
-use base64::Engine;
+use super::key_format::{self, KeyTextError};
 use hmac::{Hmac, Mac};
 use num_bigint::BigUint;
 use sha2::{Digest, Sha256, Sha384, Sha512};
@@ -72,61 +72,26 @@ impl DhchapKey {
     /// Parses a key file's text: `DHHC-1:hh:<base64>:`, optionally followed by white
     /// space (a newline).
     pub fn parse(text: &[u8]) -> Result<DhchapKey, KeyFormatError> {
-        let rest = text
-            .strip_prefix(b"DHHC-1:")
-            .ok_or(KeyFormatError::Prefix)?;
-        if rest.len() < 3 || rest[2] != b':' {
-            let shown: String = rest
-                .iter()
-                .take(2)
-                .take_while(|c| **c != b':')
-                .map(|&c| c as char)
-                .collect();
-            return Err(KeyFormatError::HashId(shown));
-        }
-        let hh = std::str::from_utf8(&rest[..2]).unwrap_or("??");
-        let transform = match hh {
-            "00" => None,
-            "01" => Some(HashId::Sha256),
-            "02" => Some(HashId::Sha384),
-            "03" => Some(HashId::Sha512),
-            _ if hh.bytes().all(|c| c.is_ascii_hexdigit()) => {
-                return Err(KeyFormatError::HashId(hh.into()));
-            }
-            _ => return Err(KeyFormatError::HashId("??".into())),
-        };
-        let body = &rest[3..];
-        let end = body
-            .iter()
-            .position(|&c| c == b':')
-            .ok_or(KeyFormatError::Terminator)?;
-        if !body[end + 1..].iter().all(u8::is_ascii_whitespace) {
-            return Err(KeyFormatError::Trailing);
-        }
-        let decoded = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(&body[..end])
-                .map_err(|_| KeyFormatError::Base64)?,
-        );
-        let n = decoded.len();
-        if n != 36 && n != 52 && n != 68 {
-            return Err(KeyFormatError::Length(n));
-        }
-        let key_len = n - 4;
-        let stored = u32::from_le_bytes([
-            decoded[key_len],
-            decoded[key_len + 1],
-            decoded[key_len + 2],
-            decoded[key_len + 3],
-        ]);
-        let computed = crc32_ieee(&decoded[..key_len]);
-        if stored != computed {
-            return Err(KeyFormatError::Crc { stored, computed });
-        }
-        Ok(DhchapKey {
-            transform,
-            key: Zeroizing::new(decoded[..key_len].to_vec()),
+        const LENS: &[usize] = &[32, 48, 64];
+        let (transform, key) = key_format::parse(b"DHHC-1:", text, |hh| match hh {
+            "00" => Some((None, LENS)),
+            "01" => Some((Some(HashId::Sha256), LENS)),
+            "02" => Some((Some(HashId::Sha384), LENS)),
+            "03" => Some((Some(HashId::Sha512), LENS)),
+            _ => None,
         })
+        .map_err(|e| match e {
+            KeyTextError::Prefix => KeyFormatError::Prefix,
+            KeyTextError::Hash(shown) => {
+                KeyFormatError::HashId(shown.iter().map(|&c| c as char).collect())
+            }
+            KeyTextError::Terminator => KeyFormatError::Terminator,
+            KeyTextError::Trailing => KeyFormatError::Trailing,
+            KeyTextError::Base64 => KeyFormatError::Base64,
+            KeyTextError::Length { decoded, .. } => KeyFormatError::Length(decoded),
+            KeyTextError::Crc { stored, computed } => KeyFormatError::Crc { stored, computed },
+        })?;
+        Ok(DhchapKey { transform, key })
     }
 
     /// Length of the key in bytes.
@@ -150,13 +115,7 @@ impl DhchapKey {
 
     /// Formats a key as a `DHHC-1:` secret (for tests and key generation).
     pub fn format(transform: Option<HashId>, key: &[u8]) -> Zeroizing<String> {
-        let mut raw = Zeroizing::new(key.to_vec());
-        raw.extend_from_slice(&crc32_ieee(key).to_le_bytes());
-        let hh = transform.map_or(0, |h| h as u8);
-        Zeroizing::new(format!(
-            "DHHC-1:{hh:02x}:{}:",
-            base64::engine::general_purpose::STANDARD.encode(&raw[..])
-        ))
+        key_format::format("DHHC-1:", transform.map_or(0, |h| h as u8), key)
     }
 }
 

@@ -10,12 +10,15 @@
 //! - [`auth`]: in-band authentication messages (AUTH_Send/AUTH_Receive data).
 //! - [`dhchap`]: DH-HMAC-CHAP's key format, key transformation, responses and
 //!   finite-field Diffie-Hellman.
+//! - [`key_format`]: the interchange shape both key kinds share
+//!   (`PREFIX:hh:<base64(key || crc32)>:`), parsed and formatted once.
 //! - [`tls`]: NVMe/TCP TLS keys: the PSK interchange format, retained and TLS PSK
 //!   derivation, PSK identities.
 
 pub mod auth;
 pub mod dhchap;
 mod ffdhe;
+pub mod key_format;
 pub mod pages;
 pub mod pdu;
 pub mod spec;

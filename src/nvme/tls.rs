@@ -22,7 +22,8 @@
 //! Nothing here logs; no error carries key material; keys are zeroed when dropped.
 
 use super::auth::HashId;
-use super::dhchap::{crc32_ieee, hmac_parts};
+use super::dhchap::hmac_parts;
+use super::key_format::{self, KeyTextError};
 use base64::Engine;
 use zeroize::Zeroizing;
 
@@ -134,84 +135,46 @@ impl ConfiguredPsk {
     /// Parses a key file's text: `NVMeTLSkey-1:hh:<base64>:`, optionally followed by
     /// white space (a newline).
     pub fn parse(text: &[u8]) -> Result<ConfiguredPsk, PskFormatError> {
-        let rest = text
-            .strip_prefix(b"NVMeTLSkey-1:")
-            .ok_or(PskFormatError::Prefix)?;
-        if rest.len() < 3 || rest[2] != b':' {
-            let shown: String = rest
-                .iter()
-                .take(2)
-                .take_while(|c| **c != b':')
-                .map(|&c| if c.is_ascii_graphic() { c as char } else { '?' })
-                .collect();
-            return Err(PskFormatError::Hash(shown));
-        }
-        let hh = std::str::from_utf8(&rest[..2]).unwrap_or("??");
-        let (hash, want): (Option<HashId>, &'static [usize]) = match hh {
-            "00" => (None, &[32, 48]),
-            "01" => (Some(HashId::Sha256), &[32]),
-            "02" => (Some(HashId::Sha384), &[48]),
-            _ if hh.bytes().all(|c| c.is_ascii_hexdigit()) => {
-                return Err(PskFormatError::Hash(hh.into()));
-            }
-            _ => return Err(PskFormatError::Hash("??".into())),
-        };
-        let body = &rest[3..];
-        let end = body
-            .iter()
-            .position(|&c| c == b':')
-            .ok_or(PskFormatError::Terminator)?;
-        if !body[end + 1..].iter().all(u8::is_ascii_whitespace) {
-            return Err(PskFormatError::Trailing);
-        }
-        let decoded = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(&body[..end])
-                .map_err(|_| PskFormatError::Base64)?,
-        );
-        let n = decoded.len();
-        if n < 4 || !want.contains(&(n - 4)) {
-            return Err(PskFormatError::Length {
-                hash: hh.into(),
-                decoded: n,
-                want: match hh {
+        let (hash, key) = key_format::parse(b"NVMeTLSkey-1:", text, |hh| match hh {
+            "00" => Some((None, &[32, 48][..])),
+            "01" => Some((Some(HashId::Sha256), &[32][..])),
+            "02" => Some((Some(HashId::Sha384), &[48][..])),
+            _ => None,
+        })
+        .map_err(|e| match e {
+            KeyTextError::Prefix => PskFormatError::Prefix,
+            KeyTextError::Hash(shown) => PskFormatError::Hash(
+                shown
+                    .iter()
+                    .map(|&c| if c.is_ascii_graphic() { c as char } else { '?' })
+                    .collect(),
+            ),
+            KeyTextError::Terminator => PskFormatError::Terminator,
+            KeyTextError::Trailing => PskFormatError::Trailing,
+            KeyTextError::Base64 => PskFormatError::Base64,
+            KeyTextError::Length { hh, decoded } => PskFormatError::Length {
+                want: match hh.as_str() {
                     "00" => "32 or 48",
                     "01" => "32",
                     _ => "48",
                 },
-            });
-        }
-        let key_len = n - 4;
-        let stored = u32::from_le_bytes([
-            decoded[key_len],
-            decoded[key_len + 1],
-            decoded[key_len + 2],
-            decoded[key_len + 3],
-        ]);
-        let computed = crc32_ieee(&decoded[..key_len]);
-        if stored != computed {
-            return Err(PskFormatError::Crc { stored, computed });
-        }
-        Ok(ConfiguredPsk {
-            hash,
-            key: Zeroizing::new(decoded[..key_len].to_vec()),
-        })
+                hash: hh,
+                decoded,
+            },
+            KeyTextError::Crc { stored, computed } => PskFormatError::Crc { stored, computed },
+        })?;
+        Ok(ConfiguredPsk { hash, key })
     }
 
     /// Formats a key in the interchange format (for tests and key generation).
     pub fn format(hash: Option<HashId>, key: &[u8]) -> Zeroizing<String> {
-        let mut raw = Zeroizing::new(key.to_vec());
-        raw.extend_from_slice(&crc32_ieee(key).to_le_bytes());
         let hh = match hash {
             None => 0,
             Some(HashId::Sha256) => 1,
             Some(HashId::Sha384) => 2,
             Some(HashId::Sha512) => 3,
         };
-        Zeroizing::new(format!(
-            "NVMeTLSkey-1:{hh:02}:{}:",
-            base64::engine::general_purpose::STANDARD.encode(&raw[..])
-        ))
+        key_format::format("NVMeTLSkey-1:", hh, key)
     }
 
     /// The cipher suite this key is used with (by its length).
