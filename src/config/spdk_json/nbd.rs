@@ -52,14 +52,14 @@ impl ServerStartParams {
 
     /// The TLS settings.
     pub fn tls(&self) -> crate::frontend::nbd::NbdTlsSettings {
-        crate::frontend::nbd::NbdTlsSettings {
-            mode: self.tls,
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            ca: self.tls_ca.clone(),
-            authz: self.tls_authz.clone(),
-            psk_file: self.tls_psk_file.clone(),
-        }
+        crate::frontend::nbd::NbdTlsSettings::from_keys(
+            self.tls,
+            &self.tls_cert,
+            &self.tls_key,
+            &self.tls_ca,
+            &self.tls_authz,
+            &self.tls_psk_file,
+        )
     }
 }
 

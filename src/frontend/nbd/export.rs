@@ -423,14 +423,14 @@ impl NbdConfig {
 
     /// The TLS settings.
     pub fn tls_settings(&self) -> NbdTlsSettings {
-        NbdTlsSettings {
-            mode: self.tls,
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            ca: self.tls_ca.clone(),
-            authz: self.tls_authz.clone(),
-            psk_file: self.tls_psk_file.clone(),
-        }
+        NbdTlsSettings::from_keys(
+            self.tls,
+            &self.tls_cert,
+            &self.tls_key,
+            &self.tls_ca,
+            &self.tls_authz,
+            &self.tls_psk_file,
+        )
     }
 
     /// Sets the `tls*` fields from `t`.

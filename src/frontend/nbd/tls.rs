@@ -81,6 +81,27 @@ pub struct NbdTlsSettings {
 }
 
 impl NbdTlsSettings {
+    /// The settings of the six `tls*` keys that the `nbd:` section
+    /// ([`super::NbdConfig`]) and `nbd_server_start` both take, under those names:
+    /// `tls`, `tls_cert`, `tls_key`, `tls_ca`, `tls_authz`, `tls_psk_file`.
+    pub fn from_keys(
+        tls: TlsMode,
+        tls_cert: &Option<PathBuf>,
+        tls_key: &Option<PathBuf>,
+        tls_ca: &Option<PathBuf>,
+        tls_authz: &[String],
+        tls_psk_file: &Option<PathBuf>,
+    ) -> NbdTlsSettings {
+        NbdTlsSettings {
+            mode: tls,
+            cert: tls_cert.clone(),
+            key: tls_key.clone(),
+            ca: tls_ca.clone(),
+            authz: tls_authz.to_vec(),
+            psk_file: tls_psk_file.clone(),
+        }
+    }
+
     /// Checks what can be checked without reading files; errors name the field (under
     /// `prefix`, `nbd.` for the YAML).
     pub fn validate(&self, prefix: &str) -> Result<(), NbdError> {
