@@ -13,7 +13,7 @@ mod spdk_support;
 
 use rpc_common::{Serve, free_port, qemu_io};
 use serde_json::{Value, json};
-use spdk_support::{APP, Background, NO_HUGE, tool};
+use spdk_support::{APP, Background, NO_HUGE, assert_verified, bdevperf, tool};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -56,65 +56,23 @@ fn bdevperf_config(
     hostnqn: &str,
     key: Option<&Path>,
 ) -> PathBuf {
-    let mut attach = json!({
-        "name": "Nvme0", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
-        "trsvcid": port.to_string(), "subnqn": NQN, "hostnqn": hostnqn,
-    });
-    let mut keyring = vec![];
-    if let Some(k) = key {
-        keyring.push(json!({"method": "keyring_file_add_key", "params": {"name": "k", "path": k}}));
-        attach["psk"] = json!("k");
+    match key {
+        Some(k) => spdk_support::bdevperf_config(
+            dir,
+            name,
+            port,
+            NQN,
+            hostnqn,
+            &[("k", k)],
+            &[("psk", "k")],
+        ),
+        None => spdk_support::bdevperf_config(dir, name, port, NQN, hostnqn, &[], &[]),
     }
-    let cfg = json!({"subsystems": [
-        {"subsystem": "keyring", "config": keyring},
-        {"subsystem": "bdev", "config": [
-            {"method": "bdev_nvme_attach_controller", "params": attach}]}]});
-    let p = dir.join(format!("{name}.json"));
-    std::fs::write(&p, cfg.to_string()).unwrap();
-    p
-}
-
-fn bdevperf(cfg: &Path, secs: u32, log: PathBuf) -> Background {
-    Background::spawn(
-        tool("bdevperf")
-            .args(APP)
-            .args(NO_HUGE)
-            .args(["-m", "0x2", "--json"])
-            .arg(cfg)
-            .args(["-q", "16", "-o", "4096", "-w", "verify", "-t"])
-            .arg(secs.to_string()),
-        log,
-    )
-}
-
-/// Asserts a bdevperf run succeeded with I/O and no failure.
-fn assert_verified(ok: bool, out: &str) {
-    assert!(ok, "bdevperf failed:\n{out}");
-    assert!(!out.contains("mismatch"), "bdevperf found bad data:\n{out}");
-    let line = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("Nvme0n1") && l.contains(':'))
-        .unwrap_or_else(|| panic!("no result line:\n{out}"));
-    let cols: Vec<f64> = line
-        .split_once(':')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .collect();
-    assert!(cols[1] > 100.0, "IOPS {}:\n{out}", cols[1]);
-    assert_eq!(cols[3], 0.0, "Fail/s:\n{out}");
 }
 
 /// Runs a short bdevperf expected to fail to attach; returns its output.
 fn refused(cfg: &Path, log: PathBuf) -> String {
-    let (ok, out) = bdevperf(cfg, 2, log).wait(Duration::from_secs(60));
-    assert!(!ok, "bdevperf attached where it must not:\n{out}");
-    assert!(
-        out.contains("Failed to attach nvme ctrlr") || out.contains("error"),
-        "{out}"
-    );
-    out
+    spdk_support::refused(cfg, log, "error")
 }
 
 /// Waits until the server's log holds `what` (the log is written as things happen).

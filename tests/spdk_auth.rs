@@ -12,7 +12,7 @@ mod spdk_support;
 
 use rpc_common::{Serve, free_port};
 use serde_json::{Value, json};
-use spdk_support::{APP, Background, NO_HUGE, tool};
+use spdk_support::{APP, Background, NO_HUGE, assert_verified, bdevperf, tool};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,70 +47,19 @@ fn bdevperf_config(
     dhchap_key: Option<&str>,
     dhchap_ctrlr_key: Option<&str>,
 ) -> PathBuf {
-    let keyring: Vec<Value> = keys
-        .iter()
-        .map(|(n, p)| json!({"method": "keyring_file_add_key", "params": {"name": n, "path": p}}))
-        .collect();
-    let mut attach = json!({
-        "name": "Nvme0", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
-        "trsvcid": port.to_string(), "subnqn": NQN, "hostnqn": hostnqn,
-    });
-    if let Some(k) = dhchap_key {
-        attach["dhchap_key"] = json!(k);
-    }
-    if let Some(k) = dhchap_ctrlr_key {
-        attach["dhchap_ctrlr_key"] = json!(k);
-    }
-    let cfg = json!({"subsystems": [
-        {"subsystem": "keyring", "config": keyring},
-        {"subsystem": "bdev", "config": [
-            {"method": "bdev_nvme_attach_controller", "params": attach}]}]});
-    let p = dir.join(format!("{name}.json"));
-    std::fs::write(&p, cfg.to_string()).unwrap();
-    p
-}
-
-fn bdevperf(cfg: &Path, secs: u32, log: PathBuf) -> Background {
-    Background::spawn(
-        tool("bdevperf")
-            .args(APP)
-            .args(NO_HUGE)
-            .args(["-m", "0x2", "--json"])
-            .arg(cfg)
-            .args(["-q", "16", "-o", "4096", "-w", "verify", "-t"])
-            .arg(secs.to_string()),
-        log,
-    )
-}
-
-/// Asserts a bdevperf run succeeded with I/O and no failure.
-fn assert_verified(ok: bool, out: &str) {
-    assert!(ok, "bdevperf failed:\n{out}");
-    assert!(!out.contains("mismatch"), "bdevperf found bad data:\n{out}");
-    let line = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("Nvme0n1") && l.contains(':'))
-        .unwrap_or_else(|| panic!("no result line:\n{out}"));
-    let cols: Vec<f64> = line
-        .split_once(':')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .collect();
-    assert!(cols[1] > 100.0, "IOPS {}:\n{out}", cols[1]);
-    assert_eq!(cols[3], 0.0, "Fail/s:\n{out}");
+    let params: Vec<(&str, &str)> = [
+        ("dhchap_key", dhchap_key),
+        ("dhchap_ctrlr_key", dhchap_ctrlr_key),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
+    .collect();
+    spdk_support::bdevperf_config(dir, name, port, NQN, hostnqn, keys, &params)
 }
 
 /// Runs a short bdevperf expected to fail to attach; returns its output.
 fn refused(cfg: &Path, log: PathBuf) -> String {
-    let (ok, out) = bdevperf(cfg, 2, log).wait(Duration::from_secs(60));
-    assert!(!ok, "bdevperf attached where it must not:\n{out}");
-    assert!(
-        out.contains("Failed to attach nvme ctrlr") || out.contains("error response"),
-        "{out}"
-    );
-    out
+    spdk_support::refused(cfg, log, "error response")
 }
 
 #[test]

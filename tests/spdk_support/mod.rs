@@ -4,7 +4,8 @@
 //! (scripts/test.sh checks them and installs their runtime libraries before the tests).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -215,4 +216,83 @@ pub fn qemu_io(uri: &str, cmd: &str) -> String {
         "{shown}:\n{text}"
     );
     text
+}
+
+/// A bdevperf config written to `dir/name.json`: SPDK's keyring with `keys` (name, key
+/// file), one controller `Nvme0` attached over NVMe/TCP to 127.0.0.1:`port`, `subnqn`, as
+/// `hostnqn`, with the attach parameters `params` added (e.g. `psk`, `dhchap_key`,
+/// naming keys of that keyring).
+pub fn bdevperf_config(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    subnqn: &str,
+    hostnqn: &str,
+    keys: &[(&str, &Path)],
+    params: &[(&str, &str)],
+) -> PathBuf {
+    let keyring: Vec<Value> = keys
+        .iter()
+        .map(|(n, p)| json!({"method": "keyring_file_add_key", "params": {"name": n, "path": p}}))
+        .collect();
+    let mut attach = json!({
+        "name": "Nvme0", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+        "trsvcid": port.to_string(), "subnqn": subnqn, "hostnqn": hostnqn,
+    });
+    for (k, v) in params {
+        attach[*k] = json!(v);
+    }
+    let cfg = json!({"subsystems": [
+        {"subsystem": "keyring", "config": keyring},
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_nvme_attach_controller", "params": attach}]}]});
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    p
+}
+
+/// bdevperf with the config `cfg` on CPU 1: a 4 KiB verify workload at queue depth 16
+/// for `secs` seconds, its output in `log`.
+pub fn bdevperf(cfg: &Path, secs: u32, log: PathBuf) -> Background {
+    Background::spawn(
+        tool("bdevperf")
+            .args(APP)
+            .args(NO_HUGE)
+            .args(["-m", "0x2", "--json"])
+            .arg(cfg)
+            .args(["-q", "16", "-o", "4096", "-w", "verify", "-t"])
+            .arg(secs.to_string()),
+        log,
+    )
+}
+
+/// Asserts a bdevperf run succeeded with I/O and no failure.
+pub fn assert_verified(ok: bool, out: &str) {
+    assert!(ok, "bdevperf failed:\n{out}");
+    assert!(!out.contains("mismatch"), "bdevperf found bad data:\n{out}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("Nvme0n1") && l.contains(':'))
+        .unwrap_or_else(|| panic!("no result line:\n{out}"));
+    let cols: Vec<f64> = line
+        .split_once(':')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    assert!(cols[1] > 100.0, "IOPS {}:\n{out}", cols[1]);
+    assert_eq!(cols[3], 0.0, "Fail/s:\n{out}");
+}
+
+/// Runs a short bdevperf expected to fail to attach; returns its output. Its output must
+/// say "Failed to attach nvme ctrlr" or `or_says` (what the caller's refusal reports).
+pub fn refused(cfg: &Path, log: PathBuf, or_says: &str) -> String {
+    let (ok, out) = bdevperf(cfg, 2, log).wait(Duration::from_secs(60));
+    assert!(!ok, "bdevperf attached where it must not:\n{out}");
+    assert!(
+        out.contains("Failed to attach nvme ctrlr") || out.contains(or_says),
+        "{out}"
+    );
+    out
 }
