@@ -13,7 +13,7 @@ mod spdk_support;
 
 use rpc_common::{Serve, free_port, qemu_io};
 use serde_json::{Value, json};
-use spdk_support::{APP, Background, NO_HUGE, assert_verified, bdevperf, tool};
+use spdk_support::{NO_HUGE, assert_verified, bdevperf, tool};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ mod spdk_support;
 
 use rpc_common::{Serve, free_port};
 use serde_json::{Value, json};
-use spdk_support::{APP, Background, NO_HUGE, assert_verified, bdevperf, tool};
+use spdk_support::{Background, assert_verified, bdevperf};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
