@@ -4,7 +4,7 @@
 //! a second with the count refused meanwhile).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,5 +86,22 @@ impl RefusalLog {
         };
         self.by_limit.insert(limit, (now, 0));
         Some(suppressed)
+    }
+
+    /// Logs a connection from `peer` to the listener at `local` refused at accept under
+    /// `limit` (`value`), rate-limited as [`RefusalLog::note`] says; `message` names
+    /// the front end and what the connection never reached.
+    pub(crate) fn refused(
+        &mut self,
+        local: Option<SocketAddr>,
+        peer: SocketAddr,
+        limit: &'static str,
+        value: u32,
+        message: &'static str,
+    ) {
+        if let Some(suppressed) = self.note(limit) {
+            let listener = local.map_or_else(|| "?".to_string(), |a| a.to_string());
+            tracing::warn!(%listener, %peer, limit, value, suppressed, "{message}");
+        }
     }
 }

@@ -282,7 +282,7 @@ pub fn client_context(suite: CipherSuite) -> Result<SslContext, TlsError> {
     Ok(b.build())
 }
 
-/// The socket as OpenSSL's BIO sees it.
+/// The socket as OpenSSL's BIO sees it (NVMe/TCP queue pairs, NBD connections).
 pub struct SockIo(pub Rc<Async<mio::net::TcpStream>>);
 
 impl Read for SockIo {

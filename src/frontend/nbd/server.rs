@@ -56,23 +56,6 @@ impl ServerShared {
     }
 }
 
-/// Logs a connection refused at accept (rate-limited per limit, [`RefusalLog`]).
-fn log_refusal(
-    log: &mut RefusalLog,
-    local: Option<SocketAddr>,
-    peer: SocketAddr,
-    limit: &'static str,
-    value: u32,
-) {
-    if let Some(suppressed) = log.note(limit) {
-        let listener = local.map_or_else(|| "?".to_string(), |a| a.to_string());
-        tracing::warn!(
-            %listener, %peer, limit, value, suppressed,
-            "nbd: connection refused: over the limit (closed before the handshake)"
-        );
-    }
-}
-
 /// The control handle of one connection, on its core: how the control plane asks it to
 /// close, and which export it serves.
 pub(crate) struct ConnCtl {
@@ -291,7 +274,13 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: Async<mio::net::TcpLis
                         // Closed before the handshake: nothing was allocated for it.
                         drop(stream);
                         shared.counters.refused.fetch_add(1, Ordering::Relaxed);
-                        log_refusal(&mut refusals, local, peer, limit, value);
+                        refusals.refused(
+                            local,
+                            peer,
+                            limit,
+                            value,
+                            "nbd: connection refused: over the limit (closed before the handshake)",
+                        );
                         continue;
                     }
                 };

@@ -23,7 +23,7 @@
 //! connections never see any of this (a separate variant of the connection's link).
 
 use super::NbdError;
-use crate::reactor::{self, io::Async};
+use crate::reactor::{self, io::Async, tls::SockIo};
 use openssl::pkey::PKey;
 use openssl::ssl::{
     ErrorCode, SslAcceptor, SslContext, SslMethod, SslOptions, SslSessionCacheMode, SslStream,
@@ -356,28 +356,8 @@ pub fn subject_dn(name: &X509NameRef) -> String {
     out
 }
 
-/// The socket under a TLS session: the registered stream, read and written through
-/// OpenSSL's socket BIO replacement (`SslStream` calls these).
-pub(crate) struct TlsSock(pub(crate) Async<mio::net::TcpStream>);
-
-impl Read for TlsSock {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.get_ref().read(buf)
-    }
-}
-
-impl Write for TlsSock {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.get_ref().write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A TLS session on a connection.
-pub(crate) type TlsStream = SslStream<TlsSock>;
+pub(crate) type TlsStream = SslStream<SockIo>;
 
 /// The plaintext side of a TLS session for the connection's reads and writes:
 /// `WouldBlock` when the socket has no record or no room. A vectored write writes its
@@ -506,8 +486,8 @@ pub(crate) async fn accept(
             },
         );
     }
-    let mut stream =
-        SslStream::new(ssl, TlsSock(sock)).map_err(|e| TlsFailure::Setup(e.to_string()))?;
+    let mut stream = SslStream::new(ssl, SockIo(std::rc::Rc::new(sock)))
+        .map_err(|e| TlsFailure::Setup(e.to_string()))?;
     let handshake = std::future::poll_fn(|cx| {
         loop {
             match stream.accept() {

@@ -115,7 +115,13 @@ async fn accept_loop(
                     Err((what, limit)) => {
                         // Closed before its ICReq: nothing was allocated for it.
                         drop(s);
-                        log_refusal(&mut refusals, local, peer, what, limit);
+                        refusals.refused(
+                            local,
+                            peer,
+                            what,
+                            limit,
+                            "NVMe/TCP connection refused: over the limit (closed before ICReq)",
+                        );
                         continue;
                     }
                 };
@@ -135,22 +141,5 @@ async fn accept_loop(
                 reactor::sleep(Duration::from_millis(10)).await;
             }
         }
-    }
-}
-
-/// Logs a connection refused at accept (rate-limited per limit, [`RefusalLog`]).
-fn log_refusal(
-    log: &mut RefusalLog,
-    local: Option<SocketAddr>,
-    peer: SocketAddr,
-    limit: &'static str,
-    value: u32,
-) {
-    if let Some(suppressed) = log.note(limit) {
-        let listener = local.map_or_else(|| "?".to_string(), |a| a.to_string());
-        tracing::warn!(
-            %listener, %peer, limit, value, suppressed,
-            "NVMe/TCP connection refused: over the limit (closed before ICReq)"
-        );
     }
 }
