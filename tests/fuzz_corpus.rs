@@ -529,7 +529,7 @@ fn vdisk_meta_seeds() {
         s.add(&format!("{kind:?}-forged").to_lowercase(), forged);
     }
     // A log page: a splice, a fill, a disk record, a delete and the counters.
-    {
+    let packed_log = {
         use tessera::vdisk::meta::directory::{DiskKind, DiskRecord, JobRecord};
         use tessera::vdisk::meta::log::{self, LogRecord};
         use tessera::vdisk::meta::node::RawExtent;
@@ -549,8 +549,8 @@ fn vdisk_meta_seeds() {
             job: JobRecord::Split { cursor: 4 },
             created_unix: 1_764_800_000,
         };
-        let groups = vec![
-            vec![log::encode(&LogRecord::Splice {
+        let records: Vec<Vec<LogRecord>> = vec![
+            vec![LogRecord::Splice {
                 disk: rec.id,
                 from: 3,
                 to: 5,
@@ -561,23 +561,27 @@ fn vdisk_meta_seeds() {
                     birth: 2,
                     layers: vec![(7, Some([1, 0, 0, 1 << 63]))].into(),
                 }],
-            })],
+            }],
             vec![
-                log::encode(&LogRecord::Fill {
+                LogRecord::Fill {
                     seg: 7,
                     words: [3, 0, 0, 1 << 63],
-                }),
-                log::encode(&LogRecord::PutDisk {
+                },
+                LogRecord::PutDisk {
                     rec,
                     share_root_of: 0,
-                }),
-                log::encode(&LogRecord::DropDisk { id: 9 }),
-                log::encode(&LogRecord::Counters {
+                },
+                LogRecord::DropDisk { id: 9 },
+                LogRecord::Counters {
                     generation: 4,
                     next_disk_id: 10,
-                }),
+                },
             ],
         ];
+        let groups: Vec<Vec<Vec<u8>>> = records
+            .iter()
+            .map(|g| g.iter().map(log::encode).collect())
+            .collect();
         let place = 40u64;
         let pool = uuid::Uuid::from_u128(0x7e55);
         let mut page = log::pack(&log::RecordGroups::of(&groups), 12, 30, place, 64, &pool)
@@ -586,7 +590,18 @@ fn vdisk_meta_seeds() {
         page[0] = place as u8;
         page[1] = 5 << 1 | 1;
         s.add("log-forged", page);
-    }
+        // The same records with the splice and the fill packed (superblock version 5).
+        let packed: Vec<Vec<Vec<u8>>> = records
+            .iter()
+            .map(|g| g.iter().map(|r| log::encode_packed(r).unwrap()).collect())
+            .collect();
+        let mut page = log::pack(&log::RecordGroups::of(&packed), 12, 30, place, 64, &pool)
+            .remove(0)
+            .1;
+        page[0] = place as u8;
+        page[1] = 5 << 1 | 1;
+        page
+    };
     s.add("empty", []);
     s.add("zeros", [0u8; 4096]);
     s.add("ones", [0xffu8; 4096]);
@@ -613,6 +628,7 @@ fn vdisk_meta_seeds() {
     v1[8] = 1;
     s.add("label-version-1", v1);
     s.add("short-superblock", &img.bytes[at..at + 100]);
+    s.add("log-packed-forged", packed_log);
 }
 
 fn config_yaml_seeds() {

@@ -308,11 +308,12 @@ pub fn vdisk_meta(data: &[u8]) {
         );
     }
     if let Ok(p) = meta::log::decode_log_page(&page, index, &pool, 1 << 20) {
-        // Round trip: the records pack into the same page.
+        // Round trip: the records pack into the same page, each in the shorter of its
+        // two encodings (a page may mix them; neither is longer than what was read).
         let recs: Vec<Vec<Vec<u8>>> = p
             .records
             .iter()
-            .map(|r| vec![meta::log::encode(r)])
+            .map(|r| vec![meta::log::encode_shortest(r)])
             .collect();
         let again = meta::log::pack(
             &meta::log::RecordGroups::of(&recs),

@@ -474,8 +474,14 @@ impl Controller {
                 d.edits += 1;
                 st.changes += 1;
                 if let Some(l) = st.log.as_mut() {
-                    let record =
-                        log::encode_splice(disk, e.from, e.to, &e.extents, &self.shared.fills);
+                    let record = log::encode_splice(
+                        disk,
+                        e.from,
+                        e.to,
+                        &e.extents,
+                        &self.shared.fills,
+                        l.area.packed,
+                    );
                     l.splice(st.changes, disk, record, &d.root);
                 }
             }

@@ -549,10 +549,7 @@ impl Controller {
         // The logged fills' segments, by disk: their leaves, if written, are copied below.
         let mut copy: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         for DirtyFill { seg, disk, vseg } in changed {
-            let rec = log::encode(&LogRecord::Fill {
-                seg,
-                words: self.shared.fills.get(seg).words(),
-            });
+            let rec = log::encode_fill(seg, self.shared.fills.get(seg).words(), l.area.packed);
             l.push_group(st.changes, vec![rec]);
             // A fill in a leaf not yet written reaches the next checkpoint with that leaf
             // (or a copy of it, shared or not); one in a written leaf needs the leaf

@@ -500,7 +500,13 @@ async fn open_labelled(
                 area.mirror = space.take_page_run(area.pages);
                 mirror_added = area.mirror.is_some();
             }
-            if end_lsn >= area.replay_lsn && !mirror_added {
+            // A log of superblock version 3 or 4 holds wide records only: packed ones
+            // are appended once a checkpoint has written a superblock that says the log
+            // may hold them (version 5), so that an older build refuses the pool
+            // rather than end its log at the first packed record.
+            let upgraded = !area.packed;
+            area.packed = true;
+            if end_lsn >= area.replay_lsn && !mirror_added && !upgraded {
                 // Appends go on from the end of the log, once what is left past it of
                 // an append the crash tore is erased: no page written before can then
                 // pass for a new one. The replayed changes stay in the log until the
@@ -527,7 +533,7 @@ async fn open_labelled(
             } else {
                 // Pages whose records the checkpoint already holds end the log: the
                 // next record's LSN would not continue them (or the log just gained
-                // its mirror). Appends start a whole ring past the replay start, after
+                // its mirror, or packed records). Appends start a whole ring past the replay start, after
                 // a checkpoint naming it.
                 Some(LogResume {
                     area,
@@ -548,6 +554,7 @@ async fn open_labelled(
                         mirror: space.take_page_run(want),
                         replay_seq: 0,
                         replay_lsn: 1,
+                        packed: true,
                     },
                     next_seq: want,
                     next_lsn: 1,

@@ -29,12 +29,16 @@
 //! `vdisk/intent.rs`).
 
 use super::directory::{DISK_RECORD_BYTES, DiskRecord, encode_disk, read_disk};
-use super::node::{RawExtent, read_extent, write_extent, write_raw_extent};
+use super::node::{
+    FillCode, RawExtent, pack_extent, read_extent, read_fill_code, read_packed_extent,
+    write_extent, write_raw_extent,
+};
 use super::{
     BlockPtr, HEADER_BYTES, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
     decode_header, new_page, seal,
 };
 use crate::vdisk::map::{Extent, Fills};
+use crate::vdisk::table::MAX_PACKED_EXTENT_BYTES;
 use uuid::Uuid;
 
 /// Bytes of a log page before its records: the first LSN and the append's first page.
@@ -72,16 +76,38 @@ const KIND_FILL: u8 = 2;
 const KIND_PUT_DISK: u8 = 3;
 const KIND_DROP_DISK: u8 = 4;
 const KIND_COUNTERS: u8 = 5;
+/// A splice with its numbers as LEB128 and its extents packed as a packed leaf packs
+/// them (`meta/node.rs`): a random first write's splice takes ~25 bytes, not ~92.
+const KIND_PACKED_SPLICE: u8 = 6;
+/// A fill as its runs of granules (or its map past 15 runs): ~10 bytes, not 43.
+const KIND_PACKED_FILL: u8 = 7;
 
 /// Encodes a splice record from live extents (their fills are read from `fills` now), or
-/// `None` if it does not fit a page.
+/// `None` if it does not fit a page. `packed`: in the packed encoding, which only a log
+/// whose superblock says so may hold ([`super::superblock::LogArea::packed`]).
 pub fn encode_splice(
     disk: u64,
     from: u64,
     to: u64,
     extents: &[Extent],
     fills: &Fills,
+    packed: bool,
 ) -> Option<Vec<u8>> {
+    if packed {
+        return packed_splice_record(disk, from, to, extents.len(), |k, prev_end, buf| {
+            let e = &extents[k];
+            let n = pack_extent(
+                buf,
+                prev_end,
+                e.vseg,
+                e.len.into(),
+                e.state == crate::vdisk::map::ExtentState::Error,
+                e.birth.get(),
+                e.layers.iter().map(|l| (l.seg(), fills.words_of(l))),
+            );
+            (n, e.end())
+        });
+    }
     let bytes = extents
         .iter()
         .map(crate::vdisk::table::extent_encoded_len)
@@ -119,9 +145,110 @@ fn splice_record(
     Some(b)
 }
 
+/// A packed splice record of `count` extents, each packed by `pack(k, prev_end, buf)`
+/// (returning its bytes and its end), or `None` if it does not fit a page.
+fn packed_splice_record(
+    disk: u64,
+    from: u64,
+    to: u64,
+    count: usize,
+    mut pack: impl FnMut(usize, u64, &mut [u8; MAX_PACKED_EXTENT_BYTES]) -> (usize, u64),
+) -> Option<Vec<u8>> {
+    // Kind and length, then the head: four numbers of at most 10 bytes each.
+    let mut b = vec![0u8; RECORD_HEAD_BYTES + 40];
+    let at = {
+        let mut w = Writer::new(&mut b, RECORD_HEAD_BYTES);
+        w.varint(disk);
+        w.varint(from);
+        // `to` may be u64::MAX: everything from `from` on (a shrink), written as 0.
+        w.varint(if to == u64::MAX { 0 } else { to - from });
+        w.varint(count as u64);
+        w.at
+    };
+    b.truncate(at);
+    let mut buf = [0u8; MAX_PACKED_EXTENT_BYTES];
+    let mut prev_end = from;
+    for k in 0..count {
+        let (n, end) = pack(k, prev_end, &mut buf);
+        if b.len() + n > RECORD_HEAD_BYTES + MAX_RECORD_BODY {
+            return None;
+        }
+        b.extend_from_slice(&buf[..n]);
+        prev_end = end;
+    }
+    b[0] = KIND_PACKED_SPLICE;
+    let body = (b.len() - RECORD_HEAD_BYTES) as u16;
+    b[1..3].copy_from_slice(&body.to_le_bytes());
+    Some(b)
+}
+
+/// Encodes the fill record of segment `seg` holding `words`; `packed` as for
+/// [`encode_splice`].
+pub fn encode_fill(seg: u64, words: [u64; 4], packed: bool) -> Vec<u8> {
+    if !packed {
+        return encode(&LogRecord::Fill { seg, words });
+    }
+    // Kind, length, the segment (at most 10 bytes), the fill (at most 33).
+    let mut b = vec![0u8; RECORD_HEAD_BYTES + 10 + 33];
+    let at = {
+        let mut w = Writer::new(&mut b, RECORD_HEAD_BYTES);
+        w.varint(seg);
+        FillCode::of(words).write(&mut w);
+        w.at
+    };
+    b.truncate(at);
+    b[0] = KIND_PACKED_FILL;
+    let body = (at - RECORD_HEAD_BYTES) as u16;
+    b[1..3].copy_from_slice(&body.to_le_bytes());
+    b
+}
+
+/// Encodes a splice or a fill in the packed encoding, any other record as [`encode`]
+/// does (a round trip, a forged log); `None` for a splice larger than a page.
+pub fn encode_packed(rec: &LogRecord) -> Option<Vec<u8>> {
+    Some(match rec {
+        LogRecord::Splice {
+            disk,
+            from,
+            to,
+            extents,
+        } => packed_splice_record(*disk, *from, *to, extents.len(), |k, prev_end, buf| {
+            let e = &extents[k];
+            let n = pack_extent(
+                buf,
+                prev_end,
+                e.vseg,
+                e.len,
+                e.error,
+                e.birth,
+                e.layers.iter().copied(),
+            );
+            (n, e.vseg + u64::from(e.len))
+        })?,
+        LogRecord::Fill { seg, words } => encode_fill(*seg, *words, true),
+        other => encode_wide(other)?,
+    })
+}
+
 /// Encodes a record. (The controller encodes its splices from live extents with
 /// [`encode_splice`].)
 pub fn encode(rec: &LogRecord) -> Vec<u8> {
+    encode_wide(rec).unwrap_or_else(|| panic!("a splice larger than a page: {rec:?}"))
+}
+
+/// The shorter of a record's two encodings (a round trip of what a page held: neither
+/// is longer than the one read).
+pub fn encode_shortest(rec: &LogRecord) -> Vec<u8> {
+    match (encode_wide(rec), encode_packed(rec)) {
+        (Some(w), Some(p)) if p.len() < w.len() => p,
+        (Some(w), _) => w,
+        (None, Some(p)) => p,
+        (None, None) => panic!("a splice larger than a page in both encodings: {rec:?}"),
+    }
+}
+
+/// [`encode`], `None` for a splice larger than a page.
+fn encode_wide(rec: &LogRecord) -> Option<Vec<u8>> {
     let (kind, body) = match rec {
         LogRecord::Splice {
             disk,
@@ -139,8 +266,7 @@ pub fn encode(rec: &LogRecord) -> Vec<u8> {
                 for e in extents {
                     write_raw_extent(w, e);
                 }
-            })
-            .unwrap_or_else(|| panic!("a splice of {} extents larger than a page", extents.len()));
+            });
         }
         LogRecord::Fill { seg, words } => {
             let mut b = seg.to_le_bytes().to_vec();
@@ -175,7 +301,7 @@ pub fn encode(rec: &LogRecord) -> Vec<u8> {
     out.push(kind);
     out.extend_from_slice(&(body.len() as u16).to_le_bytes());
     out.extend_from_slice(&body);
-    out
+    Some(out)
 }
 
 /// Packs groups of encoded records into the log pages of one append: the page
@@ -469,6 +595,75 @@ fn decode_record(
                 extents,
             }
         }
+        KIND_PACKED_SPLICE => {
+            let num = |r: &mut Reader<'_>, field: &'static str| match r.varint() {
+                Ok(Some(v)) => Ok(v),
+                Ok(None) => Err(t()),
+                Err(why) => Err((field, format!("record {i}: {why}"))),
+            };
+            let disk = num(&mut r, "disk")?;
+            let from = num(&mut r, "splice")?;
+            let span = num(&mut r, "splice")?;
+            let n = num(&mut r, "splice")?;
+            let to = match span {
+                0 => u64::MAX,
+                s => from.saturating_add(s),
+            };
+            if from >= MAX_VSEG || (span != 0 && to > MAX_VSEG) {
+                return Err((
+                    "splice",
+                    format!("record {i}: range {from}+{span} is not a range of segments"),
+                ));
+            }
+            // Each packed extent takes at least 5 bytes: a count past what the body
+            // could hold is refused before anything is reserved for it.
+            if n > body.len() as u64 {
+                return Err((
+                    "splice",
+                    format!("record {i}: {n} extents in a body of {} bytes", body.len()),
+                ));
+            }
+            let mut extents: Vec<RawExtent> = Vec::with_capacity(n as usize);
+            let mut prev_end = from;
+            for k in 0..n as u32 {
+                let e = read_packed_extent(&mut r, k, prev_end, total_segments, "record")
+                    .map_err(|(f, why)| (f, format!("record {i}: {why}")))?;
+                prev_end = e.vseg + u64::from(e.len);
+                if prev_end > to {
+                    return Err((
+                        "splice",
+                        format!(
+                            "record {i}: extent {k} at {}+{} is outside {from}..{to}",
+                            e.vseg, e.len
+                        ),
+                    ));
+                }
+                extents.push(e);
+            }
+            LogRecord::Splice {
+                disk,
+                from,
+                to,
+                extents,
+            }
+        }
+        KIND_PACKED_FILL => {
+            let seg = match r.varint() {
+                Ok(Some(v)) => v,
+                Ok(None) => return Err(t()),
+                Err(why) => return Err(("fill", format!("record {i}: {why}"))),
+            };
+            let tag = r.u8().ok_or_else(t)?;
+            let words = read_fill_code(&mut r, tag, &|| format!("record {i} is truncated"))
+                .map_err(|(f, why)| (f, format!("record {i}: {why}")))?;
+            if seg >= total_segments {
+                return Err((
+                    "fill",
+                    format!("record {i}: segment {seg}, beyond {total_segments}"),
+                ));
+            }
+            LogRecord::Fill { seg, words }
+        }
         KIND_FILL => {
             let seg = r.u64().ok_or_else(t)?;
             let mut words = [0u64; 4];
@@ -626,17 +821,35 @@ mod tests {
         assert!(held.is_empty() && held.bytes() == 0);
     }
 
+    /// Both encodings, and the two mixed on one page (an upgraded pool's log).
+    fn encoders() -> [fn(&LogRecord, usize) -> Vec<u8>; 3] {
+        [
+            |r, _| encode(r),
+            |r, _| encode_packed(r).unwrap(),
+            |r, k| match k % 2 {
+                0 => encode(r),
+                _ => encode_packed(r).unwrap(),
+            },
+        ]
+    }
+
     #[test]
     fn records_round_trip_and_fill_pages_in_order() {
+        for enc in encoders() {
+            records_round_trip_with(enc);
+        }
+    }
+
+    fn records_round_trip_with(enc: fn(&LogRecord, usize) -> Vec<u8>) {
         let pool = Uuid::from_u128(42);
         let mut recs: Vec<Vec<Vec<u8>>> = Vec::new();
         let mut want = Vec::new();
-        for _ in 0..40 {
+        for k in 0..40 {
             // One change of three records, three of one.
             let s = sample();
-            recs.push(s[..3].iter().map(encode).collect());
+            recs.push(s[..3].iter().map(|r| enc(r, k)).collect());
             for r in &s[3..] {
-                recs.push(vec![encode(r)]);
+                recs.push(vec![enc(r, k)]);
             }
             want.extend(s);
         }
@@ -670,6 +883,12 @@ mod tests {
 
     #[test]
     fn live_splices_decode_as_the_raw_extents_they_hold() {
+        for packed in [false, true] {
+            live_splices_decode_with(packed);
+        }
+    }
+
+    fn live_splices_decode_with(packed: bool) {
         let fills = Fills::new(1000);
         fills.fresh(18).set_range(0, 2);
         let e = Extent::full(4, 17, 3);
@@ -680,7 +899,15 @@ mod tests {
             birth: 3.into(),
             layers: crate::vdisk::map::Layers::from_slice(&[crate::vdisk::map::Layer::partial(18)]),
         };
-        let live = encode_splice(1, 4, 6, &[e, p], &fills).unwrap();
+        let live = encode_splice(1, 4, 6, &[e, p], &fills, packed).unwrap();
+        assert_eq!(
+            live[0],
+            if packed {
+                KIND_PACKED_SPLICE
+            } else {
+                KIND_SPLICE
+            }
+        );
         let pool = Uuid::from_u128(42);
         let (place, page) = pack(&RecordGroups::of(&[vec![live]]), 0, 1, 10, 8, &pool).remove(0);
         let decoded = decode_log_page(&page, place, &pool, 1000).unwrap();
@@ -709,8 +936,129 @@ mod tests {
             }]
         );
         // Too many extents for a page: not a record.
-        let many: Vec<Extent> = (0..200).map(|v| Extent::full(v, v + 1, 1)).collect();
-        assert!(encode_splice(1, 0, 200, &many, &fills).is_none());
+        let many: Vec<Extent> = (0..1000).map(|v| Extent::full(v, v + 1, 1)).collect();
+        assert!(encode_splice(1, 0, 1000, &many, &fills, packed).is_none());
+    }
+
+    /// What a random 4 KiB first write logs: its splice (one extent, one partial layer)
+    /// and, once the write completed, its fill (one granule). Packed, the two take a
+    /// quarter of what they take wide.
+    #[test]
+    fn a_first_write_logs_a_few_dozen_bytes_packed() {
+        let total = 1u64 << 22;
+        let fills = Fills::new(total);
+        let seg = total - 1;
+        fills.fresh(seg).set_range(77, 1);
+        let e = Extent {
+            vseg: (1 << 22) - 9,
+            len: 1,
+            state: crate::vdisk::map::ExtentState::Mapped,
+            birth: 300.into(),
+            layers: crate::vdisk::map::Layers::from_slice(&[crate::vdisk::map::Layer::partial(
+                seg,
+            )]),
+        };
+        let words = fills.get(seg).words();
+        let size = |packed| {
+            let splice = encode_splice(
+                3,
+                e.vseg,
+                e.vseg + 1,
+                std::slice::from_ref(&e),
+                &fills,
+                packed,
+            );
+            (splice.unwrap().len(), encode_fill(seg, words, packed).len())
+        };
+        let (wide, packed) = (size(false), size(true));
+        assert_eq!(wide, (92, 43), "wide: splice and fill");
+        assert!(packed.0 <= 24 && packed.1 <= 10, "packed: {packed:?}");
+        // And they decode to the same records.
+        let pool = Uuid::from_u128(42);
+        for p in [false, true] {
+            let recs = vec![vec![
+                encode_splice(3, e.vseg, e.vseg + 1, std::slice::from_ref(&e), &fills, p).unwrap(),
+                encode_fill(seg, words, p),
+            ]];
+            let (place, page) = pack(&RecordGroups::of(&recs), 0, 1, 10, 8, &pool).remove(0);
+            let got = decode_log_page(&page, place, &pool, total).unwrap().records;
+            assert_eq!(got[1], LogRecord::Fill { seg, words });
+            assert!(
+                matches!(&got[0], LogRecord::Splice { disk: 3, extents, .. }
+                    if extents.len() == 1 && extents[0].layers[0] == (seg, Some(words))),
+                "{got:?}"
+            );
+        }
+    }
+
+    /// Packed records refused, each with the field named: truncated, a number too
+    /// long, an extent outside the splice's range, a count past what the body holds, a
+    /// fill's unknown tag, overlapping runs, a segment beyond the pool.
+    #[test]
+    fn damaged_packed_records_are_refused_with_the_field_named() {
+        let pool = Uuid::from_u128(42);
+        let splice = encode_packed(&sample()[0]).unwrap();
+        let fill = encode_packed(&sample()[2]).unwrap();
+        let decode = |rec: &[u8], total: u64| {
+            let (place, page) =
+                pack(&RecordGroups::of(&[vec![rec.to_vec()]]), 0, 1, 10, 8, &pool).remove(0);
+            decode_log_page(&page, place, &pool, total).map(|p| p.records)
+        };
+        assert_eq!(decode(&splice, 1000).unwrap(), vec![sample()[0].clone()]);
+        assert_eq!(decode(&fill, 1000).unwrap(), vec![sample()[2].clone()]);
+        // Body bytes after the head: (kind, len) then the body.
+        let with_body = |kind: u8, body: &[u8]| {
+            let mut r = vec![kind];
+            r.extend_from_slice(&(body.len() as u16).to_le_bytes());
+            r.extend_from_slice(body);
+            r
+        };
+        let cases: Vec<(Vec<u8>, u64, &str)> = vec![
+            // The splice cut short: its last extent runs past the body.
+            (
+                with_body(KIND_PACKED_SPLICE, &splice[3..splice.len() - 2]),
+                1000,
+                "runs past the end of the record",
+            ),
+            // Disk id of 11 continuation bytes.
+            (
+                with_body(KIND_PACKED_SPLICE, &[0xff; 11]),
+                1000,
+                "longer than 64 bits",
+            ),
+            // from 4, span 1 (to 5), one extent at 4 of 3 segments.
+            (
+                with_body(KIND_PACKED_SPLICE, &[1, 4, 1, 1, 0, 3, 0x10, 3, 17, 0]),
+                1000,
+                "outside",
+            ),
+            // 200 extents in a body of 6 bytes.
+            (
+                with_body(KIND_PACKED_SPLICE, &[1, 4, 1, 0xc8, 0x01, 0]),
+                1000,
+                "200 extents",
+            ),
+            // A fill tag of 40.
+            (
+                with_body(KIND_PACKED_FILL, &[17, 40]),
+                1000,
+                "unknown fill tag 40",
+            ),
+            // Two runs, the second starting inside the first.
+            (
+                with_body(KIND_PACKED_FILL, &[17, 3, 10, 5, 12, 0]),
+                1000,
+                "overlaps",
+            ),
+            // Segment 17 of a pool of 17.
+            (fill.clone(), 17, "segment 17, beyond 17"),
+            // Leftover bytes after a fill.
+            (with_body(KIND_PACKED_FILL, &[17, 1, 0]), 1000, "left over"),
+        ];
+        for (rec, total, want) in cases {
+            let e = decode(&rec, total).unwrap_err().to_string();
+            assert!(e.contains(want), "want `{want}`: {e}");
+        }
     }
 
     #[test]

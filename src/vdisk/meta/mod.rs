@@ -150,7 +150,7 @@ pub enum MetaError {
          versions\", to migrate)",
         FORMAT_VERSION,
         FORMAT_VERSION,
-        superblock::MIRRORED_LOG_SUPERBLOCK_VERSION
+        superblock::PACKED_LOG_SUPERBLOCK_VERSION
     )]
     Version { what: String, version: u32 },
     #[error("metadata page {page}: bad magic {magic:#010x}")]

@@ -238,7 +238,7 @@ pub fn decode_leaf(
     if b.get(4) == Some(&(PageKind::PackedLeaf as u8)) {
         // Every packed extent takes at least 4 bytes.
         decode_extents(b, page, pool, PageKind::PackedLeaf, 4, |r, i, prev_end| {
-            read_packed_extent(r, i, prev_end, total_segments)
+            read_packed_extent(r, i, prev_end, total_segments, "page")
         })
     } else {
         // Every wide extent takes at least its 22-byte head.
@@ -430,13 +430,13 @@ const MAX_FILL_RUNS: usize = 15;
 const FILL_MAP: u8 = 0xff;
 /// A fill as a packed leaf writes it: its runs of granules, or its map when it has
 /// more than [`MAX_FILL_RUNS`].
-enum FillCode {
+pub(super) enum FillCode {
     Runs(SmallVec<[(u8, u8); MAX_FILL_RUNS]>),
     Map([u64; 4]),
 }
 
 impl FillCode {
-    fn of(words: [u64; 4]) -> FillCode {
+    pub(super) fn of(words: [u64; 4]) -> FillCode {
         let mut runs = SmallVec::new();
         let mut g = 0u32;
         while g < 256 {
@@ -465,7 +465,7 @@ impl FillCode {
         FillCode::Runs(runs)
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    pub(super) fn write(&self, w: &mut Writer<'_>) {
         match self {
             FillCode::Runs(runs) => {
                 w.u8(1 + runs.len() as u8);
@@ -486,7 +486,7 @@ impl FillCode {
 
 /// Packs one extent after `prev_end` (the previous extent's end on the page, or 0)
 /// into `out`; returns the bytes written.
-fn pack_extent(
+pub(super) fn pack_extent(
     out: &mut [u8; MAX_PACKED_EXTENT_BYTES],
     prev_end: u64,
     vseg: u64,
@@ -601,23 +601,24 @@ pub fn encode_raw_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[RawExtent]) 
     b
 }
 
-/// Reads packed extent `i`, which follows an extent ending at `prev_end`. An error
-/// names the field and why.
-fn read_packed_extent(
+/// Reads packed extent `i`, which follows an extent ending at `prev_end`, in `within`
+/// (a page, a log record). An error names the field and why.
+pub(super) fn read_packed_extent(
     r: &mut Reader<'_>,
     i: u32,
     prev_end: u64,
     total_segments: u64,
+    within: &str,
 ) -> Result<RawExtent, (&'static str, String)> {
     let num = |r: &mut Reader<'_>, field: &'static str| match r.varint() {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err((
             "extent",
-            format!("extent {i} runs past the end of the page"),
+            format!("extent {i} runs past the end of the {within}"),
         )),
         Err(why) => Err((field, format!("extent {i}: {why}"))),
     };
-    let t = || format!("extent {i} runs past the end of the page");
+    let t = || format!("extent {i} runs past the end of the {within}");
     let delta = num(r, "vseg")?;
     let len = num(r, "len")?;
     let flags = r.u8().ok_or_else(|| ("extent", t()))?;
@@ -640,31 +641,9 @@ fn read_packed_extent(
         let tag = r.u8().ok_or_else(|| ("layer", t()))?;
         let words = match tag {
             0 => None,
-            FILL_MAP => Some(read_map(r, t)?),
-            n if (n as usize) <= MAX_FILL_RUNS + 1 => {
-                let mut w = [0u64; 4];
-                let mut at = 0u32;
-                for k in 0..n - 1 {
-                    let first = u32::from(r.u8().ok_or_else(|| ("layer", t()))?);
-                    let count = u32::from(r.u8().ok_or_else(|| ("layer", t()))?) + 1;
-                    if first < at || first + count > 256 {
-                        return Err((
-                            "fill",
-                            format!(
-                                "extent {i}: fill run {k} (granules {first}..{}) overlaps the \
-                                 one before or passes granule 256",
-                                first + count
-                            ),
-                        ));
-                    }
-                    for g in first..first + count {
-                        w[(g / 64) as usize] |= 1 << (g % 64);
-                    }
-                    at = first + count;
-                }
-                Some(w)
-            }
-            x => return Err(("layer", format!("extent {i}: unknown fill tag {x}"))),
+            tag => Some(
+                read_fill_code(r, tag, &t).map_err(|(f, why)| (f, format!("extent {i}: {why}")))?,
+            ),
         };
         check_layer(i, seg, words, nlayers, len, total_segments)?;
         layers.push((seg, words));
@@ -676,4 +655,41 @@ fn read_packed_extent(
         birth,
         layers,
     })
+}
+
+/// Reads a fill written by [`FillCode::write`] whose tag (1 + its number of runs, or
+/// [`FILL_MAP`]) was `tag`; `t` names what runs past the end. An error names the field
+/// and why.
+pub(super) fn read_fill_code(
+    r: &mut Reader<'_>,
+    tag: u8,
+    t: &impl Fn() -> String,
+) -> Result<[u64; 4], (&'static str, String)> {
+    match tag {
+        FILL_MAP => read_map(r, t),
+        n if n >= 1 && (n as usize) <= MAX_FILL_RUNS + 1 => {
+            let mut w = [0u64; 4];
+            let mut at = 0u32;
+            for k in 0..n - 1 {
+                let first = u32::from(r.u8().ok_or_else(|| ("layer", t()))?);
+                let count = u32::from(r.u8().ok_or_else(|| ("layer", t()))?) + 1;
+                if first < at || first + count > 256 {
+                    return Err((
+                        "fill",
+                        format!(
+                            "fill run {k} (granules {first}..{}) overlaps the one before or \
+                             passes granule 256",
+                            first + count
+                        ),
+                    ));
+                }
+                for g in first..first + count {
+                    w[(g / 64) as usize] |= 1 << (g % 64);
+                }
+                at = first + count;
+            }
+            Ok(w)
+        }
+        x => Err(("layer", format!("unknown fill tag {x}"))),
+    }
 }

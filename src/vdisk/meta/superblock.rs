@@ -32,6 +32,16 @@ pub const LOG_SUPERBLOCK_VERSION: u32 = 3;
 /// is repaired from its copy instead of ending the log there unseen (`meta/log.rs`).
 pub const MIRRORED_LOG_SUPERBLOCK_VERSION: u32 = 4;
 
+/// The superblock version of a pool whose intent log may hold packed records (splices
+/// and fills in the encoding of packed leaves, `meta/log.rs`), with or without a mirror
+/// (the mirror's place [`NO_MIRROR`] when it has none). A build that reads only
+/// versions up to 4 refuses it, instead of ending the log at the first packed record
+/// and losing what follows unseen.
+pub const PACKED_LOG_SUPERBLOCK_VERSION: u32 = 5;
+
+/// The mirror's place in a version-5 superblock of a log without one.
+const NO_MIRROR: u64 = u64::MAX;
+
 /// Fewest pages of a log.
 pub const MIN_LOG_PAGES: u64 = 4;
 
@@ -48,6 +58,9 @@ pub struct LogArea {
     pub replay_seq: u64,
     /// Records below this LSN are in the tables this superblock points at.
     pub replay_lsn: u64,
+    /// The log may hold packed records (superblock version 5). Appends write them only
+    /// once a superblock saying so is durable (`vdisk/load.rs`).
+    pub packed: bool,
 }
 
 impl LogArea {
@@ -165,6 +178,7 @@ impl Superblock {
         let mut w = Writer::new(&mut b, 0);
         w.bytes(SUPER_MAGIC);
         w.u32(match &self.log {
+            Some(l) if l.packed => PACKED_LOG_SUPERBLOCK_VERSION,
             Some(l) if l.mirror.is_some() => MIRRORED_LOG_SUPERBLOCK_VERSION,
             Some(_) => LOG_SUPERBLOCK_VERSION,
             None => FORMAT_VERSION,
@@ -200,8 +214,10 @@ impl Superblock {
             w.u64(l.pages);
             w.u64(l.replay_seq);
             w.u64(l.replay_lsn);
-            if let Some(m) = l.mirror {
-                w.u64(m);
+            match (l.packed, l.mirror) {
+                (true, m) => w.u64(m.unwrap_or(NO_MIRROR)),
+                (false, Some(m)) => w.u64(m),
+                (false, None) => {}
             }
         }
         let crc = checksum(&b, 12);
@@ -246,6 +262,7 @@ impl Superblock {
             FORMAT_VERSION,
             LOG_SUPERBLOCK_VERSION,
             MIRRORED_LOG_SUPERBLOCK_VERSION,
+            PACKED_LOG_SUPERBLOCK_VERSION,
         ]
         .contains(&version)
         {
@@ -309,9 +326,12 @@ impl Superblock {
                 mirror: None,
                 replay_seq: r.u64().ok_or_else(|| bad("log", t()))?,
                 replay_lsn: r.u64().ok_or_else(|| bad("log", t()))?,
+                packed: version == PACKED_LOG_SUPERBLOCK_VERSION,
             };
-            if version == MIRRORED_LOG_SUPERBLOCK_VERSION {
-                l.mirror = Some(r.u64().ok_or_else(|| bad("log_mirror", t()))?);
+            if version >= MIRRORED_LOG_SUPERBLOCK_VERSION {
+                let m = r.u64().ok_or_else(|| bad("log_mirror", t()))?;
+                l.mirror =
+                    (version == MIRRORED_LOG_SUPERBLOCK_VERSION || m != NO_MIRROR).then_some(m);
             }
             Some(l)
         };

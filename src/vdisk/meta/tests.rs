@@ -87,6 +87,7 @@ fn with_log(mirror: Option<u64>) -> Superblock {
             mirror,
             replay_seq: 3,
             replay_lsn: 1,
+            packed: false,
         }),
         ..sb()
     }
@@ -96,13 +97,22 @@ fn with_log(mirror: Option<u64>) -> Superblock {
 fn superblock_round_trip_and_validation() {
     let s = sb();
     assert_eq!(Superblock::decode(&s.encode(), "B").unwrap(), s);
-    // With a log (version 3), and with a log and its mirror (version 4).
-    for mirror in [None, Some(200)] {
-        let s = with_log(mirror);
-        let b = s.encode();
-        let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
-        assert_eq!(version, if mirror.is_some() { 4 } else { 3 });
-        assert_eq!(Superblock::decode(&b, "B").unwrap(), s);
+    // With a log (version 3), and with a log and its mirror (version 4); a log that
+    // may hold packed records, with or without a mirror (version 5).
+    for packed in [false, true] {
+        for mirror in [None, Some(200)] {
+            let mut s = with_log(mirror);
+            s.log.as_mut().unwrap().packed = packed;
+            let b = s.encode();
+            let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
+            let want = match (packed, mirror) {
+                (true, _) => 5,
+                (false, Some(_)) => 4,
+                (false, None) => 3,
+            };
+            assert_eq!(version, want);
+            assert_eq!(Superblock::decode(&b, "B").unwrap(), s);
+        }
     }
     // Each field is checked against the others, with an error naming it.
     type Change = Box<dyn Fn(&mut Superblock)>;

@@ -500,11 +500,12 @@ fn a_damaged_last_log_page_is_replayed_from_the_mirror() {
     );
 }
 
-/// A pool whose log has no mirror (superblock version 3, written by the builds before
-/// it) replays its log and gains a mirror on open; the checkpoint that records it writes
-/// a version-4 superblock, and what is appended after is in both rings.
+/// A pool written by the builds before the mirror and packed records — a log of wide
+/// records, no mirror, superblock version 3 — replays its log on open and is upgraded:
+/// the checkpoint of the open writes a version-5 superblock naming a mirror, and only
+/// then are records appended packed, in both rings.
 #[test]
-fn a_log_without_a_mirror_gains_one_on_open() {
+fn a_log_of_an_older_version_is_replayed_and_upgraded_on_open() {
     let set = reactors(2);
     let base = malloc("m0", 128);
     let pool = new_pool(&set, base.clone());
@@ -515,16 +516,54 @@ fn a_log_without_a_mirror_gains_one_on_open() {
         write_all_and_flush(&d, &b, 0x55).await
     });
     let at = pool.shared.meta_first_byte;
+    let before = block_on(pool.log_status()).unwrap().unwrap();
     block_on(pool.crash_stop()).unwrap();
     drop((disk, pool));
-    // The superblock in force, rewritten as a version-3 one (no mirror).
+    // The superblock in force, rewritten as a version-3 one (no mirror, wide records).
     let slots: Vec<Vec<u8>> = (0..2)
         .map(|i| page_at(&set, &base, meta::SUPERBLOCK_OFFSET, i))
         .collect();
     let picked = meta::superblock::pick(&slots[0], &slots[1], None).unwrap();
     let mut sb = picked.sb.clone();
-    assert!(sb.log.unwrap().mirror.is_some(), "{:?}", sb.log);
+    let uuid = sb.pool_uuid;
+    let area = sb.log.unwrap();
+    assert!(area.mirror.is_some() && area.packed, "{area:?}");
+    // Its log, written again as those builds wrote it: the same records, wide.
+    let mut records = Vec::new();
+    let mut first_lsn = None;
+    for seq in area.replay_seq..before.next_seq {
+        let place = area.first_page + seq % area.pages;
+        let p = meta::log::decode_log_page(&page_at(&set, &base, at, place), place, &uuid, 1 << 20)
+            .unwrap();
+        first_lsn.get_or_insert(p.first_lsn);
+        records.extend(p.records);
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(r, meta::log::LogRecord::Splice { .. })),
+        "no splice to replay: {records:?}"
+    );
+    let groups: Vec<Vec<Vec<u8>>> = records.iter().map(|r| vec![meta::log::encode(r)]).collect();
+    let wide = meta::log::pack(
+        &meta::log::RecordGroups::of(&groups),
+        area.replay_seq,
+        first_lsn.unwrap(),
+        area.first_page,
+        area.pages,
+        &uuid,
+    );
+    assert!(wide.len() as u64 <= area.pages / 2, "{} pages", wide.len());
+    for seq in area.replay_seq..area.replay_seq + area.pages {
+        let place = area.first_page + seq % area.pages;
+        let k = (seq - area.replay_seq) as usize;
+        let bytes = wide
+            .get(k)
+            .map_or(vec![0u8; meta::PAGE_BYTES], |(_, b)| b.clone());
+        put_page(&set, &base, at, place, bytes);
+    }
     sb.log.as_mut().unwrap().mirror = None;
+    sb.log.as_mut().unwrap().packed = false;
     let v3 = sb.encode();
     assert_eq!(
         u32::from_le_bytes(v3[8..12].try_into().unwrap()),
@@ -533,9 +572,10 @@ fn a_log_without_a_mirror_gains_one_on_open() {
     put_page(&set, &base, meta::SUPERBLOCK_OFFSET, sb.txn % 2, v3);
     let report = offline_check(&set, base.clone());
     assert!(report.clean(), "{:#?}", report.errors);
-    assert!(
-        report.log_records > 0,
-        "nothing to replay: {:?}",
+    assert_eq!(
+        report.log_records,
+        records.len() as u64,
+        "{:?}",
         report.notes
     );
     let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
@@ -543,7 +583,15 @@ fn a_log_without_a_mirror_gains_one_on_open() {
     let mirror = st.mirror.expect("the open gave the log a mirror");
     assert!(
         block_on(pool.committed_txn()).unwrap() > sb.txn,
-        "no checkpoint recorded the mirror"
+        "no checkpoint recorded the upgrade"
+    );
+    let slots: Vec<Vec<u8>> = (0..2)
+        .map(|i| page_at(&set, &base, meta::SUPERBLOCK_OFFSET, i))
+        .collect();
+    let now = meta::superblock::pick(&slots[0], &slots[1], None).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(slots[(now.sb.txn % 2) as usize][8..12].try_into().unwrap()),
+        meta::superblock::PACKED_LOG_SUPERBLOCK_VERSION
     );
     let d: Arc<dyn Bdev> = block_on(pool.disk("vd0")).unwrap();
     let (d2, b) = (d.clone(), blocks.clone());
@@ -552,14 +600,39 @@ fn a_log_without_a_mirror_gains_one_on_open() {
             assert_eq!(read_byte(&d2, x).await, 0x55, "block {x}");
         }
     });
+    // Writes after the upgrade: their splices and fills are appended packed.
+    let upgraded = block_on(pool.log_status()).unwrap().unwrap();
+    // Granules next to those written (fills change), and segments not mapped yet
+    // (splices).
+    let segs: std::collections::BTreeSet<u64> = blocks.iter().map(|b| b / 256).collect();
+    let more: Vec<u64> = (blocks.iter().take(6).map(|b| b + 1))
+        .chain(
+            (0..32)
+                .filter(|s| !segs.contains(s))
+                .take(6)
+                .map(|s| s * 256 + 7),
+        )
+        .collect();
+    let (d2, b) = (d.clone(), more.clone());
+    on(&set, 1, move || async move {
+        write_all_and_flush(&d2, &b, 0x66).await
+    });
     block_on(pool.rename_disk("vd0", "vd1")).unwrap();
     let st = block_on(pool.log_status()).unwrap().unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for seq in upgraded.next_seq..st.next_seq {
+        let place = st.first_page + seq % st.pages;
+        kinds.extend(record_kinds(&page_at(&set, &base, at, place)));
+    }
+    assert!(
+        kinds.contains(&6) && kinds.contains(&7) && !kinds.contains(&1) && !kinds.contains(&2),
+        "record kinds appended after the upgrade: {kinds:?}"
+    );
     block_on(pool.crash_stop()).unwrap();
     drop((d, pool));
     let last = (st.next_seq - 1) % st.pages;
     let log_copy = page_at(&set, &base, at, st.first_page + last);
     let mirror_copy = page_at(&set, &base, at, mirror + last);
-    let uuid = picked.sb.pool_uuid;
     assert_eq!(
         meta::log::decode_log_head(&mirror_copy, mirror + last, &uuid).unwrap(),
         meta::log::decode_log_head(&log_copy, st.first_page + last, &uuid).unwrap(),
@@ -570,7 +643,31 @@ fn a_log_without_a_mirror_gains_one_on_open() {
     let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
     let names = disk_names(&pool);
     assert_eq!(names, ["vd1"]);
+    let d: Arc<dyn Bdev> = block_on(pool.disk("vd1")).unwrap();
+    let d2 = d.clone();
+    on(&set, 1, move || async move {
+        for &x in &blocks {
+            assert_eq!(read_byte(&d2, x).await, 0x55, "block {x}");
+        }
+        for &x in &more {
+            assert_eq!(read_byte(&d2, x).await, 0x66, "block {x}");
+        }
+    });
+    drop(d);
     block_on(pool.close()).unwrap();
+}
+
+/// The kind byte of each record of a log page (1 and 2: wide splice and fill; 6 and 7:
+/// packed).
+fn record_kinds(page: &[u8]) -> Vec<u8> {
+    let count = u32::from_le_bytes(page[12..16].try_into().unwrap());
+    let mut at = meta::HEADER_BYTES + 16;
+    let mut kinds = Vec::new();
+    for _ in 0..count {
+        kinds.push(page[at]);
+        at += 3 + u16::from_le_bytes([page[at + 1], page[at + 2]]) as usize;
+    }
+    kinds
 }
 
 /// A fill's change is logged under the entry queued for it now. An older entry of the
