@@ -648,7 +648,10 @@ impl Target {
             field: "new_size",
             reason,
         };
-        if !matches!(self.base_bdev_config(b.name()), Some(BdevConfig::Null { .. })) {
+        if !matches!(
+            self.base_bdev_config(b.name()),
+            Some(BdevConfig::Null { .. })
+        ) {
             return Err(bad("not a null bdev".into()).into());
         }
         let bs = b.block_size() as u64;
@@ -678,7 +681,10 @@ impl Target {
     /// device behind bdev `name`. Returns its size in blocks.
     pub fn rescan_bdev(&self, name: &str) -> Result<u64, TargetError> {
         let b = self.inner.bdevs.get(name)?;
-        if !matches!(self.base_bdev_config(b.name()), Some(BdevConfig::Uring { .. })) {
+        if !matches!(
+            self.base_bdev_config(b.name()),
+            Some(BdevConfig::Uring { .. })
+        ) {
             return Err(BdevError::NotFound(name.to_string()).into());
         }
         let bytes = match b.backing_bytes() {
@@ -720,7 +726,12 @@ impl Target {
             .into());
         }
         b.props().set_num_blocks(blocks);
-        tracing::info!(bdev = b.name(), old_blocks = old, num_blocks = blocks, "bdev resized");
+        tracing::info!(
+            bdev = b.name(),
+            old_blocks = old,
+            num_blocks = blocks,
+            "bdev resized"
+        );
         if let Some(t) = lock(&self.inner.nvmf).as_ref() {
             t.notify_bdev_resized(b.name());
         }

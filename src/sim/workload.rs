@@ -1920,6 +1920,12 @@ impl Sim {
             let p = pool.clone();
             let fut: Pending<_> = Box::pin(async move { p.commit().await });
             if let Driven::Done(Err(e)) = self.world().drive(fut, WAVE_LIMIT) {
+                // An injected write error may fail the last commits too (the deletes
+                // above are excused alike).
+                if self.faults_on() || self.damage {
+                    self.event(format!("final commit failed: {e}"));
+                    return Ok(());
+                }
                 return Err(format!("committing at the end: {e}"));
             }
         }

@@ -525,7 +525,11 @@ mod tests {
         assert_eq!(s.total_segments(), per + 10);
         assert_eq!(s.container_segments(), vec![4, per + 6]);
         assert_eq!(s.data_segments(), per + 8);
-        assert_eq!(s.free_segments(), 0, "nothing allocatable before the release");
+        assert_eq!(
+            s.free_segments(),
+            0,
+            "nothing allocatable before the release"
+        );
         assert!(s.alloc_segment().is_none());
         // The space-map page the new segments fall in is written by the next commit.
         assert_eq!(s.sm_pages_changed_since(7).collect::<Vec<_>>(), vec![1]);

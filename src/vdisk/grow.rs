@@ -116,10 +116,7 @@ impl Controller {
         let c = &self.shared.containers[last];
         let last_segments = total - c.first_seg;
         c.segments.fetch_max(last_segments, Ordering::AcqRel);
-        self.st
-            .borrow_mut()
-            .space
-            .release_grown(total as PhysSeg);
+        self.st.borrow_mut().space.release_grown(total as PhysSeg);
         self.update_free();
         Ok(())
     }
