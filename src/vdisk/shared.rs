@@ -82,7 +82,7 @@ pub struct PoolShared {
     pub meta_pages: u64,
     pub sm_pages: u64,
     /// The most segments the pool may grow to: what its space-map pages, sized at
-    /// creation, can count (at most [`super::meta::superblock::MAX_SEGMENTS`]).
+    /// creation, can count (at most the format's `MAX_SEGMENTS`).
     pub max_segments: u64,
     pub ctl_core: usize,
     pub cores: Cores,
