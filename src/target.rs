@@ -655,7 +655,7 @@ impl Target {
             return Err(bad("not a null bdev".into()).into());
         }
         let bs = b.block_size() as u64;
-        let current_mib = b.num_blocks() * bs >> 20;
+        let current_mib = (b.num_blocks() * bs) >> 20;
         let blocks = new_size_mib
             .checked_mul(1 << 20)
             .map(|bytes| bytes / bs)
