@@ -639,6 +639,114 @@ impl Target {
         Ok(bdev)
     }
 
+    /// `bdev_null_resize`: null bdev `name` becomes `new_size_mib` MiB; it may not
+    /// shrink (SPDK refuses that too). Returns the new size in blocks.
+    pub fn resize_null_bdev(&self, name: &str, new_size_mib: u64) -> Result<u64, TargetError> {
+        let b = self.inner.bdevs.get(name)?;
+        let bad = |reason: String| BdevError::InvalidParam {
+            name: name.to_string(),
+            field: "new_size",
+            reason,
+        };
+        if !matches!(
+            self.base_bdev_config(b.name()),
+            Some(BdevConfig::Null { .. })
+        ) {
+            return Err(bad("not a null bdev".into()).into());
+        }
+        let bs = b.block_size() as u64;
+        let current_mib = (b.num_blocks() * bs) >> 20;
+        let blocks = new_size_mib
+            .checked_mul(1 << 20)
+            .map(|bytes| bytes / bs)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| bad(format!("{new_size_mib} MiB is not a size")))?;
+        if new_size_mib < current_mib {
+            return Err(bad(format!(
+                "{new_size_mib} MiB is smaller than the current {current_mib} MiB (a null bdev \
+                 does not shrink)"
+            ))
+            .into());
+        }
+        self.set_base_bdev_blocks(&b, blocks)?;
+        if let Some(BdevConfig::Null { size, .. }) =
+            lock(&self.inner.base_configs).get_mut(b.name())
+        {
+            *size = crate::config::Size(blocks * bs);
+        }
+        Ok(blocks)
+    }
+
+    /// `bdev_uring_rescan` / `bdev_aio_rescan`: reads again the size of the file or
+    /// device behind bdev `name`. Returns its size in blocks.
+    pub fn rescan_bdev(&self, name: &str) -> Result<u64, TargetError> {
+        let b = self.inner.bdevs.get(name)?;
+        if !matches!(
+            self.base_bdev_config(b.name()),
+            Some(BdevConfig::Uring { .. })
+        ) {
+            return Err(BdevError::NotFound(name.to_string()).into());
+        }
+        let bytes = match b.backing_bytes() {
+            Some(r) => r?,
+            None => return Err(BdevError::NotFound(name.to_string()).into()),
+        };
+        let blocks = bytes / b.block_size() as u64;
+        self.set_base_bdev_blocks(&b, blocks)?;
+        Ok(blocks)
+    }
+
+    /// Sets base bdev `b`'s size and tells its claimants, as SPDK's resize event does:
+    /// the NVMe/TCP namespaces it backs raise a namespace-attribute-changed event; a
+    /// pool on it is told nothing (it grows with `bdev_lvol_grow_lvstore`), and the
+    /// log says so. A bdev in use does not shrink (SPDK: -EBUSY): what uses it may
+    /// hold data past the new end.
+    fn set_base_bdev_blocks(&self, b: &Arc<dyn Bdev>, blocks: u64) -> Result<(), TargetError> {
+        let old = b.num_blocks();
+        if blocks == old {
+            return Ok(());
+        }
+        let claims = self.inner.bdevs.claims(b.name());
+        if blocks < old && !claims.is_empty() {
+            return Err(BdevError::Claimed {
+                name: b.name().to_string(),
+                by: format!(
+                    "{} (it would shrink from {old} to {blocks} blocks)",
+                    claims.join(", ")
+                ),
+            }
+            .into());
+        }
+        if blocks == 0 {
+            return Err(BdevError::InvalidParam {
+                name: b.name().to_string(),
+                field: "num_blocks",
+                reason: "the backing file or device is smaller than a block".into(),
+            }
+            .into());
+        }
+        b.props().set_num_blocks(blocks);
+        tracing::info!(
+            bdev = b.name(),
+            old_blocks = old,
+            num_blocks = blocks,
+            "bdev resized"
+        );
+        if let Some(t) = lock(&self.inner.nvmf).as_ref() {
+            t.notify_bdev_resized(b.name());
+        }
+        for c in claims.iter().filter(|c| c.starts_with("pool ")) {
+            tracing::info!(bdev = b.name(), claimant = %c,
+                "the pool's bdev grew: bdev_lvol_grow_lvstore gives the pool its new space");
+        }
+        Ok(())
+    }
+
+    /// `bdev_lvol_grow_lvstore`: pool `pool` takes the space its last bdev gained.
+    pub async fn grow_pool(&self, pool: &Pool) -> Result<crate::vdisk::grow::Grown, TargetError> {
+        Ok(pool.grow().await?)
+    }
+
     /// Deletes a base bdev nobody uses.
     pub async fn delete_bdev(&self, name: &str) -> Result<(), TargetError> {
         let b = self.inner.bdevs.get(name)?;

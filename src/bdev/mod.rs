@@ -680,6 +680,13 @@ pub trait Bdev: Send + Sync + 'static {
     /// Called when the bdev is removed from the registry; release resources.
     fn on_remove(&self) {}
 
+    /// The size in bytes of what backs the bdev, read now, for bdevs whose backing can
+    /// change size underneath them (a file or a device: `bdev_uring_rescan`); `None`
+    /// for the others.
+    fn backing_bytes(&self) -> Option<Result<u64, BdevError>> {
+        None
+    }
+
     /// Bdevs of one family (the same `Some`) can tell which blocks differ between them
     /// ([`BdevChannel::changed_since`]): the virtual disks of one pool.
     fn change_family(&self) -> Option<u64> {

@@ -159,25 +159,7 @@ impl UringBdev {
         if options.iopoll && !direct {
             return Err(invalid("iopoll", "needs O_DIRECT".into()));
         }
-        let meta = file.metadata().map_err(io_err)?;
-        let block_device = meta.file_type().is_block_device();
-        let (dev_bytes, dev_bs) = if block_device {
-            let mut bytes: u64 = 0;
-            let mut ssz: libc::c_int = 0;
-            // SAFETY: BLKGETSIZE64 writes one u64 and BLKSSZGET one int into the
-            // provided, valid locations; the fd is open.
-            unsafe {
-                if libc::ioctl(file.as_raw_fd(), 0x80081272, &mut bytes) != 0 {
-                    return Err(io_err(std::io::Error::last_os_error()));
-                }
-                if libc::ioctl(file.as_raw_fd(), 0x1268, &mut ssz) != 0 {
-                    return Err(io_err(std::io::Error::last_os_error()));
-                }
-            }
-            (bytes, ssz as u32)
-        } else {
-            (meta.len(), if direct { 4096 } else { 512 })
-        };
+        let (dev_bytes, dev_bs, block_device) = device_geometry(&file, direct).map_err(io_err)?;
         let block_size = block_size.unwrap_or(dev_bs);
         if direct && block_size < dev_bs {
             return Err(invalid(
@@ -210,9 +192,44 @@ impl UringBdev {
     }
 }
 
+/// The size in bytes of the file or block device `file` is open on, its logical block
+/// size (files: 4096 when `direct`, 512 otherwise), and whether it is a block device.
+fn device_geometry(file: &File, direct: bool) -> std::io::Result<(u64, u32, bool)> {
+    let meta = file.metadata()?;
+    if !meta.file_type().is_block_device() {
+        return Ok((meta.len(), if direct { 4096 } else { 512 }, false));
+    }
+    let mut bytes: u64 = 0;
+    let mut ssz: libc::c_int = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 and BLKSSZGET one int into the provided,
+    // valid locations; the fd is open for as long as `file` lives.
+    unsafe {
+        if libc::ioctl(file.as_raw_fd(), 0x80081272, &mut bytes) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::ioctl(file.as_raw_fd(), 0x1268, &mut ssz) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((bytes, ssz as u32, true))
+}
+
 impl Bdev for UringBdev {
     fn props(&self) -> &BdevProps {
         &self.props
+    }
+
+    fn backing_bytes(&self) -> Option<Result<u64, BdevError>> {
+        let me: &dyn Bdev = self;
+        Some(
+            device_geometry(&self.file, self.direct)
+                .map(|(bytes, _, _)| bytes)
+                .map_err(|cause| BdevError::Io {
+                    name: me.name().to_string(),
+                    path: self.path.display().to_string(),
+                    cause,
+                }),
+        )
     }
 
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {

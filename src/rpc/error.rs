@@ -125,9 +125,9 @@ impl From<VdiskError> for RpcError {
             }
             VdiskError::InvalidParam { .. } => RpcError::einval(msg),
             VdiskError::ReadOnly(_) => RpcError::errno(libc::EPERM, msg),
-            VdiskError::NoSpace { .. } | VdiskError::NoMetadataSpace { .. } => {
-                RpcError::errno(libc::ENOSPC, msg)
-            }
+            VdiskError::NoSpace { .. }
+            | VdiskError::NoMetadataSpace { .. }
+            | VdiskError::GrowLimit { .. } => RpcError::errno(libc::ENOSPC, msg),
             VdiskError::Busy(_) => RpcError::errno(libc::EBUSY, msg),
             VdiskError::QuiesceTimeout(_) | VdiskError::DrainTimeout(_) => {
                 RpcError::errno(libc::ETIMEDOUT, msg)

@@ -207,6 +207,17 @@ impl SimDisk {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Grows the disk by `bytes` (a multiple of its block size) of zeros, as a file
+    /// extended by `truncate`: at once and for good (the new length is not a write a
+    /// power failure can lose).
+    pub fn grow(&self, bytes: u64) {
+        let mut st = self.st();
+        let len = st.medium.len() + bytes as usize;
+        st.medium.resize(len, 0);
+        st.view.resize(len, 0);
+        self.props.set_num_blocks(len as u64 / self.block_bytes);
+    }
+
     /// Changes the injected faults from now on.
     pub fn set_faults(&self, faults: Faults) {
         self.st().faults = faults;

@@ -99,6 +99,13 @@ fn base(b: &mut Builder) -> Vec<Vec<Op>> {
     ]
 }
 
+/// `base`, then a thick disk `d3` that takes every free segment.
+fn full(b: &mut Builder) -> Vec<Vec<Op>> {
+    let mut w = base(b);
+    w.push(vec![create("d3", 27, false)]);
+    w
+}
+
 /// `base`, then a snapshot `s1` of `d1` and its clone `c1`.
 fn with_snapshot(b: &mut Builder) -> Vec<Vec<Op>> {
     let mut w = base(b);
@@ -118,6 +125,22 @@ pub fn scenarios() -> Vec<Scenario> {
         segments: 32,
     };
     vec![
+        s(
+            "grow a full pool under first writes, then a thick disk in the new space",
+            full,
+            |b| {
+                vec![
+                    vec![
+                        Op::Grow { segments: 8 },
+                        b.write("d1", 3 * SEG, 20, false),
+                        flush("d1"),
+                    ],
+                    vec![flush("d1")],
+                    vec![create("d9", 6, false)],
+                ]
+            },
+            Redirect,
+        ),
         s(
             "create thin disk",
             base,

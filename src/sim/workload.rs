@@ -154,6 +154,11 @@ pub(super) enum Op {
         disk: String,
         snapshot: String,
     },
+    /// Grows the data device by `segments` segments, then the pool onto them
+    /// (`bdev_lvol_grow_lvstore`).
+    Grow {
+        segments: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,6 +198,7 @@ impl Op {
             Op::Rename { .. } => "rename",
             Op::RenamePool { .. } => "rename_pool",
             Op::Revert { .. } => "revert",
+            Op::Grow { .. } => "grow_pool",
         }
     }
 
@@ -288,6 +294,13 @@ pub(super) struct Sim {
     pub(super) pool_name_maybe: Option<String>,
     /// Resizes acknowledged in the current wave, applied after its writes.
     pub(super) resized: BTreeMap<String, u64>,
+    /// The pool's data segments as acknowledged, and what a grow lost in a power
+    /// failure may have made them; the data segments a grow of this wave must give.
+    pub(super) pool_segments: u64,
+    pub(super) pool_segments_maybe: Option<u64>,
+    pub(super) grow_expect: Option<u64>,
+    /// Segments of the data container not used for data (label, metadata).
+    pub(super) reserved_segments: u64,
     /// Life number (power losses and reopens).
     pub(super) life: u64,
     /// The devices may fail requests beyond the configured faults (a crash-point
@@ -357,6 +370,10 @@ impl Sim {
             pool_name,
             pool_name_maybe: None,
             resized: BTreeMap::new(),
+            pool_segments: 0,
+            pool_segments_maybe: None,
+            grow_expect: None,
+            reserved_segments: 0,
             life: 0,
             device_faults: false,
         }
@@ -507,7 +524,18 @@ impl Sim {
         for (d, f) in self.world().disks.iter().zip(faults) {
             d.set_faults(f);
         }
-        made
+        made?;
+        let data = self.world().pool.as_ref().expect("pool made").space().0;
+        self.pool_segments = data;
+        self.reserved_segments = self.device_segments() - data;
+        Ok(())
+    }
+
+    /// Segments of the data device now.
+    fn device_segments(&mut self) -> u64 {
+        let seg = self.setup.layout.opts.segment_bytes;
+        let d: Arc<dyn Bdev> = self.world().disks[0].clone();
+        d.num_blocks() * d.block_size() as u64 / seg
     }
 
     fn run(&mut self) -> Result<Report, String> {
@@ -749,6 +777,9 @@ impl Sim {
                 let new_name = self.new_name("n");
                 Op::Rename { disk, new_name }
             }
+            21 => Op::Grow {
+                segments: self.rng.u64(1..=40),
+            },
             _ => {
                 let mut w = live.clone();
                 self.rng.shuffle(&mut w);
@@ -924,6 +955,20 @@ impl Sim {
             }),
             Op::RenamePool { name } => {
                 Box::pin(async move { pool.rename(&name).await.map(|_| CtlValue::Unit) })
+            }
+            Op::Grow { segments } => {
+                // The device grows now (as `truncate` and `bdev_uring_rescan` do), the
+                // pool with the operation. Past what its space map counts, the grow is
+                // refused and the size stays.
+                let seg = self.setup.layout.opts.segment_bytes;
+                self.world().disks[0].grow(segments * seg);
+                let total = self.device_segments();
+                self.grow_expect = Some(if total <= pool.max_segments() {
+                    total - self.reserved_segments
+                } else {
+                    self.pool_segments
+                });
+                Box::pin(async move { pool.grow().await.map(|_| CtlValue::Unit) })
             }
             Op::Revert { disk, snapshot } => Box::pin(async move {
                 pool.revert_disk(&disk, &snapshot)
@@ -1335,6 +1380,26 @@ impl Sim {
                         self.pool_name = name.clone();
                     }
                 }
+                Op::Grow { .. } => {
+                    let expect = self.grow_expect.take().unwrap_or(self.pool_segments);
+                    if lost {
+                        self.pool_segments_maybe = Some(expect);
+                    } else {
+                        // Done or refused (past the space map's room): the size is
+                        // what the model says, at once.
+                        let now = self.world().pool.as_ref().expect("pool open").space().0;
+                        let want = if ok { expect } else { self.pool_segments };
+                        if now != want {
+                            return Err(format!(
+                                "the pool has {now} data segments after {} ({}); the model \
+                                 says {want}",
+                                r.op.name(),
+                                if ok { "acknowledged" } else { "refused" }
+                            ));
+                        }
+                        self.pool_segments = now;
+                    }
+                }
                 Op::Revert { disk, snapshot } if ok || lost => {
                     let content = before.get(snapshot).cloned().unwrap_or_default();
                     if lost {
@@ -1400,6 +1465,8 @@ fn control_disks(op: &Op) -> Vec<String> {
         Op::WaitJob { disk } => vec![disk.clone()],
         Op::Rename { disk, new_name } => vec![disk.clone(), new_name.clone()],
         Op::RenamePool { .. } => Vec::new(),
+        // No disk, but one grow a wave: each grows the device before it runs.
+        Op::Grow { .. } => vec!["<grow>".into()],
         Op::Revert { disk, snapshot } => vec![disk.clone(), snapshot.clone()],
         Op::Read { .. } | Op::Modify { .. } | Op::Flush { .. } => Vec::new(),
     }
@@ -1649,6 +1716,22 @@ impl Sim {
             }
         }
         self.pool_name_maybe = None;
+        // A grow the power failure interrupted: the old size or the new one.
+        let segments = pool.space().0;
+        if segments != self.pool_segments {
+            if self.pool_segments_maybe == Some(segments) {
+                self.pool_segments = segments;
+            } else {
+                return Err(format!(
+                    "the pool has {segments} data segments after recovery; the model says {}{}",
+                    self.pool_segments,
+                    self.pool_segments_maybe
+                        .map(|m| format!(" (or {m})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        self.pool_segments_maybe = None;
         for (disk, snap) in std::mem::take(&mut self.uncertain_revert) {
             let (Some(info), Some(d)) = (found.get(&disk), self.model.get_mut(&disk)) else {
                 continue;
@@ -1837,6 +1920,12 @@ impl Sim {
             let p = pool.clone();
             let fut: Pending<_> = Box::pin(async move { p.commit().await });
             if let Driven::Done(Err(e)) = self.world().drive(fut, WAVE_LIMIT) {
+                // An injected write error may fail the last commits too (the deletes
+                // above are excused alike).
+                if self.faults_on() || self.damage {
+                    self.event(format!("final commit failed: {e}"));
+                    return Ok(());
+                }
                 return Err(format!("committing at the end: {e}"));
             }
         }

@@ -54,6 +54,14 @@ impl FreeSet {
         had
     }
 
+    /// Lengthens the set to `len` members' room; the new ones are not members.
+    fn grow(&mut self, len: u64) {
+        if len > self.len {
+            self.words.resize(len.div_ceil(64) as usize, 0);
+            self.len = len;
+        }
+    }
+
     fn contains(&self, i: u64) -> bool {
         i < self.len && self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
@@ -169,6 +177,9 @@ pub struct Space {
     /// Table nodes built since they were last committed: each needs a metadata page at
     /// the next commit.
     unwritten: u64,
+    /// Segments a grow added that are not allocatable yet: `[from, total)`, until the
+    /// commit recording the new size is durable ([`Space::release_grown`]).
+    grown_from: Option<u64>,
 }
 
 impl Space {
@@ -213,7 +224,58 @@ impl Space {
             sm_changed: vec![0; (total_segments as usize).div_ceil(SM_COUNTS_PER_PAGE)],
             txn_open,
             unwritten: 0,
+            grown_from: None,
         }
+    }
+
+    /// Grows the last container to `segments` (more than it has): the new segments are
+    /// counted, free (count 0), and their space-map pages changed in the open
+    /// transaction, so the next checkpoint writes them; but none is allocatable before
+    /// [`Space::release_grown`] — a segment handed out before the superblock recording
+    /// the new size is durable could be named by a log record that a crash then replays
+    /// onto the old size.
+    pub fn grow_last(&mut self, segments: u64) {
+        let Some((_, set)) = self.free_segs.parts.last_mut() else {
+            return;
+        };
+        if segments <= set.len {
+            return;
+        }
+        let added = segments - set.len;
+        set.grow(segments);
+        let old_total = self.refs.len() as u64;
+        let new_total = old_total + added;
+        self.refs.resize(new_total as usize, 0);
+        let per = SM_COUNTS_PER_PAGE as u64;
+        self.sm_changed.resize(new_total.div_ceil(per) as usize, 0);
+        for p in old_total / per..new_total.div_ceil(per) {
+            self.sm_changed[p as usize] = self.txn_open;
+        }
+        self.data_segments += added;
+        self.grown_from.get_or_insert(old_total);
+    }
+
+    /// Makes the segments grown since the last release, below `upto`, allocatable (a
+    /// checkpoint recorded them); returns how many.
+    pub fn release_grown(&mut self, upto: PhysSeg) -> u64 {
+        let Some(from) = self.grown_from else {
+            return 0;
+        };
+        let upto = upto.min(self.refs.len() as u64);
+        self.grown_from = (upto < self.refs.len() as u64).then_some(upto.max(from));
+        let mut n = 0;
+        for s in from..upto {
+            if self.refs[s as usize] == 0 {
+                self.free_segs.insert(s);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Segments of each container (the last one's as grown).
+    pub fn container_segments(&self) -> Vec<u64> {
+        self.free_segs.parts.iter().map(|(_, s)| s.len).collect()
     }
 
     /// Sets the reference count of a segment found by the loader (not free any more).
@@ -451,6 +513,31 @@ mod tests {
         let got: Vec<u64> = (0..9).map(|_| s.alloc_segment().unwrap()).collect();
         assert_eq!(got, vec![1, 5, 9, 2, 6, 10, 3, 7, 11]);
         assert!(s.alloc_segment().is_none());
+    }
+
+    #[test]
+    fn grown_segments_wait_for_their_release() {
+        let per = SM_COUNTS_PER_PAGE as u64;
+        let mut s = Space::new(&[4, per - 2], &[0, 4], 1, 0, 3);
+        while s.alloc_segment().is_some() {}
+        s.txn_open = 7;
+        s.grow_last(per + 6);
+        assert_eq!(s.total_segments(), per + 10);
+        assert_eq!(s.container_segments(), vec![4, per + 6]);
+        assert_eq!(s.data_segments(), per + 8);
+        assert_eq!(
+            s.free_segments(),
+            0,
+            "nothing allocatable before the release"
+        );
+        assert!(s.alloc_segment().is_none());
+        // The space-map page the new segments fall in is written by the next commit.
+        assert_eq!(s.sm_pages_changed_since(7).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(s.release_grown(per + 4), 2);
+        assert_eq!(s.release_grown(per + 10), 6);
+        assert_eq!(s.release_grown(per + 10), 0);
+        let got: Vec<u64> = std::iter::from_fn(|| s.alloc_segment()).collect();
+        assert_eq!(got, (per + 2..per + 10).collect::<Vec<_>>());
     }
 
     #[test]

@@ -507,9 +507,10 @@ impl Controller {
             containers: shared
                 .containers
                 .iter()
-                .map(|c| meta::superblock::ContainerRecord {
+                .zip(&st.containers)
+                .map(|(c, &segments)| meta::superblock::ContainerRecord {
                     bdev_uuid: c.label_uuid,
-                    segments: c.segments,
+                    segments,
                     reserved_segments: c.reserved,
                 })
                 .collect(),

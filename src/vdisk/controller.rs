@@ -186,6 +186,9 @@ pub(crate) struct Quiesce {
 /// The controller's mutable state.
 pub(crate) struct CtlState {
     pub disks: BTreeMap<u64, DiskCtl>,
+    /// Segments of each container as the next checkpoint records them: ahead of
+    /// [`super::shared::Container::segments`] while a grow commits (`grow.rs`).
+    pub containers: Vec<u64>,
     pub space: Space,
     /// The next birth generation.
     pub generation: u64,
@@ -588,7 +591,7 @@ impl Controller {
             let (ci, off) = self.shared.locate(at);
             let c = &self.shared.containers[ci];
             // Contiguous within one container.
-            let here = (c.first_seg + c.segments - at).min(seg + n - at);
+            let here = (c.first_seg + c.segments() - at).min(seg + n - at);
             let ch = Channel::get(&c.bdev).map_err(|_| IoStatus::InternalError)?;
             let cbs = c.bdev.block_size() as u64;
             ch.write_zeroes(off / cbs, here * self.shared.geo.segment_bytes() / cbs)

@@ -16,7 +16,9 @@ use super::map::{Extent, Fills, Geometry};
 use super::meta::directory::DiskRecord;
 use super::meta::label::{Label, Role};
 use super::meta::space_map::{SpaceMapPtrs, sm_index_pages_for, sm_pages_for};
-use super::meta::superblock::{ContainerRecord, LogArea, MAX_SEGMENTS, Superblock};
+use super::meta::superblock::{
+    ContainerRecord, LogArea, MAX_SEGMENTS, Superblock, max_segments_for,
+};
 use super::meta::{self, BlockPtr, PAGE_BYTES, SUPERBLOCK_OFFSET};
 use super::scan::{self, Mode, NodePage, Scan, ScannedNode};
 use super::shared::{Container, PoolShared};
@@ -374,7 +376,7 @@ async fn open_labelled(
         containers.push(Container {
             bdev: b,
             first_seg: at,
-            segments: rec.segments,
+            segments: std::sync::atomic::AtomicU64::new(rec.segments),
             reserved: rec.reserved_segments,
             label_uuid: rec.bdev_uuid,
         });
@@ -408,10 +410,13 @@ async fn open_labelled(
         meta_first_byte: sb.meta_first_byte,
         meta_pages: sb.meta_pages,
         sm_pages: sb.sm_pages,
+        max_segments: max_segments_for(sb.sm_pages),
         ctl_core,
         cores,
         ctl_port: views::PORT,
-        fills: Fills::new(sb.total_segments()),
+        // Room for the segments the pool may grow to: fills are allocated a chunk at a
+        // time as segments are first used, so the room costs a pointer per chunk.
+        fills: Fills::new(max_segments_for(sb.sm_pages)),
         dirty_fills: crossbeam_queue::SegQueue::new(),
         cow_default: CowPolicy::from_u8(sb.cow_policy),
         free_segments: std::sync::atomic::AtomicU64::new(0),
@@ -431,7 +436,7 @@ async fn open_labelled(
         .iter()
         .flat_map(|c| c.first_seg..c.first_seg + c.reserved)
         .collect();
-    let sizes: Vec<u64> = shared.containers.iter().map(|c| c.segments).collect();
+    let sizes: Vec<u64> = shared.containers.iter().map(|c| c.segments()).collect();
     let mut space = Space::new(
         &sizes,
         &reserved,
@@ -577,6 +582,7 @@ async fn open_labelled(
     }
     let mut st = CtlState {
         disks,
+        containers: sizes,
         space,
         generation,
         next_disk_id,

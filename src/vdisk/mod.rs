@@ -38,6 +38,7 @@ pub mod controller;
 pub mod cow;
 pub mod diff;
 pub mod disk;
+pub mod grow;
 pub mod intent;
 pub mod leaf;
 pub mod lifecycle;
@@ -129,6 +130,18 @@ pub enum VdiskError {
     Bdev(BdevError),
     #[error("no pool found: {0}")]
     NoPool(String),
+    #[error(
+        "pool `{pool}` cannot grow to {want_segments} segments (bdev `{bdev}`): its space \
+         map, sized when the pool was created, counts at most {max_segments} segments of \
+         {segment_bytes} bytes"
+    )]
+    GrowLimit {
+        pool: String,
+        bdev: String,
+        want_segments: u64,
+        max_segments: u64,
+        segment_bytes: u64,
+    },
 }
 
 // Not `#[from]`: the message holds the cause, and a source would print it twice in a

@@ -6,6 +6,7 @@ use super::agent;
 use super::controller::{self, Controller, TimeLimits};
 use super::diff::{self, Allocation, BlockRange, RunsPage};
 use super::disk::VDisk;
+use super::grow::Grown;
 use super::lifecycle::DiskInfo;
 use super::load::{self, PoolOptions};
 use super::map::{Extent, PhysSeg};
@@ -169,6 +170,18 @@ impl Pool {
             self.shared.data_segments(),
             self.shared.free_segments.load(Ordering::Relaxed),
         )
+    }
+
+    /// The most segments the pool may grow to (its space map's room, laid out when it
+    /// was created; see `grow.rs`).
+    pub fn max_segments(&self) -> u64 {
+        self.shared.max_segments
+    }
+
+    /// Grows the pool onto the space its last bdev gained (`bdev_lvol_grow_lvstore`),
+    /// durably: the new segments are free once this returns.
+    pub fn grow(&self) -> impl Future<Output = Result<Grown, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { c.grow_pool().await })
     }
 
     /// Creates a virtual disk of `size_bytes`: thin (allocate on first write) or fully

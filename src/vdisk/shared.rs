@@ -19,13 +19,23 @@ pub struct Container {
     pub bdev: Arc<dyn Bdev>,
     /// Global index of the container's segment 0.
     pub first_seg: PhysSeg,
-    /// Segments in the container, reserved ones included.
-    pub segments: u64,
+    /// Segments in the container, reserved ones included: what the superblock in force
+    /// records (`bdev_lvol_grow_lvstore` raises the last container's once its commit is
+    /// durable; see `grow.rs`).
+    pub segments: AtomicU64,
     /// Leading segments not used for data (label, metadata).
     pub reserved: u64,
     /// The bdev UUID recorded in the container's label (bdevs such as files get a new
     /// UUID each time they are created; the label is what identifies the container).
     pub label_uuid: Uuid,
+}
+
+impl Container {
+    /// Segments in the container now, reserved ones included.
+    #[inline]
+    pub fn segments(&self) -> u64 {
+        self.segments.load(Ordering::Acquire)
+    }
 }
 
 /// A pool's name: shown by every log line of the pool, changed by a rename (the
@@ -71,6 +81,9 @@ pub struct PoolShared {
     pub meta_first_byte: u64,
     pub meta_pages: u64,
     pub sm_pages: u64,
+    /// The most segments the pool may grow to: what its space-map pages, sized at
+    /// creation, can count (at most the format's `MAX_SEGMENTS`).
+    pub max_segments: u64,
     pub ctl_core: usize,
     pub cores: Cores,
     /// How the pool's agents reach its controller.
@@ -197,14 +210,14 @@ impl PoolShared {
 
     /// Total segments over all containers.
     pub fn total_segments(&self) -> u64 {
-        self.containers.iter().map(|c| c.segments).sum()
+        self.containers.iter().map(|c| c.segments()).sum()
     }
 
     /// Segments usable for data.
     pub fn data_segments(&self) -> u64 {
         self.containers
             .iter()
-            .map(|c| c.segments - c.reserved)
+            .map(|c| c.segments() - c.reserved)
             .sum()
     }
 

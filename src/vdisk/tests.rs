@@ -1645,6 +1645,7 @@ fn listing_allocates_every_used_segment_to_one_disk() {
 }
 
 mod diff;
+mod grow;
 mod intent_log;
 mod resize;
 mod revert;

@@ -140,7 +140,7 @@ pub async fn bdev_null_create(ctx: Rc<Ctx>, p: NullCreateParams) -> RpcResult {
     create(&ctx, p.to_config()?).await
 }
 
-/// `bdev_*_delete`: `{name}`.
+/// `bdev_*_delete`, `bdev_*_rescan`: `{name}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteParams {
@@ -174,6 +174,31 @@ pub async fn bdev_null_delete(ctx: Rc<Ctx>, p: DeleteParams) -> RpcResult {
         matches!(c, BdevConfig::Null { .. })
     })
     .await
+}
+
+/// `bdev_null_resize`: `{name, new_size}`, the new size in MiB (SPDK's parameters).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NullResizeParams {
+    pub name: String,
+    pub new_size: u64,
+}
+
+pub async fn bdev_null_resize(ctx: Rc<Ctx>, p: NullResizeParams) -> RpcResult {
+    ctx.target.resize_null_bdev(&p.name, p.new_size)?;
+    Ok(Value::Bool(true))
+}
+
+/// `bdev_uring_rescan` and `bdev_aio_rescan`: `{name}`; the bdev takes the size its file
+/// or device has now.
+pub async fn bdev_uring_rescan(ctx: Rc<Ctx>, p: DeleteParams) -> RpcResult {
+    ctx.target.rescan_bdev(&p.name)?;
+    Ok(Value::Bool(true))
+}
+
+pub async fn bdev_aio_rescan(ctx: Rc<Ctx>, p: DeleteParams) -> RpcResult {
+    ctx.target.rescan_bdev(&p.name)?;
+    Ok(Value::Bool(true))
 }
 
 pub async fn bdev_uring_create(ctx: Rc<Ctx>, p: UringCreateParams) -> RpcResult {

@@ -103,6 +103,14 @@ pub async fn bdev_lvol_get_lvstores(ctx: Rc<Ctx>, p: LvsFilterParams) -> RpcResu
     Ok(json!([lvstore_json(&pool)]))
 }
 
+/// `bdev_lvol_grow_lvstore`: `{uuid}` or `{lvs_name}`, exactly one; the store takes the
+/// space its base bdev gained (`vdisk/grow.rs`).
+pub async fn bdev_lvol_grow_lvstore(ctx: Rc<Ctx>, p: LvsFilterParams) -> RpcResult {
+    let pool = ctx.resolve_lvs(p.uuid.as_deref(), p.lvs_name.as_deref(), "uuid")?;
+    ctx.target.grow_pool(&pool).await?;
+    Ok(Value::Bool(true))
+}
+
 pub async fn bdev_lvol_delete_lvstore(ctx: Rc<Ctx>, p: LvsFilterParams) -> RpcResult {
     let pool = ctx.resolve_lvs(p.uuid.as_deref(), p.lvs_name.as_deref(), "uuid")?;
     ctx.target.delete_pool(&pool.name()).await?;

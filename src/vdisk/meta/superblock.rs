@@ -20,6 +20,14 @@ pub const MAX_SM_INDEX_PAGES: u64 = 128;
 pub const MAX_SEGMENTS: u64 =
     MAX_SM_INDEX_PAGES * SM_PTRS_PER_PAGE as u64 * SM_COUNTS_PER_PAGE as u64;
 
+/// The most segments a pool with `sm_pages` space-map pages (per copy) may count: what
+/// it can grow to (`bdev_lvol_grow_lvstore`) without moving its metadata area.
+pub fn max_segments_for(sm_pages: u64) -> u64 {
+    sm_pages
+        .saturating_mul(SM_COUNTS_PER_PAGE as u64)
+        .min(MAX_SEGMENTS)
+}
+
 /// Where metadata pages may start: after the label and both superblock slots.
 const MIN_META_FIRST_BYTE: u64 = SUPERBLOCK_OFFSET + 2 * PAGE_BYTES as u64;
 
