@@ -3,7 +3,7 @@
 
 use super::model::{self, DiskModel, Existence, Modification, Possible, Tag, WaveEffects};
 use super::storage::Faults;
-use super::world::{Driven, Layout, Pending, World};
+use super::world::{Driven, GOLDEN_SEGMENTS, Layout, Pending, World, golden_tag};
 use super::{Failure, Report};
 use crate::bdev::{Bdev, BdevIo, IoBuf, IoStatus};
 use crate::vdisk::{CowPolicy, PoolOptions, VDisk, VdiskError};
@@ -113,6 +113,10 @@ pub(super) enum Op {
         snapshot: String,
         name: String,
     },
+    /// A clone of the golden image outside the pool (`bdev_lvol_clone_bdev`).
+    CloneBdev {
+        name: String,
+    },
     Delete {
         disk: String,
     },
@@ -183,6 +187,7 @@ impl Op {
             Op::Create { .. } => "create",
             Op::Snapshot { .. } => "snapshot",
             Op::Clone { .. } => "clone",
+            Op::CloneBdev { .. } => "clone_bdev",
             Op::Delete { .. } => "delete",
             Op::Resize { .. } => "resize",
             Op::SetReadOnly { .. } => "set_read_only",
@@ -646,7 +651,7 @@ impl Sim {
             .filter(|d| self.model[*d].read_only)
             .cloned()
             .collect();
-        Some(match self.rng.u8(0..27) {
+        Some(match self.rng.u8(0..29) {
             0..=1 => {
                 if live.len() >= 10 {
                     return None;
@@ -748,6 +753,13 @@ impl Sim {
                 let disk = self.pick(&live)?;
                 let new_name = self.new_name("n");
                 Op::Rename { disk, new_name }
+            }
+            27..=28 => {
+                if live.len() >= 12 {
+                    return None;
+                }
+                let name = self.new_name("e");
+                Op::CloneBdev { name }
             }
             _ => {
                 let mut w = live.clone();
@@ -884,6 +896,14 @@ impl Sim {
                     .await
                     .map(CtlValue::Disks)
             }),
+            Op::CloneBdev { name } => {
+                let golden: Arc<dyn Bdev> = self.world().golden.clone();
+                Box::pin(async move {
+                    pool.clone_bdev(golden, &name)
+                        .await
+                        .map(|d| CtlValue::Disks(vec![d]))
+                })
+            }
             Op::Clone { snapshot, name } => Box::pin(async move {
                 pool.clone_disk(&snapshot, &name)
                     .await
@@ -1285,15 +1305,31 @@ impl Sim {
                     for (o, s) in pairs {
                         let content = self.content_during(o, before, &planned);
                         let mut d = DiskModel::copy_of(s, content, o, true);
+                        d.external = self.model.get(o).is_some_and(|m| m.external);
                         if lost {
                             d.exists = Existence::Maybe;
                         }
                         self.model.insert(s.clone(), d);
                     }
                 }
+                Op::CloneBdev { name } if ok || lost => {
+                    let blocks = GOLDEN_SEGMENTS * self.seg_blocks();
+                    let mut d = DiskModel::zeroed(name, blocks);
+                    d.external = true;
+                    for b in 0..blocks as usize {
+                        let p: Possible = [golden_tag(b as u64)].into();
+                        d.now[b] = p.clone();
+                        d.durable[b] = p;
+                    }
+                    if lost {
+                        d.exists = Existence::Maybe;
+                    }
+                    self.model.insert(name.clone(), d);
+                }
                 Op::Clone { snapshot, name } if ok || lost => {
                     let content = before.get(snapshot).cloned().unwrap_or_default();
                     let mut d = DiskModel::copy_of(name, content, snapshot, false);
+                    d.external = self.model.get(snapshot).is_some_and(|m| m.external);
                     if lost {
                         d.exists = Existence::Maybe;
                     }
@@ -1391,6 +1427,7 @@ fn control_disks(op: &Op) -> Vec<String> {
             .flat_map(|(o, s)| [o.clone(), s.clone()])
             .collect(),
         Op::Clone { snapshot, name } => vec![snapshot.clone(), name.clone()],
+        Op::CloneBdev { name } => vec![name.clone()],
         Op::Delete { disk }
         | Op::Resize { disk, .. }
         | Op::SetReadOnly { disk, .. }

@@ -38,6 +38,7 @@ pub mod controller;
 pub mod cow;
 pub mod diff;
 pub mod disk;
+pub mod esnap;
 pub mod intent;
 pub mod leaf;
 pub mod lifecycle;
