@@ -1041,6 +1041,26 @@ impl Target {
         Ok(c)
     }
 
+    /// Makes the lvol `lvol` read through to the bdev `bdev` (SPDK's
+    /// `bdev_lvol_set_parent_bdev`); the bdev is checked and claimed as for
+    /// [`Target::clone_bdev`].
+    pub async fn set_parent_bdev(&self, lvol: &str, bdev: &str) -> Result<(), TargetError> {
+        let (pool, d) = self.disk(lvol).await?;
+        let ext = self.inner.bdevs.get(bdev)?;
+        if let Some(w) = self.writers_of(&ext).first() {
+            return Err(TargetError::Refused {
+                errno: libc::EPERM,
+                msg: format!(
+                    "bdev `{}` is used by {w}, which may write it; an external snapshot must be read-only",
+                    ext.name()
+                ),
+            });
+        }
+        pool.set_external_parent(&d.disk_name(), ext).await?;
+        self.sync_esnap_claims().await;
+        Ok(())
+    }
+
     /// The claims on `b` of users that may write it (all but external-snapshot clones
     /// and read-only NBD exports).
     fn writers_of(&self, b: &Arc<dyn Bdev>) -> Vec<String> {
@@ -1202,6 +1222,14 @@ impl Target {
             let mut list = list;
             list.sort_by_key(|d| d.id);
             for d in &list {
+                if let Some(x) = &d.external {
+                    // No configuration entry makes an lvol that reads through to an
+                    // external bdev yet: a plain disk in its place would read zeros
+                    // there. A pool on a file or device keeps it anyway (README).
+                    tracing::warn!(pool = pool.name(), disk = %d.name, external = %x.name,
+                        "an external snapshot's lvol is not written to the configuration");
+                    continue;
+                }
                 match d.kind {
                     DiskKind::Snapshot => {
                         if let Some(o) = snapshot_origin(&list, d) {

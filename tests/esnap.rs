@@ -4,7 +4,8 @@
 //! through NBD (whole granules, parts of granules, a whole segment), compared byte for
 //! byte with what it must hold; the golden file unchanged; a snapshot of the clone; the
 //! target restarted (with the golden bdev, and without it: degraded, until it is created
-//! again) and everything read again. Bad parameters get SPDK's codes.
+//! again) and everything read again; `bdev_lvol_set_parent_bdev` on a thin lvol. Bad
+//! parameters get SPDK's codes.
 
 mod process_support;
 mod rpc_common;
@@ -245,6 +246,51 @@ fn golden_image_on_a_file_cloned_written_snapshotted_and_restarted() {
         golden_sum,
         "golden file changed"
     );
+    // bdev_lvol_set_parent_bdev: a thin lvol of the pool's own reads the golden image
+    // where it holds nothing (a granule it wrote part of holds the rest as zeros).
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "lvs0/vd0", "name": "v0"}),
+    );
+    qemu_io(port, "v0", &["write -P 0x77 0 4k", "write -P 0x78 6M 1M"]);
+    srv.call("nbd_stop_export", json!({"name": "v0"}));
+    let mut want_v0 = golden[..8 * M].to_vec();
+    want_v0[..16 * K].fill(0);
+    want_v0[..4 * K].fill(0x77);
+    want_v0[6 * M..7 * M].fill(0x78);
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "vdt", "4"]);
+    let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/vdt", "golden"]);
+    assert!(
+        out.contains("-32602") && out.contains("Invalid argument"),
+        "{out}"
+    );
+    let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/c1", "golden"]);
+    // c1 (a clone of s1) reads through to the golden image already: refused
+    // (tessera does not re-parent an lvol with a parent in the lvstore).
+    assert!(out.contains("-32602") && out.contains("File exists"), "{out}");
+    let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/vd0", "nobdev"]);
+    assert!(
+        out.contains("-32602") && out.contains("No such device"),
+        "{out}"
+    );
+    let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/nolvol", "golden"]);
+    assert!(out.contains("-19"), "{out}");
+    assert_eq!(
+        rpc(&["bdev_lvol_set_parent_bdev", "lvs0/vd0", "golden"]).trim(),
+        "true"
+    );
+    let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/vd0", "golden"]);
+    assert!(
+        out.contains("-32602") && out.contains("File exists"),
+        "{out}"
+    );
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    assert_eq!(lvol(&lvols, "vd0")["is_esnap_clone"], true, "{lvols}");
+    assert_same(
+        &read_all(&srv, port, "lvs0/vd0", work.path()),
+        &want_v0,
+        "re-parented lvol",
+    );
     srv.stop();
 
     // Restarted: the same contents.
@@ -258,6 +304,11 @@ fn golden_image_on_a_file_cloned_written_snapshotted_and_restarted() {
         &read_all(&srv, port, "lvs0/c1", work.path()),
         &want,
         "clone, restarted",
+    );
+    assert_same(
+        &read_all(&srv, port, "lvs0/vd0", work.path()),
+        &want_v0,
+        "re-parented, restarted",
     );
     srv.stop();
 

@@ -178,6 +178,12 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            "set an external parent of a thin disk",
+            base,
+            |_| vec![vec![Op::SetParentBdev { disk: "d1".into() }]],
+            Redirect,
+        ),
+        s(
             "delete an external snapshot's clone",
             with_esnap,
             |_| vec![vec![Op::Delete { disk: "e1".into() }]],

@@ -117,6 +117,11 @@ pub(super) enum Op {
     CloneBdev {
         name: String,
     },
+    /// The disk reads the golden image where it holds nothing
+    /// (`bdev_lvol_set_parent_bdev`).
+    SetParentBdev {
+        disk: String,
+    },
     Delete {
         disk: String,
     },
@@ -188,6 +193,7 @@ impl Op {
             Op::Snapshot { .. } => "snapshot",
             Op::Clone { .. } => "clone",
             Op::CloneBdev { .. } => "clone_bdev",
+            Op::SetParentBdev { .. } => "set_parent_bdev",
             Op::Delete { .. } => "delete",
             Op::Resize { .. } => "resize",
             Op::SetReadOnly { .. } => "set_read_only",
@@ -754,12 +760,16 @@ impl Sim {
                 let new_name = self.new_name("n");
                 Op::Rename { disk, new_name }
             }
-            27..=28 => {
+            27 => {
                 if live.len() >= 12 {
                     return None;
                 }
                 let name = self.new_name("e");
                 Op::CloneBdev { name }
+            }
+            28 => {
+                let disk = self.pick(&writable)?;
+                Op::SetParentBdev { disk }
             }
             _ => {
                 let mut w = live.clone();
@@ -815,7 +825,10 @@ impl Sim {
                     busy.extend(names);
                     // A revert or a rename changes what the disk's name reads as a
                     // whole: no data operation on it shares the wave.
-                    if let Op::Revert { disk, .. } | Op::Rename { disk, .. } = &op {
+                    if let Op::Revert { disk, .. }
+                    | Op::Rename { disk, .. }
+                    | Op::SetParentBdev { disk } = &op
+                    {
                         ops.retain(|o| !o.is_data() || data_disk(o) != Some(disk.as_str()));
                     }
                     ops.push(op);
@@ -896,6 +909,14 @@ impl Sim {
                     .await
                     .map(CtlValue::Disks)
             }),
+            Op::SetParentBdev { disk } => {
+                let golden: Arc<dyn Bdev> = self.world().golden.clone();
+                Box::pin(async move {
+                    pool.set_external_parent(&disk, golden)
+                        .await
+                        .map(|_| CtlValue::Unit)
+                })
+            }
             Op::CloneBdev { name } => {
                 let golden: Arc<dyn Bdev> = self.world().golden.clone();
                 Box::pin(async move {
@@ -1312,6 +1333,27 @@ impl Sim {
                         self.model.insert(s.clone(), d);
                     }
                 }
+                Op::SetParentBdev { disk } if ok || lost => {
+                    // Blocks the disk holds keep their value; the others (which read as
+                    // zeros) read the golden image now. The model does not know which
+                    // zeros are held (a granule written in part holds the rest), so a
+                    // block that may be zeros may be either until a read pins it.
+                    let golden_blocks = GOLDEN_SEGMENTS * self.seg_blocks();
+                    if let Some(d) = self.model.get_mut(disk) {
+                        d.external = true;
+                        for b in 0..d.now.len() {
+                            let g = b as u64;
+                            if g >= golden_blocks {
+                                break;
+                            }
+                            for p in [&mut d.now[b], &mut d.durable[b], &mut d.since[b]] {
+                                if p.contains(&0) {
+                                    p.insert(golden_tag(g));
+                                }
+                            }
+                        }
+                    }
+                }
                 Op::CloneBdev { name } if ok || lost => {
                     let blocks = GOLDEN_SEGMENTS * self.seg_blocks();
                     let mut d = DiskModel::zeroed(name, blocks);
@@ -1428,6 +1470,7 @@ fn control_disks(op: &Op) -> Vec<String> {
             .collect(),
         Op::Clone { snapshot, name } => vec![snapshot.clone(), name.clone()],
         Op::CloneBdev { name } => vec![name.clone()],
+        Op::SetParentBdev { disk } => vec![disk.clone()],
         Op::Delete { disk }
         | Op::Resize { disk, .. }
         | Op::SetReadOnly { disk, .. }

@@ -211,6 +211,19 @@ impl Pool {
         self.on_ctl(move |c| async move { durable(&c, c.clone_external(ext, &name).await).await })
     }
 
+    /// Makes `name` read through to the bdev `ext` where it holds nothing of its own
+    /// (SPDK's `bdev_lvol_set_parent_bdev`; `esnap.rs` has the rules).
+    pub fn set_external_parent(
+        &self,
+        name: &str,
+        ext: Arc<dyn Bdev>,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let name = name.to_string();
+        self.on_ctl(
+            move |c| async move { durable(&c, c.set_external_parent(&name, ext).await).await },
+        )
+    }
+
     /// The external snapshots the pool's disks name: `(uuid, name, present)`.
     pub fn external_bases(
         &self,

@@ -259,6 +259,37 @@ pub async fn bdev_lvol_clone_bdev(ctx: Rc<Ctx>, p: CloneBdevParams) -> RpcResult
     Ok(Value::String(bdev_name(c)))
 }
 
+/// `bdev_lvol_set_parent_bdev {lvol_name, parent_name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetParentParams {
+    pub lvol_name: String,
+    pub parent_name: String,
+}
+
+/// `bdev_lvol_set_parent_bdev`: the lvol reads through to the bdev `parent_name` where
+/// it holds nothing. As SPDK: -19 when `lvol_name` is no lvol; -32602 with `strerror`
+/// first when refused (`No such device` for an unknown bdev, `File exists` when it is
+/// the parent already, `Invalid argument` for a thick lvol or a bdev of the wrong size,
+/// `Operation not permitted` for a bdev with a writer). Answers `true`.
+pub async fn bdev_lvol_set_parent_bdev(ctx: Rc<Ctx>, p: SetParentParams) -> RpcResult {
+    ctx.resolve_lvol(&p.lvol_name).await.map_err(|e| {
+        if e.code == -libc::EINVAL {
+            RpcError::errno(libc::ENODEV, e.message)
+        } else {
+            e
+        }
+    })?;
+    if let Err(e) = ctx.target.bdevs().get(&p.parent_name) {
+        return Err(lvol_refused(RpcError::errno(libc::ENODEV, e.to_string())));
+    }
+    ctx.target
+        .set_parent_bdev(&p.lvol_name, &p.parent_name)
+        .await
+        .map_err(|e| lvol_refused(e.into()))?;
+    Ok(Value::Bool(true))
+}
+
 /// Runs a split or decouple to its end, as SPDK's inflate and decouple do before they
 /// answer.
 async fn split_and_wait(ctx: &Ctx, name: &str, decouple: bool) -> RpcResult {
