@@ -267,7 +267,10 @@ fn golden_image_on_a_file_cloned_written_snapshotted_and_restarted() {
     let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/c1", "golden"]);
     // c1 (a clone of s1) reads through to the golden image already: refused
     // (tessera does not re-parent an lvol with a parent in the lvstore).
-    assert!(out.contains("-32602") && out.contains("File exists"), "{out}");
+    assert!(
+        out.contains("-32602") && out.contains("File exists"),
+        "{out}"
+    );
     let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/vd0", "nobdev"]);
     assert!(
         out.contains("-32602") && out.contains("No such device"),
@@ -275,10 +278,8 @@ fn golden_image_on_a_file_cloned_written_snapshotted_and_restarted() {
     );
     let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/nolvol", "golden"]);
     assert!(out.contains("-19"), "{out}");
-    assert_eq!(
-        rpc(&["bdev_lvol_set_parent_bdev", "lvs0/vd0", "golden"]).trim(),
-        "true"
-    );
+    // Succeeds (spdk-rpc prints nothing for `true`).
+    rpc(&["bdev_lvol_set_parent_bdev", "lvs0/vd0", "golden"]);
     let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/vd0", "golden"]);
     assert!(
         out.contains("-32602") && out.contains("File exists"),
