@@ -96,7 +96,7 @@ fn golden(layout: &Layout) -> Arc<SimDisk> {
     for (b, chunk) in medium.chunks_mut(bs).enumerate() {
         super::model::pattern(golden_tag(b as u64), chunk);
     }
-    let u = uuid::Uuid::from_u128(layout.names[0].1.as_u128() ^ 0x601d_e2);
+    let u = uuid::Uuid::from_u128(layout.names[0].1.as_u128() ^ 0x0060_1de2);
     SimDisk::new("golden", u, layout.block_size, medium, Faults::default(), 7)
         .expect("golden image geometry")
 }

@@ -31,7 +31,7 @@ pub(crate) fn unfit_external(
     segment_bytes: u64,
 ) -> Option<String> {
     let ebs = ext.block_size();
-    if ebs > block_size || block_size % ebs != 0 {
+    if ebs > block_size || !block_size.is_multiple_of(ebs) {
         return Some(format!(
             "bdev `{}` has {ebs}-byte blocks; the lvstore's block size {block_size} must be a multiple of it",
             ext.name()
