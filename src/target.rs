@@ -53,6 +53,9 @@ pub enum TargetError {
     NoSuchPool(String),
     #[error("{0}")]
     Invalid(String),
+    /// An operation refused with an errno (`msg` says why).
+    #[error("{msg}")]
+    Refused { errno: i32, msg: String },
 }
 
 impl From<ReactorError> for TargetError {
@@ -86,7 +89,12 @@ struct Inner {
     config: Config,
     /// Bytes per second each pool's splits and decouples may copy (0: no cap).
     job_limit: std::sync::atomic::AtomicU64,
+    /// Claims held on external snapshots: (bdev, claimant), one per pool reading it.
+    esnap_claims: Mutex<Vec<(String, String)>>,
 }
+
+/// How the claim on an external snapshot starts (a reader, never a writer).
+const ESNAP_CLAIM: &str = "external snapshot clones";
 
 /// A running target.
 #[derive(Clone)]
@@ -121,6 +129,7 @@ impl Target {
                 examining: Mutex::new(Vec::new()),
                 config: config.clone(),
                 job_limit: std::sync::atomic::AtomicU64::new(0),
+                esnap_claims: Mutex::new(Vec::new()),
             }),
         };
         if let Err(e) = crate::reactor::block_on(target.apply(&config)) {
@@ -287,6 +296,7 @@ impl Target {
             let b = self.inner.bdevs.get(n)?;
             self.examine(b).await?;
         }
+        self.sync_esnap_claims().await;
         Ok(names)
     }
 
@@ -436,6 +446,15 @@ impl Target {
         description: &str,
     ) -> Result<NbdExportInfo, TargetError> {
         let b = self.inner.bdevs.get(bdev)?;
+        if !read_only && self.is_external_snapshot(&b) {
+            return Err(TargetError::Refused {
+                errno: libc::EPERM,
+                msg: format!(
+                    "bdev `{}` is an external snapshot, read by lvols: export it read-only",
+                    b.name()
+                ),
+            });
+        }
         let nbd = lock(&self.inner.nbd);
         let s = nbd.as_ref().ok_or_else(|| {
             TargetError::Invalid("the NBD server is not running (nbd_server_start)".into())
@@ -503,6 +522,17 @@ impl Target {
     }
 
     fn claim_namespace(&self, nqn: &str, nsid: u32, bdev: &str) -> Result<(), TargetError> {
+        if let Ok(b) = self.inner.bdevs.get(bdev)
+            && self.is_external_snapshot(&b)
+        {
+            return Err(TargetError::Refused {
+                errno: libc::EPERM,
+                msg: format!(
+                    "bdev `{}` is an external snapshot, read by lvols: a namespace could write it",
+                    b.name()
+                ),
+            });
+        }
         let key = self
             .inner
             .bdevs
@@ -636,6 +666,7 @@ impl Target {
             "bdev created"
         );
         self.examine(bdev.clone()).await?;
+        self.sync_esnap_claims().await;
         Ok(bdev)
     }
 
@@ -870,6 +901,7 @@ impl Target {
             }
         }
         lock(&self.inner.pools).insert(pool.name().to_string(), PoolEntry { pool, cfg });
+        self.sync_esnap_claims().await;
         Ok(())
     }
 
@@ -943,6 +975,7 @@ impl Target {
                 .release(b.name(), &format!("pool `{name}`"));
         }
         lock(&self.inner.pools).remove(name);
+        self.sync_esnap_claims().await;
         Ok(())
     }
 
@@ -976,6 +1009,7 @@ impl Target {
         }
         pool.delete_disk(&d.disk_name()).await?;
         let _ = self.inner.bdevs.remove(b.name());
+        self.sync_esnap_claims().await;
         Ok(())
     }
 
@@ -1087,6 +1121,130 @@ impl Target {
         Ok(c)
     }
 
+    /// Creates `name` in lvstore `pool`, a thin clone of the bdev `bdev` used as an
+    /// external snapshot (SPDK's `bdev_lvol_clone_bdev`). The bdev must have no writer
+    /// (a pool, a writable NBD export, an NVMe-oF namespace, an error bdev, a copy): it
+    /// is read by the clone and kept from writers and from deletion while a disk reads
+    /// through to it, as SPDK claims it read-only-many.
+    pub async fn clone_bdev(
+        &self,
+        bdev: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<Arc<VDisk>, TargetError> {
+        let ext = self.inner.bdevs.get(bdev)?;
+        let pool = self.pool(pool)?;
+        if let Some(w) = self.writers_of(&ext).first() {
+            return Err(TargetError::Refused {
+                errno: libc::EPERM,
+                msg: format!(
+                    "bdev `{}` is used by {w}, which may write it; an external snapshot must be read-only",
+                    ext.name()
+                ),
+            });
+        }
+        let c = pool.clone_bdev(ext, name).await?;
+        self.inner.bdevs.add(c.clone())?;
+        self.sync_esnap_claims().await;
+        Ok(c)
+    }
+
+    /// Makes the lvol `lvol` read through to the bdev `bdev` (SPDK's
+    /// `bdev_lvol_set_parent_bdev`); the bdev is checked and claimed as for
+    /// [`Target::clone_bdev`].
+    pub async fn set_parent_bdev(&self, lvol: &str, bdev: &str) -> Result<(), TargetError> {
+        let (pool, d) = self.disk(lvol).await?;
+        let ext = self.inner.bdevs.get(bdev)?;
+        if let Some(w) = self.writers_of(&ext).first() {
+            return Err(TargetError::Refused {
+                errno: libc::EPERM,
+                msg: format!(
+                    "bdev `{}` is used by {w}, which may write it; an external snapshot must be read-only",
+                    ext.name()
+                ),
+            });
+        }
+        pool.set_external_parent(&d.disk_name(), ext).await?;
+        self.sync_esnap_claims().await;
+        Ok(())
+    }
+
+    /// The claims on `b` of users that may write it (all but external-snapshot clones
+    /// and read-only NBD exports).
+    fn writers_of(&self, b: &Arc<dyn Bdev>) -> Vec<String> {
+        let ro_exports: Vec<String> = self
+            .nbd_exports()
+            .into_iter()
+            .filter(|e| e.read_only && e.bdev == b.name())
+            .map(|e| format!("NBD export `{}`", e.name))
+            .collect();
+        self.inner
+            .bdevs
+            .claims(b.name())
+            .into_iter()
+            .filter(|c| !c.starts_with(ESNAP_CLAIM) && !ro_exports.contains(c))
+            .collect()
+    }
+
+    /// True if `b` is an external snapshot some disk reads through to.
+    fn is_external_snapshot(&self, b: &Arc<dyn Bdev>) -> bool {
+        self.inner
+            .bdevs
+            .claims(b.name())
+            .iter()
+            .any(|c| c.starts_with(ESNAP_CLAIM))
+    }
+
+    /// Hands every pool the external snapshots its disks name that are now bdevs of
+    /// the target (found by UUID), and claims each one used for the pools that read it.
+    /// Called when pools open and bdevs appear: a degraded disk becomes usable then.
+    pub async fn sync_esnap_claims(&self) {
+        let want_claims: Vec<(String, String)> = {
+            let mut out = Vec::new();
+            for p in self.pools() {
+                let Ok(bases) = p.external_bases().await else {
+                    continue;
+                };
+                for (u, name, present) in bases {
+                    let found = self.inner.bdevs.get(&u.to_string());
+                    let Ok(b) = found else {
+                        tracing::warn!(pool = p.name(), external = %u, name = %name,
+                            "external snapshot not found: its clones are degraded until it appears");
+                        continue;
+                    };
+                    if !present
+                        && let Ok(disks) = p.attach_external(b.clone()).await
+                        && !disks.is_empty()
+                    {
+                        tracing::info!(
+                            pool = p.name(),
+                            bdev = b.name(),
+                            ?disks,
+                            "external snapshot present"
+                        );
+                    }
+                    out.push((
+                        b.name().to_string(),
+                        format!("{ESNAP_CLAIM} of lvstore `{}`", p.name()),
+                    ));
+                }
+            }
+            out
+        };
+        let mut held = lock(&self.inner.esnap_claims);
+        for (b, by) in held.iter() {
+            if !want_claims.contains(&(b.clone(), by.clone())) {
+                self.inner.bdevs.release(b, by);
+            }
+        }
+        for (b, by) in &want_claims {
+            if !held.contains(&(b.clone(), by.clone())) {
+                let _ = self.inner.bdevs.claim(b, by);
+            }
+        }
+        *held = want_claims;
+    }
+
     /// The running state as a configuration: starting from it gives the same target.
     pub async fn running_config(&self) -> Result<Config, TargetError> {
         let mut cfg = Config {
@@ -1172,6 +1330,14 @@ impl Target {
             let mut list = list;
             list.sort_by_key(|d| d.id);
             for d in &list {
+                if let Some(x) = &d.external {
+                    // No configuration entry makes an lvol that reads through to an
+                    // external bdev yet: a plain disk in its place would read zeros
+                    // there. A pool on a file or device keeps it anyway (README).
+                    tracing::warn!(pool = pool.name(), disk = %d.name, external = %x.name,
+                        "an external snapshot's lvol is not written to the configuration");
+                    continue;
+                }
                 match d.kind {
                     DiskKind::Snapshot => {
                         if let Some(o) = snapshot_origin(&list, d) {

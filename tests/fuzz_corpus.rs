@@ -548,6 +548,7 @@ fn vdisk_meta_seeds() {
             cow_policy: 1,
             job: JobRecord::Split { cursor: 4 },
             created_unix: 1_764_800_000,
+            external: None,
         };
         let records: Vec<Vec<LogRecord>> = vec![
             vec![LogRecord::Splice {

@@ -242,6 +242,7 @@ impl From<TargetError> for RpcError {
             TargetError::Key(e) => e.into(),
             TargetError::NoSuchPool(name) => RpcError::no_such(format!("lvstore \"{name}\"")),
             TargetError::Invalid(msg) => RpcError::einval(msg),
+            TargetError::Refused { errno, msg } => RpcError::errno(errno, msg),
             TargetError::Qos(e) => e.into(),
         }
     }

@@ -43,6 +43,9 @@ pub struct DiskModel {
     pub since: Vec<Possible>,
     /// The disk it was cloned or snapshotted from (lineage, for choosing operations).
     pub parent: Option<String>,
+    /// Its blocks nothing wrote read through to the golden image (an external-snapshot
+    /// clone, its snapshots and their clones).
+    pub external: bool,
 }
 
 impl DiskModel {
@@ -58,6 +61,7 @@ impl DiskModel {
             durable: vec![z; blocks as usize],
             since: vec![Possible::new(); blocks as usize],
             parent: None,
+            external: false,
         }
     }
 
@@ -74,6 +78,7 @@ impl DiskModel {
             now: content,
             since: vec![Possible::new(); n],
             parent: Some(parent.into()),
+            external: false,
         }
     }
 

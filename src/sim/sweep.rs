@@ -114,6 +114,19 @@ fn with_snapshot(b: &mut Builder) -> Vec<Vec<Op>> {
     w
 }
 
+/// `base`, then `e1`, a clone of the golden image (an external snapshot), written in
+/// parts of two of its segments, flushed.
+fn with_esnap(b: &mut Builder) -> Vec<Vec<Op>> {
+    let mut w = base(b);
+    w.push(vec![Op::CloneBdev { name: "e1".into() }]);
+    w.push(vec![
+        b.write("e1", 3, 5, false),
+        b.write("e1", SEG + 60, 10, false),
+    ]);
+    w.push(vec![flush("e1")]);
+    w
+}
+
 /// Every operation that changes metadata, from the state each one needs.
 pub fn scenarios() -> Vec<Scenario> {
     use CowPolicy::{CopyOut, Redirect};
@@ -139,6 +152,64 @@ pub fn scenarios() -> Vec<Scenario> {
                     vec![create("d9", 6, false)],
                 ]
             },
+            Redirect,
+        ),
+        s(
+            "clone of an external snapshot",
+            base,
+            |_| vec![vec![Op::CloneBdev { name: "e9".into() }]],
+            Redirect,
+        ),
+        s(
+            "write into an external snapshot's clone, flush",
+            with_esnap,
+            |b| {
+                vec![
+                    vec![
+                        b.write("e1", 20, 4, false),
+                        b.write("e1", 2 * SEG + 1, 3, false),
+                    ],
+                    vec![flush("e1")],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "snapshot of an external snapshot's clone, then a write (copy-out), flush",
+            with_esnap,
+            |b| {
+                vec![
+                    vec![snapshot(&[("e1", "s9")])],
+                    vec![
+                        b.write("e1", 2, 3, false),
+                        b.write("e1", 2 * SEG + 9, 2, false),
+                    ],
+                    vec![flush("e1")],
+                ]
+            },
+            CopyOut,
+        ),
+        s(
+            "FUA write-zeroes and unmap in an external snapshot's clone",
+            with_esnap,
+            |b| {
+                vec![
+                    vec![b.zeroes(ModKind::WriteZeroes, "e1", 1, 6, true)],
+                    vec![b.zeroes(ModKind::Unmap, "e1", SEG, SEG, true)],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "set an external parent of a thin disk",
+            base,
+            |_| vec![vec![Op::SetParentBdev { disk: "d1".into() }]],
+            Redirect,
+        ),
+        s(
+            "delete an external snapshot's clone",
+            with_esnap,
+            |_| vec![vec![Op::Delete { disk: "e1".into() }]],
             Redirect,
         ),
         s(

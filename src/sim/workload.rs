@@ -3,7 +3,7 @@
 
 use super::model::{self, DiskModel, Existence, Modification, Possible, Tag, WaveEffects};
 use super::storage::Faults;
-use super::world::{Driven, Layout, Pending, World};
+use super::world::{Driven, GOLDEN_SEGMENTS, Layout, Pending, World, golden_tag};
 use super::{Failure, Report};
 use crate::bdev::{Bdev, BdevIo, IoBuf, IoStatus};
 use crate::vdisk::{CowPolicy, PoolOptions, VDisk, VdiskError};
@@ -113,6 +113,15 @@ pub(super) enum Op {
         snapshot: String,
         name: String,
     },
+    /// A clone of the golden image outside the pool (`bdev_lvol_clone_bdev`).
+    CloneBdev {
+        name: String,
+    },
+    /// The disk reads the golden image where it holds nothing
+    /// (`bdev_lvol_set_parent_bdev`).
+    SetParentBdev {
+        disk: String,
+    },
     Delete {
         disk: String,
     },
@@ -188,6 +197,8 @@ impl Op {
             Op::Create { .. } => "create",
             Op::Snapshot { .. } => "snapshot",
             Op::Clone { .. } => "clone",
+            Op::CloneBdev { .. } => "clone_bdev",
+            Op::SetParentBdev { .. } => "set_parent_bdev",
             Op::Delete { .. } => "delete",
             Op::Resize { .. } => "resize",
             Op::SetReadOnly { .. } => "set_read_only",
@@ -674,7 +685,7 @@ impl Sim {
             .filter(|d| self.model[*d].read_only)
             .cloned()
             .collect();
-        Some(match self.rng.u8(0..27) {
+        Some(match self.rng.u8(0..29) {
             0..=1 => {
                 if live.len() >= 10 {
                     return None;
@@ -780,6 +791,17 @@ impl Sim {
             21 => Op::Grow {
                 segments: self.rng.u64(1..=40),
             },
+            27 => {
+                if live.len() >= 12 {
+                    return None;
+                }
+                let name = self.new_name("e");
+                Op::CloneBdev { name }
+            }
+            28 => {
+                let disk = self.pick(&writable)?;
+                Op::SetParentBdev { disk }
+            }
             _ => {
                 let mut w = live.clone();
                 self.rng.shuffle(&mut w);
@@ -834,7 +856,10 @@ impl Sim {
                     busy.extend(names);
                     // A revert or a rename changes what the disk's name reads as a
                     // whole: no data operation on it shares the wave.
-                    if let Op::Revert { disk, .. } | Op::Rename { disk, .. } = &op {
+                    if let Op::Revert { disk, .. }
+                    | Op::Rename { disk, .. }
+                    | Op::SetParentBdev { disk } = &op
+                    {
                         ops.retain(|o| !o.is_data() || data_disk(o) != Some(disk.as_str()));
                     }
                     ops.push(op);
@@ -915,6 +940,22 @@ impl Sim {
                     .await
                     .map(CtlValue::Disks)
             }),
+            Op::SetParentBdev { disk } => {
+                let golden: Arc<dyn Bdev> = self.world().golden.clone();
+                Box::pin(async move {
+                    pool.set_external_parent(&disk, golden)
+                        .await
+                        .map(|_| CtlValue::Unit)
+                })
+            }
+            Op::CloneBdev { name } => {
+                let golden: Arc<dyn Bdev> = self.world().golden.clone();
+                Box::pin(async move {
+                    pool.clone_bdev(golden, &name)
+                        .await
+                        .map(|d| CtlValue::Disks(vec![d]))
+                })
+            }
             Op::Clone { snapshot, name } => Box::pin(async move {
                 pool.clone_disk(&snapshot, &name)
                     .await
@@ -1330,15 +1371,52 @@ impl Sim {
                     for (o, s) in pairs {
                         let content = self.content_during(o, before, &planned);
                         let mut d = DiskModel::copy_of(s, content, o, true);
+                        d.external = self.model.get(o).is_some_and(|m| m.external);
                         if lost {
                             d.exists = Existence::Maybe;
                         }
                         self.model.insert(s.clone(), d);
                     }
                 }
+                Op::SetParentBdev { disk } if ok || lost => {
+                    // Blocks the disk holds keep their value; the others (which read as
+                    // zeros) read the golden image now. The model does not know which
+                    // zeros are held (a granule written in part holds the rest), so a
+                    // block that may be zeros may be either until a read pins it.
+                    let golden_blocks = GOLDEN_SEGMENTS * self.seg_blocks();
+                    if let Some(d) = self.model.get_mut(disk) {
+                        d.external = true;
+                        for b in 0..d.now.len() {
+                            let g = b as u64;
+                            if g >= golden_blocks {
+                                break;
+                            }
+                            for p in [&mut d.now[b], &mut d.durable[b], &mut d.since[b]] {
+                                if p.contains(&0) {
+                                    p.insert(golden_tag(g));
+                                }
+                            }
+                        }
+                    }
+                }
+                Op::CloneBdev { name } if ok || lost => {
+                    let blocks = GOLDEN_SEGMENTS * self.seg_blocks();
+                    let mut d = DiskModel::zeroed(name, blocks);
+                    d.external = true;
+                    for b in 0..blocks as usize {
+                        let p: Possible = [golden_tag(b as u64)].into();
+                        d.now[b] = p.clone();
+                        d.durable[b] = p;
+                    }
+                    if lost {
+                        d.exists = Existence::Maybe;
+                    }
+                    self.model.insert(name.clone(), d);
+                }
                 Op::Clone { snapshot, name } if ok || lost => {
                     let content = before.get(snapshot).cloned().unwrap_or_default();
                     let mut d = DiskModel::copy_of(name, content, snapshot, false);
+                    d.external = self.model.get(snapshot).is_some_and(|m| m.external);
                     if lost {
                         d.exists = Existence::Maybe;
                     }
@@ -1456,6 +1534,8 @@ fn control_disks(op: &Op) -> Vec<String> {
             .flat_map(|(o, s)| [o.clone(), s.clone()])
             .collect(),
         Op::Clone { snapshot, name } => vec![snapshot.clone(), name.clone()],
+        Op::CloneBdev { name } => vec![name.clone()],
+        Op::SetParentBdev { disk } => vec![disk.clone()],
         Op::Delete { disk }
         | Op::Resize { disk, .. }
         | Op::SetReadOnly { disk, .. }

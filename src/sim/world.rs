@@ -58,6 +58,9 @@ pub struct World {
     pub sink: Rc<Completions>,
     /// The pool's disks as bdevs, by name.
     pub vdisks: BTreeMap<String, Arc<VDisk>>,
+    /// The golden image external-snapshot clones read through to (`esnap.rs`): outside
+    /// the pool, never written, the same in every life ([`golden_tag`]).
+    pub golden: Arc<SimDisk>,
     pub rng: fastrand::Rng,
     /// The channels the workload opened, by (core, bdev id): a channel lives while
     /// someone holds it, as a front end's connection holds its own.
@@ -74,6 +77,28 @@ impl Drop for World {
         self.vdisks.clear();
         self.pool = None;
     }
+}
+
+/// Segments of the golden image.
+pub const GOLDEN_SEGMENTS: u64 = 3;
+
+/// The tag block `b` of the golden image holds: far above the workload's tags.
+pub fn golden_tag(b: u64) -> u64 {
+    (1 << 62) + b
+}
+
+/// The golden image of `layout`: block `b` holds [`golden_tag`]`(b)`; its UUID follows
+/// the first container's, so it is the same bdev in every life.
+fn golden(layout: &Layout) -> Arc<SimDisk> {
+    let bs = layout.block_size as usize;
+    let blocks = GOLDEN_SEGMENTS * layout.opts.segment_bytes / bs as u64;
+    let mut medium = vec![0u8; blocks as usize * bs];
+    for (b, chunk) in medium.chunks_mut(bs).enumerate() {
+        super::model::pattern(golden_tag(b as u64), chunk);
+    }
+    let u = uuid::Uuid::from_u128(layout.names[0].1.as_u128() ^ 0x0060_1de2);
+    SimDisk::new("golden", u, layout.block_size, medium, Faults::default(), 7)
+        .expect("golden image geometry")
 }
 
 /// Whether a future finished, within the simulated time allowed.
@@ -116,6 +141,7 @@ impl World {
             pool: None,
             sink: Rc::new(Completions::default()),
             vdisks: BTreeMap::new(),
+            golden: golden(layout),
             rng: fastrand::Rng::with_seed(seed),
             channels: RefCell::new(BTreeMap::new()),
         }
@@ -209,9 +235,24 @@ impl World {
         match self.drive(fut, Duration::from_secs(60)) {
             Driven::Done(r) => {
                 self.pool = Some(r?);
-                Ok(())
+                self.attach_golden()
             }
             Driven::Hung => Err(VdiskError::Busy("pool open hung".into())),
+        }
+    }
+
+    /// Hands the opened pool the golden image, as the target does when its bdev is
+    /// there: its external-snapshot clones stop being degraded.
+    fn attach_golden(&mut self) -> Result<(), VdiskError> {
+        let Some(pool) = self.pool.clone() else {
+            return Ok(());
+        };
+        let g: Arc<dyn Bdev> = self.golden.clone();
+        let fut: Pending<Result<Vec<String>, VdiskError>> =
+            Box::pin(async move { pool.attach_external(g).await });
+        match self.drive(fut, Duration::from_secs(60)) {
+            Driven::Done(r) => r.map(|_| ()),
+            Driven::Hung => Err(VdiskError::Busy("attaching the golden image hung".into())),
         }
     }
 

@@ -295,6 +295,9 @@ pub(crate) struct Controller {
     pub job_limit: std::cell::Cell<u64>,
     /// When the jobs' next byte may go: each batch moves it on by its bytes at the cap.
     pub job_pace: std::cell::Cell<reactor::Nanos>,
+    /// The external snapshots (esnap) present, by UUID: the bdevs disks with an external
+    /// base read through to. A disk whose base is not here is degraded.
+    pub externals: RefCell<std::collections::HashMap<uuid::Uuid, Arc<dyn crate::bdev::Bdev>>>,
     /// This core's channels to the metadata bdev and the containers, held for as long as
     /// the controller runs: the core's channel cache keeps a channel only while someone
     /// holds it, and the log appends, checkpoints and copies would otherwise open (and
@@ -338,6 +341,7 @@ impl Controller {
             meta: RefCell::new(MetaLedger::default()),
             job_limit: std::cell::Cell::new(0),
             job_pace: std::cell::Cell::new(reactor::now()),
+            externals: RefCell::new(std::collections::HashMap::new()),
             _channels: std::iter::once(&shared.meta_bdev)
                 .chain(shared.containers.iter().map(|c| &c.bdev))
                 .filter_map(|b| Channel::get(b).ok())

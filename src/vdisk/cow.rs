@@ -574,13 +574,14 @@ impl Controller {
             return st;
         }
         let _lock = self.locks.segment(disk, vseg).await;
-        let e = {
+        let (e, below_base) = {
             let st = self.st.borrow();
             let Some(d) = st.disks.get(&disk) else {
                 return IoStatus::Aborted;
             };
             match d.root.as_ref().and_then(|r| r.lookup(vseg)) {
-                Some(e) if e.birth.get() > d.rec.snap_gen => e.at(vseg),
+                // What no layer holds: zeros, or an external snapshot (`esnap.rs`).
+                Some(e) if e.birth.get() > d.rec.snap_gen => (e.at(vseg), self.below_of(&d.rec)),
                 // Changed under us (a snapshot): the agent retries and faults again.
                 _ => return IoStatus::Success,
             }
@@ -614,14 +615,20 @@ impl Controller {
                 b0,
                 geo.granule_blocks,
             ) {
-                if let Source::Seg(s) = s {
-                    match self.read_segment(s, b, n).await {
-                        Ok(part) => {
-                            let at = ((b - b0) * geo.block_size as u64) as usize;
-                            data[at..at + part.len()].copy_from_slice(&part);
-                        }
-                        Err(e) => status = e,
+                let part = match s {
+                    Source::Seg(s) => self.read_segment(s, b, n).await,
+                    Source::Zero if !matches!(below_base, super::msg::Below::Zeros) => {
+                        let block = vseg * geo.segment_blocks + b;
+                        self.read_below(&below_base, block, n).await
                     }
+                    _ => continue,
+                };
+                match part {
+                    Ok(part) => {
+                        let at = ((b - b0) * geo.block_size as u64) as usize;
+                        data[at..at + part.len()].copy_from_slice(&part);
+                    }
+                    Err(e) => status = e,
                 }
             }
             if status.is_success() {

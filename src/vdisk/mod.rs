@@ -39,6 +39,7 @@ pub mod cow;
 pub mod diff;
 pub mod disk;
 pub mod grow;
+pub mod esnap;
 pub mod intent;
 pub mod leaf;
 pub mod lifecycle;

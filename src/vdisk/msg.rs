@@ -21,10 +21,35 @@ use crate::bdev::IoStatus;
 use crate::reactor::{Cores, RemoteHandle};
 use std::sync::Arc;
 
+/// What a disk's blocks read as where no layer of its table holds them.
+#[derive(Clone)]
+pub enum Below {
+    /// Zeros (a disk of the pool's own).
+    Zeros,
+    /// The same block offsets of this bdev, read-only: an external snapshot (SPDK's
+    /// esnap), e.g. a golden image on a file or a remote namespace.
+    External(Arc<dyn crate::bdev::Bdev>),
+    /// An external snapshot not present (yet): such reads fail, as SPDK's degraded
+    /// lvols do, until the bdev appears.
+    Missing(uuid::Uuid),
+}
+
+impl std::fmt::Debug for Below {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Below::Zeros => f.write_str("Zeros"),
+            Below::External(b) => write!(f, "External({})", b.name()),
+            Below::Missing(u) => write!(f, "Missing({u})"),
+        }
+    }
+}
+
 /// What an agent serves from: a root into the shared table nodes.
 #[derive(Debug)]
 pub struct View {
     pub root: Option<Arc<Node>>,
+    /// What blocks no layer holds read as.
+    pub below: Below,
     /// Extents born at or before this generation are shared: not writable.
     pub snap_gen: u64,
     pub version: u64,

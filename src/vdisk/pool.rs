@@ -194,7 +194,7 @@ impl Pool {
     ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
         let name = name.to_string();
         self.on_ctl(move |c| async move {
-            durable(&c, c.create_disk(&name, size_bytes, thin, None).await).await
+            durable(&c, c.create_disk(&name, size_bytes, thin, None, None).await).await
         })
     }
 
@@ -208,8 +208,49 @@ impl Pool {
     ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
         let name = name.to_string();
         self.on_ctl(move |c| async move {
-            durable(&c, c.create_disk(&name, size_bytes, thin, uuid).await).await
+            durable(&c, c.create_disk(&name, size_bytes, thin, uuid, None).await).await
         })
+    }
+
+    /// Creates `name`, a thin clone of the bdev `ext` outside the pool (an external
+    /// snapshot, SPDK's `bdev_lvol_clone_bdev`): the bdev's size; what it has not
+    /// written reads from `ext`, which it never writes (`esnap.rs`).
+    pub fn clone_bdev(
+        &self,
+        ext: Arc<dyn Bdev>,
+        name: &str,
+    ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
+        let name = name.to_string();
+        self.on_ctl(move |c| async move { durable(&c, c.clone_external(ext, &name).await).await })
+    }
+
+    /// Makes `name` read through to the bdev `ext` where it holds nothing of its own
+    /// (SPDK's `bdev_lvol_set_parent_bdev`; `esnap.rs` has the rules).
+    pub fn set_external_parent(
+        &self,
+        name: &str,
+        ext: Arc<dyn Bdev>,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let name = name.to_string();
+        self.on_ctl(
+            move |c| async move { durable(&c, c.set_external_parent(&name, ext).await).await },
+        )
+    }
+
+    /// The external snapshots the pool's disks name: `(uuid, name, present)`.
+    pub fn external_bases(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Uuid, String, bool)>, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { Ok(c.external_bases()) })
+    }
+
+    /// Hands the pool the bdev `ext`: disks whose external snapshot has its UUID read
+    /// through to it from now on (no longer degraded). Returns their names.
+    pub fn attach_external(
+        &self,
+        ext: Arc<dyn Bdev>,
+    ) -> impl Future<Output = Result<Vec<String>, VdiskError>> + Send + 'static {
+        self.on_ctl(move |c| async move { Ok(c.attach_external(ext).await) })
     }
 
     /// The disk called `name`.

@@ -313,6 +313,8 @@ impl Controller {
                     cow_policy: o.rec.cow_policy,
                     job: JobRecord::None,
                     created_unix: unix_now(),
+                    // A snapshot reads through to what its origin reads through to.
+                    external: o.rec.external.clone(),
                 };
                 o.rec.parent = id;
                 let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
@@ -371,6 +373,7 @@ impl Controller {
                 r.retain();
             }
             let (size_blocks, cow_policy) = (s.rec.size_blocks, s.rec.cow_policy);
+            let external = s.rec.external.clone();
             let g = st.take_generation()?;
             // From now on the source shares every extent with the clone: should it be made
             // writable again (a disk, not a snapshot), its writes must copy on write, as an
@@ -395,6 +398,7 @@ impl Controller {
                 cow_policy,
                 job: JobRecord::None,
                 created_unix: unix_now(),
+                external,
             };
             let bdev = VDisk::new(&self.shared, &rec).map_err(VdiskError::Bdev)?;
             st.disks.insert(id, DiskCtl::new(rec, root, bdev.clone()));

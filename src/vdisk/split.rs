@@ -50,12 +50,23 @@ impl Controller {
                 .disks
                 .get(&id)
                 .ok_or_else(|| VdiskError::NotFound(name.into()))?;
-            if d.rec.parent == 0 {
+            if d.rec.parent == 0 && (decouple || d.rec.external.is_none()) {
                 return Err(VdiskError::InvalidParam {
                     field: "lvol_name",
                     reason: format!(
                         "`{name}` has no parent to {} from",
                         if decouple { "decouple" } else { "split" }
+                    ),
+                });
+            }
+            if !decouple && let Some(x) = &d.rec.external {
+                // Inflating must also copy in everything of the external snapshot, so
+                // that nothing reads through to it any more: not done yet (README).
+                return Err(VdiskError::InvalidParam {
+                    field: "lvol_name",
+                    reason: format!(
+                        "`{name}` reads through to the external snapshot `{}` ({}); inflating such an lvol is not supported yet",
+                        x.name, x.uuid
                     ),
                 });
             }

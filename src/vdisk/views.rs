@@ -54,6 +54,7 @@ impl Controller {
     pub(crate) fn view_of(&self, d: &DiskCtl) -> Arc<View> {
         Arc::new(View {
             root: d.root.clone(),
+            below: self.below_of(&d.rec),
             snap_gen: d.rec.snap_gen,
             version: d.version,
         })

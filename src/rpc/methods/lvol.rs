@@ -143,8 +143,13 @@ fn lvol_json(pool: &Pool, d: &DiskInfo) -> Value {
         "is_thin_provisioned": d.thin,
         "is_snapshot": d.kind == DiskKind::Snapshot,
         "is_clone": d.kind == DiskKind::Clone && d.parent.is_some(),
-        "is_esnap_clone": false,
-        "is_degraded": false,
+        // As SPDK: the lvol whose parent is the external snapshot itself (after a
+        // snapshot of it, the snapshot is, and the lvol is a clone of the snapshot).
+        "is_esnap_clone": d.external.is_some() && d.parent.is_none(),
+        "is_degraded": d.degraded,
+        // SPDK's esnap ID (the bdev's UUID), and tessera's: the bdev's name.
+        "external_snapshot_name": d.external.as_ref().map(|x| x.uuid.to_string()),
+        "external_snapshot_bdev": d.external.as_ref().map(|x| x.name.clone()),
         "lvs": {"name": pool.name(), "uuid": pool.uuid().to_string()},
         "num_blocks": d.size_bytes / pool.block_size() as u64,
         "block_size": pool.block_size(),
@@ -205,6 +210,92 @@ pub async fn bdev_lvol_clone(ctx: Rc<Ctx>, p: CloneParams) -> RpcResult {
         .clone_disk(&p.snapshot_name, &p.clone_name)
         .await?;
     Ok(Value::String(bdev_name(c)))
+}
+
+/// `bdev_lvol_clone_bdev`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneBdevParams {
+    pub bdev: String,
+    pub lvs_name: String,
+    pub clone_name: String,
+}
+
+/// SPDK's answer to a refused lvol operation: -32602 with `strerror` of its errno
+/// first, then tessera's reason.
+fn lvol_refused(e: RpcError) -> RpcError {
+    let what = match -e.code {
+        libc::EEXIST => "File exists",
+        libc::ENODEV => "No such device",
+        libc::EPERM => "Operation not permitted",
+        libc::ENOSPC => "No space left on device",
+        libc::EBUSY => "Device or resource busy",
+        libc::ENOMEM => "Cannot allocate memory",
+        _ => "Invalid argument",
+    };
+    RpcError::invalid_params(format!("{what}: {}", e.message))
+}
+
+/// `bdev_lvol_clone_bdev {bdev, lvs_name, clone_name}`: a thin clone of any bdev (an
+/// external snapshot, read only) in lvstore `lvs_name`; answers its UUID. As SPDK:
+/// -32602 `lvs does not exist`, `bdev does not exist`, `bdev is an lvol in same lvs as
+/// clone; use bdev_lvol_clone instead`, and -32602 with `strerror` first for a refused
+/// creation (`File exists`, `Invalid argument` for a size not a multiple of the cluster
+/// size, `Operation not permitted` for a bdev that has a writer).
+pub async fn bdev_lvol_clone_bdev(ctx: Rc<Ctx>, p: CloneBdevParams) -> RpcResult {
+    let pool = ctx
+        .resolve_lvs(None, Some(&p.lvs_name), "lvs_name")
+        .or_else(|_| ctx.resolve_lvs(Some(&p.lvs_name), None, "lvs_name"))
+        .map_err(|_| RpcError::invalid_params(format!("lvs does not exist: \"{}\"", p.lvs_name)))?;
+    let bdev = ctx
+        .target
+        .bdevs()
+        .get(&p.bdev)
+        .map_err(|e| RpcError::invalid_params(format!("bdev does not exist: {e}")))?;
+    if let Ok((owner, _)) = ctx.target.disk(bdev.name()).await
+        && owner.uuid() == pool.uuid()
+    {
+        return Err(RpcError::invalid_params(
+            "bdev is an lvol in same lvs as clone; use bdev_lvol_clone instead",
+        ));
+    }
+    let c = ctx
+        .target
+        .clone_bdev(bdev.name(), &pool.name(), &p.clone_name)
+        .await
+        .map_err(|e| lvol_refused(e.into()))?;
+    Ok(Value::String(bdev_name(c)))
+}
+
+/// `bdev_lvol_set_parent_bdev {lvol_name, parent_name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetParentParams {
+    pub lvol_name: String,
+    pub parent_name: String,
+}
+
+/// `bdev_lvol_set_parent_bdev`: the lvol reads through to the bdev `parent_name` where
+/// it holds nothing. As SPDK: -19 when `lvol_name` is no lvol; -32602 with `strerror`
+/// first when refused (`No such device` for an unknown bdev, `File exists` when it is
+/// the parent already, `Invalid argument` for a thick lvol or a bdev of the wrong size,
+/// `Operation not permitted` for a bdev with a writer). Answers `true`.
+pub async fn bdev_lvol_set_parent_bdev(ctx: Rc<Ctx>, p: SetParentParams) -> RpcResult {
+    ctx.resolve_lvol(&p.lvol_name).await.map_err(|e| {
+        if e.code == -libc::EINVAL {
+            RpcError::errno(libc::ENODEV, e.message)
+        } else {
+            e
+        }
+    })?;
+    if let Err(e) = ctx.target.bdevs().get(&p.parent_name) {
+        return Err(lvol_refused(RpcError::errno(libc::ENODEV, e.to_string())));
+    }
+    ctx.target
+        .set_parent_bdev(&p.lvol_name, &p.parent_name)
+        .await
+        .map_err(|e| lvol_refused(e.into()))?;
+    Ok(Value::Bool(true))
 }
 
 /// Runs a split or decouple to its end, as SPDK's inflate and decouple do before they

@@ -30,6 +30,25 @@ impl Agent {
                 return;
             }
         };
+        if !self.zeros_below() {
+            // An external snapshot shows through what no layer holds, so the zero state
+            // would show its blocks again: zeros are written instead, through the write
+            // path (copy-on-write as for any write), a segment at a time.
+            while at < end && status.is_success() {
+                let n = (end - at).min(geo.segment_blocks - at % geo.segment_blocks);
+                let (_, st) = own
+                    .io(BdevIo::write(at, n, IoBuf::zeroed((n * bs) as usize)))
+                    .await;
+                status = st;
+                at += n;
+            }
+            drop(own);
+            if status.is_success() && io.flags.fua {
+                status = self.commit().await;
+            }
+            io.complete(status);
+            return;
+        }
         while at < end && status.is_success() {
             let vseg = at / geo.segment_blocks;
             let b0 = at % geo.segment_blocks;

@@ -8,10 +8,10 @@
 
 use super::Agent;
 use super::fault::FaultKey;
-use crate::bdev::{BdevIo, IoKind, IoSink, IoStatus, Origin};
+use crate::bdev::{BdevIo, Channel, IoKind, IoSink, IoStatus, Origin};
 use crate::reactor;
 use crate::vdisk::map::{DirtyFill, ExtentState, PhysSeg, Source};
-use crate::vdisk::msg::RangeState;
+use crate::vdisk::msg::{Below, RangeState};
 use crate::vdisk::shared::PoolShared;
 use smallvec::SmallVec;
 use std::rc::Rc;
@@ -145,9 +145,17 @@ impl Agent {
         let bs = geo.block_size as u64;
         let mut pieces: SmallVec<[Piece; 4]> = SmallVec::new();
         let mut zeros: SmallVec<[(usize, usize); 2]> = SmallVec::new();
-        {
+        // Runs no layer holds, read from an external snapshot (`esnap.rs`): `phys` is
+        // the disk's own block there (the external bdev's at the same byte offset).
+        let mut below: SmallVec<[Piece; 2]> = SmallVec::new();
+        let external = {
             let view = self.view.borrow();
             let view = view.as_ref().expect("checked by submit");
+            let external = match &view.below {
+                Below::Zeros => None,
+                Below::External(b) => Some(Ok(b.clone())),
+                Below::Missing(u) => Some(Err(*u)),
+            };
             let mut at = io.offset_blocks;
             let end = at + io.num_blocks;
             let mut byte = 0usize;
@@ -161,13 +169,37 @@ impl Agent {
                 let e = view.root.as_ref().and_then(|r| r.lookup(vseg));
                 for (b, cnt, src) in geo.resolve_runs(&self.shared.fills, e, vseg, b0, n) {
                     let off = byte + ((b - b0) * bs) as usize;
-                    match src {
-                        Source::Zero => zeros.push((off, (cnt * bs) as usize)),
-                        Source::Error => {
+                    match (src, &external) {
+                        (Source::Zero, None) => zeros.push((off, (cnt * bs) as usize)),
+                        (Source::Zero, Some(Ok(x))) => {
+                            // Past the external bdev's end (a disk grown since) reads
+                            // as zeros.
+                            let from = vseg * geo.segment_blocks + b;
+                            let x_end = x.num_blocks() * x.block_size() as u64 / bs;
+                            let inside = x_end.saturating_sub(from).min(cnt);
+                            if inside > 0 {
+                                below.push(Piece {
+                                    phys: from,
+                                    blocks: inside,
+                                    byte_off: off,
+                                });
+                            }
+                            if inside < cnt {
+                                let o = off + (inside * bs) as usize;
+                                zeros.push((o, ((cnt - inside) * bs) as usize));
+                            }
+                        }
+                        (Source::Zero, Some(Err(u))) => {
+                            tracing::debug!(disk = self.disk, external = %u,
+                                "read of a missing external snapshot");
                             self.deferred.complete(io, IoStatus::MediaError);
                             return;
                         }
-                        Source::Seg(s) => push_piece(
+                        (Source::Error, _) => {
+                            self.deferred.complete(io, IoStatus::MediaError);
+                            return;
+                        }
+                        (Source::Seg(s), _) => push_piece(
                             &mut pieces,
                             s * geo.segment_blocks + b,
                             cnt,
@@ -179,18 +211,28 @@ impl Agent {
                 at += n;
                 byte += (n * bs) as usize;
             }
-        }
+            external.and_then(Result::ok)
+        };
         for (off, len) in zeros {
             io.zero_fill(off, len);
         }
-        if pieces.is_empty() {
+        let below = match (below.is_empty(), external) {
+            (false, Some(x)) => match self.external_channel(&x) {
+                Ok(ch) => Some((ch, below)),
+                Err(st) => {
+                    self.deferred.complete(io, st);
+                    return;
+                }
+            },
+            _ => None,
+        };
+        if pieces.is_empty() && below.is_none() {
             self.io_counts.count(self.core);
             self.deferred.complete(io, IoStatus::Success);
         } else {
-            self.issue(io, &pieces, SmallVec::new());
+            self.issue_with(io, &pieces, below, SmallVec::new());
         }
     }
-
     pub(super) fn write(&self, io: BdevIo) {
         let geo = self.shared.geo;
         let bs = geo.block_size as u64;
@@ -284,17 +326,29 @@ impl Agent {
 
     /// Issues the pieces of `io` to the base bdevs.
     fn issue(&self, io: BdevIo, pieces: &[Piece], fills: SmallVec<[Held; 1]>) {
+        self.issue_with(io, pieces, None, fills)
+    }
+
+    /// Issues the pieces of `io` to the base bdevs, and the `below` pieces (reads of
+    /// what no layer holds) to an external snapshot's channel.
+    fn issue_with(
+        &self,
+        io: BdevIo,
+        pieces: &[Piece],
+        below: Option<(Channel, SmallVec<[Piece; 2]>)>,
+        fills: SmallVec<[Held; 1]>,
+    ) {
         let geo = self.shared.geo;
         let bs = geo.block_size as u64;
         let kind = io.kind;
         let epoch = self.epochs.start();
-        let (key, children) = {
+        let (key, children, outside) = {
             let mut ctxs = self.ctxs.borrow_mut();
             let entry = ctxs.vacant_entry();
             let key = entry.key();
             let ctx = entry.insert(IoCtx {
                 parent: io,
-                pending: pieces.len() as u32,
+                pending: (pieces.len() + below.as_ref().map_or(0, |(_, b)| b.len())) as u32,
                 status: IoStatus::Success,
                 epoch,
                 fills,
@@ -312,11 +366,30 @@ impl Agent {
                 let child = unsafe { BdevIo::from_raw_iovs(kind, byte / cbs, len / cbs, &iovs) };
                 children.push((ci, child));
             }
-            (key, children)
+            let mut outside: SmallVec<[BdevIo; 2]> = SmallVec::new();
+            if let Some((ch, below)) = &below {
+                let xbs = ch.bdev().block_size() as u64;
+                for p in below {
+                    let len = p.blocks * bs;
+                    let iovs = ctx.parent.sub_iovs(p.byte_off, len as usize);
+                    // SAFETY: as above, the iovecs point into the parent request, which
+                    // stays in `ctxs` until every child has completed.
+                    let child =
+                        unsafe { BdevIo::from_raw_iovs(kind, p.phys * bs / xbs, len / xbs, &iovs) };
+                    outside.push(child);
+                }
+            }
+            (key, children, outside)
         };
         let sink: Rc<dyn IoSink> = self.rc();
         for (ci, child) in children {
             self.base[ci].submit_unchecked(child.on_complete(sink.clone(), key as u64));
+        }
+        if let Some((ch, _)) = below {
+            // Checked: the external bdev is another's, and may have shrunk.
+            for child in outside {
+                ch.submit(child.on_complete(sink.clone(), key as u64));
+            }
         }
     }
 }

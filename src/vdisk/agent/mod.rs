@@ -32,7 +32,7 @@ mod io;
 
 use super::diff;
 use super::map::{Extent, Source};
-use super::msg::{AgentCmd, AgentNotice, RangeState, View};
+use super::msg::{AgentCmd, AgentNotice, Below, RangeState, View};
 use super::shared::PoolShared;
 use crate::bdev::{Bdev, BdevIo, BlockRun, Change, Channel, Deferred, Epochs, IoKind, IoStatus};
 use crate::reactor;
@@ -80,6 +80,9 @@ pub struct Agent {
     epochs: Epochs,
     deferred: Rc<Deferred>,
     failed: Cell<Option<IoStatus>>,
+    /// This core's channel to the external snapshot the view reads through to
+    /// (`esnap.rs`), opened at its first read.
+    external: RefCell<Option<Channel>>,
     me: Weak<Agent>,
 }
 
@@ -228,6 +231,7 @@ impl Agent {
             epochs: Epochs::default(),
             deferred: Deferred::current(),
             failed: Cell::new(None),
+            external: RefCell::new(None),
             me: me.clone(),
         });
         registry()
@@ -297,6 +301,30 @@ impl Agent {
                 self.command(AgentCmd::SetView(view));
             }
         }
+    }
+
+    /// True if what no layer holds reads as zeros (no external snapshot below).
+    pub(super) fn zeros_below(&self) -> bool {
+        self.view
+            .borrow()
+            .as_ref()
+            .is_none_or(|v| matches!(v.below, Below::Zeros))
+    }
+
+    /// This core's channel to the external snapshot `b`.
+    pub(super) fn external_channel(&self, b: &Arc<dyn Bdev>) -> Result<Channel, IoStatus> {
+        let mut cur = self.external.borrow_mut();
+        if let Some(c) = cur.as_ref()
+            && c.bdev().id() == b.id()
+        {
+            return Ok(c.clone());
+        }
+        let c = Channel::get(b).map_err(|e| {
+            tracing::error!(bdev = b.name(), error = %e, "external snapshot: no channel");
+            IoStatus::InternalError
+        })?;
+        *cur = Some(c.clone());
+        Ok(c)
     }
 
     /// Whether status queries answer from the table: the agent has a view, or the
@@ -405,6 +433,10 @@ impl Agent {
                 return out;
             }
         };
+        // Below an external snapshot, what no layer holds is its data.
+        let zero_below = view
+            .as_ref()
+            .is_none_or(|v| matches!(v.below, Below::Zeros));
         let mut at = offset_blocks;
         let end = offset_blocks + num_blocks;
         while at < end {
@@ -419,8 +451,8 @@ impl Agent {
             let e = root.and_then(|r| r.lookup(vseg));
             for (_, cnt, src) in geo.resolve_runs(&self.shared.fills, e, vseg, b0, n) {
                 match src {
-                    Source::Zero => push(cnt, false, true),
-                    Source::Seg(_) | Source::Error => push(cnt, true, false),
+                    Source::Zero if zero_below => push(cnt, false, true),
+                    Source::Zero | Source::Seg(_) | Source::Error => push(cnt, true, false),
                 }
             }
             at += n;
@@ -442,6 +474,11 @@ impl Agent {
         let geo = self.shared.geo;
         let view = self.view.borrow();
         let root = view.as_ref()?.root.as_ref();
+        // Below an external snapshot, what no layer holds is in it: one level below the
+        // extent's layers (2 where the disk maps nothing).
+        let external = !view
+            .as_ref()
+            .is_none_or(|v| matches!(v.below, Below::Zeros));
         let mut out: Vec<(u64, u32)> = Vec::new();
         let mut push = |n: u64, depth: u32| match out.last_mut() {
             Some(l) if l.1 == depth => l.0 += n,
@@ -456,7 +493,7 @@ impl Agent {
             }
             let seg_end = ((vseg + 1) * geo.segment_blocks).min(end);
             let Some(e) = root.and_then(|r| r.lookup(vseg)).map(|e| e.at(vseg)) else {
-                push(seg_end - at, 0);
+                push(seg_end - at, if external { 2 } else { 0 });
                 at = seg_end;
                 continue;
             };
@@ -469,7 +506,14 @@ impl Agent {
                     e.layers
                         .iter()
                         .position(|l| !l.is_partial() || self.shared.fills.get(l.seg()).test(g))
-                        .map_or(0, |i| i as u32 + 1)
+                        .map_or(
+                            if external {
+                                e.layers.len() as u32 + 1
+                            } else {
+                                0
+                            },
+                            |i| i as u32 + 1,
+                        )
                 };
                 push(g_end - at, depth);
                 at = g_end;

@@ -39,6 +39,26 @@ pub enum JobRecord {
     },
 }
 
+/// The bdev outside the pool that an external-snapshot clone (SPDK's esnap clone) reads
+/// through to where no layer of its own holds a block: by UUID (what open looks for)
+/// and name (for the operator; the name it had when the clone was made or re-parented).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ExternalBase {
+    pub uuid: Uuid,
+    pub name: String,
+}
+
+/// Widest name an [`ExternalBase`] record holds (its length byte, then the bytes).
+pub const EXTERNAL_NAME_WIDTH: usize = 64;
+
+/// Flag bit of a record that names an external base (after the fixed fields). Builds
+/// before external snapshots refuse such a record ("unknown flags"), so a pool holding
+/// one is never read as if its disks read zeros where they read the external bdev.
+const FLAG_EXTERNAL: u8 = 4;
+
+/// Offset of the external base inside a record (just past the fields of format 2).
+const EXTERNAL_AT: usize = 224;
+
 /// One virtual disk in the pool's directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskRecord {
@@ -61,6 +81,9 @@ pub struct DiskRecord {
     pub cow_policy: u8,
     pub job: JobRecord,
     pub created_unix: u64,
+    /// The external bdev this disk's blocks fall through to where no layer holds them
+    /// (an esnap clone, its snapshots and their clones), or `None`: zeros.
+    pub external: Option<ExternalBase>,
 }
 
 /// A decoded directory page.
@@ -83,7 +106,13 @@ pub(super) fn encode_disk(w: &mut Writer<'_>, d: &DiskRecord, root: &BlockPtr) {
     w.name(&d.name, 128);
     w.u64(d.size_blocks);
     w.u8(d.kind as u8);
-    w.u8(d.read_only as u8 | (d.thin as u8) << 1);
+    w.u8(d.read_only as u8
+        | (d.thin as u8) << 1
+        | if d.external.is_some() {
+            FLAG_EXTERNAL
+        } else {
+            0
+        });
     w.u64(d.parent);
     w.u64(d.snap_gen);
     w.u64(d.created_gen);
@@ -97,6 +126,11 @@ pub(super) fn encode_disk(w: &mut Writer<'_>, d: &DiskRecord, root: &BlockPtr) {
     w.u8(job);
     w.u64(cursor);
     w.u64(d.created_unix);
+    debug_assert_eq!(w.at - start, EXTERNAL_AT);
+    if let Some(x) = &d.external {
+        w.bytes(x.uuid.as_bytes());
+        w.name(&x.name, EXTERNAL_NAME_WIDTH);
+    }
     w.at = start + DISK_RECORD_BYTES;
 }
 
@@ -220,7 +254,7 @@ pub(super) fn read_disk(
             format!("record {i}: {size_blocks} blocks is not a disk size"),
         ));
     }
-    if flags > 3 {
+    if flags > 3 | FLAG_EXTERNAL {
         return Err(err(
             "flags",
             format!("record {i}: unknown flags {flags:#x}"),
@@ -247,6 +281,27 @@ pub(super) fn read_disk(
             format!("record {i}: cursor {cursor} lies beyond any disk"),
         ));
     }
+    let external = if flags & FLAG_EXTERNAL != 0 {
+        let xu = r.uuid().ok_or_else(|| err("external_uuid", t()))?;
+        let xn = read_name(r, EXTERNAL_NAME_WIDTH)
+            .ok_or_else(|| err("external_name", t()))?
+            .map_err(|e| err("external_name", format!("record {i}: {e}")))?;
+        if xu.is_nil() {
+            return Err(err(
+                "external_uuid",
+                format!("record {i}: an external base with the nil UUID"),
+            ));
+        }
+        if xu == uuid {
+            return Err(err(
+                "external_uuid",
+                format!("record {i}: the disk's own UUID {uuid} as its external base"),
+            ));
+        }
+        Some(ExternalBase { uuid: xu, name: xn })
+    } else {
+        None
+    };
     let rec = DiskRecord {
         id,
         uuid,
@@ -262,6 +317,7 @@ pub(super) fn read_disk(
         cow_policy,
         job,
         created_unix,
+        external,
     };
     Ok((rec, root))
 }

@@ -736,6 +736,7 @@ mod tests {
             cow_policy: 0,
             job: JobRecord::Split { cursor: 9 },
             created_unix: 1_700_000_000,
+            external: None,
         }
     }
 
