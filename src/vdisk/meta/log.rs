@@ -30,8 +30,8 @@
 
 use super::directory::{DISK_RECORD_BYTES, DiskRecord, encode_disk, read_disk};
 use super::node::{
-    FillCode, RawExtent, pack_extent, read_extent, read_fill_code, read_packed_extent,
-    write_extent, write_raw_extent,
+    FillCode, RawExtent, pack_live_extent, pack_raw_extent, read_extent, read_fill_code,
+    read_packed_extent, write_extent, write_raw_extent,
 };
 use super::{
     BlockPtr, HEADER_BYTES, MAX_VSEG, MetaError, PAGE_BYTES, PageHeader, PageKind, Reader, Writer,
@@ -95,17 +95,7 @@ pub fn encode_splice(
 ) -> Option<Vec<u8>> {
     if packed {
         return packed_splice_record(disk, from, to, extents.len(), |k, prev_end, buf| {
-            let e = &extents[k];
-            let n = pack_extent(
-                buf,
-                prev_end,
-                e.vseg,
-                e.len.into(),
-                e.state == crate::vdisk::map::ExtentState::Error,
-                e.birth.get(),
-                e.layers.iter().map(|l| (l.seg(), fills.words_of(l))),
-            );
-            (n, e.end())
+            pack_live_extent(buf, prev_end, &extents[k], fills)
         });
     }
     let bytes = extents
@@ -213,17 +203,7 @@ pub fn encode_packed(rec: &LogRecord) -> Option<Vec<u8>> {
             to,
             extents,
         } => packed_splice_record(*disk, *from, *to, extents.len(), |k, prev_end, buf| {
-            let e = &extents[k];
-            let n = pack_extent(
-                buf,
-                prev_end,
-                e.vseg,
-                e.len,
-                e.error,
-                e.birth,
-                e.layers.iter().copied(),
-            );
-            (n, e.vseg + u64::from(e.len))
+            pack_raw_extent(buf, prev_end, &extents[k])
         })?,
         LogRecord::Fill { seg, words } => encode_fill(*seg, *words, true),
         other => encode_wide(other)?,

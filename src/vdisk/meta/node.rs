@@ -486,7 +486,7 @@ impl FillCode {
 
 /// Packs one extent after `prev_end` (the previous extent's end on the page, or 0)
 /// into `out`; returns the bytes written.
-pub(super) fn pack_extent(
+fn pack_extent(
     out: &mut [u8; MAX_PACKED_EXTENT_BYTES],
     prev_end: u64,
     vseg: u64,
@@ -509,6 +509,44 @@ pub(super) fn pack_extent(
         }
     }
     w.at
+}
+
+/// Packs live extent `e` (its fills read from `fills` now) after `prev_end`; returns
+/// the bytes written and the extent's end.
+pub(super) fn pack_live_extent(
+    out: &mut [u8; MAX_PACKED_EXTENT_BYTES],
+    prev_end: u64,
+    e: &Extent,
+    fills: &Fills,
+) -> (usize, u64) {
+    let n = pack_extent(
+        out,
+        prev_end,
+        e.vseg,
+        e.len.into(),
+        e.state == ExtentState::Error,
+        e.birth.get(),
+        e.layers.iter().map(|l| (l.seg(), fills.words_of(l))),
+    );
+    (n, e.end())
+}
+
+/// Packs decoded extent `e` after `prev_end`; returns the bytes written and its end.
+pub(super) fn pack_raw_extent(
+    out: &mut [u8; MAX_PACKED_EXTENT_BYTES],
+    prev_end: u64,
+    e: &RawExtent,
+) -> (usize, u64) {
+    let n = pack_extent(
+        out,
+        prev_end,
+        e.vseg,
+        e.len,
+        e.error,
+        e.birth,
+        e.layers.iter().copied(),
+    );
+    (n, e.vseg + u64::from(e.len))
 }
 
 /// Writes packed extents onto page `page` until the next does not fit; returns the
@@ -563,17 +601,7 @@ pub fn encode_leaf<E: std::borrow::Borrow<Extent>>(
     fills: &Fills,
 ) -> (Vec<u8>, usize) {
     packed_page(page, txn, pool, extents.len(), |k, prev_end, buf| {
-        let e: &Extent = extents[k].borrow();
-        let n = pack_extent(
-            buf,
-            prev_end,
-            e.vseg,
-            e.len.into(),
-            e.state == ExtentState::Error,
-            e.birth.get(),
-            e.layers.iter().map(|l| (l.seg(), fills.words_of(l))),
-        );
-        (n, e.end())
+        pack_live_extent(buf, prev_end, extents[k].borrow(), fills)
     })
 }
 
@@ -581,17 +609,7 @@ pub fn encode_leaf<E: std::borrow::Borrow<Extent>>(
 /// encoding. They must fit one page, as any that one leaf page held do.
 pub fn encode_raw_leaf(page: u64, txn: u64, pool: &Uuid, extents: &[RawExtent]) -> Vec<u8> {
     let (b, k) = packed_page(page, txn, pool, extents.len(), |k, prev_end, buf| {
-        let e = &extents[k];
-        let n = pack_extent(
-            buf,
-            prev_end,
-            e.vseg,
-            e.len,
-            e.error,
-            e.birth,
-            e.layers.iter().copied(),
-        );
-        (n, e.vseg + u64::from(e.len))
+        pack_raw_extent(buf, prev_end, &extents[k])
     });
     assert_eq!(
         k,
