@@ -179,6 +179,18 @@ fn golden_image_on_a_file_cloned_written_snapshotted_and_restarted() {
         &golden,
         "fresh clone",
     );
+    // And a full copy (`tessera send`, a full diff copy) takes all of it: every block
+    // is data, none a hole it may skip.
+    let page = srv.call(
+        "tessera_lvol_get_allocated_ranges",
+        json!({"name": "lvs0/c1"}),
+    );
+    assert_eq!(
+        page["ranges"],
+        json!([{"offset_blocks": 0, "num_blocks": GOLDEN / 4096, "offset": 0,
+                "length": GOLDEN, "state": "data"}]),
+        "{page}"
+    );
 
     // Writes: a whole granule (4 KiB), parts of granules (512 B and 1 KiB at odd
     // places: the rest of each granule comes from the golden image), a whole segment.

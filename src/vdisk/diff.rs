@@ -163,6 +163,27 @@ fn drop_ranges(runs: &mut Vec<BlockRange>, drop: &[BlockRange]) {
     *runs = out;
 }
 
+/// `page` of a disk whose unwritten blocks read an external snapshot (its holes and
+/// never-written granules read that bdev's data): every run is data, runs next to each
+/// other merged.
+pub fn falling_through_as_data(
+    page: RunsPage<(BlockRange, Allocation)>,
+) -> RunsPage<(BlockRange, Allocation)> {
+    let mut runs: Vec<(BlockRange, Allocation)> = Vec::with_capacity(page.runs.len());
+    for (r, _) in page.runs {
+        match runs.last_mut() {
+            Some((last, _)) if last.offset_blocks + last.num_blocks == r.offset_blocks => {
+                last.num_blocks += r.num_blocks;
+            }
+            _ => runs.push((r, Allocation::Data)),
+        }
+    }
+    RunsPage {
+        runs,
+        next_offset_blocks: page.next_offset_blocks,
+    }
+}
+
 /// What the blocks in `[from_block, end_block)` of the table under `root` hold, at most
 /// `max_runs` runs.
 pub fn allocated_ranges(

@@ -539,20 +539,19 @@ impl Pool {
     {
         let disk = disk.to_string();
         self.on_ctl(move |c| async move {
-            let (root, end) = {
+            let (root, end, external) = {
                 let st = c.st.borrow();
                 let d = st.disk_named(&disk)?;
-                (d.root.clone(), d.rec.size_blocks)
+                (d.root.clone(), d.rec.size_blocks, d.rec.external.is_some())
             };
             let (fills, geo) = (&c.shared.fills, c.shared.geo);
-            Ok(diff::allocated_ranges(
-                root.as_ref(),
-                fills,
-                geo,
-                from_block,
-                end,
-                max_runs,
-            ))
+            let page = diff::allocated_ranges(root.as_ref(), fills, geo, from_block, end, max_runs);
+            // What no layer holds reads the external snapshot: data for a copy, not a
+            // hole or zeros it may skip.
+            Ok(match external {
+                true => diff::falling_through_as_data(page),
+                false => page,
+            })
         })
     }
 
