@@ -1134,19 +1134,26 @@ impl Target {
     ) -> Result<Arc<VDisk>, TargetError> {
         let ext = self.inner.bdevs.get(bdev)?;
         let pool = self.pool(pool)?;
-        if let Some(w) = self.writers_of(&ext).first() {
-            return Err(TargetError::Refused {
+        self.refuse_written(&ext)?;
+        let c = pool.clone_bdev(ext, name).await?;
+        self.inner.bdevs.add(c.clone())?;
+        self.sync_esnap_claims().await;
+        Ok(c)
+    }
+
+    /// Refuses `ext` as an external snapshot if anything may write it (SPDK refuses a
+    /// bdev it cannot claim read-only with EPERM).
+    fn refuse_written(&self, ext: &Arc<dyn Bdev>) -> Result<(), TargetError> {
+        match self.writers_of(ext).first() {
+            Some(w) => Err(TargetError::Refused {
                 errno: libc::EPERM,
                 msg: format!(
                     "bdev `{}` is used by {w}, which may write it; an external snapshot must be read-only",
                     ext.name()
                 ),
-            });
+            }),
+            None => Ok(()),
         }
-        let c = pool.clone_bdev(ext, name).await?;
-        self.inner.bdevs.add(c.clone())?;
-        self.sync_esnap_claims().await;
-        Ok(c)
     }
 
     /// Makes the lvol `lvol` read through to the bdev `bdev` (SPDK's
@@ -1155,15 +1162,7 @@ impl Target {
     pub async fn set_parent_bdev(&self, lvol: &str, bdev: &str) -> Result<(), TargetError> {
         let (pool, d) = self.disk(lvol).await?;
         let ext = self.inner.bdevs.get(bdev)?;
-        if let Some(w) = self.writers_of(&ext).first() {
-            return Err(TargetError::Refused {
-                errno: libc::EPERM,
-                msg: format!(
-                    "bdev `{}` is used by {w}, which may write it; an external snapshot must be read-only",
-                    ext.name()
-                ),
-            });
-        }
+        self.refuse_written(&ext)?;
         pool.set_external_parent(&d.disk_name(), ext).await?;
         self.sync_esnap_claims().await;
         Ok(())

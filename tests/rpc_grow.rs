@@ -84,12 +84,7 @@ fn spdk_rpc_grows_a_pool_onto_its_grown_file_and_it_survives_a_restart() {
     assert_eq!(clusters(&srv).0, total0);
 
     // The file grows; the bdev learns it by a rescan; the pool by the grow.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(128 * M)
-        .unwrap();
+    set_len(&img, 128 * M);
     let blocks_before = num_blocks(&srv, "u0");
     rpc(&["bdev_uring_rescan", "u0"]);
     assert_eq!(num_blocks(&srv, "u0"), blocks_before * 2);
@@ -149,12 +144,7 @@ fn spdk_rpc_grows_a_pool_onto_its_grown_file_and_it_survives_a_restart() {
 
     // Past what the space map laid out at creation counts, the grow is refused with
     // the limit, and the pool keeps its size.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(2048 * M)
-        .unwrap();
+    set_len(&img, 2048 * M);
     rpc(&["bdev_aio_rescan", "u0"]);
     let out = fails(&["bdev_lvol_grow_lvstore", "-l", "lvs0"]);
     assert!(
@@ -163,12 +153,7 @@ fn spdk_rpc_grows_a_pool_onto_its_grown_file_and_it_survives_a_restart() {
     );
     assert_eq!(clusters(&srv).0, total1);
     // The file shrinks back; a bdev a pool uses does not shrink under it (-EBUSY).
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(128 * M)
-        .unwrap();
+    set_len(&img, 128 * M);
     let out = fails(&["bdev_uring_rescan", "u0"]);
     assert!(out.contains("-16"), "{out}");
 
@@ -215,4 +200,14 @@ fn spdk_rpc_grows_a_pool_onto_its_grown_file_and_it_survives_a_restart() {
         ],
     );
     srv.stop();
+}
+
+/// Sets the length of file `path`, as `truncate -s` does.
+fn set_len(path: &std::path::Path, bytes: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
 }
