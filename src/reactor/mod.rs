@@ -1073,6 +1073,36 @@ pub async fn yield_now() {
     .await
 }
 
+/// A long synchronous loop's turn on its reactor: between steps the loop asks
+/// [`Slice::spent`], and once `len` has passed since the turn began it yields
+/// ([`Slice::next_turn`]), so that no poll of it holds the core much longer than `len`
+/// — I/O completions, mapping faults and a snapshot's steps run in between.
+///
+/// On a manual clock (the simulator's) time stands still within a poll: a loop that
+/// must yield there too keeps a count of steps besides.
+pub struct Slice {
+    began: Nanos,
+    len: Duration,
+}
+
+impl Slice {
+    /// A turn of `len`, beginning now.
+    pub fn new(len: Duration) -> Slice {
+        Slice { began: now(), len }
+    }
+
+    /// True once the turn has lasted `len`.
+    pub fn spent(&self) -> bool {
+        now() >= self.began.after(self.len)
+    }
+
+    /// Yields to the rest of the reactor's loop, then begins a new turn.
+    pub async fn next_turn(&mut self) {
+        yield_now().await;
+        self.began = now();
+    }
+}
+
 struct ThreadWaker(std::thread::Thread);
 
 impl Wake for ThreadWaker {

@@ -57,6 +57,11 @@ use std::task::Poll;
 
 use super::load::{flush, write_bytes_fua};
 
+/// The longest a background step of the controller (encoding a checkpoint, freeing
+/// what it replaced, logging fills) holds the core before it yields: a snapshot's or a
+/// mapping fault's steps wait for the step under way, so they wait at most this long.
+pub(crate) const TURN: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// How long a checkpoint's writes wait for a log append's writes to complete before they
 /// go ahead anyway.
 pub(crate) const LOG_WRITE_PRIORITY: std::time::Duration = std::time::Duration::from_millis(20);
@@ -149,6 +154,15 @@ impl Controller {
     }
 
     pub(crate) async fn commit_once(&self) -> Result<(), IoStatus> {
+        if self.st.borrow().failed.is_some() {
+            return Err(IoStatus::MediaError);
+        }
+        if self.stopped() || self.st.borrow().closed {
+            return Err(IoStatus::Aborted);
+        }
+        // Most of the changed fills in turns of the core, the rest (those changed
+        // meanwhile) at once.
+        self.log_dirty_fills_in_turns().await;
         if self.st.borrow().failed.is_some() {
             return Err(IoStatus::MediaError);
         }
@@ -360,14 +374,22 @@ impl Controller {
     async fn capture(&self) -> Result<Captured, CaptureError> {
         /// Space-map pages encoded between two yields (~0.1 ms).
         const SM_PAGES_BETWEEN_YIELDS: usize = 64;
+        /// Space-map pages encoded between two looks at the clock.
+        const SM_PAGES_BETWEEN_LOOKS: usize = 8;
         let mut begun = self.capture_begin()?;
         let mut pages = Vec::new();
         let uuid = self.shared.uuid;
+        let mut turn = reactor::Slice::new(TURN);
+        let mut encoded = 0;
         while begun.space_map.left() > 0 {
             begun
                 .space_map
-                .encode(SM_PAGES_BETWEEN_YIELDS, &uuid, &mut pages);
-            reactor::yield_now().await;
+                .encode(SM_PAGES_BETWEEN_LOOKS, &uuid, &mut pages);
+            encoded += SM_PAGES_BETWEEN_LOOKS;
+            if encoded >= SM_PAGES_BETWEEN_YIELDS || turn.spent() {
+                turn.next_turn().await;
+                encoded = 0;
+            }
         }
         let mut pages_written = 0;
         let mut roots = Vec::with_capacity(begun.roots.len());
@@ -390,8 +412,13 @@ impl Controller {
         // The held roots are let go a few hundred nodes at a time: the tables moved on
         // while the capture ran, and what only the held versions reach is freed now.
         let mut pending: Vec<Arc<Node>> = begun.roots.iter().flatten().cloned().collect();
-        while !table::Node::release_some(&mut pending, &mut self.st.borrow_mut().space, 256) {
-            reactor::yield_now().await;
+        let mut released = 0;
+        while !table::Node::release_some(&mut pending, &mut self.st.borrow_mut().space, 32) {
+            released += 32;
+            if released >= 256 || turn.spent() {
+                turn.next_turn().await;
+                released = 0;
+            }
         }
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
@@ -557,6 +584,7 @@ impl Controller {
         // (node, children visited): post-order without recursion.
         let mut stack: Vec<(Arc<Node>, bool)> = vec![(root.clone(), false)];
         let mut done = 0usize;
+        let mut turn = reactor::Slice::new(TURN);
         while let Some((node, expanded)) = stack.pop() {
             if node.page() != NO_PAGE {
                 continue;
@@ -633,8 +661,9 @@ impl Controller {
                 }
                 *written += out.len();
                 out.clear();
-            } else if done.is_multiple_of(BATCH) {
-                reactor::yield_now().await;
+                turn = reactor::Slice::new(TURN);
+            } else if done.is_multiple_of(BATCH) || turn.spent() {
+                turn.next_turn().await;
             }
         }
         // A root leaf on two pages: the table's root is an internal node over them.

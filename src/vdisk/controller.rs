@@ -392,7 +392,7 @@ impl Controller {
                     return;
                 }
                 if !c.shared.dirty_fills.is_empty() {
-                    c.log_dirty_fills();
+                    c.log_dirty_fills_in_turns().await;
                     c.append_if_due();
                 }
             }

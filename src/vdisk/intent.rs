@@ -409,16 +409,18 @@ impl Controller {
     /// containers are flushed (the fills' data first), the pages written with
     /// force-unit-access.
     async fn append_once(&self) -> Result<(), IoStatus> {
-        if let Some(f) = &self.st.borrow().failed {
-            tracing::debug!(pool = %self.shared.name, failed = %f, "append refused");
-            return Err(IoStatus::MediaError);
-        }
-        if self.st.borrow().closed {
-            return Err(IoStatus::Aborted);
-        }
+        self.append_refused()?;
         if self.stopping.get() {
             return self.commit().await;
         }
+        self.log_dirty_fills_in_turns().await;
+        // The pool may have failed, crashed or begun to close during those turns.
+        self.append_refused()?;
+        if self.stopping.get() {
+            return self.commit().await;
+        }
+        // Those changed since (during the turns above), at once: the append covers every
+        // change made before it packs.
         self.log_dirty_fills();
         let plan = {
             let mut st = self.st.borrow_mut();
@@ -493,6 +495,19 @@ impl Controller {
         Ok(())
     }
 
+    /// Why no append may run now: the pool failed, or is closed (or crashed).
+    fn append_refused(&self) -> Result<(), IoStatus> {
+        let st = self.st.borrow();
+        if let Some(f) = &st.failed {
+            tracing::debug!(pool = %self.shared.name, failed = %f, "append refused");
+            return Err(IoStatus::MediaError);
+        }
+        if st.closed {
+            return Err(IoStatus::Aborted);
+        }
+        Ok(())
+    }
+
     /// Starts an append in the background if enough records wait (see
     /// [`IntentLog::wants_append`]).
     pub(crate) fn append_if_due(&self) {
@@ -532,13 +547,46 @@ impl Controller {
     /// Turns the fills changed since they were last looked at into records, and copies
     /// the written leaves that hold them. Returns true if it copied any.
     pub(crate) fn log_dirty_fills(&self) -> bool {
+        self.log_dirty_fills_upto(usize::MAX)
+    }
+
+    /// [`Controller::log_dirty_fills`] for the fills queued when called, a few at a time
+    /// with a yield whenever a turn of the core ([`super::commit::TURN`]) is spent: each
+    /// batch copies the written leaves its fills are in, and under a stream of first
+    /// writes hundreds may be queued. Returns early if the pool closes meanwhile.
+    pub(crate) async fn log_dirty_fills_in_turns(&self) {
+        /// Changed fills logged between two looks at the clock.
+        const FILLS_PER_BATCH: usize = 16;
+        if self.st.borrow().log.is_none() {
+            return;
+        }
+        let mut left = self.shared.dirty_fills.len();
+        let mut turn = crate::reactor::Slice::new(super::commit::TURN);
+        while left > 0 {
+            self.log_dirty_fills_upto(FILLS_PER_BATCH);
+            left = left.saturating_sub(FILLS_PER_BATCH);
+            if left > 0 && turn.spent() {
+                turn.next_turn().await;
+                if self.st.borrow().closed {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// [`Controller::log_dirty_fills`] for the first `most` changed fills queued.
+    fn log_dirty_fills_upto(&self, most: usize) -> bool {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
         if st.log.is_none() {
             return false;
         }
         let mut changed = Vec::new();
-        while let Some(q) = self.shared.dirty_fills.pop() {
+        let mut taken = 0;
+        while taken < most
+            && let Some(q) = self.shared.dirty_fills.pop()
+        {
+            taken += 1;
             // No longer in the table there: nothing to persist (and a newer entry may
             // be queued for the segment, which takes the dirty mark).
             if super::commit::fill_is_current(st, q) && self.shared.fills.take_dirty(q.seg) {
