@@ -122,6 +122,12 @@ pub(super) enum Op {
     SetParentBdev {
         disk: String,
     },
+    /// The disk becomes a clone of `parent`, a snapshot of the pool of its size
+    /// (`bdev_lvol_set_parent`).
+    SetParent {
+        disk: String,
+        parent: String,
+    },
     Delete {
         disk: String,
     },
@@ -199,6 +205,7 @@ impl Op {
             Op::Clone { .. } => "clone",
             Op::CloneBdev { .. } => "clone_bdev",
             Op::SetParentBdev { .. } => "set_parent_bdev",
+            Op::SetParent { .. } => "set_parent",
             Op::Delete { .. } => "delete",
             Op::Resize { .. } => "resize",
             Op::SetReadOnly { .. } => "set_read_only",
@@ -800,7 +807,18 @@ impl Sim {
             }
             28 => {
                 let disk = self.pick(&writable)?;
-                Op::SetParentBdev { disk }
+                if self.rng.bool() {
+                    return Some(Op::SetParentBdev { disk });
+                }
+                // A snapshot of the disk's size (the engine refuses others).
+                let blocks = self.model[&disk].blocks();
+                let snaps: Vec<String> = read_only
+                    .iter()
+                    .filter(|s| self.model[*s].snapshot && self.model[*s].blocks() == blocks)
+                    .cloned()
+                    .collect();
+                let parent = self.pick(&snaps)?;
+                Op::SetParent { disk, parent }
             }
             _ => {
                 let mut w = live.clone();
@@ -858,7 +876,8 @@ impl Sim {
                     // whole: no data operation on it shares the wave.
                     if let Op::Revert { disk, .. }
                     | Op::Rename { disk, .. }
-                    | Op::SetParentBdev { disk } = &op
+                    | Op::SetParentBdev { disk }
+                    | Op::SetParent { disk, .. } = &op
                     {
                         ops.retain(|o| !o.is_data() || data_disk(o) != Some(disk.as_str()));
                     }
@@ -948,6 +967,11 @@ impl Sim {
                         .map(|_| CtlValue::Unit)
                 })
             }
+            Op::SetParent { disk, parent } => Box::pin(async move {
+                pool.set_parent(&disk, &parent)
+                    .await
+                    .map(|_| CtlValue::Unit)
+            }),
             Op::CloneBdev { name } => {
                 let golden: Arc<dyn Bdev> = self.world().golden.clone();
                 Box::pin(async move {
@@ -1399,6 +1423,26 @@ impl Sim {
                         }
                     }
                 }
+                Op::SetParent { disk, parent } if ok || lost => {
+                    // What the disk holds keeps its value, the rest reads the parent's:
+                    // the model does not know which blocks the disk holds (a granule it
+                    // wrote part of holds the rest), so each block may be either until a
+                    // read pins it. Durable when acknowledged; either, when lost.
+                    let theirs = before.get(parent).cloned().unwrap_or_default();
+                    let external = self.model.get(parent).is_some_and(|m| m.external);
+                    if let Some(d) = self.model.get_mut(disk) {
+                        for (b, t) in theirs.iter().enumerate().take(d.now.len()) {
+                            d.now[b].extend(t.iter().copied());
+                            d.durable[b].extend(t.iter().copied());
+                        }
+                        if ok {
+                            d.parent = Some(parent.clone());
+                            d.external = external;
+                        } else {
+                            d.external |= external;
+                        }
+                    }
+                }
                 Op::CloneBdev { name } if ok || lost => {
                     let blocks = GOLDEN_SEGMENTS * self.seg_blocks();
                     let mut d = DiskModel::zeroed(name, blocks);
@@ -1536,6 +1580,7 @@ fn control_disks(op: &Op) -> Vec<String> {
         Op::Clone { snapshot, name } => vec![snapshot.clone(), name.clone()],
         Op::CloneBdev { name } => vec![name.clone()],
         Op::SetParentBdev { disk } => vec![disk.clone()],
+        Op::SetParent { disk, parent } => vec![disk.clone(), parent.clone()],
         Op::Delete { disk }
         | Op::Resize { disk, .. }
         | Op::SetReadOnly { disk, .. }
