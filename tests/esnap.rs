@@ -439,6 +439,36 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
     rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c1"]);
     write_lvol(&srv, port, "lvs0/c1", &["write -P 0xd1 1049600 1k"]);
 
+    // c2: a clone of the golden image grown by 4 MiB: what lies past the golden
+    // image's end reads zeros, and takes writes; it may not shrink (yet).
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c2"]);
+    rpc(&["bdev_lvol_resize", "lvs0/c2", "20"]);
+    let out = fails(&["bdev_lvol_resize", "lvs0/c2", "12"]);
+    assert!(out.contains("shrinking such an lvol"), "{out}");
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/c2",
+        &["write -P 0xe1 17M 4k", "write -P 0xe2 8M 1k"],
+    );
+    let mut want_c2 = golden.clone();
+    want_c2.resize(20 * M, 0);
+    want_c2[17 * M..17 * M + 4 * K].fill(0xe1);
+    want_c2[8 * M..8 * M + K].fill(0xe2);
+
+    // bdev_get_bdevs reports the lineage as SPDK's vbdev_lvol_dump_info_json does.
+    let lvol_info = |name: &str| {
+        let b = srv.call("bdev_get_bdevs", json!({"name": name}));
+        b[0]["driver_specific"]["lvol"].clone()
+    };
+    let c1 = lvol_info("lvs0/c1");
+    assert_eq!(c1["esnap_clone"], true, "{c1}");
+    assert_eq!(c1["external_snapshot_name"], GOLDEN_UUID, "{c1}");
+    let vdc = lvol_info("lvs0/vdC");
+    assert_eq!(vdc["esnap_clone"], false, "{vdc}");
+    assert_eq!(vdc["base_snapshot"], "sC", "{vdc}");
+    assert_eq!(lvol_info("lvs0/sC")["clones"], json!(["vdC"]));
+
     // SPDK's refusals.
     let out = fails(&["bdev_lvol_set_parent", "lvs0/nolvol", "lvs0/sA"]);
     assert!(out.contains("-19"), "{out}");
@@ -498,6 +528,10 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
         assert_eq!(lvol(&lvols, l)["is_clone"], true, "{l}: {lvols}");
         assert_eq!(lvol(&lvols, l)["is_esnap_clone"], false, "{l}: {lvols}");
     }
+    let c1 = lvol_info("lvs0/c1");
+    assert_eq!(c1["esnap_clone"], false, "{c1}");
+    assert_eq!(c1["base_snapshot"], "sA", "{c1}");
+    assert!(c1.get("external_snapshot_name").is_none(), "{c1}");
     let mut want_b = a.clone();
     want_b[..4 * K].fill(0xb1);
     want_b[2 * M..2 * M + 4 * K].fill(0);
@@ -519,6 +553,7 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
             ("lvs0/c1", &want_e[..]),
             ("lvs0/sA", &a[..]),
             ("lvs0/sC", &sc[..]),
+            ("lvs0/c2", &want_c2[..]),
         ] {
             assert_same(
                 &read_all(srv, port, bdev, work.path()),

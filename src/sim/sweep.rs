@@ -280,6 +280,28 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            "grow an external snapshot's clone, write past the external bdev's end, flush",
+            with_esnap,
+            |b| {
+                vec![
+                    vec![Op::Resize {
+                        disk: "e1".into(),
+                        blocks: (super::world::GOLDEN_SEGMENTS + 2) * SEG,
+                    }],
+                    vec![
+                        b.write(
+                            "e1",
+                            (super::world::GOLDEN_SEGMENTS + 1) * SEG + 5,
+                            3,
+                            false,
+                        ),
+                        flush("e1"),
+                    ],
+                ]
+            },
+            Redirect,
+        ),
+        s(
             "delete an external snapshot's clone",
             with_esnap,
             |_| vec![vec![Op::Delete { disk: "e1".into() }]],

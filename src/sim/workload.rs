@@ -1552,12 +1552,26 @@ impl Sim {
         }
         // Resizes apply after the wave's writes (a shrink drops what they wrote beyond).
         let sizes: Vec<(String, u64)> = std::mem::take(&mut self.resized).into_iter().collect();
+        let golden_blocks = GOLDEN_SEGMENTS * self.seg_blocks();
         for (disk, blocks) in sizes {
             if let Some(d) = self.model.get_mut(&disk) {
-                d.resize(blocks);
+                resize_model(d, blocks, golden_blocks);
             }
         }
         Ok(())
+    }
+}
+
+/// Resizes `d` in the model: new blocks are zeros, or for a disk that reads through to
+/// the golden image (`golden_blocks` long), the golden image's blocks.
+fn resize_model(d: &mut DiskModel, blocks: u64, golden_blocks: u64) {
+    if d.external {
+        d.resize_over(
+            blocks,
+            |b| if b < golden_blocks { golden_tag(b) } else { 0 },
+        );
+    } else {
+        d.resize(blocks);
     }
 }
 
@@ -1810,6 +1824,7 @@ impl Sim {
     fn reconcile(&mut self) -> Result<(), String> {
         let pool = self.world().pool.clone().expect("pool open");
         let bs = self.setup.layout.block_size as u64;
+        let golden_blocks = GOLDEN_SEGMENTS * self.seg_blocks();
         let p2 = pool.clone();
         let fut: Pending<_> = Box::pin(async move { p2.list().await });
         let infos = match self.world().drive(fut, WAVE_LIMIT) {
@@ -1897,7 +1912,9 @@ impl Sim {
                     let blocks = info.size_bytes / bs;
                     if blocks != d.blocks() {
                         match self.uncertain_size.get(&name) {
-                            Some(&(old, new)) if blocks == old || blocks == new => d.resize(blocks),
+                            Some(&(old, new)) if blocks == old || blocks == new => {
+                                resize_model(d, blocks, golden_blocks)
+                            }
                             _ => {
                                 return Err(format!(
                                     "`{name}` has {blocks} blocks after recovery; the model says {}",
