@@ -296,6 +296,9 @@ pub(super) struct Sim {
     /// Resizes and read-only changes lost in a power failure: (disk, value either way).
     pub(super) uncertain_size: BTreeMap<String, (u64, u64)>,
     pub(super) uncertain_ro: BTreeMap<String, bool>,
+    /// Acknowledged set_parents, disk → parent, until another operation touches either:
+    /// after a recovery the disk must have that parent.
+    pub(super) acked_parent: BTreeMap<String, String>,
     /// Disk renames lost in a power failure: old name → new name (either may be there,
     /// never both, never neither).
     pub(super) uncertain_rename: BTreeMap<String, String>,
@@ -382,6 +385,7 @@ impl Sim {
             pool_failed: false,
             uncertain_size: BTreeMap::new(),
             uncertain_ro: BTreeMap::new(),
+            acked_parent: BTreeMap::new(),
             uncertain_rename: BTreeMap::new(),
             uncertain_revert: BTreeMap::new(),
             revert_to_settle: BTreeMap::new(),
@@ -1383,6 +1387,12 @@ impl Sim {
                     self.pool_failed = true;
                 }
             }
+            let touched = control_disks(&r.op);
+            self.acked_parent
+                .retain(|d, p| !touched.contains(d) && !touched.contains(p));
+            if let (Op::SetParent { disk, parent }, true) = (&r.op, ok) {
+                self.acked_parent.insert(disk.clone(), parent.clone());
+            }
             match &r.op {
                 Op::Create { name, blocks, .. } if ok || lost => {
                     let mut d = DiskModel::zeroed(name, *blocks);
@@ -1834,6 +1844,16 @@ impl Sim {
         };
         let found: BTreeMap<String, crate::vdisk::DiskInfo> =
             infos.into_iter().map(|i| (i.name.clone(), i)).collect();
+        for (disk, parent) in std::mem::take(&mut self.acked_parent) {
+            if let Some(info) = found.get(&disk)
+                && info.parent.as_deref() != Some(parent.as_str())
+            {
+                return Err(format!(
+                    "`{disk}` was made a clone of `{parent}` (acknowledged); after recovery its parent is {:?}",
+                    info.parent
+                ));
+            }
+        }
         // A rename the power failure interrupted: the disk has one of its names.
         for (old, new) in std::mem::take(&mut self.uncertain_rename) {
             if found.contains_key(&new) && !found.contains_key(&old) {
