@@ -1168,6 +1168,24 @@ impl Target {
         Ok(())
     }
 
+    /// Makes the lvol `lvol` a clone of the snapshot `parent` of the same lvstore
+    /// (SPDK's `bdev_lvol_set_parent`). The external snapshot it read through to, if any,
+    /// is let go when nothing else reads it.
+    pub async fn set_parent(&self, lvol: &str, parent: &str) -> Result<(), TargetError> {
+        let (pool, d) = self.disk(lvol).await?;
+        let (ppool, s) = self.disk(parent).await?;
+        if ppool.uuid() != pool.uuid() {
+            return Err(TargetError::Invalid(format!(
+                "`{lvol}` (lvstore `{}`) and `{parent}` (lvstore `{}`) must belong to the same lvstore",
+                pool.name(),
+                ppool.name()
+            )));
+        }
+        pool.set_parent(&d.disk_name(), &s.disk_name()).await?;
+        self.sync_esnap_claims().await;
+        Ok(())
+    }
+
     /// The claims on `b` of users that may write it (all but external-snapshot clones
     /// and read-only NBD exports).
     fn writers_of(&self, b: &Arc<dyn Bdev>) -> Vec<String> {

@@ -364,3 +364,225 @@ fn golden_image_on_a_file_cloned_written_snapshotted_and_restarted() {
         "golden file changed"
     );
 }
+
+/// Writes `cmds` with qemu-io through a writable NBD export of `bdev`.
+fn write_lvol(srv: &Serve, port: u16, bdev: &str, cmds: &[&str]) {
+    let export = format!("w-{}", bdev.replace('/', "-"));
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": bdev, "name": export}),
+    );
+    qemu_io(port, &export, cmds);
+    srv.call("nbd_stop_export", json!({"name": export}));
+}
+
+/// `bdev_lvol_set_parent`: a thin lvol, an lvol with a snapshot and an external
+/// snapshot's clone each become clones of the snapshot `sA`; what each holds stays
+/// (whole granules, a granule written in part, whole segments, zeros written over its
+/// old parent's data), everything else reads `sA`; writes after it copy on write from
+/// `sA`; all of it again after a restart, and `tessera check` is clean. SPDK's codes for
+/// every refusal.
+#[test]
+fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let cfg = config(dir.path(), port, true);
+    let work = tempfile::tempdir().unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    let fails = |args: &[&str]| run_fails(Command::new(&tool).arg("-s").arg(&s).args(args));
+    let refused = |args: &[&str], what: &str| {
+        let out = fails(args);
+        assert!(
+            out.contains("-32602") && out.contains(what),
+            "{args:?}: {out}"
+        );
+    };
+
+    rpc(&["bdev_lvol_create_lvstore", "data", "lvs0", "-c", "1048576"]);
+    // sA: 15 MiB of 0xa1, its last MiB never written.
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "vdA", "16"]);
+    write_lvol(&srv, port, "lvs0/vdA", &["write -P 0xa1 0 15M"]);
+    rpc(&["bdev_lvol_snapshot", "lvs0/vdA", "sA"]);
+    let mut a = vec![0xa1u8; 15 * M];
+    a.resize(GOLDEN, 0);
+    // vdB, thin: a whole granule, part of a granule, a whole segment, a granule where
+    // sA holds nothing.
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "vdB", "16"]);
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/vdB",
+        &[
+            "write -P 0xb1 0 4k",
+            "write -P 0xb2 2097664 512",
+            "write -P 0xb3 5M 1M",
+            "write -P 0xb4 15736832 4k",
+        ],
+    );
+    // vdC: written whole, snapshotted as sC, then written and zeroed in places.
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "vdC", "16"]);
+    write_lvol(&srv, port, "lvs0/vdC", &["write -P 0xc1 0 16M"]);
+    rpc(&["bdev_lvol_snapshot", "lvs0/vdC", "sC"]);
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/vdC",
+        &["write -P 0xc2 7M 8k", "write -z 9M 1M", "write -z 11M 4k"],
+    );
+    // c1: a clone of the golden image, written in part of a granule.
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c1"]);
+    write_lvol(&srv, port, "lvs0/c1", &["write -P 0xd1 1049600 1k"]);
+
+    // c2: a clone of the golden image grown by 4 MiB: what lies past the golden
+    // image's end reads zeros, and takes writes; it may not shrink (yet).
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c2"]);
+    rpc(&["bdev_lvol_resize", "lvs0/c2", "20"]);
+    let out = fails(&["bdev_lvol_resize", "lvs0/c2", "12"]);
+    assert!(out.contains("shrinking such an lvol"), "{out}");
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/c2",
+        &["write -P 0xe1 17M 4k", "write -P 0xe2 8M 1k"],
+    );
+    let mut want_c2 = golden.clone();
+    want_c2.resize(20 * M, 0);
+    want_c2[17 * M..17 * M + 4 * K].fill(0xe1);
+    want_c2[8 * M..8 * M + K].fill(0xe2);
+
+    // bdev_get_bdevs reports the lineage as SPDK's vbdev_lvol_dump_info_json does.
+    let lvol_info = |name: &str| {
+        let b = srv.call("bdev_get_bdevs", json!({"name": name}));
+        b[0]["driver_specific"]["lvol"].clone()
+    };
+    let c1 = lvol_info("lvs0/c1");
+    assert_eq!(c1["esnap_clone"], true, "{c1}");
+    assert_eq!(c1["external_snapshot_name"], GOLDEN_UUID, "{c1}");
+    let vdc = lvol_info("lvs0/vdC");
+    assert_eq!(vdc["esnap_clone"], false, "{vdc}");
+    assert_eq!(vdc["base_snapshot"], "sC", "{vdc}");
+    assert_eq!(lvol_info("lvs0/sC")["clones"], json!(["vdC"]));
+
+    // SPDK's refusals.
+    let out = fails(&["bdev_lvol_set_parent", "lvs0/nolvol", "lvs0/sA"]);
+    assert!(out.contains("-19"), "{out}");
+    let out = fails(&["bdev_lvol_set_parent", "lvs0/vdB", "lvs0/nosnap"]);
+    assert!(out.contains("-19"), "{out}");
+    let out = fails(&["bdev_lvol_set_parent", "lvs0/vdB", "golden"]);
+    assert!(out.contains("-19"), "a bdev that is no lvol: {out}");
+    refused(
+        &["bdev_lvol_set_parent", "lvs0/vdB", "lvs0/vdA"],
+        "Invalid argument",
+    );
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "vdS", "8"]);
+    rpc(&["bdev_lvol_snapshot", "lvs0/vdS", "sS"]);
+    refused(
+        &["bdev_lvol_set_parent", "lvs0/vdB", "lvs0/sS"],
+        "Invalid argument",
+    );
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "vdT", "16"]);
+    refused(
+        &["bdev_lvol_set_parent", "lvs0/vdT", "lvs0/sA"],
+        "Invalid argument",
+    );
+    refused(
+        &["bdev_lvol_set_parent", "lvs0/sA", "lvs0/sA"],
+        "Invalid argument",
+    );
+    refused(
+        &["bdev_lvol_set_parent", "lvs0/sC", "lvs0/sA"],
+        "Invalid argument",
+    );
+    refused(
+        &["bdev_lvol_set_parent", "lvs0/vdC", "lvs0/sC"],
+        "File exists",
+    );
+    srv.call(
+        "bdev_malloc_create",
+        json!({"name": "m1", "num_blocks": 16384, "block_size": 4096}),
+    );
+    rpc(&["bdev_lvol_create_lvstore", "m1", "lvs1", "-c", "1048576"]);
+    rpc(&["bdev_lvol_create", "-l", "lvs1", "-t", "x", "16"]);
+    rpc(&["bdev_lvol_snapshot", "lvs1/x", "xs"]);
+    refused(
+        &["bdev_lvol_set_parent", "lvs0/vdB", "lvs1/xs"],
+        "Invalid argument",
+    );
+
+    // Done (spdk-rpc prints nothing for `true`).
+    for l in ["vdB", "vdC", "c1"] {
+        rpc(&["bdev_lvol_set_parent", &format!("lvs0/{l}"), "lvs0/sA"]);
+    }
+    refused(
+        &["bdev_lvol_set_parent", "lvs0/vdB", "lvs0/sA"],
+        "File exists",
+    );
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    for l in ["vdB", "vdC", "c1"] {
+        assert_eq!(lvol(&lvols, l)["is_clone"], true, "{l}: {lvols}");
+        assert_eq!(lvol(&lvols, l)["is_esnap_clone"], false, "{l}: {lvols}");
+    }
+    let c1 = lvol_info("lvs0/c1");
+    assert_eq!(c1["esnap_clone"], false, "{c1}");
+    assert_eq!(c1["base_snapshot"], "sA", "{c1}");
+    assert!(c1.get("external_snapshot_name").is_none(), "{c1}");
+    let mut want_b = a.clone();
+    want_b[..4 * K].fill(0xb1);
+    want_b[2 * M..2 * M + 4 * K].fill(0);
+    want_b[2 * M + 512..2 * M + 1024].fill(0xb2);
+    want_b[5 * M..6 * M].fill(0xb3);
+    want_b[15 * M + 8 * K..15 * M + 12 * K].fill(0xb4);
+    let mut want_c = a.clone();
+    want_c[7 * M..7 * M + 8 * K].fill(0xc2);
+    want_c[9 * M..10 * M].fill(0);
+    want_c[11 * M..11 * M + 4 * K].fill(0);
+    let mut want_e = a.clone();
+    want_e[M..M + 4 * K].copy_from_slice(&golden[M..M + 4 * K]);
+    want_e[M + K..M + 2 * K].fill(0xd1);
+    let sc = vec![0xc1u8; GOLDEN];
+    let check_all = |srv: &Serve, want_b: &[u8], when: &str| {
+        for (bdev, want) in [
+            ("lvs0/vdB", want_b),
+            ("lvs0/vdC", &want_c[..]),
+            ("lvs0/c1", &want_e[..]),
+            ("lvs0/sA", &a[..]),
+            ("lvs0/sC", &sc[..]),
+            ("lvs0/c2", &want_c2[..]),
+        ] {
+            assert_same(
+                &read_all(srv, port, bdev, work.path()),
+                want,
+                &format!("{bdev} {when}"),
+            );
+        }
+    };
+    check_all(&srv, &want_b, "after set_parent");
+
+    // Writes after: into a segment shared with sA (copy on write) and into vdB's own.
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/vdB",
+        &["write -P 0xb5 12M 4k", "write -P 0xb6 5246976 4k"],
+    );
+    want_b[12 * M..12 * M + 4 * K].fill(0xb5);
+    want_b[5 * M + 4 * K..5 * M + 8 * K].fill(0xb6);
+    check_all(&srv, &want_b, "written after set_parent");
+    srv.stop();
+
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("check")
+            .arg(dir.path().join("pool.img")),
+    );
+    assert!(!out.contains("problem"), "{out}");
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    check_all(&srv, &want_b, "restarted");
+    srv.stop();
+}

@@ -95,6 +95,22 @@ impl DiskModel {
         self.since.resize(n, Possible::new());
     }
 
+    /// Changes the size of a disk whose blocks nothing wrote read through to the golden
+    /// image (an external snapshot): a new block `b` reads `below(b)` (the golden
+    /// image's tag, zeros past its end) — or zeros, where the disk holds zeros it made
+    /// before it read through (a shrink's cleared tail, say), which the model does not
+    /// track.
+    pub fn resize_over(&mut self, blocks: u64, below: impl Fn(u64) -> Tag) {
+        let old = self.now.len() as u64;
+        self.resize(blocks);
+        for b in old..blocks {
+            let mut p: Possible = [0].into();
+            p.insert(below(b));
+            self.now[b as usize] = p.clone();
+            self.durable[b as usize] = p;
+        }
+    }
+
     /// After a power loss: each block holds its tag at the last completed flush or one
     /// written since.
     pub fn power_loss(&mut self) {

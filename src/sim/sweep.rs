@@ -127,6 +127,43 @@ fn with_esnap(b: &mut Builder) -> Vec<Vec<Op>> {
     w
 }
 
+/// `with_snapshot`, `c1` written in part and its segment 2 unmapped (zeros where `s1`
+/// has data); `d4` (thin, 4 segments, as `d1`) written in part and snapshotted as `s4`.
+fn with_two_snapshots(b: &mut Builder) -> Vec<Vec<Op>> {
+    let mut w = with_snapshot(b);
+    w.push(vec![
+        b.write("c1", 4, 3, false),
+        b.write("c1", SEG + 100, 30, false),
+        b.zeroes(ModKind::Unmap, "c1", 2 * SEG, SEG, false),
+    ]);
+    w.push(vec![create("d4", 4, true)]);
+    w.push(vec![
+        b.write("d4", 1, 60, false),
+        b.write("d4", 2 * SEG + 7, 9, false),
+        b.write("d4", 3 * SEG, SEG, false),
+    ]);
+    w.push(vec![flush("c1"), flush("d4")]);
+    w.push(vec![snapshot(&[("d4", "s4")])]);
+    w
+}
+
+/// `with_esnap`, its snapshot `s9`; `d5`, a thin disk of `e1`'s size written in part,
+/// and its snapshot `s5`.
+fn with_esnap_and_snapshot(b: &mut Builder) -> Vec<Vec<Op>> {
+    let mut w = with_esnap(b);
+    w.push(vec![snapshot(&[("e1", "s9")])]);
+    w.push(vec![b.write("e1", 2 * SEG + 3, 2, false), flush("e1")]);
+    w.push(vec![create("d5", super::world::GOLDEN_SEGMENTS, true)]);
+    w.push(vec![
+        b.write("d5", 2, 20, false),
+        b.write("d5", 2 * SEG + 2, 40, false),
+    ]);
+    w.push(vec![flush("d5")]);
+    w.push(vec![snapshot(&[("d5", "s5")])]);
+    w.push(vec![b.write("d5", SEG + 1, 2, false), flush("d5")]);
+    w
+}
+
 /// Every operation that changes metadata, from the state each one needs.
 pub fn scenarios() -> Vec<Scenario> {
     use CowPolicy::{CopyOut, Redirect};
@@ -204,6 +241,64 @@ pub fn scenarios() -> Vec<Scenario> {
             "set an external parent of a thin disk",
             base,
             |_| vec![vec![Op::SetParentBdev { disk: "d1".into() }]],
+            Redirect,
+        ),
+        s(
+            "set the parent of a clone (written, a segment unmapped) to another snapshot",
+            with_two_snapshots,
+            |b| {
+                vec![
+                    vec![Op::SetParent {
+                        disk: "c1".into(),
+                        parent: "s4".into(),
+                    }],
+                    vec![b.write("c1", 3 * SEG + 2, 4, false), flush("c1")],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "set the parent of an external snapshot's clone to a snapshot of the pool",
+            with_esnap_and_snapshot,
+            |_| {
+                vec![vec![Op::SetParent {
+                    disk: "e1".into(),
+                    parent: "s5".into(),
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            "set a snapshot of an external snapshot's clone as the parent of a thin disk",
+            with_esnap_and_snapshot,
+            |_| {
+                vec![vec![Op::SetParent {
+                    disk: "d5".into(),
+                    parent: "s9".into(),
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            "grow an external snapshot's clone, write past the external bdev's end, flush",
+            with_esnap,
+            |b| {
+                vec![
+                    vec![Op::Resize {
+                        disk: "e1".into(),
+                        blocks: (super::world::GOLDEN_SEGMENTS + 2) * SEG,
+                    }],
+                    vec![
+                        b.write(
+                            "e1",
+                            (super::world::GOLDEN_SEGMENTS + 1) * SEG + 5,
+                            3,
+                            false,
+                        ),
+                        flush("e1"),
+                    ],
+                ]
+            },
             Redirect,
         ),
         s(

@@ -122,6 +122,12 @@ pub(super) enum Op {
     SetParentBdev {
         disk: String,
     },
+    /// The disk becomes a clone of `parent`, a snapshot of the pool of its size
+    /// (`bdev_lvol_set_parent`).
+    SetParent {
+        disk: String,
+        parent: String,
+    },
     Delete {
         disk: String,
     },
@@ -199,6 +205,7 @@ impl Op {
             Op::Clone { .. } => "clone",
             Op::CloneBdev { .. } => "clone_bdev",
             Op::SetParentBdev { .. } => "set_parent_bdev",
+            Op::SetParent { .. } => "set_parent",
             Op::Delete { .. } => "delete",
             Op::Resize { .. } => "resize",
             Op::SetReadOnly { .. } => "set_read_only",
@@ -289,6 +296,9 @@ pub(super) struct Sim {
     /// Resizes and read-only changes lost in a power failure: (disk, value either way).
     pub(super) uncertain_size: BTreeMap<String, (u64, u64)>,
     pub(super) uncertain_ro: BTreeMap<String, bool>,
+    /// Acknowledged set_parents, disk → parent, until another operation touches either:
+    /// after a recovery the disk must have that parent.
+    pub(super) acked_parent: BTreeMap<String, String>,
     /// Disk renames lost in a power failure: old name → new name (either may be there,
     /// never both, never neither).
     pub(super) uncertain_rename: BTreeMap<String, String>,
@@ -375,6 +385,7 @@ impl Sim {
             pool_failed: false,
             uncertain_size: BTreeMap::new(),
             uncertain_ro: BTreeMap::new(),
+            acked_parent: BTreeMap::new(),
             uncertain_rename: BTreeMap::new(),
             uncertain_revert: BTreeMap::new(),
             revert_to_settle: BTreeMap::new(),
@@ -800,7 +811,18 @@ impl Sim {
             }
             28 => {
                 let disk = self.pick(&writable)?;
-                Op::SetParentBdev { disk }
+                if self.rng.bool() {
+                    return Some(Op::SetParentBdev { disk });
+                }
+                // A snapshot of the disk's size (the engine refuses others).
+                let blocks = self.model[&disk].blocks();
+                let snaps: Vec<String> = read_only
+                    .iter()
+                    .filter(|s| self.model[*s].snapshot && self.model[*s].blocks() == blocks)
+                    .cloned()
+                    .collect();
+                let parent = self.pick(&snaps)?;
+                Op::SetParent { disk, parent }
             }
             _ => {
                 let mut w = live.clone();
@@ -858,7 +880,8 @@ impl Sim {
                     // whole: no data operation on it shares the wave.
                     if let Op::Revert { disk, .. }
                     | Op::Rename { disk, .. }
-                    | Op::SetParentBdev { disk } = &op
+                    | Op::SetParentBdev { disk }
+                    | Op::SetParent { disk, .. } = &op
                     {
                         ops.retain(|o| !o.is_data() || data_disk(o) != Some(disk.as_str()));
                     }
@@ -948,6 +971,11 @@ impl Sim {
                         .map(|_| CtlValue::Unit)
                 })
             }
+            Op::SetParent { disk, parent } => Box::pin(async move {
+                pool.set_parent(&disk, &parent)
+                    .await
+                    .map(|_| CtlValue::Unit)
+            }),
             Op::CloneBdev { name } => {
                 let golden: Arc<dyn Bdev> = self.world().golden.clone();
                 Box::pin(async move {
@@ -1359,6 +1387,12 @@ impl Sim {
                     self.pool_failed = true;
                 }
             }
+            let touched = control_disks(&r.op);
+            self.acked_parent
+                .retain(|d, p| !touched.contains(d) && !touched.contains(p));
+            if let (Op::SetParent { disk, parent }, true) = (&r.op, ok) {
+                self.acked_parent.insert(disk.clone(), parent.clone());
+            }
             match &r.op {
                 Op::Create { name, blocks, .. } if ok || lost => {
                     let mut d = DiskModel::zeroed(name, *blocks);
@@ -1396,6 +1430,26 @@ impl Sim {
                                     p.insert(golden_tag(g));
                                 }
                             }
+                        }
+                    }
+                }
+                Op::SetParent { disk, parent } if ok || lost => {
+                    // What the disk holds keeps its value, the rest reads the parent's:
+                    // the model does not know which blocks the disk holds (a granule it
+                    // wrote part of holds the rest), so each block may be either until a
+                    // read pins it. Durable when acknowledged; either, when lost.
+                    let theirs = before.get(parent).cloned().unwrap_or_default();
+                    let external = self.model.get(parent).is_some_and(|m| m.external);
+                    if let Some(d) = self.model.get_mut(disk) {
+                        for (b, t) in theirs.iter().enumerate().take(d.now.len()) {
+                            d.now[b].extend(t.iter().copied());
+                            d.durable[b].extend(t.iter().copied());
+                        }
+                        if ok {
+                            d.parent = Some(parent.clone());
+                            d.external = external;
+                        } else {
+                            d.external |= external;
                         }
                     }
                 }
@@ -1508,12 +1562,26 @@ impl Sim {
         }
         // Resizes apply after the wave's writes (a shrink drops what they wrote beyond).
         let sizes: Vec<(String, u64)> = std::mem::take(&mut self.resized).into_iter().collect();
+        let golden_blocks = GOLDEN_SEGMENTS * self.seg_blocks();
         for (disk, blocks) in sizes {
             if let Some(d) = self.model.get_mut(&disk) {
-                d.resize(blocks);
+                resize_model(d, blocks, golden_blocks);
             }
         }
         Ok(())
+    }
+}
+
+/// Resizes `d` in the model: new blocks are zeros, or for a disk that reads through to
+/// the golden image (`golden_blocks` long), the golden image's blocks.
+fn resize_model(d: &mut DiskModel, blocks: u64, golden_blocks: u64) {
+    if d.external {
+        d.resize_over(
+            blocks,
+            |b| if b < golden_blocks { golden_tag(b) } else { 0 },
+        );
+    } else {
+        d.resize(blocks);
     }
 }
 
@@ -1536,6 +1604,7 @@ fn control_disks(op: &Op) -> Vec<String> {
         Op::Clone { snapshot, name } => vec![snapshot.clone(), name.clone()],
         Op::CloneBdev { name } => vec![name.clone()],
         Op::SetParentBdev { disk } => vec![disk.clone()],
+        Op::SetParent { disk, parent } => vec![disk.clone(), parent.clone()],
         Op::Delete { disk }
         | Op::Resize { disk, .. }
         | Op::SetReadOnly { disk, .. }
@@ -1765,6 +1834,7 @@ impl Sim {
     fn reconcile(&mut self) -> Result<(), String> {
         let pool = self.world().pool.clone().expect("pool open");
         let bs = self.setup.layout.block_size as u64;
+        let golden_blocks = GOLDEN_SEGMENTS * self.seg_blocks();
         let p2 = pool.clone();
         let fut: Pending<_> = Box::pin(async move { p2.list().await });
         let infos = match self.world().drive(fut, WAVE_LIMIT) {
@@ -1774,6 +1844,16 @@ impl Sim {
         };
         let found: BTreeMap<String, crate::vdisk::DiskInfo> =
             infos.into_iter().map(|i| (i.name.clone(), i)).collect();
+        for (disk, parent) in std::mem::take(&mut self.acked_parent) {
+            if let Some(info) = found.get(&disk)
+                && info.parent.as_deref() != Some(parent.as_str())
+            {
+                return Err(format!(
+                    "`{disk}` was made a clone of `{parent}` (acknowledged); after recovery its parent is {:?}",
+                    info.parent
+                ));
+            }
+        }
         // A rename the power failure interrupted: the disk has one of its names.
         for (old, new) in std::mem::take(&mut self.uncertain_rename) {
             if found.contains_key(&new) && !found.contains_key(&old) {
@@ -1852,7 +1932,9 @@ impl Sim {
                     let blocks = info.size_bytes / bs;
                     if blocks != d.blocks() {
                         match self.uncertain_size.get(&name) {
-                            Some(&(old, new)) if blocks == old || blocks == new => d.resize(blocks),
+                            Some(&(old, new)) if blocks == old || blocks == new => {
+                                resize_model(d, blocks, golden_blocks)
+                            }
                             _ => {
                                 return Err(format!(
                                     "`{name}` has {blocks} blocks after recovery; the model says {}",

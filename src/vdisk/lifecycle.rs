@@ -317,13 +317,17 @@ impl Controller {
                 .disks
                 .get(&id)
                 .ok_or_else(|| VdiskError::NotFound(name.into()))?;
-            if let Some(x) = &d.rec.external {
-                // What a shrink leaves unmapped would read the external bdev again once
-                // grown back, and zeros past its end: not done yet (README).
+            if let Some(x) = &d.rec.external
+                && new_blocks < d.rec.size_blocks
+            {
+                // Growing is as SPDK's: what the disk never wrote there reads the
+                // external bdev (zeros past its end). A shrink would have to make its
+                // tail read zeros over the external bdev (it clears granules, which then
+                // read the external bdev again): not done yet (README).
                 return Err(VdiskError::InvalidParam {
                     field: "size",
                     reason: format!(
-                        "`{name}` reads through to the external snapshot `{}` ({}); resizing such an lvol is not supported yet",
+                        "`{name}` reads through to the external snapshot `{}` ({}); shrinking such an lvol is not supported yet",
                         x.name, x.uuid
                     ),
                 });

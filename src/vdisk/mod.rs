@@ -49,6 +49,7 @@ pub mod map;
 pub mod meta;
 pub mod msg;
 pub mod pool;
+pub mod reparent;
 pub mod revert;
 pub(crate) mod scan;
 pub mod shared;

@@ -237,6 +237,22 @@ impl Pool {
         )
     }
 
+    /// Makes `name` a clone of the snapshot `parent` of this pool: what it holds of its
+    /// own stays, everything else reads from `parent` (SPDK's `bdev_lvol_set_parent`;
+    /// `reparent.rs` has the rules). Its I/O is held across the switch, for at most the
+    /// drain time limit.
+    pub fn set_parent(
+        &self,
+        name: &str,
+        parent: &str,
+    ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
+        let (n, p) = (name.to_string(), parent.to_string());
+        self.on_ctl(move |c| async move {
+            let limit = c.limits.get().drain;
+            durable(&c, c.set_parent(&n, &p, limit).await).await
+        })
+    }
+
     /// The external snapshots the pool's disks name: `(uuid, name, present)`.
     pub fn external_bases(
         &self,

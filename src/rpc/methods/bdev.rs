@@ -72,15 +72,72 @@ pub struct GetBdevsParams {
     pub timeout: Option<u64>,
 }
 
+/// The fields of an lvol's `driver_specific.lvol` that SPDK's
+/// `vbdev_lvol_dump_info_json` derives from its blob's lineage: `base_snapshot` (a
+/// clone's parent snapshot), `clones` (a snapshot's), `esnap_clone` (the lvol whose
+/// parent is an external snapshot itself) and `external_snapshot_name` (its esnap ID,
+/// the bdev's UUID). Looked up in the pools once for the whole answer.
+async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
+    if !list
+        .iter()
+        .any(|b| b["driver_specific"]["lvol"].is_object())
+    {
+        return;
+    }
+    let mut disks = std::collections::HashMap::new();
+    for pool in ctx.target.pools() {
+        if let Ok(l) = pool.list().await {
+            for d in l {
+                disks.insert(d.uuid.to_string(), (pool.uuid(), d));
+            }
+        }
+    }
+    for b in list.iter_mut() {
+        let Some(uuid) = b["uuid"].as_str().map(str::to_string) else {
+            continue;
+        };
+        let Some((pool, d)) = disks.get(&uuid) else {
+            continue;
+        };
+        let lvol = &mut b["driver_specific"]["lvol"];
+        if !lvol.is_object() {
+            continue;
+        }
+        if let Some(p) = &d.parent {
+            lvol["base_snapshot"] = json!(p);
+        }
+        if d.kind == crate::vdisk::meta::directory::DiskKind::Snapshot {
+            let clones: Vec<&String> = d
+                .children
+                .iter()
+                .filter(|c| {
+                    disks.values().any(|(pu, o)| {
+                        pu == pool
+                            && &o.name == *c
+                            && o.kind != crate::vdisk::meta::directory::DiskKind::Snapshot
+                    })
+                })
+                .collect();
+            lvol["clones"] = json!(clones);
+        }
+        let esnap = d.external.is_some() && d.parent.is_none();
+        lvol["esnap_clone"] = json!(esnap);
+        if let (true, Some(x)) = (esnap, &d.external) {
+            lvol["external_snapshot_name"] = json!(x.uuid.to_string());
+        }
+    }
+}
+
 pub async fn bdev_get_bdevs(ctx: Rc<Ctx>, p: GetBdevsParams) -> RpcResult {
     let Some(name) = p.name else {
-        let list: Vec<Value> = ctx
+        let mut list: Vec<Value> = ctx
             .target
             .bdevs()
             .list()
             .iter()
             .map(|b| bdev_json(&ctx, b))
             .collect();
+        add_lvol_lineage(&ctx, &mut list).await;
         return Ok(Value::Array(list));
     };
     let deadline = std::time::Instant::now() + Duration::from_millis(p.timeout.unwrap_or(0));
@@ -88,7 +145,9 @@ pub async fn bdev_get_bdevs(ctx: Rc<Ctx>, p: GetBdevsParams) -> RpcResult {
         match ctx.resolve_bdev(&name) {
             Ok(n) => {
                 let b = ctx.target.bdevs().get(&n)?;
-                return Ok(json!([bdev_json(&ctx, &b)]));
+                let mut list = vec![bdev_json(&ctx, &b)];
+                add_lvol_lineage(&ctx, &mut list).await;
+                return Ok(Value::Array(list));
             }
             Err(e) if std::time::Instant::now() >= deadline => return Err(e),
             Err(_) => crate::reactor::sleep(Duration::from_millis(10)).await,

@@ -298,6 +298,29 @@ pub async fn bdev_lvol_set_parent_bdev(ctx: Rc<Ctx>, p: SetParentParams) -> RpcR
     Ok(Value::Bool(true))
 }
 
+/// `bdev_lvol_set_parent {lvol_name, parent_name}`: the lvol becomes a clone of the
+/// snapshot `parent_name` of the same lvstore; what it holds of its own stays. As SPDK:
+/// -19 (`No such device`) when either is no lvol; -32602 with `strerror` first when
+/// refused (`File exists` when `parent_name` is its parent already, `Invalid argument`
+/// for a parent that is not a snapshot, of another lvstore or another size, for a thick
+/// lvol that is not a clone, for a snapshot). Answers `true`, the change durable.
+pub async fn bdev_lvol_set_parent(ctx: Rc<Ctx>, p: SetParentParams) -> RpcResult {
+    let enodev = |e: RpcError| {
+        if e.code == -libc::EINVAL {
+            RpcError::errno(libc::ENODEV, e.message)
+        } else {
+            e
+        }
+    };
+    ctx.resolve_lvol(&p.lvol_name).await.map_err(enodev)?;
+    ctx.resolve_lvol(&p.parent_name).await.map_err(enodev)?;
+    ctx.target
+        .set_parent(&p.lvol_name, &p.parent_name)
+        .await
+        .map_err(|e| lvol_refused(e.into()))?;
+    Ok(Value::Bool(true))
+}
+
 /// Runs a split or decouple to its end, as SPDK's inflate and decouple do before they
 /// answer.
 async fn split_and_wait(ctx: &Ctx, name: &str, decouple: bool) -> RpcResult {

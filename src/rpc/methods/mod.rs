@@ -212,6 +212,7 @@ methods! {
     "bdev_lvol_snapshot" => lvol::bdev_lvol_snapshot,
     "bdev_lvol_clone" => lvol::bdev_lvol_clone,
     "bdev_lvol_clone_bdev" => lvol::bdev_lvol_clone_bdev,
+    "bdev_lvol_set_parent" => lvol::bdev_lvol_set_parent,
     "bdev_lvol_set_parent_bdev" => lvol::bdev_lvol_set_parent_bdev,
     "bdev_lvol_inflate" => lvol::bdev_lvol_inflate,
     "bdev_lvol_decouple_parent" => lvol::bdev_lvol_decouple_parent,

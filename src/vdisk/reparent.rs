@@ -1,0 +1,486 @@
+//! Making a thin disk a clone of another snapshot of the pool (SPDK's
+//! `bdev_lvol_set_parent`): what the disk holds of its own stays, everything else reads
+//! from the new parent.
+//!
+//! **What the table becomes.** A disk's table maps each virtual segment to a stack of
+//! layers; a clone's stack is its own layers (at most a partial top it wrote) over the
+//! layers it shares with its parent. The disk's own layers at a segment are the top of
+//! its stack down to the first layer its present parent also has there (all of them
+//! when it has no parent in the pool: a thin disk, or an external snapshot's clone). The
+//! new stack is those own layers over the new parent's stack at the segment; where the
+//! disk holds nothing of its own it is the new parent's extent, shared as a new clone's
+//! is. A full own layer hides what lies below it. Where the two stacks together are
+//! deeper than [`MAX_LAYERS`], what they resolve to is copied into one new segment of the
+//! disk's own first (as a write fault merges a stack that is full). Below every layer,
+//! the disk now reads what the new parent reads: zeros, or its external snapshot.
+//!
+//! **Generations.** The disk's snapshot generation becomes a new one, so that every
+//! extent it now shares with the parent is written copy-on-write; the extents whose top
+//! layer it could write in place before are re-born in the next generation and stay
+//! writable; the parent's snapshot generation is raised as a clone's source's is.
+//!
+//! **How, and why it is atomic.** As a revert (`revert.rs`): under the locks of the disk
+//! and of the parent, the disk's I/O is quiesced with a time limit; the merges (if any)
+//! are copied; then in one step, nothing awaited, the table root is replaced by the new
+//! one and the record changes (parent, external base, kind, snapshot generation). The
+//! intent log has no record for a table replaced whole, so the next durable point is a
+//! checkpoint, which the caller runs before answering (`pool::durable`): a crash before
+//! its superblock write leaves the disk as it was, after it the re-parented disk. The
+//! view is pushed to the agents before the held I/O is let go.
+
+use super::VdiskError;
+use super::controller::{Controller, CtlState};
+use super::cow::normalize;
+use super::map::{Extent, ExtentState, Layer, Layers, MAX_LAYERS, MAX_RUN_SEGMENTS};
+use super::meta::directory::{DiskKind, JobRecord};
+use super::table;
+use crate::reactor;
+use crate::reactor::until;
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+/// What one virtual segment of the re-parented disk becomes.
+enum Plan {
+    /// The new parent's extent there (the disk holds nothing of its own).
+    Parent(Extent),
+    /// The disk's own layers over the new parent's; `writable`: its top layer was
+    /// writable in place and stays so.
+    Stack {
+        layers: Layers,
+        birth: u64,
+        writable: bool,
+    },
+    /// The disk's own extent as it is (a full own layer, or the error state).
+    Own { ext: Extent, writable: bool },
+    /// Too deep: what `layers` resolve to is copied into a new segment of the disk's own.
+    Merge(Extent),
+    /// Zeros the disk holds where its old parent has data (it unmapped the segment, or
+    /// shrank and grew back): a zeroed segment of its own, so that neither the new
+    /// parent's data nor its external snapshot shows through.
+    Zero,
+}
+
+impl Controller {
+    /// Why `name` (`id`) may not be made a clone of `parent` (`sid`), if it may not.
+    /// `ours`: the disk is quiesced by the operation itself.
+    fn set_parent_refused(
+        st: &CtlState,
+        (id, sid): (u64, u64),
+        name: &str,
+        parent: &str,
+        ours: bool,
+    ) -> Option<VdiskError> {
+        let (Some(d), Some(s)) = (st.disks.get(&id), st.disks.get(&sid)) else {
+            let gone = if st.disks.contains_key(&id) {
+                parent
+            } else {
+                name
+            };
+            return Some(VdiskError::NotFound(gone.to_string()));
+        };
+        let invalid =
+            |field: &'static str, reason: String| Some(VdiskError::InvalidParam { field, reason });
+        if id == sid {
+            return invalid("parent_name", format!("`{name}` cannot be its own parent"));
+        }
+        if d.rec.parent == sid {
+            return Some(VdiskError::Exists(format!(
+                "`{parent}` as the parent of `{name}`"
+            )));
+        }
+        if s.rec.kind != DiskKind::Snapshot || !s.rec.read_only {
+            return invalid("parent_name", format!("`{parent}` is not a snapshot"));
+        }
+        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
+            return invalid(
+                "lvol_name",
+                format!("`{name}` is a snapshot; only a writable lvol takes a new parent"),
+            );
+        }
+        // As SPDK: an lvol that is not a clone must be thin.
+        if !d.rec.thin && d.rec.parent == 0 && d.rec.external.is_none() {
+            return invalid("lvol_name", format!("`{name}` is not thin-provisioned"));
+        }
+        if d.rec.size_blocks != s.rec.size_blocks {
+            return invalid(
+                "parent_name",
+                format!(
+                    "`{name}` has {} blocks and `{parent}` {}: they must be the same size",
+                    d.rec.size_blocks, s.rec.size_blocks
+                ),
+            );
+        }
+        if d.job_cancel.is_some() || d.rec.job != JobRecord::None {
+            return Some(VdiskError::Busy(format!(
+                "`{name}` is being split from its parent; cancel the job or wait for it"
+            )));
+        }
+        if let Some(c) = st.disks.values().find(|c| c.rec.parent == id) {
+            return Some(VdiskError::Busy(format!(
+                "`{}` names `{name}` as its parent",
+                c.rec.name
+            )));
+        }
+        if d.quiesced && !ours {
+            return Some(VdiskError::Busy(format!(
+                "`{name}` is quiesced (tessera_quiesce); activate it first"
+            )));
+        }
+        None
+    }
+
+    /// What each virtual segment of disk `id` becomes under the new parent `sid` (see
+    /// the module documentation), in order.
+    fn set_parent_plan(st: &CtlState, id: u64, sid: u64) -> Vec<(u64, Plan)> {
+        let d = &st.disks[&id];
+        let s = &st.disks[&sid];
+        let old = st.disks.get(&d.rec.parent).filter(|_| d.rec.parent != 0);
+        let mut vsegs = BTreeSet::new();
+        for root in [d.root.as_ref(), s.root.as_ref()].into_iter().flatten() {
+            root.visit_from(0, &mut |e| {
+                vsegs.extend(e.vseg..e.end());
+                true
+            });
+        }
+        let mut out = Vec::with_capacity(vsegs.len());
+        for v in vsegs {
+            let mine = d.root.as_ref().and_then(|r| r.lookup(v)).map(|e| e.at(v));
+            let theirs = s.root.as_ref().and_then(|r| r.lookup(v)).map(|e| e.at(v));
+            let shared = old
+                .and_then(|o| o.root.as_ref())
+                .and_then(|r| r.lookup(v))
+                .map(|e| e.at(v));
+            let Some(mine) = mine else {
+                if shared.is_some() && (theirs.is_some() || s.rec.external.is_some()) {
+                    out.push((v, Plan::Zero));
+                } else if let Some(t) = theirs {
+                    out.push((v, Plan::Parent(t)));
+                }
+                continue;
+            };
+            if Some(&mine) == shared.as_ref() {
+                if let Some(t) = theirs {
+                    out.push((v, Plan::Parent(t)));
+                }
+                continue;
+            }
+            let writable = mine.birth.get() > d.rec.snap_gen;
+            if mine.state == ExtentState::Error {
+                out.push((
+                    v,
+                    Plan::Own {
+                        ext: mine,
+                        writable,
+                    },
+                ));
+                continue;
+            }
+            let keep: HashSet<u64> = shared
+                .iter()
+                .flat_map(|e| e.layers.iter().map(|l| l.seg()))
+                .collect();
+            let mut own: Layers = mine
+                .layers
+                .iter()
+                .take_while(|l| !keep.contains(&l.seg()))
+                .copied()
+                .collect();
+            if own.is_empty() {
+                // Nothing of its own here (its stack is the old parent's, seen through
+                // a different extent): the new parent's.
+                if let Some(t) = theirs {
+                    out.push((v, Plan::Parent(t)));
+                }
+                continue;
+            }
+            normalize(&mut own);
+            let full = own.iter().any(|l| !l.is_partial());
+            match theirs {
+                _ if full => out.push((
+                    v,
+                    Plan::Own {
+                        ext: Extent {
+                            layers: own,
+                            ..mine
+                        },
+                        writable,
+                    },
+                )),
+                Some(t) if t.state == ExtentState::Error => {
+                    // What the disk does not hold there cannot be read: neither can the
+                    // segment then (a merge would copy an error).
+                    out.push((v, Plan::Parent(t)));
+                }
+                theirs => {
+                    let mut layers = own;
+                    layers.extend(theirs.iter().flat_map(|t| t.layers.iter().copied()));
+                    normalize(&mut layers);
+                    if layers.len() > MAX_LAYERS {
+                        out.push((v, Plan::Merge(Extent { layers, ..mine })));
+                    } else {
+                        out.push((
+                            v,
+                            Plan::Stack {
+                                layers,
+                                birth: mine.birth.get(),
+                                writable,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes `name` a clone of the snapshot `parent` of the same pool (SPDK's
+    /// `bdev_lvol_set_parent`; see the module documentation). `limit` bounds the wait
+    /// for the locks and for the disk's I/O in flight; past it nothing has changed. The
+    /// caller makes the change durable before answering.
+    pub(crate) async fn set_parent(
+        &self,
+        name: &str,
+        parent: &str,
+        limit: Duration,
+    ) -> Result<(), VdiskError> {
+        self.check_usable()?;
+        let id = self.id_of(name)?;
+        let sid = self.id_of(parent)?;
+        if let Some(e) = Self::set_parent_refused(&self.st.borrow(), (id, sid), name, parent, false)
+        {
+            return Err(e);
+        }
+        let what = format!("set_parent of `{name}` to `{parent}`");
+        let deadline = reactor::now().after(limit);
+        let Some(_locks) = until(deadline, self.locks.disks(vec![id, sid])).await else {
+            return Err(VdiskError::Busy(format!(
+                "{what}: operations on the disks still running after {} ms; try again",
+                limit.as_millis()
+            )));
+        };
+        self.check_usable()?;
+        if let Some(e) = Self::set_parent_refused(&self.st.borrow(), (id, sid), name, parent, false)
+        {
+            return Err(e);
+        }
+        let q = self
+            .quiesce_until(vec![id], deadline)
+            .await
+            .map_err(|e| match e {
+                VdiskError::DrainTimeout(s) => VdiskError::DrainTimeout(s.during(&*what)),
+                e => e,
+            })?;
+        let r = self
+            .set_parent_quiesced((id, sid), name, parent, q, deadline)
+            .await;
+        let _ = self.activate(q).await;
+        r?;
+        self.update_free();
+        tracing::info!(pool = %self.shared.name, disk = name, parent, "parent set");
+        Ok(())
+    }
+
+    /// [`Controller::set_parent`] once the disk is quiesced (quiesce `q`); the caller
+    /// activates it.
+    async fn set_parent_quiesced(
+        &self,
+        (id, sid): (u64, u64),
+        name: &str,
+        parent: &str,
+        q: u64,
+        deadline: reactor::Nanos,
+    ) -> Result<(), VdiskError> {
+        let expired = || {
+            self.quiesces
+                .borrow()
+                .get(&q)
+                .is_none_or(|q| q.expired.get())
+        };
+        if expired() {
+            return Err(VdiskError::QuiesceTimeout(format!(
+                "`{name}` (set_parent to `{parent}`)"
+            )));
+        }
+        // The fills as the drained writes left them, logged before the switch.
+        self.persist_dirty_fills();
+        let refused = |me: &Self| {
+            me.check_usable().err().or_else(|| {
+                Self::set_parent_refused(&me.st.borrow(), (id, sid), name, parent, true)
+            })
+        };
+        if let Some(e) = refused(self) {
+            return Err(e);
+        }
+        let (plan, roots) = {
+            let st = self.st.borrow();
+            let roots = Self::roots_of(&st, id, sid);
+            (Self::set_parent_plan(&st, id, sid), roots)
+        };
+        // The merges and zeroed segments: written before the switch, into segments nothing
+        // references yet.
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        let give_back = |me: &Self, merged: &[(u64, u64)]| {
+            let mut st = me.st.borrow_mut();
+            for &(_, seg) in merged {
+                st.space.unalloc_segment(seg);
+            }
+        };
+        for (v, p) in &plan {
+            if !matches!(p, Plan::Merge(_) | Plan::Zero) {
+                continue;
+            }
+            let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
+                give_back(self, &merged);
+                return Err(VdiskError::NoSpace {
+                    need: 1,
+                    free: self.st.borrow().space.free_segments(),
+                });
+            };
+            self.shared.fills.fresh(seg);
+            let done = match p {
+                Plan::Merge(ext) => self.copy_resolved(ext, seg).await.map(|_| ()),
+                _ => self.zero_segments(seg, 1).await,
+            };
+            if let Err(status) = done {
+                merged.push((*v, seg));
+                give_back(self, &merged);
+                return Err(VdiskError::Io {
+                    what: format!("merging segment {v} of `{name}` over `{parent}`"),
+                    status,
+                });
+            }
+            merged.push((*v, seg));
+        }
+        // Nothing may have changed while the merges were copied (the locks and the
+        // quiesce hold everything that could; looked at again all the same).
+        if let Some(e) = refused(self) {
+            give_back(self, &merged);
+            return Err(e);
+        }
+        if expired() || Self::roots_of(&self.st.borrow(), id, sid) != roots {
+            give_back(self, &merged);
+            return Err(VdiskError::Busy(format!(
+                "`{name}` or `{parent}` changed during set_parent; try again"
+            )));
+        }
+        // The switch: one step, nothing awaited.
+        let taken = self.st.borrow_mut().take_generation();
+        let g = match taken {
+            Ok(g) => g,
+            Err(e) => {
+                give_back(self, &merged);
+                return Err(e);
+            }
+        };
+        let bdev = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let born = st.generation;
+            let mut merged_at = merged.iter().copied();
+            let exts: Vec<Extent> = plan
+                .into_iter()
+                .map(|(v, p)| match p {
+                    Plan::Parent(t) => t,
+                    Plan::Own { ext, writable } => Extent {
+                        birth: if writable { born } else { ext.birth.get() }.into(),
+                        ..ext
+                    },
+                    Plan::Stack {
+                        layers,
+                        birth,
+                        writable,
+                    } => Extent {
+                        vseg: v,
+                        len: 1,
+                        state: ExtentState::Mapped,
+                        birth: if writable { born } else { birth }.into(),
+                        layers,
+                    },
+                    Plan::Merge(_) | Plan::Zero => {
+                        let (mv, seg) = merged_at.next().expect("one segment per merge");
+                        debug_assert_eq!(mv, v);
+                        let layer = if matches!(p, Plan::Zero) {
+                            Layer::full(seg)
+                        } else {
+                            Layer::partial(seg)
+                        };
+                        Extent {
+                            vseg: v,
+                            len: 1,
+                            state: ExtentState::Mapped,
+                            birth: born.into(),
+                            layers: Layers::from_slice(&[layer]),
+                        }
+                    }
+                })
+                .collect();
+            let exts = coalesce(exts);
+            let s = st
+                .disks
+                .get_mut(&sid)
+                .expect("checked, nothing awaited since");
+            // Every extent the two now share was born before `g`.
+            s.rec.snap_gen = s.rec.snap_gen.max(g);
+            let external = s.rec.external.clone();
+            let d = st.disks.get(&id).expect("checked, nothing awaited since");
+            let nsegs = d.rec.size_blocks.div_ceil(self.shared.geo.segment_blocks);
+            let root = if exts.is_empty() {
+                None
+            } else {
+                table::splice(None, 0, nsegs.max(1), &exts, &mut st.space)
+            };
+            let d = st
+                .disks
+                .get_mut(&id)
+                .expect("checked, nothing awaited since");
+            table::set_root(&mut d.root, root, &mut st.space);
+            d.rec.parent = sid;
+            d.rec.snap_gen = g;
+            d.rec.external = external;
+            d.rec.kind = DiskKind::Clone;
+            let bdev = d.bdev.clone();
+            st.changed();
+            bdev
+        };
+        bdev.set_kind(DiskKind::Clone);
+        // Every agent has the new view before the held I/O is let go.
+        if let Err(stall) = self.push_view_until(id, false, deadline).await {
+            tracing::warn!(pool = %self.shared.name, disk = name, %stall,
+                "set_parent: agents slow to acknowledge the new view");
+        }
+        Ok(())
+    }
+
+    /// The table roots of the disks `id` and `sid` (by address), to tell whether either
+    /// changed.
+    fn roots_of(st: &CtlState, id: u64, sid: u64) -> [usize; 2] {
+        let key = |i: u64| {
+            st.disks
+                .get(&i)
+                .and_then(|d| d.root.as_ref())
+                .map_or(0, |r| std::sync::Arc::as_ptr(r) as usize)
+        };
+        [key(id), key(sid)]
+    }
+}
+
+/// `exts` (one-segment extents and whole extents, sorted) with adjacent plain extents
+/// of consecutive segments and one birth joined into runs, as the table keeps them.
+fn coalesce(exts: Vec<Extent>) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::with_capacity(exts.len());
+    for e in exts {
+        if let Some(last) = out.last_mut()
+            && last.is_plain()
+            && e.is_plain()
+            && last.end() == e.vseg
+            && last.birth == e.birth
+            && last.layers[0].seg() + last.len as u64 == e.layers[0].seg()
+            && last.len as u64 + e.len as u64 <= MAX_RUN_SEGMENTS as u64
+        {
+            last.len += e.len;
+            continue;
+        }
+        out.push(e);
+    }
+    out
+}
