@@ -13,7 +13,7 @@ mod spdk_support;
 
 use rpc_common::{Serve, free_port, qemu_io};
 use serde_json::{Value, json};
-use spdk_support::{APP, Background, NO_HUGE, assert_verified, bdevperf, tool};
+use spdk_support::{APP, Background, NO_HUGE, assert_verified, assert_verified_at, bdevperf, tool};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -301,21 +301,9 @@ nvmf:
             assert_verified(ok, &out);
         } else {
             // SPDK's host writes 64 KiB and more through TLS at about 40 a second, against
-            // SPDK's nvmf_tgt as against tessera (its H2C data), so no rate is asked here:
-            // every block read back must match, with no failed I/O.
-            assert!(ok && !out.contains("mismatch"), "bdevperf failed:\n{out}");
-            let line = out
-                .lines()
-                .find(|l| l.trim_start().starts_with("Nvme0n1") && l.contains(':'))
-                .unwrap_or_else(|| panic!("no result line:\n{out}"));
-            let cols: Vec<f64> = line
-                .split_once(':')
-                .unwrap()
-                .1
-                .split_whitespace()
-                .filter_map(|c| c.parse().ok())
-                .collect();
-            assert!(cols[1] > 5.0 && cols[3] == 0.0, "{line}\n{out}");
+            // SPDK's nvmf_tgt as against tessera (its H2C data), so barely a rate is asked
+            // here: every block read back must match, with no failed I/O.
+            assert_verified_at(ok, &out, 5.0);
         }
     }
     let log = srv.log_text();

@@ -268,6 +268,11 @@ pub fn bdevperf(cfg: &Path, secs: u32, log: PathBuf) -> Background {
 
 /// Asserts a bdevperf run succeeded with I/O and no failure.
 pub fn assert_verified(ok: bool, out: &str) {
+    assert_verified_at(ok, out, 100.0);
+}
+
+/// [`assert_verified`], with at least `min_iops` I/O a second.
+pub fn assert_verified_at(ok: bool, out: &str, min_iops: f64) {
     assert!(ok, "bdevperf failed:\n{out}");
     assert!(!out.contains("mismatch"), "bdevperf found bad data:\n{out}");
     let line = out
@@ -281,7 +286,7 @@ pub fn assert_verified(ok: bool, out: &str) {
         .split_whitespace()
         .filter_map(|c| c.parse().ok())
         .collect();
-    assert!(cols[1] > 100.0, "IOPS {}:\n{out}", cols[1]);
+    assert!(cols[1] > min_iops, "IOPS {}:\n{out}", cols[1]);
     assert_eq!(cols[3], 0.0, "Fail/s:\n{out}");
 }
 
