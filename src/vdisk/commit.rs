@@ -154,21 +154,11 @@ impl Controller {
     }
 
     pub(crate) async fn commit_once(&self) -> Result<(), IoStatus> {
-        if self.st.borrow().failed.is_some() {
-            return Err(IoStatus::MediaError);
-        }
-        if self.stopped() || self.st.borrow().closed {
-            return Err(IoStatus::Aborted);
-        }
+        self.meta_writes_refused()?;
         // Most of the changed fills in turns of the core, the rest (those changed
         // meanwhile) at once.
         self.log_dirty_fills_in_turns().await;
-        if self.st.borrow().failed.is_some() {
-            return Err(IoStatus::MediaError);
-        }
-        if self.stopped() || self.st.borrow().closed {
-            return Err(IoStatus::Aborted);
-        }
+        self.meta_writes_refused()?;
         self.persist_dirty_fills();
         self.rotate_fill_charges();
         let needs_meta = {

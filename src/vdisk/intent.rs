@@ -409,13 +409,13 @@ impl Controller {
     /// containers are flushed (the fills' data first), the pages written with
     /// force-unit-access.
     async fn append_once(&self) -> Result<(), IoStatus> {
-        self.append_refused()?;
+        self.meta_writes_refused()?;
         if self.stopping.get() {
             return self.commit().await;
         }
         self.log_dirty_fills_in_turns().await;
         // The pool may have failed, crashed or begun to close during those turns.
-        self.append_refused()?;
+        self.meta_writes_refused()?;
         if self.stopping.get() {
             return self.commit().await;
         }
@@ -495,11 +495,12 @@ impl Controller {
         Ok(())
     }
 
-    /// Why no append may run now: the pool failed, or is closed (or crashed).
-    fn append_refused(&self) -> Result<(), IoStatus> {
+    /// Why no append or checkpoint may run now: the pool failed, or is closed (or
+    /// crashed).
+    pub(crate) fn meta_writes_refused(&self) -> Result<(), IoStatus> {
         let st = self.st.borrow();
         if let Some(f) = &st.failed {
-            tracing::debug!(pool = %self.shared.name, failed = %f, "append refused");
+            tracing::debug!(pool = %self.shared.name, failed = %f, "metadata write refused");
             return Err(IoStatus::MediaError);
         }
         if st.closed {

@@ -35,7 +35,6 @@ use super::map::{Extent, ExtentState, Layer, Layers, MAX_LAYERS, MAX_RUN_SEGMENT
 use super::meta::directory::{DiskKind, JobRecord};
 use super::table;
 use crate::reactor;
-use crate::reactor::until;
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
@@ -70,13 +69,9 @@ impl Controller {
         parent: &str,
         ours: bool,
     ) -> Option<VdiskError> {
-        let (Some(d), Some(s)) = (st.disks.get(&id), st.disks.get(&sid)) else {
-            let gone = if st.disks.contains_key(&id) {
-                parent
-            } else {
-                name
-            };
-            return Some(VdiskError::NotFound(gone.to_string()));
+        let (d, s) = match super::revert::disk_pair(st, (id, sid), name, parent) {
+            Ok(pair) => pair,
+            Err(e) => return Some(e),
         };
         let invalid =
             |field: &'static str, reason: String| Some(VdiskError::InvalidParam { field, reason });
@@ -246,30 +241,13 @@ impl Controller {
         self.check_usable()?;
         let id = self.id_of(name)?;
         let sid = self.id_of(parent)?;
-        if let Some(e) = Self::set_parent_refused(&self.st.borrow(), (id, sid), name, parent, false)
-        {
-            return Err(e);
-        }
         let what = format!("set_parent of `{name}` to `{parent}`");
         let deadline = reactor::now().after(limit);
-        let Some(_locks) = until(deadline, self.locks.disks(vec![id, sid])).await else {
-            return Err(VdiskError::Busy(format!(
-                "{what}: operations on the disks still running after {} ms; try again",
-                limit.as_millis()
-            )));
-        };
-        self.check_usable()?;
-        if let Some(e) = Self::set_parent_refused(&self.st.borrow(), (id, sid), name, parent, false)
-        {
-            return Err(e);
-        }
-        let q = self
-            .quiesce_until(vec![id], deadline)
-            .await
-            .map_err(|e| match e {
-                VdiskError::DrainTimeout(s) => VdiskError::DrainTimeout(s.during(&*what)),
-                e => e,
-            })?;
+        let (_locks, q) = self
+            .hold_for_switch((id, sid), &what, limit, deadline, |st| {
+                Self::set_parent_refused(st, (id, sid), name, parent, false)
+            })
+            .await?;
         let r = self
             .set_parent_quiesced((id, sid), name, parent, q, deadline)
             .await;

@@ -29,7 +29,8 @@
 //! disk (and its log), after it the reverted one — never a mix.
 
 use super::VdiskError;
-use super::controller::{Controller, CtlState};
+use super::controller::{Controller, CtlState, DiskCtl};
+use super::locks::LockGuard;
 use super::meta::directory::{DiskKind, JobRecord};
 use super::table;
 use crate::reactor;
@@ -37,6 +38,21 @@ use crate::reactor::until;
 use std::time::Duration;
 
 /// The oldest ancestor of `id` through parent links (itself if it has no parent).
+/// Disks `id` and `sid` of the pool, or the refusal naming the one that is gone
+/// (`name` for `id`, `other` for `sid`).
+pub(super) fn disk_pair<'a>(
+    st: &'a CtlState,
+    (id, sid): (u64, u64),
+    name: &str,
+    other: &str,
+) -> Result<(&'a DiskCtl, &'a DiskCtl), VdiskError> {
+    match (st.disks.get(&id), st.disks.get(&sid)) {
+        (Some(d), Some(s)) => Ok((d, s)),
+        (Some(_), None) => Err(VdiskError::NotFound(other.to_string())),
+        _ => Err(VdiskError::NotFound(name.to_string())),
+    }
+}
+
 fn family_root(st: &CtlState, mut id: u64) -> u64 {
     // A parent chain is at most as long as there are disks; the bound only guards
     // against a cycle in damaged state.
@@ -59,13 +75,9 @@ impl Controller {
         snapshot: &str,
         ours: bool,
     ) -> Option<VdiskError> {
-        let (Some(d), Some(s)) = (st.disks.get(&id), st.disks.get(&sid)) else {
-            let gone = if st.disks.contains_key(&id) {
-                snapshot
-            } else {
-                name
-            };
-            return Some(VdiskError::NotFound(gone.to_string()));
+        let (d, s) = match disk_pair(st, (id, sid), name, snapshot) {
+            Ok(pair) => pair,
+            Err(e) => return Some(e),
         };
         if d.rec.kind == DiskKind::Snapshot {
             return Some(VdiskError::InvalidParam {
@@ -108,6 +120,43 @@ impl Controller {
         None
     }
 
+    /// The first steps of an operation that switches disk `id`'s table for one made
+    /// from disk `sid`'s (a revert, a set_parent), described as `what`: unless
+    /// `refused` refuses it, both disks are locked and `id` is quiesced, all by
+    /// `deadline` (`limit` from the start); `refused` is asked again once the locks are
+    /// held. Returns the locks and the quiesce, which the caller activates.
+    pub(super) async fn hold_for_switch(
+        &self,
+        (id, sid): (u64, u64),
+        what: &str,
+        limit: Duration,
+        deadline: reactor::Nanos,
+        refused: impl Fn(&CtlState) -> Option<VdiskError>,
+    ) -> Result<(Vec<LockGuard>, u64), VdiskError> {
+        self.check_usable()?;
+        if let Some(e) = refused(&self.st.borrow()) {
+            return Err(e);
+        }
+        let Some(locks) = until(deadline, self.locks.disks(vec![id, sid])).await else {
+            return Err(VdiskError::Busy(format!(
+                "{what}: operations on the disks still running after {} ms; try again",
+                limit.as_millis()
+            )));
+        };
+        self.check_usable()?;
+        if let Some(e) = refused(&self.st.borrow()) {
+            return Err(e);
+        }
+        let q = self
+            .quiesce_until(vec![id], deadline)
+            .await
+            .map_err(|e| match e {
+                VdiskError::DrainTimeout(s) => VdiskError::DrainTimeout(s.during(what)),
+                e => e,
+            })?;
+        Ok((locks, q))
+    }
+
     /// Reverts disk `name` to snapshot `snapshot` (see the module documentation).
     /// `limit` bounds the wait for the locks and for the disk's I/O in flight; past it
     /// nothing has changed and the revert fails with what it waited for. The caller
@@ -121,29 +170,14 @@ impl Controller {
         self.check_usable()?;
         let id = self.id_of(name)?;
         let sid = self.id_of(snapshot)?;
-        if let Some(e) = Self::revert_refused(&self.st.borrow(), (id, sid), name, snapshot, false) {
-            return Err(e);
-        }
         let what = format!("revert of `{name}` to `{snapshot}`");
         let deadline = reactor::now().after(limit);
-        let Some(_locks) = until(deadline, self.locks.disks(vec![id, sid])).await else {
-            return Err(VdiskError::Busy(format!(
-                "{what}: operations on the disks still running after {} ms; try again",
-                limit.as_millis()
-            )));
-        };
-        self.check_usable()?;
-        if let Some(e) = Self::revert_refused(&self.st.borrow(), (id, sid), name, snapshot, false) {
-            return Err(e);
-        }
         // New I/O is held from here; what is in flight drains against the old table.
-        let q = self
-            .quiesce_until(vec![id], deadline)
-            .await
-            .map_err(|e| match e {
-                VdiskError::DrainTimeout(s) => VdiskError::DrainTimeout(s.during(&*what)),
-                e => e,
-            })?;
+        let (_locks, q) = self
+            .hold_for_switch((id, sid), &what, limit, deadline, |st| {
+                Self::revert_refused(st, (id, sid), name, snapshot, false)
+            })
+            .await?;
         let expired = self
             .quiesces
             .borrow()
