@@ -631,18 +631,20 @@ impl Target {
 
     /// The virtual disk `name` designates (its `pool/disk` alias, its UUID, or its name
     /// where no other pool has a disk so named), and its pool.
+    /// Found from the disk itself, with no trip to a pool's controller: an RPC on a
+    /// disk under load waits for its controller once, for the work it asks for.
     pub async fn disk(&self, name: &str) -> Result<(Pool, Arc<VDisk>), TargetError> {
         let bdev = self.inner.bdevs.get(name)?;
-        for p in self.pools() {
-            for d in p.disks().await? {
-                if Arc::ptr_eq(&(d.clone() as Arc<dyn Bdev>), &bdev) {
-                    return Ok((p, d));
-                }
-            }
+        let disk = bdev.into_any().and_then(|a| a.downcast::<VDisk>().ok());
+        let pool = disk
+            .as_ref()
+            .and_then(|d| self.pools().into_iter().find(|p| p.holds(d)));
+        match (pool, disk) {
+            (Some(p), Some(d)) => Ok((p, d)),
+            _ => Err(TargetError::Invalid(format!(
+                "`{name}` is not a virtual disk"
+            ))),
         }
-        Err(TargetError::Invalid(format!(
-            "`{name}` is not a virtual disk"
-        )))
     }
 
     /// Creates a base bdev, registers it, and examines it for a pool.

@@ -680,6 +680,13 @@ pub trait Bdev: Send + Sync + 'static {
     /// Called when the bdev is removed from the registry; release resources.
     fn on_remove(&self) {}
 
+    /// The bdev as its concrete type, for a layer above that knows it (the target
+    /// finds a virtual disk's pool from the disk, without asking every pool's
+    /// controller); `None` for bdevs nothing above needs to tell apart.
+    fn into_any(self: Arc<Self>) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        None
+    }
+
     /// The size in bytes of what backs the bdev, read now, for bdevs whose backing can
     /// change size underneath them (a file or a device: `bdev_uring_rescan`); `None`
     /// for the others.

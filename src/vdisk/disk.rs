@@ -100,6 +100,10 @@ impl Bdev for VDisk {
         &self.props
     }
 
+    fn into_any(self: Arc<Self>) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        Some(self)
+    }
+
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         let (shared, id, counts) = (self.shared.clone(), self.id, self.io_counts.clone());
         let agent = Agent::create(shared, self, id, counts)?;

@@ -278,6 +278,11 @@ impl Pool {
         self.on_ctl(move |c| async move { c.disk_bdev(&name) })
     }
 
+    /// Whether `disk` is one of this pool's (or was: a deleted disk keeps its pool).
+    pub fn holds(&self, disk: &VDisk) -> bool {
+        Arc::ptr_eq(&self.shared, &disk.shared)
+    }
+
     /// Every disk of the pool.
     pub fn disks(
         &self,
