@@ -12,7 +12,7 @@ mod spdk_support;
 
 use rpc_common::{Serve, free_port};
 use serde_json::{Value, json};
-use spdk_support::{APP, Background, NO_HUGE, qemu_io, run_ok, tool, trid};
+use spdk_support::{APP, Background, NO_HUGE, perf, qemu_io, run_ok, tool, trid};
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -131,39 +131,6 @@ fn identify_shows_the_configured_controller_and_namespaces() {
     assert_eq!(field(ns[&1], "Deallocated Read Value"), "All 0x00");
     assert_eq!(field(ns[&2], "Deallocated Read Value"), "Unknown");
     srv.stop();
-}
-
-/// Runs `spdk_nvme_perf` with `args` on `trid`; asserts it succeeded, reported no error,
-/// and returns the total IOPS.
-fn perf(args: &[&str], trid: &str) -> f64 {
-    let out = run_ok(
-        tool("spdk_nvme_perf")
-            .args(NO_HUGE)
-            .args(args)
-            .arg("-r")
-            .arg(trid),
-        Duration::from_secs(90),
-    );
-    let low = out.to_lowercase();
-    assert!(
-        !low.contains("error") && !low.contains("fail"),
-        "spdk_nvme_perf {args:?} reported errors:\n{out}"
-    );
-    let total = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("Total"))
-        .unwrap_or_else(|| panic!("no Total line:\n{out}"));
-    let iops: f64 = total
-        .split_once(':')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(iops > 0.0, "{args:?}: no I/O completed:\n{out}");
-    iops
 }
 
 #[test]

@@ -61,6 +61,39 @@ pub fn trid(port: u16, subnqn: &str, hostnqn: Option<&str>) -> String {
     s
 }
 
+/// Runs `spdk_nvme_perf` with `args` on `trid`; asserts it succeeded, reported no error,
+/// and returns the total IOPS.
+pub fn perf(args: &[&str], trid: &str) -> f64 {
+    let out = run_ok(
+        tool("spdk_nvme_perf")
+            .args(NO_HUGE)
+            .args(args)
+            .arg("-r")
+            .arg(trid),
+        Duration::from_secs(90),
+    );
+    let low = out.to_lowercase();
+    assert!(
+        !low.contains("error") && !low.contains("fail"),
+        "spdk_nvme_perf {args:?} reported errors:\n{out}"
+    );
+    let total = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("Total"))
+        .unwrap_or_else(|| panic!("no Total line:\n{out}"));
+    let iops: f64 = total
+        .split_once(':')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(iops > 0.0, "{args:?}: no I/O completed:\n{out}");
+    iops
+}
+
 /// Runs `cmd` to completion within `limit`, asserting success; returns stdout + stderr.
 pub fn run_ok(cmd: &mut Command, limit: Duration) -> String {
     let shown = format!("{cmd:?}");
