@@ -154,6 +154,7 @@ pub(crate) fn connect(
                     kato_ms,
                     io_qpairs: Default::default(),
                     retired: Default::default(),
+                    auth: Default::default(),
                 })
             })
             .ok_or(ConnectError::status(Status::CONNECT_CONTROLLER_BUSY))?;

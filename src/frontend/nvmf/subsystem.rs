@@ -156,6 +156,20 @@ pub struct CtrlrShared {
     pub(crate) io_qpairs: Mutex<BTreeMap<u16, IoQpairRef>>,
     /// Counters of I/O queue pairs that have gone.
     pub(crate) retired: Mutex<StatTotals>,
+    /// DH-HMAC-CHAP transactions that succeeded, by queue ID (`nvmf_subsystem_get_qpairs`
+    /// reports them).
+    pub(crate) auth: Mutex<BTreeMap<u16, QpairAuthRecord>>,
+}
+
+/// The DH-HMAC-CHAP record of one queue (its latest successful transaction's digest and
+/// group, and how many succeeded: the first, and re-authentications of the enabled
+/// queue pair).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QpairAuthRecord {
+    pub digest: &'static str,
+    pub dhgroup: &'static str,
+    pub authentications: u64,
+    pub reauthentications: u64,
 }
 
 impl CtrlrShared {
@@ -170,6 +184,35 @@ impl CtrlrShared {
             q.stats.add_to(&mut t);
         }
         t
+    }
+
+    /// Counts a successful DH-HMAC-CHAP transaction on queue `qid` (`reauth`: on an
+    /// enabled queue pair).
+    pub(crate) fn record_auth(
+        &self,
+        qid: u16,
+        digest: &'static str,
+        dhgroup: &'static str,
+        reauth: bool,
+    ) {
+        let mut m = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        let r = m.entry(qid).or_default();
+        r.digest = digest;
+        r.dhgroup = dhgroup;
+        if reauth {
+            r.reauthentications += 1;
+        } else {
+            r.authentications += 1;
+        }
+    }
+
+    /// The DH-HMAC-CHAP record of queue `qid`, if it authenticated.
+    pub fn auth_record(&self, qid: u16) -> Option<QpairAuthRecord> {
+        self.auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&qid)
+            .copied()
     }
 
     /// Forgets I/O queue `qid`, keeping its counters.
