@@ -869,7 +869,11 @@ fn a_second_starttls_inside_tls_is_invalid_and_the_connection_goes_on() {
     let mut h = [0u8; 16];
     t.read_exact(&mut h).unwrap();
     assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x6744_6698);
-    assert_eq!(u32::from_be_bytes(h[4..8].try_into().unwrap()), 0, "read error");
+    assert_eq!(
+        u32::from_be_bytes(h[4..8].try_into().unwrap()),
+        0,
+        "read error"
+    );
     assert_eq!(u64::from_be_bytes(h[8..16].try_into().unwrap()), 77);
     let mut data = vec![1u8; 4096];
     t.read_exact(&mut data).unwrap();

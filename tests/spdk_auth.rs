@@ -419,3 +419,201 @@ fn tessera_host_authenticates_to_spdk_nvmf_tgt() {
         }
     }
 }
+
+/// `spdk-rpc -s SOCK ARGS…` within 60 s: its success and its output.
+fn spdk_call(sock: &Path, args: &[&str]) -> (bool, String) {
+    let out = spdk_support::run(
+        std::process::Command::new(rpc_common::spdk_rpc())
+            .arg("-s")
+            .arg(sock)
+            .args(args),
+        Duration::from_secs(60),
+    );
+    (out.status.success(), spdk_support::text_of(&out))
+}
+
+/// Waits until bdevperf on `sock` has its controller `Nvme0` attached.
+fn wait_attached(sock: &Path, proc_: &mut Background) {
+    let t0 = std::time::Instant::now();
+    loop {
+        if sock.exists() && spdk_call(sock, &["bdev_nvme_get_controllers", "-n", "Nvme0"]).0 {
+            return;
+        }
+        assert!(proc_.is_running(), "bdevperf ended:\n{}", proc_.text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "bdevperf did not attach within 60 s:\n{}",
+            proc_.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The `auth` records of tessera's queue pairs of the subsystem (one per queue pair).
+fn auth_records(srv: &Serve) -> Vec<Value> {
+    let q = srv.call("nvmf_subsystem_get_qpairs", json!({"nqn": NQN}));
+    q.as_array().unwrap().to_vec()
+}
+
+/// Key rotation with SPDK's host (its `bdev_nvme_set_keys`, SPDK v25.09): bdevperf,
+/// attached bidirectionally, runs `-w verify`; mid-run tessera's keys for the host
+/// change (`nvmf_subsystem_set_keys`), then bdevperf's (`keyring_file_add_key` and
+/// `bdev_nvme_set_keys` through its RPC socket): every one of its queue pairs
+/// re-authenticates on tessera (tessera counts the transactions in
+/// `nvmf_subsystem_get_qpairs`) and verify finishes with no error. Then a second
+/// bdevperf rotates alone to a key tessera does not have: SPDK reports the failure
+/// (tessera's AUTH_Failure1, authentication failed), while another host verifies on.
+#[test]
+fn spdk_host_re_authenticates_with_rotated_keys_and_a_wrong_key_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (k1, _) = key_file(&d, "k1", HashId::Sha256, 11);
+    let (c1, _) = key_file(&d, "c1", HashId::Sha384, 12);
+    let (k2, k2_text) = key_file(&d, "k2", HashId::Sha512, 13);
+    let (c2, c2_text) = key_file(&d, "c2", HashId::Sha256, 14);
+    let (wrong, _) = key_file(&d, "wrong", HashId::Sha256, 15);
+    let (other, _) = key_file(&d, "other", HashId::Sha256, 16);
+    let port = free_port();
+    let yaml = format!(
+        r#"cores: [0]
+bdevs:
+  - {{type: malloc, name: M0, size: 64MiB}}
+nvmf:
+  subsystems:
+    - nqn: {NQN}
+      allow_any_host: false
+      hosts: [{BIDIR}, {ONE_WAY}]
+      listeners: [{{address: 127.0.0.1, port: {port}}}]
+      namespaces: [{{bdev: M0, nsid: 1}}]
+"#
+    );
+    let cfg = d.join("config.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    for (n, p) in [
+        ("k1", &k1),
+        ("c1", &c1),
+        ("k2", &k2),
+        ("c2", &c2),
+        ("other", &other),
+    ] {
+        srv.call("keyring_file_add_key", json!({"name": n, "path": p}));
+    }
+    srv.call(
+        "nvmf_subsystem_set_keys",
+        json!({"nqn": NQN, "host": BIDIR, "dhchap_key": "k1", "dhchap_ctrlr_key": "c1"}),
+    );
+    srv.call(
+        "nvmf_subsystem_set_keys",
+        json!({"nqn": NQN, "host": ONE_WAY, "dhchap_key": "other"}),
+    );
+
+    // bdevperf with the first keys, verifying for 12 s.
+    let sock = d.join("bperf.sock");
+    let cfg = bdevperf_config(
+        &d,
+        "rotate",
+        port,
+        BIDIR,
+        &[("k", &k1), ("c", &c1)],
+        Some("k"),
+        Some("c"),
+    );
+    let mut run = spdk_support::bdevperf_with_rpc(&cfg, 12, &sock, d.join("rotate.log"));
+    wait_attached(&sock, &mut run);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = auth_records(&srv);
+    assert!(before.len() >= 2, "admin and I/O queue pairs: {before:?}");
+    for q in &before {
+        assert_eq!(q["auth"]["reauthentications"], 0, "{q}");
+    }
+
+    // Rotate on tessera, then on bdevperf.
+    srv.call(
+        "nvmf_subsystem_set_keys",
+        json!({"nqn": NQN, "host": BIDIR, "dhchap_key": "k2", "dhchap_ctrlr_key": "c2"}),
+    );
+    for (n, p) in [("k2", &k2), ("c2", &c2)] {
+        let (ok, out) = spdk_call(&sock, &["keyring_file_add_key", n, p.to_str().unwrap()]);
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = spdk_call(
+        &sock,
+        &[
+            "bdev_nvme_set_keys",
+            "Nvme0",
+            "--dhchap-key",
+            "k2",
+            "--dhchap-ctrlr-key",
+            "c2",
+        ],
+    );
+    assert!(ok, "bdev_nvme_set_keys on bdevperf: {out}");
+    let after = auth_records(&srv);
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "no queue pair reconnected: {after:?}"
+    );
+    for q in &after {
+        assert_eq!(q["auth"]["reauthentications"], 1, "{q}");
+    }
+    let (ok, out) = run.wait(Duration::from_secs(90));
+    assert_verified(ok, &out);
+
+    // Another host verifies while a second bdevperf of BIDIR rotates alone to a key
+    // tessera does not have.
+    let other_cfg = bdevperf_config(
+        &d,
+        "other",
+        port,
+        ONE_WAY,
+        &[("k", &other)],
+        Some("k"),
+        None,
+    );
+    let good = bdevperf(&other_cfg, 10, d.join("other.log"));
+    let cfg = bdevperf_config(
+        &d,
+        "rotated",
+        port,
+        BIDIR,
+        &[("k", &k2), ("c", &c2)],
+        Some("k"),
+        Some("c"),
+    );
+    let sock2 = d.join("bperf2.sock");
+    let mut bad = spdk_support::bdevperf_with_rpc(&cfg, 10, &sock2, d.join("bad.log"));
+    wait_attached(&sock2, &mut bad);
+    let (ok, out) = spdk_call(
+        &sock2,
+        &["keyring_file_add_key", "w", wrong.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = spdk_call(
+        &sock2,
+        &[
+            "bdev_nvme_set_keys",
+            "Nvme0",
+            "--dhchap-key",
+            "w",
+            "--dhchap-ctrlr-key",
+            "c",
+        ],
+    );
+    assert!(!ok, "a key tessera does not have must fail: {out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    let log = bad.stop(Duration::from_secs(5));
+    assert!(
+        log.contains("received AUTH_failure1: rc=1, rce=1 (authentication failed)"),
+        "{log}"
+    );
+    let (ok, out) = good.wait(Duration::from_secs(90));
+    assert_verified(ok, &out);
+    let tlog = srv.stop();
+    assert!(tlog.contains("re-authentication requested"), "{tlog}");
+    for text in [&k2_text, &c2_text] {
+        let b64 = &text[10..text.len() - 1];
+        assert!(!tlog.contains(&b64[..16]), "key material in tessera's log");
+    }
+}

@@ -220,6 +220,8 @@ pub(crate) fn connect(
             },
         );
     }
+    // A new queue pair of this queue ID: the record of a previous one goes.
+    shared.clear_auth(qid);
     tracing::debug!(
         cntlid = shared.cntlid,
         qid,

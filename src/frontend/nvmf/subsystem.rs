@@ -156,19 +156,18 @@ pub struct CtrlrShared {
     pub(crate) io_qpairs: Mutex<BTreeMap<u16, IoQpairRef>>,
     /// Counters of I/O queue pairs that have gone.
     pub(crate) retired: Mutex<StatTotals>,
-    /// DH-HMAC-CHAP transactions that succeeded, by queue ID (`nvmf_subsystem_get_qpairs`
-    /// reports them).
+    /// The DH-HMAC-CHAP record of each queue's queue pair, by queue ID
+    /// (`nvmf_subsystem_get_qpairs` reports it).
     pub(crate) auth: Mutex<BTreeMap<u16, QpairAuthRecord>>,
 }
 
-/// The DH-HMAC-CHAP record of one queue (its latest successful transaction's digest and
-/// group, and how many succeeded: the first, and re-authentications of the enabled
-/// queue pair).
+/// The DH-HMAC-CHAP record of the queue pair connected on one queue: its latest
+/// successful transaction's digest and group, and how many re-authentications of the
+/// enabled queue pair succeeded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QpairAuthRecord {
     pub digest: &'static str,
     pub dhgroup: &'static str,
-    pub authentications: u64,
     pub reauthentications: u64,
 }
 
@@ -186,8 +185,8 @@ impl CtrlrShared {
         t
     }
 
-    /// Counts a successful DH-HMAC-CHAP transaction on queue `qid` (`reauth`: on an
-    /// enabled queue pair).
+    /// Records a successful DH-HMAC-CHAP transaction on queue `qid`: the first of its
+    /// queue pair, or (`reauth`) a re-authentication of the enabled queue pair.
     pub(crate) fn record_auth(
         &self,
         qid: u16,
@@ -202,8 +201,16 @@ impl CtrlrShared {
         if reauth {
             r.reauthentications += 1;
         } else {
-            r.authentications += 1;
+            r.reauthentications = 0;
         }
+    }
+
+    /// Forgets the record of queue `qid` (a new queue pair connects on it).
+    pub(crate) fn clear_auth(&self, qid: u16) {
+        self.auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&qid);
     }
 
     /// The DH-HMAC-CHAP record of queue `qid`, if it authenticated.

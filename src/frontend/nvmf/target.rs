@@ -807,7 +807,7 @@ impl NvmfTarget {
             .ok_or_else(|| NvmfError::NoSubsystem(nqn.to_string()))?;
         let mut list = Vec::new();
         // `auth` as SPDK reports it (state, digest, dhgroup) on a queue pair that
-        // authenticated, with tessera's counts of successful transactions.
+        // authenticated, with tessera's count of its successful re-authentications.
         let qpair = |c: &super::subsystem::CtrlrShared, qid: u16, core: usize| {
             let mut q = serde_json::json!({
                 "cntlid": c.cntlid,
@@ -821,7 +821,6 @@ impl NvmfTarget {
                     "state": "completed",
                     "digest": a.digest,
                     "dhgroup": a.dhgroup,
-                    "authentications": a.authentications,
                     "reauthentications": a.reauthentications,
                 });
             }
