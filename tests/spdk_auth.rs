@@ -617,3 +617,137 @@ nvmf:
         assert!(!tlog.contains(&b64[..16]), "key material in tessera's log");
     }
 }
+
+/// The peers (host-side ports) of SPDK's queue pairs of the subsystem, each with its
+/// `auth` state: the same set before and after means no queue pair reconnected.
+fn spdk_qpairs(sock: &Path) -> Vec<(String, String)> {
+    let (ok, out) = spdk_call(sock, &["nvmf_subsystem_get_qpairs", NQN]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut q: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["peer_address"]["trsvcid"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+                q["auth"]["state"].as_str().unwrap_or("none").to_string(),
+            )
+        })
+        .collect();
+    q.sort();
+    q
+}
+
+/// tessera's `bdev_nvme_set_keys` against SPDK's nvmf_tgt: attached bidirectionally,
+/// the keys rotate on SPDK's target (`nvmf_subsystem_set_keys`) and then on tessera
+/// through its RPC; tessera's queue pairs re-authenticate with SPDK's target without
+/// reconnecting (the same peer ports, each `auth` completed) and the data written
+/// before reads back after. A host key SPDK's target does not accept: -EACCES naming
+/// queue 0 and SPDK's reason; no key material in the reply or the log.
+#[test]
+fn tessera_host_re_authenticates_to_spdk_nvmf_tgt_with_bdev_nvme_set_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (k0, _) = key_file(&d, "k0", HashId::Sha256, 21);
+    let (k1, _) = key_file(&d, "k1", HashId::Sha384, 22);
+    let (ck1, _) = key_file(&d, "ck1", HashId::Sha512, 23);
+    let (k2, k2_text) = key_file(&d, "k2", HashId::Sha256, 24);
+    let (ck2, ck2_text) = key_file(&d, "ck2", HashId::Sha384, 25);
+    let (wrong, wrong_text) = key_file(&d, "wrong", HashId::Sha256, 26);
+    let spdk_port = free_port();
+    let _peer = spdk_target_with_keys(
+        &d,
+        spdk_port,
+        &[("key0", &k0), ("key1", &k1), ("ckey1", &ck1)],
+    );
+    let spdk_sock = d.join("spdk.sock");
+    let nbd_port = free_port();
+    let srv = Serve::start_yaml(&format!(
+        "cores: [0]\nidle: adaptive\nnbd:\n  listen: 127.0.0.1:{nbd_port}\n"
+    ));
+    for (name, path) in [
+        ("k1", &k1),
+        ("ck1", &ck1),
+        ("k2", &k2),
+        ("ck2", &ck2),
+        ("wrong", &wrong),
+    ] {
+        srv.call("keyring_file_add_key", json!({"name": name, "path": path}));
+    }
+    srv.call(
+        "bdev_nvme_attach_controller",
+        json!({"name": "Bidir", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+               "trsvcid": spdk_port.to_string(), "subnqn": NQN, "hostnqn": BIDIR,
+               "dhchap_key": "k1", "dhchap_ctrlr_key": "ck1"}),
+    );
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "Bidirn1", "name": "Bidir"}),
+    );
+    let uri = format!("nbd://127.0.0.1:{nbd_port}/Bidir");
+    spdk_support::qemu_io(&uri, "write -P 0x3c 2M 256k");
+    let before = spdk_qpairs(&spdk_sock);
+    assert!(before.len() >= 2, "admin and I/O queue pairs: {before:?}");
+    assert!(before.iter().all(|(_, a)| a == "completed"), "{before:?}");
+
+    // Rotate on SPDK's target, then on tessera.
+    for (n, p) in [("key2", &k2), ("ckey2", &ck2)] {
+        let (ok, out) = spdk_call(
+            &spdk_sock,
+            &["keyring_file_add_key", n, p.to_str().unwrap()],
+        );
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = spdk_call(
+        &spdk_sock,
+        &[
+            "nvmf_subsystem_set_keys",
+            NQN,
+            BIDIR,
+            "--dhchap-key",
+            "key2",
+            "--dhchap-ctrlr-key",
+            "ckey2",
+        ],
+    );
+    assert!(ok, "{out}");
+    let r = srv.call(
+        "bdev_nvme_set_keys",
+        json!({"name": "Bidir", "dhchap_key": "k2", "dhchap_ctrlr_key": "ck2"}),
+    );
+    assert_eq!(r, json!(true));
+    let after = spdk_qpairs(&spdk_sock);
+    assert_eq!(after, before, "a queue pair reconnected");
+    spdk_support::qemu_io(&uri, "read -P 0x3c 2M 256k");
+    let saved = srv.call("save_config", Value::Null).to_string();
+    assert!(saved.contains("\"dhchap_ctrlr_key\":\"ck2\""), "{saved}");
+
+    // A host key SPDK's target does not accept.
+    let e = srv.call_err(
+        "bdev_nvme_set_keys",
+        json!({"name": "Bidir", "dhchap_key": "wrong", "dhchap_ctrlr_key": "ck2"}),
+    );
+    assert!(
+        e.code == -libc::EACCES
+            && e.message.contains("re-authentication of queue 0 failed")
+            && e.message.contains("authentication failed"),
+        "{e:?}"
+    );
+    let refusal = e.message;
+    // A controller key without a host key is refused, as SPDK does.
+    let e = srv.call_err(
+        "bdev_nvme_set_keys",
+        json!({"name": "Bidir", "dhchap_ctrlr_key": "ck2"}),
+    );
+    assert!(e.message.contains("requires dhchap_key"), "{e:?}");
+    let log = srv.stop();
+    for text in [&k2_text, &ck2_text, &wrong_text] {
+        let b64 = &text[10..text.len() - 1];
+        assert!(!log.contains(&b64[..16]), "key material in the log");
+        assert!(!refusal.contains(&b64[..16]), "key material in the reply");
+    }
+}
