@@ -300,6 +300,42 @@ impl Target {
         Ok(names)
     }
 
+    /// `bdev_nvme_set_keys`: controller `name` authenticates with the keyring keys
+    /// `dhchap_key` (and `dhchap_ctrlr_key`, bidirectional) from now on, and each of its
+    /// connected queue pairs re-authenticates with them at once, without disconnecting
+    /// (none with no keys: they are cleared). As SPDK, the keys are set even when a
+    /// re-authentication fails; the failure names the queue and the controller's reason.
+    pub async fn set_nvme_keys(
+        &self,
+        name: &str,
+        dhchap_key: Option<String>,
+        dhchap_ctrlr_key: Option<String>,
+    ) -> Result<usize, TargetError> {
+        if dhchap_ctrlr_key.is_some() && dhchap_key.is_none() {
+            return Err(TargetError::Invalid(
+                "dhchap_ctrlr_key: a DH-HMAC-CHAP controller key requires dhchap_key".into(),
+            ));
+        }
+        let Some(mut p) = lock(&self.inner.nvme_params).get(name).cloned() else {
+            return Err(crate::bdev::nvme::HostError::Controller(
+                name.into(),
+                "does not exist".into(),
+            )
+            .into());
+        };
+        p.dhchap_key = dhchap_key;
+        p.dhchap_ctrlr_key = dhchap_ctrlr_key;
+        let keys = self.dhchap_host_keys(&p)?;
+        p.dhchap = keys.clone();
+        // The names only (save_config); the keys stay in the keyring.
+        if let Some(saved) = lock(&self.inner.nvme_params).get_mut(name) {
+            saved.dhchap_key = p.dhchap_key.clone();
+            saved.dhchap_ctrlr_key = p.dhchap_ctrlr_key.clone();
+            saved.dhchap = keys.clone();
+        }
+        Ok(self.inner.nvme_host.set_keys_async(name, keys).await?)
+    }
+
     /// The DH-HMAC-CHAP keys `p` names, read from the keyring and parsed (errors name
     /// the key, never its material).
     fn dhchap_host_keys(

@@ -12,6 +12,8 @@
 //!   certificate and no certificate are refused, and the refusal is logged;
 //! - bad input: garbage instead of a ClientHello closes that connection with a logged
 //!   error while others are served; a stalled handshake is closed after 10 s;
+//! - a second `NBD_OPT_STARTTLS` inside TLS gets `NBD_REP_ERR_INVALID` and the
+//!   connection goes on (LIST, GO, a read), from a client written here with OpenSSL;
 //! - the key file check (a 0644 key is refused, naming the file), and a configuration
 //!   with `tls: required` and no certificate (naming the field).
 //!
@@ -459,8 +461,8 @@ fn tls_required_refuses_plain_clients() {
         T,
     );
     assert!(out.contains("with TLS"), "{out}");
-    // A second STARTTLS over TLS is invalid: checked by libnbd's own rules on its side,
-    // so here only the plain server (tls: off) refusing STARTTLS with POLICY.
+    // The plain server (tls: off) refuses STARTTLS with POLICY (a second STARTTLS inside
+    // TLS: `a_second_starttls_inside_tls_is_invalid_and_the_connection_goes_on`).
     let plain = TestServer::thin_pool_cold(Backing::Malloc, 64, &[("vd0", 16)]);
     let mut s = greet(plain.addr).unwrap();
     let r = option(&mut s, OPT_STARTTLS, &[]).unwrap();
@@ -758,4 +760,122 @@ fn psk_clients_get_in_and_wrong_keys_do_not() {
     let e = start(&write("twice/keys.psk", "a:00\na:11\n", 0o600)).expect("twice");
     assert!(e.contains("line 2") && e.contains("twice"), "{e}");
     assert!(!e.contains(key));
+}
+
+/// Sends option `opt` with `data` on `s` (plain or TLS), by hand: `IHAVEOPT`, the
+/// option, its length, its data; returns every reply (type, data) up to the final one
+/// (`ACK` or an error).
+fn option_by_hand<S: std::io::Read + Write>(
+    s: &mut S,
+    opt: u32,
+    data: &[u8],
+) -> std::io::Result<Vec<(u32, Vec<u8>)>> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"IHAVEOPT");
+    out.extend_from_slice(&opt.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    s.write_all(&out)?;
+    let mut replies = Vec::new();
+    loop {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h)?;
+        assert_eq!(
+            u64::from_be_bytes(h[..8].try_into().unwrap()),
+            0x0003_e889_0455_65a9,
+            "option reply magic"
+        );
+        assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), opt);
+        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let mut body = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+        s.read_exact(&mut body)?;
+        replies.push((kind, body));
+        if kind == REP_ACK || kind & (1 << 31) != 0 {
+            return Ok(replies);
+        }
+    }
+}
+
+/// A second `NBD_OPT_STARTTLS` inside TLS: the NBD protocol document has the server
+/// answer `NBD_REP_ERR_INVALID` when TLS is already negotiated, and the option
+/// haggling goes on — so `NBD_OPT_LIST` and `NBD_OPT_GO` work after it on the same
+/// connection, and so does a read. The client is written here: the handshake bytes by
+/// hand over a `TcpStream`, then OpenSSL's `SslConnector` with the test CA.
+#[test]
+fn a_second_starttls_inside_tls_is_invalid_and_the_connection_goes_on() {
+    use openssl::ssl::{SslConnector, SslMethod};
+    use std::io::Read;
+    let pki = make_pki();
+    let srv = TestServer::thin_pool_tls(
+        Backing::Malloc,
+        64,
+        &[("vd0", 16)],
+        settings(&pki, TlsMode::Required, false, &[]),
+    );
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // Greeting: NBDMAGIC, IHAVEOPT, handshake flags (fixed newstyle, no zeroes).
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).unwrap();
+    assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
+    assert_eq!(u16::from_be_bytes([g[16], g[17]]), 0b11);
+    s.write_all(&0b11u32.to_be_bytes()).unwrap();
+    let r = option_by_hand(&mut s, OPT_STARTTLS, &[]).unwrap();
+    assert_eq!(r, vec![(REP_ACK, Vec::new())]);
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(pki.client_dir("nocert").join("ca-cert.pem"))
+        .unwrap();
+    let mut t = b.build().connect("localhost", s).expect("TLS handshake");
+
+    // The second STARTTLS.
+    let r = option_by_hand(&mut t, OPT_STARTTLS, &[]).unwrap();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        r[0].0, REP_ERR_INVALID,
+        "a second STARTTLS must get NBD_REP_ERR_INVALID: {r:?}"
+    );
+
+    // The connection goes on: LIST, then GO, then a read.
+    let r = option_by_hand(&mut t, OPT_LIST, &[]).unwrap();
+    assert_eq!(r.last().unwrap().0, REP_ACK, "{r:?}");
+    assert!(
+        r.iter()
+            .any(|(k, d)| *k == REP_SERVER && d.len() >= 7 && &d[4..7] == b"vd0"),
+        "LIST names vd0: {r:?}"
+    );
+    let mut go = Vec::new();
+    go.extend_from_slice(&3u32.to_be_bytes());
+    go.extend_from_slice(b"vd0");
+    go.extend_from_slice(&0u16.to_be_bytes());
+    let r = option_by_hand(&mut t, OPT_GO, &go).unwrap();
+    assert_eq!(r.last().unwrap().0, REP_ACK, "{r:?}");
+    let info = r
+        .iter()
+        .find(|(k, d)| *k == REP_INFO && d.len() >= 12 && d[..2] == INFO_EXPORT.to_be_bytes())
+        .expect("NBD_INFO_EXPORT");
+    assert_eq!(
+        u64::from_be_bytes(info.1[2..10].try_into().unwrap()),
+        16 << 20
+    );
+    // NBD_CMD_READ of 4 KiB at 0 (simple reply: nothing else was negotiated inside TLS).
+    let mut req = Vec::new();
+    req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes());
+    req.extend_from_slice(&77u64.to_be_bytes());
+    req.extend_from_slice(&0u64.to_be_bytes());
+    req.extend_from_slice(&4096u32.to_be_bytes());
+    t.write_all(&req).unwrap();
+    let mut h = [0u8; 16];
+    t.read_exact(&mut h).unwrap();
+    assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x6744_6698);
+    assert_eq!(
+        u32::from_be_bytes(h[4..8].try_into().unwrap()),
+        0,
+        "read error"
+    );
+    assert_eq!(u64::from_be_bytes(h[8..16].try_into().unwrap()), 77);
+    let mut data = vec![1u8; 4096];
+    t.read_exact(&mut data).unwrap();
+    assert!(data.iter().all(|&b| b == 0), "a thin disk reads zeros");
 }

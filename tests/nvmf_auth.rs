@@ -572,3 +572,134 @@ fn tessera_initiator_authenticates_every_queue_pair() {
     assert!(e.contains("controller's response does not match"), "{e}");
     still_serving(s.addr);
 }
+
+/// `bdev_nvme_set_keys` on tessera's initiator: attached bidirectionally with I/O
+/// running on both cores (each write read back and compared), the keys are rotated on
+/// the target (`nvmf_subsystem_set_keys`) and then on the host; every queue pair (the
+/// admin queue and each core's I/O queue) runs a new transaction with the new keys
+/// without disconnecting — the target counts one re-authentication on each — and the
+/// I/O goes on with no error. Then a host key the target does not accept: the
+/// re-authentication fails naming the queue and the controller's reason (AUTH_Failure1,
+/// "authentication failed"), with no key material in the error.
+#[test]
+fn tessera_initiator_re_authenticates_every_queue_pair_while_io_runs() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tessera::bdev::nvme::AttachParams;
+    use tessera::bdev::nvme::auth::{DhchapHostKeys, HostKeys};
+    use tessera::bdev::{Channel, IoBuf};
+    let s = setup();
+    let parse = |t: &str| DhchapKey::parse(t.as_bytes()).unwrap();
+    let keys = |k: &str, c: &str| {
+        DhchapHostKeys::new(HostKeys {
+            key: parse(k),
+            ctrlr_key: Some(parse(c)),
+        })
+    };
+    let mut p = AttachParams::new("Re0", "127.0.0.1", &s.addr.port().to_string(), NQN);
+    p.hostnqn = Some(HOSTNQN.into());
+    p.dhchap = keys(&s.key, &s.ctrl_key);
+    s.env
+        .host
+        .attach_controller(&s.env.cores, &s.env.host_bdevs, p)
+        .expect("attach with the right keys");
+    let nb = s.env.host_bdevs.get("Re0n1").unwrap();
+
+    // I/O on both cores until told to stop: write 4 KiB, read it back, compare.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let workers: Vec<_> = (0..2usize)
+        .map(|core| {
+            let (b, stop, ops) = (nb.clone(), stop.clone(), ops[core].clone());
+            s.env.cores.spawn_on(core, move || async move {
+                let ch = Channel::get(&b).map_err(|e| e.to_string())?;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let lba = (core as u64 * 64 + (i % 8) * 8) % 2048;
+                    let data = vec![(i as u8) ^ (core as u8 * 0x55); 4096];
+                    ch.write(lba, IoBuf::from_slice(&data))
+                        .await
+                        .map_err(|e| format!("core {core} write {i}: {e:?}"))?;
+                    let back = ch
+                        .read(lba, 8)
+                        .await
+                        .map_err(|e| format!("core {core} read {i}: {e:?}"))?;
+                    if back.as_slice() != &data[..] {
+                        return Err(format!("core {core}: block {lba} read back wrong"));
+                    }
+                    i += 1;
+                    ops.fetch_add(1, Ordering::Release);
+                }
+                Ok::<u64, String>(i)
+            })
+        })
+        .collect();
+    let total = |ops: &[Arc<AtomicU64>]| -> Vec<u64> {
+        ops.iter().map(|o| o.load(Ordering::Acquire)).collect()
+    };
+    let wait_ops = |from: Vec<u64>, what: &str| {
+        let t0 = Instant::now();
+        while total(&ops).iter().zip(&from).any(|(n, f)| *n < f + 200) {
+            assert!(t0.elapsed() < Duration::from_secs(30), "{what}: I/O stalls");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_ops(vec![0, 0], "before the rotation");
+
+    // Rotate on the target, then on the host.
+    let dir = tempfile::tempdir().unwrap();
+    let key2 = add_key(&s.env, dir.path(), "k2", 21, 48);
+    let ctrl2 = add_key(&s.env, dir.path(), "c2", 22, 64);
+    s.env
+        .target
+        .nvmf_subsystem_set_keys(NQN, HOSTNQN, Some("k2".into()), Some("c2".into()))
+        .unwrap();
+    let at_rotation = total(&ops);
+    let n = s
+        .env
+        .host
+        .set_keys("Re0", keys(&key2, &ctrl2))
+        .expect("re-authentication with the new keys");
+    assert_eq!(n, 3, "the admin queue and the I/O queue of each core");
+    wait_ops(at_rotation, "after the rotation");
+
+    // The target saw each queue pair authenticate once and re-authenticate once.
+    let q = s.env.target.nvmf_subsystem_get_qpairs(NQN).unwrap();
+    let q = q.as_array().unwrap();
+    assert_eq!(q.len(), 3, "{q:?}");
+    for qp in q {
+        let a = &qp["auth"];
+        assert_eq!(a["reauthentications"], 1, "{qp}");
+        assert_eq!(a["state"], "completed", "{qp}");
+    }
+
+    stop.store(true, Ordering::Release);
+    for (core, w) in workers.into_iter().enumerate() {
+        let r = tessera::reactor::block_on(w).expect("core runs");
+        let n = r.unwrap_or_else(|e| panic!("I/O failed during re-authentication: {e}"));
+        assert!(n >= 400, "core {core}: {n} I/O");
+    }
+
+    // A host key the target does not accept: the admin queue's re-authentication fails
+    // with the controller's reason, and nothing of the key shows.
+    let wrong = DhchapKey::format(Some(HashId::Sha256), &[7; 32]).to_string();
+    let e = s
+        .env
+        .host
+        .set_keys("Re0", keys(&wrong, &ctrl2))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, tessera::bdev::nvme::HostError::Reauth { qid: 0, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("AUTH_Failure1") && msg.contains("authentication failed"),
+        "{msg}"
+    );
+    for secret in [&wrong, &ctrl2, &key2] {
+        let body = secret.split(':').nth(2).unwrap();
+        assert!(!msg.contains(body), "key material in the error: {msg}");
+    }
+    still_serving(s.addr);
+}

@@ -419,3 +419,335 @@ fn tessera_host_authenticates_to_spdk_nvmf_tgt() {
         }
     }
 }
+
+/// `spdk-rpc -s SOCK ARGS…` within 60 s: its success and its output.
+fn spdk_call(sock: &Path, args: &[&str]) -> (bool, String) {
+    let out = spdk_support::run(
+        std::process::Command::new(rpc_common::spdk_rpc())
+            .arg("-s")
+            .arg(sock)
+            .args(args),
+        Duration::from_secs(60),
+    );
+    (out.status.success(), spdk_support::text_of(&out))
+}
+
+/// Waits until bdevperf on `sock` has its controller `Nvme0` attached.
+fn wait_attached(sock: &Path, proc_: &mut Background) {
+    let t0 = std::time::Instant::now();
+    loop {
+        if sock.exists() && spdk_call(sock, &["bdev_nvme_get_controllers", "-n", "Nvme0"]).0 {
+            return;
+        }
+        assert!(proc_.is_running(), "bdevperf ended:\n{}", proc_.text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "bdevperf did not attach within 60 s:\n{}",
+            proc_.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The `auth` records of tessera's queue pairs of the subsystem (one per queue pair).
+fn auth_records(srv: &Serve) -> Vec<Value> {
+    let q = srv.call("nvmf_subsystem_get_qpairs", json!({"nqn": NQN}));
+    q.as_array().unwrap().to_vec()
+}
+
+/// Key rotation with SPDK's host (its `bdev_nvme_set_keys`, SPDK v25.09): bdevperf,
+/// attached bidirectionally, runs `-w verify`; mid-run tessera's keys for the host
+/// change (`nvmf_subsystem_set_keys`), then bdevperf's (`keyring_file_add_key` and
+/// `bdev_nvme_set_keys` through its RPC socket): every one of its queue pairs
+/// re-authenticates on tessera (tessera counts the transactions in
+/// `nvmf_subsystem_get_qpairs`) and verify finishes with no error. Then a second
+/// bdevperf rotates alone to a key tessera does not have: SPDK reports the failure
+/// (tessera's AUTH_Failure1, authentication failed), while another host verifies on.
+#[test]
+fn spdk_host_re_authenticates_with_rotated_keys_and_a_wrong_key_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (k1, _) = key_file(&d, "k1", HashId::Sha256, 11);
+    let (c1, _) = key_file(&d, "c1", HashId::Sha384, 12);
+    let (k2, k2_text) = key_file(&d, "k2", HashId::Sha512, 13);
+    let (c2, c2_text) = key_file(&d, "c2", HashId::Sha256, 14);
+    let (wrong, _) = key_file(&d, "wrong", HashId::Sha256, 15);
+    let (other, _) = key_file(&d, "other", HashId::Sha256, 16);
+    let port = free_port();
+    let yaml = format!(
+        r#"cores: [0]
+bdevs:
+  - {{type: malloc, name: M0, size: 64MiB}}
+nvmf:
+  subsystems:
+    - nqn: {NQN}
+      allow_any_host: false
+      hosts: [{BIDIR}, {ONE_WAY}]
+      listeners: [{{address: 127.0.0.1, port: {port}}}]
+      namespaces: [{{bdev: M0, nsid: 1}}]
+"#
+    );
+    let cfg = d.join("config.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    for (n, p) in [
+        ("k1", &k1),
+        ("c1", &c1),
+        ("k2", &k2),
+        ("c2", &c2),
+        ("other", &other),
+    ] {
+        srv.call("keyring_file_add_key", json!({"name": n, "path": p}));
+    }
+    srv.call(
+        "nvmf_subsystem_set_keys",
+        json!({"nqn": NQN, "host": BIDIR, "dhchap_key": "k1", "dhchap_ctrlr_key": "c1"}),
+    );
+    srv.call(
+        "nvmf_subsystem_set_keys",
+        json!({"nqn": NQN, "host": ONE_WAY, "dhchap_key": "other"}),
+    );
+
+    // bdevperf with the first keys, verifying for 12 s.
+    let sock = d.join("bperf.sock");
+    let cfg = bdevperf_config(
+        &d,
+        "rotate",
+        port,
+        BIDIR,
+        &[("k", &k1), ("c", &c1)],
+        Some("k"),
+        Some("c"),
+    );
+    let mut run = spdk_support::bdevperf_with_rpc(&cfg, 12, &sock, d.join("rotate.log"));
+    wait_attached(&sock, &mut run);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = auth_records(&srv);
+    assert!(before.len() >= 2, "admin and I/O queue pairs: {before:?}");
+    for q in &before {
+        assert_eq!(q["auth"]["reauthentications"], 0, "{q}");
+    }
+
+    // Rotate on tessera, then on bdevperf.
+    srv.call(
+        "nvmf_subsystem_set_keys",
+        json!({"nqn": NQN, "host": BIDIR, "dhchap_key": "k2", "dhchap_ctrlr_key": "c2"}),
+    );
+    for (n, p) in [("k2", &k2), ("c2", &c2)] {
+        let (ok, out) = spdk_call(&sock, &["keyring_file_add_key", n, p.to_str().unwrap()]);
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = spdk_call(
+        &sock,
+        &[
+            "bdev_nvme_set_keys",
+            "Nvme0",
+            "--dhchap-key",
+            "k2",
+            "--dhchap-ctrlr-key",
+            "c2",
+        ],
+    );
+    assert!(ok, "bdev_nvme_set_keys on bdevperf: {out}");
+    let after = auth_records(&srv);
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "no queue pair reconnected: {after:?}"
+    );
+    for q in &after {
+        assert_eq!(q["auth"]["reauthentications"], 1, "{q}");
+    }
+    let (ok, out) = run.wait(Duration::from_secs(90));
+    assert_verified(ok, &out);
+
+    // Another host verifies while a second bdevperf of BIDIR rotates alone to a key
+    // tessera does not have.
+    let other_cfg = bdevperf_config(
+        &d,
+        "other",
+        port,
+        ONE_WAY,
+        &[("k", &other)],
+        Some("k"),
+        None,
+    );
+    let good = bdevperf(&other_cfg, 10, d.join("other.log"));
+    let cfg = bdevperf_config(
+        &d,
+        "rotated",
+        port,
+        BIDIR,
+        &[("k", &k2), ("c", &c2)],
+        Some("k"),
+        Some("c"),
+    );
+    let sock2 = d.join("bperf2.sock");
+    let mut bad = spdk_support::bdevperf_with_rpc(&cfg, 10, &sock2, d.join("bad.log"));
+    wait_attached(&sock2, &mut bad);
+    let (ok, out) = spdk_call(
+        &sock2,
+        &["keyring_file_add_key", "w", wrong.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = spdk_call(
+        &sock2,
+        &[
+            "bdev_nvme_set_keys",
+            "Nvme0",
+            "--dhchap-key",
+            "w",
+            "--dhchap-ctrlr-key",
+            "c",
+        ],
+    );
+    assert!(!ok, "a key tessera does not have must fail: {out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    let log = bad.stop(Duration::from_secs(5));
+    assert!(
+        log.contains("received AUTH_failure1: rc=1, rce=1 (authentication failed)"),
+        "{log}"
+    );
+    let (ok, out) = good.wait(Duration::from_secs(90));
+    assert_verified(ok, &out);
+    let tlog = srv.stop();
+    assert!(tlog.contains("re-authentication requested"), "{tlog}");
+    for text in [&k2_text, &c2_text] {
+        let b64 = &text[10..text.len() - 1];
+        assert!(!tlog.contains(&b64[..16]), "key material in tessera's log");
+    }
+}
+
+/// The peers (host-side ports) of SPDK's queue pairs of the subsystem, each with its
+/// `auth` state: the same set before and after means no queue pair reconnected.
+fn spdk_qpairs(sock: &Path) -> Vec<(String, String)> {
+    let (ok, out) = spdk_call(sock, &["nvmf_subsystem_get_qpairs", NQN]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut q: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["peer_address"]["trsvcid"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+                q["auth"]["state"].as_str().unwrap_or("none").to_string(),
+            )
+        })
+        .collect();
+    q.sort();
+    q
+}
+
+/// tessera's `bdev_nvme_set_keys` against SPDK's nvmf_tgt: attached bidirectionally,
+/// the keys rotate on SPDK's target (`nvmf_subsystem_set_keys`) and then on tessera
+/// through its RPC; tessera's queue pairs re-authenticate with SPDK's target without
+/// reconnecting (the same peer ports, each `auth` completed) and the data written
+/// before reads back after. A host key SPDK's target does not accept: -EACCES naming
+/// queue 0 and SPDK's reason; no key material in the reply or the log.
+#[test]
+fn tessera_host_re_authenticates_to_spdk_nvmf_tgt_with_bdev_nvme_set_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (k0, _) = key_file(&d, "k0", HashId::Sha256, 21);
+    let (k1, _) = key_file(&d, "k1", HashId::Sha384, 22);
+    let (ck1, _) = key_file(&d, "ck1", HashId::Sha512, 23);
+    let (k2, k2_text) = key_file(&d, "k2", HashId::Sha256, 24);
+    let (ck2, ck2_text) = key_file(&d, "ck2", HashId::Sha384, 25);
+    let (wrong, wrong_text) = key_file(&d, "wrong", HashId::Sha256, 26);
+    let spdk_port = free_port();
+    let _peer = spdk_target_with_keys(
+        &d,
+        spdk_port,
+        &[("key0", &k0), ("key1", &k1), ("ckey1", &ck1)],
+    );
+    let spdk_sock = d.join("spdk.sock");
+    let nbd_port = free_port();
+    let srv = Serve::start_yaml(&format!(
+        "cores: [0]\nidle: adaptive\nnbd:\n  listen: 127.0.0.1:{nbd_port}\n"
+    ));
+    for (name, path) in [
+        ("k1", &k1),
+        ("ck1", &ck1),
+        ("k2", &k2),
+        ("ck2", &ck2),
+        ("wrong", &wrong),
+    ] {
+        srv.call("keyring_file_add_key", json!({"name": name, "path": path}));
+    }
+    srv.call(
+        "bdev_nvme_attach_controller",
+        json!({"name": "Bidir", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+               "trsvcid": spdk_port.to_string(), "subnqn": NQN, "hostnqn": BIDIR,
+               "dhchap_key": "k1", "dhchap_ctrlr_key": "ck1"}),
+    );
+    srv.call(
+        "nbd_start_export",
+        json!({"bdev_name": "Bidirn1", "name": "Bidir"}),
+    );
+    let uri = format!("nbd://127.0.0.1:{nbd_port}/Bidir");
+    spdk_support::qemu_io(&uri, "write -P 0x3c 2M 256k");
+    let before = spdk_qpairs(&spdk_sock);
+    assert!(before.len() >= 2, "admin and I/O queue pairs: {before:?}");
+    assert!(before.iter().all(|(_, a)| a == "completed"), "{before:?}");
+
+    // Rotate on SPDK's target, then on tessera.
+    for (n, p) in [("key2", &k2), ("ckey2", &ck2)] {
+        let (ok, out) = spdk_call(
+            &spdk_sock,
+            &["keyring_file_add_key", n, p.to_str().unwrap()],
+        );
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = spdk_call(
+        &spdk_sock,
+        &[
+            "nvmf_subsystem_set_keys",
+            NQN,
+            BIDIR,
+            "--dhchap-key",
+            "key2",
+            "--dhchap-ctrlr-key",
+            "ckey2",
+        ],
+    );
+    assert!(ok, "{out}");
+    let r = srv.call(
+        "bdev_nvme_set_keys",
+        json!({"name": "Bidir", "dhchap_key": "k2", "dhchap_ctrlr_key": "ck2"}),
+    );
+    assert_eq!(r, json!(true));
+    let after = spdk_qpairs(&spdk_sock);
+    assert_eq!(after, before, "a queue pair reconnected");
+    spdk_support::qemu_io(&uri, "read -P 0x3c 2M 256k");
+    let saved = srv.call("save_config", Value::Null).to_string();
+    assert!(saved.contains("\"dhchap_ctrlr_key\":\"ck2\""), "{saved}");
+
+    // A host key SPDK's target does not accept.
+    let e = srv.call_err(
+        "bdev_nvme_set_keys",
+        json!({"name": "Bidir", "dhchap_key": "wrong", "dhchap_ctrlr_key": "ck2"}),
+    );
+    assert!(
+        e.code == -libc::EACCES
+            && e.message.contains("re-authentication of queue 0 failed")
+            && e.message.contains("authentication failed"),
+        "{e:?}"
+    );
+    let refusal = e.message;
+    // A controller key without a host key is refused, as SPDK does.
+    let e = srv.call_err(
+        "bdev_nvme_set_keys",
+        json!({"name": "Bidir", "dhchap_ctrlr_key": "ck2"}),
+    );
+    assert!(e.message.contains("requires dhchap_key"), "{e:?}");
+    let log = srv.stop();
+    for text in [&k2_text, &ck2_text, &wrong_text] {
+        let b64 = &text[10..text.len() - 1];
+        assert!(!log.contains(&b64[..16]), "key material in the log");
+        assert!(!refusal.contains(&b64[..16]), "key material in the reply");
+    }
+}

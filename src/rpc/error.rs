@@ -187,7 +187,7 @@ impl From<HostError> for RpcError {
                 RpcError::errno(libc::ECONNRESET, msg)
             }
             HostError::Controller(..) => RpcError::errno(libc::ENODEV, msg),
-            HostError::Auth(_) => RpcError::errno(libc::EACCES, msg),
+            HostError::Auth(_) | HostError::Reauth { .. } => RpcError::errno(libc::EACCES, msg),
             HostError::ConnectRejected(_) | HostError::Protocol(_) | HostError::Status(_) => {
                 RpcError::errno(libc::EIO, msg)
             }

@@ -299,6 +299,23 @@ pub fn bdevperf(cfg: &Path, secs: u32, log: PathBuf) -> Background {
     )
 }
 
+/// [`bdevperf`] with its RPC server on `sock` (SPDK's `-r`), so that a test can call
+/// it while the workload runs (e.g. `bdev_nvme_set_keys`).
+pub fn bdevperf_with_rpc(cfg: &Path, secs: u32, sock: &Path, log: PathBuf) -> Background {
+    Background::spawn(
+        tool("bdevperf")
+            .args(APP)
+            .args(NO_HUGE)
+            .args(["-m", "0x2", "-r"])
+            .arg(sock)
+            .arg("--json")
+            .arg(cfg)
+            .args(["-q", "16", "-o", "4096", "-w", "verify", "-t"])
+            .arg(secs.to_string()),
+        log,
+    )
+}
+
 /// Asserts a bdevperf run succeeded with I/O and no failure.
 pub fn assert_verified(ok: bool, out: &str) {
     assert_verified_at(ok, out, 100.0);

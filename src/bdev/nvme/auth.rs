@@ -13,6 +13,13 @@
 //! The keys come from the keyring at attach (`bdev_nvme_attach_controller`'s
 //! `dhchap_key` and `dhchap_ctrlr_key` name them); only their names are kept in the
 //! controller's parameters, and no key material reaches a log or an error.
+//!
+//! `bdev_nvme_set_keys` (SPDK's) changes the keys of an attached controller and runs the
+//! same exchange again on each of its connected queue pairs, admin queue first, without
+//! disconnecting: the AUTH_Send/AUTH_Receive commands go out between the queue pair's
+//! other commands, and I/O carries on. A failed re-authentication disconnects that queue
+//! pair (SPDK's host does the same; the controller closes it too after AUTH_Failure1)
+//! and the call reports which queue failed and the controller's reason.
 
 use super::qpair::{HostError, HostQpair};
 use crate::nvme::auth::{self, DhGroup, FailureReason, HashId, auth_id, auth_type};
@@ -107,15 +114,16 @@ async fn recv(q: &HostQpair, what: &str) -> Result<Vec<u8>, HostError> {
     Ok(msg)
 }
 
-/// Runs the exchange on queue pair `qid` of `q` with `keys`.
+/// Runs the exchange on `q` with `keys`, as transaction `tid`: the first one on a
+/// queue pair, or a re-authentication of a connected one (`bdev_nvme_set_keys`), whose
+/// messages go out between the queue pair's other commands.
 pub(crate) async fn authenticate(
     q: &HostQpair,
     keys: &HostKeys,
     hostnqn: &str,
     subnqn: &str,
-    qid: u16,
+    tid: u16,
 ) -> Result<(), HostError> {
-    let tid = qid;
     let mut msg = Vec::new();
     auth::encode_negotiate(&mut msg, tid, &HashId::ALL, &DhGroup::ALL);
     send(q, &msg, "AUTH_Negotiate").await?;

@@ -161,6 +161,9 @@ pub struct NvmeController {
     io_queue_depth: u16,
     failed: AtomicBool,
     detached: AtomicBool,
+    /// The DH-HMAC-CHAP keys queue pairs authenticate with (`bdev_nvme_set_keys`
+    /// changes them).
+    dhchap: Mutex<auth::DhchapHostKeys>,
     events: Mutex<Vec<AsyncEvent>>,
     bdevs: Mutex<BTreeMap<u32, Arc<NvmeBdev>>>,
 }
@@ -274,11 +277,79 @@ impl NvmeController {
             hdgst: self.params.hdgst,
             ddgst: self.params.ddgst,
             in_capsule_len: self.in_capsule_len,
-            dhchap: self.params.dhchap.clone(),
+            dhchap: lock(&self.dhchap).clone(),
             tls: self.params.tls.clone(),
         });
         local.io.borrow_mut().insert(self.id, q.clone());
         Ok(q)
+    }
+
+    /// `bdev_nvme_set_keys`: queue pairs authenticate with `keys` from now on, and with
+    /// a host key in `keys` each connected one re-authenticates at once without
+    /// disconnecting — the admin queue, then each core's I/O queue, one after the other
+    /// (SPDK's order); the first failure stops there and is returned (that queue pair is
+    /// disconnected). Returns how many queue pairs re-authenticated. Each transaction
+    /// has its time limit.
+    pub async fn set_keys(
+        self: &Arc<Self>,
+        keys: auth::DhchapHostKeys,
+    ) -> Result<usize, HostError> {
+        if self.detached.load(Ordering::Acquire) {
+            return Err(HostError::Controller(
+                self.name.clone(),
+                "the controller is detached".into(),
+            ));
+        }
+        *lock(&self.dhchap) = keys.clone();
+        if keys.get().is_none() {
+            return Ok(0);
+        }
+        let id = self.id;
+        let reactor_err =
+            |e: reactor::SendError| HostError::Controller(self.name.clone(), e.to_string());
+        let failed = |qid: u16, e: HostError| HostError::Reauth {
+            name: self.name.clone(),
+            qid,
+            reason: match e {
+                HostError::Auth(r) => r,
+                e => e.to_string(),
+            },
+        };
+        let k = keys.clone();
+        let admin = self
+            .cores
+            .spawn_on(self.admin_core, move || async move {
+                match admin_qpair(id) {
+                    Some(q) => q.reauthenticate(k).await,
+                    None => Ok(false),
+                }
+            })
+            .await
+            .map_err(reactor_err)?
+            .map_err(|e| failed(0, e))?;
+        let mut done = admin as usize;
+        for core in 0..self.cores.len() {
+            let k = keys.clone();
+            let io = self
+                .cores
+                .spawn_on(core, move || async move {
+                    let q = reactor::local(HostQpairs::default)
+                        .io
+                        .borrow()
+                        .get(&id)
+                        .cloned();
+                    match q {
+                        Some(q) => q.reauthenticate(k).await,
+                        None => Ok(false),
+                    }
+                })
+                .await
+                .map_err(reactor_err)?
+                .map_err(|e| failed(core as u16 + 1, e))?;
+            done += io as usize;
+        }
+        tracing::info!(name = %self.name, queue_pairs = done, "DH-HMAC-CHAP keys changed; queue pairs re-authenticated");
+        Ok(done)
     }
 
     /// Disconnects every queue pair (the bdevs fail their I/O from then on).
@@ -490,6 +561,24 @@ impl NvmeHost {
         reactor::block_on(self.detach_controller_async(registry, name))
     }
 
+    /// `bdev_nvme_set_keys`: see [`NvmeController::set_keys`]. Returns how many queue
+    /// pairs re-authenticated.
+    pub async fn set_keys_async(
+        &self,
+        name: &str,
+        keys: auth::DhchapHostKeys,
+    ) -> Result<usize, HostError> {
+        let c = self
+            .controller(name)
+            .ok_or_else(|| HostError::Controller(name.into(), "does not exist".into()))?;
+        c.set_keys(keys).await
+    }
+
+    /// [`NvmeHost::set_keys_async`] from a thread that is not a reactor.
+    pub fn set_keys(&self, name: &str, keys: auth::DhchapHostKeys) -> Result<usize, HostError> {
+        reactor::block_on(self.set_keys_async(name, keys))
+    }
+
     /// The controller called `name`.
     pub fn controller(&self, name: &str) -> Option<Arc<NvmeController>> {
         lock(&self.ctrlrs).get(name).cloned()
@@ -668,6 +757,7 @@ async fn init_controller(
         io_queue_depth,
         failed: AtomicBool::new(false),
         detached: AtomicBool::new(false),
+        dhchap: Mutex::new(p.dhchap.clone()),
         events: Mutex::new(Vec::new()),
         bdevs: Mutex::new(BTreeMap::new()),
     });

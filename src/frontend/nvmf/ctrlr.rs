@@ -154,6 +154,7 @@ pub(crate) fn connect(
                     kato_ms,
                     io_qpairs: Default::default(),
                     retired: Default::default(),
+                    auth: Default::default(),
                 })
             })
             .ok_or(ConnectError::status(Status::CONNECT_CONTROLLER_BUSY))?;
@@ -219,6 +220,8 @@ pub(crate) fn connect(
             },
         );
     }
+    // A new queue pair of this queue ID: the record of a previous one goes.
+    shared.clear_auth(qid);
     tracing::debug!(
         cntlid = shared.cntlid,
         qid,

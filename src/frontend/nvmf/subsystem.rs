@@ -156,6 +156,19 @@ pub struct CtrlrShared {
     pub(crate) io_qpairs: Mutex<BTreeMap<u16, IoQpairRef>>,
     /// Counters of I/O queue pairs that have gone.
     pub(crate) retired: Mutex<StatTotals>,
+    /// The DH-HMAC-CHAP record of each queue's queue pair, by queue ID
+    /// (`nvmf_subsystem_get_qpairs` reports it).
+    pub(crate) auth: Mutex<BTreeMap<u16, QpairAuthRecord>>,
+}
+
+/// The DH-HMAC-CHAP record of the queue pair connected on one queue: its latest
+/// successful transaction's digest and group, and how many re-authentications of the
+/// enabled queue pair succeeded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QpairAuthRecord {
+    pub digest: &'static str,
+    pub dhgroup: &'static str,
+    pub reauthentications: u64,
 }
 
 impl CtrlrShared {
@@ -170,6 +183,43 @@ impl CtrlrShared {
             q.stats.add_to(&mut t);
         }
         t
+    }
+
+    /// Records a successful DH-HMAC-CHAP transaction on queue `qid`: the first of its
+    /// queue pair, or (`reauth`) a re-authentication of the enabled queue pair.
+    pub(crate) fn record_auth(
+        &self,
+        qid: u16,
+        digest: &'static str,
+        dhgroup: &'static str,
+        reauth: bool,
+    ) {
+        let mut m = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        let r = m.entry(qid).or_default();
+        r.digest = digest;
+        r.dhgroup = dhgroup;
+        if reauth {
+            r.reauthentications += 1;
+        } else {
+            r.reauthentications = 0;
+        }
+    }
+
+    /// Forgets the record of queue `qid` (a new queue pair connects on it).
+    pub(crate) fn clear_auth(&self, qid: u16) {
+        self.auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&qid);
+    }
+
+    /// The DH-HMAC-CHAP record of queue `qid`, if it authenticated.
+    pub fn auth_record(&self, qid: u16) -> Option<QpairAuthRecord> {
+        self.auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&qid)
+            .copied()
     }
 
     /// Forgets I/O queue `qid`, keeping its counters.

@@ -806,19 +806,31 @@ impl NvmfTarget {
             .subsystem(nqn)
             .ok_or_else(|| NvmfError::NoSubsystem(nqn.to_string()))?;
         let mut list = Vec::new();
-        let qpair = |cntlid: u16, qid: u16, core: usize| {
-            serde_json::json!({
-                "cntlid": cntlid,
+        // `auth` as SPDK reports it (state, digest, dhgroup) on a queue pair that
+        // authenticated, with tessera's count of its successful re-authentications.
+        let qpair = |c: &super::subsystem::CtrlrShared, qid: u16, core: usize| {
+            let mut q = serde_json::json!({
+                "cntlid": c.cntlid,
                 "qid": qid,
                 "state": "active",
                 "thread": format!("nvmf_tgt_poll_group_{core:03}"),
                 "core": core,
-            })
+            });
+            if let Some(a) = c.auth_record(qid) {
+                q["auth"] = serde_json::json!({
+                    "state": "completed",
+                    "digest": a.digest,
+                    "dhgroup": a.dhgroup,
+                    "reauthentications": a.reauthentications,
+                });
+            }
+            q
         };
         for c in s.ctrlrs().iter() {
-            list.push(qpair(c.cntlid, 0, c.core));
-            for (qid, q) in c.io_qpairs().iter() {
-                list.push(qpair(c.cntlid, *qid, q.core));
+            list.push(qpair(c, 0, c.core));
+            let io: Vec<(u16, usize)> = c.io_qpairs().iter().map(|(q, r)| (*q, r.core)).collect();
+            for (qid, core) in io {
+                list.push(qpair(c, qid, core));
             }
         }
         Ok(serde_json::Value::Array(list))

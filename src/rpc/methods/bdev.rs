@@ -300,6 +300,27 @@ pub async fn bdev_nvme_attach_controller(ctx: Rc<Ctx>, p: AttachControllerParams
     Ok(json!(names))
 }
 
+/// `bdev_nvme_set_keys` (SPDK's): names of keyring keys; without `dhchap_key` the
+/// controller's keys are cleared.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetKeysParams {
+    pub name: String,
+    #[serde(default)]
+    pub dhchap_key: Option<String>,
+    #[serde(default)]
+    pub dhchap_ctrlr_key: Option<String>,
+}
+
+/// Changes an attached controller's DH-HMAC-CHAP keys and re-authenticates each of its
+/// queue pairs without disconnecting; `true`, as SPDK answers.
+pub async fn bdev_nvme_set_keys(ctx: Rc<Ctx>, p: SetKeysParams) -> RpcResult {
+    ctx.target
+        .set_nvme_keys(&p.name, p.dhchap_key, p.dhchap_ctrlr_key)
+        .await?;
+    Ok(Value::Bool(true))
+}
+
 /// `bdev_nvme_detach_controller`: the path filters are accepted (tessera keeps one path
 /// per controller) and must match it.
 #[derive(Debug, Deserialize)]

@@ -202,6 +202,7 @@ methods! {
     "bdev_error_delete" => bdev::bdev_error_delete,
     "bdev_nvme_attach_controller" => bdev::bdev_nvme_attach_controller,
     "bdev_nvme_detach_controller" => bdev::bdev_nvme_detach_controller,
+    "bdev_nvme_set_keys" => bdev::bdev_nvme_set_keys,
     "bdev_nvme_get_controllers" => bdev::bdev_nvme_get_controllers,
     "bdev_lvol_create_lvstore" => lvol::bdev_lvol_create_lvstore,
     "bdev_lvol_get_lvstores" => lvol::bdev_lvol_get_lvstores,

@@ -65,6 +65,15 @@ pub enum HostError {
     Controller(String, String),
     #[error("DH-HMAC-CHAP authentication failed: {0}")]
     Auth(String),
+    /// `bdev_nvme_set_keys`: a queue pair's new DH-HMAC-CHAP transaction failed (the
+    /// queue pair is disconnected, as SPDK's host does and as the controller does after
+    /// its AUTH_Failure1).
+    #[error("controller `{name}`: re-authentication of queue {qid} failed: {reason}")]
+    Reauth {
+        name: String,
+        qid: u16,
+        reason: String,
+    },
 }
 
 /// AUTHREQ.ATR in a Connect answer's dword 0 (AUTHREQ is its upper half; ATR is its
@@ -72,8 +81,31 @@ pub enum HostError {
 /// transaction required.
 const CONNECT_ATR: u32 = 1 << 17;
 
-/// How long a queue pair's whole authentication exchange may take.
+/// How long a queue pair's whole authentication exchange may take (the first one, and
+/// each re-authentication).
 const AUTH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `auth` on `q` with `keys` within [`AUTH_TIME_LIMIT`].
+async fn authenticate_within(
+    q: &HostQpair,
+    keys: &super::auth::HostKeys,
+    hostnqn: &str,
+    subnqn: &str,
+    tid: u16,
+) -> Result<(), HostError> {
+    let deadline = reactor::now().after(AUTH_TIME_LIMIT);
+    reactor::until(
+        deadline,
+        super::auth::authenticate(q, keys, hostnqn, subnqn, tid),
+    )
+    .await
+    .unwrap_or_else(|| {
+        Err(HostError::Auth(format!(
+            "no answer within {} s",
+            AUTH_TIME_LIMIT.as_secs()
+        )))
+    })
+}
 
 /// The queue pair's authentication, once its Connect answered: the exchange
 /// (`super::auth`) when the controller asks for it, within [`AUTH_TIME_LIMIT`]; the
@@ -90,18 +122,7 @@ async fn drive_auth(q: Rc<HostQpair>) {
     let Some(keys) = keys.get() else {
         return;
     };
-    let deadline = reactor::now().after(AUTH_TIME_LIMIT);
-    let r = reactor::until(
-        deadline,
-        super::auth::authenticate(&q, keys, &hostnqn, &subnqn, qid),
-    )
-    .await
-    .unwrap_or_else(|| {
-        Err(HostError::Auth(format!(
-            "no answer within {} s",
-            AUTH_TIME_LIMIT.as_secs()
-        )))
-    });
+    let r = authenticate_within(&q, keys, &hostnqn, &subnqn, qid).await;
     match r {
         Ok(()) => {
             tracing::debug!(qid, %subnqn, "DH-HMAC-CHAP: authenticated");
@@ -282,6 +303,11 @@ pub(crate) struct HostQpair {
     waker: RefCell<Option<Waker>>,
     notified: Cell<bool>,
     closed: Cell<bool>,
+    /// A re-authentication runs (`bdev_nvme_set_keys`).
+    reauthenticating: Cell<bool>,
+    /// Transaction ID of the last re-authentication (the first transaction uses the
+    /// queue ID).
+    reauth_tid: Cell<u16>,
 }
 
 impl HostQpair {
@@ -331,12 +357,66 @@ impl HostQpair {
             waker: RefCell::new(None),
             notified: Cell::new(false),
             closed: Cell::new(false),
+            reauthenticating: Cell::new(false),
+            reauth_tid: Cell::new(0),
         });
         reactor::spawn_local(run(q.clone())).detach();
-        if q.inner.borrow().params.dhchap.get().is_some() {
-            reactor::spawn_local(drive_auth(q.clone())).detach();
-        }
+        // Also without keys: `bdev_nvme_set_keys` may give some before Connect answers.
+        reactor::spawn_local(drive_auth(q.clone())).detach();
         q
+    }
+
+    /// `bdev_nvme_set_keys` on this queue pair: from now on it authenticates with
+    /// `keys`, and when it is connected and `keys` has a host key it runs a new
+    /// DH-HMAC-CHAP transaction at once (AUTH_Send/AUTH_Receive going out between its
+    /// other commands, which carry on), within [`AUTH_TIME_LIMIT`]. `Ok(true)` when it
+    /// re-authenticated; `Ok(false)` when there was nothing to do (no host key, or the
+    /// queue pair is not connected: SPDK skips those, and one still connecting
+    /// authenticates with the new keys when its Connect answer asks). A failure
+    /// disconnects the queue pair (its commands fail), as SPDK's host does; the target
+    /// closes it too after its AUTH_Failure1.
+    pub(crate) async fn reauthenticate(
+        &self,
+        keys: super::auth::DhchapHostKeys,
+    ) -> Result<bool, HostError> {
+        let (hostnqn, subnqn, qid) = {
+            let mut st = self.inner.borrow_mut();
+            st.params.dhchap = keys.clone();
+            if st.phase != Phase::Ready || self.closed.get() {
+                return Ok(false);
+            }
+            (
+                st.params.hostnqn.clone(),
+                st.params.subnqn.clone(),
+                st.params.qid,
+            )
+        };
+        let Some(k) = keys.get() else {
+            return Ok(false);
+        };
+        if self.reauthenticating.replace(true) {
+            return Err(HostError::Auth(format!(
+                "queue {qid}: a re-authentication is already running"
+            )));
+        }
+        // A transaction ID of its own for each transaction.
+        let tid = self.reauth_tid.get().wrapping_add(1).max(1);
+        self.reauth_tid.set(tid);
+        let tid = qid.wrapping_add(tid.wrapping_mul(0x100));
+        let r = authenticate_within(self, k, &hostnqn, &subnqn, tid).await;
+        self.reauthenticating.set(false);
+        match r {
+            Ok(()) => {
+                tracing::debug!(qid, %subnqn, "DH-HMAC-CHAP: re-authenticated");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(qid, %subnqn, %hostnqn, "re-authentication: {e}");
+                self.fail_with(e.clone());
+                self.close("re-authentication failed");
+                Err(e)
+            }
+        }
     }
 
     /// Waits until Connect succeeded; returns the controller ID and whether the

@@ -1045,15 +1045,18 @@ impl QpInner {
             After::Rearm => self.auth_rearm(),
             After::Enable => {
                 let (digest, dhgroup) = negotiated;
+                let reauth = !self.authenticating;
                 if self.authenticating {
                     self.authenticating = false;
                     if let Some(Role::Admin(a)) = &self.role {
                         a.shared.authenticated.store(true, Ordering::Release);
                     }
                 }
+                shared.record_auth(self.qid, digest, dhgroup, reauth);
                 tracing::info!(
                     qpair = self.id, qid = self.qid, subnqn = %shared.subsystem.nqn,
-                    hostnqn = %shared.hostnqn, digest, dhgroup, "authenticated"
+                    hostnqn = %shared.hostnqn, digest, dhgroup, reauth,
+                    "authenticated"
                 );
             }
             After::CloseSoon => {
