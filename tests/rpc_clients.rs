@@ -152,8 +152,11 @@ fn spdk_rpc_manages_lvols() {
             .arg(&s)
             .args(["bdev_lvol_delete", "pool0/nope"]),
     );
+    // SPDK's text for -19 first, then which.
     assert!(
-        out.contains("-19") && out.contains("does not exist"),
+        out.contains("-19")
+            && out.contains("No such device: lvol")
+            && out.contains("does not exist"),
         "{out}"
     );
     let out = run_fails(Command::new(&tool).arg("-s").arg(&s).args([
@@ -164,7 +167,8 @@ fn spdk_rpc_manages_lvols() {
         "8",
     ]));
     assert!(
-        out.contains("-19") && out.contains("lvstore \\\"nopool\\\" does not exist"),
+        out.contains("-19")
+            && out.contains("No such device: lvstore \\\"nopool\\\" does not exist"),
         "{out}"
     );
     let out = run_fails(Command::new(&tool).arg("-s").arg(&s).args([

@@ -34,6 +34,9 @@ pub struct RpcError {
     pub message: String,
 }
 
+/// SPDK's message for -ENODEV (`strerror(ENODEV)`).
+pub const NO_SUCH_DEVICE: &str = "No such device";
+
 impl RpcError {
     /// An error with `code` and `message`.
     pub fn new(code: i32, message: impl Into<String>) -> RpcError {
@@ -68,8 +71,13 @@ impl RpcError {
         RpcError::new(INTERNAL_ERROR, message)
     }
 
-    /// `-errno` with a message.
+    /// `-errno` with a message. A -ENODEV message starts with SPDK's text for it, "No
+    /// such device" (SPDK answers its `strerror` and nothing more), then says what.
     pub fn errno(errno: i32, message: impl Into<String>) -> RpcError {
+        let message = message.into();
+        if errno == libc::ENODEV && !message.starts_with(NO_SUCH_DEVICE) {
+            return RpcError::new(-errno, format!("{NO_SUCH_DEVICE}: {message}"));
+        }
         RpcError::new(-errno, message)
     }
 
@@ -256,7 +264,7 @@ mod tests {
     fn codes_follow_spdk() {
         let e: RpcError = BdevError::NotFound("Malloc9".into()).into();
         assert_eq!(e.code, -libc::ENODEV);
-        assert_eq!(e.message, "bdev \"Malloc9\" does not exist");
+        assert_eq!(e.message, "No such device: bdev \"Malloc9\" does not exist");
         let e: RpcError = TargetError::Bdev(BdevError::Exists("M0".into())).into();
         assert_eq!(e.code, -17);
         let e: RpcError = VdiskError::NoSpace { need: 2, free: 1 }.into();
@@ -275,6 +283,14 @@ mod tests {
         assert_eq!(e.code, -libc::EINVAL);
         let e: RpcError = ParamError::NoSuch("NVMe-oF target \"t\"".into()).into();
         assert_eq!(e.code, -libc::ENODEV);
-        assert_eq!(e.message, "NVMe-oF target \"t\" does not exist");
+        assert_eq!(
+            e.message,
+            "No such device: NVMe-oF target \"t\" does not exist"
+        );
+        // Every -ENODEV answer starts with SPDK's text, once.
+        let e: RpcError = VdiskError::NoPool("p9".into()).into();
+        assert!(e.message.starts_with("No such device: "), "{}", e.message);
+        let e = RpcError::errno(libc::ENODEV, "No such device: x");
+        assert_eq!(e.message, "No such device: x");
     }
 }

@@ -164,10 +164,7 @@ pub async fn bdev_get_bdevs(ctx: Rc<Ctx>, p: GetBdevsParams) -> RpcResult {
 /// same bdev's limits is under way.
 pub async fn bdev_set_qos_limit(ctx: Rc<Ctx>, p: SetQosLimitParams) -> RpcResult {
     if let Err(BdevError::NotFound(_)) = ctx.target.bdevs().get(&p.name) {
-        return Err(RpcError::errno(
-            libc::ENODEV,
-            format!("No such device: bdev \"{}\" does not exist", p.name),
-        ));
+        return Err(RpcError::no_such(format!("bdev \"{}\"", p.name)));
     }
     let update = p.to_update();
     if update.is_empty() {

@@ -233,7 +233,13 @@ fn lvol_refused(e: RpcError) -> RpcError {
         libc::ENOMEM => "Cannot allocate memory",
         _ => "Invalid argument",
     };
-    RpcError::invalid_params(format!("{what}: {}", e.message))
+    // A -ENODEV message already starts with its text (`RpcError::errno`): once only.
+    let reason = e
+        .message
+        .strip_prefix(what)
+        .and_then(|r| r.strip_prefix(": "))
+        .unwrap_or(&e.message);
+    RpcError::invalid_params(format!("{what}: {reason}"))
 }
 
 /// `bdev_lvol_clone_bdev {bdev, lvs_name, clone_name}`: a thin clone of any bdev (an
