@@ -327,11 +327,9 @@ impl Target {
         p.dhchap_ctrlr_key = dhchap_ctrlr_key;
         let keys = self.dhchap_host_keys(&p)?;
         p.dhchap = keys.clone();
-        // The names only (save_config); the keys stay in the keyring.
+        // save_config writes the names only; the keys stay in the keyring.
         if let Some(saved) = lock(&self.inner.nvme_params).get_mut(name) {
-            saved.dhchap_key = p.dhchap_key.clone();
-            saved.dhchap_ctrlr_key = p.dhchap_ctrlr_key.clone();
-            saved.dhchap = keys.clone();
+            *saved = p;
         }
         Ok(self.inner.nvme_host.set_keys_async(name, keys).await?)
     }

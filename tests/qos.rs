@@ -384,9 +384,13 @@ fn nvmf_config(port: u16) -> String {
 }
 
 /// `spdk_nvme_perf` on namespace `nsid` of [`NQN`] with `args`, in the background.
-fn nvme_perf(port: u16, nsid: u32, args: &'static [&'static str]) -> std::thread::JoinHandle<f64> {
+fn nvme_perf(port: u16, nsid: u32, args: &[&str]) -> std::thread::JoinHandle<f64> {
     let t = format!("{} ns:{nsid}", spdk_support::trid(port, NQN, None));
-    std::thread::spawn(move || spdk_support::perf(args, &t))
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spdk_support::perf(&args, &t)
+    })
 }
 
 /// SPDK's host over NVMe/TCP against the YAML's 10 000 I/Os per second on a null bdev:
@@ -441,26 +445,13 @@ fn byte_limits_hold_for_spdks_host_over_nvme_tcp_with_large_transfers() {
         json!({"name": "pool0/vd0", "r_mbytes_per_sec": 40, "w_mbytes_per_sec": 20}),
     );
     for (rw, k, mib) in [("randread", 2, 40.0), ("randwrite", 3, 20.0)] {
-        let args: &'static [&'static str] = match rw {
-            "randread" => &[
-                "-c", "0x2", "-P", "2", "-q", "8", "-o", "131072", "-w", "randread", "-t", "6",
+        let p = nvme_perf(
+            port,
+            2,
+            &[
+                "-c", "0x2", "-P", "2", "-q", "8", "-o", "131072", "-w", rw, "-t", "6",
             ],
-            _ => &[
-                "-c",
-                "0x2",
-                "-P",
-                "2",
-                "-q",
-                "8",
-                "-o",
-                "131072",
-                "-w",
-                "randwrite",
-                "-t",
-                "6",
-            ],
-        };
-        let p = nvme_perf(port, 2, args);
+        );
         let (w, _) = windows(&srv, "pool0/vd0", 3);
         p.join().unwrap();
         within_5_percent(rw, &w, k, mib * 1048576.0);
