@@ -450,6 +450,9 @@ async fn open_labelled(
     for (s, c) in counts.iter() {
         space.load_segment(s, c);
     }
+    // A count per segment of the pool (16 MiB for 4 TiB), no longer needed: given back
+    // before the replay, not held until the open returns.
+    drop(counts);
     space.touch_all_sm();
     let mut table: BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)> = records
         .into_iter()
