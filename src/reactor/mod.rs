@@ -170,6 +170,8 @@ pub struct SendError {
 enum Message {
     Call(Box<dyn FnOnce() + Send>),
     Wake(async_task::Runnable),
+    /// A task that runs before the others ready (see [`spawn_local_first`]).
+    WakeFirst(async_task::Runnable),
 }
 
 /// The `Send + Sync` half of a reactor: its inbound queue and its doorbell.
@@ -269,12 +271,35 @@ impl Cores {
         Fut: Future + 'static,
         Fut::Output: Send + 'static,
     {
+        self.spawn_on_with(core, make, false)
+    }
+
+    /// [`Cores::spawn_on`] for a task that runs before the others ready each time it
+    /// is woken ([`spawn_local_first`]).
+    pub fn spawn_first_on<F, Fut>(&self, core: usize, make: F) -> RemoteHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.spawn_on_with(core, make, true)
+    }
+
+    fn spawn_on_with<F, Fut>(&self, core: usize, make: F, first: bool) -> RemoteHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: Send + 'static,
+    {
         let (tx, rx) = futures_channel::oneshot::channel();
         let sent = self.send(core, move || {
-            spawn_local(async move {
-                let out = make().await;
-                let _ = tx.send(out);
-            })
+            spawn_with(
+                async move {
+                    let out = make().await;
+                    let _ = tx.send(out);
+                },
+                first,
+            )
             .detach();
         });
         RemoteHandle {
@@ -697,7 +722,7 @@ impl Reactor {
         while let Some(m) = r.mailbox.queue.pop() {
             match m {
                 Message::Call(f) => f(),
-                Message::Wake(run) => drop(run),
+                Message::Wake(run) | Message::WakeFirst(run) => drop(run),
             }
         }
         r.run_queue.borrow_mut().clear();
@@ -734,6 +759,7 @@ impl ReactorInner {
             match self.mailbox.queue.pop() {
                 Some(Message::Call(f)) => f(),
                 Some(Message::Wake(run)) => self.run_queue.borrow_mut().push_back(run),
+                Some(Message::WakeFirst(run)) => self.run_queue.borrow_mut().push_front(run),
                 None => break,
             }
             work += 1;
@@ -882,21 +908,49 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
+    spawn_with(fut, false)
+}
+
+/// [`spawn_local`] for a task that holds others up while it waits (a snapshot holds
+/// its disk's writes): each time something else wakes it, it runs before the tasks
+/// already ready, instead of after them (woken by itself, by `yield_now`, it goes last). On a core busy with long polls, a task of several steps
+/// otherwise waits a whole turn of the run queue at each.
+pub fn spawn_local_first<F>(fut: F) -> async_task::Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    spawn_with(fut, true)
+}
+
+fn spawn_with<F>(fut: F, first: bool) -> async_task::Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
     let mailbox = with_current(|r| r.mailbox.clone());
     let target = Arc::downgrade(&mailbox);
-    let schedule = move |runnable: async_task::Runnable| {
+    let schedule = move |runnable: async_task::Runnable, info: async_task::ScheduleInfo| {
         let Some(mb) = target.upgrade() else {
             std::mem::forget(runnable);
             return;
         };
         let local = try_with_current(|r| Arc::ptr_eq(&r.mailbox, &mb)).unwrap_or(false);
-        if local {
-            with_current(|r| r.run_queue.borrow_mut().push_back(runnable));
-        } else {
-            let _ = mb.push(Message::Wake(runnable));
+        // A task that wakes itself while running (`yield_now`) lets the others go
+        // first, whatever it is.
+        let first = first && !info.woken_while_running;
+        match (local, first) {
+            (true, false) => with_current(|r| r.run_queue.borrow_mut().push_back(runnable)),
+            (true, true) => with_current(|r| r.run_queue.borrow_mut().push_front(runnable)),
+            (false, false) => {
+                let _ = mb.push(Message::Wake(runnable));
+            }
+            (false, true) => {
+                let _ = mb.push(Message::WakeFirst(runnable));
+            }
         }
     };
-    let (runnable, task) = async_task::spawn_local(fut, schedule);
+    let (runnable, task) = async_task::spawn_local(fut, async_task::WithInfo(schedule));
     runnable.schedule();
     task
 }

@@ -202,6 +202,46 @@ fn thread_cpu_time() -> Duration {
 }
 
 #[test]
+fn a_task_spawned_first_runs_before_the_ready_ones_when_woken_and_last_when_it_yields() {
+    let m = ManualReactors::new(1).unwrap();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let (tx, rx) = futures_channel::oneshot::channel::<()>();
+    m.enter(0, || {
+        let l = log.clone();
+        spawn_local_first(async move {
+            l.borrow_mut().push("F0");
+            let _ = rx.await;
+            l.borrow_mut().push("F1");
+            yield_now().await;
+            l.borrow_mut().push("F2");
+        })
+        .detach();
+        let l = log.clone();
+        spawn_local(async move {
+            l.borrow_mut().push("a");
+            yield_now().await;
+            l.borrow_mut().push("a");
+        })
+        .detach();
+        let l = log.clone();
+        spawn_local(async move {
+            let _ = tx.send(());
+            l.borrow_mut().push("s");
+        })
+        .detach();
+        let l = log.clone();
+        spawn_local(async move {
+            l.borrow_mut().push("b");
+        })
+        .detach();
+    });
+    m.run_until_idle(100);
+    // Spawned first, F runs before `a`, `s` and `b`, which were ready before it; woken
+    // by `s`, it runs next, ahead of `b`; its own yield puts it behind `a`.
+    assert_eq!(*log.borrow(), vec!["F0", "a", "s", "F1", "b", "a", "F2"]);
+}
+
+#[test]
 fn manual_reactors_are_deterministic() {
     let m = ManualReactors::new(3).unwrap();
     let log = Rc::new(RefCell::new(Vec::new()));
