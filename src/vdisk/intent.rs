@@ -50,7 +50,7 @@ pub const MAX_LOG_PAGES: u64 = 4096;
 const LOG_SHARE: u64 = 16;
 /// Records waiting beyond this start an append without a flush asking for one: what a
 /// flush or a snapshot has to write stays small under a stream of mapping changes.
-const APPEND_AHEAD_BYTES: usize = 64 << 10;
+const APPEND_AHEAD_BYTES: usize = 16 << 10;
 /// A checkpoint runs at least this often while changes wait (bounds the replay).
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
