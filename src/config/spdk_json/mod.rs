@@ -354,6 +354,12 @@ fn nvmf_calls(cfg: &Config) -> Vec<Value> {
             if l.secure_channel {
                 params["secure_channel"] = json!(true);
             }
+            if let Some(n) = l.max_connections {
+                params["max_connections"] = json!(n);
+            }
+            if let Some(n) = l.max_connections_per_host {
+                params["max_connections_per_host"] = json!(n);
+            }
             out.push(call("nvmf_subsystem_add_listener", params));
         }
         for h in &s.hosts {
@@ -852,6 +858,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         "nvmf_subsystem_add_listener" => {
             let q: nvmf::ListenerParams = decode(p)?;
             let la = q.to_params().map_err(|e| e.to_string())?;
+            let limits = q.limits().map_err(|e| e.to_string())?;
             let port: u16 = la.trsvcid.parse().map_err(|_| {
                 format!(
                     "\"listen_address.trsvcid\": `{}` is not a TCP port",
@@ -862,6 +869,8 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
                 address: la.traddr,
                 port,
                 secure_channel: q.secure_channel.unwrap_or(false),
+                max_connections: limits.max_connections,
+                max_connections_per_host: limits.max_connections_per_host,
             });
         }
         "nvmf_subsystem_add_ns" => {

@@ -261,12 +261,14 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: Async<mio::net::TcpLis
                 }
                 let permit = match ConnPermit::take(
                     &shared.open,
-                    ("max_connections", shared.limits.max_connections),
-                    &shared.by_host,
-                    (
-                        "max_connections_per_host",
-                        shared.limits.max_connections_per_host,
-                    ),
+                    &[("max_connections", shared.limits.max_connections)],
+                    &[(
+                        &shared.by_host,
+                        (
+                            "max_connections_per_host",
+                            shared.limits.max_connections_per_host,
+                        ),
+                    )],
                     peer.ip(),
                 ) {
                     Ok(p) => p,
