@@ -400,6 +400,8 @@ fn nbd_calls(cfg: &Config) -> Vec<Value> {
         "listen": n.listen,
         "max_connections": n.max_connections,
         "max_connections_per_host": n.max_connections_per_host,
+        "max_buffer_bytes": n.max_buffer_bytes,
+        "buffer_wait_timeout_ms": n.buffer_wait_timeout_ms,
     });
     // File names only, never their contents.
     if !n.tls.is_off() {
@@ -920,6 +922,8 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             n.listen = q.listen;
             n.max_connections = l.max_connections;
             n.max_connections_per_host = l.max_connections_per_host;
+            n.max_buffer_bytes = l.max_buffer_bytes;
+            n.buffer_wait_timeout_ms = l.buffer_wait_timeout_ms;
         }
         "nbd_start_export" => {
             let q: nbd::StartExportParams = decode(p)?;
