@@ -592,6 +592,7 @@ nvmf:
 /// The `nvmf_subsystem_add_listener` call of `save_config` for `port`.
 fn saved_listener(srv: &Serve, port: u16) -> Value {
     let saved = srv.call("save_config", Value::Null);
+    let trsvcid = port.to_string();
     saved["subsystems"]
         .as_array()
         .unwrap()
@@ -599,7 +600,7 @@ fn saved_listener(srv: &Serve, port: u16) -> Value {
         .flat_map(|s| s["config"].as_array().cloned().unwrap_or_default())
         .find(|c| {
             c["method"] == "nvmf_subsystem_add_listener"
-                && c["params"]["listen_address"]["trsvcid"] == port.to_string()
+                && c["params"]["listen_address"]["trsvcid"] == trsvcid.as_str()
         })
         .unwrap_or_else(|| panic!("no listener on {port} in {saved}"))
 }
