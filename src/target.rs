@@ -1329,6 +1329,8 @@ impl Target {
                 listen: s.local_addr().to_string(),
                 max_connections: s.limits().max_connections,
                 max_connections_per_host: s.limits().max_connections_per_host,
+                max_buffer_bytes: s.limits().max_buffer_bytes,
+                buffer_wait_timeout_ms: s.limits().buffer_wait_timeout_ms,
                 exports: s
                     .exports()
                     .into_iter()

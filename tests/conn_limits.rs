@@ -7,7 +7,11 @@
 //! NBD connections past `max_connections` / `max_connections_per_host` are closed before
 //! the greeting while `nbdinfo` is served; and hostile clients that write requests as
 //! fast as they can and never read a reply leave the target's memory bounded and another
-//! client served.
+//! client served. A listener's own `max_connections` / `max_connections_per_host` refuse
+//! past them (SPDK's identify too) while another listener serves; NBD clients that send
+//! large writes and withhold their payloads hold at most `max_buffer_bytes` together,
+//! the ones left waiting are closed after `buffer_wait_timeout_ms`, and `nbdcopy` is
+//! served once they are gone.
 
 mod nbd_support;
 mod nvmf_common;
@@ -583,4 +587,299 @@ nvmf:
     );
     drop(good);
     srv.stop();
+}
+
+/// The `nvmf_subsystem_add_listener` call of `save_config` for `port`.
+fn saved_listener(srv: &Serve, port: u16) -> Value {
+    let saved = srv.call("save_config", Value::Null);
+    let trsvcid = port.to_string();
+    saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["config"].as_array().cloned().unwrap_or_default())
+        .find(|c| {
+            c["method"] == "nvmf_subsystem_add_listener"
+                && c["params"]["listen_address"]["trsvcid"] == trsvcid.as_str()
+        })
+        .unwrap_or_else(|| panic!("no listener on {port} in {saved}"))
+}
+
+/// `spdk_nvme_identify` against `port`: did it identify the controller?
+fn identify_works(port: u16) -> bool {
+    let out = process_support::run(
+        spdk_support::tool("spdk_nvme_identify")
+            .args(spdk_support::NO_HUGE)
+            .arg("-r")
+            .arg(spdk_support::trid(port, NQN, None)),
+        Duration::from_secs(60),
+    );
+    out.status.success() && spdk_support::text_of(&out).contains("Serial Number")
+}
+
+#[test]
+fn a_listener_with_its_own_limits_refuses_past_them_while_another_listener_accepts() {
+    let (limited, open) = (free_port(), free_port());
+    let yaml = format!(
+        r#"cores: [0]
+idle: adaptive
+bdevs:
+  - {{type: null, name: Null0, size: 1GiB, block_size: 4096}}
+nvmf:
+  subsystems:
+    - nqn: {NQN}
+      allow_any_host: true
+      listeners:
+        - {{address: 127.0.0.1, port: {limited}, max_connections: 3, max_connections_per_host: 2}}
+        - {{address: 127.0.0.1, port: {open}}}
+      namespaces: [{{bdev: Null0, nsid: 1}}]
+"#
+    );
+    let srv = Serve::start_yaml(&yaml);
+    let lim: SocketAddr = format!("127.0.0.1:{limited}").parse().unwrap();
+    let other: SocketAddr = format!("127.0.0.1:{open}").parse().unwrap();
+    // From 127.0.0.2: two on the limited listener, a third refused there (its own
+    // per-host limit, 2; the transport's is 128) while the other listener serves it.
+    let mut two: Vec<TcpStream> = (0..2)
+        .map(|i| nvme_conn(host(2), lim).unwrap_or_else(|| panic!("connection {i} refused")))
+        .collect();
+    assert!(
+        nvme_conn(host(2), lim).is_none(),
+        "a 3rd connection from 127.0.0.2 on the limited listener was served (its limit 2)"
+    );
+    let _elsewhere: Vec<TcpStream> = (0..3)
+        .map(|_| nvme_conn(host(2), other).expect("the other listener refused 127.0.0.2"))
+        .collect();
+    // One from 127.0.0.3 fills the limited listener (3): SPDK's host is refused there
+    // and served on the other listener.
+    let _three = nvme_conn(host(3), lim).expect("127.0.0.3 refused");
+    assert!(
+        !identify_works(limited),
+        "spdk_nvme_identify went through a full listener (max_connections 3)"
+    );
+    assert!(
+        identify_works(open),
+        "spdk_nvme_identify on the other listener"
+    );
+    // Closing one makes room for SPDK's host.
+    two.pop();
+    eventually("identify on the limited listener after a close", || {
+        identify_works(limited).then_some(())
+    });
+    let log = srv.log_text();
+    for want in [
+        "limit=\"listener.max_connections_per_host\" value=2",
+        "limit=\"listener.max_connections\" value=3",
+        "peer=127.0.0.2:",
+        "peer=127.0.0.1:",
+        "closed before ICReq",
+    ] {
+        assert!(log.contains(want), "no `{want}` in the log:\n{log}");
+    }
+    // save_config keeps the limits on their listener, and only there.
+    let l = saved_listener(&srv, limited);
+    assert_eq!(l["params"]["max_connections"], 3, "{l}");
+    assert_eq!(l["params"]["max_connections_per_host"], 2, "{l}");
+    let o = saved_listener(&srv, open);
+    assert!(o["params"].get("max_connections").is_none(), "{o}");
+
+    // The RPC takes them too (tessera's parameters): a third listener of one connection.
+    let third = free_port();
+    let add = |port: u16, extra: Value| {
+        let mut p = json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
+            "traddr": "127.0.0.1", "trsvcid": port.to_string()}});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let e = srv.call_err(
+        "nvmf_subsystem_add_listener",
+        add(third, json!({"max_connections": 0})),
+    );
+    assert_eq!(e.code, -32602, "{e:?}");
+    assert!(e.message.contains("max_connections"), "{e:?}");
+    // The same address with other limits is refused, naming the limits it has.
+    let e = srv.call_err(
+        "nvmf_subsystem_add_listener",
+        add(limited, json!({"max_connections": 5})),
+    );
+    assert!(
+        e.message.contains("max_connections: 3") && e.message.contains("other connection limits"),
+        "{e:?}"
+    );
+    srv.call(
+        "nvmf_subsystem_add_listener",
+        add(third, json!({"max_connections": 1})),
+    );
+    let t: SocketAddr = format!("127.0.0.1:{third}").parse().unwrap();
+    let _one = nvme_conn(host(4), t).expect("the first on the RPC's listener");
+    assert!(
+        nvme_conn(host(5), t).is_none(),
+        "a 2nd connection on a listener of max_connections 1 was served"
+    );
+    assert_eq!(saved_listener(&srv, third)["params"]["max_connections"], 1);
+    srv.stop();
+}
+
+/// Sends a write request of `len` bytes and all of its payload but the last 4 KiB, as
+/// fast as the target takes it, then holds the connection until `stop`. Returns true
+/// if the target closed it.
+fn withhold_payload(mut c: nbd_support::RawClient, len: u64, stop: &AtomicBool) -> bool {
+    if c.send(tessera::frontend::nbd::proto::CMD_WRITE, 0, 7, 0, len, &[])
+        .is_err()
+    {
+        return true;
+    }
+    c.s.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    c.s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let chunk = vec![0x5a; 1 << 20];
+    let mut left = len as usize - 4096;
+    while !stop.load(Ordering::Relaxed) {
+        if left > 0 {
+            match c.s.write(&chunk[..left.min(chunk.len())]) {
+                Ok(0) => return true,
+                Ok(n) => left -= n,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut => {}
+                Err(_) => return true,
+            }
+        } else {
+            // Payload withheld: watch for the target closing.
+            let mut b = [0u8; 64];
+            match c.s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut => {}
+                Err(_) => return true,
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn hostile_nbd_writers_that_withhold_payloads_stay_within_the_server_buffer_budget() {
+    // Eight clients each send a 32 MiB write and all of its payload but the last 4 KiB.
+    // Per connection that is within bounds (one request always runs); together, without
+    // a server-wide budget, 256 MiB. With max_buffer_bytes 80 MiB two get their buffers
+    // (32 MiB + 8 KiB each), the others stop being read and are closed after
+    // buffer_wait_timeout_ms.
+    const HOSTILE: usize = 8;
+    const LEN: u64 = 32 << 20;
+    const BUDGET: u64 = 80 << 20;
+    const MARGIN: u64 = 24 << 20;
+    nbd_support::need_all(&["nbdcopy", "nbdinfo"]);
+    let port = free_port();
+    let srv = Serve::start_yaml(&format!(
+        r#"cores: [0]
+idle: adaptive
+bdevs:
+  - {{type: malloc, name: M0, size: 64MiB, block_size: 4096}}
+nbd:
+  listen: "127.0.0.1:{port}"
+  max_buffer_bytes: {BUDGET}
+  buffer_wait_timeout_ms: 2000
+  exports: [{{name: n0, bdev: M0}}]
+"#
+    ));
+    let pid = srv.pid();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let uri = format!("nbd://127.0.0.1:{port}/n0");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    // A well-behaved copy first, so that the baseline has seen one.
+    nbd_support::run_ok(
+        std::process::Command::new("nbdcopy").arg(&src).arg(&uri),
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let base = rss(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let hostile: Vec<_> = (0..HOSTILE)
+        .map(|_| {
+            let c = nbd_support::RawClient::connect(addr, "n0", nbd_support::Opts::default())
+                .expect("hostile client");
+            let stop = stop.clone();
+            std::thread::spawn(move || withhold_payload(c, LEN, &stop))
+        })
+        .collect();
+    let start = Instant::now();
+    let mut peak = base;
+    while start.elapsed() < Duration::from_millis(1500) {
+        peak = peak.max(rss(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = srv.call("nbd_get_stats", Value::Null);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "RSS base {:.1} MiB, peak {:.1} MiB (+{:.1}; budget {:.0} MiB, margin {:.0} MiB); stats {stats}",
+        mib(base),
+        mib(peak),
+        mib(peak.saturating_sub(base)),
+        mib(BUDGET),
+        mib(MARGIN),
+    );
+    assert!(
+        peak.saturating_sub(base) < BUDGET + MARGIN,
+        "resident memory grew {:.1} MiB with max_buffer_bytes {:.0} MiB",
+        mib(peak - base),
+        mib(BUDGET)
+    );
+    let held = stats["buffer_bytes"].as_u64().unwrap();
+    assert!(held > LEN && held <= BUDGET, "{stats}");
+    assert!(
+        stats["buffer_waits"].as_u64().unwrap() >= (HOSTILE - 2) as u64,
+        "{stats}"
+    );
+    // The waiting ones are closed past buffer_wait_timeout_ms (2 s), with the reason in
+    // the log; the two holding bytes are not (they wait for their own client).
+    let closed = eventually("the waiting connections closed", || {
+        let s = srv.call("nbd_get_stats", Value::Null);
+        (s["buffer_wait_timeouts"].as_u64().unwrap() >= (HOSTILE - 2) as u64).then_some(s)
+    });
+    assert_eq!(
+        closed["buffer_wait_timeouts"],
+        (HOSTILE - 2) as u64,
+        "{closed}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let closed_by_target = hostile
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|c| *c)
+        .count();
+    assert_eq!(
+        closed_by_target,
+        HOSTILE - 2,
+        "hostile connections closed by the target"
+    );
+    // Once they are gone the bytes are back, and a real client is served.
+    eventually("the budget given back", || {
+        let s = srv.call("nbd_get_stats", Value::Null);
+        (s["buffer_bytes"] == 0).then_some(())
+    });
+    let out = dir.path().join("out.img");
+    nbd_support::run_ok(
+        std::process::Command::new("nbdcopy").arg(&uri).arg(&out),
+        Duration::from_secs(30),
+    );
+    assert!(
+        std::fs::read(&out).unwrap()[..data.len()] == data[..],
+        "nbdcopy read back other data"
+    );
+    let log = srv.stop();
+    assert!(
+        log.contains("waited past buffer_wait_timeout_ms")
+            && log.contains("max_buffer_bytes=83886080"),
+        "{log}"
+    );
 }

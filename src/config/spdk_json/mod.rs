@@ -354,6 +354,12 @@ fn nvmf_calls(cfg: &Config) -> Vec<Value> {
             if l.secure_channel {
                 params["secure_channel"] = json!(true);
             }
+            if let Some(n) = l.max_connections {
+                params["max_connections"] = json!(n);
+            }
+            if let Some(n) = l.max_connections_per_host {
+                params["max_connections_per_host"] = json!(n);
+            }
             out.push(call("nvmf_subsystem_add_listener", params));
         }
         for h in &s.hosts {
@@ -394,6 +400,8 @@ fn nbd_calls(cfg: &Config) -> Vec<Value> {
         "listen": n.listen,
         "max_connections": n.max_connections,
         "max_connections_per_host": n.max_connections_per_host,
+        "max_buffer_bytes": n.max_buffer_bytes,
+        "buffer_wait_timeout_ms": n.buffer_wait_timeout_ms,
     });
     // File names only, never their contents.
     if !n.tls.is_off() {
@@ -852,6 +860,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         "nvmf_subsystem_add_listener" => {
             let q: nvmf::ListenerParams = decode(p)?;
             let la = q.to_params().map_err(|e| e.to_string())?;
+            let limits = q.limits().map_err(|e| e.to_string())?;
             let port: u16 = la.trsvcid.parse().map_err(|_| {
                 format!(
                     "\"listen_address.trsvcid\": `{}` is not a TCP port",
@@ -862,6 +871,8 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
                 address: la.traddr,
                 port,
                 secure_channel: q.secure_channel.unwrap_or(false),
+                max_connections: limits.max_connections,
+                max_connections_per_host: limits.max_connections_per_host,
             });
         }
         "nvmf_subsystem_add_ns" => {
@@ -911,6 +922,8 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             n.listen = q.listen;
             n.max_connections = l.max_connections;
             n.max_connections_per_host = l.max_connections_per_host;
+            n.max_buffer_bytes = l.max_buffer_bytes;
+            n.buffer_wait_timeout_ms = l.buffer_wait_timeout_ms;
         }
         "nbd_start_export" => {
             let q: nbd::StartExportParams = decode(p)?;

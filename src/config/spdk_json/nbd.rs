@@ -18,6 +18,13 @@ pub struct ServerStartParams {
     /// Most connections open at once from one source IP address (default 128).
     #[serde(default)]
     pub max_connections_per_host: Option<u32>,
+    /// Most payload bytes all connections hold together (default 1 GiB).
+    #[serde(default)]
+    pub max_buffer_bytes: Option<u64>,
+    /// How long a connection waits for payload bytes before it is closed (default
+    /// 30000 ms).
+    #[serde(default)]
+    pub buffer_wait_timeout_ms: Option<u64>,
     /// TLS mode: `off` (default), `optional`, `required`.
     #[serde(default)]
     pub tls: crate::frontend::nbd::TlsMode,
@@ -39,7 +46,7 @@ pub struct ServerStartParams {
 }
 
 impl ServerStartParams {
-    /// The connection limits (defaults for those not given).
+    /// The connection and memory limits (defaults for those not given).
     pub fn limits(&self) -> crate::frontend::nbd::NbdLimits {
         let d = crate::frontend::nbd::NbdLimits::default();
         crate::frontend::nbd::NbdLimits {
@@ -47,6 +54,10 @@ impl ServerStartParams {
             max_connections_per_host: self
                 .max_connections_per_host
                 .unwrap_or(d.max_connections_per_host),
+            max_buffer_bytes: self.max_buffer_bytes.unwrap_or(d.max_buffer_bytes),
+            buffer_wait_timeout_ms: self
+                .buffer_wait_timeout_ms
+                .unwrap_or(d.buffer_wait_timeout_ms),
         }
     }
 

@@ -253,9 +253,26 @@ pub struct ListenerParams {
     pub sock_impl: Option<String>,
     #[serde(default)]
     pub numa_id: Option<i32>,
+    /// The listener's own connection limit (tessera's).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// The listener's own limit of connections from one address (tessera's).
+    #[serde(default)]
+    pub max_connections_per_host: Option<u32>,
 }
 
 impl ListenerParams {
+    /// The listener's own connection limits (tessera's parameters), checked.
+    pub fn limits(&self) -> Result<crate::frontend::nvmf::ListenerLimits, ParamError> {
+        let l = crate::frontend::nvmf::ListenerLimits {
+            max_connections: self.max_connections,
+            max_connections_per_host: self.max_connections_per_host,
+        };
+        l.check()
+            .map_err(|(field, why)| ParamError::invalid(format!("\"{field}\": {why}")))?;
+        Ok(l)
+    }
+
     /// The address, checked.
     pub fn to_params(&self) -> Result<ListenAddressParams, ParamError> {
         check_tgt_name(&self.tgt_name)?;

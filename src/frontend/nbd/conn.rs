@@ -119,8 +119,8 @@ pub(crate) async fn serve(ctl: Rc<ConnCtl>, stream: std::net::TcpStream, peer: S
     ctl.set_state(ConnState::Transmission);
     tracing::debug!(%peer, export = %export.name, reply = ?neg.reply, "nbd: transmission");
     match link {
-        Link::Plain(sock) => Transmission::new(ctl.clone(), sock, rx, neg).await,
-        Link::Tls(tls) => Transmission::new(ctl.clone(), tls, rx, neg).await,
+        Link::Plain(sock) => Transmission::new(ctl.clone(), sock, rx, neg, peer).await,
+        Link::Tls(tls) => Transmission::new(ctl.clone(), tls, rx, neg, peer).await,
     }
     export.connections.fetch_sub(1, Ordering::Relaxed);
     ctl.set_state(ConnState::Closed);
@@ -229,10 +229,19 @@ struct Transmission<W: Wire> {
     sock: W,
     conn: Rc<Conn>,
     drain_timer: Option<Sleep>,
+    /// Runs while the connection waits for the server's buffer bytes.
+    budget_timer: Option<Sleep>,
+    peer: SocketAddr,
 }
 
 impl<W: Wire> Transmission<W> {
-    fn new(ctl: Rc<ConnCtl>, sock: W, rx: RecvBuf, neg: Negotiated) -> Transmission<W> {
+    fn new(
+        ctl: Rc<ConnCtl>,
+        sock: W,
+        rx: RecvBuf,
+        neg: Negotiated,
+        peer: SocketAddr,
+    ) -> Transmission<W> {
         let conn = Rc::new_cyclic(|me| Conn {
             me: me.clone(),
             st: RefCell::new(TxState::new(ctl, rx, neg)),
@@ -242,6 +251,8 @@ impl<W: Wire> Transmission<W> {
             sock,
             conn,
             drain_timer: None,
+            budget_timer: None,
+            peer,
         }
     }
 }
@@ -328,6 +339,38 @@ impl<W: Wire> Future for Transmission<W> {
             this.sock.sock().clear_writable();
             if this.sock.sock().poll_writable(cx).is_ready() {
                 cx.waker().wake_by_ref();
+            }
+        }
+        // Waiting for the server's buffer bytes: woken when some are given back, closed
+        // (with a reason in the log) past the time limit.
+        match st.budget_wait() {
+            None => this.budget_timer = None,
+            Some(need) => {
+                let shared = st.ctl().shared().clone();
+                if shared.budget.wait_for(need, cx.waker()) {
+                    cx.waker().wake_by_ref();
+                }
+                let limit = shared.buffer_wait_timeout();
+                let timer = this
+                    .budget_timer
+                    .get_or_insert_with(|| reactor::sleep(limit));
+                if Pin::new(timer).poll(cx).is_ready() {
+                    tracing::warn!(
+                        peer = %this.peer,
+                        need,
+                        in_use = shared.budget.used(),
+                        max_buffer_bytes = shared.budget.limit(),
+                        buffer_wait_timeout_ms = limit.as_millis() as u64,
+                        "nbd: closing connection: its next request waited past buffer_wait_timeout_ms for buffer bytes (max_buffer_bytes in use by other connections)"
+                    );
+                    shared
+                        .counters
+                        .buffer_wait_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    this.budget_timer = None;
+                    st.drain(DrainReason::BufferWait);
+                    cx.waker().wake_by_ref();
+                }
             }
         }
         if st.is_draining() && st.has_output() {

@@ -282,6 +282,14 @@ pub struct NbdConfig {
     /// Most connections open at once from one source IP address.
     #[serde(default = "default_max_connections_per_host")]
     pub max_connections_per_host: u32,
+    /// Most bytes all connections together hold for request and reply payloads; a
+    /// connection whose next request would go past it stops reading until bytes are
+    /// returned.
+    #[serde(default = "default_max_buffer_bytes")]
+    pub max_buffer_bytes: u64,
+    /// How long a connection waits for `max_buffer_bytes` before it is closed.
+    #[serde(default = "default_buffer_wait_timeout_ms")]
+    pub buffer_wait_timeout_ms: u64,
     /// TLS: `off`, `optional` (STARTTLS offered) or `required` (nothing else answered
     /// before it).
     #[serde(default, skip_serializing_if = "TlsMode::is_off")]
@@ -311,6 +319,19 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Connections per source address when not configured.
 pub const DEFAULT_MAX_CONNECTIONS_PER_HOST: u32 = 128;
 
+/// Payload bytes of all connections together when not configured.
+pub const DEFAULT_MAX_BUFFER_BYTES: u64 = 1 << 30;
+/// How long a connection waits for payload bytes when not configured.
+pub const DEFAULT_BUFFER_WAIT_TIMEOUT_MS: u64 = 30_000;
+
+fn default_max_buffer_bytes() -> u64 {
+    DEFAULT_MAX_BUFFER_BYTES
+}
+
+fn default_buffer_wait_timeout_ms() -> u64 {
+    DEFAULT_BUFFER_WAIT_TIMEOUT_MS
+}
+
 fn default_max_connections() -> u32 {
     DEFAULT_MAX_CONNECTIONS
 }
@@ -326,6 +347,8 @@ impl Default for NbdConfig {
             exports: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
+            max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
+            buffer_wait_timeout_ms: DEFAULT_BUFFER_WAIT_TIMEOUT_MS,
             tls: TlsMode::Off,
             tls_cert: None,
             tls_key: None,
@@ -336,13 +359,23 @@ impl Default for NbdConfig {
     }
 }
 
-/// The connection limits of an NBD server.
+/// Smallest `max_buffer_bytes`.
+const MIN_BUFFER_BYTES: u64 = 1 << 20;
+/// Largest `max_buffer_bytes`.
+const MAX_BUFFER_BYTES: u64 = 1 << 40;
+
+/// The connection and memory limits of an NBD server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NbdLimits {
     /// Most connections open at once.
     pub max_connections: u32,
     /// Most connections open at once from one source IP address.
     pub max_connections_per_host: u32,
+    /// Most bytes all connections together hold for request and reply payloads (one
+    /// request is admitted whatever its size when nothing is held).
+    pub max_buffer_bytes: u64,
+    /// How long a connection waits for payload bytes before it is closed, in ms.
+    pub buffer_wait_timeout_ms: u64,
 }
 
 impl Default for NbdLimits {
@@ -350,6 +383,8 @@ impl Default for NbdLimits {
         NbdLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
+            max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
+            buffer_wait_timeout_ms: DEFAULT_BUFFER_WAIT_TIMEOUT_MS,
         }
     }
 }
@@ -367,6 +402,24 @@ impl NbdLimits {
                     reason: format!("{v} is not between 1 and 1048576"),
                 });
             }
+        }
+        if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&self.max_buffer_bytes) {
+            return Err(NbdError::Config {
+                field: "nbd.max_buffer_bytes".into(),
+                reason: format!(
+                    "{} is not between {MIN_BUFFER_BYTES} (1 MiB) and {MAX_BUFFER_BYTES} (1 TiB)",
+                    self.max_buffer_bytes
+                ),
+            });
+        }
+        if !(100..=3_600_000).contains(&self.buffer_wait_timeout_ms) {
+            return Err(NbdError::Config {
+                field: "nbd.buffer_wait_timeout_ms".into(),
+                reason: format!(
+                    "{} is not between 100 and 3600000 (an hour)",
+                    self.buffer_wait_timeout_ms
+                ),
+            });
         }
         Ok(())
     }
@@ -448,6 +501,8 @@ impl NbdConfig {
         NbdLimits {
             max_connections: self.max_connections,
             max_connections_per_host: self.max_connections_per_host,
+            max_buffer_bytes: self.max_buffer_bytes,
+            buffer_wait_timeout_ms: self.buffer_wait_timeout_ms,
         }
     }
 
@@ -520,6 +575,20 @@ mod tests {
                     ..NbdConfig::default()
                 },
                 "nbd.max_connections_per_host",
+            ),
+            (
+                NbdConfig {
+                    max_buffer_bytes: 4096,
+                    ..NbdConfig::default()
+                },
+                "nbd.max_buffer_bytes",
+            ),
+            (
+                NbdConfig {
+                    buffer_wait_timeout_ms: 0,
+                    ..NbdConfig::default()
+                },
+                "nbd.buffer_wait_timeout_ms",
             ),
         ] {
             let e = c.validate().unwrap_err().to_string();

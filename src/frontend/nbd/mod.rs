@@ -57,6 +57,7 @@
 //!   machine and counters; [`tls`]: TLS settings, the OpenSSL context, client
 //!   authorisation and the non-blocking handshake.
 
+mod budget;
 pub mod check;
 mod conn;
 pub mod export;

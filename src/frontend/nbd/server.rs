@@ -2,6 +2,7 @@
 //! connections to cores, and the per-core registry that lets the control plane close
 //! them.
 
+use super::budget::BufferBudget;
 use super::export::{ExportEntry, ExportTable, NbdConfig, NbdExport, NbdExportInfo, NbdLimits};
 use super::state::{ConnState, NbdStats, ServerCounters};
 use super::tls::{NbdTlsSettings, ServerTls, TlsRefusals};
@@ -48,11 +49,18 @@ pub(crate) struct ServerShared {
     tls_settings: NbdTlsSettings,
     /// Rate-limited log of clients refused for TLS reasons.
     pub(crate) tls_refusals: TlsRefusals,
+    /// The payload bytes all connections hold together (`max_buffer_bytes`).
+    pub(crate) budget: BufferBudget,
 }
 
 impl ServerShared {
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// How long a connection may wait for buffer bytes.
+    pub(crate) fn buffer_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.buffer_wait_timeout_ms)
     }
 }
 
@@ -261,12 +269,14 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: Async<mio::net::TcpLis
                 }
                 let permit = match ConnPermit::take(
                     &shared.open,
-                    ("max_connections", shared.limits.max_connections),
-                    &shared.by_host,
-                    (
-                        "max_connections_per_host",
-                        shared.limits.max_connections_per_host,
-                    ),
+                    &[("max_connections", shared.limits.max_connections)],
+                    &[(
+                        &shared.by_host,
+                        (
+                            "max_connections_per_host",
+                            shared.limits.max_connections_per_host,
+                        ),
+                    )],
                     peer.ip(),
                 ) {
                     Ok(p) => p,
@@ -412,6 +422,7 @@ impl NbdServer {
             tls,
             tls_settings,
             tls_refusals: TlsRefusals::default(),
+            budget: BufferBudget::new(limits.max_buffer_bytes),
         });
         let s2 = shared.clone();
         let registered = cores.call(ACCEPTOR_CORE, move || {
@@ -518,7 +529,10 @@ impl NbdServer {
 
     /// Connection and request counters.
     pub fn stats(&self) -> NbdStats {
-        self.shared.counters.snapshot()
+        NbdStats {
+            buffer_bytes: self.shared.budget.used(),
+            ..self.shared.counters.snapshot()
+        }
     }
 
     /// Stops accepting and closes every connection (in-flight requests finish and are

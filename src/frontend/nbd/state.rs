@@ -144,6 +144,10 @@ pub(crate) struct ServerCounters {
     pub(crate) refused: AtomicU64,
     pub(crate) handshakes_failed: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
+    /// Times a connection stopped reading for want of buffer bytes (`max_buffer_bytes`).
+    pub(crate) buffer_waits: AtomicU64,
+    /// Connections closed for waiting longer than `buffer_wait_timeout_ms`.
+    pub(crate) buffer_wait_timeouts: AtomicU64,
     requests: [AtomicU64; KINDS],
     errors: AtomicU64,
     bytes_read: AtomicU64,
@@ -180,6 +184,9 @@ impl ServerCounters {
             refused: self.refused.load(Ordering::Relaxed),
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
             protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
+            buffer_waits: self.buffer_waits.load(Ordering::Relaxed),
+            buffer_wait_timeouts: self.buffer_wait_timeouts.load(Ordering::Relaxed),
+            buffer_bytes: 0,
             reads: r(RequestKind::Read),
             writes: r(RequestKind::Write),
             flushes: r(RequestKind::Flush),
@@ -211,6 +218,13 @@ pub struct NbdStats {
     pub handshakes_failed: u64,
     /// Connections closed because the client broke the protocol (bad magic, …).
     pub protocol_errors: u64,
+    /// Times a connection stopped reading for want of buffer bytes (the server's
+    /// `max_buffer_bytes` in use by others).
+    pub buffer_waits: u64,
+    /// Connections closed for waiting longer than `buffer_wait_timeout_ms` for them.
+    pub buffer_wait_timeouts: u64,
+    /// Payload bytes held now by all connections.
+    pub buffer_bytes: u64,
     pub reads: u64,
     pub writes: u64,
     pub flushes: u64,

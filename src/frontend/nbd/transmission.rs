@@ -5,8 +5,9 @@
 //!
 //! A request lives in a **slot** (reused, with its buffer, from one request to the next),
 //! from the moment its header is parsed until its reply is written. The number of slots
-//! and the bytes their buffers hold are bounded; when either bound is reached the
-//! connection stops reading, and TCP pushes back on the client.
+//! and the bytes their buffers hold are bounded, per connection and (the server's
+//! [`BufferBudget`](super::budget::BufferBudget)) across connections; when any bound is
+//! reached the connection stops reading, and TCP pushes back on the client.
 
 mod rmw;
 
@@ -16,8 +17,8 @@ use super::export::{ExportEntry, MAX_PAYLOAD_BYTES};
 use super::flush::FlushEpochs;
 use super::handshake::{ALLOCATION_DEPTH_ID, BASE_ALLOCATION_ID, DIRTY_BITMAP_ID, Negotiated};
 use super::proto::{
-    self, CMD_READ, ChunkHeader, Extent, HeaderMode, MAX_REPLY_HEADER_LEN, REPLY_FLAG_DONE,
-    RequestHeader,
+    self, CMD_READ, CMD_WRITE, ChunkHeader, Extent, HeaderMode, MAX_REPLY_HEADER_LEN,
+    REPLY_FLAG_DONE, RequestHeader,
 };
 use super::range_lock::{ConnAck, Gen, LockId, state_active, state_gen};
 use super::server::ConnCtl;
@@ -86,6 +87,8 @@ struct Slot {
     epoch: u64,
     /// Bytes of `buf` counted against the connection's budget.
     reserved_bytes: usize,
+    /// Bytes taken from the server's budget for `buf`.
+    budget_bytes: u64,
     /// Reply header (and the fixed part of its payload).
     hdr: [u8; MAX_REPLY_HEADER_LEN],
     hdr_len: usize,
@@ -139,6 +142,7 @@ impl Slot {
             modifies: false,
             epoch: 0,
             reserved_bytes: 0,
+            budget_bytes: 0,
             hdr: [0; MAX_REPLY_HEADER_LEN],
             hdr_len: 0,
             extra: Vec::new(),
@@ -194,6 +198,8 @@ pub(super) enum DrainReason {
     Protocol,
     /// The socket failed.
     Failed,
+    /// The next request waited too long for the server's buffer bytes.
+    BufferWait,
 }
 
 /// The transmission state of a connection.
@@ -223,6 +229,12 @@ pub(super) struct TxState {
     rx: RecvBuf,
     rx_state: RxState,
     reserved_bytes: usize,
+    /// Bytes taken from the server's budget for the request being started and not yet
+    /// given to its slot.
+    budget_taken: u64,
+    /// The bytes the parsed request at the head of the receive buffer waits for from
+    /// the server's budget (nothing more is read meanwhile).
+    budget_wait: Option<u64>,
     epochs: FlushEpochs,
     waiting_flushes: VecDeque<u16>,
     /// The epoch of the last modifying request sent to the bdev without a range lock: a
@@ -288,6 +300,8 @@ impl TxState {
             rx,
             rx_state: RxState::Header,
             reserved_bytes: 0,
+            budget_taken: 0,
+            budget_wait: None,
             epochs: FlushEpochs::new(),
             waiting_flushes: VecDeque::new(),
             bypass_epoch: 0,
@@ -353,6 +367,8 @@ impl TxState {
         }
         self.reserved_bytes -= s.reserved_bytes;
         s.reserved_bytes = 0;
+        let held = std::mem::take(&mut s.budget_bytes);
+        self.ctl.shared().budget.give_back(held);
         s.data_len = 0;
         s.unaligned = None;
         debug_assert!(
@@ -375,7 +391,33 @@ impl TxState {
         };
         s.reserved_bytes = len;
         self.reserved_bytes += len;
+        // From the bytes taken for this request when its header was admitted.
+        let len = len as u64;
+        let taken = self.budget_taken.min(len);
+        self.budget_taken -= taken;
+        if len > taken {
+            self.ctl.shared().budget.force_take(len - taken);
+        }
+        s.budget_bytes = len;
         buf
+    }
+
+    /// The most buffer bytes request `h` can take (its covering blocks), or 0 for one
+    /// without a buffer or that will be refused.
+    fn buffer_need(&self, h: &RequestHeader) -> u64 {
+        if (h.kind == CMD_READ || h.kind == CMD_WRITE)
+            && h.len_bytes <= u64::from(MAX_PAYLOAD_BYTES)
+        {
+            h.len_bytes + 2 * self.block_size
+        } else {
+            0
+        }
+    }
+
+    /// Bytes the request at the head of the receive buffer waits for from the server's
+    /// budget, if it waits.
+    pub(super) fn budget_wait(&self) -> Option<u64> {
+        self.budget_wait
     }
 
     fn enqueue(&mut self, idx: u16) {
@@ -909,6 +951,7 @@ impl TxState {
             return;
         }
         self.draining = Some(reason);
+        self.budget_wait = None;
         if let RxState::Payload { slot, .. } = self.rx_state {
             self.free_slot(slot);
         }
@@ -961,7 +1004,11 @@ impl TxState {
             return false;
         }
         match self.rx_state {
-            RxState::Header => self.can_start_request() && self.rx.len() < self.rx.capacity(),
+            RxState::Header => {
+                self.budget_wait.is_none()
+                    && self.can_start_request()
+                    && self.rx.len() < self.rx.capacity()
+            }
             RxState::Payload { .. } | RxState::Discard { .. } => true,
         }
     }
@@ -988,9 +1035,28 @@ impl TxState {
                     match proto::parse_request(self.rx.data(), self.hmode) {
                         Ok(None) => break,
                         Ok(Some((h, n))) => {
+                            let need = self.buffer_need(&h);
+                            let budget = &self.ctl.shared().budget;
+                            if need > 0 && !budget.try_take(need) {
+                                if self.budget_wait.is_none() {
+                                    self.ctl
+                                        .shared()
+                                        .counters
+                                        .buffer_waits
+                                        .fetch_add(1, Ordering::Relaxed);
+                                }
+                                self.budget_wait = Some(need);
+                                break;
+                            }
+                            self.budget_wait = None;
+                            self.budget_taken = need;
                             self.rx.consume(n);
                             progress = true;
                             self.start_request(&h, sink);
+                            // What the request did not use (a refused one, a shorter
+                            // buffer) goes back.
+                            let left = std::mem::take(&mut self.budget_taken);
+                            self.ctl.shared().budget.give_back(left);
                         }
                         Err(e) => {
                             progress = true;

@@ -133,6 +133,61 @@ pub struct ListenerConfig {
     /// only hosts with a `psk` are admitted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secure_channel: bool,
+    /// Most TCP connections open at once on this listener (tessera's; a connection
+    /// counts against this and the transport's `max_connections_per_listener`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Most TCP connections open at once on this listener from one source IP address
+    /// (tessera's; on top of the transport's `max_connections_per_host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_host: Option<u32>,
+}
+
+impl ListenerConfig {
+    /// The listener's own connection limits.
+    pub fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections,
+            max_connections_per_host: self.max_connections_per_host,
+        }
+    }
+}
+
+/// A listener's own connection limits (tessera's): a connection counts against these
+/// and the transport's `max_connections_per_listener` / `max_connections_per_host`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerLimits {
+    /// Most TCP connections open at once on this listener.
+    pub max_connections: Option<u32>,
+    /// Most TCP connections open at once on this listener from one source IP address.
+    pub max_connections_per_host: Option<u32>,
+}
+
+impl ListenerLimits {
+    /// Checks the limits: the field in error and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (name, v) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_host", self.max_connections_per_host),
+        ] {
+            if let Some(v) = v
+                && !(1..=1 << 20).contains(&v)
+            {
+                return Err((name, format!("{v} is not between 1 and 1048576")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the limits; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.check().map_err(|(f, why)| format!("{f}: {why}"))
+    }
+
+    /// True when neither limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == ListenerLimits::default()
+    }
 }
 
 /// A namespace of a subsystem.
@@ -267,6 +322,9 @@ impl NvmfConfig {
                         l.address
                     ));
                 }
+                l.limits()
+                    .validate()
+                    .map_err(|e| format!("subsystems[{i}].listeners[{j}].{e}"))?;
             }
         }
         Ok(())
@@ -317,5 +375,42 @@ mod tests {
             e.starts_with("transport.max_connections_per_host: 0 is not between"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn listener_limits_parse_and_are_checked_with_the_field_named() {
+        let yaml = |limits: &str| {
+            format!(
+                "subsystems:\n  - nqn: nqn.2016-06.io.tessera:a\n    allow_any_host: true\n    listeners: [{{address: 127.0.0.1, port: 4420{limits}}}]\n"
+            )
+        };
+        let c: NvmfConfig =
+            serde_yaml_ng::from_str(&yaml(", max_connections: 8, max_connections_per_host: 2"))
+                .unwrap();
+        c.validate().unwrap();
+        let l = &c.subsystems[0].listeners[0];
+        assert_eq!(
+            l.limits(),
+            ListenerLimits {
+                max_connections: Some(8),
+                max_connections_per_host: Some(2)
+            }
+        );
+        // Written back as read; absent ones stay absent.
+        let again: NvmfConfig =
+            serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        let plain: NvmfConfig = serde_yaml_ng::from_str(&yaml("")).unwrap();
+        assert!(plain.subsystems[0].listeners[0].limits().is_empty());
+        let listener = serde_yaml_ng::to_string(&plain.subsystems[0].listeners[0]).unwrap();
+        assert!(!listener.contains("max_connections"), "{listener}");
+        let c: NvmfConfig =
+            serde_yaml_ng::from_str(&yaml(", max_connections_per_host: 0")).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "subsystems[0].listeners[0].max_connections_per_host: 0 is not between 1 and 1048576"
+        );
+        let e = serde_yaml_ng::from_str::<NvmfConfig>(&yaml(", max_conns: 3")).unwrap_err();
+        assert!(e.to_string().contains("max_conns"), "{e}");
     }
 }

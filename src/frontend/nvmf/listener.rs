@@ -2,10 +2,10 @@
 //! is handed (as a `Send` std socket) to the next core, round-robin, where it becomes a
 //! queue pair for the rest of its life.
 
-use super::config::TransportOptions;
+use super::config::{ListenerLimits, TransportOptions};
 use super::qpair;
 use super::target::TargetShared;
-use crate::frontend::conn_limits::{ConnPermit, RefusalLog};
+use crate::frontend::conn_limits::{ConnPermit, HostCounts, Limit, RefusalLog};
 use crate::reactor::{self, io::Async};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -53,12 +53,14 @@ impl ListenerHandle {
 }
 
 /// Binds `addr` now (so errors and the chosen port are known at once) and starts its
-/// accept loop on the accept core.
+/// accept loop on the accept core, with the listener's own connection `limits` on top
+/// of the transport's.
 pub(crate) fn start(
     target: Arc<TargetShared>,
     addr: SocketAddr,
     opts: Arc<TransportOptions>,
     tls: Option<openssl::ssl::SslContext>,
+    limits: ListenerLimits,
 ) -> std::io::Result<ListenerHandle> {
     let l = std::net::TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
@@ -68,7 +70,7 @@ pub(crate) fn start(
     target
         .cores
         .send(ACCEPT_CORE, move || {
-            let task = reactor::spawn_local(accept_loop(t2, l, opts, tls));
+            let task = reactor::spawn_local(accept_loop(t2, l, opts, tls, limits));
             reactor::local(ListenerTasks::default)
                 .tasks
                 .borrow_mut()
@@ -87,6 +89,7 @@ async fn accept_loop(
     l: std::net::TcpListener,
     opts: Arc<TransportOptions>,
     tls: Option<openssl::ssl::SslContext>,
+    limits: ListenerLimits,
 ) {
     let l = match Async::new(mio::net::TcpListener::from_std(l)) {
         Ok(l) => l,
@@ -97,20 +100,27 @@ async fn accept_loop(
     };
     let local = l.get_ref().local_addr().ok();
     let open = Arc::new(AtomicU32::new(0));
+    // The transport's limits, then the listener's own (named `listener.…` in refusals).
+    let mut max_total: Vec<Limit> = vec![(
+        "max_connections_per_listener",
+        opts.max_connections_per_listener,
+    )];
+    if let Some(n) = limits.max_connections {
+        max_total.push(("listener.max_connections", n));
+    }
+    let by_host_here = HostCounts::default();
+    let mut max_host = vec![(
+        target.conns_by_host(),
+        ("max_connections_per_host", opts.max_connections_per_host),
+    )];
+    if let Some(n) = limits.max_connections_per_host {
+        max_host.push((&by_host_here, ("listener.max_connections_per_host", n)));
+    }
     let mut refusals = RefusalLog::default();
     loop {
         match l.read_with(|l| l.accept()).await {
             Ok((s, peer)) => {
-                let permit = match ConnPermit::take(
-                    &open,
-                    (
-                        "max_connections_per_listener",
-                        opts.max_connections_per_listener,
-                    ),
-                    target.conns_by_host(),
-                    ("max_connections_per_host", opts.max_connections_per_host),
-                    peer.ip(),
-                ) {
+                let permit = match ConnPermit::take(&open, &max_total, &max_host, peer.ip()) {
                     Ok(p) => p,
                     Err((what, limit)) => {
                         // Closed before its ICReq: nothing was allocated for it.

@@ -36,7 +36,9 @@ pub mod subsystem;
 pub mod target;
 mod tls;
 
-pub use config::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
+pub use config::{
+    ListenerConfig, ListenerLimits, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions,
+};
 pub use target::{
     CreateSubsystemParams, ListenAddressParams, NamespaceParams, NvmfError, NvmfTarget,
 };

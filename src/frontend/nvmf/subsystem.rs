@@ -82,6 +82,9 @@ pub struct ListenAddress {
     /// TLS required before ICReq (SPDK's `secure_channel`).
     #[serde(skip)]
     pub secure_channel: bool,
+    /// The listener's own connection limits (tessera's).
+    #[serde(skip)]
+    pub limits: super::config::ListenerLimits,
 }
 
 /// Per-queue-pair I/O counters, written by the queue pair's core only (relaxed stores),

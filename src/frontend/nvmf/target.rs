@@ -3,7 +3,9 @@
 //! parameter names, so the RPC layer maps one onto the other directly. Everything here is
 //! control plane: it may be called from any thread (not only reactors) and takes locks.
 
-use super::config::{NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions};
+use super::config::{
+    ListenerLimits, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions,
+};
 use super::listener::{self, ListenerHandle};
 use super::subsystem::{HostKeys, ListenAddress, Subsystem, SubsystemKind, check_nqn};
 use crate::bdev::BdevRegistry;
@@ -129,7 +131,25 @@ struct ListenerSlot {
     users: usize,
     /// TLS before ICReq.
     secure: bool,
+    /// Its own connection limits.
+    limits: ListenerLimits,
     portid: u16,
+}
+
+/// `max_connections: N, max_connections_per_host: M` (`none` when neither is set).
+fn describe_limits(l: &ListenerLimits) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = l.max_connections {
+        parts.push(format!("max_connections: {n}"));
+    }
+    if let Some(n) = l.max_connections_per_host {
+        parts.push(format!("max_connections_per_host: {n}"));
+    }
+    if parts.is_empty() {
+        "none of its own".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// Every digest allowed (SPDK's default): bits of SHA-256, -384, -512.
@@ -313,6 +333,7 @@ impl NvmfTarget {
                     trsvcid: l.port.to_string(),
                 },
                 l.secure_channel,
+                l.limits(),
             )?;
         }
         Ok(())
@@ -434,17 +455,20 @@ impl NvmfTarget {
         nqn: &str,
         la: ListenAddressParams,
     ) -> Result<SocketAddr, NvmfError> {
-        self.nvmf_subsystem_add_listener_opts(nqn, la, false)
+        self.nvmf_subsystem_add_listener_opts(nqn, la, false, ListenerLimits::default())
     }
 
-    /// `nvmf_subsystem_add_listener` with `secure_channel`: TLS 1.3 with a PSK before
-    /// ICReq on every connection. Refused for a subsystem that allows any host (SPDK's
-    /// message), and on an address another subsystem listens on the other way.
+    /// `nvmf_subsystem_add_listener` with `secure_channel` (TLS 1.3 with a PSK before
+    /// ICReq on every connection) and the listener's own connection `limits`. Refused
+    /// for a secure channel on a subsystem that allows any host (SPDK's message), and on
+    /// an address another subsystem listens on with another `secure_channel` or other
+    /// limits.
     pub fn nvmf_subsystem_add_listener_opts(
         &self,
         nqn: &str,
         la: ListenAddressParams,
         secure_channel: bool,
+        limits: ListenerLimits,
     ) -> Result<SocketAddr, NvmfError> {
         if !la.trtype.eq_ignore_ascii_case("tcp") {
             return Err(NvmfError::UnsupportedTransport(la.trtype));
@@ -468,13 +492,18 @@ impl NvmfTarget {
             .trsvcid
             .parse()
             .map_err(|_| invalid("trsvcid", format!("`{}` is not a port", la.trsvcid)))?;
-        let bound = self.acquire_listener(SocketAddr::new(ip, port), opts, secure_channel)?;
+        limits
+            .check()
+            .map_err(|(field, reason)| invalid(field, reason))?;
+        let bound =
+            self.acquire_listener(SocketAddr::new(ip, port), opts, secure_channel, limits)?;
         let addr = ListenAddress {
             trtype: "TCP".into(),
             adrfam: if bound.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
             traddr: bound.ip().to_string(),
             trsvcid: bound.port().to_string(),
             secure_channel,
+            limits,
         };
         if !s.add_listener(addr) {
             self.release_listener_at(bound);
@@ -507,6 +536,7 @@ impl NvmfTarget {
         addr: SocketAddr,
         opts: Arc<TransportOptions>,
         secure: bool,
+        limits: ListenerLimits,
     ) -> Result<SocketAddr, NvmfError> {
         let mut ls = lock(&self.shared.listeners);
         if addr.port() != 0
@@ -518,6 +548,15 @@ impl NvmfTarget {
                     format!(
                         "{addr} already listens {} a secure channel for another subsystem",
                         if slot.secure { "with" } else { "without" }
+                    ),
+                ));
+            }
+            if slot.limits != limits {
+                return Err(invalid(
+                    "max_connections",
+                    format!(
+                        "{addr} already listens with other connection limits for another subsystem ({}): give every subsystem's listener there the same",
+                        describe_limits(&slot.limits)
                     ),
                 ));
             }
@@ -536,12 +575,13 @@ impl NvmfTarget {
         } else {
             None
         };
-        let handle = listener::start(self.shared.clone(), addr, opts, tls).map_err(|cause| {
-            NvmfError::Listen {
-                addr: addr.to_string(),
-                cause,
-            }
-        })?;
+        let handle =
+            listener::start(self.shared.clone(), addr, opts, tls, limits).map_err(|cause| {
+                NvmfError::Listen {
+                    addr: addr.to_string(),
+                    cause,
+                }
+            })?;
         let bound = handle.local_addr();
         let portid = (ls.len() + 1) as u16;
         ls.insert(
@@ -550,6 +590,7 @@ impl NvmfTarget {
                 handle,
                 users: 1,
                 secure,
+                limits,
                 portid,
             },
         );
@@ -964,6 +1005,8 @@ impl NvmfTarget {
                             address: l.traddr,
                             port: l.trsvcid.parse().unwrap_or(0),
                             secure_channel: l.secure_channel,
+                            max_connections: l.limits.max_connections,
+                            max_connections_per_host: l.limits.max_connections_per_host,
                         })
                         .collect(),
                     namespaces: s

@@ -76,6 +76,7 @@ pub async fn nvmf_subsystem_add_listener(ctx: Rc<Ctx>, p: ListenerParams) -> Rpc
         &p.nqn,
         la,
         p.secure_channel.unwrap_or(false),
+        p.limits()?,
     )?;
     Ok(Value::Bool(true))
 }

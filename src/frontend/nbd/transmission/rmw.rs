@@ -368,9 +368,13 @@ impl TxState {
 impl Drop for TxState {
     /// The connection leaves the export's range lock: read-modify-writes stop waiting
     /// for its acknowledgements, and locks it still holds or waits for (the server
-    /// stopped without draining it) are released, so other connections go on.
+    /// stopped without draining it) are released, so other connections go on; buffer
+    /// bytes it still holds go back to the server's budget.
     fn drop(&mut self) {
         self.export.locks.deregister(&self.ack);
+        // Buffer bytes of slots never freed (the server stopped without draining).
+        let held: u64 = self.slots.iter().map(|s| s.budget_bytes).sum();
+        self.ctl.shared().budget.give_back(held + self.budget_taken);
         for s in &mut self.slots {
             if let Some(id) = s.lock.take() {
                 self.export.locks.unlock(id);
