@@ -879,6 +879,7 @@ impl Deferred {
                 // (into the queue, which is the other buffer of the pair by then).
                 std::mem::swap(&mut *q.borrow_mut(), &mut batch);
                 let n = batch.len();
+                stats::finish_queued(&mut batch);
                 for io in batch.drain(..) {
                     let status = io.deferred;
                     io.complete(status);
