@@ -274,18 +274,14 @@ impl Cores {
         self.spawn_on_with(core, make, false)
     }
 
-    /// [`Cores::spawn_on`] for a task that runs before the others ready each time it
-    /// is woken ([`spawn_local_first`]).
-    pub fn spawn_first_on<F, Fut>(&self, core: usize, make: F) -> RemoteHandle<Fut::Output>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future + 'static,
-        Fut::Output: Send + 'static,
-    {
-        self.spawn_on_with(core, make, true)
-    }
-
-    fn spawn_on_with<F, Fut>(&self, core: usize, make: F, first: bool) -> RemoteHandle<Fut::Output>
+    /// [`Cores::spawn_on`]; with `first`, the task runs before the others ready each
+    /// time something else wakes it ([`spawn_local_first`]).
+    pub fn spawn_on_with<F, Fut>(
+        &self,
+        core: usize,
+        make: F,
+        first: bool,
+    ) -> RemoteHandle<Fut::Output>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future + 'static,
@@ -913,8 +909,9 @@ where
 
 /// [`spawn_local`] for a task that holds others up while it waits (a snapshot holds
 /// its disk's writes): each time something else wakes it, it runs before the tasks
-/// already ready, instead of after them (woken by itself, by `yield_now`, it goes last). On a core busy with long polls, a task of several steps
-/// otherwise waits a whole turn of the run queue at each.
+/// already ready, instead of after them (woken by itself, by `yield_now`, it goes
+/// last). On a core busy with long polls, a task of several steps otherwise waits a
+/// whole turn of the run queue at each.
 pub fn spawn_local_first<F>(fut: F) -> async_task::Task<F::Output>
 where
     F: Future + 'static,

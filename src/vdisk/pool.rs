@@ -153,12 +153,10 @@ impl Pool {
                 None => Err(VdiskError::Stopped),
             }
         };
-        let cores = &self.shared.cores;
-        let h = if first {
-            cores.spawn_first_on(self.shared.ctl_core, make)
-        } else {
-            cores.spawn_on(self.shared.ctl_core, make)
-        };
+        let h = self
+            .shared
+            .cores
+            .spawn_on_with(self.shared.ctl_core, make, first);
         async move { h.await.map_err(|_| VdiskError::Stopped)? }
     }
 

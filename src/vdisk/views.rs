@@ -108,16 +108,14 @@ impl Controller {
             .into_iter()
             .map(|core| {
                 let cmd = cmd.clone();
-                let apply = move || agent::apply(pool, disk, cmd, blocking);
                 // A blocking command has a caller waiting for the drain (a snapshot, a
                 // quiesce, a fence): it runs before the core's other ready tasks, and
                 // so does its wake once the last earlier I/O completes.
-                let cores = &self.shared.cores;
-                let h = if blocking {
-                    cores.spawn_first_on(core, apply)
-                } else {
-                    cores.spawn_on(core, apply)
-                };
+                let h = self.shared.cores.spawn_on_with(
+                    core,
+                    move || agent::apply(pool, disk, cmd, blocking),
+                    blocking,
+                );
                 (core, h)
             })
             .collect();
