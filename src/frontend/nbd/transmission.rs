@@ -402,13 +402,18 @@ impl TxState {
         buf
     }
 
-    /// The most buffer bytes request `h` can take (its covering blocks), or 0 for one
-    /// without a buffer or that will be refused.
+    /// The buffer bytes request `h` takes: the blocks covering it (what `take_buf` is
+    /// given for a read or a write, so that nothing goes back after it starts), at most
+    /// its length and two partial blocks; 0 for one without a buffer or that will be
+    /// refused.
     fn buffer_need(&self, h: &RequestHeader) -> u64 {
         if (h.kind == CMD_READ || h.kind == CMD_WRITE)
             && h.len_bytes <= u64::from(MAX_PAYLOAD_BYTES)
         {
-            h.len_bytes + 2 * self.block_size
+            let bs = self.block_size.max(1);
+            let first = h.offset_bytes / bs;
+            let end = h.offset_bytes.saturating_add(h.len_bytes).div_ceil(bs);
+            ((end - first) * bs).min(h.len_bytes + 2 * bs)
         } else {
             0
         }
