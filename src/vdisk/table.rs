@@ -142,9 +142,10 @@ pub struct Node {
     /// pointer to the node records (set with `page`).
     written_txn: AtomicU64,
     written_crc: AtomicU32,
-    /// Set on a leaf whose segment references passed to the leaves that replace it
-    /// ([`replace`]): freeing it releases none.
-    segs_moved: AtomicBool,
+    /// Set on a node whose references passed to the nodes that replace it
+    /// ([`replace`]): a leaf's segment references, an internal node's references to the
+    /// children it shares with its replacements. Freeing it releases none of them.
+    refs_moved: AtomicBool,
     /// A leaf written as two pages (its fills outgrew its budget): the second page, its
     /// checksum and the index of its first extent ([`NO_PAGE`] if one page).
     overflow: AtomicU64,
@@ -181,29 +182,37 @@ pub trait RefCounts {
 }
 
 impl Node {
-    fn build(kind: NodeKind, rc: &mut dyn RefCounts) -> Arc<Node> {
-        Node::build_counting(kind, true, rc)
+    /// A new leaf: takes a reference on each segment of its extents unless
+    /// `count_segments` is false (they come from a leaf being replaced).
+    fn build_leaf(extents: LeafExtents, count_segments: bool, rc: &mut dyn RefCounts) -> Arc<Node> {
+        if count_segments {
+            for e in extents.iter() {
+                for s in e.segments() {
+                    rc.seg_add(s, 1);
+                }
+            }
+        }
+        let kind = NodeKind::Leaf { extents };
+        rc.node_built(kind.pages_to_write());
+        Node::with_page(kind, NO_PAGE, 0, 0)
     }
 
-    /// A new node: takes a reference on each child, and on each segment of a leaf's
-    /// extents unless `count_segments` is false (they come from a leaf being replaced).
-    fn build_counting(kind: NodeKind, count_segments: bool, rc: &mut dyn RefCounts) -> Arc<Node> {
-        rc.node_built(kind.pages_to_write());
-        match &kind {
-            NodeKind::Internal { children, .. } => {
-                for c in children {
-                    c.refs.fetch_add(1, Ordering::Relaxed);
-                }
+    /// A new internal node over `children`: takes a reference on each child but those
+    /// `inherited` says it takes over from the node it replaces (see [`replace`]).
+    fn build_internal(
+        keys: Vec<u64>,
+        children: Vec<Arc<Node>>,
+        inherited: &[bool],
+        rc: &mut dyn RefCounts,
+    ) -> Arc<Node> {
+        debug_assert_eq!(children.len(), inherited.len());
+        for (c, &moved) in children.iter().zip(inherited) {
+            if !moved {
+                c.refs.fetch_add(1, Ordering::Relaxed);
             }
-            NodeKind::Leaf { extents } if count_segments => {
-                for e in extents.iter() {
-                    for s in e.segments() {
-                        rc.seg_add(s, 1);
-                    }
-                }
-            }
-            NodeKind::Leaf { .. } => {}
         }
+        let kind = NodeKind::Internal { keys, children };
+        rc.node_built(kind.pages_to_write());
         Node::with_page(kind, NO_PAGE, 0, 0)
     }
 
@@ -220,7 +229,7 @@ impl Node {
             page: AtomicU64::new(page),
             written_txn: AtomicU64::new(txn),
             written_crc: AtomicU32::new(crc),
-            segs_moved: AtomicBool::new(false),
+            refs_moved: AtomicBool::new(false),
             overflow: AtomicU64::new(NO_PAGE),
             overflow_crc: AtomicU32::new(0),
             overflow_at: AtomicU32::new(0),
@@ -343,7 +352,9 @@ impl Node {
                 continue;
             }
             freed += 1;
-            if let NodeKind::Internal { children, .. } = &n.kind {
+            if let NodeKind::Internal { children, .. } = &n.kind
+                && !n.refs_moved.load(Ordering::Relaxed)
+            {
                 pending.extend(children.iter().cloned());
             }
             n.free_own(rc);
@@ -355,7 +366,7 @@ impl Node {
     /// internal node's children (the caller releases them).
     fn free_own(&self, rc: &mut dyn RefCounts) {
         if let NodeKind::Leaf { extents } = &self.kind
-            && !self.segs_moved.load(Ordering::Relaxed)
+            && !self.refs_moved.load(Ordering::Relaxed)
         {
             for e in extents.iter() {
                 for s in e.segments() {
@@ -378,7 +389,9 @@ impl Node {
     }
 
     fn free(&self, rc: &mut dyn RefCounts) {
-        if let NodeKind::Internal { children, .. } = &self.kind {
+        if let NodeKind::Internal { children, .. } = &self.kind
+            && !self.refs_moved.load(Ordering::Relaxed)
+        {
             for c in children {
                 c.release(rc);
             }
@@ -573,11 +586,12 @@ fn splice_root(
     build_root(splice_in(root, 0, u64::MAX, edits, sole, rc), rc)
 }
 
-/// [`splice_many`] of the table in `slot`, installed there ([`set_root`]). A leaf on a
-/// path that no other table shares is freed right after: the segments its kept
-/// extents reference pass to the leaves that replace it as they are, instead of being
-/// counted up for the new leaves and down again for the old one (on a big table that
-/// is a cache miss per extent of the leaf, for every first write).
+/// [`splice_many`] of the table in `slot`, installed there ([`set_root`]). A node on a
+/// path that no other table shares is freed right after, and what it references passes
+/// to the nodes that replace it as it is, instead of being counted up for the new nodes
+/// and down again for the old one (on a big table that is a cache miss per extent of a
+/// leaf, or per child of an internal node, for every first write): a leaf's segments,
+/// an internal node's children that its replacements keep.
 pub fn replace(slot: &mut Option<Arc<Node>>, edits: &[Edit<'_>], rc: &mut dyn RefCounts) {
     // Held by `slot` alone: freed by the `set_root` below.
     let sole = slot.as_ref().is_some_and(|r| r.refs() == 1);
@@ -666,7 +680,8 @@ fn build_root(parts: Vec<(u64, Arc<Node>)>, rc: &mut dyn RefCounts) -> Option<Ar
                 return Some(n);
             }
             _ => {
-                let mut groups = internals_from(0, parts, rc);
+                let new = parts.drain(..).map(|(k, n)| (k, n, false)).collect();
+                let mut groups = internals_from(0, new, rc);
                 if groups.len() == 1 {
                     return groups.pop().map(|(_, n)| n);
                 }
@@ -725,10 +740,7 @@ fn leaves_from(
         }
         let key = if out.is_empty() { lo } else { extents[0].vseg };
         let extents = LeafExtents::with_budget(extents, budget);
-        out.push((
-            key,
-            Node::build_counting(NodeKind::Leaf { extents }, count_segments, rc),
-        ));
+        out.push((key, Node::build_leaf(extents, count_segments, rc)));
     }
     out
 }
@@ -754,10 +766,11 @@ fn balanced_target(exts: &[Extent]) -> Option<usize> {
 }
 
 /// Internal nodes over `parts` (sorted by key), each within the fan-out. The first
-/// node's key is `lo`.
+/// node's key is `lo`. A part's flag: the reference on it passes from the node being
+/// replaced instead of being taken anew.
 fn internals_from(
     lo: u64,
-    parts: Vec<(u64, Arc<Node>)>,
+    parts: Vec<(u64, Arc<Node>, bool)>,
     rc: &mut dyn RefCounts,
 ) -> Vec<(u64, Arc<Node>)> {
     if parts.is_empty() {
@@ -768,11 +781,21 @@ fn internals_from(
     let mut out = Vec::new();
     let mut it = parts.into_iter().peekable();
     while it.peek().is_some() {
-        let chunk: Vec<(u64, Arc<Node>)> = it.by_ref().take(per).collect();
-        let key = if out.is_empty() { lo } else { chunk[0].0 };
-        let (mut keys, children): (Vec<u64>, Vec<Arc<Node>>) = chunk.into_iter().unzip();
+        let key = if out.is_empty() {
+            lo
+        } else {
+            it.peek().expect("peeked").0
+        };
+        let mut keys = Vec::with_capacity(per);
+        let mut children = Vec::with_capacity(per);
+        let mut inherited: SmallVec<[bool; 128]> = SmallVec::new();
+        for (k, c, moved) in it.by_ref().take(per) {
+            keys.push(k);
+            children.push(c);
+            inherited.push(moved);
+        }
         keys[0] = key;
-        out.push((key, Node::build(NodeKind::Internal { keys, children }, rc)));
+        out.push((key, Node::build_internal(keys, children, &inherited, rc)));
     }
     out
 }
@@ -805,9 +828,9 @@ fn splice_in(
             // Edits that only fill gaps (first writes): a leaf sharing this one's base
             // (see `leaf`), when they fit beside it.
             if let Some(extents) = extents.with_inserted(edits) {
-                let leaf = Node::build_counting(NodeKind::Leaf { extents }, !sole, rc);
+                let leaf = Node::build_leaf(extents, !sole, rc);
                 if sole {
-                    node.segs_moved.store(true, Ordering::Relaxed);
+                    node.refs_moved.store(true, Ordering::Relaxed);
                 }
                 return vec![(lo, leaf)];
             }
@@ -855,7 +878,7 @@ fn splice_in(
             );
             let leaves = leaves_from(lo, out, !append, !sole, rc);
             if sole {
-                node.segs_moved.store(true, Ordering::Relaxed);
+                node.refs_moved.store(true, Ordering::Relaxed);
                 for s in removed {
                     rc.seg_add(s, -1);
                 }
@@ -863,7 +886,11 @@ fn splice_in(
             leaves
         }
         NodeKind::Internal { keys, children } => {
-            let mut parts: Vec<(u64, Arc<Node>)> = Vec::with_capacity(children.len() + 2);
+            // Sole: the references this node holds on the children it shares with its
+            // replacements pass to them, and those on the children it does not share
+            // are dropped here, so that freeing it releases none (instead of each kept
+            // child counted up for the new node and down again for this one).
+            let mut parts: Vec<(u64, Arc<Node>, bool)> = Vec::with_capacity(children.len() + 2);
             // The first edit that does not end before the child at hand.
             let mut k = 0;
             for (j, c) in children.iter().enumerate() {
@@ -877,17 +904,25 @@ fn splice_in(
                     m += 1;
                 }
                 if m == k {
-                    parts.push((c_lo, c.clone()));
+                    parts.push((c_lo, c.clone(), sole));
                     continue;
                 }
                 let sub: SmallVec<[Edit<'_>; 2]> =
                     edits[k..m].iter().map(|e| e.within(c_lo, c_hi)).collect();
-                parts.extend(splice_in(c, c_lo, c_hi, &sub, sole && c.refs() == 1, rc));
+                let new = splice_in(c, c_lo, c_hi, &sub, sole && c.refs() == 1, rc);
+                parts.extend(new.into_iter().map(|(key, n)| (key, n, false)));
+                if sole {
+                    c.release(rc);
+                }
             }
             if let Some(first) = parts.first_mut() {
                 first.0 = lo;
             }
-            internals_from(lo, parts, rc)
+            let out = internals_from(lo, parts, rc);
+            if sole {
+                node.refs_moved.store(true, Ordering::Relaxed);
+            }
+            out
         }
     }
 }
@@ -969,6 +1004,42 @@ mod tests {
             walk(r, &mut seen, &mut out);
         }
         out
+    }
+
+    /// Each node's controller count equals its references from the tables: the roots
+    /// (a root held by several, once by each) and the internal nodes over it (once per
+    /// distinct parent node).
+    fn check_refs(roots: &[&Option<Arc<Node>>]) {
+        fn walk(
+            n: &Arc<Node>,
+            seen: &mut std::collections::HashSet<*const Node>,
+            want: &mut HashMap<*const Node, (Arc<Node>, u32)>,
+        ) {
+            if !seen.insert(Arc::as_ptr(n)) {
+                return;
+            }
+            if let NodeKind::Internal { children, .. } = &n.kind {
+                for c in children {
+                    want.entry(Arc::as_ptr(c))
+                        .or_insert_with(|| (c.clone(), 0))
+                        .1 += 1;
+                    walk(c, seen, want);
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut want = HashMap::new();
+        for r in roots.iter().copied().flatten() {
+            want.entry(Arc::as_ptr(r))
+                .or_insert_with(|| (r.clone(), 0))
+                .1 += 1;
+        }
+        for r in roots.iter().copied().flatten() {
+            walk(r, &mut seen, &mut want);
+        }
+        for (n, count) in want.values() {
+            assert_eq!(n.refs(), *count, "a node's count is not its references");
+        }
     }
 
     fn check_structure(root: &Option<Arc<Node>>) {
@@ -1318,6 +1389,7 @@ mod tests {
                     let live: Vec<_> =
                         std::iter::once(&root).chain(snaps.iter().map(|(s, _)| s)).collect();
                     prop_assert_eq!(&rc.segs, &recount(&live));
+                    check_refs(&live);
                 }
             }
             for (s, m) in &snaps {
@@ -1365,6 +1437,7 @@ mod tests {
             let mut one = build_base(&mut rc_one);
             for (from, to, new) in &edits {
                 replace(&mut one, &[Edit { from: *from, to: *to, extents: Cow::Borrowed(new) }], &mut rc_one);
+                check_refs(&[&one]);
             }
             // In one pass, with a snapshot of the base kept.
             let mut rc_many = Counts::default();
@@ -1379,6 +1452,7 @@ mod tests {
             let r = splice_many(many.as_ref(), &batch, &mut rc_many);
             set_root(&mut many, r, &mut rc_many);
             check_structure(&many);
+            check_refs(&[&many, &snap]);
             prop_assert_eq!(flatten(&many), flatten(&one));
             prop_assert_eq!(flatten(&snap), before);
             // Counts are per leaf: the same in both tables once the snapshot is gone.
