@@ -157,11 +157,59 @@ fn is_gap(exts: &[Extent], from: u64, to: u64) -> bool {
 /// The extent of `exts` (sorted) covering `vseg`.
 #[inline]
 fn covering(exts: &[Extent], vseg: u64) -> Option<&Extent> {
-    let i = exts.partition_point(|e| e.vseg <= vseg);
+    let i = starting_upto(exts, vseg);
     if i == 0 {
         None
     } else {
         Some(&exts[i - 1]).filter(|e| e.contains(vseg))
+    }
+}
+
+/// How many extents of `exts` (sorted) start at or before `vseg`: what
+/// `partition_point(|e| e.vseg <= vseg)` returns, found from where `vseg` would sit if
+/// the extents were spread evenly between the first and the last, and galloping from
+/// there. A leaf on a disk written at random is spread about evenly, so the search
+/// reads the ends and a few neighbouring extents: four or five cache lines, against
+/// seven or eight for a bisection of two hundred extents, each waiting for the last.
+#[inline]
+fn starting_upto(exts: &[Extent], vseg: u64) -> usize {
+    let n = exts.len();
+    if n < 16 {
+        return exts.partition_point(|e| e.vseg <= vseg);
+    }
+    let (first, last) = (exts[0].vseg, exts[n - 1].vseg);
+    if vseg < first {
+        return 0;
+    }
+    if vseg >= last {
+        return n;
+    }
+    // Here exts[0] starts at or before `vseg` and exts[n - 1] after it, so the answer
+    // lies in [1, n - 1], and last > first.
+    let g = ((vseg - first) as u128 * (n - 1) as u128 / (last - first) as u128) as usize;
+    let mut step = 1;
+    if exts[g].vseg <= vseg {
+        // Above `g`: exts[lo - 1] starts at or before `vseg`.
+        let mut lo = g + 1;
+        loop {
+            let hi = (g + step).min(n - 1);
+            if exts[hi].vseg > vseg {
+                return lo + exts[lo..hi].partition_point(|e| e.vseg <= vseg);
+            }
+            lo = hi + 1;
+            step *= 2;
+        }
+    } else {
+        // At or below `g`: exts[hi] starts after `vseg`.
+        let mut hi = g;
+        loop {
+            let lo = g.saturating_sub(step);
+            if exts[lo].vseg <= vseg {
+                return lo + 1 + exts[lo + 1..hi].partition_point(|e| e.vseg <= vseg);
+            }
+            hi = lo;
+            step *= 2;
+        }
     }
 }
 
@@ -226,6 +274,31 @@ mod tests {
             to: v + 1,
             extents: Cow::Borrowed(&e),
         }])
+    }
+
+    proptest::proptest! {
+        /// The interpolated search finds what a bisection finds, for extents spread
+        /// evenly or bunched, and for keys before, between, on and after them.
+        #[test]
+        fn the_guessed_search_finds_what_bisection_finds(
+            starts in proptest::collection::btree_set(0u64..1 << 40, 0..300),
+            bunch in proptest::collection::btree_set(0u64..64, 0..40),
+            probes in proptest::collection::vec(0u64..1 << 40, 1..50),
+        ) {
+            let mut all: std::collections::BTreeSet<u64> = starts;
+            all.extend(bunch);
+            let exts: Vec<Extent> = all.iter().map(|&v| ext(v)).collect();
+            let keys = probes
+                .into_iter()
+                .chain(all.iter().flat_map(|&v| [v.saturating_sub(1), v, v + 1]));
+            for v in keys {
+                proptest::prop_assert_eq!(
+                    starting_upto(&exts, v),
+                    exts.partition_point(|e| e.vseg <= v),
+                    "key {}", v
+                );
+            }
+        }
     }
 
     fn vsegs(l: &LeafExtents) -> Vec<u64> {
