@@ -79,10 +79,28 @@ fn authenticate(
     ctrl_key: Option<&str>,
     groups: &[DhGroup],
 ) -> Result<(HashId, DhGroup), FailureReason> {
+    authenticate_probed(h, hostnqn, key, ctrl_key, groups, None).map(|(r, _)| r)
+}
+
+/// [`authenticate`], with `probe`: a count of another connection's completed commands.
+/// Returns also how far the count moved during each of the two commands that wait for
+/// the target's DH computations: the AUTH_Receive of the challenge (the target's key
+/// pair) and the AUTH_Send of the reply (the shared secret).
+fn authenticate_probed(
+    h: &mut RawHost,
+    hostnqn: &str,
+    key: &str,
+    ctrl_key: Option<&str>,
+    groups: &[DhGroup],
+    probe: Option<&std::sync::atomic::AtomicU64>,
+) -> Result<((HashId, DhGroup), [u64; 2]), FailureReason> {
+    let count = || probe.map_or(0, |p| p.load(std::sync::atomic::Ordering::Acquire));
     let tid = 9;
     let c = auth_send(h, &negotiate_msg(tid, &HashId::ALL, groups));
     assert!(c.status().is_success(), "negotiate: {}", c.status());
+    let before = count();
     let (c, msg) = auth_recv(h);
+    let during_challenge = count() - before;
     assert!(c.status().is_success(), "challenge: {}", c.status());
     if msg[0] == auth::auth_type::COMMON {
         return Err(failure1(&msg));
@@ -142,7 +160,9 @@ fn authenticate(
         },
     );
     let (hash, group) = (ch.hash, ch.dhgroup);
+    let before = count();
     let c = auth_send(h, &reply);
+    let during_reply = count() - before;
     assert!(c.status().is_success(), "reply: {}", c.status());
     let (c, msg) = auth_recv(h);
     assert!(c.status().is_success(), "success1: {}", c.status());
@@ -156,7 +176,7 @@ fn authenticate(
         auth::encode_success2(&mut s2, tid);
         assert!(auth_send(h, &s2).status().is_success());
     }
-    Ok((hash, group))
+    Ok(((hash, group), [during_challenge, during_reply]))
 }
 
 /// IC and Connect of an admin queue as `hostnqn`; returns the completion.
@@ -179,7 +199,12 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let env = start(2, TransportOptions::default());
+    setup_on(2)
+}
+
+/// [`setup`] with the target on `cores` reactors.
+fn setup_on(cores: usize) -> Setup {
+    let env = start(cores, TransportOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let key = add_key(&env, dir.path(), "k1", 1, 32);
     let ctrl_key = add_key(&env, dir.path(), "c1", 2, 48);
@@ -375,6 +400,33 @@ fn out_of_order_truncated_and_malformed_messages_are_refused_and_the_target_serv
         );
         h.expect_closed(5);
     }
+    // A DH value out of range (p - 1 and above): the target's computation of the
+    // shared secret (on a worker thread) refuses it, authentication failed.
+    {
+        let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
+        let neg = negotiate_msg(1, &[HashId::Sha256], &[DhGroup::Ffdhe2048]);
+        assert!(auth_send(&mut h, &neg).status().is_success());
+        let (_, ch) = auth_recv(&mut h);
+        let ch = auth::decode_challenge(&ch).unwrap();
+        assert_eq!(ch.dhgroup, DhGroup::Ffdhe2048);
+        let mut bad = Vec::new();
+        auth::encode_reply(
+            &mut bad,
+            &auth::Reply {
+                tid: 1,
+                hl: 32,
+                cvalid: false,
+                seqnum: 0,
+                rval: &[0; 32],
+                cval: &[0; 32],
+                dhv: &[0xff; 256],
+            },
+        );
+        assert!(auth_send(&mut h, &bad).status().is_success());
+        let (_, msg) = auth_recv(&mut h);
+        assert_eq!(failure1(&msg), FailureReason::Failed);
+        h.expect_closed(5);
+    }
     // SECP, SPSP or a length that disagrees with the transfer: Invalid Field, DNR.
     {
         let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
@@ -402,6 +454,87 @@ fn out_of_order_truncated_and_malformed_messages_are_refused_and_the_target_serv
     )
     .unwrap();
     h.enable();
+}
+
+/// The DH exponentiations run off the reactor. On a one-core target, one connection
+/// sends Property Get back to back while another re-authenticates again and again with
+/// ffdhe8192: in each transaction two of its commands wait for an exponentiation of
+/// several milliseconds on the target (the challenge's key pair, the reply's shared
+/// secret). Were they computed on the reactor, the other connection could complete
+/// nothing while they wait (a command or two at most, taken in the same turn); off it,
+/// it goes on completing commands. Each waiting command during which the other
+/// connection completed fewer than 5 counts as blocked; at most a quarter may be (a
+/// shared machine's scheduling), and the other connection's longest command is
+/// reported beside the exponentiation's time.
+#[test]
+fn ffdhe8192_authentications_do_not_stall_other_queue_pairs_on_the_reactor() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let s = setup_on(1);
+    let t_exp = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            DhKey::generate(DhGroup::Ffdhe8192).unwrap();
+            t.elapsed()
+        })
+        .min()
+        .unwrap();
+    let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
+    authenticate(&mut h, HOSTNQN, &s.key, None, &[DhGroup::Ffdhe8192]).unwrap();
+    h.enable();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let (addr, stop2, done2) = (s.addr, stop.clone(), done.clone());
+    let probe = std::thread::spawn(move || {
+        let (mut p, _) = connect_admin(addr, OPEN_HOST, 0);
+        let mut longest = Duration::ZERO;
+        while !stop2.load(Ordering::Acquire) {
+            let cid = p.cid();
+            let t = Instant::now();
+            p.capsule(spec::property_get_sqe(cid, spec::prop::CSTS, false), None);
+            assert!(p.response(None).0.status().is_success());
+            longest = longest.max(t.elapsed());
+            done2.fetch_add(1, Ordering::Release);
+        }
+        longest
+    });
+    while done.load(Ordering::Acquire) < 100 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    const TRANSACTIONS: usize = 10;
+    let mut during = Vec::new();
+    for _ in 0..TRANSACTIONS {
+        let (negotiated, d) = authenticate_probed(
+            &mut h,
+            HOSTNQN,
+            &s.key,
+            None,
+            &[DhGroup::Ffdhe8192],
+            Some(&done),
+        )
+        .unwrap();
+        assert_eq!(negotiated, (HashId::Sha512, DhGroup::Ffdhe8192));
+        during.extend(d);
+    }
+    stop.store(true, Ordering::Release);
+    let longest = probe.join().unwrap();
+    let blocked = during.iter().filter(|n| **n < 5).count();
+    eprintln!(
+        "ffdhe8192 exponentiation {t_exp:?}; the other connection's commands completed \
+         while a command waited for one: {during:?}; its longest command {longest:?}"
+    );
+    assert!(
+        blocked <= during.len() / 4,
+        "the other connection was blocked during {blocked} of the {} commands that waited \
+         for a DH computation (completed {during:?}); its longest command took {longest:?}, \
+         an ffdhe8192 exponentiation {t_exp:?}",
+        during.len()
+    );
+    let q = s.env.target.nvmf_subsystem_get_qpairs(NQN).unwrap();
+    let a = &q.as_array().unwrap()[0]["auth"];
+    assert_eq!(a["dhgroup"], "ffdhe8192", "{q}");
+    assert_eq!(a["reauthentications"], TRANSACTIONS, "{q}");
 }
 
 #[test]

@@ -304,7 +304,7 @@ fn discovery_lists_every_subsystem_listener() {
     let addr = env.subsystem(NQN, &["M0"], None);
     let port = addr.port().to_string();
     let entries = env.on(0, move || async move {
-        initiator::discover("127.0.0.1", &port, HOSTNQN)
+        initiator::discover("127.0.0.1", &port, HOSTNQN, Default::default())
             .await
             .unwrap()
     });

@@ -7,6 +7,7 @@
 //! ClientHello, a stalled handshake, a malformed key file; the target keeps serving the
 //! others, and no key material appears in logs, replies or `save_config`.
 
+mod nvmf_common;
 mod process_support;
 mod rpc_common;
 mod spdk_support;
@@ -531,4 +532,240 @@ nvmf:
     write_read(&srv, nbd, "V0n1", 0x51);
     let saved = srv.call("save_config", json!({})).to_string();
     assert!(saved.contains("\"psk\":\"k384\""), "{saved}");
+}
+
+/// An in-process target on `cores` reactors: subsystem `NQN` (a 1 MiB malloc
+/// namespace) with a secure-channel listener on a free port, host `H256` with PSK `k`
+/// (a SHA-256 key) and host `NOPSK` without one. The key's directory, text and the
+/// listener's address come back too.
+fn secure_target(
+    cores: usize,
+) -> (
+    nvmf_common::Env,
+    tempfile::TempDir,
+    String,
+    std::net::SocketAddr,
+) {
+    use tessera::frontend::nvmf::subsystem::HostKeys;
+    use tessera::frontend::nvmf::{
+        CreateSubsystemParams, ListenAddressParams, ListenerLimits, NamespaceParams,
+        TransportOptions,
+    };
+    let env = nvmf_common::start(cores, TransportOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (k256, text) = key_file(dir.path(), "k256", Some(HashId::Sha256), 32, 7);
+    env.keyring.add_file_key("k", &k256).unwrap();
+    env.malloc("M0", 1 << 20, 512);
+    let t = &env.target;
+    t.nvmf_create_subsystem(CreateSubsystemParams {
+        nqn: NQN.into(),
+        serial_number: None,
+        model_number: None,
+        allow_any_host: false,
+        max_namespaces: None,
+    })
+    .unwrap();
+    t.nvmf_subsystem_add_host_with_keys(
+        NQN,
+        H256,
+        HostKeys {
+            psk: Some("k".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    t.nvmf_subsystem_add_host(NQN, NOPSK).unwrap();
+    t.nvmf_subsystem_add_ns(
+        NQN,
+        NamespaceParams {
+            bdev_name: "M0".into(),
+            nsid: None,
+            uuid: None,
+        },
+    )
+    .unwrap();
+    let addr = t
+        .nvmf_subsystem_add_listener_opts(
+            NQN,
+            ListenAddressParams {
+                trtype: "TCP".into(),
+                adrfam: None,
+                traddr: "127.0.0.1".into(),
+                trsvcid: "0".into(),
+            },
+            true,
+            ListenerLimits::default(),
+        )
+        .unwrap();
+    (env, dir, text, addr)
+}
+
+/// `discover` (tessera's initiator) with a PSK, in the reactors of `env`: the entries,
+/// or the error's text.
+fn discover_tls(
+    env: &nvmf_common::Env,
+    port: u16,
+    hostnqn: &'static str,
+    psk: Option<&str>,
+) -> Result<Vec<tessera::nvme::pages::DiscoveryEntry>, String> {
+    let tls = psk.map_or_else(Default::default, |text| {
+        tessera::bdev::nvme::tls::HostTls::new(ConfiguredPsk::parse(text.as_bytes()).unwrap(), 0)
+    });
+    env.on(0, move || async move {
+        tessera::bdev::nvme::discover("127.0.0.1", &port.to_string(), hostnqn, tls)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// TLS on the initiator's discovery connection, against tessera's target: the
+/// discovery controller answers on a secure-channel listener to a host that has a PSK
+/// with a subsystem listening there (the identity names the discovery NQN; the host's
+/// key keys it). tessera's `discover` with that key reads the log, whose entry requires
+/// TLS (TREQ, SECTYPE TLS 1.3). Without TLS the listener closes the connection; with
+/// another key, or as a host without a PSK there, the handshake fails, and the target's
+/// log says why without key material.
+#[test]
+fn tessera_initiator_discovers_over_tls_from_tessera_target() {
+    use tessera::nvme::pages::disc;
+    let (env, _dir, text, addr) = secure_target(2);
+    let entries = discover_tls(&env, addr.port(), H256, Some(&text)).expect("discovery over TLS");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let e = &entries[0];
+    assert_eq!(e.subnqn, NQN);
+    assert_eq!(e.trsvcid, addr.port().to_string());
+    assert_eq!(
+        (e.treq, e.sectype),
+        (disc::TREQ_REQUIRED, disc::SECTYPE_TLS13)
+    );
+    // Plain TCP to the secure listener: closed.
+    let err = discover_tls(&env, addr.port(), H256, None).unwrap_err();
+    assert!(!err.is_empty());
+    // Another key: the handshake fails.
+    let other = ConfiguredPsk::format(Some(HashId::Sha256), &[9; 32]).to_string();
+    let err = discover_tls(&env, addr.port(), H256, Some(&other)).unwrap_err();
+    assert!(err.contains("TLS handshake failed"), "{err}");
+    // A host of the subsystem without a PSK: refused, named.
+    let err = discover_tls(&env, addr.port(), NOPSK, Some(&text)).unwrap_err();
+    assert!(err.contains("TLS handshake failed"), "{err}");
+    assert!(!err.contains(&text[16..40]), "{err}");
+}
+
+/// TLS on the initiator's discovery connection, against SPDK's nvmf_tgt, whose
+/// discovery subsystem takes a secure-channel listener once it no longer allows any
+/// host and the host has a PSK with it (SPDK v25.09: `nvmf_subsystem_allow_any_host
+/// --disable`, `nvmf_subsystem_add_host … psk`, `nvmf_subsystem_add_listener …
+/// secure_channel` on the discovery NQN). tessera's `discover` with the key reads the
+/// log (the subsystem's secure listener, TREQ required); without TLS it gets nothing.
+#[test]
+fn tessera_initiator_discovers_over_tls_from_spdk_nvmf_tgt() {
+    use tessera::frontend::nvmf::TransportOptions;
+    use tessera::nvme::pages::disc;
+    const DISC: &str = "nqn.2014-08.org.nvmexpress.discovery";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (k256, text) = key_file(&d, "k256", Some(HashId::Sha256), 32, 7);
+    let (port, dport) = (free_port(), free_port());
+    let listen = |p: u16| json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": p.to_string()});
+    let cfg = json!({"subsystems": [
+        {"subsystem": "keyring", "config": [
+            {"method": "keyring_file_add_key", "params": {"name": "k", "path": k256}}]},
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 4096, "block_size": 4096}}]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": false}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "secure_channel": true, "listen_address": listen(port)}},
+            {"method": "nvmf_subsystem_add_host", "params": {"nqn": NQN, "host": H256, "psk": "k"}},
+            {"method": "nvmf_subsystem_allow_any_host", "params": {"nqn": DISC, "allow_any_host": false}},
+            {"method": "nvmf_subsystem_add_host", "params": {"nqn": DISC, "host": H256, "psk": "k"}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": DISC, "secure_channel": true, "listen_address": listen(dport)}}]}]});
+    let mut tgt = spdk_support::nvmf_tgt(&d, port, &cfg);
+    spdk_support::wait_listening(dport, Duration::from_secs(20), &mut tgt);
+    let env = nvmf_common::start(1, TransportOptions::default());
+    let entries = discover_tls(&env, dport, H256, Some(&text)).expect("discovery over TLS");
+    let e = entries
+        .iter()
+        .find(|e| e.subnqn == NQN)
+        .unwrap_or_else(|| panic!("{entries:?}"));
+    // (SPDK pads TRSVCID with spaces; tessera's decoder keeps them.)
+    assert_eq!(e.trsvcid.trim_end(), port.to_string());
+    assert_eq!(e.treq & 0x3, disc::TREQ_REQUIRED, "{e:?}");
+    let err = discover_tls(&env, dport, H256, None).unwrap_err();
+    assert!(!err.is_empty());
+    drop(env);
+    tgt.stop(Duration::from_secs(5));
+}
+
+/// Changing a host's PSK at run time (tessera's `psk` of `nvmf_subsystem_set_keys`;
+/// SPDK v25.09 refuses `nvmf_subsystem_add_host` for a host it has, so there a new key
+/// means removing the host, which disconnects it). tessera's initiator attached with
+/// the old key keeps reading and writing on both cores after the change; a new attach
+/// with the old key fails its handshake, one with the new key works. A key that does
+/// not parse is refused by name and leaves the host's key as it was.
+#[test]
+fn a_host_psk_changed_at_run_time_keys_new_connections_and_existing_ones_stay() {
+    use tessera::bdev::nvme::AttachParams;
+    use tessera::bdev::nvme::tls::HostTls;
+    use tessera::bdev::{Channel, IoBuf};
+    let (env, dir, old_text, addr) = secure_target(2);
+    let host_tls = |text: &str| HostTls::new(ConfiguredPsk::parse(text.as_bytes()).unwrap(), 0);
+    let attach = |name: &str, text: &str| {
+        let mut p = AttachParams::new(name, "127.0.0.1", &addr.port().to_string(), NQN);
+        p.hostnqn = Some(H256.into());
+        p.tls = host_tls(text);
+        env.host
+            .attach_controller(&env.cores, &env.host_bdevs, p)
+            .map_err(|e| e.to_string())
+    };
+    let round_trip = |bdev: &str, seed: u8| {
+        let b = env.host_bdevs.get(bdev).unwrap();
+        for core in 0..2usize {
+            let b = b.clone();
+            env.on(core, move || async move {
+                let ch = Channel::get(&b).unwrap();
+                let data = vec![seed ^ core as u8; 4096];
+                ch.write(core as u64 * 8, IoBuf::from_slice(&data))
+                    .await
+                    .unwrap();
+                let back = ch.read(core as u64 * 8, 8).await.unwrap();
+                assert_eq!(back.as_slice(), &data[..], "core {core}");
+            });
+        }
+    };
+    attach("Old", &old_text).expect("attach with the first key");
+    round_trip("Oldn1", 0x10);
+
+    let (k2, new_text) = key_file(dir.path(), "k2", Some(HashId::Sha384), 48, 3);
+    env.keyring.add_file_key("k2", &k2).unwrap();
+    env.target
+        .nvmf_subsystem_set_host_keys(NQN, H256, None, None, Some("k2".into()))
+        .unwrap();
+    // The connections admitted with the old key stay, and work.
+    round_trip("Oldn1", 0x20);
+    let e = attach("Again", &old_text).unwrap_err();
+    assert!(e.contains("TLS handshake failed"), "{e}");
+    attach("New", &new_text).expect("attach with the new key");
+    round_trip("Newn1", 0x30);
+    round_trip("Oldn1", 0x40);
+
+    // A key that does not parse: refused by name, the host's key unchanged.
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "NVMeTLSkey-1:01:AAAA:").unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.keyring.add_file_key("bad", &bad).unwrap();
+    let e = env
+        .target
+        .nvmf_subsystem_set_host_keys(NQN, H256, None, None, Some("bad".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("psk") && e.contains("`bad`"), "{e}");
+    attach("Still", &new_text).expect("the new key still admits");
+    let e = env
+        .target
+        .nvmf_subsystem_set_host_keys(NQN, H256, None, None, Some("nope".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("psk"), "{e}");
 }

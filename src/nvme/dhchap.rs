@@ -12,14 +12,14 @@
 //! - finite-field Diffie-Hellman over the RFC 7919 groups ([`DhKey`]): public values and
 //!   the shared secret are big-endian, left-padded to the prime's length.
 //!
-//! Nothing here logs; errors never carry key material; secrets are zeroed when dropped
-//! (except the big-integer temporaries of the exponentiation, which `num-bigint` does not
-//! clear).
+//! Nothing here logs; errors never carry key material; secrets are zeroed when dropped,
+//! the exponentiation's temporaries included (OpenSSL's secure `BIGNUM`s, see
+//! [`DhKey`]).
 
 use super::auth::{DhGroup, HashId};
 use super::key_format::{self, KeyTextError};
 use hmac::{Hmac, Mac};
-use num_bigint::BigUint;
+use openssl::bn::{BigNum, BigNumContext};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::sync::OnceLock;
 use zeroize::Zeroizing;
@@ -225,31 +225,54 @@ pub enum DhError {
     PeerRange(&'static str),
     #[error("no random bytes: {0}")]
     Random(String),
+    #[error("OpenSSL big-number arithmetic failed: {0}")]
+    OpenSsl(String),
 }
 
-fn prime(g: DhGroup) -> Option<&'static BigUint> {
-    static P: [OnceLock<BigUint>; 5] = [const { OnceLock::new() }; 5];
+fn prime(g: DhGroup) -> Result<&'static BigNum, DhError> {
+    static P: [OnceLock<BigNum>; 5] = [const { OnceLock::new() }; 5];
     let (i, hex) = match g {
-        DhGroup::Null => return None,
+        DhGroup::Null => return Err(DhError::NullGroup),
         DhGroup::Ffdhe2048 => (0, super::ffdhe::FFDHE2048),
         DhGroup::Ffdhe3072 => (1, super::ffdhe::FFDHE3072),
         DhGroup::Ffdhe4096 => (2, super::ffdhe::FFDHE4096),
         DhGroup::Ffdhe6144 => (3, super::ffdhe::FFDHE6144),
         DhGroup::Ffdhe8192 => (4, super::ffdhe::FFDHE8192),
     };
-    Some(P[i].get_or_init(|| {
-        BigUint::parse_bytes(hex.as_bytes(), 16).expect("the RFC 7919 primes are valid hex")
-    }))
+    if let Some(p) = P[i].get() {
+        return Ok(p);
+    }
+    let p = BigNum::from_hex_str(hex).map_err(ssl)?;
+    Ok(P[i].get_or_init(|| p))
+}
+
+fn ssl(e: openssl::error::ErrorStack) -> DhError {
+    DhError::OpenSsl(e.to_string())
+}
+
+/// A secret number: in OpenSSL's secure heap when there is one, zeroed when freed
+/// either way (`BN_FLG_SECURE` frees with `OPENSSL_secure_clear_free`), used in
+/// constant time (`BN_FLG_CONSTTIME`: `BN_mod_exp` takes the constant-time
+/// Montgomery ladder for such an exponent).
+fn secret_bn(be: &[u8]) -> Result<BigNum, DhError> {
+    let mut n = BigNum::new_secure().map_err(ssl)?;
+    n.copy_from_slice(be).map_err(ssl)?;
+    n.set_const_time();
+    Ok(n)
 }
 
 /// Bits of the private exponent: at least twice the group's security strength (RFC 7919
 /// §5.2 asks for 2× the strength: 225 bits for ffdhe2048 up to 400 for ffdhe8192).
 const PRIVATE_BITS: usize = 512;
 
-/// An ephemeral DH key pair in one of the RFC 7919 groups.
+/// An ephemeral DH key pair in one of the RFC 7919 groups. The exponentiations are
+/// OpenSSL's `BN_mod_exp` over secure, constant-time `BIGNUM`s with a secure `BN_CTX`
+/// (its temporaries are cleared when freed); they take milliseconds for the large
+/// groups, so the target and the initiator run them on worker threads, off their
+/// reactors. `Send`; the private exponent is cleared on drop.
 pub struct DhKey {
     group: DhGroup,
-    x: Zeroizing<Vec<u8>>,
+    x: BigNum,
     public: Vec<u8>,
 }
 
@@ -259,11 +282,10 @@ impl std::fmt::Debug for DhKey {
     }
 }
 
-fn to_padded(v: &BigUint, len: usize) -> Vec<u8> {
-    let b = v.to_bytes_be();
-    let mut out = vec![0u8; len.saturating_sub(b.len())];
-    out.extend_from_slice(&b);
-    out
+impl Drop for DhKey {
+    fn drop(&mut self) {
+        self.x.clear();
+    }
 }
 
 impl DhKey {
@@ -277,14 +299,19 @@ impl DhKey {
 
     /// The key pair of private exponent `x` (big-endian).
     pub fn from_private(group: DhGroup, x: &[u8]) -> Result<DhKey, DhError> {
-        let p = prime(group).ok_or(DhError::NullGroup)?;
-        let xb = BigUint::from_bytes_be(x);
-        let y = BigUint::from(2u32).modpow(&xb, p);
-        Ok(DhKey {
-            group,
-            x: Zeroizing::new(x.to_vec()),
-            public: to_padded(&y, group.value_len()),
-        })
+        let p = prime(group)?;
+        let x = secret_bn(x)?;
+        let g = BigNum::from_u32(2).map_err(ssl)?;
+        let mut ctx = BigNumContext::new_secure().map_err(ssl)?;
+        let mut y = BigNum::new().map_err(ssl)?;
+        y.mod_exp(&g, &x, p, &mut ctx).map_err(ssl)?;
+        let public = y.to_vec_padded(group.value_len() as i32).map_err(ssl)?;
+        Ok(DhKey { group, x, public })
+    }
+
+    /// The group of the key.
+    pub fn group(&self) -> DhGroup {
+        self.group
     }
 
     /// The public value g^x mod p, padded to the prime's length.
@@ -295,7 +322,7 @@ impl DhKey {
     /// The shared secret peer^x mod p, padded to the prime's length (as OpenSSL's
     /// `EVP_PKEY_derive` with padding, which SPDK asks for).
     pub fn derive(&self, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, DhError> {
-        let p = prime(self.group).ok_or(DhError::NullGroup)?;
+        let p = prime(self.group)?;
         let max = self.group.value_len();
         if peer.is_empty() || peer.len() > max {
             return Err(DhError::PeerLength {
@@ -304,14 +331,19 @@ impl DhKey {
                 max,
             });
         }
-        let y = BigUint::from_bytes_be(peer);
-        let two = BigUint::from(2u32);
-        if y < two || y > p - &two {
+        let y = BigNum::from_slice(peer).map_err(ssl)?;
+        let two = BigNum::from_u32(2).map_err(ssl)?;
+        let mut p_minus_2 = BigNum::from_slice(&p.to_vec()).map_err(ssl)?;
+        p_minus_2.sub_word(2).map_err(ssl)?;
+        if y < two || y > p_minus_2 {
             return Err(DhError::PeerRange(self.group.name()));
         }
-        let xb = BigUint::from_bytes_be(&self.x);
-        let s = y.modpow(&xb, p);
-        Ok(Zeroizing::new(to_padded(&s, max)))
+        let mut ctx = BigNumContext::new_secure().map_err(ssl)?;
+        let mut s = BigNum::new_secure().map_err(ssl)?;
+        s.mod_exp(&y, &self.x, p, &mut ctx).map_err(ssl)?;
+        let out = s.to_vec_padded(max as i32).map(Zeroizing::new);
+        s.clear();
+        out.map_err(ssl)
     }
 }
 

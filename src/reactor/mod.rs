@@ -40,6 +40,10 @@
 //! closure and returns a handle to await its result from anywhere; [`Cores::call`] is the
 //! same for a plain closure.
 //!
+//! Work that takes milliseconds (a DH-HMAC-CHAP exponentiation) does not run on a
+//! reactor: [`offload::run`] hands it to the set's worker threads, with a bounded queue
+//! and a time limit, and the task awaits the result while the reactor runs on.
+//!
 //! # Sockets
 //!
 //! [`io`] is the readiness side: [`io::Async`] wraps a registered non-blocking socket and
@@ -65,6 +69,7 @@
 mod clock;
 mod cores;
 pub mod io;
+pub mod offload;
 pub(crate) mod recv;
 pub(crate) mod send;
 mod timer;
@@ -232,6 +237,8 @@ pub struct ReactorStats {
 pub struct Cores {
     mailboxes: Arc<[Arc<Mailbox>]>,
     clock: Clock,
+    /// Worker threads for work too long for a reactor's loop ([`offload`]).
+    offload: Arc<offload::Pool>,
 }
 
 impl Cores {
@@ -544,6 +551,7 @@ fn build_mailboxes(cpus: &[usize], clock: Clock) -> Result<(Vec<mio::Poll>, Core
         Cores {
             mailboxes: boxes.into(),
             clock,
+            offload: Arc::default(),
         },
     ))
 }

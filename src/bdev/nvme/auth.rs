@@ -10,6 +10,9 @@
 //! AUTH_Send    DH-HMAC-CHAP_Success2   bidirectional only; AUTH_Failure2 on a mismatch
 //! ```
 //!
+//! The DH exponentiations (milliseconds in the large groups) run on a worker thread
+//! (`reactor::offload`), so the reactor's other queue pairs carry on meanwhile.
+//!
 //! The keys come from the keyring at attach (`bdev_nvme_attach_controller`'s
 //! `dhchap_key` and `dhchap_ctrlr_key` name them); only their names are kept in the
 //! controller's parameters, and no key material reaches a log or an error.
@@ -29,6 +32,9 @@ use std::sync::Arc;
 
 /// The longest message an AUTH_Receive asks for.
 const RECV_LEN: usize = 4096;
+/// The most the host's DH computation (key pair and shared secret, on a worker thread)
+/// may take, queueing included.
+const DH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A host's DH-HMAC-CHAP keys: its own, and the controller's when the controller must
 /// prove itself too (bidirectional).
@@ -141,12 +147,20 @@ pub(crate) async fn authenticate(
     let (secret, public) = if ch.dhgroup == DhGroup::Null {
         (None, Vec::new())
     } else {
-        let k = DhKey::generate(ch.dhgroup)
-            .map_err(|e| failed(format_args!("DH key of {}: {e}", ch.dhgroup.name())))?;
-        let s = k
-            .derive(ch.dhv)
-            .map_err(|e| failed(format_args!("DH secret of {}: {e}", ch.dhgroup.name())))?;
-        (Some(s), k.public().to_vec())
+        // Two exponentiations of milliseconds each: on a worker thread, not the reactor.
+        let (group, peer) = (ch.dhgroup, ch.dhv.to_vec());
+        let (s, public) = crate::reactor::offload::run(DH_TIME_LIMIT, move || {
+            let k =
+                DhKey::generate(group).map_err(|e| format!("DH key of {}: {e}", group.name()))?;
+            let s = k
+                .derive(&peer)
+                .map_err(|e| format!("DH secret of {}: {e}", group.name()))?;
+            Ok::<_, String>((s, k.public().to_vec()))
+        })
+        .await
+        .map_err(|e| failed(format_args!("DH computation of {}: {e}", ch.dhgroup.name())))?
+        .map_err(failed)?;
+        (Some(s), public)
     };
     let dh_secret = secret.as_deref().map(|s| &s[..]);
     let rval = dhchap::response(

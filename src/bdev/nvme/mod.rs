@@ -919,12 +919,15 @@ async fn aer_loop(ctrlr: Arc<NvmeController>, admin: Rc<HostQpair>) {
     }
 }
 
-/// Runs one admin command on a fresh connection (a discovery controller, for example)
-/// and returns the data — used to read a discovery log.
+/// Reads the discovery log of the discovery controller at `traddr`:`trsvcid` on a
+/// fresh connection. With `tls` (a PSK) the connection does TLS 1.3 first, offering the
+/// identity of `hostnqn` and the discovery NQN, as to a listener that requires a secure
+/// channel (TREQ); without, a secure listener closes it at its first bytes.
 pub async fn discover(
     traddr: &str,
     trsvcid: &str,
     hostnqn: &str,
+    tls: tls::HostTls,
 ) -> Result<Vec<pages::DiscoveryEntry>, HostError> {
     let addr = resolve(traddr, trsvcid)?;
     let q = HostQpair::start(QpairParams {
@@ -940,7 +943,7 @@ pub async fn discover(
         ddgst: false,
         in_capsule_len: 0,
         dhchap: auth::DhchapHostKeys::default(),
-        tls: tls::HostTls::default(),
+        tls,
     });
     let r = async {
         q.wait_ready().await?;

@@ -20,6 +20,14 @@
 //! Each step must come within the Keep Alive Timeout of the controller (120 s without
 //! one); a stalled exchange closes the queue pair. On an enabled queue pair a new
 //! AUTH_Negotiate starts a re-authentication; its stalling is not fatal, its failure is.
+//!
+//! The two Diffie-Hellman exponentiations of a transaction (our key pair for the
+//! challenge, the shared secret on the reply) take milliseconds in the large groups, so
+//! they do not run here: [`QpairAuth::send`] and [`QpairAuth::recv`] answer
+//! [`After::Compute`] with a [`DhJob`], the queue pair runs it on a worker thread
+//! (`reactor::offload`, [`DH_TIME_LIMIT`]) while its reactor serves the others, hands
+//! the result to [`QpairAuth::computed`] and runs the same command again, which then
+//! finds the result and goes on.
 
 use super::subsystem::Subsystem;
 use crate::keyring::Keyring;
@@ -34,6 +42,43 @@ use zeroize::Zeroizing;
 pub(crate) const DEFAULT_STEP_TIMEOUT_MS: u64 = 120_000;
 /// How long after AUTH_Failure1 the queue pair is closed.
 pub(crate) const FAILURE1_CLOSE_DELAY_MS: u64 = 100;
+/// The most a DH computation may take, queueing for a worker included; past it the
+/// exchange fails (AUTH_Failure1, authentication failed).
+pub(crate) const DH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A DH computation the exchange waits for; run off the reactor with [`DhJob::run`],
+/// its result given to [`QpairAuth::computed`].
+pub(crate) enum DhJob {
+    /// Our key pair for the challenge.
+    Generate(DhGroup),
+    /// The shared secret of our key and the host's public value.
+    Derive(DhKey, Vec<u8>),
+}
+
+/// The result of a [`DhJob`].
+pub(crate) enum DhDone {
+    Key(DhKey),
+    Secret(Zeroizing<Vec<u8>>),
+}
+
+impl DhJob {
+    /// Runs the computation (on a worker thread).
+    pub(crate) fn run(self) -> Result<DhDone, dhchap::DhError> {
+        match self {
+            DhJob::Generate(g) => DhKey::generate(g).map(DhDone::Key),
+            DhJob::Derive(k, peer) => k.derive(&peer).map(DhDone::Secret),
+        }
+    }
+}
+
+impl std::fmt::Debug for DhJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DhJob::Generate(g) => write!(f, "DhJob::Generate({})", g.name()),
+            DhJob::Derive(k, _) => write!(f, "DhJob::Derive({})", k.group().name()),
+        }
+    }
+}
 
 /// Where the exchange is. One comment per state, as SPDK's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +117,7 @@ impl AuthState {
 }
 
 /// What the queue pair must do after an authentication command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum After {
     /// Nothing more.
     Nothing,
@@ -84,6 +129,9 @@ pub(crate) enum After {
     CloseSoon,
     /// Close the queue pair now.
     Close,
+    /// The command waits for a DH computation: run it off the reactor, give the result
+    /// to [`QpairAuth::computed`], then run the command again.
+    Compute(DhJob),
 }
 
 /// What an authentication needs to know of its queue pair.
@@ -107,6 +155,8 @@ pub(crate) struct QpairAuth {
     cval: Zeroizing<[u8; 64]>,
     seqnum: u32,
     dhkey: Option<DhKey>,
+    /// The shared secret computed for the reply being checked.
+    dh_secret: Option<Zeroizing<Vec<u8>>>,
     /// The host asked us to authenticate.
     cvalid: bool,
     fail_reason: FailureReason,
@@ -129,6 +179,7 @@ impl QpairAuth {
             cval: Zeroizing::new([0; 64]),
             seqnum: 0,
             dhkey: None,
+            dh_secret: None,
             cvalid: false,
             fail_reason: FailureReason::Failed,
         }
@@ -154,7 +205,24 @@ impl QpairAuth {
         self.set_state(ctx, AuthState::Failure1);
         self.fail_reason = reason;
         self.dhkey = None;
+        self.dh_secret = None;
         (Status::SUCCESS, After::Nothing)
+    }
+
+    /// The result of the [`DhJob`] the last command waited for (`Err`: why there is
+    /// none, for the log). A failure moves to Failure1 (authentication failed).
+    pub(crate) fn computed(&mut self, ctx: &AuthCtx<'_>, r: Result<DhDone, String>) {
+        match r {
+            Ok(DhDone::Key(k)) => self.dhkey = Some(k),
+            Ok(DhDone::Secret(s)) => self.dh_secret = Some(s),
+            Err(e) => {
+                log_fail(
+                    ctx,
+                    &format_args!("DH computation ({}): {e}", self.dhgroup.name()),
+                );
+                self.fail1(ctx, FailureReason::Failed);
+            }
+        }
     }
 
     fn fail_decode(&mut self, ctx: &AuthCtx<'_>, e: AuthDecodeError) -> (Status, After) {
@@ -274,6 +342,20 @@ impl QpairAuth {
             );
             return self.fail1(ctx, FailureReason::IncorrectPayload);
         }
+        // The shared secret: computed off the reactor, the command then runs again.
+        let dh_secret = if self.dhgroup == DhGroup::Null {
+            None
+        } else if let Some(s) = self.dh_secret.take() {
+            Some(s)
+        } else if let Some(k) = self.dhkey.take() {
+            return (
+                Status::SUCCESS,
+                After::Compute(DhJob::Derive(k, r.dhv.to_vec())),
+            );
+        } else {
+            log_fail(ctx, &"no DH key for the reply");
+            return self.fail1(ctx, FailureReason::Failed);
+        };
         let keys = ctx.subsystem.host_keys(ctx.hostnqn).unwrap_or_default();
         let Some(key) = keys
             .dhchap_key
@@ -282,22 +364,6 @@ impl QpairAuth {
         else {
             log_fail(ctx, &"couldn't get DH-HMAC-CHAP key");
             return self.fail1(ctx, FailureReason::Failed);
-        };
-        let dh_secret = if self.dhgroup != DhGroup::Null {
-            let derived = self
-                .dhkey
-                .as_ref()
-                .ok_or(dhchap::DhError::NullGroup)
-                .and_then(|k| k.derive(r.dhv));
-            match derived {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    log_fail(ctx, &format_args!("couldn't derive DH secret: {e}"));
-                    return self.fail1(ctx, FailureReason::Failed);
-                }
-            }
-        } else {
-            None
         };
         let subnqn = ctx.subsystem.nqn.as_str();
         let expected = dhchap::response(
@@ -408,6 +474,17 @@ impl QpairAuth {
         if !Self::check_command(ctx, c, out.len() as u32) {
             return (Status::INVALID_FIELD, 0, After::Nothing);
         }
+        if self.state == AuthState::Challenge
+            && self.dhgroup != DhGroup::Null
+            && self.dhkey.is_none()
+        {
+            // Our key pair: computed off the reactor, the command then runs again.
+            return (
+                Status::SUCCESS,
+                0,
+                After::Compute(DhJob::Generate(self.dhgroup)),
+            );
+        }
         out.fill(0);
         let r = match self.state {
             AuthState::Challenge => self.recv_challenge(ctx, out),
@@ -425,6 +502,7 @@ impl QpairAuth {
             Ok((n, after)) => (Status::SUCCESS, n as u32, after),
             Err(reason) => {
                 self.dhkey = None;
+                self.dh_secret = None;
                 match auth::encode_failure(out, auth_id::FAILURE1, self.tid, reason) {
                     Some(n) => {
                         tracing::warn!(
@@ -450,12 +528,9 @@ impl QpairAuth {
     ) -> Result<(usize, After), FailureReason> {
         let hash = self.hash.ok_or(FailureReason::Failed)?;
         let hl = hash.digest_len();
-        if self.dhgroup != DhGroup::Null {
-            let k = DhKey::generate(self.dhgroup).map_err(|e| {
-                log_fail(ctx, &format_args!("failed to generate DH key: {e}"));
-                FailureReason::Failed
-            })?;
-            self.dhkey = Some(k);
+        if self.dhgroup != DhGroup::Null && self.dhkey.is_none() {
+            log_fail(ctx, &"no DH key for the challenge");
+            return Err(FailureReason::Failed);
         }
         let dhv_len = self.dhkey.as_ref().map_or(0, |k| k.public().len());
         if out.len() < auth::DHCHAP_HEADER_LEN + hl + dhv_len {

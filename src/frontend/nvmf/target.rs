@@ -175,6 +175,11 @@ impl TargetShared {
         lock(&self.subsystems).get(nqn).cloned()
     }
 
+    /// Every NVM subsystem, in NQN order (the discovery subsystem not included).
+    pub(crate) fn subsystems(&self) -> Vec<Arc<Subsystem>> {
+        lock(&self.subsystems).values().cloned().collect()
+    }
+
     /// The discovery log entries `hostnqn` may see: one per listener of every subsystem
     /// that admits it.
     pub(crate) fn discovery_entries(&self, hostnqn: &str) -> Vec<DiscoveryEntry> {
@@ -718,19 +723,39 @@ impl NvmfTarget {
         dhchap_key: Option<String>,
         dhchap_ctrlr_key: Option<String>,
     ) -> Result<(), NvmfError> {
+        self.nvmf_subsystem_set_host_keys(nqn, host, dhchap_key, dhchap_ctrlr_key, None)
+    }
+
+    /// [`nvmf_subsystem_set_keys`](Self::nvmf_subsystem_set_keys) with tessera's `psk`
+    /// too: the host's TLS PSK (a keyring name). Every key named is checked before any
+    /// is set. Connections already admitted keep their TLS session; the next handshake
+    /// of the host (the TLS look-up reads the key at each one) takes the new key.
+    pub fn nvmf_subsystem_set_host_keys(
+        &self,
+        nqn: &str,
+        host: &str,
+        dhchap_key: Option<String>,
+        dhchap_ctrlr_key: Option<String>,
+        psk: Option<String>,
+    ) -> Result<(), NvmfError> {
         let s = self.subsystem(nqn)?;
         if !s.hosts().iter().any(|h| h == host) {
             return Err(invalid("host", format!("{host} is not a host of {nqn}")));
         }
         let old = s.host_keys(host).unwrap_or_default();
+        let new_psk = psk.is_some();
         let keys = HostKeys {
             dhchap_key: dhchap_key.or(old.dhchap_key),
             dhchap_ctrlr_key: dhchap_ctrlr_key.or(old.dhchap_ctrlr_key),
-            psk: old.psk,
+            psk: psk.or(old.psk),
         };
         self.check_host_keys(&keys)?;
         s.set_host_keys(host, keys);
-        tracing::info!(nqn, host, "DH-HMAC-CHAP keys set");
+        if new_psk {
+            tracing::info!(nqn, host, "keys set (TLS PSK included)");
+        } else {
+            tracing::info!(nqn, host, "DH-HMAC-CHAP keys set");
+        }
         Ok(())
     }
 

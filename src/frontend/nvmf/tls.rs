@@ -4,6 +4,11 @@
 //! host is one of its hosts with a `psk`, the key in the keyring parses, its suite is
 //! the identity's, and (identity version 1) the PSK digest matches. Each refusal says
 //! which of these failed; none carries key material.
+//!
+//! The discovery subsystem answers on every listener, a secure one included: an
+//! identity naming the discovery NQN is admitted when its host has a `psk` with a
+//! subsystem that listens here with a secure channel (the first such subsystem in NQN
+//! order whose key has the identity's suite); that key keys the discovery connection.
 
 use super::target::TargetShared;
 use crate::nvme::tls::{ConfiguredPsk, Identity, Suite};
@@ -37,33 +42,62 @@ pub(crate) fn lookup(
     raw_identity: &[u8],
 ) -> Result<Psk, String> {
     let id = Identity::parse(raw_identity).map_err(|e| e.to_string())?;
-    let sub = target
-        .subsystem(&id.subnqn)
-        .ok_or_else(|| format!("PSK identity names unknown subsystem `{}`", id.subnqn))?;
-    let here = sub.listeners().into_iter().any(|l| {
-        l.secure_channel
-            && l.trsvcid == local.port().to_string()
-            && l.traddr
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip == local.ip() || ip.is_unspecified())
-    });
-    if !here {
-        return Err(format!(
-            "subsystem `{}` has no secure-channel listener at {local}",
-            id.subnqn
-        ));
-    }
-    let name = sub
-        .hosts()
-        .contains(&id.hostnqn)
-        .then(|| sub.host_keys(&id.hostnqn).and_then(|k| k.psk))
-        .flatten()
-        .ok_or_else(|| {
+    let listens_here = |sub: &super::subsystem::Subsystem| {
+        sub.listeners().into_iter().any(|l| {
+            l.secure_channel
+                && l.trsvcid == local.port().to_string()
+                && l.traddr
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip == local.ip() || ip.is_unspecified())
+        })
+    };
+    let psk_of = |sub: &super::subsystem::Subsystem| {
+        sub.hosts()
+            .contains(&id.hostnqn)
+            .then(|| sub.host_keys(&id.hostnqn).and_then(|k| k.psk))
+            .flatten()
+    };
+    let name = if id.subnqn == crate::nvme::spec::DISCOVERY_NQN {
+        // Discovery: the host's key of a subsystem that listens here securely.
+        let mut candidates = target
+            .subsystems()
+            .into_iter()
+            .filter(|s| listens_here(s))
+            .filter_map(|s| psk_of(&s))
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(format!(
+                "host `{}` has no PSK for a subsystem with a secure-channel listener at {local} (discovery)",
+                id.hostnqn
+            ));
+        }
+        let suite_of = |name: &String| {
+            let secret = target.keyring.read(name).ok()?;
+            Some(ConfiguredPsk::parse(secret.expose()).ok()?.suite())
+        };
+        let all: Vec<String> = candidates.collect();
+        all.iter()
+            .find(|n| suite_of(n) == Some(id.suite))
+            .or(all.first())
+            .cloned()
+            .expect("not empty")
+    } else {
+        let sub = target
+            .subsystem(&id.subnqn)
+            .ok_or_else(|| format!("PSK identity names unknown subsystem `{}`", id.subnqn))?;
+        if !listens_here(&sub) {
+            return Err(format!(
+                "subsystem `{}` has no secure-channel listener at {local}",
+                id.subnqn
+            ));
+        }
+        psk_of(&sub).ok_or_else(|| {
             format!(
                 "host `{}` has no PSK for subsystem `{}`",
                 id.hostnqn, id.subnqn
             )
-        })?;
+        })?
+    };
     let secret = target
         .keyring
         .read(&name)

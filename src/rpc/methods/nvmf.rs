@@ -145,13 +145,21 @@ pub struct SetKeysParams {
     pub dhchap_key: Option<String>,
     #[serde(default)]
     pub dhchap_ctrlr_key: Option<String>,
+    /// tessera's: a new TLS PSK for the host (SPDK v25.09 has no way to change it but
+    /// removing the host, which disconnects it, and adding it again).
+    #[serde(default)]
+    pub psk: Option<String>,
 }
 
 pub async fn nvmf_subsystem_set_keys(ctx: Rc<Ctx>, p: SetKeysParams) -> RpcResult {
     check_tgt_name(&p.tgt_name)?;
-    ctx.target
-        .nvmf()
-        .nvmf_subsystem_set_keys(&p.nqn, &p.host, p.dhchap_key, p.dhchap_ctrlr_key)?;
+    ctx.target.nvmf().nvmf_subsystem_set_host_keys(
+        &p.nqn,
+        &p.host,
+        p.dhchap_key,
+        p.dhchap_ctrlr_key,
+        p.psk,
+    )?;
     Ok(Value::Bool(true))
 }
 

@@ -271,6 +271,8 @@ struct QpInner {
     auth_step: Duration,
     /// A task watches `auth_deadline`.
     auth_watched: bool,
+    /// An authentication command waits for its DH computation on a worker thread.
+    auth_computing: bool,
     /// The (host NQN, subsystem NQN) of the TLS PSK identity the connection was
     /// admitted with; Connect must name the same.
     tls_id: Option<(String, String)>,
@@ -462,6 +464,7 @@ fn start(
                 auth_deadline: reactor::Nanos(0),
                 auth_step: Duration::ZERO,
                 auth_watched: false,
+                auth_computing: false,
                 tls_id,
             }),
             waker: RefCell::new(None),
@@ -996,6 +999,16 @@ impl QpInner {
             Some(Role::Io(io)) => io.shared.clone(),
             None => return self.complete(slot),
         };
+        if self.auth_computing {
+            // Hosts send one authentication command at a time.
+            tracing::error!(
+                qpair = self.id,
+                qid = self.qid,
+                "authentication command while the previous one waits for its DH computation"
+            );
+            self.slots[slot].status = Status::COMMAND_SEQUENCE_ERROR;
+            return self.complete(slot);
+        }
         let fresh = self
             .auth
             .as_ref()
@@ -1037,11 +1050,16 @@ impl QpInner {
             req.c2h_len = n;
             (status, after)
         };
+        if let After::Compute(job) = after {
+            // The slot stays Executing until the computation is done.
+            self.auth_computing = true;
+            return self.auth_offload(slot, c, send, job);
+        }
         req.status = status;
         let negotiated = auth.negotiated();
         self.complete(slot);
         match after {
-            After::Nothing => {}
+            After::Nothing | After::Compute(_) => {}
             After::Rearm => self.auth_rearm(),
             After::Enable => {
                 let (digest, dhgroup) = negotiated;
@@ -1071,6 +1089,66 @@ impl QpInner {
             }
             After::Close => self.closing = Some("authentication failed"),
         }
+    }
+
+    /// Runs the DH computation `job` of the authentication command in `slot` on a
+    /// worker thread; when it is done, gives its result to the exchange and runs the
+    /// command again (`auth_computed`). The reactor serves everything else meanwhile.
+    fn auth_offload(
+        &mut self,
+        slot: usize,
+        c: crate::nvme::auth::AuthCmd,
+        send: bool,
+        job: qauth::DhJob,
+    ) {
+        let w = self.me.clone();
+        reactor::spawn_local(async move {
+            let r = match reactor::offload::run(qauth::DH_TIME_LIMIT, move || job.run()).await {
+                Ok(Ok(done)) => Ok(done),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("on a worker thread: {e}")),
+            };
+            let Some(q) = w.upgrade() else { return };
+            q.inner.borrow_mut().auth_computed(slot, c, send, r);
+            q.notify();
+        })
+        .detach();
+    }
+
+    fn auth_computed(
+        &mut self,
+        slot: usize,
+        c: crate::nvme::auth::AuthCmd,
+        send: bool,
+        r: Result<qauth::DhDone, String>,
+    ) {
+        self.auth_computing = false;
+        if self.slots.get(slot).map(|r| r.state) != Some(ReqState::Executing) {
+            return;
+        }
+        let shared = match &self.role {
+            Some(Role::Admin(a)) => a.shared.clone(),
+            Some(Role::Io(io)) => io.shared.clone(),
+            None => return self.complete(slot),
+        };
+        let ctx = AuthCtx {
+            subsystem: &shared.subsystem,
+            hostnqn: &shared.hostnqn,
+            qid: self.qid,
+            keyring: &self.target.keyring,
+            digests: self.target.dhchap_digests.load(Ordering::Acquire),
+            dhgroups: self.target.dhchap_dhgroups.load(Ordering::Acquire),
+        };
+        let Some(auth) = self.auth.as_mut() else {
+            return self.complete(slot);
+        };
+        auth.computed(&ctx, r);
+        if send && auth.state == AuthState::Failure1 {
+            // The AUTH_Send completes; the next AUTH_Receive answers AUTH_Failure1.
+            self.slots[slot].status = Status::SUCCESS;
+            return self.complete(slot);
+        }
+        self.auth_exec(slot, c, send);
     }
 
     /// Restarts the authentication step timer (and its watcher, if none runs).
