@@ -816,6 +816,9 @@ impl Target {
 
     /// Deletes a base bdev nobody uses.
     pub async fn delete_bdev(&self, name: &str) -> Result<(), TargetError> {
+        // An external snapshot whose last reader was split from it (in the background,
+        // `tessera_split_start`) is let go first.
+        self.sync_esnap_claims().await;
         let b = self.inner.bdevs.get(name)?;
         if b.product_name() == "Logical Volume" {
             return Err(TargetError::Invalid(format!(
