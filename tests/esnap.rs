@@ -676,7 +676,8 @@ fn inflate_decouple_and_shrink_of_external_snapshot_clones() {
         assert_eq!(v["is_degraded"], false, "{l}: {v}");
     }
     assert_eq!(lvol(&lvols, "s1")["is_esnap_clone"], true, "{lvols}");
-    assert_eq!(lvol(&lvols, "s1")["clones"], Value::Null, "{lvols}");
+    // c1 is no longer s1's clone.
+    assert_eq!(lvol(&lvols, "s1")["children"], json!([]), "{lvols}");
     // Inflating a thin lvol of the pool's own (no parent) is refused, as before.
     rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "plain", "4"]);
     let out = fails(&["bdev_lvol_inflate", "lvs0/plain"]);
@@ -800,4 +801,97 @@ fn inflate_decouple_and_shrink_of_external_snapshot_clones() {
             .arg(dir.path().join("pool.img")),
     );
     assert!(!out.contains("problem"), "{out}");
+}
+
+/// `save_config` (SPDK's JSON, through spdk-rpc) and `tessera_save_config` (YAML) write
+/// lvols that read through to an external bdev, so that a pool on a malloc bdev
+/// restored from either gets them back: `e1` (an esnap clone grown to 20 MiB, then
+/// snapshotted as `es1`, which `ec1` clones), `e2` (an esnap clone as made) and `t1` (a
+/// thin lvol of 8 MiB given the golden image as its parent). Each comes back with its
+/// lineage and size and reads the golden image (zeros past its end); the YAML keeps the
+/// UUIDs of all but the clone `ec1` (a clone entry has none).
+#[test]
+fn save_config_brings_back_external_snapshot_clones_on_a_malloc_pool() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let cfg = config(dir.path(), port, true);
+    let work = tempfile::tempdir().unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    rpc(&["bdev_malloc_create", "-b", "m0", "64", "4096"]);
+    rpc(&["bdev_lvol_create_lvstore", "m0", "lvs1", "-c", "1048576"]);
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs1", "e1"]);
+    rpc(&["bdev_lvol_resize", "lvs1/e1", "20"]);
+    rpc(&["bdev_lvol_snapshot", "lvs1/e1", "es1"]);
+    rpc(&["bdev_lvol_clone", "lvs1/es1", "ec1"]);
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs1", "e2"]);
+    rpc(&["bdev_lvol_create", "-l", "lvs1", "-t", "t1", "8"]);
+    rpc(&["bdev_lvol_set_parent_bdev", "lvs1/t1", "golden"]);
+    let before = srv.call("bdev_lvol_get_lvols", Value::Null);
+
+    let json_path = dir.path().join("saved.json");
+    std::fs::write(&json_path, rpc(&["save_config"])).unwrap();
+    let yaml = srv.call("tessera_save_config", Value::Null);
+    let yaml_path = dir.path().join("saved.yaml");
+    std::fs::write(&yaml_path, yaml.as_str().unwrap()).unwrap();
+    let saved = std::fs::read_to_string(&json_path).unwrap();
+    assert_eq!(
+        saved.matches("\"bdev_lvol_clone_bdev\"").count(),
+        3,
+        "{saved}"
+    );
+    assert!(
+        yaml.as_str().unwrap().contains("external_snapshot: golden"),
+        "{yaml}"
+    );
+    let log = srv.stop();
+    assert!(!log.contains("not written to the configuration"), "{log}");
+
+    let mut grown = golden.clone();
+    grown.resize(20 * M, 0);
+    for (path, keeps_uuids) in [(&json_path, false), (&yaml_path, true)] {
+        let srv = Serve::start_file(tempfile::tempdir().unwrap(), path);
+        let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+        let what = path.display().to_string();
+        for (l, esnap, clone, mib) in [
+            ("e1", false, true, 20),
+            ("es1", true, false, 20),
+            ("ec1", false, true, 20),
+            ("e2", true, false, 16),
+            ("t1", true, false, 8),
+        ] {
+            let v = lvol(&lvols, l);
+            assert_eq!(v["is_esnap_clone"], esnap, "{what} {l}: {v}");
+            assert_eq!(v["is_clone"], clone, "{what} {l}: {v}");
+            assert_eq!(v["num_blocks"], mib * 256, "{what} {l}: {v}");
+            assert_eq!(v["lvs"]["name"], "lvs1", "{what} {l}: {v}");
+            if esnap {
+                assert_eq!(v["external_snapshot_name"], GOLDEN_UUID, "{what} {l}: {v}");
+            }
+            // (A clone's entry has no UUID, of any clone.)
+            if keeps_uuids && l != "ec1" {
+                assert_eq!(v["uuid"], lvol(&before, l)["uuid"], "{what} {l}: {v}");
+            }
+        }
+        assert_eq!(lvol(&lvols, "e1")["parent"], "es1", "{what}: {lvols}");
+        assert_eq!(lvol(&lvols, "ec1")["parent"], "es1", "{what}: {lvols}");
+        for (bdev, want) in [
+            ("lvs1/e1", &grown[..]),
+            ("lvs1/ec1", &grown[..]),
+            ("lvs1/e2", &golden[..]),
+            ("lvs1/t1", &golden[..8 * M]),
+        ] {
+            assert_same(
+                &read_all(&srv, port, bdev, work.path()),
+                want,
+                &format!("{bdev} restored from {what}"),
+            );
+        }
+        srv.stop();
+    }
 }
