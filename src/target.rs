@@ -162,7 +162,8 @@ impl Target {
                 Ok(existing) => {
                     let want = d.size.0 / pool.block_size() as u64;
                     let have = (existing.clone() as Arc<dyn Bdev>).num_blocks();
-                    if want != have {
+                    // Size 0: an external snapshot's clone of the bdev's size.
+                    if want != have && d.size.0 > 0 {
                         tracing::warn!(disk = %d.name, have, want, "disk exists with another size; left as it is");
                     }
                 }
@@ -816,6 +817,9 @@ impl Target {
 
     /// Deletes a base bdev nobody uses.
     pub async fn delete_bdev(&self, name: &str) -> Result<(), TargetError> {
+        // An external snapshot whose last reader was split from it (in the background,
+        // `tessera_split_start`) is let go first.
+        self.sync_esnap_claims().await;
         let b = self.inner.bdevs.get(name)?;
         if b.product_name() == "Logical Volume" {
             return Err(TargetError::Invalid(format!(
@@ -1019,9 +1023,32 @@ impl Target {
     /// `pool/disk`; the pool refuses a name it already has).
     pub async fn create_disk(&self, cfg: &DiskConfig) -> Result<Arc<VDisk>, TargetError> {
         let pool = self.pool(&cfg.pool)?;
-        let d = pool
-            .create_disk_with_uuid(&cfg.name, cfg.size.0, cfg.thin, cfg.uuid)
-            .await?;
+        let d = match &cfg.external_snapshot {
+            None => {
+                pool.create_disk_with_uuid(&cfg.name, cfg.size.0, cfg.thin, cfg.uuid)
+                    .await?
+            }
+            Some(x) => {
+                // A clone of the bdev (checked and claimed as `bdev_lvol_clone_bdev`
+                // does), then its own size.
+                let ext = self.inner.bdevs.get(x)?;
+                self.refuse_written(&ext)?;
+                let d = pool.clone_bdev_with_uuid(ext, &cfg.name, cfg.uuid).await?;
+                let have = (d.clone() as Arc<dyn Bdev>).num_blocks() * pool.block_size() as u64;
+                if cfg.size.0 > 0 && cfg.size.0 != have {
+                    pool.resize_disk(&cfg.name, cfg.size.0).await?;
+                }
+                self.inner.bdevs.add(d.clone())?;
+                self.sync_esnap_claims().await;
+                if let Some(p) = cfg.cow_policy {
+                    pool.set_cow_policy(&cfg.name, p).await?;
+                }
+                if cfg.read_only {
+                    pool.set_read_only(&cfg.name, true).await?;
+                }
+                return Ok(d);
+            }
+        };
         if let Some(p) = cfg.cow_policy {
             pool.set_cow_policy(&cfg.name, p).await?;
         }
@@ -1385,14 +1412,6 @@ impl Target {
             let mut list = list;
             list.sort_by_key(|d| d.id);
             for d in &list {
-                if let Some(x) = &d.external {
-                    // No configuration entry makes an lvol that reads through to an
-                    // external bdev yet: a plain disk in its place would read zeros
-                    // there. A pool on a file or device keeps it anyway (README).
-                    tracing::warn!(pool = pool.name(), disk = %d.name, external = %x.name,
-                        "an external snapshot's lvol is not written to the configuration");
-                    continue;
-                }
                 match d.kind {
                     DiskKind::Snapshot => {
                         if let Some(o) = snapshot_origin(&list, d) {
@@ -1419,6 +1438,15 @@ impl Target {
                         uuid: Some(d.uuid),
                         read_only: d.read_only,
                         cow_policy: Some(d.cow_policy),
+                        // Reading through to an external bdev (an esnap clone, or an
+                        // lvol given one): made again as its clone. Its snapshots and
+                        // their clones, above, inherit it. The bdev by its name now.
+                        external_snapshot: d.external.as_ref().map(|x| {
+                            self.inner
+                                .bdevs
+                                .get(&x.uuid.to_string())
+                                .map_or_else(|_| x.name.clone(), |b| b.name().to_string())
+                        }),
                     }),
                 }
             }

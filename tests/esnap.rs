@@ -4,8 +4,8 @@
 //! through NBD (whole granules, parts of granules, a whole segment), compared byte for
 //! byte with what it must hold; the golden file unchanged; a snapshot of the clone; the
 //! target restarted (with the golden bdev, and without it: degraded, until it is created
-//! again) and everything read again; `bdev_lvol_set_parent_bdev` on a thin lvol. Bad
-//! parameters get SPDK's codes.
+//! again) and everything read again; `bdev_lvol_set_parent_bdev` on a thin lvol;
+//! inflate, decouple and shrink of such clones. Bad parameters get SPDK's codes.
 
 mod process_support;
 mod rpc_common;
@@ -440,11 +440,9 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
     write_lvol(&srv, port, "lvs0/c1", &["write -P 0xd1 1049600 1k"]);
 
     // c2: a clone of the golden image grown by 4 MiB: what lies past the golden
-    // image's end reads zeros, and takes writes; it may not shrink (yet).
+    // image's end reads zeros, and takes writes.
     rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c2"]);
     rpc(&["bdev_lvol_resize", "lvs0/c2", "20"]);
-    let out = fails(&["bdev_lvol_resize", "lvs0/c2", "12"]);
-    assert!(out.contains("shrinking such an lvol"), "{out}");
     write_lvol(
         &srv,
         port,
@@ -585,4 +583,315 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     check_all(&srv, &want_b, "restarted");
     srv.stop();
+}
+
+/// The lvols of `lvs0` with a running split or decouple (`tessera_split_progress`).
+fn splitting(srv: &Serve) -> Vec<String> {
+    let p = srv.call("tessera_split_progress", Value::Null);
+    p.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Inflate, decouple and shrink of lvols that read through to an external bdev: SPDK's
+/// `bdev_lvol_inflate` and `bdev_lvol_decouple_parent` (which on an esnap clone inflates
+/// too) copy in what the golden image shows, the lvol stops reading it (not an esnap
+/// clone any more, readable with the golden bdev gone); a split in the background
+/// under a bandwidth cap takes writes meanwhile (whole and partial granules,
+/// write-zeroes) and ends with them; the golden bdev is let go once nothing reads it.
+/// A shrink drops what the lvol wrote past the new end, and a grow reads the golden
+/// image there again, as SPDK's released clusters do. Every lvol compared byte for byte
+/// with what it must hold, and again after a restart without the golden bdev.
+#[test]
+fn inflate_decouple_and_shrink_of_external_snapshot_clones() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let golden_sum = sha256(&dir.path().join("golden.img"));
+    let cfg = config(dir.path(), port, true);
+    let work = tempfile::tempdir().unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    let fails = |args: &[&str]| run_fails(Command::new(&tool).arg("-s").arg(&s).args(args));
+    rpc(&["bdev_lvol_create_lvstore", "data", "lvs0", "-c", "1048576"]);
+
+    // c1: written (a whole granule, part of one, a whole segment), snapshotted as s1,
+    // written again: a clone of s1, which reads the golden image below.
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c1"]);
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/c1",
+        &[
+            "write -P 0x11 0 4k",
+            "write -P 0x12 3146240 512",
+            "write -P 0x13 5M 1M",
+        ],
+    );
+    rpc(&["bdev_lvol_snapshot", "lvs0/c1", "s1"]);
+    write_lvol(&srv, port, "lvs0/c1", &["write -P 0x14 7M 8k"]);
+    let mut want_s1 = golden.clone();
+    want_s1[..4 * K].fill(0x11);
+    want_s1[3 * M + 512..3 * M + 1024].fill(0x12);
+    want_s1[5 * M..6 * M].fill(0x13);
+    let mut want_c1 = want_s1.clone();
+    want_c1[7 * M..7 * M + 8 * K].fill(0x14);
+    // c2: grown past the golden image's end (zeros there), written on both sides.
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c2"]);
+    rpc(&["bdev_lvol_resize", "lvs0/c2", "20"]);
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/c2",
+        &["write -P 0x21 17M 4k", "write -P 0x22 2098176 1k"],
+    );
+    let mut want_c2 = golden.clone();
+    want_c2.resize(20 * M, 0);
+    want_c2[17 * M..17 * M + 4 * K].fill(0x21);
+    want_c2[2 * M + 1024..2 * M + 2048].fill(0x22);
+    // c3: written in part of a granule.
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c3"]);
+    write_lvol(&srv, port, "lvs0/c3", &["write -P 0x31 9438208 1k"]);
+    let mut want_c3 = golden.clone();
+    want_c3[9 * M + K..9 * M + 2 * K].fill(0x31);
+
+    // Inflate (SPDK's client): c1 holds everything itself, reads nothing of the golden
+    // image or of s1.
+    rpc(&["bdev_lvol_inflate", "lvs0/c1"]);
+    // Decouple of an esnap clone inflates it, as SPDK's does (no parent in the lvstore
+    // to point it at).
+    rpc(&["bdev_lvol_decouple_parent", "lvs0/c3"]);
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    for l in ["c1", "c3"] {
+        let v = lvol(&lvols, l);
+        assert_eq!(v["is_esnap_clone"], false, "{l}: {v}");
+        assert_eq!(v["is_clone"], false, "{l}: {v}");
+        assert_eq!(v["external_snapshot_name"], Value::Null, "{l}: {v}");
+        assert_eq!(v["is_degraded"], false, "{l}: {v}");
+    }
+    assert_eq!(lvol(&lvols, "s1")["is_esnap_clone"], true, "{lvols}");
+    // c1 is no longer s1's clone.
+    assert_eq!(lvol(&lvols, "s1")["children"], json!([]), "{lvols}");
+    // Inflating a thin lvol of the pool's own (no parent) is refused, as before.
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "plain", "4"]);
+    let out = fails(&["bdev_lvol_inflate", "lvs0/plain"]);
+    assert!(out.contains("-22") && out.contains("no parent"), "{out}");
+
+    // c2 in the background, slowed down by the jobs' bandwidth cap, written meanwhile.
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 4 * M}),
+    );
+    srv.call("tessera_split_start", json!({"name": "lvs0/c2"}));
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/c2",
+        &[
+            "write -P 0x23 1049088 1k",
+            "write -P 0x24 15M 4k",
+            "write -P 0x25 13M 1M",
+            "write -z 11M 4k",
+            "write -z 12M 1536",
+        ],
+    );
+    assert_eq!(splitting(&srv), ["c2"], "the split ended before the writes");
+    want_c2[M + 512..M + 1536].fill(0x23);
+    want_c2[15 * M..15 * M + 4 * K].fill(0x24);
+    want_c2[13 * M..14 * M].fill(0x25);
+    want_c2[11 * M..11 * M + 4 * K].fill(0);
+    want_c2[12 * M..12 * M + 1536].fill(0);
+    let t0 = std::time::Instant::now();
+    while !splitting(&srv).is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the split of c2 did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 0}),
+    );
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    assert_eq!(lvol(&lvols, "c2")["is_esnap_clone"], false, "{lvols}");
+    for (bdev, want) in [
+        ("lvs0/c1", &want_c1),
+        ("lvs0/c2", &want_c2),
+        ("lvs0/c3", &want_c3),
+        ("lvs0/s1", &want_s1),
+    ] {
+        assert_same(
+            &read_all(&srv, port, bdev, work.path()),
+            want,
+            &format!("{bdev} after its split"),
+        );
+    }
+
+    // Shrink: c4 wrote at 4 MiB, 10 MiB (two granules) and 12 MiB; shrunk into its
+    // segment at 10 MiB, then grown back.
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c4"]);
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/c4",
+        &[
+            "write -P 0x41 10M 8k",
+            "write -P 0x42 12M 4k",
+            "write -P 0x43 4M 4k",
+        ],
+    );
+    srv.call(
+        "bdev_lvol_resize",
+        json!({"name": "lvs0/c4", "size": 10 * M + 4 * K}),
+    );
+    let mut want_c4 = golden[..10 * M + 4 * K].to_vec();
+    want_c4[4 * M..4 * M + 4 * K].fill(0x43);
+    want_c4[10 * M..].fill(0x41);
+    assert_same(
+        &read_all(&srv, port, "lvs0/c4", work.path()),
+        &want_c4,
+        "c4 shrunk",
+    );
+    rpc(&["bdev_lvol_resize", "lvs0/c4", "16"]);
+    want_c4.extend_from_slice(&golden[10 * M + 4 * K..]);
+    assert_same(
+        &read_all(&srv, port, "lvs0/c4", work.path()),
+        &want_c4,
+        "c4 shrunk and grown",
+    );
+    rpc(&["bdev_lvol_delete", "lvs0/c4"]);
+
+    // s1 (the esnap clone's snapshot) still reads the golden image: it stays claimed.
+    let e = srv.call_err("bdev_uring_delete", json!({"name": "golden"}));
+    assert!(e.message.contains("external snapshot"), "{e}");
+    // Nothing reads it once s1 is gone: it is let go.
+    rpc(&["bdev_lvol_delete", "lvs0/s1"]);
+    srv.call("bdev_uring_delete", json!({"name": "golden"}));
+    srv.stop();
+    assert_eq!(
+        sha256(&dir.path().join("golden.img")),
+        golden_sum,
+        "golden file changed"
+    );
+
+    // Restarted without the golden bdev: nothing is degraded, the contents are whole.
+    let cfg2 = config(dir.path(), port, false);
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg2);
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    for (l, want) in [("c1", &want_c1), ("c2", &want_c2), ("c3", &want_c3)] {
+        assert_eq!(lvol(&lvols, l)["is_degraded"], false, "{l}: {lvols}");
+        assert_eq!(lvol(&lvols, l)["is_esnap_clone"], false, "{l}: {lvols}");
+        assert_same(
+            &read_all(&srv, port, &format!("lvs0/{l}"), work.path()),
+            want,
+            &format!("{l} restarted without the golden image"),
+        );
+    }
+    srv.stop();
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("check")
+            .arg(dir.path().join("pool.img")),
+    );
+    assert!(!out.contains("problem"), "{out}");
+}
+
+/// `save_config` (SPDK's JSON, through spdk-rpc) and `tessera_save_config` (YAML) write
+/// lvols that read through to an external bdev, so that a pool on a malloc bdev
+/// restored from either gets them back: `e1` (an esnap clone grown to 20 MiB, then
+/// snapshotted as `es1`, which `ec1` clones), `e2` (an esnap clone as made) and `t1` (a
+/// thin lvol of 8 MiB given the golden image as its parent). Each comes back with its
+/// lineage and size and reads the golden image (zeros past its end); the YAML keeps the
+/// UUIDs of all but the clone `ec1` (a clone entry has none).
+#[test]
+fn save_config_brings_back_external_snapshot_clones_on_a_malloc_pool() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let cfg = config(dir.path(), port, true);
+    let work = tempfile::tempdir().unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    rpc(&["bdev_malloc_create", "-b", "m0", "64", "4096"]);
+    rpc(&["bdev_lvol_create_lvstore", "m0", "lvs1", "-c", "1048576"]);
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs1", "e1"]);
+    rpc(&["bdev_lvol_resize", "lvs1/e1", "20"]);
+    rpc(&["bdev_lvol_snapshot", "lvs1/e1", "es1"]);
+    rpc(&["bdev_lvol_clone", "lvs1/es1", "ec1"]);
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs1", "e2"]);
+    rpc(&["bdev_lvol_create", "-l", "lvs1", "-t", "t1", "8"]);
+    rpc(&["bdev_lvol_set_parent_bdev", "lvs1/t1", "golden"]);
+    let before = srv.call("bdev_lvol_get_lvols", Value::Null);
+
+    let json_path = dir.path().join("saved.json");
+    std::fs::write(&json_path, rpc(&["save_config"])).unwrap();
+    let yaml = srv.call("tessera_save_config", Value::Null);
+    let yaml_path = dir.path().join("saved.yaml");
+    std::fs::write(&yaml_path, yaml.as_str().unwrap()).unwrap();
+    let saved = std::fs::read_to_string(&json_path).unwrap();
+    assert_eq!(
+        saved.matches("\"bdev_lvol_clone_bdev\"").count(),
+        3,
+        "{saved}"
+    );
+    assert!(
+        yaml.as_str().unwrap().contains("external_snapshot: golden"),
+        "{yaml}"
+    );
+    let log = srv.stop();
+    assert!(!log.contains("not written to the configuration"), "{log}");
+
+    let mut grown = golden.clone();
+    grown.resize(20 * M, 0);
+    for (path, keeps_uuids) in [(&json_path, false), (&yaml_path, true)] {
+        let srv = Serve::start_file(tempfile::tempdir().unwrap(), path);
+        let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+        let what = path.display().to_string();
+        for (l, esnap, clone, mib) in [
+            ("e1", false, true, 20),
+            ("es1", true, false, 20),
+            ("ec1", false, true, 20),
+            ("e2", true, false, 16),
+            ("t1", true, false, 8),
+        ] {
+            let v = lvol(&lvols, l);
+            assert_eq!(v["is_esnap_clone"], esnap, "{what} {l}: {v}");
+            assert_eq!(v["is_clone"], clone, "{what} {l}: {v}");
+            assert_eq!(v["num_blocks"], mib * 256, "{what} {l}: {v}");
+            assert_eq!(v["lvs"]["name"], "lvs1", "{what} {l}: {v}");
+            if esnap {
+                assert_eq!(v["external_snapshot_name"], GOLDEN_UUID, "{what} {l}: {v}");
+            }
+            // (A clone's entry has no UUID, of any clone.)
+            if keeps_uuids && l != "ec1" {
+                assert_eq!(v["uuid"], lvol(&before, l)["uuid"], "{what} {l}: {v}");
+            }
+        }
+        assert_eq!(lvol(&lvols, "e1")["parent"], "es1", "{what}: {lvols}");
+        assert_eq!(lvol(&lvols, "ec1")["parent"], "es1", "{what}: {lvols}");
+        for (bdev, want) in [
+            ("lvs1/e1", &grown[..]),
+            ("lvs1/ec1", &grown[..]),
+            ("lvs1/e2", &golden[..]),
+            ("lvs1/t1", &golden[..8 * M]),
+        ] {
+            assert_same(
+                &read_all(&srv, port, bdev, work.path()),
+                want,
+                &format!("{bdev} restored from {what}"),
+            );
+        }
+        srv.stop();
+    }
 }

@@ -288,6 +288,12 @@ pub struct DiskConfig {
     pub read_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cow_policy: Option<CowPolicy>,
+    /// The bdev the disk reads through to where it holds nothing of its own (an
+    /// external snapshot's clone, SPDK's `bdev_lvol_clone_bdev`): it is created as a
+    /// clone of that bdev (which must be defined before it), then resized to `size` —
+    /// 0 for the bdev's own size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_snapshot: Option<String>,
 }
 
 /// A snapshot to take at start if it does not exist yet.
@@ -564,6 +570,13 @@ impl Config {
                 return Err(invalid(format!(
                     "disks[{i}].pool: `{}` is not a pool of this config",
                     d.pool
+                )));
+            }
+            if d.external_snapshot.is_some() && !d.thin {
+                return Err(invalid(format!(
+                    "disks[{i}].thin: `{}` is a clone of an external snapshot, which is \
+                     thin-provisioned",
+                    d.name
                 )));
             }
         }

@@ -627,6 +627,76 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            // Every block `e1` reads of the golden image is copied in; then it lets the
+            // image go (its record commits with the last copies or after them).
+            "split (inflate) an external snapshot's clone",
+            with_esnap,
+            |_| {
+                vec![
+                    vec![Op::Split {
+                        disk: "e1".into(),
+                        decouple: false,
+                    }],
+                    vec![Op::WaitJob { disk: "e1".into() }],
+                    // Commits the copies and the record that lets the image go.
+                    vec![flush("e1")],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            // A clone of `s9` (which reads the golden image below): what it shares with
+            // `s9` and what neither holds are both copied in.
+            "split a clone of an external snapshot's clone's snapshot",
+            with_esnap_and_snapshot,
+            |b| {
+                vec![
+                    vec![
+                        Op::Split {
+                            disk: "e1".into(),
+                            decouple: false,
+                        },
+                        b.write("e1", 2 * SEG + 60, 4, false),
+                    ],
+                    vec![Op::WaitJob { disk: "e1".into() }],
+                    // Commits the copies and the record that lets the image go.
+                    vec![flush("e1")],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            // What `e1` wrote past the new end (in its last segment too) is dropped.
+            "shrink an external snapshot's clone inside a segment it wrote",
+            with_esnap,
+            |_| {
+                vec![vec![Op::Resize {
+                    disk: "e1".into(),
+                    blocks: SEG + 40,
+                }]]
+            },
+            Redirect,
+        ),
+        s(
+            // Grown again, it reads the golden image where it dropped its own blocks.
+            "grow a shrunk external snapshot's clone",
+            |b| {
+                let mut w = with_esnap(b);
+                w.push(vec![Op::Resize {
+                    disk: "e1".into(),
+                    blocks: SEG + 40,
+                }]);
+                w
+            },
+            |_| {
+                vec![vec![Op::Resize {
+                    disk: "e1".into(),
+                    blocks: 3 * SEG,
+                }]]
+            },
+            Redirect,
+        ),
+        s(
             "decouple a clone",
             with_snapshot,
             |_| {

@@ -756,10 +756,11 @@ impl Sim {
                 Op::SetReadOnly { disk, ro }
             }
             18..=19 => {
-                // Mostly disks with a parent to split from.
+                // Mostly disks with a parent to split from (a snapshot, or the golden
+                // image: a split copies it in).
                 let children: Vec<String> = writable
                     .iter()
-                    .filter(|d| self.model[*d].parent.is_some())
+                    .filter(|d| self.model[*d].parent.is_some() || self.model[*d].external)
                     .cloned()
                     .collect();
                 let disk = if children.is_empty() || self.rng.u8(0..5) == 0 {

@@ -116,10 +116,12 @@ impl Controller {
 
     /// Creates `name`, a thin clone of the external bdev `ext` (SPDK's
     /// `bdev_lvol_clone_bdev`): its size is the bdev's, and it reads through to it.
+    /// `uuid` is kept when given (restoring a saved configuration).
     pub(crate) async fn clone_external(
         &self,
         ext: Arc<dyn Bdev>,
         name: &str,
+        uuid: Option<uuid::Uuid>,
     ) -> Result<Arc<VDisk>, VdiskError> {
         let geo = self.shared.geo;
         if let Some(why) = unfit_external(&ext, geo.block_size, geo.segment_bytes()) {
@@ -150,7 +152,7 @@ impl Controller {
         };
         self.externals.borrow_mut().insert(ext.uuid(), ext.clone());
         let d = self
-            .create_disk(name, size_bytes, true, None, Some(base))
+            .create_disk(name, size_bytes, true, uuid, Some(base))
             .await?;
         tracing::info!(pool = %self.shared.name, disk = name, external = ext.name(),
             size_bytes, "external snapshot clone created");

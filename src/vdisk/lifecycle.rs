@@ -301,9 +301,12 @@ impl Controller {
     /// A shrink refuses new I/O past the new end, drains the I/O in flight, makes the
     /// blocks past the new end in the last segment read as zeros (so that a later grow
     /// shows zeros there), and then, in one step that a commit captures whole, drops the
-    /// segments past the end and records the size. If the tail cannot be made to read
-    /// zeros (no space, an I/O error), the resize fails and the disk keeps its size and
-    /// its data.
+    /// segments past the end and records the size. Of a disk that reads through to an
+    /// external snapshot, what it held past the new end is dropped the same way, so a
+    /// later grow shows the external snapshot's blocks there again (zeros past its
+    /// end), as SPDK's shrink of an esnap clone (clusters released) and grow do. If
+    /// the tail cannot be made to read zeros (no space, an I/O error), the resize fails
+    /// and the disk keeps its size and its data.
     pub(crate) async fn resize_disk(&self, name: &str, size_bytes: u64) -> Result<(), VdiskError> {
         self.check_usable()?;
         let id = self.id_of(name)?;
@@ -317,21 +320,6 @@ impl Controller {
                 .disks
                 .get(&id)
                 .ok_or_else(|| VdiskError::NotFound(name.into()))?;
-            if let Some(x) = &d.rec.external
-                && new_blocks < d.rec.size_blocks
-            {
-                // Growing is as SPDK's: what the disk never wrote there reads the
-                // external bdev (zeros past its end). A shrink would have to make its
-                // tail read zeros over the external bdev (it clears granules, which then
-                // read the external bdev again): not done yet (README).
-                return Err(VdiskError::InvalidParam {
-                    field: "size",
-                    reason: format!(
-                        "`{name}` reads through to the external snapshot `{}` ({}); shrinking such an lvol is not supported yet",
-                        x.name, x.uuid
-                    ),
-                });
-            }
             (d.rec.size_blocks, d.bdev.clone(), d.rec.read_only)
         };
         if ro {

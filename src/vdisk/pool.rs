@@ -250,8 +250,20 @@ impl Pool {
         ext: Arc<dyn Bdev>,
         name: &str,
     ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
+        self.clone_bdev_with_uuid(ext, name, None)
+    }
+
+    /// [`Pool::clone_bdev`] keeping `uuid` when given (restoring a saved configuration).
+    pub fn clone_bdev_with_uuid(
+        &self,
+        ext: Arc<dyn Bdev>,
+        name: &str,
+        uuid: Option<Uuid>,
+    ) -> impl Future<Output = Result<Arc<VDisk>, VdiskError>> + Send + 'static {
         let name = name.to_string();
-        self.on_ctl(move |c| async move { durable(&c, c.clone_external(ext, &name).await).await })
+        self.on_ctl(
+            move |c| async move { durable(&c, c.clone_external(ext, &name, uuid).await).await },
+        )
     }
 
     /// Makes `name` read through to the bdev `ext` where it holds nothing of its own

@@ -13,8 +13,9 @@
 
 use super::VdiskError;
 use super::controller::Controller;
-use super::map::{Extent, ExtentState, Layer, PhysSeg, Source};
+use super::map::{Extent, ExtentState, Layer, Layers, PhysSeg, Source};
 use super::meta::directory::{DiskKind, JobRecord};
+use super::msg::Below;
 use crate::bdev::IoStatus;
 use crate::reactor;
 use std::cell::Cell;
@@ -50,6 +51,10 @@ impl Controller {
                 .disks
                 .get(&id)
                 .ok_or_else(|| VdiskError::NotFound(name.into()))?;
+            // As SPDK's `spdk_bs_blob_decouple_parent`: an lvol whose parent is the
+            // external snapshot itself is inflated (everything it reads of the external
+            // bdev copied in), as there is no parent in the lvstore to point it at.
+            let decouple = decouple && !(d.rec.parent == 0 && d.rec.external.is_some());
             if d.rec.parent == 0 && (decouple || d.rec.external.is_none()) {
                 return Err(VdiskError::InvalidParam {
                     field: "lvol_name",
@@ -59,13 +64,15 @@ impl Controller {
                     ),
                 });
             }
-            if !decouple && let Some(x) = &d.rec.external {
-                // Inflating must also copy in everything of the external snapshot, so
-                // that nothing reads through to it any more: not done yet (README).
+            if !decouple
+                && let Some(x) = &d.rec.external
+                && !self.externals.borrow().contains_key(&x.uuid)
+            {
+                // Inflating copies the external snapshot's blocks in: it must be there.
                 return Err(VdiskError::InvalidParam {
                     field: "lvol_name",
                     reason: format!(
-                        "`{name}` reads through to the external snapshot `{}` ({}); inflating such an lvol is not supported yet",
+                        "`{name}` reads through to the external snapshot `{}` ({}), which is missing (the lvol is degraded); create that bdev first",
                         x.name, x.uuid
                     ),
                 });
@@ -180,8 +187,74 @@ impl Controller {
         Some(keep)
     }
 
+    /// For a split of a disk that reads through to an external snapshot: what it reads
+    /// below its layers and how many of its segments (from 0) have blocks there — the
+    /// external bdev's length, or the disk's if shorter. `None` for any other job.
+    fn job_external(&self, disk: u64) -> Option<(Below, u64)> {
+        let st = self.st.borrow();
+        let d = st.disks.get(&disk)?;
+        if !matches!(d.rec.job, JobRecord::Split { .. }) || d.rec.external.is_none() {
+            return None;
+        }
+        let below = self.below_of(&d.rec);
+        let geo = self.shared.geo;
+        let disk_segs = d.rec.size_blocks.div_ceil(geo.segment_blocks);
+        let ext_segs = match &below {
+            Below::External(b) => (b.num_blocks() * b.block_size() as u64) / geo.segment_bytes(),
+            // Waited for before any scan ([`Controller::run_job`]).
+            _ => 0,
+        };
+        Some((below, ext_segs.min(disk_segs)))
+    }
+
+    /// Waits while the external snapshot a split copies from is missing (after a
+    /// restart the job resumes before the target hands the pool its bdevs). False if
+    /// the job is to stop instead (cancelled, the pool closing).
+    async fn job_wait_external(&self, disk: u64, cancel: &Cell<bool>) -> bool {
+        let mut told = false;
+        while let Some((Below::Missing(u), _)) = self.job_external(disk) {
+            if self.stopping.get() || self.crashed.get() || self.st.borrow().closed {
+                return false;
+            }
+            if cancel.get() {
+                // The job's loop records the cancel.
+                return true;
+            }
+            if !told {
+                told = true;
+                tracing::warn!(pool = %self.shared.name, disk, external = %u,
+                    "split waits for its external snapshot to appear");
+            }
+            reactor::sleep(JOB_PACE_SLICE).await;
+        }
+        true
+    }
+
+    /// The first segment of a disk being split from its external snapshot that still
+    /// reads some of it (no extent, or a granule no layer holds), if any.
+    fn job_external_left(&self, disk: u64) -> Option<u64> {
+        let (_, segs) = self.job_external(disk)?;
+        let root = self.st.borrow().disks.get(&disk)?.root.clone();
+        let Some(root) = root else {
+            return (segs > 0).then_some(0);
+        };
+        (0..segs).find(|&v| root.lookup(v).is_none_or(|e| self.has_hole(&e.at(v))))
+    }
+
+    /// True if some granule of `one` is held by none of its layers (it reads what lies
+    /// below the disk's layers).
+    fn has_hole(&self, one: &Extent) -> bool {
+        if one.state == ExtentState::Error || one.layers.iter().any(|l| !l.is_partial()) {
+            return false;
+        }
+        let fills = &self.shared.fills;
+        (0..self.shared.geo.granules).any(|g| !one.layers.iter().any(|l| l.holds(fills, g)))
+    }
+
     /// Up to `max` virtual segments at or after `from` with work to do (in order), and —
-    /// with `count` — how many there are in all.
+    /// with `count` — how many there are in all. Splitting a disk that reads through to
+    /// an external snapshot, a segment of the external bdev's range has work too where
+    /// no layer holds a granule (no extent at all, or holes in partial layers).
     fn job_scan(&self, disk: u64, from: u64, max: usize, count: bool) -> (Vec<u64>, u64) {
         let (root, snap_gen) = {
             let st = self.st.borrow();
@@ -190,27 +263,49 @@ impl Controller {
             };
             (d.root.clone(), d.rec.snap_gen)
         };
-        let Some(root) = root else {
-            return (Vec::new(), 0);
-        };
+        let ext_segs = self.job_external(disk).map_or(0, |(_, n)| n);
         let mut found = Vec::new();
         let mut total = 0;
-        root.visit_from(from, &mut |e| {
-            for v in e.vseg.max(from)..e.end() {
-                let one = e.at(v);
-                let keep = self.job_keep(disk, v).unwrap_or_default();
-                if Self::job_prefix(&one, one.birth.get() > snap_gen, &keep) > 0 {
-                    if found.len() < max {
-                        found.push(v);
-                    }
-                    total += 1;
-                    if !count && found.len() >= max {
+        // Takes `v`; false once the scan may stop.
+        let mut take = |v: u64| {
+            if found.len() < max {
+                found.push(v);
+            }
+            total += 1;
+            count || found.len() < max
+        };
+        let mut next = from;
+        let mut stopped = false;
+        if let Some(root) = root {
+            root.visit_from(from, &mut |e| {
+                // The segments no extent covers before this one.
+                for v in next..e.vseg.min(ext_segs) {
+                    if !take(v) {
+                        stopped = true;
                         return false;
                     }
                 }
+                for v in e.vseg.max(from)..e.end() {
+                    let one = e.at(v);
+                    let keep = self.job_keep(disk, v).unwrap_or_default();
+                    let work = Self::job_prefix(&one, one.birth.get() > snap_gen, &keep) > 0
+                        || (v < ext_segs && self.has_hole(&one));
+                    if work && !take(v) {
+                        stopped = true;
+                        return false;
+                    }
+                }
+                next = next.max(e.end());
+                true
+            });
+        }
+        if !stopped {
+            for v in next..ext_segs {
+                if !take(v) {
+                    break;
+                }
             }
-            true
-        });
+        }
         (found, total)
     }
 
@@ -224,6 +319,9 @@ impl Controller {
             Some(JobRecord::Split { cursor } | JobRecord::Decouple { cursor }) => cursor,
             _ => return Ok(()),
         };
+        if !self.job_wait_external(disk, cancel).await {
+            return Ok(());
+        }
         let (_, total) = self.job_scan(disk, start_cursor, 0, true);
         progress.set((0, total));
         let bdev = match self.st.borrow().disks.get(&disk) {
@@ -235,6 +333,7 @@ impl Controller {
         let mut last_ios = bdev.io_count();
         let mut last_t = reactor::now();
         let mut busy = false;
+        let mut finish_lock = None;
         loop {
             if self.crashed.get() {
                 return Ok(());
@@ -256,7 +355,22 @@ impl Controller {
                 if busy { BUSY_BATCH } else { JOB_BATCH },
                 false,
             );
-            let Some(&last) = batch.last() else { break };
+            let Some(&last) = batch.last() else {
+                if self.job_external(disk).is_some() {
+                    // Nothing may read through to the external snapshot once it is let
+                    // go: look again with the disk locked (no fault, resize or
+                    // snapshot under way), from its start (a write raced a copy, a
+                    // shrink and a grow left new holes behind the cursor).
+                    let lock = self.locks.disk(disk).await;
+                    if let Some(v) = self.job_external_left(disk) {
+                        drop(lock);
+                        cursor = v;
+                        continue;
+                    }
+                    finish_lock = Some(lock);
+                }
+                break;
+            };
             let st = self.job_batch(disk, &batch).await;
             if self.crashed.get() {
                 return Ok(());
@@ -310,26 +424,44 @@ impl Controller {
             }
         }
         // Everything is the disk's own now: forget the parent (or skip it).
-        let _lock = self.locks.disk(disk).await;
-        let mut st = self.st.borrow_mut();
-        let grandparent = {
-            let d = st.disks.get(&disk);
-            let p = d.map_or(0, |d| d.rec.parent);
-            st.disks.get(&p).map_or(0, |p| p.rec.parent)
+        let _lock = match finish_lock {
+            Some(l) => l,
+            None => self.locks.disk(disk).await,
         };
-        let Some(d) = st.disks.get_mut(&disk) else {
-            return Ok(());
+        let (name, decouple, external) = {
+            let mut st = self.st.borrow_mut();
+            let grandparent = {
+                let d = st.disks.get(&disk);
+                let p = d.map_or(0, |d| d.rec.parent);
+                st.disks.get(&p).map_or(0, |p| p.rec.parent)
+            };
+            let Some(d) = st.disks.get_mut(&disk) else {
+                return Ok(());
+            };
+            let decouple = matches!(d.rec.job, JobRecord::Decouple { .. });
+            d.rec.parent = if decouple { grandparent } else { 0 };
+            // A split copied in everything the external snapshot showed: it reads zeros
+            // below its layers from now on, as SPDK's inflated esnap clone does.
+            let external = if decouple {
+                None
+            } else {
+                d.rec.external.take()
+            };
+            if !decouple {
+                d.rec.kind = DiskKind::Disk;
+                d.bdev.set_kind(DiskKind::Disk);
+            }
+            d.rec.job = JobRecord::None;
+            let name = d.rec.name.clone();
+            st.changed();
+            (name, decouple, external)
         };
-        let decouple = matches!(d.rec.job, JobRecord::Decouple { .. });
-        d.rec.parent = if decouple { grandparent } else { 0 };
-        if !decouple {
-            d.rec.kind = DiskKind::Disk;
-            d.bdev.set_kind(DiskKind::Disk);
+        if let Some(x) = external {
+            // Reads of the external bdev in flight drain before the job ends.
+            let _ = self.push_view(disk, true).await;
+            tracing::info!(pool = %self.shared.name, disk = %name, external = %x.name,
+                uuid = %x.uuid, "external snapshot let go: everything it showed was copied in");
         }
-        d.rec.job = JobRecord::None;
-        let name = d.rec.name.clone();
-        st.changed();
-        drop(st);
         tracing::info!(pool = %self.shared.name, disk = %name, segments = done,
             "{} finished", if decouple { "decouple" } else { "split" });
         Ok(())
@@ -349,18 +481,21 @@ impl Controller {
             };
             for &v in vsegs {
                 let Some(e) = d.root.as_ref().and_then(|r| r.lookup(v)) else {
+                    // No extent: what it reads is the external snapshot's (a split
+                    // of a disk that reads through to one), copied as a shared one is.
+                    copies.push(v);
                     continue;
                 };
-                let one = e.at(v);
                 let writable = e.birth.get() > d.rec.snap_gen;
                 if writable {
                     own.push(v);
                 } else {
-                    copies.push(one);
+                    copies.push(v);
                 }
             }
         }
         drop(locks);
+        let ext = self.job_external(disk);
         let mut status = IoStatus::Success;
         for v in own {
             status = status.worst(self.job_segment(disk, v).await);
@@ -368,28 +503,43 @@ impl Controller {
         if copies.is_empty() || !status.is_success() {
             return status;
         }
-        let vs: Vec<u64> = copies.iter().map(|e| e.vseg).collect();
-        let locks = self.locks.segments(disk, &vs).await;
+        let locks = self.locks.segments(disk, &copies).await;
         let mut tasks = Vec::new();
-        for one in copies {
+        for v in copies {
             // Re-check: a fault may have changed it while we were not holding the lock.
-            let current = {
+            let (current, unmapped) = {
                 let st = self.st.borrow();
-                st.disks.get(&disk).and_then(|d| {
-                    d.root
-                        .as_ref()
-                        .and_then(|r| r.lookup(one.vseg))
-                        .filter(|e| e.birth.get() <= d.rec.snap_gen)
-                        .map(|e| e.at(one.vseg))
-                })
+                match st.disks.get(&disk) {
+                    None => (None, false),
+                    Some(d) => match d.root.as_ref().and_then(|r| r.lookup(v)) {
+                        Some(e) if e.birth.get() <= d.rec.snap_gen => (Some(e.at(v)), false),
+                        Some(_) => (None, false),
+                        None => (None, true),
+                    },
+                }
             };
-            let Some(one) = current else { continue };
-            if one.state == ExtentState::Error {
-                return IoStatus::MediaError;
-            }
-            let keep = self.job_keep(disk, one.vseg).unwrap_or_default();
-            let prefix = Self::job_prefix(&one, false, &keep);
-            if prefix == 0 {
+            // What the external snapshot shows here, if the split copies it in.
+            let below = ext
+                .as_ref()
+                .filter(|(_, segs)| v < *segs)
+                .map(|(b, _)| b.clone());
+            let (one, prefix) = match current {
+                Some(one) => {
+                    if one.state == ExtentState::Error {
+                        return IoStatus::MediaError;
+                    }
+                    let keep = self.job_keep(disk, v).unwrap_or_default();
+                    let mut prefix = Self::job_prefix(&one, false, &keep);
+                    if prefix == 0 && below.is_some() && self.has_hole(&one) {
+                        prefix = one.layers.len();
+                    }
+                    (one, prefix)
+                }
+                // Nothing holds it: all of it is the external snapshot's.
+                None if unmapped && below.is_some() => (unmapped_extent(v), 0),
+                None => continue,
+            };
+            if prefix == 0 && below.is_none() {
                 continue;
             }
             let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
@@ -403,7 +553,13 @@ impl Controller {
                     layers: one.layers[..prefix].iter().copied().collect(),
                     ..one.clone()
                 };
-                let r = me.copy_resolved(&copy_from, seg).await;
+                let mut r = me.copy_resolved(&copy_from, seg).await;
+                if let (Ok(bytes), Some(below)) = (r, &below) {
+                    r = me
+                        .fill_from_below(below, &copy_from, seg)
+                        .await
+                        .map(|more| bytes + more);
+                }
                 (one, prefix, seg, r)
             }));
         }
@@ -446,7 +602,15 @@ impl Controller {
             return IoStatus::MediaError;
         }
         let keep = self.job_keep(disk, vseg).unwrap_or_default();
-        let prefix = Self::job_prefix(&one, writable, &keep);
+        let mut prefix = Self::job_prefix(&one, writable, &keep);
+        // Splitting from an external snapshot: what no layer holds is copied in too.
+        let ext_below = self
+            .job_external(disk)
+            .filter(|(_, segs)| vseg < *segs)
+            .map(|(b, _)| b);
+        if prefix == 0 && ext_below.is_some() && self.has_hole(&one) {
+            prefix = one.layers.len();
+        }
         if prefix == 0 {
             return IoStatus::Success;
         }
@@ -503,6 +667,13 @@ impl Controller {
                     g = h;
                 }
             }
+            // Then what none of the layers holds, from the external snapshot.
+            if let (true, Some(ext)) = (status.is_success(), &ext_below) {
+                match self.fill_from_below(ext, &copy_from, top.seg()).await {
+                    Ok(bytes) => copied += bytes,
+                    Err(e) => status = e,
+                }
+            }
             if status.is_success() {
                 let full = suffix.is_empty() && fill.is_full(geo.granules);
                 let mut layers: smallvec::SmallVec<[Layer; 2]> =
@@ -534,7 +705,14 @@ impl Controller {
             return IoStatus::CapacityExceeded;
         };
         self.shared.fills.fresh(seg);
-        let copied = match self.copy_resolved(&copy_from, seg).await {
+        let mut r = self.copy_resolved(&copy_from, seg).await;
+        if let (Ok(bytes), Some(ext)) = (r, &ext_below) {
+            r = self
+                .fill_from_below(ext, &copy_from, seg)
+                .await
+                .map(|more| bytes + more);
+        }
+        let copied = match r {
             Ok(bytes) => bytes,
             Err(e) => {
                 self.st.borrow_mut().space.unalloc_segment(seg);
@@ -550,6 +728,50 @@ impl Controller {
         drop(lock);
         self.job_copied(copied);
         IoStatus::Success
+    }
+
+    /// Copies into segment `dst` the blocks of `src`'s virtual segment that no layer of
+    /// `src` holds, from what lies below the disk (`below`: an external snapshot; zeros
+    /// past its end), and adds their granules to `dst`'s fill. Returns the bytes
+    /// copied. The caller holds the segment's lock (and fences its writes when `dst` is
+    /// the disk's writable top layer).
+    async fn fill_from_below(
+        &self,
+        below: &Below,
+        src: &Extent,
+        dst: u64,
+    ) -> Result<u64, IoStatus> {
+        let geo = self.shared.geo;
+        let bs = geo.block_size as u64;
+        let fill = self.shared.fills.get(dst);
+        // Whole granules, a few hundred KiB at a time.
+        let step =
+            ((256 << 10) / bs).max(geo.granule_blocks) / geo.granule_blocks * geo.granule_blocks;
+        let runs = geo.resolve_runs(
+            &self.shared.fills,
+            Some(src),
+            src.vseg,
+            0,
+            geo.segment_blocks,
+        );
+        let mut copied = 0;
+        for (b, n, source) in runs {
+            if source != Source::Zero {
+                continue;
+            }
+            let mut at = b;
+            while at < b + n {
+                let k = step.min(b + n - at);
+                let data = self
+                    .read_below(below, src.vseg * geo.segment_blocks + at, k)
+                    .await?;
+                self.write_segment(dst, at, data).await?;
+                fill.set_range(at / geo.granule_blocks, k.div_ceil(geo.granule_blocks));
+                copied += k * bs;
+                at += k;
+            }
+        }
+        Ok(copied)
     }
 
     /// Puts segment `seg`, just filled (its fill) from the first `prefix` layers of `one`,
@@ -585,5 +807,17 @@ impl Controller {
             }],
         )
         .map_err(no_space)
+    }
+}
+
+/// Virtual segment `vseg` where no extent is (nothing of the disk's own holds it): an
+/// extent of no layers, for a split to copy what lies below into a new segment.
+fn unmapped_extent(vseg: u64) -> Extent {
+    Extent {
+        vseg,
+        len: 1,
+        state: ExtentState::Mapped,
+        birth: 0.into(),
+        layers: Layers::new(),
     }
 }

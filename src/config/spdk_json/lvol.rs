@@ -116,7 +116,34 @@ impl CreateLvolParams {
             uuid: None,
             read_only: false,
             cow_policy: None,
+            external_snapshot: None,
         })
+    }
+}
+
+/// `bdev_lvol_clone_bdev`: a clone of a bdev outside the lvstore (an external
+/// snapshot), of that bdev's size.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneBdevParams {
+    pub bdev: String,
+    pub lvs_name: String,
+    pub clone_name: String,
+}
+
+impl CloneBdevParams {
+    /// The disk to create: the bdev's size until a `bdev_lvol_resize` says otherwise.
+    pub fn to_config(&self) -> DiskConfig {
+        DiskConfig {
+            name: self.clone_name.clone(),
+            pool: self.lvs_name.clone(),
+            size: Size(0),
+            thin: true,
+            uuid: None,
+            read_only: false,
+            cow_policy: None,
+            external_snapshot: Some(self.bdev.clone()),
+        }
     }
 }
 

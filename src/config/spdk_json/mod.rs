@@ -229,11 +229,27 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
         });
     }
     for d in &cfg.disks {
-        let mut p = json!({"lvs_name": d.pool, "lvol_name": d.name, "thin_provision": d.thin});
+        let mut size = json!({});
         if d.size.0.is_multiple_of(1 << 20) {
-            p["size_in_mib"] = json!(d.size.0 >> 20);
+            size["size_in_mib"] = json!(d.size.0 >> 20);
         } else {
-            p["size"] = json!(d.size.0);
+            size["size"] = json!(d.size.0);
+        }
+        if let Some(x) = &d.external_snapshot {
+            // SPDK's call makes it of the bdev's size; a resize gives it its own.
+            out.push(call(
+                "bdev_lvol_clone_bdev",
+                json!({"bdev": x, "lvs_name": d.pool, "clone_name": d.name}),
+            ));
+            if d.size.0 > 0 {
+                size["name"] = json!(format!("{}/{}", d.pool, d.name));
+                out.push(call("bdev_lvol_resize", size));
+            }
+            continue;
+        }
+        let mut p = json!({"lvs_name": d.pool, "lvol_name": d.name, "thin_provision": d.thin});
+        for (k, v) in size.as_object().into_iter().flatten() {
+            p[k] = v.clone();
         }
         out.push(call("bdev_lvol_create", p));
     }
@@ -769,6 +785,10 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
             };
             cfg.disks
                 .push(q.to_config(&pool).map_err(|e| e.to_string())?);
+        }
+        "bdev_lvol_clone_bdev" => {
+            let q: lvol::CloneBdevParams = decode(p)?;
+            cfg.disks.push(q.to_config());
         }
         "bdev_lvol_snapshot" => {
             let q: lvol::SnapshotParams = decode(p)?;

@@ -331,7 +331,10 @@ pub async fn bdev_lvol_set_parent(ctx: Rc<Ctx>, p: SetParentParams) -> RpcResult
 /// answer.
 async fn split_and_wait(ctx: &Ctx, name: &str, decouple: bool) -> RpcResult {
     let (pool, disk) = ctx.resolve_lvol(name).await?;
-    let parent_before = info(&pool, &disk).await?.parent;
+    // What it reads through to: a parent in the lvstore, or an external snapshot (a
+    // split, or as SPDK a decouple, of an esnap clone copies that in and lets it go).
+    let lineage = |d: &DiskInfo| (d.parent.clone(), d.external.as_ref().map(|x| x.uuid));
+    let before = lineage(&info(&pool, &disk).await?);
     if decouple {
         pool.decouple(&disk).await?;
     } else {
@@ -340,7 +343,9 @@ async fn split_and_wait(ctx: &Ctx, name: &str, decouple: bool) -> RpcResult {
     loop {
         let d = info(&pool, &disk).await?;
         if d.job.is_none() {
-            return if d.parent != parent_before {
+            return if lineage(&d) != before {
+                // The external bdev is no longer claimed once nothing reads it.
+                ctx.target.sync_esnap_claims().await;
                 Ok(Value::Bool(true))
             } else {
                 Err(RpcError::errno(
@@ -636,6 +641,8 @@ pub async fn tessera_split_progress(ctx: Rc<Ctx>, p: SplitProgressParams) -> Rpc
             }
         }
     }
+    // A split that ended in the background may have let an external snapshot go.
+    ctx.target.sync_esnap_claims().await;
     Ok(Value::Array(out))
 }
 
