@@ -342,6 +342,23 @@ pub(crate) fn ns_changed(admin_qpair_id: u64, nsid: u32) {
 }
 
 /// On the admin queue pair's core: an I/O queue's command failed.
+/// What an authentication step of queue `qid` of the controller `shared` needs from
+/// the target: its keyring and the digests and DH groups it allows now.
+fn auth_ctx<'a>(
+    target: &'a TargetShared,
+    shared: &'a super::subsystem::CtrlrShared,
+    qid: u16,
+) -> AuthCtx<'a> {
+    AuthCtx {
+        subsystem: &shared.subsystem,
+        hostnqn: &shared.hostnqn,
+        qid,
+        keyring: &target.keyring,
+        digests: target.dhchap_digests.load(Ordering::Acquire),
+        dhgroups: target.dhchap_dhgroups.load(Ordering::Acquire),
+    }
+}
+
 fn log_io_error(admin_qpair_id: u64, sqid: u16, cid: u16, status: Status, nsid: u32, lba: u64) {
     if let Some(q) = lookup(admin_qpair_id)
         && let Some(Role::Admin(c)) = &mut q.inner.borrow_mut().role
@@ -1026,14 +1043,7 @@ impl QpInner {
             }
             self.auth_rearm();
         }
-        let ctx = AuthCtx {
-            subsystem: &shared.subsystem,
-            hostnqn: &shared.hostnqn,
-            qid: self.qid,
-            keyring: &self.target.keyring,
-            digests: self.target.dhchap_digests.load(Ordering::Acquire),
-            dhgroups: self.target.dhchap_dhgroups.load(Ordering::Acquire),
-        };
+        let ctx = auth_ctx(&self.target, &shared, self.qid);
         let Some(auth) = self.auth.as_mut() else {
             return self.complete(slot);
         };
@@ -1131,14 +1141,7 @@ impl QpInner {
             Some(Role::Io(io)) => io.shared.clone(),
             None => return self.complete(slot),
         };
-        let ctx = AuthCtx {
-            subsystem: &shared.subsystem,
-            hostnqn: &shared.hostnqn,
-            qid: self.qid,
-            keyring: &self.target.keyring,
-            digests: self.target.dhchap_digests.load(Ordering::Acquire),
-            dhgroups: self.target.dhchap_dhgroups.load(Ordering::Acquire),
-        };
+        let ctx = auth_ctx(&self.target, &shared, self.qid);
         let Some(auth) = self.auth.as_mut() else {
             return self.complete(slot);
         };
