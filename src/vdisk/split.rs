@@ -553,13 +553,7 @@ impl Controller {
                     layers: one.layers[..prefix].iter().copied().collect(),
                     ..one.clone()
                 };
-                let mut r = me.copy_resolved(&copy_from, seg).await;
-                if let (Ok(bytes), Some(below)) = (r, &below) {
-                    r = me
-                        .fill_from_below(below, &copy_from, seg)
-                        .await
-                        .map(|more| bytes + more);
-                }
+                let r = me.copy_in(&copy_from, below.as_ref(), seg).await;
                 (one, prefix, seg, r)
             }));
         }
@@ -705,14 +699,7 @@ impl Controller {
             return IoStatus::CapacityExceeded;
         };
         self.shared.fills.fresh(seg);
-        let mut r = self.copy_resolved(&copy_from, seg).await;
-        if let (Ok(bytes), Some(ext)) = (r, &ext_below) {
-            r = self
-                .fill_from_below(ext, &copy_from, seg)
-                .await
-                .map(|more| bytes + more);
-        }
-        let copied = match r {
+        let copied = match self.copy_in(&copy_from, ext_below.as_ref(), seg).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 self.st.borrow_mut().space.unalloc_segment(seg);
@@ -728,6 +715,22 @@ impl Controller {
         drop(lock);
         self.job_copied(copied);
         IoStatus::Success
+    }
+
+    /// Copies into segment `dst` what `src`'s layers hold ([`Controller::copy_resolved`]),
+    /// then, with `below`, what lies below the disk where they hold nothing
+    /// ([`Controller::fill_from_below`]). Returns the bytes copied.
+    async fn copy_in(
+        &self,
+        src: &Extent,
+        below: Option<&Below>,
+        dst: u64,
+    ) -> Result<u64, IoStatus> {
+        let bytes = self.copy_resolved(src, dst).await?;
+        match below {
+            Some(b) => Ok(bytes + self.fill_from_below(b, src, dst).await?),
+            None => Ok(bytes),
+        }
     }
 
     /// Copies into segment `dst` the blocks of `src`'s virtual segment that no layer of

@@ -59,28 +59,26 @@ pub(crate) fn lookup(
     };
     let name = if id.subnqn == crate::nvme::spec::DISCOVERY_NQN {
         // Discovery: the host's key of a subsystem that listens here securely.
-        let mut candidates = target
+        let all: Vec<String> = target
             .subsystems()
             .into_iter()
             .filter(|s| listens_here(s))
             .filter_map(|s| psk_of(&s))
-            .peekable();
-        if candidates.peek().is_none() {
+            .collect();
+        let Some(first) = all.first() else {
             return Err(format!(
                 "host `{}` has no PSK for a subsystem with a secure-channel listener at {local} (discovery)",
                 id.hostnqn
             ));
-        }
+        };
         let suite_of = |name: &String| {
             let secret = target.keyring.read(name).ok()?;
             Some(ConfiguredPsk::parse(secret.expose()).ok()?.suite())
         };
-        let all: Vec<String> = candidates.collect();
         all.iter()
             .find(|n| suite_of(n) == Some(id.suite))
-            .or(all.first())
-            .cloned()
-            .expect("not empty")
+            .unwrap_or(first)
+            .clone()
     } else {
         let sub = target
             .subsystem(&id.subnqn)

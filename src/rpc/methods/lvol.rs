@@ -22,8 +22,8 @@
 use super::{Ctx, RpcResult};
 use crate::config::PoolConfig;
 use crate::config::spdk_json::lvol::{
-    CloneParams, CowPolicyParams, CreateLvolParams, CreateLvstoreParams, LvolNameParams,
-    ReadOnlyParams, ResizeParams, SnapshotParams, size_bytes,
+    CloneBdevParams, CloneParams, CowPolicyParams, CreateLvolParams, CreateLvstoreParams,
+    LvolNameParams, ReadOnlyParams, ResizeParams, SnapshotParams, size_bytes,
 };
 use crate::rpc::error::RpcError;
 use crate::vdisk::meta::directory::DiskKind;
@@ -210,15 +210,6 @@ pub async fn bdev_lvol_clone(ctx: Rc<Ctx>, p: CloneParams) -> RpcResult {
         .clone_disk(&p.snapshot_name, &p.clone_name)
         .await?;
     Ok(Value::String(bdev_name(c)))
-}
-
-/// `bdev_lvol_clone_bdev`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CloneBdevParams {
-    pub bdev: String,
-    pub lvs_name: String,
-    pub clone_name: String,
 }
 
 /// SPDK's answer to a refused lvol operation: -32602 with `strerror` of its errno

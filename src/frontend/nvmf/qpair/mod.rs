@@ -341,7 +341,6 @@ pub(crate) fn ns_changed(admin_qpair_id: u64, nsid: u32) {
     }
 }
 
-/// On the admin queue pair's core: an I/O queue's command failed.
 /// What an authentication step of queue `qid` of the controller `shared` needs from
 /// the target: its keyring and the digests and DH groups it allows now.
 fn auth_ctx<'a>(
@@ -359,6 +358,7 @@ fn auth_ctx<'a>(
     }
 }
 
+/// On the admin queue pair's core: an I/O queue's command failed.
 fn log_io_error(admin_qpair_id: u64, sqid: u16, cid: u16, status: Status, nsid: u32, lba: u64) {
     if let Some(q) = lookup(admin_qpair_id)
         && let Some(Role::Admin(c)) = &mut q.inner.borrow_mut().role
@@ -1009,12 +1009,19 @@ impl QpInner {
         self.complete(slot);
     }
 
+    /// The controller this queue pair belongs to, once connected.
+    fn ctrlr_shared(&self) -> Option<Arc<super::subsystem::CtrlrShared>> {
+        match &self.role {
+            Some(Role::Admin(a)) => Some(a.shared.clone()),
+            Some(Role::Io(io)) => Some(io.shared.clone()),
+            None => None,
+        }
+    }
+
     /// Runs AUTH_Send (`send`) or AUTH_Receive.
     fn auth_exec(&mut self, slot: usize, c: crate::nvme::auth::AuthCmd, send: bool) {
-        let shared = match &self.role {
-            Some(Role::Admin(a)) => a.shared.clone(),
-            Some(Role::Io(io)) => io.shared.clone(),
-            None => return self.complete(slot),
+        let Some(shared) = self.ctrlr_shared() else {
+            return self.complete(slot);
         };
         if self.auth_computing {
             // Hosts send one authentication command at a time.
@@ -1136,10 +1143,8 @@ impl QpInner {
         if self.slots.get(slot).map(|r| r.state) != Some(ReqState::Executing) {
             return;
         }
-        let shared = match &self.role {
-            Some(Role::Admin(a)) => a.shared.clone(),
-            Some(Role::Io(io)) => io.shared.clone(),
-            None => return self.complete(slot),
+        let Some(shared) = self.ctrlr_shared() else {
+            return self.complete(slot);
         };
         let ctx = auth_ctx(&self.target, &shared, self.qid);
         let Some(auth) = self.auth.as_mut() else {
