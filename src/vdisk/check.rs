@@ -99,11 +99,7 @@ pub async fn check(bdevs: Vec<Arc<dyn Bdev>>) -> CheckReport {
                     ));
                 }
                 let pages = read.pages;
-                let records: u64 = pages
-                    .iter()
-                    .flat_map(|p| (0..p.records.len() as u64).map(move |i| p.first_lsn + i))
-                    .filter(|&lsn| lsn >= area.replay_lsn)
-                    .count() as u64;
+                let records = pages.records_from(area.replay_lsn);
                 r.log_records = records;
                 if records > 0 {
                     r.notes.push(format!(

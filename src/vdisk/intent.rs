@@ -679,10 +679,66 @@ pub(crate) fn rewrite_leaves_holding(
     copied
 }
 
+/// The log's pages that follow each other from the replay start, in order, as read:
+/// their bytes and headers. Each decoded once when read (that is the check that it
+/// belongs to the log); the replay decodes them again one at a time as it applies them,
+/// so the records of a long log are never all decoded at once. They were ~200 bytes
+/// each, and a reopen replaying 386 K records held 83 MB of them, whose holes stayed
+/// in the heap among the tables built beside them.
+pub(crate) struct LogPages {
+    /// The pages' bytes, [`PAGE_BYTES`] each.
+    bytes: Vec<u8>,
+    /// Each page's place and header.
+    heads: Vec<(u64, log::LogHead)>,
+    /// The pool's segments, which bound the segments records name.
+    total_segments: u64,
+}
+
+impl LogPages {
+    /// Pages held.
+    pub fn len(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// True if no page follows the replay start.
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+
+    /// Records held at or after `lsn`.
+    pub fn records_from(&self, lsn: u64) -> u64 {
+        self.heads
+            .iter()
+            .map(|(_, h)| {
+                let end = h.first_lsn + h.count as u64;
+                end.saturating_sub(lsn.max(h.first_lsn))
+            })
+            .sum()
+    }
+
+    fn push(&mut self, place: u64, head: log::LogHead, b: &[u8]) {
+        self.bytes.extend_from_slice(b);
+        self.heads.push((place, head));
+    }
+
+    /// The `k`-th page, decoded.
+    fn decode(&self, k: usize) -> Result<log::LogPage, ReplayError> {
+        let (place, head) = self.heads[k];
+        let b = &self.bytes[k * PAGE_BYTES..(k + 1) * PAGE_BYTES];
+        log::decode_log_records(b, place, head, self.total_segments).map_err(|e| {
+            ReplayError::Damaged {
+                page: place,
+                seq: head.seq,
+                why: format!("it decoded when read, and not when replayed: {e}"),
+            }
+        })
+    }
+}
+
 /// What [`read_log`] found in the ring.
 pub(crate) struct LogRead {
     /// The pages that follow each other from the replay start, in order.
-    pub pages: Vec<log::LogPage>,
+    pub pages: LogPages,
     /// The sequence number of the first page past them: where appends go on.
     pub end_seq: u64,
     /// The LSN the next page must start at to continue them (the replay LSN if none).
@@ -724,7 +780,11 @@ pub(crate) async fn read_log(
 ) -> Result<LogRead, ReplayError> {
     const CHUNK: u64 = 64;
     let mut out = LogRead {
-        pages: Vec::new(),
+        pages: LogPages {
+            bytes: Vec::new(),
+            heads: Vec::new(),
+            total_segments,
+        },
         end_seq: area.replay_seq,
         end_lsn: area.replay_lsn,
         stale: Vec::new(),
@@ -794,6 +854,7 @@ pub(crate) async fn read_log(
                 };
                 match decoded {
                     Ok(p) => {
+                        let head = head.expect("a decoded page has a header");
                         let continues = match out.pages.is_empty() {
                             true => p.first_lsn <= area.replay_lsn,
                             false => p.first_lsn == out.end_lsn,
@@ -808,13 +869,13 @@ pub(crate) async fn read_log(
                                 ),
                             });
                         }
-                        next = Some(p);
+                        next = Some((p, place, head, b));
                         break;
                     }
                     Err(why) => refused.push((place, why)),
                 }
             }
-            let Some(p) = next else {
+            let Some((p, place, head, b)) = next else {
                 beyond.push([seen(0, heads[0]), seen(1, heads[1])]);
                 continue;
             };
@@ -822,7 +883,7 @@ pub(crate) async fn read_log(
             out.repaired.extend(refused);
             out.end_seq = p.seq + 1;
             out.end_lsn = p.first_lsn + p.records.len() as u64;
-            out.pages.push(p);
+            out.pages.push(place, head, b);
         }
         seq += n;
     }
@@ -870,7 +931,7 @@ pub(crate) async fn read_log(
 /// order (splices in batches: `PendingSplices`). A record that does not apply (a disk it
 /// names is missing) is an error: the log and the checkpoint disagree.
 pub(crate) fn replay(
-    pages: Vec<log::LogPage>,
+    pages: LogPages,
     area: &LogArea,
     mut s: ReplayState<'_>,
 ) -> Result<Replayed, ReplayError> {
@@ -881,7 +942,8 @@ pub(crate) fn replay(
         next_lsn: area.replay_lsn,
     };
     let mut splices = PendingSplices::default();
-    for (k, p) in pages.into_iter().enumerate() {
+    for k in 0..pages.len() {
+        let p = pages.decode(k)?;
         let page = area.first_page + (area.replay_seq + k as u64) % area.pages;
         out.pages += 1;
         for (i, r) in p.records.into_iter().enumerate() {
@@ -902,17 +964,104 @@ pub(crate) fn replay(
 /// The splices replayed since the last record that needs the tables as they stand (a
 /// new disk sharing a table, a deleted disk): per disk, the ranges they replaced and what
 /// they hold now, a later splice overriding what it overlaps. Applied in one pass per
-/// table (`table::splice_many`), so a leaf that many records change is rebuilt once, not
+/// table (`table::replace`), so a leaf that many records change is rebuilt once, not
 /// once a record.
+///
+/// Held as two flat vectors, not a map of ranges each with its own vector of extents: a
+/// long log's splices were ~386 K small allocations alive until the pass, and the leaves
+/// the pass built landed in the holes between them, which stayed in the heap once they
+/// were freed (16 MB resident after the open, on a 1.2 M-extent pool).
 #[derive(Default)]
 struct PendingSplices {
-    /// Disk → range start → (range end, extents).
-    disks: BTreeMap<u64, BTreeMap<u64, (u64, Vec<Extent>)>>,
+    /// In log order.
+    ranges: Vec<PendingRange>,
+    extents: Vec<Extent>,
+}
+
+/// A splice of [`PendingSplices`]: `[from, to)` of `disk` replaced by `n` extents from
+/// `at` in its `extents`.
+#[derive(Clone, Copy)]
+struct PendingRange {
+    disk: u64,
+    from: u64,
+    to: u64,
+    at: usize,
+    n: usize,
+    /// Its place in log order.
+    seq: usize,
 }
 
 impl PendingSplices {
-    fn add(&mut self, disk: u64, from: u64, to: u64, exts: Vec<Extent>) {
-        let ranges = self.disks.entry(disk).or_default();
+    fn add(&mut self, disk: u64, from: u64, to: u64, exts: impl IntoIterator<Item = Extent>) {
+        let at = self.extents.len();
+        self.extents.extend(exts);
+        let n = self.extents.len() - at;
+        self.ranges.push(PendingRange {
+            disk,
+            from,
+            to,
+            at,
+            n,
+            seq: self.ranges.len(),
+        });
+    }
+
+    fn apply(
+        &mut self,
+        disks: &mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
+        space: &mut super::alloc::Space,
+    ) {
+        self.take_edits(|disk, edits| {
+            let (_, root) = disks
+                .get_mut(&disk)
+                .expect("a splice names a disk it checked");
+            table::replace(root, edits, space);
+        });
+    }
+
+    /// Empties the splices into `f`, once per disk: the edits (sorted, disjoint) that
+    /// leave its table as the splices applied one at a time would.
+    fn take_edits(&mut self, mut f: impl FnMut(u64, &[table::Edit<'_>])) {
+        let mut ranges = std::mem::take(&mut self.ranges);
+        let extents = std::mem::take(&mut self.extents);
+        // By disk and start; a stable sort, so ranges with the same start stay in log
+        // order.
+        ranges.sort_by_key(|r| (r.disk, r.from));
+        for group in ranges.chunk_by(|a, b| a.disk == b.disk) {
+            let edit = |from, to, exts| table::Edit {
+                from,
+                to,
+                extents: std::borrow::Cow::Borrowed(exts),
+            };
+            if group.windows(2).all(|w| w[0].to <= w[1].from) {
+                let edits: Vec<table::Edit<'_>> = group
+                    .iter()
+                    .map(|r| edit(r.from, r.to, &extents[r.at..r.at + r.n]))
+                    .collect();
+                f(group[0].disk, &edits);
+            } else {
+                let resolved = later_overrides(group, &extents);
+                let edits: Vec<table::Edit<'_>> = resolved
+                    .iter()
+                    .map(|(&from, (to, exts))| edit(from, *to, exts))
+                    .collect();
+                f(group[0].disk, &edits);
+            }
+        }
+    }
+}
+
+/// The ranges of one disk's overlapping splices as they stand once each has overridden
+/// what it overlaps of those before it: range start → (range end, extents).
+fn later_overrides(
+    group: &[PendingRange],
+    extents: &[Extent],
+) -> BTreeMap<u64, (u64, Vec<Extent>)> {
+    let mut in_order: Vec<&PendingRange> = group.iter().collect();
+    in_order.sort_by_key(|r| r.seq);
+    let mut ranges: BTreeMap<u64, (u64, Vec<Extent>)> = BTreeMap::new();
+    for r in in_order {
+        let (from, to) = (r.from, r.to);
         // The ranges it overlaps, kept only outside [from, to); they are consecutive.
         let overlapping: Vec<u64> = ranges
             .range(..to)
@@ -929,29 +1078,9 @@ impl PendingSplices {
                 ranges.insert(to, (end, table::clip(&old, to, end)));
             }
         }
-        ranges.insert(from, (to, exts));
+        ranges.insert(from, (to, extents[r.at..r.at + r.n].to_vec()));
     }
-
-    fn apply(
-        &mut self,
-        disks: &mut BTreeMap<u64, (DiskRecord, Option<Arc<Node>>)>,
-        space: &mut super::alloc::Space,
-    ) {
-        for (disk, ranges) in std::mem::take(&mut self.disks) {
-            let (_, root) = disks
-                .get_mut(&disk)
-                .expect("a splice names a disk it checked");
-            let edits: Vec<table::Edit<'_>> = ranges
-                .iter()
-                .map(|(&from, (to, exts))| table::Edit {
-                    from,
-                    to: *to,
-                    extents: std::borrow::Cow::Borrowed(exts),
-                })
-                .collect();
-            table::replace(root, &edits, space);
-        }
-    }
+    ranges
 }
 
 fn apply(
@@ -1116,16 +1245,23 @@ mod tests {
                 expand(&exts, &mut model);
                 pending.add(7, from, to, exts);
             }
-            let ranges = &pending.disks[&7];
             let mut got = BTreeMap::new();
-            let mut prev_end = 0;
-            for (&from, (to, exts)) in ranges {
-                prop_assert!(from >= prev_end && from < *to, "ranges overlap or are empty");
-                prop_assert!(exts.iter().all(|e| e.vseg >= from && e.end() <= *to));
-                prev_end = *to;
-                expand(exts, &mut got);
-            }
+            let mut ok = true;
+            let mut disks = Vec::new();
+            pending.take_edits(|disk, edits| {
+                disks.push(disk);
+                let mut prev_end = 0;
+                for ed in edits {
+                    ok &= ed.from >= prev_end && ed.from < ed.to;
+                    ok &= ed.extents.iter().all(|e| e.vseg >= ed.from && e.end() <= ed.to);
+                    prev_end = ed.to;
+                    expand(&ed.extents, &mut got);
+                }
+            });
+            prop_assert!(ok, "ranges overlap, are empty, or hold extents outside them");
+            prop_assert_eq!(disks, vec![7]);
             prop_assert_eq!(got, model);
+            prop_assert!(pending.ranges.is_empty() && pending.extents.is_empty());
         }
     }
 }
