@@ -10,12 +10,23 @@
 //! shows its previous contents to its new owner, not even after a crash.
 
 use super::map::PhysSeg;
-use super::meta::space_map::SM_COUNTS_PER_PAGE;
+use super::meta::space_map::{SM_COUNTS_PER_PAGE, SegmentCounts};
 use super::table::RefCounts;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Marks a segment that is never allocated (labels, metadata area).
 pub const RESERVED: u32 = u32::MAX;
+
+/// A segment's count as [`Space`] keeps it: one byte a segment (issue 18: memory per
+/// mapped extent; a 4 TiB pool of 1 MiB segments holds 4 Mi of them, and four bytes each
+/// were 16 MiB), the rare count past [`BYTE_MAX`] in a side table.
+type CountByte = u8;
+/// The largest count a byte holds.
+const BYTE_MAX: u32 = 253;
+/// The byte of a count kept in the side table.
+const BYTE_WIDE: CountByte = 254;
+/// The byte of a reserved segment.
+const BYTE_RESERVED: CountByte = 255;
 
 /// A set of indices with allocation from a rotating cursor.
 #[derive(Debug, Clone)]
@@ -164,7 +175,10 @@ impl Striped {
 /// Segment and page space of a pool.
 #[derive(Debug)]
 pub struct Space {
-    refs: Vec<u32>,
+    /// A byte per segment: the count, [`BYTE_WIDE`] or [`BYTE_RESERVED`].
+    refs: Vec<CountByte>,
+    /// The counts past [`BYTE_MAX`].
+    wide: HashMap<PhysSeg, u32>,
     free_segs: Striped,
     free_pages: FreeSet,
     pending_segs: BTreeMap<u64, Vec<PhysSeg>>,
@@ -194,9 +208,9 @@ impl Space {
         txn_open: u64,
     ) -> Space {
         let total_segments: u64 = containers.iter().sum();
-        let mut refs = vec![0u32; total_segments as usize];
+        let mut refs = vec![0 as CountByte; total_segments as usize];
         for &r in reserved {
-            refs[r as usize] = RESERVED;
+            refs[r as usize] = BYTE_RESERVED;
         }
         let mut parts = Vec::new();
         let mut first = 0;
@@ -217,6 +231,7 @@ impl Space {
         Space {
             data_segments: total_segments - reserved.len() as u64,
             refs,
+            wide: HashMap::new(),
             free_segs,
             free_pages,
             pending_segs: BTreeMap::new(),
@@ -280,7 +295,7 @@ impl Space {
 
     /// Sets the reference count of a segment found by the loader (not free any more).
     pub fn load_segment(&mut self, seg: PhysSeg, count: u32) {
-        self.refs[seg as usize] = count;
+        self.set_count(seg, count);
         if count > 0 {
             self.free_segs.remove(seg);
         }
@@ -318,12 +333,27 @@ impl Space {
 
     /// Reference count of a segment ([`RESERVED`] for reserved ones).
     pub fn refs(&self, seg: PhysSeg) -> u32 {
-        self.refs[seg as usize]
+        match self.refs[seg as usize] {
+            BYTE_RESERVED => RESERVED,
+            BYTE_WIDE => self.wide[&seg],
+            n => n as u32,
+        }
     }
 
-    /// All counts (for the space map and checks).
-    pub fn all_refs(&self) -> &[u32] {
-        &self.refs
+    /// Sets the count of `seg` (or marks it [`RESERVED`]).
+    fn set_count(&mut self, seg: PhysSeg, count: u32) {
+        let b = &mut self.refs[seg as usize];
+        if *b == BYTE_WIDE {
+            self.wide.remove(&seg);
+        }
+        *b = match count {
+            RESERVED => BYTE_RESERVED,
+            n if n > BYTE_MAX => {
+                self.wide.insert(seg, n);
+                BYTE_WIDE
+            }
+            n => n as CountByte,
+        };
     }
 
     /// Allocates one segment (its count stays 0 until a leaf references it).
@@ -338,7 +368,7 @@ impl Space {
 
     /// Returns a segment allocated but never referenced.
     pub fn unalloc_segment(&mut self, seg: PhysSeg) {
-        debug_assert_eq!(self.refs[seg as usize], 0);
+        debug_assert_eq!(self.refs(seg), 0);
         self.free_segs.insert(seg);
     }
 
@@ -418,17 +448,30 @@ impl Space {
     }
 }
 
+impl SegmentCounts for Space {
+    fn segments(&self) -> usize {
+        self.refs.len()
+    }
+    fn copy_counts(&self, lo: usize, hi: usize, out: &mut Vec<u32>) {
+        out.extend((lo..hi).map(|s| self.refs(s as PhysSeg)));
+    }
+}
+
 impl RefCounts for Space {
     fn seg_add(&mut self, seg: PhysSeg, delta: i64) {
-        let r = &mut self.refs[seg as usize];
+        let was = self.refs(seg);
         assert!(
-            *r != RESERVED,
+            was != RESERVED,
             "reserved segment {seg} referenced by a table"
         );
-        let new = *r as i64 + delta;
+        let new = was as i64 + delta;
         assert!(new >= 0, "segment {seg} reference count below zero");
-        let was = *r;
-        *r = new as u32;
+        assert!(
+            new < RESERVED as i64,
+            "segment {seg} reference count past {}",
+            RESERVED - 1
+        );
+        self.set_count(seg, new as u32);
         if was == 0 && new > 0 {
             // Allocated already, except when the log is replayed: referenced, not free.
             self.free_segs.remove(seg);
@@ -538,6 +581,33 @@ mod tests {
         assert_eq!(s.release_grown(per + 10), 0);
         let got: Vec<u64> = std::iter::from_fn(|| s.alloc_segment()).collect();
         assert_eq!(got, (per + 2..per + 10).collect::<Vec<_>>());
+    }
+
+    /// Counts past a byte's reach live in the side table, and come back to the byte.
+    #[test]
+    fn wide_counts_round_trip() {
+        let mut s = Space::new(&[8], &[0], 1, 0, 1);
+        let a = s.alloc_segment().unwrap();
+        let b = s.alloc_segment().unwrap();
+        s.seg_add(a, 253);
+        s.seg_add(b, 1);
+        assert_eq!((s.refs(a), s.wide.len()), (253, 0));
+        s.seg_add(a, 1);
+        assert_eq!((s.refs(a), s.wide.len()), (254, 1));
+        s.seg_add(a, 100_000);
+        assert_eq!(s.refs(a), 100_254);
+        let mut out = Vec::new();
+        s.copy_counts(0, 8, &mut out);
+        assert_eq!(out[0], RESERVED);
+        assert_eq!((out[a as usize], out[b as usize]), (100_254, 1));
+        s.seg_add(a, -100_001);
+        assert_eq!((s.refs(a), s.wide.len()), (253, 0));
+        s.load_segment(b, 70_000);
+        assert_eq!((s.refs(b), s.wide.len()), (70_000, 1));
+        s.load_segment(b, 3);
+        assert_eq!((s.refs(b), s.wide.len()), (3, 0));
+        s.seg_add(a, -253);
+        assert_eq!(s.refs(a), 0);
     }
 
     #[test]

@@ -501,7 +501,7 @@ impl Controller {
         let space_map = SpaceMapStage::take(
             &st.space_map,
             changed,
-            st.space.all_refs(),
+            &st.space,
             txn,
             std::mem::take(&mut st.sm_counts),
         );

@@ -276,8 +276,13 @@ pub(crate) async fn create(
         at += n;
     }
     let mut sm_writes = Vec::new();
-    let space_map =
-        SpaceMapPtrs::unwritten(sm_pages).write(0..sm_pages, &refs, 1, &pool_uuid, &mut sm_writes);
+    let space_map = SpaceMapPtrs::unwritten(sm_pages).write(
+        0..sm_pages,
+        &refs[..],
+        1,
+        &pool_uuid,
+        &mut sm_writes,
+    );
     for (page, b) in &sm_writes {
         write_bytes(
             &meta_bdev,

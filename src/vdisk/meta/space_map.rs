@@ -177,6 +177,24 @@ pub struct SpaceMapPtrs {
     pub index: Vec<BlockPtr>,
 }
 
+/// Segment reference counts as a space map is written from them: the allocator's
+/// (`alloc::Space`, a byte a segment) or a plain slice (a pool being created, tests).
+pub trait SegmentCounts {
+    /// Segments counted.
+    fn segments(&self) -> usize;
+    /// Appends the counts of segments `lo..hi` to `out`.
+    fn copy_counts(&self, lo: usize, hi: usize, out: &mut Vec<u32>);
+}
+
+impl SegmentCounts for [u32] {
+    fn segments(&self) -> usize {
+        self.len()
+    }
+    fn copy_counts(&self, lo: usize, hi: usize, out: &mut Vec<u32>) {
+        out.extend_from_slice(&self[lo..hi]);
+    }
+}
+
 impl SpaceMapPtrs {
     /// Pointers of a space map never written (a pool being created, or one whose index
     /// could not be read): the next write goes to the first place of every page.
@@ -194,7 +212,7 @@ impl SpaceMapPtrs {
     pub fn write(
         &self,
         changed: impl IntoIterator<Item = u64>,
-        refs: &[u32],
+        refs: &(impl SegmentCounts + ?Sized),
         txn: u64,
         pool: &Uuid,
         out: &mut Vec<(u64, Vec<u8>)>,
@@ -243,7 +261,7 @@ impl SpaceMapStage {
     pub fn take(
         committed: &SpaceMapPtrs,
         changed: impl IntoIterator<Item = u64>,
-        refs: &[u32],
+        refs: &(impl SegmentCounts + ?Sized),
         txn: u64,
         mut buf: Vec<u32>,
     ) -> SpaceMapStage {
@@ -252,8 +270,8 @@ impl SpaceMapStage {
         let mut pages = Vec::new();
         for i in changed {
             let lo = i as usize * SM_COUNTS_PER_PAGE;
-            let hi = (lo + SM_COUNTS_PER_PAGE).min(refs.len());
-            buf.extend_from_slice(&refs[lo..hi]);
+            let hi = (lo + SM_COUNTS_PER_PAGE).min(refs.segments());
+            refs.copy_counts(lo, hi, &mut buf);
             pages.push((i, other_place(&committed.pages[i as usize], [i, sm + i])));
         }
         SpaceMapStage {
@@ -263,7 +281,7 @@ impl SpaceMapStage {
             counts: buf,
             encoded: 0,
             counts_at: 0,
-            segments: refs.len() as u64,
+            segments: refs.segments() as u64,
             dirty_index: Default::default(),
         }
     }

@@ -712,12 +712,13 @@ fn space_map_writes_go_to_the_place_not_in_force() {
     let sm_pages = SM_PTRS_PER_PAGE as u64 + 3; // two index pages
     let refs = vec![1u32; sm_pages as usize * SM_COUNTS_PER_PAGE];
     let mut out = Vec::new();
-    let first = SpaceMapPtrs::unwritten(sm_pages).write(0..sm_pages, &refs, 1, &pool(), &mut out);
+    let first =
+        SpaceMapPtrs::unwritten(sm_pages).write(0..sm_pages, &refs[..], 1, &pool(), &mut out);
     assert_eq!(out.len() as u64, sm_pages + 2);
     assert_eq!(first.pages[7].page, 7);
     assert_eq!(first.index[1].page, 2 * sm_pages + 1);
     out.clear();
-    let second = first.write([7], &refs, 2, &pool(), &mut out);
+    let second = first.write([7], &refs[..], 2, &pool(), &mut out);
     let places: Vec<u64> = out.iter().map(|(p, _)| *p).collect();
     assert_eq!(places, vec![sm_pages + 7, 2 * sm_pages + 2]);
     assert_eq!(second.pages[7], BlockPtr::of(&out[0].1));
@@ -729,7 +730,7 @@ fn space_map_writes_go_to_the_place_not_in_force() {
     assert_eq!(entries[7], second.pages[7]);
     // A third write of page 7 goes back to its first place.
     out.clear();
-    second.write([7], &refs, 3, &pool(), &mut out);
+    second.write([7], &refs[..], 3, &pool(), &mut out);
     assert_eq!(out[0].0, 7);
 }
 
@@ -745,8 +746,8 @@ fn a_staged_space_map_holds_the_counts_of_its_instant() {
     let committed = SpaceMapPtrs::unwritten(sm_pages);
     let changed = [0, 5, SM_PTRS_PER_PAGE as u64 + 1, sm_pages - 1];
     let mut at_instant = Vec::new();
-    let want = committed.write(changed, &refs, 4, &pool(), &mut at_instant);
-    let mut stage = SpaceMapStage::take(&committed, changed, &refs, 4, Vec::with_capacity(8));
+    let want = committed.write(changed, &refs[..], 4, &pool(), &mut at_instant);
+    let mut stage = SpaceMapStage::take(&committed, changed, &refs[..], 4, Vec::with_capacity(8));
     refs.iter_mut().for_each(|r| *r += 1); // the live counts move on
     let mut out = Vec::new();
     while stage.left() > 0 {
