@@ -4,8 +4,11 @@
 //! through NBD (whole granules, parts of granules, a whole segment), compared byte for
 //! byte with what it must hold; the golden file unchanged; a snapshot of the clone; the
 //! target restarted (with the golden bdev, and without it: degraded, until it is created
-//! again) and everything read again; `bdev_lvol_set_parent_bdev` on a thin lvol;
-//! inflate, decouple and shrink of such clones. Bad parameters get SPDK's codes.
+//! again) and everything read again; `bdev_lvol_set_parent_bdev` on a thin lvol, a
+//! clone and an lvol with snapshots; inflate, decouple and shrink of such clones, and
+//! the claim let go when a background split ends; `save_config` round trips with
+//! external snapshots that are lvols of another lvstore. Bad parameters get SPDK's
+//! codes.
 
 mod process_support;
 mod rpc_common;

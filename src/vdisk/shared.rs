@@ -100,7 +100,7 @@ pub struct PoolShared {
     pub meta_budget: MetaBudget,
     /// Called on the controller core when a split or decouple that ran in the
     /// background let an external snapshot go, once that is durable (the target
-    /// drops its claim on the bdev then): [`super::Pool::on_external_released`].
+    /// drops its claim on the bdev then): `Pool::on_external_released`.
     pub(crate) on_external_released: std::sync::Mutex<Option<ReleaseHook>>,
 }
 
