@@ -17,7 +17,8 @@ use crate::bdev::qos::{QosLimits, QosUpdate};
 use crate::bdev::uring::UringBdev;
 use crate::bdev::{Bdev, BdevError, BdevRegistry, IoBuf};
 use crate::config::{
-    BdevConfig, CloneConfig, Config, DiskConfig, PoolConfig, QosConfig, Size, SnapshotConfig,
+    BdevConfig, CloneConfig, Config, DiskConfig, LvolStep, PoolConfig, QosConfig, Size,
+    SnapshotConfig,
 };
 use crate::frontend::nbd::{NbdConfig, NbdExport, NbdExportConfig, NbdExportInfo, NbdServer};
 use crate::frontend::nvmf::{NamespaceParams, NvmfTarget};
@@ -89,8 +90,20 @@ struct Inner {
     config: Config,
     /// Bytes per second each pool's splits and decouples may copy (0: no cap).
     job_limit: std::sync::atomic::AtomicU64,
-    /// Claims held on external snapshots: (bdev, claimant), one per pool reading it.
-    esnap_claims: Mutex<Vec<(String, String)>>,
+    /// Claims held on external snapshots, and the last adjustment made to them.
+    esnap_claims: Mutex<EsnapClaims>,
+    /// Adjustments of the external snapshots' claims started so far.
+    esnap_syncs: std::sync::atomic::AtomicU64,
+}
+
+/// The claims the target holds on external snapshots.
+#[derive(Default)]
+struct EsnapClaims {
+    /// (bdev, claimant), one per pool reading it.
+    held: Vec<(String, String)>,
+    /// The adjustment that set them (its number in `Inner::esnap_syncs`): an older one
+    /// finishing later, with what it saw then, changes nothing.
+    applied: u64,
 }
 
 /// How the claim on an external snapshot starts (a reader, never a writer).
@@ -129,7 +142,8 @@ impl Target {
                 examining: Mutex::new(Vec::new()),
                 config: config.clone(),
                 job_limit: std::sync::atomic::AtomicU64::new(0),
-                esnap_claims: Mutex::new(Vec::new()),
+                esnap_claims: Mutex::new(EsnapClaims::default()),
+                esnap_syncs: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if let Err(e) = crate::reactor::block_on(target.apply(&config)) {
@@ -156,69 +170,41 @@ impl Target {
             }
             self.create_pool(p).await?;
         }
-        for d in &config.disks {
-            let pool = self.pool(&d.pool)?;
-            match pool.disk(&d.name).await {
-                Ok(existing) => {
-                    let want = d.size.0 / pool.block_size() as u64;
-                    let have = (existing.clone() as Arc<dyn Bdev>).num_blocks();
-                    // Size 0: an external snapshot's clone of the bdev's size.
-                    if want != have && d.size.0 > 0 {
-                        tracing::warn!(disk = %d.name, have, want, "disk exists with another size; left as it is");
+        // Disks, snapshots and clones, each once what it needs exists: its origin, or
+        // the lvol of another pool an external snapshot's clone reads.
+        for step in config.lvol_order() {
+            match step {
+                LvolStep::Disk(d) => {
+                    let pool = self.pool(&d.pool)?;
+                    match pool.disk(&d.name).await {
+                        Ok(existing) => {
+                            let want = d.size.0 / pool.block_size() as u64;
+                            let have = (existing.clone() as Arc<dyn Bdev>).num_blocks();
+                            // Size 0: an external snapshot's clone of the bdev's size.
+                            if want != have && d.size.0 > 0 {
+                                tracing::warn!(disk = %d.name, have, want, "disk exists with another size; left as it is");
+                            }
+                        }
+                        Err(VdiskError::NotFound(_)) => {
+                            self.create_disk(d).await?;
+                        }
+                        Err(e) => return Err(e.into()),
                     }
                 }
-                Err(VdiskError::NotFound(_)) => {
-                    self.create_disk(d).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // Snapshots and clones, each once its origin exists (a snapshot of a clone
-        // comes after the clone).
-        let bdevs = &self.inner.bdevs;
-        let mut snaps: Vec<&SnapshotConfig> = Vec::new();
-        for s in &config.snapshots {
-            if !self.exists_beside(&s.disk, &s.name).await {
-                snaps.push(s);
-            }
-        }
-        let mut clones: Vec<&CloneConfig> = Vec::new();
-        for c in &config.clones {
-            if !self.exists_beside(&c.snapshot, &c.name).await {
-                clones.push(c);
-            }
-        }
-        while !snaps.is_empty() || !clones.is_empty() {
-            let ready_snap = snaps.iter().position(|s| bdevs.contains(&s.disk));
-            let ready_clone = clones.iter().position(|c| bdevs.contains(&c.snapshot));
-            match (ready_snap, ready_clone) {
-                (Some(i), _) => {
-                    let s = snaps.remove(i);
-                    self.snapshot_with_uuids(
-                        vec![(s.disk.clone(), s.name.clone(), s.uuid)],
-                        Duration::from_secs(5),
-                    )
-                    .await?;
-                }
-                (None, Some(i)) => {
-                    let c = clones.remove(i);
-                    self.create_clone(c).await?;
-                }
-                // An origin that exists nowhere: let the first one fail with its error.
-                (None, None) => match snaps.first() {
-                    Some(s) => {
+                LvolStep::Snapshot(s) => {
+                    if !self.exists_beside(&s.disk, &s.name).await {
                         self.snapshot_with_uuids(
                             vec![(s.disk.clone(), s.name.clone(), s.uuid)],
                             Duration::from_secs(5),
                         )
                         .await?;
-                        snaps.remove(0);
                     }
-                    None => {
-                        self.create_clone(clones[0]).await?;
-                        clones.remove(0);
+                }
+                LvolStep::Clone(c) => {
+                    if !self.exists_beside(&c.snapshot, &c.name).await {
+                        self.create_clone(c).await?;
                     }
-                },
+                }
             }
         }
         if let Some(nbd) = &config.nbd {
@@ -940,6 +926,17 @@ impl Target {
                 tracing::error!(pool = pool.name(), disk = dd.name(), error = %e, "disk not registered");
             }
         }
+        // A split or decouple ending in the background may let an external snapshot
+        // go: its claim is dropped then, not at the next RPC that looks.
+        let target = Arc::downgrade(&self.inner);
+        let cores = self.inner.cores.clone();
+        pool.on_external_released(move || {
+            let Some(inner) = target.upgrade() else {
+                return;
+            };
+            let t = Target { inner };
+            drop(cores.spawn_on(0, move || async move { t.sync_esnap_claims().await }));
+        });
         lock(&self.inner.pools).insert(pool.name().to_string(), PoolEntry { pool, cfg });
         self.sync_esnap_claims().await;
         Ok(())
@@ -1279,6 +1276,11 @@ impl Target {
     /// the target (found by UUID), and claims each one used for the pools that read it.
     /// Called when pools open and bdevs appear: a degraded disk becomes usable then.
     pub async fn sync_esnap_claims(&self) {
+        let ticket = self
+            .inner
+            .esnap_syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let want_claims: Vec<(String, String)> = {
             let mut out = Vec::new();
             for p in self.pools() {
@@ -1311,18 +1313,23 @@ impl Target {
             }
             out
         };
-        let mut held = lock(&self.inner.esnap_claims);
-        for (b, by) in held.iter() {
+        let mut claims = lock(&self.inner.esnap_claims);
+        if claims.applied > ticket {
+            // A later adjustment looked at the pools after this one began.
+            return;
+        }
+        for (b, by) in claims.held.iter() {
             if !want_claims.contains(&(b.clone(), by.clone())) {
                 self.inner.bdevs.release(b, by);
             }
         }
         for (b, by) in &want_claims {
-            if !held.contains(&(b.clone(), by.clone())) {
+            if !claims.held.contains(&(b.clone(), by.clone())) {
                 let _ = self.inner.bdevs.claim(b, by);
             }
         }
-        *held = want_claims;
+        claims.held = want_claims;
+        claims.applied = ticket;
     }
 
     /// The running state as a configuration: starting from it gives the same target.
@@ -1434,18 +1441,28 @@ impl Target {
                         name: d.name.clone(),
                         pool: pool.name().to_string(),
                         size: Size(d.size_bytes),
-                        thin: d.thin,
+                        // An esnap clone is thin (an lvol with snapshots given one by
+                        // bdev_lvol_set_parent_bdev may have been made thick).
+                        thin: d.thin || d.external.is_some(),
                         uuid: Some(d.uuid),
                         read_only: d.read_only,
                         cow_policy: Some(d.cow_policy),
                         // Reading through to an external bdev (an esnap clone, or an
                         // lvol given one): made again as its clone. Its snapshots and
-                        // their clones, above, inherit it. The bdev by its name now.
+                        // their clones, above, inherit it. The bdev by its name now, an
+                        // lvol (of another pool) by its `pool/disk` alias: the file
+                        // makes it again, with a new UUID where it keeps none.
                         external_snapshot: d.external.as_ref().map(|x| {
-                            self.inner
-                                .bdevs
-                                .get(&x.uuid.to_string())
-                                .map_or_else(|_| x.name.clone(), |b| b.name().to_string())
+                            self.inner.bdevs.get(&x.uuid.to_string()).map_or_else(
+                                |_| x.name.clone(),
+                                |b| {
+                                    if b.product_name() == "Logical Volume" {
+                                        b.display_name()
+                                    } else {
+                                        b.name().to_string()
+                                    }
+                                },
+                            )
                         }),
                     }),
                 }

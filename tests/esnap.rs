@@ -4,8 +4,11 @@
 //! through NBD (whole granules, parts of granules, a whole segment), compared byte for
 //! byte with what it must hold; the golden file unchanged; a snapshot of the clone; the
 //! target restarted (with the golden bdev, and without it: degraded, until it is created
-//! again) and everything read again; `bdev_lvol_set_parent_bdev` on a thin lvol;
-//! inflate, decouple and shrink of such clones. Bad parameters get SPDK's codes.
+//! again) and everything read again; `bdev_lvol_set_parent_bdev` on a thin lvol, a
+//! clone and an lvol with snapshots; inflate, decouple and shrink of such clones, and
+//! the claim let go when a background split ends; `save_config` round trips with
+//! external snapshots that are lvols of another lvstore. Bad parameters get SPDK's
+//! codes.
 
 mod process_support;
 mod rpc_common;
@@ -274,13 +277,6 @@ fn golden_image_on_a_file_cloned_written_snapshotted_and_restarted() {
     let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/vdt", "golden"]);
     assert!(
         out.contains("-32602") && out.contains("Invalid argument"),
-        "{out}"
-    );
-    let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/c1", "golden"]);
-    // c1 (a clone of s1) reads through to the golden image already: refused
-    // (tessera does not re-parent an lvol with a parent in the lvstore).
-    assert!(
-        out.contains("-32602") && out.contains("File exists"),
         "{out}"
     );
     let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/vd0", "nobdev"]);
@@ -583,6 +579,173 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     check_all(&srv, &want_b, "restarted");
     srv.stop();
+}
+
+/// `bdev_lvol_set_parent_bdev` on lvols with a parent in the lvstore, as SPDK's
+/// `spdk_bs_blob_set_external_parent` does it: `vdA` (an lvol with a snapshot `sA`,
+/// written since: whole granules, part of a granule, a segment zeroed over `sA`'s
+/// data), `cB` (a clone of `sA`, written) and `c1` (a clone of `s1`, the golden image's
+/// esnap clone's snapshot) each keep what they wrote themselves and read the golden
+/// image everywhere else — not their old parents' data; each is an esnap clone of the
+/// golden image afterwards, `sA` has no clones left. A write of part of a granule after
+/// it fills the rest from the golden image. All of it again after a restart, `tessera
+/// check` clean. SPDK's codes for the refusals (a snapshot: tessera's).
+#[test]
+fn set_parent_bdev_on_a_clone_and_an_lvol_with_snapshots_keeps_only_their_own_writes() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let golden_sum = sha256(&dir.path().join("golden.img"));
+    let cfg = config(dir.path(), port, true);
+    let work = tempfile::tempdir().unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    let fails = |args: &[&str]| run_fails(Command::new(&tool).arg("-s").arg(&s).args(args));
+    let refused = |args: &[&str], what: &str| {
+        let out = fails(args);
+        assert!(
+            out.contains("-32602") && out.contains(what),
+            "{args:?}: {out}"
+        );
+    };
+    rpc(&["bdev_lvol_create_lvstore", "data", "lvs0", "-c", "1048576"]);
+
+    // vdA: 15 MiB of 0xa1, snapshotted as sA, then written and zeroed in places.
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "vdA", "16"]);
+    write_lvol(&srv, port, "lvs0/vdA", &["write -P 0xa1 0 15M"]);
+    rpc(&["bdev_lvol_snapshot", "lvs0/vdA", "sA"]);
+    let mut sa = vec![0xa1u8; 15 * M];
+    sa.resize(GOLDEN, 0);
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/vdA",
+        &[
+            "write -P 0xa2 7M 8k",
+            "write -P 0xa3 2097664 512",
+            "write -z 9M 1M",
+        ],
+    );
+    // cB: a clone of sA, written (a whole segment, part of a granule).
+    rpc(&["bdev_lvol_clone", "lvs0/sA", "cB"]);
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/cB",
+        &["write -P 0xb1 4M 1M", "write -P 0xb2 1049600 1k"],
+    );
+    // c1: the golden image's esnap clone, written, snapshotted as s1, written again.
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c1"]);
+    write_lvol(&srv, port, "lvs0/c1", &["write -P 0xc1 3M 1M"]);
+    rpc(&["bdev_lvol_snapshot", "lvs0/c1", "s1"]);
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/c1",
+        &["write -P 0xc2 5M 4k", "write -P 0xc3 3146240 1k"],
+    );
+    let mut want_s1 = golden.clone();
+    want_s1[3 * M..4 * M].fill(0xc1);
+
+    // Refusals: SPDK's (a thick lvol that is no clone; the golden image's own esnap
+    // clone), and tessera's (a snapshot; an lvol of the same lvstore).
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "thick", "16"]);
+    refused(
+        &["bdev_lvol_set_parent_bdev", "lvs0/thick", "golden"],
+        "Invalid argument",
+    );
+    refused(
+        &["bdev_lvol_set_parent_bdev", "lvs0/sA", "golden"],
+        "Invalid argument",
+    );
+    refused(
+        &["bdev_lvol_set_parent_bdev", "lvs0/cB", "lvs0/s1"],
+        "Invalid argument",
+    );
+    // s1, the golden image's esnap clone since the snapshot: its parent already, as
+    // SPDK answers first.
+    refused(
+        &["bdev_lvol_set_parent_bdev", "lvs0/s1", "golden"],
+        "File exists",
+    );
+
+    for l in ["vdA", "cB", "c1"] {
+        rpc(&["bdev_lvol_set_parent_bdev", &format!("lvs0/{l}"), "golden"]);
+        refused(
+            &["bdev_lvol_set_parent_bdev", &format!("lvs0/{l}"), "golden"],
+            "File exists",
+        );
+    }
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    for l in ["vdA", "cB", "c1"] {
+        let v = lvol(&lvols, l);
+        assert_eq!(v["is_esnap_clone"], true, "{l}: {v}");
+        assert_eq!(v["is_clone"], false, "{l}: {v}");
+        assert_eq!(v["external_snapshot_name"], GOLDEN_UUID, "{l}: {v}");
+    }
+    assert_eq!(lvol(&lvols, "sA")["children"], json!([]), "{lvols}");
+    assert_eq!(lvol(&lvols, "s1")["children"], json!([]), "{lvols}");
+    let b = srv.call("bdev_get_bdevs", json!({"name": "lvs0/cB"}));
+    let info = &b[0]["driver_specific"]["lvol"];
+    assert_eq!(info["esnap_clone"], true, "{info}");
+    assert!(
+        info.get("base_snapshot").is_none_or(Value::is_null),
+        "{info}"
+    );
+
+    // What each wrote itself stays (a granule written in part holds the rest as it was
+    // then: its old parent's data); everything else is the golden image's.
+    let mut want_a = golden.clone();
+    want_a[7 * M..7 * M + 8 * K].fill(0xa2);
+    want_a[2 * M..2 * M + 4 * K].fill(0xa1);
+    want_a[2 * M + 512..2 * M + 1024].fill(0xa3);
+    want_a[9 * M..10 * M].fill(0);
+    let mut want_b = golden.clone();
+    want_b[4 * M..5 * M].fill(0xb1);
+    want_b[M..M + 4 * K].fill(0xa1);
+    want_b[M + K..M + 2 * K].fill(0xb2);
+    let mut want_c = golden.clone();
+    want_c[5 * M..5 * M + 4 * K].fill(0xc2);
+    want_c[3 * M..3 * M + 4 * K].fill(0xc1);
+    want_c[3 * M + 512..3 * M + 1536].fill(0xc3);
+    // Written after: part of a granule it did not hold fills from the golden image.
+    write_lvol(&srv, port, "lvs0/vdA", &["write -P 0xa4 12583424 512"]);
+    want_a[12 * M + 512..12 * M + 1024].fill(0xa4);
+    let check_all = |srv: &Serve, when: &str| {
+        for (bdev, want) in [
+            ("lvs0/vdA", &want_a[..]),
+            ("lvs0/cB", &want_b[..]),
+            ("lvs0/c1", &want_c[..]),
+            ("lvs0/sA", &sa[..]),
+            ("lvs0/s1", &want_s1[..]),
+        ] {
+            assert_same(
+                &read_all(srv, port, bdev, work.path()),
+                want,
+                &format!("{bdev} {when}"),
+            );
+        }
+    };
+    check_all(&srv, "after set_parent_bdev");
+    srv.stop();
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("check")
+            .arg(dir.path().join("pool.img")),
+    );
+    assert!(!out.contains("problem"), "{out}");
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    check_all(&srv, "restarted");
+    srv.stop();
+    assert_eq!(
+        sha256(&dir.path().join("golden.img")),
+        golden_sum,
+        "golden file changed"
+    );
 }
 
 /// The lvols of `lvs0` with a running split or decouple (`tessera_split_progress`).
@@ -894,4 +1057,178 @@ fn save_config_brings_back_external_snapshot_clones_on_a_malloc_pool() {
         }
         srv.stop();
     }
+}
+
+/// `save_config` (SPDK's JSON) and `tessera_save_config` (YAML) with external
+/// snapshots that are lvols of another lvstore, both lvstores on malloc bdevs: in
+/// `src`, `a0` (the golden image's esnap clone, grown to 20 MiB), its snapshot `a0s`,
+/// and `r0` (a read-only thin lvol given the golden image by
+/// `bdev_lvol_set_parent_bdev`); in `dst` — which sorts first — `b0`, an esnap clone of
+/// `src/a0s`, and `b1`, one of `src/r0`. The saved files create `src`'s lvols before the
+/// clones that read them; each restored target has every lvol with its lineage
+/// (`b0`'s and `b1`'s external snapshots the restored `a0s`' and `r0`'s UUIDs) and
+/// reads byte for byte what it read before.
+#[test]
+fn save_config_orders_external_snapshots_that_are_lvols_of_another_lvstore() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let cfg = config(dir.path(), port, true);
+    let work = tempfile::tempdir().unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    rpc(&["bdev_malloc_create", "-b", "ms", "64", "4096"]);
+    rpc(&["bdev_malloc_create", "-b", "md", "64", "4096"]);
+    rpc(&["bdev_lvol_create_lvstore", "ms", "src", "-c", "1048576"]);
+    rpc(&["bdev_lvol_create_lvstore", "md", "dst", "-c", "1048576"]);
+    rpc(&["bdev_lvol_clone_bdev", "golden", "src", "a0"]);
+    rpc(&["bdev_lvol_resize", "src/a0", "20"]);
+    rpc(&["bdev_lvol_snapshot", "src/a0", "a0s"]);
+    rpc(&["bdev_lvol_create", "-l", "src", "-t", "r0", "8"]);
+    rpc(&["bdev_lvol_set_parent_bdev", "src/r0", "golden"]);
+    rpc(&["bdev_lvol_set_read_only", "src/r0"]);
+    rpc(&["bdev_lvol_clone_bdev", "src/a0s", "dst", "b0"]);
+    rpc(&["bdev_lvol_clone_bdev", "src/r0", "dst", "b1"]);
+    let mut grown = golden.clone();
+    grown.resize(20 * M, 0);
+    let want: [(&str, &[u8]); 5] = [
+        ("src/a0", &grown),
+        ("src/a0s", &grown),
+        ("src/r0", &golden[..8 * M]),
+        ("dst/b0", &grown),
+        ("dst/b1", &golden[..8 * M]),
+    ];
+    for (bdev, want) in want {
+        assert_same(
+            &read_all(&srv, port, bdev, work.path()),
+            want,
+            &format!("{bdev} before saving"),
+        );
+    }
+
+    let json_path = dir.path().join("saved.json");
+    std::fs::write(&json_path, rpc(&["save_config"])).unwrap();
+    let yaml = srv.call("tessera_save_config", Value::Null);
+    let yaml_path = dir.path().join("saved.yaml");
+    std::fs::write(&yaml_path, yaml.as_str().unwrap()).unwrap();
+    // The external snapshots by their aliases (a restored lvol has a new UUID where
+    // the file keeps none), each made before the clone that reads it.
+    let saved = std::fs::read_to_string(&json_path).unwrap();
+    let at = |needle: &str| {
+        saved
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle} in {saved}"))
+    };
+    assert!(
+        at("\"snapshot_name\": \"a0s\"") < at("\"bdev\": \"src/a0s\""),
+        "{saved}"
+    );
+    assert!(
+        at("\"clone_name\": \"r0\"") < at("\"bdev\": \"src/r0\""),
+        "{saved}"
+    );
+    let y = yaml.as_str().unwrap();
+    assert!(y.contains("external_snapshot: src/a0s"), "{y}");
+    assert!(y.contains("external_snapshot: src/r0"), "{y}");
+    srv.stop();
+
+    for path in [&json_path, &yaml_path] {
+        let what = path.display().to_string();
+        let srv = Serve::start_file(tempfile::tempdir().unwrap(), path);
+        let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+        let uuid_of = |n: &str| lvol(&lvols, n)["uuid"].clone();
+        for (l, ext) in [("b0", "a0s"), ("b1", "r0")] {
+            let v = lvol(&lvols, l);
+            assert_eq!(v["is_esnap_clone"], true, "{what} {l}: {v}");
+            assert_eq!(v["is_degraded"], false, "{what} {l}: {v}");
+            assert_eq!(v["external_snapshot_name"], uuid_of(ext), "{what} {l}: {v}");
+        }
+        assert_eq!(lvol(&lvols, "a0")["parent"], "a0s", "{what}: {lvols}");
+        assert_eq!(lvol(&lvols, "r0")["read_only"], true, "{what}: {lvols}");
+        for (bdev, want) in want {
+            assert_same(
+                &read_all(&srv, port, bdev, work.path()),
+                want,
+                &format!("{bdev} restored from {what}"),
+            );
+        }
+        srv.stop();
+    }
+}
+
+/// A split that ends in the background (`tessera_split_start`) lets its external bdev
+/// go by itself: with no RPC after it that adjusts claims (`bdev_lvol_get_lvols` and
+/// `bdev_get_bdevs` only look), the golden bdev is shown unclaimed within 2 s of the
+/// lvol showing it no longer reads it, and can be deleted; the split lvol reads as
+/// before, and again after a restart without the golden bdev.
+#[test]
+fn a_background_split_lets_its_external_bdev_go_when_it_ends() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let cfg = config(dir.path(), port, true);
+    let work = tempfile::tempdir().unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    rpc(&["bdev_lvol_create_lvstore", "data", "lvs0", "-c", "1048576"]);
+    rpc(&["bdev_lvol_clone_bdev", "golden", "lvs0", "c1"]);
+    write_lvol(&srv, port, "lvs0/c1", &["write -P 0x51 2098176 1k"]);
+    let mut want = golden.clone();
+    want[2 * M + 1024..2 * M + 2048].fill(0x51);
+    let claimed =
+        |srv: &Serve| srv.call("bdev_get_bdevs", json!({"name": "golden"}))[0]["claimed"].clone();
+    assert_eq!(claimed(&srv), true);
+
+    // Slow enough to be seen running: 16 MiB at 8 MiB/s.
+    srv.call(
+        "tessera_lvol_set_copy_limit",
+        json!({"max_bytes_per_sec": 8 * M}),
+    );
+    srv.call("tessera_split_start", json!({"name": "lvs0/c1"}));
+    let reads_golden = |srv: &Serve| {
+        let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+        lvol(&lvols, "c1")["external_snapshot_name"] == GOLDEN_UUID
+    };
+    assert!(reads_golden(&srv), "the split ended at once");
+    let t0 = std::time::Instant::now();
+    while reads_golden(&srv) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the split of c1 did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let t1 = std::time::Instant::now();
+    while claimed(&srv) != false {
+        assert!(
+            t1.elapsed() < std::time::Duration::from_secs(2),
+            "golden still claimed 2 s after the split ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    srv.call("bdev_uring_delete", json!({"name": "golden"}));
+    assert_same(
+        &read_all(&srv, port, "lvs0/c1", work.path()),
+        &want,
+        "c1 split",
+    );
+    srv.stop();
+    let cfg2 = config(dir.path(), port, false);
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg2);
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    assert_eq!(lvol(&lvols, "c1")["is_degraded"], false, "{lvols}");
+    assert_same(
+        &read_all(&srv, port, "lvs0/c1", work.path()),
+        &want,
+        "c1 split, restarted without the golden image",
+    );
+    srv.stop();
 }

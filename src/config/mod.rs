@@ -608,6 +608,106 @@ impl Config {
     }
 }
 
+/// One lvol a configuration makes: a disk (an external snapshot's clone among them), a
+/// snapshot or a clone.
+#[derive(Clone, Copy, Debug)]
+pub enum LvolStep<'a> {
+    Disk(&'a DiskConfig),
+    Snapshot(&'a SnapshotConfig),
+    Clone(&'a CloneConfig),
+}
+
+impl Config {
+    /// The pool the disk, snapshot or clone `name` (a name or a `pool/disk` alias) of
+    /// this configuration lives in: a snapshot's and a clone's is their origin's.
+    pub fn lvol_pool(&self, name: &str) -> Option<&str> {
+        let mut name = name.to_string();
+        for _ in 0..=(self.snapshots.len() + self.clones.len()) {
+            if let Some((lvs, _)) = name.split_once('/')
+                && let Some(p) = self.pools.iter().find(|p| p.name == lvs)
+            {
+                return Some(&p.name);
+            }
+            if let Some(d) = self.disks.iter().find(|d| d.name == name) {
+                return Some(&d.pool);
+            }
+            if let Some(s) = self.snapshots.iter().find(|s| s.name == name) {
+                name = s.disk.clone();
+            } else if let Some(c) = self.clones.iter().find(|c| c.name == name) {
+                name = c.snapshot.clone();
+            } else {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// The disks, snapshots and clones of the configuration in an order that creates
+    /// each after what it needs: a snapshot after its origin, a clone after its
+    /// snapshot, an external snapshot's clone after its external bdev when that is an
+    /// lvol the configuration makes (of another pool: a snapshot, a read-only lvol).
+    /// Otherwise disks first, then snapshots and clones, each in its list's order. What
+    /// names something the configuration does not make (a base bdev, an lvol found on
+    /// its pool's bdevs) is ready at once; what waits on itself or on something that
+    /// never becomes ready comes last, in its order, and fails with its own error then.
+    pub fn lvol_order(&self) -> Vec<LvolStep<'_>> {
+        let steps: Vec<LvolStep<'_>> = self
+            .disks
+            .iter()
+            .map(LvolStep::Disk)
+            .chain(self.snapshots.iter().map(LvolStep::Snapshot))
+            .chain(self.clones.iter().map(LvolStep::Clone))
+            .collect();
+        // What each step makes, as the others may name it: `pool/name`, the bare name,
+        // its UUID when the configuration gives one.
+        let names: Vec<Vec<String>> = steps
+            .iter()
+            .map(|st| {
+                let (name, pool, uuid) = match st {
+                    LvolStep::Disk(d) => (&d.name, Some(d.pool.as_str()), d.uuid),
+                    LvolStep::Snapshot(s) => (&s.name, self.lvol_pool(&s.disk), s.uuid),
+                    LvolStep::Clone(c) => (&c.name, self.lvol_pool(&c.snapshot), None),
+                };
+                let mut v = vec![name.clone()];
+                v.extend(pool.map(|p| format!("{p}/{name}")));
+                v.extend(uuid.map(|u| u.to_string()));
+                v
+            })
+            .collect();
+        let needs: Vec<Option<&str>> = steps
+            .iter()
+            .map(|st| match st {
+                LvolStep::Disk(d) => d.external_snapshot.as_deref(),
+                LvolStep::Snapshot(s) => Some(s.disk.as_str()),
+                LvolStep::Clone(c) => Some(c.snapshot.as_str()),
+            })
+            .collect();
+        let mut done = vec![false; steps.len()];
+        let mut out = Vec::with_capacity(steps.len());
+        loop {
+            let mut progressed = false;
+            for i in 0..steps.len() {
+                if done[i] {
+                    continue;
+                }
+                let ready = needs[i].is_none_or(|n| {
+                    (0..steps.len()).all(|j| j == i || done[j] || !names[j].iter().any(|x| x == n))
+                });
+                if ready {
+                    done[i] = true;
+                    out.push(steps[i]);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        out.extend((0..steps.len()).filter(|&i| !done[i]).map(|i| steps[i]));
+        out
+    }
+}
+
 /// The configuration `tessera serve` runs with no `--config`: a pool in a sparse file
 /// under the data directory.
 pub fn embedded_default(data_dir: &Path) -> Config {

@@ -244,6 +244,34 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            "set an external parent of a clone (written, a segment unmapped), then write",
+            with_two_snapshots,
+            |b| {
+                vec![
+                    vec![Op::SetParentBdev { disk: "c1".into() }],
+                    vec![b.write("c1", 2 * SEG + 2, 4, false), flush("c1")],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "set an external parent of an lvol with a snapshot (written since)",
+            with_esnap_and_snapshot,
+            |_| vec![vec![Op::SetParentBdev { disk: "d5".into() }]],
+            Redirect,
+        ),
+        s(
+            "set the golden image as the parent of a clone of its clone's snapshot",
+            with_esnap_and_snapshot,
+            |b| {
+                vec![
+                    vec![Op::SetParentBdev { disk: "e1".into() }],
+                    vec![b.write("e1", SEG + 2, 3, false), flush("e1")],
+                ]
+            },
+            CopyOut,
+        ),
+        s(
             "set the parent of a clone (written, a segment unmapped) to another snapshot",
             with_two_snapshots,
             |b| {

@@ -296,9 +296,10 @@ pub(super) struct Sim {
     /// Resizes and read-only changes lost in a power failure: (disk, value either way).
     pub(super) uncertain_size: BTreeMap<String, (u64, u64)>,
     pub(super) uncertain_ro: BTreeMap<String, bool>,
-    /// Acknowledged set_parents, disk → parent, until another operation touches either:
-    /// after a recovery the disk must have that parent.
-    pub(super) acked_parent: BTreeMap<String, String>,
+    /// Acknowledged set_parents, disk → parent (`None`: set_parent_bdev, the golden
+    /// image), until another operation touches either: after a recovery the disk must
+    /// have that parent.
+    pub(super) acked_parent: BTreeMap<String, Option<String>>,
     /// Disk renames lost in a power failure: old name → new name (either may be there,
     /// never both, never neither).
     pub(super) uncertain_rename: BTreeMap<String, String>,
@@ -1389,10 +1390,17 @@ impl Sim {
                 }
             }
             let touched = control_disks(&r.op);
-            self.acked_parent
-                .retain(|d, p| !touched.contains(d) && !touched.contains(p));
-            if let (Op::SetParent { disk, parent }, true) = (&r.op, ok) {
-                self.acked_parent.insert(disk.clone(), parent.clone());
+            self.acked_parent.retain(|d, p| {
+                !touched.contains(d) && p.as_ref().is_none_or(|p| !touched.contains(p))
+            });
+            match (&r.op, ok) {
+                (Op::SetParent { disk, parent }, true) => {
+                    self.acked_parent.insert(disk.clone(), Some(parent.clone()));
+                }
+                (Op::SetParentBdev { disk }, true) => {
+                    self.acked_parent.insert(disk.clone(), None);
+                }
+                _ => {}
             }
             match &r.op {
                 Op::Create { name, blocks, .. } if ok || lost => {
@@ -1414,23 +1422,33 @@ impl Sim {
                     }
                 }
                 Op::SetParentBdev { disk } if ok || lost => {
-                    // Blocks the disk holds keep their value; the others (which read as
-                    // zeros) read the golden image now. The model does not know which
-                    // zeros are held (a granule written in part holds the rest), so a
-                    // block that may be zeros may be either until a read pins it.
+                    // Blocks the disk holds keep their value; the others read the golden
+                    // image now (zeros past its end): those that read as zeros before,
+                    // and, of a disk that read through to a parent snapshot (a clone, a
+                    // disk with snapshots) or the golden image, any block. The model does not know which blocks
+                    // are held (a granule written in part holds the rest), so a block
+                    // that may not be may be either until a read pins it. Durable when
+                    // acknowledged; either, when lost.
                     let golden_blocks = GOLDEN_SEGMENTS * self.seg_blocks();
+                    // A snapshot of the disk names it as its lineage parent.
+                    let snapshotted = self
+                        .model
+                        .values()
+                        .any(|m| m.parent.as_deref() == Some(disk.as_str()));
                     if let Some(d) = self.model.get_mut(disk) {
-                        d.external = true;
+                        let lineage = d.parent.is_some() || d.external || snapshotted;
                         for b in 0..d.now.len() {
                             let g = b as u64;
-                            if g >= golden_blocks {
-                                break;
-                            }
+                            let below = if g < golden_blocks { golden_tag(g) } else { 0 };
                             for p in [&mut d.now[b], &mut d.durable[b], &mut d.since[b]] {
-                                if p.contains(&0) {
-                                    p.insert(golden_tag(g));
+                                if lineage || p.contains(&0) {
+                                    p.insert(below);
                                 }
                             }
+                        }
+                        d.external = true;
+                        if ok {
+                            d.parent = None;
                         }
                     }
                 }
@@ -1845,14 +1863,27 @@ impl Sim {
         };
         let found: BTreeMap<String, crate::vdisk::DiskInfo> =
             infos.into_iter().map(|i| (i.name.clone(), i)).collect();
+        let golden: Arc<dyn Bdev> = self.world().golden.clone();
+        let golden_uuid = golden.uuid();
         for (disk, parent) in std::mem::take(&mut self.acked_parent) {
-            if let Some(info) = found.get(&disk)
-                && info.parent.as_deref() != Some(parent.as_str())
-            {
-                return Err(format!(
-                    "`{disk}` was made a clone of `{parent}` (acknowledged); after recovery its parent is {:?}",
-                    info.parent
-                ));
+            let Some(info) = found.get(&disk) else {
+                continue;
+            };
+            let external = info.external.as_ref().map(|x| x.uuid);
+            match parent {
+                Some(parent) if info.parent.as_deref() != Some(parent.as_str()) => {
+                    return Err(format!(
+                        "`{disk}` was made a clone of `{parent}` (acknowledged); after recovery its parent is {:?}",
+                        info.parent
+                    ));
+                }
+                None if info.parent.is_some() || external != Some(golden_uuid) => {
+                    return Err(format!(
+                        "`{disk}` was given the golden image as its parent (acknowledged); after recovery its parent is {:?}, its external snapshot {external:?}",
+                        info.parent
+                    ));
+                }
+                _ => {}
             }
         }
         // A rename the power failure interrupted: the disk has one of its names.

@@ -8,6 +8,9 @@
 //!   bdev, `cow.rs`), reads of what it never wrote go to the external bdev (the agent).
 //! - Snapshots of such a disk, and their clones, keep the external base: what none of
 //!   their layers holds is the external bdev's.
+//! - `bdev_lvol_set_parent_bdev` gives a writable disk an external base in place of
+//!   what it read below its own layers (zeros, another external bdev, or its parent
+//!   snapshots): `reparent.rs`, as `bdev_lvol_set_parent`.
 //! - The record names the external bdev by UUID. At open, and whenever a bdev appears
 //!   in the target, the target hands the pool the bdevs whose UUIDs its disks name
 //!   ([`Controller::attach_external`]); until then those disks are *degraded*: reads
@@ -157,100 +160,6 @@ impl Controller {
         tracing::info!(pool = %self.shared.name, disk = name, external = ext.name(),
             size_bytes, "external snapshot clone created");
         Ok(d)
-    }
-
-    /// Makes `name` read through to the external bdev `ext` where no layer of its own
-    /// holds a block (SPDK's `bdev_lvol_set_parent_bdev`): a thin lvol of the pool's own
-    /// (its unwritten granules read `ext` from now on, not zeros) or an external
-    /// snapshot's clone (another external bdev). Refused, as SPDK refuses it, for a
-    /// thick lvol and when `ext` is its parent already (`Exists`); and, tessera's, for a
-    /// snapshot and for an lvol with a parent in the pool (a clone, or a disk with
-    /// snapshots): its shared layers would have to be dropped first (not done yet).
-    /// Committed with the record; the agents see the new base before it answers.
-    pub(crate) async fn set_external_parent(
-        &self,
-        name: &str,
-        ext: Arc<dyn Bdev>,
-    ) -> Result<(), VdiskError> {
-        let id = self.id_of(name)?;
-        let _lock = self.locks.disk(id).await;
-        self.check_usable()?;
-        let geo = self.shared.geo;
-        let refuse = |reason: String| VdiskError::InvalidParam {
-            field: "lvol_name",
-            reason,
-        };
-        if let Some(why) = unfit_external(&ext, geo.block_size, geo.segment_bytes()) {
-            return Err(VdiskError::InvalidParam {
-                field: "parent_name",
-                reason: why,
-            });
-        }
-        {
-            let st = self.st.borrow();
-            let d = st
-                .disks
-                .get(&id)
-                .ok_or_else(|| VdiskError::NotFound(name.into()))?;
-            if d.rec.uuid == ext.uuid() {
-                return Err(refuse(format!(
-                    "`{name}` cannot be its own external snapshot"
-                )));
-            }
-            if st.disks.values().any(|o| o.rec.uuid == ext.uuid()) {
-                return Err(VdiskError::InvalidParam {
-                    field: "parent_name",
-                    reason: format!(
-                        "`{}` is an lvol of this lvstore; use bdev_lvol_set_parent",
-                        ext.name()
-                    ),
-                });
-            }
-            if d.rec
-                .external
-                .as_ref()
-                .is_some_and(|x| x.uuid == ext.uuid())
-            {
-                return Err(VdiskError::Exists(format!(
-                    "`{}` as the external snapshot of `{name}`",
-                    ext.name()
-                )));
-            }
-            if !d.rec.thin {
-                return Err(refuse(format!("`{name}` is not thin-provisioned")));
-            }
-            if d.rec.read_only {
-                return Err(refuse(format!("`{name}` is read-only (a snapshot)")));
-            }
-            if d.rec.parent != 0 {
-                return Err(refuse(format!(
-                    "`{name}` has a parent in the lvstore (it is a clone, or has snapshots); \
-                     changing the parent of such an lvol is not supported yet"
-                )));
-            }
-            if d.job_cancel.is_some() {
-                return Err(VdiskError::Busy(format!("`{name}` is being split")));
-            }
-        }
-        self.externals.borrow_mut().insert(ext.uuid(), ext.clone());
-        {
-            let mut st = self.st.borrow_mut();
-            if let Some(d) = st.disks.get_mut(&id) {
-                d.rec.external = Some(ExternalBase {
-                    uuid: ext.uuid(),
-                    name: ext.name().to_string(),
-                });
-                d.rec.kind = super::meta::directory::DiskKind::Clone;
-            }
-            st.changed();
-        }
-        // Reads in flight of the old base drain before this answers.
-        self.push_view(id, true).await.map_err(|stall| {
-            VdiskError::DrainTimeout(stall.during(format!("re-parenting `{name}`")))
-        })?;
-        tracing::info!(pool = %self.shared.name, disk = name, external = ext.name(),
-            "external snapshot set as parent");
-        Ok(())
     }
 
     /// Reads blocks `[block, block + n)` (in the pool's block size) of what the disk

@@ -426,6 +426,7 @@ async fn open_labelled(
         cow_default: CowPolicy::from_u8(sb.cow_policy),
         free_segments: std::sync::atomic::AtomicU64::new(0),
         meta_budget: Default::default(),
+        on_external_released: Default::default(),
         containers,
     });
     let Loaded {

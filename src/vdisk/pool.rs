@@ -267,16 +267,29 @@ impl Pool {
     }
 
     /// Makes `name` read through to the bdev `ext` where it holds nothing of its own
-    /// (SPDK's `bdev_lvol_set_parent_bdev`; `esnap.rs` has the rules).
+    /// (SPDK's `bdev_lvol_set_parent_bdev`; `reparent.rs` has the rules). Its I/O is
+    /// held across the switch, for at most the drain time limit.
     pub fn set_external_parent(
         &self,
         name: &str,
         ext: Arc<dyn Bdev>,
     ) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         let name = name.to_string();
-        self.on_ctl(
-            move |c| async move { durable(&c, c.set_external_parent(&name, ext).await).await },
-        )
+        self.on_ctl(move |c| async move {
+            let limit = c.limits.get().drain;
+            durable(&c, c.set_external_parent(&name, ext, limit).await).await
+        })
+    }
+
+    /// Calls `f` (on the pool's controller core) each time a split or decouple that
+    /// ran in the background let an external snapshot go, once that is durable: the
+    /// bdev may be claimed by one disk fewer.
+    pub fn on_external_released(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self
+            .shared
+            .on_external_released
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
     }
 
     /// Makes `name` a clone of the snapshot `parent` of this pool: what it holds of its

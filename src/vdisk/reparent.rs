@@ -31,12 +31,24 @@
 use super::VdiskError;
 use super::controller::{Controller, CtlState};
 use super::cow::normalize;
+use super::esnap::unfit_external;
 use super::map::{Extent, ExtentState, Layer, Layers, MAX_LAYERS, MAX_RUN_SEGMENTS};
-use super::meta::directory::{DiskKind, JobRecord};
+use super::meta::directory::{DiskKind, ExternalBase, JobRecord};
 use super::table;
+use crate::bdev::Bdev;
 use crate::reactor;
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// What the re-parented disk reads where it holds nothing of its own.
+#[derive(Clone, Copy)]
+enum NewParent<'a> {
+    /// A snapshot of the pool (by id): its layers, and below them what it reads.
+    Snapshot(u64),
+    /// An external bdev (`bdev_lvol_set_parent_bdev`): nothing of the pool.
+    External(&'a ExternalBase),
+}
 
 /// What one virtual segment of the re-parented disk becomes.
 enum Plan {
@@ -124,29 +136,53 @@ impl Controller {
         None
     }
 
-    /// What each virtual segment of disk `id` becomes under the new parent `sid` (see
+    /// What each virtual segment of disk `id` becomes under the new parent `new` (see
     /// the module documentation), in order.
-    fn set_parent_plan(st: &CtlState, id: u64, sid: u64) -> Vec<(u64, Plan)> {
+    fn set_parent_plan(
+        st: &CtlState,
+        id: u64,
+        new: NewParent,
+        segment_blocks: u64,
+    ) -> Vec<(u64, Plan)> {
         let d = &st.disks[&id];
-        let s = &st.disks[&sid];
+        // (The old parent may be larger: the disk shrank since it was taken.)
+        let nsegs = d.rec.size_blocks.div_ceil(segment_blocks);
+        let (s_root, s_external) = match new {
+            NewParent::Snapshot(sid) => {
+                let s = &st.disks[&sid];
+                (s.root.as_ref(), s.rec.external.is_some())
+            }
+            NewParent::External(_) => (None, true),
+        };
         let old = st.disks.get(&d.rec.parent).filter(|_| d.rec.parent != 0);
+        // Every segment one of the three maps: where only the old parent does, the
+        // disk may hold zeros over its data.
+        let old_root = old.and_then(|o| o.root.as_ref());
         let mut vsegs = BTreeSet::new();
-        for root in [d.root.as_ref(), s.root.as_ref()].into_iter().flatten() {
+        for root in [d.root.as_ref(), s_root, old_root].into_iter().flatten() {
             root.visit_from(0, &mut |e| {
-                vsegs.extend(e.vseg..e.end());
-                true
+                vsegs.extend(e.vseg..e.end().min(nsegs));
+                e.end() < nsegs
             });
         }
         let mut out = Vec::with_capacity(vsegs.len());
         for v in vsegs {
             let mine = d.root.as_ref().and_then(|r| r.lookup(v)).map(|e| e.at(v));
-            let theirs = s.root.as_ref().and_then(|r| r.lookup(v)).map(|e| e.at(v));
+            let theirs = s_root.and_then(|r| r.lookup(v)).map(|e| e.at(v));
             let shared = old
                 .and_then(|o| o.root.as_ref())
                 .and_then(|r| r.lookup(v))
                 .map(|e| e.at(v));
             let Some(mine) = mine else {
-                if shared.is_some() && (theirs.is_some() || s.rec.external.is_some()) {
+                // A segment the disk holds nothing of where its old parent has data:
+                // it read zeros there (it unmapped the segment, or shrank and grew
+                // back), unless it read an external bdev below its layers, whose place
+                // the new parent's takes as it does everywhere else.
+                let zeros_held = match new {
+                    NewParent::Snapshot(_) => theirs.is_some() || s_external,
+                    NewParent::External(_) => d.rec.external.is_none(),
+                };
+                if shared.is_some() && zeros_held {
                     out.push((v, Plan::Zero));
                 } else if let Some(t) = theirs {
                     out.push((v, Plan::Parent(t)));
@@ -248,8 +284,19 @@ impl Controller {
                 Self::set_parent_refused(st, (id, sid), name, parent, false)
             })
             .await?;
+        let refused = |me: &Self| {
+            me.check_usable().err().or_else(|| {
+                Self::set_parent_refused(&me.st.borrow(), (id, sid), name, parent, true)
+            })
+        };
         let r = self
-            .set_parent_quiesced((id, sid), name, parent, q, deadline)
+            .set_parent_quiesced(
+                (id, NewParent::Snapshot(sid)),
+                (name, parent),
+                q,
+                deadline,
+                &refused,
+            )
             .await;
         let _ = self.activate(q).await;
         r?;
@@ -258,16 +305,158 @@ impl Controller {
         Ok(())
     }
 
-    /// [`Controller::set_parent`] once the disk is quiesced (quiesce `q`); the caller
-    /// activates it.
+    /// Why `name` (`id`) may not be made to read through to the external bdev `ext`
+    /// (`bdev_lvol_set_parent_bdev`), if it may not. `ours`: the disk is quiesced by the
+    /// operation itself. SPDK's refusals (`spdk_bs_blob_set_external_parent`): the
+    /// lvol's own UUID, `ext` already its external parent (`Exists`), an lvol that is
+    /// neither thin nor a clone, an operation under way (`Busy`); and tessera's: a
+    /// snapshot (as for `set_parent`), an lvol of this pool as `ext` (that is
+    /// `bdev_lvol_set_parent`), an lvol that is some disk's parent.
+    fn set_external_refused(
+        st: &CtlState,
+        id: u64,
+        name: &str,
+        (ext_uuid, ext_name): (uuid::Uuid, &str),
+        ours: bool,
+    ) -> Option<VdiskError> {
+        let Some(d) = st.disks.get(&id) else {
+            return Some(VdiskError::NotFound(name.to_string()));
+        };
+        let invalid =
+            |field: &'static str, reason: String| Some(VdiskError::InvalidParam { field, reason });
+        if d.rec.uuid == ext_uuid {
+            return invalid(
+                "lvol_name",
+                format!("`{name}` cannot be its own external snapshot"),
+            );
+        }
+        if st.disks.values().any(|o| o.rec.uuid == ext_uuid) {
+            return invalid(
+                "parent_name",
+                format!("`{ext_name}` is an lvol of this lvstore; use bdev_lvol_set_parent"),
+            );
+        }
+        // As SPDK: only an esnap clone of `ext` itself has it as its parent (a clone of
+        // its snapshot reads it through that snapshot, and may be made its esnap clone).
+        if d.rec.parent == 0 && d.rec.external.as_ref().is_some_and(|x| x.uuid == ext_uuid) {
+            return Some(VdiskError::Exists(format!(
+                "`{ext_name}` as the external snapshot of `{name}`"
+            )));
+        }
+        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
+            return invalid(
+                "lvol_name",
+                format!("`{name}` is a snapshot; only a writable lvol takes a new parent"),
+            );
+        }
+        // As SPDK: an lvol that is not a clone must be thin (a clone always is there).
+        if !d.rec.thin && d.rec.parent == 0 && d.rec.external.is_none() {
+            return invalid("lvol_name", format!("`{name}` is not thin-provisioned"));
+        }
+        if d.job_cancel.is_some() || d.rec.job != JobRecord::None {
+            return Some(VdiskError::Busy(format!(
+                "`{name}` is being split from its parent; cancel the job or wait for it"
+            )));
+        }
+        if let Some(c) = st.disks.values().find(|c| c.rec.parent == id) {
+            return Some(VdiskError::Busy(format!(
+                "`{}` names `{name}` as its parent",
+                c.rec.name
+            )));
+        }
+        if d.quiesced && !ours {
+            return Some(VdiskError::Busy(format!(
+                "`{name}` is quiesced (tessera_quiesce); activate it first"
+            )));
+        }
+        None
+    }
+
+    /// Makes `name` read through to the external bdev `ext` where no layer of its own
+    /// holds a block (SPDK's `bdev_lvol_set_parent_bdev`): a thin lvol of the pool's own
+    /// (what it did not write reads `ext` from now on, not zeros), an external
+    /// snapshot's clone (another external bdev), a clone or an lvol with snapshots (it
+    /// stops reading its parent snapshots: as SPDK's blob drops its snapshot, only what
+    /// it wrote itself stays). The table becomes the lvol's own layers alone, as
+    /// [`Controller::set_parent`] makes it (see the module documentation), in one step
+    /// with its I/O held; `limit` bounds the wait for the lock and for its I/O in
+    /// flight. The caller makes the change durable before answering.
+    pub(crate) async fn set_external_parent(
+        &self,
+        name: &str,
+        ext: Arc<dyn Bdev>,
+        limit: Duration,
+    ) -> Result<(), VdiskError> {
+        self.check_usable()?;
+        let id = self.id_of(name)?;
+        let geo = self.shared.geo;
+        if let Some(why) = unfit_external(&ext, geo.block_size, geo.segment_bytes()) {
+            return Err(VdiskError::InvalidParam {
+                field: "parent_name",
+                reason: why,
+            });
+        }
+        let base = ExternalBase {
+            uuid: ext.uuid(),
+            name: ext.name().to_string(),
+        };
+        let key = (base.uuid, base.name.as_str());
+        let what = format!("set_parent_bdev of `{name}` to `{}`", base.name);
+        let deadline = reactor::now().after(limit);
+        let (_locks, q) = self
+            .hold_for_switch((id, id), &what, limit, deadline, |st| {
+                Self::set_external_refused(st, id, name, key, false)
+            })
+            .await?;
+        let refused = |me: &Self| {
+            me.check_usable()
+                .err()
+                .or_else(|| Self::set_external_refused(&me.st.borrow(), id, name, key, true))
+        };
+        // Reads below the disk's layers find the bdev once the view is pushed.
+        self.externals.borrow_mut().insert(base.uuid, ext.clone());
+        let r = self
+            .set_parent_quiesced(
+                (id, NewParent::External(&base)),
+                (name, &base.name),
+                q,
+                deadline,
+                &refused,
+            )
+            .await;
+        let _ = self.activate(q).await;
+        if r.is_err() {
+            let st = self.st.borrow();
+            let named = st
+                .disks
+                .values()
+                .any(|d| d.rec.external.as_ref().is_some_and(|x| x.uuid == base.uuid));
+            if !named {
+                self.externals.borrow_mut().remove(&base.uuid);
+            }
+        }
+        r?;
+        self.update_free();
+        tracing::info!(pool = %self.shared.name, disk = name, external = %base.name,
+            uuid = %base.uuid, "external snapshot set as parent");
+        Ok(())
+    }
+
+    /// [`Controller::set_parent`] and [`Controller::set_external_parent`] once the disk
+    /// is quiesced (quiesce `q`); `refused` is asked before and after the merges are
+    /// copied. The caller activates the disk.
     async fn set_parent_quiesced(
         &self,
-        (id, sid): (u64, u64),
-        name: &str,
-        parent: &str,
+        (id, new): (u64, NewParent<'_>),
+        (name, parent): (&str, &str),
         q: u64,
         deadline: reactor::Nanos,
+        refused: &dyn Fn(&Self) -> Option<VdiskError>,
     ) -> Result<(), VdiskError> {
+        let sid = match new {
+            NewParent::Snapshot(sid) => sid,
+            NewParent::External(_) => id,
+        };
         let expired = || {
             self.quiesces
                 .borrow()
@@ -281,18 +470,14 @@ impl Controller {
         }
         // The fills as the drained writes left them, logged before the switch.
         self.persist_dirty_fills();
-        let refused = |me: &Self| {
-            me.check_usable().err().or_else(|| {
-                Self::set_parent_refused(&me.st.borrow(), (id, sid), name, parent, true)
-            })
-        };
         if let Some(e) = refused(self) {
             return Err(e);
         }
         let (plan, roots) = {
             let st = self.st.borrow();
             let roots = Self::roots_of(&st, id, sid);
-            (Self::set_parent_plan(&st, id, sid), roots)
+            let seg_blocks = self.shared.geo.segment_blocks;
+            (Self::set_parent_plan(&st, id, new, seg_blocks), roots)
         };
         // The merges and zeroed segments: written before the switch, into segments nothing
         // references yet.
@@ -393,13 +578,18 @@ impl Controller {
                 })
                 .collect();
             let exts = coalesce(exts);
-            let s = st
-                .disks
-                .get_mut(&sid)
-                .expect("checked, nothing awaited since");
-            // Every extent the two now share was born before `g`.
-            s.rec.snap_gen = s.rec.snap_gen.max(g);
-            let external = s.rec.external.clone();
+            let (parent_id, external) = match new {
+                NewParent::Snapshot(sid) => {
+                    let s = st
+                        .disks
+                        .get_mut(&sid)
+                        .expect("checked, nothing awaited since");
+                    // Every extent the two now share was born before `g`.
+                    s.rec.snap_gen = s.rec.snap_gen.max(g);
+                    (sid, s.rec.external.clone())
+                }
+                NewParent::External(base) => (0, Some(base.clone())),
+            };
             let d = st.disks.get(&id).expect("checked, nothing awaited since");
             let nsegs = d.rec.size_blocks.div_ceil(self.shared.geo.segment_blocks);
             let root = if exts.is_empty() {
@@ -412,7 +602,7 @@ impl Controller {
                 .get_mut(&id)
                 .expect("checked, nothing awaited since");
             table::set_root(&mut d.root, root, &mut st.space);
-            d.rec.parent = sid;
+            d.rec.parent = parent_id;
             d.rec.snap_gen = g;
             d.rec.external = external;
             d.rec.kind = DiskKind::Clone;

@@ -98,7 +98,14 @@ pub struct PoolShared {
     pub free_segments: AtomicU64,
     /// Metadata pages that changes may still take before the next commit.
     pub meta_budget: MetaBudget,
+    /// Called on the controller core when a split or decouple that ran in the
+    /// background let an external snapshot go, once that is durable (the target
+    /// drops its claim on the bdev then): `Pool::on_external_released`.
+    pub(crate) on_external_released: std::sync::Mutex<Option<ReleaseHook>>,
 }
+
+/// What [`PoolShared::on_external_released`] calls.
+pub(crate) type ReleaseHook = Arc<dyn Fn() + Send + Sync>;
 
 /// The metadata pages the pool may still promise to changes before its next commit, so
 /// that the commit of every change it let through fits in the metadata area (see

@@ -150,8 +150,12 @@ impl Controller {
                 d.job_cancel = None;
                 d.job_progress = None;
             }
-            if let Err(e) = r {
-                tracing::error!(pool = %me.shared.name, disk = id, error = %e, "split job stopped");
+            match r {
+                Ok(true) => me.external_released(id).await,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(pool = %me.shared.name, disk = id, error = %e, "split job stopped");
+                }
             }
         })
         .detach();
@@ -309,24 +313,47 @@ impl Controller {
         (found, total)
     }
 
+    /// After a job let disk `id`'s external snapshot go: makes that durable (a crash
+    /// after the bdev is deleted must not find the disk reading it still), then tells
+    /// the pool's owner ([`super::Pool::on_external_released`]), which lets go of the
+    /// bdev if nothing else reads it.
+    async fn external_released(&self, id: u64) {
+        if let Err(status) = self.make_durable().await {
+            tracing::error!(pool = %self.shared.name, disk = id, ?status,
+                "committing the end of a split failed; its external snapshot stays claimed");
+            return;
+        }
+        let hook = self
+            .shared
+            .on_external_released
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    /// Runs disk `disk`'s job to its end (or until cancelled, or the pool closes).
+    /// Returns whether it let the disk's external snapshot go.
     async fn run_job(
         &self,
         disk: u64,
         cancel: &Cell<bool>,
         progress: &Cell<(u64, u64)>,
-    ) -> Result<(), VdiskError> {
+    ) -> Result<bool, VdiskError> {
         let start_cursor = match self.st.borrow().disks.get(&disk).map(|d| d.rec.job) {
             Some(JobRecord::Split { cursor } | JobRecord::Decouple { cursor }) => cursor,
-            _ => return Ok(()),
+            _ => return Ok(false),
         };
         if !self.job_wait_external(disk, cancel).await {
-            return Ok(());
+            return Ok(false);
         }
         let (_, total) = self.job_scan(disk, start_cursor, 0, true);
         progress.set((0, total));
         let bdev = match self.st.borrow().disks.get(&disk) {
             Some(d) => d.bdev.clone(),
-            None => return Ok(()),
+            None => return Ok(false),
         };
         let mut cursor = start_cursor;
         let mut done = 0;
@@ -336,7 +363,7 @@ impl Controller {
         let mut finish_lock = None;
         loop {
             if self.crashed.get() {
-                return Ok(());
+                return Ok(false);
             }
             if cancel.get() || self.stopping.get() || self.st.borrow().closed {
                 if cancel.get() {
@@ -347,7 +374,7 @@ impl Controller {
                     st.changed();
                     tracing::info!(pool = %self.shared.name, disk, done, "split cancelled");
                 }
-                return Ok(());
+                return Ok(false);
             }
             let (batch, _) = self.job_scan(
                 disk,
@@ -373,7 +400,7 @@ impl Controller {
             };
             let st = self.job_batch(disk, &batch).await;
             if self.crashed.get() {
-                return Ok(());
+                return Ok(false);
             }
             if !st.is_success() {
                 return Err(VdiskError::Io {
@@ -436,7 +463,7 @@ impl Controller {
                 st.disks.get(&p).map_or(0, |p| p.rec.parent)
             };
             let Some(d) = st.disks.get_mut(&disk) else {
-                return Ok(());
+                return Ok(false);
             };
             let decouple = matches!(d.rec.job, JobRecord::Decouple { .. });
             d.rec.parent = if decouple { grandparent } else { 0 };
@@ -456,6 +483,7 @@ impl Controller {
             st.changed();
             (name, decouple, external)
         };
+        let released = external.is_some();
         if let Some(x) = external {
             // Reads of the external bdev in flight drain before the job ends.
             let _ = self.push_view(disk, true).await;
@@ -464,7 +492,7 @@ impl Controller {
         }
         tracing::info!(pool = %self.shared.name, disk = %name, segments = done,
             "{} finished", if decouple { "decouple" } else { "split" });
-        Ok(())
+        Ok(released)
     }
 
     /// Makes the segments `vsegs` of `disk` its own: shared ones are copied concurrently

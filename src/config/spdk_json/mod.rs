@@ -26,7 +26,9 @@
 //! SPDK's methods; reading keeps the names as given (an alias, a UUID or a bare lvol
 //! name), which the target resolves as it resolves every bdev name.
 
-use super::{BdevConfig, CloneConfig, Config, ConfigError, PoolConfig, QosConfig, SnapshotConfig};
+use super::{
+    BdevConfig, CloneConfig, Config, ConfigError, LvolStep, PoolConfig, QosConfig, SnapshotConfig,
+};
 use crate::frontend::nbd::{NbdConfig, NbdExportConfig};
 use crate::frontend::nvmf::{ListenerConfig, NamespaceConfig, NvmfConfig, SubsystemConfig};
 use crate::reactor::{CoreList, IdlePolicy};
@@ -74,25 +76,7 @@ fn snapshot_params(lvol_name: String, s: &SnapshotConfig) -> Value {
 
 /// The pool a disk, snapshot or clone of `cfg` (by name or `pool/disk` alias) lives in.
 fn pool_of<'a>(cfg: &'a Config, name: &str) -> Option<&'a str> {
-    let mut name = name.to_string();
-    for _ in 0..=(cfg.snapshots.len() + cfg.clones.len()) {
-        if let Some((lvs, _)) = name.split_once('/')
-            && let Some(p) = cfg.pools.iter().find(|p| p.name == lvs)
-        {
-            return Some(&p.name);
-        }
-        if let Some(d) = cfg.disks.iter().find(|d| d.name == name) {
-            return Some(&d.pool);
-        }
-        if let Some(s) = cfg.snapshots.iter().find(|s| s.name == name) {
-            name = s.disk.clone();
-        } else if let Some(c) = cfg.clones.iter().find(|c| c.name == name) {
-            name = c.snapshot.clone();
-        } else {
-            return None;
-        }
-    }
-    None
+    cfg.lvol_pool(name)
 }
 
 /// `lvs/lvol` for a disk of `cfg`, the name itself for any other bdev.
@@ -104,20 +88,39 @@ fn bdev_ref(cfg: &Config, name: &str) -> String {
     }
 }
 
-/// The alias of disk `name` made in the pool of `origin`.
-fn beside(cfg: &Config, origin: &str, name: &str) -> String {
-    match pool_of(cfg, origin) {
-        Some(p) => format!("{p}/{name}"),
-        None => name.to_string(),
-    }
-}
-
 fn is_plain_lvstore(p: &PoolConfig) -> bool {
     p.bdevs.len() == 1
         && p.metadata_bdev.is_none()
         && p.metadata_size.is_none()
         && p.cow_policy == CowPolicy::default()
         && p.controller_core.is_none()
+}
+
+/// The calls that make disk `d`: `bdev_lvol_create`, or for an external snapshot's
+/// clone `bdev_lvol_clone_bdev` (of the bdev's size) and `bdev_lvol_resize` to its own.
+fn disk_calls(d: &crate::config::DiskConfig) -> Vec<Value> {
+    let mut size = json!({});
+    if d.size.0.is_multiple_of(1 << 20) {
+        size["size_in_mib"] = json!(d.size.0 >> 20);
+    } else {
+        size["size"] = json!(d.size.0);
+    }
+    if let Some(x) = &d.external_snapshot {
+        let mut out = vec![call(
+            "bdev_lvol_clone_bdev",
+            json!({"bdev": x, "lvs_name": d.pool, "clone_name": d.name}),
+        )];
+        if d.size.0 > 0 {
+            size["name"] = json!(format!("{}/{}", d.pool, d.name));
+            out.push(call("bdev_lvol_resize", size));
+        }
+        return out;
+    }
+    let mut p = json!({"lvs_name": d.pool, "lvol_name": d.name, "thin_provision": d.thin});
+    for (k, v) in size.as_object().into_iter().flatten() {
+        p[k] = v.clone();
+    }
+    vec![call("bdev_lvol_create", p)]
 }
 
 fn bdev_calls(cfg: &Config) -> Vec<Value> {
@@ -228,81 +231,19 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
             )
         });
     }
-    for d in &cfg.disks {
-        let mut size = json!({});
-        if d.size.0.is_multiple_of(1 << 20) {
-            size["size_in_mib"] = json!(d.size.0 >> 20);
-        } else {
-            size["size"] = json!(d.size.0);
-        }
-        if let Some(x) = &d.external_snapshot {
-            // SPDK's call makes it of the bdev's size; a resize gives it its own.
-            out.push(call(
-                "bdev_lvol_clone_bdev",
-                json!({"bdev": x, "lvs_name": d.pool, "clone_name": d.name}),
-            ));
-            if d.size.0 > 0 {
-                size["name"] = json!(format!("{}/{}", d.pool, d.name));
-                out.push(call("bdev_lvol_resize", size));
-            }
-            continue;
-        }
-        let mut p = json!({"lvs_name": d.pool, "lvol_name": d.name, "thin_provision": d.thin});
-        for (k, v) in size.as_object().into_iter().flatten() {
-            p[k] = v.clone();
-        }
-        out.push(call("bdev_lvol_create", p));
-    }
-    // Snapshots and clones in an order where each one's origin exists before it.
-    let mut made: Vec<String> = cfg
-        .disks
-        .iter()
-        .map(|d| format!("{}/{}", d.pool, d.name))
-        .collect();
-    let mut snaps: Vec<&SnapshotConfig> = cfg.snapshots.iter().collect();
-    let mut clones: Vec<&CloneConfig> = cfg.clones.iter().collect();
-    while !snaps.is_empty() || !clones.is_empty() {
-        let before = snaps.len() + clones.len();
-        let mut i = 0;
-        while i < snaps.len() {
-            if made.contains(&bdev_ref(cfg, &snaps[i].disk)) {
-                let s = snaps.remove(i);
-                out.push(call(
-                    "bdev_lvol_snapshot",
-                    snapshot_params(bdev_ref(cfg, &s.disk), s),
-                ));
-                made.push(beside(cfg, &s.disk, &s.name));
-            } else {
-                i += 1;
-            }
-        }
-        let mut i = 0;
-        while i < clones.len() {
-            if made.contains(&bdev_ref(cfg, &clones[i].snapshot)) {
-                let c = clones.remove(i);
-                out.push(call(
-                    "bdev_lvol_clone",
-                    json!({"snapshot_name": bdev_ref(cfg, &c.snapshot), "clone_name": c.name}),
-                ));
-                made.push(beside(cfg, &c.snapshot, &c.name));
-            } else {
-                i += 1;
-            }
-        }
-        if snaps.len() + clones.len() == before {
-            // Origins missing from the config: written as they are, refused on load.
-            for s in snaps.drain(..) {
-                out.push(call(
-                    "bdev_lvol_snapshot",
-                    snapshot_params(s.disk.clone(), s),
-                ));
-            }
-            for c in clones.drain(..) {
-                out.push(call(
-                    "bdev_lvol_clone",
-                    json!({"snapshot_name": c.snapshot, "clone_name": c.name}),
-                ));
-            }
+    // Disks, snapshots and clones, each after what it needs (its origin, or the lvol of
+    // another lvstore an external snapshot's clone reads).
+    for step in cfg.lvol_order() {
+        match step {
+            LvolStep::Disk(d) => out.extend(disk_calls(d)),
+            LvolStep::Snapshot(s) => out.push(call(
+                "bdev_lvol_snapshot",
+                snapshot_params(bdev_ref(cfg, &s.disk), s),
+            )),
+            LvolStep::Clone(c) => out.push(call(
+                "bdev_lvol_clone",
+                json!({"snapshot_name": bdev_ref(cfg, &c.snapshot), "clone_name": c.name}),
+            )),
         }
     }
     let flags = cfg
