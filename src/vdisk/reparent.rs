@@ -72,6 +72,30 @@ enum Plan {
 }
 
 impl Controller {
+    /// Why disk `name` (`id`, in `st`) may not take a new parent now, if it is busy: a
+    /// split running, a disk naming it as its parent, or quiesced by someone else than
+    /// the operation itself (`ours`).
+    fn reparent_busy(st: &CtlState, id: u64, name: &str, ours: bool) -> Option<VdiskError> {
+        let d = &st.disks[&id];
+        if d.job_cancel.is_some() || d.rec.job != JobRecord::None {
+            return Some(VdiskError::Busy(format!(
+                "`{name}` is being split from its parent; cancel the job or wait for it"
+            )));
+        }
+        if let Some(c) = st.disks.values().find(|c| c.rec.parent == id) {
+            return Some(VdiskError::Busy(format!(
+                "`{}` names `{name}` as its parent",
+                c.rec.name
+            )));
+        }
+        if d.quiesced && !ours {
+            return Some(VdiskError::Busy(format!(
+                "`{name}` is quiesced (tessera_quiesce); activate it first"
+            )));
+        }
+        None
+    }
+
     /// Why `name` (`id`) may not be made a clone of `parent` (`sid`), if it may not.
     /// `ours`: the disk is quiesced by the operation itself.
     fn set_parent_refused(
@@ -117,23 +141,7 @@ impl Controller {
                 ),
             );
         }
-        if d.job_cancel.is_some() || d.rec.job != JobRecord::None {
-            return Some(VdiskError::Busy(format!(
-                "`{name}` is being split from its parent; cancel the job or wait for it"
-            )));
-        }
-        if let Some(c) = st.disks.values().find(|c| c.rec.parent == id) {
-            return Some(VdiskError::Busy(format!(
-                "`{}` names `{name}` as its parent",
-                c.rec.name
-            )));
-        }
-        if d.quiesced && !ours {
-            return Some(VdiskError::Busy(format!(
-                "`{name}` is quiesced (tessera_quiesce); activate it first"
-            )));
-        }
-        None
+        Self::reparent_busy(st, id, name, ours)
     }
 
     /// What each virtual segment of disk `id` becomes under the new parent `new` (see
@@ -353,23 +361,7 @@ impl Controller {
         if !d.rec.thin && d.rec.parent == 0 && d.rec.external.is_none() {
             return invalid("lvol_name", format!("`{name}` is not thin-provisioned"));
         }
-        if d.job_cancel.is_some() || d.rec.job != JobRecord::None {
-            return Some(VdiskError::Busy(format!(
-                "`{name}` is being split from its parent; cancel the job or wait for it"
-            )));
-        }
-        if let Some(c) = st.disks.values().find(|c| c.rec.parent == id) {
-            return Some(VdiskError::Busy(format!(
-                "`{}` names `{name}` as its parent",
-                c.rec.name
-            )));
-        }
-        if d.quiesced && !ours {
-            return Some(VdiskError::Busy(format!(
-                "`{name}` is quiesced (tessera_quiesce); activate it first"
-            )));
-        }
-        None
+        Self::reparent_busy(st, id, name, ours)
     }
 
     /// Makes `name` read through to the external bdev `ext` where no layer of its own
