@@ -213,6 +213,9 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
         if let Some(v) = n.psk_identity_version {
             p["psk_identity_version"] = json!(v);
         }
+        if n.secure_concat {
+            p["secure_concat"] = json!(true);
+        }
         out.push(call("bdev_nvme_attach_controller", p));
     }
     for p in &cfg.pools {
@@ -369,6 +372,9 @@ fn nvmf_calls(cfg: &Config) -> Vec<Value> {
             }});
             if l.secure_channel {
                 params["secure_channel"] = json!(true);
+            }
+            if l.secure_concat {
+                params["secure_concat"] = json!(true);
             }
             if let Some(n) = l.max_connections {
                 params["max_connections"] = json!(n);
@@ -891,6 +897,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
                 address: la.traddr,
                 port,
                 secure_channel: q.secure_channel.unwrap_or(false),
+                secure_concat: q.secure_concat.unwrap_or(false),
                 max_connections: limits.max_connections,
                 max_connections_per_host: limits.max_connections_per_host,
             });
