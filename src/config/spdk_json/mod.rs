@@ -355,6 +355,14 @@ fn nvmf_calls(cfg: &Config) -> Vec<Value> {
     };
     let mut t = serde_json::to_value(&n.transport).unwrap_or_else(|_| json!({}));
     t["trtype"] = json!("TCP");
+    // tessera's handshake limit only when set otherwise (SPDK's nvmf_tgt knows no such
+    // parameter).
+    if n.transport.tls_handshake_timeout_ms
+        == crate::frontend::nvmf::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS
+        && let Some(o) = t.as_object_mut()
+    {
+        o.remove("tls_handshake_timeout_ms");
+    }
     let mut out = vec![call("nvmf_create_transport", t)];
     for s in &n.subsystems {
         out.push(call(
