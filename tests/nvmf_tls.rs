@@ -4,8 +4,9 @@
 //! (TLS_AES_256_GCM_SHA384) key; tessera's initiator against SPDK's `nvmf_tgt` and
 //! against tessera's own listener (identity versions 0 and 1). Refusals: a wrong PSK, a
 //! host without a PSK, a plain host on the secure listener, garbage instead of a
-//! ClientHello, a stalled handshake, a malformed key file; the target keeps serving the
-//! others, and no key material appears in logs, replies or `save_config`.
+//! ClientHello, a stalled handshake (at the default and at a configured time limit), a
+//! malformed key file; the target keeps serving the others, and no key material appears
+//! in logs, replies or `save_config`.
 
 mod nvmf_common;
 mod process_support;
@@ -491,7 +492,7 @@ nvmf:
     );
     wait_log(
         &tgt,
-        "TLS handshake not finished within 10s",
+        "TLS handshake not finished within 10000 ms (2 bytes received from the peer: an incomplete handshake)",
         Duration::from_secs(2),
     );
 
@@ -768,4 +769,75 @@ fn a_host_psk_changed_at_run_time_keys_new_connections_and_existing_ones_stay() 
         .unwrap_err()
         .to_string();
     assert!(e.contains("psk"), "{e}");
+}
+
+/// The TLS handshake's time limit is the transport's `tls_handshake_timeout_ms`: a
+/// client that opens TCP and sends nothing, and one that sends part of a ClientHello,
+/// are each closed when it passes (not before), and the log says how long the limit was
+/// and how many bytes the client had sent. A limit out of range is refused by name.
+#[test]
+fn the_tls_handshake_time_limit_is_configurable_and_its_expiry_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (k256, _) = key_file(&d, "k256", Some(HashId::Sha256), 32, 5);
+    let port = free_port();
+    let yaml = format!(
+        r#"cores: [0]
+keys:
+  - {{name: k256, path: {k256}}}
+bdevs:
+  - {{type: malloc, name: M0, size: 16MiB}}
+nvmf:
+  transport: {{tls_handshake_timeout_ms: 1500}}
+  subsystems:
+    - nqn: {NQN}
+      hosts: [{H256}]
+      psk: {{{H256}: k256}}
+      listeners: [{{address: 127.0.0.1, port: {port}, secure_channel: true}}]
+      namespaces: [{{bdev: M0, nsid: 1}}]
+"#,
+        k256 = k256.display()
+    );
+    let cfg = d.join("target.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let tgt = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    // Nothing sent; then the first 15 bytes of a ClientHello record.
+    let partial: &[u8] = &[
+        0x16, 0x03, 0x01, 0x01, 0x00, 0x01, 0x00, 0x00, 0xfc, 0x03, 0x03, 0x11, 0x22, 0x33, 0x44,
+    ];
+    for (sent, said) in [
+        (&[][..], "0 bytes received from the peer: it sent nothing"),
+        (
+            partial,
+            "15 bytes received from the peer: an incomplete handshake",
+        ),
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(sent).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(usize::MAX);
+        let waited = t.elapsed();
+        assert_eq!(n, 0, "the stalled connection got {n} bytes");
+        assert!(
+            waited >= Duration::from_millis(1300) && waited < Duration::from_secs(5),
+            "closed after {waited:?} with a limit of 1.5 s"
+        );
+        wait_log(
+            &tgt,
+            &format!("TLS handshake not finished within 1500 ms ({said})"),
+            Duration::from_secs(2),
+        );
+    }
+    // Out of range: refused, naming the option.
+    let e = tgt.call_err(
+        "nvmf_create_transport",
+        json!({"trtype": "TCP", "tls_handshake_timeout_ms": 50}),
+    );
+    assert!(
+        e.to_string().contains("tls_handshake_timeout_ms")
+            && e.to_string().contains("not between 100 and 600000"),
+        "{e}"
+    );
 }

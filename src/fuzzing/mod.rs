@@ -56,7 +56,7 @@ pub fn nvmf_auth(data: &[u8]) {
     let _ = auth::decode_header(msg);
     if let Ok(n) = auth::decode_negotiate(msg) {
         assert!(n.hashes.len() <= 30 && n.dhgroups.len() <= 30);
-        assert_eq!(n.sc_c, 0);
+        assert_eq!(n.sc_c, msg[6]);
     }
     if let Ok(r) = auth::decode_reply(msg, hl) {
         assert_eq!((r.rval.len(), r.cval.len()), (hl, hl));
@@ -64,6 +64,9 @@ pub fn nvmf_auth(data: &[u8]) {
         let mut again = Vec::new();
         auth::encode_reply(&mut again, &r);
         assert_eq!(auth::decode_reply(&again, hl).as_ref(), Ok(&r));
+    }
+    if let Ok(r) = auth::decode_reply_scc(msg, hl, true) {
+        assert_eq!(auth::DHCHAP_HEADER_LEN + 2 * hl + r.dhv.len(), msg.len());
     }
     if let Ok(c) = auth::decode_challenge(msg) {
         assert_eq!(c.cval.len(), c.hash.digest_len());

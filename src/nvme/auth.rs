@@ -41,6 +41,31 @@ pub mod auth_id {
     pub const FAILURE1: u8 = 0xf1;
 }
 
+/// Secure channel concatenation requests (`SC_C` of AUTH_Negotiate; the names of the
+/// Linux kernel's `NVME_AUTH_SECP_*`).
+pub mod sc_c {
+    /// No secure channel concatenation.
+    pub const NOSC: u8 = 0x00;
+    /// A secure channel other than TLS (not defined for NVMe/TCP).
+    pub const SC: u8 = 0x01;
+    /// Generate a TLS PSK, on a queue without TLS: the host reconnects with TLS keyed by
+    /// it.
+    pub const NEWTLSPSK: u8 = 0x02;
+    /// Generate a TLS PSK replacing the one of the TLS connection the exchange runs on.
+    pub const REPLACETLSPSK: u8 = 0x03;
+
+    /// SPDK-style name of a value, for logs.
+    pub fn name(v: u8) -> &'static str {
+        match v {
+            NOSC => "NOSC",
+            SC => "SC",
+            NEWTLSPSK => "NEWTLSPSK",
+            REPLACETLSPSK => "REPLACETLSPSK",
+            _ => "reserved",
+        }
+    }
+}
+
 /// AUTH_Failure reason code (`rc`): the only one defined.
 pub const FAILURE_RC: u8 = 0x01;
 
@@ -294,8 +319,9 @@ pub struct Negotiate {
     pub dhgroups: Vec<u8>,
 }
 
-/// Decodes an AUTH_Negotiate, checking in SPDK's order: length, secure channel
-/// concatenation, a DH-HMAC-CHAP descriptor, its list lengths.
+/// Decodes an AUTH_Negotiate, checking in SPDK's order: length, a DH-HMAC-CHAP
+/// descriptor, its list lengths. `sc_c` is returned as sent: whether the queue may ask
+/// for secure channel concatenation is the state machine's to judge.
 pub fn decode_negotiate(b: &[u8]) -> Result<Negotiate, AuthDecodeError> {
     let h = decode_header(b)?;
     if b.len() < 8 {
@@ -311,15 +337,6 @@ pub fn decode_negotiate(b: &[u8]) -> Result<Negotiate, AuthDecodeError> {
             b.len(),
             8 + napd * DESCRIPTOR_LEN
         )));
-    }
-    if b[6] != 0 {
-        return Err(bad(
-            FailureReason::SccMismatch,
-            format!(
-                "secure channel concatenation {} requested; not supported",
-                b[6]
-            ),
-        ));
     }
     let desc = (0..napd)
         .map(|i| &b[8 + i * DESCRIPTOR_LEN..8 + (i + 1) * DESCRIPTOR_LEN])
@@ -344,12 +361,24 @@ pub fn decode_negotiate(b: &[u8]) -> Result<Negotiate, AuthDecodeError> {
     })
 }
 
-/// Encodes an AUTH_Negotiate with one DH-HMAC-CHAP descriptor.
+/// Encodes an AUTH_Negotiate with one DH-HMAC-CHAP descriptor, without secure channel
+/// concatenation.
 pub fn encode_negotiate(out: &mut Vec<u8>, tid: u16, hashes: &[HashId], groups: &[DhGroup]) {
+    encode_negotiate_scc(out, tid, sc_c::NOSC, hashes, groups)
+}
+
+/// Encodes an AUTH_Negotiate with one DH-HMAC-CHAP descriptor and `SC_C` `scc`.
+pub fn encode_negotiate_scc(
+    out: &mut Vec<u8>,
+    tid: u16,
+    scc: u8,
+    hashes: &[HashId],
+    groups: &[DhGroup],
+) {
     out.clear();
     out.extend_from_slice(&[auth_type::COMMON, auth_id::NEGOTIATE, 0, 0]);
     out.extend_from_slice(&tid.to_le_bytes());
-    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&[scc, 1]);
     let mut d = [0u8; DESCRIPTOR_LEN];
     d[0] = auth_type::DHCHAP;
     d[2] = hashes.len().min(ID_LIST_LEN) as u8;
@@ -455,6 +484,14 @@ pub struct Reply<'a> {
 
 /// Decodes a DH-HMAC-CHAP_Reply whose hash length must be `hl`, with SPDK's checks.
 pub fn decode_reply(b: &[u8], hl: usize) -> Result<Reply<'_>, AuthDecodeError> {
+    decode_reply_scc(b, hl, false)
+}
+
+/// [`decode_reply`] in an exchange with secure channel concatenation (`concat`): there
+/// the host always sends its challenge C2 (the generated PSK needs it) and a sequence
+/// number of 0 says it does not ask the controller to authenticate itself (the Linux
+/// host's way), so cvalid 1 with seqnum 0 is allowed.
+pub fn decode_reply_scc(b: &[u8], hl: usize, concat: bool) -> Result<Reply<'_>, AuthDecodeError> {
     let h = decode_header(b)?;
     if b.len() < DHCHAP_HEADER_LEN {
         return Err(payload(format!(
@@ -482,7 +519,7 @@ pub fn decode_reply(b: &[u8], hl: usize) -> Result<Reply<'_>, AuthDecodeError> {
         v => return Err(payload(format!("cvalid {v}"))),
     };
     let seqnum = le32(b, 12);
-    if cvalid && seqnum == 0 {
+    if cvalid && seqnum == 0 && !concat {
         return Err(payload("seqnum 0 with cvalid 1"));
     }
     Ok(Reply {
@@ -646,12 +683,16 @@ mod tests {
         let e = decode_negotiate(&v[..40]).unwrap_err();
         assert_eq!(e.reason, FailureReason::IncorrectPayload);
         assert!(decode_negotiate(&v[..3]).is_err());
-        let mut s = v.clone();
-        s[6] = 1;
-        assert_eq!(
-            decode_negotiate(&s).unwrap_err().reason,
-            FailureReason::SccMismatch
+        // SC_C is returned as sent (the state machine judges it).
+        let mut s = Vec::new();
+        encode_negotiate_scc(
+            &mut s,
+            7,
+            sc_c::NEWTLSPSK,
+            &[HashId::Sha256],
+            &[DhGroup::Null],
         );
+        assert_eq!(decode_negotiate(&s).unwrap().sc_c, sc_c::NEWTLSPSK);
         let mut p = v.clone();
         p[8] = 2;
         assert_eq!(
@@ -696,6 +737,9 @@ mod tests {
         let mut z = v.clone();
         z[12..16].fill(0);
         assert!(decode_reply(&z, 32).is_err());
+        // With secure channel concatenation: C2 without a controller authentication.
+        let r = decode_reply_scc(&z, 32, true).unwrap();
+        assert!(r.cvalid && r.seqnum == 0);
         let mut d = v.clone();
         d[10] = 3;
         assert!(decode_reply(&d, 32).is_err());

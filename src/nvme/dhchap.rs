@@ -484,6 +484,94 @@ mod tests {
         assert!(a.derive(&[]).is_err());
     }
 
+    /// Secure channel concatenation: the Linux kernel's own KUnit vectors (its
+    /// `nvme_auth_generate_psk`, `_generate_digest`, `_derive_tls_psk`, with the
+    /// session key given directly), then a whole chain from the ffdhe2048 exchange:
+    /// KS = H(g^xy mod p), the host's response with SC_C NEWTLSPSK, the generated PSK,
+    /// its digest, the `NVMe1G` identity and the TLS PSK (Python, tests/dhchap_vectors.py).
+    #[test]
+    fn concatenation_matches_the_kernel_and_the_vectors() {
+        use crate::nvme::tls::{GeneratedPsk, Identity, Suite};
+        for (hash, psk, digest, tls) in [
+            (
+                HashId::Sha256,
+                KUNIT_SHA256_PSK,
+                KUNIT_SHA256_DIGEST,
+                KUNIT_SHA256_TLS_PSK,
+            ),
+            (
+                HashId::Sha384,
+                KUNIT_SHA384_PSK,
+                KUNIT_SHA384_DIGEST,
+                KUNIT_SHA384_TLS_PSK,
+            ),
+        ] {
+            let n = hash.digest_len();
+            let skey: Vec<u8> = (0..n).map(|i| b'A' + i as u8).collect();
+            let c1: Vec<u8> = (0..n as u8).collect();
+            let c2: Vec<u8> = (0..n).map(|i| 0xff - i as u8).collect();
+            let g = GeneratedPsk::new(hash, &skey, &c1, &c2, "hostnqn", "subsysnqn").unwrap();
+            assert_eq!(g.raw(), &unhex(psk)[..], "{}", hash.name());
+            assert_eq!(g.digest(), digest);
+            assert_eq!(&g.tls_psk()[..], &unhex(tls)[..]);
+        }
+        // SHA-512 has no TLS suite (the kernel refuses it too).
+        assert!(GeneratedPsk::new(HashId::Sha512, &[1; 64], &[2; 64], &[3; 64], "h", "s").is_err());
+        assert!(GeneratedPsk::new(HashId::Sha256, &[1; 32], &[2; 31], &[3; 32], "h", "s").is_err());
+
+        let secret = unhex(DH2048_SECRET);
+        let k = DhchapKey::parse(KEY_SHA256.as_bytes()).unwrap();
+        let cval48 = unhex(CVAL48);
+        let r = response(
+            &k,
+            &cval48,
+            &ResponseInputs {
+                hash: HashId::Sha384,
+                kind: "HostHost",
+                seqnum: 7,
+                tid: 3,
+                scc: crate::nvme::auth::sc_c::NEWTLSPSK,
+                nqn1: HOSTNQN,
+                nqn2: SUBNQN,
+                dh_secret: Some(&secret),
+            },
+        );
+        assert_eq!(&r[..], &unhex(RESP_HOST_SHA384_DH2048_NEWTLSPSK)[..]);
+        let ks = digest(HashId::Sha384, &secret);
+        let g = GeneratedPsk::new(
+            HashId::Sha384,
+            &ks,
+            &cval48,
+            &unhex(CONCAT_C2_48),
+            HOSTNQN,
+            SUBNQN,
+        )
+        .unwrap();
+        assert_eq!(g.raw(), &unhex(GEN_SHA384_PSK)[..]);
+        assert_eq!(g.digest(), GEN_SHA384_DIGEST);
+        assert_eq!(g.suite(), Suite::Aes256GcmSha384);
+        let id = g.identity(HOSTNQN, SUBNQN);
+        assert_eq!(id.encode(), GEN_SHA384_IDENTITY);
+        assert_eq!(Identity::parse(GEN_SHA384_IDENTITY.as_bytes()).unwrap(), id);
+        assert_eq!(&g.tls_psk()[..], &unhex(GEN_SHA384_TLS_PSK)[..]);
+        // The identity's TLS PSK is the same derivation (context `hh digest`).
+        assert_eq!(&id.tls_psk(g.raw())[..], &unhex(GEN_SHA384_TLS_PSK)[..]);
+        let ks = digest(HashId::Sha256, &secret);
+        let g = GeneratedPsk::new(
+            HashId::Sha256,
+            &ks,
+            &unhex(CVAL32),
+            &unhex(CONCAT_C2_32),
+            HOSTNQN,
+            SUBNQN,
+        )
+        .unwrap();
+        assert_eq!(g.raw(), &unhex(GEN_SHA256_PSK)[..]);
+        assert_eq!(g.digest(), GEN_SHA256_DIGEST);
+        assert_eq!(&g.tls_psk()[..], &unhex(GEN_SHA256_TLS_PSK)[..]);
+        assert!(format!("{g:?}").find(GEN_SHA256_PSK).is_none());
+    }
+
     #[test]
     fn dh_agrees_in_every_group() {
         for g in DhGroup::ALL.into_iter().skip(1) {

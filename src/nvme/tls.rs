@@ -18,6 +18,15 @@
 //! - The TLS PSK ([`tls_psk`]): HKDF with the suite's hash over the retained PSK, info
 //!   HkdfLabel(L, "nvme-tls-psk", context), the context being the whole identity for
 //!   version 0 (SPDK, libnvme) and `<hh> <digest>` for version 1 (libnvme).
+//! - Secure channel concatenation (NVMe base specification 2.1 §8.3.4.5.9, TP 8018):
+//!   after DH-HMAC-CHAP with a DH group, both sides compute the generated PSK
+//!   ([`GeneratedPsk`]) = HMAC-H(KS, C1 || C2), H the exchange's hash, KS = H(g^xy mod p)
+//!   the session key, C1 the controller's challenge and C2 the host's. It plays the
+//!   retained PSK's part: its digest as above, the identity `NVMe1G<hh> <hostnqn>
+//!   <subnqn> <digest>` (version 1, `G` for generated) and the TLS PSK with context
+//!   `<hh> <digest>`, as the Linux kernel's `nvme_auth_generate_psk`,
+//!   `nvme_auth_generate_digest` and `nvme_auth_derive_tls_psk` compute them. Only
+//!   SHA-256 and SHA-384 have a TLS suite, so the exchange must use one of them.
 //!
 //! Nothing here logs; no error carries key material; keys are zeroed when dropped.
 
@@ -226,7 +235,7 @@ fn hkdf_label(
 /// Why a PSK identity is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
-    #[error("PSK identity does not start with `NVMe0R` or `NVMe1R`")]
+    #[error("PSK identity does not start with `NVMe0R`, `NVMe1R` or `NVMe1G`")]
     Prefix,
     #[error("PSK identity: hash `{0}` is not 01 (SHA-256) or 02 (SHA-384)")]
     Hash(String),
@@ -246,6 +255,9 @@ pub struct Identity {
     pub subnqn: String,
     /// The PSK digest (base64), version 1 only.
     pub digest: Option<String>,
+    /// A generated PSK (`NVMe1G…`, secure channel concatenation) rather than a
+    /// retained one (`NVMe0R…`/`NVMe1R…`).
+    pub generated: bool,
 }
 
 impl Identity {
@@ -262,15 +274,17 @@ impl Identity {
             hostnqn: hostnqn.into(),
             subnqn: subnqn.into(),
             digest,
+            generated: false,
         }
     }
 
     /// Parses an identity as a host sends it.
     pub fn parse(raw: &[u8]) -> Result<Identity, IdentityError> {
         let s = std::str::from_utf8(raw).map_err(|_| IdentityError::Utf8)?;
-        let version = match s.get(..6) {
-            Some("NVMe0R") => 0,
-            Some("NVMe1R") => 1,
+        let (version, generated) = match s.get(..6) {
+            Some("NVMe0R") => (0, false),
+            Some("NVMe1R") => (1, false),
+            Some("NVMe1G") => (1, true),
             _ => return Err(IdentityError::Prefix),
         };
         let hh = s.get(6..8).ok_or(IdentityError::Hash(String::new()))?;
@@ -299,6 +313,7 @@ impl Identity {
             hostnqn: fields[1].into(),
             subnqn: fields[2].into(),
             digest: (version == 1).then(|| fields[3].to_string()),
+            generated,
         })
     }
 
@@ -306,7 +321,8 @@ impl Identity {
     pub fn encode(&self) -> String {
         match &self.digest {
             Some(d) => format!(
-                "NVMe1R{:02} {} {} {d}",
+                "NVMe1{}{:02} {} {} {d}",
+                if self.generated { 'G' } else { 'R' },
                 self.suite.id(),
                 self.hostnqn,
                 self.subnqn
@@ -358,6 +374,101 @@ pub fn tls_psk(suite: Suite, retained: &[u8], context: &[u8]) -> Zeroizing<Vec<u
     );
     out.truncate(suite.key_len());
     out
+}
+
+/// The PSK secure channel concatenation generates (NVMe base specification 2.1
+/// §8.3.4.5.9): HMAC-H(KS, C1 || C2). Kept by the target for the host's TLS
+/// reconnection (in memory only), by the host for its TLS queue pairs. Zeroed on drop;
+/// `Debug` shows no key.
+#[derive(Clone)]
+pub struct GeneratedPsk {
+    suite: Suite,
+    psk: Zeroizing<Vec<u8>>,
+    /// base64(HMAC-H(psk, hostnqn " " subnqn " NVMe-over-Fabrics")): public (it is in
+    /// the identity).
+    digest: String,
+}
+
+impl std::fmt::Debug for GeneratedPsk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GeneratedPsk({})", self.suite.name())
+    }
+}
+
+/// Why no PSK can be generated.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GenerateError {
+    #[error(
+        "secure channel concatenation needs SHA-256 or SHA-384 (a TLS cipher suite's hash); the exchange used {0}"
+    )]
+    Hash(&'static str),
+    #[error("challenges of {c1} and {c2} bytes where the hash takes {want}")]
+    ChallengeLength { c1: usize, c2: usize, want: usize },
+}
+
+impl GeneratedPsk {
+    /// The generated PSK of an exchange with hash `hash`, session key `ks` (H(g^xy mod
+    /// p)), the controller's challenge `c1` and the host's `c2`, for `hostnqn` and
+    /// `subnqn`.
+    pub fn new(
+        hash: HashId,
+        ks: &[u8],
+        c1: &[u8],
+        c2: &[u8],
+        hostnqn: &str,
+        subnqn: &str,
+    ) -> Result<GeneratedPsk, GenerateError> {
+        let suite = match hash {
+            HashId::Sha256 => Suite::Aes128GcmSha256,
+            HashId::Sha384 => Suite::Aes256GcmSha384,
+            HashId::Sha512 => return Err(GenerateError::Hash(hash.name())),
+        };
+        let want = hash.digest_len();
+        if c1.len() != want || c2.len() != want {
+            return Err(GenerateError::ChallengeLength {
+                c1: c1.len(),
+                c2: c2.len(),
+                want,
+            });
+        }
+        let psk = hmac_parts(hash, ks, &[c1, c2]);
+        let digest = psk_digest(suite, &psk, hostnqn, subnqn);
+        Ok(GeneratedPsk { suite, psk, digest })
+    }
+
+    /// The suite the TLS connection uses.
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    /// The PSK digest (public: the identity carries it).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The identity the host offers: `NVMe1G<hh> <hostnqn> <subnqn> <digest>`.
+    pub fn identity(&self, hostnqn: &str, subnqn: &str) -> Identity {
+        Identity {
+            version: 1,
+            suite: self.suite,
+            hostnqn: hostnqn.into(),
+            subnqn: subnqn.into(),
+            digest: Some(self.digest.clone()),
+            generated: true,
+        }
+    }
+
+    /// The TLS PSK: HKDF over the generated PSK, context `<hh> <digest>`.
+    pub fn tls_psk(&self) -> Zeroizing<Vec<u8>> {
+        let context = format!("{:02} {}", self.suite.id(), self.digest);
+        tls_psk(self.suite, &self.psk, context.as_bytes())
+    }
+
+    /// The generated PSK itself (for tests against outside vectors).
+    #[cfg(test)]
+    pub(crate) fn raw(&self) -> &[u8] {
+        &self.psk
+    }
 }
 
 #[cfg(test)]

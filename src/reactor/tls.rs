@@ -56,8 +56,12 @@ pub enum TlsError {
     Setup(String),
     #[error("TLS handshake failed: {0}")]
     Handshake(String),
-    #[error("TLS handshake not finished within {0:?}")]
-    Timeout(Duration),
+    #[error(
+        "TLS handshake not finished within {} ms ({received} bytes received from the peer{})",
+        limit.as_millis(),
+        if *received == 0 { ": it sent nothing" } else { ": an incomplete handshake" }
+    )]
+    Timeout { limit: Duration, received: u64 },
 }
 
 /// Raw OpenSSL entry points the `openssl` crate does not wrap.
@@ -300,12 +304,36 @@ impl Write for SockIo {
     }
 }
 
+/// [`SockIo`] that counts the bytes read (a stalled handshake's error tells how far
+/// the peer got).
+struct CountIo {
+    sock: Rc<Async<mio::net::TcpStream>>,
+    received: u64,
+}
+
+impl Read for CountIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.get_ref().read(buf)?;
+        self.received += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for CountIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.get_ref().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Most plaintext in one TLS record.
 const RECORD: usize = 16 << 10;
 
 /// An established TLS connection.
 pub struct TlsStream {
-    s: SslStream<SockIo>,
+    s: SslStream<CountIo>,
     /// Small writes gathered into one record.
     stage: Vec<u8>,
     /// Server side: the identity the client was admitted with.
@@ -399,8 +427,11 @@ pub async fn handshake(
     limit: Duration,
 ) -> Result<TlsStream, TlsError> {
     let deadline = super::now().after(limit);
-    let mut s =
-        SslStream::new(ssl, SockIo(sock.clone())).map_err(|e| TlsError::Setup(e.to_string()))?;
+    let io = CountIo {
+        sock: sock.clone(),
+        received: 0,
+    };
+    let mut s = SslStream::new(ssl, io).map_err(|e| TlsError::Setup(e.to_string()))?;
     let run = async {
         loop {
             let r = if server { s.accept() } else { s.connect() };
@@ -432,11 +463,13 @@ pub async fn handshake(
             }
         }
     };
-    match super::until(deadline, run).await {
-        None => return Err(TlsError::Timeout(limit)),
-        Some(Err(e)) => return Err(e),
-        Some(Ok(())) => {}
-    }
+    let Some(done) = super::until(deadline, run).await else {
+        return Err(TlsError::Timeout {
+            limit,
+            received: s.get_ref().received,
+        });
+    };
+    done?;
     let identity = s
         .ssl()
         .ex_data(server_index())

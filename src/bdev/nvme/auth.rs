@@ -17,6 +17,13 @@
 //! `dhchap_key` and `dhchap_ctrlr_key` name them); only their names are kept in the
 //! controller's parameters, and no key material reaches a log or an error.
 //!
+//! With secure channel concatenation (`secure_concat`, NVMe base specification 2.1
+//! §8.3.4.5.9) the admin queue's AUTH_Negotiate carries SC_C NEWTLSPSK (REPLACETLSPSK
+//! over TLS), offering SHA-256 and SHA-384 (the TLS suites' hashes) and the DH groups
+//! but not the null one; the reply always carries our challenge C2, with a sequence
+//! number of 0 unless the controller must prove itself too; on success both sides hold
+//! the generated PSK ([`GeneratedPsk`]) the controller's TLS queue pairs are keyed by.
+//!
 //! `bdev_nvme_set_keys` (SPDK's) changes the keys of an attached controller and runs the
 //! same exchange again on each of its connected queue pairs, admin queue first, without
 //! disconnecting: the AUTH_Send/AUTH_Receive commands go out between the queue pair's
@@ -28,6 +35,7 @@ use super::qpair::{HostError, HostQpair};
 use crate::nvme::auth::{self, DhGroup, FailureReason, HashId, auth_id, auth_type};
 use crate::nvme::dhchap::{self, DhKey, DhchapKey, ResponseInputs};
 use crate::nvme::spec;
+use crate::nvme::tls::GeneratedPsk;
 use std::sync::Arc;
 
 /// The longest message an AUTH_Receive asks for.
@@ -122,16 +130,30 @@ async fn recv(q: &HostQpair, what: &str) -> Result<Vec<u8>, HostError> {
 
 /// Runs the exchange on `q` with `keys`, as transaction `tid`: the first one on a
 /// queue pair, or a re-authentication of a connected one (`bdev_nvme_set_keys`), whose
-/// messages go out between the queue pair's other commands.
+/// messages go out between the queue pair's other commands. With `scc` (SC_C
+/// NEWTLSPSK or REPLACETLSPSK) it asks for secure channel concatenation and returns the
+/// generated PSK.
 pub(crate) async fn authenticate(
     q: &HostQpair,
     keys: &HostKeys,
     hostnqn: &str,
     subnqn: &str,
     tid: u16,
-) -> Result<(), HostError> {
+    scc: u8,
+) -> Result<Option<GeneratedPsk>, HostError> {
+    let concat = scc != auth::sc_c::NOSC;
     let mut msg = Vec::new();
-    auth::encode_negotiate(&mut msg, tid, &HashId::ALL, &DhGroup::ALL);
+    if concat {
+        auth::encode_negotiate_scc(
+            &mut msg,
+            tid,
+            scc,
+            &[HashId::Sha256, HashId::Sha384],
+            &DhGroup::ALL[1..],
+        );
+    } else {
+        auth::encode_negotiate(&mut msg, tid, &HashId::ALL, &DhGroup::ALL);
+    }
     send(q, &msg, "AUTH_Negotiate").await?;
 
     let challenge = recv(q, "DH-HMAC-CHAP_Challenge").await?;
@@ -144,6 +166,13 @@ pub(crate) async fn authenticate(
         )));
     }
     let (hash, hl) = (ch.hash, ch.hash.digest_len());
+    if concat && (ch.dhgroup == DhGroup::Null || hash == HashId::Sha512) {
+        return Err(failed(format_args!(
+            "secure channel concatenation: the controller chose {} with the {} DH group; it needs sha256 or sha384 and a DH group",
+            hash.name(),
+            ch.dhgroup.name()
+        )));
+    }
     let (secret, public) = if ch.dhgroup == DhGroup::Null {
         (None, Vec::new())
     } else {
@@ -171,19 +200,25 @@ pub(crate) async fn authenticate(
             kind: "HostHost",
             seqnum: ch.seqnum,
             tid,
-            scc: 0,
+            scc,
             nqn1: hostnqn,
             nqn2: subnqn,
             dh_secret,
         },
     );
-    // Bidirectional: our challenge to the controller, and what it must answer.
+    // Bidirectional: our challenge to the controller, and what it must answer. With
+    // concatenation the challenge (C2) goes out anyway: the generated PSK needs it.
     let mut my_cval = vec![0u8; hl];
+    if concat {
+        dhchap::random_bytes(&mut my_cval).map_err(failed)?;
+    }
     let mut seqnum = 0u32;
     let expected = match &keys.ctrlr_key {
         None => None,
         Some(ck) => {
-            dhchap::random_bytes(&mut my_cval).map_err(failed)?;
+            if !concat {
+                dhchap::random_bytes(&mut my_cval).map_err(failed)?;
+            }
             while seqnum == 0 {
                 let mut b = [0u8; 4];
                 dhchap::random_bytes(&mut b).map_err(failed)?;
@@ -197,7 +232,7 @@ pub(crate) async fn authenticate(
                     kind: "Controller",
                     seqnum,
                     tid,
-                    scc: 0,
+                    scc,
                     nqn1: subnqn,
                     nqn2: hostnqn,
                     dh_secret,
@@ -210,7 +245,7 @@ pub(crate) async fn authenticate(
         &auth::Reply {
             tid,
             hl,
-            cvalid: expected.is_some(),
+            cvalid: expected.is_some() || concat,
             seqnum,
             rval: &rval,
             cval: &my_cval,
@@ -222,8 +257,23 @@ pub(crate) async fn authenticate(
     let success1 = recv(q, "DH-HMAC-CHAP_Success1").await?;
     let s1 = auth::decode_success1(&success1)
         .map_err(|e| failed(format_args!("DH-HMAC-CHAP_Success1: {e}")))?;
+    // KS = H(g^xy mod p); C1 the controller's challenge, C2 ours.
+    let generated = match (concat, dh_secret) {
+        (true, Some(s)) => Some(
+            GeneratedPsk::new(
+                hash,
+                &dhchap::digest(hash, s),
+                ch.cval,
+                &my_cval,
+                hostnqn,
+                subnqn,
+            )
+            .map_err(|e| failed(format_args!("secure channel concatenation: {e}")))?,
+        ),
+        _ => None,
+    };
     let Some(expected) = expected else {
-        return Ok(());
+        return Ok(generated);
     };
     let proven = s1.hl == hl && s1.rval.is_some_and(|r| dhchap::equal_ct(r, &expected));
     if !proven {
@@ -238,5 +288,6 @@ pub(crate) async fn authenticate(
         ));
     }
     auth::encode_success2(&mut msg, tid);
-    send(q, &msg, "DH-HMAC-CHAP_Success2").await
+    send(q, &msg, "DH-HMAC-CHAP_Success2").await?;
+    Ok(generated)
 }

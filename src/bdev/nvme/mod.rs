@@ -98,6 +98,12 @@ pub struct AttachParams {
     /// The key `psk` names, read from the keyring at attach (never saved).
     #[serde(skip)]
     pub tls: tls::HostTls,
+    /// Secure channel concatenation (tessera's; the Linux host's `concat`): the admin
+    /// queue connects over plain TCP and authenticates with DH-HMAC-CHAP (`dhchap_key`
+    /// required) asking for a generated TLS PSK, then the admin queue connects again
+    /// and every I/O queue connects with TLS keyed by that PSK. Not with `psk`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_concat: bool,
 }
 
 impl AttachParams {
@@ -121,6 +127,7 @@ impl AttachParams {
             psk: None,
             psk_identity_version: None,
             tls: tls::HostTls::default(),
+            secure_concat: false,
         }
     }
 }
@@ -164,6 +171,9 @@ pub struct NvmeController {
     /// The DH-HMAC-CHAP keys queue pairs authenticate with (`bdev_nvme_set_keys`
     /// changes them).
     dhchap: Mutex<auth::DhchapHostKeys>,
+    /// The TLS key new queue pairs connect with (with `secure_concat`, the generated
+    /// PSK; a re-authentication of the admin queue replaces it).
+    tls: Mutex<tls::HostTls>,
     events: Mutex<Vec<AsyncEvent>>,
     bdevs: Mutex<BTreeMap<u32, Arc<NvmeBdev>>>,
 }
@@ -278,7 +288,8 @@ impl NvmeController {
             ddgst: self.params.ddgst,
             in_capsule_len: self.in_capsule_len,
             dhchap: lock(&self.dhchap).clone(),
-            tls: self.params.tls.clone(),
+            tls: lock(&self.tls).clone(),
+            concat: 0,
         });
         local.io.borrow_mut().insert(self.id, q.clone());
         Ok(q)
@@ -316,19 +327,40 @@ impl NvmeController {
             },
         };
         let k = keys.clone();
-        let admin = self
+        // With concatenation the admin queue (over TLS) replaces the generated PSK.
+        let scc = if self.params.secure_concat {
+            crate::nvme::auth::sc_c::REPLACETLSPSK
+        } else {
+            crate::nvme::auth::sc_c::NOSC
+        };
+        let (admin, generated) = self
             .cores
             .spawn_on(self.admin_core, move || async move {
                 match admin_qpair(id) {
-                    Some(q) => q.reauthenticate(k).await,
-                    None => Ok(false),
+                    Some(q) => {
+                        let r = q.reauthenticate(k, scc).await;
+                        r.map(|done| (done, q.take_generated()))
+                    }
+                    None => Ok((false, None)),
                 }
             })
             .await
             .map_err(reactor_err)?
             .map_err(|e| failed(0, e))?;
         let mut done = admin as usize;
-        for core in 0..self.cores.len() {
+        if let Some(g) = generated {
+            // New queue pairs connect with the new PSK; connected ones keep their TLS.
+            *lock(&self.tls) = tls::HostTls::generated(g);
+            tracing::info!(name = %self.name, "secure channel concatenation: TLS PSK replaced");
+        }
+        // The I/O queues of a concatenated controller are not authenticated (their TLS
+        // key is the proof), as the Linux host.
+        let io_cores = if self.params.secure_concat {
+            0
+        } else {
+            self.cores.len()
+        };
+        for core in 0..io_cores {
             let k = keys.clone();
             let io = self
                 .cores
@@ -339,7 +371,7 @@ impl NvmeController {
                         .get(&id)
                         .cloned();
                     match q {
-                        Some(q) => q.reauthenticate(k).await,
+                        Some(q) => q.reauthenticate(k, crate::nvme::auth::sc_c::NOSC).await,
                         None => Ok(false),
                     }
                 })
@@ -627,7 +659,7 @@ pub async fn attach(
         )
     });
     let kato_ms = p.keep_alive_timeout_ms.unwrap_or(10_000);
-    let admin = HostQpair::start(QpairParams {
+    let admin_params = |tls: tls::HostTls, concat: u8| QpairParams {
         addr,
         subnqn: p.subnqn.clone(),
         hostnqn: hostnqn.clone(),
@@ -640,8 +672,18 @@ pub async fn attach(
         ddgst: p.ddgst,
         in_capsule_len: 0,
         dhchap: p.dhchap.clone(),
-        tls: p.tls.clone(),
-    });
+        tls,
+        concat,
+    };
+    let mut p = p.clone();
+    if p.secure_concat {
+        p.tls = concatenate(
+            &p,
+            admin_params(tls::HostTls::default(), crate::nvme::auth::sc_c::NEWTLSPSK),
+        )
+        .await?;
+    }
+    let admin = HostQpair::start(admin_params(p.tls.clone(), 0));
     match init_controller(
         &cores, admin_core, &admin, &p, addr, hostnqn, hostid, kato_ms,
     )
@@ -653,6 +695,38 @@ pub async fn attach(
             Err(e)
         }
     }
+}
+
+/// Secure channel concatenation, the host's first step: an admin queue over plain TCP
+/// that only connects and authenticates with SC_C NEWTLSPSK (nothing else may go out
+/// on it), then closes; the TLS key of the controller's queue pairs is the PSK that
+/// generated.
+async fn concatenate(p: &AttachParams, bootstrap: QpairParams) -> Result<tls::HostTls, HostError> {
+    let fail = |why: String| {
+        HostError::Controller(
+            p.name.clone(),
+            format!("secure channel concatenation: {why}"),
+        )
+    };
+    if p.dhchap.get().is_none() {
+        return Err(fail("it needs DH-HMAC-CHAP keys (dhchap_key)".into()));
+    }
+    if p.tls.is_set() {
+        return Err(fail(
+            "a TLS key (psk) cannot be given: the TLS PSK is generated".into(),
+        ));
+    }
+    let q = HostQpair::start(bootstrap);
+    let r = q.wait_ready().await;
+    let generated = q.take_generated();
+    q.close("secure channel concatenation: PSK generated; reconnecting with TLS");
+    r?;
+    let g = generated.ok_or_else(|| {
+        fail("the controller did not ask the host to authenticate, so no PSK was generated".into())
+    })?;
+    tracing::info!(name = %p.name, subnqn = %p.subnqn, suite = g.suite().name(),
+        "secure channel concatenation: TLS PSK generated; connecting with TLS");
+    Ok(tls::HostTls::generated(g))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -758,6 +832,7 @@ async fn init_controller(
         failed: AtomicBool::new(false),
         detached: AtomicBool::new(false),
         dhchap: Mutex::new(p.dhchap.clone()),
+        tls: Mutex::new(p.tls.clone()),
         events: Mutex::new(Vec::new()),
         bdevs: Mutex::new(BTreeMap::new()),
     });
@@ -944,6 +1019,7 @@ pub async fn discover(
         in_capsule_len: 0,
         dhchap: auth::DhchapHostKeys::default(),
         tls,
+        concat: 0,
     });
     let r = async {
         q.wait_ready().await?;

@@ -1,9 +1,11 @@
 //! The host side of NVMe/TCP TLS: a controller attached with `psk` (a keyring key in
 //! the interchange format) does TLS 1.3 before ICReq on every queue pair, offering the
 //! PSK identity of the host and subsystem NQNs (version 0 by default, SPDK's; version 1
-//! with the PSK digest on request) and the TLS PSK derived from it.
+//! with the PSK digest on request) and the TLS PSK derived from it. A controller
+//! attached with `secure_concat` does the same with the PSK its admin queue's
+//! DH-HMAC-CHAP generated (identity `NVMe1G…`).
 
-use crate::nvme::tls::{ConfiguredPsk, Identity};
+use crate::nvme::tls::{ConfiguredPsk, GeneratedPsk, Identity};
 use crate::reactor::tls::{CipherSuite, Psk, TlsError};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,10 +13,25 @@ use std::time::Duration;
 /// How long a queue pair's TLS handshake may take.
 pub(crate) const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
+enum Key {
+    /// A configured PSK, with the identity version to offer.
+    Configured { psk: ConfiguredPsk, version: u8 },
+    /// A PSK secure channel concatenation generated.
+    Generated(GeneratedPsk),
+}
+
 struct Inner {
-    psk: ConfiguredPsk,
-    version: u8,
+    key: Key,
     ctx: OnceLock<Result<openssl::ssl::SslContext, String>>,
+}
+
+impl Inner {
+    fn suite(&self) -> crate::nvme::tls::Suite {
+        match &self.key {
+            Key::Configured { psk, .. } => psk.suite(),
+            Key::Generated(g) => g.suite(),
+        }
+    }
 }
 
 /// A controller's TLS key, if it has one (shared by its queue pairs; compared by
@@ -26,8 +43,15 @@ impl HostTls {
     /// TLS with `psk`, identities of `version` (0 or 1).
     pub fn new(psk: ConfiguredPsk, version: u8) -> HostTls {
         HostTls(Some(Arc::new(Inner {
-            psk,
-            version,
+            key: Key::Configured { psk, version },
+            ctx: OnceLock::new(),
+        })))
+    }
+
+    /// TLS with a PSK secure channel concatenation generated.
+    pub fn generated(psk: GeneratedPsk) -> HostTls {
+        HostTls(Some(Arc::new(Inner {
+            key: Key::Generated(psk),
             ctx: OnceLock::new(),
         })))
     }
@@ -42,7 +66,7 @@ impl HostTls {
         let Some(i) = &self.0 else {
             return Err(TlsError::Setup("no PSK".into()));
         };
-        let suite = i.psk.suite();
+        let suite = i.suite();
         let ctx = i
             .ctx
             .get_or_init(|| {
@@ -54,8 +78,14 @@ impl HostTls {
             })
             .as_ref()
             .map_err(|e| TlsError::Setup(e.clone()))?;
-        let id = Identity::new(i.version, &i.psk, hostnqn, subnqn);
-        let key = id.tls_psk(&i.psk.retained(hostnqn));
+        let (id, key) = match &i.key {
+            Key::Configured { psk, version } => {
+                let id = Identity::new(*version, psk, hostnqn, subnqn);
+                let key = id.tls_psk(&psk.retained(hostnqn));
+                (id, key)
+            }
+            Key::Generated(g) => (g.identity(hostnqn, subnqn), g.tls_psk()),
+        };
         crate::reactor::tls::client_ssl(
             ctx,
             id.encode().into_bytes(),
@@ -74,12 +104,14 @@ impl std::fmt::Debug for HostTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             None => write!(f, "HostTls(none)"),
-            Some(i) => write!(
-                f,
-                "HostTls({}, identity version {})",
-                i.psk.suite().name(),
-                i.version
-            ),
+            Some(i) => match &i.key {
+                Key::Configured { psk, version } => write!(
+                    f,
+                    "HostTls({}, identity version {version})",
+                    psk.suite().name()
+                ),
+                Key::Generated(g) => write!(f, "HostTls({}, generated)", g.suite().name()),
+            },
         }
     }
 }

@@ -216,6 +216,9 @@ fn bdev_calls(cfg: &Config) -> Vec<Value> {
         if let Some(v) = n.psk_identity_version {
             p["psk_identity_version"] = json!(v);
         }
+        if n.secure_concat {
+            p["secure_concat"] = json!(true);
+        }
         out.push(call("bdev_nvme_attach_controller", p));
     }
     for p in &cfg.pools {
@@ -293,6 +296,14 @@ fn nvmf_calls(cfg: &Config) -> Vec<Value> {
     };
     let mut t = serde_json::to_value(&n.transport).unwrap_or_else(|_| json!({}));
     t["trtype"] = json!("TCP");
+    // tessera's handshake limit only when set otherwise (SPDK's nvmf_tgt knows no such
+    // parameter).
+    if n.transport.tls_handshake_timeout_ms
+        == crate::frontend::nvmf::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS
+        && let Some(o) = t.as_object_mut()
+    {
+        o.remove("tls_handshake_timeout_ms");
+    }
     let mut out = vec![call("nvmf_create_transport", t)];
     for s in &n.subsystems {
         out.push(call(
@@ -310,6 +321,9 @@ fn nvmf_calls(cfg: &Config) -> Vec<Value> {
             }});
             if l.secure_channel {
                 params["secure_channel"] = json!(true);
+            }
+            if l.secure_concat {
+                params["secure_concat"] = json!(true);
             }
             if let Some(n) = l.max_connections {
                 params["max_connections"] = json!(n);
@@ -832,6 +846,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
                 address: la.traddr,
                 port,
                 secure_channel: q.secure_channel.unwrap_or(false),
+                secure_concat: q.secure_concat.unwrap_or(false),
                 max_connections: limits.max_connections,
                 max_connections_per_host: limits.max_connections_per_host,
             });

@@ -41,6 +41,9 @@ pub struct CreateTransportParams {
     /// tessera's: connections per source IP address.
     #[serde(default)]
     pub max_connections_per_host: Option<u32>,
+    /// tessera's: the TLS handshake's time limit (ms).
+    #[serde(default)]
+    pub tls_handshake_timeout_ms: Option<u32>,
     #[serde(default)]
     pub dif_insert_or_strip: Option<bool>,
     #[serde(default)]
@@ -138,6 +141,10 @@ impl CreateTransportParams {
         set(
             &mut o.max_connections_per_host,
             self.max_connections_per_host,
+        );
+        set(
+            &mut o.tls_handshake_timeout_ms,
+            self.tls_handshake_timeout_ms,
         );
         if let Some(c) = self.c2h_success {
             o.c2h_success = c;
@@ -247,6 +254,10 @@ pub struct ListenerParams {
     pub tgt_name: Option<String>,
     #[serde(default)]
     pub secure_channel: Option<bool>,
+    /// Secure channel concatenation (tessera's): DH-HMAC-CHAP over plain TCP generates
+    /// the TLS PSK the host reconnects with; required with `secure_channel`.
+    #[serde(default)]
+    pub secure_concat: Option<bool>,
     #[serde(default)]
     pub ana_state: Option<String>,
     #[serde(default)]
@@ -278,10 +289,10 @@ impl ListenerParams {
         check_tgt_name(&self.tgt_name)?;
         if let Some(i) = &self.sock_impl
             && i != "ssl"
-            && self.secure_channel == Some(true)
+            && (self.secure_channel == Some(true) || self.secure_concat == Some(true))
         {
             return Err(ParamError::invalid(format!(
-                "\"sock_impl\": `{i}`: a secure channel takes the `ssl` socket implementation"
+                "\"sock_impl\": `{i}`: a secure channel (or concatenation) takes the `ssl` socket implementation"
             )));
         }
         if let Some(s) = &self.ana_state

@@ -21,6 +21,17 @@
 //! one); a stalled exchange closes the queue pair. On an enabled queue pair a new
 //! AUTH_Negotiate starts a re-authentication; its stalling is not fatal, its failure is.
 //!
+//! Secure channel concatenation (NVMe base specification 2.1 §8.3.4.5.9; the Linux
+//! target's rules): an AUTH_Negotiate on the admin queue may carry SC_C NEWTLSPSK (on a
+//! plain connection) or REPLACETLSPSK (on a TLS one) when the listener does
+//! concatenation ([`ConcatCtx`]); anything else is answered "secure channel
+//! concatenation mismatch", as is a plain connection to a listener that requires TLS
+//! asking for none, and an exchange that could only use the null DH group. The target
+//! then picks SHA-384 or SHA-256 (a TLS suite's hash), a DH group, takes the host's C2
+//! (required: the reply's sequence number 0 says the host does not ask the controller
+//! to authenticate itself), and on success generates the PSK ([`GeneratedPsk`]) the
+//! queue pair keeps in the subsystem for the host's TLS connections.
+//!
 //! The two Diffie-Hellman exponentiations of a transaction (our key pair for the
 //! challenge, the shared secret on the reply) take milliseconds in the large groups, so
 //! they do not run here: [`QpairAuth::send`] and [`QpairAuth::recv`] answer
@@ -36,6 +47,7 @@ use crate::nvme::auth::{
 };
 use crate::nvme::dhchap::{self, DhKey, DhchapKey, ResponseInputs};
 use crate::nvme::spec::Status;
+use crate::nvme::tls::GeneratedPsk;
 use zeroize::Zeroizing;
 
 /// Each step's time limit without a Keep Alive Timeout (SPDK's default).
@@ -143,6 +155,49 @@ pub(crate) struct AuthCtx<'a> {
     /// Allowed digests and DH groups: bit `id` set when allowed.
     pub digests: u32,
     pub dhgroups: u32,
+    /// What secure channel concatenation the connection may ask for.
+    pub concat: ConcatCtx,
+}
+
+/// The connection's side of secure channel concatenation.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ConcatCtx {
+    /// The listener does concatenation (`secure_concat`).
+    pub listener: bool,
+    /// A plain connection to a listener that requires TLS: it must ask for NEWTLSPSK.
+    pub required: bool,
+    /// The connection is TLS.
+    pub tls: bool,
+}
+
+impl ConcatCtx {
+    /// Whether SC_C `scc` may be asked for on queue `qid`, or why not.
+    fn check(&self, scc: u8, qid: u16) -> Result<(), String> {
+        use auth::sc_c;
+        let name = sc_c::name(scc);
+        match scc {
+            sc_c::NOSC if self.required => Err(
+                "a plain connection to a listener that requires TLS may only authenticate \
+                 with secure channel concatenation (SC_C NEWTLSPSK)"
+                    .into(),
+            ),
+            sc_c::NOSC => Ok(()),
+            sc_c::NEWTLSPSK | sc_c::REPLACETLSPSK if !self.listener => Err(format!(
+                "SC_C {name}: secure channel concatenation is not enabled on this listener (secure_concat)"
+            )),
+            sc_c::NEWTLSPSK | sc_c::REPLACETLSPSK if qid != 0 => Err(format!(
+                "SC_C {name} on I/O queue {qid}: only the admin queue concatenates"
+            )),
+            sc_c::NEWTLSPSK if self.tls => {
+                Err("SC_C NEWTLSPSK on a TLS connection (REPLACETLSPSK replaces its PSK)".into())
+            }
+            sc_c::REPLACETLSPSK if !self.tls => {
+                Err("SC_C REPLACETLSPSK on a connection without TLS (NEWTLSPSK makes one)".into())
+            }
+            sc_c::NEWTLSPSK | sc_c::REPLACETLSPSK => Ok(()),
+            _ => Err(format!("SC_C {scc:#x} ({name}) is not usable on NVMe/TCP")),
+        }
+    }
 }
 
 /// One queue pair's authentication.
@@ -160,6 +215,11 @@ pub(crate) struct QpairAuth {
     /// The host asked us to authenticate.
     cvalid: bool,
     fail_reason: FailureReason,
+    /// The AUTH_Negotiate's SC_C.
+    sc_c: u8,
+    /// The PSK this exchange generated (secure channel concatenation), until the queue
+    /// pair takes it on success.
+    generated: Option<GeneratedPsk>,
 }
 
 fn log_fail(ctx: &AuthCtx<'_>, what: &dyn std::fmt::Display) {
@@ -182,7 +242,14 @@ impl QpairAuth {
             dh_secret: None,
             cvalid: false,
             fail_reason: FailureReason::Failed,
+            sc_c: auth::sc_c::NOSC,
+            generated: None,
         }
+    }
+
+    /// The PSK a successful exchange with secure channel concatenation generated.
+    pub(crate) fn take_generated(&mut self) -> Option<GeneratedPsk> {
+        self.generated.take()
     }
 
     /// The negotiated digest and DH group.
@@ -206,6 +273,7 @@ impl QpairAuth {
         self.fail_reason = reason;
         self.dhkey = None;
         self.dh_secret = None;
+        self.generated = None;
         (Status::SUCCESS, After::Nothing)
     }
 
@@ -281,20 +349,44 @@ impl QpairAuth {
             Ok(n) => n,
             Err(e) => return self.fail_decode(ctx, e),
         };
-        let Some(hash) = HashId::STRONGEST_FIRST
-            .into_iter()
-            .find(|h| ctx.digests & (1 << *h as u8) != 0 && n.hashes.contains(&(*h as u8)))
-        else {
-            log_fail(ctx, &"no usable digest");
+        if let Err(why) = ctx.concat.check(n.sc_c, ctx.qid) {
+            log_fail(ctx, &why);
+            return self.fail1(ctx, FailureReason::SccMismatch);
+        }
+        let concat = n.sc_c != auth::sc_c::NOSC;
+        // With concatenation the generated PSK keys TLS: only a TLS suite's hash will
+        // do, and only a real DH exchange gives it a secret.
+        let Some(hash) = HashId::STRONGEST_FIRST.into_iter().find(|h| {
+            ctx.digests & (1 << *h as u8) != 0
+                && n.hashes.contains(&(*h as u8))
+                && !(concat && *h == HashId::Sha512)
+        }) else {
+            log_fail(
+                ctx,
+                &if concat {
+                    "no usable digest (secure channel concatenation takes sha256 or sha384)"
+                } else {
+                    "no usable digest"
+                },
+            );
             return self.fail1(ctx, FailureReason::HashUnusable);
         };
-        let Some(group) = DhGroup::STRONGEST_FIRST
-            .into_iter()
-            .find(|g| ctx.dhgroups & (1 << *g as u8) != 0 && n.dhgroups.contains(&(*g as u8)))
-        else {
+        let Some(group) = DhGroup::STRONGEST_FIRST.into_iter().find(|g| {
+            ctx.dhgroups & (1 << *g as u8) != 0
+                && n.dhgroups.contains(&(*g as u8))
+                && !(concat && *g == DhGroup::Null)
+        }) else {
+            if concat {
+                log_fail(
+                    ctx,
+                    &"secure channel concatenation needs a DH group; only the null group is usable",
+                );
+                return self.fail1(ctx, FailureReason::SccMismatch);
+            }
             log_fail(ctx, &"no usable DH group");
             return self.fail1(ctx, FailureReason::DhGroupUnusable);
         };
+        self.sc_c = n.sc_c;
         tracing::debug!(
             subnqn = %ctx.subsystem.nqn, hostnqn = %ctx.hostnqn, qid = ctx.qid,
             digest = hash.name(), dhgroup = group.name(), "negotiated"
@@ -331,10 +423,18 @@ impl QpairAuth {
             return self.fail1(ctx, FailureReason::Failed);
         };
         let hl = hash.digest_len();
-        let r = match auth::decode_reply(msg, hl) {
+        let concat = self.sc_c != auth::sc_c::NOSC;
+        let r = match auth::decode_reply_scc(msg, hl, concat) {
             Ok(r) => r,
             Err(e) => return self.fail_decode(ctx, e),
         };
+        if concat && !r.cvalid {
+            log_fail(
+                ctx,
+                &"secure channel concatenation without the host's challenge (cvalid 0)",
+            );
+            return self.fail1(ctx, FailureReason::Failed);
+        }
         if r.tid != self.tid {
             log_fail(
                 ctx,
@@ -374,7 +474,7 @@ impl QpairAuth {
                 kind: "HostHost",
                 seqnum: self.seqnum,
                 tid: self.tid,
-                scc: 0,
+                scc: self.sc_c,
                 nqn1: ctx.hostnqn,
                 nqn2: subnqn,
                 dh_secret: dh_secret.as_deref().map(|s| &s[..]),
@@ -384,7 +484,30 @@ impl QpairAuth {
             log_fail(ctx, &"challenge response mismatch");
             return self.fail1(ctx, FailureReason::Failed);
         }
-        if r.cvalid {
+        if concat {
+            // KS = H(g^xy mod p); C1 ours, C2 the host's.
+            let Some(secret) = dh_secret.as_deref() else {
+                return self.fail1(ctx, FailureReason::Failed);
+            };
+            let ks = dhchap::digest(hash, secret);
+            match GeneratedPsk::new(
+                hash,
+                &ks,
+                &self.cval[..hl],
+                r.cval,
+                ctx.hostnqn,
+                &ctx.subsystem.nqn,
+            ) {
+                Ok(g) => self.generated = Some(g),
+                Err(e) => {
+                    log_fail(ctx, &e);
+                    return self.fail1(ctx, FailureReason::Failed);
+                }
+            }
+        }
+        // With concatenation a sequence number of 0 carries C2 without asking the
+        // controller to authenticate itself.
+        if r.cvalid && r.seqnum != 0 {
             let Some(ckey) = keys
                 .dhchap_ctrlr_key
                 .as_deref()
@@ -401,7 +524,7 @@ impl QpairAuth {
                     kind: "Controller",
                     seqnum: r.seqnum,
                     tid: self.tid,
-                    scc: 0,
+                    scc: self.sc_c,
                     nqn1: subnqn,
                     nqn2: ctx.hostnqn,
                     dh_secret: dh_secret.as_deref().map(|s| &s[..]),
@@ -503,6 +626,7 @@ impl QpairAuth {
             Err(reason) => {
                 self.dhkey = None;
                 self.dh_secret = None;
+                self.generated = None;
                 match auth::encode_failure(out, auth_id::FAILURE1, self.tid, reason) {
                     Some(n) => {
                         tracing::warn!(

@@ -42,7 +42,14 @@ pub struct TransportOptions {
     /// Most TCP connections open at once from one source IP address, across every
     /// listener (tessera's): the next one is closed at once, before its ICReq.
     pub max_connections_per_host: u32,
+    /// How long a client of a secure-channel (or concatenation) listener has to finish
+    /// its TLS handshake, in milliseconds (tessera's): past it the connection is closed
+    /// and the refusal logged with how many bytes the client had sent.
+    pub tls_handshake_timeout_ms: u32,
 }
+
+/// The TLS handshake's time limit when not configured.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u32 = 10_000;
 
 /// Connections per listener when not configured.
 pub const DEFAULT_MAX_CONNECTIONS_PER_LISTENER: u32 = 1024;
@@ -61,6 +68,7 @@ impl Default for TransportOptions {
             c2h_success: true,
             max_connections_per_listener: DEFAULT_MAX_CONNECTIONS_PER_LISTENER,
             max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
+            tls_handshake_timeout_ms: DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
         }
     }
 }
@@ -117,6 +125,12 @@ impl TransportOptions {
                 return Err(format!("{name}: {v} is not between 1 and 1048576"));
             }
         }
+        if !(100..=600_000).contains(&self.tls_handshake_timeout_ms) {
+            return Err(format!(
+                "tls_handshake_timeout_ms: {} is not between 100 and 600000",
+                self.tls_handshake_timeout_ms
+            ));
+        }
         Ok(())
     }
 }
@@ -133,6 +147,12 @@ pub struct ListenerConfig {
     /// only hosts with a `psk` are admitted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secure_channel: bool,
+    /// Secure channel concatenation (tessera's): a host with a `dhchap_key` may
+    /// authenticate over plain TCP asking for a generated TLS PSK (SC_C NEWTLSPSK) and
+    /// reconnect with TLS keyed by it. With `secure_channel` it is required: plain TCP
+    /// serves nothing but that authentication; without, plain TCP is served as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_concat: bool,
     /// Most TCP connections open at once on this listener (tessera's; a connection
     /// counts against this and the transport's `max_connections_per_listener`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -85,6 +85,11 @@ pub(crate) struct ConnectCtx<'a> {
     /// The (host NQN, subsystem NQN) of the PSK identity the connection's TLS
     /// handshake admitted; `None` on a plain connection.
     pub tls: Option<(&'a str, &'a str)>,
+    /// That identity is of a PSK secure channel concatenation generated.
+    pub tls_generated: bool,
+    /// A plain connection to a listener that requires TLS and does concatenation: only
+    /// an admin queue whose host authenticates (to generate its PSK) may connect.
+    pub plain_restricted: bool,
 }
 
 /// Handles Connect: `qid`, `sqsize` (0's based) and `kato_ms` from the command,
@@ -122,6 +127,14 @@ pub(crate) fn connect(
         );
         return Err(ConnectError::status(Status::CONNECT_INVALID_HOST));
     }
+    if ctx.plain_restricted && (qid != 0 || !sub.host_auth_required(&d.hostnqn)) {
+        tracing::warn!(
+            subnqn = %d.subnqn, hostnqn = %d.hostnqn, qid,
+            "connect over plain TCP to a listener that requires TLS: only an admin queue \
+             whose host authenticates for secure channel concatenation may"
+        );
+        return Err(ConnectError::status(Status::CONNECT_INVALID_HOST));
+    }
     if sqsize == 0 {
         return Err(ConnectError::param_in_cmd(connect_cmd_offset::SQSIZE));
     }
@@ -150,8 +163,12 @@ pub(crate) fn connect(
                     csts: AtomicU32::new(0),
                     failed: AtomicBool::new(false),
                     num_io_queues: AtomicU32::new(max_io),
-                    authenticated: AtomicBool::new(!sub.host_auth_required(&d.hostnqn)),
+                    authenticated: AtomicBool::new(
+                        (!sub.host_auth_required(&d.hostnqn) || ctx.tls_generated)
+                            && !ctx.plain_restricted,
+                    ),
                     kato_ms,
+                    tls: ctx.tls.is_some(),
                     io_qpairs: Default::default(),
                     retired: Default::default(),
                     auth: Default::default(),
@@ -175,6 +192,16 @@ pub(crate) fn connect(
         .ok_or_else(|| ConnectError::param_in_data(connect_data_offset::CNTLID))?;
     if shared.hostnqn != d.hostnqn {
         return Err(ConnectError::param_in_data(connect_data_offset::HOSTNQN));
+    }
+    if shared.tls != ctx.tls.is_some() {
+        tracing::warn!(
+            subnqn = %sub.nqn, hostnqn = %d.hostnqn, cntlid = shared.cntlid, qid,
+            admin_tls = shared.tls,
+            "I/O queue connect refused: its connection is {} but its controller's admin queue's is {}",
+            if ctx.tls.is_some() { "TLS" } else { "plain TCP" },
+            if shared.tls { "TLS" } else { "plain TCP" }
+        );
+        return Err(ConnectError::status(Status::CONNECT_INVALID_HOST));
     }
     if !shared.authenticated.load(Ordering::Acquire) {
         // SPDK: the admin queue pair is not active yet ("Inactive admin qpair").

@@ -25,6 +25,18 @@ struct ListenerTasks {
     tasks: RefCell<HashMap<u64, async_task::Task<()>>>,
 }
 
+/// How a listener's connections start.
+#[derive(Clone)]
+pub(crate) struct ListenMode {
+    /// The TLS server context (secure channel or concatenation).
+    pub tls: Option<openssl::ssl::SslContext>,
+    /// TLS is required (SPDK's `secure_channel`).
+    pub secure_channel: bool,
+    /// Secure channel concatenation (tessera's `secure_concat`): a connection may
+    /// start with TLS or with plain TCP, as its first byte says.
+    pub secure_concat: bool,
+}
+
 /// A running listener.
 pub(crate) struct ListenerHandle {
     addr: SocketAddr,
@@ -59,7 +71,7 @@ pub(crate) fn start(
     target: Arc<TargetShared>,
     addr: SocketAddr,
     opts: Arc<TransportOptions>,
-    tls: Option<openssl::ssl::SslContext>,
+    mode: ListenMode,
     limits: ListenerLimits,
 ) -> std::io::Result<ListenerHandle> {
     let l = std::net::TcpListener::bind(addr)?;
@@ -70,7 +82,7 @@ pub(crate) fn start(
     target
         .cores
         .send(ACCEPT_CORE, move || {
-            let task = reactor::spawn_local(accept_loop(t2, l, opts, tls, limits));
+            let task = reactor::spawn_local(accept_loop(t2, l, opts, mode, limits));
             reactor::local(ListenerTasks::default)
                 .tasks
                 .borrow_mut()
@@ -88,7 +100,7 @@ async fn accept_loop(
     target: Arc<TargetShared>,
     l: std::net::TcpListener,
     opts: Arc<TransportOptions>,
-    tls: Option<openssl::ssl::SslContext>,
+    mode: ListenMode,
     limits: ListenerLimits,
 ) {
     let l = match Async::new(mio::net::TcpListener::from_std(l)) {
@@ -137,11 +149,11 @@ async fn accept_loop(
                 };
                 let s: std::net::TcpStream = s.into();
                 let core = target.pick_core();
-                let (t2, o2, tls2) = (target.clone(), opts.clone(), tls.clone());
+                let (t2, o2, mode2) = (target.clone(), opts.clone(), mode.clone());
                 tracing::debug!(%peer, core, "connection accepted");
                 if let Err(e) = target
                     .cores
-                    .send(core, move || qpair::spawn(t2, s, o2, peer, permit, tls2))
+                    .send(core, move || qpair::spawn(t2, s, o2, peer, permit, mode2))
                 {
                     tracing::warn!(error = %e, "cannot hand the connection to its core");
                 }

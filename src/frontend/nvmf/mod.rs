@@ -40,5 +40,6 @@ pub use config::{
     ListenerConfig, ListenerLimits, NamespaceConfig, NvmfConfig, SubsystemConfig, TransportOptions,
 };
 pub use target::{
-    CreateSubsystemParams, ListenAddressParams, NamespaceParams, NvmfError, NvmfTarget,
+    CreateSubsystemParams, ListenAddressParams, ListenerSecurity, NamespaceParams, NvmfError,
+    NvmfTarget,
 };

@@ -82,6 +82,11 @@ pub struct ListenAddress {
     /// TLS required before ICReq (SPDK's `secure_channel`).
     #[serde(skip)]
     pub secure_channel: bool,
+    /// Secure channel concatenation (tessera's `secure_concat`): a host may
+    /// authenticate over plain TCP asking for a generated TLS PSK and come back with
+    /// TLS keyed by it; with `secure_channel`, plain TCP serves nothing else.
+    #[serde(skip)]
+    pub secure_concat: bool,
     /// The listener's own connection limits (tessera's).
     #[serde(skip)]
     pub limits: super::config::ListenerLimits,
@@ -156,6 +161,8 @@ pub struct CtrlrShared {
     /// Keep Alive Timeout of the admin queue's Connect (0: none); also bounds each step
     /// of an authentication.
     pub kato_ms: u32,
+    /// The admin queue came over TLS: so must the I/O queues.
+    pub tls: bool,
     pub(crate) io_qpairs: Mutex<BTreeMap<u16, IoQpairRef>>,
     /// Counters of I/O queue pairs that have gone.
     pub(crate) retired: Mutex<StatTotals>,
@@ -290,6 +297,10 @@ pub struct Subsystem {
     host_keys: Mutex<BTreeMap<String, HostKeys>>,
     /// Last DH-HMAC-CHAP sequence number handed out (0: none yet).
     auth_seqnum: Mutex<u32>,
+    /// The TLS PSK each host's latest secure channel concatenation generated, for its
+    /// TLS reconnection: in memory only, never shown; replaced by the host's next
+    /// concatenation, dropped when the host or its keys change.
+    generated_psks: Mutex<BTreeMap<String, crate::nvme::tls::GeneratedPsk>>,
     listeners: Mutex<Vec<ListenAddress>>,
     ns: Mutex<Arc<NsTable>>,
     ns_gen: AtomicU64,
@@ -326,6 +337,7 @@ impl Subsystem {
             hosts: Mutex::new(BTreeSet::new()),
             host_keys: Mutex::new(BTreeMap::new()),
             auth_seqnum: Mutex::new(0),
+            generated_psks: Mutex::new(BTreeMap::new()),
             listeners: Mutex::new(Vec::new()),
             ns: Mutex::new(Arc::new(NsTable::default())),
             ns_gen: AtomicU64::new(1),
@@ -362,11 +374,14 @@ impl Subsystem {
 
     pub(crate) fn remove_host(&self, host: &str) -> bool {
         lock(&self.host_keys).remove(host);
+        lock(&self.generated_psks).remove(host);
         lock(&self.hosts).remove(host)
     }
 
     /// Sets (or clears, with both `None`) the DH-HMAC-CHAP keys of `host`.
     pub(crate) fn set_host_keys(&self, host: &str, keys: HostKeys) {
+        // New keys: a PSK generated with the old ones no longer admits the host.
+        lock(&self.generated_psks).remove(host);
         let mut m = lock(&self.host_keys);
         if keys.is_empty() {
             m.remove(host);
@@ -385,6 +400,17 @@ impl Subsystem {
         lock(&self.host_keys)
             .get(host)
             .is_some_and(|k| k.dhchap_key.is_some())
+    }
+
+    /// Keeps the PSK `host`'s secure channel concatenation generated (replacing an
+    /// older one).
+    pub(crate) fn set_generated_psk(&self, host: &str, psk: crate::nvme::tls::GeneratedPsk) {
+        lock(&self.generated_psks).insert(host.to_string(), psk);
+    }
+
+    /// The PSK `host`'s latest secure channel concatenation generated.
+    pub(crate) fn generated_psk(&self, host: &str) -> Option<crate::nvme::tls::GeneratedPsk> {
+        lock(&self.generated_psks).get(host).cloned()
     }
 
     /// The next DH-HMAC-CHAP sequence number: random at first, then counting, never 0.

@@ -102,6 +102,17 @@ pub struct CreateSubsystemParams {
     pub max_namespaces: Option<u32>,
 }
 
+/// How a listener secures its connections (`nvmf_subsystem_add_listener`'s
+/// `secure_channel`, SPDK's, and `secure_concat`, tessera's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSecurity {
+    /// TLS 1.3 with a PSK is required before ICReq.
+    pub secure_channel: bool,
+    /// Secure channel concatenation: plain TCP for a DH-HMAC-CHAP exchange that
+    /// generates a TLS PSK, then TLS keyed by it.
+    pub secure_concat: bool,
+}
+
 /// What the queue pairs need of the target.
 pub(crate) struct TargetShared {
     pub cores: Cores,
@@ -131,6 +142,8 @@ struct ListenerSlot {
     users: usize,
     /// TLS before ICReq.
     secure: bool,
+    /// Secure channel concatenation.
+    concat: bool,
     /// Its own connection limits.
     limits: ListenerLimits,
     portid: u16,
@@ -211,7 +224,7 @@ impl TargetShared {
                     } else {
                         disc::TREQ_NOT_REQUIRED
                     },
-                    sectype: if l.secure_channel {
+                    sectype: if l.secure_channel || l.secure_concat {
                         disc::SECTYPE_TLS13
                     } else {
                         disc::SECTYPE_NONE
@@ -329,7 +342,7 @@ impl NvmfTarget {
             )?;
         }
         for l in &s.listeners {
-            self.nvmf_subsystem_add_listener_opts(
+            self.nvmf_subsystem_add_listener_sec(
                 &s.nqn,
                 ListenAddressParams {
                     trtype: "TCP".into(),
@@ -337,7 +350,10 @@ impl NvmfTarget {
                     traddr: l.address.clone(),
                     trsvcid: l.port.to_string(),
                 },
-                l.secure_channel,
+                ListenerSecurity {
+                    secure_channel: l.secure_channel,
+                    secure_concat: l.secure_concat,
+                },
                 l.limits(),
             )?;
         }
@@ -475,6 +491,33 @@ impl NvmfTarget {
         secure_channel: bool,
         limits: ListenerLimits,
     ) -> Result<SocketAddr, NvmfError> {
+        self.nvmf_subsystem_add_listener_sec(
+            nqn,
+            la,
+            ListenerSecurity {
+                secure_channel,
+                secure_concat: false,
+            },
+            limits,
+        )
+    }
+
+    /// [`nvmf_subsystem_add_listener_opts`](Self::nvmf_subsystem_add_listener_opts) with
+    /// tessera's `secure_concat` too: the listener also takes plain TCP connections on
+    /// which a host authenticates with secure channel concatenation, and TLS keyed by
+    /// the PSK that generated (besides configured PSKs). With `secure_channel`, plain TCP
+    /// serves nothing else; without, it is served as on any listener.
+    pub fn nvmf_subsystem_add_listener_sec(
+        &self,
+        nqn: &str,
+        la: ListenAddressParams,
+        sec: ListenerSecurity,
+        limits: ListenerLimits,
+    ) -> Result<SocketAddr, NvmfError> {
+        let ListenerSecurity {
+            secure_channel,
+            secure_concat,
+        } = sec;
         if !la.trtype.eq_ignore_ascii_case("tcp") {
             return Err(NvmfError::UnsupportedTransport(la.trtype));
         }
@@ -500,21 +543,21 @@ impl NvmfTarget {
         limits
             .check()
             .map_err(|(field, reason)| invalid(field, reason))?;
-        let bound =
-            self.acquire_listener(SocketAddr::new(ip, port), opts, secure_channel, limits)?;
+        let bound = self.acquire_listener(SocketAddr::new(ip, port), opts, sec, limits)?;
         let addr = ListenAddress {
             trtype: "TCP".into(),
             adrfam: if bound.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
             traddr: bound.ip().to_string(),
             trsvcid: bound.port().to_string(),
             secure_channel,
+            secure_concat,
             limits,
         };
         if !s.add_listener(addr) {
             self.release_listener_at(bound);
         }
         self.shared.bump_genctr();
-        tracing::info!(nqn, %bound, secure_channel, "listening");
+        tracing::info!(nqn, %bound, secure_channel, secure_concat, "listening");
         Ok(bound)
     }
 
@@ -540,13 +583,23 @@ impl NvmfTarget {
         &self,
         addr: SocketAddr,
         opts: Arc<TransportOptions>,
-        secure: bool,
+        sec: ListenerSecurity,
         limits: ListenerLimits,
     ) -> Result<SocketAddr, NvmfError> {
+        let (secure, concat) = (sec.secure_channel, sec.secure_concat);
         let mut ls = lock(&self.shared.listeners);
         if addr.port() != 0
             && let Some(slot) = ls.get_mut(&addr)
         {
+            if slot.concat != concat {
+                return Err(invalid(
+                    "secure_concat",
+                    format!(
+                        "{addr} already listens {} secure channel concatenation for another subsystem",
+                        if slot.concat { "with" } else { "without" }
+                    ),
+                ));
+            }
             if slot.secure != secure {
                 return Err(invalid(
                     "secure_channel",
@@ -568,7 +621,7 @@ impl NvmfTarget {
             slot.users += 1;
             return Ok(addr);
         }
-        let tls = if secure {
+        let tls = if secure || concat {
             let mut t = lock(&self.shared.tls);
             if t.is_none() {
                 *t =
@@ -580,8 +633,13 @@ impl NvmfTarget {
         } else {
             None
         };
+        let mode = listener::ListenMode {
+            tls,
+            secure_channel: secure,
+            secure_concat: concat,
+        };
         let handle =
-            listener::start(self.shared.clone(), addr, opts, tls, limits).map_err(|cause| {
+            listener::start(self.shared.clone(), addr, opts, mode, limits).map_err(|cause| {
                 NvmfError::Listen {
                     addr: addr.to_string(),
                     cause,
@@ -595,6 +653,7 @@ impl NvmfTarget {
                 handle,
                 users: 1,
                 secure,
+                concat,
                 limits,
                 portid,
             },
@@ -1030,6 +1089,7 @@ impl NvmfTarget {
                             address: l.traddr,
                             port: l.trsvcid.parse().unwrap_or(0),
                             secure_channel: l.secure_channel,
+                            secure_concat: l.secure_concat,
                             max_connections: l.limits.max_connections,
                             max_connections_per_host: l.limits.max_connections_per_host,
                         })

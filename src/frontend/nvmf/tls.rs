@@ -5,6 +5,12 @@
 //! the identity's, and (identity version 1) the PSK digest matches. Each refusal says
 //! which of these failed; none carries key material.
 //!
+//! An identity of a generated PSK (`NVMe1G…`, secure channel concatenation) is admitted
+//! when it names a subsystem that listens here with `secure_concat`, a host of it with a
+//! `dhchap_key`, and that host's latest concatenation generated a PSK whose digest is
+//! the identity's; the TLS PSK comes from that generated PSK. An older or a wrong one is
+//! refused.
+//!
 //! The discovery subsystem answers on every listener, a secure one included: an
 //! identity naming the discovery NQN is admitted when its host has a `psk` with a
 //! subsystem that listens here with a secure channel (the first such subsystem in NQN
@@ -14,10 +20,6 @@ use super::target::TargetShared;
 use crate::nvme::tls::{ConfiguredPsk, Identity, Suite};
 use crate::reactor::tls::{CipherSuite, Psk, TlsError};
 use std::net::SocketAddr;
-use std::time::Duration;
-
-/// How long a client has to finish the TLS handshake.
-pub(crate) const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The cipher suite of an NVMe/TCP suite.
 pub(crate) fn cipher_suite(s: Suite) -> CipherSuite {
@@ -42,9 +44,12 @@ pub(crate) fn lookup(
     raw_identity: &[u8],
 ) -> Result<Psk, String> {
     let id = Identity::parse(raw_identity).map_err(|e| e.to_string())?;
+    if id.generated {
+        return lookup_generated(target, local, &id);
+    }
     let listens_here = |sub: &super::subsystem::Subsystem| {
         sub.listeners().into_iter().any(|l| {
-            l.secure_channel
+            (l.secure_channel || l.secure_concat)
                 && l.trsvcid == local.port().to_string()
                 && l.traddr
                     .parse::<std::net::IpAddr>()
@@ -121,5 +126,64 @@ pub(crate) fn lookup(
     Ok(Psk {
         key: id.tls_psk(&retained),
         suite: cipher_suite(id.suite),
+    })
+}
+
+/// Whether `sub` listens at `local` with secure channel concatenation.
+fn concat_here(sub: &super::subsystem::Subsystem, local: SocketAddr) -> bool {
+    sub.listeners().into_iter().any(|l| {
+        l.secure_concat
+            && l.trsvcid == local.port().to_string()
+            && l.traddr
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip == local.ip() || ip.is_unspecified())
+    })
+}
+
+/// The key of an identity of a generated PSK (`NVMe1G…`), or why there is none. The
+/// messages name no key material (nor the digest).
+fn lookup_generated(
+    target: &TargetShared,
+    local: SocketAddr,
+    id: &Identity,
+) -> Result<Psk, String> {
+    let sub = target
+        .subsystem(&id.subnqn)
+        .ok_or_else(|| format!("PSK identity names unknown subsystem `{}`", id.subnqn))?;
+    if !concat_here(&sub, local) {
+        return Err(format!(
+            "subsystem `{}` has no listener with secure channel concatenation at {local}",
+            id.subnqn
+        ));
+    }
+    if !sub.hosts().contains(&id.hostnqn) || !sub.host_auth_required(&id.hostnqn) {
+        return Err(format!(
+            "host `{}` is not a host of `{}` with a DH-HMAC-CHAP key",
+            id.hostnqn, id.subnqn
+        ));
+    }
+    let g = sub.generated_psk(&id.hostnqn).ok_or_else(|| {
+        format!(
+            "no generated PSK for host `{}` in `{}` (secure channel concatenation: authenticate first)",
+            id.hostnqn, id.subnqn
+        )
+    })?;
+    if g.suite() != id.suite {
+        return Err(format!(
+            "the generated PSK identity asks for {} but the host's generated PSK is for {}",
+            id.suite.name(),
+            g.suite().name()
+        ));
+    }
+    let offered = id.digest.as_deref().unwrap_or("");
+    if !crate::nvme::dhchap::equal_ct(offered.as_bytes(), g.digest().as_bytes()) {
+        return Err(format!(
+            "the PSK digest of host `{}`'s generated identity is not that of its latest generated PSK (an old or a wrong one)",
+            id.hostnqn
+        ));
+    }
+    Ok(Psk {
+        key: g.tls_psk(),
+        suite: cipher_suite(g.suite()),
     })
 }

@@ -72,10 +72,13 @@ pub async fn nvmf_delete_subsystem(ctx: Rc<Ctx>, p: NqnParams) -> RpcResult {
 
 pub async fn nvmf_subsystem_add_listener(ctx: Rc<Ctx>, p: ListenerParams) -> RpcResult {
     let la = p.to_params()?;
-    ctx.target.nvmf().nvmf_subsystem_add_listener_opts(
+    ctx.target.nvmf().nvmf_subsystem_add_listener_sec(
         &p.nqn,
         la,
-        p.secure_channel.unwrap_or(false),
+        crate::frontend::nvmf::ListenerSecurity {
+            secure_channel: p.secure_channel.unwrap_or(false),
+            secure_concat: p.secure_concat.unwrap_or(false),
+        },
         p.limits()?,
     )?;
     Ok(Value::Bool(true))

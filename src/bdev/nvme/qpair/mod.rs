@@ -27,6 +27,7 @@ mod recv;
 use crate::bdev::{BdevIo, IoStatus};
 use crate::nvme::pdu::{self, Limits, PduType};
 use crate::nvme::spec::{self, Cqe, DsmRange, SglDesc, Sqe, Status, encode_dsm_range};
+use crate::nvme::tls::GeneratedPsk;
 use crate::reactor::recv::RecvBuf;
 use crate::reactor::send::SendQueue;
 use crate::reactor::{self, io::Async};
@@ -85,18 +86,20 @@ const CONNECT_ATR: u32 = 1 << 17;
 /// each re-authentication).
 const AUTH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Runs `auth` on `q` with `keys` within [`AUTH_TIME_LIMIT`].
+/// Runs `auth` on `q` with `keys` (and SC_C `scc`) within [`AUTH_TIME_LIMIT`]; the
+/// PSK a concatenation generated.
 async fn authenticate_within(
     q: &HostQpair,
     keys: &super::auth::HostKeys,
     hostnqn: &str,
     subnqn: &str,
     tid: u16,
-) -> Result<(), HostError> {
+    scc: u8,
+) -> Result<Option<GeneratedPsk>, HostError> {
     let deadline = reactor::now().after(AUTH_TIME_LIMIT);
     reactor::until(
         deadline,
-        super::auth::authenticate(q, keys, hostnqn, subnqn, tid),
+        super::auth::authenticate(q, keys, hostnqn, subnqn, tid, scc),
     )
     .await
     .unwrap_or_else(|| {
@@ -114,18 +117,25 @@ async fn drive_auth(q: Rc<HostQpair>) {
     let Ok((_, true)) = q.wait_connected().await else {
         return;
     };
-    let (keys, hostnqn, subnqn, qid) = {
+    let (keys, hostnqn, subnqn, qid, scc) = {
         let st = q.inner.borrow();
         let p = &st.params;
-        (p.dhchap.clone(), p.hostnqn.clone(), p.subnqn.clone(), p.qid)
+        (
+            p.dhchap.clone(),
+            p.hostnqn.clone(),
+            p.subnqn.clone(),
+            p.qid,
+            p.concat,
+        )
     };
     let Some(keys) = keys.get() else {
         return;
     };
-    let r = authenticate_within(&q, keys, &hostnqn, &subnqn, qid).await;
+    let r = authenticate_within(&q, keys, &hostnqn, &subnqn, qid, scc).await;
     match r {
-        Ok(()) => {
+        Ok(generated) => {
             tracing::debug!(qid, %subnqn, "DH-HMAC-CHAP: authenticated");
+            *q.generated.borrow_mut() = generated;
             q.authenticated();
         }
         Err(e) => {
@@ -158,6 +168,10 @@ pub(crate) struct QpairParams {
     pub dhchap: super::auth::DhchapHostKeys,
     /// TLS before ICReq, when the controller was attached with a PSK.
     pub tls: super::tls::HostTls,
+    /// The SC_C of the queue pair's first authentication (secure channel
+    /// concatenation: NEWTLSPSK on the plain admin queue of a `secure_concat`
+    /// controller; 0 otherwise).
+    pub concat: u8,
 }
 
 /// A command's result, or the task waiting for it.
@@ -308,6 +322,8 @@ pub(crate) struct HostQpair {
     /// Transaction ID of the last re-authentication (the first transaction uses the
     /// queue ID).
     reauth_tid: Cell<u16>,
+    /// The PSK the last authentication generated (secure channel concatenation).
+    generated: RefCell<Option<GeneratedPsk>>,
 }
 
 impl HostQpair {
@@ -359,6 +375,7 @@ impl HostQpair {
             closed: Cell::new(false),
             reauthenticating: Cell::new(false),
             reauth_tid: Cell::new(0),
+            generated: RefCell::new(None),
         });
         reactor::spawn_local(run(q.clone())).detach();
         // Also without keys: `bdev_nvme_set_keys` may give some before Connect answers.
@@ -378,6 +395,7 @@ impl HostQpair {
     pub(crate) async fn reauthenticate(
         &self,
         keys: super::auth::DhchapHostKeys,
+        scc: u8,
     ) -> Result<bool, HostError> {
         let (hostnqn, subnqn, qid) = {
             let mut st = self.inner.borrow_mut();
@@ -403,11 +421,12 @@ impl HostQpair {
         let tid = self.reauth_tid.get().wrapping_add(1).max(1);
         self.reauth_tid.set(tid);
         let tid = qid.wrapping_add(tid.wrapping_mul(0x100));
-        let r = authenticate_within(self, k, &hostnqn, &subnqn, tid).await;
+        let r = authenticate_within(self, k, &hostnqn, &subnqn, tid, scc).await;
         self.reauthenticating.set(false);
         match r {
-            Ok(()) => {
+            Ok(generated) => {
                 tracing::debug!(qid, %subnqn, "DH-HMAC-CHAP: re-authenticated");
+                *self.generated.borrow_mut() = generated;
                 Ok(true)
             }
             Err(e) => {
@@ -417,6 +436,11 @@ impl HostQpair {
                 Err(e)
             }
         }
+    }
+
+    /// The PSK the last authentication generated (secure channel concatenation).
+    pub(crate) fn take_generated(&self) -> Option<GeneratedPsk> {
+        self.generated.borrow_mut().take()
     }
 
     /// Waits until Connect succeeded; returns the controller ID and whether the

@@ -273,9 +273,8 @@ struct QpInner {
     auth_watched: bool,
     /// An authentication command waits for its DH computation on a worker thread.
     auth_computing: bool,
-    /// The (host NQN, subsystem NQN) of the TLS PSK identity the connection was
-    /// admitted with; Connect must name the same.
-    tls_id: Option<(String, String)>,
+    /// How the connection is secured (TLS identity, concatenation).
+    sec: Security,
 }
 
 /// A queue pair; lives on one core, reached through [`Rc`].
@@ -342,11 +341,13 @@ pub(crate) fn ns_changed(admin_qpair_id: u64, nsid: u32) {
 }
 
 /// What an authentication step of queue `qid` of the controller `shared` needs from
-/// the target: its keyring and the digests and DH groups it allows now.
+/// the target: its keyring, the digests and DH groups it allows now, and what secure
+/// channel concatenation the connection may ask for.
 fn auth_ctx<'a>(
     target: &'a TargetShared,
     shared: &'a super::subsystem::CtrlrShared,
     qid: u16,
+    sec: &Security,
 ) -> AuthCtx<'a> {
     AuthCtx {
         subsystem: &shared.subsystem,
@@ -355,6 +356,57 @@ fn auth_ctx<'a>(
         keyring: &target.keyring,
         digests: target.dhchap_digests.load(Ordering::Acquire),
         dhgroups: target.dhchap_dhgroups.load(Ordering::Acquire),
+        concat: qauth::ConcatCtx {
+            listener: sec.concat_listener,
+            required: sec.plain_restricted(),
+            tls: sec.tls_id.is_some(),
+        },
+    }
+}
+
+/// How a connection is secured: its TLS identity, and its listener's concatenation.
+#[derive(Clone, Debug, Default)]
+struct Security {
+    /// The (host NQN, subsystem NQN) of the TLS PSK identity the connection was
+    /// admitted with; Connect must name the same.
+    tls_id: Option<(String, String)>,
+    /// That identity is of a PSK secure channel concatenation generated: the host
+    /// authenticated when it was generated, so its queue pairs are not asked again.
+    tls_generated: bool,
+    /// The listener does secure channel concatenation (`secure_concat`).
+    concat_listener: bool,
+    /// The listener requires TLS (`secure_channel`).
+    secure_channel: bool,
+}
+
+impl Security {
+    /// A plain connection to a listener that requires TLS but does concatenation: it
+    /// serves nothing but an admin queue's authentication with SC_C NEWTLSPSK.
+    fn plain_restricted(&self) -> bool {
+        self.tls_id.is_none() && self.concat_listener && self.secure_channel
+    }
+}
+
+/// The first byte a client sends (a TLS handshake record starts with 0x16; an
+/// NVMe/TCP ICReq with 0x00), without taking it off the socket.
+async fn first_byte(sock: &Async<mio::net::TcpStream>) -> io::Result<u8> {
+    let mut b = [0u8; 1];
+    loop {
+        match sock.get_ref().peek(&mut b) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection before sending anything",
+                ));
+            }
+            Ok(_) => return Ok(b[0]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                sock.clear_readable();
+                std::future::poll_fn(|cx| sock.poll_readable(cx)).await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -368,14 +420,15 @@ fn log_io_error(admin_qpair_id: u64, sqid: u16, cid: u16, status: Status, nsid: 
 }
 
 /// Turns an accepted connection into a queue pair on the current core; on a
-/// secure-channel listener (`tls`), after a TLS handshake that admits the host.
+/// secure-channel listener, after a TLS handshake that admits the host; on a
+/// concatenation listener, after one if the client starts with TLS.
 pub(crate) fn spawn(
     target: Arc<TargetShared>,
     stream: std::net::TcpStream,
     opts: Arc<TransportOptions>,
     peer: SocketAddr,
     permit: crate::frontend::conn_limits::ConnPermit,
-    tls: Option<openssl::ssl::SslContext>,
+    mode: super::listener::ListenMode,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
@@ -388,15 +441,42 @@ pub(crate) fn spawn(
             return;
         }
     };
-    let Some(ctx) = tls else {
-        start(target, sock, None, opts, peer, permit);
+    let sec = Security {
+        concat_listener: mode.secure_concat,
+        secure_channel: mode.secure_channel,
+        ..Default::default()
+    };
+    let Some(ctx) = mode.tls else {
+        start(target, sock, None, opts, peer, permit, sec);
         return;
     };
+    let limit = Duration::from_millis(opts.tls_handshake_timeout_ms as u64);
     reactor::spawn_local(async move {
         let Some(local) = local else {
             tracing::warn!(%peer, "NVMe/TCP TLS: cannot read the local address; closed");
             return;
         };
+        if mode.secure_concat {
+            // TLS or plain TCP, as the client's first byte says.
+            let deadline = reactor::now().after(limit);
+            match reactor::until(deadline, first_byte(&sock)).await {
+                Some(Ok(0x16)) => {}
+                Some(Ok(_)) => return start(target, sock, None, opts, peer, permit, sec),
+                Some(Err(e)) => {
+                    tracing::warn!(%peer, listener = %local, error = %e, "NVMe/TCP: connection closed");
+                    return;
+                }
+                None => {
+                    tracing::warn!(
+                        %peer, listener = %local,
+                        error = %crate::reactor::tls::TlsError::Timeout { limit, received: 0 },
+                        "NVMe/TCP TLS: connection refused"
+                    );
+                    let _ = sock.get_ref().shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        }
         let t2 = target.clone();
         let lookup: crate::reactor::tls::PskLookup =
             Box::new(move |id| super::tls::lookup(&t2, local, id));
@@ -407,13 +487,19 @@ pub(crate) fn spawn(
                 return;
             }
         };
-        match crate::reactor::tls::handshake(sock.clone(), ssl, true, super::tls::HANDSHAKE_LIMIT)
-            .await
-        {
+        match crate::reactor::tls::handshake(sock.clone(), ssl, true, limit).await {
             Ok(t) => {
                 let identity = t.identity().map(String::from_utf8_lossy).unwrap_or_default();
-                tracing::info!(%peer, suite = t.suite(), %identity, "NVMe/TCP TLS handshake done");
-                start(target, sock, Some(t), opts, peer, permit);
+                // A generated PSK's identity carries its digest: logged without it.
+                let shown = match identity.strip_prefix("NVMe1G") {
+                    Some(rest) => format!(
+                        "NVMe1G{}",
+                        rest.rsplit_once(' ').map_or(rest, |(head, _)| head)
+                    ),
+                    None => identity.to_string(),
+                };
+                tracing::info!(%peer, suite = t.suite(), identity = %shown, "NVMe/TCP TLS handshake done");
+                start(target, sock, Some(t), opts, peer, permit, sec);
             }
             Err(e) => {
                 tracing::warn!(%peer, listener = %local, error = %e, "NVMe/TCP TLS: connection refused");
@@ -432,11 +518,15 @@ fn start(
     opts: Arc<TransportOptions>,
     peer: SocketAddr,
     permit: crate::frontend::conn_limits::ConnPermit,
+    mut sec: Security,
 ) {
-    let tls_id = tls.as_ref().and_then(|t| {
-        let id = crate::nvme::tls::Identity::parse(t.identity()?).ok()?;
-        Some((id.hostnqn, id.subnqn))
-    });
+    if let Some(id) = tls
+        .as_ref()
+        .and_then(|t| crate::nvme::tls::Identity::parse(t.identity()?).ok())
+    {
+        sec.tls_generated = id.generated;
+        sec.tls_id = Some((id.hostnqn, id.subnqn));
+    }
     let id = NEXT_QPAIR_ID.fetch_add(1, Ordering::Relaxed);
     let core = reactor::current_core().unwrap_or(0);
     let q = Rc::new_cyclic(|me: &Weak<Qpair>| {
@@ -482,7 +572,7 @@ fn start(
                 auth_step: Duration::ZERO,
                 auth_watched: false,
                 auth_computing: false,
-                tls_id,
+                sec,
             }),
             waker: RefCell::new(None),
             notified: Cell::new(false),
@@ -870,6 +960,19 @@ impl QpInner {
                 self.slots[slot].status = Status::AUTH_REQUIRED;
                 return self.complete(slot);
             }
+            if self.sec.plain_restricted() {
+                // The listener requires TLS: this plain connection only generates the
+                // PSK of the host's TLS reconnection.
+                tracing::error!(
+                    qpair = self.id,
+                    qid = self.qid,
+                    opcode = self.slots[slot].sqe.opcode(),
+                    "command on a plain connection to a listener that requires TLS \
+                     (secure channel concatenation: reconnect with TLS keyed by the generated PSK)"
+                );
+                self.slots[slot].status = Status::AUTH_REQUIRED;
+                return self.complete(slot);
+            }
         }
         match (&mut self.role, cmd) {
             (
@@ -942,7 +1045,13 @@ impl QpInner {
             core: self.core,
             qpair_id: self.id,
             now: reactor::now(),
-            tls: self.tls_id.as_ref().map(|(h, s)| (h.as_str(), s.as_str())),
+            tls: self
+                .sec
+                .tls_id
+                .as_ref()
+                .map(|(h, s)| (h.as_str(), s.as_str())),
+            tls_generated: self.sec.tls_generated,
+            plain_restricted: self.sec.plain_restricted(),
         };
         let data = match &self.slots[slot].buf {
             Some(b) if self.slots[slot].xfer_len > 0 => b.as_slice(),
@@ -984,7 +1093,9 @@ impl QpInner {
                 };
                 self.role = Some(role);
                 self.slots[slot].dw0 = cntlid as u32;
-                if sub.host_auth_required(&hostnqn) {
+                // A connection keyed by a generated PSK is not asked again: the host
+                // authenticated when the PSK was generated (as the Linux target).
+                if sub.host_auth_required(&hostnqn) && !self.sec.tls_generated {
                     // AUTHREQ.ATR: the host must authenticate this queue pair.
                     self.slots[slot].dw0 |= 1 << 17;
                     self.authenticating = true;
@@ -1050,7 +1161,7 @@ impl QpInner {
             }
             self.auth_rearm();
         }
-        let ctx = auth_ctx(&self.target, &shared, self.qid);
+        let ctx = auth_ctx(&self.target, &shared, self.qid, &self.sec);
         let Some(auth) = self.auth.as_mut() else {
             return self.complete(slot);
         };
@@ -1074,6 +1185,9 @@ impl QpInner {
         }
         req.status = status;
         let negotiated = auth.negotiated();
+        let generated = matches!(after, After::Enable)
+            .then(|| auth.take_generated())
+            .flatten();
         self.complete(slot);
         match after {
             After::Nothing | After::Compute(_) => {}
@@ -1083,9 +1197,20 @@ impl QpInner {
                 let reauth = !self.authenticating;
                 if self.authenticating {
                     self.authenticating = false;
-                    if let Some(Role::Admin(a)) = &self.role {
+                    if let Some(Role::Admin(a)) = &self.role
+                        && !self.sec.plain_restricted()
+                    {
                         a.shared.authenticated.store(true, Ordering::Release);
                     }
+                }
+                if let Some(g) = generated {
+                    // Kept for the host's TLS connections (in memory, never shown).
+                    shared.subsystem.set_generated_psk(&shared.hostnqn, g);
+                    tracing::info!(
+                        qpair = self.id, subnqn = %shared.subsystem.nqn,
+                        hostnqn = %shared.hostnqn, tls = self.sec.tls_id.is_some(),
+                        "secure channel concatenation: TLS PSK generated for the host's TLS connections"
+                    );
                 }
                 shared.record_auth(self.qid, digest, dhgroup, reauth);
                 tracing::info!(
@@ -1146,7 +1271,7 @@ impl QpInner {
         let Some(shared) = self.ctrlr_shared() else {
             return self.complete(slot);
         };
-        let ctx = auth_ctx(&self.target, &shared, self.qid);
+        let ctx = auth_ctx(&self.target, &shared, self.qid, &self.sec);
         let Some(auth) = self.auth.as_mut() else {
             return self.complete(slot);
         };
