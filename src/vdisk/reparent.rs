@@ -72,11 +72,23 @@ enum Plan {
 }
 
 impl Controller {
-    /// Why disk `name` (`id`, in `st`) may not take a new parent now, if it is busy: a
-    /// split running, a disk naming it as its parent, or quiesced by someone else than
-    /// the operation itself (`ours`).
-    fn reparent_busy(st: &CtlState, id: u64, name: &str, ours: bool) -> Option<VdiskError> {
+    /// Why disk `name` (`id`, in `st`) may take no new parent of either kind, if it may
+    /// not: a snapshot, a thick lvol that is not a clone, a split running, a disk naming
+    /// it as its parent, or quiesced by someone else than the operation itself (`ours`).
+    fn new_parent_refused(st: &CtlState, id: u64, name: &str, ours: bool) -> Option<VdiskError> {
         let d = &st.disks[&id];
+        let invalid =
+            |field: &'static str, reason: String| Some(VdiskError::InvalidParam { field, reason });
+        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
+            return invalid(
+                "lvol_name",
+                format!("`{name}` is a snapshot; only a writable lvol takes a new parent"),
+            );
+        }
+        // As SPDK: an lvol that is not a clone must be thin (a clone always is there).
+        if !d.rec.thin && d.rec.parent == 0 && d.rec.external.is_none() {
+            return invalid("lvol_name", format!("`{name}` is not thin-provisioned"));
+        }
         if d.job_cancel.is_some() || d.rec.job != JobRecord::None {
             return Some(VdiskError::Busy(format!(
                 "`{name}` is being split from its parent; cancel the job or wait for it"
@@ -122,16 +134,6 @@ impl Controller {
         if s.rec.kind != DiskKind::Snapshot || !s.rec.read_only {
             return invalid("parent_name", format!("`{parent}` is not a snapshot"));
         }
-        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
-            return invalid(
-                "lvol_name",
-                format!("`{name}` is a snapshot; only a writable lvol takes a new parent"),
-            );
-        }
-        // As SPDK: an lvol that is not a clone must be thin.
-        if !d.rec.thin && d.rec.parent == 0 && d.rec.external.is_none() {
-            return invalid("lvol_name", format!("`{name}` is not thin-provisioned"));
-        }
         if d.rec.size_blocks != s.rec.size_blocks {
             return invalid(
                 "parent_name",
@@ -141,7 +143,7 @@ impl Controller {
                 ),
             );
         }
-        Self::reparent_busy(st, id, name, ours)
+        Self::new_parent_refused(st, id, name, ours)
     }
 
     /// What each virtual segment of disk `id` becomes under the new parent `new` (see
@@ -351,17 +353,7 @@ impl Controller {
                 "`{ext_name}` as the external snapshot of `{name}`"
             )));
         }
-        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
-            return invalid(
-                "lvol_name",
-                format!("`{name}` is a snapshot; only a writable lvol takes a new parent"),
-            );
-        }
-        // As SPDK: an lvol that is not a clone must be thin (a clone always is there).
-        if !d.rec.thin && d.rec.parent == 0 && d.rec.external.is_none() {
-            return invalid("lvol_name", format!("`{name}` is not thin-provisioned"));
-        }
-        Self::reparent_busy(st, id, name, ours)
+        Self::new_parent_refused(st, id, name, ours)
     }
 
     /// Makes `name` read through to the external bdev `ext` where no layer of its own
