@@ -37,21 +37,6 @@ fn add_key(
     text
 }
 
-fn auth_send(h: &mut RawHost, msg: &[u8]) -> Cqe {
-    let cid = h.cid();
-    h.capsule(spec::auth_sqe(cid, true, msg.len() as u32), Some(msg));
-    h.response(None).0
-}
-
-fn auth_recv(h: &mut RawHost) -> (Cqe, Vec<u8>) {
-    let cid = h.cid();
-    h.capsule(
-        spec::with_transport_sgl(spec::auth_sqe(cid, false, 4096), 4096),
-        None,
-    );
-    h.response(None)
-}
-
 /// The reason of an AUTH_Failure1 message, or panics.
 fn failure1(msg: &[u8]) -> FailureReason {
     assert_eq!(
@@ -96,10 +81,10 @@ fn authenticate_probed(
 ) -> Result<((HashId, DhGroup), [u64; 2]), FailureReason> {
     let count = || probe.map_or(0, |p| p.load(std::sync::atomic::Ordering::Acquire));
     let tid = 9;
-    let c = auth_send(h, &negotiate_msg(tid, &HashId::ALL, groups));
+    let c = h.auth_send(&negotiate_msg(tid, &HashId::ALL, groups));
     assert!(c.status().is_success(), "negotiate: {}", c.status());
     let before = count();
-    let (c, msg) = auth_recv(h);
+    let (c, msg) = h.auth_recv();
     let during_challenge = count() - before;
     assert!(c.status().is_success(), "challenge: {}", c.status());
     if msg[0] == auth::auth_type::COMMON {
@@ -161,10 +146,10 @@ fn authenticate_probed(
     );
     let (hash, group) = (ch.hash, ch.dhgroup);
     let before = count();
-    let c = auth_send(h, &reply);
+    let c = h.auth_send(&reply);
     let during_reply = count() - before;
     assert!(c.status().is_success(), "reply: {}", c.status());
-    let (c, msg) = auth_recv(h);
+    let (c, msg) = h.auth_recv();
     assert!(c.status().is_success(), "success1: {}", c.status());
     if msg[0] == auth::auth_type::COMMON {
         return Err(failure1(&msg));
@@ -174,7 +159,7 @@ fn authenticate_probed(
         assert_eq!(s1.rval, Some(&exp[..]), "the controller's response");
         let mut s2 = Vec::new();
         auth::encode_success2(&mut s2, tid);
-        assert!(auth_send(h, &s2).status().is_success());
+        assert!(h.auth_send(&s2).status().is_success());
     }
     Ok(((hash, group), [during_challenge, during_reply]))
 }
@@ -308,14 +293,14 @@ fn nothing_but_authentication_runs_before_it_succeeds() {
 fn expect_failure(s: &Setup, msgs: &[Vec<u8>], reason: FailureReason) {
     let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
     for m in msgs {
-        let c = auth_send(&mut h, m);
+        let c = h.auth_send(m);
         assert!(
             c.status().is_success(),
             "AUTH_Send answers success: {}",
             c.status()
         );
     }
-    let (c, msg) = auth_recv(&mut h);
+    let (c, msg) = h.auth_recv();
     assert!(c.status().is_success());
     assert_eq!(failure1(&msg), reason, "for {msgs:?}");
     let t = Instant::now();
@@ -382,11 +367,11 @@ fn out_of_order_truncated_and_malformed_messages_are_refused_and_the_target_serv
     // A reply of the wrong hash length after a proper challenge.
     {
         let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
-        assert!(auth_send(&mut h, &good).status().is_success());
-        let (_, ch) = auth_recv(&mut h);
+        assert!(h.auth_send(&good).status().is_success());
+        let (_, ch) = h.auth_recv();
         assert_eq!(auth::decode_challenge(&ch).unwrap().hash, HashId::Sha512);
-        assert!(auth_send(&mut h, &reply).status().is_success());
-        let (_, msg) = auth_recv(&mut h);
+        assert!(h.auth_send(&reply).status().is_success());
+        let (_, msg) = h.auth_recv();
         assert_eq!(failure1(&msg), FailureReason::IncorrectPayload);
         h.expect_closed(5);
     }
@@ -405,8 +390,8 @@ fn out_of_order_truncated_and_malformed_messages_are_refused_and_the_target_serv
     {
         let (mut h, _) = connect_admin(s.addr, HOSTNQN, 0);
         let neg = negotiate_msg(1, &[HashId::Sha256], &[DhGroup::Ffdhe2048]);
-        assert!(auth_send(&mut h, &neg).status().is_success());
-        let (_, ch) = auth_recv(&mut h);
+        assert!(h.auth_send(&neg).status().is_success());
+        let (_, ch) = h.auth_recv();
         let ch = auth::decode_challenge(&ch).unwrap();
         assert_eq!(ch.dhgroup, DhGroup::Ffdhe2048);
         let mut bad = Vec::new();
@@ -422,8 +407,8 @@ fn out_of_order_truncated_and_malformed_messages_are_refused_and_the_target_serv
                 dhv: &[0xff; 256],
             },
         );
-        assert!(auth_send(&mut h, &bad).status().is_success());
-        let (_, msg) = auth_recv(&mut h);
+        assert!(h.auth_send(&bad).status().is_success());
+        let (_, msg) = h.auth_recv();
         assert_eq!(failure1(&msg), FailureReason::Failed);
         h.expect_closed(5);
     }
@@ -553,7 +538,7 @@ fn a_stalled_authentication_is_dropped_after_the_keep_alive_timeout() {
     // Stalling after the negotiation too.
     let (mut h, _) = connect_admin(s.addr, HOSTNQN, 1000);
     assert!(
-        auth_send(&mut h, &negotiate_msg(1, &HashId::ALL, &DhGroup::ALL))
+        h.auth_send(&negotiate_msg(1, &HashId::ALL, &DhGroup::ALL))
             .status()
             .is_success()
     );

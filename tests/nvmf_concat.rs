@@ -22,7 +22,7 @@ use tessera::frontend::nvmf::{
 };
 use tessera::nvme::auth::{self, DhGroup, FailureReason, HashId, auth_id, sc_c};
 use tessera::nvme::dhchap::DhchapKey;
-use tessera::nvme::spec::{self, Cqe, Status};
+use tessera::nvme::spec::{self, Status};
 
 const NQN: &str = "nqn.2026-11.io.tessera:concat";
 const OPEN: &str = "nqn.2026-11.io.tessera:concat-optional";
@@ -179,28 +179,13 @@ fn write_read(s: &Setup, bdev: &str, core: usize, lba: u64, pattern: u8) -> Resu
     })
 }
 
-fn auth_send(h: &mut RawHost, msg: &[u8]) -> Cqe {
-    let cid = h.cid();
-    h.capsule(spec::auth_sqe(cid, true, msg.len() as u32), Some(msg));
-    h.response(None).0
-}
-
-fn auth_recv(h: &mut RawHost) -> (Cqe, Vec<u8>) {
-    let cid = h.cid();
-    h.capsule(
-        spec::with_transport_sgl(spec::auth_sqe(cid, false, 4096), 4096),
-        None,
-    );
-    h.response(None)
-}
-
 /// Sends an AUTH_Negotiate with `scc` and `groups`; the reason of the AUTH_Failure1
 /// that follows, or `None` when a challenge came.
 fn negotiate(h: &mut RawHost, scc: u8, groups: &[DhGroup]) -> Option<FailureReason> {
     let mut v = Vec::new();
     auth::encode_negotiate_scc(&mut v, 1, scc, &[HashId::Sha256, HashId::Sha384], groups);
-    assert!(auth_send(h, &v).status().is_success());
-    let (c, msg) = auth_recv(h);
+    assert!(h.auth_send(&v).status().is_success());
+    let (c, msg) = h.auth_recv();
     assert!(c.status().is_success(), "{}", c.status());
     (msg[1] == auth_id::FAILURE1)
         .then(|| FailureReason::from_code(auth::decode_failure(&msg).unwrap().rce).unwrap())

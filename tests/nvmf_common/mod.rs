@@ -307,6 +307,23 @@ impl RawHost {
         self.next_cid
     }
 
+    /// Sends an AUTH_Send command carrying `msg`; its completion.
+    pub fn auth_send(&mut self, msg: &[u8]) -> Cqe {
+        let cid = self.cid();
+        self.capsule(spec::auth_sqe(cid, true, msg.len() as u32), Some(msg));
+        self.response(None).0
+    }
+
+    /// Sends an AUTH_Receive command for up to 4 KiB; its completion and the message.
+    pub fn auth_recv(&mut self) -> (Cqe, Vec<u8>) {
+        let cid = self.cid();
+        self.capsule(
+            spec::with_transport_sgl(spec::auth_sqe(cid, false, 4096), 4096),
+            None,
+        );
+        self.response(None)
+    }
+
     /// Sends a capsule with optional in-capsule data.
     pub fn capsule(&mut self, mut sqe: Sqe, in_capsule: Option<&[u8]>) {
         if let Some(d) = in_capsule {
