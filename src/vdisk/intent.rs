@@ -1033,20 +1033,20 @@ impl PendingSplices {
                 to,
                 extents: std::borrow::Cow::Borrowed(exts),
             };
-            if group.windows(2).all(|w| w[0].to <= w[1].from) {
-                let edits: Vec<table::Edit<'_>> = group
+            let resolved;
+            let edits: Vec<table::Edit<'_>> = if group.windows(2).all(|w| w[0].to <= w[1].from) {
+                group
                     .iter()
                     .map(|r| edit(r.from, r.to, &extents[r.at..r.at + r.n]))
-                    .collect();
-                f(group[0].disk, &edits);
+                    .collect()
             } else {
-                let resolved = later_overrides(group, &extents);
-                let edits: Vec<table::Edit<'_>> = resolved
+                resolved = later_overrides(group, &extents);
+                resolved
                     .iter()
                     .map(|(&from, (to, exts))| edit(from, *to, exts))
-                    .collect();
-                f(group[0].disk, &edits);
-            }
+                    .collect()
+            };
+            f(group[0].disk, &edits);
         }
     }
 }
