@@ -8,7 +8,6 @@
 mod nvmf_common;
 
 use nvmf_common::{HOSTNQN, RawHost, start};
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 use tessera::frontend::nvmf::TransportOptions;
 use tessera::nvme::auth::{self, DhGroup, FailureReason, HashId, auth_id};
@@ -17,25 +16,6 @@ use tessera::nvme::spec::{self, Cqe, Status};
 
 const NQN: &str = "nqn.2026-11.io.tessera:auth";
 const OPEN_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:99999999-2222-3333-4444-555555555555";
-
-/// Writes a key file (mode 0600) and adds it to the keyring; returns its text.
-fn add_key(
-    env: &nvmf_common::Env,
-    dir: &std::path::Path,
-    name: &str,
-    seed: u8,
-    len: usize,
-) -> String {
-    let bytes: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect();
-    let text = DhchapKey::format(Some(HashId::Sha256), &bytes).to_string();
-    let p = dir.join(format!("{name}.key"));
-    std::fs::write(&p, format!("{text}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    env.keyring.add_file_key(name, &p).unwrap();
-    text
-}
 
 /// The reason of an AUTH_Failure1 message, or panics.
 fn failure1(msg: &[u8]) -> FailureReason {
@@ -191,8 +171,8 @@ fn setup() -> Setup {
 fn setup_on(cores: usize) -> Setup {
     let env = start(cores, TransportOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let key = add_key(&env, dir.path(), "k1", 1, 32);
-    let ctrl_key = add_key(&env, dir.path(), "c1", 2, 48);
+    let key = env.add_dhchap_key(dir.path(), "k1", 1, 32);
+    let ctrl_key = env.add_dhchap_key(dir.path(), "c1", 2, 48);
     env.malloc("M0", 1 << 20, 512);
     let addr = env.subsystem(NQN, &["M0"], Some(&[HOSTNQN, OPEN_HOST]));
     env.target
@@ -585,7 +565,7 @@ fn re_authentication_and_key_rotation_keep_the_connection() {
     // Rotate the host key: the connected queue pair stays; re-authentication on it uses
     // the new key.
     let dir = tempfile::tempdir().unwrap();
-    let new_key = add_key(&s.env, dir.path(), "k2", 9, 64);
+    let new_key = s.env.add_dhchap_key(dir.path(), "k2", 9, 64);
     s.env
         .target
         .nvmf_subsystem_set_keys(NQN, HOSTNQN, Some("k2".into()), None)
@@ -766,8 +746,8 @@ fn tessera_initiator_re_authenticates_every_queue_pair_while_io_runs() {
 
     // Rotate on the target, then on the host.
     let dir = tempfile::tempdir().unwrap();
-    let key2 = add_key(&s.env, dir.path(), "k2", 21, 48);
-    let ctrl2 = add_key(&s.env, dir.path(), "c2", 22, 64);
+    let key2 = s.env.add_dhchap_key(dir.path(), "k2", 21, 48);
+    let ctrl2 = s.env.add_dhchap_key(dir.path(), "c2", 22, 64);
     s.env
         .target
         .nvmf_subsystem_set_keys(NQN, HOSTNQN, Some("k2".into()), Some("c2".into()))

@@ -11,7 +11,6 @@
 mod nvmf_common;
 
 use nvmf_common::{HOSTNQN, RawHost, start};
-use std::os::unix::fs::PermissionsExt;
 use tessera::bdev::nvme::AttachParams;
 use tessera::bdev::nvme::auth::{DhchapHostKeys, HostKeys};
 use tessera::bdev::{Channel, IoBuf};
@@ -28,17 +27,6 @@ const NQN: &str = "nqn.2026-11.io.tessera:concat";
 const OPEN: &str = "nqn.2026-11.io.tessera:concat-optional";
 const OTHER: &str = "nqn.2026-11.io.tessera:no-concat";
 const NOKEY: &str = "nqn.2014-08.org.nvmexpress:uuid:99999999-0000-4000-8000-00000000000c";
-
-/// Writes a `DHHC-1` key file (mode 0600), adds it to the keyring; its text.
-fn add_key(env: &nvmf_common::Env, dir: &std::path::Path, name: &str, seed: u8) -> String {
-    let bytes: Vec<u8> = (0..32).map(|i| (i as u8).wrapping_mul(29) ^ seed).collect();
-    let text = DhchapKey::format(Some(HashId::Sha256), &bytes).to_string();
-    let p = dir.join(format!("{name}.key"));
-    std::fs::write(&p, format!("{text}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    env.keyring.add_file_key(name, &p).unwrap();
-    text
-}
 
 struct Setup {
     env: nvmf_common::Env,
@@ -108,8 +96,8 @@ fn subsystem(
 fn setup() -> Setup {
     let env = start(2, TransportOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let key = add_key(&env, dir.path(), "k1", 1);
-    let ctrl_key = add_key(&env, dir.path(), "c1", 2);
+    let key = env.add_dhchap_key(dir.path(), "k1", 1, 32);
+    let ctrl_key = env.add_dhchap_key(dir.path(), "c1", 2, 32);
     let required = ListenerSecurity {
         secure_channel: true,
         secure_concat: true,

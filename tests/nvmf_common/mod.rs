@@ -69,6 +69,31 @@ pub fn start(n_cores: usize, opts: TransportOptions) -> Env {
 }
 
 impl Env {
+    /// Writes a `DHHC-1` key of `len` bytes made from `seed` to `dir/name.key` (mode
+    /// 0600) and adds it to the keyring as `name`; the key's text.
+    pub fn add_dhchap_key(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        seed: u8,
+        len: usize,
+    ) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        let text = tessera::nvme::dhchap::DhchapKey::format(
+            Some(tessera::nvme::auth::HashId::Sha256),
+            &bytes,
+        )
+        .to_string();
+        let p = dir.join(format!("{name}.key"));
+        std::fs::write(&p, format!("{text}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        self.keyring.add_file_key(name, &p).unwrap();
+        text
+    }
+
     pub fn malloc(&self, name: &str, size_bytes: u64, block_size: u32) -> Arc<dyn Bdev> {
         let b: Arc<dyn Bdev> =
             MallocBdev::create(name, size_bytes / block_size as u64, block_size, None).unwrap();
