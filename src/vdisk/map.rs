@@ -47,9 +47,10 @@ pub const MAX_GRANULES: u64 = 256;
 ///
 /// One word a segment (issue 18: memory per mapped extent). Most partial segments hold
 /// a few granules close together (a scattered 4 KiB first write sets one), so the word
-/// holds them inline: a window of [`WINDOW`] granules and where it starts. A fill whose
-/// granules do not fit one window moves to a 32-byte bitmap on the heap, and the word
-/// points to it; it stays there until the segment is allocated again ([`Fills::copied`]),
+/// holds them inline: a window of [`WINDOW`] granules and where it starts, or, for a
+/// few granules far apart (a segment that took two or three scattered 4 KiB writes), a
+/// list of up to [`LIST_MAX`] granule numbers. A fill that fits neither moves to a
+/// 32-byte bitmap on the heap, and the word points to it; it stays there until the segment is allocated again ([`Fills::copied`]),
 /// when nothing references the segment, so a reader never loses the bitmap it loaded.
 /// Every change is one compare-and-swap of the word (inline) or atomic operations on the
 /// bitmap's words (on the heap), so agents on several cores set bits without a lock.
@@ -72,6 +73,12 @@ const BASE_SHIFT: u32 = 56;
 const BASE_UNIT: u64 = 4;
 /// The last start a window may have (it ends at granule 256).
 const MAX_BASE: u64 = MAX_GRANULES - WINDOW;
+/// A word whose bits 56..62 hold `LIST_CODE + n` lists `n` granules (1 to [`LIST_MAX`]),
+/// one byte each from bit 0, in ascending order. Window starts use codes up to
+/// `MAX_BASE / BASE_UNIT` (50), below it.
+const LIST_CODE: u64 = 64;
+/// Most granules a list word holds: one byte each in the 56 bits below the code.
+const LIST_MAX: u32 = 7;
 /// Set in a word that points to a bitmap on the heap (user-space addresses are below
 /// 2^63, and a bitmap is 8-byte aligned).
 const ON_HEAP: u64 = 1 << 63;
@@ -85,6 +92,11 @@ enum FillWord<'a> {
     Inline {
         base: u64,
         map: u64,
+    },
+    /// `n` granules, byte `i` of `packed` the `i`-th.
+    List {
+        n: u32,
+        packed: u64,
     },
     Heap(&'a HeapBits),
 }
@@ -106,20 +118,29 @@ impl Fill {
             // than `&self`.
             FillWord::Heap(unsafe { &*ptr })
         } else {
-            FillWord::Inline {
-                base: (w >> BASE_SHIFT) * BASE_UNIT,
-                map: w & WINDOW_MASK,
+            let code = w >> BASE_SHIFT;
+            if code >= LIST_CODE {
+                FillWord::List {
+                    n: (code - LIST_CODE) as u32,
+                    packed: w & WINDOW_MASK,
+                }
+            } else {
+                FillWord::Inline {
+                    base: code * BASE_UNIT,
+                    map: w & WINDOW_MASK,
+                }
             }
         }
     }
 
-    /// An inline word for `words` if its granules fit one window.
+    /// An inline word for `words` if its granules fit one window, or else are at most
+    /// [`LIST_MAX`].
     fn inline_word(words: [u64; 4]) -> Option<u64> {
         let lo = first_set(words)?;
         let hi = last_set(words).expect("a set bit");
         let base = (lo / BASE_UNIT * BASE_UNIT).min(MAX_BASE);
         if hi >= base + WINDOW {
-            return None;
+            return Fill::list_word(words);
         }
         let mut map = 0u64;
         for g in lo..=hi {
@@ -128,6 +149,26 @@ impl Fill {
             }
         }
         Some((base / BASE_UNIT) << BASE_SHIFT | map)
+    }
+
+    /// A list word for `words` if they hold 1 to [`LIST_MAX`] granules.
+    fn list_word(words: [u64; 4]) -> Option<u64> {
+        let n: u32 = words.iter().map(|w| w.count_ones()).sum();
+        if n == 0 || n > LIST_MAX {
+            return None;
+        }
+        let mut packed = 0u64;
+        let mut i = 0;
+        for (k, &w) in words.iter().enumerate() {
+            let mut bits = w;
+            while bits != 0 {
+                let g = k as u64 * 64 + bits.trailing_zeros() as u64;
+                packed |= g << (8 * i);
+                i += 1;
+                bits &= bits - 1;
+            }
+        }
+        Some((LIST_CODE + n as u64) << BASE_SHIFT | packed)
     }
 
     /// A heap word holding `words`.
@@ -172,6 +213,7 @@ impl Fill {
             let old = match self.decode(w) {
                 FillWord::Heap(bits) => return heap(bits),
                 FillWord::Inline { base, map } => expand(base, map),
+                FillWord::List { n, packed } => expand_list(n, packed),
             };
             let new = edit(old);
             if new == old {
@@ -199,6 +241,7 @@ impl Fill {
             FillWord::Inline { base, map } => {
                 g >= base && g < base + WINDOW && map & (1 << (g - base)) != 0
             }
+            FillWord::List { n, packed } => (0..n).any(|i| (packed >> (8 * i)) & 0xff == g),
             FillWord::Heap(bits) => {
                 bits[(g / 64) as usize].load(Ordering::Acquire) & (1 << (g % 64)) != 0
             }
@@ -277,6 +320,7 @@ impl Fill {
     pub fn words(&self) -> [u64; 4] {
         match self.decode(self.word.load(Ordering::Acquire)) {
             FillWord::Inline { base, map } => expand(base, map),
+            FillWord::List { n, packed } => expand_list(n, packed),
             FillWord::Heap(bits) => [0, 1, 2, 3].map(|i| bits[i].load(Ordering::Acquire)),
         }
     }
@@ -335,6 +379,17 @@ fn expand(base: u64, map: u64) -> [u64; 4] {
     words[w] = map << s;
     if s != 0 && w + 1 < 4 {
         words[w + 1] = map >> (64 - s);
+    }
+    words
+}
+
+/// A list word's granules as bitmap words.
+#[inline]
+fn expand_list(n: u32, packed: u64) -> [u64; 4] {
+    let mut words = [0u64; 4];
+    for i in 0..n {
+        let g = (packed >> (8 * i)) & 0xff;
+        words[(g / 64) as usize] |= 1 << (g % 64);
     }
     words
 }
@@ -1098,10 +1153,32 @@ mod tests {
             assert!(!f.is_on_heap(), "{first}+{n} left the word");
             assert!(f.all_set(first, n) && f.count() == n as u32);
         }
+        // Up to seven granules far apart stay in the word as a list; an eighth, or a
+        // run that fits no window beside one, moves the fill to the heap.
+        let f = Fill::new();
+        let far = [255, 0, 77, 140, 33, 200, 180];
+        for (i, &g) in far.iter().enumerate() {
+            f.set_range(g, 1);
+            assert!(
+                !f.is_on_heap(),
+                "{} granules far apart left the word",
+                i + 1
+            );
+            assert!(far[..=i].iter().all(|&x| f.test(x)) && f.count() == i as u32 + 1);
+            assert!(!f.test(1) && !f.test(254));
+        }
+        f.clear_range(77, 1);
+        assert!(!f.is_on_heap() && !f.test(77) && f.count() == 6);
+        f.set_range(77, 1);
+        f.set_range(100, 1);
+        assert!(f.is_on_heap() && f.count() == 8 && f.test(100) && f.test(255));
         let f = Fill::new();
         f.set_range(0, 1);
-        f.set_range(255, 1);
-        assert!(f.is_on_heap() && f.test(0) && f.test(255) && f.count() == 2);
+        f.set_range(100, 10);
+        assert!(
+            f.is_on_heap() && f.count() == 11,
+            "a run and a granule far from it"
+        );
     }
 
     /// A layer stack behaves as the vector it replaces: inline up to two layers, on
