@@ -141,11 +141,19 @@ fn worker(q: Arc<Queue>, cpus: Option<libc::cpu_set_t>) {
 
 /// Runs `f` on a worker thread of the current reactor's set and waits, at most `limit`,
 /// for its result. Call it from a task on a reactor.
+///
+/// Under [`ManualReactors`](super::ManualReactors) (the simulator, whose time is a
+/// manual clock and whose runs must replay exactly from their seed) `f` runs here, at
+/// once: a worker would finish at a real time that the simulated world cannot order.
 pub async fn run<T, F>(limit: Duration, f: F) -> Result<T, OffloadError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    if super::with_current(|r| r.cores.clock.is_manual()) {
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .map_err(|_| OffloadError::Panicked);
+    }
     let pool = super::with_current(|r| r.cores.offload.clone());
     let cpus = super::helper_cpus();
     let (tx, rx) = futures_channel::oneshot::channel::<Result<T, ()>>();
