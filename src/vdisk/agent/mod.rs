@@ -581,7 +581,8 @@ impl Agent {
         let (a, b) = (theirs.as_ref()?, mine.as_ref()?);
         // With the extents each keeps beside its view laid over it.
         let over = |agent: &Agent| -> Vec<Extent> {
-            agent.recent.borrow().range(v0, v1).cloned().collect()
+            let recent = agent.recent.borrow();
+            recent.range(v0, v1).into_iter().cloned().collect()
         };
         let (over_a, over_b) = (over(base), over(self));
         let page = diff::changed_ranges_over(

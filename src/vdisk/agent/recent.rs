@@ -25,17 +25,21 @@
 //! sent blocking, so they never run before a view sent earlier; a view that arrives
 //! late (older than the agent's) is ignored by the agent, and its entries stay.
 //!
-//! Entries are one-segment extents (what write faults set), keyed by virtual segment.
+//! Entries are one-segment extents (what write faults set), hashed by virtual segment:
+//! the I/O path looks one segment up per request (a miss, for a first write), where an
+//! ordered map of a few thousand entries costs a descent of several nodes. The range
+//! walks (block status over a range is per segment too; the entries, a diff) sort what
+//! they need.
 
 use crate::vdisk::map::Extent;
 use crate::vdisk::table::Node;
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 /// The extents set by write faults since the agent's view, with their versions.
 #[derive(Default, Debug)]
 pub(crate) struct Recent {
-    by_vseg: BTreeMap<u64, (u64, Extent)>,
+    by_vseg: FxHashMap<u64, (u64, Extent)>,
 }
 
 impl Recent {
@@ -87,8 +91,13 @@ impl Recent {
     }
 
     /// The kept extents that start in `[from, to)`, in order.
-    pub(crate) fn range(&self, from: u64, to: u64) -> impl Iterator<Item = &Extent> {
-        self.by_vseg.range(from..to.max(from)).map(|(_, (_, e))| e)
+    pub(crate) fn range(&self, from: u64, to: u64) -> Vec<&Extent> {
+        let mut out: Vec<&Extent> = (self.by_vseg.iter())
+            .filter(|&(&v, _)| v >= from && v < to)
+            .map(|(_, (_, e))| e)
+            .collect();
+        out.sort_unstable_by_key(|e| e.vseg);
+        out
     }
 
     /// Calls `f` on every extent ending after `vseg`, in order, as the table under
@@ -100,7 +109,7 @@ impl Recent {
         vseg: u64,
         f: &mut dyn FnMut(&Extent) -> bool,
     ) {
-        let mut kept = self.by_vseg.range(vseg..).map(|(_, (_, e))| e).peekable();
+        let mut kept = self.range(vseg, u64::MAX).into_iter().peekable();
         let mut go = true;
         if let Some(r) = root {
             r.visit_from(vseg, &mut |e| {
