@@ -115,6 +115,9 @@ pub(crate) struct DiskCtl {
     /// when the last view push completed.
     pub edits: u64,
     pub edits_pushed: u64,
+    /// Extents sent to the agents beside their view since the last view push
+    /// (`Controller::publish_extents`).
+    pub extents_beside_view: usize,
     /// Passes down the table that made the edits (several edits share one when faults
     /// are resolved together).
     pub passes: u64,
@@ -168,6 +171,7 @@ impl DiskCtl {
             failed: None,
             edits: 0,
             edits_pushed: 0,
+            extents_beside_view: 0,
             passes: 0,
             shared_push: None,
             pending_faults: Vec::new(),

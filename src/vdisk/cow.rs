@@ -41,8 +41,9 @@ impl Controller {
     /// one — is planned for every segment under the segment locks taken at once, and
     /// the extents are set in one pass down the table with one metadata reservation
     /// for all of them ([`Controller::set_extents_many`]; each is still logged as its
-    /// own splice record, and the records are appended together), then published to the
-    /// agents in one view push. A segment that needs its layers merged or a copy-out,
+    /// own splice record, and the records are appended together), then sent to the
+    /// agents in one message beside their view ([`Controller::publish_extents`]; a view
+    /// push once in a while). A segment that needs its layers merged or a copy-out,
     /// or a batch the metadata area has no room for at once, goes the one-at-a-time way
     /// ([`Controller::make_writable`]).
     pub(crate) async fn make_writable_many(&self, disk: u64, vsegs: &[u64]) -> Vec<IoStatus> {
@@ -105,6 +106,13 @@ impl Controller {
                     }
                     Err(_) => false,
                 };
+                // Set together, with nothing awaited since: the extents the agents need
+                // are these (see `Controller::publish_extents`).
+                let sent: Vec<Extent> = if together {
+                    set.iter().map(|(_, e)| e.clone()).collect()
+                } else {
+                    Vec::new()
+                };
                 for (i, e) in set {
                     out[i] = Some(if together {
                         IoStatus::Success
@@ -115,7 +123,11 @@ impl Controller {
                 self.update_free();
                 // A new allocation must be visible on every core before the writes
                 // complete.
-                let _ = self.publish_edits(disk, false).await;
+                let _ = if together {
+                    self.publish_extents(disk, sent).await
+                } else {
+                    self.publish_edits(disk, false).await
+                };
             }
         }
         for i in slow {

@@ -30,6 +30,7 @@
 
 use super::map::{Extent, ExtentState, Fills, Geometry, Layer};
 use super::table::{Node, NodeKind};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Granules of one segment, a bit each.
@@ -91,6 +92,37 @@ pub fn changed_ranges(
     max_runs: usize,
     max_compare_blocks: u64,
 ) -> ChangedPage {
+    changed_ranges_over(
+        (a, &[]),
+        (b, &[]),
+        fills,
+        geo,
+        blocks,
+        max_runs,
+        max_compare_blocks,
+    )
+}
+
+/// A table to compare: its root, and one-segment extents laid over it (sorted, each
+/// shown instead of what the table holds at its segment), as an agent keeps the
+/// extents write faults set since its view (`agent/recent.rs`).
+pub type Overlaid<'a> = (Option<&'a Arc<Node>>, &'a [Extent]);
+
+/// [`changed_ranges`] of two tables with extents laid over them.
+pub fn changed_ranges_over(
+    a: Overlaid<'_>,
+    b: Overlaid<'_>,
+    fills: &Fills,
+    geo: Geometry,
+    blocks: std::ops::Range<u64>,
+    max_runs: usize,
+    max_compare_blocks: u64,
+) -> ChangedPage {
+    debug_assert!(
+        [a.1, b.1]
+            .iter()
+            .all(|o| o.iter().all(|e| e.len == 1) && o.windows(2).all(|w| w[0].vseg < w[1].vseg))
+    );
     let (from_block, end_block) = (blocks.start, blocks.end);
     let mut sink = RangeSink::new(geo, from_block, end_block, max_runs, max_compare_blocks);
     if from_block < end_block {
@@ -99,9 +131,10 @@ pub fn changed_ranges(
         let mut w = Walk {
             fills,
             geo,
+            over: (a.1, b.1),
             emit: &mut |vseg, mask, unknown| sink.push(vseg, &mask, unknown),
         };
-        w.pair(a, b, lo, hi);
+        w.pair(a.0, b.0, lo, hi);
     }
     sink.finish()
 }
@@ -247,6 +280,8 @@ type ChildVisit<'w, 'a> = dyn FnMut(&mut Walk<'a>, &Arc<Node>, u64, u64) -> bool
 struct Walk<'a> {
     fills: &'a Fills,
     geo: Geometry,
+    /// The extents laid over each table ([`Overlaid`]).
+    over: (&'a [Extent], &'a [Extent]),
     /// Called with each virtual segment that differs, in order, its granules that do
     /// and whether they only may (to compare); returns false to stop the walk.
     emit: &'a mut dyn FnMut(u64, Mask, bool) -> bool,
@@ -257,7 +292,7 @@ impl<'a> Walk<'a> {
     /// (or that an absent side does not map). Returns false once stopped.
     fn pair(&mut self, a: Option<&Arc<Node>>, b: Option<&Arc<Node>>, lo: u64, hi: u64) -> bool {
         match (a, b) {
-            (Some(x), Some(y)) if Arc::ptr_eq(x, y) => true,
+            (Some(x), Some(y)) if Arc::ptr_eq(x, y) && !self.overlaid(lo, hi) => true,
             (Some(x), _) if matches!(x.kind, NodeKind::Internal { .. }) => {
                 self.children(x, lo, hi, &mut |w, c, clo, chi| {
                     w.pair(Some(c), b, clo, chi)
@@ -270,6 +305,14 @@ impl<'a> Walk<'a> {
             }
             _ => self.leaves(a, b, lo, hi),
         }
+    }
+
+    /// True if an extent is laid over either table in `[lo, hi)`.
+    fn overlaid(&self, lo: u64, hi: u64) -> bool {
+        [self.over.0, self.over.1].iter().any(|o| {
+            let i = o.partition_point(|e| e.vseg < lo);
+            o.get(i).is_some_and(|e| e.vseg < hi)
+        })
     }
 
     /// Calls `f` on each child of internal node `n` whose span meets `[lo, hi)`, with
@@ -294,12 +337,13 @@ impl<'a> Walk<'a> {
 
     /// Compares two leaves (or a leaf and nothing) over `[lo, hi)`.
     fn leaves(&mut self, a: Option<&Arc<Node>>, b: Option<&Arc<Node>>, lo: u64, hi: u64) -> bool {
-        let mut xs = leaf_extents(a, lo, hi).peekable();
-        let mut ys = leaf_extents(b, lo, hi).peekable();
+        let mut xs = leaf_extents(a, self.over.0, lo, hi).peekable();
+        let mut ys = leaf_extents(b, self.over.1, lo, hi).peekable();
         let mut at = lo;
         loop {
             // Skip to the next virtual segment either side maps.
-            let next = |it: &mut std::iter::Peekable<std::vec::IntoIter<&Extent>>, at: u64| {
+            let next = |it: &mut std::iter::Peekable<std::vec::IntoIter<Cow<'_, Extent>>>,
+                        at: u64| {
                 while it.peek().is_some_and(|e| e.end() <= at) {
                     it.next();
                 }
@@ -365,18 +409,43 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// The extents of leaf `n` that meet `[lo, hi)`.
-fn leaf_extents(n: Option<&Arc<Node>>, lo: u64, hi: u64) -> std::vec::IntoIter<&Extent> {
-    let mut out = Vec::new();
+/// The extents of leaf `n` that meet `[lo, hi)`, with the extents of `over` (sorted,
+/// one segment each) laid over them: a leaf's extent that one of them covers part of
+/// is shown in parts.
+fn leaf_extents<'e>(
+    n: Option<&'e Arc<Node>>,
+    over: &'e [Extent],
+    lo: u64,
+    hi: u64,
+) -> std::vec::IntoIter<Cow<'e, Extent>> {
+    let (i, j) = (
+        over.partition_point(|e| e.vseg < lo),
+        over.partition_point(|e| e.vseg < hi),
+    );
+    let mut kept = over[i..j].iter().peekable();
+    let mut out: Vec<Cow<'e, Extent>> = Vec::new();
     if let Some(n) = n {
         n.visit_from(lo, &mut |e| {
             if e.vseg >= hi {
                 return false;
             }
-            out.push(e);
+            let mut at = e.vseg;
+            while let Some(k) = kept.next_if(|k| k.vseg < e.end()) {
+                if k.vseg > at {
+                    out.push(Cow::Owned(e.slice(at, k.vseg)));
+                }
+                out.push(Cow::Borrowed(k));
+                at = at.max(k.end());
+            }
+            if at == e.vseg {
+                out.push(Cow::Borrowed(e));
+            } else if at < e.end() {
+                out.push(Cow::Owned(e.slice(at, e.end())));
+            }
             true
         });
     }
+    out.extend(kept.map(Cow::Borrowed));
     out.into_iter()
 }
 

@@ -112,6 +112,42 @@ impl LeafExtents {
     /// ([`MAX_ADDED`]) and the leaf stays within [`LEAF_BUDGET_BYTES`]; `None`
     /// otherwise (the caller rebuilds the leaf).
     pub fn with_inserted(&self, edits: &[Edit<'_>]) -> Option<LeafExtents> {
+        let budget = self.inserted_budget(edits)?;
+        let new = edits.iter().map(|e| e.extents.len()).sum::<usize>();
+        let mut added = Vec::with_capacity(self.added.len() + new);
+        let mut old = self.added.iter().peekable();
+        for e in edits.iter().flat_map(|e| e.extents.iter()) {
+            while let Some(o) = old.next_if(|o| o.vseg < e.vseg) {
+                added.push(o.clone());
+            }
+            added.push(e.clone());
+        }
+        added.extend(old.cloned());
+        Some(LeafExtents {
+            base: self.base.clone(),
+            added,
+            budget,
+        })
+    }
+
+    /// [`LeafExtents::with_inserted`] applied to these extents themselves (a leaf no
+    /// one else sees, `table::replace`): true if done, false (nothing changed) where
+    /// that returns `None`.
+    pub fn insert_in_place(&mut self, edits: &[Edit<'_>]) -> bool {
+        let Some(budget) = self.inserted_budget(edits) else {
+            return false;
+        };
+        for e in edits.iter().flat_map(|e| e.extents.iter()) {
+            let i = self.added.partition_point(|o| o.vseg < e.vseg);
+            self.added.insert(i, e.clone());
+        }
+        self.budget = budget;
+        true
+    }
+
+    /// The budget of these extents with the `edits` inserted, if
+    /// [`LeafExtents::with_inserted`] accepts them.
+    fn inserted_budget(&self, edits: &[Edit<'_>]) -> Option<usize> {
         let new = edits.iter().map(|e| e.extents.len()).sum::<usize>();
         if self.added.len() + new > MAX_ADDED {
             return None;
@@ -128,23 +164,7 @@ impl LeafExtents {
                 .flat_map(|e| e.extents.iter())
                 .map(extent_budget)
                 .sum::<usize>();
-        if budget > LEAF_BUDGET_BYTES {
-            return None;
-        }
-        let mut added = Vec::with_capacity(self.added.len() + new);
-        let mut old = self.added.iter().peekable();
-        for e in edits.iter().flat_map(|e| e.extents.iter()) {
-            while let Some(o) = old.next_if(|o| o.vseg < e.vseg) {
-                added.push(o.clone());
-            }
-            added.push(e.clone());
-        }
-        added.extend(old.cloned());
-        Some(LeafExtents {
-            base: self.base.clone(),
-            added,
-            budget,
-        })
+        (budget <= LEAF_BUDGET_BYTES).then_some(budget)
     }
 }
 

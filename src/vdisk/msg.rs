@@ -2,8 +2,9 @@
 //! and controller"): what each side may say to the other, and nothing else. Both sides
 //! use this module; neither names the other's types through it.
 //!
-//! - Controller → agent: [`AgentCmd`] ("set entries" as a new [`View`], "set entry
-//!   state" as a [`RangeState`] over a range, quiesce/activate, fail/resume, barrier), applied
+//! - Controller → agent: [`AgentCmd`] ("set entries" as a new [`View`], or as the few
+//!   extents write faults set since it, "set entry state" as a [`RangeState`] over a
+//!   range, quiesce/activate, fail/resume, barrier), applied
 //!   on the agent's core, optionally with the **blocking flag** (acknowledged once every
 //!   I/O the agent had started before the command has completed).
 //! - Agent → controller: [`WriteFaults`] (the write faults an agent parked in one
@@ -16,6 +17,7 @@
 //! side fills in when the pool opens, so that the data path never imports the control
 //! path. Only faults and control go this way; the I/O fast path never does.
 
+use super::map::Extent;
 use super::table::Node;
 use crate::bdev::IoStatus;
 use crate::reactor::{Cores, RemoteHandle};
@@ -67,8 +69,22 @@ pub enum RangeState {
 /// Controller → agent commands.
 #[derive(Clone, Debug)]
 pub enum AgentCmd {
-    /// Replace the view ("set entries": the new root shares unchanged nodes).
+    /// Replace the view ("set entries": the new root shares unchanged nodes). The
+    /// agent drops the extents it keeps beside its view ([`AgentCmd::AddExtents`]) of
+    /// versions older than this view's: the controller's table held them when it built
+    /// this view.
     SetView(Arc<View>),
+    /// Extents the controller just set for write faults, one segment each, that view
+    /// `version` (the disk's current view version, not bumped) does not show: the agent
+    /// keeps them beside its view and reads them before it ("recent inserts read beside
+    /// the table"), until a [`AgentCmd::SetView`] of a newer version, which holds them.
+    /// Ignored by an agent whose view is newer than `version` (that view holds them).
+    /// A burst of first writes costs one such message per batch of faults, where a
+    /// view push made the controller copy the table's paths again for every batch.
+    AddExtents {
+        version: u64,
+        extents: Arc<[Extent]>,
+    },
     /// Lay `state` over virtual segments `[from, to)`, or clear it (`None`).
     SetState {
         from: u64,

@@ -592,11 +592,139 @@ fn splice_root(
 /// and down again for the old one (on a big table that is a cache miss per extent of a
 /// leaf, or per child of an internal node, for every first write): a leaf's segments,
 /// an internal node's children that its replacements keep.
+///
+/// **In place.** A node that only this table reaches — its root held by `slot` alone
+/// (no agent's view, no snapshot, no checkpoint's capture holds it: `Arc::get_mut`
+/// succeeds), each node on the path the only holder of the next — and that has no
+/// page yet (a written node never changes: its page, checksum and parent's pointer
+/// describe it) is changed in place in the common cases, instead of copied: an
+/// internal node whose edited children each come back as one node gets them swapped
+/// in; a leaf whose edits are inserts into gaps that [`LeafExtents::with_inserted`]
+/// accepts gets them inserted. Counts end as the copy would leave them: the new child
+/// takes the node's reference and the old one is released; the inserted extents'
+/// segments are counted once; no node is built or freed, so no page is either.
+/// Everything else is copied. Nodes built since an agent's last view are only the
+/// table's (the agents get the extents of write faults beside their view,
+/// `agent/recent.rs`): a burst of first writes copies each path once per view.
 pub fn replace(slot: &mut Option<Arc<Node>>, edits: &[Edit<'_>], rc: &mut dyn RefCounts) {
-    // Held by `slot` alone: freed by the `set_root` below.
-    let sole = slot.as_ref().is_some_and(|r| r.refs() == 1);
-    let new = splice_root(slot.as_ref(), edits, sole, rc);
+    if let Some(root) = slot.as_mut()
+        && !edits.is_empty()
+    {
+        // Held by `slot` alone: freed by the `set_root` below if replaced.
+        let sole = root.refs() == 1;
+        if let Err(parts) = splice_at(root, 0, u64::MAX, edits, sole, rc) {
+            let new = build_root(parts, rc);
+            set_root(slot, new, rc);
+        }
+        return;
+    }
+    let new = splice_root(slot.as_ref(), edits, false, rc);
     set_root(slot, new, rc);
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many edits changed a node in place, in this thread (for tests).
+    static IN_PLACE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Nodes that replace one, with their keys.
+type Parts = Vec<(u64, Arc<Node>)>;
+
+/// Applies `edits` to the node in `slot` (span `[lo, hi)`) in place if it and the
+/// path to it are only this table's ([`replace`]): `Ok` then, the node in `slot`
+/// changed. Otherwise `Err` with its replacement parts, as [`splice_in`] builds them
+/// (`sole`: the node is freed once they are installed).
+fn splice_at(
+    slot: &mut Arc<Node>,
+    lo: u64,
+    hi: u64,
+    edits: &[Edit<'_>],
+    sole: bool,
+    rc: &mut dyn RefCounts,
+) -> Result<(), Parts> {
+    debug_assert!(edits.windows(2).all(|w| w[0].to <= w[1].from));
+    let unwritten = slot.page() == NO_PAGE;
+    if sole
+        && unwritten
+        && let Some(node) = Arc::get_mut(slot)
+    {
+        match &mut node.kind {
+            NodeKind::Leaf { extents } => {
+                if extents.insert_in_place(edits) {
+                    // As a new leaf would count them (the others stay counted).
+                    for e in edits.iter().flat_map(|ed| ed.extents.iter()) {
+                        for s in e.segments() {
+                            rc.seg_add(s, 1);
+                        }
+                    }
+                    #[cfg(test)]
+                    IN_PLACE.with(|c| c.set(c.get() + 1));
+                    return Ok(());
+                }
+            }
+            NodeKind::Internal { keys, children } => {
+                // The edited children, each in place or replaced by its parts.
+                let mut replaced: SmallVec<[(usize, Parts); 4]> = SmallVec::new();
+                let mut k = 0;
+                for j in 0..children.len() {
+                    let c_lo = if j == 0 { lo } else { keys[j] };
+                    let c_hi = keys.get(j + 1).copied().unwrap_or(hi);
+                    while k < edits.len() && edits[k].to <= c_lo {
+                        k += 1;
+                    }
+                    let mut m = k;
+                    while m < edits.len() && edits[m].from < c_hi {
+                        m += 1;
+                    }
+                    if m == k {
+                        continue;
+                    }
+                    let sub: SmallVec<[Edit<'_>; 2]> =
+                        edits[k..m].iter().map(|e| e.within(c_lo, c_hi)).collect();
+                    let c_sole = children[j].refs() == 1;
+                    if let Err(parts) = splice_at(&mut children[j], c_lo, c_hi, &sub, c_sole, rc) {
+                        replaced.push((j, parts));
+                    }
+                }
+                if replaced.iter().all(|(_, parts)| parts.len() == 1) {
+                    for (j, mut parts) in replaced {
+                        let (key, new) = parts.pop().expect("one part");
+                        debug_assert_eq!(key, if j == 0 { lo } else { keys[j] });
+                        // The reference this node held passes to the new child.
+                        new.refs.fetch_add(1, Ordering::Relaxed);
+                        std::mem::replace(&mut children[j], new).release(rc);
+                    }
+                    #[cfg(test)]
+                    IN_PLACE.with(|c| c.set(c.get() + 1));
+                    return Ok(());
+                }
+                // A child split or went: this node is rebuilt over its children as they
+                // are now, as `splice_in` rebuilds it (the references it holds on the
+                // children it keeps pass to its replacements).
+                let mut parts: Vec<(u64, Arc<Node>, bool)> =
+                    Vec::with_capacity(children.len() + replaced.len() + 1);
+                let mut replaced = replaced.into_iter().peekable();
+                for (j, c) in children.iter().enumerate() {
+                    let c_lo = if j == 0 { lo } else { keys[j] };
+                    match replaced.next_if(|(r, _)| *r == j) {
+                        Some((_, new)) => {
+                            parts.extend(new.into_iter().map(|(key, n)| (key, n, false)));
+                            c.release(rc);
+                        }
+                        None => parts.push((c_lo, c.clone(), true)),
+                    }
+                }
+                if let Some(first) = parts.first_mut() {
+                    first.0 = lo;
+                }
+                let out = internals_from(lo, parts, rc);
+                node.refs_moved.store(true, Ordering::Relaxed);
+                return Err(out);
+            }
+        }
+    }
+    Err(splice_in(slot, lo, hi, edits, sole, rc))
 }
 
 /// Replaces each written leaf of `slot`'s table that holds a one-segment extent at one
@@ -1313,6 +1441,106 @@ mod tests {
         check_structure(&root_gradual);
     }
 
+    /// First writes into a table no one else holds change its unwritten nodes in place
+    /// (the root stays the same node) with the counts a copy would leave; a root held
+    /// outside the table (an agent's view) or a written node is copied instead, and
+    /// what the holder sees does not change.
+    #[test]
+    fn unshared_unwritten_nodes_change_in_place() {
+        let in_place = || IN_PLACE.with(|c| c.get());
+        let mut rc = Counts::default();
+        let mut root = None;
+        // Every other segment mapped: three levels, gaps everywhere.
+        let exts: Vec<Extent> = (0..60_000).map(|v| ext(2 * v, 100_000 + v)).collect();
+        let new = splice(root.as_ref(), 0, 120_000, &exts, &mut rc);
+        set_root(&mut root, new, &mut rc);
+        assert!(root.as_ref().unwrap().height() >= 3);
+        let insert = |root: &mut Option<Arc<Node>>, rc: &mut Counts, vs: &[u64]| {
+            let exts: Vec<Extent> = vs.iter().map(|&v| ext(v, 1_000_000 + v)).collect();
+            let edits: Vec<Edit<'_>> = exts
+                .iter()
+                .map(|e| Edit {
+                    from: e.vseg,
+                    to: e.vseg + 1,
+                    extents: Cow::Borrowed(std::slice::from_ref(e)),
+                })
+                .collect();
+            replace(root, &edits, rc);
+        };
+        let check = |root: &Option<Arc<Node>>, others: &[&Option<Arc<Node>>], rc: &Counts| {
+            let all: Vec<_> = std::iter::once(root)
+                .chain(others.iter().copied())
+                .collect();
+            check_refs(&all);
+            assert_eq!(recount(&all), rc.segs);
+            check_structure(root);
+        };
+        // Nothing holds the table: in place, a batch and one at a time.
+        let (ptr, before) = (Arc::as_ptr(root.as_ref().unwrap()), in_place());
+        insert(&mut root, &mut rc, &[1, 3, 20_001, 39_999]);
+        insert(&mut root, &mut rc, &[5]);
+        assert_eq!(
+            Arc::as_ptr(root.as_ref().unwrap()),
+            ptr,
+            "the root was copied"
+        );
+        assert!(in_place() >= before + 2, "no edit went in place");
+        check(&root, &[], &rc);
+        for v in [1, 3, 5, 20_001, 39_999] {
+            assert_eq!(
+                root.as_ref().unwrap().lookup(v).unwrap().layers[0].seg(),
+                1_000_000 + v
+            );
+        }
+        // A view holds the root: copied, and the view keeps what it showed.
+        let view = root.clone();
+        let seen = flatten(&view);
+        let before = in_place();
+        insert(&mut root, &mut rc, &[7, 30_001]);
+        assert_ne!(
+            Arc::as_ptr(root.as_ref().unwrap()),
+            ptr,
+            "a held root changed"
+        );
+        assert_eq!(in_place(), before, "a node a view reaches changed in place");
+        assert_eq!(flatten(&view), seen);
+        assert_eq!(flatten(&root).len(), seen.len() + 2);
+        check(&root, &[], &rc);
+        // Let go of the view: the copies are the table's alone, and change in place.
+        drop(view);
+        let ptr = Arc::as_ptr(root.as_ref().unwrap());
+        let before = in_place();
+        insert(&mut root, &mut rc, &[9, 30_003]);
+        assert_eq!(Arc::as_ptr(root.as_ref().unwrap()), ptr);
+        assert!(in_place() > before);
+        check(&root, &[], &rc);
+        // Written: copied, and no written page changes.
+        mark_written(root.as_ref().unwrap(), &mut 10_000_000);
+        let before = in_place();
+        insert(&mut root, &mut rc, &[11]);
+        assert_ne!(
+            Arc::as_ptr(root.as_ref().unwrap()),
+            ptr,
+            "a written root changed"
+        );
+        assert_eq!(in_place(), before);
+        check(&root, &[], &rc);
+        // A snapshot shares the root (counted): copied too.
+        let snap = root.clone();
+        snap.as_ref().unwrap().retain();
+        let ptr = Arc::as_ptr(root.as_ref().unwrap());
+        insert(&mut root, &mut rc, &[13]);
+        insert(&mut root, &mut rc, &[15]);
+        assert_ne!(Arc::as_ptr(root.as_ref().unwrap()), ptr);
+        check(&root, &[&snap], &rc);
+        let mut snap = snap;
+        set_root(&mut snap, None, &mut rc);
+        check(&root, &[], &rc);
+        // Releasing everything brings every count to zero.
+        set_root(&mut root, None, &mut rc);
+        assert!(rc.segs.is_empty());
+    }
+
     #[test]
     fn partial_layers_are_encoded_larger() {
         let e = Extent {
@@ -1357,12 +1585,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn splice_matches_a_model(ops in proptest::collection::vec((0u64..3000, 1u64..300, 0u8..4), 1..120)) {
+        fn splice_matches_a_model(ops in proptest::collection::vec((0u64..3000, 1u64..300, 0u8..6), 1..120)) {
             let mut rc = Counts::default();
             let mut root: Option<Arc<Node>> = None;
             let mut model: BTreeMap<u64, u64> = BTreeMap::new();
             type Snapshot = (Option<Arc<Node>>, BTreeMap<u64, u64>);
             let mut snaps: Vec<Snapshot> = Vec::new();
+            // Roots held outside the table without a count, as agents' views hold
+            // them: while held, nothing they reach changes in place.
+            let mut views: Vec<Snapshot> = Vec::new();
             let mut next_seg = 1_000_000u64;
             let n = ops.len();
             for (i, (at, len, kind)) in ops.into_iter().enumerate() {
@@ -1371,6 +1602,16 @@ mod tests {
                     // snapshot
                     if let Some(r) = &root { r.retain(); }
                     snaps.push((root.clone(), model.clone()));
+                    continue;
+                }
+                if kind == 4 {
+                    views.push((root.clone(), model.clone()));
+                    continue;
+                }
+                if kind == 5 {
+                    for (v, m) in views.drain(..) {
+                        prop_assert_eq!(&flatten(&v), &m);
+                    }
                     continue;
                 }
                 let new = new_extents(kind, at, to, &mut next_seg);
@@ -1392,9 +1633,10 @@ mod tests {
                     check_refs(&live);
                 }
             }
-            for (s, m) in &snaps {
+            for (s, m) in snaps.iter().chain(&views) {
                 prop_assert_eq!(&flatten(s), m);
             }
+            drop(views);
             // Reference counts equal the number of distinct leaves referencing each
             // segment; releasing everything brings every count to zero.
             for (mut s, _) in snaps {

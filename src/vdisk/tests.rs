@@ -1644,6 +1644,7 @@ fn listing_allocates_every_used_segment_to_one_disk() {
     drop(set);
 }
 
+mod beside_view;
 mod diff;
 mod grow;
 mod intent_log;

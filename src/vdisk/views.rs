@@ -10,6 +10,16 @@
 //! command has completed. An agent that appears later gets everything at once
 //! ([`AgentCmd::Init`]).
 //!
+//! **Extents beside the view.** A batch of write faults (`Controller::make_writable_many`)
+//! sends the extents it set instead of a whole view ([`AgentCmd::AddExtents`]); each agent
+//! keeps them beside its view and reads them first (`agent/recent.rs`, which says why
+//! the version rule is right whatever order the commands run in on a core). The view
+//! stays the table's previous root, so the controller's table is the only holder of
+//! the nodes later batches build, and changes them in place (`table.rs`). A whole view
+//! goes instead once the extents sent since the last one would pass
+//! [`MAX_EXTENTS_BESIDE_VIEW`]: the agents' memory, over which the push is amortised.
+//! Every other change pushes a whole view.
+//!
 //! **Time limits.** Nothing waits forever (DESIGN.md): a drain waits for I/O the agents
 //! started, which a stuck base bdev may never complete. Every wait for the agents ends
 //! at a deadline (`TimeLimits::drain` unless the operation has its own, e.g. a
@@ -24,6 +34,7 @@
 use super::Stall;
 use super::agent;
 use super::controller::{Controller, DiskCtl, lookup};
+use super::map::Extent;
 use super::msg::{
     AgentCmd, AgentNotice, AgentRequest, ControllerPort, RangeState, View, WriteFaultAnswers,
     WriteFaults,
@@ -35,10 +46,15 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
+/// Most extents sent to a disk's agents beside their view ([`AgentCmd::AddExtents`])
+/// before a whole view goes instead: what each agent keeps at most besides its view.
+pub(crate) const MAX_EXTENTS_BESIDE_VIEW: usize = 4096;
+
 /// What a command is, for messages.
 fn describe(cmd: &AgentCmd) -> &'static str {
     match cmd {
         AgentCmd::SetView(_) => "pushing a view",
+        AgentCmd::AddExtents { .. } => "sending new extents",
         AgentCmd::SetState { .. } => "setting a range state",
         AgentCmd::Quiesce => "quiesce",
         AgentCmd::Activate => "activate",
@@ -97,7 +113,10 @@ impl Controller {
                     AgentCmd::Activate => d.quiesced = false,
                     AgentCmd::Fail(st) => d.failed = Some(*st),
                     AgentCmd::Resume => d.failed = None,
-                    AgentCmd::SetView(_) | AgentCmd::Barrier | AgentCmd::Init { .. } => {}
+                    AgentCmd::SetView(_)
+                    | AgentCmd::AddExtents { .. }
+                    | AgentCmd::Barrier
+                    | AgentCmd::Init { .. } => {}
                 }
                 (d.agents.iter().copied().collect(), d.rec.name.clone())
             }
@@ -218,6 +237,53 @@ impl Controller {
         }
     }
 
+    /// Makes `extents` — one segment each, just set in `disk`'s table for a batch of
+    /// write faults, with nothing awaited since — visible on every agent of the disk, and
+    /// waits for them all to acknowledge (a new allocation must be visible on every
+    /// core before the writes complete): sent beside the agents' view
+    /// ([`AgentCmd::AddExtents`]), or as a whole view push ([`Controller::publish_edits`])
+    /// once the extents sent since the last view would pass
+    /// [`MAX_EXTENTS_BESIDE_VIEW`]. If the disk's other edits were all published, the
+    /// batch's edits were the only ones left: then they all are, for
+    /// [`Controller::publish_edits`].
+    pub(crate) async fn publish_extents(
+        &self,
+        disk: u64,
+        extents: Vec<Extent>,
+    ) -> Result<(), Stall> {
+        let sent = {
+            let mut st = self.st.borrow_mut();
+            let Some(d) = st.disks.get_mut(&disk) else {
+                return Ok(());
+            };
+            if d.extents_beside_view + extents.len() > MAX_EXTENTS_BESIDE_VIEW {
+                None
+            } else {
+                d.extents_beside_view += extents.len();
+                // Every edit before this batch's was published: after it, all are.
+                let all = d.edits_pushed + extents.len() as u64 >= d.edits;
+                // Read after the extents were set: every view of a later version holds
+                // them.
+                Some((d.version, all.then_some(d.edits)))
+            }
+        };
+        let Some((version, cover)) = sent else {
+            return self.publish_edits(disk, false).await;
+        };
+        let cmd = AgentCmd::AddExtents {
+            version,
+            extents: extents.into(),
+        };
+        let r = self.command_agents(disk, cmd, false).await;
+        if r.is_ok()
+            && let Some(cover) = cover
+            && let Some(d) = self.st.borrow_mut().disks.get_mut(&disk)
+        {
+            d.edits_pushed = d.edits_pushed.max(cover);
+        }
+        r
+    }
+
     /// [`Controller::push_view`], waiting until `deadline` at most.
     pub(crate) async fn push_view_until(
         &self,
@@ -231,6 +297,7 @@ impl Controller {
                 return Ok(());
             };
             d.version += 1;
+            d.extents_beside_view = 0;
             self.view_of(d)
         };
         self.command_agents_until(disk, AgentCmd::SetView(view), blocking, deadline)

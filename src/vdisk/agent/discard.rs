@@ -76,9 +76,8 @@ impl Agent {
                 let v = self.view.borrow();
                 match v.as_ref() {
                     Some(v) => (
-                        v.root
-                            .as_ref()
-                            .and_then(|r| r.lookup(vseg))
+                        (self.recent.borrow())
+                            .lookup(v.root.as_ref(), vseg)
                             .map(|e| e.at(vseg)),
                         v.snap_gen,
                     ),

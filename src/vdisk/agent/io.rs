@@ -79,7 +79,8 @@ impl Agent {
             let Some(v) = view.as_ref() else {
                 return Err(io);
             };
-            let Some(e) = v.root.as_ref().and_then(|r| r.lookup(vseg)) else {
+            let recent = self.recent.borrow();
+            let Some(e) = recent.lookup(v.root.as_ref(), vseg) else {
                 return Err(io);
             };
             if e.state != ExtentState::Mapped || (write && e.birth.get() <= v.snap_gen) {
@@ -151,6 +152,7 @@ impl Agent {
         let external = {
             let view = self.view.borrow();
             let view = view.as_ref().expect("checked by submit");
+            let recent = self.recent.borrow();
             let external = match &view.below {
                 Below::Zeros => None,
                 Below::External(b) => Some(Ok(b.clone())),
@@ -166,7 +168,7 @@ impl Agent {
                     self.held.borrow_mut().push_back(io);
                     return;
                 }
-                let e = view.root.as_ref().and_then(|r| r.lookup(vseg));
+                let e = recent.lookup(view.root.as_ref(), vseg);
                 for (b, cnt, src) in geo.resolve_runs(&self.shared.fills, e, vseg, b0, n) {
                     let off = byte + ((b - b0) * bs) as usize;
                     match (src, &external) {
@@ -242,6 +244,7 @@ impl Agent {
         {
             let view = self.view.borrow();
             let view = view.as_ref().expect("checked by submit");
+            let recent = self.recent.borrow();
             let mut at = io.offset_blocks;
             let end = at + io.num_blocks;
             let mut byte = 0usize;
@@ -259,7 +262,7 @@ impl Agent {
                     }
                     None => {}
                 }
-                let Some(e) = view.root.as_ref().and_then(|r| r.lookup(vseg)) else {
+                let Some(e) = recent.lookup(view.root.as_ref(), vseg) else {
                     fault = Some(FaultKey::Write(vseg));
                     break;
                 };

@@ -29,6 +29,7 @@
 mod discard;
 mod fault;
 mod io;
+mod recent;
 
 use super::diff;
 use super::map::{Extent, Source};
@@ -39,6 +40,7 @@ use crate::reactor;
 use crossbeam_utils::CachePadded;
 use fault::FaultKey;
 use io::{IoCtx, Passed};
+use recent::Recent;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
@@ -62,6 +64,9 @@ pub struct Agent {
     /// blocks are the disk's size (the request's block count stays as it is).
     base_readdress: Vec<bool>,
     view: RefCell<Option<Arc<View>>>,
+    /// Extents set by write faults since the view (`recent.rs`): every lookup reads
+    /// them before the view.
+    recent: RefCell<Recent>,
     overrides: RefCell<Vec<(u64, u64, RangeState)>>,
     quiesced: Cell<bool>,
     /// Requests held until a view arrives, a quiesce ends or an invalid range clears.
@@ -140,17 +145,31 @@ pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<Extent> {
     let mut out = Vec::new();
     if let Some(a) = agent
         && let Some(v) = a.view.borrow().as_ref()
-        && let Some(r) = &v.root
     {
-        r.visit_from(from, &mut |e| {
-            if e.vseg >= to {
-                return false;
-            }
-            out.push(e.clone());
-            true
-        });
+        a.recent
+            .borrow()
+            .visit_from(v.root.as_ref(), from, &mut |e| {
+                if e.vseg >= to {
+                    return false;
+                }
+                out.push(e.clone());
+                true
+            });
     }
     out
+}
+
+/// How many extents the agent of (`pool`, `disk`) on this core keeps beside its view
+/// (`recent.rs`), and its view's version; `None` without an agent or a view.
+#[cfg(test)]
+pub(crate) fn beside_view(pool: u64, disk: u64) -> Option<(usize, u64)> {
+    let a = registry()
+        .agents
+        .borrow()
+        .get(&(pool, disk))
+        .and_then(Weak::upgrade)?;
+    let version = a.view.borrow().as_ref()?.version;
+    Some((a.recent.borrow().len(), version))
 }
 
 /// Requests served by one disk, per core (each core writes only its own slot).
@@ -218,6 +237,7 @@ impl Agent {
             base_shift,
             base_readdress,
             view: RefCell::new(None),
+            recent: RefCell::new(Recent::default()),
             overrides: RefCell::new(Vec::new()),
             quiesced: Cell::new(false),
             held: RefCell::new(VecDeque::new()),
@@ -255,9 +275,14 @@ impl Agent {
                     .as_ref()
                     .is_none_or(|cur| v.version >= cur.version);
                 if newer {
+                    self.recent.borrow_mut().view_applied(v.version);
                     *self.view.borrow_mut() = Some(v);
                 }
                 self.release_held();
+            }
+            AgentCmd::AddExtents { version, extents } => {
+                let cur = self.view.borrow().as_ref().map(|v| v.version);
+                self.recent.borrow_mut().add(version, cur, &extents);
             }
             AgentCmd::SetState { from, to, state } => {
                 let mut o = self.overrides.borrow_mut();
@@ -426,6 +451,7 @@ impl Agent {
             }),
         };
         let view = self.view.borrow();
+        let recent = self.recent.borrow();
         let root = match view.as_ref() {
             Some(v) if self.failed.get().is_none() => v.root.as_ref(),
             _ => {
@@ -448,7 +474,7 @@ impl Agent {
                 at += n;
                 continue;
             }
-            let e = root.and_then(|r| r.lookup(vseg));
+            let e = recent.lookup(root, vseg);
             for (_, cnt, src) in geo.resolve_runs(&self.shared.fills, e, vseg, b0, n) {
                 match src {
                     Source::Zero if zero_below => push(cnt, false, true),
@@ -473,6 +499,7 @@ impl Agent {
         }
         let geo = self.shared.geo;
         let view = self.view.borrow();
+        let recent = self.recent.borrow();
         let root = view.as_ref()?.root.as_ref();
         // Below an external snapshot, what no layer holds is in it: one level below the
         // extent's layers (2 where the disk maps nothing).
@@ -492,7 +519,7 @@ impl Agent {
                 return None;
             }
             let seg_end = ((vseg + 1) * geo.segment_blocks).min(end);
-            let Some(e) = root.and_then(|r| r.lookup(vseg)).map(|e| e.at(vseg)) else {
+            let Some(e) = recent.lookup(root, vseg).map(|e| e.at(vseg)) else {
                 push(seg_end - at, if external { 2 } else { 0 });
                 at = seg_end;
                 continue;
@@ -552,9 +579,15 @@ impl Agent {
         }
         let (mine, theirs) = (self.view.borrow(), base.view.borrow());
         let (a, b) = (theirs.as_ref()?, mine.as_ref()?);
-        let page = diff::changed_ranges(
-            a.root.as_ref(),
-            b.root.as_ref(),
+        // With the extents each keeps beside its view laid over it.
+        let over = |agent: &Agent| -> Vec<Extent> {
+            let recent = agent.recent.borrow();
+            recent.range(v0, v1).into_iter().cloned().collect()
+        };
+        let (over_a, over_b) = (over(base), over(self));
+        let page = diff::changed_ranges_over(
+            (a.root.as_ref(), &over_a),
+            (b.root.as_ref(), &over_b),
             &self.shared.fills,
             geo,
             offset_blocks..end,
