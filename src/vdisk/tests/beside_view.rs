@@ -126,7 +126,8 @@ fn a_first_write_on_one_core_reads_back_on_another_without_a_view_push() {
 /// After batches of first writes sent beside the views, a snapshot pushes a view: the
 /// agents drop what they kept (the view holds it), the snapshot shows the data, and a
 /// write after it goes to a new layer on either core while the snapshot keeps the old
-/// data. A punch of a segment written that way reads as zeros on the other core.
+/// data, and the changed blocks since the snapshot on the other core are that write's.
+/// A punch of a segment written that way reads as zeros on the other core.
 #[test]
 fn a_view_push_after_extents_beside_the_view_drops_them() {
     let (set, _base, pool, disk) = thin_disk(32 << 20);
@@ -193,6 +194,31 @@ fn a_view_push_after_extents_beside_the_view_drops_them() {
         (1, after),
         "the redirect went beside"
     );
+    // The changed blocks since the snapshot, on core 0 (whose view is the snapshot's
+    // table): the granule written beside the view, nothing else.
+    let (d, s) = (disk.clone(), snap.clone());
+    let runs = on(&set, 0, move || async move {
+        let (dc, sc) = (Channel::get(&d).unwrap(), Channel::get(&s).unwrap());
+        // The snapshot's agent here is new: its first read waits for its view.
+        sc.read(0, 1).await.unwrap();
+        dc.changed_since(&sc, 0, 12 * SEG, 100).await.unwrap()
+    });
+    let changed = |block: u64| {
+        let mut at = 0;
+        runs.iter()
+            .find(|r| {
+                at += r.0;
+                block < at
+            })
+            .is_some_and(|r| r.1)
+    };
+    assert!(
+        changed(3 * SEG + 1),
+        "the write after the snapshot: {runs:?}"
+    );
+    for b in [1, 2 * SEG + 1, 3 * SEG + 200, 4 * SEG + 1, 11 * SEG + 1] {
+        assert!(!changed(b), "block {b} did not change: {runs:?}");
+    }
     // A first write beside the view, then a punch of its segment (a view push): core 0
     // reads zeros, not the extent it kept.
     let d = disk.clone();
