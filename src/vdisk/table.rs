@@ -666,22 +666,10 @@ fn splice_at(
             NodeKind::Internal { keys, children } => {
                 // The edited children, each in place or replaced by its parts.
                 let mut replaced: SmallVec<[(usize, Parts); 4]> = SmallVec::new();
-                let mut k = 0;
-                for j in 0..children.len() {
-                    let c_lo = if j == 0 { lo } else { keys[j] };
-                    let c_hi = keys.get(j + 1).copied().unwrap_or(hi);
-                    while k < edits.len() && edits[k].to <= c_lo {
-                        k += 1;
-                    }
-                    let mut m = k;
-                    while m < edits.len() && edits[m].from < c_hi {
-                        m += 1;
-                    }
-                    if m == k {
+                for (j, (c_lo, c_hi, sub)) in edits_by_child(keys, lo, hi, edits).enumerate() {
+                    if sub.is_empty() {
                         continue;
                     }
-                    let sub: SmallVec<[Edit<'_>; 2]> =
-                        edits[k..m].iter().map(|e| e.within(c_lo, c_hi)).collect();
                     let c_sole = children[j].refs() == 1;
                     if let Err(parts) = splice_at(&mut children[j], c_lo, c_hi, &sub, c_sole, rc) {
                         replaced.push((j, parts));
@@ -1019,24 +1007,11 @@ fn splice_in(
             // are dropped here, so that freeing it releases none (instead of each kept
             // child counted up for the new node and down again for this one).
             let mut parts: Vec<(u64, Arc<Node>, bool)> = Vec::with_capacity(children.len() + 2);
-            // The first edit that does not end before the child at hand.
-            let mut k = 0;
-            for (j, c) in children.iter().enumerate() {
-                let c_lo = if j == 0 { lo } else { keys[j] };
-                let c_hi = keys.get(j + 1).copied().unwrap_or(hi);
-                while k < edits.len() && edits[k].to <= c_lo {
-                    k += 1;
-                }
-                let mut m = k;
-                while m < edits.len() && edits[m].from < c_hi {
-                    m += 1;
-                }
-                if m == k {
+            for (c, (c_lo, c_hi, sub)) in children.iter().zip(edits_by_child(keys, lo, hi, edits)) {
+                if sub.is_empty() {
                     parts.push((c_lo, c.clone(), sole));
                     continue;
                 }
-                let sub: SmallVec<[Edit<'_>; 2]> =
-                    edits[k..m].iter().map(|e| e.within(c_lo, c_hi)).collect();
                 let new = splice_in(c, c_lo, c_hi, &sub, sole && c.refs() == 1, rc);
                 parts.extend(new.into_iter().map(|(key, n)| (key, n, false)));
                 if sole {
@@ -1053,6 +1028,32 @@ fn splice_in(
             out
         }
     }
+}
+
+/// For each child of an internal node over `[lo, hi)` with first segments `keys`: its
+/// span and the parts of `edits` (sorted, disjoint) inside it, none for a child they
+/// do not meet.
+fn edits_by_child<'a>(
+    keys: &'a [u64],
+    lo: u64,
+    hi: u64,
+    edits: &'a [Edit<'a>],
+) -> impl Iterator<Item = (u64, u64, SmallVec<[Edit<'a>; 2]>)> + 'a {
+    // The first edit that does not end before the child at hand.
+    let mut k = 0;
+    (0..keys.len()).map(move |j| {
+        let c_lo = if j == 0 { lo } else { keys[j] };
+        let c_hi = keys.get(j + 1).copied().unwrap_or(hi);
+        while k < edits.len() && edits[k].to <= c_lo {
+            k += 1;
+        }
+        let mut m = k;
+        while m < edits.len() && edits[m].from < c_hi {
+            m += 1;
+        }
+        let sub = edits[k..m].iter().map(|e| e.within(c_lo, c_hi)).collect();
+        (c_lo, c_hi, sub)
+    })
 }
 
 #[cfg(test)]
