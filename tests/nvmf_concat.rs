@@ -16,8 +16,7 @@ use tessera::bdev::nvme::auth::{DhchapHostKeys, HostKeys};
 use tessera::bdev::{Channel, IoBuf};
 use tessera::frontend::nvmf::subsystem::HostKeys as TargetHostKeys;
 use tessera::frontend::nvmf::{
-    CreateSubsystemParams, ListenAddressParams, ListenerLimits, ListenerSecurity, NamespaceParams,
-    TransportOptions,
+    ListenerLimits, ListenerSecurity, NamespaceParams, TransportOptions,
 };
 use tessera::nvme::auth::{self, DhGroup, FailureReason, HashId, auth_id, sc_c};
 use tessera::nvme::dhchap::DhchapKey;
@@ -51,14 +50,8 @@ fn subsystem(
 ) -> std::net::SocketAddr {
     let t = &env.target;
     env.malloc(bdev, 1 << 20, 512);
-    t.nvmf_create_subsystem(CreateSubsystemParams {
-        nqn: nqn.into(),
-        serial_number: None,
-        model_number: None,
-        allow_any_host: false,
-        max_namespaces: None,
-    })
-    .unwrap();
+    t.nvmf_create_subsystem(nvmf_common::subsystem_params(nqn, false))
+        .unwrap();
     t.nvmf_subsystem_add_host_with_keys(
         nqn,
         HOSTNQN,
@@ -79,18 +72,8 @@ fn subsystem(
         },
     )
     .unwrap();
-    t.nvmf_subsystem_add_listener_sec(
-        nqn,
-        ListenAddressParams {
-            trtype: "TCP".into(),
-            adrfam: None,
-            traddr: "127.0.0.1".into(),
-            trsvcid: "0".into(),
-        },
-        sec,
-        ListenerLimits::default(),
-    )
-    .unwrap()
+    t.nvmf_subsystem_add_listener_sec(nqn, nvmf_common::loopback(), sec, ListenerLimits::default())
+        .unwrap()
 }
 
 fn setup() -> Setup {

@@ -548,24 +548,15 @@ fn secure_target(
     std::net::SocketAddr,
 ) {
     use tessera::frontend::nvmf::subsystem::HostKeys;
-    use tessera::frontend::nvmf::{
-        CreateSubsystemParams, ListenAddressParams, ListenerLimits, NamespaceParams,
-        TransportOptions,
-    };
+    use tessera::frontend::nvmf::{ListenerLimits, NamespaceParams, TransportOptions};
     let env = nvmf_common::start(cores, TransportOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let (k256, text) = key_file(dir.path(), "k256", Some(HashId::Sha256), 32, 7);
     env.keyring.add_file_key("k", &k256).unwrap();
     env.malloc("M0", 1 << 20, 512);
     let t = &env.target;
-    t.nvmf_create_subsystem(CreateSubsystemParams {
-        nqn: NQN.into(),
-        serial_number: None,
-        model_number: None,
-        allow_any_host: false,
-        max_namespaces: None,
-    })
-    .unwrap();
+    t.nvmf_create_subsystem(nvmf_common::subsystem_params(NQN, false))
+        .unwrap();
     t.nvmf_subsystem_add_host_with_keys(
         NQN,
         H256,
@@ -588,12 +579,7 @@ fn secure_target(
     let addr = t
         .nvmf_subsystem_add_listener_opts(
             NQN,
-            ListenAddressParams {
-                trtype: "TCP".into(),
-                adrfam: None,
-                traddr: "127.0.0.1".into(),
-                trsvcid: "0".into(),
-            },
+            nvmf_common::loopback(),
             true,
             ListenerLimits::default(),
         )

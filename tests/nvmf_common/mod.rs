@@ -106,11 +106,8 @@ impl Env {
     pub fn subsystem(&self, nqn: &str, bdevs: &[&str], hosts: Option<&[&str]>) -> SocketAddr {
         self.target
             .nvmf_create_subsystem(CreateSubsystemParams {
-                nqn: nqn.into(),
                 serial_number: Some("TESSERA-TEST-1".into()),
-                model_number: None,
-                allow_any_host: hosts.is_none(),
-                max_namespaces: None,
+                ..subsystem_params(nqn, hosts.is_none())
             })
             .unwrap();
         for h in hosts.unwrap_or(&[]) {
@@ -129,15 +126,7 @@ impl Env {
                 .unwrap();
         }
         self.target
-            .nvmf_subsystem_add_listener(
-                nqn,
-                ListenAddressParams {
-                    trtype: "TCP".into(),
-                    adrfam: None,
-                    traddr: "127.0.0.1".into(),
-                    trsvcid: "0".into(),
-                },
-            )
+            .nvmf_subsystem_add_listener(nqn, loopback())
             .unwrap()
     }
 
@@ -163,6 +152,28 @@ impl Env {
 }
 
 /// A recognisable pattern for block `lba` of a given seed.
+/// `nvmf_create_subsystem`'s parameters for `nqn` with SPDK's defaults, open to any
+/// host or not.
+pub fn subsystem_params(nqn: &str, allow_any_host: bool) -> CreateSubsystemParams {
+    CreateSubsystemParams {
+        nqn: nqn.into(),
+        serial_number: None,
+        model_number: None,
+        allow_any_host,
+        max_namespaces: None,
+    }
+}
+
+/// A TCP listen address on 127.0.0.1 at a port the system picks.
+pub fn loopback() -> ListenAddressParams {
+    ListenAddressParams {
+        trtype: "TCP".into(),
+        adrfam: None,
+        traddr: "127.0.0.1".into(),
+        trsvcid: "0".into(),
+    }
+}
+
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
