@@ -877,7 +877,13 @@ pub(crate) fn splice_bound(root: Option<&Arc<Node>>, from: u64, to: u64, new_byt
     // Nodes whose span meets [from, to), per level, the root's first.
     let mut touched: Vec<u64> = Vec::new();
     if let Some(r) = root {
-        count_touched(r, 0, u64::MAX, from, to, 0, &mut touched);
+        if to == from + 1 {
+            // One segment (a write fault's): one node a level, whatever the segment —
+            // no descent to its (cold) leaf needed.
+            touched.resize(r.height(), 1);
+        } else {
+            count_touched(r, 0, u64::MAX, from, to, 0, &mut touched);
+        }
     }
     let leaves = touched.last().copied().unwrap_or(0);
     // Greedy packing fills every leaf but a piece's last beyond `room` bytes.

@@ -666,10 +666,7 @@ fn splice_at(
             NodeKind::Internal { keys, children } => {
                 // The edited children, each in place or replaced by its parts.
                 let mut replaced: SmallVec<[(usize, Parts); 4]> = SmallVec::new();
-                for (j, (c_lo, c_hi, sub)) in edits_by_child(keys, lo, hi, edits).enumerate() {
-                    if sub.is_empty() {
-                        continue;
-                    }
+                for (j, c_lo, c_hi, sub) in edited_children(keys, lo, hi, edits) {
                     let c_sole = children[j].refs() == 1;
                     if let Err(parts) = splice_at(&mut children[j], c_lo, c_hi, &sub, c_sole, rc) {
                         replaced.push((j, parts));
@@ -1056,6 +1053,41 @@ fn edits_by_child<'a>(
     })
 }
 
+/// [`edits_by_child`] for the children the edits meet only, each with its index: each
+/// found by a bisection of `keys`, where a walk over every child costs the node's
+/// fan-out for every node a batch of scattered edits goes through.
+fn edited_children<'a>(
+    keys: &'a [u64],
+    lo: u64,
+    hi: u64,
+    edits: &'a [Edit<'a>],
+) -> impl Iterator<Item = (usize, u64, u64, SmallVec<[Edit<'a>; 2]>)> + 'a {
+    // The first edit that does not end before `at`, where the next child starts.
+    let mut k = 0;
+    let mut at = lo;
+    std::iter::from_fn(move || {
+        while k < edits.len() && edits[k].to <= at {
+            k += 1;
+        }
+        let first = edits.get(k)?;
+        // The child whose span holds the first place still to edit: the last whose
+        // first segment is at or before it (the first child's span starts at `lo`).
+        let pos = first.from.max(at);
+        let j = keys
+            .get(1..)
+            .map_or(0, |rest| rest.partition_point(|&key| key <= pos));
+        let c_lo = if j == 0 { lo } else { keys[j] };
+        let c_hi = keys.get(j + 1).copied().unwrap_or(hi);
+        let mut m = k;
+        while m < edits.len() && edits[m].from < c_hi {
+            m += 1;
+        }
+        let sub = edits[k..m].iter().map(|e| e.within(c_lo, c_hi)).collect();
+        at = c_hi;
+        Some((j, c_lo, c_hi, sub))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1172,7 +1204,21 @@ mod tests {
     }
 
     fn check_structure(root: &Option<Arc<Node>>) {
+        /// Every leaf under `n` is `height` levels down (the one-segment splice bound,
+        /// `commit::splice_bound`, counts one node a level from the root's height).
+        fn leaves_at(n: &Node, height: usize) {
+            match &n.kind {
+                NodeKind::Leaf { .. } => assert_eq!(height, 1, "a leaf above the others"),
+                NodeKind::Internal { children, .. } => {
+                    assert!(height > 1, "an internal node at the leaves' level");
+                    for c in children {
+                        leaves_at(c, height - 1);
+                    }
+                }
+            }
+        }
         if let Some(r) = root {
+            leaves_at(r, r.height());
             let mut prev_end = 0;
             r.visit_from(0, &mut |e| {
                 assert!(e.vseg >= prev_end, "extents overlap or are out of order");
