@@ -43,7 +43,7 @@
 
 use super::VdiskError;
 use super::controller::Controller;
-use super::map::{DirtyFill, Extent};
+use super::map::Extent;
 use super::meta::space_map::SpaceMapStage;
 use super::meta::superblock::Superblock;
 use super::meta::{self, BlockPtr, NO_PAGE, PAGE_BYTES, SUPERBLOCK_OFFSET};
@@ -130,7 +130,9 @@ impl Controller {
         let mut wanted: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         let mut st = self.st.borrow_mut();
         while let Some(q) = self.shared.dirty_fills.pop() {
-            if fill_is_current(&st, q) && self.shared.fills.take_dirty(q.seg) {
+            // Whichever entry of the segment comes first takes the change (see
+            // [`super::map::DirtyFill`]).
+            if self.shared.fills.take_dirty(q.seg) {
                 wanted.entry(q.disk).or_default().insert(q.vseg);
             }
         }
@@ -946,18 +948,6 @@ struct Captured {
     changes: u64,
     dir_pages: Vec<u64>,
     space_map: meta::space_map::SpaceMapPtrs,
-}
-
-/// True if the fill change `q` was queued for still belongs where it was queued: the
-/// disk's table maps the segment there, as a partial layer. A segment freed and
-/// allocated again may have an older entry queued beside its current one; the older
-/// one must not take the dirty mark (see [`DirtyFill`]).
-pub(super) fn fill_is_current(st: &super::controller::CtlState, q: DirtyFill) -> bool {
-    st.disks
-        .get(&q.disk)
-        .and_then(|d| d.root.as_ref())
-        .and_then(|r| r.lookup(q.vseg))
-        .is_some_and(|e| e.layers.iter().any(|l| l.is_partial() && l.seg() == q.seg))
 }
 
 /// Copies, in each disk's table, the written leaves holding the one-segment extents at

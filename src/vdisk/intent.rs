@@ -588,9 +588,10 @@ impl Controller {
             && let Some(q) = self.shared.dirty_fills.pop()
         {
             taken += 1;
-            // No longer in the table there: nothing to persist (and a newer entry may
-            // be queued for the segment, which takes the dirty mark).
-            if super::commit::fill_is_current(st, q) && self.shared.fills.take_dirty(q.seg) {
+            // Whichever entry of the segment comes first takes the change, also one
+            // queued where the segment no longer is (see [`DirtyFill`]): the record holds
+            // the fill's bits as they are now.
+            if self.shared.fills.take_dirty(q.seg) {
                 changed.push(q);
             }
         }

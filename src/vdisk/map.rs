@@ -411,10 +411,28 @@ fn last_set(words: [u64; 4]) -> Option<u64> {
 
 /// A fill that changed since the controller last persisted it, as an agent (or the
 /// controller) queues it: the segment, and the disk and virtual segment whose writable
-/// top layer it was when it changed — where the controller finds the leaf to persist.
-/// The controller checks that the disk's table still maps the segment there before it
-/// takes the change: a segment freed and allocated again may have two entries queued,
-/// and only the current one counts.
+/// top layer it was when it changed — where the controller finds the leaf to copy if a
+/// checkpoint wrote it (the next checkpoint then writes the copy with the new bits).
+///
+/// **An older entry.** A segment freed and allocated again may have two entries
+/// queued: the older one for where it was, the newer for where it is. Whichever comes
+/// first takes the change (the dirty mark), logs the fill's bits as they are now (a
+/// fill record is the segment's, wherever it is), and copies the leaf where its entry
+/// says — so the older one copies nothing of use. That loses nothing, because the leaf
+/// where the segment is now was not written since it got there:
+/// - the older entry was queued before the segment was freed for reuse: an agent
+///   queues it when a write completes, and a freed segment is reused only after a
+///   drain barrier that waits for every write in flight (`release_after_drain`);
+/// - every checkpoint takes the queued entries (`persist_dirty_fills`) in the same step
+///   of the controller's core as it captures the tables; so a checkpoint that captured
+///   the table after the segment got its new place took the older entry first;
+/// - the leaf the segment got its new place in is new or changed then, unwritten; only
+///   a checkpoint writes a leaf.
+///
+/// So while the older entry is queued, the new place's leaf is still unwritten, and the
+/// next checkpoint writes it with the fill's bits as they are then. (Checking each
+/// entry against the table instead cost a descent to a cold leaf for every changed
+/// fill, about a tenth of the time of a stream of first writes.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirtyFill {
     pub seg: PhysSeg,

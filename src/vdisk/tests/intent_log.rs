@@ -670,12 +670,13 @@ fn record_kinds(page: &[u8]) -> Vec<u8> {
     kinds
 }
 
-/// A fill's change is logged under the entry queued for it now. An older entry of the
-/// same segment may still be queued (the segment was freed and allocated again since,
-/// elsewhere): it must not take the change's dirty mark, or the change is never logged
-/// and a crash loses the granules it held.
+/// A fill's change is logged whichever entry of its segment takes it. An older entry of
+/// the same segment may still be queued (the segment was freed and allocated again
+/// since, elsewhere): if it takes the change's dirty mark, it logs the fill's bits as
+/// they are now; taking the mark without logging them loses the granules the change
+/// held in a crash (see `map::DirtyFill`).
 #[test]
-fn an_older_queued_entry_of_a_segment_does_not_take_its_change() {
+fn an_older_queued_entry_of_a_segment_logs_the_change_it_takes() {
     let set = reactors(2);
     let base = malloc("m0", 128);
     let pool = new_pool(&set, base.clone());
