@@ -168,10 +168,13 @@ impl LeafExtents {
     }
 }
 
-/// True if no extent of `exts` (sorted) meets `[from, to)`.
+/// True if no extent of `exts` (sorted, non-overlapping) meets `[from, to)`: neither
+/// the last extent starting at or before `from` (it may cover it) nor the first after
+/// it (it may start before `to`). Found as a lookup finds an extent ([`starting_upto`]):
+/// the leaf is cold when a write fault's edit comes to it.
 fn is_gap(exts: &[Extent], from: u64, to: u64) -> bool {
-    let i = exts.partition_point(|e| e.end() <= from);
-    exts.get(i).is_none_or(|e| e.vseg >= to)
+    let i = starting_upto(exts, from);
+    (i == 0 || exts[i - 1].end() <= from) && exts.get(i).is_none_or(|e| e.vseg >= to)
 }
 
 /// The extent of `exts` (sorted) covering `vseg`.
@@ -317,6 +320,32 @@ mod tests {
                     exts.partition_point(|e| e.vseg <= v),
                     "key {}", v
                 );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// `is_gap` answers what a look at every extent answers, for extents of several
+        /// segments spread evenly or bunched, and ranges before, across and after them.
+        #[test]
+        fn is_gap_finds_what_a_scan_finds(
+            starts in proptest::collection::btree_set(0u64..20_000, 0..300),
+            lens in proptest::collection::vec(1u16..6, 300),
+            probes in proptest::collection::vec((0u64..20_100, 1u64..8), 1..60),
+        ) {
+            let starts: Vec<u64> = starts.into_iter().collect();
+            let exts: Vec<Extent> = (starts.iter().enumerate())
+                .map(|(i, &v)| {
+                    let room = starts.get(i + 1).map_or(u64::MAX, |&n| n - v);
+                    let mut e = Extent::full(v, 1000 + v, 1);
+                    e.len = (lens[i] as u64).min(room) as u16;
+                    e
+                })
+                .collect();
+            for (from, n) in probes {
+                let to = from + n;
+                let scan = exts.iter().all(|e| e.end() <= from || e.vseg >= to);
+                proptest::prop_assert_eq!(is_gap(&exts, from, to), scan, "[{}, {})", from, to);
             }
         }
     }
