@@ -600,7 +600,14 @@ pub fn encode_leaf<E: std::borrow::Borrow<Extent>>(
     extents: &[E],
     fills: &Fills,
 ) -> (Vec<u8>, usize) {
+    /// Extents ahead of the one packed whose fills are fetched meanwhile.
+    const FILLS_AHEAD: usize = 8;
     packed_page(page, txn, pool, extents.len(), |k, prev_end, buf| {
+        if let Some(e) = extents.get(k + FILLS_AHEAD) {
+            for l in e.borrow().layers.iter().filter(|l| l.is_partial()) {
+                fills.prefetch(l.seg());
+            }
+        }
         pack_live_extent(buf, prev_end, extents[k].borrow(), fills)
     })
 }
