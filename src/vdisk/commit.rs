@@ -132,7 +132,9 @@ impl Controller {
         while let Some(q) = self.shared.dirty_fills.pop() {
             // Whichever entry of the segment comes first takes the change (see
             // [`super::map::DirtyFill`]).
-            if self.shared.fills.take_dirty(q.seg) {
+            if self.shared.fills.take_dirty(q.seg)
+                && !self.shared.fills.allocated_since_checkpoint(q.seg)
+            {
                 wanted.entry(q.disk).or_default().insert(q.vseg);
             }
         }
@@ -469,6 +471,9 @@ impl Controller {
 
     /// The instant of a capture: see [`Controller::capture`].
     fn capture_begin(&self) -> Result<Begun, CaptureError> {
+        // First: the leaves of the segments noted since are captured below (forgetting
+        // them early only costs the copies' descents).
+        self.shared.fills.checkpoint_began();
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
         let shared = &self.shared;

@@ -185,6 +185,7 @@ impl Controller {
                             return Plan::Done(IoStatus::CapacityExceeded);
                         };
                         self.shared.fills.fresh(seg);
+                        self.shared.fills.allocated_for_fault(seg);
                         layers.insert(0, Layer::partial(seg));
                         Plan::Set(Extent {
                             vseg,
@@ -201,6 +202,7 @@ impl Controller {
                     return Plan::Done(IoStatus::CapacityExceeded);
                 };
                 self.shared.fills.fresh(seg);
+                self.shared.fills.allocated_for_fault(seg);
                 Plan::Set(Extent {
                     vseg,
                     len: 1,

@@ -604,8 +604,11 @@ impl Controller {
             // A fill in a leaf not yet written reaches the next checkpoint with that leaf
             // (or a copy of it, shared or not); one in a written leaf needs the leaf
             // copied, now: a snapshot or a clone that shares the table later shares the
-            // copy, which the next checkpoint writes.
-            copy.entry(disk).or_default().insert(vseg);
+            // copy, which the next checkpoint writes. A segment allocated for a fault
+            // since the last checkpoint began is in no written leaf.
+            if !self.shared.fills.allocated_since_checkpoint(seg) {
+                copy.entry(disk).or_default().insert(vseg);
+            }
         }
         super::commit::copy_written_leaves(st, copy)
     }

@@ -448,6 +448,9 @@ struct FillChunk {
     fills: Box<[Fill]>,
     /// A bit per fill: set when its bits changed since the controller last persisted them.
     dirty: Box<[AtomicU64]>,
+    /// A bit per segment: set when the controller allocated it for a write fault since
+    /// its last checkpoint began ([`Fills::allocated_since_checkpoint`]).
+    recent: Box<[AtomicU64]>,
 }
 
 /// The fills of a pool's physical segments, by segment; a chunk of them is allocated
@@ -484,7 +487,36 @@ impl Fills {
         self.chunks[(seg / FILL_CHUNK) as usize].get_or_init(|| FillChunk {
             fills: (0..FILL_CHUNK).map(|_| Fill::default()).collect(),
             dirty: (0..FILL_CHUNK / 64).map(|_| AtomicU64::new(0)).collect(),
+            recent: (0..FILL_CHUNK / 64).map(|_| AtomicU64::new(0)).collect(),
         })
+    }
+
+    /// Notes that the controller allocated `seg` for a write fault: until the next
+    /// checkpoint begins, wherever the segment is placed, the leaf that holds it is one
+    /// no checkpoint wrote (only a checkpoint writes leaves, and only those it captured
+    /// when it began; a leaf a segment is placed in is new or changed then). A change of
+    /// its fill then needs no leaf copied for the next checkpoint to write it
+    /// (`Controller::log_dirty_fills`), and no descent to find out.
+    pub fn allocated_for_fault(&self, seg: PhysSeg) {
+        let i = seg % FILL_CHUNK;
+        self.chunk(seg).recent[(i / 64) as usize].fetch_or(1 << (i % 64), Ordering::Relaxed);
+    }
+
+    /// True if [`Fills::allocated_for_fault`] noted `seg` since the last
+    /// [`Fills::checkpoint_began`].
+    pub fn allocated_since_checkpoint(&self, seg: PhysSeg) -> bool {
+        let i = seg % FILL_CHUNK;
+        self.chunk(seg).recent[(i / 64) as usize].load(Ordering::Relaxed) & (1 << (i % 64)) != 0
+    }
+
+    /// A checkpoint begins (before it captures the tables): forgets every segment
+    /// [`Fills::allocated_for_fault`] noted.
+    pub fn checkpoint_began(&self) {
+        for c in self.chunks.iter().filter_map(|c| c.get()) {
+            for w in c.recent.iter() {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The fill of segment `seg` (inside the pool: decoders bound every segment).

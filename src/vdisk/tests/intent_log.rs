@@ -722,3 +722,39 @@ fn an_older_queued_entry_of_a_segment_logs_the_change_it_takes() {
     );
     block_on(pool.close()).unwrap();
 }
+
+/// A segment allocated for a write fault is in no written leaf until the next checkpoint
+/// begins, so a change of its fill until then copies no leaf (`Fills::allocated_for_fault`).
+/// After that checkpoint wrote its leaf, a change must copy the leaf again: written at
+/// granule 0, checkpointed, written at granule 7, flushed, checkpointed again (the log
+/// replays from there), crashed — granule 7 must still read back.
+#[test]
+fn a_fill_change_after_the_checkpoint_that_wrote_its_new_segment_survives_the_next() {
+    let set = reactors(2);
+    let base = malloc("m0", 128);
+    let pool = new_pool(&set, base.clone());
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("vd0", 32 << 20, true)).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        write_all_and_flush(&d, &[0], 0x11).await
+    });
+    block_on(pool.commit()).unwrap();
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        write_all_and_flush(&d, &[7], 0x22).await
+    });
+    block_on(pool.commit()).unwrap();
+    block_on(pool.crash_stop()).unwrap();
+    drop((disk, pool));
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let d: Arc<dyn Bdev> = block_on(pool.disk("vd0")).unwrap();
+    let got = on(&set, 1, move || async move {
+        (read_byte(&d, 0).await, read_byte(&d, 7).await)
+    });
+    assert_eq!(
+        got,
+        (0x11, 0x22),
+        "blocks 0 and 7 after two checkpoints and a crash"
+    );
+    block_on(pool.close()).unwrap();
+}
