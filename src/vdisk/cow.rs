@@ -167,51 +167,39 @@ impl Controller {
             return Plan::Done(IoStatus::LbaOutOfRange);
         }
         let cur = d.root.as_ref().and_then(|r| r.lookup(vseg)).cloned();
-        match cur {
-            Some(e) if e.state == ExtentState::Error => Plan::Done(IoStatus::MediaError),
-            Some(e) if e.birth.get() > d.rec.snap_gen => Plan::Done(IoStatus::Success),
+        // The layers the new writable one goes on top of.
+        let below = match cur {
+            Some(e) if e.state == ExtentState::Error => return Plan::Done(IoStatus::MediaError),
+            Some(e) if e.birth.get() > d.rec.snap_gen => return Plan::Done(IoStatus::Success),
             Some(e) => {
                 let policy = CowPolicy::from_u8(d.rec.cow_policy);
                 let one = e.at(vseg);
                 if policy == CowPolicy::CopyOut && one.layers.len() == 1 {
-                    Plan::CopyOut
-                } else {
-                    let mut layers = one.layers.clone();
-                    normalize(&mut layers);
-                    if layers.len() >= MAX_LAYERS {
-                        Plan::Merge(one)
-                    } else {
-                        let Some(seg) = st.space.alloc_segment() else {
-                            return Plan::Done(IoStatus::CapacityExceeded);
-                        };
-                        self.shared.fills.fresh(seg);
-                        self.shared.fills.allocated_for_fault(seg);
-                        layers.insert(0, Layer::partial(seg));
-                        Plan::Set(Extent {
-                            vseg,
-                            len: 1,
-                            state: ExtentState::Mapped,
-                            birth: st.generation.into(),
-                            layers,
-                        })
-                    }
+                    return Plan::CopyOut;
                 }
+                let mut layers = one.layers.clone();
+                normalize(&mut layers);
+                if layers.len() >= MAX_LAYERS {
+                    return Plan::Merge(one);
+                }
+                layers
             }
-            None => {
-                let Some(seg) = st.space.alloc_segment() else {
-                    return Plan::Done(IoStatus::CapacityExceeded);
-                };
-                self.shared.fills.fresh(seg);
-                self.shared.fills.allocated_for_fault(seg);
-                Plan::Set(Extent {
-                    vseg,
-                    len: 1,
-                    state: ExtentState::Mapped,
-                    birth: st.generation.into(),
-                    layers: Layers::from_slice(&[Layer::partial(seg)]),
-                })
-            }
-        }
+            None => Layers::new(),
+        };
+        let Some(seg) = st.space.alloc_segment() else {
+            return Plan::Done(IoStatus::CapacityExceeded);
+        };
+        self.shared.fills.fresh(seg);
+        self.shared.fills.allocated_for_fault(seg);
+        let mut layers = below;
+        layers.insert(0, Layer::partial(seg));
+        Plan::Set(Extent {
+            vseg,
+            len: 1,
+            state: ExtentState::Mapped,
+            birth: st.generation.into(),
+            layers,
+        })
     }
 
     /// One attempt of [`Controller::make_writable`]; `None` if the extent changed while

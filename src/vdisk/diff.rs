@@ -28,7 +28,7 @@
 //! a granule of a mapped segment that no layer holds reads as zeros; a segment without
 //! an extent is a hole.
 
-use super::map::{Extent, ExtentState, Fills, Geometry, Layer};
+use super::map::{Extent, ExtentState, Fills, Geometry, Layer, lay_over};
 use super::table::{Node, NodeKind};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -78,38 +78,18 @@ pub struct ChangedPage {
     pub to_compare: Vec<BlockRange>,
 }
 
-/// The blocks of the table under `b` in `blocks` that differ from the table under
-/// `a`, at most `max_runs` runs from the start of `blocks` on, and at most
-/// `max_compare_blocks` blocks of them to compare (the page ends before the segment
-/// that would pass it, unless it is the page's first). See the module's documentation
-/// for what "differ" means.
-pub fn changed_ranges(
-    a: Option<&Arc<Node>>,
-    b: Option<&Arc<Node>>,
-    fills: &Fills,
-    geo: Geometry,
-    blocks: std::ops::Range<u64>,
-    max_runs: usize,
-    max_compare_blocks: u64,
-) -> ChangedPage {
-    changed_ranges_over(
-        (a, &[]),
-        (b, &[]),
-        fills,
-        geo,
-        blocks,
-        max_runs,
-        max_compare_blocks,
-    )
-}
-
 /// A table to compare: its root, and one-segment extents laid over it (sorted, each
 /// shown instead of what the table holds at its segment), as an agent keeps the
-/// extents write faults set since its view (`agent/recent.rs`).
+/// extents write faults set since its view (`agent/recent.rs`); none for the
+/// controller's tables.
 pub type Overlaid<'a> = (Option<&'a Arc<Node>>, &'a [Extent]);
 
-/// [`changed_ranges`] of two tables with extents laid over them.
-pub fn changed_ranges_over(
+/// The blocks of the table `b` in `blocks` that differ from the table `a`, at most
+/// `max_runs` runs from the start of `blocks` on, and at most `max_compare_blocks`
+/// blocks of them to compare (the page ends before the segment that would pass it,
+/// unless it is the page's first). See the module's documentation for what "differ"
+/// means.
+pub fn changed_ranges(
     a: Overlaid<'_>,
     b: Overlaid<'_>,
     fills: &Fills,
@@ -426,23 +406,11 @@ fn leaf_extents<'e>(
     let mut out: Vec<Cow<'e, Extent>> = Vec::new();
     if let Some(n) = n {
         n.visit_from(lo, &mut |e| {
-            if e.vseg >= hi {
-                return false;
-            }
-            let mut at = e.vseg;
-            while let Some(k) = kept.next_if(|k| k.vseg < e.end()) {
-                if k.vseg > at {
-                    out.push(Cow::Owned(e.slice(at, k.vseg)));
-                }
-                out.push(Cow::Borrowed(k));
-                at = at.max(k.end());
-            }
-            if at == e.vseg {
-                out.push(Cow::Borrowed(e));
-            } else if at < e.end() {
-                out.push(Cow::Owned(e.slice(at, e.end())));
-            }
-            true
+            e.vseg < hi
+                && lay_over(e, lo, &mut kept, &mut |p| {
+                    out.push(p);
+                    true
+                })
         });
     }
     out.extend(kept.map(Cow::Borrowed));

@@ -1017,6 +1017,35 @@ impl Extent {
     }
 }
 
+/// Extent `e` as it shows with one-segment extents laid over it (the extents an agent
+/// keeps beside its view, `agent/recent.rs`): calls `f` on each taken from `kept` (sorted)
+/// that starts before `e` ends — those in the gap before `e` too — and on the parts of `e`
+/// around them, in order; parts that end at or before `from` are left out. Returns false
+/// once `f` does.
+pub fn lay_over<'e>(
+    e: &'e Extent,
+    from: u64,
+    kept: &mut std::iter::Peekable<impl Iterator<Item = &'e Extent>>,
+    f: &mut dyn FnMut(std::borrow::Cow<'e, Extent>) -> bool,
+) -> bool {
+    use std::borrow::Cow;
+    let mut at = e.vseg;
+    while let Some(k) = kept.next_if(|k| k.vseg < e.end()) {
+        if k.vseg > at && k.vseg > from && !f(Cow::Owned(e.slice(at, k.vseg))) {
+            return false;
+        }
+        if !f(Cow::Borrowed(k)) {
+            return false;
+        }
+        at = at.max(k.end());
+    }
+    if at == e.vseg {
+        f(Cow::Borrowed(e))
+    } else {
+        at >= e.end() || f(Cow::Owned(e.slice(at, e.end())))
+    }
+}
+
 /// Where a block's data comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {

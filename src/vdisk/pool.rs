@@ -568,8 +568,8 @@ impl Pool {
             let (fills, geo) = (&c.shared.fills, c.shared.geo);
             let max_compare = (crate::bdev::MAX_COMPARE_BYTES / geo.block_size as u64).max(1);
             let page = diff::changed_ranges(
-                a.as_ref(),
-                b.as_ref(),
+                (a.as_ref(), &[]),
+                (b.as_ref(), &[]),
                 fills,
                 geo,
                 from_block..end,

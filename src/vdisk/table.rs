@@ -1004,11 +1004,12 @@ fn splice_in(
             // are dropped here, so that freeing it releases none (instead of each kept
             // child counted up for the new node and down again for this one).
             let mut parts: Vec<(u64, Arc<Node>, bool)> = Vec::with_capacity(children.len() + 2);
-            for (c, (c_lo, c_hi, sub)) in children.iter().zip(edits_by_child(keys, lo, hi, edits)) {
-                if sub.is_empty() {
-                    parts.push((c_lo, c.clone(), sole));
+            let mut edited = edited_children(keys, lo, hi, edits).peekable();
+            for (j, c) in children.iter().enumerate() {
+                let Some((_, c_lo, c_hi, sub)) = edited.next_if(|(e, ..)| *e == j) else {
+                    parts.push((if j == 0 { lo } else { keys[j] }, c.clone(), sole));
                     continue;
-                }
+                };
                 let new = splice_in(c, c_lo, c_hi, &sub, sole && c.refs() == 1, rc);
                 parts.extend(new.into_iter().map(|(key, n)| (key, n, false)));
                 if sole {
@@ -1027,35 +1028,10 @@ fn splice_in(
     }
 }
 
-/// For each child of an internal node over `[lo, hi)` with first segments `keys`: its
-/// span and the parts of `edits` (sorted, disjoint) inside it, none for a child they
-/// do not meet.
-fn edits_by_child<'a>(
-    keys: &'a [u64],
-    lo: u64,
-    hi: u64,
-    edits: &'a [Edit<'a>],
-) -> impl Iterator<Item = (u64, u64, SmallVec<[Edit<'a>; 2]>)> + 'a {
-    // The first edit that does not end before the child at hand.
-    let mut k = 0;
-    (0..keys.len()).map(move |j| {
-        let c_lo = if j == 0 { lo } else { keys[j] };
-        let c_hi = keys.get(j + 1).copied().unwrap_or(hi);
-        while k < edits.len() && edits[k].to <= c_lo {
-            k += 1;
-        }
-        let mut m = k;
-        while m < edits.len() && edits[m].from < c_hi {
-            m += 1;
-        }
-        let sub = edits[k..m].iter().map(|e| e.within(c_lo, c_hi)).collect();
-        (c_lo, c_hi, sub)
-    })
-}
-
-/// [`edits_by_child`] for the children the edits meet only, each with its index: each
-/// found by a bisection of `keys`, where a walk over every child costs the node's
-/// fan-out for every node a batch of scattered edits goes through.
+/// For each child of an internal node over `[lo, hi)` with first segments `keys` that
+/// `edits` (sorted, disjoint) meet: its index, its span and the parts of the edits inside
+/// it. Each is found by a bisection of `keys`, where a walk over every child costs the
+/// node's fan-out for every node a batch of scattered edits goes through.
 fn edited_children<'a>(
     keys: &'a [u64],
     lo: u64,

@@ -585,7 +585,7 @@ impl Agent {
             recent.range(v0, v1).into_iter().cloned().collect()
         };
         let (over_a, over_b) = (over(base), over(self));
-        let page = diff::changed_ranges_over(
+        let page = diff::changed_ranges(
             (a.root.as_ref(), &over_a),
             (b.root.as_ref(), &over_b),
             &self.shared.fills,

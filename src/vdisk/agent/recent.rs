@@ -31,7 +31,7 @@
 //! walks (block status over a range is per segment too; the entries, a diff) sort what
 //! they need.
 
-use crate::vdisk::map::Extent;
+use crate::vdisk::map::{Extent, lay_over};
 use crate::vdisk::table::Node;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -110,37 +110,14 @@ impl Recent {
         f: &mut dyn FnMut(&Extent) -> bool,
     ) {
         let mut kept = self.range(vseg, u64::MAX).into_iter().peekable();
-        let mut go = true;
-        if let Some(r) = root {
-            r.visit_from(vseg, &mut |e| {
-                // The kept extents before the end of this one, and the parts of this
-                // one between them.
-                let mut at = e.vseg;
-                while let Some(k) = kept.next_if(|k| k.vseg < e.end()) {
-                    if k.vseg > at && k.vseg > vseg && !f(&e.slice(at, k.vseg)) {
-                        go = false;
-                        return false;
-                    }
-                    if !f(k) {
-                        go = false;
-                        return false;
-                    }
-                    at = at.max(k.end());
-                }
-                let rest = if at == e.vseg {
-                    f(e)
-                } else {
-                    at >= e.end() || f(&e.slice(at, e.end()))
-                };
-                go = rest;
-                rest
-            });
+        if let Some(r) = root
+            && !r.visit_from(vseg, &mut |e| lay_over(e, vseg, &mut kept, &mut |p| f(&p)))
+        {
+            return;
         }
-        if go {
-            for k in kept {
-                if !f(k) {
-                    return;
-                }
+        for k in kept {
+            if !f(k) {
+                return;
             }
         }
     }
