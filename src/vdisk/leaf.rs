@@ -14,6 +14,7 @@
 //! sequence, so the page format does not know about the split.
 
 use super::map::Extent;
+use super::search;
 use super::table::{Edit, LEAF_BUDGET_BYTES, extent_budget};
 use std::sync::Arc;
 
@@ -27,6 +28,10 @@ pub const MAX_ADDED: usize = 24;
 pub struct LeafExtents {
     /// Shared with the leaves this one was copied from.
     base: Arc<[Extent]>,
+    /// The first and last starts of `base`: a search reads them here, beside the
+    /// pointer to `base`, instead of from its two ends (two more cache lines of a cold
+    /// leaf, see [`starting_upto`]).
+    base_ends: (u64, u64),
     /// Sorted; each lies in a gap between extents of `base`.
     added: Vec<Extent>,
     /// The sum of the extents' [`extent_budget`].
@@ -38,6 +43,7 @@ impl LeafExtents {
     pub fn with_budget(extents: Vec<Extent>, budget: usize) -> LeafExtents {
         debug_assert_eq!(budget, extents.iter().map(extent_budget).sum::<usize>());
         LeafExtents {
+            base_ends: ends(&extents),
             base: extents.into(),
             added: Vec::new(),
             budget,
@@ -81,11 +87,11 @@ impl LeafExtents {
     /// The extent covering `vseg`, if any.
     #[inline]
     pub fn get(&self, vseg: u64) -> Option<&Extent> {
-        covering(&self.base, vseg).or_else(|| {
+        covering(&self.base, self.base_ends, vseg).or_else(|| {
             if self.added.is_empty() {
                 None
             } else {
-                covering(&self.added, vseg)
+                covering(&self.added, ends(&self.added), vseg)
             }
         })
     }
@@ -125,6 +131,7 @@ impl LeafExtents {
         added.extend(old.cloned());
         Some(LeafExtents {
             base: self.base.clone(),
+            base_ends: self.base_ends,
             added,
             budget,
         })
@@ -152,10 +159,10 @@ impl LeafExtents {
         if self.added.len() + new > MAX_ADDED {
             return None;
         }
-        if !edits
-            .iter()
-            .all(|ed| is_gap(&self.base, ed.from, ed.to) && is_gap(&self.added, ed.from, ed.to))
-        {
+        if !edits.iter().all(|ed| {
+            is_gap(&self.base, self.base_ends, ed.from, ed.to)
+                && is_gap(&self.added, ends(&self.added), ed.from, ed.to)
+        }) {
             return None;
         }
         let budget = self.budget
@@ -172,15 +179,23 @@ impl LeafExtents {
 /// the last extent starting at or before `from` (it may cover it) nor the first after
 /// it (it may start before `to`). Found as a lookup finds an extent ([`starting_upto`]):
 /// the leaf is cold when a write fault's edit comes to it.
-fn is_gap(exts: &[Extent], from: u64, to: u64) -> bool {
-    let i = starting_upto(exts, from);
+fn is_gap(exts: &[Extent], ends: (u64, u64), from: u64, to: u64) -> bool {
+    let i = starting_upto(exts, ends, from);
     (i == 0 || exts[i - 1].end() <= from) && exts.get(i).is_none_or(|e| e.vseg >= to)
 }
 
-/// The extent of `exts` (sorted) covering `vseg`.
+/// The first and last starts of `exts` (sorted), for [`starting_upto`]; zeros if empty.
+fn ends(exts: &[Extent]) -> (u64, u64) {
+    match (exts.first(), exts.last()) {
+        (Some(a), Some(b)) => (a.vseg, b.vseg),
+        _ => (0, 0),
+    }
+}
+
+/// The extent of `exts` (sorted, first and last starts `ends`) covering `vseg`.
 #[inline]
-fn covering(exts: &[Extent], vseg: u64) -> Option<&Extent> {
-    let i = starting_upto(exts, vseg);
+fn covering(exts: &[Extent], ends: (u64, u64), vseg: u64) -> Option<&Extent> {
+    let i = starting_upto(exts, ends, vseg);
     if i == 0 {
         None
     } else {
@@ -188,52 +203,12 @@ fn covering(exts: &[Extent], vseg: u64) -> Option<&Extent> {
     }
 }
 
-/// How many extents of `exts` (sorted) start at or before `vseg`: what
-/// `partition_point(|e| e.vseg <= vseg)` returns, found from where `vseg` would sit if
-/// the extents were spread evenly between the first and the last, and galloping from
-/// there. A leaf on a disk written at random is spread about evenly, so the search
-/// reads the ends and a few neighbouring extents: four or five cache lines, against
-/// seven or eight for a bisection of two hundred extents, each waiting for the last.
+/// How many extents of `exts` (sorted; `ends` the starts of its first and last) start
+/// at or before `vseg`: what `partition_point(|e| e.vseg <= vseg)` returns
+/// ([`search::guessed_partition`]).
 #[inline]
-fn starting_upto(exts: &[Extent], vseg: u64) -> usize {
-    let n = exts.len();
-    if n < 16 {
-        return exts.partition_point(|e| e.vseg <= vseg);
-    }
-    let (first, last) = (exts[0].vseg, exts[n - 1].vseg);
-    if vseg < first {
-        return 0;
-    }
-    if vseg >= last {
-        return n;
-    }
-    // Here exts[0] starts at or before `vseg` and exts[n - 1] after it, so the answer
-    // lies in [1, n - 1], and last > first.
-    let g = ((vseg - first) as u128 * (n - 1) as u128 / (last - first) as u128) as usize;
-    let mut step = 1;
-    if exts[g].vseg <= vseg {
-        // Above `g`: exts[lo - 1] starts at or before `vseg`.
-        let mut lo = g + 1;
-        loop {
-            let hi = (g + step).min(n - 1);
-            if exts[hi].vseg > vseg {
-                return lo + exts[lo..hi].partition_point(|e| e.vseg <= vseg);
-            }
-            lo = hi + 1;
-            step *= 2;
-        }
-    } else {
-        // At or below `g`: exts[hi] starts after `vseg`.
-        let mut hi = g;
-        loop {
-            let lo = g.saturating_sub(step);
-            if exts[lo].vseg <= vseg {
-                return lo + 1 + exts[lo + 1..hi].partition_point(|e| e.vseg <= vseg);
-            }
-            hi = lo;
-            step *= 2;
-        }
-    }
+fn starting_upto(exts: &[Extent], ends: (u64, u64), vseg: u64) -> usize {
+    search::guessed_partition(exts, |e| e.vseg, ends, vseg)
 }
 
 /// A leaf's extents in order: the two sorted sequences merged.
@@ -316,7 +291,7 @@ mod tests {
                 .chain(all.iter().flat_map(|&v| [v.saturating_sub(1), v, v + 1]));
             for v in keys {
                 proptest::prop_assert_eq!(
-                    starting_upto(&exts, v),
+                    starting_upto(&exts, ends(&exts), v),
                     exts.partition_point(|e| e.vseg <= v),
                     "key {}", v
                 );
@@ -345,7 +320,7 @@ mod tests {
             for (from, n) in probes {
                 let to = from + n;
                 let scan = exts.iter().all(|e| e.end() <= from || e.vseg >= to);
-                proptest::prop_assert_eq!(is_gap(&exts, from, to), scan, "[{}, {})", from, to);
+                proptest::prop_assert_eq!(is_gap(&exts, ends(&exts), from, to), scan, "[{}, {})", from, to);
             }
         }
     }

@@ -531,14 +531,8 @@ impl Fills {
     /// for in turn.
     #[inline]
     pub fn prefetch(&self, seg: PhysSeg) {
-        #[cfg(target_arch = "x86_64")]
         if let Some(c) = (self.chunks.get((seg / FILL_CHUNK) as usize)).and_then(|c| c.get()) {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let at = &c.fills[(seg % FILL_CHUNK) as usize] as *const Fill as *const i8;
-            // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 processor has; a
-            // prefetch is a hint that reads nothing the program sees and cannot fault,
-            // and `at` points into a live chunk anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(at) };
+            crate::util::prefetch(&c.fills[(seg % FILL_CHUNK) as usize]);
         }
     }
 

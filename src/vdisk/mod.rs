@@ -52,6 +52,7 @@ pub mod pool;
 pub mod reparent;
 pub mod revert;
 pub(crate) mod scan;
+mod search;
 pub mod shared;
 pub mod snapshot;
 pub mod split;

@@ -25,6 +25,7 @@
 
 use super::leaf::LeafExtents;
 use super::map::{Extent, MAX_LAYERS, MAX_RUN_SEGMENTS, PhysSeg};
+use super::search;
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -136,6 +137,10 @@ impl NodeKind {
 #[derive(Debug)]
 pub struct Node {
     pub kind: NodeKind,
+    /// An internal node's first and last keys, read by a descent here, in the node's
+    /// own line, instead of at the two ends of `keys` ([`Node::child_at`]); zeros for a
+    /// leaf (its extents keep theirs).
+    key_ends: (u64, u64),
     refs: AtomicU32,
     page: AtomicU64,
     /// The transaction that wrote the page and the page's checksum: what a parent's
@@ -223,8 +228,16 @@ impl Node {
     }
 
     fn with_page(kind: NodeKind, page: u64, txn: u64, crc: u32) -> Arc<Node> {
+        let key_ends = match &kind {
+            NodeKind::Internal { keys, .. } => (
+                keys.first().copied().unwrap_or(0),
+                keys.last().copied().unwrap_or(0),
+            ),
+            NodeKind::Leaf { .. } => (0, 0),
+        };
         Arc::new(Node {
             kind,
+            key_ends,
             refs: AtomicU32::new(0),
             page: AtomicU64::new(page),
             written_txn: AtomicU64::new(txn),
@@ -419,6 +432,29 @@ impl Node {
         }
     }
 
+    /// The child of this internal node (`keys`, `children`: its own) whose span holds
+    /// `vseg`, found as a leaf finds an extent (`search::guessed_partition`), from the
+    /// node's first and last keys kept beside them: the lines of the keys and of the
+    /// children's pointers around the guess are asked for together, right after the
+    /// node's own line, where a bisection waits for the keys' lines in turn and then for
+    /// the pointer's.
+    #[inline]
+    fn child_at(&self, keys: &[u64], children: &[Arc<Node>], vseg: u64) -> usize {
+        let n = keys.len();
+        if n < 16 {
+            return keys.partition_point(|&k| k <= vseg).saturating_sub(1);
+        }
+        debug_assert_eq!(self.key_ends, (keys[0], keys[n - 1]));
+        match search::guess(n, self.key_ends, vseg) {
+            Ok(g) => {
+                search::prefetch_around(keys, g);
+                search::prefetch_around(children, g);
+                search::gallop(keys, |&k| k, g, vseg) - 1
+            }
+            Err(i) => i.saturating_sub(1),
+        }
+    }
+
     /// The extent covering `vseg`, if any: one descent.
     #[inline]
     pub fn lookup(&self, vseg: u64) -> Option<&Extent> {
@@ -426,8 +462,7 @@ impl Node {
         loop {
             match &node.kind {
                 NodeKind::Internal { keys, children } => {
-                    let i = keys.partition_point(|&k| k <= vseg).saturating_sub(1);
-                    node = &children[i];
+                    node = &children[node.child_at(keys, children, vseg)]
                 }
                 NodeKind::Leaf { extents } => return extents.get(vseg),
             }
