@@ -72,6 +72,18 @@ impl Controller {
             if self.check_usable().is_err() {
                 return vec![IoStatus::Aborted; vsegs.len()];
             }
+            // The leaves the plans look at, asked for together (see `Node::prefetch_leaf`).
+            if let Some(root) = self
+                .st
+                .borrow()
+                .disks
+                .get(&disk)
+                .and_then(|d| d.root.as_ref())
+            {
+                for &v in &distinct {
+                    root.prefetch_leaf(v);
+                }
+            }
             // In segment order: the edits are sorted and disjoint.
             let mut set: Vec<(usize, Extent)> = Vec::with_capacity(firsts.len());
             for &i in &firsts {

@@ -96,6 +96,20 @@ impl LeafExtents {
         })
     }
 
+    /// Asks the core for the lines a [`LeafExtents::get`] of `vseg` reads, without
+    /// waiting for them.
+    #[inline]
+    pub fn prefetch(&self, vseg: u64) {
+        if self.base.len() >= 16
+            && let Ok(g) = search::guess(self.base.len(), self.base_ends, vseg)
+        {
+            search::prefetch_around(&self.base, g);
+        }
+        if let Some(e) = self.added.first() {
+            crate::util::prefetch(e);
+        }
+    }
+
     /// The last extent.
     pub fn last(&self) -> Option<&Extent> {
         match (self.base.last(), self.added.last()) {

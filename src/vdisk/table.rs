@@ -455,6 +455,22 @@ impl Node {
         }
     }
 
+    /// Asks the core for the lines of the leaf that a [`Node::lookup`] of `vseg` will
+    /// read, after a descent through the internal nodes (which a big table's descents
+    /// keep in the cache): a batch of lookups that prefetches them all first waits for
+    /// its cold leaves together, not one after the other.
+    pub fn prefetch_leaf(&self, vseg: u64) {
+        let mut node = self;
+        loop {
+            match &node.kind {
+                NodeKind::Internal { keys, children } => {
+                    node = &children[node.child_at(keys, children, vseg)]
+                }
+                NodeKind::Leaf { extents } => return extents.prefetch(vseg),
+            }
+        }
+    }
+
     /// The extent covering `vseg`, if any: one descent.
     #[inline]
     pub fn lookup(&self, vseg: u64) -> Option<&Extent> {
