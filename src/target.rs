@@ -1033,6 +1033,7 @@ impl Target {
     /// `pool/disk`; the pool refuses a name it already has).
     pub async fn create_disk(&self, cfg: &DiskConfig) -> Result<Arc<VDisk>, TargetError> {
         let pool = self.pool(&cfg.pool)?;
+        self.refuse_taken_uuid(cfg.uuid)?;
         let d = match &cfg.external_snapshot {
             None => {
                 pool.create_disk_with_uuid(&cfg.name, cfg.size.0, cfg.thin, cfg.uuid)
@@ -1198,20 +1199,35 @@ impl Target {
     /// external snapshot (SPDK's `bdev_lvol_clone_bdev`). The bdev must have no writer
     /// (a pool, a writable NBD export, an NVMe-oF namespace, an error bdev, a copy): it
     /// is read by the clone and kept from writers and from deletion while a disk reads
-    /// through to it, as SPDK claims it read-only-many.
+    /// through to it, as SPDK claims it read-only-many. The clone takes `uuid`, or a
+    /// new UUID.
     pub async fn clone_bdev(
         &self,
         bdev: &str,
         pool: &str,
         name: &str,
+        uuid: Option<uuid::Uuid>,
     ) -> Result<Arc<VDisk>, TargetError> {
         let ext = self.inner.bdevs.get(bdev)?;
         let pool = self.pool(pool)?;
         self.refuse_written(&ext)?;
-        let c = pool.clone_bdev(ext, name).await?;
+        self.refuse_taken_uuid(uuid)?;
+        let c = pool.clone_bdev_with_uuid(ext, name, uuid).await?;
         self.inner.bdevs.add(c.clone())?;
         self.sync_esnap_claims().await;
         Ok(c)
+    }
+
+    /// Refuses `uuid`, asked for a new lvol, if a bdev has it already (before the lvol
+    /// is made: its bdev could not be registered).
+    fn refuse_taken_uuid(&self, uuid: Option<uuid::Uuid>) -> Result<(), TargetError> {
+        let Some(u) = uuid else {
+            return Ok(());
+        };
+        if self.inner.bdevs.list().iter().any(|b| b.uuid() == u) {
+            return Err(VdiskError::Exists(format!("bdev UUID {u}")).into());
+        }
+        Ok(())
     }
 
     /// Refuses `ext` as an external snapshot if anything may write it (SPDK refuses a

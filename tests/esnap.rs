@@ -1160,6 +1160,133 @@ fn save_config_orders_external_snapshots_that_are_lvols_of_another_lvstore() {
     }
 }
 
+/// `save_config` (SPDK's JSON) keeps every lvol's UUID (tessera's `lvol_uuid` parameter
+/// of `bdev_lvol_create` and `bdev_lvol_clone_bdev`), so that an external snapshot's
+/// clone in an lvstore on disk finds, after a restore, the lvols of an lvstore on a
+/// malloc bdev that it reads: made again, they would otherwise have new UUIDs, and the
+/// clones, which name their external snapshots by UUID, would stay degraded. `src` (on
+/// malloc) holds `r0`, a thin lvol written and made read-only, and `a0`, the golden
+/// image's esnap clone made read-only; `dst` (on a file) holds `b0` and `b1`, esnap
+/// clones of `src/a0` and `src/r0` (`b1` written in part). Restored from the saved
+/// JSON, `r0` (empty: it was on malloc) and `a0` have their UUIDs, `b0` and `b1` are not
+/// degraded and read through them (`b1` its own writes over the empty `r0`). A
+/// `lvol_uuid` that is not a UUID, or that a bdev already has, is refused.
+#[test]
+fn save_config_keeps_lvol_uuids_for_esnap_clones_in_an_lvstore_on_disk() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let cfg = config(dir.path(), port, true);
+    let work = tempfile::tempdir().unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    rpc(&["bdev_malloc_create", "-b", "ms", "64", "4096"]);
+    rpc(&["bdev_lvol_create_lvstore", "ms", "src", "-c", "1048576"]);
+    rpc(&["bdev_lvol_create_lvstore", "data", "dst", "-c", "1048576"]);
+    rpc(&["bdev_lvol_create", "-l", "src", "-t", "r0", "8"]);
+    write_lvol(
+        &srv,
+        port,
+        "src/r0",
+        &["write -P 0x5a 0 1M", "write -P 0xc3 3M 64k"],
+    );
+    rpc(&["bdev_lvol_set_read_only", "src/r0"]);
+    rpc(&["bdev_lvol_clone_bdev", "golden", "src", "a0"]);
+    rpc(&["bdev_lvol_set_read_only", "src/a0"]);
+    rpc(&["bdev_lvol_clone_bdev", "src/a0", "dst", "b0"]);
+    rpc(&["bdev_lvol_clone_bdev", "src/r0", "dst", "b1"]);
+    write_lvol(&srv, port, "dst/b1", &["write -P 0x77 5M 1M"]);
+    let mut r0 = vec![0u8; 8 * M];
+    r0[..M].fill(0x5a);
+    r0[3 * M..3 * M + 64 * K].fill(0xc3);
+    let mut b1 = r0.clone();
+    b1[5 * M..6 * M].fill(0x77);
+    let want: [(&str, &[u8]); 4] = [
+        ("src/r0", &r0),
+        ("src/a0", &golden),
+        ("dst/b0", &golden),
+        ("dst/b1", &b1),
+    ];
+    for (bdev, want) in want {
+        assert_same(
+            &read_all(&srv, port, bdev, work.path()),
+            want,
+            &format!("{bdev} before saving"),
+        );
+    }
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    let uuids: Vec<(&str, Value)> = ["r0", "a0"]
+        .into_iter()
+        .map(|l| (l, lvol(&lvols, l)["uuid"].clone()))
+        .collect();
+    let json_path = dir.path().join("saved.json");
+    let saved = rpc(&["save_config"]);
+    std::fs::write(&json_path, &saved).unwrap();
+    for (l, u) in &uuids {
+        let u = u.as_str().unwrap();
+        assert!(
+            saved.contains(&format!("\"lvol_uuid\": \"{u}\"")),
+            "{l}: {saved}"
+        );
+    }
+    // Refused: not a UUID; a UUID a bdev has.
+    let e = srv.call_err(
+        "bdev_lvol_create",
+        json!({"lvs_name": "src", "lvol_name": "x", "size_in_mib": 4, "lvol_uuid": "nope"}),
+    );
+    assert!(e.code == -32602 && e.message.contains("lvol_uuid"), "{e:?}");
+    let r0_uuid = uuids[0].1.as_str().unwrap();
+    let e = srv.call_err(
+        "bdev_lvol_clone_bdev",
+        json!({"bdev": "golden", "lvs_name": "src", "clone_name": "x", "lvol_uuid": r0_uuid}),
+    );
+    assert!(e.message.contains(r0_uuid), "{e:?}");
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    assert!(
+        !lvols.as_array().unwrap().iter().any(|l| l["name"] == "x"),
+        "a refused lvol was made: {lvols}"
+    );
+    srv.stop();
+
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &json_path);
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    for (l, u) in &uuids {
+        assert_eq!(&lvol(&lvols, l)["uuid"], u, "{l}: {lvols}");
+    }
+    for (l, ext) in [("b0", "a0"), ("b1", "r0")] {
+        let v = lvol(&lvols, l);
+        assert_eq!(v["is_degraded"], false, "{l}: {v}");
+        assert_eq!(
+            v["external_snapshot_name"],
+            lvol(&lvols, ext)["uuid"],
+            "{l}: {v}"
+        );
+    }
+    // `src` was on malloc: `r0` is made again empty (with its UUID), and `b1` reads
+    // what it wrote itself over it.
+    let zeros = vec![0u8; 8 * M];
+    let mut b1 = zeros.clone();
+    b1[5 * M..6 * M].fill(0x77);
+    let want: [(&str, &[u8]); 4] = [
+        ("src/r0", &zeros),
+        ("src/a0", &golden),
+        ("dst/b0", &golden),
+        ("dst/b1", &b1),
+    ];
+    for (bdev, want) in want {
+        assert_same(
+            &read_all(&srv, port, bdev, work.path()),
+            want,
+            &format!("{bdev} restored"),
+        );
+    }
+    srv.stop();
+}
+
 /// A split that ends in the background (`tessera_split_start`) lets its external bdev
 /// go by itself: with no RPC after it that adjusts claims (`bdev_lvol_get_lvols` and
 /// `bdev_get_bdevs` only look), the golden bdev is shown unclaimed within 2 s of the

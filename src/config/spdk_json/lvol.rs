@@ -85,6 +85,24 @@ pub struct CreateLvolParams {
     pub clear_method: Option<String>,
     #[serde(default)]
     pub lvol_priority_class: Option<i32>,
+    /// tessera's: the lvol's own UUID ([`lvol_uuid`]).
+    #[serde(default)]
+    pub lvol_uuid: Option<String>,
+}
+
+/// tessera's `lvol_uuid` parameter of `bdev_lvol_create` and `bdev_lvol_clone_bdev`
+/// (SPDK's `uuid` of `bdev_lvol_create` names the lvstore): the UUID the new lvol
+/// takes, a new one when absent. A saved configuration keeps each lvol's, so that what
+/// names it by UUID after a restore — an external snapshot's clone in a pool on disk
+/// reading it — finds it again.
+fn lvol_uuid(u: &Option<String>) -> Result<Option<uuid::Uuid>, ParamError> {
+    u.as_deref()
+        .map(|u| {
+            uuid::Uuid::parse_str(u).map_err(|e| {
+                ParamError::invalid(format!("\"lvol_uuid\": `{u}` is not a UUID ({e})"))
+            })
+        })
+        .transpose()
 }
 
 /// Bytes from `size_in_mib` or the legacy `size`.
@@ -113,7 +131,7 @@ impl CreateLvolParams {
             pool: pool.to_string(),
             size: Size(size_bytes(self.size_in_mib, self.size)?),
             thin: self.thin_provision,
-            uuid: None,
+            uuid: lvol_uuid(&self.lvol_uuid)?,
             read_only: false,
             cow_policy: None,
             external_snapshot: None,
@@ -129,21 +147,29 @@ pub struct CloneBdevParams {
     pub bdev: String,
     pub lvs_name: String,
     pub clone_name: String,
+    /// tessera's: the clone's own UUID ([`lvol_uuid`]).
+    #[serde(default)]
+    pub lvol_uuid: Option<String>,
 }
 
 impl CloneBdevParams {
+    /// The UUID asked for, if any.
+    pub fn uuid(&self) -> Result<Option<uuid::Uuid>, ParamError> {
+        lvol_uuid(&self.lvol_uuid)
+    }
+
     /// The disk to create: the bdev's size until a `bdev_lvol_resize` says otherwise.
-    pub fn to_config(&self) -> DiskConfig {
-        DiskConfig {
+    pub fn to_config(&self) -> Result<DiskConfig, ParamError> {
+        Ok(DiskConfig {
             name: self.clone_name.clone(),
             pool: self.lvs_name.clone(),
             size: Size(0),
             thin: true,
-            uuid: None,
+            uuid: self.uuid()?,
             read_only: false,
             cow_policy: None,
             external_snapshot: Some(self.bdev.clone()),
-        }
+        })
     }
 }
 

@@ -105,11 +105,14 @@ fn disk_calls(d: &crate::config::DiskConfig) -> Vec<Value> {
     } else {
         size["size"] = json!(d.size.0);
     }
+    // tessera's `lvol_uuid`: the lvol is made again with its UUID (see `lvol::lvol_uuid`).
+    let uuid = d.uuid.map(|u| u.to_string());
     if let Some(x) = &d.external_snapshot {
-        let mut out = vec![call(
-            "bdev_lvol_clone_bdev",
-            json!({"bdev": x, "lvs_name": d.pool, "clone_name": d.name}),
-        )];
+        let mut p = json!({"bdev": x, "lvs_name": d.pool, "clone_name": d.name});
+        if let Some(u) = &uuid {
+            p["lvol_uuid"] = json!(u);
+        }
+        let mut out = vec![call("bdev_lvol_clone_bdev", p)];
         if d.size.0 > 0 {
             size["name"] = json!(format!("{}/{}", d.pool, d.name));
             out.push(call("bdev_lvol_resize", size));
@@ -119,6 +122,9 @@ fn disk_calls(d: &crate::config::DiskConfig) -> Vec<Value> {
     let mut p = json!({"lvs_name": d.pool, "lvol_name": d.name, "thin_provision": d.thin});
     for (k, v) in size.as_object().into_iter().flatten() {
         p[k] = v.clone();
+    }
+    if let Some(u) = uuid {
+        p["lvol_uuid"] = json!(u);
     }
     vec![call("bdev_lvol_create", p)]
 }
@@ -743,7 +749,7 @@ fn apply(cfg: &mut Config, e: &Entry) -> Result<(), String> {
         }
         "bdev_lvol_clone_bdev" => {
             let q: lvol::CloneBdevParams = decode(p)?;
-            cfg.disks.push(q.to_config());
+            cfg.disks.push(q.to_config().map_err(|e| e.to_string())?);
         }
         "bdev_lvol_snapshot" => {
             let q: lvol::SnapshotParams = decode(p)?;
