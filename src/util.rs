@@ -36,22 +36,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
-/// Asks the core to bring the cache line holding `*r` into its cache: for a search
-/// that will read it soon, so that several misses overlap instead of each waited for
-/// in turn. A hint only; a no-op off x86_64.
-#[inline(always)]
-pub fn prefetch<T>(r: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 processor has; a prefetch
-        // reads nothing the program sees and cannot fault, and `r` is a live reference.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((r as *const T).cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
-}
-
 /// Formats a byte count with a binary unit, for humans.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -106,7 +106,7 @@ impl LeafExtents {
             search::prefetch_around(&self.base, g);
         }
         if let Some(e) = self.added.first() {
-            crate::util::prefetch(e);
+            search::prefetch(e);
         }
     }
 

@@ -532,7 +532,7 @@ impl Fills {
     #[inline]
     pub fn prefetch(&self, seg: PhysSeg) {
         if let Some(c) = (self.chunks.get((seg / FILL_CHUNK) as usize)).and_then(|c| c.get()) {
-            crate::util::prefetch(&c.fills[(seg % FILL_CHUNK) as usize]);
+            super::search::prefetch(&c.fills[(seg % FILL_CHUNK) as usize]);
         }
     }
 
