@@ -460,27 +460,25 @@ impl Node {
     /// keep in the cache): a batch of lookups that prefetches them all first waits for
     /// its cold leaves together, not one after the other.
     pub fn prefetch_leaf(&self, vseg: u64) {
-        let mut node = self;
-        loop {
-            match &node.kind {
-                NodeKind::Internal { keys, children } => {
-                    node = &children[node.child_at(keys, children, vseg)]
-                }
-                NodeKind::Leaf { extents } => return extents.prefetch(vseg),
-            }
-        }
+        self.leaf_at(vseg).prefetch(vseg)
     }
 
     /// The extent covering `vseg`, if any: one descent.
     #[inline]
     pub fn lookup(&self, vseg: u64) -> Option<&Extent> {
+        self.leaf_at(vseg).get(vseg)
+    }
+
+    /// The extents of the leaf whose span holds `vseg`: one descent.
+    #[inline]
+    fn leaf_at(&self, vseg: u64) -> &LeafExtents {
         let mut node = self;
         loop {
             match &node.kind {
                 NodeKind::Internal { keys, children } => {
                     node = &children[node.child_at(keys, children, vseg)]
                 }
-                NodeKind::Leaf { extents } => return extents.get(vseg),
+                NodeKind::Leaf { extents } => return extents,
             }
         }
     }
