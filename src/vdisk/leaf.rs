@@ -100,7 +100,7 @@ impl LeafExtents {
     /// waiting for them.
     #[inline]
     pub fn prefetch(&self, vseg: u64) {
-        if self.base.len() >= 16
+        if self.base.len() >= search::MIN_GUESSED
             && let Ok(g) = search::guess(self.base.len(), self.base_ends, vseg)
         {
             search::prefetch_around(&self.base, g);
@@ -198,10 +198,12 @@ fn is_gap(exts: &[Extent], ends: (u64, u64), from: u64, to: u64) -> bool {
     (i == 0 || exts[i - 1].end() <= from) && exts.get(i).is_none_or(|e| e.vseg >= to)
 }
 
-/// The first and last starts of `exts` (sorted), for [`starting_upto`]; zeros if empty.
+/// The first and last starts of `exts` (sorted), for [`starting_upto`]; zeros where it
+/// bisects instead (fewer than [`search::MIN_GUESSED`]), so that the small `added` run
+/// a lookup searches costs no loads of its ends.
 fn ends(exts: &[Extent]) -> (u64, u64) {
     match (exts.first(), exts.last()) {
-        (Some(a), Some(b)) => (a.vseg, b.vseg),
+        (Some(a), Some(b)) if exts.len() >= search::MIN_GUESSED => (a.vseg, b.vseg),
         _ => (0, 0),
     }
 }
@@ -222,7 +224,7 @@ fn covering(exts: &[Extent], ends: (u64, u64), vseg: u64) -> Option<&Extent> {
 /// ([`search::guessed_partition`]).
 #[inline]
 fn starting_upto(exts: &[Extent], ends: (u64, u64), vseg: u64) -> usize {
-    search::guessed_partition(exts, |e| e.vseg, ends, vseg)
+    search::guessed_partition(exts, |e| e.vseg, ends, vseg, |_| ())
 }
 
 /// A leaf's extents in order: the two sorted sequences merged.

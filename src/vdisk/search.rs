@@ -7,6 +7,9 @@
 //! in a line the descent reads anyway), ask for the lines around the guess at once, and
 //! gallop from it through lines already on their way.
 
+/// Fewer keys than this are bisected: their lines are few, and a guess saves nothing.
+pub const MIN_GUESSED: usize = 16;
+
 /// How many of `items` (sorted by `key`; `ends` the keys of the first and the last)
 /// have keys at or before `k`: what `partition_point(|x| key(x) <= k)` returns, found
 /// from where `k` would sit if the keys were spread evenly between the first and the
@@ -15,20 +18,24 @@
 /// from the guess: the cache lines around it are asked for at once
 /// ([`prefetch_around`]), and the gallop finds them in the cache instead of waiting for
 /// each in turn, where a bisection of two hundred items waits for seven or eight.
+/// `also` is given the guess, to ask for lines of its own (an internal node's children's
+/// pointers) before the gallop waits.
 #[inline]
 pub fn guessed_partition<T>(
     items: &[T],
     key: impl Fn(&T) -> u64,
     ends: (u64, u64),
     k: u64,
+    also: impl FnOnce(usize),
 ) -> usize {
-    if items.len() < 16 {
+    if items.len() < MIN_GUESSED {
         return items.partition_point(|x| key(x) <= k);
     }
     debug_assert_eq!(ends, (key(&items[0]), key(&items[items.len() - 1])));
     match guess(items.len(), ends, k) {
         Ok(g) => {
             prefetch_around(items, g);
+            also(g);
             gallop(items, key, g, k)
         }
         Err(i) => i,
@@ -37,8 +44,8 @@ pub fn guessed_partition<T>(
 
 /// Where `k` would sit among `n` sorted keys (`n` ≥ 2; `(first, last)` the first and
 /// the last) spread evenly: `Ok` with the guessed index, in `[0, n - 1)`, when `k` lies
-/// at or after the first key and before the last; `Err` with the answer of [`guessed_partition`] when it
-/// does not (0 before the first, `n` at or after the last).
+/// at or after the first key and before the last; `Err` with the answer of
+/// [`guessed_partition`] when it does not (0 before the first, `n` at or after the last).
 #[inline]
 pub fn guess(n: usize, (first, last): (u64, u64), k: u64) -> Result<usize, usize> {
     if k < first {

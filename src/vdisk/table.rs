@@ -440,19 +440,14 @@ impl Node {
     /// the pointer's.
     #[inline]
     fn child_at(&self, keys: &[u64], children: &[Arc<Node>], vseg: u64) -> usize {
-        let n = keys.len();
-        if n < 16 {
-            return keys.partition_point(|&k| k <= vseg).saturating_sub(1);
-        }
-        debug_assert_eq!(self.key_ends, (keys[0], keys[n - 1]));
-        match search::guess(n, self.key_ends, vseg) {
-            Ok(g) => {
-                search::prefetch_around(keys, g);
-                search::prefetch_around(children, g);
-                search::gallop(keys, |&k| k, g, vseg) - 1
-            }
-            Err(i) => i.saturating_sub(1),
-        }
+        search::guessed_partition(
+            keys,
+            |&k| k,
+            self.key_ends,
+            vseg,
+            |g| search::prefetch_around(children, g),
+        )
+        .saturating_sub(1)
     }
 
     /// Asks the core for the lines of the leaf that a [`Node::lookup`] of `vseg` will

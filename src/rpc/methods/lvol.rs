@@ -256,9 +256,7 @@ pub async fn bdev_lvol_clone_bdev(ctx: Rc<Ctx>, p: CloneBdevParams) -> RpcResult
             "bdev is an lvol in same lvs as clone; use bdev_lvol_clone instead",
         ));
     }
-    let uuid = p
-        .uuid()
-        .map_err(|e| RpcError::invalid_params(e.to_string()))?;
+    let uuid = p.uuid()?;
     let c = ctx
         .target
         .clone_bdev(bdev.name(), &pool.name(), &p.clone_name, uuid)
