@@ -5,7 +5,7 @@
 //! byte with what it must hold; the golden file unchanged; a snapshot of the clone; the
 //! target restarted (with the golden bdev, and without it: degraded, until it is created
 //! again) and everything read again; `bdev_lvol_set_parent_bdev` on a thin lvol, a
-//! clone and an lvol with snapshots; inflate, decouple and shrink of such clones, and
+//! clone, an lvol with snapshots and a snapshot with clones; inflate, decouple and shrink of such clones, and
 //! the claim let go when a background split ends; `save_config` round trips with
 //! external snapshots that are lvols of another lvstore. Bad parameters get SPDK's
 //! codes.
@@ -589,7 +589,7 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
 /// image everywhere else — not their old parents' data; each is an esnap clone of the
 /// golden image afterwards, `sA` has no clones left. A write of part of a granule after
 /// it fills the rest from the golden image. All of it again after a restart, `tessera
-/// check` clean. SPDK's codes for the refusals (a snapshot: tessera's).
+/// check` clean. SPDK's codes for the refusals.
 #[test]
 fn set_parent_bdev_on_a_clone_and_an_lvol_with_snapshots_keeps_only_their_own_writes() {
     let tool = spdk_rpc();
@@ -652,14 +652,10 @@ fn set_parent_bdev_on_a_clone_and_an_lvol_with_snapshots_keeps_only_their_own_wr
     want_s1[3 * M..4 * M].fill(0xc1);
 
     // Refusals: SPDK's (a thick lvol that is no clone; the golden image's own esnap
-    // clone), and tessera's (a snapshot; an lvol of the same lvstore).
+    // clone), and tessera's (an lvol of the same lvstore).
     rpc(&["bdev_lvol_create", "-l", "lvs0", "thick", "16"]);
     refused(
         &["bdev_lvol_set_parent_bdev", "lvs0/thick", "golden"],
-        "Invalid argument",
-    );
-    refused(
-        &["bdev_lvol_set_parent_bdev", "lvs0/sA", "golden"],
         "Invalid argument",
     );
     refused(
@@ -746,6 +742,184 @@ fn set_parent_bdev_on_a_clone_and_an_lvol_with_snapshots_keeps_only_their_own_wr
         golden_sum,
         "golden file changed"
     );
+}
+
+/// `bdev_lvol_set_parent_bdev` on a snapshot, as SPDK's `spdk_bs_blob_set_external_parent`
+/// takes any thin blob (a snapshot is one there): `sB`, a snapshot of `vdB` (which was
+/// a clone of `sA`), reads what it holds itself and the golden image everywhere else —
+/// not `sA`'s data any more — and so do the disks reading through it below their own
+/// layers: `vdB`, the lvol it was taken of (written since), and `cB`, its clone
+/// (written, a segment discarded over `sB`'s data and one copied out with zeros in it:
+/// they stay zeros). `sB` is the
+/// golden image's esnap clone afterwards, and keeps its clones; `sA` keeps its data and
+/// loses `sB` as a clone. All of it again after a restart; `tessera check` clean.
+#[test]
+fn set_parent_bdev_on_a_snapshot_changes_what_every_disk_reading_through_it_reads() {
+    let tool = spdk_rpc();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let cfg = config(dir.path(), port, true);
+    let work = tempfile::tempdir().unwrap();
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    let fails = |args: &[&str]| run_fails(Command::new(&tool).arg("-s").arg(&s).args(args));
+    rpc(&["bdev_lvol_create_lvstore", "data", "lvs0", "-c", "1048576"]);
+
+    // sA: 0xa1 in [0, 3.5M); vdB its clone, written 0xb1 in [6M, 8.5M) and parts of
+    // granules at 2M and 3M; sB the snapshot of vdB.
+    rpc(&["bdev_lvol_create", "-l", "lvs0", "-t", "vdA", "16"]);
+    write_lvol(&srv, port, "lvs0/vdA", &["write -P 0xa1 0 3584k"]);
+    rpc(&["bdev_lvol_snapshot", "lvs0/vdA", "sA"]);
+    rpc(&["bdev_lvol_clone", "lvs0/sA", "vdB"]);
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/vdB",
+        &[
+            "write -P 0xb1 6M 2560k",
+            "write -P 0xb2 2098176 512",
+            "write -P 0xb5 3M 512",
+        ],
+    );
+    rpc(&["bdev_lvol_snapshot", "lvs0/vdB", "sB"]);
+    let mut sa = vec![0u8; GOLDEN];
+    sa[..3 * M + 512 * K].fill(0xa1);
+    // vdB after: 0xb3 over a whole segment of sB's, part of a granule in one sB does
+    // not hold.
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/vdB",
+        &["write -P 0xb3 7M 1M", "write -P 0xb4 12583424 512"],
+    );
+    // cB, sB's clone: 0xc1 in [10M, 11M), sB's segment at 7M discarded; copying out
+    // on its first write into the segment at 8M, which so holds what cB read there
+    // then, the zeros in [8.5M, 9M) too.
+    rpc(&["bdev_lvol_clone", "lvs0/sB", "cB"]);
+    srv.call(
+        "tessera_set_cow_policy",
+        json!({"name": "lvs0/cB", "cow_policy": "copy-out"}),
+    );
+    write_lvol(
+        &srv,
+        port,
+        "lvs0/cB",
+        &[
+            "write -P 0xc1 10M 1M",
+            "discard 7M 1M",
+            "write -P 0xc3 8396800 512",
+        ],
+    );
+
+    rpc(&["bdev_lvol_set_parent_bdev", "lvs0/sB", "golden"]);
+    let out = fails(&["bdev_lvol_set_parent_bdev", "lvs0/sB", "golden"]);
+    assert!(
+        out.contains("-32602") && out.contains("File exists"),
+        "{out}"
+    );
+
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    let sb = lvol(&lvols, "sB");
+    assert_eq!(sb["is_esnap_clone"], true, "{sb}");
+    assert_eq!(sb["is_clone"], false, "{sb}");
+    assert_eq!(sb["external_snapshot_name"], GOLDEN_UUID, "{sb}");
+    let mut kids: Vec<String> = sb["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    kids.sort();
+    assert_eq!(kids, ["cB", "vdB"], "{sb}");
+    for l in ["vdB", "cB"] {
+        let v = lvol(&lvols, l);
+        assert_eq!(v["is_clone"], true, "{l}: {v}");
+        assert_eq!(v["is_esnap_clone"], false, "{l}: {v}");
+    }
+    assert_eq!(lvol(&lvols, "sA")["children"], json!(["vdA"]), "{lvols}");
+
+    // sB holds [6M, 8.5M) and the granules at 2M and 3M (what vdB wrote; those
+    // granules' rest as vdB read it then: sA's 0xa1); the golden image everywhere else.
+    let mut want_sb = golden.clone();
+    want_sb[6 * M..8 * M + 512 * K].fill(0xb1);
+    want_sb[2 * M..2 * M + 4 * K].fill(0xa1);
+    want_sb[2 * M + 1024..2 * M + 1536].fill(0xb2);
+    want_sb[3 * M..3 * M + 4 * K].fill(0xa1);
+    want_sb[3 * M..3 * M + 512].fill(0xb5);
+    // vdB: the granule it wrote part of at 12M holds the rest as vdB read it then
+    // (sA's zeros), not the golden image.
+    let mut want_vdb = want_sb.clone();
+    want_vdb[7 * M..8 * M].fill(0xb3);
+    want_vdb[12 * M..12 * M + 4 * K].fill(0);
+    want_vdb[12 * M + 512..12 * M + 1024].fill(0xb4);
+    let mut want_cb = want_sb.clone();
+    want_cb[10 * M..11 * M].fill(0xc1);
+    want_cb[7 * M..8 * M].fill(0);
+    // Its copied-out segment at 8M: what it read there then, zeros included.
+    want_cb[8 * M + 512 * K..9 * M].fill(0);
+    want_cb[8 * M + 8 * K..8 * M + 8 * K + 512].fill(0xc3);
+    let check_all = |srv: &Serve, when: &str, want_cb: &[u8]| {
+        for (bdev, want) in [
+            ("lvs0/sB", &want_sb[..]),
+            ("lvs0/vdB", &want_vdb[..]),
+            ("lvs0/cB", want_cb),
+            ("lvs0/sA", &sa[..]),
+            ("lvs0/vdA", &sa[..]),
+        ] {
+            assert_same(
+                &read_all(srv, port, bdev, work.path()),
+                want,
+                &format!("{bdev} {when}"),
+            );
+        }
+    };
+    check_all(&srv, "after set_parent_bdev", &want_cb);
+    // Writes after it copy from the golden image where sB holds nothing.
+    write_lvol(&srv, port, "lvs0/cB", &["write -P 0xc2 13631488 512"]);
+    want_cb[13 * M..13 * M + 512].fill(0xc2);
+    check_all(&srv, "after a write", &want_cb);
+    // SPDK's JSON rebuilds the same lineage: vdB the golden image's esnap clone, sB its
+    // snapshot (so the esnap clone), cB sB's clone.
+    let saved = srv.call("save_config", Value::Null);
+    let calls: Vec<String> = saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subsystem"] == "bdev")
+        .unwrap()["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {}", c["method"].as_str().unwrap(), c["params"]))
+        .collect();
+    let at = |what: &[&str]| {
+        calls
+            .iter()
+            .position(|c| what.iter().all(|w| c.contains(w)))
+            .unwrap_or_else(|| panic!("no call with {what:?} in {calls:#?}"))
+    };
+    let esnap = at(&[
+        "bdev_lvol_clone_bdev",
+        "\"bdev\":\"golden\"",
+        "\"clone_name\":\"vdB\"",
+    ]);
+    let snap = at(&["bdev_lvol_snapshot", "lvs0/vdB", "\"snapshot_name\":\"sB\""]);
+    let clone = at(&["bdev_lvol_clone", "\"clone_name\":\"cB\"", "lvs0/sB"]);
+    assert!(esnap < snap && snap < clone, "{calls:#?}");
+    srv.stop();
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("check")
+            .arg(dir.path().join("pool.img")),
+    );
+    assert!(!out.contains("problem"), "{out}");
+    let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
+    check_all(&srv, "restarted", &want_cb);
+    srv.stop();
 }
 
 /// The lvols of `lvs0` with a running split or decouple (`tessera_split_progress`).

@@ -46,6 +46,10 @@ pub struct DiskModel {
     /// Its blocks nothing wrote read through to the golden image (an external-snapshot
     /// clone, its snapshots and their clones).
     pub external: bool,
+    /// The name the disk's family started with: a disk snapshotted or cloned from
+    /// another, or given another as its parent, joins that one's family, and no
+    /// operation takes it out (a superset of the disks that may read through it).
+    pub family: String,
 }
 
 impl DiskModel {
@@ -62,6 +66,7 @@ impl DiskModel {
             since: vec![Possible::new(); blocks as usize],
             parent: None,
             external: false,
+            family: name.into(),
         }
     }
 
@@ -79,6 +84,7 @@ impl DiskModel {
             since: vec![Possible::new(); n],
             parent: Some(parent.into()),
             external: false,
+            family: name.into(),
         }
     }
 

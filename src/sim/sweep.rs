@@ -261,6 +261,38 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            "set an external parent of a snapshot with a clone (written, a segment unmapped), then write both disks reading through it",
+            with_two_snapshots,
+            |b| {
+                vec![
+                    vec![Op::SetParentBdev { disk: "s1".into() }],
+                    vec![Op::Read {
+                        disk: "c1".into(),
+                        block: 2 * SEG,
+                        n: SEG,
+                    }],
+                    vec![
+                        b.write("c1", 3 * SEG + 2, 4, false),
+                        b.write("d1", 3 * SEG + 9, 3, false),
+                        flush("c1"),
+                        flush("d1"),
+                    ],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "set an external parent of a thin disk's snapshot (the disk written since)",
+            with_esnap_and_snapshot,
+            |b| {
+                vec![
+                    vec![Op::SetParentBdev { disk: "s5".into() }],
+                    vec![b.write("d5", 2 * SEG + 50, 3, false), flush("d5")],
+                ]
+            },
+            CopyOut,
+        ),
+        s(
             "set the golden image as the parent of a clone of its clone's snapshot",
             with_esnap_and_snapshot,
             |b| {

@@ -812,6 +812,12 @@ impl Sim {
                 Op::CloneBdev { name }
             }
             28 => {
+                if self.rng.u8(0..4) == 0 {
+                    // A snapshot: it and every disk reading through it read the golden
+                    // image below their own layers.
+                    let disk = self.pick(&read_only)?;
+                    return Some(Op::SetParentBdev { disk });
+                }
                 let disk = self.pick(&writable)?;
                 if self.rng.bool() {
                     return Some(Op::SetParentBdev { disk });
@@ -873,7 +879,18 @@ impl Sim {
             for _ in 0..k {
                 if let Some(op) = self.gen_control() {
                     // One control operation per disk and wave keeps the model exact.
-                    let names = control_disks(&op);
+                    let mut names = control_disks(&op);
+                    // A snapshot given an external parent changes what the disks
+                    // reading through it read too: none of them shares the wave.
+                    if let Op::SetParentBdev { disk } = &op
+                        && self.model.get(disk).is_some_and(|m| m.read_only)
+                    {
+                        names = self.lineage_of(disk);
+                        ops.retain(|o| {
+                            !o.is_data()
+                                || !data_disk(o).is_some_and(|d| names.iter().any(|n| n == d))
+                        });
+                    }
                     if names.iter().any(|n| busy.contains(n)) {
                         continue;
                     }
@@ -1415,10 +1432,37 @@ impl Sim {
                         let content = self.content_during(o, before, &planned);
                         let mut d = DiskModel::copy_of(s, content, o, true);
                         d.external = self.model.get(o).is_some_and(|m| m.external);
+                        if let Some(m) = self.model.get(o) {
+                            d.family = m.family.clone();
+                        }
                         if lost {
                             d.exists = Existence::Maybe;
                         }
                         self.model.insert(s.clone(), d);
+                    }
+                }
+                Op::SetParentBdev { disk }
+                    if (ok || lost) && self.model.get(disk).is_some_and(|m| m.read_only) =>
+                {
+                    // A snapshot (or a read-only disk) and every disk that reads through
+                    // it: what each holds keeps its value, the rest reads the golden
+                    // image now. The model knows lineage, not which disk reads through
+                    // which, nor which blocks each holds: every block of every disk of
+                    // the snapshot's lineage may read the golden image (zeros past its
+                    // end) until a read pins it. Durable when acknowledged; either, when
+                    // lost.
+                    let golden_blocks = GOLDEN_SEGMENTS * self.seg_blocks();
+                    for name in self.lineage_of(disk) {
+                        if let Some(d) = self.model.get_mut(&name) {
+                            for b in 0..d.now.len() {
+                                let g = b as u64;
+                                let below = if g < golden_blocks { golden_tag(g) } else { 0 };
+                                for p in [&mut d.now[b], &mut d.durable[b], &mut d.since[b]] {
+                                    p.insert(below);
+                                }
+                            }
+                            d.external = true;
+                        }
                     }
                 }
                 Op::SetParentBdev { disk } if ok || lost => {
@@ -1453,6 +1497,17 @@ impl Sim {
                     }
                 }
                 Op::SetParent { disk, parent } if ok || lost => {
+                    // One family from now on (the disk's old one joins too).
+                    if let (Some(from), Some(to)) = (
+                        self.model.get(disk).map(|m| m.family.clone()),
+                        self.model.get(parent).map(|m| m.family.clone()),
+                    ) {
+                        for m in self.model.values_mut() {
+                            if m.family == from {
+                                m.family = to.clone();
+                            }
+                        }
+                    }
                     // What the disk holds keeps its value, the rest reads the parent's:
                     // the model does not know which blocks the disk holds (a granule it
                     // wrote part of holds the rest), so each block may be either until a
@@ -1490,6 +1545,9 @@ impl Sim {
                     let content = before.get(snapshot).cloned().unwrap_or_default();
                     let mut d = DiskModel::copy_of(name, content, snapshot, false);
                     d.external = self.model.get(snapshot).is_some_and(|m| m.external);
+                    if let Some(m) = self.model.get(snapshot) {
+                        d.family = m.family.clone();
+                    }
                     if lost {
                         d.exists = Existence::Maybe;
                     }
@@ -1641,6 +1699,22 @@ fn control_disks(op: &Op) -> Vec<String> {
 }
 
 impl Sim {
+    /// `disk` and every disk of its family in the model (`DiskModel::family`): a
+    /// superset of the disks that read through it.
+    fn lineage_of(&self, disk: &str) -> Vec<String> {
+        let Some(family) = self.model.get(disk).map(|m| &m.family) else {
+            return vec![disk.to_string()];
+        };
+        let mut out = vec![disk.to_string()];
+        out.extend(
+            self.model
+                .values()
+                .filter(|m| &m.family == family && m.name != disk)
+                .map(|m| m.name.clone()),
+        );
+        out
+    }
+
     /// Moves disk `old` of the model (and of the world) to `new`.
     fn rename_in_model(&mut self, old: &str, new: &str) {
         if let Some(mut d) = self.model.remove(old) {

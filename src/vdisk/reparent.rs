@@ -13,6 +13,17 @@
 //! deeper than [`MAX_LAYERS`], what they resolve to is copied into one new segment of the
 //! disk's own first (as a write fault merges a stack that is full). Below every layer,
 //! the disk now reads what the new parent reads: zeros, or its external snapshot.
+//! Where it read zeros over its old parent's data — nothing of its own there, or its
+//! own layers over nothing (a segment unmapped in a clone, a copy-out, a merge) — it
+//! keeps reading zeros: a zeroed segment of its own, or its layers copied over zeros
+//! into one.
+//!
+//! **A snapshot given an external parent** (`bdev_lvol_set_parent_bdev` on a snapshot,
+//! as SPDK allows): the snapshot becomes its own layers over the external bdev, and
+//! every disk reading through it (its clones, the lvol it was taken of, their
+//! snapshots and clones in turn) its own layers over what its parent reads from now
+//! on, each planned from its parent's new extents before any table changes; all of
+//! their tables are replaced in the one step, with all of them locked and quiesced.
 //!
 //! **Generations.** The disk's snapshot generation becomes a new one, so that every
 //! extent it now shares with the parent is written copy-on-write; the extents whose top
@@ -20,7 +31,8 @@
 //! writable; the parent's snapshot generation is raised as a clone's source's is.
 //!
 //! **How, and why it is atomic.** As a revert (`revert.rs`): under the locks of the disk
-//! and of the parent, the disk's I/O is quiesced with a time limit; the merges (if any)
+//! and of the parent, the disk's I/O is quiesced with a time limit (of every disk
+//! changed, for a snapshot); the merges (if any)
 //! are copied; then in one step, nothing awaited, the table root is replaced by the new
 //! one and the record changes (parent, external base, kind, snapshot generation). The
 //! intent log has no record for a table replaced whole, so the next durable point is a
@@ -29,7 +41,7 @@
 //! view is pushed to the agents before the held I/O is let go.
 
 use super::VdiskError;
-use super::controller::{Controller, CtlState};
+use super::controller::{Controller, CtlState, DiskCtl};
 use super::cow::normalize;
 use super::esnap::unfit_external;
 use super::map::{Extent, ExtentState, Layer, Layers, MAX_LAYERS, MAX_RUN_SEGMENTS};
@@ -65,6 +77,9 @@ enum Plan {
     Own { ext: Extent, writable: bool },
     /// Too deep: what `layers` resolve to is copied into a new segment of the disk's own.
     Merge(Extent),
+    /// The disk's own layers over zeros where its old parent has data: what they resolve
+    /// to over zeros, copied into a zeroed segment of its own (a full layer).
+    MergeZeroed(Extent),
     /// Zeros the disk holds where its old parent has data (it unmapped the segment, or
     /// shrank and grew back): a zeroed segment of its own, so that neither the new
     /// parent's data nor its external snapshot shows through.
@@ -89,15 +104,23 @@ impl Controller {
         if !d.rec.thin && d.rec.parent == 0 && d.rec.external.is_none() {
             return invalid("lvol_name", format!("`{name}` is not thin-provisioned"));
         }
-        if d.job_cancel.is_some() || d.rec.job != JobRecord::None {
-            return Some(VdiskError::Busy(format!(
-                "`{name}` is being split from its parent; cancel the job or wait for it"
-            )));
-        }
         if let Some(c) = st.disks.values().find(|c| c.rec.parent == id) {
             return Some(VdiskError::Busy(format!(
                 "`{}` names `{name}` as its parent",
                 c.rec.name
+            )));
+        }
+        Self::switch_busy(st, id, ours)
+    }
+
+    /// Why disk `id`'s table may not be switched now, if it may not: a split running
+    /// or a quiesce by someone else than the operation itself (`ours`).
+    fn switch_busy(st: &CtlState, id: u64, ours: bool) -> Option<VdiskError> {
+        let d = &st.disks[&id];
+        let name = &d.rec.name;
+        if d.job_cancel.is_some() || d.rec.job != JobRecord::None {
+            return Some(VdiskError::Busy(format!(
+                "`{name}` is being split from its parent; cancel the job or wait for it"
             )));
         }
         if d.quiesced && !ours {
@@ -106,6 +129,27 @@ impl Controller {
             )));
         }
         None
+    }
+
+    /// Disk `id` and every disk that reads through it (its clones, the lvol a
+    /// snapshot was taken of, their snapshots and clones in turn), each after its
+    /// parent.
+    fn reading_through(st: &CtlState, id: u64) -> Vec<u64> {
+        let mut out = vec![id];
+        let mut i = 0;
+        while i < out.len() {
+            let p = out[i];
+            let mut kids: Vec<u64> = st
+                .disks
+                .values()
+                .filter(|c| c.rec.parent == p && !out.contains(&c.rec.id))
+                .map(|c| c.rec.id)
+                .collect();
+            kids.sort_unstable();
+            out.extend(kids);
+            i += 1;
+        }
+        out
     }
 
     /// Why `name` (`id`) may not be made a clone of `parent` (`sid`), if it may not.
@@ -155,8 +199,6 @@ impl Controller {
         segment_blocks: u64,
     ) -> Vec<(u64, Plan)> {
         let d = &st.disks[&id];
-        // (The old parent may be larger: the disk shrank since it was taken.)
-        let nsegs = d.rec.size_blocks.div_ceil(segment_blocks);
         let (s_root, s_external) = match new {
             NewParent::Snapshot(sid) => {
                 let s = &st.disks[&sid];
@@ -165,115 +207,204 @@ impl Controller {
             NewParent::External(_) => (None, true),
         };
         let old = st.disks.get(&d.rec.parent).filter(|_| d.rec.parent != 0);
-        // Every segment one of the three maps: where only the old parent does, the
-        // disk may hold zeros over its data.
-        let old_root = old.and_then(|o| o.root.as_ref());
-        let mut vsegs = BTreeSet::new();
-        for root in [d.root.as_ref(), s_root, old_root].into_iter().flatten() {
-            root.visit_from(0, &mut |e| {
-                vsegs.extend(e.vseg..e.end().min(nsegs));
-                e.end() < nsegs
-            });
+        // Where the disk read zeros over its old parent's data, whether it would read
+        // anything else now (`theirs`: the new parent maps the segment).
+        let zeros_held = |theirs: bool| match new {
+            NewParent::Snapshot(_) => theirs || s_external,
+            NewParent::External(_) => true,
+        };
+        let below = Below {
+            old: Mapping::Table(old.and_then(|o| o.root.as_ref())),
+            new: Mapping::Table(s_root),
+        };
+        plan_over(d, below, &zeros_held, false, segment_blocks)
+    }
+}
+
+/// A disk's mapping as a re-parenting reads it: its table, or the extents planned for
+/// it (sorted, non-overlapping) before they are a table.
+#[derive(Clone, Copy)]
+enum Mapping<'a> {
+    Table(Option<&'a Arc<table::Node>>),
+    Planned(&'a [Extent]),
+}
+
+impl Mapping<'_> {
+    /// The one-segment extent at `v`, if mapped.
+    fn at(&self, v: u64) -> Option<Extent> {
+        match self {
+            Mapping::Table(root) => root.and_then(|r| r.lookup(v)).map(|e| e.at(v)),
+            Mapping::Planned(exts) => {
+                let i = exts.partition_point(|e| e.end() <= v);
+                exts.get(i).filter(|e| e.vseg <= v).map(|e| e.at(v))
+            }
         }
-        let mut out = Vec::with_capacity(vsegs.len());
-        for v in vsegs {
-            let mine = d.root.as_ref().and_then(|r| r.lookup(v)).map(|e| e.at(v));
-            let theirs = s_root.and_then(|r| r.lookup(v)).map(|e| e.at(v));
-            let shared = old
-                .and_then(|o| o.root.as_ref())
-                .and_then(|r| r.lookup(v))
-                .map(|e| e.at(v));
-            let Some(mine) = mine else {
-                // A segment the disk holds nothing of where its old parent has data:
-                // it read zeros there (it unmapped the segment, or shrank and grew
-                // back), unless it read an external bdev below its layers, whose place
-                // the new parent's takes as it does everywhere else.
-                let zeros_held = match new {
-                    NewParent::Snapshot(_) => theirs.is_some() || s_external,
-                    NewParent::External(_) => d.rec.external.is_none(),
-                };
-                if shared.is_some() && zeros_held {
-                    out.push((v, Plan::Zero));
-                } else if let Some(t) = theirs {
-                    out.push((v, Plan::Parent(t)));
+    }
+
+    /// Adds the mapped segments below `nsegs` to `out`.
+    fn segments(&self, nsegs: u64, out: &mut BTreeSet<u64>) {
+        let mut add = |e: &Extent| {
+            out.extend(e.vseg..e.end().min(nsegs));
+            e.end() < nsegs
+        };
+        match self {
+            Mapping::Table(root) => {
+                if let Some(r) = root {
+                    r.visit_from(0, &mut |e| add(e));
                 }
-                continue;
-            };
-            if Some(&mine) == shared.as_ref() {
-                if let Some(t) = theirs {
-                    out.push((v, Plan::Parent(t)));
-                }
-                continue;
             }
-            let writable = mine.birth.get() > d.rec.snap_gen;
-            if mine.state == ExtentState::Error {
-                out.push((
-                    v,
-                    Plan::Own {
-                        ext: mine,
-                        writable,
-                    },
-                ));
-                continue;
-            }
-            let keep: HashSet<u64> = shared
-                .iter()
-                .flat_map(|e| e.layers.iter().map(|l| l.seg()))
-                .collect();
-            let mut own: Layers = mine
-                .layers
-                .iter()
-                .take_while(|l| !keep.contains(&l.seg()))
-                .copied()
-                .collect();
-            if own.is_empty() {
-                // Nothing of its own here (its stack is the old parent's, seen through
-                // a different extent): the new parent's.
-                if let Some(t) = theirs {
-                    out.push((v, Plan::Parent(t)));
-                }
-                continue;
-            }
-            normalize(&mut own);
-            let full = own.iter().any(|l| !l.is_partial());
-            match theirs {
-                _ if full => out.push((
-                    v,
-                    Plan::Own {
-                        ext: Extent {
-                            layers: own,
-                            ..mine
-                        },
-                        writable,
-                    },
-                )),
-                Some(t) if t.state == ExtentState::Error => {
-                    // What the disk does not hold there cannot be read: neither can the
-                    // segment then (a merge would copy an error).
-                    out.push((v, Plan::Parent(t)));
-                }
-                theirs => {
-                    let mut layers = own;
-                    layers.extend(theirs.iter().flat_map(|t| t.layers.iter().copied()));
-                    normalize(&mut layers);
-                    if layers.len() > MAX_LAYERS {
-                        out.push((v, Plan::Merge(Extent { layers, ..mine })));
-                    } else {
-                        out.push((
-                            v,
-                            Plan::Stack {
-                                layers,
-                                birth: mine.birth.get(),
-                                writable,
-                            },
-                        ));
+            Mapping::Planned(exts) => {
+                for e in exts.iter() {
+                    if !add(e) {
+                        break;
                     }
                 }
             }
         }
-        out
     }
+}
 
+/// What a re-parented disk reads below its own layers: its parent's mapping as it is
+/// (`old`, none when it has no parent in the pool), and what it reads from now on
+/// (`new`: the new parent's, or none for an external bdev).
+#[derive(Clone, Copy)]
+struct Below<'a> {
+    old: Mapping<'a>,
+    new: Mapping<'a>,
+}
+
+/// What each virtual segment of disk `d` becomes when it reads `below.new` instead of
+/// `below.old` below its own layers (see the module documentation), in order.
+/// Where the disk read zeros over its old parent's data — it holds nothing there (it
+/// unmapped the segment, or shrank and grew back), or its own layers over nothing (a
+/// copy-out, a merge, a whole segment unmapped in a clone) — it keeps reading them: a
+/// zeroed segment of its own, or its layers over zeros copied into one, when
+/// `zeros_held(theirs)` says it would read anything else there from now on (`theirs`:
+/// the new parent maps the segment). A disk that read an external bdev below its layers
+/// reads what the new parent reads in its place. `read_only`: no extent of the disk is writable in place
+/// afterwards (a snapshot, whose extents its clones share).
+fn plan_over(
+    d: &DiskCtl,
+    below: Below<'_>,
+    zeros_held: &dyn Fn(bool) -> bool,
+    read_only: bool,
+    segment_blocks: u64,
+) -> Vec<(u64, Plan)> {
+    // (The old parent may be larger: the disk shrank since it was taken.)
+    let nsegs = d.rec.size_blocks.div_ceil(segment_blocks);
+    // Below its layers the disk read zeros, or an external bdev, whose place what it
+    // reads from now on takes.
+    let zeros_below = d.rec.external.is_none();
+    // Every segment one of the three maps: where only the old parent does, the
+    // disk may hold zeros over its data.
+    let mut vsegs = BTreeSet::new();
+    for m in [Mapping::Table(d.root.as_ref()), below.new, below.old] {
+        m.segments(nsegs, &mut vsegs);
+    }
+    let mut out = Vec::with_capacity(vsegs.len());
+    for v in vsegs {
+        let mine = d.root.as_ref().and_then(|r| r.lookup(v)).map(|e| e.at(v));
+        let theirs = below.new.at(v);
+        let shared = below.old.at(v);
+        let Some(mine) = mine else {
+            if shared.is_some() && zeros_below && zeros_held(theirs.is_some()) {
+                out.push((v, Plan::Zero));
+            } else if let Some(t) = theirs {
+                out.push((v, Plan::Parent(t)));
+            }
+            continue;
+        };
+        if Some(&mine) == shared.as_ref() {
+            if let Some(t) = theirs {
+                out.push((v, Plan::Parent(t)));
+            }
+            continue;
+        }
+        let writable = !read_only && mine.birth.get() > d.rec.snap_gen;
+        if mine.state == ExtentState::Error {
+            out.push((
+                v,
+                Plan::Own {
+                    ext: mine,
+                    writable,
+                },
+            ));
+            continue;
+        }
+        let keep: HashSet<u64> = shared
+            .iter()
+            .flat_map(|e| e.layers.iter().map(|l| l.seg()))
+            .collect();
+        let mut own: Layers = mine
+            .layers
+            .iter()
+            .take_while(|l| !keep.contains(&l.seg()))
+            .copied()
+            .collect();
+        if own.is_empty() {
+            // Nothing of its own here (its stack is the old parent's, seen through
+            // a different extent): the new parent's.
+            if let Some(t) = theirs {
+                out.push((v, Plan::Parent(t)));
+            }
+            continue;
+        }
+        // None of the old parent's layers below its own: it read zeros under them
+        // (it unmapped the segment, or a write merged a full stack).
+        let bottomed = own.len() == mine.layers.len();
+        normalize(&mut own);
+        let full = own.iter().any(|l| !l.is_partial());
+        if !full && bottomed && shared.is_some() && zeros_below && zeros_held(theirs.is_some()) {
+            // Over its old parent's data: what its layers show stays as it is, over
+            // zeros, not over what it reads from now on.
+            out.push((
+                v,
+                Plan::MergeZeroed(Extent {
+                    layers: own,
+                    ..mine
+                }),
+            ));
+            continue;
+        }
+        match theirs {
+            _ if full => out.push((
+                v,
+                Plan::Own {
+                    ext: Extent {
+                        layers: own,
+                        ..mine
+                    },
+                    writable,
+                },
+            )),
+            Some(t) if t.state == ExtentState::Error => {
+                // What the disk does not hold there cannot be read: neither can the
+                // segment then (a merge would copy an error).
+                out.push((v, Plan::Parent(t)));
+            }
+            theirs => {
+                let mut layers = own;
+                layers.extend(theirs.iter().flat_map(|t| t.layers.iter().copied()));
+                normalize(&mut layers);
+                if layers.len() > MAX_LAYERS {
+                    out.push((v, Plan::Merge(Extent { layers, ..mine })));
+                } else {
+                    out.push((
+                        v,
+                        Plan::Stack {
+                            layers,
+                            birth: mine.birth.get(),
+                            writable,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Controller {
     /// Makes `name` a clone of the snapshot `parent` of the same pool (SPDK's
     /// `bdev_lvol_set_parent`; see the module documentation). `limit` bounds the wait
     /// for the locks and for the disk's I/O in flight; past it nothing has changed. The
@@ -290,7 +421,7 @@ impl Controller {
         let what = format!("set_parent of `{name}` to `{parent}`");
         let deadline = reactor::now().after(limit);
         let (_locks, q) = self
-            .hold_for_switch((id, sid), &what, limit, deadline, |st| {
+            .hold_for_switch((vec![id, sid], vec![id]), &what, limit, deadline, |st| {
                 Self::set_parent_refused(st, (id, sid), name, parent, false)
             })
             .await?;
@@ -353,6 +484,20 @@ impl Controller {
                 "`{ext_name}` as the external snapshot of `{name}`"
             )));
         }
+        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
+            // As SPDK (a snapshot is a thin blob there): the snapshot and every disk
+            // reading through it change what they read.
+            if d.rec.kind != DiskKind::Snapshot
+                && !d.rec.thin
+                && d.rec.parent == 0
+                && d.rec.external.is_none()
+            {
+                return invalid("lvol_name", format!("`{name}` is not thin-provisioned"));
+            }
+            return Self::reading_through(st, id)
+                .into_iter()
+                .find_map(|x| Self::switch_busy(st, x, ours));
+        }
         Self::new_parent_refused(st, id, name, ours)
     }
 
@@ -387,27 +532,65 @@ impl Controller {
         let key = (base.uuid, base.name.as_str());
         let what = format!("set_parent_bdev of `{name}` to `{}`", base.name);
         let deadline = reactor::now().after(limit);
+        // A snapshot changes what every disk reading through it reads: they are
+        // locked and quiesced with it, and so is its old parent, whose table the
+        // plans read.
+        let (snapshot, through, parent) = {
+            let st = self.st.borrow();
+            let d = &st.disks[&id];
+            let snapshot = d.rec.read_only || d.rec.kind == DiskKind::Snapshot;
+            let through = if snapshot {
+                Self::reading_through(&st, id)
+            } else {
+                vec![id]
+            };
+            (snapshot, through, d.rec.parent)
+        };
+        let mut locked = through.clone();
+        if snapshot && parent != 0 {
+            locked.push(parent);
+        }
         let (_locks, q) = self
-            .hold_for_switch((id, id), &what, limit, deadline, |st| {
+            .hold_for_switch((locked, through.clone()), &what, limit, deadline, |st| {
                 Self::set_external_refused(st, id, name, key, false)
             })
             .await?;
         let refused = |me: &Self| {
-            me.check_usable()
-                .err()
-                .or_else(|| Self::set_external_refused(&me.st.borrow(), id, name, key, true))
+            me.check_usable().err().or_else(|| {
+                let st = me.st.borrow();
+                let changed = snapshot
+                    && (Self::reading_through(&st, id) != through
+                        || st.disks.get(&id).is_some_and(|d| d.rec.parent != parent));
+                if changed {
+                    return Some(VdiskError::Busy(format!(
+                        "the disks reading through `{name}` changed; try again"
+                    )));
+                }
+                Self::set_external_refused(&st, id, name, key, true)
+            })
         };
         // Reads below the disk's layers find the bdev once the view is pushed.
         self.externals.borrow_mut().insert(base.uuid, ext.clone());
-        let r = self
-            .set_parent_quiesced(
+        let r = if snapshot {
+            self.set_external_parent_of_snapshot(
+                &base,
+                name,
+                (&through, parent),
+                q,
+                deadline,
+                &refused,
+            )
+            .await
+        } else {
+            self.set_parent_quiesced(
                 (id, NewParent::External(&base)),
                 (name, &base.name),
                 q,
                 deadline,
                 &refused,
             )
-            .await;
+            .await
+        };
         let _ = self.activate(q).await;
         if r.is_err() {
             let st = self.st.borrow();
@@ -466,46 +649,15 @@ impl Controller {
         // The merges and zeroed segments: written before the switch, into segments nothing
         // references yet.
         let mut merged: Vec<(u64, u64)> = Vec::new();
-        let give_back = |me: &Self, merged: &[(u64, u64)]| {
-            let mut st = me.st.borrow_mut();
-            for &(_, seg) in merged {
-                st.space.unalloc_segment(seg);
-            }
-        };
-        for (v, p) in &plan {
-            if !matches!(p, Plan::Merge(_) | Plan::Zero) {
-                continue;
-            }
-            let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
-                give_back(self, &merged);
-                return Err(VdiskError::NoSpace {
-                    need: 1,
-                    free: self.st.borrow().space.free_segments(),
-                });
-            };
-            self.shared.fills.fresh(seg);
-            let done = match p {
-                Plan::Merge(ext) => self.copy_resolved(ext, seg).await.map(|_| ()),
-                _ => self.zero_segments(seg, 1).await,
-            };
-            if let Err(status) = done {
-                merged.push((*v, seg));
-                give_back(self, &merged);
-                return Err(VdiskError::Io {
-                    what: format!("merging segment {v} of `{name}` over `{parent}`"),
-                    status,
-                });
-            }
-            merged.push((*v, seg));
-        }
+        self.write_merges(&plan, &mut merged, name, parent).await?;
         // Nothing may have changed while the merges were copied (the locks and the
         // quiesce hold everything that could; looked at again all the same).
         if let Some(e) = refused(self) {
-            give_back(self, &merged);
+            self.give_back(&merged);
             return Err(e);
         }
         if expired() || Self::roots_of(&self.st.borrow(), id, sid) != roots {
-            give_back(self, &merged);
+            self.give_back(&merged);
             return Err(VdiskError::Busy(format!(
                 "`{name}` or `{parent}` changed during set_parent; try again"
             )));
@@ -515,7 +667,7 @@ impl Controller {
         let g = match taken {
             Ok(g) => g,
             Err(e) => {
-                give_back(self, &merged);
+                self.give_back(&merged);
                 return Err(e);
             }
         };
@@ -523,45 +675,7 @@ impl Controller {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             let born = st.generation;
-            let mut merged_at = merged.iter().copied();
-            let exts: Vec<Extent> = plan
-                .into_iter()
-                .map(|(v, p)| match p {
-                    Plan::Parent(t) => t,
-                    Plan::Own { ext, writable } => Extent {
-                        birth: if writable { born } else { ext.birth.get() }.into(),
-                        ..ext
-                    },
-                    Plan::Stack {
-                        layers,
-                        birth,
-                        writable,
-                    } => Extent {
-                        vseg: v,
-                        len: 1,
-                        state: ExtentState::Mapped,
-                        birth: if writable { born } else { birth }.into(),
-                        layers,
-                    },
-                    Plan::Merge(_) | Plan::Zero => {
-                        let (mv, seg) = merged_at.next().expect("one segment per merge");
-                        debug_assert_eq!(mv, v);
-                        let layer = if matches!(p, Plan::Zero) {
-                            Layer::full(seg)
-                        } else {
-                            Layer::partial(seg)
-                        };
-                        Extent {
-                            vseg: v,
-                            len: 1,
-                            state: ExtentState::Mapped,
-                            birth: born.into(),
-                            layers: Layers::from_slice(&[layer]),
-                        }
-                    }
-                })
-                .collect();
-            let exts = coalesce(exts);
+            let exts = planned_extents(plan, &mut merged.iter().copied(), born, born);
             let (parent_id, external) = match new {
                 NewParent::Snapshot(sid) => {
                     let s = st
@@ -603,6 +717,205 @@ impl Controller {
         Ok(())
     }
 
+    /// [`Controller::set_external_parent`] of a snapshot, once `through` — the
+    /// snapshot and the disks reading through it, each after its parent — are
+    /// quiesced (quiesce `q`); `parent` is the snapshot's parent (0: none). Each disk
+    /// becomes its own layers over what its parent reads from now on, the snapshot
+    /// its own over nothing but `base`; a disk that held zeros over its old parent's
+    /// data gets a zeroed segment of its own there. `refused` is asked before and after
+    /// the zeroed segments are written. The caller activates the disks.
+    async fn set_external_parent_of_snapshot(
+        &self,
+        base: &ExternalBase,
+        name: &str,
+        (through, parent): (&[u64], u64),
+        q: u64,
+        deadline: reactor::Nanos,
+        refused: &dyn Fn(&Self) -> Option<VdiskError>,
+    ) -> Result<(), VdiskError> {
+        let expired = || {
+            self.quiesces
+                .borrow()
+                .get(&q)
+                .is_none_or(|q| q.expired.get())
+        };
+        if expired() {
+            return Err(VdiskError::QuiesceTimeout(format!(
+                "`{name}` (set_parent_bdev to `{}`)",
+                base.name
+            )));
+        }
+        // The fills as the drained writes left them, logged before the switch.
+        self.persist_dirty_fills();
+        if let Some(e) = refused(self) {
+            return Err(e);
+        }
+        let roots_now = |me: &Self| {
+            let st = me.st.borrow();
+            let mut ids = through.to_vec();
+            ids.push(parent);
+            ids.iter()
+                .map(|i| {
+                    st.disks
+                        .get(i)
+                        .and_then(|d| d.root.as_ref())
+                        .map_or(0, |r| Arc::as_ptr(r) as usize)
+                })
+                .collect::<Vec<usize>>()
+        };
+        let roots = roots_now(self);
+        // The plans carry the births the switch gives, so its generation is taken now
+        // (one goes unused if the switch does not happen). A writable disk's own
+        // extents that it could write in place are re-born after it and stay so;
+        // everything it shares with its parent was born before it and is copied on
+        // write. A snapshot's new segments are born at it: its clones share them.
+        let g = self.st.borrow_mut().take_generation()?;
+        let born = g + 1;
+        let seg_blocks = self.shared.geo.segment_blocks;
+        let read_only = |d: &DiskCtl| d.rec.read_only || d.rec.kind == DiskKind::Snapshot;
+        let mut merged_all: Vec<(u64, u64)> = Vec::new();
+        let mut planned: Vec<(u64, Vec<Extent>)> = Vec::with_capacity(through.len());
+        for &x in through {
+            let (plan, disk, ro) = {
+                let st = self.st.borrow();
+                let d = &st.disks[&x];
+                let old = st
+                    .disks
+                    .get(&d.rec.parent)
+                    .filter(|_| d.rec.parent != 0)
+                    .and_then(|p| p.root.as_ref());
+                let new = match planned.iter().find(|(p, _)| *p == d.rec.parent) {
+                    Some((_, exts)) if x != through[0] => Mapping::Planned(exts),
+                    _ => Mapping::Table(None),
+                };
+                // Where it read zeros over its old parent's data it reads the
+                // external bdev, at least, from now on.
+                let zeros_held = |_: bool| true;
+                let below = Below {
+                    old: Mapping::Table(old),
+                    new,
+                };
+                let ro = read_only(d);
+                (
+                    plan_over(d, below, &zeros_held, ro, seg_blocks),
+                    d.rec.name.clone(),
+                    ro,
+                )
+            };
+            let mut merged = Vec::new();
+            if let Err(e) = self
+                .write_merges(&plan, &mut merged, &disk, &base.name)
+                .await
+            {
+                self.give_back(&merged_all);
+                return Err(e);
+            }
+            let fresh = if ro { g } else { born };
+            let exts = planned_extents(plan, &mut merged.iter().copied(), born, fresh);
+            merged_all.extend(merged);
+            planned.push((x, exts));
+        }
+        // Nothing may have changed while the zeroed segments were written (the locks
+        // and the quiesce hold everything that could; looked at again all the same).
+        if let Some(e) = refused(self) {
+            self.give_back(&merged_all);
+            return Err(e);
+        }
+        if expired() || roots_now(self) != roots {
+            self.give_back(&merged_all);
+            return Err(VdiskError::Busy(format!(
+                "`{name}` or a disk reading through it changed during set_parent_bdev; try again"
+            )));
+        }
+        // The switch: one step, nothing awaited.
+        {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            for (x, exts) in planned {
+                let d = st.disks.get(&x).expect("checked, nothing awaited since");
+                let nsegs = d.rec.size_blocks.div_ceil(seg_blocks);
+                let root = if exts.is_empty() {
+                    None
+                } else {
+                    table::splice(None, 0, nsegs.max(1), &exts, &mut st.space)
+                };
+                let d = st
+                    .disks
+                    .get_mut(&x)
+                    .expect("checked, nothing awaited since");
+                table::set_root(&mut d.root, root, &mut st.space);
+                d.rec.external = Some(base.clone());
+                if x == through[0] {
+                    d.rec.parent = 0;
+                }
+                d.rec.snap_gen = if read_only(d) {
+                    d.rec.snap_gen.max(g)
+                } else {
+                    g
+                };
+            }
+            st.changed();
+        }
+        // Every agent has the new views before the held I/O is let go.
+        for &x in through {
+            if let Err(stall) = self.push_view_until(x, false, deadline).await {
+                tracing::warn!(pool = %self.shared.name, disk = name, %stall,
+                    "set_parent_bdev: agents slow to acknowledge the new view");
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates and writes a segment for each merge and zeroed segment of `plan` (of
+    /// disk `name`, over `parent`), adding `(virtual segment, segment)` to `merged`. On
+    /// an error every segment in `merged` is given back.
+    async fn write_merges(
+        &self,
+        plan: &[(u64, Plan)],
+        merged: &mut Vec<(u64, u64)>,
+        name: &str,
+        parent: &str,
+    ) -> Result<(), VdiskError> {
+        for (v, p) in plan {
+            if !matches!(p, Plan::Merge(_) | Plan::MergeZeroed(_) | Plan::Zero) {
+                continue;
+            }
+            let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
+                self.give_back(merged);
+                return Err(VdiskError::NoSpace {
+                    need: 1,
+                    free: self.st.borrow().space.free_segments(),
+                });
+            };
+            self.shared.fills.fresh(seg);
+            merged.push((*v, seg));
+            let done = match p {
+                Plan::Merge(ext) => self.copy_resolved(ext, seg).await.map(|_| ()),
+                Plan::MergeZeroed(ext) => match self.zero_segments(seg, 1).await {
+                    Ok(()) => self.copy_resolved(ext, seg).await.map(|_| ()),
+                    Err(e) => Err(e),
+                },
+                _ => self.zero_segments(seg, 1).await,
+            };
+            if let Err(status) = done {
+                self.give_back(merged);
+                return Err(VdiskError::Io {
+                    what: format!("merging segment {v} of `{name}` over `{parent}`"),
+                    status,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the segments of `merged` (written for a re-parenting that did not happen).
+    fn give_back(&self, merged: &[(u64, u64)]) {
+        let mut st = self.st.borrow_mut();
+        for &(_, seg) in merged {
+            st.space.unalloc_segment(seg);
+        }
+    }
+
     /// The table roots of the disks `id` and `sid` (by address), to tell whether either
     /// changed.
     fn roots_of(st: &CtlState, id: u64, sid: u64) -> [usize; 2] {
@@ -614,6 +927,56 @@ impl Controller {
         };
         [key(id), key(sid)]
     }
+}
+
+/// The extents `plan` makes, in runs as the table keeps them; `merged` gives the segment
+/// written for each merge and zeroed segment in turn. An own extent that was writable in
+/// place is re-born in `born` (it stays so); the new segments are born in `fresh`
+/// (`born` for a writable disk; for a snapshot a generation its clones copy on write).
+fn planned_extents(
+    plan: Vec<(u64, Plan)>,
+    merged: &mut impl Iterator<Item = (u64, u64)>,
+    born: u64,
+    fresh: u64,
+) -> Vec<Extent> {
+    let exts: Vec<Extent> = plan
+        .into_iter()
+        .map(|(v, p)| match p {
+            Plan::Parent(t) => t,
+            Plan::Own { ext, writable } => Extent {
+                birth: if writable { born } else { ext.birth.get() }.into(),
+                ..ext
+            },
+            Plan::Stack {
+                layers,
+                birth,
+                writable,
+            } => Extent {
+                vseg: v,
+                len: 1,
+                state: ExtentState::Mapped,
+                birth: if writable { born } else { birth }.into(),
+                layers,
+            },
+            Plan::Merge(_) | Plan::MergeZeroed(_) | Plan::Zero => {
+                let (mv, seg) = merged.next().expect("one segment per merge");
+                debug_assert_eq!(mv, v);
+                let layer = if matches!(p, Plan::Merge(_)) {
+                    Layer::partial(seg)
+                } else {
+                    Layer::full(seg)
+                };
+                Extent {
+                    vseg: v,
+                    len: 1,
+                    state: ExtentState::Mapped,
+                    birth: fresh.into(),
+                    layers: Layers::from_slice(&[layer]),
+                }
+            }
+        })
+        .collect();
+    coalesce(exts)
 }
 
 /// `exts` (one-segment extents and whole extents, sorted) with adjacent plain extents

@@ -120,14 +120,15 @@ impl Controller {
         None
     }
 
-    /// The first steps of an operation that switches disk `id`'s table for one made
-    /// from disk `sid`'s (a revert, a set_parent), described as `what`: unless
-    /// `refused` refuses it, both disks are locked and `id` is quiesced, all by
-    /// `deadline` (`limit` from the start); `refused` is asked again once the locks are
-    /// held. Returns the locks and the quiesce, which the caller activates.
+    /// The first steps of an operation that switches disks' tables for ones made from
+    /// other disks' (a revert, a set_parent, a set_parent_bdev), described as `what`:
+    /// unless `refused` refuses it, the disks `locked` are locked and those `quiesced`
+    /// quiesced, all by `deadline` (`limit` from the start); `refused` is asked again
+    /// once the locks are held. Returns the locks and the quiesce, which the caller
+    /// activates.
     pub(super) async fn hold_for_switch(
         &self,
-        (id, sid): (u64, u64),
+        (locked, quiesced): (Vec<u64>, Vec<u64>),
         what: &str,
         limit: Duration,
         deadline: reactor::Nanos,
@@ -137,7 +138,7 @@ impl Controller {
         if let Some(e) = refused(&self.st.borrow()) {
             return Err(e);
         }
-        let Some(locks) = until(deadline, self.locks.disks(vec![id, sid])).await else {
+        let Some(locks) = until(deadline, self.locks.disks(locked)).await else {
             return Err(VdiskError::Busy(format!(
                 "{what}: operations on the disks still running after {} ms; try again",
                 limit.as_millis()
@@ -148,7 +149,7 @@ impl Controller {
             return Err(e);
         }
         let q = self
-            .quiesce_until(vec![id], deadline)
+            .quiesce_until(quiesced, deadline)
             .await
             .map_err(|e| match e {
                 VdiskError::DrainTimeout(s) => VdiskError::DrainTimeout(s.during(what)),
@@ -174,7 +175,7 @@ impl Controller {
         let deadline = reactor::now().after(limit);
         // New I/O is held from here; what is in flight drains against the old table.
         let (_locks, q) = self
-            .hold_for_switch((id, sid), &what, limit, deadline, |st| {
+            .hold_for_switch((vec![id, sid], vec![id]), &what, limit, deadline, |st| {
                 Self::revert_refused(st, (id, sid), name, snapshot, false)
             })
             .await?;
