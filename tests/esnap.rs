@@ -489,8 +489,9 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
         &["bdev_lvol_set_parent", "lvs0/sA", "lvs0/sA"],
         "Invalid argument",
     );
+    // A snapshot takes a new parent as SPDK's does, of its own size only.
     refused(
-        &["bdev_lvol_set_parent", "lvs0/sC", "lvs0/sA"],
+        &["bdev_lvol_set_parent", "lvs0/sC", "lvs0/sS"],
         "Invalid argument",
     );
     refused(
@@ -919,7 +920,64 @@ fn set_parent_bdev_on_a_snapshot_changes_what_every_disk_reading_through_it_read
     assert!(!out.contains("problem"), "{out}");
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     check_all(&srv, "restarted", &want_cb);
+
+    // bdev_lvol_set_parent on the snapshot, as SPDK allows too: sB back over sA. What
+    // sB and its readers hold stays, the rest reads sA's instead of the golden image;
+    // cB's granule at 13M, written over the golden image, holds it still. sA may not
+    // become sB's child then (it would read through itself).
+    let s = srv.socket.clone();
+    let rpc = |args: &[&str]| run_ok(Command::new(&tool).arg("-s").arg(&s).args(args));
+    let fails = |args: &[&str]| run_fails(Command::new(&tool).arg("-s").arg(&s).args(args));
+    rpc(&["bdev_lvol_set_parent", "lvs0/sB", "lvs0/sA"]);
+    let out = fails(&["bdev_lvol_set_parent", "lvs0/sA", "lvs0/sB"]);
+    assert!(
+        out.contains("-32602") && out.contains("Invalid argument"),
+        "{out}"
+    );
+    let lvols = srv.call("bdev_lvol_get_lvols", Value::Null);
+    let sb = lvol(&lvols, "sB");
+    assert_eq!(sb["parent"], "sA", "{sb}");
+    assert_eq!(sb["is_esnap_clone"], false, "{sb}");
+    let mut kids: Vec<&str> = lvol(&lvols, "sA")["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    kids.sort();
+    assert_eq!(kids, ["sB", "vdA"], "{lvols}");
+    let mut want_sb = sa.clone();
+    want_sb[6 * M..8 * M + 512 * K].fill(0xb1);
+    want_sb[2 * M + 1024..2 * M + 1536].fill(0xb2);
+    want_sb[3 * M..3 * M + 512].fill(0xb5);
+    let mut want_vdb = want_sb.clone();
+    want_vdb[7 * M..8 * M].fill(0xb3);
+    want_vdb[12 * M + 512..12 * M + 1024].fill(0xb4);
+    let mut want_cb = want_sb.clone();
+    want_cb[10 * M..11 * M].fill(0xc1);
+    want_cb[7 * M..8 * M].fill(0);
+    want_cb[8 * M + 8 * K..8 * M + 8 * K + 512].fill(0xc3);
+    want_cb[13 * M..13 * M + 4 * K].copy_from_slice(&golden[13 * M..13 * M + 4 * K]);
+    want_cb[13 * M..13 * M + 512].fill(0xc2);
+    for (bdev, want) in [
+        ("lvs0/sB", &want_sb[..]),
+        ("lvs0/vdB", &want_vdb[..]),
+        ("lvs0/cB", &want_cb[..]),
+        ("lvs0/sA", &sa[..]),
+    ] {
+        assert_same(
+            &read_all(&srv, port, bdev, work.path()),
+            want,
+            &format!("{bdev} after set_parent"),
+        );
+    }
     srv.stop();
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("check")
+            .arg(dir.path().join("pool.img")),
+    );
+    assert!(!out.contains("problem"), "{out}");
 }
 
 /// The lvols of `lvs0` with a running split or decouple (`tessera_split_progress`).

@@ -318,6 +318,30 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            "set the parent of a snapshot with a clone (written, a segment unmapped) to another snapshot, then write both disks reading through it",
+            with_two_snapshots,
+            |b| {
+                vec![
+                    vec![Op::SetParent {
+                        disk: "s1".into(),
+                        parent: "s4".into(),
+                    }],
+                    vec![Op::Read {
+                        disk: "c1".into(),
+                        block: 2 * SEG,
+                        n: SEG,
+                    }],
+                    vec![
+                        b.write("c1", 3 * SEG + 5, 4, false),
+                        b.write("d1", SEG + 3, 3, false),
+                        flush("c1"),
+                        flush("d1"),
+                    ],
+                ]
+            },
+            Redirect,
+        ),
+        s(
             "set the parent of an external snapshot's clone to a snapshot of the pool",
             with_esnap_and_snapshot,
             |_| {

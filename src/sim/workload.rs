@@ -822,6 +822,12 @@ impl Sim {
                 if self.rng.bool() {
                     return Some(Op::SetParentBdev { disk });
                 }
+                // Sometimes a snapshot: it and every disk reading through it.
+                let disk = if self.rng.u8(0..4) == 0 {
+                    self.pick(&read_only)?
+                } else {
+                    disk
+                };
                 // A snapshot of the disk's size (the engine refuses others).
                 let blocks = self.model[&disk].blocks();
                 let snaps: Vec<String> = read_only
@@ -882,10 +888,12 @@ impl Sim {
                     let mut names = control_disks(&op);
                     // A snapshot given an external parent changes what the disks
                     // reading through it read too: none of them shares the wave.
-                    if let Op::SetParentBdev { disk } = &op
+                    if let Op::SetParentBdev { disk } | Op::SetParent { disk, .. } = &op
                         && self.model.get(disk).is_some_and(|m| m.read_only)
                     {
+                        let also = names.clone();
                         names = self.lineage_of(disk);
+                        names.extend(also);
                         ops.retain(|o| {
                             !o.is_data()
                                 || !data_disk(o).is_some_and(|d| names.iter().any(|n| n == d))
@@ -1497,6 +1505,21 @@ impl Sim {
                     }
                 }
                 Op::SetParent { disk, parent } if ok || lost => {
+                    // What the disk holds keeps its value, the rest reads the parent's:
+                    // the model does not know which blocks the disk holds (a granule it
+                    // wrote part of holds the rest), so each block may be either until a
+                    // read pins it. A snapshot (or a read-only disk) changes what every
+                    // disk reading through it reads: each of its family may read the
+                    // parent's (or the golden image, if the parent reads it). Durable
+                    // when acknowledged; either, when lost.
+                    let theirs = before.get(parent).cloned().unwrap_or_default();
+                    let external = self.model.get(parent).is_some_and(|m| m.external);
+                    let snapshot = self.model.get(disk).is_some_and(|m| m.read_only);
+                    let changed = if snapshot {
+                        self.lineage_of(disk)
+                    } else {
+                        vec![disk.clone()]
+                    };
                     // One family from now on (the disk's old one joins too).
                     if let (Some(from), Some(to)) = (
                         self.model.get(disk).map(|m| m.family.clone()),
@@ -1508,18 +1531,24 @@ impl Sim {
                             }
                         }
                     }
-                    // What the disk holds keeps its value, the rest reads the parent's:
-                    // the model does not know which blocks the disk holds (a granule it
-                    // wrote part of holds the rest), so each block may be either until a
-                    // read pins it. Durable when acknowledged; either, when lost.
-                    let theirs = before.get(parent).cloned().unwrap_or_default();
-                    let external = self.model.get(parent).is_some_and(|m| m.external);
-                    if let Some(d) = self.model.get_mut(disk) {
-                        for (b, t) in theirs.iter().enumerate().take(d.now.len()) {
-                            d.now[b].extend(t.iter().copied());
-                            d.durable[b].extend(t.iter().copied());
+                    let golden_blocks = GOLDEN_SEGMENTS * self.seg_blocks();
+                    for name in &changed {
+                        let Some(d) = self.model.get_mut(name) else {
+                            continue;
+                        };
+                        for b in 0..d.now.len() {
+                            let mut add: Vec<Tag> = theirs
+                                .get(b)
+                                .map(|t| t.iter().copied().collect())
+                                .unwrap_or_default();
+                            if snapshot && external {
+                                let g = b as u64;
+                                add.push(if g < golden_blocks { golden_tag(g) } else { 0 });
+                            }
+                            d.now[b].extend(add.iter().copied());
+                            d.durable[b].extend(add.iter().copied());
                         }
-                        if ok {
+                        if name == disk && ok {
                             d.parent = Some(parent.clone());
                             d.external = external;
                         } else {

@@ -18,8 +18,9 @@
 //! keeps reading zeros: a zeroed segment of its own, or its layers copied over zeros
 //! into one.
 //!
-//! **A snapshot given an external parent** (`bdev_lvol_set_parent_bdev` on a snapshot,
-//! as SPDK allows): the snapshot becomes its own layers over the external bdev, and
+//! **A snapshot given a new parent** (`bdev_lvol_set_parent` or `bdev_lvol_set_parent_bdev`
+//! on a snapshot, as SPDK allows): the snapshot becomes its own layers over the new
+//! parent's (or over the external bdev), and
 //! every disk reading through it (its clones, the lvol it was taken of, their
 //! snapshots and clones in turn) its own layers over what its parent reads from now
 //! on, each planned from its parent's new extents before any table changes; all of
@@ -186,6 +187,21 @@ impl Controller {
                     d.rec.size_blocks, s.rec.size_blocks
                 ),
             );
+        }
+        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
+            // As SPDK (a snapshot is a thin blob there): the snapshot and every disk
+            // reading through it change what they read, none of which may be the
+            // new parent.
+            let through = Self::reading_through(st, id);
+            if through.contains(&sid) {
+                return invalid(
+                    "parent_name",
+                    format!("`{parent}` reads through `{name}`: it cannot be its parent"),
+                );
+            }
+            return through
+                .into_iter()
+                .find_map(|x| Self::switch_busy(st, x, ours));
         }
         Self::new_parent_refused(st, id, name, ours)
     }
@@ -420,25 +436,44 @@ impl Controller {
         let sid = self.id_of(parent)?;
         let what = format!("set_parent of `{name}` to `{parent}`");
         let deadline = reactor::now().after(limit);
+        let lineage = self.lineage_to_switch(id, &[sid]);
         let (_locks, q) = self
-            .hold_for_switch((vec![id, sid], vec![id]), &what, limit, deadline, |st| {
-                Self::set_parent_refused(st, (id, sid), name, parent, false)
-            })
+            .hold_for_switch(
+                (lineage.locked.clone(), lineage.through.clone()),
+                &what,
+                limit,
+                deadline,
+                |st| Self::set_parent_refused(st, (id, sid), name, parent, false),
+            )
             .await?;
         let refused = |me: &Self| {
             me.check_usable().err().or_else(|| {
-                Self::set_parent_refused(&me.st.borrow(), (id, sid), name, parent, true)
+                let st = me.st.borrow();
+                lineage
+                    .changed(&st, id, name)
+                    .or_else(|| Self::set_parent_refused(&st, (id, sid), name, parent, true))
             })
         };
-        let r = self
-            .set_parent_quiesced(
+        let r = if lineage.snapshot {
+            self.reparent_lineage(
+                NewParent::Snapshot(sid),
+                (name, parent),
+                (&lineage.through, lineage.parent),
+                q,
+                deadline,
+                &refused,
+            )
+            .await
+        } else {
+            self.set_parent_quiesced(
                 (id, NewParent::Snapshot(sid)),
                 (name, parent),
                 q,
                 deadline,
                 &refused,
             )
-            .await;
+            .await
+        };
         let _ = self.activate(q).await;
         r?;
         self.update_free();
@@ -450,9 +485,9 @@ impl Controller {
     /// (`bdev_lvol_set_parent_bdev`), if it may not. `ours`: the disk is quiesced by the
     /// operation itself. SPDK's refusals (`spdk_bs_blob_set_external_parent`): the
     /// lvol's own UUID, `ext` already its external parent (`Exists`), an lvol that is
-    /// neither thin nor a clone, an operation under way (`Busy`); and tessera's: a
-    /// snapshot (as for `set_parent`), an lvol of this pool as `ext` (that is
-    /// `bdev_lvol_set_parent`), an lvol that is some disk's parent.
+    /// neither thin nor a clone (a snapshot is thin there), an operation under way on it
+    /// or, for a snapshot, on any disk reading through it (`Busy`); and tessera's: an
+    /// lvol of this pool as `ext` (that is `bdev_lvol_set_parent`).
     fn set_external_refused(
         st: &CtlState,
         id: u64,
@@ -532,50 +567,31 @@ impl Controller {
         let key = (base.uuid, base.name.as_str());
         let what = format!("set_parent_bdev of `{name}` to `{}`", base.name);
         let deadline = reactor::now().after(limit);
-        // A snapshot changes what every disk reading through it reads: they are
-        // locked and quiesced with it, and so is its old parent, whose table the
-        // plans read.
-        let (snapshot, through, parent) = {
-            let st = self.st.borrow();
-            let d = &st.disks[&id];
-            let snapshot = d.rec.read_only || d.rec.kind == DiskKind::Snapshot;
-            let through = if snapshot {
-                Self::reading_through(&st, id)
-            } else {
-                vec![id]
-            };
-            (snapshot, through, d.rec.parent)
-        };
-        let mut locked = through.clone();
-        if snapshot && parent != 0 {
-            locked.push(parent);
-        }
+        let lineage = self.lineage_to_switch(id, &[]);
         let (_locks, q) = self
-            .hold_for_switch((locked, through.clone()), &what, limit, deadline, |st| {
-                Self::set_external_refused(st, id, name, key, false)
-            })
+            .hold_for_switch(
+                (lineage.locked.clone(), lineage.through.clone()),
+                &what,
+                limit,
+                deadline,
+                |st| Self::set_external_refused(st, id, name, key, false),
+            )
             .await?;
         let refused = |me: &Self| {
             me.check_usable().err().or_else(|| {
                 let st = me.st.borrow();
-                let changed = snapshot
-                    && (Self::reading_through(&st, id) != through
-                        || st.disks.get(&id).is_some_and(|d| d.rec.parent != parent));
-                if changed {
-                    return Some(VdiskError::Busy(format!(
-                        "the disks reading through `{name}` changed; try again"
-                    )));
-                }
-                Self::set_external_refused(&st, id, name, key, true)
+                lineage
+                    .changed(&st, id, name)
+                    .or_else(|| Self::set_external_refused(&st, id, name, key, true))
             })
         };
         // Reads below the disk's layers find the bdev once the view is pushed.
         self.externals.borrow_mut().insert(base.uuid, ext.clone());
-        let r = if snapshot {
-            self.set_external_parent_of_snapshot(
-                &base,
-                name,
-                (&through, parent),
+        let r = if lineage.snapshot {
+            self.reparent_lineage(
+                NewParent::External(&base),
+                (name, &base.name),
+                (&lineage.through, lineage.parent),
                 q,
                 deadline,
                 &refused,
@@ -717,17 +733,17 @@ impl Controller {
         Ok(())
     }
 
-    /// [`Controller::set_external_parent`] of a snapshot, once `through` — the
-    /// snapshot and the disks reading through it, each after its parent — are
-    /// quiesced (quiesce `q`); `parent` is the snapshot's parent (0: none). Each disk
-    /// becomes its own layers over what its parent reads from now on, the snapshot
-    /// its own over nothing but `base`; a disk that held zeros over its old parent's
-    /// data gets a zeroed segment of its own there. `refused` is asked before and after
-    /// the zeroed segments are written. The caller activates the disks.
-    async fn set_external_parent_of_snapshot(
+    /// [`Controller::set_parent`] and [`Controller::set_external_parent`] of a snapshot
+    /// (`name`, to `parent_name`), once `through` — the snapshot and the disks reading
+    /// through it, each after its parent — are quiesced (quiesce `q`); `parent` is the
+    /// snapshot's old parent (0: none). Each disk becomes its own layers over what its
+    /// parent reads from now on, the snapshot its own over the new parent's (see the
+    /// module documentation). `refused` is asked before and after the merges and
+    /// zeroed segments are written. The caller activates the disks.
+    async fn reparent_lineage(
         &self,
-        base: &ExternalBase,
-        name: &str,
+        new: NewParent<'_>,
+        (name, parent_name): (&str, &str),
         (through, parent): (&[u64], u64),
         q: u64,
         deadline: reactor::Nanos,
@@ -741,10 +757,13 @@ impl Controller {
         };
         if expired() {
             return Err(VdiskError::QuiesceTimeout(format!(
-                "`{name}` (set_parent_bdev to `{}`)",
-                base.name
+                "`{name}` (set_parent to `{parent_name}`)"
             )));
         }
+        let new_id = match new {
+            NewParent::Snapshot(sid) => sid,
+            NewParent::External(_) => 0,
+        };
         // The fills as the drained writes left them, logged before the switch.
         self.persist_dirty_fills();
         if let Some(e) = refused(self) {
@@ -753,7 +772,7 @@ impl Controller {
         let roots_now = |me: &Self| {
             let st = me.st.borrow();
             let mut ids = through.to_vec();
-            ids.push(parent);
+            ids.extend([parent, new_id]);
             ids.iter()
                 .map(|i| {
                     st.disks
@@ -784,16 +803,24 @@ impl Controller {
                     .get(&d.rec.parent)
                     .filter(|_| d.rec.parent != 0)
                     .and_then(|p| p.root.as_ref());
-                let new = match planned.iter().find(|(p, _)| *p == d.rec.parent) {
+                let below_new = match planned.iter().find(|(p, _)| *p == d.rec.parent) {
                     Some((_, exts)) if x != through[0] => Mapping::Planned(exts),
-                    _ => Mapping::Table(None),
+                    _ => match new {
+                        NewParent::Snapshot(sid) => Mapping::Table(st.disks[&sid].root.as_ref()),
+                        NewParent::External(_) => Mapping::Table(None),
+                    },
                 };
-                // Where it read zeros over its old parent's data it reads the
-                // external bdev, at least, from now on.
-                let zeros_held = |_: bool| true;
+                // Below every layer the lineage reads the new external bdev, if any.
+                let chain_external = match new {
+                    NewParent::Snapshot(sid) => st.disks[&sid].rec.external.is_some(),
+                    NewParent::External(_) => true,
+                };
+                // Where it read zeros over its old parent's data, whether it would read
+                // anything else now.
+                let zeros_held = |theirs: bool| theirs || chain_external;
                 let below = Below {
                     old: Mapping::Table(old),
-                    new,
+                    new: below_new,
                 };
                 let ro = read_only(d);
                 (
@@ -804,7 +831,7 @@ impl Controller {
             };
             let mut merged = Vec::new();
             if let Err(e) = self
-                .write_merges(&plan, &mut merged, &disk, &base.name)
+                .write_merges(&plan, &mut merged, &disk, parent_name)
                 .await
             {
                 self.give_back(&merged_all);
@@ -824,13 +851,25 @@ impl Controller {
         if expired() || roots_now(self) != roots {
             self.give_back(&merged_all);
             return Err(VdiskError::Busy(format!(
-                "`{name}` or a disk reading through it changed during set_parent_bdev; try again"
+                "`{name}` or a disk reading through it changed during set_parent; try again"
             )));
         }
         // The switch: one step, nothing awaited.
         {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
+            let external = match new {
+                NewParent::Snapshot(sid) => {
+                    let s = st
+                        .disks
+                        .get_mut(&sid)
+                        .expect("checked, nothing awaited since");
+                    // Every extent the snapshot now shares with it was born before `g`.
+                    s.rec.snap_gen = s.rec.snap_gen.max(g);
+                    s.rec.external.clone()
+                }
+                NewParent::External(base) => Some(base.clone()),
+            };
             for (x, exts) in planned {
                 let d = st.disks.get(&x).expect("checked, nothing awaited since");
                 let nsegs = d.rec.size_blocks.div_ceil(seg_blocks);
@@ -844,9 +883,9 @@ impl Controller {
                     .get_mut(&x)
                     .expect("checked, nothing awaited since");
                 table::set_root(&mut d.root, root, &mut st.space);
-                d.rec.external = Some(base.clone());
+                d.rec.external = external.clone();
                 if x == through[0] {
-                    d.rec.parent = 0;
+                    d.rec.parent = new_id;
                 }
                 d.rec.snap_gen = if read_only(d) {
                     d.rec.snap_gen.max(g)
@@ -860,7 +899,7 @@ impl Controller {
         for &x in through {
             if let Err(stall) = self.push_view_until(x, false, deadline).await {
                 tracing::warn!(pool = %self.shared.name, disk = name, %stall,
-                    "set_parent_bdev: agents slow to acknowledge the new view");
+                    "set_parent: agents slow to acknowledge the new view");
             }
         }
         Ok(())
@@ -926,6 +965,61 @@ impl Controller {
                 .map_or(0, |r| std::sync::Arc::as_ptr(r) as usize)
         };
         [key(id), key(sid)]
+    }
+}
+
+/// The disks a re-parenting switches: a writable disk alone, or a snapshot (or a
+/// read-only disk) with every disk reading through it.
+struct Lineage {
+    snapshot: bool,
+    /// The disks whose tables change, each after its parent (quiesced).
+    through: Vec<u64>,
+    /// `through`, the old parent and the new one (locked).
+    locked: Vec<u64>,
+    /// The first disk's parent (0: none).
+    parent: u64,
+}
+
+impl Lineage {
+    /// `Busy` if the disks reading through `id`, or its parent, changed since.
+    fn changed(&self, st: &CtlState, id: u64, name: &str) -> Option<VdiskError> {
+        let moved = self.snapshot
+            && (Controller::reading_through(st, id) != self.through
+                || st
+                    .disks
+                    .get(&id)
+                    .is_some_and(|d| d.rec.parent != self.parent));
+        moved.then(|| {
+            VdiskError::Busy(format!(
+                "the disks reading through `{name}` changed; try again"
+            ))
+        })
+    }
+}
+
+impl Controller {
+    /// The disks re-parenting `id` switches, and those it locks (`also`: the new
+    /// parent).
+    fn lineage_to_switch(&self, id: u64, also: &[u64]) -> Lineage {
+        let st = self.st.borrow();
+        let d = &st.disks[&id];
+        let snapshot = d.rec.read_only || d.rec.kind == DiskKind::Snapshot;
+        let through = if snapshot {
+            Self::reading_through(&st, id)
+        } else {
+            vec![id]
+        };
+        let mut locked = through.clone();
+        locked.extend(also);
+        if snapshot && d.rec.parent != 0 {
+            locked.push(d.rec.parent);
+        }
+        Lineage {
+            snapshot,
+            through,
+            locked,
+            parent: d.rec.parent,
+        }
     }
 }
 
