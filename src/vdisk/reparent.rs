@@ -205,36 +205,6 @@ impl Controller {
         }
         Self::new_parent_refused(st, id, name, ours)
     }
-
-    /// What each virtual segment of disk `id` becomes under the new parent `new` (see
-    /// the module documentation), in order.
-    fn set_parent_plan(
-        st: &CtlState,
-        id: u64,
-        new: NewParent,
-        segment_blocks: u64,
-    ) -> Vec<(u64, Plan)> {
-        let d = &st.disks[&id];
-        let (s_root, s_external) = match new {
-            NewParent::Snapshot(sid) => {
-                let s = &st.disks[&sid];
-                (s.root.as_ref(), s.rec.external.is_some())
-            }
-            NewParent::External(_) => (None, true),
-        };
-        let old = st.disks.get(&d.rec.parent).filter(|_| d.rec.parent != 0);
-        // Where the disk read zeros over its old parent's data, whether it would read
-        // anything else now (`theirs`: the new parent maps the segment).
-        let zeros_held = |theirs: bool| match new {
-            NewParent::Snapshot(_) => theirs || s_external,
-            NewParent::External(_) => true,
-        };
-        let below = Below {
-            old: Mapping::Table(old.and_then(|o| o.root.as_ref())),
-            new: Mapping::Table(s_root),
-        };
-        plan_over(d, below, &zeros_held, false, segment_blocks)
-    }
 }
 
 /// A disk's mapping as a re-parenting reads it: its table, or the extents planned for
@@ -454,8 +424,8 @@ impl Controller {
                     .or_else(|| Self::set_parent_refused(&st, (id, sid), name, parent, true))
             })
         };
-        let r = if lineage.snapshot {
-            self.reparent_lineage(
+        let r = self
+            .reparent_lineage(
                 NewParent::Snapshot(sid),
                 (name, parent),
                 (&lineage.through, lineage.parent),
@@ -463,17 +433,7 @@ impl Controller {
                 deadline,
                 &refused,
             )
-            .await
-        } else {
-            self.set_parent_quiesced(
-                (id, NewParent::Snapshot(sid)),
-                (name, parent),
-                q,
-                deadline,
-                &refused,
-            )
-            .await
-        };
+            .await;
         let _ = self.activate(q).await;
         r?;
         self.update_free();
@@ -587,8 +547,8 @@ impl Controller {
         };
         // Reads below the disk's layers find the bdev once the view is pushed.
         self.externals.borrow_mut().insert(base.uuid, ext.clone());
-        let r = if lineage.snapshot {
-            self.reparent_lineage(
+        let r = self
+            .reparent_lineage(
                 NewParent::External(&base),
                 (name, &base.name),
                 (&lineage.through, lineage.parent),
@@ -596,17 +556,7 @@ impl Controller {
                 deadline,
                 &refused,
             )
-            .await
-        } else {
-            self.set_parent_quiesced(
-                (id, NewParent::External(&base)),
-                (name, &base.name),
-                q,
-                deadline,
-                &refused,
-            )
-            .await
-        };
+            .await;
         let _ = self.activate(q).await;
         if r.is_err() {
             let st = self.st.borrow();
@@ -625,120 +575,12 @@ impl Controller {
         Ok(())
     }
 
-    /// [`Controller::set_parent`] and [`Controller::set_external_parent`] once the disk
-    /// is quiesced (quiesce `q`); `refused` is asked before and after the merges are
-    /// copied. The caller activates the disk.
-    async fn set_parent_quiesced(
-        &self,
-        (id, new): (u64, NewParent<'_>),
-        (name, parent): (&str, &str),
-        q: u64,
-        deadline: reactor::Nanos,
-        refused: &dyn Fn(&Self) -> Option<VdiskError>,
-    ) -> Result<(), VdiskError> {
-        let sid = match new {
-            NewParent::Snapshot(sid) => sid,
-            NewParent::External(_) => id,
-        };
-        let expired = || {
-            self.quiesces
-                .borrow()
-                .get(&q)
-                .is_none_or(|q| q.expired.get())
-        };
-        if expired() {
-            return Err(VdiskError::QuiesceTimeout(format!(
-                "`{name}` (set_parent to `{parent}`)"
-            )));
-        }
-        // The fills as the drained writes left them, logged before the switch.
-        self.persist_dirty_fills();
-        if let Some(e) = refused(self) {
-            return Err(e);
-        }
-        let (plan, roots) = {
-            let st = self.st.borrow();
-            let roots = Self::roots_of(&st, id, sid);
-            let seg_blocks = self.shared.geo.segment_blocks;
-            (Self::set_parent_plan(&st, id, new, seg_blocks), roots)
-        };
-        // The merges and zeroed segments: written before the switch, into segments nothing
-        // references yet.
-        let mut merged: Vec<(u64, u64)> = Vec::new();
-        self.write_merges(&plan, &mut merged, name, parent).await?;
-        // Nothing may have changed while the merges were copied (the locks and the
-        // quiesce hold everything that could; looked at again all the same).
-        if let Some(e) = refused(self) {
-            self.give_back(&merged);
-            return Err(e);
-        }
-        if expired() || Self::roots_of(&self.st.borrow(), id, sid) != roots {
-            self.give_back(&merged);
-            return Err(VdiskError::Busy(format!(
-                "`{name}` or `{parent}` changed during set_parent; try again"
-            )));
-        }
-        // The switch: one step, nothing awaited.
-        let taken = self.st.borrow_mut().take_generation();
-        let g = match taken {
-            Ok(g) => g,
-            Err(e) => {
-                self.give_back(&merged);
-                return Err(e);
-            }
-        };
-        let bdev = {
-            let mut st = self.st.borrow_mut();
-            let st = &mut *st;
-            let born = st.generation;
-            let exts = planned_extents(plan, &mut merged.iter().copied(), born, born);
-            let (parent_id, external) = match new {
-                NewParent::Snapshot(sid) => {
-                    let s = st
-                        .disks
-                        .get_mut(&sid)
-                        .expect("checked, nothing awaited since");
-                    // Every extent the two now share was born before `g`.
-                    s.rec.snap_gen = s.rec.snap_gen.max(g);
-                    (sid, s.rec.external.clone())
-                }
-                NewParent::External(base) => (0, Some(base.clone())),
-            };
-            let d = st.disks.get(&id).expect("checked, nothing awaited since");
-            let nsegs = d.rec.size_blocks.div_ceil(self.shared.geo.segment_blocks);
-            let root = if exts.is_empty() {
-                None
-            } else {
-                table::splice(None, 0, nsegs.max(1), &exts, &mut st.space)
-            };
-            let d = st
-                .disks
-                .get_mut(&id)
-                .expect("checked, nothing awaited since");
-            table::set_root(&mut d.root, root, &mut st.space);
-            d.rec.parent = parent_id;
-            d.rec.snap_gen = g;
-            d.rec.external = external;
-            d.rec.kind = DiskKind::Clone;
-            let bdev = d.bdev.clone();
-            st.changed();
-            bdev
-        };
-        bdev.set_kind(DiskKind::Clone);
-        // Every agent has the new view before the held I/O is let go.
-        if let Err(stall) = self.push_view_until(id, false, deadline).await {
-            tracing::warn!(pool = %self.shared.name, disk = name, %stall,
-                "set_parent: agents slow to acknowledge the new view");
-        }
-        Ok(())
-    }
-
-    /// [`Controller::set_parent`] and [`Controller::set_external_parent`] of a snapshot
-    /// (`name`, to `parent_name`), once `through` — the snapshot and the disks reading
-    /// through it, each after its parent — are quiesced (quiesce `q`); `parent` is the
-    /// snapshot's old parent (0: none). Each disk becomes its own layers over what its
-    /// parent reads from now on, the snapshot its own over the new parent's (see the
-    /// module documentation). `refused` is asked before and after the merges and
+    /// [`Controller::set_parent`] and [`Controller::set_external_parent`] of disk
+    /// `name` (to `parent_name`), once `through` — the disk, and for a snapshot the
+    /// disks reading through it, each after its parent — are quiesced (quiesce `q`);
+    /// `parent` is the disk's old parent (0: none). Each becomes its own layers over
+    /// what its parent reads from now on, the disk its own over the new parent's (see
+    /// the module documentation). `refused` is asked before and after the merges and
     /// zeroed segments are written. The caller activates the disks.
     async fn reparent_lineage(
         &self,
@@ -855,7 +697,7 @@ impl Controller {
             )));
         }
         // The switch: one step, nothing awaited.
-        {
+        let became_clone = {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             let external = match new {
@@ -893,7 +735,20 @@ impl Controller {
                     g
                 };
             }
+            // A writable disk re-parented is a clone (of a snapshot, or of the bdev).
+            let first = st
+                .disks
+                .get_mut(&through[0])
+                .expect("checked, nothing awaited since");
+            let became_clone = (!read_only(first)).then(|| {
+                first.rec.kind = DiskKind::Clone;
+                first.bdev.clone()
+            });
             st.changed();
+            became_clone
+        };
+        if let Some(bdev) = became_clone {
+            bdev.set_kind(DiskKind::Clone);
         }
         // Every agent has the new views before the held I/O is let go.
         for &x in through {
@@ -953,18 +808,6 @@ impl Controller {
         for &(_, seg) in merged {
             st.space.unalloc_segment(seg);
         }
-    }
-
-    /// The table roots of the disks `id` and `sid` (by address), to tell whether either
-    /// changed.
-    fn roots_of(st: &CtlState, id: u64, sid: u64) -> [usize; 2] {
-        let key = |i: u64| {
-            st.disks
-                .get(&i)
-                .and_then(|d| d.root.as_ref())
-                .map_or(0, |r| std::sync::Arc::as_ptr(r) as usize)
-        };
-        [key(id), key(sid)]
     }
 }
 
