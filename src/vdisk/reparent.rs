@@ -95,12 +95,6 @@ impl Controller {
         let d = &st.disks[&id];
         let invalid =
             |field: &'static str, reason: String| Some(VdiskError::InvalidParam { field, reason });
-        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
-            return invalid(
-                "lvol_name",
-                format!("`{name}` is a snapshot; only a writable lvol takes a new parent"),
-            );
-        }
         // As SPDK: an lvol that is not a clone must be thin (a clone always is there).
         if !d.rec.thin && d.rec.parent == 0 && d.rec.external.is_none() {
             return invalid("lvol_name", format!("`{name}` is not thin-provisioned"));
@@ -188,7 +182,7 @@ impl Controller {
                 ),
             );
         }
-        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
+        if reparents_lineage(d) {
             // As SPDK (a snapshot is a thin blob there): the snapshot and every disk
             // reading through it change what they read, none of which may be the
             // new parent.
@@ -264,15 +258,16 @@ struct Below<'a> {
 /// Where the disk read zeros over its old parent's data — it holds nothing there (it
 /// unmapped the segment, or shrank and grew back), or its own layers over nothing (a
 /// copy-out, a merge, a whole segment unmapped in a clone) — it keeps reading them: a
-/// zeroed segment of its own, or its layers over zeros copied into one, when
-/// `zeros_held(theirs)` says it would read anything else there from now on (`theirs`:
-/// the new parent maps the segment). A disk that read an external bdev below its layers
-/// reads what the new parent reads in its place. `read_only`: no extent of the disk is writable in place
-/// afterwards (a snapshot, whose extents its clones share).
+/// zeroed segment of its own, or its layers over zeros copied into one, where it would
+/// read anything else from now on: the new parent maps the segment, or below every
+/// layer the disk now reads an external bdev (`chain_external`). A disk that read an
+/// external bdev below its layers reads what the new parent reads in its place.
+/// `read_only`: no extent of the disk is writable in place afterwards (a snapshot,
+/// whose extents its clones share).
 fn plan_over(
     d: &DiskCtl,
     below: Below<'_>,
-    zeros_held: &dyn Fn(bool) -> bool,
+    chain_external: bool,
     read_only: bool,
     segment_blocks: u64,
 ) -> Vec<(u64, Plan)> {
@@ -293,7 +288,7 @@ fn plan_over(
         let theirs = below.new.at(v);
         let shared = below.old.at(v);
         let Some(mine) = mine else {
-            if shared.is_some() && zeros_below && zeros_held(theirs.is_some()) {
+            if shared.is_some() && zeros_below && (theirs.is_some() || chain_external) {
                 out.push((v, Plan::Zero));
             } else if let Some(t) = theirs {
                 out.push((v, Plan::Parent(t)));
@@ -340,7 +335,12 @@ fn plan_over(
         let bottomed = own.len() == mine.layers.len();
         normalize(&mut own);
         let full = own.iter().any(|l| !l.is_partial());
-        if !full && bottomed && shared.is_some() && zeros_below && zeros_held(theirs.is_some()) {
+        if !full
+            && bottomed
+            && shared.is_some()
+            && zeros_below
+            && (theirs.is_some() || chain_external)
+        {
             // Over its old parent's data: what its layers show stays as it is, over
             // zeros, not over what it reads from now on.
             out.push((
@@ -479,7 +479,7 @@ impl Controller {
                 "`{ext_name}` as the external snapshot of `{name}`"
             )));
         }
-        if d.rec.read_only || d.rec.kind == DiskKind::Snapshot {
+        if reparents_lineage(d) {
             // As SPDK (a snapshot is a thin blob there): the snapshot and every disk
             // reading through it change what they read.
             if d.rec.kind != DiskKind::Snapshot
@@ -633,8 +633,12 @@ impl Controller {
         let g = self.st.borrow_mut().take_generation()?;
         let born = g + 1;
         let seg_blocks = self.shared.geo.segment_blocks;
-        let read_only = |d: &DiskCtl| d.rec.read_only || d.rec.kind == DiskKind::Snapshot;
-        let mut merged_all: Vec<(u64, u64)> = Vec::new();
+        // Below every layer the lineage reads the new external bdev, if any.
+        let chain_external = match new {
+            NewParent::Snapshot(sid) => self.st.borrow().disks[&sid].rec.external.is_some(),
+            NewParent::External(_) => true,
+        };
+        let mut merged: Vec<(u64, u64)> = Vec::new();
         let mut planned: Vec<(u64, Vec<Extent>)> = Vec::with_capacity(through.len());
         for &x in through {
             let (plan, disk, ro) = {
@@ -652,46 +656,37 @@ impl Controller {
                         NewParent::External(_) => Mapping::Table(None),
                     },
                 };
-                // Below every layer the lineage reads the new external bdev, if any.
-                let chain_external = match new {
-                    NewParent::Snapshot(sid) => st.disks[&sid].rec.external.is_some(),
-                    NewParent::External(_) => true,
-                };
-                // Where it read zeros over its old parent's data, whether it would read
-                // anything else now.
-                let zeros_held = |theirs: bool| theirs || chain_external;
                 let below = Below {
                     old: Mapping::Table(old),
                     new: below_new,
                 };
-                let ro = read_only(d);
+                let ro = reparents_lineage(d);
                 (
-                    plan_over(d, below, &zeros_held, ro, seg_blocks),
+                    plan_over(d, below, chain_external, ro, seg_blocks),
                     d.rec.name.clone(),
                     ro,
                 )
             };
-            let mut merged = Vec::new();
+            let start = merged.len();
             if let Err(e) = self
                 .write_merges(&plan, &mut merged, &disk, parent_name)
                 .await
             {
-                self.give_back(&merged_all);
+                self.give_back(&merged);
                 return Err(e);
             }
             let fresh = if ro { g } else { born };
-            let exts = planned_extents(plan, &mut merged.iter().copied(), born, fresh);
-            merged_all.extend(merged);
+            let exts = planned_extents(plan, &mut merged[start..].iter().copied(), born, fresh);
             planned.push((x, exts));
         }
         // Nothing may have changed while the zeroed segments were written (the locks
         // and the quiesce hold everything that could; looked at again all the same).
         if let Some(e) = refused(self) {
-            self.give_back(&merged_all);
+            self.give_back(&merged);
             return Err(e);
         }
         if expired() || roots_now(self) != roots {
-            self.give_back(&merged_all);
+            self.give_back(&merged);
             return Err(VdiskError::Busy(format!(
                 "`{name}` or a disk reading through it changed during set_parent; try again"
             )));
@@ -729,7 +724,7 @@ impl Controller {
                 if x == through[0] {
                     d.rec.parent = new_id;
                 }
-                d.rec.snap_gen = if read_only(d) {
+                d.rec.snap_gen = if reparents_lineage(d) {
                     d.rec.snap_gen.max(g)
                 } else {
                     g
@@ -740,7 +735,7 @@ impl Controller {
                 .disks
                 .get_mut(&through[0])
                 .expect("checked, nothing awaited since");
-            let became_clone = (!read_only(first)).then(|| {
+            let became_clone = (!reparents_lineage(first)).then(|| {
                 first.rec.kind = DiskKind::Clone;
                 first.bdev.clone()
             });
@@ -761,8 +756,8 @@ impl Controller {
     }
 
     /// Allocates and writes a segment for each merge and zeroed segment of `plan` (of
-    /// disk `name`, over `parent`), adding `(virtual segment, segment)` to `merged`. On
-    /// an error every segment in `merged` is given back.
+    /// disk `name`, over `parent`), adding `(virtual segment, segment)` to `merged`,
+    /// which the caller gives back if the re-parenting does not happen.
     async fn write_merges(
         &self,
         plan: &[(u64, Plan)],
@@ -775,7 +770,6 @@ impl Controller {
                 continue;
             }
             let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
-                self.give_back(merged);
                 return Err(VdiskError::NoSpace {
                     need: 1,
                     free: self.st.borrow().space.free_segments(),
@@ -792,7 +786,6 @@ impl Controller {
                 _ => self.zero_segments(seg, 1).await,
             };
             if let Err(status) = done {
-                self.give_back(merged);
                 return Err(VdiskError::Io {
                     what: format!("merging segment {v} of `{name}` over `{parent}`"),
                     status,
@@ -809,6 +802,12 @@ impl Controller {
             st.space.unalloc_segment(seg);
         }
     }
+}
+
+/// Whether re-parenting `d` re-parents every disk reading through it too: a snapshot
+/// or a read-only disk (whose extents its clones share), not a writable disk.
+fn reparents_lineage(d: &DiskCtl) -> bool {
+    d.rec.read_only || d.rec.kind == DiskKind::Snapshot
 }
 
 /// The disks a re-parenting switches: a writable disk alone, or a snapshot (or a
@@ -846,7 +845,7 @@ impl Controller {
     fn lineage_to_switch(&self, id: u64, also: &[u64]) -> Lineage {
         let st = self.st.borrow();
         let d = &st.disks[&id];
-        let snapshot = d.rec.read_only || d.rec.kind == DiskKind::Snapshot;
+        let snapshot = reparents_lineage(d);
         let through = if snapshot {
             Self::reading_through(&st, id)
         } else {
