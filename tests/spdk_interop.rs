@@ -831,3 +831,153 @@ nvmf:
     assert!(e.message.contains("pool1"), "{e:?}");
     srv.stop();
 }
+
+/// The lineage flags of every lvol, as `bdev_lvol_get_lvols` and `bdev_get_bdevs`
+/// (`driver_specific.lvol`) report them through `spdk-rpc` on socket `sock`: by name,
+/// the fields that do not depend on UUIDs or on the target (`clones` sorted).
+fn lineage(sock: &std::path::Path) -> std::collections::BTreeMap<String, Value> {
+    let tool = rpc_common::spdk_rpc();
+    let call = |args: &[&str]| -> Value {
+        let out = run_ok(
+            Command::new(&tool).arg("-s").arg(sock).args(args),
+            Duration::from_secs(60),
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    };
+    let bdevs = call(&["bdev_get_bdevs"]);
+    let mut out = std::collections::BTreeMap::new();
+    for l in call(&["bdev_lvol_get_lvols"]).as_array().unwrap() {
+        let name = l["name"].as_str().unwrap().to_string();
+        let b = (bdevs.as_array().unwrap().iter())
+            .find(|b| b["uuid"] == l["uuid"])
+            .unwrap_or_else(|| panic!("lvol {name} is no bdev: {bdevs}"));
+        let d = &b["driver_specific"]["lvol"];
+        let mut clones: Vec<Value> = d["clones"].as_array().cloned().unwrap_or_default();
+        clones.sort_by_key(|c| c.as_str().unwrap_or_default().to_string());
+        out.insert(
+            name,
+            json!({
+                "is_snapshot": l["is_snapshot"], "is_clone": l["is_clone"],
+                "is_esnap_clone": l["is_esnap_clone"],
+                "is_thin_provisioned": l["is_thin_provisioned"],
+                "num_allocated_clusters": l["num_allocated_clusters"],
+                "snapshot": d["snapshot"], "clone": d["clone"],
+                "base_snapshot": d["base_snapshot"], "clones": d.get("clones").map(|_| clones),
+                "esnap_clone": d["esnap_clone"], "thin_provision": d["thin_provision"],
+                "driver_num_allocated_clusters": d["num_allocated_clusters"],
+            }),
+        );
+    }
+    out
+}
+
+/// SPDK's lvol flags mean what they mean on SPDK: the same `spdk-rpc` calls on SPDK's
+/// `nvmf_tgt` and on tessera — a thin and a thick lvol, snapshots of an lvol, of a clone
+/// and of an esnap clone, then a snapshot deleted, an lvol re-parented, a clone inflated
+/// and one decoupled — leave every lvol with the same `is_clone`, `is_snapshot`,
+/// `is_esnap_clone`, `clone`, `snapshot`, `base_snapshot`, `clones` (snapshots among
+/// them), `esnap_clone` and allocated clusters on both, checked after each step (but
+/// the inflated lvol's provisioning: SPDK's inflate makes it thick, tessera's keeps it
+/// thin, as README.md says). SPDK's `is_clone` is "has a parent snapshot": the lvol a
+/// snapshot was taken of is one, and so is a snapshot taken of a clone.
+#[test]
+fn lvol_lineage_flags_match_spdk_through_snapshots_clones_and_reparenting() {
+    let dir = tempfile::tempdir().unwrap();
+    let spdk_sock = dir.path().join("spdk.sock");
+    let mut spdk = Background::spawn(
+        tool("nvmf_tgt")
+            .args(APP)
+            .args(NO_HUGE)
+            .args(["-m", "0x2", "-r"])
+            .arg(&spdk_sock),
+        dir.path().join("nvmf_tgt.log"),
+    );
+    let srv = Serve::start_yaml("cores: [0]\nidle: adaptive\n");
+    let tool_path = rpc_common::spdk_rpc();
+    let rpc = |sock: &std::path::Path, args: &[&str]| {
+        run_ok(
+            Command::new(&tool_path).arg("-s").arg(sock).args(args),
+            Duration::from_secs(60),
+        )
+    };
+    // SPDK's socket appears once its RPC server runs.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = spdk_sock.exists()
+            && Command::new(&tool_path)
+                .arg("-s")
+                .arg(&spdk_sock)
+                .arg("spdk_get_version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if ok {
+            break;
+        }
+        assert!(spdk.is_running(), "nvmf_tgt exited:\n{}", spdk.text());
+        assert!(
+            Instant::now() < end,
+            "nvmf_tgt's RPC socket did not answer in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let both = |args: &[&str]| {
+        rpc(&spdk_sock, args);
+        rpc(&srv.socket, args);
+    };
+    // `thin`: lvols SPDK made thick where tessera keeps them thin (README, "Inflate":
+    // tessera's inflate copies what the lvol shares and leaves its holes unallocated),
+    // compared without their provisioning and allocated clusters.
+    let same_but = |step: &str, thin: &[&str]| {
+        let (mut theirs, mut ours) = (lineage(&spdk_sock), lineage(&srv.socket));
+        for l in thin {
+            for side in [&mut theirs, &mut ours] {
+                let v = side.get_mut(*l).unwrap_or_else(|| panic!("no lvol {l}"));
+                for k in [
+                    "is_thin_provisioned",
+                    "thin_provision",
+                    "num_allocated_clusters",
+                    "driver_num_allocated_clusters",
+                ] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+            }
+        }
+        for (name, t) in &theirs {
+            assert_eq!(
+                ours.get(name),
+                Some(t),
+                "after {step}: lvol {name}: SPDK says {t}, tessera {:?}",
+                ours.get(name)
+            );
+        }
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "after {step}"
+        );
+        assert!(!theirs.is_empty(), "after {step}: no lvols");
+    };
+    let same = |step: &str| same_but(step, &[]);
+    both(&["bdev_malloc_create", "-b", "m0", "64", "4096"]);
+    both(&["bdev_null_create", "n0", "16", "4096"]);
+    both(&["bdev_lvol_create_lvstore", "m0", "lvs", "-c", "4194304"]);
+    both(&["bdev_lvol_create", "-l", "lvs", "-t", "v", "8"]);
+    both(&["bdev_lvol_create", "-l", "lvs", "t", "8"]);
+    same("creating a thin and a thick lvol");
+    both(&["bdev_lvol_snapshot", "lvs/v", "s1"]);
+    both(&["bdev_lvol_clone", "lvs/s1", "c1"]);
+    both(&["bdev_lvol_snapshot", "lvs/c1", "s2"]);
+    both(&["bdev_lvol_snapshot", "lvs/v", "s3"]);
+    both(&["bdev_lvol_clone_bdev", "n0", "lvs", "e1"]);
+    both(&["bdev_lvol_snapshot", "lvs/e1", "es1"]);
+    both(&["bdev_lvol_clone", "lvs/s2", "c2"]);
+    same("snapshots of an lvol, of a clone and of an esnap clone");
+    both(&["bdev_lvol_delete", "lvs/s3"]);
+    same("deleting a snapshot between two others");
+    both(&["bdev_lvol_set_parent", "lvs/v", "lvs/s2"]);
+    same("bdev_lvol_set_parent");
+    both(&["bdev_lvol_inflate", "lvs/c2"]);
+    both(&["bdev_lvol_decouple_parent", "lvs/c1"]);
+    same_but("inflate and decouple", &["c2"]);
+    drop(spdk);
+}

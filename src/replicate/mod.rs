@@ -123,7 +123,8 @@ struct Lvol {
     pool_uuid: Uuid,
     pool_name: String,
     is_snapshot: bool,
-    is_clone: bool,
+    /// Created as a disk (not a snapshot or a clone): tessera's `kind`.
+    is_disk: bool,
     parent: Option<String>,
     block_size: u32,
     size: u64,
@@ -148,7 +149,7 @@ fn lvols(rpc: &mut Rpc) -> Result<Vec<Lvol>> {
             pool_uuid: uuid(&l["lvs"]["uuid"]).ok_or_else(bad)?,
             pool_name: l["lvs"]["name"].as_str().unwrap_or_default().to_string(),
             is_snapshot: l["is_snapshot"].as_bool().unwrap_or(false),
-            is_clone: l["is_clone"].as_bool().unwrap_or(false),
+            is_disk: l["kind"] == "disk",
             parent: s("parent"),
             block_size: u32::try_from(block_size).map_err(|_| bad())?,
             size: l["num_blocks"].as_u64().ok_or_else(bad)? * block_size,
@@ -424,8 +425,8 @@ pub fn send(opts: &SendOptions, out: impl Write, progress: &mut dyn Write) -> Re
             opts.resume_from, target.size
         )));
     }
-    // The disk the snapshot is of: the lvol (not a snapshot, not a clone) whose
-    // ancestors include it.
+    // The disk the snapshot is of: the lvol created as a disk (not a snapshot, not a
+    // clone) whose ancestors include it.
     let descends = |l: &Lvol| {
         let mut p = l.parent.clone();
         let mut hops = 0;
@@ -443,7 +444,7 @@ pub fn send(opts: &SendOptions, out: impl Write, progress: &mut dyn Write) -> Re
     };
     let disk_uuid = all
         .iter()
-        .find(|l| l.pool_uuid == target.pool_uuid && !l.is_snapshot && !l.is_clone && descends(l))
+        .find(|l| l.pool_uuid == target.pool_uuid && l.is_disk && descends(l))
         .map_or(Uuid::nil(), |l| l.uuid);
     let runs = send_runs(&mut rpc, base.as_ref(), &target, opts.resume_from)?;
     let total: u64 = runs.iter().map(|r| r.1).sum();

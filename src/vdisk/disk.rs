@@ -131,6 +131,9 @@ impl Bdev for VDisk {
         vec![self.disk_name()]
     }
 
+    /// What the disk knows of itself; `bdev_get_bdevs` adds the fields SPDK derives
+    /// from the pool's lineage and clusters (`clone`, `base_snapshot`, `clones`,
+    /// `num_allocated_clusters`, …), which only the controller knows.
     fn driver_specific(&self) -> serde_json::Value {
         let kind = self.kind();
         serde_json::json!({"lvol": {

@@ -73,8 +73,9 @@ pub struct GetBdevsParams {
 }
 
 /// The fields of an lvol's `driver_specific.lvol` that SPDK's
-/// `vbdev_lvol_dump_info_json` derives from its blob's lineage: `base_snapshot` (a
-/// clone's parent snapshot), `clones` (a snapshot's), `esnap_clone` (the lvol whose
+/// `vbdev_lvol_dump_info_json` derives from its blob's lineage and clusters: `clone`
+/// (it has a parent snapshot), `base_snapshot` (that snapshot), `clones` (a
+/// snapshot's children), `num_allocated_clusters`, `esnap_clone` (the lvol whose
 /// parent is an external snapshot itself) and `external_snapshot_name` (its esnap ID,
 /// the bdev's UUID). Looked up in the pools once for the whole answer.
 async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
@@ -88,7 +89,7 @@ async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
     for pool in ctx.target.pools() {
         if let Ok(l) = pool.list().await {
             for d in l {
-                disks.insert(d.uuid.to_string(), (pool.uuid(), d));
+                disks.insert(d.uuid.to_string(), d);
             }
         }
     }
@@ -96,29 +97,22 @@ async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
         let Some(uuid) = b["uuid"].as_str().map(str::to_string) else {
             continue;
         };
-        let Some((pool, d)) = disks.get(&uuid) else {
+        let Some(d) = disks.get(&uuid) else {
             continue;
         };
         let lvol = &mut b["driver_specific"]["lvol"];
         if !lvol.is_object() {
             continue;
         }
+        lvol["clone"] = json!(d.parent.is_some());
+        lvol["num_allocated_clusters"] = json!(d.allocated_segments);
         if let Some(p) = &d.parent {
             lvol["base_snapshot"] = json!(p);
         }
-        if d.kind == crate::vdisk::meta::directory::DiskKind::Snapshot {
-            let clones: Vec<&String> = d
-                .children
-                .iter()
-                .filter(|c| {
-                    disks.values().any(|(pu, o)| {
-                        pu == pool
-                            && &o.name == *c
-                            && o.kind != crate::vdisk::meta::directory::DiskKind::Snapshot
-                    })
-                })
-                .collect();
-            lvol["clones"] = json!(clones);
+        // Every lvol whose parent the snapshot is, snapshots too (SPDK's
+        // `spdk_blob_get_clones`); no field when there is none, as SPDK.
+        if d.kind == crate::vdisk::meta::directory::DiskKind::Snapshot && !d.children.is_empty() {
+            lvol["clones"] = json!(d.children);
         }
         let esnap = d.external.is_some() && d.parent.is_none();
         lvol["esnap_clone"] = json!(esnap);

@@ -142,7 +142,12 @@ fn lvol_json(pool: &Pool, d: &DiskInfo) -> Value {
         "name": d.name,
         "is_thin_provisioned": d.thin,
         "is_snapshot": d.kind == DiskKind::Snapshot,
-        "is_clone": d.kind == DiskKind::Clone && d.parent.is_some(),
+        // As SPDK's `spdk_blob_is_clone`: the lvol reads through a snapshot of the pool
+        // (a clone, the lvol a snapshot was taken of, a snapshot of either).
+        "is_clone": d.parent.is_some(),
+        // tessera's: how the disk came to be ("disk", "snapshot" or "clone"), which
+        // SPDK's flags do not tell apart once a disk has a snapshot.
+        "kind": d.kind,
         // As SPDK: the lvol whose parent is the external snapshot itself (after a
         // snapshot of it, the snapshot is, and the lvol is a clone of the snapshot).
         "is_esnap_clone": d.external.is_some() && d.parent.is_none(),
