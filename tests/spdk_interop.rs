@@ -873,8 +873,9 @@ fn lineage(sock: &std::path::Path) -> std::collections::BTreeMap<String, Value> 
 
 /// SPDK's lvol flags mean what they mean on SPDK: the same `spdk-rpc` calls on SPDK's
 /// `nvmf_tgt` and on tessera — a thin and a thick lvol, snapshots of an lvol, of a clone
-/// and of an esnap clone, then a snapshot deleted, an lvol re-parented, a clone inflated
-/// and one decoupled — leave every lvol with the same `is_clone`, `is_snapshot`,
+/// and of an esnap clone, a clone of an lvol made read-only, a snapshot given an
+/// external parent, then snapshots deleted, an lvol re-parented, a clone inflated and
+/// one decoupled — leave every lvol with the same `is_clone`, `is_snapshot`,
 /// `is_esnap_clone`, `clone`, `snapshot`, `base_snapshot`, `clones` (snapshots among
 /// them), `esnap_clone` and allocated clusters on both, checked after each step (but
 /// the inflated lvol's provisioning: SPDK's inflate makes it thick, tessera's keeps it
@@ -972,6 +973,16 @@ fn lvol_lineage_flags_match_spdk_through_snapshots_clones_and_reparenting() {
     both(&["bdev_lvol_snapshot", "lvs/e1", "es1"]);
     both(&["bdev_lvol_clone", "lvs/s2", "c2"]);
     same("snapshots of an lvol, of a clone and of an esnap clone");
+    both(&["bdev_lvol_create", "-l", "lvs", "-t", "ro", "8"]);
+    both(&["bdev_lvol_set_read_only", "lvs/ro"]);
+    both(&["bdev_lvol_clone", "lvs/ro", "r1"]);
+    same("a clone of an lvol made read-only");
+    both(&["bdev_lvol_create", "-l", "lvs", "-t", "w", "8"]);
+    both(&["bdev_lvol_snapshot", "lvs/w", "ws"]);
+    both(&["bdev_lvol_set_parent_bdev", "lvs/ws", "n0"]);
+    same("bdev_lvol_set_parent_bdev on a snapshot");
+    both(&["bdev_lvol_delete", "lvs/es1"]);
+    same("deleting an esnap clone's snapshot");
     both(&["bdev_lvol_delete", "lvs/s3"]);
     same("deleting a snapshot between two others");
     both(&["bdev_lvol_set_parent", "lvs/v", "lvs/s2"]);

@@ -122,6 +122,8 @@ struct Lvol {
     uuid: Uuid,
     pool_uuid: Uuid,
     pool_name: String,
+    /// A snapshot (tessera's `kind`; SPDK's `is_snapshot` also says so of a read-only
+    /// lvol that has clones).
     is_snapshot: bool,
     /// Created as a disk (not a snapshot or a clone): tessera's `kind`.
     is_disk: bool,
@@ -148,7 +150,7 @@ fn lvols(rpc: &mut Rpc) -> Result<Vec<Lvol>> {
             uuid: uuid(&l["uuid"]).ok_or_else(bad)?,
             pool_uuid: uuid(&l["lvs"]["uuid"]).ok_or_else(bad)?,
             pool_name: l["lvs"]["name"].as_str().unwrap_or_default().to_string(),
-            is_snapshot: l["is_snapshot"].as_bool().unwrap_or(false),
+            is_snapshot: l["kind"] == "snapshot",
             is_disk: l["kind"] == "disk",
             parent: s("parent"),
             block_size: u32::try_from(block_size).map_err(|_| bad())?,

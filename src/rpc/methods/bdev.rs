@@ -73,11 +73,12 @@ pub struct GetBdevsParams {
 }
 
 /// The fields of an lvol's `driver_specific.lvol` that SPDK's
-/// `vbdev_lvol_dump_info_json` derives from its blob's lineage and clusters: `clone`
-/// (it has a parent snapshot), `base_snapshot` (that snapshot), `clones` (a
-/// snapshot's children), `num_allocated_clusters`, `esnap_clone` (the lvol whose
-/// parent is an external snapshot itself) and `external_snapshot_name` (its esnap ID,
-/// the bdev's UUID). Looked up in the pools once for the whole answer.
+/// `vbdev_lvol_dump_info_json` derives from its blob's lineage and clusters:
+/// `snapshot` (it has been cloned: [`super::lvol::is_snapshot`]), `clone` (it has a
+/// parent snapshot), `base_snapshot` (that snapshot), `clones` (a snapshot's
+/// children), `num_allocated_clusters`, `esnap_clone` (the lvol whose parent is an
+/// external snapshot itself) and `external_snapshot_name` (its esnap ID, the bdev's
+/// UUID). Looked up in the pools once for the whole answer.
 async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
     if !list
         .iter()
@@ -104,6 +105,8 @@ async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
         if !lvol.is_object() {
             continue;
         }
+        let snapshot = super::lvol::is_snapshot(d);
+        lvol["snapshot"] = json!(snapshot);
         lvol["clone"] = json!(d.parent.is_some());
         lvol["num_allocated_clusters"] = json!(d.allocated_segments);
         if let Some(p) = &d.parent {
@@ -111,7 +114,7 @@ async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
         }
         // Every lvol whose parent the snapshot is, snapshots too (SPDK's
         // `spdk_blob_get_clones`); no field when there is none, as SPDK.
-        if d.kind == crate::vdisk::meta::directory::DiskKind::Snapshot && !d.children.is_empty() {
+        if snapshot && !d.children.is_empty() {
             lvol["clones"] = json!(d.children);
         }
         let esnap = d.external.is_some() && d.parent.is_none();

@@ -134,6 +134,14 @@ pub struct GetLvolsParams {
     pub lvs_name: Option<String>,
 }
 
+/// SPDK's `spdk_blob_is_snapshot`: lvols have been cloned from it — a snapshot, or an
+/// lvol made read-only and cloned. (SPDK's answer also stays true after the last clone
+/// is gone, until the lvstore is loaded again; tessera's snapshot is one all its life,
+/// a read-only lvol while it has clones.)
+pub(crate) fn is_snapshot(d: &DiskInfo) -> bool {
+    d.kind == DiskKind::Snapshot || (d.read_only && !d.children.is_empty())
+}
+
 fn lvol_json(pool: &Pool, d: &DiskInfo) -> Value {
     let seg = d.segment_bytes.max(1);
     json!({
@@ -141,7 +149,7 @@ fn lvol_json(pool: &Pool, d: &DiskInfo) -> Value {
         "uuid": d.uuid.to_string(),
         "name": d.name,
         "is_thin_provisioned": d.thin,
-        "is_snapshot": d.kind == DiskKind::Snapshot,
+        "is_snapshot": is_snapshot(d),
         // As SPDK's `spdk_blob_is_clone`: the lvol reads through a snapshot of the pool
         // (a clone, the lvol a snapshot was taken of, a snapshot of either).
         "is_clone": d.parent.is_some(),
