@@ -602,19 +602,25 @@ impl ChannelStats {
 /// [`super::BdevIo`]'s statistics stamp when it has none.
 pub const NO_SLOT: u32 = u32::MAX;
 
-/// One counted request in flight: the statistics that count it (null: the slot is
-/// free) and when it was submitted; a free slot holds the next free slot's index in
-/// `submitted`.
+/// Counted requests in flight submitted together: the statistics that count them (null:
+/// the slot is free), when they were submitted (the reactor pass), and how many carry
+/// the slot; a free slot holds the next free slot's index in `submitted`.
 struct Slot {
     stats: *const ChannelStats,
     submitted: u64,
+    live: u32,
 }
 
 /// This thread's counted requests in flight, by slot. A request carries its slot's
 /// index (four bytes in padding it already had) instead of the 16 bytes of the stamp
-/// itself; the slots are reused (a free list), so the table is as long as the most
-/// requests ever in flight on the thread at once. Only this thread touches it: requests
-/// complete on the core that submitted them (`BdevIo` is not `Send`).
+/// itself. Requests stamped one after the other for the same statistics in the same
+/// reactor pass have the same stamp, so they share a slot (`last`): a burst of
+/// submissions costs a compare and an increment each, and a batch of their completions
+/// ([`finish_queued`]) gives the slot back once. The slots are reused (a free list), so
+/// the table is as long as the most stamps ever in flight on the thread at once. Only
+/// this thread touches it: requests complete on the core that submitted them (`BdevIo`
+/// is not `Send`), and a stamp is carried by one request at a time (`BdevIo` is not
+/// `Clone`; a stacked bdev's readdressing moves it), so a slot's count is exact.
 ///
 /// A slot points at its statistics without a reference count: the table holds one
 /// reference ([`InFlight::pinned`]) to every [`ChannelStats`] a slot may point at, taken
@@ -624,6 +630,9 @@ struct Slot {
 struct InFlight {
     slots: Vec<Slot>,
     free: u32,
+    /// The slot stamped last: the next stamp shares it if it has the same statistics
+    /// and pass (and it is not free).
+    last: u32,
     pinned: Vec<Rc<ChannelStats>>,
 }
 
@@ -664,18 +673,57 @@ impl InFlight {
         gone
     }
 
-    /// Frees `slot`, returning what it held.
+    /// The stamp of a request submitted at `submitted` for `stats`: the last slot if it
+    /// holds the same, else a new one.
     #[inline]
-    fn take(&mut self, slot: u32) -> Option<(*const ChannelStats, u64)> {
+    fn stamp(&mut self, stats: *const ChannelStats, submitted: u64) -> u32 {
+        let last = self.last;
+        if let Some(s) = self.slots.get_mut(last as usize)
+            && s.stats == stats
+            && s.submitted == submitted
+        {
+            s.live += 1;
+            return last;
+        }
+        let i = self.free;
+        let i = match self.slots.get_mut(i as usize) {
+            Some(s) => {
+                self.free = s.submitted as u32;
+                *s = Slot {
+                    stats,
+                    submitted,
+                    live: 1,
+                };
+                i
+            }
+            None => self.grow(stats, submitted),
+        };
+        self.last = i;
+        i
+    }
+
+    /// Gives back `n` of the requests carrying `slot` (all of them: the slot is free),
+    /// returning what it holds.
+    #[inline]
+    fn take(&mut self, slot: u32, n: u32) -> Option<(*const ChannelStats, u64)> {
         let free = self.free;
         let s = self.slots.get_mut(slot as usize)?;
         if s.stats.is_null() {
             return None;
         }
-        let stats = std::mem::replace(&mut s.stats, std::ptr::null());
-        let submitted = std::mem::replace(&mut s.submitted, free as u64);
-        self.free = slot;
-        Some((stats, submitted))
+        let held = (s.stats, s.submitted);
+        debug_assert!(
+            n <= s.live,
+            "slot {slot}: {n} given back, {} carried",
+            s.live
+        );
+        s.live = s.live.saturating_sub(n);
+        if s.live == 0 {
+            s.stats = std::ptr::null();
+            s.submitted = free as u64;
+            self.free = slot;
+        }
+        Some(held)
     }
 
     #[cold]
@@ -683,17 +731,26 @@ impl InFlight {
     fn grow(&mut self, stats: *const ChannelStats, submitted: u64) -> u32 {
         let i = self.slots.len();
         if i >= NO_SLOT as usize {
-            // Four billion requests in flight on one core: this one goes uncounted.
+            // Four billion stamps in flight on one core: this one goes uncounted.
             return NO_SLOT;
         }
-        self.slots.push(Slot { stats, submitted });
+        self.slots.push(Slot {
+            stats,
+            submitted,
+            live: 1,
+        });
         i as u32
     }
 }
 
 thread_local! {
     static IN_FLIGHT: UnsafeCell<InFlight> = const {
-        UnsafeCell::new(InFlight { slots: Vec::new(), free: NO_SLOT, pinned: Vec::new() })
+        UnsafeCell::new(InFlight {
+            slots: Vec::new(),
+            free: NO_SLOT,
+            last: NO_SLOT,
+            pinned: Vec::new(),
+        })
     };
 }
 
@@ -723,19 +780,7 @@ pub(crate) fn stamp(stats: &Rc<ChannelStats>) -> u32 {
     }
     let submitted = stats.now();
     let ptr = Rc::as_ptr(stats);
-    with_in_flight(|t| {
-        let i = t.free;
-        match t.slots.get_mut(i as usize) {
-            Some(s) => {
-                t.free = s.submitted as u32;
-                s.stats = ptr;
-                s.submitted = submitted;
-                i
-            }
-            None => t.grow(ptr, submitted),
-        }
-    })
-    .unwrap_or(NO_SLOT)
+    with_in_flight(|t| t.stamp(ptr, submitted)).unwrap_or(NO_SLOT)
 }
 
 /// Pins `stats` in this thread's table (the first request stamped for it).
@@ -746,10 +791,10 @@ fn pin(stats: &Rc<ChannelStats>) {
     drop(with_in_flight(|t| t.pin(stats)));
 }
 
-/// Frees `slot`, returning what it held.
+/// Gives back one request's hold of `slot`, returning what it holds.
 #[inline]
 fn take(slot: u32) -> Option<(*const ChannelStats, u64)> {
-    with_in_flight(|t| t.take(slot)).flatten()
+    with_in_flight(|t| t.take(slot, 1)).flatten()
 }
 
 /// Counts the completion of the request stamped `slot`, of `kind` over `num_blocks`.
@@ -772,9 +817,10 @@ pub(crate) fn finish(slot: u32, kind: IoKind, num_blocks: u64, status: IoStatus)
 ///
 /// The same counts as `complete` would make, at the same time stamp (the batch completes
 /// in this reactor iteration), for less: the table of requests in flight is looked up
-/// once per batch instead of once per request; successive successes of one kind on one
-/// bdev submitted in one iteration (most of a batch: they have the same latency) are
-/// added up and counted once, with [`ChannelStats::record_run`]; and `complete` cleared
+/// once per batch instead of once per request; successive successes of one kind that
+/// carry one slot (one bdev, submitted in one iteration: most of a batch, with the same
+/// latency) are added up, counted once with [`ChannelStats::record_run`] and give the
+/// slot back at once; and `complete` cleared
 /// the stamp with a 4-byte store right before the request is copied to its sink in
 /// 16-byte loads, which cannot take their data from that store and wait for it to
 /// reach the cache (a store-forwarding stall), where these stores go into the queue
@@ -785,30 +831,32 @@ pub(crate) fn finish_queued(batch: &mut std::collections::VecDeque<super::BdevIo
         // `complete` counts those.
         return;
     }
-    /// Successes of one kind on one bdev submitted at one time, not counted yet.
+    /// Successes of one kind carrying one slot (one bdev, one submission time), not
+    /// counted yet: they still hold the slot.
     struct Run {
-        stats: *const ChannelStats,
-        submitted: u64,
+        slot: u32,
         kind: IoKind,
-        n: u64,
+        n: u32,
         num_blocks: u64,
     }
     impl Run {
-        /// # Safety
-        /// `self.stats` is null or pinned by this thread's table of requests in flight.
         #[inline]
-        unsafe fn flush(&self) {
-            if self.n > 0 {
-                // SAFETY: pinned, as the caller promises.
-                let stats = unsafe { &*self.stats };
-                stats.record_run(self.kind, self.n, self.num_blocks, self.submitted);
+        fn flush(&self, t: &mut InFlight) {
+            if self.n > 0
+                && let Some((stats, submitted)) = t.take(self.slot, self.n)
+            {
+                // SAFETY: the slot was occupied, so the table pins the statistics it
+                // points at (a reference in `InFlight::pinned`, given back only by
+                // `InFlight::pin` and `unpin_idle`, which nothing in `finish_queued`'s
+                // closure calls: `record`, `record_run` and the histogram touch only the
+                // statistics).
+                unsafe { &*stats }.record_run(self.kind, self.n as u64, self.num_blocks, submitted);
             }
         }
     }
     with_in_flight(|t| {
         let mut run = Run {
-            stats: std::ptr::null(),
-            submitted: 0,
+            slot: NO_SLOT,
             kind: IoKind::Read,
             n: 0,
             num_blocks: 0,
@@ -818,36 +866,29 @@ pub(crate) fn finish_queued(batch: &mut std::collections::VecDeque<super::BdevIo
                 continue;
             }
             let slot = std::mem::replace(&mut io.stats, NO_SLOT);
-            let Some((stats, submitted)) = t.take(slot) else {
-                continue;
-            };
             if !io.deferred.is_success() {
-                // SAFETY: as in `finish`: the slot was occupied, so the table pins the
-                // statistics it points at (a reference in `InFlight::pinned`), and the
-                // pins are let go only by `InFlight::pin` and `unpin_idle`, which nothing
-                // in this closure calls (`record`, `record_run` and the histogram touch
-                // only the statistics).
-                unsafe { &*stats }.record(io.kind, io.num_blocks, submitted, io.deferred);
+                // A failure counts on its own (a run holding the same slot keeps it
+                // occupied meanwhile).
+                if let Some((stats, submitted)) = t.take(slot, 1) {
+                    // SAFETY: as in `Run::flush`.
+                    unsafe { &*stats }.record(io.kind, io.num_blocks, submitted, io.deferred);
+                }
                 continue;
             }
-            if stats == run.stats && submitted == run.submitted && io.kind == run.kind {
+            if slot == run.slot && io.kind == run.kind {
                 run.n += 1;
                 run.num_blocks += io.num_blocks;
             } else {
-                // SAFETY: `run.stats` is null (n = 0) or came from an occupied slot
-                // earlier in this closure, so it is pinned still (see above).
-                unsafe { run.flush() };
+                run.flush(t);
                 run = Run {
-                    stats,
-                    submitted,
+                    slot,
                     kind: io.kind,
                     n: 1,
                     num_blocks: io.num_blocks,
                 };
             }
         }
-        // SAFETY: as above.
-        unsafe { run.flush() };
+        run.flush(t);
     });
 }
 
@@ -1170,6 +1211,64 @@ mod tests {
         assert_eq!((r.ops, r.bytes), (2, 8192));
         assert_eq!((r.min_latency_ticks, r.max_latency_ticks), (650, 900));
         assert_eq!(r.latency_ticks, 1550);
+    }
+
+    /// Requests stamped one after the other for one bdev in one reactor pass share a
+    /// slot, given back only when the last of them completes — one at a time, in a
+    /// queued batch (a failure among them), or dropped uncounted — whatever the order;
+    /// another bdev, or another pass, takes a slot of its own. Every completion counts
+    /// with its own latency.
+    #[test]
+    fn requests_stamped_together_share_a_slot_until_the_last_completes() {
+        use super::super::{BdevIo, IoBuf};
+        let ticks = Rc::new(Cell::new(100u64));
+        let a = Rc::new(ChannelStats::with_ticks(ticks.clone(), 9));
+        let b = Rc::new(ChannelStats::with_ticks(ticks.clone(), 9));
+        let base = in_flight();
+        let together: Vec<u32> = (0..4).map(|_| stamp(&a)).collect();
+        assert!(together.iter().all(|&s| s == together[0]), "{together:?}");
+        assert_eq!(in_flight(), base + 1);
+        let on_b = stamp(&b);
+        let after_b = stamp(&a);
+        ticks.set(200);
+        let next_pass = stamp(&a);
+        let slots = [together[0], on_b, after_b, next_pass];
+        let distinct: HashSet<u32> = slots.iter().copied().collect();
+        assert_eq!(distinct.len(), 4, "{slots:?}");
+        assert_eq!(in_flight(), base + 4);
+
+        ticks.set(1_000);
+        let io = |slot: u32, status: IoStatus| {
+            let mut io = BdevIo::read(0, 8, IoBuf::new(4096));
+            io.stats = slot;
+            io.deferred = status;
+            io
+        };
+        let mut queue = std::collections::VecDeque::from([
+            io(together[2], IoStatus::Success),
+            io(together[0], IoStatus::MediaError),
+            io(next_pass, IoStatus::Success),
+        ]);
+        finish_queued(&mut queue);
+        assert!(queue.iter().all(|io| io.stats == NO_SLOT));
+        // Two of the four stamped together are still in flight.
+        assert_eq!(in_flight(), base + 3);
+        finish(together[3], IoKind::Read, 8, IoStatus::Success);
+        assert_eq!(in_flight(), base + 3);
+        // Dropped without completing: nothing counted, the slot given back.
+        drop(io(together[1], IoStatus::Success));
+        assert_eq!(in_flight(), base + 2);
+        finish(on_b, IoKind::Read, 8, IoStatus::Success);
+        finish(after_b, IoKind::Read, 8, IoStatus::Success);
+        assert_eq!(in_flight(), base);
+
+        let r = *a.stat.get().kind(IoKind::Read);
+        // together[2], together[3] and after_b at 900 ticks, next_pass at 800.
+        assert_eq!((r.ops, r.bytes), (4, 4 * 4096));
+        assert_eq!(r.latency_ticks, 3 * 900 + 800);
+        assert_eq!((r.min_latency_ticks, r.max_latency_ticks), (800, 900));
+        assert_eq!(a.stat.get().errors[IoStatus::MediaError as usize], 1);
+        assert_eq!(b.stat.get().kind(IoKind::Read).ops, 1);
     }
 
     /// A [`super::Deferred`] batch counted by `finish_queued` (runs of successes of one
