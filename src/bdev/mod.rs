@@ -953,6 +953,9 @@ pub struct Channel {
     stats: Option<Rc<stats::ChannelStats>>,
     /// This core's side of the bdev's rate limits.
     qos: Rc<qos::CoreQos>,
+    /// The kinds of request the bdev supports, a bit each (`1 << kind`): a bdev's
+    /// answers do not change, and asking costs a call through its vtable per request.
+    supported: u8,
 }
 
 impl Channel {
@@ -975,6 +978,9 @@ impl Channel {
             deferred: Deferred::current(),
             stats: stats::channel_stats(&**bdev),
             qos: qos::core_state(&**bdev),
+            supported: (stats::KINDS.into_iter())
+                .filter(|&k| bdev.supports(k))
+                .fold(0, |m, k| m | 1 << k as u8),
         })
     }
 
@@ -984,8 +990,12 @@ impl Channel {
     }
 
     /// Checks a request against the bdev's geometry; `Success` when it may proceed.
+    #[inline]
     pub fn check(&self, io: &BdevIo) -> IoStatus {
-        check_io(&*self.bdev, io)
+        if self.supported & (1 << io.kind as u8) == 0 {
+            return IoStatus::InvalidOpcode;
+        }
+        check_geometry(self.bdev.props(), io)
     }
 
     /// Validates and submits `io`. A bad request completes (later) with its status. A
@@ -1299,7 +1309,15 @@ pub fn check_io(bdev: &dyn Bdev, io: &BdevIo) -> IoStatus {
     if !bdev.supports(io.kind) {
         return IoStatus::InvalidOpcode;
     }
-    if io.kind.modifies() && bdev.read_only() {
+    check_geometry(bdev.props(), io)
+}
+
+/// Validates `io`, of a kind its bdev supports, against the bdev's properties `p`:
+/// read-only, range, lengths, buffer alignment. (One look at the properties: each of
+/// `dyn Bdev`'s accessors is a call through the vtable to `props`.)
+#[inline]
+fn check_geometry(p: &BdevProps, io: &BdevIo) -> IoStatus {
+    if io.kind.modifies() && p.read_only.load(Ordering::Acquire) {
         return IoStatus::WriteProtected;
     }
     if io.kind == IoKind::Flush {
@@ -1309,15 +1327,15 @@ pub fn check_io(bdev: &dyn Bdev, io: &BdevIo) -> IoStatus {
         return IoStatus::InvalidField;
     }
     match io.offset_blocks.checked_add(io.num_blocks) {
-        Some(end) if end <= bdev.num_blocks() => {}
+        Some(end) if end <= p.num_blocks.load(Ordering::Acquire) => {}
         _ => return IoStatus::LbaOutOfRange,
     }
     if io.kind.has_data() {
-        let want = io.num_blocks.checked_mul(bdev.block_size() as u64);
+        let want = io.num_blocks.checked_mul(p.block_size as u64);
         if want != Some(io.iov_len() as u64) {
             return IoStatus::InvalidField;
         }
-        let align = bdev.buf_align();
+        let align = p.buf_align;
         if align > 1
             && io
                 .iovs
