@@ -354,6 +354,14 @@ fn five_rounds_of_send_receive_keep_the_replica_equal_to_the_source() {
         let want = changed_bytes(&src, prev.as_deref(), &snap);
         let got = stream_bytes(&stream);
         assert!(want > 0, "round {round}: nothing changed?");
+        // The header names the disk the snapshots are of (vd0, which reads through them:
+        // SPDK's `is_clone` says so of it, tessera's `kind` says it is the disk).
+        let (header, _) = decode_all(&std::fs::read(&stream).unwrap()).unwrap();
+        assert_eq!(
+            header.disk_uuid.to_string(),
+            uuid_of(&src, "vd0"),
+            "round {round}: the stream's disk"
+        );
         let diff = got.abs_diff(want) as f64 / want as f64;
         assert!(
             diff <= 0.05,
