@@ -852,6 +852,11 @@ fn lineage(sock: &std::path::Path) -> std::collections::BTreeMap<String, Value> 
             .find(|b| b["uuid"] == l["uuid"])
             .unwrap_or_else(|| panic!("lvol {name} is no bdev: {bdevs}"));
         let d = &b["driver_specific"]["lvol"];
+        // The fields SPDK writes, but tessera's own (the lvstore's name).
+        let mut keys: Vec<&String> = (d.as_object().unwrap().keys())
+            .filter(|k| *k != "lvol_store_name")
+            .collect();
+        keys.sort();
         let mut clones: Vec<Value> = d["clones"].as_array().cloned().unwrap_or_default();
         clones.sort_by_key(|c| c.as_str().unwrap_or_default().to_string());
         out.insert(
@@ -865,6 +870,7 @@ fn lineage(sock: &std::path::Path) -> std::collections::BTreeMap<String, Value> 
                 "base_snapshot": d["base_snapshot"], "clones": d.get("clones").map(|_| clones),
                 "esnap_clone": d["esnap_clone"], "thin_provision": d["thin_provision"],
                 "driver_num_allocated_clusters": d["num_allocated_clusters"],
+                "driver_fields": keys,
             }),
         );
     }
