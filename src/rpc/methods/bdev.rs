@@ -74,11 +74,10 @@ pub struct GetBdevsParams {
 
 /// The fields of an lvol's `driver_specific.lvol` that SPDK's
 /// `vbdev_lvol_dump_info_json` derives from its blob's lineage and clusters:
-/// `snapshot` (it has been cloned: [`super::lvol::is_snapshot`]), `clone` (it has a
-/// parent snapshot), `base_snapshot` (that snapshot), `clones` (a snapshot's
-/// children), `num_allocated_clusters`, `esnap_clone` (the lvol whose parent is an
-/// external snapshot itself) and `external_snapshot_name` (its esnap ID, the bdev's
-/// UUID). Looked up in the pools once for the whole answer.
+/// `snapshot`, `clone` and `esnap_clone` (as `bdev_lvol_get_lvols`' flags:
+/// [`super::lvol::is_snapshot`] and its neighbours), `base_snapshot` (the parent
+/// snapshot), `clones` (a snapshot's children), `num_allocated_clusters` and
+/// `external_snapshot_name` (the esnap ID, the bdev's UUID). Looked up in the pools once for the whole answer.
 async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
     if !list
         .iter()
@@ -107,7 +106,7 @@ async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
         }
         let snapshot = super::lvol::is_snapshot(d);
         lvol["snapshot"] = json!(snapshot);
-        lvol["clone"] = json!(d.parent.is_some());
+        lvol["clone"] = json!(super::lvol::is_clone(d));
         lvol["num_allocated_clusters"] = json!(d.allocated_segments);
         if let Some(p) = &d.parent {
             lvol["base_snapshot"] = json!(p);
@@ -117,7 +116,7 @@ async fn add_lvol_lineage(ctx: &Ctx, list: &mut [Value]) {
         if snapshot && !d.children.is_empty() {
             lvol["clones"] = json!(d.children);
         }
-        let esnap = d.external.is_some() && d.parent.is_none();
+        let esnap = super::lvol::is_esnap_clone(d);
         lvol["esnap_clone"] = json!(esnap);
         if let (true, Some(x)) = (esnap, &d.external) {
             lvol["external_snapshot_name"] = json!(x.uuid.to_string());

@@ -142,6 +142,19 @@ pub(crate) fn is_snapshot(d: &DiskInfo) -> bool {
     d.kind == DiskKind::Snapshot || (d.read_only && !d.children.is_empty())
 }
 
+/// SPDK's `spdk_blob_is_clone`: the lvol reads through a snapshot of the lvstore — a
+/// clone, the lvol a snapshot was taken of, a snapshot of either.
+pub(crate) fn is_clone(d: &DiskInfo) -> bool {
+    d.parent.is_some()
+}
+
+/// SPDK's `spdk_blob_is_esnap_clone`: the lvol whose parent is the external snapshot
+/// itself (after a snapshot of it, the snapshot is, and the lvol is a clone of the
+/// snapshot).
+pub(crate) fn is_esnap_clone(d: &DiskInfo) -> bool {
+    d.external.is_some() && d.parent.is_none()
+}
+
 fn lvol_json(pool: &Pool, d: &DiskInfo) -> Value {
     let seg = d.segment_bytes.max(1);
     json!({
@@ -150,15 +163,11 @@ fn lvol_json(pool: &Pool, d: &DiskInfo) -> Value {
         "name": d.name,
         "is_thin_provisioned": d.thin,
         "is_snapshot": is_snapshot(d),
-        // As SPDK's `spdk_blob_is_clone`: the lvol reads through a snapshot of the pool
-        // (a clone, the lvol a snapshot was taken of, a snapshot of either).
-        "is_clone": d.parent.is_some(),
+        "is_clone": is_clone(d),
         // tessera's: how the disk came to be ("disk", "snapshot" or "clone"), which
         // SPDK's flags do not tell apart once a disk has a snapshot.
         "kind": d.kind,
-        // As SPDK: the lvol whose parent is the external snapshot itself (after a
-        // snapshot of it, the snapshot is, and the lvol is a clone of the snapshot).
-        "is_esnap_clone": d.external.is_some() && d.parent.is_none(),
+        "is_esnap_clone": is_esnap_clone(d),
         "is_degraded": d.degraded,
         // SPDK's esnap ID (the bdev's UUID), and tessera's: the bdev's name.
         "external_snapshot_name": d.external.as_ref().map(|x| x.uuid.to_string()),
