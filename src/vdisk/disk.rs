@@ -1,12 +1,11 @@
 //! A virtual disk as a bdev: its channel on each core is the disk's mapping agent there.
 
 use super::agent::{Agent, AgentChannel, IoCounts};
-use super::meta::directory::{DiskKind, DiskRecord};
+use super::meta::directory::DiskRecord;
 use super::shared::PoolShared;
 use crate::bdev::{Bdev, BdevChannel, BdevError, BdevProps, IoKind};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A virtual disk (SPDK: a logical volume). As a bdev it is named by its UUID, as SPDK
 /// names lvol bdevs, with the alias `pool/disk`; its name within the pool may change
@@ -17,7 +16,6 @@ pub struct VDisk {
     disk_name: std::sync::Mutex<String>,
     pub(crate) shared: Arc<PoolShared>,
     id: u64,
-    kind: AtomicU8,
     thin: bool,
     /// Requests completed, per core (the disk's agents count them).
     io_counts: Arc<IoCounts>,
@@ -39,7 +37,6 @@ impl VDisk {
             disk_name: std::sync::Mutex::new(rec.name.clone()),
             shared: shared.clone(),
             id: rec.id,
-            kind: AtomicU8::new(rec.kind as u8),
             thin: rec.thin,
             io_counts: Arc::new(IoCounts::new(shared.cores.len())),
         }))
@@ -67,23 +64,10 @@ impl VDisk {
         self.id
     }
 
-    /// How the disk came to be.
-    pub fn kind(&self) -> DiskKind {
-        match self.kind.load(Ordering::Relaxed) {
-            1 => DiskKind::Snapshot,
-            2 => DiskKind::Clone,
-            _ => DiskKind::Disk,
-        }
-    }
-
     /// Requests served so far, all cores: counted when a request is readdressed to a
     /// container, else when it completes.
     pub fn io_count(&self) -> u64 {
         self.io_counts.total()
-    }
-
-    pub(crate) fn set_kind(&self, k: DiskKind) {
-        self.kind.store(k as u8, Ordering::Relaxed);
     }
 
     pub(crate) fn set_size_blocks(&self, n: u64) {
@@ -132,18 +116,14 @@ impl Bdev for VDisk {
     }
 
     /// What the disk knows of itself; `bdev_get_bdevs` adds the fields SPDK derives
-    /// from the pool's lineage and clusters (`clone`, `base_snapshot`, `clones`,
-    /// `num_allocated_clusters`, …), which only the controller knows.
+    /// from the pool's lineage and clusters (`snapshot`, `clone`, `base_snapshot`,
+    /// `clones`, `num_allocated_clusters`, …), which only the controller knows.
     fn driver_specific(&self) -> serde_json::Value {
-        let kind = self.kind();
         serde_json::json!({"lvol": {
             "lvol_store_uuid": self.shared.uuid.to_string(),
             "lvol_store_name": self.shared.name.get(),
             "base_bdev": self.shared.containers[0].bdev.name(),
             "thin_provision": self.thin,
-            "snapshot": kind == DiskKind::Snapshot,
-            "clone": kind == DiskKind::Clone,
-            "num_allocated_clusters": serde_json::Value::Null,
         }})
     }
 }

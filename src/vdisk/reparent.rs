@@ -692,7 +692,7 @@ impl Controller {
             )));
         }
         // The switch: one step, nothing awaited.
-        let became_clone = {
+        {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             let external = match new {
@@ -735,15 +735,10 @@ impl Controller {
                 .disks
                 .get_mut(&through[0])
                 .expect("checked, nothing awaited since");
-            let became_clone = (!reparents_lineage(first)).then(|| {
+            if !reparents_lineage(first) {
                 first.rec.kind = DiskKind::Clone;
-                first.bdev.clone()
-            });
+            }
             st.changed();
-            became_clone
-        };
-        if let Some(bdev) = became_clone {
-            bdev.set_kind(DiskKind::Clone);
         }
         // Every agent has the new views before the held I/O is let go.
         for &x in through {

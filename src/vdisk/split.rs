@@ -476,7 +476,6 @@ impl Controller {
             };
             if !decouple {
                 d.rec.kind = DiskKind::Disk;
-                d.bdev.set_kind(DiskKind::Disk);
             }
             d.rec.job = JobRecord::None;
             let name = d.rec.name.clone();
