@@ -1,6 +1,7 @@
 //! A virtual disk as a bdev: its channel on each core is the disk's mapping agent there.
 
 use super::agent::{Agent, AgentChannel, IoCounts};
+use super::maybe_mapped::MaybeMapped;
 use super::meta::directory::DiskRecord;
 use super::shared::PoolShared;
 use crate::bdev::{Bdev, BdevChannel, BdevError, BdevProps, IoKind};
@@ -19,6 +20,8 @@ pub struct VDisk {
     thin: bool,
     /// Requests completed, per core (the disk's agents count them).
     io_counts: Arc<IoCounts>,
+    /// Which virtual segments may hold an extent (`maybe_mapped.rs`), for the agents.
+    pub(crate) maybe_mapped: Arc<MaybeMapped>,
 }
 
 impl VDisk {
@@ -39,6 +42,9 @@ impl VDisk {
             id: rec.id,
             thin: rec.thin,
             io_counts: Arc::new(IoCounts::new(shared.cores.len())),
+            maybe_mapped: Arc::new(MaybeMapped::new(
+                rec.size_blocks.div_ceil(shared.geo.segment_blocks),
+            )),
         }))
     }
 
@@ -90,7 +96,8 @@ impl Bdev for VDisk {
 
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         let (shared, id, counts) = (self.shared.clone(), self.id, self.io_counts.clone());
-        let agent = Agent::create(shared, self, id, counts)?;
+        let maybe_mapped = self.maybe_mapped.clone();
+        let agent = Agent::create(shared, self, id, counts, maybe_mapped)?;
         Ok(Rc::new(AgentChannel(agent)))
     }
 

@@ -587,6 +587,13 @@ async fn open_labelled(
     let mut disks = BTreeMap::new();
     for (id, (rec, root)) in table {
         let bdev = VDisk::new(&shared, &rec).map_err(VdiskError::Bdev)?;
+        // Overwrites after the open look at the view, as before it (`maybe_mapped.rs`).
+        if let Some(r) = &root {
+            r.visit_from(0, &mut |e| {
+                bdev.maybe_mapped.note_run(e.vseg, u64::from(e.len));
+                true
+            });
+        }
         disks.insert(id, DiskCtl::new(rec, root, bdev));
     }
     let mut st = CtlState {

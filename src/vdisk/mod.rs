@@ -46,6 +46,7 @@ pub mod lifecycle;
 pub mod load;
 mod locks;
 pub mod map;
+pub(crate) mod maybe_mapped;
 pub mod meta;
 pub mod msg;
 pub mod pool;

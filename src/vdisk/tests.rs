@@ -1648,6 +1648,7 @@ mod beside_view;
 mod diff;
 mod grow;
 mod intent_log;
+mod maybe_mapped;
 mod resize;
 mod revert;
 

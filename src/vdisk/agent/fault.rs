@@ -121,6 +121,9 @@ impl Agent {
                 _ => vec![IoStatus::Aborted; chunk.len()],
             };
             for (&vseg, st) in chunk.iter().zip(sts) {
+                // Answered: the requests tried again look at the view (a bit left clear
+                // would send them back here).
+                self.maybe_mapped.note(vseg);
                 let ios = self
                     .faults
                     .borrow_mut()

@@ -74,6 +74,10 @@ impl Agent {
         if b0 + io.num_blocks > geo.segment_blocks || !self.overrides.borrow().is_empty() {
             return Err(io);
         }
+        // A write where no extent can be faults (`write`), with no descent of the view.
+        if write && !self.maybe_mapped.may_hold(vseg) {
+            return Err(io);
+        }
         let (phys, fill) = {
             let view = self.view.borrow();
             let Some(v) = view.as_ref() else {
@@ -261,6 +265,10 @@ impl Agent {
                         break;
                     }
                     None => {}
+                }
+                if !self.maybe_mapped.may_hold(vseg) {
+                    fault = Some(FaultKey::Write(vseg));
+                    break;
                 }
                 let Some(e) = recent.lookup(view.root.as_ref(), vseg) else {
                     fault = Some(FaultKey::Write(vseg));

@@ -33,6 +33,7 @@ mod recent;
 
 use super::diff;
 use super::map::{Extent, Source};
+use super::maybe_mapped::MaybeMapped;
 use super::msg::{AgentCmd, AgentNotice, Below, RangeState, View};
 use super::shared::PoolShared;
 use crate::bdev::{Bdev, BdevIo, BlockRun, Change, Channel, Deferred, Epochs, IoKind, IoStatus};
@@ -54,6 +55,9 @@ pub struct Agent {
     /// for a write-zeroes that must copy-on-write).
     bdev: Arc<dyn Bdev>,
     io_counts: Arc<IoCounts>,
+    /// Which segments may hold an extent (`maybe_mapped.rs`): a write where none can
+    /// faults without a descent of the view.
+    maybe_mapped: Arc<MaybeMapped>,
     disk: u64,
     core: usize,
     base: Vec<Channel>,
@@ -208,6 +212,7 @@ impl Agent {
         bdev: Arc<dyn Bdev>,
         disk: u64,
         io_counts: Arc<IoCounts>,
+        maybe_mapped: Arc<MaybeMapped>,
     ) -> Result<Rc<Agent>, crate::bdev::BdevError> {
         let base = shared
             .containers
@@ -231,6 +236,7 @@ impl Agent {
             shared: shared.clone(),
             bdev,
             io_counts,
+            maybe_mapped,
             disk,
             core,
             base,
