@@ -321,6 +321,11 @@ impl Space {
         self.free_segs.count()
     }
 
+    /// Segments holding data or waiting for a commit to be reused.
+    pub fn segments_in_use(&self) -> u64 {
+        self.data_segments.saturating_sub(self.free_segs.count())
+    }
+
     /// Segments waiting for a commit before they can be reused.
     pub fn pending_segments(&self) -> u64 {
         self.pending_segs.values().map(|v| v.len() as u64).sum()

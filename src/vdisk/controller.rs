@@ -20,7 +20,7 @@
 //!
 //! **Durable points** (flush, FUA writes, snapshots, clones, creates, deletes, and in the
 //! background every second) append the changes made since the last one to the intent
-//! log and flush once (`intent.rs`). **Checkpoints** (commits: when the log is half full,
+//! log and flush once (`intent.rs`). **Checkpoints** (commits: when the log holds enough records,
 //! every few seconds while changes wait, at close, and where the log cannot describe a
 //! change) persist the fills that changed, write every new node, the directory and the
 //! changed space-map pages, flush, write the superblock (naming where replay starts),
@@ -427,14 +427,16 @@ impl Controller {
                 || self.fill_charges_outstanding())
     }
 
-    /// True if the log asks for a checkpoint (half full, or changes older than the
+    /// True if the log asks for a checkpoint (records past the last one up to its bound,
+    /// or changes older than the
     /// checkpoint interval, or a change it does not describe), or space freed waits
     /// for one while free segments run low.
     pub(crate) fn wants_checkpoint(&self) -> bool {
         let st = self.st.borrow();
         let low = st.space.free_segments() < st.space.data_segments() / 16
             && st.space.pending_segments() > 0;
-        low || st.log.as_ref().is_none_or(|l| l.wants_checkpoint())
+        let in_use = st.space.segments_in_use();
+        low || st.log.as_ref().is_none_or(|l| l.wants_checkpoint(in_use))
     }
 
     /// Publishes the free segments and brings the metadata budget up to date.

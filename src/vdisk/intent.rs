@@ -7,7 +7,8 @@
 //! they append those as records to a ring of log pages — one write with force-unit-access
 //! to the ring and one to its mirror, after a flush of the data containers that have a
 //! volatile cache — and
-//! checkpoints run in the background: when the ring is half full, every few seconds,
+//! checkpoints run in the background: when the records past the last one grow with
+//! what the pool maps ([`IntentLog::wants_checkpoint`]), every few seconds,
 //! and at close. Open loads the last checkpoint and replays the log after it.
 //!
 //! **What is logged.** Every table edit (`Controller::set_extents`) as a splice record
@@ -44,8 +45,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-/// Most pages of a log (16 MiB): bounds the replay at open.
-pub const MAX_LOG_PAGES: u64 = 4096;
+/// Most pages of a log (64 MiB). A checkpoint is asked for long before the ring is full
+/// ([`IntentLog::wants_checkpoint`]): at half of it only on pools that map more than
+/// ~4 TiB.
+pub const MAX_LOG_PAGES: u64 = 16384;
+/// Pages of records the log may hold past its last checkpoint whatever the pool maps
+/// (8 MiB: ~550 K packed records, ~0.25 s of replay at open).
+const REPLAY_FLOOR_PAGES: u64 = 2048;
+/// Past the floor, a page of records per this many segments in use: about half a
+/// record per segment (a page holds ~270 packed records), ~0.2 s of replay per TiB
+/// mapped in 1 MiB segments.
+///
+/// **Why it grows with the pool.** Under scattered writes every leaf of the tables is
+/// changed between two checkpoints, and a checkpoint writes every changed leaf: its
+/// cost follows the tables' size. Checkpointing every so many records made the
+/// checkpoints' share of each record grow with the tables; letting the records between
+/// two checkpoints grow with what the pool maps keeps it constant, and keeps the replay
+/// at open within a time per TiB mapped.
+const SEGMENTS_PER_REPLAY_PAGE: u64 = 512;
 /// A log takes at most this fraction of the node area.
 const LOG_SHARE: u64 = 16;
 /// Records waiting beyond this start an append without a flush asking for one: what a
@@ -53,6 +70,14 @@ const LOG_SHARE: u64 = 16;
 const APPEND_AHEAD_BYTES: usize = 16 << 10;
 /// A checkpoint runs at least this often while changes wait (bounds the replay).
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Pages of records a log of `ring_pages` holds past its last checkpoint before it asks
+/// for the next, in a pool with `segments_in_use` segments in use (see
+/// [`SEGMENTS_PER_REPLAY_PAGE`]): at most half the ring.
+pub fn replay_bound(ring_pages: u64, segments_in_use: u64) -> u64 {
+    let bound = REPLAY_FLOOR_PAGES.max(segments_in_use / SEGMENTS_PER_REPLAY_PAGE);
+    bound.min(ring_pages / 2).max(1)
+}
 
 /// Pages of the log of a pool whose node area has `node_pages` pages, or 0 for none.
 pub fn log_pages_for(node_pages: u64) -> u64 {
@@ -276,9 +301,10 @@ impl IntentLog {
         self.next_seq.saturating_sub(self.durable_seq)
     }
 
-    /// True if a checkpoint should run now.
-    pub fn wants_checkpoint(&self) -> bool {
-        self.used() * 2 >= self.area.pages
+    /// True if a checkpoint should run now, in a pool with `segments_in_use` segments
+    /// in use.
+    pub fn wants_checkpoint(&self, segments_in_use: u64) -> bool {
+        self.used() >= replay_bound(self.area.pages, segments_in_use)
             || self.unloggable_at.is_some()
             || crate::reactor::now().since(self.last_checkpoint) >= CHECKPOINT_INTERVAL
     }
@@ -485,9 +511,10 @@ impl Controller {
         }
         let checkpoint = {
             let mut st = self.st.borrow_mut();
+            let in_use = st.space.segments_in_use();
             let l = st.log.as_mut().expect("appends run with a log");
             l.durable_changes = l.durable_changes.max(changes);
-            l.wants_checkpoint()
+            l.wants_checkpoint(in_use)
         };
         if checkpoint {
             self.checkpoint_soon();
@@ -1205,6 +1232,20 @@ impl From<ReplayError> for MetaError {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The records a checkpoint leaves behind grow with the segments in use, from 8 MiB
+    /// of pages, up to half the ring; a small ring checkpoints at half full, as before.
+    #[test]
+    fn the_replay_bound_grows_with_the_segments_in_use_up_to_half_the_ring() {
+        assert_eq!(replay_bound(MAX_LOG_PAGES, 0), REPLAY_FLOOR_PAGES);
+        assert_eq!(replay_bound(MAX_LOG_PAGES, 1 << 20), REPLAY_FLOOR_PAGES);
+        // 2 M segments (2 TiB in 1 MiB segments): a page per 512.
+        assert_eq!(replay_bound(MAX_LOG_PAGES, 2 << 20), 4096);
+        assert_eq!(replay_bound(MAX_LOG_PAGES, 64 << 20), MAX_LOG_PAGES / 2);
+        assert_eq!(replay_bound(4096, 2 << 20), 2048);
+        assert_eq!(replay_bound(100, 0), 50);
+        assert_eq!(replay_bound(1, 0), 1);
+    }
 
     /// Expands extents to (vseg → physical segment) pairs.
     fn expand(exts: &[Extent], into: &mut BTreeMap<u64, u64>) {
