@@ -11,14 +11,15 @@ tessera_build() {
     fi
 }
 
-# null_pool_yaml META SIZE: a one-core target whose pool has a 4 TiB null data bdev and
-# its metadata on the file META (io_uring), holding a thin disk `thin0` of SIZE.
+# null_pool_yaml META SIZE [DATA]: a one-core target whose pool has a null data bdev of
+# DATA (4 TiB unless given) and its metadata on the file META (io_uring), holding a thin
+# disk `thin0` of SIZE.
 null_pool_yaml() {
     cat <<YAML
 cores: [0]
 idle: busy
 bdevs:
-  - {type: null, name: data0, size: 4TiB}
+  - {type: null, name: data0, size: ${3:-4TiB}}
   - {type: uring, name: meta0, path: $1}
 pools:
   - {name: p0, bdevs: [data0], metadata_bdev: meta0}
