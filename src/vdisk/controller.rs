@@ -483,6 +483,10 @@ impl Controller {
             };
             table::replace(&mut d.root, edits, &mut st.space);
             d.passes += 1;
+            // Before any agent hears of them (`maybe_mapped.rs`).
+            for x in edits.iter().flat_map(|e| e.extents.iter()) {
+                d.bdev.maybe_mapped.note_run(x.vseg, u64::from(x.len));
+            }
             for e in edits {
                 d.edits += 1;
                 st.changes += 1;

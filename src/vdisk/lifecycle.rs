@@ -217,6 +217,9 @@ impl Controller {
             let st = &mut *st;
             let mut root = None;
             if !exts.is_empty() {
+                for e in &exts {
+                    bdev.maybe_mapped.note_run(e.vseg, u64::from(e.len));
+                }
                 let new = table::splice(None, 0, nsegs, &exts, &mut st.space);
                 table::set_root(&mut root, new, &mut st.space);
             }

@@ -19,10 +19,12 @@
 //! consult it — a read of a segment whose bit is clear while the view maps it would
 //! read zeros.
 //!
-//! Set at open from the tables loaded (so overwrites after a restart do not fault once
-//! each), and by the faults that follow; a disk made another way (a clone, a snapshot,
-//! a revert) starts clear, whose first write at each mapped segment faults anyway (its
-//! extents are shared), or pays one fault where it would not have.
+//! **Where bits are set.** By the controller for every extent it sets in a disk's table
+//! (`Controller::set_extents_many`, before the agents hear of it) and in a thick disk's
+//! first table; at open from the tables loaded (so overwrites after a restart do not
+//! fault once each); and by the agent on each fault's answer. A disk that takes a table
+//! another way (a clone, a snapshot, a revert) starts clear: its extents are shared, so
+//! its first write at each faults anyway.
 //!
 //! A disk of more than [`MOST_BITS`] segments gets one bit per run of segments (a power
 //! of two); segments past the size the bitmap was made for (a disk grown since) read as

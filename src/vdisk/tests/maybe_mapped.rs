@@ -105,3 +105,26 @@ fn overwrites_after_a_reopen_make_no_write_faults() {
     });
     block_on(pool.close()).unwrap();
 }
+
+/// A thick disk's first writes fault nowhere: its table, mapped at creation, is in the
+/// bitmap from the start.
+#[test]
+fn a_thick_disks_first_writes_make_no_write_faults() {
+    let set = reactors(2);
+    let base = malloc("m0", 64);
+    let pool = new_pool(&set, base);
+    let disk: Arc<dyn Bdev> = block_on(pool.create_disk("thick", 8 << 20, false)).unwrap();
+    let before = fault_requests(&pool);
+    let d = disk.clone();
+    on(&set, 1, move || async move {
+        for s in 0..8u64 {
+            write_byte(&d, s * SEG + 1, s as u8 + 1).await.unwrap();
+            assert_eq!(read_byte(&d, s * SEG + 1).await, s as u8 + 1);
+        }
+    });
+    assert_eq!(
+        fault_requests(&pool) - before,
+        0,
+        "first writes into a thick disk faulted"
+    );
+}
