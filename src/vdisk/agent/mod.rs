@@ -68,6 +68,9 @@ pub struct Agent {
     /// blocks are the disk's size (the request's block count stays as it is).
     base_readdress: Vec<bool>,
     view: RefCell<Option<Arc<View>>>,
+    /// Views a new one replaced, dropped once the command that replaced them is done
+    /// ([`Agent::drop_retired_later`]).
+    retired: RefCell<Vec<Arc<View>>>,
     /// Extents set by write faults since the view (`recent.rs`): every lookup reads
     /// them before the view.
     recent: RefCell<Recent>,
@@ -123,6 +126,7 @@ pub(crate) async fn apply(pool: u64, disk: u64, cmd: AgentCmd, blocking: bool) {
                 c.await;
             }
         }
+        a.drop_retired_later();
     }
 }
 
@@ -135,6 +139,7 @@ pub(crate) fn apply_now(pool: u64, disk: u64, cmd: AgentCmd) {
         .and_then(Weak::upgrade);
     if let Some(a) = agent {
         a.command(cmd);
+        a.drop_retired_later();
     }
 }
 
@@ -174,6 +179,19 @@ pub(crate) fn beside_view(pool: u64, disk: u64) -> Option<(usize, u64)> {
         .and_then(Weak::upgrade)?;
     let version = a.view.borrow().as_ref()?.version;
     Some((a.recent.borrow().len(), version))
+}
+
+/// The view of the agent of (`pool`, `disk`) on this core, weakly (tests: when it is
+/// freed).
+#[cfg(test)]
+pub(crate) fn view_weak(pool: u64, disk: u64) -> Option<std::sync::Weak<View>> {
+    let a = registry()
+        .agents
+        .borrow()
+        .get(&(pool, disk))
+        .and_then(Weak::upgrade)?;
+    let v = a.view.borrow();
+    v.as_ref().map(Arc::downgrade)
 }
 
 /// Requests served by one disk, per core (each core writes only its own slot).
@@ -243,6 +261,7 @@ impl Agent {
             base_shift,
             base_readdress,
             view: RefCell::new(None),
+            retired: RefCell::new(Vec::new()),
             recent: RefCell::new(Recent::default()),
             overrides: RefCell::new(Vec::new()),
             quiesced: Cell::new(false),
@@ -268,6 +287,18 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Drops the views new ones replaced, in a task of their own. Dropping a view frees
+    /// the nodes only it still held — the table's nodes the controller copied since
+    /// that view was pushed, thousands of leaves under a stream of first writes
+    /// (milliseconds of freeing). Done in the command, it delayed the command's answer:
+    /// a snapshot waits for its view push to be acknowledged on every core.
+    fn drop_retired_later(&self) {
+        let views = std::mem::take(&mut *self.retired.borrow_mut());
+        if !views.is_empty() {
+            reactor::spawn_local(async move { drop(views) }).detach();
+        }
+    }
+
     fn rc(&self) -> Rc<Agent> {
         self.me.upgrade().expect("agent alive while used")
     }
@@ -282,7 +313,9 @@ impl Agent {
                     .is_none_or(|cur| v.version >= cur.version);
                 if newer {
                     self.recent.borrow_mut().view_applied(v.version);
-                    *self.view.borrow_mut() = Some(v);
+                    if let Some(old) = self.view.replace(Some(v)) {
+                        self.retired.borrow_mut().push(old);
+                    }
                 }
                 self.release_held();
             }

@@ -254,3 +254,37 @@ fn a_view_push_after_extents_beside_the_view_drops_them() {
     );
     drop(held);
 }
+
+/// A view push is answered before the view it replaced is dropped (dropping it frees the
+/// nodes only it held: milliseconds after a burst of first writes, which a snapshot's
+/// blocking push waited for), and that view is dropped right after, in a task of its
+/// own.
+#[test]
+fn a_replaced_view_is_dropped_after_the_push_is_answered() {
+    let (set, _base, pool, disk) = thin_disk(32 << 20);
+    let id = block_on(pool.disk("vd0")).unwrap().disk_id();
+    let p = pool.shared.id;
+    let _held = hold_agents(&set, &disk, &[1]);
+    let view = block_on(pool.on_ctl(move |c| async move {
+        let mut st = c.st.borrow_mut();
+        let d = st.disks.get_mut(&id).unwrap();
+        d.version += 1;
+        Ok(c.view_of(d))
+    }))
+    .unwrap();
+    on(&set, 1, move || async move {
+        let old = crate::vdisk::agent::view_weak(p, id).expect("a view");
+        crate::vdisk::agent::apply(p, id, crate::vdisk::msg::AgentCmd::SetView(view), true).await;
+        assert!(
+            old.upgrade().is_some(),
+            "the replaced view was dropped before the push was answered"
+        );
+        for _ in 0..4 {
+            crate::reactor::yield_now().await;
+        }
+        assert!(
+            old.upgrade().is_none(),
+            "the replaced view was never dropped"
+        );
+    });
+}
