@@ -74,11 +74,7 @@ impl MaybeMapped {
     /// Notes that `vseg` may hold an extent.
     #[inline]
     pub(crate) fn note(&self, vseg: u64) {
-        if let Some((w, bit)) = self.place(vseg)
-            && w.load(Ordering::Relaxed) & bit == 0
-        {
-            w.fetch_or(bit, Ordering::Relaxed);
-        }
+        self.note_run(vseg, 1);
     }
 
     /// Clears every bit (tests: a disk whose extents the bitmap does not know).
@@ -101,7 +97,10 @@ impl MaybeMapped {
             let lo = b % 64;
             let hi = if last / 64 == b / 64 { last % 64 } else { 63 };
             let mask = (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
-            w.fetch_or(mask, Ordering::Relaxed);
+            // Set already (the common case once a segment faulted): no locked write.
+            if w.load(Ordering::Relaxed) & mask != mask {
+                w.fetch_or(mask, Ordering::Relaxed);
+            }
             b = (b / 64 + 1) * 64;
         }
     }

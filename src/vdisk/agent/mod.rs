@@ -107,15 +107,19 @@ fn registry() -> Rc<Registry> {
     reactor::local(Registry::default)
 }
 
-/// Applies `cmd` to the agent of (`pool`, `disk`) on this core; with `blocking`, returns
-/// once every I/O it started before the command has completed.
-pub(crate) async fn apply(pool: u64, disk: u64, cmd: AgentCmd, blocking: bool) {
-    let agent = registry()
+/// The agent of (`pool`, `disk`) on this core, if it has one.
+fn local_agent(pool: u64, disk: u64) -> Option<Rc<Agent>> {
+    registry()
         .agents
         .borrow()
         .get(&(pool, disk))
-        .and_then(Weak::upgrade);
-    if let Some(a) = agent {
+        .and_then(Weak::upgrade)
+}
+
+/// Applies `cmd` to the agent of (`pool`, `disk`) on this core; with `blocking`, returns
+/// once every I/O it started before the command has completed.
+pub(crate) async fn apply(pool: u64, disk: u64, cmd: AgentCmd, blocking: bool) {
+    if let Some(a) = local_agent(pool, disk) {
         a.command(cmd);
         if blocking {
             // Requests readdressed straight to a container are in no epoch: the
@@ -132,12 +136,7 @@ pub(crate) async fn apply(pool: u64, disk: u64, cmd: AgentCmd, blocking: bool) {
 
 /// Applies `cmd` at once, without waiting.
 pub(crate) fn apply_now(pool: u64, disk: u64, cmd: AgentCmd) {
-    let agent = registry()
-        .agents
-        .borrow()
-        .get(&(pool, disk))
-        .and_then(Weak::upgrade);
-    if let Some(a) = agent {
+    if let Some(a) = local_agent(pool, disk) {
         a.command(cmd);
         a.drop_retired_later();
     }
@@ -146,13 +145,8 @@ pub(crate) fn apply_now(pool: u64, disk: u64, cmd: AgentCmd) {
 /// The entries the agent of (`pool`, `disk`) on this core sees for `[from, to)` ("get
 /// entries", for tests and diagnostics).
 pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<Extent> {
-    let agent = registry()
-        .agents
-        .borrow()
-        .get(&(pool, disk))
-        .and_then(Weak::upgrade);
     let mut out = Vec::new();
-    if let Some(a) = agent
+    if let Some(a) = local_agent(pool, disk)
         && let Some(v) = a.view.borrow().as_ref()
     {
         a.recent
@@ -172,11 +166,7 @@ pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<Extent> {
 /// (`recent.rs`), and its view's version; `None` without an agent or a view.
 #[cfg(test)]
 pub(crate) fn beside_view(pool: u64, disk: u64) -> Option<(usize, u64)> {
-    let a = registry()
-        .agents
-        .borrow()
-        .get(&(pool, disk))
-        .and_then(Weak::upgrade)?;
+    let a = local_agent(pool, disk)?;
     let version = a.view.borrow().as_ref()?.version;
     Some((a.recent.borrow().len(), version))
 }
@@ -185,11 +175,7 @@ pub(crate) fn beside_view(pool: u64, disk: u64) -> Option<(usize, u64)> {
 /// freed).
 #[cfg(test)]
 pub(crate) fn view_weak(pool: u64, disk: u64) -> Option<std::sync::Weak<View>> {
-    let a = registry()
-        .agents
-        .borrow()
-        .get(&(pool, disk))
-        .and_then(Weak::upgrade)?;
+    let a = local_agent(pool, disk)?;
     let v = a.view.borrow();
     v.as_ref().map(Arc::downgrade)
 }
