@@ -736,9 +736,9 @@ impl Controller {
             }
             // A checkpoint's writes wait for a log append's (a snapshot or a flush
             // waits for those), a bounded while.
-            if !fua && self.log_writing.get() {
+            if !fua && self.log_writing.get() > 0 {
                 let deadline = reactor::now().after(LOG_WRITE_PRIORITY);
-                while self.log_writing.get() && reactor::now() < deadline {
+                while self.log_writing.get() > 0 && reactor::now() < deadline {
                     reactor::yield_now().await;
                 }
             }

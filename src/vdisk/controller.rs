@@ -289,9 +289,10 @@ pub(crate) struct Controller {
     pub commits_for_room: std::cell::Cell<u64>,
     /// Batches of write faults the agents sent (`msg::WriteFaults`), for tests.
     pub write_fault_requests: std::cell::Cell<u64>,
-    /// A log append's pages are being written: a checkpoint holds its next writes back
-    /// (for at most [`super::commit::LOG_WRITE_PRIORITY`]) so as not to queue ahead of them.
-    pub log_writing: std::cell::Cell<bool>,
+    /// Log appends whose pages are being written: while any is, a checkpoint holds its
+    /// next writes back (for at most [`super::commit::LOG_WRITE_PRIORITY`]) so as not to
+    /// queue ahead of them.
+    pub log_writing: std::cell::Cell<u32>,
     /// The controller's side of the metadata budget (`commit.rs`, "Metadata space").
     pub meta: RefCell<MetaLedger>,
     /// Bytes per second the background jobs (split, decouple) may copy, all together;
@@ -341,7 +342,7 @@ impl Controller {
             release_stalls: std::cell::Cell::new(0),
             commits_for_room: std::cell::Cell::new(0),
             write_fault_requests: std::cell::Cell::new(0),
-            log_writing: std::cell::Cell::new(false),
+            log_writing: std::cell::Cell::new(0),
             meta: RefCell::new(MetaLedger::default()),
             job_limit: std::cell::Cell::new(0),
             job_pace: std::cell::Cell::new(reactor::now()),

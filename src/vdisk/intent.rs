@@ -23,7 +23,9 @@
 //! own, a table replaced other than by a splice, a splice too big for a page) makes the
 //! next durable point a checkpoint instead: correct, only slower.
 //!
-//! **Invariants.** Records are appended in the order the changes were made; a checkpoint
+//! **Invariants.** Records are appended in the order the changes were made; appends are
+//! packed one at a time and may be written side by side, but an append is acknowledged
+//! only once it and every append packed before it are durable; a checkpoint
 //! captured at LSN `c` holds the effect of every record below `c` and names `c` in its
 //! superblock; the ring never overwrites a page at or after the replay start of the
 //! superblock in force; open appends from the end of the log it replayed, after erasing
@@ -41,7 +43,7 @@ use super::meta::superblock::LogArea;
 use super::meta::{MetaError, NO_PAGE, PAGE_BYTES};
 use super::table::{self, Node};
 use crate::bdev::{Bdev, IoStatus};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -133,12 +135,37 @@ pub(crate) struct IntentLog {
     pub last_checkpoint: crate::reactor::Nanos,
     /// An append started by [`IntentLog::wants_append`] is on its way.
     ahead_scheduled: bool,
-    /// Group commit of appends.
-    running: bool,
+    /// Group commit of appends: one packs at a time (see [`Controller::make_durable`]);
+    /// those packed are written side by side and acknowledged in order.
+    packing: bool,
+    in_flight: VecDeque<InFlight>,
+    /// Durable-point requests made; the last one an append packed after covers.
     requested: u64,
+    packed: u64,
+    /// The last request acknowledged (its append and every one before it are done),
+    /// and how the last append acknowledged ended.
     done: u64,
     last: Option<IoStatus>,
     waiters: Vec<Waker>,
+}
+
+/// The most appends written side by side.
+const MAX_APPENDS_IN_FLIGHT: usize = 4;
+
+/// An append packed and not yet acknowledged.
+struct InFlight {
+    /// The sequence number of its first page (of the next page, if it has none).
+    first_seq: u64,
+    /// The last durable-point request made before it packed: it covers that one and
+    /// every one before.
+    covers: u64,
+    /// `CtlState::changes` when it packed.
+    changes: u64,
+    /// It packed while the one before it was still in flight: it is durable only if
+    /// that one is.
+    behind: bool,
+    /// How its own writes ended, once they did.
+    ended: Option<Result<(), IoStatus>>,
 }
 
 impl IntentLog {
@@ -160,8 +187,10 @@ impl IntentLog {
             replayed_at_open: 0,
             last_checkpoint: crate::reactor::now(),
             ahead_scheduled: false,
-            running: false,
+            packing: false,
+            in_flight: VecDeque::new(),
             requested: 0,
+            packed: 0,
             done: 0,
             last: None,
             waiters: Vec::new(),
@@ -288,7 +317,42 @@ impl IntentLog {
     /// True if enough records wait that an append should start now: a flush or a
     /// snapshot then finds at most this much to write.
     pub fn wants_append(&self) -> bool {
-        self.pending.bytes() >= APPEND_AHEAD_BYTES && !self.running && !self.ahead_scheduled
+        self.pending.bytes() >= APPEND_AHEAD_BYTES && self.idle() && !self.ahead_scheduled
+    }
+
+    /// True if no append packs or writes.
+    fn idle(&self) -> bool {
+        !self.packing && self.in_flight.is_empty()
+    }
+
+    /// Where the next append's pages say the log was durable below: the first page of
+    /// the oldest append not yet acknowledged, or its own.
+    fn durable_below(&self) -> u64 {
+        self.in_flight
+            .front()
+            .map_or(self.next_seq, |a| a.first_seq)
+    }
+
+    /// Takes the appends at the front that ended, in order: an append behind one that
+    /// failed fails too (replay stops at the first page missing). Returns true if any
+    /// was acknowledged.
+    fn acknowledge(&mut self) -> bool {
+        let mut any = false;
+        while self.in_flight.front().is_some_and(|a| a.ended.is_some()) {
+            let a = self.in_flight.pop_front().expect("checked");
+            let ended = a.ended.expect("checked");
+            let r = match (a.behind, self.last) {
+                (true, Some(e)) => Err(e),
+                _ => ended,
+            };
+            if r.is_ok() {
+                self.durable_changes = self.durable_changes.max(a.changes);
+            }
+            self.last = r.err();
+            self.done = self.done.max(a.covers);
+            any = true;
+        }
+        any
     }
 
     /// Bytes of records waiting for the next append.
@@ -352,8 +416,9 @@ impl CtlState {
 
 /// What an append found to do.
 enum Append {
-    /// Pages to write (place, bytes), covering changes up to the count.
-    Pages(Vec<(u64, Vec<u8>)>, u64),
+    /// Pages to write (place, bytes), covering changes up to the count; the sequence
+    /// number of the first.
+    Pages(Vec<(u64, Vec<u8>)>, u64, u64),
     /// The ring has no room: a checkpoint instead.
     Full,
 }
@@ -362,6 +427,15 @@ impl Controller {
     /// Makes everything written and changed before the call durable: by appending to
     /// the log (a checkpoint when the pool has none, or when the log cannot describe a
     /// change made).
+    ///
+    /// Group commit: one call at a time packs the records waiting into an append (the
+    /// calls made before it packs wait for that one); appends packed are written side by
+    /// side, up to [`MAX_APPENDS_IN_FLIGHT`], and acknowledged in order — an append is
+    /// durable once it and every one before it are. So a snapshot's append does not
+    /// wait behind a background append's writes, only for them to complete. Each page
+    /// names the first page of the oldest append not acknowledged when it was packed
+    /// ([`log::pack_behind`]): replay takes a page past a torn append for that append's
+    /// leftovers, not for damage.
     pub(crate) async fn make_durable(&self) -> Result<(), IoStatus> {
         let logging = {
             let st = self.st.borrow();
@@ -378,123 +452,187 @@ impl Controller {
             l.requested += 1;
             l.requested
         };
-        // Group commit: one append at a time; an append that started after this call
-        // covers it.
-        let run = std::future::poll_fn(|cx| {
-            let mut st = self.st.borrow_mut();
-            let Some(l) = st.log.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if l.done >= ticket {
-                Poll::Ready(Some(false))
-            } else if !l.running {
-                l.running = true;
-                Poll::Ready(Some(true))
-            } else {
-                l.waiters.push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
-        match run {
-            None => return self.commit().await,
-            Some(false) => {
-                return match self.st.borrow().log.as_ref().and_then(|l| l.last) {
-                    Some(e) => Err(e),
-                    None => Ok(()),
-                };
-            }
-            Some(true) => {}
+        enum Turn {
+            Done,
+            Pack,
         }
-        let covers = self
-            .st
-            .borrow()
-            .log
-            .as_ref()
-            .map_or(ticket, |l| l.requested);
-        let r = self.append_once().await;
-        let waiters = {
-            let mut st = self.st.borrow_mut();
-            match st.log.as_mut() {
-                Some(l) => {
-                    l.running = false;
-                    l.done = covers;
-                    l.last = r.err();
-                    std::mem::take(&mut l.waiters)
+        loop {
+            let turn = std::future::poll_fn(|cx| {
+                let mut st = self.st.borrow_mut();
+                let Some(l) = st.log.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if l.done >= ticket {
+                    Poll::Ready(Some(Turn::Done))
+                } else if l.packed < ticket
+                    && !l.packing
+                    && l.in_flight.len() < MAX_APPENDS_IN_FLIGHT
+                {
+                    l.packing = true;
+                    Poll::Ready(Some(Turn::Pack))
+                } else {
+                    l.waiters.push(cx.waker().clone());
+                    Poll::Pending
                 }
-                None => Vec::new(),
+            })
+            .await;
+            match turn {
+                None => return self.commit().await,
+                Some(Turn::Done) => {
+                    return match self.st.borrow().log.as_ref().and_then(|l| l.last) {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    };
+                }
+                Some(Turn::Pack) => self.append_once().await,
             }
+        }
+    }
+
+    /// Wakes the durable-point calls waiting (see [`Controller::make_durable`]).
+    fn wake_log_waiters(&self) {
+        let waiters = match self.st.borrow_mut().log.as_mut() {
+            Some(l) => std::mem::take(&mut l.waiters),
+            None => Vec::new(),
         };
         for w in waiters {
             w.wake();
         }
-        r
     }
 
-    /// One append: the changed fills become records, the records pages; the data
-    /// containers are flushed (the fills' data first), the pages written with
-    /// force-unit-access.
-    async fn append_once(&self) -> Result<(), IoStatus> {
+    /// Ends the packing turn of [`Controller::append_once`]: the append (its first page,
+    /// the changes it covers) joins those in flight, and the next call may pack.
+    /// Returns what names the append: the last request it covers (each append covers
+    /// more than the one before).
+    fn packed(&self, first_seq: u64, changes: u64) -> u64 {
+        let covers = match self.st.borrow_mut().log.as_mut() {
+            Some(l) => {
+                let behind = !l.in_flight.is_empty();
+                l.in_flight.push_back(InFlight {
+                    first_seq,
+                    covers: l.requested,
+                    changes,
+                    behind,
+                    ended: None,
+                });
+                l.packed = l.requested;
+                l.packing = false;
+                l.requested
+            }
+            None => 0,
+        };
+        self.wake_log_waiters();
+        covers
+    }
+
+    /// Records how the writes of the append `covers` names ended, and acknowledges
+    /// those it completes.
+    fn append_ended(&self, covers: u64, r: Result<(), IoStatus>) {
+        let (acked, checkpoint) = {
+            let mut st = self.st.borrow_mut();
+            let in_use = st.space.segments_in_use();
+            let Some(l) = st.log.as_mut() else {
+                return;
+            };
+            if let Some(a) = l.in_flight.iter_mut().find(|a| a.covers == covers) {
+                a.ended = Some(r);
+            }
+            let acked = l.acknowledge();
+            (
+                acked,
+                acked && l.last.is_none() && l.wants_checkpoint(in_use),
+            )
+        };
+        if checkpoint {
+            self.checkpoint_soon();
+        }
+        if acked {
+            self.wake_log_waiters();
+        }
+    }
+
+    /// One append, the caller holding the packing turn: the changed fills become
+    /// records, the records pages (in the turn); then the data containers are flushed
+    /// (the fills' data first) and the pages written with force-unit-access, beside the
+    /// appends already in flight.
+    /// How it ended reaches the callers through the acknowledgement, in order.
+    async fn append_once(&self) {
+        let next_seq = self.st.borrow().log.as_ref().map_or(0, |l| l.next_seq);
+        let (covers, r) = match self.pack_append().await {
+            Ok(Append::Pages(pages, changes, first)) => {
+                let covers = self.packed(first, changes);
+                (covers, self.write_append(pages).await)
+            }
+            Ok(Append::Full) => {
+                // Covers every request made so far: it checkpoints what changed before.
+                let covers = self.packed(next_seq, 0);
+                (covers, self.commit().await)
+            }
+            Err(e) => (self.packed(next_seq, 0), Err(e)),
+        };
+        self.append_ended(covers, r);
+    }
+
+    /// The packing half of [`Controller::append_once`].
+    async fn pack_append(&self) -> Result<Append, IoStatus> {
         self.meta_writes_refused()?;
         if self.stopping.get() {
-            return self.commit().await;
+            return Ok(Append::Full);
         }
         self.log_dirty_fills_in_turns().await;
         // The pool may have failed, crashed or begun to close during those turns.
         self.meta_writes_refused()?;
         if self.stopping.get() {
-            return self.commit().await;
+            return Ok(Append::Full);
         }
         // Those changed since (during the turns above), at once: the append covers every
         // change made before it packs.
         self.log_dirty_fills();
-        let plan = {
-            let mut st = self.st.borrow_mut();
-            let changes = st.changes;
-            let l = st.log.as_mut().expect("appends run with a log");
-            if l.unloggable_at.is_some() {
-                Append::Full
-            } else if l.pending.is_empty() {
-                Append::Pages(Vec::new(), changes)
-            } else {
-                let pages = log::pack(
-                    &l.pending,
-                    l.next_seq,
-                    l.pending_lsn,
-                    l.area.first_page,
-                    l.area.pages,
-                    &self.shared.uuid,
-                );
-                // What replay will read back must decode: a record the decoder refused
-                // would end the log there, silently.
-                #[cfg(debug_assertions)]
-                for (place, b) in &pages {
-                    if let Err(e) = log::decode_log_page(
-                        b,
-                        *place,
-                        &self.shared.uuid,
-                        self.shared.total_segments(),
-                    ) {
-                        panic!("a log page this build wrote does not decode: {e}");
-                    }
-                }
-                if l.next_seq + pages.len() as u64 > l.durable_seq + l.area.pages {
-                    Append::Full
-                } else {
-                    l.next_seq += pages.len() as u64;
-                    l.pending_lsn = l.next_lsn;
-                    l.pending.clear();
-                    Append::Pages(l.area.with_mirror_copies(pages), changes)
-                }
+        let mut st = self.st.borrow_mut();
+        let changes = st.changes;
+        let l = st.log.as_mut().expect("appends run with a log");
+        let first = l.next_seq;
+        if l.unloggable_at.is_some() {
+            return Ok(Append::Full);
+        }
+        if l.pending.is_empty() {
+            return Ok(Append::Pages(Vec::new(), changes, first));
+        }
+        let pages = log::pack_behind(
+            &l.pending,
+            l.next_seq,
+            l.pending_lsn,
+            l.area.first_page,
+            l.area.pages,
+            &self.shared.uuid,
+            l.durable_below(),
+        );
+        // What replay will read back must decode: a record the decoder refused would end
+        // the log there, silently.
+        #[cfg(debug_assertions)]
+        for (place, b) in &pages {
+            if let Err(e) =
+                log::decode_log_page(b, *place, &self.shared.uuid, self.shared.total_segments())
+            {
+                panic!("a log page this build wrote does not decode: {e}");
             }
-        };
-        let (pages, changes) = match plan {
-            Append::Full => {
-                tracing::debug!(pool = %self.shared.name, "the log has no room for an append: a checkpoint instead");
-                return self.commit().await;
-            }
-            Append::Pages(p, c) => (p, c),
-        };
+        }
+        if l.next_seq + pages.len() as u64 > l.durable_seq + l.area.pages {
+            tracing::debug!(pool = %self.shared.name, "the log has no room for an append: a checkpoint instead");
+            return Ok(Append::Full);
+        }
+        l.next_seq += pages.len() as u64;
+        l.pending_lsn = l.next_lsn;
+        l.pending.clear();
+        Ok(Append::Pages(
+            l.area.with_mirror_copies(pages),
+            changes,
+            first,
+        ))
+    }
+
+    /// The writing half of [`Controller::append_once`].
+    async fn write_append(&self, pages: Vec<(u64, Vec<u8>)>) -> Result<(), IoStatus> {
         if let Err(e) = self.flush_containers().await {
             return Err(self.fail(format!("flushing the data containers failed: {e:?}")));
         }
@@ -502,22 +640,12 @@ impl Controller {
         // flush after them to wait for. The mirror's copies go in the same batch: the
         // append is acknowledged when both rings hold it.
         if !pages.is_empty() {
-            self.log_writing.set(true);
+            self.log_writing.set(self.log_writing.get() + 1);
             let r = self.write_pages(&pages, true).await;
-            self.log_writing.set(false);
+            self.log_writing.set(self.log_writing.get() - 1);
             if let Err(e) = r {
                 return Err(self.fail(format!("appending to the log failed: {e:?}")));
             }
-        }
-        let checkpoint = {
-            let mut st = self.st.borrow_mut();
-            let in_use = st.space.segments_in_use();
-            let l = st.log.as_mut().expect("appends run with a log");
-            l.durable_changes = l.durable_changes.max(changes);
-            l.wants_checkpoint(in_use)
-        };
-        if checkpoint {
-            self.checkpoint_soon();
         }
         Ok(())
     }
@@ -550,6 +678,11 @@ impl Controller {
         crate::reactor::spawn_local(async move {
             if let Some(l) = me.st.borrow_mut().log.as_mut() {
                 l.ahead_scheduled = false;
+                // Appends ahead go one at a time: one under way since, and the next
+                // change asks again.
+                if !l.idle() {
+                    return;
+                }
             }
             if let Err(e) = me.make_durable().await {
                 tracing::warn!(pool = %me.shared.name, status = ?e, "background append failed");
@@ -642,7 +775,7 @@ impl Controller {
 
     /// Waits (until `deadline`) for the append under way, if any.
     pub(crate) async fn appends_idle(&self, deadline: crate::reactor::Nanos) {
-        while self.st.borrow().log.as_ref().is_some_and(|l| l.running) {
+        while self.st.borrow().log.as_ref().is_some_and(|l| !l.idle()) {
             if crate::reactor::now() >= deadline {
                 tracing::warn!(pool = %self.shared.name, "a log append is still under way");
                 return;
@@ -798,10 +931,12 @@ struct Seen {
 /// or a write of it that landed elsewhere, would otherwise look like a torn append and
 /// lose acknowledged records unseen.
 ///
-/// Damage is told from the end: a torn append leaves pages of that same append after
-/// its bad page, never a page of a later one (an append starts only after the one before
-/// it was durable). A valid page of a later append beyond the first bad page means the
-/// bad page was complete and acknowledged once: an error, not the end.
+/// Damage is told from the end: every page names the sequence number below which the
+/// log was durable when it was written (its append's first page, or that of the oldest
+/// append still being written beside it). Past a torn append lie pages of that append,
+/// or of appends written beside it, which name a sequence number at or below the bad
+/// page. A valid page beyond the first bad page that names one above it means the bad
+/// page was durable, and acknowledged, once: an error, not the end.
 pub(crate) async fn read_log(
     meta: &Arc<dyn Bdev>,
     meta_first_byte: u64,

@@ -5,8 +5,10 @@
 //! ```text
 //! log area: pages [first_page, first_page + pages) of the metadata area, a ring
 //!   page of sequence number s lies at first_page + s % pages
-//!   page: header (kind Log, txn = s), first_lsn (u64), batch (u64: the sequence number
-//!     of the first page of the append that wrote it), then records:
+//!   page: header (kind Log, txn = s), first_lsn (u64), batch (u64: every page of a
+//!     lower sequence number was durable when this one was written — the first page of
+//!     the append that wrote it, or of the oldest append still being written when that
+//!     one started), then records:
 //!     kind (u8), body length (u16), body
 //! mirror (superblock version 4): pages [mirror, mirror + pages), a copy of page s at
 //!   mirror + s % pages (its header naming its own place), written with the log's
@@ -285,10 +287,12 @@ fn encode_wide(rec: &LogRecord) -> Option<Vec<u8>> {
 }
 
 /// Packs groups of encoded records into the log pages of one append: the page
-/// sequence numbers from `seq` on (each page names `seq`, the append's first), at their places in a ring of `ring_pages` starting at metadata page
-/// `first_page`; the first record has LSN `first_lsn`. A group (the records of one
-/// change) never spans pages, so a torn append loses whole changes; each group must fit
-/// a page ([`group_fits`]). Returns the pages (place, bytes) in sequence order.
+/// sequence numbers from `seq` on (each page names `seq`, the append's first, as the
+/// page below which the log was durable), at their places in a ring of `ring_pages`
+/// starting at metadata page `first_page`; the first record has LSN `first_lsn`. A
+/// group (the records of one change) never spans pages, so a torn append loses whole
+/// changes; each group must fit a page ([`group_fits`]). Returns the pages (place,
+/// bytes) in sequence order.
 pub fn pack(
     groups: &RecordGroups,
     seq: u64,
@@ -297,6 +301,23 @@ pub fn pack(
     ring_pages: u64,
     pool: &Uuid,
 ) -> Vec<(u64, Vec<u8>)> {
+    pack_behind(groups, seq, first_lsn, first_page, ring_pages, pool, seq)
+}
+
+/// [`pack`] for an append that starts while earlier ones are still being written:
+/// each page names `durable_below` (at most `seq`), the first page of the oldest append
+/// not yet durable, so that replay tells a later append's pages past a torn one (not
+/// acknowledged: the end of the log) from those past a page once durable (damage).
+pub fn pack_behind(
+    groups: &RecordGroups,
+    seq: u64,
+    first_lsn: u64,
+    first_page: u64,
+    ring_pages: u64,
+    pool: &Uuid,
+    durable_below: u64,
+) -> Vec<(u64, Vec<u8>)> {
+    debug_assert!(durable_below <= seq);
     let mut out = Vec::new();
     let mut i = 0;
     let mut lsn = first_lsn;
@@ -322,7 +343,7 @@ pub fn pack(
         let mut b = new_page(&h, pool);
         let mut w = Writer::new(&mut b, HEADER_BYTES);
         w.u64(lsn);
-        w.u64(seq);
+        w.u64(durable_below);
         // A run of groups is a run of bytes.
         w.bytes(&groups.bytes[groups.start_of(i)..groups.start_of(i + n)]);
         seal(&mut b);
@@ -433,7 +454,9 @@ pub fn group_fits(g: &[Vec<u8>]) -> bool {
 pub struct LogPage {
     pub seq: u64,
     pub first_lsn: u64,
-    /// The sequence number of the first page of the append that wrote this one.
+    /// Every page below this sequence number was durable when this one was written:
+    /// the first page of the append that wrote it, or of the oldest append still being
+    /// written when that one started ([`pack_behind`]).
     pub batch: u64,
     pub records: Vec<LogRecord>,
 }

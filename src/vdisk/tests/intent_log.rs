@@ -248,12 +248,12 @@ fn checkpoint_writes_wait_for_a_log_append_a_bounded_while() {
     let waited = |clear_after: Option<Duration>| {
         block_on(pool.on_ctl(move |c| async move {
             let page = c.st.borrow_mut().space.alloc_page().expect("a free page");
-            c.log_writing.set(true);
+            c.log_writing.set(1);
             if let Some(after) = clear_after {
                 let me = c.clone();
                 crate::reactor::spawn_local(async move {
                     crate::reactor::sleep(after).await;
-                    me.log_writing.set(false);
+                    me.log_writing.set(0);
                 })
                 .detach();
             }
@@ -261,7 +261,7 @@ fn checkpoint_writes_wait_for_a_log_append_a_bounded_while() {
             let r = c
                 .write_pages(&[(page, vec![0; crate::vdisk::meta::PAGE_BYTES])], false)
                 .await;
-            c.log_writing.set(false);
+            c.log_writing.set(0);
             assert_eq!(r, Ok(()));
             Ok(t0.elapsed())
         }))
@@ -757,4 +757,95 @@ fn a_fill_change_after_the_checkpoint_that_wrote_its_new_segment_survives_the_ne
         "blocks 0 and 7 after two checkpoints and a crash"
     );
     block_on(pool.close()).unwrap();
+}
+
+/// Appends are written side by side and acknowledged in order. A durable point asked
+/// for while an append's writes are under way packs its own append and writes it at
+/// once, instead of first waiting for those writes; it is acknowledged only once the
+/// append before it is durable too; and its pages name that append's first page, so
+/// that a crash that lost the earlier append opens with the log ending there (the later
+/// pages erased as leftovers of a torn append), not refused as damage.
+#[test]
+fn appends_are_written_side_by_side_and_acknowledged_in_order() {
+    const SLOW: Duration = Duration::from_millis(100);
+    let set = reactors(2);
+    let m = MallocBdev::create("m0", (64 << 20) / 4096, 4096, None).unwrap();
+    let slow = ErrorBdev::create("e0", m, false).unwrap();
+    let base: Arc<dyn Bdev> = slow.clone();
+    let pool = new_pool(&set, base.clone());
+    for d in ["a0", "b0", "c0", "d0"] {
+        block_on(pool.create_disk(d, 8 << 20, true)).unwrap();
+    }
+    block_on(pool.commit()).unwrap();
+    // A rename on a thread of its own: when it was acknowledged.
+    let rename = |from: &str, to: &str| {
+        let f = pool.rename_disk(from, to);
+        std::thread::spawn(move || {
+            block_on(f).unwrap();
+            std::time::Instant::now()
+        })
+    };
+
+    // Side by side: the second rename's append is written while the first's is.
+    slow.set_latency(IoKind::Write, SLOW);
+    let first = rename("a0", "a1");
+    std::thread::sleep(SLOW / 4);
+    let t1 = std::time::Instant::now();
+    let second = rename("b0", "b1");
+    let (_, done2) = (first.join().unwrap(), second.join().unwrap());
+    assert!(
+        done2 - t1 < SLOW * 3 / 2,
+        "the second rename took {:?} with writes taking {SLOW:?}: it waited for the first \
+         append's writes before writing its own",
+        done2 - t1
+    );
+
+    // In order: the second append's writes complete at once, its rename is
+    // acknowledged once the first append's writes complete too.
+    let t0 = std::time::Instant::now();
+    let first = rename("c0", "c1");
+    std::thread::sleep(SLOW / 4);
+    slow.set_latency(IoKind::Write, Duration::ZERO);
+    let second = rename("d0", "d1");
+    let (_, done2) = (first.join().unwrap(), second.join().unwrap());
+    assert!(
+        done2 - t0 >= SLOW * 9 / 10,
+        "the second append was acknowledged {:?} after the first started, its writes \
+         taking {SLOW:?}: before the first was durable",
+        done2 - t0
+    );
+
+    // The second's page names the first's page as the one the log was durable below.
+    let st = block_on(pool.log_status()).unwrap().unwrap();
+    let (p1, p2) = (st.next_seq - 2, st.next_seq - 1);
+    let uuid = pool.uuid();
+    let head = meta::log::decode_log_head(
+        &log_page_at(&set, &pool, &st, p2),
+        st.first_page + p2 % st.pages,
+        &uuid,
+    )
+    .unwrap();
+    assert_eq!(head.batch, p1, "{head:?}");
+
+    // A crash that lost the first append's page in both rings: the log ends there.
+    let at = pool.shared.meta_first_byte;
+    let mirror = st.mirror.expect("a new pool's log has a mirror");
+    block_on(pool.crash_stop()).unwrap();
+    drop(pool);
+    for ring in [st.first_page, mirror] {
+        put_page(
+            &set,
+            &base,
+            at,
+            ring + p1 % st.pages,
+            vec![0; meta::PAGE_BYTES],
+        );
+    }
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base.clone()])).unwrap();
+    let mut names = disk_names(&pool);
+    names.sort();
+    assert_eq!(names, ["a1", "b1", "c0", "d0"]);
+    block_on(pool.close()).unwrap();
+    let report = offline_check(&set, base);
+    assert!(report.clean(), "{:#?}", report.errors);
 }
