@@ -264,13 +264,20 @@ struct Below<'a> {
 /// external bdev below its layers reads what the new parent reads in its place.
 /// `read_only`: no extent of the disk is writable in place afterwards (a snapshot,
 /// whose extents its clones share).
+///
+/// The plan takes the disk's stack to be its own layers over its old parent's stack as
+/// it is now. That holds while the parent cannot change under it (a snapshot), not for
+/// a clone of an lvol that was written after the clone (made read-only to be cloned,
+/// writable again since: the clone reads the lvol as it was). Where the rest of the
+/// disk's stack is not the old parent's, planned so the disk would read the parent's
+/// later writes: `Err` names that virtual segment, and nothing may be switched.
 fn plan_over(
     d: &DiskCtl,
     below: Below<'_>,
     chain_external: bool,
     read_only: bool,
     segment_blocks: u64,
-) -> Vec<(u64, Plan)> {
+) -> Result<Vec<(u64, Plan)>, u64> {
     // (The old parent may be larger: the disk shrank since it was taken.)
     let nsegs = d.rec.size_blocks.div_ceil(segment_blocks);
     // Below its layers the disk read zeros, or an external bdev, whose place what it
@@ -322,6 +329,17 @@ fn plan_over(
             .take_while(|l| !keep.contains(&l.seg()))
             .copied()
             .collect();
+        // Below its own layers, the old parent's stack as it is now, or nothing.
+        let rest = &mine.layers[own.len()..];
+        if !rest.is_empty()
+            && !shared.as_ref().is_some_and(|s| {
+                rest.iter()
+                    .map(|l| l.seg())
+                    .eq(s.layers.iter().map(|l| l.seg()))
+            })
+        {
+            return Err(v);
+        }
         if own.is_empty() {
             // Nothing of its own here (its stack is the old parent's, seen through
             // a different extent): the new parent's.
@@ -387,7 +405,7 @@ fn plan_over(
             }
         }
     }
-    out
+    Ok(out)
 }
 
 impl Controller {
@@ -661,11 +679,22 @@ impl Controller {
                     new: below_new,
                 };
                 let ro = reparents_lineage(d);
-                (
-                    plan_over(d, below, chain_external, ro, seg_blocks),
-                    d.rec.name.clone(),
-                    ro,
-                )
+                let plan = plan_over(d, below, chain_external, ro, seg_blocks).map_err(|v| {
+                    let p = st.disks.get(&d.rec.parent).map_or("", |p| &p.rec.name);
+                    VdiskError::Busy(format!(
+                        "`{}` was cloned from `{p}`, which was written since (virtual segment \
+                         {v}): `{}` no longer reads `{p}` as it is; split or delete `{}` first",
+                        d.rec.name, d.rec.name, d.rec.name
+                    ))
+                });
+                (plan, d.rec.name.clone(), ro)
+            };
+            let plan = match plan {
+                Ok(p) => p,
+                Err(e) => {
+                    self.give_back(&merged);
+                    return Err(e);
+                }
             };
             let start = merged.len();
             if let Err(e) = self

@@ -1646,6 +1646,7 @@ fn listing_allocates_every_used_segment_to_one_disk() {
 
 mod beside_view;
 mod diff;
+mod esnap_lineage;
 mod grow;
 mod intent_log;
 mod maybe_mapped;

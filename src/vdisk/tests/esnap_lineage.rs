@@ -1,0 +1,146 @@
+//! `set_parent_bdev` on a snapshot (or a read-only lvol) whose lineage holds a clone of
+//! an lvol that was made read-only to be cloned and writable again (simulator seed
+//! 2737), also through a deleted clone in between: the clone keeps its own
+//! point-in-time contents, never what the lvol wrote after the clone. (The operation
+//! is refused there; before, the clone read the lvol's later writes.)
+
+use super::*;
+
+fn write(set: &ReactorSet, d: &Arc<dyn Bdev>, b: u64, v: u8) {
+    let d = d.clone();
+    on(set, 1, move || async move {
+        write_byte(&d, b, v).await.unwrap()
+    });
+}
+
+fn read(set: &ReactorSet, d: &Arc<dyn Bdev>, b: u64) -> u8 {
+    let d = d.clone();
+    on(set, 0, move || async move { read_byte(&d, b).await })
+}
+
+/// A golden image of 16 MiB, every byte 0xee.
+fn golden(set: &ReactorSet) -> Arc<dyn Bdev> {
+    let g: Arc<dyn Bdev> = MallocBdev::create("golden", 16 * 256, 4096, None).unwrap();
+    let g2 = g.clone();
+    on(set, 0, move || async move {
+        let ch = Channel::get(&g2).unwrap();
+        ch.write(0, pattern(0xee, 16 << 20)).await.unwrap();
+    });
+    g
+}
+
+/// vd0 written (1), made read-only, cloned (c3), snapshotted (s4), made writable and
+/// written again (2); then s4 is given an external parent: refused, or c3 still reads 1
+/// (and writes to either stay its own).
+#[test]
+fn set_parent_bdev_on_a_snapshot_keeps_a_clone_of_an_lvol_made_writable_again() {
+    let (set, _base, pool, disk) = thin_disk(16 << 20);
+    let golden = golden(&set);
+    write(&set, &disk, 5, 1);
+    block_on(pool.set_read_only("vd0", true)).unwrap();
+    let c3: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c3")).unwrap();
+    block_on(pool.snapshot(vec![("vd0".into(), "s4".into())], HANG)).unwrap();
+    block_on(pool.set_read_only("vd0", false)).unwrap();
+    write(&set, &disk, 5, 2);
+    assert_eq!(read(&set, &c3, 5), 1);
+    let r = wait(
+        "set_parent_bdev of s4",
+        HANG,
+        pool.set_external_parent("s4", golden.clone()),
+    );
+    assert!(matches!(r, Ok(()) | Err(VdiskError::Busy(_))), "{r:?}");
+    assert_eq!(read(&set, &disk, 5), 2, "vd0 keeps its own write");
+    assert_eq!(
+        read(&set, &c3, 5),
+        1,
+        "c3 was cloned when vd0 held 1: vd0's later write is not c3's"
+    );
+    write(&set, &c3, 5, 3);
+    write(&set, &disk, 5, 4);
+    assert_eq!(read(&set, &c3, 5), 3);
+    assert_eq!(read(&set, &disk, 5), 4);
+}
+
+/// The same with the lvol made read-only again after its write, and itself given the
+/// external parent.
+#[test]
+fn set_parent_bdev_on_an_lvol_written_since_it_was_cloned_keeps_the_clone() {
+    let (set, _base, pool, disk) = thin_disk(16 << 20);
+    let golden = golden(&set);
+    write(&set, &disk, 5, 1);
+    block_on(pool.set_read_only("vd0", true)).unwrap();
+    let c3: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c3")).unwrap();
+    block_on(pool.set_read_only("vd0", false)).unwrap();
+    write(&set, &disk, 5, 2);
+    block_on(pool.set_read_only("vd0", true)).unwrap();
+    let r = wait(
+        "set_parent_bdev of vd0",
+        HANG,
+        pool.set_external_parent("vd0", golden.clone()),
+    );
+    assert!(matches!(r, Ok(()) | Err(VdiskError::Busy(_))), "{r:?}");
+    assert_eq!(read(&set, &disk, 5), 2);
+    assert_eq!(
+        read(&set, &c3, 5),
+        1,
+        "vd0's write after the clone is not c3's"
+    );
+}
+
+/// An lvol cloned while read-only and not written since: its snapshot may take an
+/// external parent, and the clone reads what it read, the golden image below.
+#[test]
+fn set_parent_bdev_on_a_snapshot_of_an_lvol_not_written_since_its_clone() {
+    let (set, _base, pool, disk) = thin_disk(16 << 20);
+    let golden = golden(&set);
+    write(&set, &disk, 5, 1);
+    block_on(pool.set_read_only("vd0", true)).unwrap();
+    let c3: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c3")).unwrap();
+    block_on(pool.snapshot(vec![("vd0".into(), "s4".into())], HANG)).unwrap();
+    block_on(pool.set_read_only("vd0", false)).unwrap();
+    wait(
+        "set_parent_bdev of s4",
+        HANG,
+        pool.set_external_parent("s4", golden.clone()),
+    )
+    .unwrap();
+    assert_eq!(read(&set, &c3, 5), 1);
+    assert_eq!(read(&set, &c3, 2 * 256), 0xee, "nothing holds segment 2");
+    // Both still copy on write.
+    write(&set, &disk, 5, 2);
+    assert_eq!(read(&set, &c3, 5), 1);
+    write(&set, &c3, 5, 3);
+    assert_eq!(read(&set, &disk, 5), 2);
+    assert_eq!(read(&set, &c3, 5), 3);
+}
+
+/// A clone of a clone of an lvol, the middle clone deleted (the clone's parent is then
+/// the lvol): the lvol's write between the first clone and the second is not the
+/// clone's either, when the lvol is given an external parent.
+#[test]
+fn set_parent_bdev_on_an_lvol_whose_clone_of_a_deleted_clone_reads_through_it() {
+    let (set, _base, pool, disk) = thin_disk(16 << 20);
+    let golden = golden(&set);
+    write(&set, &disk, 5, 1);
+    block_on(pool.set_read_only("vd0", true)).unwrap();
+    block_on(pool.clone_disk("vd0", "m1")).unwrap();
+    block_on(pool.set_read_only("vd0", false)).unwrap();
+    write(&set, &disk, 5, 2);
+    block_on(pool.set_read_only("m1", true)).unwrap();
+    let c2: Arc<dyn Bdev> = block_on(pool.clone_disk("m1", "c2")).unwrap();
+    block_on(pool.delete_disk("m1")).unwrap();
+    assert_eq!(read(&set, &c2, 5), 1);
+    block_on(pool.set_read_only("vd0", true)).unwrap();
+    let r = wait(
+        "set_parent_bdev of vd0",
+        HANG,
+        pool.set_external_parent("vd0", golden.clone()),
+    );
+    assert!(matches!(r, Ok(()) | Err(VdiskError::Busy(_))), "{r:?}");
+    assert_eq!(read(&set, &disk, 5), 2);
+    assert_eq!(
+        read(&set, &c2, 5),
+        1,
+        "vd0's write after m1 was cloned is not c2's"
+    );
+}
