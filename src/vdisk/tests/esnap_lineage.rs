@@ -29,16 +29,43 @@ fn golden(set: &ReactorSet) -> Arc<dyn Bdev> {
     g
 }
 
+/// vd0 (16 MiB, thin), its clone and a golden image.
+struct Family {
+    set: ReactorSet,
+    pool: Pool,
+    disk: Arc<dyn Bdev>,
+    clone: Arc<dyn Bdev>,
+    golden: Arc<dyn Bdev>,
+}
+
+/// vd0 holding 1 at block 5, made read-only and cloned to `clone`.
+fn cloned_while_read_only(clone: &str) -> Family {
+    let (set, _base, pool, disk) = thin_disk(16 << 20);
+    let golden = golden(&set);
+    write(&set, &disk, 5, 1);
+    block_on(pool.set_read_only("vd0", true)).unwrap();
+    let clone: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", clone)).unwrap();
+    Family {
+        set,
+        pool,
+        disk,
+        clone,
+        golden,
+    }
+}
+
 /// vd0 written (1), made read-only, cloned (c3), snapshotted (s4), made writable and
 /// written again (2); then s4 is given an external parent: refused, or c3 still reads 1
 /// (and writes to either stay its own).
 #[test]
 fn set_parent_bdev_on_a_snapshot_keeps_a_clone_of_an_lvol_made_writable_again() {
-    let (set, _base, pool, disk) = thin_disk(16 << 20);
-    let golden = golden(&set);
-    write(&set, &disk, 5, 1);
-    block_on(pool.set_read_only("vd0", true)).unwrap();
-    let c3: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c3")).unwrap();
+    let Family {
+        set,
+        pool,
+        disk,
+        clone: c3,
+        golden,
+    } = cloned_while_read_only("c3");
     block_on(pool.snapshot(vec![("vd0".into(), "s4".into())], HANG)).unwrap();
     block_on(pool.set_read_only("vd0", false)).unwrap();
     write(&set, &disk, 5, 2);
@@ -65,11 +92,13 @@ fn set_parent_bdev_on_a_snapshot_keeps_a_clone_of_an_lvol_made_writable_again() 
 /// external parent.
 #[test]
 fn set_parent_bdev_on_an_lvol_written_since_it_was_cloned_keeps_the_clone() {
-    let (set, _base, pool, disk) = thin_disk(16 << 20);
-    let golden = golden(&set);
-    write(&set, &disk, 5, 1);
-    block_on(pool.set_read_only("vd0", true)).unwrap();
-    let c3: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c3")).unwrap();
+    let Family {
+        set,
+        pool,
+        disk,
+        clone: c3,
+        golden,
+    } = cloned_while_read_only("c3");
     block_on(pool.set_read_only("vd0", false)).unwrap();
     write(&set, &disk, 5, 2);
     block_on(pool.set_read_only("vd0", true)).unwrap();
@@ -91,11 +120,13 @@ fn set_parent_bdev_on_an_lvol_written_since_it_was_cloned_keeps_the_clone() {
 /// external parent, and the clone reads what it read, the golden image below.
 #[test]
 fn set_parent_bdev_on_a_snapshot_of_an_lvol_not_written_since_its_clone() {
-    let (set, _base, pool, disk) = thin_disk(16 << 20);
-    let golden = golden(&set);
-    write(&set, &disk, 5, 1);
-    block_on(pool.set_read_only("vd0", true)).unwrap();
-    let c3: Arc<dyn Bdev> = block_on(pool.clone_disk("vd0", "c3")).unwrap();
+    let Family {
+        set,
+        pool,
+        disk,
+        clone: c3,
+        golden,
+    } = cloned_while_read_only("c3");
     block_on(pool.snapshot(vec![("vd0".into(), "s4".into())], HANG)).unwrap();
     block_on(pool.set_read_only("vd0", false)).unwrap();
     wait(
@@ -119,11 +150,13 @@ fn set_parent_bdev_on_a_snapshot_of_an_lvol_not_written_since_its_clone() {
 /// clone's either, when the lvol is given an external parent.
 #[test]
 fn set_parent_bdev_on_an_lvol_whose_clone_of_a_deleted_clone_reads_through_it() {
-    let (set, _base, pool, disk) = thin_disk(16 << 20);
-    let golden = golden(&set);
-    write(&set, &disk, 5, 1);
-    block_on(pool.set_read_only("vd0", true)).unwrap();
-    block_on(pool.clone_disk("vd0", "m1")).unwrap();
+    let Family {
+        set,
+        pool,
+        disk,
+        golden,
+        ..
+    } = cloned_while_read_only("m1");
     block_on(pool.set_read_only("vd0", false)).unwrap();
     write(&set, &disk, 5, 2);
     block_on(pool.set_read_only("m1", true)).unwrap();
