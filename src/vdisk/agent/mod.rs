@@ -180,6 +180,34 @@ pub(crate) fn view_weak(pool: u64, disk: u64) -> Option<std::sync::Weak<View>> {
     v.as_ref().map(Arc::downgrade)
 }
 
+/// Drops `roots`, freeing the nodes no one else holds a few at a time and yielding
+/// whenever a turn of the core ([`DROP_TURN`]) is spent, so that commands and I/O run
+/// in between. A node another holder still references is only let go (its count
+/// drops); the last holder frees it.
+pub(crate) async fn drop_in_turns(mut roots: Vec<Arc<super::table::Node>>) {
+    /// Nodes let go between two looks at the clock.
+    const NODES_PER_LOOK: usize = 32;
+    let mut turn = reactor::Slice::new(DROP_TURN);
+    let mut since = 0;
+    while let Some(n) = roots.pop() {
+        if let Ok(node) = Arc::try_unwrap(n)
+            && let super::table::NodeKind::Internal { children, .. } = node.kind
+        {
+            roots.extend(children);
+        }
+        since += 1;
+        if since >= NODES_PER_LOOK {
+            since = 0;
+            if turn.spent() {
+                turn.next_turn().await;
+            }
+        }
+    }
+}
+
+/// The longest [`drop_in_turns`] holds the core before it yields.
+const DROP_TURN: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Requests served by one disk, per core (each core writes only its own slot).
 pub(crate) struct IoCounts(Box<[CachePadded<AtomicU64>]>);
 
@@ -273,15 +301,24 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Drops the views new ones replaced, in a task of their own. Dropping a view frees
-    /// the nodes only it still held — the table's nodes the controller copied since
-    /// that view was pushed, thousands of leaves under a stream of first writes
-    /// (milliseconds of freeing). Done in the command, it delayed the command's answer:
-    /// a snapshot waits for its view push to be acknowledged on every core.
+    /// Drops the views new ones replaced, in a task of their own, a turn of the core at
+    /// a time ([`drop_in_turns`]). Dropping a view frees the nodes only it still held —
+    /// the table's nodes the controller copied since that view was pushed, thousands of
+    /// leaves under a stream of first writes (about a millisecond of freeing). Done in
+    /// the command, it delayed the command's answer (a snapshot waits for its view push
+    /// to be acknowledged on every core); done at once after it, it delayed the next
+    /// command's, and every I/O of the core.
     fn drop_retired_later(&self) {
         let views = std::mem::take(&mut *self.retired.borrow_mut());
         if !views.is_empty() {
-            reactor::spawn_local(async move { drop(views) }).detach();
+            reactor::spawn_local(async move {
+                let roots = views
+                    .into_iter()
+                    .filter_map(|v| Arc::try_unwrap(v).ok().and_then(|v| v.root))
+                    .collect();
+                drop_in_turns(roots).await
+            })
+            .detach();
         }
     }
 
