@@ -416,9 +416,8 @@ impl CtlState {
 
 /// What an append found to do.
 enum Append {
-    /// Pages to write (place, bytes), covering changes up to the count; the sequence
-    /// number of the first.
-    Pages(Vec<(u64, Vec<u8>)>, u64, u64),
+    /// Pages to write (place, bytes), covering changes up to the count.
+    Pages(Vec<(u64, Vec<u8>)>, u64),
     /// The ring has no room: a checkpoint instead.
     Full,
 }
@@ -557,18 +556,19 @@ impl Controller {
     /// appends already in flight.
     /// How it ended reaches the callers through the acknowledgement, in order.
     async fn append_once(&self) {
-        let next_seq = self.st.borrow().log.as_ref().map_or(0, |l| l.next_seq);
+        // Its first page: only the packing turn, held here, moves the log's end.
+        let first = self.st.borrow().log.as_ref().map_or(0, |l| l.next_seq);
         let (covers, r) = match self.pack_append().await {
-            Ok(Append::Pages(pages, changes, first)) => {
+            Ok(Append::Pages(pages, changes)) => {
                 let covers = self.packed(first, changes);
                 (covers, self.write_append(pages).await)
             }
             Ok(Append::Full) => {
                 // Covers every request made so far: it checkpoints what changed before.
-                let covers = self.packed(next_seq, 0);
+                let covers = self.packed(first, 0);
                 (covers, self.commit().await)
             }
-            Err(e) => (self.packed(next_seq, 0), Err(e)),
+            Err(e) => (self.packed(first, 0), Err(e)),
         };
         self.append_ended(covers, r);
     }
@@ -591,12 +591,11 @@ impl Controller {
         let mut st = self.st.borrow_mut();
         let changes = st.changes;
         let l = st.log.as_mut().expect("appends run with a log");
-        let first = l.next_seq;
         if l.unloggable_at.is_some() {
             return Ok(Append::Full);
         }
         if l.pending.is_empty() {
-            return Ok(Append::Pages(Vec::new(), changes, first));
+            return Ok(Append::Pages(Vec::new(), changes));
         }
         let pages = log::pack_behind(
             &l.pending,
@@ -624,11 +623,7 @@ impl Controller {
         l.next_seq += pages.len() as u64;
         l.pending_lsn = l.next_lsn;
         l.pending.clear();
-        Ok(Append::Pages(
-            l.area.with_mirror_copies(pages),
-            changes,
-            first,
-        ))
+        Ok(Append::Pages(l.area.with_mirror_copies(pages), changes))
     }
 
     /// The writing half of [`Controller::append_once`].

@@ -29,6 +29,17 @@ fn golden(set: &ReactorSet) -> Arc<dyn Bdev> {
     g
 }
 
+/// Gives `name` the external parent `golden`: done, or refused as busy (nothing
+/// switched); anything else fails the test.
+fn external_parent_or_refused(pool: &Pool, name: &str, golden: &Arc<dyn Bdev>) {
+    let r = wait(
+        &format!("set_parent_bdev of {name}"),
+        HANG,
+        pool.set_external_parent(name, golden.clone()),
+    );
+    assert!(matches!(r, Ok(()) | Err(VdiskError::Busy(_))), "{r:?}");
+}
+
 /// vd0 (16 MiB, thin), its clone and a golden image.
 struct Family {
     set: ReactorSet,
@@ -70,12 +81,7 @@ fn set_parent_bdev_on_a_snapshot_keeps_a_clone_of_an_lvol_made_writable_again() 
     block_on(pool.set_read_only("vd0", false)).unwrap();
     write(&set, &disk, 5, 2);
     assert_eq!(read(&set, &c3, 5), 1);
-    let r = wait(
-        "set_parent_bdev of s4",
-        HANG,
-        pool.set_external_parent("s4", golden.clone()),
-    );
-    assert!(matches!(r, Ok(()) | Err(VdiskError::Busy(_))), "{r:?}");
+    external_parent_or_refused(&pool, "s4", &golden);
     assert_eq!(read(&set, &disk, 5), 2, "vd0 keeps its own write");
     assert_eq!(
         read(&set, &c3, 5),
@@ -102,12 +108,7 @@ fn set_parent_bdev_on_an_lvol_written_since_it_was_cloned_keeps_the_clone() {
     block_on(pool.set_read_only("vd0", false)).unwrap();
     write(&set, &disk, 5, 2);
     block_on(pool.set_read_only("vd0", true)).unwrap();
-    let r = wait(
-        "set_parent_bdev of vd0",
-        HANG,
-        pool.set_external_parent("vd0", golden.clone()),
-    );
-    assert!(matches!(r, Ok(()) | Err(VdiskError::Busy(_))), "{r:?}");
+    external_parent_or_refused(&pool, "vd0", &golden);
     assert_eq!(read(&set, &disk, 5), 2);
     assert_eq!(
         read(&set, &c3, 5),
@@ -164,12 +165,7 @@ fn set_parent_bdev_on_an_lvol_whose_clone_of_a_deleted_clone_reads_through_it() 
     block_on(pool.delete_disk("m1")).unwrap();
     assert_eq!(read(&set, &c2, 5), 1);
     block_on(pool.set_read_only("vd0", true)).unwrap();
-    let r = wait(
-        "set_parent_bdev of vd0",
-        HANG,
-        pool.set_external_parent("vd0", golden.clone()),
-    );
-    assert!(matches!(r, Ok(()) | Err(VdiskError::Busy(_))), "{r:?}");
+    external_parent_or_refused(&pool, "vd0", &golden);
     assert_eq!(read(&set, &disk, 5), 2);
     assert_eq!(
         read(&set, &c2, 5),
