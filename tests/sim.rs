@@ -29,11 +29,18 @@ fn simulator_smoke_seeds_pass() {
 /// Seeds beyond the smoke set that found a defect once, each beside the unit test that
 /// pins the defect down (a change to the engine may take a seed down another path, so
 /// the unit test is the regression test; the seed is run all the same).
-const ONCE_FAILED: [(u64, &str); 1] = [(
-    2737,
-    "set_parent_bdev re-planned a clone of an lvol written since over the lvol as it is \
-     (vdisk::tests::esnap_lineage)",
-)];
+const ONCE_FAILED: [(u64, &str); 2] = [
+    (
+        2737,
+        "set_parent_bdev re-planned a clone of an lvol written since over the lvol as it is \
+         (vdisk::tests::esnap_lineage)",
+    ),
+    (
+        7456,
+        "a split that could not record its copy into the disk's own segment left the \
+         copied granules held in memory only (vdisk::tests::split_fills)",
+    ),
+];
 
 #[test]
 fn seeds_that_once_found_a_defect_pass() {

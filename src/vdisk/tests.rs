@@ -1652,6 +1652,7 @@ mod intent_log;
 mod maybe_mapped;
 mod resize;
 mod revert;
+mod split_fills;
 
 /// Faults resolved together share their view push and their pass down the table: 32
 /// first writes into fresh segments at once go to the controller in one or two
