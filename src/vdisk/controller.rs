@@ -492,15 +492,11 @@ impl Controller {
                 d.edits += 1;
                 st.changes += 1;
                 if let Some(l) = st.log.as_mut() {
-                    let record = log::encode_splice(
-                        disk,
-                        e.from,
-                        e.to,
-                        &e.extents,
-                        &self.shared.fills,
-                        l.area.packed,
-                    );
-                    l.splice(st.changes, disk, record, &d.root);
+                    let fills = &self.shared.fills;
+                    let encode = |out: &mut Vec<u8>, packed| {
+                        log::encode_splice_into(out, disk, e.from, e.to, &e.extents, fills, packed)
+                    };
+                    l.splice(st.changes, disk, encode, &d.root);
                 }
             }
             d.root.as_ref().map_or(0, |r| r.height() as u64)

@@ -221,6 +221,14 @@ impl IntentLog {
         self.pending.push(&group);
     }
 
+    /// Logs the fill of `seg` holding `words`, encoded in place.
+    fn push_fill(&mut self, seg: u64, words: [u64; 4]) {
+        let packed = self.area.packed;
+        self.next_lsn += 1;
+        self.pending
+            .push_one(|b| log::encode_fill_into(b, seg, words, packed));
+    }
+
     fn unloggable(&mut self, changes: u64, why: &str) {
         tracing::debug!(
             why,
@@ -229,18 +237,21 @@ impl IntentLog {
         self.unloggable_at = Some(changes);
     }
 
-    /// After `set_extents` changed `disk`'s table, leaving `root`: `record` is the
-    /// change encoded ([`log::encode_splice`]), `None` if it does not fit a page.
+    /// After `set_extents` changed `disk`'s table, leaving `root`: `encode(out, packed)`
+    /// appends the change's record to `out` ([`log::encode_splice_into`], in the packed
+    /// encoding if `packed`), or answers false if it does not fit a page.
     pub fn splice(
         &mut self,
         changes: u64,
         disk: u64,
-        record: Option<Vec<u8>>,
+        encode: impl FnOnce(&mut Vec<u8>, bool) -> bool,
         root: &Option<Arc<Node>>,
     ) {
-        match record {
-            Some(r) => self.push_group(changes, vec![r]),
-            None => self.unloggable(changes, "a splice larger than a log page"),
+        let packed = self.area.packed;
+        if self.pending.push_one_if(|out| encode(out, packed)) {
+            self.next_lsn += 1;
+        } else {
+            self.unloggable(changes, "a splice larger than a log page");
         }
         if let Some(m) = self.mirror.get_mut(&disk) {
             m.root = root_key(root);
@@ -754,8 +765,7 @@ impl Controller {
         // The logged fills' segments, by disk: their leaves, if written, are copied below.
         let mut copy: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         for DirtyFill { seg, disk, vseg } in changed {
-            let rec = log::encode_fill(seg, self.shared.fills.get(seg).words(), l.area.packed);
-            l.push_group(st.changes, vec![rec]);
+            l.push_fill(seg, self.shared.fills.get(seg).words());
             // A fill in a leaf not yet written reaches the next checkpoint with that leaf
             // (or a copy of it, shared or not); one in a written leaf needs the leaf
             // copied, now: a snapshot or a clone that shares the table later shares the

@@ -95,8 +95,23 @@ pub fn encode_splice(
     fills: &Fills,
     packed: bool,
 ) -> Option<Vec<u8>> {
+    let mut b = Vec::new();
+    encode_splice_into(&mut b, disk, from, to, extents, fills, packed).then_some(b)
+}
+
+/// [`encode_splice`], appended to `out`; false (and `out` as it was) if the record
+/// does not fit a page.
+pub fn encode_splice_into(
+    out: &mut Vec<u8>,
+    disk: u64,
+    from: u64,
+    to: u64,
+    extents: &[Extent],
+    fills: &Fills,
+    packed: bool,
+) -> bool {
     if packed {
-        return packed_splice_record(disk, from, to, extents.len(), |k, prev_end, buf| {
+        return packed_splice_record(out, disk, from, to, extents.len(), |k, prev_end, buf| {
             pack_live_extent(buf, prev_end, &extents[k], fills)
         });
     }
@@ -104,11 +119,17 @@ pub fn encode_splice(
         .iter()
         .map(crate::vdisk::table::extent_encoded_len)
         .sum();
-    splice_record(disk, from, to, extents.len(), bytes, |w| {
+    match splice_record(disk, from, to, extents.len(), bytes, |w| {
         for e in extents {
             write_extent(w, e, fills);
         }
-    })
+    }) {
+        Some(b) => {
+            out.extend_from_slice(&b);
+            true
+        }
+        None => false,
+    }
 }
 
 /// A splice record of `count` extents that `write` writes in `bytes`.
@@ -138,18 +159,21 @@ fn splice_record(
 }
 
 /// A packed splice record of `count` extents, each packed by `pack(k, prev_end, buf)`
-/// (returning its bytes and its end), or `None` if it does not fit a page.
+/// (returning its bytes and its end), appended to `out`; false (and `out` as it was)
+/// if it does not fit a page.
 fn packed_splice_record(
+    out: &mut Vec<u8>,
     disk: u64,
     from: u64,
     to: u64,
     count: usize,
     mut pack: impl FnMut(usize, u64, &mut [u8; MAX_PACKED_EXTENT_BYTES]) -> (usize, u64),
-) -> Option<Vec<u8>> {
+) -> bool {
+    let start = out.len();
     // Kind and length, then the head: four numbers of at most 10 bytes each.
-    let mut b = vec![0u8; RECORD_HEAD_BYTES + 40];
+    out.resize(start + RECORD_HEAD_BYTES + 40, 0);
     let at = {
-        let mut w = Writer::new(&mut b, RECORD_HEAD_BYTES);
+        let mut w = Writer::new(&mut out[start..], RECORD_HEAD_BYTES);
         w.varint(disk);
         w.varint(from);
         // `to` may be u64::MAX: everything from `from` on (a shrink), written as 0.
@@ -157,42 +181,53 @@ fn packed_splice_record(
         w.varint(count as u64);
         w.at
     };
-    b.truncate(at);
+    out.truncate(start + at);
     let mut buf = [0u8; MAX_PACKED_EXTENT_BYTES];
     let mut prev_end = from;
     for k in 0..count {
         let (n, end) = pack(k, prev_end, &mut buf);
-        if b.len() + n > RECORD_HEAD_BYTES + MAX_RECORD_BODY {
-            return None;
+        if out.len() - start + n > RECORD_HEAD_BYTES + MAX_RECORD_BODY {
+            out.truncate(start);
+            return false;
         }
-        b.extend_from_slice(&buf[..n]);
+        out.extend_from_slice(&buf[..n]);
         prev_end = end;
     }
-    b[0] = KIND_PACKED_SPLICE;
-    let body = (b.len() - RECORD_HEAD_BYTES) as u16;
-    b[1..3].copy_from_slice(&body.to_le_bytes());
-    Some(b)
+    out[start] = KIND_PACKED_SPLICE;
+    let body = (out.len() - start - RECORD_HEAD_BYTES) as u16;
+    out[start + 1..start + 3].copy_from_slice(&body.to_le_bytes());
+    true
 }
 
 /// Encodes the fill record of segment `seg` holding `words`; `packed` as for
 /// [`encode_splice`].
 pub fn encode_fill(seg: u64, words: [u64; 4], packed: bool) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode_fill_into(&mut b, seg, words, packed);
+    b
+}
+
+/// [`encode_fill`], appended to `out` (no buffer of its own: the controller logs a fill
+/// for every first write).
+pub fn encode_fill_into(out: &mut Vec<u8>, seg: u64, words: [u64; 4], packed: bool) {
     if !packed {
-        return encode(&LogRecord::Fill { seg, words });
+        out.extend_from_slice(&encode(&LogRecord::Fill { seg, words }));
+        return;
     }
     // Kind, length, the segment (at most 10 bytes), the fill (at most 33).
-    let mut b = vec![0u8; RECORD_HEAD_BYTES + 10 + 33];
+    let start = out.len();
+    out.resize(start + RECORD_HEAD_BYTES + 10 + 33, 0);
+    let b = &mut out[start..];
     let at = {
-        let mut w = Writer::new(&mut b, RECORD_HEAD_BYTES);
+        let mut w = Writer::new(b, RECORD_HEAD_BYTES);
         w.varint(seg);
         FillCode::of(words).write(&mut w);
         w.at
     };
-    b.truncate(at);
     b[0] = KIND_PACKED_FILL;
     let body = (at - RECORD_HEAD_BYTES) as u16;
     b[1..3].copy_from_slice(&body.to_le_bytes());
-    b
+    out.truncate(start + at);
 }
 
 /// Encodes a splice or a fill in the packed encoding, any other record as [`encode`]
@@ -204,9 +239,14 @@ pub fn encode_packed(rec: &LogRecord) -> Option<Vec<u8>> {
             from,
             to,
             extents,
-        } => packed_splice_record(*disk, *from, *to, extents.len(), |k, prev_end, buf| {
-            pack_raw_extent(buf, prev_end, &extents[k])
-        })?,
+        } => {
+            let mut b = Vec::new();
+            let fits =
+                packed_splice_record(&mut b, *disk, *from, *to, extents.len(), |k, e, buf| {
+                    pack_raw_extent(buf, e, &extents[k])
+                });
+            fits.then_some(b)?
+        }
         LogRecord::Fill { seg, words } => encode_fill(*seg, *words, true),
         other => encode_wide(other)?,
     })
@@ -379,6 +419,33 @@ impl RecordGroups {
             g.push(x);
         }
         g
+    }
+
+    /// Adds a group of one record, which `write` appends to the bytes it is given.
+    pub fn push_one(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.bytes.len();
+        write(&mut self.bytes);
+        debug_assert!(self.bytes.len() > start, "a record was written");
+        self.groups.push_back(GroupEnd {
+            end: self.bytes.len(),
+            records: 1,
+        });
+    }
+
+    /// [`RecordGroups::push_one`] of a record `write` may refuse (returning false,
+    /// having appended nothing): then nothing is added, and the answer is false.
+    pub fn push_one_if(&mut self, write: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+        let start = self.bytes.len();
+        if !write(&mut self.bytes) {
+            debug_assert_eq!(self.bytes.len(), start, "a refused record left bytes");
+            self.bytes.truncate(start);
+            return false;
+        }
+        self.groups.push_back(GroupEnd {
+            end: self.bytes.len(),
+            records: 1,
+        });
+        true
     }
 
     /// Adds a group (nothing if it holds no records).
