@@ -44,6 +44,17 @@ async fn write_byte(d: &Arc<dyn Bdev>, block: u64, v: u8) -> Result<(), IoStatus
 }
 
 /// Pool `p0` on `base` with default options, its controller on core 0.
+/// A golden image of 16 MiB, every byte 0xee (an external snapshot for esnap clones).
+fn golden(set: &ReactorSet) -> Arc<dyn Bdev> {
+    let g: Arc<dyn Bdev> = MallocBdev::create("golden", 16 * 256, 4096, None).unwrap();
+    let g2 = g.clone();
+    on(set, 0, move || async move {
+        let ch = Channel::get(&g2).unwrap();
+        ch.write(0, pattern(0xee, 16 << 20)).await.unwrap();
+    });
+    g
+}
+
 fn new_pool(set: &ReactorSet, base: Arc<dyn Bdev>) -> Pool {
     block_on(Pool::create(
         set.cores(),

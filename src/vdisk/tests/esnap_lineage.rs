@@ -18,17 +18,6 @@ fn read(set: &ReactorSet, d: &Arc<dyn Bdev>, b: u64) -> u8 {
     on(set, 0, move || async move { read_byte(&d, b).await })
 }
 
-/// A golden image of 16 MiB, every byte 0xee.
-fn golden(set: &ReactorSet) -> Arc<dyn Bdev> {
-    let g: Arc<dyn Bdev> = MallocBdev::create("golden", 16 * 256, 4096, None).unwrap();
-    let g2 = g.clone();
-    on(set, 0, move || async move {
-        let ch = Channel::get(&g2).unwrap();
-        ch.write(0, pattern(0xee, 16 << 20)).await.unwrap();
-    });
-    g
-}
-
 /// Gives `name` the external parent `golden`: done, or refused as busy (nothing
 /// switched); anything else fails the test.
 fn external_parent_or_refused(pool: &Pool, name: &str, golden: &Arc<dyn Bdev>) {

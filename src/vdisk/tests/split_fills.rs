@@ -7,17 +7,6 @@
 
 use super::*;
 
-/// A golden image of 16 MiB, every byte 0xee.
-fn golden(set: &ReactorSet) -> Arc<dyn Bdev> {
-    let g: Arc<dyn Bdev> = MallocBdev::create("golden", 16 * 256, 4096, None).unwrap();
-    let g2 = g.clone();
-    on(set, 0, move || async move {
-        let ch = Channel::get(&g2).unwrap();
-        ch.write(0, pattern(0xee, 16 << 20)).await.unwrap();
-    });
-    g
-}
-
 #[test]
 fn a_split_that_cannot_record_its_copy_leaves_later_writes_durable() {
     let (set, base, pool, _vd0) = thin_disk(16 << 20);
