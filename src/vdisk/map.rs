@@ -325,8 +325,9 @@ impl Fill {
         }
     }
 
-    /// Sets the bits to `words` (replaying the log). A bitmap already on the heap is
-    /// kept and overwritten: another core may hold it.
+    /// Sets the bits to `words` (replaying the log; putting back what a copy added that
+    /// did not become the disk's). A bitmap already on the heap is kept and
+    /// overwritten: another core may hold it.
     pub fn store_words(&self, words: [u64; 4]) {
         if !self.update(
             |_| words,

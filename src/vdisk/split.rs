@@ -652,8 +652,9 @@ impl Controller {
                 let _ = self.fence_writes(disk, vseg, false).await;
                 return IoStatus::Aborted;
             }
-            // The granules the disk holds, with its writes fenced off and drained: what
-            // the copy below adds is told apart from them if it must be taken back.
+            // The granules the disk holds, with its writes fenced off and drained (nothing
+            // but the copy below changes them until the fence lifts): put back if the
+            // copy does not become the disk's.
             let held = fill.words();
             let below = Extent {
                 layers: copy_from.layers[1..].iter().copied().collect(),
@@ -721,7 +722,7 @@ impl Controller {
                 // holds them, and a fill that says they are held would let the disk's
                 // next writes into them skip marking it (they are held already), so
                 // those writes would never reach the metadata.
-                forget_added(fill, held);
+                fill.store_words(held);
             }
             let _ = self.fence_writes(disk, vseg, false).await;
             self.update_free();
@@ -845,21 +846,6 @@ impl Controller {
             }],
         )
         .map_err(no_space)
-    }
-}
-
-/// Clears the granules of `fill` that are not in `held` (its bits before a copy added
-/// them).
-fn forget_added(fill: &super::map::Fill, held: [u64; 4]) {
-    for (w, (now, before)) in fill.words().into_iter().zip(held).enumerate() {
-        let mut added = now & !before;
-        while added != 0 {
-            let first = added.trailing_zeros();
-            let n = (added >> first).trailing_ones();
-            fill.clear_range(w as u64 * 64 + u64::from(first), u64::from(n));
-            // `first + n` may be 64: clear the run's bits without shifting past the word.
-            added &= !((u64::MAX >> (64 - n)) << first);
-        }
     }
 }
 
