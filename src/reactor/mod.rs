@@ -607,6 +607,80 @@ struct ReactorInner {
     /// [`clock::ticks`] read at the start of this loop iteration: the time stamp I/O
     /// statistics take at submission and completion ([`pass_ticks`]).
     pass_ticks: Rc<Cell<u64>>,
+    /// Under [`ManualReactors`] only: every task spawned here, so that the machine's
+    /// teardown can drop the futures of those still pending ([`Droppable`]).
+    tracked: Option<RefCell<Tracked>>,
+}
+
+/// The tasks a [`ManualReactors`] core spawned ([`ReactorInner::tracked`]).
+#[derive(Default)]
+struct Tracked {
+    tasks: Vec<Weak<dyn Droppable>>,
+    /// The tasks that ended are forgotten when `tasks` grows to this (twice what was
+    /// left the last time, at least 64).
+    prune_at: usize,
+}
+
+impl Tracked {
+    fn push(&mut self, t: Weak<dyn Droppable>) {
+        if self.tasks.len() >= self.prune_at.max(64) {
+            self.tasks.retain(|t| t.strong_count() > 0);
+            self.prune_at = 2 * self.tasks.len();
+        }
+        self.tasks.push(t);
+    }
+}
+
+/// A task's future that can be dropped from outside the task: what [`ManualReactors`]
+/// does to the tasks still pending when it is dropped. A pending task is kept alive by
+/// whoever holds its waker, and that is often something its own future holds (the
+/// state of a pool it waits on); a real reactor's thread ends with its process, a
+/// simulated machine is torn down and replaced many times in one process.
+trait Droppable {
+    /// Drops the future; false if it was gone already.
+    fn drop_future(&self) -> bool;
+}
+
+impl<F> Droppable for RefCell<Option<Pin<Box<F>>>> {
+    fn drop_future(&self) -> bool {
+        // Taken out first: the future's destructor may wake or spawn others.
+        let fut = self.borrow_mut().take();
+        fut.is_some()
+    }
+}
+
+/// A spawned future: as given, or (under [`ManualReactors`]) in a slot its reactor can
+/// empty ([`Droppable`]).
+enum Spawned<F> {
+    Plain(F),
+    Tracked(Rc<RefCell<Option<Pin<Box<F>>>>>),
+}
+
+impl<F: Future> Future for Spawned<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: nothing is moved out of `self` here: the `Plain` arm pins its field
+        // in place, the `Tracked` arm only borrows its slot.
+        let this = unsafe { self.get_unchecked_mut() };
+        match this {
+            Spawned::Plain(f) => {
+                // SAFETY: `f` lives inside the pinned `Spawned`, and no method of
+                // `Spawned` moves it out or replaces it.
+                unsafe { Pin::new_unchecked(f) }.poll(cx)
+            }
+            Spawned::Tracked(slot) => {
+                // Not borrowed across anything but the poll: the teardown that empties
+                // the slot never runs inside a poll.
+                let mut slot = slot.borrow_mut();
+                match slot.as_mut() {
+                    Some(f) => f.as_mut().poll(cx),
+                    // Dropped by the teardown: it never completes.
+                    None => Poll::Pending,
+                }
+            }
+        }
+    }
 }
 
 /// Iterations skipped after an empty readiness poll.
@@ -669,6 +743,7 @@ impl Reactor {
                 loops_idle: Cell::new(0),
                 io_skip: Cell::new(0),
                 pass_ticks: Rc::new(Cell::new(clock::ticks())),
+                tracked: None,
             }),
         }
     }
@@ -933,7 +1008,18 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    let mailbox = with_current(|r| r.mailbox.clone());
+    let (mailbox, fut) = with_current(|r| {
+        let fut = match &r.tracked {
+            None => Spawned::Plain(fut),
+            Some(tracked) => {
+                let slot = Rc::new(RefCell::new(Some(Box::pin(fut))));
+                let weak: Weak<dyn Droppable> = Rc::downgrade(&slot) as Weak<dyn Droppable>;
+                tracked.borrow_mut().push(weak);
+                Spawned::Tracked(slot)
+            }
+        };
+        (r.mailbox.clone(), fut)
+    });
     let target = Arc::downgrade(&mailbox);
     let schedule = move |runnable: async_task::Runnable, info: async_task::ScheduleInfo| {
         let Some(mb) = target.upgrade() else {
@@ -1202,7 +1288,13 @@ impl ManualReactors {
         let reactors = polls
             .into_iter()
             .enumerate()
-            .map(|(i, p)| Reactor::new(i, cores.clone(), p, &cfg))
+            .map(|(i, p)| {
+                let mut r = Reactor::new(i, cores.clone(), p, &cfg);
+                Rc::get_mut(&mut r.inner)
+                    .expect("a reactor just built is held once")
+                    .tracked = Some(RefCell::default());
+                r
+            })
             .collect();
         Ok(ManualReactors { reactors, cores })
     }
@@ -1245,6 +1337,11 @@ impl Drop for ManualReactors {
     /// Drops the tasks still queued on each core inside that core's context, as a
     /// reactor thread does when it ends: their futures' destructors may use it (a
     /// mapping agent's channel unregisters itself). Dropping one task may queue others.
+    ///
+    /// So are the futures of the tasks still pending ([`Droppable`]), those woken from
+    /// another core and waiting in the core's mailbox among them: a pending task is
+    /// often held through its own future's state, and would otherwise keep what it
+    /// holds (a simulated pool and its disks) for the rest of the process.
     fn drop(&mut self) {
         loop {
             let mut dropped = 0;
@@ -1255,6 +1352,13 @@ impl Drop for ManualReactors {
                     let Some(task) = next else { break };
                     drop(task);
                     dropped += 1;
+                }
+                let pending = match &r.inner.tracked {
+                    Some(t) => std::mem::take(&mut t.borrow_mut().tasks),
+                    None => Vec::new(),
+                };
+                for t in pending.iter().filter_map(Weak::upgrade) {
+                    dropped += t.drop_future() as usize;
                 }
             }
             if dropped == 0 {

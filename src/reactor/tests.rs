@@ -355,3 +355,61 @@ fn a_panicking_reactor_aborts_the_process_instead_of_hanging() {
         "stderr names the core and the panic:\n{err}"
     );
 }
+
+/// Dropping a `ManualReactors` drops the futures of its tasks still pending, and with
+/// them what they hold: a task held only through its own state (its waker kept in
+/// something its future owns, as a task waiting on its pool's state is), and a task
+/// woken from another core that still waits in its core's mailbox.
+#[test]
+fn dropping_manual_reactors_drops_the_pending_tasks_and_what_they_hold() {
+    struct Owned {
+        waker: RefCell<Option<Waker>>,
+    }
+    let m = ManualReactors::new(2).unwrap();
+    // Core 0: a task waiting on a state it owns, its waker kept in that state.
+    let in_cycle = m.enter(0, || {
+        let st = Rc::new(Owned {
+            waker: RefCell::new(None),
+        });
+        let weak = Rc::downgrade(&st);
+        spawn_local(std::future::poll_fn(move |cx| {
+            *st.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        }))
+        .detach();
+        weak
+    });
+    // Core 1: a task whose waker is handed out; woken from core 0 below, it waits in
+    // core 1's mailbox.
+    let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let w2 = waker.clone();
+    let in_mailbox = m.enter(1, || {
+        let st = Rc::new(Owned {
+            waker: RefCell::new(None),
+        });
+        let weak = Rc::downgrade(&st);
+        spawn_local(std::future::poll_fn(move |cx| {
+            let _hold = &st;
+            *w2.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        }))
+        .detach();
+        weak
+    });
+    m.run_until_idle(10);
+    m.enter(0, || {
+        if let Some(w) = waker.lock().unwrap().take() {
+            w.wake();
+        }
+    });
+    assert!(in_cycle.upgrade().is_some() && in_mailbox.upgrade().is_some());
+    drop(m);
+    assert!(
+        in_cycle.upgrade().is_none(),
+        "a pending task held by its own state outlived its reactors"
+    );
+    assert!(
+        in_mailbox.upgrade().is_none(),
+        "a task woken from another core outlived its reactors"
+    );
+}
