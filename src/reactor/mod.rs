@@ -1013,7 +1013,7 @@ where
             None => Spawned::Plain(fut),
             Some(tracked) => {
                 let slot = Rc::new(RefCell::new(Some(Box::pin(fut))));
-                let weak: Weak<dyn Droppable> = Rc::downgrade(&slot) as Weak<dyn Droppable>;
+                let weak = Rc::downgrade(&slot) as Weak<dyn Droppable>;
                 tracked.borrow_mut().push(weak);
                 Spawned::Tracked(slot)
             }

@@ -86,7 +86,9 @@ const KIND_PACKED_FILL: u8 = 7;
 
 /// Encodes a splice record from live extents (their fills are read from `fills` now), or
 /// `None` if it does not fit a page. `packed`: in the packed encoding, which only a log
-/// whose superblock says so may hold ([`super::superblock::LogArea::packed`]).
+/// whose superblock says so may hold ([`super::superblock::LogArea::packed`]). The
+/// controller encodes in place ([`encode_splice_into`]); this is the tests' form.
+#[cfg(test)]
 pub fn encode_splice(
     disk: u64,
     from: u64,
@@ -99,8 +101,10 @@ pub fn encode_splice(
     encode_splice_into(&mut b, disk, from, to, extents, fills, packed).then_some(b)
 }
 
-/// [`encode_splice`], appended to `out`; false (and `out` as it was) if the record
-/// does not fit a page.
+/// Appends a splice record from live extents (their fills are read from `fills` now) to
+/// `out`; false (and `out` as it was) if the record does not fit a page. `packed`: in
+/// the packed encoding, which only a log whose superblock says so may hold
+/// ([`super::superblock::LogArea::packed`]).
 pub fn encode_splice_into(
     out: &mut Vec<u8>,
     disk: u64,
@@ -200,7 +204,7 @@ fn packed_splice_record(
 }
 
 /// Encodes the fill record of segment `seg` holding `words`; `packed` as for
-/// [`encode_splice`].
+/// [`encode_splice_into`].
 pub fn encode_fill(seg: u64, words: [u64; 4], packed: bool) -> Vec<u8> {
     let mut b = Vec::new();
     encode_fill_into(&mut b, seg, words, packed);
@@ -253,7 +257,7 @@ pub fn encode_packed(rec: &LogRecord) -> Option<Vec<u8>> {
 }
 
 /// Encodes a record. (The controller encodes its splices from live extents with
-/// [`encode_splice`].)
+/// [`encode_splice_into`].)
 pub fn encode(rec: &LogRecord) -> Vec<u8> {
     encode_wide(rec).unwrap_or_else(|| panic!("a splice larger than a page: {rec:?}"))
 }
