@@ -29,7 +29,7 @@ fn simulator_smoke_seeds_pass() {
 /// Seeds beyond the smoke set that found a defect once, each beside the unit test that
 /// pins the defect down (a change to the engine may take a seed down another path, so
 /// the unit test is the regression test; the seed is run all the same).
-const ONCE_FAILED: [(u64, &str); 2] = [
+const ONCE_FAILED: [(u64, &str); 4] = [
     (
         2737,
         "set_parent_bdev re-planned a clone of an lvol written since over the lvol as it is \
@@ -39,6 +39,18 @@ const ONCE_FAILED: [(u64, &str); 2] = [
         7456,
         "a split that could not record its copy into the disk's own segment left the \
          copied granules held in memory only (vdisk::tests::split_fills)",
+    ),
+    (
+        54517,
+        "set_parent_bdev on a snapshot re-planned a clone's segment a shrink had cut over \
+         the snapshot it reverted to, showing the data the cut hid \
+         (vdisk::tests::esnap_lineage)",
+    ),
+    (
+        55168,
+        "set_parent_bdev on a snapshot re-planned an lvol's segment dropped by a shrink and \
+         grown back over the snapshot's data, where it read the external bdev \
+         (vdisk::tests::esnap_lineage)",
     ),
 ];
 

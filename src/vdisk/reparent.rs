@@ -13,10 +13,13 @@
 //! deeper than [`MAX_LAYERS`], what they resolve to is copied into one new segment of the
 //! disk's own first (as a write fault merges a stack that is full). Below every layer,
 //! the disk now reads what the new parent reads: zeros, or its external snapshot.
-//! Where it read zeros over its old parent's data — nothing of its own there, or its
-//! own layers over nothing (a segment unmapped in a clone, a copy-out, a merge) — it
-//! keeps reading zeros: a zeroed segment of its own, or its layers copied over zeros
-//! into one.
+//! Where it read what lies below every layer (zeros, or its external bdev) in place of
+//! its old parent's data — nothing of its own there, or its own layers over nothing (a
+//! shrink's cut, a segment unmapped in a clone, a copy-out, a merge) — it keeps reading
+//! what it read: a segment of its own holding it (zeros, or the external bdev's blocks),
+//! or its layers copied over it into one. Otherwise a snapshot of it, or the lvol it
+//! reverted to one, would show through the cut again in every disk reading through a
+//! snapshot given a new parent.
 //!
 //! **A snapshot given a new parent** (`bdev_lvol_set_parent` or `bdev_lvol_set_parent_bdev`
 //! on a snapshot, as SPDK allows): the snapshot becomes its own layers over the new
@@ -48,7 +51,7 @@ use super::esnap::unfit_external;
 use super::map::{Extent, ExtentState, Layer, Layers, MAX_LAYERS, MAX_RUN_SEGMENTS};
 use super::meta::directory::{DiskKind, ExternalBase, JobRecord};
 use super::table;
-use crate::bdev::Bdev;
+use crate::bdev::{Bdev, IoStatus};
 use crate::reactor;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -78,13 +81,15 @@ enum Plan {
     Own { ext: Extent, writable: bool },
     /// Too deep: what `layers` resolve to is copied into a new segment of the disk's own.
     Merge(Extent),
-    /// The disk's own layers over zeros where its old parent has data: what they resolve
-    /// to over zeros, copied into a zeroed segment of its own (a full layer).
-    MergeZeroed(Extent),
-    /// Zeros the disk holds where its old parent has data (it unmapped the segment, or
-    /// shrank and grew back): a zeroed segment of its own, so that neither the new
-    /// parent's data nor its external snapshot shows through.
-    Zero,
+    /// The disk's own layers over nothing where its old parent has data: what they
+    /// resolve to over what the disk read below them (zeros, or its external bdev),
+    /// copied into a segment of its own (a full layer).
+    MergeOverBelow(Extent),
+    /// Nothing of the disk's where its old parent has data (it unmapped the segment, or
+    /// shrank and grew back): what it read there (zeros, or its external bdev's blocks)
+    /// copied into a segment of its own (a full layer), so that neither the parent's
+    /// data nor what the disk reads below from now on shows through.
+    Below,
 }
 
 impl Controller {
@@ -255,13 +260,14 @@ struct Below<'a> {
 
 /// What each virtual segment of disk `d` becomes when it reads `below.new` instead of
 /// `below.old` below its own layers (see the module documentation), in order.
-/// Where the disk read zeros over its old parent's data — it holds nothing there (it
-/// unmapped the segment, or shrank and grew back), or its own layers over nothing (a
-/// copy-out, a merge, a whole segment unmapped in a clone) — it keeps reading them: a
-/// zeroed segment of its own, or its layers over zeros copied into one, where it would
-/// read anything else from now on: the new parent maps the segment, or below every
-/// layer the disk now reads an external bdev (`chain_external`). A disk that read an
-/// external bdev below its layers reads what the new parent reads in its place.
+/// Where the disk read what lies below every layer (zeros, or its external bdev) in
+/// place of its old parent's data — it holds nothing there (it unmapped the segment, or
+/// shrank and grew back), or its own layers over nothing (a shrink's cut, a copy-out, a
+/// merge, a whole segment unmapped in a clone) — it keeps reading it: a segment of its
+/// own holding it, or its layers copied over it into one, where it would read anything
+/// else from now on: the new parent maps the segment, or below every layer the disk
+/// reads another bdev from now on, or zeros instead of one (`new_bottom`, the UUID of
+/// the external bdev the lineage reads below every layer from now on, if any).
 /// `read_only`: no extent of the disk is writable in place afterwards (a snapshot,
 /// whose extents its clones share).
 ///
@@ -274,15 +280,14 @@ struct Below<'a> {
 fn plan_over(
     d: &DiskCtl,
     below: Below<'_>,
-    chain_external: bool,
+    new_bottom: Option<uuid::Uuid>,
     read_only: bool,
     segment_blocks: u64,
 ) -> Result<Vec<(u64, Plan)>, u64> {
     // (The old parent may be larger: the disk shrank since it was taken.)
     let nsegs = d.rec.size_blocks.div_ceil(segment_blocks);
-    // Below its layers the disk read zeros, or an external bdev, whose place what it
-    // reads from now on takes.
-    let zeros_below = d.rec.external.is_none();
+    // Below every layer the disk read zeros, or an external bdev: does that change?
+    let bottom_changes = d.rec.external.as_ref().map(|x| x.uuid) != new_bottom;
     // Every segment one of the three maps: where only the old parent does, the
     // disk may hold zeros over its data.
     let mut vsegs = BTreeSet::new();
@@ -295,8 +300,8 @@ fn plan_over(
         let theirs = below.new.at(v);
         let shared = below.old.at(v);
         let Some(mine) = mine else {
-            if shared.is_some() && zeros_below && (theirs.is_some() || chain_external) {
-                out.push((v, Plan::Zero));
+            if shared.is_some() && (theirs.is_some() || bottom_changes) {
+                out.push((v, Plan::Below));
             } else if let Some(t) = theirs {
                 out.push((v, Plan::Parent(t)));
             }
@@ -348,22 +353,18 @@ fn plan_over(
             }
             continue;
         }
-        // None of the old parent's layers below its own: it read zeros under them
-        // (it unmapped the segment, or a write merged a full stack).
+        // None of the old parent's layers below its own: it read what lies below every
+        // layer under them (it unmapped the segment, a shrink cut it, a write merged a
+        // full stack).
         let bottomed = own.len() == mine.layers.len();
         normalize(&mut own);
         let full = own.iter().any(|l| !l.is_partial());
-        if !full
-            && bottomed
-            && shared.is_some()
-            && zeros_below
-            && (theirs.is_some() || chain_external)
-        {
+        if !full && bottomed && shared.is_some() && (theirs.is_some() || bottom_changes) {
             // Over its old parent's data: what its layers show stays as it is, over
-            // zeros, not over what it reads from now on.
+            // what it read below them, not over what it reads from now on.
             out.push((
                 v,
-                Plan::MergeZeroed(Extent {
+                Plan::MergeOverBelow(Extent {
                     layers: own,
                     ..mine
                 }),
@@ -652,14 +653,18 @@ impl Controller {
         let born = g + 1;
         let seg_blocks = self.shared.geo.segment_blocks;
         // Below every layer the lineage reads the new external bdev, if any.
-        let chain_external = match new {
-            NewParent::Snapshot(sid) => self.st.borrow().disks[&sid].rec.external.is_some(),
-            NewParent::External(_) => true,
+        let new_bottom = match new {
+            NewParent::Snapshot(sid) => self.st.borrow().disks[&sid]
+                .rec
+                .external
+                .as_ref()
+                .map(|x| x.uuid),
+            NewParent::External(base) => Some(base.uuid),
         };
         let mut merged: Vec<(u64, u64)> = Vec::new();
         let mut planned: Vec<(u64, Vec<Extent>)> = Vec::with_capacity(through.len());
         for &x in through {
-            let (plan, disk, ro) = {
+            let (plan, disk, ro, bottom) = {
                 let st = self.st.borrow();
                 let d = &st.disks[&x];
                 let old = st
@@ -679,7 +684,7 @@ impl Controller {
                     new: below_new,
                 };
                 let ro = reparents_lineage(d);
-                let plan = plan_over(d, below, chain_external, ro, seg_blocks).map_err(|v| {
+                let plan = plan_over(d, below, new_bottom, ro, seg_blocks).map_err(|v| {
                     let p = st.disks.get(&d.rec.parent).map_or("", |p| &p.rec.name);
                     VdiskError::Busy(format!(
                         "`{}` was cloned from `{p}`, which was written since (virtual segment \
@@ -687,7 +692,7 @@ impl Controller {
                         d.rec.name, d.rec.name, d.rec.name
                     ))
                 });
-                (plan, d.rec.name.clone(), ro)
+                (plan, d.rec.name.clone(), ro, self.below_of(&d.rec))
             };
             let plan = match plan {
                 Ok(p) => p,
@@ -698,7 +703,7 @@ impl Controller {
             };
             let start = merged.len();
             if let Err(e) = self
-                .write_merges(&plan, &mut merged, &disk, parent_name)
+                .write_merges(&plan, &mut merged, (&disk, &bottom), parent_name)
                 .await
             {
                 self.give_back(&merged);
@@ -779,18 +784,19 @@ impl Controller {
         Ok(())
     }
 
-    /// Allocates and writes a segment for each merge and zeroed segment of `plan` (of
-    /// disk `name`, over `parent`), adding `(virtual segment, segment)` to `merged`,
-    /// which the caller gives back if the re-parenting does not happen.
+    /// Allocates and writes a segment for each merge and each segment of what lies
+    /// below in `plan` (of disk `name`, which reads `bottom` below every layer until the
+    /// switch; over `parent`), adding `(virtual segment, segment)` to `merged`, which the
+    /// caller gives back if the re-parenting does not happen.
     async fn write_merges(
         &self,
         plan: &[(u64, Plan)],
         merged: &mut Vec<(u64, u64)>,
-        name: &str,
+        (name, bottom): (&str, &super::msg::Below),
         parent: &str,
     ) -> Result<(), VdiskError> {
         for (v, p) in plan {
-            if !matches!(p, Plan::Merge(_) | Plan::MergeZeroed(_) | Plan::Zero) {
+            if !matches!(p, Plan::Merge(_) | Plan::MergeOverBelow(_) | Plan::Below) {
                 continue;
             }
             let Some(seg) = self.st.borrow_mut().space.alloc_segment() else {
@@ -803,11 +809,18 @@ impl Controller {
             merged.push((*v, seg));
             let done = match p {
                 Plan::Merge(ext) => self.copy_resolved(ext, seg).await.map(|_| ()),
-                Plan::MergeZeroed(ext) => match self.zero_segments(seg, 1).await {
-                    Ok(()) => self.copy_resolved(ext, seg).await.map(|_| ()),
-                    Err(e) => Err(e),
-                },
-                _ => self.zero_segments(seg, 1).await,
+                Plan::MergeOverBelow(ext) => self.copy_over_below(ext, bottom, seg).await,
+                // Nothing of its own: what lies below, whole.
+                _ => {
+                    let nothing = Extent {
+                        vseg: *v,
+                        len: 1,
+                        state: ExtentState::Mapped,
+                        birth: 0.into(),
+                        layers: Layers::new(),
+                    };
+                    self.copy_over_below(&nothing, bottom, seg).await
+                }
             };
             if let Err(status) = done {
                 return Err(VdiskError::Io {
@@ -817,6 +830,23 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Writes into segment `seg` what `ext`'s layers show over `bottom` (what the disk
+    /// reads below every layer), whole: zeros where no layer holds a block, or the
+    /// external bdev's blocks there (zeros past its end; a media error while it is
+    /// missing).
+    async fn copy_over_below(
+        &self,
+        ext: &Extent,
+        bottom: &super::msg::Below,
+        seg: u64,
+    ) -> Result<(), IoStatus> {
+        if matches!(bottom, super::msg::Below::Zeros) {
+            self.zero_segments(seg, 1).await?;
+            return self.copy_resolved(ext, seg).await.map(|_| ());
+        }
+        self.copy_in(ext, Some(bottom), seg).await.map(|_| ())
     }
 
     /// Frees the segments of `merged` (written for a re-parenting that did not happen).
@@ -918,7 +948,7 @@ fn planned_extents(
                 birth: if writable { born } else { birth }.into(),
                 layers,
             },
-            Plan::Merge(_) | Plan::MergeZeroed(_) | Plan::Zero => {
+            Plan::Merge(_) | Plan::MergeOverBelow(_) | Plan::Below => {
                 let (mv, seg) = merged.next().expect("one segment per merge");
                 debug_assert_eq!(mv, v);
                 let layer = if matches!(p, Plan::Merge(_)) {

@@ -756,7 +756,7 @@ impl Controller {
     /// Copies into segment `dst` what `src`'s layers hold ([`Controller::copy_resolved`]),
     /// then, with `below`, what lies below the disk where they hold nothing
     /// ([`Controller::fill_from_below`]). Returns the bytes copied.
-    async fn copy_in(
+    pub(super) async fn copy_in(
         &self,
         src: &Extent,
         below: Option<&Below>,

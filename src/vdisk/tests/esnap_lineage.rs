@@ -3,6 +3,10 @@
 //! 2737), also through a deleted clone in between: the clone keeps its own
 //! point-in-time contents, never what the lvol wrote after the clone. (The operation
 //! is refused there; before, the clone read the lvol's later writes.)
+//!
+//! And a disk of such a lineage that cut its parent's data off (a shrink, grown back:
+//! simulator seeds 54517 and 55168) keeps reading there what it read below every layer,
+//! never the parent's data the cut hid.
 
 use super::*;
 
@@ -161,4 +165,51 @@ fn set_parent_bdev_on_an_lvol_whose_clone_of_a_deleted_clone_reads_through_it() 
         1,
         "vd0's write after m1 was cloned is not c2's"
     );
+}
+
+/// vd0 reads the golden image (0xee) below its layers, holds 1 in block 400 of
+/// segment 1 and block 517 of segment 2, and is snapshotted (s1); then it shrinks to
+/// 356 blocks (the head of segment 1 copied into a segment of its own, segment 2
+/// dropped) and grows back: both blocks read the golden image, not s1's 1. s1 is given
+/// another external parent (0xdd): vd0 still reads there what it read, never s1's
+/// data; where neither holds anything, it reads the new parent.
+#[test]
+fn set_parent_bdev_on_a_snapshot_keeps_what_a_shrink_cut_off_its_clone() {
+    let (set, _base, pool, disk) = thin_disk(16 << 20);
+    let golden = golden(&set);
+    let other: Arc<dyn Bdev> = MallocBdev::create("other", 16 * 256, 4096, None).unwrap();
+    let o = other.clone();
+    on(&set, 0, move || async move {
+        let ch = Channel::get(&o).unwrap();
+        ch.write(0, pattern(0xdd, 16 << 20)).await.unwrap();
+    });
+    wait(
+        "set_parent_bdev of vd0",
+        HANG,
+        pool.set_external_parent("vd0", golden.clone()),
+    )
+    .unwrap();
+    write(&set, &disk, 400, 1);
+    write(&set, &disk, 517, 1);
+    block_on(pool.snapshot(vec![("vd0".into(), "s1".into())], HANG)).unwrap();
+    let bs = pool.block_size() as u64;
+    wait("shrinking vd0", HANG, pool.resize_disk("vd0", 356 * bs)).unwrap();
+    wait("growing vd0", HANG, pool.resize_disk("vd0", 16 << 20)).unwrap();
+    let cut = |why: &str| {
+        for b in [400, 517] {
+            assert_eq!(read(&set, &disk, b), 0xee, "block {b} {why}");
+        }
+    };
+    cut("past the shrink reads the golden image");
+    wait(
+        "set_parent_bdev of s1",
+        HANG,
+        pool.set_external_parent("s1", other.clone()),
+    )
+    .unwrap();
+    cut("keeps what it read: s1's 1 there was cut off");
+    assert_eq!(read(&set, &disk, 5), 0xdd, "nothing holds block 5");
+    assert_eq!(read(&set, &disk, 10 * 256), 0xdd, "nor segment 10");
+    write(&set, &disk, 400, 3);
+    assert_eq!(read(&set, &disk, 400), 3);
 }
