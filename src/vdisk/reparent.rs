@@ -823,10 +823,20 @@ impl Controller {
                 }
             };
             if let Err(status) = done {
-                return Err(VdiskError::Io {
-                    what: format!("merging segment {v} of `{name}` over `{parent}`"),
-                    status,
-                });
+                let keeping = format!(
+                    "keeping what segment {v} of `{name}` read below its layers, where it holds \
+                     none of its parent's data"
+                );
+                let what = match (p, bottom) {
+                    (Plan::Merge(_), _) => {
+                        format!("merging segment {v} of `{name}` over `{parent}`")
+                    }
+                    (_, super::msg::Below::Missing(uuid)) => {
+                        format!("{keeping}: its external bdev {uuid} is missing")
+                    }
+                    _ => keeping,
+                };
+                return Err(VdiskError::Io { what, status });
             }
         }
         Ok(())

@@ -167,15 +167,13 @@ fn set_parent_bdev_on_an_lvol_whose_clone_of_a_deleted_clone_reads_through_it() 
     );
 }
 
-/// vd0 reads the golden image (0xee) below its layers, holds 1 in block 400 of
-/// segment 1 and block 517 of segment 2, and is snapshotted (s1); then it shrinks to
-/// 356 blocks (the head of segment 1 copied into a segment of its own, segment 2
-/// dropped) and grows back: both blocks read the golden image, not s1's 1. s1 is given
-/// another external parent (0xdd): vd0 still reads there what it read, never s1's
-/// data; where neither holds anything, it reads the new parent.
-#[test]
-fn set_parent_bdev_on_a_snapshot_keeps_what_a_shrink_cut_off_its_clone() {
-    let (set, _base, pool, disk) = thin_disk(16 << 20);
+/// vd0 (thin, 16 MiB) reads the golden image (0xee) below its layers, holds 1 in block
+/// 400 of segment 1 and block 517 of segment 2, and is snapshotted (s1); then it shrinks
+/// to 356 blocks (the head of segment 1 copied into a segment of its own, segment 2
+/// dropped) and grows back: both blocks read the golden image, not s1's 1. Also
+/// returned: another image (0xdd), and the pool's base bdev.
+fn cut_off_its_snapshot() -> (Family, Arc<dyn Bdev>, Arc<dyn Bdev>) {
+    let (set, base, pool, disk) = thin_disk(16 << 20);
     let golden = golden(&set);
     let other: Arc<dyn Bdev> = MallocBdev::create("other", 16 * 256, 4096, None).unwrap();
     let o = other.clone();
@@ -195,21 +193,91 @@ fn set_parent_bdev_on_a_snapshot_keeps_what_a_shrink_cut_off_its_clone() {
     let bs = pool.block_size() as u64;
     wait("shrinking vd0", HANG, pool.resize_disk("vd0", 356 * bs)).unwrap();
     wait("growing vd0", HANG, pool.resize_disk("vd0", 16 << 20)).unwrap();
-    let cut = |why: &str| {
-        for b in [400, 517] {
-            assert_eq!(read(&set, &disk, b), 0xee, "block {b} {why}");
-        }
+    for b in [400, 517] {
+        assert_eq!(read(&set, &disk, b), 0xee, "block {b} past the shrink");
+    }
+    let clone = disk.clone();
+    let family = Family {
+        set,
+        pool,
+        disk,
+        clone,
+        golden,
     };
-    cut("past the shrink reads the golden image");
+    (family, other, base)
+}
+
+/// [`cut_off_its_snapshot`], then s1 is given the other image as its external parent:
+/// vd0 still reads in blocks 400 and 517 what it read, never s1's data; where neither
+/// holds anything, it reads the new parent.
+#[test]
+fn set_parent_bdev_on_a_snapshot_keeps_what_a_shrink_cut_off_its_clone() {
+    let (
+        Family {
+            set, pool, disk, ..
+        },
+        other,
+        _,
+    ) = cut_off_its_snapshot();
     wait(
         "set_parent_bdev of s1",
         HANG,
         pool.set_external_parent("s1", other.clone()),
     )
     .unwrap();
-    cut("keeps what it read: s1's 1 there was cut off");
+    for b in [400, 517] {
+        assert_eq!(
+            read(&set, &disk, b),
+            0xee,
+            "block {b} keeps what it read: s1's 1 there was cut off"
+        );
+    }
     assert_eq!(read(&set, &disk, 5), 0xdd, "nothing holds block 5");
     assert_eq!(read(&set, &disk, 10 * 256), 0xdd, "nor segment 10");
     write(&set, &disk, 400, 3);
     assert_eq!(read(&set, &disk, 400), 3);
+}
+
+/// The same with the golden image missing (the pool reopened without it): what vd0
+/// reads there cannot be kept, so nothing changes, and the error says why; with the
+/// image back, it goes through.
+#[test]
+fn set_parent_bdev_on_a_snapshot_says_so_when_the_cut_reads_a_missing_bdev() {
+    let (
+        Family {
+            set,
+            pool,
+            disk,
+            golden,
+            ..
+        },
+        other,
+        base,
+    ) = cut_off_its_snapshot();
+    block_on(pool.close()).unwrap();
+    drop((disk, pool));
+    let pool = block_on(Pool::open(set.cores(), 0, vec![base])).unwrap();
+    let r = wait(
+        "set_parent_bdev of s1",
+        HANG,
+        pool.set_external_parent("s1", other.clone()),
+    );
+    match r {
+        Err(VdiskError::Io { what, .. }) => assert!(
+            what.contains("segment 1 of `vd0`") && what.contains("is missing"),
+            "{what}"
+        ),
+        other => panic!("expected an I/O error naming the missing bdev, got {other:?}"),
+    }
+    block_on(pool.attach_external(golden)).unwrap();
+    let disk: Arc<dyn Bdev> = block_on(pool.disk("vd0")).unwrap();
+    assert_eq!(read(&set, &disk, 400), 0xee, "nothing changed");
+    wait(
+        "set_parent_bdev of s1",
+        HANG,
+        pool.set_external_parent("s1", other.clone()),
+    )
+    .unwrap();
+    assert_eq!(read(&set, &disk, 400), 0xee);
+    assert_eq!(read(&set, &disk, 5), 0xdd);
 }
