@@ -29,7 +29,7 @@ fn simulator_smoke_seeds_pass() {
 /// Seeds beyond the smoke set that found a defect once, each beside the unit test that
 /// pins the defect down (a change to the engine may take a seed down another path, so
 /// the unit test is the regression test; the seed is run all the same).
-const ONCE_FAILED: [(u64, &str); 4] = [
+const ONCE_FAILED: [(u64, &str); 5] = [
     (
         2737,
         "set_parent_bdev re-planned a clone of an lvol written since over the lvol as it is \
@@ -51,6 +51,13 @@ const ONCE_FAILED: [(u64, &str); 4] = [
         "set_parent_bdev on a snapshot re-planned an lvol's segment dropped by a shrink and \
          grown back over the snapshot's data, where it read the external bdev \
          (vdisk::tests::esnap_lineage)",
+    ),
+    (
+        72010,
+        "a write fault logged an extent born in the generation an unfinished \
+         set_parent_bdev had taken; replay restored the generation below it, and the \
+         next snapshot left the extent writable in place under the snapshot \
+         (vdisk::intent::tests::replay_never_leaves_the_generation_below_a_birth_it_holds)",
     ),
 ];
 

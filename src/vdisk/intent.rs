@@ -1293,6 +1293,15 @@ fn apply(
             if !disks.contains_key(&disk) {
                 return Err(format!("a splice of disk {disk}, which is not in the pool"));
             }
+            // An extent is born in the generation current when it was made, which an
+            // operation may have taken (a snapshot's or a re-parenting's, advancing the
+            // counter) before its own records, and the counters' record, were durable:
+            // the pool's generation is never below a birth it holds, or the next
+            // snapshot would take that generation and leave the extent writable in
+            // place under it.
+            for e in &exts {
+                *s.generation = (*s.generation).max(e.birth.get());
+            }
             splices.add(disk, from, to, exts);
         }
         LogRecord::Fill { seg, words } => {
@@ -1336,7 +1345,8 @@ fn apply(
             if g == 0 || g > super::map::MAX_GENERATION + 1 {
                 return Err(format!("counters name generation {g}, not a generation"));
             }
-            *s.generation = g;
+            // Never back: a splice replayed before it may hold a later birth.
+            *s.generation = (*s.generation).max(g);
             *s.next_disk_id = n;
         }
     }
@@ -1385,6 +1395,72 @@ mod tests {
         assert_eq!(replay_bound(4096, 2 << 20), 2048);
         assert_eq!(replay_bound(100, 0), 50);
         assert_eq!(replay_bound(1, 0), 1);
+    }
+
+    /// A replayed splice holds an extent born in a generation that no counters' record
+    /// reached (an operation took the generation, and the power failed before its
+    /// records were durable, while another disk's write fault was): the pool's
+    /// generation comes out at that birth at least, and a counters' record replayed
+    /// later does not take it back. Below it, the next snapshot would take the
+    /// extent's generation and leave it writable in place under the snapshot
+    /// (simulator seed 72010).
+    #[test]
+    fn replay_never_leaves_the_generation_below_a_birth_it_holds() {
+        use super::super::meta::directory::{DiskKind, JobRecord};
+        use super::super::meta::node::RawExtent;
+        let rec = DiskRecord {
+            id: 1,
+            uuid: uuid::Uuid::new_v4(),
+            name: "d1".into(),
+            size_blocks: 1024,
+            kind: DiskKind::Disk,
+            read_only: false,
+            thin: true,
+            parent: 0,
+            snap_gen: 4,
+            created_gen: 1,
+            root_page: NO_PAGE,
+            cow_policy: 0,
+            job: JobRecord::None,
+            created_unix: 0,
+            external: None,
+        };
+        let mut disks = BTreeMap::from([(1, (rec, None))]);
+        let mut space = super::super::alloc::Space::new(&[64], &[0], 1, 0, 1);
+        let fills = Fills::new(64);
+        let (mut generation, mut next_disk_id) = (5, 2);
+        let mut state = ReplayState {
+            disks: &mut disks,
+            space: &mut space,
+            fills: &fills,
+            generation: &mut generation,
+            next_disk_id: &mut next_disk_id,
+        };
+        let mut splices = PendingSplices::default();
+        let mut changed = std::collections::HashSet::new();
+        let splice = LogRecord::Splice {
+            disk: 1,
+            from: 3,
+            to: 4,
+            extents: vec![RawExtent {
+                vseg: 3,
+                len: 1,
+                error: false,
+                birth: 6,
+                layers: [(7, None)].into_iter().collect(),
+            }],
+        };
+        apply(splice, &mut state, &mut splices, &mut changed).unwrap();
+        assert_eq!(*state.generation, 6, "raised to the splice's birth");
+        let counters = LogRecord::Counters {
+            generation: 5,
+            next_disk_id: 2,
+        };
+        apply(counters, &mut state, &mut splices, &mut changed).unwrap();
+        assert_eq!(
+            *state.generation, 6,
+            "an older counters' record does not lower it"
+        );
     }
 
     /// Expands extents to (vseg → physical segment) pairs.
