@@ -589,6 +589,9 @@ impl Sim {
             let ops = self.gen_wave();
             let crash_at = (self.rng.f64() < self.setup.p_crash_mid).then(|| self.rng.u64(1..=600));
             self.run_wave(ops, crash_at)?;
+            if !self.pool_failed && self.report.detected.is_none() {
+                self.audit("after a wave", false)?;
+            }
         }
         if self.report.detected.is_none() {
             self.finish()?;
@@ -1937,6 +1940,7 @@ impl Sim {
             return Err(format!("opening the pool after recovery failed: {e}"));
         }
         self.world = Some(w);
+        self.audit("after recovery", true)?;
         self.reconcile()?;
         self.verify_all()?;
         self.settle_reverts()?;
@@ -1950,6 +1954,23 @@ impl Sim {
             d.set_faults(f);
         }
         Ok(())
+    }
+
+    /// The controller's state in memory against the rules of the offline check
+    /// (`vdisk/audit.rs`), without a turn of any reactor: the run goes on as it would.
+    /// `settled`: just opened, no release pending.
+    fn audit(&mut self, when: &str, settled: bool) -> Result<(), String> {
+        let w = self.world();
+        let pool = w.pool.clone().expect("pool open");
+        let core = pool.shared.ctl_core;
+        match w.mr.enter(core, || pool.audit(settled)) {
+            Some(problems) if problems.is_empty() => Ok(()),
+            Some(problems) => Err(format!(
+                "the controller's state {when} breaks the check's rules: {}",
+                problems.join("; ")
+            )),
+            None => Err(format!("no controller to audit {when}")),
+        }
     }
 
     /// The pool's disks after recovery against the model.

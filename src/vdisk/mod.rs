@@ -32,6 +32,7 @@
 
 pub mod agent;
 pub mod alloc;
+mod audit;
 pub mod check;
 pub mod commit;
 pub mod controller;

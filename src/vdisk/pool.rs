@@ -697,6 +697,14 @@ impl Pool {
         })
     }
 
+    /// The controller's state checked against the rules the offline check verifies on
+    /// disk (`audit.rs`): the broken ones, each naming where; `settled`, just opened (no
+    /// release pending). Called on the controller core, at once (it takes no turn of the
+    /// reactor); `None`: there is no controller (closed, or another core).
+    pub(crate) fn audit(&self, settled: bool) -> Option<Vec<String>> {
+        controller::lookup(self.shared.id).map(|c| c.audit(settled))
+    }
+
     /// Commits and stops the controller; the disks stop serving I/O.
     pub fn close(&self) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         self.on_ctl(move |c| async move { c.close().await })

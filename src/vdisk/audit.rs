@@ -1,0 +1,169 @@
+//! The controller's state in memory checked against the rules the offline check
+//! (`scan.rs`) verifies on disk: what an open rebuilt from a checkpoint and a replayed
+//! log, before anything runs on it. The simulator calls it after every recovery, so a
+//! replay that leaves the state wrong fails at the open that made it, not later when a
+//! read happens to show it.
+//!
+//! - No disk's last snapshot took the pool's next generation or a later one, and no disk
+//!   was created nor extent born after it: the next snapshot takes that generation, and
+//!   an extent born after it would stay writable in place under the snapshot.
+//! - Every segment is counted as often as distinct leaves reference it (and per layer of
+//!   each); a segment counted that no leaf references is a leak. While the pool runs, a
+//!   count may be above the references (a replaced table's segments are released once
+//!   the agents let go of it), never below: a count that reaches zero while a leaf still
+//!   references the segment frees it for reuse.
+//! - No segment has two owners: a segment a disk may write in place (the top layer of an
+//!   extent born after its last snapshot) is referenced by one leaf, of that disk only.
+
+use super::alloc::RESERVED;
+use super::controller::Controller;
+use super::map::ExtentState;
+use super::table::{Node, NodeKind};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Every leaf under `root`, once each.
+fn leaves<'a>(root: &'a Arc<Node>, seen: &mut HashSet<*const Node>, out: &mut Vec<&'a Node>) {
+    if !seen.insert(Arc::as_ptr(root)) {
+        return;
+    }
+    match &root.kind {
+        NodeKind::Leaf { .. } => out.push(root.as_ref()),
+        NodeKind::Internal { children, .. } => {
+            for c in children {
+                leaves(c, seen, out);
+            }
+        }
+    }
+}
+
+impl Controller {
+    /// The broken rules, each naming where (none: the state is sound). `settled`: no
+    /// release is pending (just opened), so counts must equal the references, and a
+    /// segment counted that no leaf references is a leak.
+    pub(crate) fn audit(&self, settled: bool) -> Vec<String> {
+        let st = self.st.borrow();
+        let mut problems = Vec::new();
+        let generation = st.generation;
+        // The leaves of each disk, and how many disks reach each leaf.
+        let mut per_disk: Vec<(&super::controller::DiskCtl, Vec<&Node>)> = Vec::new();
+        let mut disks_of_leaf: HashMap<*const Node, usize> = HashMap::new();
+        for d in st.disks.values() {
+            if d.rec.snap_gen >= generation {
+                problems.push(format!(
+                    "disk `{}`: its last snapshot took generation {}, not before the pool's \
+                     next, {generation}",
+                    d.rec.name, d.rec.snap_gen
+                ));
+            }
+            if d.rec.created_gen > generation {
+                problems.push(format!(
+                    "disk `{}`: created in generation {}, after the pool's next, {generation}",
+                    d.rec.name, d.rec.created_gen
+                ));
+            }
+            let mut mine = Vec::new();
+            if let Some(r) = &d.root {
+                leaves(r, &mut HashSet::new(), &mut mine);
+            }
+            for l in &mine {
+                *disks_of_leaf.entry(*l as *const Node).or_default() += 1;
+            }
+            per_disk.push((d, mine));
+        }
+        // References: once per distinct leaf, per layer.
+        let mut counted: HashMap<u64, u32> = HashMap::new();
+        let mut done: HashSet<*const Node> = HashSet::new();
+        for (d, mine) in &per_disk {
+            for l in mine {
+                let NodeKind::Leaf { extents } = &l.kind else {
+                    continue;
+                };
+                let first_time = done.insert(*l as *const Node);
+                for e in extents.iter() {
+                    if e.birth.get() > generation {
+                        problems.push(format!(
+                            "disk `{}`, segment {}: born in generation {}, after the pool's \
+                             next, {generation}",
+                            d.rec.name,
+                            e.vseg,
+                            e.birth.get()
+                        ));
+                    }
+                    if first_time {
+                        for s in e.segments() {
+                            *counted.entry(s).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let mut segs: Vec<(&u64, &u32)> = counted.iter().collect();
+        segs.sort();
+        for (&s, &n) in segs {
+            let have = st.space.refs(s);
+            if have == RESERVED || have < n || (settled && have != n) {
+                problems.push(format!(
+                    "segment {s}: referenced by {n} leaves, counted {}",
+                    if have == RESERVED {
+                        "as reserved".to_string()
+                    } else {
+                        have.to_string()
+                    }
+                ));
+            }
+        }
+        for s in (0..st.space.total_segments()).filter(|_| settled) {
+            let have = st.space.refs(s);
+            if have != 0 && have != RESERVED && !counted.contains_key(&s) {
+                problems.push(format!(
+                    "segment {s}: counted {have} but no leaf references it"
+                ));
+            }
+        }
+        // One owner for every segment written in place.
+        let mut owners: HashMap<u64, (&str, u64)> = HashMap::new();
+        for (d, mine) in &per_disk {
+            for l in mine {
+                let NodeKind::Leaf { extents } = &l.kind else {
+                    continue;
+                };
+                let shared = disks_of_leaf[&(*l as *const Node)] > 1;
+                for e in extents.iter() {
+                    if e.state == ExtentState::Error || e.birth.get() <= d.rec.snap_gen {
+                        continue;
+                    }
+                    let Some(top) = e.layers.first() else {
+                        continue;
+                    };
+                    let run = if e.is_plain() { e.len as u64 } else { 1 };
+                    for i in 0..run {
+                        let (s, v) = (top.seg() + i, e.vseg + i);
+                        if shared {
+                            problems.push(format!(
+                                "disk `{}` may write segment {s} (at {v}) in place, in a leaf \
+                                 another disk's table holds",
+                                d.rec.name
+                            ));
+                        }
+                        if let Some((o, ov)) = owners.insert(s, (d.rec.name.as_str(), v)) {
+                            problems.push(format!(
+                                "segment {s} has two owners: writable by `{o}` at {ov} and by \
+                                 `{}` at {v}",
+                                d.rec.name
+                            ));
+                        }
+                        if counted[&s] != 1 {
+                            problems.push(format!(
+                                "disk `{}` may write segment {s} (at {v}) in place, but {} \
+                                 leaves reference it",
+                                d.rec.name, counted[&s]
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
