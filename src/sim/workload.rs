@@ -1963,7 +1963,15 @@ impl Sim {
         let w = self.world();
         let pool = w.pool.clone().expect("pool open");
         let core = pool.shared.ctl_core;
-        match w.mr.enter(core, || pool.audit(settled)) {
+        let mut found = w.mr.enter(core, || pool.audit(settled));
+        let mr = &w.mr;
+        if let (Some(f), Some(agents)) = (
+            found.as_mut(),
+            pool.audit_agents(&|core, f: &mut dyn FnMut()| mr.enter(core, f)),
+        ) {
+            f.extend(agents);
+        }
+        match found {
             Some(problems) if problems.is_empty() => Ok(()),
             Some(problems) => Err(format!(
                 "the controller's state {when} breaks the check's rules: {}",

@@ -14,6 +14,10 @@
 //!   references the segment frees it for reuse.
 //! - No segment has two owners: a segment a disk may write in place (the top layer of an
 //!   extent born after its last snapshot) is referenced by one leaf, of that disk only.
+//! - What an agent would write in place (its view, the extents beside it, the states laid
+//!   over it), the controller's table maps there, writable by that disk: an agent whose
+//!   view lags a change that took a segment from it writes where the controller no
+//!   longer looks, or into a segment it may give to another disk.
 
 use super::alloc::RESERVED;
 use super::controller::Controller;
@@ -162,6 +166,74 @@ impl Controller {
                         }
                     }
                 }
+            }
+        }
+        problems
+    }
+}
+
+impl Controller {
+    /// The disks with agents, and the cores those agents run on.
+    pub(crate) fn agents(&self) -> Vec<(u64, Vec<usize>)> {
+        let st = self.st.borrow();
+        (st.disks.values())
+            .map(|d| (d.rec.id, d.agents.iter().copied().collect()))
+            .collect()
+    }
+
+    /// The agent on `core` of disk `disk` would write `claims` in place (virtual
+    /// segment, physical segment): each must be the top layer the disk's table maps
+    /// there, writable by the disk.
+    pub(crate) fn audit_claims(
+        &self,
+        disk: u64,
+        core: usize,
+        claims: &[(u64, u64)],
+    ) -> Vec<String> {
+        let st = self.st.borrow();
+        let Some(d) = st.disks.get(&disk) else {
+            return if claims.is_empty() {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "the agent on core {core} of disk {disk}, which the pool no longer has, \
+                     would write {} segments in place",
+                    claims.len()
+                )]
+            };
+        };
+        let mut problems = Vec::new();
+        for &(vseg, phys) in claims {
+            let table = d.root.as_ref().and_then(|r| r.lookup(vseg));
+            let why = match table {
+                None => Some("maps nothing there".to_string()),
+                Some(e) if e.state != ExtentState::Mapped => Some(format!("has it {:?}", e.state)),
+                Some(e) => {
+                    let top = e.layers[0];
+                    let seg = if e.is_plain() {
+                        top.seg() + (vseg - e.vseg)
+                    } else {
+                        top.seg()
+                    };
+                    if seg != phys {
+                        Some(format!("maps segment {seg} there"))
+                    } else if e.birth.get() <= d.rec.snap_gen {
+                        Some(format!(
+                            "shares it (born in generation {}, the disk's last snapshot took {})",
+                            e.birth.get(),
+                            d.rec.snap_gen
+                        ))
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(why) = why {
+                problems.push(format!(
+                    "the agent on core {core} of `{}` would write segment {phys} in place at \
+                     {vseg}; the controller's table {why}",
+                    d.rec.name
+                ));
             }
         }
         problems

@@ -705,6 +705,36 @@ impl Pool {
         controller::lookup(self.shared.id).map(|c| c.audit(settled))
     }
 
+    /// Every agent's claims to write in place checked against the controller's tables
+    /// (`audit.rs`): the broken ones. `enter(core, f)` runs `f` on `core` at once (the
+    /// simulator's reactors); `None`: there is no controller.
+    pub(crate) fn audit_agents(
+        &self,
+        enter: &dyn Fn(usize, &mut dyn FnMut()),
+    ) -> Option<Vec<String>> {
+        let (id, ctl) = (self.shared.id, self.shared.ctl_core);
+        let mut agents = None;
+        enter(ctl, &mut || {
+            agents = controller::lookup(id).map(|c| c.agents())
+        });
+        let mut problems = Vec::new();
+        for (disk, cores) in agents? {
+            for core in cores {
+                let mut claims = None;
+                enter(core, &mut || {
+                    claims = super::agent::writable_in_place(id, disk)
+                });
+                let Some(claims) = claims else { continue };
+                enter(ctl, &mut || {
+                    if let Some(c) = controller::lookup(id) {
+                        problems.extend(c.audit_claims(disk, core, &claims));
+                    }
+                });
+            }
+        }
+        Some(problems)
+    }
+
     /// Commits and stops the controller; the disks stop serving I/O.
     pub fn close(&self) -> impl Future<Output = Result<(), VdiskError>> + Send + 'static {
         self.on_ctl(move |c| async move { c.close().await })

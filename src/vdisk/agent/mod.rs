@@ -162,6 +162,31 @@ pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<Extent> {
     out
 }
 
+/// What the agent of (`pool`, `disk`) on this core would write in place now, as
+/// (virtual segment, physical segment): every mapped segment of its view (and of the
+/// extents beside it) born after the view's snapshot generation, outside the ranges the
+/// controller laid a state over. `None` without an agent, or with a failed one (it
+/// writes nothing). For the simulator's audit (`audit.rs`).
+pub(crate) fn writable_in_place(pool: u64, disk: u64) -> Option<Vec<(u64, u64)>> {
+    let a = local_agent(pool, disk)?;
+    if a.failed.get().is_some() {
+        return None;
+    }
+    let mut out = Vec::new();
+    if let Some(v) = a.view.borrow().as_ref() {
+        a.recent.borrow().visit_from(v.root.as_ref(), 0, &mut |e| {
+            if e.state == super::map::ExtentState::Mapped && e.birth.get() > v.snap_gen {
+                let top = e.layers[0];
+                let run = if e.is_plain() { e.len as u64 } else { 1 };
+                out.extend((0..run).map(|i| (e.vseg + i, top.seg() + i)));
+            }
+            true
+        });
+    }
+    out.retain(|&(vseg, _)| a.override_at(vseg).is_none());
+    Some(out)
+}
+
 /// How many extents the agent of (`pool`, `disk`) on this core keeps beside its view
 /// (`recent.rs`), and its view's version; `None` without an agent or a view.
 #[cfg(test)]
