@@ -1138,6 +1138,7 @@ impl Sim {
         let bs = self.setup.layout.block_size as usize;
         loop {
             let work = self.world().step();
+            self.audit_reads()?;
             // Completions of data requests.
             let done: Vec<_> = std::mem::take(&mut *self.world().sink.done.borrow_mut());
             for (tag, io, status) in done {
@@ -1967,7 +1968,7 @@ impl Sim {
         let mr = &w.mr;
         if let (Some(f), Some(agents)) = (
             found.as_mut(),
-            pool.audit_agents(&|core, f: &mut dyn FnMut()| mr.enter(core, f)),
+            pool.audit_agents(&|core, f: &mut dyn FnMut()| mr.enter(core, f), true),
         ) {
             f.extend(agents);
         }
@@ -1978,6 +1979,23 @@ impl Sim {
                 problems.join("; ")
             )),
             None => Err(format!("no controller to audit {when}")),
+        }
+    }
+
+    /// No segment an agent would read from is free to be allocated: checked at every
+    /// step of a wave, without a turn of any reactor.
+    fn audit_reads(&mut self) -> Result<(), String> {
+        let w = self.world();
+        let Some(pool) = w.pool.clone() else {
+            return Ok(());
+        };
+        let mr = &w.mr;
+        match pool.audit_agents(&|core, f: &mut dyn FnMut()| mr.enter(core, f), false) {
+            Some(problems) if !problems.is_empty() => Err(format!(
+                "an agent's view during a wave: {}",
+                problems.join("; ")
+            )),
+            _ => Ok(()),
         }
     }
 

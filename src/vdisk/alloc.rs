@@ -361,6 +361,11 @@ impl Space {
         };
     }
 
+    /// True if `seg` may be handed out by the next allocation.
+    pub fn allocatable(&self, seg: PhysSeg) -> bool {
+        (self.free_segs.parts.iter()).any(|(first, set)| seg >= *first && set.contains(seg - first))
+    }
+
     /// Allocates one segment (its count stays 0 until a leaf references it).
     pub fn alloc_segment(&mut self) -> Option<PhysSeg> {
         self.free_segs.take()

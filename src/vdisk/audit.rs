@@ -18,7 +18,10 @@
 //!   over it), the controller's table maps there, writable by that disk: an agent whose
 //!   view lags a change that took a segment from it writes where the controller no
 //!   longer looks, or into a segment it may give to another disk.
+//! - No segment an agent would read from is free to be allocated: a segment is handed
+//!   out again only once every agent's view has let go of it.
 
+use super::agent::Claims;
 use super::alloc::RESERVED;
 use super::controller::Controller;
 use super::map::ExtentState;
@@ -181,29 +184,50 @@ impl Controller {
             .collect()
     }
 
-    /// The agent on `core` of disk `disk` would write `claims` in place (virtual
-    /// segment, physical segment): each must be the top layer the disk's table maps
-    /// there, writable by the disk.
+    /// What the agent on `core` of disk `disk` would read from must not be free, at any
+    /// moment. With `settled` (no operation under way: a snapshot takes the right to
+    /// write in place before its agents learn it, safely, as no other disk shares the
+    /// segments yet), what it would write in place must be the top layer the disk's
+    /// table maps there, writable by the disk.
     pub(crate) fn audit_claims(
         &self,
         disk: u64,
         core: usize,
-        claims: &[(u64, u64)],
+        claims: &Claims,
+        settled: bool,
     ) -> Vec<String> {
         let st = self.st.borrow();
+        let mut problems = Vec::new();
+        let name =
+            (st.disks.get(&disk)).map_or(format!("disk {disk}"), |d| format!("`{}`", d.rec.name));
+        for &(vseg, phys) in &claims.read_from {
+            let reserved = st.space.refs(phys) == RESERVED;
+            if reserved || st.space.allocatable(phys) {
+                problems.push(format!(
+                    "the agent on core {core} of {name} would read segment {phys} at {vseg}, \
+                     which is {}",
+                    if reserved {
+                        "reserved"
+                    } else {
+                        "free to be allocated"
+                    }
+                ));
+            }
+        }
+        if !settled {
+            return problems;
+        }
         let Some(d) = st.disks.get(&disk) else {
-            return if claims.is_empty() {
-                Vec::new()
-            } else {
-                vec![format!(
+            if !claims.write_in_place.is_empty() {
+                problems.push(format!(
                     "the agent on core {core} of disk {disk}, which the pool no longer has, \
                      would write {} segments in place",
-                    claims.len()
-                )]
-            };
+                    claims.write_in_place.len()
+                ));
+            }
+            return problems;
         };
-        let mut problems = Vec::new();
-        for &(vseg, phys) in claims {
+        for &(vseg, phys) in &claims.write_in_place {
             let table = d.root.as_ref().and_then(|r| r.lookup(vseg));
             let why = match table {
                 None => Some("maps nothing there".to_string()),

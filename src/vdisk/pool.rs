@@ -706,11 +706,13 @@ impl Pool {
     }
 
     /// Every agent's claims to write in place checked against the controller's tables
-    /// (`audit.rs`): the broken ones. `enter(core, f)` runs `f` on `core` at once (the
-    /// simulator's reactors); `None`: there is no controller.
+    /// (`audit.rs`): the broken ones; `settled` (between operations), the writes too,
+    /// else the reads only. `enter(core, f)` runs `f` on `core` at once (the simulator's
+    /// reactors); `None`: there is no controller.
     pub(crate) fn audit_agents(
         &self,
         enter: &dyn Fn(usize, &mut dyn FnMut()),
+        settled: bool,
     ) -> Option<Vec<String>> {
         let (id, ctl) = (self.shared.id, self.shared.ctl_core);
         let mut agents = None;
@@ -721,13 +723,11 @@ impl Pool {
         for (disk, cores) in agents? {
             for core in cores {
                 let mut claims = None;
-                enter(core, &mut || {
-                    claims = super::agent::writable_in_place(id, disk)
-                });
+                enter(core, &mut || claims = super::agent::claims(id, disk));
                 let Some(claims) = claims else { continue };
                 enter(ctl, &mut || {
                     if let Some(c) = controller::lookup(id) {
-                        problems.extend(c.audit_claims(disk, core, &claims));
+                        problems.extend(c.audit_claims(disk, core, &claims, settled));
                     }
                 });
             }

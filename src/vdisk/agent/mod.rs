@@ -162,29 +162,47 @@ pub fn view_entries(pool: u64, disk: u64, from: u64, to: u64) -> Vec<Extent> {
     out
 }
 
-/// What the agent of (`pool`, `disk`) on this core would write in place now, as
-/// (virtual segment, physical segment): every mapped segment of its view (and of the
-/// extents beside it) born after the view's snapshot generation, outside the ranges the
-/// controller laid a state over. `None` without an agent, or with a failed one (it
-/// writes nothing). For the simulator's audit (`audit.rs`).
-pub(crate) fn writable_in_place(pool: u64, disk: u64) -> Option<Vec<(u64, u64)>> {
+/// What the agent of (`pool`, `disk`) on this core would write in place and read from
+/// now. `None` without an agent, or with a failed one (it does neither). For the
+/// simulator's audit (`audit.rs`).
+pub(crate) fn claims(pool: u64, disk: u64) -> Option<Claims> {
     let a = local_agent(pool, disk)?;
     if a.failed.get().is_some() {
         return None;
     }
-    let mut out = Vec::new();
+    let mut c = Claims::default();
     if let Some(v) = a.view.borrow().as_ref() {
         a.recent.borrow().visit_from(v.root.as_ref(), 0, &mut |e| {
-            if e.state == super::map::ExtentState::Mapped && e.birth.get() > v.snap_gen {
-                let top = e.layers[0];
-                let run = if e.is_plain() { e.len as u64 } else { 1 };
-                out.extend((0..run).map(|i| (e.vseg + i, top.seg() + i)));
+            if e.state != super::map::ExtentState::Mapped {
+                return true;
+            }
+            let run = if e.is_plain() { e.len as u64 } else { 1 };
+            for i in 0..run {
+                let vseg = e.vseg + i;
+                let state = a.override_at(vseg);
+                if state != Some(RangeState::Invalid) {
+                    let layers = e.layers.iter();
+                    c.read_from.extend(layers.map(|l| (vseg, l.seg() + i)));
+                }
+                if state.is_none() && e.birth.get() > v.snap_gen {
+                    c.write_in_place.push((vseg, e.layers[0].seg() + i));
+                }
             }
             true
         });
     }
-    out.retain(|&(vseg, _)| a.override_at(vseg).is_none());
-    Some(out)
+    Some(c)
+}
+
+/// What an agent may do with the segments of its view ([`claims`]), as (virtual
+/// segment, physical segment).
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    /// Every mapped segment born after the view's snapshot generation (its top layer),
+    /// outside the ranges the controller laid a state over.
+    pub write_in_place: Vec<(u64, u64)>,
+    /// Every layer of every mapped segment, outside the ranges laid invalid.
+    pub read_from: Vec<(u64, u64)>,
 }
 
 /// How many extents the agent of (`pool`, `disk`) on this core keeps beside its view
