@@ -233,11 +233,24 @@ impl CtlState {
 
     /// Takes a generation for a snapshot, clone or revert: the current one, and raises
     /// it. Refused once births could no longer be told apart ([`MAX_GENERATION`]).
+    /// The log records the new counter at once, whether or not the operation goes on
+    /// to use it: extents born in the new generation may reach the log before the
+    /// operation's own records do, or without them (it fails, or is cancelled).
     pub fn take_generation(&mut self) -> Result<u64, VdiskError> {
         self.generation_left()?;
         let g = self.generation;
         self.generation += 1;
+        self.changed();
         Ok(g)
+    }
+
+    /// Takes an id for a new disk; the log records the next one at once, as
+    /// [`CtlState::take_generation`] does.
+    pub fn take_disk_id(&mut self) -> u64 {
+        let id = self.next_disk_id;
+        self.next_disk_id += 1;
+        self.changed();
+        id
     }
 
     pub(crate) fn disk_by_name(&self, name: &str) -> Option<u64> {

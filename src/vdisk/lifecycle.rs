@@ -109,8 +109,7 @@ impl Controller {
                     free: st.space.free_segments(),
                 });
             }
-            let id = st.next_disk_id;
-            st.next_disk_id += 1;
+            let id = st.take_disk_id();
             (id, st.generation, self.shared.cow_default)
         };
         // Fully allocated: contiguous runs, zeroed before anyone can read them.

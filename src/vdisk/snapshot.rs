@@ -290,8 +290,7 @@ impl Controller {
         for (((_, snap_name), &origin), chosen) in pairs.iter().zip(&origins).zip(&uuids) {
             let bdev = {
                 let mut st = self.st.borrow_mut();
-                let id = st.next_disk_id;
-                st.next_disk_id += 1;
+                let id = st.take_disk_id();
                 // Checked just above, and nothing was awaited since.
                 let o = st.disks.get_mut(&origin).expect("origin checked above");
                 let root = o.root.clone();
@@ -368,21 +367,21 @@ impl Controller {
                     ),
                 });
             }
+            let g = st.take_generation()?;
+            let id = st.take_disk_id();
+            let s = &st.disks[&sid];
             let root = s.root.clone();
             if let Some(r) = &root {
                 r.retain();
             }
             let (size_blocks, cow_policy) = (s.rec.size_blocks, s.rec.cow_policy);
             let external = s.rec.external.clone();
-            let g = st.take_generation()?;
             // From now on the source shares every extent with the clone: should it be made
             // writable again (a disk, not a snapshot), its writes must copy on write, as an
             // origin's do after a snapshot. Its extents were all born before `g`.
             if let Some(s) = st.disks.get_mut(&sid) {
                 s.rec.snap_gen = s.rec.snap_gen.max(g);
             }
-            let id = st.next_disk_id;
-            st.next_disk_id += 1;
             let rec = DiskRecord {
                 id,
                 uuid: uuid::Uuid::new_v4(),
