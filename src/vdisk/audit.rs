@@ -4,6 +4,7 @@
 //! replay that leaves the state wrong fails at the open that made it, not later when a
 //! read happens to show it.
 //!
+//! - The intent log was told every change of the directory, the tables and the counters.
 //! - No disk's last snapshot took the pool's next generation or a later one, and no disk
 //!   was created nor extent born after it: the next snapshot takes that generation, and
 //!   an extent born after it would stay writable in place under the snapshot.
@@ -52,6 +53,9 @@ impl Controller {
         let st = self.st.borrow();
         let mut problems = Vec::new();
         let generation = st.generation;
+        if let Some(log) = &st.log {
+            problems.extend(log.unlogged(&st));
+        }
         // The leaves of each disk, and how many disks reach each leaf.
         let mut per_disk: Vec<(&super::controller::DiskCtl, Vec<&Node>)> = Vec::new();
         let mut disks_of_leaf: HashMap<*const Node, usize> = HashMap::new();

@@ -325,6 +325,43 @@ impl IntentLog {
         self.push_group(changes, group);
     }
 
+    /// What the log was not told of the directory (for the simulator's audit,
+    /// `audit.rs`): each disk whose record or table is not what the log last recorded
+    /// of it, and counters that moved. Changes reach the log as they are made
+    /// ([`CtlState::changed`], the splices); one that did not would be lost at a power
+    /// failure. Nothing while a change the log cannot describe waits for a checkpoint.
+    pub(crate) fn unlogged(&self, st: &CtlState) -> Vec<String> {
+        if self.unloggable_at.is_some() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for d in st.disks.values() {
+            match self.mirror.get(&d.rec.id) {
+                None => out.push(format!("disk `{}` is not in the log", d.rec.name)),
+                Some(m) if m.rec != masked(&d.rec) => out.push(format!(
+                    "disk `{}`: the log has its record as {:?}, it is {:?}",
+                    d.rec.name, m.rec, d.rec
+                )),
+                Some(m) if m.root != root_key(&d.root) => out.push(format!(
+                    "disk `{}`: its table changed since the log last recorded it",
+                    d.rec.name
+                )),
+                Some(_) => {}
+            }
+        }
+        for id in self.mirror.keys().filter(|id| !st.disks.contains_key(id)) {
+            out.push(format!("disk {id}, deleted, is still in the log"));
+        }
+        if self.counters != (st.generation, st.next_disk_id) {
+            out.push(format!(
+                "the log has the counters (generation, next disk id) as {:?}, they are {:?}",
+                self.counters,
+                (st.generation, st.next_disk_id)
+            ));
+        }
+        out
+    }
+
     /// True if enough records wait that an append should start now: a flush or a
     /// snapshot then finds at most this much to write.
     pub fn wants_append(&self) -> bool {
