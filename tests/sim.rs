@@ -29,7 +29,7 @@ fn simulator_smoke_seeds_pass() {
 /// Seeds beyond the smoke set that found a defect once, each beside the unit test that
 /// pins the defect down (a change to the engine may take a seed down another path, so
 /// the unit test is the regression test; the seed is run all the same).
-const ONCE_FAILED: [(u64, &str); 5] = [
+const ONCE_FAILED: [(u64, &str); 7] = [
     (
         2737,
         "set_parent_bdev re-planned a clone of an lvol written since over the lvol as it is \
@@ -58,6 +58,16 @@ const ONCE_FAILED: [(u64, &str); 5] = [
          set_parent_bdev had taken; replay restored the generation below it, and the \
          next snapshot left the extent writable in place under the snapshot \
          (vdisk::intent::tests::replay_never_leaves_the_generation_below_a_birth_it_holds)",
+    ),
+    (
+        63,
+        "a set_parent_bdev refused as busy had taken a generation the log never recorded \
+         (the simulator's audit of the log, vdisk/audit.rs, checks it after every wave)",
+    ),
+    (
+        173,
+        "an operation that failed had taken a disk id the log never recorded (the \
+         simulator's audit of the log, vdisk/audit.rs)",
     ),
 ];
 
