@@ -1959,12 +1959,12 @@ impl Sim {
 
     /// The controller's state in memory against the rules of the offline check
     /// (`vdisk/audit.rs`), without a turn of any reactor: the run goes on as it would.
-    /// `settled`: just opened, no release pending.
-    fn audit(&mut self, when: &str, settled: bool) -> Result<(), String> {
+    /// `just_opened`: no release pending.
+    fn audit(&mut self, when: &str, just_opened: bool) -> Result<(), String> {
         let w = self.world();
         let pool = w.pool.clone().expect("pool open");
         let core = pool.shared.ctl_core;
-        let mut found = w.mr.enter(core, || pool.audit(settled));
+        let mut found = w.mr.enter(core, || pool.audit(just_opened));
         let mr = &w.mr;
         if let (Some(f), Some(agents)) = (
             found.as_mut(),

@@ -1,8 +1,10 @@
-//! The controller's state in memory checked against the rules the offline check
-//! (`scan.rs`) verifies on disk: what an open rebuilt from a checkpoint and a replayed
-//! log, before anything runs on it. The simulator calls it after every recovery, so a
-//! replay that leaves the state wrong fails at the open that made it, not later when a
-//! read happens to show it.
+//! The engine's state in memory — the controller's tables, space map, records and log
+//! mirror, and every agent's view — checked against the rules the offline check
+//! (`scan.rs`) verifies on disk. The simulator calls it without a turn of any reactor:
+//! after every recovery (what an open rebuilt from a checkpoint and a replayed log,
+//! before anything runs on it), after every wave, and at every step of a wave for the
+//! agents' reads. A change that leaves the state wrong fails at the step that made it,
+//! not later, when a read happens to show it, or never.
 //!
 //! - The intent log was told every change of the directory, the tables and the counters.
 //! - No disk's last snapshot took the pool's next generation or a later one, and no disk
@@ -46,10 +48,10 @@ fn leaves<'a>(root: &'a Arc<Node>, seen: &mut HashSet<*const Node>, out: &mut Ve
 }
 
 impl Controller {
-    /// The broken rules, each naming where (none: the state is sound). `settled`: no
-    /// release is pending (just opened), so counts must equal the references, and a
-    /// segment counted that no leaf references is a leak.
-    pub(crate) fn audit(&self, settled: bool) -> Vec<String> {
+    /// The broken rules, each naming where (none: the state is sound). `just_opened`:
+    /// no release is pending, so counts must equal the references, and a segment
+    /// counted that no leaf references is a leak.
+    pub(crate) fn audit(&self, just_opened: bool) -> Vec<String> {
         let st = self.st.borrow();
         let mut problems = Vec::new();
         let generation = st.generation;
@@ -113,7 +115,7 @@ impl Controller {
         segs.sort();
         for (&s, &n) in segs {
             let have = st.space.refs(s);
-            if have == RESERVED || have < n || (settled && have != n) {
+            if have == RESERVED || have < n || (just_opened && have != n) {
                 problems.push(format!(
                     "segment {s}: referenced by {n} leaves, counted {}",
                     if have == RESERVED {
@@ -124,7 +126,7 @@ impl Controller {
                 ));
             }
         }
-        for s in (0..st.space.total_segments()).filter(|_| settled) {
+        for s in (0..st.space.total_segments()).filter(|_| just_opened) {
             let have = st.space.refs(s);
             if have != 0 && have != RESERVED && !counted.contains_key(&s) {
                 problems.push(format!(

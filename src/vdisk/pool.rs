@@ -698,14 +698,14 @@ impl Pool {
     }
 
     /// The controller's state checked against the rules the offline check verifies on
-    /// disk (`audit.rs`): the broken ones, each naming where; `settled`, just opened (no
-    /// release pending). Called on the controller core, at once (it takes no turn of the
+    /// disk (`audit.rs`): the broken ones, each naming where; `just_opened`: no
+    /// release pending. Called on the controller core, at once (it takes no turn of the
     /// reactor); `None`: there is no controller (closed, or another core).
-    pub(crate) fn audit(&self, settled: bool) -> Option<Vec<String>> {
-        controller::lookup(self.shared.id).map(|c| c.audit(settled))
+    pub(crate) fn audit(&self, just_opened: bool) -> Option<Vec<String>> {
+        controller::lookup(self.shared.id).map(|c| c.audit(just_opened))
     }
 
-    /// Every agent's claims to write in place checked against the controller's tables
+    /// What every agent would read from and write in place, checked against the controller's tables
     /// (`audit.rs`): the broken ones; `settled` (between operations), the writes too,
     /// else the reads only. `enter(core, f)` runs `f` on `core` at once (the simulator's
     /// reactors); `None`: there is no controller.
