@@ -705,9 +705,9 @@ impl Pool {
         controller::lookup(self.shared.id).map(|c| c.audit(just_opened))
     }
 
-    /// What every agent would read from and write in place, checked against the controller's tables
-    /// (`audit.rs`): the broken ones; `settled` (between operations), the writes too,
-    /// else the reads only. `enter(core, f)` runs `f` on `core` at once (the simulator's
+    /// What every agent would read from and write in place, checked against the
+    /// controller's tables (`audit.rs`): the broken ones; `settled` (between
+    /// operations), the writes too, else the reads only. `enter(core, f)` runs `f` on `core` at once (the simulator's
     /// reactors); `None`: there is no controller.
     pub(crate) fn audit_agents(
         &self,
