@@ -707,8 +707,8 @@ impl Pool {
 
     /// What every agent would read from and write in place, checked against the
     /// controller's tables (`audit.rs`): the broken ones; `settled` (between
-    /// operations), the writes too, else the reads only. `enter(core, f)` runs `f` on `core` at once (the simulator's
-    /// reactors); `None`: there is no controller.
+    /// operations), the writes too, else the reads only. `enter(core, f)` runs `f` on
+    /// `core` at once (the simulator's reactors); `None`: there is no controller.
     pub(crate) fn audit_agents(
         &self,
         enter: &dyn Fn(usize, &mut dyn FnMut()),
