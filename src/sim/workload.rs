@@ -1964,22 +1964,19 @@ impl Sim {
         let w = self.world();
         let pool = w.pool.clone().expect("pool open");
         let core = pool.shared.ctl_core;
-        let mut found = w.mr.enter(core, || pool.audit(just_opened));
+        let Some(mut problems) = w.mr.enter(core, || pool.audit(just_opened)) else {
+            return Err(format!("no controller to audit {when}"));
+        };
         let mr = &w.mr;
-        if let (Some(f), Some(agents)) = (
-            found.as_mut(),
-            pool.audit_agents(&|core, f: &mut dyn FnMut()| mr.enter(core, f), true),
-        ) {
-            f.extend(agents);
+        let agents = pool.audit_agents(&|core, f: &mut dyn FnMut()| mr.enter(core, f), true);
+        problems.extend(agents.unwrap_or_default());
+        if problems.is_empty() {
+            return Ok(());
         }
-        match found {
-            Some(problems) if problems.is_empty() => Ok(()),
-            Some(problems) => Err(format!(
-                "the controller's state {when} breaks the check's rules: {}",
-                problems.join("; ")
-            )),
-            None => Err(format!("no controller to audit {when}")),
-        }
+        Err(format!(
+            "the controller's state {when} breaks the check's rules: {}",
+            problems.join("; ")
+        ))
     }
 
     /// No segment an agent would read from is free to be allocated: checked at every

@@ -204,14 +204,17 @@ impl Controller {
     ) -> Vec<String> {
         let st = self.st.borrow();
         let mut problems = Vec::new();
-        let name =
-            (st.disks.get(&disk)).map_or(format!("disk {disk}"), |d| format!("`{}`", d.rec.name));
+        // The disks and their agents were listed in the same call, without a turn.
+        let Some(d) = st.disks.get(&disk) else {
+            return problems;
+        };
         for &(vseg, phys) in &claims.read_from {
             let reserved = st.space.refs(phys) == RESERVED;
             if reserved || st.space.allocatable(phys) {
                 problems.push(format!(
-                    "the agent on core {core} of {name} would read segment {phys} at {vseg}, \
+                    "the agent on core {core} of `{}` would read segment {phys} at {vseg}, \
                      which is {}",
+                    d.rec.name,
                     if reserved {
                         "reserved"
                     } else {
@@ -223,28 +226,13 @@ impl Controller {
         if !settled {
             return problems;
         }
-        let Some(d) = st.disks.get(&disk) else {
-            if !claims.write_in_place.is_empty() {
-                problems.push(format!(
-                    "the agent on core {core} of disk {disk}, which the pool no longer has, \
-                     would write {} segments in place",
-                    claims.write_in_place.len()
-                ));
-            }
-            return problems;
-        };
         for &(vseg, phys) in &claims.write_in_place {
             let table = d.root.as_ref().and_then(|r| r.lookup(vseg));
             let why = match table {
                 None => Some("maps nothing there".to_string()),
                 Some(e) if e.state != ExtentState::Mapped => Some(format!("has it {:?}", e.state)),
                 Some(e) => {
-                    let top = e.layers[0];
-                    let seg = if e.is_plain() {
-                        top.seg() + (vseg - e.vseg)
-                    } else {
-                        top.seg()
-                    };
+                    let seg = e.at(vseg).layers[0].seg();
                     if seg != phys {
                         Some(format!("maps segment {seg} there"))
                     } else if e.birth.get() <= d.rec.snap_gen {

@@ -1330,12 +1330,11 @@ fn apply(
             if !disks.contains_key(&disk) {
                 return Err(format!("a splice of disk {disk}, which is not in the pool"));
             }
-            // An extent is born in the generation current when it was made, which an
-            // operation may have taken (a snapshot's or a re-parenting's, advancing the
-            // counter) before its own records, and the counters' record, were durable:
-            // the pool's generation is never below a birth it holds, or the next
+            // The pool's generation is never below a birth it holds, or the next
             // snapshot would take that generation and leave the extent writable in
-            // place under it.
+            // place under it. A generation taken is logged at once
+            // (`CtlState::take_generation`), ahead of any extent born in it; a log
+            // written before that was so may hold such an extent without the counter.
             for e in &exts {
                 *s.generation = (*s.generation).max(e.birth.get());
             }
