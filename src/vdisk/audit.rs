@@ -23,11 +23,17 @@
 //!   longer looks, or into a segment it may give to another disk.
 //! - No segment an agent would read from is free to be allocated: a segment is handed
 //!   out again only once every agent's view has let go of it.
+//! - Every changed fill reaches the next checkpoint (`map::DirtyFill`): its segment has
+//!   an entry queued, and a written leaf that holds it is the one the first entry
+//!   copies; no written leaf holds a segment noted as allocated for a fault since the
+//!   last checkpoint began (a change of its fill would copy no leaf). A fill lost this
+//!   way shows only after a checkpoint and a crash, in a read of that granule.
 
 use super::agent::Claims;
 use super::alloc::RESERVED;
-use super::controller::Controller;
-use super::map::ExtentState;
+use super::controller::{Controller, DiskCtl};
+use super::map::{DirtyFill, ExtentState};
+use super::meta::NO_PAGE;
 use super::table::{Node, NodeKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -59,7 +65,7 @@ impl Controller {
             problems.extend(log.unlogged(&st));
         }
         // The leaves of each disk, and how many disks reach each leaf.
-        let mut per_disk: Vec<(&super::controller::DiskCtl, Vec<&Node>)> = Vec::new();
+        let mut per_disk: Vec<(&DiskCtl, Vec<&Node>)> = Vec::new();
         let mut disks_of_leaf: HashMap<*const Node, usize> = HashMap::new();
         for d in st.disks.values() {
             if d.rec.snap_gen >= generation {
@@ -176,6 +182,85 @@ impl Controller {
                     }
                 }
             }
+        }
+        problems.extend(self.audit_fills(&per_disk));
+        problems
+    }
+
+    /// The rules that carry a changed fill to the next checkpoint (see [`DirtyFill`]): a
+    /// written leaf holds no segment noted as allocated since the last checkpoint began
+    /// (a change of its fill would copy no leaf, and no checkpoint would write it); a
+    /// dirty fill has an entry queued; and the written leaves that hold a dirty fill's
+    /// segment are the one its first entry copies when it takes the change.
+    fn audit_fills(&self, per_disk: &[(&DiskCtl, Vec<&Node>)]) -> Vec<String> {
+        let fills = &self.shared.fills;
+        let mut problems = Vec::new();
+        // The queue in order, put back as it was: the audit runs on one thread, without
+        // a turn of any reactor, so nothing pushes or pops meanwhile.
+        let mut queued = Vec::new();
+        while let Some(q) = self.shared.dirty_fills.pop() {
+            queued.push(q);
+        }
+        for q in &queued {
+            self.shared.dirty_fills.push(*q);
+        }
+        let mut first: HashMap<u64, DirtyFill> = HashMap::new();
+        for q in queued {
+            first.entry(q.seg).or_insert(q);
+        }
+        let mut seen: HashSet<*const Node> = HashSet::new();
+        for (d, mine) in per_disk {
+            for l in mine.iter().filter(|l| l.page() != NO_PAGE) {
+                let NodeKind::Leaf { extents } = &l.kind else {
+                    continue;
+                };
+                let first_time = seen.insert(*l as *const Node);
+                for e in extents.iter() {
+                    for s in e.segments().filter(|_| first_time) {
+                        if fills.marks(s).1 {
+                            problems.push(format!(
+                                "segment {s} (at {} of `{}`): in a written leaf, but noted as \
+                                 allocated for a fault since the last checkpoint began",
+                                e.vseg, d.rec.name
+                            ));
+                        }
+                    }
+                    for top in e.layers.iter().filter(|l| l.is_partial()) {
+                        let s = top.seg();
+                        if !fills.marks(s).0 {
+                            continue;
+                        }
+                        let copied = first.get(&s).is_some_and(|q| {
+                            q.disk == d.rec.id && e.len == 1 && (e.vseg..e.end()).contains(&q.vseg)
+                        });
+                        if !copied {
+                            problems.push(format!(
+                                "segment {s} (at {} of `{}`): its fill changed since it was \
+                                 logged and a written leaf holds it, but {}",
+                                e.vseg,
+                                d.rec.name,
+                                match first.get(&s) {
+                                    None => "no entry is queued for it".to_string(),
+                                    Some(q) => format!(
+                                        "its first entry copies the leaf at {} of disk {}",
+                                        q.vseg, q.disk
+                                    ),
+                                }
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        // A dirty fill no written leaf holds still needs its entry.
+        let mut dirty_unqueued: Vec<u64> = (fills.dirty_segments().into_iter())
+            .filter(|s| !first.contains_key(s))
+            .collect();
+        dirty_unqueued.truncate(8);
+        for s in dirty_unqueued {
+            problems.push(format!(
+                "segment {s}: its fill changed since it was logged, and no entry is queued"
+            ));
         }
         problems
     }

@@ -544,6 +544,37 @@ impl Fills {
         (&self.chunk(seg).dirty[(i / 64) as usize], 1 << (i % 64))
     }
 
+    /// What the audit reads of `seg` (`vdisk/audit.rs`), without making its chunk:
+    /// whether its fill changed since it was logged, and whether it was allocated for a
+    /// fault since the last checkpoint began.
+    pub fn marks(&self, seg: PhysSeg) -> (bool, bool) {
+        let Some(c) = self.chunks[(seg / FILL_CHUNK) as usize].get() else {
+            return (false, false);
+        };
+        let (i, bit) = (((seg % FILL_CHUNK) / 64) as usize, 1 << (seg % 64));
+        (
+            c.dirty[i].load(Ordering::Acquire) & bit != 0,
+            c.recent[i].load(Ordering::Relaxed) & bit != 0,
+        )
+    }
+
+    /// Every segment whose fill changed since it was logged (the audit).
+    pub fn dirty_segments(&self) -> Vec<PhysSeg> {
+        let mut out = Vec::new();
+        for (ci, c) in self.chunks.iter().enumerate() {
+            let Some(c) = c.get() else { continue };
+            for (wi, w) in c.dirty.iter().enumerate() {
+                let mut bits = w.load(Ordering::Acquire);
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as u64;
+                    out.push(ci as u64 * FILL_CHUNK + wi as u64 * 64 + b);
+                    bits &= bits - 1;
+                }
+            }
+        }
+        out
+    }
+
     /// True if the fill of `seg` changed since the controller last persisted it.
     pub fn is_dirty(&self, seg: PhysSeg) -> bool {
         let (w, bit) = self.dirty_bit(seg);
