@@ -194,6 +194,22 @@ pub struct Space {
     /// Segments a grow added that are not allocatable yet: `[from, total)`, until the
     /// commit recording the new size is durable ([`Space::release_grown`]).
     grown_from: Option<u64>,
+    /// The first page of the node area (those before it are fixed).
+    first_node_page: u64,
+}
+
+/// What a metadata page is to the space map ([`Space::page_use`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageUse {
+    /// Fixed: before the node area (superblocks, space map).
+    Fixed,
+    /// Free to be allocated.
+    Free,
+    /// Freed in this transaction (or an earlier one not yet committed): allocatable once
+    /// it is.
+    Pending(u64),
+    /// Allocated.
+    Used,
 }
 
 impl Space {
@@ -240,6 +256,7 @@ impl Space {
             txn_open,
             unwritten: 0,
             grown_from: None,
+            first_node_page: first_free_page,
         }
     }
 
@@ -405,6 +422,25 @@ impl Space {
             }
         }
         None
+    }
+
+    /// The metadata pages of the node area: tables, directory and log.
+    pub fn node_area(&self) -> std::ops::Range<u64> {
+        self.first_node_page..self.free_pages.len
+    }
+
+    /// What `page` is to the space map (the audit, `vdisk/audit.rs`).
+    pub fn page_use(&self, page: u64) -> PageUse {
+        if page < self.first_node_page {
+            return PageUse::Fixed;
+        }
+        if self.free_pages.contains(page) {
+            return PageUse::Free;
+        }
+        match (self.pending_pages.iter()).find(|(_, pages)| pages.contains(&page)) {
+            Some((&txn, _)) => PageUse::Pending(txn),
+            None => PageUse::Used,
+        }
     }
 
     /// Allocates a metadata page.

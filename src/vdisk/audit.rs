@@ -23,6 +23,8 @@
 //!   longer looks, or into a segment it may give to another disk.
 //! - No segment an agent would read from is free to be allocated: a segment is handed
 //!   out again only once every agent's view has let go of it.
+//! - Every page a written table node, the directory or the log is stored in is
+//!   allocated and stores that one thing; after a recovery, nothing else is allocated.
 //! - Every changed fill reaches the next checkpoint (`map::DirtyFill`): its segment has
 //!   an entry queued, and a written leaf that holds it is the one the first entry
 //!   copies; no written leaf holds a segment noted as allocated for a fault since the
@@ -30,13 +32,98 @@
 //!   way shows only after a checkpoint and a crash, in a read of that granule.
 
 use super::agent::Claims;
-use super::alloc::RESERVED;
-use super::controller::{Controller, DiskCtl};
+use super::alloc::{PageUse, RESERVED};
+use super::controller::{Controller, CtlState, DiskCtl};
 use super::map::{DirtyFill, ExtentState};
 use super::meta::NO_PAGE;
 use super::table::{Node, NodeKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// Every node under `root` not in `seen`, once each.
+fn nodes<'a>(root: &'a Arc<Node>, seen: &mut HashSet<*const Node>, out: &mut Vec<&'a Node>) {
+    if !seen.insert(Arc::as_ptr(root)) {
+        return;
+    }
+    out.push(root.as_ref());
+    if let NodeKind::Internal { children, .. } = &root.kind {
+        for c in children {
+            nodes(c, seen, out);
+        }
+    }
+}
+
+/// The metadata pages (see the module's text): every page a written node of a table
+/// is stored in (its page, a leaf's second page, the internal node written over a root
+/// leaf of two pages), every directory page and every page of the log is allocated,
+/// and holds that one thing only; a page freed while something still stored there is
+/// allocated again, and the next checkpoint overwrites what the committed state reads.
+/// `just_opened`: no table is waiting to be released, so an allocated page that holds
+/// none of these is a leak.
+fn audit_pages(st: &CtlState, just_opened: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut all = Vec::new();
+    let mut seen = HashSet::new();
+    for d in st.disks.values() {
+        if let Some(r) = &d.root {
+            nodes(r, &mut seen, &mut all);
+        }
+    }
+    let mut holds: HashMap<u64, String> = HashMap::new();
+    let mut hold = |page: u64, what: String, problems: &mut Vec<String>| {
+        let used = st.space.page_use(page);
+        if used != PageUse::Used {
+            problems.push(format!(
+                "page {page} holds {what}, but the space map has it {used:?}"
+            ));
+        }
+        if let Some(other) = holds.insert(page, what.clone()) {
+            problems.push(format!("page {page} holds both {other} and {what}"));
+        }
+    };
+    for n in all {
+        let p = n.page();
+        if p == NO_PAGE {
+            continue;
+        }
+        let what = match &n.kind {
+            NodeKind::Leaf { extents } => {
+                format!(
+                    "a leaf (from segment {})",
+                    extents.iter().next().map_or(0, |e| e.vseg)
+                )
+            }
+            NodeKind::Internal { .. } => "an internal node".to_string(),
+        };
+        if let Some(o) = n.overflow() {
+            hold(o.page, format!("the second page of {what}"), &mut problems);
+        }
+        if let Some((l, _, _)) = n.lift() {
+            hold(l, format!("the node over {what}"), &mut problems);
+        }
+        hold(p, what, &mut problems);
+    }
+    for &p in &st.dir_pages {
+        hold(p, "a directory page".to_string(), &mut problems);
+    }
+    if let Some(l) = &st.log {
+        for p in l.area.all_pages() {
+            hold(p, "a page of the log".to_string(), &mut problems);
+        }
+    }
+    if just_opened {
+        let leaked: Vec<u64> = (st.space.node_area())
+            .filter(|p| st.space.page_use(*p) == PageUse::Used && !holds.contains_key(p))
+            .take(8)
+            .collect();
+        for p in leaked {
+            problems.push(format!(
+                "page {p} is allocated, but nothing is stored there"
+            ));
+        }
+    }
+    problems
+}
 
 /// Every leaf under `root`, once each.
 fn leaves<'a>(root: &'a Arc<Node>, seen: &mut HashSet<*const Node>, out: &mut Vec<&'a Node>) {
@@ -184,6 +271,7 @@ impl Controller {
             }
         }
         problems.extend(self.audit_fills(&per_disk));
+        problems.extend(audit_pages(&st, just_opened));
         problems
     }
 
