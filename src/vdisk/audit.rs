@@ -125,21 +125,6 @@ fn audit_pages(st: &CtlState, just_opened: bool) -> Vec<String> {
     problems
 }
 
-/// Every leaf under `root`, once each.
-fn leaves<'a>(root: &'a Arc<Node>, seen: &mut HashSet<*const Node>, out: &mut Vec<&'a Node>) {
-    if !seen.insert(Arc::as_ptr(root)) {
-        return;
-    }
-    match &root.kind {
-        NodeKind::Leaf { .. } => out.push(root.as_ref()),
-        NodeKind::Internal { children, .. } => {
-            for c in children {
-                leaves(c, seen, out);
-            }
-        }
-    }
-}
-
 impl Controller {
     /// The broken rules, each naming where (none: the state is sound). `just_opened`:
     /// no release is pending, so counts must equal the references, and a segment
@@ -170,7 +155,8 @@ impl Controller {
             }
             let mut mine = Vec::new();
             if let Some(r) = &d.root {
-                leaves(r, &mut HashSet::new(), &mut mine);
+                nodes(r, &mut HashSet::new(), &mut mine);
+                mine.retain(|n| matches!(n.kind, NodeKind::Leaf { .. }));
             }
             for l in &mine {
                 *disks_of_leaf.entry(*l as *const Node).or_default() += 1;
