@@ -559,6 +559,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn page_use_names_each_state() {
+        let mut s = Space::new(&[10], &[0], 100, 4, 5);
+        assert_eq!(s.node_area(), 4..100);
+        assert_eq!(s.page_use(3), PageUse::Fixed);
+        assert_eq!(s.page_use(4), PageUse::Free);
+        let p = s.alloc_page().unwrap();
+        assert_eq!(s.page_use(p), PageUse::Used);
+        s.page_free(p);
+        assert_eq!(s.page_use(p), PageUse::Pending(5));
+        s.committed(5);
+        assert_eq!(s.page_use(p), PageUse::Free);
+    }
+
+    #[test]
     fn frees_wait_for_their_commit() {
         let mut s = Space::new(&[10], &[0, 1], 100, 4, 5);
         assert_eq!(s.free_segments(), 8);

@@ -1221,6 +1221,35 @@ impl Geometry {
 mod tests {
     use super::*;
 
+    /// What the audit reads: the dirty and recently allocated marks of a segment, and
+    /// the dirty segments across chunks, without making a chunk never touched.
+    #[test]
+    fn the_audit_reads_the_marks_it_was_given() {
+        let fills = Fills::new(3 * FILL_CHUNK);
+        assert_eq!(fills.marks(5), (false, false));
+        assert!(
+            fills.chunks.iter().all(|c| c.get().is_none()),
+            "a look made a chunk"
+        );
+        for s in [5, 63, 64, FILL_CHUNK + 1, 3 * FILL_CHUNK - 1] {
+            assert!(fills.mark_dirty(s));
+        }
+        fills.allocated_for_fault(64);
+        assert_eq!(fills.marks(64), (true, true));
+        assert_eq!(fills.marks(65), (false, false));
+        assert_eq!(fills.marks(FILL_CHUNK + 1), (true, false));
+        assert_eq!(fills.marks(FILL_CHUNK + 65), (false, false));
+        assert_eq!(
+            fills.dirty_segments(),
+            vec![5, 63, 64, FILL_CHUNK + 1, 3 * FILL_CHUNK - 1]
+        );
+        fills.checkpoint_began();
+        fills.take_dirty(63);
+        assert_eq!(fills.marks(64), (true, false));
+        assert_eq!(fills.marks(63), (false, false));
+        assert_eq!(fills.dirty_segments().len(), 4);
+    }
+
     /// A fill against a plain bitmap, through random sets, clears and stores: the
     /// same bits whatever form the word takes, and a few granules close together stay
     /// in the word.
