@@ -304,29 +304,24 @@ impl Controller {
                         if !fills.marks(s).0 {
                             continue;
                         }
-                        let copied = first.get(&s).is_some_and(|q| {
-                            q.disk == d.rec.id && e.len == 1 && (e.vseg..e.end()).contains(&q.vseg)
-                        });
-                        if !copied {
+                        // A dirty fill with no entry is reported below, once.
+                        let Some(q) = first.get(&s) else { continue };
+                        if !(q.disk == d.rec.id
+                            && e.len == 1
+                            && (e.vseg..e.end()).contains(&q.vseg))
+                        {
                             problems.push(format!(
                                 "segment {s} (at {} of `{}`): its fill changed since it was \
-                                 logged and a written leaf holds it, but {}",
-                                e.vseg,
-                                d.rec.name,
-                                match first.get(&s) {
-                                    None => "no entry is queued for it".to_string(),
-                                    Some(q) => format!(
-                                        "its first entry copies the leaf at {} of disk {}",
-                                        q.vseg, q.disk
-                                    ),
-                                }
+                                 logged and a written leaf holds it, but its first entry \
+                                 copies the leaf at {} of disk {}",
+                                e.vseg, d.rec.name, q.vseg, q.disk
                             ));
                         }
                     }
                 }
             }
         }
-        // A dirty fill no written leaf holds still needs its entry.
+        // Every dirty fill needs its entry, whether a written leaf holds it or not.
         let mut dirty_unqueued: Vec<u64> = (fills.dirty_segments().into_iter())
             .filter(|s| !first.contains_key(s))
             .collect();
