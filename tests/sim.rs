@@ -29,7 +29,7 @@ fn simulator_smoke_seeds_pass() {
 /// Seeds beyond the smoke set that found a defect once, each beside the unit test that
 /// pins the defect down (a change to the engine may take a seed down another path, so
 /// the unit test is the regression test; the seed is run all the same).
-const ONCE_FAILED: [(u64, &str); 7] = [
+const ONCE_FAILED: [(u64, &str); 8] = [
     (
         2737,
         "set_parent_bdev re-planned a clone of an lvol written since over the lvol as it is \
@@ -68,6 +68,12 @@ const ONCE_FAILED: [(u64, &str); 7] = [
         173,
         "an operation that failed had taken a disk id the log never recorded (the \
          simulator's audit of the log, vdisk/audit.rs)",
+    ),
+    (
+        114191,
+        "set_parent_bdev on a snapshot gave a writable lvol of its lineage, cloned while \
+         read-only, a zeroed segment its clone reads too, writable in place by the lvol \
+         (esnap::re_parenting_a_snapshot_keeps_a_clone_of_its_lvol_apart_from_the_lvols_later_writes)",
     ),
 ];
 

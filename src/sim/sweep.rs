@@ -114,6 +114,25 @@ fn with_snapshot(b: &mut Builder) -> Vec<Vec<Op>> {
     w
 }
 
+/// `with_snapshot`, then `d1`'s segment 2 unmapped (zeros where `s1` has data), `d1`
+/// cloned as `c2` while read-only and made writable again; `c2` written in part of that
+/// segment.
+fn with_clone_of_a_writable_disk(b: &mut Builder) -> Vec<Vec<Op>> {
+    let mut w = with_snapshot(b);
+    w.push(vec![b.zeroes(ModKind::Unmap, "d1", 2 * SEG, SEG, false)]);
+    w.push(vec![Op::SetReadOnly {
+        disk: "d1".into(),
+        ro: true,
+    }]);
+    w.push(vec![clone("d1", "c2")]);
+    w.push(vec![Op::SetReadOnly {
+        disk: "d1".into(),
+        ro: false,
+    }]);
+    w.push(vec![b.write("c2", 2 * SEG + 30, 5, false), flush("c2")]);
+    w
+}
+
 /// `base`, then `e1`, a clone of the golden image (an external snapshot), written in
 /// parts of two of its segments, flushed.
 fn with_esnap(b: &mut Builder) -> Vec<Vec<Op>> {
@@ -277,6 +296,28 @@ pub fn scenarios() -> Vec<Scenario> {
                         flush("c1"),
                         flush("d1"),
                     ],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            // The disk gets a zeroed segment of its own where it unmapped its snapshot's
+            // data, and `c2` reads the same segment: the disk's write copies on write.
+            "set an external parent of a snapshot whose disk was cloned while read-only and made writable, then write the disk",
+            with_clone_of_a_writable_disk,
+            |b| {
+                vec![
+                    vec![Op::SetParentBdev { disk: "s1".into() }],
+                    vec![
+                        b.write("d1", 2 * SEG + 3, 4, false),
+                        b.write("d1", 2 * SEG + 32, 2, false),
+                        flush("d1"),
+                    ],
+                    vec![Op::Read {
+                        disk: "c2".into(),
+                        block: 2 * SEG,
+                        n: SEG,
+                    }],
                 ]
             },
             Redirect,

@@ -268,8 +268,8 @@ struct Below<'a> {
 /// else from now on: the new parent maps the segment, or below every layer the disk
 /// reads another bdev from now on, or zeros instead of one (`new_bottom`, the UUID of
 /// the external bdev the lineage reads below every layer from now on, if any).
-/// `read_only`: no extent of the disk is writable in place afterwards (a snapshot,
-/// whose extents its clones share).
+/// `read_only`: no extent of the disk is writable in place afterwards (a snapshot, or
+/// any disk another disk reads through: they share its extents).
 ///
 /// The plan takes the disk's stack to be its own layers over its old parent's stack as
 /// it is now. That holds while the parent cannot change under it (a snapshot), not for
@@ -648,7 +648,8 @@ impl Controller {
         // (one goes unused if the switch does not happen). A writable disk's own
         // extents that it could write in place are re-born after it and stay so;
         // everything it shares with its parent was born before it and is copied on
-        // write. A snapshot's new segments are born at it: its clones share them.
+        // write. A snapshot's new segments are born at it: its clones share them; so
+        // are those of a disk another disk of the lineage reads through.
         let g = self.st.borrow_mut().take_generation()?;
         let born = g + 1;
         let seg_blocks = self.shared.geo.segment_blocks;
@@ -683,7 +684,13 @@ impl Controller {
                     old: Mapping::Table(old),
                     new: below_new,
                 };
-                let ro = reparents_lineage(d);
+                // Nothing another disk of the lineage will read through may be writable
+                // in place: a snapshot's, and a writable disk's that was cloned while
+                // read-only (what its clone stacks over, or reads, after the switch).
+                let ro = reparents_lineage(d)
+                    || through
+                        .iter()
+                        .any(|y| *y != x && st.disks[y].rec.parent == x);
                 let plan = plan_over(d, below, new_bottom, ro, seg_blocks).map_err(|v| {
                     let p = st.disks.get(&d.rec.parent).map_or("", |p| &p.rec.name);
                     VdiskError::Busy(format!(
