@@ -323,6 +323,106 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            // `d1` splits from `s1` while `c2` (cloned from `d1` while read-only) reads
+            // through it: what `d1` copies in is its own, what `c2` shares stays shared.
+            "split a disk cloned while read-only and made writable, then write both",
+            with_clone_of_a_writable_disk,
+            |b| {
+                vec![
+                    vec![Op::Split {
+                        disk: "d1".into(),
+                        decouple: false,
+                    }],
+                    vec![Op::WaitJob { disk: "d1".into() }],
+                    vec![
+                        b.write("d1", 3, 4, false),
+                        b.write("d1", 2 * SEG + 31, 2, false),
+                        b.write("c2", SEG + 9, 3, false),
+                        flush("d1"),
+                        flush("c2"),
+                    ],
+                    vec![Op::Read {
+                        disk: "c2".into(),
+                        block: 0,
+                        n: 4 * SEG,
+                    }],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "snapshot a disk cloned while read-only and made writable, then write it",
+            with_clone_of_a_writable_disk,
+            |b| {
+                vec![
+                    vec![snapshot(&[("d1", "s2")])],
+                    vec![
+                        b.write("d1", 5, 4, false),
+                        b.write("d1", 2 * SEG + 33, 2, false),
+                        flush("d1"),
+                    ],
+                    vec![Op::Read {
+                        disk: "c2".into(),
+                        block: 0,
+                        n: 4 * SEG,
+                    }],
+                ]
+            },
+            CopyOut,
+        ),
+        s(
+            "shrink a disk cloned while read-only and made writable inside a segment, grow it, write it",
+            with_clone_of_a_writable_disk,
+            |b| {
+                vec![
+                    vec![Op::Resize {
+                        disk: "d1".into(),
+                        blocks: SEG + 40,
+                    }],
+                    vec![Op::Resize {
+                        disk: "d1".into(),
+                        blocks: 4 * SEG,
+                    }],
+                    vec![
+                        b.write("d1", SEG + 20, 40, false),
+                        b.write("d1", 2 * SEG + 29, 3, false),
+                        flush("d1"),
+                    ],
+                    vec![Op::Read {
+                        disk: "c2".into(),
+                        block: 0,
+                        n: 4 * SEG,
+                    }],
+                ]
+            },
+            Redirect,
+        ),
+        s(
+            "decouple a clone of a disk made writable after it was cloned",
+            with_clone_of_a_writable_disk,
+            |b| {
+                vec![
+                    vec![Op::Split {
+                        disk: "c2".into(),
+                        decouple: true,
+                    }],
+                    vec![Op::WaitJob { disk: "c2".into() }],
+                    vec![
+                        b.write("d1", 7, 2, false),
+                        b.write("c2", 2 * SEG + 40, 2, false),
+                        flush("d1"),
+                        flush("c2"),
+                    ],
+                    vec![Op::Read {
+                        disk: "c2".into(),
+                        block: 0,
+                        n: 4 * SEG,
+                    }],
+                ]
+            },
+            Redirect,
+        ),
+        s(
             "set an external parent of a thin disk's snapshot (the disk written since)",
             with_esnap_and_snapshot,
             |b| {

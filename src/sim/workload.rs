@@ -340,6 +340,9 @@ pub(super) struct Sim {
 struct CtlError {
     msg: String,
     pool_level: bool,
+    /// Refused because the pool had already failed (`PoolFailed`, asked before the
+    /// operation changes anything): it did nothing, whatever a power loss does.
+    refused_failed: bool,
 }
 
 fn ctl_error(e: &VdiskError) -> CtlError {
@@ -349,6 +352,7 @@ fn ctl_error(e: &VdiskError) -> CtlError {
             e,
             VdiskError::PoolFailed(_) | VdiskError::Io { .. } | VdiskError::Meta(_)
         ),
+        refused_failed: matches!(e, VdiskError::PoolFailed(_)),
     }
 }
 
@@ -1414,7 +1418,10 @@ impl Sim {
                     ));
                 }
                 if e.pool_level {
-                    lost = true;
+                    // A refusal of the failed pool changed nothing: it must not stand
+                    // for an earlier change of the same disk that may be lost (a shrink
+                    // whose commit failed, then a grow refused).
+                    lost = !e.refused_failed;
                     self.pool_failed = true;
                 }
             }
