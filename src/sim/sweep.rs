@@ -398,6 +398,30 @@ pub fn scenarios() -> Vec<Scenario> {
             Redirect,
         ),
         s(
+            // `c2` takes `d1`'s place under `s1` (or the engine refuses): what it shares
+            // with `s1` stays copied on write.
+            "delete a disk cloned while read-only and made writable, then write its clone",
+            with_clone_of_a_writable_disk,
+            |b| {
+                vec![
+                    vec![Op::Delete { disk: "d1".into() }],
+                    vec![
+                        b.write("c2", 3, 4, false),
+                        b.write("c2", 2 * SEG + 33, 2, false),
+                        b.write("c1", 2 * SEG + 3, 2, false),
+                        flush("c2"),
+                        flush("c1"),
+                    ],
+                    vec![Op::Read {
+                        disk: "s1".into(),
+                        block: 0,
+                        n: 4 * SEG,
+                    }],
+                ]
+            },
+            Redirect,
+        ),
+        s(
             "decouple a clone of a disk made writable after it was cloned",
             with_clone_of_a_writable_disk,
             |b| {
