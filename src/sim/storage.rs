@@ -513,24 +513,56 @@ impl Bdev for SimDisk {
     }
 
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
-        Ok(Rc::new(SimChannel(Rc::new_cyclic(
-            |me: &Weak<ChannelInner>| {
-                let me = me.clone();
-                let poller =
-                    reactor::register_poller(move || me.upgrade().map_or(0, |c| c.run_due()));
-                ChannelInner {
-                    disk: self,
-                    queue: RefCell::new(Vec::new()),
-                    next_order: std::cell::Cell::new(0),
-                    epochs: Rc::default(),
-                    _poller: poller,
-                }
-            },
-        ))))
+        let inner = Rc::new_cyclic(|me: &Weak<ChannelInner>| {
+            let me = me.clone();
+            let poller = reactor::register_poller(move || me.upgrade().map_or(0, |c| c.run_due()));
+            ChannelInner {
+                disk: self,
+                queue: RefCell::new(Vec::new()),
+                next_order: std::cell::Cell::new(0),
+                epochs: Rc::default(),
+                _poller: poller,
+            }
+        });
+        let core = reactor::current_core().unwrap_or(0);
+        CHANNELS.with(|c| {
+            let mut c = c.borrow_mut();
+            c.retain(|(_, w)| w.strong_count() > 0);
+            c.push((core, Rc::downgrade(&inner)));
+        });
+        Ok(Rc::new(SimChannel(inner)))
     }
 
     fn unmap_reads_zeroes(&self) -> bool {
         true
+    }
+}
+
+thread_local! {
+    /// Every channel of a simulated disk opened on this thread, with its core.
+    static CHANNELS: RefCell<Vec<(usize, Weak<ChannelInner>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Drops, without completing them, the requests still queued on the channels of
+/// `disks`, each on its channel's core (`enter`): a life that ends in a power loss
+/// leaves them in flight. A queued request holds its submitter (its completion sink),
+/// which often holds the channel, whose queue holds the request: dropped with the rest
+/// of the world, the cycle would keep the channel, its disk and everything the
+/// submitter holds for the rest of the process.
+pub fn drop_queued(disks: &[&Arc<SimDisk>], enter: &dyn Fn(usize, &mut dyn FnMut())) {
+    let live: Vec<(usize, Rc<ChannelInner>)> = CHANNELS.with(|c| {
+        let mut c = c.borrow_mut();
+        c.retain(|(_, w)| w.strong_count() > 0);
+        c.iter()
+            .filter_map(|(core, w)| w.upgrade().map(|ch| (*core, ch)))
+            .filter(|(_, ch)| disks.iter().any(|d| Arc::ptr_eq(d, &ch.disk)))
+            .collect()
+    });
+    for (core, ch) in live {
+        enter(core, &mut || {
+            let queued = std::mem::take(&mut *ch.queue.borrow_mut());
+            drop(queued);
+        });
     }
 }
 

@@ -74,6 +74,8 @@ impl Drop for World {
         for ((core, _), ch) in chans {
             self.mr.enter(core, || drop(ch));
         }
+        let disks: Vec<&Arc<SimDisk>> = self.disks.iter().chain([&self.golden]).collect();
+        super::storage::drop_queued(&disks, &|core, f| self.mr.enter(core, f));
         self.vdisks.clear();
         self.pool = None;
     }
