@@ -91,6 +91,16 @@ fn assert_same(got: &[u8], want: &[u8], what: &str) {
     }
 }
 
+/// `tessera check` of the stopped pool `pool` finds no problem.
+fn check_clean(pool: &Path) {
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("check")
+            .arg(pool),
+    );
+    assert!(!out.contains("problem"), "{out}");
+}
+
 fn lvol<'a>(lvols: &'a Value, name: &str) -> &'a Value {
     lvols
         .as_array()
@@ -571,12 +581,7 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
     check_all(&srv, &want_b, "written after set_parent");
     srv.stop();
 
-    let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .arg("check")
-            .arg(dir.path().join("pool.img")),
-    );
-    assert!(!out.contains("problem"), "{out}");
+    check_clean(&dir.path().join("pool.img"));
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     check_all(&srv, &want_b, "restarted");
     srv.stop();
@@ -729,12 +734,7 @@ fn set_parent_bdev_on_a_clone_and_an_lvol_with_snapshots_keeps_only_their_own_wr
     };
     check_all(&srv, "after set_parent_bdev");
     srv.stop();
-    let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .arg("check")
-            .arg(dir.path().join("pool.img")),
-    );
-    assert!(!out.contains("problem"), "{out}");
+    check_clean(&dir.path().join("pool.img"));
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     check_all(&srv, "restarted");
     srv.stop();
@@ -912,12 +912,7 @@ fn set_parent_bdev_on_a_snapshot_changes_what_every_disk_reading_through_it_read
     let clone = at(&["bdev_lvol_clone", "\"clone_name\":\"cB\"", "lvs0/sB"]);
     assert!(esnap < snap && snap < clone, "{calls:#?}");
     srv.stop();
-    let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .arg("check")
-            .arg(dir.path().join("pool.img")),
-    );
-    assert!(!out.contains("problem"), "{out}");
+    check_clean(&dir.path().join("pool.img"));
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     check_all(&srv, "restarted", &want_cb);
 
@@ -972,12 +967,7 @@ fn set_parent_bdev_on_a_snapshot_changes_what_every_disk_reading_through_it_read
         );
     }
     srv.stop();
-    let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .arg("check")
-            .arg(dir.path().join("pool.img")),
-    );
-    assert!(!out.contains("problem"), "{out}");
+    check_clean(&dir.path().join("pool.img"));
 }
 
 /// Re-parenting a snapshot whose lvol was cloned while read-only and made writable
@@ -1058,12 +1048,7 @@ fn re_parenting_a_snapshot_keeps_a_clone_of_its_lvol_apart_from_the_lvols_later_
     };
     check_all(&srv, "after the lvol's writes");
     srv.stop();
-    let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .arg("check")
-            .arg(dir.path().join("pool.img")),
-    );
-    assert!(!out.contains("problem"), "{out}");
+    check_clean(&dir.path().join("pool.img"));
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     check_all(&srv, "restarted");
     srv.stop();
@@ -1279,12 +1264,7 @@ fn inflate_decouple_and_shrink_of_external_snapshot_clones() {
         );
     }
     srv.stop();
-    let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .arg("check")
-            .arg(dir.path().join("pool.img")),
-    );
-    assert!(!out.contains("problem"), "{out}");
+    check_clean(&dir.path().join("pool.img"));
 }
 
 /// `save_config` (SPDK's JSON, through spdk-rpc) and `tessera_save_config` (YAML) write
