@@ -62,6 +62,14 @@ impl Builder {
 fn flush(d: &str) -> Op {
     Op::Flush { disk: d.into() }
 }
+/// A read of a 4-segment disk, whole.
+fn read_whole(d: &str) -> Op {
+    Op::Read {
+        disk: d.into(),
+        block: 0,
+        n: 4 * SEG,
+    }
+}
 fn create(name: &str, segs: u64, thin: bool) -> Op {
     Op::Create {
         name: name.into(),
@@ -341,11 +349,7 @@ pub fn scenarios() -> Vec<Scenario> {
                         flush("d1"),
                         flush("c2"),
                     ],
-                    vec![Op::Read {
-                        disk: "c2".into(),
-                        block: 0,
-                        n: 4 * SEG,
-                    }],
+                    vec![read_whole("c2")],
                 ]
             },
             Redirect,
@@ -361,11 +365,7 @@ pub fn scenarios() -> Vec<Scenario> {
                         b.write("d1", 2 * SEG + 33, 2, false),
                         flush("d1"),
                     ],
-                    vec![Op::Read {
-                        disk: "c2".into(),
-                        block: 0,
-                        n: 4 * SEG,
-                    }],
+                    vec![read_whole("c2")],
                 ]
             },
             CopyOut,
@@ -388,11 +388,7 @@ pub fn scenarios() -> Vec<Scenario> {
                         b.write("d1", 2 * SEG + 29, 3, false),
                         flush("d1"),
                     ],
-                    vec![Op::Read {
-                        disk: "c2".into(),
-                        block: 0,
-                        n: 4 * SEG,
-                    }],
+                    vec![read_whole("c2")],
                 ]
             },
             Redirect,
@@ -412,11 +408,7 @@ pub fn scenarios() -> Vec<Scenario> {
                         flush("c2"),
                         flush("c1"),
                     ],
-                    vec![Op::Read {
-                        disk: "s1".into(),
-                        block: 0,
-                        n: 4 * SEG,
-                    }],
+                    vec![read_whole("s1")],
                 ]
             },
             Redirect,
@@ -437,11 +429,7 @@ pub fn scenarios() -> Vec<Scenario> {
                         flush("d1"),
                         flush("c2"),
                     ],
-                    vec![Op::Read {
-                        disk: "c2".into(),
-                        block: 0,
-                        n: 4 * SEG,
-                    }],
+                    vec![read_whole("c2")],
                 ]
             },
             Redirect,
