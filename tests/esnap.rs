@@ -55,6 +55,19 @@ fn config(dir: &Path, nbd_port: u16, with_golden: bool) -> std::path::PathBuf {
     p
 }
 
+/// A new directory holding the golden image (`golden.img`) and `odd.img` (6 MiB of
+/// zeros), a free port for NBD, the golden image's bytes, and the configuration of a
+/// target with both ([`config`]).
+fn golden_target() -> (tempfile::TempDir, u16, Vec<u8>, std::path::PathBuf) {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_bytes();
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let cfg = config(dir.path(), port, true);
+    (dir, port, golden, cfg)
+}
+
 fn sha256(path: &Path) -> String {
     let out = run_ok(Command::new("sha256sum").arg(path));
     out.split_whitespace().next().unwrap().to_string()
@@ -113,13 +126,8 @@ fn lvol<'a>(lvols: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn golden_image_on_a_file_cloned_written_snapshotted_and_restarted() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let (dir, port, golden, cfg) = golden_target();
     let golden_sum = sha256(&dir.path().join("golden.img"));
-    let cfg = config(dir.path(), port, true);
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
@@ -391,12 +399,7 @@ fn write_lvol(srv: &Serve, port: u16, bdev: &str, cmds: &[&str]) {
 #[test]
 fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
-    let cfg = config(dir.path(), port, true);
+    let (dir, port, golden, cfg) = golden_target();
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
@@ -599,13 +602,8 @@ fn set_parent_keeps_what_the_lvol_holds_and_reads_the_rest_from_the_new_parent()
 #[test]
 fn set_parent_bdev_on_a_clone_and_an_lvol_with_snapshots_keeps_only_their_own_writes() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let (dir, port, golden, cfg) = golden_target();
     let golden_sum = sha256(&dir.path().join("golden.img"));
-    let cfg = config(dir.path(), port, true);
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
@@ -757,12 +755,7 @@ fn set_parent_bdev_on_a_clone_and_an_lvol_with_snapshots_keeps_only_their_own_wr
 #[test]
 fn set_parent_bdev_on_a_snapshot_changes_what_every_disk_reading_through_it_reads() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
-    let cfg = config(dir.path(), port, true);
+    let (dir, port, golden, cfg) = golden_target();
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
@@ -981,12 +974,7 @@ fn set_parent_bdev_on_a_snapshot_changes_what_every_disk_reading_through_it_read
 #[test]
 fn re_parenting_a_snapshot_keeps_a_clone_of_its_lvol_apart_from_the_lvols_later_writes() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
-    let cfg = config(dir.path(), port, true);
+    let (dir, port, golden, cfg) = golden_target();
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
@@ -1076,13 +1064,8 @@ fn splitting(srv: &Serve) -> Vec<String> {
 #[test]
 fn inflate_decouple_and_shrink_of_external_snapshot_clones() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
+    let (dir, port, golden, cfg) = golden_target();
     let golden_sum = sha256(&dir.path().join("golden.img"));
-    let cfg = config(dir.path(), port, true);
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
@@ -1277,12 +1260,7 @@ fn inflate_decouple_and_shrink_of_external_snapshot_clones() {
 #[test]
 fn save_config_brings_back_external_snapshot_clones_on_a_malloc_pool() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
-    let cfg = config(dir.path(), port, true);
+    let (dir, port, golden, cfg) = golden_target();
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
@@ -1372,12 +1350,7 @@ fn save_config_brings_back_external_snapshot_clones_on_a_malloc_pool() {
 #[test]
 fn save_config_orders_external_snapshots_that_are_lvols_of_another_lvstore() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
-    let cfg = config(dir.path(), port, true);
+    let (dir, port, golden, cfg) = golden_target();
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
@@ -1475,12 +1448,7 @@ fn save_config_orders_external_snapshots_that_are_lvols_of_another_lvstore() {
 #[test]
 fn save_config_keeps_lvol_uuids_for_esnap_clones_in_an_lvstore_on_disk() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
-    let cfg = config(dir.path(), port, true);
+    let (dir, port, golden, cfg) = golden_target();
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
@@ -1596,12 +1564,7 @@ fn save_config_keeps_lvol_uuids_for_esnap_clones_in_an_lvstore_on_disk() {
 #[test]
 fn a_background_split_lets_its_external_bdev_go_when_it_ends() {
     let tool = spdk_rpc();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let golden = golden_bytes();
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::write(dir.path().join("odd.img"), vec![0u8; 6 * M]).unwrap();
-    let cfg = config(dir.path(), port, true);
+    let (dir, port, golden, cfg) = golden_target();
     let work = tempfile::tempdir().unwrap();
     let srv = Serve::start_file(tempfile::tempdir().unwrap(), &cfg);
     let s = srv.socket.clone();
